@@ -1,0 +1,36 @@
+//! Switchyard's API: the CRDs (`ProxyConfig`, `ProxyRuleset`, `ProxyNode`) in
+//! group `switchyard.dev`, version `v1alpha1`, and the mode-neutral ruleset
+//! model the operator compiles and every node agent applies.
+
+pub mod duration;
+pub mod mode;
+pub mod policy;
+pub mod proxyconfig;
+pub mod proxynode;
+pub mod ruleset;
+
+pub use mode::Mode;
+pub use proxyconfig::{ProxyConfig, ProxyConfigSpec, ProxyConfigStatus};
+pub use proxynode::{ProxyNode, ProxyNodeSpec, ProxyNodeStatus};
+pub use ruleset::{ProxyRuleset, ProxyRulesetSpec};
+
+/// The API group of every Switchyard resource.
+pub const GROUP: &str = "switchyard.dev";
+
+/// The CRDs, in the order `crdgen` prints them.
+pub fn crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
+    use kube::CustomResourceExt;
+    vec![ProxyConfig::crd(), ProxyNode::crd(), ProxyRuleset::crd()]
+}
+
+/// The CRDs as one multi-document YAML stream (what `crds/yaml/` holds).
+pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
+    let mut out = String::new();
+    for crd in crds() {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&crd)?);
+    }
+    Ok(out)
+}

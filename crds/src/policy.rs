@@ -1,0 +1,215 @@
+//! Which endpoints a node uses for a service port: kube-proxy's
+//! `CategorizeEndpoints`, decided once here and used by every backend (through
+//! the agent's link step) and by `switchyard plan`.
+//!
+//! The rules (kube-proxy `pkg/proxy/topology.go`):
+//! - *Cluster* endpoints are the ready ones, narrowed by topology hints when every
+//!   ready endpoint carries hints and one is for this node (PreferSameNode) or
+//!   zone (PreferSameZone); with no ready endpoint anywhere, the serving and
+//!   terminating ones (KEP-1669).
+//! - *Local* endpoints are this node's ready ones, or failing that this node's
+//!   serving-terminating ones.
+//! - A port uses Cluster endpoints unless internal traffic is Local and it is not
+//!   reachable from outside; it uses Local endpoints when internal traffic is
+//!   Local or it is external with external traffic Local.
+
+use std::net::IpAddr;
+
+use crate::ruleset::{Backend, Ruleset, ServicePortRule, TrafficPolicy};
+
+/// The facts about the node that link needs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    /// `topology.kubernetes.io/zone`.
+    pub zone: Option<String>,
+    /// The node's own addresses (primary first).
+    pub addresses: Vec<IpAddr>,
+}
+
+/// The topology narrowing applied to cluster endpoints on one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TopologyMode {
+    None,
+    PreferSameNode,
+    PreferSameZone,
+}
+
+/// A service port with its endpoints categorised for one node. Endpoint lists are
+/// indices into `rule.backends`, in backend order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkedServicePort {
+    pub rule: ServicePortRule,
+    /// Endpoints for traffic subject to the Cluster policy.
+    pub cluster: Vec<usize>,
+    /// This node's endpoints for traffic subject to the Local policy.
+    pub local: Vec<usize>,
+    /// Union of `cluster` and `local` (what a backend must be able to reach).
+    pub all_reachable: Vec<usize>,
+    /// Some usable endpoint exists somewhere in the cluster: when false, traffic
+    /// is rejected; when true but the applicable list is empty, it is dropped.
+    pub has_any_endpoints: bool,
+    pub topology: TopologyMode,
+}
+
+impl LinkedServicePort {
+    pub fn cluster_endpoints(&self) -> impl Iterator<Item = &Backend> {
+        self.cluster.iter().map(|&i| &self.rule.backends[i])
+    }
+
+    pub fn local_endpoints(&self) -> impl Iterator<Item = &Backend> {
+        self.local.iter().map(|&i| &self.rule.backends[i])
+    }
+
+    pub fn all_reachable_endpoints(&self) -> impl Iterator<Item = &Backend> {
+        self.all_reachable.iter().map(|&i| &self.rule.backends[i])
+    }
+
+    /// Endpoints for traffic from inside the cluster (cluster IPs).
+    pub fn internal_endpoints(&self) -> impl Iterator<Item = &Backend> {
+        let list = match self.rule.internal_traffic_policy {
+            TrafficPolicy::Cluster => &self.cluster,
+            TrafficPolicy::Local => &self.local,
+        };
+        list.iter().map(|&i| &self.rule.backends[i])
+    }
+
+    /// Endpoints for traffic from outside (NodePort, external and load-balancer IPs),
+    /// before kube-proxy's short circuit for traffic from pods and the node itself,
+    /// which uses `cluster_endpoints`.
+    pub fn external_endpoints(&self) -> impl Iterator<Item = &Backend> {
+        let list = if self.external_policy_local() {
+            &self.local
+        } else {
+            &self.cluster
+        };
+        list.iter().map(|&i| &self.rule.backends[i])
+    }
+
+    /// External traffic policy is Local and the port is reachable from outside.
+    pub fn external_policy_local(&self) -> bool {
+        self.rule.has_external() && self.rule.external_traffic_policy == TrafficPolicy::Local
+    }
+
+    pub fn internal_policy_local(&self) -> bool {
+        self.rule.internal_traffic_policy == TrafficPolicy::Local
+    }
+}
+
+/// A ruleset linked for one node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkedRuleset {
+    pub node: NodeInfo,
+    pub services: Vec<LinkedServicePort>,
+}
+
+/// Link a ruleset for `node`: categorise every service port's endpoints.
+pub fn link(ruleset: &Ruleset, node: &NodeInfo) -> LinkedRuleset {
+    LinkedRuleset {
+        node: node.clone(),
+        services: ruleset
+            .services
+            .iter()
+            .map(|rule| link_service_port(rule, node))
+            .collect(),
+    }
+}
+
+/// Categorise one service port's endpoints for `node` (kube-proxy's `CategorizeEndpoints`).
+pub fn link_service_port(rule: &ServicePortRule, node: &NodeInfo) -> LinkedServicePort {
+    let backends = &rule.backends;
+    let is_local = |b: &Backend| b.node_name.as_deref() == Some(node.name.as_str());
+    let uses_cluster =
+        rule.internal_traffic_policy == TrafficPolicy::Cluster || rule.has_external();
+    let uses_local = rule.internal_traffic_policy == TrafficPolicy::Local
+        || (rule.has_external() && rule.external_traffic_policy == TrafficPolicy::Local);
+
+    let mut topology = TopologyMode::None;
+    let mut cluster = Vec::new();
+    let mut has_any_endpoints = false;
+    if uses_cluster {
+        topology = topology_mode(backends, node);
+        cluster = indices(backends, |b| {
+            b.ready && available_for_topology(b, topology, node)
+        });
+        if cluster.is_empty() {
+            cluster = indices(backends, |b| b.serving && b.terminating);
+        }
+        has_any_endpoints = !cluster.is_empty();
+    }
+
+    let mut local = Vec::new();
+    if uses_local {
+        has_any_endpoints |= backends
+            .iter()
+            .any(|b| b.ready || (b.serving && b.terminating));
+        local = indices(backends, |b| is_local(b) && b.ready);
+        if local.is_empty() {
+            local = indices(backends, |b| is_local(b) && b.serving && b.terminating);
+        }
+    }
+
+    let all_reachable = match (uses_cluster, uses_local) {
+        (true, false) => cluster.clone(),
+        (false, _) => local.clone(),
+        (true, true) => {
+            let mut all: Vec<usize> = cluster.iter().chain(local.iter()).copied().collect();
+            all.sort_unstable();
+            all.dedup();
+            all
+        }
+    };
+
+    LinkedServicePort {
+        rule: rule.clone(),
+        cluster,
+        local,
+        all_reachable,
+        has_any_endpoints,
+        topology,
+    }
+}
+
+fn indices(backends: &[Backend], keep: impl Fn(&Backend) -> bool) -> Vec<usize> {
+    backends
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| keep(b))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// kube-proxy's `topologyModeFromHints`: hints are used only when every ready
+/// endpoint has them and at least one is for this node (or zone).
+fn topology_mode(backends: &[Backend], node: &NodeInfo) -> TopologyMode {
+    let ready: Vec<&Backend> = backends.iter().filter(|b| b.ready).collect();
+    if ready.is_empty() {
+        return TopologyMode::None;
+    }
+    let all_node_hints = ready.iter().all(|b| !b.node_hints.is_empty());
+    if all_node_hints
+        && ready
+            .iter()
+            .any(|b| b.node_hints.iter().any(|n| *n == node.name))
+    {
+        return TopologyMode::PreferSameNode;
+    }
+    let all_zone_hints = ready.iter().all(|b| !b.zone_hints.is_empty());
+    if let Some(zone) = &node.zone
+        && all_zone_hints
+        && ready.iter().any(|b| b.zone_hints.contains(zone))
+    {
+        return TopologyMode::PreferSameZone;
+    }
+    TopologyMode::None
+}
+
+fn available_for_topology(b: &Backend, mode: TopologyMode, node: &NodeInfo) -> bool {
+    match mode {
+        TopologyMode::None => true,
+        TopologyMode::PreferSameNode => b.node_hints.iter().any(|n| *n == node.name),
+        TopologyMode::PreferSameZone => {
+            node.zone.as_ref().is_some_and(|z| b.zone_hints.contains(z))
+        }
+    }
+}

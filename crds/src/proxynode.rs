@@ -1,0 +1,100 @@
+//! `ProxyNode`: per-node state. The operator writes `spec` (pool, target mode);
+//! that node's agent writes `status`. No agent writes a shared object.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::mode::Mode;
+
+/// One node's assignment, named after the node and owned by it.
+#[derive(CustomResource, KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "switchyard.dev",
+    version = "v1alpha1",
+    kind = "ProxyNode",
+    plural = "proxynodes",
+    shortname = "pxn",
+    status = "ProxyNodeStatus",
+    printcolumn = r#"{"name":"POOL","type":"string","jsonPath":".spec.pool"}"#,
+    printcolumn = r#"{"name":"TARGET","type":"string","jsonPath":".spec.targetMode"}"#,
+    printcolumn = r#"{"name":"APPLIED","type":"string","jsonPath":".status.appliedMode"}"#,
+    printcolumn = r#"{"name":"SYNCED","type":"date","jsonPath":".status.lastSyncTime"}"#,
+    printcolumn = r#"{"name":"AGE","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyNodeSpec {
+    /// The ProxyConfig whose pool this node is in; unset when no pool selects it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// The dataplane this node must run; unset leaves the node as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_mode: Option<Mode>,
+}
+
+/// Step of a mode switch on a node, in order.
+#[derive(
+    schemars::JsonSchema, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize,
+)]
+pub enum SwitchStep {
+    /// Building the new dataplane beside the old one.
+    Building,
+    /// Probing through the new dataplane.
+    Verifying,
+    /// Removing the old dataplane.
+    RemovingOld,
+}
+
+/// A switch in flight on a node.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SwitchStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Mode>,
+    pub to: Mode,
+    pub step: SwitchStep,
+}
+
+/// Object counts of what the agent programmed.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedCounts {
+    pub service_ports: u32,
+    pub endpoints: u32,
+    /// Rules, map entries or virtual servers, in the mode's own unit.
+    pub objects: u32,
+}
+
+/// What a node's agent reports.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyNodeStatus {
+    /// The dataplane carrying this node's service traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_mode: Option<Mode>,
+    /// The target mode the last switch failed to reach (cleared on success).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_mode: Option<Mode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch: Option<SwitchStatus>,
+    /// Epoch of the shard layout last applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_epoch: Option<u64>,
+    /// Shard name → generation last applied.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub applied_shards: BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<Time>,
+    /// Duration of the last sync in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<AppliedCounts>,
+    /// `Ready` (the target mode is applied and verified), `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}

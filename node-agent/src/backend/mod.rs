@@ -1,0 +1,123 @@
+//! One module per dataplane mode, each implementing [`Backend`]:
+//! `render` (pure: linked ruleset + settings → typed plan) and `apply` /
+//! `cleanup` (the only code that touches the kernel).
+//!
+//! [`Dataplane`] is the object-safe face the agent's control loop drives, so a
+//! node can hold the old and the new mode side by side during a switch.
+
+use std::fmt;
+
+use switchyard_api::Mode;
+use switchyard_api::policy::LinkedRuleset;
+
+use crate::exec::ExecError;
+use crate::settings::Settings;
+
+/// A backend failed to render or apply.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{mode}: {operation}: {source}")]
+    Exec {
+        mode: Mode,
+        operation: &'static str,
+        #[source]
+        source: ExecError,
+    },
+    #[error("{mode}: {operation}: {source}")]
+    Io {
+        mode: Mode,
+        operation: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{mode}: {operation}: {message}")]
+    Kernel {
+        mode: Mode,
+        operation: &'static str,
+        message: String,
+    },
+    #[error("{mode} is not available on this node: {reason}")]
+    Unavailable { mode: Mode, reason: String },
+}
+
+/// What one apply did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// Objects (rules, elements, virtual servers, map entries) in the applied plan.
+    pub objects: u32,
+    /// Objects written by this apply (less than `objects` on an incremental sync).
+    pub written: u32,
+    /// This apply rewrote everything.
+    pub full: bool,
+}
+
+/// A dataplane mode.
+pub trait Backend: Send {
+    /// The typed plan; `Display` prints it in the mode's native form
+    /// (iptables-save, `nft list`, `ipvsadm -Ln` + `ipset list`, map tables).
+    type Plan: fmt::Display + fmt::Debug + Send;
+
+    fn mode(&self) -> Mode;
+
+    /// Pure: what to program for this linked ruleset.
+    fn render(&self, ruleset: &LinkedRuleset, settings: &Settings) -> Self::Plan;
+
+    /// Program the kernel. Incremental against what this backend last applied;
+    /// on error, the previously applied rules stay in place.
+    fn apply(&mut self, plan: &Self::Plan) -> Result<ApplyStats, BackendError>;
+
+    /// Forget what was applied so the next apply is a full sync (periodic resync).
+    fn invalidate(&mut self);
+
+    /// Whether this mode's kernel objects exist (restart recovery, switch convergence).
+    fn present(&self) -> Result<bool, BackendError>;
+
+    /// Remove every trace of this mode, and nothing else.
+    fn cleanup(&mut self) -> Result<(), BackendError>;
+}
+
+/// Object-safe form of [`Backend`] for the control loop.
+pub trait Dataplane: Send {
+    fn mode(&self) -> Mode;
+    fn sync(
+        &mut self,
+        ruleset: &LinkedRuleset,
+        settings: &Settings,
+    ) -> Result<ApplyStats, BackendError>;
+    /// The rendered plan in the mode's native form.
+    fn render_text(&self, ruleset: &LinkedRuleset, settings: &Settings) -> String;
+    fn invalidate(&mut self);
+    fn present(&self) -> Result<bool, BackendError>;
+    fn cleanup(&mut self) -> Result<(), BackendError>;
+}
+
+impl<B: Backend> Dataplane for B {
+    fn mode(&self) -> Mode {
+        Backend::mode(self)
+    }
+
+    fn sync(
+        &mut self,
+        ruleset: &LinkedRuleset,
+        settings: &Settings,
+    ) -> Result<ApplyStats, BackendError> {
+        let plan = self.render(ruleset, settings);
+        self.apply(&plan)
+    }
+
+    fn render_text(&self, ruleset: &LinkedRuleset, settings: &Settings) -> String {
+        self.render(ruleset, settings).to_string()
+    }
+
+    fn invalidate(&mut self) {
+        Backend::invalidate(self)
+    }
+
+    fn present(&self) -> Result<bool, BackendError> {
+        Backend::present(self)
+    }
+
+    fn cleanup(&mut self) -> Result<(), BackendError> {
+        Backend::cleanup(self)
+    }
+}

@@ -5,6 +5,11 @@
 //! [`Dataplane`] is the object-safe face the agent's control loop drives, so a
 //! node can hold the old and the new mode side by side during a switch.
 
+pub mod ebpf;
+pub mod iptables;
+pub mod ipvs;
+pub mod nftables;
+
 use std::fmt;
 
 use switchyard_api::Mode;

@@ -255,7 +255,7 @@ pub struct EbpfSettings {
 pub struct RolloutSpec {
     /// Nodes switching at once: a count (≥ 1) or a percentage of the pool (1%–100%). Default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("type(self) == int ? self >= 1 : self.matches('^([1-9][0-9]?|100)%$')").message("maxUnavailable must be a count of at least 1 or a percentage from 1% to 100%"))]
+    #[x_kube(validation = Rule::new("string(self).matches('^[1-9][0-9]*$') || string(self).matches('^([1-9][0-9]?|100)%$')").message("maxUnavailable must be a count of at least 1 or a percentage from 1% to 100%"))]
     pub max_unavailable: Option<IntOrString>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,

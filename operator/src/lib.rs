@@ -5,12 +5,17 @@
 //! Pure logic ([`pools`], [`rollout`], [`status`], [`plan`]) is separate from
 //! the code that talks to the API ([`controller`], [`writes`]).
 
+pub mod clock;
+pub mod controller;
 pub mod error;
+pub mod events;
+pub mod metrics;
 pub mod plan;
 pub mod policy;
 pub mod pools;
 pub mod rollout;
 pub mod status;
+pub mod writes;
 
 pub use error::Error;
 

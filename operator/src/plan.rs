@@ -3,6 +3,7 @@
 //! the status to record and the Events to publish.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
@@ -20,7 +21,7 @@ use crate::status::{self, StatusInput};
 pub struct PoolInput<'a> {
     pub config: &'a ProxyConfig,
     pub assignment: &'a Assignment,
-    pub nodes: &'a [Node],
+    pub nodes: &'a [Arc<Node>],
     pub proxy_nodes: &'a [ProxyNode],
     pub now: Timestamp,
     /// Added to the verification timeout for a node's switch deadline.
@@ -78,11 +79,7 @@ pub fn plan_pool(input: &PoolInput<'_>) -> PoolPlan {
         .iter()
         .map(|p| (p.name_any(), p))
         .collect();
-    let node_uids: BTreeMap<String, String> = input
-        .nodes
-        .iter()
-        .filter_map(|n| Some((n.name_any(), n.metadata.uid.clone()?)))
-        .collect();
+    let node_uids = uids(input.nodes);
 
     let members: Vec<NodeState> = input
         .assignment
@@ -153,8 +150,7 @@ pub fn plan_pool(input: &PoolInput<'_>) -> PoolPlan {
     }
 }
 
-/// ProxyNodes that name this pool but whose node no pool selects any more:
-/// their pool is cleared, their target mode kept (the node is left as it is).
+/// ProxyNodes that name this pool but whose node no pool selects any more.
 fn released_nodes(
     pool: &str,
     assignment: &Assignment,
@@ -164,17 +160,45 @@ fn released_nodes(
     assignment
         .unassigned
         .iter()
-        .filter_map(|name| {
-            let proxy_node = proxy_nodes.get(name)?;
-            (proxy_node.spec.pool.as_deref() == Some(pool)).then_some(())?;
-            Some(ProxyNodeApply {
-                name: name.clone(),
-                node_uid: node_uids.get(name)?.clone(),
-                spec: ProxyNodeSpec {
-                    pool: None,
-                    target_mode: proxy_node.spec.target_mode,
-                },
-            })
-        })
+        .filter_map(|name| release(pool, proxy_nodes.get(name)?, node_uids))
+        .collect()
+}
+
+/// Every ProxyNode of a pool that is being deleted.
+pub fn release_pool(
+    pool: &str,
+    nodes: &[Arc<Node>],
+    proxy_nodes: &[ProxyNode],
+) -> Vec<ProxyNodeApply> {
+    let node_uids = uids(nodes);
+    proxy_nodes
+        .iter()
+        .filter_map(|p| release(pool, p, &node_uids))
+        .collect()
+}
+
+/// A ProxyNode of `pool` leaves it: its pool is cleared and its target mode
+/// kept, so the node is left as it is.
+fn release(
+    pool: &str,
+    proxy_node: &ProxyNode,
+    node_uids: &BTreeMap<String, String>,
+) -> Option<ProxyNodeApply> {
+    (proxy_node.spec.pool.as_deref() == Some(pool)).then_some(())?;
+    let name = proxy_node.name_any();
+    Some(ProxyNodeApply {
+        node_uid: node_uids.get(&name)?.clone(),
+        name,
+        spec: ProxyNodeSpec {
+            pool: None,
+            target_mode: proxy_node.spec.target_mode,
+        },
+    })
+}
+
+fn uids(nodes: &[Arc<Node>]) -> BTreeMap<String, String> {
+    nodes
+        .iter()
+        .filter_map(|n| Some((n.name_any(), n.metadata.uid.clone()?)))
         .collect()
 }

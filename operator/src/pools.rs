@@ -5,6 +5,7 @@
 //! every ProxyConfig involved and left where it is. A node no pool selects is
 //! left alone too.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Node;
@@ -50,10 +51,10 @@ impl Assignment {
 }
 
 /// Assign `nodes` to `configs` (ProxyConfigs being deleted must be left out by the caller).
-pub fn assign_pools(nodes: &[Node], configs: &[ProxyConfig]) -> Assignment {
+pub fn assign_pools<N: Borrow<Node>, C: Borrow<ProxyConfig>>(nodes: &[N], configs: &[C]) -> Assignment {
     let mut out = Assignment::default();
     let mut selectors: Vec<(String, i32, Selector)> = Vec::new();
-    for config in configs {
+    for config in configs.iter().map(Borrow::borrow) {
         let name = config.name_any();
         match Selector::try_from(config.spec.node_selector.clone()) {
             Ok(selector) => selectors.push((name, config.spec.priority, selector)),
@@ -63,7 +64,7 @@ pub fn assign_pools(nodes: &[Node], configs: &[ProxyConfig]) -> Assignment {
         }
     }
     let no_labels = BTreeMap::new();
-    for node in nodes {
+    for node in nodes.iter().map(Borrow::borrow) {
         let node_name = node.name_any();
         let labels = node.metadata.labels.as_ref().unwrap_or(&no_labels);
         let matching: Vec<(&str, i32)> = selectors

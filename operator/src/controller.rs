@@ -127,7 +127,11 @@ async fn apply_pool(config: &ProxyConfig, ctx: &Context) -> Result<Action, Error
         switch_margin: ctx.switch_margin,
     });
     write_plan(&fresh, &plan, ctx).await?;
-    Ok(Action::requeue(plan.requeue_after.unwrap_or(RESYNC).max(Duration::from_secs(1))))
+    Ok(Action::requeue(
+        plan.requeue_after
+            .unwrap_or(RESYNC)
+            .max(Duration::from_secs(1)),
+    ))
 }
 
 async fn write_plan(config: &ProxyConfig, plan: &PoolPlan, ctx: &Context) -> Result<(), Error> {
@@ -143,7 +147,11 @@ async fn write_plan(config: &ProxyConfig, plan: &PoolPlan, ctx: &Context) -> Res
     let reference = config.object_ref(&());
     for pool_event in &plan.events {
         info!(pool = %name, event = ?pool_event, "pool event");
-        if let Err(error) = ctx.recorder.publish(&to_event(pool_event), &reference).await {
+        if let Err(error) = ctx
+            .recorder
+            .publish(&to_event(pool_event), &reference)
+            .await
+        {
             warn!(pool = %name, %error, "publishing an event failed");
         }
     }
@@ -177,7 +185,11 @@ async fn cleanup_pool(config: &ProxyConfig, ctx: &Context) -> Result<Action, Err
 
 /// Every ProxyConfig the store holds.
 fn all_configs(store: &Store<ProxyConfig>) -> Vec<ObjectRef<ProxyConfig>> {
-    store.state().iter().map(|c| ObjectRef::from_obj(&**c)).collect()
+    store
+        .state()
+        .iter()
+        .map(|c| ObjectRef::from_obj(&**c))
+        .collect()
 }
 
 /// Run the ProxyConfig controller until `shutdown` resolves.

@@ -4,3 +4,4 @@
 
 pub mod agent;
 pub mod objects;
+pub mod verifier;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::ListParams;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -27,6 +27,9 @@ use crate::writes::{apply_proxy_node, apply_status};
 
 /// Finalizer on every ProxyConfig: its nodes are released before it goes.
 pub const FINALIZER: &str = "switchyard.dev/release-nodes";
+
+/// Changes within this time are reconciled once (a batch's agents report together).
+pub const DEBOUNCE: Duration = Duration::from_secs(1);
 
 /// Requeue a settled pool this often, as a safety net.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -234,6 +237,7 @@ pub async fn run(
             },
         )
         .reconcile_all_on(node_labels_changed)
+        .with_config(controller::Config::default().debounce(DEBOUNCE))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -83,7 +83,7 @@ fn a_tie_is_a_conflict_on_every_pool_involved_and_assigns_nothing() {
         pools: vec!["p".into(), "q".into()],
         priority: 5,
     };
-    assert_eq!(a.conflicts_of("p"), &[conflict.clone()]);
+    assert_eq!(a.conflicts_of("p"), std::slice::from_ref(&conflict));
     assert_eq!(a.conflicts_of("q"), &[conflict]);
     assert!(a.conflicts_of("low").is_empty());
 }

@@ -1,6 +1,8 @@
 //! The ProxyConfig reconciler against a mock API server: every request it
 //! makes is asserted (method, path, body) and answered, in order.
 
+#![allow(clippy::expect_used)] // tests may expect
+
 mod common;
 
 use std::sync::Arc;

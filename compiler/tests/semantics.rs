@@ -12,7 +12,7 @@ fn compile_yaml(yaml: &str) -> Compiled {
 }
 
 fn compile_with(yaml: &str, settings: &CompileSettings) -> Compiled {
-    let objects = parse_objects(yaml).expect("test YAML parses");
+    let objects = parse_objects(yaml).unwrap_or_else(|e| panic!("test YAML: {e}"));
     compile(&Snapshot::from(objects), settings)
 }
 

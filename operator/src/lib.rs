@@ -13,7 +13,9 @@ pub mod metrics;
 pub mod plan;
 pub mod policy;
 pub mod pools;
+pub mod publish;
 pub mod rollout;
+pub mod shards;
 pub mod status;
 pub mod writes;
 

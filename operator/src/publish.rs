@@ -19,8 +19,8 @@ use switchyard_compiler::{
 /// A change from one of the watches.
 #[derive(Clone, Debug)]
 pub enum Change {
-    Service(watcher::Event<Service>),
-    EndpointSlice(watcher::Event<EndpointSlice>),
+    Service(Box<watcher::Event<Service>>),
+    EndpointSlice(Box<watcher::Event<EndpointSlice>>),
 }
 
 /// What one sync must write.
@@ -128,7 +128,7 @@ impl Publisher {
     pub fn apply(&mut self, change: &Change) {
         match change {
             Change::Service(event) => {
-                for op in self.services.ops(event) {
+                for op in self.services.ops(event.as_ref()) {
                     match op {
                         Op::Upsert(service) => {
                             if let Err(d) = self.compiler.update_service(service) {
@@ -140,7 +140,7 @@ impl Publisher {
                 }
             }
             Change::EndpointSlice(event) => {
-                for op in self.slices.ops(event) {
+                for op in self.slices.ops(event.as_ref()) {
                     match op {
                         Op::Upsert(slice) => {
                             if let Err(d) = self.compiler.update_endpoint_slice(slice) {

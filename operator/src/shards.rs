@@ -144,13 +144,13 @@ pub async fn run_publisher(
         watcher::Config::default(),
     )
     .default_backoff()
-    .map(|e| e.map(Change::Service));
+    .map(|e| e.map(|e| Change::Service(Box::new(e))));
     let slices = watcher(
         Api::<EndpointSlice>::all(client.clone()),
         watcher::Config::default(),
     )
     .default_backoff()
-    .map(|e| e.map(Change::EndpointSlice));
+    .map(|e| e.map(|e| Change::EndpointSlice(Box::new(e))));
     let mut changes = std::pin::pin!(stream::select(services, slices));
     let mut shutdown = std::pin::pin!(shutdown);
     // Set by the first change after a sync, so a steady stream of changes

@@ -57,13 +57,13 @@ spec:
 fn publisher(budget: usize, existing: &[ProxyRuleset]) -> Publisher {
     let mut p = Publisher::new(CompileSettings::default(), budget, existing);
     let objects = parse_objects(OBJECTS).expect("test YAML");
-    p.apply(&Change::Service(Event::Init));
+    p.apply(&Change::Service(Box::new(Event::Init)));
     for s in objects.services {
-        p.apply(&Change::Service(Event::InitApply(s)));
+        p.apply(&Change::Service(Box::new(Event::InitApply(s))));
     }
-    p.apply(&Change::Service(Event::InitDone));
+    p.apply(&Change::Service(Box::new(Event::InitDone)));
     for s in objects.endpoint_slices {
-        p.apply(&Change::EndpointSlice(Event::Apply(s)));
+        p.apply(&Change::EndpointSlice(Box::new(Event::Apply(s))));
     }
     p
 }
@@ -132,7 +132,7 @@ fn an_endpoint_change_rewrites_only_its_shard() {
     let mut objects = parse_objects(OBJECTS).expect("test YAML");
     let mut slice = objects.endpoint_slices.remove(0);
     slice.endpoints[0].addresses = vec!["10.0.0.2".into()];
-    p.apply(&Change::EndpointSlice(Event::Apply(slice)));
+    p.apply(&Change::EndpointSlice(Box::new(Event::Apply(slice))));
     let next = p.sync();
     assert_eq!(names(&next), vec![web_shard.0.as_str()]);
     assert_eq!(next.apply[0].1.generation, web_shard.1 + 1);
@@ -150,15 +150,15 @@ fn a_service_gone_from_a_relist_is_removed() {
     let mut p = publisher(256 * 1024, &[]);
     p.sync();
     let objects = parse_objects(OBJECTS).expect("test YAML");
-    p.apply(&Change::Service(Event::Init));
+    p.apply(&Change::Service(Box::new(Event::Init)));
     for s in objects
         .services
         .into_iter()
         .filter(|s| s.metadata.name.as_deref() != Some("db"))
     {
-        p.apply(&Change::Service(Event::InitApply(s)));
+        p.apply(&Change::Service(Box::new(Event::InitApply(s))));
     }
-    p.apply(&Change::Service(Event::InitDone));
+    p.apply(&Change::Service(Box::new(Event::InitDone)));
     let next = p.sync();
     let services: Vec<&str> = next.apply[0]
         .1

@@ -9,6 +9,8 @@ pub mod clock;
 pub mod controller;
 pub mod error;
 pub mod events;
+pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod plan;
 pub mod policy;

@@ -115,6 +115,15 @@ fn name_list<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
     }
 }
 
+/// "N nodes failed: a, b, …".
+fn failed_nodes(r: &RolloutStatus) -> String {
+    format!(
+        "{} nodes failed: {}",
+        r.failed_nodes.len(),
+        name_list(r.failed_nodes.iter().map(String::as_str))
+    )
+}
+
 fn ready_condition(input: &StatusInput<'_>, ready: u32, total: u32) -> Cond {
     let mode = input.mode;
     if total == 0 {
@@ -197,11 +206,10 @@ fn progressing_condition(input: &StatusInput<'_>) -> Cond {
                     true,
                     "RollingBack",
                     format!(
-                        "rolling back from {} to {} after {} nodes failed: {}",
+                        "rolling back from {} to {} after {}",
                         r.to,
                         r.from,
-                        r.failed_nodes.len(),
-                        name_list(r.failed_nodes.iter().map(String::as_str))
+                        failed_nodes(r)
                     ),
                 ),
                 RolloutPhase::Complete => (
@@ -250,11 +258,10 @@ fn degraded_condition(input: &StatusInput<'_>) -> Cond {
             true,
             "RolledBack",
             format!(
-                "the pool runs {} instead of spec.mode {} because {} nodes failed the switch: {}",
+                "the pool runs {} instead of spec.mode {} after {}",
                 r.from,
                 r.to,
-                r.failed_nodes.len(),
-                name_list(r.failed_nodes.iter().map(String::as_str))
+                failed_nodes(r)
             ),
         )
     } else if let Some(r) = input.rollout.filter(|r| !r.failed_nodes.is_empty()) {

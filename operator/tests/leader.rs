@@ -6,31 +6,19 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use common::clock::{FixedClock, now};
 use common::verifier::mock_client;
 use http::{Method, StatusCode};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::SignedDuration;
 use kube::Api;
 use serde_json::json;
-use switchyard_operator::clock::Clock;
 use switchyard_operator::http::Health;
 use switchyard_operator::leader::{Decision, LeaderElector, LeaseSettings, decide};
 
 const LEASE: &str =
     "/apis/coordination.k8s.io/v1/namespaces/switchyard-system/leases/switchyard-operator";
-
-struct FixedClock(Timestamp);
-
-impl Clock for FixedClock {
-    fn now(&self) -> Timestamp {
-        self.0
-    }
-}
-
-fn now() -> Timestamp {
-    Timestamp::from_second(1_800_000_000).unwrap()
-}
 
 fn held_by(holder: &str, renewed_secs_ago: i64) -> LeaseSpec {
     LeaseSpec {

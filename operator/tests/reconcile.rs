@@ -8,19 +8,18 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::clock::{FixedClock, now};
 use common::objects::{config, node, proxy_node, selector};
-use common::verifier::{ApiServerVerifier, mock_client};
+use common::verifier::{ApiServerVerifier, Expected, mock_client};
 use http::{Method, StatusCode};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
 use kube::runtime::{reflector, watcher};
 use serde_json::{Value, json};
 use switchyard_api::{Mode, ProxyConfig, ProxyNode};
-use switchyard_operator::clock::Clock;
 use switchyard_operator::controller::{Context, FINALIZER, error_policy, reconcile, reporter};
 use switchyard_operator::metrics::Metrics;
 
@@ -28,18 +27,6 @@ const CONFIGS: &str = "/apis/switchyard.dev/v1alpha1/proxyconfigs";
 const PROXY_NODES: &str = "/apis/switchyard.dev/v1alpha1/proxynodes";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
 const APPLY_QUERY: &str = "?&force=true&fieldManager=switchyard-operator";
-
-struct FixedClock(Timestamp);
-
-impl Clock for FixedClock {
-    fn now(&self) -> Timestamp {
-        self.0
-    }
-}
-
-fn now() -> Timestamp {
-    Timestamp::from_second(1_800_000_000).unwrap()
-}
 
 fn context(client: Client, nodes: &[Node], configs: &[ProxyConfig]) -> Arc<Context> {
     let (node_store, mut node_writer) = reflector::store();
@@ -84,6 +71,26 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
 }
 
+/// The reconcile's fresh reads (the ProxyConfig, every ProxyNode), answered;
+/// then its status apply, returned to be checked.
+async fn expect_reads_then_status(
+    api: &mut ApiServerVerifier,
+    config: &ProxyConfig,
+    proxy_nodes: &[ProxyNode],
+) -> Expected {
+    api.expect(Method::GET, &format!("{CONFIGS}/edge"))
+        .await
+        .ok(&serde_json::to_value(config).unwrap());
+    api.expect(Method::GET, PROXY_NODES)
+        .await
+        .ok(&list(proxy_nodes));
+    api.expect(
+        Method::PATCH,
+        &format!("{CONFIGS}/edge/status{APPLY_QUERY}"),
+    )
+    .await
+}
+
 /// What the API server sees, in order, for one reconcile.
 enum Scenario {
     /// First sight of a ProxyConfig: only the finalizer is added.
@@ -124,16 +131,7 @@ impl Scenario {
                 req.ok(&serde_json::to_value(with_finalizer(config)).unwrap());
             }
             Scenario::PoolCreated { config, nodes } => {
-                api.expect(Method::GET, &format!("{CONFIGS}/edge"))
-                    .await
-                    .ok(&serde_json::to_value(&config).unwrap());
-                api.expect(Method::GET, PROXY_NODES).await.ok(&list(&[]));
-                let req = api
-                    .expect(
-                        Method::PATCH,
-                        &format!("{CONFIGS}/edge/status{APPLY_QUERY}"),
-                    )
-                    .await;
+                let req = expect_reads_then_status(&mut api, &config, &[]).await;
                 let body = req.body.clone().unwrap();
                 assert_eq!(body["kind"], "ProxyConfig");
                 let status = &body["status"];
@@ -177,18 +175,7 @@ impl Scenario {
                 config,
                 proxy_nodes,
             } => {
-                api.expect(Method::GET, &format!("{CONFIGS}/edge"))
-                    .await
-                    .ok(&serde_json::to_value(&config).unwrap());
-                api.expect(Method::GET, PROXY_NODES)
-                    .await
-                    .ok(&list(&proxy_nodes));
-                let req = api
-                    .expect(
-                        Method::PATCH,
-                        &format!("{CONFIGS}/edge/status{APPLY_QUERY}"),
-                    )
-                    .await;
+                let req = expect_reads_then_status(&mut api, &config, &proxy_nodes).await;
                 let status = req.body.clone().unwrap()["status"].clone();
                 assert_eq!(
                     status["rollout"],
@@ -237,18 +224,7 @@ impl Scenario {
                 config,
                 proxy_nodes,
             } => {
-                api.expect(Method::GET, &format!("{CONFIGS}/edge"))
-                    .await
-                    .ok(&serde_json::to_value(&config).unwrap());
-                api.expect(Method::GET, PROXY_NODES)
-                    .await
-                    .ok(&list(&proxy_nodes));
-                let req = api
-                    .expect(
-                        Method::PATCH,
-                        &format!("{CONFIGS}/edge/status{APPLY_QUERY}"),
-                    )
-                    .await;
+                let req = expect_reads_then_status(&mut api, &config, &proxy_nodes).await;
                 let status = req.body.clone().unwrap()["status"].clone();
                 assert_eq!(status["conflictingNodes"], json!(["b"]));
                 assert_eq!(status["nodes"], 1);

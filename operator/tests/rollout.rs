@@ -130,6 +130,11 @@ impl Pool {
     }
 }
 
+/// The run ended with the rollout to `to` complete, `failed` nodes left behind.
+fn assert_completed(events: &[RolloutEvent], to: Mode, failed: u32) {
+    assert_eq!(events.last(), Some(&RolloutEvent::Complete { to, failed }));
+}
+
 fn batch_sizes(events: &[RolloutEvent]) -> Vec<usize> {
     events
         .iter()
@@ -190,13 +195,7 @@ fn success_moves_in_batches_of_max_unavailable_then_completes() {
             .count(),
         3
     );
-    assert_eq!(
-        events.last(),
-        Some(&RolloutEvent::Complete {
-            to: Nftables,
-            failed: 0
-        })
-    );
+    assert_completed(&events, Nftables, 0);
     let status = pool.status.clone().unwrap();
     assert_eq!((status.updated, status.total), (5, 5));
     assert_eq!(status.generation, Some(2));
@@ -246,13 +245,7 @@ fn failures_within_budget_complete_with_the_failed_nodes_on_the_old_mode() {
     pool.behaviours[4] = Behaviour::Fail;
     pool.edit_mode(Ebpf);
     let events = pool.run(20);
-    assert_eq!(
-        events.last(),
-        Some(&RolloutEvent::Complete {
-            to: Ebpf,
-            failed: 1
-        })
-    );
+    assert_completed(&events, Ebpf, 1);
     let mut expected = vec![Ebpf; 6];
     expected[4] = Iptables;
     assert_eq!(pool.targets(), expected);
@@ -291,13 +284,7 @@ fn a_node_that_does_not_settle_in_time_is_rolled_back() {
     );
     pool.agents();
     let events = pool.run(20);
-    assert_eq!(
-        events.last(),
-        Some(&RolloutEvent::Complete {
-            to: Nftables,
-            failed: 1
-        })
-    );
+    assert_completed(&events, Nftables, 1);
     assert_eq!(pool.targets(), vec![Iptables, Nftables, Nftables]);
     assert_eq!(pool.max_seen_unavailable, 1);
 }
@@ -323,13 +310,7 @@ fn without_auto_rollback_the_rollout_halts_and_resumes_when_the_budget_is_raised
     assert_eq!(pool.phase(), Some(RolloutPhase::Halted));
     pool.policy.failure_budget = 1;
     let events = pool.run(20);
-    assert_eq!(
-        events.last(),
-        Some(&RolloutEvent::Complete {
-            to: Nftables,
-            failed: 1
-        })
-    );
+    assert_completed(&events, Nftables, 1);
     assert_eq!(pool.targets(), vec![Iptables, Nftables, Nftables, Nftables]);
 }
 
@@ -350,13 +331,7 @@ fn pause_freezes_the_rollout_and_resume_continues_it() {
     assert_eq!(pool.targets(), vec![Nftables, Iptables, Iptables, Iptables]);
     pool.policy.paused = false;
     let events = pool.run(20);
-    assert_eq!(
-        events.last(),
-        Some(&RolloutEvent::Complete {
-            to: Nftables,
-            failed: 0
-        })
-    );
+    assert_completed(&events, Nftables, 0);
 }
 
 #[test]
@@ -381,13 +356,7 @@ fn a_new_mode_mid_rollout_retargets_every_node() {
     assert!(out.targets.values().all(|m| *m == Ebpf));
     pool.agents();
     let events = pool.run(20);
-    assert_eq!(
-        events.last(),
-        Some(&RolloutEvent::Complete {
-            to: Ebpf,
-            failed: 0
-        })
-    );
+    assert_completed(&events, Ebpf, 0);
     assert!(pool.targets().iter().all(|m| *m == Ebpf));
     assert_eq!(pool.status.as_ref().unwrap().from, Nftables);
     assert!(pool.max_seen_unavailable <= 2);
@@ -408,13 +377,7 @@ fn reverting_the_mode_mid_rollout_moves_the_switched_nodes_back() {
             to: Iptables
         }
     );
-    assert_eq!(
-        events.last(),
-        Some(&RolloutEvent::Complete {
-            to: Iptables,
-            failed: 0
-        })
-    );
+    assert_completed(&events, Iptables, 0);
     assert!(pool.targets().iter().all(|m| *m == Iptables));
 }
 
@@ -457,13 +420,7 @@ fn a_rolled_back_rollout_stays_rolled_back_until_the_spec_changes() {
             nodes: 3
         }
     ));
-    assert_eq!(
-        events.last(),
-        Some(&RolloutEvent::Complete {
-            to: Nftables,
-            failed: 0
-        })
-    );
+    assert_completed(&events, Nftables, 0);
 }
 
 #[test]
@@ -487,13 +444,7 @@ fn a_node_moved_into_a_completed_pool_is_rolled_to_its_mode() {
             ..
         }
     ));
-    assert_eq!(
-        events.last(),
-        Some(&RolloutEvent::Complete {
-            to: Nftables,
-            failed: 1
-        })
-    );
+    assert_completed(&events, Nftables, 1);
     // The node that failed in this generation is not retried.
     assert_eq!(pool.targets(), vec![Nftables, Nftables, Iptables]);
 }
@@ -556,13 +507,7 @@ fn a_status_written_before_the_node_specs_is_repaired_on_resume() {
     assert_eq!(again.targets, out.targets);
     pool.agents();
     let events = pool.run(20);
-    assert_eq!(
-        events.last(),
-        Some(&RolloutEvent::Complete {
-            to: Nftables,
-            failed: 0
-        })
-    );
+    assert_completed(&events, Nftables, 0);
 }
 
 fn behaviour() -> impl Strategy<Value = Behaviour> {

@@ -63,9 +63,38 @@ fn publisher(budget: usize, existing: &[ProxyRuleset]) -> Publisher {
     }
     p.apply(&Change::Service(Box::new(Event::InitDone)));
     for s in objects.endpoint_slices {
-        p.apply(&Change::EndpointSlice(Box::new(Event::Apply(s))));
+        p.apply(&Change::EndpointSlice(Box::new(Event::InitApply(s))));
     }
+    p.apply(&Change::EndpointSlice(Box::new(Event::InitDone)));
     p
+}
+
+#[test]
+fn nothing_is_published_before_both_initial_lists_are_in() {
+    let mut p = Publisher::new(CompileSettings::default(), 256 * 1024, &[old_shard(1, 0)]);
+    let objects = parse_objects(OBJECTS).expect("test YAML");
+    p.apply(&Change::Service(Box::new(Event::Init)));
+    for s in objects.services {
+        p.apply(&Change::Service(Box::new(Event::InitApply(s))));
+    }
+    p.apply(&Change::Service(Box::new(Event::InitDone)));
+    p.apply(&Change::EndpointSlice(Box::new(Event::Init)));
+    // Services listed, slices not yet: publishing now would drop web's endpoints.
+    assert_eq!(p.sync(), Publication::default());
+    for s in objects.endpoint_slices {
+        p.apply(&Change::EndpointSlice(Box::new(Event::InitApply(s))));
+    }
+    p.apply(&Change::EndpointSlice(Box::new(Event::InitDone)));
+    let first = p.sync();
+    let web = first.apply[0]
+        .1
+        .ruleset
+        .services
+        .iter()
+        .find(|s| s.name == "web")
+        .unwrap();
+    assert_eq!(web.backends.len(), 1);
+    assert_eq!(first.delete, vec!["switchyard-e1-0000"]);
 }
 
 fn names(p: &Publication) -> Vec<&str> {

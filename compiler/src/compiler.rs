@@ -113,8 +113,12 @@ impl Compiler {
                 dirty.insert(service);
             }
         }
+        // Deleted services first, so the ids they release are reused at once.
+        let (deleted, present): (Vec<ServiceKey>, Vec<ServiceKey>) = dirty
+            .into_iter()
+            .partition(|key| self.services.get(key).is_none());
         let mut affected = BTreeSet::new();
-        for key in dirty {
+        for key in deleted.into_iter().chain(present) {
             self.recompile(&key, &mut affected);
         }
         affected.into_iter().filter(|key| self.emit(key)).collect()

@@ -171,9 +171,14 @@ fn cluster_ips(spec: &ServiceSpec, reporter: &mut Reporter<'_>) -> Option<Vec<Ip
             Ok(ip) if !ips.contains(&ip) => ips.push(ip),
             Ok(_) => {}
             Err(_) => {
+                let field = if field == "spec.clusterIPs" {
+                    format!("{field}[{i}]")
+                } else {
+                    field.to_string()
+                };
                 reporter.report(
                     Reason::InvalidClusterIp,
-                    format!("{field}[{i}]: {text:?} is not an IP address; service skipped"),
+                    format!("{field}: {text:?} is not an IP address; service skipped"),
                 );
                 return None;
             }

@@ -47,6 +47,7 @@ const CASES: &[&str] = &[
     "invalid-source-range",
     "invalid-session-affinity-timeout",
     "duplicate-frontend",
+    "ip-leading-zeros",
     "link-terminating-fallback",
     "link-local-policies",
     "link-no-endpoints",

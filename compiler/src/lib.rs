@@ -21,7 +21,6 @@ mod join;
 mod keys;
 pub mod labels;
 mod load;
-mod node;
 mod service;
 mod shard;
 mod slice;
@@ -35,7 +34,6 @@ pub use compiler::Compiler;
 pub use diagnostic::{Diagnostic, ObjectKind, Reason};
 pub use keys::{PortKey, ServiceKey, SliceKey};
 pub use load::{LoadError, Location, Objects, parse_objects};
-pub use node::{ZONE_LABEL, node_info};
 pub use service::DEFAULT_AFFINITY_TIMEOUT_SECONDS;
 pub use shard::{DEFAULT_SHARD_BUDGET_BYTES, MAX_SHARDS, ShardSettings, ShardUpdate, Sharder};
 
@@ -44,8 +42,6 @@ pub use shard::{DEFAULT_SHARD_BUDGET_BYTES, MAX_SHARDS, ShardSettings, ShardUpda
 pub struct Snapshot {
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
-    /// Not needed for the ruleset itself (endpoint zones come from the slices);
-    /// [`node_info`] turns each into the link step's `NodeInfo`.
     pub nodes: Vec<Node>,
 }
 

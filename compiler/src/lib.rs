@@ -16,6 +16,7 @@ mod compiler;
 mod diagnostic;
 mod frontends;
 mod ids;
+mod ip;
 mod join;
 mod keys;
 pub mod labels;

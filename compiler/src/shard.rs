@@ -179,7 +179,7 @@ impl Sharder {
     }
 
     /// Double while a shard that can be split is over budget; halve while
-    /// every pair of shards fits in half the budget.
+    /// every pair of shards would fit in half the budget.
     fn wanted_shard_count(&self) -> u32 {
         let budget = self.settings.budget_bytes;
         let over = self
@@ -201,18 +201,18 @@ impl Sharder {
             }
             return count;
         }
-        let half = self.layout.shard_count / 2;
-        if half >= 1 {
-            let fits_in_half = (0..half as usize).all(|i| {
-                let merged =
-                    self.shards[i].content_bytes + self.shards[i + half as usize].content_bytes;
-                self.envelope_bytes + merged <= budget / 2
-            });
-            if fits_in_half {
-                return half;
+        let mut count = self.layout.shard_count;
+        let mut bytes: Vec<usize> = self.shards.iter().map(|s| s.content_bytes).collect();
+        while count > 1 {
+            let half = count as usize / 2;
+            let merged: Vec<usize> = (0..half).map(|i| bytes[i] + bytes[i + half]).collect();
+            if merged.iter().any(|b| self.envelope_bytes + b > budget / 2) {
+                break;
             }
+            bytes = merged;
+            count /= 2;
         }
-        self.layout.shard_count
+        count
     }
 
     /// Every shard of a `count`-shard layout that holds more than one service fits the budget.

@@ -53,7 +53,8 @@ impl Lcg {
 struct Cluster {
     nodes: Vec<Arc<Node>>,
     config: ProxyConfig,
-    proxy_nodes: BTreeMap<String, ProxyNode>,
+    /// `proxy_nodes[i]` is node-i's.
+    proxy_nodes: Vec<ProxyNode>,
     max_unavailable: usize,
     max_seen_unavailable: usize,
     events: Vec<PoolEvent>,
@@ -66,21 +67,22 @@ struct Cluster {
 
 impl Cluster {
     fn unavailable(&self) -> usize {
-        self.proxy_nodes
-            .values()
-            .filter(|p| {
-                switchyard_operator::plan::node_state(&p.metadata.name.clone().unwrap(), Some(p))
-                    .unavailable()
-            })
-            .count()
+        self.states().iter().filter(|n| n.unavailable()).count()
     }
 
     fn states(&self) -> Vec<NodeState> {
         self.proxy_nodes
             .iter()
-            .map(|(n, p)| switchyard_operator::plan::node_state(n, Some(p)))
+            .map(|p| {
+                switchyard_operator::plan::node_state(p.metadata.name.as_deref().unwrap(), Some(p))
+            })
             .collect()
     }
+}
+
+/// `node-0042` → 42.
+fn node_index(name: &str) -> usize {
+    name.trim_start_matches("node-").parse().unwrap()
 }
 
 struct Outcome {
@@ -164,7 +166,7 @@ async fn simulate_script(
         config: pool,
         proxy_nodes: names
             .iter()
-            .map(|n| (n.clone(), proxy_node(n, Some("main"), Mode::Iptables)))
+            .map(|n| proxy_node(n, Some("main"), Mode::Iptables))
             .collect(),
         max_unavailable: max,
         max_seen_unavailable: 0,
@@ -185,7 +187,6 @@ async fn simulate_script(
         targets.insert(name.clone(), tx);
         let cluster = cluster.clone();
         let wake = operator_wake.clone();
-        let name = name.clone();
         let behaviour = behaviours[i];
         let switch_secs = 5 + rng.next() % 30;
         local.spawn_local(async move {
@@ -198,13 +199,7 @@ async fn simulate_script(
                 }
                 if agent.react(target, behaviour) {
                     let mut c = cluster.borrow_mut();
-                    let status = c
-                        .proxy_nodes
-                        .get_mut(&name)
-                        .unwrap()
-                        .status
-                        .as_mut()
-                        .unwrap();
+                    let status = c.proxy_nodes[i].status.as_mut().unwrap();
                     status.applied_mode = agent.applied;
                     status.failed_mode = agent.failed;
                     status.conditions = if agent.ready {
@@ -247,24 +242,22 @@ async fn simulate_script(
                     let c = cluster.borrow();
                     let configs = [c.config.clone()];
                     let assignment = assign_pools(&c.nodes, &configs);
-                    let proxy_nodes: Vec<ProxyNode> = c.proxy_nodes.values().cloned().collect();
                     let plan = plan_pool(&PoolInput {
                         config: &c.config,
                         assignment: &assignment,
                         nodes: &c.nodes,
-                        proxy_nodes: &proxy_nodes,
+                        proxy_nodes: &c.proxy_nodes,
                         now: clock.now(),
                         switch_margin: Duration::from_secs(60),
                     });
                     let finished = plan.status.rollout.as_ref().is_some_and(|r| {
                         matches!(r.phase, RolloutPhase::Complete | RolloutPhase::RolledBack)
                     });
-                    let settled = c.states().iter().all(|n| !n.unavailable());
                     let done = finished
-                        && settled
                         && plan.proxy_nodes.is_empty()
                         && script.is_empty()
-                        && pending_crashes == 0;
+                        && pending_crashes == 0
+                        && c.unavailable() == 0;
                     (plan, done)
                 };
                 {
@@ -280,7 +273,7 @@ async fn simulate_script(
                     let at = started.elapsed().as_secs();
                     for apply in &plan.proxy_nodes {
                         c.target_writes.push((at, apply.name.clone()));
-                        c.proxy_nodes.get_mut(&apply.name).unwrap().spec = apply.spec.clone();
+                        c.proxy_nodes[node_index(&apply.name)].spec = apply.spec.clone();
                         targets[&apply.name].send_replace(apply.spec.target_mode);
                     }
                     let unavailable = c.unavailable();

@@ -159,6 +159,33 @@ impl Publisher {
         }
     }
 
+    /// After `failed` could not be written (in part): every shard of the
+    /// current layout, and the deletions and diagnostics of both `failed` and
+    /// `next` (a sync made since).
+    pub fn republish(&self, failed: Publication, next: Publication) -> Publication {
+        let layout = self.sharder.layout();
+        let apply = self
+            .sharder
+            .shards(&self.compiler)
+            .into_iter()
+            .map(|spec| (shard_name(&layout, spec.shard), spec))
+            .collect();
+        let mut delete = failed.delete;
+        delete.extend(
+            next.delete
+                .into_iter()
+                .filter(|d| !delete.contains(d))
+                .collect::<Vec<_>>(),
+        );
+        let mut diagnostics = failed.diagnostics;
+        diagnostics.extend(next.diagnostics);
+        Publication {
+            apply,
+            delete,
+            diagnostics,
+        }
+    }
+
     /// Recompile what changed and say what to write. Nothing is published
     /// before both watches delivered their first full list: a ruleset with the
     /// Services but not yet their EndpointSlices would drop traffic.

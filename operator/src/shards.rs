@@ -113,13 +113,17 @@ pub fn diagnostic_event(d: &Diagnostic) -> Event {
     }
 }
 
+/// How long to wait before publishing again after a failed write.
+const PUBLISH_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     if let Some(at) = at {
         tokio::time::sleep_until(at).await;
     }
 }
 
-/// Watch, compile and publish until `shutdown` resolves.
+/// Watch, compile and publish until `shutdown` resolves. A failed write is
+/// retried (with every shard) rather than ending the loop.
 pub async fn run_publisher(
     client: Client,
     settings: CompileSettings,
@@ -156,6 +160,8 @@ pub async fn run_publisher(
     // Set by the first change after a sync, so a steady stream of changes
     // cannot postpone the next sync forever.
     let mut sync_at: Option<tokio::time::Instant> = None;
+    // A publication that failed: the next one rewrites every shard.
+    let mut retry: Option<Publication> = None;
     loop {
         tokio::select! {
             () = &mut shutdown => return Ok(()),
@@ -169,13 +175,21 @@ pub async fn run_publisher(
             },
             () = sleep_until(sync_at), if sync_at.is_some() => {
                 let started = Instant::now();
-                let publication = publisher.sync();
+                let mut publication = publisher.sync();
                 metrics.compile_duration.observe(started.elapsed().as_secs_f64());
+                if let Some(failed) = retry.take() {
+                    publication = publisher.republish(failed, publication);
+                }
                 if !publication.apply.is_empty() || !publication.delete.is_empty() {
                     info!(written = publication.apply.len(), deleted = publication.delete.len(), "publishing shards");
                 }
-                write_publication(&client, &publication, &recorder, &metrics).await?;
                 sync_at = None;
+                if let Err(error) = write_publication(&client, &publication, &recorder, &metrics).await {
+                    warn!(%error, "publishing shards failed; retrying with every shard");
+                    metrics.publish_errors.inc();
+                    retry = Some(publication);
+                    sync_at = Some(tokio::time::Instant::now() + PUBLISH_RETRY);
+                }
             }
         }
     }

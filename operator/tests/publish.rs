@@ -199,6 +199,40 @@ fn a_service_gone_from_a_relist_is_removed() {
     assert_eq!(services, vec!["web"]);
 }
 
+#[test]
+fn a_failed_publication_is_retried_with_every_shard_and_its_deletions() {
+    let mut p = publisher(500, &[old_shard(1, 0)]);
+    let failed = p.sync();
+    let shard_count = failed.apply.len();
+    assert!(shard_count >= 2);
+    let mut objects = parse_objects(OBJECTS).expect("test YAML");
+    let mut slice = objects.endpoint_slices.remove(0);
+    slice.endpoints[0].addresses = vec!["10.0.0.3".into()];
+    p.apply(&Change::EndpointSlice(Box::new(Event::Apply(slice))));
+    let next = p.sync();
+    assert_eq!(next.apply.len(), 1);
+    let retry = p.republish(failed.clone(), next);
+    assert_eq!(
+        retry.apply.len(),
+        shard_count,
+        "every shard of the layout again"
+    );
+    assert!(retry.delete.contains(&"switchyard-e1-0000".to_string()));
+    assert_eq!(retry.delete, failed.delete);
+    assert_eq!(retry.diagnostics, failed.diagnostics);
+    let web = retry
+        .apply
+        .iter()
+        .flat_map(|(_, s)| s.ruleset.services.iter())
+        .find(|s| s.name == "web")
+        .unwrap();
+    assert_eq!(
+        web.backends[0].ip.to_string(),
+        "10.0.0.3",
+        "the retry carries the newest content"
+    );
+}
+
 #[tokio::test]
 async fn shards_are_applied_with_the_field_manager_then_retired_ones_deleted() {
     let mut p = publisher(256 * 1024, &[old_shard(1, 0)]);

@@ -131,17 +131,23 @@ pub async fn run_publisher(
     recorder: Recorder,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), Error> {
+) {
+    let mut shutdown = std::pin::pin!(shutdown);
     let rulesets: Api<ProxyRuleset> = Api::all(client.clone());
-    let existing = rulesets
-        .list(&ListParams::default())
-        .await
-        .map_err(|source| Error::Read {
-            kind: "ProxyRuleset",
-            name: "*".into(),
-            source,
-        })?
-        .items;
+    // The published shards decide the first epoch; keep asking until the API answers.
+    let existing = loop {
+        match rulesets.list(&ListParams::default()).await {
+            Ok(list) => break list.items,
+            Err(error) => {
+                warn!(%error, "listing ProxyRulesets failed; retrying");
+                metrics.publish_errors.inc();
+            }
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(PUBLISH_RETRY) => {}
+        }
+    };
     let mut publisher = Publisher::new(settings, budget_bytes, &existing);
     let services = watcher(
         Api::<Service>::all(client.clone()),
@@ -156,7 +162,6 @@ pub async fn run_publisher(
     .default_backoff()
     .map(|e| e.map(|e| Change::EndpointSlice(Box::new(e))));
     let mut changes = std::pin::pin!(stream::select(services, slices));
-    let mut shutdown = std::pin::pin!(shutdown);
     // Set by the first change after a sync, so a steady stream of changes
     // cannot postpone the next sync forever.
     let mut sync_at: Option<tokio::time::Instant> = None;
@@ -164,14 +169,14 @@ pub async fn run_publisher(
     let mut retry: Option<Publication> = None;
     loop {
         tokio::select! {
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown => return,
             change = changes.next() => match change {
                 Some(Ok(change)) => {
                     publisher.apply(&change);
                     sync_at.get_or_insert_with(|| tokio::time::Instant::now() + DEBOUNCE);
                 }
                 Some(Err(error)) => warn!(%error, "watch"),
-                None => return Ok(()),
+                None => return,
             },
             () = sleep_until(sync_at), if sync_at.is_some() => {
                 let started = Instant::now();

@@ -1,0 +1,337 @@
+//! The incremental compiler: keeps what it derived from every Service and
+//! EndpointSlice, recompiles only the services a change touches, and keeps ids
+//! stable while the objects exist.
+//!
+//! Updates go to change trackers that drop updates whose derived facts equal
+//! what is held and changes that cancel out before a sync, as kube-proxy's do;
+//! [`Compiler::sync`] then recompiles the services the remaining changes touch
+//! and reports the ones whose rules changed.
+
+use std::collections::{BTreeSet, HashMap};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use switchyard_api::ruleset::{Ruleset, ServicePortRule};
+
+use crate::diagnostic::{ObjectKind, Reason};
+use crate::frontends::{Claimant, Claims, Frontend, frontends};
+use crate::join::{Allocators, ServiceIds, join_service};
+use crate::keys::{PortKey, ServiceKey, SliceKey};
+use crate::service::{ServiceInfo, service_info};
+use crate::slice::{SliceInfo, slice_info};
+use crate::tracker::ChangeTracker;
+use crate::{CompileSettings, Diagnostic};
+
+/// The namespace of an object that names none (as `kubectl apply` assumes).
+const DEFAULT_NAMESPACE: &str = "default";
+
+/// A service's compiled ports before frontend conflicts are resolved.
+#[derive(Debug, Default)]
+struct Candidates {
+    created: Option<Time>,
+    rules: Vec<ServicePortRule>,
+    ids: ServiceIds,
+    /// The rules in the output when a frontend conflict excludes some (the
+    /// common case, none excluded, shares `rules`).
+    partial: Option<Vec<ServicePortRule>>,
+}
+
+impl Candidates {
+    fn output(&self) -> &[ServicePortRule] {
+        self.partial.as_deref().unwrap_or(&self.rules)
+    }
+}
+
+/// The incremental compiler.
+#[derive(Debug, Default)]
+pub struct Compiler {
+    settings: CompileSettings,
+    services: ChangeTracker<ServiceKey, ServiceInfo>,
+    slices: ChangeTracker<SliceKey, SliceInfo>,
+    /// Slice names (same namespace) per service, in name order.
+    slices_of: HashMap<ServiceKey, BTreeSet<String>>,
+    candidates: HashMap<ServiceKey, Candidates>,
+    claims: Claims,
+    /// The services with rules in the output.
+    emitted: BTreeSet<ServiceKey>,
+    /// The output of services recompiled in this sync, before the recompile.
+    previous_output: HashMap<ServiceKey, Vec<ServicePortRule>>,
+    /// Ports skipped for a frontend conflict, per service.
+    conflicts: HashMap<ServiceKey, Vec<Diagnostic>>,
+    ids: Allocators,
+}
+
+impl Compiler {
+    pub fn new(settings: CompileSettings) -> Compiler {
+        Compiler {
+            settings,
+            ..Compiler::default()
+        }
+    }
+
+    /// Add or replace a Service. An object without a name is not tracked.
+    pub fn update_service(&mut self, service: &Service) -> Result<(), Diagnostic> {
+        let key = object_key(&service.metadata, ObjectKind::Service)?;
+        let info = service_info(&key, service, &self.settings);
+        self.services.update(key, Some(info));
+        Ok(())
+    }
+
+    pub fn delete_service(&mut self, namespace: &str, name: &str) {
+        self.services.update(ServiceKey::new(namespace, name), None);
+    }
+
+    /// Add or replace an EndpointSlice. An object without a name is not tracked.
+    pub fn update_endpoint_slice(&mut self, slice: &EndpointSlice) -> Result<(), Diagnostic> {
+        let key = object_key(&slice.metadata, ObjectKind::EndpointSlice)?;
+        let info = slice_info(&key, slice, &self.settings);
+        self.slices.update(key, Some(info));
+        Ok(())
+    }
+
+    pub fn delete_endpoint_slice(&mut self, namespace: &str, name: &str) {
+        self.slices.update(SliceKey::new(namespace, name), None);
+    }
+
+    /// Recompile every service touched since the last sync; returns the
+    /// services whose rules in the output changed.
+    pub fn sync(&mut self) -> BTreeSet<ServiceKey> {
+        let mut dirty: BTreeSet<ServiceKey> = self
+            .services
+            .take_changes()
+            .into_iter()
+            .map(|change| change.key)
+            .collect();
+        for change in self.slices.take_changes() {
+            let slice = change.key;
+            if let Some(service) = change.previous.and_then(|s| s.service) {
+                let service = ServiceKey::new(slice.namespace.clone(), service);
+                if let Some(names) = self.slices_of.get_mut(&service) {
+                    names.remove(&slice.name);
+                    if names.is_empty() {
+                        self.slices_of.remove(&service);
+                    }
+                }
+                dirty.insert(service);
+            }
+            if let Some(service) = self.slices.get(&slice).and_then(|s| s.service.clone()) {
+                let service = ServiceKey::new(slice.namespace.clone(), service);
+                self.slices_of
+                    .entry(service.clone())
+                    .or_default()
+                    .insert(slice.name.clone());
+                dirty.insert(service);
+            }
+        }
+        // Deleted services first, so the ids they release are reused at once.
+        let (deleted, present): (Vec<ServiceKey>, Vec<ServiceKey>) = dirty
+            .into_iter()
+            .partition(|key| self.services.get(key).is_none());
+        let mut affected = BTreeSet::new();
+        for key in deleted.into_iter().chain(present) {
+            self.recompile(&key, &mut affected);
+        }
+        affected.into_iter().filter(|key| self.emit(key)).collect()
+    }
+
+    /// Recompile one service's candidates and update its frontend claims; adds
+    /// every service whose output may change to `affected`.
+    fn recompile(&mut self, key: &ServiceKey, affected: &mut BTreeSet<ServiceKey>) {
+        let mut old = self.candidates.remove(key).unwrap_or_default();
+        let (created, rules) = match self.services.get(key) {
+            Some(info) => {
+                let slices: Vec<&SliceInfo> = self
+                    .slices_of
+                    .get(key)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|name| {
+                        self.slices
+                            .get(&SliceKey::new(key.namespace.clone(), name.clone()))
+                    })
+                    .collect();
+                let rules = join_service(&info.ports, &slices, &mut old.ids, &mut self.ids);
+                (info.created.clone(), rules)
+            }
+            None => {
+                std::mem::take(&mut old.ids).release_all(&mut self.ids);
+                (None, Vec::new())
+            }
+        };
+        affected.insert(key.clone());
+        let changed = created != old.created || rules != old.rules;
+        if changed {
+            let mut touched = BTreeSet::new();
+            for rule in &old.rules {
+                let claimant = claimant(old.created.clone(), rule);
+                for frontend in frontends(rule) {
+                    self.claims.release(&frontend, &claimant);
+                    touched.insert(frontend);
+                }
+            }
+            for rule in &rules {
+                let claimant = claimant(created.clone(), rule);
+                for frontend in frontends(rule) {
+                    self.claims.claim(frontend, claimant.clone());
+                    touched.insert(frontend);
+                }
+            }
+            for frontend in &touched {
+                affected.extend(self.claims.claimants(frontend).map(|c| c.service.clone()));
+            }
+        }
+        let (rules, partial) = if changed {
+            let previous = old.partial.take().unwrap_or(old.rules);
+            self.previous_output.insert(key.clone(), previous);
+            (rules, None)
+        } else {
+            (old.rules, old.partial)
+        };
+        if !rules.is_empty() || !old.ids.is_empty() {
+            self.candidates.insert(
+                key.clone(),
+                Candidates {
+                    created,
+                    rules,
+                    ids: old.ids,
+                    partial,
+                },
+            );
+        }
+    }
+
+    /// Put the service's conflict-free ports into the output; true when they changed.
+    fn emit(&mut self, key: &ServiceKey) -> bool {
+        let mut conflicts = Vec::new();
+        let mut partial = None;
+        if let Some(candidates) = self.candidates.get(key) {
+            let mut kept = Vec::new();
+            for rule in &candidates.rules {
+                let me = claimant(candidates.created.clone(), rule);
+                let lost: Vec<(Frontend, &Claimant)> = frontends(rule)
+                    .into_iter()
+                    .filter_map(|f| self.claims.winner(&f).filter(|w| **w != me).map(|w| (f, w)))
+                    .collect();
+                if lost.is_empty() {
+                    kept.push(rule);
+                } else {
+                    conflicts.push(conflict_diagnostic(key, rule, &lost));
+                }
+            }
+            if !conflicts.is_empty() {
+                partial = Some(kept.into_iter().cloned().collect::<Vec<_>>());
+            }
+        }
+        if conflicts.is_empty() {
+            self.conflicts.remove(key);
+        } else {
+            self.conflicts.insert(key.clone(), conflicts);
+        }
+        let previous = self.previous_output.remove(key);
+        let Some(candidates) = self.candidates.get_mut(key) else {
+            self.emitted.remove(key);
+            return previous.is_some_and(|p| !p.is_empty());
+        };
+        let changed = match &previous {
+            Some(previous) => {
+                previous.as_slice() != partial.as_deref().unwrap_or(&candidates.rules)
+            }
+            None => candidates.partial != partial,
+        };
+        candidates.partial = partial;
+        if candidates.output().is_empty() {
+            self.emitted.remove(key);
+        } else {
+            self.emitted.insert(key.clone());
+        }
+        changed
+    }
+
+    /// The whole compiled ruleset, in `namespace/name` and port order.
+    pub fn ruleset(&self) -> Ruleset {
+        Ruleset {
+            services: self
+                .rules()
+                .flat_map(|(_, rules)| rules.iter().cloned())
+                .collect(),
+        }
+    }
+
+    /// The compiled rules per service, in `namespace/name` order.
+    pub fn rules(&self) -> impl Iterator<Item = (&ServiceKey, &[ServicePortRule])> {
+        self.emitted
+            .iter()
+            .map(|key| (key, self.service_rules(key)))
+    }
+
+    /// The compiled rules of one service (empty when it has none).
+    pub fn service_rules(&self, key: &ServiceKey) -> &[ServicePortRule] {
+        self.candidates
+            .get(key)
+            .map(Candidates::output)
+            .unwrap_or_default()
+    }
+
+    /// Every current diagnostic, sorted.
+    pub fn diagnostics(&self) -> Vec<Diagnostic> {
+        let mut all: Vec<Diagnostic> = self
+            .services
+            .values()
+            .flat_map(|s| s.diagnostics.iter())
+            .chain(self.slices.values().flat_map(|s| s.diagnostics.iter()))
+            .chain(self.conflicts.values().flatten())
+            .cloned()
+            .collect();
+        all.sort();
+        all
+    }
+}
+
+fn claimant(created: Option<Time>, rule: &ServicePortRule) -> Claimant {
+    Claimant {
+        created,
+        service: ServiceKey::of(rule),
+        port: PortKey::of(rule),
+    }
+}
+
+fn conflict_diagnostic(
+    key: &ServiceKey,
+    rule: &ServicePortRule,
+    lost: &[(Frontend, &Claimant)],
+) -> Diagnostic {
+    let lost: Vec<String> = lost
+        .iter()
+        .map(|(f, w)| format!("{f} is used by {w}"))
+        .collect();
+    let port = if rule.port_name.is_empty() {
+        format!("port {}/{}", rule.port, rule.protocol)
+    } else {
+        format!(
+            "port {:?} ({}/{})",
+            rule.port_name, rule.port, rule.protocol
+        )
+    };
+    Diagnostic {
+        kind: ObjectKind::Service,
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+        reason: Reason::DuplicateFrontend,
+        message: format!("{port} skipped: {}", lost.join(", ")),
+    }
+}
+
+fn object_key(meta: &ObjectMeta, kind: ObjectKind) -> Result<ServiceKey, Diagnostic> {
+    let namespace = meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+    match meta.name.as_deref() {
+        Some(name) if !name.is_empty() => Ok(ServiceKey::new(namespace, name)),
+        _ => Err(Diagnostic {
+            kind,
+            namespace: namespace.to_string(),
+            name: String::new(),
+            reason: Reason::MissingName,
+            message: "metadata.name: unset; object skipped".to_string(),
+        }),
+    }
+}

@@ -234,7 +234,9 @@ impl Scenario {
     }
 
     pub fn all_flows(&self) -> impl Iterator<Item = &Flow> {
-        self.flows.iter().chain(self.steps.iter().flat_map(|s| &s.flows))
+        self.flows
+            .iter()
+            .chain(self.steps.iter().flat_map(|s| &s.flows))
     }
 
     pub fn all_slices(&self) -> impl Iterator<Item = &EndpointSlice> {

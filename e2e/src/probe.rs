@@ -195,16 +195,17 @@ fn parse_reply(text: &str, local: Option<SocketAddr>) -> Attempt {
     }
 }
 
-/// Make one fresh connection from `source` (port chosen by the kernel) to `dest`.
+/// Make one fresh connection from `source` (port 0: chosen by the kernel) to `dest`.
 pub fn attempt(
     protocol: Protocol,
-    source: std::net::IpAddr,
+    source: SocketAddr,
     dest: SocketAddr,
     timeout: Duration,
 ) -> Attempt {
     let run = || -> io::Result<Attempt> {
         let sock = socket(protocol, &dest)?;
-        sock.bind(&SockAddr::from(SocketAddr::new(source, 0)))?;
+        sock.set_reuse_address(true)?;
+        sock.bind(&SockAddr::from(source))?;
         sock.set_read_timeout(Some(timeout))?;
         sock.set_write_timeout(Some(timeout))?;
         let dest_addr = SockAddr::from(dest);
@@ -238,11 +239,33 @@ pub fn attempt(
     run().unwrap_or_else(|e| Attempt::Error(e.to_string()))
 }
 
+/// Where `__connect`'s attempts come from.
+#[derive(Clone, Copy, Debug)]
+pub struct Source {
+    pub ip: std::net::IpAddr,
+    /// Attempt `i` uses port `port + i` (`step` 1), or always `port` (`step` 0).
+    /// Distinct ports per attempt keep parallel flows from one client from
+    /// clashing in conntrack (the kernel would remap the port, which would look
+    /// like masquerade).
+    pub port: u16,
+    pub step: u16,
+}
+
+impl Source {
+    fn nth(&self, i: usize) -> SocketAddr {
+        let offset = u16::try_from(i)
+            .unwrap_or(u16::MAX)
+            .saturating_mul(self.step);
+        SocketAddr::new(self.ip, self.port.saturating_add(offset))
+    }
+}
+
 /// `__connect`: `count` fresh connections, in parallel unless `sequential`
-/// (session affinity needs the first to finish before the next starts).
+/// (session affinity needs the first to finish before the next starts, a fixed
+/// source port needs the previous socket closed).
 pub fn connect(
     protocol: Protocol,
-    source: std::net::IpAddr,
+    source: Source,
     dest: SocketAddr,
     count: usize,
     timeout: Duration,
@@ -250,11 +273,11 @@ pub fn connect(
 ) -> Vec<Attempt> {
     if sequential {
         return (0..count)
-            .map(|_| attempt(protocol, source, dest, timeout))
+            .map(|i| attempt(protocol, source.nth(i), dest, timeout))
             .collect();
     }
     let threads: Vec<_> = (0..count)
-        .map(|_| std::thread::spawn(move || attempt(protocol, source, dest, timeout)))
+        .map(|i| std::thread::spawn(move || attempt(protocol, source.nth(i), dest, timeout)))
         .collect();
     threads
         .into_iter()

@@ -312,7 +312,24 @@ fn judge(flow: &Flow, expected: &Expected, attempts: &[Attempt], affinity: bool)
     (outcome_ok && masq_ok, summary.join(", "))
 }
 
+/// Hands out disjoint client port ranges (20000..60000, wrapping).
+#[derive(Default)]
+struct PortRanges(std::cell::Cell<u32>);
+
+impl PortRanges {
+    fn next(&self, count: usize) -> u16 {
+        let width = u32::try_from(count).unwrap_or(64).max(1);
+        let mut start = self.0.get();
+        if start + width > 40000 {
+            start = 0;
+        }
+        self.0.set(start + width);
+        u16::try_from(20000 + start).unwrap_or(20000)
+    }
+}
+
 struct Ctx<'a> {
+    ports: PortRanges,
     file: &'a str,
     topo: &'a Topology,
     hooks: &'a dyn ModeHooks,
@@ -360,8 +377,9 @@ fn run_flows(ctx: &Ctx<'_>, stage: &Stage<'_>, ruleset: &Ruleset, totals: &mut T
             continue;
         }
         let affinity = has_affinity(ruleset, flow, ctx.topo.is_node_address(&flow.dest_ip));
+        let sequential = affinity || flow.source_port.is_some();
         let count = match &expected {
-            _ if affinity => 6,
+            _ if sequential => 3,
             Expected::Endpoints(e) => (10 * e.len()).max(6),
             _ => 4,
         };
@@ -373,8 +391,12 @@ fn run_flows(ctx: &Ctx<'_>, stage: &Stage<'_>, ruleset: &Ruleset, totals: &mut T
             format!("--count={count}"),
             format!("--timeout-ms={}", ctx.options.timeout.as_millis()),
         ];
-        if affinity {
+        if sequential {
             args.push("--sequential".into());
+        }
+        match flow.source_port {
+            Some(port) => args.extend([format!("--src-port={port}"), "--fixed-port".into()]),
+            None => args.push(format!("--src-port={}", ctx.ports.next(count))),
         }
         if let Some(cg) = ctx.hooks.client_cgroup() {
             args.push(format!("--cgroup={}", cg.display()));
@@ -474,6 +496,7 @@ pub fn run_file(
     };
     let mut totals = Totals::default();
     let ctx = Ctx {
+        ports: PortRanges::default(),
         file: &file,
         topo: &topo,
         hooks: &*hooks,

@@ -126,6 +126,11 @@ impl Topology {
             ("net.ipv6.conf.all.forwarding", "1"),
             ("net.ipv4.conf.all.send_redirects", "0"),
             ("net.ipv4.conf.default.send_redirects", "0"),
+            // REJECT answers with ICMP; the default rate limit would turn
+            // later rejections into apparent drops.
+            ("net.ipv4.icmp_ratelimit", "0"),
+            ("net.ipv4.icmp_msgs_per_sec", "100000"),
+            ("net.ipv6.icmp.ratelimit", "0"),
         ]);
         self.node.sysctls(&node_sysctls)?;
 

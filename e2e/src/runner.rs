@@ -307,7 +307,7 @@ fn judge(flow: &Flow, expected: &Expected, attempts: &[Attempt], affinity: bool)
         summary.push(format!("masq={}", m.join("/")));
     }
     if affinity {
-        summary.push("(session affinity: one endpoint per client)".into());
+        summary.push("(pinned: one endpoint per client)".into());
     }
     (outcome_ok && masq_ok, summary.join(", "))
 }
@@ -376,8 +376,10 @@ fn run_flows(ctx: &Ctx<'_>, stage: &Stage<'_>, ruleset: &Ruleset, totals: &mut T
             report(totals, Status::Skip, format!("{name}: {reason}"));
             continue;
         }
-        let affinity = has_affinity(ruleset, flow, ctx.topo.is_node_address(&flow.dest_ip));
-        let sequential = affinity || flow.source_port.is_some();
+        // Affinity and a fixed client port both pin a client to one endpoint.
+        let affinity = has_affinity(ruleset, flow, ctx.topo.is_node_address(&flow.dest_ip))
+            || flow.source_port.is_some();
+        let sequential = affinity;
         let count = match &expected {
             _ if sequential => 3,
             Expected::Endpoints(e) => (10 * e.len()).max(6),

@@ -17,14 +17,14 @@ use switchyard_agent::settings::{LocalDetector, NodePortAddresses, Settings};
 use switchyard_api::Mode;
 use switchyard_api::policy::{self, NodeInfo};
 use switchyard_api::ruleset::{Protocol, Ruleset};
-use switchyard_compiler::{CompileSettings, Snapshot};
+use switchyard_compiler::{CompileSettings, Compiled, Snapshot};
 
 use crate::HarnessError;
 use crate::agent::NodeAgent;
 use crate::hooks::ModeHooks;
 use crate::netns::Netns;
 use crate::probe::{self, Attempt, Listen};
-use crate::scenario::{Expected, Flow, NodeSpec, Scenario, Stage};
+use crate::scenario::{Expected, Flow, NodeAddress, NodeSpec, Scenario, Stage};
 use crate::topology::{Place, Topology};
 
 /// Outcome of one flow.
@@ -469,6 +469,25 @@ fn node_object(spec: &NodeSpec) -> Node {
     }
 }
 
+/// Compile one stage of a scenario.
+pub fn compile_stage(node: &NodeSpec, stage: &Stage<'_>) -> Compiled {
+    let snapshot = Snapshot {
+        services: stage.services.to_vec(),
+        endpoint_slices: stage.endpoint_slices.to_vec(),
+        nodes: vec![node_object(node)],
+    };
+    switchyard_compiler::compile(&snapshot, &CompileSettings::default())
+}
+
+/// The facts about the scenario's node that link needs.
+pub fn node_info(node: &NodeSpec, addresses: &[NodeAddress]) -> NodeInfo {
+    NodeInfo {
+        name: node.name.clone(),
+        zone: node.zone.clone(),
+        addresses: addresses.iter().map(|a| a.ip).collect(),
+    }
+}
+
 /// Run one scenario file; flows are reported as they are judged.
 pub fn run_file(
     path: &str,
@@ -491,11 +510,7 @@ pub fn run_file(
     let servers = start_servers(&topo, &scenario, sctp)?;
     let agent = NodeAgent::start(&topo.node, hooks.dataplane())?;
     let settings = settings_for(&scenario.node, hooks.mode());
-    let node_info = NodeInfo {
-        name: scenario.node.name.clone(),
-        zone: scenario.node.zone.clone(),
-        addresses: topo.node_addresses.iter().map(|a| a.ip).collect(),
-    };
+    let node_info = node_info(&scenario.node, &topo.node_addresses);
     let mut totals = Totals::default();
     let ctx = Ctx {
         ports: PortRanges::default(),
@@ -506,12 +521,7 @@ pub fn run_file(
         sctp,
     };
     for stage in scenario.stages() {
-        let snapshot = Snapshot {
-            services: stage.services.to_vec(),
-            endpoint_slices: stage.endpoint_slices.to_vec(),
-            nodes: vec![node_object(&scenario.node)],
-        };
-        let compiled = switchyard_compiler::compile(&snapshot, &CompileSettings::default());
+        let compiled = compile_stage(&scenario.node, &stage);
         for d in &compiled.diagnostics {
             eprintln!("{file}: {}{d}", stage.label);
         }

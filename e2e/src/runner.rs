@@ -70,7 +70,7 @@ pub struct Options {
 }
 
 /// A short tag per mode for namespace names (`syipt-<pid>-…`).
-fn mode_tag(mode: Mode) -> &'static str {
+pub fn mode_tag(mode: Mode) -> &'static str {
     match mode {
         Mode::Iptables => "ipt",
         Mode::Ipvs => "ipvs",

@@ -5,9 +5,9 @@
 use std::process::Command;
 use std::sync::Arc;
 
+use switchyard_agent::backend::Dataplane;
 use switchyard_agent::backend::iptables::IptablesBackend;
 use switchyard_agent::backend::iptables::sysctl::ProcSysctl;
-use switchyard_agent::backend::Dataplane;
 use switchyard_agent::exec::RealRunner;
 use switchyard_api::Mode;
 use switchyard_api::policy::{LinkedRuleset, link};
@@ -22,7 +22,11 @@ fn in_ns(ns: &Netns, args: &[&str]) -> String {
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -40,8 +44,10 @@ fn agent(ns: &Netns) -> NodeAgent {
     NodeAgent::start(
         ns,
         Box::new(|| {
-            let b: Box<dyn Dataplane> =
-                Box::new(IptablesBackend::new(Arc::new(RealRunner), Arc::new(ProcSysctl)));
+            let b: Box<dyn Dataplane> = Box::new(IptablesBackend::new(
+                Arc::new(RealRunner),
+                Arc::new(ProcSysctl),
+            ));
             Ok(b)
         }),
     )
@@ -54,42 +60,69 @@ fn restart_recovery_and_cleanup_touch_only_our_chains() {
         .unwrap_or_else(|e| panic!("{e}"));
     // Someone else's rules, which must survive.
     in_ns(&ns, &["iptables", "-t", "nat", "-N", "FOREIGN"]);
-    in_ns(&ns, &["iptables", "-t", "nat", "-A", "PREROUTING", "-j", "FOREIGN"]);
-    in_ns(&ns, &["iptables", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT"]);
+    in_ns(
+        &ns,
+        &["iptables", "-t", "nat", "-A", "PREROUTING", "-j", "FOREIGN"],
+    );
+    in_ns(
+        &ns,
+        &[
+            "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT",
+        ],
+    );
 
     let (scenario, linked) = overall();
     let settings = settings_for(&scenario.node, Mode::Iptables);
     let first = agent(&ns);
-    first.sync(&linked, &settings).unwrap_or_else(|e| panic!("{e}"));
+    first
+        .sync(&linked, &settings)
+        .unwrap_or_else(|e| panic!("{e}"));
     let saved = in_ns(&ns, &["iptables-save"]);
     assert!(saved.contains(":KUBE-SVC-XPGD46QRK7WJZT7O"), "{saved}");
     let localnet = || in_ns(&ns, &["cat", "/proc/sys/net/ipv4/conf/all/route_localnet"]);
     assert_eq!(localnet().trim(), "1");
     // Cleanup puts back what this instance changed.
-    assert!(first.cleanup().unwrap_or_else(|e| panic!("{e}")), "mode still present");
+    assert!(
+        first.cleanup().unwrap_or_else(|e| panic!("{e}")),
+        "mode still present"
+    );
     assert_eq!(localnet().trim(), "0");
     assert!(!in_ns(&ns, &["iptables-save"]).contains("KUBE-"));
-    first.sync(&linked, &settings).unwrap_or_else(|e| panic!("{e}"));
+    first
+        .sync(&linked, &settings)
+        .unwrap_or_else(|e| panic!("{e}"));
     // The agent restarts: a new instance that never saw svc1 syncs without it.
     drop(first);
     let mut without_svc1 = linked.clone();
     without_svc1.services.retain(|s| s.rule.name != "svc1");
     let second = agent(&ns);
-    second.sync(&without_svc1, &settings).unwrap_or_else(|e| panic!("{e}"));
+    second
+        .sync(&without_svc1, &settings)
+        .unwrap_or_else(|e| panic!("{e}"));
     let saved = in_ns(&ns, &["iptables-save"]);
     assert!(!saved.contains("KUBE-SVC-XPGD46QRK7WJZT7O"), "{saved}");
     assert!(!saved.contains("KUBE-SEP-SXIVWICOYRO3J4NJ"), "{saved}");
     assert!(saved.contains(":KUBE-SVC-GNZBNJ2PO5MGZ6GT"), "{saved}");
     // A jump rule is inserted once, not once per sync.
-    let jumps = saved.matches("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES").count();
+    let jumps = saved
+        .matches(
+            "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+        )
+        .count();
     assert_eq!(jumps, 1, "{saved}");
 
-    assert!(second.cleanup().unwrap_or_else(|e| panic!("{e}")), "mode still present");
+    assert!(
+        second.cleanup().unwrap_or_else(|e| panic!("{e}")),
+        "mode still present"
+    );
     for save in ["iptables-save", "ip6tables-save"] {
         let saved = in_ns(&ns, &[save]);
         assert!(!saved.contains("KUBE-"), "{save}: {saved}");
     }
     let saved = in_ns(&ns, &["iptables-save"]);
-    assert!(saved.contains(":FOREIGN") && saved.contains("-A PREROUTING -j FOREIGN"), "{saved}");
+    assert!(
+        saved.contains(":FOREIGN") && saved.contains("-A PREROUTING -j FOREIGN"),
+        "{saved}"
+    );
     assert!(saved.contains("--dport 22 -j ACCEPT"), "{saved}");
 }

@@ -505,11 +505,12 @@ pub fn run_file(
         std::process::id()
     );
     let topo = Topology::build(&prefix, &scenario)?;
-    hooks.prepare_node(&topo.node)?;
+    hooks.prepare_node(&topo)?;
     let sctp = probe::sctp_supported();
     let servers = start_servers(&topo, &scenario, sctp)?;
     let agent = NodeAgent::start(&topo.node, hooks.dataplane())?;
-    let settings = settings_for(&scenario.node, hooks.mode());
+    let mut settings = settings_for(&scenario.node, hooks.mode());
+    hooks.adjust_settings(&mut settings, &topo);
     let node_info = node_info(&scenario.node, &topo.node_addresses);
     let mut totals = Totals::default();
     let ctx = Ctx {

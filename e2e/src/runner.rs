@@ -379,10 +379,13 @@ fn run_flows(ctx: &Ctx<'_>, stage: &Stage<'_>, ruleset: &Ruleset, totals: &mut T
         // Affinity and a fixed client port both pin a client to one endpoint.
         let session_affinity = has_affinity(ruleset, flow, ctx.topo.is_node_address(&flow.dest_ip));
         let affinity = session_affinity || flow.source_port.is_some();
-        let sequential = affinity;
+        // Pinning is only observable, and only needs one-by-one attempts, when
+        // connections are expected to get through.
+        let sequential = flow.source_port.is_some()
+            || (session_affinity && matches!(expected, Expected::Endpoints(_)));
         let count = match &expected {
             // Enough that random choice would spread them (3 endpoints: 1 in 243).
-            _ if session_affinity => 6,
+            _ if sequential && session_affinity => 6,
             _ if sequential => 3,
             Expected::Endpoints(e) => (10 * e.len()).max(6),
             _ => 4,

@@ -186,7 +186,7 @@ fn render_family(ruleset: &LinkedRuleset, settings: &Settings, family: IpFamily)
 fn cidr(text: &str) -> Cidr {
     // Only called with the literal prefixes above.
     text.parse()
-        .unwrap_or_else(|_| Cidr::host(IpAddr::V4(Ipv4Addr::UNSPECIFIED)))
+        .unwrap_or_else(|_| Cidr::host(IpAddr::V4(Ipv4Addr::LOCALHOST)))
 }
 
 struct Ctx<'a> {

@@ -590,3 +590,94 @@ pub fn expand_paths(paths: &[String]) -> Vec<String> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(output: &str, masq: Option<bool>) -> Flow {
+        Flow {
+            name: "f".into(),
+            source_ip: "10.0.0.2".parse().unwrap(),
+            dest_ip: "172.30.0.41".parse().unwrap(),
+            dest_port: 80,
+            protocol: Protocol::Tcp,
+            output: output.into(),
+            masq,
+            source_port: None,
+        }
+    }
+
+    fn reply(server: &str, peer: &str) -> Attempt {
+        Attempt::Reply {
+            server: server.parse().unwrap(),
+            peer: peer.parse().unwrap(),
+            local: "10.0.0.2:20000".parse().unwrap(),
+        }
+    }
+
+    fn check(f: &Flow, attempts: &[Attempt], affinity: bool) -> bool {
+        judge(f, &Expected::parse(&f.output).unwrap(), attempts, affinity).0
+    }
+
+    #[test]
+    fn every_endpoint_and_nothing_else() {
+        let f = flow("10.180.0.1:80, 10.180.0.2:80", Some(false));
+        let a = reply("10.180.0.1:80", "10.0.0.2:20000");
+        let b = reply("10.180.0.2:80", "10.0.0.2:20000");
+        assert!(check(&f, &[a.clone(), b.clone()], false));
+        assert!(
+            !check(&f, &[a.clone(), a.clone()], false),
+            "one endpoint never reached"
+        );
+        let c = reply("10.180.0.3:80", "10.0.0.2:20000");
+        assert!(
+            !check(&f, &[a.clone(), b.clone(), c], false),
+            "an endpoint outside the set"
+        );
+        assert!(!check(&f, &[a.clone(), b.clone(), Attempt::Timeout], false));
+        assert!(
+            check(&f, &[a.clone(), a.clone()], true),
+            "affinity: one of them"
+        );
+        assert!(!check(&f, &[a, b], true), "affinity: not two");
+    }
+
+    #[test]
+    fn masquerade_is_judged_from_what_the_endpoint_saw() {
+        let masqueraded = reply("10.180.0.1:80", "192.168.0.2:40000");
+        assert!(check(
+            &flow("10.180.0.1:80", Some(true)),
+            &[masqueraded.clone()],
+            false
+        ));
+        assert!(!check(
+            &flow("10.180.0.1:80", Some(false)),
+            &[masqueraded],
+            false
+        ));
+        // Same address, other port: masqueraded with --random-fully from the node.
+        let port_only = reply("10.180.0.1:80", "10.0.0.2:33333");
+        assert!(check(
+            &flow("10.180.0.1:80", Some(true)),
+            &[port_only],
+            false
+        ));
+    }
+
+    #[test]
+    fn reject_drop_and_untranslated_are_told_apart() {
+        assert!(check(&flow("REJECT", None), &[Attempt::Refused], false));
+        assert!(!check(&flow("REJECT", None), &[Attempt::Timeout], false));
+        assert!(check(&flow("DROP", None), &[Attempt::Timeout], false));
+        assert!(!check(&flow("DROP", None), &[Attempt::Refused], false));
+        let untouched = reply("172.30.0.41:80", "10.0.0.2:20000");
+        assert!(check(&flow("", None), &[untouched.clone()], false));
+        assert!(!check(&flow("REJECT", None), &[untouched], false));
+        assert!(!check(
+            &flow("", None),
+            &[Attempt::Error("EHOSTUNREACH".into())],
+            false
+        ));
+    }
+}

@@ -648,7 +648,7 @@ mod tests {
         let masqueraded = reply("10.180.0.1:80", "192.168.0.2:40000");
         assert!(check(
             &flow("10.180.0.1:80", Some(true)),
-            &[masqueraded.clone()],
+            std::slice::from_ref(&masqueraded),
             false
         ));
         assert!(!check(
@@ -672,7 +672,11 @@ mod tests {
         assert!(check(&flow("DROP", None), &[Attempt::Timeout], false));
         assert!(!check(&flow("DROP", None), &[Attempt::Refused], false));
         let untouched = reply("172.30.0.41:80", "10.0.0.2:20000");
-        assert!(check(&flow("", None), &[untouched.clone()], false));
+        assert!(check(
+            &flow("", None),
+            std::slice::from_ref(&untouched),
+            false
+        ));
         assert!(!check(&flow("REJECT", None), &[untouched], false));
         assert!(!check(
             &flow("", None),

@@ -5,11 +5,11 @@
 //! (PR_SET_PDEATHSIG), so nothing holds a namespace after it is gone.
 
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
+
+use switchyard_agent::exec::{RealRunner, Runner};
 
 use crate::HarnessError;
 
@@ -27,33 +27,13 @@ pub fn ip(args: &[&str]) -> Result<(), HarnessError> {
 
 /// Run `ip ARGS`, feeding `stdin` (for `-batch -`) when given.
 fn run_ip(args: &[&str], stdin: Option<&str>) -> Result<(), HarnessError> {
-    let what = format!("ip {}", args.join(" "));
-    let spawn_err = |source| HarnessError::Spawn {
-        what: what.clone(),
-        source,
-    };
-    let mut child = Command::new("ip")
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
+    RealRunner
+        .run("ip", args, stdin.map(str::as_bytes))
+        .map(drop)
+        .map_err(|e| HarnessError::Setup {
+            what: format!("ip {}", args.join(" ")),
+            message: e.to_string(),
         })
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(spawn_err)?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes()).map_err(spawn_err)?;
-    }
-    let out = child.wait_with_output().map_err(spawn_err)?;
-    if !out.status.success() {
-        return Err(HarnessError::Setup {
-            what,
-            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
 }
 
 /// A network namespace owned by this run.

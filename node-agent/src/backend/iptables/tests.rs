@@ -88,6 +88,12 @@ fn masquerade_all_and_no_detector_render() {
     assert!(text.contains(
         r#"-A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d 172.30.0.41 --dport 80 -j KUBE-MARK-MASQ"#
     ));
+    let mut bit = settings();
+    bit.masquerade_bit = 15;
+    let text = render::render(&ruleset, &bit).to_string();
+    assert!(text.contains("-A KUBE-MARK-MASQ -j MARK --or-mark 0x8000\n"));
+    assert!(text.contains("-A KUBE-POSTROUTING -m mark ! --mark 0x8000/0x8000 -j RETURN\n"));
+    assert!(!text.contains("0x4000"));
     let none = render::render(&ruleset, &Settings::defaults(Mode::Iptables)).to_string();
     assert!(
         !none.contains("ns1/svc1:p80 cluster IP\" -m tcp -p tcp -d 172.30.0.41 --dport 80 ! -s")

@@ -318,6 +318,10 @@ impl Agent {
             .as_ref()
             .map(|c| c.spec.clone())
             .unwrap_or_default();
+        // A failure is about one target: a new target starts afresh.
+        if self.status.failed_mode.is_some_and(|f| f != target) {
+            self.status.failed_mode = None;
+        }
         let mode = if self.status.failed_mode == Some(target) {
             self.active_mode().unwrap_or(target)
         } else {
@@ -479,9 +483,9 @@ impl Agent {
             &self.settings,
         );
         for e in &swept.errors {
-            tracing::warn!(error = %e, "removing leftovers failed; will retry after the next switch or restart");
+            tracing::warn!(error = %e, "removing leftovers failed; tried again after the next switch or restart");
         }
-        self.swept = swept.errors.is_empty();
+        self.swept = true;
     }
 
     fn report_synced(
@@ -511,9 +515,6 @@ impl Agent {
         let endpoints: usize = linked.services.iter().map(|s| s.rule.backends.len()).sum();
         let s = &mut self.status;
         s.applied_mode = mode;
-        if s.failed_mode == mode {
-            s.failed_mode = None;
-        }
         s.applied_epoch = Some(assembled.layout.epoch);
         s.applied_shards = assembled
             .generations

@@ -27,7 +27,9 @@ async fn sleep_until_some(at: Option<Instant>) {
 }
 
 /// Run until `events` ends or `shutdown` completes. `inputs` reads the
-/// current state of the watches.
+/// current state of the watches. Nothing syncs before the first event (the
+/// watches' initial lists), so an agent that cannot reach the API server
+/// leaves the kernel as it found it.
 pub async fn run(
     agent: &mut Agent,
     mut events: impl Stream<Item = WatchEvent> + Unpin,
@@ -37,7 +39,6 @@ pub async fn run(
     let mut limiter = SyncLimiter::new(agent.settings().min_sync_period);
     let mut last_resync = Instant::now();
     let mut retry_at: Option<Instant> = None;
-    limiter.request(Instant::now());
     tokio::pin!(shutdown);
     loop {
         let resync_at = last_resync + agent.settings().sync_period;

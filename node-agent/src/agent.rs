@@ -43,6 +43,8 @@ const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the watches currently hold.
 #[derive(Clone, Debug, Default)]
 pub struct Inputs {
+    /// Every watch has completed its initial list (until then nothing syncs).
+    pub listed: bool,
     pub node: Option<Arc<Node>>,
     pub proxy_node: Option<Arc<ProxyNode>>,
     /// The ProxyConfig named by the ProxyNode's `spec.pool`.
@@ -257,8 +259,10 @@ impl Agent {
     pub fn set_api_error(&mut self, error: Option<String>) {
         if self.api_error != error {
             self.api_error = error;
-            self.update_conditions();
-            self.parts.reporter.offer(&self.status, Instant::now());
+            if self.recovered {
+                self.update_conditions();
+                self.parts.reporter.offer(&self.status, Instant::now());
+            }
         }
     }
 
@@ -280,8 +284,12 @@ impl Agent {
             }
             SyncOutcome::Unchanged => {}
         }
-        self.update_conditions_with(&outcome);
-        self.parts.reporter.offer(&self.status, Instant::now());
+        // Before recovery has read the recorded status back, writing would
+        // overwrite what a restarted agent needs (and the ProxyNode may not exist).
+        if self.recovered {
+            self.update_conditions_with(&outcome);
+            self.parts.reporter.offer(&self.status, Instant::now());
+        }
         outcome
     }
 
@@ -292,6 +300,9 @@ impl Agent {
         started: Instant,
         queued_at: Option<Instant>,
     ) -> SyncOutcome {
+        if !inputs.listed {
+            return SyncOutcome::Waiting("initial lists not complete".to_string());
+        }
         let Some(proxy_node) = inputs.proxy_node.as_deref() else {
             return SyncOutcome::Waiting(format!("ProxyNode {} not found", self.parts.node_name));
         };

@@ -7,6 +7,8 @@
 //! holding the last state, and the agent keeps the last applied rules.
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::stream::{BoxStream, SelectAll};
 use futures::{Stream, StreamExt};
@@ -51,6 +53,8 @@ pub enum WatchEvent {
 /// The reflector stores.
 #[derive(Clone)]
 pub struct Watches {
+    /// Per watch: its initial list has completed.
+    listed: Arc<[AtomicBool; 4]>,
     node: Store<Node>,
     proxy_node: Store<ProxyNode>,
     configs: Store<ProxyConfig>,
@@ -66,6 +70,7 @@ impl Watches {
             .and_then(|p| p.spec.pool.as_deref())
             .and_then(|pool| self.configs.get(&ObjectRef::new(pool)));
         Inputs {
+            listed: self.listed.iter().all(|l| l.load(Ordering::Acquire)),
             node: self.node.state().into_iter().next(),
             proxy_node,
             config,
@@ -78,6 +83,7 @@ fn watch<K>(
     api: Api<K>,
     config: watcher::Config,
     source: Source,
+    listed: Arc<[AtomicBool; 4]>,
 ) -> (Store<K>, BoxStream<'static, WatchEvent>)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + fmt::Debug + Send + Sync + 'static,
@@ -87,7 +93,12 @@ where
         .default_backoff()
         .reflect(writer)
         .map(move |event| match event {
-            Ok(_) => WatchEvent::Changed(source),
+            Ok(event) => {
+                if matches!(event, watcher::Event::InitDone) {
+                    listed[source as usize].store(true, Ordering::Release);
+                }
+                WatchEvent::Changed(source)
+            }
             Err(e) => WatchEvent::Failed {
                 source,
                 error: e.to_string(),
@@ -105,30 +116,36 @@ pub fn start(
     Watches,
     impl Stream<Item = WatchEvent> + Send + Unpin + use<>,
 ) {
+    let listed: Arc<[AtomicBool; 4]> = Arc::default();
     let by_name = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
     let (node, s1) = watch(
         Api::<Node>::all(client.clone()),
         by_name.clone(),
         Source::Node,
+        listed.clone(),
     );
     let (proxy_node, s2) = watch(
         Api::<ProxyNode>::all(client.clone()),
         by_name,
         Source::ProxyNode,
+        listed.clone(),
     );
     let (configs, s3) = watch(
         Api::<ProxyConfig>::all(client.clone()),
         watcher::Config::default(),
         Source::ProxyConfig,
+        listed.clone(),
     );
     let (shards, s4) = watch(
         Api::<ProxyRuleset>::all(client),
         watcher::Config::default(),
         Source::ProxyRuleset,
+        listed.clone(),
     );
     let events: SelectAll<BoxStream<'static, WatchEvent>> =
         futures::stream::select_all([s1, s2, s3, s4]);
     let watches = Watches {
+        listed,
         node,
         proxy_node,
         configs,

@@ -154,6 +154,7 @@ pub fn config(mode: Mode) -> Arc<ProxyConfig> {
 
 pub fn inputs(target: Option<Mode>, status: Option<ProxyNodeStatus>) -> Inputs {
     Inputs {
+        listed: true,
         node: Some(node()),
         proxy_node: Some(proxy_node(target, status)),
         config: Some(config(target.unwrap_or_default())),

@@ -12,6 +12,7 @@ pub mod kubeproxy;
 pub mod metrics;
 pub mod ratelimit;
 pub mod settings;
+pub mod standalone;
 pub mod status;
 pub mod switch;
 pub mod sync;

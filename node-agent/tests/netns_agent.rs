@@ -1,0 +1,190 @@
+//! The agent with real backends in network namespaces this test creates
+//! (`syagt<pid>-node`, `syagt<pid>-pod`): a restart converges on the kernel's
+//! rules instead of flushing them and established connections survive;
+//! kube-proxy's nftables tables are removed and nobody else's. Needs root,
+//! iptables and nft; skipped (loudly) otherwise.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::netns::{Netns, POD_IP, connect_from, echo_roundtrip, is_root, topology};
+use common::*;
+use switchyard_agent::agent::{Agent, AgentParts, Inputs, SyncOutcome};
+use switchyard_agent::exec::RealRunner;
+use switchyard_agent::health::ProxyHealth;
+use switchyard_agent::kubeproxy::KubeProxyNftables;
+use switchyard_agent::metrics::Metrics;
+use switchyard_agent::status::StatusReporter;
+use switchyard_agent::switch::{BackendFactory, Leftovers, TcpProbe};
+use switchyard_api::{Mode, ProxyNodeStatus};
+
+fn skip() -> bool {
+    if !is_root() {
+        eprintln!("SKIP: needs root for network namespaces");
+        return true;
+    }
+    false
+}
+
+fn vip() -> SocketAddr {
+    format!("{WEB_VIP}:80").parse().unwrap()
+}
+
+fn pod_inputs(target: Mode, status: Option<ProxyNodeStatus>) -> Inputs {
+    let mut i = inputs(Some(target), status);
+    i.shards = vec![shard(
+        1,
+        0,
+        1,
+        1,
+        vec![rule(1, "web", WEB_VIP, vec![backend(1, POD_IP, "node-b")])],
+    )];
+    i
+}
+
+/// A real agent (real backends, real probe) inside `node`. Runs `syncs` in
+/// order; stops early when a status write hangs (the kill). Returns the
+/// outcomes and the agent's last status.
+fn run_agent(
+    node: &Netns,
+    writer: &RecordingWriter,
+    syncs: Vec<Inputs>,
+    leftovers: Vec<Box<dyn Leftovers>>,
+) -> (Vec<SyncOutcome>, ProxyNodeStatus) {
+    let writer = writer.clone();
+    node.thread(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut agent = Agent::new(AgentParts {
+                node_name: NODE.into(),
+                factory: Arc::new(BackendFactory::new(Arc::new(RealRunner))),
+                probe: Arc::new(TcpProbe),
+                leftovers,
+                reporter: StatusReporter::new(Box::new(writer.clone()), Duration::from_secs(5)),
+                metrics: Arc::new(Metrics::new()),
+                health: Arc::new(ProxyHealth::new(Duration::from_secs(60))),
+                health_checks: None,
+                wall_clock: fixed_clock,
+            });
+            let mut outcomes = Vec::new();
+            for inputs in syncs {
+                tokio::select! {
+                    out = agent.sync(&inputs, None) => outcomes.push(out),
+                    () = writer.hung.notified() => break,
+                }
+            }
+            (outcomes, agent.status().clone())
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+fn nat_rules(node: &Netns) -> String {
+    node.ok(&["iptables-save", "-t", "nat"])
+}
+
+#[test]
+fn restart_converges_on_real_iptables_rules_and_keeps_connections() {
+    if skip() {
+        return;
+    }
+    let t = topology();
+    let writer = RecordingWriter::default();
+    let (out, status) = run_agent(
+        &t.node,
+        &writer,
+        vec![pod_inputs(Mode::Iptables, None)],
+        vec![],
+    );
+    assert_eq!(out, vec![SyncOutcome::Synced]);
+    assert!(nat_rules(&t.node).contains("KUBE-SERVICES"));
+    let mut established = connect_from(&t.node, vip()).expect("connect through the VIP");
+    assert_eq!(
+        echo_roundtrip(&mut established, b"before").unwrap(),
+        b"before"
+    );
+
+    // Restart: the new agent finds the rules and converges on them.
+    let recorded = Some(status);
+    let rules_before = nat_rules(&t.node);
+    let restarted = RecordingWriter::default();
+    let (out, status) = run_agent(
+        &t.node,
+        &restarted,
+        vec![pod_inputs(Mode::Iptables, recorded)],
+        vec![],
+    );
+    assert_eq!(out, vec![SyncOutcome::Synced]);
+    assert_eq!(status.applied_mode, Some(Mode::Iptables));
+    assert!(
+        restarted
+            .writes
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|s| s.switch.is_none()),
+        "no switch: the present mode was recovered"
+    );
+    let strip = |s: &str| {
+        s.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split(" [").next().unwrap_or(l).to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        strip(&nat_rules(&t.node)),
+        strip(&rules_before),
+        "same rules"
+    );
+    assert_eq!(
+        echo_roundtrip(&mut established, b"after").unwrap(),
+        b"after"
+    );
+    let mut fresh = connect_from(&t.node, vip()).expect("new connection after restart");
+    assert_eq!(echo_roundtrip(&mut fresh, b"new").unwrap(), b"new");
+}
+
+#[test]
+fn kube_proxy_nftables_tables_are_removed_and_no_other_table() {
+    if skip() {
+        return;
+    }
+    let ns = Netns::create("kpnft");
+    for (family, name) in [
+        ("ip", "kube-proxy"),
+        ("ip6", "kube-proxy"),
+        ("ip", "keep-me"),
+        ("inet", "kube-proxy"),
+    ] {
+        ns.ok(&["nft", "add", "table", family, name]);
+    }
+    let removed = ns
+        .thread(|| {
+            KubeProxyNftables::new(Arc::new(RealRunner))
+                .remove()
+                .unwrap()
+        })
+        .join()
+        .unwrap();
+    assert!(removed);
+    let tables = ns.ok(&["nft", "list", "tables"]);
+    let mut tables: Vec<&str> = tables.lines().collect();
+    tables.sort();
+    assert_eq!(tables, vec!["table inet kube-proxy", "table ip keep-me"]);
+    let again = ns
+        .thread(|| {
+            KubeProxyNftables::new(Arc::new(RealRunner))
+                .remove()
+                .unwrap()
+        })
+        .join()
+        .unwrap();
+    assert!(!again, "nothing left to remove");
+}

@@ -105,7 +105,8 @@ fn restart_converges_on_real_iptables_rules_and_keeps_connections() {
     );
     assert_eq!(out, vec![SyncOutcome::Synced]);
     assert!(nat_rules(&t.node).contains("KUBE-SERVICES"));
-    let mut established = connect_from(&t.node, vip()).expect("connect through the VIP");
+    let mut established =
+        connect_from(&t.node, vip()).unwrap_or_else(|e| panic!("connect through the VIP: {e}"));
     assert_eq!(
         echo_roundtrip(&mut established, b"before").unwrap(),
         b"before"
@@ -147,7 +148,8 @@ fn restart_converges_on_real_iptables_rules_and_keeps_connections() {
         echo_roundtrip(&mut established, b"after").unwrap(),
         b"after"
     );
-    let mut fresh = connect_from(&t.node, vip()).expect("new connection after restart");
+    let mut fresh = connect_from(&t.node, vip())
+        .unwrap_or_else(|e| panic!("new connection after restart: {e}"));
     assert_eq!(echo_roundtrip(&mut fresh, b"new").unwrap(), b"new");
 }
 

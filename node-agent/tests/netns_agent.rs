@@ -1,8 +1,14 @@
 //! The agent with real backends in network namespaces this test creates
-//! (`syagt<pid>-node`, `syagt<pid>-pod`): a restart converges on the kernel's
-//! rules instead of flushing them and established connections survive;
+//! (`syagt<pid>-<test>-node`, `-pod`): a restart converges on the kernel's
+//! rules instead of flushing them; a switch from iptables to nftables killed
+//! at each recorded step converges after a restart, with an established
+//! connection surviving throughout; a failed verification rolls back;
 //! kube-proxy's nftables tables are removed and nobody else's. Needs root,
 //! iptables and nft; skipped (loudly) otherwise.
+//!
+//! The kill: the agent's sync future is dropped while it waits on a status
+//! write, which is what SIGKILL does to the process at that point — the
+//! kernel keeps what was programmed, the API keeps what was recorded.
 
 mod common;
 
@@ -95,7 +101,7 @@ fn restart_converges_on_real_iptables_rules_and_keeps_connections() {
     if skip() {
         return;
     }
-    let t = topology();
+    let t = topology("restart");
     let writer = RecordingWriter::default();
     let (out, status) = run_agent(
         &t.node,
@@ -189,4 +195,146 @@ fn kube_proxy_nftables_tables_are_removed_and_no_other_table() {
         .join()
         .unwrap();
     assert!(!again, "nothing left to remove");
+}
+
+fn has_nft_table(node: &Netns) -> bool {
+    node.ok(&["nft", "list", "tables"])
+        .lines()
+        .any(|l| l.trim() == "table ip switchyard")
+}
+
+/// Kill during checkpoint write `kill_at` of an iptables → nftables switch
+/// (0 Building, 1 Verifying, 2 RemovingOld, 3 Done), then restart.
+fn kill_switch_and_restart(tag: &str, kill_at: usize) {
+    if skip() {
+        return;
+    }
+    let t = topology(tag);
+    let (out, status) = run_agent(
+        &t.node,
+        &RecordingWriter::default(),
+        vec![pod_inputs(Mode::Iptables, None)],
+        vec![],
+    );
+    assert_eq!(out, vec![SyncOutcome::Synced]);
+    let mut established =
+        connect_from(&t.node, vip()).unwrap_or_else(|e| panic!("connect through the VIP: {e}"));
+    assert_eq!(
+        echo_roundtrip(&mut established, b"start").unwrap(),
+        b"start"
+    );
+
+    let killed = RecordingWriter::default();
+    *killed.hang_at.lock().unwrap() = Some(kill_at);
+    let (out, _) = run_agent(
+        &t.node,
+        &killed,
+        vec![pod_inputs(Mode::Nftables, Some(status))],
+        vec![],
+    );
+    assert!(
+        out.is_empty(),
+        "kill at {kill_at}: the switch was interrupted"
+    );
+    assert_eq!(
+        echo_roundtrip(&mut established, b"killed").unwrap(),
+        b"killed",
+        "kill at {kill_at}"
+    );
+    let mut during = connect_from(&t.node, vip())
+        .unwrap_or_else(|e| panic!("kill at {kill_at}: no service routing: {e}"));
+    assert_eq!(echo_roundtrip(&mut during, b"during").unwrap(), b"during");
+
+    let restarted = RecordingWriter::default();
+    let (out, status) = run_agent(
+        &t.node,
+        &restarted,
+        vec![pod_inputs(Mode::Nftables, killed.last())],
+        vec![],
+    );
+    assert_eq!(out, vec![SyncOutcome::Synced], "kill at {kill_at}");
+    assert_eq!(
+        (status.applied_mode, status.switch, status.failed_mode),
+        (Some(Mode::Nftables), None, None)
+    );
+    assert!(
+        has_nft_table(&t.node),
+        "kill at {kill_at}: nftables in place"
+    );
+    assert!(
+        !nat_rules(&t.node).contains("KUBE-SERVICES"),
+        "kill at {kill_at}: iptables removed:\n{}",
+        nat_rules(&t.node)
+    );
+    assert_eq!(
+        echo_roundtrip(&mut established, b"end").unwrap(),
+        b"end",
+        "kill at {kill_at}"
+    );
+    let mut fresh = connect_from(&t.node, vip())
+        .unwrap_or_else(|e| panic!("kill at {kill_at}: connect through nftables: {e}"));
+    assert_eq!(echo_roundtrip(&mut fresh, b"fresh").unwrap(), b"fresh");
+}
+
+#[test]
+fn switch_killed_before_building_converges() {
+    kill_switch_and_restart("k0", 0);
+}
+
+#[test]
+fn switch_killed_before_verifying_converges() {
+    kill_switch_and_restart("k1", 1);
+}
+
+#[test]
+fn switch_killed_before_removing_old_converges() {
+    kill_switch_and_restart("k2", 2);
+}
+
+#[test]
+fn switch_killed_before_recording_done_converges() {
+    kill_switch_and_restart("k3", 3);
+}
+
+#[test]
+fn failed_verification_on_real_kernel_keeps_iptables() {
+    if skip() {
+        return;
+    }
+    let t = topology("rollback");
+    let (_, status) = run_agent(
+        &t.node,
+        &RecordingWriter::default(),
+        vec![pod_inputs(Mode::Iptables, None)],
+        vec![],
+    );
+    let mut established =
+        connect_from(&t.node, vip()).unwrap_or_else(|e| panic!("connect through the VIP: {e}"));
+    // Verify through a service without endpoints: rejected, so the probe fails.
+    let mut inputs = pod_inputs(Mode::Nftables, Some(status));
+    inputs.shards = vec![shard(
+        1,
+        0,
+        1,
+        1,
+        vec![
+            rule(1, "web", WEB_VIP, vec![backend(1, POD_IP, "node-b")]),
+            rule(2, "empty", "10.96.0.99", vec![]),
+        ],
+    )];
+    let mut config = (*config(Mode::Nftables)).clone();
+    if let Some(v) = config.spec.rollout.verification.as_mut() {
+        v.service = "default/empty".into();
+    }
+    inputs.config = Some(Arc::new(config));
+    let (out, status) = run_agent(&t.node, &RecordingWriter::default(), vec![inputs], vec![]);
+    assert_eq!(out, vec![SyncOutcome::Synced], "the kept mode synced");
+    assert_eq!(
+        (status.applied_mode, status.failed_mode),
+        (Some(Mode::Iptables), Some(Mode::Nftables))
+    );
+    assert!(status.last_error.unwrap().contains("10.96.0.99:80"));
+    assert!(!has_nft_table(&t.node), "the new mode was removed");
+    assert!(nat_rules(&t.node).contains("KUBE-SERVICES"));
+    assert_eq!(echo_roundtrip(&mut established, b"kept").unwrap(), b"kept");
 }

@@ -105,9 +105,10 @@ fn echo(listener: TcpListener) {
     }
 }
 
-pub fn topology() -> Topology {
-    let node = Netns::create("node");
-    let pod = Netns::create("pod");
+/// `tag` keeps the namespaces of tests running in parallel apart.
+pub fn topology(tag: &str) -> Topology {
+    let node = Netns::create(&format!("{tag}-node"));
+    let pod = Netns::create(&format!("{tag}-pod"));
     node.ok(&[
         "ip", "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns", &pod.name,
     ]);

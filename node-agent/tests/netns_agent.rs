@@ -12,11 +12,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::netns::{Netns, POD_IP, connect_from, echo_roundtrip, is_root, topology};
+use common::netns::{Netns, POD_IP, Topology, connect_from, echo_roundtrip, is_root, topology};
 use common::*;
 use switchyard_agent::agent::{Agent, AgentParts, Inputs, SyncOutcome};
 use switchyard_agent::exec::RealRunner;
@@ -96,16 +96,11 @@ fn nat_rules(node: &Netns) -> String {
     node.ok(&["iptables-save", "-t", "nat"])
 }
 
-#[test]
-fn restart_converges_on_real_iptables_rules_and_keeps_connections() {
-    if skip() {
-        return;
-    }
-    let t = topology("restart");
-    let writer = RecordingWriter::default();
+/// Sync iptables in a fresh agent and open a connection through the VIP.
+fn start_with_iptables(t: &Topology, writer: &RecordingWriter) -> (ProxyNodeStatus, TcpStream) {
     let (out, status) = run_agent(
         &t.node,
-        &writer,
+        writer,
         vec![pod_inputs(Mode::Iptables, None)],
         vec![],
     );
@@ -114,9 +109,19 @@ fn restart_converges_on_real_iptables_rules_and_keeps_connections() {
     let mut established =
         connect_from(&t.node, vip()).unwrap_or_else(|e| panic!("connect through the VIP: {e}"));
     assert_eq!(
-        echo_roundtrip(&mut established, b"before").unwrap(),
-        b"before"
+        echo_roundtrip(&mut established, b"start").unwrap(),
+        b"start"
     );
+    (status, established)
+}
+
+#[test]
+fn restart_converges_on_real_iptables_rules_and_keeps_connections() {
+    if skip() {
+        return;
+    }
+    let t = topology("restart");
+    let (status, mut established) = start_with_iptables(&t, &RecordingWriter::default());
 
     // Restart: the new agent finds the rules and converges on them.
     let recorded = Some(status);
@@ -210,19 +215,7 @@ fn kill_switch_and_restart(tag: &str, kill_at: usize) {
         return;
     }
     let t = topology(tag);
-    let (out, status) = run_agent(
-        &t.node,
-        &RecordingWriter::default(),
-        vec![pod_inputs(Mode::Iptables, None)],
-        vec![],
-    );
-    assert_eq!(out, vec![SyncOutcome::Synced]);
-    let mut established =
-        connect_from(&t.node, vip()).unwrap_or_else(|e| panic!("connect through the VIP: {e}"));
-    assert_eq!(
-        echo_roundtrip(&mut established, b"start").unwrap(),
-        b"start"
-    );
+    let (status, mut established) = start_with_iptables(&t, &RecordingWriter::default());
 
     let killed = RecordingWriter::default();
     *killed.hang_at.lock().unwrap() = Some(kill_at);
@@ -302,14 +295,7 @@ fn failed_verification_on_real_kernel_keeps_iptables() {
         return;
     }
     let t = topology("rollback");
-    let (_, status) = run_agent(
-        &t.node,
-        &RecordingWriter::default(),
-        vec![pod_inputs(Mode::Iptables, None)],
-        vec![],
-    );
-    let mut established =
-        connect_from(&t.node, vip()).unwrap_or_else(|e| panic!("connect through the VIP: {e}"));
+    let (status, mut established) = start_with_iptables(&t, &RecordingWriter::default());
     // Verify through a service without endpoints: rejected, so the probe fails.
     let mut inputs = pod_inputs(Mode::Nftables, Some(status));
     inputs.shards = vec![shard(

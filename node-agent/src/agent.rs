@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use crate::backend::Dataplane;
 use crate::health::{HealthCheckServers, ProxyHealth, health_check_services};
+use crate::http::HttpServers;
 use crate::metrics::Metrics;
 use crate::settings::Settings;
 use crate::status::{StatusReporter, set_condition};
@@ -162,6 +163,8 @@ pub struct AgentParts {
     pub metrics: Arc<Metrics>,
     pub health: Arc<ProxyHealth>,
     pub health_checks: Option<HealthCheckServers>,
+    /// `/healthz` and `/metrics`, following the pool's bind addresses.
+    pub http: Option<HttpServers>,
     /// Wall clock for status times (tests fix it).
     pub wall_clock: fn() -> SystemTime,
 }
@@ -324,11 +327,13 @@ impl Agent {
             return SyncOutcome::Waiting(format!("Node {} not found", self.parts.node_name));
         };
         self.parts.health.set_node_deleting(being_deleted(node));
-        let spec = inputs
-            .config
-            .as_ref()
-            .map(|c| c.spec.clone())
-            .unwrap_or_default();
+        let config = inputs.config.as_ref().map(|c| &c.spec);
+        if let Some(http) = self.parts.http.as_mut() {
+            for e in http.reconcile(config) {
+                tracing::error!(error = %e, "HTTP server address not changed");
+            }
+        }
+        let spec = config.cloned().unwrap_or_default();
         // A failure is about one target: a new target starts afresh.
         if self.status.failed_mode.is_some_and(|f| f != target) {
             self.status.failed_mode = None;

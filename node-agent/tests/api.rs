@@ -131,6 +131,7 @@ async fn agent_lists_watches_switches_and_writes_status_by_server_side_apply() {
         metrics: Arc::new(Metrics::new()),
         health: Arc::new(ProxyHealth::new(Duration::from_secs(60))),
         health_checks: None,
+        http: None,
         wall_clock: fixed_clock,
     });
     let (watches, events) = watch::start(client, NODE);

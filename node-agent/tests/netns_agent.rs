@@ -76,6 +76,7 @@ fn run_agent(
                 metrics: Arc::new(Metrics::new()),
                 health: Arc::new(ProxyHealth::new(Duration::from_secs(60))),
                 health_checks: None,
+                http: None,
                 wall_clock: fixed_clock,
             });
             let mut outcomes = Vec::new();

@@ -233,6 +233,7 @@ pub fn agent(kernel: &FakeKernel, writer: &RecordingWriter, leftover: &FakeLefto
         metrics: Arc::new(Metrics::new()),
         health: Arc::new(ProxyHealth::new(Duration::from_secs(60))),
         health_checks: None,
+        http: None,
         wall_clock: fixed_clock,
     })
 }

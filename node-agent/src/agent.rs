@@ -303,15 +303,18 @@ impl Agent {
         started: Instant,
         queued_at: Option<Instant>,
     ) -> SyncOutcome {
-        if !inputs.listed {
-            return SyncOutcome::Waiting("initial lists not complete".to_string());
-        }
+        // The ProxyNode store fills only once its list is complete, so its
+        // recorded status can be read back (and status written) even while
+        // another watch is still failing.
         let Some(proxy_node) = inputs.proxy_node.as_deref() else {
             return SyncOutcome::Waiting(format!("ProxyNode {} not found", self.parts.node_name));
         };
         self.generation = proxy_node.metadata.generation;
         if !self.recovered {
             self.recover(proxy_node);
+        }
+        if !inputs.listed {
+            return SyncOutcome::Waiting("initial lists not complete".to_string());
         }
         let Some(target) = key.target.or(self.active_mode()) else {
             return SyncOutcome::Waiting("no target mode assigned".to_string());
@@ -604,7 +607,11 @@ impl Agent {
                     self.status.last_error.clone().unwrap_or_default(),
                 ),
                 (None, None, Some(e)) => (true, "ApplyFailed", e),
-                (None, None, None) => (false, "AsExpected", String::new()),
+                // A switch that completed with a caveat (unverified, old not removed).
+                (None, None, None) => match &self.status.last_error {
+                    Some(e) => (true, "SwitchIncomplete", e.clone()),
+                    None => (false, "AsExpected", String::new()),
+                },
             };
         let now = self.now_time();
         set_condition(

@@ -9,6 +9,13 @@ mod diff;
 pub mod ir;
 pub mod render;
 pub mod text;
+#[cfg(test)]
+mod trace;
+
+#[cfg(test)]
+mod netns_tests;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 

@@ -325,3 +325,89 @@ fn failed_verification_on_real_kernel_keeps_iptables() {
     assert!(nat_rules(&t.node).contains("KUBE-SERVICES"));
     assert_eq!(echo_roundtrip(&mut established, b"kept").unwrap(), b"kept");
 }
+
+/// kube-proxy's iptables layout as `iptables-save` prints it on a real node
+/// (hashed chain names), plus a foreign chain that must survive.
+const KUBE_PROXY_NAT: &str = "*nat
+:KUBE-SERVICES - [0:0]
+:KUBE-SVC-TCOU7JCQXEZGVUNU - [0:0]
+:KUBE-SEP-IT2ZTR26TO4XFPTO - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:FOREIGN-KEEP - [0:0]
+-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING
+-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000
+-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m comment --comment \"default/web cluster IP\" -m tcp --dport 80 -j KUBE-SVC-TCOU7JCQXEZGVUNU
+-A KUBE-SVC-TCOU7JCQXEZGVUNU -m comment --comment \"default/web -> 10.200.0.2:8080\" -j KUBE-SEP-IT2ZTR26TO4XFPTO
+-A KUBE-SEP-IT2ZTR26TO4XFPTO -p tcp -m comment --comment \"default/web\" -m tcp -j DNAT --to-destination 10.200.0.2:8080
+-A FOREIGN-KEEP -j RETURN
+COMMIT
+";
+
+#[test]
+fn adopting_a_node_from_kube_proxy_removes_its_rules_once_ours_are_verified() {
+    if skip() {
+        return;
+    }
+    let t = topology("adopt");
+    let restore = t.node.thread(|| {
+        use std::io::Write;
+        let mut child = std::process::Command::new("iptables-restore")
+            .arg("--noflush")
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(KUBE_PROXY_NAT.as_bytes())
+            .unwrap();
+        child.wait().unwrap()
+    });
+    assert!(restore.join().unwrap().success());
+    t.node.ok(&["nft", "add", "table", "ip", "kube-proxy"]);
+    t.node.ok(&["nft", "add", "table", "ip", "foreign"]);
+    let mut established = connect_from(&t.node, vip())
+        .unwrap_or_else(|e| panic!("connect through kube-proxy's rules: {e}"));
+    assert_eq!(
+        echo_roundtrip(&mut established, b"kube-proxy").unwrap(),
+        b"kube-proxy"
+    );
+
+    let leftovers: Vec<Box<dyn Leftovers>> =
+        vec![Box::new(KubeProxyNftables::new(Arc::new(RealRunner)))];
+    let (out, status) = run_agent(
+        &t.node,
+        &RecordingWriter::default(),
+        vec![pod_inputs(Mode::Nftables, None)],
+        leftovers,
+    );
+    assert_eq!(out, vec![SyncOutcome::Synced]);
+    assert_eq!(
+        (status.applied_mode, status.failed_mode),
+        (Some(Mode::Nftables), None)
+    );
+    let nat = nat_rules(&t.node);
+    assert!(
+        !nat.contains("KUBE-"),
+        "kube-proxy's chains removed:\n{nat}"
+    );
+    assert!(nat.contains(":FOREIGN-KEEP"), "foreign chain kept:\n{nat}");
+    let tables = t.node.ok(&["nft", "list", "tables"]);
+    assert!(!tables.contains("table ip kube-proxy"), "{tables}");
+    assert!(
+        tables.contains("table ip foreign") && tables.contains("table ip switchyard"),
+        "{tables}"
+    );
+    assert_eq!(
+        echo_roundtrip(&mut established, b"adopted").unwrap(),
+        b"adopted"
+    );
+    let mut fresh =
+        connect_from(&t.node, vip()).unwrap_or_else(|e| panic!("connect through nftables: {e}"));
+    assert_eq!(echo_roundtrip(&mut fresh, b"ours").unwrap(), b"ours");
+}

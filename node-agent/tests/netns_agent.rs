@@ -411,3 +411,58 @@ fn adopting_a_node_from_kube_proxy_removes_its_rules_once_ours_are_verified() {
         connect_from(&t.node, vip()).unwrap_or_else(|e| panic!("connect through nftables: {e}"));
     assert_eq!(echo_roundtrip(&mut fresh, b"ours").unwrap(), b"ours");
 }
+
+#[test]
+fn standalone_apply_command_programs_the_node() {
+    if skip() {
+        return;
+    }
+    let t = topology("cli");
+    let tmp = TempDir::new("cli-state");
+    let dir = &tmp.0;
+    let state = "apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10]
+  ports: [{port: 80, targetPort: 8080, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: \"\", port: 8080, protocol: TCP}]
+endpoints: [{addresses: [10.200.0.2], nodeName: node-b, conditions: {ready: true}}]
+";
+    std::fs::write(dir.join("web.yaml"), state).unwrap();
+    let bin = env!("CARGO_BIN_EXE_node-agent");
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let args = [
+        "apply",
+        "--mode",
+        "nftables",
+        "--state",
+        &dir_arg,
+        "--node-name",
+        NODE,
+        "--node-ip",
+        "10.200.0.1",
+    ];
+    let dry = t
+        .node
+        .run(&[&[bin][..], &args[..], &["--dry-run"][..]].concat());
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("10.96.0.10"));
+    assert!(!has_nft_table(&t.node), "--dry-run applies nothing");
+
+    let out = t.node.ok(&[&[bin][..], &args[..]].concat());
+    assert!(out.starts_with("applied nftables:"), "{out}");
+    assert!(has_nft_table(&t.node));
+    let mut c = connect_from(&t.node, vip()).unwrap_or_else(|e| panic!("connect after apply: {e}"));
+    assert_eq!(echo_roundtrip(&mut c, b"cli").unwrap(), b"cli");
+}

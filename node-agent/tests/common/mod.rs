@@ -1,6 +1,8 @@
 //! Fixtures shared by the agent's integration tests.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod netns;
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -237,4 +239,21 @@ pub fn agent(kernel: &FakeKernel, writer: &RecordingWriter, leftover: &FakeLefto
         wall_clock: fixed_clock,
     })
 }
-pub mod netns;
+
+/// A directory removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("syagt{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

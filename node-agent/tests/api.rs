@@ -13,11 +13,9 @@ use http::{Method, Request, Response};
 use kube::client::Body;
 use kube::{Client, Resource};
 use serde_json::{Value, json};
-use switchyard_agent::agent::{Agent, AgentParts};
+use switchyard_agent::agent::Agent;
 use switchyard_agent::fake::FakeKernel;
-use switchyard_agent::health::ProxyHealth;
-use switchyard_agent::metrics::Metrics;
-use switchyard_agent::status::{ApiStatusWriter, StatusReporter};
+use switchyard_agent::status::ApiStatusWriter;
 use switchyard_agent::{sync, watch};
 use switchyard_api::Mode;
 
@@ -124,21 +122,12 @@ impl Verifier {
 }
 
 fn agent_for(kernel: &FakeKernel, client: Client) -> Agent {
-    Agent::new(AgentParts {
-        node_name: NODE.into(),
-        factory: Arc::new(kernel.factory()),
-        probe: Arc::new(kernel.probe()),
-        leftovers: vec![],
-        reporter: StatusReporter::new(
-            Box::new(ApiStatusWriter::new(client, NODE)),
-            Duration::from_secs(5),
-        ),
-        metrics: Arc::new(Metrics::new()),
-        health: Arc::new(ProxyHealth::new(Duration::from_secs(60))),
-        health_checks: None,
-        http: None,
-        wall_clock: fixed_clock,
-    })
+    agent_with(
+        Arc::new(kernel.factory()),
+        Arc::new(kernel.probe()),
+        Box::new(ApiStatusWriter::new(client, NODE)),
+        vec![],
+    )
 }
 
 #[tokio::test(start_paused = true)]

@@ -14,16 +14,12 @@ mod common;
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::netns::{Netns, POD_IP, Topology, connect_from, echo_roundtrip, is_root, topology};
 use common::*;
-use switchyard_agent::agent::{Agent, AgentParts, Inputs, SyncOutcome};
+use switchyard_agent::agent::{Inputs, SyncOutcome};
 use switchyard_agent::exec::RealRunner;
-use switchyard_agent::health::ProxyHealth;
 use switchyard_agent::kubeproxy::KubeProxyNftables;
-use switchyard_agent::metrics::Metrics;
-use switchyard_agent::status::StatusReporter;
 use switchyard_agent::switch::{BackendFactory, Leftovers, TcpProbe};
 use switchyard_api::{Mode, ProxyNodeStatus};
 
@@ -67,18 +63,12 @@ fn run_agent(
             .build()
             .unwrap();
         rt.block_on(async move {
-            let mut agent = Agent::new(AgentParts {
-                node_name: NODE.into(),
-                factory: Arc::new(BackendFactory::new(Arc::new(RealRunner))),
-                probe: Arc::new(TcpProbe),
+            let mut agent = agent_with(
+                Arc::new(BackendFactory::new(Arc::new(RealRunner))),
+                Arc::new(TcpProbe),
+                Box::new(writer.clone()),
                 leftovers,
-                reporter: StatusReporter::new(Box::new(writer.clone()), Duration::from_secs(5)),
-                metrics: Arc::new(Metrics::new()),
-                health: Arc::new(ProxyHealth::new(Duration::from_secs(60))),
-                health_checks: None,
-                http: None,
-                wall_clock: fixed_clock,
-            });
+            );
             let mut outcomes = Vec::new();
             for inputs in syncs {
                 tokio::select! {
@@ -179,28 +169,21 @@ fn kube_proxy_nftables_tables_are_removed_and_no_other_table() {
     ] {
         ns.ok(&["nft", "add", "table", family, name]);
     }
-    let removed = ns
-        .thread(|| {
+    let remove = || {
+        ns.thread(|| {
             KubeProxyNftables::new(Arc::new(RealRunner))
                 .remove()
                 .unwrap()
         })
         .join()
-        .unwrap();
-    assert!(removed);
+        .unwrap()
+    };
+    assert!(remove());
     let tables = ns.ok(&["nft", "list", "tables"]);
     let mut tables: Vec<&str> = tables.lines().collect();
     tables.sort();
     assert_eq!(tables, vec!["table inet kube-proxy", "table ip keep-me"]);
-    let again = ns
-        .thread(|| {
-            KubeProxyNftables::new(Arc::new(RealRunner))
-                .remove()
-                .unwrap()
-        })
-        .join()
-        .unwrap();
-    assert!(!again, "nothing left to remove");
+    assert!(!remove(), "nothing left to remove");
 }
 
 fn has_nft_table(node: &Netns) -> bool {

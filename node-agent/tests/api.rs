@@ -46,7 +46,7 @@ struct Verifier {
 impl Verifier {
     /// Serve until `done` holds for the status patches received; return their
     /// bodies and the list requests. With `quiet`, then check that nothing more
-    /// is requested for two hours (the periodic resync writes nothing new).
+    /// is requested for 90 minutes (the hourly resync writes nothing new).
     async fn serve(mut self, done: fn(&[Value]) -> bool, quiet: bool) -> (Vec<Value>, Vec<String>) {
         let mut bodies = Vec::new();
         while !done(&bodies) {
@@ -109,7 +109,7 @@ impl Verifier {
         }
         // Quiet from here on: the periodic resync (1h) finds nothing changed
         // and writes nothing; watches stay held.
-        let more = tokio::time::timeout(Duration::from_secs(2 * 3600), self.handle.next_request());
+        let more = tokio::time::timeout(Duration::from_secs(90 * 60), self.handle.next_request());
         if let Ok(Some((req, _))) = more.await {
             panic!(
                 "unexpected request after the sync: {} {}",
@@ -164,6 +164,16 @@ async fn agent_lists_watches_switches_and_writes_status_by_server_side_apply() {
         ]
     );
     assert_eq!(kernel.installed(), vec![Mode::Nftables]);
+    let syncs = kernel.syncs();
+    assert_eq!(
+        syncs.len(),
+        2,
+        "the switch's sync, then the hourly resync: {syncs:?}"
+    );
+    assert!(
+        syncs[1].full,
+        "the resync rewrote everything and wrote no status"
+    );
     assert_eq!(
         bodies[0],
         json!({

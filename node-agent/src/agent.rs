@@ -9,6 +9,7 @@
 //! the kernel's state ([`crate::switch::recover`]) and converges on it instead
 //! of flushing it; nothing is removed for lack of input.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -33,6 +34,7 @@ use crate::switch::{
     Checkpoint, Checkpoints, DataplaneFactory, Leftovers, Probe, ProbeTarget, SwitchError,
     SwitchInput, present_modes, recover, sweep, switch_to,
 };
+use crate::watch::Source;
 
 /// The condition types the agent reports.
 pub const READY: &str = "Ready";
@@ -179,7 +181,8 @@ pub struct Agent {
     synced_key: Option<InputKey>,
     status: ProxyNodeStatus,
     settings: Settings,
-    api_error: Option<String>,
+    /// Failing watches and their last error.
+    api_errors: BTreeMap<Source, String>,
     generation: Option<i64>,
 }
 
@@ -211,7 +214,7 @@ impl Agent {
             synced_key: None,
             status: ProxyNodeStatus::default(),
             settings: Settings::defaults(Mode::default()),
-            api_error: None,
+            api_errors: BTreeMap::new(),
             generation: None,
         }
     }
@@ -258,10 +261,13 @@ impl Agent {
         }
     }
 
-    /// The watches failed (`Some`) or recovered (`None`).
-    pub fn set_api_error(&mut self, error: Option<String>) {
-        if self.api_error != error {
-            self.api_error = error;
+    /// The watch of `source` failed (`Some`) or delivered again (`None`).
+    pub fn set_api_error(&mut self, source: Source, error: Option<String>) {
+        let changed = match error {
+            Some(e) => self.api_errors.insert(source, e.clone()) != Some(e),
+            None => self.api_errors.remove(&source).is_some(),
+        };
+        if changed {
             if self.recovered {
                 self.update_conditions();
                 self.parts.reporter.offer(&self.status, Instant::now());
@@ -594,25 +600,33 @@ impl Agent {
             .iter()
             .find(|c| c.type_ == READY && c.reason == "ApplyFailed")
             .map(|c| c.message.clone());
-        let (degraded, reason, message) =
-            match (&self.api_error, self.status.failed_mode, apply_failed) {
-                (Some(e), _, _) => (
-                    true,
-                    "APIUnreachable",
-                    format!("keeping the last applied rules: {e}"),
-                ),
-                (None, Some(_), _) => (
-                    true,
-                    "SwitchFailed",
-                    self.status.last_error.clone().unwrap_or_default(),
-                ),
-                (None, None, Some(e)) => (true, "ApplyFailed", e),
-                // A switch that completed with a caveat (unverified, old not removed).
-                (None, None, None) => match &self.status.last_error {
-                    Some(e) => (true, "SwitchIncomplete", e.clone()),
-                    None => (false, "AsExpected", String::new()),
-                },
-            };
+        let api_error = (!self.api_errors.is_empty()).then(|| {
+            let errors: Vec<String> = self
+                .api_errors
+                .iter()
+                .map(|(source, e)| format!("watching {source}: {e}"))
+                .collect();
+            errors.join("; ")
+        });
+        let (degraded, reason, message) = match (&api_error, self.status.failed_mode, apply_failed)
+        {
+            (Some(e), _, _) => (
+                true,
+                "APIUnreachable",
+                format!("keeping the last applied rules: {e}"),
+            ),
+            (None, Some(_), _) => (
+                true,
+                "SwitchFailed",
+                self.status.last_error.clone().unwrap_or_default(),
+            ),
+            (None, None, Some(e)) => (true, "ApplyFailed", e),
+            // A switch that completed with a caveat (unverified, old not removed).
+            (None, None, None) => match &self.status.last_error {
+                Some(e) => (true, "SwitchIncomplete", e.clone()),
+                None => (false, "AsExpected", String::new()),
+            },
+        };
         let now = self.now_time();
         set_condition(
             &mut self.status.conditions,

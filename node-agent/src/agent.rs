@@ -267,11 +267,9 @@ impl Agent {
             Some(e) => self.api_errors.insert(source, e.clone()) != Some(e),
             None => self.api_errors.remove(&source).is_some(),
         };
-        if changed {
-            if self.recovered {
-                self.update_conditions();
-                self.parts.reporter.offer(&self.status, Instant::now());
-            }
+        if changed && self.recovered {
+            self.update_conditions();
+            self.parts.reporter.offer(&self.status, Instant::now());
         }
     }
 

@@ -64,10 +64,12 @@ pub struct Netns {
 
 impl Netns {
     pub fn create(name: &str) -> Result<Netns, HarnessError> {
-        live().push(name.to_string());
-        if let Err(e) = ip(&["netns", "add", name]) {
-            live().retain(|n| n != name);
-            return Err(e);
+        // The registry stays locked while the namespace is created, so the
+        // signal thread never misses one that is half made.
+        {
+            let mut live = live();
+            ip(&["netns", "add", name])?;
+            live.push(name.to_string());
         }
         let ns = Netns {
             name: name.to_string(),
@@ -132,9 +134,10 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        let mut live = live();
         // Best effort: a failure here is reported by `ip netns list` afterwards.
         let _ = ip(&["netns", "del", &self.name]);
-        live().retain(|n| n != &self.name);
+        live.retain(|n| n != &self.name);
     }
 }
 
@@ -207,9 +210,10 @@ pub fn install_signal_cleanup() {
         unsafe {
             libc::sigwait(&set, &mut sig);
         }
-        let names: Vec<String> = live().clone();
-        for name in names {
-            let _ = ip(&["netns", "del", &name]);
+        // Held until exit: no namespace is created after this point.
+        let live = live();
+        for name in live.iter() {
+            let _ = ip(&["netns", "del", name]);
         }
         eprintln!("interrupted (signal {sig}): namespaces removed");
         std::process::exit(130);

@@ -377,10 +377,12 @@ fn run_flows(ctx: &Ctx<'_>, stage: &Stage<'_>, ruleset: &Ruleset, totals: &mut T
             continue;
         }
         // Affinity and a fixed client port both pin a client to one endpoint.
-        let affinity = has_affinity(ruleset, flow, ctx.topo.is_node_address(&flow.dest_ip))
-            || flow.source_port.is_some();
+        let session_affinity = has_affinity(ruleset, flow, ctx.topo.is_node_address(&flow.dest_ip));
+        let affinity = session_affinity || flow.source_port.is_some();
         let sequential = affinity;
         let count = match &expected {
+            // Enough that random choice would spread them (3 endpoints: 1 in 243).
+            _ if session_affinity => 6,
             _ if sequential => 3,
             Expected::Endpoints(e) => (10 * e.len()).max(6),
             _ => 4,
@@ -505,11 +507,12 @@ pub fn run_file(
         std::process::id()
     );
     let topo = Topology::build(&prefix, &scenario)?;
-    hooks.prepare_node(&topo.node)?;
+    hooks.prepare_node(&topo)?;
     let sctp = probe::sctp_supported();
     let servers = start_servers(&topo, &scenario, sctp)?;
     let agent = NodeAgent::start(&topo.node, hooks.dataplane())?;
-    let settings = settings_for(&scenario.node, hooks.mode());
+    let mut settings = settings_for(&scenario.node, hooks.mode());
+    hooks.adjust_settings(&mut settings, &topo);
     let node_info = node_info(&scenario.node, &topo.node_addresses);
     let mut totals = Totals::default();
     let ctx = Ctx {

@@ -118,7 +118,9 @@ fn synthetic(services: usize, endpoints: usize) -> Ruleset {
                     let ip = if s == 0 {
                         pod_ip(k.min(4))
                     } else {
-                        IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 64, 0, 0)) + next))
+                        IpAddr::V4(Ipv4Addr::from(
+                            u32::from(Ipv4Addr::new(10, 64, 0, 0)) + next,
+                        ))
                     };
                     backend(next, ip)
                 })
@@ -250,7 +252,10 @@ fn bench_sync(
     endpoints: usize,
     changes: usize,
 ) -> Result<SyncResult, BenchError> {
-    let ns = Netns::create(&ns_name(&format!("{}-{services}x{endpoints}", mode.as_str())))?;
+    let ns = Netns::create(&ns_name(&format!(
+        "{}-{services}x{endpoints}",
+        mode.as_str()
+    )))?;
     let worker = Worker::start(&ns, mode)?;
     let mut ruleset = synthetic(services, endpoints);
     let (full, stats) = worker.sync(link(&ruleset, &node()))?;
@@ -300,12 +305,13 @@ fn connects(targets: &[SocketAddr], count: usize) -> Result<Vec<Latency>, BenchE
     for _ in 0..count {
         for (i, t) in targets.iter().enumerate() {
             let start = Instant::now();
-            let stream = TcpStream::connect_timeout(t, Duration::from_secs(2)).map_err(|source| {
-                BenchError::Io {
-                    what: "connect",
-                    source,
-                }
-            })?;
+            let stream =
+                TcpStream::connect_timeout(t, Duration::from_secs(2)).map_err(|source| {
+                    BenchError::Io {
+                        what: "connect",
+                        source,
+                    }
+                })?;
             samples[i].push(start.elapsed());
             // Reset instead of TIME_WAIT, so thousands of connects do not pile up.
             let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
@@ -440,14 +446,19 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
         )
     } else {
         (
-            cli.sizes.iter().map(|s| size(s)).collect::<Result<_, _>>()?,
+            cli.sizes
+                .iter()
+                .map(|s| size(s))
+                .collect::<Result<_, _>>()?,
             cli.latency_services,
             cli.connects,
         )
     };
     let changes = if cli.quick { 2 } else { cli.changes };
 
-    println!("| size | mode | objects | full sync | endpoint change sync | full vs nftables | change vs nftables |");
+    println!(
+        "| size | mode | objects | full sync | endpoint change sync | full vs nftables | change vs nftables |"
+    );
     println!("| --- | --- | ---: | ---: | ---: | ---: | ---: |");
     for &(services, endpoints) in &sizes {
         let mut results: Vec<(Mode, SyncResult)> = Vec::new();
@@ -476,7 +487,9 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
     println!(
         "first-packet TCP connect latency, {latency_services} services, {connects_n} connects each:"
     );
-    println!("| mode | direct median | direct p99 | VIP median | VIP p99 | median ratio | p99 ratio |");
+    println!(
+        "| mode | direct median | direct p99 | VIP median | VIP p99 | median ratio | p99 ratio |"
+    );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (mode, d, v) in bench_latency(&cli.modes, latency_services, connects_n)? {
         println!(

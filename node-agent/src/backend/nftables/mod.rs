@@ -123,7 +123,13 @@ impl Backend for NftablesBackend {
             self.runner
                 .run(
                     "nft",
-                    &["list", "map", family_word(*f), TABLE, render::NO_ENDPOINT_NODEPORTS],
+                    &[
+                        "list",
+                        "map",
+                        family_word(*f),
+                        TABLE,
+                        render::NO_ENDPOINT_NODEPORTS,
+                    ],
                     None,
                 )
                 .is_ok()

@@ -1,7 +1,7 @@
 //! The typed plan: tables, chains, sets, maps, elements and rules as Rust
 //! values. Text exists only in [`super::text`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use switchyard_api::ruleset::{Cidr, IpFamily, Protocol};
@@ -253,25 +253,4 @@ impl Rule {
         self.comment = Some(comment.to_string());
         self
     }
-
-    /// Chains this rule jumps or goes to.
-    pub fn chain_targets(&self) -> impl Iterator<Item = &str> {
-        self.stmts.iter().filter_map(|s| match s {
-            Stmt::Verdict(Verdict::Jump(c) | Verdict::Goto(c)) => Some(c.as_str()),
-            _ => None,
-        })
-    }
-}
-
-/// Names of every chain referenced by a verdict map element.
-pub fn element_targets(table: &Table) -> BTreeSet<&str> {
-    table
-        .sets
-        .values()
-        .flat_map(|s| s.elements.values())
-        .filter_map(|v| match v {
-            Some(Verdict::Jump(c) | Verdict::Goto(c)) => Some(c.as_str()),
-            _ => None,
-        })
-        .collect()
 }

@@ -107,7 +107,9 @@ const JUMP_CHAINS: [(&str, &str, bool); 11] = [
     (NODEPORT_ENDPOINTS_CHECK, FILTER_INPUT, true),
     (SERVICE_ENDPOINTS_CHECK, FILTER_INPUT, true),
     (SERVICE_ENDPOINTS_CHECK, FILTER_FORWARD, true),
-    (SERVICE_ENDPOINTS_CHECK, FILTER_OUTPUT, true),
+    // After DNAT on output, so the node's own short-circuited traffic to an
+    // external-Local frontend without local endpoints is not dropped first.
+    (SERVICE_ENDPOINTS_CHECK, FILTER_OUTPUT_POST_DNAT, true),
     (FIREWALL_CHECK, FILTER_PREROUTING, true),
     (FIREWALL_CHECK, FILTER_OUTPUT, true),
     (SERVICES, NAT_OUTPUT, false),

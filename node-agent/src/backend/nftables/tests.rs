@@ -459,3 +459,23 @@ fn cleanup_deletes_only_our_two_tables() {
         "add table ip switchyard\ndelete table ip switchyard\nadd table ip6 switchyard\ndelete table ip6 switchyard\n"
     );
 }
+
+#[test]
+fn host_traffic_to_external_local_without_local_endpoints_is_short_circuited_not_dropped() {
+    let mut rs = sample_ruleset();
+    let lb = rs.services.iter_mut().find(|s| s.name == "lb").unwrap();
+    lb.backends
+        .retain(|b| b.node_name.as_deref() != Some("node-a"));
+    let plan = plan_of(&rs);
+    let mut host = tcp("203.0.113.7", 80);
+    host.src = ip(NODE_IP);
+    host.from_host = true;
+    host.src_local = true;
+    let t = run(&plan, &host, 0);
+    assert_eq!(t.dnat, Some((ip("10.0.2.6"), 8080)));
+    assert!(t.masquerade);
+    // Traffic from outside has no local endpoint to go to.
+    let mut outside = tcp("203.0.113.7", 80);
+    outside.src = ip("198.51.100.50");
+    assert_eq!(run(&plan, &outside, 0).outcome, Outcome::Drop);
+}

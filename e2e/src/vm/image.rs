@@ -101,7 +101,9 @@ poweroff -f
 
 /// The base archive for `kernel`, built once and cached next to the kernel.
 pub fn base(kernel: &Kernel, cache: &Path) -> Result<Vec<u8>, VmError> {
-    let path = cache.join(&kernel.version).join("base.cpio");
+    let path = cache
+        .join(&kernel.version)
+        .join(format!("base-{:016x}.cpio", recipe_hash()));
     if let Ok(bytes) = fs::read(&path) {
         return Ok(bytes);
     }
@@ -110,6 +112,18 @@ pub fn base(kernel: &Kernel, cache: &Path) -> Result<Vec<u8>, VmError> {
     fs::write(&tmp, &bytes).map_err(|e| VmError::io("write the base image", &tmp, e))?;
     fs::rename(&tmp, &path).map_err(|e| VmError::io("store the base image", &path, e))?;
     Ok(bytes)
+}
+
+/// Changes whenever what goes into the base image changes, so a stale cached
+/// image is never used.
+fn recipe_hash() -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    (INIT, PRELOAD, TOOLS, MODULES, PLUGIN_DIRS, DATA_FILES).hash(&mut h);
+    env!("CARGO_PKG_VERSION").hash(&mut h);
+    // The layout of tools in the image.
+    "usr/sbin".hash(&mut h);
+    h.finish()
 }
 
 fn build_base(kernel: &Kernel) -> Result<Vec<u8>, VmError> {
@@ -138,8 +152,9 @@ fn build_base(kernel: &Kernel) -> Result<Vec<u8>, VmError> {
 
     let mut libs = Libraries::default();
     for tool in TOOLS {
+        // At /usr/sbin, ahead of busybox's applets in /bin on the guest's PATH.
         if let Some(path) = which(tool) {
-            add_host_file(&mut a, &path)?;
+            a.file(&format!("usr/sbin/{tool}"), 0o755, &read(&path)?);
             libs.add_for(&path)?;
         }
     }

@@ -15,6 +15,7 @@
 //! ```
 
 pub mod cpio;
+pub mod guest;
 pub mod image;
 pub mod kernel;
 

@@ -97,15 +97,19 @@ fn resolve_package() -> Result<String, VmError> {
         Command::new("apt-cache").args(["depends", METAPACKAGE]),
         "apt-cache depends linux-image-amd64",
     )?;
-    out.lines()
+    let found = out
+        .lines()
         .filter_map(|l| l.trim().strip_prefix("Depends:"))
         .map(str::trim)
         .find(|p| p.starts_with("linux-image-"))
-        .map(str::to_string)
-        .ok_or_else(|| VmError::Kernel {
+        .map(str::to_string);
+    match found {
+        Some(package) => Ok(package),
+        None => Err(VmError::Kernel {
             operation: "resolve linux-image-amd64",
             detail: out,
-        })
+        }),
+    }
 }
 
 fn run(cmd: &mut Command, operation: &'static str) -> Result<String, VmError> {

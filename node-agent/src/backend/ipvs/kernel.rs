@@ -4,6 +4,8 @@
 //! for unit tests. [`Ipvs`] puts typed operations on top of either.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
@@ -269,22 +271,35 @@ pub fn message(cmd: IpvsCmd, attrs: Vec<IpvsAttr>) -> IpvsMessage {
     IpvsMessage { cmd, attrs }
 }
 
-/// An in-memory IPVS table answering like the kernel (for unit tests).
+/// A fake virtual server with its real servers by address and port.
+pub type FakeService = (VirtualServer, BTreeMap<(IpAddr, u16), DestState>);
+
+/// The state of a [`FakeIpvs`].
 #[derive(Debug, Default)]
-pub struct FakeIpvs {
-    pub services:
-        BTreeMap<ServiceKey, (VirtualServer, BTreeMap<(std::net::IpAddr, u16), DestState>)>,
+pub struct FakeTable {
+    pub services: BTreeMap<ServiceKey, FakeService>,
     pub timeouts: Timeouts,
     /// Every command received, in order.
     pub log: Vec<IpvsCmd>,
 }
 
-impl FakeIpvs {
-    /// Pretend `rs` of `key` has `active` connections.
-    pub fn set_active(&mut self, key: &ServiceKey, rs: (std::net::IpAddr, u16), active: u32) {
+impl FakeTable {
+    /// Pretend real server `rs` of `key` has `active` connections.
+    pub fn set_active(&mut self, key: &ServiceKey, rs: (IpAddr, u16), active: u32) {
         if let Some(d) = self.services.get_mut(key).and_then(|(_, d)| d.get_mut(&rs)) {
             d.active = active;
         }
+    }
+}
+
+/// An in-memory IPVS table answering like the kernel (for unit tests); clones
+/// share the table, so a test keeps one to look inside.
+#[derive(Clone, Debug, Default)]
+pub struct FakeIpvs(Arc<Mutex<FakeTable>>);
+
+impl FakeIpvs {
+    pub fn table(&self) -> MutexGuard<'_, FakeTable> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -296,6 +311,12 @@ fn errno(cmd: IpvsCmd, code: i32) -> KernelError {
 }
 
 impl IpvsKernel for FakeIpvs {
+    fn request(&mut self, msg: IpvsMessage, dump: bool) -> Result<Vec<IpvsMessage>, KernelError> {
+        self.table().request(msg, dump)
+    }
+}
+
+impl FakeTable {
     fn request(&mut self, msg: IpvsMessage, _dump: bool) -> Result<Vec<IpvsMessage>, KernelError> {
         let cmd = msg.cmd;
         self.log.push(cmd);

@@ -7,6 +7,7 @@
 //! ([`crate::exec::Runner`]) and sysctls ([`host::Sysctl`]). All of them act in
 //! the network namespace of the calling thread.
 
+pub mod capture;
 pub mod genl;
 pub mod host;
 pub mod kernel;

@@ -143,7 +143,14 @@ pub fn render(ruleset: &LinkedRuleset, settings: &Settings) -> IpvsPlan {
     }
     let node_ips = node_port_ips(ruleset, settings);
     for sp in &ruleset.services {
-        render_service_port(sp, settings, &node_ips, &mut plan, &mut sets);
+        render_service_port(
+            sp,
+            &ruleset.node.name,
+            settings,
+            &node_ips,
+            &mut plan,
+            &mut sets,
+        );
     }
     for ip in &plan.addresses {
         if let Some(s) = sets.get_mut(&IpFamily::of(ip)) {
@@ -244,6 +251,7 @@ fn real_servers<'a>(
 
 fn render_service_port(
     sp: &LinkedServicePort,
+    node_name: &str,
     settings: &Settings,
     node_ips: &[IpAddr],
     plan: &mut IpvsPlan,
@@ -360,7 +368,11 @@ fn render_service_port(
             }
         }
     }
-    for b in sp.local_endpoints() {
+    // Hairpin: this node's endpoints reaching themselves through a service.
+    for b in sp
+        .all_reachable_endpoints()
+        .filter(|b| b.node_name.as_deref() == Some(node_name))
+    {
         set(sets, &b.ip).add(
             "KUBE-LOOP-BACK",
             SetEntry::IpPortIp(b.ip, proto, b.port, b.ip),

@@ -18,6 +18,7 @@ pub mod cpio;
 pub mod guest;
 pub mod image;
 pub mod kernel;
+pub mod scenario;
 
 use std::fs;
 use std::io::{BufRead, BufReader};

@@ -143,14 +143,7 @@ pub fn render(ruleset: &LinkedRuleset, settings: &Settings) -> IpvsPlan {
     }
     let node_ips = node_port_ips(ruleset, settings);
     for sp in &ruleset.services {
-        render_service_port(
-            sp,
-            &ruleset.node.name,
-            settings,
-            &node_ips,
-            &mut plan,
-            &mut sets,
-        );
+        render_service_port(sp, settings, &node_ips, &mut plan, &mut sets);
     }
     for ip in &plan.addresses {
         if let Some(s) = sets.get_mut(&IpFamily::of(ip)) {
@@ -251,7 +244,6 @@ fn real_servers<'a>(
 
 fn render_service_port(
     sp: &LinkedServicePort,
-    node_name: &str,
     settings: &Settings,
     node_ips: &[IpAddr],
     plan: &mut IpvsPlan,
@@ -368,11 +360,11 @@ fn render_service_port(
             }
         }
     }
-    // Hairpin: this node's endpoints reaching themselves through a service.
-    for b in sp
-        .all_reachable_endpoints()
-        .filter(|b| b.node_name.as_deref() == Some(node_name))
-    {
+    // Hairpin: an endpoint reaching itself through a service is masqueraded.
+    // Every reachable endpoint is listed (kube-proxy lists only local ones),
+    // so endpoints without a node name hairpin too; a member only matches
+    // packets from an endpoint to itself.
+    for b in sp.all_reachable_endpoints() {
         set(sets, &b.ip).add(
             "KUBE-LOOP-BACK",
             SetEntry::IpPortIp(b.ip, proto, b.port, b.ip),
@@ -437,7 +429,7 @@ fn rules(family: IpFamily, settings: &Settings) -> FamilyRules {
     r(
         "KUBE-POSTROUTING",
         format!(
-            "-m comment --comment \"Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose\" -m set --match-set {} dst,dst,src -j MASQUERADE",
+            "-m comment --comment \"Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose\" -m set --match-set {} dst,dst,src -j MASQUERADE --random-fully",
             n("KUBE-LOOP-BACK")
         ),
     );
@@ -448,7 +440,7 @@ fn rules(family: IpFamily, settings: &Settings) -> FamilyRules {
     r("KUBE-POSTROUTING", format!("-j MARK --xor-mark {mark}"));
     r(
         "KUBE-POSTROUTING",
-        "-m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE".into(),
+        "-m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully".into(),
     );
     r("KUBE-MARK-MASQ", format!("-j MARK --or-mark {mark}"));
     let cluster = n("KUBE-CLUSTER-IP");

@@ -258,7 +258,10 @@ fn cluster_ip_and_node_port_become_virtual_servers_addresses_and_set_members() {
     assert_eq!(set(&plan, "KUBE-CLUSTER-IP"), ["10.96.0.10,tcp:80"]);
     assert_eq!(set(&plan, "KUBE-NODE-PORT-TCP"), ["30080"]);
     assert!(set(&plan, "KUBE-NODE-PORT-LOCAL-TCP").is_empty());
-    assert_eq!(set(&plan, "KUBE-LOOP-BACK"), ["10.1.1.2,tcp:8080,10.1.1.2"]);
+    assert_eq!(
+        set(&plan, "KUBE-LOOP-BACK"),
+        ["10.1.1.2,tcp:8080,10.1.1.2", "10.1.2.2,tcp:8080,10.1.2.2"]
+    );
     assert_eq!(set(&plan, "KUBE-IPVS-IPS"), ["10.96.0.10"]);
     let text = plan.to_string();
     assert!(

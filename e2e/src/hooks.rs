@@ -8,12 +8,13 @@ use std::sync::Arc;
 
 use switchyard_agent::backend::{self, BackendError, Dataplane};
 use switchyard_agent::exec::RealRunner;
+use switchyard_agent::settings::Settings;
 use switchyard_api::Mode;
 use switchyard_api::policy::LinkedRuleset;
 
 use crate::HarnessError;
-use crate::netns::Netns;
 use crate::scenario::Flow;
+use crate::topology::Topology;
 
 /// Builds the dataplane. Called on the agent thread, already inside the node
 /// namespace, so every tool it runs and every socket it opens is there.
@@ -25,9 +26,14 @@ pub trait ModeHooks {
 
     /// Called once per scenario after the namespaces and links exist, before
     /// any rules are applied (load programs, create a cgroup, …).
-    fn prepare_node(&mut self, _node: &Netns) -> Result<(), HarnessError> {
+    /// `topology.node` is the node namespace, `topology.node_devices()` its links.
+    fn prepare_node(&mut self, _topology: &Topology) -> Result<(), HarnessError> {
         Ok(())
     }
+
+    /// Adjust the render settings derived from the scenario's node (e.g. the
+    /// eBPF host devices), once per scenario.
+    fn adjust_settings(&self, _settings: &mut Settings, _topology: &Topology) {}
 
     /// A cgroup v2 directory every client process joins before connecting
     /// (never the root cgroup).

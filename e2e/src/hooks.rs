@@ -10,6 +10,7 @@ use switchyard_agent::backend::{self, BackendError, Dataplane};
 use switchyard_agent::exec::RealRunner;
 use switchyard_agent::settings::Settings;
 use switchyard_api::Mode;
+use switchyard_api::policy::LinkedRuleset;
 
 use crate::HarnessError;
 use crate::scenario::Flow;
@@ -48,6 +49,12 @@ pub trait ModeHooks {
         None
     }
 
+    /// As [`ModeHooks::unsupported`], knowing the stage's linked ruleset (a
+    /// mode whose limits depend on the services, such as IPVS).
+    fn unsupported_in(&self, flow: &Flow, _ruleset: &LinkedRuleset) -> Option<String> {
+        self.unsupported(flow)
+    }
+
     /// Called after the scenario, before its namespaces are removed.
     fn teardown(&mut self) {}
 }
@@ -70,5 +77,8 @@ impl ModeHooks for KernelHooks {
 
 /// The hooks for `mode`.
 pub fn hooks_for(mode: Mode) -> Box<dyn ModeHooks> {
-    Box::new(KernelHooks { mode })
+    match mode {
+        Mode::Ipvs => Box::new(crate::vm::scenario::IpvsHooks),
+        _ => Box::new(KernelHooks { mode }),
+    }
 }

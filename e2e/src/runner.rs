@@ -348,7 +348,13 @@ fn report(totals: &mut Totals, status: Status, line: String) {
 }
 
 /// Run the flows of one stage in parallel, one client process per flow.
-fn run_flows(ctx: &Ctx<'_>, stage: &Stage<'_>, ruleset: &Ruleset, totals: &mut Totals) {
+fn run_flows(
+    ctx: &Ctx<'_>,
+    stage: &Stage<'_>,
+    ruleset: &Ruleset,
+    linked: &policy::LinkedRuleset,
+    totals: &mut Totals,
+) {
     struct Running<'f> {
         flow: &'f Flow,
         expected: Expected,
@@ -375,7 +381,7 @@ fn run_flows(ctx: &Ctx<'_>, stage: &Stage<'_>, ruleset: &Ruleset, totals: &mut T
         let skip = if flow.protocol == Protocol::Sctp && !ctx.sctp {
             Some("SCTP sockets are not supported by this kernel".to_string())
         } else {
-            ctx.hooks.unsupported(flow)
+            ctx.hooks.unsupported_in(flow, linked)
         };
         if let Some(reason) = skip {
             report(totals, Status::Skip, format!("{name}: {reason}"));
@@ -553,7 +559,7 @@ pub fn run_file(
         if std::env::var_os("SWITCHYARD_E2E_DUMP").is_some() {
             eprintln!("{}", agent.render(&linked, &settings)?);
         }
-        run_flows(&ctx, &stage, &compiled.ruleset, &mut totals);
+        run_flows(&ctx, &stage, &compiled.ruleset, &linked, &mut totals);
     }
     match agent.cleanup() {
         Ok(true) => report(

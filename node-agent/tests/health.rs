@@ -199,3 +199,42 @@ async fn healthz_follows_the_configured_address_unless_a_flag_is_given() {
         .unwrap();
     assert_eq!(flagged.addr(), Some(flag), "the command line wins");
 }
+
+#[tokio::test]
+async fn agent_serves_health_check_node_ports_of_what_it_applied() {
+    use switchyard_agent::agent::{Agent, AgentParts, SyncOutcome};
+    use switchyard_agent::fake::FakeKernel;
+    use switchyard_agent::metrics::Metrics;
+    use switchyard_agent::status::StatusReporter;
+    use switchyard_api::Mode;
+
+    let kernel = FakeKernel::default();
+    let proxy = Arc::new(ProxyHealth::new(Duration::from_secs(60)));
+    let mut agent = Agent::new(AgentParts {
+        node_name: NODE.into(),
+        factory: Arc::new(kernel.factory()),
+        probe: Arc::new(kernel.probe()),
+        leftovers: vec![],
+        reporter: StatusReporter::new(Box::new(RecordingWriter::default()), Duration::from_secs(5)),
+        metrics: Arc::new(Metrics::new()),
+        health: proxy.clone(),
+        health_checks: Some(HealthCheckServers::new(LOOPBACK, proxy)),
+        http: None,
+        wall_clock: fixed_clock,
+    });
+    let port = free_port();
+    let mut inputs = inputs(Some(Mode::Nftables), None);
+    inputs.shards = vec![shard(
+        1,
+        0,
+        1,
+        1,
+        vec![
+            web(),
+            local_lb("lb", port, vec![backend(9, "10.0.1.9", NODE)]),
+        ],
+    )];
+    assert_eq!(agent.sync(&inputs, None).await, SyncOutcome::Synced);
+    let (status, _, body) = get(port, "/").await.unwrap();
+    assert_eq!((status, body["localEndpoints"].clone()), (200, json!(1)));
+}

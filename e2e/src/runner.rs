@@ -363,7 +363,12 @@ fn run_flows(
     }
     let mut running = Vec::new();
     let mut children = Children(Vec::new());
-    for flow in stage.flows {
+    let flows: Vec<Flow> = stage
+        .flows
+        .iter()
+        .map(|f| f.for_mode(ctx.hooks.mode()))
+        .collect();
+    for flow in &flows {
         let name = format!("{}: {}{}", ctx.file, stage.label, flow.name);
         let Ok(expected) = Expected::parse(&flow.output) else {
             report(

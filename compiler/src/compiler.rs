@@ -49,8 +49,8 @@ pub struct Compiler {
     settings: CompileSettings,
     services: ChangeTracker<ServiceKey, ServiceInfo>,
     slices: ChangeTracker<SliceKey, SliceInfo>,
-    /// Slice names (same namespace) per service, in name order.
-    slices_of: HashMap<ServiceKey, BTreeSet<String>>,
+    /// The slices of each service, in name order.
+    slices_of: HashMap<ServiceKey, BTreeSet<SliceKey>>,
     candidates: HashMap<ServiceKey, Candidates>,
     claims: Claims,
     /// The services with rules in the output.
@@ -108,7 +108,7 @@ impl Compiler {
             if let Some(service) = change.previous.and_then(|s| s.service) {
                 let service = ServiceKey::new(slice.namespace.clone(), service);
                 if let Some(names) = self.slices_of.get_mut(&service) {
-                    names.remove(&slice.name);
+                    names.remove(&slice);
                     if names.is_empty() {
                         self.slices_of.remove(&service);
                     }
@@ -120,7 +120,7 @@ impl Compiler {
                 self.slices_of
                     .entry(service.clone())
                     .or_default()
-                    .insert(slice.name.clone());
+                    .insert(slice.clone());
                 dirty.insert(service);
             }
         }
@@ -146,10 +146,7 @@ impl Compiler {
                     .get(key)
                     .into_iter()
                     .flatten()
-                    .filter_map(|name| {
-                        self.slices
-                            .get(&SliceKey::new(key.namespace.clone(), name.clone()))
-                    })
+                    .filter_map(|slice| self.slices.get(slice))
                     .collect();
                 let rules = join_service(&info.ports, &slices, &mut old.ids, &mut self.ids);
                 (info.created.clone(), rules)
@@ -208,10 +205,14 @@ impl Compiler {
         if let Some(candidates) = self.candidates.get(key) {
             let mut kept = Vec::new();
             for rule in &candidates.rules {
-                let me = claimant(candidates.created.clone(), rule);
                 let lost: Vec<(Frontend, &Claimant)> = frontends(rule)
                     .into_iter()
-                    .filter_map(|f| self.claims.winner(&f).filter(|w| **w != me).map(|w| (f, w)))
+                    .filter_map(|f| {
+                        self.claims
+                            .winner(&f)
+                            .filter(|w| !w.is(rule))
+                            .map(|w| (f, w))
+                    })
                     .collect();
                 if lost.is_empty() {
                     kept.push(rule);

@@ -57,6 +57,8 @@ pub struct Compiler {
     emitted: BTreeSet<ServiceKey>,
     /// The output of services recompiled in this sync, before the recompile.
     previous_output: HashMap<ServiceKey, Vec<ServicePortRule>>,
+    /// How many services the last sync recompiled.
+    recompiled: usize,
     /// Ports skipped for a frontend conflict, per service.
     conflicts: HashMap<ServiceKey, Vec<Diagnostic>>,
     ids: Allocators,
@@ -128,6 +130,7 @@ impl Compiler {
         let (deleted, present): (Vec<ServiceKey>, Vec<ServiceKey>) = dirty
             .into_iter()
             .partition(|key| self.services.get(key).is_none());
+        self.recompiled = deleted.len() + present.len();
         let mut affected = BTreeSet::new();
         for key in deleted.into_iter().chain(present) {
             self.recompile(&key, &mut affected);
@@ -247,6 +250,12 @@ impl Compiler {
             self.emitted.insert(key.clone());
         }
         changed
+    }
+
+    /// How many services the last [`Compiler::sync`] recompiled (a metric:
+    /// changes that were no-ops or cancelled out recompile nothing).
+    pub fn recompiled_last_sync(&self) -> usize {
+        self.recompiled
     }
 
     /// The whole compiled ruleset, in `namespace/name` and port order.

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
-use switchyard_api::ruleset::{Backend, ServicePortRule};
+use switchyard_api::ruleset::{Backend, IpFamily, ServicePortRule};
 
 use crate::ids::IdAllocator;
 use crate::keys::PortKey;
@@ -59,7 +59,8 @@ pub(crate) fn join_service(
         .iter()
         .map(|t| {
             let key = PortKey::of(t);
-            let endpoints = endpoints_of(&key, slices);
+            let families: Vec<IpFamily> = t.cluster_ips.iter().map(IpFamily::of).collect();
+            let endpoints = endpoints_of(&key, &families, slices);
             (key, endpoints)
         })
         .collect();
@@ -110,15 +111,24 @@ pub(crate) fn join_service(
 type Endpoints<'s> = BTreeMap<(IpAddr, u16), &'s EndpointFacts>;
 
 /// The endpoints of one service port: slice ports matched by name and protocol
-/// (the slice port gives the target port), sorted by address and port.
-fn endpoints_of<'s>(key: &PortKey, slices: &[&'s SliceInfo]) -> Endpoints<'s> {
+/// (the slice port gives the target port), of the families the service has a
+/// cluster IP of (kube-proxy's per-family proxiers), sorted by address and port.
+fn endpoints_of<'s>(
+    key: &PortKey,
+    families: &[IpFamily],
+    slices: &[&'s SliceInfo],
+) -> Endpoints<'s> {
     let mut endpoints = BTreeMap::new();
     for slice in slices {
         for port in &slice.ports {
             if port.name != key.port_name || port.protocol != key.protocol {
                 continue;
             }
-            for facts in &slice.endpoints {
+            for facts in slice
+                .endpoints
+                .iter()
+                .filter(|f| families.contains(&IpFamily::of(&f.ip)))
+            {
                 endpoints.entry((facts.ip, port.port)).or_insert(facts);
             }
         }

@@ -1,0 +1,103 @@
+//! Kubernetes Events for what happens to a pool.
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType};
+use kube::Resource;
+use switchyard_api::ProxyNode;
+
+use crate::plan::PoolEvent;
+use crate::rollout::{FailureCause, RolloutEvent};
+
+fn proxy_node_ref(name: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(ProxyNode::api_version(&()).into_owned()),
+        kind: Some(ProxyNode::kind(&()).into_owned()),
+        name: Some(name.to_string()),
+        ..ObjectReference::default()
+    }
+}
+
+fn event(type_: EventType, reason: &str, note: String) -> Event {
+    Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: "Reconcile".to_string(),
+        secondary: None,
+    }
+}
+
+/// The Event a pool event is published as.
+pub fn to_event(pool_event: &PoolEvent) -> Event {
+    use EventType::{Normal, Warning};
+    let e = match pool_event {
+        PoolEvent::Conflict(message) => return event(Warning, "Conflict", message.clone()),
+        PoolEvent::Rollout(e) => e,
+    };
+    match e {
+        RolloutEvent::Started { from, to, nodes } => event(
+            Normal,
+            "RolloutStarted",
+            format!("switching {nodes} nodes from {from} to {to}"),
+        ),
+        RolloutEvent::Retargeted { previous_to, to } => event(
+            Normal,
+            "RolloutRetargeted",
+            format!("spec.mode changed mid-rollout: nodes now go to {to} instead of {previous_to}"),
+        ),
+        RolloutEvent::BatchStarted { to, nodes } => event(
+            Normal,
+            "BatchStarted",
+            format!("switching {} nodes to {to}: {}", nodes.len(), nodes.join(", ")),
+        ),
+        RolloutEvent::BatchDone { to, updated, total } => event(
+            Normal,
+            "BatchDone",
+            format!("batch finished: {updated}/{total} nodes run {to}"),
+        ),
+        RolloutEvent::NodeFailed {
+            node,
+            to,
+            back_to,
+            cause,
+        } => {
+            let why = match cause {
+                FailureCause::Failed => "its agent reported the switch failed",
+                FailureCause::TimedOut => "it did not report the new mode in time",
+            };
+            Event {
+                secondary: Some(proxy_node_ref(node)),
+                ..event(
+                    Warning,
+                    "NodeFailed",
+                    format!("node {node} did not switch to {to}: {why}; moved back to {back_to}"),
+                )
+            }
+        }
+        RolloutEvent::RollbackStarted {
+            from,
+            to,
+            failed,
+            budget,
+        } => event(
+            Warning,
+            "RollbackStarted",
+            format!("{failed} nodes failed the switch to {to} (failureBudget {budget}): rolling every node back to {from}"),
+        ),
+        RolloutEvent::Halted { to, failed, budget } => event(
+            Warning,
+            "RolloutHalted",
+            format!("{failed} nodes failed the switch to {to} (failureBudget {budget}) and autoRollback is off: no further batches"),
+        ),
+        RolloutEvent::Complete { to, failed } => event(
+            Normal,
+            "RolloutComplete",
+            format!("every node that could switch runs {to} ({failed} failed and stayed on their old mode)"),
+        ),
+        RolloutEvent::RolledBack { to, from } => event(
+            Warning,
+            "RolledBack",
+            format!("the switch to {to} was rolled back: the pool runs {from}"),
+        ),
+    }
+}

@@ -2,6 +2,13 @@
 //! the ProxyRuleset shards; links, renders and applies them with the backend of
 //! the node's target mode; reports status.
 
+pub mod agent;
 pub mod backend;
 pub mod exec;
+pub mod fake;
+pub mod health;
+pub mod metrics;
+pub mod ratelimit;
 pub mod settings;
+pub mod status;
+pub mod switch;

@@ -1,0 +1,373 @@
+//! Changing this node's dataplane, and finding it again after a restart.
+//!
+//! The procedure (DESIGN.md, "Mode switch on one node"):
+//! 1. `Building`: build the new dataplane beside the old one and sync it.
+//! 2. `Verifying`: probe through it (a TCP connect to the rollout's service VIP).
+//! 3. `RemovingOld`: the new one is now the applied mode; remove the old one.
+//!
+//! Before each step a [`Checkpoint`] is recorded (in `ProxyNode.status`), so an
+//! agent killed at any point finds, on restart, the recorded applied mode and
+//! whatever the kernel holds ([`recover`]) and converges: a new dataplane that
+//! was not yet verified is rebuilt and verified again (its sync converges on the
+//! half-built state), an old one that was being removed is removed.
+//!
+//! A failed build or verification removes the new dataplane and keeps the old
+//! one. With no old dataplane to go back to the new one is kept: removing it
+//! could only leave the node with no service routing at all.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use switchyard_api::Mode;
+use switchyard_api::policy::LinkedRuleset;
+use switchyard_api::proxynode::{ProxyNodeStatus, SwitchStatus, SwitchStep};
+
+use crate::backend::{ApplyStats, BackendError, Dataplane};
+use crate::settings::Settings;
+
+/// Builds the dataplane of a mode (without touching the kernel).
+pub trait DataplaneFactory: Send + Sync {
+    fn build(&self, mode: Mode) -> Result<Box<dyn Dataplane>, BackendError>;
+}
+
+/// A connect probe failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("probe connect to {target} failed: {source}")]
+    Connect {
+        target: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("probe connect to {target} timed out after {timeout:?}")]
+    Timeout {
+        target: SocketAddr,
+        timeout: Duration,
+    },
+}
+
+/// The rollout's verification: a TCP connect from this node.
+pub trait Probe: Send + Sync {
+    fn connect(
+        &self,
+        target: SocketAddr,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<(), ProbeError>>;
+}
+
+/// Connects with a real TCP socket from the agent's network namespace.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpProbe;
+
+impl Probe for TcpProbe {
+    fn connect(
+        &self,
+        target: SocketAddr,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<(), ProbeError>> {
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(target)).await {
+                Ok(Ok(_stream)) => Ok(()),
+                Ok(Err(source)) => Err(ProbeError::Connect { target, source }),
+                Err(_) => Err(ProbeError::Timeout { target, timeout }),
+            }
+        })
+    }
+}
+
+/// Where and how long to probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeTarget {
+    pub addr: SocketAddr,
+    pub timeout: Duration,
+}
+
+/// A point of the procedure that is recorded before the agent goes on.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Checkpoint {
+    /// About to run `step`. From `RemovingOld` on, `to` is the applied mode.
+    Step(SwitchStatus),
+    /// The switch is complete.
+    Done { mode: Mode },
+    /// The switch failed; `kept` carries the traffic.
+    Failed {
+        kept: Option<Mode>,
+        failed: Mode,
+        error: String,
+    },
+}
+
+impl Checkpoint {
+    /// Fold this checkpoint into a status: what a restarted agent reads back.
+    pub fn record(&self, status: &mut ProxyNodeStatus) {
+        match self {
+            Checkpoint::Step(s) => {
+                if s.step == SwitchStep::RemovingOld {
+                    status.applied_mode = Some(s.to);
+                }
+                status.switch = Some(s.clone());
+            }
+            Checkpoint::Done { mode } => {
+                status.applied_mode = Some(*mode);
+                status.switch = None;
+                status.failed_mode = None;
+            }
+            Checkpoint::Failed {
+                kept,
+                failed,
+                error,
+            } => {
+                status.applied_mode = *kept;
+                status.switch = None;
+                status.failed_mode = Some(*failed);
+                status.last_error = Some(error.clone());
+            }
+        }
+    }
+}
+
+/// Records checkpoints (the agent writes them to `ProxyNode.status` at once).
+pub trait Checkpoints: Send {
+    fn reached<'a>(&'a mut self, checkpoint: &'a Checkpoint) -> BoxFuture<'a, ()>;
+}
+
+/// Why a switch did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    #[error("switch to {to}: building the dataplane: {source}")]
+    Build {
+        to: Mode,
+        #[source]
+        source: BackendError,
+    },
+    #[error("switch to {to}: verification: {source}")]
+    Verify {
+        to: Mode,
+        #[source]
+        source: ProbeError,
+    },
+    #[error("switch to {to}: verification service {service} port {port} is not in the ruleset")]
+    NoProbeTarget {
+        to: Mode,
+        service: String,
+        port: u16,
+    },
+}
+
+/// What the new dataplane is built from.
+pub struct SwitchInput<'a> {
+    pub to: Mode,
+    pub ruleset: &'a LinkedRuleset,
+    pub settings: &'a Settings,
+    /// `None`: the pool configures no verification. `Some(Err)`: it does, but the
+    /// probe target cannot be resolved (fails the switch).
+    pub probe: Option<Result<ProbeTarget, SwitchError>>,
+}
+
+/// How a completed switch went.
+#[derive(Debug)]
+pub struct Switched {
+    pub stats: ApplyStats,
+    /// Removing the old dataplane failed (its leftovers are swept later).
+    pub old_cleanup: Option<BackendError>,
+    /// Verification failed but there was no old dataplane to go back to.
+    pub unverified: Option<SwitchError>,
+}
+
+/// Move `active` to `input.to`. On error `active` is unchanged and the new
+/// dataplane has been removed.
+pub async fn switch_to(
+    active: &mut Option<Box<dyn Dataplane>>,
+    input: SwitchInput<'_>,
+    factory: &dyn DataplaneFactory,
+    probe: &dyn Probe,
+    checkpoints: &mut dyn Checkpoints,
+) -> Result<Switched, SwitchError> {
+    let from = active.as_ref().map(|d| d.mode());
+    let to = input.to;
+    let step = |step| Checkpoint::Step(SwitchStatus { from, to, step });
+
+    checkpoints.reached(&step(SwitchStep::Building)).await;
+    let built = factory.build(to).and_then(|mut new| {
+        let stats = new.sync(input.ruleset, input.settings);
+        match stats {
+            Ok(stats) => Ok((new, stats)),
+            Err(e) => {
+                remove(new.as_mut());
+                Err(e)
+            }
+        }
+    });
+    let (mut new, stats) = match built {
+        Ok(built) => built,
+        Err(source) => {
+            let err = SwitchError::Build { to, source };
+            fail(from, to, &err, checkpoints).await;
+            return Err(err);
+        }
+    };
+
+    checkpoints.reached(&step(SwitchStep::Verifying)).await;
+    let verified = match input.probe {
+        None => Ok(()),
+        Some(Err(e)) => Err(e),
+        Some(Ok(target)) => probe
+            .connect(target.addr, target.timeout)
+            .await
+            .map_err(|source| SwitchError::Verify { to, source }),
+    };
+    let mut unverified = None;
+    if let Err(err) = verified {
+        if from.is_some() {
+            remove(new.as_mut());
+            fail(from, to, &err, checkpoints).await;
+            return Err(err);
+        }
+        tracing::warn!(%to, error = %err, "verification failed; no previous dataplane to return to, keeping {to}");
+        unverified = Some(err);
+    }
+
+    checkpoints.reached(&step(SwitchStep::RemovingOld)).await;
+    let old = active.replace(new);
+    let old_cleanup = match old {
+        Some(mut old) => {
+            let result = old.cleanup();
+            if let (Ok(()), Some(active)) = (&result, active.as_mut()) {
+                // The old mode may share kernel objects with the new one
+                // (iptables chains of ipvs): write the new one whole again.
+                resync(active.as_mut(), input.ruleset, input.settings);
+            }
+            result.err()
+        }
+        None => None,
+    };
+    checkpoints.reached(&Checkpoint::Done { mode: to }).await;
+    Ok(Switched {
+        stats,
+        old_cleanup,
+        unverified,
+    })
+}
+
+async fn fail(from: Option<Mode>, to: Mode, err: &SwitchError, checkpoints: &mut dyn Checkpoints) {
+    let checkpoint = Checkpoint::Failed {
+        kept: from,
+        failed: to,
+        error: err.to_string(),
+    };
+    checkpoints.reached(&checkpoint).await;
+}
+
+fn remove(dataplane: &mut dyn Dataplane) {
+    if let Err(e) = dataplane.cleanup() {
+        tracing::error!(mode = %dataplane.mode(), error = %e, "removing the dataplane failed");
+    }
+}
+
+/// Invalidate and sync: a full rewrite after something else touched the kernel.
+pub fn resync(
+    dataplane: &mut dyn Dataplane,
+    ruleset: &LinkedRuleset,
+    settings: &Settings,
+) -> Option<ApplyStats> {
+    dataplane.invalidate();
+    dataplane
+        .sync(ruleset, settings)
+        .map_err(|e| tracing::error!(mode = %dataplane.mode(), error = %e, "full resync failed"))
+        .ok()
+}
+
+/// The modes whose kernel objects exist now.
+pub fn present_modes(factory: &dyn DataplaneFactory) -> Vec<Mode> {
+    Mode::ALL
+        .into_iter()
+        .filter(
+            |&mode| match factory.build(mode).and_then(|d| d.present()) {
+                Ok(present) => present,
+                Err(e) => {
+                    tracing::debug!(%mode, error = %e, "mode unavailable; treated as absent");
+                    false
+                }
+            },
+        )
+        .collect()
+}
+
+/// After a restart: which present mode carries the traffic, from what the kernel
+/// holds and what was recorded in status.
+///
+/// A mode the last run verified (recorded applied, or being switched to past
+/// verification) is taken when its objects exist. Otherwise a present mode
+/// other than `target` is preferred, so that `target` is verified before the
+/// other is removed; that is also how a node is adopted from kube-proxy, whose
+/// iptables or IPVS layout shows as the matching mode being present.
+pub fn recover(present: &[Mode], recorded: &ProxyNodeStatus, target: Option<Mode>) -> Option<Mode> {
+    let verified = match &recorded.switch {
+        Some(s) if s.step == SwitchStep::RemovingOld => Some(s.to),
+        _ => recorded.applied_mode,
+    };
+    verified
+        .filter(|m| present.contains(m))
+        .or_else(|| present.iter().copied().find(|&m| Some(m) != target))
+        .or_else(|| target.filter(|t| present.contains(t)))
+}
+
+/// Modes that share kernel objects (the iptables chains the ipvs mode uses have
+/// the iptables mode's names): removing one's leftovers would remove the other's rules.
+pub fn shares_kernel_objects(a: Mode, b: Mode) -> bool {
+    matches!(
+        (a, b),
+        (Mode::Iptables, Mode::Ipvs) | (Mode::Ipvs, Mode::Iptables)
+    )
+}
+
+/// Objects left behind by another proxy (kube-proxy) that our modes do not own.
+pub trait Leftovers: Send + Sync {
+    /// What this is, for logs and status (`kube-proxy nftables tables`).
+    fn name(&self) -> &'static str;
+    /// Remove them if present; returns whether anything was removed.
+    fn remove(&self) -> Result<bool, BackendError>;
+}
+
+/// What a sweep removed.
+#[derive(Debug, Default)]
+pub struct Swept {
+    pub removed: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// Remove every other present mode's objects and foreign leftovers, once the
+/// active mode is in place, then rewrite the active mode whole.
+pub fn sweep(
+    active: &mut dyn Dataplane,
+    present: &[Mode],
+    factory: &dyn DataplaneFactory,
+    leftovers: &[Box<dyn Leftovers>],
+    ruleset: &LinkedRuleset,
+    settings: &Settings,
+) -> Swept {
+    let mode = active.mode();
+    let mut swept = Swept::default();
+    for &other in present {
+        if other == mode || shares_kernel_objects(other, mode) {
+            continue;
+        }
+        match factory.build(other).and_then(|mut d| d.cleanup()) {
+            Ok(()) => swept.removed.push(format!("{other} dataplane")),
+            Err(e) => swept.errors.push(e.to_string()),
+        }
+    }
+    for l in leftovers {
+        match l.remove() {
+            Ok(true) => swept.removed.push(l.name().to_string()),
+            Ok(false) => {}
+            Err(e) => swept.errors.push(e.to_string()),
+        }
+    }
+    if !swept.removed.is_empty() {
+        tracing::info!(removed = ?swept.removed, "removed leftovers");
+        resync(active, ruleset, settings);
+    }
+    swept
+}

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod backend;
+pub mod conntrack;
 pub mod exec;
 pub mod fake;
 pub mod health;

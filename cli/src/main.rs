@@ -143,6 +143,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Demo { .. }) {
+        // Before any thread starts: Ctrl-C (SIGINT/SIGTERM/SIGHUP) removes every
+        // namespace the demo created, and with them their links and rules.
+        switchyard_e2e::netns::install_signal_cleanup();
+    }
     match run(cli.command) {
         Ok(code) => ExitCode::from(code),
         Err(message) => {
@@ -211,7 +216,12 @@ fn run(command: Command) -> Result<u8, String> {
                 progress: switchyard_cli::demo::Progress::stdout(),
             };
             let report = run_demo(options).map_err(|e| e.to_string())?;
-            Ok(if report.clean() { 0 } else { 1 })
+            print!("{}", report.to_text());
+            Ok(if report.clean() {
+                exit::OK
+            } else {
+                exit::INVALID
+            })
         }
     }
 }

@@ -40,9 +40,7 @@ pub struct PlanRequest {
 /// Why nothing could be planned.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    #[error(
-        "the input has no Node: add the Nodes to plan for (e.g. `kubectl get nodes -o yaml`)"
-    )]
+    #[error("the input has no Node: add the Nodes to plan for (e.g. `kubectl get nodes -o yaml`)")]
     NoNodes,
     #[error("Node {name:?} is not in the input (it has: {known})")]
     UnknownNode { name: String, known: String },
@@ -192,7 +190,9 @@ pub enum Placement {
         priority: i32,
     },
     /// No pool selects the node and no mode was given: it is left alone.
-    Unassigned { node: String },
+    Unassigned {
+        node: String,
+    },
 }
 
 /// What `plan` could say about a node.

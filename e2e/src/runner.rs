@@ -460,7 +460,7 @@ pub fn run_file(
         for d in &compiled.diagnostics {
             eprintln!(
                 "{file}: {}{} {}/{}: {}: {}",
-                stage.label, d.kind, d.namespace, d.name, d.reason, d.message
+                stage.label, d.kind.as_str(), d.namespace, d.name, d.reason, d.message
             );
         }
         let linked = policy::link(&compiled.ruleset, &node_info);

@@ -135,7 +135,8 @@ pub fn for_mode(mode: Mode, runner: Arc<dyn Runner>) -> Result<Box<dyn Dataplane
             runner,
             Arc::new(iptables::sysctl::ProcSysctl),
         ))),
-        Mode::Ipvs | Mode::Nftables | Mode::Ebpf => Err(BackendError::Unavailable {
+        Mode::Nftables => Ok(Box::new(nftables::NftablesBackend::new(runner))),
+        Mode::Ipvs | Mode::Ebpf => Err(BackendError::Unavailable {
             mode,
             reason: "backend not built into this agent yet".to_string(),
         }),

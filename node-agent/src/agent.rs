@@ -43,6 +43,8 @@ const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the watches currently hold.
 #[derive(Clone, Debug, Default)]
 pub struct Inputs {
+    /// Every watch has completed its initial list (until then nothing syncs).
+    pub listed: bool,
     pub node: Option<Arc<Node>>,
     pub proxy_node: Option<Arc<ProxyNode>>,
     /// The ProxyConfig named by the ProxyNode's `spec.pool`.
@@ -258,8 +260,10 @@ impl Agent {
     pub fn set_api_error(&mut self, error: Option<String>) {
         if self.api_error != error {
             self.api_error = error;
-            self.update_conditions();
-            self.parts.reporter.offer(&self.status, Instant::now());
+            if self.recovered {
+                self.update_conditions();
+                self.parts.reporter.offer(&self.status, Instant::now());
+            }
         }
     }
 
@@ -281,8 +285,12 @@ impl Agent {
             }
             SyncOutcome::Unchanged => {}
         }
-        self.update_conditions_with(&outcome);
-        self.parts.reporter.offer(&self.status, Instant::now());
+        // Before recovery has read the recorded status back, writing would
+        // overwrite what a restarted agent needs (and the ProxyNode may not exist).
+        if self.recovered {
+            self.update_conditions_with(&outcome);
+            self.parts.reporter.offer(&self.status, Instant::now());
+        }
         outcome
     }
 
@@ -293,6 +301,9 @@ impl Agent {
         started: Instant,
         queued_at: Option<Instant>,
     ) -> SyncOutcome {
+        if !inputs.listed {
+            return SyncOutcome::Waiting("initial lists not complete".to_string());
+        }
         let Some(proxy_node) = inputs.proxy_node.as_deref() else {
             return SyncOutcome::Waiting(format!("ProxyNode {} not found", self.parts.node_name));
         };
@@ -319,6 +330,10 @@ impl Agent {
             .as_ref()
             .map(|c| c.spec.clone())
             .unwrap_or_default();
+        // A failure is about one target: a new target starts afresh.
+        if self.status.failed_mode.is_some_and(|f| f != target) {
+            self.status.failed_mode = None;
+        }
         let mode = if self.status.failed_mode == Some(target) {
             self.active_mode().unwrap_or(target)
         } else {
@@ -480,9 +495,9 @@ impl Agent {
             &self.settings,
         );
         for e in &swept.errors {
-            tracing::warn!(error = %e, "removing leftovers failed; will retry after the next switch or restart");
+            tracing::warn!(error = %e, "removing leftovers failed; tried again after the next switch or restart");
         }
-        self.swept = swept.errors.is_empty();
+        self.swept = true;
     }
 
     fn report_synced(
@@ -512,9 +527,6 @@ impl Agent {
         let endpoints: usize = linked.services.iter().map(|s| s.rule.backends.len()).sum();
         let s = &mut self.status;
         s.applied_mode = mode;
-        if s.failed_mode == mode {
-            s.failed_mode = None;
-        }
         s.applied_epoch = Some(assembled.layout.epoch);
         s.applied_shards = assembled
             .generations

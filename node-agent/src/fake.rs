@@ -32,6 +32,7 @@ struct KernelState {
     failing_sync: BTreeSet<Mode>,
     broken_datapath: BTreeSet<Mode>,
     syncs: Vec<SyncRecord>,
+    cleanups: Vec<Mode>,
     probes: Vec<SocketAddr>,
 }
 
@@ -76,6 +77,11 @@ impl FakeKernel {
 
     pub fn syncs(&self) -> Vec<SyncRecord> {
         self.lock().syncs.clone()
+    }
+
+    /// The modes whose cleanup ran, in order.
+    pub fn cleanups(&self) -> Vec<Mode> {
+        self.lock().cleanups.clone()
     }
 
     pub fn probes(&self) -> Vec<SocketAddr> {
@@ -170,7 +176,10 @@ impl Dataplane for FakeDataplane {
     }
 
     fn cleanup(&mut self) -> Result<(), BackendError> {
-        self.kernel.lock().tables.remove(&self.mode);
+        let mut k = self.kernel.lock();
+        k.tables.remove(&self.mode);
+        k.cleanups.push(self.mode);
+        drop(k);
         self.applied = None;
         Ok(())
     }

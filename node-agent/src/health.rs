@@ -109,7 +109,8 @@ fn rfc3339(t: Option<SystemTime>) -> String {
         .map_or_else(String::new, |t| t.to_string())
 }
 
-type Body = Full<Bytes>;
+/// Response bodies of the agent's HTTP servers.
+pub type Body = Full<Bytes>;
 
 fn json_response(status: StatusCode, body: String) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
@@ -126,7 +127,8 @@ fn json_response(status: StatusCode, body: String) -> Response<Body> {
     resp
 }
 
-fn not_found() -> Response<Body> {
+/// A plain 404, as Go's mux answers.
+pub fn not_found() -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from_static(b"404 page not found\n")));
     *resp.status_mut() = StatusCode::NOT_FOUND;
     resp

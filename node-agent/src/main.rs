@@ -1,1 +1,209 @@
-fn main() {}
+//! `node-agent`: the Switchyard node agent (the DaemonSet process), and a
+//! standalone mode that applies a directory of YAML without a cluster.
+
+use std::error::Error;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use switchyard_agent::agent::{Agent, AgentParts};
+use switchyard_agent::exec::RealRunner;
+use switchyard_agent::health::{HealthCheckServers, ProxyHealth, proxy_health_handler, serve};
+use switchyard_agent::kubeproxy::KubeProxyNftables;
+use switchyard_agent::metrics::{Metrics, metrics_handler};
+use switchyard_agent::standalone::{self, StandaloneOptions};
+use switchyard_agent::status::{ApiStatusWriter, StatusReporter};
+use switchyard_agent::switch::{BackendFactory, DataplaneFactory, TcpProbe};
+use switchyard_agent::{backend, sync, watch};
+use switchyard_api::Mode;
+use switchyard_api::duration::parse_duration;
+
+const EXAMPLES: &str = "\
+Examples:
+  # The DaemonSet: node name from the downward API (env NODE_NAME)
+  node-agent run --node-name \"$NODE_NAME\" --healthz-bind-address 0.0.0.0:10266
+
+  # Apply a directory of Services/EndpointSlices once with nftables
+  node-agent apply --mode nftables --state ./demo --node-name node-a --node-ip 192.168.0.10
+
+  # Show what would be programmed, without touching the kernel
+  node-agent apply --mode iptables --state ./demo --node-name node-a --dry-run
+
+  # Re-apply whenever a file in the directory changes
+  node-agent apply --mode ipvs --state ./demo --node-name node-a --watch-dir";
+
+/// The Switchyard node agent.
+#[derive(Parser)]
+#[command(name = "node-agent", version, about, after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Watch this node's ProxyNode, its pool's ProxyConfig and the ProxyRuleset
+    /// shards; apply them with the target mode; report ProxyNode.status.
+    Run(RunArgs),
+    /// Compile the Services/EndpointSlices (and optional Node, ProxyConfig) YAML
+    /// of a directory and apply them with one mode, without a cluster.
+    Apply(ApplyArgs),
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    parse_duration(text).map_err(|e| e.to_string())
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// This node's name (the ProxyNode and Node to watch).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Where /healthz and /livez are served (kube-proxy's default port is 10256,
+    /// often taken while kube-proxy still runs).
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    healthz_bind_address: SocketAddr,
+    /// Where /metrics is served.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    metrics_bind_address: SocketAddr,
+    /// Address the healthCheckNodePort servers listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    health_check_bind_address: IpAddr,
+    /// How long a change may wait for a successful sync before /healthz fails
+    /// (kube-proxy: twice its 30s sync period).
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    healthz_timeout: Duration,
+    /// Minimum time between status writes (mode-switch steps are written at once).
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    status_min_interval: Duration,
+}
+
+#[derive(clap::Args)]
+struct ApplyArgs {
+    /// The dataplane: iptables, ipvs, nftables or ebpf.
+    #[arg(long)]
+    mode: Mode,
+    /// Directory of *.yaml / *.yml files.
+    #[arg(long)]
+    state: PathBuf,
+    /// The node to link for (its local endpoints, its Node object if present).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// The node's addresses (NodePorts); repeatable. Default: from its Node object.
+    #[arg(long = "node-ip")]
+    node_ips: Vec<IpAddr>,
+    /// Keep running and re-apply when the directory changes.
+    #[arg(long)]
+    watch_dir: bool,
+    /// How often --watch-dir looks at the directory.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    poll_interval: Duration,
+    /// Print the rendered plan instead of applying it.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down; the applied rules stay in place");
+}
+
+async fn run(args: RunArgs) -> Result<(), Box<dyn Error>> {
+    let client = kube::Client::try_default().await?;
+    let runner = Arc::new(RealRunner);
+    let factory: Arc<dyn DataplaneFactory> = Arc::new(BackendFactory::new(runner.clone()));
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(ProxyHealth::new(args.healthz_timeout));
+
+    let healthz = tokio::net::TcpListener::bind(args.healthz_bind_address).await?;
+    tokio::spawn(serve(healthz, proxy_health_handler(health.clone())));
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_bind_address).await?;
+    tokio::spawn(serve(metrics_listener, metrics_handler(metrics.clone())));
+
+    let mut agent = Agent::new(AgentParts {
+        node_name: args.node_name.clone(),
+        factory,
+        probe: Arc::new(TcpProbe),
+        leftovers: vec![Box::new(KubeProxyNftables::new(runner))],
+        reporter: StatusReporter::new(
+            Box::new(ApiStatusWriter::new(client.clone(), &args.node_name)),
+            args.status_min_interval,
+        ),
+        metrics,
+        health: health.clone(),
+        health_checks: Some(HealthCheckServers::new(
+            args.health_check_bind_address,
+            health,
+        )),
+        wall_clock: std::time::SystemTime::now,
+    });
+    let (watches, events) = watch::start(client, &args.node_name);
+    tracing::info!(node = %args.node_name, "node agent started");
+    sync::run(&mut agent, events, || watches.inputs(), shutdown_signal()).await;
+    Ok(())
+}
+
+async fn apply(args: ApplyArgs) -> Result<(), Box<dyn Error>> {
+    let opts = StandaloneOptions {
+        mode: args.mode,
+        state: args.state,
+        node_name: args.node_name,
+        node_ips: args.node_ips,
+    };
+    let mut dataplane = backend::for_mode(args.mode, Arc::new(RealRunner))?;
+    if args.dry_run {
+        let prepared = standalone::prepare(&opts)?;
+        println!(
+            "{}",
+            dataplane.render_text(&prepared.ruleset, &prepared.settings)
+        );
+        return Ok(());
+    }
+    if args.watch_dir {
+        standalone::watch(
+            dataplane.as_mut(),
+            &opts,
+            args.poll_interval,
+            shutdown_signal(),
+        )
+        .await;
+        return Ok(());
+    }
+    let stats = standalone::apply_once(dataplane.as_mut(), &opts)?;
+    println!(
+        "applied {}: {} objects ({} written)",
+        args.mode, stats.objects, stats.written
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Run(args) => run(args).await,
+        Command::Apply(args) => apply(args).await,
+    }
+}

@@ -7,6 +7,7 @@
 //! the agent received the change (kube-proxy measures from the EndpointSlice's
 //! trigger time, which the compiled ruleset does not carry).
 
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
@@ -17,6 +18,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets, linear_buckets};
 use prometheus_client::registry::Registry;
 use switchyard_api::Mode;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Response, header};
+
+use crate::health::{Handler, not_found};
 
 /// The `mode` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -161,6 +168,23 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
     }
+}
+
+/// Serves `/metrics` in the OpenMetrics text format.
+pub fn metrics_handler(metrics: Arc<Metrics>) -> Handler {
+    Arc::new(move |req| {
+        if req.uri().path() != "/metrics" {
+            return not_found();
+        }
+        let mut resp = Response::new(Full::new(Bytes::from(metrics.encode())));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static(
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
+        );
+        resp
+    })
 }
 
 fn labels(mode: Mode) -> ModeLabels {

@@ -16,6 +16,7 @@
 //! could only leave the node with no service routing at all.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -24,11 +25,29 @@ use switchyard_api::policy::LinkedRuleset;
 use switchyard_api::proxynode::{ProxyNodeStatus, SwitchStatus, SwitchStep};
 
 use crate::backend::{ApplyStats, BackendError, Dataplane};
+use crate::exec::Runner;
 use crate::settings::Settings;
 
 /// Builds the dataplane of a mode (without touching the kernel).
 pub trait DataplaneFactory: Send + Sync {
     fn build(&self, mode: Mode) -> Result<Box<dyn Dataplane>, BackendError>;
+}
+
+/// Builds the real backends, running kernel tools through `runner`.
+pub struct BackendFactory {
+    runner: Arc<dyn Runner>,
+}
+
+impl BackendFactory {
+    pub fn new(runner: Arc<dyn Runner>) -> BackendFactory {
+        BackendFactory { runner }
+    }
+}
+
+impl DataplaneFactory for BackendFactory {
+    fn build(&self, mode: Mode) -> Result<Box<dyn Dataplane>, BackendError> {
+        crate::backend::for_mode(mode, self.runner.clone())
+    }
 }
 
 /// A connect probe failed.

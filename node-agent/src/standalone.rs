@@ -1,0 +1,218 @@
+//! `node-agent apply`: drive one dataplane without a cluster, for debugging and
+//! demos. Services, EndpointSlices, Nodes and (optionally) a ProxyConfig are
+//! read from the YAML files of a directory, compiled, linked for this node and
+//! applied once, or again whenever the files change (`--watch-dir`, polled).
+//! A failed load or apply keeps the rules applied last.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use switchyard_api::Mode;
+use switchyard_api::policy::{LinkedRuleset, NodeInfo, link};
+use switchyard_api::ruleset::Cidr;
+use switchyard_compiler::{CompileSettings, Diagnostic, LoadError, Objects, Snapshot, compile};
+
+use crate::agent::node_info;
+use crate::backend::{ApplyStats, BackendError, Dataplane};
+use crate::settings::Settings;
+
+/// Standalone mode failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StandaloneError {
+    #[error("reading state directory {dir}: {source}")]
+    ReadDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Load {
+        path: PathBuf,
+        #[source]
+        source: LoadError,
+    },
+    #[error("applying {mode}: {source}")]
+    Apply {
+        mode: Mode,
+        #[source]
+        source: BackendError,
+    },
+}
+
+/// What to apply, and for which node.
+#[derive(Clone, Debug)]
+pub struct StandaloneOptions {
+    pub mode: Mode,
+    /// Directory of `*.yaml` / `*.yml` files.
+    pub state: PathBuf,
+    pub node_name: String,
+    /// The node's addresses; default: those of the Node object of that name in
+    /// the state directory, if any.
+    pub node_ips: Vec<IpAddr>,
+}
+
+/// A compiled and linked state directory.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    pub ruleset: LinkedRuleset,
+    pub settings: Settings,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// The YAML files of `dir`, sorted by name.
+fn state_files(dir: &Path) -> Result<Vec<PathBuf>, StandaloneError> {
+    let read_dir_err = |source| StandaloneError::ReadDir {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read_dir_err)? {
+        let path = entry.map_err(read_dir_err)?.path();
+        let yaml = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e == "yaml" || e == "yml");
+        if yaml && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The files' names and contents.
+fn read_state(dir: &Path) -> Result<Vec<(PathBuf, String)>, StandaloneError> {
+    state_files(dir)?
+        .into_iter()
+        .map(|path| match std::fs::read_to_string(&path) {
+            Ok(text) => Ok((path, text)),
+            Err(source) => Err(StandaloneError::Read { path, source }),
+        })
+        .collect()
+}
+
+/// A digest of the directory's YAML files (names and contents).
+pub fn fingerprint(dir: &Path) -> Result<Vec<u8>, StandaloneError> {
+    let mut hash = Sha256::new();
+    for (path, text) in read_state(dir)? {
+        hash.update(path.to_string_lossy().as_bytes());
+        hash.update([0]);
+        hash.update(text.as_bytes());
+        hash.update([0]);
+    }
+    Ok(hash.finalize().to_vec())
+}
+
+/// Load, compile and link the state directory.
+pub fn prepare(opts: &StandaloneOptions) -> Result<Prepared, StandaloneError> {
+    let mut objects = Objects::default();
+    for (path, text) in read_state(&opts.state)? {
+        let more = switchyard_compiler::parse_objects(&text)
+            .map_err(|source| StandaloneError::Load { path, source })?;
+        objects.services.extend(more.services);
+        objects.endpoint_slices.extend(more.endpoint_slices);
+        objects.nodes.extend(more.nodes);
+        objects.proxy_configs.extend(more.proxy_configs);
+    }
+    let node = objects
+        .nodes
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(opts.node_name.as_str()));
+    let mut info = node.map(node_info).unwrap_or_else(|| NodeInfo {
+        name: opts.node_name.clone(),
+        ..Default::default()
+    });
+    if !opts.node_ips.is_empty() {
+        info.addresses = opts.node_ips.clone();
+    }
+    let pod_cidrs: Vec<Cidr> = node
+        .and_then(|n| n.spec.as_ref())
+        .and_then(|s| s.pod_cidrs.as_ref())
+        .map(|c| c.iter().filter_map(|c| c.parse().ok()).collect())
+        .unwrap_or_default();
+    let spec = objects
+        .proxy_configs
+        .first()
+        .map(|c| c.spec.clone())
+        .unwrap_or_default();
+    let (settings, warnings) = Settings::from_spec(&spec, opts.mode, &pod_cidrs);
+    for w in warnings {
+        tracing::warn!(warning = %w, "ProxyConfig setting skipped");
+    }
+    let compiled = compile(&Snapshot::from(objects), &CompileSettings::default());
+    Ok(Prepared {
+        ruleset: link(&compiled.ruleset, &info),
+        settings,
+        diagnostics: compiled.diagnostics,
+    })
+}
+
+/// Apply a prepared state.
+pub fn apply(
+    dataplane: &mut dyn Dataplane,
+    prepared: &Prepared,
+) -> Result<ApplyStats, StandaloneError> {
+    for d in &prepared.diagnostics {
+        tracing::warn!(diagnostic = %d, "skipped");
+    }
+    dataplane
+        .sync(&prepared.ruleset, &prepared.settings)
+        .map_err(|source| StandaloneError::Apply {
+            mode: dataplane.mode(),
+            source,
+        })
+}
+
+/// Load and apply once.
+pub fn apply_once(
+    dataplane: &mut dyn Dataplane,
+    opts: &StandaloneOptions,
+) -> Result<ApplyStats, StandaloneError> {
+    apply(dataplane, &prepare(opts)?)
+}
+
+/// Apply, then poll the directory every `poll` and apply again when its files
+/// change, until `shutdown` completes. Errors are logged and the last applied
+/// rules stay; the next change is tried again.
+pub async fn watch(
+    dataplane: &mut dyn Dataplane,
+    opts: &StandaloneOptions,
+    poll: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut applied: Option<Vec<u8>> = None;
+    let mut ticks = tokio::time::interval(poll);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            _ = ticks.tick() => {}
+        }
+        let digest = match fingerprint(&opts.state) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the state directory failed; keeping the rules");
+                continue;
+            }
+        };
+        if applied.as_ref() == Some(&digest) {
+            continue;
+        }
+        match apply_once(dataplane, opts) {
+            Ok(stats) => {
+                tracing::info!(objects = stats.objects, written = stats.written, "applied");
+                applied = Some(digest);
+            }
+            Err(e) => tracing::error!(error = %e, "apply failed; keeping the previous rules"),
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The control loop: watch events request a sync, the [`SyncLimiter`] folds
+//! bursts into one sync per `minSyncPeriod`, every `syncPeriod` a full resync
+//! rewrites everything (`invalidate` then sync), a failed sync is retried, and
+//! status writes go out at their own rate.
+//!
+//! All timing is tokio's clock, so tests run the loop under `tokio::time::pause()`.
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tokio::time::{Instant, sleep_until};
+
+use crate::agent::{Agent, Inputs, SyncOutcome};
+use crate::ratelimit::SyncLimiter;
+use crate::watch::WatchEvent;
+
+/// The longest wait before a failed sync is tried again (kube-proxy retries
+/// after its sync period, 30s by default).
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Run until `events` ends or `shutdown` completes. `inputs` reads the
+/// current state of the watches. Nothing syncs before the first event (the
+/// watches' initial lists), so an agent that cannot reach the API server
+/// leaves the kernel as it found it.
+pub async fn run(
+    agent: &mut Agent,
+    mut events: impl Stream<Item = WatchEvent> + Unpin,
+    inputs: impl Fn() -> Inputs,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut limiter = SyncLimiter::new(agent.settings().min_sync_period);
+    let mut last_resync = Instant::now();
+    let mut retry_at: Option<Instant> = None;
+    tokio::pin!(shutdown);
+    loop {
+        let resync_at = last_resync + agent.settings().sync_period;
+        let sync_at = limiter.next_run();
+        let status_at = agent.reporter().next_write();
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            event = events.next() => match event {
+                None => break,
+                Some(WatchEvent::Changed(source)) => {
+                    tracing::trace!(%source, "change");
+                    agent.set_api_error(None);
+                    agent.queued();
+                    limiter.request(Instant::now());
+                }
+                Some(WatchEvent::Failed { source, error }) => {
+                    tracing::warn!(%source, %error, "watch failed; keeping the last applied rules");
+                    agent.set_api_error(Some(format!("watching {source}: {error}")));
+                }
+            },
+            () = sleep_until_some(sync_at) => {
+                let now = Instant::now();
+                let queued = limiter.start(now);
+                let outcome = agent.sync(&inputs(), queued).await;
+                let settings = agent.settings();
+                limiter.set_min_period(settings.min_sync_period);
+                retry_at = match outcome {
+                    SyncOutcome::Failed(_) => Some(now + settings.sync_period.min(MAX_RETRY_DELAY)),
+                    _ => None,
+                };
+            }
+            () = sleep_until_some(retry_at) => {
+                retry_at = None;
+                limiter.request(Instant::now());
+            }
+            () = sleep_until(resync_at) => {
+                last_resync = Instant::now();
+                agent.invalidate();
+                limiter.request(last_resync);
+            }
+            () = sleep_until_some(status_at) => {
+                if let Err(e) = agent.reporter().flush(Instant::now()).await {
+                    tracing::warn!(error = %e, "status write failed; will retry");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! The agent's sync pass and mode switch over the fake kernel: fail-static
+//! apply, complete shard generations only, restart recovery, the switch with
+//! verification and rollback, and a kill at every recorded step.
+
+mod common;
+
+use common::*;
+use switchyard_agent::agent::SyncOutcome;
+use switchyard_agent::fake::{FakeKernel, SyncRecord, rule_lines};
+use switchyard_api::Mode;
+use switchyard_api::proxynode::SwitchStep;
+
+fn condition(status: &switchyard_api::ProxyNodeStatus, type_: &str) -> (String, String) {
+    let c = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {status:?}"));
+    (c.status.clone(), c.reason.clone())
+}
+
+fn web_lines() -> Vec<String> {
+    vec![format!("{WEB_VIP}:80 -> 10.0.1.5:8080")]
+}
+
+#[tokio::test(start_paused = true)]
+async fn first_sync_applies_the_target_mode_and_reports_it() {
+    let kernel = FakeKernel::default();
+    let writer = RecordingWriter::default();
+    let mut agent = agent(&kernel, &writer, &FakeLeftover::default());
+    let out = agent.sync(&inputs(Some(Mode::Nftables), None), None).await;
+    assert_eq!(out, SyncOutcome::Synced);
+    assert_eq!(kernel.installed(), vec![Mode::Nftables]);
+    assert_eq!(kernel.rules(Mode::Nftables), Some(web_lines()));
+    let s = agent.status();
+    assert_eq!(s.applied_mode, Some(Mode::Nftables));
+    assert_eq!(s.applied_epoch, Some(1));
+    assert_eq!(s.applied_shards.get("switchyard-e1-0000"), Some(&1));
+    let counts = s.counts.clone().unwrap();
+    assert_eq!(
+        (counts.service_ports, counts.endpoints, counts.objects),
+        (1, 1, 1)
+    );
+    assert_eq!(condition(s, "Ready"), ("True".into(), "Synced".into()));
+    assert_eq!(
+        condition(s, "Degraded"),
+        ("False".into(), "AsExpected".into())
+    );
+    // The same inputs again do nothing.
+    let again = agent.sync(&inputs(Some(Mode::Nftables), None), None).await;
+    assert_eq!(again, SyncOutcome::Unchanged);
+    assert_eq!(kernel.syncs().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn apply_error_keeps_previous_rules_and_reports_degraded() {
+    let kernel = FakeKernel::default();
+    let writer = RecordingWriter::default();
+    let mut agent = agent(&kernel, &writer, &FakeLeftover::default());
+    agent.sync(&inputs(Some(Mode::Iptables), None), None).await;
+    kernel.fail_sync(Mode::Iptables, true);
+    let mut changed = inputs(Some(Mode::Iptables), None);
+    changed.shards = vec![shard(1, 0, 1, 2, vec![])];
+    let out = agent.sync(&changed, None).await;
+    assert!(
+        matches!(out, SyncOutcome::Failed(ref e) if e.contains("injected failure")),
+        "{out:?}"
+    );
+    assert_eq!(
+        kernel.rules(Mode::Iptables),
+        Some(web_lines()),
+        "previous rules stay"
+    );
+    let s = agent.status();
+    assert_eq!(
+        s.applied_shards.get("switchyard-e1-0000"),
+        Some(&1),
+        "still generation 1"
+    );
+    assert_eq!(
+        condition(s, "Degraded"),
+        ("True".into(), "ApplyFailed".into())
+    );
+    assert!(
+        s.last_error
+            .as_deref()
+            .unwrap()
+            .contains("injected failure")
+    );
+    assert!(
+        agent
+            .metrics()
+            .encode()
+            .contains("switchyard_sync_proxy_rules_failures_total{mode=\"iptables\"} 1")
+    );
+    // The same inputs are retried (not skipped as unchanged) and succeed.
+    kernel.fail_sync(Mode::Iptables, false);
+    assert_eq!(agent.sync(&changed, None).await, SyncOutcome::Synced);
+    assert_eq!(kernel.rules(Mode::Iptables), Some(vec![]));
+    assert_eq!(agent.status().last_error, None);
+    assert_eq!(condition(agent.status(), "Degraded").0, "False");
+}
+
+#[tokio::test(start_paused = true)]
+async fn incomplete_shard_generation_is_not_applied() {
+    let kernel = FakeKernel::default();
+    let writer = RecordingWriter::default();
+    let mut agent = agent(&kernel, &writer, &FakeLeftover::default());
+    let mut partial = inputs(Some(Mode::Nftables), None);
+    partial.shards = vec![shard(1, 0, 2, 1, vec![web()])];
+    let out = agent.sync(&partial, None).await;
+    assert!(matches!(out, SyncOutcome::Waiting(_)), "{out:?}");
+    assert!(
+        kernel.installed().is_empty(),
+        "nothing applied from half a layout"
+    );
+
+    agent.sync(&inputs(Some(Mode::Nftables), None), None).await;
+    // Re-sharding: epoch 2 with one of two shards published; epoch 1 stays applied.
+    let other = rule(
+        2,
+        "api",
+        "10.96.0.20",
+        vec![backend(2, "10.0.2.5", "node-b")],
+    );
+    let mut resharding = inputs(Some(Mode::Nftables), None);
+    resharding
+        .shards
+        .push(shard(2, 0, 2, 1, vec![web(), other.clone()]));
+    agent.sync(&resharding, None).await;
+    assert_eq!(kernel.rules(Mode::Nftables), Some(web_lines()));
+    assert_eq!(agent.status().applied_epoch, Some(1));
+    resharding.shards.push(shard(2, 1, 2, 1, vec![]));
+    agent.sync(&resharding, None).await;
+    assert_eq!(agent.status().applied_epoch, Some(2));
+    assert_eq!(kernel.rules(Mode::Nftables).unwrap().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn restart_converges_on_existing_kernel_state_without_flushing() {
+    let kernel = FakeKernel::default();
+    kernel.install(Mode::Nftables, web_lines());
+    let recorded = switchyard_api::ProxyNodeStatus {
+        applied_mode: Some(Mode::Nftables),
+        ..Default::default()
+    };
+    let writer = RecordingWriter::default();
+    let mut agent = agent(&kernel, &writer, &FakeLeftover::default());
+    let out = agent
+        .sync(&inputs(Some(Mode::Nftables), Some(recorded)), None)
+        .await;
+    assert_eq!(out, SyncOutcome::Synced);
+    assert!(
+        kernel.cleanups().is_empty(),
+        "nothing flushed: {:?}",
+        kernel.cleanups()
+    );
+    assert_eq!(
+        kernel.syncs(),
+        vec![SyncRecord {
+            mode: Mode::Nftables,
+            full: true,
+            ok: true
+        }]
+    );
+    assert_eq!(kernel.probes(), vec![], "no switch, no probe");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_api_input_nothing_is_touched() {
+    let kernel = FakeKernel::default();
+    kernel.install(Mode::Iptables, web_lines());
+    let writer = RecordingWriter::default();
+    let mut agent = agent(&kernel, &writer, &FakeLeftover::default());
+    let out = agent.sync(&Default::default(), None).await;
+    assert!(matches!(out, SyncOutcome::Waiting(_)));
+    agent.set_api_error(Some("connection refused".into()));
+    assert_eq!(kernel.rules(Mode::Iptables), Some(web_lines()));
+    assert!(kernel.syncs().is_empty() && kernel.cleanups().is_empty());
+    assert!(
+        agent.reporter().next_write().is_none(),
+        "no status write before the recorded status was read back"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn switch_verifies_then_removes_the_old_mode_and_records_each_step() {
+    let kernel = FakeKernel::default();
+    let writer = RecordingWriter::default();
+    let mut agent = agent(&kernel, &writer, &FakeLeftover::default());
+    agent.sync(&inputs(Some(Mode::Iptables), None), None).await;
+    let first_writes = writer.count();
+    let out = agent.sync(&inputs(Some(Mode::Nftables), None), None).await;
+    assert_eq!(out, SyncOutcome::Synced);
+    assert_eq!(kernel.installed(), vec![Mode::Nftables]);
+    let vip: std::net::SocketAddr = format!("{WEB_VIP}:80").parse().unwrap();
+    assert_eq!(
+        kernel.probes(),
+        vec![vip, vip],
+        "one probe per switch, the first from nothing"
+    );
+    let steps: Vec<Option<SwitchStep>> = writer
+        .writes
+        .lock()
+        .unwrap()
+        .iter()
+        .skip(first_writes)
+        .map(|s| s.switch.as_ref().map(|sw| sw.step))
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            Some(SwitchStep::Building),
+            Some(SwitchStep::Verifying),
+            Some(SwitchStep::RemovingOld),
+            None
+        ]
+    );
+    let s = agent.status();
+    assert_eq!(s.applied_mode, Some(Mode::Nftables));
+    assert_eq!(s.switch, None);
+    assert_eq!(condition(s, "Ready").0, "True");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_verification_rolls_back_and_is_not_retried_for_the_same_target() {
+    let kernel = FakeKernel::default();
+    kernel.break_datapath(Mode::Ebpf);
+    let writer = RecordingWriter::default();
+    let mut agent = agent(&kernel, &writer, &FakeLeftover::default());
+    agent.sync(&inputs(Some(Mode::Iptables), None), None).await;
+    agent.sync(&inputs(Some(Mode::Ebpf), None), None).await;
+    assert_eq!(
+        kernel.installed(),
+        vec![Mode::Iptables],
+        "new mode removed, old kept"
+    );
+    assert_eq!(kernel.rules(Mode::Iptables), Some(web_lines()));
+    let s = agent.status().clone();
+    assert_eq!(s.applied_mode, Some(Mode::Iptables));
+    assert_eq!(s.failed_mode, Some(Mode::Ebpf));
+    assert!(
+        s.last_error.as_deref().unwrap().contains("verification"),
+        "{s:?}"
+    );
+    assert_eq!(
+        condition(&s, "Ready"),
+        ("False".into(), "SwitchFailed".into())
+    );
+    assert_eq!(
+        condition(&s, "Degraded"),
+        ("True".into(), "SwitchFailed".into())
+    );
+    // A ruleset change is applied to the kept mode; the failed switch is not retried.
+    let probes = kernel.probes().len();
+    let mut changed = inputs(Some(Mode::Ebpf), None);
+    changed.shards = vec![shard(
+        1,
+        0,
+        1,
+        2,
+        vec![web(), rule(2, "api", "10.96.0.20", vec![])],
+    )];
+    assert_eq!(agent.sync(&changed, None).await, SyncOutcome::Synced);
+    assert_eq!(kernel.probes().len(), probes);
+    assert_eq!(kernel.rules(Mode::Iptables).unwrap().len(), 2);
+    // Moving the target back to the kept mode clears the failure.
+    agent.sync(&inputs(Some(Mode::Iptables), None), None).await;
+    assert_eq!(agent.status().failed_mode, None);
+    assert_eq!(condition(agent.status(), "Degraded").0, "False");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_build_removes_the_half_built_mode() {
+    let kernel = FakeKernel::default();
+    let writer = RecordingWriter::default();
+    let mut agent = agent(&kernel, &writer, &FakeLeftover::default());
+    agent.sync(&inputs(Some(Mode::Ipvs), None), None).await;
+    kernel.fail_sync(Mode::Nftables, true);
+    agent.sync(&inputs(Some(Mode::Nftables), None), None).await;
+    assert_eq!(kernel.installed(), vec![Mode::Ipvs]);
+    assert!(kernel.cleanups().contains(&Mode::Nftables));
+    assert_eq!(agent.status().failed_mode, Some(Mode::Nftables));
+}
+
+#[tokio::test(start_paused = true)]
+async fn adopting_from_kube_proxy_verifies_ours_then_removes_its_leftovers() {
+    let kernel = FakeKernel::default();
+    // kube-proxy's iptables layout shows as the iptables mode being present.
+    kernel.install(Mode::Iptables, vec!["kube-proxy rules".into()]);
+    let leftover = FakeLeftover::default();
+    *leftover.present.lock().unwrap() = true;
+    let writer = RecordingWriter::default();
+    let mut agent = agent(&kernel, &writer, &leftover);
+    assert_eq!(
+        agent.sync(&inputs(Some(Mode::Nftables), None), None).await,
+        SyncOutcome::Synced
+    );
+    assert_eq!(kernel.installed(), vec![Mode::Nftables]);
+    assert_eq!(
+        kernel.probes().len(),
+        1,
+        "verified before removing kube-proxy's rules"
+    );
+    assert!(
+        !*leftover.present.lock().unwrap(),
+        "kube-proxy nftables tables removed"
+    );
+    assert_eq!(kernel.rules(Mode::Nftables), Some(web_lines()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn iptables_is_never_swept_from_under_ipvs() {
+    let kernel = FakeKernel::default();
+    kernel.install(Mode::Iptables, vec!["shared chains".into()]);
+    kernel.install(Mode::Ipvs, web_lines());
+    let recorded = switchyard_api::ProxyNodeStatus {
+        applied_mode: Some(Mode::Ipvs),
+        ..Default::default()
+    };
+    let writer = RecordingWriter::default();
+    let mut agent = agent(&kernel, &writer, &FakeLeftover::default());
+    agent
+        .sync(&inputs(Some(Mode::Ipvs), Some(recorded)), None)
+        .await;
+    assert!(kernel.cleanups().is_empty(), "{:?}", kernel.cleanups());
+}
+
+/// Kill the agent during status write `kill_at` (0: Building, 1: Verifying,
+/// 2: RemovingOld, 3: Done), restart it from the last recorded status and the
+/// kernel as it was left, and check it converges on the target with traffic
+/// routed at every point.
+async fn kill_during_write_and_restart(kill_at: usize) {
+    let kernel = FakeKernel::default();
+    let writer = RecordingWriter::default();
+    let mut first = agent(&kernel, &writer, &FakeLeftover::default());
+    first.sync(&inputs(Some(Mode::Iptables), None), None).await;
+    let before = *writer.attempts.lock().unwrap();
+    *writer.hang_at.lock().unwrap() = Some(before + kill_at);
+    let switching = inputs(Some(Mode::Nftables), None);
+    tokio::select! {
+        out = first.sync(&switching, None) => panic!("sync finished despite the kill: {out:?}"),
+        () = writer.hung.notified() => {}
+    }
+    drop(first);
+    let installed = kernel.installed();
+    assert!(
+        installed
+            .iter()
+            .any(|m| kernel.rules(*m) == Some(web_lines())),
+        "kill at {kill_at}: traffic routed by {installed:?}"
+    );
+
+    let recorded = writer.last();
+    let restarted_writer = RecordingWriter::default();
+    let mut second = agent(&kernel, &restarted_writer, &FakeLeftover::default());
+    let out = second
+        .sync(&inputs(Some(Mode::Nftables), recorded.clone()), None)
+        .await;
+    assert_eq!(out, SyncOutcome::Synced, "kill at {kill_at}");
+    assert_eq!(
+        kernel.installed(),
+        vec![Mode::Nftables],
+        "kill at {kill_at}, recorded {recorded:?}"
+    );
+    assert_eq!(kernel.rules(Mode::Nftables), Some(web_lines()));
+    let s = second.status();
+    assert_eq!(
+        (s.applied_mode, s.switch.clone(), s.failed_mode),
+        (Some(Mode::Nftables), None, None)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn killed_before_building_converges() {
+    kill_during_write_and_restart(0).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn killed_before_verifying_converges() {
+    kill_during_write_and_restart(1).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn killed_before_removing_old_converges() {
+    kill_during_write_and_restart(2).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn killed_before_recording_done_converges() {
+    kill_during_write_and_restart(3).await;
+}
+
+#[test]
+fn rule_lines_name_vip_and_endpoints() {
+    let linked = switchyard_api::policy::link(
+        &switchyard_api::ruleset::Ruleset {
+            services: vec![web()],
+        },
+        &switchyard_agent::agent::node_info(&node()),
+    );
+    assert_eq!(rule_lines(&linked), web_lines());
+}

@@ -1,0 +1,238 @@
+//! Fixtures shared by the agent's integration tests.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec, NodeStatus};
+use kube::api::ObjectMeta;
+use switchyard_agent::agent::{Agent, AgentParts, Inputs};
+use switchyard_agent::fake::FakeKernel;
+use switchyard_agent::health::ProxyHealth;
+use switchyard_agent::metrics::Metrics;
+use switchyard_agent::status::{StatusError, StatusReporter, StatusWriter};
+use switchyard_agent::switch::Leftovers;
+use switchyard_api::proxyconfig::{RolloutSpec, Verification};
+use switchyard_api::ruleset::{Backend, Protocol, Ruleset, ServicePortRule, ShardLayout};
+use switchyard_api::{
+    Mode, ProxyConfig, ProxyConfigSpec, ProxyNode, ProxyNodeSpec, ProxyNodeStatus, ProxyRuleset,
+    ProxyRulesetSpec,
+};
+use tokio::sync::Notify;
+
+pub const NODE: &str = "node-a";
+pub const WEB_VIP: &str = "10.96.0.10";
+
+pub fn fixed_clock() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+}
+
+pub fn backend(id: u32, ip: &str, node: &str) -> Backend {
+    Backend {
+        id,
+        ip: ip.parse().unwrap(),
+        port: 8080,
+        node_name: Some(node.to_string()),
+        zone: None,
+        ready: true,
+        serving: true,
+        terminating: false,
+        zone_hints: vec![],
+        node_hints: vec![],
+    }
+}
+
+pub fn rule(id: u32, name: &str, vip: &str, backends: Vec<Backend>) -> ServicePortRule {
+    ServicePortRule {
+        id,
+        namespace: "default".into(),
+        name: name.into(),
+        port_name: String::new(),
+        protocol: Protocol::Tcp,
+        port: 80,
+        cluster_ips: vec![vip.parse::<IpAddr>().unwrap()],
+        external_ips: vec![],
+        load_balancer_ips: vec![],
+        load_balancer_source_ranges: vec![],
+        node_port: None,
+        health_check_node_port: None,
+        internal_traffic_policy: Default::default(),
+        external_traffic_policy: Default::default(),
+        session_affinity: None,
+        traffic_distribution: None,
+        backends,
+    }
+}
+
+pub fn web() -> ServicePortRule {
+    rule(1, "web", WEB_VIP, vec![backend(1, "10.0.1.5", NODE)])
+}
+
+pub fn shard(
+    epoch: u64,
+    index: u32,
+    count: u32,
+    generation: u64,
+    services: Vec<ServicePortRule>,
+) -> Arc<ProxyRuleset> {
+    let layout = ShardLayout {
+        epoch,
+        shard_count: count,
+    };
+    let mut obj = ProxyRuleset::new(
+        &switchyard_api::ruleset::shard_name(&layout, index),
+        ProxyRulesetSpec {
+            shard: index,
+            layout,
+            generation,
+            service_count: u32::try_from(services.len()).unwrap(),
+            ruleset: Ruleset { services },
+        },
+    );
+    obj.metadata.resource_version = Some(format!("{epoch}-{index}-{generation}"));
+    Arc::new(obj)
+}
+
+pub fn node() -> Arc<Node> {
+    Arc::new(Node {
+        metadata: ObjectMeta {
+            name: Some(NODE.into()),
+            labels: Some(BTreeMap::from([(
+                "topology.kubernetes.io/zone".to_string(),
+                "zone-a".to_string(),
+            )])),
+            ..Default::default()
+        },
+        spec: Some(NodeSpec {
+            pod_cidrs: Some(vec!["10.0.1.0/24".into()]),
+            ..Default::default()
+        }),
+        status: Some(NodeStatus {
+            addresses: Some(vec![NodeAddress {
+                type_: "InternalIP".into(),
+                address: "192.168.0.10".into(),
+            }]),
+            ..Default::default()
+        }),
+    })
+}
+
+pub fn proxy_node(target: Option<Mode>, status: Option<ProxyNodeStatus>) -> Arc<ProxyNode> {
+    let mut pn = ProxyNode::new(
+        NODE,
+        ProxyNodeSpec {
+            pool: Some("pool".into()),
+            target_mode: target,
+        },
+    );
+    pn.metadata.generation = Some(1);
+    pn.status = status;
+    Arc::new(pn)
+}
+
+/// A pool whose rollout verifies through default/web:80.
+pub fn config(mode: Mode) -> Arc<ProxyConfig> {
+    Arc::new(ProxyConfig::new(
+        "pool",
+        ProxyConfigSpec {
+            mode,
+            rollout: RolloutSpec {
+                verification: Some(Verification {
+                    service: "default/web".into(),
+                    port: 80,
+                    timeout: Some("2s".into()),
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    ))
+}
+
+pub fn inputs(target: Option<Mode>, status: Option<ProxyNodeStatus>) -> Inputs {
+    Inputs {
+        listed: true,
+        node: Some(node()),
+        proxy_node: Some(proxy_node(target, status)),
+        config: Some(config(target.unwrap_or_default())),
+        shards: vec![shard(1, 0, 1, 1, vec![web()])],
+    }
+}
+
+/// Records status writes; the write numbered `hang_at` (0-based) never
+/// completes and is not recorded, as if the agent was killed during it.
+#[derive(Clone, Default)]
+pub struct RecordingWriter {
+    pub writes: Arc<Mutex<Vec<ProxyNodeStatus>>>,
+    pub hang_at: Arc<Mutex<Option<usize>>>,
+    pub attempts: Arc<Mutex<usize>>,
+    pub hung: Arc<Notify>,
+}
+
+impl RecordingWriter {
+    pub fn last(&self) -> Option<ProxyNodeStatus> {
+        self.writes.lock().unwrap().last().cloned()
+    }
+
+    pub fn count(&self) -> usize {
+        self.writes.lock().unwrap().len()
+    }
+}
+
+impl StatusWriter for RecordingWriter {
+    fn write<'a>(&'a self, status: &'a ProxyNodeStatus) -> BoxFuture<'a, Result<(), StatusError>> {
+        let n = {
+            let mut a = self.attempts.lock().unwrap();
+            *a += 1;
+            *a - 1
+        };
+        let hang = *self.hang_at.lock().unwrap() == Some(n);
+        if !hang {
+            self.writes.lock().unwrap().push(status.clone());
+        }
+        let hung = self.hung.clone();
+        Box::pin(async move {
+            if hang {
+                hung.notify_one();
+                std::future::pending::<()>().await;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A foreign leftover that is present until removed.
+#[derive(Clone, Default)]
+pub struct FakeLeftover {
+    pub present: Arc<Mutex<bool>>,
+}
+
+impl Leftovers for FakeLeftover {
+    fn name(&self) -> &'static str {
+        "fake kube-proxy tables"
+    }
+
+    fn remove(&self) -> Result<bool, switchyard_agent::backend::BackendError> {
+        let mut p = self.present.lock().unwrap();
+        let was = *p;
+        *p = false;
+        Ok(was)
+    }
+}
+
+pub fn agent(kernel: &FakeKernel, writer: &RecordingWriter, leftover: &FakeLeftover) -> Agent {
+    Agent::new(AgentParts {
+        node_name: NODE.into(),
+        factory: Arc::new(kernel.factory()),
+        probe: Arc::new(kernel.probe()),
+        leftovers: vec![Box::new(leftover.clone())],
+        reporter: StatusReporter::new(Box::new(writer.clone()), Duration::from_secs(5)),
+        metrics: Arc::new(Metrics::new()),
+        health: Arc::new(ProxyHealth::new(Duration::from_secs(60))),
+        health_checks: None,
+        wall_clock: fixed_clock,
+    })
+}

@@ -39,8 +39,9 @@ pub struct ServiceBehaviour {
     pub from_pods: Vec<String>,
     /// Endpoints for traffic from outside (node port, external and load-balancer IPs).
     pub from_outside: Vec<String>,
-    /// What happens with no endpoint to use: `reject` (none exists) or `drop` (none local).
-    pub when_empty: &'static str,
+    /// What happens to traffic that has no endpoint to use, when some has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_endpoint: Option<&'static str>,
 }
 
 /// A behaviour of one mode that the other does not share.
@@ -150,10 +151,14 @@ fn behaviour(port: &LinkedServicePort) -> ServiceBehaviour {
         } else {
             Vec::new()
         },
-        when_empty: if port.has_any_endpoints {
-            "drop"
+        no_endpoint: if !port.has_any_endpoints {
+            Some("rejected: the service has no usable endpoint")
+        } else if rule.has_external() && port.external_endpoints().next().is_none() {
+            Some("dropped from outside: no endpoint on this node (externalTrafficPolicy Local)")
+        } else if port.internal_endpoints().next().is_none() {
+            Some("dropped from pods: no endpoint on this node (internalTrafficPolicy Local)")
         } else {
-            "reject"
+            None
         },
     }
 }
@@ -301,14 +306,22 @@ impl DiffReport {
             ));
             for s in &node.services {
                 out.push_str(&format!(
-                    "{} {}: frontends {}; from pods -> [{}]; from outside -> [{}]; no endpoint: {}\n",
+                    "{} {}: frontends {}; from pods -> [{}]",
                     s.service_port,
                     s.protocol,
                     s.frontends.join(", "),
                     s.from_pods.join(", "),
-                    s.from_outside.join(", "),
-                    s.when_empty
                 ));
+                if !s.from_outside.is_empty() {
+                    out.push_str(&format!(
+                        "; from outside -> [{}]",
+                        s.from_outside.join(", ")
+                    ));
+                }
+                if let Some(what) = s.no_endpoint {
+                    out.push_str(&format!("; {what}"));
+                }
+                out.push('\n');
             }
             if node.differences.is_empty() {
                 out.push_str(&format!(

@@ -20,7 +20,7 @@ pub enum InputError {
     Load {
         path: String,
         #[source]
-        source: LoadError,
+        source: Box<LoadError>,
     },
     #[error("no objects in {0}")]
     Empty(String),
@@ -31,8 +31,10 @@ pub fn load_state(sources: &[PathBuf]) -> Result<Objects, InputError> {
     let mut all = Objects::default();
     for source in sources {
         for (name, text) in read_source(source)? {
-            let objects =
-                parse_objects(&text).map_err(|source| InputError::Load { path: name, source })?;
+            let objects = parse_objects(&text).map_err(|source| InputError::Load {
+                path: name,
+                source: Box::new(source),
+            })?;
             all.services.extend(objects.services);
             all.endpoint_slices.extend(objects.endpoint_slices);
             all.nodes.extend(objects.nodes);

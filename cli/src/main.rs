@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use switchyard_api::Mode;
-use switchyard_cli::backends::RealFactory;
 use switchyard_cli::demo::{DemoOptions, run_demo};
 use switchyard_cli::diff::{DiffRequest, diff};
 use switchyard_cli::input::load_state;
@@ -166,8 +165,12 @@ fn run(command: Command) -> Result<u8, String> {
             format,
         } => {
             let cluster = Cluster::new(load_state(&files).map_err(|e| e.to_string())?);
-            let report = plan(&cluster, &PlanRequest { node, mode }, &RealFactory)
-                .map_err(|e| e.to_string())?;
+            let report = plan(
+                &cluster,
+                &PlanRequest { node, mode },
+                &switchyard_cli::real_backends(),
+            )
+            .map_err(|e| e.to_string())?;
             match format {
                 Format::Text => {
                     print!("{}", report.to_text());
@@ -186,7 +189,8 @@ fn run(command: Command) -> Result<u8, String> {
         } => {
             let cluster = Cluster::new(load_state(&files).map_err(|e| e.to_string())?);
             let request = DiffRequest { from, to, node };
-            let report = diff(&cluster, &request, &RealFactory).map_err(|e| e.to_string())?;
+            let report = diff(&cluster, &request, &switchyard_cli::real_backends())
+                .map_err(|e| e.to_string())?;
             match format {
                 Format::Text => print!("{}", report.to_text()),
                 Format::Json => print!("{}", report.to_json()),

@@ -48,13 +48,25 @@ fn golden(name: &str, actual: &str) {
         std::fs::write(&path, actual).unwrap();
         return;
     }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (SWITCHYARD_UPDATE_GOLDEN=1 writes it)", path.display()));
-    assert_eq!(actual, expected, "{} differs from the output", path.display());
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (SWITCHYARD_UPDATE_GOLDEN=1 writes it)",
+            path.display()
+        )
+    });
+    assert_eq!(
+        actual,
+        expected,
+        "{} differs from the output",
+        path.display()
+    );
 }
 
 fn plan_mode_golden(mode: &str) {
-    let out = switchyard(&["plan", "-f", &state(), "--node", "worker-1", "--mode", mode], None);
+    let out = switchyard(
+        &["plan", "-f", &state(), "--node", "worker-1", "--mode", mode],
+        None,
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     golden(&format!("plan-worker-1-{mode}.txt"), &stdout(&out));
 }
@@ -65,8 +77,24 @@ fn iptables_plan_matches_golden() {
 }
 
 #[test]
+fn nftables_plan_matches_golden() {
+    plan_mode_golden("nftables");
+}
+
+#[test]
 fn pool_decides_the_mode_and_json_is_stable() {
-    let out = switchyard(&["plan", "-f", &state(), "--node", "worker-2", "--format", "json"], None);
+    let out = switchyard(
+        &[
+            "plan",
+            "-f",
+            &state(),
+            "--node",
+            "worker-2",
+            "--format",
+            "json",
+        ],
+        None,
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let node = &json["nodes"][0];
@@ -84,13 +112,21 @@ fn stdin_and_directories_are_read_like_files() {
     let piped = switchyard(&["plan", "-f", "-", "--node", "worker-2"], Some(&text));
     let file = switchyard(&["plan", "-f", &state(), "--node", "worker-2"], None);
     let dir_in = switchyard(
-        &["plan", "-f", &dir().join("state").display().to_string(), "--node", "worker-2"],
+        &[
+            "plan",
+            "-f",
+            &dir().join("state").display().to_string(),
+            "--node",
+            "worker-2",
+        ],
         None,
     );
     assert_eq!(piped.status.code(), Some(0), "{}", stderr(&piped));
     assert_eq!(stdout(&piped), stdout(&file));
     assert_eq!(stdout(&dir_in), stdout(&file));
-    assert!(stdout(&file).starts_with("# node worker-2: pool legacy; mode iptables; 4 service ports\n"));
+    assert!(
+        stdout(&file).starts_with("# node worker-2: pool legacy; mode iptables; 4 service ports\n")
+    );
 }
 
 /// Plan an invalid state: its exit code and the combined output.
@@ -107,7 +143,9 @@ fn a_field_of_the_wrong_type_names_document_object_and_field() {
     let (code, text) = plan_invalid("port-not-a-number.yaml", &[]);
     assert_eq!(code, Some(1));
     assert!(
-        text.contains("port-not-a-number.yaml: document 2: Service \"web\": field `spec.ports[0].port`"),
+        text.contains(
+            "port-not-a-number.yaml: document 2: Service \"web\": field `spec.ports[0].port`"
+        ),
         "{text}"
     );
 }
@@ -116,14 +154,20 @@ fn a_field_of_the_wrong_type_names_document_object_and_field() {
 fn broken_yaml_names_the_document() {
     let (code, text) = plan_invalid("broken.yaml", &[]);
     assert_eq!(code, Some(1));
-    assert!(text.contains("broken.yaml: document 2: not valid YAML"), "{text}");
+    assert!(
+        text.contains("broken.yaml: document 2: not valid YAML"),
+        "{text}"
+    );
 }
 
 #[test]
 fn unsupported_kinds_are_named() {
     let (code, text) = plan_invalid("deployment.yaml", &[]);
     assert_eq!(code, Some(1));
-    assert!(text.contains("kind \"Deployment\" is not supported"), "{text}");
+    assert!(
+        text.contains("kind \"Deployment\" is not supported"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -136,7 +180,10 @@ fn compiler_diagnostics_name_the_service_and_field_and_fail() {
     );
     assert!(text.contains("10.96.0.300"), "{text}");
     // The other service is still planned.
-    assert!(text.contains("default/good:http has no endpoints"), "{text}");
+    assert!(
+        text.contains("default/good:http has no endpoints"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -154,7 +201,9 @@ fn a_node_in_two_pools_of_equal_priority_is_a_conflict() {
     let (code, text) = plan_invalid("conflict.yaml", &[]);
     assert_eq!(code, Some(2), "{text}");
     assert!(
-        text.contains("# node worker-1: CONFLICT: selected by ProxyConfigs a, b with equal priority 5"),
+        text.contains(
+            "# node worker-1: CONFLICT: selected by ProxyConfigs a, b with equal priority 5"
+        ),
         "{text}"
     );
 }
@@ -182,6 +231,10 @@ fn every_subcommand_has_help_with_examples() {
     for sub in ["plan", "diff", "demo", "crdgen"] {
         let out = switchyard(&[sub, "--help"], None);
         assert_eq!(out.status.code(), Some(0), "{sub}");
-        assert!(stdout(&out).contains("Examples:"), "{sub}: {}", stdout(&out));
+        assert!(
+            stdout(&out).contains("Examples:"),
+            "{sub}: {}",
+            stdout(&out)
+        );
     }
 }

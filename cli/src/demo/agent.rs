@@ -21,7 +21,6 @@ use switchyard_e2e::HarnessError;
 use switchyard_e2e::netns::Netns;
 
 use super::nsthread::{runtime, spawn_in};
-use crate::backends::RealFactory;
 
 /// How one switch went.
 #[derive(Clone, Debug)]
@@ -111,6 +110,7 @@ impl DemoAgent {
         let name = node.to_string();
         let thread = spawn_in(ns, &format!("agent-{node}"), move || {
             let rt = runtime()?;
+            let factory = crate::real_backends();
             let mut active: Option<Box<dyn Dataplane>> = None;
             for cmd in crx {
                 let from = active.as_ref().map(|d| d.mode());
@@ -125,7 +125,7 @@ impl DemoAgent {
                 let result = rt.block_on(switch_to(
                     &mut active,
                     input,
-                    &RealFactory,
+                    &factory,
                     &TcpProbe,
                     &mut clock,
                 ));

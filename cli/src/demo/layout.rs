@@ -92,7 +92,7 @@ impl Layout {
 
     /// Even services are NodePort, odd ones ClusterIP.
     pub fn is_node_port(k: u8) -> bool {
-        k % 2 == 0
+        k.is_multiple_of(2)
     }
 
     pub fn http_node_port(k: u8) -> u16 {
@@ -110,7 +110,7 @@ impl Layout {
     /// Service `k`'s endpoints: one pod per node, alternating between services.
     pub fn endpoints(&self, k: u8) -> Vec<Pod> {
         self.pods()
-            .filter(|p| (p.index + k) % PODS_PER_NODE == 0)
+            .filter(|p| (p.index + k).is_multiple_of(PODS_PER_NODE))
             .collect()
     }
 

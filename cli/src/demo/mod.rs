@@ -120,7 +120,7 @@ impl Progress {
         if self.tty {
             let secs = self.started.elapsed().as_secs_f64();
             self.write(&format!("\r\x1b[2K[{secs:6.1}s] {text}"));
-        } else if self.started.elapsed().as_secs() % every == 0 {
+        } else if self.started.elapsed().as_secs().is_multiple_of(every) {
             self.line(text);
         }
     }

@@ -15,6 +15,7 @@ use switchyard_api::Mode;
 use switchyard_api::policy::LinkedServicePort;
 
 use crate::plan::{Cluster, DiagnosticView, NodeStatus, Placement, PlanError, exit, render};
+use crate::trace::{self, TraceCheck};
 
 /// Exit code of `diff --fail-on-difference` when the modes behave differently.
 pub const DIFFERENCE: u8 = 3;
@@ -68,6 +69,15 @@ pub struct NodeDiff {
     pub to_rules: Vec<String>,
     pub services: Vec<ServiceBehaviour>,
     pub differences: Vec<SemanticDifference>,
+    /// Each mode's plan traced against `services` (when its backend has a tracer).
+    pub traces: Vec<TraceCheck>,
+}
+
+impl NodeDiff {
+    /// The two modes would serve some traffic differently.
+    pub fn differs(&self) -> bool {
+        !self.differences.is_empty() || self.traces.iter().any(|t| !t.mismatches.is_empty())
+    }
 }
 
 /// The whole `diff` result (`--format json` prints exactly this).
@@ -101,6 +111,7 @@ pub fn diff(
                 to_rules: Vec::new(),
                 services: Vec::new(),
                 differences: Vec::new(),
+                traces: Vec::new(),
             });
             continue;
         };
@@ -114,6 +125,10 @@ pub fn diff(
             to_rules: lines(&render(&to, factory)?),
             services,
             differences,
+            traces: vec![
+                trace::check(&from.linked, &from.settings),
+                trace::check(&to.linked, &to.settings),
+            ],
         });
     }
     Ok(DiffReport {
@@ -261,7 +276,7 @@ impl DiffReport {
             exit::INVALID
         } else if self.nodes.iter().any(|n| n.status == NodeStatus::Conflict) {
             exit::CONFLICT
-        } else if fail_on_difference && self.nodes.iter().any(|n| !n.differences.is_empty()) {
+        } else if fail_on_difference && self.nodes.iter().any(NodeDiff::differs) {
             DIFFERENCE
         } else {
             exit::OK
@@ -322,6 +337,28 @@ impl DiffReport {
                     out.push_str(&format!("; {what}"));
                 }
                 out.push('\n');
+            }
+            out.push_str("\n## traced through each mode's plan\n");
+            for t in &node.traces {
+                if !t.traced {
+                    out.push_str(&format!(
+                        "{}: not traced (the backend exposes no packet tracer); {} probes skipped\n",
+                        t.mode, t.probes
+                    ));
+                    continue;
+                }
+                out.push_str(&format!(
+                    "{}: {} probes, {} not as expected\n",
+                    t.mode,
+                    t.probes,
+                    t.mismatches.len()
+                ));
+                for m in &t.mismatches {
+                    out.push_str(&format!(
+                        "MISMATCH {}: expected {:?}, traced {:?}\n",
+                        m.probe, m.expected, m.traced
+                    ));
+                }
             }
             if node.differences.is_empty() {
                 out.push_str(&format!(

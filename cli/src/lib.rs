@@ -6,6 +6,7 @@ pub mod demo;
 pub mod diff;
 pub mod input;
 pub mod plan;
+pub mod trace;
 
 use std::sync::Arc;
 

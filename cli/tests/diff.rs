@@ -74,6 +74,14 @@ fn iptables_to_nftables_shows_both_rulesets_and_flags_the_known_differences() {
             "to a node port on 127.0.0.1"
         ]
     );
+    // iptables' plan, traced with its backend's tracer, does what link says;
+    // the nftables backend has no tracer to run.
+    assert_eq!(node["traces"][0]["mode"], "iptables");
+    assert_eq!(node["traces"][0]["traced"], true);
+    assert_eq!(node["traces"][0]["probes"], 5);
+    assert_eq!(node["traces"][0]["mismatches"], serde_json::json!([]));
+    assert_eq!(node["traces"][1]["traced"], false);
+
     let unknown_port = &node["differences"][0];
     assert_eq!(unknown_port["to"], "rejected (ICMP port unreachable)");
     assert_eq!(unknown_port["affects"].as_array().unwrap().len(), 4);

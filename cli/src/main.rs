@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use switchyard_api::Mode;
-use switchyard_cli::demo::{DemoOptions, run_demo};
+use switchyard_cli::demo::{DemoOptions, Layout, run_demo};
 use switchyard_cli::diff::{DiffRequest, diff};
 use switchyard_cli::input::load_state;
 use switchyard_cli::plan::{Cluster, PlanRequest, exit, plan};
@@ -44,6 +44,9 @@ Examples:
 
   # Bigger, and back the other way, two nodes at a time:
   sudo switchyard demo --from nftables --to iptables --nodes 4 --services 8 --batch 2
+
+  # The demo cluster's objects, and what its first node would program:
+  switchyard demo --print-state | switchyard plan -f - --node node-0
 
 Everything lives in network namespaces named sycli<pid>-*, with no route out of
 the machine; they are removed at the end, on error and on Ctrl-C.
@@ -83,17 +86,20 @@ enum Command {
         /// Plan only this node (default: every Node in the input).
         #[arg(long)]
         node: Option<String>,
-        /// Render this mode instead of the pool's.
+        /// Render this mode instead of the pool's (iptables, ipvs, nftables, ebpf).
         #[arg(long)]
         mode: Option<Mode>,
+        /// `text` for people, `json` for pipelines.
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
     /// Compare two modes for the same state: rules side by side and a behaviour check.
     #[command(after_help = DIFF_EXAMPLES)]
     Diff {
+        /// The mode the nodes run now.
         #[arg(long)]
         from: Mode,
+        /// The mode to compare it with.
         #[arg(long)]
         to: Mode,
         /// Kubernetes YAML: files, directories, or - for standard input (repeatable).
@@ -105,6 +111,7 @@ enum Command {
         /// Exit 3 when the modes would serve some service differently.
         #[arg(long)]
         fail_on_difference: bool,
+        /// `text` for people, `json` for pipelines.
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
@@ -114,8 +121,10 @@ enum Command {
     /// Build a small cluster from network namespaces and migrate it live between two modes.
     #[command(after_help = DEMO_EXAMPLES)]
     Demo {
+        /// The mode every node starts in.
         #[arg(long, default_value = "iptables")]
         from: Mode,
+        /// The mode the pool migrates to.
         #[arg(long, default_value = "nftables")]
         to: Mode,
         /// Nodes (network namespaces with their pods).
@@ -130,6 +139,9 @@ enum Command {
         /// Seconds of traffic before the first and after every batch.
         #[arg(long, default_value_t = 2.0)]
         settle: f64,
+        /// Print the demo cluster's Kubernetes objects (for `plan -f -`) and exit.
+        #[arg(long)]
+        print_state: bool,
     },
 }
 
@@ -209,7 +221,12 @@ fn run(command: Command) -> Result<u8, String> {
             services,
             batch,
             settle,
+            print_state,
         } => {
+            if print_state {
+                print!("{}", Layout { nodes, services }.state_yaml(from, batch));
+                return Ok(exit::OK);
+            }
             let options = DemoOptions {
                 from,
                 to,

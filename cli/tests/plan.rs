@@ -238,3 +238,22 @@ fn every_subcommand_has_help_with_examples() {
         );
     }
 }
+
+#[test]
+fn the_demo_state_plans_for_its_pool() {
+    let state = switchyard(
+        &["demo", "--print-state", "--nodes", "2", "--services", "3"],
+        None,
+    );
+    assert_eq!(state.status.code(), Some(0));
+    let out = switchyard(
+        &["plan", "-f", "-", "--node", "node-1"],
+        Some(&stdout(&state)),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("# node node-1: pool demo; mode iptables; 6 service ports\n"),
+        "{}",
+        stdout(&out)
+    );
+}

@@ -14,7 +14,10 @@ use switchyard_agent::switch::DataplaneFactory;
 use switchyard_api::Mode;
 use switchyard_api::policy::LinkedServicePort;
 
-use crate::plan::{Cluster, DiagnosticView, NodeStatus, Placement, PlanError, exit, render};
+use crate::plan::{
+    Cluster, DiagnosticView, NodeStatus, Placement, PlanError, exit, invalid_lines, pretty_json,
+    render,
+};
 use crate::trace::{self, TraceCheck};
 
 /// Exit code of `diff --fail-on-difference` when the modes behave differently.
@@ -284,22 +287,12 @@ impl DiffReport {
     }
 
     pub fn to_json(&self) -> String {
-        // Plain data: serializing cannot fail.
-        serde_json::to_string_pretty(self).unwrap_or_default() + "\n"
+        pretty_json(self)
     }
 
     /// Both rule sets side by side, then the behaviour and the differences.
     pub fn to_text(&self) -> String {
-        let mut out = String::new();
-        for d in &self.diagnostics {
-            out.push_str(&format!(
-                "invalid: {} {}/{}: {}: {}\n",
-                d.kind, d.namespace, d.name, d.reason, d.message
-            ));
-        }
-        for p in &self.problems {
-            out.push_str(&format!("invalid: {p}\n"));
-        }
+        let mut out = invalid_lines(&self.diagnostics, &self.problems);
         for node in &self.nodes {
             if node.status == NodeStatus::Conflict {
                 out.push_str(&format!(

@@ -341,19 +341,31 @@ fn node_plan(placement: Placement, factory: &dyn DataplaneFactory) -> Result<Nod
     })
 }
 
+/// The `invalid: …` lines for compile diagnostics and ProxyConfig problems.
+pub(crate) fn invalid_lines(diagnostics: &[DiagnosticView], problems: &[String]) -> String {
+    let mut out = String::new();
+    for d in diagnostics {
+        out.push_str(&format!(
+            "invalid: {} {}/{}: {}: {}\n",
+            d.kind, d.namespace, d.name, d.reason, d.message
+        ));
+    }
+    for p in problems {
+        out.push_str(&format!("invalid: {p}\n"));
+    }
+    out
+}
+
+/// A report as pretty JSON with a final newline.
+pub(crate) fn pretty_json<T: Serialize>(report: &T) -> String {
+    // Reports are plain data (strings, numbers, lists): serializing cannot fail.
+    serde_json::to_string_pretty(report).unwrap_or_default() + "\n"
+}
+
 impl PlanReport {
     /// The human form: diagnostics first, then per node a header and its rules.
     pub fn to_text(&self) -> String {
-        let mut out = String::new();
-        for d in &self.diagnostics {
-            out.push_str(&format!(
-                "invalid: {} {}/{}: {}: {}\n",
-                d.kind, d.namespace, d.name, d.reason, d.message
-            ));
-        }
-        for p in &self.problems {
-            out.push_str(&format!("invalid: {p}\n"));
-        }
+        let mut out = invalid_lines(&self.diagnostics, &self.problems);
         for node in &self.nodes {
             out.push_str(&node.header());
             for p in &node.settings_problems {
@@ -368,8 +380,7 @@ impl PlanReport {
     }
 
     pub fn to_json(&self) -> String {
-        // The report is plain data (strings, numbers, lists): serializing cannot fail.
-        serde_json::to_string_pretty(self).unwrap_or_default() + "\n"
+        pretty_json(self)
     }
 }
 

@@ -199,39 +199,25 @@ impl DemoReport {
             mode(self.from),
             mode(self.to)
         );
-        out.push_str(&format!(
-            "rollout:                         {}\n",
-            self.rollout
-                .map_or_else(|| "not started".to_string(), |p| format!("{p:?}"))
-        ));
-        out.push_str(&format!(
-            "connections attempted:           {}\n",
-            self.attempted
-        ));
-        out.push_str(&format!(
-            "connections failed:              {}\n",
-            self.failed
-        ));
-        out.push_str(&format!(
-            "established (long-lived):        {}\n",
-            self.established
-        ));
-        out.push_str(&format!(
-            "established connections dropped: {}\n",
-            self.dropped
-        ));
-        out.push_str(&format!(
-            "requests on long-lived conns:    {}\n",
-            self.exchanges
-        ));
-        out.push_str(&format!(
-            "UDP requests:                    {} ({} unanswered)\n",
-            self.udp_sent, self.udp_lost
-        ));
-        out.push_str(&format!(
-            "answers from a wrong backend:    {}\n",
-            self.misrouted
-        ));
+        let rollout = self
+            .rollout
+            .map_or_else(|| "not started".to_string(), |p| format!("{p:?}"));
+        let rows = [
+            ("rollout", rollout),
+            ("connections attempted", self.attempted.to_string()),
+            ("connections failed", self.failed.to_string()),
+            ("established (long-lived)", self.established.to_string()),
+            ("established connections dropped", self.dropped.to_string()),
+            ("requests on long-lived conns", self.exchanges.to_string()),
+            (
+                "UDP requests",
+                format!("{} ({} unanswered)", self.udp_sent, self.udp_lost),
+            ),
+            ("answers from a wrong backend", self.misrouted.to_string()),
+        ];
+        for (name, value) in rows {
+            out.push_str(&format!("{:<33}{value}\n", format!("{name}:")));
+        }
         out.push_str("node switches (build / verify / remove old = total):\n");
         for s in &self.switches {
             out.push_str(&format!(

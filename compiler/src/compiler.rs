@@ -2,9 +2,10 @@
 //! EndpointSlice, recompiles only the services a change touches, and keeps ids
 //! stable while the objects exist.
 //!
-//! Updates whose derived facts equal what is already held are dropped at once
-//! (kube-proxy's change trackers do the same); [`Compiler::sync`] then
-//! recompiles the touched services and reports the ones whose rules changed.
+//! Updates go to change trackers that drop updates whose derived facts equal
+//! what is held and changes that cancel out before a sync, as kube-proxy's do;
+//! [`Compiler::sync`] then recompiles the services the remaining changes touch
+//! and reports the ones whose rules changed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -19,6 +20,7 @@ use crate::join::{Allocators, ServiceIds, join_service};
 use crate::keys::{PortKey, ServiceKey, SliceKey};
 use crate::service::{ServiceInfo, service_info};
 use crate::slice::{SliceInfo, slice_info};
+use crate::tracker::ChangeTracker;
 use crate::{CompileSettings, Diagnostic};
 
 /// The namespace of an object that names none (as `kubectl apply` assumes).
@@ -36,8 +38,8 @@ struct Candidates {
 #[derive(Debug, Default)]
 pub struct Compiler {
     settings: CompileSettings,
-    services: HashMap<ServiceKey, ServiceInfo>,
-    slices: HashMap<SliceKey, SliceInfo>,
+    services: ChangeTracker<ServiceKey, ServiceInfo>,
+    slices: ChangeTracker<SliceKey, SliceInfo>,
     /// Slice names (same namespace) per service, in name order.
     slices_of: HashMap<ServiceKey, BTreeSet<String>>,
     candidates: HashMap<ServiceKey, Candidates>,
@@ -47,8 +49,6 @@ pub struct Compiler {
     /// Ports skipped for a frontend conflict, per service.
     conflicts: HashMap<ServiceKey, Vec<Diagnostic>>,
     ids: Allocators,
-    /// Services to recompile at the next sync.
-    dirty: BTreeSet<ServiceKey>,
 }
 
 impl Compiler {
@@ -63,65 +63,62 @@ impl Compiler {
     pub fn update_service(&mut self, service: &Service) -> Result<(), Diagnostic> {
         let key = object_key(&service.metadata, ObjectKind::Service)?;
         let info = service_info(&key, service, &self.settings);
-        if self.services.get(&key) != Some(&info) {
-            self.services.insert(key.clone(), info);
-            self.dirty.insert(key);
-        }
+        self.services.update(key, Some(info));
         Ok(())
     }
 
     pub fn delete_service(&mut self, namespace: &str, name: &str) {
-        let key = ServiceKey::new(namespace, name);
-        if self.services.remove(&key).is_some() {
-            self.dirty.insert(key);
-        }
+        self.services.update(ServiceKey::new(namespace, name), None);
     }
 
     /// Add or replace an EndpointSlice. An object without a name is not tracked.
     pub fn update_endpoint_slice(&mut self, slice: &EndpointSlice) -> Result<(), Diagnostic> {
         let key = object_key(&slice.metadata, ObjectKind::EndpointSlice)?;
         let info = slice_info(&key, slice, &self.settings);
-        if self.slices.get(&key) == Some(&info) {
-            return Ok(());
-        }
-        self.forget_slice(&key);
-        if let Some(service) = &info.service {
-            let service = ServiceKey::new(key.namespace.clone(), service.clone());
-            self.slices_of
-                .entry(service.clone())
-                .or_default()
-                .insert(key.name.clone());
-            self.dirty.insert(service);
-        }
-        self.slices.insert(key, info);
+        self.slices.update(key, Some(info));
         Ok(())
     }
 
     pub fn delete_endpoint_slice(&mut self, namespace: &str, name: &str) {
-        let key = SliceKey::new(namespace, name);
-        self.forget_slice(&key);
-        self.slices.remove(&key);
-    }
-
-    fn forget_slice(&mut self, key: &SliceKey) {
-        let Some(service) = self.slices.get(key).and_then(|s| s.service.as_ref()) else {
-            return;
-        };
-        let service = ServiceKey::new(key.namespace.clone(), service.clone());
-        if let Some(names) = self.slices_of.get_mut(&service) {
-            names.remove(&key.name);
-            if names.is_empty() {
-                self.slices_of.remove(&service);
-            }
-        }
-        self.dirty.insert(service);
+        self.slices.update(SliceKey::new(namespace, name), None);
     }
 
     /// Recompile every service touched since the last sync; returns the
     /// services whose rules in the output changed.
     pub fn sync(&mut self) -> BTreeSet<ServiceKey> {
+        let mut dirty: BTreeSet<ServiceKey> = self
+            .services
+            .take_changes()
+            .into_iter()
+            .map(|change| change.key)
+            .collect();
+        for change in self.slices.take_changes() {
+            let slice = change.key;
+            if let Some(service) = change.previous.and_then(|s| s.service) {
+                let service = ServiceKey::new(slice.namespace.clone(), service);
+                if let Some(names) = self.slices_of.get_mut(&service) {
+                    names.remove(&slice.name);
+                    if names.is_empty() {
+                        self.slices_of.remove(&service);
+                    }
+                }
+                dirty.insert(service);
+            }
+            if let Some(service) = self.slices.get(&slice).and_then(|s| s.service.clone()) {
+                let service = ServiceKey::new(slice.namespace.clone(), service);
+                self.slices_of
+                    .entry(service.clone())
+                    .or_default()
+                    .insert(slice.name.clone());
+                dirty.insert(service);
+            }
+        }
+        // Deleted services first, so the ids they release are reused at once.
+        let (deleted, present): (Vec<ServiceKey>, Vec<ServiceKey>) = dirty
+            .into_iter()
+            .partition(|key| self.services.get(key).is_none());
         let mut affected = BTreeSet::new();
-        for key in std::mem::take(&mut self.dirty) {
+        for key in deleted.into_iter().chain(present) {
             self.recompile(&key, &mut affected);
         }
         affected.into_iter().filter(|key| self.emit(key)).collect()

@@ -57,7 +57,6 @@ fn unix_seconds(t: SystemTime) -> f64 {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::default();
         // kube-proxy: ExponentialBuckets(0.001, 2, 15).
         let sync_duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
         // kube-proxy: 0.25s steps to 0.5s, 1s steps to 59s, 5s steps to 115s, 30s steps to 300s.
@@ -67,7 +66,8 @@ impl Metrics {
                 .chain(linear_buckets(60.0, 5.0, 12))
                 .chain(linear_buckets(120.0, 30.0, 7)),
         );
-        let m = Metrics {
+        let mut m = Metrics {
+            registry: Registry::default(),
             sync_duration,
             network_programming,
             last_sync: Gauge::default(),
@@ -75,44 +75,43 @@ impl Metrics {
             sync_failures: Family::default(),
             objects: Family::default(),
             switches: Family::default(),
-            registry: Registry::default(),
         };
-        registry.register(
+        m.registry.register(
             "kubeproxy_sync_proxy_rules_duration_seconds",
             "SyncProxyRules latency in seconds",
             m.sync_duration.clone(),
         );
-        registry.register(
+        m.registry.register(
             "kubeproxy_network_programming_duration_seconds",
             "In Cluster Network Programming Latency in seconds (from the agent receiving a change)",
             m.network_programming.clone(),
         );
-        registry.register(
+        m.registry.register(
             "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
             "The last time proxy rules were successfully synced",
             m.last_sync.clone(),
         );
-        registry.register(
+        m.registry.register(
             "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
             "The last time a sync of proxy rules was queued",
             m.last_queued.clone(),
         );
-        registry.register(
+        m.registry.register(
             "switchyard_sync_proxy_rules_failures",
             "Syncs whose apply failed (the previous rules stayed in place), by mode",
             m.sync_failures.clone(),
         );
-        registry.register(
+        m.registry.register(
             "switchyard_programmed_objects",
             "Objects (rules, set elements, virtual servers, map entries) in the applied plan, by mode",
             m.objects.clone(),
         );
-        registry.register(
+        m.registry.register(
             "switchyard_mode_switches",
             "Mode switches on this node by target mode and result",
             m.switches.clone(),
         );
-        Metrics { registry, ..m }
+        m
     }
 
     pub fn queued(&self, now: SystemTime) {

@@ -37,7 +37,7 @@ pub enum StandaloneError {
     Load {
         path: PathBuf,
         #[source]
-        source: LoadError,
+        source: Box<LoadError>,
     },
     #[error("applying {mode}: {source}")]
     Apply {
@@ -115,8 +115,11 @@ pub fn fingerprint(dir: &Path) -> Result<Vec<u8>, StandaloneError> {
 pub fn prepare(opts: &StandaloneOptions) -> Result<Prepared, StandaloneError> {
     let mut objects = Objects::default();
     for (path, text) in read_state(&opts.state)? {
-        let more = switchyard_compiler::parse_objects(&text)
-            .map_err(|source| StandaloneError::Load { path, source })?;
+        let more =
+            switchyard_compiler::parse_objects(&text).map_err(|source| StandaloneError::Load {
+                path,
+                source: Box::new(source),
+            })?;
         objects.services.extend(more.services);
         objects.endpoint_slices.extend(more.endpoint_slices);
         objects.nodes.extend(more.nodes);

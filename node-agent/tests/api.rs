@@ -52,7 +52,7 @@ impl Verifier {
                 .handle
                 .next_request()
                 .await
-                .expect("agent stopped calling");
+                .unwrap_or_else(|| panic!("agent stopped calling"));
             let uri = req.uri().to_string();
             match *req.method() {
                 Method::GET if uri.contains("watch=true") => self.held.push(send),

@@ -135,7 +135,7 @@ async fn health_check_node_ports_answer_with_local_endpoint_counts() {
         }
     })
     .await
-    .expect("port still listening");
+    .unwrap_or_else(|_| panic!("port still listening"));
     assert_eq!(refused, std::io::ErrorKind::ConnectionRefused);
 }
 

@@ -236,3 +236,4 @@ pub fn agent(kernel: &FakeKernel, writer: &RecordingWriter, leftover: &FakeLefto
         wall_clock: fixed_clock,
     })
 }
+pub mod netns;

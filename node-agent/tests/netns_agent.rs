@@ -1,0 +1,326 @@
+//! The agent with real backends in network namespaces this test creates
+//! (`syagt<pid>-<test>-node`, `-pod`): a restart converges on the kernel's
+//! rules instead of flushing them; a switch from iptables to nftables killed
+//! at each recorded step converges after a restart, with an established
+//! connection surviving throughout; a failed verification rolls back;
+//! kube-proxy's nftables tables are removed and nobody else's. Needs root,
+//! iptables and nft; skipped (loudly) otherwise.
+//!
+//! The kill: the agent's sync future is dropped while it waits on a status
+//! write, which is what SIGKILL does to the process at that point — the
+//! kernel keeps what was programmed, the API keeps what was recorded.
+
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::netns::{Netns, POD_IP, Topology, connect_from, echo_roundtrip, is_root, topology};
+use common::*;
+use switchyard_agent::agent::{Agent, AgentParts, Inputs, SyncOutcome};
+use switchyard_agent::exec::RealRunner;
+use switchyard_agent::health::ProxyHealth;
+use switchyard_agent::kubeproxy::KubeProxyNftables;
+use switchyard_agent::metrics::Metrics;
+use switchyard_agent::status::StatusReporter;
+use switchyard_agent::switch::{BackendFactory, Leftovers, TcpProbe};
+use switchyard_api::{Mode, ProxyNodeStatus};
+
+fn skip() -> bool {
+    if !is_root() {
+        eprintln!("SKIP: needs root for network namespaces");
+        return true;
+    }
+    false
+}
+
+fn vip() -> SocketAddr {
+    format!("{WEB_VIP}:80").parse().unwrap()
+}
+
+fn pod_inputs(target: Mode, status: Option<ProxyNodeStatus>) -> Inputs {
+    let mut i = inputs(Some(target), status);
+    i.shards = vec![shard(
+        1,
+        0,
+        1,
+        1,
+        vec![rule(1, "web", WEB_VIP, vec![backend(1, POD_IP, "node-b")])],
+    )];
+    i
+}
+
+/// A real agent (real backends, real probe) inside `node`. Runs `syncs` in
+/// order; stops early when a status write hangs (the kill). Returns the
+/// outcomes and the agent's last status.
+fn run_agent(
+    node: &Netns,
+    writer: &RecordingWriter,
+    syncs: Vec<Inputs>,
+    leftovers: Vec<Box<dyn Leftovers>>,
+) -> (Vec<SyncOutcome>, ProxyNodeStatus) {
+    let writer = writer.clone();
+    node.thread(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut agent = Agent::new(AgentParts {
+                node_name: NODE.into(),
+                factory: Arc::new(BackendFactory::new(Arc::new(RealRunner))),
+                probe: Arc::new(TcpProbe),
+                leftovers,
+                reporter: StatusReporter::new(Box::new(writer.clone()), Duration::from_secs(5)),
+                metrics: Arc::new(Metrics::new()),
+                health: Arc::new(ProxyHealth::new(Duration::from_secs(60))),
+                health_checks: None,
+                wall_clock: fixed_clock,
+            });
+            let mut outcomes = Vec::new();
+            for inputs in syncs {
+                tokio::select! {
+                    out = agent.sync(&inputs, None) => outcomes.push(out),
+                    () = writer.hung.notified() => break,
+                }
+            }
+            (outcomes, agent.status().clone())
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+fn nat_rules(node: &Netns) -> String {
+    node.ok(&["iptables-save", "-t", "nat"])
+}
+
+/// Sync iptables in a fresh agent and open a connection through the VIP.
+fn start_with_iptables(t: &Topology, writer: &RecordingWriter) -> (ProxyNodeStatus, TcpStream) {
+    let (out, status) = run_agent(
+        &t.node,
+        writer,
+        vec![pod_inputs(Mode::Iptables, None)],
+        vec![],
+    );
+    assert_eq!(out, vec![SyncOutcome::Synced]);
+    assert!(nat_rules(&t.node).contains("KUBE-SERVICES"));
+    let mut established =
+        connect_from(&t.node, vip()).unwrap_or_else(|e| panic!("connect through the VIP: {e}"));
+    assert_eq!(
+        echo_roundtrip(&mut established, b"start").unwrap(),
+        b"start"
+    );
+    (status, established)
+}
+
+#[test]
+fn restart_converges_on_real_iptables_rules_and_keeps_connections() {
+    if skip() {
+        return;
+    }
+    let t = topology("restart");
+    let (status, mut established) = start_with_iptables(&t, &RecordingWriter::default());
+
+    // Restart: the new agent finds the rules and converges on them.
+    let recorded = Some(status);
+    let rules_before = nat_rules(&t.node);
+    let restarted = RecordingWriter::default();
+    let (out, status) = run_agent(
+        &t.node,
+        &restarted,
+        vec![pod_inputs(Mode::Iptables, recorded)],
+        vec![],
+    );
+    assert_eq!(out, vec![SyncOutcome::Synced]);
+    assert_eq!(status.applied_mode, Some(Mode::Iptables));
+    assert!(
+        restarted
+            .writes
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|s| s.switch.is_none()),
+        "no switch: the present mode was recovered"
+    );
+    let strip = |s: &str| {
+        s.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split(" [").next().unwrap_or(l).to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        strip(&nat_rules(&t.node)),
+        strip(&rules_before),
+        "same rules"
+    );
+    assert_eq!(
+        echo_roundtrip(&mut established, b"after").unwrap(),
+        b"after"
+    );
+    let mut fresh = connect_from(&t.node, vip())
+        .unwrap_or_else(|e| panic!("new connection after restart: {e}"));
+    assert_eq!(echo_roundtrip(&mut fresh, b"new").unwrap(), b"new");
+}
+
+#[test]
+fn kube_proxy_nftables_tables_are_removed_and_no_other_table() {
+    if skip() {
+        return;
+    }
+    let ns = Netns::create("kpnft");
+    for (family, name) in [
+        ("ip", "kube-proxy"),
+        ("ip6", "kube-proxy"),
+        ("ip", "keep-me"),
+        ("inet", "kube-proxy"),
+    ] {
+        ns.ok(&["nft", "add", "table", family, name]);
+    }
+    let removed = ns
+        .thread(|| {
+            KubeProxyNftables::new(Arc::new(RealRunner))
+                .remove()
+                .unwrap()
+        })
+        .join()
+        .unwrap();
+    assert!(removed);
+    let tables = ns.ok(&["nft", "list", "tables"]);
+    let mut tables: Vec<&str> = tables.lines().collect();
+    tables.sort();
+    assert_eq!(tables, vec!["table inet kube-proxy", "table ip keep-me"]);
+    let again = ns
+        .thread(|| {
+            KubeProxyNftables::new(Arc::new(RealRunner))
+                .remove()
+                .unwrap()
+        })
+        .join()
+        .unwrap();
+    assert!(!again, "nothing left to remove");
+}
+
+fn has_nft_table(node: &Netns) -> bool {
+    node.ok(&["nft", "list", "tables"])
+        .lines()
+        .any(|l| l.trim() == "table ip switchyard")
+}
+
+/// Kill during checkpoint write `kill_at` of an iptables → nftables switch
+/// (0 Building, 1 Verifying, 2 RemovingOld, 3 Done), then restart.
+fn kill_switch_and_restart(tag: &str, kill_at: usize) {
+    if skip() {
+        return;
+    }
+    let t = topology(tag);
+    let (status, mut established) = start_with_iptables(&t, &RecordingWriter::default());
+
+    let killed = RecordingWriter::default();
+    *killed.hang_at.lock().unwrap() = Some(kill_at);
+    let (out, _) = run_agent(
+        &t.node,
+        &killed,
+        vec![pod_inputs(Mode::Nftables, Some(status))],
+        vec![],
+    );
+    assert!(
+        out.is_empty(),
+        "kill at {kill_at}: the switch was interrupted"
+    );
+    assert_eq!(
+        echo_roundtrip(&mut established, b"killed").unwrap(),
+        b"killed",
+        "kill at {kill_at}"
+    );
+    let mut during = connect_from(&t.node, vip())
+        .unwrap_or_else(|e| panic!("kill at {kill_at}: no service routing: {e}"));
+    assert_eq!(echo_roundtrip(&mut during, b"during").unwrap(), b"during");
+
+    let restarted = RecordingWriter::default();
+    let (out, status) = run_agent(
+        &t.node,
+        &restarted,
+        vec![pod_inputs(Mode::Nftables, killed.last())],
+        vec![],
+    );
+    assert_eq!(out, vec![SyncOutcome::Synced], "kill at {kill_at}");
+    assert_eq!(
+        (status.applied_mode, status.switch, status.failed_mode),
+        (Some(Mode::Nftables), None, None)
+    );
+    assert!(
+        has_nft_table(&t.node),
+        "kill at {kill_at}: nftables in place"
+    );
+    assert!(
+        !nat_rules(&t.node).contains("KUBE-SERVICES"),
+        "kill at {kill_at}: iptables removed:\n{}",
+        nat_rules(&t.node)
+    );
+    assert_eq!(
+        echo_roundtrip(&mut established, b"end").unwrap(),
+        b"end",
+        "kill at {kill_at}"
+    );
+    let mut fresh = connect_from(&t.node, vip())
+        .unwrap_or_else(|e| panic!("kill at {kill_at}: connect through nftables: {e}"));
+    assert_eq!(echo_roundtrip(&mut fresh, b"fresh").unwrap(), b"fresh");
+}
+
+#[test]
+fn switch_killed_before_building_converges() {
+    kill_switch_and_restart("k0", 0);
+}
+
+#[test]
+fn switch_killed_before_verifying_converges() {
+    kill_switch_and_restart("k1", 1);
+}
+
+#[test]
+fn switch_killed_before_removing_old_converges() {
+    kill_switch_and_restart("k2", 2);
+}
+
+#[test]
+fn switch_killed_before_recording_done_converges() {
+    kill_switch_and_restart("k3", 3);
+}
+
+#[test]
+fn failed_verification_on_real_kernel_keeps_iptables() {
+    if skip() {
+        return;
+    }
+    let t = topology("rollback");
+    let (status, mut established) = start_with_iptables(&t, &RecordingWriter::default());
+    // Verify through a service without endpoints: rejected, so the probe fails.
+    let mut inputs = pod_inputs(Mode::Nftables, Some(status));
+    inputs.shards = vec![shard(
+        1,
+        0,
+        1,
+        1,
+        vec![
+            rule(1, "web", WEB_VIP, vec![backend(1, POD_IP, "node-b")]),
+            rule(2, "empty", "10.96.0.99", vec![]),
+        ],
+    )];
+    let mut config = (*config(Mode::Nftables)).clone();
+    if let Some(v) = config.spec.rollout.verification.as_mut() {
+        v.service = "default/empty".into();
+    }
+    inputs.config = Some(Arc::new(config));
+    let (out, status) = run_agent(&t.node, &RecordingWriter::default(), vec![inputs], vec![]);
+    assert_eq!(out, vec![SyncOutcome::Synced], "the kept mode synced");
+    assert_eq!(
+        (status.applied_mode, status.failed_mode),
+        (Some(Mode::Iptables), Some(Mode::Nftables))
+    );
+    assert!(status.last_error.unwrap().contains("10.96.0.99:80"));
+    assert!(!has_nft_table(&t.node), "the new mode was removed");
+    assert!(nat_rules(&t.node).contains("KUBE-SERVICES"));
+    assert_eq!(echo_roundtrip(&mut established, b"kept").unwrap(), b"kept");
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::ListParams;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -27,6 +27,9 @@ use crate::writes::{apply_proxy_node, apply_status};
 
 /// Finalizer on every ProxyConfig: its nodes are released before it goes.
 pub const FINALIZER: &str = "switchyard.dev/release-nodes";
+
+/// Changes within this time are reconciled once (a batch's agents report together).
+pub const DEBOUNCE: Duration = Duration::from_secs(1);
 
 /// Requeue a settled pool this often, as a safety net.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -127,7 +130,11 @@ async fn apply_pool(config: &ProxyConfig, ctx: &Context) -> Result<Action, Error
         switch_margin: ctx.switch_margin,
     });
     write_plan(&fresh, &plan, ctx).await?;
-    Ok(Action::requeue(plan.requeue_after.unwrap_or(RESYNC).max(Duration::from_secs(1))))
+    Ok(Action::requeue(
+        plan.requeue_after
+            .unwrap_or(RESYNC)
+            .max(Duration::from_secs(1)),
+    ))
 }
 
 async fn write_plan(config: &ProxyConfig, plan: &PoolPlan, ctx: &Context) -> Result<(), Error> {
@@ -143,7 +150,11 @@ async fn write_plan(config: &ProxyConfig, plan: &PoolPlan, ctx: &Context) -> Res
     let reference = config.object_ref(&());
     for pool_event in &plan.events {
         info!(pool = %name, event = ?pool_event, "pool event");
-        if let Err(error) = ctx.recorder.publish(&to_event(pool_event), &reference).await {
+        if let Err(error) = ctx
+            .recorder
+            .publish(&to_event(pool_event), &reference)
+            .await
+        {
             warn!(pool = %name, %error, "publishing an event failed");
         }
     }
@@ -177,7 +188,11 @@ async fn cleanup_pool(config: &ProxyConfig, ctx: &Context) -> Result<Action, Err
 
 /// Every ProxyConfig the store holds.
 fn all_configs(store: &Store<ProxyConfig>) -> Vec<ObjectRef<ProxyConfig>> {
-    store.state().iter().map(|c| ObjectRef::from_obj(&**c)).collect()
+    store
+        .state()
+        .iter()
+        .map(|c| ObjectRef::from_obj(&**c))
+        .collect()
 }
 
 /// Run the ProxyConfig controller until `shutdown` resolves.
@@ -222,6 +237,7 @@ pub async fn run(
             },
         )
         .reconcile_all_on(node_labels_changed)
+        .with_config(controller::Config::default().debounce(DEBOUNCE))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

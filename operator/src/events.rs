@@ -1,8 +1,8 @@
 //! Kubernetes Events for what happens to a pool.
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType};
 use kube::Resource;
+use kube::runtime::events::{Event, EventType};
 use switchyard_api::ProxyNode;
 
 use crate::plan::PoolEvent;
@@ -48,7 +48,11 @@ pub fn to_event(pool_event: &PoolEvent) -> Event {
         RolloutEvent::BatchStarted { to, nodes } => event(
             Normal,
             "BatchStarted",
-            format!("switching {} nodes to {to}: {}", nodes.len(), nodes.join(", ")),
+            format!(
+                "switching {} nodes to {to}: {}",
+                nodes.len(),
+                nodes.join(", ")
+            ),
         ),
         RolloutEvent::BatchDone { to, updated, total } => event(
             Normal,
@@ -82,17 +86,23 @@ pub fn to_event(pool_event: &PoolEvent) -> Event {
         } => event(
             Warning,
             "RollbackStarted",
-            format!("{failed} nodes failed the switch to {to} (failureBudget {budget}): rolling every node back to {from}"),
+            format!(
+                "{failed} nodes failed the switch to {to} (failureBudget {budget}): rolling every node back to {from}"
+            ),
         ),
         RolloutEvent::Halted { to, failed, budget } => event(
             Warning,
             "RolloutHalted",
-            format!("{failed} nodes failed the switch to {to} (failureBudget {budget}) and autoRollback is off: no further batches"),
+            format!(
+                "{failed} nodes failed the switch to {to} (failureBudget {budget}) and autoRollback is off: no further batches"
+            ),
         ),
         RolloutEvent::Complete { to, failed } => event(
             Normal,
             "RolloutComplete",
-            format!("every node that could switch runs {to} ({failed} failed and stayed on their old mode)"),
+            format!(
+                "every node that could switch runs {to} ({failed} failed and stayed on their old mode)"
+            ),
         ),
         RolloutEvent::RolledBack { to, from } => event(
             Warning,

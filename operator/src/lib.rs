@@ -9,11 +9,15 @@ pub mod clock;
 pub mod controller;
 pub mod error;
 pub mod events;
+pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod plan;
 pub mod policy;
 pub mod pools;
+pub mod publish;
 pub mod rollout;
+pub mod shards;
 pub mod status;
 pub mod writes;
 

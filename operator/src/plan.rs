@@ -90,9 +90,9 @@ pub fn plan_pool(input: &PoolInput<'_>) -> PoolPlan {
     let pool_size = u32::try_from(members.len()).unwrap_or(u32::MAX);
     let mut policy = RolloutPolicy::resolve(&config.spec.rollout, pool_size, input.switch_margin);
     if let Some(why) = input.assignment.invalid_selectors.get(&pool) {
-        policy
-            .problems
-            .push(format!("spec.nodeSelector cannot be used, it selects no node: {why}"));
+        policy.problems.push(format!(
+            "spec.nodeSelector cannot be used, it selects no node: {why}"
+        ));
     }
     let step = rollout::step(&RolloutInput {
         mode: config.spec.mode,
@@ -121,7 +121,12 @@ pub fn plan_pool(input: &PoolInput<'_>) -> PoolPlan {
             });
         }
     }
-    applies.extend(released_nodes(&pool, input.assignment, &proxy_nodes, &node_uids));
+    applies.extend(released_nodes(
+        &pool,
+        input.assignment,
+        &proxy_nodes,
+        &node_uids,
+    ));
 
     let conflicts: &[NodeConflict] = input.assignment.conflicts_of(&pool);
     let status = status::aggregate(&StatusInput {
@@ -138,7 +143,10 @@ pub fn plan_pool(input: &PoolInput<'_>) -> PoolPlan {
     });
     let mut events: Vec<PoolEvent> = step.events.into_iter().map(PoolEvent::Rollout).collect();
     if status.conflicting_nodes != previous.conflicting_nodes
-        && let Some(c) = status.conditions.iter().find(|c| c.type_ == "Conflict" && c.status == "True")
+        && let Some(c) = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Conflict" && c.status == "True")
     {
         events.push(PoolEvent::Conflict(c.message.clone()));
     }

@@ -63,9 +63,8 @@ impl RolloutPolicy {
 pub fn max_unavailable(value: Option<&IntOrString>, total: u32) -> Result<u32, String> {
     let count = match value {
         None => 1,
-        Some(IntOrString::Int(n)) => u32::try_from(*n).map_err(|_| {
-            format!("rollout.maxUnavailable {n} is negative; using 1")
-        })?,
+        Some(IntOrString::Int(n)) => u32::try_from(*n)
+            .map_err(|_| format!("rollout.maxUnavailable {n} is negative; using 1"))?,
         Some(IntOrString::String(text)) => {
             let percent: u64 = text
                 .strip_suffix('%')

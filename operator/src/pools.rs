@@ -51,7 +51,10 @@ impl Assignment {
 }
 
 /// Assign `nodes` to `configs` (ProxyConfigs being deleted must be left out by the caller).
-pub fn assign_pools<N: Borrow<Node>, C: Borrow<ProxyConfig>>(nodes: &[N], configs: &[C]) -> Assignment {
+pub fn assign_pools<N: Borrow<Node>, C: Borrow<ProxyConfig>>(
+    nodes: &[N],
+    configs: &[C],
+) -> Assignment {
     let mut out = Assignment::default();
     let mut selectors: Vec<(String, i32, Selector)> = Vec::new();
     for config in configs.iter().map(Borrow::borrow) {

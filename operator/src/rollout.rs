@@ -172,7 +172,12 @@ pub fn step(input: &RolloutInput<'_>) -> RolloutStep {
     let status = run.choose_rollout(input);
     let status = status.map(|s| run.advance(s));
     let joining_mode = match &status {
-        Some(s) if matches!(s.phase, RolloutPhase::RollingBack | RolloutPhase::RolledBack) => {
+        Some(s)
+            if matches!(
+                s.phase,
+                RolloutPhase::RollingBack | RolloutPhase::RolledBack
+            ) =>
+        {
             s.from
         }
         _ => input.mode,
@@ -294,8 +299,8 @@ impl Run<'_> {
         let Some(Time(started)) = status.batch_started else {
             return false;
         };
-        let timeout = SignedDuration::try_from(self.policy.switch_timeout)
-            .unwrap_or(SignedDuration::MAX);
+        let timeout =
+            SignedDuration::try_from(self.policy.switch_timeout).unwrap_or(SignedDuration::MAX);
         self.now.duration_since(started) >= timeout
     }
 
@@ -352,7 +357,9 @@ impl Run<'_> {
                 return self.backward(status);
             }
             if status.phase != RolloutPhase::Halted {
-                self.out.events.push(RolloutEvent::Halted { to, failed, budget });
+                self.out
+                    .events
+                    .push(RolloutEvent::Halted { to, failed, budget });
             }
             status.phase = RolloutPhase::Halted;
             return self.keep_batch_timer(status);

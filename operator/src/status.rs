@@ -115,6 +115,15 @@ fn name_list<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
     }
 }
 
+/// "N nodes failed: a, b, …".
+fn failed_nodes(r: &RolloutStatus) -> String {
+    format!(
+        "{} nodes failed: {}",
+        r.failed_nodes.len(),
+        name_list(r.failed_nodes.iter().map(String::as_str))
+    )
+}
+
 fn ready_condition(input: &StatusInput<'_>, ready: u32, total: u32) -> Cond {
     let mode = input.mode;
     if total == 0 {
@@ -122,7 +131,9 @@ fn ready_condition(input: &StatusInput<'_>, ready: u32, total: u32) -> Cond {
             type_: "Ready",
             ok: false,
             reason: "NoNodes",
-            message: "spec.nodeSelector selects no node that is not claimed by a pool of higher priority".into(),
+            message:
+                "spec.nodeSelector selects no node that is not claimed by a pool of higher priority"
+                    .into(),
         };
     }
     if ready == total {
@@ -150,7 +161,11 @@ fn ready_condition(input: &StatusInput<'_>, ready: u32, total: u32) -> Cond {
 
 fn progressing_condition(input: &StatusInput<'_>) -> Cond {
     let (ok, reason, message) = match input.rollout {
-        None => (false, "NoRollout", format!("every node was assigned {} directly", input.mode)),
+        None => (
+            false,
+            "NoRollout",
+            format!("every node was assigned {} directly", input.mode),
+        ),
         Some(r) => {
             let progress = format!("{}/{} nodes run {}", r.updated, r.total, r.to);
             match r.phase {
@@ -172,33 +187,46 @@ fn progressing_condition(input: &StatusInput<'_>) -> Cond {
                 RolloutPhase::Paused => (
                     false,
                     "RolloutPaused",
-                    format!("the switch from {} to {} is paused (spec.rollout.paused): {progress}", r.from, r.to),
+                    format!(
+                        "the switch from {} to {} is paused (spec.rollout.paused): {progress}",
+                        r.from, r.to
+                    ),
                 ),
                 RolloutPhase::Halted => (
                     false,
                     "RolloutHalted",
                     format!(
                         "the switch from {} to {} stopped: {} nodes failed, more than spec.rollout.failureBudget allows and autoRollback is off; {progress}",
-                        r.from, r.to, r.failed_nodes.len()
+                        r.from,
+                        r.to,
+                        r.failed_nodes.len()
                     ),
                 ),
                 RolloutPhase::RollingBack => (
                     true,
                     "RollingBack",
                     format!(
-                        "rolling back from {} to {} after {} nodes failed: {}",
-                        r.to, r.from, r.failed_nodes.len(), name_list(r.failed_nodes.iter().map(String::as_str))
+                        "rolling back from {} to {} after {}",
+                        r.to,
+                        r.from,
+                        failed_nodes(r)
                     ),
                 ),
                 RolloutPhase::Complete => (
                     false,
                     "RolloutComplete",
-                    format!("the switch from {} to {} is complete: {progress}", r.from, r.to),
+                    format!(
+                        "the switch from {} to {} is complete: {progress}",
+                        r.from, r.to
+                    ),
                 ),
                 RolloutPhase::RolledBack => (
                     false,
                     "RolledBack",
-                    format!("the switch from {} to {} was rolled back; change the spec to try again", r.from, r.to),
+                    format!(
+                        "the switch from {} to {} was rolled back; change the spec to try again",
+                        r.from, r.to
+                    ),
                 ),
             }
         }
@@ -220,19 +248,20 @@ fn degraded_condition(input: &StatusInput<'_>) -> Cond {
         .collect();
     let (ok, reason, message) = if !input.problems.is_empty() {
         (true, "InvalidSpec", input.problems.join("; "))
-    } else if let Some(r) = input
-        .rollout
-        .filter(|r| matches!(r.phase, RolloutPhase::RollingBack | RolloutPhase::RolledBack))
-    {
+    } else if let Some(r) = input.rollout.filter(|r| {
+        matches!(
+            r.phase,
+            RolloutPhase::RollingBack | RolloutPhase::RolledBack
+        )
+    }) {
         (
             true,
             "RolledBack",
             format!(
-                "the pool runs {} instead of spec.mode {} because {} nodes failed the switch: {}",
+                "the pool runs {} instead of spec.mode {} after {}",
                 r.from,
                 r.to,
-                r.failed_nodes.len(),
-                name_list(r.failed_nodes.iter().map(String::as_str))
+                failed_nodes(r)
             ),
         )
     } else if let Some(r) = input.rollout.filter(|r| !r.failed_nodes.is_empty()) {
@@ -250,7 +279,11 @@ fn degraded_condition(input: &StatusInput<'_>) -> Cond {
         (
             true,
             "NodesFailing",
-            format!("{} nodes report their target mode failed: {}", failing.len(), name_list(failing)),
+            format!(
+                "{} nodes report their target mode failed: {}",
+                failing.len(),
+                name_list(failing)
+            ),
         )
     } else {
         (false, "AsExpected", "no node failed".to_string())
@@ -293,6 +326,8 @@ fn conflict_condition(input: &StatusInput<'_>) -> Cond {
         type_: "Conflict",
         ok: true,
         reason: "PriorityTie",
-        message: format!("{message}; they stay as they are until one ProxyConfig's spec.priority is higher"),
+        message: format!(
+            "{message}; they stay as they are until one ProxyConfig's spec.priority is higher"
+        ),
     }
 }

@@ -43,13 +43,17 @@ fn apply_params() -> PatchParams {
 }
 
 pub async fn apply_proxy_node(api: &Api<ProxyNode>, apply: &ProxyNodeApply) -> Result<(), Error> {
-    api.patch(&apply.name, &apply_params(), &Patch::Apply(proxy_node_body(apply)))
-        .await
-        .map_err(|source| Error::Apply {
-            kind: "ProxyNode",
-            name: apply.name.clone(),
-            source,
-        })?;
+    api.patch(
+        &apply.name,
+        &apply_params(),
+        &Patch::Apply(proxy_node_body(apply)),
+    )
+    .await
+    .map_err(|source| Error::Apply {
+        kind: "ProxyNode",
+        name: apply.name.clone(),
+        source,
+    })?;
     Ok(())
 }
 

@@ -16,10 +16,26 @@ fn selectors_match_labels_and_every_expression_operator() {
     ];
     let cases: Vec<(&str, _, Vec<&str>)> = vec![
         ("match-labels", selector(&[("zone", "z1")], &[]), vec!["a"]),
-        ("in", selector(&[], &[("zone", "In", &["z1", "z2"])]), vec!["a", "b"]),
-        ("not-in", selector(&[], &[("zone", "NotIn", &["z1"])]), vec!["b", "c", "d"]),
-        ("exists", selector(&[], &[("legacy", "Exists", &[])]), vec!["c"]),
-        ("does-not-exist", selector(&[], &[("gpu", "DoesNotExist", &[])]), vec!["b", "c", "d"]),
+        (
+            "in",
+            selector(&[], &[("zone", "In", &["z1", "z2"])]),
+            vec!["a", "b"],
+        ),
+        (
+            "not-in",
+            selector(&[], &[("zone", "NotIn", &["z1"])]),
+            vec!["b", "c", "d"],
+        ),
+        (
+            "exists",
+            selector(&[], &[("legacy", "Exists", &[])]),
+            vec!["c"],
+        ),
+        (
+            "does-not-exist",
+            selector(&[], &[("gpu", "DoesNotExist", &[])]),
+            vec!["b", "c", "d"],
+        ),
         (
             "both",
             selector(&[("gpu", "yes")], &[("zone", "In", &["z1"])]),
@@ -50,7 +66,10 @@ fn the_highest_priority_wins_a_node() {
 
 #[test]
 fn a_tie_is_a_conflict_on_every_pool_involved_and_assigns_nothing() {
-    let nodes = vec![node("a", &[("x", "1")]), node("b", &[("x", "1"), ("y", "1")])];
+    let nodes = vec![
+        node("a", &[("x", "1")]),
+        node("b", &[("x", "1"), ("y", "1")]),
+    ];
     let configs = vec![
         config("p", Mode::Iptables, 5, selector(&[("x", "1")], &[])),
         config("q", Mode::Nftables, 5, selector(&[("y", "1")], &[])),
@@ -64,7 +83,7 @@ fn a_tie_is_a_conflict_on_every_pool_involved_and_assigns_nothing() {
         pools: vec!["p".into(), "q".into()],
         priority: 5,
     };
-    assert_eq!(a.conflicts_of("p"), &[conflict.clone()]);
+    assert_eq!(a.conflicts_of("p"), std::slice::from_ref(&conflict));
     assert_eq!(a.conflicts_of("q"), &[conflict]);
     assert!(a.conflicts_of("low").is_empty());
 }
@@ -72,7 +91,12 @@ fn a_tie_is_a_conflict_on_every_pool_involved_and_assigns_nothing() {
 #[test]
 fn an_invalid_selector_selects_nothing_and_is_reported() {
     let nodes = vec![node("a", &[("x", "1")])];
-    let configs = vec![config("bad", Mode::Iptables, 0, selector(&[], &[("x", "Near", &["1"])]))];
+    let configs = vec![config(
+        "bad",
+        Mode::Iptables,
+        0,
+        selector(&[], &[("x", "Near", &["1"])]),
+    )];
     let a = assign_pools(&nodes, &configs);
     assert!(a.assigned.is_empty());
     assert!(a.unassigned.contains("a"));

@@ -130,6 +130,11 @@ impl Pool {
     }
 }
 
+/// The run ended with the rollout to `to` complete, `failed` nodes left behind.
+fn assert_completed(events: &[RolloutEvent], to: Mode, failed: u32) {
+    assert_eq!(events.last(), Some(&RolloutEvent::Complete { to, failed }));
+}
+
 fn batch_sizes(events: &[RolloutEvent]) -> Vec<usize> {
     events
         .iter()
@@ -184,10 +189,13 @@ fn success_moves_in_batches_of_max_unavailable_then_completes() {
     let events = pool.run(20);
     assert_eq!(batch_sizes(&events), vec![2, 1]);
     assert_eq!(
-        events.iter().filter(|e| matches!(e, RolloutEvent::BatchDone { .. })).count(),
+        events
+            .iter()
+            .filter(|e| matches!(e, RolloutEvent::BatchDone { .. }))
+            .count(),
         3
     );
-    assert_eq!(events.last(), Some(&RolloutEvent::Complete { to: Nftables, failed: 0 }));
+    assert_completed(&events, Nftables, 0);
     let status = pool.status.clone().unwrap();
     assert_eq!((status.updated, status.total), (5, 5));
     assert_eq!(status.generation, Some(2));
@@ -214,7 +222,13 @@ fn a_failed_node_is_moved_back_and_the_rollout_reverses_over_budget() {
         failed: 1,
         budget: 0
     }));
-    assert_eq!(events.last(), Some(&RolloutEvent::RolledBack { to: Nftables, from: Iptables }));
+    assert_eq!(
+        events.last(),
+        Some(&RolloutEvent::RolledBack {
+            to: Nftables,
+            from: Iptables
+        })
+    );
     assert_eq!(pool.phase(), Some(RolloutPhase::RolledBack));
     assert_eq!(pool.status.as_ref().unwrap().failed_nodes, vec!["node-01"]);
     assert!(pool.targets().iter().all(|m| *m == Iptables));
@@ -231,7 +245,7 @@ fn failures_within_budget_complete_with_the_failed_nodes_on_the_old_mode() {
     pool.behaviours[4] = Behaviour::Fail;
     pool.edit_mode(Ebpf);
     let events = pool.run(20);
-    assert_eq!(events.last(), Some(&RolloutEvent::Complete { to: Ebpf, failed: 1 }));
+    assert_completed(&events, Ebpf, 1);
     let mut expected = vec![Ebpf; 6];
     expected[4] = Iptables;
     assert_eq!(pool.targets(), expected);
@@ -263,10 +277,14 @@ fn a_node_that_does_not_settle_in_time_is_rolled_back() {
         }
     );
     // The rolled-back node must settle before the next batch takes its slot.
-    assert!(!out.events.iter().any(|e| matches!(e, RolloutEvent::BatchStarted { .. })));
+    assert!(
+        !out.events
+            .iter()
+            .any(|e| matches!(e, RolloutEvent::BatchStarted { .. }))
+    );
     pool.agents();
     let events = pool.run(20);
-    assert_eq!(events.last(), Some(&RolloutEvent::Complete { to: Nftables, failed: 1 }));
+    assert_completed(&events, Nftables, 1);
     assert_eq!(pool.targets(), vec![Iptables, Nftables, Nftables]);
     assert_eq!(pool.max_seen_unavailable, 1);
 }
@@ -280,7 +298,11 @@ fn without_auto_rollback_the_rollout_halts_and_resumes_when_the_budget_is_raised
     let events = pool.run(20);
     assert_eq!(
         events.last(),
-        Some(&RolloutEvent::Halted { to: Nftables, failed: 1, budget: 0 })
+        Some(&RolloutEvent::Halted {
+            to: Nftables,
+            failed: 1,
+            budget: 0
+        })
     );
     pool.agents();
     let halted = pool.operator();
@@ -288,7 +310,7 @@ fn without_auto_rollback_the_rollout_halts_and_resumes_when_the_budget_is_raised
     assert_eq!(pool.phase(), Some(RolloutPhase::Halted));
     pool.policy.failure_budget = 1;
     let events = pool.run(20);
-    assert_eq!(events.last(), Some(&RolloutEvent::Complete { to: Nftables, failed: 1 }));
+    assert_completed(&events, Nftables, 1);
     assert_eq!(pool.targets(), vec![Iptables, Nftables, Nftables, Nftables]);
 }
 
@@ -309,7 +331,7 @@ fn pause_freezes_the_rollout_and_resume_continues_it() {
     assert_eq!(pool.targets(), vec![Nftables, Iptables, Iptables, Iptables]);
     pool.policy.paused = false;
     let events = pool.run(20);
-    assert_eq!(events.last(), Some(&RolloutEvent::Complete { to: Nftables, failed: 0 }));
+    assert_completed(&events, Nftables, 0);
 }
 
 #[test]
@@ -321,14 +343,20 @@ fn a_new_mode_mid_rollout_retargets_every_node() {
     pool.operator(); // batch done, next batch of 2 in flight
     pool.edit_mode(Ebpf);
     let out = pool.operator();
-    assert_eq!(out.events[0], RolloutEvent::Retargeted { previous_to: Nftables, to: Ebpf });
+    assert_eq!(
+        out.events[0],
+        RolloutEvent::Retargeted {
+            previous_to: Nftables,
+            to: Ebpf
+        }
+    );
     // The two nodes still switching to nftables move to ebpf at once (they are
     // unavailable already); the two on nftables wait for them.
     assert_eq!(out.targets.len(), 2);
     assert!(out.targets.values().all(|m| *m == Ebpf));
     pool.agents();
     let events = pool.run(20);
-    assert_eq!(events.last(), Some(&RolloutEvent::Complete { to: Ebpf, failed: 0 }));
+    assert_completed(&events, Ebpf, 0);
     assert!(pool.targets().iter().all(|m| *m == Ebpf));
     assert_eq!(pool.status.as_ref().unwrap().from, Nftables);
     assert!(pool.max_seen_unavailable <= 2);
@@ -342,8 +370,14 @@ fn reverting_the_mode_mid_rollout_moves_the_switched_nodes_back() {
     pool.agents();
     pool.edit_mode(Iptables);
     let events = pool.run(20);
-    assert_eq!(events[0], RolloutEvent::Retargeted { previous_to: Nftables, to: Iptables });
-    assert_eq!(events.last(), Some(&RolloutEvent::Complete { to: Iptables, failed: 0 }));
+    assert_eq!(
+        events[0],
+        RolloutEvent::Retargeted {
+            previous_to: Nftables,
+            to: Iptables
+        }
+    );
+    assert_completed(&events, Iptables, 0);
     assert!(pool.targets().iter().all(|m| *m == Iptables));
 }
 
@@ -363,7 +397,11 @@ fn a_rolled_back_rollout_stays_rolled_back_until_the_spec_changes() {
         failed: None,
         ready: false,
     });
-    pool.agents.push(AgentState { applied: None, failed: None, ready: false });
+    pool.agents.push(AgentState {
+        applied: None,
+        failed: None,
+        ready: false,
+    });
     pool.behaviours.push(Behaviour::Succeed);
     let out = pool.operator();
     assert_eq!(out.targets.len(), 1);
@@ -374,8 +412,15 @@ fn a_rolled_back_rollout_stays_rolled_back_until_the_spec_changes() {
     pool.agents();
     pool.generation += 1;
     let events = pool.run(20);
-    assert!(matches!(events[0], RolloutEvent::Started { from: Iptables, to: Nftables, nodes: 3 }));
-    assert_eq!(events.last(), Some(&RolloutEvent::Complete { to: Nftables, failed: 0 }));
+    assert!(matches!(
+        events[0],
+        RolloutEvent::Started {
+            from: Iptables,
+            to: Nftables,
+            nodes: 3
+        }
+    ));
+    assert_completed(&events, Nftables, 0);
 }
 
 #[test]
@@ -391,8 +436,15 @@ fn a_node_moved_into_a_completed_pool_is_rolled_to_its_mode() {
     pool.nodes[1].target = Some(Ebpf);
     pool.agents();
     let events = pool.run(20);
-    assert!(matches!(events[0], RolloutEvent::Started { from: Ebpf, to: Nftables, .. }));
-    assert_eq!(events.last(), Some(&RolloutEvent::Complete { to: Nftables, failed: 1 }));
+    assert!(matches!(
+        events[0],
+        RolloutEvent::Started {
+            from: Ebpf,
+            to: Nftables,
+            ..
+        }
+    ));
+    assert_completed(&events, Nftables, 1);
     // The node that failed in this generation is not retried.
     assert_eq!(pool.targets(), vec![Nftables, Nftables, Iptables]);
 }
@@ -430,7 +482,13 @@ fn an_operator_restart_resumes_from_what_the_api_holds() {
         back_to: Iptables,
         cause: FailureCause::TimedOut,
     }));
-    assert_eq!(a.last(), Some(&RolloutEvent::Complete { to: Nftables, failed: 1 }));
+    assert_eq!(
+        a.last(),
+        Some(&RolloutEvent::Complete {
+            to: Nftables,
+            failed: 1
+        })
+    );
 }
 
 #[test]
@@ -449,7 +507,7 @@ fn a_status_written_before_the_node_specs_is_repaired_on_resume() {
     assert_eq!(again.targets, out.targets);
     pool.agents();
     let events = pool.run(20);
-    assert_eq!(events.last(), Some(&RolloutEvent::Complete { to: Nftables, failed: 0 }));
+    assert_completed(&events, Nftables, 0);
 }
 
 fn behaviour() -> impl Strategy<Value = Behaviour> {

@@ -3,4 +3,6 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod agent;
+pub mod clock;
 pub mod objects;
+pub mod verifier;

@@ -7,7 +7,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     Condition, LabelSelector, LabelSelectorRequirement, ObjectMeta, Time,
 };
 use k8s_openapi::jiff::Timestamp;
-use switchyard_api::{Mode, ProxyConfig, ProxyConfigSpec, ProxyNode, ProxyNodeSpec, ProxyNodeStatus};
+use switchyard_api::{
+    Mode, ProxyConfig, ProxyConfigSpec, ProxyNode, ProxyNodeSpec, ProxyNodeStatus,
+};
 
 pub fn node(name: &str, labels: &[(&str, &str)]) -> Node {
     Node {

@@ -2,13 +2,13 @@
 /* tc entry points for the node's interfaces (clsact ingress and egress). */
 #include "lib/nat.h"
 
-SEC("tc")
+SEC("classifier")
 int sy_tc_ingress(struct __sk_buff *skb)
 {
 	return sy_nat(skb, 1);
 }
 
-SEC("tc")
+SEC("classifier")
 int sy_tc_egress(struct __sk_buff *skb)
 {
 	return sy_nat(skb, 0);

@@ -189,4 +189,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sy_maglev SEC(".maps");
 
+/* A digest of the load settings the attached programs run with (slot 0),
+ * written by the agent: a restarted agent with the same settings keeps them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sy_load_config SEC(".maps");
+
 #endif

@@ -7,7 +7,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{Array, HashMap, Map, MapData};
 use aya::programs::links::{CgroupAttachMode, FdLink};
 use aya::programs::{CgroupSockAddr, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
@@ -61,7 +61,7 @@ pub const SOCK_PROGRAMS: [&str; 8] = [
 ];
 
 /// The pinned maps, by name.
-pub const MAPS: [&str; 8] = [
+pub const MAPS: [&str; 9] = [
     "sy_frontends",
     "sy_services",
     "sy_backends",
@@ -70,6 +70,7 @@ pub const MAPS: [&str; 8] = [
     "sy_affinity",
     "sy_source_ranges",
     "sy_maglev",
+    "sy_load_config",
 ];
 
 /// Where the programs go.
@@ -122,11 +123,29 @@ impl AyaKernel {
         self.config.pin_root.join("links")
     }
 
-    fn config_file(&self) -> PathBuf {
-        self.config.pin_root.join("config")
+    /// The digest of the settings the attached programs run with, if any.
+    fn attached_digest(&self) -> Option<u64> {
+        let map = MapData::from_pin(self.maps_dir().join("sy_load_config"))
+            .and_then(Map::from_map_data)
+            .ok()?;
+        let array: Array<MapData, u64> = Array::try_from(map).ok()?;
+        let digest = array.get(&0, 0).ok()?;
+        let links = fs::read_dir(self.links_dir()).ok()?.count();
+        (digest != 0 && links > 0).then_some(digest)
     }
 
-    fn load_object(
+    fn set_attached_digest(&self, digest: u64) -> Result<(), BackendError> {
+        let map = MapData::from_pin(self.maps_dir().join("sy_load_config"))
+            .and_then(Map::from_map_data)
+            .map_err(|e| kernel_err("open pinned map", format!("sy_load_config: {e}")))?;
+        let mut array: Array<MapData, u64> =
+            Array::try_from(map).map_err(|e| kernel_err("pinned map layout", e))?;
+        array
+            .set(0, digest, 0)
+            .map_err(|e| kernel_err("write load config", e))
+    }
+
+    pub(crate) fn load_object(
         config: &LoadConfig,
         maps_dir: &Path,
         object: &[u8],
@@ -189,9 +208,11 @@ impl AyaKernel {
                 .map_err(|e| kernel_err("socket program type", e))?;
             prog.load()
                 .map_err(|e| kernel_err("load socket program", e))?;
+            // A bpf link (kernel >= 5.7) coexists with other programs whatever the
+            // mode; link_create rejects the multi flag.
             let id = prog
-                .attach(&cgroup_fd, CgroupAttachMode::AllowMultiple)
-                .map_err(|e| kernel_err("attach socket program", format!("{name}: {e}")))?;
+                .attach(&cgroup_fd, CgroupAttachMode::Single)
+                .map_err(|e| kernel_err("attach socket program", format!("{name}: {e:?}")))?;
             let link: FdLink = prog
                 .take_link(id)
                 .map_err(|e| kernel_err("take socket link", e))?
@@ -260,6 +281,15 @@ fn interfaces() -> Vec<String> {
     names
 }
 
+/// A stable 64-bit digest of a text.
+fn digest(text: &str) -> u64 {
+    use sha2::Digest as _;
+    let hash = sha2::Sha256::digest(text.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash[..8]);
+    u64::from_le_bytes(first) | 1
+}
+
 fn restrict(path: &Path, mode: u32) -> Result<(), BackendError> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .map_err(io_err("restrict permissions"))
@@ -295,8 +325,8 @@ impl EbpfKernel for AyaKernel {
         if self.loaded.as_ref() == Some(config) {
             return Ok(());
         }
-        let wanted = format!("{config:?}\ncgroup={:?}\n", self.config.cgroup);
-        if fs::read_to_string(self.config_file()).ok().as_deref() == Some(wanted.as_str()) {
+        let wanted = digest(&format!("{config:?}\ncgroup={:?}\n", self.config.cgroup));
+        if self.attached_digest() == Some(wanted) {
             // An earlier run left these programs attached: keep them.
             self.loaded = Some(config.clone());
             return Ok(());
@@ -314,7 +344,6 @@ impl EbpfKernel for AyaKernel {
             restrict(&dir, 0o700)?;
         }
         self.detach_all()?;
-        let _ = fs::remove_file(self.config_file());
         self.maps = None;
         self.attach_tc(config)?;
         if let (true, Some(cgroup)) = (config.socket_lb, self.config.cgroup.clone()) {
@@ -326,8 +355,7 @@ impl EbpfKernel for AyaKernel {
                 restrict(&path, 0o600)?;
             }
         }
-        fs::write(self.config_file(), wanted).map_err(io_err("write load config"))?;
-        restrict(&self.config_file(), 0o600)?;
+        self.set_attached_digest(wanted)?;
         self.loaded = Some(config.clone());
         Ok(())
     }
@@ -401,12 +429,6 @@ impl EbpfKernel for AyaKernel {
                 }
                 _ => {}
             }
-        }
-        match fs::remove_file(self.config_file()) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io_err("remove load config")(e));
-            }
-            _ => {}
         }
         match fs::remove_dir(&self.config.pin_root) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("remove pin root")(e)),

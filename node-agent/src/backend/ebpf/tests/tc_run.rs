@@ -1,0 +1,262 @@
+//! The tc programs in the kernel (BPF_PROG_TEST_RUN through aya's `test_run`):
+//! crafted frames in, rewritten frames out, checksums verified.
+
+use std::net::Ipv4Addr;
+
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use switchyard_api::Mode;
+use switchyard_api::ruleset::TrafficPolicy;
+
+use super::fixtures::*;
+use crate::backend::Backend as _;
+use crate::backend::ebpf::EbpfBackend;
+use crate::backend::ebpf::kernel::{AyaKernel, KernelConfig};
+use crate::backend::ebpf::objects;
+use crate::backend::ebpf::plan::{EbpfPlan, render};
+use crate::settings::Settings;
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+
+fn sum16(data: &[u8], mut acc: u32) -> u32 {
+    for chunk in data.chunks(2) {
+        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
+        acc += u32::from(word);
+    }
+    acc
+}
+
+fn fold(mut acc: u32) -> u16 {
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
+}
+
+/// An Ethernet/IPv4 frame with a TCP SYN (proto 6) or a UDP datagram (17), checksums set.
+fn frame(proto: u8, src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
+    let (src, dst): (Ipv4Addr, Ipv4Addr) = (src.parse().unwrap(), dst.parse().unwrap());
+    let payload = b"hello";
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&sport.to_be_bytes());
+    l4.extend_from_slice(&dport.to_be_bytes());
+    if proto == 6 {
+        l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    } else {
+        l4.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        l4.extend_from_slice(&[0, 0]);
+    }
+    l4.extend_from_slice(payload);
+    let csum_at = if proto == 6 { 16 } else { 6 };
+    let csum = l4_checksum(proto, src, dst, &l4);
+    l4[csum_at..csum_at + 2].copy_from_slice(&csum.to_be_bytes());
+
+    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, proto, 0, 0];
+    ip[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = fold(sum16(&ip, 0));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+
+    let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+    f.extend(ip);
+    f.extend(l4);
+    f
+}
+
+fn l4_checksum(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, l4_zeroed: &[u8]) -> u16 {
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, proto]);
+    pseudo.extend_from_slice(&(l4_zeroed.len() as u16).to_be_bytes());
+    fold(sum16(l4_zeroed, sum16(&pseudo, 0)))
+}
+
+/// (src, sport, dst, dport) of a frame, after checking both checksums.
+fn parse_checked(f: &[u8]) -> (String, u16, String, u16) {
+    let ip = &f[14..34];
+    assert_eq!(fold(sum16(ip, 0)), 0, "IPv4 header checksum");
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let proto = ip[9];
+    let l4 = &f[34..];
+    let csum_at = if proto == 6 { 16 } else { 6 };
+    let mut zeroed = l4.to_vec();
+    let got = u16::from_be_bytes([l4[csum_at], l4[csum_at + 1]]);
+    zeroed[csum_at..csum_at + 2].copy_from_slice(&[0, 0]);
+    assert_eq!(got, l4_checksum(proto, src, dst, &zeroed), "L4 checksum");
+    let port = |i: usize| u16::from_be_bytes([l4[i], l4[i + 1]]);
+    (src.to_string(), port(0), dst.to_string(), port(2))
+}
+
+/// A loaded tc ingress program over maps pinned in a bpffs of the test.
+struct Harness {
+    _bpffs: Bpffs,
+    ingress: aya::Ebpf,
+}
+
+impl Harness {
+    fn new(plan: &EbpfPlan) -> Harness {
+        let bpffs = Bpffs::mount();
+        let pin_root = bpffs.dir.join("switchyard");
+        let mut config = plan.config.clone();
+        config.devices = Vec::new();
+        // Load the programs (no interfaces: nothing is attached) and write the maps.
+        let ns = Netns::new("-tc");
+        let kernel = AyaKernel::new(KernelConfig {
+            pin_root: pin_root.clone(),
+            cgroup: None,
+        });
+        let mut backend = EbpfBackend::new(kernel);
+        let mut attached = plan.clone();
+        attached.config = config.clone();
+        ns.enter(|| backend.apply(&attached).unwrap());
+        let mut ingress =
+            AyaKernel::load_object(&config, &pin_root.join("maps"), objects::TC).unwrap();
+        let prog: &mut SchedClassifier = ingress
+            .program_mut("sy_tc_ingress")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        prog.load().unwrap();
+        Harness {
+            _bpffs: bpffs,
+            ingress,
+        }
+    }
+
+    /// Run the ingress program; the verdict and the frame as it leaves.
+    fn run(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
+        let prog: &mut SchedClassifier = self
+            .ingress
+            .program_mut("sy_tc_ingress")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let mut out = vec![0u8; input.len() + 64];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
+            .unwrap();
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+}
+
+fn external_service(policy: TrafficPolicy) -> EbpfPlan {
+    let mut svc = service(
+        7,
+        "10.96.0.7",
+        80,
+        vec![
+            backend(70, "10.244.1.5", 8080, "node-a"),
+            backend(71, "10.244.2.5", 8080, "node-b"),
+        ],
+    );
+    svc.external_ips = vec![ip("203.0.113.10")];
+    svc.load_balancer_ips = vec![ip("203.0.113.20")];
+    svc.load_balancer_source_ranges = vec!["198.51.100.0/24".parse().unwrap()];
+    svc.node_port = Some(30080);
+    svc.external_traffic_policy = policy;
+    let mut udp = service(
+        8,
+        "10.96.0.8",
+        53,
+        vec![backend(80, "10.244.1.8", 5353, "node-a")],
+    );
+    udp.protocol = switchyard_api::ruleset::Protocol::Udp;
+    udp.node_port = Some(30053);
+    render(&linked(vec![svc, udp]), &Settings::defaults(Mode::Ebpf))
+}
+
+#[test]
+fn node_port_flow_is_dnated_and_masqueraded_and_replies_are_reversed() {
+    let mut h = Harness::new(&external_service(TrafficPolicy::Cluster));
+    let (verdict, out) = h.run(&frame(6, "198.51.100.7", 40000, NODE_IP, 30080));
+    assert_eq!(verdict, TC_ACT_OK);
+    let (src, sport, dst, dport) = parse_checked(&out);
+    assert_eq!(
+        (src.as_str(), sport),
+        (NODE_IP, 40000),
+        "masqueraded to the node address"
+    );
+    assert!(
+        ["10.244.1.5", "10.244.2.5"].contains(&dst.as_str()),
+        "DNAT to a backend, got {dst}"
+    );
+    assert_eq!(dport, 8080);
+
+    // The same flow again keeps its backend (conntrack).
+    for _ in 0..8 {
+        let (_, again) = h.run(&frame(6, "198.51.100.7", 40000, NODE_IP, 30080));
+        assert_eq!(parse_checked(&again).2, dst);
+    }
+    // The backend's reply goes back as the NodePort.
+    let (verdict, reply) = h.run(&frame(6, &dst, 8080, NODE_IP, 40000));
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(
+        parse_checked(&reply),
+        (
+            NODE_IP.to_string(),
+            30080,
+            "198.51.100.7".to_string(),
+            40000
+        )
+    );
+}
+
+#[test]
+fn local_external_policy_keeps_the_client_address_and_uses_local_endpoints() {
+    let mut h = Harness::new(&external_service(TrafficPolicy::Local));
+    for sport in 41000..41010 {
+        let (verdict, out) = h.run(&frame(6, "198.51.100.7", sport, "203.0.113.10", 80));
+        assert_eq!(verdict, TC_ACT_OK);
+        assert_eq!(
+            parse_checked(&out),
+            (
+                "198.51.100.7".to_string(),
+                sport,
+                "10.244.1.5".to_string(),
+                8080
+            )
+        );
+    }
+}
+
+#[test]
+fn load_balancer_source_ranges_drop_other_clients() {
+    let mut h = Harness::new(&external_service(TrafficPolicy::Cluster));
+    let (allowed, _) = h.run(&frame(6, "198.51.100.7", 42000, "203.0.113.20", 80));
+    assert_eq!(allowed, TC_ACT_OK);
+    let (denied, _) = h.run(&frame(6, "192.0.2.99", 42000, "203.0.113.20", 80));
+    assert_eq!(denied, TC_ACT_SHOT);
+    // The external IP of the same service has no source ranges.
+    let (ext, _) = h.run(&frame(6, "192.0.2.99", 42001, "203.0.113.10", 80));
+    assert_eq!(ext, TC_ACT_OK);
+}
+
+#[test]
+fn udp_node_port_is_rewritten_with_a_valid_checksum_and_other_traffic_passes_untouched() {
+    let mut h = Harness::new(&external_service(TrafficPolicy::Cluster));
+    let (verdict, out) = h.run(&frame(17, "198.51.100.9", 5000, NODE_IP, 30053));
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(
+        parse_checked(&out),
+        (NODE_IP.to_string(), 5000, "10.244.1.8".to_string(), 5353)
+    );
+
+    let other = frame(6, "198.51.100.9", 5000, NODE_IP, 22);
+    let (verdict, out) = h.run(&other);
+    assert_eq!(
+        (verdict, out),
+        (TC_ACT_OK, other),
+        "not a frontend: untouched"
+    );
+    // A cluster IP is not load-balanced on the tc path.
+    let cip = frame(6, "198.51.100.9", 5001, "10.96.0.7", 80);
+    assert_eq!(h.run(&cip).1, cip);
+}

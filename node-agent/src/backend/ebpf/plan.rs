@@ -309,11 +309,7 @@ impl fmt::Display for EbpfPlan {
             }
         )?;
         writeln!(f, "map sy_frontends")?;
-        writeln!(
-            f,
-            "  {:<44} {:>8} {:<10} {}",
-            "FRONTEND", "SVC", "KIND", "FLAGS"
-        )?;
+        writeln!(f, "  {:<44} {:>8} {:<10} FLAGS", "FRONTEND", "SVC", "KIND")?;
         for (k, v) in &self.maps.frontends {
             let kind = match v.kind {
                 KIND_CLUSTER_IP => "clusterIP",
@@ -338,8 +334,8 @@ impl fmt::Display for EbpfPlan {
         writeln!(f, "map sy_services")?;
         writeln!(
             f,
-            "  {:>8} {:<12} {:>5} {:<24} {:>8} {}",
-            "SVC", "LIST", "COUNT", "FLAGS", "AFFINITY", "SLOTS 1..n"
+            "  {:>8} {:<12} {:>5} {:<24} {:>8} SLOTS 1..n",
+            "SVC", "LIST", "COUNT", "FLAGS", "AFFINITY"
         )?;
         for ((svc, list), l) in &self.maps.lists {
             let slots: Vec<String> = l.backends.iter().map(u32::to_string).collect();
@@ -355,13 +351,13 @@ impl fmt::Display for EbpfPlan {
             )?;
         }
         writeln!(f, "map sy_backends")?;
-        writeln!(f, "  {:>8} {}", "ID", "BACKEND")?;
+        writeln!(f, "  {:>8} BACKEND", "ID")?;
         for (id, b) in &self.maps.backends {
             writeln!(f, "  {:>8} {}", id, b)?;
         }
         if !self.maps.source_ranges.is_empty() {
             writeln!(f, "map sy_source_ranges")?;
-            writeln!(f, "  {:>8} {}", "SVC", "RANGE")?;
+            writeln!(f, "  {:>8} RANGE", "SVC")?;
             for (r, prefix) in &self.maps.source_ranges {
                 writeln!(
                     f,
@@ -374,7 +370,7 @@ impl fmt::Display for EbpfPlan {
         }
         if !self.maps.maglev.is_empty() {
             writeln!(f, "map sy_maglev")?;
-            writeln!(f, "  {:>8} {:>6} {}", "SVC", "SIZE", "FIRST ENTRIES")?;
+            writeln!(f, "  {:>8} {:>6} FIRST ENTRIES", "SVC", "SIZE")?;
             for (svc, table) in &self.maps.maglev {
                 let head: Vec<String> = table.iter().take(16).map(u32::to_string).collect();
                 writeln!(f, "  {:>8} {:>6} {}", svc, table.len(), head.join(" "))?;

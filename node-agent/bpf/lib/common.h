@@ -36,6 +36,9 @@ volatile const __u32 CFG_MAGLEV_SIZE = 0;
 /* The node address external traffic is masqueraded to (network byte order; 0: none). */
 volatile const __u32 CFG_NODE_IP4 = 0;
 volatile const __u32 CFG_NODE_IP6[4] = {0, 0, 0, 0};
+/* Whether sy_source_ranges holds the cluster's pod ranges under
+ * SY_LOCAL_DETECTOR (traffic from elsewhere to a cluster IP is masqueraded). */
+volatile const __u8 CFG_LOCAL_DETECTOR = 0;
 
 SY_INLINE int sy_addr_eq(const __u32 *a, const __u32 *b)
 {

@@ -19,6 +19,12 @@ struct sy_client {
 	__u32 hash; /* flow hash for Maglev */
 };
 
+/* The list number of `base` for `family`. */
+SY_INLINE __u8 sy_list(__u8 base, __u8 family)
+{
+	return family == AF_INET6 ? (base | SY_LIST_V6) : base;
+}
+
 SY_INLINE struct sy_svc_slot *sy_slot0(__u32 svc_id, __u8 list)
 {
 	struct sy_svc_key key = {.svc_id = svc_id, .slot = 0, .list = list, .rev = 0};
@@ -62,9 +68,9 @@ SY_INLINE __u32 *sy_pick_slot(__u32 svc_id, __u8 list, __u32 pick, struct sy_svc
 	return 0;
 }
 
-SY_INLINE __u32 *sy_maglev_pick(__u32 svc_id, __u32 hash)
+SY_INLINE __u32 *sy_maglev_pick(__u32 svc_id, __u8 list, __u32 hash)
 {
-	struct sy_maglev_key key = {.svc_id = svc_id};
+	struct sy_maglev_key key = {.svc_id = svc_id, .list = list};
 
 	if (CFG_MAGLEV_SIZE == 0)
 		return 0;
@@ -99,8 +105,8 @@ SY_INLINE enum sy_verdict sy_select(__u32 svc_id, __u8 list, const struct sy_cli
 			return SY_FORWARD;
 	}
 
-	if ((s0->flags & SY_SVC_MAGLEV) && list == SY_LIST_EXTERNAL)
-		id = sy_maglev_pick(svc_id, client->hash);
+	if (s0->flags & SY_SVC_MAGLEV)
+		id = sy_maglev_pick(svc_id, list, client->hash);
 	if (!id)
 		id = sy_pick_slot(svc_id, list, bpf_get_prandom_u32(), &s0);
 	if (!id)

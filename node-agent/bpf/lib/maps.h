@@ -20,14 +20,18 @@
 /* sy_frontend.flags */
 #define SY_FE_SOURCE_RANGES 1 /* loadBalancerSourceRanges apply (sy_source_ranges) */
 
+/* sy_source_range_key.svc_id of the local-traffic detector's ranges */
+#define SY_LOCAL_DETECTOR 0xffffffff
+
 /* sy_svc_key.list: which endpoint list of a service port */
 #define SY_LIST_INTERNAL 0 /* cluster IPs (internalTrafficPolicy) */
 #define SY_LIST_CLUSTER 1  /* external frontends reached from the node or its pods */
 #define SY_LIST_EXTERNAL 2 /* external frontends reached from outside (externalTrafficPolicy) */
+#define SY_LIST_V6 0x10	   /* or-ed in: the IPv6 endpoints of the list */
 
 /* sy_svc_slot.flags (slot 0) */
 #define SY_SVC_REJECT 1	    /* no usable endpoint anywhere: reject instead of drop */
-#define SY_SVC_MASQUERADE 2 /* masquerade traffic from outside to the node address */
+#define SY_SVC_MASQUERADE 2 /* masquerade traffic through tc to the node address */
 #define SY_SVC_AFFINITY 4   /* ClientIP session affinity (sy_affinity) */
 #define SY_SVC_MAGLEV 8	    /* select through sy_maglev */
 
@@ -117,6 +121,8 @@ struct sy_source_range_key {
 
 struct sy_maglev_key {
 	__u32 svc_id;
+	__u8 list;
+	__u8 pad[3];
 	__u32 index;
 };
 

@@ -144,18 +144,42 @@ SY_INLINE __u32 sy_tuple_hash(const struct sy_tuple *t)
 	return sy_fmix(sy_mix(h, t->proto));
 }
 
-/* loadBalancerSourceRanges: whether the client may reach the service. */
-SY_INLINE int sy_source_allowed(const struct sy_frontend *fe, const struct sy_tuple *t)
+/* Whether the packet's source is in the ranges stored under `svc_id`. */
+SY_INLINE int sy_source_in(__u32 svc_id, const struct sy_tuple *t)
 {
 	struct sy_source_range_key key = {};
 
-	if (!(fe->flags & SY_FE_SOURCE_RANGES))
-		return 1;
 	key.prefixlen = 64 + (t->family == AF_INET ? 32 : 128);
-	key.svc_id = fe->svc_id;
+	key.svc_id = svc_id;
 	key.family = t->family;
 	sy_addr_copy(key.addr, t->src);
 	return bpf_map_lookup_elem(&sy_source_ranges, &key) != 0;
+}
+
+/* loadBalancerSourceRanges: whether the client may reach the service. */
+SY_INLINE int sy_source_allowed(const struct sy_frontend *fe, const struct sy_tuple *t)
+{
+	return !(fe->flags & SY_FE_SOURCE_RANGES) || sy_source_in(fe->svc_id, t);
+}
+
+/*
+ * Which list serves a new flow from outside, and whether to masquerade it:
+ * external frontends use the external list (masquerade per
+ * externalTrafficPolicy); a cluster IP reached through the node uses the
+ * internal list and is masqueraded unless it comes from the cluster's pods.
+ */
+SY_INLINE __u8 sy_nat_list(const struct sy_frontend *fe, __u8 family)
+{
+	return sy_list(fe->kind == SY_KIND_CLUSTER_IP ? SY_LIST_INTERNAL : SY_LIST_EXTERNAL, family);
+}
+
+SY_INLINE int sy_nat_masquerade(const struct sy_frontend *fe, const struct sy_svc_slot *s0,
+				const struct sy_tuple *t)
+{
+	if (s0 && (s0->flags & SY_SVC_MASQUERADE))
+		return 1;
+	return fe->kind == SY_KIND_CLUSTER_IP && CFG_LOCAL_DETECTOR &&
+	       !sy_source_in(SY_LOCAL_DETECTOR, t);
 }
 
 /* The node address to masquerade to, or 0 when none is configured. */
@@ -184,17 +208,19 @@ SY_INLINE int sy_nat_new_flow(struct __sk_buff *skb, const struct sy_pkt *pkt)
 	struct sy_svc_slot *s0;
 	struct sy_frontend *fe;
 	__u32 masq[4];
+	__u8 list;
 
 	sy_addr_copy(fkey.addr, pkt->t.dst);
 	fe = bpf_map_lookup_elem(&sy_frontends, &fkey);
-	if (!fe || fe->kind == SY_KIND_CLUSTER_IP)
+	if (!fe)
 		return TC_ACT_OK;
+	list = sy_nat_list(fe, pkt->t.family);
 	if (!sy_source_allowed(fe, &pkt->t))
 		return TC_ACT_SHOT;
 
 	sy_addr_copy(client.addr, pkt->t.src);
 	client.hash = sy_tuple_hash(&pkt->t);
-	switch (sy_select(fe->svc_id, SY_LIST_EXTERNAL, &client, &backend)) {
+	switch (sy_select(fe->svc_id, list, &client, &backend)) {
 	case SY_NOT_SERVICE:
 		return TC_ACT_OK;
 	case SY_DROP:
@@ -209,8 +235,8 @@ SY_INLINE int sy_nat_new_flow(struct __sk_buff *skb, const struct sy_pkt *pkt)
 	to = pkt->t;
 	sy_addr_copy(to.dst, backend->addr);
 	to.dport = backend->port;
-	s0 = sy_slot0(fe->svc_id, SY_LIST_EXTERNAL);
-	if (s0 && (s0->flags & SY_SVC_MASQUERADE) && sy_masquerade_addr(pkt->t.family, masq))
+	s0 = sy_slot0(fe->svc_id, list);
+	if (sy_nat_masquerade(fe, s0, &pkt->t) && sy_masquerade_addr(pkt->t.family, masq))
 		sy_addr_copy(to.src, masq);
 
 	sy_tuple_reverse(&reply, &to);

@@ -21,14 +21,14 @@ SY_INLINE struct sy_frontend *sy_sock_frontend(const __u32 *addr, __u16 port, __
 
 /* Cluster IPs use the internal list; external frontends reached from the node
  * or its pods short-circuit to the cluster list (kube-proxy does the same). */
-SY_INLINE __u8 sy_sock_list(const struct sy_frontend *fe)
+SY_INLINE __u8 sy_sock_list(const struct sy_frontend *fe, __u8 family)
 {
-	return fe->kind == SY_KIND_CLUSTER_IP ? SY_LIST_INTERNAL : SY_LIST_CLUSTER;
+	return sy_list(fe->kind == SY_KIND_CLUSTER_IP ? SY_LIST_INTERNAL : SY_LIST_CLUSTER, family);
 }
 
 SY_INLINE __u8 sy_sock_proto(struct bpf_sock_addr *ctx)
 {
-	return ctx->type == 2 /* SOCK_DGRAM */ ? IPPROTO_UDP : IPPROTO_TCP;
+	return (__u8)ctx->protocol;
 }
 
 /*
@@ -47,7 +47,7 @@ SY_INLINE int sy_sock_rewrite(struct bpf_sock_addr *ctx, __u32 *addr, __u16 *por
 	if (!fe)
 		return 1;
 	client.cookie = bpf_get_netns_cookie(ctx);
-	switch (sy_select(fe->svc_id, sy_sock_list(fe), &client, &backend)) {
+	switch (sy_select(fe->svc_id, sy_sock_list(fe, family), &client, &backend)) {
 	case SY_NOT_SERVICE:
 		return 1;
 	case SY_REJECT:

@@ -161,6 +161,7 @@ impl AyaKernel {
             .override_global("CFG_MAGLEV_SIZE", &config.maglev_table_size, true)
             .override_global("CFG_NODE_IP4", &ip4, true)
             .override_global("CFG_NODE_IP6", &ip6.0, true)
+            .override_global("CFG_LOCAL_DETECTOR", &u8::from(config.local_detector), true)
             .load(object)
             .map_err(|e| kernel_err("load object", e))
     }

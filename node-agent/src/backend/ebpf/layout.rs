@@ -233,6 +233,9 @@ pub struct SourceRange {
     pub addr: Addr,
 }
 
+/// `sy_source_range_key.svc_id` of the local-traffic detector's ranges.
+pub const LOCAL_DETECTOR_ID: u32 = u32::MAX;
+
 /// `struct sy_source_range_key.prefixlen` covers `svc_id` and `family` too.
 pub const SOURCE_RANGE_PREFIX_BASE: u32 = 64;
 
@@ -241,6 +244,8 @@ pub const SOURCE_RANGE_PREFIX_BASE: u32 = 64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MaglevKey {
     pub svc_id: u32,
+    pub list: u8,
+    pub pad: [u8; 3],
     pub index: u32,
 }
 
@@ -256,7 +261,7 @@ const _: () = assert!(size_of::<Tuple>() == 40);
 const _: () = assert!(size_of::<AffinityKey>() == 32);
 const _: () = assert!(size_of::<Affinity>() == 16);
 const _: () = assert!(size_of::<SourceRange>() == 24);
-const _: () = assert!(size_of::<MaglevKey>() == 8);
+const _: () = assert!(size_of::<MaglevKey>() == 12);
 
 // SAFETY: every type is #[repr(C)] of integers with no implicit padding (the
 // size asserts above pin that), so any bit pattern is valid.

@@ -5,11 +5,11 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use switchyard_api::policy::{LinkedRuleset, LinkedServicePort};
-use switchyard_api::ruleset::{Backend, IpFamily, Protocol};
+use switchyard_api::ruleset::{Backend, Cidr, IpFamily, Protocol};
 
 use super::layout::*;
 use super::maglev;
-use crate::settings::{NodePortAddresses, Settings};
+use crate::settings::{LocalDetector, NodePortAddresses, Settings};
 
 /// One endpoint list of a service port (slot 0 plus slots 1..n).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -28,8 +28,8 @@ pub struct MapState {
     pub backends: BTreeMap<u32, BackendEntry>,
     /// (range, prefix length of the CIDR).
     pub source_ranges: BTreeSet<(SourceRange, u8)>,
-    /// Service port id → Maglev table (backend ids).
-    pub maglev: BTreeMap<u32, Vec<u32>>,
+    /// (service port id, list) → Maglev table (backend ids).
+    pub maglev: BTreeMap<(u32, u8), Vec<u32>>,
 }
 
 /// The load-time settings of the programs (the `volatile const` globals) and
@@ -40,6 +40,8 @@ pub struct LoadConfig {
     pub maglev_table_size: u32,
     pub node_ip4: Option<Ipv4Addr>,
     pub node_ip6: Option<Ipv6Addr>,
+    /// The local-traffic detector's ranges are in `sy_source_ranges`.
+    pub local_detector: bool,
     /// Interfaces for the tc programs; empty: every interface but loopback.
     pub devices: Vec<String>,
 }
@@ -69,10 +71,19 @@ pub fn render(ruleset: &LinkedRuleset, settings: &Settings) -> EbpfPlan {
             maglev_table_size: settings.ebpf.maglev_table_size.unwrap_or(0),
             node_ip4,
             node_ip6,
+            local_detector: false,
             devices: settings.ebpf.host_devices.clone(),
         },
         ..EbpfPlan::default()
     };
+    if let LocalDetector::Cidrs(cidrs) = &settings.local_detector {
+        plan.config.local_detector = !cidrs.is_empty();
+        for cidr in cidrs {
+            plan.maps
+                .source_ranges
+                .insert((source_range(LOCAL_DETECTOR_ID, cidr), cidr.prefix()));
+        }
+    }
     let node_port_ips = node_port_addresses(ruleset, settings);
     for sp in &ruleset.services {
         render_service_port(&mut plan, sp, settings, &node_port_ips);
@@ -124,6 +135,13 @@ fn render_service_port(
         base_flags |= SVC_AFFINITY;
     }
     let mut external_flags = base_flags;
+    // Through tc, a cluster IP is masqueraded for sources outside the cluster
+    // (the local detector, in the program) or always with masqueradeAll.
+    let internal_flags = if settings.masquerade_all {
+        base_flags | SVC_MASQUERADE
+    } else {
+        base_flags
+    };
     if !sp.external_policy_local() || settings.masquerade_all {
         external_flags |= SVC_MASQUERADE;
     }
@@ -136,7 +154,7 @@ fn render_service_port(
         let in_family = |b: &&Backend| IpFamily::of(&b.ip) == family;
         let mut lists = vec![(
             LIST_INTERNAL,
-            base_flags,
+            internal_flags,
             sp.internal_endpoints()
                 .filter(in_family)
                 .collect::<Vec<_>>(),
@@ -179,7 +197,9 @@ fn render_service_port(
                 && let Some(m) = maglev_size
                 && !chosen.is_empty()
             {
-                plan.maps.maglev.insert(id, maglev::table(&chosen, m));
+                plan.maps
+                    .maglev
+                    .insert((id, list_id(base, family)), maglev::table(&chosen, m));
             }
             let ids = chosen.into_iter().map(|(id, _)| id).collect();
             plan.maps.lists.insert(
@@ -234,13 +254,18 @@ fn render_service_port(
     }
     if has_ranges {
         for cidr in &rule.load_balancer_source_ranges {
-            let range = SourceRange {
-                svc_id: id,
-                family: u32::from(family_of(&cidr.addr())),
-                addr: Addr::from_ip(cidr.addr()),
-            };
-            plan.maps.source_ranges.insert((range, cidr.prefix()));
+            plan.maps
+                .source_ranges
+                .insert((source_range(id, cidr), cidr.prefix()));
         }
+    }
+}
+
+fn source_range(svc_id: u32, cidr: &Cidr) -> SourceRange {
+    SourceRange {
+        svc_id,
+        family: u32::from(family_of(&cidr.addr())),
+        addr: Addr::from_ip(cidr.addr()),
     }
 }
 
@@ -370,10 +395,21 @@ impl fmt::Display for EbpfPlan {
         }
         if !self.maps.maglev.is_empty() {
             writeln!(f, "map sy_maglev")?;
-            writeln!(f, "  {:>8} {:>6} FIRST ENTRIES", "SVC", "SIZE")?;
-            for (svc, table) in &self.maps.maglev {
+            writeln!(
+                f,
+                "  {:>8} {:<12} {:>6} FIRST ENTRIES",
+                "SVC", "LIST", "SIZE"
+            )?;
+            for ((svc, list), table) in &self.maps.maglev {
                 let head: Vec<String> = table.iter().take(16).map(u32::to_string).collect();
-                writeln!(f, "  {:>8} {:>6} {}", svc, table.len(), head.join(" "))?;
+                writeln!(
+                    f,
+                    "  {:>8} {:<12} {:>6} {}",
+                    svc,
+                    list_name(*list),
+                    table.len(),
+                    head.join(" ")
+                )?;
             }
         }
         for p in &self.problems {

@@ -49,6 +49,15 @@ fn slot_key(svc_id: u32, list: u8, slot: u16, rev: u8) -> SvcKey {
     }
 }
 
+fn maglev_key((svc_id, list): (u32, u8), index: u32) -> MaglevKey {
+    MaglevKey {
+        svc_id,
+        list,
+        pad: [0; 3],
+        index,
+    }
+}
+
 fn slot_count(list: &ServiceList) -> u16 {
     u16::try_from(list.backends.len()).unwrap_or(u16::MAX)
 }
@@ -106,22 +115,13 @@ pub fn sync_ops(old: &Snapshot, new: &MapState) -> (Vec<MapOp>, Revisions) {
         for (index, id) in table.iter().enumerate() {
             let index = u32::try_from(index).unwrap_or(u32::MAX);
             if before.and_then(|t| t.get(index as usize)) != Some(id) {
-                ops.push(MapOp::PutMaglev(
-                    MaglevKey {
-                        svc_id: *svc,
-                        index,
-                    },
-                    *id,
-                ));
+                ops.push(MapOp::PutMaglev(maglev_key(*svc, index), *id));
             }
         }
         if let Some(before) = before {
             for index in table.len()..before.len() {
                 let index = u32::try_from(index).unwrap_or(u32::MAX);
-                ops.push(MapOp::DeleteMaglev(MaglevKey {
-                    svc_id: *svc,
-                    index,
-                }));
+                ops.push(MapOp::DeleteMaglev(maglev_key(*svc, index)));
             }
         }
     }
@@ -160,10 +160,7 @@ pub fn sync_ops(old: &Snapshot, new: &MapState) -> (Vec<MapOp>, Revisions) {
     {
         for index in 0..table.len() {
             let index = u32::try_from(index).unwrap_or(u32::MAX);
-            ops.push(MapOp::DeleteMaglev(MaglevKey {
-                svc_id: *svc,
-                index,
-            }));
+            ops.push(MapOp::DeleteMaglev(maglev_key(*svc, index)));
         }
     }
     for id in was
@@ -262,7 +259,7 @@ impl RawMaps {
         snap.state.backends = self.backends.clone();
         snap.state.source_ranges = self.source_ranges.clone();
         for (k, v) in &self.maglev {
-            let table = snap.state.maglev.entry(k.svc_id).or_default();
+            let table = snap.state.maglev.entry((k.svc_id, k.list)).or_default();
             if table.len() == k.index as usize {
                 table.push(*v);
             }

@@ -152,14 +152,14 @@ fn maglev_tables_cover_every_backend_and_move_few_entries_on_change() {
         .collect();
     let mut svc = service(9, "10.96.0.9", 80, backends.clone());
     svc.node_port = Some(30009);
-    let before = render(&linked(vec![svc.clone()]), &s).maps.maglev[&9].clone();
+    let before = render(&linked(vec![svc.clone()]), &s).maps.maglev[&(9, LIST_EXTERNAL)].clone();
     assert_eq!(before.len(), 251);
     for b in &backends {
         let n = before.iter().filter(|id| **id == b.id).count();
         assert!((40..=60).contains(&n), "backend {} has {n} entries", b.id);
     }
     svc.backends.pop();
-    let after = render(&linked(vec![svc]), &s).maps.maglev[&9].clone();
+    let after = render(&linked(vec![svc]), &s).maps.maglev[&(9, LIST_EXTERNAL)].clone();
     let moved = before
         .iter()
         .zip(&after)

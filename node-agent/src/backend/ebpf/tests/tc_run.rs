@@ -13,7 +13,7 @@ use crate::backend::ebpf::EbpfBackend;
 use crate::backend::ebpf::kernel::{AyaKernel, KernelConfig};
 use crate::backend::ebpf::objects;
 use crate::backend::ebpf::plan::{EbpfPlan, render};
-use crate::settings::Settings;
+use crate::settings::{LocalDetector, Settings};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -148,6 +148,8 @@ impl Harness {
 }
 
 fn external_service(policy: TrafficPolicy) -> EbpfPlan {
+    let mut settings = Settings::defaults(Mode::Ebpf);
+    settings.local_detector = LocalDetector::Cidrs(vec!["10.0.0.0/8".parse().unwrap()]);
     let mut svc = service(
         7,
         "10.96.0.7",
@@ -170,7 +172,7 @@ fn external_service(policy: TrafficPolicy) -> EbpfPlan {
     );
     udp.protocol = switchyard_api::ruleset::Protocol::Udp;
     udp.node_port = Some(30053);
-    render(&linked(vec![svc, udp]), &Settings::defaults(Mode::Ebpf))
+    render(&linked(vec![svc, udp]), &settings)
 }
 
 #[test]
@@ -256,7 +258,19 @@ fn udp_node_port_is_rewritten_with_a_valid_checksum_and_other_traffic_passes_unt
         (TC_ACT_OK, other),
         "not a frontend: untouched"
     );
-    // A cluster IP is not load-balanced on the tc path.
-    let cip = frame(6, "198.51.100.9", 5001, "10.96.0.7", 80);
-    assert_eq!(h.run(&cip).1, cip);
+}
+
+#[test]
+fn cluster_ip_through_the_node_is_masqueraded_unless_from_the_cluster() {
+    let mut h = Harness::new(&external_service(TrafficPolicy::Local));
+    let (verdict, out) = h.run(&frame(6, "198.51.100.9", 5001, "10.96.0.7", 80));
+    assert_eq!(verdict, TC_ACT_OK);
+    let (src, _, dst, dport) = parse_checked(&out);
+    assert_eq!(src, NODE_IP, "off-cluster source masqueraded");
+    assert!(
+        ["10.244.1.5", "10.244.2.5"].contains(&dst.as_str()) && dport == 8080,
+        "{dst}"
+    );
+    let (_, out) = h.run(&frame(6, "10.1.2.3", 5002, "10.96.0.7", 80));
+    assert_eq!(parse_checked(&out).0, "10.1.2.3", "pod source kept");
 }

@@ -223,8 +223,11 @@ SY_INLINE int sy_nat_new_flow(struct __sk_buff *skb, const struct sy_pkt *pkt)
 	switch (sy_select(fe->svc_id, list, &client, &backend)) {
 	case SY_NOT_SERVICE:
 		return TC_ACT_OK;
-	case SY_DROP:
 	case SY_REJECT:
+		/* A NodePort is a node address and port nothing listens on: the
+		 * node's stack answers with a reset / port unreachable. */
+		return fe->kind == SY_KIND_NODE_PORT ? TC_ACT_OK : TC_ACT_SHOT;
+	case SY_DROP:
 		return TC_ACT_SHOT;
 	case SY_FORWARD:
 		break;

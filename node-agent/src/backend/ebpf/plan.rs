@@ -384,10 +384,15 @@ impl fmt::Display for EbpfPlan {
             writeln!(f, "map sy_source_ranges")?;
             writeln!(f, "  {:>8} RANGE", "SVC")?;
             for (r, prefix) in &self.maps.source_ranges {
+                let owner = if r.svc_id == LOCAL_DETECTOR_ID {
+                    "local".to_string()
+                } else {
+                    r.svc_id.to_string()
+                };
                 writeln!(
                     f,
                     "  {:>8} {}/{}",
-                    r.svc_id,
+                    owner,
                     r.addr.to_ip(r.family as u8),
                     prefix
                 )?;

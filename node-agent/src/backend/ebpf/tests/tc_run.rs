@@ -1,7 +1,7 @@
 //! The tc programs in the kernel (BPF_PROG_TEST_RUN through aya's `test_run`):
 //! crafted frames in, rewritten frames out, checksums verified.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use switchyard_api::Mode;
@@ -33,9 +33,9 @@ fn fold(mut acc: u32) -> u16 {
     !(acc as u16)
 }
 
-/// An Ethernet/IPv4 frame with a TCP SYN (proto 6) or a UDP datagram (17), checksums set.
+/// An Ethernet/IP frame with a TCP SYN (proto 6) or a UDP datagram (17), checksums set.
 fn frame(proto: u8, src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
-    let (src, dst): (Ipv4Addr, Ipv4Addr) = (src.parse().unwrap(), dst.parse().unwrap());
+    let (src, dst): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());
     let payload = b"hello";
     let mut l4 = Vec::new();
     l4.extend_from_slice(&sport.to_be_bytes());
@@ -51,36 +51,67 @@ fn frame(proto: u8, src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
     let csum = l4_checksum(proto, src, dst, &l4);
     l4[csum_at..csum_at + 2].copy_from_slice(&csum.to_be_bytes());
 
-    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, proto, 0, 0];
-    ip[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-    ip.extend_from_slice(&src.octets());
-    ip.extend_from_slice(&dst.octets());
-    let c = fold(sum16(&ip, 0));
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-
-    let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+    let (ethertype, ip) = match (src, dst) {
+        (IpAddr::V4(s4), IpAddr::V4(d4)) => {
+            let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, proto, 0, 0];
+            ip[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+            ip.extend_from_slice(&s4.octets());
+            ip.extend_from_slice(&d4.octets());
+            let c = fold(sum16(&ip, 0));
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            ([0x08, 0x00], ip)
+        }
+        (IpAddr::V6(s6), IpAddr::V6(d6)) => {
+            let mut ip = vec![0x60, 0, 0, 0];
+            ip.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+            ip.extend_from_slice(&[proto, 64]);
+            ip.extend_from_slice(&s6.octets());
+            ip.extend_from_slice(&d6.octets());
+            ([0x86, 0xdd], ip)
+        }
+        _ => panic!("mixed families"),
+    };
+    let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
+    f.extend_from_slice(&ethertype);
     f.extend(ip);
     f.extend(l4);
     f
 }
 
-fn l4_checksum(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, l4_zeroed: &[u8]) -> u16 {
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&src.octets());
-    pseudo.extend_from_slice(&dst.octets());
-    pseudo.extend_from_slice(&[0, proto]);
-    pseudo.extend_from_slice(&(l4_zeroed.len() as u16).to_be_bytes());
+fn octets(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+fn l4_checksum(proto: u8, src: IpAddr, dst: IpAddr, l4_zeroed: &[u8]) -> u16 {
+    let mut pseudo = octets(src);
+    pseudo.extend(octets(dst));
+    if src.is_ipv4() {
+        pseudo.extend_from_slice(&[0, proto]);
+        pseudo.extend_from_slice(&(l4_zeroed.len() as u16).to_be_bytes());
+    } else {
+        pseudo.extend_from_slice(&(l4_zeroed.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, proto]);
+    }
     fold(sum16(l4_zeroed, sum16(&pseudo, 0)))
 }
 
-/// (src, sport, dst, dport) of a frame, after checking both checksums.
+/// (src, sport, dst, dport) of a frame, after checking its checksums.
 fn parse_checked(f: &[u8]) -> (String, u16, String, u16) {
-    let ip = &f[14..34];
-    assert_eq!(fold(sum16(ip, 0)), 0, "IPv4 header checksum");
-    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-    let proto = ip[9];
-    let l4 = &f[34..];
+    let (src, dst, proto, l4) = if f[12..14] == [0x08, 0x00] {
+        let ip = &f[14..34];
+        assert_eq!(fold(sum16(ip, 0)), 0, "IPv4 header checksum");
+        let src = IpAddr::from([ip[12], ip[13], ip[14], ip[15]]);
+        let dst = IpAddr::from([ip[16], ip[17], ip[18], ip[19]]);
+        (src, dst, ip[9], &f[34..])
+    } else {
+        let ip = &f[14..54];
+        let src = IpAddr::from(<[u8; 16]>::try_from(&ip[8..24]).unwrap());
+        let dst = IpAddr::from(<[u8; 16]>::try_from(&ip[24..40]).unwrap());
+        (src, dst, ip[6], &f[54..])
+    };
     let csum_at = if proto == 6 { 16 } else { 6 };
     let mut zeroed = l4.to_vec();
     let got = u16::from_be_bytes([l4[csum_at], l4[csum_at + 1]]);
@@ -164,6 +195,8 @@ fn external_service(policy: TrafficPolicy) -> EbpfPlan {
     svc.load_balancer_source_ranges = vec!["198.51.100.0/24".parse().unwrap()];
     svc.node_port = Some(30080);
     svc.external_traffic_policy = policy;
+    svc.external_ips.push(ip("2001:db8:1::10"));
+    svc.backends.push(backend(72, "fd00:10::5", 8080, "node-a"));
     let mut udp = service(
         8,
         "10.96.0.8",
@@ -257,6 +290,48 @@ fn udp_node_port_is_rewritten_with_a_valid_checksum_and_other_traffic_passes_unt
         (verdict, out),
         (TC_ACT_OK, other),
         "not a frontend: untouched"
+    );
+}
+
+#[test]
+fn ipv6_external_ip_is_dnated_to_an_ipv6_backend_and_masqueraded() {
+    let mut plan = external_service(TrafficPolicy::Cluster);
+    plan.config.node_ip6 = Some("2001:db8::1".parse().unwrap());
+    let mut h = Harness::new(&plan);
+    let (verdict, out) = h.run(&frame(6, "2001:db8:9::7", 43000, "2001:db8:1::10", 80));
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(
+        parse_checked(&out),
+        (
+            "2001:db8::1".to_string(),
+            43000,
+            "fd00:10::5".to_string(),
+            8080
+        )
+    );
+    let (_, reply) = h.run(&frame(6, "fd00:10::5", 8080, "2001:db8::1", 43000));
+    assert_eq!(
+        parse_checked(&reply),
+        (
+            "2001:db8:1::10".to_string(),
+            80,
+            "2001:db8:9::7".to_string(),
+            43000
+        )
+    );
+}
+
+#[test]
+fn node_port_without_endpoints_goes_to_the_node_stack_to_be_rejected() {
+    let mut svc = service(6, "10.96.0.6", 80, vec![]);
+    svc.node_port = Some(30006);
+    svc.external_ips = vec![ip("203.0.113.6")];
+    let mut h = Harness::new(&render(&linked(vec![svc]), &Settings::defaults(Mode::Ebpf)));
+    let np = frame(6, "198.51.100.7", 44000, NODE_IP, 30006);
+    assert_eq!(h.run(&np), (TC_ACT_OK, np));
+    assert_eq!(
+        h.run(&frame(6, "198.51.100.7", 44000, "203.0.113.6", 80)).0,
+        TC_ACT_SHOT
     );
 }
 

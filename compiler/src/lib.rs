@@ -1,12 +1,37 @@
 //! The compiler: a pure function from cluster state (Services, EndpointSlices,
-//! Nodes, settings) to the mode-neutral [`Ruleset`], plus the incremental
-//! compiler and the sharder the operator uses.
+//! Nodes, settings) to the mode-neutral [`Ruleset`], with kube-proxy's service
+//! semantics; plus the incremental [`Compiler`] the operator keeps running.
 //!
-//! SKELETON: signatures agreed for parallel work; the compiler task fills them in.
+//! The pipeline per service: [`service`] derives the port templates (frontends,
+//! policies, affinity) from the Service, [`slice`] the endpoint facts from each
+//! EndpointSlice, [`join`] matches slice ports to service ports by name and
+//! protocol and deduplicates endpoints, and the frontend claims resolve VIPs
+//! claimed by several services. Endpoint policy per node is decided later, by
+//! `switchyard_api::policy::link`.
+//!
+//! Bad input never panics and never poisons other services: the bad part is
+//! skipped and reported as a [`Diagnostic`].
+
+mod compiler;
+mod diagnostic;
+mod frontends;
+mod ids;
+mod join;
+mod keys;
+pub mod labels;
+mod load;
+mod service;
+mod slice;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use switchyard_api::ruleset::Ruleset;
+
+pub use compiler::Compiler;
+pub use diagnostic::{Diagnostic, ObjectKind, Reason};
+pub use keys::{PortKey, ServiceKey, SliceKey};
+pub use load::{LoadError, Location, Objects, parse_objects};
+pub use service::DEFAULT_AFFINITY_TIMEOUT_SECONDS;
 
 /// Everything the compiler reads.
 #[derive(Clone, Debug, Default)]
@@ -16,34 +41,48 @@ pub struct Snapshot {
     pub nodes: Vec<Node>,
 }
 
-/// Compiler settings.
-#[derive(Clone, Debug, Default)]
-pub struct CompileSettings {
-    /// The `service.kubernetes.io/service-proxy-name` value we answer to; services
-    /// carrying any other value are skipped (kube-proxy's `--service-proxy-name`... semantics).
-    pub proxy_name: Option<String>,
+impl From<Objects> for Snapshot {
+    fn from(objects: Objects) -> Snapshot {
+        Snapshot {
+            services: objects.services,
+            endpoint_slices: objects.endpoint_slices,
+            nodes: objects.nodes,
+        }
+    }
 }
 
-/// A problem with one object: it (or part of it) was skipped, the rest compiled.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Diagnostic {
-    /// `Service`, `EndpointSlice`, …
-    pub kind: &'static str,
-    pub namespace: String,
-    pub name: String,
-    /// A stable, CamelCase reason (for Events).
-    pub reason: &'static str,
-    pub message: String,
+/// Compiler settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompileSettings {
+    /// The `service.kubernetes.io/service-proxy-name` value we answer to.
+    /// Objects carrying that label with any other value are skipped, as
+    /// kube-proxy skips every object carrying it.
+    pub proxy_name: Option<String>,
 }
 
 /// The result of a compile.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Compiled {
     pub ruleset: Ruleset,
+    /// Sorted.
     pub diagnostics: Vec<Diagnostic>,
 }
 
 /// One-shot compile with fresh ids.
-pub fn compile(_snapshot: &Snapshot, _settings: &CompileSettings) -> Compiled {
-    Compiled::default()
+pub fn compile(snapshot: &Snapshot, settings: &CompileSettings) -> Compiled {
+    let mut compiler = Compiler::new(settings.clone());
+    let mut diagnostics = Vec::new();
+    for service in &snapshot.services {
+        diagnostics.extend(compiler.update_service(service).err());
+    }
+    for slice in &snapshot.endpoint_slices {
+        diagnostics.extend(compiler.update_endpoint_slice(slice).err());
+    }
+    compiler.sync();
+    diagnostics.extend(compiler.diagnostics());
+    diagnostics.sort();
+    Compiled {
+        ruleset: compiler.ruleset(),
+        diagnostics,
+    }
 }

@@ -190,7 +190,7 @@ fn topology_mode(backends: &[Backend], node: &NodeInfo) -> TopologyMode {
     if all_node_hints
         && ready
             .iter()
-            .any(|b| b.node_hints.iter().any(|n| *n == node.name))
+            .any(|b| b.node_hints.contains(&node.name))
     {
         return TopologyMode::PreferSameNode;
     }
@@ -207,7 +207,7 @@ fn topology_mode(backends: &[Backend], node: &NodeInfo) -> TopologyMode {
 fn available_for_topology(b: &Backend, mode: TopologyMode, node: &NodeInfo) -> bool {
     match mode {
         TopologyMode::None => true,
-        TopologyMode::PreferSameNode => b.node_hints.iter().any(|n| *n == node.name),
+        TopologyMode::PreferSameNode => b.node_hints.contains(&node.name),
         TopologyMode::PreferSameZone => {
             node.zone.as_ref().is_some_and(|z| b.zone_hints.contains(z))
         }

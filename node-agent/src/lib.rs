@@ -3,5 +3,6 @@
 //! the node's target mode; reports status.
 
 pub mod backend;
+pub mod conntrack;
 pub mod exec;
 pub mod settings;

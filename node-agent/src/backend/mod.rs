@@ -11,11 +11,12 @@ pub mod ipvs;
 pub mod nftables;
 
 use std::fmt;
+use std::sync::Arc;
 
 use switchyard_api::Mode;
 use switchyard_api::policy::LinkedRuleset;
 
-use crate::exec::ExecError;
+use crate::exec::{ExecError, Runner};
 use crate::settings::Settings;
 
 /// A backend failed to render or apply.
@@ -124,5 +125,19 @@ impl<B: Backend> Dataplane for B {
 
     fn cleanup(&mut self) -> Result<(), BackendError> {
         Backend::cleanup(self)
+    }
+}
+
+/// The dataplane for `mode`, running kernel tools through `runner`.
+pub fn for_mode(mode: Mode, runner: Arc<dyn Runner>) -> Result<Box<dyn Dataplane>, BackendError> {
+    match mode {
+        Mode::Iptables => Ok(Box::new(iptables::IptablesBackend::new(
+            runner,
+            Arc::new(iptables::sysctl::ProcSysctl),
+        ))),
+        Mode::Ipvs | Mode::Nftables | Mode::Ebpf => Err(BackendError::Unavailable {
+            mode,
+            reason: "backend not built into this agent yet".to_string(),
+        }),
     }
 }

@@ -1,0 +1,148 @@
+//! Typed diagnostics: what was wrong with one object and what the compiler
+//! skipped because of it. The operator turns them into Events.
+
+use std::fmt;
+
+/// Why (part of) an object was skipped. `as_str` is the stable CamelCase
+/// reason an Event carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    /// The object has no `metadata.name`; skipped.
+    MissingName,
+    /// A `spec.clusterIPs` entry is not an IP address; the service is skipped.
+    InvalidClusterIp,
+    /// A `spec.externalIPs` entry is not an IP address; that address is dropped.
+    InvalidExternalIp,
+    /// A `status.loadBalancer.ingress[].ip` is not an IP address; that address is dropped.
+    InvalidLoadBalancerIp,
+    /// A `spec.loadBalancerSourceRanges` entry is not a CIDR; the service is
+    /// skipped (dropping one range would widen the allow-list).
+    InvalidSourceRange,
+    /// `sessionAffinityConfig.clientIP.timeoutSeconds` outside 1..=86400; the service is skipped.
+    InvalidSessionAffinityTimeout,
+    /// A service port outside 1..=65535; that port is skipped.
+    InvalidPort,
+    /// A node port outside 1..=65535; that service port is skipped.
+    InvalidNodePort,
+    /// `spec.healthCheckNodePort` outside 1..=65535; the health check port is dropped.
+    InvalidHealthCheckNodePort,
+    /// A protocol other than TCP, UDP or SCTP; that port is skipped.
+    UnsupportedProtocol,
+    /// Two ports of one service with the same name and protocol; the later one is skipped.
+    DuplicatePort,
+    /// A frontend (IP, protocol, port) or node port already used by an older
+    /// service (or an earlier port of the same service); this port is skipped.
+    DuplicateFrontend,
+    /// An EndpointSlice without the `kubernetes.io/service-name` label; skipped.
+    MissingServiceName,
+    /// An EndpointSlice `addressType` other than IPv4, IPv6 or FQDN; skipped.
+    UnsupportedAddressType,
+    /// An EndpointSlice port without a name (kube-proxy ignores it); skipped.
+    UnnamedEndpointPort,
+    /// An EndpointSlice port that is missing or outside 1..=65535; skipped.
+    InvalidEndpointPort,
+    /// An endpoint without addresses, with an address that is not an IP, or of
+    /// the wrong family for the slice; that endpoint is skipped.
+    InvalidEndpointAddress,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::MissingName => "MissingName",
+            Reason::InvalidClusterIp => "InvalidClusterIP",
+            Reason::InvalidExternalIp => "InvalidExternalIP",
+            Reason::InvalidLoadBalancerIp => "InvalidLoadBalancerIP",
+            Reason::InvalidSourceRange => "InvalidSourceRange",
+            Reason::InvalidSessionAffinityTimeout => "InvalidSessionAffinityTimeout",
+            Reason::InvalidPort => "InvalidPort",
+            Reason::InvalidNodePort => "InvalidNodePort",
+            Reason::InvalidHealthCheckNodePort => "InvalidHealthCheckNodePort",
+            Reason::UnsupportedProtocol => "UnsupportedProtocol",
+            Reason::DuplicatePort => "DuplicatePort",
+            Reason::DuplicateFrontend => "DuplicateFrontend",
+            Reason::MissingServiceName => "MissingServiceName",
+            Reason::UnsupportedAddressType => "UnsupportedAddressType",
+            Reason::UnnamedEndpointPort => "UnnamedEndpointPort",
+            Reason::InvalidEndpointPort => "InvalidEndpointPort",
+            Reason::InvalidEndpointAddress => "InvalidEndpointAddress",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The kind of object a diagnostic is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ObjectKind {
+    Service,
+    EndpointSlice,
+}
+
+impl ObjectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::Service => "Service",
+            ObjectKind::EndpointSlice => "EndpointSlice",
+        }
+    }
+}
+
+/// A problem with one object: it (or part of it) was skipped, the rest compiled.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Diagnostic {
+    pub kind: ObjectKind,
+    pub namespace: String,
+    pub name: String,
+    pub reason: Reason,
+    /// What was wrong and what was skipped, naming the field.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}/{}: {}: {}",
+            self.kind.as_str(),
+            self.namespace,
+            self.name,
+            self.reason,
+            self.message
+        )
+    }
+}
+
+/// Collects the diagnostics of one object.
+#[derive(Debug)]
+pub(crate) struct Reporter<'a> {
+    kind: ObjectKind,
+    namespace: &'a str,
+    name: &'a str,
+    pub(crate) out: Vec<Diagnostic>,
+}
+
+impl<'a> Reporter<'a> {
+    pub(crate) fn new(kind: ObjectKind, namespace: &'a str, name: &'a str) -> Reporter<'a> {
+        Reporter {
+            kind,
+            namespace,
+            name,
+            out: Vec::new(),
+        }
+    }
+
+    pub(crate) fn report(&mut self, reason: Reason, message: String) {
+        self.out.push(Diagnostic {
+            kind: self.kind,
+            namespace: self.namespace.to_string(),
+            name: self.name.to_string(),
+            reason,
+            message,
+        });
+    }
+}

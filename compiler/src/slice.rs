@@ -1,0 +1,203 @@
+//! One EndpointSlice to the facts kube-proxy's `EndpointSliceCache` keeps:
+//! its ports and, per endpoint, the first address, conditions, topology and hints.
+
+use std::net::IpAddr;
+
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
+use switchyard_api::ruleset::{IpFamily, Protocol};
+
+use crate::diagnostic::{ObjectKind, Reason, Reporter};
+use crate::keys::SliceKey;
+use crate::service::{parse_protocol, port_number};
+use crate::{CompileSettings, Diagnostic, labels};
+
+/// What the compiler keeps of an EndpointSlice.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct SliceInfo {
+    /// The name of the Service (same namespace) this slice belongs to; `None`
+    /// when the slice is ignored (no endpoints contributed).
+    pub service: Option<String>,
+    pub ports: Vec<SlicePort>,
+    pub endpoints: Vec<EndpointFacts>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SlicePort {
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+/// One endpoint with its conditions resolved to plain values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct EndpointFacts {
+    pub ip: IpAddr,
+    pub node_name: Option<String>,
+    pub zone: Option<String>,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub zone_hints: Vec<String>,
+    pub node_hints: Vec<String>,
+}
+
+pub(crate) fn slice_info(
+    key: &SliceKey,
+    slice: &EndpointSlice,
+    settings: &CompileSettings,
+) -> SliceInfo {
+    let mut reporter = Reporter::new(ObjectKind::EndpointSlice, &key.namespace, &key.name);
+    let labels_map = slice.metadata.labels.as_ref();
+    let service = labels_map
+        .and_then(|l| l.get(labels::SERVICE_NAME))
+        .filter(|s| !s.is_empty());
+    let family = match slice.address_type.as_str() {
+        "IPv4" => Some(IpFamily::V4),
+        "IPv6" => Some(IpFamily::V6),
+        "FQDN" => None,
+        other => {
+            reporter.report(
+                Reason::UnsupportedAddressType,
+                format!("addressType: {other:?} is not IPv4, IPv6 or FQDN; slice skipped"),
+            );
+            None
+        }
+    };
+    let ignored = SliceInfo {
+        service: None,
+        ports: Vec::new(),
+        endpoints: Vec::new(),
+        diagnostics: Vec::new(),
+    };
+    let (Some(family), true) = (family, labels::proxied_by_us(labels_map, settings)) else {
+        return SliceInfo {
+            diagnostics: reporter.out,
+            ..ignored
+        };
+    };
+    let Some(service) = service else {
+        reporter.report(
+            Reason::MissingServiceName,
+            format!(
+                "metadata.labels: no {} label; slice skipped",
+                labels::SERVICE_NAME
+            ),
+        );
+        return SliceInfo {
+            diagnostics: reporter.out,
+            ..ignored
+        };
+    };
+    let ports = slice
+        .ports
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, p)| slice_port(i, p, &mut reporter))
+        .collect();
+    let endpoints = slice
+        .endpoints
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| endpoint_facts(i, e, family, &mut reporter))
+        .collect();
+    SliceInfo {
+        service: Some(service.clone()),
+        ports,
+        endpoints,
+        diagnostics: reporter.out,
+    }
+}
+
+fn slice_port(index: usize, port: &EndpointPort, reporter: &mut Reporter<'_>) -> Option<SlicePort> {
+    let Some(name) = port.name.clone() else {
+        reporter.report(
+            Reason::UnnamedEndpointPort,
+            format!(
+                "ports[{index}].name: unset (an unnamed service port matches name \"\"); port skipped"
+            ),
+        );
+        return None;
+    };
+    let Some(protocol) = parse_protocol(port.protocol.as_deref()) else {
+        reporter.report(
+            Reason::UnsupportedProtocol,
+            format!(
+                "ports[{index}].protocol: {:?} is not TCP, UDP or SCTP; port skipped",
+                port.protocol.as_deref().unwrap_or_default()
+            ),
+        );
+        return None;
+    };
+    let Some(number) = port.port.and_then(port_number) else {
+        reporter.report(
+            Reason::InvalidEndpointPort,
+            format!(
+                "ports[{index}].port: {} is not in 1..=65535; port skipped",
+                port.port
+                    .map_or_else(|| "unset".to_string(), |p| p.to_string())
+            ),
+        );
+        return None;
+    };
+    Some(SlicePort {
+        name,
+        protocol,
+        port: number,
+    })
+}
+
+fn endpoint_facts(
+    index: usize,
+    endpoint: &Endpoint,
+    family: IpFamily,
+    reporter: &mut Reporter<'_>,
+) -> Option<EndpointFacts> {
+    // kube-proxy uses the first address only.
+    let Some(text) = endpoint.addresses.first() else {
+        reporter.report(
+            Reason::InvalidEndpointAddress,
+            format!("endpoints[{index}].addresses: empty; endpoint skipped"),
+        );
+        return None;
+    };
+    let ip = match text.parse::<IpAddr>() {
+        Ok(ip) if IpFamily::of(&ip) == family => ip,
+        Ok(_) => {
+            reporter.report(
+                Reason::InvalidEndpointAddress,
+                format!(
+                    "endpoints[{index}].addresses[0]: {text} is not of the slice's address type; endpoint skipped"
+                ),
+            );
+            return None;
+        }
+        Err(_) => {
+            reporter.report(
+                Reason::InvalidEndpointAddress,
+                format!("endpoints[{index}].addresses[0]: {text:?} is not an IP address; endpoint skipped"),
+            );
+            return None;
+        }
+    };
+    let conditions = endpoint.conditions.as_ref();
+    let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+    let hints = endpoint.hints.as_ref();
+    Some(EndpointFacts {
+        ip,
+        node_name: endpoint.node_name.clone(),
+        zone: endpoint.zone.clone(),
+        ready,
+        serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
+        terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+        zone_hints: hints
+            .and_then(|h| h.for_zones.as_ref())
+            .map(|z| z.iter().map(|z| z.name.clone()).collect())
+            .unwrap_or_default(),
+        node_hints: hints
+            .and_then(|h| h.for_nodes.as_ref())
+            .map(|n| n.iter().map(|n| n.name.clone()).collect())
+            .unwrap_or_default(),
+    })
+}

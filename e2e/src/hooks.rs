@@ -1,0 +1,69 @@
+//! Where a mode plugs into the harness. The default ([`KernelHooks`]) suits
+//! modes whose whole dataplane is the node namespace's kernel state (iptables,
+//! nftables, ipvs inside its VM); eBPF adds a client cgroup for its socket
+//! programs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use switchyard_agent::backend::{self, BackendError, Dataplane};
+use switchyard_agent::exec::RealRunner;
+use switchyard_api::Mode;
+
+use crate::HarnessError;
+use crate::netns::Netns;
+use crate::scenario::Flow;
+
+/// Builds the dataplane. Called on the agent thread, already inside the node
+/// namespace, so every tool it runs and every socket it opens is there.
+pub type DataplaneFactory =
+    Box<dyn FnOnce() -> Result<Box<dyn Dataplane>, BackendError> + Send>;
+
+/// A mode's extension points.
+pub trait ModeHooks {
+    fn mode(&self) -> Mode;
+
+    /// Called once per scenario after the namespaces and links exist, before
+    /// any rules are applied (load programs, create a cgroup, …).
+    fn prepare_node(&mut self, _node: &Netns) -> Result<(), HarnessError> {
+        Ok(())
+    }
+
+    /// A cgroup v2 directory every client process joins before connecting
+    /// (never the root cgroup).
+    fn client_cgroup(&self) -> Option<PathBuf> {
+        None
+    }
+
+    /// The dataplane under test; see [`DataplaneFactory`].
+    fn dataplane(&self) -> DataplaneFactory;
+
+    /// Why this mode cannot carry `flow` by design, if so (reported as SKIP).
+    fn unsupported(&self, _flow: &Flow) -> Option<String> {
+        None
+    }
+
+    /// Called after the scenario, before its namespaces are removed.
+    fn teardown(&mut self) {}
+}
+
+/// The default hooks: the agent's own backend for the mode.
+pub struct KernelHooks {
+    pub mode: Mode,
+}
+
+impl ModeHooks for KernelHooks {
+    fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    fn dataplane(&self) -> DataplaneFactory {
+        let mode = self.mode;
+        Box::new(move || backend::for_mode(mode, Arc::new(RealRunner)))
+    }
+}
+
+/// The hooks for `mode`.
+pub fn hooks_for(mode: Mode) -> Box<dyn ModeHooks> {
+    Box::new(KernelHooks { mode })
+}

@@ -1,0 +1,252 @@
+//! The two child-process roles, run by re-executing the scenario binary inside
+//! a namespace: `__serve` answers every connection with its own `ip:port` and
+//! the peer address it saw (TCP, UDP, SCTP); `__connect` makes fresh
+//! connections and prints one [`Attempt`] per line.
+
+use std::io::{self, BufRead, Read, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::str::FromStr;
+use std::time::Duration;
+
+use socket2::{Domain, SockAddr, Socket, Type};
+use switchyard_api::ruleset::Protocol;
+
+/// One listening socket of a server child: `tcp/10.0.0.1:80`, `udp/[2001:db8::1]:53`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Listen {
+    pub protocol: Protocol,
+    pub addr: SocketAddr,
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.protocol.as_lower(), self.addr)
+    }
+}
+
+/// Parse a protocol name as the scenario and the child arguments write it.
+pub fn parse_protocol(text: &str) -> Option<Protocol> {
+    match text.to_ascii_lowercase().as_str() {
+        "tcp" => Some(Protocol::Tcp),
+        "udp" => Some(Protocol::Udp),
+        "sctp" => Some(Protocol::Sctp),
+        _ => None,
+    }
+}
+
+impl FromStr for Listen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Listen, String> {
+        let (proto, addr) = text
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?}: expected proto/ip:port"))?;
+        Ok(Listen {
+            protocol: parse_protocol(proto).ok_or_else(|| format!("{text:?}: bad protocol"))?,
+            addr: addr
+                .parse()
+                .map_err(|_| format!("{text:?}: bad address"))?,
+        })
+    }
+}
+
+fn socket(protocol: Protocol, addr: &SocketAddr) -> io::Result<Socket> {
+    let domain = Domain::for_address(*addr);
+    let sock = match protocol {
+        Protocol::Tcp => Socket::new(domain, Type::STREAM, Some(socket2::Protocol::TCP))?,
+        Protocol::Udp => Socket::new(domain, Type::DGRAM, Some(socket2::Protocol::UDP))?,
+        Protocol::Sctp => Socket::new(domain, Type::STREAM, Some(socket2::Protocol::from(132)))?,
+    };
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    Ok(sock)
+}
+
+/// Whether this kernel can make SCTP sockets.
+pub fn sctp_supported() -> bool {
+    let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+    socket(Protocol::Sctp, &any).is_ok()
+}
+
+fn reply_text(local: Option<SocketAddr>, peer: Option<SocketAddr>) -> String {
+    let show = |a: Option<SocketAddr>| a.map_or_else(|| "?".to_string(), |a| a.to_string());
+    format!("{} {}\n", show(local), show(peer))
+}
+
+fn serve_stream(listener: Socket) {
+    loop {
+        let Ok((conn, _)) = listener.accept() else {
+            continue;
+        };
+        let local = conn.local_addr().ok().and_then(|a| a.as_socket());
+        let peer = conn.peer_addr().ok().and_then(|a| a.as_socket());
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut stream: std::net::TcpStream = conn.into();
+        let mut buf = [0u8; 64];
+        let _ = stream.read(&mut buf);
+        let _ = stream.write_all(reply_text(local, peer).as_bytes());
+    }
+}
+
+fn serve_datagram(sock: UdpSocket) {
+    let local = sock.local_addr().ok();
+    let mut buf = [0u8; 512];
+    loop {
+        if let Ok((_, peer)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(reply_text(local, Some(peer)).as_bytes(), peer);
+        }
+    }
+}
+
+/// `__serve`: bind every socket, print `ready`, answer forever.
+pub fn serve(listens: &[Listen]) -> io::Result<()> {
+    let mut socks = Vec::new();
+    for l in listens {
+        let sock = socket(l.protocol, &l.addr)?;
+        sock.set_reuse_address(true)?;
+        sock.bind(&SockAddr::from(l.addr))
+            .map_err(|e| io::Error::new(e.kind(), format!("bind {l}: {e}")))?;
+        if l.protocol != Protocol::Udp {
+            sock.listen(128)?;
+        }
+        socks.push((l.protocol, sock));
+    }
+    println!("ready");
+    io::stdout().flush()?;
+    let threads: Vec<_> = socks
+        .into_iter()
+        .map(|(proto, sock)| {
+            std::thread::spawn(move || match proto {
+                Protocol::Udp => serve_datagram(sock.into()),
+                Protocol::Tcp | Protocol::Sctp => serve_stream(sock),
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+/// What one connection attempt saw.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Attempt {
+    /// A server answered: its own address and the source address it saw.
+    Reply { server: SocketAddr, peer: SocketAddr },
+    /// Connection refused / ICMP port unreachable.
+    Refused,
+    /// Nothing came back in time.
+    Timeout,
+    Error(String),
+}
+
+impl std::fmt::Display for Attempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Attempt::Reply { server, peer } => write!(f, "reply {server} {peer}"),
+            Attempt::Refused => f.write_str("refused"),
+            Attempt::Timeout => f.write_str("timeout"),
+            Attempt::Error(e) => write!(f, "error {e}"),
+        }
+    }
+}
+
+impl Attempt {
+    /// Parse one line of `__connect` output.
+    pub fn parse(line: &str) -> Attempt {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("reply") => parse_reply(&words.collect::<Vec<_>>().join(" ")),
+            Some("refused") => Attempt::Refused,
+            Some("timeout") => Attempt::Timeout,
+            _ => Attempt::Error(line.trim_start_matches("error ").to_string()),
+        }
+    }
+}
+
+fn classify(e: &io::Error) -> Attempt {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => Attempt::Refused,
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Attempt::Timeout,
+        _ => Attempt::Error(e.to_string()),
+    }
+}
+
+fn parse_reply(text: &str) -> Attempt {
+    let mut words = text.split_whitespace();
+    let server = words.next().and_then(|w| w.parse().ok());
+    let peer = words.next().and_then(|w| w.parse().ok());
+    match (server, peer) {
+        (Some(server), Some(peer)) => Attempt::Reply { server, peer },
+        _ => Attempt::Error(format!("unexpected answer {text:?}")),
+    }
+}
+
+/// Make one fresh connection from `source` (port chosen by the kernel) to `dest`.
+pub fn attempt(protocol: Protocol, source: std::net::IpAddr, dest: SocketAddr, timeout: Duration) -> Attempt {
+    let run = || -> io::Result<Attempt> {
+        let sock = socket(protocol, &dest)?;
+        sock.bind(&SockAddr::from(SocketAddr::new(source, 0)))?;
+        sock.set_read_timeout(Some(timeout))?;
+        sock.set_write_timeout(Some(timeout))?;
+        let dest_addr = SockAddr::from(dest);
+        match protocol {
+            Protocol::Udp => {
+                sock.connect(&dest_addr)?;
+                let udp: UdpSocket = sock.into();
+                udp.send(b"hello\n")?;
+                let mut buf = [0u8; 512];
+                match udp.recv(&mut buf) {
+                    Ok(n) => Ok(parse_reply(&String::from_utf8_lossy(&buf[..n]))),
+                    Err(e) => Ok(classify(&e)),
+                }
+            }
+            Protocol::Tcp | Protocol::Sctp => {
+                if let Err(e) = sock.connect_timeout(&dest_addr, timeout) {
+                    return Ok(classify(&e));
+                }
+                let mut stream: std::net::TcpStream = sock.into();
+                stream.write_all(b"hello\n")?;
+                let mut text = String::new();
+                match io::BufReader::new(&stream).read_line(&mut text) {
+                    Ok(_) => Ok(parse_reply(&text)),
+                    Err(e) => Ok(classify(&e)),
+                }
+            }
+        }
+    };
+    run().unwrap_or_else(|e| Attempt::Error(e.to_string()))
+}
+
+/// `__connect`: `count` fresh connections, in parallel unless `sequential`
+/// (session affinity needs the first to finish before the next starts).
+pub fn connect(
+    protocol: Protocol,
+    source: std::net::IpAddr,
+    dest: SocketAddr,
+    count: usize,
+    timeout: Duration,
+    sequential: bool,
+) -> Vec<Attempt> {
+    if sequential {
+        return (0..count)
+            .map(|_| attempt(protocol, source, dest, timeout))
+            .collect();
+    }
+    let threads: Vec<_> = (0..count)
+        .map(|_| std::thread::spawn(move || attempt(protocol, source, dest, timeout)))
+        .collect();
+    threads
+        .into_iter()
+        .map(|t| {
+            t.join()
+                .unwrap_or_else(|_| Attempt::Error("connect thread panicked".into()))
+        })
+        .collect()
+}
+
+/// Join the cgroup (v2 directory) `path` with this process.
+pub fn join_cgroup(path: &std::path::Path) -> io::Result<()> {
+    std::fs::write(path.join("cgroup.procs"), std::process::id().to_string())
+}

@@ -1,0 +1,245 @@
+//! The scenario file: a node, Services and EndpointSlices, flows with expected
+//! outcomes (kube-proxy's packet-flow test semantics), and optional later steps.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde::Deserialize;
+use switchyard_api::ruleset::{Cidr, Protocol};
+
+/// A whole scenario file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Scenario {
+    pub node: NodeSpec,
+    #[serde(default)]
+    pub services: Vec<Service>,
+    #[serde(default)]
+    pub endpoint_slices: Vec<EndpointSlice>,
+    #[serde(default)]
+    pub flows: Vec<Flow>,
+    #[serde(default)]
+    pub steps: Vec<Step>,
+}
+
+/// A later, complete state of the cluster with its own flows.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Step {
+    #[serde(default)]
+    pub services: Vec<Service>,
+    #[serde(default)]
+    pub endpoint_slices: Vec<EndpointSlice>,
+    #[serde(default)]
+    pub flows: Vec<Flow>,
+}
+
+/// The node under test.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeSpec {
+    pub name: String,
+    /// `ip/prefix` on the node's uplink.
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub zone: Option<String>,
+    #[serde(default, rename = "clusterCIDRs")]
+    pub cluster_cidrs: Vec<Cidr>,
+    #[serde(default, rename = "serviceCIDRs")]
+    pub service_cidrs: Vec<Cidr>,
+    #[serde(default)]
+    pub node_port_addresses: Option<Vec<Cidr>>,
+    #[serde(default)]
+    pub localhost_node_ports: Option<bool>,
+    #[serde(default)]
+    pub masquerade_all: bool,
+}
+
+/// One node address with its prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeAddress {
+    pub ip: IpAddr,
+    pub prefix: u8,
+}
+
+/// A scenario cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("reading scenario {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parsing scenario {path}: {source}")]
+    Parse {
+        path: String,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("scenario {path}: {what}")]
+    Invalid { path: String, what: String },
+}
+
+impl NodeSpec {
+    pub fn parsed_addresses(&self) -> Result<Vec<NodeAddress>, String> {
+        self.addresses
+            .iter()
+            .map(|text| {
+                let (ip, prefix) = text.split_once('/').unwrap_or((text, ""));
+                let ip: IpAddr = ip
+                    .parse()
+                    .map_err(|_| format!("node address {text:?} is not an IP"))?;
+                let max = if ip.is_ipv4() { 32 } else { 128 };
+                let prefix = if prefix.is_empty() {
+                    max
+                } else {
+                    prefix
+                        .parse()
+                        .ok()
+                        .filter(|p| *p <= max)
+                        .ok_or_else(|| format!("node address {text:?} has a bad prefix"))?
+                };
+                Ok(NodeAddress { ip, prefix })
+            })
+            .collect()
+    }
+}
+
+fn default_protocol() -> Protocol {
+    Protocol::Tcp
+}
+
+/// One connection to make and what must happen to it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Flow {
+    pub name: String,
+    #[serde(rename = "sourceIP")]
+    pub source_ip: IpAddr,
+    #[serde(rename = "destIP")]
+    pub dest_ip: IpAddr,
+    pub dest_port: u16,
+    #[serde(default = "default_protocol")]
+    pub protocol: Protocol,
+    pub output: String,
+    #[serde(default)]
+    pub masq: Option<bool>,
+}
+
+impl Flow {
+    pub fn destination(&self) -> SocketAddr {
+        SocketAddr::new(self.dest_ip, self.dest_port)
+    }
+}
+
+/// What a flow's `output` says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expected {
+    /// New connections may reach exactly these endpoints.
+    Endpoints(BTreeSet<SocketAddr>),
+    Reject,
+    Drop,
+    /// Explicitly accepted by a filter rule: reaches its destination untranslated.
+    Accept,
+    /// No rule matched: reaches its destination untranslated.
+    Untranslated,
+}
+
+impl Expected {
+    pub fn parse(text: &str) -> Result<Expected, String> {
+        Ok(match text.trim() {
+            "" => Expected::Untranslated,
+            "REJECT" => Expected::Reject,
+            "DROP" => Expected::Drop,
+            "ACCEPT" => Expected::Accept,
+            list => Expected::Endpoints(
+                list.split(',')
+                    .map(|e| {
+                        e.trim()
+                            .parse::<SocketAddr>()
+                            .map_err(|_| format!("output endpoint {e:?} is not ip:port"))
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+        })
+    }
+}
+
+impl fmt::Display for Expected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expected::Endpoints(set) => {
+                let list: Vec<String> = set.iter().map(ToString::to_string).collect();
+                f.write_str(&list.join(", "))
+            }
+            Expected::Reject => f.write_str("REJECT"),
+            Expected::Drop => f.write_str("DROP"),
+            Expected::Accept => f.write_str("ACCEPT"),
+            Expected::Untranslated => f.write_str("\"\" (untranslated)"),
+        }
+    }
+}
+
+/// A state of the cluster to apply and the flows to check in it.
+#[derive(Clone, Debug)]
+pub struct Stage<'a> {
+    pub label: String,
+    pub services: &'a [Service],
+    pub endpoint_slices: &'a [EndpointSlice],
+    pub flows: &'a [Flow],
+}
+
+impl Scenario {
+    pub fn load(path: &str) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.to_string(),
+            source,
+        })?;
+        let scenario: Scenario =
+            serde_yaml::from_str(&text).map_err(|source| ScenarioError::Parse {
+                path: path.to_string(),
+                source,
+            })?;
+        let invalid = |what: String| ScenarioError::Invalid {
+            path: path.to_string(),
+            what,
+        };
+        scenario.node.parsed_addresses().map_err(invalid)?;
+        for flow in scenario.all_flows() {
+            Expected::parse(&flow.output)
+                .map_err(|e| invalid(format!("flow {:?}: {e}", flow.name)))?;
+        }
+        Ok(scenario)
+    }
+
+    /// The initial state, then each step.
+    pub fn stages(&self) -> Vec<Stage<'_>> {
+        let mut out = vec![Stage {
+            label: String::new(),
+            services: &self.services,
+            endpoint_slices: &self.endpoint_slices,
+            flows: &self.flows,
+        }];
+        out.extend(self.steps.iter().enumerate().map(|(i, s)| Stage {
+            label: format!("step {}: ", i + 1),
+            services: &s.services,
+            endpoint_slices: &s.endpoint_slices,
+            flows: &s.flows,
+        }));
+        out
+    }
+
+    pub fn all_flows(&self) -> impl Iterator<Item = &Flow> {
+        self.flows.iter().chain(self.steps.iter().flat_map(|s| &s.flows))
+    }
+
+    pub fn all_slices(&self) -> impl Iterator<Item = &EndpointSlice> {
+        self.endpoint_slices
+            .iter()
+            .chain(self.steps.iter().flat_map(|s| &s.endpoint_slices))
+    }
+}

@@ -1,0 +1,176 @@
+//! The typed plan and its two text forms: the iptables-save–like listing
+//! (`Display`) and the `iptables-restore --noflush` input for a sync.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use switchyard_api::ruleset::IpFamily;
+
+use super::rule::{Rule, Table};
+use crate::conntrack::UdpSnapshot;
+
+/// A chain this backend owns, with its complete rule list.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Chain {
+    pub name: String,
+    pub rules: Vec<Rule>,
+}
+
+/// A rule in a builtin chain (`INPUT`, `PREROUTING`, …) that jumps to one of ours.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JumpRule {
+    pub table: Table,
+    pub builtin: &'static str,
+    pub rule: Rule,
+}
+
+/// Everything for one IP family.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FamilyPlan {
+    pub family: IpFamily,
+    /// Set `net.ipv4.conf.all.route_localnet` so NodePorts answer on 127.0.0.1.
+    pub route_localnet: bool,
+    pub filter: Vec<Chain>,
+    pub nat: Vec<Chain>,
+    /// In evaluation order per builtin chain.
+    pub jumps: Vec<JumpRule>,
+}
+
+/// The iptables plan: both families, plus the UDP facts stale-conntrack cleanup diffs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub families: Vec<FamilyPlan>,
+    pub udp: UdpSnapshot,
+}
+
+impl FamilyPlan {
+    pub fn chains(&self, table: Table) -> &[Chain] {
+        match table {
+            Table::Filter => &self.filter,
+            Table::Nat => &self.nat,
+        }
+    }
+
+    pub fn chain(&self, table: Table, name: &str) -> Option<&Chain> {
+        self.chains(table).iter().find(|c| c.name == name)
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.filter.iter().chain(&self.nat).map(|c| c.rules.len()).sum::<usize>() + self.jumps.len()
+    }
+
+    /// The `*-restore --noflush` input that turns `applied` (what this backend
+    /// last wrote, `None` for a full sync) into this plan: changed and new chains
+    /// are declared (which flushes them) and rewritten, vanished chains deleted.
+    /// Returns the text and how many rules it writes.
+    /// `leftovers` are chains of ours found in the kernel on a full sync; those
+    /// not in the plan are deleted too.
+    pub fn restore_input(
+        &self,
+        applied: Option<&AppliedFamily>,
+        leftovers: &[(Table, String)],
+    ) -> (String, usize) {
+        let mut out = String::new();
+        let mut written = 0;
+        for table in Table::ALL {
+            let old = applied.map(|a| a.table(table));
+            let chains = self.chains(table);
+            let changed: Vec<&Chain> = chains
+                .iter()
+                .filter(|c| old.is_none_or(|o| o.get(&c.name) != Some(&c.rules)))
+                .collect();
+            let in_plan = |name: &String| chains.iter().any(|c| &c.name == name);
+            let mut removed: Vec<&String> = old
+                .map(|o| o.keys().filter(|n| !in_plan(n)).collect())
+                .unwrap_or_default();
+            for (t, n) in leftovers {
+                if *t == table && !in_plan(n) && !removed.contains(&n) {
+                    removed.push(n);
+                }
+            }
+            if changed.is_empty() && removed.is_empty() {
+                continue;
+            }
+            out.push_str(&format!("*{}\n", table.as_str()));
+            for c in changed.iter().map(|c| &c.name).chain(removed.iter().copied()) {
+                out.push_str(&format!(":{c} - [0:0]\n"));
+            }
+            for c in &changed {
+                for r in &c.rules {
+                    out.push_str(&format!("-A {} {r}\n", c.name));
+                    written += 1;
+                }
+            }
+            for c in &removed {
+                out.push_str(&format!("-X {c}\n"));
+            }
+            out.push_str("COMMIT\n");
+        }
+        (out, written)
+    }
+
+    /// What the kernel holds after this plan is applied.
+    pub fn applied(&self) -> AppliedFamily {
+        let map = |chains: &[Chain]| {
+            chains
+                .iter()
+                .map(|c| (c.name.clone(), c.rules.clone()))
+                .collect()
+        };
+        AppliedFamily {
+            filter: map(&self.filter),
+            nat: map(&self.nat),
+        }
+    }
+}
+
+/// The chains this backend last wrote for one family.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AppliedFamily {
+    pub filter: BTreeMap<String, Vec<Rule>>,
+    pub nat: BTreeMap<String, Vec<Rule>>,
+}
+
+impl AppliedFamily {
+    fn table(&self, table: Table) -> &BTreeMap<String, Vec<Rule>> {
+        match table {
+            Table::Filter => &self.filter,
+            Table::Nat => &self.nat,
+        }
+    }
+}
+
+impl fmt::Display for FamilyPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for table in Table::ALL {
+            writeln!(f, "*{}", table.as_str())?;
+            for c in self.chains(table) {
+                writeln!(f, ":{} - [0:0]", c.name)?;
+            }
+            for j in self.jumps.iter().filter(|j| j.table == table) {
+                writeln!(f, "-A {} {}", j.builtin, j.rule)?;
+            }
+            for c in self.chains(table) {
+                for r in &c.rules {
+                    writeln!(f, "-A {} {r}", c.name)?;
+                }
+            }
+            writeln!(f, "COMMIT")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for family in &self.families {
+            let name = match family.family {
+                IpFamily::V4 => "iptables",
+                IpFamily::V6 => "ip6tables",
+            };
+            writeln!(f, "# {name}")?;
+            write!(f, "{family}")?;
+        }
+        Ok(())
+    }
+}

@@ -132,7 +132,10 @@ pub fn stale_entries(before: &UdpSnapshot, after: &UdpSnapshot) -> Vec<StaleEntr
         }
     }
     for (name, new) in &after.ports {
-        let had_endpoints = before.ports.get(name).is_some_and(|o| !o.endpoints.is_empty());
+        let had_endpoints = before
+            .ports
+            .get(name)
+            .is_some_and(|o| !o.endpoints.is_empty());
         if new.endpoints.is_empty() || had_endpoints {
             continue;
         }
@@ -206,7 +209,10 @@ mod tests {
 
     #[test]
     fn removed_endpoint_flows_are_deleted() {
-        let stale = stale_entries(&snapshot(&["10.1.0.1", "10.1.0.2"]), &snapshot(&["10.1.0.1"]));
+        let stale = stale_entries(
+            &snapshot(&["10.1.0.1", "10.1.0.2"]),
+            &snapshot(&["10.1.0.1"]),
+        );
         assert_eq!(
             stale,
             vec![
@@ -244,7 +250,10 @@ mod tests {
     #[test]
     fn delete_runs_conntrack_and_tolerates_no_match() {
         let runner = FakeRunner::default();
-        runner.fail("conntrack", "conntrack v1.4.7: 0 flow entries have been deleted.");
+        runner.fail(
+            "conntrack",
+            "conntrack v1.4.7: 0 flow entries have been deleted.",
+        );
         let entries = [StaleEntry::VipToEndpoint {
             vip: ip("172.30.0.10"),
             endpoint: ip("10.1.0.2"),

@@ -135,7 +135,10 @@ pub fn for_mode(mode: Mode, runner: Arc<dyn Runner>) -> Result<Box<dyn Dataplane
             runner,
             Arc::new(iptables::sysctl::ProcSysctl),
         ))),
-        Mode::Ipvs | Mode::Nftables | Mode::Ebpf => Err(BackendError::Unavailable {
+        Mode::Ebpf => Ok(Box::new(ebpf::EbpfBackend::new(
+            ebpf::kernel::AyaKernel::new(ebpf::kernel::KernelConfig::for_node()),
+        ))),
+        Mode::Ipvs | Mode::Nftables => Err(BackendError::Unavailable {
             mode,
             reason: "backend not built into this agent yet".to_string(),
         }),

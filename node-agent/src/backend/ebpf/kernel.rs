@@ -85,8 +85,27 @@ pub struct KernelConfig {
 impl Default for KernelConfig {
     fn default() -> Self {
         KernelConfig {
-            pin_root: PathBuf::from("/sys/fs/bpf/switchyard"),
+            pin_root: PathBuf::from(DEFAULT_PIN_ROOT),
             cgroup: None,
+        }
+    }
+}
+
+/// Where the agent pins by default.
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/switchyard";
+
+impl KernelConfig {
+    /// A node agent's: the default pin root and the cgroup v2 root (every
+    /// process and pod of the node), `/sys/fs/cgroup` or, on hybrid
+    /// hierarchies, `/sys/fs/cgroup/unified`.
+    pub fn for_node() -> KernelConfig {
+        let cgroup = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.join("cgroup.controllers").exists());
+        KernelConfig {
+            pin_root: PathBuf::from(DEFAULT_PIN_ROOT),
+            cgroup,
         }
     }
 }

@@ -97,7 +97,12 @@ impl IptablesBackend {
         }
     }
 
-    fn run(&self, program: &str, args: &[&str], operation: &'static str) -> Result<String, BackendError> {
+    fn run(
+        &self,
+        program: &str,
+        args: &[&str],
+        operation: &'static str,
+    ) -> Result<String, BackendError> {
         self.runner
             .run(program, args, None)
             .map_err(Self::exec_err(operation))
@@ -131,10 +136,12 @@ impl IptablesBackend {
     }
 
     fn set_route_localnet(&mut self) -> Result<(), BackendError> {
-        let io_err = |operation| move |source| BackendError::Io {
-            mode: Mode::Iptables,
-            operation,
-            source,
+        let io_err = |operation| {
+            move |source| BackendError::Io {
+                mode: Mode::Iptables,
+                operation,
+                source,
+            }
         };
         let current = self
             .sysctl
@@ -281,7 +288,10 @@ impl Backend for IptablesBackend {
     }
 
     fn cleanup(&mut self) -> Result<(), BackendError> {
-        let empty = render::render(&LinkedRuleset::default(), &Settings::defaults(Mode::Iptables));
+        let empty = render::render(
+            &LinkedRuleset::default(),
+            &Settings::defaults(Mode::Iptables),
+        );
         for fp in &empty.families {
             self.cleanup_family(fp)?;
         }

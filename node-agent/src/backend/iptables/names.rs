@@ -17,7 +17,13 @@ pub const KUBE_PROXY_FIREWALL: &str = "KUBE-PROXY-FIREWALL";
 pub const KUBE_FIREWALL: &str = "KUBE-FIREWALL";
 
 /// Prefixes of the per service port and per endpoint chains.
-pub const PER_SERVICE_PREFIXES: [&str; 5] = ["KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-"];
+pub const PER_SERVICE_PREFIXES: [&str; 5] = [
+    "KUBE-SVC-",
+    "KUBE-SVL-",
+    "KUBE-EXT-",
+    "KUBE-FW-",
+    "KUBE-SEP-",
+];
 
 /// Whether `chain` is one this backend creates (fixed or per service).
 pub fn is_ours(chain: &str) -> bool {
@@ -44,7 +50,11 @@ fn hash16(text: &str) -> String {
 
 /// kube-proxy's `portProtoHash`: servicePortName + lower-case protocol.
 fn port_proto_hash(rule: &ServicePortRule) -> String {
-    hash16(&format!("{}{}", rule.service_port_name(), rule.protocol.as_lower()))
+    hash16(&format!(
+        "{}{}",
+        rule.service_port_name(),
+        rule.protocol.as_lower()
+    ))
 }
 
 /// The per service port chains.
@@ -130,7 +140,10 @@ mod tests {
             node_hints: vec![],
         };
         assert_eq!(endpoint_chain(&r, &ep), "KUBE-SEP-SXIVWICOYRO3J4NJ");
-        assert_eq!(ServiceChains::of(&rule("ns2", "svc2", "p80")).external, "KUBE-EXT-GNZBNJ2PO5MGZ6GT");
+        assert_eq!(
+            ServiceChains::of(&rule("ns2", "svc2", "p80")).external,
+            "KUBE-EXT-GNZBNJ2PO5MGZ6GT"
+        );
     }
 
     #[test]

@@ -56,7 +56,12 @@ impl FamilyPlan {
     }
 
     pub fn rule_count(&self) -> usize {
-        self.filter.iter().chain(&self.nat).map(|c| c.rules.len()).sum::<usize>() + self.jumps.len()
+        self.filter
+            .iter()
+            .chain(&self.nat)
+            .map(|c| c.rules.len())
+            .sum::<usize>()
+            + self.jumps.len()
     }
 
     /// The `*-restore --noflush` input that turns `applied` (what this backend
@@ -92,7 +97,11 @@ impl FamilyPlan {
                 continue;
             }
             out.push_str(&format!("*{}\n", table.as_str()));
-            for c in changed.iter().map(|c| &c.name).chain(removed.iter().copied()) {
+            for c in changed
+                .iter()
+                .map(|c| &c.name)
+                .chain(removed.iter().copied())
+            {
                 out.push_str(&format!(":{c} - [0:0]\n"));
             }
             for c in &changed {

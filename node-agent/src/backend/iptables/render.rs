@@ -87,7 +87,12 @@ fn render_family(ruleset: &LinkedRuleset, settings: &Settings, family: IpFamily)
     }
     let mut b = Builder {
         filter: fixed_chains(&filter_names),
-        nat: fixed_chains(&[KUBE_NODEPORTS, KUBE_SERVICES, KUBE_MARK_MASQ, KUBE_POSTROUTING]),
+        nat: fixed_chains(&[
+            KUBE_NODEPORTS,
+            KUBE_SERVICES,
+            KUBE_MARK_MASQ,
+            KUBE_POSTROUTING,
+        ]),
     };
     let mark = settings.masquerade_mark();
     let local_cidr = match &settings.local_detector {
@@ -112,7 +117,8 @@ fn render_family(ruleset: &LinkedRuleset, settings: &Settings, family: IpFamily)
         KUBE_POSTROUTING,
         Rule::new(Target::Return).with(Match::Mark { mark, negate: true }),
     );
-    b.nat.push(KUBE_POSTROUTING, Rule::new(Target::XorMark(mark)));
+    b.nat
+        .push(KUBE_POSTROUTING, Rule::new(Target::XorMark(mark)));
     b.nat.push(
         KUBE_POSTROUTING,
         Rule::new(Target::Masquerade { random_fully: true })
@@ -148,7 +154,10 @@ fn render_family(ruleset: &LinkedRuleset, settings: &Settings, family: IpFamily)
         KUBE_FORWARD,
         Rule::new(Target::Accept)
             .comment("kubernetes forwarding rules")
-            .with(Match::Mark { mark, negate: false }),
+            .with(Match::Mark {
+                mark,
+                negate: false,
+            }),
     );
     b.filter.push(
         KUBE_FORWARD,
@@ -176,7 +185,8 @@ fn render_family(ruleset: &LinkedRuleset, settings: &Settings, family: IpFamily)
 
 fn cidr(text: &str) -> Cidr {
     // Only called with the literal prefixes above.
-    text.parse().unwrap_or_else(|_| Cidr::host(IpAddr::V4(Ipv4Addr::UNSPECIFIED)))
+    text.parse()
+        .unwrap_or_else(|_| Cidr::host(IpAddr::V4(Ipv4Addr::UNSPECIFIED)))
 }
 
 struct Ctx<'a> {
@@ -202,7 +212,10 @@ struct FamilyPort<'a> {
 }
 
 fn of_family(ips: &[IpAddr], family: IpFamily) -> Vec<IpAddr> {
-    ips.iter().filter(|ip| IpFamily::of(ip) == family).copied().collect()
+    ips.iter()
+        .filter(|ip| IpFamily::of(ip) == family)
+        .copied()
+        .collect()
 }
 
 fn family_port(sp: &LinkedServicePort, family: IpFamily) -> Option<FamilyPort<'_>> {
@@ -243,8 +256,10 @@ fn render_service_port(b: &mut Builder, ctx: &Ctx<'_>, sp: &LinkedServicePort) {
     let name = fp.name.as_str();
     let proto = fp.protocol;
     let has_endpoints = fp.has_endpoints;
-    let uses_cluster = !fp.cluster.is_empty() && (!sp.internal_policy_local() || rule.has_external());
-    let uses_local = !fp.local.is_empty() && (sp.internal_policy_local() || sp.external_policy_local());
+    let uses_cluster =
+        !fp.cluster.is_empty() && (!sp.internal_policy_local() || rule.has_external());
+    let uses_local =
+        !fp.local.is_empty() && (sp.internal_policy_local() || sp.external_policy_local());
 
     let (internal_chain, has_internal) = if sp.internal_policy_local() {
         (&chains.local, has_endpoints && !fp.local.is_empty())
@@ -383,8 +398,10 @@ fn render_service_port(b: &mut Builder, ctx: &Ctx<'_>, sp: &LinkedServicePort) {
         if ctx.settings.masquerade_all {
             b.nat.push(internal_chain, base);
         } else if let Some(cidr) = ctx.local_cidr {
-            b.nat
-                .push(internal_chain, base.with(Match::Source { cidr, negate: true }));
+            b.nat.push(
+                internal_chain,
+                base.with(Match::Source { cidr, negate: true }),
+            );
         }
     }
 
@@ -395,8 +412,9 @@ fn render_service_port(b: &mut Builder, ctx: &Ctx<'_>, sp: &LinkedServicePort) {
         if !sp.external_policy_local() {
             b.nat.push(
                 ext,
-                Rule::new(Target::Jump(KUBE_MARK_MASQ.into()))
-                    .comment(format!("masquerade traffic for {name} external destinations")),
+                Rule::new(Target::Jump(KUBE_MARK_MASQ.into())).comment(format!(
+                    "masquerade traffic for {name} external destinations"
+                )),
             );
         } else {
             if let Some(cidr) = ctx.local_cidr {
@@ -404,7 +422,10 @@ fn render_service_port(b: &mut Builder, ctx: &Ctx<'_>, sp: &LinkedServicePort) {
                     ext,
                     Rule::new(Target::Jump(chains.cluster.clone()))
                         .comment(format!("pod traffic for {name} external destinations"))
-                        .with(Match::Source { cidr, negate: false }),
+                        .with(Match::Source {
+                            cidr,
+                            negate: false,
+                        }),
                 );
             }
             b.nat.push(
@@ -418,7 +439,9 @@ fn render_service_port(b: &mut Builder, ctx: &Ctx<'_>, sp: &LinkedServicePort) {
             b.nat.push(
                 ext,
                 Rule::new(Target::Jump(chains.cluster.clone()))
-                    .comment(format!("route LOCAL traffic for {name} external destinations"))
+                    .comment(format!(
+                        "route LOCAL traffic for {name} external destinations"
+                    ))
                     .with(Match::LocalAddress(Side::Source)),
             );
         }
@@ -585,17 +608,47 @@ fn jump_rules(localhost_node_ports: bool) -> Vec<JumpRule> {
     let external = "kubernetes externally-visible service portals";
     let mut jumps = vec![
         jump(Table::Filter, "INPUT", KUBE_PROXY_FIREWALL, fw, true),
-        jump(Table::Filter, "INPUT", KUBE_NODEPORTS, "kubernetes health check service ports", false),
-        jump(Table::Filter, "INPUT", KUBE_EXTERNAL_SERVICES, external, true),
+        jump(
+            Table::Filter,
+            "INPUT",
+            KUBE_NODEPORTS,
+            "kubernetes health check service ports",
+            false,
+        ),
+        jump(
+            Table::Filter,
+            "INPUT",
+            KUBE_EXTERNAL_SERVICES,
+            external,
+            true,
+        ),
         jump(Table::Filter, "FORWARD", KUBE_PROXY_FIREWALL, fw, true),
-        jump(Table::Filter, "FORWARD", KUBE_FORWARD, "kubernetes forwarding rules", false),
+        jump(
+            Table::Filter,
+            "FORWARD",
+            KUBE_FORWARD,
+            "kubernetes forwarding rules",
+            false,
+        ),
         jump(Table::Filter, "FORWARD", KUBE_SERVICES, portals, true),
-        jump(Table::Filter, "FORWARD", KUBE_EXTERNAL_SERVICES, external, true),
+        jump(
+            Table::Filter,
+            "FORWARD",
+            KUBE_EXTERNAL_SERVICES,
+            external,
+            true,
+        ),
         jump(Table::Filter, "OUTPUT", KUBE_PROXY_FIREWALL, fw, true),
         jump(Table::Filter, "OUTPUT", KUBE_SERVICES, portals, true),
         jump(Table::Nat, "OUTPUT", KUBE_SERVICES, portals, false),
         jump(Table::Nat, "PREROUTING", KUBE_SERVICES, portals, false),
-        jump(Table::Nat, "POSTROUTING", KUBE_POSTROUTING, "kubernetes postrouting rules", false),
+        jump(
+            Table::Nat,
+            "POSTROUTING",
+            KUBE_POSTROUTING,
+            "kubernetes postrouting rules",
+            false,
+        ),
     ];
     if localhost_node_ports {
         for builtin in ["INPUT", "OUTPUT"] {

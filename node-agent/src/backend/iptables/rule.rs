@@ -68,7 +68,9 @@ pub enum Target {
     Dnat(SocketAddr),
     OrMark(u32),
     XorMark(u32),
-    Masquerade { random_fully: bool },
+    Masquerade {
+        random_fully: bool,
+    },
     /// No target: a rule that only counts and documents (kube-proxy's end of a KUBE-FW chain).
     Nothing,
 }
@@ -104,7 +106,10 @@ impl Rule {
     pub fn to_port(mut self, protocol: Protocol, dest: Option<Cidr>, port: u16) -> Rule {
         self.matches.push(Match::Protocol(protocol));
         if let Some(cidr) = dest {
-            self.matches.push(Match::Destination { cidr, negate: false });
+            self.matches.push(Match::Destination {
+                cidr,
+                negate: false,
+            });
         }
         self.matches.push(Match::DestinationPort(port));
         self
@@ -140,7 +145,9 @@ impl fmt::Display for Match {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Match::Protocol(p) => write!(f, "-m {0} -p {0}", p.as_lower()),
-            Match::Source { cidr, negate } => write!(f, "{}-s {}", not(*negate), host_or_cidr(cidr)),
+            Match::Source { cidr, negate } => {
+                write!(f, "{}-s {}", not(*negate), host_or_cidr(cidr))
+            }
             Match::Destination { cidr, negate } => {
                 write!(f, "{}-d {}", not(*negate), host_or_cidr(cidr))
             }

@@ -117,7 +117,14 @@ impl Tracer<'_> {
 
     /// Run `state` through `rules` from `at`; every resulting state, each either
     /// stopped or having fallen off the end (return to the caller).
-    fn run_rules(&self, table: Table, rules: &[Rule], at: usize, state: State, depth: u32) -> Vec<State> {
+    fn run_rules(
+        &self,
+        table: Table,
+        rules: &[Rule],
+        at: usize,
+        state: State,
+        depth: u32,
+    ) -> Vec<State> {
         let Some(rule) = rules.get(at) else {
             return vec![state];
         };
@@ -147,7 +154,12 @@ impl Tracer<'_> {
     }
 
     fn apply_target(&self, table: Table, rule: &Rule, mut state: State, depth: u32) -> Vec<After> {
-        let go_on = |state| vec![After { state, returned: false }];
+        let go_on = |state| {
+            vec![After {
+                state,
+                returned: false,
+            }]
+        };
         match &rule.target {
             Target::Jump(chain) => {
                 let Some(c) = self.plan.chain(table, chain) else {
@@ -284,7 +296,10 @@ pub fn trace(plan: &FamilyPlan, local: &[IpAddr], packet: &Packet) -> BTreeSet<O
                     .iter()
                     .any(|p| p.masquerade)
             };
-            out.insert(Outcome { verdict, masquerade });
+            out.insert(Outcome {
+                verdict,
+                masquerade,
+            });
         }
     }
     out

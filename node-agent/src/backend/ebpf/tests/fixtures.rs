@@ -1,13 +1,13 @@
 //! Kernel fixtures owned by one test: a bpffs mount, a network namespace, a
 //! child cgroup. Each is removed on drop, also when the test fails.
 
-use std::ffi::CString;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub use crate::backend::ebpf::scratch::{ScratchBpffs, ScratchCgroup};
 use switchyard_api::policy::{LinkedRuleset, NodeInfo, link};
 use switchyard_api::ruleset::{Backend, Protocol, Ruleset, ServicePortRule, TrafficPolicy};
 
@@ -31,40 +31,12 @@ pub fn run(program: &str, args: &[&str]) {
     );
 }
 
-/// A bpffs mounted at a fresh temporary directory.
-pub struct Bpffs {
-    pub dir: PathBuf,
+pub fn bpffs() -> ScratchBpffs {
+    ScratchBpffs::mount(&unique("-bpffs")).unwrap()
 }
 
-impl Bpffs {
-    pub fn mount() -> Bpffs {
-        let dir = std::env::temp_dir().join(unique("-bpffs"));
-        std::fs::create_dir(&dir).unwrap();
-        let target = CString::new(dir.to_str().unwrap()).unwrap();
-        let fstype = CString::new("bpf").unwrap();
-        // SAFETY: valid NUL-terminated strings; no data argument.
-        let rc = unsafe {
-            libc::mount(
-                fstype.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        assert_eq!(rc, 0, "mount bpffs: {}", std::io::Error::last_os_error());
-        Bpffs { dir }
-    }
-}
-
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        if let Ok(target) = CString::new(self.dir.to_str().unwrap_or_default()) {
-            // SAFETY: valid NUL-terminated path.
-            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-        }
-        let _ = std::fs::remove_dir(&self.dir);
-    }
+pub fn cgroup() -> ScratchCgroup {
+    ScratchCgroup::create(&unique("-cg")).unwrap()
 }
 
 /// A network namespace of this test.
@@ -110,35 +82,6 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
-    }
-}
-
-/// A child cgroup of the cgroup v2 hierarchy (never the root).
-pub struct Cgroup {
-    pub dir: PathBuf,
-}
-
-/// Where cgroup v2 is mounted on this machine (unified under v1, or the root).
-pub fn cgroup2_root() -> PathBuf {
-    let unified = PathBuf::from("/sys/fs/cgroup/unified");
-    if unified.join("cgroup.procs").exists() {
-        unified
-    } else {
-        PathBuf::from("/sys/fs/cgroup")
-    }
-}
-
-impl Cgroup {
-    pub fn new() -> Cgroup {
-        let dir = cgroup2_root().join(unique("-cg"));
-        std::fs::create_dir(&dir).unwrap();
-        Cgroup { dir }
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.dir);
     }
 }
 

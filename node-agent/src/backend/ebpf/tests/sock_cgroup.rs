@@ -17,10 +17,13 @@ use crate::backend::ebpf::plan::render;
 use crate::settings::Settings;
 
 /// Run socat in `ns`, inside `cgroup` when given.
-fn socat(ns: &Netns, cgroup: Option<&Cgroup>, stdin: &str, args: &[&str]) -> Output {
+fn socat(ns: &Netns, cgroup: Option<&ScratchCgroup>, stdin: &str, args: &[&str]) -> Output {
     let mut script = String::new();
     if let Some(cg) = cgroup {
-        script.push_str(&format!("echo $$ > {}/cgroup.procs && ", cg.dir.display()));
+        script.push_str(&format!(
+            "echo $$ > {}/cgroup.procs && ",
+            cg.dir().display()
+        ));
     }
     script.push_str(&format!(
         "exec ip netns exec {} socat -T 5 {}",
@@ -65,9 +68,9 @@ fn serve_udp(socket: UdpSocket) {
 
 #[test]
 fn client_in_the_cgroup_reaches_cluster_ip_backends() {
-    let bpffs = Bpffs::mount();
+    let bpffs = bpffs();
     let ns = Netns::new("-sk");
-    let cgroup = Cgroup::new();
+    let cgroup = cgroup();
     ns.ip(&["addr", "add", "10.244.1.5/32", "dev", "lo"]);
     let (tcp, udp) = ns.enter(|| {
         (
@@ -97,8 +100,8 @@ fn client_in_the_cgroup_reaches_cluster_ip_backends() {
     ]);
     let plan = render(&rs, &Settings::defaults(Mode::Ebpf));
     let kernel = AyaKernel::new(KernelConfig {
-        pin_root: bpffs.dir.join("switchyard"),
-        cgroup: Some(cgroup.dir.clone()),
+        pin_root: bpffs.dir().join("switchyard"),
+        cgroup: Some(cgroup.dir().to_path_buf()),
     });
     let mut backend = EbpfBackend::new(kernel);
     ns.enter(|| backend.apply(&plan)).unwrap();
@@ -146,8 +149,8 @@ fn client_in_the_cgroup_reaches_cluster_ip_backends() {
 
     // Pinned: a new agent finds the dataplane in place and removes it on cleanup.
     let mut restarted = EbpfBackend::new(AyaKernel::new(KernelConfig {
-        pin_root: bpffs.dir.join("switchyard"),
-        cgroup: Some(cgroup.dir.clone()),
+        pin_root: bpffs.dir().join("switchyard"),
+        cgroup: Some(cgroup.dir().to_path_buf()),
     }));
     assert!(restarted.present().unwrap());
     let stats = ns.enter(|| restarted.apply(&plan)).unwrap();

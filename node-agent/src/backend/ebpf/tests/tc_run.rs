@@ -123,14 +123,14 @@ fn parse_checked(f: &[u8]) -> (String, u16, String, u16) {
 
 /// A loaded tc ingress program over maps pinned in a bpffs of the test.
 struct Harness {
-    _bpffs: Bpffs,
+    _bpffs: ScratchBpffs,
     ingress: aya::Ebpf,
 }
 
 impl Harness {
     fn new(plan: &EbpfPlan) -> Harness {
-        let bpffs = Bpffs::mount();
-        let pin_root = bpffs.dir.join("switchyard");
+        let bpffs = bpffs();
+        let pin_root = bpffs.dir().join("switchyard");
         let mut config = plan.config.clone();
         config.devices = Vec::new();
         // Load the programs (no interfaces: nothing is attached) and write the maps.

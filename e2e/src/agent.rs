@@ -99,7 +99,11 @@ impl NodeAgent {
         self.wait(what)
     }
 
-    pub fn sync(&self, ruleset: &LinkedRuleset, settings: &Settings) -> Result<ApplyStats, HarnessError> {
+    pub fn sync(
+        &self,
+        ruleset: &LinkedRuleset,
+        settings: &Settings,
+    ) -> Result<ApplyStats, HarnessError> {
         let cmd = Command::Sync(Box::new(ruleset.clone()), Box::new(settings.clone()));
         match self.send(cmd, "apply rules")? {
             Answer::Applied(stats) => Ok(stats),
@@ -107,7 +111,11 @@ impl NodeAgent {
         }
     }
 
-    pub fn render(&self, ruleset: &LinkedRuleset, settings: &Settings) -> Result<String, HarnessError> {
+    pub fn render(
+        &self,
+        ruleset: &LinkedRuleset,
+        settings: &Settings,
+    ) -> Result<String, HarnessError> {
         let cmd = Command::Render(Box::new(ruleset.clone()), Box::new(settings.clone()));
         match self.send(cmd, "render rules")? {
             Answer::Text(t) => Ok(t),

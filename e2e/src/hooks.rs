@@ -16,8 +16,7 @@ use crate::scenario::Flow;
 
 /// Builds the dataplane. Called on the agent thread, already inside the node
 /// namespace, so every tool it runs and every socket it opens is there.
-pub type DataplaneFactory =
-    Box<dyn FnOnce() -> Result<Box<dyn Dataplane>, BackendError> + Send>;
+pub type DataplaneFactory = Box<dyn FnOnce() -> Result<Box<dyn Dataplane>, BackendError> + Send>;
 
 /// A mode's extension points.
 pub trait ModeHooks {

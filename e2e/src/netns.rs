@@ -5,8 +5,8 @@
 //! (PR_SET_PDEATHSIG), so nothing holds a namespace after it is gone.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
@@ -15,7 +15,8 @@ use crate::HarnessError;
 static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 fn live() -> std::sync::MutexGuard<'static, Vec<String>> {
-    LIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    LIVE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Run `ip` (only `ip netns add/del` in the host namespace; `-n NAME` otherwise).
@@ -88,10 +89,12 @@ impl Netns {
                     source,
                 })?;
         }
-        let out = child.wait_with_output().map_err(|source| HarnessError::Spawn {
-            what: "ip -batch".into(),
-            source,
-        })?;
+        let out = child
+            .wait_with_output()
+            .map_err(|source| HarnessError::Spawn {
+                what: "ip -batch".into(),
+                source,
+            })?;
         if !out.status.success() {
             return Err(HarnessError::Setup {
                 what: format!("ip -n {} -batch", self.name),

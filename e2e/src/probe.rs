@@ -43,9 +43,7 @@ impl FromStr for Listen {
             .ok_or_else(|| format!("{text:?}: expected proto/ip:port"))?;
         Ok(Listen {
             protocol: parse_protocol(proto).ok_or_else(|| format!("{text:?}: bad protocol"))?,
-            addr: addr
-                .parse()
-                .map_err(|_| format!("{text:?}: bad address"))?,
+            addr: addr.parse().map_err(|_| format!("{text:?}: bad address"))?,
         })
     }
 }
@@ -132,8 +130,13 @@ pub fn serve(listens: &[Listen]) -> io::Result<()> {
 /// What one connection attempt saw.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Attempt {
-    /// A server answered: its own address and the source address it saw.
-    Reply { server: SocketAddr, peer: SocketAddr },
+    /// A server answered: its own address and the source address it saw;
+    /// `local` is the client's own address (masquerade changes address or port).
+    Reply {
+        server: SocketAddr,
+        peer: SocketAddr,
+        local: SocketAddr,
+    },
     /// Connection refused / ICMP port unreachable.
     Refused,
     /// Nothing came back in time.
@@ -144,7 +147,11 @@ pub enum Attempt {
 impl std::fmt::Display for Attempt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Attempt::Reply { server, peer } => write!(f, "reply {server} {peer}"),
+            Attempt::Reply {
+                server,
+                peer,
+                local,
+            } => write!(f, "reply {server} {peer} {local}"),
             Attempt::Refused => f.write_str("refused"),
             Attempt::Timeout => f.write_str("timeout"),
             Attempt::Error(e) => write!(f, "error {e}"),
@@ -157,7 +164,7 @@ impl Attempt {
     pub fn parse(line: &str) -> Attempt {
         let mut words = line.split_whitespace();
         match words.next() {
-            Some("reply") => parse_reply(&words.collect::<Vec<_>>().join(" ")),
+            Some("reply") => parse_reply(&words.collect::<Vec<_>>().join(" "), None),
             Some("refused") => Attempt::Refused,
             Some("timeout") => Attempt::Timeout,
             _ => Attempt::Error(line.trim_start_matches("error ").to_string()),
@@ -173,21 +180,32 @@ fn classify(e: &io::Error) -> Attempt {
     }
 }
 
-fn parse_reply(text: &str) -> Attempt {
+/// `<server> <peer>` from a server, `<server> <peer> <local>` from `__connect`.
+fn parse_reply(text: &str, local: Option<SocketAddr>) -> Attempt {
     let mut words = text.split_whitespace();
-    let server = words.next().and_then(|w| w.parse().ok());
-    let peer = words.next().and_then(|w| w.parse().ok());
-    match (server, peer) {
-        (Some(server), Some(peer)) => Attempt::Reply { server, peer },
+    let mut next = || words.next().and_then(|w| w.parse::<SocketAddr>().ok());
+    let (server, peer) = (next(), next());
+    match (server, peer, local.or_else(next)) {
+        (Some(server), Some(peer), Some(local)) => Attempt::Reply {
+            server,
+            peer,
+            local,
+        },
         _ => Attempt::Error(format!("unexpected answer {text:?}")),
     }
 }
 
-/// Make one fresh connection from `source` (port chosen by the kernel) to `dest`.
-pub fn attempt(protocol: Protocol, source: std::net::IpAddr, dest: SocketAddr, timeout: Duration) -> Attempt {
+/// Make one fresh connection from `source` (port 0: chosen by the kernel) to `dest`.
+pub fn attempt(
+    protocol: Protocol,
+    source: SocketAddr,
+    dest: SocketAddr,
+    timeout: Duration,
+) -> Attempt {
     let run = || -> io::Result<Attempt> {
         let sock = socket(protocol, &dest)?;
-        sock.bind(&SockAddr::from(SocketAddr::new(source, 0)))?;
+        sock.set_reuse_address(true)?;
+        sock.bind(&SockAddr::from(source))?;
         sock.set_read_timeout(Some(timeout))?;
         sock.set_write_timeout(Some(timeout))?;
         let dest_addr = SockAddr::from(dest);
@@ -195,10 +213,11 @@ pub fn attempt(protocol: Protocol, source: std::net::IpAddr, dest: SocketAddr, t
             Protocol::Udp => {
                 sock.connect(&dest_addr)?;
                 let udp: UdpSocket = sock.into();
+                let local = udp.local_addr().ok();
                 udp.send(b"hello\n")?;
                 let mut buf = [0u8; 512];
                 match udp.recv(&mut buf) {
-                    Ok(n) => Ok(parse_reply(&String::from_utf8_lossy(&buf[..n]))),
+                    Ok(n) => Ok(parse_reply(&String::from_utf8_lossy(&buf[..n]), local)),
                     Err(e) => Ok(classify(&e)),
                 }
             }
@@ -207,10 +226,11 @@ pub fn attempt(protocol: Protocol, source: std::net::IpAddr, dest: SocketAddr, t
                     return Ok(classify(&e));
                 }
                 let mut stream: std::net::TcpStream = sock.into();
+                let local = stream.local_addr().ok();
                 stream.write_all(b"hello\n")?;
                 let mut text = String::new();
                 match io::BufReader::new(&stream).read_line(&mut text) {
-                    Ok(_) => Ok(parse_reply(&text)),
+                    Ok(_) => Ok(parse_reply(&text, local)),
                     Err(e) => Ok(classify(&e)),
                 }
             }
@@ -219,11 +239,33 @@ pub fn attempt(protocol: Protocol, source: std::net::IpAddr, dest: SocketAddr, t
     run().unwrap_or_else(|e| Attempt::Error(e.to_string()))
 }
 
+/// Where `__connect`'s attempts come from.
+#[derive(Clone, Copy, Debug)]
+pub struct Source {
+    pub ip: std::net::IpAddr,
+    /// Attempt `i` uses port `port + i` (`step` 1), or always `port` (`step` 0).
+    /// Distinct ports per attempt keep parallel flows from one client from
+    /// clashing in conntrack (the kernel would remap the port, which would look
+    /// like masquerade).
+    pub port: u16,
+    pub step: u16,
+}
+
+impl Source {
+    fn nth(&self, i: usize) -> SocketAddr {
+        let offset = u16::try_from(i)
+            .unwrap_or(u16::MAX)
+            .saturating_mul(self.step);
+        SocketAddr::new(self.ip, self.port.saturating_add(offset))
+    }
+}
+
 /// `__connect`: `count` fresh connections, in parallel unless `sequential`
-/// (session affinity needs the first to finish before the next starts).
+/// (session affinity needs the first to finish before the next starts, a fixed
+/// source port needs the previous socket closed).
 pub fn connect(
     protocol: Protocol,
-    source: std::net::IpAddr,
+    source: Source,
     dest: SocketAddr,
     count: usize,
     timeout: Duration,
@@ -231,11 +273,11 @@ pub fn connect(
 ) -> Vec<Attempt> {
     if sequential {
         return (0..count)
-            .map(|_| attempt(protocol, source, dest, timeout))
+            .map(|i| attempt(protocol, source.nth(i), dest, timeout))
             .collect();
     }
     let threads: Vec<_> = (0..count)
-        .map(|_| std::thread::spawn(move || attempt(protocol, source, dest, timeout)))
+        .map(|i| std::thread::spawn(move || attempt(protocol, source.nth(i), dest, timeout)))
         .collect();
     threads
         .into_iter()

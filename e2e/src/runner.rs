@@ -132,7 +132,11 @@ fn spawn_in(ns: &Netns, args: &[String]) -> Result<Child, HarnessError> {
         });
     }
     let child = cmd.spawn().map_err(|source| HarnessError::Spawn {
-        what: format!("{} in {}", args.first().map_or("", |a| a.as_str()), ns.name()),
+        what: format!(
+            "{} in {}",
+            args.first().map_or("", |a| a.as_str()),
+            ns.name()
+        ),
         source,
     });
     drop(file);
@@ -141,7 +145,11 @@ fn spawn_in(ns: &Netns, args: &[String]) -> Result<Child, HarnessError> {
 
 /// One server per namespace with every endpoint and every flow destination
 /// that lives there (a destination answering itself means "untranslated").
-fn start_servers(topo: &Topology, scenario: &Scenario, sctp: bool) -> Result<Children, HarnessError> {
+fn start_servers(
+    topo: &Topology,
+    scenario: &Scenario,
+    sctp: bool,
+) -> Result<Children, HarnessError> {
     let mut by_place: BTreeMap<Place, BTreeSet<Listen>> = BTreeMap::new();
     for slice in scenario.all_slices() {
         for port in slice.ports.iter().flatten() {
@@ -157,10 +165,13 @@ fn start_servers(topo: &Topology, scenario: &Scenario, sctp: bool) -> Result<Chi
             };
             for ep in &slice.endpoints {
                 for ip in ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
-                    by_place.entry(topo.place_of(&ip)).or_default().insert(Listen {
-                        protocol,
-                        addr: SocketAddr::new(ip, number),
-                    });
+                    by_place
+                        .entry(topo.place_of(&ip))
+                        .or_default()
+                        .insert(Listen {
+                            protocol,
+                            addr: SocketAddr::new(ip, number),
+                        });
                 }
             }
         }
@@ -177,7 +188,10 @@ fn start_servers(topo: &Topology, scenario: &Scenario, sctp: bool) -> Result<Chi
     let mut children = Children(Vec::new());
     for (place, listens) in by_place {
         let mut args = vec!["__serve".to_string()];
-        for l in listens.iter().filter(|l| sctp || l.protocol != Protocol::Sctp) {
+        for l in listens
+            .iter()
+            .filter(|l| sctp || l.protocol != Protocol::Sctp)
+        {
             args.push("--listen".into());
             args.push(l.to_string());
         }
@@ -242,8 +256,12 @@ fn judge(flow: &Flow, expected: &Expected, attempts: &[Attempt], affinity: bool)
     let mut masq = BTreeSet::new();
     for a in attempts {
         let s = match a {
-            Attempt::Reply { server, peer } => {
-                masq.insert(peer.ip() != flow.source_ip);
+            Attempt::Reply {
+                server,
+                peer,
+                local,
+            } => {
+                masq.insert(peer != local);
                 if *server == flow.destination() {
                     Seen::Untranslated
                 } else {
@@ -294,7 +312,24 @@ fn judge(flow: &Flow, expected: &Expected, attempts: &[Attempt], affinity: bool)
     (outcome_ok && masq_ok, summary.join(", "))
 }
 
+/// Hands out disjoint client port ranges (20000..60000, wrapping).
+#[derive(Default)]
+struct PortRanges(std::cell::Cell<u32>);
+
+impl PortRanges {
+    fn next(&self, count: usize) -> u16 {
+        let width = u32::try_from(count).unwrap_or(64).max(1);
+        let mut start = self.0.get();
+        if start + width > 40000 {
+            start = 0;
+        }
+        self.0.set(start + width);
+        u16::try_from(20000 + start).unwrap_or(20000)
+    }
+}
+
 struct Ctx<'a> {
+    ports: PortRanges,
     file: &'a str,
     topo: &'a Topology,
     hooks: &'a dyn ModeHooks,
@@ -325,7 +360,11 @@ fn run_flows(ctx: &Ctx<'_>, stage: &Stage<'_>, ruleset: &Ruleset, totals: &mut T
     for flow in stage.flows {
         let name = format!("{}: {}{}", ctx.file, stage.label, flow.name);
         let Ok(expected) = Expected::parse(&flow.output) else {
-            report(totals, Status::Fail, format!("{name}: bad output {:?}", flow.output));
+            report(
+                totals,
+                Status::Fail,
+                format!("{name}: bad output {:?}", flow.output),
+            );
             continue;
         };
         let skip = if flow.protocol == Protocol::Sctp && !ctx.sctp {
@@ -338,8 +377,9 @@ fn run_flows(ctx: &Ctx<'_>, stage: &Stage<'_>, ruleset: &Ruleset, totals: &mut T
             continue;
         }
         let affinity = has_affinity(ruleset, flow, ctx.topo.is_node_address(&flow.dest_ip));
+        let sequential = affinity || flow.source_port.is_some();
         let count = match &expected {
-            _ if affinity => 6,
+            _ if sequential => 3,
             Expected::Endpoints(e) => (10 * e.len()).max(6),
             _ => 4,
         };
@@ -351,8 +391,12 @@ fn run_flows(ctx: &Ctx<'_>, stage: &Stage<'_>, ruleset: &Ruleset, totals: &mut T
             format!("--count={count}"),
             format!("--timeout-ms={}", ctx.options.timeout.as_millis()),
         ];
-        if affinity {
+        if sequential {
             args.push("--sequential".into());
+        }
+        match flow.source_port {
+            Some(port) => args.extend([format!("--src-port={port}"), "--fixed-port".into()]),
+            None => args.push(format!("--src-port={}", ctx.ports.next(count))),
         }
         if let Some(cg) = ctx.hooks.client_cgroup() {
             args.push(format!("--cgroup={}", cg.display()));
@@ -367,7 +411,7 @@ fn run_flows(ctx: &Ctx<'_>, stage: &Stage<'_>, ruleset: &Ruleset, totals: &mut T
     }
     let mut outputs = Vec::new();
     for r in running {
-        let out = r.child.and_then(|mut c| {
+        let out = r.child.map(|mut c| {
             let mut text = String::new();
             if let Some(stdout) = c.stdout.take() {
                 for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -376,7 +420,7 @@ fn run_flows(ctx: &Ctx<'_>, stage: &Stage<'_>, ruleset: &Ruleset, totals: &mut T
                 }
             }
             children.0.push(c);
-            Ok(text)
+            text
         });
         outputs.push((r.flow, r.expected, r.affinity, out));
     }
@@ -397,7 +441,11 @@ fn run_flows(ctx: &Ctx<'_>, stage: &Stage<'_>, ruleset: &Ruleset, totals: &mut T
                 } else {
                     Status::Fail
                 };
-                report(totals, status, format!("{name}: expected {want}; saw {seen}"));
+                report(
+                    totals,
+                    status,
+                    format!("{name}: expected {want}; saw {seen}"),
+                );
             }
         }
     }
@@ -430,7 +478,11 @@ pub fn run_file(
     let file = Path::new(path)
         .file_name()
         .map_or_else(|| path.to_string(), |f| f.to_string_lossy().into_owned());
-    let prefix = format!("sy{}-{}-{index}-", mode_tag(hooks.mode()), std::process::id());
+    let prefix = format!(
+        "sy{}-{}-{index}-",
+        mode_tag(hooks.mode()),
+        std::process::id()
+    );
     let topo = Topology::build(&prefix, &scenario)?;
     hooks.prepare_node(&topo.node)?;
     let sctp = probe::sctp_supported();
@@ -444,6 +496,7 @@ pub fn run_file(
     };
     let mut totals = Totals::default();
     let ctx = Ctx {
+        ports: PortRanges::default(),
         file: &file,
         topo: &topo,
         hooks: &*hooks,
@@ -458,10 +511,7 @@ pub fn run_file(
         };
         let compiled = switchyard_compiler::compile(&snapshot, &CompileSettings::default());
         for d in &compiled.diagnostics {
-            eprintln!(
-                "{file}: {}{} {}/{}: {}: {}",
-                stage.label, d.kind, d.namespace, d.name, d.reason, d.message
-            );
+            eprintln!("{file}: {}{d}", stage.label);
         }
         let linked = policy::link(&compiled.ruleset, &node_info);
         if let Err(e) = agent.sync(&linked, &settings) {
@@ -483,7 +533,11 @@ pub fn run_file(
         run_flows(&ctx, &stage, &compiled.ruleset, &mut totals);
     }
     match agent.cleanup() {
-        Ok(true) => report(&mut totals, Status::Pass, format!("{file}: cleanup left no trace")),
+        Ok(true) => report(
+            &mut totals,
+            Status::Pass,
+            format!("{file}: cleanup left no trace"),
+        ),
         Ok(false) => report(
             &mut totals,
             Status::Fail,

@@ -128,6 +128,10 @@ pub struct Flow {
     pub output: String,
     #[serde(default)]
     pub masq: Option<bool>,
+    /// Reuse this client port for every attempt (and across steps): the same
+    /// 5-tuple, so stale conntrack entries show. Attempts then run one by one.
+    #[serde(default)]
+    pub source_port: Option<u16>,
 }
 
 impl Flow {
@@ -234,7 +238,9 @@ impl Scenario {
     }
 
     pub fn all_flows(&self) -> impl Iterator<Item = &Flow> {
-        self.flows.iter().chain(self.steps.iter().flat_map(|s| &s.flows))
+        self.flows
+            .iter()
+            .chain(self.steps.iter().flat_map(|s| &s.flows))
     }
 
     pub fn all_slices(&self) -> impl Iterator<Item = &EndpointSlice> {

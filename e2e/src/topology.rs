@@ -1,14 +1,18 @@
 //! The namespaces of one scenario and how they are wired:
 //!
 //! ```text
-//!   pods  (this node's pods: local endpoints, pod clients)   ──pod0─┐
-//!   remote (endpoints on other nodes)                         ──rmt0─┤ node
-//!   ext   (clients outside the cluster; the node's uplink)    ──up0──┤ (the node's addresses on up0)
-//!   sink  (catches traffic no rule translated)                ──sink0┘ (the node's default route)
+//!   h0 (one address: a pod, an endpoint, a client)  ──eth0 ═ h0──┐
+//!   h1 …                                             ──eth0 ═ h1──┤ node   (node addresses and the
+//!   …                                                             │         169.254.1.1 gateway on
+//!   sink (catches traffic no rule translated)        ──eth0 ═ sink0┘         the uplink up0)
 //! ```
-//! Every address lives in exactly one namespace; the node has a host route to
-//! each through the right link, the others route everything to the node
-//! (169.254.1.1 / fe80::1). Nothing is connected to the host namespace.
+//! Every address of the scenario lives in exactly one namespace: the node's
+//! own addresses in the node, every other source or endpoint address in a
+//! host namespace of its own (as a pod or a client machine would), and flow
+//! destinations that are nobody's address on the sink's loopback, so a
+//! connection no rule translated still finds a server that reports the
+//! untouched destination. The node has a host route to each host; hosts route
+//! everything to the node. Nothing is connected to the host namespace.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -21,18 +25,15 @@ use crate::scenario::{NodeAddress, Scenario};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Place {
     Node,
-    Pods,
-    Remote,
-    External,
+    /// Index into the host namespaces.
+    Host(usize),
     Sink,
 }
 
 /// The namespaces of one scenario (removed on drop).
 pub struct Topology {
     pub node: Netns,
-    pub pods: Netns,
-    pub remote: Netns,
-    pub ext: Netns,
+    pub hosts: Vec<(Netns, IpAddr)>,
     pub sink: Netns,
     pub node_addresses: Vec<NodeAddress>,
     places: BTreeMap<IpAddr, Place>,
@@ -42,6 +43,8 @@ const GATEWAY4: &str = "169.254.1.1";
 const GATEWAY6: &str = "fe80::1";
 const SINK4: &str = "169.254.1.2";
 const SINK6: &str = "fe80::2";
+/// The node's uplink: one end of a veth pair inside the node (this kernel has no dummy driver) holding the node's addresses.
+pub const UPLINK: &str = "up0";
 
 fn host_prefix(ip: &IpAddr) -> String {
     match ip {
@@ -55,71 +58,59 @@ fn addr_cmd(ip: &IpAddr, prefix: &str, dev: &str) -> String {
     format!("addr add {prefix} dev {dev}{nodad}")
 }
 
-/// Decide where every address of the scenario lives.
-fn place_addresses(scenario: &Scenario, node_ips: &[IpAddr]) -> BTreeMap<IpAddr, Place> {
-    let mut places = BTreeMap::new();
-    for ip in node_ips {
-        places.insert(*ip, Place::Node);
-    }
+/// Every address the scenario needs in a namespace of its own, then the
+/// destinations that belong to nobody.
+fn scenario_addresses(scenario: &Scenario) -> (Vec<IpAddr>, Vec<IpAddr>) {
+    let mut hosts = Vec::new();
     for slice in scenario.all_slices() {
         for ep in &slice.endpoints {
-            let local = ep.node_name.as_deref() == Some(scenario.node.name.as_str());
-            for ip in ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
-                places
-                    .entry(ip)
-                    .or_insert(if local { Place::Pods } else { Place::Remote });
-            }
+            hosts.extend(ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()));
         }
     }
-    for flow in scenario.all_flows() {
-        let ip = flow.source_ip;
-        if ip.is_loopback() {
-            continue;
-        }
-        let in_cluster = scenario.node.cluster_cidrs.iter().any(|c| c.contains(&ip));
-        places
-            .entry(ip)
-            .or_insert(if in_cluster { Place::Pods } else { Place::External });
-    }
-    for flow in scenario.all_flows() {
-        if !flow.dest_ip.is_loopback() {
-            places.entry(flow.dest_ip).or_insert(Place::Sink);
-        }
-    }
-    places
+    hosts.extend(scenario.all_flows().map(|f| f.source_ip));
+    let sink = scenario.all_flows().map(|f| f.dest_ip).collect();
+    (hosts, sink)
 }
 
 impl Topology {
     pub fn build(prefix: &str, scenario: &Scenario) -> Result<Topology, HarnessError> {
-        let node_addresses = scenario
-            .node
-            .parsed_addresses()
-            .map_err(|message| HarnessError::Setup {
-                what: "node addresses".into(),
-                message,
-            })?;
-        let node_ips: Vec<IpAddr> = node_addresses.iter().map(|a| a.ip).collect();
-        let places = place_addresses(scenario, &node_ips);
+        let node_addresses =
+            scenario
+                .node
+                .parsed_addresses()
+                .map_err(|message| HarnessError::Setup {
+                    what: "node addresses".into(),
+                    message,
+                })?;
+        let mut places = BTreeMap::new();
+        for a in &node_addresses {
+            places.insert(a.ip, Place::Node);
+        }
+        let node = Netns::create(&format!("{prefix}node"))?;
+        let sink = Netns::create(&format!("{prefix}sink"))?;
+        let (host_ips, sink_ips) = scenario_addresses(scenario);
+        let mut hosts = Vec::new();
+        for ip in host_ips {
+            if ip.is_loopback() || places.contains_key(&ip) {
+                continue;
+            }
+            places.insert(ip, Place::Host(hosts.len()));
+            hosts.push((Netns::create(&format!("{prefix}h{}", hosts.len()))?, ip));
+        }
+        for ip in sink_ips {
+            if !ip.is_loopback() {
+                places.entry(ip).or_insert(Place::Sink);
+            }
+        }
         let topo = Topology {
-            node: Netns::create(&format!("{prefix}node"))?,
-            pods: Netns::create(&format!("{prefix}pods"))?,
-            remote: Netns::create(&format!("{prefix}remote"))?,
-            ext: Netns::create(&format!("{prefix}ext"))?,
-            sink: Netns::create(&format!("{prefix}sink"))?,
+            node,
+            hosts,
+            sink,
             node_addresses,
             places,
         };
         topo.wire()?;
         Ok(topo)
-    }
-
-    fn links(&self) -> [(&Netns, &'static str, Place); 4] {
-        [
-            (&self.pods, "pod0", Place::Pods),
-            (&self.remote, "rmt0", Place::Remote),
-            (&self.ext, "up0", Place::External),
-            (&self.sink, "sink0", Place::Sink),
-        ]
     }
 
     fn wire(&self) -> Result<(), HarnessError> {
@@ -135,55 +126,60 @@ impl Topology {
             ("net.ipv6.conf.all.forwarding", "1"),
             ("net.ipv4.conf.all.send_redirects", "0"),
             ("net.ipv4.conf.default.send_redirects", "0"),
+            // REJECT answers with ICMP; the default rate limit would turn
+            // later rejections into apparent drops.
+            ("net.ipv4.icmp_ratelimit", "0"),
+            ("net.ipv4.icmp_msgs_per_sec", "100000"),
+            ("net.ipv6.icmp.ratelimit", "0"),
         ]);
         self.node.sysctls(&node_sysctls)?;
-        let mut node_cmds = Vec::new();
-        for (peer, dev, _) in self.links() {
-            peer.sysctls(&quiet)?;
+
+        let mut node_cmds = vec![
+            format!("link add {UPLINK} type veth peer name {UPLINK}p"),
+            format!("link set {UPLINK}p up"),
+            format!("link set {UPLINK} up"),
+        ];
+        for a in &self.node_addresses {
+            node_cmds.push(addr_cmd(&a.ip, &format!("{}/{}", a.ip, a.prefix), UPLINK));
+        }
+        node_cmds.push(format!("addr add {GATEWAY4}/32 dev {UPLINK}"));
+
+        let peers = self
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(i, (ns, ip))| (ns, format!("h{i}"), Some(*ip)))
+            .chain([(&self.sink, "sink0".to_string(), None)]);
+        for (ns, dev, ip) in peers {
+            ns.sysctls(&quiet)?;
             node_cmds.push(format!(
                 "link add {dev} type veth peer name eth0 netns {}",
-                peer.name()
+                ns.name()
             ));
-        }
-        self.node.batch(&node_cmds)?;
-
-        let mut node_cmds = Vec::new();
-        for (peer, dev, place) in self.links() {
-            let (gw4, gw6) = if place == Place::Sink {
-                (SINK4, SINK6)
-            } else {
-                (GATEWAY4, GATEWAY6)
-            };
             node_cmds.push(format!("link set {dev} up"));
-            node_cmds.push(format!("addr add {GATEWAY4}/32 dev {dev}"));
             node_cmds.push(format!("addr add {GATEWAY6}/64 dev {dev} nodad"));
             let mut peer_cmds = vec!["link set eth0 up".to_string()];
-            if place == Place::Sink {
-                peer_cmds.push(format!("addr add {SINK4}/32 dev eth0"));
-                peer_cmds.push(format!("addr add {SINK6}/64 dev eth0 nodad"));
-            }
-            peer_cmds.push(format!("route add {GATEWAY4}/32 dev eth0"));
-            peer_cmds.push(format!("route add default via {GATEWAY4} dev eth0"));
-            peer_cmds.push(format!("-6 route add default via {GATEWAY6} dev eth0"));
-            for (ip, _) in self.places.iter().filter(|(_, p)| **p == place) {
-                let dev_in_peer = if place == Place::Sink { "lo" } else { "eth0" };
-                peer_cmds.push(addr_cmd(ip, &host_prefix(ip), dev_in_peer));
-                let family = if ip.is_ipv6() { "-6 " } else { "" };
-                node_cmds.push(format!("{family}route add {} dev {dev}", host_prefix(ip)));
-            }
-            if place == Place::Sink {
-                node_cmds.push(format!("route add {gw4}/32 dev {dev}"));
-                node_cmds.push(format!("route add default via {gw4} dev {dev}"));
-                node_cmds.push(format!("-6 route add default via {gw6} dev {dev}"));
-            }
-            if place == Place::External {
-                for a in &self.node_addresses {
-                    node_cmds.push(addr_cmd(&a.ip, &format!("{}/{}", a.ip, a.prefix), dev));
+            match ip {
+                Some(ip) => {
+                    peer_cmds.push(addr_cmd(&ip, &host_prefix(&ip), "eth0"));
+                    node_cmds.push(format!("route add {} dev {dev}", host_prefix(&ip)));
+                }
+                None => {
+                    peer_cmds.push(format!("addr add {SINK4}/32 dev eth0"));
+                    peer_cmds.push(format!("addr add {SINK6}/64 dev eth0 nodad"));
+                    for (ip, _) in self.places.iter().filter(|(_, p)| **p == Place::Sink) {
+                        peer_cmds.push(addr_cmd(ip, &host_prefix(ip), "lo"));
+                    }
+                    node_cmds.push(format!("route add default via {SINK4} dev {dev} onlink"));
+                    node_cmds.push(format!("route add default via {SINK6} dev {dev}"));
                 }
             }
-            peer.batch(&peer_cmds)?;
+            peer_cmds.push(format!("route add default via {GATEWAY4} dev eth0 onlink"));
+            peer_cmds.push(format!("route add default via {GATEWAY6} dev eth0"));
+            self.node.batch(&std::mem::take(&mut node_cmds))?;
+            ns.batch(&peer_cmds)?;
         }
-        self.node.batch(&node_cmds)
+        Ok(())
     }
 
     /// Where `ip` lives (loopback and the node's addresses: the node).
@@ -197,9 +193,7 @@ impl Topology {
     pub fn netns(&self, place: Place) -> &Netns {
         match place {
             Place::Node => &self.node,
-            Place::Pods => &self.pods,
-            Place::Remote => &self.remote,
-            Place::External => &self.ext,
+            Place::Host(i) => self.hosts.get(i).map_or(&self.sink, |(ns, _)| ns),
             Place::Sink => &self.sink,
         }
     }

@@ -43,6 +43,12 @@ enum ChildRole {
         proto: String,
         #[arg(long)]
         src: IpAddr,
+        /// First source port (attempt i uses src_port + i; 0: kernel's choice).
+        #[arg(long, default_value_t = 0)]
+        src_port: u16,
+        /// Every attempt uses exactly src_port.
+        #[arg(long)]
+        fixed_port: bool,
         #[arg(long)]
         dst: SocketAddr,
         #[arg(long)]
@@ -69,6 +75,8 @@ fn child(role: ChildRole) -> ExitCode {
         ChildRole::Connect {
             proto,
             src,
+            src_port,
+            fixed_port,
             dst,
             count,
             timeout_ms,
@@ -86,7 +94,18 @@ fn child(role: ChildRole) -> ExitCode {
                 return ExitCode::FAILURE;
             }
             let timeout = Duration::from_millis(timeout_ms);
-            for a in probe::connect(protocol, src, dst, count, timeout, sequential) {
+            for a in probe::connect(
+                protocol,
+                probe::Source {
+                    ip: src,
+                    port: src_port,
+                    step: u16::from(!fixed_port && src_port != 0),
+                },
+                dst,
+                count,
+                timeout,
+                sequential,
+            ) {
                 println!("{a}");
             }
             ExitCode::SUCCESS

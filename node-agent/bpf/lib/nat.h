@@ -3,8 +3,9 @@
  * Per-packet NAT for traffic from outside (tc): DNAT of new flows to a
  * backend of the external list, SNAT to the node address where the service
  * masquerades, and the reverse rewrite on replies, all through sy_conntrack
- * (an LRU map of ours: one entry per direction, the value is the tuple to
- * rewrite the packet to).
+ * (an LRU map of ours). Keys are the tuple as seen on the wire plus the
+ * direction (in `pad`); the value is the tuple to rewrite the packet to.
+ * DNAT and un-SNAT happen on ingress, SNAT and un-DNAT on egress.
  */
 #ifndef SY_NAT_H
 #define SY_NAT_H
@@ -14,6 +15,10 @@
 #define SY_IP4_CSUM_OFF (ETH_HLEN + 10)
 #define SY_IP4_SRC_OFF (ETH_HLEN + 12)
 #define SY_IP6_SRC_OFF (ETH_HLEN + 8)
+
+/* sy_tuple.pad of conntrack keys */
+#define SY_CT_INGRESS 1
+#define SY_CT_EGRESS 2
 
 struct sy_pkt {
 	struct sy_tuple t;
@@ -204,7 +209,7 @@ SY_INLINE int sy_nat_new_flow(struct __sk_buff *skb, const struct sy_pkt *pkt)
 				       .family = pkt->t.family};
 	struct sy_client client = {};
 	struct sy_backend *backend = 0;
-	struct sy_tuple to, reply = {};
+	struct sy_tuple dnat, key, value;
 	struct sy_svc_slot *s0;
 	struct sy_frontend *fe;
 	__u32 masq[4];
@@ -235,28 +240,45 @@ SY_INLINE int sy_nat_new_flow(struct __sk_buff *skb, const struct sy_pkt *pkt)
 	if (!backend || backend->family != pkt->t.family)
 		return TC_ACT_SHOT;
 
-	to = pkt->t;
-	sy_addr_copy(to.dst, backend->addr);
-	to.dport = backend->port;
+	/* dnat: client -> backend, rewritten here; the reply is rewritten back
+	 * where it leaves the node. */
+	dnat = pkt->t;
+	sy_addr_copy(dnat.dst, backend->addr);
+	dnat.dport = backend->port;
+	dnat.pad = 0;
+	sy_tuple_reverse(&key, &dnat);
+	key.pad = SY_CT_EGRESS;
+	sy_tuple_reverse(&value, &pkt->t);
+	if (bpf_map_update_elem(&sy_conntrack, &key, &value, BPF_ANY) < 0)
+		return TC_ACT_SHOT;
+
+	/* snat (after routing, where the flow leaves: a node address as the
+	 * source of an arriving packet would be a martian): node -> backend,
+	 * and its reply back to the client where it arrives. */
 	s0 = sy_slot0(fe->svc_id, list);
-	if (sy_nat_masquerade(fe, s0, &pkt->t) && sy_masquerade_addr(pkt->t.family, masq))
-		sy_addr_copy(to.src, masq);
-
-	sy_tuple_reverse(&reply, &to);
-	{
-		struct sy_tuple back;
-
-		sy_tuple_reverse(&back, &pkt->t);
-		if (bpf_map_update_elem(&sy_conntrack, &reply, &back, BPF_ANY) < 0)
+	if (sy_nat_masquerade(fe, s0, &pkt->t) && sy_masquerade_addr(pkt->t.family, masq)) {
+		key = dnat;
+		key.pad = SY_CT_EGRESS;
+		value = dnat;
+		sy_addr_copy(value.src, masq);
+		if (bpf_map_update_elem(&sy_conntrack, &key, &value, BPF_ANY) < 0)
+			return TC_ACT_SHOT;
+		sy_tuple_reverse(&key, &value);
+		key.pad = SY_CT_INGRESS;
+		sy_tuple_reverse(&value, &dnat);
+		if (bpf_map_update_elem(&sy_conntrack, &key, &value, BPF_ANY) < 0)
 			return TC_ACT_SHOT;
 	}
-	if (bpf_map_update_elem(&sy_conntrack, &pkt->t, &to, BPF_ANY) < 0)
+
+	key = pkt->t;
+	key.pad = SY_CT_INGRESS;
+	if (bpf_map_update_elem(&sy_conntrack, &key, &dnat, BPF_ANY) < 0)
 		return TC_ACT_SHOT;
-	return sy_rewrite(skb, pkt, &to) < 0 ? TC_ACT_SHOT : TC_ACT_OK;
+	return sy_rewrite(skb, pkt, &dnat) < 0 ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
-/* Both directions: an established flow is rewritten by its conntrack entry;
- * on ingress, a new flow to an external frontend is load-balanced. */
+/* Both directions: an established flow is rewritten by its conntrack entry
+ * for this direction; on ingress, a new flow to a frontend is load-balanced. */
 SY_INLINE int sy_nat(struct __sk_buff *skb, int ingress)
 {
 	struct sy_pkt pkt = {};
@@ -264,6 +286,7 @@ SY_INLINE int sy_nat(struct __sk_buff *skb, int ingress)
 
 	if (sy_parse(skb, &pkt) < 0)
 		return TC_ACT_OK;
+	pkt.t.pad = ingress ? SY_CT_INGRESS : SY_CT_EGRESS;
 	ct = bpf_map_lookup_elem(&sy_conntrack, &pkt.t);
 	if (ct) {
 		struct sy_tuple to = *ct;
@@ -272,6 +295,7 @@ SY_INLINE int sy_nat(struct __sk_buff *skb, int ingress)
 	}
 	if (!ingress)
 		return TC_ACT_OK;
+	pkt.t.pad = 0;
 	return sy_nat_new_flow(skb, &pkt);
 }
 

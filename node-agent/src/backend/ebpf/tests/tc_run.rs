@@ -121,11 +121,13 @@ fn parse_checked(f: &[u8]) -> (String, u16, String, u16) {
     (src.to_string(), port(0), dst.to_string(), port(2))
 }
 
-/// A loaded tc ingress program over maps pinned in a bpffs of the test.
+/// The loaded tc programs over maps pinned in a bpffs of the test.
 struct Harness {
     _bpffs: ScratchBpffs,
-    ingress: aya::Ebpf,
+    programs: aya::Ebpf,
 }
+
+const PROGRAMS: [&str; 2] = ["sy_tc_ingress", "sy_tc_egress"];
 
 impl Harness {
     fn new(plan: &EbpfPlan) -> Harness {
@@ -143,28 +145,23 @@ impl Harness {
         let mut attached = plan.clone();
         attached.config = config.clone();
         ns.enter(|| backend.apply(&attached).unwrap());
-        let mut ingress =
+        let mut programs =
             AyaKernel::load_object(&config, &pin_root.join("maps"), objects::TC).unwrap();
-        let prog: &mut SchedClassifier = ingress
-            .program_mut("sy_tc_ingress")
-            .unwrap()
-            .try_into()
-            .unwrap();
-        prog.load().unwrap();
+        for name in PROGRAMS {
+            let prog: &mut SchedClassifier =
+                programs.program_mut(name).unwrap().try_into().unwrap();
+            prog.load().unwrap();
+        }
         Harness {
             _bpffs: bpffs,
-            ingress,
+            programs,
         }
     }
 
-    /// Run the ingress program; the verdict and the frame as it leaves.
-    fn run(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &mut SchedClassifier = self
-            .ingress
-            .program_mut("sy_tc_ingress")
-            .unwrap()
-            .try_into()
-            .unwrap();
+    /// Run one program on a frame: the verdict and the frame after it.
+    fn run_one(&mut self, name: &str, input: &[u8]) -> (u32, Vec<u8>) {
+        let prog: &mut SchedClassifier =
+            self.programs.program_mut(name).unwrap().try_into().unwrap();
         let mut out = vec![0u8; input.len() + 64];
         let r = prog
             .test_run(TestRunOptions {
@@ -175,6 +172,16 @@ impl Harness {
             .unwrap();
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
+    }
+
+    /// A frame forwarded through the node: ingress on one interface, then
+    /// (unless dropped) egress on another. The verdict and the frame as it leaves.
+    fn run(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
+        let (verdict, after_ingress) = self.run_one(PROGRAMS[0], input);
+        if verdict != TC_ACT_OK {
+            return (verdict, after_ingress);
+        }
+        self.run_one(PROGRAMS[1], &after_ingress)
     }
 }
 
@@ -225,6 +232,15 @@ fn node_port_flow_is_dnated_and_masqueraded_and_replies_are_reversed() {
     );
     assert_eq!(dport, 8080);
 
+    // Ingress alone only DNATs; the source is rewritten where the flow leaves.
+    let (_, dnat_only) = h.run_one(
+        PROGRAMS[0],
+        &frame(6, "198.51.100.7", 40000, NODE_IP, 30080),
+    );
+    assert_eq!(
+        parse_checked(&dnat_only),
+        ("198.51.100.7".to_string(), 40000, dst.clone(), 8080)
+    );
     // The same flow again keeps its backend (conntrack).
     for _ in 0..8 {
         let (_, again) = h.run(&frame(6, "198.51.100.7", 40000, NODE_IP, 30080));

@@ -31,17 +31,29 @@ static SEQ: AtomicUsize = AtomicUsize::new(0);
 struct NodeSockets {
     addresses: BTreeSet<IpAddr>,
     cluster_cidrs: Vec<Cidr>,
+    /// Node addresses other than the first of their family, when NodePorts
+    /// are served on the default (primary) addresses.
+    secondary: BTreeSet<IpAddr>,
 }
 
 impl NodeSockets {
     fn of(scenario: &Scenario) -> NodeSockets {
-        let mut addresses: BTreeSet<IpAddr> = scenario
+        let node_ips: Vec<IpAddr> = scenario
             .node
             .parsed_addresses()
             .unwrap_or_default()
             .iter()
             .map(|a| a.ip)
             .collect();
+        let mut secondary = BTreeSet::new();
+        if scenario.node.node_port_addresses.is_none() {
+            for (i, ip) in node_ips.iter().enumerate() {
+                if node_ips[..i].iter().any(|p| p.is_ipv4() == ip.is_ipv4()) {
+                    secondary.insert(*ip);
+                }
+            }
+        }
+        let mut addresses: BTreeSet<IpAddr> = node_ips.iter().copied().collect();
         for slice in scenario.all_slices() {
             for ep in &slice.endpoints {
                 if ep.node_name.as_deref() == Some(scenario.node.name.as_str()) {
@@ -52,6 +64,7 @@ impl NodeSockets {
         NodeSockets {
             addresses,
             cluster_cidrs: scenario.node.cluster_cidrs.clone(),
+            secondary,
         }
     }
 
@@ -117,6 +130,13 @@ impl ModeHooks for EbpfHooks {
     }
 
     fn unsupported(&self, flow: &Flow) -> Option<String> {
+        if self.sockets.secondary.contains(&flow.dest_ip) {
+            return Some(
+                "eBPF serves NodePorts on the node's primary address of each family unless \
+                 nodePortAddresses says otherwise (kube-proxy's nftables default)"
+                    .to_string(),
+            );
+        }
         if flow.masq == Some(true) && self.sockets.contains(&flow.source_ip) {
             return Some(
                 "eBPF socket-level load balancing connects the node's and its pods' sockets \

@@ -11,6 +11,7 @@
 #define SY_NAT_H
 
 #include "lb.h"
+#include "reject.h"
 
 #define SY_IP4_CSUM_OFF (ETH_HLEN + 10)
 #define SY_IP4_SRC_OFF (ETH_HLEN + 12)
@@ -229,9 +230,7 @@ SY_INLINE int sy_nat_new_flow(struct __sk_buff *skb, const struct sy_pkt *pkt)
 	case SY_NOT_SERVICE:
 		return TC_ACT_OK;
 	case SY_REJECT:
-		/* A NodePort is a node address and port nothing listens on: the
-		 * node's stack answers with a reset / port unreachable. */
-		return fe->kind == SY_KIND_NODE_PORT ? TC_ACT_OK : TC_ACT_SHOT;
+		return pkt->t.family == AF_INET ? sy_reject4(skb, pkt->l4off) : TC_ACT_SHOT;
 	case SY_DROP:
 		return TC_ACT_SHOT;
 	case SY_FORWARD:

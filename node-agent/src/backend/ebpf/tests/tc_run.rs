@@ -17,6 +17,7 @@ use crate::settings::{LocalDetector, Settings};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
 
 fn sum16(data: &[u8], mut acc: u32) -> u32 {
     for chunk in data.chunks(2) {
@@ -337,18 +338,47 @@ fn ipv6_external_ip_is_dnated_to_an_ipv6_backend_and_masqueraded() {
     );
 }
 
+/// Check an ICMP port unreachable answering `orig`: addresses swapped, checksums
+/// valid, the original header quoted.
+fn assert_port_unreachable(reply: &[u8], orig: &[u8]) {
+    assert_eq!(reply[0..6], orig[6..12], "back to the sender's MAC");
+    let ip = &reply[14..34];
+    assert_eq!(fold(sum16(ip, 0)), 0, "IPv4 header checksum");
+    assert_eq!(
+        (ip[9], &ip[12..16], &ip[16..20]),
+        (1, &orig[30..34], &orig[26..30])
+    );
+    let icmp = &reply[34..];
+    assert_eq!(icmp.len(), 8 + 28);
+    assert_eq!((icmp[0], icmp[1]), (3, 3), "destination unreachable, port");
+    assert_eq!(fold(sum16(icmp, 0)), 0, "ICMP checksum");
+    assert_eq!(
+        icmp[8..],
+        orig[14..42],
+        "quotes the original header and 8 bytes"
+    );
+}
+
 #[test]
-fn node_port_without_endpoints_goes_to_the_node_stack_to_be_rejected() {
+fn service_without_endpoints_is_rejected_with_port_unreachable() {
     let mut svc = service(6, "10.96.0.6", 80, vec![]);
     svc.node_port = Some(30006);
     svc.external_ips = vec![ip("203.0.113.6")];
-    let mut h = Harness::new(&render(&linked(vec![svc]), &Settings::defaults(Mode::Ebpf)));
-    let np = frame(6, "198.51.100.7", 44000, NODE_IP, 30006);
-    assert_eq!(h.run(&np), (TC_ACT_OK, np));
-    assert_eq!(
-        h.run(&frame(6, "198.51.100.7", 44000, "203.0.113.6", 80)).0,
-        TC_ACT_SHOT
-    );
+    let mut udp = service(7, "10.96.0.7", 53, vec![]);
+    udp.protocol = switchyard_api::ruleset::Protocol::Udp;
+    udp.node_port = Some(30007);
+    let plan = render(&linked(vec![svc, udp]), &Settings::defaults(Mode::Ebpf));
+    let mut h = Harness::new(&plan);
+    for (proto, dst, port) in [
+        (6, NODE_IP, 30006),
+        (17, NODE_IP, 30007),
+        (6, "203.0.113.6", 80),
+    ] {
+        let orig = frame(proto, "198.51.100.7", 44000, dst, port);
+        let (verdict, reply) = h.run_one(PROGRAMS[0], &orig);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "sent back out of the interface");
+        assert_port_unreachable(&reply, &orig);
+    }
 }
 
 #[test]

@@ -12,7 +12,7 @@ use switchyard_api::Mode;
 
 use crate::HarnessError;
 use crate::netns::Netns;
-use crate::scenario::Flow;
+use crate::scenario::{Flow, Scenario};
 
 /// Builds the dataplane. Called on the agent thread, already inside the node
 /// namespace, so every tool it runs and every socket it opens is there.
@@ -24,13 +24,13 @@ pub trait ModeHooks {
 
     /// Called once per scenario after the namespaces and links exist, before
     /// any rules are applied (load programs, create a cgroup, …).
-    fn prepare_node(&mut self, _node: &Netns) -> Result<(), HarnessError> {
+    fn prepare_node(&mut self, _node: &Netns, _scenario: &Scenario) -> Result<(), HarnessError> {
         Ok(())
     }
 
-    /// A cgroup v2 directory every client process joins before connecting
-    /// (never the root cgroup).
-    fn client_cgroup(&self) -> Option<PathBuf> {
+    /// A cgroup v2 directory the client process of `flow` joins before
+    /// connecting (never the root cgroup).
+    fn client_cgroup(&self, _flow: &Flow) -> Option<PathBuf> {
         None
     }
 
@@ -64,5 +64,8 @@ impl ModeHooks for KernelHooks {
 
 /// The hooks for `mode`.
 pub fn hooks_for(mode: Mode) -> Box<dyn ModeHooks> {
-    Box::new(KernelHooks { mode })
+    match mode {
+        Mode::Ebpf => Box::new(crate::ebpf::EbpfHooks::default()),
+        _ => Box::new(KernelHooks { mode }),
+    }
 }

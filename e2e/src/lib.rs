@@ -9,6 +9,7 @@
 //! - [`runner`]: compile, link, apply, send connections, judge, report.
 
 pub mod agent;
+pub mod ebpf;
 pub mod hooks;
 pub mod netns;
 pub mod probe;

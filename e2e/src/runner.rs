@@ -400,7 +400,7 @@ fn run_flows(ctx: &Ctx<'_>, stage: &Stage<'_>, ruleset: &Ruleset, totals: &mut T
             Some(port) => args.extend([format!("--src-port={port}"), "--fixed-port".into()]),
             None => args.push(format!("--src-port={}", ctx.ports.next(count))),
         }
-        if let Some(cg) = ctx.hooks.client_cgroup() {
+        if let Some(cg) = ctx.hooks.client_cgroup(flow) {
             args.push(format!("--cgroup={}", cg.display()));
         }
         let ns = ctx.topo.netns(ctx.topo.place_of(&flow.source_ip));
@@ -505,7 +505,7 @@ pub fn run_file(
         std::process::id()
     );
     let topo = Topology::build(&prefix, &scenario)?;
-    hooks.prepare_node(&topo.node)?;
+    hooks.prepare_node(&topo.node, &scenario)?;
     let sctp = probe::sctp_supported();
     let servers = start_servers(&topo, &scenario, sctp)?;
     let agent = NodeAgent::start(&topo.node, hooks.dataplane())?;

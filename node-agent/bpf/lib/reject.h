@@ -1,0 +1,83 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Reject like kube-proxy (icmp-port-unreachable): turn the packet into an
+ * ICMP destination unreachable from its destination and send it back out of
+ * the interface it came in on. TCP and UDP clients both see ECONNREFUSED.
+ */
+#ifndef SY_REJECT_H
+#define SY_REJECT_H
+
+#include "common.h"
+
+/* <linux/icmp.h> drags in libc headers; the two constants and the header are all we need. */
+#define SY_ICMP_DEST_UNREACH 3
+#define SY_ICMP_PORT_UNREACH 3
+
+struct sy_icmphdr {
+	__u8 type;
+	__u8 code;
+	__u16 checksum;
+	__u32 unused;
+};
+
+/* The original IPv4 header (no options) and the first 8 bytes of its payload. */
+#define SY_QUOTE4 28
+
+SY_INLINE __u16 sy_csum_fold(__s64 sum)
+{
+	__u32 s = (__u32)sum;
+
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)~s;
+}
+
+struct sy_icmp4 {
+	struct iphdr ip;
+	struct sy_icmphdr icmp;
+};
+
+SY_INLINE int sy_reject4(struct __sk_buff *skb, __u32 l4off)
+{
+	struct sy_icmp4 hdr = {};
+	struct ethhdr eth;
+	__u8 mac[ETH_ALEN];
+	__u8 quote[SY_QUOTE4];
+	struct iphdr *orig = (struct iphdr *)quote;
+	__s64 sum;
+
+	if (l4off != ETH_HLEN + sizeof(struct iphdr))
+		return TC_ACT_SHOT;
+	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0 ||
+	    bpf_skb_load_bytes(skb, ETH_HLEN, quote, sizeof(quote)) < 0)
+		return TC_ACT_SHOT;
+	if (bpf_skb_change_tail(skb, ETH_HLEN + SY_QUOTE4, 0) < 0 ||
+	    bpf_skb_adjust_room(skb, sizeof(hdr), BPF_ADJ_ROOM_MAC, 0) < 0)
+		return TC_ACT_SHOT;
+
+	hdr.ip.version = 4;
+	hdr.ip.ihl = 5;
+	hdr.ip.ttl = 64;
+	hdr.ip.protocol = IPPROTO_ICMP;
+	hdr.ip.tot_len = bpf_htons(sizeof(hdr) + SY_QUOTE4);
+	hdr.ip.saddr = orig->daddr;
+	hdr.ip.daddr = orig->saddr;
+	sum = bpf_csum_diff(0, 0, (__be32 *)&hdr.ip, sizeof(hdr.ip), 0);
+	hdr.ip.check = sy_csum_fold(sum);
+	hdr.icmp.type = SY_ICMP_DEST_UNREACH;
+	hdr.icmp.code = SY_ICMP_PORT_UNREACH;
+	sum = bpf_csum_diff(0, 0, (__be32 *)&hdr.icmp, sizeof(hdr.icmp), 0);
+	sum = bpf_csum_diff(0, 0, (__be32 *)quote, sizeof(quote), sum);
+	hdr.icmp.checksum = sy_csum_fold(sum);
+
+	__builtin_memcpy(mac, eth.h_dest, ETH_ALEN);
+	__builtin_memcpy(eth.h_dest, eth.h_source, ETH_ALEN);
+	__builtin_memcpy(eth.h_source, mac, ETH_ALEN);
+	if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN, &hdr, sizeof(hdr), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(hdr), quote, sizeof(quote), 0) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+#endif

@@ -1,0 +1,171 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Socket-level load balancing (cgroup sock_addr hooks): the destination is
+ * rewritten at connect/sendmsg time, and recvmsg/getpeername answer with the
+ * service address the application asked for.
+ */
+#ifndef SY_SOCK_H
+#define SY_SOCK_H
+
+#include "lb.h"
+
+/* The frontend a socket address names, or 0. */
+SY_INLINE struct sy_frontend *sy_sock_frontend(const __u32 *addr, __u16 port, __u8 proto,
+					       __u8 family)
+{
+	struct sy_frontend_key key = {.port = port, .proto = proto, .family = family};
+
+	sy_addr_copy(key.addr, addr);
+	return bpf_map_lookup_elem(&sy_frontends, &key);
+}
+
+/* Cluster IPs use the internal list; external frontends reached from the node
+ * or its pods short-circuit to the cluster list (kube-proxy does the same). */
+SY_INLINE __u8 sy_sock_list(const struct sy_frontend *fe, __u8 family)
+{
+	return sy_list(fe->kind == SY_KIND_CLUSTER_IP ? SY_LIST_INTERNAL : SY_LIST_CLUSTER, family);
+}
+
+SY_INLINE __u8 sy_sock_proto(struct bpf_sock_addr *ctx)
+{
+	return (__u8)ctx->protocol;
+}
+
+/*
+ * Rewrite addr and port (the socket's destination) to a backend. Returns the
+ * hook's verdict: 1 to let the call go on, 0 to fail it with bpf_set_retval's
+ * error.
+ */
+SY_INLINE int sy_sock_rewrite(struct bpf_sock_addr *ctx, __u32 *addr, __u16 *port, __u8 family)
+{
+	struct sy_frontend *fe = sy_sock_frontend(addr, *port, sy_sock_proto(ctx), family);
+	struct sy_client client = {};
+	struct sy_backend *backend = 0;
+	struct sy_sock_key rkey = {};
+	struct sy_addr_port vip = {};
+
+	if (!fe)
+		return 1;
+	client.cookie = bpf_get_netns_cookie(ctx);
+	switch (sy_select(fe->svc_id, sy_sock_list(fe, family), &client, &backend)) {
+	case SY_NOT_SERVICE:
+		return 1;
+	case SY_REJECT:
+		bpf_set_retval(-ECONNREFUSED);
+		return 0;
+	case SY_DROP:
+		bpf_set_retval(-ETIMEDOUT);
+		return 0;
+	case SY_FORWARD:
+		break;
+	}
+	if (!backend || backend->family != family)
+		return 1;
+
+	sy_addr_copy(vip.addr, addr);
+	vip.port = *port;
+	rkey.cookie = bpf_get_socket_cookie(ctx);
+	sy_addr_copy(rkey.addr, backend->addr);
+	rkey.port = backend->port;
+	rkey.family = family;
+	bpf_map_update_elem(&sy_sock_revnat, &rkey, &vip, BPF_ANY);
+
+	sy_addr_copy(addr, backend->addr);
+	*port = backend->port;
+	return 1;
+}
+
+/* Answer with the service address a socket's peer was rewritten from. */
+SY_INLINE void sy_sock_restore(struct bpf_sock_addr *ctx, __u32 *addr, __u16 *port, __u8 family)
+{
+	struct sy_sock_key rkey = {.port = *port, .family = family};
+	struct sy_addr_port *vip;
+
+	rkey.cookie = bpf_get_socket_cookie(ctx);
+	sy_addr_copy(rkey.addr, addr);
+	vip = bpf_map_lookup_elem(&sy_sock_revnat, &rkey);
+	if (!vip)
+		return;
+	sy_addr_copy(addr, vip->addr);
+	*port = vip->port;
+}
+
+/* The v4/v6 context fields as one address/port pair. */
+SY_INLINE void sy_ctx_load4(struct bpf_sock_addr *ctx, __u32 *addr, __u16 *port)
+{
+	addr[0] = ctx->user_ip4;
+	addr[1] = addr[2] = addr[3] = 0;
+	*port = (__u16)ctx->user_port;
+}
+
+SY_INLINE void sy_ctx_store4(struct bpf_sock_addr *ctx, const __u32 *addr, __u16 port)
+{
+	ctx->user_ip4 = addr[0];
+	ctx->user_port = port;
+}
+
+SY_INLINE void sy_ctx_load6(struct bpf_sock_addr *ctx, __u32 *addr, __u16 *port)
+{
+	addr[0] = ctx->user_ip6[0];
+	addr[1] = ctx->user_ip6[1];
+	addr[2] = ctx->user_ip6[2];
+	addr[3] = ctx->user_ip6[3];
+	*port = (__u16)ctx->user_port;
+}
+
+SY_INLINE void sy_ctx_store6(struct bpf_sock_addr *ctx, const __u32 *addr, __u16 port)
+{
+	ctx->user_ip6[0] = addr[0];
+	ctx->user_ip6[1] = addr[1];
+	ctx->user_ip6[2] = addr[2];
+	ctx->user_ip6[3] = addr[3];
+	ctx->user_port = port;
+}
+
+SY_INLINE int sy_sock4_forward(struct bpf_sock_addr *ctx)
+{
+	__u32 addr[4];
+	__u16 port;
+	int verdict;
+
+	sy_ctx_load4(ctx, addr, &port);
+	verdict = sy_sock_rewrite(ctx, addr, &port, AF_INET);
+	sy_ctx_store4(ctx, addr, port);
+	return verdict;
+}
+
+SY_INLINE int sy_sock6_forward(struct bpf_sock_addr *ctx)
+{
+	__u32 addr[4];
+	__u16 port;
+	int verdict;
+
+	sy_ctx_load6(ctx, addr, &port);
+	verdict = sy_sock_rewrite(ctx, addr, &port, AF_INET6);
+	sy_ctx_store6(ctx, addr, port);
+	return verdict;
+}
+
+SY_INLINE int sy_sock4_reverse(struct bpf_sock_addr *ctx)
+{
+	__u32 addr[4];
+	__u16 port;
+
+	sy_ctx_load4(ctx, addr, &port);
+	sy_sock_restore(ctx, addr, &port, AF_INET);
+	sy_ctx_store4(ctx, addr, port);
+	return 1;
+}
+
+SY_INLINE int sy_sock6_reverse(struct bpf_sock_addr *ctx)
+{
+	__u32 addr[4];
+	__u16 port;
+
+	sy_ctx_load6(ctx, addr, &port);
+	sy_sock_restore(ctx, addr, &port, AF_INET6);
+	sy_ctx_store6(ctx, addr, port);
+	return 1;
+}
+
+#endif

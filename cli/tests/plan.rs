@@ -82,6 +82,11 @@ fn nftables_plan_matches_golden() {
 }
 
 #[test]
+fn ebpf_plan_matches_golden() {
+    plan_mode_golden("ebpf");
+}
+
+#[test]
 fn pool_decides_the_mode_and_json_is_stable() {
     let out = switchyard(
         &[

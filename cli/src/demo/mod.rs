@@ -270,15 +270,18 @@ fn check_mode(mode: Mode) -> Result<(), DemoError> {
     }
 }
 
-/// The running servers and clients; stopping them ends their threads.
-struct Traffic {
+/// Threads that run until told to stop.
+struct Group {
     stop: tokio::sync::watch::Sender<bool>,
     threads: Vec<std::thread::JoinHandle<Result<(), String>>>,
 }
 
-impl Traffic {
-    fn stop(mut self) -> Vec<String> {
-        self.halt()
+impl Group {
+    fn new() -> Group {
+        Group {
+            stop: tokio::sync::watch::channel(false).0,
+            threads: Vec::new(),
+        }
     }
 
     fn halt(&mut self) -> Vec<String> {
@@ -291,6 +294,25 @@ impl Traffic {
                 Err(_) => Some("a traffic thread panicked".to_string()),
             })
             .collect()
+    }
+}
+
+/// The running servers and clients. Clients stop first, after their requests
+/// in flight are answered, so that stopping is never counted as a failure.
+struct Traffic {
+    clients: Group,
+    servers: Group,
+}
+
+impl Traffic {
+    fn stop(mut self) -> Vec<String> {
+        self.halt()
+    }
+
+    fn halt(&mut self) -> Vec<String> {
+        let mut errors = self.clients.halt();
+        errors.extend(self.servers.halt());
+        errors
     }
 }
 
@@ -307,9 +329,10 @@ fn start_servers(topology: &Topology, traffic: &mut Traffic) -> Result<(), DemoE
     for n in &topology.nodes {
         for (j, pod_ns) in n.pods.iter().enumerate() {
             let pod = format!("web-{}-{j}", n.index);
-            let stop = traffic.stop.subscribe();
+            let stop = traffic.servers.stop.subscribe();
             let ready = ready_tx.clone();
             traffic
+                .servers
                 .threads
                 .push(spawn_in(pod_ns, &pod.clone(), move || {
                     let rt = runtime()?;
@@ -359,19 +382,22 @@ fn start_clients(
     let (open_tx, open_rx) = std::sync::mpsc::channel();
     let expected = clients.len();
     for (ns, plan) in clients {
-        let stop = traffic.stop.subscribe();
+        let stop = traffic.clients.stop.subscribe();
         let counters = counters.clone();
         let opened = open_tx.clone();
-        traffic.threads.push(spawn_in(ns, "client", move || {
-            let rt = runtime()?;
-            rt.block_on(async move {
-                let mut long_lived = workload::open_long_lived(&plan, &counters, &stop).await;
-                let _ = opened.send(());
-                workload::run_streams(plan, counters, stop).await;
-                while long_lived.join_next().await.is_some() {}
-            });
-            Ok(())
-        })?);
+        traffic
+            .clients
+            .threads
+            .push(spawn_in(ns, "client", move || {
+                let rt = runtime()?;
+                rt.block_on(async move {
+                    let mut long_lived = workload::open_long_lived(&plan, &counters, &stop).await;
+                    let _ = opened.send(());
+                    workload::run_streams(plan, counters, stop).await;
+                    while long_lived.join_next().await.is_some() {}
+                });
+                Ok(())
+            })?);
     }
     for _ in 0..expected {
         open_rx
@@ -435,10 +461,9 @@ pub fn run_demo(options: DemoOptions) -> Result<DemoReport, DemoError> {
         agents.push(DemoAgent::start(&n.node, &Layout::node_name(n.index))?);
     }
     let counters = Arc::new(Counters::default());
-    let (stop, _) = tokio::sync::watch::channel(false);
     let mut traffic = Traffic {
-        stop,
-        threads: Vec::new(),
+        clients: Group::new(),
+        servers: Group::new(),
     };
     start_servers(&topology, &mut traffic)?;
 

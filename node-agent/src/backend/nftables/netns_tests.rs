@@ -148,7 +148,7 @@ fn full_and_incremental_syncs_land_in_the_kernel_and_a_broken_apply_keeps_them()
         vec![endpoint(991, "10.0.1.99", "node-a")],
     ));
     let mut plan = backend.render(&linked(&broken), &settings());
-    let table = &mut plan.tables[0];
+    let table = Arc::make_mut(&mut plan.tables[0]);
     let chain = table
         .chains
         .iter_mut()

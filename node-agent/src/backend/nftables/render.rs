@@ -6,6 +6,7 @@
 //! found by one `@hairpin` set in postrouting.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use switchyard_api::policy::{LinkedRuleset, LinkedServicePort};
@@ -211,7 +212,7 @@ pub fn render(ruleset: &LinkedRuleset, settings: &Settings) -> Plan {
                 ));
             }
         }
-        plan.tables.push(r.table);
+        plan.tables.push(Arc::new(r.table));
     }
     plan
 }

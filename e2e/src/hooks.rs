@@ -10,9 +10,10 @@ use switchyard_agent::backend::{self, BackendError, Dataplane};
 use switchyard_agent::exec::RealRunner;
 use switchyard_agent::settings::Settings;
 use switchyard_api::Mode;
+use switchyard_api::policy::LinkedRuleset;
 
 use crate::HarnessError;
-use crate::scenario::Flow;
+use crate::scenario::{Flow, Scenario};
 use crate::topology::Topology;
 
 /// Builds the dataplane. Called on the agent thread, already inside the node
@@ -26,7 +27,11 @@ pub trait ModeHooks {
     /// Called once per scenario after the namespaces and links exist, before
     /// any rules are applied (load programs, create a cgroup, …).
     /// `topology.node` is the node namespace, `topology.node_devices()` its links.
-    fn prepare_node(&mut self, _topology: &Topology) -> Result<(), HarnessError> {
+    fn prepare_node(
+        &mut self,
+        _topology: &Topology,
+        _scenario: &Scenario,
+    ) -> Result<(), HarnessError> {
         Ok(())
     }
 
@@ -34,9 +39,9 @@ pub trait ModeHooks {
     /// eBPF host devices), once per scenario.
     fn adjust_settings(&self, _settings: &mut Settings, _topology: &Topology) {}
 
-    /// A cgroup v2 directory every client process joins before connecting
-    /// (never the root cgroup).
-    fn client_cgroup(&self) -> Option<PathBuf> {
+    /// A cgroup v2 directory the client process of `flow` joins before
+    /// connecting (never the root cgroup).
+    fn client_cgroup(&self, _flow: &Flow) -> Option<PathBuf> {
         None
     }
 
@@ -46,6 +51,12 @@ pub trait ModeHooks {
     /// Why this mode cannot carry `flow` by design, if so (reported as SKIP).
     fn unsupported(&self, _flow: &Flow) -> Option<String> {
         None
+    }
+
+    /// As [`ModeHooks::unsupported`], knowing the stage's linked ruleset (a
+    /// mode whose limits depend on the services, such as IPVS).
+    fn unsupported_in(&self, flow: &Flow, _ruleset: &LinkedRuleset) -> Option<String> {
+        self.unsupported(flow)
     }
 
     /// Called after the scenario, before its namespaces are removed.

@@ -7,7 +7,7 @@
 //! [`Compiler::sync`] then recompiles the services the remaining changes touch
 //! and reports the ones whose rules changed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -32,6 +32,15 @@ struct Candidates {
     created: Option<Time>,
     rules: Vec<ServicePortRule>,
     ids: ServiceIds,
+    /// The rules in the output when a frontend conflict excludes some (the
+    /// common case, none excluded, shares `rules`).
+    partial: Option<Vec<ServicePortRule>>,
+}
+
+impl Candidates {
+    fn output(&self) -> &[ServicePortRule] {
+        self.partial.as_deref().unwrap_or(&self.rules)
+    }
 }
 
 /// The incremental compiler.
@@ -44,8 +53,10 @@ pub struct Compiler {
     slices_of: HashMap<ServiceKey, BTreeSet<String>>,
     candidates: HashMap<ServiceKey, Candidates>,
     claims: Claims,
-    /// The rules in the output, per service (services with none are absent).
-    emitted: BTreeMap<ServiceKey, Vec<ServicePortRule>>,
+    /// The services with rules in the output.
+    emitted: BTreeSet<ServiceKey>,
+    /// The output of services recompiled in this sync, before the recompile.
+    previous_output: HashMap<ServiceKey, Vec<ServicePortRule>>,
     /// Ports skipped for a frontend conflict, per service.
     conflicts: HashMap<ServiceKey, Vec<Diagnostic>>,
     ids: Allocators,
@@ -149,7 +160,8 @@ impl Compiler {
             }
         };
         affected.insert(key.clone());
-        if created != old.created || rules != old.rules {
+        let changed = created != old.created || rules != old.rules;
+        if changed {
             let mut touched = BTreeSet::new();
             for rule in &old.rules {
                 let claimant = claimant(old.created.clone(), rule);
@@ -169,6 +181,13 @@ impl Compiler {
                 affected.extend(self.claims.claimants(frontend).map(|c| c.service.clone()));
             }
         }
+        let (rules, partial) = if changed {
+            let previous = old.partial.take().unwrap_or(old.rules);
+            self.previous_output.insert(key.clone(), previous);
+            (rules, None)
+        } else {
+            (old.rules, old.partial)
+        };
         if !rules.is_empty() || !old.ids.is_empty() {
             self.candidates.insert(
                 key.clone(),
@@ -176,6 +195,7 @@ impl Compiler {
                     created,
                     rules,
                     ids: old.ids,
+                    partial,
                 },
             );
         }
@@ -183,20 +203,24 @@ impl Compiler {
 
     /// Put the service's conflict-free ports into the output; true when they changed.
     fn emit(&mut self, key: &ServiceKey) -> bool {
-        let mut rules = Vec::new();
         let mut conflicts = Vec::new();
-        for candidate in self.candidates.get(key).into_iter() {
-            for rule in &candidate.rules {
-                let me = claimant(candidate.created.clone(), rule);
+        let mut partial = None;
+        if let Some(candidates) = self.candidates.get(key) {
+            let mut kept = Vec::new();
+            for rule in &candidates.rules {
+                let me = claimant(candidates.created.clone(), rule);
                 let lost: Vec<(Frontend, &Claimant)> = frontends(rule)
                     .into_iter()
                     .filter_map(|f| self.claims.winner(&f).filter(|w| **w != me).map(|w| (f, w)))
                     .collect();
                 if lost.is_empty() {
-                    rules.push(rule.clone());
+                    kept.push(rule);
                 } else {
                     conflicts.push(conflict_diagnostic(key, rule, &lost));
                 }
+            }
+            if !conflicts.is_empty() {
+                partial = Some(kept.into_iter().cloned().collect::<Vec<_>>());
             }
         }
         if conflicts.is_empty() {
@@ -204,33 +228,49 @@ impl Compiler {
         } else {
             self.conflicts.insert(key.clone(), conflicts);
         }
-        let old = self.emitted.get(key).map(Vec::as_slice).unwrap_or_default();
-        if old == rules.as_slice() {
-            return false;
-        }
-        if rules.is_empty() {
+        let previous = self.previous_output.remove(key);
+        let Some(candidates) = self.candidates.get_mut(key) else {
+            self.emitted.remove(key);
+            return previous.is_some_and(|p| !p.is_empty());
+        };
+        let changed = match &previous {
+            Some(previous) => {
+                previous.as_slice() != partial.as_deref().unwrap_or(&candidates.rules)
+            }
+            None => candidates.partial != partial,
+        };
+        candidates.partial = partial;
+        if candidates.output().is_empty() {
             self.emitted.remove(key);
         } else {
-            self.emitted.insert(key.clone(), rules);
+            self.emitted.insert(key.clone());
         }
-        true
+        changed
     }
 
     /// The whole compiled ruleset, in `namespace/name` and port order.
     pub fn ruleset(&self) -> Ruleset {
         Ruleset {
-            services: self.emitted.values().flatten().cloned().collect(),
+            services: self
+                .rules()
+                .flat_map(|(_, rules)| rules.iter().cloned())
+                .collect(),
         }
     }
 
     /// The compiled rules per service, in `namespace/name` order.
     pub fn rules(&self) -> impl Iterator<Item = (&ServiceKey, &[ServicePortRule])> {
-        self.emitted.iter().map(|(k, v)| (k, v.as_slice()))
+        self.emitted
+            .iter()
+            .map(|key| (key, self.service_rules(key)))
     }
 
     /// The compiled rules of one service (empty when it has none).
     pub fn service_rules(&self, key: &ServiceKey) -> &[ServicePortRule] {
-        self.emitted.get(key).map(Vec::as_slice).unwrap_or_default()
+        self.candidates
+            .get(key)
+            .map(Candidates::output)
+            .unwrap_or_default()
     }
 
     /// Every current diagnostic, sorted.

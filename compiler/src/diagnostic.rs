@@ -114,11 +114,7 @@ impl fmt::Display for Diagnostic {
         write!(
             f,
             "{} {}/{}: {}: {}",
-            self.kind,
-            self.namespace,
-            self.name,
-            self.reason,
-            self.message
+            self.kind, self.namespace, self.name, self.reason, self.message
         )
     }
 }

@@ -21,7 +21,6 @@ use switchyard_api::ruleset::Cidr;
 
 use crate::HarnessError;
 use crate::hooks::{DataplaneFactory, ModeHooks};
-use crate::netns::Netns;
 use crate::scenario::{Flow, Scenario};
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -96,7 +95,11 @@ impl ModeHooks for EbpfHooks {
         Mode::Ebpf
     }
 
-    fn prepare_node(&mut self, _node: &Netns, scenario: &Scenario) -> Result<(), HarnessError> {
+    fn prepare_node(
+        &mut self,
+        _topology: &crate::topology::Topology,
+        scenario: &Scenario,
+    ) -> Result<(), HarnessError> {
         let tag = format!(
             "sybpf-{}-{}",
             std::process::id(),

@@ -5,10 +5,11 @@
 //! (PR_SET_PDEATHSIG), so nothing holds a namespace after it is gone.
 
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::Mutex;
+
+use switchyard_agent::exec::{RealRunner, Runner};
 
 use crate::HarnessError;
 
@@ -21,20 +22,18 @@ fn live() -> std::sync::MutexGuard<'static, Vec<String>> {
 
 /// Run `ip` (only `ip netns add/del` in the host namespace; `-n NAME` otherwise).
 pub fn ip(args: &[&str]) -> Result<(), HarnessError> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|source| HarnessError::Spawn {
-            what: "ip".into(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(HarnessError::Setup {
+    run_ip(args, None)
+}
+
+/// Run `ip ARGS`, feeding `stdin` (for `-batch -`) when given.
+fn run_ip(args: &[&str], stdin: Option<&str>) -> Result<(), HarnessError> {
+    RealRunner
+        .run("ip", args, stdin.map(str::as_bytes))
+        .map(drop)
+        .map_err(|e| HarnessError::Setup {
             what: format!("ip {}", args.join(" ")),
-            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
+            message: e.to_string(),
+        })
 }
 
 /// A network namespace owned by this run.
@@ -45,10 +44,12 @@ pub struct Netns {
 
 impl Netns {
     pub fn create(name: &str) -> Result<Netns, HarnessError> {
-        live().push(name.to_string());
-        if let Err(e) = ip(&["netns", "add", name]) {
-            live().retain(|n| n != name);
-            return Err(e);
+        // The registry stays locked while the namespace is created, so the
+        // signal thread never misses one that is half made.
+        {
+            let mut live = live();
+            ip(&["netns", "add", name])?;
+            live.push(name.to_string());
         }
         let ns = Netns {
             name: name.to_string(),
@@ -70,38 +71,8 @@ impl Netns {
 
     /// Run many `ip` commands (one per line, without the leading `ip`) in this namespace.
     pub fn batch(&self, commands: &[String]) -> Result<(), HarnessError> {
-        let mut child = Command::new("ip")
-            .args(["-n", &self.name, "-batch", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| HarnessError::Spawn {
-                what: "ip -batch".into(),
-                source,
-            })?;
-        if let Some(mut stdin) = child.stdin.take() {
-            let text = commands.join("\n") + "\n";
-            stdin
-                .write_all(text.as_bytes())
-                .map_err(|source| HarnessError::Spawn {
-                    what: "ip -batch".into(),
-                    source,
-                })?;
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|source| HarnessError::Spawn {
-                what: "ip -batch".into(),
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(HarnessError::Setup {
-                what: format!("ip -n {} -batch", self.name),
-                message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        Ok(())
+        let text = commands.join("\n") + "\n";
+        run_ip(&["-n", &self.name, "-batch", "-"], Some(&text))
     }
 
     /// Write sysctls (`net.ipv4.ip_forward` style names) inside this namespace.
@@ -143,10 +114,40 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        let mut live = live();
         // Best effort: a failure here is reported by `ip netns list` afterwards.
         let _ = ip(&["netns", "del", &self.name]);
-        live().retain(|n| n != &self.name);
+        live.retain(|n| n != &self.name);
     }
+}
+
+/// Delete namespaces named like this harness's (`sy<tag>-<pid>-…`, tag one of
+/// `tags`) whose runner process no longer exists (it was killed with SIGKILL).
+/// Returns the names removed.
+pub fn sweep_orphans(tags: &[&str]) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in dir.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("sy") else {
+            continue;
+        };
+        let Some((tag, rest)) = rest.split_once('-') else {
+            continue;
+        };
+        let Some((pid, _)) = rest.split_once('-') else {
+            continue;
+        };
+        let dead = pid
+            .parse::<u32>()
+            .is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists());
+        if tags.contains(&tag) && dead && ip(&["netns", "del", &name]).is_ok() {
+            removed.push(name);
+        }
+    }
+    removed
 }
 
 /// Move the calling thread into the namespace `file` refers to.
@@ -189,9 +190,10 @@ pub fn install_signal_cleanup() {
         unsafe {
             libc::sigwait(&set, &mut sig);
         }
-        let names: Vec<String> = live().clone();
-        for name in names {
-            let _ = ip(&["netns", "del", &name]);
+        // Held until exit: no namespace is created after this point.
+        let live = live();
+        for name in live.iter() {
+            let _ = ip(&["netns", "del", name]);
         }
         eprintln!("interrupted (signal {sig}): namespaces removed");
         std::process::exit(130);

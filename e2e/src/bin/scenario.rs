@@ -24,7 +24,7 @@ struct Cli {
     #[arg(long)]
     mode: Option<Mode>,
     /// Per-attempt timeout after which a connection counts as dropped.
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 500)]
     timeout_ms: u64,
     /// Scenario files or directories of them.
     files: Vec<String>,
@@ -126,6 +126,10 @@ fn main() -> ExitCode {
     let options = Options {
         timeout: Duration::from_millis(cli.timeout_ms),
     };
+    let tags: Vec<&str> = Mode::ALL.iter().map(|m| runner::mode_tag(*m)).collect();
+    for name in netns::sweep_orphans(&tags) {
+        eprintln!("removed namespace {name} left by a killed run");
+    }
     let mut hooks = hooks::hooks_for(mode);
     let mut totals = Totals::default();
     for (i, path) in runner::expand_paths(&cli.files).iter().enumerate() {

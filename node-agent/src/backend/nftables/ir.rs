@@ -1,8 +1,9 @@
 //! The typed plan: tables, chains, sets, maps, elements and rules as Rust
 //! values. Text exists only in [`super::text`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use switchyard_api::ruleset::{Cidr, IpFamily, Protocol};
 
@@ -14,7 +15,8 @@ pub const TABLE: &str = "switchyard";
 /// Everything this backend programs: one table per family.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
-    pub tables: Vec<Table>,
+    /// Shared, so keeping the applied plan for the next diff costs no copy.
+    pub tables: Vec<Arc<Table>>,
     /// Service ports left out of the plan, with the reason (bad input is skipped, not fatal).
     pub skipped: Vec<String>,
     /// What the plan programs for UDP, for stale conntrack cleanup.
@@ -23,7 +25,10 @@ pub struct Plan {
 
 impl Plan {
     pub fn table(&self, family: IpFamily) -> Option<&Table> {
-        self.tables.iter().find(|t| t.family == family)
+        self.tables
+            .iter()
+            .map(|t| &**t)
+            .find(|t| t.family == family)
     }
 
     /// Rules plus set/map elements, for [`crate::backend::ApplyStats`].
@@ -253,25 +258,4 @@ impl Rule {
         self.comment = Some(comment.to_string());
         self
     }
-
-    /// Chains this rule jumps or goes to.
-    pub fn chain_targets(&self) -> impl Iterator<Item = &str> {
-        self.stmts.iter().filter_map(|s| match s {
-            Stmt::Verdict(Verdict::Jump(c) | Verdict::Goto(c)) => Some(c.as_str()),
-            _ => None,
-        })
-    }
-}
-
-/// Names of every chain referenced by a verdict map element.
-pub fn element_targets(table: &Table) -> BTreeSet<&str> {
-    table
-        .sets
-        .values()
-        .flat_map(|s| s.elements.values())
-        .filter_map(|v| match v {
-            Some(Verdict::Jump(c) | Verdict::Goto(c)) => Some(c.as_str()),
-            _ => None,
-        })
-        .collect()
 }

@@ -9,6 +9,13 @@ mod diff;
 pub mod ir;
 pub mod render;
 pub mod text;
+#[cfg(test)]
+mod trace;
+
+#[cfg(test)]
+mod netns_tests;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
@@ -109,18 +116,23 @@ impl Backend for NftablesBackend {
     }
 
     fn present(&self) -> Result<bool, BackendError> {
-        let out = self
-            .runner
-            .run("nft", &["list", "tables"], None)
-            .map_err(|source| BackendError::Exec {
-                mode: Mode::Nftables,
-                operation: "list tables",
-                source,
-            })?;
-        Ok(out.lines().any(|line| {
-            [IpFamily::V4, IpFamily::V6]
-                .iter()
-                .any(|f| line.trim() == format!("table {} {TABLE}", family_word(*f)))
+        // `nft list tables` would fetch every chain and rule of every table
+        // (seconds at 44k services); listing one small map fetches only the
+        // table and set definitions.
+        Ok([IpFamily::V4, IpFamily::V6].iter().any(|f| {
+            self.runner
+                .run(
+                    "nft",
+                    &[
+                        "list",
+                        "map",
+                        family_word(*f),
+                        TABLE,
+                        render::NO_ENDPOINT_NODEPORTS,
+                    ],
+                    None,
+                )
+                .is_ok()
         }))
     }
 

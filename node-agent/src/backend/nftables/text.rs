@@ -12,6 +12,10 @@ use super::ir::{
     TABLE, Table, Verdict,
 };
 
+/// NF_IP_PRI_NAT_DST and NF_IP_PRI_NAT_SRC.
+const DSTNAT: i32 = -100;
+const SRCNAT: i32 = 100;
+
 /// `ip` / `ip6`: the table family and the address payload keyword.
 pub fn family_word(family: IpFamily) -> &'static str {
     match family {
@@ -149,14 +153,10 @@ fn base_chain_text(b: &BaseChain) -> String {
         Hook::Output => "output",
         Hook::Postrouting => "postrouting",
     };
-    let (name, off) = match b.priority {
-        Priority::Dstnat(o) => ("dstnat", o),
-        Priority::Srcnat(o) => ("srcnat", o),
-    };
-    let prio = match off {
-        0 => name.to_string(),
-        o if o < 0 => format!("{name} - {}", -o),
-        o => format!("{name} + {o}"),
+    // Numeric: nft 1.0.6 accepts the names only in some hooks.
+    let prio = match b.priority {
+        Priority::Dstnat(o) => DSTNAT + o,
+        Priority::Srcnat(o) => SRCNAT + o,
     };
     format!("type {kind} hook {hook} priority {prio}; policy accept;")
 }

@@ -360,3 +360,98 @@ async fn udp_request(target: Target, client: String, counters: Arc<Counters>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    use switchyard_e2e::netns::Netns;
+
+    use super::*;
+    use crate::demo::nsthread::{runtime, spawn_in};
+
+    fn target(pods: &[&str], port: u16) -> Target {
+        Target {
+            addr: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)),
+            pods: pods.iter().map(|p| p.to_string()).collect(),
+            label: format!("loopback:{port}"),
+        }
+    }
+
+    /// The counters are what the demo's verdict rests on: a server that goes
+    /// away mid-traffic must show up as dropped connections, failed new
+    /// connections and lost UDP requests, and answers from another pod as misrouted.
+    #[test]
+    fn a_server_going_away_is_counted_as_drops_and_failures() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP: needs root for its network namespace");
+            return;
+        }
+        let ns = Netns::create(&format!("sycli{}-wl-", std::process::id())).unwrap();
+        let (server_stop, server_rx) = watch::channel(false);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let server = spawn_in(&ns, "server", move || {
+            runtime()?.block_on(serve("web-0-0".to_string(), server_rx, ready_tx));
+            Ok(())
+        })
+        .unwrap();
+        ready_rx.recv().unwrap().unwrap();
+
+        let counters = Arc::new(Counters::default());
+        let (client_stop, client_rx) = watch::channel(false);
+        let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+        let (server_gone_tx, server_gone_rx) = tokio::sync::oneshot::channel::<()>();
+        let plan = ClientPlan {
+            name: "test client".to_string(),
+            http: vec![
+                target(&["web-0-0"], HTTP_PORT),
+                target(&["web-9-9"], HTTP_PORT),
+            ],
+            udp: vec![target(&["web-0-0"], ECHO_PORT)],
+        };
+        let shared = counters.clone();
+        let client = spawn_in(&ns, "client", move || {
+            runtime()?.block_on(async move {
+                let mut long_lived = open_long_lived(&plan, &shared, &client_rx).await;
+                let _ = opened_tx.send(());
+                // Run the streams until the server has gone, then a little
+                // longer so that requests after it fail.
+                let streams = tokio::spawn(run_streams(plan, shared.clone(), client_rx));
+                let _ = server_gone_rx.await;
+                while long_lived.join_next().await.is_some() {}
+                let _ = streams.await;
+            });
+            Ok(())
+        })
+        .unwrap();
+        opened_rx.recv().unwrap();
+        assert_eq!(Counters::get(&counters.established), 2);
+        assert!(
+            Counters::get(&counters.misrouted) >= 1,
+            "web-9-9 is not the pod that answers"
+        );
+
+        server_stop.send(true).unwrap();
+        server.join().unwrap().unwrap();
+        // Both long-lived connections notice within one request period plus the timeout.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while Counters::get(&counters.dropped) < 2 && std::time::Instant::now() < deadline {
+            std::thread::park_timeout(Duration::from_millis(50));
+        }
+        while Counters::get(&counters.failed) == 0 && std::time::Instant::now() < deadline {
+            std::thread::park_timeout(Duration::from_millis(50));
+        }
+        while Counters::get(&counters.udp_lost) == 0 && std::time::Instant::now() < deadline {
+            std::thread::park_timeout(Duration::from_millis(50));
+        }
+        client_stop.send(true).unwrap();
+        let _ = server_gone_tx.send(());
+        client.join().unwrap().unwrap();
+
+        assert_eq!(Counters::get(&counters.dropped), 2);
+        assert!(Counters::get(&counters.failed) > 0);
+        assert!(Counters::get(&counters.udp_lost) > 0);
+        assert!(counters.failures().iter().any(|f| f.contains("dropped")));
+    }
+}

@@ -39,26 +39,26 @@ impl fmt::Display for Frontend {
     }
 }
 
-/// Every frontend of a service port.
-pub(crate) fn frontends(rule: &ServicePortRule) -> BTreeSet<Frontend> {
+/// Every frontend of a service port, sorted, each once.
+pub(crate) fn frontends(rule: &ServicePortRule) -> Vec<Frontend> {
     let ip = |ip: &IpAddr| Frontend::Ip {
         ip: *ip,
         protocol: rule.protocol,
         port: rule.port,
     };
-    let mut all: BTreeSet<Frontend> = rule
+    let mut all: Vec<Frontend> = rule
         .cluster_ips
         .iter()
         .chain(&rule.external_ips)
         .chain(&rule.load_balancer_ips)
         .map(ip)
-        .collect();
-    if let Some(port) = rule.node_port {
-        all.insert(Frontend::NodePort {
+        .chain(rule.node_port.map(|port| Frontend::NodePort {
             protocol: rule.protocol,
             port,
-        });
-    }
+        }))
+        .collect();
+    all.sort_unstable();
+    all.dedup();
     all
 }
 
@@ -68,6 +68,16 @@ pub(crate) struct Claimant {
     pub created: Option<Time>,
     pub service: ServiceKey,
     pub port: PortKey,
+}
+
+impl Claimant {
+    /// This claimant is `rule` (of the service `rule` names).
+    pub(crate) fn is(&self, rule: &ServicePortRule) -> bool {
+        self.service.name == rule.name
+            && self.service.namespace == rule.namespace
+            && self.port.port_name == rule.port_name
+            && self.port.protocol == rule.protocol
+    }
 }
 
 impl fmt::Display for Claimant {

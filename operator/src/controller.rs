@@ -101,6 +101,16 @@ async fn list_proxy_nodes(client: &Client) -> Result<Vec<ProxyNode>, Error> {
     Ok(list.items)
 }
 
+/// Every Node, once the cache holds the first full list (before that every
+/// node would look gone).
+async fn filled_nodes(ctx: &Context) -> Result<Vec<Arc<Node>>, Error> {
+    ctx.nodes
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::CacheNotReady { kind: "Node" })?;
+    Ok(ctx.nodes.state())
+}
+
 async fn apply_pool(config: &ProxyConfig, ctx: &Context) -> Result<Action, Error> {
     let name = config.name_any();
     let api: Api<ProxyConfig> = Api::all(ctx.client.clone());
@@ -119,7 +129,7 @@ async fn apply_pool(config: &ProxyConfig, ctx: &Context) -> Result<Action, Error
         .filter(|c| c.metadata.deletion_timestamp.is_none() && c.name_any() != name)
         .collect();
     configs.push(Arc::new(fresh.clone()));
-    let nodes = ctx.nodes.state();
+    let nodes = filled_nodes(ctx).await?;
     let assignment = assign_pools(&nodes, &configs);
     let plan = plan_pool(&PoolInput {
         config: &fresh,
@@ -179,7 +189,7 @@ async fn cleanup_pool(config: &ProxyConfig, ctx: &Context) -> Result<Action, Err
     let name = config.name_any();
     let proxy_nodes = list_proxy_nodes(&ctx.client).await?;
     let api: Api<ProxyNode> = Api::all(ctx.client.clone());
-    for apply in release_pool(&name, &ctx.nodes.state(), &proxy_nodes) {
+    for apply in release_pool(&name, &filled_nodes(ctx).await?, &proxy_nodes) {
         apply_proxy_node(&api, &apply).await?;
     }
     info!(pool = %name, "released the pool's nodes");

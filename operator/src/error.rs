@@ -41,6 +41,8 @@ pub enum Error {
     },
     #[error("ProxyConfig has no name")]
     MissingName,
+    #[error("the {kind} cache stopped before it was filled")]
+    CacheNotReady { kind: &'static str },
     #[error("lease {name}: {source}")]
     Lease {
         name: String,
@@ -65,6 +67,7 @@ impl Error {
             Error::Serialize { .. } => "serialize",
             Error::Finalizer { .. } => "finalizer",
             Error::MissingName => "missing_name",
+            Error::CacheNotReady { .. } => "cache_not_ready",
             Error::Lease { .. } => "lease",
             Error::Serve { .. } => "serve",
         }

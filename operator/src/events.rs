@@ -111,3 +111,60 @@ pub fn to_event(pool_event: &PoolEvent) -> Event {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use switchyard_api::Mode;
+
+    use super::*;
+
+    #[test]
+    fn a_failed_node_is_a_warning_naming_its_proxynode() {
+        let e = to_event(&PoolEvent::Rollout(RolloutEvent::NodeFailed {
+            node: "worker-3".into(),
+            to: Mode::Ebpf,
+            back_to: Mode::Iptables,
+            cause: FailureCause::TimedOut,
+        }));
+        assert_eq!(e.type_, EventType::Warning);
+        assert_eq!(e.reason, "NodeFailed");
+        assert_eq!(
+            e.note.as_deref(),
+            Some(
+                "node worker-3 did not switch to ebpf: it did not report the new mode in time; moved back to iptables"
+            )
+        );
+        let secondary = e.secondary.unwrap();
+        assert_eq!(
+            (secondary.kind.as_deref(), secondary.name.as_deref()),
+            (Some("ProxyNode"), Some("worker-3"))
+        );
+    }
+
+    #[test]
+    fn a_rollback_is_a_warning_and_a_finished_batch_is_normal() {
+        let rollback = to_event(&PoolEvent::Rollout(RolloutEvent::RollbackStarted {
+            from: Mode::Iptables,
+            to: Mode::Nftables,
+            failed: 2,
+            budget: 1,
+        }));
+        assert_eq!(
+            (rollback.type_, rollback.reason.as_str()),
+            (EventType::Warning, "RollbackStarted")
+        );
+        let batch = to_event(&PoolEvent::Rollout(RolloutEvent::BatchDone {
+            to: Mode::Nftables,
+            updated: 20,
+            total: 100,
+        }));
+        assert_eq!(
+            (batch.type_, batch.reason.as_str()),
+            (EventType::Normal, "BatchDone")
+        );
+        assert_eq!(
+            batch.note.as_deref(),
+            Some("batch finished: 20/100 nodes run nftables")
+        );
+    }
+}

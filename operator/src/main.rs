@@ -159,20 +159,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             metrics.clone(),
             stopped(stop_rx.clone()),
         );
-        let ((), published) = tokio::join!(pools, publisher);
-        published
+        tokio::join!(pools, publisher);
     };
-    let result = tokio::select! {
-        result = controllers => result,
-        () = elector.hold() => {
-            lost = true;
-            Ok(())
-        }
-    };
-    let _ = stop_tx.send(true);
-    if let Err(e) = &result {
-        error!(error = %e, "publisher stopped");
+    tokio::select! {
+        () = controllers => {}
+        () = elector.hold() => lost = true,
     }
+    let _ = stop_tx.send(true);
     if !lost && let Err(e) = elector.release().await {
         error!(error = %e, "releasing the lease");
     }
@@ -181,5 +174,5 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Another replica leads now; exit so this one restarts as a standby.
         return Err("lost the leader lease".into());
     }
-    Ok(result?)
+    Ok(())
 }

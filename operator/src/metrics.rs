@@ -34,6 +34,7 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub compile_duration: Histogram,
     pub shard_writes: Family<ShardLabels, Counter>,
+    pub publish_errors: Counter,
     pub rollout_updated_nodes: Family<PoolLabels, Gauge>,
     pub rollout_total_nodes: Family<PoolLabels, Gauge>,
 }
@@ -47,6 +48,7 @@ impl Default for Metrics {
             reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             compile_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             shard_writes: Family::default(),
+            publish_errors: Counter::default(),
             rollout_updated_nodes: Family::default(),
             rollout_total_nodes: Family::default(),
             registry: Registry::default(),
@@ -75,6 +77,11 @@ impl Default for Metrics {
             "shard_writes",
             "ProxyRuleset shard writes, by operation",
             m.shard_writes.clone(),
+        );
+        registry.register(
+            "publish_errors",
+            "Shard publications that failed and will be retried",
+            m.publish_errors.clone(),
         );
         registry.register(
             "rollout_updated_nodes",

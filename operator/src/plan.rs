@@ -113,10 +113,13 @@ pub fn plan_pool(input: &PoolInput<'_>) -> PoolPlan {
             pool: Some(pool.clone()),
             target_mode: node.target,
         };
-        if proxy_nodes.get(&node.name).map(|p| &p.spec) != Some(&spec) {
+        // Members were chosen among nodes with a uid.
+        if let Some(uid) = node_uids.get(&node.name)
+            && proxy_nodes.get(&node.name).map(|p| &p.spec) != Some(&spec)
+        {
             applies.push(ProxyNodeApply {
                 name: node.name.clone(),
-                node_uid: node_uids[&node.name].clone(),
+                node_uid: uid.clone(),
                 spec,
             });
         }

@@ -39,6 +39,8 @@ pub struct Publication {
 struct Known {
     keys: BTreeSet<ServiceKey>,
     relisted: Option<BTreeSet<ServiceKey>>,
+    /// The first full list is in.
+    listed: bool,
 }
 
 /// What a watch event means for the compiler.
@@ -74,6 +76,7 @@ impl Known {
                 vec![Op::Upsert(obj)]
             }
             watcher::Event::InitDone => {
+                self.listed = true;
                 let seen = self.relisted.take().unwrap_or_default();
                 let gone: Vec<ServiceKey> = self.keys.difference(&seen).cloned().collect();
                 self.keys = seen;
@@ -156,8 +159,40 @@ impl Publisher {
         }
     }
 
-    /// Recompile what changed and say what to write.
+    /// After `failed` could not be written (in part): every shard of the
+    /// current layout, and the deletions and diagnostics of both `failed` and
+    /// `next` (a sync made since).
+    pub fn republish(&self, failed: Publication, next: Publication) -> Publication {
+        let layout = self.sharder.layout();
+        let apply = self
+            .sharder
+            .shards(&self.compiler)
+            .into_iter()
+            .map(|spec| (shard_name(&layout, spec.shard), spec))
+            .collect();
+        let mut delete = failed.delete;
+        delete.extend(
+            next.delete
+                .into_iter()
+                .filter(|d| !delete.contains(d))
+                .collect::<Vec<_>>(),
+        );
+        let mut diagnostics = failed.diagnostics;
+        diagnostics.extend(next.diagnostics);
+        Publication {
+            apply,
+            delete,
+            diagnostics,
+        }
+    }
+
+    /// Recompile what changed and say what to write. Nothing is published
+    /// before both watches delivered their first full list: a ruleset with the
+    /// Services but not yet their EndpointSlices would drop traffic.
     pub fn sync(&mut self) -> Publication {
+        if !(self.services.listed && self.slices.listed) {
+            return Publication::default();
+        }
         let changed = self.compiler.sync();
         let update = self.sharder.sync(&self.compiler, &changed);
         let names = update.changed_names();

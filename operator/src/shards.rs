@@ -113,13 +113,17 @@ pub fn diagnostic_event(d: &Diagnostic) -> Event {
     }
 }
 
+/// How long to wait before publishing again after a failed write.
+const PUBLISH_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     if let Some(at) = at {
         tokio::time::sleep_until(at).await;
     }
 }
 
-/// Watch, compile and publish until `shutdown` resolves.
+/// Watch, compile and publish until `shutdown` resolves. A failed write is
+/// retried (with every shard) rather than ending the loop.
 pub async fn run_publisher(
     client: Client,
     settings: CompileSettings,
@@ -127,17 +131,23 @@ pub async fn run_publisher(
     recorder: Recorder,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), Error> {
+) {
+    let mut shutdown = std::pin::pin!(shutdown);
     let rulesets: Api<ProxyRuleset> = Api::all(client.clone());
-    let existing = rulesets
-        .list(&ListParams::default())
-        .await
-        .map_err(|source| Error::Read {
-            kind: "ProxyRuleset",
-            name: "*".into(),
-            source,
-        })?
-        .items;
+    // The published shards decide the first epoch; keep asking until the API answers.
+    let existing = loop {
+        match rulesets.list(&ListParams::default()).await {
+            Ok(list) => break list.items,
+            Err(error) => {
+                warn!(%error, "listing ProxyRulesets failed; retrying");
+                metrics.publish_errors.inc();
+            }
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(PUBLISH_RETRY) => {}
+        }
+    };
     let mut publisher = Publisher::new(settings, budget_bytes, &existing);
     let services = watcher(
         Api::<Service>::all(client.clone()),
@@ -152,30 +162,39 @@ pub async fn run_publisher(
     .default_backoff()
     .map(|e| e.map(|e| Change::EndpointSlice(Box::new(e))));
     let mut changes = std::pin::pin!(stream::select(services, slices));
-    let mut shutdown = std::pin::pin!(shutdown);
     // Set by the first change after a sync, so a steady stream of changes
     // cannot postpone the next sync forever.
     let mut sync_at: Option<tokio::time::Instant> = None;
+    // A publication that failed: the next one rewrites every shard.
+    let mut retry: Option<Publication> = None;
     loop {
         tokio::select! {
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown => return,
             change = changes.next() => match change {
                 Some(Ok(change)) => {
                     publisher.apply(&change);
                     sync_at.get_or_insert_with(|| tokio::time::Instant::now() + DEBOUNCE);
                 }
                 Some(Err(error)) => warn!(%error, "watch"),
-                None => return Ok(()),
+                None => return,
             },
             () = sleep_until(sync_at), if sync_at.is_some() => {
                 let started = Instant::now();
-                let publication = publisher.sync();
+                let mut publication = publisher.sync();
                 metrics.compile_duration.observe(started.elapsed().as_secs_f64());
+                if let Some(failed) = retry.take() {
+                    publication = publisher.republish(failed, publication);
+                }
                 if !publication.apply.is_empty() || !publication.delete.is_empty() {
                     info!(written = publication.apply.len(), deleted = publication.delete.len(), "publishing shards");
                 }
-                write_publication(&client, &publication, &recorder, &metrics).await?;
                 sync_at = None;
+                if let Err(error) = write_publication(&client, &publication, &recorder, &metrics).await {
+                    warn!(%error, "publishing shards failed; retrying with every shard");
+                    metrics.publish_errors.inc();
+                    retry = Some(publication);
+                    sync_at = Some(tokio::time::Instant::now() + PUBLISH_RETRY);
+                }
             }
         }
     }

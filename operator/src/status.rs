@@ -136,6 +136,20 @@ fn ready_condition(input: &StatusInput<'_>, ready: u32, total: u32) -> Cond {
                     .into(),
         };
     }
+    if let Some(r) = input
+        .rollout
+        .filter(|r| r.phase == RolloutPhase::RolledBack && r.to == mode)
+    {
+        return Cond {
+            type_: "Ready",
+            ok: false,
+            reason: "RolledBack",
+            message: format!(
+                "the pool runs {} because the switch to {mode} was rolled back; change the spec to try again",
+                r.from
+            ),
+        };
+    }
     if ready == total {
         return Cond {
             type_: "Ready",

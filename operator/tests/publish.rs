@@ -63,9 +63,38 @@ fn publisher(budget: usize, existing: &[ProxyRuleset]) -> Publisher {
     }
     p.apply(&Change::Service(Box::new(Event::InitDone)));
     for s in objects.endpoint_slices {
-        p.apply(&Change::EndpointSlice(Box::new(Event::Apply(s))));
+        p.apply(&Change::EndpointSlice(Box::new(Event::InitApply(s))));
     }
+    p.apply(&Change::EndpointSlice(Box::new(Event::InitDone)));
     p
+}
+
+#[test]
+fn nothing_is_published_before_both_initial_lists_are_in() {
+    let mut p = Publisher::new(CompileSettings::default(), 256 * 1024, &[old_shard(1, 0)]);
+    let objects = parse_objects(OBJECTS).expect("test YAML");
+    p.apply(&Change::Service(Box::new(Event::Init)));
+    for s in objects.services {
+        p.apply(&Change::Service(Box::new(Event::InitApply(s))));
+    }
+    p.apply(&Change::Service(Box::new(Event::InitDone)));
+    p.apply(&Change::EndpointSlice(Box::new(Event::Init)));
+    // Services listed, slices not yet: publishing now would drop web's endpoints.
+    assert_eq!(p.sync(), Publication::default());
+    for s in objects.endpoint_slices {
+        p.apply(&Change::EndpointSlice(Box::new(Event::InitApply(s))));
+    }
+    p.apply(&Change::EndpointSlice(Box::new(Event::InitDone)));
+    let first = p.sync();
+    let web = first.apply[0]
+        .1
+        .ruleset
+        .services
+        .iter()
+        .find(|s| s.name == "web")
+        .unwrap();
+    assert_eq!(web.backends.len(), 1);
+    assert_eq!(first.delete, vec!["switchyard-e1-0000"]);
 }
 
 fn names(p: &Publication) -> Vec<&str> {
@@ -168,6 +197,40 @@ fn a_service_gone_from_a_relist_is_removed() {
         .map(|s| s.name.as_str())
         .collect();
     assert_eq!(services, vec!["web"]);
+}
+
+#[test]
+fn a_failed_publication_is_retried_with_every_shard_and_its_deletions() {
+    let mut p = publisher(500, &[old_shard(1, 0)]);
+    let failed = p.sync();
+    let shard_count = failed.apply.len();
+    assert!(shard_count >= 2);
+    let mut objects = parse_objects(OBJECTS).expect("test YAML");
+    let mut slice = objects.endpoint_slices.remove(0);
+    slice.endpoints[0].addresses = vec!["10.0.0.3".into()];
+    p.apply(&Change::EndpointSlice(Box::new(Event::Apply(slice))));
+    let next = p.sync();
+    assert_eq!(next.apply.len(), 1);
+    let retry = p.republish(failed.clone(), next);
+    assert_eq!(
+        retry.apply.len(),
+        shard_count,
+        "every shard of the layout again"
+    );
+    assert!(retry.delete.contains(&"switchyard-e1-0000".to_string()));
+    assert_eq!(retry.delete, failed.delete);
+    assert_eq!(retry.diagnostics, failed.diagnostics);
+    let web = retry
+        .apply
+        .iter()
+        .flat_map(|(_, s)| s.ruleset.services.iter())
+        .find(|s| s.name == "web")
+        .unwrap();
+    assert_eq!(
+        web.backends[0].ip.to_string(),
+        "10.0.0.3",
+        "the retry carries the newest content"
+    );
 }
 
 #[tokio::test]

@@ -30,9 +30,11 @@ const APPLY_QUERY: &str = "?&force=true&fieldManager=switchyard-operator";
 
 fn context(client: Client, nodes: &[Node], configs: &[ProxyConfig]) -> Arc<Context> {
     let (node_store, mut node_writer) = reflector::store();
+    node_writer.apply_watcher_event(&watcher::Event::Init);
     for n in nodes {
-        node_writer.apply_watcher_event(&watcher::Event::Apply(n.clone()));
+        node_writer.apply_watcher_event(&watcher::Event::InitApply(n.clone()));
     }
+    node_writer.apply_watcher_event(&watcher::Event::InitDone);
     let (config_store, mut config_writer) = reflector::store();
     for c in configs {
         config_writer.apply_watcher_event(&watcher::Event::Apply(c.clone()));

@@ -53,29 +53,36 @@ impl Lcg {
 struct Cluster {
     nodes: Vec<Arc<Node>>,
     config: ProxyConfig,
-    proxy_nodes: BTreeMap<String, ProxyNode>,
+    /// `proxy_nodes[i]` is node-i's.
+    proxy_nodes: Vec<ProxyNode>,
     max_unavailable: usize,
     max_seen_unavailable: usize,
     events: Vec<PoolEvent>,
+    /// (second, node) of every ProxyNode spec write.
+    target_writes: Vec<(u64, String)>,
+    crashes: usize,
+    /// ProxyNode writes a crash prevented.
+    lost_writes: usize,
 }
 
 impl Cluster {
     fn unavailable(&self) -> usize {
-        self.proxy_nodes
-            .values()
-            .filter(|p| {
-                switchyard_operator::plan::node_state(&p.metadata.name.clone().unwrap(), Some(p))
-                    .unavailable()
-            })
-            .count()
+        self.states().iter().filter(|n| n.unavailable()).count()
     }
 
     fn states(&self) -> Vec<NodeState> {
         self.proxy_nodes
             .iter()
-            .map(|(n, p)| switchyard_operator::plan::node_state(n, Some(p)))
+            .map(|p| {
+                switchyard_operator::plan::node_state(p.metadata.name.as_deref().unwrap(), Some(p))
+            })
             .collect()
     }
+}
+
+/// `node-0042` → 42.
+fn node_index(name: &str) -> usize {
+    name.trim_start_matches("node-").parse().unwrap()
 }
 
 struct Outcome {
@@ -84,6 +91,9 @@ struct Outcome {
     events: Vec<PoolEvent>,
     max_seen_unavailable: usize,
     elapsed: Duration,
+    target_writes: Vec<(u64, String)>,
+    crashes: usize,
+    lost_writes: usize,
 }
 
 /// Rates in per mille.
@@ -92,12 +102,38 @@ struct Rates {
     hang: u64,
 }
 
+/// A change made to the cluster at a simulated time.
+#[derive(Clone, Copy, Debug)]
+enum Edit {
+    /// A user edits `spec.mode`.
+    Mode(Mode),
+    /// A user sets `spec.rollout.paused`.
+    Paused(bool),
+    /// The operator dies after writing the status and before the node specs
+    /// (in its next reconcile that writes any); a new one takes over from what
+    /// the API holds.
+    CrashAfterStatus,
+}
+
 async fn simulate(
     max_unavailable: IntOrString,
     failure_budget: u32,
     rates: Rates,
     seed: u64,
 ) -> (Outcome, Vec<Behaviour>, usize) {
+    simulate_script(max_unavailable, failure_budget, rates, seed, Vec::new()).await
+}
+
+/// Run the rollout of `nftables` over the pool, applying `script` (seconds, edit) on the way.
+async fn simulate_script(
+    max_unavailable: IntOrString,
+    failure_budget: u32,
+    rates: Rates,
+    seed: u64,
+    mut script: Vec<(u64, Edit)>,
+) -> (Outcome, Vec<Behaviour>, usize) {
+    script.sort_by_key(|(at, _)| *at);
+    script.reverse(); // pop() takes the earliest
     let mut rng = Lcg(seed);
     let behaviours: Vec<Behaviour> = (0..NODES)
         .map(|_| {
@@ -130,11 +166,14 @@ async fn simulate(
         config: pool,
         proxy_nodes: names
             .iter()
-            .map(|n| (n.clone(), proxy_node(n, Some("main"), Mode::Iptables)))
+            .map(|n| proxy_node(n, Some("main"), Mode::Iptables))
             .collect(),
         max_unavailable: max,
         max_seen_unavailable: 0,
         events: Vec::new(),
+        target_writes: Vec::new(),
+        crashes: 0,
+        lost_writes: 0,
     }));
     let operator_wake = Rc::new(Notify::new());
     let clock = TokioClock::starting_at(Timestamp::from_second(1_800_000_000).unwrap());
@@ -148,7 +187,6 @@ async fn simulate(
         targets.insert(name.clone(), tx);
         let cluster = cluster.clone();
         let wake = operator_wake.clone();
-        let name = name.clone();
         let behaviour = behaviours[i];
         let switch_secs = 5 + rng.next() % 30;
         local.spawn_local(async move {
@@ -161,13 +199,7 @@ async fn simulate(
                 }
                 if agent.react(target, behaviour) {
                     let mut c = cluster.borrow_mut();
-                    let status = c
-                        .proxy_nodes
-                        .get_mut(&name)
-                        .unwrap()
-                        .status
-                        .as_mut()
-                        .unwrap();
+                    let status = c.proxy_nodes[i].status.as_mut().unwrap();
                     status.applied_mode = agent.applied;
                     status.failed_mode = agent.failed;
                     status.conditions = if agent.ready {
@@ -187,32 +219,61 @@ async fn simulate(
         let cluster = cluster.clone();
         let wake = operator_wake.clone();
         async move {
+            let mut pending_crashes = 0;
             loop {
+                while script
+                    .last()
+                    .is_some_and(|(at, _)| started.elapsed() >= Duration::from_secs(*at))
+                {
+                    let (_, edit) = script.pop().unwrap();
+                    let mut c = cluster.borrow_mut();
+                    let generation = c.config.metadata.generation.unwrap() + 1;
+                    match edit {
+                        Edit::Mode(m) => c.config.spec.mode = m,
+                        Edit::Paused(p) => c.config.spec.rollout.paused = p,
+                        Edit::CrashAfterStatus => {
+                            pending_crashes += 1;
+                            continue;
+                        }
+                    }
+                    c.config.metadata.generation = Some(generation);
+                }
                 let (plan, done) = {
                     let c = cluster.borrow();
                     let configs = [c.config.clone()];
                     let assignment = assign_pools(&c.nodes, &configs);
-                    let proxy_nodes: Vec<ProxyNode> = c.proxy_nodes.values().cloned().collect();
                     let plan = plan_pool(&PoolInput {
                         config: &c.config,
                         assignment: &assignment,
                         nodes: &c.nodes,
-                        proxy_nodes: &proxy_nodes,
+                        proxy_nodes: &c.proxy_nodes,
                         now: clock.now(),
                         switch_margin: Duration::from_secs(60),
                     });
                     let finished = plan.status.rollout.as_ref().is_some_and(|r| {
                         matches!(r.phase, RolloutPhase::Complete | RolloutPhase::RolledBack)
                     });
-                    let settled = c.states().iter().all(|n| !n.unavailable());
-                    let done = finished && settled && plan.proxy_nodes.is_empty();
+                    let done = finished
+                        && plan.proxy_nodes.is_empty()
+                        && script.is_empty()
+                        && pending_crashes == 0
+                        && c.unavailable() == 0;
                     (plan, done)
                 };
                 {
                     let mut c = cluster.borrow_mut();
                     c.config.status = Some(plan.status.clone());
+                    // A crash strikes the next reconcile that has node specs to write.
+                    if pending_crashes > 0 && !plan.proxy_nodes.is_empty() {
+                        pending_crashes -= 1;
+                        c.crashes += 1;
+                        c.lost_writes += plan.proxy_nodes.len();
+                        continue;
+                    }
+                    let at = started.elapsed().as_secs();
                     for apply in &plan.proxy_nodes {
-                        c.proxy_nodes.get_mut(&apply.name).unwrap().spec = apply.spec.clone();
+                        c.target_writes.push((at, apply.name.clone()));
+                        c.proxy_nodes[node_index(&apply.name)].spec = apply.spec.clone();
                         targets[&apply.name].send_replace(apply.spec.target_mode);
                     }
                     let unavailable = c.unavailable();
@@ -228,7 +289,11 @@ async fn simulate(
                     break;
                 }
                 let requeue = plan.requeue_after.unwrap_or(Duration::from_secs(300));
+                let next_edit = script.last().map_or(Duration::MAX, |(at, _)| {
+                    Duration::from_secs(*at).saturating_sub(started.elapsed())
+                });
                 tokio::select! {
+                    _ = tokio::time::sleep(next_edit.min(Duration::from_secs(24 * 3600))) => {}
                     _ = wake.notified() => {
                         // As the controller's debounce: let changes of the same moment pile up.
                         tokio::time::sleep(DEBOUNCE).await;
@@ -252,6 +317,9 @@ async fn simulate(
         events: c.events.clone(),
         max_seen_unavailable: c.max_seen_unavailable,
         elapsed: started.elapsed(),
+        target_writes: c.target_writes.clone(),
+        crashes: c.crashes,
+        lost_writes: c.lost_writes,
     };
     (outcome, behaviours, max)
 }
@@ -422,4 +490,97 @@ async fn failures_over_the_budget_roll_the_whole_pool_back() {
             .iter()
             .any(|e| matches!(e, PoolEvent::Rollout(RolloutEvent::RolledBack { .. })))
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_mode_mid_rollout_takes_every_node_there() {
+    let script = vec![(100, Edit::Mode(Mode::Ebpf))];
+    let (out, _, _) = simulate_script(
+        IntOrString::String("10%".into()),
+        0,
+        Rates { fail: 0, hang: 0 },
+        5,
+        script,
+    )
+    .await;
+    assert!(out.max_seen_unavailable <= 100);
+    assert!(out.events.iter().any(|e| matches!(
+        e,
+        PoolEvent::Rollout(RolloutEvent::Retargeted {
+            previous_to: Mode::Nftables,
+            to: Mode::Ebpf
+        })
+    )));
+    let rollout = out.status.rollout.clone().unwrap();
+    assert_eq!(
+        (rollout.to, rollout.phase),
+        (Mode::Ebpf, RolloutPhase::Complete)
+    );
+    assert!(out.states.iter().all(|n| n.settled_on(Mode::Ebpf)));
+    assert_eq!(
+        out.status.nodes_by_mode,
+        BTreeMap::from([("ebpf".into(), 1000)])
+    );
+    assert_eq!(condition(&out.status, "Ready"), ("True", "AllNodesReady"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paused_rollout_writes_nothing_until_resumed() {
+    let script = vec![(50, Edit::Paused(true)), (5000, Edit::Paused(false))];
+    let (out, _, _) = simulate_script(
+        IntOrString::Int(100),
+        0,
+        Rates { fail: 0, hang: 0 },
+        11,
+        script,
+    )
+    .await;
+    let paused_writes: Vec<&(u64, String)> = out
+        .target_writes
+        .iter()
+        .filter(|(at, _)| (51..5000).contains(at))
+        .collect();
+    assert!(paused_writes.is_empty(), "{paused_writes:?}");
+    assert!(
+        out.target_writes.iter().any(|(at, _)| *at >= 5000),
+        "the rollout resumed"
+    );
+    assert_eq!(
+        out.status.rollout.clone().unwrap().phase,
+        RolloutPhase::Complete
+    );
+    assert!(out.states.iter().all(|n| n.settled_on(Mode::Nftables)));
+    assert!(out.max_seen_unavailable <= 100);
+}
+
+#[tokio::test(start_paused = true)]
+async fn operator_crashes_between_writes_resume_from_the_api() {
+    let script = (1..8).map(|i| (i * 37, Edit::CrashAfterStatus)).collect();
+    let (out, behaviours, _) = simulate_script(
+        IntOrString::String("10%".into()),
+        10,
+        Rates { fail: 3, hang: 3 },
+        13,
+        script,
+    )
+    .await;
+    assert_eq!(out.crashes, 7);
+    assert!(
+        out.lost_writes > 0,
+        "some crash came between a status and its node writes"
+    );
+    assert!(out.max_seen_unavailable <= 100);
+    let bad = names_where(&behaviours, |b| b != Behaviour::Succeed);
+    assert!(bad.len() <= 10, "{} bad nodes with this seed", bad.len());
+    let rollout = out.status.rollout.clone().unwrap();
+    assert_eq!(rollout.phase, RolloutPhase::Complete);
+    assert_eq!(
+        rollout
+            .failed_nodes
+            .iter()
+            .cloned()
+            .collect::<BTreeSet<_>>(),
+        bad
+    );
+    assert_eq!(out.status.ready_nodes, 1000 - bad.len() as u32);
 }

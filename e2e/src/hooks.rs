@@ -81,5 +81,8 @@ impl ModeHooks for KernelHooks {
 
 /// The hooks for `mode`.
 pub fn hooks_for(mode: Mode) -> Box<dyn ModeHooks> {
-    Box::new(KernelHooks { mode })
+    match mode {
+        Mode::Ipvs => Box::new(crate::vm::scenario::IpvsHooks),
+        _ => Box::new(KernelHooks { mode }),
+    }
 }

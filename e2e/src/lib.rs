@@ -7,6 +7,7 @@
 //! - [`agent`]: the thread in the node namespace that owns the backend.
 //! - [`hooks`]: where a mode plugs in (dataplane, client cgroup, skips).
 //! - [`runner`]: compile, link, apply, send connections, judge, report.
+//! - [`vm`]: Debian's stock kernel in qemu, for IPVS when the host lacks it.
 
 pub mod agent;
 pub mod ebpf;
@@ -16,6 +17,7 @@ pub mod probe;
 pub mod runner;
 pub mod scenario;
 pub mod topology;
+pub mod vm;
 
 /// The harness could not set a scenario up or run it.
 #[derive(Debug, thiserror::Error)]

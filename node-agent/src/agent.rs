@@ -9,6 +9,7 @@
 //! the kernel's state ([`crate::switch::recover`]) and converges on it instead
 //! of flushing it; nothing is removed for lack of input.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -25,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::backend::Dataplane;
 use crate::health::{HealthCheckServers, ProxyHealth, health_check_services};
+use crate::http::HttpServers;
 use crate::metrics::Metrics;
 use crate::settings::Settings;
 use crate::status::{StatusReporter, set_condition};
@@ -32,6 +34,7 @@ use crate::switch::{
     Checkpoint, Checkpoints, DataplaneFactory, Leftovers, Probe, ProbeTarget, SwitchError,
     SwitchInput, present_modes, recover, sweep, switch_to,
 };
+use crate::watch::Source;
 
 /// The condition types the agent reports.
 pub const READY: &str = "Ready";
@@ -163,6 +166,8 @@ pub struct AgentParts {
     pub metrics: Arc<Metrics>,
     pub health: Arc<ProxyHealth>,
     pub health_checks: Option<HealthCheckServers>,
+    /// `/healthz` and `/metrics`, following the pool's bind addresses.
+    pub http: Option<HttpServers>,
     /// Wall clock for status times (tests fix it).
     pub wall_clock: fn() -> SystemTime,
 }
@@ -177,7 +182,8 @@ pub struct Agent {
     synced_key: Option<InputKey>,
     status: ProxyNodeStatus,
     settings: Settings,
-    api_error: Option<String>,
+    /// Failing watches and their last error.
+    api_errors: BTreeMap<Source, String>,
     generation: Option<i64>,
 }
 
@@ -209,7 +215,7 @@ impl Agent {
             synced_key: None,
             status: ProxyNodeStatus::default(),
             settings: Settings::defaults(Mode::default()),
-            api_error: None,
+            api_errors: BTreeMap::new(),
             generation: None,
         }
     }
@@ -256,14 +262,15 @@ impl Agent {
         }
     }
 
-    /// The watches failed (`Some`) or recovered (`None`).
-    pub fn set_api_error(&mut self, error: Option<String>) {
-        if self.api_error != error {
-            self.api_error = error;
-            if self.recovered {
-                self.update_conditions();
-                self.parts.reporter.offer(&self.status, Instant::now());
-            }
+    /// The watch of `source` failed (`Some`) or delivered again (`None`).
+    pub fn set_api_error(&mut self, source: Source, error: Option<String>) {
+        let changed = match error {
+            Some(e) => self.api_errors.insert(source, e.clone()) != Some(e),
+            None => self.api_errors.remove(&source).is_some(),
+        };
+        if changed && self.recovered {
+            self.update_conditions();
+            self.parts.reporter.offer(&self.status, Instant::now());
         }
     }
 
@@ -301,15 +308,18 @@ impl Agent {
         started: Instant,
         queued_at: Option<Instant>,
     ) -> SyncOutcome {
-        if !inputs.listed {
-            return SyncOutcome::Waiting("initial lists not complete".to_string());
-        }
+        // The ProxyNode store fills only once its list is complete, so its
+        // recorded status can be read back (and status written) even while
+        // another watch is still failing.
         let Some(proxy_node) = inputs.proxy_node.as_deref() else {
             return SyncOutcome::Waiting(format!("ProxyNode {} not found", self.parts.node_name));
         };
         self.generation = proxy_node.metadata.generation;
         if !self.recovered {
             self.recover(proxy_node);
+        }
+        if !inputs.listed {
+            return SyncOutcome::Waiting("initial lists not complete".to_string());
         }
         let Some(target) = key.target.or(self.active_mode()) else {
             return SyncOutcome::Waiting("no target mode assigned".to_string());
@@ -325,11 +335,13 @@ impl Agent {
             return SyncOutcome::Waiting(format!("Node {} not found", self.parts.node_name));
         };
         self.parts.health.set_node_deleting(being_deleted(node));
-        let spec = inputs
-            .config
-            .as_ref()
-            .map(|c| c.spec.clone())
-            .unwrap_or_default();
+        let config = inputs.config.as_ref().map(|c| &c.spec);
+        if let Some(http) = self.parts.http.as_mut() {
+            for e in http.reconcile(config) {
+                tracing::error!(error = %e, "HTTP server address not changed");
+            }
+        }
+        let spec = config.cloned().unwrap_or_default();
         // A failure is about one target: a new target starts afresh.
         if self.status.failed_mode.is_some_and(|f| f != target) {
             self.status.failed_mode = None;
@@ -587,21 +599,33 @@ impl Agent {
             .iter()
             .find(|c| c.type_ == READY && c.reason == "ApplyFailed")
             .map(|c| c.message.clone());
-        let (degraded, reason, message) =
-            match (&self.api_error, self.status.failed_mode, apply_failed) {
-                (Some(e), _, _) => (
-                    true,
-                    "APIUnreachable",
-                    format!("keeping the last applied rules: {e}"),
-                ),
-                (None, Some(_), _) => (
-                    true,
-                    "SwitchFailed",
-                    self.status.last_error.clone().unwrap_or_default(),
-                ),
-                (None, None, Some(e)) => (true, "ApplyFailed", e),
-                (None, None, None) => (false, "AsExpected", String::new()),
-            };
+        let api_error = (!self.api_errors.is_empty()).then(|| {
+            let errors: Vec<String> = self
+                .api_errors
+                .iter()
+                .map(|(source, e)| format!("watching {source}: {e}"))
+                .collect();
+            errors.join("; ")
+        });
+        let (degraded, reason, message) = match (&api_error, self.status.failed_mode, apply_failed)
+        {
+            (Some(e), _, _) => (
+                true,
+                "APIUnreachable",
+                format!("keeping the last applied rules: {e}"),
+            ),
+            (None, Some(_), _) => (
+                true,
+                "SwitchFailed",
+                self.status.last_error.clone().unwrap_or_default(),
+            ),
+            (None, None, Some(e)) => (true, "ApplyFailed", e),
+            // A switch that completed with a caveat (unverified, old not removed).
+            (None, None, None) => match &self.status.last_error {
+                Some(e) => (true, "SwitchIncomplete", e.clone()),
+                None => (false, "AsExpected", String::new()),
+            },
+        };
         let now = self.now_time();
         set_condition(
             &mut self.status.conditions,

@@ -13,27 +13,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode, header};
-use hyper_util::rt::TokioIo;
+use hyper::{Response, StatusCode, header};
 use k8s_openapi::jiff::Timestamp;
 use switchyard_api::policy::LinkedRuleset;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-/// A health server could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum HealthError {
-    #[error("binding health check node port {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-}
+use crate::http::{Body, Handler, HttpError, json_response, not_found, spawn_server};
 
 #[derive(Debug, Default)]
 struct ProxyHealthState {
@@ -109,31 +94,6 @@ fn rfc3339(t: Option<SystemTime>) -> String {
         .map_or_else(String::new, |t| t.to_string())
 }
 
-/// Response bodies of the agent's HTTP servers.
-pub type Body = Full<Bytes>;
-
-fn json_response(status: StatusCode, body: String) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        header::HeaderValue::from_static("nosniff"),
-    );
-    resp
-}
-
-/// A plain 404, as Go's mux answers.
-pub fn not_found() -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(b"404 page not found\n")));
-    *resp.status_mut() = StatusCode::NOT_FOUND;
-    resp
-}
-
 /// `/healthz` (health and node eligibility) and `/livez` (health only).
 pub fn proxy_health_response(health: &ProxyHealth, path: &str, now: SystemTime) -> Response<Body> {
     let r = health.report(now);
@@ -153,35 +113,6 @@ pub fn proxy_health_response(health: &ProxyHealth, path: &str, now: SystemTime) 
         StatusCode::SERVICE_UNAVAILABLE
     };
     json_response(status, body.to_string())
-}
-
-/// Answers one HTTP request.
-pub type Handler = Arc<dyn Fn(&Request<Incoming>) -> Response<Body> + Send + Sync>;
-
-/// Serve HTTP/1 on `listener` until the task is aborted.
-pub async fn serve(listener: TcpListener, handler: Handler) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                continue;
-            }
-        };
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
-                let resp = handler(&req);
-                async move { Ok::<_, std::convert::Infallible>(resp) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "health connection ended");
-            }
-        });
-    }
 }
 
 /// The proxy health server's handler.
@@ -281,7 +212,7 @@ impl HealthCheckServers {
     /// Serve exactly `wanted`: start new ports, stop gone ones, update counts.
     /// Ports that cannot be bound are reported and tried again on the next call.
     /// Must be called inside a tokio runtime.
-    pub fn sync(&mut self, wanted: BTreeMap<u16, HealthCheckService>) -> Vec<HealthError> {
+    pub fn sync(&mut self, wanted: BTreeMap<u16, HealthCheckService>) -> Vec<HttpError> {
         let ports: BTreeSet<u16> = wanted.keys().copied().collect();
         *self.services.lock().unwrap_or_else(PoisonError::into_inner) = wanted;
         self.listeners.retain(|port, task| {
@@ -311,19 +242,18 @@ impl HealthCheckServers {
         self.listeners.keys().copied().collect()
     }
 
-    fn listen(&self, port: u16) -> Result<JoinHandle<()>, HealthError> {
-        let addr = SocketAddr::new(self.bind, port);
-        let bind_err = |source| HealthError::Bind { addr, source };
-        let std_listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
-        std_listener.set_nonblocking(true).map_err(bind_err)?;
-        let listener = TcpListener::from_std(std_listener).map_err(bind_err)?;
+    fn listen(&self, port: u16) -> Result<JoinHandle<()>, HttpError> {
         let services = self.services.clone();
         let proxy = self.proxy.clone();
         let handler: Handler = Arc::new(move |_req| {
             let services = services.lock().unwrap_or_else(PoisonError::into_inner);
             service_health_response(services.get(&port), &proxy, SystemTime::now())
         });
-        Ok(tokio::spawn(serve(listener, handler)))
+        spawn_server(
+            "health check node port",
+            SocketAddr::new(self.bind, port),
+            handler,
+        )
     }
 }
 

@@ -8,6 +8,7 @@ pub mod conntrack;
 pub mod exec;
 pub mod fake;
 pub mod health;
+pub mod http;
 pub mod kubeproxy;
 pub mod metrics;
 pub mod ratelimit;

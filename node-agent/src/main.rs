@@ -10,7 +10,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use switchyard_agent::agent::{Agent, AgentParts};
 use switchyard_agent::exec::RealRunner;
-use switchyard_agent::health::{HealthCheckServers, ProxyHealth, proxy_health_handler, serve};
+use switchyard_agent::health::{HealthCheckServers, ProxyHealth, proxy_health_handler};
+use switchyard_agent::http::{HttpServers, Rebindable};
 use switchyard_agent::kubeproxy::KubeProxyNftables;
 use switchyard_agent::metrics::{Metrics, metrics_handler};
 use switchyard_agent::standalone::{self, StandaloneOptions};
@@ -61,13 +62,15 @@ struct RunArgs {
     /// This node's name (the ProxyNode and Node to watch).
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
-    /// Where /healthz and /livez are served (kube-proxy's default port is 10256,
-    /// often taken while kube-proxy still runs).
-    #[arg(long, default_value = "0.0.0.0:10256")]
-    healthz_bind_address: SocketAddr,
-    /// Where /metrics is served.
-    #[arg(long, default_value = "127.0.0.1:10249")]
-    metrics_bind_address: SocketAddr,
+    /// Where /healthz and /livez are served; overrides the ProxyConfig's
+    /// healthzBindAddress. Default 0.0.0.0:10256 (kube-proxy's port, often taken
+    /// while kube-proxy still runs).
+    #[arg(long)]
+    healthz_bind_address: Option<SocketAddr>,
+    /// Where /metrics is served; overrides the ProxyConfig's metricsBindAddress.
+    /// Default 127.0.0.1:10249.
+    #[arg(long)]
+    metrics_bind_address: Option<SocketAddr>,
     /// Address the healthCheckNodePort servers listen on.
     #[arg(long, default_value = "0.0.0.0")]
     health_check_bind_address: IpAddr,
@@ -131,10 +134,23 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn Error>> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(ProxyHealth::new(args.healthz_timeout));
 
-    let healthz = tokio::net::TcpListener::bind(args.healthz_bind_address).await?;
-    tokio::spawn(serve(healthz, proxy_health_handler(health.clone())));
-    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_bind_address).await?;
-    tokio::spawn(serve(metrics_listener, metrics_handler(metrics.clone())));
+    let mut http = HttpServers {
+        healthz: Rebindable::new(
+            "healthz",
+            proxy_health_handler(health.clone()),
+            args.healthz_bind_address,
+            SocketAddr::from(([0, 0, 0, 0], 10256)),
+        ),
+        metrics: Rebindable::new(
+            "metrics",
+            metrics_handler(metrics.clone()),
+            args.metrics_bind_address,
+            SocketAddr::from(([127, 0, 0, 1], 10249)),
+        ),
+    };
+    for e in http.reconcile(None) {
+        tracing::error!(error = %e, "HTTP server not started; retried on the next sync");
+    }
 
     let mut agent = Agent::new(AgentParts {
         node_name: args.node_name.clone(),
@@ -151,6 +167,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn Error>> {
             args.health_check_bind_address,
             health,
         )),
+        http: Some(http),
         wall_clock: std::time::SystemTime::now,
     });
     let (watches, events) = watch::start(client, &args.node_name);

@@ -23,7 +23,7 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Response, header};
 
-use crate::health::{Handler, not_found};
+use crate::http::{Handler, not_found};
 
 /// The `mode` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -151,6 +151,9 @@ pub fn prepare(opts: &StandaloneOptions) -> Result<Prepared, StandaloneError> {
         tracing::warn!(warning = %w, "ProxyConfig setting skipped");
     }
     let compiled = compile(&Snapshot::from(objects), &CompileSettings::default());
+    for d in &compiled.diagnostics {
+        tracing::warn!(diagnostic = %d, "skipped");
+    }
     Ok(Prepared {
         ruleset: link(&compiled.ruleset, &info),
         settings,
@@ -163,9 +166,6 @@ pub fn apply(
     dataplane: &mut dyn Dataplane,
     prepared: &Prepared,
 ) -> Result<ApplyStats, StandaloneError> {
-    for d in &prepared.diagnostics {
-        tracing::warn!(diagnostic = %d, "skipped");
-    }
     dataplane
         .sync(&prepared.ruleset, &prepared.settings)
         .map_err(|source| StandaloneError::Apply {

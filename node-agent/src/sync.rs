@@ -51,13 +51,13 @@ pub async fn run(
                 None => break,
                 Some(WatchEvent::Changed(source)) => {
                     tracing::trace!(%source, "change");
-                    agent.set_api_error(None);
+                    agent.set_api_error(source, None);
                     agent.queued();
                     limiter.request(Instant::now());
                 }
                 Some(WatchEvent::Failed { source, error }) => {
                     tracing::warn!(%source, %error, "watch failed; keeping the last applied rules");
-                    agent.set_api_error(Some(format!("watching {source}: {error}")));
+                    agent.set_api_error(source, Some(error));
                 }
             },
             () = sleep_until_some(sync_at) => {

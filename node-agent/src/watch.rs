@@ -22,7 +22,7 @@ use switchyard_api::{ProxyConfig, ProxyNode, ProxyRuleset};
 use crate::agent::Inputs;
 
 /// Which watch an event came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Source {
     Node,
     ProxyNode,

@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use switchyard_agent::agent::SyncOutcome;
 use switchyard_agent::fake::{FakeKernel, SyncRecord, rule_lines};
+use switchyard_agent::watch::Source;
 use switchyard_api::Mode;
 use switchyard_api::proxynode::SwitchStep;
 
@@ -174,7 +175,7 @@ async fn without_api_input_nothing_is_touched() {
     let mut agent = agent(&kernel, &writer, &FakeLeftover::default());
     let out = agent.sync(&Default::default(), None).await;
     assert!(matches!(out, SyncOutcome::Waiting(_)));
-    agent.set_api_error(Some("connection refused".into()));
+    agent.set_api_error(Source::ProxyRuleset, Some("connection refused".into()));
     assert_eq!(kernel.rules(Mode::Iptables), Some(web_lines()));
     assert!(kernel.syncs().is_empty() && kernel.cleanups().is_empty());
     assert!(

@@ -13,11 +13,9 @@ use http::{Method, Request, Response};
 use kube::client::Body;
 use kube::{Client, Resource};
 use serde_json::{Value, json};
-use switchyard_agent::agent::{Agent, AgentParts};
+use switchyard_agent::agent::Agent;
 use switchyard_agent::fake::FakeKernel;
-use switchyard_agent::health::ProxyHealth;
-use switchyard_agent::metrics::Metrics;
-use switchyard_agent::status::{ApiStatusWriter, StatusReporter};
+use switchyard_agent::status::ApiStatusWriter;
 use switchyard_agent::{sync, watch};
 use switchyard_api::Mode;
 
@@ -38,16 +36,20 @@ fn list<K: Resource<DynamicType = ()> + serde::Serialize>(items: Vec<K>) -> Vec<
 
 struct Verifier {
     handle: Handle,
+    /// Answer the ProxyRuleset list with an internal error (an API server in trouble).
+    rulesets_fail: bool,
     /// Watch requests are held open (never answered), as a quiet API server does.
     held: Vec<tower_test::mock::SendResponse<Response<Body>>>,
     lists: Vec<String>,
 }
 
 impl Verifier {
-    /// Serve until `patches` status patches arrived; return their bodies.
-    async fn serve(mut self, patches: usize) -> (Vec<Value>, Vec<String>) {
+    /// Serve until `done` holds for the status patches received; return their
+    /// bodies and the list requests. With `quiet`, then check that nothing more
+    /// is requested for 90 minutes (the hourly resync writes nothing new).
+    async fn serve(mut self, done: fn(&[Value]) -> bool, quiet: bool) -> (Vec<Value>, Vec<String>) {
         let mut bodies = Vec::new();
-        while bodies.len() < patches {
+        while !done(&bodies) {
             let (req, send) = self
                 .handle
                 .next_request()
@@ -56,6 +58,16 @@ impl Verifier {
             let uri = req.uri().to_string();
             match *req.method() {
                 Method::GET if uri.contains("watch=true") => self.held.push(send),
+                Method::GET
+                    if self.rulesets_fail
+                        && req.uri().path() == "/apis/switchyard.dev/v1alpha1/proxyrulesets" =>
+                {
+                    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "message": "etcdserver: request timed out", "reason": "InternalError", "code": 500});
+                    let mut resp = Response::new(Body::from(serde_json::to_vec(&status).unwrap()));
+                    *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                    send.send_response(resp);
+                }
                 Method::GET => {
                     let body = match req.uri().path() {
                         "/api/v1/nodes" => list(vec![(*node()).clone()]),
@@ -92,9 +104,12 @@ impl Verifier {
                 ref m => panic!("unexpected {m} {uri}"),
             }
         }
+        if !quiet {
+            return (bodies, self.lists);
+        }
         // Quiet from here on: the periodic resync (1h) finds nothing changed
         // and writes nothing; watches stay held.
-        let more = tokio::time::timeout(Duration::from_secs(2 * 3600), self.handle.next_request());
+        let more = tokio::time::timeout(Duration::from_secs(90 * 60), self.handle.next_request());
         if let Ok(Some((req, _))) = more.await {
             panic!(
                 "unexpected request after the sync: {} {}",
@@ -106,33 +121,29 @@ impl Verifier {
     }
 }
 
+fn agent_for(kernel: &FakeKernel, client: Client) -> Agent {
+    agent_with(
+        Arc::new(kernel.factory()),
+        Arc::new(kernel.probe()),
+        Box::new(ApiStatusWriter::new(client, NODE)),
+        vec![],
+    )
+}
+
 #[tokio::test(start_paused = true)]
 async fn agent_lists_watches_switches_and_writes_status_by_server_side_apply() {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let verifier = Verifier {
         handle,
+        rulesets_fail: false,
         held: Vec::new(),
         lists: Vec::new(),
     };
     // Four switch checkpoints (from nothing to nftables), then the sync's status.
-    let server = tokio::spawn(verifier.serve(5));
-
+    let server = tokio::spawn(verifier.serve(|b| b.len() == 5, true));
     let kernel = FakeKernel::default();
-    let mut agent = Agent::new(AgentParts {
-        node_name: NODE.into(),
-        factory: Arc::new(kernel.factory()),
-        probe: Arc::new(kernel.probe()),
-        leftovers: vec![],
-        reporter: StatusReporter::new(
-            Box::new(ApiStatusWriter::new(client.clone(), NODE)),
-            Duration::from_secs(5),
-        ),
-        metrics: Arc::new(Metrics::new()),
-        health: Arc::new(ProxyHealth::new(Duration::from_secs(60))),
-        health_checks: None,
-        wall_clock: fixed_clock,
-    });
+    let mut agent = agent_for(&kernel, client.clone());
     let (watches, events) = watch::start(client, NODE);
     let (bodies, lists) = tokio::select! {
         r = server => r.unwrap(),
@@ -153,6 +164,16 @@ async fn agent_lists_watches_switches_and_writes_status_by_server_side_apply() {
         ]
     );
     assert_eq!(kernel.installed(), vec![Mode::Nftables]);
+    let syncs = kernel.syncs();
+    assert_eq!(
+        syncs.len(),
+        2,
+        "the switch's sync, then the hourly resync: {syncs:?}"
+    );
+    assert!(
+        syncs[1].full,
+        "the resync rewrote everything and wrote no status"
+    );
     assert_eq!(
         bodies[0],
         json!({
@@ -189,5 +210,66 @@ async fn agent_lists_watches_switches_and_writes_status_by_server_side_apply() {
                 ],
             },
         })
+    );
+}
+
+fn degraded(body: &Value) -> Option<&Value> {
+    body["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Degraded" && c["status"] == "True")
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_api_server_keeps_the_kernel_untouched_and_reports_degraded() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let verifier = Verifier {
+        handle,
+        rulesets_fail: true,
+        held: Vec::new(),
+        lists: Vec::new(),
+    };
+    let server = tokio::spawn(verifier.serve(|b| b.iter().any(|b| degraded(b).is_some()), false));
+    let kernel = FakeKernel::default();
+    kernel.install(Mode::Iptables, vec!["rules of the last run".into()]);
+    let mut agent = agent_for(&kernel, client.clone());
+    let (watches, events) = watch::start(client, NODE);
+    let (bodies, _) = tokio::select! {
+        r = server => r.unwrap(),
+        () = sync::run(&mut agent, events, || watches.inputs(), std::future::pending()) => {
+            panic!("loop ended")
+        }
+    };
+    let body = bodies.last().unwrap();
+    assert_eq!(
+        body["status"]["appliedMode"], "iptables",
+        "recovered from the kernel"
+    );
+    let d = degraded(body).unwrap();
+    assert_eq!(d["reason"], "APIUnreachable");
+    assert!(
+        d["message"]
+            .as_str()
+            .unwrap()
+            .contains("etcdserver: request timed out"),
+        "{d}"
+    );
+    let ready = &body["status"]["conditions"][0];
+    assert_eq!(
+        (
+            ready["type"].as_str(),
+            ready["status"].as_str(),
+            ready["reason"].as_str()
+        ),
+        (Some("Ready"), Some("False"), Some("Waiting"))
+    );
+    assert!(
+        kernel.syncs().is_empty() && kernel.cleanups().is_empty(),
+        "kernel untouched"
+    );
+    assert_eq!(
+        kernel.rules(Mode::Iptables),
+        Some(vec!["rules of the last run".to_string()])
     );
 }

@@ -10,8 +10,9 @@ use std::time::{Duration, SystemTime};
 use common::*;
 use serde_json::{Value, json};
 use switchyard_agent::health::{
-    HealthCheckServers, ProxyHealth, health_check_services, proxy_health_handler, serve,
+    HealthCheckServers, ProxyHealth, health_check_services, proxy_health_handler,
 };
+use switchyard_agent::http::{Rebindable, serve};
 use switchyard_api::policy::link;
 use switchyard_api::ruleset::{Ruleset, ServicePortRule, TrafficPolicy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -159,4 +160,81 @@ async fn healthz_reports_last_update_and_fails_when_a_change_waits_too_long() {
     let (status, _, _) = get(port, "/livez").await.unwrap();
     assert_eq!(status, 503);
     server.abort();
+}
+
+#[tokio::test]
+async fn healthz_follows_the_configured_address_unless_a_flag_is_given() {
+    let proxy = Arc::new(ProxyHealth::new(Duration::from_secs(60)));
+    let (first, second) = (free_port(), free_port());
+    let default = SocketAddr::new(LOOPBACK, free_port());
+    let mut server = Rebindable::new(
+        "healthz",
+        proxy_health_handler(proxy.clone()),
+        None,
+        default,
+    );
+    server.reconcile(None).unwrap();
+    assert_eq!(server.addr(), Some(default));
+    assert_eq!(get(default.port(), "/healthz").await.unwrap().0, 200);
+
+    server
+        .reconcile(Some(&format!("127.0.0.1:{first}")))
+        .unwrap();
+    assert_eq!(get(first, "/healthz").await.unwrap().0, 200);
+    server
+        .reconcile(Some(&format!("127.0.0.1:{second}")))
+        .unwrap();
+    assert_eq!(get(second, "/livez").await.unwrap().0, 200);
+    assert!(server.reconcile(Some("not an address")).is_err());
+    assert_eq!(
+        server.addr(),
+        Some(SocketAddr::new(LOOPBACK, second)),
+        "kept serving"
+    );
+
+    let flag = SocketAddr::new(LOOPBACK, free_port());
+    let mut flagged = Rebindable::new("healthz", proxy_health_handler(proxy), Some(flag), default);
+    flagged
+        .reconcile(Some(&format!("127.0.0.1:{first}")))
+        .unwrap();
+    assert_eq!(flagged.addr(), Some(flag), "the command line wins");
+}
+
+#[tokio::test]
+async fn agent_serves_health_check_node_ports_of_what_it_applied() {
+    use switchyard_agent::agent::{Agent, AgentParts, SyncOutcome};
+    use switchyard_agent::fake::FakeKernel;
+    use switchyard_agent::metrics::Metrics;
+    use switchyard_agent::status::StatusReporter;
+    use switchyard_api::Mode;
+
+    let kernel = FakeKernel::default();
+    let proxy = Arc::new(ProxyHealth::new(Duration::from_secs(60)));
+    let mut agent = Agent::new(AgentParts {
+        node_name: NODE.into(),
+        factory: Arc::new(kernel.factory()),
+        probe: Arc::new(kernel.probe()),
+        leftovers: vec![],
+        reporter: StatusReporter::new(Box::new(RecordingWriter::default()), Duration::from_secs(5)),
+        metrics: Arc::new(Metrics::new()),
+        health: proxy.clone(),
+        health_checks: Some(HealthCheckServers::new(LOOPBACK, proxy)),
+        http: None,
+        wall_clock: fixed_clock,
+    });
+    let port = free_port();
+    let mut inputs = inputs(Some(Mode::Nftables), None);
+    inputs.shards = vec![shard(
+        1,
+        0,
+        1,
+        1,
+        vec![
+            web(),
+            local_lb("lb", port, vec![backend(9, "10.0.1.9", NODE)]),
+        ],
+    )];
+    assert_eq!(agent.sync(&inputs, None).await, SyncOutcome::Synced);
+    let (status, _, body) = get(port, "/").await.unwrap();
+    assert_eq!((status, body["localEndpoints"].clone()), (200, json!(1)));
 }

@@ -14,16 +14,12 @@ mod common;
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::netns::{Netns, POD_IP, Topology, connect_from, echo_roundtrip, is_root, topology};
 use common::*;
-use switchyard_agent::agent::{Agent, AgentParts, Inputs, SyncOutcome};
+use switchyard_agent::agent::{Inputs, SyncOutcome};
 use switchyard_agent::exec::RealRunner;
-use switchyard_agent::health::ProxyHealth;
 use switchyard_agent::kubeproxy::KubeProxyNftables;
-use switchyard_agent::metrics::Metrics;
-use switchyard_agent::status::StatusReporter;
 use switchyard_agent::switch::{BackendFactory, Leftovers, TcpProbe};
 use switchyard_api::{Mode, ProxyNodeStatus};
 
@@ -67,17 +63,12 @@ fn run_agent(
             .build()
             .unwrap();
         rt.block_on(async move {
-            let mut agent = Agent::new(AgentParts {
-                node_name: NODE.into(),
-                factory: Arc::new(BackendFactory::new(Arc::new(RealRunner))),
-                probe: Arc::new(TcpProbe),
+            let mut agent = agent_with(
+                Arc::new(BackendFactory::new(Arc::new(RealRunner))),
+                Arc::new(TcpProbe),
+                Box::new(writer.clone()),
                 leftovers,
-                reporter: StatusReporter::new(Box::new(writer.clone()), Duration::from_secs(5)),
-                metrics: Arc::new(Metrics::new()),
-                health: Arc::new(ProxyHealth::new(Duration::from_secs(60))),
-                health_checks: None,
-                wall_clock: fixed_clock,
-            });
+            );
             let mut outcomes = Vec::new();
             for inputs in syncs {
                 tokio::select! {
@@ -178,28 +169,21 @@ fn kube_proxy_nftables_tables_are_removed_and_no_other_table() {
     ] {
         ns.ok(&["nft", "add", "table", family, name]);
     }
-    let removed = ns
-        .thread(|| {
+    let remove = || {
+        ns.thread(|| {
             KubeProxyNftables::new(Arc::new(RealRunner))
                 .remove()
                 .unwrap()
         })
         .join()
-        .unwrap();
-    assert!(removed);
+        .unwrap()
+    };
+    assert!(remove());
     let tables = ns.ok(&["nft", "list", "tables"]);
     let mut tables: Vec<&str> = tables.lines().collect();
     tables.sort();
     assert_eq!(tables, vec!["table inet kube-proxy", "table ip keep-me"]);
-    let again = ns
-        .thread(|| {
-            KubeProxyNftables::new(Arc::new(RealRunner))
-                .remove()
-                .unwrap()
-        })
-        .join()
-        .unwrap();
-    assert!(!again, "nothing left to remove");
+    assert!(!remove(), "nothing left to remove");
 }
 
 fn has_nft_table(node: &Netns) -> bool {
@@ -323,4 +307,145 @@ fn failed_verification_on_real_kernel_keeps_iptables() {
     assert!(!has_nft_table(&t.node), "the new mode was removed");
     assert!(nat_rules(&t.node).contains("KUBE-SERVICES"));
     assert_eq!(echo_roundtrip(&mut established, b"kept").unwrap(), b"kept");
+}
+
+/// kube-proxy's iptables layout as `iptables-save` prints it on a real node
+/// (hashed chain names), plus a foreign chain that must survive.
+const KUBE_PROXY_NAT: &str = "*nat
+:KUBE-SERVICES - [0:0]
+:KUBE-SVC-TCOU7JCQXEZGVUNU - [0:0]
+:KUBE-SEP-IT2ZTR26TO4XFPTO - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:FOREIGN-KEEP - [0:0]
+-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING
+-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000
+-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m comment --comment \"default/web cluster IP\" -m tcp --dport 80 -j KUBE-SVC-TCOU7JCQXEZGVUNU
+-A KUBE-SVC-TCOU7JCQXEZGVUNU -m comment --comment \"default/web -> 10.200.0.2:8080\" -j KUBE-SEP-IT2ZTR26TO4XFPTO
+-A KUBE-SEP-IT2ZTR26TO4XFPTO -p tcp -m comment --comment \"default/web\" -m tcp -j DNAT --to-destination 10.200.0.2:8080
+-A FOREIGN-KEEP -j RETURN
+COMMIT
+";
+
+#[test]
+fn adopting_a_node_from_kube_proxy_removes_its_rules_once_ours_are_verified() {
+    if skip() {
+        return;
+    }
+    let t = topology("adopt");
+    let restore = t.node.thread(|| {
+        use std::io::Write;
+        let mut child = std::process::Command::new("iptables-restore")
+            .arg("--noflush")
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(KUBE_PROXY_NAT.as_bytes())
+            .unwrap();
+        child.wait().unwrap()
+    });
+    assert!(restore.join().unwrap().success());
+    t.node.ok(&["nft", "add", "table", "ip", "kube-proxy"]);
+    t.node.ok(&["nft", "add", "table", "ip", "foreign"]);
+    let mut established = connect_from(&t.node, vip())
+        .unwrap_or_else(|e| panic!("connect through kube-proxy's rules: {e}"));
+    assert_eq!(
+        echo_roundtrip(&mut established, b"kube-proxy").unwrap(),
+        b"kube-proxy"
+    );
+
+    let leftovers: Vec<Box<dyn Leftovers>> =
+        vec![Box::new(KubeProxyNftables::new(Arc::new(RealRunner)))];
+    let (out, status) = run_agent(
+        &t.node,
+        &RecordingWriter::default(),
+        vec![pod_inputs(Mode::Nftables, None)],
+        leftovers,
+    );
+    assert_eq!(out, vec![SyncOutcome::Synced]);
+    assert_eq!(
+        (status.applied_mode, status.failed_mode),
+        (Some(Mode::Nftables), None)
+    );
+    let nat = nat_rules(&t.node);
+    assert!(
+        !nat.contains("KUBE-"),
+        "kube-proxy's chains removed:\n{nat}"
+    );
+    assert!(nat.contains(":FOREIGN-KEEP"), "foreign chain kept:\n{nat}");
+    let tables = t.node.ok(&["nft", "list", "tables"]);
+    assert!(!tables.contains("table ip kube-proxy"), "{tables}");
+    assert!(
+        tables.contains("table ip foreign") && tables.contains("table ip switchyard"),
+        "{tables}"
+    );
+    assert_eq!(
+        echo_roundtrip(&mut established, b"adopted").unwrap(),
+        b"adopted"
+    );
+    let mut fresh =
+        connect_from(&t.node, vip()).unwrap_or_else(|e| panic!("connect through nftables: {e}"));
+    assert_eq!(echo_roundtrip(&mut fresh, b"ours").unwrap(), b"ours");
+}
+
+#[test]
+fn standalone_apply_command_programs_the_node() {
+    if skip() {
+        return;
+    }
+    let t = topology("cli");
+    let tmp = TempDir::new("cli-state");
+    let dir = &tmp.0;
+    let state = "apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10]
+  ports: [{port: 80, targetPort: 8080, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: \"\", port: 8080, protocol: TCP}]
+endpoints: [{addresses: [10.200.0.2], nodeName: node-b, conditions: {ready: true}}]
+";
+    std::fs::write(dir.join("web.yaml"), state).unwrap();
+    let bin = env!("CARGO_BIN_EXE_node-agent");
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let args = [
+        "apply",
+        "--mode",
+        "nftables",
+        "--state",
+        &dir_arg,
+        "--node-name",
+        NODE,
+        "--node-ip",
+        "10.200.0.1",
+    ];
+    let dry = t
+        .node
+        .run(&[&[bin][..], &args[..], &["--dry-run"][..]].concat());
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("10.96.0.10"));
+    assert!(!has_nft_table(&t.node), "--dry-run applies nothing");
+
+    let out = t.node.ok(&[&[bin][..], &args[..]].concat());
+    assert!(out.starts_with("applied nftables:"), "{out}");
+    assert!(has_nft_table(&t.node));
+    let mut c = connect_from(&t.node, vip()).unwrap_or_else(|e| panic!("connect after apply: {e}"));
+    assert_eq!(echo_roundtrip(&mut c, b"cli").unwrap(), b"cli");
 }

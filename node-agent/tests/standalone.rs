@@ -1,9 +1,11 @@
 //! Standalone mode: a directory of YAML compiled, linked for the node and
 //! applied once, and re-applied when a file changes.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
+mod common;
+
+use common::TempDir;
 use switchyard_agent::fake::FakeKernel;
 use switchyard_agent::standalone::{StandaloneOptions, apply_once, prepare, watch};
 use switchyard_agent::switch::DataplaneFactory;
@@ -41,24 +43,6 @@ endpoints:
 "#,
         endpoints.join("\n")
     )
-}
-
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("syagt{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn options(dir: &TempDir) -> StandaloneOptions {

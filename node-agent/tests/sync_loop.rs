@@ -206,3 +206,35 @@ async fn lost_api_server_keeps_rules_and_reports_degraded() {
     assert_eq!(h.writer.count(), n);
     h.stop().await;
 }
+
+fn degraded(h: &Harness) -> (String, String) {
+    let last = h.writer.last().unwrap();
+    let c = last
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap();
+    (c.status.clone(), c.reason.clone())
+}
+
+#[tokio::test(start_paused = true)]
+async fn degraded_until_the_failing_watch_itself_delivers_again() {
+    let h = Harness::start().await;
+    let send = |e: WatchEvent| h.events.unbounded_send(e).unwrap();
+    send(WatchEvent::Failed {
+        source: Source::ProxyRuleset,
+        error: "connection refused".into(),
+    });
+    // Another watch delivering does not mean the failing one recovered.
+    send(WatchEvent::Changed(Source::ProxyNode));
+    settle().await;
+    tokio::time::advance(Duration::from_secs(6)).await;
+    settle().await;
+    assert_eq!(degraded(&h), ("True".into(), "APIUnreachable".into()));
+    send(WatchEvent::Changed(Source::ProxyRuleset));
+    settle().await;
+    tokio::time::advance(Duration::from_secs(6)).await;
+    settle().await;
+    assert_eq!(degraded(&h), ("False".into(), "AsExpected".into()));
+    h.stop().await;
+}

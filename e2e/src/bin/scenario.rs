@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use switchyard_api::Mode;
 use switchyard_e2e::probe::{self, Listen};
 use switchyard_e2e::runner::{self, Options, Totals};
-use switchyard_e2e::{hooks, netns};
+use switchyard_e2e::{hooks, netns, vm};
 
 #[derive(Parser)]
 #[command(about, args_conflicts_with_subcommands = true)]
@@ -123,6 +123,18 @@ fn main() -> ExitCode {
         eprintln!("--mode is required");
         return ExitCode::from(2);
     };
+    if mode == Mode::Ipvs && vm::scenario::needs_vm() {
+        let files = runner::expand_paths(&cli.files);
+        return match vm::scenario::run_scenarios_in_vm(&files, cli.timeout_ms) {
+            Ok(0) => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::FAILURE,
+            Err(e) => {
+                println!("FAIL ipvs VM: {e}");
+                println!("0 passed, 1 failed");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let options = Options {
         timeout: Duration::from_millis(cli.timeout_ms),
     };

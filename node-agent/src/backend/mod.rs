@@ -139,9 +139,6 @@ pub fn for_mode(mode: Mode, runner: Arc<dyn Runner>) -> Result<Box<dyn Dataplane
         Mode::Ebpf => Ok(Box::new(ebpf::EbpfBackend::new(
             ebpf::kernel::AyaKernel::new(ebpf::kernel::KernelConfig::for_node()),
         ))),
-        Mode::Ipvs => Err(BackendError::Unavailable {
-            mode,
-            reason: "backend not built into this agent yet".to_string(),
-        }),
+        Mode::Ipvs => Ok(Box::new(ipvs::IpvsBackend::open(runner)?)),
     }
 }

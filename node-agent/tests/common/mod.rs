@@ -1,6 +1,8 @@
 //! Fixtures shared by the agent's integration tests.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod netns;
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -14,7 +16,7 @@ use switchyard_agent::fake::FakeKernel;
 use switchyard_agent::health::ProxyHealth;
 use switchyard_agent::metrics::Metrics;
 use switchyard_agent::status::{StatusError, StatusReporter, StatusWriter};
-use switchyard_agent::switch::Leftovers;
+use switchyard_agent::switch::{DataplaneFactory, Leftovers, Probe};
 use switchyard_api::proxyconfig::{RolloutSpec, Verification};
 use switchyard_api::ruleset::{Backend, Protocol, Ruleset, ServicePortRule, ShardLayout};
 use switchyard_api::{
@@ -223,17 +225,51 @@ impl Leftovers for FakeLeftover {
     }
 }
 
-pub fn agent(kernel: &FakeKernel, writer: &RecordingWriter, leftover: &FakeLeftover) -> Agent {
+/// An agent with test parts: fixed wall clock, 5s status interval, no HTTP servers.
+pub fn agent_with(
+    factory: Arc<dyn DataplaneFactory>,
+    probe: Arc<dyn Probe>,
+    writer: Box<dyn StatusWriter>,
+    leftovers: Vec<Box<dyn Leftovers>>,
+) -> Agent {
     Agent::new(AgentParts {
         node_name: NODE.into(),
-        factory: Arc::new(kernel.factory()),
-        probe: Arc::new(kernel.probe()),
-        leftovers: vec![Box::new(leftover.clone())],
-        reporter: StatusReporter::new(Box::new(writer.clone()), Duration::from_secs(5)),
+        factory,
+        probe,
+        leftovers,
+        reporter: StatusReporter::new(writer, Duration::from_secs(5)),
         metrics: Arc::new(Metrics::new()),
         health: Arc::new(ProxyHealth::new(Duration::from_secs(60))),
         health_checks: None,
+        http: None,
         wall_clock: fixed_clock,
     })
 }
-pub mod netns;
+
+/// An agent over the fake kernel.
+pub fn agent(kernel: &FakeKernel, writer: &RecordingWriter, leftover: &FakeLeftover) -> Agent {
+    agent_with(
+        Arc::new(kernel.factory()),
+        Arc::new(kernel.probe()),
+        Box::new(writer.clone()),
+        vec![Box::new(leftover.clone())],
+    )
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("syagt{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

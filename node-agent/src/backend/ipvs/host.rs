@@ -1,0 +1,302 @@
+//! The non-IPVS kernel objects of the mode, through the command-line tools
+//! (`ip`, `ipset`, `iptables-restore`) of [`Runner`] and the [`Sysctl`] writer:
+//! the dummy interface and its addresses, the ipsets, our chains, sysctls.
+//! Every command acts in the caller's network namespace.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use switchyard_api::ruleset::IpFamily;
+
+use super::plan::{DUMMY_INTERFACE, FamilyRules, IpSet};
+use super::render::our_chains;
+use crate::exec::{ExecError, Runner};
+
+/// Writes sysctls of the caller's network namespace.
+pub trait Sysctl: Send + Sync {
+    fn set(&self, key: &str, value: &str) -> std::io::Result<()>;
+}
+
+/// Writes `/proc/sys/...`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcSysctl;
+
+impl Sysctl for ProcSysctl {
+    fn set(&self, key: &str, value: &str) -> std::io::Result<()> {
+        std::fs::write(format!("/proc/sys/{}", key.replace('.', "/")), value)
+    }
+}
+
+/// Records sysctl writes (unit tests).
+#[derive(Debug, Default)]
+pub struct FakeSysctl {
+    pub written: std::sync::Mutex<Vec<(String, String)>>,
+}
+
+impl Sysctl for FakeSysctl {
+    fn set(&self, key: &str, value: &str) -> std::io::Result<()> {
+        self.written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((key.to_string(), value.to_string()));
+        Ok(())
+    }
+}
+
+/// The sysctls IPVS mode needs (kube-proxy's), plus strictARP's when set.
+pub fn sysctls(strict_arp: bool) -> Vec<(&'static str, &'static str)> {
+    let mut out = vec![
+        ("net.ipv4.vs.conntrack", "1"),
+        ("net.ipv4.ip_forward", "1"),
+        ("net.ipv4.vs.expire_nodest_conn", "1"),
+        ("net.ipv4.vs.expire_quiescent_template", "1"),
+    ];
+    if strict_arp {
+        out.push(("net.ipv4.conf.all.arp_ignore", "1"));
+        out.push(("net.ipv4.conf.all.arp_announce", "2"));
+    }
+    out
+}
+
+/// The tools, in the caller's namespace.
+pub struct Host<'a> {
+    pub runner: &'a dyn Runner,
+}
+
+impl Host<'_> {
+    pub fn dummy_exists(&self) -> bool {
+        self.runner
+            .run("ip", &["-o", "link", "show", "dev", DUMMY_INTERFACE], None)
+            .is_ok()
+    }
+
+    pub fn ensure_dummy(&self) -> Result<(), ExecError> {
+        if !self.dummy_exists() {
+            self.runner.run(
+                "ip",
+                &["link", "add", DUMMY_INTERFACE, "type", "dummy"],
+                None,
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn delete_dummy(&self) -> Result<(), ExecError> {
+        if self.dummy_exists() {
+            self.runner
+                .run("ip", &["link", "del", DUMMY_INTERFACE], None)?;
+        }
+        Ok(())
+    }
+
+    /// The addresses on `kube-ipvs0` (none when it does not exist).
+    pub fn dummy_addresses(&self) -> Result<BTreeSet<IpAddr>, ExecError> {
+        if !self.dummy_exists() {
+            return Ok(BTreeSet::new());
+        }
+        let out = self
+            .runner
+            .run("ip", &["-o", "addr", "show", "dev", DUMMY_INTERFACE], None)?;
+        Ok(parse_addresses(&out))
+    }
+
+    /// Add and remove addresses on `kube-ipvs0` in one `ip -batch`.
+    pub fn change_addresses(
+        &self,
+        add: &BTreeSet<IpAddr>,
+        remove: &BTreeSet<IpAddr>,
+    ) -> Result<(), ExecError> {
+        let mut batch = String::new();
+        for (verb, ips) in [("add", add), ("del", remove)] {
+            for ip in ips {
+                let prefix = match ip {
+                    IpAddr::V4(_) => 32,
+                    IpAddr::V6(_) => 128,
+                };
+                batch.push_str(&format!(
+                    "addr {verb} {ip}/{prefix} dev {DUMMY_INTERFACE}\n"
+                ));
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.runner
+            .run("ip", &["-batch", "-"], Some(batch.as_bytes()))
+            .map(|_| ())
+    }
+
+    /// Names of the ipsets that exist.
+    pub fn ipset_names(&self) -> Result<BTreeSet<String>, ExecError> {
+        let out = self.runner.run("ipset", &["list", "-n"], None)?;
+        Ok(out.lines().map(|l| l.trim().to_string()).collect())
+    }
+
+    /// Members of set `name` as `ipset save` prints them.
+    pub fn ipset_members(&self, name: &str) -> Result<Vec<String>, ExecError> {
+        let out = self.runner.run("ipset", &["save", name], None)?;
+        Ok(out
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("add {name} ")))
+            .map(|e| e.trim().to_string())
+            .collect())
+    }
+
+    /// Create missing sets and replace the members of every set, in one `ipset restore`.
+    pub fn sync_ipsets(&self, sets: &[IpSet]) -> Result<(), ExecError> {
+        self.runner
+            .run(
+                "ipset",
+                &["restore"],
+                Some(ipset_restore_text(sets).as_bytes()),
+            )
+            .map(|_| ())
+    }
+
+    pub fn destroy_ipsets(&self, names: &[String]) -> Result<(), ExecError> {
+        let existing = self.ipset_names()?;
+        let mut text = String::new();
+        for n in names.iter().filter(|n| existing.contains(*n)) {
+            text.push_str(&format!("flush {n}\ndestroy {n}\n"));
+        }
+        if text.is_empty() {
+            return Ok(());
+        }
+        self.runner
+            .run("ipset", &["restore"], Some(text.as_bytes()))
+            .map(|_| ())
+    }
+
+    fn tools(family: IpFamily) -> (&'static str, &'static str) {
+        match family {
+            IpFamily::V4 => ("iptables-save", "iptables-restore"),
+            IpFamily::V6 => ("ip6tables-save", "ip6tables-restore"),
+        }
+    }
+
+    /// Rewrite our chains and add the missing jumps from built-in chains.
+    pub fn sync_rules(&self, rules: &FamilyRules) -> Result<(), ExecError> {
+        let (save, restore) = Host::tools(rules.family);
+        let mut text = String::new();
+        for (table, our) in [("nat", &rules.nat), ("filter", &rules.filter)] {
+            let current = self.runner.run(save, &["-t", table], None)?;
+            text.push_str(&format!("*{table}\n"));
+            for chain in &our.chains {
+                text.push_str(&format!(":{chain} - [0:0]\n"));
+            }
+            let mut jumps = Vec::new();
+            for (chain, spec) in &our.rules {
+                if our.chains.contains(chain) {
+                    text.push_str(&format!("-A {chain} {spec}\n"));
+                } else if !current.lines().any(|l| l == format!("-A {chain} {spec}")) {
+                    jumps.push(format!("-I {chain} 1 {spec}\n"));
+                }
+            }
+            // Inserted at the top in reverse so they end up in plan order.
+            for j in jumps.iter().rev() {
+                text.push_str(j);
+            }
+            text.push_str("COMMIT\n");
+        }
+        self.runner
+            .run(restore, &["--noflush"], Some(text.as_bytes()))
+            .map(|_| ())
+    }
+
+    /// Remove our jumps and chains of one family, leaving every other rule alone.
+    pub fn remove_rules(&self, family: IpFamily) -> Result<(), ExecError> {
+        let (save, restore) = Host::tools(family);
+        let mut text = String::new();
+        for (table, chains) in our_chains() {
+            let current = match self.runner.run(save, &["-t", table], None) {
+                Ok(c) => c,
+                // No such table in this family: nothing of ours there.
+                Err(ExecError::Failed { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            let existing: Vec<&str> = chains
+                .iter()
+                .copied()
+                .filter(|c| current.lines().any(|l| l.starts_with(&format!(":{c} "))))
+                .collect();
+            if existing.is_empty() {
+                continue;
+            }
+            text.push_str(&format!("*{table}\n"));
+            for line in current.lines() {
+                let Some(rest) = line.strip_prefix("-A ") else {
+                    continue;
+                };
+                let (chain, _) = rest.split_once(' ').unwrap_or((rest, ""));
+                let jumps_to_ours = existing.iter().any(|c| rest.ends_with(&format!("-j {c}")));
+                if !chains.contains(&chain) && jumps_to_ours {
+                    text.push_str(&format!("-D {rest}\n"));
+                }
+            }
+            for c in &existing {
+                text.push_str(&format!(":{c} - [0:0]\n"));
+            }
+            for c in &existing {
+                text.push_str(&format!("-X {c}\n"));
+            }
+            text.push_str("COMMIT\n");
+        }
+        if text.is_empty() {
+            return Ok(());
+        }
+        self.runner
+            .run(restore, &["--noflush"], Some(text.as_bytes()))
+            .map(|_| ())
+    }
+
+    /// Whether any of our chains exists in this family.
+    pub fn has_rules(&self, family: IpFamily) -> bool {
+        let (save, _) = Host::tools(family);
+        our_chains().iter().any(|(table, chains)| {
+            self.runner
+                .run(save, &["-t", table], None)
+                .is_ok_and(|out| {
+                    chains
+                        .iter()
+                        .any(|c| out.lines().any(|l| l.starts_with(&format!(":{c} "))))
+                })
+        })
+    }
+}
+
+/// `ipset restore` input: create each set if missing, then replace its members.
+pub fn ipset_restore_text(sets: &[IpSet]) -> String {
+    let mut text = String::new();
+    for set in sets {
+        text.push_str(&format!("{} -exist\n", set.create_line()));
+        text.push_str(&format!("flush {}\n", set.name));
+        for e in &set.entries {
+            text.push_str(&format!("add {} {e}\n", set.name));
+        }
+    }
+    text
+}
+
+/// Addresses in `ip -o addr show` output.
+pub fn parse_addresses(out: &str) -> BTreeSet<IpAddr> {
+    out.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            words.find(|w| *w == "inet" || *w == "inet6")?;
+            words.next()?.split('/').next()?.parse().ok()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_read_from_ip_o_addr_output() {
+        let out = "7: kube-ipvs0    inet 10.96.0.1/32 scope global kube-ipvs0\\       valid_lft forever preferred_lft forever\n\
+                   7: kube-ipvs0    inet6 fd00::1/128 scope global \\       valid_lft forever preferred_lft forever\n";
+        let got: Vec<String> = parse_addresses(out).iter().map(|a| a.to_string()).collect();
+        assert_eq!(got, ["10.96.0.1", "fd00::1"]);
+    }
+}

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use serde::Serialize;
 use switchyard_agent::agent::{node_info, pod_cidrs};
-use switchyard_agent::backend::BackendError;
+use switchyard_agent::backend::{BackendError, ipvs};
 use switchyard_agent::settings::Settings;
 use switchyard_agent::switch::DataplaneFactory;
 use switchyard_api::policy::{LinkedRuleset, link};
@@ -292,14 +292,21 @@ pub fn plan(
 }
 
 /// Render a placed node with its mode's backend.
+///
+/// The IPVS backend opens its netlink family when it is built, which fails on
+/// a machine without `ip_vs` (a CI runner reviewing a pull request); its
+/// render is pure, so then it is called directly.
 pub fn render(placed: &Placed, factory: &dyn DataplaneFactory) -> Result<String, PlanError> {
-    let backend = factory
-        .build(placed.mode)
-        .map_err(|source| PlanError::Backend {
+    match factory.build(placed.mode) {
+        Ok(backend) => Ok(backend.render_text(&placed.linked, &placed.settings)),
+        Err(BackendError::Unavailable {
+            mode: Mode::Ipvs, ..
+        }) => Ok(ipvs::render::render(&placed.linked, &placed.settings).to_string()),
+        Err(source) => Err(PlanError::Backend {
             mode: placed.mode,
             source,
-        })?;
-    Ok(backend.render_text(&placed.linked, &placed.settings))
+        }),
+    }
 }
 
 fn node_plan(placement: Placement, factory: &dyn DataplaneFactory) -> Result<NodePlan, PlanError> {

@@ -87,6 +87,11 @@ fn ebpf_plan_matches_golden() {
 }
 
 #[test]
+fn ipvs_plan_matches_golden() {
+    plan_mode_golden("ipvs");
+}
+
+#[test]
 fn pool_decides_the_mode_and_json_is_stable() {
     let out = switchyard(
         &[

@@ -20,8 +20,14 @@ struct sy_icmphdr {
 	__u32 unused;
 };
 
-/* The original IPv4 header (no options) and the first 8 bytes of its payload. */
-#define SY_QUOTE4 28
+/*
+ * How much of the original packet the ICMP quotes: its IPv4 header (no
+ * options) and the L4 header up to and including its checksum. With
+ * CHECKSUM_PARTIAL (as from a veth) the kernel will not trim the packet
+ * shorter than that, and ICMP needs at least 8 bytes of L4.
+ */
+#define SY_QUOTE4_TCP 40
+#define SY_QUOTE4_UDP 28
 
 SY_INLINE __u16 sy_csum_fold(__s64 sum)
 {
@@ -37,21 +43,20 @@ struct sy_icmp4 {
 	struct sy_icmphdr icmp;
 };
 
-SY_INLINE int sy_reject4(struct __sk_buff *skb, __u32 l4off)
+SY_INLINE int sy_reject4_quote(struct __sk_buff *skb, __u32 l4off, __u8 *quote, __u32 len)
 {
 	struct sy_icmp4 hdr = {};
 	struct ethhdr eth;
 	__u8 mac[ETH_ALEN];
-	__u8 quote[SY_QUOTE4];
 	struct iphdr *orig = (struct iphdr *)quote;
 	__s64 sum;
 
 	if (l4off != ETH_HLEN + sizeof(struct iphdr))
 		return TC_ACT_SHOT;
 	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0 ||
-	    bpf_skb_load_bytes(skb, ETH_HLEN, quote, sizeof(quote)) < 0)
+	    bpf_skb_load_bytes(skb, ETH_HLEN, quote, len) < 0)
 		return TC_ACT_SHOT;
-	if (bpf_skb_change_tail(skb, ETH_HLEN + SY_QUOTE4, 0) < 0 ||
+	if (bpf_skb_change_tail(skb, ETH_HLEN + len, 0) < 0 ||
 	    bpf_skb_adjust_room(skb, sizeof(hdr), BPF_ADJ_ROOM_MAC, 0) < 0)
 		return TC_ACT_SHOT;
 
@@ -59,7 +64,7 @@ SY_INLINE int sy_reject4(struct __sk_buff *skb, __u32 l4off)
 	hdr.ip.ihl = 5;
 	hdr.ip.ttl = 64;
 	hdr.ip.protocol = IPPROTO_ICMP;
-	hdr.ip.tot_len = bpf_htons(sizeof(hdr) + SY_QUOTE4);
+	hdr.ip.tot_len = bpf_htons(sizeof(hdr) + len);
 	hdr.ip.saddr = orig->daddr;
 	hdr.ip.daddr = orig->saddr;
 	sum = bpf_csum_diff(0, 0, (__be32 *)&hdr.ip, sizeof(hdr.ip), 0);
@@ -67,7 +72,7 @@ SY_INLINE int sy_reject4(struct __sk_buff *skb, __u32 l4off)
 	hdr.icmp.type = SY_ICMP_DEST_UNREACH;
 	hdr.icmp.code = SY_ICMP_PORT_UNREACH;
 	sum = bpf_csum_diff(0, 0, (__be32 *)&hdr.icmp, sizeof(hdr.icmp), 0);
-	sum = bpf_csum_diff(0, 0, (__be32 *)quote, sizeof(quote), sum);
+	sum = bpf_csum_diff(0, 0, (__be32 *)quote, len, sum);
 	hdr.icmp.checksum = sy_csum_fold(sum);
 
 	__builtin_memcpy(mac, eth.h_dest, ETH_ALEN);
@@ -75,9 +80,18 @@ SY_INLINE int sy_reject4(struct __sk_buff *skb, __u32 l4off)
 	__builtin_memcpy(eth.h_source, mac, ETH_ALEN);
 	if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0) < 0 ||
 	    bpf_skb_store_bytes(skb, ETH_HLEN, &hdr, sizeof(hdr), 0) < 0 ||
-	    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(hdr), quote, sizeof(quote), 0) < 0)
+	    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(hdr), quote, len, 0) < 0)
 		return TC_ACT_SHOT;
 	return bpf_redirect(skb->ifindex, 0);
+}
+
+SY_INLINE int sy_reject4(struct __sk_buff *skb, __u32 l4off, __u8 proto)
+{
+	__u8 quote[SY_QUOTE4_TCP];
+
+	if (proto == IPPROTO_TCP)
+		return sy_reject4_quote(skb, l4off, quote, SY_QUOTE4_TCP);
+	return sy_reject4_quote(skb, l4off, quote, SY_QUOTE4_UDP);
 }
 
 #endif

@@ -349,13 +349,15 @@ fn assert_port_unreachable(reply: &[u8], orig: &[u8]) {
         (1, &orig[30..34], &orig[26..30])
     );
     let icmp = &reply[34..];
-    assert_eq!(icmp.len(), 8 + 28);
+    // the IPv4 header and the L4 header up to its checksum
+    let quoted = if orig[23] == 6 { 40 } else { 28 };
+    assert_eq!(icmp.len(), 8 + quoted);
     assert_eq!((icmp[0], icmp[1]), (3, 3), "destination unreachable, port");
     assert_eq!(fold(sum16(icmp, 0)), 0, "ICMP checksum");
     assert_eq!(
         icmp[8..],
-        orig[14..42],
-        "quotes the original header and 8 bytes"
+        orig[14..14 + quoted],
+        "quotes the original headers"
     );
 }
 

@@ -2,11 +2,12 @@
 //! EndpointSlice, recompiles only the services a change touches, and keeps ids
 //! stable while the objects exist.
 //!
-//! Updates whose derived facts equal what is already held are dropped at once
-//! (kube-proxy's change trackers do the same); [`Compiler::sync`] then
-//! recompiles the touched services and reports the ones whose rules changed.
+//! Updates go to change trackers that drop updates whose derived facts equal
+//! what is held and changes that cancel out before a sync, as kube-proxy's do;
+//! [`Compiler::sync`] then recompiles the services the remaining changes touch
+//! and reports the ones whose rules changed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -19,6 +20,7 @@ use crate::join::{Allocators, ServiceIds, join_service};
 use crate::keys::{PortKey, ServiceKey, SliceKey};
 use crate::service::{ServiceInfo, service_info};
 use crate::slice::{SliceInfo, slice_info};
+use crate::tracker::ChangeTracker;
 use crate::{CompileSettings, Diagnostic};
 
 /// The namespace of an object that names none (as `kubectl apply` assumes).
@@ -30,25 +32,34 @@ struct Candidates {
     created: Option<Time>,
     rules: Vec<ServicePortRule>,
     ids: ServiceIds,
+    /// The rules in the output when a frontend conflict excludes some (the
+    /// common case, none excluded, shares `rules`).
+    partial: Option<Vec<ServicePortRule>>,
+}
+
+impl Candidates {
+    fn output(&self) -> &[ServicePortRule] {
+        self.partial.as_deref().unwrap_or(&self.rules)
+    }
 }
 
 /// The incremental compiler.
 #[derive(Debug, Default)]
 pub struct Compiler {
     settings: CompileSettings,
-    services: HashMap<ServiceKey, ServiceInfo>,
-    slices: HashMap<SliceKey, SliceInfo>,
+    services: ChangeTracker<ServiceKey, ServiceInfo>,
+    slices: ChangeTracker<SliceKey, SliceInfo>,
     /// Slice names (same namespace) per service, in name order.
     slices_of: HashMap<ServiceKey, BTreeSet<String>>,
     candidates: HashMap<ServiceKey, Candidates>,
     claims: Claims,
-    /// The rules in the output, per service (services with none are absent).
-    emitted: BTreeMap<ServiceKey, Vec<ServicePortRule>>,
+    /// The services with rules in the output.
+    emitted: BTreeSet<ServiceKey>,
+    /// The output of services recompiled in this sync, before the recompile.
+    previous_output: HashMap<ServiceKey, Vec<ServicePortRule>>,
     /// Ports skipped for a frontend conflict, per service.
     conflicts: HashMap<ServiceKey, Vec<Diagnostic>>,
     ids: Allocators,
-    /// Services to recompile at the next sync.
-    dirty: BTreeSet<ServiceKey>,
 }
 
 impl Compiler {
@@ -63,65 +74,62 @@ impl Compiler {
     pub fn update_service(&mut self, service: &Service) -> Result<(), Diagnostic> {
         let key = object_key(&service.metadata, ObjectKind::Service)?;
         let info = service_info(&key, service, &self.settings);
-        if self.services.get(&key) != Some(&info) {
-            self.services.insert(key.clone(), info);
-            self.dirty.insert(key);
-        }
+        self.services.update(key, Some(info));
         Ok(())
     }
 
     pub fn delete_service(&mut self, namespace: &str, name: &str) {
-        let key = ServiceKey::new(namespace, name);
-        if self.services.remove(&key).is_some() {
-            self.dirty.insert(key);
-        }
+        self.services.update(ServiceKey::new(namespace, name), None);
     }
 
     /// Add or replace an EndpointSlice. An object without a name is not tracked.
     pub fn update_endpoint_slice(&mut self, slice: &EndpointSlice) -> Result<(), Diagnostic> {
         let key = object_key(&slice.metadata, ObjectKind::EndpointSlice)?;
         let info = slice_info(&key, slice, &self.settings);
-        if self.slices.get(&key) == Some(&info) {
-            return Ok(());
-        }
-        self.forget_slice(&key);
-        if let Some(service) = &info.service {
-            let service = ServiceKey::new(key.namespace.clone(), service.clone());
-            self.slices_of
-                .entry(service.clone())
-                .or_default()
-                .insert(key.name.clone());
-            self.dirty.insert(service);
-        }
-        self.slices.insert(key, info);
+        self.slices.update(key, Some(info));
         Ok(())
     }
 
     pub fn delete_endpoint_slice(&mut self, namespace: &str, name: &str) {
-        let key = SliceKey::new(namespace, name);
-        self.forget_slice(&key);
-        self.slices.remove(&key);
-    }
-
-    fn forget_slice(&mut self, key: &SliceKey) {
-        let Some(service) = self.slices.get(key).and_then(|s| s.service.as_ref()) else {
-            return;
-        };
-        let service = ServiceKey::new(key.namespace.clone(), service.clone());
-        if let Some(names) = self.slices_of.get_mut(&service) {
-            names.remove(&key.name);
-            if names.is_empty() {
-                self.slices_of.remove(&service);
-            }
-        }
-        self.dirty.insert(service);
+        self.slices.update(SliceKey::new(namespace, name), None);
     }
 
     /// Recompile every service touched since the last sync; returns the
     /// services whose rules in the output changed.
     pub fn sync(&mut self) -> BTreeSet<ServiceKey> {
+        let mut dirty: BTreeSet<ServiceKey> = self
+            .services
+            .take_changes()
+            .into_iter()
+            .map(|change| change.key)
+            .collect();
+        for change in self.slices.take_changes() {
+            let slice = change.key;
+            if let Some(service) = change.previous.and_then(|s| s.service) {
+                let service = ServiceKey::new(slice.namespace.clone(), service);
+                if let Some(names) = self.slices_of.get_mut(&service) {
+                    names.remove(&slice.name);
+                    if names.is_empty() {
+                        self.slices_of.remove(&service);
+                    }
+                }
+                dirty.insert(service);
+            }
+            if let Some(service) = self.slices.get(&slice).and_then(|s| s.service.clone()) {
+                let service = ServiceKey::new(slice.namespace.clone(), service);
+                self.slices_of
+                    .entry(service.clone())
+                    .or_default()
+                    .insert(slice.name.clone());
+                dirty.insert(service);
+            }
+        }
+        // Deleted services first, so the ids they release are reused at once.
+        let (deleted, present): (Vec<ServiceKey>, Vec<ServiceKey>) = dirty
+            .into_iter()
+            .partition(|key| self.services.get(key).is_none());
         let mut affected = BTreeSet::new();
-        for key in std::mem::take(&mut self.dirty) {
+        for key in deleted.into_iter().chain(present) {
             self.recompile(&key, &mut affected);
         }
         affected.into_iter().filter(|key| self.emit(key)).collect()
@@ -152,7 +160,8 @@ impl Compiler {
             }
         };
         affected.insert(key.clone());
-        if created != old.created || rules != old.rules {
+        let changed = created != old.created || rules != old.rules;
+        if changed {
             let mut touched = BTreeSet::new();
             for rule in &old.rules {
                 let claimant = claimant(old.created.clone(), rule);
@@ -172,6 +181,13 @@ impl Compiler {
                 affected.extend(self.claims.claimants(frontend).map(|c| c.service.clone()));
             }
         }
+        let (rules, partial) = if changed {
+            let previous = old.partial.take().unwrap_or(old.rules);
+            self.previous_output.insert(key.clone(), previous);
+            (rules, None)
+        } else {
+            (old.rules, old.partial)
+        };
         if !rules.is_empty() || !old.ids.is_empty() {
             self.candidates.insert(
                 key.clone(),
@@ -179,6 +195,7 @@ impl Compiler {
                     created,
                     rules,
                     ids: old.ids,
+                    partial,
                 },
             );
         }
@@ -186,20 +203,24 @@ impl Compiler {
 
     /// Put the service's conflict-free ports into the output; true when they changed.
     fn emit(&mut self, key: &ServiceKey) -> bool {
-        let mut rules = Vec::new();
         let mut conflicts = Vec::new();
-        for candidate in self.candidates.get(key).into_iter() {
-            for rule in &candidate.rules {
-                let me = claimant(candidate.created.clone(), rule);
+        let mut partial = None;
+        if let Some(candidates) = self.candidates.get(key) {
+            let mut kept = Vec::new();
+            for rule in &candidates.rules {
+                let me = claimant(candidates.created.clone(), rule);
                 let lost: Vec<(Frontend, &Claimant)> = frontends(rule)
                     .into_iter()
                     .filter_map(|f| self.claims.winner(&f).filter(|w| **w != me).map(|w| (f, w)))
                     .collect();
                 if lost.is_empty() {
-                    rules.push(rule.clone());
+                    kept.push(rule);
                 } else {
                     conflicts.push(conflict_diagnostic(key, rule, &lost));
                 }
+            }
+            if !conflicts.is_empty() {
+                partial = Some(kept.into_iter().cloned().collect::<Vec<_>>());
             }
         }
         if conflicts.is_empty() {
@@ -207,33 +228,49 @@ impl Compiler {
         } else {
             self.conflicts.insert(key.clone(), conflicts);
         }
-        let old = self.emitted.get(key).map(Vec::as_slice).unwrap_or_default();
-        if old == rules.as_slice() {
-            return false;
-        }
-        if rules.is_empty() {
+        let previous = self.previous_output.remove(key);
+        let Some(candidates) = self.candidates.get_mut(key) else {
+            self.emitted.remove(key);
+            return previous.is_some_and(|p| !p.is_empty());
+        };
+        let changed = match &previous {
+            Some(previous) => {
+                previous.as_slice() != partial.as_deref().unwrap_or(&candidates.rules)
+            }
+            None => candidates.partial != partial,
+        };
+        candidates.partial = partial;
+        if candidates.output().is_empty() {
             self.emitted.remove(key);
         } else {
-            self.emitted.insert(key.clone(), rules);
+            self.emitted.insert(key.clone());
         }
-        true
+        changed
     }
 
     /// The whole compiled ruleset, in `namespace/name` and port order.
     pub fn ruleset(&self) -> Ruleset {
         Ruleset {
-            services: self.emitted.values().flatten().cloned().collect(),
+            services: self
+                .rules()
+                .flat_map(|(_, rules)| rules.iter().cloned())
+                .collect(),
         }
     }
 
     /// The compiled rules per service, in `namespace/name` order.
     pub fn rules(&self) -> impl Iterator<Item = (&ServiceKey, &[ServicePortRule])> {
-        self.emitted.iter().map(|(k, v)| (k, v.as_slice()))
+        self.emitted
+            .iter()
+            .map(|key| (key, self.service_rules(key)))
     }
 
     /// The compiled rules of one service (empty when it has none).
     pub fn service_rules(&self, key: &ServiceKey) -> &[ServicePortRule] {
-        self.emitted.get(key).map(Vec::as_slice).unwrap_or_default()
+        self.candidates
+            .get(key)
+            .map(Candidates::output)
+            .unwrap_or_default()
     }
 
     /// Every current diagnostic, sorted.

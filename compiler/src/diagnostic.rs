@@ -92,6 +92,12 @@ impl ObjectKind {
     }
 }
 
+impl fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A problem with one object: it (or part of it) was skipped, the rest compiled.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Diagnostic {
@@ -108,11 +114,7 @@ impl fmt::Display for Diagnostic {
         write!(
             f,
             "{} {}/{}: {}: {}",
-            self.kind.as_str(),
-            self.namespace,
-            self.name,
-            self.reason,
-            self.message
+            self.kind, self.namespace, self.name, self.reason, self.message
         )
     }
 }

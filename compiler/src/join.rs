@@ -47,38 +47,55 @@ impl ServiceIds {
 
 /// The complete rules of one service. `slices` in slice-name order: an endpoint
 /// listed by several slices is taken from the first (kube-proxy deduplicates by
-/// `ip:port` the same way).
+/// `ip:port` the same way). Ids of vanished ports and backends are released
+/// before new ones are allocated, so ids stay compact.
 pub(crate) fn join_service(
     templates: &[ServicePortRule],
     slices: &[&SliceInfo],
     held: &mut ServiceIds,
     ids: &mut Allocators,
 ) -> Vec<ServicePortRule> {
+    let ports: Vec<(PortKey, Endpoints<'_>)> = templates
+        .iter()
+        .map(|t| {
+            let key = PortKey::of(t);
+            let endpoints = endpoints_of(&key, slices);
+            (key, endpoints)
+        })
+        .collect();
     let mut previous = std::mem::take(&mut held.ports);
+    let mut kept: Vec<Option<PortIds>> = ports
+        .iter()
+        .map(|(key, endpoints)| {
+            let mut port_ids = previous.remove(key)?;
+            port_ids.backends.retain(|endpoint, id| {
+                let live = endpoints.contains_key(endpoint);
+                if !live {
+                    ids.backends.release(*id);
+                }
+                live
+            });
+            Some(port_ids)
+        })
+        .collect();
+    ServiceIds { ports: previous }.release_all(ids);
+
     let mut rules = Vec::with_capacity(templates.len());
-    for template in templates {
-        let key = PortKey::of(template);
-        let mut port_ids = previous.remove(&key).unwrap_or_else(|| PortIds {
+    for ((template, (key, endpoints)), port_ids) in templates.iter().zip(ports).zip(&mut kept) {
+        let mut port_ids = port_ids.take().unwrap_or_else(|| PortIds {
             id: ids.service_ports.allocate(),
             backends: HashMap::new(),
         });
-        let endpoints = endpoints_of(&key, slices);
-        let mut backend_ids = HashMap::with_capacity(endpoints.len());
         let backends = endpoints
             .into_iter()
             .map(|((ip, port), facts)| {
-                let id = port_ids
+                let id = *port_ids
                     .backends
-                    .remove(&(ip, port))
-                    .unwrap_or_else(|| ids.backends.allocate());
-                backend_ids.insert((ip, port), id);
+                    .entry((ip, port))
+                    .or_insert_with(|| ids.backends.allocate());
                 backend(id, port, facts)
             })
             .collect();
-        for id in port_ids.backends.into_values() {
-            ids.backends.release(id);
-        }
-        port_ids.backends = backend_ids;
         rules.push(ServicePortRule {
             id: port_ids.id,
             backends,
@@ -86,16 +103,15 @@ pub(crate) fn join_service(
         });
         held.ports.insert(key, port_ids);
     }
-    ServiceIds { ports: previous }.release_all(ids);
     rules
 }
 
+/// A service port's endpoints by `(ip, port)`.
+type Endpoints<'s> = BTreeMap<(IpAddr, u16), &'s EndpointFacts>;
+
 /// The endpoints of one service port: slice ports matched by name and protocol
 /// (the slice port gives the target port), sorted by address and port.
-fn endpoints_of<'s>(
-    key: &PortKey,
-    slices: &[&'s SliceInfo],
-) -> BTreeMap<(IpAddr, u16), &'s EndpointFacts> {
+fn endpoints_of<'s>(key: &PortKey, slices: &[&'s SliceInfo]) -> Endpoints<'s> {
     let mut endpoints = BTreeMap::new();
     for slice in slices {
         for port in &slice.ports {

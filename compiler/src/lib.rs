@@ -16,12 +16,15 @@ mod compiler;
 mod diagnostic;
 mod frontends;
 mod ids;
+mod ip;
 mod join;
 mod keys;
 pub mod labels;
 mod load;
 mod service;
+mod shard;
 mod slice;
+mod tracker;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -32,6 +35,7 @@ pub use diagnostic::{Diagnostic, ObjectKind, Reason};
 pub use keys::{PortKey, ServiceKey, SliceKey};
 pub use load::{LoadError, Location, Objects, parse_objects};
 pub use service::DEFAULT_AFFINITY_TIMEOUT_SECONDS;
+pub use shard::{DEFAULT_SHARD_BUDGET_BYTES, MAX_SHARDS, ShardSettings, ShardUpdate, Sharder};
 
 /// Everything the compiler reads.
 #[derive(Clone, Debug, Default)]

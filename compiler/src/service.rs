@@ -11,6 +11,7 @@ use switchyard_api::ruleset::{Cidr, Protocol, ServicePortRule, SessionAffinity, 
 
 use crate::CompileSettings;
 use crate::diagnostic::{ObjectKind, Reason, Reporter};
+use crate::ip::{parse_cidr, parse_ip};
 use crate::keys::{PortKey, ServiceKey};
 use crate::{Diagnostic, labels};
 
@@ -96,8 +97,12 @@ fn service_ports(
 
     let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
     // apiservice.ExternallyAccessible / ExternalPolicyLocal / NeedsHealthCheck.
-    let externally_accessible =
-        matches!(type_, "NodePort" | "LoadBalancer") || !external_ips.is_empty();
+    let externally_accessible = matches!(type_, "NodePort" | "LoadBalancer")
+        || (type_ == "ClusterIP"
+            && spec
+                .external_ips
+                .as_ref()
+                .is_some_and(|ips| !ips.is_empty()));
     let external_traffic_policy =
         if externally_accessible && spec.external_traffic_policy.as_deref() == Some("Local") {
             TrafficPolicy::Local
@@ -167,13 +172,18 @@ fn cluster_ips(spec: &ServiceSpec, reporter: &mut Reporter<'_>) -> Option<Vec<Ip
     };
     let mut ips = Vec::new();
     for (i, text) in texts.iter().enumerate() {
-        match text.parse::<IpAddr>() {
-            Ok(ip) if !ips.contains(&ip) => ips.push(ip),
-            Ok(_) => {}
-            Err(_) => {
+        match parse_ip(text) {
+            Some(ip) if !ips.contains(&ip) => ips.push(ip),
+            Some(_) => {}
+            None => {
+                let field = if field == "spec.clusterIPs" {
+                    format!("{field}[{i}]")
+                } else {
+                    field.to_string()
+                };
                 reporter.report(
                     Reason::InvalidClusterIp,
-                    format!("{field}[{i}]: {text:?} is not an IP address; service skipped"),
+                    format!("{field}: {text:?} is not an IP address; service skipped"),
                 );
                 return None;
             }
@@ -190,10 +200,10 @@ fn parse_ips<'t>(
 ) -> Vec<IpAddr> {
     let mut ips = Vec::new();
     for text in texts {
-        match text.trim().parse::<IpAddr>() {
-            Ok(ip) if !ips.contains(&ip) => ips.push(ip),
-            Ok(_) => {}
-            Err(_) => reporter.report(
+        match parse_ip(text.trim()) {
+            Some(ip) if !ips.contains(&ip) => ips.push(ip),
+            Some(_) => {}
+            None => reporter.report(
                 reason,
                 format!("{field}: {text:?} is not an IP address; address dropped"),
             ),
@@ -211,7 +221,7 @@ fn source_ranges(spec: &ServiceSpec, reporter: &mut Reporter<'_>) -> Option<Vec<
         .enumerate()
     {
         // The API server's validation allows whitespace padding; kube-proxy trims it.
-        match text.trim().parse::<Cidr>() {
+        match parse_cidr(text.trim()) {
             Ok(cidr) if !ranges.contains(&cidr) => ranges.push(cidr),
             Ok(_) => {}
             Err(e) => {

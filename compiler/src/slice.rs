@@ -7,6 +7,7 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
 use switchyard_api::ruleset::{IpFamily, Protocol};
 
 use crate::diagnostic::{ObjectKind, Reason, Reporter};
+use crate::ip::parse_ip;
 use crate::keys::SliceKey;
 use crate::service::{parse_protocol, port_number};
 use crate::{CompileSettings, Diagnostic, labels};
@@ -162,9 +163,9 @@ fn endpoint_facts(
         );
         return None;
     };
-    let ip = match text.parse::<IpAddr>() {
-        Ok(ip) if IpFamily::of(&ip) == family => ip,
-        Ok(_) => {
+    let ip = match parse_ip(text) {
+        Some(ip) if IpFamily::of(&ip) == family => ip,
+        Some(_) => {
             reporter.report(
                 Reason::InvalidEndpointAddress,
                 format!(
@@ -173,7 +174,7 @@ fn endpoint_facts(
             );
             return None;
         }
-        Err(_) => {
+        None => {
             reporter.report(
                 Reason::InvalidEndpointAddress,
                 format!("endpoints[{index}].addresses[0]: {text:?} is not an IP address; endpoint skipped"),

@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
@@ -21,16 +22,34 @@ fn live() -> std::sync::MutexGuard<'static, Vec<String>> {
 
 /// Run `ip` (only `ip netns add/del` in the host namespace; `-n NAME` otherwise).
 pub fn ip(args: &[&str]) -> Result<(), HarnessError> {
-    let out = Command::new("ip")
+    run_ip(args, None)
+}
+
+/// Run `ip ARGS`, feeding `stdin` (for `-batch -`) when given.
+fn run_ip(args: &[&str], stdin: Option<&str>) -> Result<(), HarnessError> {
+    let what = format!("ip {}", args.join(" "));
+    let spawn_err = |source| HarnessError::Spawn {
+        what: what.clone(),
+        source,
+    };
+    let mut child = Command::new("ip")
         .args(args)
-        .output()
-        .map_err(|source| HarnessError::Spawn {
-            what: "ip".into(),
-            source,
-        })?;
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_err)?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes()).map_err(spawn_err)?;
+    }
+    let out = child.wait_with_output().map_err(spawn_err)?;
     if !out.status.success() {
         return Err(HarnessError::Setup {
-            what: format!("ip {}", args.join(" ")),
+            what,
             message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
@@ -70,38 +89,8 @@ impl Netns {
 
     /// Run many `ip` commands (one per line, without the leading `ip`) in this namespace.
     pub fn batch(&self, commands: &[String]) -> Result<(), HarnessError> {
-        let mut child = Command::new("ip")
-            .args(["-n", &self.name, "-batch", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| HarnessError::Spawn {
-                what: "ip -batch".into(),
-                source,
-            })?;
-        if let Some(mut stdin) = child.stdin.take() {
-            let text = commands.join("\n") + "\n";
-            stdin
-                .write_all(text.as_bytes())
-                .map_err(|source| HarnessError::Spawn {
-                    what: "ip -batch".into(),
-                    source,
-                })?;
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|source| HarnessError::Spawn {
-                what: "ip -batch".into(),
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(HarnessError::Setup {
-                what: format!("ip -n {} -batch", self.name),
-                message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        Ok(())
+        let text = commands.join("\n") + "\n";
+        run_ip(&["-n", &self.name, "-batch", "-"], Some(&text))
     }
 
     /// Write sysctls (`net.ipv4.ip_forward` style names) inside this namespace.
@@ -147,6 +136,35 @@ impl Drop for Netns {
         let _ = ip(&["netns", "del", &self.name]);
         live().retain(|n| n != &self.name);
     }
+}
+
+/// Delete namespaces named like this harness's (`sy<tag>-<pid>-…`, tag one of
+/// `tags`) whose runner process no longer exists (it was killed with SIGKILL).
+/// Returns the names removed.
+pub fn sweep_orphans(tags: &[&str]) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in dir.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("sy") else {
+            continue;
+        };
+        let Some((tag, rest)) = rest.split_once('-') else {
+            continue;
+        };
+        let Some((pid, _)) = rest.split_once('-') else {
+            continue;
+        };
+        let dead = pid
+            .parse::<u32>()
+            .is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists());
+        if tags.contains(&tag) && dead && ip(&["netns", "del", &name]).is_ok() {
+            removed.push(name);
+        }
+    }
+    removed
 }
 
 /// Move the calling thread into the namespace `file` refers to.

@@ -172,6 +172,9 @@ impl Attempt {
     }
 }
 
+/// TCP's initial retransmission timeout plus slack.
+const IPV6_FIRST_RETRANSMIT: Duration = Duration::from_millis(1100);
+
 fn classify(e: &io::Error) -> Attempt {
     match e.kind() {
         io::ErrorKind::ConnectionRefused => Attempt::Refused,
@@ -217,7 +220,13 @@ pub fn attempt(
                 }
                 let udp: UdpSocket = sock.into();
                 let local = udp.local_addr().ok();
-                udp.send(b"hello\n")?;
+                // A node's own datagram dropped or rejected in OUTPUT fails the
+                // send with EPERM; a REJECT's ICMP error still reaches recv.
+                if let Err(e) = udp.send(b"hello\n")
+                    && e.kind() != io::ErrorKind::PermissionDenied
+                {
+                    return Err(e);
+                }
                 let mut buf = [0u8; 512];
                 match udp.recv(&mut buf) {
                     Ok(n) => Ok(parse_reply(&String::from_utf8_lossy(&buf[..n]), local)),
@@ -225,6 +234,14 @@ pub fn attempt(
                 }
             }
             Protocol::Tcp | Protocol::Sctp => {
+                // Over IPv6 the ICMPv6 error answering the first SYN can arrive
+                // while connect() still holds the socket and only counts as a
+                // soft error; the retransmitted SYN (1 s later) gets the hard one.
+                let timeout = if dest.is_ipv6() {
+                    timeout + IPV6_FIRST_RETRANSMIT
+                } else {
+                    timeout
+                };
                 if let Err(e) = sock.connect_timeout(&dest_addr, timeout) {
                     return Ok(classify(&e));
                 }

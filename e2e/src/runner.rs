@@ -17,14 +17,14 @@ use switchyard_agent::settings::{LocalDetector, NodePortAddresses, Settings};
 use switchyard_api::Mode;
 use switchyard_api::policy::{self, NodeInfo};
 use switchyard_api::ruleset::{Protocol, Ruleset};
-use switchyard_compiler::{CompileSettings, Snapshot};
+use switchyard_compiler::{CompileSettings, Compiled, Snapshot};
 
 use crate::HarnessError;
 use crate::agent::NodeAgent;
 use crate::hooks::ModeHooks;
 use crate::netns::Netns;
 use crate::probe::{self, Attempt, Listen};
-use crate::scenario::{Expected, Flow, NodeSpec, Scenario, Stage};
+use crate::scenario::{Expected, Flow, NodeAddress, NodeSpec, Scenario, Stage};
 use crate::topology::{Place, Topology};
 
 /// Outcome of one flow.
@@ -70,7 +70,7 @@ pub struct Options {
 }
 
 /// A short tag per mode for namespace names (`syipt-<pid>-…`).
-fn mode_tag(mode: Mode) -> &'static str {
+pub fn mode_tag(mode: Mode) -> &'static str {
     match mode {
         Mode::Iptables => "ipt",
         Mode::Ipvs => "ipvs",
@@ -307,7 +307,7 @@ fn judge(flow: &Flow, expected: &Expected, attempts: &[Attempt], affinity: bool)
         summary.push(format!("masq={}", m.join("/")));
     }
     if affinity {
-        summary.push("(session affinity: one endpoint per client)".into());
+        summary.push("(pinned: one endpoint per client)".into());
     }
     (outcome_ok && masq_ok, summary.join(", "))
 }
@@ -376,8 +376,10 @@ fn run_flows(ctx: &Ctx<'_>, stage: &Stage<'_>, ruleset: &Ruleset, totals: &mut T
             report(totals, Status::Skip, format!("{name}: {reason}"));
             continue;
         }
-        let affinity = has_affinity(ruleset, flow, ctx.topo.is_node_address(&flow.dest_ip));
-        let sequential = affinity || flow.source_port.is_some();
+        // Affinity and a fixed client port both pin a client to one endpoint.
+        let affinity = has_affinity(ruleset, flow, ctx.topo.is_node_address(&flow.dest_ip))
+            || flow.source_port.is_some();
+        let sequential = affinity;
         let count = match &expected {
             _ if sequential => 3,
             Expected::Endpoints(e) => (10 * e.len()).max(6),
@@ -467,6 +469,25 @@ fn node_object(spec: &NodeSpec) -> Node {
     }
 }
 
+/// Compile one stage of a scenario.
+pub fn compile_stage(node: &NodeSpec, stage: &Stage<'_>) -> Compiled {
+    let snapshot = Snapshot {
+        services: stage.services.to_vec(),
+        endpoint_slices: stage.endpoint_slices.to_vec(),
+        nodes: vec![node_object(node)],
+    };
+    switchyard_compiler::compile(&snapshot, &CompileSettings::default())
+}
+
+/// The facts about the scenario's node that link needs.
+pub fn node_info(node: &NodeSpec, addresses: &[NodeAddress]) -> NodeInfo {
+    NodeInfo {
+        name: node.name.clone(),
+        zone: node.zone.clone(),
+        addresses: addresses.iter().map(|a| a.ip).collect(),
+    }
+}
+
 /// Run one scenario file; flows are reported as they are judged.
 pub fn run_file(
     path: &str,
@@ -489,11 +510,7 @@ pub fn run_file(
     let servers = start_servers(&topo, &scenario, sctp)?;
     let agent = NodeAgent::start(&topo.node, hooks.dataplane())?;
     let settings = settings_for(&scenario.node, hooks.mode());
-    let node_info = NodeInfo {
-        name: scenario.node.name.clone(),
-        zone: scenario.node.zone.clone(),
-        addresses: topo.node_addresses.iter().map(|a| a.ip).collect(),
-    };
+    let node_info = node_info(&scenario.node, &topo.node_addresses);
     let mut totals = Totals::default();
     let ctx = Ctx {
         ports: PortRanges::default(),
@@ -504,12 +521,7 @@ pub fn run_file(
         sctp,
     };
     for stage in scenario.stages() {
-        let snapshot = Snapshot {
-            services: stage.services.to_vec(),
-            endpoint_slices: stage.endpoint_slices.to_vec(),
-            nodes: vec![node_object(&scenario.node)],
-        };
-        let compiled = switchyard_compiler::compile(&snapshot, &CompileSettings::default());
+        let compiled = compile_stage(&scenario.node, &stage);
         for d in &compiled.diagnostics {
             eprintln!("{file}: {}{d}", stage.label);
         }

@@ -12,20 +12,17 @@ use switchyard_api::ruleset::{Cidr, Protocol};
 
 /// A whole scenario file.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Scenario {
     pub node: NodeSpec,
-    #[serde(default)]
-    pub services: Vec<Service>,
-    #[serde(default)]
-    pub endpoint_slices: Vec<EndpointSlice>,
-    #[serde(default)]
-    pub flows: Vec<Flow>,
+    /// The initial state and its flows.
+    #[serde(flatten)]
+    pub initial: Step,
     #[serde(default)]
     pub steps: Vec<Step>,
 }
 
-/// A later, complete state of the cluster with its own flows.
+/// A complete state of the cluster with its own flows.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Step {
@@ -35,6 +32,17 @@ pub struct Step {
     pub endpoint_slices: Vec<EndpointSlice>,
     #[serde(default)]
     pub flows: Vec<Flow>,
+}
+
+impl Step {
+    fn stage(&self, label: String) -> Stage<'_> {
+        Stage {
+            label,
+            services: &self.services,
+            endpoint_slices: &self.endpoint_slices,
+            flows: &self.flows,
+        }
+    }
 }
 
 /// The node under test.
@@ -203,11 +211,25 @@ impl Scenario {
             path: path.to_string(),
             source,
         })?;
-        let scenario: Scenario =
-            serde_yaml::from_str(&text).map_err(|source| ScenarioError::Parse {
-                path: path.to_string(),
-                source,
-            })?;
+        let parse_err = |source| ScenarioError::Parse {
+            path: path.to_string(),
+            source,
+        };
+        let value: serde_yaml::Value = serde_yaml::from_str(&text).map_err(parse_err)?;
+        // `flatten` cannot deny unknown fields itself.
+        if let Some(map) = value.as_mapping() {
+            let known = ["node", "services", "endpointSlices", "flows", "steps"];
+            if let Some(key) = map
+                .keys()
+                .find(|k| !known.contains(&k.as_str().unwrap_or("")))
+            {
+                return Err(ScenarioError::Invalid {
+                    path: path.to_string(),
+                    what: format!("unknown top-level field {key:?}"),
+                });
+            }
+        }
+        let scenario: Scenario = serde_yaml::from_value(value).map_err(parse_err)?;
         let invalid = |what: String| ScenarioError::Invalid {
             path: path.to_string(),
             what,
@@ -222,29 +244,26 @@ impl Scenario {
 
     /// The initial state, then each step.
     pub fn stages(&self) -> Vec<Stage<'_>> {
-        let mut out = vec![Stage {
-            label: String::new(),
-            services: &self.services,
-            endpoint_slices: &self.endpoint_slices,
-            flows: &self.flows,
-        }];
-        out.extend(self.steps.iter().enumerate().map(|(i, s)| Stage {
-            label: format!("step {}: ", i + 1),
-            services: &s.services,
-            endpoint_slices: &s.endpoint_slices,
-            flows: &s.flows,
-        }));
+        let mut out = vec![self.initial.stage(String::new())];
+        out.extend(
+            self.steps
+                .iter()
+                .enumerate()
+                .map(|(i, s)| s.stage(format!("step {}: ", i + 1))),
+        );
         out
     }
 
     pub fn all_flows(&self) -> impl Iterator<Item = &Flow> {
-        self.flows
+        self.initial
+            .flows
             .iter()
             .chain(self.steps.iter().flat_map(|s| &s.flows))
     }
 
     pub fn all_slices(&self) -> impl Iterator<Item = &EndpointSlice> {
-        self.endpoint_slices
+        self.initial
+            .endpoint_slices
             .iter()
             .chain(self.steps.iter().flat_map(|s| &s.endpoint_slices))
     }

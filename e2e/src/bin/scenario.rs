@@ -126,6 +126,10 @@ fn main() -> ExitCode {
     let options = Options {
         timeout: Duration::from_millis(cli.timeout_ms),
     };
+    let tags: Vec<&str> = Mode::ALL.iter().map(|m| runner::mode_tag(*m)).collect();
+    for name in netns::sweep_orphans(&tags) {
+        eprintln!("removed namespace {name} left by a killed run");
+    }
     let mut hooks = hooks::hooks_for(mode);
     let mut totals = Totals::default();
     for (i, path) in runner::expand_paths(&cli.files).iter().enumerate() {

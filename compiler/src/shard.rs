@@ -1,0 +1,313 @@
+//! Sharding the compiled ruleset into `ProxyRuleset` objects.
+//!
+//! A service goes to shard `fnv1a64("namespace/name") mod N`, N a power of two,
+//! so doubling N splits every shard in two and a service never moves otherwise.
+//! Every shard's serialized size stays under the budget: when one grows past
+//! it, N doubles (a new layout epoch); when every pair of shards would fit in
+//! half the budget, N halves. Within a layout, a change to one service rewrites
+//! only its shard, whose generation is bumped.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+
+use switchyard_api::ruleset::{
+    ProxyRulesetSpec, Ruleset, ServicePortRule, ShardLayout, shard_name,
+};
+
+use crate::compiler::Compiler;
+use crate::keys::ServiceKey;
+
+/// The default size budget of one shard's serialized JSON spec.
+pub const DEFAULT_SHARD_BUDGET_BYTES: usize = 256 * 1024;
+/// The most shards a layout has; a single service larger than the budget stays
+/// in an oversized shard rather than splitting forever.
+pub const MAX_SHARDS: u32 = 1 << 16;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardSettings {
+    /// Upper bound for the serialized JSON of one shard's spec.
+    pub budget_bytes: usize,
+    /// The epoch of the first layout. An operator restarting must start above
+    /// every epoch it finds published, because agents take the newest complete one.
+    pub first_epoch: u64,
+}
+
+impl Default for ShardSettings {
+    fn default() -> ShardSettings {
+        ShardSettings {
+            budget_bytes: DEFAULT_SHARD_BUDGET_BYTES,
+            first_epoch: 1,
+        }
+    }
+}
+
+/// What a sync changed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShardUpdate {
+    pub layout: ShardLayout,
+    /// Every shard whose content changed, with its bumped generation (every
+    /// shard of the layout when it is new).
+    pub changed: Vec<ProxyRulesetSpec>,
+    /// Names of the previous layout's shards, to delete once the new layout is
+    /// published; empty unless the layout changed.
+    pub retired: Vec<String>,
+}
+
+impl ShardUpdate {
+    /// The `ProxyRuleset` object name of every changed shard.
+    pub fn changed_names(&self) -> Vec<String> {
+        self.changed
+            .iter()
+            .map(|s| shard_name(&s.layout, s.shard))
+            .collect()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    /// Serialized size of each service's rules (JSON array elements, no separators).
+    services: BTreeMap<ServiceKey, usize>,
+    /// Sum of `services`, plus a separator per rule.
+    content_bytes: usize,
+    generation: u64,
+}
+
+/// Keeps the shard layout and every shard's services, sizes and generation.
+#[derive(Debug)]
+pub struct Sharder {
+    settings: ShardSettings,
+    layout: ShardLayout,
+    shards: Vec<Shard>,
+    /// Bytes of the largest possible spec without services.
+    envelope_bytes: usize,
+    started: bool,
+}
+
+impl Sharder {
+    pub fn new(settings: ShardSettings) -> Sharder {
+        Sharder {
+            layout: ShardLayout {
+                epoch: settings.first_epoch,
+                shard_count: 1,
+            },
+            settings,
+            shards: vec![Shard::default()],
+            envelope_bytes: envelope_bytes(),
+            started: false,
+        }
+    }
+
+    pub fn layout(&self) -> ShardLayout {
+        self.layout
+    }
+
+    /// The shard index of a service under a layout of `shard_count` shards.
+    pub fn shard_of(key: &ServiceKey, shard_count: u32) -> u32 {
+        let hash = fnv1a64(
+            key.namespace.as_bytes(),
+            fnv1a64(b"/", fnv1a64(key.name.as_bytes(), FNV_OFFSET)),
+        );
+        // shard_count is a power of two.
+        (hash & u64::from(shard_count - 1)) as u32
+    }
+
+    /// Take in the services the compiler reported as changed; returns the
+    /// shards to write.
+    pub fn sync(&mut self, compiler: &Compiler, changed: &BTreeSet<ServiceKey>) -> ShardUpdate {
+        let mut touched = BTreeSet::new();
+        for key in changed {
+            let index = Sharder::shard_of(key, self.layout.shard_count) as usize;
+            let rules = compiler.service_rules(key);
+            let shard = &mut self.shards[index];
+            if let Some(old) = shard.services.remove(key) {
+                shard.content_bytes -= old;
+            }
+            if !rules.is_empty() {
+                let bytes = rules_bytes(rules);
+                shard.services.insert(key.clone(), bytes);
+                shard.content_bytes += bytes;
+            }
+            touched.insert(index as u32);
+        }
+        if !self.started {
+            self.started = true;
+            touched.extend(0..self.layout.shard_count);
+        }
+        let wanted = self.wanted_shard_count();
+        if wanted != self.layout.shard_count {
+            return self.relayout(compiler, wanted);
+        }
+        let changed = touched
+            .into_iter()
+            .map(|index| {
+                self.shards[index as usize].generation += 1;
+                self.spec(compiler, index)
+            })
+            .collect();
+        ShardUpdate {
+            layout: self.layout,
+            changed,
+            retired: Vec::new(),
+        }
+    }
+
+    /// Every shard of the current layout (for a full republish).
+    pub fn shards(&self, compiler: &Compiler) -> Vec<ProxyRulesetSpec> {
+        (0..self.layout.shard_count)
+            .map(|index| self.spec(compiler, index))
+            .collect()
+    }
+
+    fn spec(&self, compiler: &Compiler, index: u32) -> ProxyRulesetSpec {
+        let shard = &self.shards[index as usize];
+        let services: Vec<ServicePortRule> = shard
+            .services
+            .keys()
+            .flat_map(|key| compiler.service_rules(key).iter().cloned())
+            .collect();
+        ProxyRulesetSpec {
+            shard: index,
+            layout: self.layout,
+            generation: shard.generation,
+            service_count: u32::try_from(services.len()).unwrap_or(u32::MAX),
+            ruleset: Ruleset { services },
+        }
+    }
+
+    fn shard_bytes(&self, shard: &Shard) -> usize {
+        self.envelope_bytes + shard.content_bytes
+    }
+
+    /// Double while a shard that can be split is over budget; halve while
+    /// every pair of shards would fit in half the budget.
+    fn wanted_shard_count(&self) -> u32 {
+        let budget = self.settings.budget_bytes;
+        let over = self
+            .shards
+            .iter()
+            .any(|s| self.shard_bytes(s) > budget && s.services.len() > 1);
+        if over {
+            let mut count = self.layout.shard_count;
+            let all: Vec<(&ServiceKey, usize)> = self
+                .shards
+                .iter()
+                .flat_map(|s| s.services.iter().map(|(k, b)| (k, *b)))
+                .collect();
+            while count < MAX_SHARDS {
+                count *= 2;
+                if self.fits(&all, count) {
+                    break;
+                }
+            }
+            return count;
+        }
+        let mut count = self.layout.shard_count;
+        let mut bytes: Vec<usize> = self.shards.iter().map(|s| s.content_bytes).collect();
+        while count > 1 {
+            let half = count as usize / 2;
+            let merged: Vec<usize> = (0..half).map(|i| bytes[i] + bytes[i + half]).collect();
+            if merged.iter().any(|b| self.envelope_bytes + b > budget / 2) {
+                break;
+            }
+            bytes = merged;
+            count /= 2;
+        }
+        count
+    }
+
+    /// Every shard of a `count`-shard layout that holds more than one service fits the budget.
+    fn fits(&self, services: &[(&ServiceKey, usize)], count: u32) -> bool {
+        let mut bytes = vec![0usize; count as usize];
+        let mut members = vec![0usize; count as usize];
+        for (key, b) in services {
+            let i = Sharder::shard_of(key, count) as usize;
+            bytes[i] += b;
+            members[i] += 1;
+        }
+        bytes
+            .iter()
+            .zip(&members)
+            .all(|(b, m)| *m <= 1 || self.envelope_bytes + b <= self.settings.budget_bytes)
+    }
+
+    fn relayout(&mut self, compiler: &Compiler, count: u32) -> ShardUpdate {
+        let retired = (0..self.layout.shard_count)
+            .map(|i| shard_name(&self.layout, i))
+            .collect();
+        let mut shards: Vec<Shard> = (0..count).map(|_| Shard::default()).collect();
+        for old in std::mem::take(&mut self.shards) {
+            for (key, bytes) in old.services {
+                let shard = &mut shards[Sharder::shard_of(&key, count) as usize];
+                shard.content_bytes += bytes;
+                shard.services.insert(key, bytes);
+            }
+        }
+        for shard in &mut shards {
+            shard.generation = 1;
+        }
+        self.shards = shards;
+        self.layout = ShardLayout {
+            epoch: self.layout.epoch + 1,
+            shard_count: count,
+        };
+        ShardUpdate {
+            layout: self.layout,
+            changed: self.shards(compiler),
+            retired,
+        }
+    }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// FNV-1a, continuing from `hash`: stable across processes and versions.
+fn fnv1a64(bytes: &[u8], mut hash: u64) -> u64 {
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(FNV_PRIME);
+    }
+    hash
+}
+
+/// Counts the bytes written to it.
+struct ByteCounter(usize);
+
+impl io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn json_bytes<T: serde::Serialize>(value: &T) -> usize {
+    let mut counter = ByteCounter(0);
+    // Serializing these plain types into a counter cannot fail; a failure would
+    // only make the estimate smaller, never unsafe for the agents.
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
+}
+
+/// The serialized size of a service's rules inside a shard's `services` array,
+/// with one separating comma per rule.
+fn rules_bytes(rules: &[ServicePortRule]) -> usize {
+    rules.iter().map(|r| json_bytes(r) + 1).sum()
+}
+
+/// The largest spec without services: every number at its widest.
+fn envelope_bytes() -> usize {
+    json_bytes(&ProxyRulesetSpec {
+        shard: u32::MAX,
+        layout: ShardLayout {
+            epoch: u64::MAX,
+            shard_count: u32::MAX,
+        },
+        generation: u64::MAX,
+        service_count: u32::MAX,
+        ruleset: Ruleset::default(),
+    })
+}

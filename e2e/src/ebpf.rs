@@ -141,7 +141,7 @@ impl ModeHooks for EbpfHooks {
             return Some(
                 "eBPF socket-level load balancing connects the node's and its pods' sockets \
                  straight to the endpoint from their own address: there is no masquerade \
-                 (kube-proxy masquerades node and hairpin traffic)"
+                 to observe (kube-proxy masquerades node, hairpin and masqueradeAll traffic)"
                     .to_string(),
             );
         }

@@ -16,7 +16,9 @@ enum sy_verdict {
 struct sy_client {
 	__u64 cookie; /* netns cookie (socket path) or 0 */
 	__u32 addr[4];
-	__u32 hash; /* flow hash for Maglev */
+	/* Flow hash (Maglev, and the slot pick, so one 5-tuple keeps its backend
+	 * like conntrack would); 0: unknown, pick at random. */
+	__u32 hash;
 };
 
 /* The list number of `base` for `family`. */
@@ -108,7 +110,8 @@ SY_INLINE enum sy_verdict sy_select(__u32 svc_id, __u8 list, const struct sy_cli
 	if (s0->flags & SY_SVC_MAGLEV)
 		id = sy_maglev_pick(svc_id, list, client->hash);
 	if (!id)
-		id = sy_pick_slot(svc_id, list, bpf_get_prandom_u32(), &s0);
+		id = sy_pick_slot(svc_id, list, client->hash ? client->hash : bpf_get_prandom_u32(),
+				  &s0);
 	if (!id)
 		return SY_DROP;
 	*backend = bpf_map_lookup_elem(&sy_backends, id);

@@ -31,6 +31,31 @@ SY_INLINE __u8 sy_sock_proto(struct bpf_sock_addr *ctx)
 	return (__u8)ctx->protocol;
 }
 
+/* A hash of the socket's 5-tuple when its source port is already bound
+ * (the same flow then keeps its backend), else 0 (pick at random). */
+SY_INLINE __u32 sy_sock_flow_hash(struct bpf_sock_addr *ctx, const __u32 *addr, __u16 port,
+				  __u8 family)
+{
+	struct bpf_sock *sk = ctx->sk;
+	__u32 h = 0x50c7;
+
+	if (!sk || sk->src_port == 0)
+		return 0;
+	if (family == AF_INET) {
+		h = sy_mix(h, sk->src_ip4);
+	} else {
+		h = sy_mix(h, sk->src_ip6[0]);
+		h = sy_mix(h, sk->src_ip6[1]);
+		h = sy_mix(h, sk->src_ip6[2]);
+		h = sy_mix(h, sk->src_ip6[3]);
+	}
+	for (int i = 0; i < 4; i++)
+		h = sy_mix(h, addr[i]);
+	h = sy_mix(h, (sk->src_port << 16) | port);
+	h = sy_fmix(sy_mix(h, ctx->protocol));
+	return h ? h : 1;
+}
+
 /*
  * Rewrite addr and port (the socket's destination) to a backend. Returns the
  * hook's verdict: 1 to let the call go on, 0 to fail it with bpf_set_retval's
@@ -47,6 +72,7 @@ SY_INLINE int sy_sock_rewrite(struct bpf_sock_addr *ctx, __u32 *addr, __u16 *por
 	if (!fe)
 		return 1;
 	client.cookie = bpf_get_netns_cookie(ctx);
+	client.hash = sy_sock_flow_hash(ctx, addr, *port, family);
 	switch (sy_select(fe->svc_id, sy_sock_list(fe, family), &client, &backend)) {
 	case SY_NOT_SERVICE:
 		return 1;

@@ -86,7 +86,14 @@ pub fn render(ruleset: &LinkedRuleset, settings: &Settings) -> EbpfPlan {
     }
     let node_port_ips = node_port_addresses(ruleset, settings);
     for sp in &ruleset.services {
-        render_service_port(&mut plan, sp, settings, &node_port_ips);
+        // A NodePort answers on the node addresses of the service's families.
+        let families: Vec<IpFamily> = sp.rule.cluster_ips.iter().map(IpFamily::of).collect();
+        let ips: Vec<IpAddr> = node_port_ips
+            .iter()
+            .filter(|ip| families.is_empty() || families.contains(&IpFamily::of(ip)))
+            .copied()
+            .collect();
+        render_service_port(&mut plan, sp, settings, &ips);
     }
     plan
 }

@@ -116,81 +116,57 @@ SY_INLINE void sy_sock_restore(struct bpf_sock_addr *ctx, __u32 *addr, __u16 *po
 	*port = vip->port;
 }
 
-/* The v4/v6 context fields as one address/port pair. */
-SY_INLINE void sy_ctx_load4(struct bpf_sock_addr *ctx, __u32 *addr, __u16 *port)
+/* The context's v4 or v6 fields as one address/port pair; `family` is a
+ * constant at every call, so each program touches only its own fields. */
+SY_INLINE void sy_ctx_load(struct bpf_sock_addr *ctx, __u8 family, __u32 *addr, __u16 *port)
 {
-	addr[0] = ctx->user_ip4;
-	addr[1] = addr[2] = addr[3] = 0;
+	if (family == AF_INET) {
+		addr[0] = ctx->user_ip4;
+		addr[1] = addr[2] = addr[3] = 0;
+	} else {
+		addr[0] = ctx->user_ip6[0];
+		addr[1] = ctx->user_ip6[1];
+		addr[2] = ctx->user_ip6[2];
+		addr[3] = ctx->user_ip6[3];
+	}
 	*port = (__u16)ctx->user_port;
 }
 
-SY_INLINE void sy_ctx_store4(struct bpf_sock_addr *ctx, const __u32 *addr, __u16 port)
+SY_INLINE void sy_ctx_store(struct bpf_sock_addr *ctx, __u8 family, const __u32 *addr, __u16 port)
 {
-	ctx->user_ip4 = addr[0];
+	if (family == AF_INET) {
+		ctx->user_ip4 = addr[0];
+	} else {
+		ctx->user_ip6[0] = addr[0];
+		ctx->user_ip6[1] = addr[1];
+		ctx->user_ip6[2] = addr[2];
+		ctx->user_ip6[3] = addr[3];
+	}
 	ctx->user_port = port;
 }
 
-SY_INLINE void sy_ctx_load6(struct bpf_sock_addr *ctx, __u32 *addr, __u16 *port)
-{
-	addr[0] = ctx->user_ip6[0];
-	addr[1] = ctx->user_ip6[1];
-	addr[2] = ctx->user_ip6[2];
-	addr[3] = ctx->user_ip6[3];
-	*port = (__u16)ctx->user_port;
-}
-
-SY_INLINE void sy_ctx_store6(struct bpf_sock_addr *ctx, const __u32 *addr, __u16 port)
-{
-	ctx->user_ip6[0] = addr[0];
-	ctx->user_ip6[1] = addr[1];
-	ctx->user_ip6[2] = addr[2];
-	ctx->user_ip6[3] = addr[3];
-	ctx->user_port = port;
-}
-
-SY_INLINE int sy_sock4_forward(struct bpf_sock_addr *ctx)
+/* connect / sendmsg: send the socket to a backend. */
+SY_INLINE int sy_sock_forward(struct bpf_sock_addr *ctx, __u8 family)
 {
 	__u32 addr[4];
 	__u16 port;
 	int verdict;
 
-	sy_ctx_load4(ctx, addr, &port);
-	verdict = sy_sock_rewrite(ctx, addr, &port, AF_INET);
-	sy_ctx_store4(ctx, addr, port);
+	sy_ctx_load(ctx, family, addr, &port);
+	verdict = sy_sock_rewrite(ctx, addr, &port, family);
+	sy_ctx_store(ctx, family, addr, port);
 	return verdict;
 }
 
-SY_INLINE int sy_sock6_forward(struct bpf_sock_addr *ctx)
-{
-	__u32 addr[4];
-	__u16 port;
-	int verdict;
-
-	sy_ctx_load6(ctx, addr, &port);
-	verdict = sy_sock_rewrite(ctx, addr, &port, AF_INET6);
-	sy_ctx_store6(ctx, addr, port);
-	return verdict;
-}
-
-SY_INLINE int sy_sock4_reverse(struct bpf_sock_addr *ctx)
+/* recvmsg / getpeername: show the service address instead of the backend's. */
+SY_INLINE int sy_sock_reverse(struct bpf_sock_addr *ctx, __u8 family)
 {
 	__u32 addr[4];
 	__u16 port;
 
-	sy_ctx_load4(ctx, addr, &port);
-	sy_sock_restore(ctx, addr, &port, AF_INET);
-	sy_ctx_store4(ctx, addr, port);
-	return 1;
-}
-
-SY_INLINE int sy_sock6_reverse(struct bpf_sock_addr *ctx)
-{
-	__u32 addr[4];
-	__u16 port;
-
-	sy_ctx_load6(ctx, addr, &port);
-	sy_sock_restore(ctx, addr, &port, AF_INET6);
-	sy_ctx_store6(ctx, addr, port);
+	sy_ctx_load(ctx, family, addr, &port);
+	sy_sock_restore(ctx, addr, &port, family);
+	sy_ctx_store(ctx, family, addr, port);
 	return 1;
 }
 

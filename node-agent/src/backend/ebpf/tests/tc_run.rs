@@ -397,3 +397,68 @@ fn cluster_ip_through_the_node_is_masqueraded_unless_from_the_cluster() {
     let (_, out) = h.run(&frame(6, "10.1.2.3", 5002, "10.96.0.7", 80));
     assert_eq!(parse_checked(&out).0, "10.1.2.3", "pod source kept");
 }
+
+fn balanced(affinity: bool, maglev: Option<u32>, backends: u32) -> EbpfPlan {
+    let mut svc = service(
+        9,
+        "10.96.0.9",
+        80,
+        (0..backends)
+            .map(|i| backend(90 + i, &format!("10.244.9.{}", i + 1), 8080, "node-a"))
+            .collect(),
+    );
+    svc.node_port = Some(30090);
+    if affinity {
+        svc.session_affinity = Some(switchyard_api::ruleset::SessionAffinity {
+            timeout_seconds: 10800,
+        });
+    }
+    let mut settings = Settings::defaults(Mode::Ebpf);
+    settings.ebpf.maglev_table_size = maglev;
+    render(&linked(vec![svc]), &settings)
+}
+
+/// The backend each of `flows` client ports lands on.
+fn landing(h: &mut Harness, flows: std::ops::Range<u16>) -> Vec<String> {
+    flows
+        .map(|sport| parse_checked(&h.run(&frame(6, "198.51.100.7", sport, NODE_IP, 30090)).1).2)
+        .collect()
+}
+
+#[test]
+fn client_ip_affinity_sends_every_flow_of_a_client_to_one_backend() {
+    let mut h = Harness::new(&balanced(true, None, 4));
+    let seen: std::collections::BTreeSet<String> =
+        landing(&mut h, 45000..45020).into_iter().collect();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let mut h = Harness::new(&balanced(false, None, 4));
+    let seen: std::collections::BTreeSet<String> =
+        landing(&mut h, 45000..45020).into_iter().collect();
+    assert!(seen.len() > 1, "without affinity flows spread: {seen:?}");
+}
+
+#[test]
+fn maglev_picks_the_same_backend_on_every_node_and_moves_few_flows_on_change() {
+    let flows = 46000..46100;
+    let a = landing(
+        &mut Harness::new(&balanced(false, Some(251), 5)),
+        flows.clone(),
+    );
+    let b = landing(
+        &mut Harness::new(&balanced(false, Some(251), 5)),
+        flows.clone(),
+    );
+    assert_eq!(a, b, "two nodes agree");
+    assert!(a.iter().collect::<std::collections::BTreeSet<_>>().len() == 5);
+    let fewer = landing(&mut Harness::new(&balanced(false, Some(251), 4)), flows);
+    let removed = "10.244.9.5";
+    let moved = a
+        .iter()
+        .zip(&fewer)
+        .filter(|(before, after)| before.as_str() != removed && before != after)
+        .count();
+    assert!(
+        moved <= 10,
+        "{moved} of 100 flows on surviving backends moved"
+    );
+}

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use switchyard_agent::backend::Dataplane;
 use switchyard_agent::backend::ebpf::EbpfBackend;
 use switchyard_agent::backend::ebpf::kernel::{AyaKernel, KernelConfig};
-use switchyard_agent::backend::ebpf::scratch::{ScratchBpffs, ScratchCgroup};
+use switchyard_agent::backend::ebpf::scratch::{self, ScratchBpffs, ScratchCgroup};
 use switchyard_api::Mode;
 use switchyard_api::ruleset::Cidr;
 
@@ -25,6 +25,9 @@ use crate::netns::Netns;
 use crate::scenario::{Flow, Scenario};
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// Names of this mode's bpffs mounts and cgroups: `sybpf-<pid>-<n>`.
+const TAG: &str = "sybpf";
 
 /// The sources whose sockets live on the node.
 #[derive(Debug, Default)]
@@ -97,11 +100,13 @@ impl ModeHooks for EbpfHooks {
     }
 
     fn prepare_node(&mut self, _node: &Netns, scenario: &Scenario) -> Result<(), HarnessError> {
-        let tag = format!(
-            "sybpf-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        if seq == 0 {
+            for path in scratch::sweep_orphans(TAG) {
+                eprintln!("removed {} left by a killed run", path.display());
+            }
+        }
+        let tag = format!("{TAG}-{}-{seq}", std::process::id());
         self.bpffs = Some(ScratchBpffs::mount(&format!("{tag}-bpffs")).map_err(setup("bpffs"))?);
         self.cgroup = Some(ScratchCgroup::create(&tag).map_err(setup("client cgroup"))?);
         self.sockets = NodeSockets::of(scenario);

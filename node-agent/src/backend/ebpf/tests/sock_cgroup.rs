@@ -131,6 +131,19 @@ fn client_in_the_cgroup_reaches_cluster_ip_backends() {
         "stderr {:?}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Unconnected UDP (sendto: sendmsg4) sees the reply come from the VIP (recvmsg4).
+    let out = socat(
+        &ns,
+        Some(&cgroup),
+        "ping\n",
+        &["-d", "-d", "-t", "2", "-", "UDP-SENDTO:10.96.0.11:53"],
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "pong ping\n", "{log}");
+    assert!(
+        log.contains("from AF=2 10.96.0.11:53"),
+        "reply source: {log}"
+    );
 
     let out = socat(
         &ns,

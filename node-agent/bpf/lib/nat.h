@@ -230,7 +230,8 @@ SY_INLINE int sy_nat_new_flow(struct __sk_buff *skb, const struct sy_pkt *pkt)
 	case SY_NOT_SERVICE:
 		return TC_ACT_OK;
 	case SY_REJECT:
-		return pkt->t.family == AF_INET ? sy_reject4(skb, pkt->l4off, pkt->t.proto) : TC_ACT_SHOT;
+		return pkt->t.family == AF_INET ? sy_reject4(skb, pkt->l4off, pkt->t.proto)
+						: sy_reject6(skb, pkt->t.proto);
 	case SY_DROP:
 		return TC_ACT_SHOT;
 	case SY_FORWARD:

@@ -462,3 +462,26 @@ fn maglev_picks_the_same_backend_on_every_node_and_moves_few_flows_on_change() {
         "{moved} of 100 flows on surviving backends moved"
     );
 }
+
+#[test]
+fn ipv6_service_without_endpoints_is_rejected_with_icmpv6_port_unreachable() {
+    let mut svc = service(11, "fd00:96::11", 80, vec![]);
+    svc.external_ips = vec![ip("2001:db8:1::11")];
+    let mut h = Harness::new(&render(&linked(vec![svc]), &Settings::defaults(Mode::Ebpf)));
+    let orig = frame(6, "2001:db8:9::7", 47000, "2001:db8:1::11", 80);
+    let (verdict, reply) = h.run_one(PROGRAMS[0], &orig);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(reply[0..6], orig[6..12], "back to the sender's MAC");
+    assert_eq!(reply[12..14], [0x86, 0xdd]);
+    let ip6 = &reply[14..54];
+    assert_eq!(ip6[6], 58, "ICMPv6");
+    assert_eq!((&ip6[8..24], &ip6[24..40]), (&orig[38..54], &orig[22..38]));
+    let icmp = &reply[54..];
+    assert_eq!(icmp.len(), 8 + 60);
+    assert_eq!((icmp[0], icmp[1]), (1, 4), "destination unreachable, port");
+    let mut pseudo = ip6[8..40].to_vec();
+    pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    assert_eq!(fold(sum16(icmp, sum16(&pseudo, 0))), 0, "ICMPv6 checksum");
+    assert_eq!(icmp[8..], orig[14..74], "quotes the original headers");
+}

@@ -16,13 +16,14 @@ use switchyard_agent::backend::Dataplane;
 use switchyard_agent::backend::ebpf::EbpfBackend;
 use switchyard_agent::backend::ebpf::kernel::{AyaKernel, KernelConfig};
 use switchyard_agent::backend::ebpf::scratch::{self, ScratchBpffs, ScratchCgroup};
+use switchyard_agent::settings::Settings;
 use switchyard_api::Mode;
 use switchyard_api::ruleset::Cidr;
 
 use crate::HarnessError;
 use crate::hooks::{DataplaneFactory, ModeHooks};
-use crate::netns::Netns;
 use crate::scenario::{Flow, Scenario};
+use crate::topology::Topology;
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
@@ -99,7 +100,11 @@ impl ModeHooks for EbpfHooks {
         Mode::Ebpf
     }
 
-    fn prepare_node(&mut self, _node: &Netns, scenario: &Scenario) -> Result<(), HarnessError> {
+    fn prepare_node(
+        &mut self,
+        _topology: &Topology,
+        scenario: &Scenario,
+    ) -> Result<(), HarnessError> {
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         if seq == 0 {
             for path in scratch::sweep_orphans(TAG) {
@@ -111,6 +116,11 @@ impl ModeHooks for EbpfHooks {
         self.cgroup = Some(ScratchCgroup::create(&tag).map_err(setup("client cgroup"))?);
         self.sockets = NodeSockets::of(scenario);
         Ok(())
+    }
+
+    /// The tc programs go on the node namespace's links, named explicitly.
+    fn adjust_settings(&self, settings: &mut Settings, topology: &Topology) {
+        settings.ebpf.host_devices = topology.node_devices();
     }
 
     fn client_cgroup(&self, flow: &Flow) -> Option<PathBuf> {

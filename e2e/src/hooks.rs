@@ -8,11 +8,13 @@ use std::sync::Arc;
 
 use switchyard_agent::backend::{self, BackendError, Dataplane};
 use switchyard_agent::exec::RealRunner;
+use switchyard_agent::settings::Settings;
 use switchyard_api::Mode;
+use switchyard_api::policy::LinkedRuleset;
 
 use crate::HarnessError;
-use crate::netns::Netns;
 use crate::scenario::{Flow, Scenario};
+use crate::topology::Topology;
 
 /// Builds the dataplane. Called on the agent thread, already inside the node
 /// namespace, so every tool it runs and every socket it opens is there.
@@ -24,9 +26,18 @@ pub trait ModeHooks {
 
     /// Called once per scenario after the namespaces and links exist, before
     /// any rules are applied (load programs, create a cgroup, …).
-    fn prepare_node(&mut self, _node: &Netns, _scenario: &Scenario) -> Result<(), HarnessError> {
+    /// `topology.node` is the node namespace, `topology.node_devices()` its links.
+    fn prepare_node(
+        &mut self,
+        _topology: &Topology,
+        _scenario: &Scenario,
+    ) -> Result<(), HarnessError> {
         Ok(())
     }
+
+    /// Adjust the render settings derived from the scenario's node (e.g. the
+    /// eBPF host devices), once per scenario.
+    fn adjust_settings(&self, _settings: &mut Settings, _topology: &Topology) {}
 
     /// A cgroup v2 directory the client process of `flow` joins before
     /// connecting (never the root cgroup).
@@ -40,6 +51,12 @@ pub trait ModeHooks {
     /// Why this mode cannot carry `flow` by design, if so (reported as SKIP).
     fn unsupported(&self, _flow: &Flow) -> Option<String> {
         None
+    }
+
+    /// As [`ModeHooks::unsupported`], knowing the stage's linked ruleset (a
+    /// mode whose limits depend on the services, such as IPVS).
+    fn unsupported_in(&self, flow: &Flow, _ruleset: &LinkedRuleset) -> Option<String> {
+        self.unsupported(flow)
     }
 
     /// Called after the scenario, before its namespaces are removed.

@@ -348,7 +348,13 @@ fn report(totals: &mut Totals, status: Status, line: String) {
 }
 
 /// Run the flows of one stage in parallel, one client process per flow.
-fn run_flows(ctx: &Ctx<'_>, stage: &Stage<'_>, ruleset: &Ruleset, totals: &mut Totals) {
+fn run_flows(
+    ctx: &Ctx<'_>,
+    stage: &Stage<'_>,
+    ruleset: &Ruleset,
+    linked: &policy::LinkedRuleset,
+    totals: &mut Totals,
+) {
     struct Running<'f> {
         flow: &'f Flow,
         expected: Expected,
@@ -370,17 +376,22 @@ fn run_flows(ctx: &Ctx<'_>, stage: &Stage<'_>, ruleset: &Ruleset, totals: &mut T
         let skip = if flow.protocol == Protocol::Sctp && !ctx.sctp {
             Some("SCTP sockets are not supported by this kernel".to_string())
         } else {
-            ctx.hooks.unsupported(flow)
+            ctx.hooks.unsupported_in(flow, linked)
         };
         if let Some(reason) = skip {
             report(totals, Status::Skip, format!("{name}: {reason}"));
             continue;
         }
         // Affinity and a fixed client port both pin a client to one endpoint.
-        let affinity = has_affinity(ruleset, flow, ctx.topo.is_node_address(&flow.dest_ip))
-            || flow.source_port.is_some();
-        let sequential = affinity;
+        let session_affinity = has_affinity(ruleset, flow, ctx.topo.is_node_address(&flow.dest_ip));
+        let affinity = session_affinity || flow.source_port.is_some();
+        // Pinning is only observable, and only needs one-by-one attempts, when
+        // connections are expected to get through.
+        let sequential = flow.source_port.is_some()
+            || (session_affinity && matches!(expected, Expected::Endpoints(_)));
         let count = match &expected {
+            // Enough that random choice would spread them (3 endpoints: 1 in 243).
+            _ if sequential && session_affinity => 6,
             _ if sequential => 3,
             Expected::Endpoints(e) => (10 * e.len()).max(6),
             _ => 4,
@@ -505,11 +516,12 @@ pub fn run_file(
         std::process::id()
     );
     let topo = Topology::build(&prefix, &scenario)?;
-    hooks.prepare_node(&topo.node, &scenario)?;
+    hooks.prepare_node(&topo, &scenario)?;
     let sctp = probe::sctp_supported();
     let servers = start_servers(&topo, &scenario, sctp)?;
     let agent = NodeAgent::start(&topo.node, hooks.dataplane())?;
-    let settings = settings_for(&scenario.node, hooks.mode());
+    let mut settings = settings_for(&scenario.node, hooks.mode());
+    hooks.adjust_settings(&mut settings, &topo);
     let node_info = node_info(&scenario.node, &topo.node_addresses);
     let mut totals = Totals::default();
     let ctx = Ctx {
@@ -542,7 +554,7 @@ pub fn run_file(
         if std::env::var_os("SWITCHYARD_E2E_DUMP").is_some() {
             eprintln!("{}", agent.render(&linked, &settings)?);
         }
-        run_flows(&ctx, &stage, &compiled.ruleset, &mut totals);
+        run_flows(&ctx, &stage, &compiled.ruleset, &linked, &mut totals);
     }
     match agent.cleanup() {
         Ok(true) => report(
@@ -583,4 +595,99 @@ pub fn expand_paths(paths: &[String]) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(output: &str, masq: Option<bool>) -> Flow {
+        Flow {
+            name: "f".into(),
+            source_ip: "10.0.0.2".parse().unwrap(),
+            dest_ip: "172.30.0.41".parse().unwrap(),
+            dest_port: 80,
+            protocol: Protocol::Tcp,
+            output: output.into(),
+            masq,
+            source_port: None,
+        }
+    }
+
+    fn reply(server: &str, peer: &str) -> Attempt {
+        Attempt::Reply {
+            server: server.parse().unwrap(),
+            peer: peer.parse().unwrap(),
+            local: "10.0.0.2:20000".parse().unwrap(),
+        }
+    }
+
+    fn check(f: &Flow, attempts: &[Attempt], affinity: bool) -> bool {
+        judge(f, &Expected::parse(&f.output).unwrap(), attempts, affinity).0
+    }
+
+    #[test]
+    fn every_endpoint_and_nothing_else() {
+        let f = flow("10.180.0.1:80, 10.180.0.2:80", Some(false));
+        let a = reply("10.180.0.1:80", "10.0.0.2:20000");
+        let b = reply("10.180.0.2:80", "10.0.0.2:20000");
+        assert!(check(&f, &[a.clone(), b.clone()], false));
+        assert!(
+            !check(&f, &[a.clone(), a.clone()], false),
+            "one endpoint never reached"
+        );
+        let c = reply("10.180.0.3:80", "10.0.0.2:20000");
+        assert!(
+            !check(&f, &[a.clone(), b.clone(), c], false),
+            "an endpoint outside the set"
+        );
+        assert!(!check(&f, &[a.clone(), b.clone(), Attempt::Timeout], false));
+        assert!(
+            check(&f, &[a.clone(), a.clone()], true),
+            "affinity: one of them"
+        );
+        assert!(!check(&f, &[a, b], true), "affinity: not two");
+    }
+
+    #[test]
+    fn masquerade_is_judged_from_what_the_endpoint_saw() {
+        let masqueraded = reply("10.180.0.1:80", "192.168.0.2:40000");
+        assert!(check(
+            &flow("10.180.0.1:80", Some(true)),
+            std::slice::from_ref(&masqueraded),
+            false
+        ));
+        assert!(!check(
+            &flow("10.180.0.1:80", Some(false)),
+            &[masqueraded],
+            false
+        ));
+        // Same address, other port: masqueraded with --random-fully from the node.
+        let port_only = reply("10.180.0.1:80", "10.0.0.2:33333");
+        assert!(check(
+            &flow("10.180.0.1:80", Some(true)),
+            &[port_only],
+            false
+        ));
+    }
+
+    #[test]
+    fn reject_drop_and_untranslated_are_told_apart() {
+        assert!(check(&flow("REJECT", None), &[Attempt::Refused], false));
+        assert!(!check(&flow("REJECT", None), &[Attempt::Timeout], false));
+        assert!(check(&flow("DROP", None), &[Attempt::Timeout], false));
+        assert!(!check(&flow("DROP", None), &[Attempt::Refused], false));
+        let untouched = reply("172.30.0.41:80", "10.0.0.2:20000");
+        assert!(check(
+            &flow("", None),
+            std::slice::from_ref(&untouched),
+            false
+        ));
+        assert!(!check(&flow("REJECT", None), &[untouched], false));
+        assert!(!check(
+            &flow("", None),
+            &[Attempt::Error("EHOSTUNREACH".into())],
+            false
+        ));
+    }
 }

@@ -45,6 +45,13 @@ const SINK4: &str = "169.254.1.2";
 const SINK6: &str = "fe80::2";
 /// The node's uplink: one end of a veth pair inside the node (this kernel has no dummy driver) holding the node's addresses.
 pub const UPLINK: &str = "up0";
+/// The node's link to the sink.
+pub const SINK_LINK: &str = "sink0";
+
+/// The node's link to host namespace `i`.
+pub fn host_link(i: usize) -> String {
+    format!("h{i}")
+}
 
 fn host_prefix(ip: &IpAddr) -> String {
     match ip {
@@ -148,8 +155,8 @@ impl Topology {
             .hosts
             .iter()
             .enumerate()
-            .map(|(i, (ns, ip))| (ns, format!("h{i}"), Some(*ip)))
-            .chain([(&self.sink, "sink0".to_string(), None)]);
+            .map(|(i, (ns, ip))| (ns, host_link(i), Some(*ip)))
+            .chain([(&self.sink, SINK_LINK.to_string(), None)]);
         for (ns, dev, ip) in peers {
             ns.sysctls(&quiet)?;
             node_cmds.push(format!(
@@ -196,6 +203,14 @@ impl Topology {
             Place::Host(i) => self.hosts.get(i).map_or(&self.sink, |(ns, _)| ns),
             Place::Sink => &self.sink,
         }
+    }
+
+    /// The node's network devices: the uplink, one link per host, the sink link.
+    pub fn node_devices(&self) -> Vec<String> {
+        let mut devices = vec![UPLINK.to_string()];
+        devices.extend((0..self.hosts.len()).map(host_link));
+        devices.push(SINK_LINK.to_string());
+        devices
     }
 
     pub fn is_node_address(&self, ip: &IpAddr) -> bool {

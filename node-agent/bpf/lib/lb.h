@@ -21,6 +21,19 @@ struct sy_client {
 	__u32 hash;
 };
 
+/* Whether `src` is in the ranges stored under `svc_id` (loadBalancerSourceRanges,
+ * or the local detector's). */
+SY_INLINE int sy_source_in(__u32 svc_id, __u8 family, const __u32 *src)
+{
+	struct sy_source_range_key key = {};
+
+	key.prefixlen = 64 + (family == AF_INET ? 32 : 128);
+	key.svc_id = svc_id;
+	key.family = family;
+	sy_addr_copy(key.addr, src);
+	return bpf_map_lookup_elem(&sy_source_ranges, &key) != 0;
+}
+
 /* The list number of `base` for `family`. */
 SY_INLINE __u8 sy_list(__u8 base, __u8 family)
 {

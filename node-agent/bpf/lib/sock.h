@@ -31,6 +31,37 @@ SY_INLINE __u8 sy_sock_proto(struct bpf_sock_addr *ctx)
 	return (__u8)ctx->protocol;
 }
 
+enum sy_src_check { SY_SRC_ALLOWED, SY_SRC_DENIED, SY_SRC_UNKNOWN };
+
+/*
+ * loadBalancerSourceRanges at the socket: decided by the bound source
+ * address. An unbound socket's source is not known yet: it is left
+ * untranslated, so its packets meet the tc programs (which check) where
+ * they enter the node from a pod.
+ */
+SY_INLINE enum sy_src_check sy_sock_source_allowed(struct bpf_sock_addr *ctx,
+						   const struct sy_frontend *fe, __u8 family)
+{
+	struct bpf_sock *sk = ctx->sk;
+	__u32 src[4] = {};
+
+	if (!(fe->flags & SY_FE_SOURCE_RANGES))
+		return SY_SRC_ALLOWED;
+	if (!sk)
+		return SY_SRC_UNKNOWN;
+	if (family == AF_INET) {
+		src[0] = sk->src_ip4;
+	} else {
+		src[0] = sk->src_ip6[0];
+		src[1] = sk->src_ip6[1];
+		src[2] = sk->src_ip6[2];
+		src[3] = sk->src_ip6[3];
+	}
+	if ((src[0] | src[1] | src[2] | src[3]) == 0)
+		return SY_SRC_UNKNOWN;
+	return sy_source_in(fe->svc_id, family, src) ? SY_SRC_ALLOWED : SY_SRC_DENIED;
+}
+
 /* A hash of the socket's 5-tuple when its source port is already bound
  * (the same flow then keeps its backend), else 0 (pick at random). */
 SY_INLINE __u32 sy_sock_flow_hash(struct bpf_sock_addr *ctx, const __u32 *addr, __u16 port,
@@ -71,6 +102,15 @@ SY_INLINE int sy_sock_rewrite(struct bpf_sock_addr *ctx, __u32 *addr, __u16 *por
 
 	if (!fe)
 		return 1;
+	switch (sy_sock_source_allowed(ctx, fe, family)) {
+	case SY_SRC_DENIED:
+		bpf_set_retval(-ETIMEDOUT);
+		return 0;
+	case SY_SRC_UNKNOWN:
+		return 1;
+	case SY_SRC_ALLOWED:
+		break;
+	}
 	client.cookie = bpf_get_netns_cookie(ctx);
 	client.hash = sy_sock_flow_hash(ctx, addr, *port, family);
 	switch (sy_select(fe->svc_id, sy_sock_list(fe, family), &client, &backend)) {

@@ -22,7 +22,7 @@ use switchyard_api::ruleset::Cidr;
 
 use crate::HarnessError;
 use crate::hooks::{DataplaneFactory, ModeHooks};
-use crate::scenario::{Flow, Scenario};
+use crate::scenario::{Expected, Flow, Scenario};
 use crate::topology::Topology;
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -145,6 +145,18 @@ impl ModeHooks for EbpfHooks {
     }
 
     fn unsupported(&self, flow: &Flow) -> Option<String> {
+        let translated = !matches!(
+            Expected::parse(&flow.output),
+            Ok(Expected::Untranslated | Expected::Accept)
+        );
+        if flow.source_ip.is_loopback() && translated {
+            return Some(
+                "a socket bound to a loopback address cannot be connected to an endpoint \
+                 (EINVAL); eBPF serves localhost NodePorts to unbound sockets, tested in \
+                 backend::ebpf::tests::sock_cgroup"
+                    .to_string(),
+            );
+        }
         if self.sockets.secondary.contains(&flow.dest_ip) {
             return Some(
                 "eBPF serves NodePorts on the node's primary address of each family unless \
@@ -152,15 +164,18 @@ impl ModeHooks for EbpfHooks {
                     .to_string(),
             );
         }
-        if flow.masq == Some(true) && self.sockets.contains(&flow.source_ip) {
-            return Some(
-                "eBPF socket-level load balancing connects the node's and its pods' sockets \
-                 straight to the endpoint from their own address: there is no masquerade \
-                 to observe (kube-proxy masquerades node, hairpin and masqueradeAll traffic)"
-                    .to_string(),
-            );
-        }
         None
+    }
+
+    /// Socket-level load balancing connects the node's and its pods' sockets
+    /// straight to the endpoint from their own address: never masqueraded
+    /// (kube-proxy masquerades node, hairpin and masqueradeAll traffic).
+    fn masquerade(&self, flow: &Flow) -> Option<bool> {
+        if self.sockets.contains(&flow.source_ip) {
+            flow.masq.map(|_| false)
+        } else {
+            flow.masq
+        }
     }
 
     fn teardown(&mut self) {

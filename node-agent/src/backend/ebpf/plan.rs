@@ -98,8 +98,23 @@ pub fn render(ruleset: &LinkedRuleset, settings: &Settings) -> EbpfPlan {
     plan
 }
 
-/// The node addresses NodePorts answer on (ebpf's default: the primary IP of each family).
+/// The node addresses NodePorts answer on (ebpf's default: the primary IP of
+/// each family), plus 127.0.0.1 with localhostNodePorts: the socket programs
+/// translate it at connect time, so no route_localnet is needed.
 fn node_port_addresses(ruleset: &LinkedRuleset, settings: &Settings) -> Vec<IpAddr> {
+    let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let mut ips = node_addresses_for_node_ports(ruleset, settings);
+    let localhost_allowed = match &settings.node_port_addresses {
+        NodePortAddresses::Cidrs(cidrs) => cidrs.iter().any(|c| c.contains(&localhost)),
+        NodePortAddresses::ModeDefault | NodePortAddresses::Primary => true,
+    };
+    if settings.localhost_node_ports && localhost_allowed && !ips.contains(&localhost) {
+        ips.push(localhost);
+    }
+    ips
+}
+
+fn node_addresses_for_node_ports(ruleset: &LinkedRuleset, settings: &Settings) -> Vec<IpAddr> {
     let addrs = &ruleset.node.addresses;
     match &settings.node_port_addresses {
         NodePortAddresses::ModeDefault | NodePortAddresses::Primary => {

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use switchyard_api::policy::{LinkedRuleset, LinkedServicePort};
 use switchyard_api::ruleset::{Backend, Cidr, IpFamily, Protocol};
@@ -50,9 +51,15 @@ pub struct LoadConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EbpfPlan {
     pub config: LoadConfig,
-    pub maps: MapState,
+    /// Shared with the backend's record of what it applied (no copy per apply).
+    pub maps: Arc<MapState>,
     /// Input that cannot be expressed, with the reason (skipped, never fatal).
     pub problems: Vec<String>,
+}
+
+/// The plan's maps while rendering (the only owner then: no copy).
+fn maps_mut(plan: &mut EbpfPlan) -> &mut MapState {
+    Arc::make_mut(&mut plan.maps)
 }
 
 /// Render a linked ruleset for the eBPF dataplane.
@@ -79,7 +86,7 @@ pub fn render(ruleset: &LinkedRuleset, settings: &Settings) -> EbpfPlan {
     if let LocalDetector::Cidrs(cidrs) = &settings.local_detector {
         plan.config.local_detector = !cidrs.is_empty();
         for cidr in cidrs {
-            plan.maps
+            maps_mut(&mut plan)
                 .source_ranges
                 .insert((source_range(LOCAL_DETECTOR_ID, cidr), cidr.prefix()));
         }
@@ -219,12 +226,12 @@ fn render_service_port(
                 && let Some(m) = maglev_size
                 && !chosen.is_empty()
             {
-                plan.maps
+                maps_mut(plan)
                     .maglev
                     .insert((id, list_id(base, family)), maglev::table(&chosen, m));
             }
             let ids = chosen.into_iter().map(|(id, _)| id).collect();
-            plan.maps.lists.insert(
+            maps_mut(plan).lists.insert(
                 (id, list_id(base, family)),
                 ServiceList {
                     flags,
@@ -270,13 +277,13 @@ fn render_service_port(
                 existing.svc_id
             )),
             _ => {
-                plan.maps.frontends.insert(key, value);
+                maps_mut(plan).frontends.insert(key, value);
             }
         }
     }
     if has_ranges {
         for cidr in &rule.load_balancer_source_ranges {
-            plan.maps
+            maps_mut(plan)
                 .source_ranges
                 .insert((source_range(id, cidr), cidr.prefix()));
         }
@@ -304,7 +311,7 @@ fn add_backend(plan: &mut EbpfPlan, name: &str, b: &Backend) -> Option<BackendEn
             None
         }
         _ => {
-            plan.maps.backends.insert(b.id, entry);
+            maps_mut(plan).backends.insert(b.id, entry);
             Some(entry)
         }
     }

@@ -15,15 +15,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use switchyard_agent::backend::Dataplane;
 use switchyard_agent::backend::ebpf::EbpfBackend;
 use switchyard_agent::backend::ebpf::kernel::{AyaKernel, KernelConfig};
-use switchyard_agent::backend::ebpf::scratch::{ScratchBpffs, ScratchCgroup};
+use switchyard_agent::backend::ebpf::scratch::{self, ScratchBpffs, ScratchCgroup};
+use switchyard_agent::settings::Settings;
 use switchyard_api::Mode;
 use switchyard_api::ruleset::Cidr;
 
 use crate::HarnessError;
 use crate::hooks::{DataplaneFactory, ModeHooks};
-use crate::scenario::{Flow, Scenario};
+use crate::scenario::{Expected, Flow, Scenario};
+use crate::topology::Topology;
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// Names of this mode's bpffs mounts and cgroups: `sybpf-<pid>-<n>`.
+const TAG: &str = "sybpf";
 
 /// The sources whose sockets live on the node.
 #[derive(Debug, Default)]
@@ -97,18 +102,25 @@ impl ModeHooks for EbpfHooks {
 
     fn prepare_node(
         &mut self,
-        _topology: &crate::topology::Topology,
+        _topology: &Topology,
         scenario: &Scenario,
     ) -> Result<(), HarnessError> {
-        let tag = format!(
-            "sybpf-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        if seq == 0 {
+            for path in scratch::sweep_orphans(TAG) {
+                eprintln!("removed {} left by a killed run", path.display());
+            }
+        }
+        let tag = format!("{TAG}-{}-{seq}", std::process::id());
         self.bpffs = Some(ScratchBpffs::mount(&format!("{tag}-bpffs")).map_err(setup("bpffs"))?);
         self.cgroup = Some(ScratchCgroup::create(&tag).map_err(setup("client cgroup"))?);
         self.sockets = NodeSockets::of(scenario);
         Ok(())
+    }
+
+    /// The tc programs go on the node namespace's links, named explicitly.
+    fn adjust_settings(&self, settings: &mut Settings, topology: &Topology) {
+        settings.ebpf.host_devices = topology.node_devices();
     }
 
     fn client_cgroup(&self, flow: &Flow) -> Option<PathBuf> {
@@ -133,6 +145,18 @@ impl ModeHooks for EbpfHooks {
     }
 
     fn unsupported(&self, flow: &Flow) -> Option<String> {
+        let translated = !matches!(
+            Expected::parse(&flow.output),
+            Ok(Expected::Untranslated | Expected::Accept)
+        );
+        if flow.source_ip.is_loopback() && translated {
+            return Some(
+                "a socket bound to a loopback address cannot be connected to an endpoint \
+                 (EINVAL); eBPF serves localhost NodePorts to unbound sockets, tested in \
+                 backend::ebpf::tests::sock_cgroup"
+                    .to_string(),
+            );
+        }
         if self.sockets.secondary.contains(&flow.dest_ip) {
             return Some(
                 "eBPF serves NodePorts on the node's primary address of each family unless \
@@ -140,15 +164,18 @@ impl ModeHooks for EbpfHooks {
                     .to_string(),
             );
         }
-        if flow.masq == Some(true) && self.sockets.contains(&flow.source_ip) {
-            return Some(
-                "eBPF socket-level load balancing connects the node's and its pods' sockets \
-                 straight to the endpoint from their own address: there is no masquerade \
-                 (kube-proxy masquerades node and hairpin traffic)"
-                    .to_string(),
-            );
-        }
         None
+    }
+
+    /// Socket-level load balancing connects the node's and its pods' sockets
+    /// straight to the endpoint from their own address: never masqueraded
+    /// (kube-proxy masquerades node, hairpin and masqueradeAll traffic).
+    fn masquerade(&self, flow: &Flow) -> Option<bool> {
+        if self.sockets.contains(&flow.source_ip) {
+            flow.masq.map(|_| false)
+        } else {
+            flow.masq
+        }
     }
 
     fn teardown(&mut self) {

@@ -16,8 +16,23 @@ enum sy_verdict {
 struct sy_client {
 	__u64 cookie; /* netns cookie (socket path) or 0 */
 	__u32 addr[4];
-	__u32 hash; /* flow hash for Maglev */
+	/* Flow hash (Maglev, and the slot pick, so one 5-tuple keeps its backend
+	 * like conntrack would); 0: unknown, pick at random. */
+	__u32 hash;
 };
+
+/* Whether `src` is in the ranges stored under `svc_id` (loadBalancerSourceRanges,
+ * or the local detector's). */
+SY_INLINE int sy_source_in(__u32 svc_id, __u8 family, const __u32 *src)
+{
+	struct sy_source_range_key key = {};
+
+	key.prefixlen = 64 + (family == AF_INET ? 32 : 128);
+	key.svc_id = svc_id;
+	key.family = family;
+	sy_addr_copy(key.addr, src);
+	return bpf_map_lookup_elem(&sy_source_ranges, &key) != 0;
+}
 
 /* The list number of `base` for `family`. */
 SY_INLINE __u8 sy_list(__u8 base, __u8 family)
@@ -108,7 +123,8 @@ SY_INLINE enum sy_verdict sy_select(__u32 svc_id, __u8 list, const struct sy_cli
 	if (s0->flags & SY_SVC_MAGLEV)
 		id = sy_maglev_pick(svc_id, list, client->hash);
 	if (!id)
-		id = sy_pick_slot(svc_id, list, bpf_get_prandom_u32(), &s0);
+		id = sy_pick_slot(svc_id, list, client->hash ? client->hash : bpf_get_prandom_u32(),
+				  &s0);
 	if (!id)
 		return SY_DROP;
 	*backend = bpf_map_lookup_elem(&sy_backends, id);

@@ -150,22 +150,10 @@ SY_INLINE __u32 sy_tuple_hash(const struct sy_tuple *t)
 	return sy_fmix(sy_mix(h, t->proto));
 }
 
-/* Whether the packet's source is in the ranges stored under `svc_id`. */
-SY_INLINE int sy_source_in(__u32 svc_id, const struct sy_tuple *t)
-{
-	struct sy_source_range_key key = {};
-
-	key.prefixlen = 64 + (t->family == AF_INET ? 32 : 128);
-	key.svc_id = svc_id;
-	key.family = t->family;
-	sy_addr_copy(key.addr, t->src);
-	return bpf_map_lookup_elem(&sy_source_ranges, &key) != 0;
-}
-
 /* loadBalancerSourceRanges: whether the client may reach the service. */
 SY_INLINE int sy_source_allowed(const struct sy_frontend *fe, const struct sy_tuple *t)
 {
-	return !(fe->flags & SY_FE_SOURCE_RANGES) || sy_source_in(fe->svc_id, t);
+	return !(fe->flags & SY_FE_SOURCE_RANGES) || sy_source_in(fe->svc_id, t->family, t->src);
 }
 
 /*
@@ -185,7 +173,7 @@ SY_INLINE int sy_nat_masquerade(const struct sy_frontend *fe, const struct sy_sv
 	if (s0 && (s0->flags & SY_SVC_MASQUERADE))
 		return 1;
 	return fe->kind == SY_KIND_CLUSTER_IP && CFG_LOCAL_DETECTOR &&
-	       !sy_source_in(SY_LOCAL_DETECTOR, t);
+	       !sy_source_in(SY_LOCAL_DETECTOR, t->family, t->src);
 }
 
 /* The node address to masquerade to, or 0 when none is configured. */
@@ -230,7 +218,8 @@ SY_INLINE int sy_nat_new_flow(struct __sk_buff *skb, const struct sy_pkt *pkt)
 	case SY_NOT_SERVICE:
 		return TC_ACT_OK;
 	case SY_REJECT:
-		return pkt->t.family == AF_INET ? sy_reject4(skb, pkt->l4off) : TC_ACT_SHOT;
+		return pkt->t.family == AF_INET ? sy_reject4(skb, pkt->l4off, pkt->t.proto)
+						: sy_reject6(skb, pkt->t.proto);
 	case SY_DROP:
 		return TC_ACT_SHOT;
 	case SY_FORWARD:

@@ -249,9 +249,20 @@ impl AyaKernel {
         restrict(&path, 0o600)
     }
 
-    /// Unpin (and so detach) every link.
+    /// Detach every pinned link now (unpinning alone frees a link only after
+    /// an RCU grace period) and unpin it.
     fn detach_all(&self) -> Result<(), BackendError> {
-        remove_entries(&self.links_dir())
+        let entries = match fs::read_dir(self.links_dir()) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("list pinned links")(e)),
+        };
+        for entry in entries {
+            let path = entry.map_err(io_err("list pinned links"))?.path();
+            detach_pinned_link(&path)?;
+            fs::remove_file(&path).map_err(io_err("unpin link"))?;
+        }
+        Ok(())
     }
 
     fn open_maps(&mut self) -> Result<&mut OpenMaps, BackendError> {
@@ -299,6 +310,44 @@ fn interfaces() -> Vec<String> {
         libc::if_freenameindex(list);
     }
     names
+}
+
+const BPF_OBJ_GET: u32 = 7;
+const BPF_LINK_DETACH: u32 = 34;
+
+/// The raw bpf(2) calls aya does not offer (a synchronous link detach), in one place.
+fn bpf_syscall(cmd: u32, attr: &mut [u8; 64]) -> std::io::Result<i32> {
+    // SAFETY: `attr` is a zero-padded bpf_attr prefix of the length passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            libc::c_long::from(cmd),
+            attr.as_mut_ptr(),
+            attr.len() as libc::c_long,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    i32::try_from(rc).map_err(|_| std::io::Error::other("bpf(2) returned an out-of-range fd"))
+}
+
+/// BPF_LINK_DETACH of the link pinned at `path`.
+fn detach_pinned_link(path: &Path) -> Result<(), BackendError> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| kernel_err("pinned link path", e))?;
+    let mut attr = [0u8; 64];
+    attr[..8].copy_from_slice(&(c_path.as_ptr() as u64).to_ne_bytes());
+    let fd = bpf_syscall(BPF_OBJ_GET, &mut attr).map_err(io_err("open pinned link"))?;
+    // SAFETY: BPF_OBJ_GET returned a new fd that nothing else owns.
+    let link = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut attr = [0u8; 64];
+    attr[..4].copy_from_slice(&fd.to_ne_bytes());
+    let detached = bpf_syscall(BPF_LINK_DETACH, &mut attr);
+    drop(link);
+    detached.map(|_| ()).map_err(io_err("detach link"))
 }
 
 /// A stable 64-bit digest of a text.

@@ -78,7 +78,7 @@ impl<K: EbpfKernel> Backend for EbpfBackend<K> {
             }
         }
         self.applied = Some(Snapshot {
-            state: plan.maps.clone(),
+            state: std::sync::Arc::clone(&plan.maps),
             revisions,
             stale_slots: Vec::new(),
         });

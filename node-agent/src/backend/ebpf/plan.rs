@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use switchyard_api::policy::{LinkedRuleset, LinkedServicePort};
 use switchyard_api::ruleset::{Backend, Cidr, IpFamily, Protocol};
@@ -50,9 +51,15 @@ pub struct LoadConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EbpfPlan {
     pub config: LoadConfig,
-    pub maps: MapState,
+    /// Shared with the backend's record of what it applied (no copy per apply).
+    pub maps: Arc<MapState>,
     /// Input that cannot be expressed, with the reason (skipped, never fatal).
     pub problems: Vec<String>,
+}
+
+/// The plan's maps while rendering (the only owner then: no copy).
+fn maps_mut(plan: &mut EbpfPlan) -> &mut MapState {
+    Arc::make_mut(&mut plan.maps)
 }
 
 /// Render a linked ruleset for the eBPF dataplane.
@@ -79,20 +86,42 @@ pub fn render(ruleset: &LinkedRuleset, settings: &Settings) -> EbpfPlan {
     if let LocalDetector::Cidrs(cidrs) = &settings.local_detector {
         plan.config.local_detector = !cidrs.is_empty();
         for cidr in cidrs {
-            plan.maps
+            maps_mut(&mut plan)
                 .source_ranges
                 .insert((source_range(LOCAL_DETECTOR_ID, cidr), cidr.prefix()));
         }
     }
     let node_port_ips = node_port_addresses(ruleset, settings);
     for sp in &ruleset.services {
-        render_service_port(&mut plan, sp, settings, &node_port_ips);
+        // A NodePort answers on the node addresses of the service's families.
+        let families: Vec<IpFamily> = sp.rule.cluster_ips.iter().map(IpFamily::of).collect();
+        let ips: Vec<IpAddr> = node_port_ips
+            .iter()
+            .filter(|ip| families.is_empty() || families.contains(&IpFamily::of(ip)))
+            .copied()
+            .collect();
+        render_service_port(&mut plan, sp, settings, &ips);
     }
     plan
 }
 
-/// The node addresses NodePorts answer on (ebpf's default: the primary IP of each family).
+/// The node addresses NodePorts answer on (ebpf's default: the primary IP of
+/// each family), plus 127.0.0.1 with localhostNodePorts: the socket programs
+/// translate it at connect time, so no route_localnet is needed.
 fn node_port_addresses(ruleset: &LinkedRuleset, settings: &Settings) -> Vec<IpAddr> {
+    let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let mut ips = node_addresses_for_node_ports(ruleset, settings);
+    let localhost_allowed = match &settings.node_port_addresses {
+        NodePortAddresses::Cidrs(cidrs) => cidrs.iter().any(|c| c.contains(&localhost)),
+        NodePortAddresses::ModeDefault | NodePortAddresses::Primary => true,
+    };
+    if settings.localhost_node_ports && localhost_allowed && !ips.contains(&localhost) {
+        ips.push(localhost);
+    }
+    ips
+}
+
+fn node_addresses_for_node_ports(ruleset: &LinkedRuleset, settings: &Settings) -> Vec<IpAddr> {
     let addrs = &ruleset.node.addresses;
     match &settings.node_port_addresses {
         NodePortAddresses::ModeDefault | NodePortAddresses::Primary => {
@@ -197,12 +226,12 @@ fn render_service_port(
                 && let Some(m) = maglev_size
                 && !chosen.is_empty()
             {
-                plan.maps
+                maps_mut(plan)
                     .maglev
                     .insert((id, list_id(base, family)), maglev::table(&chosen, m));
             }
             let ids = chosen.into_iter().map(|(id, _)| id).collect();
-            plan.maps.lists.insert(
+            maps_mut(plan).lists.insert(
                 (id, list_id(base, family)),
                 ServiceList {
                     flags,
@@ -248,13 +277,13 @@ fn render_service_port(
                 existing.svc_id
             )),
             _ => {
-                plan.maps.frontends.insert(key, value);
+                maps_mut(plan).frontends.insert(key, value);
             }
         }
     }
     if has_ranges {
         for cidr in &rule.load_balancer_source_ranges {
-            plan.maps
+            maps_mut(plan)
                 .source_ranges
                 .insert((source_range(id, cidr), cidr.prefix()));
         }
@@ -282,7 +311,7 @@ fn add_backend(plan: &mut EbpfPlan, name: &str, b: &Backend) -> Option<BackendEn
             None
         }
         _ => {
-            plan.maps.backends.insert(b.id, entry);
+            maps_mut(plan).backends.insert(b.id, entry);
             Some(entry)
         }
     }

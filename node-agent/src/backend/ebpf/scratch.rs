@@ -101,3 +101,46 @@ impl Drop for ScratchCgroup {
         let _ = std::fs::remove_dir(&self.dir);
     }
 }
+
+/// Whether `name` is `<tag>-<pid>-…` for a process that no longer exists.
+fn orphaned(name: &str, tag: &str) -> bool {
+    name.strip_prefix(tag)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+}
+
+fn entries_named(dir: &Path, tag: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| orphaned(&e.file_name().to_string_lossy(), tag))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Remove the bpffs mounts and cgroups named `<tag>-<pid>-…` that a killed
+/// run (its pid gone) left behind; returns what was removed.
+pub fn sweep_orphans(tag: &str) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    for dir in entries_named(&std::env::temp_dir(), tag) {
+        if let Ok(target) = c_path(&dir) {
+            // SAFETY: a NUL-terminated path; unmounting a non-mount point just fails.
+            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        }
+        if std::fs::remove_dir(&dir).is_ok() {
+            removed.push(dir);
+        }
+    }
+    if let Some(root) = KernelConfig::for_node().cgroup {
+        for dir in entries_named(&root, tag) {
+            if std::fs::remove_dir(&dir).is_ok() {
+                removed.push(dir);
+            }
+        }
+    }
+    removed
+}

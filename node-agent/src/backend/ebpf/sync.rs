@@ -20,7 +20,7 @@ pub type Revisions = BTreeMap<(u32, u8), u8>;
 /// The maps as they are: contents, revisions, and slots no revision reaches.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    pub state: MapState,
+    pub state: std::sync::Arc<MapState>,
     pub revisions: Revisions,
     pub stale_slots: Vec<SvcKey>,
 }
@@ -222,7 +222,8 @@ impl RawMaps {
 
     /// Read the contents back into a [`Snapshot`] (restart recovery).
     pub fn snapshot(&self) -> Snapshot {
-        let mut snap = Snapshot::default();
+        let mut state = MapState::default();
+        let mut revisions = Revisions::new();
         let heads: BTreeMap<(u32, u8), &SvcSlot> = self
             .slots
             .iter()
@@ -234,7 +235,7 @@ impl RawMaps {
                 .filter_map(|slot| self.slots.get(&slot_key(*svc, *list, slot, head.rev)))
                 .map(|s| s.backend_id)
                 .collect();
-            snap.state.lists.insert(
+            state.lists.insert(
                 (*svc, *list),
                 ServiceList {
                     flags: head.flags,
@@ -242,9 +243,9 @@ impl RawMaps {
                     backends,
                 },
             );
-            snap.revisions.insert((*svc, *list), head.rev);
+            revisions.insert((*svc, *list), head.rev);
         }
-        snap.stale_slots = self
+        let stale_slots = self
             .slots
             .keys()
             .filter(|k| {
@@ -255,16 +256,20 @@ impl RawMaps {
             })
             .copied()
             .collect();
-        snap.state.frontends = self.frontends.clone();
-        snap.state.backends = self.backends.clone();
-        snap.state.source_ranges = self.source_ranges.clone();
+        state.frontends = self.frontends.clone();
+        state.backends = self.backends.clone();
+        state.source_ranges = self.source_ranges.clone();
         for (k, v) in &self.maglev {
-            let table = snap.state.maglev.entry((k.svc_id, k.list)).or_default();
+            let table = state.maglev.entry((k.svc_id, k.list)).or_default();
             if table.len() == k.index as usize {
                 table.push(*v);
             }
         }
-        snap
+        Snapshot {
+            state: std::sync::Arc::new(state),
+            revisions,
+            stale_slots,
+        }
     }
 
     /// What a program reading list `list` of `svc_id` sees right now: the

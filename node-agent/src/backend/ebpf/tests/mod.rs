@@ -8,3 +8,4 @@ mod render;
 mod sock_cgroup;
 mod sync_order;
 mod tc_run;
+mod tc_veth;

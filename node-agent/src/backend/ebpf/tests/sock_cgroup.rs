@@ -81,6 +81,13 @@ fn client_in_the_cgroup_reaches_cluster_ip_backends() {
     serve_tcp(tcp, "backend-a");
     serve_udp(udp);
 
+    let mut web = service(
+        1,
+        "10.96.0.10",
+        80,
+        vec![backend(10, "10.244.1.5", 8080, "node-a")],
+    );
+    web.node_port = Some(30010);
     let mut dns = service(
         2,
         "10.96.0.11",
@@ -88,16 +95,7 @@ fn client_in_the_cgroup_reaches_cluster_ip_backends() {
         vec![backend(20, "10.244.1.5", 5353, "node-a")],
     );
     dns.protocol = Protocol::Udp;
-    let rs = linked(vec![
-        service(
-            1,
-            "10.96.0.10",
-            80,
-            vec![backend(10, "10.244.1.5", 8080, "node-a")],
-        ),
-        dns,
-        service(3, "10.96.0.12", 80, vec![]),
-    ]);
+    let rs = linked(vec![web, dns, service(3, "10.96.0.12", 80, vec![])]);
     let plan = render(&rs, &Settings::defaults(Mode::Ebpf));
     let kernel = AyaKernel::new(KernelConfig {
         pin_root: bpffs.dir().join("switchyard"),
@@ -130,6 +128,33 @@ fn client_in_the_cgroup_reaches_cluster_ip_backends() {
         "pong ping\n",
         "stderr {:?}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    // localhostNodePorts: an unbound socket to 127.0.0.1:<nodePort> is translated.
+    let out = socat(
+        &ns,
+        Some(&cgroup),
+        "",
+        &["-u", "TCP:127.0.0.1:30010", "STDOUT"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("backend-a "),
+        "{text:?} {:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Unconnected UDP (sendto: sendmsg4) sees the reply come from the VIP (recvmsg4).
+    let out = socat(
+        &ns,
+        Some(&cgroup),
+        "ping\n",
+        &["-d", "-d", "-t", "2", "-", "UDP-SENDTO:10.96.0.11:53"],
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "pong ping\n", "{log}");
+    assert!(
+        log.contains("from AF=2 10.96.0.11:53"),
+        "reply source: {log}"
     );
 
     let out = socat(

@@ -21,7 +21,7 @@ fn state(lists: &[(u32, &[(u32, &str)])]) -> MapState {
             service(*id, &format!("10.96.0.{id}"), 80, backends)
         })
         .collect();
-    render(&linked(services), &Settings::defaults(Mode::Ebpf)).maps
+    MapState::clone(&render(&linked(services), &Settings::defaults(Mode::Ebpf)).maps)
 }
 
 /// What a program sees for each frontend: its backend list.
@@ -86,10 +86,10 @@ fn a_reader_never_sees_a_half_written_backend_list() {
                 );
             }
         }
-        assert_eq!(raw.snapshot().state, *new);
+        assert_eq!(*raw.snapshot().state, *new);
         assert!(raw.snapshot().stale_slots.is_empty());
         snap = Snapshot {
-            state: new.clone(),
+            state: std::sync::Arc::new(new.clone()),
             revisions,
             stale_slots: Vec::new(),
         };

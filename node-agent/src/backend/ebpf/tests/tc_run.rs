@@ -349,13 +349,15 @@ fn assert_port_unreachable(reply: &[u8], orig: &[u8]) {
         (1, &orig[30..34], &orig[26..30])
     );
     let icmp = &reply[34..];
-    assert_eq!(icmp.len(), 8 + 28);
+    // the IPv4 header and the L4 header up to its checksum
+    let quoted = if orig[23] == 6 { 40 } else { 28 };
+    assert_eq!(icmp.len(), 8 + quoted);
     assert_eq!((icmp[0], icmp[1]), (3, 3), "destination unreachable, port");
     assert_eq!(fold(sum16(icmp, 0)), 0, "ICMP checksum");
     assert_eq!(
         icmp[8..],
-        orig[14..42],
-        "quotes the original header and 8 bytes"
+        orig[14..14 + quoted],
+        "quotes the original headers"
     );
 }
 
@@ -394,4 +396,92 @@ fn cluster_ip_through_the_node_is_masqueraded_unless_from_the_cluster() {
     );
     let (_, out) = h.run(&frame(6, "10.1.2.3", 5002, "10.96.0.7", 80));
     assert_eq!(parse_checked(&out).0, "10.1.2.3", "pod source kept");
+}
+
+fn balanced(affinity: bool, maglev: Option<u32>, backends: u32) -> EbpfPlan {
+    let mut svc = service(
+        9,
+        "10.96.0.9",
+        80,
+        (0..backends)
+            .map(|i| backend(90 + i, &format!("10.244.9.{}", i + 1), 8080, "node-a"))
+            .collect(),
+    );
+    svc.node_port = Some(30090);
+    if affinity {
+        svc.session_affinity = Some(switchyard_api::ruleset::SessionAffinity {
+            timeout_seconds: 10800,
+        });
+    }
+    let mut settings = Settings::defaults(Mode::Ebpf);
+    settings.ebpf.maglev_table_size = maglev;
+    render(&linked(vec![svc]), &settings)
+}
+
+/// The backend each of `flows` client ports lands on.
+fn landing(h: &mut Harness, flows: std::ops::Range<u16>) -> Vec<String> {
+    flows
+        .map(|sport| parse_checked(&h.run(&frame(6, "198.51.100.7", sport, NODE_IP, 30090)).1).2)
+        .collect()
+}
+
+#[test]
+fn client_ip_affinity_sends_every_flow_of_a_client_to_one_backend() {
+    let mut h = Harness::new(&balanced(true, None, 4));
+    let seen: std::collections::BTreeSet<String> =
+        landing(&mut h, 45000..45020).into_iter().collect();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let mut h = Harness::new(&balanced(false, None, 4));
+    let seen: std::collections::BTreeSet<String> =
+        landing(&mut h, 45000..45020).into_iter().collect();
+    assert!(seen.len() > 1, "without affinity flows spread: {seen:?}");
+}
+
+#[test]
+fn maglev_picks_the_same_backend_on_every_node_and_moves_few_flows_on_change() {
+    let flows = 46000..46100;
+    let a = landing(
+        &mut Harness::new(&balanced(false, Some(251), 5)),
+        flows.clone(),
+    );
+    let b = landing(
+        &mut Harness::new(&balanced(false, Some(251), 5)),
+        flows.clone(),
+    );
+    assert_eq!(a, b, "two nodes agree");
+    assert!(a.iter().collect::<std::collections::BTreeSet<_>>().len() == 5);
+    let fewer = landing(&mut Harness::new(&balanced(false, Some(251), 4)), flows);
+    let removed = "10.244.9.5";
+    let moved = a
+        .iter()
+        .zip(&fewer)
+        .filter(|(before, after)| before.as_str() != removed && before != after)
+        .count();
+    assert!(
+        moved <= 10,
+        "{moved} of 100 flows on surviving backends moved"
+    );
+}
+
+#[test]
+fn ipv6_service_without_endpoints_is_rejected_with_icmpv6_port_unreachable() {
+    let mut svc = service(11, "fd00:96::11", 80, vec![]);
+    svc.external_ips = vec![ip("2001:db8:1::11")];
+    let mut h = Harness::new(&render(&linked(vec![svc]), &Settings::defaults(Mode::Ebpf)));
+    let orig = frame(6, "2001:db8:9::7", 47000, "2001:db8:1::11", 80);
+    let (verdict, reply) = h.run_one(PROGRAMS[0], &orig);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(reply[0..6], orig[6..12], "back to the sender's MAC");
+    assert_eq!(reply[12..14], [0x86, 0xdd]);
+    let ip6 = &reply[14..54];
+    assert_eq!(ip6[6], 58, "ICMPv6");
+    assert_eq!((&ip6[8..24], &ip6[24..40]), (&orig[38..54], &orig[22..38]));
+    let icmp = &reply[54..];
+    assert_eq!(icmp.len(), 8 + 60);
+    assert_eq!((icmp[0], icmp[1]), (1, 4), "destination unreachable, port");
+    let mut pseudo = ip6[8..40].to_vec();
+    pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    assert_eq!(fold(sum16(icmp, sum16(&pseudo, 0))), 0, "ICMPv6 checksum");
+    assert_eq!(icmp[8..], orig[14..74], "quotes the original headers");
 }

@@ -221,7 +221,9 @@ pub fn mode_semantics(settings: &Settings) -> ModeSemantics {
     ModeSemantics {
         unknown_cluster_ip_port,
         node_port_addresses,
-        localhost_node_ports: mode == Mode::Iptables && settings.localhost_node_ports,
+        // iptables through route_localnet, ebpf by translating at connect time.
+        localhost_node_ports: matches!(mode, Mode::Iptables | Mode::Ebpf)
+            && settings.localhost_node_ports,
     }
 }
 

@@ -75,6 +75,8 @@ pub struct Progress {
     out: Arc<Mutex<Box<dyn Write + Send>>>,
     tty: bool,
     started: Instant,
+    /// Nodes switched so far and in all, for the terminal's progress bar.
+    nodes: Arc<Mutex<(usize, usize)>>,
 }
 
 impl std::fmt::Debug for Progress {
@@ -95,6 +97,7 @@ impl Progress {
             out: Arc::new(Mutex::new(out)),
             tty,
             started: Instant::now(),
+            nodes: Arc::new(Mutex::new((0, 0))),
         }
     }
 
@@ -116,10 +119,29 @@ impl Progress {
     }
 
     /// The live traffic status: redrawn in place on a terminal, a line every few seconds otherwise.
+    /// Record rollout progress: `done` of `total` nodes switched.
+    pub fn nodes_switched(&self, done: usize, total: usize) {
+        *self
+            .nodes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = (done, total);
+    }
+
     fn status(&self, text: &str, every: u64) {
         if self.tty {
             let secs = self.started.elapsed().as_secs_f64();
-            self.write(&format!("\r\x1b[2K[{secs:6.1}s] {text}"));
+            let (done, total) = *self
+                .nodes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            const WIDTH: usize = 20;
+            let filled = (done * WIDTH).checked_div(total).unwrap_or(0);
+            let bar = format!(
+                "[{}{}] {done}/{total} nodes",
+                "#".repeat(filled),
+                "-".repeat(WIDTH - filled)
+            );
+            self.write(&format!("\r\x1b[2K[{secs:6.1}s] {bar} | {text}"));
         } else if self.started.elapsed().as_secs().is_multiple_of(every) {
             self.line(text);
         }

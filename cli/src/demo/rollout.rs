@@ -163,6 +163,7 @@ impl DemoCluster {
                 ready: true,
             })
             .collect();
+        progress.nodes_switched(0, nodes.len());
         let mut previous: Option<RolloutStatus> = None;
         let mut switches = Vec::new();
         // Each pass moves at least one node or ends; the bound is a deadlock guard.
@@ -222,6 +223,8 @@ impl DemoCluster {
                 progress.line(&describe_switch(&r));
                 switches.push(r);
             }
+            let done = nodes.iter().filter(|n| n.applied == Some(to)).count();
+            progress.nodes_switched(done, nodes.len());
             std::thread::sleep(settle);
         }
         Err(DemoError::Rollout("no progress".to_string()))

@@ -267,3 +267,22 @@ fn the_demo_state_plans_for_its_pool() {
         stdout(&out)
     );
 }
+
+#[test]
+fn demo_refuses_modes_it_cannot_run_safely_here() {
+    let out = switchyard(&["demo", "--from", "ebpf", "--to", "nftables"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out)
+            .contains("ebpf is not available in the demo: its socket hooks attach to cgroups"),
+        "{}",
+        stderr(&out)
+    );
+    let out = switchyard(&["demo", "--from", "nftables", "--to", "nftables"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--from and --to are both nftables"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -455,14 +455,14 @@ fn with_status<T>(progress: &Progress, counters: &Arc<Counters>, work: impl FnOn
 
 /// Run the demo. Everything it creates is removed before it returns, also on error.
 pub fn run_demo(options: DemoOptions) -> Result<DemoReport, DemoError> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(DemoError::NotRoot);
-    }
     check_mode(options.from)?;
     check_mode(options.to)?;
     if options.from == options.to {
         return Err(DemoError::SameMode(options.from));
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(DemoError::NotRoot);
     }
     let progress = options.progress.clone();
     let layout = Layout {

@@ -49,8 +49,8 @@ pub struct Compiler {
     settings: CompileSettings,
     services: ChangeTracker<ServiceKey, ServiceInfo>,
     slices: ChangeTracker<SliceKey, SliceInfo>,
-    /// The slices of each service, in name order.
-    slices_of: HashMap<ServiceKey, BTreeSet<SliceKey>>,
+    /// The slices of each service, sorted by name (a few per service: a Vec).
+    slices_of: HashMap<ServiceKey, Vec<SliceKey>>,
     candidates: HashMap<ServiceKey, Candidates>,
     claims: Claims,
     /// The services with rules in the output.
@@ -110,7 +110,9 @@ impl Compiler {
             if let Some(service) = change.previous.and_then(|s| s.service) {
                 let service = ServiceKey::new(slice.namespace.clone(), service);
                 if let Some(names) = self.slices_of.get_mut(&service) {
-                    names.remove(&slice);
+                    if let Ok(at) = names.binary_search(&slice) {
+                        names.remove(at);
+                    }
                     if names.is_empty() {
                         self.slices_of.remove(&service);
                     }
@@ -119,10 +121,10 @@ impl Compiler {
             }
             if let Some(service) = self.slices.get(&slice).and_then(|s| s.service.clone()) {
                 let service = ServiceKey::new(slice.namespace.clone(), service);
-                self.slices_of
-                    .entry(service.clone())
-                    .or_default()
-                    .insert(slice.clone());
+                let names = self.slices_of.entry(service.clone()).or_default();
+                if let Err(at) = names.binary_search(&slice) {
+                    names.insert(at, slice);
+                }
                 dirty.insert(service);
             }
         }

@@ -2,7 +2,7 @@
 //! port when several claim it. The oldest service wins (creation time, then
 //! `namespace/name`, then port); every other claimant's port is skipped.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -94,30 +94,33 @@ impl fmt::Display for Claimant {
     }
 }
 
+/// Claimants per frontend, sorted (nearly always one, so a Vec, not a tree).
 #[derive(Debug, Default)]
 pub(crate) struct Claims {
-    by_frontend: HashMap<Frontend, BTreeSet<Claimant>>,
+    by_frontend: HashMap<Frontend, Vec<Claimant>>,
 }
 
 impl Claims {
     pub(crate) fn claim(&mut self, frontend: Frontend, claimant: Claimant) {
-        self.by_frontend
-            .entry(frontend)
-            .or_default()
-            .insert(claimant);
+        let list = self.by_frontend.entry(frontend).or_default();
+        if let Err(at) = list.binary_search(&claimant) {
+            list.insert(at, claimant);
+        }
     }
 
     pub(crate) fn release(&mut self, frontend: &Frontend, claimant: &Claimant) {
-        if let Some(set) = self.by_frontend.get_mut(frontend) {
-            set.remove(claimant);
-            if set.is_empty() {
+        if let Some(list) = self.by_frontend.get_mut(frontend) {
+            if let Ok(at) = list.binary_search(claimant) {
+                list.remove(at);
+            }
+            if list.is_empty() {
                 self.by_frontend.remove(frontend);
             }
         }
     }
 
     pub(crate) fn winner(&self, frontend: &Frontend) -> Option<&Claimant> {
-        self.by_frontend.get(frontend).and_then(|set| set.first())
+        self.by_frontend.get(frontend).and_then(|list| list.first())
     }
 
     pub(crate) fn claimants(&self, frontend: &Frontend) -> impl Iterator<Item = &Claimant> {

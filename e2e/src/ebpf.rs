@@ -35,7 +35,7 @@ const TAG: &str = "sybpf";
 struct NodeSockets {
     addresses: BTreeSet<IpAddr>,
     cluster_cidrs: Vec<Cidr>,
-    /// Endpoints of other nodes: pods, but not this node's.
+    /// Endpoints named on other nodes: pods, but not this node's.
     remote: BTreeSet<IpAddr>,
     /// Node addresses other than the first of their family, when NodePorts
     /// are served on the default (primary) addresses.
@@ -64,10 +64,10 @@ impl NodeSockets {
         for slice in scenario.all_slices() {
             for ep in &slice.endpoints {
                 let ips = ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok());
-                if ep.node_name.as_deref() == Some(scenario.node.name.as_str()) {
-                    addresses.extend(ips);
-                } else {
-                    remote.extend(ips);
+                match ep.node_name.as_deref() {
+                    Some(n) if n == scenario.node.name => addresses.extend(ips),
+                    Some(_) => remote.extend(ips),
+                    None => {}
                 }
             }
         }

@@ -35,6 +35,8 @@ const TAG: &str = "sybpf";
 struct NodeSockets {
     addresses: BTreeSet<IpAddr>,
     cluster_cidrs: Vec<Cidr>,
+    /// Endpoints named on other nodes: pods, but not this node's.
+    remote: BTreeSet<IpAddr>,
     /// Node addresses other than the first of their family, when NodePorts
     /// are served on the default (primary) addresses.
     secondary: BTreeSet<IpAddr>,
@@ -58,16 +60,22 @@ impl NodeSockets {
             }
         }
         let mut addresses: BTreeSet<IpAddr> = node_ips.iter().copied().collect();
+        let mut remote = BTreeSet::new();
         for slice in scenario.all_slices() {
             for ep in &slice.endpoints {
-                if ep.node_name.as_deref() == Some(scenario.node.name.as_str()) {
-                    addresses.extend(ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()));
+                let ips = ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok());
+                match ep.node_name.as_deref() {
+                    Some(n) if n == scenario.node.name => addresses.extend(ips),
+                    Some(_) => remote.extend(ips),
+                    None => {}
                 }
             }
         }
+
         NodeSockets {
             addresses,
             cluster_cidrs: scenario.node.cluster_cidrs.clone(),
+            remote,
             secondary,
         }
     }
@@ -75,7 +83,7 @@ impl NodeSockets {
     fn contains(&self, ip: &IpAddr) -> bool {
         ip.is_loopback()
             || self.addresses.contains(ip)
-            || self.cluster_cidrs.iter().any(|c| c.contains(ip))
+            || (!self.remote.contains(ip) && self.cluster_cidrs.iter().any(|c| c.contains(ip)))
     }
 }
 

@@ -7,12 +7,12 @@
 //! client and two pods, connected by veths, and sends real TCP connections.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use switchyard_agent::backend::Backend;
 use switchyard_agent::backend::ipvs::kernel::{Ipvs, NetlinkIpvs};
-use switchyard_agent::backend::ipvs::objects::{ServiceKey, VirtualServer};
+use switchyard_agent::backend::ipvs::objects::{DestState, ServiceKey, VirtualServer};
 use switchyard_agent::backend::ipvs::{DUMMY_INTERFACE, IpvsBackend};
 use switchyard_agent::exec::{RealRunner, Runner};
 use switchyard_agent::settings::Settings;
@@ -23,11 +23,56 @@ use switchyard_api::ruleset::{Protocol, Ruleset};
 use switchyard_e2e::vm::guest::{Netns, ask_name, link as veth};
 use switchyard_e2e::vm::{IN_VM_ENV, VmRunner};
 
+/// The two VM runs of this file take turns: two software-emulated VMs at once
+/// would only make both slower.
+static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_vm_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_VM_AT_A_TIME
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Every scenario of `e2e/scenarios/` with `--mode ipvs`: the scenario binary
+/// sees this kernel lacks IPVS and runs itself in the VM. Flows IPVS cannot
+/// express by design are SKIPs with their reason, never passes.
+#[test]
+fn every_scenario_passes_or_is_skipped_with_a_reason_with_ipvs() {
+    if std::env::var_os(IN_VM_ENV).is_some() {
+        return; // Inside the VM only the in_vm_ tests run.
+    }
+    let _turn = one_vm_at_a_time();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios");
+    let started = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scenario"))
+        .args(["--mode", "ipvs", dir])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("scenarios in the VM took {:?}", started.elapsed());
+    let summary = stdout.lines().last().unwrap_or_default();
+    assert!(
+        out.status.success() && summary.contains(" passed, 0 failed"),
+        "{summary}"
+    );
+    for skip in stdout.lines().filter(|l| l.starts_with("SKIP ")) {
+        assert!(
+            skip.contains("IPVS"),
+            "a skip must say why IPVS cannot: {skip}"
+        );
+    }
+    let passed: u32 = summary.split(' ').next().unwrap().parse().unwrap();
+    assert!(passed >= 50, "{summary}");
+}
+
 #[test]
 fn ipvs_backend_passes_its_kernel_tests_inside_the_vm() {
     if std::env::var_os(IN_VM_ENV).is_some() {
         return; // Already inside: the in_vm_ tests are what runs here.
     }
+    let _turn = one_vm_at_a_time();
     let exe = std::env::current_exe().unwrap();
     let vm = VmRunner::new().unwrap();
     let started = Instant::now();
@@ -182,6 +227,13 @@ fn vip_key(port: u16) -> ServiceKey {
     }
 }
 
+fn kernel_dests(lab: &Lab) -> Vec<DestState> {
+    lab.in_node(|| {
+        let mut k = NetlinkIpvs::open().unwrap();
+        Ipvs(&mut k).dests(&vip_key(80)).unwrap()
+    })
+}
+
 fn kernel_services(lab: &Lab) -> Vec<VirtualServer> {
     lab.in_node(|| {
         let mut k = NetlinkIpvs::open().unwrap();
@@ -259,10 +311,7 @@ fn in_vm_removed_pod_drains_at_weight_zero_then_goes() {
 
     // pod1 leaves the service while a connection to it is open.
     lab.apply(&mut backend, &web(&[2], None), &settings());
-    let dests = lab.in_node(|| {
-        let mut k = NetlinkIpvs::open().unwrap();
-        Ipvs(&mut k).dests(&vip_key(80)).unwrap()
-    });
+    let dests = kernel_dests(&lab);
     let pod1 = dests
         .iter()
         .find(|d| d.server.addr == "10.1.1.2".parse::<IpAddr>().unwrap())
@@ -281,15 +330,10 @@ fn in_vm_removed_pod_drains_at_weight_zero_then_goes() {
     // Once the connection has ended the next sync deletes pod1.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let active = lab.in_node(|| {
-            let mut k = NetlinkIpvs::open().unwrap();
-            Ipvs(&mut k)
-                .dests(&vip_key(80))
-                .unwrap()
-                .iter()
-                .find(|d| d.server.port == 8080 && d.server.addr.to_string() == "10.1.1.2")
-                .map(|d| d.active)
-        });
+        let active = kernel_dests(&lab)
+            .iter()
+            .find(|d| d.server.endpoint() == "10.1.1.2:8080")
+            .map(|d| d.active);
         if active == Some(0) {
             break;
         }
@@ -300,10 +344,7 @@ fn in_vm_removed_pod_drains_at_weight_zero_then_goes() {
         std::thread::yield_now();
     }
     lab.apply(&mut backend, &web(&[2], None), &settings());
-    let dests = lab.in_node(|| {
-        let mut k = NetlinkIpvs::open().unwrap();
-        Ipvs(&mut k).dests(&vip_key(80)).unwrap()
-    });
+    let dests = kernel_dests(&lab);
     let left: Vec<String> = dests.iter().map(|d| d.server.endpoint()).collect();
     assert_eq!(left, ["10.1.2.2:8080"]);
     assert!(backend.draining().is_empty());

@@ -5,7 +5,7 @@
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use switchyard_agent::backend::ApplyStats;
+use switchyard_agent::backend::{ApplyStats, Dataplane};
 use switchyard_agent::settings::Settings;
 use switchyard_api::policy::LinkedRuleset;
 
@@ -13,90 +13,72 @@ use crate::HarnessError;
 use crate::hooks::DataplaneFactory;
 use crate::netns::{self, Netns};
 
-enum Command {
-    Sync(Box<LinkedRuleset>, Box<Settings>),
-    Render(Box<LinkedRuleset>, Box<Settings>),
-    Cleanup,
-}
-
-type Reply = Result<Answer, String>;
-
-enum Answer {
-    Applied(ApplyStats),
-    Text(String),
-    /// After cleanup: whether the mode's objects are still present.
-    Present(bool),
-}
+/// Work for the agent thread: runs against the dataplane, answers on its own channel.
+type Job = Box<dyn FnOnce(&mut dyn Dataplane) + Send>;
 
 /// Handle to the agent thread.
 pub struct NodeAgent {
-    commands: Option<mpsc::Sender<Command>>,
-    replies: mpsc::Receiver<Reply>,
+    jobs: Option<mpsc::Sender<Job>>,
     thread: Option<JoinHandle<()>>,
+}
+
+fn agent_err(what: &str, message: impl Into<String>) -> HarnessError {
+    HarnessError::Agent {
+        what: what.to_string(),
+        message: message.into(),
+    }
 }
 
 impl NodeAgent {
     pub fn start(node: &Netns, factory: DataplaneFactory) -> Result<NodeAgent, HarnessError> {
         let file = node.open()?;
-        let (ctx, crx) = mpsc::channel::<Command>();
-        let (rtx, rrx) = mpsc::channel::<Reply>();
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let (started, start_result) = mpsc::channel::<Result<(), String>>();
         let thread = std::thread::spawn(move || {
             let made = netns::enter(&file)
                 .map_err(|e| e.to_string())
                 .and_then(|()| factory().map_err(|e| e.to_string()));
-            let mut dataplane = match made {
-                Ok(d) => d,
-                Err(e) => {
-                    let _ = rtx.send(Err(e));
-                    return;
+            match made {
+                Ok(mut dataplane) => {
+                    let _ = started.send(Ok(()));
+                    for job in queue {
+                        job(dataplane.as_mut());
+                    }
                 }
-            };
-            let _ = rtx.send(Ok(Answer::Text(String::new())));
-            for cmd in crx {
-                let reply = match cmd {
-                    Command::Sync(r, s) => dataplane
-                        .sync(&r, &s)
-                        .map(Answer::Applied)
-                        .map_err(|e| e.to_string()),
-                    Command::Render(r, s) => Ok(Answer::Text(dataplane.render_text(&r, &s))),
-                    Command::Cleanup => dataplane
-                        .cleanup()
-                        .and_then(|()| dataplane.present())
-                        .map(Answer::Present)
-                        .map_err(|e| e.to_string()),
-                };
-                let _ = rtx.send(reply);
+                Err(e) => {
+                    let _ = started.send(Err(e));
+                }
             }
         });
         let agent = NodeAgent {
-            commands: Some(ctx),
-            replies: rrx,
+            jobs: Some(jobs),
             thread: Some(thread),
         };
-        agent.wait("start dataplane")?;
+        start_result
+            .recv()
+            .map_err(|_| agent_err("start dataplane", "agent thread ended"))?
+            .map_err(|e| agent_err("start dataplane", e))?;
         Ok(agent)
     }
 
-    fn wait(&self, what: &str) -> Result<Answer, HarnessError> {
-        let agent_err = |message: String| HarnessError::Agent {
-            what: what.to_string(),
-            message,
-        };
-        self.replies
-            .recv()
-            .map_err(|_| agent_err("agent thread ended".into()))?
-            .map_err(agent_err)
-    }
-
-    fn send(&self, cmd: Command, what: &str) -> Result<Answer, HarnessError> {
-        self.commands
+    /// Run `f` on the agent thread and wait for its answer.
+    fn call<T: Send + 'static>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&mut dyn Dataplane) -> Result<T, String> + Send + 'static,
+    ) -> Result<T, HarnessError> {
+        let (reply, answer) = mpsc::channel();
+        let job: Job = Box::new(move |d| {
+            let _ = reply.send(f(d));
+        });
+        self.jobs
             .as_ref()
-            .and_then(|c| c.send(cmd).ok())
-            .ok_or_else(|| HarnessError::Agent {
-                what: what.to_string(),
-                message: "agent thread ended".into(),
-            })?;
-        self.wait(what)
+            .and_then(|j| j.send(job).ok())
+            .ok_or_else(|| agent_err(what, "agent thread ended"))?;
+        answer
+            .recv()
+            .map_err(|_| agent_err(what, "agent thread ended"))?
+            .map_err(|e| agent_err(what, e))
     }
 
     pub fn sync(
@@ -104,11 +86,10 @@ impl NodeAgent {
         ruleset: &LinkedRuleset,
         settings: &Settings,
     ) -> Result<ApplyStats, HarnessError> {
-        let cmd = Command::Sync(Box::new(ruleset.clone()), Box::new(settings.clone()));
-        match self.send(cmd, "apply rules")? {
-            Answer::Applied(stats) => Ok(stats),
-            _ => Ok(ApplyStats::default()),
-        }
+        let (r, s) = (ruleset.clone(), settings.clone());
+        self.call("apply rules", move |d| {
+            d.sync(&r, &s).map_err(|e| e.to_string())
+        })
     }
 
     pub fn render(
@@ -116,25 +97,24 @@ impl NodeAgent {
         ruleset: &LinkedRuleset,
         settings: &Settings,
     ) -> Result<String, HarnessError> {
-        let cmd = Command::Render(Box::new(ruleset.clone()), Box::new(settings.clone()));
-        match self.send(cmd, "render rules")? {
-            Answer::Text(t) => Ok(t),
-            _ => Ok(String::new()),
-        }
+        let (r, s) = (ruleset.clone(), settings.clone());
+        self.call("render rules", move |d| Ok(d.render_text(&r, &s)))
     }
 
     /// Clean up; true when no trace of the mode is left.
     pub fn cleanup(&self) -> Result<bool, HarnessError> {
-        match self.send(Command::Cleanup, "clean up")? {
-            Answer::Present(present) => Ok(!present),
-            _ => Ok(false),
-        }
+        self.call("clean up", |d| {
+            d.cleanup()
+                .and_then(|()| d.present())
+                .map(|present| !present)
+                .map_err(|e| e.to_string())
+        })
     }
 }
 
 impl Drop for NodeAgent {
     fn drop(&mut self) {
-        self.commands = None;
+        self.jobs = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

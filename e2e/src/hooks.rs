@@ -13,7 +13,7 @@ use switchyard_api::Mode;
 use switchyard_api::policy::LinkedRuleset;
 
 use crate::HarnessError;
-use crate::scenario::Flow;
+use crate::scenario::{Flow, Scenario};
 use crate::topology::Topology;
 
 /// Builds the dataplane. Called on the agent thread, already inside the node
@@ -27,7 +27,11 @@ pub trait ModeHooks {
     /// Called once per scenario after the namespaces and links exist, before
     /// any rules are applied (load programs, create a cgroup, …).
     /// `topology.node` is the node namespace, `topology.node_devices()` its links.
-    fn prepare_node(&mut self, _topology: &Topology) -> Result<(), HarnessError> {
+    fn prepare_node(
+        &mut self,
+        _topology: &Topology,
+        _scenario: &Scenario,
+    ) -> Result<(), HarnessError> {
         Ok(())
     }
 
@@ -35,9 +39,9 @@ pub trait ModeHooks {
     /// eBPF host devices), once per scenario.
     fn adjust_settings(&self, _settings: &mut Settings, _topology: &Topology) {}
 
-    /// A cgroup v2 directory every client process joins before connecting
-    /// (never the root cgroup).
-    fn client_cgroup(&self) -> Option<PathBuf> {
+    /// A cgroup v2 directory the client process of `flow` joins before
+    /// connecting (never the root cgroup).
+    fn client_cgroup(&self, _flow: &Flow) -> Option<PathBuf> {
         None
     }
 

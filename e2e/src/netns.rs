@@ -5,11 +5,11 @@
 //! (PR_SET_PDEATHSIG), so nothing holds a namespace after it is gone.
 
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
+
+use switchyard_agent::exec::{RealRunner, Runner};
 
 use crate::HarnessError;
 
@@ -27,33 +27,13 @@ pub fn ip(args: &[&str]) -> Result<(), HarnessError> {
 
 /// Run `ip ARGS`, feeding `stdin` (for `-batch -`) when given.
 fn run_ip(args: &[&str], stdin: Option<&str>) -> Result<(), HarnessError> {
-    let what = format!("ip {}", args.join(" "));
-    let spawn_err = |source| HarnessError::Spawn {
-        what: what.clone(),
-        source,
-    };
-    let mut child = Command::new("ip")
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
+    RealRunner
+        .run("ip", args, stdin.map(str::as_bytes))
+        .map(drop)
+        .map_err(|e| HarnessError::Setup {
+            what: format!("ip {}", args.join(" ")),
+            message: e.to_string(),
         })
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(spawn_err)?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes()).map_err(spawn_err)?;
-    }
-    let out = child.wait_with_output().map_err(spawn_err)?;
-    if !out.status.success() {
-        return Err(HarnessError::Setup {
-            what,
-            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
 }
 
 /// A network namespace owned by this run.
@@ -64,10 +44,12 @@ pub struct Netns {
 
 impl Netns {
     pub fn create(name: &str) -> Result<Netns, HarnessError> {
-        live().push(name.to_string());
-        if let Err(e) = ip(&["netns", "add", name]) {
-            live().retain(|n| n != name);
-            return Err(e);
+        // The registry stays locked while the namespace is created, so the
+        // signal thread never misses one that is half made.
+        {
+            let mut live = live();
+            ip(&["netns", "add", name])?;
+            live.push(name.to_string());
         }
         let ns = Netns {
             name: name.to_string(),
@@ -132,9 +114,10 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        let mut live = live();
         // Best effort: a failure here is reported by `ip netns list` afterwards.
         let _ = ip(&["netns", "del", &self.name]);
-        live().retain(|n| n != &self.name);
+        live.retain(|n| n != &self.name);
     }
 }
 
@@ -207,9 +190,10 @@ pub fn install_signal_cleanup() {
         unsafe {
             libc::sigwait(&set, &mut sig);
         }
-        let names: Vec<String> = live().clone();
-        for name in names {
-            let _ = ip(&["netns", "del", &name]);
+        // Held until exit: no namespace is created after this point.
+        let live = live();
+        for name in live.iter() {
+            let _ = ip(&["netns", "del", name]);
         }
         eprintln!("interrupted (signal {sig}): namespaces removed");
         std::process::exit(130);

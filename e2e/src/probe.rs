@@ -214,7 +214,10 @@ pub fn attempt(
         let dest_addr = SockAddr::from(dest);
         match protocol {
             Protocol::Udp => {
-                sock.connect(&dest_addr)?;
+                // A reject can surface at connect(2) (eBPF socket-level LB).
+                if let Err(e) = sock.connect(&dest_addr) {
+                    return Ok(classify(&e));
+                }
                 let udp: UdpSocket = sock.into();
                 let local = udp.local_addr().ok();
                 // A node's own datagram dropped or rejected in OUTPUT fails the

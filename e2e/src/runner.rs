@@ -363,7 +363,12 @@ fn run_flows(
     }
     let mut running = Vec::new();
     let mut children = Children(Vec::new());
-    for flow in stage.flows {
+    let flows: Vec<Flow> = stage
+        .flows
+        .iter()
+        .map(|f| f.for_mode(ctx.hooks.mode()))
+        .collect();
+    for flow in &flows {
         let name = format!("{}: {}{}", ctx.file, stage.label, flow.name);
         let Ok(expected) = Expected::parse(&flow.output) else {
             report(
@@ -383,10 +388,15 @@ fn run_flows(
             continue;
         }
         // Affinity and a fixed client port both pin a client to one endpoint.
-        let affinity = has_affinity(ruleset, flow, ctx.topo.is_node_address(&flow.dest_ip))
-            || flow.source_port.is_some();
-        let sequential = affinity;
+        let session_affinity = has_affinity(ruleset, flow, ctx.topo.is_node_address(&flow.dest_ip));
+        let affinity = session_affinity || flow.source_port.is_some();
+        // Pinning is only observable, and only needs one-by-one attempts, when
+        // connections are expected to get through.
+        let sequential = flow.source_port.is_some()
+            || (session_affinity && matches!(expected, Expected::Endpoints(_)));
         let count = match &expected {
+            // Enough that random choice would spread them (3 endpoints: 1 in 243).
+            _ if sequential && session_affinity => 6,
             _ if sequential => 3,
             Expected::Endpoints(e) => (10 * e.len()).max(6),
             _ => 4,
@@ -406,7 +416,7 @@ fn run_flows(
             Some(port) => args.extend([format!("--src-port={port}"), "--fixed-port".into()]),
             None => args.push(format!("--src-port={}", ctx.ports.next(count))),
         }
-        if let Some(cg) = ctx.hooks.client_cgroup() {
+        if let Some(cg) = ctx.hooks.client_cgroup(flow) {
             args.push(format!("--cgroup={}", cg.display()));
         }
         let ns = ctx.topo.netns(ctx.topo.place_of(&flow.source_ip));
@@ -511,7 +521,7 @@ pub fn run_file(
         std::process::id()
     );
     let topo = Topology::build(&prefix, &scenario)?;
-    hooks.prepare_node(&topo)?;
+    hooks.prepare_node(&topo, &scenario)?;
     let sctp = probe::sctp_supported();
     let servers = start_servers(&topo, &scenario, sctp)?;
     let agent = NodeAgent::start(&topo.node, hooks.dataplane())?;
@@ -590,4 +600,100 @@ pub fn expand_paths(paths: &[String]) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(output: &str, masq: Option<bool>) -> Flow {
+        Flow {
+            name: "f".into(),
+            source_ip: "10.0.0.2".parse().unwrap(),
+            dest_ip: "172.30.0.41".parse().unwrap(),
+            dest_port: 80,
+            protocol: Protocol::Tcp,
+            output: output.into(),
+            masq,
+            source_port: None,
+            by_mode: Default::default(),
+        }
+    }
+
+    fn reply(server: &str, peer: &str) -> Attempt {
+        Attempt::Reply {
+            server: server.parse().unwrap(),
+            peer: peer.parse().unwrap(),
+            local: "10.0.0.2:20000".parse().unwrap(),
+        }
+    }
+
+    fn check(f: &Flow, attempts: &[Attempt], affinity: bool) -> bool {
+        judge(f, &Expected::parse(&f.output).unwrap(), attempts, affinity).0
+    }
+
+    #[test]
+    fn every_endpoint_and_nothing_else() {
+        let f = flow("10.180.0.1:80, 10.180.0.2:80", Some(false));
+        let a = reply("10.180.0.1:80", "10.0.0.2:20000");
+        let b = reply("10.180.0.2:80", "10.0.0.2:20000");
+        assert!(check(&f, &[a.clone(), b.clone()], false));
+        assert!(
+            !check(&f, &[a.clone(), a.clone()], false),
+            "one endpoint never reached"
+        );
+        let c = reply("10.180.0.3:80", "10.0.0.2:20000");
+        assert!(
+            !check(&f, &[a.clone(), b.clone(), c], false),
+            "an endpoint outside the set"
+        );
+        assert!(!check(&f, &[a.clone(), b.clone(), Attempt::Timeout], false));
+        assert!(
+            check(&f, &[a.clone(), a.clone()], true),
+            "affinity: one of them"
+        );
+        assert!(!check(&f, &[a, b], true), "affinity: not two");
+    }
+
+    #[test]
+    fn masquerade_is_judged_from_what_the_endpoint_saw() {
+        let masqueraded = reply("10.180.0.1:80", "192.168.0.2:40000");
+        assert!(check(
+            &flow("10.180.0.1:80", Some(true)),
+            std::slice::from_ref(&masqueraded),
+            false
+        ));
+        assert!(!check(
+            &flow("10.180.0.1:80", Some(false)),
+            &[masqueraded],
+            false
+        ));
+        // Same address, other port: masqueraded with --random-fully from the node.
+        let port_only = reply("10.180.0.1:80", "10.0.0.2:33333");
+        assert!(check(
+            &flow("10.180.0.1:80", Some(true)),
+            &[port_only],
+            false
+        ));
+    }
+
+    #[test]
+    fn reject_drop_and_untranslated_are_told_apart() {
+        assert!(check(&flow("REJECT", None), &[Attempt::Refused], false));
+        assert!(!check(&flow("REJECT", None), &[Attempt::Timeout], false));
+        assert!(check(&flow("DROP", None), &[Attempt::Timeout], false));
+        assert!(!check(&flow("DROP", None), &[Attempt::Refused], false));
+        let untouched = reply("172.30.0.41:80", "10.0.0.2:20000");
+        assert!(check(
+            &flow("", None),
+            std::slice::from_ref(&untouched),
+            false
+        ));
+        assert!(!check(&flow("REJECT", None), &[untouched], false));
+        assert!(!check(
+            &flow("", None),
+            &[Attempt::Error("EHOSTUNREACH".into())],
+            false
+        ));
+    }
 }

@@ -1,13 +1,14 @@
 //! The scenario file: a node, Services and EndpointSlices, flows with expected
 //! outcomes (kube-proxy's packet-flow test semantics), and optional later steps.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
+use switchyard_api::Mode;
 use switchyard_api::ruleset::{Cidr, Protocol};
 
 /// A whole scenario file.
@@ -140,9 +141,32 @@ pub struct Flow {
     /// 5-tuple, so stale conntrack entries show. Attempts then run one by one.
     #[serde(default)]
     pub source_port: Option<u16>,
+    /// Where a mode differs by design (as kube-proxy's own mode does, e.g.
+    /// nftables REJECTs unserved ClusterIP ports): that mode's expectation.
+    #[serde(default)]
+    pub by_mode: BTreeMap<Mode, ModeExpectation>,
+}
+
+/// A flow's `output` and `masq` for one mode.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModeExpectation {
+    pub output: String,
+    #[serde(default)]
+    pub masq: Option<bool>,
 }
 
 impl Flow {
+    /// This flow as `mode` must carry it.
+    pub fn for_mode(&self, mode: Mode) -> Flow {
+        let mut flow = self.clone();
+        if let Some(e) = self.by_mode.get(&mode) {
+            flow.output = e.output.clone();
+            flow.masq = e.masq;
+        }
+        flow
+    }
+
     pub fn destination(&self) -> SocketAddr {
         SocketAddr::new(self.dest_ip, self.dest_port)
     }
@@ -236,8 +260,12 @@ impl Scenario {
         };
         scenario.node.parsed_addresses().map_err(invalid)?;
         for flow in scenario.all_flows() {
-            Expected::parse(&flow.output)
-                .map_err(|e| invalid(format!("flow {:?}: {e}", flow.name)))?;
+            for output in
+                std::iter::once(&flow.output).chain(flow.by_mode.values().map(|e| &e.output))
+            {
+                Expected::parse(output)
+                    .map_err(|e| invalid(format!("flow {:?}: {e}", flow.name)))?;
+            }
         }
         Ok(scenario)
     }

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use switchyard_agent::backend::iptables::render;
+use switchyard_agent::backend::iptables::rule::Table;
 use switchyard_agent::backend::iptables::trace::{self, Origin, Packet, Verdict};
 use switchyard_api::Mode;
 use switchyard_api::policy::link;
@@ -24,6 +25,24 @@ fn tracer_agrees_with_every_scenario_flow() {
         for stage in scenario.stages() {
             let compiled = compile_stage(&scenario.node, &stage);
             let plan = render::render(&link(&compiled.ruleset, &node), &settings);
+            for family in &plan.families {
+                for table in Table::ALL {
+                    let chains = family.chains(table);
+                    let jumps = chains.iter().flat_map(|c| &c.rules).chain(
+                        family
+                            .jumps
+                            .iter()
+                            .filter(|j| j.table == table)
+                            .map(|j| &j.rule),
+                    );
+                    for target in jumps.filter_map(|r| r.jump_target()) {
+                        if !chains.iter().any(|c| c.name == target) {
+                            failures
+                                .push(format!("{path}: {}jump to missing {target}", stage.label));
+                        }
+                    }
+                }
+            }
             for flow in stage.flows {
                 let family = plan
                     .families

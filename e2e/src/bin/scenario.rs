@@ -24,7 +24,7 @@ struct Cli {
     #[arg(long)]
     mode: Option<Mode>,
     /// Per-attempt timeout after which a connection counts as dropped.
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 500)]
     timeout_ms: u64,
     /// Scenario files or directories of them.
     files: Vec<String>,

@@ -136,7 +136,8 @@ pub fn for_mode(mode: Mode, runner: Arc<dyn Runner>) -> Result<Box<dyn Dataplane
             Arc::new(iptables::sysctl::ProcSysctl),
         ))),
         Mode::Ipvs => Ok(Box::new(ipvs::IpvsBackend::open(runner)?)),
-        Mode::Nftables | Mode::Ebpf => Err(BackendError::Unavailable {
+        Mode::Nftables => Ok(Box::new(nftables::NftablesBackend::new(runner))),
+        Mode::Ebpf => Err(BackendError::Unavailable {
             mode,
             reason: "backend not built into this agent yet".to_string(),
         }),

@@ -108,8 +108,12 @@ impl IptablesBackend {
             .map_err(Self::exec_err(operation))
     }
 
+    /// `-w -t <table> <op> <builtin> <rule…>`; `-I` inserts at the top.
     fn jump_args<'a>(j: &'a JumpRule, op: &'a str, rule: &'a [String]) -> Vec<&'a str> {
         let mut args = vec!["-w", "-t", j.table.as_str(), op, j.builtin];
+        if op == "-I" {
+            args.push("1");
+        }
         args.extend(rule.iter().map(String::as_str));
         args
     }
@@ -127,9 +131,7 @@ impl IptablesBackend {
         for j in fp.jumps.iter().rev() {
             let rule = argv(&j.rule.to_string());
             if !self.jump_exists(fp.family, j, &rule) {
-                let mut args = Self::jump_args(j, "-I", &rule);
-                args.insert(5, "1");
-                self.run(bin, &args, "insert jump rule")?;
+                self.run(bin, &Self::jump_args(j, "-I", &rule), "insert jump rule")?;
             }
         }
         Ok(())

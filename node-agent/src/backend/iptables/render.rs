@@ -186,7 +186,7 @@ fn render_family(ruleset: &LinkedRuleset, settings: &Settings, family: IpFamily)
 fn cidr(text: &str) -> Cidr {
     // Only called with the literal prefixes above.
     text.parse()
-        .unwrap_or_else(|_| Cidr::host(IpAddr::V4(Ipv4Addr::UNSPECIFIED)))
+        .unwrap_or_else(|_| Cidr::host(IpAddr::V4(Ipv4Addr::LOCALHOST)))
 }
 
 struct Ctx<'a> {
@@ -261,15 +261,16 @@ fn render_service_port(b: &mut Builder, ctx: &Ctx<'_>, sp: &LinkedServicePort) {
     let uses_local =
         !fp.local.is_empty() && (sp.internal_policy_local() || sp.external_policy_local());
 
+    // A policy chain is only jumped to when it exists (has endpoints in this family).
     let (internal_chain, has_internal) = if sp.internal_policy_local() {
-        (&chains.local, has_endpoints && !fp.local.is_empty())
+        (&chains.local, has_endpoints && uses_local)
     } else {
-        (&chains.cluster, has_endpoints)
+        (&chains.cluster, has_endpoints && uses_cluster)
     };
     let (external_policy_chain, has_external) = if sp.external_policy_local() {
-        (&chains.local, has_endpoints && !fp.local.is_empty())
+        (&chains.local, has_endpoints && uses_local)
     } else {
-        (&chains.cluster, has_endpoints)
+        (&chains.cluster, has_endpoints && uses_cluster)
     };
     let uses_ext_chain = has_endpoints && rule.has_external();
     let uses_fw_chain = has_endpoints && !fp.lb_ips.is_empty() && !fp.source_ranges.is_empty();
@@ -416,7 +417,8 @@ fn render_service_port(b: &mut Builder, ctx: &Ctx<'_>, sp: &LinkedServicePort) {
                     "masquerade traffic for {name} external destinations"
                 )),
             );
-        } else {
+        } else if uses_cluster {
+            // Pods and the node itself are short-circuited to the Cluster chain.
             if let Some(cidr) = ctx.local_cidr {
                 b.nat.push(
                     ext,

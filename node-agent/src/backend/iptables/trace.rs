@@ -304,3 +304,53 @@ pub fn trace(plan: &FamilyPlan, local: &[IpAddr], packet: &Packet) -> BTreeSet<O
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::iptables::plan::{Chain, JumpRule};
+
+    #[test]
+    fn random_rules_yield_every_branch() {
+        let ep = |ip: &str| Target::Dnat(format!("{ip}:80").parse().unwrap());
+        let plan = FamilyPlan {
+            family: switchyard_api::ruleset::IpFamily::V4,
+            route_localnet: false,
+            filter: vec![],
+            nat: vec![Chain {
+                name: "KUBE-SVC-X".into(),
+                rules: vec![
+                    Rule::new(ep("10.1.0.1")).with(Match::RandomOneOf(2)),
+                    Rule::new(ep("10.1.0.2")),
+                ],
+            }],
+            jumps: vec![JumpRule {
+                table: Table::Nat,
+                builtin: "PREROUTING",
+                rule: Rule::new(Target::Jump("KUBE-SVC-X".into())).to_port(
+                    Protocol::Tcp,
+                    Some("172.30.0.1".parse().unwrap()),
+                    80,
+                ),
+            }],
+        };
+        let packet = Packet {
+            origin: Origin::Remote,
+            protocol: Protocol::Tcp,
+            source: "10.0.0.2".parse().unwrap(),
+            destination: "172.30.0.1".parse().unwrap(),
+            port: 80,
+        };
+        let verdicts: Vec<String> = trace(&plan, &[], &packet)
+            .into_iter()
+            .map(|o| o.verdict.to_string())
+            .collect();
+        assert_eq!(verdicts, ["10.1.0.1:80", "10.1.0.2:80"]);
+        let other_port = Packet { port: 81, ..packet };
+        let verdicts: Vec<Verdict> = trace(&plan, &[], &other_port)
+            .into_iter()
+            .map(|o| o.verdict)
+            .collect();
+        assert_eq!(verdicts, [Verdict::Untranslated]);
+    }
+}

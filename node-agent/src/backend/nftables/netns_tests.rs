@@ -1,0 +1,228 @@
+//! Real-kernel tests: full and incremental syncs land in a network namespace
+//! this test creates (`synft<pid>-…`), a broken apply keeps the previous
+//! rules, and a real TCP connection to a service VIP reaches its endpoint.
+//! Skipped, loudly, when not root.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use switchyard_api::ruleset::Ruleset;
+
+use super::NftablesBackend;
+use super::tests::{endpoint, linked, sample_ruleset, service, settings};
+use crate::backend::Backend;
+use crate::exec::{ExecError, RealRunner, Runner};
+
+/// Runs every tool inside one namespace.
+struct NetnsRunner {
+    ns: String,
+}
+
+impl Runner for NetnsRunner {
+    fn run(&self, program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<String, ExecError> {
+        let mut full = vec!["netns", "exec", self.ns.as_str(), program];
+        full.extend_from_slice(args);
+        RealRunner.run("ip", &full, stdin)
+    }
+}
+
+/// A namespace removed on drop, also when the test panics.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn create(suffix: &str) -> Option<Netns> {
+        if unsafe_is_root() {
+            let name = format!("synft{}-{suffix}", std::process::id());
+            let ok = Command::new("ip")
+                .args(["netns", "add", &name])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "ip netns add {name}");
+            let ns = Netns { name };
+            ns.sh("ip link set lo up");
+            Some(ns)
+        } else {
+            eprintln!("SKIP: nftables netns tests need root");
+            None
+        }
+    }
+
+    fn runner(&self) -> Arc<NetnsRunner> {
+        Arc::new(NetnsRunner {
+            ns: self.name.clone(),
+        })
+    }
+
+    /// Run a shell command inside the namespace, returning stdout; panics on failure.
+    fn sh(&self, cmd: &str) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, "sh", "-c", cmd])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A child process killed on drop, also when the test panics.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn unsafe_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn apply(backend: &mut NftablesBackend, rs: &Ruleset) -> crate::backend::ApplyStats {
+    let plan = backend.render(&linked(rs), &settings());
+    backend.apply(&plan).unwrap()
+}
+
+#[test]
+fn full_and_incremental_syncs_land_in_the_kernel_and_a_broken_apply_keeps_them() {
+    let Some(ns) = Netns::create("apply") else {
+        return;
+    };
+    let mut backend = NftablesBackend::new(ns.runner());
+    assert!(!backend.present().unwrap());
+
+    let rs = sample_ruleset();
+    assert!(apply(&mut backend, &rs).full);
+    assert!(backend.present().unwrap());
+    let listed = ns.sh("nft list table ip switchyard");
+    assert!(listed.contains("dnat to 10.0.2.5:8080"), "{listed}");
+    assert!(
+        ns.sh("nft list table ip6 switchyard")
+            .contains("dnat to [fd00:10::9]:8080")
+    );
+
+    // Incremental: one endpoint replaced, one service removed.
+    let mut changed = rs.clone();
+    changed.services[0].backends[1] = endpoint(19, "10.0.9.5", "node-z");
+    changed.services.retain(|s| s.name != "sticky");
+    let stats = apply(&mut backend, &changed);
+    assert!(!stats.full);
+    let listed = ns.sh("nft list table ip switchyard");
+    assert!(listed.contains("dnat to 10.0.9.5:8080"), "{listed}");
+    assert!(!listed.contains("dnat to 10.0.2.5:8080"));
+    assert!(
+        !listed.contains("sticky"),
+        "removed service's chain and sets are gone"
+    );
+    // What the kernel holds equals a fresh full render of the same ruleset.
+    let expected_chains = backend
+        .render(&linked(&changed), &settings())
+        .table(switchyard_api::ruleset::IpFamily::V4)
+        .unwrap()
+        .chains
+        .len();
+    let kernel_chains = listed.matches("\tchain ").count();
+    assert_eq!(kernel_chains, expected_chains);
+
+    // Broken apply: a rule nft rejects; the previous rules stay.
+    let mut broken = changed.clone();
+    broken.services.push(service(
+        99,
+        "broken",
+        "172.30.0.99",
+        vec![endpoint(991, "10.0.1.99", "node-a")],
+    ));
+    let mut plan = backend.render(&linked(&broken), &settings());
+    let table = Arc::make_mut(&mut plan.tables[0]);
+    let chain = table
+        .chains
+        .iter_mut()
+        .find(|(n, _)| n.contains("default/broken"))
+        .unwrap()
+        .1;
+    chain.rules[0]
+        .stmts
+        .push(super::ir::Stmt::Verdict(super::ir::Verdict::Goto(
+            "no-such-chain".to_string(),
+        )));
+    assert!(backend.apply(&plan).is_err());
+    let after = ns.sh("nft list table ip switchyard");
+    assert_eq!(after, listed, "failed transaction changed nothing");
+    // And the backend still syncs incrementally from what is really there.
+    let stats = apply(&mut backend, &broken);
+    assert!(!stats.full);
+    assert!(
+        ns.sh("nft list table ip switchyard")
+            .contains("dnat to 10.0.1.99:8080")
+    );
+
+    backend.cleanup().unwrap();
+    assert!(!backend.present().unwrap());
+    assert_eq!(ns.sh("nft list tables"), "");
+}
+
+#[test]
+fn tcp_connect_to_a_cluster_ip_reaches_the_endpoint() {
+    let Some(node) = Netns::create("node") else {
+        return;
+    };
+    let Some(pod) = Netns::create("pod") else {
+        return;
+    };
+    let veth = format!("synft{}", std::process::id());
+    node.sh(&format!(
+        "ip link add {veth}a type veth peer name {veth}b && ip link set {veth}b netns {} && \
+         ip addr add 10.0.1.1/24 dev {veth}a && ip link set {veth}a up && \
+         ip route add 172.30.0.0/16 dev {veth}a",
+        pod.name
+    ));
+    pod.sh(&format!(
+        "ip addr add 10.0.1.5/24 dev {veth}b && ip link set {veth}b up && ip route add default via 10.0.1.1"
+    ));
+    let mut backend = NftablesBackend::new(node.runner());
+    let rs = Ruleset {
+        services: vec![service(
+            1,
+            "web",
+            "172.30.0.10",
+            vec![endpoint(11, "10.0.1.5", "node-a")],
+        )],
+    };
+    apply(&mut backend, &rs);
+    // The pod answers with its own name; the node connects to the VIP.
+    let _server = Child(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &pod.name,
+                "socat",
+                "TCP-LISTEN:8080,reuseaddr,fork",
+                "SYSTEM:echo pod-10.0.1.5",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let reply = node.sh(
+        "for i in $(seq 1 50); do out=$(socat -T 1 - TCP:172.30.0.10:80,connect-timeout=1 </dev/null 2>/dev/null) && \
+         [ -n \"$out\" ] && echo \"$out\" && exit 0; sleep 0.1; done; exit 1",
+    );
+    assert_eq!(reply.trim(), "pod-10.0.1.5");
+}

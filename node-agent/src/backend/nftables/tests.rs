@@ -1,0 +1,481 @@
+//! Golden render tests, tracer tests over the typed plan, and incremental
+//! transaction tests against the fake runner. The real-kernel tests are in
+//! `netns_tests.rs`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use switchyard_api::Mode;
+use switchyard_api::policy::{LinkedRuleset, NodeInfo, link};
+use switchyard_api::ruleset::{
+    Backend as Endpoint, Cidr, Protocol, Ruleset, ServicePortRule, SessionAffinity, TrafficPolicy,
+};
+
+use super::trace::{Outcome, Packet, Trace, trace};
+use super::{NftablesBackend, Plan, transaction};
+use crate::backend::Backend;
+use crate::exec::FakeRunner;
+use crate::settings::{LocalDetector, Settings};
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+pub fn cidr(s: &str) -> Cidr {
+    s.parse().unwrap()
+}
+
+pub fn endpoint(id: u32, addr: &str, node: &str) -> Endpoint {
+    Endpoint {
+        id,
+        ip: ip(addr),
+        port: 8080,
+        node_name: Some(node.to_string()),
+        zone: None,
+        ready: true,
+        serving: true,
+        terminating: false,
+        zone_hints: Vec::new(),
+        node_hints: Vec::new(),
+    }
+}
+
+pub fn service(id: u32, name: &str, vip: &str, endpoints: Vec<Endpoint>) -> ServicePortRule {
+    ServicePortRule {
+        id,
+        namespace: "default".to_string(),
+        name: name.to_string(),
+        port_name: "http".to_string(),
+        protocol: Protocol::Tcp,
+        port: 80,
+        cluster_ips: vec![ip(vip)],
+        external_ips: Vec::new(),
+        load_balancer_ips: Vec::new(),
+        load_balancer_source_ranges: Vec::new(),
+        node_port: None,
+        health_check_node_port: None,
+        internal_traffic_policy: TrafficPolicy::Cluster,
+        external_traffic_policy: TrafficPolicy::Cluster,
+        session_affinity: None,
+        traffic_distribution: None,
+        backends: endpoints,
+    }
+}
+
+pub const NODE_IP: &str = "192.168.0.10";
+
+pub fn node() -> NodeInfo {
+    NodeInfo {
+        name: "node-a".to_string(),
+        zone: None,
+        addresses: vec![ip(NODE_IP), ip("fd00:1::10")],
+    }
+}
+
+pub fn settings() -> Settings {
+    let mut s = Settings::defaults(Mode::Nftables);
+    s.local_detector = LocalDetector::Cidrs(vec![cidr("10.0.0.0/16"), cidr("fd00:10::/64")]);
+    s.service_cidrs = vec![cidr("172.30.0.0/16")];
+    s
+}
+
+/// The scenario the golden files show: every kind of frontend and policy.
+pub fn sample_ruleset() -> Ruleset {
+    let web = service(
+        1,
+        "web",
+        "172.30.0.10",
+        vec![
+            endpoint(11, "10.0.1.5", "node-a"),
+            endpoint(12, "10.0.2.5", "node-b"),
+            endpoint(13, "10.0.3.5", "node-c"),
+        ],
+    );
+    let mut lb = service(
+        2,
+        "lb",
+        "172.30.0.20",
+        vec![
+            endpoint(21, "10.0.1.6", "node-a"),
+            endpoint(22, "10.0.2.6", "node-b"),
+        ],
+    );
+    lb.node_port = Some(30080);
+    lb.external_ips = vec![ip("203.0.113.7")];
+    lb.load_balancer_ips = vec![ip("198.51.100.1")];
+    lb.load_balancer_source_ranges = vec![cidr("198.51.100.0/24"), cidr("192.168.0.0/24")];
+    lb.external_traffic_policy = TrafficPolicy::Local;
+    let mut sticky = service(
+        3,
+        "sticky",
+        "172.30.0.30",
+        vec![endpoint(31, "10.0.1.7", "node-b")],
+    );
+    sticky.session_affinity = Some(SessionAffinity {
+        timeout_seconds: 600,
+    });
+    let mut empty = service(4, "empty", "172.30.0.40", Vec::new());
+    empty.node_port = Some(30040);
+    let mut local_only = service(
+        5,
+        "local-only",
+        "172.30.0.50",
+        vec![endpoint(51, "10.0.2.8", "node-b")],
+    );
+    local_only.internal_traffic_policy = TrafficPolicy::Local;
+    let mut dual = service(
+        6,
+        "dual",
+        "fd00:30::60",
+        vec![endpoint(61, "fd00:10::9", "node-b")],
+    );
+    dual.cluster_ips.insert(0, ip("172.30.0.60"));
+    dual.backends.push(endpoint(62, "10.0.2.9", "node-b"));
+    dual.protocol = Protocol::Udp;
+    dual.port = 53;
+    Ruleset {
+        services: vec![web, lb, sticky, empty, local_only, dual],
+    }
+}
+
+pub fn linked(rs: &Ruleset) -> LinkedRuleset {
+    link(rs, &node())
+}
+
+fn plan_of(rs: &Ruleset) -> Plan {
+    super::render::render(&linked(rs), &settings())
+}
+
+fn testdata(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("src/backend/nftables/testdata")
+        .join(name)
+}
+
+/// Compare with a golden file; `UPDATE_GOLDEN=1` rewrites it.
+fn golden(name: &str, actual: &str) {
+    let path = testdata(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(actual, expected, "golden file {} differs", path.display());
+}
+
+#[test]
+fn full_plan_matches_golden_file() {
+    golden("full.nft", &plan_of(&sample_ruleset()).to_string());
+}
+
+#[test]
+fn endpoint_change_transaction_matches_golden_file() {
+    let before = sample_ruleset();
+    let mut after = before.clone();
+    after.services[0].backends.remove(1);
+    after.services[0]
+        .backends
+        .push(endpoint(14, "10.0.4.5", "node-d"));
+    // Removing a service deletes its elements before its chains.
+    after.services.retain(|s| s.name != "sticky");
+    let (tx, full) = transaction(Some(&plan_of(&before)), &plan_of(&after));
+    assert!(!full);
+    golden("endpoint-change.nft", tx.text());
+}
+
+fn tcp(dst: &str, port: u16) -> Packet {
+    Packet {
+        src: ip("10.0.1.99"),
+        dst: ip(dst),
+        proto: Protocol::Tcp,
+        dport: port,
+        from_host: false,
+        src_local: false,
+        dst_local: false,
+    }
+}
+
+fn run(plan: &Plan, pkt: &Packet, choice: usize) -> Trace {
+    trace(plan, pkt, choice)
+}
+
+/// Every DNAT target a packet can reach (each numgen choice).
+fn targets(plan: &Plan, pkt: &Packet) -> Vec<(IpAddr, u16)> {
+    let mut out: Vec<(IpAddr, u16)> = (0..16).filter_map(|c| run(plan, pkt, c).dnat).collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[test]
+fn cluster_ip_spreads_over_all_endpoints_without_masquerade_from_pods() {
+    let plan = plan_of(&sample_ruleset());
+    let pkt = tcp("172.30.0.10", 80);
+    assert_eq!(
+        targets(&plan, &pkt),
+        vec![
+            (ip("10.0.1.5"), 8080),
+            (ip("10.0.2.5"), 8080),
+            (ip("10.0.3.5"), 8080)
+        ]
+    );
+    let t = run(&plan, &pkt, 0);
+    assert_eq!(t.outcome, Outcome::Accept);
+    assert!(!t.masquerade, "pod traffic keeps its source");
+}
+
+#[test]
+fn cluster_ip_from_outside_the_cluster_is_masqueraded() {
+    let plan = plan_of(&sample_ruleset());
+    let mut pkt = tcp("172.30.0.10", 80);
+    pkt.src = ip("192.168.7.7");
+    assert!(run(&plan, &pkt, 1).masquerade);
+}
+
+#[test]
+fn hairpin_to_own_endpoint_is_masqueraded() {
+    let plan = plan_of(&sample_ruleset());
+    let mut pkt = tcp("172.30.0.10", 80);
+    pkt.src = ip("10.0.1.5");
+    let t = run(&plan, &pkt, 0);
+    assert_eq!(t.dnat, Some((ip("10.0.1.5"), 8080)));
+    assert!(t.masquerade);
+    let other = run(&plan, &pkt, 1);
+    assert_eq!(other.dnat, Some((ip("10.0.2.5"), 8080)));
+    assert!(!other.masquerade);
+}
+
+#[test]
+fn unserved_port_of_a_cluster_ip_is_rejected_and_unallocated_address_dropped() {
+    let plan = plan_of(&sample_ruleset());
+    assert_eq!(
+        run(&plan, &tcp("172.30.0.10", 81), 0).outcome,
+        Outcome::Reject
+    );
+    assert_eq!(run(&plan, &tcp("172.30.9.9", 80), 0).outcome, Outcome::Drop);
+    // Outside the service CIDR nothing happens.
+    let t = run(&plan, &tcp("10.9.9.9", 80), 0);
+    assert_eq!((t.outcome, t.dnat), (Outcome::Accept, None));
+}
+
+#[test]
+fn service_without_endpoints_rejects_cluster_ip_and_node_port() {
+    let plan = plan_of(&sample_ruleset());
+    assert_eq!(
+        run(&plan, &tcp("172.30.0.40", 80), 0).outcome,
+        Outcome::Reject
+    );
+    let mut np = tcp(NODE_IP, 30040);
+    np.dst_local = true;
+    assert_eq!(run(&plan, &np, 0).outcome, Outcome::Reject);
+}
+
+#[test]
+fn internal_local_without_local_endpoints_drops() {
+    let plan = plan_of(&sample_ruleset());
+    assert_eq!(
+        run(&plan, &tcp("172.30.0.50", 80), 0).outcome,
+        Outcome::Drop
+    );
+}
+
+#[test]
+fn node_port_with_external_local_uses_local_endpoints_and_keeps_source() {
+    let plan = plan_of(&sample_ruleset());
+    let mut np = tcp(NODE_IP, 30080);
+    np.src = ip("198.51.100.77");
+    np.dst_local = true;
+    assert_eq!(targets(&plan, &np), vec![(ip("10.0.1.6"), 8080)]);
+    assert!(!run(&plan, &np, 0).masquerade);
+    // Only the primary node IP serves NodePorts.
+    let mut other = np.clone();
+    other.dst = ip("192.168.0.11");
+    assert_eq!(run(&plan, &other, 0).dnat, None);
+}
+
+#[test]
+fn external_local_short_circuits_pod_and_host_traffic_to_all_endpoints() {
+    let plan = plan_of(&sample_ruleset());
+    let pod = tcp("203.0.113.7", 80);
+    assert_eq!(targets(&plan, &pod).len(), 2, "pods use cluster endpoints");
+    let mut host = tcp("203.0.113.7", 80);
+    host.src = ip(NODE_IP);
+    host.from_host = true;
+    host.src_local = true;
+    assert_eq!(targets(&plan, &host).len(), 2);
+    assert!(
+        run(&plan, &host, 1).masquerade,
+        "host traffic is masqueraded"
+    );
+}
+
+#[test]
+fn load_balancer_source_ranges_drop_other_sources() {
+    let plan = plan_of(&sample_ruleset());
+    let mut allowed = tcp("198.51.100.1", 80);
+    allowed.src = ip("198.51.100.99");
+    assert_eq!(run(&plan, &allowed, 0).dnat, Some((ip("10.0.1.6"), 8080)));
+    let mut denied = allowed.clone();
+    denied.src = ip("203.0.113.99");
+    assert_eq!(run(&plan, &denied, 0).outcome, Outcome::Drop);
+    // The node is inside the ranges, so the VIP itself as source is allowed.
+    let mut vip_src = allowed.clone();
+    vip_src.src = ip("198.51.100.1");
+    assert_eq!(run(&plan, &vip_src, 0).outcome, Outcome::Accept);
+}
+
+#[test]
+fn dual_stack_service_renders_each_family_in_its_table() {
+    let plan = plan_of(&sample_ruleset());
+    let mut v6 = tcp("fd00:30::60", 53);
+    v6.proto = Protocol::Udp;
+    v6.src = ip("fd00:10::77");
+    assert_eq!(targets(&plan, &v6), vec![(ip("fd00:10::9"), 8080)]);
+    let mut v4 = tcp("172.30.0.60", 53);
+    v4.proto = Protocol::Udp;
+    assert_eq!(targets(&plan, &v4), vec![(ip("10.0.2.9"), 8080)]);
+}
+
+#[test]
+fn session_affinity_checks_sets_before_choosing() {
+    let plan = plan_of(&sample_ruleset());
+    let table = plan.table(switchyard_api::ruleset::IpFamily::V4).unwrap();
+    let sets: Vec<_> = table
+        .sets
+        .iter()
+        .filter(|(n, _)| n.starts_with("affinity-"))
+        .collect();
+    assert_eq!(sets.len(), 1);
+    assert_eq!(sets[0].1.timeout_seconds, Some(600));
+    assert_eq!(
+        run(&plan, &tcp("172.30.0.30", 80), 0).dnat,
+        Some((ip("10.0.1.7"), 8080))
+    );
+}
+
+#[test]
+fn bad_endpoint_is_skipped_and_reported() {
+    let mut rs = sample_ruleset();
+    rs.services[0].backends[0].port = 0;
+    let plan = plan_of(&rs);
+    assert_eq!(plan.skipped.len(), 1, "{:?}", plan.skipped);
+    assert!(plan.skipped[0].contains("default/web:http"));
+    assert_eq!(
+        run(&plan, &tcp("172.30.0.40", 80), 0).outcome,
+        Outcome::Reject
+    );
+}
+
+#[test]
+fn first_apply_replaces_tables_then_syncs_only_changes() {
+    let runner = Arc::new(FakeRunner::default());
+    let mut backend = NftablesBackend::new(runner.clone());
+    let rs = sample_ruleset();
+    let stats = backend.apply(&plan_of(&rs)).unwrap();
+    assert!(stats.full);
+    let nft_calls = || -> Vec<_> {
+        runner
+            .calls()
+            .into_iter()
+            .filter(|c| c.program == "nft")
+            .collect()
+    };
+    let calls = nft_calls();
+    assert_eq!(calls.len(), 1, "one transaction for both tables");
+    let text = calls[0].stdin.as_deref().unwrap();
+    assert!(text.starts_with("add table ip switchyard\ndelete table ip switchyard\n"));
+    assert!(text.contains("table ip6 switchyard {"));
+
+    let again = backend.apply(&plan_of(&rs)).unwrap();
+    assert!(!again.full);
+    assert_eq!(again.written, 0);
+    assert_eq!(nft_calls().len(), 1, "nothing to do: no nft run at all");
+
+    let mut changed = rs.clone();
+    changed.services[0].backends.pop();
+    let inc = backend.apply(&plan_of(&changed)).unwrap();
+    assert!(!inc.full);
+    let calls = nft_calls();
+    let text = calls[1].stdin.as_deref().unwrap();
+    assert!(!text.contains("list"), "never lists the kernel table");
+    assert!(text.contains("flush chain ip switchyard service-"));
+    assert!(inc.written < 10, "{text}");
+}
+
+#[test]
+fn failed_apply_keeps_the_record_of_what_is_applied() {
+    let runner = Arc::new(FakeRunner::default());
+    let mut backend = NftablesBackend::new(runner.clone());
+    let rs = sample_ruleset();
+    backend.apply(&plan_of(&rs)).unwrap();
+    let failing = Arc::new(FakeRunner::default());
+    failing.fail("nft", "Error: Could not process rule");
+    backend.runner = failing;
+    let mut changed = rs.clone();
+    changed.services.remove(0);
+    assert!(backend.apply(&plan_of(&changed)).is_err());
+    // The diff is still taken against the rules the kernel kept.
+    let (tx, _) = transaction(backend.applied.as_ref(), &plan_of(&changed));
+    assert!(tx.text().contains("delete chain"));
+}
+
+#[test]
+fn udp_endpoint_removal_clears_its_conntrack_entries() {
+    let runner = Arc::new(FakeRunner::default());
+    let mut backend = NftablesBackend::new(runner.clone());
+    let rs = sample_ruleset();
+    backend.apply(&plan_of(&rs)).unwrap();
+    let mut changed = rs.clone();
+    let dual = changed
+        .services
+        .iter_mut()
+        .find(|s| s.name == "dual")
+        .unwrap();
+    dual.backends.retain(|b| b.ip != ip("10.0.2.9"));
+    backend.apply(&plan_of(&changed)).unwrap();
+    let conntrack: Vec<_> = runner
+        .calls()
+        .into_iter()
+        .filter(|c| c.program == "conntrack")
+        .map(|c| c.args.join(" "))
+        .collect();
+    assert!(
+        conntrack
+            .iter()
+            .any(|a| a.contains("--orig-dst 172.30.0.60 --dst-nat 10.0.2.9")),
+        "{conntrack:?}"
+    );
+}
+
+#[test]
+fn cleanup_deletes_only_our_two_tables() {
+    let runner = Arc::new(FakeRunner::default());
+    let mut backend = NftablesBackend::new(runner.clone());
+    backend.cleanup().unwrap();
+    let calls = runner.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        calls[0].stdin.as_deref().unwrap(),
+        "add table ip switchyard\ndelete table ip switchyard\nadd table ip6 switchyard\ndelete table ip6 switchyard\n"
+    );
+}
+
+#[test]
+fn host_traffic_to_external_local_without_local_endpoints_is_short_circuited_not_dropped() {
+    let mut rs = sample_ruleset();
+    let lb = rs.services.iter_mut().find(|s| s.name == "lb").unwrap();
+    lb.backends
+        .retain(|b| b.node_name.as_deref() != Some("node-a"));
+    let plan = plan_of(&rs);
+    let mut host = tcp("203.0.113.7", 80);
+    host.src = ip(NODE_IP);
+    host.from_host = true;
+    host.src_local = true;
+    let t = run(&plan, &host, 0);
+    assert_eq!(t.dnat, Some((ip("10.0.2.6"), 8080)));
+    assert!(t.masquerade);
+    // Traffic from outside has no local endpoint to go to.
+    let mut outside = tcp("203.0.113.7", 80);
+    outside.src = ip("198.51.100.50");
+    assert_eq!(run(&plan, &outside, 0).outcome, Outcome::Drop);
+}

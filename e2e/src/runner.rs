@@ -624,6 +624,7 @@ mod tests {
             output: output.into(),
             masq,
             source_port: None,
+            by_mode: Default::default(),
         }
     }
 

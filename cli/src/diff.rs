@@ -181,12 +181,41 @@ fn behaviour(port: &LinkedServicePort) -> ServiceBehaviour {
     }
 }
 
+/// What a packet to a cluster IP on a port no service uses meets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnknownPort {
+    NotTranslated,
+    Rejected,
+    /// IPVS: cluster IPs are local addresses on kube-ipvs0.
+    DeliveredLocally,
+}
+
+impl UnknownPort {
+    pub fn describe(self) -> &'static str {
+        match self {
+            UnknownPort::NotTranslated => "not translated (routed on as addressed)",
+            UnknownPort::Rejected => "rejected (ICMP port unreachable)",
+            UnknownPort::DeliveredLocally => {
+                "delivered to the node itself (cluster IPs are local addresses on kube-ipvs0)"
+            }
+        }
+    }
+
+    /// The outcome a packet tracer reports for it.
+    pub fn traced(self) -> &'static str {
+        match self {
+            UnknownPort::NotTranslated | UnknownPort::DeliveredLocally => "not translated",
+            UnknownPort::Rejected => "REJECT",
+        }
+    }
+}
+
 /// The facts about a mode that differ between kube-proxy's modes (and ours,
 /// which keep kube-proxy's behaviour per mode).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModeSemantics {
     /// What a packet to a cluster IP on a port no service uses meets.
-    pub unknown_cluster_ip_port: &'static str,
+    pub unknown_cluster_ip_port: UnknownPort,
     /// Which node addresses serve node ports.
     pub node_port_addresses: String,
     /// Whether node ports answer on 127.0.0.1.
@@ -197,11 +226,9 @@ pub struct ModeSemantics {
 pub fn mode_semantics(settings: &Settings) -> ModeSemantics {
     let mode = settings.mode;
     let unknown_cluster_ip_port = match mode {
-        Mode::Nftables => "rejected (ICMP port unreachable)",
-        Mode::Ipvs => {
-            "delivered to the node itself (cluster IPs are local addresses on kube-ipvs0)"
-        }
-        Mode::Iptables | Mode::Ebpf => "not translated (routed on as addressed)",
+        Mode::Nftables => UnknownPort::Rejected,
+        Mode::Ipvs => UnknownPort::DeliveredLocally,
+        Mode::Iptables | Mode::Ebpf => UnknownPort::NotTranslated,
     };
     let node_port_addresses = match &settings.node_port_addresses {
         NodePortAddresses::ModeDefault => match mode {
@@ -253,8 +280,8 @@ fn differences(
     };
     flag(
         "to a cluster IP on a port no service uses",
-        a.unknown_cluster_ip_port.to_string(),
-        b.unknown_cluster_ip_port.to_string(),
+        a.unknown_cluster_ip_port.describe().to_string(),
+        b.unknown_cluster_ip_port.describe().to_string(),
         names(&|s| !s.rule.cluster_ips.is_empty()),
     );
     flag(

@@ -2,8 +2,10 @@
 //! asks for, with the backend's own packet tracer over its typed plan.
 //!
 //! Probe packets: every cluster IP frontend from a pod, and every node port,
-//! external IP and load-balancer IP frontend from outside. The expected
-//! outcome is the endpoint set `link` chose (or reject/drop when it is empty);
+//! external IP and load-balancer IP frontend from outside, plus every cluster
+//! IP on a port no service uses. The expected outcome is the endpoint set
+//! `link` chose (or reject/drop when it is empty), and for the unused port
+//! what [`mode_semantics`] says of the mode;
 //! the traced outcome is every verdict the plan allows for the packet.
 //! Modes whose backend exposes no tracer are reported as not traced.
 
@@ -21,6 +23,8 @@ use switchyard_agent::settings::{LocalDetector, Settings};
 use switchyard_api::Mode;
 use switchyard_api::policy::{LinkedRuleset, LinkedServicePort};
 use switchyard_api::ruleset::IpFamily;
+
+use crate::diff::mode_semantics;
 
 /// A client outside the cluster (TEST-NET-3 / the IPv6 documentation prefix).
 const OUTSIDE_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
@@ -80,8 +84,45 @@ fn pod_source(settings: &Settings, family: IpFamily) -> Option<IpAddr> {
     })
 }
 
+/// A port no service port of `ip` uses.
+fn unused_port(linked: &LinkedRuleset, ip: &IpAddr) -> u16 {
+    let used: BTreeSet<u16> = linked
+        .services
+        .iter()
+        .filter(|s| s.rule.cluster_ips.contains(ip))
+        .map(|s| s.rule.port)
+        .collect();
+    (1..=u16::MAX).find(|p| !used.contains(p)).unwrap_or(1)
+}
+
 fn probes(linked: &LinkedRuleset, settings: &Settings) -> Vec<Probe> {
     let mut out = Vec::new();
+    // Every cluster IP on a port no service uses, as the mode's semantics say.
+    let unknown = mode_semantics(settings).unknown_cluster_ip_port;
+    let cluster_ips: BTreeSet<IpAddr> = linked
+        .services
+        .iter()
+        .flat_map(|s| s.rule.cluster_ips.iter().copied())
+        .collect();
+    for ip in cluster_ips {
+        if let Some(pod) = pod_source(settings, IpFamily::of(&ip)) {
+            let port = unused_port(linked, &ip);
+            out.push(Probe {
+                label: format!(
+                    "TCP {} (no service port) from a pod",
+                    std::net::SocketAddr::new(ip, port)
+                ),
+                packet: Packet {
+                    origin: Origin::Remote,
+                    protocol: switchyard_api::ruleset::Protocol::Tcp,
+                    source: pod,
+                    destination: ip,
+                    port,
+                },
+                expected: BTreeSet::from([unknown.traced().to_string()]),
+            });
+        }
+    }
     for port in &linked.services {
         let rule = &port.rule;
         let name = format!("{} {}", rule.service_port_name(), rule.protocol);
@@ -272,7 +313,10 @@ mod tests {
         );
         let c = check(&linked, &settings());
         assert!(c.traced);
-        assert_eq!(c.probes, 2, "cluster IP from a pod, node port from outside");
+        assert_eq!(
+            c.probes, 3,
+            "cluster IP from a pod, an unused port of it, node port from outside"
+        );
         assert_eq!(c.mismatches, vec![]);
     }
 
@@ -309,6 +353,6 @@ mod tests {
         s.mode = Mode::Nftables;
         let c = check(&linked, &s);
         assert!(!c.traced);
-        assert_eq!(c.probes, 2);
+        assert_eq!(c.probes, 3);
     }
 }

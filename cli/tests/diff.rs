@@ -78,7 +78,10 @@ fn iptables_to_nftables_shows_both_rulesets_and_flags_the_known_differences() {
     // the nftables backend has no tracer to run.
     assert_eq!(node["traces"][0]["mode"], "iptables");
     assert_eq!(node["traces"][0]["traced"], true);
-    assert_eq!(node["traces"][0]["probes"], 5);
+    assert_eq!(
+        node["traces"][0]["probes"], 8,
+        "5 frontends and 3 cluster IPs on an unused port"
+    );
     assert_eq!(node["traces"][0]["mismatches"], serde_json::json!([]));
     assert_eq!(node["traces"][1]["traced"], false);
 

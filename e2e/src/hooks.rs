@@ -59,6 +59,12 @@ pub trait ModeHooks {
         self.unsupported(flow)
     }
 
+    /// The masquerade this mode shows for `flow` where it differs by design
+    /// from the scenario's (kube-proxy's) expectation; the default keeps it.
+    fn masquerade(&self, flow: &Flow) -> Option<bool> {
+        flow.masq
+    }
+
     /// Called after the scenario, before its namespaces are removed.
     fn teardown(&mut self) {}
 }

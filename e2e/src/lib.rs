@@ -10,6 +10,7 @@
 //! - [`vm`]: Debian's stock kernel in qemu, for IPVS when the host lacks it.
 
 pub mod agent;
+pub mod ebpf;
 pub mod hooks;
 pub mod netns;
 pub mod probe;

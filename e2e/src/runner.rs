@@ -443,12 +443,20 @@ fn run_flows(
         outputs.push((r.flow, r.expected, r.affinity, out));
     }
     drop(children);
-    for (flow, expected, affinity, out) in outputs {
-        let name = format!("{}: {}{}", ctx.file, stage.label, flow.name);
-        let want = match flow.masq {
+    for (scenario_flow, expected, affinity, out) in outputs {
+        let name = format!("{}: {}{}", ctx.file, stage.label, scenario_flow.name);
+        let flow = &Flow {
+            masq: ctx.hooks.masquerade(scenario_flow),
+            ..scenario_flow.clone()
+        };
+        let mut want = match flow.masq {
             Some(m) => format!("{expected} masq={m}"),
             None => expected.to_string(),
         };
+        if flow.masq != scenario_flow.masq {
+            want.push_str(" (this mode's masquerade; the scenario expects ");
+            want.push_str(&format!("masq={:?})", scenario_flow.masq));
+        }
         match out {
             Err(e) => report(totals, Status::Fail, format!("{name}: client: {e}")),
             Ok(text) => {
@@ -616,6 +624,7 @@ mod tests {
             output: output.into(),
             masq,
             source_port: None,
+            by_mode: Default::default(),
         }
     }
 

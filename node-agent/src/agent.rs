@@ -121,7 +121,8 @@ pub fn node_info(node: &Node) -> NodeInfo {
     }
 }
 
-fn pod_cidrs(node: &Node) -> Vec<Cidr> {
+/// The node's `spec.podCIDRs` (or `spec.podCIDR`), unparsable entries skipped.
+pub fn pod_cidrs(node: &Node) -> Vec<Cidr> {
     let spec = node.spec.as_ref();
     spec.and_then(|s| s.pod_cidrs.clone())
         .or_else(|| spec.and_then(|s| s.pod_cidr.clone()).map(|c| vec![c]))

@@ -110,6 +110,16 @@ fn endpoint_set<'a>(endpoints: impl Iterator<Item = &'a Backend>) -> BTreeSet<So
 /// Why IPVS (as kube-proxy's IPVS mode) cannot give `flow` its expected outcome.
 pub fn ipvs_cannot_express(flow: &Flow, ruleset: &LinkedRuleset) -> Option<&'static str> {
     let expected = Expected::parse(&flow.output).ok()?;
+    let node_port = ruleset
+        .services
+        .iter()
+        .any(|sp| sp.rule.protocol == flow.protocol && sp.rule.node_port == Some(flow.dest_port));
+    if flow.dest_ip.is_loopback() && node_port && expected != Expected::Untranslated {
+        return Some(
+            "IPVS does not serve NodePorts on localhost (kube-proxy's IPVS mode never did; \
+             localhostNodePorts is an iptables feature)",
+        );
+    }
     let Some(front) = frontend(flow, ruleset) else {
         let service_address = ruleset.services.iter().any(|sp| {
             let r = &sp.rule;

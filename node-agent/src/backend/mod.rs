@@ -136,10 +136,9 @@ pub fn for_mode(mode: Mode, runner: Arc<dyn Runner>) -> Result<Box<dyn Dataplane
             Arc::new(iptables::sysctl::ProcSysctl),
         ))),
         Mode::Nftables => Ok(Box::new(nftables::NftablesBackend::new(runner))),
+        Mode::Ebpf => Ok(Box::new(ebpf::EbpfBackend::new(
+            ebpf::kernel::AyaKernel::new(ebpf::kernel::KernelConfig::for_node()),
+        ))),
         Mode::Ipvs => Ok(Box::new(ipvs::IpvsBackend::open(runner)?)),
-        Mode::Ebpf => Err(BackendError::Unavailable {
-            mode,
-            reason: "backend not built into this agent yet".to_string(),
-        }),
     }
 }

@@ -65,21 +65,6 @@ fn overall_render_matches_golden() {
 }
 
 #[test]
-fn dual_stack_render_matches_golden() {
-    let mut node = node();
-    node.addresses.push("2001:db8::1".parse().unwrap());
-    let objects = parse_objects(include_str!("testdata/dual-stack.yaml")).unwrap();
-    let compiled = compile(&Snapshot::from(objects), &CompileSettings::default());
-    let mut s = settings();
-    s.local_detector = LocalDetector::Cidrs(vec![
-        "10.0.0.0/8".parse().unwrap(),
-        "fd00:10::/64".parse().unwrap(),
-    ]);
-    let plan = render::render(&link(&compiled.ruleset, &node), &s);
-    golden("dual-stack.golden", &plan.to_string());
-}
-
-#[test]
 fn masquerade_all_and_no_detector_render() {
     let ruleset = linked(OVERALL);
     let mut all = settings();
@@ -88,12 +73,6 @@ fn masquerade_all_and_no_detector_render() {
     assert!(text.contains(
         r#"-A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d 172.30.0.41 --dport 80 -j KUBE-MARK-MASQ"#
     ));
-    let mut bit = settings();
-    bit.masquerade_bit = 15;
-    let text = render::render(&ruleset, &bit).to_string();
-    assert!(text.contains("-A KUBE-MARK-MASQ -j MARK --or-mark 0x8000\n"));
-    assert!(text.contains("-A KUBE-POSTROUTING -m mark ! --mark 0x8000/0x8000 -j RETURN\n"));
-    assert!(!text.contains("0x4000"));
     let none = render::render(&ruleset, &Settings::defaults(Mode::Iptables)).to_string();
     assert!(
         !none.contains("ns1/svc1:p80 cluster IP\" -m tcp -p tcp -d 172.30.0.41 --dport 80 ! -s")
@@ -296,75 +275,4 @@ fn udp_endpoint_removal_deletes_conntrack_entries() {
             .contains(&"-D -f ipv4 -p udp --orig-dst 172.30.0.41 --dst-nat 10.180.0.1".to_string()),
         "{deletes:?}"
     );
-}
-
-/// What `iptables-restore --noflush` does with our input, on a model of one
-/// family's chains: `:C` creates or flushes, `-A C rule` appends, `-X C` deletes.
-fn model_restore(kernel: &mut BTreeMap<(String, String), Vec<String>>, input: &str) {
-    let mut table = String::new();
-    for line in input.lines() {
-        if let Some(t) = line.strip_prefix('*') {
-            table = t.to_string();
-        } else if let Some(decl) = line.strip_prefix(':') {
-            let chain = decl.split_whitespace().next().unwrap().to_string();
-            kernel.insert((table.clone(), chain), Vec::new());
-        } else if let Some(rest) = line.strip_prefix("-A ") {
-            let (chain, rule) = rest.split_once(' ').unwrap();
-            kernel
-                .get_mut(&(table.clone(), chain.to_string()))
-                .unwrap_or_else(|| panic!("append to undeclared {chain}"))
-                .push(rule.to_string());
-        } else if let Some(chain) = line.strip_prefix("-X ") {
-            assert!(kernel.remove(&(table.clone(), chain.to_string())).is_some());
-        }
-    }
-}
-
-fn model_of(plan: &plan::FamilyPlan) -> BTreeMap<(String, String), Vec<String>> {
-    let mut out = BTreeMap::new();
-    for table in rule::Table::ALL {
-        for c in plan.chains(table) {
-            let rules = c.rules.iter().map(ToString::to_string).collect();
-            out.insert((table.as_str().to_string(), c.name.clone()), rules);
-        }
-    }
-    out
-}
-
-/// The overall ruleset with some services left out and some endpoints gone.
-fn variant(services: &[bool], endpoints: &[bool]) -> LinkedRuleset {
-    static OVERALL_LINKED: std::sync::OnceLock<LinkedRuleset> = std::sync::OnceLock::new();
-    let mut r = OVERALL_LINKED.get_or_init(|| linked(OVERALL)).clone();
-    let mut keep = services.iter().cycle();
-    r.services.retain(|_| *keep.next().unwrap_or(&true));
-    let mut keep_ep = endpoints.iter().cycle();
-    for sp in &mut r.services {
-        sp.cluster.retain(|_| *keep_ep.next().unwrap_or(&true));
-        sp.local
-            .retain(|i| sp.cluster.contains(i) || *keep_ep.next().unwrap_or(&true));
-        sp.all_reachable = sp.cluster.iter().chain(&sp.local).copied().collect();
-        sp.all_reachable.sort_unstable();
-        sp.all_reachable.dedup();
-    }
-    r
-}
-
-proptest::proptest! {
-    /// An incremental restore from any applied state lands exactly on the new plan.
-    #[test]
-    fn incremental_restore_reaches_the_new_plan(
-        a in proptest::collection::vec(proptest::bool::ANY, 6),
-        b in proptest::collection::vec(proptest::bool::ANY, 6),
-        ea in proptest::collection::vec(proptest::bool::ANY, 1..8),
-        eb in proptest::collection::vec(proptest::bool::ANY, 1..8),
-    ) {
-        let before = render::render(&variant(&a, &ea), &settings());
-        let after = render::render(&variant(&b, &eb), &settings());
-        for (old, new) in before.families.iter().zip(&after.families) {
-            let mut kernel = model_of(old);
-            let (input, _) = new.restore_input(Some(&old.applied()), &[]);
-            model_restore(&mut kernel, &input);
-            proptest::prop_assert_eq!(kernel, model_of(new));
-        }
-    }
 }

@@ -27,6 +27,7 @@ use switchyard_api::policy::LinkedRuleset;
 use switchyard_api::ruleset::{IpFamily, Protocol};
 
 use crate::backend::{ApplyStats, Backend, BackendError};
+use crate::conntrack::{self, UdpSnapshot};
 use crate::exec::{ExecError, Runner};
 use crate::settings::Settings;
 use host::{Host, Sysctl};
@@ -45,6 +46,8 @@ pub struct IpvsBackend {
     applied: Option<IpvsPlan>,
     /// Services with real servers left at weight 0 until their connections end.
     draining: BTreeSet<ServiceKey>,
+    /// UDP service ports as last applied (stale conntrack entries are diffed against it).
+    udp: UdpSnapshot,
 }
 
 fn kernel_err(operation: &'static str) -> impl FnOnce(KernelError) -> BackendError {
@@ -75,6 +78,7 @@ impl IpvsBackend {
             sysctl,
             applied: None,
             draining: BTreeSet::new(),
+            udp: UdpSnapshot::default(),
         }
     }
 
@@ -353,6 +357,15 @@ impl Backend for IpvsBackend {
             }
         }
         self.sync_virtual_servers(plan, &mut written)?;
+        // UDP has no teardown: entries made while a VIP had no virtual server
+        // or to an endpoint that left would keep a client's flow stuck.
+        let stale = conntrack::stale_entries(&self.udp, &plan.udp);
+        conntrack::delete(self.runner.as_ref(), &stale).map_err(|e| BackendError::Kernel {
+            mode: Mode::Ipvs,
+            operation: "delete stale UDP conntrack entries",
+            message: e.to_string(),
+        })?;
+        self.udp = plan.udp.clone();
         let host = self.host();
         let stale: BTreeSet<IpAddr> = have.difference(&plan.addresses).copied().collect();
         host.change_addresses(&BTreeSet::new(), &stale)
@@ -400,6 +413,7 @@ impl Backend for IpvsBackend {
         host.delete_dummy().map_err(exec_err("delete kube-ipvs0"))?;
         self.applied = None;
         self.draining.clear();
+        self.udp = UdpSnapshot::default();
         Ok(())
     }
 }

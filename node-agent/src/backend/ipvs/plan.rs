@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use switchyard_api::ruleset::{Cidr, IpFamily, Protocol};
 
 use super::objects::{RealServer, ServiceKey, Timeouts, VirtualServer};
+use crate::conntrack::UdpSnapshot;
 
 /// The dummy interface holding every service address.
 pub const DUMMY_INTERFACE: &str = "kube-ipvs0";
@@ -164,6 +165,8 @@ pub struct IpvsPlan {
     pub timeouts: Timeouts,
     pub strict_arp: bool,
     pub limitations: Vec<Limitation>,
+    /// What the UDP service ports program, for stale conntrack cleanup.
+    pub udp: UdpSnapshot,
 }
 
 impl IpvsPlan {

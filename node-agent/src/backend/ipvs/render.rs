@@ -15,6 +15,7 @@ use super::objects::{RealServer, ServiceKey, Timeouts, VirtualServer};
 use super::plan::{
     FamilyRules, IpSet, IpvsPlan, Limitation, PlannedService, SetEntry, SetType, Table,
 };
+use crate::conntrack::UdpSnapshot;
 use crate::settings::{LocalDetector, NodePortAddresses, Settings};
 
 /// kube-proxy's ipsets: (name, type, comment). IPv6 sets are named `KUBE-6-…`.
@@ -114,12 +115,18 @@ pub fn all_set_names() -> Vec<String> {
         .collect()
 }
 
-/// `KUBE-X` for IPv4, `KUBE-6-X` for IPv6.
+/// The longest ipset name the kernel takes.
+const MAX_SET_NAME: usize = 31;
+
+/// `KUBE-X` for IPv4, `KUBE-6-X` for IPv6, cut to 31 characters as kube-proxy
+/// does (`KUBE-6-LOAD-BALANCER-SOURCE-CID`).
 pub fn set_name(base: &str, family: IpFamily) -> String {
-    match family {
+    let mut name = match family {
         IpFamily::V4 => base.to_string(),
         IpFamily::V6 => format!("KUBE-6-{}", base.trim_start_matches("KUBE-")),
-    }
+    };
+    name.truncate(MAX_SET_NAME);
+    name
 }
 
 /// Sets of one family being filled.
@@ -135,6 +142,7 @@ pub fn render(ruleset: &LinkedRuleset, settings: &Settings) -> IpvsPlan {
     let mut plan = IpvsPlan {
         timeouts: timeouts(settings),
         strict_arp: settings.ipvs.strict_arp,
+        udp: UdpSnapshot::of(ruleset),
         ..IpvsPlan::default()
     };
     let mut sets: BTreeMap<IpFamily, Sets> = BTreeMap::new();
@@ -210,14 +218,16 @@ fn virtual_server(key: ServiceKey, sp: &LinkedServicePort, settings: &Settings) 
             };
         }
     }
-    let (mut timeout, mut netmask) = (0, 0);
+    // The persistence granularity: one client address. The kernel wants a
+    // valid IPv6 prefix length even without persistence, as ipvsadm sends.
+    let netmask = match key.addr {
+        IpAddr::V4(_) => u32::MAX,
+        IpAddr::V6(_) => 128,
+    };
+    let mut timeout = 0;
     if let Some(aff) = sp.rule.session_affinity {
         flags |= SVC_F_PERSISTENT;
         timeout = aff.timeout_seconds;
-        netmask = match key.addr {
-            IpAddr::V4(_) => u32::MAX,
-            IpAddr::V6(_) => 128,
-        };
     }
     VirtualServer {
         key,

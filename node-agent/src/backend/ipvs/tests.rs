@@ -342,6 +342,13 @@ fn ipv6_services_get_kube_6_sets_and_ip6tables_rules() {
     r.backends = vec![endpoint(1, "fd01::2", "node-a")];
     let plan = plan_for(vec![r], &Settings::defaults(Mode::Ipvs));
     assert_eq!(set(&plan, "KUBE-6-CLUSTER-IP"), ["fd00::10,tcp:80"]);
+    // Names are cut to the kernel's 31 characters, as kube-proxy cuts them.
+    assert!(
+        plan.ipsets
+            .iter()
+            .any(|s| s.name == "KUBE-6-LOAD-BALANCER-SOURCE-CID")
+    );
+    assert!(plan.ipsets.iter().all(|s| s.name.len() <= 31));
     assert!(
         plan.rules
             .iter()

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use switchyard_api::ruleset::{Cidr, IpFamily, Protocol};
 
@@ -14,7 +15,8 @@ pub const TABLE: &str = "switchyard";
 /// Everything this backend programs: one table per family.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
-    pub tables: Vec<Table>,
+    /// Shared, so keeping the applied plan for the next diff costs no copy.
+    pub tables: Vec<Arc<Table>>,
     /// Service ports left out of the plan, with the reason (bad input is skipped, not fatal).
     pub skipped: Vec<String>,
     /// What the plan programs for UDP, for stale conntrack cleanup.
@@ -23,7 +25,10 @@ pub struct Plan {
 
 impl Plan {
     pub fn table(&self, family: IpFamily) -> Option<&Table> {
-        self.tables.iter().find(|t| t.family == family)
+        self.tables
+            .iter()
+            .map(|t| &**t)
+            .find(|t| t.family == family)
     }
 
     /// Rules plus set/map elements, for [`crate::backend::ApplyStats`].

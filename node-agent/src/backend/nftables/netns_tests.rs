@@ -148,7 +148,7 @@ fn full_and_incremental_syncs_land_in_the_kernel_and_a_broken_apply_keeps_them()
         vec![endpoint(991, "10.0.1.99", "node-a")],
     ));
     let mut plan = backend.render(&linked(&broken), &settings());
-    let table = &mut plan.tables[0];
+    let table = Arc::make_mut(&mut plan.tables[0]);
     let chain = table
         .chains
         .iter_mut()
@@ -225,4 +225,80 @@ fn tcp_connect_to_a_cluster_ip_reaches_the_endpoint() {
          [ -n \"$out\" ] && echo \"$out\" && exit 0; sleep 0.1; done; exit 1",
     );
     assert_eq!(reply.trim(), "pod-10.0.1.5");
+}
+
+/// Chains and set names in `nft list table` output.
+fn listed_names(listing: &str) -> Vec<String> {
+    let mut names: Vec<String> = listing
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            ["chain ", "set ", "map "]
+                .iter()
+                .find_map(|p| l.strip_prefix(p))
+                .and_then(|rest| rest.strip_suffix(" {"))
+                .map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+fn planned_names(plan: &super::Plan, family: switchyard_api::ruleset::IpFamily) -> Vec<String> {
+    let t = plan.table(family).unwrap();
+    let mut names: Vec<String> = t.chains.keys().chain(t.sets.keys()).cloned().collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn every_incremental_transition_is_accepted_and_leaves_exactly_the_planned_objects() {
+    let Some(ns) = Netns::create("steps") else {
+        return;
+    };
+    let mut backend = NftablesBackend::new(ns.runner());
+    let base = sample_ruleset();
+    let mut steps = vec![base.clone()];
+    // All endpoints of a service go away (its chain goes, REJECT elements come).
+    let mut s = base.clone();
+    s.services[0].backends.clear();
+    steps.push(s.clone());
+    // They come back, and a new service appears.
+    let mut s = base.clone();
+    s.services.push(service(
+        7,
+        "new",
+        "172.30.0.70",
+        vec![endpoint(71, "10.0.1.70", "node-a")],
+    ));
+    steps.push(s.clone());
+    // Session affinity on a service that had none (new affinity sets), then off.
+    s.services[0].session_affinity = Some(switchyard_api::ruleset::SessionAffinity {
+        timeout_seconds: 30,
+    });
+    steps.push(s.clone());
+    steps.push(base.clone());
+    // Everything removed.
+    steps.push(Ruleset::default());
+    steps.push(base);
+
+    for (i, rs) in steps.iter().enumerate() {
+        let plan = backend.render(&linked(rs), &settings());
+        let stats = backend
+            .apply(&plan)
+            .unwrap_or_else(|e| panic!("step {i}: {e}"));
+        assert_eq!(stats.full, i == 0, "step {i}");
+        for family in [
+            switchyard_api::ruleset::IpFamily::V4,
+            switchyard_api::ruleset::IpFamily::V6,
+        ] {
+            let word = super::text::family_word(family);
+            let listed = ns.sh(&format!("nft list table {word} switchyard"));
+            assert_eq!(
+                listed_names(&listed),
+                planned_names(&plan, family),
+                "step {i} ({word})"
+            );
+        }
+    }
 }

@@ -6,6 +6,7 @@
 //! found by one `@hairpin` set in postrouting.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use switchyard_api::policy::{LinkedRuleset, LinkedServicePort};
@@ -211,7 +212,7 @@ pub fn render(ruleset: &LinkedRuleset, settings: &Settings) -> Plan {
                 ));
             }
         }
-        plan.tables.push(r.table);
+        plan.tables.push(Arc::new(r.table));
     }
     plan
 }
@@ -256,8 +257,11 @@ impl<'a> FamilyRenderer<'a> {
         }
     }
 
-    fn in_family(&self, ip: &IpAddr) -> bool {
-        IpFamily::of(ip) == self.family
+    fn of_family(&self, ips: &[IpAddr]) -> Vec<IpAddr> {
+        ips.iter()
+            .filter(|ip| IpFamily::of(ip) == self.family)
+            .copied()
+            .collect()
     }
 
     fn has_local_detector(&self) -> bool {
@@ -512,24 +516,9 @@ impl<'a> FamilyRenderer<'a> {
     /// One service port's elements and chains (kube-proxy's per-service loop).
     fn service_port(&mut self, svc: &LinkedServicePort) -> Result<(), String> {
         let r = &svc.rule;
-        let cluster_ips: Vec<IpAddr> = r
-            .cluster_ips
-            .iter()
-            .filter(|ip| self.in_family(ip))
-            .copied()
-            .collect();
-        let external_ips: Vec<IpAddr> = r
-            .external_ips
-            .iter()
-            .filter(|ip| self.in_family(ip))
-            .copied()
-            .collect();
-        let lb_ips: Vec<IpAddr> = r
-            .load_balancer_ips
-            .iter()
-            .filter(|ip| self.in_family(ip))
-            .copied()
-            .collect();
+        let cluster_ips = self.of_family(&r.cluster_ips);
+        let external_ips = self.of_family(&r.external_ips);
+        let lb_ips = self.of_family(&r.load_balancer_ips);
         let in_family = |b: &&Backend| IpFamily::of(&b.ip) == self.family;
         let cluster: Vec<&Backend> = svc.cluster_endpoints().filter(in_family).collect();
         let local: Vec<&Backend> = svc.local_endpoints().filter(in_family).collect();

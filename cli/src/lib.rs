@@ -1,0 +1,20 @@
+//! The `switchyard` command: `plan` and `diff` for reviewing what nodes would
+//! program (GitOps), `crdgen`, and `demo`, a live mode migration of a small
+//! cluster built from network namespaces on this machine.
+
+pub mod demo;
+pub mod diff;
+pub mod input;
+pub mod plan;
+pub mod trace;
+
+use std::sync::Arc;
+
+use switchyard_agent::exec::RealRunner;
+use switchyard_agent::switch::BackendFactory;
+
+/// The real backends, running kernel tools in the calling thread's network
+/// namespace. Building one touches nothing; `plan` and `diff` only render.
+pub fn real_backends() -> BackendFactory {
+    BackendFactory::new(Arc::new(RealRunner))
+}

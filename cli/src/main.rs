@@ -1,0 +1,248 @@
+//! `switchyard`: plan and diff what nodes would program, print the CRDs, and run a
+//! live mode migration of a small cluster built from network namespaces.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use switchyard_api::Mode;
+use switchyard_cli::demo::{DemoOptions, Layout, run_demo};
+use switchyard_cli::diff::{DiffRequest, diff};
+use switchyard_cli::input::load_state;
+use switchyard_cli::plan::{Cluster, PlanRequest, exit, plan};
+
+const PLAN_EXAMPLES: &str = "\
+Examples:
+  # What would worker-1 program, from manifests in a Git checkout plus the live Nodes:
+  kubectl get nodes -o yaml > nodes.yaml
+  switchyard plan -f manifests/ -f nodes.yaml --node worker-1
+
+  # Straight from the cluster, as nftables regardless of the node's pool:
+  kubectl get svc,endpointslices,nodes,proxyconfigs -A -o yaml | switchyard plan -f - --mode nftables
+
+  # For a CI job: machine-readable, exit 1 on invalid input, 2 on a pool conflict:
+  switchyard plan -f manifests/ -f nodes.yaml --format json > plan.json
+
+Exit codes: 0 fine, 1 invalid input (the message names the object and field),
+2 a node is selected by two ProxyConfigs of equal priority.";
+
+const DIFF_EXAMPLES: &str = "\
+Examples:
+  # Review a migration: both modes' rules for worker-1 and their behaviour compared:
+  switchyard diff --from ipvs --to nftables -f manifests/ -f nodes.yaml --node worker-1
+
+  # Fail a CI job when the two modes would serve the services differently:
+  switchyard diff --from iptables --to nftables -f state.yaml --fail-on-difference
+
+Exit codes: 0 fine (differences are printed), 1 invalid input, 2 a pool conflict,
+3 a behaviour difference with --fail-on-difference.";
+
+const DEMO_EXAMPLES: &str = "\
+Examples:
+  # Run as root: 3 nodes, 4 services, iptables -> nftables, one node per batch:
+  sudo switchyard demo --from iptables --to nftables
+
+  # Bigger, and back the other way, two nodes at a time:
+  sudo switchyard demo --from nftables --to iptables --nodes 4 --services 8 --batch 2
+
+  # The demo cluster's objects, and what its first node would program:
+  switchyard demo --print-state | switchyard plan -f - --node node-0
+
+Everything lives in network namespaces named sycli<pid>-*, with no route out of
+the machine; they are removed at the end, on error and on Ctrl-C.
+Exit code: 0 when no connection failed and no established connection dropped.";
+
+const CRDGEN_EXAMPLES: &str = "\
+Examples:
+  switchyard crdgen > crds.yaml
+  switchyard crdgen | kubectl apply -f -";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Plan, compare and demonstrate Switchyard's service dataplanes",
+    after_help = "Run `switchyard <command> --help` for examples."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print what a node would program: its pool, mode and rules in the mode's native form.
+    #[command(after_help = PLAN_EXAMPLES)]
+    Plan {
+        /// Kubernetes YAML: files, directories, or - for standard input (repeatable).
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        /// Plan only this node (default: every Node in the input).
+        #[arg(long)]
+        node: Option<String>,
+        /// Render this mode instead of the pool's (iptables, ipvs, nftables, ebpf).
+        #[arg(long)]
+        mode: Option<Mode>,
+        /// `text` for people, `json` for pipelines.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Compare two modes for the same state: rules side by side and a behaviour check.
+    #[command(after_help = DIFF_EXAMPLES)]
+    Diff {
+        /// The mode the nodes run now.
+        #[arg(long)]
+        from: Mode,
+        /// The mode to compare it with.
+        #[arg(long)]
+        to: Mode,
+        /// Kubernetes YAML: files, directories, or - for standard input (repeatable).
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        /// Compare on this node only (default: every Node in the input).
+        #[arg(long)]
+        node: Option<String>,
+        /// Exit 3 when the modes would serve some service differently.
+        #[arg(long)]
+        fail_on_difference: bool,
+        /// `text` for people, `json` for pipelines.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Print the CustomResourceDefinitions as YAML.
+    #[command(after_help = CRDGEN_EXAMPLES)]
+    Crdgen,
+    /// Build a small cluster from network namespaces and migrate it live between two modes.
+    #[command(after_help = DEMO_EXAMPLES)]
+    Demo {
+        /// The mode every node starts in.
+        #[arg(long, default_value = "iptables")]
+        from: Mode,
+        /// The mode the pool migrates to.
+        #[arg(long, default_value = "nftables")]
+        to: Mode,
+        /// Nodes (network namespaces with their pods).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=8))]
+        nodes: u8,
+        /// Services (alternately NodePort and ClusterIP, each with a TCP and a UDP port).
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=50))]
+        services: u8,
+        /// Nodes switched at once (the rollout's maxUnavailable).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        batch: u32,
+        /// Seconds of traffic before the first and after every batch.
+        #[arg(long, default_value_t = 2.0)]
+        settle: f64,
+        /// Print the demo cluster's Kubernetes objects (for `plan -f -`) and exit.
+        #[arg(long)]
+        print_state: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if matches!(cli.command, Command::Demo { .. }) {
+        // Before any thread starts: Ctrl-C (SIGINT/SIGTERM/SIGHUP) removes every
+        // namespace the demo created, and with them their links and rules.
+        switchyard_e2e::netns::install_signal_cleanup();
+    }
+    match run(cli.command) {
+        Ok(code) => ExitCode::from(code),
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(exit::INVALID)
+        }
+    }
+}
+
+fn run(command: Command) -> Result<u8, String> {
+    match command {
+        Command::Plan {
+            files,
+            node,
+            mode,
+            format,
+        } => {
+            let cluster = Cluster::new(load_state(&files).map_err(|e| e.to_string())?);
+            let report = plan(
+                &cluster,
+                &PlanRequest { node, mode },
+                &switchyard_cli::real_backends(),
+            )
+            .map_err(|e| e.to_string())?;
+            match format {
+                Format::Text => {
+                    print!("{}", report.to_text());
+                }
+                Format::Json => print!("{}", report.to_json()),
+            }
+            Ok(report.exit_code)
+        }
+        Command::Diff {
+            from,
+            to,
+            files,
+            node,
+            fail_on_difference,
+            format,
+        } => {
+            let cluster = Cluster::new(load_state(&files).map_err(|e| e.to_string())?);
+            let request = DiffRequest { from, to, node };
+            let report = diff(&cluster, &request, &switchyard_cli::real_backends())
+                .map_err(|e| e.to_string())?;
+            match format {
+                Format::Text => print!("{}", report.to_text()),
+                Format::Json => print!("{}", report.to_json()),
+            }
+            Ok(report.exit_code(fail_on_difference))
+        }
+        Command::Crdgen => {
+            let yaml = switchyard_api::crds_yaml().map_err(|e| format!("CRD YAML: {e}"))?;
+            print!("{yaml}");
+            Ok(exit::OK)
+        }
+        Command::Demo {
+            from,
+            to,
+            nodes,
+            services,
+            batch,
+            settle,
+            print_state,
+        } => {
+            if print_state {
+                print!("{}", Layout { nodes, services }.state_yaml(from, batch));
+                return Ok(exit::OK);
+            }
+            let options = DemoOptions {
+                from,
+                to,
+                nodes,
+                services,
+                batch,
+                settle: std::time::Duration::from_secs_f64(settle.clamp(0.0, 600.0)),
+                progress: switchyard_cli::demo::Progress::stdout(),
+            };
+            let report = run_demo(options).map_err(|e| e.to_string())?;
+            print!("{}", report.to_text());
+            Ok(if report.clean() {
+                exit::OK
+            } else {
+                exit::INVALID
+            })
+        }
+    }
+}

@@ -628,6 +628,25 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_mode_override_replaces_output_and_masq_for_that_mode_only() {
+        let mut f = flow("10.180.0.1:80", Some(true));
+        f.by_mode.insert(
+            Mode::Nftables,
+            crate::scenario::ModeExpectation {
+                output: "REJECT".into(),
+                masq: None,
+            },
+        );
+        let nft = f.for_mode(Mode::Nftables);
+        assert_eq!((nft.output.as_str(), nft.masq), ("REJECT", None));
+        let ipt = f.for_mode(Mode::Iptables);
+        assert_eq!(
+            (ipt.output.as_str(), ipt.masq),
+            ("10.180.0.1:80", Some(true))
+        );
+    }
+
     fn reply(server: &str, peer: &str) -> Attempt {
         Attempt::Reply {
             server: server.parse().unwrap(),

@@ -2,7 +2,7 @@
 //! applied into the new one, computed from the two plans alone (the kernel is
 //! never listed).
 
-use super::ir::{Chain, Table};
+use super::ir::Table;
 use super::text::Transaction;
 
 /// Append to `tx` the commands turning `old` into `new` (same family).
@@ -10,7 +10,10 @@ use super::text::Transaction;
 /// Order matters inside one transaction: new sets and chains first (so rules
 /// and elements can reference them), then rewritten chains, element deletes,
 /// element adds, and last the chains and sets nothing references any more.
-pub fn diff_table(old: &Table, new: &Table, tx: &mut Transaction) {
+/// Removed chains are only flushed; their names are returned so they can be
+/// deleted by a later transaction (kernels before 6.2 see a chain as still
+/// referenced for a moment after the map element pointing to it is deleted).
+pub fn diff_table(old: &Table, new: &Table, tx: &mut Transaction) -> Vec<String> {
     let fam = new.family;
 
     for (name, set) in &new.sets {
@@ -58,23 +61,23 @@ pub fn diff_table(old: &Table, new: &Table, tx: &mut Transaction) {
                 .filter(|(k, v)| before.elements.get(*k) != Some(*v)),
         );
     }
-    // Removed chains: flush first so chains they reference are free too.
-    let removed: Vec<(&String, &Chain)> = old
+    // Removed chains: flushed, so nothing they reference stays referenced.
+    let removed: Vec<String> = old
         .chains
-        .iter()
-        .filter(|(name, _)| !new.chains.contains_key(*name))
+        .keys()
+        .filter(|name| !new.chains.contains_key(*name))
+        .cloned()
         .collect();
-    for (name, _) in &removed {
+    for name in &removed {
         tx.flush_chain(fam, name);
     }
-    for (name, _) in &removed {
-        tx.delete_chain(fam, name);
-    }
+    // Affinity sets are referenced only by rules flushed above.
     for (name, set) in &old.sets {
         if !new.sets.contains_key(name) {
             tx.delete_set(fam, name, set);
         }
     }
+    removed
 }
 
 /// Whether `old` → `new` needs the table rewritten: a base chain or a set

@@ -37,6 +37,8 @@ pub struct NftablesBackend {
     runner: Arc<dyn Runner>,
     /// What the kernel holds, as this backend last applied it.
     applied: Option<Plan>,
+    /// Empty chains of removed services, deleted at the start of the next apply.
+    stale_chains: Vec<(IpFamily, String)>,
     udp: UdpSnapshot,
 }
 
@@ -45,7 +47,29 @@ impl NftablesBackend {
         NftablesBackend {
             runner,
             applied: None,
+            stale_chains: Vec::new(),
             udp: UdpSnapshot::default(),
+        }
+    }
+
+    /// Delete the chains earlier syncs emptied, unless `plan` uses them again.
+    /// A failure is not fatal: they are empty and unreferenced, and the next
+    /// apply tries again.
+    fn delete_stale_chains(&mut self, plan: &Plan) {
+        self.stale_chains.retain(|(family, name)| {
+            plan.table(*family)
+                .is_none_or(|t| !t.chains.contains_key(name))
+        });
+        if self.stale_chains.is_empty() {
+            return;
+        }
+        let mut tx = Transaction::default();
+        for (family, name) in &self.stale_chains {
+            tx.delete_chain(*family, name);
+        }
+        match self.nft("delete stale chains", tx.text()) {
+            Ok(()) => self.stale_chains.clear(),
+            Err(e) => tracing::warn!(error = %e, "stale nftables chains stay until the next sync"),
         }
     }
 
@@ -61,21 +85,40 @@ impl NftablesBackend {
     }
 }
 
-/// The transaction turning `old` (what is applied, if known) into `new`;
-/// `true` when it rewrites every table.
-pub fn transaction(old: Option<&Plan>, new: &Plan) -> (Transaction, bool) {
-    let mut tx = Transaction::default();
-    let mut full = true;
+/// A transaction from one plan to the next.
+pub struct Step {
+    pub tx: Transaction,
+    /// Every table is rewritten.
+    pub full: bool,
+    /// Tables rewritten (their stale chains are gone with them).
+    pub replaced: Vec<IpFamily>,
+    /// Chains the transaction flushes and a later one must delete.
+    pub flushed: Vec<(IpFamily, String)>,
+}
+
+/// The transaction turning `old` (what is applied, if known) into `new`.
+pub fn transaction(old: Option<&Plan>, new: &Plan) -> Step {
+    let mut step = Step {
+        tx: Transaction::default(),
+        full: true,
+        replaced: Vec::new(),
+        flushed: Vec::new(),
+    };
     for table in &new.tables {
         match old.and_then(|o| o.table(table.family)) {
             Some(before) if !diff::needs_full_sync(before, table) => {
-                diff::diff_table(before, table, &mut tx);
-                full = false;
+                let removed = diff::diff_table(before, table, &mut step.tx);
+                step.flushed
+                    .extend(removed.into_iter().map(|c| (table.family, c)));
+                step.full = false;
             }
-            _ => tx.replace_table(table),
+            _ => {
+                step.tx.replace_table(table);
+                step.replaced.push(table.family);
+            }
         }
     }
-    (tx, full)
+    step
 }
 
 impl Backend for NftablesBackend {
@@ -90,12 +133,22 @@ impl Backend for NftablesBackend {
     }
 
     fn apply(&mut self, plan: &Plan) -> Result<ApplyStats, BackendError> {
-        let (tx, full) = transaction(self.applied.as_ref(), plan);
+        if self.applied.is_some() {
+            self.delete_stale_chains(plan);
+        }
+        let Step {
+            tx,
+            full,
+            replaced,
+            flushed,
+        } = transaction(self.applied.as_ref(), plan);
         if !tx.is_empty() {
             // One transaction: on failure the kernel keeps the previous rules,
             // and so does our record of them.
             self.nft("apply transaction", tx.text())?;
         }
+        self.stale_chains.retain(|(f, _)| !replaced.contains(f));
+        self.stale_chains.extend(flushed);
         self.applied = Some(plan.clone());
         let stale = conntrack::stale_entries(&self.udp, &plan.udp);
         self.udp = plan.udp.clone();
@@ -143,6 +196,7 @@ impl Backend for NftablesBackend {
         }
         self.nft("delete tables", tx.text())?;
         self.applied = None;
+        self.stale_chains.clear();
         self.udp = UdpSnapshot::default();
         Ok(())
     }

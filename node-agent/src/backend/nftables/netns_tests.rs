@@ -126,9 +126,14 @@ fn full_and_incremental_syncs_land_in_the_kernel_and_a_broken_apply_keeps_them()
     assert!(listed.contains("dnat to 10.0.9.5:8080"), "{listed}");
     assert!(!listed.contains("dnat to 10.0.2.5:8080"));
     assert!(
-        !listed.contains("sticky"),
-        "removed service's chain and sets are gone"
+        !listed.contains("affinity-"),
+        "removed service's sets are gone"
     );
+    // Its emptied chain is deleted by the next sync.
+    assert!(listed.contains("default/sticky"));
+    apply(&mut backend, &changed);
+    let listed = ns.sh("nft list table ip switchyard");
+    assert!(!listed.contains("sticky"), "{listed}");
     // What the kernel holds equals a fresh full render of the same ruleset.
     let expected_chains = backend
         .render(&linked(&changed), &settings())
@@ -288,6 +293,11 @@ fn every_incremental_transition_is_accepted_and_leaves_exactly_the_planned_objec
             .apply(&plan)
             .unwrap_or_else(|e| panic!("step {i}: {e}"));
         assert_eq!(stats.full, i == 0, "step {i}");
+        // The next sync deletes the chains this one emptied, and nothing else.
+        let again = backend
+            .apply(&plan)
+            .unwrap_or_else(|e| panic!("step {i} again: {e}"));
+        assert_eq!(again.written, 0, "step {i}");
         for family in [
             switchyard_api::ruleset::IpFamily::V4,
             switchyard_api::ruleset::IpFamily::V6,

@@ -178,9 +178,14 @@ fn endpoint_change_transaction_matches_golden_file() {
         .push(endpoint(14, "10.0.4.5", "node-d"));
     // Removing a service deletes its elements before its chains.
     after.services.retain(|s| s.name != "sticky");
-    let (tx, full) = transaction(Some(&plan_of(&before)), &plan_of(&after));
-    assert!(!full);
-    golden("endpoint-change.nft", tx.text());
+    let step = transaction(Some(&plan_of(&before)), &plan_of(&after));
+    assert!(!step.full);
+    assert_eq!(
+        step.flushed.len(),
+        1,
+        "the removed service's chain, deleted later"
+    );
+    golden("endpoint-change.nft", step.tx.text());
 }
 
 fn tcp(dst: &str, port: u16) -> Packet {
@@ -415,8 +420,12 @@ fn failed_apply_keeps_the_record_of_what_is_applied() {
     changed.services.remove(0);
     assert!(backend.apply(&plan_of(&changed)).is_err());
     // The diff is still taken against the rules the kernel kept.
-    let (tx, _) = transaction(backend.applied.as_ref(), &plan_of(&changed));
-    assert!(tx.text().contains("delete chain"));
+    let step = transaction(backend.applied.as_ref(), &plan_of(&changed));
+    assert!(
+        step.tx
+            .text()
+            .contains("flush chain ip switchyard service-")
+    );
 }
 
 #[test]
@@ -478,4 +487,45 @@ fn host_traffic_to_external_local_without_local_endpoints_is_short_circuited_not
     let mut outside = tcp("203.0.113.7", 80);
     outside.src = ip("198.51.100.50");
     assert_eq!(run(&plan, &outside, 0).outcome, Outcome::Drop);
+}
+
+#[test]
+fn chains_of_removed_services_are_deleted_by_the_next_sync_unless_reused() {
+    let runner = Arc::new(FakeRunner::default());
+    let mut backend = NftablesBackend::new(runner.clone());
+    let rs = sample_ruleset();
+    backend.apply(&plan_of(&rs)).unwrap();
+    let mut without = rs.clone();
+    without.services.retain(|s| s.name != "web");
+    backend.apply(&plan_of(&without)).unwrap();
+    let nft = |runner: &FakeRunner| -> Vec<String> {
+        runner
+            .calls()
+            .into_iter()
+            .filter(|c| c.program == "nft")
+            .map(|c| c.stdin.unwrap_or_default())
+            .collect()
+    };
+    let removal = nft(&runner).pop().unwrap();
+    assert!(removal.contains("flush chain ip switchyard service-SUSTUHLJ-default/web/tcp/http"));
+    assert!(!removal.contains("delete chain"), "{removal}");
+
+    backend.apply(&plan_of(&without)).unwrap();
+    let calls = nft(&runner);
+    assert_eq!(
+        calls.last().unwrap(),
+        "delete chain ip switchyard service-SUSTUHLJ-default/web/tcp/http\n",
+        "a transaction of its own, before the (empty) sync"
+    );
+
+    // Removed and back before the next sync: the chain is reused, not deleted.
+    backend.apply(&plan_of(&rs)).unwrap();
+    backend.apply(&plan_of(&without)).unwrap();
+    backend.apply(&plan_of(&rs)).unwrap();
+    assert!(
+        nft(&runner)
+            .iter()
+            .skip(calls.len())
+            .all(|t| !t.contains("delete chain"))
+    );
 }

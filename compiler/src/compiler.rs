@@ -49,14 +49,16 @@ pub struct Compiler {
     settings: CompileSettings,
     services: ChangeTracker<ServiceKey, ServiceInfo>,
     slices: ChangeTracker<SliceKey, SliceInfo>,
-    /// Slice names (same namespace) per service, in name order.
-    slices_of: HashMap<ServiceKey, BTreeSet<String>>,
+    /// The slices of each service, sorted by name (a few per service: a Vec).
+    slices_of: HashMap<ServiceKey, Vec<SliceKey>>,
     candidates: HashMap<ServiceKey, Candidates>,
     claims: Claims,
     /// The services with rules in the output.
     emitted: BTreeSet<ServiceKey>,
     /// The output of services recompiled in this sync, before the recompile.
     previous_output: HashMap<ServiceKey, Vec<ServicePortRule>>,
+    /// How many services the last sync recompiled.
+    recompiled: usize,
     /// Ports skipped for a frontend conflict, per service.
     conflicts: HashMap<ServiceKey, Vec<Diagnostic>>,
     ids: Allocators,
@@ -108,7 +110,9 @@ impl Compiler {
             if let Some(service) = change.previous.and_then(|s| s.service) {
                 let service = ServiceKey::new(slice.namespace.clone(), service);
                 if let Some(names) = self.slices_of.get_mut(&service) {
-                    names.remove(&slice.name);
+                    if let Ok(at) = names.binary_search(&slice) {
+                        names.remove(at);
+                    }
                     if names.is_empty() {
                         self.slices_of.remove(&service);
                     }
@@ -117,10 +121,10 @@ impl Compiler {
             }
             if let Some(service) = self.slices.get(&slice).and_then(|s| s.service.clone()) {
                 let service = ServiceKey::new(slice.namespace.clone(), service);
-                self.slices_of
-                    .entry(service.clone())
-                    .or_default()
-                    .insert(slice.name.clone());
+                let names = self.slices_of.entry(service.clone()).or_default();
+                if let Err(at) = names.binary_search(&slice) {
+                    names.insert(at, slice);
+                }
                 dirty.insert(service);
             }
         }
@@ -128,6 +132,7 @@ impl Compiler {
         let (deleted, present): (Vec<ServiceKey>, Vec<ServiceKey>) = dirty
             .into_iter()
             .partition(|key| self.services.get(key).is_none());
+        self.recompiled = deleted.len() + present.len();
         let mut affected = BTreeSet::new();
         for key in deleted.into_iter().chain(present) {
             self.recompile(&key, &mut affected);
@@ -146,10 +151,7 @@ impl Compiler {
                     .get(key)
                     .into_iter()
                     .flatten()
-                    .filter_map(|name| {
-                        self.slices
-                            .get(&SliceKey::new(key.namespace.clone(), name.clone()))
-                    })
+                    .filter_map(|slice| self.slices.get(slice))
                     .collect();
                 let rules = join_service(&info.ports, &slices, &mut old.ids, &mut self.ids);
                 (info.created.clone(), rules)
@@ -208,10 +210,14 @@ impl Compiler {
         if let Some(candidates) = self.candidates.get(key) {
             let mut kept = Vec::new();
             for rule in &candidates.rules {
-                let me = claimant(candidates.created.clone(), rule);
                 let lost: Vec<(Frontend, &Claimant)> = frontends(rule)
                     .into_iter()
-                    .filter_map(|f| self.claims.winner(&f).filter(|w| **w != me).map(|w| (f, w)))
+                    .filter_map(|f| {
+                        self.claims
+                            .winner(&f)
+                            .filter(|w| !w.is(rule))
+                            .map(|w| (f, w))
+                    })
                     .collect();
                 if lost.is_empty() {
                     kept.push(rule);
@@ -246,6 +252,12 @@ impl Compiler {
             self.emitted.insert(key.clone());
         }
         changed
+    }
+
+    /// How many services the last [`Compiler::sync`] recompiled (a metric:
+    /// changes that were no-ops or cancelled out recompile nothing).
+    pub fn recompiled_last_sync(&self) -> usize {
+        self.recompiled
     }
 
     /// The whole compiled ruleset, in `namespace/name` and port order.

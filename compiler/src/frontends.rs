@@ -2,7 +2,7 @@
 //! port when several claim it. The oldest service wins (creation time, then
 //! `namespace/name`, then port); every other claimant's port is skipped.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -39,26 +39,26 @@ impl fmt::Display for Frontend {
     }
 }
 
-/// Every frontend of a service port.
-pub(crate) fn frontends(rule: &ServicePortRule) -> BTreeSet<Frontend> {
+/// Every frontend of a service port, sorted, each once.
+pub(crate) fn frontends(rule: &ServicePortRule) -> Vec<Frontend> {
     let ip = |ip: &IpAddr| Frontend::Ip {
         ip: *ip,
         protocol: rule.protocol,
         port: rule.port,
     };
-    let mut all: BTreeSet<Frontend> = rule
+    let mut all: Vec<Frontend> = rule
         .cluster_ips
         .iter()
         .chain(&rule.external_ips)
         .chain(&rule.load_balancer_ips)
         .map(ip)
-        .collect();
-    if let Some(port) = rule.node_port {
-        all.insert(Frontend::NodePort {
+        .chain(rule.node_port.map(|port| Frontend::NodePort {
             protocol: rule.protocol,
             port,
-        });
-    }
+        }))
+        .collect();
+    all.sort_unstable();
+    all.dedup();
     all
 }
 
@@ -68,6 +68,16 @@ pub(crate) struct Claimant {
     pub created: Option<Time>,
     pub service: ServiceKey,
     pub port: PortKey,
+}
+
+impl Claimant {
+    /// This claimant is `rule` (of the service `rule` names).
+    pub(crate) fn is(&self, rule: &ServicePortRule) -> bool {
+        self.service.name == rule.name
+            && self.service.namespace == rule.namespace
+            && self.port.port_name == rule.port_name
+            && self.port.protocol == rule.protocol
+    }
 }
 
 impl fmt::Display for Claimant {
@@ -84,30 +94,33 @@ impl fmt::Display for Claimant {
     }
 }
 
+/// Claimants per frontend, sorted (nearly always one, so a Vec, not a tree).
 #[derive(Debug, Default)]
 pub(crate) struct Claims {
-    by_frontend: HashMap<Frontend, BTreeSet<Claimant>>,
+    by_frontend: HashMap<Frontend, Vec<Claimant>>,
 }
 
 impl Claims {
     pub(crate) fn claim(&mut self, frontend: Frontend, claimant: Claimant) {
-        self.by_frontend
-            .entry(frontend)
-            .or_default()
-            .insert(claimant);
+        let list = self.by_frontend.entry(frontend).or_default();
+        if let Err(at) = list.binary_search(&claimant) {
+            list.insert(at, claimant);
+        }
     }
 
     pub(crate) fn release(&mut self, frontend: &Frontend, claimant: &Claimant) {
-        if let Some(set) = self.by_frontend.get_mut(frontend) {
-            set.remove(claimant);
-            if set.is_empty() {
+        if let Some(list) = self.by_frontend.get_mut(frontend) {
+            if let Ok(at) = list.binary_search(claimant) {
+                list.remove(at);
+            }
+            if list.is_empty() {
                 self.by_frontend.remove(frontend);
             }
         }
     }
 
     pub(crate) fn winner(&self, frontend: &Frontend) -> Option<&Claimant> {
-        self.by_frontend.get(frontend).and_then(|set| set.first())
+        self.by_frontend.get(frontend).and_then(|list| list.first())
     }
 
     pub(crate) fn claimants(&self, frontend: &Frontend) -> impl Iterator<Item = &Claimant> {

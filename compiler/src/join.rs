@@ -1,10 +1,10 @@
 //! A service's port templates joined with its EndpointSlices: the backends of
 //! every port, deduplicated across slices, with stable ids.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use switchyard_api::ruleset::{Backend, ServicePortRule};
+use switchyard_api::ruleset::{Backend, IpFamily, ServicePortRule};
 
 use crate::ids::IdAllocator;
 use crate::keys::PortKey;
@@ -17,16 +17,18 @@ pub(crate) struct Allocators {
     pub backends: IdAllocator,
 }
 
-/// The ids held by one service: per port its id and its backends' ids.
+/// The ids held by one service: per port its id and its backends' ids. A
+/// service has few ports, so these are small Vecs, not maps.
 #[derive(Debug, Default)]
 pub(crate) struct ServiceIds {
-    ports: HashMap<PortKey, PortIds>,
+    ports: Vec<(PortKey, PortIds)>,
 }
 
 #[derive(Debug)]
 struct PortIds {
     id: u32,
-    backends: HashMap<(IpAddr, u16), u32>,
+    /// Sorted by endpoint.
+    backends: Vec<((IpAddr, u16), u32)>,
 }
 
 impl ServiceIds {
@@ -36,9 +38,9 @@ impl ServiceIds {
 
     /// Give back every id (the service is gone).
     pub(crate) fn release_all(self, ids: &mut Allocators) {
-        for port in self.ports.into_values() {
+        for (_, port) in self.ports {
             ids.service_ports.release(port.id);
-            for id in port.backends.into_values() {
+            for (_, id) in port.backends {
                 ids.backends.release(id);
             }
         }
@@ -59,7 +61,8 @@ pub(crate) fn join_service(
         .iter()
         .map(|t| {
             let key = PortKey::of(t);
-            let endpoints = endpoints_of(&key, slices);
+            let families: Vec<IpFamily> = t.cluster_ips.iter().map(IpFamily::of).collect();
+            let endpoints = endpoints_of(&key, &families, slices);
             (key, endpoints)
         })
         .collect();
@@ -67,8 +70,9 @@ pub(crate) fn join_service(
     let mut kept: Vec<Option<PortIds>> = ports
         .iter()
         .map(|(key, endpoints)| {
-            let mut port_ids = previous.remove(key)?;
-            port_ids.backends.retain(|endpoint, id| {
+            let at = previous.iter().position(|(k, _)| k == key)?;
+            let (_, mut port_ids) = previous.swap_remove(at);
+            port_ids.backends.retain(|(endpoint, id)| {
                 let live = endpoints.contains_key(endpoint);
                 if !live {
                     ids.backends.release(*id);
@@ -82,18 +86,22 @@ pub(crate) fn join_service(
 
     let mut rules = Vec::with_capacity(templates.len());
     for ((template, (key, endpoints)), port_ids) in templates.iter().zip(ports).zip(&mut kept) {
-        let mut port_ids = port_ids.take().unwrap_or_else(|| PortIds {
+        let port_ids = port_ids.take().unwrap_or_else(|| PortIds {
             id: ids.service_ports.allocate(),
-            backends: HashMap::new(),
+            backends: Vec::new(),
         });
+        // Both in endpoint order: the kept ids are a subset of `endpoints`.
+        let mut old_ids = port_ids.backends.into_iter().peekable();
+        let mut backend_ids = Vec::with_capacity(endpoints.len());
         let backends = endpoints
             .into_iter()
-            .map(|((ip, port), facts)| {
-                let id = *port_ids
-                    .backends
-                    .entry((ip, port))
-                    .or_insert_with(|| ids.backends.allocate());
-                backend(id, port, facts)
+            .map(|(endpoint, facts)| {
+                let id = match old_ids.next_if(|(e, _)| *e == endpoint) {
+                    Some((_, id)) => id,
+                    None => ids.backends.allocate(),
+                };
+                backend_ids.push((endpoint, id));
+                backend(id, endpoint.1, facts)
             })
             .collect();
         rules.push(ServicePortRule {
@@ -101,7 +109,13 @@ pub(crate) fn join_service(
             backends,
             ..template.clone()
         });
-        held.ports.insert(key, port_ids);
+        held.ports.push((
+            key,
+            PortIds {
+                id: port_ids.id,
+                backends: backend_ids,
+            },
+        ));
     }
     rules
 }
@@ -110,15 +124,24 @@ pub(crate) fn join_service(
 type Endpoints<'s> = BTreeMap<(IpAddr, u16), &'s EndpointFacts>;
 
 /// The endpoints of one service port: slice ports matched by name and protocol
-/// (the slice port gives the target port), sorted by address and port.
-fn endpoints_of<'s>(key: &PortKey, slices: &[&'s SliceInfo]) -> Endpoints<'s> {
+/// (the slice port gives the target port), of the families the service has a
+/// cluster IP of (kube-proxy's per-family proxiers), sorted by address and port.
+fn endpoints_of<'s>(
+    key: &PortKey,
+    families: &[IpFamily],
+    slices: &[&'s SliceInfo],
+) -> Endpoints<'s> {
     let mut endpoints = BTreeMap::new();
     for slice in slices {
         for port in &slice.ports {
             if port.name != key.port_name || port.protocol != key.protocol {
                 continue;
             }
-            for facts in &slice.endpoints {
+            for facts in slice
+                .endpoints
+                .iter()
+                .filter(|f| families.contains(&IpFamily::of(&f.ip)))
+            {
                 endpoints.entry((facts.ip, port.port)).or_insert(facts);
             }
         }

@@ -2,12 +2,12 @@
 //! Nodes, settings) to the mode-neutral [`Ruleset`], with kube-proxy's service
 //! semantics; plus the incremental [`Compiler`] the operator keeps running.
 //!
-//! The pipeline per service: [`service`] derives the port templates (frontends,
-//! policies, affinity) from the Service, [`slice`] the endpoint facts from each
-//! EndpointSlice, [`join`] matches slice ports to service ports by name and
-//! protocol and deduplicates endpoints, and the frontend claims resolve VIPs
-//! claimed by several services. Endpoint policy per node is decided later, by
-//! `switchyard_api::policy::link`.
+//! The pipeline per service: `service.rs` derives the port templates (frontends,
+//! policies, affinity) from the Service, `slice.rs` the endpoint facts from each
+//! EndpointSlice, `join.rs` matches slice ports to service ports by name and
+//! protocol and deduplicates endpoints, and `frontends.rs` resolves VIPs claimed
+//! by several services. [`Sharder`] splits the result into `ProxyRuleset` specs.
+//! Endpoint policy per node is decided later, by `switchyard_api::policy::link`.
 //!
 //! Bad input never panics and never poisons other services: the bad part is
 //! skipped and reported as a [`Diagnostic`].

@@ -48,7 +48,7 @@ pub enum LoadError {
     #[error("{location}: the object has no kind")]
     MissingKind { location: Location },
     #[error(
-        "{location}: kind {kind:?} is not supported (Service, EndpointSlice, Node, ProxyConfig or List)"
+        "{location}: kind {kind:?} is not supported (Service, EndpointSlice, Node, ProxyConfig or a List)"
     )]
     UnsupportedKind { location: Location, kind: String },
     #[error("{location}: {kind} {name:?}: field `{path}`: {source}")]
@@ -72,7 +72,8 @@ impl Objects {
 }
 
 /// Parse a (multi-document) YAML stream of Services, EndpointSlices, Nodes,
-/// ProxyConfigs and Lists of them. Empty documents are skipped.
+/// ProxyConfigs and lists of them (`kind: List`, `ServiceList`, …, as
+/// `kubectl get -o yaml` writes them). Empty documents are skipped.
 pub fn parse_objects(yaml: &str) -> Result<Objects, LoadError> {
     let mut objects = Objects::default();
     for (index, document) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
@@ -85,7 +86,7 @@ pub fn parse_objects(yaml: &str) -> Result<Objects, LoadError> {
         if value.is_null() {
             continue;
         }
-        if kind_of(&value) == Some("List") {
+        if kind_of(&value).is_some_and(|k| k.ends_with("List")) {
             let items = value.get("items").and_then(Value::as_sequence).cloned();
             for (i, item) in items.into_iter().flatten().enumerate() {
                 let location = Location {

@@ -7,7 +7,9 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use switchyard_api::ruleset::{Cidr, Protocol, ServicePortRule, SessionAffinity, TrafficPolicy};
+use switchyard_api::ruleset::{
+    Cidr, IpFamily, Protocol, ServicePortRule, SessionAffinity, TrafficPolicy,
+};
 
 use crate::CompileSettings;
 use crate::diagnostic::{ObjectKind, Reason, Reporter};
@@ -73,8 +75,12 @@ fn service_ports(
     reporter: &mut Reporter<'_>,
 ) -> Option<Vec<ServicePortRule>> {
     let cluster_ips = cluster_ips(spec, reporter)?;
+    // kube-proxy runs one proxier per family and a service exists for a family
+    // only with a cluster IP of it: addresses of other families are unused.
+    let families: Vec<IpFamily> = cluster_ips.iter().map(IpFamily::of).collect();
     let external_ips = parse_ips(
         spec.external_ips.iter().flatten().map(String::as_str),
+        &families,
         "spec.externalIPs",
         Reason::InvalidExternalIp,
         reporter,
@@ -88,6 +94,7 @@ fn service_ports(
             .filter(|ing| ing.ip_mode.as_deref() != Some("Proxy"))
             .filter_map(|ing| ing.ip.as_deref())
             .filter(|ip| !ip.is_empty()),
+        &families,
         "status.loadBalancer.ingress[].ip",
         Reason::InvalidLoadBalancerIp,
         reporter,
@@ -192,8 +199,10 @@ fn cluster_ips(spec: &ServiceSpec, reporter: &mut Reporter<'_>) -> Option<Vec<Ip
     Some(ips)
 }
 
+/// The addresses of `families`, each once; unparsable ones reported.
 fn parse_ips<'t>(
     texts: impl Iterator<Item = &'t str>,
+    families: &[IpFamily],
     field: &str,
     reason: Reason,
     reporter: &mut Reporter<'_>,
@@ -201,7 +210,7 @@ fn parse_ips<'t>(
     let mut ips = Vec::new();
     for text in texts {
         match parse_ip(text.trim()) {
-            Some(ip) if !ips.contains(&ip) => ips.push(ip),
+            Some(ip) if !ips.contains(&ip) && families.contains(&IpFamily::of(&ip)) => ips.push(ip),
             Some(_) => {}
             None => reporter.report(
                 reason,

@@ -26,6 +26,7 @@ const CASES: &[&str] = &[
     "endpoint-conditions",
     "endpoint-dedupe-across-slices",
     "endpoint-address-family",
+    "single-stack-ignores-other-family",
     "node-port",
     "external-ips",
     "load-balancer-ingress",

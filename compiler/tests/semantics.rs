@@ -381,6 +381,11 @@ fn loader_reads_lists_and_names_the_bad_field() {
     )
     .unwrap();
     assert_eq!((objects.nodes.len(), objects.services.len()), (1, 1));
+    let objects = parse_objects(
+        "apiVersion: v1\nkind: ServiceList\nitems:\n- {apiVersion: v1, kind: Service, metadata: {name: s}}\n",
+    )
+    .unwrap();
+    assert_eq!(objects.services.len(), 1);
 
     let err = parse_objects(
         "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports:\n  - {port: eighty}\n",
@@ -396,6 +401,6 @@ fn loader_reads_lists_and_names_the_bad_field() {
     let err = parse_objects("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n").unwrap_err();
     assert_eq!(
         err.to_string(),
-        "document 1: kind \"Pod\" is not supported (Service, EndpointSlice, Node, ProxyConfig or List)"
+        "document 1: kind \"Pod\" is not supported (Service, EndpointSlice, Node, ProxyConfig or a List)"
     );
 }

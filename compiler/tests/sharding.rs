@@ -53,6 +53,11 @@ fn shards_stay_under_budget_and_one_change_rewrites_one_shard() {
         .update_endpoint_slice(&common::simple_slice("ns", "svc-7", 35, 6))
         .unwrap();
     let changed = compiler.sync();
+    assert_eq!(
+        compiler.recompiled_last_sync(),
+        1,
+        "only svc-7 is recompiled"
+    );
     let key = ServiceKey::new("ns", "svc-7");
     assert_eq!(changed, BTreeSet::from([key.clone()]));
     let update = sharder.sync(&compiler, &changed);
@@ -79,6 +84,11 @@ fn shards_stay_under_budget_and_one_change_rewrites_one_shard() {
         .unwrap();
     let changed = compiler.sync();
     assert!(changed.is_empty());
+    assert_eq!(
+        compiler.recompiled_last_sync(),
+        0,
+        "a no-op update recompiles nothing"
+    );
     assert!(sharder.sync(&compiler, &changed).changed.is_empty());
 
     // Most services gone: the layout shrinks to a new epoch.

@@ -187,11 +187,7 @@ fn topology_mode(backends: &[Backend], node: &NodeInfo) -> TopologyMode {
         return TopologyMode::None;
     }
     let all_node_hints = ready.iter().all(|b| !b.node_hints.is_empty());
-    if all_node_hints
-        && ready
-            .iter()
-            .any(|b| b.node_hints.contains(&node.name))
-    {
+    if all_node_hints && ready.iter().any(|b| b.node_hints.contains(&node.name)) {
         return TopologyMode::PreferSameNode;
     }
     let all_zone_hints = ready.iter().all(|b| !b.zone_hints.is_empty());
@@ -211,5 +207,170 @@ fn available_for_topology(b: &Backend, mode: TopologyMode, node: &NodeInfo) -> b
         TopologyMode::PreferSameZone => {
             node.zone.as_ref().is_some_and(|z| b.zone_hints.contains(z))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ruleset::Protocol;
+
+    fn backend(id: u32, node: &str, ready: bool, serving: bool, terminating: bool) -> Backend {
+        Backend {
+            id,
+            ip: format!("10.180.0.{id}").parse().unwrap(),
+            port: 80,
+            node_name: Some(node.to_string()),
+            zone: None,
+            ready,
+            serving,
+            terminating,
+            zone_hints: vec![],
+            node_hints: vec![],
+        }
+    }
+
+    fn rule(backends: Vec<Backend>) -> ServicePortRule {
+        ServicePortRule {
+            id: 1,
+            namespace: "ns".into(),
+            name: "svc".into(),
+            port_name: String::new(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            cluster_ips: vec!["172.30.0.1".parse().unwrap()],
+            external_ips: vec![],
+            load_balancer_ips: vec![],
+            load_balancer_source_ranges: vec![],
+            node_port: None,
+            health_check_node_port: None,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            external_traffic_policy: TrafficPolicy::Cluster,
+            session_affinity: None,
+            traffic_distribution: None,
+            backends,
+        }
+    }
+
+    fn node(zone: Option<&str>) -> NodeInfo {
+        NodeInfo {
+            name: "me".into(),
+            zone: zone.map(str::to_string),
+            addresses: vec![],
+        }
+    }
+
+    fn ids<'a>(it: impl Iterator<Item = &'a Backend>) -> Vec<u32> {
+        it.map(|b| b.id).collect()
+    }
+
+    #[test]
+    fn cluster_policy_uses_ready_endpoints_only() {
+        let r = rule(vec![
+            backend(1, "me", true, true, false),
+            backend(2, "other", false, false, false),
+            backend(3, "other", false, true, true),
+        ]);
+        let l = link_service_port(&r, &node(None));
+        assert_eq!(ids(l.internal_endpoints()), [1]);
+        assert!(l.has_any_endpoints);
+    }
+
+    #[test]
+    fn serving_terminating_endpoints_are_used_only_when_none_is_ready() {
+        let r = rule(vec![
+            backend(1, "other", false, true, true),
+            backend(2, "other", false, false, true),
+        ]);
+        let l = link_service_port(&r, &node(None));
+        assert_eq!(ids(l.internal_endpoints()), [1]);
+        assert!(l.has_any_endpoints);
+    }
+
+    #[test]
+    fn no_usable_endpoint_means_reject() {
+        let l = link_service_port(
+            &rule(vec![backend(1, "me", false, false, false)]),
+            &node(None),
+        );
+        assert!(l.cluster.is_empty());
+        assert!(!l.has_any_endpoints);
+    }
+
+    #[test]
+    fn internal_local_uses_this_nodes_endpoints_and_remembers_remote_ones_exist() {
+        let mut r = rule(vec![backend(1, "other", true, true, false)]);
+        r.internal_traffic_policy = TrafficPolicy::Local;
+        let l = link_service_port(&r, &node(None));
+        assert_eq!(ids(l.internal_endpoints()), Vec::<u32>::new());
+        // Remote endpoints exist: traffic is dropped, not rejected.
+        assert!(l.has_any_endpoints);
+        assert!(
+            l.cluster.is_empty(),
+            "iTP=Local without external access needs no cluster endpoints"
+        );
+    }
+
+    #[test]
+    fn external_local_keeps_cluster_endpoints_for_short_circuit() {
+        let mut r = rule(vec![
+            backend(1, "me", true, true, false),
+            backend(2, "other", true, true, false),
+        ]);
+        r.node_port = Some(30080);
+        r.external_traffic_policy = TrafficPolicy::Local;
+        let l = link_service_port(&r, &node(None));
+        assert_eq!(ids(l.external_endpoints()), [1]);
+        assert_eq!(ids(l.cluster_endpoints()), [1, 2]);
+        assert_eq!(ids(l.all_reachable_endpoints()), [1, 2]);
+    }
+
+    #[test]
+    fn local_falls_back_to_local_serving_terminating() {
+        let mut r = rule(vec![
+            backend(1, "me", false, true, true),
+            backend(2, "other", true, true, false),
+        ]);
+        r.internal_traffic_policy = TrafficPolicy::Local;
+        let l = link_service_port(&r, &node(None));
+        assert_eq!(ids(l.internal_endpoints()), [1]);
+    }
+
+    #[test]
+    fn zone_hints_narrow_cluster_endpoints_when_complete() {
+        let mut a = backend(1, "other", true, true, false);
+        a.zone_hints = vec!["zone-a".into()];
+        let mut b = backend(2, "other", true, true, false);
+        b.zone_hints = vec!["zone-b".into()];
+        let r = rule(vec![a.clone(), b]);
+        let l = link_service_port(&r, &node(Some("zone-a")));
+        assert_eq!(l.topology, TopologyMode::PreferSameZone);
+        assert_eq!(ids(l.internal_endpoints()), [1]);
+
+        // One endpoint without hints: hints are ignored.
+        let r = rule(vec![a, backend(3, "other", true, true, false)]);
+        let l = link_service_port(&r, &node(Some("zone-a")));
+        assert_eq!(l.topology, TopologyMode::None);
+        assert_eq!(ids(l.internal_endpoints()), [1, 3]);
+    }
+
+    #[test]
+    fn zone_hints_for_another_zone_only_are_ignored() {
+        let mut a = backend(1, "other", true, true, false);
+        a.zone_hints = vec!["zone-b".into()];
+        let l = link_service_port(&rule(vec![a]), &node(Some("zone-a")));
+        assert_eq!(l.topology, TopologyMode::None);
+        assert_eq!(ids(l.internal_endpoints()), [1]);
+    }
+
+    #[test]
+    fn node_hints_prefer_same_node() {
+        let mut a = backend(1, "me", true, true, false);
+        a.node_hints = vec!["me".into()];
+        let mut b = backend(2, "other", true, true, false);
+        b.node_hints = vec!["other".into()];
+        let l = link_service_port(&rule(vec![a, b]), &node(None));
+        assert_eq!(l.topology, TopologyMode::PreferSameNode);
+        assert_eq!(ids(l.internal_endpoints()), [1]);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -255,7 +255,7 @@ pub struct EbpfSettings {
 pub struct RolloutSpec {
     /// Nodes switching at once: a count (≥ 1) or a percentage of the pool (1%–100%). Default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("type(self) == int ? self >= 1 : self.matches('^([1-9][0-9]?|100)%$')").message("maxUnavailable must be a count of at least 1 or a percentage from 1% to 100%"))]
+    #[x_kube(validation = Rule::new("string(self).matches('^[1-9][0-9]*$') || string(self).matches('^([1-9][0-9]?|100)%$')").message("maxUnavailable must be a count of at least 1 or a percentage from 1% to 100%"))]
     pub max_unavailable: Option<IntOrString>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
@@ -314,6 +314,9 @@ pub struct ProxyConfigStatus {
     /// Nodes selected by this pool and another of equal priority.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conflicting_nodes: Vec<String>,
+    /// Nodes of the cluster that no ProxyConfig selects (left as they are).
+    #[serde(default)]
+    pub unassigned_nodes: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,
 }
@@ -323,6 +326,8 @@ pub struct ProxyConfigStatus {
 pub enum RolloutPhase {
     Progressing,
     Paused,
+    /// More nodes failed than `failureBudget` and `autoRollback` is off: no new batches.
+    Halted,
     RollingBack,
     Complete,
     RolledBack,
@@ -343,4 +348,7 @@ pub struct RolloutStatus {
     /// The spec generation this rollout is for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<i64>,
+    /// When the batch in flight was started; its nodes time out relative to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_started: Option<Time>,
 }

@@ -1,0 +1,69 @@
+//! `kubectl kustomize config/` builds, and what it builds is the whole deployment
+//! with the committed CRDs.
+
+use std::path::Path;
+use std::process::Command;
+
+fn kustomize(dir: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(dir);
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&path)
+        .output()
+        .expect("kubectl must be installed to build config/ (it ships kustomize)");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {dir} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn kinds(yaml: &str) -> Vec<String> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|d| {
+            let v: serde_json::Value = serde::Deserialize::deserialize(d).unwrap();
+            format!(
+                "{}/{}",
+                v["kind"].as_str().unwrap(),
+                v["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn config_builds_into_the_full_deployment() {
+    let built = kustomize("config");
+    let kinds = kinds(&built);
+    for expected in [
+        "Namespace/switchyard-system",
+        "CustomResourceDefinition/proxyconfigs.switchyard.dev",
+        "CustomResourceDefinition/proxynodes.switchyard.dev",
+        "CustomResourceDefinition/proxyrulesets.switchyard.dev",
+        "ClusterRole/switchyard-operator",
+        "ClusterRole/switchyard-agent",
+        "ValidatingAdmissionPolicy/switchyard-agent-own-node-only",
+        "Deployment/switchyard-operator",
+        "DaemonSet/switchyard-agent",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == expected),
+            "{expected} missing from {kinds:?}"
+        );
+    }
+    // Namespaced objects land in switchyard-system.
+    assert!(built.contains("namespace: switchyard-system"));
+}
+
+#[test]
+fn samples_build() {
+    let kinds = kinds(&kustomize("config/samples"));
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| k.starts_with("ProxyConfig/"))
+            .count(),
+        4
+    );
+}

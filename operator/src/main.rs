@@ -1,0 +1,178 @@
+//! `switchyard-operator`: the ProxyConfig controller and the ruleset publisher,
+//! run by whichever replica holds the Lease.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::runtime::events::Recorder;
+use kube::{Api, Client};
+use switchyard_compiler::{CompileSettings, DEFAULT_SHARD_BUDGET_BYTES};
+use switchyard_operator::clock::SystemClock;
+use switchyard_operator::controller::{self, reporter};
+use switchyard_operator::http::{Health, serve};
+use switchyard_operator::leader::{LeaderElector, LeaseSettings};
+use switchyard_operator::metrics::Metrics;
+use switchyard_operator::shards::run_publisher;
+use tokio::sync::watch;
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Where /healthz, /readyz and /metrics are served.
+    #[arg(long, env = "SWITCHYARD_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    #[arg(
+        long,
+        env = "SWITCHYARD_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+    /// The Lease replicas compete for.
+    #[arg(
+        long,
+        env = "SWITCHYARD_LEASE_NAME",
+        default_value = "switchyard-operator"
+    )]
+    lease_name: String,
+    /// The Lease's namespace (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "switchyard-system")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease and in Events.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// Seconds without renewal after which another replica takes over.
+    #[arg(long, default_value_t = 15)]
+    lease_seconds: u64,
+    /// Added to a pool's verification timeout before a switching node counts as failed.
+    #[arg(long, default_value_t = 60)]
+    switch_margin_seconds: u64,
+    /// The `service.kubernetes.io/service-proxy-name` this proxy answers to.
+    #[arg(long, env = "SWITCHYARD_PROXY_NAME")]
+    proxy_name: Option<String>,
+    /// Size budget of one ProxyRuleset shard.
+    #[arg(long, default_value_t = DEFAULT_SHARD_BUDGET_BYTES)]
+    shard_budget_bytes: usize,
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Resolves once `stop` turns true.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn signalled() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot listen for SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => info!("interrupted: shutting down"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    init_logs(args.log_format);
+    let client = Client::try_default().await?;
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::default());
+    let holder = args
+        .pod_name
+        .clone()
+        .unwrap_or_else(|| format!("switchyard-operator-{}", std::process::id()));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let listener = tokio::net::TcpListener::bind(args.http_addr).await?;
+    let server = tokio::spawn(serve(
+        listener,
+        health.clone(),
+        metrics.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let stop_on_signal = stop_tx.clone();
+    tokio::spawn(async move {
+        signalled().await;
+        let _ = stop_on_signal.send(true);
+    });
+
+    let elector = LeaderElector::new(
+        Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
+        LeaseSettings {
+            name: args.lease_name.clone(),
+            holder: holder.clone(),
+            duration: Duration::from_secs(args.lease_seconds),
+            renew_every: Duration::from_secs((args.lease_seconds / 3).max(1)),
+        },
+        Arc::new(SystemClock),
+        health.clone(),
+    );
+    tokio::select! {
+        () = elector.acquire() => {}
+        () = stopped(stop_rx.clone()) => {
+            let _ = server.await;
+            return Ok(());
+        }
+    }
+
+    let mut lost = false;
+    let controllers = async {
+        let pools = controller::run(
+            client.clone(),
+            metrics.clone(),
+            Arc::new(SystemClock),
+            Duration::from_secs(args.switch_margin_seconds),
+            Some(holder.clone()),
+            stopped(stop_rx.clone()),
+        );
+        let publisher = run_publisher(
+            client.clone(),
+            CompileSettings {
+                proxy_name: args.proxy_name.clone(),
+            },
+            args.shard_budget_bytes,
+            Recorder::new(client.clone(), reporter(Some(holder.clone()))),
+            metrics.clone(),
+            stopped(stop_rx.clone()),
+        );
+        tokio::join!(pools, publisher);
+    };
+    tokio::select! {
+        () = controllers => {}
+        () = elector.hold() => lost = true,
+    }
+    let _ = stop_tx.send(true);
+    if !lost && let Err(e) = elector.release().await {
+        error!(error = %e, "releasing the lease");
+    }
+    let _ = server.await;
+    if lost {
+        // Another replica leads now; exit so this one restarts as a standby.
+        return Err("lost the leader lease".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! The publisher's side of the API: watch Services and EndpointSlices, sync the
+//! [`Publisher`] after each burst of changes, write its [`Publication`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::{StreamExt, stream};
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use serde_json::json;
+use switchyard_api::ProxyRuleset;
+use switchyard_compiler::{CompileSettings, Diagnostic, ObjectKind};
+use tracing::{info, warn};
+
+use crate::FIELD_MANAGER;
+use crate::controller::DEBOUNCE;
+use crate::error::Error;
+use crate::metrics::{Metrics, ShardLabels};
+use crate::publish::{Change, Publication, Publisher};
+
+/// Write a publication: every changed shard, then the deletions, then Events
+/// for new diagnostics.
+pub async fn write_publication(
+    client: &Client,
+    publication: &Publication,
+    recorder: &Recorder,
+    metrics: &Metrics,
+) -> Result<(), Error> {
+    let api: Api<ProxyRuleset> = Api::all(client.clone());
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    for (name, spec) in &publication.apply {
+        let body = json!({
+            "apiVersion": ProxyRuleset::api_version(&()),
+            "kind": ProxyRuleset::kind(&()),
+            "metadata": {"name": name},
+            "spec": spec,
+        });
+        api.patch(name, &params, &Patch::Apply(body))
+            .await
+            .map_err(|source| Error::Apply {
+                kind: "ProxyRuleset",
+                name: name.clone(),
+                source,
+            })?;
+        metrics
+            .shard_writes
+            .get_or_create(&ShardLabels { operation: "apply" })
+            .inc();
+    }
+    for name in &publication.delete {
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(source) => {
+                return Err(Error::Delete {
+                    kind: "ProxyRuleset",
+                    name: name.clone(),
+                    source,
+                });
+            }
+        }
+        metrics
+            .shard_writes
+            .get_or_create(&ShardLabels {
+                operation: "delete",
+            })
+            .inc();
+    }
+    for diagnostic in &publication.diagnostics {
+        let event = diagnostic_event(diagnostic);
+        if let Err(error) = recorder.publish(&event, &diagnostic_ref(diagnostic)).await {
+            warn!(%error, %diagnostic, "publishing an event failed");
+        }
+    }
+    Ok(())
+}
+
+fn diagnostic_ref(d: &Diagnostic) -> ObjectReference {
+    let api_version = match d.kind {
+        ObjectKind::Service => "v1",
+        ObjectKind::EndpointSlice => "discovery.k8s.io/v1",
+    };
+    ObjectReference {
+        api_version: Some(api_version.into()),
+        kind: Some(d.kind.as_str().into()),
+        namespace: Some(d.namespace.clone()),
+        name: Some(d.name.clone()),
+        ..ObjectReference::default()
+    }
+}
+
+/// The Event for a diagnostic: what was skipped and why.
+pub fn diagnostic_event(d: &Diagnostic) -> Event {
+    let mut note = format!("skipped by switchyard: {}", d.message);
+    if note.len() > 1024 {
+        let mut cut = 1021;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+        note.push_str("...");
+    }
+    Event {
+        type_: EventType::Warning,
+        reason: d.reason.as_str().to_string(),
+        note: Some(note),
+        action: "Compile".into(),
+        secondary: None,
+    }
+}
+
+/// How long to wait before publishing again after a failed write.
+const PUBLISH_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+/// Watch, compile and publish until `shutdown` resolves. A failed write is
+/// retried (with every shard) rather than ending the loop.
+pub async fn run_publisher(
+    client: Client,
+    settings: CompileSettings,
+    budget_bytes: usize,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let rulesets: Api<ProxyRuleset> = Api::all(client.clone());
+    // The published shards decide the first epoch; keep asking until the API answers.
+    let existing = loop {
+        match rulesets.list(&ListParams::default()).await {
+            Ok(list) => break list.items,
+            Err(error) => {
+                warn!(%error, "listing ProxyRulesets failed; retrying");
+                metrics.publish_errors.inc();
+            }
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(PUBLISH_RETRY) => {}
+        }
+    };
+    let mut publisher = Publisher::new(settings, budget_bytes, &existing);
+    let services = watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(|e| e.map(|e| Change::Service(Box::new(e))));
+    let slices = watcher(
+        Api::<EndpointSlice>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(|e| e.map(|e| Change::EndpointSlice(Box::new(e))));
+    let mut changes = std::pin::pin!(stream::select(services, slices));
+    // Set by the first change after a sync, so a steady stream of changes
+    // cannot postpone the next sync forever.
+    let mut sync_at: Option<tokio::time::Instant> = None;
+    // A publication that failed: the next one rewrites every shard.
+    let mut retry: Option<Publication> = None;
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            change = changes.next() => match change {
+                Some(Ok(change)) => {
+                    publisher.apply(&change);
+                    sync_at.get_or_insert_with(|| tokio::time::Instant::now() + DEBOUNCE);
+                }
+                Some(Err(error)) => warn!(%error, "watch"),
+                None => return,
+            },
+            () = sleep_until(sync_at), if sync_at.is_some() => {
+                let started = Instant::now();
+                let mut publication = publisher.sync();
+                metrics.compile_duration.observe(started.elapsed().as_secs_f64());
+                if let Some(failed) = retry.take() {
+                    publication = publisher.republish(failed, publication);
+                }
+                if !publication.apply.is_empty() || !publication.delete.is_empty() {
+                    info!(written = publication.apply.len(), deleted = publication.delete.len(), "publishing shards");
+                }
+                sync_at = None;
+                if let Err(error) = write_publication(&client, &publication, &recorder, &metrics).await {
+                    warn!(%error, "publishing shards failed; retrying with every shard");
+                    metrics.publish_errors.inc();
+                    retry = Some(publication);
+                    sync_at = Some(tokio::time::Instant::now() + PUBLISH_RETRY);
+                }
+            }
+        }
+    }
+}

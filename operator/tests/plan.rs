@@ -1,0 +1,161 @@
+//! One pool's plan: which ProxyNodes are written, released or left alone, and
+//! the conditions a person reads.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::clock::now;
+use common::objects::{config, node, proxy_node, selector};
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::SignedDuration;
+use switchyard_api::{Mode, ProxyConfig, ProxyNode, ProxyNodeSpec};
+use switchyard_operator::plan::{PoolInput, PoolPlan, ProxyNodeApply, plan_pool};
+use switchyard_operator::pools::assign_pools;
+
+fn plan(
+    config: &ProxyConfig,
+    nodes: &[Node],
+    proxy_nodes: &[ProxyNode],
+    at: k8s_openapi::jiff::Timestamp,
+) -> PoolPlan {
+    let nodes: Vec<Arc<Node>> = nodes.iter().cloned().map(Arc::new).collect();
+    let assignment = assign_pools(&nodes, std::slice::from_ref(config));
+    plan_pool(&PoolInput {
+        config,
+        assignment: &assignment,
+        nodes: &nodes,
+        proxy_nodes,
+        now: at,
+        switch_margin: Duration::from_secs(60),
+    })
+}
+
+fn condition<'a>(
+    plan: &'a PoolPlan,
+    type_: &str,
+) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    plan.status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap()
+}
+
+#[test]
+fn a_node_no_pool_selects_is_released_with_its_mode_kept() {
+    let pool = config(
+        "edge",
+        Mode::Nftables,
+        0,
+        selector(&[("role", "edge")], &[]),
+    );
+    let nodes = vec![
+        node("a", &[("role", "edge")]),
+        node("b", &[("role", "core")]),
+    ];
+    let proxy_nodes = vec![
+        proxy_node("a", Some("edge"), Mode::Nftables),
+        proxy_node("b", Some("edge"), Mode::Nftables),
+    ];
+    let p = plan(&pool, &nodes, &proxy_nodes, now());
+    assert_eq!(
+        p.proxy_nodes,
+        vec![ProxyNodeApply {
+            name: "b".into(),
+            node_uid: "uid-b".into(),
+            spec: ProxyNodeSpec {
+                pool: None,
+                target_mode: Some(Mode::Nftables),
+            },
+        }]
+    );
+    assert_eq!(
+        (
+            p.status.nodes,
+            p.status.ready_nodes,
+            p.status.unassigned_nodes
+        ),
+        (1, 1, 1)
+    );
+    let ready = condition(&p, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.message.as_str()),
+        ("True", "all 1 nodes run nftables, verified")
+    );
+}
+
+#[test]
+fn a_node_of_another_pool_is_not_touched() {
+    let pool = config(
+        "edge",
+        Mode::Nftables,
+        0,
+        selector(&[("role", "edge")], &[]),
+    );
+    let nodes = vec![node("c", &[("role", "core")])];
+    let proxy_nodes = vec![proxy_node("c", Some("core"), Mode::Iptables)];
+    let p = plan(&pool, &nodes, &proxy_nodes, now());
+    assert!(p.proxy_nodes.is_empty());
+    let ready = condition(&p, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "NoNodes")
+    );
+}
+
+#[test]
+fn an_unusable_selector_is_reported_as_degraded() {
+    let pool = config(
+        "edge",
+        Mode::Nftables,
+        0,
+        selector(&[], &[("role", "Near", &["x"])]),
+    );
+    let p = plan(&pool, &[node("a", &[])], &[], now());
+    let degraded = condition(&p, "Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "InvalidSpec")
+    );
+    assert!(
+        degraded
+            .message
+            .starts_with("spec.nodeSelector cannot be used"),
+        "{}",
+        degraded.message
+    );
+}
+
+#[test]
+fn a_condition_keeps_its_transition_time_while_its_status_holds() {
+    let mut pool = config("edge", Mode::Nftables, 0, selector(&[], &[]));
+    let nodes = vec![node("a", &[])];
+    let proxy_nodes = vec![proxy_node("a", Some("edge"), Mode::Nftables)];
+    let first = plan(&pool, &nodes, &proxy_nodes, now());
+    pool.status = Some(first.status.clone());
+    let later = now() + SignedDuration::from_secs(600);
+    let second = plan(&pool, &nodes, &proxy_nodes, later);
+    assert_eq!(
+        condition(&second, "Ready").last_transition_time,
+        condition(&first, "Ready").last_transition_time
+    );
+    assert_eq!(
+        second.status, first.status,
+        "nothing changed, so nothing is written"
+    );
+    // A node failing flips Ready, with a new transition time.
+    let mut failing = proxy_nodes.clone();
+    failing[0].status.as_mut().unwrap().conditions.clear();
+    let third = plan(&pool, &nodes, &failing, later);
+    let ready = condition(&third, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.last_transition_time.0),
+        ("False", later)
+    );
+    assert_eq!(
+        ready.message,
+        "0 of 1 nodes run nftables, verified; not yet: a"
+    );
+}

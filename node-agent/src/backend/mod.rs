@@ -135,6 +135,9 @@ pub fn for_mode(mode: Mode, runner: Arc<dyn Runner>) -> Result<Box<dyn Dataplane
             runner,
             Arc::new(iptables::sysctl::ProcSysctl),
         ))),
+        // A node's defaults: /sys/fs/bpf/switchyard and the cgroup v2 ROOT.
+        // Tests must not use this arm: they build the backend on a scratch
+        // bpffs and a child cgroup (backend::ebpf::scratch, e2e's EbpfHooks).
         Mode::Ebpf => Ok(Box::new(ebpf::EbpfBackend::new(
             ebpf::kernel::AyaKernel::new(ebpf::kernel::KernelConfig::for_node()),
         ))),

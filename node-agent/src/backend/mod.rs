@@ -136,6 +136,9 @@ pub fn for_mode(mode: Mode, runner: Arc<dyn Runner>) -> Result<Box<dyn Dataplane
             Arc::new(iptables::sysctl::ProcSysctl),
         ))),
         Mode::Nftables => Ok(Box::new(nftables::NftablesBackend::new(runner))),
+        // A node's defaults: /sys/fs/bpf/switchyard and the cgroup v2 ROOT.
+        // Tests must not use this arm: they build the backend on a scratch
+        // bpffs and a child cgroup (backend::ebpf::scratch, e2e's EbpfHooks).
         Mode::Ebpf => Ok(Box::new(ebpf::EbpfBackend::new(
             ebpf::kernel::AyaKernel::new(ebpf::kernel::KernelConfig::for_node()),
         ))),

@@ -26,7 +26,7 @@ use switchyard_api::ruleset::{
 
 const BACKEND: &str = "10.200.0.1:8080";
 /// Interleaved measurement rounds per connect kind.
-const ROUNDS: u32 = 5;
+const ROUNDS: u32 = 21;
 
 struct Netns(String);
 

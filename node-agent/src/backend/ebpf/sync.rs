@@ -62,54 +62,114 @@ fn slot_count(list: &ServiceList) -> u16 {
     u16::try_from(list.backends.len()).unwrap_or(u16::MAX)
 }
 
+/// One sorted merge of two maps: the entries of `new` that are new or
+/// changed, and the keys of `old` that `new` no longer has.
+fn changes<'a, K: Ord, V: PartialEq>(
+    old: &'a BTreeMap<K, V>,
+    new: &'a BTreeMap<K, V>,
+) -> (Vec<(&'a K, &'a V)>, Vec<&'a K>) {
+    let (mut puts, mut gone) = (Vec::new(), Vec::new());
+    let (mut o, mut n) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (o.peek(), n.peek()) {
+            (None, None) => break,
+            (Some((ok, _)), None) => {
+                gone.push(*ok);
+                o.next();
+            }
+            (None, Some(&(nk, nv))) => {
+                puts.push((nk, nv));
+                n.next();
+            }
+            (Some(&(ok, ov)), Some(&(nk, nv))) => match ok.cmp(nk) {
+                std::cmp::Ordering::Less => {
+                    gone.push(ok);
+                    o.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    puts.push((nk, nv));
+                    n.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if ov != nv {
+                        puts.push((nk, nv));
+                    }
+                    o.next();
+                    n.next();
+                }
+            },
+        }
+    }
+    (puts, gone)
+}
+
+/// The writes for one new or changed list: its slots under a new revision,
+/// slot 0 (the flip), then the previous revision's slots.
+fn list_ops(ops: &mut Vec<MapOp>, (svc, list): (u32, u8), l: &ServiceList, old: &Snapshot) -> u8 {
+    let old_rev = old.revisions.get(&(svc, list)).copied();
+    let rev = old_rev.map_or(0, |r| r.wrapping_add(1));
+    for (i, backend_id) in l.backends.iter().enumerate().take(usize::from(u16::MAX)) {
+        let slot = u16::try_from(i + 1).unwrap_or(u16::MAX);
+        ops.push(MapOp::PutSlot(
+            slot_key(svc, list, slot, rev),
+            SvcSlot {
+                backend_id: *backend_id,
+                ..SvcSlot::default()
+            },
+        ));
+    }
+    ops.push(MapOp::PutSlot(
+        slot_key(svc, list, 0, 0),
+        SvcSlot {
+            backend_id: 0,
+            count: slot_count(l),
+            rev,
+            flags: l.flags,
+            affinity_timeout: l.affinity_timeout,
+        },
+    ));
+    if let (Some(prev), Some(r)) = (old.state.lists.get(&(svc, list)), old_rev) {
+        for slot in 1..=slot_count(prev) {
+            ops.push(MapOp::DeleteSlot(slot_key(svc, list, slot, r)));
+        }
+    }
+    rev
+}
+
 /// The writes that turn `old` into `new`, and the revisions afterwards.
 pub fn sync_ops(old: &Snapshot, new: &MapState) -> (Vec<MapOp>, Revisions) {
     let mut ops = Vec::new();
-    let mut revisions = Revisions::new();
     let was = &old.state;
+    let (backend_puts, backends_gone) = changes(&was.backends, &new.backends);
+    let (list_puts, lists_gone) = changes(&was.lists, &new.lists);
+    let (frontend_puts, frontends_gone) = changes(&was.frontends, &new.frontends);
 
-    for (id, b) in &new.backends {
-        if was.backends.get(id) != Some(b) {
-            ops.push(MapOp::PutBackend(*id, *b));
-        }
+    ops.extend(
+        backend_puts
+            .iter()
+            .map(|(id, b)| MapOp::PutBackend(**id, **b)),
+    );
+
+    let mut revisions: Revisions = new
+        .lists
+        .keys()
+        .filter_map(|k| old.revisions.get(k).map(|r| (*k, *r)))
+        .collect();
+    for (key, l) in &list_puts {
+        let rev = list_ops(&mut ops, **key, l, old);
+        revisions.insert(**key, rev);
     }
-
-    for (&(svc, list), l) in &new.lists {
-        let old_rev = old.revisions.get(&(svc, list)).copied();
-        let unchanged = was.lists.get(&(svc, list)) == Some(l);
-        if let (true, Some(rev)) = (unchanged, old_rev) {
-            revisions.insert((svc, list), rev);
-            continue;
-        }
-        let rev = old_rev.map_or(0, |r| r.wrapping_add(1));
-        for (i, backend_id) in l.backends.iter().enumerate().take(usize::from(u16::MAX)) {
-            let slot = u16::try_from(i + 1).unwrap_or(u16::MAX);
-            ops.push(MapOp::PutSlot(
-                slot_key(svc, list, slot, rev),
-                SvcSlot {
-                    backend_id: *backend_id,
-                    ..SvcSlot::default()
-                },
-            ));
-        }
-        ops.push(MapOp::PutSlot(
-            slot_key(svc, list, 0, 0),
-            SvcSlot {
-                backend_id: 0,
-                count: slot_count(l),
-                rev,
-                flags: l.flags,
-                affinity_timeout: l.affinity_timeout,
-            },
-        ));
-        if let (Some(prev), Some(r)) = (was.lists.get(&(svc, list)), old_rev) {
-            for slot in 1..=slot_count(prev) {
-                ops.push(MapOp::DeleteSlot(slot_key(svc, list, slot, r)));
-            }
-        }
-        revisions.insert((svc, list), rev);
+    // A list the maps hold without a revision (never the case after a
+    // snapshot) is written afresh.
+    let unrevised: Vec<(&(u32, u8), &ServiceList)> = new
+        .lists
+        .iter()
+        .filter(|(k, _)| !revisions.contains_key(k))
+        .collect();
+    for (key, l) in unrevised {
+        let rev = list_ops(&mut ops, *key, l, old);
+        revisions.insert(*key, rev);
     }
-
     for (svc, table) in &new.maglev {
         let before = was.maglev.get(svc);
         for (index, id) in table.iter().enumerate() {
@@ -128,25 +188,20 @@ pub fn sync_ops(old: &Snapshot, new: &MapState) -> (Vec<MapOp>, Revisions) {
     for (range, prefix) in new.source_ranges.difference(&was.source_ranges) {
         ops.push(MapOp::PutSourceRange(*range, *prefix));
     }
-    for (key, fe) in &new.frontends {
-        if was.frontends.get(key) != Some(fe) {
-            ops.push(MapOp::PutFrontend(*key, *fe));
-        }
-    }
+    ops.extend(
+        frontend_puts
+            .iter()
+            .map(|(k, fe)| MapOp::PutFrontend(**k, **fe)),
+    );
 
-    for key in was
-        .frontends
-        .keys()
-        .filter(|k| !new.frontends.contains_key(k))
-    {
-        ops.push(MapOp::DeleteFrontend(*key));
-    }
+    ops.extend(frontends_gone.iter().map(|k| MapOp::DeleteFrontend(**k)));
     for (range, prefix) in was.source_ranges.difference(&new.source_ranges) {
         ops.push(MapOp::DeleteSourceRange(*range, *prefix));
     }
-    for (&(svc, list), l) in was.lists.iter().filter(|(k, _)| !new.lists.contains_key(k)) {
+    for &&(svc, list) in &lists_gone {
         ops.push(MapOp::DeleteSlot(slot_key(svc, list, 0, 0)));
-        if let Some(rev) = old.revisions.get(&(svc, list)) {
+        if let (Some(rev), Some(l)) = (old.revisions.get(&(svc, list)), was.lists.get(&(svc, list)))
+        {
             for slot in 1..=slot_count(l) {
                 ops.push(MapOp::DeleteSlot(slot_key(svc, list, slot, *rev)));
             }
@@ -163,13 +218,7 @@ pub fn sync_ops(old: &Snapshot, new: &MapState) -> (Vec<MapOp>, Revisions) {
             ops.push(MapOp::DeleteMaglev(maglev_key(*svc, index)));
         }
     }
-    for id in was
-        .backends
-        .keys()
-        .filter(|id| !new.backends.contains_key(id))
-    {
-        ops.push(MapOp::DeleteBackend(*id));
-    }
+    ops.extend(backends_gone.iter().map(|id| MapOp::DeleteBackend(**id)));
     (ops, revisions)
 }
 

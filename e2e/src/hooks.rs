@@ -89,6 +89,8 @@ impl ModeHooks for KernelHooks {
 pub fn hooks_for(mode: Mode) -> Box<dyn ModeHooks> {
     match mode {
         Mode::Ipvs => Box::new(crate::vm::scenario::IpvsHooks),
-        _ => Box::new(KernelHooks { mode }),
+        // Never the node defaults (the root cgroup): a scratch bpffs and a child cgroup.
+        Mode::Ebpf => Box::new(crate::ebpf::EbpfHooks::default()),
+        Mode::Iptables | Mode::Nftables => Box::new(KernelHooks { mode }),
     }
 }

@@ -58,6 +58,8 @@ enum BenchError {
     Sync { mode: Mode, message: String },
     #[error("bad size {0:?} (want SERVICESxENDPOINTS)")]
     Size(String),
+    #[error("ebpf is measured by `cargo run --release -p switchyard-agent --bin ebpf-bench` (its cgroup hooks need a scratch cgroup, not the node's root)")]
+    EbpfHere,
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -472,6 +474,9 @@ fn ratio(a: Duration, b: Duration) -> String {
 }
 
 fn run(cli: &Cli) -> Result<(), BenchError> {
+    if cli.modes.contains(&Mode::Ebpf) {
+        return Err(BenchError::EbpfHere);
+    }
     let (sizes, latency_services, connects_n) = if cli.quick {
         (vec![(300, 5), (100, 50)], 300, 100)
     } else if !cli.services.is_empty() {

@@ -58,7 +58,9 @@ enum BenchError {
     Sync { mode: Mode, message: String },
     #[error("bad size {0:?} (want SERVICESxENDPOINTS)")]
     Size(String),
-    #[error("ebpf is measured by `cargo run --release -p switchyard-agent --bin ebpf-bench` (its cgroup hooks need a scratch cgroup, not the node's root)")]
+    #[error(
+        "ebpf is measured by `cargo run --release -p switchyard-agent --bin ebpf-bench` (its cgroup hooks need a scratch cgroup, not the node's root)"
+    )]
     EbpfHere,
     #[error("{what}: {source}")]
     Io {

@@ -217,38 +217,19 @@ mod tests {
 
     fn backend(id: u32, node: &str, ready: bool, serving: bool, terminating: bool) -> Backend {
         Backend {
-            id,
-            ip: format!("10.180.0.{id}").parse().unwrap(),
-            port: 80,
             node_name: Some(node.to_string()),
-            zone: None,
             ready,
             serving,
             terminating,
-            zone_hints: vec![],
-            node_hints: vec![],
+            ..Backend::new(id, format!("10.180.0.{id}").parse().unwrap(), 80)
         }
     }
 
     fn rule(backends: Vec<Backend>) -> ServicePortRule {
         ServicePortRule {
-            id: 1,
-            namespace: "ns".into(),
-            name: "svc".into(),
-            port_name: String::new(),
-            protocol: Protocol::Tcp,
-            port: 80,
             cluster_ips: vec!["172.30.0.1".parse().unwrap()],
-            external_ips: vec![],
-            load_balancer_ips: vec![],
-            load_balancer_source_ranges: vec![],
-            node_port: None,
-            health_check_node_port: None,
-            internal_traffic_policy: TrafficPolicy::Cluster,
-            external_traffic_policy: TrafficPolicy::Cluster,
-            session_affinity: None,
-            traffic_distribution: None,
             backends,
+            ..ServicePortRule::new(1, "ns", "svc", Protocol::Tcp, 80)
         }
     }
 

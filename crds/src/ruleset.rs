@@ -257,6 +257,22 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// A ready, serving endpoint on no particular node, without hints.
+    pub fn new(id: u32, ip: IpAddr, port: u16) -> Backend {
+        Backend {
+            id,
+            ip,
+            port,
+            node_name: None,
+            zone: None,
+            ready: true,
+            serving: true,
+            terminating: false,
+            zone_hints: Vec::new(),
+            node_hints: Vec::new(),
+        }
+    }
+
     /// `ip:port`, IPv6 in brackets, as kube-proxy and the scenario files write endpoints.
     pub fn endpoint(&self) -> String {
         match self.ip {
@@ -310,6 +326,36 @@ pub struct ServicePortRule {
 }
 
 impl ServicePortRule {
+    /// A service port with no frontends, no backends and default policies;
+    /// fill in the rest with struct update syntax.
+    pub fn new(
+        id: u32,
+        namespace: &str,
+        name: &str,
+        protocol: Protocol,
+        port: u16,
+    ) -> ServicePortRule {
+        ServicePortRule {
+            id,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            port_name: String::new(),
+            protocol,
+            port,
+            cluster_ips: Vec::new(),
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            load_balancer_source_ranges: Vec::new(),
+            node_port: None,
+            health_check_node_port: None,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            external_traffic_policy: TrafficPolicy::Cluster,
+            session_affinity: None,
+            traffic_distribution: None,
+            backends: Vec::new(),
+        }
+    }
+
     /// `namespace/name:port` (`namespace/name` for an unnamed port), kube-proxy's `ServicePortName`.
     pub fn service_port_name(&self) -> String {
         if self.port_name.is_empty() {

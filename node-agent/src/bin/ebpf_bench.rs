@@ -20,9 +20,7 @@ use switchyard_agent::backend::ebpf::scratch::{ScratchBpffs, ScratchCgroup};
 use switchyard_agent::settings::Settings;
 use switchyard_api::Mode;
 use switchyard_api::policy::{NodeInfo, link};
-use switchyard_api::ruleset::{
-    Backend as Endpoint, Protocol, Ruleset, ServicePortRule, TrafficPolicy,
-};
+use switchyard_api::ruleset::{Backend as Endpoint, Protocol, Ruleset, ServicePortRule};
 
 const BACKEND: &str = "10.200.0.1:8080";
 /// Interleaved measurement rounds per connect kind.
@@ -96,16 +94,8 @@ fn retained_rss_kib() -> u64 {
 
 fn endpoint(id: u32, ip: IpAddr) -> Endpoint {
     Endpoint {
-        id,
-        ip,
-        port: 8080,
         node_name: Some("bench-node".into()),
-        zone: None,
-        ready: true,
-        serving: true,
-        terminating: false,
-        zone_hints: Vec::new(),
-        node_hints: Vec::new(),
+        ..Endpoint::new(id, ip, 8080)
     }
 }
 
@@ -132,23 +122,9 @@ fn ruleset(services: u32, per: u32, generation: u32) -> Ruleset {
                 })
                 .collect();
             ServicePortRule {
-                id: s + 1,
-                namespace: "bench".into(),
-                name: format!("svc{s}"),
-                port_name: String::new(),
-                protocol: Protocol::Tcp,
-                port: 80,
                 cluster_ips: vec![IpAddr::V4(Ipv4Addr::from(0x0a60_0000 + s))],
-                external_ips: Vec::new(),
-                load_balancer_ips: Vec::new(),
-                load_balancer_source_ranges: Vec::new(),
-                node_port: None,
-                health_check_node_port: None,
-                internal_traffic_policy: TrafficPolicy::Cluster,
-                external_traffic_policy: TrafficPolicy::Cluster,
-                session_affinity: None,
-                traffic_distribution: None,
                 backends,
+                ..ServicePortRule::new(s + 1, "bench", &format!("svc{s}"), Protocol::Tcp, 80)
             }
         })
         .collect();

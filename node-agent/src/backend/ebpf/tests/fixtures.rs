@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use crate::backend::ebpf::scratch::{ScratchBpffs, ScratchCgroup};
 use switchyard_api::policy::{LinkedRuleset, NodeInfo, link};
-use switchyard_api::ruleset::{Backend, Protocol, Ruleset, ServicePortRule, TrafficPolicy};
+use switchyard_api::ruleset::{Backend, Protocol, Ruleset, ServicePortRule};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -91,38 +91,16 @@ pub fn ip(text: &str) -> IpAddr {
 
 pub fn backend(id: u32, addr: &str, port: u16, node: &str) -> Backend {
     Backend {
-        id,
-        ip: ip(addr),
-        port,
         node_name: Some(node.to_string()),
-        zone: None,
-        ready: true,
-        serving: true,
-        terminating: false,
-        zone_hints: Vec::new(),
-        node_hints: Vec::new(),
+        ..Backend::new(id, ip(addr), port)
     }
 }
 
 pub fn service(id: u32, cluster_ip: &str, port: u16, backends: Vec<Backend>) -> ServicePortRule {
     ServicePortRule {
-        id,
-        namespace: "default".to_string(),
-        name: format!("svc{id}"),
-        port_name: String::new(),
-        protocol: Protocol::Tcp,
-        port,
         cluster_ips: vec![ip(cluster_ip)],
-        external_ips: Vec::new(),
-        load_balancer_ips: Vec::new(),
-        load_balancer_source_ranges: Vec::new(),
-        node_port: None,
-        health_check_node_port: None,
-        internal_traffic_policy: TrafficPolicy::Cluster,
-        external_traffic_policy: TrafficPolicy::Cluster,
-        session_affinity: None,
-        traffic_distribution: None,
         backends,
+        ..ServicePortRule::new(id, "default", &format!("svc{id}"), Protocol::Tcp, port)
     }
 }
 

@@ -2,6 +2,9 @@
 //! applied into the new one, computed from the two plans alone (the kernel is
 //! never listed).
 
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
 use super::ir::Table;
 use super::text::Transaction;
 
@@ -16,68 +19,89 @@ use super::text::Transaction;
 pub fn diff_table(old: &Table, new: &Table, tx: &mut Transaction) -> Vec<String> {
     let fam = new.family;
 
-    for (name, set) in &new.sets {
+    for (name, before, set) in side_by_side(&old.sets, &new.sets) {
         // Changed definitions are found by `needs_full_sync`.
-        if !old.sets.contains_key(name) {
+        if let (None, Some(set)) = (before, set) {
             tx.add_set(fam, name, set);
         }
     }
-    for (name, chain) in &new.chains {
-        if !old.chains.contains_key(name) {
+    for (name, before, chain) in side_by_side(&old.chains, &new.chains) {
+        if let (None, Some(chain)) = (before, chain) {
             tx.add_chain(fam, name, chain);
         }
     }
-    for (name, chain) in &new.chains {
-        match old.chains.get(name) {
-            None => tx.add_rules(fam, name, chain),
-            Some(before) if before.rules != chain.rules => {
+    for (name, before, chain) in side_by_side(&old.chains, &new.chains) {
+        match (before, chain) {
+            (None, Some(chain)) => tx.add_rules(fam, name, chain),
+            (Some(before), Some(chain)) if before.rules != chain.rules => {
                 tx.flush_chain(fam, name);
                 tx.add_rules(fam, name, chain);
             }
-            Some(_) => {}
+            _ => {}
         }
     }
 
-    for (name, set) in &new.sets {
-        let Some(before) = old.sets.get(name) else {
+    for (name, before, set) in side_by_side(&old.sets, &new.sets) {
+        let Some(set) = set else { continue };
+        let Some(before) = before else {
             tx.add_elements(fam, name, &set.elements);
             continue;
         };
         // A changed value is a delete and an add.
-        tx.delete_elements(
-            fam,
-            name,
-            before
-                .elements
-                .iter()
-                .filter(|(k, v)| set.elements.get(*k) != Some(*v))
-                .map(|(k, _)| k),
-        );
-        tx.add_elements(
-            fam,
-            name,
-            set.elements
-                .iter()
-                .filter(|(k, v)| before.elements.get(*k) != Some(*v)),
-        );
+        let mut deletes = Vec::new();
+        let mut adds = Vec::new();
+        for (key, was, is) in side_by_side(&before.elements, &set.elements) {
+            if was == is {
+                continue;
+            }
+            if was.is_some() {
+                deletes.push(key);
+            }
+            if let Some(is) = is {
+                adds.push((key, is));
+            }
+        }
+        tx.delete_elements(fam, name, deletes);
+        tx.add_elements(fam, name, adds);
     }
     // Removed chains: flushed, so nothing they reference stays referenced.
-    let removed: Vec<String> = old
-        .chains
-        .keys()
-        .filter(|name| !new.chains.contains_key(*name))
-        .cloned()
+    let removed: Vec<String> = side_by_side(&old.chains, &new.chains)
+        .filter(|(_, _, chain)| chain.is_none())
+        .map(|(name, _, _)| name.clone())
         .collect();
     for name in &removed {
         tx.flush_chain(fam, name);
     }
     // Affinity sets are referenced only by rules flushed above.
-    for (name, set) in &old.sets {
-        if !new.sets.contains_key(name) {
-            tx.delete_set(fam, name, set);
+    for (name, before, set) in side_by_side(&old.sets, &new.sets) {
+        if let (Some(before), None) = (before, set) {
+            tx.delete_set(fam, name, before);
         }
     }
     removed
+}
+
+/// Two sorted maps walked side by side in key order, one merge pass (no
+/// lookups): every key of either, with its value in `old` and in `new`.
+fn side_by_side<'a, K: Ord, V>(
+    old: &'a BTreeMap<K, V>,
+    new: &'a BTreeMap<K, V>,
+) -> impl Iterator<Item = (&'a K, Option<&'a V>, Option<&'a V>)> {
+    let mut old = old.iter().peekable();
+    let mut new = new.iter().peekable();
+    std::iter::from_fn(move || match (old.peek(), new.peek()) {
+        (None, None) => None,
+        (Some(_), None) => old.next().map(|(k, v)| (k, Some(v), None)),
+        (None, Some(_)) => new.next().map(|(k, v)| (k, None, Some(v))),
+        (Some((ko, _)), Some((kn, _))) => match ko.cmp(kn) {
+            Ordering::Less => old.next().map(|(k, v)| (k, Some(v), None)),
+            Ordering::Greater => new.next().map(|(k, v)| (k, None, Some(v))),
+            Ordering::Equal => {
+                let (k, v) = old.next()?;
+                new.next().map(|(_, n)| (k, Some(v), Some(n)))
+            }
+        },
+    })
 }
 
 /// Whether `old` → `new` needs the table rewritten: a base chain or a set

@@ -81,6 +81,10 @@ pub struct VmOutput {
     pub console: String,
 }
 
+/// Where payload files go in the guest (outside /tmp and /run, which the guest
+/// mounts afresh).
+pub const GUEST_PAYLOAD: &str = "/payload";
+
 /// A file to place in the VM: host path → absolute guest path.
 #[derive(Clone, Debug)]
 pub struct ExtraFile {
@@ -339,14 +343,6 @@ impl CacheLock {
             ));
         }
         Ok(CacheLock { _file: file })
-    }
-}
-
-/// Add a host file at the same path (for callers building extra payload files).
-pub fn host_file(path: &Path) -> ExtraFile {
-    ExtraFile {
-        host: path.to_path_buf(),
-        guest: path.to_string_lossy().into_owned(),
     }
 }
 

@@ -10,7 +10,7 @@ use switchyard_api::Mode;
 use switchyard_api::policy::{LinkedRuleset, LinkedServicePort};
 use switchyard_api::ruleset::Backend;
 
-use super::{ExtraFile, IN_VM_ENV, VmError, VmRunner, host_has_ipvs};
+use super::{ExtraFile, GUEST_PAYLOAD, IN_VM_ENV, VmError, VmRunner, host_has_ipvs};
 use crate::hooks::{DataplaneFactory, KernelHooks, ModeHooks};
 use crate::scenario::{Expected, Flow};
 
@@ -34,7 +34,9 @@ pub fn run_scenarios_in_vm(files: &[String], timeout_ms: u64) -> Result<i32, VmE
     for f in files {
         let host = std::fs::canonicalize(f)
             .map_err(|e| VmError::io("find a scenario", Path::new(f), e))?;
-        let guest = host.to_string_lossy().into_owned();
+        // Not at the host path: the guest mounts fresh tmpfs on /tmp and /run,
+        // which would hide a checkout living there (as CI's clones may).
+        let guest = format!("{GUEST_PAYLOAD}{}", host.display());
         guest_paths.push(guest.clone());
         extra.push(ExtraFile { host, guest });
     }

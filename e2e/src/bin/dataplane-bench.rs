@@ -22,7 +22,7 @@ use switchyard_agent::exec::RealRunner;
 use switchyard_agent::settings::{LocalDetector, Settings};
 use switchyard_api::Mode;
 use switchyard_api::policy::{LinkedRuleset, NodeInfo, link};
-use switchyard_api::ruleset::{Backend, Cidr, Protocol, Ruleset, ServicePortRule, TrafficPolicy};
+use switchyard_api::ruleset::{Backend, Cidr, Protocol, Ruleset, ServicePortRule};
 use switchyard_e2e::netns::{self, Netns};
 
 #[derive(Parser)]
@@ -92,16 +92,8 @@ fn vip(index: usize) -> IpAddr {
 
 fn backend(id: u32, ip: IpAddr) -> Backend {
     Backend {
-        id,
-        ip,
-        port: ENDPOINT_PORT,
         node_name: Some(format!("node-{}", id % 50)),
-        zone: None,
-        ready: true,
-        serving: true,
-        terminating: false,
-        zone_hints: Vec::new(),
-        node_hints: Vec::new(),
+        ..Backend::new(id, ip, ENDPOINT_PORT)
     }
 }
 
@@ -130,23 +122,16 @@ fn synthetic(services: usize, endpoints: usize) -> Ruleset {
                 })
                 .collect();
             ServicePortRule {
-                id: u32::try_from(s).unwrap_or(u32::MAX),
-                namespace: format!("ns-{}", s % 100),
-                name: format!("svc-{s}"),
                 port_name: "http".into(),
-                protocol: Protocol::Tcp,
-                port: 80,
                 cluster_ips: vec![vip(s)],
-                external_ips: Vec::new(),
-                load_balancer_ips: Vec::new(),
-                load_balancer_source_ranges: Vec::new(),
-                node_port: None,
-                health_check_node_port: None,
-                internal_traffic_policy: TrafficPolicy::Cluster,
-                external_traffic_policy: TrafficPolicy::Cluster,
-                session_affinity: None,
-                traffic_distribution: None,
                 backends,
+                ..ServicePortRule::new(
+                    u32::try_from(s).unwrap_or(u32::MAX),
+                    &format!("ns-{}", s % 100),
+                    &format!("svc-{s}"),
+                    Protocol::Tcp,
+                    80,
+                )
             }
         })
         .collect();

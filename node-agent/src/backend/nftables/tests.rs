@@ -28,38 +28,17 @@ pub fn cidr(s: &str) -> Cidr {
 
 pub fn endpoint(id: u32, addr: &str, node: &str) -> Endpoint {
     Endpoint {
-        id,
-        ip: ip(addr),
-        port: 8080,
         node_name: Some(node.to_string()),
-        zone: None,
-        ready: true,
-        serving: true,
-        terminating: false,
-        zone_hints: Vec::new(),
-        node_hints: Vec::new(),
+        ..Endpoint::new(id, ip(addr), 8080)
     }
 }
 
 pub fn service(id: u32, name: &str, vip: &str, endpoints: Vec<Endpoint>) -> ServicePortRule {
     ServicePortRule {
-        id,
-        namespace: "default".to_string(),
-        name: name.to_string(),
         port_name: "http".to_string(),
-        protocol: Protocol::Tcp,
-        port: 80,
         cluster_ips: vec![ip(vip)],
-        external_ips: Vec::new(),
-        load_balancer_ips: Vec::new(),
-        load_balancer_source_ranges: Vec::new(),
-        node_port: None,
-        health_check_node_port: None,
-        internal_traffic_policy: TrafficPolicy::Cluster,
-        external_traffic_policy: TrafficPolicy::Cluster,
-        session_affinity: None,
-        traffic_distribution: None,
         backends: endpoints,
+        ..ServicePortRule::new(id, "default", name, Protocol::Tcp, 80)
     }
 }
 

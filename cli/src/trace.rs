@@ -246,47 +246,25 @@ fn check_plan(
 #[cfg(test)]
 mod tests {
     use switchyard_api::policy::{NodeInfo, link};
-    use switchyard_api::ruleset::{
-        Backend as Endpoint, Protocol, Ruleset, ServicePortRule, TrafficPolicy,
-    };
+    use switchyard_api::ruleset::{Backend as Endpoint, Protocol, Ruleset, ServicePortRule};
 
     use super::*;
 
     fn endpoint(id: u32, node: &str) -> Endpoint {
         Endpoint {
-            id,
-            ip: format!("10.244.1.{id}").parse().unwrap(),
-            port: 8080,
             node_name: Some(node.to_string()),
-            zone: None,
-            ready: true,
-            serving: true,
-            terminating: false,
-            zone_hints: vec![],
-            node_hints: vec![],
+            ..Endpoint::new(id, format!("10.244.1.{id}").parse().unwrap(), 8080)
         }
     }
 
     fn ruleset(backends: Vec<Endpoint>) -> Ruleset {
         Ruleset {
             services: vec![ServicePortRule {
-                id: 1,
-                namespace: "default".into(),
-                name: "web".into(),
                 port_name: "http".into(),
-                protocol: Protocol::Tcp,
-                port: 80,
                 cluster_ips: vec!["10.96.0.10".parse().unwrap()],
-                external_ips: vec![],
-                load_balancer_ips: vec![],
-                load_balancer_source_ranges: vec![],
                 node_port: Some(30080),
-                health_check_node_port: None,
-                internal_traffic_policy: TrafficPolicy::Cluster,
-                external_traffic_policy: TrafficPolicy::Cluster,
-                session_affinity: None,
-                traffic_distribution: None,
                 backends,
+                ..ServicePortRule::new(1, "default", "web", Protocol::Tcp, 80)
             }],
         }
     }

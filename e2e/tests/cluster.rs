@@ -34,6 +34,16 @@ fn kubectl(args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("running kubectl {args:?}: {e}"))
 }
 
+/// Run kubectl and fail the test with its stderr unless it succeeds.
+fn kubectl_ok(args: &[&str]) {
+    let out = kubectl(args);
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
@@ -53,23 +63,13 @@ fn api_server_enforces_the_schema() {
         return;
     }
     let crds = repo().join("crds/yaml/crds.yaml");
-    let out = kubectl(&["apply", "--server-side", "-f", crds.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = kubectl(&[
+    kubectl_ok(&["apply", "--server-side", "-f", crds.to_str().unwrap()]);
+    kubectl_ok(&[
         "wait",
         "--for=condition=Established",
         "--timeout=60s",
         "crd/proxyconfigs.switchyard.dev",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 
     for sample in yaml_files(&repo().join("config/samples")) {
         let out = kubectl(&["apply", "--dry-run=server", "-f", sample.to_str().unwrap()]);
@@ -105,28 +105,13 @@ fn operator_reports_pool_status() {
         return;
     }
     let config = repo().join("config");
-    let out = kubectl(&["apply", "-k", config.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    kubectl_ok(&["apply", "-k", config.to_str().unwrap()]);
     let sample = repo().join("config/samples/nftables.yaml");
-    let out = kubectl(&["apply", "-f", sample.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = kubectl(&[
+    kubectl_ok(&["apply", "-f", sample.to_str().unwrap()]);
+    kubectl_ok(&[
         "wait",
         "--for=jsonpath={.status.observedGeneration}=1",
         "--timeout=120s",
         "proxyconfig/nft",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }

@@ -34,38 +34,16 @@ pub fn fixed_clock() -> SystemTime {
 
 pub fn backend(id: u32, ip: &str, node: &str) -> Backend {
     Backend {
-        id,
-        ip: ip.parse().unwrap(),
-        port: 8080,
         node_name: Some(node.to_string()),
-        zone: None,
-        ready: true,
-        serving: true,
-        terminating: false,
-        zone_hints: vec![],
-        node_hints: vec![],
+        ..Backend::new(id, ip.parse().unwrap(), 8080)
     }
 }
 
 pub fn rule(id: u32, name: &str, vip: &str, backends: Vec<Backend>) -> ServicePortRule {
     ServicePortRule {
-        id,
-        namespace: "default".into(),
-        name: name.into(),
-        port_name: String::new(),
-        protocol: Protocol::Tcp,
-        port: 80,
         cluster_ips: vec![vip.parse::<IpAddr>().unwrap()],
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        load_balancer_source_ranges: vec![],
-        node_port: None,
-        health_check_node_port: None,
-        internal_traffic_policy: Default::default(),
-        external_traffic_policy: Default::default(),
-        session_affinity: None,
-        traffic_distribution: None,
         backends,
+        ..ServicePortRule::new(id, "default", name, Protocol::Tcp, 80)
     }
 }
 

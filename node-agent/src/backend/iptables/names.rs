@@ -101,23 +101,8 @@ mod tests {
 
     fn rule(ns: &str, name: &str, port: &str) -> ServicePortRule {
         ServicePortRule {
-            id: 1,
-            namespace: ns.into(),
-            name: name.into(),
             port_name: port.into(),
-            protocol: Protocol::Tcp,
-            port: 80,
-            cluster_ips: vec![],
-            external_ips: vec![],
-            load_balancer_ips: vec![],
-            load_balancer_source_ranges: vec![],
-            node_port: None,
-            health_check_node_port: None,
-            internal_traffic_policy: Default::default(),
-            external_traffic_policy: Default::default(),
-            session_affinity: None,
-            traffic_distribution: None,
-            backends: vec![],
+            ..ServicePortRule::new(1, ns, name, Protocol::Tcp, 80)
         }
     }
 
@@ -127,18 +112,7 @@ mod tests {
         let r = rule("ns1", "svc1", "p80");
         let chains = ServiceChains::of(&r);
         assert_eq!(chains.cluster, "KUBE-SVC-XPGD46QRK7WJZT7O");
-        let ep = Backend {
-            id: 1,
-            ip: "10.180.0.1".parse().unwrap(),
-            port: 80,
-            node_name: None,
-            zone: None,
-            ready: true,
-            serving: true,
-            terminating: false,
-            zone_hints: vec![],
-            node_hints: vec![],
-        };
+        let ep = Backend::new(1, "10.180.0.1".parse().unwrap(), 80);
         assert_eq!(endpoint_chain(&r, &ep), "KUBE-SEP-SXIVWICOYRO3J4NJ");
         assert_eq!(
             ServiceChains::of(&rule("ns2", "svc2", "p80")).external,

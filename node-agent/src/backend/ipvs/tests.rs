@@ -173,41 +173,20 @@ fn unknown_attributes_round_trip_untouched() {
 
 fn endpoint(id: u32, ip: &str, node: &str) -> Endpoint {
     Endpoint {
-        id,
-        ip: ip.parse().unwrap(),
-        port: 8080,
         node_name: Some(node.into()),
-        zone: None,
-        ready: true,
-        serving: true,
-        terminating: false,
-        zone_hints: vec![],
-        node_hints: vec![],
+        ..Endpoint::new(id, ip.parse().unwrap(), 8080)
     }
 }
 
 fn rule() -> ServicePortRule {
     ServicePortRule {
-        id: 1,
-        namespace: "default".into(),
-        name: "web".into(),
-        port_name: String::new(),
-        protocol: Protocol::Tcp,
-        port: 80,
         cluster_ips: vec!["10.96.0.10".parse().unwrap()],
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        load_balancer_source_ranges: vec![],
         node_port: Some(30080),
-        health_check_node_port: None,
-        internal_traffic_policy: TrafficPolicy::Cluster,
-        external_traffic_policy: TrafficPolicy::Cluster,
-        session_affinity: None,
-        traffic_distribution: None,
         backends: vec![
             endpoint(1, "10.1.1.2", "node-a"),
             endpoint(2, "10.1.2.2", "node-b"),
         ],
+        ..ServicePortRule::new(1, "default", "web", Protocol::Tcp, 80)
     }
 }
 

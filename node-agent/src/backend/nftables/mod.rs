@@ -67,7 +67,7 @@ impl NftablesBackend {
         for (family, name) in &self.stale_chains {
             tx.delete_chain(*family, name);
         }
-        match self.nft("delete stale chains", tx.text()) {
+        match self.nft("delete stale chains", &tx.text()) {
             Ok(()) => self.stale_chains.clear(),
             Err(e) => tracing::warn!(error = %e, "stale nftables chains stay until the next sync"),
         }
@@ -145,7 +145,7 @@ impl Backend for NftablesBackend {
         if !tx.is_empty() {
             // One transaction: on failure the kernel keeps the previous rules,
             // and so does our record of them.
-            self.nft("apply transaction", tx.text())?;
+            self.nft("apply transaction", &tx.text())?;
         }
         self.stale_chains.retain(|(f, _)| !replaced.contains(f));
         self.stale_chains.extend(flushed);
@@ -159,7 +159,7 @@ impl Backend for NftablesBackend {
         })?;
         Ok(ApplyStats {
             objects: plan.object_count(),
-            written: tx.commands,
+            written: tx.objects,
             full,
         })
     }
@@ -194,7 +194,7 @@ impl Backend for NftablesBackend {
         for family in [IpFamily::V4, IpFamily::V6] {
             tx.drop_table(family);
         }
-        self.nft("delete tables", tx.text())?;
+        self.nft("delete tables", &tx.text())?;
         self.applied = None;
         self.stale_chains.clear();
         self.udp = UdpSnapshot::default();

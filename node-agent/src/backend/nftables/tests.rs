@@ -164,7 +164,7 @@ fn endpoint_change_transaction_matches_golden_file() {
         1,
         "the removed service's chain, deleted later"
     );
-    golden("endpoint-change.nft", step.tx.text());
+    golden("endpoint-change.nft", &step.tx.text());
 }
 
 fn tcp(dst: &str, port: u16) -> Packet {

@@ -4,6 +4,7 @@
 
 use std::fmt::{self, Write};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use switchyard_api::ruleset::IpFamily;
 
@@ -221,65 +222,206 @@ impl fmt::Display for Plan {
     }
 }
 
-/// Builds the text of one `nft -f` transaction out of single commands.
+/// One command of a transaction, typed: [`Transaction::text`] writes it for
+/// `nft -f`, and the incremental path sends it over netlink as it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Create the table if missing, delete it, and write it anew (full sync).
+    ReplaceTable(Arc<Table>),
+    /// Remove the table if it exists.
+    DropTable(IpFamily),
+    /// A set or map's definition; its elements are left out.
+    AddSet {
+        family: IpFamily,
+        name: String,
+        set: Set,
+    },
+    DeleteSet {
+        family: IpFamily,
+        name: String,
+        map: bool,
+    },
+    AddElements {
+        family: IpFamily,
+        set: String,
+        elements: Vec<(Key, Option<Verdict>)>,
+    },
+    DeleteElements {
+        family: IpFamily,
+        set: String,
+        keys: Vec<Key>,
+    },
+    AddChain {
+        family: IpFamily,
+        name: String,
+        base: Option<BaseChain>,
+    },
+    FlushChain {
+        family: IpFamily,
+        name: String,
+    },
+    DeleteChain {
+        family: IpFamily,
+        name: String,
+    },
+    AddRule {
+        family: IpFamily,
+        chain: String,
+        rule: Rule,
+    },
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::ReplaceTable(table) => {
+                let fam = family_word(table.family);
+                writeln!(f, "add table {fam} {TABLE}")?;
+                writeln!(f, "delete table {fam} {TABLE}")?;
+                write!(f, "{table}")
+            }
+            Command::DropTable(family) => {
+                let fam = family_word(*family);
+                writeln!(f, "add table {fam} {TABLE}")?;
+                writeln!(f, "delete table {fam} {TABLE}")
+            }
+            Command::AddSet { family, name, set } => writeln!(
+                f,
+                "add {} {} {TABLE} {name} {{ {}; }}",
+                keyword(set),
+                family_word(*family),
+                set_decl(set, *family).join("; ")
+            ),
+            Command::DeleteSet { family, name, map } => writeln!(
+                f,
+                "delete {} {} {TABLE} {name}",
+                if *map { "map" } else { "set" },
+                family_word(*family)
+            ),
+            Command::AddElements {
+                family,
+                set,
+                elements,
+            } => {
+                let elems: Vec<String> = elements.iter().map(|(k, v)| element(k, v)).collect();
+                writeln!(
+                    f,
+                    "add element {} {TABLE} {set} {{ {} }}",
+                    family_word(*family),
+                    elems.join(", ")
+                )
+            }
+            Command::DeleteElements { family, set, keys } => {
+                let keys: Vec<String> = keys.iter().map(Key::to_string).collect();
+                writeln!(
+                    f,
+                    "delete element {} {TABLE} {set} {{ {} }}",
+                    family_word(*family),
+                    keys.join(", ")
+                )
+            }
+            Command::AddChain { family, name, base } => match base {
+                Some(b) => writeln!(
+                    f,
+                    "add chain {} {TABLE} {name} {{ {} }}",
+                    family_word(*family),
+                    base_chain_text(b)
+                ),
+                None => writeln!(f, "add chain {} {TABLE} {name}", family_word(*family)),
+            },
+            Command::FlushChain { family, name } => {
+                writeln!(f, "flush chain {} {TABLE} {name}", family_word(*family))
+            }
+            Command::DeleteChain { family, name } => {
+                writeln!(f, "delete chain {} {TABLE} {name}", family_word(*family))
+            }
+            Command::AddRule {
+                family,
+                chain,
+                rule,
+            } => writeln!(
+                f,
+                "add rule {} {TABLE} {chain} {}",
+                family_word(*family),
+                rule_text(rule, *family)
+            ),
+        }
+    }
+}
+
+/// One `nft` transaction, as typed commands.
 #[derive(Debug, Default)]
 pub struct Transaction {
-    text: String,
-    /// Commands written (rules, elements, chain and set operations).
-    pub commands: u32,
+    pub commands: Vec<Command>,
+    /// Objects written (rules, elements, chain and set operations).
+    pub objects: u32,
 }
 
 impl Transaction {
-    pub fn text(&self) -> &str {
-        &self.text
+    /// The transaction as an `nft -f` script.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for c in &self.commands {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "{c}");
+        }
+        out
     }
 
     pub fn is_empty(&self) -> bool {
-        self.text.is_empty()
+        self.commands.is_empty()
     }
 
-    fn line(&mut self, args: fmt::Arguments<'_>) {
-        // Writing to a String cannot fail.
-        let _ = self.text.write_fmt(args);
-        self.text.push('\n');
-        self.commands += 1;
+    /// Whether some command rewrites a whole table (only `nft -f` does that).
+    pub fn replaces_tables(&self) -> bool {
+        self.commands
+            .iter()
+            .any(|c| matches!(c, Command::ReplaceTable(_) | Command::DropTable(_)))
+    }
+
+    fn push(&mut self, command: Command, objects: usize) {
+        self.commands.push(command);
+        self.objects = self
+            .objects
+            .saturating_add(u32::try_from(objects).unwrap_or(u32::MAX));
     }
 
     /// Replace a table atomically: create it if missing, delete it, write it anew.
-    pub fn replace_table(&mut self, table: &Table) {
-        let fam = family_word(table.family);
-        self.line(format_args!("add table {fam} {TABLE}"));
-        self.line(format_args!("delete table {fam} {TABLE}"));
-        let _ = write!(self.text, "{table}");
-        self.commands += u32::try_from(
-            table.chains.values().map(|c| c.rules.len()).sum::<usize>()
-                + table.sets.values().map(|s| s.elements.len()).sum::<usize>(),
-        )
-        .unwrap_or(u32::MAX);
+    pub fn replace_table(&mut self, table: &Arc<Table>) {
+        let objects = table.chains.values().map(|c| c.rules.len()).sum::<usize>()
+            + table.sets.values().map(|s| s.elements.len()).sum::<usize>();
+        self.push(Command::ReplaceTable(Arc::clone(table)), objects + 2);
     }
 
     /// Remove a table if it exists.
     pub fn drop_table(&mut self, family: IpFamily) {
-        let fam = family_word(family);
-        self.line(format_args!("add table {fam} {TABLE}"));
-        self.line(format_args!("delete table {fam} {TABLE}"));
+        self.push(Command::DropTable(family), 2);
     }
 
     pub fn add_set(&mut self, family: IpFamily, name: &str, set: &Set) {
-        let decl = set_decl(set, family).join("; ");
-        self.line(format_args!(
-            "add {} {} {TABLE} {name} {{ {decl}; }}",
-            keyword(set),
-            family_word(family)
-        ));
+        let set = Set {
+            elements: Default::default(),
+            ..set.clone()
+        };
+        self.push(
+            Command::AddSet {
+                family,
+                name: name.to_string(),
+                set,
+            },
+            1,
+        );
     }
 
     pub fn delete_set(&mut self, family: IpFamily, name: &str, set: &Set) {
-        self.line(format_args!(
-            "delete {} {} {TABLE} {name}",
-            keyword(set),
-            family_word(family)
-        ));
+        self.push(
+            Command::DeleteSet {
+                family,
+                name: name.to_string(),
+                map: set.kind.is_map(),
+            },
+            1,
+        );
     }
 
     pub fn add_elements<'a>(
@@ -288,11 +430,21 @@ impl Transaction {
         set: &str,
         elems: impl IntoIterator<Item = (&'a Key, &'a Option<Verdict>)>,
     ) {
-        self.elements(
-            "add",
-            family,
-            set,
-            elems.into_iter().map(|(k, v)| element(k, v)),
+        let elements: Vec<(Key, Option<Verdict>)> = elems
+            .into_iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if elements.is_empty() {
+            return;
+        }
+        let n = elements.len();
+        self.push(
+            Command::AddElements {
+                family,
+                set: set.to_string(),
+                elements,
+            },
+            n,
         );
     }
 
@@ -302,60 +454,62 @@ impl Transaction {
         set: &str,
         keys: impl IntoIterator<Item = &'a Key>,
     ) {
-        self.elements("delete", family, set, keys.into_iter().map(Key::to_string));
-    }
-
-    fn elements(
-        &mut self,
-        op: &str,
-        family: IpFamily,
-        set: &str,
-        elems: impl Iterator<Item = String>,
-    ) {
-        let elems: Vec<String> = elems.collect();
-        if elems.is_empty() {
+        let keys: Vec<Key> = keys.into_iter().cloned().collect();
+        if keys.is_empty() {
             return;
         }
-        self.line(format_args!(
-            "{op} element {} {TABLE} {set} {{ {} }}",
-            family_word(family),
-            elems.join(", ")
-        ));
-        self.commands += u32::try_from(elems.len() - 1).unwrap_or(u32::MAX);
+        let n = keys.len();
+        self.push(
+            Command::DeleteElements {
+                family,
+                set: set.to_string(),
+                keys,
+            },
+            n,
+        );
     }
 
     pub fn add_chain(&mut self, family: IpFamily, name: &str, chain: &Chain) {
-        let fam = family_word(family);
-        match &chain.base {
-            Some(b) => self.line(format_args!(
-                "add chain {fam} {TABLE} {name} {{ {} }}",
-                base_chain_text(b)
-            )),
-            None => self.line(format_args!("add chain {fam} {TABLE} {name}")),
-        }
+        self.push(
+            Command::AddChain {
+                family,
+                name: name.to_string(),
+                base: chain.base,
+            },
+            1,
+        );
     }
 
     pub fn flush_chain(&mut self, family: IpFamily, name: &str) {
-        self.line(format_args!(
-            "flush chain {} {TABLE} {name}",
-            family_word(family)
-        ));
+        self.push(
+            Command::FlushChain {
+                family,
+                name: name.to_string(),
+            },
+            1,
+        );
     }
 
     pub fn delete_chain(&mut self, family: IpFamily, name: &str) {
-        self.line(format_args!(
-            "delete chain {} {TABLE} {name}",
-            family_word(family)
-        ));
+        self.push(
+            Command::DeleteChain {
+                family,
+                name: name.to_string(),
+            },
+            1,
+        );
     }
 
     pub fn add_rules(&mut self, family: IpFamily, name: &str, chain: &Chain) {
-        let fam = family_word(family);
         for rule in &chain.rules {
-            self.line(format_args!(
-                "add rule {fam} {TABLE} {name} {}",
-                rule_text(rule, family)
-            ));
+            self.push(
+                Command::AddRule {
+                    family,
+                    chain: name.to_string(),
+                    rule: rule.clone(),
+                },
+                1,
+            );
         }
     }
 }

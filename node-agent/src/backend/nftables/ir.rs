@@ -194,8 +194,9 @@ pub enum Match {
     Addr(Dir, IpAddr),
     /// `ip saddr @set` (or `!= @set` when `negate`).
     AddrInSet { dir: Dir, set: String, negate: bool },
-    /// `ip saddr != { ranges }`: an inline set, only for rare rules (firewalls).
-    SaddrNotIn(Vec<Cidr>),
+    /// `ip saddr 10.0.0.0/8` (loadBalancerSourceRanges: one rule per range,
+    /// not an inline set, whose anonymous sets cost the kernel quadratic time).
+    SaddrInPrefix(Cidr),
     /// `ip saddr . ip daddr @set`.
     AddrPairInSet(String),
     /// `ip daddr != 127.0.0.0/8` / `ip6 daddr != ::1`.

@@ -608,12 +608,20 @@ impl<'a> FamilyRenderer<'a> {
             if node_allowed {
                 allowed.extend(lb_ips.iter().map(|ip| Cidr::host(*ip)));
             }
+            // Reached by `goto` from firewall-check: `return` goes back to
+            // the base chain, as falling off the end of firewall-check would.
+            for c in allowed {
+                self.push(
+                    &names.firewall,
+                    rule(
+                        vec![Match::SaddrInPrefix(c)],
+                        vec![Stmt::Verdict(Verdict::Return)],
+                    ),
+                );
+            }
             self.push(
                 &names.firewall,
-                rule(
-                    vec![Match::SaddrNotIn(allowed)],
-                    vec![Stmt::Verdict(Verdict::Drop)],
-                ),
+                rule(vec![], vec![Stmt::Verdict(Verdict::Drop)]),
             );
         }
 

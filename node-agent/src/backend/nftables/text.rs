@@ -89,10 +89,7 @@ pub fn rule_text(rule: &Rule, family: IpFamily) -> String {
                 let op = if *negate { "!= " } else { "" };
                 format!("{ipx} {} {op}@{set}", dir_word(*dir))
             }
-            Match::SaddrNotIn(cidrs) => {
-                let list: Vec<String> = cidrs.iter().map(|c| c.to_string()).collect();
-                format!("{ipx} saddr != {{ {} }}", list.join(", "))
-            }
+            Match::SaddrInPrefix(c) => format!("{ipx} saddr {c}"),
             Match::AddrPairInSet(set) => format!("{ipx} saddr . {ipx} daddr @{set}"),
             Match::DaddrNotLoopback => match family {
                 IpFamily::V4 => "ip daddr != 127.0.0.0/8".to_string(),

@@ -144,7 +144,7 @@ impl State<'_> {
         match m {
             Match::Addr(dir, ip) => self.addr(*dir) == *ip,
             Match::AddrInSet { dir, set, negate } => self.in_set(set, self.addr(*dir)) != *negate,
-            Match::SaddrNotIn(cidrs) => !cidrs.iter().any(|c| c.contains(&self.pkt.src)),
+            Match::SaddrInPrefix(c) => c.contains(&self.pkt.src),
             Match::AddrPairInSet(set) => self.table.sets.get(set).is_some_and(|s| {
                 s.elements
                     .contains_key(&Key::AddrPair(self.pkt.src, self.daddr()))

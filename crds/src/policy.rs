@@ -28,7 +28,7 @@ pub struct NodeInfo {
 }
 
 /// The topology narrowing applied to cluster endpoints on one node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TopologyMode {
     None,
     PreferSameNode,
@@ -37,7 +37,7 @@ pub enum TopologyMode {
 
 /// A service port with its endpoints categorised for one node. Endpoint lists are
 /// indices into `rule.backends`, in backend order.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct LinkedServicePort {
     pub rule: ServicePortRule,
     /// Endpoints for traffic subject to the Cluster policy.

@@ -284,7 +284,7 @@ impl Backend {
 
 /// One (Service, port): every frontend that reaches it, its policies, and all
 /// of its candidate backends.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicePortRule {
     /// Stable id, unique across the ruleset while this service port exists.

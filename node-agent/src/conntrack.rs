@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use switchyard_api::policy::LinkedRuleset;
+use switchyard_api::policy::{LinkedRuleset, LinkedServicePort};
 use switchyard_api::ruleset::Protocol;
 
 use crate::exec::{ExecError, Runner};
@@ -34,30 +34,34 @@ pub struct UdpSnapshot {
 
 impl UdpSnapshot {
     pub fn of(ruleset: &LinkedRuleset) -> UdpSnapshot {
-        let ports = ruleset
-            .services
+        UdpSnapshot {
+            ports: ruleset.services.iter().filter_map(UdpPort::of).collect(),
+        }
+    }
+}
+
+impl UdpPort {
+    /// A UDP service port, by `namespace/name:port`; `None` for other protocols.
+    pub fn of(sp: &LinkedServicePort) -> Option<(String, UdpPort)> {
+        let r = &sp.rule;
+        if r.protocol != Protocol::Udp {
+            return None;
+        }
+        let vips = r
+            .cluster_ips
             .iter()
-            .filter(|sp| sp.rule.protocol == Protocol::Udp)
-            .map(|sp| {
-                let r = &sp.rule;
-                let vips = r
-                    .cluster_ips
-                    .iter()
-                    .chain(&r.external_ips)
-                    .chain(&r.load_balancer_ips)
-                    .copied()
-                    .collect();
-                let endpoints = sp.all_reachable_endpoints().map(|b| b.ip).collect();
-                let port = UdpPort {
-                    vips,
-                    port: r.port,
-                    node_port: r.node_port,
-                    endpoints,
-                };
-                (r.service_port_name(), port)
-            })
+            .chain(&r.external_ips)
+            .chain(&r.load_balancer_ips)
+            .copied()
             .collect();
-        UdpSnapshot { ports }
+        let endpoints = sp.all_reachable_endpoints().map(|b| b.ip).collect();
+        let port = UdpPort {
+            vips,
+            port: r.port,
+            node_port: r.node_port,
+            endpoints,
+        };
+        Some((r.service_port_name(), port))
     }
 }
 

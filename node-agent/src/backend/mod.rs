@@ -72,6 +72,18 @@ pub trait Backend: Send {
     /// on error, the previously applied rules stay in place.
     fn apply(&mut self, plan: &Self::Plan) -> Result<ApplyStats, BackendError>;
 
+    /// Render and apply. A backend that can render only what changed since
+    /// its last apply overrides this (nftables); the result must equal
+    /// `apply(&render(..))`.
+    fn sync(
+        &mut self,
+        ruleset: &LinkedRuleset,
+        settings: &Settings,
+    ) -> Result<ApplyStats, BackendError> {
+        let plan = self.render(ruleset, settings);
+        self.apply(&plan)
+    }
+
     /// Forget what was applied so the next apply is a full sync (periodic resync).
     fn invalidate(&mut self);
 
@@ -107,8 +119,7 @@ impl<B: Backend> Dataplane for B {
         ruleset: &LinkedRuleset,
         settings: &Settings,
     ) -> Result<ApplyStats, BackendError> {
-        let plan = self.render(ruleset, settings);
-        self.apply(&plan)
+        Backend::sync(self, ruleset, settings)
     }
 
     fn render_text(&self, ruleset: &LinkedRuleset, settings: &Settings) -> String {

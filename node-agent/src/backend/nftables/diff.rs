@@ -1,14 +1,208 @@
-//! Incremental sync: the transaction that turns the table this backend last
-//! applied into the new one, computed from the two plans alone (the kernel is
-//! never listed).
+//! Incremental sync: the transaction that turns what this backend last
+//! applied into the new plan, computed from the two plans alone (the kernel is
+//! never listed). Only the service ports whose fragments changed are visited;
+//! elements several service ports share (a ClusterIP of a multi-port
+//! service, an endpoint's hairpin pair) are reference-counted by an index
+//! kept with the applied plan.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
-use super::ir::Table;
+use switchyard_api::ruleset::IpFamily;
+
+use super::ir::{Chain, Key, Plan, ServicePlan, Set, Table, Verdict};
 use super::text::Transaction;
 
-/// Append to `tx` the commands turning `old` into `new` (same family).
+/// Which service ports put a key into a shared set or map, with their values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Owners {
+    One(u32, Option<Verdict>),
+    /// Sorted by rule id, at least two.
+    Many(Vec<(u32, Option<Verdict>)>),
+}
+
+impl Owners {
+    /// The value the kernel holds: the lowest rule id's (as [`Plan::table`]).
+    fn value(&self) -> &Option<Verdict> {
+        match self {
+            Owners::One(_, v) => v,
+            Owners::Many(list) => &list[0].1,
+        }
+    }
+
+    fn list(&self) -> Vec<(u32, Option<Verdict>)> {
+        match self {
+            Owners::One(id, v) => vec![(*id, v.clone())],
+            Owners::Many(list) => list.clone(),
+        }
+    }
+
+    fn from_list(mut list: Vec<(u32, Option<Verdict>)>) -> Option<Owners> {
+        list.sort_by_key(|(id, _)| *id);
+        match list.len() {
+            0 => None,
+            1 => list.pop().map(|(id, v)| Owners::One(id, v)),
+            _ => Some(Owners::Many(list)),
+        }
+    }
+}
+
+type ElementKey = (&'static str, Key);
+
+/// The shared-set elements of one family's table, with their owners.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ElementIndex {
+    owners: HashMap<ElementKey, Owners>,
+}
+
+impl ElementIndex {
+    /// The index of everything `plan` puts into `family`'s shared sets.
+    pub fn of(plan: &Plan, family: IpFamily) -> ElementIndex {
+        let mut lists: HashMap<ElementKey, Vec<(u32, Option<Verdict>)>> = HashMap::new();
+        for (id, service) in &plan.services {
+            if let Some(f) = service.fragment(family) {
+                for (key, value) in &f.elements {
+                    lists
+                        .entry(key.clone())
+                        .or_default()
+                        .push((*id, value.clone()));
+                }
+            }
+        }
+        ElementIndex {
+            owners: lists
+                .into_iter()
+                .filter_map(|(k, list)| Owners::from_list(list).map(|o| (k, o)))
+                .collect(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.owners.len()
+    }
+
+    fn apply(&mut self, changes: Vec<(ElementKey, Option<Owners>)>) {
+        for (key, owners) in changes {
+            match owners {
+                Some(o) => self.owners.insert(key, o),
+                None => self.owners.remove(&key),
+            };
+        }
+    }
+}
+
+/// What this backend last applied: the plan and, per family, its index.
+#[derive(Clone, Debug)]
+pub struct Applied {
+    pub plan: Plan,
+    index: Vec<(IpFamily, ElementIndex)>,
+}
+
+impl Applied {
+    /// The record of a plan applied in full.
+    pub fn of(plan: Plan) -> Applied {
+        let index = plan
+            .families()
+            .map(|f| (f, ElementIndex::of(&plan, f)))
+            .collect();
+        Applied { plan, index }
+    }
+
+    pub fn index(&self, family: IpFamily) -> Option<&ElementIndex> {
+        self.index
+            .iter()
+            .find(|(f, _)| *f == family)
+            .map(|(_, i)| i)
+    }
+
+    /// Rules and elements in the applied plan.
+    pub fn object_count(&self) -> usize {
+        let setup_elements: usize = self
+            .plan
+            .setup
+            .iter()
+            .flat_map(|t| t.sets.values())
+            .map(|s| s.elements.len())
+            .sum();
+        let shared: usize = self.index.iter().map(|(_, i)| i.len()).sum();
+        self.plan.rule_count() + setup_elements + shared
+    }
+
+    /// Record that `step`, computed from this record, was applied for `plan`.
+    pub fn commit(old: Option<Applied>, plan: Plan, step: IndexStep) -> Applied {
+        let mut index = old.map(|o| o.index).unwrap_or_default();
+        index.retain(|(f, _)| plan.families().any(|p| p == *f));
+        for (family, update) in step {
+            let fresh = match update {
+                IndexUpdate::Rebuilt(i) => i,
+                IndexUpdate::Changes(changes) => {
+                    let mut i = index
+                        .iter()
+                        .find(|(f, _)| *f == family)
+                        .map(|(_, i)| i.clone())
+                        .unwrap_or_default();
+                    i.apply(changes);
+                    i
+                }
+            };
+            index.retain(|(f, _)| *f != family);
+            index.push((family, fresh));
+        }
+        Applied { plan, index }
+    }
+}
+
+/// How one family's index changes with a transaction.
+#[derive(Debug)]
+pub enum IndexUpdate {
+    Rebuilt(ElementIndex),
+    Changes(Vec<(ElementKey, Option<Owners>)>),
+}
+
+pub type IndexStep = Vec<(IpFamily, IndexUpdate)>;
+
+/// Whether two service plans are the same (shared, or equal).
+fn same(a: &Arc<ServicePlan>, b: &Arc<ServicePlan>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
+/// The service ports whose plans differ between `old` and `new`, by rule id.
+pub fn changed_services<'a>(
+    old: &'a Plan,
+    new: &'a Plan,
+) -> Vec<(u32, Option<&'a ServicePlan>, Option<&'a ServicePlan>)> {
+    side_by_side(&old.services, &new.services)
+        .filter(|(_, o, n)| match (o, n) {
+            (Some(o), Some(n)) => !same(o, n),
+            _ => true,
+        })
+        .map(|(id, o, n)| (*id, o.map(|s| &**s), n.map(|s| &**s)))
+        .collect()
+}
+
+/// The chains and sets of the changed fragments of one family, on one side.
+#[derive(Default)]
+struct Part<'a> {
+    chains: BTreeMap<&'a str, &'a Chain>,
+    sets: BTreeMap<&'a str, &'a Set>,
+}
+
+impl<'a> Part<'a> {
+    fn add(&mut self, service: Option<&'a ServicePlan>, family: IpFamily) {
+        if let Some(f) = service.and_then(|s| s.fragment(family)) {
+            self.chains
+                .extend(f.chains.iter().map(|(n, c)| (n.as_str(), c)));
+            self.sets
+                .extend(f.sets.iter().map(|(n, s)| (n.as_str(), s)));
+        }
+    }
+}
+
+/// Append to `tx` the commands turning the applied table of `family` into
+/// the new one, given the service ports that changed. `None` when that
+/// needs the table rewritten: the fixed part changed (settings, node
+/// addresses) or a set's definition did, which nft cannot alter in place.
 ///
 /// Order matters inside one transaction: new sets and chains first (so rules
 /// and elements can reference them), then rewritten chains, element deletes,
@@ -16,69 +210,140 @@ use super::text::Transaction;
 /// Removed chains are only flushed; their names are returned so they can be
 /// deleted by a later transaction (kernels before 6.2 see a chain as still
 /// referenced for a moment after the map element pointing to it is deleted).
-pub fn diff_table(old: &Table, new: &Table, tx: &mut Transaction) -> Vec<String> {
-    let fam = new.family;
+pub fn diff_family(
+    old: &Applied,
+    new: &Plan,
+    family: IpFamily,
+    changed: &[(u32, Option<&ServicePlan>, Option<&ServicePlan>)],
+    tx: &mut Transaction,
+) -> Option<(Vec<String>, IndexUpdate)> {
+    let (before, after) = (old.plan.setup(family)?, new.setup(family)?);
+    if !(Arc::ptr_eq(before, after) || before == after) {
+        return None;
+    }
+    let index = old.index(family)?;
+    let (mut was, mut is) = (Part::default(), Part::default());
+    for (_, o, n) in changed {
+        was.add(*o, family);
+        is.add(*n, family);
+    }
+    let redefined = side_by_side(&was.sets, &is.sets)
+        .any(|(_, o, n)| matches!((o, n), (Some(o), Some(n)) if !o.same_definition(n)));
+    if redefined {
+        return None;
+    }
 
-    for (name, before, set) in side_by_side(&old.sets, &new.sets) {
-        // Changed definitions are found by `needs_full_sync`.
-        if let (None, Some(set)) = (before, set) {
-            tx.add_set(fam, name, set);
+    for (name, o, n) in side_by_side(&was.sets, &is.sets) {
+        if let (None, Some(set)) = (o, n) {
+            tx.add_set(family, name, set);
         }
     }
-    for (name, before, chain) in side_by_side(&old.chains, &new.chains) {
-        if let (None, Some(chain)) = (before, chain) {
-            tx.add_chain(fam, name, chain);
+    for (name, o, n) in side_by_side(&was.chains, &is.chains) {
+        if let (None, Some(chain)) = (o, n) {
+            tx.add_chain(family, name, chain);
         }
     }
-    for (name, before, chain) in side_by_side(&old.chains, &new.chains) {
-        match (before, chain) {
-            (None, Some(chain)) => tx.add_rules(fam, name, chain),
-            (Some(before), Some(chain)) if before.rules != chain.rules => {
-                tx.flush_chain(fam, name);
-                tx.add_rules(fam, name, chain);
+    for (name, o, n) in side_by_side(&was.chains, &is.chains) {
+        match (o, n) {
+            (None, Some(chain)) => tx.add_rules(family, name, chain),
+            (Some(o), Some(chain)) if o.rules != chain.rules => {
+                tx.flush_chain(family, name);
+                tx.add_rules(family, name, chain);
             }
             _ => {}
         }
     }
 
-    for (name, before, set) in side_by_side(&old.sets, &new.sets) {
-        let Some(set) = set else { continue };
-        let Some(before) = before else {
-            tx.add_elements(fam, name, &set.elements);
+    let changes = element_changes(index, family, changed);
+    let mut deletes: BTreeMap<&str, Vec<&Key>> = BTreeMap::new();
+    let mut adds: BTreeMap<&str, Vec<(&Key, &Option<Verdict>)>> = BTreeMap::new();
+    for ((set, key), owners) in &changes {
+        let was = index.owners.get(&(*set, key.clone())).map(Owners::value);
+        let is = owners.as_ref().map(Owners::value);
+        if was == is {
             continue;
-        };
-        // A changed value is a delete and an add.
-        let mut deletes = Vec::new();
-        let mut adds = Vec::new();
-        for (key, was, is) in side_by_side(&before.elements, &set.elements) {
-            if was == is {
-                continue;
-            }
-            if was.is_some() {
-                deletes.push(key);
-            }
-            if let Some(is) = is {
-                adds.push((key, is));
-            }
         }
-        tx.delete_elements(fam, name, deletes);
-        tx.add_elements(fam, name, adds);
+        if was.is_some() {
+            deletes.entry(set).or_default().push(key);
+        }
+        if let Some(v) = is {
+            adds.entry(set).or_default().push((key, v));
+        }
     }
+    for (set, keys) in deletes {
+        tx.delete_elements(family, set, keys);
+    }
+    for (set, elems) in adds {
+        tx.add_elements(family, set, elems);
+    }
+
     // Removed chains: flushed, so nothing they reference stays referenced.
-    let removed: Vec<String> = side_by_side(&old.chains, &new.chains)
-        .filter(|(_, _, chain)| chain.is_none())
-        .map(|(name, _, _)| name.clone())
+    let removed: Vec<String> = side_by_side(&was.chains, &is.chains)
+        .filter(|(_, _, n)| n.is_none())
+        .map(|(name, _, _)| name.to_string())
         .collect();
     for name in &removed {
-        tx.flush_chain(fam, name);
+        tx.flush_chain(family, name);
     }
     // Affinity sets are referenced only by rules flushed above.
-    for (name, before, set) in side_by_side(&old.sets, &new.sets) {
-        if let (Some(before), None) = (before, set) {
-            tx.delete_set(fam, name, before);
+    for (name, o, n) in side_by_side(&was.sets, &is.sets) {
+        if let (Some(set), None) = (o, n) {
+            tx.delete_set(family, name, set);
         }
     }
-    removed
+    Some((removed, IndexUpdate::Changes(changes)))
+}
+
+/// The new owners of every shared-set key the changed service ports touch.
+fn element_changes(
+    index: &ElementIndex,
+    family: IpFamily,
+    changed: &[(u32, Option<&ServicePlan>, Option<&ServicePlan>)],
+) -> Vec<(ElementKey, Option<Owners>)> {
+    let ids: BTreeSet<u32> = changed.iter().map(|(id, _, _)| *id).collect();
+    // A touched key starts with its owners other than the changed service ports.
+    let others = |key: &ElementKey| {
+        let mut list = index.owners.get(key).map(Owners::list).unwrap_or_default();
+        list.retain(|(id, _)| !ids.contains(id));
+        list
+    };
+    let mut touched: BTreeMap<ElementKey, Vec<(u32, Option<Verdict>)>> = BTreeMap::new();
+    for (_, o, _) in changed {
+        for (key, _) in elements(*o, family) {
+            touched.entry(key.clone()).or_insert_with(|| others(key));
+        }
+    }
+    for (id, _, n) in changed {
+        for (key, value) in elements(*n, family) {
+            touched
+                .entry(key.clone())
+                .or_insert_with(|| others(key))
+                .push((*id, value.clone()));
+        }
+    }
+    touched
+        .into_iter()
+        .map(|(k, list)| (k, Owners::from_list(list)))
+        .collect()
+}
+
+fn elements(
+    service: Option<&ServicePlan>,
+    family: IpFamily,
+) -> impl Iterator<Item = (&ElementKey, &Option<Verdict>)> {
+    service
+        .and_then(|s| s.fragment(family))
+        .into_iter()
+        .flat_map(|f| &f.elements)
+}
+
+/// The whole table of `family` for a full sync, and its fresh index.
+pub fn full_table(new: &Plan, family: IpFamily) -> Option<(Arc<Table>, IndexUpdate)> {
+    let table = new.table(family)?;
+    Some((
+        Arc::new(table),
+        IndexUpdate::Rebuilt(ElementIndex::of(new, family)),
+    ))
 }
 
 /// Two sorted maps walked side by side in key order, one merge pass (no
@@ -102,21 +367,4 @@ fn side_by_side<'a, K: Ord, V>(
             }
         },
     })
-}
-
-/// Whether `old` → `new` needs the table rewritten: a base chain or a set
-/// definition changed, which nft cannot alter in place.
-pub fn needs_full_sync(old: &Table, new: &Table) -> bool {
-    let base_changed =
-        new.chains.iter().any(|(name, c)| {
-            c.base.is_some() && old.chains.get(name).map(|o| o.base) != Some(c.base)
-        }) || old
-            .chains
-            .iter()
-            .any(|(name, c)| c.base.is_some() && !new.chains.contains_key(name));
-    let set_changed = new
-        .sets
-        .iter()
-        .any(|(name, s)| old.sets.get(name).is_some_and(|o| !o.same_definition(s)));
-    base_changed || set_changed
 }

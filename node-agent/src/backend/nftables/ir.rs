@@ -7,41 +7,162 @@ use std::sync::Arc;
 
 use switchyard_api::ruleset::{Cidr, IpFamily, Protocol};
 
-use crate::conntrack::UdpSnapshot;
+use crate::conntrack::{UdpPort, UdpSnapshot};
 
 /// The one table name, in both families.
 pub const TABLE: &str = "switchyard";
 
-/// Everything this backend programs: one table per family.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Everything this backend programs: per family, the fixed part of the table
+/// and one fragment per service port. The table the kernel holds is their
+/// union ([`Plan::table`]); a sync that changes a few services touches only
+/// their fragments, and unchanged fragments are shared with the previous plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
-    /// Shared, so keeping the applied plan for the next diff costs no copy.
-    pub tables: Vec<Arc<Table>>,
-    /// Service ports left out of the plan, with the reason (bad input is skipped, not fatal).
+    /// The fixed part of each table: base chains, dispatch chains, shared sets
+    /// and maps without service elements (kube-proxy's `setupNFTables`).
+    pub setup: Vec<Arc<Table>>,
+    /// Per service port, by its stable rule id.
+    pub services: BTreeMap<u32, Arc<ServicePlan>>,
+    /// What the fragments were rendered for: a plan rendered with another
+    /// context shares nothing with this one.
+    pub context: Arc<RenderContext>,
+}
+
+/// The inputs besides the service port that a fragment depends on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RenderContext {
+    pub settings: crate::settings::Settings,
+    pub node: switchyard_api::policy::NodeInfo,
+}
+
+/// One service port's part of the plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePlan {
+    /// A 128-bit digest of the linked service port it was rendered from.
+    pub source: u128,
+    /// One fragment per family the service port has frontends in.
+    pub fragments: Vec<Fragment>,
+    /// Why (part of) the service port was left out (bad input is skipped, not fatal).
     pub skipped: Vec<String>,
-    /// What the plan programs for UDP, for stale conntrack cleanup.
-    pub udp: UdpSnapshot,
+    /// The UDP service port, for stale conntrack cleanup.
+    pub udp: Option<(String, UdpPort)>,
+}
+
+impl ServicePlan {
+    pub fn fragment(&self, family: IpFamily) -> Option<&Fragment> {
+        self.fragments.iter().find(|f| f.family == family)
+    }
+}
+
+/// What one service port adds to one family's table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fragment {
+    pub family: IpFamily,
+    /// Elements of the shared sets and maps, by (set, key).
+    pub elements: BTreeMap<(&'static str, Key), Option<Verdict>>,
+    /// The service port's own chains.
+    pub chains: BTreeMap<String, Chain>,
+    /// The service port's own sets (session affinity).
+    pub sets: BTreeMap<String, Set>,
+}
+
+impl Fragment {
+    pub fn new(family: IpFamily) -> Fragment {
+        Fragment {
+            family,
+            elements: BTreeMap::new(),
+            chains: BTreeMap::new(),
+            sets: BTreeMap::new(),
+        }
+    }
+
+    pub fn chain(&mut self, name: &str) -> &mut Chain {
+        chain_in(&mut self.chains, name)
+    }
+
+    pub fn push(&mut self, chain: &str, rule: Rule) {
+        self.chain(chain).rules.push(rule);
+    }
+
+    pub fn element(&mut self, set: &'static str, key: Key, value: Option<Verdict>) {
+        self.elements.insert((set, key), value);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.elements.is_empty() && self.chains.is_empty() && self.sets.is_empty()
+    }
 }
 
 impl Plan {
-    pub fn table(&self, family: IpFamily) -> Option<&Table> {
-        self.tables
-            .iter()
-            .map(|t| &**t)
-            .find(|t| t.family == family)
+    pub fn setup(&self, family: IpFamily) -> Option<&Arc<Table>> {
+        self.setup.iter().find(|t| t.family == family)
     }
 
-    /// Rules plus set/map elements, for [`crate::backend::ApplyStats`].
-    pub fn object_count(&self) -> u32 {
-        let n: usize = self
-            .tables
+    /// The whole table of `family`, as the kernel holds it after this plan.
+    /// Where two service ports put the same key in a map, the lower rule id wins.
+    pub fn table(&self, family: IpFamily) -> Option<Table> {
+        let mut table = Table::clone(self.setup(family)?);
+        for f in self.fragments(family) {
+            for (name, chain) in &f.chains {
+                table.chains.insert(name.clone(), chain.clone());
+            }
+            for (name, set) in &f.sets {
+                table.sets.insert(name.clone(), set.clone());
+            }
+            for ((set, key), value) in &f.elements {
+                if let Some(s) = table.sets.get_mut(*set) {
+                    s.elements
+                        .entry(key.clone())
+                        .or_insert_with(|| value.clone());
+                }
+            }
+        }
+        Some(table)
+    }
+
+    /// The fragments of `family`, in rule id order.
+    pub fn fragments(&self, family: IpFamily) -> impl Iterator<Item = &Fragment> {
+        self.services
+            .values()
+            .filter_map(move |s| s.fragment(family))
+    }
+
+    pub fn families(&self) -> impl Iterator<Item = IpFamily> + '_ {
+        self.setup.iter().map(|t| t.family)
+    }
+
+    /// Service ports left out of the plan, with the reason.
+    pub fn skipped(&self) -> impl Iterator<Item = &String> {
+        self.services.values().flat_map(|s| &s.skipped)
+    }
+
+    /// What the plan programs for UDP, for stale conntrack cleanup.
+    pub fn udp(&self) -> UdpSnapshot {
+        UdpSnapshot {
+            ports: self
+                .services
+                .values()
+                .filter_map(|s| s.udp.clone())
+                .collect(),
+        }
+    }
+
+    /// Rules of the plan (elements are counted by the backend's index).
+    pub fn rule_count(&self) -> usize {
+        let setup: usize = self
+            .setup
             .iter()
-            .map(|t| {
-                t.chains.values().map(|c| c.rules.len()).sum::<usize>()
-                    + t.sets.values().map(|s| s.elements.len()).sum::<usize>()
-            })
+            .flat_map(|t| t.chains.values())
+            .map(|c| c.rules.len())
             .sum();
-        u32::try_from(n).unwrap_or(u32::MAX)
+        let services: usize = self
+            .services
+            .values()
+            .flat_map(|s| &s.fragments)
+            .flat_map(|f| f.chains.values())
+            .map(|c| c.rules.len())
+            .sum();
+        setup + services
     }
 }
 
@@ -61,6 +182,33 @@ impl Table {
             chains: BTreeMap::new(),
         }
     }
+
+    pub fn chain(&mut self, name: &str) -> &mut Chain {
+        chain_in(&mut self.chains, name)
+    }
+
+    pub fn push(&mut self, chain: &str, rule: Rule) {
+        self.chain(chain).rules.push(rule);
+    }
+
+    pub fn set(&mut self, name: &str, kind: SetKind, comment: &str) {
+        self.sets
+            .insert(name.to_string(), Set::new(kind, Some(comment)));
+    }
+
+    /// Add an element to a set of the table (none if the set is not there).
+    pub fn element(&mut self, set: &str, key: Key, value: Option<Verdict>) {
+        if let Some(s) = self.sets.get_mut(set) {
+            s.elements.insert(key, value);
+        }
+    }
+}
+
+/// The chain `name`, created empty if missing.
+fn chain_in<'a>(chains: &'a mut BTreeMap<String, Chain>, name: &str) -> &'a mut Chain {
+    chains
+        .entry(name.to_string())
+        .or_insert_with(|| Chain::regular(Vec::new()))
 }
 
 /// The netfilter hook of a base chain.

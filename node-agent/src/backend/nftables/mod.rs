@@ -28,6 +28,7 @@ use crate::conntrack::{self, UdpSnapshot};
 use crate::exec::Runner;
 use crate::settings::Settings;
 
+use self::diff::{Applied, IndexStep};
 pub use self::ir::Plan;
 use self::ir::TABLE;
 use self::text::{Transaction, family_word};
@@ -36,10 +37,11 @@ use self::text::{Transaction, family_word};
 pub struct NftablesBackend {
     runner: Arc<dyn Runner>,
     /// What the kernel holds, as this backend last applied it.
-    applied: Option<Plan>,
+    applied: Option<Applied>,
+    /// The next sync renders and writes everything (periodic resync).
+    full_next: bool,
     /// Empty chains of removed services, deleted at the start of the next apply.
     stale_chains: Vec<(IpFamily, String)>,
-    udp: UdpSnapshot,
 }
 
 impl NftablesBackend {
@@ -47,19 +49,15 @@ impl NftablesBackend {
         NftablesBackend {
             runner,
             applied: None,
+            full_next: false,
             stale_chains: Vec::new(),
-            udp: UdpSnapshot::default(),
         }
     }
 
-    /// Delete the chains earlier syncs emptied, unless `plan` uses them again.
-    /// A failure is not fatal: they are empty and unreferenced, and the next
-    /// apply tries again.
-    fn delete_stale_chains(&mut self, plan: &Plan) {
-        self.stale_chains.retain(|(family, name)| {
-            plan.table(*family)
-                .is_none_or(|t| !t.chains.contains_key(name))
-        });
+    /// Delete the chains earlier syncs emptied (a plan using one again
+    /// creates it anew). A failure is not fatal: they are empty and
+    /// unreferenced, and the next apply tries again.
+    fn delete_stale_chains(&mut self) {
         if self.stale_chains.is_empty() {
             return;
         }
@@ -85,7 +83,7 @@ impl NftablesBackend {
     }
 }
 
-/// A transaction from one plan to the next.
+/// A transaction from what is applied to a new plan.
 pub struct Step {
     pub tx: Transaction,
     /// Every table is rewritten.
@@ -94,31 +92,54 @@ pub struct Step {
     pub replaced: Vec<IpFamily>,
     /// Chains the transaction flushes and a later one must delete.
     pub flushed: Vec<(IpFamily, String)>,
+    /// How the element index changes once the transaction is applied.
+    pub index: IndexStep,
 }
 
 /// The transaction turning `old` (what is applied, if known) into `new`.
-pub fn transaction(old: Option<&Plan>, new: &Plan) -> Step {
+pub fn transaction(old: Option<&Applied>, new: &Plan) -> Step {
     let mut step = Step {
         tx: Transaction::default(),
         full: true,
         replaced: Vec::new(),
         flushed: Vec::new(),
+        index: Vec::new(),
     };
-    for table in &new.tables {
-        match old.and_then(|o| o.table(table.family)) {
-            Some(before) if !diff::needs_full_sync(before, table) => {
-                let removed = diff::diff_table(before, table, &mut step.tx);
+    let changed = old.map(|o| diff::changed_services(&o.plan, new));
+    for family in new.families() {
+        let incremental = old
+            .zip(changed.as_deref())
+            .and_then(|(o, c)| diff::diff_family(o, new, family, c, &mut step.tx));
+        match incremental {
+            Some((removed, update)) => {
                 step.flushed
-                    .extend(removed.into_iter().map(|c| (table.family, c)));
+                    .extend(removed.into_iter().map(|c| (family, c)));
+                step.index.push((family, update));
                 step.full = false;
             }
-            _ => {
-                step.tx.replace_table(table);
-                step.replaced.push(table.family);
+            None => {
+                if let Some((table, update)) = diff::full_table(new, family) {
+                    step.tx.replace_table(&table);
+                    step.replaced.push(family);
+                    step.index.push((family, update));
+                }
             }
         }
     }
     step
+}
+
+/// The UDP conntrack entries that became stale from `old` to `new`.
+fn stale_udp(old: Option<&Plan>, new: &Plan) -> Vec<conntrack::StaleEntry> {
+    let Some(old) = old else {
+        return conntrack::stale_entries(&UdpSnapshot::default(), &new.udp());
+    };
+    let (mut before, mut after) = (UdpSnapshot::default(), UdpSnapshot::default());
+    for (_, o, n) in diff::changed_services(old, new) {
+        before.ports.extend(o.and_then(|s| s.udp.clone()));
+        after.ports.extend(n.and_then(|s| s.udp.clone()));
+    }
+    conntrack::stale_entries(&before, &after)
 }
 
 impl Backend for NftablesBackend {
@@ -132,16 +153,31 @@ impl Backend for NftablesBackend {
         render::render(ruleset, settings)
     }
 
+    /// Renders only the service ports that changed since the last apply.
+    fn sync(
+        &mut self,
+        ruleset: &LinkedRuleset,
+        settings: &Settings,
+    ) -> Result<ApplyStats, BackendError> {
+        let previous = self
+            .applied
+            .as_ref()
+            .filter(|_| !self.full_next)
+            .map(|a| &a.plan);
+        let plan = render::render_reusing(previous, ruleset, settings);
+        self.apply(&plan)
+    }
+
     fn apply(&mut self, plan: &Plan) -> Result<ApplyStats, BackendError> {
-        if self.applied.is_some() {
-            self.delete_stale_chains(plan);
-        }
+        self.delete_stale_chains();
+        let old = self.applied.as_ref().filter(|_| !self.full_next);
         let Step {
             tx,
             full,
             replaced,
             flushed,
-        } = transaction(self.applied.as_ref(), plan);
+            index,
+        } = transaction(old, plan);
         if !tx.is_empty() {
             // One transaction: on failure the kernel keeps the previous rules,
             // and so does our record of them.
@@ -149,23 +185,30 @@ impl Backend for NftablesBackend {
         }
         self.stale_chains.retain(|(f, _)| !replaced.contains(f));
         self.stale_chains.extend(flushed);
-        self.applied = Some(plan.clone());
-        let stale = conntrack::stale_entries(&self.udp, &plan.udp);
-        self.udp = plan.udp.clone();
+        let stale = stale_udp(self.applied.as_ref().map(|a| &a.plan), plan);
+        let old = if self.full_next {
+            None
+        } else {
+            self.applied.take()
+        };
+        let applied = Applied::commit(old, plan.clone(), index);
+        let objects = applied.object_count();
+        self.applied = Some(applied);
+        self.full_next = false;
         conntrack::delete(self.runner.as_ref(), &stale).map_err(|e| BackendError::Kernel {
             mode: Mode::Nftables,
             operation: "delete stale UDP conntrack entries",
             message: e.to_string(),
         })?;
         Ok(ApplyStats {
-            objects: plan.object_count(),
+            objects: u32::try_from(objects).unwrap_or(u32::MAX),
             written: tx.objects,
             full,
         })
     }
 
     fn invalidate(&mut self) {
-        self.applied = None;
+        self.full_next = true;
     }
 
     fn present(&self) -> Result<bool, BackendError> {
@@ -196,8 +239,8 @@ impl Backend for NftablesBackend {
         }
         self.nft("delete tables", &tx.text())?;
         self.applied = None;
+        self.full_next = false;
         self.stale_chains.clear();
-        self.udp = UdpSnapshot::default();
         Ok(())
     }
 }

@@ -153,8 +153,8 @@ fn full_and_incremental_syncs_land_in_the_kernel_and_a_broken_apply_keeps_them()
         vec![endpoint(991, "10.0.1.99", "node-a")],
     ));
     let mut plan = backend.render(&linked(&broken), &settings());
-    let table = Arc::make_mut(&mut plan.tables[0]);
-    let chain = table
+    let service = Arc::make_mut(plan.services.get_mut(&99).unwrap());
+    let chain = service.fragments[0]
         .chains
         .iter_mut()
         .find(|(n, _)| n.contains("default/broken"))

@@ -5,20 +5,24 @@
 //! anonymous set per service, no chain per endpoint) and hairpin traffic is
 //! found by one `@hairpin` set in postrouting.
 
+use std::collections::BTreeMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use switchyard_api::policy::{LinkedRuleset, LinkedServicePort};
+use switchyard_api::policy::{LinkedRuleset, LinkedServicePort, NodeInfo};
 use switchyard_api::ruleset::{Backend, Cidr, IpFamily};
+use xxhash_rust::xxh3::Xxh3;
 
-use crate::conntrack::UdpSnapshot;
+use crate::conntrack::UdpPort;
 use crate::settings::{LocalDetector, NodePortAddresses, Settings};
 
 use super::ir::{
-    BaseChain, Chain, ChainType, Dir, Hook, Key, Match, Plan, Priority, Rule, Set, SetKind, Stmt,
-    Table, Verdict,
+    BaseChain, Chain, ChainType, Dir, Fragment, Hook, Key, Match, Plan, Priority, RenderContext,
+    Rule, ServicePlan, Set, SetKind, Stmt, Table, Verdict,
 };
+use super::text::family_word;
 
 // Base chains.
 pub const FILTER_PREROUTING: &str = "filter-prerouting";
@@ -194,25 +198,81 @@ fn affinity_set_name(svc: &LinkedServicePort, ep: &Backend) -> String {
     )
 }
 
-/// Render both tables.
+/// Render both tables from scratch.
 pub fn render(ruleset: &LinkedRuleset, settings: &Settings) -> Plan {
-    let mut plan = Plan {
-        udp: UdpSnapshot::of(ruleset),
-        ..Plan::default()
+    render_reusing(None, ruleset, settings)
+}
+
+/// Render, sharing with `previous` the setup and the fragments of every
+/// service port whose linked form is unchanged (by a 128-bit digest), so a
+/// sync renders only what changed. `previous` rendered for other settings or
+/// another node shares nothing.
+pub fn render_reusing(
+    previous: Option<&Plan>,
+    ruleset: &LinkedRuleset,
+    settings: &Settings,
+) -> Plan {
+    let context = RenderContext {
+        settings: settings.clone(),
+        node: ruleset.node.clone(),
     };
-    for family in [IpFamily::V4, IpFamily::V6] {
-        let mut r = FamilyRenderer::new(family, ruleset, settings);
-        r.setup();
-        for svc in &ruleset.services {
-            if let Err(reason) = r.service_port(svc) {
-                plan.skipped.push(format!(
-                    "{} ({}): {reason}",
-                    svc.rule.service_port_name(),
-                    crate::backend::nftables::text::family_word(family)
-                ));
-            }
+    let previous = previous.filter(|p| *p.context == context);
+    let renderers =
+        [IpFamily::V4, IpFamily::V6].map(|f| FamilyRenderer::new(f, &ruleset.node, settings));
+    let (setup, context) = match previous {
+        Some(p) => (p.setup.clone(), Arc::clone(&p.context)),
+        None => (
+            renderers.iter().map(|r| Arc::new(r.setup())).collect(),
+            Arc::new(context),
+        ),
+    };
+    let mut services = BTreeMap::new();
+    for svc in &ruleset.services {
+        let source = digest(svc);
+        let reused = previous
+            .and_then(|p| p.services.get(&svc.rule.id))
+            .filter(|s| s.source == source)
+            .cloned();
+        let plan = reused.unwrap_or_else(|| Arc::new(service_plan(&renderers, svc, source)));
+        services.insert(svc.rule.id, plan);
+    }
+    Plan {
+        setup,
+        services,
+        context,
+    }
+}
+
+/// A 128-bit digest of everything a service port's fragments depend on
+/// (besides the [`RenderContext`]).
+fn digest(svc: &LinkedServicePort) -> u128 {
+    let mut h = Xxh3::new();
+    svc.hash(&mut h);
+    h.digest128()
+}
+
+fn service_plan(
+    renderers: &[FamilyRenderer<'_>],
+    svc: &LinkedServicePort,
+    source: u128,
+) -> ServicePlan {
+    let mut plan = ServicePlan {
+        source,
+        fragments: Vec::new(),
+        skipped: Vec::new(),
+        udp: UdpPort::of(svc),
+    };
+    for r in renderers {
+        let mut fragment = Fragment::new(r.family);
+        match r.service_port(svc, &mut fragment) {
+            Ok(()) if fragment.is_empty() => {}
+            Ok(()) => plan.fragments.push(fragment),
+            Err(reason) => plan.skipped.push(format!(
+                "{} ({}): {reason}",
+                svc.rule.service_port_name(),
+                family_word(r.family)
+            )),
         }
-        plan.tables.push(Arc::new(r.table));
     }
     plan
 }
@@ -225,13 +285,11 @@ struct FamilyRenderer<'a> {
     /// NodePorts answer on every local address (`fib daddr type local`).
     nodeports_match_all: bool,
     local_ranges: Vec<Cidr>,
-    table: Table,
 }
 
 impl<'a> FamilyRenderer<'a> {
-    fn new(family: IpFamily, ruleset: &LinkedRuleset, settings: &'a Settings) -> Self {
-        let node_ips: Vec<IpAddr> = ruleset
-            .node
+    fn new(family: IpFamily, node: &NodeInfo, settings: &'a Settings) -> Self {
+        let node_ips: Vec<IpAddr> = node
             .addresses
             .iter()
             .filter(|ip| IpFamily::of(ip) == family)
@@ -253,7 +311,6 @@ impl<'a> FamilyRenderer<'a> {
             node_ips,
             nodeports_match_all,
             local_ranges,
-            table: Table::new(family),
         }
     }
 
@@ -285,33 +342,11 @@ impl<'a> FamilyRenderer<'a> {
         ips.into_iter().filter(|ip| !ip.is_loopback()).collect()
     }
 
-    fn chain(&mut self, name: &str) -> &mut Chain {
-        self.table
-            .chains
-            .entry(name.to_string())
-            .or_insert_with(|| Chain::regular(Vec::new()))
-    }
-
-    fn push(&mut self, chain: &str, r: Rule) {
-        self.chain(chain).rules.push(r);
-    }
-
-    fn set(&mut self, name: &str, kind: SetKind, comment: &str) {
-        self.table
-            .sets
-            .insert(name.to_string(), Set::new(kind, Some(comment)));
-    }
-
-    fn element(&mut self, set: &str, key: Key, value: Option<Verdict>) {
-        if let Some(s) = self.table.sets.get_mut(set) {
-            s.elements.insert(key, value);
-        }
-    }
-
     /// The fixed part of the table (kube-proxy's `setupNFTables`).
-    fn setup(&mut self) {
+    fn setup(&self) -> Table {
+        let mut t = Table::new(self.family);
         for (name, kind, hook, priority) in BASE_CHAINS {
-            self.table.chains.insert(
+            t.chains.insert(
                 name.to_string(),
                 Chain {
                     base: Some(BaseChain {
@@ -324,62 +359,59 @@ impl<'a> FamilyRenderer<'a> {
             );
         }
         for (dst, src, new_only) in JUMP_CHAINS {
-            self.chain(dst);
+            t.chain(dst);
             let matches = if new_only {
                 vec![Match::CtStateNew]
             } else {
                 Vec::new()
             };
-            self.push(src, rule(matches, vec![jump(dst)]));
+            t.push(src, rule(matches, vec![jump(dst)]));
         }
 
         let mark = self.settings.masquerade_mark();
-        self.push(MARK_MASQ, rule(vec![], vec![Stmt::MarkOr(mark)]));
-        self.push(
+        t.push(MARK_MASQ, rule(vec![], vec![Stmt::MarkOr(mark)]));
+        t.push(
             MASQUERADING,
             rule(
                 vec![Match::MarkClear(mark)],
                 vec![Stmt::Verdict(Verdict::Return)],
             ),
         );
-        self.push(MASQUERADING, rule(vec![], vec![Stmt::MarkXor(mark)]));
-        self.push(MASQUERADING, rule(vec![], vec![Stmt::Masquerade]));
+        t.push(MASQUERADING, rule(vec![], vec![Stmt::MarkXor(mark)]));
+        t.push(MASQUERADING, rule(vec![], vec![Stmt::Masquerade]));
         // A pod reaching itself through a service must be masqueraded, or
         // the reply would bypass conntrack (kube-proxy's per-endpoint rule).
-        self.set(
+        t.set(
             HAIRPIN,
             SetKind::AddrPair,
             "endpoint . endpoint, for hairpin traffic",
         );
-        self.table
-            .chains
-            .entry(NAT_POSTROUTING.to_string())
-            .and_modify(|c| {
-                c.rules.insert(
-                    0,
-                    rule(
-                        vec![
-                            Match::CtStatusDnat,
-                            Match::AddrPairInSet(HAIRPIN.to_string()),
-                        ],
-                        vec![jump(MARK_MASQ)],
-                    ),
-                )
-            });
+        t.chains.entry(NAT_POSTROUTING.to_string()).and_modify(|c| {
+            c.rules.insert(
+                0,
+                rule(
+                    vec![
+                        Match::CtStatusDnat,
+                        Match::AddrPairInSet(HAIRPIN.to_string()),
+                    ],
+                    vec![jump(MARK_MASQ)],
+                ),
+            )
+        });
 
         if self.has_local_detector() {
-            self.set(
+            t.set(
                 LOCAL_RANGES,
                 SetKind::Prefix,
                 "traffic from these ranges is local",
             );
             for c in self.local_ranges.clone() {
-                self.element(LOCAL_RANGES, Key::Prefix(c), None);
+                t.element(LOCAL_RANGES, Key::Prefix(c), None);
             }
         }
 
-        self.set(CLUSTER_IPS, SetKind::Addr, "Active ClusterIPs");
-        self.push(
+        t.set(CLUSTER_IPS, SetKind::Addr, "Active ClusterIPs");
+        t.push(
             CLUSTER_IPS_CHECK,
             rule(
                 vec![Match::AddrInSet {
@@ -399,11 +431,11 @@ impl<'a> FamilyRenderer<'a> {
             .copied()
             .collect();
         if !service_cidrs.is_empty() {
-            self.set(SERVICE_CIDRS, SetKind::Prefix, "Service CIDRs");
+            t.set(SERVICE_CIDRS, SetKind::Prefix, "Service CIDRs");
             for c in service_cidrs {
-                self.element(SERVICE_CIDRS, Key::Prefix(c), None);
+                t.element(SERVICE_CIDRS, Key::Prefix(c), None);
             }
-            self.push(
+            t.push(
                 CLUSTER_IPS_CHECK,
                 rule(
                     vec![Match::AddrInSet {
@@ -418,28 +450,28 @@ impl<'a> FamilyRenderer<'a> {
         }
 
         if !self.nodeports_match_all {
-            self.set(
+            t.set(
                 NODEPORT_IPS,
                 SetKind::Addr,
                 "IPs that accept NodePort traffic",
             );
             for ip in self.nodeport_ips() {
-                self.element(NODEPORT_IPS, Key::Addr(ip), None);
+                t.element(NODEPORT_IPS, Key::Addr(ip), None);
             }
         }
 
-        self.set(
+        t.set(
             NO_ENDPOINT_SERVICES,
             SetKind::AddrProtoPortVerdict,
             "vmap to drop or reject packets to services with no endpoints",
         );
-        self.set(
+        t.set(
             NO_ENDPOINT_NODEPORTS,
             SetKind::ProtoPortVerdict,
             "vmap to drop or reject packets to service nodeports with no endpoints",
         );
-        self.push(REJECT_CHAIN, rule(vec![], vec![Stmt::Reject]));
-        self.push(
+        t.push(REJECT_CHAIN, rule(vec![], vec![Stmt::Reject]));
+        t.push(
             SERVICE_ENDPOINTS_CHECK,
             rule(
                 vec![],
@@ -458,7 +490,7 @@ impl<'a> FamilyRenderer<'a> {
                 negate: false,
             }
         };
-        self.push(
+        t.push(
             NODEPORT_ENDPOINTS_CHECK,
             rule(
                 vec![nodeport_dest.clone()],
@@ -466,12 +498,12 @@ impl<'a> FamilyRenderer<'a> {
             ),
         );
 
-        self.set(
+        t.set(
             FIREWALL_IPS,
             SetKind::AddrProtoPortVerdict,
             "destinations that are subject to LoadBalancerSourceRanges",
         );
-        self.push(
+        t.push(
             FIREWALL_CHECK,
             rule(
                 vec![],
@@ -482,17 +514,17 @@ impl<'a> FamilyRenderer<'a> {
             ),
         );
 
-        self.set(
+        t.set(
             SERVICE_IPS,
             SetKind::AddrProtoPortVerdict,
             "ClusterIP, ExternalIP and LoadBalancer IP traffic",
         );
-        self.set(
+        t.set(
             SERVICE_NODEPORTS,
             SetKind::ProtoPortVerdict,
             "NodePort traffic",
         );
-        self.push(
+        t.push(
             SERVICES,
             rule(
                 vec![],
@@ -504,17 +536,18 @@ impl<'a> FamilyRenderer<'a> {
         } else {
             vec![nodeport_dest]
         };
-        self.push(
+        t.push(
             SERVICES,
             rule(
                 nodeport_matches,
                 vec![Stmt::VmapProtoPort(SERVICE_NODEPORTS.to_string())],
             ),
         );
+        t
     }
 
     /// One service port's elements and chains (kube-proxy's per-service loop).
-    fn service_port(&mut self, svc: &LinkedServicePort) -> Result<(), String> {
+    fn service_port(&self, svc: &LinkedServicePort, f: &mut Fragment) -> Result<(), String> {
         let r = &svc.rule;
         let cluster_ips = self.of_family(&r.cluster_ips);
         let external_ips = self.of_family(&r.external_ips);
@@ -560,26 +593,26 @@ impl<'a> FamilyRenderer<'a> {
         };
 
         for ip in &cluster_ips {
-            self.element(CLUSTER_IPS, Key::Addr(*ip), None);
+            f.element(CLUSTER_IPS, Key::Addr(*ip), None);
             let key = Key::AddrProtoPort(*ip, proto, port);
             if has_internal {
-                self.element(
+                f.element(
                     SERVICE_IPS,
                     key,
                     Some(Verdict::Goto(internal_chain.clone())),
                 );
             } else {
-                self.element(NO_ENDPOINT_SERVICES, key, Some(internal_filter.clone()));
+                f.element(NO_ENDPOINT_SERVICES, key, Some(internal_filter.clone()));
             }
         }
         let external_dest = Verdict::Goto(names.external.clone());
         for ip in external_ips.iter().chain(&lb_ips) {
             let key = Key::AddrProtoPort(*ip, proto, port);
             if has_endpoints {
-                self.element(SERVICE_IPS, key.clone(), Some(external_dest.clone()));
+                f.element(SERVICE_IPS, key.clone(), Some(external_dest.clone()));
             }
             if !has_external {
-                self.element(NO_ENDPOINT_SERVICES, key, Some(external_filter.clone()));
+                f.element(NO_ENDPOINT_SERVICES, key, Some(external_filter.clone()));
             }
         }
 
@@ -592,7 +625,7 @@ impl<'a> FamilyRenderer<'a> {
         let uses_firewall = !lb_ips.is_empty() && !sources.is_empty();
         if uses_firewall {
             for ip in &lb_ips {
-                self.element(
+                f.element(
                     FIREWALL_IPS,
                     Key::AddrProtoPort(*ip, proto, port),
                     Some(Verdict::Goto(names.firewall.clone())),
@@ -611,7 +644,7 @@ impl<'a> FamilyRenderer<'a> {
             // Reached by `goto` from firewall-check: `return` goes back to
             // the base chain, as falling off the end of firewall-check would.
             for c in allowed {
-                self.push(
+                f.push(
                     &names.firewall,
                     rule(
                         vec![Match::SaddrInPrefix(c)],
@@ -619,7 +652,7 @@ impl<'a> FamilyRenderer<'a> {
                     ),
                 );
             }
-            self.push(
+            f.push(
                 &names.firewall,
                 rule(vec![], vec![Stmt::Verdict(Verdict::Drop)]),
             );
@@ -628,10 +661,10 @@ impl<'a> FamilyRenderer<'a> {
         if let Some(node_port) = r.node_port {
             let key = Key::ProtoPort(proto, node_port);
             if has_endpoints {
-                self.element(SERVICE_NODEPORTS, key.clone(), Some(external_dest.clone()));
+                f.element(SERVICE_NODEPORTS, key.clone(), Some(external_dest.clone()));
             }
             if !has_external {
-                self.element(NO_ENDPOINT_NODEPORTS, key, Some(external_filter));
+                f.element(NO_ENDPOINT_NODEPORTS, key, Some(external_filter));
             }
         }
 
@@ -651,18 +684,18 @@ impl<'a> FamilyRenderer<'a> {
                     continue;
                 }
                 // Off-cluster traffic to a VIP may bounce off-node: masquerade it.
-                self.push(internal_chain, rule(matches, vec![jump(MARK_MASQ)]));
+                f.push(internal_chain, rule(matches, vec![jump(MARK_MASQ)]));
             }
         }
 
         if uses_external_chain {
-            self.chain(&names.external);
+            f.chain(&names.external);
             if !svc.external_policy_local() {
                 // Cluster endpoints may be on other nodes: masquerade.
-                self.push(&names.external, rule(vec![], vec![jump(MARK_MASQ)]));
+                f.push(&names.external, rule(vec![], vec![jump(MARK_MASQ)]));
             } else {
                 if self.has_local_detector() && uses_cluster_chain {
-                    self.push(
+                    f.push(
                         &names.external,
                         rule(
                             vec![Match::AddrInSet {
@@ -675,13 +708,13 @@ impl<'a> FamilyRenderer<'a> {
                         .with_comment("short-circuit pod traffic"),
                     );
                 }
-                self.push(
+                f.push(
                     &names.external,
                     rule(vec![Match::FibSaddrLocal], vec![jump(MARK_MASQ)])
                         .with_comment("masquerade local traffic"),
                 );
                 if uses_cluster_chain {
-                    self.push(
+                    f.push(
                         &names.external,
                         rule(vec![Match::FibSaddrLocal], vec![goto(&names.cluster)])
                             .with_comment("short-circuit local traffic"),
@@ -689,7 +722,7 @@ impl<'a> FamilyRenderer<'a> {
                 }
             }
             if has_external {
-                self.push(
+                f.push(
                     &names.external,
                     rule(vec![], vec![goto(external_policy_chain)]),
                 );
@@ -697,29 +730,35 @@ impl<'a> FamilyRenderer<'a> {
         }
 
         if uses_cluster_chain {
-            self.endpoint_rules(svc, &names.cluster, &cluster);
+            self.endpoint_rules(f, svc, &names.cluster, &cluster);
         }
         if uses_local_chain {
-            self.endpoint_rules(svc, &names.local, &local);
+            self.endpoint_rules(f, svc, &names.local, &local);
         }
         for ep in cluster.iter().chain(&local) {
-            self.element(HAIRPIN, Key::AddrPair(ep.ip, ep.ip), None);
+            f.element(HAIRPIN, Key::AddrPair(ep.ip, ep.ip), None);
         }
         Ok(())
     }
 
     /// Session affinity, then a uniform choice: rule k is taken with
     /// probability 1/(n-k) when the earlier ones were not.
-    fn endpoint_rules(&mut self, svc: &LinkedServicePort, chain: &str, endpoints: &[&Backend]) {
+    fn endpoint_rules(
+        &self,
+        f: &mut Fragment,
+        svc: &LinkedServicePort,
+        chain: &str,
+        endpoints: &[&Backend],
+    ) {
         let proto = svc.rule.protocol;
         let affinity = svc.rule.session_affinity;
-        let dnat = |this: &mut Self, ep: &Backend| -> Vec<Stmt> {
+        let dnat = |f: &mut Fragment, ep: &Backend| -> Vec<Stmt> {
             let mut stmts = Vec::new();
             if let Some(a) = affinity {
                 let set = affinity_set_name(svc, ep);
                 let mut s = Set::new(SetKind::Addr, None);
                 s.timeout_seconds = Some(a.timeout_seconds);
-                this.table.sets.insert(set.clone(), s);
+                f.sets.insert(set.clone(), s);
                 stmts.push(Stmt::UpdateSaddr(set));
             }
             stmts.push(Stmt::Dnat(ep.ip, ep.port));
@@ -728,8 +767,8 @@ impl<'a> FamilyRenderer<'a> {
         if affinity.is_some() {
             for ep in endpoints {
                 let set = affinity_set_name(svc, ep);
-                let stmts = dnat(self, ep);
-                self.push(
+                let stmts = dnat(f, ep);
+                f.push(
                     chain,
                     rule(
                         vec![
@@ -755,8 +794,8 @@ impl<'a> FamilyRenderer<'a> {
                 ));
             }
             matches.push(Match::L4Proto(proto));
-            let stmts = dnat(self, ep);
-            self.push(chain, rule(matches, stmts));
+            let stmts = dnat(f, ep);
+            f.push(chain, rule(matches, stmts));
         }
     }
 }

@@ -12,6 +12,7 @@ use switchyard_api::ruleset::{
     Backend as Endpoint, Cidr, Protocol, Ruleset, ServicePortRule, SessionAffinity, TrafficPolicy,
 };
 
+use super::diff::Applied;
 use super::trace::{Outcome, Packet, Trace, trace};
 use super::{NftablesBackend, Plan, transaction};
 use crate::backend::Backend;
@@ -157,7 +158,7 @@ fn endpoint_change_transaction_matches_golden_file() {
         .push(endpoint(14, "10.0.4.5", "node-d"));
     // Removing a service deletes its elements before its chains.
     after.services.retain(|s| s.name != "sticky");
-    let step = transaction(Some(&plan_of(&before)), &plan_of(&after));
+    let step = transaction(Some(&Applied::of(plan_of(&before))), &plan_of(&after));
     assert!(!step.full);
     assert_eq!(
         step.flushed.len(),
@@ -342,8 +343,9 @@ fn bad_endpoint_is_skipped_and_reported() {
     let mut rs = sample_ruleset();
     rs.services[0].backends[0].port = 0;
     let plan = plan_of(&rs);
-    assert_eq!(plan.skipped.len(), 1, "{:?}", plan.skipped);
-    assert!(plan.skipped[0].contains("default/web:http"));
+    let skipped: Vec<&String> = plan.skipped().collect();
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert!(skipped[0].contains("default/web:http"));
     assert_eq!(
         run(&plan, &tcp("172.30.0.40", 80), 0).outcome,
         Outcome::Reject
@@ -469,7 +471,7 @@ fn host_traffic_to_external_local_without_local_endpoints_is_short_circuited_not
 }
 
 #[test]
-fn chains_of_removed_services_are_deleted_by_the_next_sync_unless_reused() {
+fn chains_of_removed_services_are_deleted_by_the_next_sync_and_made_anew_when_reused() {
     let runner = Arc::new(FakeRunner::default());
     let mut backend = NftablesBackend::new(runner.clone());
     let rs = sample_ruleset();
@@ -497,14 +499,314 @@ fn chains_of_removed_services_are_deleted_by_the_next_sync_unless_reused() {
         "a transaction of its own, before the (empty) sync"
     );
 
-    // Removed and back before the next sync: the chain is reused, not deleted.
+    // Removed and back before the next sync: deleted first, then made anew
+    // by the sync's own transaction.
     backend.apply(&plan_of(&rs)).unwrap();
     backend.apply(&plan_of(&without)).unwrap();
     backend.apply(&plan_of(&rs)).unwrap();
-    assert!(
-        nft(&runner)
-            .iter()
-            .skip(calls.len())
-            .all(|t| !t.contains("delete chain"))
+    let calls = nft(&runner);
+    let [.., delete, add] = calls.as_slice() else {
+        panic!("{calls:?}")
+    };
+    assert_eq!(
+        delete,
+        "delete chain ip switchyard service-SUSTUHLJ-default/web/tcp/http\n"
     );
+    assert!(add.contains("add chain ip switchyard service-SUSTUHLJ-default/web/tcp/http\n"));
+    assert!(add.contains("add rule ip switchyard service-SUSTUHLJ-default/web/tcp/http "));
+}
+
+/// A model of the kernel table that applies transactions strictly: deleting
+/// what is not there, referencing what does not exist or deleting what is
+/// still referenced fails the test.
+mod model {
+    use std::collections::BTreeMap;
+
+    use switchyard_api::ruleset::IpFamily;
+
+    use super::super::ir::{Chain, Match, Stmt, Table, Verdict};
+    use super::super::text::{Command, Transaction};
+
+    fn references_chain(table: &Table, name: &str) -> bool {
+        let is = |v: &Verdict| matches!(v, Verdict::Jump(c) | Verdict::Goto(c) if c == name);
+        table
+            .sets
+            .values()
+            .any(|s| s.elements.values().flatten().any(is))
+            || table.chains.values().flat_map(|c| &c.rules).any(|r| {
+                r.stmts
+                    .iter()
+                    .any(|s| matches!(s, Stmt::Verdict(v) if is(v)))
+            })
+    }
+
+    fn references_set(table: &Table, name: &str) -> bool {
+        table.chains.values().flat_map(|c| &c.rules).any(|r| {
+            r.matches
+                .iter()
+                .any(|m| matches!(m, Match::AddrInSet { set, .. } if set == name))
+                || r.stmts
+                    .iter()
+                    .any(|s| matches!(s, Stmt::UpdateSaddr(set) if set == name))
+        })
+    }
+
+    pub fn apply(tables: &mut BTreeMap<IpFamily, Table>, tx: &Transaction) {
+        for c in &tx.commands {
+            let text = c.to_string();
+            match c {
+                Command::ReplaceTable(t) => {
+                    tables.insert(t.family, Table::clone(t));
+                }
+                Command::DropTable(f) => {
+                    tables.remove(f);
+                }
+                Command::AddSet { family, name, set } => {
+                    let t = tables.get_mut(family).expect(&text);
+                    t.sets.entry(name.clone()).or_insert_with(|| set.clone());
+                }
+                Command::DeleteSet { family, name, .. } => {
+                    let t = tables.get_mut(family).expect(&text);
+                    assert!(!references_set(t, name), "still referenced: {text}");
+                    assert!(t.sets.remove(name).is_some(), "{text}");
+                }
+                Command::AddElements {
+                    family,
+                    set,
+                    elements,
+                } => {
+                    let s = tables
+                        .get_mut(family)
+                        .and_then(|t| t.sets.get_mut(set))
+                        .expect(&text);
+                    for (k, v) in elements {
+                        assert!(s.elements.insert(k.clone(), v.clone()).is_none(), "{text}");
+                    }
+                }
+                Command::DeleteElements { family, set, keys } => {
+                    let s = tables
+                        .get_mut(family)
+                        .and_then(|t| t.sets.get_mut(set))
+                        .expect(&text);
+                    for k in keys {
+                        assert!(s.elements.remove(k).is_some(), "{text}");
+                    }
+                }
+                Command::AddChain { family, name, base } => {
+                    let t = tables.get_mut(family).expect(&text);
+                    t.chains.entry(name.clone()).or_insert(Chain {
+                        base: *base,
+                        rules: Vec::new(),
+                    });
+                }
+                Command::FlushChain { family, name } => {
+                    let t = tables.get_mut(family).expect(&text);
+                    t.chains.get_mut(name).expect(&text).rules.clear();
+                }
+                Command::DeleteChain { family, name } => {
+                    let t = tables.get_mut(family).expect(&text);
+                    assert!(!references_chain(t, name), "still referenced: {text}");
+                    let chain = t.chains.remove(name).expect(&text);
+                    assert!(chain.rules.is_empty(), "{text}");
+                }
+                Command::AddRule {
+                    family,
+                    chain,
+                    rule,
+                } => {
+                    let t = tables.get_mut(family).expect(&text);
+                    for m in &rule.matches {
+                        if let Match::AddrInSet { set, .. } = m {
+                            assert!(t.sets.contains_key(set), "{text}");
+                        }
+                    }
+                    for s in &rule.stmts {
+                        match s {
+                            Stmt::UpdateSaddr(set) => assert!(t.sets.contains_key(set), "{text}"),
+                            Stmt::Verdict(Verdict::Jump(c) | Verdict::Goto(c)) => {
+                                assert!(t.chains.contains_key(c), "{text}")
+                            }
+                            _ => {}
+                        }
+                    }
+                    t.chains
+                        .get_mut(chain)
+                        .expect(&text)
+                        .rules
+                        .push(rule.clone());
+                }
+            }
+        }
+    }
+}
+
+/// One random edit of a ruleset (`op`, `arg` from proptest).
+fn mutate(rs: &mut Ruleset, next_id: &mut u32, op: u8, arg: u8) {
+    let n = rs.services.len();
+    let pick = |_: &Ruleset| -> Option<usize> { (n > 0).then(|| usize::from(arg) % n) };
+    let a = u32::from(arg);
+    match op % 12 {
+        0 => {
+            if let Some(i) = pick(rs) {
+                let b = &mut rs.services[i].backends;
+                if !b.is_empty() {
+                    b.remove(usize::from(arg) % b.len());
+                }
+            }
+        }
+        1 => {
+            if let Some(i) = pick(rs) {
+                *next_id += 1;
+                let node = ["node-a", "node-b"][usize::from(arg) % 2];
+                let addr = format!("10.0.{}.{}", arg % 4, 100 + arg % 50);
+                rs.services[i]
+                    .backends
+                    .push(endpoint(*next_id, &addr, node));
+            }
+        }
+        2 => {
+            if let Some(i) = pick(rs)
+                && let Some(b) = rs.services[i].backends.first_mut()
+            {
+                b.ready = !b.ready;
+            }
+        }
+        3 => {
+            if let Some(i) = pick(rs) {
+                let s = &mut rs.services[i];
+                s.session_affinity = match s.session_affinity {
+                    Some(_) => None,
+                    None => Some(SessionAffinity {
+                        timeout_seconds: 30,
+                    }),
+                };
+            }
+        }
+        4 => {
+            *next_id += 1;
+            // Another port of an existing service shares its cluster IP and endpoints.
+            let mut s = match pick(rs) {
+                Some(i) if arg % 2 == 0 => {
+                    let mut s = rs.services[i].clone();
+                    s.port_name = format!("p{}", *next_id);
+                    s.port = 1000 + u16::from(arg);
+                    s
+                }
+                _ => service(
+                    *next_id,
+                    &format!("svc{}", *next_id),
+                    &format!("172.30.1.{arg}"),
+                    vec![endpoint(
+                        *next_id * 10,
+                        &format!("10.0.1.{}", arg % 8),
+                        "node-a",
+                    )],
+                ),
+            };
+            s.id = *next_id;
+            rs.services.push(s);
+        }
+        5 => {
+            if let Some(i) = pick(rs) {
+                rs.services.remove(i);
+            }
+        }
+        6 => {
+            // External IPs may collide across services: the lower id wins.
+            if let Some(i) = pick(rs) {
+                rs.services[i].external_ips = vec![ip(&format!("203.0.113.{}", a % 3))];
+            }
+        }
+        7 => {
+            if let Some(i) = pick(rs) {
+                let s = &mut rs.services[i];
+                s.external_traffic_policy = match s.external_traffic_policy {
+                    TrafficPolicy::Cluster => TrafficPolicy::Local,
+                    TrafficPolicy::Local => TrafficPolicy::Cluster,
+                };
+            }
+        }
+        8 => {
+            if let Some(i) = pick(rs) {
+                let s = &mut rs.services[i];
+                s.node_port = match s.node_port {
+                    Some(_) => None,
+                    None => Some(30000 + u16::from(arg % 5)),
+                };
+            }
+        }
+        9 => {
+            if let Some(i) = pick(rs)
+                && let Some(a) = rs.services[i].session_affinity.as_mut()
+            {
+                a.timeout_seconds += 1;
+            }
+        }
+        10 => {
+            if let Some(i) = pick(rs) {
+                let s = &mut rs.services[i];
+                s.internal_traffic_policy = match s.internal_traffic_policy {
+                    TrafficPolicy::Cluster => TrafficPolicy::Local,
+                    TrafficPolicy::Local => TrafficPolicy::Cluster,
+                };
+            }
+        }
+        _ => {
+            if let Some(i) = pick(rs) {
+                let s = &mut rs.services[i];
+                if s.load_balancer_ips.is_empty() {
+                    s.load_balancer_ips = vec![ip(&format!("198.51.100.{}", 10 + a % 4))];
+                    s.load_balancer_source_ranges = vec![cidr("192.168.0.0/24")];
+                } else {
+                    s.load_balancer_ips.clear();
+                }
+            }
+        }
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Any sequence of edits, synced incrementally: the reusing render equals
+    /// a fresh one, every transaction applies strictly to the model of what
+    /// the kernel holds, the result is the planned table, and the element
+    /// index equals one built from scratch.
+    #[test]
+    fn incremental_syncs_equal_full_renders(
+        edits in proptest::collection::vec((0u8..12, proptest::prelude::any::<u8>()), 1..30)
+    ) {
+        use std::collections::BTreeMap;
+        use switchyard_api::ruleset::IpFamily;
+
+        let mut rs = sample_ruleset();
+        let mut next_id = 100;
+        let mut plan = plan_of(&rs);
+        let first = transaction(None, &plan);
+        let mut tables = BTreeMap::new();
+        model::apply(&mut tables, &first.tx);
+        let mut applied = Applied::commit(None, plan.clone(), first.index);
+        for (op, arg) in edits {
+            mutate(&mut rs, &mut next_id, op, arg);
+            let fresh = plan_of(&rs);
+            plan = super::render::render_reusing(Some(&plan), &linked(&rs), &settings());
+            proptest::prop_assert_eq!(&plan, &fresh);
+            let step = transaction(Some(&applied), &plan);
+            model::apply(&mut tables, &step.tx);
+            let mut cleanup = super::text::Transaction::default();
+            for (family, chain) in &step.flushed {
+                cleanup.delete_chain(*family, chain);
+            }
+            model::apply(&mut tables, &cleanup);
+            applied = Applied::commit(Some(applied), plan.clone(), step.index);
+            for family in [IpFamily::V4, IpFamily::V6] {
+                let planned = plan.table(family);
+                proptest::prop_assert_eq!(tables.get(&family), planned.as_ref());
+                proptest::prop_assert_eq!(
+                    applied.index(family),
+                    Some(&super::diff::ElementIndex::of(&plan, family))
+                );
+            }
+        }
+    }
 }

@@ -209,10 +209,12 @@ impl fmt::Display for Table {
 
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for t in &self.tables {
-            t.fmt(f)?;
+        for family in self.families() {
+            if let Some(t) = self.table(family) {
+                t.fmt(f)?;
+            }
         }
-        for s in &self.skipped {
+        for s in self.skipped() {
             writeln!(f, "# skipped: {s}")?;
         }
         Ok(())

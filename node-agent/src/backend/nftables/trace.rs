@@ -72,7 +72,7 @@ pub fn trace(plan: &Plan, pkt: &Packet, choice: usize) -> Trace {
         };
     };
     let mut st = State {
-        table,
+        table: &table,
         pkt: pkt.clone(),
         mark: 0,
         dnat: None,

@@ -8,6 +8,8 @@
 //! kube-proxy's modes do. Those differences are listed in [`mode_semantics`]
 //! and flagged for every service port of the state they affect.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use switchyard_agent::settings::{NodePortAddresses, Settings};
 use switchyard_agent::switch::DataplaneFactory;
@@ -118,7 +120,8 @@ pub fn diff(
             });
             continue;
         };
-        let services: Vec<ServiceBehaviour> = from.linked.services.iter().map(behaviour).collect();
+        let services: Vec<ServiceBehaviour> =
+            from.linked.services.iter().map(|s| behaviour(s)).collect();
         let differences = differences(&from.settings, &to.settings, &from.linked.services);
         nodes.push(NodeDiff {
             node: from.node.clone(),
@@ -257,7 +260,7 @@ pub fn mode_semantics(settings: &Settings) -> ModeSemantics {
 fn differences(
     from: &Settings,
     to: &Settings,
-    services: &[LinkedServicePort],
+    services: &[Arc<LinkedServicePort>],
 ) -> Vec<SemanticDifference> {
     let (a, b) = (mode_semantics(from), mode_semantics(to));
     let names = |keep: &dyn Fn(&LinkedServicePort) -> bool| -> Vec<String> {

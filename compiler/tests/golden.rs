@@ -129,7 +129,7 @@ fn render(input: &str) -> String {
             let ports = link(&compiled.ruleset, node)
                 .services
                 .iter()
-                .map(LinkedPort::of)
+                .map(|s| LinkedPort::of(s))
                 .collect();
             (node.name.clone(), ports)
         })

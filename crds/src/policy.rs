@@ -13,9 +13,14 @@
 //!   reachable from outside; it uses Local endpoints when internal traffic is
 //!   Local or it is external with external traffic Local.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
-use crate::ruleset::{Backend, Ruleset, ServicePortRule, TrafficPolicy};
+use crate::ruleset::{
+    Backend, ProxyRulesetSpec, Ruleset, ServicePortRule, ShardLayout, TrafficPolicy,
+    complete_shards,
+};
 
 /// The facts about the node that link needs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -28,7 +33,7 @@ pub struct NodeInfo {
 }
 
 /// The topology narrowing applied to cluster endpoints on one node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TopologyMode {
     None,
     PreferSameNode,
@@ -37,7 +42,7 @@ pub enum TopologyMode {
 
 /// A service port with its endpoints categorised for one node. Endpoint lists are
 /// indices into `rule.backends`, in backend order.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinkedServicePort {
     pub rule: ServicePortRule,
     /// Endpoints for traffic subject to the Cluster policy.
@@ -96,11 +101,13 @@ impl LinkedServicePort {
     }
 }
 
-/// A ruleset linked for one node.
+/// A ruleset linked for one node. Service ports are shared: a
+/// [`ShardLinker`] hands out the same `Arc` for a service port that did not
+/// change, so a backend can tell what changed by pointer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LinkedRuleset {
     pub node: NodeInfo,
-    pub services: Vec<LinkedServicePort>,
+    pub services: Vec<Arc<LinkedServicePort>>,
 }
 
 /// Link a ruleset for `node`: categorise every service port's endpoints.
@@ -110,8 +117,108 @@ pub fn link(ruleset: &Ruleset, node: &NodeInfo) -> LinkedRuleset {
         services: ruleset
             .services
             .iter()
-            .map(|rule| link_service_port(rule, node))
+            .map(|rule| Arc::new(link_service_port(rule, node)))
             .collect(),
+    }
+}
+
+/// The newest complete shard generation, linked for one node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkedShards {
+    pub layout: ShardLayout,
+    /// `generations[i]` is shard i's generation.
+    pub generations: Vec<u64>,
+    pub linked: LinkedRuleset,
+}
+
+/// Links shards for one node, sync after sync, reusing the linked form of
+/// every shard whose generation is unchanged and, inside a changed shard, of
+/// every service port whose rule is unchanged. A single endpoint change
+/// therefore links one service port and copies pointers for the rest.
+#[derive(Debug, Default)]
+pub struct ShardLinker {
+    node: NodeInfo,
+    layout: Option<ShardLayout>,
+    /// Per shard index of `layout`: its generation and linked service ports.
+    shards: Vec<(u64, Vec<Arc<LinkedServicePort>>)>,
+}
+
+impl ShardLinker {
+    /// Link the newest complete shard generation among `shards` for `node`.
+    /// While no generation is complete, the last complete one stays (linked
+    /// anew when the node changed); `None` until one was complete.
+    pub fn link<'a>(
+        &mut self,
+        shards: impl IntoIterator<Item = &'a ProxyRulesetSpec>,
+        node: &NodeInfo,
+    ) -> Option<LinkedShards> {
+        if self.node != *node {
+            self.node = node.clone();
+            for s in self.shards.iter_mut().flat_map(|(_, s)| s) {
+                *s = Arc::new(link_service_port(&s.rule, node));
+            }
+        }
+        if let Some(selected) = complete_shards(shards) {
+            self.update(&selected, node);
+        }
+        let layout = self.layout?;
+        Some(LinkedShards {
+            layout,
+            generations: self.shards.iter().map(|(g, _)| *g).collect(),
+            linked: LinkedRuleset {
+                node: node.clone(),
+                services: self
+                    .shards
+                    .iter()
+                    .flat_map(|(_, s)| s.iter().cloned())
+                    .collect(),
+            },
+        })
+    }
+
+    fn update(&mut self, selected: &[&ProxyRulesetSpec], node: &NodeInfo) {
+        let layout = selected[0].layout;
+        let same_layout = self.layout == Some(layout);
+        // Outside one layout, service ports move between shards: find them by id.
+        let mut by_id: HashMap<u32, Arc<LinkedServicePort>> = HashMap::new();
+        if !same_layout {
+            by_id.extend(
+                self.shards
+                    .drain(..)
+                    .flat_map(|(_, s)| s)
+                    .map(|s| (s.rule.id, s)),
+            );
+        }
+        let mut linked = Vec::with_capacity(selected.len());
+        for (index, shard) in selected.iter().enumerate() {
+            let cached = self.shards.get(index).filter(|_| same_layout);
+            if let Some((generation, services)) = cached
+                && *generation == shard.generation
+            {
+                linked.push((*generation, services.clone()));
+                continue;
+            }
+            let local: Option<HashMap<u32, &Arc<LinkedServicePort>>> =
+                cached.map(|(_, services)| services.iter().map(|s| (s.rule.id, s)).collect());
+            let services = shard
+                .ruleset
+                .services
+                .iter()
+                .map(|rule| {
+                    let before = match &local {
+                        Some(local) => local.get(&rule.id).copied(),
+                        None => by_id.get(&rule.id),
+                    };
+                    match before {
+                        Some(s) if s.rule == *rule => Arc::clone(s),
+                        _ => Arc::new(link_service_port(rule, node)),
+                    }
+                })
+                .collect();
+            linked.push((shard.generation, services));
+        }
+        self.layout = Some(layout);
+        self.shards = linked;
     }
 }
 

@@ -284,7 +284,7 @@ impl Backend {
 
 /// One (Service, port): every frontend that reaches it, its policies, and all
 /// of its candidate backends.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicePortRule {
     /// Stable id, unique across the ruleset while this service port exists.
@@ -426,14 +426,14 @@ pub fn shard_name(layout: &ShardLayout, index: u32) -> String {
     format!("switchyard-e{}-{index:04}", layout.epoch)
 }
 
-/// Assemble shards into one ruleset when they form a complete layout.
+/// The shards of the newest complete layout, in shard order.
 ///
 /// Returns `None` unless there is a layout for which every shard `0..shardCount`
 /// is present exactly once; when several layouts are present (the operator is
 /// re-sharding), the newest complete epoch wins.
-pub fn assemble_shards<'a>(
+pub fn complete_shards<'a>(
     shards: impl IntoIterator<Item = &'a ProxyRulesetSpec>,
-) -> Option<AssembledRuleset> {
+) -> Option<Vec<&'a ProxyRulesetSpec>> {
     let mut by_epoch: BTreeMap<u64, Vec<&ProxyRulesetSpec>> = BTreeMap::new();
     for shard in shards {
         by_epoch.entry(shard.layout.epoch).or_default().push(shard);
@@ -446,16 +446,25 @@ pub fn assemble_shards<'a>(
                 .iter()
                 .enumerate()
                 .all(|(i, s)| s.shard as usize == i && s.layout.shard_count == count);
-        complete.then(|| AssembledRuleset {
-            layout: shards[0].layout,
-            generations: shards.iter().map(|s| s.generation).collect(),
-            ruleset: Ruleset {
-                services: shards
-                    .iter()
-                    .flat_map(|s| s.ruleset.services.iter().cloned())
-                    .collect(),
-            },
-        })
+        complete.then_some(shards)
+    })
+}
+
+/// Assemble shards into one ruleset when they form a complete layout
+/// ([`complete_shards`]).
+pub fn assemble_shards<'a>(
+    shards: impl IntoIterator<Item = &'a ProxyRulesetSpec>,
+) -> Option<AssembledRuleset> {
+    let shards = complete_shards(shards)?;
+    Some(AssembledRuleset {
+        layout: shards[0].layout,
+        generations: shards.iter().map(|s| s.generation).collect(),
+        ruleset: Ruleset {
+            services: shards
+                .iter()
+                .flat_map(|s| s.ruleset.services.iter().cloned())
+                .collect(),
+        },
     })
 }
 

@@ -18,9 +18,9 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use switchyard_api::policy::{LinkedRuleset, NodeInfo, link};
+use switchyard_api::policy::{LinkedRuleset, LinkedShards, NodeInfo, ShardLinker};
 use switchyard_api::proxynode::AppliedCounts;
-use switchyard_api::ruleset::{AssembledRuleset, Cidr, assemble_shards, shard_name};
+use switchyard_api::ruleset::{Cidr, ServicePortRule, shard_name};
 use switchyard_api::{Mode, ProxyConfig, ProxyNode, ProxyNodeStatus, ProxyRuleset};
 use tokio::time::Instant;
 
@@ -178,7 +178,8 @@ pub struct Agent {
     active: Option<Box<dyn Dataplane>>,
     recovered: bool,
     swept: bool,
-    last_complete: Option<AssembledRuleset>,
+    /// Links shard generations, reusing what did not change.
+    linker: ShardLinker,
     synced_key: Option<InputKey>,
     status: ProxyNodeStatus,
     settings: Settings,
@@ -211,7 +212,7 @@ impl Agent {
             active: None,
             recovered: false,
             swept: false,
-            last_complete: None,
+            linker: ShardLinker::default(),
             synced_key: None,
             status: ProxyNodeStatus::default(),
             settings: Settings::defaults(Mode::default()),
@@ -324,15 +325,13 @@ impl Agent {
         let Some(target) = key.target.or(self.active_mode()) else {
             return SyncOutcome::Waiting("no target mode assigned".to_string());
         };
-        let shards: Vec<_> = inputs.shards.iter().map(|s| &s.spec).collect();
-        if let Some(assembled) = assemble_shards(shards) {
-            self.last_complete = Some(assembled);
-        }
-        let Some(assembled) = self.last_complete.clone() else {
-            return SyncOutcome::Waiting("no complete ruleset shard generation".to_string());
-        };
         let Some(node) = inputs.node.as_deref() else {
             return SyncOutcome::Waiting(format!("Node {} not found", self.parts.node_name));
+        };
+        // An incomplete generation keeps the last complete one.
+        let shards = inputs.shards.iter().map(|s| &s.spec);
+        let Some(assembled) = self.linker.link(shards, &node_info(node)) else {
+            return SyncOutcome::Waiting("no complete ruleset shard generation".to_string());
         };
         self.parts.health.set_node_deleting(being_deleted(node));
         let config = inputs.config.as_ref().map(|c| &c.spec);
@@ -360,13 +359,13 @@ impl Agent {
             settings
         };
         self.settings = settings_for(mode);
-        let linked = link(&assembled.ruleset, &node_info(node));
+        let linked = &assembled.linked;
 
         let mut note = None;
         let result = if self.active_mode() == Some(mode) {
-            self.sync_active(&linked)
+            self.sync_active(linked)
         } else {
-            match self.switch(mode, &linked, &assembled, &spec).await {
+            match self.switch(mode, linked, &spec).await {
                 Ok((stats, switch_note)) => {
                     note = switch_note;
                     Ok(stats)
@@ -377,7 +376,7 @@ impl Agent {
                         self.settings = settings_for(kept);
                     }
                     note = Some(e.clone());
-                    self.sync_active(&linked)
+                    self.sync_active(linked)
                         .map_err(|sync_err| format!("{e}; {sync_err}"))
                 }
             }
@@ -394,9 +393,9 @@ impl Agent {
         };
 
         if !self.swept {
-            self.sweep(&linked);
+            self.sweep(linked);
         }
-        self.report_synced(&assembled, &linked, stats, started, queued_at, note);
+        self.report_synced(&assembled, stats, started, queued_at, note);
         SyncOutcome::Synced
     }
 
@@ -440,7 +439,6 @@ impl Agent {
         &mut self,
         to: Mode,
         linked: &LinkedRuleset,
-        assembled: &AssembledRuleset,
         spec: &switchyard_api::ProxyConfigSpec,
     ) -> Result<(crate::backend::ApplyStats, Option<String>), String> {
         let probe = spec.rollout.verification.as_ref().map(|v| {
@@ -449,12 +447,16 @@ impl Agent {
                 .as_deref()
                 .and_then(|t| switchyard_api::duration::parse_duration(t).ok())
                 .unwrap_or(DEFAULT_PROBE_TIMEOUT);
-            probe_target(assembled, &v.service, v.port, timeout).ok_or_else(|| {
-                SwitchError::NoProbeTarget {
-                    to,
-                    service: v.service.clone(),
-                    port: v.port,
-                }
+            probe_target(
+                linked.services.iter().map(|s| &s.rule),
+                &v.service,
+                v.port,
+                timeout,
+            )
+            .ok_or_else(|| SwitchError::NoProbeTarget {
+                to,
+                service: v.service.clone(),
+                port: v.port,
             })
         });
         let input = SwitchInput {
@@ -514,13 +516,13 @@ impl Agent {
 
     fn report_synced(
         &mut self,
-        assembled: &AssembledRuleset,
-        linked: &LinkedRuleset,
+        assembled: &LinkedShards,
         stats: crate::backend::ApplyStats,
         started: Instant,
         queued_at: Option<Instant>,
         note: Option<String>,
     ) {
+        let linked = &assembled.linked;
         let now = (self.parts.wall_clock)();
         let took = started.elapsed();
         let mode = self.active_mode();
@@ -652,17 +654,15 @@ fn count(n: usize) -> u32 {
 }
 
 /// The address the rollout probe connects to: the named service port's first cluster IP.
-pub fn probe_target(
-    assembled: &AssembledRuleset,
+pub fn probe_target<'a>(
+    rules: impl IntoIterator<Item = &'a ServicePortRule>,
     service: &str,
     port: u16,
     timeout: Duration,
 ) -> Option<ProbeTarget> {
     let (namespace, name) = service.split_once('/')?;
-    assembled
-        .ruleset
-        .services
-        .iter()
+    rules
+        .into_iter()
         .find(|r| r.namespace == namespace && r.name == name && r.port == port)
         .and_then(|r| r.cluster_ips.first())
         .map(|ip| ProbeTarget {

@@ -35,7 +35,11 @@ pub struct UdpSnapshot {
 impl UdpSnapshot {
     pub fn of(ruleset: &LinkedRuleset) -> UdpSnapshot {
         UdpSnapshot {
-            ports: ruleset.services.iter().filter_map(UdpPort::of).collect(),
+            ports: ruleset
+                .services
+                .iter()
+                .filter_map(|s| UdpPort::of(s))
+                .collect(),
         }
     }
 }

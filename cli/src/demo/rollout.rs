@@ -12,7 +12,6 @@ use switchyard_agent::switch::ProbeTarget;
 use switchyard_api::Mode;
 use switchyard_api::duration::parse_duration;
 use switchyard_api::proxyconfig::{RolloutPhase, RolloutStatus};
-use switchyard_api::ruleset::{AssembledRuleset, ShardLayout};
 use switchyard_compiler::parse_objects;
 use switchyard_operator::policy::RolloutPolicy;
 use switchyard_operator::rollout::{self, NodeState, RolloutEvent, RolloutInput};
@@ -56,21 +55,13 @@ impl DemoCluster {
                     .transpose()
                     .map_err(|e| DemoError::State(e.to_string()))?
                     .unwrap_or(Duration::from_secs(10));
-                let assembled = AssembledRuleset {
-                    layout: ShardLayout {
-                        epoch: 1,
-                        shard_count: 1,
-                    },
-                    generations: vec![1],
-                    ruleset: cluster.ruleset.clone(),
-                };
-                let target =
-                    probe_target(&assembled, &v.service, v.port, timeout).ok_or_else(|| {
-                        DemoError::State(format!(
-                            "verification service {} is not in the ruleset",
-                            v.service
-                        ))
-                    })?;
+                let target = probe_target(&cluster.ruleset.services, &v.service, v.port, timeout)
+                    .ok_or_else(|| {
+                    DemoError::State(format!(
+                        "verification service {} is not in the ruleset",
+                        v.service
+                    ))
+                })?;
                 Some(target)
             }
         };

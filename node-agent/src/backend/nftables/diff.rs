@@ -134,19 +134,18 @@ impl Applied {
         let mut index = old.map(|o| o.index).unwrap_or_default();
         index.retain(|(f, _)| plan.families().any(|p| p == *f));
         for (family, update) in step {
+            let kept = index
+                .iter()
+                .position(|(f, _)| *f == family)
+                .map(|i| index.swap_remove(i).1);
             let fresh = match update {
                 IndexUpdate::Rebuilt(i) => i,
                 IndexUpdate::Changes(changes) => {
-                    let mut i = index
-                        .iter()
-                        .find(|(f, _)| *f == family)
-                        .map(|(_, i)| i.clone())
-                        .unwrap_or_default();
+                    let mut i = kept.unwrap_or_default();
                     i.apply(changes);
                     i
                 }
             };
-            index.retain(|(f, _)| *f != family);
             index.push((family, fresh));
         }
         Applied { plan, index }

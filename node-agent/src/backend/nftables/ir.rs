@@ -38,8 +38,8 @@ pub struct RenderContext {
 /// One service port's part of the plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServicePlan {
-    /// A 128-bit digest of the linked service port it was rendered from.
-    pub source: u128,
+    /// The linked service port it was rendered from.
+    pub source: Arc<switchyard_api::policy::LinkedServicePort>,
     /// One fragment per family the service port has frontends in.
     pub fragments: Vec<Fragment>,
     /// Why (part of) the service port was left out (bad input is skipped, not fatal).

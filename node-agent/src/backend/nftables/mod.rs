@@ -71,6 +71,52 @@ impl NftablesBackend {
         }
     }
 
+    fn apply_owned(&mut self, plan: Plan) -> Result<ApplyStats, BackendError> {
+        let t0 = std::time::Instant::now();
+        self.delete_stale_chains();
+        eprintln!("TIMING stale {:?}", t0.elapsed());
+        let old = self.applied.as_ref().filter(|_| !self.full_next);
+        let Step {
+            tx,
+            full,
+            replaced,
+            flushed,
+            index,
+        } = transaction(old, &plan);
+        eprintln!("TIMING transaction {:?}", t0.elapsed());
+        let text = tx.text();
+        eprintln!("TIMING text {:?} {} bytes", t0.elapsed(), text.len());
+        if !tx.is_empty() {
+            // One transaction: on failure the kernel keeps the previous rules,
+            // and so does our record of them.
+            self.nft("apply transaction", &text)?;
+        }
+        eprintln!("TIMING nft {:?}", t0.elapsed());
+        self.stale_chains.retain(|(f, _)| !replaced.contains(f));
+        self.stale_chains.extend(flushed);
+        let stale = stale_udp(self.applied.as_ref().map(|a| &a.plan), &plan);
+        let old = if self.full_next {
+            None
+        } else {
+            self.applied.take()
+        };
+        let applied = Applied::commit(old, plan, index);
+        eprintln!("TIMING commit {:?}", t0.elapsed());
+        let objects = applied.object_count();
+        self.applied = Some(applied);
+        self.full_next = false;
+        conntrack::delete(self.runner.as_ref(), &stale).map_err(|e| BackendError::Kernel {
+            mode: Mode::Nftables,
+            operation: "delete stale UDP conntrack entries",
+            message: e.to_string(),
+        })?;
+        Ok(ApplyStats {
+            objects: u32::try_from(objects).unwrap_or(u32::MAX),
+            written: tx.objects,
+            full,
+        })
+    }
+
     fn nft(&self, operation: &'static str, script: &str) -> Result<(), BackendError> {
         self.runner
             .run("nft", &["-f", "-"], Some(script.as_bytes()))
@@ -164,47 +210,16 @@ impl Backend for NftablesBackend {
             .as_ref()
             .filter(|_| !self.full_next)
             .map(|a| &a.plan);
+        let t0 = std::time::Instant::now();
         let plan = render::render_reusing(previous, ruleset, settings);
-        self.apply(&plan)
+        eprintln!("TIMING render {:?}", t0.elapsed());
+        let r = self.apply_owned(plan);
+        eprintln!("TIMING sync {:?}", t0.elapsed());
+        r
     }
 
     fn apply(&mut self, plan: &Plan) -> Result<ApplyStats, BackendError> {
-        self.delete_stale_chains();
-        let old = self.applied.as_ref().filter(|_| !self.full_next);
-        let Step {
-            tx,
-            full,
-            replaced,
-            flushed,
-            index,
-        } = transaction(old, plan);
-        if !tx.is_empty() {
-            // One transaction: on failure the kernel keeps the previous rules,
-            // and so does our record of them.
-            self.nft("apply transaction", &tx.text())?;
-        }
-        self.stale_chains.retain(|(f, _)| !replaced.contains(f));
-        self.stale_chains.extend(flushed);
-        let stale = stale_udp(self.applied.as_ref().map(|a| &a.plan), plan);
-        let old = if self.full_next {
-            None
-        } else {
-            self.applied.take()
-        };
-        let applied = Applied::commit(old, plan.clone(), index);
-        let objects = applied.object_count();
-        self.applied = Some(applied);
-        self.full_next = false;
-        conntrack::delete(self.runner.as_ref(), &stale).map_err(|e| BackendError::Kernel {
-            mode: Mode::Nftables,
-            operation: "delete stale UDP conntrack entries",
-            message: e.to_string(),
-        })?;
-        Ok(ApplyStats {
-            objects: u32::try_from(objects).unwrap_or(u32::MAX),
-            written: tx.objects,
-            full,
-        })
+        self.apply_owned(plan.clone())
     }
 
     fn invalidate(&mut self) {

@@ -6,14 +6,12 @@
 //! found by one `@hairpin` set in postrouting.
 
 use std::collections::BTreeMap;
-use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use switchyard_api::policy::{LinkedRuleset, LinkedServicePort, NodeInfo};
 use switchyard_api::ruleset::{Backend, Cidr, IpFamily};
-use xxhash_rust::xxh3::Xxh3;
 
 use crate::conntrack::UdpPort;
 use crate::settings::{LocalDetector, NodePortAddresses, Settings};
@@ -204,7 +202,8 @@ pub fn render(ruleset: &LinkedRuleset, settings: &Settings) -> Plan {
 }
 
 /// Render, sharing with `previous` the setup and the fragments of every
-/// service port whose linked form is unchanged (by a 128-bit digest), so a
+/// service port whose linked form is unchanged (the same `Arc` from the
+/// agent's [`switchyard_api::policy::ShardLinker`], or an equal value), so a
 /// sync renders only what changed. `previous` rendered for other settings or
 /// another node shares nothing.
 pub fn render_reusing(
@@ -226,16 +225,29 @@ pub fn render_reusing(
             Arc::new(context),
         ),
     };
-    let mut services = BTreeMap::new();
-    for svc in &ruleset.services {
-        let source = digest(svc);
-        let reused = previous
-            .and_then(|p| p.services.get(&svc.rule.id))
-            .filter(|s| s.source == source)
-            .cloned();
-        let plan = reused.unwrap_or_else(|| Arc::new(service_plan(&renderers, svc, source)));
-        services.insert(svc.rule.id, plan);
+    // Walk the service ports in id order beside the previous plan's (sorted) map.
+    let mut order: Vec<&Arc<LinkedServicePort>> = ruleset.services.iter().collect();
+    order.sort_by_key(|s| s.rule.id);
+    let mut before = previous
+        .map(|p| p.services.iter())
+        .into_iter()
+        .flatten()
+        .peekable();
+    let mut services = Vec::with_capacity(order.len());
+    for svc in order {
+        let id = svc.rule.id;
+        while before.next_if(|(old, _)| **old < id).is_some() {}
+        let plan = match before.next_if(|(old, _)| **old == id) {
+            // The same service port: shared by the linker, or equal.
+            Some((_, old)) if Arc::ptr_eq(&old.source, svc) || old.source == *svc => {
+                Arc::clone(old)
+            }
+            _ => Arc::new(service_plan(&renderers, svc)),
+        };
+        services.push((id, plan));
     }
+    // Sorted input: built in one pass (a repeated id keeps its last entry).
+    let services: BTreeMap<u32, Arc<ServicePlan>> = services.into_iter().collect();
     Plan {
         setup,
         services,
@@ -243,21 +255,9 @@ pub fn render_reusing(
     }
 }
 
-/// A 128-bit digest of everything a service port's fragments depend on
-/// (besides the [`RenderContext`]).
-fn digest(svc: &LinkedServicePort) -> u128 {
-    let mut h = Xxh3::new();
-    svc.hash(&mut h);
-    h.digest128()
-}
-
-fn service_plan(
-    renderers: &[FamilyRenderer<'_>],
-    svc: &LinkedServicePort,
-    source: u128,
-) -> ServicePlan {
+fn service_plan(renderers: &[FamilyRenderer<'_>], svc: &Arc<LinkedServicePort>) -> ServicePlan {
     let mut plan = ServicePlan {
-        source,
+        source: Arc::clone(svc),
         fragments: Vec::new(),
         skipped: Vec::new(),
         udp: UdpPort::of(svc),

@@ -7,6 +7,7 @@
 
 mod diff;
 pub mod ir;
+pub mod netlink;
 pub mod render;
 pub mod text;
 #[cfg(test)]

@@ -9,19 +9,19 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::process::{Command as Process, Stdio};
-use std::sync::Arc;
 
 use switchyard_api::ruleset::{IpFamily, Protocol, Ruleset, SessionAffinity, TrafficPolicy};
 
 use super::{NetlinkError, NftNetlink};
+use crate::backend::nftables::diff::Applied;
 use crate::backend::nftables::ir::{
     BaseChain, Chain, ChainType, Dir, Hook, Key, Match, Plan, Priority, Rule, Set, SetKind, Stmt,
-    Verdict,
+    Table, Verdict,
 };
 use crate::backend::nftables::tests::{
     cidr, endpoint, ip, linked, sample_ruleset, service, settings,
 };
-use crate::backend::nftables::text::Command;
+use crate::backend::nftables::text::{Command, Transaction};
 use crate::backend::nftables::{render, transaction};
 
 fn is_root() -> bool {
@@ -149,13 +149,14 @@ fn plan(rs: &Ruleset) -> Plan {
     render::render(&linked(rs), &settings())
 }
 
-/// `plan` plus a chain with every match and statement and a set of every kind
-/// (`edited`: fewer elements, changed values, one rule less).
-fn with_every_expression(plan: &Plan, edited: bool) -> Plan {
-    let mut plan = plan.clone();
-    for t in &mut plan.tables {
-        let t = Arc::make_mut(t);
-        let (a, b, prefixes) = match t.family {
+/// Per family, a chain with every match and statement and a set of every
+/// kind (`edited`: fewer elements, changed values, one rule less), to add to
+/// the sample table.
+fn every_expression(edited: bool) -> Vec<Table> {
+    let mut tables = Vec::new();
+    for family in [IpFamily::V4, IpFamily::V6] {
+        let mut t = Table::new(family);
+        let (a, b, prefixes) = match family {
             IpFamily::V4 => (
                 ip("10.0.1.5"),
                 ip("10.0.2.5"),
@@ -324,13 +325,61 @@ fn with_every_expression(plan: &Plan, edited: bool) -> Plan {
         }
         t.chains
             .insert("nl-every-expression".to_string(), Chain::regular(rules));
+        tables.push(t);
     }
-    plan
+    tables
 }
 
-/// Plan pairs A → B whose incremental transactions cover every command,
-/// match, statement, key and verdict (checked by the test).
-fn scenarios() -> Vec<(&'static str, Plan, Plan)> {
+/// The commands turning the `old` extra objects into the `new` ones (both
+/// from [`every_expression`]; `None`: there were none, or they go).
+fn every_expression_step(old: Option<&[Table]>, new: Option<&[Table]>) -> Transaction {
+    let mut tx = Transaction::default();
+    let none: Vec<Table> = Vec::new();
+    let (old, new) = (old.unwrap_or(&none), new.unwrap_or(&none));
+    for family in [IpFamily::V4, IpFamily::V6] {
+        let o = old.iter().find(|t| t.family == family);
+        let n = new.iter().find(|t| t.family == family);
+        if let Some(n) = n {
+            for (name, set) in &n.sets {
+                let before = o.and_then(|o| o.sets.get(name));
+                if before.is_none() {
+                    tx.add_set(family, name, set);
+                }
+                let was = before.map(|b| &b.elements);
+                let gone = was
+                    .into_iter()
+                    .flatten()
+                    .filter(|(k, v)| set.elements.get(*k) != Some(*v));
+                tx.delete_elements(family, name, gone.map(|(k, _)| k));
+                let added = set
+                    .elements
+                    .iter()
+                    .filter(|(k, v)| was.and_then(|w| w.get(*k)) != Some(*v));
+                tx.add_elements(family, name, added);
+            }
+            for (name, chain) in &n.chains {
+                if o.is_some_and(|o| o.chains.contains_key(name)) {
+                    tx.flush_chain(family, name);
+                } else {
+                    tx.add_chain(family, name, chain);
+                }
+                tx.add_rules(family, name, chain);
+            }
+        } else if let Some(o) = o {
+            for name in o.chains.keys() {
+                tx.flush_chain(family, name);
+            }
+            for (name, set) in &o.sets {
+                tx.delete_set(family, name, set);
+            }
+        }
+    }
+    tx
+}
+
+/// Steps (the table before, as nft text, and the incremental commands) that
+/// cover every command, match, statement, key and verdict (checked by the test).
+fn scenarios() -> Vec<(&'static str, String, Vec<Command>)> {
     let base = sample_ruleset();
     let mut changed = base.clone();
     changed.services[0].backends[1] = endpoint(19, "10.0.9.5", "node-z");
@@ -371,10 +420,7 @@ fn scenarios() -> Vec<(&'static str, Plan, Plan)> {
         vec![cidr("10.20.0.0/20"), cidr("198.51.100.0/24")];
     ranges.services[0].node_port = Some(30090);
 
-    let every = with_every_expression(&plan(&base), false);
-    let edited = with_every_expression(&plan(&base), true);
-    let empty = plan(&Ruleset::default());
-    vec![
+    let pairs = vec![
         (
             "an endpoint change and a removed service",
             plan(&base),
@@ -394,12 +440,30 @@ fn scenarios() -> Vec<(&'static str, Plan, Plan)> {
         ),
         ("the IPv6 load balancer removed", plan(&v6), plan(&base)),
         ("source ranges and a NodePort", plan(&base), plan(&ranges)),
-        ("everything removed", plan(&base), empty.clone()),
-        ("everything added", empty, plan(&base)),
-        ("every expression added", plan(&base), every.clone()),
-        ("every expression edited", every, edited.clone()),
-        ("every expression removed", edited, plan(&base)),
-    ]
+        ("everything removed", plan(&base), plan(&Ruleset::default())),
+        ("everything added", plan(&Ruleset::default()), plan(&base)),
+    ];
+    let mut steps: Vec<(&str, String, Vec<Command>)> = pairs
+        .into_iter()
+        .map(|(what, a, b)| {
+            let full = transaction(None, &a).tx.text();
+            let step = transaction(Some(&Applied::of(a)), &b);
+            assert!(!step.full, "{what}: incremental");
+            (what, full, step.tx.commands)
+        })
+        .collect();
+    // Every expression added to the sample table, edited, and removed.
+    let base_text = transaction(None, &plan(&base)).tx.text();
+    let (every, edited) = (every_expression(false), every_expression(true));
+    let added = every_expression_step(None, Some(&every));
+    let changed = every_expression_step(Some(&every), Some(&edited));
+    let removed = every_expression_step(Some(&edited), None);
+    let after_added = format!("{base_text}{}", added.text());
+    let after_edited = format!("{after_added}{}", changed.text());
+    steps.push(("every expression added", base_text, added.commands));
+    steps.push(("every expression edited", after_added, changed.commands));
+    steps.push(("every expression removed", after_edited, removed.commands));
+    steps
 }
 
 /// The kinds of commands, matches, statements, keys and verdicts in `commands`
@@ -449,15 +513,7 @@ fn incremental_transactions_over_netlink_leave_what_nft_leaves() {
         return;
     };
     let mut seen = BTreeSet::new();
-    let mut steps: Vec<(&str, String, Vec<Command>)> = scenarios()
-        .into_iter()
-        .map(|(what, a, b)| {
-            let step = transaction(Some(&a), &b);
-            assert!(!step.full, "{what}: incremental");
-            let full = transaction(None, &a).tx.text();
-            (what, full, step.tx.commands)
-        })
-        .collect();
+    let mut steps = scenarios();
     // The chain the last step flushed, deleted (as the next sync would).
     let deletes = [IpFamily::V4, IpFamily::V6]
         .map(|family| Command::DeleteChain {
@@ -587,7 +643,7 @@ fn a_cluster_ip_reaches_the_endpoint_that_netlink_put_in() {
     // Loaded by nft pointing nowhere; netlink moves it to the pod.
     let (before, after) = (plan(&web("10.0.1.99")), plan(&web("10.0.1.5")));
     node.nft(&transaction(None, &before).tx.text());
-    let commands = transaction(Some(&before), &after).tx.commands;
+    let commands = transaction(Some(&Applied::of(before)), &after).tx.commands;
     node.netlink(move |nl| nl.apply(&commands)).unwrap();
 
     let _server = Child(
@@ -691,7 +747,7 @@ fn what_netlink_cannot_send_is_refused_before_sending() {
     }
     let mut sticky = sample_ruleset();
     sticky.services[0].backends.pop();
-    let step = transaction(Some(&base), &plan(&sticky));
+    let step = transaction(Some(&Applied::of(base)), &plan(&sticky));
     assert!(NftNetlink::supports(&step.tx.commands));
 }
 

@@ -27,6 +27,13 @@ pub enum ExecError {
 /// Runs a program with arguments and optional standard input, returning its standard output.
 pub trait Runner: Send + Sync {
     fn run(&self, program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<String, ExecError>;
+
+    /// Whether the tools act on the calling thread's network namespace, so a
+    /// backend may also talk to that kernel directly over netlink (a runner
+    /// that records calls, or enters another namespace, says no).
+    fn acts_here(&self) -> bool {
+        false
+    }
 }
 
 /// Runs real programs.
@@ -34,6 +41,10 @@ pub trait Runner: Send + Sync {
 pub struct RealRunner;
 
 impl Runner for RealRunner {
+    fn acts_here(&self) -> bool {
+        true
+    }
+
     fn run(&self, program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<String, ExecError> {
         let spawn_err = |source| ExecError::Spawn {
             program: program.to_string(),

@@ -30,6 +30,7 @@ use crate::exec::Runner;
 use crate::settings::Settings;
 
 use self::diff::{Applied, IndexStep};
+use self::netlink::NftNetlink;
 pub use self::ir::Plan;
 use self::ir::TABLE;
 use self::text::{Transaction, family_word};
@@ -43,15 +44,42 @@ pub struct NftablesBackend {
     full_next: bool,
     /// Empty chains of removed services, deleted at the start of the next apply.
     stale_chains: Vec<(IpFamily, String)>,
+    /// Incremental transactions go here when the runner's tools act on this
+    /// thread's namespace (else, and for table rewrites, through `nft -f`).
+    netlink: Option<NftNetlink>,
 }
 
 impl NftablesBackend {
     pub fn new(runner: Arc<dyn Runner>) -> NftablesBackend {
+        let netlink = runner
+            .acts_here()
+            .then(|| {
+                NftNetlink::open()
+                    .map_err(|e| tracing::warn!(error = %e, "nf_tables netlink unavailable; incremental syncs use nft -f"))
+                    .ok()
+            })
+            .flatten();
         NftablesBackend {
             runner,
             applied: None,
             full_next: false,
             stale_chains: Vec::new(),
+            netlink,
+        }
+    }
+
+    /// Send one transaction: over netlink when it can carry it, else `nft -f`.
+    fn send(&mut self, operation: &'static str, tx: &Transaction) -> Result<(), BackendError> {
+        match self.netlink.as_mut() {
+            Some(nl) if NftNetlink::supports(&tx.commands) => {
+                nl.apply(&tx.commands)
+                    .map_err(|e| BackendError::Kernel {
+                        mode: Mode::Nftables,
+                        operation,
+                        message: e.to_string(),
+                    })
+            }
+            _ => self.nft(operation, &tx.text()),
         }
     }
 
@@ -66,7 +94,7 @@ impl NftablesBackend {
         for (family, name) in &self.stale_chains {
             tx.delete_chain(*family, name);
         }
-        match self.nft("delete stale chains", &tx.text()) {
+        match self.send("delete stale chains", &tx) {
             Ok(()) => self.stale_chains.clear(),
             Err(e) => tracing::warn!(error = %e, "stale nftables chains stay until the next sync"),
         }
@@ -85,12 +113,10 @@ impl NftablesBackend {
             index,
         } = transaction(old, &plan);
         eprintln!("TIMING transaction {:?}", t0.elapsed());
-        let text = tx.text();
-        eprintln!("TIMING text {:?} {} bytes", t0.elapsed(), text.len());
         if !tx.is_empty() {
             // One transaction: on failure the kernel keeps the previous rules,
             // and so does our record of them.
-            self.nft("apply transaction", &text)?;
+            self.send("apply transaction", &tx)?;
         }
         eprintln!("TIMING nft {:?}", t0.elapsed());
         self.stale_chains.retain(|(f, _)| !replaced.contains(f));

@@ -21,8 +21,10 @@ use switchyard_agent::backend::{self, ApplyStats};
 use switchyard_agent::exec::RealRunner;
 use switchyard_agent::settings::{LocalDetector, Settings};
 use switchyard_api::Mode;
-use switchyard_api::policy::{LinkedRuleset, NodeInfo, link};
-use switchyard_api::ruleset::{Backend, Cidr, Protocol, Ruleset, ServicePortRule};
+use switchyard_api::policy::{LinkedRuleset, NodeInfo, ShardLinker, link};
+use switchyard_api::ruleset::{
+    Backend, Cidr, Protocol, ProxyRulesetSpec, Ruleset, ServicePortRule, ShardLayout,
+};
 use switchyard_e2e::netns::{self, Netns};
 
 #[derive(Parser)]
@@ -213,13 +215,8 @@ impl Worker {
                 }
             };
             for (ruleset, settings) in jrx {
-                let (start, cpu) = (Instant::now(), cpu_now());
-                let r = dp.sync(&ruleset, &settings).map_err(|e| e.to_string());
-                let timing = Timing {
-                    wall: start.elapsed(),
-                    cpu: cpu_now().saturating_sub(cpu),
-                };
-                let _ = dtx.send(r.map(|stats| (timing, stats)));
+                let (r, timing) = timed(|| dp.sync(&ruleset, &settings));
+                let _ = dtx.send(r.map(|stats| (timing, stats)).map_err(|e| e.to_string()));
             }
             let _ = dp.cleanup();
         });
@@ -257,6 +254,43 @@ impl Drop for Worker {
     }
 }
 
+/// Service ports per shard: what the operator's 256 KiB shard budget holds
+/// at 5 endpoints each.
+const SHARD_SERVICES: usize = 400;
+
+/// The ruleset cut into shards of one layout, as the operator publishes it.
+fn shard(ruleset: Ruleset) -> Vec<ProxyRulesetSpec> {
+    let chunks: Vec<&[ServicePortRule]> = ruleset.services.chunks(SHARD_SERVICES).collect();
+    let layout = ShardLayout {
+        epoch: 1,
+        shard_count: u32::try_from(chunks.len()).unwrap_or(u32::MAX),
+    };
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, services)| ProxyRulesetSpec {
+            shard: u32::try_from(i).unwrap_or(u32::MAX),
+            layout,
+            generation: 1,
+            service_count: u32::try_from(services.len()).unwrap_or(u32::MAX),
+            ruleset: Ruleset {
+                services: services.to_vec(),
+            },
+        })
+        .collect()
+}
+
+/// Run `f` on this thread, with its wall and CPU time.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Timing) {
+    let (start, cpu) = (Instant::now(), cpu_now());
+    let out = f();
+    let timing = Timing {
+        wall: start.elapsed(),
+        cpu: cpu_now().saturating_sub(cpu),
+    };
+    (out, timing)
+}
+
 struct SyncResult {
     full: Timing,
     incremental: Timing,
@@ -278,17 +312,26 @@ fn bench_sync(
         mode.as_str()
     )))?;
     let worker = Worker::start(&ns, mode)?;
-    let mut ruleset = synthetic(services, endpoints);
-    let (full, stats) = worker.sync(link(&ruleset, &node()))?;
+    // As the agent gets them: shards, linked by a ShardLinker that reuses
+    // what did not change (its time is part of each sync's figure).
+    let mut shards = shard(synthetic(services, endpoints));
+    let mut linker = ShardLinker::default();
+    let (linked, _) = timed(|| linker.link(&shards, &node()));
+    let (full, stats) = worker.sync(linked.ok_or(BenchError::Worker)?.linked)?;
     let mut times = Vec::new();
     for c in 0..changes {
         // One endpoint of one service moves to a new address.
         let s = 1 + (c * 7919) % services.saturating_sub(1).max(1);
         let s = s.min(services - 1);
-        let b = &mut ruleset.services[s].backends[0];
+        let shard = &mut shards[s / SHARD_SERVICES];
+        shard.generation += 1;
+        let b = &mut shard.ruleset.services[s % SHARD_SERVICES].backends[0];
         b.ip = IpAddr::V4(Ipv4Addr::new(10, 200, (c / 256) as u8, (c % 256) as u8));
         b.id += 1_000_000;
-        let (t, st) = worker.sync(link(&ruleset, &node()))?;
+        let (linked, link_time) = timed(|| linker.link(&shards, &node()));
+        let (mut t, st) = worker.sync(linked.ok_or(BenchError::Worker)?.linked)?;
+        t.wall += link_time.wall;
+        t.cpu += link_time.cpu;
         if st.full {
             eprintln!("warning: {mode} change sync {c} was a full sync");
         }
@@ -485,7 +528,7 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
     let changes = if cli.quick { 2 } else { cli.changes };
 
     println!(
-        "| size | mode | objects | full sync | endpoint change sync | full vs nftables | change vs nftables |"
+        "| size | mode | objects | full sync | endpoint change (link + sync) | full vs nftables | change vs nftables |"
     );
     println!("| --- | --- | ---: | ---: | ---: | ---: | ---: |");
     for &(services, endpoints) in &sizes {

@@ -97,6 +97,8 @@ impl ElementIndex {
 pub struct Applied {
     pub plan: Plan,
     index: Vec<(IpFamily, ElementIndex)>,
+    /// Rules of the plan's service ports (kept up to date by each step).
+    service_rules: usize,
 }
 
 impl Applied {
@@ -106,7 +108,23 @@ impl Applied {
             .families()
             .map(|f| (f, ElementIndex::of(&plan, f)))
             .collect();
-        Applied { plan, index }
+        let service_rules = plan.service_rule_count();
+        Applied {
+            plan,
+            index,
+            service_rules,
+        }
+    }
+
+    /// Rules of the service ports of `new`, counting only what changed.
+    pub fn service_rules_after(
+        &self,
+        changed: &[(u32, Option<&ServicePlan>, Option<&ServicePlan>)],
+    ) -> usize {
+        let count = |s: &Option<&ServicePlan>| s.map_or(0, |s| s.rule_count());
+        let added: usize = changed.iter().map(|(_, _, n)| count(n)).sum();
+        let removed: usize = changed.iter().map(|(_, o, _)| count(o)).sum();
+        (self.service_rules + added).saturating_sub(removed)
     }
 
     pub fn index(&self, family: IpFamily) -> Option<&ElementIndex> {
@@ -126,11 +144,17 @@ impl Applied {
             .map(|s| s.elements.len())
             .sum();
         let shared: usize = self.index.iter().map(|(_, i)| i.len()).sum();
-        self.plan.rule_count() + setup_elements + shared
+        self.plan.setup_rule_count() + self.service_rules + setup_elements + shared
     }
 
-    /// Record that `step`, computed from this record, was applied for `plan`.
-    pub fn commit(old: Option<Applied>, plan: Plan, step: IndexStep) -> Applied {
+    /// Record that `step`, computed from this record, was applied for `plan`
+    /// (which has `service_rules` service rules).
+    pub fn commit(
+        old: Option<Applied>,
+        plan: Plan,
+        step: IndexStep,
+        service_rules: usize,
+    ) -> Applied {
         let mut index = old.map(|o| o.index).unwrap_or_default();
         index.retain(|(f, _)| plan.families().any(|p| p == *f));
         for (family, update) in step {
@@ -148,7 +172,11 @@ impl Applied {
             };
             index.push((family, fresh));
         }
-        Applied { plan, index }
+        Applied {
+            plan,
+            index,
+            service_rules,
+        }
     }
 }
 

@@ -52,6 +52,14 @@ impl ServicePlan {
     pub fn fragment(&self, family: IpFamily) -> Option<&Fragment> {
         self.fragments.iter().find(|f| f.family == family)
     }
+
+    pub fn rule_count(&self) -> usize {
+        self.fragments
+            .iter()
+            .flat_map(|f| f.chains.values())
+            .map(|c| c.rules.len())
+            .sum()
+    }
 }
 
 /// What one service port adds to one family's table.
@@ -147,22 +155,18 @@ impl Plan {
         }
     }
 
-    /// Rules of the plan (elements are counted by the backend's index).
-    pub fn rule_count(&self) -> usize {
-        let setup: usize = self
-            .setup
+    /// Rules of the fixed part.
+    pub fn setup_rule_count(&self) -> usize {
+        self.setup
             .iter()
             .flat_map(|t| t.chains.values())
             .map(|c| c.rules.len())
-            .sum();
-        let services: usize = self
-            .services
-            .values()
-            .flat_map(|s| &s.fragments)
-            .flat_map(|f| f.chains.values())
-            .map(|c| c.rules.len())
-            .sum();
-        setup + services
+            .sum()
+    }
+
+    /// Rules of every service port.
+    pub fn service_rule_count(&self) -> usize {
+        self.services.values().map(|s| s.rule_count()).sum()
     }
 }
 

@@ -30,9 +30,9 @@ use crate::exec::Runner;
 use crate::settings::Settings;
 
 use self::diff::{Applied, IndexStep};
-use self::netlink::NftNetlink;
 pub use self::ir::Plan;
 use self::ir::TABLE;
+use self::netlink::NftNetlink;
 use self::text::{Transaction, family_word};
 
 /// The nftables dataplane.
@@ -72,12 +72,11 @@ impl NftablesBackend {
     fn send(&mut self, operation: &'static str, tx: &Transaction) -> Result<(), BackendError> {
         match self.netlink.as_mut() {
             Some(nl) if NftNetlink::supports(&tx.commands) => {
-                nl.apply(&tx.commands)
-                    .map_err(|e| BackendError::Kernel {
-                        mode: Mode::Nftables,
-                        operation,
-                        message: e.to_string(),
-                    })
+                nl.apply(&tx.commands).map_err(|e| BackendError::Kernel {
+                    mode: Mode::Nftables,
+                    operation,
+                    message: e.to_string(),
+                })
             }
             _ => self.nft(operation, &tx.text()),
         }
@@ -101,9 +100,7 @@ impl NftablesBackend {
     }
 
     fn apply_owned(&mut self, plan: Plan) -> Result<ApplyStats, BackendError> {
-        let t0 = std::time::Instant::now();
         self.delete_stale_chains();
-        eprintln!("TIMING stale {:?}", t0.elapsed());
         let old = self.applied.as_ref().filter(|_| !self.full_next);
         let Step {
             tx,
@@ -111,14 +108,13 @@ impl NftablesBackend {
             replaced,
             flushed,
             index,
+            service_rules,
         } = transaction(old, &plan);
-        eprintln!("TIMING transaction {:?}", t0.elapsed());
         if !tx.is_empty() {
             // One transaction: on failure the kernel keeps the previous rules,
             // and so does our record of them.
             self.send("apply transaction", &tx)?;
         }
-        eprintln!("TIMING nft {:?}", t0.elapsed());
         self.stale_chains.retain(|(f, _)| !replaced.contains(f));
         self.stale_chains.extend(flushed);
         let stale = stale_udp(self.applied.as_ref().map(|a| &a.plan), &plan);
@@ -127,8 +123,7 @@ impl NftablesBackend {
         } else {
             self.applied.take()
         };
-        let applied = Applied::commit(old, plan, index);
-        eprintln!("TIMING commit {:?}", t0.elapsed());
+        let applied = Applied::commit(old, plan, index, service_rules);
         let objects = applied.object_count();
         self.applied = Some(applied);
         self.full_next = false;
@@ -167,6 +162,8 @@ pub struct Step {
     pub flushed: Vec<(IpFamily, String)>,
     /// How the element index changes once the transaction is applied.
     pub index: IndexStep,
+    /// Rules of the new plan's service ports.
+    pub service_rules: usize,
 }
 
 /// The transaction turning `old` (what is applied, if known) into `new`.
@@ -177,8 +174,13 @@ pub fn transaction(old: Option<&Applied>, new: &Plan) -> Step {
         replaced: Vec::new(),
         flushed: Vec::new(),
         index: Vec::new(),
+        service_rules: 0,
     };
     let changed = old.map(|o| diff::changed_services(&o.plan, new));
+    step.service_rules = match (old, &changed) {
+        (Some(o), Some(c)) => o.service_rules_after(c),
+        _ => new.service_rule_count(),
+    };
     for family in new.families() {
         let incremental = old
             .zip(changed.as_deref())
@@ -237,12 +239,8 @@ impl Backend for NftablesBackend {
             .as_ref()
             .filter(|_| !self.full_next)
             .map(|a| &a.plan);
-        let t0 = std::time::Instant::now();
         let plan = render::render_reusing(previous, ruleset, settings);
-        eprintln!("TIMING render {:?}", t0.elapsed());
-        let r = self.apply_owned(plan);
-        eprintln!("TIMING sync {:?}", t0.elapsed());
-        r
+        self.apply_owned(plan)
     }
 
     fn apply(&mut self, plan: &Plan) -> Result<ApplyStats, BackendError> {

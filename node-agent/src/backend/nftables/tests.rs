@@ -785,7 +785,7 @@ proptest::proptest! {
         let first = transaction(None, &plan);
         let mut tables = BTreeMap::new();
         model::apply(&mut tables, &first.tx);
-        let mut applied = Applied::commit(None, plan.clone(), first.index);
+        let mut applied = Applied::commit(None, plan.clone(), first.index, first.service_rules);
         for (op, arg) in edits {
             mutate(&mut rs, &mut next_id, op, arg);
             let fresh = plan_of(&rs);
@@ -798,7 +798,8 @@ proptest::proptest! {
                 cleanup.delete_chain(*family, chain);
             }
             model::apply(&mut tables, &cleanup);
-            applied = Applied::commit(Some(applied), plan.clone(), step.index);
+            applied = Applied::commit(Some(applied), plan.clone(), step.index, step.service_rules);
+            proptest::prop_assert_eq!(applied.object_count(), Applied::of(plan.clone()).object_count());
             for family in [IpFamily::V4, IpFamily::V6] {
                 let planned = plan.table(family);
                 proptest::prop_assert_eq!(tables.get(&family), planned.as_ref());

@@ -461,4 +461,103 @@ mod tests {
         assert_eq!(l.topology, TopologyMode::PreferSameNode);
         assert_eq!(ids(l.internal_endpoints()), [1]);
     }
+
+    /// A layout of `count` shards, service `i` in shard `i % count`.
+    fn shards(epoch: u64, count: u32, services: u32) -> Vec<ProxyRulesetSpec> {
+        let layout = ShardLayout {
+            epoch,
+            shard_count: count,
+        };
+        (0..count)
+            .map(|shard| ProxyRulesetSpec {
+                shard,
+                layout,
+                generation: 1,
+                service_count: 0,
+                ruleset: Ruleset {
+                    services: (0..services)
+                        .filter(|i| i % count == shard)
+                        .map(|i| ServicePortRule {
+                            id: i,
+                            name: format!("svc{i}"),
+                            ..rule(vec![backend(i, "me", true, true, false)])
+                        })
+                        .collect(),
+                },
+            })
+            .collect()
+    }
+
+    fn by_id(linked: &LinkedShards) -> HashMap<u32, Arc<LinkedServicePort>> {
+        linked
+            .linked
+            .services
+            .iter()
+            .map(|s| (s.rule.id, Arc::clone(s)))
+            .collect()
+    }
+
+    #[test]
+    fn shard_linker_shares_every_unchanged_service_port() {
+        let mut linker = ShardLinker::default();
+        let mut specs = shards(1, 4, 20);
+        let first = linker.link(&specs, &node(None)).unwrap();
+        assert_eq!(first.linked.services.len(), 20);
+        assert_eq!(first.generations, [1, 1, 1, 1]);
+        let before = by_id(&first);
+
+        // One endpoint of service 5 (shard 1) changes.
+        specs[1].generation = 2;
+        specs[1].ruleset.services[1].backends[0].ready = false;
+        let second = linker.link(&specs, &node(None)).unwrap();
+        assert_eq!(second.generations, [1, 2, 1, 1]);
+        for (id, s) in by_id(&second) {
+            assert_eq!(Arc::ptr_eq(&s, &before[&id]), id != 5, "service {id}");
+        }
+        assert!(
+            second
+                .linked
+                .services
+                .iter()
+                .any(|s| s.rule.id == 5 && s.cluster.is_empty())
+        );
+        // What it links equals linking from scratch.
+        let assembled = crate::ruleset::assemble_shards(&specs).unwrap();
+        assert_eq!(second.linked, link(&assembled.ruleset, &node(None)));
+    }
+
+    #[test]
+    fn shard_linker_keeps_the_last_complete_generation_and_relinks_for_a_new_node() {
+        let mut linker = ShardLinker::default();
+        assert!(linker.link(&shards(1, 2, 4)[..1], &node(None)).is_none());
+        let specs = shards(1, 2, 4);
+        let complete = linker.link(&specs, &node(None)).unwrap();
+        // A new layout that is not complete yet: the old one stays.
+        let partial = shards(2, 4, 4);
+        let kept = linker.link(&partial[..3], &node(None)).unwrap();
+        assert_eq!(kept, complete);
+        // The node changed: the same rules, linked for it.
+        let elsewhere = NodeInfo {
+            name: "other".into(),
+            ..node(None)
+        };
+        let relinked = linker.link(&partial[..3], &elsewhere).unwrap();
+        let assembled = crate::ruleset::assemble_shards(&specs).unwrap();
+        assert_eq!(relinked.linked, link(&assembled.ruleset, &elsewhere));
+        assert!(relinked.linked.services.iter().all(|s| s.local.is_empty()));
+    }
+
+    #[test]
+    fn shard_linker_finds_moved_service_ports_by_id_after_a_relayout() {
+        let mut linker = ShardLinker::default();
+        let before = by_id(&linker.link(&shards(1, 2, 10), &node(None)).unwrap());
+        let after = linker.link(&shards(2, 4, 10), &node(None)).unwrap();
+        assert_eq!(after.layout.shard_count, 4);
+        for (id, s) in by_id(&after) {
+            assert!(
+                Arc::ptr_eq(&s, &before[&id]),
+                "service {id} was linked again"
+            );
+        }
+    }
 }

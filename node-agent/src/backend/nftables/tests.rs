@@ -686,7 +686,7 @@ fn mutate(rs: &mut Ruleset, next_id: &mut u32, op: u8, arg: u8) {
             *next_id += 1;
             // Another port of an existing service shares its cluster IP and endpoints.
             let mut s = match pick(rs) {
-                Some(i) if arg % 2 == 0 => {
+                Some(i) if arg.is_multiple_of(2) => {
                     let mut s = rs.services[i].clone();
                     s.port_name = format!("p{}", *next_id);
                     s.port = 1000 + u16::from(arg);

@@ -364,6 +364,66 @@ fn elements(
         .flat_map(|f| &f.elements)
 }
 
+/// Append to `tx` a rewrite of every chain and set of `family` in place, for
+/// the periodic resync: chains and sets are flushed and filled anew, except
+/// the session-affinity sets, whose entries (the clients' sessions) are kept.
+/// Objects of the applied plan that the new one lacks are flushed (chains,
+/// returned for deletion later) or deleted (sets). A set or base chain whose
+/// definition differs in the kernel makes the transaction fail; the caller
+/// then replaces the table. `None` when the new plan redefines a set or base
+/// chain of the applied one (the table must be replaced).
+pub fn rewrite_family(
+    old: &Applied,
+    new: &Plan,
+    family: IpFamily,
+    tx: &mut Transaction,
+) -> Option<(Vec<String>, IndexUpdate)> {
+    let table = new.table(family)?;
+    let before = old.plan.table(family)?;
+    let redefined = table
+        .sets
+        .iter()
+        .any(|(n, s)| before.sets.get(n).is_some_and(|b| !b.same_definition(s)))
+        || table
+            .chains
+            .iter()
+            .any(|(n, c)| before.chains.get(n).is_some_and(|b| b.base != c.base));
+    if redefined {
+        return None;
+    }
+    for (name, set) in &table.sets {
+        tx.add_set(family, name, set);
+        if set.timeout_seconds.is_none() {
+            tx.flush_set(family, name, set);
+        }
+    }
+    for (name, chain) in &table.chains {
+        tx.add_chain(family, name, chain);
+        tx.flush_chain(family, name);
+    }
+    let removed: Vec<String> = before
+        .chains
+        .keys()
+        .filter(|name| !table.chains.contains_key(*name))
+        .cloned()
+        .collect();
+    for name in &removed {
+        tx.flush_chain(family, name);
+    }
+    for (name, set) in &table.sets {
+        tx.add_elements(family, name, &set.elements);
+    }
+    for (name, chain) in &table.chains {
+        tx.add_rules(family, name, chain);
+    }
+    for (name, set) in &before.sets {
+        if !table.sets.contains_key(name) {
+            tx.delete_set(family, name, set);
+        }
+    }
+    Some((removed, IndexUpdate::Rebuilt(ElementIndex::of(new, family))))
+}
+
 /// The whole table of `family` for a full sync, and its fresh index.
 pub fn full_table(new: &Plan, family: IpFamily) -> Option<(Arc<Table>, IndexUpdate)> {
     let table = new.table(family)?;

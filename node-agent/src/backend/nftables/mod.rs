@@ -101,7 +101,19 @@ impl NftablesBackend {
 
     fn apply_owned(&mut self, plan: Plan) -> Result<ApplyStats, BackendError> {
         self.delete_stale_chains();
-        let old = self.applied.as_ref().filter(|_| !self.full_next);
+        let step = match (&self.applied, self.full_next) {
+            (Some(applied), true) => {
+                let step = resync(applied, &plan);
+                match self.send("rewrite tables in place", &step.tx) {
+                    Ok(()) => Ok(step),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "in-place resync refused; replacing the tables");
+                        Err(())
+                    }
+                }
+            }
+            _ => Err(()),
+        };
         let Step {
             tx,
             full,
@@ -109,12 +121,19 @@ impl NftablesBackend {
             flushed,
             index,
             service_rules,
-        } = transaction(old, &plan);
-        if !tx.is_empty() {
-            // One transaction: on failure the kernel keeps the previous rules,
-            // and so does our record of them.
-            self.send("apply transaction", &tx)?;
-        }
+        } = match step {
+            Ok(step) => step,
+            Err(()) => {
+                let old = self.applied.as_ref().filter(|_| !self.full_next);
+                let step = transaction(old, &plan);
+                if !step.tx.is_empty() {
+                    // One transaction: on failure the kernel keeps the previous
+                    // rules, and so does our record of them.
+                    self.send("apply transaction", &step.tx)?;
+                }
+                step
+            }
+        };
         self.stale_chains.retain(|(f, _)| !replaced.contains(f));
         self.stale_chains.extend(flushed);
         let stale = stale_udp(self.applied.as_ref().map(|a| &a.plan), &plan);
@@ -192,13 +211,42 @@ pub fn transaction(old: Option<&Applied>, new: &Plan) -> Step {
                 step.index.push((family, update));
                 step.full = false;
             }
-            None => {
-                if let Some((table, update)) = diff::full_table(new, family) {
-                    step.tx.replace_table(&table);
-                    step.replaced.push(family);
-                    step.index.push((family, update));
-                }
+            None => step.replace(new, family),
+        }
+    }
+    step
+}
+
+impl Step {
+    /// Rewrite `family`'s table by replacing it.
+    fn replace(&mut self, new: &Plan, family: IpFamily) {
+        if let Some((table, update)) = diff::full_table(new, family) {
+            self.tx.replace_table(&table);
+            self.replaced.push(family);
+            self.index.push((family, update));
+        }
+    }
+}
+
+/// The periodic resync: every table rewritten in place from `new`, keeping
+/// session-affinity entries (a table replacement would drop them).
+pub fn resync(old: &Applied, new: &Plan) -> Step {
+    let mut step = Step {
+        tx: Transaction::default(),
+        full: true,
+        replaced: Vec::new(),
+        flushed: Vec::new(),
+        index: Vec::new(),
+        service_rules: new.service_rule_count(),
+    };
+    for family in new.families() {
+        match diff::rewrite_family(old, new, family, &mut step.tx) {
+            Some((removed, update)) => {
+                step.flushed
+                    .extend(removed.into_iter().map(|c| (family, c)));
+                step.index.push((family, update));
             }
+            None => step.replace(new, family),
         }
     }
     step

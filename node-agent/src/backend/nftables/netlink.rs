@@ -269,9 +269,10 @@ fn supported(c: &Command) -> bool {
         } => elements.iter().all(|(k, _)| key_fits(k, *family)),
         Command::DeleteElements { family, keys, .. } => keys.iter().all(|k| key_fits(k, *family)),
         Command::AddChain { base, .. } => base.is_none(),
-        Command::DeleteSet { .. } | Command::FlushChain { .. } | Command::DeleteChain { .. } => {
-            true
-        }
+        Command::DeleteSet { .. }
+        | Command::FlushSet { .. }
+        | Command::FlushChain { .. }
+        | Command::DeleteChain { .. } => true,
         Command::AddRule { family, rule, .. } => {
             let fits = |ip: &IpAddr| IpFamily::of(ip) == *family;
             rule.comment.as_ref().is_none_or(|c| c.len() < 255)
@@ -446,6 +447,11 @@ fn encode(b: &mut Batch, i: usize, c: &Command) {
                 });
             }
         }
+        // A DELSETELEM without an element list flushes the set.
+        Command::FlushSet { family, name, .. } => b.command(i, DELSETELEM, 0, *family, |a| {
+            a.str(A_TABLE, TABLE);
+            a.str(2, name); // NFTA_SET_ELEM_LIST_SET
+        }),
         Command::DeleteElements { family, set, keys } => {
             for chunk in keys.chunks(ELEMENTS_PER_MESSAGE) {
                 b.command(i, DELSETELEM, 0, *family, |a| {

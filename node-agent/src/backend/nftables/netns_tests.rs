@@ -312,3 +312,65 @@ fn every_incremental_transition_is_accepted_and_leaves_exactly_the_planned_objec
         }
     }
 }
+
+#[test]
+fn periodic_resync_repairs_drift_and_keeps_session_affinity_entries() {
+    let Some(ns) = Netns::create("resync") else {
+        return;
+    };
+    let mut backend = NftablesBackend::new(ns.runner());
+    let rs = sample_ruleset();
+    apply(&mut backend, &rs);
+    let planned = ns.sh("nft list table ip switchyard");
+    let plan = backend.render(&linked(&rs), &settings());
+    let table = plan.table(switchyard_api::ruleset::IpFamily::V4).unwrap();
+    let affinity = table
+        .sets
+        .keys()
+        .find(|n| n.starts_with("affinity-"))
+        .unwrap()
+        .clone();
+    let web = table
+        .chains
+        .keys()
+        .find(|n| n.starts_with("service-") && n.contains("default/web"))
+        .unwrap()
+        .clone();
+    // A client's session, as `update @set` records it; then drift: a
+    // service's rules and a ClusterIP element deleted behind our back.
+    ns.sh(&format!(
+        "nft add element ip switchyard {affinity} {{ 10.0.5.5 }}"
+    ));
+    ns.sh(&format!("nft flush chain ip switchyard {web}"));
+    ns.sh("nft delete element ip switchyard cluster-ips { 172.30.0.10 }");
+    assert_ne!(ns.sh("nft list table ip switchyard"), planned);
+
+    backend.invalidate();
+    let stats = apply(&mut backend, &rs);
+    assert!(stats.full);
+    let session = ns.sh(&format!("nft list set ip switchyard {affinity}"));
+    assert!(session.contains("10.0.5.5"), "session kept: {session}");
+    // Everything else is as planned again.
+    ns.sh(&format!(
+        "nft delete element ip switchyard {affinity} {{ 10.0.5.5 }}"
+    ));
+    assert_eq!(ns.sh("nft list table ip switchyard"), planned);
+
+    // A set whose definition changed (affinity timeout) cannot be rewritten
+    // in place: the table is replaced.
+    let mut longer = rs.clone();
+    let sticky = longer
+        .services
+        .iter_mut()
+        .find(|s| s.name == "sticky")
+        .unwrap();
+    sticky.session_affinity = Some(switchyard_api::ruleset::SessionAffinity {
+        timeout_seconds: 900,
+    });
+    backend.invalidate();
+    assert!(apply(&mut backend, &longer).full);
+    assert!(
+        ns.sh(&format!("nft list set ip switchyard {affinity}"))
+            .contains("timeout 15m")
+    );
+}

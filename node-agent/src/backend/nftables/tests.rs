@@ -563,7 +563,12 @@ mod model {
                 }
                 Command::AddSet { family, name, set } => {
                     let t = tables.get_mut(family).expect(&text);
-                    t.sets.entry(name.clone()).or_insert_with(|| set.clone());
+                    let s = t.sets.entry(name.clone()).or_insert_with(|| set.clone());
+                    assert!(s.same_definition(set), "redefined: {text}");
+                }
+                Command::FlushSet { family, name, .. } => {
+                    let t = tables.get_mut(family).expect(&text);
+                    t.sets.get_mut(name).expect(&text).elements.clear();
                 }
                 Command::DeleteSet { family, name, .. } => {
                     let t = tables.get_mut(family).expect(&text);
@@ -594,10 +599,11 @@ mod model {
                 }
                 Command::AddChain { family, name, base } => {
                     let t = tables.get_mut(family).expect(&text);
-                    t.chains.entry(name.clone()).or_insert(Chain {
+                    let c = t.chains.entry(name.clone()).or_insert(Chain {
                         base: *base,
                         rules: Vec::new(),
                     });
+                    assert_eq!(c.base, *base, "redefined: {text}");
                 }
                 Command::FlushChain { family, name } => {
                     let t = tables.get_mut(family).expect(&text);
@@ -768,10 +774,11 @@ fn mutate(rs: &mut Ruleset, next_id: &mut u32, op: u8, arg: u8) {
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
 
-    /// Any sequence of edits, synced incrementally: the reusing render equals
-    /// a fresh one, every transaction applies strictly to the model of what
-    /// the kernel holds, the result is the planned table, and the element
-    /// index equals one built from scratch.
+    /// Any sequence of edits, synced incrementally (and every fifth sync
+    /// as the periodic in-place resync): the reusing render equals a fresh
+    /// one, every transaction applies strictly to the model of what the
+    /// kernel holds, the result is the planned table, and the element index
+    /// equals one built from scratch.
     #[test]
     fn incremental_syncs_equal_full_renders(
         edits in proptest::collection::vec((0u8..12, proptest::prelude::any::<u8>()), 1..30)
@@ -786,12 +793,16 @@ proptest::proptest! {
         let mut tables = BTreeMap::new();
         model::apply(&mut tables, &first.tx);
         let mut applied = Applied::commit(None, plan.clone(), first.index, first.service_rules);
-        for (op, arg) in edits {
+        for (i, (op, arg)) in edits.into_iter().enumerate() {
             mutate(&mut rs, &mut next_id, op, arg);
             let fresh = plan_of(&rs);
             plan = super::render::render_reusing(Some(&plan), &linked(&rs), &settings());
             proptest::prop_assert_eq!(&plan, &fresh);
-            let step = transaction(Some(&applied), &plan);
+            let step = if i % 5 == 4 {
+                super::resync(&applied, &plan)
+            } else {
+                transaction(Some(&applied), &plan)
+            };
             model::apply(&mut tables, &step.tx);
             let mut cleanup = super::text::Transaction::default();
             for (family, chain) in &step.flushed {

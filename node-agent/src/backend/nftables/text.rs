@@ -240,6 +240,12 @@ pub enum Command {
         name: String,
         map: bool,
     },
+    /// Remove every element of a set or map.
+    FlushSet {
+        family: IpFamily,
+        name: String,
+        map: bool,
+    },
     AddElements {
         family: IpFamily,
         set: String,
@@ -294,6 +300,12 @@ impl fmt::Display for Command {
             Command::DeleteSet { family, name, map } => writeln!(
                 f,
                 "delete {} {} {TABLE} {name}",
+                if *map { "map" } else { "set" },
+                family_word(*family)
+            ),
+            Command::FlushSet { family, name, map } => writeln!(
+                f,
+                "flush {} {} {TABLE} {name}",
                 if *map { "map" } else { "set" },
                 family_word(*family)
             ),
@@ -415,6 +427,17 @@ impl Transaction {
     pub fn delete_set(&mut self, family: IpFamily, name: &str, set: &Set) {
         self.push(
             Command::DeleteSet {
+                family,
+                name: name.to_string(),
+                map: set.kind.is_map(),
+            },
+            1,
+        );
+    }
+
+    pub fn flush_set(&mut self, family: IpFamily, name: &str, set: &Set) {
+        self.push(
+            Command::FlushSet {
                 family,
                 name: name.to_string(),
                 map: set.kind.is_map(),

@@ -325,7 +325,7 @@ impl Backend for NftablesBackend {
         for family in [IpFamily::V4, IpFamily::V6] {
             tx.drop_table(family);
         }
-        self.nft("delete tables", &tx.text())?;
+        self.send("delete tables", &tx)?;
         self.applied = None;
         self.full_next = false;
         self.stale_chains.clear();

@@ -11,9 +11,9 @@
 //! against `nft -f`). Multi-byte values follow the kernel: attributes and
 //! packet fields big-endian, register values of meta/ct/fib host-endian.
 //!
-//! Not encodable ([`NftNetlink::supports`] says so; the caller sends those
-//! transactions with `nft -f`): table replacement and removal, base chains,
-//! and interval (prefix) sets and their elements.
+//! Every command is encodable, table replacement (a full sync) included:
+//! [`NftNetlink::supports`] refuses only what the plan never builds (an
+//! address of the other family, an over-long comment).
 //!
 //! One [`NftNetlink::apply`] is one batch (`NFNL_MSG_BATCH_BEGIN` … `END`)
 //! that the kernel commits or aborts as a whole. Only the last message asks
@@ -21,6 +21,12 @@
 //! order and before that ACK, so "the ACK and no error" means committed and
 //! any error means nothing changed. The kernel handles the batch inside our
 //! `send`, so every answer is queued when it returns.
+//!
+//! The kernel reads a batch from one skb, that is one `sendmsg` (a batch
+//! whose `END` comes in a later send is aborted), so a full sync of 44k
+//! services is one send of ~120 MB, as nft does it: the send buffer is raised
+//! to fit, and the batch is built in chunks of a few MB passed as one iovec
+//! each (no contiguous buffer, no copying on growth).
 
 use std::io;
 use std::net::{IpAddr, Ipv6Addr};
@@ -29,8 +35,11 @@ use std::os::fd::AsRawFd;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 use switchyard_api::ruleset::{IpFamily, Protocol};
 
-use super::ir::{Dir, Key, Match, Rule, SetKind, Stmt, TABLE, Verdict};
-use super::text::Command;
+use super::ir::{
+    BaseChain, ChainType, Dir, Hook, Key, Match, Priority, Rule, Set, SetKind, Stmt, TABLE, Table,
+    Verdict,
+};
+use super::text::{Command, family_word, rule_text};
 
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
@@ -44,6 +53,8 @@ const NFNL_MSG_BATCH_BEGIN: u16 = 16;
 const NFNL_MSG_BATCH_END: u16 = 17;
 
 /// `NFT_MSG_*`.
+const NEWTABLE: u16 = 0;
+const DELTABLE: u16 = 2;
 const NEWCHAIN: u16 = 3;
 const DELCHAIN: u16 = 5;
 const NEWRULE: u16 = 6;
@@ -84,6 +95,7 @@ const CT_STATE: u32 = 0;
 const CT_STATUS: u32 = 2;
 
 /// `NFT_SET_*` flags and nft's datatype numbers.
+const SET_INTERVAL: u32 = 0x4;
 const SET_MAP: u32 = 0x8;
 const SET_TIMEOUT: u32 = 0x10;
 const SET_EVAL: u32 = 0x20;
@@ -96,6 +108,13 @@ const DATA_TYPE_VERDICT: u32 = 0xffff_ff00;
 /// Elements per `NEWSETELEM` message: at most ≈ 320 bytes each (a 256-byte
 /// chain name), so the element list stays under the 64 KiB attribute limit.
 const ELEMENTS_PER_MESSAGE: usize = 128;
+
+/// A batch is built in chunks of about this size, one iovec each.
+const CHUNK: usize = 4 << 20;
+
+/// NF_IP_PRI_NAT_DST and NF_IP_PRI_NAT_SRC (as `text::base_chain_text`).
+const DSTNAT: i32 = -100;
+const SRCNAT: i32 = 100;
 
 /// A batch the kernel refused, or a socket failure.
 #[derive(Debug, thiserror::Error)]
@@ -143,10 +162,10 @@ impl NftNetlink {
 
     /// Send all commands as one batch: Ok only when the kernel committed all
     /// of it; on error nothing changed, and the error names the failing
-    /// command and the errno.
+    /// command (for a table replacement, the object in it) and the errno.
     pub fn apply(&mut self, commands: &[Command]) -> Result<(), NetlinkError> {
         if let Some(c) = commands.iter().find(|c| !supported(c)) {
-            return Err(NetlinkError::Unsupported(c.to_string().trim_end().into()));
+            return Err(NetlinkError::Unsupported(describe(c, None)));
         }
         let mut batch = Batch::new(self.seq);
         batch.control(NFNL_MSG_BATCH_BEGIN);
@@ -159,24 +178,45 @@ impl NftNetlink {
         batch.ack_last();
         batch.control(NFNL_MSG_BATCH_END);
         self.seq = batch.seq;
-        self.reserve(batch.buf.len())
-            .map_err(NetlinkError::Socket)?;
-        self.socket
-            .send(&batch.buf, 0)
-            .map_err(NetlinkError::Socket)?;
+        self.send(&batch.chunks).map_err(NetlinkError::Socket)?;
         let (first, last) = (batch.first, batch.last_seq());
         match self.read_answers(first, last)? {
             None => Ok(()),
             Some((seq, errno)) => {
                 let source = io::Error::from_raw_os_error(errno);
                 match batch.owners.get(seq.wrapping_sub(first) as usize).copied() {
-                    Some(Some(i)) => Err(NetlinkError::Command {
-                        command: commands[i].to_string().trim_end().into(),
+                    Some(Some((i, part))) => Err(NetlinkError::Command {
+                        command: describe(&commands[i], Some(part)),
                         source,
                     }),
                     _ => Err(NetlinkError::Batch(source)),
                 }
             }
+        }
+    }
+
+    /// The whole batch in one `sendmsg`, one iovec per chunk.
+    fn send(&mut self, chunks: &[Vec<u8>]) -> io::Result<()> {
+        let len: usize = chunks.iter().map(Vec::len).sum();
+        self.reserve(len)?;
+        let iov: Vec<libc::iovec> = chunks
+            .iter()
+            .map(|c| libc::iovec {
+                iov_base: c.as_ptr() as *mut libc::c_void,
+                iov_len: c.len(),
+            })
+            .collect();
+        // SAFETY: an all-zero msghdr is valid (no address, no control data).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = iov.len() as _;
+        // SAFETY: a valid socket fd; the iovecs point into `chunks`, alive
+        // and unchanged for the call.
+        let sent = unsafe { libc::sendmsg(self.socket.as_raw_fd(), &msg, 0) };
+        match usize::try_from(sent) {
+            Err(_) => Err(io::Error::last_os_error()),
+            Ok(n) if n != len => Err(io::Error::other(format!("sent {n} of {len} bytes"))),
+            Ok(_) => Ok(()),
         }
     }
 
@@ -209,7 +249,8 @@ impl NftNetlink {
         }
     }
 
-    /// A batch is one skb: the send buffer must hold all of it.
+    /// A batch is one skb: the send buffer must hold all of it (nft raises
+    /// it the same way).
     fn reserve(&mut self, len: usize) -> io::Result<()> {
         if len + 4096 <= self.sndbuf {
             return Ok(());
@@ -260,66 +301,152 @@ fn errors(buf: &[u8]) -> impl Iterator<Item = (u32, i32)> + '_ {
 
 fn supported(c: &Command) -> bool {
     match c {
-        Command::ReplaceTable(_) | Command::DropTable(_) => false,
-        Command::AddSet { set, .. } => {
-            set.kind != SetKind::Prefix && set.comment.as_ref().is_none_or(|c| c.len() < 255)
+        Command::ReplaceTable(t) => {
+            t.sets
+                .values()
+                .all(|s| set_fits(s) && s.elements.keys().all(|k| key_fits(k, t.family)))
+                && t.chains
+                    .values()
+                    .flat_map(|c| &c.rules)
+                    .all(|r| rule_fits(r, t.family))
         }
+        Command::AddSet { set, .. } => set_fits(set),
         Command::AddElements {
             family, elements, ..
         } => elements.iter().all(|(k, _)| key_fits(k, *family)),
         Command::DeleteElements { family, keys, .. } => keys.iter().all(|k| key_fits(k, *family)),
-        Command::AddChain { base, .. } => base.is_none(),
-        Command::DeleteSet { .. }
+        Command::AddRule { family, rule, .. } => rule_fits(rule, *family),
+        Command::DropTable(_)
+        | Command::AddChain { .. }
+        | Command::DeleteSet { .. }
         | Command::FlushSet { .. }
         | Command::FlushChain { .. }
         | Command::DeleteChain { .. } => true,
-        Command::AddRule { family, rule, .. } => {
-            let fits = |ip: &IpAddr| IpFamily::of(ip) == *family;
-            rule.comment.as_ref().is_none_or(|c| c.len() < 255)
-                && rule.matches.iter().all(|m| match m {
-                    Match::Addr(_, ip) => fits(ip),
-                    Match::SaddrInPrefix(c) => fits(&c.addr()),
-                    _ => true,
-                })
-                && rule.stmts.iter().all(|s| match s {
-                    Stmt::Dnat(ip, _) => fits(ip),
-                    _ => true,
-                })
-        }
     }
+}
+
+/// Userdata values are at most 255 bytes.
+fn set_fits(set: &Set) -> bool {
+    set.comment.as_ref().is_none_or(|c| c.len() < 255)
+}
+
+fn rule_fits(rule: &Rule, family: IpFamily) -> bool {
+    let fits = |ip: &IpAddr| IpFamily::of(ip) == family;
+    rule.comment.as_ref().is_none_or(|c| c.len() < 255)
+        && rule.matches.iter().all(|m| match m {
+            Match::Addr(_, ip) => fits(ip),
+            Match::SaddrInPrefix(c) => fits(&c.addr()),
+            _ => true,
+        })
+        && rule.stmts.iter().all(|s| match s {
+            Stmt::Dnat(ip, _) => fits(ip),
+            _ => true,
+        })
 }
 
 fn key_fits(key: &Key, family: IpFamily) -> bool {
     let fits = |ip: &IpAddr| IpFamily::of(ip) == family;
     match key {
-        Key::Prefix(_) => false,
+        Key::Prefix(c) => fits(&c.addr()),
         Key::Addr(a) | Key::AddrProtoPort(a, _, _) => fits(a),
         Key::AddrPair(a, b) => fits(a) && fits(b),
         Key::ProtoPort(_, _) => true,
     }
 }
 
-/// The messages of one batch, written into one buffer.
+/// A command as the error names it: its nft text, or for a table
+/// replacement the object `part` of it (see [`table_parts`]).
+fn describe(c: &Command, part: Option<usize>) -> String {
+    let Command::ReplaceTable(t) = c else {
+        return c.to_string().trim_end().into();
+    };
+    let fam = family_word(t.family);
+    let what = match part.and_then(|p| table_parts(t).nth(p)) {
+        None => return format!("replace table {fam} {TABLE}"),
+        Some(Part::Table(NEWTABLE)) => format!("add table {fam} {TABLE}"),
+        Some(Part::Table(_)) => format!("delete table {fam} {TABLE}"),
+        Some(Part::Chain(name, base)) => Command::AddChain {
+            family: t.family,
+            name: name.to_string(),
+            base: base.copied(),
+        }
+        .to_string(),
+        Some(Part::Set(name, set)) => {
+            let mut decl = Set::new(set.kind, set.comment.as_deref());
+            decl.timeout_seconds = set.timeout_seconds;
+            let add = Command::AddSet {
+                family: t.family,
+                name: name.to_string(),
+                set: decl,
+            };
+            format!("{} (or its elements)", add.to_string().trim_end())
+        }
+        Some(Part::Rule(chain, rule)) => {
+            format!(
+                "add rule {fam} {TABLE} {chain} {}",
+                rule_text(rule, t.family)
+            )
+        }
+    };
+    format!("replace table {fam} {TABLE}: {}", what.trim_end())
+}
+
+/// The objects of a table replacement in the order they are sent, as nft
+/// 1.0.6 does: the table (created if missing, deleted, created anew), the
+/// chains, each set followed by its elements, and the rules (map elements
+/// and rules reference chains and sets).
+enum Part<'a> {
+    Table(u16),
+    Chain(&'a str, Option<&'a BaseChain>),
+    Set(&'a str, &'a Set),
+    Rule(&'a str, &'a Rule),
+}
+
+fn table_parts(t: &Table) -> impl Iterator<Item = Part<'_>> {
+    let rules = t
+        .chains
+        .iter()
+        .flat_map(|(name, c)| c.rules.iter().map(move |r| Part::Rule(name, r)));
+    [NEWTABLE, DELTABLE, NEWTABLE]
+        .into_iter()
+        .map(Part::Table)
+        .chain(
+            t.chains
+                .iter()
+                .map(|(name, c)| Part::Chain(name, c.base.as_ref())),
+        )
+        .chain(t.sets.iter().map(|(name, s)| Part::Set(name, s)))
+        .chain(rules)
+}
+
+/// The messages of one batch, written into chunks of about [`CHUNK`] bytes.
 struct Batch {
-    buf: Vec<u8>,
+    chunks: Vec<Vec<u8>>,
     /// Sequence number of the batch-begin message.
     first: u32,
     /// The last sequence number used.
     seq: u32,
-    /// The command of each message, by `seq - first` (None: batch begin/end).
-    owners: Vec<Option<usize>>,
-    /// Where the last command message starts.
-    last: usize,
+    /// The command (and object of a table replacement, [`table_parts`]) of
+    /// each message, by `seq - first` (None: batch begin/end).
+    owners: Vec<Option<(usize, usize)>>,
+    /// The object of the command being encoded.
+    part: usize,
+    /// The last `NFTA_SET_ID` given (nft numbers the sets of a batch 1, 2, …).
+    set_id: u32,
+    /// Where the last message starts: chunk and offset.
+    last: (usize, usize),
 }
 
 impl Batch {
     fn new(seq: u32) -> Batch {
         Batch {
-            buf: Vec::new(),
+            chunks: Vec::new(),
             first: seq.wrapping_add(1),
             seq,
             owners: Vec::new(),
-            last: 0,
+            part: 0,
+            set_id: 0,
+            last: (0, 0),
         }
     }
 
@@ -341,9 +468,8 @@ impl Batch {
         body: impl FnOnce(&mut Attrs),
     ) {
         let proto = nfproto(family);
-        self.last = self.buf.len();
         self.message(
-            Some(owner),
+            Some((owner, self.part)),
             NFNL_SUBSYS_NFTABLES << 8 | msg,
             flags,
             proto,
@@ -354,7 +480,7 @@ impl Batch {
 
     fn message(
         &mut self,
-        owner: Option<usize>,
+        owner: Option<(usize, usize)>,
         kind: u16,
         flags: u16,
         family: u8,
@@ -363,25 +489,32 @@ impl Batch {
     ) {
         self.seq = self.seq.wrapping_add(1);
         self.owners.push(owner);
-        let start = self.buf.len();
-        self.buf.extend_from_slice(&[0; 4]);
-        self.buf.extend_from_slice(&kind.to_ne_bytes());
-        self.buf
-            .extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
-        self.buf.extend_from_slice(&self.seq.to_ne_bytes());
-        self.buf.extend_from_slice(&[0; 4]);
+        if self.chunks.last().is_none_or(|c| c.len() >= CHUNK) {
+            self.chunks.push(Vec::new());
+        }
+        let chunk = self.chunks.len() - 1;
+        let buf = &mut self.chunks[chunk];
+        let start = buf.len();
+        self.last = (chunk, start);
+        buf.extend_from_slice(&[0; 4]);
+        buf.extend_from_slice(&kind.to_ne_bytes());
+        buf.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
+        buf.extend_from_slice(&self.seq.to_ne_bytes());
+        buf.extend_from_slice(&[0; 4]);
         // nfgenmsg: family, version, res_id (big-endian).
-        self.buf.extend_from_slice(&[family, 0]);
-        self.buf.extend_from_slice(&res_id.to_be_bytes());
-        body(&mut Attrs(&mut self.buf));
-        let len = (self.buf.len() - start) as u32;
-        self.buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+        buf.extend_from_slice(&[family, 0]);
+        buf.extend_from_slice(&res_id.to_be_bytes());
+        body(&mut Attrs(buf));
+        let len = (buf.len() - start) as u32;
+        buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
     }
 
     fn ack_last(&mut self) {
-        let at = self.last + 6;
-        let flags = u16::from_ne_bytes([self.buf[at], self.buf[at + 1]]) | NLM_F_ACK;
-        self.buf[at..at + 2].copy_from_slice(&flags.to_ne_bytes());
+        let (chunk, start) = self.last;
+        let buf = &mut self.chunks[chunk];
+        let at = start + 6;
+        let flags = u16::from_ne_bytes([buf[at], buf[at + 1]]) | NLM_F_ACK;
+        buf[at..at + 2].copy_from_slice(&flags.to_ne_bytes());
     }
 }
 
@@ -393,13 +526,29 @@ fn nfproto(family: IpFamily) -> u8 {
 }
 
 fn encode(b: &mut Batch, i: usize, c: &Command) {
+    b.part = 0;
     match c {
-        Command::AddChain { family, name, .. } => {
-            b.command(i, NEWCHAIN, NLM_F_CREATE, *family, |a| {
-                a.str(A_TABLE, TABLE);
-                a.str(3, name); // NFTA_CHAIN_NAME
-            })
+        Command::ReplaceTable(t) => {
+            for (part, p) in table_parts(t).enumerate() {
+                b.part = part;
+                match p {
+                    Part::Table(msg) => table(b, i, msg, t.family),
+                    Part::Chain(name, base) => add_chain(b, i, t.family, name, base),
+                    Part::Set(name, set) => {
+                        let id = add_set(b, i, t.family, name, set);
+                        let elements = set.elements.iter().map(|(k, v)| (k, v.as_ref()));
+                        let elements = set_elements(t.family, elements, true);
+                        element_messages(b, i, NEWSETELEM, t.family, name, Some(id), &elements);
+                    }
+                    Part::Rule(chain, rule) => add_rule(b, i, t.family, chain, rule),
+                }
+            }
         }
+        Command::DropTable(family) => {
+            table(b, i, NEWTABLE, *family);
+            table(b, i, DELTABLE, *family);
+        }
+        Command::AddChain { family, name, base } => add_chain(b, i, *family, name, base.as_ref()),
         Command::FlushChain { family, name } => b.command(i, DELRULE, 0, *family, |a| {
             a.str(A_TABLE, TABLE);
             a.str(2, name); // NFTA_RULE_CHAIN
@@ -413,39 +562,16 @@ fn encode(b: &mut Batch, i: usize, c: &Command) {
             a.str(2, name); // NFTA_SET_NAME
         }),
         Command::AddSet { family, name, set } => {
-            let (key_type, key_len) = set_key(set.kind, *family);
-            let mut flags = if set.kind.is_map() { SET_MAP } else { 0 };
-            if set.timeout_seconds.is_some() {
-                flags |= SET_TIMEOUT | SET_EVAL;
-            }
-            b.command(i, NEWSET, NLM_F_CREATE, *family, |a| {
-                a.str(A_TABLE, TABLE);
-                a.str(2, name);
-                a.u32(3, flags); // NFTA_SET_FLAGS
-                a.u32(4, key_type); // NFTA_SET_KEY_TYPE
-                a.u32(5, key_len); // NFTA_SET_KEY_LEN
-                if set.kind.is_map() {
-                    a.u32(6, DATA_TYPE_VERDICT); // NFTA_SET_DATA_TYPE
-                    a.u32(7, 0); // NFTA_SET_DATA_LEN
-                }
-                // NFTA_SET_ID: the kernel requires one, unique in the batch.
-                a.u32(10, i as u32 + 1);
-                if let Some(t) = set.timeout_seconds {
-                    a.bytes(11, &(u64::from(t) * 1000).to_be_bytes()); // NFTA_SET_TIMEOUT (ms)
-                }
-                a.bytes(13, &set_userdata(set.kind, set.comment.as_deref())); // NFTA_SET_USERDATA
-            });
+            add_set(b, i, *family, name, set);
         }
         Command::AddElements {
             family,
             set,
             elements,
         } => {
-            for chunk in elements.chunks(ELEMENTS_PER_MESSAGE) {
-                b.command(i, NEWSETELEM, NLM_F_CREATE, *family, |a| {
-                    elements_body(a, set, chunk.iter().map(|(k, v)| (k, v.as_ref())));
-                });
-            }
+            let elements =
+                set_elements(*family, elements.iter().map(|(k, v)| (k, v.as_ref())), true);
+            element_messages(b, i, NEWSETELEM, *family, set, None, &elements);
         }
         // A DELSETELEM without an element list flushes the set.
         Command::FlushSet { family, name, .. } => b.command(i, DELSETELEM, 0, *family, |a| {
@@ -453,49 +579,229 @@ fn encode(b: &mut Batch, i: usize, c: &Command) {
             a.str(2, name); // NFTA_SET_ELEM_LIST_SET
         }),
         Command::DeleteElements { family, set, keys } => {
-            for chunk in keys.chunks(ELEMENTS_PER_MESSAGE) {
-                b.command(i, DELSETELEM, 0, *family, |a| {
-                    elements_body(a, set, chunk.iter().map(|k| (k, None)));
-                });
-            }
+            let elements = set_elements(*family, keys.iter().map(|k| (k, None)), false);
+            element_messages(b, i, DELSETELEM, *family, set, None, &elements);
         }
         Command::AddRule {
             family,
             chain,
             rule,
-        } => b.command(i, NEWRULE, NLM_F_CREATE | NLM_F_APPEND, *family, |a| {
-            a.str(A_TABLE, TABLE);
-            a.str(2, chain); // NFTA_RULE_CHAIN
-            a.nest(4, |e| rule_exprs(e, *family, rule)); // NFTA_RULE_EXPRESSIONS
-            if let Some(c) = &rule.comment {
-                let mut u = Vec::new();
-                tlv(&mut u, 0, &cstr(c)); // NFTNL_UDATA_RULE_COMMENT
-                a.bytes(7, &u); // NFTA_RULE_USERDATA
-            }
-        }),
-        // Refused by `supported`.
-        Command::ReplaceTable(_) | Command::DropTable(_) => {}
+        } => add_rule(b, i, *family, chain, rule),
     }
 }
 
-/// `NFTA_SET_ELEM_LIST_{TABLE,SET,ELEMENTS}`.
-fn elements_body<'a>(
-    a: &mut Attrs,
-    set: &str,
-    elements: impl Iterator<Item = (&'a Key, Option<&'a Verdict>)>,
-) {
-    a.str(A_TABLE, TABLE);
-    a.str(2, set);
-    a.nest(3, |l| {
-        for (key, value) in elements {
-            l.nest(LIST_ELEM, |e| {
-                e.value(1, &key_bytes(key)); // NFTA_SET_ELEM_KEY
-                if let Some(v) = value {
-                    e.verdict(2, v); // NFTA_SET_ELEM_DATA
-                }
-            });
+/// `NEWTABLE` (created if missing: no `NLM_F_EXCL`) or `DELTABLE`.
+fn table(b: &mut Batch, i: usize, msg: u16, family: IpFamily) {
+    let flags = if msg == NEWTABLE { NLM_F_CREATE } else { 0 };
+    b.command(i, msg, flags, family, |a| {
+        a.str(1, TABLE); // NFTA_TABLE_NAME
+        if msg == NEWTABLE {
+            a.u32(2, 0); // NFTA_TABLE_FLAGS
         }
     });
+}
+
+fn add_chain(b: &mut Batch, i: usize, family: IpFamily, name: &str, base: Option<&BaseChain>) {
+    b.command(i, NEWCHAIN, NLM_F_CREATE, family, |a| {
+        a.str(A_TABLE, TABLE);
+        a.str(3, name); // NFTA_CHAIN_NAME
+        let Some(base) = base else {
+            return;
+        };
+        let kind = match base.kind {
+            ChainType::Filter => "filter",
+            ChainType::Nat => "nat",
+        };
+        // NF_INET_* hook numbers.
+        let hook: u32 = match base.hook {
+            Hook::Prerouting => 0,
+            Hook::Input => 1,
+            Hook::Forward => 2,
+            Hook::Output => 3,
+            Hook::Postrouting => 4,
+        };
+        let priority = match base.priority {
+            Priority::Dstnat(o) => DSTNAT + o,
+            Priority::Srcnat(o) => SRCNAT + o,
+        };
+        a.str(7, kind); // NFTA_CHAIN_TYPE
+        a.u32(5, 1); // NFTA_CHAIN_POLICY: NF_ACCEPT
+        a.nest(4, |h| {
+            // NFTA_CHAIN_HOOK: NFTA_HOOK_HOOKNUM, _PRIORITY.
+            h.u32(1, hook);
+            h.u32(2, priority as u32);
+        });
+    });
+}
+
+/// `NEWSET`; its `NFTA_SET_ID`.
+fn add_set(b: &mut Batch, i: usize, family: IpFamily, name: &str, set: &Set) -> u32 {
+    let (key_type, key_len) = set_key(set.kind, family);
+    let mut flags = if set.kind.is_map() { SET_MAP } else { 0 };
+    if set.kind == SetKind::Prefix {
+        flags |= SET_INTERVAL;
+    }
+    if set.timeout_seconds.is_some() {
+        flags |= SET_TIMEOUT | SET_EVAL;
+    }
+    b.set_id += 1;
+    let id = b.set_id;
+    b.command(i, NEWSET, NLM_F_CREATE, family, |a| {
+        a.str(A_TABLE, TABLE);
+        a.str(2, name);
+        a.u32(3, flags); // NFTA_SET_FLAGS
+        a.u32(4, key_type); // NFTA_SET_KEY_TYPE
+        a.u32(5, key_len); // NFTA_SET_KEY_LEN
+        if set.kind.is_map() {
+            a.u32(6, DATA_TYPE_VERDICT); // NFTA_SET_DATA_TYPE
+            a.u32(7, 0); // NFTA_SET_DATA_LEN
+        }
+        // NFTA_SET_ID: the kernel requires one, unique in the batch.
+        a.u32(10, id);
+        if let Some(t) = set.timeout_seconds {
+            a.bytes(11, &(u64::from(t) * 1000).to_be_bytes()); // NFTA_SET_TIMEOUT (ms)
+        }
+        a.bytes(13, &set_userdata(set.kind, set.comment.as_deref())); // NFTA_SET_USERDATA
+    });
+    id
+}
+
+fn add_rule(b: &mut Batch, i: usize, family: IpFamily, chain: &str, rule: &Rule) {
+    b.command(i, NEWRULE, NLM_F_CREATE | NLM_F_APPEND, family, |a| {
+        a.str(A_TABLE, TABLE);
+        a.str(2, chain); // NFTA_RULE_CHAIN
+        a.nest(4, |e| rule_exprs(e, family, rule)); // NFTA_RULE_EXPRESSIONS
+        if let Some(c) = &rule.comment {
+            let mut u = Vec::new();
+            tlv(&mut u, 0, &cstr(c)); // NFTNL_UDATA_RULE_COMMENT
+            a.bytes(7, &u); // NFTA_RULE_USERDATA
+        }
+    });
+}
+
+/// One set element as sent.
+struct Element<'a> {
+    key: Vec<u8>,
+    /// `NFT_SET_ELEM_INTERVAL_END`: the interval before ends here.
+    end: bool,
+    /// The interval reaches the last address (no end element follows).
+    open: bool,
+    value: Option<&'a Verdict>,
+}
+
+/// The elements nft 1.0.6 sends for these keys. A prefix is an interval:
+/// its start, and an end element at the address after it (none for a
+/// prefix reaching the last address: its start says so in its userdata).
+/// Adds are sorted, and unless one starts at the zero address they begin
+/// with an end element there (nft sends it to a set that does not hold it
+/// yet; the kernel takes the same element again as a no-op).
+fn set_elements<'a>(
+    family: IpFamily,
+    keys: impl Iterator<Item = (&'a Key, Option<&'a Verdict>)>,
+    add: bool,
+) -> Vec<Element<'a>> {
+    let bits: u32 = match family {
+        IpFamily::V4 => 32,
+        IpFamily::V6 => 128,
+    };
+    let addr = |n: u128| match family {
+        IpFamily::V4 => (n as u32).to_be_bytes().to_vec(),
+        IpFamily::V6 => n.to_be_bytes().to_vec(),
+    };
+    let mut plain = Vec::new();
+    let mut intervals = Vec::new();
+    for (key, value) in keys {
+        match key {
+            Key::Prefix(c) => {
+                let start = match c.addr() {
+                    IpAddr::V4(a) => u128::from(u32::from(a)),
+                    IpAddr::V6(a) => u128::from(a),
+                };
+                let end = 1u128
+                    .checked_shl(bits - u32::from(c.prefix()))
+                    .and_then(|size| start.checked_add(size))
+                    .filter(|e| bits == 128 || *e < 1 << 32);
+                intervals.push((start, end));
+            }
+            _ => plain.push(Element {
+                key: key_bytes(key),
+                end: false,
+                open: false,
+                value,
+            }),
+        }
+    }
+    if add {
+        intervals.sort_unstable();
+        if intervals.first().is_some_and(|(start, _)| *start != 0) {
+            plain.push(Element {
+                key: addr(0),
+                end: true,
+                open: false,
+                value: None,
+            });
+        }
+    }
+    for (start, end) in intervals {
+        plain.push(Element {
+            key: addr(start),
+            end: false,
+            open: end.is_none(),
+            value: None,
+        });
+        if let Some(end) = end {
+            plain.push(Element {
+                key: addr(end),
+                end: true,
+                open: false,
+                value: None,
+            });
+        }
+    }
+    plain
+}
+
+/// `NEWSETELEM`/`DELSETELEM` messages (`NFTA_SET_ELEM_LIST_{TABLE,SET,SET_ID,ELEMENTS}`);
+/// nft numbers the elements of a message 1, 2, ….
+fn element_messages(
+    b: &mut Batch,
+    i: usize,
+    msg: u16,
+    family: IpFamily,
+    set: &str,
+    set_id: Option<u32>,
+    elements: &[Element],
+) {
+    let flags = if msg == NEWSETELEM { NLM_F_CREATE } else { 0 };
+    for chunk in elements.chunks(ELEMENTS_PER_MESSAGE) {
+        b.command(i, msg, flags, family, |a| {
+            a.str(A_TABLE, TABLE);
+            a.str(2, set);
+            if let Some(id) = set_id {
+                a.u32(4, id);
+            }
+            a.nest(3, |l| {
+                for (n, e) in chunk.iter().enumerate() {
+                    l.nest(n as u16 + 1, |x| {
+                        if e.end {
+                            x.u32(3, 1); // NFTA_SET_ELEM_FLAGS: NFT_SET_ELEM_INTERVAL_END
+                        }
+                        x.value(1, &e.key); // NFTA_SET_ELEM_KEY
+                        if let Some(v) = e.value {
+                            x.verdict(2, v); // NFTA_SET_ELEM_DATA
+                        }
+                        if e.open {
+                            // NFTA_SET_ELEM_USERDATA: NFTNL_UDATA_SET_ELEM_FLAGS,
+                            // NFTNL_SET_ELEM_F_INTERVAL_OPEN.
+                            let mut u = Vec::new();
+                            tlv(&mut u, 1, &1u32.to_ne_bytes());
+                            x.bytes(6, &u);
+                        }
+                    });
+                }
+            });
+        });
+    }
 }
 
 /// nft's key datatype (concatenations: 6 bits per field) and key length
@@ -579,7 +885,7 @@ fn key_bytes(key: &Key) -> Vec<u8> {
         Key::AddrPair(a, b) => [ip_bytes(a), ip_bytes(b)].concat(),
         Key::AddrProtoPort(a, p, port) => [ip_bytes(a), proto_port(p, port)].concat(),
         Key::ProtoPort(p, port) => proto_port(p, port),
-        // Refused by `supported`.
+        // Intervals: see `set_elements`.
         Key::Prefix(c) => ip_bytes(&c.addr()),
     }
 }

@@ -156,16 +156,24 @@ fn every_expression(edited: bool) -> Vec<Table> {
     let mut tables = Vec::new();
     for family in [IpFamily::V4, IpFamily::V6] {
         let mut t = Table::new(family);
-        let (a, b, prefixes) = match family {
+        let (a, b, prefixes, ranges) = match family {
             IpFamily::V4 => (
                 ip("10.0.1.5"),
                 ip("10.0.2.5"),
                 ["10.20.0.0/20", "10.0.0.0/8", "10.0.0.1/32", "0.0.0.0/0"],
+                // Adjacent, a single address, and one reaching the last address.
+                ["10.0.0.0/9", "10.128.0.0/9", "192.0.2.1/32", "240.0.0.0/4"],
             ),
             IpFamily::V6 => (
                 ip("fd00:10::5"),
                 ip("fd00:10::6"),
                 ["fd00:20::/60", "fd00::/64", "fd00:10::5/128", "::/0"],
+                [
+                    "fd00::/64",
+                    "fd00:0:0:1::/64",
+                    "fd00:10::5/128",
+                    "ffff::/16",
+                ],
             ),
         };
         let mut add_set = |name: &str,
@@ -189,6 +197,16 @@ fn every_expression(edited: bool) -> Vec<Table> {
             vec![(Key::Addr(a), None), (Key::Addr(b), None)],
         );
         add_set("nl-affinity", SetKind::Addr, Some(30), None, vec![]);
+        add_set(
+            "nl-ranges",
+            SetKind::Prefix,
+            None,
+            Some("ranges"),
+            ranges
+                .iter()
+                .map(|c| (Key::Prefix(cidr(c)), None))
+                .collect(),
+        );
         add_set(
             "nl-pairs",
             SetKind::AddrPair,
@@ -377,9 +395,9 @@ fn every_expression_step(old: Option<&[Table]>, new: Option<&[Table]>) -> Transa
     tx
 }
 
-/// Steps (the table before, as nft text, and the incremental commands) that
-/// cover every command, match, statement, key and verdict (checked by the test).
-fn scenarios() -> Vec<(&'static str, String, Vec<Command>)> {
+/// The sample ruleset and variants of it: changed endpoints, no endpoints,
+/// session affinity, IPv6 services, source ranges.
+fn rulesets() -> [Ruleset; 6] {
     let base = sample_ruleset();
     let mut changed = base.clone();
     changed.services[0].backends[1] = endpoint(19, "10.0.9.5", "node-z");
@@ -419,7 +437,13 @@ fn scenarios() -> Vec<(&'static str, String, Vec<Command>)> {
     ranges.services[1].load_balancer_source_ranges =
         vec![cidr("10.20.0.0/20"), cidr("198.51.100.0/24")];
     ranges.services[0].node_port = Some(30090);
+    [base, changed, emptied, sticky, v6, ranges]
+}
 
+/// Steps (the table before, as nft text, and the incremental commands) that
+/// cover every command, match, statement, key and verdict (checked by the test).
+fn scenarios() -> Vec<(&'static str, String, Vec<Command>)> {
+    let [base, changed, emptied, sticky, v6, ranges] = rulesets();
     let pairs = vec![
         (
             "an endpoint change and a removed service",
@@ -452,6 +476,14 @@ fn scenarios() -> Vec<(&'static str, String, Vec<Command>)> {
             (what, full, step.tx.commands)
         })
         .collect();
+    // The periodic resync: everything rewritten in place (sets flushed).
+    let resync = crate::backend::nftables::resync(&Applied::of(plan(&base)), &plan(&emptied));
+    assert!(resync.replaced.is_empty(), "in place");
+    steps.push((
+        "the periodic resync, in place",
+        transaction(None, &plan(&base)).tx.text(),
+        resync.tx.commands,
+    ));
     // Every expression added to the sample table, edited, and removed.
     let base_text = transaction(None, &plan(&base)).tx.text();
     let (every, edited) = (every_expression(false), every_expression(true));
@@ -553,6 +585,7 @@ fn incremental_transactions_over_netlink_leave_what_nft_leaves() {
         "AddSet",
         "AddSet timeout",
         "DeleteSet",
+        "FlushSet",
         "AddElements",
         "DeleteElements",
         "AddChain",
@@ -590,6 +623,7 @@ fn incremental_transactions_over_netlink_leave_what_nft_leaves() {
         // Keys and element values.
         "AddrPair",
         "AddrProtoPort",
+        "Prefix",
         "ProtoPort",
         "element Accept",
         "element Drop",
@@ -717,38 +751,44 @@ fn a_failing_command_aborts_the_batch_and_is_named() {
 fn what_netlink_cannot_send_is_refused_before_sending() {
     let base = plan(&sample_ruleset());
     let full = transaction(None, &base).tx.commands;
-    assert!(!NftNetlink::supports(&full), "table replacement");
-    let prefix_set = Command::AddSet {
-        family: IpFamily::V4,
-        name: "ranges".to_string(),
-        set: Set::new(SetKind::Prefix, None),
-    };
-    let prefix_element = Command::AddElements {
-        family: IpFamily::V4,
-        set: "ranges".to_string(),
-        elements: vec![(Key::Prefix(cidr("10.0.0.0/8")), None)],
-    };
-    let base_chain = Command::AddChain {
-        family: IpFamily::V4,
-        name: "hook".to_string(),
-        base: Some(BaseChain {
-            kind: ChainType::Filter,
-            hook: Hook::Input,
-            priority: Priority::Dstnat(0),
-        }),
-    };
-    let wrong_family = Command::AddRule {
+    assert!(NftNetlink::supports(&full), "table replacement");
+    let dnat = Rule::new(vec![], vec![Stmt::Dnat(ip("fd00::1"), 80)]);
+    let wrong_rule = Command::AddRule {
         family: IpFamily::V4,
         chain: "c".to_string(),
-        rule: Rule::new(vec![], vec![Stmt::Dnat(ip("fd00::1"), 80)]),
+        rule: dnat.clone(),
     };
-    for c in [prefix_set, prefix_element, base_chain, wrong_family] {
+    let wrong_prefix = Command::AddElements {
+        family: IpFamily::V4,
+        set: "ranges".to_string(),
+        elements: vec![(Key::Prefix(cidr("fd00::/64")), None)],
+    };
+    let mut table = Table::new(IpFamily::V4);
+    table.push("c", dnat);
+    let wrong_table = Command::ReplaceTable(std::sync::Arc::new(table));
+    for c in [wrong_rule, wrong_prefix, wrong_table] {
         assert!(!NftNetlink::supports(std::slice::from_ref(&c)), "{c}");
     }
-    let mut sticky = sample_ruleset();
-    sticky.services[0].backends.pop();
-    let step = transaction(Some(&Applied::of(base)), &plan(&sticky));
-    assert!(NftNetlink::supports(&step.tx.commands));
+}
+
+/// The messages of a batch of `commands` (nfgenmsg and attributes, hex),
+/// batch begin and end left out.
+fn message_hex(commands: &[Command]) -> Vec<String> {
+    let mut batch = super::Batch::new(0);
+    for (i, command) in commands.iter().enumerate() {
+        super::encode(&mut batch, i, command);
+    }
+    let mut messages = Vec::new();
+    for chunk in &batch.chunks {
+        let mut rest = chunk.as_slice();
+        while !rest.is_empty() {
+            let len = u32::from_ne_bytes(rest[..4].try_into().unwrap()) as usize;
+            let hex: String = rest[16..len].iter().map(|b| format!("{b:02x}")).collect();
+            messages.push(hex);
+            rest = &rest[len..];
+        }
+    }
+    messages
 }
 
 /// Set userdata is partly invisible in `nft list`, so sets are compared byte
@@ -801,18 +841,245 @@ fn sets_are_encoded_byte_for_byte_as_nft_does() {
             "0a0000000f000100737769746368796172640000080002006870360008000300000000000800040000000208080005000000002008000a000000000814000d00000400000000030800040d0000000100",
         ),
     ];
-    let mut batch = super::Batch::new(0);
-    for (i, (command, _)) in cases.iter().enumerate() {
-        super::encode(&mut batch, i, command);
-    }
-    let mut messages = Vec::new();
-    let mut rest = batch.buf.as_slice();
-    while !rest.is_empty() {
-        let len = u32::from_ne_bytes(rest[..4].try_into().unwrap()) as usize;
-        let hex: String = rest[16..len].iter().map(|b| format!("{b:02x}")).collect();
-        messages.push(hex);
-        rest = &rest[len..];
-    }
+    let commands: Vec<Command> = cases.iter().map(|(c, _)| c.clone()).collect();
+    let messages = message_hex(&commands);
     let expected: Vec<&str> = cases.iter().map(|(_, hex)| *hex).collect();
     assert_eq!(messages, expected);
+}
+
+/// Table replacement and removal, base chains, and interval sets and their
+/// elements (the zero-address end element nft adds, adjacent prefixes, one
+/// reaching the last address) as `nft --debug=mnl -f` 1.0.6 sends them for
+/// [`Command`]'s text (elements numbered in their message, as libnftnl does;
+/// rules in a replacement are left out: nft also names their sets by batch id).
+#[test]
+fn base_chains_and_interval_sets_are_encoded_byte_for_byte_as_nft_does() {
+    let mut v4 = Table::new(IpFamily::V4);
+    v4.set("local", SetKind::Prefix, "local ranges");
+    for c in ["10.128.0.0/9", "10.0.0.0/9", "192.0.2.1/32", "240.0.0.0/4"] {
+        v4.element("local", Key::Prefix(cidr(c)), None);
+    }
+    let base = |kind, hook, priority| Chain {
+        base: Some(BaseChain {
+            kind,
+            hook,
+            priority,
+        }),
+        rules: Vec::new(),
+    };
+    let chains = [
+        (
+            "filter-input",
+            ChainType::Filter,
+            Hook::Input,
+            Priority::Dstnat(-10),
+        ),
+        (
+            "filter-output",
+            ChainType::Filter,
+            Hook::Output,
+            Priority::Dstnat(10),
+        ),
+        (
+            "filter-forward",
+            ChainType::Filter,
+            Hook::Forward,
+            Priority::Dstnat(-10),
+        ),
+        (
+            "nat-prerouting",
+            ChainType::Nat,
+            Hook::Prerouting,
+            Priority::Dstnat(0),
+        ),
+        (
+            "nat-postrouting",
+            ChainType::Nat,
+            Hook::Postrouting,
+            Priority::Srcnat(0),
+        ),
+    ];
+    for (name, kind, hook, priority) in chains {
+        v4.chains
+            .insert(name.to_string(), base(kind, hook, priority));
+    }
+    let mut v6 = Table::new(IpFamily::V6);
+    v6.set("any", SetKind::Prefix, "everything");
+    v6.element("any", Key::Prefix(cidr("::/0")), None);
+    let commands = vec![
+        Command::ReplaceTable(std::sync::Arc::new(v4)),
+        Command::ReplaceTable(std::sync::Arc::new(v6)),
+        Command::DeleteElements {
+            family: IpFamily::V4,
+            set: "local".to_string(),
+            keys: vec![
+                Key::Prefix(cidr("240.0.0.0/4")),
+                Key::Prefix(cidr("10.0.0.0/9")),
+            ],
+        },
+        Command::DropTable(IpFamily::V6),
+    ];
+    let expected = [
+        "020000000f0001007377697463687961726400000800020000000000",
+        "020000000f000100737769746368796172640000",
+        "020000000f0001007377697463687961726400000800020000000000",
+        "020000000f0001007377697463687961726400001300030066696c7465722d666f727761726400000b00070066696c7465720000080005000000000114000480080001000000000208000200ffffff92",
+        "020000000f0001007377697463687961726400001100030066696c7465722d696e707574000000000b00070066696c7465720000080005000000000114000480080001000000000108000200ffffff92",
+        "020000000f0001007377697463687961726400001200030066696c7465722d6f75747075740000000b00070066696c7465720000080005000000000114000480080001000000000308000200ffffffa6",
+        "020000000f000100737769746368796172640000140003006e61742d706f7374726f7574696e6700080007006e61740008000500000000011400048008000100000000040800020000000064",
+        "020000000f000100737769746368796172640000130003006e61742d707265726f7574696e670000080007006e617400080005000000000114000480080001000000000008000200ffffff9c",
+        "020000000f0001007377697463687961726400000a0002006c6f63616c00000008000300000000040800040000000007080005000000000408000a000000000119000d00000402000000070d6c6f63616c2072616e67657300000000",
+        "020000000f0001007377697463687961726400000a0002006c6f63616c0000000800040000000001b00003801800018008000300000000010c0001800800010000000000100002800c000180080001000a0000001800038008000300000000010c000180080001000a800000100004800c000180080001000a8000001800058008000300000000010c000180080001000b000000100006800c00018008000100c00002011800078008000300000000010c00018008000100c00002021c0008800c00018008000100f00000000a0006000104010000000000",
+        "0a0000000f0001007377697463687961726400000800020000000000",
+        "0a0000000f000100737769746368796172640000",
+        "0a0000000f0001007377697463687961726400000800020000000000",
+        "0a0000000f00010073776974636879617264000008000200616e790008000300000000040800040000000008080005000000001008000a000000000217000d00000402000000070b65766572797468696e670000",
+        "0a0000000f00010073776974636879617264000008000200616e790008000400000000022c000380280001801800018014000100000000000000000000000000000000000a0006000104010000000000",
+        // From a later `nft -f` (in the same one, nft 1.0.6 sends the set's
+        // elements again instead of deleting any).
+        "020000000f0001007377697463687961726400000a0002006c6f63616c000000480003801c0001800c00018008000100f00000000a0006000104010000000000100002800c000180080001000a0000001800038008000300000000010c000180080001000a800000",
+        "0a0000000f0001007377697463687961726400000800020000000000",
+        "0a0000000f000100737769746368796172640000",
+    ];
+    assert_eq!(message_hex(&commands), expected);
+}
+
+/// `nft list ruleset` of both namespaces, and their listings while tables exist.
+fn assert_same(what: &str, by_netlink: &Netns, by_nft: &Netns) {
+    let (got, want) = (by_netlink.listing(), by_nft.listing());
+    if got != want {
+        let diff: Vec<String> = got
+            .lines()
+            .zip(want.lines())
+            .filter(|(g, w)| g != w)
+            .take(10)
+            .map(|(g, w)| format!("netlink: {g}\n    nft: {w}"))
+            .collect();
+        panic!("{what}: listings differ:\n{}", diff.join("\n"));
+    }
+}
+
+#[test]
+fn full_syncs_over_netlink_leave_what_nft_leaves() {
+    let Some(by_netlink) = Netns::create("full-netlink") else {
+        return;
+    };
+    let Some(by_nft) = Netns::create("full-nft") else {
+        return;
+    };
+    let mut rulesets = rulesets().to_vec();
+    rulesets.push(Ruleset::default());
+    rulesets.push(sample_ruleset());
+    // Into empty namespaces first, then each over the one before.
+    for (n, rs) in rulesets.iter().enumerate() {
+        let tx = transaction(None, &plan(rs)).tx;
+        assert!(tx.replaces_tables());
+        assert!(NftNetlink::supports(&tx.commands), "ruleset {n}");
+        by_nft.nft(&tx.text());
+        let commands = tx.commands;
+        by_netlink
+            .netlink(move |nl| nl.apply(&commands))
+            .unwrap_or_else(|e| panic!("ruleset {n}: {e}"));
+        assert_same(&format!("ruleset {n}"), &by_netlink, &by_nft);
+    }
+
+    // Elements added to a replaced interval set (which holds the zero end
+    // element already: nft leaves it out, netlink sends it again).
+    let ranges = vec![Command::AddElements {
+        family: IpFamily::V4,
+        set: render::LOCAL_RANGES.to_string(),
+        elements: vec![
+            (Key::Prefix(cidr("192.168.0.0/16")), None),
+            (Key::Prefix(cidr("224.0.0.0/3")), None),
+        ],
+    }];
+    by_nft.nft(&ranges[0].to_string());
+    by_netlink.netlink(move |nl| nl.apply(&ranges)).unwrap();
+    assert_same("prefixes added", &by_netlink, &by_nft);
+
+    let drop = vec![
+        Command::DropTable(IpFamily::V4),
+        Command::DropTable(IpFamily::V6),
+    ];
+    let twice = [drop.clone(), drop].concat();
+    by_netlink
+        .netlink(move |nl| nl.apply(&twice))
+        .expect("dropping absent tables is no error");
+    assert_eq!(by_netlink.sh("nft list ruleset"), "");
+}
+
+/// 20k services × 5 endpoints in one batch (~150k rules and elements per
+/// family): accepted whole; the time against `nft -f` of the same text is
+/// printed, not asserted.
+#[test]
+fn a_large_full_sync_goes_over_netlink() {
+    let Some(by_netlink) = Netns::create("large-netlink") else {
+        return;
+    };
+    let Some(by_nft) = Netns::create("large-nft") else {
+        return;
+    };
+    let mut next = 0;
+    let services = (0..20_000u32)
+        .map(|s| {
+            let endpoints = (0..5)
+                .map(|_| {
+                    next += 1;
+                    let ip = std::net::Ipv4Addr::from(0x0a40_0000 + next);
+                    endpoint(next, &ip.to_string(), "node-b")
+                })
+                .collect();
+            let vip = format!("172.30.{}.{}", s / 250, s % 250 + 1);
+            service(s + 1, &format!("svc-{s}"), &vip, endpoints)
+        })
+        .collect();
+    let plan = plan(&Ruleset { services });
+    let chains = plan.table(IpFamily::V4).unwrap().chains.len();
+    let tx = transaction(None, &plan).tx;
+    let text = tx.text();
+    let commands = tx.commands;
+
+    let started = std::time::Instant::now();
+    by_netlink
+        .netlink(move |nl| nl.apply(&commands))
+        .expect("the large batch");
+    let netlink = started.elapsed();
+    let started = std::time::Instant::now();
+    by_nft.nft(&text);
+    let nft = started.elapsed();
+    eprintln!(
+        "20k services x 5 endpoints, {} MB of nft text: netlink {netlink:?}, nft -f {nft:?}",
+        text.len() >> 20
+    );
+
+    let listed = by_netlink.sh("nft list table ip switchyard");
+    let listed = listed.lines().filter(|l| l.starts_with("\tchain ")).count();
+    assert_eq!(listed, chains);
+}
+
+#[test]
+fn a_failing_table_replacement_changes_nothing_and_names_the_object() {
+    let Some(ns) = Netns::create("fail-full") else {
+        return;
+    };
+    let base = plan(&sample_ruleset());
+    ns.nft(&transaction(None, &base).tx.text());
+    let before = ns.listing();
+    let mut table = base.table(IpFamily::V4).unwrap();
+    table.push(
+        "services",
+        Rule::new(vec![], vec![Stmt::Verdict(Verdict::Jump("nowhere".into()))]),
+    );
+    let bad = vec![Command::ReplaceTable(std::sync::Arc::new(table))];
+    match ns.netlink(move |nl| nl.apply(&bad)) {
+        Err(NetlinkError::Command { command, source }) => {
+            assert_eq!(
+                command,
+                "replace table ip switchyard: add rule ip switchyard services jump nowhere"
+            );
+            assert_eq!(source.raw_os_error(), Some(libc::ENOENT), "{source}");
+        }
+        other => panic!("expected the rule to fail: {other:?}"),
+    }
+    assert_eq!(ns.listing(), before, "the failed batch changed nothing");
 }

@@ -16,6 +16,8 @@ mod trace;
 #[cfg(test)]
 mod netns_tests;
 #[cfg(test)]
+mod testns;
+#[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
@@ -187,19 +189,11 @@ pub struct Step {
 
 /// The transaction turning `old` (what is applied, if known) into `new`.
 pub fn transaction(old: Option<&Applied>, new: &Plan) -> Step {
-    let mut step = Step {
-        tx: Transaction::default(),
-        full: true,
-        replaced: Vec::new(),
-        flushed: Vec::new(),
-        index: Vec::new(),
-        service_rules: 0,
-    };
     let changed = old.map(|o| diff::changed_services(&o.plan, new));
-    step.service_rules = match (old, &changed) {
+    let mut step = Step::new(match (old, &changed) {
         (Some(o), Some(c)) => o.service_rules_after(c),
         _ => new.service_rule_count(),
-    };
+    });
     for family in new.families() {
         let incremental = old
             .zip(changed.as_deref())
@@ -218,6 +212,18 @@ pub fn transaction(old: Option<&Applied>, new: &Plan) -> Step {
 }
 
 impl Step {
+    /// A full, empty step.
+    fn new(service_rules: usize) -> Step {
+        Step {
+            tx: Transaction::default(),
+            full: true,
+            replaced: Vec::new(),
+            flushed: Vec::new(),
+            index: Vec::new(),
+            service_rules,
+        }
+    }
+
     /// Rewrite `family`'s table by replacing it.
     fn replace(&mut self, new: &Plan, family: IpFamily) {
         if let Some((table, update)) = diff::full_table(new, family) {
@@ -231,14 +237,7 @@ impl Step {
 /// The periodic resync: every table rewritten in place from `new`, keeping
 /// session-affinity entries (a table replacement would drop them).
 pub fn resync(old: &Applied, new: &Plan) -> Step {
-    let mut step = Step {
-        tx: Transaction::default(),
-        full: true,
-        replaced: Vec::new(),
-        flushed: Vec::new(),
-        index: Vec::new(),
-        service_rules: new.service_rule_count(),
-    };
+    let mut step = Step::new(new.service_rule_count());
     for family in new.families() {
         match diff::rewrite_family(old, new, family, &mut step.tx) {
             Some((removed, update)) => {

@@ -1,14 +1,10 @@
 //! Real kernel: an incremental transaction sent over netlink leaves exactly
 //! what `nft -f` leaves for the same transaction, and a failing batch changes
-//! nothing and names its command. Everything runs in `synl<pid>-…`
-//! namespaces (the socket is opened on a thread inside one); skipped, loudly,
-//! when not root.
+//! nothing and names its command. Everything runs in `synft<pid>-nl-…`
+//! namespaces (`testns`: the socket is opened on a thread inside one);
+//! skipped, loudly, when not root.
 
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::io::Write;
-use std::os::fd::AsRawFd;
-use std::process::{Command as Process, Stdio};
 
 use switchyard_api::ruleset::{IpFamily, Protocol, Ruleset, SessionAffinity, TrafficPolicy};
 
@@ -18,131 +14,44 @@ use crate::backend::nftables::ir::{
     BaseChain, Chain, ChainType, Dir, Hook, Key, Match, Plan, Priority, Rule, Set, SetKind, Stmt,
     Table, Verdict,
 };
+use crate::backend::nftables::testns::{Netns, node_and_pod, vip_reply};
 use crate::backend::nftables::tests::{
     cidr, endpoint, ip, linked, sample_ruleset, service, settings,
 };
 use crate::backend::nftables::text::{Command, Transaction};
 use crate::backend::nftables::{render, transaction};
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// A namespace removed on drop, also when the test panics.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn create(suffix: &str) -> Option<Netns> {
-        if !is_root() {
-            eprintln!("SKIP: nf_tables netlink tests need root");
-            return None;
-        }
-        let name = format!("synl{}-{suffix}", std::process::id());
-        let ok = Process::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "ip netns add {name}");
-        let ns = Netns { name };
-        ns.sh("ip link set lo up");
-        Some(ns)
-    }
-
-    /// Run a shell command inside the namespace, returning stdout; panics on failure.
-    fn sh(&self, cmd: &str) -> String {
-        let out = Process::new("ip")
-            .args(["netns", "exec", &self.name, "sh", "-c", cmd])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{cmd}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// `nft -f -` inside the namespace; panics on failure.
-    fn nft(&self, script: &str) {
-        let mut child = Process::new("ip")
-            .args(["netns", "exec", &self.name, "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "nft -f: {}\n{script}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Run `f` with a socket opened on a thread inside the namespace.
-    fn netlink<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut NftNetlink) -> R + Send + 'static,
-    ) -> R {
-        let file = File::open(format!("/run/netns/{}", self.name)).unwrap();
-        std::thread::spawn(move || {
-            // SAFETY: setns with a valid netns fd changes only this thread's namespace.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f(&mut NftNetlink::open().unwrap())
-        })
-        .join()
-        .unwrap()
-    }
-
-    /// Both tables as `nft list` prints them, and their bytecode
-    /// (`--debug=netlink`; elements sorted, as they come in hash order, and
-    /// rule handles dropped).
-    fn listing(&self) -> String {
-        let mut out = String::new();
-        for fam in ["ip", "ip6"] {
-            out += &self.sh(&format!("nft list table {fam} switchyard"));
-            let debug = self.sh(&format!("nft --debug=netlink list table {fam} switchyard"));
-            let mut elements = Vec::new();
-            for line in debug.lines() {
-                if line.starts_with("\telement") {
-                    elements.push(line.to_string());
-                    continue;
-                }
-                elements.sort();
-                for e in elements.drain(..) {
-                    out += &e;
-                    out.push('\n');
-                }
-                let rule_header = line.starts_with(fam) && !line.contains(" @");
-                if rule_header {
-                    out += &line.split(' ').take(3).collect::<Vec<_>>().join(" ");
-                } else {
-                    out += line;
-                }
-                out.push('\n');
+/// Both tables as `nft list` prints them, and their bytecode
+/// (`--debug=netlink`; elements sorted, as they come in hash order, and
+/// rule handles dropped).
+fn listing(ns: &Netns) -> String {
+    let mut out = String::new();
+    for fam in ["ip", "ip6"] {
+        out += &ns.sh(&format!("nft list table {fam} switchyard"));
+        let debug = ns.sh(&format!("nft --debug=netlink list table {fam} switchyard"));
+        let mut elements = Vec::new();
+        for line in debug.lines() {
+            if line.starts_with("\telement") {
+                elements.push(line.to_string());
+                continue;
             }
             elements.sort();
-            out += &elements.join("\n");
+            for e in elements.drain(..) {
+                out += &e;
+                out.push('\n');
+            }
+            let rule_header = line.starts_with(fam) && !line.contains(" @");
+            if rule_header {
+                out += &line.split(' ').take(3).collect::<Vec<_>>().join(" ");
+            } else {
+                out += line;
+            }
+            out.push('\n');
         }
-        out
+        elements.sort();
+        out += &elements.join("\n");
     }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Process::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
+    out
 }
 
 fn plan(rs: &Ruleset) -> Plan {
@@ -538,10 +447,10 @@ fn kinds(commands: &[Command], seen: &mut BTreeSet<String>) {
 
 #[test]
 fn incremental_transactions_over_netlink_leave_what_nft_leaves() {
-    let Some(by_netlink) = Netns::create("netlink") else {
+    let Some(by_netlink) = Netns::create("nl-netlink") else {
         return;
     };
-    let Some(by_nft) = Netns::create("nft") else {
+    let Some(by_nft) = Netns::create("nl-nft") else {
         return;
     };
     let mut seen = BTreeSet::new();
@@ -567,7 +476,7 @@ fn incremental_transactions_over_netlink_leave_what_nft_leaves() {
         by_netlink
             .netlink(move |nl| nl.apply(&commands))
             .unwrap_or_else(|e| panic!("{what}: {e}"));
-        let (got, want) = (by_netlink.listing(), by_nft.listing());
+        let (got, want) = (listing(&by_netlink), listing(&by_nft));
         if got != want {
             let diff: Vec<String> = got
                 .lines()
@@ -638,34 +547,11 @@ fn incremental_transactions_over_netlink_leave_what_nft_leaves() {
     assert!(missing.is_empty(), "not covered: {missing:?}");
 }
 
-/// A child process killed on drop, also when the test panics.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn a_cluster_ip_reaches_the_endpoint_that_netlink_put_in() {
-    let Some(node) = Netns::create("node") else {
+    let Some((node, pod)) = node_and_pod("nl") else {
         return;
     };
-    let Some(pod) = Netns::create("pod") else {
-        return;
-    };
-    let veth = format!("synl{}", std::process::id());
-    node.sh(&format!(
-        "ip link add {veth}a type veth peer name {veth}b && ip link set {veth}b netns {} && \
-         ip addr add 10.0.1.1/24 dev {veth}a && ip link set {veth}a up && \
-         ip route add 172.30.0.0/16 dev {veth}a",
-        pod.name
-    ));
-    pod.sh(&format!(
-        "ip addr add 10.0.1.5/24 dev {veth}b && ip link set {veth}b up && ip route add default via 10.0.1.1"
-    ));
     let web = |endpoint_ip: &str| Ruleset {
         services: vec![service(
             1,
@@ -679,37 +565,17 @@ fn a_cluster_ip_reaches_the_endpoint_that_netlink_put_in() {
     node.nft(&transaction(None, &before).tx.text());
     let commands = transaction(Some(&Applied::of(before)), &after).tx.commands;
     node.netlink(move |nl| nl.apply(&commands)).unwrap();
-
-    let _server = Child(
-        Process::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &pod.name,
-                "socat",
-                "TCP-LISTEN:8080,reuseaddr,fork",
-                "SYSTEM:echo pod-10.0.1.5",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let reply = node.sh(
-        "for i in $(seq 1 50); do out=$(socat -T 1 - TCP:172.30.0.10:80,connect-timeout=1 </dev/null 2>/dev/null) && \
-         [ -n \"$out\" ] && echo \"$out\" && exit 0; sleep 0.1; done; exit 1",
-    );
-    assert_eq!(reply.trim(), "pod-10.0.1.5");
+    assert_eq!(vip_reply(&node, &pod), "pod-10.0.1.5");
 }
 
 #[test]
 fn a_failing_command_aborts_the_batch_and_is_named() {
-    let Some(ns) = Netns::create("fail") else {
+    let Some(ns) = Netns::create("nl-fail") else {
         return;
     };
     let base = plan(&sample_ruleset());
     ns.nft(&transaction(None, &base).tx.text());
-    let before = ns.listing();
+    let before = listing(&ns);
 
     let element = |set: &str, key: Key| Command::AddElements {
         family: IpFamily::V4,
@@ -741,10 +607,10 @@ fn a_failing_command_aborts_the_batch_and_is_named() {
     }
     // Nothing of the failed batch landed; the socket goes on working.
     then.unwrap();
-    let after = ns.listing();
+    let after = listing(&ns);
     assert_ne!(after, before);
     ns.nft("delete element ip switchyard cluster-ips { 172.30.9.9 }");
-    assert_eq!(ns.listing(), before, "the failed batch changed nothing");
+    assert_eq!(listing(&ns), before, "the failed batch changed nothing");
 }
 
 #[test]
@@ -946,7 +812,7 @@ fn base_chains_and_interval_sets_are_encoded_byte_for_byte_as_nft_does() {
 
 /// `nft list ruleset` of both namespaces, and their listings while tables exist.
 fn assert_same(what: &str, by_netlink: &Netns, by_nft: &Netns) {
-    let (got, want) = (by_netlink.listing(), by_nft.listing());
+    let (got, want) = (listing(&by_netlink), listing(&by_nft));
     if got != want {
         let diff: Vec<String> = got
             .lines()
@@ -961,10 +827,10 @@ fn assert_same(what: &str, by_netlink: &Netns, by_nft: &Netns) {
 
 #[test]
 fn full_syncs_over_netlink_leave_what_nft_leaves() {
-    let Some(by_netlink) = Netns::create("full-netlink") else {
+    let Some(by_netlink) = Netns::create("nl-full-netlink") else {
         return;
     };
-    let Some(by_nft) = Netns::create("full-nft") else {
+    let Some(by_nft) = Netns::create("nl-full-nft") else {
         return;
     };
     let mut rulesets = rulesets().to_vec();
@@ -1013,10 +879,10 @@ fn full_syncs_over_netlink_leave_what_nft_leaves() {
 /// printed, not asserted.
 #[test]
 fn a_large_full_sync_goes_over_netlink() {
-    let Some(by_netlink) = Netns::create("large-netlink") else {
+    let Some(by_netlink) = Netns::create("nl-large-netlink") else {
         return;
     };
-    let Some(by_nft) = Netns::create("large-nft") else {
+    let Some(by_nft) = Netns::create("nl-large-nft") else {
         return;
     };
     let mut next = 0;
@@ -1059,12 +925,12 @@ fn a_large_full_sync_goes_over_netlink() {
 
 #[test]
 fn a_failing_table_replacement_changes_nothing_and_names_the_object() {
-    let Some(ns) = Netns::create("fail-full") else {
+    let Some(ns) = Netns::create("nl-fail-full") else {
         return;
     };
     let base = plan(&sample_ruleset());
     ns.nft(&transaction(None, &base).tx.text());
-    let before = ns.listing();
+    let before = listing(&ns);
     let mut table = base.table(IpFamily::V4).unwrap();
     table.push(
         "services",
@@ -1081,5 +947,5 @@ fn a_failing_table_replacement_changes_nothing_and_names_the_object() {
         }
         other => panic!("expected the rule to fail: {other:?}"),
     }
-    assert_eq!(ns.listing(), before, "the failed batch changed nothing");
+    assert_eq!(listing(&ns), before, "the failed batch changed nothing");
 }

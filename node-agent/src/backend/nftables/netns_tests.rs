@@ -3,95 +3,14 @@
 //! rules, and a real TCP connection to a service VIP reaches its endpoint.
 //! Skipped, loudly, when not root.
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use switchyard_api::ruleset::Ruleset;
 
 use super::NftablesBackend;
+use super::testns::{Netns, node_and_pod, vip_reply};
 use super::tests::{endpoint, linked, sample_ruleset, service, settings};
 use crate::backend::Backend;
-use crate::exec::{ExecError, RealRunner, Runner};
-
-/// Runs every tool inside one namespace.
-struct NetnsRunner {
-    ns: String,
-}
-
-impl Runner for NetnsRunner {
-    fn run(&self, program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<String, ExecError> {
-        let mut full = vec!["netns", "exec", self.ns.as_str(), program];
-        full.extend_from_slice(args);
-        RealRunner.run("ip", &full, stdin)
-    }
-}
-
-/// A namespace removed on drop, also when the test panics.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn create(suffix: &str) -> Option<Netns> {
-        if unsafe_is_root() {
-            let name = format!("synft{}-{suffix}", std::process::id());
-            let ok = Command::new("ip")
-                .args(["netns", "add", &name])
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(ok, "ip netns add {name}");
-            let ns = Netns { name };
-            ns.sh("ip link set lo up");
-            Some(ns)
-        } else {
-            eprintln!("SKIP: nftables netns tests need root");
-            None
-        }
-    }
-
-    fn runner(&self) -> Arc<NetnsRunner> {
-        Arc::new(NetnsRunner {
-            ns: self.name.clone(),
-        })
-    }
-
-    /// Run a shell command inside the namespace, returning stdout; panics on failure.
-    fn sh(&self, cmd: &str) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, "sh", "-c", cmd])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{cmd}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// A child process killed on drop, also when the test panics.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn unsafe_is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
 
 fn apply(backend: &mut NftablesBackend, rs: &Ruleset) -> crate::backend::ApplyStats {
     let plan = backend.render(&linked(rs), &settings());
@@ -183,22 +102,9 @@ fn full_and_incremental_syncs_land_in_the_kernel_and_a_broken_apply_keeps_them()
 
 #[test]
 fn tcp_connect_to_a_cluster_ip_reaches_the_endpoint() {
-    let Some(node) = Netns::create("node") else {
+    let Some((node, pod)) = node_and_pod("vip") else {
         return;
     };
-    let Some(pod) = Netns::create("pod") else {
-        return;
-    };
-    let veth = format!("synft{}", std::process::id());
-    node.sh(&format!(
-        "ip link add {veth}a type veth peer name {veth}b && ip link set {veth}b netns {} && \
-         ip addr add 10.0.1.1/24 dev {veth}a && ip link set {veth}a up && \
-         ip route add 172.30.0.0/16 dev {veth}a",
-        pod.name
-    ));
-    pod.sh(&format!(
-        "ip addr add 10.0.1.5/24 dev {veth}b && ip link set {veth}b up && ip route add default via 10.0.1.1"
-    ));
     let mut backend = NftablesBackend::new(node.runner());
     let rs = Ruleset {
         services: vec![service(
@@ -210,26 +116,7 @@ fn tcp_connect_to_a_cluster_ip_reaches_the_endpoint() {
     };
     apply(&mut backend, &rs);
     // The pod answers with its own name; the node connects to the VIP.
-    let _server = Child(
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &pod.name,
-                "socat",
-                "TCP-LISTEN:8080,reuseaddr,fork",
-                "SYSTEM:echo pod-10.0.1.5",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let reply = node.sh(
-        "for i in $(seq 1 50); do out=$(socat -T 1 - TCP:172.30.0.10:80,connect-timeout=1 </dev/null 2>/dev/null) && \
-         [ -n \"$out\" ] && echo \"$out\" && exit 0; sleep 0.1; done; exit 1",
-    );
-    assert_eq!(reply.trim(), "pod-10.0.1.5");
+    assert_eq!(vip_reply(&node, &pod), "pod-10.0.1.5");
 }
 
 /// Chains and set names in `nft list table` output.

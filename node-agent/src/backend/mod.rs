@@ -9,6 +9,8 @@ pub mod ebpf;
 pub mod iptables;
 pub mod ipvs;
 pub mod nftables;
+#[cfg(test)]
+pub mod testns;
 
 use std::fmt;
 use std::sync::Arc;

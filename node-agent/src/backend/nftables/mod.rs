@@ -16,8 +16,6 @@ mod trace;
 #[cfg(test)]
 mod netns_tests;
 #[cfg(test)]
-mod testns;
-#[cfg(test)]
 mod tests;
 
 use std::sync::Arc;

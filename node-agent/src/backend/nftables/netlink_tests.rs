@@ -14,12 +14,12 @@ use crate::backend::nftables::ir::{
     BaseChain, Chain, ChainType, Dir, Hook, Key, Match, Plan, Priority, Rule, Set, SetKind, Stmt,
     Table, Verdict,
 };
-use crate::backend::nftables::testns::{Netns, node_and_pod, vip_reply};
 use crate::backend::nftables::tests::{
     cidr, endpoint, ip, linked, sample_ruleset, service, settings,
 };
 use crate::backend::nftables::text::{Command, Transaction};
 use crate::backend::nftables::{render, transaction};
+use crate::backend::testns::{Netns, node_and_pod, vip_reply};
 
 /// Both tables as `nft list` prints them, and their bytecode
 /// (`--debug=netlink`; elements sorted, as they come in hash order, and

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use switchyard_api::ruleset::Ruleset;
 
 use super::NftablesBackend;
-use super::testns::{Netns, node_and_pod, vip_reply};
 use super::tests::{endpoint, linked, sample_ruleset, service, settings};
 use crate::backend::Backend;
+use crate::backend::testns::{Netns, node_and_pod, vip_reply};
 
 fn apply(backend: &mut NftablesBackend, rs: &Ruleset) -> crate::backend::ApplyStats {
     let plan = backend.render(&linked(rs), &settings());

@@ -69,7 +69,7 @@ fn serve_udp(socket: UdpSocket) {
 #[test]
 fn client_in_the_cgroup_reaches_cluster_ip_backends() {
     let bpffs = bpffs();
-    let ns = Netns::new("-sk");
+    let ns = Netns::named(unique("-sk"));
     let cgroup = cgroup();
     ns.ip(&["addr", "add", "10.244.1.5/32", "dev", "lo"]);
     let (tcp, udp) = ns.enter(|| {

@@ -39,9 +39,9 @@ fn ask(addr: &str) -> std::io::Result<String> {
 #[test]
 fn node_port_through_real_interfaces_is_dnated_masqueraded_and_rejected_without_endpoints() {
     let bpffs = bpffs();
-    let node = Netns::new("-n");
-    let client = Netns::new("-c");
-    let pod = Netns::new("-p");
+    let node = Netns::named(unique("-n"));
+    let client = Netns::named(unique("-c"));
+    let pod = Netns::named(unique("-p"));
     wire(&node, &client, "up0", "192.0.2.1/24", "192.0.2.7/24");
     wire(&node, &pod, "pod0", "169.254.1.1/32", "10.244.1.5/32");
     pod.ip(&["route", "add", "169.254.1.1", "dev", "eth0"]);

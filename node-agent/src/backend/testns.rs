@@ -1,8 +1,7 @@
-//! Network namespaces for the real-kernel tests (`netns_tests`, and
-//! `netlink`'s tests): `synft<pid>-<suffix>`, removed on drop, also when a
-//! test panics. Nothing here touches the host namespace beyond `ip netns
-//! add/del`; netlink sockets are opened on a thread that entered the
-//! namespace. Tests skip, loudly, when not root.
+//! Network namespaces for the backends' real-kernel tests (nftables, eBPF),
+//! removed on drop, also when a test panics. Nothing here touches the host
+//! namespace beyond `ip netns add/del`; code that must run inside one (a
+//! netlink socket, a bind) runs on a thread that entered it.
 
 use std::fs::File;
 use std::io::Write;
@@ -10,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use super::netlink::NftNetlink;
+use super::nftables::netlink::NftNetlink;
 use crate::exec::{ExecError, RealRunner, Runner};
 
 fn is_root() -> bool {
@@ -37,13 +36,20 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// `None` (and a SKIP line) when not root.
+    /// `synft<pid>-<suffix>`; `None` (and a SKIP line) when not root.
     pub fn create(suffix: &str) -> Option<Netns> {
         if !is_root() {
-            eprintln!("SKIP: nftables real-kernel tests need root");
+            eprintln!("SKIP: real-kernel tests need root");
             return None;
         }
-        let name = format!("synft{}-{suffix}", std::process::id());
+        Some(Netns::named(format!(
+            "synft{}-{suffix}",
+            std::process::id()
+        )))
+    }
+
+    /// A namespace of exactly this name, with `lo` up.
+    pub fn named(name: String) -> Netns {
         let ok = Command::new("ip")
             .args(["netns", "add", &name])
             .status()
@@ -51,7 +57,7 @@ impl Netns {
         assert!(ok, "ip netns add {name}");
         let ns = Netns { name };
         ns.sh("ip link set lo up");
-        Some(ns)
+        ns
     }
 
     /// A runner whose tools act inside the namespace.
@@ -97,20 +103,29 @@ impl Netns {
         );
     }
 
-    /// Run `f` with a netlink socket opened on a thread inside the namespace.
-    pub fn netlink<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut NftNetlink) -> R + Send + 'static,
-    ) -> R {
+    /// `ip` inside the namespace; panics on failure.
+    pub fn ip(&self, args: &[&str]) {
+        self.sh(&format!("ip {}", args.join(" ")));
+    }
+
+    /// Run `f` on a thread that lives in this namespace.
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         let file = File::open(format!("/run/netns/{}", self.name)).unwrap();
-        std::thread::spawn(move || {
-            // SAFETY: setns with a valid netns fd changes only this thread's namespace.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f(&mut NftNetlink::open().unwrap())
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: setns with a valid netns fd changes only this thread's namespace.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .unwrap()
         })
-        .join()
-        .unwrap()
+    }
+
+    /// Run `f` with a netlink socket opened inside the namespace.
+    pub fn netlink<R: Send>(&self, f: impl FnOnce(&mut NftNetlink) -> R + Send) -> R {
+        self.enter(|| f(&mut NftNetlink::open().unwrap()))
     }
 }
 

@@ -812,7 +812,7 @@ fn base_chains_and_interval_sets_are_encoded_byte_for_byte_as_nft_does() {
 
 /// `nft list ruleset` of both namespaces, and their listings while tables exist.
 fn assert_same(what: &str, by_netlink: &Netns, by_nft: &Netns) {
-    let (got, want) = (listing(&by_netlink), listing(&by_nft));
+    let (got, want) = (listing(by_netlink), listing(by_nft));
     if got != want {
         let diff: Vec<String> = got
             .lines()

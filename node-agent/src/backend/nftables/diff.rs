@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use switchyard_api::ruleset::IpFamily;
 
-use super::ir::{Chain, Key, Plan, ServicePlan, Set, Table, Verdict};
+use super::ir::{Chain, Key, Match, Plan, ServicePlan, Set, Stmt, Table, Verdict};
 use super::text::Transaction;
 
 /// Which service ports put a key into a shared set or map, with their values.
@@ -229,7 +229,7 @@ impl<'a> Part<'a> {
 /// Append to `tx` the commands turning the applied table of `family` into
 /// the new one, given the service ports that changed. `None` when that
 /// needs the table rewritten: the fixed part changed (settings, node
-/// addresses) or a set's definition did, which nft cannot alter in place.
+/// addresses).
 ///
 /// Order matters inside one transaction: new sets and chains first (so rules
 /// and elements can reference them), then rewritten chains, element deletes,
@@ -254,11 +254,13 @@ pub fn diff_family(
         was.add(*o, family);
         is.add(*n, family);
     }
-    let redefined = side_by_side(&was.sets, &is.sets)
-        .any(|(_, o, n)| matches!((o, n), (Some(o), Some(n)) if !o.same_definition(n)));
-    if redefined {
-        return None;
-    }
+    // A set whose definition changed (an affinity timeout) is made anew:
+    // the chains that use it are flushed first, and written again after.
+    let redefined: BTreeSet<&str> = side_by_side(&was.sets, &is.sets)
+        .filter(|(_, o, n)| matches!((o, n), (Some(o), Some(n)) if !o.same_definition(n)))
+        .map(|(name, _, _)| *name)
+        .collect();
+    let uses_redefined = |c: &Chain| uses_any_set(c, &redefined);
 
     for (name, o, n) in side_by_side(&was.sets, &is.sets) {
         if let (None, Some(set)) = (o, n) {
@@ -270,15 +272,28 @@ pub fn diff_family(
             tx.add_chain(family, name, chain);
         }
     }
+    let mut rewritten = Vec::new();
     for (name, o, n) in side_by_side(&was.chains, &is.chains) {
         match (o, n) {
-            (None, Some(chain)) => tx.add_rules(family, name, chain),
-            (Some(o), Some(chain)) if o.rules != chain.rules => {
+            (Some(o), Some(chain)) if o.rules != chain.rules || uses_redefined(o) => {
                 tx.flush_chain(family, name);
-                tx.add_rules(family, name, chain);
+                rewritten.push((*name, *chain));
             }
+            (Some(o), None) if uses_redefined(o) => tx.flush_chain(family, name),
             _ => {}
         }
+    }
+    for name in &redefined {
+        tx.delete_set(family, name, was.sets[name]);
+        tx.add_set(family, name, is.sets[name]);
+    }
+    for (name, o, n) in side_by_side(&was.chains, &is.chains) {
+        if let (None, Some(chain)) = (o, n) {
+            tx.add_rules(family, name, chain);
+        }
+    }
+    for (name, chain) in rewritten {
+        tx.add_rules(family, name, chain);
     }
 
     let changes = element_changes(index, family, changed);
@@ -354,6 +369,18 @@ fn element_changes(
         .collect()
 }
 
+/// Whether a rule of `chain` looks up or updates one of `sets`.
+fn uses_any_set(chain: &Chain, sets: &BTreeSet<&str>) -> bool {
+    chain.rules.iter().any(|r| {
+        r.matches
+            .iter()
+            .any(|m| matches!(m, Match::AddrInSet { set, .. } if sets.contains(set.as_str())))
+            || r.stmts
+                .iter()
+                .any(|s| matches!(s, Stmt::UpdateSaddr(set) if sets.contains(set.as_str())))
+    })
+}
+
 fn elements(
     service: Option<&ServicePlan>,
     family: IpFamily,
@@ -370,8 +397,9 @@ fn elements(
 /// Objects of the applied plan that the new one lacks are flushed (chains,
 /// returned for deletion later) or deleted (sets). A set or base chain whose
 /// definition differs in the kernel makes the transaction fail; the caller
-/// then replaces the table. `None` when the new plan redefines a set or base
-/// chain of the applied one (the table must be replaced).
+/// then replaces the table. A set the new plan redefines (an affinity
+/// timeout) is made anew; `None` when it redefines a base chain (the table
+/// must be replaced).
 pub fn rewrite_family(
     old: &Applied,
     new: &Plan,
@@ -380,18 +408,23 @@ pub fn rewrite_family(
 ) -> Option<(Vec<String>, IndexUpdate)> {
     let table = new.table(family)?;
     let before = old.plan.table(family)?;
-    let redefined = table
-        .sets
+    if table
+        .chains
         .iter()
-        .any(|(n, s)| before.sets.get(n).is_some_and(|b| !b.same_definition(s)))
-        || table
-            .chains
-            .iter()
-            .any(|(n, c)| before.chains.get(n).is_some_and(|b| b.base != c.base));
-    if redefined {
+        .any(|(n, c)| before.chains.get(n).is_some_and(|b| b.base != c.base))
+    {
         return None;
     }
+    let redefined = |name: &String, set: &Set| {
+        before
+            .sets
+            .get(name)
+            .is_some_and(|b| !b.same_definition(set))
+    };
     for (name, set) in &table.sets {
+        if redefined(name, set) {
+            continue;
+        }
         tx.add_set(family, name, set);
         if set.timeout_seconds.is_none() {
             tx.flush_set(family, name, set);
@@ -410,16 +443,22 @@ pub fn rewrite_family(
     for name in &removed {
         tx.flush_chain(family, name);
     }
+    // Every rule is flushed by now: sets can be deleted or made anew.
+    for (name, set) in &before.sets {
+        match table.sets.get(name) {
+            None => tx.delete_set(family, name, set),
+            Some(new_set) if redefined(name, new_set) => {
+                tx.delete_set(family, name, set);
+                tx.add_set(family, name, new_set);
+            }
+            Some(_) => {}
+        }
+    }
     for (name, set) in &table.sets {
         tx.add_elements(family, name, &set.elements);
     }
     for (name, chain) in &table.chains {
         tx.add_rules(family, name, chain);
-    }
-    for (name, set) in &before.sets {
-        if !table.sets.contains_key(name) {
-            tx.delete_set(family, name, set);
-        }
     }
     Some((removed, IndexUpdate::Rebuilt(ElementIndex::of(new, family))))
 }

@@ -353,6 +353,10 @@ fn rulesets() -> [Ruleset; 6] {
 /// cover every command, match, statement, key and verdict (checked by the test).
 fn scenarios() -> Vec<(&'static str, String, Vec<Command>)> {
     let [base, changed, emptied, sticky, v6, ranges] = rulesets();
+    let mut longer = sticky.clone();
+    longer.services[0].session_affinity = Some(SessionAffinity {
+        timeout_seconds: 45,
+    });
     let pairs = vec![
         (
             "an endpoint change and a removed service",
@@ -366,6 +370,7 @@ fn scenarios() -> Vec<(&'static str, String, Vec<Command>)> {
         ),
         ("session affinity on", plan(&base), plan(&sticky)),
         ("session affinity off", plan(&sticky), plan(&base)),
+        ("an affinity timeout changed", plan(&sticky), plan(&longer)),
         (
             "IPv6 endpoints and an IPv6 load balancer",
             plan(&base),
@@ -386,11 +391,11 @@ fn scenarios() -> Vec<(&'static str, String, Vec<Command>)> {
         })
         .collect();
     // The periodic resync: everything rewritten in place (sets flushed).
-    let resync = crate::backend::nftables::resync(&Applied::of(plan(&base)), &plan(&emptied));
+    let resync = crate::backend::nftables::resync(&Applied::of(plan(&sticky)), &plan(&emptied));
     assert!(resync.replaced.is_empty(), "in place");
     steps.push((
         "the periodic resync, in place",
-        transaction(None, &plan(&base)).tx.text(),
+        transaction(None, &plan(&sticky)).tx.text(),
         resync.tx.commands,
     ));
     // Every expression added to the sample table, edited, and removed.

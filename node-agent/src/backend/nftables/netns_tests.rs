@@ -243,8 +243,8 @@ fn periodic_resync_repairs_drift_and_keeps_session_affinity_entries() {
     ));
     assert_eq!(ns.sh("nft list table ip switchyard"), planned);
 
-    // A set whose definition changed (affinity timeout) cannot be rewritten
-    // in place: the table is replaced.
+    // A set whose definition changed (an affinity timeout) is made anew in
+    // place, by the incremental sync and by the resync alike.
     let mut longer = rs.clone();
     let sticky = longer
         .services
@@ -254,10 +254,22 @@ fn periodic_resync_repairs_drift_and_keeps_session_affinity_entries() {
     sticky.session_affinity = Some(switchyard_api::ruleset::SessionAffinity {
         timeout_seconds: 900,
     });
-    backend.invalidate();
-    assert!(apply(&mut backend, &longer).full);
+    assert!(!apply(&mut backend, &longer).full);
     assert!(
         ns.sh(&format!("nft list set ip switchyard {affinity}"))
             .contains("timeout 15m")
+    );
+    backend.invalidate();
+    assert!(apply(&mut backend, &rs).full);
+    // The set made anew is listed last (the kernel lists in creation order).
+    let blocks = |listing: &str| {
+        let body = listing.strip_prefix("table ip switchyard {\n").unwrap();
+        let mut b: Vec<String> = body.split("\n\n").map(str::to_string).collect();
+        b.sort();
+        b
+    };
+    assert_eq!(
+        blocks(&ns.sh("nft list table ip switchyard")),
+        blocks(&planned)
     );
 }

@@ -44,42 +44,39 @@ pub struct NftablesBackend {
     full_next: bool,
     /// Empty chains of removed services, deleted at the start of the next apply.
     stale_chains: Vec<(IpFamily, String)>,
-    /// Incremental transactions go here when the runner's tools act on this
-    /// thread's namespace (else, and for table rewrites, through `nft -f`).
-    netlink: Option<NftNetlink>,
+    /// Transactions go over netlink when the runner's tools act on the
+    /// calling thread's namespace (else through `nft -f`).
+    netlink: bool,
 }
 
 impl NftablesBackend {
     pub fn new(runner: Arc<dyn Runner>) -> NftablesBackend {
-        let netlink = runner
-            .acts_here()
-            .then(|| {
-                NftNetlink::open()
-                    .map_err(|e| tracing::warn!(error = %e, "nf_tables netlink unavailable; incremental syncs use nft -f"))
-                    .ok()
-            })
-            .flatten();
         NftablesBackend {
+            netlink: runner.acts_here(),
             runner,
             applied: None,
             full_next: false,
             stale_chains: Vec::new(),
-            netlink,
         }
     }
 
     /// Send one transaction: over netlink when it can carry it, else `nft -f`.
-    fn send(&mut self, operation: &'static str, tx: &Transaction) -> Result<(), BackendError> {
-        match self.netlink.as_mut() {
-            Some(nl) if NftNetlink::supports(&tx.commands) => {
-                nl.apply(&tx.commands).map_err(|e| BackendError::Kernel {
-                    mode: Mode::Nftables,
-                    operation,
-                    message: e.to_string(),
-                })
-            }
-            _ => self.nft(operation, &tx.text()),
+    /// The socket is opened for each transaction on the calling thread, so
+    /// it reaches the namespace the runner's tools would (a backend may be
+    /// built on one thread and driven from another that entered a namespace).
+    fn send(&self, operation: &'static str, tx: &Transaction) -> Result<(), BackendError> {
+        if !(self.netlink && NftNetlink::supports(&tx.commands)) {
+            return self.nft(operation, &tx.text());
         }
+        let kernel = |message: String| BackendError::Kernel {
+            mode: Mode::Nftables,
+            operation,
+            message,
+        };
+        NftNetlink::open()
+            .map_err(|e| kernel(format!("nf_tables netlink socket: {e}")))?
+            .apply(&tx.commands)
+            .map_err(|e| kernel(e.to_string()))
     }
 
     /// Delete the chains earlier syncs emptied (a plan using one again

@@ -11,6 +11,7 @@ use super::NftablesBackend;
 use super::tests::{endpoint, linked, sample_ruleset, service, settings};
 use crate::backend::Backend;
 use crate::backend::testns::{Netns, node_and_pod, vip_reply};
+use crate::exec::RealRunner;
 
 fn apply(backend: &mut NftablesBackend, rs: &Ruleset) -> crate::backend::ApplyStats {
     let plan = backend.render(&linked(rs), &settings());
@@ -272,4 +273,25 @@ fn periodic_resync_repairs_drift_and_keeps_session_affinity_entries() {
         blocks(&ns.sh("nft list table ip switchyard")),
         blocks(&planned)
     );
+}
+
+#[test]
+fn netlink_transactions_reach_the_namespace_of_the_thread_that_applies() {
+    let (Some(built_in), Some(applied_in)) = (Netns::create("built"), Netns::create("applied"))
+    else {
+        return;
+    };
+    // Built on a thread in one namespace, driven from a thread in another
+    // (as the VM tests and the harness do): the rules land where apply runs.
+    let mut backend = built_in.enter(|| NftablesBackend::new(Arc::new(RealRunner)));
+    let rs = sample_ruleset();
+    applied_in.enter(|| assert!(apply(&mut backend, &rs).full));
+    let mut changed = rs.clone();
+    changed.services[0].backends[1] = endpoint(19, "10.0.9.5", "node-z");
+    applied_in.enter(|| assert!(!apply(&mut backend, &changed).full));
+    let listed = applied_in.sh("nft list table ip switchyard");
+    assert!(listed.contains("dnat to 10.0.9.5:8080"), "{listed}");
+    assert_eq!(built_in.sh("nft list tables"), "");
+    applied_in.enter(|| backend.cleanup()).unwrap();
+    assert_eq!(applied_in.sh("nft list tables"), "");
 }

@@ -18,7 +18,7 @@ mod netns_tests;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use switchyard_api::Mode;
 use switchyard_api::policy::LinkedRuleset;
@@ -47,6 +47,17 @@ pub struct NftablesBackend {
     /// Transactions go over netlink when the runner's tools act on the
     /// calling thread's namespace (else through `nft -f`).
     netlink: bool,
+    /// The socket of the last netlink transaction, and the namespace it is in.
+    socket: Mutex<Option<(NetnsId, NftNetlink)>>,
+}
+
+/// A network namespace, as the inode of `/proc/thread-self/ns/net`.
+type NetnsId = (u64, u64);
+
+fn current_netns() -> std::io::Result<NetnsId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata("/proc/thread-self/ns/net")?;
+    Ok((m.dev(), m.ino()))
 }
 
 impl NftablesBackend {
@@ -57,13 +68,15 @@ impl NftablesBackend {
             applied: None,
             full_next: false,
             stale_chains: Vec::new(),
+            socket: Mutex::new(None),
         }
     }
 
     /// Send one transaction: over netlink when it can carry it, else `nft -f`.
-    /// The socket is opened for each transaction on the calling thread, so
-    /// it reaches the namespace the runner's tools would (a backend may be
-    /// built on one thread and driven from another that entered a namespace).
+    /// The socket must be in the namespace of the calling thread, where the
+    /// runner's tools act (a backend may be built on one thread and driven
+    /// from another that entered a namespace): it is opened anew when the
+    /// thread's namespace is not the one of the last transaction.
     fn send(&self, operation: &'static str, tx: &Transaction) -> Result<(), BackendError> {
         if !(self.netlink && NftNetlink::supports(&tx.commands)) {
             return self.nft(operation, &tx.text());
@@ -73,10 +86,15 @@ impl NftablesBackend {
             operation,
             message,
         };
-        NftNetlink::open()
-            .map_err(|e| kernel(format!("nf_tables netlink socket: {e}")))?
-            .apply(&tx.commands)
-            .map_err(|e| kernel(e.to_string()))
+        let here = current_netns().map_err(|e| kernel(format!("this thread's namespace: {e}")))?;
+        let mut socket = self.socket.lock().unwrap_or_else(PoisonError::into_inner);
+        if socket.as_ref().is_none_or(|(ns, _)| *ns != here) {
+            let opened =
+                NftNetlink::open().map_err(|e| kernel(format!("nf_tables netlink socket: {e}")))?;
+            *socket = Some((here, opened));
+        }
+        let (_, nl) = socket.as_mut().expect("opened above");
+        nl.apply(&tx.commands).map_err(|e| kernel(e.to_string()))
     }
 
     /// Delete the chains earlier syncs emptied (a plan using one again

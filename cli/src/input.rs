@@ -5,6 +5,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use switchyard_api::manifests::files_in;
 use switchyard_compiler::{LoadError, Objects, parse_objects};
 
 /// Why the state could not be read.
@@ -62,13 +63,8 @@ fn read_source(source: &Path) -> Result<Vec<(String, String)>, InputError> {
         return Ok(vec![("<stdin>".to_string(), text)]);
     }
     if source.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(source)
+        return files_in(source, &["yaml", "yml", "json"])
             .map_err(|e| read_err(source, e))?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && is_manifest(p))
-            .collect();
-        files.sort();
-        return files
             .iter()
             .map(|f| read_file(f).map_err(|e| read_err(f, e)))
             .collect();
@@ -78,11 +74,4 @@ fn read_source(source: &Path) -> Result<Vec<(String, String)>, InputError> {
 
 fn read_file(path: &Path) -> Result<(String, String), std::io::Error> {
     Ok((path.display().to_string(), std::fs::read_to_string(path)?))
-}
-
-fn is_manifest(path: &Path) -> bool {
-    matches!(
-        path.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml" | "json")
-    )
 }

@@ -3,6 +3,7 @@
 //! model the operator compiles and every node agent applies.
 
 pub mod duration;
+pub mod manifests;
 pub mod mode;
 pub mod policy;
 pub mod proxyconfig;

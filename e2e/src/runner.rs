@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use switchyard_agent::settings::{LocalDetector, NodePortAddresses, Settings};
 use switchyard_api::Mode;
+use switchyard_api::manifests::files_in;
 use switchyard_api::policy::{self, NodeInfo};
 use switchyard_api::ruleset::{Protocol, Ruleset};
 use switchyard_compiler::{CompileSettings, Compiled, Snapshot};
@@ -593,17 +594,8 @@ pub fn run_file(
 pub fn expand_paths(paths: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     for p in paths {
-        match std::fs::read_dir(p) {
-            Ok(dir) => {
-                let mut files: Vec<String> = dir
-                    .filter_map(Result::ok)
-                    .map(|e| e.path())
-                    .filter(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-                    .map(|f| f.to_string_lossy().into_owned())
-                    .collect();
-                files.sort();
-                out.extend(files);
-            }
+        match files_in(Path::new(p), &["yaml", "yml"]) {
+            Ok(files) => out.extend(files.iter().map(|f| f.to_string_lossy().into_owned())),
             Err(_) => out.push(p.clone()),
         }
     }

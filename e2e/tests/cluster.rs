@@ -44,16 +44,10 @@ fn kubectl_ok(args: &[&str]) {
     );
 }
 
+/// The manifests of a kustomize directory, without its `kustomization.yaml`.
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.extension().is_some_and(|e| e == "yaml")
-                && p.file_name().is_some_and(|n| n != "kustomization.yaml")
-        })
-        .collect();
-    files.sort();
+    let mut files = switchyard_api::manifests::files_in(dir, &["yaml"]).unwrap();
+    files.retain(|p| p.file_name().is_some_and(|n| n != "kustomization.yaml"));
     files
 }
 

@@ -407,17 +407,19 @@ pub fn rewrite_family(
     tx: &mut Transaction,
 ) -> Option<(Vec<String>, IndexUpdate)> {
     let table = new.table(family)?;
-    let before = old.plan.table(family)?;
-    if table
-        .chains
-        .iter()
-        .any(|(n, c)| before.chains.get(n).is_some_and(|b| b.base != c.base))
-    {
+    old.plan.setup(family)?;
+    // What the applied table holds, by name (not copied: only names and
+    // definitions matter here).
+    let (chains_before, sets_before) = (old.plan.chain_defs(family), old.plan.set_defs(family));
+    if table.chains.iter().any(|(n, c)| {
+        chains_before
+            .get(n.as_str())
+            .is_some_and(|b| b.base != c.base)
+    }) {
         return None;
     }
-    let redefined = |name: &String, set: &Set| {
-        before
-            .sets
+    let redefined = |name: &str, set: &Set| {
+        sets_before
             .get(name)
             .is_some_and(|b| !b.same_definition(set))
     };
@@ -434,17 +436,16 @@ pub fn rewrite_family(
         tx.add_chain(family, name, chain);
         tx.flush_chain(family, name);
     }
-    let removed: Vec<String> = before
-        .chains
+    let removed: Vec<String> = chains_before
         .keys()
-        .filter(|name| !table.chains.contains_key(*name))
-        .cloned()
+        .filter(|name| !table.chains.contains_key(**name))
+        .map(|name| name.to_string())
         .collect();
     for name in &removed {
         tx.flush_chain(family, name);
     }
     // Every rule is flushed by now: sets can be deleted or made anew.
-    for (name, set) in &before.sets {
+    for (&name, &set) in &sets_before {
         match table.sets.get(name) {
             None => tx.delete_set(family, name, set),
             Some(new_set) if redefined(name, new_set) => {

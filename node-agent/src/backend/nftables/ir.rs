@@ -111,12 +111,12 @@ impl Plan {
     pub fn table(&self, family: IpFamily) -> Option<Table> {
         let mut table = Table::clone(self.setup(family)?);
         for f in self.fragments(family) {
-            for (name, chain) in &f.chains {
-                table.chains.insert(name.clone(), chain.clone());
-            }
-            for (name, set) in &f.sets {
-                table.sets.insert(name.clone(), set.clone());
-            }
+            table
+                .chains
+                .extend(f.chains.iter().map(|(n, c)| (n.clone(), c.clone())));
+            table
+                .sets
+                .extend(f.sets.iter().map(|(n, s)| (n.clone(), s.clone())));
             for ((set, key), value) in &f.elements {
                 if let Some(s) = table.sets.get_mut(*set) {
                     s.elements
@@ -126,6 +126,21 @@ impl Plan {
             }
         }
         Some(table)
+    }
+
+    /// Every chain of `family`'s table by name, without copying it.
+    pub fn chain_defs(&self, family: IpFamily) -> BTreeMap<&str, &Chain> {
+        let setup = self.setup(family).into_iter().flat_map(|t| &t.chains);
+        let own = self.fragments(family).flat_map(|f| &f.chains);
+        setup.chain(own).map(|(n, c)| (n.as_str(), c)).collect()
+    }
+
+    /// Every set and map of `family`'s table by name, without its service
+    /// elements (the definitions, and the fixed part's own elements).
+    pub fn set_defs(&self, family: IpFamily) -> BTreeMap<&str, &Set> {
+        let setup = self.setup(family).into_iter().flat_map(|t| &t.sets);
+        let own = self.fragments(family).flat_map(|f| &f.sets);
+        setup.chain(own).map(|(n, s)| (n.as_str(), s)).collect()
     }
 
     /// The fragments of `family`, in rule id order.

@@ -116,29 +116,21 @@ impl NftablesBackend {
 
     fn apply_owned(&mut self, plan: Plan) -> Result<ApplyStats, BackendError> {
         self.delete_stale_chains();
-        let step = match (&self.applied, self.full_next) {
-            (Some(applied), true) => {
+        // The periodic resync rewrites the tables in place; if the kernel
+        // refuses (its tables are not what we recorded), they are replaced.
+        let resynced = match &self.applied {
+            Some(applied) if self.full_next => {
                 let step = resync(applied, &plan);
-                match self.send("rewrite tables in place", &step.tx) {
-                    Ok(()) => Ok(step),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "in-place resync refused; replacing the tables");
-                        Err(())
-                    }
-                }
+                self.send("rewrite tables in place", &step.tx)
+                    .map_err(|e| tracing::warn!(error = %e, "in-place resync refused; replacing the tables"))
+                    .ok()
+                    .map(|()| step)
             }
-            _ => Err(()),
+            _ => None,
         };
-        let Step {
-            tx,
-            full,
-            replaced,
-            flushed,
-            index,
-            service_rules,
-        } = match step {
-            Ok(step) => step,
-            Err(()) => {
+        let step = match resynced {
+            Some(step) => step,
+            None => {
                 let old = self.applied.as_ref().filter(|_| !self.full_next);
                 let step = transaction(old, &plan);
                 if !step.tx.is_empty() {
@@ -149,6 +141,14 @@ impl NftablesBackend {
                 step
             }
         };
+        let Step {
+            tx,
+            full,
+            replaced,
+            flushed,
+            index,
+            service_rules,
+        } = step;
         self.stale_chains.retain(|(f, _)| !replaced.contains(f));
         self.stale_chains.extend(flushed);
         let stale = stale_udp(self.applied.as_ref().map(|a| &a.plan), &plan);

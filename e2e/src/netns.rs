@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Mutex;
 
-use switchyard_agent::exec::{RealRunner, Runner};
+use switchyard_dataplane::exec::{RealRunner, Runner};
 
 use crate::HarnessError;
 

@@ -4,9 +4,9 @@
 
 mod common;
 
+use common::fake::{FakeKernel, SyncRecord, rule_lines};
 use common::*;
 use switchyard_agent::agent::SyncOutcome;
-use switchyard_agent::fake::{FakeKernel, SyncRecord, rule_lines};
 use switchyard_agent::watch::Source;
 use switchyard_api::Mode;
 use switchyard_api::proxynode::SwitchStep;

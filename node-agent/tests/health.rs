@@ -202,8 +202,8 @@ async fn healthz_follows_the_configured_address_unless_a_flag_is_given() {
 
 #[tokio::test]
 async fn agent_serves_health_check_node_ports_of_what_it_applied() {
+    use common::fake::FakeKernel;
     use switchyard_agent::agent::{Agent, AgentParts, SyncOutcome};
-    use switchyard_agent::fake::FakeKernel;
     use switchyard_agent::metrics::Metrics;
     use switchyard_agent::status::StatusReporter;
     use switchyard_api::Mode;

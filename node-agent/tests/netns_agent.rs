@@ -18,10 +18,10 @@ use std::sync::Arc;
 use common::netns::{Netns, POD_IP, Topology, connect_from, echo_roundtrip, is_root, topology};
 use common::*;
 use switchyard_agent::agent::{Inputs, SyncOutcome};
-use switchyard_agent::exec::RealRunner;
-use switchyard_agent::kubeproxy::KubeProxyNftables;
-use switchyard_agent::switch::{BackendFactory, Leftovers, TcpProbe};
+use switchyard_agent::switch::{BackendFactory, TcpProbe};
 use switchyard_api::{Mode, ProxyNodeStatus};
+use switchyard_dataplane::exec::RealRunner;
+use switchyard_dataplane::kubeproxy::{KubeProxyNftables, Leftovers};
 
 fn skip() -> bool {
     if !is_root() {

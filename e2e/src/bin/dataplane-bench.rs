@@ -17,14 +17,14 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use switchyard_agent::backend::{self, ApplyStats};
-use switchyard_agent::exec::RealRunner;
-use switchyard_agent::settings::{LocalDetector, Settings};
 use switchyard_api::Mode;
 use switchyard_api::policy::{LinkedRuleset, NodeInfo, ShardLinker, link};
 use switchyard_api::ruleset::{
     Cidr, Endpoint, Protocol, ProxyRulesetSpec, Ruleset, ServicePortRule, ShardLayout,
 };
+use switchyard_dataplane::exec::RealRunner;
+use switchyard_dataplane::settings::{LocalDetector, Settings};
+use switchyard_dataplane::{ApplyStats, for_mode};
 use switchyard_e2e::netns::{self, Netns};
 
 #[derive(Parser)]
@@ -204,9 +204,7 @@ impl Worker {
         let thread = std::thread::spawn(move || {
             let made = netns::enter(&file)
                 .map_err(|e| e.to_string())
-                .and_then(|()| {
-                    backend::for_mode(mode, Arc::new(RealRunner)).map_err(|e| e.to_string())
-                });
+                .and_then(|()| for_mode(mode, Arc::new(RealRunner)).map_err(|e| e.to_string()));
             let mut dp = match made {
                 Ok(dp) => dp,
                 Err(e) => {

@@ -13,14 +13,14 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use switchyard_agent::backend::Backend;
-use switchyard_agent::backend::ebpf::EbpfBackend;
-use switchyard_agent::backend::ebpf::kernel::{AyaKernel, KernelConfig};
-use switchyard_agent::backend::ebpf::scratch::{ScratchBpffs, ScratchCgroup};
-use switchyard_agent::settings::Settings;
 use switchyard_api::Mode;
 use switchyard_api::policy::{NodeInfo, link};
 use switchyard_api::ruleset::{Endpoint, Protocol, Ruleset, ServicePortRule};
+use switchyard_dataplane::Backend;
+use switchyard_dataplane::ebpf::EbpfBackend;
+use switchyard_dataplane::ebpf::kernel::{AyaKernel, KernelConfig};
+use switchyard_dataplane::ebpf::scratch::{ScratchBpffs, ScratchCgroup};
+use switchyard_dataplane::settings::Settings;
 
 const BACKEND: &str = "10.200.0.1:8080";
 /// Interleaved measurement rounds per connect kind.

@@ -1,11 +1,13 @@
 //! The typed plan and its two text forms: the iptables-save–like listing
-//! (`Display`) and the `iptables-restore --noflush` input for a sync.
+//! (`Display`) and the `iptables-restore --noflush` input for a sync. The
+//! IPVS mode's iptables part is a [`FamilyPlan`] too.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use switchyard_api::ruleset::IpFamily;
 
+use super::restore::tools;
 use super::rule::{Rule, Table};
 use crate::conntrack::UdpSnapshot;
 
@@ -14,6 +16,42 @@ use crate::conntrack::UdpSnapshot;
 pub struct Chain {
     pub name: String,
     pub rules: Vec<Rule>,
+}
+
+/// The chains of one table in creation order, while a render fills them.
+#[derive(Default)]
+pub struct ChainList {
+    pub chains: Vec<Chain>,
+}
+
+impl ChainList {
+    /// These chains, empty, in this order.
+    pub fn of(names: &[&str]) -> ChainList {
+        let mut list = ChainList::default();
+        for name in names {
+            list.chain(name);
+        }
+        list
+    }
+
+    /// The rules of chain `name`, created empty at the end when new.
+    pub fn chain(&mut self, name: &str) -> &mut Vec<Rule> {
+        let at = match self.chains.iter().position(|c| c.name == name) {
+            Some(at) => at,
+            None => {
+                self.chains.push(Chain {
+                    name: name.to_string(),
+                    rules: Vec::new(),
+                });
+                self.chains.len() - 1
+            }
+        };
+        &mut self.chains[at].rules
+    }
+
+    pub fn push(&mut self, chain: &str, rule: Rule) {
+        self.chain(chain).push(rule);
+    }
 }
 
 /// A rule in a builtin chain (`INPUT`, `PREROUTING`, …) that jumps to one of ours.
@@ -173,10 +211,7 @@ impl fmt::Display for FamilyPlan {
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for family in &self.families {
-            let name = match family.family {
-                IpFamily::V4 => "iptables",
-                IpFamily::V6 => "ip6tables",
-            };
+            let (name, _, _) = tools(family.family);
             writeln!(f, "# {name}")?;
             write!(f, "{family}")?;
         }

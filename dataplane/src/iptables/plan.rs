@@ -12,7 +12,7 @@ use super::rule::{Rule, Table};
 use crate::conntrack::UdpSnapshot;
 
 /// A chain this backend owns, with its complete rule list.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Chain {
     pub name: String,
     pub rules: Vec<Rule>,
@@ -55,7 +55,7 @@ impl ChainList {
 }
 
 /// A rule in a builtin chain (`INPUT`, `PREROUTING`, …) that jumps to one of ours.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JumpRule {
     pub table: Table,
     pub builtin: &'static str,
@@ -63,7 +63,7 @@ pub struct JumpRule {
 }
 
 /// Everything for one IP family.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FamilyPlan {
     pub family: IpFamily,
     /// Set `net.ipv4.conf.all.route_localnet` so NodePorts answer on 127.0.0.1.
@@ -75,7 +75,7 @@ pub struct FamilyPlan {
 }
 
 /// The iptables plan: both families, plus the UDP facts stale-conntrack cleanup diffs.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
     pub families: Vec<FamilyPlan>,
     pub udp: UdpSnapshot,

@@ -14,6 +14,7 @@ pub mod kernel;
 pub mod objects;
 pub mod plan;
 pub mod render;
+pub mod rules;
 
 #[cfg(test)]
 mod tests;
@@ -28,6 +29,8 @@ use switchyard_api::ruleset::{IpFamily, Protocol};
 
 use crate::conntrack::{self, UdpSnapshot};
 use crate::exec::{ExecError, Runner};
+use crate::iptables::plan::FamilyPlan;
+use crate::iptables::restore::Restore;
 use crate::settings::Settings;
 use crate::{ApplyStats, Backend, BackendError};
 use host::{Host, Sysctl};
@@ -104,6 +107,26 @@ impl IpvsBackend {
         Host {
             runner: self.runner.as_ref(),
         }
+    }
+
+    /// Write one family's iptables rules with the iptables mode's writer:
+    /// the chains that changed since the last apply, all of them (and the
+    /// missing jumps) when this family's rules were not applied before.
+    fn sync_rules(&self, rules: &FamilyPlan) -> Result<usize, BackendError> {
+        let previous = self
+            .applied
+            .iter()
+            .flat_map(|a| &a.rules)
+            .find(|r| r.family == rules.family);
+        if previous == Some(rules) {
+            return Ok(0);
+        }
+        let restore = Restore {
+            runner: self.runner.as_ref(),
+            mode: Mode::Ipvs,
+            family: rules.family,
+        };
+        restore.write(rules, previous.map(FamilyPlan::applied).as_ref(), &[])
     }
 
     /// Virtual servers that are ours: on an address of `kube-ipvs0`, or a
@@ -348,13 +371,8 @@ impl Backend for IpvsBackend {
                 .map(|s| s.entries.len() as u32)
                 .sum::<u32>();
         }
-        let rules_changed = self.applied.as_ref().is_none_or(|a| a.rules != plan.rules);
-        if rules_changed {
-            for rules in &plan.rules {
-                host.sync_rules(rules)
-                    .map_err(exec_err("sync iptables rules"))?;
-                written += (rules.nat.rules.len() + rules.filter.rules.len()) as u32;
-            }
+        for rules in &plan.rules {
+            written += self.sync_rules(rules)? as u32;
         }
         self.sync_virtual_servers(plan, &mut written)?;
         // UDP has no teardown: entries made while a VIP had no virtual server

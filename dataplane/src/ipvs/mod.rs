@@ -36,7 +36,7 @@ use crate::{ApplyStats, Backend, BackendError};
 use host::{Host, Sysctl};
 use kernel::{Ipvs, IpvsKernel, KernelError};
 use objects::{RealServer, ServiceKey, VirtualServer};
-use plan::IpvsPlan;
+use plan::{IpvsPlan, PlannedService};
 
 pub use plan::DUMMY_INTERFACE;
 
@@ -190,53 +190,8 @@ impl IpvsBackend {
                 }
                 Some(_) => {}
             }
-            let dests = ipvs.dests(key).map_err(kernel_err("list real servers"))?;
-            let have: BTreeMap<(IpAddr, u16), _> = dests
-                .iter()
-                .map(|d| ((d.server.addr, d.server.port), d))
-                .collect();
-            for rs in &planned.real_servers {
-                match have.get(&(rs.addr, rs.port)) {
-                    None => {
-                        ipvs.add_dest(key, rs)
-                            .map_err(kernel_err("add real server"))?;
-                        *written += 1;
-                    }
-                    Some(d) if d.server.weight != rs.weight => {
-                        ipvs.update_dest(key, rs)
-                            .map_err(kernel_err("update real server"))?;
-                        *written += 1;
-                    }
-                    Some(_) => {}
-                }
-            }
-            for d in &dests {
-                if planned
-                    .real_servers
-                    .iter()
-                    .any(|rs| rs.addr == d.server.addr && rs.port == d.server.port)
-                {
-                    continue;
-                }
-                // Graceful removal: no new connections (weight 0) until the
-                // established ones end; UDP has no end, so it goes at once.
-                if d.active == 0 || key.protocol == Protocol::Udp {
-                    ipvs.delete_dest(key, &d.server)
-                        .map_err(kernel_err("delete real server"))?;
-                } else {
-                    if d.server.weight != 0 {
-                        ipvs.update_dest(
-                            key,
-                            &RealServer {
-                                weight: 0,
-                                ..d.server
-                            },
-                        )
-                        .map_err(kernel_err("quiesce real server"))?;
-                    }
-                    draining.insert(*key);
-                }
-                *written += 1;
+            if sync_real_servers(&mut ipvs, key, planned, written)? {
+                draining.insert(*key);
             }
         }
         self.draining = draining;
@@ -254,6 +209,67 @@ impl IpvsBackend {
         }
         Ok(())
     }
+}
+
+/// Make `key`'s real servers the planned ones. A leaving real server with
+/// open connections is quiesced (weight 0) rather than deleted: returns
+/// whether one is left draining.
+fn sync_real_servers(
+    ipvs: &mut Ipvs<'_>,
+    key: &ServiceKey,
+    planned: &PlannedService,
+    written: &mut u32,
+) -> Result<bool, BackendError> {
+    let dests = ipvs.dests(key).map_err(kernel_err("list real servers"))?;
+    let have: BTreeMap<(IpAddr, u16), _> = dests
+        .iter()
+        .map(|d| ((d.server.addr, d.server.port), d))
+        .collect();
+    for rs in &planned.real_servers {
+        match have.get(&(rs.addr, rs.port)) {
+            None => {
+                ipvs.add_dest(key, rs)
+                    .map_err(kernel_err("add real server"))?;
+                *written += 1;
+            }
+            Some(d) if d.server.weight != rs.weight => {
+                ipvs.update_dest(key, rs)
+                    .map_err(kernel_err("update real server"))?;
+                *written += 1;
+            }
+            Some(_) => {}
+        }
+    }
+    let mut draining = false;
+    for d in &dests {
+        if planned
+            .real_servers
+            .iter()
+            .any(|rs| rs.addr == d.server.addr && rs.port == d.server.port)
+        {
+            continue;
+        }
+        // Graceful removal: no new connections (weight 0) until the
+        // established ones end; UDP has no end, so it goes at once.
+        if d.active == 0 || key.protocol == Protocol::Udp {
+            ipvs.delete_dest(key, &d.server)
+                .map_err(kernel_err("delete real server"))?;
+        } else {
+            if d.server.weight != 0 {
+                ipvs.update_dest(
+                    key,
+                    &RealServer {
+                        weight: 0,
+                        ..d.server
+                    },
+                )
+                .map_err(kernel_err("quiesce real server"))?;
+            }
+            draining = true;
+        }
+        *written += 1;
+    }
+    Ok(draining)
 }
 
 /// A NodePort as our ipsets record it: `bitmap:port` sets have no address.

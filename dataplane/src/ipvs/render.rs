@@ -251,6 +251,46 @@ fn real_servers<'a>(
         .collect()
 }
 
+/// One service port being rendered: what its frontends share.
+struct Port<'a> {
+    sp: &'a LinkedServicePort,
+    settings: &'a Settings,
+    name: String,
+    /// External traffic policy Local (the port is reachable from outside).
+    local: bool,
+}
+
+impl Port<'_> {
+    /// A virtual server for `addr:port` with the internal (cluster IP) or
+    /// external endpoints of the address's family.
+    fn add_virtual_server(&self, plan: &mut IpvsPlan, addr: IpAddr, port: u16, internal: bool) {
+        let family = IpFamily::of(&addr);
+        let key = ServiceKey {
+            protocol: self.sp.rule.protocol,
+            addr,
+            port,
+        };
+        let real = if internal {
+            real_servers(self.sp.internal_endpoints(), family)
+        } else {
+            real_servers(self.sp.external_endpoints(), family)
+        };
+        plan.services.insert(
+            key,
+            PlannedService {
+                server: virtual_server(key, self.sp, self.settings),
+                real_servers: real,
+                service_port: self.name.clone(),
+            },
+        );
+    }
+
+    /// `ip,proto:port` of this service port.
+    fn member(&self, ip: IpAddr) -> SetEntry {
+        SetEntry::IpPort(ip, self.sp.rule.protocol, self.sp.rule.port)
+    }
+}
+
 fn render_service_port(
     sp: &LinkedServicePort,
     settings: &Settings,
@@ -258,134 +298,142 @@ fn render_service_port(
     plan: &mut IpvsPlan,
     sets: &mut BTreeMap<IpFamily, Sets>,
 ) {
-    let rule = &sp.rule;
-    let proto = rule.protocol;
-    let name = rule.service_port_name();
-    let add = |plan: &mut IpvsPlan, addr: IpAddr, port: u16, internal: bool| {
-        let family = IpFamily::of(&addr);
-        let key = ServiceKey {
-            protocol: proto,
-            addr,
-            port,
-        };
-        let real = if internal {
-            real_servers(sp.internal_endpoints(), family)
-        } else {
-            real_servers(sp.external_endpoints(), family)
-        };
-        plan.services.insert(
-            key,
-            PlannedService {
-                server: virtual_server(key, sp, settings),
-                real_servers: real,
-                service_port: name.clone(),
-            },
-        );
+    let port = Port {
+        sp,
+        settings,
+        name: sp.rule.service_port_name(),
+        local: sp.external_policy_local(),
     };
-    let local = sp.external_policy_local();
-    for ip in &rule.cluster_ips {
-        add(plan, *ip, rule.port, true);
-        plan.addresses.insert(*ip);
-        set(sets, ip).add("KUBE-CLUSTER-IP", SetEntry::IpPort(*ip, proto, rule.port));
-    }
-    for ip in &rule.external_ips {
-        add(plan, *ip, rule.port, false);
-        plan.addresses.insert(*ip);
-        let base = if local {
-            "KUBE-EXTERNAL-IP-LOCAL"
-        } else {
-            "KUBE-EXTERNAL-IP"
-        };
-        set(sets, ip).add(base, SetEntry::IpPort(*ip, proto, rule.port));
-    }
-    for ip in &rule.load_balancer_ips {
-        add(plan, *ip, rule.port, false);
-        plan.addresses.insert(*ip);
-        let s = set(sets, ip);
-        s.add(
-            "KUBE-LOAD-BALANCER",
-            SetEntry::IpPort(*ip, proto, rule.port),
-        );
-        if local {
-            s.add(
-                "KUBE-LOAD-BALANCER-LOCAL",
-                SetEntry::IpPort(*ip, proto, rule.port),
-            );
-        }
-        if !rule.load_balancer_source_ranges.is_empty() {
-            s.add(
-                "KUBE-LOAD-BALANCER-FW",
-                SetEntry::IpPort(*ip, proto, rule.port),
-            );
-            for cidr in &rule.load_balancer_source_ranges {
-                if cidr.family() == IpFamily::of(ip) {
-                    s.add(
-                        "KUBE-LOAD-BALANCER-SOURCE-CIDR",
-                        SetEntry::IpPortNet(*ip, proto, rule.port, *cidr),
-                    );
-                }
-            }
-        }
-    }
-    if let Some(node_port) = rule.node_port {
-        let families: BTreeSet<IpFamily> = rule
-            .cluster_ips
-            .iter()
-            .map(IpFamily::of)
-            .chain(rule.endpoints.iter().map(|b| IpFamily::of(&b.ip)))
-            .collect();
-        for ip in node_ips
-            .iter()
-            .filter(|ip| families.contains(&IpFamily::of(ip)))
-        {
-            add(plan, *ip, node_port, false);
-            let s = set(sets, ip);
-            match proto {
-                Protocol::Tcp | Protocol::Udp => {
-                    let (all, loc) = if proto == Protocol::Tcp {
-                        ("KUBE-NODE-PORT-TCP", "KUBE-NODE-PORT-LOCAL-TCP")
-                    } else {
-                        ("KUBE-NODE-PORT-UDP", "KUBE-NODE-PORT-LOCAL-UDP")
-                    };
-                    s.add(all, SetEntry::Port(node_port));
-                    if local {
-                        s.add(loc, SetEntry::Port(node_port));
-                    }
-                }
-                Protocol::Sctp => {
-                    let e = SetEntry::IpPort(*ip, proto, node_port);
-                    s.add("KUBE-NODE-PORT-SCTP-HASH", e.clone());
-                    if local {
-                        s.add("KUBE-NODE-PORT-LOCAL-SCTP-HASH", e);
-                    }
-                }
-            }
-        }
-    }
-    if let Some(hc) = rule.health_check_node_port {
+    cluster_ips(&port, plan, sets);
+    external_ips(&port, plan, sets);
+    load_balancer_ips(&port, plan, sets);
+    node_ports(&port, node_ips, plan, sets);
+    if let Some(hc) = sp.rule.health_check_node_port {
         for family in [IpFamily::V4, IpFamily::V6] {
             if let Some(s) = sets.get_mut(&family) {
                 s.add("KUBE-HEALTH-CHECK-NODE-PORT", SetEntry::Port(hc));
             }
         }
     }
-    // Hairpin: an endpoint reaching itself through a service is masqueraded.
-    // Every reachable endpoint is listed (kube-proxy lists only local ones),
-    // so endpoints without a node name hairpin too; a member only matches
-    // packets from an endpoint to itself.
-    for b in sp.all_reachable_endpoints() {
-        set(sets, &b.ip).add(
-            "KUBE-LOOP-BACK",
-            SetEntry::IpPortIp(b.ip, proto, b.port, b.ip),
-        );
-    }
-    if local && rule.has_external() {
+    hairpin(&port, sets);
+    if port.local {
         plan.limitations.push(Limitation {
-            service_port: name.clone(),
+            service_port: port.name.clone(),
             reason: "externalTrafficPolicy=Local: IPVS has one virtual server per address, so \
                      traffic from pods and the node to external addresses also uses only local \
                      endpoints (no short circuit to cluster endpoints as in iptables mode)",
         });
+    }
+}
+
+/// Cluster IPs: internal endpoints, on `kube-ipvs0`, in `KUBE-CLUSTER-IP`.
+fn cluster_ips(p: &Port<'_>, plan: &mut IpvsPlan, sets: &mut BTreeMap<IpFamily, Sets>) {
+    for ip in &p.sp.rule.cluster_ips {
+        p.add_virtual_server(plan, *ip, p.sp.rule.port, true);
+        plan.addresses.insert(*ip);
+        set(sets, ip).add("KUBE-CLUSTER-IP", p.member(*ip));
+    }
+}
+
+/// External IPs: external endpoints, on `kube-ipvs0`, in `KUBE-EXTERNAL-IP(-LOCAL)`.
+fn external_ips(p: &Port<'_>, plan: &mut IpvsPlan, sets: &mut BTreeMap<IpFamily, Sets>) {
+    for ip in &p.sp.rule.external_ips {
+        p.add_virtual_server(plan, *ip, p.sp.rule.port, false);
+        plan.addresses.insert(*ip);
+        let base = if p.local {
+            "KUBE-EXTERNAL-IP-LOCAL"
+        } else {
+            "KUBE-EXTERNAL-IP"
+        };
+        set(sets, ip).add(base, p.member(*ip));
+    }
+}
+
+/// Load-balancer IPs: external endpoints, on `kube-ipvs0`, in
+/// `KUBE-LOAD-BALANCER(-LOCAL)`; with source ranges also in the firewall sets.
+fn load_balancer_ips(p: &Port<'_>, plan: &mut IpvsPlan, sets: &mut BTreeMap<IpFamily, Sets>) {
+    let rule = &p.sp.rule;
+    for ip in &rule.load_balancer_ips {
+        p.add_virtual_server(plan, *ip, rule.port, false);
+        plan.addresses.insert(*ip);
+        let s = set(sets, ip);
+        s.add("KUBE-LOAD-BALANCER", p.member(*ip));
+        if p.local {
+            s.add("KUBE-LOAD-BALANCER-LOCAL", p.member(*ip));
+        }
+        if rule.load_balancer_source_ranges.is_empty() {
+            continue;
+        }
+        s.add("KUBE-LOAD-BALANCER-FW", p.member(*ip));
+        for cidr in &rule.load_balancer_source_ranges {
+            if cidr.family() == IpFamily::of(ip) {
+                s.add(
+                    "KUBE-LOAD-BALANCER-SOURCE-CIDR",
+                    SetEntry::IpPortNet(*ip, rule.protocol, rule.port, *cidr),
+                );
+            }
+        }
+    }
+}
+
+/// NodePorts: a virtual server per node address of the port's families, in
+/// the node-port sets of its protocol.
+fn node_ports(
+    p: &Port<'_>,
+    node_ips: &[IpAddr],
+    plan: &mut IpvsPlan,
+    sets: &mut BTreeMap<IpFamily, Sets>,
+) {
+    let rule = &p.sp.rule;
+    let Some(node_port) = rule.node_port else {
+        return;
+    };
+    let families: BTreeSet<IpFamily> = rule
+        .cluster_ips
+        .iter()
+        .map(IpFamily::of)
+        .chain(rule.endpoints.iter().map(|b| IpFamily::of(&b.ip)))
+        .collect();
+    for ip in node_ips
+        .iter()
+        .filter(|ip| families.contains(&IpFamily::of(ip)))
+    {
+        p.add_virtual_server(plan, *ip, node_port, false);
+        let s = set(sets, ip);
+        let (all, local, member) = match rule.protocol {
+            Protocol::Tcp => (
+                "KUBE-NODE-PORT-TCP",
+                "KUBE-NODE-PORT-LOCAL-TCP",
+                SetEntry::Port(node_port),
+            ),
+            Protocol::Udp => (
+                "KUBE-NODE-PORT-UDP",
+                "KUBE-NODE-PORT-LOCAL-UDP",
+                SetEntry::Port(node_port),
+            ),
+            Protocol::Sctp => (
+                "KUBE-NODE-PORT-SCTP-HASH",
+                "KUBE-NODE-PORT-LOCAL-SCTP-HASH",
+                SetEntry::IpPort(*ip, Protocol::Sctp, node_port),
+            ),
+        };
+        s.add(all, member.clone());
+        if p.local {
+            s.add(local, member);
+        }
+    }
+}
+
+/// Hairpin: an endpoint reaching itself through a service is masqueraded.
+/// Every reachable endpoint is listed (kube-proxy lists only local ones),
+/// so endpoints without a node name hairpin too; a member only matches
+/// packets from an endpoint to itself.
+fn hairpin(p: &Port<'_>, sets: &mut BTreeMap<IpFamily, Sets>) {
+    for b in p.sp.all_reachable_endpoints() {
+        set(sets, &b.ip).add(
+            "KUBE-LOOP-BACK",
+            SetEntry::IpPortIp(b.ip, p.sp.rule.protocol, b.port, b.ip),
+        );
     }
 }
 

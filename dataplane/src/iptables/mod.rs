@@ -26,6 +26,7 @@ use self::sysctl::Sysctl;
 use super::{ApplyStats, Backend, BackendError};
 use crate::conntrack::{self, UdpSnapshot};
 use crate::exec::Runner;
+use crate::semantics::{ModeSemantics, NodePortScope, UnknownPort};
 use crate::settings::Settings;
 
 pub use self::plan::Plan;
@@ -185,4 +186,16 @@ impl Backend for IptablesBackend {
         self.udp = UdpSnapshot::default();
         Ok(())
     }
+}
+
+/// What this mode does differently: a port no service uses is not
+/// translated; NodePorts are served on every local address by default and,
+/// with `localhostNodePorts`, on 127.0.0.1 (through route_localnet).
+pub fn semantics(settings: &Settings) -> ModeSemantics {
+    ModeSemantics::new(
+        settings,
+        UnknownPort::NotTranslated,
+        NodePortScope::EveryLocalAddress,
+        settings.localhost_node_ports,
+    )
 }

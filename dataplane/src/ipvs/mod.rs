@@ -31,6 +31,7 @@ use crate::conntrack::{self, UdpSnapshot};
 use crate::exec::{ExecError, Runner};
 use crate::iptables::plan::FamilyPlan;
 use crate::iptables::restore::Restore;
+use crate::semantics::{ModeSemantics, NodePortScope, UnknownPort};
 use crate::settings::Settings;
 use crate::{ApplyStats, Backend, BackendError};
 use host::{Host, Sysctl};
@@ -450,4 +451,16 @@ impl Backend for IpvsBackend {
         self.udp = UdpSnapshot::default();
         Ok(())
     }
+}
+
+/// What this mode does differently: service addresses are the node's own on
+/// `kube-ipvs0`; NodePorts are served on every local address by default,
+/// never on 127.0.0.1.
+pub fn semantics(settings: &Settings) -> ModeSemantics {
+    ModeSemantics::new(
+        settings,
+        UnknownPort::DeliveredLocally,
+        NodePortScope::EveryLocalAddress,
+        false,
+    )
 }

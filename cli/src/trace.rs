@@ -168,7 +168,7 @@ fn probes(linked: &LinkedRuleset, settings: &Settings) -> Vec<Probe> {
 /// The outcome a packet tracer reports for a port no service uses.
 fn traced(unknown: UnknownPort) -> &'static str {
     match unknown {
-        UnknownPort::NotTranslated | UnknownPort::DeliveredLocally => "not translated",
+        UnknownPort::NotTranslated => "not translated",
         UnknownPort::Rejected => "REJECT",
     }
 }

@@ -18,8 +18,6 @@ pub enum UnknownPort {
     NotTranslated,
     /// ICMP port unreachable.
     Rejected,
-    /// IPVS: cluster IPs are local addresses on kube-ipvs0.
-    DeliveredLocally,
 }
 
 impl fmt::Display for UnknownPort {
@@ -27,9 +25,6 @@ impl fmt::Display for UnknownPort {
         f.write_str(match self {
             UnknownPort::NotTranslated => "not translated (routed on as addressed)",
             UnknownPort::Rejected => "rejected (ICMP port unreachable)",
-            UnknownPort::DeliveredLocally => {
-                "delivered to the node itself (cluster IPs are local addresses on kube-ipvs0)"
-            }
         })
     }
 }

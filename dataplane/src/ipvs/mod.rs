@@ -454,12 +454,13 @@ impl Backend for IpvsBackend {
 }
 
 /// What this mode does differently: service addresses are the node's own on
-/// `kube-ipvs0`; NodePorts are served on every local address by default,
-/// never on 127.0.0.1.
+/// `kube-ipvs0`, so a new connection to a port no service uses is rejected
+/// (KUBE-IPVS-FILTER); NodePorts are served on every local address by
+/// default, never on 127.0.0.1.
 pub fn semantics(settings: &Settings) -> ModeSemantics {
     ModeSemantics::new(
         settings,
-        UnknownPort::DeliveredLocally,
+        UnknownPort::Rejected,
         NodePortScope::EveryLocalAddress,
         false,
     )

@@ -246,7 +246,7 @@ fn check_plan(
 #[cfg(test)]
 mod tests {
     use switchyard_api::policy::{NodeInfo, link};
-    use switchyard_api::ruleset::{Backend as Endpoint, Protocol, Ruleset, ServicePortRule};
+    use switchyard_api::ruleset::{Endpoint, Protocol, Ruleset, ServicePortRule};
 
     use super::*;
 
@@ -257,13 +257,13 @@ mod tests {
         }
     }
 
-    fn ruleset(backends: Vec<Endpoint>) -> Ruleset {
+    fn ruleset(endpoints: Vec<Endpoint>) -> Ruleset {
         Ruleset {
             services: vec![ServicePortRule {
                 port_name: "http".into(),
                 cluster_ips: vec!["10.96.0.10".parse().unwrap()],
                 node_port: Some(30080),
-                backends,
+                endpoints,
                 ..ServicePortRule::new(1, "default", "web", Protocol::Tcp, 80)
             }],
         }

@@ -538,7 +538,7 @@ impl Agent {
                 tracing::warn!(error = %e, "health check node port not served");
             }
         }
-        let endpoints: usize = linked.services.iter().map(|s| s.rule.backends.len()).sum();
+        let endpoints: usize = linked.services.iter().map(|s| s.rule.endpoints.len()).sum();
         let s = &mut self.status;
         s.applied_mode = mode;
         s.applied_epoch = Some(assembled.layout.epoch);

@@ -18,7 +18,7 @@ use switchyard_agent::metrics::Metrics;
 use switchyard_agent::status::{StatusError, StatusReporter, StatusWriter};
 use switchyard_agent::switch::{DataplaneFactory, Leftovers, Probe};
 use switchyard_api::proxyconfig::{RolloutSpec, Verification};
-use switchyard_api::ruleset::{Backend, Protocol, Ruleset, ServicePortRule, ShardLayout};
+use switchyard_api::ruleset::{Endpoint, Protocol, Ruleset, ServicePortRule, ShardLayout};
 use switchyard_api::{
     Mode, ProxyConfig, ProxyConfigSpec, ProxyNode, ProxyNodeSpec, ProxyNodeStatus, ProxyRuleset,
     ProxyRulesetSpec,
@@ -32,23 +32,23 @@ pub fn fixed_clock() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
 }
 
-pub fn backend(id: u32, ip: &str, node: &str) -> Backend {
-    Backend {
+pub fn endpoint(id: u32, ip: &str, node: &str) -> Endpoint {
+    Endpoint {
         node_name: Some(node.to_string()),
-        ..Backend::new(id, ip.parse().unwrap(), 8080)
+        ..Endpoint::new(id, ip.parse().unwrap(), 8080)
     }
 }
 
-pub fn rule(id: u32, name: &str, vip: &str, backends: Vec<Backend>) -> ServicePortRule {
+pub fn rule(id: u32, name: &str, vip: &str, endpoints: Vec<Endpoint>) -> ServicePortRule {
     ServicePortRule {
         cluster_ips: vec![vip.parse::<IpAddr>().unwrap()],
-        backends,
+        endpoints,
         ..ServicePortRule::new(id, "default", name, Protocol::Tcp, 80)
     }
 }
 
 pub fn web() -> ServicePortRule {
-    rule(1, "web", WEB_VIP, vec![backend(1, "10.0.1.5", NODE)])
+    rule(1, "web", WEB_VIP, vec![endpoint(1, "10.0.1.5", NODE)])
 }
 
 pub fn shard(

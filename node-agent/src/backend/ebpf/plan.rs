@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use switchyard_api::policy::{LinkedRuleset, LinkedServicePort};
-use switchyard_api::ruleset::{Backend, Cidr, IpFamily, Protocol};
+use switchyard_api::ruleset::{Cidr, Endpoint, IpFamily, Protocol};
 
 use super::layout::*;
 use super::maglev;
@@ -180,7 +180,7 @@ fn render_service_port(
     }
 
     for family in [IpFamily::V4, IpFamily::V6] {
-        let in_family = |b: &&Backend| IpFamily::of(&b.ip) == family;
+        let in_family = |b: &&Endpoint| IpFamily::of(&b.ip) == family;
         let mut lists = vec![(
             LIST_INTERNAL,
             internal_flags,
@@ -299,7 +299,7 @@ fn source_range(svc_id: u32, cidr: &Cidr) -> SourceRange {
 }
 
 /// Add a backend entry; None (and a problem) when its id is taken by another address.
-fn add_backend(plan: &mut EbpfPlan, name: &str, b: &Backend) -> Option<BackendEntry> {
+fn add_backend(plan: &mut EbpfPlan, name: &str, b: &Endpoint) -> Option<BackendEntry> {
     let entry = BackendEntry::new(b.ip, b.port);
     match plan.maps.backends.get(&b.id) {
         Some(existing) if *existing != entry => {

@@ -4,7 +4,7 @@
 
 use data_encoding::BASE32;
 use sha2::{Digest, Sha256};
-use switchyard_api::ruleset::{Backend, ServicePortRule};
+use switchyard_api::ruleset::{Endpoint, ServicePortRule};
 
 pub const KUBE_SERVICES: &str = "KUBE-SERVICES";
 pub const KUBE_EXTERNAL_SERVICES: &str = "KUBE-EXTERNAL-SERVICES";
@@ -84,7 +84,7 @@ impl ServiceChains {
 
 /// kube-proxy's `servicePortEndpointChainName`: `KUBE-SEP-` + hash of
 /// servicePortName + protocol + `ip:port`.
-pub fn endpoint_chain(rule: &ServicePortRule, backend: &Backend) -> String {
+pub fn endpoint_chain(rule: &ServicePortRule, backend: &Endpoint) -> String {
     let text = format!(
         "{}{}{}",
         rule.service_port_name(),
@@ -112,7 +112,7 @@ mod tests {
         let r = rule("ns1", "svc1", "p80");
         let chains = ServiceChains::of(&r);
         assert_eq!(chains.cluster, "KUBE-SVC-XPGD46QRK7WJZT7O");
-        let ep = Backend::new(1, "10.180.0.1".parse().unwrap(), 80);
+        let ep = Endpoint::new(1, "10.180.0.1".parse().unwrap(), 80);
         assert_eq!(endpoint_chain(&r, &ep), "KUBE-SEP-SXIVWICOYRO3J4NJ");
         assert_eq!(
             ServiceChains::of(&rule("ns2", "svc2", "p80")).external,

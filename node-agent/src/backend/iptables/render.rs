@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use switchyard_api::policy::{LinkedRuleset, LinkedServicePort};
-use switchyard_api::ruleset::{Backend, Cidr, IpFamily, Protocol};
+use switchyard_api::ruleset::{Cidr, Endpoint, IpFamily, Protocol};
 
 use super::names::{
     self, KUBE_EXTERNAL_SERVICES, KUBE_FIREWALL, KUBE_FORWARD, KUBE_MARK_MASQ, KUBE_NODEPORTS,
@@ -205,9 +205,9 @@ struct FamilyPort<'a> {
     external_ips: Vec<IpAddr>,
     lb_ips: Vec<IpAddr>,
     source_ranges: Vec<Cidr>,
-    cluster: Vec<&'a Backend>,
-    local: Vec<&'a Backend>,
-    reachable: Vec<&'a Backend>,
+    cluster: Vec<&'a Endpoint>,
+    local: Vec<&'a Endpoint>,
+    reachable: Vec<&'a Endpoint>,
     has_endpoints: bool,
 }
 
@@ -221,9 +221,9 @@ fn of_family(ips: &[IpAddr], family: IpFamily) -> Vec<IpAddr> {
 fn family_port(sp: &LinkedServicePort, family: IpFamily) -> Option<FamilyPort<'_>> {
     let rule = &sp.rule;
     let cluster_ip = *of_family(&rule.cluster_ips, family).first()?;
-    let in_family = |b: &&Backend| IpFamily::of(&b.ip) == family;
+    let in_family = |b: &&Endpoint| IpFamily::of(&b.ip) == family;
     let usable = rule
-        .backends
+        .endpoints
         .iter()
         .filter(in_family)
         .any(|b| b.ready || (b.serving && b.terminating));
@@ -517,7 +517,7 @@ fn service_to_endpoints(
     b: &mut Builder,
     rule: &switchyard_api::ruleset::ServicePortRule,
     chain: &str,
-    endpoints: &[&Backend],
+    endpoints: &[&Endpoint],
     affinity: Option<u32>,
 ) {
     let name = rule.service_port_name();

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use switchyard_api::policy::{LinkedRuleset, LinkedServicePort};
 use switchyard_api::proxyconfig::{IpvsScheduler, IpvsSchedulerFlag};
-use switchyard_api::ruleset::{Backend, IpFamily, Protocol};
+use switchyard_api::ruleset::{Endpoint, IpFamily, Protocol};
 
 use super::genl::{SVC_F_PERSISTENT, SVC_F_SCHED1, SVC_F_SCHED2};
 use super::objects::{RealServer, ServiceKey, Timeouts, VirtualServer};
@@ -239,7 +239,7 @@ fn virtual_server(key: ServiceKey, sp: &LinkedServicePort, settings: &Settings) 
 }
 
 fn real_servers<'a>(
-    endpoints: impl Iterator<Item = &'a Backend>,
+    endpoints: impl Iterator<Item = &'a Endpoint>,
     family: IpFamily,
 ) -> BTreeSet<RealServer> {
     endpoints
@@ -333,7 +333,7 @@ fn render_service_port(
             .cluster_ips
             .iter()
             .map(IpFamily::of)
-            .chain(rule.backends.iter().map(|b| IpFamily::of(&b.ip)))
+            .chain(rule.endpoints.iter().map(|b| IpFamily::of(&b.ip)))
             .collect();
         for ip in node_ips
             .iter()

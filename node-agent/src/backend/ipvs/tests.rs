@@ -10,7 +10,7 @@ use switchyard_api::Mode;
 use switchyard_api::policy::{NodeInfo, link};
 use switchyard_api::proxyconfig::{IpvsScheduler, IpvsSchedulerFlag};
 use switchyard_api::ruleset::{
-    Backend as Endpoint, Protocol, Ruleset, ServicePortRule, SessionAffinity, TrafficPolicy,
+    Endpoint, Protocol, Ruleset, ServicePortRule, SessionAffinity, TrafficPolicy,
 };
 
 use super::capture::parse_hex;
@@ -182,7 +182,7 @@ fn rule() -> ServicePortRule {
     ServicePortRule {
         cluster_ips: vec!["10.96.0.10".parse().unwrap()],
         node_port: Some(30080),
-        backends: vec![
+        endpoints: vec![
             endpoint(1, "10.1.1.2", "node-a"),
             endpoint(2, "10.1.2.2", "node-b"),
         ],
@@ -318,7 +318,7 @@ fn ipv6_services_get_kube_6_sets_and_ip6tables_rules() {
     let mut r = rule();
     r.cluster_ips = vec!["fd00::10".parse().unwrap()];
     r.node_port = None;
-    r.backends = vec![endpoint(1, "fd01::2", "node-a")];
+    r.endpoints = vec![endpoint(1, "fd01::2", "node-a")];
     let plan = plan_for(vec![r], &Settings::defaults(Mode::Ipvs));
     assert_eq!(set(&plan, "KUBE-6-CLUSTER-IP"), ["fd00::10,tcp:80"]);
     // Names are cut to the kernel's 31 characters, as kube-proxy cuts them.
@@ -371,7 +371,7 @@ fn removed_endpoint_with_open_connections_is_quiesced_then_deleted_when_drained(
     f.table().set_active(&vip, pod1, 3);
 
     let mut r = rule();
-    r.backends.remove(0);
+    r.endpoints.remove(0);
     let plan = plan_for(vec![r], &s);
     b.apply(&plan).unwrap();
     let d = kernel_dests(&f, &vip);

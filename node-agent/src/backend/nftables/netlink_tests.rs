@@ -309,10 +309,10 @@ fn every_expression_step(old: Option<&[Table]>, new: Option<&[Table]>) -> Transa
 fn rulesets() -> [Ruleset; 6] {
     let base = sample_ruleset();
     let mut changed = base.clone();
-    changed.services[0].backends[1] = endpoint(19, "10.0.9.5", "node-z");
+    changed.services[0].endpoints[1] = endpoint(19, "10.0.9.5", "node-z");
     changed.services.retain(|s| s.name != "sticky");
     let mut emptied = base.clone();
-    emptied.services[0].backends.clear();
+    emptied.services[0].endpoints.clear();
     emptied.services.push(service(
         7,
         "new",
@@ -324,7 +324,7 @@ fn rulesets() -> [Ruleset; 6] {
         timeout_seconds: 30,
     });
     let mut v6 = base.clone();
-    v6.services[5].backends[0] = endpoint(63, "fd00:10::19", "node-a");
+    v6.services[5].endpoints[0] = endpoint(63, "fd00:10::19", "node-a");
     let mut lb6 = service(
         8,
         "lb6",

@@ -38,7 +38,7 @@ fn full_and_incremental_syncs_land_in_the_kernel_and_a_broken_apply_keeps_them()
 
     // Incremental: one endpoint replaced, one service removed.
     let mut changed = rs.clone();
-    changed.services[0].backends[1] = endpoint(19, "10.0.9.5", "node-z");
+    changed.services[0].endpoints[1] = endpoint(19, "10.0.9.5", "node-z");
     changed.services.retain(|s| s.name != "sticky");
     let stats = apply(&mut backend, &changed);
     assert!(!stats.full);
@@ -154,7 +154,7 @@ fn every_incremental_transition_is_accepted_and_leaves_exactly_the_planned_objec
     let mut steps = vec![base.clone()];
     // All endpoints of a service go away (its chain goes, REJECT elements come).
     let mut s = base.clone();
-    s.services[0].backends.clear();
+    s.services[0].endpoints.clear();
     steps.push(s.clone());
     // They come back, and a new service appears.
     let mut s = base.clone();
@@ -287,7 +287,7 @@ fn netlink_transactions_reach_the_namespace_of_the_thread_that_applies() {
     let rs = sample_ruleset();
     applied_in.enter(|| assert!(apply(&mut backend, &rs).full));
     let mut changed = rs.clone();
-    changed.services[0].backends[1] = endpoint(19, "10.0.9.5", "node-z");
+    changed.services[0].endpoints[1] = endpoint(19, "10.0.9.5", "node-z");
     applied_in.enter(|| assert!(!apply(&mut backend, &changed).full));
     let listed = applied_in.sh("nft list table ip switchyard");
     assert!(listed.contains("dnat to 10.0.9.5:8080"), "{listed}");

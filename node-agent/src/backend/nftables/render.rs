@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use switchyard_api::policy::{LinkedRuleset, LinkedServicePort, NodeInfo};
-use switchyard_api::ruleset::{Backend, Cidr, IpFamily};
+use switchyard_api::ruleset::{Cidr, Endpoint, IpFamily};
 
 use crate::conntrack::UdpPort;
 use crate::settings::{LocalDetector, NodePortAddresses, Settings};
@@ -180,7 +180,7 @@ impl Names {
     }
 }
 
-fn affinity_set_name(svc: &LinkedServicePort, ep: &Backend) -> String {
+fn affinity_set_name(svc: &LinkedServicePort, ep: &Endpoint) -> String {
     let r = &svc.rule;
     let ip = ep.ip.to_string().replace(':', ".");
     format!(
@@ -552,9 +552,9 @@ impl<'a> FamilyRenderer<'a> {
         let cluster_ips = self.of_family(&r.cluster_ips);
         let external_ips = self.of_family(&r.external_ips);
         let lb_ips = self.of_family(&r.load_balancer_ips);
-        let in_family = |b: &&Backend| IpFamily::of(&b.ip) == self.family;
-        let cluster: Vec<&Backend> = svc.cluster_endpoints().filter(in_family).collect();
-        let local: Vec<&Backend> = svc.local_endpoints().filter(in_family).collect();
+        let in_family = |b: &&Endpoint| IpFamily::of(&b.ip) == self.family;
+        let cluster: Vec<&Endpoint> = svc.cluster_endpoints().filter(in_family).collect();
+        let local: Vec<&Endpoint> = svc.local_endpoints().filter(in_family).collect();
         if cluster_ips.is_empty() && external_ips.is_empty() && lb_ips.is_empty() {
             // A service port of the other family only; NodePorts follow the
             // cluster IP's family as in kube-proxy's per-family proxiers.
@@ -748,11 +748,11 @@ impl<'a> FamilyRenderer<'a> {
         f: &mut Fragment,
         svc: &LinkedServicePort,
         chain: &str,
-        endpoints: &[&Backend],
+        endpoints: &[&Endpoint],
     ) {
         let proto = svc.rule.protocol;
         let affinity = svc.rule.session_affinity;
-        let dnat = |f: &mut Fragment, ep: &Backend| -> Vec<Stmt> {
+        let dnat = |f: &mut Fragment, ep: &Endpoint| -> Vec<Stmt> {
             let mut stmts = Vec::new();
             if let Some(a) = affinity {
                 let set = affinity_set_name(svc, ep);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use switchyard_api::Mode;
 use switchyard_api::policy::{LinkedRuleset, NodeInfo, link};
 use switchyard_api::ruleset::{
-    Backend as Endpoint, Cidr, Protocol, Ruleset, ServicePortRule, SessionAffinity, TrafficPolicy,
+    Cidr, Endpoint, Protocol, Ruleset, ServicePortRule, SessionAffinity, TrafficPolicy,
 };
 
 use super::diff::Applied;
@@ -38,7 +38,7 @@ pub fn service(id: u32, name: &str, vip: &str, endpoints: Vec<Endpoint>) -> Serv
     ServicePortRule {
         port_name: "http".to_string(),
         cluster_ips: vec![ip(vip)],
-        backends: endpoints,
+        endpoints,
         ..ServicePortRule::new(id, "default", name, Protocol::Tcp, 80)
     }
 }
@@ -111,7 +111,7 @@ pub fn sample_ruleset() -> Ruleset {
         vec![endpoint(61, "fd00:10::9", "node-b")],
     );
     dual.cluster_ips.insert(0, ip("172.30.0.60"));
-    dual.backends.push(endpoint(62, "10.0.2.9", "node-b"));
+    dual.endpoints.push(endpoint(62, "10.0.2.9", "node-b"));
     dual.protocol = Protocol::Udp;
     dual.port = 53;
     Ruleset {
@@ -152,9 +152,9 @@ fn full_plan_matches_golden_file() {
 fn endpoint_change_transaction_matches_golden_file() {
     let before = sample_ruleset();
     let mut after = before.clone();
-    after.services[0].backends.remove(1);
+    after.services[0].endpoints.remove(1);
     after.services[0]
-        .backends
+        .endpoints
         .push(endpoint(14, "10.0.4.5", "node-d"));
     // Removing a service deletes its elements before its chains.
     after.services.retain(|s| s.name != "sticky");
@@ -341,7 +341,7 @@ fn session_affinity_checks_sets_before_choosing() {
 #[test]
 fn bad_endpoint_is_skipped_and_reported() {
     let mut rs = sample_ruleset();
-    rs.services[0].backends[0].port = 0;
+    rs.services[0].endpoints[0].port = 0;
     let plan = plan_of(&rs);
     let skipped: Vec<&String> = plan.skipped().collect();
     assert_eq!(skipped.len(), 1, "{skipped:?}");
@@ -378,7 +378,7 @@ fn first_apply_replaces_tables_then_syncs_only_changes() {
     assert_eq!(nft_calls().len(), 1, "nothing to do: no nft run at all");
 
     let mut changed = rs.clone();
-    changed.services[0].backends.pop();
+    changed.services[0].endpoints.pop();
     let inc = backend.apply(&plan_of(&changed)).unwrap();
     assert!(!inc.full);
     let calls = nft_calls();
@@ -421,7 +421,7 @@ fn udp_endpoint_removal_clears_its_conntrack_entries() {
         .iter_mut()
         .find(|s| s.name == "dual")
         .unwrap();
-    dual.backends.retain(|b| b.ip != ip("10.0.2.9"));
+    dual.endpoints.retain(|b| b.ip != ip("10.0.2.9"));
     backend.apply(&plan_of(&changed)).unwrap();
     let conntrack: Vec<_> = runner
         .calls()
@@ -454,7 +454,7 @@ fn cleanup_deletes_only_our_two_tables() {
 fn host_traffic_to_external_local_without_local_endpoints_is_short_circuited_not_dropped() {
     let mut rs = sample_ruleset();
     let lb = rs.services.iter_mut().find(|s| s.name == "lb").unwrap();
-    lb.backends
+    lb.endpoints
         .retain(|b| b.node_name.as_deref() != Some("node-a"));
     let plan = plan_of(&rs);
     let mut host = tcp("203.0.113.7", 80);
@@ -654,7 +654,7 @@ fn mutate(rs: &mut Ruleset, next_id: &mut u32, op: u8, arg: u8) {
     match op % 12 {
         0 => {
             if let Some(i) = pick(rs) {
-                let b = &mut rs.services[i].backends;
+                let b = &mut rs.services[i].endpoints;
                 if !b.is_empty() {
                     b.remove(usize::from(arg) % b.len());
                 }
@@ -666,13 +666,13 @@ fn mutate(rs: &mut Ruleset, next_id: &mut u32, op: u8, arg: u8) {
                 let node = ["node-a", "node-b"][usize::from(arg) % 2];
                 let addr = format!("10.0.{}.{}", arg % 4, 100 + arg % 50);
                 rs.services[i]
-                    .backends
+                    .endpoints
                     .push(endpoint(*next_id, &addr, node));
             }
         }
         2 => {
             if let Some(i) = pick(rs)
-                && let Some(b) = rs.services[i].backends.first_mut()
+                && let Some(b) = rs.services[i].endpoints.first_mut()
             {
                 b.ready = !b.ready;
             }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 pub use crate::backend::ebpf::scratch::{ScratchBpffs, ScratchCgroup};
 pub use crate::backend::testns::Netns;
 use switchyard_api::policy::{LinkedRuleset, NodeInfo, link};
-use switchyard_api::ruleset::{Backend, Protocol, Ruleset, ServicePortRule};
+use switchyard_api::ruleset::{Endpoint, Protocol, Ruleset, ServicePortRule};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -32,17 +32,17 @@ pub fn ip(text: &str) -> IpAddr {
     text.parse().unwrap()
 }
 
-pub fn backend(id: u32, addr: &str, port: u16, node: &str) -> Backend {
-    Backend {
+pub fn endpoint(id: u32, addr: &str, port: u16, node: &str) -> Endpoint {
+    Endpoint {
         node_name: Some(node.to_string()),
-        ..Backend::new(id, ip(addr), port)
+        ..Endpoint::new(id, ip(addr), port)
     }
 }
 
-pub fn service(id: u32, cluster_ip: &str, port: u16, backends: Vec<Backend>) -> ServicePortRule {
+pub fn service(id: u32, cluster_ip: &str, port: u16, endpoints: Vec<Endpoint>) -> ServicePortRule {
     ServicePortRule {
         cluster_ips: vec![ip(cluster_ip)],
-        backends,
+        endpoints,
         ..ServicePortRule::new(id, "default", &format!("svc{id}"), Protocol::Tcp, port)
     }
 }

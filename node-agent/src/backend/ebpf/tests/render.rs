@@ -21,8 +21,8 @@ fn cluster_ip_maps_to_internal_list_of_its_backends() {
         "10.96.0.10",
         80,
         vec![
-            backend(70, "10.244.1.5", 8080, "node-a"),
-            backend(71, "10.244.2.5", 8080, "node-b"),
+            endpoint(70, "10.244.1.5", 8080, "node-a"),
+            endpoint(71, "10.244.2.5", 8080, "node-b"),
         ],
     )]);
     let plan = render(&rs, &settings());
@@ -59,8 +59,8 @@ fn node_port_with_local_external_policy_uses_local_endpoints_without_masquerade(
         "10.96.0.3",
         80,
         vec![
-            backend(30, "10.244.1.5", 8080, "node-a"),
-            backend(31, "10.244.2.5", 8080, "node-b"),
+            endpoint(30, "10.244.1.5", 8080, "node-a"),
+            endpoint(31, "10.244.2.5", 8080, "node-b"),
         ],
     );
     svc.node_port = Some(30080);
@@ -97,7 +97,7 @@ fn load_balancer_source_ranges_apply_to_load_balancer_ips_only() {
         5,
         "10.96.0.5",
         443,
-        vec![backend(50, "10.244.1.5", 8443, "node-a")],
+        vec![endpoint(50, "10.244.1.5", 8443, "node-a")],
     );
     svc.load_balancer_ips = vec![ip("203.0.113.5")];
     svc.external_ips = vec![ip("198.51.100.5")];
@@ -128,13 +128,13 @@ fn colliding_frontend_is_skipped_and_reported() {
         1,
         "10.96.0.1",
         80,
-        vec![backend(10, "10.244.1.5", 80, "node-a")],
+        vec![endpoint(10, "10.244.1.5", 80, "node-a")],
     );
     let b = service(
         2,
         "10.96.0.1",
         80,
-        vec![backend(20, "10.244.1.6", 80, "node-a")],
+        vec![endpoint(20, "10.244.1.6", 80, "node-a")],
     );
     let plan = render(&linked(vec![a, b]), &settings());
     assert_eq!(plan.maps.frontends.len(), 1);
@@ -148,7 +148,7 @@ fn maglev_tables_cover_every_backend_and_move_few_entries_on_change() {
     let mut s = settings();
     s.ebpf.maglev_table_size = Some(251);
     let backends: Vec<_> = (0..5)
-        .map(|i| backend(100 + i, &format!("10.244.1.{}", i + 1), 80, "node-a"))
+        .map(|i| endpoint(100 + i, &format!("10.244.1.{}", i + 1), 80, "node-a"))
         .collect();
     let mut svc = service(9, "10.96.0.9", 80, backends.clone());
     svc.node_port = Some(30009);
@@ -158,7 +158,7 @@ fn maglev_tables_cover_every_backend_and_move_few_entries_on_change() {
         let n = before.iter().filter(|id| **id == b.id).count();
         assert!((40..=60).contains(&n), "backend {} has {n} entries", b.id);
     }
-    svc.backends.pop();
+    svc.endpoints.pop();
     let after = render(&linked(vec![svc]), &s).maps.maglev[&(9, LIST_EXTERNAL)].clone();
     let moved = before
         .iter()

@@ -85,14 +85,14 @@ fn client_in_the_cgroup_reaches_cluster_ip_backends() {
         1,
         "10.96.0.10",
         80,
-        vec![backend(10, "10.244.1.5", 8080, "node-a")],
+        vec![endpoint(10, "10.244.1.5", 8080, "node-a")],
     );
     web.node_port = Some(30010);
     let mut dns = service(
         2,
         "10.96.0.11",
         53,
-        vec![backend(20, "10.244.1.5", 5353, "node-a")],
+        vec![endpoint(20, "10.244.1.5", 5353, "node-a")],
     );
     dns.protocol = Protocol::Udp;
     let rs = linked(vec![web, dns, service(3, "10.96.0.12", 80, vec![])]);

@@ -16,7 +16,7 @@ fn state(lists: &[(u32, &[(u32, &str)])]) -> MapState {
         .map(|(id, bs)| {
             let backends = bs
                 .iter()
-                .map(|(bid, addr)| backend(*bid, addr, 80, "node-a"))
+                .map(|(bid, addr)| endpoint(*bid, addr, 80, "node-a"))
                 .collect();
             service(*id, &format!("10.96.0.{id}"), 80, backends)
         })
@@ -106,13 +106,13 @@ fn one_endpoint_change_rewrites_only_that_service() {
                     i,
                     &format!("10.96.1.{i}"),
                     80,
-                    vec![backend(1000 + i, &format!("10.244.9.{i}"), 80, "node-a")],
+                    vec![endpoint(1000 + i, &format!("10.244.9.{i}"), 80, "node-a")],
                 )
             })
             .collect();
         if extra {
-            v[7].backends
-                .push(backend(5000, "10.244.10.1", 80, "node-b"));
+            v[7].endpoints
+                .push(endpoint(5000, "10.244.10.1", 80, "node-b"));
         }
         v
     };
@@ -150,13 +150,13 @@ fn restarted_agent_adopts_the_maps_and_removes_what_it_no_longer_wants() {
             1,
             "10.96.0.1",
             80,
-            vec![backend(10, "10.244.1.1", 80, "node-a")],
+            vec![endpoint(10, "10.244.1.1", 80, "node-a")],
         ),
         service(
             2,
             "10.96.0.2",
             80,
-            vec![backend(20, "10.244.1.2", 80, "node-a")],
+            vec![endpoint(20, "10.244.1.2", 80, "node-a")],
         ),
     ]);
     let mut first = EbpfBackend::new(FakeKernel::default());
@@ -183,7 +183,7 @@ fn restarted_agent_adopts_the_maps_and_removes_what_it_no_longer_wants() {
         1,
         "10.96.0.1",
         80,
-        vec![backend(10, "10.244.1.1", 80, "node-a")],
+        vec![endpoint(10, "10.244.1.1", 80, "node-a")],
     )]);
     let stats = restarted.apply(&render(&new, &s)).unwrap();
     assert!(stats.full);

@@ -194,8 +194,8 @@ fn external_service(policy: TrafficPolicy) -> EbpfPlan {
         "10.96.0.7",
         80,
         vec![
-            backend(70, "10.244.1.5", 8080, "node-a"),
-            backend(71, "10.244.2.5", 8080, "node-b"),
+            endpoint(70, "10.244.1.5", 8080, "node-a"),
+            endpoint(71, "10.244.2.5", 8080, "node-b"),
         ],
     );
     svc.external_ips = vec![ip("203.0.113.10")];
@@ -204,12 +204,13 @@ fn external_service(policy: TrafficPolicy) -> EbpfPlan {
     svc.node_port = Some(30080);
     svc.external_traffic_policy = policy;
     svc.external_ips.push(ip("2001:db8:1::10"));
-    svc.backends.push(backend(72, "fd00:10::5", 8080, "node-a"));
+    svc.endpoints
+        .push(endpoint(72, "fd00:10::5", 8080, "node-a"));
     let mut udp = service(
         8,
         "10.96.0.8",
         53,
-        vec![backend(80, "10.244.1.8", 5353, "node-a")],
+        vec![endpoint(80, "10.244.1.8", 5353, "node-a")],
     );
     udp.protocol = switchyard_api::ruleset::Protocol::Udp;
     udp.node_port = Some(30053);
@@ -404,7 +405,7 @@ fn balanced(affinity: bool, maglev: Option<u32>, backends: u32) -> EbpfPlan {
         "10.96.0.9",
         80,
         (0..backends)
-            .map(|i| backend(90 + i, &format!("10.244.9.{}", i + 1), 8080, "node-a"))
+            .map(|i| endpoint(90 + i, &format!("10.244.9.{}", i + 1), 8080, "node-a"))
             .collect(),
     );
     svc.node_port = Some(30090);

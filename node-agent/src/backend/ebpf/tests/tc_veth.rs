@@ -75,7 +75,7 @@ fn node_port_through_real_interfaces_is_dnated_masqueraded_and_rejected_without_
         1,
         "10.96.0.1",
         80,
-        vec![backend(10, "10.244.1.5", 8080, "node-a")],
+        vec![endpoint(10, "10.244.1.5", 8080, "node-a")],
     );
     web.node_port = Some(30080);
     let mut empty = service(2, "10.96.0.2", 80, vec![]);

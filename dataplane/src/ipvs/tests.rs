@@ -23,7 +23,6 @@ use super::*;
 use crate::Backend;
 use crate::exec::FakeRunner;
 use crate::iptables::trace::{Origin, Packet, Verdict, trace_with_sets};
-use crate::semantics::UnknownPort;
 use crate::settings::{LocalDetector, Settings};
 
 fn decode(fixture: &str) -> (Vec<u8>, NetlinkMessage<GenlMessage<IpvsMessage>>) {

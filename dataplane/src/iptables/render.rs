@@ -95,17 +95,9 @@ fn render_family(ruleset: &LinkedRuleset, settings: &Settings, family: IpFamily)
 /// The rules of the fixed chains: marking, masquerading, the localnet guard, forwarding.
 fn fixed_rules(b: &mut Builder, mark: u32, localhost_node_ports: bool) {
     b.nat.push(KUBE_MARK_MASQ, Rule::new(Target::OrMark(mark)));
-    b.nat.push(
-        KUBE_POSTROUTING,
-        Rule::new(Target::Return).with(Match::Mark { mark, negate: true }),
-    );
-    b.nat
-        .push(KUBE_POSTROUTING, Rule::new(Target::XorMark(mark)));
-    b.nat.push(
-        KUBE_POSTROUTING,
-        Rule::new(Target::Masquerade { random_fully: true })
-            .comment("kubernetes service traffic requiring SNAT"),
-    );
+    for rule in masquerade_marked(mark) {
+        b.nat.push(KUBE_POSTROUTING, rule);
+    }
     if localhost_node_ports {
         b.filter.push(
             KUBE_FIREWALL,
@@ -150,6 +142,18 @@ fn fixed_rules(b: &mut Builder, mark: u32, localhost_node_ports: bool) {
                 negate: false,
             }),
     );
+}
+
+/// KUBE-POSTROUTING's rules in both layouts (this mode's and the IPVS
+/// mode's): masquerade the packets marked for it, clearing the mark so a
+/// packet that passes the stack again is not masqueraded twice.
+pub fn masquerade_marked(mark: u32) -> [Rule; 3] {
+    [
+        Rule::new(Target::Return).with(Match::Mark { mark, negate: true }),
+        Rule::new(Target::XorMark(mark)),
+        Rule::new(Target::Masquerade { random_fully: true })
+            .comment("kubernetes service traffic requiring SNAT"),
+    ]
 }
 
 fn cidr(text: &str) -> Cidr {

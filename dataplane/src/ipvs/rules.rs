@@ -12,6 +12,7 @@ use crate::iptables::names::{
     KUBE_FORWARD, KUBE_MARK_MASQ, KUBE_POSTROUTING, KUBE_PROXY_FIREWALL, KUBE_SERVICES,
 };
 use crate::iptables::plan::{ChainList, FamilyPlan, JumpRule};
+use crate::iptables::render::masquerade_marked;
 use crate::iptables::rule::{Match, Rule, Side, Table, Target};
 use crate::settings::{LocalDetector, Settings};
 
@@ -134,17 +135,9 @@ fn masquerade_rules(b: &mut Builder, mark: u32) {
             .comment("Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose")
             .with(hairpin),
     );
-    b.nat.push(
-        KUBE_POSTROUTING,
-        Rule::new(Target::Return).with(Match::Mark { mark, negate: true }),
-    );
-    b.nat
-        .push(KUBE_POSTROUTING, Rule::new(Target::XorMark(mark)));
-    b.nat.push(
-        KUBE_POSTROUTING,
-        Rule::new(Target::Masquerade { random_fully: true })
-            .comment("kubernetes service traffic requiring SNAT"),
-    );
+    for rule in masquerade_marked(mark) {
+        b.nat.push(KUBE_POSTROUTING, rule);
+    }
     b.nat.push(KUBE_MARK_MASQ, Rule::new(Target::OrMark(mark)));
 }
 

@@ -1,6 +1,6 @@
 //! Compiles the eBPF C programs in `bpf/` into `$OUT_DIR/<name>.bpf.o`
 //! (embedded by `backend::ebpf::objects`). The list is explicit: a new entry
-//! file is added here.
+//! file is added here. Also sets `SWITCHYARD_VERSION` for `--version`.
 
 use std::env;
 use std::path::PathBuf;
@@ -10,6 +10,7 @@ use std::process::Command;
 const PROGRAMS: &[&str] = &["sock", "tc"];
 
 fn main() {
+    switchyard_buildinfo::emit_version();
     let out = PathBuf::from(env::var_os("OUT_DIR").unwrap_or_default());
     let clang = env::var("CLANG").unwrap_or_else(|_| "clang".to_string());
     let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".to_string());

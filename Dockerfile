@@ -14,7 +14,7 @@ ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
 
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS build
-# clang and the uapi/libbpf headers compile the agent's eBPF programs (node-agent/build.rs).
+# clang and the uapi/libbpf headers compile the agent's eBPF programs (dataplane/build.rs).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends clang libbpf-dev linux-libc-dev \
  && rm -rf /var/lib/apt/lists/*

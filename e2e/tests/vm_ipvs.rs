@@ -6,25 +6,27 @@
 //! the VM every test builds its own namespaces: a node running the backend, a
 //! client and two pods, connected by veths, and sends real TCP connections.
 
+mod common;
+
 use std::net::{IpAddr, SocketAddr};
 
 use futures::future::BoxFuture;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use switchyard_agent::backend::Backend;
-use switchyard_agent::backend::ipvs::kernel::{Ipvs, NetlinkIpvs};
-use switchyard_agent::backend::ipvs::objects::{DestState, ServiceKey, VirtualServer};
-use switchyard_agent::backend::ipvs::{DUMMY_INTERFACE, IpvsBackend};
-use switchyard_agent::exec::{RealRunner, Runner};
-use switchyard_agent::settings::Settings;
 use switchyard_agent::switch::{Checkpoint, Checkpoints};
 use switchyard_api::Mode;
 use switchyard_api::policy::{NodeInfo, link};
 use switchyard_api::proxyconfig::{IpvsScheduler, IpvsSchedulerFlag};
 use switchyard_api::ruleset::{Protocol, Ruleset};
-use switchyard_e2e::vm::guest::{Netns, ask_name, link as veth};
-use switchyard_e2e::vm::{IN_VM_ENV, VmRunner};
+use switchyard_dataplane::Backend;
+use switchyard_dataplane::exec::{RealRunner, Runner};
+use switchyard_dataplane::ipvs::kernel::{Ipvs, NetlinkIpvs};
+use switchyard_dataplane::ipvs::objects::{DestState, ServiceKey, VirtualServer};
+use switchyard_dataplane::ipvs::{DUMMY_INTERFACE, IpvsBackend};
+use switchyard_dataplane::settings::Settings;
+use switchyard_lab::vm::guest::{Netns, ask_name, link as veth};
+use switchyard_lab::vm::{IN_VM_ENV, VmRunner};
 
 /// The two VM runs of this file take turns: two software-emulated VMs at once
 /// would only make both slower.
@@ -47,7 +49,7 @@ fn every_scenario_passes_or_is_skipped_with_a_reason_with_ipvs() {
     let _turn = one_vm_at_a_time();
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios");
     let started = Instant::now();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scenario"))
+    let out = std::process::Command::new(common::lab_bin("scenario"))
         .args(["--mode", "ipvs", dir])
         .output()
         .unwrap();
@@ -483,31 +485,31 @@ fn in_vm_incremental_sync_writes_nothing_when_nothing_changed() {
 }
 
 /// The kernel's answers, byte for byte, are the committed captures that the
-/// codec's unit tests decode and re-encode (`node-agent/src/backend/ipvs/fixtures/`).
+/// codec's unit tests decode and re-encode (`dataplane/src/ipvs/fixtures/`).
 #[test]
 #[ignore = "needs IPVS: run inside the VM by ipvs_backend_passes_its_kernel_tests_inside_the_vm"]
 fn in_vm_kernel_answers_match_the_committed_captures() {
-    use switchyard_agent::backend::ipvs::capture::{annotate, mask_header, parse_hex};
-    use switchyard_agent::backend::ipvs::genl::IpvsCmd;
-    use switchyard_agent::backend::ipvs::kernel::{IpvsKernel, message};
-    use switchyard_agent::backend::ipvs::objects::{RealServer, Timeouts};
+    use switchyard_dataplane::ipvs::capture::{annotate, mask_header, parse_hex};
+    use switchyard_dataplane::ipvs::genl::IpvsCmd;
+    use switchyard_dataplane::ipvs::kernel::{IpvsKernel, message};
+    use switchyard_dataplane::ipvs::objects::{RealServer, Timeouts};
 
     const FIXTURES: &[(&str, &str)] = &[
         (
             "get_service_reply",
-            include_str!("../../node-agent/src/backend/ipvs/fixtures/get_service_reply.hex"),
+            include_str!("../../dataplane/src/ipvs/fixtures/get_service_reply.hex"),
         ),
         (
             "get_dest_reply",
-            include_str!("../../node-agent/src/backend/ipvs/fixtures/get_dest_reply.hex"),
+            include_str!("../../dataplane/src/ipvs/fixtures/get_dest_reply.hex"),
         ),
         (
             "get_config_reply",
-            include_str!("../../node-agent/src/backend/ipvs/fixtures/get_config_reply.hex"),
+            include_str!("../../dataplane/src/ipvs/fixtures/get_config_reply.hex"),
         ),
         (
             "get_info_reply",
-            include_str!("../../node-agent/src/backend/ipvs/fixtures/get_info_reply.hex"),
+            include_str!("../../dataplane/src/ipvs/fixtures/get_info_reply.hex"),
         ),
     ];
     let node = Netns::new("capture-node").unwrap();
@@ -571,7 +573,7 @@ fn in_vm_kernel_answers_match_the_committed_captures() {
 #[ignore = "needs IPVS: run inside the VM by ipvs_backend_passes_its_kernel_tests_inside_the_vm"]
 fn in_vm_switch_to_nftables_keeps_an_established_connection() {
     use std::io::{Read, Write};
-    use switchyard_agent::backend::nftables::NftablesBackend;
+    use switchyard_dataplane::nftables::NftablesBackend;
 
     let lab = Lab::new("switch");
     let mut ipvs = lab.backend();
@@ -617,9 +619,9 @@ impl Checkpoints for Recorded {
 #[ignore = "needs IPVS: run inside the VM by ipvs_backend_passes_its_kernel_tests_inside_the_vm"]
 fn in_vm_switch_from_nftables_keeps_an_established_connection() {
     use std::io::{Read, Write};
-    use switchyard_agent::backend::Dataplane;
-    use switchyard_agent::backend::nftables::NftablesBackend;
     use switchyard_agent::switch::{BackendFactory, ProbeTarget, SwitchInput, TcpProbe, switch_to};
+    use switchyard_dataplane::Dataplane;
+    use switchyard_dataplane::nftables::NftablesBackend;
 
     let lab = Lab::new("fromnft");
     // A node forwards (the IPVS backend sets this itself; nftables does not).

@@ -1,0 +1,590 @@
+//! `dataplane-bench`: control-plane and first-packet cost of the nftables and
+//! iptables backends, inside network namespaces it creates and removes.
+//!
+//! For every size (services × endpoints) and mode: a full sync, then
+//! single-endpoint-change syncs (each times the agent's whole `sync`: render,
+//! diff, apply). Then first-packet TCP connect latency to a service VIP with
+//! `--latency-services` services programmed, against a direct connect to the
+//! endpoint's IP. Prints one table with ratios.
+//!
+//! `--quick` is a smoke run small enough for a test.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use switchyard_api::Mode;
+use switchyard_api::policy::{LinkedRuleset, NodeInfo, ShardLinker, link};
+use switchyard_api::ruleset::{
+    Cidr, Endpoint, Protocol, ProxyRulesetSpec, Ruleset, ServicePortRule, ShardLayout,
+};
+use switchyard_dataplane::exec::RealRunner;
+use switchyard_dataplane::settings::{LocalDetector, Settings};
+use switchyard_dataplane::{ApplyStats, for_mode};
+use switchyard_lab::netns::{self, Netns};
+
+#[derive(Parser)]
+#[command(about)]
+struct Cli {
+    /// Sizes as SERVICESxENDPOINTS.
+    #[arg(long, value_delimiter = ',', default_values_t = ["5000x5".to_string(), "10000x5".to_string(), "44000x5".to_string(), "5000x50".to_string()])]
+    sizes: Vec<String>,
+    /// Service counts (5 endpoints each); replaces --sizes.
+    #[arg(long, value_delimiter = ',')]
+    services: Vec<usize>,
+    #[arg(long, value_delimiter = ',', default_values_t = [Mode::Nftables, Mode::Iptables])]
+    modes: Vec<Mode>,
+    /// Single-endpoint-change syncs per size (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    changes: usize,
+    /// Services programmed while measuring connect latency.
+    #[arg(long, default_value_t = 10000)]
+    latency_services: usize,
+    /// Connects per target (VIP and direct).
+    #[arg(long, default_value_t = 1000)]
+    connects: usize,
+    /// Smoke run: 300x5 and 100x50, latency at 300 services, 100 connects.
+    #[arg(long)]
+    quick: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum BenchError {
+    #[error(transparent)]
+    Harness(#[from] switchyard_lab::HarnessError),
+    #[error("{mode} sync: {message}")]
+    Sync { mode: Mode, message: String },
+    #[error("bad size {0:?} (want SERVICESxENDPOINTS)")]
+    Size(String),
+    #[error(
+        "ebpf is measured by `cargo run --release -p switchyard-lab --bin ebpf-bench` (its cgroup hooks need a scratch cgroup, not the node's root)"
+    )]
+    EbpfHere,
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bench worker thread ended")]
+    Worker,
+}
+
+const NODE: &str = "bench-node";
+/// The service connects go to has its endpoints on the pod: 10.1.0.10 + k.
+const POD_BASE: [u8; 4] = [10, 1, 0, 10];
+const ENDPOINT_PORT: u16 = 8080;
+
+fn size(text: &str) -> Result<(usize, usize), BenchError> {
+    let (s, e) = text
+        .split_once('x')
+        .ok_or_else(|| BenchError::Size(text.into()))?;
+    let parse = |v: &str| v.parse().map_err(|_| BenchError::Size(text.into()));
+    Ok((parse(s)?, parse(e)?))
+}
+
+fn vip(index: usize) -> IpAddr {
+    let i = u32::try_from(index).unwrap_or(u32::MAX);
+    IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 30, 0, 0)) + i))
+}
+
+fn endpoint(id: u32, ip: IpAddr) -> Endpoint {
+    Endpoint {
+        node_name: Some(format!("node-{}", id % 50)),
+        ..Endpoint::new(id, ip, ENDPOINT_PORT)
+    }
+}
+
+fn pod_ip(k: usize) -> IpAddr {
+    let [a, b, c, d] = POD_BASE;
+    IpAddr::V4(Ipv4Addr::new(a, b, c, d + u8::try_from(k).unwrap_or(0)))
+}
+
+/// `services` ClusterIP services with `endpoints` endpoints each; service 0's
+/// endpoints are the pod's addresses, the rest are never contacted.
+fn synthetic(services: usize, endpoints: usize) -> Ruleset {
+    let mut next = 0u32;
+    let services = (0..services)
+        .map(|s| {
+            let rule_endpoints = (0..endpoints)
+                .map(|k| {
+                    next += 1;
+                    let ip = if s == 0 {
+                        pod_ip(k.min(4))
+                    } else {
+                        IpAddr::V4(Ipv4Addr::from(
+                            u32::from(Ipv4Addr::new(10, 64, 0, 0)) + next,
+                        ))
+                    };
+                    endpoint(next, ip)
+                })
+                .collect();
+            ServicePortRule {
+                port_name: "http".into(),
+                cluster_ips: vec![vip(s)],
+                endpoints: rule_endpoints,
+                ..ServicePortRule::new(
+                    u32::try_from(s).unwrap_or(u32::MAX),
+                    &format!("ns-{}", s % 100),
+                    &format!("svc-{s}"),
+                    Protocol::Tcp,
+                    80,
+                )
+            }
+        })
+        .collect();
+    Ruleset { services }
+}
+
+fn node() -> NodeInfo {
+    NodeInfo {
+        name: NODE.into(),
+        zone: None,
+        addresses: vec![IpAddr::V4(Ipv4Addr::new(10, 1, 0, 1))],
+    }
+}
+
+fn settings(mode: Mode) -> Settings {
+    let cidr = |s: &str| s.parse::<Cidr>().ok();
+    let mut s = Settings::defaults(mode);
+    s.local_detector = LocalDetector::Cidrs(cidr("10.0.0.0/8").into_iter().collect());
+    s.service_cidrs = cidr("172.30.0.0/16").into_iter().collect();
+    s
+}
+
+type Job = (LinkedRuleset, Settings);
+type Done = Result<(Timing, ApplyStats), String>;
+
+/// Wall time, and CPU time (this thread plus the tools it ran): on a shared
+/// machine the CPU time is the steadier figure.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct Timing {
+    wall: Duration,
+    cpu: Duration,
+}
+
+fn timeval(tv: libc::timeval) -> Duration {
+    Duration::from_secs(u64::try_from(tv.tv_sec).unwrap_or(0))
+        + Duration::from_micros(u64::try_from(tv.tv_usec).unwrap_or(0))
+}
+
+/// CPU time of this thread plus every waited-for child of the process.
+fn cpu_now() -> Duration {
+    // SAFETY: both calls only write the zeroed structs passed to them.
+    unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts);
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+        Duration::new(
+            u64::try_from(ts.tv_sec).unwrap_or(0),
+            u32::try_from(ts.tv_nsec).unwrap_or(0),
+        ) + timeval(ru.ru_utime)
+            + timeval(ru.ru_stime)
+    }
+}
+
+/// A thread inside the node namespace owning one dataplane.
+struct Worker {
+    jobs: Option<mpsc::Sender<Job>>,
+    done: mpsc::Receiver<Done>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    mode: Mode,
+}
+
+impl Worker {
+    fn start(ns: &Netns, mode: Mode) -> Result<Worker, BenchError> {
+        let file = ns.open()?;
+        let (jtx, jrx) = mpsc::channel::<Job>();
+        let (dtx, drx) = mpsc::channel::<Done>();
+        let thread = std::thread::spawn(move || {
+            let made = netns::enter(&file)
+                .map_err(|e| e.to_string())
+                .and_then(|()| for_mode(mode, Arc::new(RealRunner)).map_err(|e| e.to_string()));
+            let mut dp = match made {
+                Ok(dp) => dp,
+                Err(e) => {
+                    let _ = dtx.send(Err(e));
+                    return;
+                }
+            };
+            for (ruleset, settings) in jrx {
+                let (r, timing) = timed(|| dp.sync(&ruleset, &settings));
+                let _ = dtx.send(r.map(|stats| (timing, stats)).map_err(|e| e.to_string()));
+            }
+            let _ = dp.cleanup();
+        });
+        Ok(Worker {
+            jobs: Some(jtx),
+            done: drx,
+            thread: Some(thread),
+            mode,
+        })
+    }
+
+    fn sync(&self, ruleset: LinkedRuleset) -> Result<(Timing, ApplyStats), BenchError> {
+        let job = (ruleset, settings(self.mode));
+        self.jobs
+            .as_ref()
+            .ok_or(BenchError::Worker)?
+            .send(job)
+            .map_err(|_| BenchError::Worker)?;
+        self.done
+            .recv()
+            .map_err(|_| BenchError::Worker)?
+            .map_err(|message| BenchError::Sync {
+                mode: self.mode,
+                message,
+            })
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Service ports per shard: what the operator's 256 KiB shard budget holds
+/// at 5 endpoints each.
+const SHARD_SERVICES: usize = 400;
+
+/// The ruleset cut into shards of one layout, as the operator publishes it.
+fn shard(ruleset: Ruleset) -> Vec<ProxyRulesetSpec> {
+    let chunks: Vec<&[ServicePortRule]> = ruleset.services.chunks(SHARD_SERVICES).collect();
+    let layout = ShardLayout {
+        epoch: 1,
+        shard_count: u32::try_from(chunks.len()).unwrap_or(u32::MAX),
+    };
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, services)| ProxyRulesetSpec {
+            shard: u32::try_from(i).unwrap_or(u32::MAX),
+            layout,
+            generation: 1,
+            service_count: u32::try_from(services.len()).unwrap_or(u32::MAX),
+            ruleset: Ruleset {
+                services: services.to_vec(),
+            },
+        })
+        .collect()
+}
+
+/// Run `f` on this thread, with its wall and CPU time.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Timing) {
+    let (start, cpu) = (Instant::now(), cpu_now());
+    let out = f();
+    let timing = Timing {
+        wall: start.elapsed(),
+        cpu: cpu_now().saturating_sub(cpu),
+    };
+    (out, timing)
+}
+
+struct SyncResult {
+    full: Timing,
+    incremental: Timing,
+    objects: u32,
+}
+
+fn ns_name(tag: &str) -> String {
+    format!("synft{}-{tag}", std::process::id())
+}
+
+fn bench_sync(
+    mode: Mode,
+    services: usize,
+    endpoints: usize,
+    changes: usize,
+) -> Result<SyncResult, BenchError> {
+    let ns = Netns::create(&ns_name(&format!(
+        "{}-{services}x{endpoints}",
+        mode.as_str()
+    )))?;
+    let worker = Worker::start(&ns, mode)?;
+    // As the agent gets them: shards, linked by a ShardLinker that reuses
+    // what did not change (its time is part of each sync's figure).
+    let mut shards = shard(synthetic(services, endpoints));
+    let mut linker = ShardLinker::default();
+    let (linked, _) = timed(|| linker.link(&shards, &node()));
+    let (full, stats) = worker.sync(linked.ok_or(BenchError::Worker)?.linked)?;
+    let mut times = Vec::new();
+    for c in 0..changes {
+        // One endpoint of one service moves to a new address.
+        let s = 1 + (c * 7919) % services.saturating_sub(1).max(1);
+        let s = s.min(services - 1);
+        let shard = &mut shards[s / SHARD_SERVICES];
+        shard.generation += 1;
+        let b = &mut shard.ruleset.services[s % SHARD_SERVICES].endpoints[0];
+        b.ip = IpAddr::V4(Ipv4Addr::new(10, 200, (c / 256) as u8, (c % 256) as u8));
+        b.id += 1_000_000;
+        let (linked, link_time) = timed(|| linker.link(&shards, &node()));
+        let (mut t, st) = worker.sync(linked.ok_or(BenchError::Worker)?.linked)?;
+        t.wall += link_time.wall;
+        t.cpu += link_time.cpu;
+        if st.full {
+            eprintln!("warning: {mode} change sync {c} was a full sync");
+        }
+        times.push(t);
+    }
+    drop(worker);
+    times.sort();
+    Ok(SyncResult {
+        full,
+        incremental: times.get(times.len() / 2).copied().unwrap_or_default(),
+        objects: stats.objects,
+    })
+}
+
+struct Latency {
+    median: Duration,
+    p99: Duration,
+}
+
+fn latency(mut samples: Vec<Duration>) -> Latency {
+    samples.sort();
+    let at = |q: f64| {
+        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        samples.get(i).copied().unwrap_or_default()
+    };
+    Latency {
+        median: at(0.5),
+        p99: at(0.99),
+    }
+}
+
+/// Connect `count` times to each target alternately; per-target latencies.
+fn connects(targets: &[SocketAddr], count: usize) -> Result<Vec<Latency>, BenchError> {
+    let mut samples = vec![Vec::with_capacity(count); targets.len()];
+    for _ in 0..count {
+        for (i, t) in targets.iter().enumerate() {
+            let start = Instant::now();
+            let stream =
+                TcpStream::connect_timeout(t, Duration::from_secs(2)).map_err(|source| {
+                    BenchError::Io {
+                        what: "connect",
+                        source,
+                    }
+                })?;
+            samples[i].push(start.elapsed());
+            // Reset instead of TIME_WAIT, so thousands of connects do not pile up.
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+        }
+    }
+    Ok(samples.into_iter().map(latency).collect())
+}
+
+fn sh(ns: &Netns, cmd: &str) -> Result<(), BenchError> {
+    let ok = std::process::Command::new("ip")
+        .args(["netns", "exec", ns.name(), "sh", "-c", cmd])
+        .status()
+        .map_err(|source| BenchError::Io {
+            what: "ip netns exec",
+            source,
+        })?
+        .success();
+    if ok {
+        Ok(())
+    } else {
+        Err(BenchError::Io {
+            what: "namespace setup",
+            source: std::io::Error::other(cmd.to_string()),
+        })
+    }
+}
+
+/// Latency per mode: (direct, vip) at `services` services.
+fn bench_latency(
+    modes: &[Mode],
+    services: usize,
+    count: usize,
+) -> Result<Vec<(Mode, Latency, Latency)>, BenchError> {
+    let node_ns = Netns::create(&ns_name("lat-node"))?;
+    let pod_ns = Netns::create(&ns_name("lat-pod"))?;
+    let veth = format!("synft{}", std::process::id());
+    sh(
+        &node_ns,
+        &format!(
+            "ip link add {veth}a type veth peer name {veth}b && ip link set {veth}b netns {} && \
+             ip addr add 10.1.0.1/16 dev {veth}a && ip link set {veth}a up && \
+             ip route add 172.30.0.0/16 dev {veth}a",
+            pod_ns.name()
+        ),
+    )?;
+    let mut pod_setup = format!("ip link set {veth}b up");
+    for k in 0..5 {
+        let _ = write!(pod_setup, " && ip addr add {}/16 dev {veth}b", pod_ip(k));
+    }
+    sh(&pod_ns, &pod_setup)?;
+
+    // The server: accept and close, in the pod namespace.
+    let pod_file = pod_ns.open()?;
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    std::thread::spawn(move || {
+        let listener = netns::enter(&pod_file)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                TcpListener::bind(("0.0.0.0", ENDPOINT_PORT)).map_err(|e| e.to_string())
+            });
+        match listener {
+            Ok(l) => {
+                let _ = ready_tx.send(Ok(()));
+                for conn in l.incoming() {
+                    drop(conn);
+                }
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+            }
+        }
+    });
+    ready_rx
+        .recv()
+        .map_err(|_| BenchError::Worker)?
+        .map_err(|e| BenchError::Io {
+            what: "listen in pod",
+            source: std::io::Error::other(e),
+        })?;
+
+    let ruleset = synthetic(services, 5);
+    let direct = SocketAddr::new(pod_ip(0), ENDPOINT_PORT);
+    let service = SocketAddr::new(vip(0), 80);
+    let mut out = Vec::new();
+    for &mode in modes {
+        let worker = Worker::start(&node_ns, mode)?;
+        worker.sync(link(&ruleset, &node()))?;
+        let node_file = node_ns.open()?;
+        let measured = std::thread::spawn(move || {
+            netns::enter(&node_file)?;
+            connects(&[direct, service], count)
+        })
+        .join()
+        .map_err(|_| BenchError::Worker)??;
+        drop(worker);
+        let mut it = measured.into_iter();
+        if let (Some(d), Some(v)) = (it.next(), it.next()) {
+            out.push((mode, d, v));
+        }
+    }
+    Ok(out)
+}
+
+fn secs(d: Duration) -> String {
+    if d >= Duration::from_secs(1) {
+        format!("{:.2} s", d.as_secs_f64())
+    } else {
+        format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+    }
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+fn timing(t: Timing) -> String {
+    format!("{} (cpu {})", secs(t.wall), secs(t.cpu))
+}
+
+fn ratio(a: Duration, b: Duration) -> String {
+    if b.is_zero() {
+        "-".into()
+    } else {
+        format!("{:.2}×", a.as_secs_f64() / b.as_secs_f64())
+    }
+}
+
+fn run(cli: &Cli) -> Result<(), BenchError> {
+    if cli.modes.contains(&Mode::Ebpf) {
+        return Err(BenchError::EbpfHere);
+    }
+    let (sizes, latency_services, connects_n) = if cli.quick {
+        (vec![(300, 5), (100, 50)], 300, 100)
+    } else if !cli.services.is_empty() {
+        (
+            cli.services.iter().map(|&s| (s, 5)).collect(),
+            cli.latency_services,
+            cli.connects,
+        )
+    } else {
+        (
+            cli.sizes
+                .iter()
+                .map(|s| size(s))
+                .collect::<Result<_, _>>()?,
+            cli.latency_services,
+            cli.connects,
+        )
+    };
+    let changes = if cli.quick { 2 } else { cli.changes };
+
+    println!(
+        "| size | mode | objects | full sync | endpoint change (link + sync) | full vs nftables | change vs nftables |"
+    );
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: |");
+    for &(services, endpoints) in &sizes {
+        let mut results: Vec<(Mode, SyncResult)> = Vec::new();
+        for &mode in &cli.modes {
+            let r = bench_sync(mode, services, endpoints, changes)?;
+            results.push((mode, r));
+        }
+        let base = results
+            .iter()
+            .find(|(m, _)| *m == Mode::Nftables)
+            .map(|(_, r)| (r.full, r.incremental));
+        for (mode, r) in &results {
+            let (rf, ri) = base.map_or(("-".into(), "-".into()), |(f, i)| {
+                (
+                    ratio(r.full.wall, f.wall),
+                    ratio(r.incremental.wall, i.wall),
+                )
+            });
+            println!(
+                "| {services}×{endpoints} | {mode} | {} | {} | {} | {rf} | {ri} |",
+                r.objects,
+                timing(r.full),
+                timing(r.incremental)
+            );
+        }
+    }
+
+    println!();
+    println!(
+        "first-packet TCP connect latency, {latency_services} services, {connects_n} connects each:"
+    );
+    println!(
+        "| mode | direct median | direct p99 | VIP median | VIP p99 | median ratio | p99 ratio |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (mode, d, v) in bench_latency(&cli.modes, latency_services, connects_n)? {
+        println!(
+            "| {mode} | {} | {} | {} | {} | {} | {} |",
+            micros(d.median),
+            micros(d.p99),
+            micros(v.median),
+            micros(v.p99),
+            ratio(v.median, d.median),
+            ratio(v.p99, d.p99)
+        );
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    netns::install_signal_cleanup();
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dataplane-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

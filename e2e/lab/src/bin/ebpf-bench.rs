@@ -1,0 +1,363 @@
+//! eBPF dataplane figures (issue 10): first-packet connect latency through
+//! socket-level load balancing at N services vs a direct connect, the time of
+//! one endpoint change, and the agent's memory with N services / M endpoints.
+//!
+//! Everything happens in a network namespace, a bpffs and a child cgroup this
+//! program creates and removes. Prints one table.
+//!
+//! `cargo run -p switchyard-lab --bin ebpf-bench -- [--services N] [--endpoints M] [--connects K]`
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use switchyard_api::Mode;
+use switchyard_api::policy::{NodeInfo, link};
+use switchyard_api::ruleset::{Endpoint, Protocol, Ruleset, ServicePortRule};
+use switchyard_dataplane::Backend;
+use switchyard_dataplane::ebpf::EbpfBackend;
+use switchyard_dataplane::ebpf::kernel::{AyaKernel, KernelConfig};
+use switchyard_dataplane::ebpf::scratch::{ScratchBpffs, ScratchCgroup};
+use switchyard_dataplane::settings::Settings;
+
+const BACKEND: &str = "10.200.0.1:8080";
+/// Interleaved measurement rounds per connect kind.
+const ROUNDS: u32 = 21;
+
+struct Netns(String);
+
+impl Netns {
+    fn create(name: String) -> Result<Netns, String> {
+        run(&["netns", "add", &name])?;
+        let ns = Netns(name);
+        run(&["-n", &ns.0, "link", "set", "lo", "up"])?;
+        run(&["-n", &ns.0, "addr", "add", "10.200.0.1/32", "dev", "lo"])?;
+        Ok(ns)
+    }
+
+    fn file(&self) -> Result<std::fs::File, String> {
+        std::fs::File::open(format!("/var/run/netns/{}", self.0)).map_err(|e| e.to_string())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+fn run(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn enter(ns: &Netns) -> Result<(), String> {
+    let file = ns.file()?;
+    // SAFETY: a valid namespace fd; only the calling thread switches.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    Ok(())
+}
+
+/// A `/proc/self/status` figure in KiB (`VmRSS`, `VmHWM`).
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Resident memory once freed heap is handed back (what the agent keeps).
+fn retained_rss_kib() -> u64 {
+    // SAFETY: malloc_trim only releases free heap pages.
+    unsafe { libc::malloc_trim(0) };
+    status_kib("VmRSS:")
+}
+
+fn endpoint(id: u32, ip: IpAddr) -> Endpoint {
+    Endpoint {
+        node_name: Some("bench-node".into()),
+        ..Endpoint::new(id, ip, 8080)
+    }
+}
+
+/// `services` service ports with `per` endpoints each; service 0's endpoints
+/// are all the local listener, the rest are unreachable addresses.
+fn ruleset(services: u32, per: u32, generation: u32) -> Ruleset {
+    let rules = (0..services)
+        .map(|s| {
+            let rule_endpoints = (0..per)
+                .map(|e| {
+                    let id = s * per + e + 1;
+                    let ip = if s == 0 {
+                        IpAddr::V4(Ipv4Addr::new(10, 200, 0, 1))
+                    } else {
+                        // the last endpoint of service 1 changes between generations
+                        let last = if s == 1 && e == per - 1 {
+                            generation
+                        } else {
+                            0
+                        };
+                        IpAddr::V4(Ipv4Addr::from(0x0ac9_0000 + id + last * 0x0010_0000))
+                    };
+                    endpoint(id, ip)
+                })
+                .collect();
+            ServicePortRule {
+                cluster_ips: vec![IpAddr::V4(Ipv4Addr::from(0x0a60_0000 + s))],
+                endpoints: rule_endpoints,
+                ..ServicePortRule::new(s + 1, "bench", &format!("svc{s}"), Protocol::Tcp, 80)
+            }
+        })
+        .collect();
+    Ruleset { services: rules }
+}
+
+fn median<T: Ord + Copy>(mut v: Vec<T>) -> Option<T> {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied()
+}
+
+/// Child: connect `count` times to `dst`, print the median connect() time in ns.
+fn client(dst: SocketAddr, count: u32) -> ExitCode {
+    let mut samples = Vec::new();
+    for _ in 0..count {
+        let start = Instant::now();
+        match TcpStream::connect_timeout(&dst, Duration::from_secs(2)) {
+            Ok(s) => {
+                samples.push(start.elapsed().as_nanos());
+                drop(s);
+            }
+            Err(e) => {
+                eprintln!("connect {dst}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    println!("{}", median(samples).unwrap_or(0));
+    ExitCode::SUCCESS
+}
+
+/// Median connect time of a client process in `ns` (and in `cgroup`, if given).
+fn measure(
+    ns: &Netns,
+    cgroup: Option<&ScratchCgroup>,
+    dst: &str,
+    count: u32,
+) -> Result<u64, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let file = ns.file()?;
+    let fd = file.as_raw_fd();
+    let procs = cgroup
+        .map(|c| {
+            std::ffi::CString::new(c.dir().join("cgroup.procs").as_os_str().as_encoded_bytes())
+        })
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["__client", dst, &count.to_string()])
+        .stdout(Stdio::piped());
+    // SAFETY: only async-signal-safe calls between fork and exec (setns, open,
+    // write, close) on a path prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(p) = &procs {
+                let f = libc::open(p.as_ptr(), libc::O_WRONLY);
+                if f < 0 || libc::write(f, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(f);
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("client for {dst} failed"));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|e| format!("client output: {e}"))
+}
+
+fn arg(args: &[String], name: &str, default: u32) -> u32 {
+    args.windows(2)
+        .find(|w| w[0] == name)
+        .and_then(|w| w[1].parse().ok())
+        .unwrap_or(default)
+}
+
+fn bench(services: u32, per: u32, connects: u32) -> Result<(), String> {
+    let tag = format!("sybpf-{}-bench", std::process::id());
+    let ns = Netns::create(tag.clone())?;
+    let bpffs = ScratchBpffs::mount(&format!("{tag}-bpffs")).map_err(|e| e.to_string())?;
+    let cgroup = ScratchCgroup::create(&tag).map_err(|e| e.to_string())?;
+    let ns_file = ns.file()?;
+    let pin_root = bpffs.dir().join("switchyard");
+    let cgroup_dir = cgroup.dir().to_path_buf();
+
+    // The "agent": a thread in the namespace that owns the backend.
+    let report = std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> Result<Vec<(String, String)>, String> {
+                drop(ns_file);
+                enter(&ns)?;
+                let listener = TcpListener::bind(BACKEND).map_err(|e| e.to_string())?;
+                std::thread::spawn(move || for _ in listener.incoming() {});
+                let node = NodeInfo {
+                    name: "bench-node".into(),
+                    zone: None,
+                    addresses: vec![IpAddr::V4(Ipv4Addr::new(10, 200, 0, 1))],
+                };
+                // No devices: the namespace has only lo, so no tc program is attached.
+                let settings = Settings::defaults(Mode::Ebpf);
+                let mut backend = EbpfBackend::new(AyaKernel::new(KernelConfig {
+                    pin_root,
+                    cgroup: Some(cgroup_dir),
+                }));
+                let rss_before = retained_rss_kib();
+                // Load and attach the programs first, so the next apply is map writes only.
+                let start = Instant::now();
+                let empty = backend.render(&link(&Ruleset::default(), &node), &settings);
+                backend.apply(&empty).map_err(|e| e.to_string())?;
+                let load_time = start.elapsed();
+                let rs = ruleset(services, per, 0);
+                let start = Instant::now();
+                let linked = link(&rs, &node);
+                let plan = backend.render(&linked, &settings);
+                let render_time = start.elapsed();
+                let stats = backend.apply(&plan).map_err(|e| e.to_string())?;
+                let full_time = start.elapsed();
+                drop((plan, linked));
+                let rss_after = retained_rss_kib();
+                let rss_peak = status_kib("VmHWM:");
+
+                let mut updates = Vec::new();
+                for generation in 1..=11 {
+                    let rs = ruleset(services, per, generation);
+                    let linked = link(&rs, &node);
+                    let plan = backend.render(&linked, &settings);
+                    let start = Instant::now();
+                    let s = backend.apply(&plan).map_err(|e| e.to_string())?;
+                    updates.push((start.elapsed(), s.written));
+                }
+                updates.sort();
+                let (update, written) = updates[updates.len() / 2];
+
+                // Interleaved rounds, so machine noise hits all three alike.
+                let vip = "10.96.0.0:80";
+                let (mut lb, mut plain, mut hooked) = (Vec::new(), Vec::new(), Vec::new());
+                for _ in 0..ROUNDS {
+                    lb.push(measure(&ns, Some(&cgroup), vip, connects / ROUNDS)?);
+                    plain.push(measure(&ns, None, BACKEND, connects / ROUNDS)?);
+                    hooked.push(measure(&ns, Some(&cgroup), BACKEND, connects / ROUNDS)?);
+                }
+                let via_lb = median(lb).unwrap_or(0);
+                let direct = median(plain).unwrap_or(1);
+                let direct_in_cgroup = median(hooked).unwrap_or(0);
+                backend.cleanup().map_err(|e| e.to_string())?;
+                let ratio = via_lb as f64 / direct as f64;
+                Ok(vec![
+                    (
+                        "services / endpoints".into(),
+                        format!("{services} / {}", services * per),
+                    ),
+                    (
+                        "load + attach programs".into(),
+                        format!("{:.1} ms", load_time.as_secs_f64() * 1e3),
+                    ),
+                    (
+                        "full sync: link + render + map writes".into(),
+                        format!(
+                            "{} entries in {:.1} ms (link + render {:.1} ms)",
+                            stats.written,
+                            full_time.as_secs_f64() * 1e3,
+                            render_time.as_secs_f64() * 1e3
+                        ),
+                    ),
+                    (
+                        "one endpoint change (median of 11)".into(),
+                        format!("{:.3} ms, {written} map writes", update.as_secs_f64() * 1e3),
+                    ),
+                    (
+                        "connect() via ClusterIP (socket LB), median".into(),
+                        format!("{via_lb} ns"),
+                    ),
+                    (
+                        "connect() direct, no hook, median".into(),
+                        format!("{direct} ns"),
+                    ),
+                    (
+                        "connect() direct, hook attached, median".into(),
+                        format!("{direct_in_cgroup} ns"),
+                    ),
+                    (
+                        "ratio ClusterIP / direct (target <= 1.1)".into(),
+                        format!("{ratio:.2}"),
+                    ),
+                    (
+                        "agent RSS before / after load, ruleset held (target <= 64 MiB)".into(),
+                        format!("{} / {} MiB", rss_before / 1024, rss_after / 1024),
+                    ),
+                    (
+                        "agent peak RSS during the full sync".into(),
+                        format!("{} MiB", rss_peak / 1024),
+                    ),
+                ])
+            })
+            .join()
+            .map_err(|_| "agent thread panicked".to_string())?
+    })?;
+    println!("| eBPF dataplane | value |");
+    println!("| --- | --- |");
+    for (k, v) in report {
+        println!("| {k} | {v} |");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("__client") {
+        let (Some(dst), Some(count)) = (
+            args.get(2).and_then(|a| a.parse().ok()),
+            args.get(3).and_then(|a| a.parse().ok()),
+        ) else {
+            return ExitCode::FAILURE;
+        };
+        return client(dst, count);
+    }
+    match bench(
+        arg(&args, "--services", 10_000),
+        arg(&args, "--endpoints", 10),
+        arg(&args, "--connects", 2000),
+    ) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ebpf-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

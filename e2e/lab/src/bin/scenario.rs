@@ -1,0 +1,166 @@
+//! `scenario --mode <iptables|nftables|ipvs|ebpf> FILE...`: run scenario files
+//! (or directories of them) against the mode's real dataplane in network
+//! namespaces; one PASS/FAIL/SKIP line per flow, then `N passed, M failed`.
+//! The hidden `__serve` / `__connect` subcommands are the child processes the
+//! runner starts inside namespaces.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use switchyard_api::Mode;
+use switchyard_lab::probe::{self, Listen};
+use switchyard_lab::runner::{self, Options, Totals};
+use switchyard_lab::{hooks, netns, vm};
+
+#[derive(Parser)]
+#[command(about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    child: Option<ChildRole>,
+    /// The dataplane mode under test.
+    #[arg(long)]
+    mode: Option<Mode>,
+    /// Per-attempt timeout after which a connection counts as dropped.
+    #[arg(long, default_value_t = 500)]
+    timeout_ms: u64,
+    /// Scenario files or directories of them.
+    files: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum ChildRole {
+    #[command(name = "__serve", hide = true)]
+    Serve {
+        #[arg(long)]
+        listen: Vec<Listen>,
+    },
+    #[command(name = "__connect", hide = true)]
+    Connect {
+        #[arg(long)]
+        proto: String,
+        #[arg(long)]
+        src: IpAddr,
+        /// First source port (attempt i uses src_port + i; 0: kernel's choice).
+        #[arg(long, default_value_t = 0)]
+        src_port: u16,
+        /// Every attempt uses exactly src_port.
+        #[arg(long)]
+        fixed_port: bool,
+        #[arg(long)]
+        dst: SocketAddr,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        timeout_ms: u64,
+        #[arg(long)]
+        sequential: bool,
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+    },
+}
+
+fn child(role: ChildRole) -> ExitCode {
+    netns::child_setup();
+    match role {
+        ChildRole::Serve { listen } => match probe::serve(&listen) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("__serve: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        ChildRole::Connect {
+            proto,
+            src,
+            src_port,
+            fixed_port,
+            dst,
+            count,
+            timeout_ms,
+            sequential,
+            cgroup,
+        } => {
+            let Some(protocol) = probe::parse_protocol(&proto) else {
+                eprintln!("__connect: unknown protocol {proto}");
+                return ExitCode::FAILURE;
+            };
+            if let Some(cg) = cgroup
+                && let Err(e) = probe::join_cgroup(&cg)
+            {
+                println!("error joining cgroup {}: {e}", cg.display());
+                return ExitCode::FAILURE;
+            }
+            let timeout = Duration::from_millis(timeout_ms);
+            for a in probe::connect(
+                protocol,
+                probe::Source {
+                    ip: src,
+                    port: src_port,
+                    step: u16::from(!fixed_port && src_port != 0),
+                },
+                dst,
+                count,
+                timeout,
+                sequential,
+            ) {
+                println!("{a}");
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(role) = cli.child {
+        return child(role);
+    }
+    netns::install_signal_cleanup();
+    let Some(mode) = cli.mode else {
+        eprintln!("--mode is required");
+        return ExitCode::from(2);
+    };
+    if mode == Mode::Ipvs && vm::scenario::needs_vm() {
+        let files = runner::expand_paths(&cli.files);
+        return match vm::scenario::run_scenarios_in_vm(&files, cli.timeout_ms) {
+            Ok(0) => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::FAILURE,
+            Err(e) => {
+                println!("FAIL ipvs VM: {e}");
+                println!("0 passed, 1 failed");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let options = Options {
+        timeout: Duration::from_millis(cli.timeout_ms),
+    };
+    let tags: Vec<&str> = Mode::ALL.iter().map(|m| runner::mode_tag(*m)).collect();
+    for name in netns::sweep_orphans(&tags) {
+        eprintln!("removed namespace {name} left by a killed run");
+    }
+    let mut hooks = hooks::hooks_for(mode);
+    let mut totals = Totals::default();
+    for (i, path) in runner::expand_paths(&cli.files).iter().enumerate() {
+        match runner::run_file(path, i, hooks.as_mut(), &options) {
+            Ok(t) => {
+                totals.passed += t.passed;
+                totals.failed += t.failed;
+                totals.skipped += t.skipped;
+            }
+            Err(e) => {
+                println!("FAIL {path}: {e}");
+                totals.failed += 1;
+            }
+        }
+    }
+    println!("{}", totals.summary());
+    if totals.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,193 @@
+//! The eBPF mode's hooks: a bpffs and a client cgroup of the runner's own (never
+//! the root cgroup), the socket programs attached to that cgroup, the tc
+//! programs to the node namespace's interfaces.
+//!
+//! Which clients join the cgroup: the node itself and this node's pods (their
+//! sockets are the node's, as under a real kubelet's cgroup tree). Everybody
+//! else (external clients, pods of other nodes) reaches the node over the wire
+//! and meets the tc programs.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use switchyard_api::Mode;
+use switchyard_api::ruleset::Cidr;
+use switchyard_dataplane::Dataplane;
+use switchyard_dataplane::ebpf::EbpfBackend;
+use switchyard_dataplane::ebpf::kernel::{AyaKernel, KernelConfig};
+use switchyard_dataplane::ebpf::scratch::{self, ScratchBpffs, ScratchCgroup};
+use switchyard_dataplane::settings::Settings;
+
+use crate::HarnessError;
+use crate::hooks::{DataplaneFactory, ModeHooks};
+use crate::scenario::{Expected, Flow, Scenario};
+use crate::topology::Topology;
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// Names of this mode's bpffs mounts and cgroups: `sybpf-<pid>-<n>`.
+const TAG: &str = "sybpf";
+
+/// The sources whose sockets live on the node.
+#[derive(Debug, Default)]
+struct NodeSockets {
+    addresses: BTreeSet<IpAddr>,
+    cluster_cidrs: Vec<Cidr>,
+    /// Endpoints named on other nodes: pods, but not this node's.
+    remote: BTreeSet<IpAddr>,
+    /// Node addresses other than the first of their family, when NodePorts
+    /// are served on the default (primary) addresses.
+    secondary: BTreeSet<IpAddr>,
+}
+
+impl NodeSockets {
+    fn of(scenario: &Scenario) -> NodeSockets {
+        let node_ips: Vec<IpAddr> = scenario
+            .node
+            .parsed_addresses()
+            .unwrap_or_default()
+            .iter()
+            .map(|a| a.ip)
+            .collect();
+        let mut secondary = BTreeSet::new();
+        if scenario.node.node_port_addresses.is_none() {
+            for (i, ip) in node_ips.iter().enumerate() {
+                if node_ips[..i].iter().any(|p| p.is_ipv4() == ip.is_ipv4()) {
+                    secondary.insert(*ip);
+                }
+            }
+        }
+        let mut addresses: BTreeSet<IpAddr> = node_ips.iter().copied().collect();
+        let mut remote = BTreeSet::new();
+        for slice in scenario.all_slices() {
+            for ep in &slice.endpoints {
+                let ips = ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok());
+                match ep.node_name.as_deref() {
+                    Some(n) if n == scenario.node.name => addresses.extend(ips),
+                    Some(_) => remote.extend(ips),
+                    None => {}
+                }
+            }
+        }
+
+        NodeSockets {
+            addresses,
+            cluster_cidrs: scenario.node.cluster_cidrs.clone(),
+            remote,
+            secondary,
+        }
+    }
+
+    fn contains(&self, ip: &IpAddr) -> bool {
+        ip.is_loopback()
+            || self.addresses.contains(ip)
+            || (!self.remote.contains(ip) && self.cluster_cidrs.iter().any(|c| c.contains(ip)))
+    }
+}
+
+/// The eBPF hooks of one scenario.
+#[derive(Debug, Default)]
+pub struct EbpfHooks {
+    bpffs: Option<ScratchBpffs>,
+    cgroup: Option<ScratchCgroup>,
+    sockets: NodeSockets,
+}
+
+fn setup(what: &str) -> impl FnOnce(switchyard_dataplane::BackendError) -> HarnessError {
+    let what = what.to_string();
+    move |e| HarnessError::Setup {
+        what,
+        message: e.to_string(),
+    }
+}
+
+impl ModeHooks for EbpfHooks {
+    fn mode(&self) -> Mode {
+        Mode::Ebpf
+    }
+
+    fn prepare_node(
+        &mut self,
+        _topology: &Topology,
+        scenario: &Scenario,
+    ) -> Result<(), HarnessError> {
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        if seq == 0 {
+            for path in scratch::sweep_orphans(TAG) {
+                eprintln!("removed {} left by a killed run", path.display());
+            }
+        }
+        let tag = format!("{TAG}-{}-{seq}", std::process::id());
+        self.bpffs = Some(ScratchBpffs::mount(&format!("{tag}-bpffs")).map_err(setup("bpffs"))?);
+        self.cgroup = Some(ScratchCgroup::create(&tag).map_err(setup("client cgroup"))?);
+        self.sockets = NodeSockets::of(scenario);
+        Ok(())
+    }
+
+    /// The tc programs go on the node namespace's links, named explicitly.
+    fn adjust_settings(&self, settings: &mut Settings, topology: &Topology) {
+        settings.ebpf.host_devices = topology.node_devices();
+    }
+
+    fn client_cgroup(&self, flow: &Flow) -> Option<PathBuf> {
+        if !self.sockets.contains(&flow.source_ip) {
+            return None;
+        }
+        self.cgroup.as_ref().map(|c| c.dir().to_path_buf())
+    }
+
+    fn dataplane(&self) -> DataplaneFactory {
+        let config = KernelConfig {
+            pin_root: self.bpffs.as_ref().map_or_else(
+                || PathBuf::from("/nonexistent"),
+                |b| b.dir().join("switchyard"),
+            ),
+            cgroup: self.cgroup.as_ref().map(|c| c.dir().to_path_buf()),
+        };
+        Box::new(move || {
+            let backend: Box<dyn Dataplane> = Box::new(EbpfBackend::new(AyaKernel::new(config)));
+            Ok(backend)
+        })
+    }
+
+    fn unsupported(&self, flow: &Flow) -> Option<String> {
+        let translated = !matches!(
+            Expected::parse(&flow.output),
+            Ok(Expected::Untranslated | Expected::Accept)
+        );
+        if flow.source_ip.is_loopback() && translated {
+            return Some(
+                "a socket bound to a loopback address cannot be connected to an endpoint \
+                 (EINVAL); eBPF serves localhost NodePorts to unbound sockets, tested in \
+                 switchyard_dataplane::ebpf::tests::sock_cgroup"
+                    .to_string(),
+            );
+        }
+        if self.sockets.secondary.contains(&flow.dest_ip) {
+            return Some(
+                "eBPF serves NodePorts on the node's primary address of each family unless \
+                 nodePortAddresses says otherwise (kube-proxy's nftables default)"
+                    .to_string(),
+            );
+        }
+        None
+    }
+
+    /// Socket-level load balancing connects the node's and its pods' sockets
+    /// straight to the endpoint from their own address: never masqueraded
+    /// (kube-proxy masquerades node, hairpin and masqueradeAll traffic).
+    fn masquerade(&self, flow: &Flow) -> Option<bool> {
+        if self.sockets.contains(&flow.source_ip) {
+            flow.masq.map(|_| false)
+        } else {
+            flow.masq
+        }
+    }
+
+    fn teardown(&mut self) {
+        self.cgroup = None;
+        self.bpffs = None;
+    }
+}

@@ -1,0 +1,38 @@
+//! Switchyard's network-namespace lab, shared by the end-to-end tests and the
+//! CLI's demo: scenario files run against a real kernel dataplane in network
+//! namespaces the runner creates (and always removes).
+//!
+//! - [`scenario`]: the file format (kube-proxy packet-flow test semantics).
+//! - [`topology`]: the namespaces of one scenario and their links.
+//! - [`probe`]: the endpoint server and client child processes.
+//! - [`agent`]: the thread in the node namespace that owns the backend.
+//! - [`hooks`]: where a mode plugs in (dataplane, client cgroup, skips).
+//! - [`runner`]: compile, link, apply, send connections, judge, report.
+//! - [`vm`]: Debian's stock kernel in qemu, for IPVS when the host lacks it.
+
+pub mod agent;
+pub mod ebpf;
+pub mod hooks;
+pub mod netns;
+pub mod probe;
+pub mod runner;
+pub mod scenario;
+pub mod topology;
+pub mod vm;
+
+/// The harness could not set a scenario up or run it.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("could not start {what}: {source}")]
+    Spawn {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("setting up {what}: {message}")]
+    Setup { what: String, message: String },
+    #[error("agent could not {what}: {message}")]
+    Agent { what: String, message: String },
+    #[error(transparent)]
+    Scenario(#[from] scenario::ScenarioError),
+}

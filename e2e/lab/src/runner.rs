@@ -1,0 +1,718 @@
+//! Run scenario files: build the namespaces, start the endpoint servers,
+//! compile and link each stage, apply it with the mode's backend inside the
+//! node namespace, send real connections for every flow, judge, report.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use switchyard_api::Mode;
+use switchyard_api::manifests::files_in;
+use switchyard_api::policy::{self, NodeInfo};
+use switchyard_api::ruleset::{Protocol, Ruleset};
+use switchyard_compiler::{CompileSettings, Compiled, Snapshot};
+use switchyard_dataplane::settings::{LocalDetector, NodePortAddresses, Settings};
+
+use crate::HarnessError;
+use crate::agent::NodeAgent;
+use crate::hooks::ModeHooks;
+use crate::netns::Netns;
+use crate::probe::{self, Attempt, Listen};
+use crate::scenario::{Expected, Flow, NodeAddress, NodeSpec, Scenario, Stage};
+use crate::topology::{Place, Topology};
+
+/// Outcome of one flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Pass,
+    Fail,
+    Skip,
+}
+
+/// Pass/fail/skip counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub passed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+}
+
+impl Totals {
+    pub fn add(&mut self, status: Status) {
+        match status {
+            Status::Pass => self.passed += 1,
+            Status::Fail => self.failed += 1,
+            Status::Skip => self.skipped += 1,
+        }
+    }
+
+    /// `N passed, M failed[, K skipped]`.
+    pub fn summary(&self) -> String {
+        let mut s = format!("{} passed, {} failed", self.passed, self.failed);
+        if self.skipped > 0 {
+            s.push_str(&format!(", {} skipped", self.skipped));
+        }
+        s
+    }
+}
+
+/// Runner options.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// How long one connection attempt waits before it counts as dropped.
+    pub timeout: Duration,
+}
+
+/// A short tag per mode for namespace names (`syipt-<pid>-…`).
+pub fn mode_tag(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Iptables => "ipt",
+        Mode::Ipvs => "ipvs",
+        Mode::Nftables => "nft",
+        Mode::Ebpf => "bpf",
+    }
+}
+
+/// The render settings a scenario's node asks for.
+pub fn settings_for(node: &NodeSpec, mode: Mode) -> Settings {
+    let mut s = Settings::defaults(mode);
+    s.masquerade_all = node.masquerade_all;
+    s.local_detector = if node.cluster_cidrs.is_empty() {
+        LocalDetector::None
+    } else {
+        LocalDetector::Cidrs(node.cluster_cidrs.clone())
+    };
+    s.node_port_addresses = match &node.node_port_addresses {
+        None => NodePortAddresses::ModeDefault,
+        Some(cidrs) => NodePortAddresses::Cidrs(cidrs.clone()),
+    };
+    if let Some(v) = node.localhost_node_ports {
+        s.localhost_node_ports = v;
+    }
+    s.service_cidrs = node.service_cidrs.clone();
+    s
+}
+
+/// Child processes killed and reaped on drop.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Start this binary with `args` inside `ns`.
+fn spawn_in(ns: &Netns, args: &[String]) -> Result<Child, HarnessError> {
+    let file = ns.open()?;
+    let fd = file.as_raw_fd();
+    let exe = std::env::current_exe().map_err(|source| HarnessError::Spawn {
+        what: "current executable".into(),
+        source,
+    })?;
+    let mut cmd = Command::new(exe);
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
+    // SAFETY: only the async-signal-safe setns syscall runs between fork and exec;
+    // `file` outlives the spawn, so `fd` is valid.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|source| HarnessError::Spawn {
+        what: format!(
+            "{} in {}",
+            args.first().map_or("", |a| a.as_str()),
+            ns.name()
+        ),
+        source,
+    });
+    drop(file);
+    child
+}
+
+/// One server per namespace with every endpoint and every flow destination
+/// that lives there (a destination answering itself means "untranslated").
+fn start_servers(
+    topo: &Topology,
+    scenario: &Scenario,
+    sctp: bool,
+) -> Result<Children, HarnessError> {
+    let mut by_place: BTreeMap<Place, BTreeSet<Listen>> = BTreeMap::new();
+    for slice in scenario.all_slices() {
+        for port in slice.ports.iter().flatten() {
+            let protocol = match port.protocol.as_deref() {
+                None => Protocol::Tcp,
+                Some(p) => match probe::parse_protocol(p) {
+                    Some(p) => p,
+                    None => continue,
+                },
+            };
+            let Some(number) = port.port.and_then(|p| u16::try_from(p).ok()) else {
+                continue;
+            };
+            for ep in &slice.endpoints {
+                for ip in ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
+                    by_place
+                        .entry(topo.place_of(&ip))
+                        .or_default()
+                        .insert(Listen {
+                            protocol,
+                            addr: SocketAddr::new(ip, number),
+                        });
+                }
+            }
+        }
+    }
+    for flow in scenario.all_flows() {
+        by_place
+            .entry(topo.place_of(&flow.dest_ip))
+            .or_default()
+            .insert(Listen {
+                protocol: flow.protocol,
+                addr: flow.destination(),
+            });
+    }
+    let mut children = Children(Vec::new());
+    for (place, listens) in by_place {
+        let mut args = vec!["__serve".to_string()];
+        for l in listens
+            .iter()
+            .filter(|l| sctp || l.protocol != Protocol::Sctp)
+        {
+            args.push("--listen".into());
+            args.push(l.to_string());
+        }
+        let mut child = spawn_in(topo.netns(place), &args)?;
+        let stdout = child.stdout.take();
+        children.0.push(child);
+        let mut line = String::new();
+        if let Some(out) = stdout {
+            // Blocks until the server has bound everything (or died: EOF).
+            let _ = BufReader::new(out).read_line(&mut line);
+        }
+        if line.trim() != "ready" {
+            return Err(HarnessError::Setup {
+                what: format!("endpoint servers in {:?}", place),
+                message: "server did not start (see its stderr)".into(),
+            });
+        }
+    }
+    Ok(children)
+}
+
+/// Whether the flow's destination is a service port with ClientIP affinity.
+fn has_affinity(ruleset: &Ruleset, flow: &Flow, node_ip: bool) -> bool {
+    ruleset.services.iter().any(|r| {
+        let vip = r
+            .cluster_ips
+            .iter()
+            .chain(&r.external_ips)
+            .chain(&r.load_balancer_ips)
+            .any(|ip| *ip == flow.dest_ip)
+            && r.port == flow.dest_port;
+        let node_port = node_ip && r.node_port == Some(flow.dest_port);
+        r.protocol == flow.protocol && (vip || node_port) && r.session_affinity.is_some()
+    })
+}
+
+/// What one attempt amounted to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Seen {
+    Endpoint(SocketAddr),
+    Untranslated,
+    Reject,
+    Drop,
+    Error(String),
+}
+
+impl std::fmt::Display for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Seen::Endpoint(a) => write!(f, "{a}"),
+            Seen::Untranslated => f.write_str("untranslated"),
+            Seen::Reject => f.write_str("REJECT"),
+            Seen::Drop => f.write_str("DROP"),
+            Seen::Error(e) => write!(f, "error({e})"),
+        }
+    }
+}
+
+/// Judge a flow's attempts: pass, and what was seen.
+fn judge(flow: &Flow, expected: &Expected, attempts: &[Attempt], affinity: bool) -> (bool, String) {
+    let mut seen: BTreeMap<Seen, usize> = BTreeMap::new();
+    let mut masq = BTreeSet::new();
+    for a in attempts {
+        let s = match a {
+            Attempt::Reply {
+                server,
+                peer,
+                local,
+            } => {
+                masq.insert(peer != local);
+                if *server == flow.destination() {
+                    Seen::Untranslated
+                } else {
+                    Seen::Endpoint(*server)
+                }
+            }
+            Attempt::Refused => Seen::Reject,
+            Attempt::Timeout => Seen::Drop,
+            Attempt::Error(e) => Seen::Error(e.clone()),
+        };
+        *seen.entry(s).or_default() += 1;
+    }
+    let kinds: BTreeSet<&Seen> = seen.keys().collect();
+    let only = |s: Seen| kinds.len() == 1 && kinds.contains(&s);
+    let outcome_ok = match expected {
+        Expected::Endpoints(want) => {
+            let got: BTreeSet<SocketAddr> = kinds
+                .iter()
+                .filter_map(|s| match s {
+                    Seen::Endpoint(a) => Some(*a),
+                    _ => None,
+                })
+                .collect();
+            let all_endpoints = got.len() == kinds.len();
+            let set_ok = if affinity {
+                got.len() == 1 && got.is_subset(want)
+            } else {
+                got == *want
+            };
+            all_endpoints && set_ok
+        }
+        Expected::Reject => only(Seen::Reject),
+        Expected::Drop => only(Seen::Drop),
+        Expected::Accept | Expected::Untranslated => only(Seen::Untranslated),
+    };
+    let masq_ok = match flow.masq {
+        Some(want) if !masq.is_empty() => masq.len() == 1 && masq.contains(&want),
+        _ => true,
+    };
+    let mut summary: Vec<String> = seen.iter().map(|(s, n)| format!("{s} x{n}")).collect();
+    if !masq.is_empty() {
+        let m: Vec<String> = masq.iter().map(|m| m.to_string()).collect();
+        summary.push(format!("masq={}", m.join("/")));
+    }
+    if affinity {
+        summary.push("(pinned: one endpoint per client)".into());
+    }
+    (outcome_ok && masq_ok, summary.join(", "))
+}
+
+/// Hands out disjoint client port ranges (20000..60000, wrapping).
+#[derive(Default)]
+struct PortRanges(std::cell::Cell<u32>);
+
+impl PortRanges {
+    fn next(&self, count: usize) -> u16 {
+        let width = u32::try_from(count).unwrap_or(64).max(1);
+        let mut start = self.0.get();
+        if start + width > 40000 {
+            start = 0;
+        }
+        self.0.set(start + width);
+        u16::try_from(20000 + start).unwrap_or(20000)
+    }
+}
+
+struct Ctx<'a> {
+    ports: PortRanges,
+    file: &'a str,
+    topo: &'a Topology,
+    hooks: &'a dyn ModeHooks,
+    options: &'a Options,
+    sctp: bool,
+}
+
+fn report(totals: &mut Totals, status: Status, line: String) {
+    let tag = match status {
+        Status::Pass => "PASS",
+        Status::Fail => "FAIL",
+        Status::Skip => "SKIP",
+    };
+    println!("{tag} {line}");
+    totals.add(status);
+}
+
+/// Run the flows of one stage in parallel, one client process per flow.
+fn run_flows(
+    ctx: &Ctx<'_>,
+    stage: &Stage<'_>,
+    ruleset: &Ruleset,
+    linked: &policy::LinkedRuleset,
+    totals: &mut Totals,
+) {
+    struct Running<'f> {
+        flow: &'f Flow,
+        expected: Expected,
+        affinity: bool,
+        child: Result<Child, HarnessError>,
+    }
+    let mut running = Vec::new();
+    let mut children = Children(Vec::new());
+    let flows: Vec<Flow> = stage
+        .flows
+        .iter()
+        .map(|f| f.for_mode(ctx.hooks.mode()))
+        .collect();
+    for flow in &flows {
+        let name = format!("{}: {}{}", ctx.file, stage.label, flow.name);
+        let Ok(expected) = Expected::parse(&flow.output) else {
+            report(
+                totals,
+                Status::Fail,
+                format!("{name}: bad output {:?}", flow.output),
+            );
+            continue;
+        };
+        let skip = if flow.protocol == Protocol::Sctp && !ctx.sctp {
+            Some("SCTP sockets are not supported by this kernel".to_string())
+        } else {
+            ctx.hooks.unsupported_in(flow, linked)
+        };
+        if let Some(reason) = skip {
+            report(totals, Status::Skip, format!("{name}: {reason}"));
+            continue;
+        }
+        // Affinity and a fixed client port both pin a client to one endpoint.
+        let session_affinity = has_affinity(ruleset, flow, ctx.topo.is_node_address(&flow.dest_ip));
+        let affinity = session_affinity || flow.source_port.is_some();
+        // Pinning is only observable, and only needs one-by-one attempts, when
+        // connections are expected to get through.
+        let sequential = flow.source_port.is_some()
+            || (session_affinity && matches!(expected, Expected::Endpoints(_)));
+        let count = match &expected {
+            // Enough that random choice would spread them (3 endpoints: 1 in 243).
+            _ if sequential && session_affinity => 6,
+            _ if sequential => 3,
+            Expected::Endpoints(e) => (10 * e.len()).max(6),
+            _ => 4,
+        };
+        let mut args = vec![
+            "__connect".to_string(),
+            format!("--proto={}", flow.protocol.as_lower()),
+            format!("--src={}", flow.source_ip),
+            format!("--dst={}", flow.destination()),
+            format!("--count={count}"),
+            format!("--timeout-ms={}", ctx.options.timeout.as_millis()),
+        ];
+        if sequential {
+            args.push("--sequential".into());
+        }
+        match flow.source_port {
+            Some(port) => args.extend([format!("--src-port={port}"), "--fixed-port".into()]),
+            None => args.push(format!("--src-port={}", ctx.ports.next(count))),
+        }
+        if let Some(cg) = ctx.hooks.client_cgroup(flow) {
+            args.push(format!("--cgroup={}", cg.display()));
+        }
+        let ns = ctx.topo.netns(ctx.topo.place_of(&flow.source_ip));
+        running.push(Running {
+            flow,
+            expected,
+            affinity,
+            child: spawn_in(ns, &args),
+        });
+    }
+    let mut outputs = Vec::new();
+    for r in running {
+        let out = r.child.map(|mut c| {
+            let mut text = String::new();
+            if let Some(stdout) = c.stdout.take() {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+            }
+            children.0.push(c);
+            text
+        });
+        outputs.push((r.flow, r.expected, r.affinity, out));
+    }
+    drop(children);
+    for (scenario_flow, expected, affinity, out) in outputs {
+        let name = format!("{}: {}{}", ctx.file, stage.label, scenario_flow.name);
+        let flow = &Flow {
+            masq: ctx.hooks.masquerade(scenario_flow),
+            ..scenario_flow.clone()
+        };
+        let mut want = match flow.masq {
+            Some(m) => format!("{expected} masq={m}"),
+            None => expected.to_string(),
+        };
+        if flow.masq != scenario_flow.masq {
+            want.push_str(" (this mode's masquerade; the scenario expects ");
+            want.push_str(&format!("masq={:?})", scenario_flow.masq));
+        }
+        match out {
+            Err(e) => report(totals, Status::Fail, format!("{name}: client: {e}")),
+            Ok(text) => {
+                let attempts: Vec<Attempt> = text.lines().map(Attempt::parse).collect();
+                let (ok, seen) = judge(flow, &expected, &attempts, affinity);
+                let status = if ok && !attempts.is_empty() {
+                    Status::Pass
+                } else {
+                    Status::Fail
+                };
+                report(
+                    totals,
+                    status,
+                    format!("{name}: expected {want}; saw {seen}"),
+                );
+            }
+        }
+    }
+}
+
+fn node_object(spec: &NodeSpec) -> Node {
+    let labels = spec.zone.as_ref().map(|z| {
+        [("topology.kubernetes.io/zone".to_string(), z.clone())]
+            .into_iter()
+            .collect()
+    });
+    Node {
+        metadata: ObjectMeta {
+            name: Some(spec.name.clone()),
+            labels,
+            ..ObjectMeta::default()
+        },
+        ..Node::default()
+    }
+}
+
+/// Compile one stage of a scenario.
+pub fn compile_stage(node: &NodeSpec, stage: &Stage<'_>) -> Compiled {
+    let snapshot = Snapshot {
+        services: stage.services.to_vec(),
+        endpoint_slices: stage.endpoint_slices.to_vec(),
+        nodes: vec![node_object(node)],
+    };
+    switchyard_compiler::compile(&snapshot, &CompileSettings::default())
+}
+
+/// The facts about the scenario's node that link needs.
+pub fn node_info(node: &NodeSpec, addresses: &[NodeAddress]) -> NodeInfo {
+    NodeInfo {
+        name: node.name.clone(),
+        zone: node.zone.clone(),
+        addresses: addresses.iter().map(|a| a.ip).collect(),
+    }
+}
+
+/// Run one scenario file; flows are reported as they are judged.
+pub fn run_file(
+    path: &str,
+    index: usize,
+    hooks: &mut dyn ModeHooks,
+    options: &Options,
+) -> Result<Totals, HarnessError> {
+    let scenario = Scenario::load(path)?;
+    let file = Path::new(path)
+        .file_name()
+        .map_or_else(|| path.to_string(), |f| f.to_string_lossy().into_owned());
+    let prefix = format!(
+        "sy{}-{}-{index}-",
+        mode_tag(hooks.mode()),
+        std::process::id()
+    );
+    let topo = Topology::build(&prefix, &scenario)?;
+    hooks.prepare_node(&topo, &scenario)?;
+    let sctp = probe::sctp_supported();
+    let servers = start_servers(&topo, &scenario, sctp)?;
+    let agent = NodeAgent::start(&topo.node, hooks.dataplane())?;
+    let mut settings = settings_for(&scenario.node, hooks.mode());
+    hooks.adjust_settings(&mut settings, &topo);
+    let node_info = node_info(&scenario.node, &topo.node_addresses);
+    let mut totals = Totals::default();
+    let ctx = Ctx {
+        ports: PortRanges::default(),
+        file: &file,
+        topo: &topo,
+        hooks: &*hooks,
+        options,
+        sctp,
+    };
+    for stage in scenario.stages() {
+        let compiled = compile_stage(&scenario.node, &stage);
+        for d in &compiled.diagnostics {
+            eprintln!("{file}: {}{d}", stage.label);
+        }
+        let linked = policy::link(&compiled.ruleset, &node_info);
+        if let Err(e) = agent.sync(&linked, &settings) {
+            for flow in stage.flows {
+                report(
+                    &mut totals,
+                    Status::Fail,
+                    format!("{file}: {}{}: {e}", stage.label, flow.name),
+                );
+            }
+            if std::env::var_os("SWITCHYARD_E2E_DUMP").is_some() {
+                eprintln!("{}", agent.render(&linked, &settings)?);
+            }
+            continue;
+        }
+        if std::env::var_os("SWITCHYARD_E2E_DUMP").is_some() {
+            eprintln!("{}", agent.render(&linked, &settings)?);
+        }
+        run_flows(&ctx, &stage, &compiled.ruleset, &linked, &mut totals);
+    }
+    match agent.cleanup() {
+        Ok(true) => report(
+            &mut totals,
+            Status::Pass,
+            format!("{file}: cleanup left no trace"),
+        ),
+        Ok(false) => report(
+            &mut totals,
+            Status::Fail,
+            format!("{file}: cleanup: objects of the mode are still present"),
+        ),
+        Err(e) => report(&mut totals, Status::Fail, format!("{file}: cleanup: {e}")),
+    }
+    drop(agent);
+    hooks.teardown();
+    drop(servers);
+    drop(topo);
+    Ok(totals)
+}
+
+/// Expand directories into their `*.yaml` files, sorted.
+pub fn expand_paths(paths: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in paths {
+        match files_in(Path::new(p), &["yaml", "yml"]) {
+            Ok(files) => out.extend(files.iter().map(|f| f.to_string_lossy().into_owned())),
+            Err(_) => out.push(p.clone()),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(output: &str, masq: Option<bool>) -> Flow {
+        Flow {
+            name: "f".into(),
+            source_ip: "10.0.0.2".parse().unwrap(),
+            dest_ip: "172.30.0.41".parse().unwrap(),
+            dest_port: 80,
+            protocol: Protocol::Tcp,
+            output: output.into(),
+            masq,
+            source_port: None,
+            by_mode: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_mode_override_replaces_output_and_masq_for_that_mode_only() {
+        let mut f = flow("10.180.0.1:80", Some(true));
+        f.by_mode.insert(
+            Mode::Nftables,
+            crate::scenario::ModeExpectation {
+                output: "REJECT".into(),
+                masq: None,
+            },
+        );
+        let nft = f.for_mode(Mode::Nftables);
+        assert_eq!((nft.output.as_str(), nft.masq), ("REJECT", None));
+        let ipt = f.for_mode(Mode::Iptables);
+        assert_eq!(
+            (ipt.output.as_str(), ipt.masq),
+            ("10.180.0.1:80", Some(true))
+        );
+    }
+
+    fn reply(server: &str, peer: &str) -> Attempt {
+        Attempt::Reply {
+            server: server.parse().unwrap(),
+            peer: peer.parse().unwrap(),
+            local: "10.0.0.2:20000".parse().unwrap(),
+        }
+    }
+
+    fn check(f: &Flow, attempts: &[Attempt], affinity: bool) -> bool {
+        judge(f, &Expected::parse(&f.output).unwrap(), attempts, affinity).0
+    }
+
+    #[test]
+    fn every_endpoint_and_nothing_else() {
+        let f = flow("10.180.0.1:80, 10.180.0.2:80", Some(false));
+        let a = reply("10.180.0.1:80", "10.0.0.2:20000");
+        let b = reply("10.180.0.2:80", "10.0.0.2:20000");
+        assert!(check(&f, &[a.clone(), b.clone()], false));
+        assert!(
+            !check(&f, &[a.clone(), a.clone()], false),
+            "one endpoint never reached"
+        );
+        let c = reply("10.180.0.3:80", "10.0.0.2:20000");
+        assert!(
+            !check(&f, &[a.clone(), b.clone(), c], false),
+            "an endpoint outside the set"
+        );
+        assert!(!check(&f, &[a.clone(), b.clone(), Attempt::Timeout], false));
+        assert!(
+            check(&f, &[a.clone(), a.clone()], true),
+            "affinity: one of them"
+        );
+        assert!(!check(&f, &[a, b], true), "affinity: not two");
+    }
+
+    #[test]
+    fn masquerade_is_judged_from_what_the_endpoint_saw() {
+        let masqueraded = reply("10.180.0.1:80", "192.168.0.2:40000");
+        assert!(check(
+            &flow("10.180.0.1:80", Some(true)),
+            std::slice::from_ref(&masqueraded),
+            false
+        ));
+        assert!(!check(
+            &flow("10.180.0.1:80", Some(false)),
+            &[masqueraded],
+            false
+        ));
+        // Same address, other port: masqueraded with --random-fully from the node.
+        let port_only = reply("10.180.0.1:80", "10.0.0.2:33333");
+        assert!(check(
+            &flow("10.180.0.1:80", Some(true)),
+            &[port_only],
+            false
+        ));
+    }
+
+    #[test]
+    fn reject_drop_and_untranslated_are_told_apart() {
+        assert!(check(&flow("REJECT", None), &[Attempt::Refused], false));
+        assert!(!check(&flow("REJECT", None), &[Attempt::Timeout], false));
+        assert!(check(&flow("DROP", None), &[Attempt::Timeout], false));
+        assert!(!check(&flow("DROP", None), &[Attempt::Refused], false));
+        let untouched = reply("172.30.0.41:80", "10.0.0.2:20000");
+        assert!(check(
+            &flow("", None),
+            std::slice::from_ref(&untouched),
+            false
+        ));
+        assert!(!check(&flow("REJECT", None), &[untouched], false));
+        assert!(!check(
+            &flow("", None),
+            &[Attempt::Error("EHOSTUNREACH".into())],
+            false
+        ));
+    }
+}

@@ -2,14 +2,13 @@
 //!
 //! `.ci/images` builds the OCI archives when they are missing (once; rerun it
 //! after a change to test new binaries). umoci, an OCI implementation of its
-//! own, unpacks each archive into a runtime bundle, checking the digests, and
-//! turns the image config into the runtime config; runc runs the bundle with
-//! the security settings of the image's manifest in `config/`. Both binaries
-//! answer `--version` with the version and the commit the image was built
-//! from; the agent, in a network namespace of the test's own, programs
-//! nftables and iptables rules that `nft list ruleset` in that namespace
-//! shows. The namespace, the bundles and the container state are removed
-//! whatever the outcome.
+//! own, unpacks each archive into a runtime bundle and turns the image config
+//! into the runtime config; runc runs the bundle with the security settings
+//! of the image's manifest in `config/`. Both binaries answer `--version`
+//! with the version and the commit the image was built from; the agent, in a
+//! network namespace of the test's own, programs nftables and iptables rules
+//! that `nft list ruleset` in that namespace shows. The namespace, the
+//! bundles and the container state are removed whatever the outcome.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

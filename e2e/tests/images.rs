@@ -260,62 +260,26 @@ fn container_of(manifest: &Value) -> &Value {
 }
 
 /// Capability names by number (linux/capability.h).
-const CAPABILITIES: [&str; 41] = [
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "DAC_READ_SEARCH",
-    "FOWNER",
-    "FSETID",
-    "KILL",
-    "SETGID",
-    "SETUID",
-    "SETPCAP",
-    "LINUX_IMMUTABLE",
-    "NET_BIND_SERVICE",
-    "NET_BROADCAST",
-    "NET_ADMIN",
-    "NET_RAW",
-    "IPC_LOCK",
-    "IPC_OWNER",
-    "SYS_MODULE",
-    "SYS_RAWIO",
-    "SYS_CHROOT",
-    "SYS_PTRACE",
-    "SYS_PACCT",
-    "SYS_ADMIN",
-    "SYS_BOOT",
-    "SYS_NICE",
-    "SYS_RESOURCE",
-    "SYS_TIME",
-    "SYS_TTY_CONFIG",
-    "MKNOD",
-    "LEASE",
-    "AUDIT_WRITE",
-    "AUDIT_CONTROL",
-    "SETFCAP",
-    "MAC_OVERRIDE",
-    "MAC_ADMIN",
-    "SYSLOG",
-    "WAKE_ALARM",
-    "BLOCK_SUSPEND",
-    "AUDIT_READ",
-    "PERFMON",
-    "BPF",
-    "CHECKPOINT_RESTORE",
-];
+const CAPABILITIES: &str = "CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID \
+    SETPCAP LINUX_IMMUTABLE NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER \
+    SYS_MODULE SYS_RAWIO SYS_CHROOT SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE SYS_RESOURCE \
+    SYS_TIME SYS_TTY_CONFIG MKNOD LEASE AUDIT_WRITE AUDIT_CONTROL SETFCAP MAC_OVERRIDE MAC_ADMIN \
+    SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ PERFMON BPF CHECKPOINT_RESTORE";
 
 /// The capabilities of this process's bounding set: a container cannot get
 /// more (a sandboxed CI machine may lack one, e.g. SYS_RESOURCE).
-fn host_capabilities() -> Vec<&'static str> {
+fn host_capabilities() -> Vec<String> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let bounding = status
         .lines()
         .find_map(|l| l.strip_prefix("CapBnd:"))
         .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
         .unwrap();
-    (0..CAPABILITIES.len())
-        .filter(|bit| bounding & (1 << bit) != 0)
-        .map(|bit| CAPABILITIES[bit])
+    CAPABILITIES
+        .split_whitespace()
+        .enumerate()
+        .filter(|(bit, _)| bounding & (1 << bit) != 0)
+        .map(|(_, name)| name.to_string())
         .collect()
 }
 
@@ -327,7 +291,7 @@ fn secure_as(runtime: &mut Value, container: &Value) {
     let context = &container["securityContext"];
     let privileged = context["privileged"] == json!(true);
     let host = host_capabilities();
-    let wanted: Vec<&str> = if privileged {
+    let wanted: Vec<String> = if privileged {
         host.clone()
     } else {
         assert_eq!(context["capabilities"]["drop"], json!(["ALL"]));
@@ -335,22 +299,14 @@ fn secure_as(runtime: &mut Value, container: &Value) {
         add.into_iter()
             .flatten()
             .map(|c| c.as_str().unwrap().to_string())
-            .map(|c| {
-                CAPABILITIES
-                    .into_iter()
-                    .find(|n| *n == c)
-                    .unwrap_or_else(|| panic!("capability {c}"))
-            })
             .collect()
     };
-    let mut granted = Vec::new();
-    for cap in wanted {
-        if host.contains(&cap) {
-            granted.push(format!("CAP_{cap}"));
-        } else {
-            eprintln!("CAP_{cap} left out: this machine's bounding set lacks it");
-        }
+    let (granted, missing): (Vec<String>, Vec<String>) =
+        wanted.into_iter().partition(|c| host.contains(c));
+    if !missing.is_empty() {
+        eprintln!("left out, this machine's bounding set lacks them: {missing:?}");
     }
+    let granted: Vec<String> = granted.iter().map(|c| format!("CAP_{c}")).collect();
     let process = &mut runtime["process"];
     for set in ["bounding", "effective", "permitted"] {
         process["capabilities"][set] = json!(granted);

@@ -25,6 +25,7 @@ use switchyard_api::policy::{LinkedRuleset, NodeInfo, ShardLinker, link};
 use switchyard_api::ruleset::{
     Backend, Cidr, Protocol, ProxyRulesetSpec, Ruleset, ServicePortRule, ShardLayout,
 };
+use switchyard_e2e::cleanup;
 use switchyard_e2e::netns::{self, Netns};
 
 #[derive(Parser)]
@@ -580,7 +581,7 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
 }
 
 fn main() -> ExitCode {
-    netns::install_signal_cleanup();
+    cleanup::install_signal_cleanup();
     let cli = Cli::parse();
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,

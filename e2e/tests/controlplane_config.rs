@@ -44,20 +44,7 @@ async fn installed() -> ControlPlane {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     println!("control plane ready in {:.1?}", cp.started_in());
-    let base = repo().join("config/base");
-    let kubectl = cp.kubectl();
-    kubectl
-        .run(&["apply", "-k", base.to_str().unwrap()])
-        .unwrap_or_else(|e| panic!("{e}"));
-    kubectl
-        .run(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/proxyconfigs.switchyard.dev",
-            "crd/proxynodes.switchyard.dev",
-            "crd/proxyrulesets.switchyard.dev",
-        ])
+    cp.install(&repo().join("config/base"))
         .unwrap_or_else(|e| panic!("{e}"));
     cp
 }

@@ -288,6 +288,23 @@ impl ControlPlane {
         process::log_tail(&self.dir().join(format!("{program}.log")))
     }
 
+    /// `kubectl apply -k dir` as the admin, then wait until every CRD is
+    /// established (so its kinds can be used at once).
+    pub fn install(&self, kustomization: &Path) -> Result<(), ControlPlaneError> {
+        let kubectl = self.kubectl();
+        let dir = kustomization.display().to_string();
+        kubectl.run(&["apply", "-k", &dir])?;
+        let timeout = format!("--timeout={}s", READY_TIMEOUT.as_secs());
+        kubectl.run(&[
+            "wait",
+            "--for=condition=Established",
+            "crd",
+            "--all",
+            &timeout,
+        ])?;
+        Ok(())
+    }
+
     /// Write a kubeconfig speaking as `who` (see [`identity`]); returns its path.
     pub async fn kubeconfig_for(&self, who: &Identity) -> Result<PathBuf, ControlPlaneError> {
         let slug = who.slug();

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Api;
@@ -15,7 +15,8 @@ use kube::api::{DeleteParams, ListParams, PostParams};
 use switchyard_e2e::controlplane::forward::Forwarder;
 use switchyard_e2e::controlplane::identity::Identity;
 use switchyard_e2e::controlplane::kubectl::Kubectl;
-use switchyard_e2e::controlplane::workdir::{self, Purpose};
+use switchyard_e2e::controlplane::process::{Daemon, Launch};
+use switchyard_e2e::controlplane::workdir::{self, Purpose, WorkDir};
 use switchyard_e2e::controlplane::{ControlPlane, SERVICE_CIDR};
 use switchyard_e2e::netns::{self, Netns};
 
@@ -149,6 +150,8 @@ async fn client_certificate_users_are_who_they_say(cp: &ControlPlane) {
     assert!(denied.contains("Forbidden"), "{denied}");
 }
 
+/// A long-running program in a node (as an agent will be) watches the API
+/// through the node's forwarder and sees what the host writes.
 async fn a_node_namespace_reaches_the_api_through_its_forwarder(cp: &ControlPlane) {
     let node = Netns::create(&ns_name("node")).unwrap();
     let readyz = || {
@@ -157,20 +160,58 @@ async fn a_node_namespace_reaches_the_api_through_its_forwarder(cp: &ControlPlan
         command.output().unwrap()
     };
     // Without the forwarder nothing listens on the node's loopback.
-    let before = readyz();
     assert!(
-        !before.status.success(),
+        !readyz().status.success(),
         "reached the API server without a forwarder"
     );
     let forwarder = cp.forward_into(&node).unwrap();
     assert_eq!(forwarder.listen_addr(), cp.api_addr());
-    let after = readyz();
-    assert!(
-        after.status.success(),
-        "kubectl in the node: {}",
-        String::from_utf8_lossy(&after.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&after.stdout).trim(), "ok");
+    let kubectl = cp.binaries().path("kubectl");
+    let log = cp.dir().join("node-watch.log");
+    let kubeconfig = cp.admin_kubeconfig().display().to_string();
+    let mut watch = Daemon::start(Launch {
+        name: "kubectl-watch",
+        program: kubectl,
+        args: [
+            "--kubeconfig",
+            &kubeconfig,
+            "get",
+            "namespaces",
+            "--watch",
+            "-o",
+            "name",
+        ]
+        .map(String::from)
+        .to_vec(),
+        cwd: cp.dir().to_path_buf(),
+        log: log.clone(),
+        netns: Some(node.open().unwrap()),
+    })
+    .unwrap();
+    let namespaces = Api::<Namespace>::all(cp.client());
+    let made = Namespace {
+        metadata: ObjectMeta {
+            name: Some("made-on-the-host".into()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    namespaces
+        .create(&PostParams::default(), &made)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + CONVERGE;
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("namespace/made-on-the-host")
+    {
+        watch.check_running("watching namespaces").unwrap();
+        assert!(
+            Instant::now() < deadline,
+            "the node's watch never saw the namespace"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The forwarder alone: bytes both ways, half-close passed on, the client's
@@ -213,4 +254,31 @@ fn forwarder_relays_from_a_namespace_to_host_loopback() {
     .join()
     .unwrap();
     assert!(refused, "the forwarder still listens after drop");
+}
+
+/// Guards the leftover check itself: a program working in the directory, and
+/// the directory, are reported until they are gone.
+#[test]
+fn left_behind_reports_programs_and_the_directory_until_removed() {
+    let dir = WorkDir::create(Purpose::Test).unwrap();
+    let path = dir.path().to_path_buf();
+    let sleeper = Daemon::start(Launch {
+        name: "sleep",
+        program: "sleep".into(),
+        args: vec!["600".into()],
+        cwd: path.clone(),
+        log: path.join("sleep.log"),
+        netns: None,
+    })
+    .unwrap();
+    let found = workdir::left_behind(&path);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found[0].starts_with(&format!("process {} (sleep)", sleeper.pid())));
+    drop(sleeper);
+    assert_eq!(
+        workdir::left_behind(&path),
+        [format!("directory {}", path.display())]
+    );
+    drop(dir);
+    assert_eq!(workdir::left_behind(&path), Vec::<String>::new());
 }

@@ -78,10 +78,7 @@ async fn config_installs_and_the_server_agrees_with_the_client_side_check() {
             .find_map(|l| l.strip_prefix("# expect: "))
             .unwrap_or_else(|| panic!("{} has no `# expect:` line", bad.display()));
         let out = kubectl
-            .output(
-                &["apply", "--dry-run=server", "-f", bad.to_str().unwrap()],
-                None,
-            )
+            .output(&["apply", "--dry-run=server", "-f", bad.to_str().unwrap()])
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{} accepted", bad.display());

@@ -15,10 +15,9 @@ use kube::api::PostParams;
 
 use super::ControlPlaneError;
 
-/// The namespace and ServiceAccounts of `config/rbac`.
+/// The namespace and the agent's ServiceAccount in `config/rbac`.
 pub const NAMESPACE: &str = "switchyard-system";
 pub const AGENT_SA: &str = "switchyard-agent";
-pub const OPERATOR_SA: &str = "switchyard-operator";
 
 /// A Pod scheduled on a Node, for a bound token.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,15 +50,6 @@ impl Identity {
                 pod: format!("{AGENT_SA}-{node}"),
                 node: node.into(),
             }),
-        }
-    }
-
-    /// The operator's ServiceAccount.
-    pub fn operator() -> Identity {
-        Identity::ServiceAccount {
-            namespace: NAMESPACE.into(),
-            name: OPERATOR_SA.into(),
-            pod: None,
         }
     }
 

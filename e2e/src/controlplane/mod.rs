@@ -283,11 +283,6 @@ impl ControlPlane {
             .collect()
     }
 
-    /// The end of a program's log (`kube-apiserver`, `etcd`, …), for messages.
-    pub fn log_tail(&self, program: &str) -> String {
-        process::log_tail(&self.dir().join(format!("{program}.log")))
-    }
-
     /// `kubectl apply -k dir` as the admin, then wait until every CRD is
     /// established (so its kinds can be used at once).
     pub fn install(&self, kustomization: &Path) -> Result<(), ControlPlaneError> {

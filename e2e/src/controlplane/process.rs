@@ -143,8 +143,8 @@ impl Daemon {
             Ok(None) => Ok(()),
             Ok(Some(status)) => Err(self.exited(status, during)),
             Err(source) => Err(ControlPlaneError::Io {
-                what: "wait for",
-                path: PathBuf::from(self.name),
+                what: "wait for the program logging to",
+                path: self.log.clone(),
                 source,
             }),
         }

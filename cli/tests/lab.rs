@@ -5,6 +5,7 @@
 //! `down` sees only that test's labs.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -48,10 +49,17 @@ struct LabUp {
 
 impl LabUp {
     fn start(tmp: &Tmp) -> LabUp {
-        let mut child = switchyard(tmp, &["lab", "up"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut command = switchyard(tmp, &["lab", "up"]);
+        command.stdout(Stdio::piped());
+        // SAFETY: prctl is async-signal-safe. A killed test run asks its labs
+        // to clean up after themselves.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (lines, printed) = mpsc::channel();
         std::thread::spawn(move || {

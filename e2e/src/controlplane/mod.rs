@@ -169,28 +169,12 @@ impl ControlPlane {
             dir: WorkDir::create(purpose)?,
         };
         let dir = running.dir.path().to_path_buf();
-        let pki = Pki::create(&dir.join("pki"), IpAddr::V4(KUBERNETES_IP))?;
-        let port = free_port(&dir)?;
-        let admin = dir.join("admin.kubeconfig");
-        let credential = Credential::ClientCert(pki.client(
-            "admin",
-            "switchyard-lab-admin",
-            Some("system:masters"),
-        )?);
-        kubeconfig::write(&admin, port, &pki.ca_cert(), "admin", &credential)?;
-        let kcm_config = dir.join("controller-manager.kubeconfig");
-        let credential = Credential::ClientCert(pki.client(
-            "controller-manager",
-            "system:kube-controller-manager",
-            None,
-        )?);
-        kubeconfig::write(
-            &kcm_config,
+        let Credentials {
+            pki,
             port,
-            &pki.ca_cert(),
-            "controller-manager",
-            &credential,
-        )?;
+            admin,
+            controller_manager: kcm_config,
+        } = credentials(&dir)?;
 
         running
             .daemons
@@ -331,6 +315,33 @@ impl ControlPlane {
     pub fn forward_into(&self, node: &Netns) -> Result<Forwarder, ControlPlaneError> {
         Forwarder::start(node, self.api_addr())
     }
+}
+
+/// The PKI, the API server's port and the kubeconfigs made before anything runs.
+struct Credentials {
+    pki: Pki,
+    port: u16,
+    admin: PathBuf,
+    controller_manager: PathBuf,
+}
+
+fn credentials(dir: &Path) -> Result<Credentials, ControlPlaneError> {
+    let pki = Pki::create(&dir.join("pki"), IpAddr::V4(KUBERNETES_IP))?;
+    let port = free_port(dir)?;
+    let kubeconfig = |file: &str, user: &str, group: Option<&str>| {
+        let path = dir.join(format!("{file}.kubeconfig"));
+        let credential = Credential::ClientCert(pki.client(file, user, group)?);
+        kubeconfig::write(&path, port, &pki.ca_cert(), file, &credential).map(|()| path)
+    };
+    let admin = kubeconfig("admin", "switchyard-lab-admin", Some("system:masters"))?;
+    let controller_manager =
+        kubeconfig("controller-manager", "system:kube-controller-manager", None)?;
+    Ok(Credentials {
+        pki,
+        port,
+        admin,
+        controller_manager,
+    })
 }
 
 /// A free port on 127.0.0.1 for the API server. Another process may take it

@@ -11,10 +11,10 @@
 use std::sync::Arc;
 
 use serde::Serialize;
-use switchyard_agent::settings::{NodePortAddresses, Settings};
 use switchyard_agent::switch::DataplaneFactory;
 use switchyard_api::Mode;
 use switchyard_api::policy::LinkedServicePort;
+use switchyard_dataplane::settings::{NodePortAddresses, Settings};
 
 use crate::plan::{
     Cluster, DiagnosticView, NodeStatus, Placement, PlanError, exit, invalid_lines, pretty_json,

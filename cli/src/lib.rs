@@ -12,8 +12,8 @@ pub mod trace;
 
 use std::sync::Arc;
 
-use switchyard_agent::exec::RealRunner;
 use switchyard_agent::switch::BackendFactory;
+use switchyard_dataplane::exec::RealRunner;
 
 /// The real backends, running kernel tools in the calling thread's network
 /// namespace. Building one touches nothing; `plan` and `diff` only render.

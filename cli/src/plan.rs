@@ -10,13 +10,13 @@ use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use serde::Serialize;
 use switchyard_agent::agent::{node_info, pod_cidrs};
-use switchyard_agent::backend::{BackendError, ipvs};
-use switchyard_agent::settings::Settings;
 use switchyard_agent::switch::DataplaneFactory;
 use switchyard_api::policy::{LinkedRuleset, link};
 use switchyard_api::ruleset::Ruleset;
 use switchyard_api::{Mode, ProxyConfig};
 use switchyard_compiler::{CompileSettings, Diagnostic, Objects, Snapshot, compile};
+use switchyard_dataplane::settings::Settings;
+use switchyard_dataplane::{BackendError, ipvs};
 use switchyard_operator::pools::{Assignment, assign_pools};
 
 /// Process exit codes of `plan` and `diff`.

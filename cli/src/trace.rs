@@ -11,18 +11,14 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::Arc;
 
 use serde::Serialize;
-use switchyard_agent::backend::Backend;
-use switchyard_agent::backend::iptables::IptablesBackend;
-use switchyard_agent::backend::iptables::sysctl::ProcSysctl;
-use switchyard_agent::backend::iptables::trace::{Origin, Packet, Verdict, trace};
-use switchyard_agent::exec::FakeRunner;
-use switchyard_agent::settings::{LocalDetector, Settings};
 use switchyard_api::Mode;
 use switchyard_api::policy::{LinkedRuleset, LinkedServicePort};
 use switchyard_api::ruleset::IpFamily;
+use switchyard_dataplane::iptables::render::render;
+use switchyard_dataplane::iptables::trace::{Origin, Packet, Verdict, trace};
+use switchyard_dataplane::settings::{LocalDetector, Settings};
 
 use crate::diff::mode_semantics;
 
@@ -196,10 +192,7 @@ fn check_plan(
     let mode = settings.mode;
     let traced: Option<Vec<BTreeSet<String>>> = match mode {
         Mode::Iptables => {
-            // Rendering is pure: the runner and sysctl are never used.
-            let backend =
-                IptablesBackend::new(Arc::new(FakeRunner::default()), Arc::new(ProcSysctl));
-            let plan = backend.render(linked, settings);
+            let plan = render(linked, settings);
             Some(
                 probes
                     .iter()
@@ -246,7 +239,7 @@ fn check_plan(
 #[cfg(test)]
 mod tests {
     use switchyard_api::policy::{NodeInfo, link};
-    use switchyard_api::ruleset::{Backend as Endpoint, Protocol, Ruleset, ServicePortRule};
+    use switchyard_api::ruleset::{Endpoint, Protocol, Ruleset, ServicePortRule};
 
     use super::*;
 
@@ -257,13 +250,13 @@ mod tests {
         }
     }
 
-    fn ruleset(backends: Vec<Endpoint>) -> Ruleset {
+    fn ruleset(endpoints: Vec<Endpoint>) -> Ruleset {
         Ruleset {
             services: vec![ServicePortRule {
                 port_name: "http".into(),
                 cluster_ips: vec!["10.96.0.10".parse().unwrap()],
                 node_port: Some(30080),
-                backends,
+                endpoints,
                 ..ServicePortRule::new(1, "default", "web", Protocol::Tcp, 80)
             }],
         }

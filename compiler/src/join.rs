@@ -1,10 +1,10 @@
-//! A service's port templates joined with its EndpointSlices: the backends of
+//! A service's port templates joined with its EndpointSlices: the endpoints of
 //! every port, deduplicated across slices, with stable ids.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use switchyard_api::ruleset::{Backend, IpFamily, ServicePortRule};
+use switchyard_api::ruleset::{Endpoint, IpFamily, ServicePortRule};
 
 use crate::ids::IdAllocator;
 use crate::keys::PortKey;
@@ -14,10 +14,10 @@ use crate::slice::{EndpointFacts, SliceInfo};
 #[derive(Debug, Default)]
 pub(crate) struct Allocators {
     pub service_ports: IdAllocator,
-    pub backends: IdAllocator,
+    pub endpoints: IdAllocator,
 }
 
-/// The ids held by one service: per port its id and its backends' ids. A
+/// The ids held by one service: per port its id and its endpoints' ids. A
 /// service has few ports, so these are small Vecs, not maps.
 #[derive(Debug, Default)]
 pub(crate) struct ServiceIds {
@@ -28,7 +28,7 @@ pub(crate) struct ServiceIds {
 struct PortIds {
     id: u32,
     /// Sorted by endpoint.
-    backends: Vec<((IpAddr, u16), u32)>,
+    endpoints: Vec<((IpAddr, u16), u32)>,
 }
 
 impl ServiceIds {
@@ -40,8 +40,8 @@ impl ServiceIds {
     pub(crate) fn release_all(self, ids: &mut Allocators) {
         for (_, port) in self.ports {
             ids.service_ports.release(port.id);
-            for (_, id) in port.backends {
-                ids.backends.release(id);
+            for (_, id) in port.endpoints {
+                ids.endpoints.release(id);
             }
         }
     }
@@ -49,7 +49,7 @@ impl ServiceIds {
 
 /// The complete rules of one service. `slices` in slice-name order: an endpoint
 /// listed by several slices is taken from the first (kube-proxy deduplicates by
-/// `ip:port` the same way). Ids of vanished ports and backends are released
+/// `ip:port` the same way). Ids of vanished ports and endpoints are released
 /// before new ones are allocated, so ids stay compact.
 pub(crate) fn join_service(
     templates: &[ServicePortRule],
@@ -72,10 +72,10 @@ pub(crate) fn join_service(
         .map(|(key, endpoints)| {
             let at = previous.iter().position(|(k, _)| k == key)?;
             let (_, mut port_ids) = previous.swap_remove(at);
-            port_ids.backends.retain(|(endpoint, id)| {
+            port_ids.endpoints.retain(|(endpoint, id)| {
                 let live = endpoints.contains_key(endpoint);
                 if !live {
-                    ids.backends.release(*id);
+                    ids.endpoints.release(*id);
                 }
                 live
             });
@@ -88,32 +88,32 @@ pub(crate) fn join_service(
     for ((template, (key, endpoints)), port_ids) in templates.iter().zip(ports).zip(&mut kept) {
         let port_ids = port_ids.take().unwrap_or_else(|| PortIds {
             id: ids.service_ports.allocate(),
-            backends: Vec::new(),
+            endpoints: Vec::new(),
         });
         // Both in endpoint order: the kept ids are a subset of `endpoints`.
-        let mut old_ids = port_ids.backends.into_iter().peekable();
-        let mut backend_ids = Vec::with_capacity(endpoints.len());
-        let backends = endpoints
+        let mut old_ids = port_ids.endpoints.into_iter().peekable();
+        let mut endpoint_ids = Vec::with_capacity(endpoints.len());
+        let endpoints = endpoints
             .into_iter()
             .map(|(endpoint, facts)| {
                 let id = match old_ids.next_if(|(e, _)| *e == endpoint) {
                     Some((_, id)) => id,
-                    None => ids.backends.allocate(),
+                    None => ids.endpoints.allocate(),
                 };
-                backend_ids.push((endpoint, id));
-                backend(id, endpoint.1, facts)
+                endpoint_ids.push((endpoint, id));
+                rule_endpoint(id, endpoint.1, facts)
             })
             .collect();
         rules.push(ServicePortRule {
             id: port_ids.id,
-            backends,
+            endpoints,
             ..template.clone()
         });
         held.ports.push((
             key,
             PortIds {
                 id: port_ids.id,
-                backends: backend_ids,
+                endpoints: endpoint_ids,
             },
         ));
     }
@@ -149,8 +149,8 @@ fn endpoints_of<'s>(
     endpoints
 }
 
-fn backend(id: u32, port: u16, facts: &EndpointFacts) -> Backend {
-    Backend {
+fn rule_endpoint(id: u32, port: u16, facts: &EndpointFacts) -> Endpoint {
+    Endpoint {
         id,
         ip: facts.ip,
         port,

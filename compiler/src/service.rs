@@ -1,6 +1,6 @@
 //! One Service to its service-port templates: kube-proxy's `newBaseServiceInfo`
 //! and `ShouldSkipService`, with every field validated. A template is a
-//! [`ServicePortRule`] without id and backends; the endpoints are joined later.
+//! [`ServicePortRule`] without id and endpoints; those are joined later.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -160,7 +160,7 @@ fn service_ports(
             external_traffic_policy,
             session_affinity,
             traffic_distribution: spec.traffic_distribution.clone(),
-            backends: Vec::new(),
+            endpoints: Vec::new(),
         });
     }
     ports.sort_by(|a, b| PortKey::of(a).cmp(&PortKey::of(b)));

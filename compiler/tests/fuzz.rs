@@ -159,7 +159,7 @@ proptest! {
                 prop_assert!(frontends.insert(frontend), "frontend {frontend:?} twice");
             }
             let mut endpoints = HashSet::new();
-            for b in &rule.backends {
+            for b in &rule.endpoints {
                 prop_assert!(b.port != 0);
                 prop_assert!(backend_ids.insert(b.id));
                 prop_assert!(endpoints.insert(b.endpoint()));

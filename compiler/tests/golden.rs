@@ -80,7 +80,7 @@ struct LinkedPort {
 
 impl LinkedPort {
     fn of(linked: &LinkedServicePort) -> LinkedPort {
-        let list = |it: &mut dyn Iterator<Item = &switchyard_api::ruleset::Backend>| {
+        let list = |it: &mut dyn Iterator<Item = &switchyard_api::ruleset::Endpoint>| {
             it.map(|b| b.endpoint()).collect::<Vec<_>>()
         };
         LinkedPort {

@@ -117,7 +117,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
 fn without_ids(mut ruleset: Ruleset) -> Ruleset {
     for rule in &mut ruleset.services {
         rule.id = 0;
-        for b in &mut rule.backends {
+        for b in &mut rule.endpoints {
             b.id = 0;
         }
     }
@@ -144,7 +144,7 @@ fn ids_of(ruleset: &Ruleset) -> (HashMap<PortId, u32>, HashMap<(PortId, String),
             rule.id
         );
         ports.insert(key.clone(), rule.id);
-        for b in &rule.backends {
+        for b in &rule.endpoints {
             assert!(
                 seen_backend_ids.insert(b.id),
                 "duplicate backend id {}",

@@ -30,7 +30,7 @@ fn port<'a>(compiled: &'a Compiled, name: &str, port_name: &str) -> &'a ServiceP
 }
 
 fn endpoints(rule: &ServicePortRule) -> Vec<String> {
-    rule.backends.iter().map(|b| b.endpoint()).collect()
+    rule.endpoints.iter().map(|b| b.endpoint()).collect()
 }
 
 const DUAL_STACK: &str = r#"
@@ -114,17 +114,17 @@ fn dual_stack_multi_port_service_with_endpoints_resolved_per_port() {
             "[fd00:1::1]:8080"
         ]
     );
-    let first = &http.backends[0];
+    let first = &http.endpoints[0];
     assert!(
         first.ready && first.serving && !first.terminating,
         "nil conditions default"
     );
     assert_eq!(first.node_name.as_deref(), Some("n1"));
     assert_eq!(first.zone.as_deref(), Some("z1"));
-    let terminating = &http.backends[1];
+    let terminating = &http.endpoints[1];
     assert!(!terminating.ready && terminating.serving && terminating.terminating);
     assert_eq!(terminating.zone_hints, ["z2"]);
-    let not_ready = &http.backends[2];
+    let not_ready = &http.endpoints[2];
     assert!(
         !not_ready.ready && !not_ready.serving,
         "nil serving follows ready"
@@ -136,7 +136,7 @@ fn dual_stack_multi_port_service_with_endpoints_resolved_per_port() {
 
     let sig = port(&c, "web", "sig");
     assert_eq!(sig.protocol, Protocol::Sctp);
-    assert!(sig.backends.is_empty(), "no slice port named sig");
+    assert!(sig.endpoints.is_empty(), "no slice port named sig");
 
     // Ids: unique and compact.
     let mut port_ids: Vec<u32> = c.ruleset.services.iter().map(|r| r.id).collect();
@@ -146,7 +146,7 @@ fn dual_stack_multi_port_service_with_endpoints_resolved_per_port() {
         .ruleset
         .services
         .iter()
-        .flat_map(|r| r.backends.iter().map(|b| b.id))
+        .flat_map(|r| r.endpoints.iter().map(|b| b.id))
         .collect();
     backend_ids.sort();
     assert_eq!(backend_ids, (1..=6).collect::<Vec<u32>>());

@@ -75,7 +75,7 @@ fn shards_stay_under_budget_and_one_change_rewrites_one_shard() {
             .ruleset
             .services
             .iter()
-            .any(|r| r.name == "svc-7" && r.backends.len() == 6)
+            .any(|r| r.name == "svc-7" && r.endpoints.len() == 6)
     );
 
     // A no-op update changes nothing anywhere.

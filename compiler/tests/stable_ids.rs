@@ -12,7 +12,7 @@ fn ids(ruleset: &Ruleset) -> BTreeMap<String, (u32, BTreeMap<String, u32>)> {
         .services
         .iter()
         .map(|r| {
-            let backends = r.backends.iter().map(|b| (b.endpoint(), b.id)).collect();
+            let backends = r.endpoints.iter().map(|b| (b.endpoint(), b.id)).collect();
             (r.service_port_name(), (r.id, backends))
         })
         .collect()

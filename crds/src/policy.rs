@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::ruleset::{
-    Backend, ProxyRulesetSpec, Ruleset, ServicePortRule, ShardLayout, TrafficPolicy,
+    Endpoint, ProxyRulesetSpec, Ruleset, ServicePortRule, ShardLayout, TrafficPolicy,
     complete_shards,
 };
 
@@ -41,7 +41,7 @@ pub enum TopologyMode {
 }
 
 /// A service port with its endpoints categorised for one node. Endpoint lists are
-/// indices into `rule.backends`, in backend order.
+/// indices into `rule.endpoints`, in endpoint order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinkedServicePort {
     pub rule: ServicePortRule,
@@ -58,37 +58,37 @@ pub struct LinkedServicePort {
 }
 
 impl LinkedServicePort {
-    pub fn cluster_endpoints(&self) -> impl Iterator<Item = &Backend> {
-        self.cluster.iter().map(|&i| &self.rule.backends[i])
+    pub fn cluster_endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        self.cluster.iter().map(|&i| &self.rule.endpoints[i])
     }
 
-    pub fn local_endpoints(&self) -> impl Iterator<Item = &Backend> {
-        self.local.iter().map(|&i| &self.rule.backends[i])
+    pub fn local_endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        self.local.iter().map(|&i| &self.rule.endpoints[i])
     }
 
-    pub fn all_reachable_endpoints(&self) -> impl Iterator<Item = &Backend> {
-        self.all_reachable.iter().map(|&i| &self.rule.backends[i])
+    pub fn all_reachable_endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        self.all_reachable.iter().map(|&i| &self.rule.endpoints[i])
     }
 
     /// Endpoints for traffic from inside the cluster (cluster IPs).
-    pub fn internal_endpoints(&self) -> impl Iterator<Item = &Backend> {
+    pub fn internal_endpoints(&self) -> impl Iterator<Item = &Endpoint> {
         let list = match self.rule.internal_traffic_policy {
             TrafficPolicy::Cluster => &self.cluster,
             TrafficPolicy::Local => &self.local,
         };
-        list.iter().map(|&i| &self.rule.backends[i])
+        list.iter().map(|&i| &self.rule.endpoints[i])
     }
 
     /// Endpoints for traffic from outside (NodePort, external and load-balancer IPs),
     /// before kube-proxy's short circuit for traffic from pods and the node itself,
     /// which uses `cluster_endpoints`.
-    pub fn external_endpoints(&self) -> impl Iterator<Item = &Backend> {
+    pub fn external_endpoints(&self) -> impl Iterator<Item = &Endpoint> {
         let list = if self.external_policy_local() {
             &self.local
         } else {
             &self.cluster
         };
-        list.iter().map(|&i| &self.rule.backends[i])
+        list.iter().map(|&i| &self.rule.endpoints[i])
     }
 
     /// External traffic policy is Local and the port is reachable from outside.
@@ -224,8 +224,8 @@ impl ShardLinker {
 
 /// Categorise one service port's endpoints for `node` (kube-proxy's `CategorizeEndpoints`).
 pub fn link_service_port(rule: &ServicePortRule, node: &NodeInfo) -> LinkedServicePort {
-    let backends = &rule.backends;
-    let is_local = |b: &Backend| b.node_name.as_deref() == Some(node.name.as_str());
+    let endpoints = &rule.endpoints;
+    let is_local = |b: &Endpoint| b.node_name.as_deref() == Some(node.name.as_str());
     let uses_cluster =
         rule.internal_traffic_policy == TrafficPolicy::Cluster || rule.has_external();
     let uses_local = rule.internal_traffic_policy == TrafficPolicy::Local
@@ -235,24 +235,24 @@ pub fn link_service_port(rule: &ServicePortRule, node: &NodeInfo) -> LinkedServi
     let mut cluster = Vec::new();
     let mut has_any_endpoints = false;
     if uses_cluster {
-        topology = topology_mode(backends, node);
-        cluster = indices(backends, |b| {
+        topology = topology_mode(endpoints, node);
+        cluster = indices(endpoints, |b| {
             b.ready && available_for_topology(b, topology, node)
         });
         if cluster.is_empty() {
-            cluster = indices(backends, |b| b.serving && b.terminating);
+            cluster = indices(endpoints, |b| b.serving && b.terminating);
         }
         has_any_endpoints = !cluster.is_empty();
     }
 
     let mut local = Vec::new();
     if uses_local {
-        has_any_endpoints |= backends
+        has_any_endpoints |= endpoints
             .iter()
             .any(|b| b.ready || (b.serving && b.terminating));
-        local = indices(backends, |b| is_local(b) && b.ready);
+        local = indices(endpoints, |b| is_local(b) && b.ready);
         if local.is_empty() {
-            local = indices(backends, |b| is_local(b) && b.serving && b.terminating);
+            local = indices(endpoints, |b| is_local(b) && b.serving && b.terminating);
         }
     }
 
@@ -277,8 +277,8 @@ pub fn link_service_port(rule: &ServicePortRule, node: &NodeInfo) -> LinkedServi
     }
 }
 
-fn indices(backends: &[Backend], keep: impl Fn(&Backend) -> bool) -> Vec<usize> {
-    backends
+fn indices(endpoints: &[Endpoint], keep: impl Fn(&Endpoint) -> bool) -> Vec<usize> {
+    endpoints
         .iter()
         .enumerate()
         .filter(|(_, b)| keep(b))
@@ -288,8 +288,8 @@ fn indices(backends: &[Backend], keep: impl Fn(&Backend) -> bool) -> Vec<usize> 
 
 /// kube-proxy's `topologyModeFromHints`: hints are used only when every ready
 /// endpoint has them and at least one is for this node (or zone).
-fn topology_mode(backends: &[Backend], node: &NodeInfo) -> TopologyMode {
-    let ready: Vec<&Backend> = backends.iter().filter(|b| b.ready).collect();
+fn topology_mode(endpoints: &[Endpoint], node: &NodeInfo) -> TopologyMode {
+    let ready: Vec<&Endpoint> = endpoints.iter().filter(|b| b.ready).collect();
     if ready.is_empty() {
         return TopologyMode::None;
     }
@@ -307,7 +307,7 @@ fn topology_mode(backends: &[Backend], node: &NodeInfo) -> TopologyMode {
     TopologyMode::None
 }
 
-fn available_for_topology(b: &Backend, mode: TopologyMode, node: &NodeInfo) -> bool {
+fn available_for_topology(b: &Endpoint, mode: TopologyMode, node: &NodeInfo) -> bool {
     match mode {
         TopologyMode::None => true,
         TopologyMode::PreferSameNode => b.node_hints.contains(&node.name),
@@ -322,20 +322,20 @@ mod tests {
     use super::*;
     use crate::ruleset::Protocol;
 
-    fn backend(id: u32, node: &str, ready: bool, serving: bool, terminating: bool) -> Backend {
-        Backend {
+    fn endpoint(id: u32, node: &str, ready: bool, serving: bool, terminating: bool) -> Endpoint {
+        Endpoint {
             node_name: Some(node.to_string()),
             ready,
             serving,
             terminating,
-            ..Backend::new(id, format!("10.180.0.{id}").parse().unwrap(), 80)
+            ..Endpoint::new(id, format!("10.180.0.{id}").parse().unwrap(), 80)
         }
     }
 
-    fn rule(backends: Vec<Backend>) -> ServicePortRule {
+    fn rule(endpoints: Vec<Endpoint>) -> ServicePortRule {
         ServicePortRule {
             cluster_ips: vec!["172.30.0.1".parse().unwrap()],
-            backends,
+            endpoints,
             ..ServicePortRule::new(1, "ns", "svc", Protocol::Tcp, 80)
         }
     }
@@ -348,16 +348,16 @@ mod tests {
         }
     }
 
-    fn ids<'a>(it: impl Iterator<Item = &'a Backend>) -> Vec<u32> {
+    fn ids<'a>(it: impl Iterator<Item = &'a Endpoint>) -> Vec<u32> {
         it.map(|b| b.id).collect()
     }
 
     #[test]
     fn cluster_policy_uses_ready_endpoints_only() {
         let r = rule(vec![
-            backend(1, "me", true, true, false),
-            backend(2, "other", false, false, false),
-            backend(3, "other", false, true, true),
+            endpoint(1, "me", true, true, false),
+            endpoint(2, "other", false, false, false),
+            endpoint(3, "other", false, true, true),
         ]);
         let l = link_service_port(&r, &node(None));
         assert_eq!(ids(l.internal_endpoints()), [1]);
@@ -367,8 +367,8 @@ mod tests {
     #[test]
     fn serving_terminating_endpoints_are_used_only_when_none_is_ready() {
         let r = rule(vec![
-            backend(1, "other", false, true, true),
-            backend(2, "other", false, false, true),
+            endpoint(1, "other", false, true, true),
+            endpoint(2, "other", false, false, true),
         ]);
         let l = link_service_port(&r, &node(None));
         assert_eq!(ids(l.internal_endpoints()), [1]);
@@ -378,7 +378,7 @@ mod tests {
     #[test]
     fn no_usable_endpoint_means_reject() {
         let l = link_service_port(
-            &rule(vec![backend(1, "me", false, false, false)]),
+            &rule(vec![endpoint(1, "me", false, false, false)]),
             &node(None),
         );
         assert!(l.cluster.is_empty());
@@ -387,7 +387,7 @@ mod tests {
 
     #[test]
     fn internal_local_uses_this_nodes_endpoints_and_remembers_remote_ones_exist() {
-        let mut r = rule(vec![backend(1, "other", true, true, false)]);
+        let mut r = rule(vec![endpoint(1, "other", true, true, false)]);
         r.internal_traffic_policy = TrafficPolicy::Local;
         let l = link_service_port(&r, &node(None));
         assert_eq!(ids(l.internal_endpoints()), Vec::<u32>::new());
@@ -402,8 +402,8 @@ mod tests {
     #[test]
     fn external_local_keeps_cluster_endpoints_for_short_circuit() {
         let mut r = rule(vec![
-            backend(1, "me", true, true, false),
-            backend(2, "other", true, true, false),
+            endpoint(1, "me", true, true, false),
+            endpoint(2, "other", true, true, false),
         ]);
         r.node_port = Some(30080);
         r.external_traffic_policy = TrafficPolicy::Local;
@@ -416,8 +416,8 @@ mod tests {
     #[test]
     fn local_falls_back_to_local_serving_terminating() {
         let mut r = rule(vec![
-            backend(1, "me", false, true, true),
-            backend(2, "other", true, true, false),
+            endpoint(1, "me", false, true, true),
+            endpoint(2, "other", true, true, false),
         ]);
         r.internal_traffic_policy = TrafficPolicy::Local;
         let l = link_service_port(&r, &node(None));
@@ -426,9 +426,9 @@ mod tests {
 
     #[test]
     fn zone_hints_narrow_cluster_endpoints_when_complete() {
-        let mut a = backend(1, "other", true, true, false);
+        let mut a = endpoint(1, "other", true, true, false);
         a.zone_hints = vec!["zone-a".into()];
-        let mut b = backend(2, "other", true, true, false);
+        let mut b = endpoint(2, "other", true, true, false);
         b.zone_hints = vec!["zone-b".into()];
         let r = rule(vec![a.clone(), b]);
         let l = link_service_port(&r, &node(Some("zone-a")));
@@ -436,7 +436,7 @@ mod tests {
         assert_eq!(ids(l.internal_endpoints()), [1]);
 
         // One endpoint without hints: hints are ignored.
-        let r = rule(vec![a, backend(3, "other", true, true, false)]);
+        let r = rule(vec![a, endpoint(3, "other", true, true, false)]);
         let l = link_service_port(&r, &node(Some("zone-a")));
         assert_eq!(l.topology, TopologyMode::None);
         assert_eq!(ids(l.internal_endpoints()), [1, 3]);
@@ -444,7 +444,7 @@ mod tests {
 
     #[test]
     fn zone_hints_for_another_zone_only_are_ignored() {
-        let mut a = backend(1, "other", true, true, false);
+        let mut a = endpoint(1, "other", true, true, false);
         a.zone_hints = vec!["zone-b".into()];
         let l = link_service_port(&rule(vec![a]), &node(Some("zone-a")));
         assert_eq!(l.topology, TopologyMode::None);
@@ -453,9 +453,9 @@ mod tests {
 
     #[test]
     fn node_hints_prefer_same_node() {
-        let mut a = backend(1, "me", true, true, false);
+        let mut a = endpoint(1, "me", true, true, false);
         a.node_hints = vec!["me".into()];
-        let mut b = backend(2, "other", true, true, false);
+        let mut b = endpoint(2, "other", true, true, false);
         b.node_hints = vec!["other".into()];
         let l = link_service_port(&rule(vec![a, b]), &node(None));
         assert_eq!(l.topology, TopologyMode::PreferSameNode);
@@ -480,7 +480,7 @@ mod tests {
                         .map(|i| ServicePortRule {
                             id: i,
                             name: format!("svc{i}"),
-                            ..rule(vec![backend(i, "me", true, true, false)])
+                            ..rule(vec![endpoint(i, "me", true, true, false)])
                         })
                         .collect(),
                 },
@@ -508,7 +508,7 @@ mod tests {
 
         // One endpoint of service 5 (shard 1) changes.
         specs[1].generation = 2;
-        specs[1].ruleset.services[1].backends[0].ready = false;
+        specs[1].ruleset.services[1].endpoints[0].ready = false;
         let second = linker.link(&specs, &node(None)).unwrap();
         assert_eq!(second.generations, [1, 2, 1, 1]);
         for (id, s) in by_id(&second) {

@@ -3,7 +3,7 @@
 //!
 //! One [`ServicePortRule`] per (Service, port). Everything a node needs is here,
 //! with policy inputs resolved to plain values: the agent's link step
-//! ([`crate::policy`]) decides which backends a given node uses, once, for all
+//! ([`crate::policy`]) decides which endpoints a given node uses, once, for all
 //! backends. Ids are assigned by the compiler and stay stable while the object
 //! exists, so every node's eBPF maps agree.
 
@@ -232,7 +232,7 @@ pub struct SessionAffinity {
 /// whether to use it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct Backend {
+pub struct Endpoint {
     /// Stable id, unique across the ruleset while this endpoint exists.
     pub id: u32,
     pub ip: IpAddr,
@@ -256,10 +256,10 @@ pub struct Backend {
     pub node_hints: Vec<String>,
 }
 
-impl Backend {
+impl Endpoint {
     /// A ready, serving endpoint on no particular node, without hints.
-    pub fn new(id: u32, ip: IpAddr, port: u16) -> Backend {
-        Backend {
+    pub fn new(id: u32, ip: IpAddr, port: u16) -> Endpoint {
+        Endpoint {
             id,
             ip,
             port,
@@ -321,12 +321,13 @@ pub struct ServicePortRule {
     /// hints as kube-proxy does ([`crate::policy`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_distribution: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub backends: Vec<Backend>,
+    // `backends` on the wire: the name predates the rename, and the wire format stays.
+    #[serde(rename = "backends", default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<Endpoint>,
 }
 
 impl ServicePortRule {
-    /// A service port with no frontends, no backends and default policies;
+    /// A service port with no frontends, no endpoints and default policies;
     /// fill in the rest with struct update syntax.
     pub fn new(
         id: u32,
@@ -352,7 +353,7 @@ impl ServicePortRule {
             external_traffic_policy: TrafficPolicy::Cluster,
             session_affinity: None,
             traffic_distribution: None,
-            backends: Vec::new(),
+            endpoints: Vec::new(),
         }
     }
 

@@ -5,9 +5,9 @@
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use switchyard_agent::backend::{ApplyStats, Dataplane};
-use switchyard_agent::settings::Settings;
 use switchyard_api::policy::LinkedRuleset;
+use switchyard_dataplane::settings::Settings;
+use switchyard_dataplane::{ApplyStats, Dataplane};
 
 use crate::HarnessError;
 use crate::hooks::DataplaneFactory;

@@ -12,13 +12,13 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use switchyard_agent::backend::Dataplane;
-use switchyard_agent::backend::ebpf::EbpfBackend;
-use switchyard_agent::backend::ebpf::kernel::{AyaKernel, KernelConfig};
-use switchyard_agent::backend::ebpf::scratch::{self, ScratchBpffs, ScratchCgroup};
-use switchyard_agent::settings::Settings;
 use switchyard_api::Mode;
 use switchyard_api::ruleset::Cidr;
+use switchyard_dataplane::Dataplane;
+use switchyard_dataplane::ebpf::EbpfBackend;
+use switchyard_dataplane::ebpf::kernel::{AyaKernel, KernelConfig};
+use switchyard_dataplane::ebpf::scratch::{self, ScratchBpffs, ScratchCgroup};
+use switchyard_dataplane::settings::Settings;
 
 use crate::HarnessError;
 use crate::hooks::{DataplaneFactory, ModeHooks};
@@ -95,7 +95,7 @@ pub struct EbpfHooks {
     sockets: NodeSockets,
 }
 
-fn setup(what: &str) -> impl FnOnce(switchyard_agent::backend::BackendError) -> HarnessError {
+fn setup(what: &str) -> impl FnOnce(switchyard_dataplane::BackendError) -> HarnessError {
     let what = what.to_string();
     move |e| HarnessError::Setup {
         what,

@@ -6,11 +6,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use switchyard_agent::backend::{self, BackendError, Dataplane};
-use switchyard_agent::exec::RealRunner;
-use switchyard_agent::settings::Settings;
 use switchyard_api::Mode;
 use switchyard_api::policy::LinkedRuleset;
+use switchyard_dataplane::exec::RealRunner;
+use switchyard_dataplane::settings::Settings;
+use switchyard_dataplane::{BackendError, Dataplane, for_mode};
 
 use crate::HarnessError;
 use crate::scenario::{Flow, Scenario};
@@ -81,7 +81,7 @@ impl ModeHooks for KernelHooks {
 
     fn dataplane(&self) -> DataplaneFactory {
         let mode = self.mode;
-        Box::new(move || backend::for_mode(mode, Arc::new(RealRunner)))
+        Box::new(move || for_mode(mode, Arc::new(RealRunner)))
     }
 }
 

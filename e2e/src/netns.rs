@@ -10,7 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
-use switchyard_agent::exec::{RealRunner, Runner};
+use switchyard_dataplane::exec::{RealRunner, Runner};
 
 use crate::HarnessError;
 use crate::cleanup::{self, Registration};

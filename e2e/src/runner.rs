@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use switchyard_agent::settings::{LocalDetector, NodePortAddresses, Settings};
 use switchyard_api::Mode;
 use switchyard_api::manifests::files_in;
 use switchyard_api::policy::{self, NodeInfo};
 use switchyard_api::ruleset::{Protocol, Ruleset};
 use switchyard_compiler::{CompileSettings, Compiled, Snapshot};
+use switchyard_dataplane::settings::{LocalDetector, NodePortAddresses, Settings};
 
 use crate::HarnessError;
 use crate::agent::NodeAgent;

@@ -5,12 +5,12 @@
 use std::process::Command;
 use std::sync::Arc;
 
-use switchyard_agent::backend::Dataplane;
-use switchyard_agent::backend::iptables::IptablesBackend;
-use switchyard_agent::backend::iptables::sysctl::ProcSysctl;
-use switchyard_agent::exec::RealRunner;
 use switchyard_api::Mode;
 use switchyard_api::policy::{LinkedRuleset, link};
+use switchyard_dataplane::Dataplane;
+use switchyard_dataplane::exec::RealRunner;
+use switchyard_dataplane::iptables::IptablesBackend;
+use switchyard_dataplane::iptables::sysctl::ProcSysctl;
 use switchyard_e2e::agent::NodeAgent;
 use switchyard_e2e::netns::Netns;
 use switchyard_e2e::runner::{compile_stage, node_info, settings_for};

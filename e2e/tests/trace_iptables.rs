@@ -4,11 +4,11 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use switchyard_agent::backend::iptables::render;
-use switchyard_agent::backend::iptables::rule::Table;
-use switchyard_agent::backend::iptables::trace::{self, Origin, Packet, Verdict};
 use switchyard_api::Mode;
 use switchyard_api::policy::link;
+use switchyard_dataplane::iptables::render;
+use switchyard_dataplane::iptables::rule::Table;
+use switchyard_dataplane::iptables::trace::{self, Origin, Packet, Verdict};
 use switchyard_e2e::runner::{self, compile_stage, node_info, settings_for};
 use switchyard_e2e::scenario::{Expected, Scenario};
 

@@ -12,17 +12,17 @@ use futures::future::BoxFuture;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use switchyard_agent::backend::Backend;
-use switchyard_agent::backend::ipvs::kernel::{Ipvs, NetlinkIpvs};
-use switchyard_agent::backend::ipvs::objects::{DestState, ServiceKey, VirtualServer};
-use switchyard_agent::backend::ipvs::{DUMMY_INTERFACE, IpvsBackend};
-use switchyard_agent::exec::{RealRunner, Runner};
-use switchyard_agent::settings::Settings;
 use switchyard_agent::switch::{Checkpoint, Checkpoints};
 use switchyard_api::Mode;
 use switchyard_api::policy::{NodeInfo, link};
 use switchyard_api::proxyconfig::{IpvsScheduler, IpvsSchedulerFlag};
 use switchyard_api::ruleset::{Protocol, Ruleset};
+use switchyard_dataplane::Backend;
+use switchyard_dataplane::exec::{RealRunner, Runner};
+use switchyard_dataplane::ipvs::kernel::{Ipvs, NetlinkIpvs};
+use switchyard_dataplane::ipvs::objects::{DestState, ServiceKey, VirtualServer};
+use switchyard_dataplane::ipvs::{DUMMY_INTERFACE, IpvsBackend};
+use switchyard_dataplane::settings::Settings;
 use switchyard_e2e::vm::guest::{Netns, ask_name, link as veth};
 use switchyard_e2e::vm::{IN_VM_ENV, VmRunner};
 
@@ -487,27 +487,27 @@ fn in_vm_incremental_sync_writes_nothing_when_nothing_changed() {
 #[test]
 #[ignore = "needs IPVS: run inside the VM by ipvs_backend_passes_its_kernel_tests_inside_the_vm"]
 fn in_vm_kernel_answers_match_the_committed_captures() {
-    use switchyard_agent::backend::ipvs::capture::{annotate, mask_header, parse_hex};
-    use switchyard_agent::backend::ipvs::genl::IpvsCmd;
-    use switchyard_agent::backend::ipvs::kernel::{IpvsKernel, message};
-    use switchyard_agent::backend::ipvs::objects::{RealServer, Timeouts};
+    use switchyard_dataplane::ipvs::capture::{annotate, mask_header, parse_hex};
+    use switchyard_dataplane::ipvs::genl::IpvsCmd;
+    use switchyard_dataplane::ipvs::kernel::{IpvsKernel, message};
+    use switchyard_dataplane::ipvs::objects::{RealServer, Timeouts};
 
     const FIXTURES: &[(&str, &str)] = &[
         (
             "get_service_reply",
-            include_str!("../../node-agent/src/backend/ipvs/fixtures/get_service_reply.hex"),
+            include_str!("../../dataplane/src/ipvs/fixtures/get_service_reply.hex"),
         ),
         (
             "get_dest_reply",
-            include_str!("../../node-agent/src/backend/ipvs/fixtures/get_dest_reply.hex"),
+            include_str!("../../dataplane/src/ipvs/fixtures/get_dest_reply.hex"),
         ),
         (
             "get_config_reply",
-            include_str!("../../node-agent/src/backend/ipvs/fixtures/get_config_reply.hex"),
+            include_str!("../../dataplane/src/ipvs/fixtures/get_config_reply.hex"),
         ),
         (
             "get_info_reply",
-            include_str!("../../node-agent/src/backend/ipvs/fixtures/get_info_reply.hex"),
+            include_str!("../../dataplane/src/ipvs/fixtures/get_info_reply.hex"),
         ),
     ];
     let node = Netns::new("capture-node").unwrap();
@@ -571,7 +571,7 @@ fn in_vm_kernel_answers_match_the_committed_captures() {
 #[ignore = "needs IPVS: run inside the VM by ipvs_backend_passes_its_kernel_tests_inside_the_vm"]
 fn in_vm_switch_to_nftables_keeps_an_established_connection() {
     use std::io::{Read, Write};
-    use switchyard_agent::backend::nftables::NftablesBackend;
+    use switchyard_dataplane::nftables::NftablesBackend;
 
     let lab = Lab::new("switch");
     let mut ipvs = lab.backend();
@@ -617,9 +617,9 @@ impl Checkpoints for Recorded {
 #[ignore = "needs IPVS: run inside the VM by ipvs_backend_passes_its_kernel_tests_inside_the_vm"]
 fn in_vm_switch_from_nftables_keeps_an_established_connection() {
     use std::io::{Read, Write};
-    use switchyard_agent::backend::Dataplane;
-    use switchyard_agent::backend::nftables::NftablesBackend;
     use switchyard_agent::switch::{BackendFactory, ProbeTarget, SwitchInput, TcpProbe, switch_to};
+    use switchyard_dataplane::Dataplane;
+    use switchyard_dataplane::nftables::NftablesBackend;
 
     let lab = Lab::new("fromnft");
     // A node forwards (the IPVS backend sets this itself; nftables does not).

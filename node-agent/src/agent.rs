@@ -22,17 +22,18 @@ use switchyard_api::policy::{LinkedRuleset, LinkedShards, NodeInfo, ShardLinker}
 use switchyard_api::proxynode::AppliedCounts;
 use switchyard_api::ruleset::{Cidr, ServicePortRule, shard_name};
 use switchyard_api::{Mode, ProxyConfig, ProxyNode, ProxyNodeStatus, ProxyRuleset};
+use switchyard_dataplane::Dataplane;
+use switchyard_dataplane::kubeproxy::Leftovers;
+use switchyard_dataplane::settings::Settings;
 use tokio::time::Instant;
 
-use crate::backend::Dataplane;
 use crate::health::{HealthCheckServers, ProxyHealth, health_check_services};
 use crate::http::HttpServers;
 use crate::metrics::Metrics;
-use crate::settings::Settings;
 use crate::status::{StatusReporter, set_condition};
 use crate::switch::{
-    Checkpoint, Checkpoints, DataplaneFactory, Leftovers, Probe, ProbeTarget, SwitchError,
-    SwitchInput, present_modes, recover, sweep, switch_to,
+    Checkpoint, Checkpoints, DataplaneFactory, Probe, ProbeTarget, SwitchError, SwitchInput,
+    present_modes, recover, sweep, switch_to,
 };
 use crate::watch::Source;
 
@@ -424,7 +425,7 @@ impl Agent {
     fn sync_active(
         &mut self,
         linked: &LinkedRuleset,
-    ) -> Result<crate::backend::ApplyStats, String> {
+    ) -> Result<switchyard_dataplane::ApplyStats, String> {
         let Some(active) = self.active.as_mut() else {
             return Err("no dataplane is active".to_string());
         };
@@ -440,7 +441,7 @@ impl Agent {
         to: Mode,
         linked: &LinkedRuleset,
         spec: &switchyard_api::ProxyConfigSpec,
-    ) -> Result<(crate::backend::ApplyStats, Option<String>), String> {
+    ) -> Result<(switchyard_dataplane::ApplyStats, Option<String>), String> {
         let probe = spec.rollout.verification.as_ref().map(|v| {
             let timeout = v
                 .timeout
@@ -517,7 +518,7 @@ impl Agent {
     fn report_synced(
         &mut self,
         assembled: &LinkedShards,
-        stats: crate::backend::ApplyStats,
+        stats: switchyard_dataplane::ApplyStats,
         started: Instant,
         queued_at: Option<Instant>,
         note: Option<String>,
@@ -538,7 +539,7 @@ impl Agent {
                 tracing::warn!(error = %e, "health check node port not served");
             }
         }
-        let endpoints: usize = linked.services.iter().map(|s| s.rule.backends.len()).sum();
+        let endpoints: usize = linked.services.iter().map(|s| s.rule.endpoints.len()).sum();
         let s = &mut self.status;
         s.applied_mode = mode;
         s.applied_epoch = Some(assembled.layout.epoch);

@@ -1,18 +1,13 @@
-//! The Switchyard node agent: watches its ProxyNode, its pool's ProxyConfig and
-//! the ProxyRuleset shards; links, renders and applies them with the backend of
-//! the node's target mode; reports status.
+//! The Switchyard node agent's runtime: watches its ProxyNode, its pool's
+//! ProxyConfig and the ProxyRuleset shards; links them and applies them with
+//! the dataplane (`switchyard_dataplane`) of the node's target mode; switches
+//! modes; reports status, health and metrics.
 
 pub mod agent;
-pub mod backend;
-pub mod conntrack;
-pub mod exec;
-pub mod fake;
 pub mod health;
 pub mod http;
-pub mod kubeproxy;
 pub mod metrics;
 pub mod ratelimit;
-pub mod settings;
 pub mod standalone;
 pub mod status;
 pub mod switch;

@@ -9,17 +9,17 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use switchyard_agent::agent::{Agent, AgentParts};
-use switchyard_agent::exec::RealRunner;
 use switchyard_agent::health::{HealthCheckServers, ProxyHealth, proxy_health_handler};
 use switchyard_agent::http::{HttpServers, Rebindable};
-use switchyard_agent::kubeproxy::KubeProxyNftables;
 use switchyard_agent::metrics::{Metrics, metrics_handler};
 use switchyard_agent::standalone::{self, StandaloneOptions};
 use switchyard_agent::status::{ApiStatusWriter, StatusReporter};
 use switchyard_agent::switch::{BackendFactory, DataplaneFactory, TcpProbe};
-use switchyard_agent::{backend, sync, watch};
+use switchyard_agent::{sync, watch};
 use switchyard_api::Mode;
 use switchyard_api::duration::parse_duration;
+use switchyard_dataplane::exec::RealRunner;
+use switchyard_dataplane::kubeproxy::KubeProxyNftables;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -183,7 +183,7 @@ async fn apply(args: ApplyArgs) -> Result<(), Box<dyn Error>> {
         node_name: args.node_name,
         node_ips: args.node_ips,
     };
-    let mut dataplane = backend::for_mode(args.mode, Arc::new(RealRunner))?;
+    let mut dataplane = switchyard_dataplane::for_mode(args.mode, Arc::new(RealRunner))?;
     if args.dry_run {
         let prepared = standalone::prepare(&opts)?;
         println!(

@@ -13,10 +13,10 @@ use switchyard_api::Mode;
 use switchyard_api::policy::{LinkedRuleset, NodeInfo, link};
 use switchyard_api::ruleset::Cidr;
 use switchyard_compiler::{CompileSettings, Diagnostic, LoadError, Objects, Snapshot, compile};
+use switchyard_dataplane::settings::Settings;
+use switchyard_dataplane::{ApplyStats, BackendError, Dataplane};
 
 use crate::agent::node_info;
-use crate::backend::{ApplyStats, BackendError, Dataplane};
-use crate::settings::Settings;
 
 /// Standalone mode failed.
 #[derive(Debug, thiserror::Error)]

@@ -24,9 +24,10 @@ use switchyard_api::Mode;
 use switchyard_api::policy::LinkedRuleset;
 use switchyard_api::proxynode::{ProxyNodeStatus, SwitchStatus, SwitchStep};
 
-use crate::backend::{ApplyStats, BackendError, Dataplane};
-use crate::exec::Runner;
-use crate::settings::Settings;
+use switchyard_dataplane::exec::Runner;
+use switchyard_dataplane::kubeproxy::Leftovers;
+use switchyard_dataplane::settings::Settings;
+use switchyard_dataplane::{ApplyStats, BackendError, Dataplane};
 
 /// Builds the dataplane of a mode (without touching the kernel).
 pub trait DataplaneFactory: Send + Sync {
@@ -46,7 +47,7 @@ impl BackendFactory {
 
 impl DataplaneFactory for BackendFactory {
     fn build(&self, mode: Mode) -> Result<Box<dyn Dataplane>, BackendError> {
-        crate::backend::for_mode(mode, self.runner.clone())
+        switchyard_dataplane::for_mode(mode, self.runner.clone())
     }
 }
 
@@ -339,14 +340,6 @@ pub fn shares_kernel_objects(a: Mode, b: Mode) -> bool {
         (a, b),
         (Mode::Iptables, Mode::Ipvs) | (Mode::Ipvs, Mode::Iptables)
     )
-}
-
-/// Objects left behind by another proxy (kube-proxy) that our modes do not own.
-pub trait Leftovers: Send + Sync {
-    /// What this is, for logs and status (`kube-proxy nftables tables`).
-    fn name(&self) -> &'static str;
-    /// Remove them if present; returns whether anything was removed.
-    fn remove(&self) -> Result<bool, BackendError>;
 }
 
 /// What a sweep removed.

@@ -4,9 +4,9 @@
 
 mod common;
 
+use common::fake::{FakeKernel, SyncRecord, rule_lines};
 use common::*;
 use switchyard_agent::agent::SyncOutcome;
-use switchyard_agent::fake::{FakeKernel, SyncRecord, rule_lines};
 use switchyard_agent::watch::Source;
 use switchyard_api::Mode;
 use switchyard_api::proxynode::SwitchStep;
@@ -122,7 +122,7 @@ async fn incomplete_shard_generation_is_not_applied() {
         2,
         "api",
         "10.96.0.20",
-        vec![backend(2, "10.0.2.5", "node-b")],
+        vec![endpoint(2, "10.0.2.5", "node-b")],
     );
     let mut resharding = inputs(Some(Mode::Nftables), None);
     resharding

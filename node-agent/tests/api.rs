@@ -8,13 +8,13 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::fake::FakeKernel;
 use common::*;
 use http::{Method, Request, Response};
 use kube::client::Body;
 use kube::{Client, Resource};
 use serde_json::{Value, json};
 use switchyard_agent::agent::Agent;
-use switchyard_agent::fake::FakeKernel;
 use switchyard_agent::status::ApiStatusWriter;
 use switchyard_agent::{sync, watch};
 use switchyard_api::Mode;

@@ -48,9 +48,9 @@ async fn get(port: u16, path: &str) -> std::io::Result<(u16, String, Value)> {
 fn local_lb(
     name: &str,
     hc_port: u16,
-    backends: Vec<switchyard_api::ruleset::Backend>,
+    endpoints: Vec<switchyard_api::ruleset::Endpoint>,
 ) -> ServicePortRule {
-    let mut r = rule(7, name, "10.96.0.70", backends);
+    let mut r = rule(7, name, "10.96.0.70", endpoints);
     r.node_port = Some(30080);
     r.external_traffic_policy = TrafficPolicy::Local;
     r.health_check_node_port = Some(hc_port);
@@ -68,15 +68,15 @@ async fn health_check_node_ports_answer_with_local_endpoint_counts() {
                 "lb",
                 with_local,
                 vec![
-                    backend(1, "10.0.1.5", NODE),
-                    backend(2, "10.0.1.6", NODE),
-                    backend(3, "10.0.2.5", "node-b"),
+                    endpoint(1, "10.0.1.5", NODE),
+                    endpoint(2, "10.0.1.6", NODE),
+                    endpoint(3, "10.0.2.5", "node-b"),
                 ],
             ),
             local_lb(
                 "remote-only",
                 without_local,
-                vec![backend(4, "10.0.2.6", "node-b")],
+                vec![endpoint(4, "10.0.2.6", "node-b")],
             ),
             // Cluster policy: no health check server even with a port set.
             {
@@ -202,8 +202,8 @@ async fn healthz_follows_the_configured_address_unless_a_flag_is_given() {
 
 #[tokio::test]
 async fn agent_serves_health_check_node_ports_of_what_it_applied() {
+    use common::fake::FakeKernel;
     use switchyard_agent::agent::{Agent, AgentParts, SyncOutcome};
-    use switchyard_agent::fake::FakeKernel;
     use switchyard_agent::metrics::Metrics;
     use switchyard_agent::status::StatusReporter;
     use switchyard_api::Mode;
@@ -231,7 +231,7 @@ async fn agent_serves_health_check_node_ports_of_what_it_applied() {
         1,
         vec![
             web(),
-            local_lb("lb", port, vec![backend(9, "10.0.1.9", NODE)]),
+            local_lb("lb", port, vec![endpoint(9, "10.0.1.9", NODE)]),
         ],
     )];
     assert_eq!(agent.sync(&inputs, None).await, SyncOutcome::Synced);

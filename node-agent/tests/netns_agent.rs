@@ -18,10 +18,10 @@ use std::sync::Arc;
 use common::netns::{Netns, POD_IP, Topology, connect_from, echo_roundtrip, is_root, topology};
 use common::*;
 use switchyard_agent::agent::{Inputs, SyncOutcome};
-use switchyard_agent::exec::RealRunner;
-use switchyard_agent::kubeproxy::KubeProxyNftables;
-use switchyard_agent::switch::{BackendFactory, Leftovers, TcpProbe};
+use switchyard_agent::switch::{BackendFactory, TcpProbe};
 use switchyard_api::{Mode, ProxyNodeStatus};
+use switchyard_dataplane::exec::RealRunner;
+use switchyard_dataplane::kubeproxy::{KubeProxyNftables, Leftovers};
 
 fn skip() -> bool {
     if !is_root() {
@@ -42,7 +42,7 @@ fn pod_inputs(target: Mode, status: Option<ProxyNodeStatus>) -> Inputs {
         0,
         1,
         1,
-        vec![rule(1, "web", WEB_VIP, vec![backend(1, POD_IP, "node-b")])],
+        vec![rule(1, "web", WEB_VIP, vec![endpoint(1, POD_IP, "node-b")])],
     )];
     i
 }
@@ -288,7 +288,7 @@ fn failed_verification_on_real_kernel_keeps_iptables() {
         1,
         1,
         vec![
-            rule(1, "web", WEB_VIP, vec![backend(1, POD_IP, "node-b")]),
+            rule(1, "web", WEB_VIP, vec![endpoint(1, POD_IP, "node-b")]),
             rule(2, "empty", "10.96.0.99", vec![]),
         ],
     )];

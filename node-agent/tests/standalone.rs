@@ -6,7 +6,7 @@ use std::time::Duration;
 mod common;
 
 use common::TempDir;
-use switchyard_agent::fake::FakeKernel;
+use common::fake::FakeKernel;
 use switchyard_agent::standalone::{StandaloneOptions, apply_once, prepare, watch};
 use switchyard_agent::switch::DataplaneFactory;
 use switchyard_api::Mode;

@@ -7,10 +7,10 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::fake::FakeKernel;
 use common::*;
 use futures::channel::mpsc;
 use switchyard_agent::agent::{Agent, Inputs};
-use switchyard_agent::fake::FakeKernel;
 use switchyard_agent::sync::run;
 use switchyard_agent::watch::{Source, WatchEvent};
 use switchyard_api::Mode;

@@ -93,7 +93,7 @@ fn nothing_is_published_before_both_initial_lists_are_in() {
         .iter()
         .find(|s| s.name == "web")
         .unwrap();
-    assert_eq!(web.backends.len(), 1);
+    assert_eq!(web.endpoints.len(), 1);
     assert_eq!(first.delete, vec!["switchyard-e1-0000"]);
 }
 
@@ -166,7 +166,7 @@ fn an_endpoint_change_rewrites_only_its_shard() {
     assert_eq!(names(&next), vec![web_shard.0.as_str()]);
     assert_eq!(next.apply[0].1.generation, web_shard.1 + 1);
     assert_eq!(
-        next.apply[0].1.ruleset.services[0].backends[0]
+        next.apply[0].1.ruleset.services[0].endpoints[0]
             .ip
             .to_string(),
         "10.0.0.2"
@@ -227,7 +227,7 @@ fn a_failed_publication_is_retried_with_every_shard_and_its_deletions() {
         .find(|s| s.name == "web")
         .unwrap();
     assert_eq!(
-        web.backends[0].ip.to_string(),
+        web.endpoints[0].ip.to_string(),
         "10.0.0.3",
         "the retry carries the newest content"
     );

@@ -9,14 +9,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use switchyard_agent::backend::Dataplane;
-use switchyard_agent::settings::Settings;
 use switchyard_agent::switch::{
     Checkpoint, Checkpoints, ProbeTarget, SwitchInput, TcpProbe, switch_to,
 };
 use switchyard_api::Mode;
 use switchyard_api::policy::LinkedRuleset;
 use switchyard_api::proxynode::SwitchStep;
+use switchyard_dataplane::Dataplane;
+use switchyard_dataplane::settings::Settings;
 use switchyard_e2e::HarnessError;
 use switchyard_e2e::netns::Netns;
 

@@ -17,14 +17,14 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use switchyard_agent::backend::{self, ApplyStats};
-use switchyard_agent::exec::RealRunner;
-use switchyard_agent::settings::{LocalDetector, Settings};
 use switchyard_api::Mode;
 use switchyard_api::policy::{LinkedRuleset, NodeInfo, ShardLinker, link};
 use switchyard_api::ruleset::{
-    Backend, Cidr, Protocol, ProxyRulesetSpec, Ruleset, ServicePortRule, ShardLayout,
+    Cidr, Endpoint, Protocol, ProxyRulesetSpec, Ruleset, ServicePortRule, ShardLayout,
 };
+use switchyard_dataplane::exec::RealRunner;
+use switchyard_dataplane::settings::{LocalDetector, Settings};
+use switchyard_dataplane::{ApplyStats, for_mode};
 use switchyard_e2e::cleanup;
 use switchyard_e2e::netns::{self, Netns};
 
@@ -93,10 +93,10 @@ fn vip(index: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 30, 0, 0)) + i))
 }
 
-fn backend(id: u32, ip: IpAddr) -> Backend {
-    Backend {
+fn endpoint(id: u32, ip: IpAddr) -> Endpoint {
+    Endpoint {
         node_name: Some(format!("node-{}", id % 50)),
-        ..Backend::new(id, ip, ENDPOINT_PORT)
+        ..Endpoint::new(id, ip, ENDPOINT_PORT)
     }
 }
 
@@ -111,7 +111,7 @@ fn synthetic(services: usize, endpoints: usize) -> Ruleset {
     let mut next = 0u32;
     let services = (0..services)
         .map(|s| {
-            let backends = (0..endpoints)
+            let rule_endpoints = (0..endpoints)
                 .map(|k| {
                     next += 1;
                     let ip = if s == 0 {
@@ -121,13 +121,13 @@ fn synthetic(services: usize, endpoints: usize) -> Ruleset {
                             u32::from(Ipv4Addr::new(10, 64, 0, 0)) + next,
                         ))
                     };
-                    backend(next, ip)
+                    endpoint(next, ip)
                 })
                 .collect();
             ServicePortRule {
                 port_name: "http".into(),
                 cluster_ips: vec![vip(s)],
-                backends,
+                endpoints: rule_endpoints,
                 ..ServicePortRule::new(
                     u32::try_from(s).unwrap_or(u32::MAX),
                     &format!("ns-{}", s % 100),
@@ -205,9 +205,7 @@ impl Worker {
         let thread = std::thread::spawn(move || {
             let made = netns::enter(&file)
                 .map_err(|e| e.to_string())
-                .and_then(|()| {
-                    backend::for_mode(mode, Arc::new(RealRunner)).map_err(|e| e.to_string())
-                });
+                .and_then(|()| for_mode(mode, Arc::new(RealRunner)).map_err(|e| e.to_string()));
             let mut dp = match made {
                 Ok(dp) => dp,
                 Err(e) => {
@@ -326,7 +324,7 @@ fn bench_sync(
         let s = s.min(services - 1);
         let shard = &mut shards[s / SHARD_SERVICES];
         shard.generation += 1;
-        let b = &mut shard.ruleset.services[s % SHARD_SERVICES].backends[0];
+        let b = &mut shard.ruleset.services[s % SHARD_SERVICES].endpoints[0];
         b.ip = IpAddr::V4(Ipv4Addr::new(10, 200, (c / 256) as u8, (c % 256) as u8));
         b.id += 1_000_000;
         let (linked, link_time) = timed(|| linker.link(&shards, &node()));

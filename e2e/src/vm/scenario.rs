@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use switchyard_api::Mode;
 use switchyard_api::policy::{LinkedRuleset, LinkedServicePort};
-use switchyard_api::ruleset::Backend;
+use switchyard_api::ruleset::Endpoint;
 
 use super::{ExtraFile, GUEST_PAYLOAD, IN_VM_ENV, VmError, VmRunner, host_has_ipvs};
 use crate::hooks::{DataplaneFactory, KernelHooks, ModeHooks};
@@ -105,7 +105,7 @@ fn frontend<'a>(flow: &Flow, ruleset: &'a LinkedRuleset) -> Option<Frontend<'a>>
         })
 }
 
-fn endpoint_set<'a>(endpoints: impl Iterator<Item = &'a Backend>) -> BTreeSet<SocketAddr> {
+fn endpoint_set<'a>(endpoints: impl Iterator<Item = &'a Endpoint>) -> BTreeSet<SocketAddr> {
     endpoints.map(|b| SocketAddr::new(b.ip, b.port)).collect()
 }
 

@@ -13,14 +13,14 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use switchyard_agent::backend::Backend;
-use switchyard_agent::backend::ebpf::EbpfBackend;
-use switchyard_agent::backend::ebpf::kernel::{AyaKernel, KernelConfig};
-use switchyard_agent::backend::ebpf::scratch::{ScratchBpffs, ScratchCgroup};
-use switchyard_agent::settings::Settings;
 use switchyard_api::Mode;
 use switchyard_api::policy::{NodeInfo, link};
-use switchyard_api::ruleset::{Backend as Endpoint, Protocol, Ruleset, ServicePortRule};
+use switchyard_api::ruleset::{Endpoint, Protocol, Ruleset, ServicePortRule};
+use switchyard_dataplane::Backend;
+use switchyard_dataplane::ebpf::EbpfBackend;
+use switchyard_dataplane::ebpf::kernel::{AyaKernel, KernelConfig};
+use switchyard_dataplane::ebpf::scratch::{ScratchBpffs, ScratchCgroup};
+use switchyard_dataplane::settings::Settings;
 
 const BACKEND: &str = "10.200.0.1:8080";
 /// Interleaved measurement rounds per connect kind.
@@ -104,7 +104,7 @@ fn endpoint(id: u32, ip: IpAddr) -> Endpoint {
 fn ruleset(services: u32, per: u32, generation: u32) -> Ruleset {
     let rules = (0..services)
         .map(|s| {
-            let backends = (0..per)
+            let rule_endpoints = (0..per)
                 .map(|e| {
                     let id = s * per + e + 1;
                     let ip = if s == 0 {
@@ -123,7 +123,7 @@ fn ruleset(services: u32, per: u32, generation: u32) -> Ruleset {
                 .collect();
             ServicePortRule {
                 cluster_ips: vec![IpAddr::V4(Ipv4Addr::from(0x0a60_0000 + s))],
-                backends,
+                endpoints: rule_endpoints,
                 ..ServicePortRule::new(s + 1, "bench", &format!("svc{s}"), Protocol::Tcp, 80)
             }
         })

@@ -1,6 +1,7 @@
 //! Fixtures shared by the agent's integration tests.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod fake;
 pub mod netns;
 
 use std::collections::BTreeMap;
@@ -8,21 +9,22 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use self::fake::FakeKernel;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec, NodeStatus};
 use kube::api::ObjectMeta;
 use switchyard_agent::agent::{Agent, AgentParts, Inputs};
-use switchyard_agent::fake::FakeKernel;
 use switchyard_agent::health::ProxyHealth;
 use switchyard_agent::metrics::Metrics;
 use switchyard_agent::status::{StatusError, StatusReporter, StatusWriter};
-use switchyard_agent::switch::{DataplaneFactory, Leftovers, Probe};
+use switchyard_agent::switch::{DataplaneFactory, Probe};
 use switchyard_api::proxyconfig::{RolloutSpec, Verification};
-use switchyard_api::ruleset::{Backend, Protocol, Ruleset, ServicePortRule, ShardLayout};
+use switchyard_api::ruleset::{Endpoint, Protocol, Ruleset, ServicePortRule, ShardLayout};
 use switchyard_api::{
     Mode, ProxyConfig, ProxyConfigSpec, ProxyNode, ProxyNodeSpec, ProxyNodeStatus, ProxyRuleset,
     ProxyRulesetSpec,
 };
+use switchyard_dataplane::kubeproxy::Leftovers;
 use tokio::sync::Notify;
 
 pub const NODE: &str = "node-a";
@@ -32,23 +34,23 @@ pub fn fixed_clock() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
 }
 
-pub fn backend(id: u32, ip: &str, node: &str) -> Backend {
-    Backend {
+pub fn endpoint(id: u32, ip: &str, node: &str) -> Endpoint {
+    Endpoint {
         node_name: Some(node.to_string()),
-        ..Backend::new(id, ip.parse().unwrap(), 8080)
+        ..Endpoint::new(id, ip.parse().unwrap(), 8080)
     }
 }
 
-pub fn rule(id: u32, name: &str, vip: &str, backends: Vec<Backend>) -> ServicePortRule {
+pub fn rule(id: u32, name: &str, vip: &str, endpoints: Vec<Endpoint>) -> ServicePortRule {
     ServicePortRule {
         cluster_ips: vec![vip.parse::<IpAddr>().unwrap()],
-        backends,
+        endpoints,
         ..ServicePortRule::new(id, "default", name, Protocol::Tcp, 80)
     }
 }
 
 pub fn web() -> ServicePortRule {
-    rule(1, "web", WEB_VIP, vec![backend(1, "10.0.1.5", NODE)])
+    rule(1, "web", WEB_VIP, vec![endpoint(1, "10.0.1.5", NODE)])
 }
 
 pub fn shard(
@@ -195,7 +197,7 @@ impl Leftovers for FakeLeftover {
         "fake kube-proxy tables"
     }
 
-    fn remove(&self) -> Result<bool, switchyard_agent::backend::BackendError> {
+    fn remove(&self) -> Result<bool, switchyard_dataplane::BackendError> {
         let mut p = self.present.lock().unwrap();
         let was = *p;
         *p = false;

@@ -1,0 +1,109 @@
+//! The tc programs on real interfaces: a client namespace and a pod namespace
+//! wired to a node namespace by veth pairs; NodePort traffic from the client
+//! is DNATed and masqueraded to the pod, and rejected without endpoints.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use switchyard_api::Mode;
+
+use super::fixtures::*;
+use crate::Backend as _;
+use crate::ebpf::EbpfBackend;
+use crate::ebpf::kernel::{AyaKernel, KernelConfig};
+use crate::ebpf::plan::render;
+use crate::settings::Settings;
+
+/// `ip` in the node namespace: a veth pair with `peer`'s end named eth0.
+fn wire(node: &Netns, peer: &Netns, dev: &str, node_addr: &str, peer_addr: &str) {
+    node.ip(&[
+        "link", "add", dev, "type", "veth", "peer", "name", "eth0", "netns", &peer.name,
+    ]);
+    node.ip(&["addr", "add", node_addr, "dev", dev]);
+    node.ip(&["link", "set", dev, "up"]);
+    peer.ip(&["addr", "add", peer_addr, "dev", "eth0"]);
+    peer.ip(&["link", "set", "eth0", "up"]);
+}
+
+fn ask(addr: &str) -> std::io::Result<String> {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.write_all(b"hi\n")?;
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line)?;
+    Ok(line.trim().to_string())
+}
+
+#[test]
+fn node_port_through_real_interfaces_is_dnated_masqueraded_and_rejected_without_endpoints() {
+    let bpffs = bpffs();
+    let node = Netns::named(unique("-n"));
+    let client = Netns::named(unique("-c"));
+    let pod = Netns::named(unique("-p"));
+    wire(&node, &client, "up0", "192.0.2.1/24", "192.0.2.7/24");
+    wire(&node, &pod, "pod0", "169.254.1.1/32", "10.244.1.5/32");
+    pod.ip(&["route", "add", "169.254.1.1", "dev", "eth0"]);
+    pod.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+    ]);
+    node.ip(&["route", "add", "10.244.1.5", "dev", "pod0"]);
+    node.enter(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))
+        .unwrap();
+
+    let listener = pod.enter(|| TcpListener::bind("10.244.1.5:8080").unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let peer = conn
+                .peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+            let mut line = String::new();
+            let _ = BufReader::new(&conn).read_line(&mut line);
+            let _ = (&conn).write_all(format!("pod saw {peer}\n").as_bytes());
+        }
+    });
+
+    let mut web = service(
+        1,
+        "10.96.0.1",
+        80,
+        vec![endpoint(10, "10.244.1.5", 8080, "node-a")],
+    );
+    web.node_port = Some(30080);
+    let mut empty = service(2, "10.96.0.2", 80, vec![]);
+    empty.node_port = Some(30081);
+    let plan = render(&linked(vec![web, empty]), &Settings::defaults(Mode::Ebpf));
+    let mut backend = EbpfBackend::new(AyaKernel::new(KernelConfig {
+        pin_root: bpffs.dir().join("switchyard"),
+        cgroup: None,
+    }));
+    node.enter(|| backend.apply(&plan)).unwrap();
+
+    let answer = client.enter(|| ask("192.0.2.1:30080")).unwrap();
+    assert_eq!(
+        answer,
+        format!("pod saw {NODE_IP}"),
+        "DNAT to the pod, masqueraded to the node"
+    );
+    let refused = client.enter(|| ask("192.0.2.1:30081")).unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{refused}"
+    );
+
+    node.enter(|| backend.cleanup()).unwrap();
+    let after = client.enter(|| ask("192.0.2.1:30080"));
+    assert!(
+        after.is_err(),
+        "nothing translates after cleanup: {after:?}"
+    );
+}

@@ -1,0 +1,133 @@
+//! The one chokepoint through which backends run kernel tools
+//! (`iptables-restore`, `nft`, `ipset`, `conntrack`, `ip`, `sysctl` writes go
+//! elsewhere). A fake records calls for unit tests (compiled only for them).
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+#[cfg(test)]
+use std::sync::Mutex;
+
+/// A tool run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("could not start {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} {args} failed ({status}): {stderr}")]
+    Failed {
+        program: String,
+        args: String,
+        status: String,
+        stderr: String,
+    },
+}
+
+/// Runs a program with arguments and optional standard input, returning its standard output.
+pub trait Runner: Send + Sync {
+    fn run(&self, program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<String, ExecError>;
+
+    /// Whether the tools act on the calling thread's network namespace, so a
+    /// backend may also talk to that kernel directly over netlink (a runner
+    /// that records calls, or enters another namespace, says no).
+    fn acts_here(&self) -> bool {
+        false
+    }
+}
+
+/// Runs real programs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RealRunner;
+
+impl Runner for RealRunner {
+    fn acts_here(&self) -> bool {
+        true
+    }
+
+    fn run(&self, program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<String, ExecError> {
+        let spawn_err = |source| ExecError::Spawn {
+            program: program.to_string(),
+            source,
+        };
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(spawn_err)?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(input).map_err(spawn_err)?;
+        }
+        let out = child.wait_with_output().map_err(spawn_err)?;
+        if !out.status.success() {
+            return Err(ExecError::Failed {
+                program: program.to_string(),
+                args: args.join(" "),
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// One recorded call of a [`FakeRunner`].
+#[cfg(test)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Call {
+    pub program: String,
+    pub args: Vec<String>,
+    pub stdin: Option<String>,
+}
+
+/// Records calls and answers from a queue of canned results (default: empty success).
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub struct FakeRunner {
+    calls: Mutex<Vec<Call>>,
+    failures: Mutex<Vec<(String, String)>>,
+}
+
+#[cfg(test)]
+impl FakeRunner {
+    /// Make every later call of `program` fail with `stderr`.
+    pub fn fail(&self, program: &str, stderr: &str) {
+        lock(&self.failures).push((program.to_string(), stderr.to_string()));
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        lock(&self.calls).clone()
+    }
+}
+
+#[cfg(test)]
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+impl Runner for FakeRunner {
+    fn run(&self, program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<String, ExecError> {
+        lock(&self.calls).push(Call {
+            program: program.to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            stdin: stdin.map(|s| String::from_utf8_lossy(s).into_owned()),
+        });
+        if let Some((_, stderr)) = lock(&self.failures).iter().find(|(p, _)| p == program) {
+            return Err(ExecError::Failed {
+                program: program.to_string(),
+                args: args.join(" "),
+                status: "exit status: 1".to_string(),
+                stderr: stderr.clone(),
+            });
+        }
+        Ok(String::new())
+    }
+}

@@ -1,0 +1,278 @@
+//! Render golden tests and apply/cleanup tests against fake kernel tools.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use switchyard_api::Mode;
+use switchyard_api::policy::{LinkedRuleset, NodeInfo, link};
+use switchyard_compiler::{CompileSettings, Snapshot, compile, parse_objects};
+
+use super::sysctl::FakeSysctl;
+use super::*;
+use crate::exec::{Call, ExecError, FakeRunner, Runner};
+use crate::settings::{LocalDetector, Settings};
+
+const OVERALL: &str = include_str!("testdata/overall.yaml");
+
+fn node() -> NodeInfo {
+    NodeInfo {
+        name: "test-node".into(),
+        zone: None,
+        addresses: vec![
+            "192.168.0.2".parse().unwrap(),
+            "192.168.1.2".parse().unwrap(),
+        ],
+    }
+}
+
+fn linked(yaml: &str) -> LinkedRuleset {
+    let objects = parse_objects(yaml).unwrap();
+    let compiled = compile(&Snapshot::from(objects), &CompileSettings::default());
+    assert!(
+        compiled.diagnostics.is_empty(),
+        "{:?}",
+        compiled.diagnostics
+    );
+    link(&compiled.ruleset, &node())
+}
+
+fn settings() -> Settings {
+    let mut s = Settings::defaults(Mode::Iptables);
+    s.local_detector = LocalDetector::Cidrs(vec!["10.0.0.0/8".parse().unwrap()]);
+    s
+}
+
+/// Compare with a golden file; `UPDATE_GOLDEN=1` rewrites it.
+fn golden(name: &str, actual: &str) {
+    let path = format!(
+        "{}/src/iptables/testdata/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        expected == actual,
+        "{name} differs from the golden file (UPDATE_GOLDEN=1 to accept):\n{actual}"
+    );
+}
+
+#[test]
+fn overall_render_matches_golden() {
+    let plan = render::render(&linked(OVERALL), &settings());
+    golden("overall.golden", &plan.to_string());
+}
+
+#[test]
+fn masquerade_all_and_no_detector_render() {
+    let ruleset = linked(OVERALL);
+    let mut all = settings();
+    all.masquerade_all = true;
+    let text = render::render(&ruleset, &all).to_string();
+    assert!(text.contains(
+        r#"-A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d 172.30.0.41 --dport 80 -j KUBE-MARK-MASQ"#
+    ));
+    let none = render::render(&ruleset, &Settings::defaults(Mode::Iptables)).to_string();
+    assert!(
+        !none.contains("ns1/svc1:p80 cluster IP\" -m tcp -p tcp -d 172.30.0.41 --dport 80 ! -s")
+    );
+    assert!(!none.contains("pod traffic for"));
+}
+
+/// Kernel tools answering from a script: canned stdout per (program, first args).
+#[derive(Default)]
+struct ScriptedRunner {
+    inner: FakeRunner,
+    answers: Mutex<BTreeMap<String, Result<String, String>>>,
+}
+
+impl ScriptedRunner {
+    fn answer(&self, key: &str, result: Result<&str, &str>) {
+        self.answers.lock().unwrap().insert(
+            key.to_string(),
+            result.map(str::to_string).map_err(str::to_string),
+        );
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.inner.calls()
+    }
+}
+
+impl Runner for ScriptedRunner {
+    fn run(&self, program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<String, ExecError> {
+        self.inner.run(program, args, stdin)?;
+        let key = format!(
+            "{program} {}",
+            args.iter().take(4).copied().collect::<Vec<_>>().join(" ")
+        );
+        let answers = self.answers.lock().unwrap();
+        let found = answers
+            .iter()
+            .filter(|(k, _)| key.starts_with(k.as_str()))
+            .max_by_key(|(k, _)| k.len());
+        match found {
+            None => Ok(String::new()),
+            Some((_, Ok(out))) => Ok(out.clone()),
+            Some((_, Err(stderr))) => Err(ExecError::Failed {
+                program: program.into(),
+                args: args.join(" "),
+                status: "exit status: 1".into(),
+                stderr: stderr.clone(),
+            }),
+        }
+    }
+}
+
+fn restores(runner: &ScriptedRunner) -> Vec<String> {
+    runner
+        .calls()
+        .into_iter()
+        .filter(|c| c.program.ends_with("-restore"))
+        .filter_map(|c| c.stdin)
+        .collect()
+}
+
+fn backend(runner: &Arc<ScriptedRunner>, sysctl: &Arc<FakeSysctl>) -> IptablesBackend {
+    IptablesBackend::new(runner.clone(), sysctl.clone())
+}
+
+#[test]
+fn first_sync_writes_everything_and_inserts_missing_jumps() {
+    let runner = Arc::new(ScriptedRunner::default());
+    // No jump rule exists yet.
+    runner.answer("iptables -w -t filter -C", Err("Bad rule"));
+    runner.answer("iptables -w -t nat -C", Err("Bad rule"));
+    let sysctl = Arc::new(FakeSysctl::default());
+    let mut b = backend(&runner, &sysctl);
+    let plan = b.render(&linked(OVERALL), &settings());
+    let stats = b.apply(&plan).unwrap();
+    assert!(stats.full);
+    assert_eq!(stats.objects, stats.written);
+    let inputs = restores(&runner);
+    assert!(inputs[0].contains(":KUBE-SVC-XPGD46QRK7WJZT7O - [0:0]"));
+    let inserts: Vec<String> = runner
+        .calls()
+        .into_iter()
+        .filter(|c| c.program == "iptables" && c.args.contains(&"-I".to_string()))
+        .map(|c| c.args.join(" "))
+        .collect();
+    assert_eq!(inserts.len(), plan.families[0].jumps.len());
+    assert!(inserts.contains(
+        &"-w -t nat -I PREROUTING 1 -m comment --comment kubernetes service portals -j KUBE-SERVICES".to_string()
+    ));
+    assert_eq!(sysctl.get(ROUTE_LOCALNET).as_deref(), Some("1"));
+}
+
+#[test]
+fn incremental_sync_rewrites_only_changed_chains() {
+    let runner = Arc::new(ScriptedRunner::default());
+    let sysctl = Arc::new(FakeSysctl::default());
+    let mut b = backend(&runner, &sysctl);
+    b.apply(&b.render(&linked(OVERALL), &settings())).unwrap();
+    let before = restores(&runner).len();
+
+    // Same state: nothing is written.
+    let stats = b.apply(&b.render(&linked(OVERALL), &settings())).unwrap();
+    assert_eq!((stats.written, stats.full), (0, false));
+    assert_eq!(restores(&runner).len(), before);
+
+    // svc1's endpoint moves: its SVC chain is rewritten, the old SEP deleted,
+    // the new one created; nothing else.
+    let moved = OVERALL.replace("addresses: [10.180.0.1]", "addresses: [10.180.0.9]");
+    let stats = b.apply(&b.render(&linked(&moved), &settings())).unwrap();
+    // Two rules each in the rewritten SVC chain and the new SEP chain.
+    assert!(!stats.full && stats.written == 4, "{stats:?}");
+    let input = restores(&runner).pop().unwrap();
+    let declared: Vec<&str> = input.lines().filter(|l| l.starts_with(':')).collect();
+    assert_eq!(declared.len(), 3, "{input}");
+    assert!(input.contains(":KUBE-SVC-XPGD46QRK7WJZT7O - [0:0]"));
+    assert!(input.contains("-X KUBE-SEP-SXIVWICOYRO3J4NJ"));
+    assert!(input.contains("--to-destination 10.180.0.9:80"));
+    assert!(!input.contains("*filter"));
+
+    // After invalidate the next sync is full again.
+    b.invalidate();
+    assert!(
+        b.apply(&b.render(&linked(&moved), &settings()))
+            .unwrap()
+            .full
+    );
+}
+
+#[test]
+fn full_sync_deletes_leftover_chains_of_ours_only() {
+    let runner = Arc::new(ScriptedRunner::default());
+    runner.answer(
+        "iptables-save -t nat",
+        Ok("*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SVC-OLDOLDOLDOLDOLD0 - [0:0]\n:DOCKER - [0:0]\nCOMMIT\n"),
+    );
+    let sysctl = Arc::new(FakeSysctl::default());
+    let mut b = backend(&runner, &sysctl);
+    b.apply(&b.render(&linked(OVERALL), &settings())).unwrap();
+    let input = &restores(&runner)[0];
+    assert!(input.contains("-X KUBE-SVC-OLDOLDOLDOLDOLD0"));
+    assert!(!input.contains("DOCKER"));
+}
+
+#[test]
+fn cleanup_removes_our_jumps_and_chains_and_restores_route_localnet() {
+    let runner = Arc::new(ScriptedRunner::default());
+    runner.answer(
+        "iptables-save -t nat",
+        Ok("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SEP-AAAAAAAAAAAAAAAA - [0:0]\n:CNI-HOSTPORT - [0:0]\nCOMMIT\n"),
+    );
+    let sysctl = Arc::new(FakeSysctl::default());
+    sysctl.write(ROUTE_LOCALNET, "0").unwrap();
+    let mut b = backend(&runner, &sysctl);
+    b.apply(&b.render(&linked(OVERALL), &settings())).unwrap();
+    // The jump rules are gone once deleted.
+    runner.answer("iptables -w -t", Err("Bad rule"));
+    runner.answer("ip6tables -w -t", Err("Bad rule"));
+    b.cleanup().unwrap();
+    let input = restores(&runner).pop().unwrap();
+    assert!(
+        input.contains("-X KUBE-SERVICES\n-X KUBE-SEP-AAAAAAAAAAAAAAAA\n"),
+        "{input}"
+    );
+    assert!(!input.contains("CNI-HOSTPORT"));
+    assert_eq!(sysctl.get(ROUTE_LOCALNET).as_deref(), Some("0"));
+}
+
+#[test]
+fn restore_failure_keeps_the_previous_state() {
+    let runner = Arc::new(ScriptedRunner::default());
+    let sysctl = Arc::new(FakeSysctl::default());
+    let mut b = backend(&runner, &sysctl);
+    b.apply(&b.render(&linked(OVERALL), &settings())).unwrap();
+    runner.answer("iptables-restore", Err("line 3 failed"));
+    let moved = OVERALL.replace("addresses: [10.180.0.1]", "addresses: [10.180.0.9]");
+    assert!(b.apply(&b.render(&linked(&moved), &settings())).is_err());
+    // The failed change is retried in full on the next sync.
+    runner.answer("iptables-restore", Ok(""));
+    let stats = b.apply(&b.render(&linked(&moved), &settings())).unwrap();
+    assert_eq!(stats.written, 4);
+}
+
+#[test]
+fn udp_endpoint_removal_deletes_conntrack_entries() {
+    let runner = Arc::new(ScriptedRunner::default());
+    let sysctl = Arc::new(FakeSysctl::default());
+    let mut b = backend(&runner, &sysctl);
+    let udp = OVERALL.replace("protocol: TCP", "protocol: UDP");
+    b.apply(&b.render(&linked(&udp), &settings())).unwrap();
+    let moved = udp.replace("addresses: [10.180.0.1]", "addresses: [10.180.0.9]");
+    b.apply(&b.render(&linked(&moved), &settings())).unwrap();
+    let deletes: Vec<String> = runner
+        .calls()
+        .into_iter()
+        .filter(|c| c.program == "conntrack")
+        .map(|c| c.args.join(" "))
+        .collect();
+    assert!(
+        deletes
+            .contains(&"-D -f ipv4 -p udp --orig-dst 172.30.0.41 --dst-nat 10.180.0.1".to_string()),
+        "{deletes:?}"
+    );
+}

@@ -1,0 +1,419 @@
+//! The `ipvs` backend: kube-proxy's IPVS mode.
+//!
+//! See `README.md` next to this file for the objects it creates. Rendering is
+//! pure ([`render`]); [`IpvsBackend::apply`] and [`IpvsBackend::cleanup`] are
+//! the only code touching the kernel, through three narrow doors: the IPVS
+//! table over generic netlink ([`kernel::IpvsKernel`]), the command-line tools
+//! ([`crate::exec::Runner`]) and sysctls ([`host::Sysctl`]). All of them act in
+//! the network namespace of the calling thread.
+
+pub mod capture;
+pub mod genl;
+pub mod host;
+pub mod kernel;
+pub mod objects;
+pub mod plan;
+pub mod render;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use switchyard_api::Mode;
+use switchyard_api::policy::LinkedRuleset;
+use switchyard_api::ruleset::{IpFamily, Protocol};
+
+use crate::conntrack::{self, UdpSnapshot};
+use crate::exec::{ExecError, Runner};
+use crate::settings::Settings;
+use crate::{ApplyStats, Backend, BackendError};
+use host::{Host, Sysctl};
+use kernel::{Ipvs, IpvsKernel, KernelError};
+use objects::{RealServer, ServiceKey, VirtualServer};
+use plan::IpvsPlan;
+
+pub use plan::DUMMY_INTERFACE;
+
+/// The IPVS dataplane of one network namespace.
+pub struct IpvsBackend {
+    kernel: Box<dyn IpvsKernel>,
+    runner: Arc<dyn Runner>,
+    sysctl: Box<dyn Sysctl>,
+    /// The plan last applied in full; `None` forces a full sync.
+    applied: Option<IpvsPlan>,
+    /// Services with real servers left at weight 0 until their connections end.
+    draining: BTreeSet<ServiceKey>,
+    /// UDP service ports as last applied (stale conntrack entries are diffed against it).
+    udp: UdpSnapshot,
+}
+
+fn kernel_err(operation: &'static str) -> impl FnOnce(KernelError) -> BackendError {
+    move |e| BackendError::Kernel {
+        mode: Mode::Ipvs,
+        operation,
+        message: e.to_string(),
+    }
+}
+
+fn exec_err(operation: &'static str) -> impl FnOnce(ExecError) -> BackendError {
+    move |source| BackendError::Exec {
+        mode: Mode::Ipvs,
+        operation,
+        source,
+    }
+}
+
+impl IpvsBackend {
+    pub fn new(
+        kernel: Box<dyn IpvsKernel>,
+        runner: Arc<dyn Runner>,
+        sysctl: Box<dyn Sysctl>,
+    ) -> IpvsBackend {
+        IpvsBackend {
+            kernel,
+            runner,
+            sysctl,
+            applied: None,
+            draining: BTreeSet::new(),
+            udp: UdpSnapshot::default(),
+        }
+    }
+
+    /// The real backend of the calling thread's network namespace.
+    pub fn open(runner: Arc<dyn Runner>) -> Result<IpvsBackend, BackendError> {
+        let kernel = kernel::NetlinkIpvs::open().map_err(|e| BackendError::Unavailable {
+            mode: Mode::Ipvs,
+            reason: e.to_string(),
+        })?;
+        Ok(IpvsBackend::new(
+            Box::new(kernel),
+            runner,
+            Box::new(host::ProcSysctl),
+        ))
+    }
+
+    /// Services with real servers still draining (weight 0, connections open).
+    pub fn draining(&self) -> &BTreeSet<ServiceKey> {
+        &self.draining
+    }
+
+    fn host(&self) -> Host<'_> {
+        Host {
+            runner: self.runner.as_ref(),
+        }
+    }
+
+    /// Virtual servers that are ours: on an address of `kube-ipvs0`, or a
+    /// NodePort recorded in our node-port ipsets, or in the last applied plan.
+    fn owned(&mut self, vs: &[VirtualServer]) -> Result<Vec<ServiceKey>, BackendError> {
+        let host = Host {
+            runner: self.runner.as_ref(),
+        };
+        let addrs = host
+            .dummy_addresses()
+            .map_err(exec_err("list kube-ipvs0 addresses"))?;
+        let node_ports = owned_node_ports(&host).map_err(exec_err("read node-port ipsets"))?;
+        let applied: BTreeSet<ServiceKey> = self
+            .applied
+            .iter()
+            .flat_map(|p| p.services.keys().copied())
+            .collect();
+        Ok(vs
+            .iter()
+            .map(|v| v.key)
+            .filter(|k| {
+                addrs.contains(&k.addr)
+                    || applied.contains(k)
+                    || node_ports.contains(&NodePortKey::of(k))
+                    || node_ports.contains(&NodePortKey::any_addr(k))
+            })
+            .collect())
+    }
+
+    fn sync_virtual_servers(
+        &mut self,
+        plan: &IpvsPlan,
+        written: &mut u32,
+    ) -> Result<(), BackendError> {
+        let mut ipvs = Ipvs(self.kernel.as_mut());
+        let current: BTreeMap<ServiceKey, VirtualServer> = ipvs
+            .services()
+            .map_err(kernel_err("list virtual servers"))?
+            .into_iter()
+            .map(|v| (v.key, v))
+            .collect();
+        let mut draining = BTreeSet::new();
+        for (key, planned) in &plan.services {
+            let unchanged = self.applied.as_ref().and_then(|a| a.services.get(key))
+                == Some(planned)
+                && current.get(key) == Some(&planned.server)
+                && !self.draining.contains(key);
+            if unchanged {
+                continue;
+            }
+            match current.get(key) {
+                None => {
+                    ipvs.add_service(&planned.server)
+                        .map_err(kernel_err("add virtual server"))?;
+                    *written += 1;
+                }
+                Some(existing) if *existing != planned.server => {
+                    ipvs.update_service(&planned.server)
+                        .map_err(kernel_err("update virtual server"))?;
+                    *written += 1;
+                }
+                Some(_) => {}
+            }
+            let dests = ipvs.dests(key).map_err(kernel_err("list real servers"))?;
+            let have: BTreeMap<(IpAddr, u16), _> = dests
+                .iter()
+                .map(|d| ((d.server.addr, d.server.port), d))
+                .collect();
+            for rs in &planned.real_servers {
+                match have.get(&(rs.addr, rs.port)) {
+                    None => {
+                        ipvs.add_dest(key, rs)
+                            .map_err(kernel_err("add real server"))?;
+                        *written += 1;
+                    }
+                    Some(d) if d.server.weight != rs.weight => {
+                        ipvs.update_dest(key, rs)
+                            .map_err(kernel_err("update real server"))?;
+                        *written += 1;
+                    }
+                    Some(_) => {}
+                }
+            }
+            for d in &dests {
+                if planned
+                    .real_servers
+                    .iter()
+                    .any(|rs| rs.addr == d.server.addr && rs.port == d.server.port)
+                {
+                    continue;
+                }
+                // Graceful removal: no new connections (weight 0) until the
+                // established ones end; UDP has no end, so it goes at once.
+                if d.active == 0 || key.protocol == Protocol::Udp {
+                    ipvs.delete_dest(key, &d.server)
+                        .map_err(kernel_err("delete real server"))?;
+                } else {
+                    if d.server.weight != 0 {
+                        ipvs.update_dest(
+                            key,
+                            &RealServer {
+                                weight: 0,
+                                ..d.server
+                            },
+                        )
+                        .map_err(kernel_err("quiesce real server"))?;
+                    }
+                    draining.insert(*key);
+                }
+                *written += 1;
+            }
+        }
+        self.draining = draining;
+        let current_list: Vec<VirtualServer> = current.into_values().collect();
+        let stale: Vec<ServiceKey> = self
+            .owned(&current_list)?
+            .into_iter()
+            .filter(|k| !plan.services.contains_key(k))
+            .collect();
+        let mut ipvs = Ipvs(self.kernel.as_mut());
+        for key in stale {
+            ipvs.delete_service(&key)
+                .map_err(kernel_err("delete virtual server"))?;
+            *written += 1;
+        }
+        Ok(())
+    }
+}
+
+/// A NodePort as our ipsets record it: `bitmap:port` sets have no address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct NodePortKey {
+    protocol: Protocol,
+    addr: Option<IpAddr>,
+    port: u16,
+}
+
+impl NodePortKey {
+    fn of(k: &ServiceKey) -> NodePortKey {
+        NodePortKey {
+            protocol: k.protocol,
+            addr: Some(k.addr),
+            port: k.port,
+        }
+    }
+
+    fn any_addr(k: &ServiceKey) -> NodePortKey {
+        NodePortKey {
+            addr: None,
+            ..NodePortKey::of(k)
+        }
+    }
+}
+
+fn owned_node_ports(host: &Host<'_>) -> Result<BTreeSet<NodePortKey>, ExecError> {
+    let existing = host.ipset_names()?;
+    let mut out = BTreeSet::new();
+    for family in [IpFamily::V4, IpFamily::V6] {
+        for (base, protocol) in [
+            ("KUBE-NODE-PORT-TCP", Protocol::Tcp),
+            ("KUBE-NODE-PORT-UDP", Protocol::Udp),
+            ("KUBE-NODE-PORT-SCTP-HASH", Protocol::Sctp),
+        ] {
+            let name = render::set_name(base, family);
+            if !existing.contains(&name) {
+                continue;
+            }
+            for member in host.ipset_members(&name)? {
+                // `30080` for bitmap:port, `192.0.2.1,sctp:30080` for hash:ip,port.
+                let key = match member.split_once(',') {
+                    None => member.parse().ok().map(|port| NodePortKey {
+                        protocol,
+                        addr: None,
+                        port,
+                    }),
+                    Some((ip, rest)) => {
+                        let port = rest.rsplit(':').next().and_then(|p| p.parse().ok());
+                        match (ip.parse().ok(), port) {
+                            (Some(addr), Some(port)) => Some(NodePortKey {
+                                protocol,
+                                addr: Some(addr),
+                                port,
+                            }),
+                            _ => None,
+                        }
+                    }
+                };
+                out.extend(key);
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Backend for IpvsBackend {
+    type Plan = IpvsPlan;
+
+    fn mode(&self) -> Mode {
+        Mode::Ipvs
+    }
+
+    fn render(&self, ruleset: &LinkedRuleset, settings: &Settings) -> IpvsPlan {
+        render::render(ruleset, settings)
+    }
+
+    fn apply(&mut self, plan: &IpvsPlan) -> Result<ApplyStats, BackendError> {
+        let full = self.applied.is_none();
+        let mut written = 0;
+        for (key, value) in host::sysctls(plan.strict_arp) {
+            self.sysctl
+                .set(key, value)
+                .map_err(|source| BackendError::Io {
+                    mode: Mode::Ipvs,
+                    operation: "set sysctl",
+                    source,
+                })?;
+        }
+        if !plan.timeouts.is_unset() {
+            Ipvs(self.kernel.as_mut())
+                .set_timeouts(&plan.timeouts)
+                .map_err(kernel_err("set connection timeouts"))?;
+        }
+        let host = self.host();
+        host.ensure_dummy().map_err(exec_err("create kube-ipvs0"))?;
+        let have = host
+            .dummy_addresses()
+            .map_err(exec_err("list kube-ipvs0 addresses"))?;
+        let add: BTreeSet<IpAddr> = plan.addresses.difference(&have).copied().collect();
+        host.change_addresses(&add, &BTreeSet::new())
+            .map_err(exec_err("add kube-ipvs0 addresses"))?;
+        written += add.len() as u32;
+        let sets_changed = self
+            .applied
+            .as_ref()
+            .is_none_or(|a| a.ipsets != plan.ipsets);
+        if sets_changed {
+            host.sync_ipsets(&plan.ipsets)
+                .map_err(exec_err("sync ipsets"))?;
+            written += plan
+                .ipsets
+                .iter()
+                .map(|s| s.entries.len() as u32)
+                .sum::<u32>();
+        }
+        let rules_changed = self.applied.as_ref().is_none_or(|a| a.rules != plan.rules);
+        if rules_changed {
+            for rules in &plan.rules {
+                host.sync_rules(rules)
+                    .map_err(exec_err("sync iptables rules"))?;
+                written += (rules.nat.rules.len() + rules.filter.rules.len()) as u32;
+            }
+        }
+        self.sync_virtual_servers(plan, &mut written)?;
+        // UDP has no teardown: entries made while a VIP had no virtual server
+        // or to an endpoint that left would keep a client's flow stuck.
+        let stale = conntrack::stale_entries(&self.udp, &plan.udp);
+        conntrack::delete(self.runner.as_ref(), &stale).map_err(|e| BackendError::Kernel {
+            mode: Mode::Ipvs,
+            operation: "delete stale UDP conntrack entries",
+            message: e.to_string(),
+        })?;
+        self.udp = plan.udp.clone();
+        let host = self.host();
+        let stale: BTreeSet<IpAddr> = have.difference(&plan.addresses).copied().collect();
+        host.change_addresses(&BTreeSet::new(), &stale)
+            .map_err(exec_err("remove kube-ipvs0 addresses"))?;
+        written += stale.len() as u32;
+        self.applied = Some(plan.clone());
+        Ok(ApplyStats {
+            objects: plan.object_count(),
+            written,
+            full,
+        })
+    }
+
+    fn invalidate(&mut self) {
+        self.applied = None;
+    }
+
+    fn present(&self) -> Result<bool, BackendError> {
+        let host = self.host();
+        if host.dummy_exists() {
+            return Ok(true);
+        }
+        let sets = host.ipset_names().map_err(exec_err("list ipsets"))?;
+        let ours = render::all_set_names();
+        Ok(sets.iter().any(|s| ours.contains(s)) || host.has_rules(IpFamily::V4))
+    }
+
+    fn cleanup(&mut self) -> Result<(), BackendError> {
+        let services = Ipvs(self.kernel.as_mut())
+            .services()
+            .map_err(kernel_err("list virtual servers"))?;
+        let owned = self.owned(&services)?;
+        let mut ipvs = Ipvs(self.kernel.as_mut());
+        for key in owned {
+            ipvs.delete_service(&key)
+                .map_err(kernel_err("delete virtual server"))?;
+        }
+        let host = self.host();
+        for family in [IpFamily::V4, IpFamily::V6] {
+            host.remove_rules(family)
+                .map_err(exec_err("remove iptables rules"))?;
+        }
+        host.destroy_ipsets(&render::all_set_names())
+            .map_err(exec_err("destroy ipsets"))?;
+        host.delete_dummy().map_err(exec_err("delete kube-ipvs0"))?;
+        self.applied = None;
+        self.draining.clear();
+        self.udp = UdpSnapshot::default();
+        Ok(())
+    }
+}

@@ -282,3 +282,18 @@ fn left_behind_reports_programs_and_the_directory_until_removed() {
     drop(dir);
     assert_eq!(workdir::left_behind(&path), Vec::<String>::new());
 }
+
+/// A SIGKILLed test run leaves its directory (its programs die with it); the
+/// next start removes it, and never a live run's (this process's own here).
+#[test]
+fn directories_of_killed_runs_are_removed_and_live_ones_kept() {
+    let mine = WorkDir::create(Purpose::Test).unwrap();
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let orphan = std::env::temp_dir().join(format!("switchyard-test-{}-0", gone.id()));
+    std::fs::create_dir_all(orphan.join("pki")).unwrap();
+    let cleared = workdir::remove_orphans(Purpose::Test);
+    assert!(cleared.contains(&orphan), "{cleared:?}");
+    assert!(!orphan.exists());
+    assert!(mine.path().exists());
+}

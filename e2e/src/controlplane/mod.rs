@@ -164,6 +164,7 @@ impl ControlPlane {
     pub async fn start(purpose: Purpose) -> Result<ControlPlane, ControlPlaneError> {
         let began = Instant::now();
         let binaries = Binaries::locate()?;
+        workdir::remove_orphans(purpose);
         let mut running = Running {
             daemons: Vec::new(),
             dir: WorkDir::create(purpose)?,

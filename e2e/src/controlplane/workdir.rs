@@ -4,7 +4,8 @@
 //! such directory, and no process working in it. The directory is removed on
 //! drop and by the signal handler; one whose owner died without either (it
 //! was SIGKILLed; its programs died with it by PR_SET_PDEATHSIG) is found by
-//! [`sweep`] from the owner's pid and start time recorded in it.
+//! [`remove_orphans`] (at every start) and [`sweep`] (`lab down`) from the
+//! owner's pid in its name and start time recorded in it.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -127,34 +128,83 @@ pub fn left_behind(dir: &Path) -> Vec<String> {
     found
 }
 
-/// Remove every control plane of `purpose` on this machine: a live owner is
-/// asked to stop (SIGTERM; it then cleans up itself) and waited for, up to
-/// `patience`; what a dead owner left is removed here, any process still
-/// working in it killed first. Returns the directories handled.
+/// Remove every control plane of `purpose` on this machine but this
+/// process's own: a live owner is asked to stop (SIGTERM; it then cleans up
+/// itself) and waited for, up to `patience`; what a dead owner left is
+/// removed here, any process still working in it killed first. Returns the
+/// directories handled.
 pub fn sweep(purpose: Purpose, patience: Duration) -> Vec<PathBuf> {
+    clear(purpose, Some(patience))
+}
+
+/// Remove what owners that died without cleaning up (SIGKILL) left.
+pub fn remove_orphans(purpose: Purpose) -> Vec<PathBuf> {
+    clear(purpose, None)
+}
+
+fn clear(purpose: Purpose, stop_live: Option<Duration>) -> Vec<PathBuf> {
     let prefix = format!("{PREFIX}{}-", purpose.tag());
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return Vec::new();
     };
-    let dirs: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .map(|e| e.path())
-        .collect();
-    for dir in &dirs {
-        if let Some(pid) = live_owner(dir) {
-            signal(pid, libc::SIGTERM);
-            let deadline = Instant::now() + patience;
-            while dir.exists() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
+    let mut cleared = Vec::new();
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let dir = entry.path();
+        match (owner(rest, &dir), stop_live) {
+            (Owner::Me, _) | (Owner::Alive(_), None) => continue,
+            (Owner::Alive(pid), Some(patience)) => {
+                signal(pid, libc::SIGTERM);
+                let deadline = Instant::now() + patience;
+                while dir.exists() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
             }
+            (Owner::Gone, _) => {}
         }
-        for pid in processes_in(dir) {
+        for pid in processes_in(&dir) {
             signal(pid, libc::SIGKILL);
         }
-        let _ = std::fs::remove_dir_all(dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        cleared.push(dir);
     }
-    dirs
+    cleared
+}
+
+enum Owner {
+    Me,
+    Alive(u32),
+    Gone,
+}
+
+/// Who made a directory named `…-<pid>-<n>` (`name` is the `<pid>-<n>` part).
+/// Without the owner file (being made, or damaged) a running pid counts as
+/// alive: never remove what may be in use.
+fn owner(name: &str, dir: &Path) -> Owner {
+    let Some(pid) = name
+        .split_once('-')
+        .and_then(|(pid, _)| pid.parse::<u32>().ok())
+    else {
+        return Owner::Gone;
+    };
+    if pid == std::process::id() {
+        return Owner::Me;
+    }
+    let recorded = std::fs::read_to_string(dir.join(OWNER_FILE))
+        .ok()
+        .and_then(|text| text.split_whitespace().nth(1)?.parse::<u64>().ok());
+    let alive = match recorded {
+        Some(started) => start_time(pid) == Some(started),
+        None => Path::new(&format!("/proc/{pid}")).exists(),
+    };
+    if alive {
+        Owner::Alive(pid)
+    } else {
+        Owner::Gone
+    }
 }
 
 /// Signal one process (never a group: pids that do not fit are skipped).
@@ -168,13 +218,4 @@ fn signal(pid: u32, signal: libc::c_int) {
             libc::kill(pid, signal);
         }
     }
-}
-
-/// The pid of the directory's owner if that very process still runs.
-fn live_owner(dir: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(dir.join(OWNER_FILE)).ok()?;
-    let mut fields = text.split_whitespace();
-    let pid: u32 = fields.next()?.parse().ok()?;
-    let started: u64 = fields.next()?.parse().ok()?;
-    (pid != std::process::id() && start_time(pid) == Some(started)).then_some(pid)
 }

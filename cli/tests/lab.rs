@@ -107,6 +107,18 @@ impl Drop for LabUp {
     }
 }
 
+/// `switchyard lab down`'s lines; it must succeed.
+fn lab_down(tmp: &Tmp) -> Vec<String> {
+    let out = switchyard(tmp, &["lab", "down"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout.lines().map(String::from).collect()
+}
+
 fn kubectl(kubeconfig: &Path) -> Kubectl {
     let binaries = Binaries::locate().unwrap_or_else(|e| panic!("{e}"));
     Kubectl::new(&binaries.path("kubectl"), kubeconfig)
@@ -153,24 +165,20 @@ fn lab_down_stops_a_running_lab_and_clears_what_a_killed_one_left() {
     }
     assert!(killed_dir.exists());
 
+    assert_eq!(
+        lab_down(&tmp),
+        [format!("removed {}", killed_dir.display())]
+    );
+    assert_eq!(workdir::left_behind(&killed_dir), Vec::<String>::new());
+
     let mut running = LabUp::start(&tmp);
     let running_dir = running.dir();
-    let out = switchyard(&tmp, &["lab", "down"]).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_eq!(
+        lab_down(&tmp),
+        [format!("removed {}", running_dir.display())]
     );
-    for dir in [&killed_dir, &running_dir] {
-        assert!(
-            stdout.contains(&format!("removed {}", dir.display())),
-            "{stdout}"
-        );
-        assert_eq!(workdir::left_behind(dir), Vec::<String>::new());
-    }
+    assert_eq!(workdir::left_behind(&running_dir), Vec::<String>::new());
     assert_eq!(running.wait().code(), Some(130), "`lab up` ends by SIGTERM");
 
-    let again = switchyard(&tmp, &["lab", "down"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&again.stdout).contains("no lab control plane"));
+    assert_eq!(lab_down(&tmp), ["no lab control plane to remove"]);
 }

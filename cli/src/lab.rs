@@ -9,8 +9,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use switchyard_e2e::controlplane::ControlPlane;
-use switchyard_e2e::controlplane::workdir::{self, Purpose};
+use switchyard_lab::controlplane::ControlPlane;
+use switchyard_lab::controlplane::workdir::{self, Purpose};
 
 /// How long `down` waits for a running `up` to clean up after itself.
 const DOWN_PATIENCE: Duration = Duration::from_secs(30);

@@ -200,7 +200,7 @@ fn main() -> ExitCode {
     ) {
         // Before any thread starts: Ctrl-C (SIGINT/SIGTERM/SIGHUP) removes every
         // namespace, program and directory the command made.
-        switchyard_e2e::cleanup::install_signal_cleanup();
+        switchyard_lab::cleanup::install_signal_cleanup();
     }
     match run(cli.command) {
         Ok(code) => ExitCode::from(code),

@@ -11,9 +11,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use switchyard_e2e::controlplane::binaries::Binaries;
-use switchyard_e2e::controlplane::kubectl::Kubectl;
-use switchyard_e2e::controlplane::workdir;
+use switchyard_lab::controlplane::binaries::Binaries;
+use switchyard_lab::controlplane::kubectl::Kubectl;
+use switchyard_lab::controlplane::workdir;
 
 /// Deadlock guard: a start takes seconds.
 const START: Duration = Duration::from_secs(120);

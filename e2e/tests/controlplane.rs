@@ -12,13 +12,13 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
-use switchyard_e2e::controlplane::forward::Forwarder;
-use switchyard_e2e::controlplane::identity::Identity;
-use switchyard_e2e::controlplane::kubectl::Kubectl;
-use switchyard_e2e::controlplane::process::{Daemon, Launch};
-use switchyard_e2e::controlplane::workdir::{self, Purpose, WorkDir};
-use switchyard_e2e::controlplane::{ControlPlane, SERVICE_CIDR};
-use switchyard_e2e::netns::{self, Netns};
+use switchyard_lab::controlplane::forward::Forwarder;
+use switchyard_lab::controlplane::identity::Identity;
+use switchyard_lab::controlplane::kubectl::Kubectl;
+use switchyard_lab::controlplane::process::{Daemon, Launch};
+use switchyard_lab::controlplane::workdir::{self, Purpose, WorkDir};
+use switchyard_lab::controlplane::{ControlPlane, SERVICE_CIDR};
+use switchyard_lab::netns::{self, Netns};
 
 /// Deadlock guard for what the controllers do asynchronously.
 const CONVERGE: Duration = Duration::from_secs(60);

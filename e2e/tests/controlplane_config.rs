@@ -16,11 +16,11 @@ use kube::Api;
 use kube::api::PostParams;
 use switchyard_agent::status::{ApiStatusWriter, StatusWriter};
 use switchyard_api::{Mode, ProxyNode, ProxyNodeSpec, ProxyNodeStatus};
-use switchyard_e2e::controlplane::ControlPlane;
-use switchyard_e2e::controlplane::identity::{AGENT_SA, Identity, NAMESPACE};
-use switchyard_e2e::controlplane::kubeconfig;
-use switchyard_e2e::controlplane::kubectl::Kubectl;
-use switchyard_e2e::controlplane::workdir::Purpose;
+use switchyard_lab::controlplane::ControlPlane;
+use switchyard_lab::controlplane::identity::{AGENT_SA, Identity, NAMESPACE};
+use switchyard_lab::controlplane::kubeconfig;
+use switchyard_lab::controlplane::kubectl::Kubectl;
+use switchyard_lab::controlplane::workdir::Purpose;
 
 /// Deadlock guard for the admission policy to take effect.
 const POLICY_LOADS: Duration = Duration::from_secs(60);

@@ -2,11 +2,13 @@
 //! in its own namespaces and connect through a VIP (needs root, as CI runs).
 //! Timings are printed, never asserted.
 
+mod common;
+
 use std::process::Command;
 
 #[test]
 fn quick_benchmark_runs_both_modes_and_prints_the_tables() {
-    let out = Command::new(env!("CARGO_BIN_EXE_dataplane-bench"))
+    let out = Command::new(common::lab_bin("dataplane-bench"))
         .arg("--quick")
         .output()
         .unwrap_or_else(|e| panic!("run dataplane-bench: {e}"));

@@ -1,5 +1,7 @@
 //! An interrupted run removes its namespaces (needs root).
 
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,7 +19,7 @@ fn ours(prefix: &str) -> Vec<String> {
 #[test]
 fn sigint_removes_every_namespace() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_scenario"))
+    let mut child = Command::new(common::lab_bin("scenario"))
         .args(["--mode", "iptables", dir])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -11,10 +11,10 @@ use switchyard_dataplane::Dataplane;
 use switchyard_dataplane::exec::RealRunner;
 use switchyard_dataplane::iptables::IptablesBackend;
 use switchyard_dataplane::iptables::sysctl::ProcSysctl;
-use switchyard_e2e::agent::NodeAgent;
-use switchyard_e2e::netns::Netns;
-use switchyard_e2e::runner::{compile_stage, node_info, settings_for};
-use switchyard_e2e::scenario::Scenario;
+use switchyard_lab::agent::NodeAgent;
+use switchyard_lab::netns::Netns;
+use switchyard_lab::runner::{compile_stage, node_info, settings_for};
+use switchyard_lab::scenario::Scenario;
 
 fn in_ns(ns: &Netns, args: &[&str]) -> String {
     let out = Command::new("ip")

@@ -9,8 +9,8 @@ use switchyard_api::policy::link;
 use switchyard_dataplane::iptables::render;
 use switchyard_dataplane::iptables::rule::Table;
 use switchyard_dataplane::iptables::trace::{self, Origin, Packet, Verdict};
-use switchyard_e2e::runner::{self, compile_stage, node_info, settings_for};
-use switchyard_e2e::scenario::{Expected, Scenario};
+use switchyard_lab::runner::{self, compile_stage, node_info, settings_for};
+use switchyard_lab::scenario::{Expected, Scenario};
 
 #[test]
 fn tracer_agrees_with_every_scenario_flow() {

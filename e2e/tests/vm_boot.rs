@@ -1,6 +1,6 @@
 //! The VM runner boots Debian's stock kernel with IPVS available.
 
-use switchyard_e2e::vm::VmRunner;
+use switchyard_lab::vm::VmRunner;
 
 #[test]
 fn stock_kernel_boots_with_ipvs_and_runs_the_command() {

@@ -6,6 +6,8 @@
 //! the VM every test builds its own namespaces: a node running the backend, a
 //! client and two pods, connected by veths, and sends real TCP connections.
 
+mod common;
+
 use std::net::{IpAddr, SocketAddr};
 
 use futures::future::BoxFuture;
@@ -23,8 +25,8 @@ use switchyard_dataplane::ipvs::kernel::{Ipvs, NetlinkIpvs};
 use switchyard_dataplane::ipvs::objects::{DestState, ServiceKey, VirtualServer};
 use switchyard_dataplane::ipvs::{DUMMY_INTERFACE, IpvsBackend};
 use switchyard_dataplane::settings::Settings;
-use switchyard_e2e::vm::guest::{Netns, ask_name, link as veth};
-use switchyard_e2e::vm::{IN_VM_ENV, VmRunner};
+use switchyard_lab::vm::guest::{Netns, ask_name, link as veth};
+use switchyard_lab::vm::{IN_VM_ENV, VmRunner};
 
 /// The two VM runs of this file take turns: two software-emulated VMs at once
 /// would only make both slower.
@@ -47,7 +49,7 @@ fn every_scenario_passes_or_is_skipped_with_a_reason_with_ipvs() {
     let _turn = one_vm_at_a_time();
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios");
     let started = Instant::now();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scenario"))
+    let out = std::process::Command::new(common::lab_bin("scenario"))
         .args(["--mode", "ipvs", dir])
         .output()
         .unwrap();
@@ -483,7 +485,7 @@ fn in_vm_incremental_sync_writes_nothing_when_nothing_changed() {
 }
 
 /// The kernel's answers, byte for byte, are the committed captures that the
-/// codec's unit tests decode and re-encode (`node-agent/src/backend/ipvs/fixtures/`).
+/// codec's unit tests decode and re-encode (`dataplane/src/ipvs/fixtures/`).
 #[test]
 #[ignore = "needs IPVS: run inside the VM by ipvs_backend_passes_its_kernel_tests_inside_the_vm"]
 fn in_vm_kernel_answers_match_the_committed_captures() {

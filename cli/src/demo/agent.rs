@@ -17,8 +17,8 @@ use switchyard_api::policy::LinkedRuleset;
 use switchyard_api::proxynode::SwitchStep;
 use switchyard_dataplane::Dataplane;
 use switchyard_dataplane::settings::Settings;
-use switchyard_e2e::HarnessError;
-use switchyard_e2e::netns::Netns;
+use switchyard_lab::HarnessError;
+use switchyard_lab::netns::Netns;
 
 use super::nsthread::{runtime, spawn_in};
 

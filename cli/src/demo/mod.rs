@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use switchyard_api::Mode;
 use switchyard_api::proxyconfig::RolloutPhase;
-use switchyard_e2e::HarnessError;
+use switchyard_lab::HarnessError;
 
 pub use agent::SwitchReport;
 pub use layout::Layout;

@@ -4,8 +4,8 @@
 
 use std::thread::JoinHandle;
 
-use switchyard_e2e::HarnessError;
-use switchyard_e2e::netns::{self, Netns};
+use switchyard_lab::HarnessError;
+use switchyard_lab::netns::{self, Netns};
 
 /// Run `work` on a new thread inside `ns`; the thread's result is `Err` when
 /// it could not enter the namespace or `work` failed.

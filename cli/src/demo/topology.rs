@@ -12,8 +12,8 @@
 //! service CIDR onto the LAN (so locally originated traffic to a cluster IP has
 //! a route for the nat hooks to act on). Nothing is connected to the host namespace.
 
-use switchyard_e2e::HarnessError;
-use switchyard_e2e::netns::Netns;
+use switchyard_lab::HarnessError;
+use switchyard_lab::netns::Netns;
 
 use super::layout::{Layout, PODS_PER_NODE, Pod};
 

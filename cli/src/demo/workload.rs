@@ -365,7 +365,7 @@ async fn udp_request(target: Target, client: String, counters: Arc<Counters>) {
 mod tests {
     use std::net::{Ipv4Addr, SocketAddrV4};
 
-    use switchyard_e2e::netns::Netns;
+    use switchyard_lab::netns::Netns;
 
     use super::*;
     use crate::demo::nsthread::{runtime, spawn_in};

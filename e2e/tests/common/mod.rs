@@ -1,12 +1,27 @@
-//! Shared by the per-mode scenario tests: run every scenario in
-//! `e2e/scenarios/` with the scenario binary and require no failure.
+//! Shared by the end-to-end tests: the lab's binaries, and every scenario in
+//! `e2e/scenarios/` run with the scenario binary, requiring no failure.
+#![allow(dead_code)] // each test binary uses a different part
 
+use std::path::PathBuf;
 use std::process::Command;
+
+/// The lab's binary `name` (`scenario`, `dataplane-bench`), built by cargo if
+/// it is not up to date: a binary of another package has no `CARGO_BIN_EXE_*`.
+pub fn lab_bin(name: &str) -> PathBuf {
+    escargot::CargoBuild::new()
+        .manifest_path(concat!(env!("CARGO_MANIFEST_DIR"), "/lab/Cargo.toml"))
+        .bin(name)
+        .current_release()
+        .run()
+        .unwrap_or_else(|e| panic!("build the lab's {name}: {e}"))
+        .path()
+        .to_path_buf()
+}
 
 /// Runs `scenario --mode <mode> e2e/scenarios` and asserts `N passed, 0 failed` with N > 0.
 pub fn every_scenario_passes(mode: &str) {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios");
-    let out = Command::new(env!("CARGO_BIN_EXE_scenario"))
+    let out = Command::new(lab_bin("scenario"))
         .args(["--mode", mode, dir])
         .output()
         .unwrap_or_else(|e| panic!("run the scenario binary: {e}"));

@@ -5,7 +5,7 @@
 //! Everything happens in a network namespace, a bpffs and a child cgroup this
 //! program creates and removes. Prints one table.
 //!
-//! `cargo run -p switchyard-agent --bin ebpf-bench -- [--services N] [--endpoints M] [--connects K]`
+//! `cargo run -p switchyard-lab --bin ebpf-bench -- [--services N] [--endpoints M] [--connects K]`
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;

@@ -8,10 +8,10 @@
 //! exit status.
 //!
 //! ```no_run
-//! # use switchyard_e2e::vm::VmRunner;
+//! # use switchyard_lab::vm::VmRunner;
 //! let out = VmRunner::new()?.run("/bin/true".as_ref(), &[], &[])?;
 //! assert_eq!(out.exit_code, 0);
-//! # Ok::<(), switchyard_e2e::vm::VmError>(())
+//! # Ok::<(), switchyard_lab::vm::VmError>(())
 //! ```
 
 pub mod cpio;
@@ -311,7 +311,7 @@ fn cache_dir() -> PathBuf {
             .map(Path::to_path_buf)
     });
     from_exe
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
         .join("vm-cache")
 }
 

@@ -25,8 +25,8 @@ use switchyard_api::ruleset::{
 use switchyard_dataplane::exec::RealRunner;
 use switchyard_dataplane::settings::{LocalDetector, Settings};
 use switchyard_dataplane::{ApplyStats, for_mode};
-use switchyard_e2e::cleanup;
-use switchyard_e2e::netns::{self, Netns};
+use switchyard_lab::cleanup;
+use switchyard_lab::netns::{self, Netns};
 
 #[derive(Parser)]
 #[command(about)]
@@ -56,13 +56,13 @@ struct Cli {
 #[derive(Debug, thiserror::Error)]
 enum BenchError {
     #[error(transparent)]
-    Harness(#[from] switchyard_e2e::HarnessError),
+    Harness(#[from] switchyard_lab::HarnessError),
     #[error("{mode} sync: {message}")]
     Sync { mode: Mode, message: String },
     #[error("bad size {0:?} (want SERVICESxENDPOINTS)")]
     Size(String),
     #[error(
-        "ebpf is measured by `cargo run --release -p switchyard-agent --bin ebpf-bench` (its cgroup hooks need a scratch cgroup, not the node's root)"
+        "ebpf is measured by `cargo run --release -p switchyard-lab --bin ebpf-bench` (its cgroup hooks need a scratch cgroup, not the node's root)"
     )]
     EbpfHere,
     #[error("{what}: {source}")]

@@ -161,7 +161,7 @@ impl ModeHooks for EbpfHooks {
             return Some(
                 "a socket bound to a loopback address cannot be connected to an endpoint \
                  (EINVAL); eBPF serves localhost NodePorts to unbound sockets, tested in \
-                 backend::ebpf::tests::sock_cgroup"
+                 switchyard_dataplane::ebpf::tests::sock_cgroup"
                     .to_string(),
             );
         }

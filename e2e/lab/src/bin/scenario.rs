@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use switchyard_api::Mode;
-use switchyard_e2e::probe::{self, Listen};
-use switchyard_e2e::runner::{self, Options, Totals};
-use switchyard_e2e::{cleanup, hooks, netns, vm};
+use switchyard_lab::probe::{self, Listen};
+use switchyard_lab::runner::{self, Options, Totals};
+use switchyard_lab::{cleanup, hooks, netns, vm};
 
 #[derive(Parser)]
 #[command(about, args_conflicts_with_subcommands = true)]

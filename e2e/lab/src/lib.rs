@@ -1,5 +1,6 @@
-//! Switchyard's end-to-end harness: scenario files run against a real kernel
-//! dataplane in network namespaces the runner creates (and always removes).
+//! Switchyard's network-namespace lab, shared by the end-to-end tests and the
+//! CLI's demo: scenario files run against a real kernel dataplane in network
+//! namespaces the runner creates (and always removes).
 //!
 //! - [`scenario`]: the file format (kube-proxy packet-flow test semantics).
 //! - [`topology`]: the namespaces of one scenario and their links.

@@ -16,7 +16,8 @@ use std::sync::{OnceLock, mpsc};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use switchyard_lab::netns::{Netns, child_setup};
+use switchyard_lab::cleanup::child_setup;
+use switchyard_lab::netns::Netns;
 use tempfile::TempDir;
 
 /// A container that has not exited by then has hung (deadlock guard).

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use switchyard_api::ruleset::IpFamily;
 
 use super::ir::{Chain, Key, Match, Plan, ServicePlan, Set, Stmt, Table, Verdict};
-use super::text::Transaction;
+use super::transaction::Transaction;
 
 /// Which service ports put a key into a shared set or map, with their values.
 #[derive(Clone, Debug, PartialEq, Eq)]

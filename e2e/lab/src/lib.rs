@@ -9,8 +9,12 @@
 //! - [`hooks`]: where a mode plugs in (dataplane, client cgroup, skips).
 //! - [`runner`]: compile, link, apply, send connections, judge, report.
 //! - [`vm`]: Debian's stock kernel in qemu, for IPVS when the host lacks it.
+//! - [`controlplane`]: etcd, kube-apiserver and kube-controller-manager on loopback.
+//! - [`cleanup`]: what is undone on drop and on SIGINT/SIGTERM.
 
 pub mod agent;
+pub mod cleanup;
+pub mod controlplane;
 pub mod ebpf;
 pub mod hooks;
 pub mod netns;

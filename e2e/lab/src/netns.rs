@@ -1,24 +1,19 @@
 //! Network namespaces the runner creates, always removed: [`Netns`] deletes
-//! its namespace on drop, and every live name is also in a process-wide
-//! registry that the SIGINT/SIGTERM handler thread ([`install_signal_cleanup`])
-//! empties before exiting. Child processes are killed with the runner
-//! (PR_SET_PDEATHSIG), so nothing holds a namespace after it is gone.
+//! its namespace on drop, and every live one is also in the cleanup registry
+//! ([`crate::cleanup`]) that the SIGINT/SIGTERM handler empties before exiting.
+//! Child processes are killed with the runner (PR_SET_PDEATHSIG), so nothing
+//! holds a namespace after it is gone.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::sync::Mutex;
+use std::process::Command;
 
 use switchyard_dataplane::exec::{RealRunner, Runner};
 
 use crate::HarnessError;
-
-static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-fn live() -> std::sync::MutexGuard<'static, Vec<String>> {
-    LIVE.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use crate::cleanup::{self, Registration};
 
 /// Run `ip` (only `ip netns add/del` in the host namespace; `-n NAME` otherwise).
 pub fn ip(args: &[&str]) -> Result<(), HarnessError> {
@@ -40,19 +35,23 @@ fn run_ip(args: &[&str], stdin: Option<&str>) -> Result<(), HarnessError> {
 #[derive(Debug)]
 pub struct Netns {
     name: String,
+    _registered: Registration,
 }
 
 impl Netns {
     pub fn create(name: &str) -> Result<Netns, HarnessError> {
-        // The registry stays locked while the namespace is created, so the
-        // signal thread never misses one that is half made.
-        {
-            let mut live = live();
-            ip(&["netns", "add", name])?;
-            live.push(name.to_string());
-        }
+        let ((), registered) = cleanup::guarded(
+            || ip(&["netns", "add", name]),
+            |()| {
+                let name = name.to_string();
+                move || {
+                    let _ = ip(&["netns", "del", &name]);
+                }
+            },
+        )?;
         let ns = Netns {
             name: name.to_string(),
+            _registered: registered,
         };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
@@ -114,10 +113,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let mut live = live();
         // Best effort: a failure here is reported by `ip netns list` afterwards.
+        // The registration goes after this, with the struct's fields.
         let _ = ip(&["netns", "del", &self.name]);
-        live.retain(|n| n != &self.name);
     }
 }
 
@@ -150,6 +148,21 @@ pub fn sweep_orphans(tags: &[&str]) -> Vec<String> {
     removed
 }
 
+/// Make `cmd`'s child enter the namespace `file` refers to between fork and
+/// exec (the command keeps the file open until it is dropped).
+pub fn enter_on_exec(cmd: &mut Command, file: File) {
+    // SAFETY: only the async-signal-safe setns syscall runs between fork and
+    // exec, on a descriptor the closure owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Move the calling thread into the namespace `file` refers to.
 pub fn enter(file: &File) -> Result<(), HarnessError> {
     // SAFETY: setns on a valid namespace fd only changes this thread's namespace.
@@ -161,51 +174,4 @@ pub fn enter(file: &File) -> Result<(), HarnessError> {
         });
     }
     Ok(())
-}
-
-fn signal_set() -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise the set in place.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        set
-    }
-}
-
-/// Block SIGINT/SIGTERM/SIGHUP in every thread and handle them in one thread
-/// that deletes every live namespace, then exits with 130. Call first in main,
-/// before any other thread starts.
-pub fn install_signal_cleanup() {
-    let set = signal_set();
-    // SAFETY: blocking signals in the calling (main) thread; threads spawned later inherit it.
-    unsafe {
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-    std::thread::spawn(move || {
-        let mut sig: libc::c_int = 0;
-        // SAFETY: sigwait on a valid, blocked set.
-        unsafe {
-            libc::sigwait(&set, &mut sig);
-        }
-        // Held until exit: no namespace is created after this point.
-        let live = live();
-        for name in live.iter() {
-            let _ = ip(&["netns", "del", name]);
-        }
-        eprintln!("interrupted (signal {sig}): namespaces removed");
-        std::process::exit(130);
-    });
-}
-
-/// For child processes: restore the default signal mask and die with the parent.
-pub fn child_setup() {
-    let set = signal_set();
-    // SAFETY: unblocking signals and setting the parent-death signal for this process.
-    unsafe {
-        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-    }
 }

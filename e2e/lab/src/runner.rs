@@ -5,8 +5,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -23,7 +21,7 @@ use switchyard_dataplane::settings::{LocalDetector, NodePortAddresses, Settings}
 use crate::HarnessError;
 use crate::agent::NodeAgent;
 use crate::hooks::ModeHooks;
-use crate::netns::Netns;
+use crate::netns::{self, Netns};
 use crate::probe::{self, Attempt, Listen};
 use crate::scenario::{Expected, Flow, NodeAddress, NodeSpec, Scenario, Stage};
 use crate::topology::{Place, Topology};
@@ -114,34 +112,21 @@ impl Drop for Children {
 
 /// Start this binary with `args` inside `ns`.
 fn spawn_in(ns: &Netns, args: &[String]) -> Result<Child, HarnessError> {
-    let file = ns.open()?;
-    let fd = file.as_raw_fd();
     let exe = std::env::current_exe().map_err(|source| HarnessError::Spawn {
         what: "current executable".into(),
         source,
     })?;
     let mut cmd = Command::new(exe);
     cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
-    // SAFETY: only the async-signal-safe setns syscall runs between fork and exec;
-    // `file` outlives the spawn, so `fd` is valid.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().map_err(|source| HarnessError::Spawn {
+    netns::enter_on_exec(&mut cmd, ns.open()?);
+    cmd.spawn().map_err(|source| HarnessError::Spawn {
         what: format!(
             "{} in {}",
             args.first().map_or("", |a| a.as_str()),
             ns.name()
         ),
         source,
-    });
-    drop(file);
-    child
+    })
 }
 
 /// One server per namespace with every endpoint and every flow destination

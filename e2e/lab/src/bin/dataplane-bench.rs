@@ -25,6 +25,7 @@ use switchyard_api::ruleset::{
 use switchyard_dataplane::exec::RealRunner;
 use switchyard_dataplane::settings::{LocalDetector, Settings};
 use switchyard_dataplane::{ApplyStats, for_mode};
+use switchyard_lab::cleanup;
 use switchyard_lab::netns::{self, Netns};
 
 #[derive(Parser)]
@@ -578,7 +579,7 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
 }
 
 fn main() -> ExitCode {
-    netns::install_signal_cleanup();
+    cleanup::install_signal_cleanup();
     let cli = Cli::parse();
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -43,11 +43,26 @@ pub enum Error {
     MissingName,
     #[error("the {kind} cache stopped before it was filled")]
     CacheNotReady { kind: &'static str },
-    #[error("lease {name}: {source}")]
+    #[error("{operation} lease {name}: {source}")]
     Lease {
         name: String,
+        operation: &'static str,
         #[source]
         source: kube::Error,
+    },
+    #[error("{operation} lease {name}: no answer within {after:?}")]
+    LeaseTimeout {
+        name: String,
+        operation: &'static str,
+        after: Duration,
+    },
+    #[error(
+        "lease timing: the lease duration ({lease_duration:?}) must exceed the renew deadline ({renew_deadline:?}), which must exceed the retry period ({retry_period:?}), which must not be zero"
+    )]
+    LeaseTiming {
+        lease_duration: Duration,
+        renew_deadline: Duration,
+        retry_period: Duration,
     },
     #[error("serving HTTP on {addr}: {source}")]
     Serve {
@@ -69,6 +84,8 @@ impl Error {
             Error::MissingName => "missing_name",
             Error::CacheNotReady { .. } => "cache_not_ready",
             Error::Lease { .. } => "lease",
+            Error::LeaseTimeout { .. } => "lease_timeout",
+            Error::LeaseTiming { .. } => "lease_timing",
             Error::Serve { .. } => "serve",
         }
     }

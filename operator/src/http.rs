@@ -1,4 +1,8 @@
 //! `/healthz`, `/readyz` and Prometheus `/metrics`.
+//!
+//! `/metrics` is the OpenMetrics text format (prometheus-client's `text`
+//! encoder, ending in `# EOF`) under its own Content-Type, as the node agent
+//! serves it: Prometheus refuses a scrape whose Content-Type it cannot read.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -6,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -24,10 +29,33 @@ pub struct Health {
     pub api_reachable: AtomicBool,
 }
 
+/// The Content-Type of the OpenMetrics text format.
+pub const OPENMETRICS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The Content-Type of the probes' answers and of errors.
+pub const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
+
 /// The answer to a probe or scrape.
-pub fn respond(path: &str, health: &Health, metrics: &Metrics) -> (StatusCode, String) {
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Reply {
+    fn text(status: StatusCode, body: impl Into<String>) -> Reply {
+        Reply {
+            status,
+            content_type: PLAIN_TEXT,
+            body: body.into(),
+        }
+    }
+}
+
+/// Answer a probe or scrape of `path`.
+pub fn respond(path: &str, health: &Health, metrics: &Metrics) -> Reply {
     match path {
-        "/healthz" => (StatusCode::OK, "ok\n".into()),
+        "/healthz" => Reply::text(StatusCode::OK, "ok\n"),
         "/readyz" => {
             let role = if health.leader.load(Ordering::Relaxed) {
                 "leader"
@@ -35,22 +63,26 @@ pub fn respond(path: &str, health: &Health, metrics: &Metrics) -> (StatusCode, S
                 "standby"
             };
             if health.api_reachable.load(Ordering::Relaxed) {
-                (StatusCode::OK, format!("ok ({role})\n"))
+                Reply::text(StatusCode::OK, format!("ok ({role})\n"))
             } else {
-                (
+                Reply::text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("the API server is not reachable ({role})\n"),
                 )
             }
         }
         "/metrics" => match metrics.encode() {
-            Ok(text) => (StatusCode::OK, text),
-            Err(_) => (
+            Ok(body) => Reply {
+                status: StatusCode::OK,
+                content_type: OPENMETRICS_TEXT,
+                body,
+            },
+            Err(_) => Reply::text(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "encoding metrics failed\n".into(),
+                "encoding metrics failed\n",
             ),
         },
-        _ => (StatusCode::NOT_FOUND, "not found\n".into()),
+        _ => Reply::text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
@@ -77,9 +109,12 @@ pub async fn serve(
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| {
-                let (status, body) = respond(request.uri().path(), &health, &metrics);
-                let mut response = Response::new(Full::new(Bytes::from(body)));
-                *response.status_mut() = status;
+                let reply = respond(request.uri().path(), &health, &metrics);
+                let mut response = Response::new(Full::new(Bytes::from(reply.body)));
+                *response.status_mut() = reply.status;
+                response
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
                 async move { Ok::<_, Infallible>(response) }
             });
             if let Err(error) = http1::Builder::new()

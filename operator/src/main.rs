@@ -1,5 +1,7 @@
 //! `switchyard-operator`: the ProxyConfig controller and the ruleset publisher,
-//! run by whichever replica holds the Lease.
+//! run by whichever replica holds the Lease. A replica that loses the Lease
+//! stops them at once and stands by to win it back; on SIGTERM the leader
+//! finishes its work and releases the Lease.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use switchyard_compiler::{CompileSettings, DEFAULT_SHARD_BUDGET_BYTES};
 use switchyard_operator::clock::SystemClock;
 use switchyard_operator::controller::{self, reporter};
 use switchyard_operator::http::{Health, serve};
-use switchyard_operator::leader::{LeaderElector, LeaseSettings};
+use switchyard_operator::leader::{LeaderElector, LeaseSettings, run_while_leader};
 use switchyard_operator::metrics::Metrics;
 use switchyard_operator::shards::run_publisher;
 use tokio::sync::watch;
@@ -52,9 +54,17 @@ struct Args {
     /// This replica's identity in the Lease and in Events.
     #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
-    /// Seconds without renewal after which another replica takes over.
+    /// Seconds a standby waits after it last saw the Lease change before it
+    /// takes over (client-go's LeaseDuration).
     #[arg(long, default_value_t = 15)]
     lease_seconds: u64,
+    /// Seconds the leader keeps leading without a successful renewal; below
+    /// --lease-seconds (client-go's RenewDeadline).
+    #[arg(long, default_value_t = 10)]
+    renew_deadline_seconds: u64,
+    /// Seconds between two attempts to take or renew the Lease (client-go's RetryPeriod).
+    #[arg(long, default_value_t = 2)]
+    retry_period_seconds: u64,
     /// Added to a pool's verification timeout before a switching node counts as failed.
     #[arg(long, default_value_t = 60)]
     switch_margin_seconds: u64,
@@ -73,6 +83,36 @@ fn init_logs(format: LogFormat) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// The leader's work: the ProxyConfig controller and the shard publisher,
+/// until `stop` turns true.
+async fn controllers(
+    client: Client,
+    args: &Args,
+    metrics: Arc<Metrics>,
+    holder: String,
+    stop: watch::Receiver<bool>,
+) {
+    let pools = controller::run(
+        client.clone(),
+        metrics.clone(),
+        Arc::new(SystemClock),
+        Duration::from_secs(args.switch_margin_seconds),
+        Some(holder.clone()),
+        stopped(stop.clone()),
+    );
+    let publisher = run_publisher(
+        client.clone(),
+        CompileSettings {
+            proxy_name: args.proxy_name.clone(),
+        },
+        args.shard_budget_bytes,
+        Recorder::new(client, reporter(Some(holder))),
+        metrics,
+        stopped(stop),
+    );
+    tokio::join!(pools, publisher);
 }
 
 /// Resolves once `stop` turns true.
@@ -106,6 +146,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .clone()
         .unwrap_or_else(|| format!("switchyard-operator-{}", std::process::id()));
 
+    let mut elector = LeaderElector::new(
+        Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
+        LeaseSettings {
+            name: args.lease_name.clone(),
+            holder: holder.clone(),
+            lease_duration: Duration::from_secs(args.lease_seconds),
+            renew_deadline: Duration::from_secs(args.renew_deadline_seconds),
+            retry_period: Duration::from_secs(args.retry_period_seconds),
+        },
+        Arc::new(SystemClock),
+        health.clone(),
+    )?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener = tokio::net::TcpListener::bind(args.http_addr).await?;
     let server = tokio::spawn(serve(
@@ -120,59 +172,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = stop_on_signal.send(true);
     });
 
-    let elector = LeaderElector::new(
-        Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
-        LeaseSettings {
-            name: args.lease_name.clone(),
-            holder: holder.clone(),
-            duration: Duration::from_secs(args.lease_seconds),
-            renew_every: Duration::from_secs((args.lease_seconds / 3).max(1)),
-        },
-        Arc::new(SystemClock),
-        health.clone(),
-    );
-    tokio::select! {
-        () = elector.acquire() => {}
-        () = stopped(stop_rx.clone()) => {
-            let _ = server.await;
-            return Ok(());
-        }
-    }
-
-    let mut lost = false;
-    let controllers = async {
-        let pools = controller::run(
+    let lead = || {
+        controllers(
             client.clone(),
+            &args,
             metrics.clone(),
-            Arc::new(SystemClock),
-            Duration::from_secs(args.switch_margin_seconds),
-            Some(holder.clone()),
-            stopped(stop_rx.clone()),
-        );
-        let publisher = run_publisher(
-            client.clone(),
-            CompileSettings {
-                proxy_name: args.proxy_name.clone(),
-            },
-            args.shard_budget_bytes,
-            Recorder::new(client.clone(), reporter(Some(holder.clone()))),
-            metrics.clone(),
-            stopped(stop_rx.clone()),
-        );
-        tokio::join!(pools, publisher);
+            holder.clone(),
+            stop_rx.clone(),
+        )
     };
-    tokio::select! {
-        () = controllers => {}
-        () = elector.hold() => lost = true,
-    }
+    run_while_leader(&mut elector, lead, stopped(stop_rx.clone())).await;
     let _ = stop_tx.send(true);
-    if !lost && let Err(e) = elector.release().await {
-        error!(error = %e, "releasing the lease");
-    }
     let _ = server.await;
-    if lost {
-        // Another replica leads now; exit so this one restarts as a standby.
-        return Err("lost the leader lease".into());
-    }
     Ok(())
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use http::StatusCode;
-use switchyard_operator::http::{Health, respond, serve};
+use switchyard_operator::http::{Health, OPENMETRICS_TEXT, PLAIN_TEXT, Reply, respond, serve};
 use switchyard_operator::metrics::Metrics;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -12,26 +12,38 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 fn readyz_follows_the_api_and_names_the_role() {
     let health = Health::default();
     let metrics = Metrics::default();
-    assert_eq!(respond("/healthz", &health, &metrics).0, StatusCode::OK);
-    let (status, body) = respond("/readyz", &health, &metrics);
     assert_eq!(
-        (status, body.as_str()),
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the API server is not reachable (standby)\n"
-        )
+        respond("/healthz", &health, &metrics).status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        respond("/readyz", &health, &metrics),
+        Reply {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            content_type: PLAIN_TEXT,
+            body: "the API server is not reachable (standby)\n".into(),
+        }
     );
     health.api_reachable.store(true, Ordering::Relaxed);
     health.leader.store(true, Ordering::Relaxed);
     assert_eq!(
         respond("/readyz", &health, &metrics),
-        (StatusCode::OK, "ok (leader)\n".into())
+        Reply {
+            status: StatusCode::OK,
+            content_type: PLAIN_TEXT,
+            body: "ok (leader)\n".into(),
+        }
     );
-    assert_eq!(respond("/nope", &health, &metrics).0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        respond("/nope", &health, &metrics).status,
+        StatusCode::NOT_FOUND
+    );
 }
 
+/// Prometheus refuses a scrape whose Content-Type it cannot read (it sent
+/// none before): the body is OpenMetrics, so is the header.
 #[tokio::test]
-async fn metrics_are_served_in_the_text_format() {
+async fn metrics_are_served_as_openmetrics_under_its_content_type() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let metrics = Arc::new(Metrics::default());
@@ -51,7 +63,14 @@ async fn metrics_are_served_in_the_text_format() {
         .unwrap();
     let mut response = String::new();
     conn.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(
+        head.lines()
+            .any(|line| line.eq_ignore_ascii_case(&format!("content-type: {OPENMETRICS_TEXT}"))),
+        "{head}"
+    );
+    assert!(body.ends_with("# EOF\n"), "{body}");
     assert!(
         response.contains("switchyard_operator_reconciliations_total 1"),
         "{response}"

@@ -4,5 +4,6 @@
 
 pub mod agent;
 pub mod clock;
+pub mod lease;
 pub mod objects;
 pub mod verifier;

@@ -12,9 +12,10 @@ use serde_json::{Value, json};
 use switchyard_agent::health::{
     HealthCheckServers, ProxyHealth, health_check_services, proxy_health_handler,
 };
-use switchyard_agent::http::{Rebindable, serve};
+use switchyard_agent::http::Rebindable;
 use switchyard_api::policy::link;
 use switchyard_api::ruleset::{Ruleset, ServicePortRule, TrafficPolicy};
+use switchyard_daemon::http::serve;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

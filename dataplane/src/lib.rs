@@ -13,6 +13,7 @@ pub mod conntrack;
 pub mod exec;
 pub mod kubeproxy;
 pub mod settings;
+pub mod sysctl;
 
 pub mod ebpf;
 pub mod iptables;
@@ -155,7 +156,7 @@ pub fn for_mode(mode: Mode, runner: Arc<dyn Runner>) -> Result<Box<dyn Dataplane
     match mode {
         Mode::Iptables => Ok(Box::new(iptables::IptablesBackend::new(
             runner,
-            Arc::new(iptables::sysctl::ProcSysctl),
+            Arc::new(sysctl::ProcSysctl),
         ))),
         Mode::Nftables => Ok(Box::new(nftables::NftablesBackend::new(runner))),
         // A node's defaults: /sys/fs/bpf/switchyard and the cgroup v2 ROOT.

@@ -7,7 +7,6 @@ pub mod names;
 pub mod plan;
 pub mod render;
 pub mod rule;
-pub mod sysctl;
 pub mod trace;
 
 #[cfg(test)]
@@ -21,7 +20,7 @@ use switchyard_api::ruleset::IpFamily;
 
 use self::plan::{AppliedFamily, FamilyPlan, JumpRule};
 use self::rule::Table;
-use self::sysctl::Sysctl;
+use crate::sysctl::Sysctl;
 use super::{ApplyStats, Backend, BackendError};
 use crate::conntrack::{self, UdpSnapshot};
 use crate::exec::{ExecError, Runner};

@@ -7,7 +7,7 @@ use switchyard_api::Mode;
 use switchyard_api::policy::{LinkedRuleset, NodeInfo, link};
 use switchyard_compiler::{CompileSettings, Snapshot, compile, parse_objects};
 
-use super::sysctl::FakeSysctl;
+use crate::sysctl::FakeSysctl;
 use super::*;
 use crate::exec::{Call, ExecError, FakeRunner, Runner};
 use crate::settings::{LocalDetector, Settings};

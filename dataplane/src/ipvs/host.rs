@@ -1,6 +1,6 @@
 //! The non-IPVS kernel objects of the mode, through the command-line tools
-//! (`ip`, `ipset`, `iptables-restore`) of [`Runner`] and the [`Sysctl`] writer:
-//! the dummy interface and its addresses, the ipsets, our chains, sysctls.
+//! (`ip`, `ipset`, `iptables-restore`) of [`Runner`]: the dummy interface and
+//! its addresses, the ipsets, our chains; and the sysctls the mode needs.
 //! Every command acts in the caller's network namespace.
 
 use std::collections::BTreeSet;
@@ -11,37 +11,6 @@ use switchyard_api::ruleset::IpFamily;
 use super::plan::{DUMMY_INTERFACE, FamilyRules, IpSet};
 use super::render::our_chains;
 use crate::exec::{ExecError, Runner};
-
-/// Writes sysctls of the caller's network namespace.
-pub trait Sysctl: Send + Sync {
-    fn set(&self, key: &str, value: &str) -> std::io::Result<()>;
-}
-
-/// Writes `/proc/sys/...`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ProcSysctl;
-
-impl Sysctl for ProcSysctl {
-    fn set(&self, key: &str, value: &str) -> std::io::Result<()> {
-        std::fs::write(format!("/proc/sys/{}", key.replace('.', "/")), value)
-    }
-}
-
-/// Records sysctl writes (unit tests).
-#[derive(Debug, Default)]
-pub struct FakeSysctl {
-    pub written: std::sync::Mutex<Vec<(String, String)>>,
-}
-
-impl Sysctl for FakeSysctl {
-    fn set(&self, key: &str, value: &str) -> std::io::Result<()> {
-        self.written
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push((key.to_string(), value.to_string()));
-        Ok(())
-    }
-}
 
 /// The sysctls IPVS mode needs (kube-proxy's), plus strictARP's when set.
 pub fn sysctls(strict_arp: bool) -> Vec<(&'static str, &'static str)> {

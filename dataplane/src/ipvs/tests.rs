@@ -15,8 +15,9 @@ use switchyard_api::ruleset::{
 
 use super::capture::parse_hex;
 use super::genl::{DestAttr, IpvsAttr, IpvsCmd, IpvsMessage, ServiceAttr, StatsAttr};
-use super::host::FakeSysctl;
-use super::kernel::{FakeIpvs, Ipvs, IpvsKernel};
+use crate::sysctl::FakeSysctl;
+use super::fake::FakeIpvs;
+use super::kernel::{Ipvs, IpvsKernel};
 use super::objects::{DestState, ServiceKey, Timeouts, VirtualServer};
 use super::plan::SetEntry;
 use super::*;

@@ -16,9 +16,9 @@ use switchyard_agent::standalone::{self, StandaloneOptions};
 use switchyard_agent::status::{ApiStatusWriter, StatusReporter};
 use switchyard_agent::switch::{BackendFactory, DataplaneFactory, TcpProbe};
 use switchyard_agent::{sync, watch};
-use switchyard_daemon::signal::shutdown_requested;
 use switchyard_api::Mode;
 use switchyard_api::duration::parse_duration;
+use switchyard_daemon::signal::shutdown_requested;
 use switchyard_dataplane::exec::RealRunner;
 use switchyard_dataplane::kubeproxy::KubeProxyNftables;
 

@@ -20,11 +20,11 @@ use switchyard_api::ruleset::IpFamily;
 
 use self::plan::{AppliedFamily, FamilyPlan, JumpRule};
 use self::rule::Table;
-use crate::sysctl::Sysctl;
 use super::{ApplyStats, Backend, BackendError};
 use crate::conntrack::{self, UdpSnapshot};
 use crate::exec::{ExecError, Runner};
 use crate::settings::Settings;
+use crate::sysctl::Sysctl;
 
 pub use self::plan::Plan;
 

@@ -30,8 +30,8 @@ use switchyard_api::ruleset::{IpFamily, Protocol};
 
 use crate::conntrack::{self, UdpSnapshot};
 use crate::exec::{ExecError, Runner};
-use crate::sysctl::{ProcSysctl, Sysctl};
 use crate::settings::Settings;
+use crate::sysctl::{ProcSysctl, Sysctl};
 use crate::{ApplyStats, Backend, BackendError};
 use host::Host;
 use kernel::{Ipvs, IpvsKernel, KernelError};

@@ -14,9 +14,8 @@ use switchyard_api::ruleset::{
 };
 
 use super::capture::parse_hex;
-use super::genl::{DestAttr, IpvsAttr, IpvsCmd, IpvsMessage, ServiceAttr, StatsAttr};
-use crate::sysctl::FakeSysctl;
 use super::fake::FakeIpvs;
+use super::genl::{DestAttr, IpvsAttr, IpvsCmd, IpvsMessage, ServiceAttr, StatsAttr};
 use super::kernel::{Ipvs, IpvsKernel};
 use super::objects::{DestState, ServiceKey, Timeouts, VirtualServer};
 use super::plan::SetEntry;
@@ -24,6 +23,7 @@ use super::*;
 use crate::Backend;
 use crate::exec::FakeRunner;
 use crate::settings::Settings;
+use crate::sysctl::FakeSysctl;
 
 fn decode(fixture: &str) -> (Vec<u8>, NetlinkMessage<GenlMessage<IpvsMessage>>) {
     let bytes = parse_hex(fixture);

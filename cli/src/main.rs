@@ -157,7 +157,7 @@ fn main() -> ExitCode {
     if matches!(cli.command, Command::Demo { .. }) {
         // Before any thread starts: Ctrl-C (SIGINT/SIGTERM/SIGHUP) removes every
         // namespace the demo created, and with them their links and rules.
-        switchyard_lab::netns::install_signal_cleanup();
+        switchyard_lab::cleanup::install_signal_cleanup();
     }
     match run(cli.command) {
         Ok(code) => ExitCode::from(code),

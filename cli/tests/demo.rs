@@ -9,6 +9,7 @@ use std::time::Duration;
 use switchyard_api::Mode;
 use switchyard_api::proxyconfig::RolloutPhase;
 use switchyard_cli::demo::{DemoOptions, Progress, run_demo};
+use switchyard_lab::netns::is_root;
 
 /// One demo at a time: they share the machine's two cores.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -17,8 +18,7 @@ fn migrate(from: Mode, to: Mode) {
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         eprintln!("SKIP demo {from} -> {to}: needs root");
         return;
     }

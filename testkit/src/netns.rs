@@ -143,11 +143,6 @@ impl Netns {
         run("ip", &full, stdin)
     }
 
-    /// Run a shell script inside the namespace; its output.
-    pub fn sh(&self, script: &str) -> Result<String, NetnsError> {
-        self.exec("sh", &["-c", script], None)
-    }
-
     /// Write sysctls (`net.ipv4.ip_forward` style names) of this namespace.
     pub fn sysctls(&self, settings: &[(&str, &str)]) -> Result<(), NetnsError> {
         self.run(|| {

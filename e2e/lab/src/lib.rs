@@ -9,16 +9,19 @@
 //! - [`hooks`]: where a mode plugs in (dataplane, client cgroup, skips).
 //! - [`runner`]: compile, link, apply, send connections, judge, report.
 //! - [`vm`]: Debian's stock kernel in qemu, for IPVS when the host lacks it.
+//! - [`netns`], [`cleanup`]: the test kit's network namespaces and cleanup
+//!   registry (`switchyard-testkit`), which the lab's users reach through it.
 
 pub mod agent;
 pub mod ebpf;
 pub mod hooks;
-pub mod netns;
 pub mod probe;
 pub mod runner;
 pub mod scenario;
 pub mod topology;
 pub mod vm;
+
+pub use switchyard_testkit::{cleanup, netns};
 
 /// The harness could not set a scenario up or run it.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +36,8 @@ pub enum HarnessError {
     Setup { what: String, message: String },
     #[error("agent could not {what}: {message}")]
     Agent { what: String, message: String },
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
     #[error(transparent)]
     Scenario(#[from] scenario::ScenarioError),
 }

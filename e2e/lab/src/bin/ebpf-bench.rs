@@ -8,7 +8,6 @@
 //! `cargo run -p switchyard-lab --bin ebpf-bench -- [--services N] [--endpoints M] [--connects K]`
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -21,56 +20,17 @@ use switchyard_dataplane::ebpf::EbpfBackend;
 use switchyard_dataplane::ebpf::kernel::{AyaKernel, KernelConfig};
 use switchyard_dataplane::ebpf::scratch::{ScratchBpffs, ScratchCgroup};
 use switchyard_dataplane::settings::Settings;
+use switchyard_lab::netns::{Netns, NetnsError, enter_on_exec};
 
 const BACKEND: &str = "10.200.0.1:8080";
 /// Interleaved measurement rounds per connect kind.
 const ROUNDS: u32 = 21;
 
-struct Netns(String);
-
-impl Netns {
-    fn create(name: String) -> Result<Netns, String> {
-        run(&["netns", "add", &name])?;
-        let ns = Netns(name);
-        run(&["-n", &ns.0, "link", "set", "lo", "up"])?;
-        run(&["-n", &ns.0, "addr", "add", "10.200.0.1/32", "dev", "lo"])?;
-        Ok(ns)
-    }
-
-    fn file(&self) -> Result<std::fs::File, String> {
-        std::fs::File::open(format!("/var/run/netns/{}", self.0)).map_err(|e| e.to_string())
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
-fn run(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-fn enter(ns: &Netns) -> Result<(), String> {
-    let file = ns.file()?;
-    // SAFETY: a valid namespace fd; only the calling thread switches.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error().to_string());
-    }
-    Ok(())
+/// The bench's namespace: only `lo`, with the backend's address on it.
+fn namespace(name: &str) -> Result<Netns, NetnsError> {
+    let ns = Netns::create(name)?;
+    ns.ip(&["addr", "add", "10.200.0.1/32", "dev", "lo"])?;
+    Ok(ns)
 }
 
 /// A `/proc/self/status` figure in KiB (`VmRSS`, `VmHWM`).
@@ -164,8 +124,6 @@ fn measure(
     count: u32,
 ) -> Result<u64, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let file = ns.file()?;
-    let fd = file.as_raw_fd();
     let procs = cgroup
         .map(|c| {
             std::ffi::CString::new(c.dir().join("cgroup.procs").as_os_str().as_encoded_bytes())
@@ -175,13 +133,11 @@ fn measure(
     let mut cmd = Command::new(exe);
     cmd.args(["__client", dst, &count.to_string()])
         .stdout(Stdio::piped());
-    // SAFETY: only async-signal-safe calls between fork and exec (setns, open,
+    enter_on_exec(&mut cmd, ns.open().map_err(|e| e.to_string())?);
+    // SAFETY: only async-signal-safe calls between fork and exec (open,
     // write, close) on a path prepared before the fork.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
             if let Some(p) = &procs {
                 let f = libc::open(p.as_ptr(), libc::O_WRONLY);
                 if f < 0 || libc::write(f, b"0".as_ptr().cast(), 1) != 1 {
@@ -211,131 +167,179 @@ fn arg(args: &[String], name: &str, default: u32) -> u32 {
 
 fn bench(services: u32, per: u32, connects: u32) -> Result<(), String> {
     let tag = format!("sybpf-{}-bench", std::process::id());
-    let ns = Netns::create(tag.clone())?;
+    let ns = namespace(&tag).map_err(|e| e.to_string())?;
     let bpffs = ScratchBpffs::mount(&format!("{tag}-bpffs")).map_err(|e| e.to_string())?;
     let cgroup = ScratchCgroup::create(&tag).map_err(|e| e.to_string())?;
-    let ns_file = ns.file()?;
-    let pin_root = bpffs.dir().join("switchyard");
-    let cgroup_dir = cgroup.dir().to_path_buf();
+    let config = KernelConfig {
+        pin_root: bpffs.dir().join("switchyard"),
+        cgroup: Some(cgroup.dir().to_path_buf()),
+    };
 
     // The "agent": a thread in the namespace that owns the backend.
-    let report = std::thread::scope(|scope| {
-        scope
-            .spawn(|| -> Result<Vec<(String, String)>, String> {
-                drop(ns_file);
-                enter(&ns)?;
-                let listener = TcpListener::bind(BACKEND).map_err(|e| e.to_string())?;
-                std::thread::spawn(move || for _ in listener.incoming() {});
-                let node = NodeInfo {
-                    name: "bench-node".into(),
-                    zone: None,
-                    addresses: vec![IpAddr::V4(Ipv4Addr::new(10, 200, 0, 1))],
-                };
-                // No devices: the namespace has only lo, so no tc program is attached.
-                let settings = Settings::defaults(Mode::Ebpf);
-                let mut backend = EbpfBackend::new(AyaKernel::new(KernelConfig {
-                    pin_root,
-                    cgroup: Some(cgroup_dir),
-                }));
-                let rss_before = retained_rss_kib();
-                // Load and attach the programs first, so the next apply is map writes only.
-                let start = Instant::now();
-                let empty = backend.render(&link(&Ruleset::default(), &node), &settings);
-                backend.apply(&empty).map_err(|e| e.to_string())?;
-                let load_time = start.elapsed();
-                let rs = ruleset(services, per, 0);
-                let start = Instant::now();
-                let linked = link(&rs, &node);
-                let plan = backend.render(&linked, &settings);
-                let render_time = start.elapsed();
-                let stats = backend.apply(&plan).map_err(|e| e.to_string())?;
-                let full_time = start.elapsed();
-                drop((plan, linked));
-                let rss_after = retained_rss_kib();
-                let rss_peak = status_kib("VmHWM:");
-
-                let mut updates = Vec::new();
-                for generation in 1..=11 {
-                    let rs = ruleset(services, per, generation);
-                    let linked = link(&rs, &node);
-                    let plan = backend.render(&linked, &settings);
-                    let start = Instant::now();
-                    let s = backend.apply(&plan).map_err(|e| e.to_string())?;
-                    updates.push((start.elapsed(), s.written));
-                }
-                updates.sort();
-                let (update, written) = updates[updates.len() / 2];
-
-                // Interleaved rounds, so machine noise hits all three alike.
-                let vip = "10.96.0.0:80";
-                let (mut lb, mut plain, mut hooked) = (Vec::new(), Vec::new(), Vec::new());
-                for _ in 0..ROUNDS {
-                    lb.push(measure(&ns, Some(&cgroup), vip, connects / ROUNDS)?);
-                    plain.push(measure(&ns, None, BACKEND, connects / ROUNDS)?);
-                    hooked.push(measure(&ns, Some(&cgroup), BACKEND, connects / ROUNDS)?);
-                }
-                let via_lb = median(lb).unwrap_or(0);
-                let direct = median(plain).unwrap_or(1);
-                let direct_in_cgroup = median(hooked).unwrap_or(0);
-                backend.cleanup().map_err(|e| e.to_string())?;
-                let ratio = via_lb as f64 / direct as f64;
-                Ok(vec![
-                    (
-                        "services / endpoints".into(),
-                        format!("{services} / {}", services * per),
-                    ),
-                    (
-                        "load + attach programs".into(),
-                        format!("{:.1} ms", load_time.as_secs_f64() * 1e3),
-                    ),
-                    (
-                        "full sync: link + render + map writes".into(),
-                        format!(
-                            "{} entries in {:.1} ms (link + render {:.1} ms)",
-                            stats.written,
-                            full_time.as_secs_f64() * 1e3,
-                            render_time.as_secs_f64() * 1e3
-                        ),
-                    ),
-                    (
-                        "one endpoint change (median of 11)".into(),
-                        format!("{:.3} ms, {written} map writes", update.as_secs_f64() * 1e3),
-                    ),
-                    (
-                        "connect() via ClusterIP (socket LB), median".into(),
-                        format!("{via_lb} ns"),
-                    ),
-                    (
-                        "connect() direct, no hook, median".into(),
-                        format!("{direct} ns"),
-                    ),
-                    (
-                        "connect() direct, hook attached, median".into(),
-                        format!("{direct_in_cgroup} ns"),
-                    ),
-                    (
-                        "ratio ClusterIP / direct (target <= 1.1)".into(),
-                        format!("{ratio:.2}"),
-                    ),
-                    (
-                        "agent RSS before / after load, ruleset held (target <= 64 MiB)".into(),
-                        format!("{} / {} MiB", rss_before / 1024, rss_after / 1024),
-                    ),
-                    (
-                        "agent peak RSS during the full sync".into(),
-                        format!("{} MiB", rss_peak / 1024),
-                    ),
-                ])
-            })
-            .join()
-            .map_err(|_| "agent thread panicked".to_string())?
-    })?;
+    let report = ns
+        .run(|| -> Result<Vec<(String, String)>, String> {
+            let listener = TcpListener::bind(BACKEND).map_err(|e| e.to_string())?;
+            std::thread::spawn(move || for _ in listener.incoming() {});
+            let mut backend = EbpfBackend::new(AyaKernel::new(config));
+            let syncs = measure_syncs(&mut backend, services, per)?;
+            let connects = measure_connects(&ns, &cgroup, connects)?;
+            backend.cleanup().map_err(|e| e.to_string())?;
+            Ok(report_rows(services, per, &syncs, &connects))
+        })
+        .map_err(|e| e.to_string())??;
     println!("| eBPF dataplane | value |");
     println!("| --- | --- |");
     for (k, v) in report {
         println!("| {k} | {v} |");
     }
     Ok(())
+}
+
+/// What loading, a full sync and endpoint changes cost.
+struct Syncs {
+    load: Duration,
+    render: Duration,
+    full: Duration,
+    full_written: u32,
+    /// Median of 11 endpoint changes, and the map writes it took.
+    update: Duration,
+    update_written: u32,
+    rss_before_kib: u64,
+    rss_after_kib: u64,
+    rss_peak_kib: u64,
+}
+
+fn measure_syncs(
+    backend: &mut EbpfBackend<AyaKernel>,
+    services: u32,
+    per: u32,
+) -> Result<Syncs, String> {
+    let node = NodeInfo {
+        name: "bench-node".into(),
+        zone: None,
+        addresses: vec![IpAddr::V4(Ipv4Addr::new(10, 200, 0, 1))],
+    };
+    // No devices: the namespace has only lo, so no tc program is attached.
+    let settings = Settings::defaults(Mode::Ebpf);
+    let rss_before_kib = retained_rss_kib();
+    // Load and attach the programs first, so the next apply is map writes only.
+    let start = Instant::now();
+    let empty = backend.render(&link(&Ruleset::default(), &node), &settings);
+    backend.apply(&empty).map_err(|e| e.to_string())?;
+    let load = start.elapsed();
+    let rs = ruleset(services, per, 0);
+    let start = Instant::now();
+    let linked = link(&rs, &node);
+    let plan = backend.render(&linked, &settings);
+    let render = start.elapsed();
+    let stats = backend.apply(&plan).map_err(|e| e.to_string())?;
+    let full = start.elapsed();
+    drop((plan, linked));
+    let rss_after_kib = retained_rss_kib();
+    let rss_peak_kib = status_kib("VmHWM:");
+
+    let mut updates = Vec::new();
+    for generation in 1..=11 {
+        let rs = ruleset(services, per, generation);
+        let linked = link(&rs, &node);
+        let plan = backend.render(&linked, &settings);
+        let start = Instant::now();
+        let s = backend.apply(&plan).map_err(|e| e.to_string())?;
+        updates.push((start.elapsed(), s.written));
+    }
+    updates.sort();
+    let (update, update_written) = updates[updates.len() / 2];
+    Ok(Syncs {
+        load,
+        render,
+        full,
+        full_written: stats.written,
+        update,
+        update_written,
+        rss_before_kib,
+        rss_after_kib,
+        rss_peak_kib,
+    })
+}
+
+/// Median connect times in ns: via the ClusterIP, direct, and direct from
+/// inside the hooked cgroup.
+struct Connects {
+    via_lb: u64,
+    direct: u64,
+    direct_in_cgroup: u64,
+}
+
+fn measure_connects(ns: &Netns, cgroup: &ScratchCgroup, connects: u32) -> Result<Connects, String> {
+    // Interleaved rounds, so machine noise hits all three alike.
+    let vip = "10.96.0.0:80";
+    let (mut lb, mut plain, mut hooked) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        lb.push(measure(ns, Some(cgroup), vip, connects / ROUNDS)?);
+        plain.push(measure(ns, None, BACKEND, connects / ROUNDS)?);
+        hooked.push(measure(ns, Some(cgroup), BACKEND, connects / ROUNDS)?);
+    }
+    Ok(Connects {
+        via_lb: median(lb).unwrap_or(0),
+        direct: median(plain).unwrap_or(1),
+        direct_in_cgroup: median(hooked).unwrap_or(0),
+    })
+}
+
+fn report_rows(services: u32, per: u32, s: &Syncs, c: &Connects) -> Vec<(String, String)> {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let ratio = c.via_lb as f64 / c.direct as f64;
+    [
+        (
+            "services / endpoints",
+            format!("{services} / {}", services * per),
+        ),
+        ("load + attach programs", format!("{:.1} ms", ms(s.load))),
+        (
+            "full sync: link + render + map writes",
+            format!(
+                "{} entries in {:.1} ms (link + render {:.1} ms)",
+                s.full_written,
+                ms(s.full),
+                ms(s.render)
+            ),
+        ),
+        (
+            "one endpoint change (median of 11)",
+            format!("{:.3} ms, {} map writes", ms(s.update), s.update_written),
+        ),
+        (
+            "connect() via ClusterIP (socket LB), median",
+            format!("{} ns", c.via_lb),
+        ),
+        (
+            "connect() direct, no hook, median",
+            format!("{} ns", c.direct),
+        ),
+        (
+            "connect() direct, hook attached, median",
+            format!("{} ns", c.direct_in_cgroup),
+        ),
+        (
+            "ratio ClusterIP / direct (target <= 1.1)",
+            format!("{ratio:.2}"),
+        ),
+        (
+            "agent RSS before / after load, ruleset held (target <= 64 MiB)",
+            format!(
+                "{} / {} MiB",
+                s.rss_before_kib / 1024,
+                s.rss_after_kib / 1024
+            ),
+        ),
+        (
+            "agent peak RSS during the full sync",
+            format!("{} MiB", s.rss_peak_kib / 1024),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
 fn main() -> ExitCode {

@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use switchyard_api::Mode;
 use switchyard_lab::probe::{self, Listen};
 use switchyard_lab::runner::{self, Options, Totals};
-use switchyard_lab::{hooks, netns, vm};
+use switchyard_lab::{cleanup, hooks, netns, vm};
 
 #[derive(Parser)]
 #[command(about, args_conflicts_with_subcommands = true)]
@@ -63,7 +63,7 @@ enum ChildRole {
 }
 
 fn child(role: ChildRole) -> ExitCode {
-    netns::child_setup();
+    cleanup::child_setup();
     match role {
         ChildRole::Serve { listen } => match probe::serve(&listen) {
             Ok(()) => ExitCode::SUCCESS,
@@ -118,7 +118,7 @@ fn main() -> ExitCode {
     if let Some(role) = cli.child {
         return child(role);
     }
-    netns::install_signal_cleanup();
+    cleanup::install_signal_cleanup();
     let Some(mode) = cli.mode else {
         eprintln!("--mode is required");
         return ExitCode::from(2);

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use switchyard_agent::agent::probe_target;
-use switchyard_agent::switch::ProbeTarget;
+use switchyard_agent::switch::{ProbeTarget, probe_target};
 use switchyard_api::Mode;
 use switchyard_api::duration::parse_duration;
 use switchyard_api::proxyconfig::{RolloutPhase, RolloutStatus};

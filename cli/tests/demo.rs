@@ -3,6 +3,8 @@
 //! traffic through every switch. Needs root (CI runs as root); skipped loudly
 //! otherwise.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 use std::sync::Mutex;
 use std::time::Duration;
 

@@ -3,6 +3,8 @@
 //! and exit codes. `UPDATE_GOLDEN=1 cargo test -p switchyard-cli`
 //! rewrites the golden files (review the diff).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 

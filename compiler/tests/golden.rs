@@ -8,6 +8,8 @@
 //! - `# proxy-name: <name>` (optional: `CompileSettings::proxy_name`)
 //! - `# link: <node> [zone]` (optional, repeated: link the ruleset for this node)
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};

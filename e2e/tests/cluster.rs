@@ -8,6 +8,8 @@
 //! images pushed), they also deploy `config/` and wait for the operator to report
 //! status on a sample pool.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

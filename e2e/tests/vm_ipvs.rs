@@ -6,6 +6,8 @@
 //! the VM every test builds its own namespaces: a node running the backend, a
 //! client and two pods, connected by veths, and sends real TCP connections.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::net::{IpAddr, SocketAddr};

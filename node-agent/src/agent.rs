@@ -81,7 +81,7 @@ pub enum SyncError {
     /// The switch failed, and so did syncing the dataplane that was kept.
     #[error("{switch}; {kept}")]
     SwitchThenKept {
-        switch: SwitchError,
+        switch: Box<SwitchError>,
         #[source]
         kept: Box<SyncError>,
     },
@@ -357,7 +357,7 @@ impl Agent {
                 match self.sync_active(linked) {
                     Ok(stats) => Ok((stats, Some(note))),
                     Err(kept) => Err(SyncError::SwitchThenKept {
-                        switch,
+                        switch: Box::new(switch),
                         kept: Box::new(kept),
                     }),
                 }

@@ -2,6 +2,8 @@
 //! apply, complete shard generations only, restart recovery, the switch with
 //! verification and rollback, and a kill at every recorded step.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use common::fake::{FakeKernel, SyncRecord, rule_lines};

@@ -1,6 +1,8 @@
 //! The health servers on loopback: `/healthz` and the health check node port
 //! servers of `externalTrafficPolicy: Local` services, answered as kube-proxy does.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -10,6 +10,8 @@
 //! write, which is what SIGKILL does to the process at that point — the
 //! kernel keeps what was programmed, the API keeps what was recorded.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::net::{SocketAddr, TcpStream};
@@ -85,7 +87,7 @@ fn run_agent(
 }
 
 fn nat_rules(node: &Netns) -> String {
-    ok(&node, &["iptables-save", "-t", "nat"])
+    ok(node, &["iptables-save", "-t", "nat"])
 }
 
 /// Sync iptables in a fresh agent and open a connection through the VIP.
@@ -187,7 +189,7 @@ fn kube_proxy_nftables_tables_are_removed_and_no_other_table() {
 }
 
 fn has_nft_table(node: &Netns) -> bool {
-    ok(&node, &["nft", "list", "tables"])
+    ok(node, &["nft", "list", "tables"])
         .lines()
         .any(|l| l.trim() == "table ip switchyard")
 }

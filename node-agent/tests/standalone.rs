@@ -1,6 +1,8 @@
 //! Standalone mode: a directory of YAML compiled, linked for the node and
 //! applied once, and re-applied when a file changes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 use std::time::Duration;
 
 mod common;

@@ -2,6 +2,8 @@
 //! sync per minSyncPeriod, the periodic resync rewrites everything, a failed
 //! sync is retried, a lost API server keeps the rules and reports Degraded.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,8 @@
 //! Leader election: the observed record on its own, then candidates against
 //! a fake Lease API with optimistic concurrency, on paused tokio time.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::sync::atomic::Ordering;

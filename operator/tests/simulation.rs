@@ -7,7 +7,7 @@
 //! unavailable. At the end: the rollout finished or rolled back as the failure
 //! budget says, every node runs what it should, and the status says so.
 
-#![allow(clippy::expect_used)] // tests may expect
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 mod common;
 

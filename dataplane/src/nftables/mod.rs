@@ -88,12 +88,14 @@ impl NftablesBackend {
         };
         let here = current_netns().map_err(|e| kernel(format!("this thread's namespace: {e}")))?;
         let mut socket = self.socket.lock().unwrap_or_else(PoisonError::into_inner);
-        if socket.as_ref().is_none_or(|(ns, _)| *ns != here) {
-            let opened =
-                NftNetlink::open().map_err(|e| kernel(format!("nf_tables netlink socket: {e}")))?;
-            *socket = Some((here, opened));
-        }
-        let (_, nl) = socket.as_mut().expect("opened above");
+        let (_, nl) = match socket.take() {
+            Some((ns, nl)) if ns == here => socket.insert((ns, nl)),
+            _ => {
+                let opened = NftNetlink::open()
+                    .map_err(|e| kernel(format!("nf_tables netlink socket: {e}")))?;
+                socket.insert((here, opened))
+            }
+        };
         nl.apply(&tx.commands).map_err(|e| kernel(e.to_string()))
     }
 

@@ -1,10 +1,12 @@
 //! The `switchyard` command: `plan` and `diff` for reviewing what nodes would
-//! program (GitOps), `crdgen`, and `demo`, a live mode migration of a small
-//! cluster built from network namespaces on this machine.
+//! program (GitOps), `crdgen`, `demo`, a live mode migration of a small
+//! cluster built from network namespaces on this machine, and `lab`, a real
+//! control plane on loopback.
 
 pub mod demo;
 pub mod diff;
 pub mod input;
+pub mod lab;
 pub mod plan;
 pub mod trace;
 

@@ -1,5 +1,6 @@
-//! `switchyard`: plan and diff what nodes would program, print the CRDs, and run a
-//! live mode migration of a small cluster built from network namespaces.
+//! `switchyard`: plan and diff what nodes would program, print the CRDs, run a
+//! live mode migration of a small cluster built from network namespaces, and
+//! start a real control plane by hand (`lab up`/`lab down`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +53,19 @@ Everything lives in network namespaces named sycli<pid>-*, with no route out of
 the machine; they are removed at the end, on error and on Ctrl-C.
 Exit code: 0 when no connection failed and no established connection dropped.";
 
+const LAB_EXAMPLES: &str = "\
+Examples:
+  # A control plane with Switchyard's CRDs, RBAC and admission policy, until Ctrl-C:
+  switchyard lab up
+
+  # From another terminal (the kubeconfig path is printed by `up`):
+  kubectl --kubeconfig /tmp/switchyard-lab-<pid>-0/admin.kubeconfig apply -f config/samples/nftables.yaml
+
+  # Stop a running `up`, or clear what a killed one left:
+  switchyard lab down
+
+Needs Kubernetes' programs in target/k8s/bin (built by e2e/k8s/build.sh).";
+
 const CRDGEN_EXAMPLES: &str = "\
 Examples:
   switchyard crdgen > crds.yaml
@@ -60,7 +74,7 @@ Examples:
 #[derive(Parser, Debug)]
 #[command(
     name = "switchyard",
-    version,
+    version = env!("SWITCHYARD_VERSION"),
     about = "Plan, compare and demonstrate Switchyard's service dataplanes",
     after_help = "Run `switchyard <command> --help` for examples."
 )]
@@ -115,6 +129,12 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+    /// A real control plane (etcd, kube-apiserver, kube-controller-manager) on loopback.
+    #[command(after_help = LAB_EXAMPLES)]
+    Lab {
+        #[command(subcommand)]
+        action: LabAction,
+    },
     /// Print the CustomResourceDefinitions as YAML.
     #[command(after_help = CRDGEN_EXAMPLES)]
     Crdgen,
@@ -145,18 +165,41 @@ enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum LabAction {
+    /// Start it, install the CRDs, RBAC and admission policy, run until Ctrl-C.
+    Up {
+        /// The kustomization to install.
+        #[arg(long, default_value_os_t = switchyard_cli::lab::default_config())]
+        config: PathBuf,
+    },
+    /// Stop a running `lab up` and remove what a killed one left.
+    Down,
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // kube's client logs every non-2xx answer as an error; the
+                // callers report the failures that matter, and the lab's
+                // readiness probe expects some.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("warn,kube_client::client::builder=off")
+                }),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Demo { .. }) {
+    if matches!(
+        cli.command,
+        Command::Demo { .. }
+            | Command::Lab {
+                action: LabAction::Up { .. }
+            }
+    ) {
         // Before any thread starts: Ctrl-C (SIGINT/SIGTERM/SIGHUP) removes every
-        // namespace the demo created, and with them their links and rules.
+        // namespace, program and directory the command made.
         switchyard_lab::cleanup::install_signal_cleanup();
     }
     match run(cli.command) {
@@ -208,6 +251,15 @@ fn run(command: Command) -> Result<u8, String> {
                 Format::Json => print!("{}", report.to_json()),
             }
             Ok(report.exit_code(fail_on_difference))
+        }
+        Command::Lab {
+            action: LabAction::Up { config },
+        } => match switchyard_cli::lab::up(&config, &mut std::io::stdout())? {},
+        Command::Lab {
+            action: LabAction::Down,
+        } => {
+            switchyard_cli::lab::down(&mut std::io::stdout())?;
+            Ok(exit::OK)
         }
         Command::Crdgen => {
             let yaml = switchyard_api::crds_yaml().map_err(|e| format!("CRD YAML: {e}"))?;

@@ -61,6 +61,8 @@ pub struct ProxyConfigSpec {
         rename = "clusterCIDRs",
         skip_serializing_if = "Vec::is_empty"
     )]
+    // Bounds keep the CEL rule's estimated cost within the API server's budget.
+    #[schemars(length(max = 32), inner(length(max = 64)))]
     #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("every clusterCIDRs entry must be a CIDR such as 10.0.0.0/8"))]
     pub cluster_cidrs: Vec<String>,
     /// How local traffic is detected (kube-proxy's `--detect-local-mode`).
@@ -69,6 +71,7 @@ pub struct ProxyConfigSpec {
     /// Addresses NodePorts are served on: CIDRs, or `primary` for the node's primary
     /// IPs (the default, as kube-proxy's nftables mode).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(max = 64)))]
     #[x_kube(validation = Rule::new("self.all(c, c == 'primary' || isCIDR(c))").message("every nodePortAddresses entry must be a CIDR or 'primary'"))]
     pub node_port_addresses: Vec<String>,
     /// Masquerade all traffic sent to service IPs.

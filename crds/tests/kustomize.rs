@@ -69,3 +69,22 @@ fn samples_build() {
         4
     );
 }
+
+#[test]
+fn base_is_the_deployment_without_its_workloads() {
+    let base = kinds(&kustomize("config/base"));
+    let full = kinds(&kustomize("config"));
+    let workloads: Vec<&String> = full.iter().filter(|k| !base.contains(k)).collect();
+    assert_eq!(
+        workloads,
+        [
+            "Deployment/switchyard-operator",
+            "DaemonSet/switchyard-agent"
+        ]
+    );
+    assert!(
+        base.contains(
+            &"ValidatingAdmissionPolicyBinding/switchyard-agent-own-node-only".to_string()
+        )
+    );
+}

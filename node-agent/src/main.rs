@@ -38,7 +38,7 @@ Examples:
 
 /// The Switchyard node agent.
 #[derive(Parser)]
-#[command(name = "node-agent", version, about, after_help = EXAMPLES)]
+#[command(name = "node-agent", version = env!("SWITCHYARD_VERSION"), about, after_help = EXAMPLES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

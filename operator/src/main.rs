@@ -30,7 +30,7 @@ enum LogFormat {
 }
 
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = env!("SWITCHYARD_VERSION"), about)]
 struct Args {
     /// Where /healthz, /readyz and /metrics are served.
     #[arg(long, env = "SWITCHYARD_HTTP_ADDR", default_value = "0.0.0.0:8080")]

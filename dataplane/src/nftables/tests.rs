@@ -128,14 +128,14 @@ fn plan_of(rs: &Ruleset) -> Plan {
     super::render::render(&linked(rs), &settings())
 }
 
-fn testdata(name: &str) -> PathBuf {
+pub(super) fn testdata(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("src/nftables/testdata")
         .join(name)
 }
 
 /// Compare with a golden file; `UPDATE_GOLDEN=1` rewrites it.
-fn golden(name: &str, actual: &str) {
+pub(super) fn golden(name: &str, actual: &str) {
     assert_golden(&testdata(name), actual);
 }
 
@@ -521,7 +521,7 @@ mod model {
     use switchyard_api::ruleset::IpFamily;
 
     use super::super::ir::{Chain, Match, Stmt, Table, Verdict};
-    use super::super::text::{Command, Transaction};
+    use super::super::transaction::{Command, Transaction};
 
     fn references_chain(table: &Table, name: &str) -> bool {
         let is = |v: &Verdict| matches!(v, Verdict::Jump(c) | Verdict::Goto(c) if c == name);
@@ -800,7 +800,7 @@ proptest::proptest! {
                 transaction(Some(&applied), &plan)
             };
             model::apply(&mut tables, &step.tx);
-            let mut cleanup = super::text::Transaction::default();
+            let mut cleanup = super::transaction::Transaction::default();
             for (family, chain) in &step.flushed {
                 cleanup.delete_chain(*family, chain);
             }

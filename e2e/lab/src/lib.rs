@@ -9,10 +9,13 @@
 //! - [`hooks`]: where a mode plugs in (dataplane, client cgroup, skips).
 //! - [`runner`]: compile, link, apply, send connections, judge, report.
 //! - [`vm`]: Debian's stock kernel in qemu, for IPVS when the host lacks it.
-//! - [`netns`], [`cleanup`]: the test kit's network namespaces and cleanup
-//!   registry (`switchyard-testkit`), which the lab's users reach through it.
+//! - [`controlplane`]: etcd, kube-apiserver and kube-controller-manager on loopback.
+//! - [`netns`], [`cleanup`]: the test kit's network namespaces and its cleanup
+//!   registry (what is undone on drop and on SIGINT/SIGTERM), which the lab's
+//!   users reach through it (`switchyard-testkit`).
 
 pub mod agent;
+pub mod controlplane;
 pub mod ebpf;
 pub mod hooks;
 pub mod probe;

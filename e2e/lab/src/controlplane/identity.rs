@@ -1,0 +1,181 @@
+//! Who a kubeconfig speaks as: a client-certificate user (and group), or a
+//! ServiceAccount with a token from the TokenRequest API, optionally bound to
+//! a Pod. A token bound to a Pod that is bound to a Node carries the node's
+//! name (ServiceAccountTokenPodNodeInfo, GA in 1.32), which the API server
+//! puts in `userInfo.extra["authentication.kubernetes.io/node-name"]` — what
+//! the agent's admission policy checks. The Pod and Node are created when
+//! missing (the Pod never runs: there is no kubelet; binding needs only the
+//! object).
+
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Container, Node, Pod, PodSpec, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Api;
+use kube::api::PostParams;
+
+use super::ControlPlaneError;
+
+/// The namespace and the agent's ServiceAccount in `config/rbac`.
+pub const NAMESPACE: &str = "switchyard-system";
+pub const AGENT_SA: &str = "switchyard-agent";
+
+/// A Pod scheduled on a Node, for a bound token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodOnNode {
+    pub pod: String,
+    pub node: String,
+}
+
+/// An identity to mint a kubeconfig for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Identity {
+    /// A client certificate: `name` is the user (CN), `group` the one group (O).
+    User { name: String, group: Option<String> },
+    /// A ServiceAccount token, bound to `pod` when given.
+    ServiceAccount {
+        namespace: String,
+        name: String,
+        pod: Option<PodOnNode>,
+    },
+}
+
+impl Identity {
+    /// The node agent of `node`: its ServiceAccount, with a token bound to a
+    /// Pod on that node, as the kubelet would give the DaemonSet's pod.
+    pub fn agent_on(node: &str) -> Identity {
+        Identity::ServiceAccount {
+            namespace: NAMESPACE.into(),
+            name: AGENT_SA.into(),
+            pod: Some(PodOnNode {
+                pod: format!("{AGENT_SA}-{node}"),
+                node: node.into(),
+            }),
+        }
+    }
+
+    /// A file-name-safe name for this identity's files.
+    pub fn slug(&self) -> String {
+        let raw = match self {
+            Identity::User { name, group } => {
+                format!("user-{name}-{}", group.as_deref().unwrap_or(""))
+            }
+            Identity::ServiceAccount {
+                namespace,
+                name,
+                pod,
+            } => format!(
+                "sa-{namespace}-{name}-{}",
+                pod.as_ref().map_or("", |p| p.pod.as_str())
+            ),
+        };
+        raw.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect::<String>()
+            .trim_end_matches('-')
+            .to_string()
+    }
+}
+
+fn api_err(operation: String) -> impl FnOnce(kube::Error) -> ControlPlaneError {
+    move |source| ControlPlaneError::Api { operation, source }
+}
+
+fn already_exists(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(status) if status.code == 409)
+}
+
+/// A token for ServiceAccount `namespace/name`, bound to `pod` if given.
+pub async fn token(
+    admin: &kube::Client,
+    namespace: &str,
+    name: &str,
+    pod: Option<&PodOnNode>,
+) -> Result<String, ControlPlaneError> {
+    let bound = match pod {
+        Some(p) => Some(bind_target(admin, namespace, name, p).await?),
+        None => None,
+    };
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            bound_object_ref: bound,
+            ..TokenRequestSpec::default()
+        },
+        ..TokenRequest::default()
+    };
+    let answer = Api::<ServiceAccount>::namespaced(admin.clone(), namespace)
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .map_err(api_err(format!(
+            "request a token for ServiceAccount {namespace}/{name}"
+        )))?;
+    answer
+        .status
+        .map(|s| s.token)
+        .ok_or_else(|| ControlPlaneError::NoToken {
+            service_account: format!("{namespace}/{name}"),
+        })
+}
+
+/// The Node (created if missing) and the Pod on it running as the
+/// ServiceAccount (created if missing), as a TokenRequest's bound object.
+async fn bind_target(
+    admin: &kube::Client,
+    namespace: &str,
+    service_account: &str,
+    target: &PodOnNode,
+) -> Result<BoundObjectReference, ControlPlaneError> {
+    let node = Node {
+        metadata: ObjectMeta {
+            name: Some(target.node.clone()),
+            ..ObjectMeta::default()
+        },
+        ..Node::default()
+    };
+    match Api::<Node>::all(admin.clone())
+        .create(&PostParams::default(), &node)
+        .await
+    {
+        Err(e) if !already_exists(&e) => {
+            return Err(api_err(format!("create Node {}", target.node))(e));
+        }
+        _ => {}
+    }
+    let pods = Api::<Pod>::namespaced(admin.clone(), namespace);
+    let pod = Pod {
+        metadata: ObjectMeta {
+            name: Some(target.pod.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            node_name: Some(target.node.clone()),
+            service_account_name: Some(service_account.into()),
+            containers: vec![Container {
+                name: "agent".into(),
+                image: Some("switchyard/node-agent:lab".into()),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    };
+    let pod = match pods.create(&PostParams::default(), &pod).await {
+        Ok(pod) => pod,
+        Err(e) if already_exists(&e) => pods
+            .get(&target.pod)
+            .await
+            .map_err(api_err(format!("get Pod {namespace}/{}", target.pod)))?,
+        Err(e) => return Err(api_err(format!("create Pod {namespace}/{}", target.pod))(e)),
+    };
+    Ok(BoundObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(target.pod.clone()),
+        uid: pod.metadata.uid,
+    })
+}

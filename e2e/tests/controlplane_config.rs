@@ -1,0 +1,198 @@
+//! `config/` against the real API server of the pinned release: the API part
+//! (`config/base/`: namespace, CRDs, RBAC, the agent's admission policy)
+//! installs with `kubectl apply -k`; the server accepts every sample and
+//! refuses every manifest in `crds/tests/invalid/` with the message its
+//! `# expect:` line names — the same line `crds/tests/samples.rs` holds the
+//! client-side check (JSON schema + kube's CEL) to, so the two agree on every
+//! file. And the admission policy binds an agent to its own ProxyNode, for
+//! real: a token bound to a Pod on node A writes A's status and is refused
+//! B's, with exactly `config/rbac`'s rights.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Api;
+use kube::api::PostParams;
+use switchyard_agent::status::{ApiStatusWriter, StatusWriter};
+use switchyard_api::{Mode, ProxyNode, ProxyNodeSpec, ProxyNodeStatus};
+use switchyard_lab::controlplane::ControlPlane;
+use switchyard_lab::controlplane::identity::{AGENT_SA, Identity, NAMESPACE};
+use switchyard_lab::controlplane::kubeconfig;
+use switchyard_lab::controlplane::kubectl::Kubectl;
+use switchyard_lab::controlplane::workdir::Purpose;
+
+/// Deadlock guard for the admission policy to take effect.
+const POLICY_LOADS: Duration = Duration::from_secs(60);
+const POLICY_MESSAGE: &str = "the switchyard agent may write only the ProxyNode of its own node";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The manifests of a directory, without its `kustomization.yaml`.
+fn manifests(dir: &str) -> Vec<PathBuf> {
+    let mut files = switchyard_api::manifests::files_in(&repo().join(dir), &["yaml"]).unwrap();
+    files.retain(|p| p.file_name().is_some_and(|n| n != "kustomization.yaml"));
+    assert!(!files.is_empty(), "no manifests in {dir}");
+    files
+}
+
+/// A control plane with `config/base/` applied and its CRDs established.
+async fn installed() -> ControlPlane {
+    let cp = ControlPlane::start(Purpose::Test)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    println!("control plane ready in {:.1?}", cp.started_in());
+    cp.install(&repo().join("config/base"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    cp
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_installs_and_the_server_agrees_with_the_client_side_check() {
+    let cp = installed().await;
+    let kubectl = cp.kubectl();
+    // The workloads are not part of base/.
+    let workloads = kubectl
+        .run(&["get", "deployments,daemonsets", "-A", "-o", "name"])
+        .unwrap();
+    assert_eq!(workloads.trim(), "", "base/ installed workloads");
+
+    for sample in manifests("config/samples") {
+        kubectl
+            .run(&["apply", "-f", sample.to_str().unwrap()])
+            .unwrap_or_else(|e| panic!("{} refused: {e}", sample.display()));
+    }
+    let listed = kubectl.run(&["get", "proxyconfigs"]).unwrap();
+    println!("{listed}");
+    assert!(
+        listed.starts_with("NAME") && listed.contains("MODE"),
+        "{listed}"
+    );
+
+    for bad in manifests("crds/tests/invalid") {
+        let text = std::fs::read_to_string(&bad).unwrap();
+        let expect = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# expect: "))
+            .unwrap_or_else(|| panic!("{} has no `# expect:` line", bad.display()));
+        let out = kubectl
+            .output(&["apply", "--dry-run=server", "-f", bad.to_str().unwrap()])
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{} accepted", bad.display());
+        assert!(
+            stderr.contains(expect),
+            "{}: the server's message does not contain {expect:?}:\n{stderr}",
+            bad.display()
+        );
+    }
+}
+
+/// A status as the agent reports it.
+fn applied(mode: Mode) -> ProxyNodeStatus {
+    ProxyNodeStatus {
+        applied_mode: Some(mode),
+        ..ProxyNodeStatus::default()
+    }
+}
+
+/// The agent's own status write (`switchyard_agent::status`) with `kubeconfig`.
+async fn write_status(kubeconfig: &Path, node: &str) -> Result<(), String> {
+    let client = kubeconfig::client(kubeconfig).await.unwrap();
+    ApiStatusWriter::new(client, node)
+        .write(&applied(Mode::Nftables))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_may_write_only_its_own_proxynode_status() {
+    let cp = installed().await;
+    let proxynodes = Api::<ProxyNode>::all(cp.client());
+    for node in ["node-a", "node-b"] {
+        let object = ProxyNode {
+            metadata: ObjectMeta {
+                name: Some(node.into()),
+                ..ObjectMeta::default()
+            },
+            spec: ProxyNodeSpec::default(),
+            status: None,
+        };
+        proxynodes
+            .create(&PostParams::default(), &object)
+            .await
+            .unwrap();
+    }
+    let agent_a = cp
+        .kubeconfig_for(&Identity::agent_on("node-a"))
+        .await
+        .unwrap();
+
+    // The token is bound to a Pod on node-a: the server knows the node.
+    let whoami = Kubectl::new(&cp.binaries().path("kubectl"), &agent_a)
+        .run(&["auth", "whoami", "-o", "json"])
+        .unwrap();
+    assert!(
+        whoami.contains(&format!("system:serviceaccount:{NAMESPACE}:{AGENT_SA}")),
+        "{whoami}"
+    );
+    assert!(
+        whoami.contains("authentication.kubernetes.io/node-name"),
+        "{whoami}"
+    );
+
+    // Until the policy is loaded the write to node-b may pass; then it never does.
+    let deadline = Instant::now() + POLICY_LOADS;
+    let refused = loop {
+        match write_status(&agent_a, "node-b").await {
+            Err(e) => break e,
+            Ok(()) => assert!(
+                Instant::now() < deadline,
+                "agent of node-a still writes node-b's status"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        refused.contains(&format!("{POLICY_MESSAGE}, not node-b")),
+        "{refused}"
+    );
+    write_status(&agent_a, "node-a")
+        .await
+        .unwrap_or_else(|e| panic!("agent of node-a writing its own status: {e}"));
+    let written = proxynodes.get_status("node-a").await.unwrap();
+    assert_eq!(written.status, Some(applied(Mode::Nftables)));
+
+    // The same ServiceAccount without a node-bound token writes nothing.
+    let unbound = cp
+        .kubeconfig_for(&Identity::ServiceAccount {
+            namespace: NAMESPACE.into(),
+            name: AGENT_SA.into(),
+            pod: None,
+        })
+        .await
+        .unwrap();
+    let refused = write_status(&unbound, "node-a").await.unwrap_err();
+    assert!(refused.contains(POLICY_MESSAGE), "{refused}");
+
+    // RBAC (config/rbac/agent.yaml): status only, never the spec.
+    let spec_write = Kubectl::new(&cp.binaries().path("kubectl"), &agent_a)
+        .run(&[
+            "patch",
+            "proxynode",
+            "node-a",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"targetMode":"iptables"}}"#,
+        ])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        spec_write.contains("cannot patch resource \"proxynodes\""),
+        "{spec_write}"
+    );
+}

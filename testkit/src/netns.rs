@@ -8,20 +8,22 @@
 //! ([`enter_on_exec`]).
 
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::thread::JoinHandle;
+
+use switchyard_exec::{ExecError, run};
 
 use crate::cleanup::{self, Registration};
 
 /// A namespace could not be made, entered or used.
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
-    #[error("{command}: {detail}")]
-    Command { command: String, detail: String },
+    /// A command (`ip netns add`, one run inside a namespace) failed.
+    #[error(transparent)]
+    Command(#[from] ExecError),
     #[error("{operation} {object}: {source}")]
     Io {
         operation: &'static str,
@@ -37,49 +39,9 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Run `program args...`, feeding `stdin` when given; its standard output,
-/// or its standard error as the error.
-fn run(program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<String, NetnsError> {
-    let command = || format!("{program} {}", args.join(" "));
-    let io = |operation| {
-        move |source| NetnsError::Io {
-            operation,
-            object: command(),
-            source,
-        }
-    };
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(io("start"))?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input).map_err(io("write the input of"))?;
-    }
-    let out = child.wait_with_output().map_err(io("wait for"))?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        return Err(NetnsError::Command {
-            command: command(),
-            detail: if stderr.is_empty() {
-                out.status.to_string()
-            } else {
-                stderr
-            },
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Run `ip ARGS` (in the host namespace only `ip netns add/del`; `-n NAME` otherwise).
 pub fn ip(args: &[&str]) -> Result<String, NetnsError> {
-    run("ip", args, None)
+    Ok(run("ip", args, None)?)
 }
 
 /// A network namespace owned by this process.
@@ -127,8 +89,8 @@ impl Netns {
             "ip",
             &["-n", &self.name, "-batch", "-"],
             Some(text.as_bytes()),
-        )
-        .map(drop)
+        )?;
+        Ok(())
     }
 
     /// Run `program args...` inside the namespace (`ip netns exec`); its output.
@@ -140,7 +102,7 @@ impl Netns {
     ) -> Result<String, NetnsError> {
         let mut full = vec!["netns", "exec", self.name.as_str(), program];
         full.extend_from_slice(args);
-        run("ip", &full, stdin)
+        Ok(run("ip", &full, stdin)?)
     }
 
     /// Write sysctls (`net.ipv4.ip_forward` style names) of this namespace.

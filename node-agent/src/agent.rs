@@ -10,6 +10,7 @@
 //! of flushing it; nothing is removed for lack of input.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -55,19 +56,26 @@ pub enum SyncOutcome {
     Failed(SyncError),
 }
 
-/// Why nothing can be applied yet.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+/// Why nothing can be applied yet (not an error: the inputs are incomplete).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Waiting {
-    #[error("ProxyNode {node} not found")]
     ProxyNodeMissing { node: String },
-    #[error("initial lists not complete")]
     InitialLists,
-    #[error("no target mode assigned")]
     NoTargetMode,
-    #[error("Node {node} not found")]
     NodeMissing { node: String },
-    #[error("no complete ruleset shard generation")]
     NoCompleteGeneration,
+}
+
+impl fmt::Display for Waiting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Waiting::ProxyNodeMissing { node } => write!(f, "ProxyNode {node} not found"),
+            Waiting::InitialLists => f.write_str("initial lists not complete"),
+            Waiting::NoTargetMode => f.write_str("no target mode assigned"),
+            Waiting::NodeMissing { node } => write!(f, "Node {node} not found"),
+            Waiting::NoCompleteGeneration => f.write_str("no complete ruleset shard generation"),
+        }
+    }
 }
 
 /// Why a sync pass could not apply its inputs (the previous rules stay).

@@ -9,7 +9,7 @@
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use serde::Serialize;
-use switchyard_agent::agent::{node_info, pod_cidrs};
+use switchyard_agent::node::{node_info, pod_cidrs};
 use switchyard_agent::switch::DataplaneFactory;
 use switchyard_api::policy::{LinkedRuleset, link};
 use switchyard_api::ruleset::Ruleset;

@@ -1,10 +1,14 @@
 //! `switchyard plan` end to end through the binary: golden outputs per mode on
 //! a sample state, the pool decision, JSON, and invalid input with its messages
-//! and exit codes. `SWITCHYARD_UPDATE_GOLDEN=1 cargo test -p switchyard-cli`
+//! and exit codes. `UPDATE_GOLDEN=1 cargo test -p switchyard-cli`
 //! rewrites the golden files (review the diff).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+
+use switchyard_testkit::golden::assert_golden;
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests")
@@ -43,23 +47,7 @@ fn stderr(o: &Output) -> String {
 
 /// Compare with (or, when asked, rewrite) a golden file.
 fn golden(name: &str, actual: &str) {
-    let path = dir().join("golden").join(name);
-    if std::env::var_os("SWITCHYARD_UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (SWITCHYARD_UPDATE_GOLDEN=1 writes it)",
-            path.display()
-        )
-    });
-    assert_eq!(
-        actual,
-        expected,
-        "{} differs from the output",
-        path.display()
-    );
+    assert_golden(&dir().join("golden").join(name), actual);
 }
 
 fn plan_mode_golden(mode: &str) {

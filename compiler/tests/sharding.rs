@@ -1,6 +1,8 @@
 //! Sharding at size: shards stay under the budget, a change to one service
 //! rewrites only its shard, the layout grows and shrinks with the ruleset.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::collections::BTreeSet;

@@ -4,6 +4,8 @@
 //! validator (`jsonschema`), CEL rules with kube's client-side CEL evaluator —
 //! the same two layers the API server applies at `kubectl apply`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;

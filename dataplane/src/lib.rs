@@ -14,6 +14,7 @@ pub mod exec;
 pub mod kubeproxy;
 pub mod semantics;
 pub mod settings;
+pub mod sysctl;
 
 pub mod ebpf;
 pub mod iptables;
@@ -156,7 +157,7 @@ pub fn for_mode(mode: Mode, runner: Arc<dyn Runner>) -> Result<Box<dyn Dataplane
     match mode {
         Mode::Iptables => Ok(Box::new(iptables::IptablesBackend::new(
             runner,
-            Arc::new(iptables::sysctl::ProcSysctl),
+            Arc::new(sysctl::ProcSysctl),
         ))),
         Mode::Nftables => Ok(Box::new(nftables::NftablesBackend::new(runner))),
         // A node's defaults: /sys/fs/bpf/switchyard and the cgroup v2 ROOT.

@@ -8,6 +8,8 @@
 //! real: a token bound to a Pod on node A writes A's status and is refused
 //! B's, with exactly `config/rbac`'s rights.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

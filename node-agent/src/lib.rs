@@ -6,7 +6,9 @@
 pub mod agent;
 pub mod health;
 pub mod http;
+pub mod inputs;
 pub mod metrics;
+pub mod node;
 pub mod ratelimit;
 pub mod standalone;
 pub mod status;

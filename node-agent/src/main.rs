@@ -18,6 +18,7 @@ use switchyard_agent::switch::{BackendFactory, DataplaneFactory, TcpProbe};
 use switchyard_agent::{sync, watch};
 use switchyard_api::Mode;
 use switchyard_api::duration::parse_duration;
+use switchyard_daemon::signal::shutdown_requested;
 use switchyard_dataplane::exec::RealRunner;
 use switchyard_dataplane::kubeproxy::KubeProxyNftables;
 
@@ -109,21 +110,7 @@ struct ApplyArgs {
 }
 
 async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
+    shutdown_requested().await;
     tracing::info!("shutting down; the applied rules stay in place");
 }
 

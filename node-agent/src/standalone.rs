@@ -16,7 +16,7 @@ use switchyard_compiler::{CompileSettings, Diagnostic, LoadError, Objects, Snaps
 use switchyard_dataplane::settings::Settings;
 use switchyard_dataplane::{ApplyStats, BackendError, Dataplane};
 
-use crate::agent::node_info;
+use crate::node::{node_info, pod_cidrs};
 
 /// Standalone mode failed.
 #[derive(Debug, thiserror::Error)]
@@ -136,11 +136,7 @@ pub fn prepare(opts: &StandaloneOptions) -> Result<Prepared, StandaloneError> {
     if !opts.node_ips.is_empty() {
         info.addresses = opts.node_ips.clone();
     }
-    let pod_cidrs: Vec<Cidr> = node
-        .and_then(|n| n.spec.as_ref())
-        .and_then(|s| s.pod_cidrs.as_ref())
-        .map(|c| c.iter().filter_map(|c| c.parse().ok()).collect())
-        .unwrap_or_default();
+    let pod_cidrs: Vec<Cidr> = node.map(pod_cidrs).unwrap_or_default();
     let spec = objects
         .proxy_configs
         .first()

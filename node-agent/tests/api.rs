@@ -3,6 +3,8 @@
 //! verifier answers the four initial lists, holds the watches open, and asserts
 //! the exact status requests: method, path with field manager and force, body.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::sync::Arc;

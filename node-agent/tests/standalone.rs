@@ -1,6 +1,8 @@
 //! Standalone mode: a directory of YAML compiled, linked for the node and
 //! applied once, and re-applied when a file changes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 use std::time::Duration;
 
 mod common;
@@ -10,6 +12,7 @@ use common::fake::FakeKernel;
 use switchyard_agent::standalone::{StandaloneOptions, apply_once, prepare, watch};
 use switchyard_agent::switch::DataplaneFactory;
 use switchyard_api::Mode;
+use switchyard_dataplane::settings::LocalDetector;
 
 const SERVICE: &str = r#"
 apiVersion: v1
@@ -77,6 +80,30 @@ fn directory_is_compiled_linked_and_applied() {
         prepared.diagnostics.is_empty(),
         "{:?}",
         prepared.diagnostics
+    );
+}
+
+/// `node-agent apply` read only `spec.podCIDRs`; a single-stack Node with
+/// only `spec.podCIDR` got no NodeCIDR local detector (the agent's sync read both).
+#[test]
+fn node_with_only_pod_cidr_gets_the_node_cidr_local_detector() {
+    let dir = TempDir::new("podcidr");
+    std::fs::write(dir.0.join("service.yaml"), SERVICE).unwrap();
+    std::fs::write(
+        dir.0.join("node.yaml"),
+        "apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\nspec: {podCIDR: 10.244.1.0/24}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.0.join("config.yaml"),
+        "apiVersion: switchyard.dev/v1alpha1\nkind: ProxyConfig\nmetadata: {name: pool}\n\
+         spec: {mode: nftables, detectLocalMode: NodeCIDR}\n",
+    )
+    .unwrap();
+    let prepared = prepare(&options(&dir)).unwrap();
+    assert_eq!(
+        prepared.settings.local_detector,
+        LocalDetector::Cidrs(vec!["10.244.1.0/24".parse().unwrap()])
     );
 }
 

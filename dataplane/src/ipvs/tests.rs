@@ -14,9 +14,9 @@ use switchyard_api::ruleset::{
 };
 
 use super::capture::parse_hex;
+use super::fake::FakeIpvs;
 use super::genl::{DestAttr, IpvsAttr, IpvsCmd, IpvsMessage, ServiceAttr, StatsAttr};
-use super::host::FakeSysctl;
-use super::kernel::{FakeIpvs, Ipvs, IpvsKernel};
+use super::kernel::{Ipvs, IpvsKernel};
 use super::objects::{DestState, ServiceKey, Timeouts, VirtualServer};
 use super::plan::SetEntry;
 use super::*;
@@ -24,6 +24,7 @@ use crate::Backend;
 use crate::exec::FakeRunner;
 use crate::iptables::trace::{Origin, Packet, Verdict, trace_with_sets};
 use crate::settings::{LocalDetector, Settings};
+use crate::sysctl::FakeSysctl;
 
 fn decode(fixture: &str) -> (Vec<u8>, NetlinkMessage<GenlMessage<IpvsMessage>>) {
     let bytes = parse_hex(fixture);

@@ -1,5 +1,6 @@
 //! Fixtures shared by the agent's integration tests.
 #![allow(dead_code)] // each test binary uses a different part
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure fails the calling test
 
 pub mod fake;
 pub mod netns;
@@ -13,8 +14,9 @@ use self::fake::FakeKernel;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec, NodeStatus};
 use kube::api::ObjectMeta;
-use switchyard_agent::agent::{Agent, AgentParts, Inputs};
+use switchyard_agent::agent::{Agent, AgentParts};
 use switchyard_agent::health::ProxyHealth;
+use switchyard_agent::inputs::Inputs;
 use switchyard_agent::metrics::Metrics;
 use switchyard_agent::status::{StatusError, StatusReporter, StatusWriter};
 use switchyard_agent::switch::{DataplaneFactory, Probe};

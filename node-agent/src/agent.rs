@@ -2,7 +2,9 @@
 //! ProxyConfig, the ruleset shards) to the kernel and back to status.
 //!
 //! A sync: assemble a complete shard generation (an incomplete one keeps the
-//! last complete one), link it for this node, resolve the pool's settings for
+//! last complete one), validate and link it for this node (an invalid shard
+//! refuses its generation: the last valid one stays, and the refusal is
+//! reported in the status and as an Event), resolve the pool's settings for
 //! the target mode, then either sync the active dataplane or switch to the
 //! target mode ([`crate::switch`]). Fail-static throughout: an apply error keeps
 //! the previous rules (the backend contract) and is reported; a restart finds
@@ -18,15 +20,18 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use switchyard_api::policy::{LinkedRuleset, LinkedShards, NodeInfo, ShardLinker};
+use kube::Resource;
+use switchyard_api::policy::{LinkedRuleset, LinkedShards, NodeInfo, RefusedShard, ShardLinker};
 use switchyard_api::proxynode::AppliedCounts;
 use switchyard_api::ruleset::{Cidr, ServicePortRule, shard_name};
+use switchyard_api::validation::limits::{clip, clip_message};
 use switchyard_api::{Mode, ProxyConfig, ProxyNode, ProxyNodeStatus, ProxyRuleset};
 use switchyard_dataplane::Dataplane;
 use switchyard_dataplane::kubeproxy::Leftovers;
 use switchyard_dataplane::settings::Settings;
 use tokio::time::Instant;
 
+use crate::events::{EventSink, refused_event};
 use crate::health::{HealthCheckServers, ProxyHealth, health_check_services};
 use crate::http::HttpServers;
 use crate::metrics::Metrics;
@@ -40,6 +45,11 @@ use crate::watch::Source;
 /// The condition types the agent reports.
 pub const READY: &str = "Ready";
 pub const DEGRADED: &str = "Degraded";
+/// False while the newest ruleset generation is refused.
+pub const RULESET_ACCEPTED: &str = "RulesetAccepted";
+
+/// An Event's note may hold 1 kB.
+const MAX_EVENT_NOTE_BYTES: usize = 1024;
 
 /// kube-proxy's default probe timeout for the rollout verification.
 const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -164,6 +174,8 @@ pub struct AgentParts {
     /// Foreign objects to remove once our mode is active (kube-proxy's nftables tables).
     pub leftovers: Vec<Box<dyn Leftovers>>,
     pub reporter: StatusReporter,
+    /// Events about this node's ProxyNode.
+    pub events: Box<dyn EventSink>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<ProxyHealth>,
     pub health_checks: Option<HealthCheckServers>,
@@ -179,8 +191,10 @@ pub struct Agent {
     active: Option<Box<dyn Dataplane>>,
     recovered: bool,
     swept: bool,
-    /// Links shard generations, reusing what did not change.
+    /// Validates and links shard generations, reusing what did not change.
     linker: ShardLinker,
+    /// Why the newest shard generation is refused.
+    refused: Option<RefusedShard>,
     synced_key: Option<InputKey>,
     status: ProxyNodeStatus,
     settings: Settings,
@@ -214,6 +228,7 @@ impl Agent {
             recovered: false,
             swept: false,
             linker: ShardLinker::default(),
+            refused: None,
             synced_key: None,
             status: ProxyNodeStatus::default(),
             settings: Settings::defaults(Mode::default()),
@@ -329,10 +344,15 @@ impl Agent {
         let Some(node) = inputs.node.as_deref() else {
             return SyncOutcome::Waiting(format!("Node {} not found", self.parts.node_name));
         };
-        // An incomplete generation keeps the last complete one.
+        // An incomplete or refused generation keeps the last one linked.
         let shards = inputs.shards.iter().map(|s| &s.spec);
-        let Some(assembled) = self.linker.link(shards, &node_info(node)) else {
-            return SyncOutcome::Waiting("no complete ruleset shard generation".to_string());
+        let linked = self.linker.link(shards, &node_info(node));
+        self.note_refused(linked.refused, proxy_node).await;
+        let Some(assembled) = linked.shards else {
+            return SyncOutcome::Waiting(match &self.refused {
+                Some(refused) => refused.to_string(),
+                None => "no complete ruleset shard generation".to_string(),
+            });
         };
         self.parts.health.set_node_deleting(being_deleted(node));
         let config = inputs.config.as_ref().map(|c| &c.spec);
@@ -388,7 +408,7 @@ impl Agent {
                 self.parts
                     .metrics
                     .sync_failed(self.active_mode().unwrap_or(mode));
-                self.status.last_error = Some(e.clone());
+                self.status.last_error = Some(clip_message(e.clone()));
                 return SyncOutcome::Failed(e);
             }
         };
@@ -398,6 +418,23 @@ impl Agent {
         }
         self.report_synced(&assembled, stats, started, queued_at, note);
         SyncOutcome::Synced
+    }
+
+    /// Keep the refusal of the newest generation; a new one is logged and
+    /// published as an Event on the ProxyNode.
+    async fn note_refused(&mut self, refused: Option<RefusedShard>, proxy_node: &ProxyNode) {
+        if refused == self.refused {
+            return;
+        }
+        if let Some(r) = &refused {
+            tracing::error!(refused = %r, "ruleset shard refused; the last valid rules stay");
+            let event = refused_event(clip(r.to_string(), MAX_EVENT_NOTE_BYTES));
+            let regarding = proxy_node.object_ref(&());
+            if let Err(e) = self.parts.events.publish(&event, &regarding).await {
+                tracing::warn!(error = %e, "publishing the refusal as an Event failed");
+            }
+        }
+        self.refused = refused;
     }
 
     fn recover(&mut self, proxy_node: &ProxyNode) {
@@ -561,7 +598,7 @@ impl Agent {
         });
         // A failed switch's error stays until a switch succeeds.
         if note.is_some() || s.failed_mode.is_none() {
-            s.last_error = note;
+            s.last_error = note.map(clip_message);
         }
     }
 
@@ -623,10 +660,11 @@ impl Agent {
                 self.status.last_error.clone().unwrap_or_default(),
             ),
             (None, None, Some(e)) => (true, "ApplyFailed", e),
-            // A switch that completed with a caveat (unverified, old not removed).
-            (None, None, None) => match &self.status.last_error {
-                Some(e) => (true, "SwitchIncomplete", e.clone()),
-                None => (false, "AsExpected", String::new()),
+            (None, None, None) => match (&self.refused, &self.status.last_error) {
+                (Some(r), _) => (true, "InvalidRuleset", r.to_string()),
+                // A switch that completed with a caveat (unverified, old not removed).
+                (None, Some(e)) => (true, "SwitchIncomplete", e.clone()),
+                (None, None) => (false, "AsExpected", String::new()),
             },
         };
         let now = self.now_time();
@@ -634,6 +672,23 @@ impl Agent {
             &mut self.status.conditions,
             DEGRADED,
             degraded,
+            reason,
+            message,
+            &now,
+            self.generation,
+        );
+        let (accepted, reason, message) = match &self.refused {
+            Some(r) => (false, "InvalidShard", r.to_string()),
+            None => (
+                true,
+                "Valid",
+                "every shard applied passed validation".to_string(),
+            ),
+        };
+        set_condition(
+            &mut self.status.conditions,
+            RULESET_ACCEPTED,
+            accepted,
             reason,
             message,
             &now,

@@ -67,6 +67,8 @@ pub enum Reason {
     /// A compiled service port that the agents' validation would refuse
     /// (e.g. more endpoints than a shard carries); that port is skipped.
     InvalidRule,
+    /// A service whose rules no `ProxyRuleset` object can hold; not published.
+    TooLarge,
 }
 
 impl Reason {
@@ -98,6 +100,7 @@ impl Reason {
             Reason::InvalidZone => "InvalidZone",
             Reason::InvalidHints => "InvalidHints",
             Reason::InvalidRule => "InvalidRule",
+            Reason::TooLarge => "TooLarge",
         }
     }
 }

@@ -35,7 +35,9 @@ pub use diagnostic::{Diagnostic, ObjectKind, Reason};
 pub use keys::{PortKey, ServiceKey, SliceKey};
 pub use load::{LoadError, Location, Objects, parse_objects};
 pub use service::DEFAULT_AFFINITY_TIMEOUT_SECONDS;
-pub use shard::{DEFAULT_SHARD_BUDGET_BYTES, MAX_SHARDS, ShardSettings, ShardUpdate, Sharder};
+pub use shard::{
+    DEFAULT_SHARD_BUDGET_BYTES, MAX_SHARD_BYTES, MAX_SHARDS, ShardSettings, ShardUpdate, Sharder,
+};
 
 /// Everything the compiler reads.
 #[derive(Clone, Debug, Default)]

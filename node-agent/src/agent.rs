@@ -25,6 +25,7 @@ use switchyard_api::policy::{LinkedRuleset, LinkedShards, NodeInfo, RefusedShard
 use switchyard_api::proxynode::AppliedCounts;
 use switchyard_api::ruleset::{Cidr, ServicePortRule, shard_name};
 use switchyard_api::validation::limits::{clip, clip_message};
+use switchyard_api::validation::node::ZONE_LABEL;
 use switchyard_api::{Mode, ProxyConfig, ProxyNode, ProxyNodeStatus, ProxyRuleset};
 use switchyard_dataplane::Dataplane;
 use switchyard_dataplane::kubeproxy::Leftovers;
@@ -107,7 +108,7 @@ pub fn node_info(node: &Node) -> NodeInfo {
         .metadata
         .labels
         .as_ref()
-        .and_then(|l| l.get("topology.kubernetes.io/zone"))
+        .and_then(|l| l.get(ZONE_LABEL))
         .cloned();
     let mut addresses: Vec<IpAddr> = Vec::new();
     let all = node

@@ -11,11 +11,13 @@
 pub mod addresses;
 pub mod limits;
 pub mod names;
+pub mod node;
 pub mod rule;
 pub mod schema;
 pub mod shard;
 
 pub use addresses::{AddressError, check_endpoint_ip, check_specified};
 pub use names::{NameError, NameFormat, quoted};
+pub use node::check_node;
 pub use rule::{FieldError, FieldProblem, check_endpoint, check_hints, check_rule};
 pub use shard::{Claim, GenerationIndex, ShardError, check_shard};

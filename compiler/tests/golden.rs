@@ -50,6 +50,7 @@ const CASES: &[&str] = &[
     "invalid-ports",
     "invalid-source-range",
     "invalid-session-affinity-timeout",
+    "invalid-names",
     "duplicate-frontend",
     "ip-leading-zeros",
     "link-terminating-fallback",

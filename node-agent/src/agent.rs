@@ -2,7 +2,9 @@
 //! ProxyConfig, the ruleset shards) to the kernel and back to status.
 //!
 //! A sync: assemble a complete shard generation (an incomplete one keeps the
-//! last complete one), link it for this node, resolve the pool's settings for
+//! last complete one), validate and link it for this node (an invalid shard
+//! refuses its generation: the last valid one stays, and the refusal is
+//! reported in the status and as an Event), resolve the pool's settings for
 //! the target mode, then either sync the active dataplane or switch to the
 //! target mode ([`crate::switch`]). Fail-static throughout: an apply error keeps
 //! the previous rules (the backend contract) and is reported; a restart finds
@@ -18,15 +20,18 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use switchyard_api::policy::{LinkedRuleset, LinkedShards, ShardLinker};
+use kube::Resource;
+use switchyard_api::policy::{LinkedRuleset, LinkedShards, RefusedShard, ShardLinker};
 use switchyard_api::proxynode::AppliedCounts;
 use switchyard_api::ruleset::{Cidr, shard_name};
-use switchyard_api::{Mode, ProxyConfigSpec, ProxyNode, ProxyNodeStatus};
+use switchyard_api::validation::limits::{clip, clip_message};
+use switchyard_api::{Mode, ProxyConfigSpec, ProxyNode, ProxyNodeStatus, ProxyRuleset};
 use switchyard_dataplane::kubeproxy::Leftovers;
 use switchyard_dataplane::settings::Settings;
 use switchyard_dataplane::{ApplyStats, BackendError, Dataplane};
 use tokio::time::Instant;
 
+use crate::events::{EventSink, refused_event};
 use crate::health::{HealthCheckServers, ProxyHealth, health_check_services};
 use crate::http::HttpServers;
 use crate::inputs::{InputKey, Inputs};
@@ -42,6 +47,11 @@ use crate::watch::Source;
 /// The condition types the agent reports.
 pub const READY: &str = "Ready";
 pub const DEGRADED: &str = "Degraded";
+/// False while the newest ruleset generation is refused.
+pub const RULESET_ACCEPTED: &str = "RulesetAccepted";
+
+/// An Event's note may hold 1 kB.
+const MAX_EVENT_NOTE_BYTES: usize = 1024;
 
 /// What a sync pass did.
 #[derive(Debug)]
@@ -59,11 +69,17 @@ pub enum SyncOutcome {
 /// Why nothing can be applied yet (not an error: the inputs are incomplete).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Waiting {
-    ProxyNodeMissing { node: String },
+    ProxyNodeMissing {
+        node: String,
+    },
     InitialLists,
     NoTargetMode,
-    NodeMissing { node: String },
+    NodeMissing {
+        node: String,
+    },
     NoCompleteGeneration,
+    /// The newest generation failed validation (the message says where).
+    Refused(String),
 }
 
 impl fmt::Display for Waiting {
@@ -74,6 +90,7 @@ impl fmt::Display for Waiting {
             Waiting::NoTargetMode => f.write_str("no target mode assigned"),
             Waiting::NodeMissing { node } => write!(f, "Node {node} not found"),
             Waiting::NoCompleteGeneration => f.write_str("no complete ruleset shard generation"),
+            Waiting::Refused(why) => f.write_str(why),
         }
     }
 }
@@ -95,7 +112,15 @@ pub enum SyncError {
     },
 }
 
-/// What a pass applies: the target, the node and the linked shard generation.
+/// A pass's inputs before its shard generation is validated and linked.
+struct Unlinked<'a> {
+    target: Mode,
+    node: &'a Node,
+    proxy_node: &'a ProxyNode,
+    shards: &'a [Arc<ProxyRuleset>],
+}
+
+/// What a sync pass applies: the target mode, the Node and the linked generation.
 struct Ready<'a> {
     target: Mode,
     node: &'a Node,
@@ -110,6 +135,8 @@ pub struct AgentParts {
     /// Foreign objects to remove once our mode is active (kube-proxy's nftables tables).
     pub leftovers: Vec<Box<dyn Leftovers>>,
     pub reporter: StatusReporter,
+    /// Events about this node's ProxyNode.
+    pub events: Box<dyn EventSink>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<ProxyHealth>,
     pub health_checks: Option<HealthCheckServers>,
@@ -125,8 +152,10 @@ pub struct Agent {
     active: Option<Box<dyn Dataplane>>,
     recovered: bool,
     swept: bool,
-    /// Links shard generations, reusing what did not change.
+    /// Validates and links shard generations, reusing what did not change.
     linker: ShardLinker,
+    /// Why the newest shard generation is refused.
+    refused: Option<RefusedShard>,
     synced_key: Option<InputKey>,
     status: ProxyNodeStatus,
     settings: Settings,
@@ -160,6 +189,7 @@ impl Agent {
             recovered: false,
             swept: false,
             linker: ShardLinker::default(),
+            refused: None,
             synced_key: None,
             status: ProxyNodeStatus::default(),
             settings: Settings::defaults(Mode::default()),
@@ -260,6 +290,10 @@ impl Agent {
             Ok(ready) => ready,
             Err(why) => return SyncOutcome::Waiting(why),
         };
+        let ready = match self.link(ready).await {
+            Ok(ready) => ready,
+            Err(why) => return SyncOutcome::Waiting(why),
+        };
         self.parts
             .health
             .set_node_deleting(being_deleted(ready.node));
@@ -288,7 +322,7 @@ impl Agent {
                 self.parts
                     .metrics
                     .sync_failed(self.active_mode().unwrap_or(mode));
-                self.status.last_error = Some(e.to_string());
+                self.status.last_error = Some(clip_message(e.to_string()));
                 return SyncOutcome::Failed(e);
             }
         };
@@ -301,7 +335,7 @@ impl Agent {
 
     /// What this pass applies, or why it must wait. Recovers the kernel's
     /// state first, once the ProxyNode's recorded status can be read back.
-    fn ready<'a>(&mut self, inputs: &'a Inputs, key: &InputKey) -> Result<Ready<'a>, Waiting> {
+    fn ready<'a>(&mut self, inputs: &'a Inputs, key: &InputKey) -> Result<Unlinked<'a>, Waiting> {
         // The ProxyNode store fills only once its list is complete, so its
         // recorded status can be read back (and status written) even while
         // another watch is still failing.
@@ -325,17 +359,46 @@ impl Agent {
         let node = inputs.node.as_deref().ok_or_else(|| Waiting::NodeMissing {
             node: self.parts.node_name.clone(),
         })?;
-        // An incomplete generation keeps the last complete one.
-        let shards = inputs.shards.iter().map(|s| &s.spec);
-        let assembled = self
-            .linker
-            .link(shards, &node_info(node))
-            .ok_or(Waiting::NoCompleteGeneration)?;
-        Ok(Ready {
+        Ok(Unlinked {
             target,
             node,
+            proxy_node,
+            shards: &inputs.shards,
+        })
+    }
+
+    /// Validate and link the shard generation. An incomplete or refused
+    /// generation keeps the last one linked; a refusal is reported.
+    async fn link<'a>(&mut self, unlinked: Unlinked<'a>) -> Result<Ready<'a>, Waiting> {
+        let shards = unlinked.shards.iter().map(|s| &s.spec);
+        let linked = self.linker.link(shards, &node_info(unlinked.node));
+        self.note_refused(linked.refused, unlinked.proxy_node).await;
+        let assembled = linked.shards.ok_or_else(|| match &self.refused {
+            Some(refused) => Waiting::Refused(refused.to_string()),
+            None => Waiting::NoCompleteGeneration,
+        })?;
+        Ok(Ready {
+            target: unlinked.target,
+            node: unlinked.node,
             assembled,
         })
+    }
+
+    /// Keep the refusal of the newest generation; a new one is logged and
+    /// published as an Event on the ProxyNode.
+    async fn note_refused(&mut self, refused: Option<RefusedShard>, proxy_node: &ProxyNode) {
+        if refused == self.refused {
+            return;
+        }
+        if let Some(r) = &refused {
+            tracing::error!(refused = %r, "ruleset shard refused; the last valid rules stay");
+            let event = refused_event(clip(r.to_string(), MAX_EVENT_NOTE_BYTES));
+            let regarding = proxy_node.object_ref(&());
+            if let Err(e) = self.parts.events.publish(&event, &regarding).await {
+                tracing::warn!(error = %e, "publishing the refusal as an Event failed");
+            }
+        }
+        self.refused = refused;
     }
 
     /// Sync the active dataplane when it runs `mode`, else switch to `mode`;
@@ -496,7 +559,7 @@ impl Agent {
         });
         // A failed switch's error stays until a switch succeeds.
         if note.is_some() || s.failed_mode.is_none() {
-            s.last_error = note;
+            s.last_error = note.map(clip_message);
         }
     }
 
@@ -558,10 +621,11 @@ impl Agent {
                 self.status.last_error.clone().unwrap_or_default(),
             ),
             (None, None, Some(e)) => (true, "ApplyFailed", e),
-            // A switch that completed with a caveat (unverified, old not removed).
-            (None, None, None) => match &self.status.last_error {
-                Some(e) => (true, "SwitchIncomplete", e.clone()),
-                None => (false, "AsExpected", String::new()),
+            (None, None, None) => match (&self.refused, &self.status.last_error) {
+                (Some(r), _) => (true, "InvalidRuleset", r.to_string()),
+                // A switch that completed with a caveat (unverified, old not removed).
+                (None, Some(e)) => (true, "SwitchIncomplete", e.clone()),
+                (None, None) => (false, "AsExpected", String::new()),
             },
         };
         let now = self.now_time();
@@ -569,6 +633,23 @@ impl Agent {
             &mut self.status.conditions,
             DEGRADED,
             degraded,
+            reason,
+            message,
+            &now,
+            self.generation,
+        );
+        let (accepted, reason, message) = match &self.refused {
+            Some(r) => (false, "InvalidShard", r.to_string()),
+            None => (
+                true,
+                "Valid",
+                "every shard applied passed validation".to_string(),
+            ),
+        };
+        set_condition(
+            &mut self.status.conditions,
+            RULESET_ACCEPTED,
+            accepted,
             reason,
             message,
             &now,

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use switchyard_agent::agent::{Agent, AgentParts};
+use switchyard_agent::events::ApiEvents;
 use switchyard_agent::health::{HealthCheckServers, ProxyHealth, proxy_health_handler};
 use switchyard_agent::http::{HttpServers, Rebindable};
 use switchyard_agent::metrics::{Metrics, metrics_handler};
@@ -148,6 +149,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn Error>> {
             Box::new(ApiStatusWriter::new(client.clone(), &args.node_name)),
             args.status_min_interval,
         ),
+        events: Box::new(ApiEvents::new(client.clone(), &args.node_name)),
         metrics,
         health: health.clone(),
         health_checks: Some(HealthCheckServers::new(

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::Node;
 use switchyard_api::policy::NodeInfo;
 use switchyard_api::ruleset::Cidr;
+use switchyard_api::validation::node::ZONE_LABEL;
 
 /// The facts link needs from the Node: name, zone label, addresses (InternalIP first).
 pub fn node_info(node: &Node) -> NodeInfo {
@@ -14,7 +15,7 @@ pub fn node_info(node: &Node) -> NodeInfo {
         .metadata
         .labels
         .as_ref()
-        .and_then(|l| l.get("topology.kubernetes.io/zone"))
+        .and_then(|l| l.get(ZONE_LABEL))
         .cloned();
     let mut addresses: Vec<IpAddr> = Vec::new();
     let all = node

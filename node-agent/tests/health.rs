@@ -219,6 +219,7 @@ async fn agent_serves_health_check_node_ports_of_what_it_applied() {
         probe: Arc::new(kernel.probe()),
         leftovers: vec![],
         reporter: StatusReporter::new(Box::new(RecordingWriter::default()), Duration::from_secs(5)),
+        events: Box::new(RecordingEvents::default()),
         metrics: Arc::new(Metrics::new()),
         health: proxy.clone(),
         health_checks: Some(HealthCheckServers::new(LOOPBACK, proxy)),

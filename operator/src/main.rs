@@ -72,7 +72,8 @@ struct Args {
     /// The `service.kubernetes.io/service-proxy-name` this proxy answers to.
     #[arg(long, env = "SWITCHYARD_PROXY_NAME")]
     proxy_name: Option<String>,
-    /// Size budget of one ProxyRuleset shard.
+    /// Size budget of one ProxyRuleset shard, in bytes (at most 1 MiB, what
+    /// one object may hold).
     #[arg(long, default_value_t = DEFAULT_SHARD_BUDGET_BYTES)]
     shard_budget_bytes: usize,
 }

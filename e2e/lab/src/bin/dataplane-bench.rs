@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use switchyard_api::Mode;
-use switchyard_api::policy::{LinkedRuleset, NodeInfo, ShardLinker, link};
+use switchyard_api::policy::{
+    Linked, LinkedRuleset, LinkedShards, NodeInfo, RefusedShard, ShardLinker, link,
+};
 use switchyard_api::ruleset::{
     Cidr, Endpoint, Protocol, ProxyRulesetSpec, Ruleset, ServicePortRule, ShardLayout,
 };
@@ -75,6 +77,16 @@ enum BenchError {
     },
     #[error("the bench's shards do not make a complete generation")]
     Incomplete,
+    #[error(transparent)]
+    Refused(#[from] RefusedShard),
+}
+
+/// What the agent would apply: the generation linked now, refused or not.
+fn applied(linked: Linked) -> Result<LinkedShards, BenchError> {
+    if let Some(refused) = linked.refused {
+        return Err(refused.into());
+    }
+    linked.shards.ok_or(BenchError::Incomplete)
 }
 
 const NODE: &str = "bench-node";
@@ -107,17 +119,26 @@ fn pod_ip(k: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(a, b, c, d + u8::try_from(k).unwrap_or(0)))
 }
 
+/// The pod's addresses that service 0's endpoints use.
+const POD_ADDRESSES: usize = 5;
+
 /// `services` ClusterIP services with `endpoints` endpoints each; service 0's
-/// endpoints are the pod's addresses, the rest are never contacted.
+/// endpoints are the pod's addresses (at most [`POD_ADDRESSES`], each once),
+/// the rest are never contacted.
 fn synthetic(services: usize, endpoints: usize) -> Ruleset {
     let mut next = 0u32;
     let services = (0..services)
         .map(|s| {
-            let rule_endpoints = (0..endpoints)
+            let count = if s == 0 {
+                endpoints.min(POD_ADDRESSES)
+            } else {
+                endpoints
+            };
+            let rule_endpoints = (0..count)
                 .map(|k| {
                     next += 1;
                     let ip = if s == 0 {
-                        pod_ip(k.min(4))
+                        pod_ip(k)
                     } else {
                         IpAddr::V4(Ipv4Addr::from(
                             u32::from(Ipv4Addr::new(10, 64, 0, 0)) + next,
@@ -217,9 +238,11 @@ fn sync_timed(
 /// at 5 endpoints each.
 const SHARD_SERVICES: usize = 400;
 
-/// The ruleset cut into shards of one layout, as the operator publishes it.
+/// The ruleset cut into shards of one layout, as the operator publishes it
+/// (a power of two of them, the last ones possibly empty).
 fn shard(ruleset: Ruleset) -> Vec<ProxyRulesetSpec> {
-    let chunks: Vec<&[ServicePortRule]> = ruleset.services.chunks(SHARD_SERVICES).collect();
+    let mut chunks: Vec<&[ServicePortRule]> = ruleset.services.chunks(SHARD_SERVICES).collect();
+    chunks.resize(chunks.len().next_power_of_two(), &[]);
     let layout = ShardLayout {
         epoch: 1,
         shard_count: u32::try_from(chunks.len()).unwrap_or(u32::MAX),
@@ -276,7 +299,7 @@ fn bench_sync(
     let mut shards = shard(synthetic(services, endpoints));
     let mut linker = ShardLinker::default();
     let (linked, _) = timed(|| linker.link(&shards, &node()));
-    let (full, stats) = sync_timed(&agent, mode, linked.ok_or(BenchError::Incomplete)?.linked)?;
+    let (full, stats) = sync_timed(&agent, mode, applied(linked)?.linked)?;
     let mut times = Vec::new();
     for c in 0..changes {
         // One endpoint of one service moves to a new address.
@@ -288,7 +311,7 @@ fn bench_sync(
         b.ip = IpAddr::V4(Ipv4Addr::new(10, 200, (c / 256) as u8, (c % 256) as u8));
         b.id += 1_000_000;
         let (linked, link_time) = timed(|| linker.link(&shards, &node()));
-        let (mut t, st) = sync_timed(&agent, mode, linked.ok_or(BenchError::Incomplete)?.linked)?;
+        let (mut t, st) = sync_timed(&agent, mode, applied(linked)?.linked)?;
         t.wall += link_time.wall;
         t.cpu += link_time.cpu;
         if st.full {
@@ -363,7 +386,7 @@ fn bench_latency(
         ),
     )?;
     let mut pod_setup = format!("ip link set {veth}b up");
-    for k in 0..5 {
+    for k in 0..POD_ADDRESSES {
         let _ = write!(pod_setup, " && ip addr add {}/16 dev {veth}b", pod_ip(k));
     }
     sh(&pod_ns, &pod_setup)?;

@@ -5,6 +5,8 @@
 //! accepts, and the other way round. A few rules no schema can state
 //! (address ranges, uniqueness) are listed as the agent's alone.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 use serde_json::{Value, json};
 use switchyard_api::validation::{NameFormat, check_shard};
 use switchyard_api::{ProxyNode, ProxyRuleset};

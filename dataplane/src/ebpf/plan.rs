@@ -171,7 +171,10 @@ fn render_service_port(
     } else {
         base_flags
     };
-    if !sp.external_policy_local() || settings.masquerade_all {
+    // External frontends: masqueraded unless externalTrafficPolicy is Local,
+    // whatever masqueradeAll says (kube-proxy's masqueradeAll rule matches
+    // cluster-IP destinations only, so eTP Local keeps the client's address).
+    if !sp.external_policy_local() {
         external_flags |= SVC_MASQUERADE;
     }
     let maglev_size = settings.ebpf.maglev_table_size.filter(|m| *m > 1);

@@ -37,29 +37,17 @@ struct NodeSockets {
     cluster_cidrs: Vec<Cidr>,
     /// Endpoints named on other nodes: pods, but not this node's.
     remote: BTreeSet<IpAddr>,
-    /// Node addresses other than the first of their family, when NodePorts
-    /// are served on the default (primary) addresses.
-    secondary: BTreeSet<IpAddr>,
 }
 
 impl NodeSockets {
     fn of(scenario: &Scenario) -> NodeSockets {
-        let node_ips: Vec<IpAddr> = scenario
+        let mut addresses: BTreeSet<IpAddr> = scenario
             .node
             .parsed_addresses()
             .unwrap_or_default()
             .iter()
             .map(|a| a.ip)
             .collect();
-        let mut secondary = BTreeSet::new();
-        if scenario.node.node_port_addresses.is_none() {
-            for (i, ip) in node_ips.iter().enumerate() {
-                if node_ips[..i].iter().any(|p| p.is_ipv4() == ip.is_ipv4()) {
-                    secondary.insert(*ip);
-                }
-            }
-        }
-        let mut addresses: BTreeSet<IpAddr> = node_ips.iter().copied().collect();
         let mut remote = BTreeSet::new();
         for slice in scenario.all_slices() {
             for ep in &slice.endpoints {
@@ -76,7 +64,6 @@ impl NodeSockets {
             addresses,
             cluster_cidrs: scenario.node.cluster_cidrs.clone(),
             remote,
-            secondary,
         }
     }
 
@@ -162,13 +149,6 @@ impl ModeHooks for EbpfHooks {
                 "a socket bound to a loopback address cannot be connected to an endpoint \
                  (EINVAL); eBPF serves localhost NodePorts to unbound sockets, tested in \
                  switchyard_dataplane::ebpf::tests::sock_cgroup"
-                    .to_string(),
-            );
-        }
-        if self.sockets.secondary.contains(&flow.dest_ip) {
-            return Some(
-                "eBPF serves NodePorts on the node's primary address of each family unless \
-                 nodePortAddresses says otherwise (kube-proxy's nftables default)"
                     .to_string(),
             );
         }

@@ -81,6 +81,25 @@ fn node_port_with_local_external_policy_uses_local_endpoints_without_masquerade(
 }
 
 #[test]
+fn masquerade_all_does_not_masquerade_external_traffic_with_local_policy() {
+    let mut svc = service(
+        3,
+        "10.96.0.3",
+        80,
+        vec![endpoint(30, "10.244.1.5", 8080, "node-a")],
+    );
+    svc.node_port = Some(30080);
+    svc.external_traffic_policy = TrafficPolicy::Local;
+    let mut masquerade_all = settings();
+    masquerade_all.masquerade_all = true;
+    let plan = render(&linked(vec![svc]), &masquerade_all);
+    let external = &plan.maps.lists[&(3, LIST_EXTERNAL)];
+    assert_eq!(external.flags & SVC_MASQUERADE, 0, "eTP Local keeps the client");
+    let internal = &plan.maps.lists[&(3, LIST_INTERNAL)];
+    assert_ne!(internal.flags & SVC_MASQUERADE, 0, "cluster IP: masqueradeAll");
+}
+
+#[test]
 fn service_without_endpoints_rejects() {
     let plan = render(
         &linked(vec![service(4, "10.96.0.4", 53, vec![])]),

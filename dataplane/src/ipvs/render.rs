@@ -326,6 +326,18 @@ fn render_service_port(
                     );
                 }
             }
+            // kube-proxy's allowFromNode: a range holding the node lets the
+            // node's connections SNATed to the LB IP itself in.
+            let allow_from_node = rule
+                .load_balancer_source_ranges
+                .iter()
+                .any(|c| node_ips.iter().any(|n| c.contains(n)));
+            if allow_from_node {
+                s.add(
+                    "KUBE-LOAD-BALANCER-SOURCE-IP",
+                    SetEntry::IpPortIp(*ip, proto, rule.port, *ip),
+                );
+            }
         }
     }
     if let Some(node_port) = rule.node_port {

@@ -311,6 +311,22 @@ fn external_traffic_local_uses_local_endpoints_local_sets_and_reports_the_limit(
         ["203.0.113.7,tcp:80,198.51.100.0/24"]
     );
     assert_eq!(plan.limitations.len(), 1);
+    assert!(
+        set(&plan, "KUBE-LOAD-BALANCER-SOURCE-IP").is_empty(),
+        "the node is in no range"
+    );
+}
+
+#[test]
+fn a_source_range_holding_the_node_lets_the_load_balancer_ip_in_as_source() {
+    let mut r = rule();
+    r.load_balancer_ips = vec!["203.0.113.7".parse().unwrap()];
+    r.load_balancer_source_ranges = vec!["192.168.0.0/24".parse().unwrap()];
+    let plan = plan_for(vec![r], &Settings::defaults(Mode::Ipvs));
+    assert_eq!(
+        set(&plan, "KUBE-LOAD-BALANCER-SOURCE-IP"),
+        ["203.0.113.7,tcp:80,203.0.113.7"]
+    );
 }
 
 #[test]

@@ -67,8 +67,11 @@ impl NodeSockets {
         }
     }
 
-    fn contains(&self, ip: &IpAddr) -> bool {
-        ip.is_loopback()
+    /// Whether `flow`'s client socket is one of the node's (or its pods').
+    fn owns(&self, flow: &Flow) -> bool {
+        let ip = &flow.source_ip;
+        flow.from_node
+            || ip.is_loopback()
             || self.addresses.contains(ip)
             || (!self.remote.contains(ip) && self.cluster_cidrs.iter().any(|c| c.contains(ip)))
     }
@@ -119,7 +122,7 @@ impl ModeHooks for EbpfHooks {
     }
 
     fn client_cgroup(&self, flow: &Flow) -> Option<PathBuf> {
-        if !self.sockets.contains(&flow.source_ip) {
+        if !self.sockets.owns(flow) {
             return None;
         }
         self.cgroup.as_ref().map(|c| c.dir().to_path_buf())
@@ -159,7 +162,7 @@ impl ModeHooks for EbpfHooks {
     /// straight to the endpoint from their own address: never masqueraded
     /// (kube-proxy masquerades node, hairpin and masqueradeAll traffic).
     fn masquerade(&self, flow: &Flow) -> Option<bool> {
-        if self.sockets.contains(&flow.source_ip) {
+        if self.sockets.owns(flow) {
             flow.masq.map(|_| false)
         } else {
             flow.masq

@@ -9,6 +9,7 @@ pub mod objects;
 pub mod plan;
 pub mod scratch;
 pub mod sync;
+pub mod tc;
 #[cfg(test)]
 mod tests;
 

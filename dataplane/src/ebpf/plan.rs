@@ -33,6 +33,11 @@ pub struct MapState {
     pub maglev: BTreeMap<(u32, u8), Vec<u32>>,
 }
 
+/// Why SCTP service ports are not load-balanced in this mode.
+pub const SCTP_UNSUPPORTED: &str = "SCTP is not load-balanced by the eBPF mode: the kernel runs \
+     no cgroup connect/sendmsg hook for SCTP sockets (seen on 6.1), and the tc programs carry \
+     TCP and UDP only";
+
 /// The load-time settings of the programs (the `volatile const` globals) and
 /// where they are attached.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -221,11 +226,9 @@ fn render_service_port(
     node_port_ips: &[IpAddr],
 ) {
     let rule = &sp.rule;
-    if rule.protocol == Protocol::Sctp && rule.has_external() {
-        plan.problems.push(format!(
-            "{}: SCTP from outside is not load-balanced by the tc programs (TCP and UDP only)",
-            rule.service_port_name()
-        ));
+    if rule.protocol == Protocol::Sctp {
+        plan.problems
+            .push(format!("{}: {SCTP_UNSUPPORTED}", rule.service_port_name()));
     }
     let flags = ListFlags::of(sp, settings);
     for family in [IpFamily::V4, IpFamily::V6] {

@@ -13,11 +13,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use switchyard_api::Mode;
-use switchyard_api::ruleset::Cidr;
+use switchyard_api::ruleset::{Cidr, Protocol};
 use switchyard_dataplane::Dataplane;
 use switchyard_dataplane::ebpf::EbpfBackend;
 use switchyard_dataplane::ebpf::kernel::{AyaKernel, KernelConfig};
+use switchyard_dataplane::ebpf::plan::SCTP_UNSUPPORTED;
 use switchyard_dataplane::ebpf::scratch::{self, ScratchBpffs, ScratchCgroup};
+use switchyard_dataplane::ebpf::tc::TcAttachMode;
 use switchyard_dataplane::settings::Settings;
 
 use crate::HarnessError;
@@ -83,6 +85,17 @@ pub struct EbpfHooks {
     bpffs: Option<ScratchBpffs>,
     cgroup: Option<ScratchCgroup>,
     sockets: NodeSockets,
+    tc_attach: TcAttachMode,
+}
+
+impl EbpfHooks {
+    /// Hooks whose tc programs attach with `tc_attach`.
+    pub fn new(tc_attach: TcAttachMode) -> EbpfHooks {
+        EbpfHooks {
+            tc_attach,
+            ..EbpfHooks::default()
+        }
+    }
 }
 
 fn setup(what: &str) -> impl FnOnce(switchyard_dataplane::BackendError) -> HarnessError {
@@ -135,6 +148,7 @@ impl ModeHooks for EbpfHooks {
                 |b| b.dir().join("switchyard"),
             ),
             cgroup: self.cgroup.as_ref().map(|c| c.dir().to_path_buf()),
+            tc_attach: self.tc_attach,
         };
         Box::new(move || {
             let backend: Box<dyn Dataplane> = Box::new(EbpfBackend::new(AyaKernel::new(config)));
@@ -147,6 +161,9 @@ impl ModeHooks for EbpfHooks {
             Expected::parse(&flow.output),
             Ok(Expected::Untranslated | Expected::Accept)
         );
+        if flow.protocol == Protocol::Sctp && translated {
+            return Some(SCTP_UNSUPPORTED.to_string());
+        }
         if flow.source_ip.is_loopback() && translated {
             return Some(
                 "a socket bound to a loopback address cannot be connected to an endpoint \

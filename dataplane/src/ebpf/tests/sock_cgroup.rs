@@ -100,6 +100,7 @@ fn client_in_the_cgroup_reaches_cluster_ip_backends() {
     let kernel = AyaKernel::new(KernelConfig {
         pin_root: bpffs.dir().join("switchyard"),
         cgroup: Some(cgroup.dir().to_path_buf()),
+        ..KernelConfig::default()
     });
     let mut backend = EbpfBackend::new(kernel);
     ns.enter(|| backend.apply(&plan)).unwrap();
@@ -176,6 +177,7 @@ fn client_in_the_cgroup_reaches_cluster_ip_backends() {
     let mut restarted = EbpfBackend::new(AyaKernel::new(KernelConfig {
         pin_root: bpffs.dir().join("switchyard"),
         cgroup: Some(cgroup.dir().to_path_buf()),
+        ..KernelConfig::default()
     }));
     assert!(restarted.present().unwrap());
     let stats = ns.enter(|| restarted.apply(&plan)).unwrap();

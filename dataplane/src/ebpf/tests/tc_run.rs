@@ -140,7 +140,7 @@ impl Harness {
         let ns = Netns::named(unique("-tc"));
         let kernel = AyaKernel::new(KernelConfig {
             pin_root: pin_root.clone(),
-            cgroup: None,
+            ..KernelConfig::default()
         });
         let mut backend = EbpfBackend::new(kernel);
         let mut attached = plan.clone();

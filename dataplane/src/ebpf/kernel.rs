@@ -17,6 +17,7 @@ use switchyard_api::Mode;
 use super::layout::*;
 use super::objects;
 use super::plan::LoadConfig;
+use super::probe::Capabilities;
 use super::sync::{MapOp, RawMaps, Snapshot};
 use super::tc::rtnl::Hook;
 use super::tc::{self, Classic, TcApi, TcAttachMode};
@@ -131,8 +132,8 @@ pub struct AyaKernel {
     config: KernelConfig,
     loaded: Option<LoadConfig>,
     maps: Option<OpenMaps>,
-    /// The tc attach API, once probed.
-    tc_api: Option<TcApi>,
+    /// The kernel's capabilities, once probed.
+    caps: Option<Capabilities>,
 }
 
 impl AyaKernel {
@@ -141,17 +142,33 @@ impl AyaKernel {
             config,
             loaded: None,
             maps: None,
-            tc_api: None,
+            caps: None,
         }
     }
 
-    /// The tc attach API in use (probed at the first load).
-    pub fn tc_api(&mut self) -> TcApi {
-        *self.tc_api.get_or_insert_with(|| {
-            let api = self.config.tc_attach.resolve();
-            tracing::info!(%api, "eBPF tc programs attach with {api}");
-            api
+    /// As [`AyaKernel::new`] on a kernel assumed to have `caps` (tests of the
+    /// fallbacks on a kernel that has more).
+    pub fn with_capabilities(config: KernelConfig, caps: Capabilities) -> AyaKernel {
+        AyaKernel {
+            caps: Some(caps),
+            ..AyaKernel::new(config)
+        }
+    }
+
+    /// The kernel's capabilities (probed at the first load).
+    pub fn capabilities(&mut self) -> Capabilities {
+        *self.caps.get_or_insert_with(|| {
+            let caps = Capabilities::probe();
+            tracing::info!(?caps, "eBPF kernel capabilities");
+            caps
         })
+    }
+
+    /// The tc attach API in use.
+    pub fn tc_api(&mut self) -> TcApi {
+        let api = self.config.tc_attach.resolve(self.capabilities().tcx);
+        tracing::debug!(%api, "eBPF tc programs attach with {api}");
+        api
     }
 
     fn maps_dir(&self) -> PathBuf {
@@ -190,6 +207,7 @@ impl AyaKernel {
 
     pub(crate) fn load_object(
         config: &LoadConfig,
+        caps: Capabilities,
         maps_dir: &Path,
         object: &[u8],
     ) -> Result<Ebpf, BackendError> {
@@ -205,12 +223,18 @@ impl AyaKernel {
             .override_global("CFG_NODE_IP4", &ip4, true)
             .override_global("CFG_NODE_IP6", &ip6.0, true)
             .override_global("CFG_LOCAL_DETECTOR", &u8::from(config.local_detector), true)
+            .override_global("CFG_HAVE_SET_RETVAL", &u8::from(caps.set_retval), true)
             .load(object)
             .map_err(|e| kernel_err("load object", e))
     }
 
-    fn attach_tc(&self, config: &LoadConfig, api: TcApi) -> Result<(), BackendError> {
-        let mut obj = Self::load_object(config, &self.maps_dir(), objects::TC)?;
+    fn attach_tc(
+        &self,
+        config: &LoadConfig,
+        caps: Capabilities,
+        api: TcApi,
+    ) -> Result<(), BackendError> {
+        let mut obj = Self::load_object(config, caps, &self.maps_dir(), objects::TC)?;
         let devices = if config.devices.is_empty() {
             interfaces()
         } else {
@@ -269,8 +293,13 @@ impl AyaKernel {
         self.pin_link(link, &format!("tc-{dev}-{dir}"))
     }
 
-    fn attach_sock(&self, config: &LoadConfig, cgroup: &Path) -> Result<(), BackendError> {
-        let mut obj = Self::load_object(config, &self.maps_dir(), objects::SOCK)?;
+    fn attach_sock(
+        &self,
+        config: &LoadConfig,
+        caps: Capabilities,
+        cgroup: &Path,
+    ) -> Result<(), BackendError> {
+        let mut obj = Self::load_object(config, caps, &self.maps_dir(), objects::SOCK)?;
         let cgroup_fd = fs::File::open(cgroup).map_err(io_err("open cgroup"))?;
         for name in SOCK_PROGRAMS {
             let prog: &mut CgroupSockAddr = obj
@@ -459,9 +488,10 @@ impl EbpfKernel for AyaKernel {
         if self.loaded.as_ref() == Some(config) {
             return Ok(());
         }
+        let caps = self.capabilities();
         let api = self.tc_api();
         let wanted = digest(&format!(
-            "{config:?}\ncgroup={:?}\ntc={api:?}\n",
+            "{config:?}\ncgroup={:?}\ntc={api:?}\n{caps:?}\n",
             self.config.cgroup
         ));
         if self.attached_digest() == Some(wanted) {
@@ -483,9 +513,9 @@ impl EbpfKernel for AyaKernel {
         }
         self.detach_all()?;
         self.maps = None;
-        self.attach_tc(config, api)?;
+        self.attach_tc(config, caps, api)?;
         if let (true, Some(cgroup)) = (config.socket_lb, self.config.cgroup.clone()) {
-            self.attach_sock(config, &cgroup)?;
+            self.attach_sock(config, caps, &cgroup)?;
         }
         for name in MAPS {
             let path = self.maps_dir().join(name);

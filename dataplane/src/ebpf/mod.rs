@@ -7,6 +7,7 @@ pub mod layout;
 pub mod maglev;
 pub mod objects;
 pub mod plan;
+pub mod probe;
 pub mod scratch;
 pub mod sync;
 pub mod tc;

@@ -79,6 +79,14 @@ impl NodeSockets {
     }
 }
 
+/// Why a flow from a loopback source that expects translation is skipped.
+pub const LOOPBACK_SOURCE: &str = "a socket bound to a loopback address cannot be connected to \
+     an endpoint (EINVAL); eBPF serves localhost NodePorts to unbound sockets, tested in \
+     switchyard_dataplane::ebpf::tests::sock_cgroup";
+
+/// Every reason this mode gives for a SKIP.
+pub const SKIP_REASONS: [&str; 2] = [SCTP_UNSUPPORTED, LOOPBACK_SOURCE];
+
 /// The eBPF hooks of one scenario.
 #[derive(Debug, Default)]
 pub struct EbpfHooks {
@@ -165,12 +173,7 @@ impl ModeHooks for EbpfHooks {
             return Some(SCTP_UNSUPPORTED.to_string());
         }
         if flow.source_ip.is_loopback() && translated {
-            return Some(
-                "a socket bound to a loopback address cannot be connected to an endpoint \
-                 (EINVAL); eBPF serves localhost NodePorts to unbound sockets, tested in \
-                 switchyard_dataplane::ebpf::tests::sock_cgroup"
-                    .to_string(),
-            );
+            return Some(LOOPBACK_SOURCE.to_string());
         }
         None
     }

@@ -18,7 +18,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 
 use aya::maps::{HashMap, Map, MapData};
-use aya::programs::{SchedClassifier, TcAttachType};
+use aya::programs::SchedClassifier;
 
 use self::rtnl::{Filter, Hook, Rtnl, Slot};
 use super::kernel::kernel_err;
@@ -92,21 +92,15 @@ impl fmt::Display for TcApi {
 }
 
 impl TcAttachMode {
-    /// The API this mode means on this kernel (Auto: probed).
-    pub fn resolve(self) -> TcApi {
+    /// The API this mode means on a kernel with or without TCX.
+    pub fn resolve(self, tcx: bool) -> TcApi {
         match self {
             TcAttachMode::Tcx => TcApi::Tcx,
             TcAttachMode::Classic => TcApi::Classic,
-            TcAttachMode::Auto if tcx_supported() => TcApi::Tcx,
+            TcAttachMode::Auto if tcx => TcApi::Tcx,
             TcAttachMode::Auto => TcApi::Classic,
         }
     }
-}
-
-/// Whether the kernel knows TCX: a query of loopback's TCX ingress programs
-/// (no side effect) fails with EINVAL before 6.6.
-pub fn tcx_supported() -> bool {
-    SchedClassifier::query_tcx("lo", TcAttachType::Ingress).is_ok()
 }
 
 fn tc_err(operation: &'static str, ifindex: u32) -> impl FnOnce(std::io::Error) -> BackendError {

@@ -13,6 +13,7 @@ use crate::ebpf::EbpfBackend;
 use crate::ebpf::kernel::{AyaKernel, KernelConfig};
 use crate::ebpf::objects;
 use crate::ebpf::plan::{EbpfPlan, render};
+use crate::ebpf::probe::Capabilities;
 use crate::settings::{LocalDetector, Settings};
 
 const TC_ACT_OK: u32 = 0;
@@ -147,7 +148,13 @@ impl Harness {
         attached.config = config.clone();
         ns.enter(|| backend.apply(&attached).unwrap());
         let mut programs =
-            AyaKernel::load_object(&config, &pin_root.join("maps"), objects::TC).unwrap();
+            AyaKernel::load_object(
+                &config,
+                Capabilities::probe(),
+                &pin_root.join("maps"),
+                objects::TC,
+            )
+            .unwrap();
         for name in PROGRAMS {
             let prog: &mut SchedClassifier =
                 programs.program_mut(name).unwrap().try_into().unwrap();

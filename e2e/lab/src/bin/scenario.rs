@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use switchyard_api::Mode;
+use switchyard_dataplane::ebpf::probe::Capabilities;
 use switchyard_dataplane::ebpf::tc::TcAttachMode;
 use switchyard_lab::probe::{self, Listen};
 use switchyard_lab::runner::{self, Options, Totals};
@@ -156,7 +157,7 @@ fn main() -> ExitCode {
     if mode == Mode::Ebpf {
         eprintln!(
             "scenario: eBPF tc programs attach with {}",
-            cli.tc_attach.resolve()
+            cli.tc_attach.resolve(Capabilities::probe().tcx)
         );
     }
     let mut hooks = hooks::hooks_for(mode, cli.tc_attach);

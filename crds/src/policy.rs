@@ -11,14 +11,18 @@
 //!   serving-terminating ones.
 //! - A port uses Cluster endpoints unless internal traffic is Local and it is not
 //!   reachable from outside; it uses Local endpoints when internal traffic is
-//!   Local or it is external with external traffic Local.
+//!   Local or it is external with external traffic Local. A list the port does
+//!   not use stays empty, so a backend reads "uses Cluster endpoints" as
+//!   "`cluster` is not empty" and never re-decides it.
+//! - kube-proxy runs one proxier per IP family, each categorising its family's
+//!   endpoints: [`LinkedServicePort::family`] is that view.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::ruleset::{
-    Endpoint, ProxyRulesetSpec, Ruleset, ServicePortRule, ShardLayout, TrafficPolicy,
+    Endpoint, IpFamily, ProxyRulesetSpec, Ruleset, ServicePortRule, ShardLayout, TrafficPolicy,
     complete_shards,
 };
 
@@ -57,7 +61,35 @@ pub struct LinkedServicePort {
     pub topology: TopologyMode,
 }
 
+/// kube-proxy's `CategorizeEndpoints` outputs as its proxier for one IP family
+/// gets them: [`LinkedServicePort`]'s lists narrowed to the family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FamilyEndpoints<'a> {
+    /// `clusterEndpoints`: empty when the port does not use Cluster endpoints.
+    pub cluster: Vec<&'a Endpoint>,
+    /// `localEndpoints`: empty when the port does not use Local endpoints.
+    pub local: Vec<&'a Endpoint>,
+    /// `allReachableEndpoints`.
+    pub all_reachable: Vec<&'a Endpoint>,
+    /// `hasAnyEndpoints`: a usable endpoint of this family exists somewhere.
+    pub has_any_endpoints: bool,
+}
+
 impl LinkedServicePort {
+    /// The categorised endpoints of one IP family.
+    pub fn family(&self, family: IpFamily) -> FamilyEndpoints<'_> {
+        let in_family = |b: &&Endpoint| IpFamily::of(&b.ip) == family;
+        FamilyEndpoints {
+            cluster: self.cluster_endpoints().filter(in_family).collect(),
+            local: self.local_endpoints().filter(in_family).collect(),
+            all_reachable: self.all_reachable_endpoints().filter(in_family).collect(),
+            // Every port uses Cluster or Local endpoints, and either way any
+            // usable endpoint of the family makes its proxier's hasAnyEndpoints.
+            has_any_endpoints: self.has_any_endpoints
+                && self.rule.endpoints.iter().filter(in_family).any(usable),
+        }
+    }
+
     pub fn cluster_endpoints(&self) -> impl Iterator<Item = &Endpoint> {
         self.cluster.iter().map(|&i| &self.rule.endpoints[i])
     }
@@ -247,9 +279,7 @@ pub fn link_service_port(rule: &ServicePortRule, node: &NodeInfo) -> LinkedServi
 
     let mut local = Vec::new();
     if uses_local {
-        has_any_endpoints |= endpoints
-            .iter()
-            .any(|b| b.ready || (b.serving && b.terminating));
+        has_any_endpoints |= endpoints.iter().any(usable);
         local = indices(endpoints, |b| is_local(b) && b.ready);
         if local.is_empty() {
             local = indices(endpoints, |b| is_local(b) && b.serving && b.terminating);
@@ -275,6 +305,12 @@ pub fn link_service_port(rule: &ServicePortRule, node: &NodeInfo) -> LinkedServi
         has_any_endpoints,
         topology,
     }
+}
+
+/// An endpoint kube-proxy may send traffic to: ready, or serving and
+/// terminating (the fallback of KEP-1669).
+fn usable(b: &Endpoint) -> bool {
+    b.ready || (b.serving && b.terminating)
 }
 
 fn indices(endpoints: &[Endpoint], keep: impl Fn(&Endpoint) -> bool) -> Vec<usize> {
@@ -460,6 +496,22 @@ mod tests {
         let l = link_service_port(&rule(vec![a, b]), &node(None));
         assert_eq!(l.topology, TopologyMode::PreferSameNode);
         assert_eq!(ids(l.internal_endpoints()), [1]);
+    }
+
+    #[test]
+    fn each_family_has_endpoints_only_when_one_of_its_own_is_usable() {
+        let mut v6 = endpoint(2, "me", false, false, false);
+        v6.ip = "fd00::2".parse().unwrap();
+        let l = link_service_port(
+            &rule(vec![endpoint(1, "other", true, true, false), v6]),
+            &node(None),
+        );
+        let v4 = l.family(IpFamily::V4);
+        assert_eq!(ids(v4.cluster.into_iter()), [1]);
+        assert!(v4.has_any_endpoints);
+        let v6 = l.family(IpFamily::V6);
+        assert!(v6.cluster.is_empty() && v6.all_reachable.is_empty());
+        assert!(!v6.has_any_endpoints, "rejected, not dropped, in IPv6");
     }
 
     /// A layout of `count` shards, service `i` in shard `i % count`.

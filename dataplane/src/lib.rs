@@ -3,7 +3,7 @@
 //! `apply` / `cleanup` (the only code that touches the kernel), plus what the
 //! modes share: the [`exec`] chokepoint for kernel tools, the render
 //! [`settings`], [`conntrack`] cleanup and kube-proxy's leftovers
-//! ([`kubeproxy`]). The node agent's runtime drives it; the CLI's `plan` and
+//! ([`kubeproxy`]), and what each mode does differently ([`semantics`]). The node agent's runtime drives it; the CLI's `plan` and
 //! `diff` and the benches render with it.
 //!
 //! [`Dataplane`] is the object-safe face the agent's control loop drives, so a
@@ -13,6 +13,7 @@ pub mod conntrack;
 pub mod exec;
 pub mod kubeproxy;
 pub mod netlink;
+pub mod semantics;
 pub mod settings;
 
 pub mod ebpf;

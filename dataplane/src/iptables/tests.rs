@@ -65,6 +65,21 @@ fn overall_render_matches_golden() {
 }
 
 #[test]
+fn dual_stack_render_matches_golden() {
+    let mut node = node();
+    node.addresses.push("2001:db8::1".parse().unwrap());
+    let objects = parse_objects(include_str!("testdata/dual-stack.yaml")).unwrap();
+    let compiled = compile(&Snapshot::from(objects), &CompileSettings::default());
+    let mut s = settings();
+    s.local_detector = LocalDetector::Cidrs(vec![
+        "10.0.0.0/8".parse().unwrap(),
+        "fd00:10::/64".parse().unwrap(),
+    ]);
+    let plan = render::render(&link(&compiled.ruleset, &node), &s);
+    golden("dual-stack.golden", &plan.to_string());
+}
+
+#[test]
 fn masquerade_all_and_no_detector_render() {
     let ruleset = linked(OVERALL);
     let mut all = settings();

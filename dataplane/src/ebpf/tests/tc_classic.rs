@@ -26,7 +26,8 @@ fn add_foreign_filter(node: &Netns, bpffs: &ScratchBpffs, dev: &str, hook: Hook)
     let config = render(&linked(vec![]), &Settings::defaults(Mode::Ebpf)).config;
     let maps = bpffs.dir().join("foreign");
     std::fs::create_dir_all(&maps).unwrap();
-    let mut obj = AyaKernel::load_object(&config, Capabilities::probe(), &maps, objects::TC).unwrap();
+    let mut obj =
+        AyaKernel::load_object(&config, Capabilities::probe(), &maps, objects::TC).unwrap();
     let prog: &mut aya::programs::SchedClassifier = obj
         .program_mut("sy_tc_ingress")
         .unwrap()

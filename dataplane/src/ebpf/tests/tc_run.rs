@@ -147,14 +147,13 @@ impl Harness {
         let mut attached = plan.clone();
         attached.config = config.clone();
         ns.enter(|| backend.apply(&attached).unwrap());
-        let mut programs =
-            AyaKernel::load_object(
-                &config,
-                Capabilities::probe(),
-                &pin_root.join("maps"),
-                objects::TC,
-            )
-            .unwrap();
+        let mut programs = AyaKernel::load_object(
+            &config,
+            Capabilities::probe(),
+            &pin_root.join("maps"),
+            objects::TC,
+        )
+        .unwrap();
         for name in PROGRAMS {
             let prog: &mut SchedClassifier =
                 programs.program_mut(name).unwrap().try_into().unwrap();

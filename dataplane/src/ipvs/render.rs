@@ -161,7 +161,11 @@ pub fn render(ruleset: &LinkedRuleset, settings: &Settings) -> IpvsPlan {
         .chain(plan.services.keys().map(|k| IpFamily::of(&k.addr)))
         .collect();
     for family in families {
-        plan.rules.push(rules::family_rules(family, settings));
+        plan.rules.push(rules::family_rules(
+            family,
+            settings,
+            &plan.lb_no_node_access,
+        ));
         let filled = sets.remove(&family).map(|s| s.0).unwrap_or_default();
         for (base, kind, comment) in SETS {
             plan.ipsets.push(IpSet {
@@ -381,12 +385,19 @@ fn load_balancer_ips(p: &Port<'_>, plan: &mut IpvsPlan, sets: &mut BTreeMap<IpFa
             }
         }
         // kube-proxy's allowFromNode: a range holding the node lets the
-        // node's connections SNATed to the LB IP itself in.
+        // node's connections SNATed to the LB IP itself in; otherwise they
+        // are dropped on the way out (KUBE-IPVS-OUT-FILTER).
         if p.allow_from_node {
             s.add(
                 "KUBE-LOAD-BALANCER-SOURCE-IP",
                 SetEntry::IpPortIp(*ip, rule.protocol, rule.port, *ip),
             );
+        } else {
+            plan.lb_no_node_access.insert(ServiceKey {
+                protocol: rule.protocol,
+                addr: *ip,
+                port: rule.port,
+            });
         }
     }
 }

@@ -385,9 +385,9 @@ fn traced_ipvs_rules_reject_unknown_ports_enforce_source_ranges_and_masquerade_a
         .into_iter()
         .chain(plan.addresses.iter().copied())
         .collect();
-    let traced = |source: &str, destination: &str, port: u16| -> Vec<(Verdict, bool)> {
+    let traced_from = |origin, source: &str, destination: &str, port: u16| {
         let packet = Packet {
-            origin: Origin::Remote,
+            origin,
             protocol: Protocol::Tcp,
             source: source.parse().unwrap(),
             destination: destination.parse().unwrap(),
@@ -396,7 +396,10 @@ fn traced_ipvs_rules_reject_unknown_ports_enforce_source_ranges_and_masquerade_a
         trace_with_sets(rules, &local, &plan, &packet)
             .into_iter()
             .map(|o| (o.verdict, o.masquerade))
-            .collect()
+            .collect::<Vec<(Verdict, bool)>>()
+    };
+    let traced = |source: &str, destination: &str, port: u16| {
+        traced_from(Origin::Remote, source, destination, port)
     };
     let (pod, outside, allowed) = ("10.1.2.2", "172.16.0.9", "198.51.100.5");
     let to_ipvs = |masquerade| vec![(Verdict::Untranslated, masquerade)];
@@ -414,6 +417,12 @@ fn traced_ipvs_rules_reject_unknown_ports_enforce_source_ranges_and_masquerade_a
     assert_eq!(traced(allowed, "203.0.113.7", 443), to_ipvs(false));
     assert_eq!(
         traced(outside, "203.0.113.7", 443),
+        [(Verdict::Drop, false)]
+    );
+    // The node's own connection SNATed to the LB IP: no range holds the node,
+    // so KUBE-IPVS-OUT-FILTER drops it.
+    assert_eq!(
+        traced_from(Origin::Node, "203.0.113.7", "203.0.113.7", 443),
         [(Verdict::Drop, false)]
     );
     // Hairpin: a pod's connection IPVS sent back to that pod leaves masqueraded.

@@ -76,6 +76,16 @@ impl Netns {
 
     /// Write sysctls (`net.ipv4.ip_forward` style names) inside this namespace.
     pub fn sysctls(&self, settings: &[(&str, &str)]) -> Result<(), HarnessError> {
+        self.write_sysctls(settings, false)
+    }
+
+    /// As [`Netns::sysctls`], skipping keys this kernel does not have per
+    /// namespace (e.g. `net.ipv4.icmp_msgs_per_sec` before 6.0).
+    pub fn sysctls_where_present(&self, settings: &[(&str, &str)]) -> Result<(), HarnessError> {
+        self.write_sysctls(settings, true)
+    }
+
+    fn write_sysctls(&self, settings: &[(&str, &str)], optional: bool) -> Result<(), HarnessError> {
         let file = self.open()?;
         let settings: Vec<(String, String)> = settings
             .iter()
@@ -86,10 +96,13 @@ impl Netns {
             enter(&file)?;
             for (key, value) in settings {
                 let path = format!("/proc/sys/{}", key.replace('.', "/"));
-                std::fs::write(&path, &value).map_err(|e| HarnessError::Setup {
-                    what: format!("sysctl {key}={value} in {name}"),
-                    message: e.to_string(),
-                })?;
+                match std::fs::write(&path, &value) {
+                    Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => {}
+                    other => other.map_err(|e| HarnessError::Setup {
+                        what: format!("sysctl {key}={value} in {name}"),
+                        message: e.to_string(),
+                    })?,
+                }
             }
             Ok(())
         })

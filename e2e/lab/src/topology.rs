@@ -148,10 +148,12 @@ impl Topology {
             // REJECT answers with ICMP; the default rate limit would turn
             // later rejections into apparent drops.
             ("net.ipv4.icmp_ratelimit", "0"),
-            ("net.ipv4.icmp_msgs_per_sec", "100000"),
             ("net.ipv6.icmp.ratelimit", "0"),
         ]);
         self.node.sysctls(&node_sysctls)?;
+        // The global ICMP budget, per namespace only since Linux 6.0.
+        self.node
+            .sysctls_where_present(&[("net.ipv4.icmp_msgs_per_sec", "100000")])?;
 
         let mut node_cmds = vec![
             format!("link add {UPLINK} type veth peer name {UPLINK}p"),

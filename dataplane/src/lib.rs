@@ -12,6 +12,7 @@
 pub mod conntrack;
 pub mod exec;
 pub mod kubeproxy;
+pub mod netlink;
 pub mod semantics;
 pub mod settings;
 pub mod sysctl;

@@ -107,14 +107,27 @@ impl Netns {
 
     /// Write sysctls (`net.ipv4.ip_forward` style names) of this namespace.
     pub fn sysctls(&self, settings: &[(&str, &str)]) -> Result<(), NetnsError> {
+        self.write_sysctls(settings, false)
+    }
+
+    /// As [`Netns::sysctls`], skipping keys this kernel does not have per
+    /// namespace (e.g. `net.ipv4.icmp_msgs_per_sec` before 6.0).
+    pub fn sysctls_where_present(&self, settings: &[(&str, &str)]) -> Result<(), NetnsError> {
+        self.write_sysctls(settings, true)
+    }
+
+    fn write_sysctls(&self, settings: &[(&str, &str)], optional: bool) -> Result<(), NetnsError> {
         self.run(|| {
             settings.iter().try_for_each(|(key, value)| {
                 let path = format!("/proc/sys/{}", key.replace('.', "/"));
-                std::fs::write(path, value).map_err(|source| NetnsError::Io {
-                    operation: "set sysctl",
-                    object: format!("{key}={value} in {}", self.name),
-                    source,
-                })
+                match std::fs::write(path, value) {
+                    Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    other => other.map_err(|source| NetnsError::Io {
+                        operation: "set sysctl",
+                        object: format!("{key}={value} in {}", self.name),
+                        source,
+                    }),
+                }
             })
         })?
     }

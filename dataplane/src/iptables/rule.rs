@@ -3,7 +3,7 @@
 //! argument text of an `iptables-restore` `-A` line, the only place text is made.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use switchyard_api::ruleset::{Cidr, Protocol};
 
@@ -63,6 +63,13 @@ pub enum Match {
     Set {
         name: String,
         dimensions: &'static [Side],
+    },
+    /// `-m ipvs --vaddr <ip> --vproto <proto> --vport <port>`: the packet
+    /// belongs to an IPVS connection of that virtual server.
+    IpvsVirtual {
+        addr: IpAddr,
+        protocol: Protocol,
+        port: u16,
     },
 }
 
@@ -191,6 +198,16 @@ impl fmt::Display for Match {
                     .collect();
                 write!(f, "-m set --match-set {name} {}", sides.join(","))
             }
+            Match::IpvsVirtual {
+                addr,
+                protocol,
+                port,
+            } => write!(
+                f,
+                "-m ipvs --vaddr {} --vproto {} --vport {port}",
+                host_or_cidr(&Cidr::host(*addr)),
+                protocol.as_lower()
+            ),
         }
     }
 }

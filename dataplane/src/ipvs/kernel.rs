@@ -3,16 +3,15 @@
 //! the calling thread's network namespace; `fake::FakeIpvs` (unit tests only)
 //! is an in-memory table. [`Ipvs`] puts typed operations on top of either.
 
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_generic::GenlMessage;
 use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
 use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_GENERIC};
+use netlink_sys::protocols::NETLINK_GENERIC;
 
 use super::genl::{FAMILY_NAME, IpvsAttr, IpvsCmd, IpvsMessage, family_of};
 use super::objects::{DestState, RealServer, ServiceKey, Timeouts, VirtualServer};
+use crate::netlink::Connection;
 
 /// A request to the IPVS family failed.
 #[derive(Debug, thiserror::Error)]
@@ -38,39 +37,27 @@ pub trait IpvsKernel: Send {
 
 /// The kernel over generic netlink.
 pub struct NetlinkIpvs {
-    socket: Socket,
+    conn: Connection,
     family: u16,
-    seq: u32,
-    /// Raw reply messages, when recording (for capturing fixtures).
-    recorded: Option<Vec<Vec<u8>>>,
 }
 
 impl NetlinkIpvs {
     /// Open a socket in the calling thread's network namespace and resolve the family.
     pub fn open() -> Result<NetlinkIpvs, KernelError> {
-        let mut socket = Socket::new(NETLINK_GENERIC).map_err(KernelError::Socket)?;
-        socket.bind_auto().map_err(KernelError::Socket)?;
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(KernelError::Socket)?;
-        let mut nl = NetlinkIpvs {
-            socket,
-            family: 0,
-            seq: 0,
-            recorded: None,
-        };
+        let conn = Connection::open(NETLINK_GENERIC).map_err(KernelError::Socket)?;
+        let mut nl = NetlinkIpvs { conn, family: 0 };
         nl.family = nl.resolve_family()?;
         Ok(nl)
     }
 
     /// Keep the raw bytes of every reply from now on.
     pub fn record(&mut self) {
-        self.recorded = Some(Vec::new());
+        self.conn.record();
     }
 
     /// The raw replies recorded since [`NetlinkIpvs::record`].
     pub fn take_recorded(&mut self) -> Vec<Vec<u8>> {
-        self.recorded.replace(Vec::new()).unwrap_or_default()
+        self.conn.take_recorded()
     }
 
     /// The family id the kernel assigned to `IPVS`.
@@ -84,7 +71,8 @@ impl NetlinkIpvs {
             nlas: vec![GenlCtrlAttrs::FamilyName(FAMILY_NAME.to_string())],
         });
         let replies = self
-            .exchange(msg, NLM_F_REQUEST | NLM_F_ACK)
+            .conn
+            .request(msg, NLM_F_REQUEST | NLM_F_ACK)
             .map_err(|e| KernelError::NoFamily(e.to_string()))?;
         replies
             .iter()
@@ -94,75 +82,6 @@ impl NetlinkIpvs {
                 _ => None,
             })
             .ok_or_else(|| KernelError::NoFamily("no family id in the reply".into()))
-    }
-
-    /// Send one message and collect the replies until the ack or the end of the dump.
-    fn exchange<T>(
-        &mut self,
-        mut msg: GenlMessage<T>,
-        flags: u16,
-    ) -> std::io::Result<Vec<GenlMessage<T>>>
-    where
-        T: netlink_packet_generic::GenlFamily
-            + netlink_packet_core::Emitable
-            + netlink_packet_core::ParseableParametrized<[u8], netlink_packet_generic::GenlHeader>
-            + std::fmt::Debug,
-    {
-        self.seq = self.seq.wrapping_add(1);
-        msg.set_resolved_family_id(self.family);
-        let mut header = NetlinkHeader::default();
-        header.flags = flags;
-        header.sequence_number = self.seq;
-        let mut nl = NetlinkMessage::new(header, NetlinkPayload::from(msg));
-        nl.finalize();
-        let mut buf = vec![0u8; nl.buffer_len()];
-        nl.serialize(&mut buf);
-        self.socket.send(&buf, 0)?;
-
-        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
-        let mut out = Vec::new();
-        let mut rx = Vec::with_capacity(1 << 16);
-        loop {
-            rx.clear();
-            let n = self.socket.recv(&mut rx, 0)?;
-            let mut offset = 0;
-            while offset < n {
-                let bytes = &rx[offset..n];
-                let reply = NetlinkMessage::<GenlMessage<T>>::deserialize(bytes).map_err(|e| {
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
-                })?;
-                let len = reply.header.length as usize;
-                if len == 0 {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        "netlink message of length 0",
-                    ));
-                }
-                if let Some(rec) = self.recorded.as_mut() {
-                    rec.push(bytes[..len.min(bytes.len())].to_vec());
-                }
-                offset += (len + 3) & !3;
-                if reply.header.sequence_number != self.seq {
-                    continue;
-                }
-                match reply.payload {
-                    NetlinkPayload::InnerMessage(m) => {
-                        out.push(m);
-                        if !dump && flags & NLM_F_ACK == 0 {
-                            return Ok(out);
-                        }
-                    }
-                    NetlinkPayload::Error(e) => {
-                        return match e.code {
-                            None => Ok(out),
-                            Some(_) => Err(e.to_io()),
-                        };
-                    }
-                    NetlinkPayload::Done(_) => return Ok(out),
-                    _ => {}
-                }
-            }
-        }
     }
 }
 
@@ -174,8 +93,11 @@ impl IpvsKernel for NetlinkIpvs {
         } else {
             NLM_F_REQUEST | NLM_F_ACK
         };
+        let mut msg = GenlMessage::from_payload(msg);
+        msg.set_resolved_family_id(self.family);
         let replies = self
-            .exchange(GenlMessage::from_payload(msg), flags)
+            .conn
+            .request(msg, flags)
             .map_err(|source| match source.kind() {
                 std::io::ErrorKind::InvalidData => KernelError::Decode {
                     cmd,

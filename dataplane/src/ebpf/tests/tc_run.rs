@@ -13,6 +13,7 @@ use crate::ebpf::EbpfBackend;
 use crate::ebpf::kernel::{AyaKernel, KernelConfig};
 use crate::ebpf::objects;
 use crate::ebpf::plan::{EbpfPlan, render};
+use crate::ebpf::probe::Capabilities;
 use crate::settings::{LocalDetector, Settings};
 
 const TC_ACT_OK: u32 = 0;
@@ -140,14 +141,19 @@ impl Harness {
         let ns = named(&unique("-tc"));
         let kernel = AyaKernel::new(KernelConfig {
             pin_root: pin_root.clone(),
-            cgroup: None,
+            ..KernelConfig::default()
         });
         let mut backend = EbpfBackend::new(kernel);
         let mut attached = plan.clone();
         attached.config = config.clone();
         ns.enter(|| backend.apply(&attached).unwrap());
-        let mut programs =
-            AyaKernel::load_object(&config, &pin_root.join("maps"), objects::TC).unwrap();
+        let mut programs = AyaKernel::load_object(
+            &config,
+            Capabilities::probe(),
+            &pin_root.join("maps"),
+            objects::TC,
+        )
+        .unwrap();
         for name in PROGRAMS {
             let prog: &mut SchedClassifier =
                 programs.program_mut(name).unwrap().try_into().unwrap();

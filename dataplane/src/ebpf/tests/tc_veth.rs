@@ -1,6 +1,7 @@
 //! The tc programs on real interfaces: a client namespace and a pod namespace
 //! wired to a node namespace by veth pairs; NodePort traffic from the client
-//! is DNATed and masqueraded to the pod, and rejected without endpoints.
+//! is DNATed and masqueraded to the pod, and rejected without endpoints —
+//! attached with TCX and with classic tc (this kernel has both).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -15,6 +16,7 @@ use crate::Backend as _;
 use crate::ebpf::EbpfBackend;
 use crate::ebpf::kernel::{AyaKernel, KernelConfig};
 use crate::ebpf::plan::render;
+use crate::ebpf::tc::TcAttachMode;
 use crate::settings::Settings;
 
 /// A veth pair from the node to `peer`, whose end is named eth0.
@@ -33,7 +35,26 @@ fn ask(addr: &str) -> std::io::Result<String> {
 }
 
 #[test]
-fn node_port_through_real_interfaces_is_dnated_masqueraded_and_rejected_without_endpoints() {
+fn node_port_through_real_interfaces_is_dnated_masqueraded_and_rejected_with_tcx() {
+    node_port_through_real_interfaces(TcAttachMode::Tcx, |_| {});
+}
+
+#[test]
+fn node_port_through_real_interfaces_is_dnated_masqueraded_and_rejected_with_classic_tc() {
+    node_port_through_real_interfaces(TcAttachMode::Classic, |node| {
+        for dev in ["up0", "pod0"] {
+            let qdiscs = node.sh(&format!("tc qdisc show dev {dev}"));
+            assert!(
+                !qdiscs.contains("clsact"),
+                "the clsact qdisc the agent added is gone: {qdiscs}"
+            );
+        }
+    });
+}
+
+/// The flows through a node whose tc programs attach with `api`;
+/// `after_cleanup` checks the node namespace once the backend cleaned up.
+fn node_port_through_real_interfaces(api: TcAttachMode, after_cleanup: impl FnOnce(&Netns)) {
     let bpffs = bpffs();
     let node = named(&unique("-n"));
     let client = named(&unique("-c"));
@@ -83,8 +104,15 @@ fn node_port_through_real_interfaces_is_dnated_masqueraded_and_rejected_without_
     let mut backend = EbpfBackend::new(AyaKernel::new(KernelConfig {
         pin_root: bpffs.dir().join("switchyard"),
         cgroup: None,
+        tc_attach: api,
     }));
     node.enter(|| backend.apply(&plan)).unwrap();
+    let filters = node.sh("tc filter show dev up0 ingress");
+    assert_eq!(
+        filters.contains("sy_tc_ingress"),
+        api == TcAttachMode::Classic,
+        "a cls_bpf filter only with classic tc: {filters}"
+    );
 
     let answer = client.enter(|| ask("192.0.2.1:30080")).unwrap();
     assert_eq!(
@@ -105,4 +133,5 @@ fn node_port_through_real_interfaces_is_dnated_masqueraded_and_rejected_without_
         after.is_err(),
         "nothing translates after cleanup: {after:?}"
     );
+    after_cleanup(&node);
 }

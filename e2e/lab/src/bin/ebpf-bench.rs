@@ -173,6 +173,7 @@ fn bench(services: u32, per: u32, connects: u32) -> Result<(), String> {
     let config = KernelConfig {
         pin_root: bpffs.dir().join("switchyard"),
         cgroup: Some(cgroup.dir().to_path_buf()),
+        ..KernelConfig::default()
     };
 
     // The "agent": a thread in the namespace that owns the backend.

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::runtime::events::Recorder;
 use kube::{Api, Client};
 use switchyard_compiler::{CompileSettings, DEFAULT_SHARD_BUDGET_BYTES};
 use tokio::sync::watch;
@@ -20,6 +19,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::clock::SystemClock;
 use crate::controller::{self, reporter};
+use crate::events::EventPublisher;
 use crate::http::{Health, serve};
 use crate::leader::{LeaderElector, LeaseSettings, run_while_leader};
 use crate::metrics::Metrics;
@@ -112,7 +112,7 @@ async fn controllers(
             proxy_name: args.proxy_name.clone(),
         },
         args.shard_budget_bytes,
-        Recorder::new(client, reporter(Some(holder))),
+        EventPublisher::new(client, reporter(Some(holder))),
         metrics,
         stopped(stop),
     );

@@ -1,8 +1,10 @@
-//! `switchyard demo` at a small size, for real: namespaces, the real backends
-//! applied through the agent's switch procedure, the operator's batches, and
+//! `switchyard demo` at a small size, for real: a real control plane, the
+//! operator and node agents as processes (this package's `switchyard` in its
+//! operator and agent roles), the mode changed with `kubectl patch`, and
 //! traffic through every switch. Needs root (CI runs as root); skipped loudly
 //! otherwise.
 
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -30,6 +32,7 @@ fn migrate(from: Mode, to: Mode) {
         batch: 1,
         settle: Duration::from_millis(1500),
         progress: Progress::to(Box::new(std::io::stderr()), false),
+        programs: DemoOptions::programs_of(Path::new(env!("CARGO_BIN_EXE_switchyard"))),
     })
     .unwrap();
     eprintln!("{}", report.to_text());
@@ -55,8 +58,8 @@ fn migrate(from: Mode, to: Mode) {
     assert_eq!(report.dropped, 0, "{:#?}", report.failures);
     assert_eq!(report.udp_lost, 0, "{:#?}", report.failures);
     assert_eq!(report.misrouted, 0, "{:#?}", report.failures);
-    assert!(report.clean());
-    let ours = format!("sycli{}-", std::process::id());
+    assert!(report.clean(), "{:#?}", report.cleanup_errors);
+    let ours = format!("sydemo-{}-", std::process::id());
     let list = std::process::Command::new("ip")
         .args(["netns", "list"])
         .output()

@@ -47,7 +47,7 @@ pub struct Cli {
 }
 
 /// What the agent does.
-#[derive(Subcommand)]
+#[derive(Debug, Subcommand)]
 pub enum Command {
     /// Watch this node's ProxyNode, its pool's ProxyConfig and the ProxyRuleset
     /// shards; apply them with the target mode; report ProxyNode.status.
@@ -62,7 +62,7 @@ fn duration(text: &str) -> Result<Duration, String> {
 }
 
 /// The flags of `run`.
-#[derive(clap::Args)]
+#[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// This node's name (the ProxyNode and Node to watch).
     #[arg(long, env = "NODE_NAME")]
@@ -89,7 +89,7 @@ pub struct RunArgs {
 }
 
 /// The flags of `apply`.
-#[derive(clap::Args)]
+#[derive(Debug, clap::Args)]
 pub struct ApplyArgs {
     /// The dataplane: iptables, ipvs, nftables or ebpf.
     #[arg(long)]

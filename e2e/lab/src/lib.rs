@@ -10,14 +10,19 @@
 //! - [`runner`]: compile, link, apply, send connections, judge, report.
 //! - [`vm`]: Debian's stock kernel in qemu, for IPVS when the host lacks it.
 //! - [`controlplane`]: etcd, kube-apiserver and kube-controller-manager on loopback.
+//! - [`cluster`]: a cluster on it: nodes, pods and servers in namespaces, the
+//!   real operator and node agent processes (the tests' and the demo's).
+//! - [`nsthread`]: threads inside a namespace.
 //! - [`cleanup`]: what is undone on drop and on SIGINT/SIGTERM.
 
 pub mod agent;
 pub mod cleanup;
+pub mod cluster;
 pub mod controlplane;
 pub mod ebpf;
 pub mod hooks;
 pub mod netns;
+pub mod nsthread;
 pub mod probe;
 pub mod runner;
 pub mod scenario;

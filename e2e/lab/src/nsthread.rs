@@ -1,11 +1,11 @@
-//! Threads that run inside one of the demo's network namespaces: the thread
+//! Threads that run inside one of the lab's network namespaces: the thread
 //! enters the namespace first (sockets it opens and programs it starts live
 //! there) and never runs its work if entering fails.
 
 use std::thread::JoinHandle;
 
-use switchyard_lab::HarnessError;
-use switchyard_lab::netns::{self, Netns};
+use crate::HarnessError;
+use crate::netns::{self, Netns};
 
 /// Run `work` on a new thread inside `ns`; the thread's result is `Err` when
 /// it could not enter the namespace or `work` failed.

@@ -1,0 +1,223 @@
+//! Switchyard's own processes in the cluster, each under its own identity and
+//! with exactly `config/rbac`'s rights:
+//!
+//! - operator replicas in the host namespace (they reach the API server on
+//!   loopback), as ServiceAccount `switchyard-operator` with a token bound to
+//!   a Pod of their own (`switchyard-operator-<i>`), so the audit log tells
+//!   them apart; `/metrics` on a free loopback port each.
+//! - one node agent per node, inside the node's namespace, reaching the API
+//!   server through the node's forwarder, as ServiceAccount `switchyard-agent`
+//!   with a token bound to a Pod on its Node (what the admission policy checks).
+//!
+//! Every one works in the control plane's directory (so its leftover check
+//! covers them), logs to `<name>.log` there, and is killed on drop, on
+//! SIGINT/SIGTERM and with the harness ([`crate::controlplane::process`]).
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::ClusterError;
+use crate::controlplane::ControlPlane;
+use crate::controlplane::forward::Forwarder;
+use crate::controlplane::identity::{Identity, NAMESPACE};
+use crate::controlplane::process::{Daemon, Launch};
+use crate::netns::Netns;
+
+/// How to start a program: the executable and the arguments before its own
+/// (`switchyard __operator` runs the operator from the CLI's executable).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Program {
+    pub path: PathBuf,
+    pub args: Vec<String>,
+}
+
+impl Program {
+    /// A program run as itself.
+    pub fn new(path: impl Into<PathBuf>) -> Program {
+        Program {
+            path: path.into(),
+            args: Vec::new(),
+        }
+    }
+
+    /// `path` run in a role: `path role …`.
+    pub fn role(path: impl Into<PathBuf>, role: &str) -> Program {
+        Program {
+            path: path.into(),
+            args: vec![role.to_string()],
+        }
+    }
+}
+
+/// The operator and the node agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Programs {
+    pub operator: Program,
+    pub agent: Program,
+}
+
+/// The operators' leader election, in whole seconds (client-go's three
+/// durations): short, so a test sees a take-over quickly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseTiming {
+    pub lease: u64,
+    pub renew_deadline: u64,
+    pub retry_period: u64,
+}
+
+impl LeaseTiming {
+    /// The longest a standby may take to lead after the leader died: the
+    /// lease runs out, then its next attempt.
+    pub fn takeover_bound(&self) -> Duration {
+        Duration::from_secs(self.lease + self.retry_period)
+    }
+}
+
+/// How often agents may write their status (the default of 5s would hold
+/// every rollout batch up that long).
+const STATUS_MIN_INTERVAL: &str = "1s";
+
+fn launch(
+    cp: &ControlPlane,
+    name: &'static str,
+    program: &Program,
+    args: &[String],
+    log: &str,
+    netns: Option<&Netns>,
+    env: Vec<(String, String)>,
+) -> Result<Daemon, ClusterError> {
+    let mut all = program.args.clone();
+    all.extend_from_slice(args);
+    Ok(Daemon::start(Launch {
+        name,
+        program: program.path.clone(),
+        args: all,
+        cwd: cp.dir().to_path_buf(),
+        log: cp.dir().join(format!("{log}.log")),
+        netns: netns.map(Netns::open).transpose()?,
+        env,
+    })?)
+}
+
+fn kubeconfig_env(path: &Path) -> (String, String) {
+    ("KUBECONFIG".to_string(), path.display().to_string())
+}
+
+fn free_loopback_port() -> Result<u16, ClusterError> {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|source| ClusterError::Io {
+            what: "find a free loopback port for an operator",
+            source,
+        })
+}
+
+/// One operator replica.
+#[derive(Debug)]
+pub struct Operator {
+    pod: String,
+    metrics: SocketAddr,
+    daemon: Daemon,
+}
+
+impl Operator {
+    /// Start replica `pod`, its Pod bound to `node`.
+    pub async fn start(
+        cp: &ControlPlane,
+        pod: &str,
+        node: &str,
+        program: &Program,
+        lease: LeaseTiming,
+    ) -> Result<Operator, ClusterError> {
+        let kubeconfig = cp
+            .kubeconfig_for(&Identity::operator_replica(pod, node))
+            .await?;
+        let metrics = SocketAddr::from((Ipv4Addr::LOCALHOST, free_loopback_port()?));
+        let args = [
+            format!("--http-addr={metrics}"),
+            format!("--lease-seconds={}", lease.lease),
+            format!("--renew-deadline-seconds={}", lease.renew_deadline),
+            format!("--retry-period-seconds={}", lease.retry_period),
+        ];
+        let env = vec![
+            kubeconfig_env(&kubeconfig),
+            ("POD_NAME".to_string(), pod.to_string()),
+            ("POD_NAMESPACE".to_string(), NAMESPACE.to_string()),
+        ];
+        let daemon = launch(cp, "switchyard-operator", program, &args, pod, None, env)?;
+        Ok(Operator {
+            pod: pod.to_string(),
+            metrics,
+            daemon,
+        })
+    }
+
+    /// Its Pod's name: its identity in the Lease, in Events and in the audit log.
+    pub fn pod(&self) -> &str {
+        &self.pod
+    }
+
+    /// Where it serves `/healthz`, `/readyz` and `/metrics`.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics
+    }
+
+    pub fn log(&self) -> &Path {
+        self.daemon.log()
+    }
+
+    /// SIGKILL: no chance to release the Lease.
+    pub fn kill(&mut self) {
+        self.daemon.stop();
+    }
+}
+
+/// One node's agent and its way to the API server. Field order is drop
+/// order: the process goes before its forwarder.
+#[derive(Debug)]
+pub struct Agent {
+    node: String,
+    daemon: Daemon,
+    _forwarder: Forwarder,
+}
+
+impl Agent {
+    /// Start the agent of `node` inside its namespace `ns`.
+    pub async fn start(
+        cp: &ControlPlane,
+        ns: &Netns,
+        node: &str,
+        program: &Program,
+    ) -> Result<Agent, ClusterError> {
+        let forwarder = cp.forward_into(ns)?;
+        let kubeconfig = cp.kubeconfig_for(&Identity::agent_on(node)).await?;
+        let args = [
+            "run".to_string(),
+            format!("--node-name={node}"),
+            format!("--status-min-interval={STATUS_MIN_INTERVAL}"),
+        ];
+        let env = vec![kubeconfig_env(&kubeconfig)];
+        let log = format!("agent-{node}");
+        let daemon = launch(cp, "node-agent", program, &args, &log, Some(ns), env)?;
+        Ok(Agent {
+            node: node.to_string(),
+            daemon,
+            _forwarder: forwarder,
+        })
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn log(&self) -> &Path {
+        self.daemon.log()
+    }
+
+    /// An error naming the agent, with the end of its log, if it has exited.
+    pub fn check_running(&mut self, during: &str) -> Result<(), ClusterError> {
+        Ok(self.daemon.check_running(during)?)
+    }
+}

@@ -42,6 +42,7 @@ use self::processes::{Agent, LeaseTiming, Operator, Programs};
 use self::topology::Topology;
 use self::traffic::{Clients, Group};
 use crate::HarnessError;
+use crate::controlplane::forward::Forwarder;
 use crate::controlplane::identity::NAMESPACE;
 use crate::controlplane::kubectl::Kubectl;
 use crate::controlplane::workdir::{self, Purpose};
@@ -125,6 +126,9 @@ impl ClusterOptions {
 pub struct Cluster {
     agents: Vec<Agent>,
     operators: Vec<Operator>,
+    _operator_forwarder: Forwarder,
+    /// Where the operator replicas run (a control-plane node with no links).
+    operator_ns: Netns,
     _servers: Group,
     topology: Topology,
     layout: Layout,
@@ -157,16 +161,20 @@ impl Cluster {
             let node = Layout::node_name(n.index);
             agents.push(Agent::start(&cp, &n.node, &node, &options.programs.agent).await?);
         }
+        let operator_ns = Netns::create(&format!("{prefix}cp"))?;
+        let operator_forwarder = cp.forward_into(&operator_ns)?;
         let mut operators = Vec::new();
         for i in 0..options.operators {
-            let pod = format!("switchyard-operator-{i}");
             let node = Layout::node_name(0);
             let program = &options.programs.operator;
-            operators.push(Operator::start(&cp, &pod, &node, program, options.lease).await?);
+            let lease = options.lease;
+            operators.push(Operator::start(&cp, &operator_ns, i, &node, program, lease).await?);
         }
         Ok(Cluster {
             agents,
             operators,
+            _operator_forwarder: operator_forwarder,
+            operator_ns,
             _servers: servers,
             topology,
             layout,
@@ -220,6 +228,11 @@ impl Cluster {
     /// The prefix of every namespace name of this cluster.
     pub fn netns_prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// The operator replicas' network namespace.
+    pub fn operator_netns(&self) -> &Netns {
+        &self.operator_ns
     }
 
     pub fn operators(&self) -> &[Operator] {
@@ -349,6 +362,20 @@ impl Cluster {
                 .map(|n| format!("network namespace {n}")),
         );
         left
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for log in self.logs() {
+                eprintln!(
+                    "--- the end of {}:\n{}",
+                    log.display(),
+                    crate::controlplane::process::log_tail(&log)
+                );
+            }
+        }
     }
 }
 

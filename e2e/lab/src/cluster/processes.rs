@@ -1,10 +1,11 @@
 //! Switchyard's own processes in the cluster, each under its own identity and
 //! with exactly `config/rbac`'s rights:
 //!
-//! - operator replicas in the host namespace (they reach the API server on
-//!   loopback), as ServiceAccount `switchyard-operator` with a token bound to
-//!   a Pod of their own (`switchyard-operator-<i>`), so the audit log tells
-//!   them apart; `/metrics` on a free loopback port each.
+//! - operator replicas in a namespace of their own (a control-plane node,
+//!   reaching the API server through its forwarder), as ServiceAccount
+//!   `switchyard-operator` with a token bound to a Pod of their own
+//!   (`switchyard-operator-<i>`), so the audit log tells them apart;
+//!   `/metrics` on 127.0.0.1:8080+i there.
 //! - one node agent per node, inside the node's namespace, reaching the API
 //!   server through the node's forwarder, as ServiceAccount `switchyard-agent`
 //!   with a token bound to a Pod on its Node (what the admission policy checks).
@@ -13,7 +14,7 @@
 //! covers them), logs to `<name>.log` there, and is killed on drop, on
 //! SIGINT/SIGTERM and with the harness ([`crate::controlplane::process`]).
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -89,6 +90,9 @@ fn launch(
 ) -> Result<Daemon, ClusterError> {
     let mut all = program.args.clone();
     all.extend_from_slice(args);
+    // Logs go to a file: no colour codes.
+    let mut env = env;
+    env.push(("NO_COLOR".to_string(), "1".to_string()));
     Ok(Daemon::start(Launch {
         name,
         program: program.path.clone(),
@@ -104,15 +108,8 @@ fn kubeconfig_env(path: &Path) -> (String, String) {
     ("KUBECONFIG".to_string(), path.display().to_string())
 }
 
-fn free_loopback_port() -> Result<u16, ClusterError> {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|source| ClusterError::Io {
-            what: "find a free loopback port for an operator",
-            source,
-        })
-}
+/// Replica `i` serves `/metrics` on this port plus `i`.
+const OPERATOR_HTTP_PORT: u16 = 8080;
 
 /// One operator replica.
 #[derive(Debug)]
@@ -123,18 +120,21 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Start replica `pod`, its Pod bound to `node`.
+    /// Start replica `index` in `ns` (which has a forwarder), its Pod bound to `node`.
     pub async fn start(
         cp: &ControlPlane,
-        pod: &str,
+        ns: &Netns,
+        index: u8,
         node: &str,
         program: &Program,
         lease: LeaseTiming,
     ) -> Result<Operator, ClusterError> {
+        let pod = format!("switchyard-operator-{index}");
         let kubeconfig = cp
-            .kubeconfig_for(&Identity::operator_replica(pod, node))
+            .kubeconfig_for(&Identity::operator_replica(&pod, node))
             .await?;
-        let metrics = SocketAddr::from((Ipv4Addr::LOCALHOST, free_loopback_port()?));
+        let port = OPERATOR_HTTP_PORT + u16::from(index);
+        let metrics = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let args = [
             format!("--http-addr={metrics}"),
             format!("--lease-seconds={}", lease.lease),
@@ -143,12 +143,12 @@ impl Operator {
         ];
         let env = vec![
             kubeconfig_env(&kubeconfig),
-            ("POD_NAME".to_string(), pod.to_string()),
+            ("POD_NAME".to_string(), pod.clone()),
             ("POD_NAMESPACE".to_string(), NAMESPACE.to_string()),
         ];
-        let daemon = launch(cp, "switchyard-operator", program, &args, pod, None, env)?;
+        let daemon = launch(cp, "switchyard-operator", program, &args, &pod, Some(ns), env)?;
         Ok(Operator {
-            pod: pod.to_string(),
+            pod,
             metrics,
             daemon,
         })
@@ -159,7 +159,7 @@ impl Operator {
         &self.pod
     }
 
-    /// Where it serves `/healthz`, `/readyz` and `/metrics`.
+    /// Where it serves `/healthz`, `/readyz` and `/metrics` (in its namespace).
     pub fn metrics_addr(&self) -> SocketAddr {
         self.metrics
     }

@@ -40,6 +40,8 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ServiceAccount;
@@ -47,7 +49,7 @@ use kube::Api;
 
 use binaries::Binaries;
 use certs::Pki;
-use forward::Forwarder;
+use forward::{Forwarder, Gate};
 use identity::Identity;
 use kubeconfig::Credential;
 use kubectl::Kubectl;
@@ -168,6 +170,8 @@ pub struct ControlPlane {
     admin: PathBuf,
     client: kube::Client,
     started_in: Duration,
+    /// Open while the API server is ready: the forwarders' gate.
+    ready: Gate,
     running: Running,
 }
 
@@ -235,6 +239,7 @@ impl ControlPlane {
             admin,
             client,
             started_in: began.elapsed(),
+            ready: Arc::new(AtomicBool::new(true)),
             running,
         })
     }
@@ -332,7 +337,10 @@ impl ControlPlane {
     }
 
     /// Kill the API server (etcd and the controller manager keep running).
+    /// The forwarders turn programs in node namespaces away until it is ready
+    /// again, as a load balancer's health check would.
     pub fn stop_apiserver(&mut self) {
+        self.ready.store(false, Ordering::SeqCst);
         if let Some(daemon) = self.apiserver() {
             daemon.stop();
         }
@@ -359,7 +367,9 @@ impl ControlPlane {
             "the restarted API server (/readyz)",
             || apiserver::readyz(&client),
         )
-        .await
+        .await?;
+        self.ready.store(true, Ordering::SeqCst);
+        Ok(())
     }
 
     fn apiserver(&mut self) -> Option<&mut Daemon> {
@@ -369,9 +379,10 @@ impl ControlPlane {
             .find(|d| d.name() == "kube-apiserver")
     }
 
-    /// Make the API server reachable at [`ControlPlane::api_addr`] from inside `node`.
+    /// Make the API server reachable at [`ControlPlane::api_addr`] from
+    /// inside `node`, while it is ready.
     pub fn forward_into(&self, node: &Netns) -> Result<Forwarder, ControlPlaneError> {
-        Forwarder::start(node, self.api_addr())
+        Forwarder::gated(node, self.api_addr(), self.ready.clone())
     }
 }
 

@@ -114,12 +114,17 @@ async fn kubectl_apply_programs_every_node(cluster: &Cluster) {
 
     all_on(cluster, Mode::Iptables).await;
     let status = pool_until(cluster, "the pool's status counts every node", |s| {
-        (s.ready_nodes == 3).then(|| s.clone()).ok_or(format!("{s:?}"))
+        (s.ready_nodes == 3)
+            .then(|| s.clone())
+            .ok_or(format!("{s:?}"))
     })
     .await;
     assert_eq!((status.nodes, status.updated_nodes), (3, 3));
     assert_eq!(status.observed_generation, Some(1));
-    assert_eq!(status.nodes_by_mode, BTreeMap::from([("iptables".into(), 3)]));
+    assert_eq!(
+        status.nodes_by_mode,
+        BTreeMap::from([("iptables".into(), 3)])
+    );
     assert_eq!(status.nodes_by_state, BTreeMap::from([("ready".into(), 3)]));
     let conditions: BTreeMap<&str, (&str, &str)> = status
         .conditions
@@ -153,9 +158,10 @@ async fn kubectl_apply_programs_every_node(cluster: &Cluster) {
 async fn a_mode_patch_rolls_out_and_kubectl_tells_the_story(cluster: &Cluster) {
     patch_pool(cluster, r#"{"spec":{"mode":"nftables"}}"#);
     pool_until(cluster, "the rollout to nftables complete", |s| {
-        let done = s.rollout.as_ref().is_some_and(|r| {
-            r.to == Mode::Nftables && r.phase == RolloutPhase::Complete
-        });
+        let done = s
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.to == Mode::Nftables && r.phase == RolloutPhase::Complete);
         (done && s.ready_nodes == 3)
             .then_some(())
             .ok_or(format!("{:?}", s.rollout))
@@ -166,16 +172,25 @@ async fn a_mode_patch_rolls_out_and_kubectl_tells_the_story(cluster: &Cluster) {
         let table = in_node(cluster, i, "nft", &["list", "table", "ip", "switchyard"]);
         assert!(table.contains("10.96.0.10"), "node-{i}:\n{table}");
         let nat = in_node(cluster, i, "iptables-save", &["-t", "nat"]);
-        assert!(!nat.contains("KUBE-SERVICES"), "iptables left on node-{i}:\n{nat}");
+        assert!(
+            !nat.contains("KUBE-SERVICES"),
+            "iptables left on node-{i}:\n{nat}"
+        );
     }
     every_client_pod_reaches(cluster, 0);
 
     let kubectl = cluster.kubectl();
     let configs = rows(&kubectl.run(&["get", "proxyconfigs"]).unwrap());
-    assert_eq!(configs[0], ["NAME", "MODE", "NODES", "READY", "UPDATED", "AGE"]);
+    assert_eq!(
+        configs[0],
+        ["NAME", "MODE", "NODES", "READY", "UPDATED", "AGE"]
+    );
     assert_eq!(configs[1][..5], ["demo", "nftables", "3", "3", "3"]);
     let nodes = rows(&kubectl.run(&["get", "proxynodes"]).unwrap());
-    assert_eq!(nodes[0], ["NAME", "POOL", "TARGET", "APPLIED", "SYNCED", "AGE"]);
+    assert_eq!(
+        nodes[0],
+        ["NAME", "POOL", "TARGET", "APPLIED", "SYNCED", "AGE"]
+    );
     for (i, row) in nodes[1..].iter().enumerate() {
         let name = format!("node-{i}");
         assert_eq!(row[..4], [name.as_str(), "demo", "nftables", "nftables"]);
@@ -184,10 +199,19 @@ async fn a_mode_patch_rolls_out_and_kubectl_tells_the_story(cluster: &Cluster) {
     let events = kubectl.run(&["get", "events", "-n", "default"]).unwrap();
     println!("{events}");
     for (reason, message) in [
-        ("RolloutStarted", "switching 3 nodes from iptables to nftables"),
-        ("BatchStarted", "switching 3 nodes to nftables: node-0, node-1, node-2"),
+        (
+            "RolloutStarted",
+            "switching 3 nodes from iptables to nftables",
+        ),
+        (
+            "BatchStarted",
+            "switching 3 nodes to nftables: node-0, node-1, node-2",
+        ),
         ("BatchDone", "batch finished: 3/3 nodes run nftables"),
-        ("RolloutComplete", "every node that could switch runs nftables"),
+        (
+            "RolloutComplete",
+            "every node that could switch runs nftables",
+        ),
     ] {
         let told = events
             .lines()
@@ -200,11 +224,16 @@ async fn a_mode_patch_rolls_out_and_kubectl_tells_the_story(cluster: &Cluster) {
 /// Lines of node 0's nftables table that carry a kernel handle: recreating
 /// the table or rewriting a chain or rule changes them.
 fn handles(cluster: &Cluster) -> Vec<String> {
-    in_node(cluster, 0, "nft", &["-a", "list", "table", "ip", "switchyard"])
-        .lines()
-        .filter(|l| l.contains("# handle"))
-        .map(|l| l.trim().to_string())
-        .collect()
+    in_node(
+        cluster,
+        0,
+        "nft",
+        &["-a", "list", "table", "ip", "switchyard"],
+    )
+    .lines()
+    .filter(|l| l.contains("# handle"))
+    .map(|l| l.trim().to_string())
+    .collect()
 }
 
 /// Wait until every agent has written `text` to its log after `offsets`.
@@ -216,7 +245,11 @@ fn agents_logged(offsets: &[(std::path::PathBuf, usize)], text: &str) {
             if all.get(*from..).is_some_and(|new| new.contains(text)) {
                 break;
             }
-            assert!(Instant::now() < deadline, "{} never logged {text:?}", log.display());
+            assert!(
+                Instant::now() < deadline,
+                "{} never logged {text:?}",
+                log.display()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -244,19 +277,29 @@ async fn an_api_server_restart_keeps_the_rules_and_the_agents_resync(cluster: &m
             (l, len)
         })
         .collect();
-    let exchanges = || clients.counters().exchanges.load(std::sync::atomic::Ordering::Relaxed);
+    let exchanges = || {
+        clients
+            .counters()
+            .exchanges
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
 
     cluster.control_plane_mut().stop_apiserver();
     let down = Instant::now();
     let at_stop = exchanges();
     // Every agent notices; the rules carry the traffic without it.
     agents_logged(&agent_logs, "watch failed; keeping the last applied rules");
-    let pod = cluster.ask_from_client_pod(1, vip(1)).unwrap_or_else(|e| panic!("{e}"));
+    let pod = cluster
+        .ask_from_client_pod(1, vip(1))
+        .unwrap_or_else(|e| panic!("{e}"));
     println!("API server down; a new connection answered by {pod}");
     // Three rounds of requests on every long-lived connection, API server down.
     let deadline = Instant::now() + SETTLE;
     while exchanges() < at_stop + 30 {
-        assert!(Instant::now() < deadline, "the long-lived connections stalled");
+        assert!(
+            Instant::now() < deadline,
+            "the long-lived connections stalled"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     cluster.control_plane_mut().start_apiserver().await.unwrap();
@@ -282,11 +325,16 @@ async fn an_api_server_restart_keeps_the_rules_and_the_agents_resync(cluster: &m
         .unwrap();
     let deadline = Instant::now() + SETTLE;
     for i in 0..3 {
-        while let Err(e) = cluster.ask_from_client_pod(i, SocketAddr::from((late, SERVICE_HTTP_PORT))) {
+        while let Err(e) =
+            cluster.ask_from_client_pod(i, SocketAddr::from((late, SERVICE_HTTP_PORT)))
+        {
             assert!(Instant::now() < deadline, "service late never served: {e}");
         }
     }
-    println!("a Service made after the restart served everywhere {:.1?} after it", up.elapsed());
+    println!(
+        "a Service made after the restart served everywhere {:.1?} after it",
+        up.elapsed()
+    );
     nodes_until(cluster, "every agent reporting the late service", |nodes| {
         let stale: Vec<String> = nodes
             .iter()
@@ -297,14 +345,20 @@ async fn an_api_server_restart_keeps_the_rules_and_the_agents_resync(cluster: &m
             })
             .map(|n| n.name_any())
             .collect();
-        stale.is_empty().then_some(()).ok_or(format!("stale: {stale:?}"))
+        stale
+            .is_empty()
+            .then_some(())
+            .ok_or(format!("stale: {stale:?}"))
     })
     .await;
 
     // Nothing flushed: every table, chain and rule of before is still there, unchanged.
     let after = handles(cluster);
     let gone: Vec<&String> = before.iter().filter(|l| !after.contains(l)).collect();
-    assert!(gone.is_empty(), "rewritten or removed across the restart: {gone:#?}");
+    assert!(
+        gone.is_empty(),
+        "rewritten or removed across the restart: {gone:#?}"
+    );
     assert!(after.len() > before.len(), "the late service added nothing");
 
     let (counters, errors) = clients.stop();
@@ -317,7 +371,12 @@ async fn an_api_server_restart_keeps_the_rules_and_the_agents_resync(cluster: &m
         get(&counters.udp_sent)
     );
     assert_eq!(
-        (get(&counters.failed), get(&counters.dropped), get(&counters.misrouted), get(&counters.udp_lost)),
+        (
+            get(&counters.failed),
+            get(&counters.dropped),
+            get(&counters.misrouted),
+            get(&counters.udp_lost)
+        ),
         (0, 0, 0, 0),
         "{:#?}",
         counters.failures()
@@ -328,14 +387,25 @@ async fn deleting_a_node_and_the_proxyconfig_releases_them(cluster: &Cluster) {
     let kubectl = cluster.kubectl();
     let began = Instant::now();
     kubectl.run(&["delete", "node", "node-2"]).unwrap();
-    nodes_until(cluster, "the garbage collector deleting ProxyNode node-2", |nodes| {
-        let names: Vec<String> = nodes.iter().map(|n| n.name_any()).collect();
-        (names == ["node-0", "node-1"]).then_some(()).ok_or(format!("{names:?}"))
-    })
+    nodes_until(
+        cluster,
+        "the garbage collector deleting ProxyNode node-2",
+        |nodes| {
+            let names: Vec<String> = nodes.iter().map(|n| n.name_any()).collect();
+            (names == ["node-0", "node-1"])
+                .then_some(())
+                .ok_or(format!("{names:?}"))
+        },
+    )
     .await;
-    println!("ProxyNode node-2 collected {:.1?} after its Node's deletion", began.elapsed());
+    println!(
+        "ProxyNode node-2 collected {:.1?} after its Node's deletion",
+        began.elapsed()
+    );
     pool_until(cluster, "the pool counting two nodes", |s| {
-        (s.nodes == 2 && s.ready_nodes == 2).then_some(()).ok_or(format!("{s:?}"))
+        (s.nodes == 2 && s.ready_nodes == 2)
+            .then_some(())
+            .ok_or(format!("{s:?}"))
     })
     .await;
     println!("the pool counts two nodes {:.1?} after", began.elapsed());
@@ -352,7 +422,9 @@ async fn deleting_a_node_and_the_proxyconfig_releases_them(cluster: &Cluster) {
             .filter(|n| n.spec.pool.is_some() || n.spec.target_mode != Some(Mode::Nftables))
             .map(|n| format!("{} {:?}", n.name_any(), n.spec))
             .collect();
-        (kept.is_empty() && nodes.len() == 2).then_some(()).ok_or(format!("{kept:?}"))
+        (kept.is_empty() && nodes.len() == 2)
+            .then_some(())
+            .ok_or(format!("{kept:?}"))
     })
     .await;
     let configs = kubectl.output(&["get", "proxyconfigs"]).unwrap();

@@ -116,7 +116,14 @@ pub fn summary(nodes: &[Arc<ProxyNode>]) -> String {
 pub fn patch_pool(cluster: &Cluster, patch: &str) {
     let out = cluster
         .kubectl()
-        .run(&["patch", "proxyconfig", PROXY_CONFIG, "--type=merge", "-p", patch])
+        .run(&[
+            "patch",
+            "proxyconfig",
+            PROXY_CONFIG,
+            "--type=merge",
+            "-p",
+            patch,
+        ])
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(out.contains("patched"), "{out}");
 }
@@ -135,8 +142,15 @@ pub fn rows(table: &str) -> Vec<Vec<String>> {
 pub fn finish(cluster: Cluster) {
     for log in cluster.logs() {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let name = log.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        for line in text.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")) {
+        let name = log
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        for line in text
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        {
             println!("{name}: {line}");
         }
     }

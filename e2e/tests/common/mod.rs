@@ -18,26 +18,26 @@ use std::process::Command;
 /// rebuild ring, rustls, kube and everything above them for the other.
 fn package_bin(dir: &str, name: &str) -> PathBuf {
     let manifest = format!("{}/../{dir}/Cargo.toml", env!("CARGO_MANIFEST_DIR"));
-    let set_by_cargo = std::env::vars_os()
-        .map(|(key, _)| key)
-        .filter(|key| {
-            let key = key.to_string_lossy();
-            ["CARGO_PKG_", "CARGO_BIN_EXE_"]
-                .iter()
-                .any(|p| key.starts_with(p))
-                || [
-                    "CARGO_MANIFEST_DIR",
-                    "CARGO_MANIFEST_PATH",
-                    "CARGO_CRATE_NAME",
-                    "CARGO_BIN_NAME",
-                    "CARGO_PRIMARY_PACKAGE",
-                    "CARGO_TARGET_TMPDIR",
-                    "OUT_DIR",
-                ]
-                .contains(&key.as_ref())
-        });
+    let set_by_cargo = std::env::vars_os().map(|(key, _)| key).filter(|key| {
+        let key = key.to_string_lossy();
+        ["CARGO_PKG_", "CARGO_BIN_EXE_"]
+            .iter()
+            .any(|p| key.starts_with(p))
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "OUT_DIR",
+            ]
+            .contains(&key.as_ref())
+    });
     set_by_cargo
-        .fold(escargot::CargoBuild::new(), |build, key| build.env_remove(key))
+        .fold(escargot::CargoBuild::new(), |build, key| {
+            build.env_remove(key)
+        })
         .manifest_path(manifest)
         .bin(name)
         .current_release()

@@ -68,10 +68,11 @@ pub struct LeaseTiming {
 }
 
 impl LeaseTiming {
-    /// The longest a standby may take to lead after the leader died: the
-    /// lease runs out, then its next attempt.
+    /// The longest a standby may take to lead after the leader died: it sees
+    /// the last renewal up to one retry late, the lease runs out from then,
+    /// and it takes over at its next attempt.
     pub fn takeover_bound(&self) -> Duration {
-        Duration::from_secs(self.lease + self.retry_period)
+        Duration::from_secs(self.lease + 2 * self.retry_period)
     }
 }
 
@@ -146,7 +147,15 @@ impl Operator {
             ("POD_NAME".to_string(), pod.clone()),
             ("POD_NAMESPACE".to_string(), NAMESPACE.to_string()),
         ];
-        let daemon = launch(cp, "switchyard-operator", program, &args, &pod, Some(ns), env)?;
+        let daemon = launch(
+            cp,
+            "switchyard-operator",
+            program,
+            &args,
+            &pod,
+            Some(ns),
+            env,
+        )?;
         Ok(Operator {
             pod,
             metrics,

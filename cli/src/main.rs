@@ -82,7 +82,7 @@ Examples:
 #[derive(Parser, Debug)]
 #[command(
     name = "switchyard",
-    version,
+    version = env!("SWITCHYARD_VERSION"),
     about = "Plan, compare and demonstrate Switchyard's service dataplanes",
     after_help = "Run `switchyard <command> --help` for examples."
 )]

@@ -40,7 +40,7 @@ Examples:
 
 /// The Switchyard node agent.
 #[derive(Parser)]
-#[command(name = "node-agent", version, about, after_help = EXAMPLES)]
+#[command(name = "node-agent", version = env!("SWITCHYARD_VERSION"), about, after_help = EXAMPLES)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -33,7 +33,7 @@ enum LogFormat {
 
 /// The operator's flags.
 #[derive(Debug, Parser)]
-#[command(name = "switchyard-operator", version, about)]
+#[command(name = "switchyard-operator", version = env!("SWITCHYARD_VERSION"), about)]
 pub struct Args {
     /// Where /healthz, /readyz and /metrics are served.
     #[arg(long, env = "SWITCHYARD_HTTP_ADDR", default_value = "0.0.0.0:8080")]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use switchyard_api::ruleset::IpFamily;
 
 use super::ir::{Chain, Key, Match, Plan, ServicePlan, Set, Stmt, Table, Verdict};
-use super::text::Transaction;
+use super::transaction::Transaction;
 
 /// Which service ports put a key into a shared set or map, with their values.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -254,8 +254,17 @@ pub fn diff_family(
         was.add(*o, family);
         is.add(*n, family);
     }
-    // A set whose definition changed (an affinity timeout) is made anew:
-    // the chains that use it are flushed first, and written again after.
+    write_changed_objects(&was, &is, family, tx);
+    let changes = element_changes(index, family, changed);
+    write_element_changes(index, &changes, family, tx);
+    let removed = remove_gone_objects(&was, &is, family, tx);
+    Some((removed, IndexUpdate::Changes(changes)))
+}
+
+/// New sets and chains, changed chains flushed and written again, and sets
+/// whose definition changed (an affinity timeout) made anew: the chains
+/// that use one are flushed first, and written again after.
+fn write_changed_objects(was: &Part<'_>, is: &Part<'_>, family: IpFamily, tx: &mut Transaction) {
     let redefined: BTreeSet<&str> = side_by_side(&was.sets, &is.sets)
         .filter(|(_, o, n)| matches!((o, n), (Some(o), Some(n)) if !o.same_definition(n)))
         .map(|(name, _, _)| *name)
@@ -295,11 +304,18 @@ pub fn diff_family(
     for (name, chain) in rewritten {
         tx.add_rules(family, name, chain);
     }
+}
 
-    let changes = element_changes(index, family, changed);
+/// The element deletes and adds of the shared sets whose value changes.
+fn write_element_changes(
+    index: &ElementIndex,
+    changes: &[(ElementKey, Option<Owners>)],
+    family: IpFamily,
+    tx: &mut Transaction,
+) {
     let mut deletes: BTreeMap<&str, Vec<&Key>> = BTreeMap::new();
     let mut adds: BTreeMap<&str, Vec<(&Key, &Option<Verdict>)>> = BTreeMap::new();
-    for ((set, key), owners) in &changes {
+    for ((set, key), owners) in changes {
         let was = index.owners.get(&(*set, key.clone())).map(Owners::value);
         let is = owners.as_ref().map(Owners::value);
         if was == is {
@@ -318,8 +334,17 @@ pub fn diff_family(
     for (set, elems) in adds {
         tx.add_elements(family, set, elems);
     }
+}
 
-    // Removed chains: flushed, so nothing they reference stays referenced.
+/// Removed chains flushed, so nothing they reference stays referenced (the
+/// names, for a later transaction to delete them), and removed affinity
+/// sets deleted (only rules flushed here referenced them).
+fn remove_gone_objects(
+    was: &Part<'_>,
+    is: &Part<'_>,
+    family: IpFamily,
+    tx: &mut Transaction,
+) -> Vec<String> {
     let removed: Vec<String> = side_by_side(&was.chains, &is.chains)
         .filter(|(_, _, n)| n.is_none())
         .map(|(name, _, _)| name.to_string())
@@ -327,13 +352,12 @@ pub fn diff_family(
     for name in &removed {
         tx.flush_chain(family, name);
     }
-    // Affinity sets are referenced only by rules flushed above.
     for (name, o, n) in side_by_side(&was.sets, &is.sets) {
         if let (Some(set), None) = (o, n) {
             tx.delete_set(family, name, set);
         }
     }
-    Some((removed, IndexUpdate::Changes(changes)))
+    removed
 }
 
 /// The new owners of every shared-set key the changed service ports touch.

@@ -1,5 +1,6 @@
 //! The typed plan: tables, chains, sets, maps, elements and rules as Rust
-//! values. Text exists only in [`super::text`].
+//! values. Text exists only in [`super::text`], netlink bytes only in
+//! [`super::netlink`].
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -246,6 +247,16 @@ pub enum ChainType {
     Nat,
 }
 
+impl ChainType {
+    /// The kernel's name of the chain type (`nft` writes the same word).
+    pub fn name(self) -> &'static str {
+        match self {
+            ChainType::Filter => "filter",
+            ChainType::Nat => "nat",
+        }
+    }
+}
+
 /// Priority of a base chain relative to the nat priorities.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Priority {
@@ -253,6 +264,16 @@ pub enum Priority {
     Dstnat(i32),
     /// `srcnat + offset`
     Srcnat(i32),
+}
+
+impl Priority {
+    /// The number the kernel gets (`NF_IP_PRI_NAT_DST`/`_SRC` plus the offset).
+    pub fn value(self) -> i32 {
+        match self {
+            Priority::Dstnat(offset) => libc::NF_IP_PRI_NAT_DST + offset,
+            Priority::Srcnat(offset) => libc::NF_IP_PRI_NAT_SRC + offset,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

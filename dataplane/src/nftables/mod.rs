@@ -1,5 +1,6 @@
 //! The `nftables` backend: `table ip switchyard` and `table ip6 switchyard`,
-//! verdict maps for O(1) dispatch, applied with `nft -f` transactions. A full
+//! verdict maps for O(1) dispatch, applied as `nf_tables` netlink batches
+//! (or `nft -f` scripts when the runner acts in another namespace). A full
 //! sync replaces both tables in one transaction; an incremental sync sends
 //! only the difference between the new plan and the one this backend last
 //! applied, which it keeps in memory (the kernel table is never listed).
@@ -12,13 +13,14 @@ pub mod render;
 pub mod text;
 #[cfg(test)]
 mod trace;
+pub mod transaction;
 
 #[cfg(test)]
 mod netns_tests;
 #[cfg(test)]
 mod tests;
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use switchyard_api::Mode;
 use switchyard_api::policy::LinkedRuleset;
@@ -32,8 +34,9 @@ use crate::{ApplyStats, Backend, BackendError};
 use self::diff::{Applied, IndexStep};
 pub use self::ir::Plan;
 use self::ir::TABLE;
-use self::netlink::NftNetlink;
-use self::text::{Transaction, family_word};
+use self::netlink::{NftNetlink, ThreadSocket};
+use self::text::family_word;
+use self::transaction::Transaction;
 
 /// The nftables dataplane.
 pub struct NftablesBackend {
@@ -47,17 +50,8 @@ pub struct NftablesBackend {
     /// Transactions go over netlink when the runner's tools act on the
     /// calling thread's namespace (else through `nft -f`).
     netlink: bool,
-    /// The socket of the last netlink transaction, and the namespace it is in.
-    socket: Mutex<Option<(NetnsId, NftNetlink)>>,
-}
-
-/// A network namespace, as the inode of `/proc/thread-self/ns/net`.
-type NetnsId = (u64, u64);
-
-fn current_netns() -> std::io::Result<NetnsId> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata("/proc/thread-self/ns/net")?;
-    Ok((m.dev(), m.ino()))
+    /// The netlink socket, in the namespace of the thread that syncs.
+    socket: ThreadSocket,
 }
 
 impl NftablesBackend {
@@ -68,33 +62,22 @@ impl NftablesBackend {
             applied: None,
             full_next: false,
             stale_chains: Vec::new(),
-            socket: Mutex::new(None),
+            socket: ThreadSocket::default(),
         }
     }
 
     /// Send one transaction: over netlink when it can carry it, else `nft -f`.
-    /// The socket must be in the namespace of the calling thread, where the
-    /// runner's tools act (a backend may be built on one thread and driven
-    /// from another that entered a namespace): it is opened anew when the
-    /// thread's namespace is not the one of the last transaction.
     fn send(&self, operation: &'static str, tx: &Transaction) -> Result<(), BackendError> {
         if !(self.netlink && NftNetlink::supports(&tx.commands)) {
             return self.nft(operation, &tx.text());
         }
-        let kernel = |message: String| BackendError::Kernel {
-            mode: Mode::Nftables,
-            operation,
-            message,
-        };
-        let here = current_netns().map_err(|e| kernel(format!("this thread's namespace: {e}")))?;
-        let mut socket = self.socket.lock().unwrap_or_else(PoisonError::into_inner);
-        if socket.as_ref().is_none_or(|(ns, _)| *ns != here) {
-            let opened =
-                NftNetlink::open().map_err(|e| kernel(format!("nf_tables netlink socket: {e}")))?;
-            *socket = Some((here, opened));
-        }
-        let (_, nl) = socket.as_mut().expect("opened above");
-        nl.apply(&tx.commands).map_err(|e| kernel(e.to_string()))
+        self.socket
+            .apply(&tx.commands)
+            .map_err(|e| BackendError::Kernel {
+                mode: Mode::Nftables,
+                operation,
+                message: e.to_string(),
+            })
     }
 
     /// Delete the chains earlier syncs emptied (a plan using one again

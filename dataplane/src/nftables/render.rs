@@ -345,29 +345,19 @@ impl<'a> FamilyRenderer<'a> {
     /// The fixed part of the table (kube-proxy's `setupNFTables`).
     fn setup(&self) -> Table {
         let mut t = Table::new(self.family);
-        for (name, kind, hook, priority) in BASE_CHAINS {
-            t.chains.insert(
-                name.to_string(),
-                Chain {
-                    base: Some(BaseChain {
-                        kind,
-                        hook,
-                        priority,
-                    }),
-                    rules: Vec::new(),
-                },
-            );
-        }
-        for (dst, src, new_only) in JUMP_CHAINS {
-            t.chain(dst);
-            let matches = if new_only {
-                vec![Match::CtStateNew]
-            } else {
-                Vec::new()
-            };
-            t.push(src, rule(matches, vec![jump(dst)]));
-        }
+        base_chains(&mut t);
+        self.masquerading(&mut t);
+        self.local_ranges(&mut t);
+        self.cluster_ips_check(&mut t);
+        self.no_endpoint_checks(&mut t);
+        firewall_check(&mut t);
+        self.dispatch(&mut t);
+        t
+    }
 
+    /// Masquerading: the mark, the `masquerading` chain in postrouting, and
+    /// the hairpin set.
+    fn masquerading(&self, t: &mut Table) {
         let mark = self.settings.masquerade_mark();
         t.push(MARK_MASQ, rule(vec![], vec![Stmt::MarkOr(mark)]));
         t.push(
@@ -398,30 +388,31 @@ impl<'a> FamilyRenderer<'a> {
                 ),
             )
         });
+    }
 
-        if self.has_local_detector() {
-            t.set(
-                LOCAL_RANGES,
-                SetKind::Prefix,
-                "traffic from these ranges is local",
-            );
-            for c in self.local_ranges.clone() {
-                t.element(LOCAL_RANGES, Key::Prefix(c), None);
-            }
+    /// The local-traffic detector's ranges, if any.
+    fn local_ranges(&self, t: &mut Table) {
+        if !self.has_local_detector() {
+            return;
         }
+        t.set(
+            LOCAL_RANGES,
+            SetKind::Prefix,
+            "traffic from these ranges is local",
+        );
+        for c in self.local_ranges.clone() {
+            t.element(LOCAL_RANGES, Key::Prefix(c), None);
+        }
+    }
 
+    /// REJECT ports a ClusterIP does not serve, DROP unallocated addresses
+    /// of the service CIDRs.
+    fn cluster_ips_check(&self, t: &mut Table) {
         t.set(CLUSTER_IPS, SetKind::Addr, "Active ClusterIPs");
         t.push(
             CLUSTER_IPS_CHECK,
-            rule(
-                vec![Match::AddrInSet {
-                    dir: Dir::Daddr,
-                    set: CLUSTER_IPS.to_string(),
-                    negate: false,
-                }],
-                vec![Stmt::Reject],
-            )
-            .with_comment("Reject traffic to invalid ports of ClusterIPs"),
+            rule(vec![daddr_in(CLUSTER_IPS)], vec![Stmt::Reject])
+                .with_comment("Reject traffic to invalid ports of ClusterIPs"),
         );
         let service_cidrs: Vec<Cidr> = self
             .settings
@@ -430,25 +421,26 @@ impl<'a> FamilyRenderer<'a> {
             .filter(|c| c.family() == self.family)
             .copied()
             .collect();
-        if !service_cidrs.is_empty() {
-            t.set(SERVICE_CIDRS, SetKind::Prefix, "Service CIDRs");
-            for c in service_cidrs {
-                t.element(SERVICE_CIDRS, Key::Prefix(c), None);
-            }
-            t.push(
-                CLUSTER_IPS_CHECK,
-                rule(
-                    vec![Match::AddrInSet {
-                        dir: Dir::Daddr,
-                        set: SERVICE_CIDRS.to_string(),
-                        negate: false,
-                    }],
-                    vec![Stmt::Verdict(Verdict::Drop)],
-                )
-                .with_comment("Drop traffic to unallocated ClusterIPs"),
-            );
+        if service_cidrs.is_empty() {
+            return;
         }
+        t.set(SERVICE_CIDRS, SetKind::Prefix, "Service CIDRs");
+        for c in service_cidrs {
+            t.element(SERVICE_CIDRS, Key::Prefix(c), None);
+        }
+        t.push(
+            CLUSTER_IPS_CHECK,
+            rule(
+                vec![daddr_in(SERVICE_CIDRS)],
+                vec![Stmt::Verdict(Verdict::Drop)],
+            )
+            .with_comment("Drop traffic to unallocated ClusterIPs"),
+        );
+    }
 
+    /// The addresses NodePorts answer on, and the maps that drop or reject
+    /// traffic to service ports without endpoints.
+    fn no_endpoint_checks(&self, t: &mut Table) {
         if !self.nodeports_match_all {
             t.set(
                 NODEPORT_IPS,
@@ -459,7 +451,6 @@ impl<'a> FamilyRenderer<'a> {
                 t.element(NODEPORT_IPS, Key::Addr(ip), None);
             }
         }
-
         t.set(
             NO_ENDPOINT_SERVICES,
             SetKind::AddrProtoPortVerdict,
@@ -481,39 +472,18 @@ impl<'a> FamilyRenderer<'a> {
                 )],
             ),
         );
-        let nodeport_dest = if self.nodeports_match_all {
-            Match::DaddrNotLoopback
-        } else {
-            Match::AddrInSet {
-                dir: Dir::Daddr,
-                set: NODEPORT_IPS.to_string(),
-                negate: false,
-            }
-        };
         t.push(
             NODEPORT_ENDPOINTS_CHECK,
             rule(
-                vec![nodeport_dest.clone()],
+                vec![self.nodeport_dest()],
                 vec![Stmt::VmapProtoPort(NO_ENDPOINT_NODEPORTS.to_string())],
             ),
         );
+    }
 
-        t.set(
-            FIREWALL_IPS,
-            SetKind::AddrProtoPortVerdict,
-            "destinations that are subject to LoadBalancerSourceRanges",
-        );
-        t.push(
-            FIREWALL_CHECK,
-            rule(
-                vec![],
-                vec![Stmt::VmapAddrProtoPort(
-                    Dir::Daddr,
-                    FIREWALL_IPS.to_string(),
-                )],
-            ),
-        );
-
+    /// The `services` chain: O(1) dispatch through the `service-ips` and
+    /// `service-nodeports` maps.
+    fn dispatch(&self, t: &mut Table) {
         t.set(
             SERVICE_IPS,
             SetKind::AddrProtoPortVerdict,
@@ -534,7 +504,7 @@ impl<'a> FamilyRenderer<'a> {
         let nodeport_matches = if self.nodeports_match_all {
             vec![Match::FibDaddrLocal, Match::DaddrNotLoopback]
         } else {
-            vec![nodeport_dest]
+            vec![self.nodeport_dest()]
         };
         t.push(
             SERVICES,
@@ -543,202 +513,202 @@ impl<'a> FamilyRenderer<'a> {
                 vec![Stmt::VmapProtoPort(SERVICE_NODEPORTS.to_string())],
             ),
         );
-        t
+    }
+
+    /// The destinations NodePorts answer on.
+    fn nodeport_dest(&self) -> Match {
+        if self.nodeports_match_all {
+            Match::DaddrNotLoopback
+        } else {
+            daddr_in(NODEPORT_IPS)
+        }
     }
 
     /// One service port's elements and chains (kube-proxy's per-service loop).
     fn service_port(&self, svc: &LinkedServicePort, f: &mut Fragment) -> Result<(), String> {
-        let r = &svc.rule;
-        let cluster_ips = self.of_family(&r.cluster_ips);
-        let external_ips = self.of_family(&r.external_ips);
-        let lb_ips = self.of_family(&r.load_balancer_ips);
-        let in_family = |b: &&Endpoint| IpFamily::of(&b.ip) == self.family;
-        let cluster: Vec<&Endpoint> = svc.cluster_endpoints().filter(in_family).collect();
-        let local: Vec<&Endpoint> = svc.local_endpoints().filter(in_family).collect();
-        if cluster_ips.is_empty() && external_ips.is_empty() && lb_ips.is_empty() {
-            // A service port of the other family only; NodePorts follow the
-            // cluster IP's family as in kube-proxy's per-family proxiers.
+        let Some(p) = self.port_in_family(svc)? else {
             return Ok(());
+        };
+        self.cluster_ips(&p, f);
+        external_and_load_balancer_ips(&p, f);
+        self.source_ranges(&p, f);
+        node_port(&p, f);
+        self.masquerade_off_cluster(&p, f);
+        self.external_chain(&p, f);
+        self.endpoint_chains(&p, f);
+        Ok(())
+    }
+
+    /// The service port's frontends and endpoints in this family; None when
+    /// it has no frontend here (NodePorts follow the cluster IP's family, as
+    /// in kube-proxy's per-family proxiers).
+    fn port_in_family<'s>(
+        &self,
+        svc: &'s LinkedServicePort,
+    ) -> Result<Option<PortInFamily<'s>>, String> {
+        let r = &svc.rule;
+        let in_family = |b: &&Endpoint| IpFamily::of(&b.ip) == self.family;
+        let p = PortInFamily {
+            svc,
+            names: Names::of(svc),
+            cluster_ips: self.of_family(&r.cluster_ips),
+            external_ips: self.of_family(&r.external_ips),
+            lb_ips: self.of_family(&r.load_balancer_ips),
+            cluster: svc.cluster_endpoints().filter(in_family).collect(),
+            local: svc.local_endpoints().filter(in_family).collect(),
+        };
+        if p.cluster_ips.is_empty() && p.external_ips.is_empty() && p.lb_ips.is_empty() {
+            return Ok(None);
         }
         if let Some(b) = svc.all_reachable_endpoints().find(|b| b.port == 0) {
             return Err(format!("endpoint {} has port 0", b.endpoint()));
         }
+        Ok(Some(p))
+    }
 
-        let names = Names::of(svc);
-        let proto = r.protocol;
-        let port = r.port;
-        let has_endpoints = svc.has_any_endpoints;
-        let uses_cluster_chain = !cluster.is_empty();
-        let uses_local_chain = !local.is_empty();
-
-        let (internal_chain, internal_list) = if svc.internal_policy_local() {
-            (&names.local, &local)
-        } else {
-            (&names.cluster, &cluster)
-        };
-        let has_internal = has_endpoints && !internal_list.is_empty();
-        let (external_policy_chain, external_list) = if svc.external_policy_local() {
-            (&names.local, &local)
-        } else {
-            (&names.cluster, &cluster)
-        };
-        let has_external = has_endpoints && !external_list.is_empty();
-        let uses_external_chain = has_endpoints && r.has_external();
-
-        let reject = Verdict::Goto(REJECT_CHAIN.to_string());
-        let (internal_filter, external_filter) = if has_endpoints {
-            (Verdict::Drop, Verdict::Drop)
-        } else {
-            (reject.clone(), reject)
-        };
-
-        for ip in &cluster_ips {
+    /// ClusterIPs: dispatch to the internal policy chain, or the
+    /// no-endpoint verdict.
+    fn cluster_ips(&self, p: &PortInFamily<'_>, f: &mut Fragment) {
+        let (internal_chain, _) = p.internal();
+        for ip in &p.cluster_ips {
             f.element(CLUSTER_IPS, Key::Addr(*ip), None);
-            let key = Key::AddrProtoPort(*ip, proto, port);
-            if has_internal {
-                f.element(
-                    SERVICE_IPS,
-                    key,
-                    Some(Verdict::Goto(internal_chain.clone())),
-                );
+            if p.has_internal() {
+                let to = Verdict::Goto(internal_chain.to_string());
+                f.element(SERVICE_IPS, p.key(*ip), Some(to));
             } else {
-                f.element(NO_ENDPOINT_SERVICES, key, Some(internal_filter.clone()));
+                f.element(NO_ENDPOINT_SERVICES, p.key(*ip), Some(p.no_endpoint()));
             }
         }
-        let external_dest = Verdict::Goto(names.external.clone());
-        for ip in external_ips.iter().chain(&lb_ips) {
-            let key = Key::AddrProtoPort(*ip, proto, port);
-            if has_endpoints {
-                f.element(SERVICE_IPS, key.clone(), Some(external_dest.clone()));
-            }
-            if !has_external {
-                f.element(NO_ENDPOINT_SERVICES, key, Some(external_filter.clone()));
-            }
-        }
+    }
 
-        let sources: Vec<Cidr> = r
+    /// `loadBalancerSourceRanges`: traffic to a load-balancer IP goes
+    /// through the firewall chain, which lets the ranges through.
+    fn source_ranges(&self, p: &PortInFamily<'_>, f: &mut Fragment) {
+        let sources: Vec<Cidr> = p
+            .svc
+            .rule
             .load_balancer_source_ranges
             .iter()
             .filter(|c| c.family() == self.family)
             .copied()
             .collect();
-        let uses_firewall = !lb_ips.is_empty() && !sources.is_empty();
-        if uses_firewall {
-            for ip in &lb_ips {
-                f.element(
-                    FIREWALL_IPS,
-                    Key::AddrProtoPort(*ip, proto, port),
-                    Some(Verdict::Goto(names.firewall.clone())),
-                );
+        if p.lb_ips.is_empty() || sources.is_empty() {
+            return;
+        }
+        let firewall = &p.names.firewall;
+        for ip in &p.lb_ips {
+            let to = Verdict::Goto(firewall.clone());
+            f.element(FIREWALL_IPS, p.key(*ip), Some(to));
+        }
+        let mut allowed = sources.clone();
+        // A node reaching a VIP-like load balancer loops back with the VIP
+        // as source: allow it when the node itself is in the ranges.
+        let node_allowed = self
+            .node_ips
+            .first()
+            .is_some_and(|n| sources.iter().any(|c| c.contains(n)));
+        if node_allowed {
+            allowed.extend(p.lb_ips.iter().map(|ip| Cidr::host(*ip)));
+        }
+        // Reached by `goto` from firewall-check: `return` goes back to
+        // the base chain, as falling off the end of firewall-check would.
+        for c in allowed {
+            f.push(
+                firewall,
+                rule(
+                    vec![Match::SaddrInPrefix(c)],
+                    vec![Stmt::Verdict(Verdict::Return)],
+                ),
+            );
+        }
+        f.push(firewall, rule(vec![], vec![Stmt::Verdict(Verdict::Drop)]));
+    }
+
+    /// Traffic to a ClusterIP from outside the cluster may bounce off-node:
+    /// the internal chain masquerades it (all of it with `masqueradeAll`).
+    fn masquerade_off_cluster(&self, p: &PortInFamily<'_>, f: &mut Fragment) {
+        if !p.has_internal() {
+            return;
+        }
+        let (internal_chain, _) = p.internal();
+        let r = &p.svc.rule;
+        for ip in &p.cluster_ips {
+            let mut matches = vec![
+                Match::Addr(Dir::Daddr, *ip),
+                Match::Dport(r.protocol, r.port),
+            ];
+            if self.settings.masquerade_all {
+            } else if self.has_local_detector() {
+                matches.push(Match::AddrInSet {
+                    dir: Dir::Saddr,
+                    set: LOCAL_RANGES.to_string(),
+                    negate: true,
+                });
+            } else {
+                continue;
             }
-            let mut allowed = sources.clone();
-            // A node reaching a VIP-like load balancer loops back with the VIP
-            // as source: allow it when the node itself is in the ranges.
-            let node_allowed = self
-                .node_ips
-                .first()
-                .is_some_and(|n| sources.iter().any(|c| c.contains(n)));
-            if node_allowed {
-                allowed.extend(lb_ips.iter().map(|ip| Cidr::host(*ip)));
-            }
-            // Reached by `goto` from firewall-check: `return` goes back to
-            // the base chain, as falling off the end of firewall-check would.
-            for c in allowed {
+            f.push(internal_chain, rule(matches, vec![jump(MARK_MASQ)]));
+        }
+    }
+
+    /// The external chain (external IPs, load balancers, NodePorts): the
+    /// external traffic policy. Cluster masquerades (endpoints may be on
+    /// other nodes); Local keeps the client address, short-circuiting pod
+    /// and node traffic to the cluster chain.
+    fn external_chain(&self, p: &PortInFamily<'_>, f: &mut Fragment) {
+        if !(p.has_endpoints() && p.svc.rule.has_external()) {
+            return;
+        }
+        let (names, uses_cluster_chain) = (&p.names, !p.cluster.is_empty());
+        f.chain(&names.external);
+        if !p.svc.external_policy_local() {
+            f.push(&names.external, rule(vec![], vec![jump(MARK_MASQ)]));
+        } else {
+            if self.has_local_detector() && uses_cluster_chain {
                 f.push(
-                    &names.firewall,
+                    &names.external,
                     rule(
-                        vec![Match::SaddrInPrefix(c)],
-                        vec![Stmt::Verdict(Verdict::Return)],
-                    ),
+                        vec![Match::AddrInSet {
+                            dir: Dir::Saddr,
+                            set: LOCAL_RANGES.to_string(),
+                            negate: false,
+                        }],
+                        vec![goto(&names.cluster)],
+                    )
+                    .with_comment("short-circuit pod traffic"),
                 );
             }
             f.push(
-                &names.firewall,
-                rule(vec![], vec![Stmt::Verdict(Verdict::Drop)]),
+                &names.external,
+                rule(vec![Match::FibSaddrLocal], vec![jump(MARK_MASQ)])
+                    .with_comment("masquerade local traffic"),
             );
-        }
-
-        if let Some(node_port) = r.node_port {
-            let key = Key::ProtoPort(proto, node_port);
-            if has_endpoints {
-                f.element(SERVICE_NODEPORTS, key.clone(), Some(external_dest.clone()));
-            }
-            if !has_external {
-                f.element(NO_ENDPOINT_NODEPORTS, key, Some(external_filter));
-            }
-        }
-
-        if has_internal {
-            let masq_all = self.settings.masquerade_all;
-            let detector = self.has_local_detector();
-            for ip in &cluster_ips {
-                let mut matches = vec![Match::Addr(Dir::Daddr, *ip), Match::Dport(proto, port)];
-                if masq_all {
-                } else if detector {
-                    matches.push(Match::AddrInSet {
-                        dir: Dir::Saddr,
-                        set: LOCAL_RANGES.to_string(),
-                        negate: true,
-                    });
-                } else {
-                    continue;
-                }
-                // Off-cluster traffic to a VIP may bounce off-node: masquerade it.
-                f.push(internal_chain, rule(matches, vec![jump(MARK_MASQ)]));
-            }
-        }
-
-        if uses_external_chain {
-            f.chain(&names.external);
-            if !svc.external_policy_local() {
-                // Cluster endpoints may be on other nodes: masquerade.
-                f.push(&names.external, rule(vec![], vec![jump(MARK_MASQ)]));
-            } else {
-                if self.has_local_detector() && uses_cluster_chain {
-                    f.push(
-                        &names.external,
-                        rule(
-                            vec![Match::AddrInSet {
-                                dir: Dir::Saddr,
-                                set: LOCAL_RANGES.to_string(),
-                                negate: false,
-                            }],
-                            vec![goto(&names.cluster)],
-                        )
-                        .with_comment("short-circuit pod traffic"),
-                    );
-                }
+            if uses_cluster_chain {
                 f.push(
                     &names.external,
-                    rule(vec![Match::FibSaddrLocal], vec![jump(MARK_MASQ)])
-                        .with_comment("masquerade local traffic"),
-                );
-                if uses_cluster_chain {
-                    f.push(
-                        &names.external,
-                        rule(vec![Match::FibSaddrLocal], vec![goto(&names.cluster)])
-                            .with_comment("short-circuit local traffic"),
-                    );
-                }
-            }
-            if has_external {
-                f.push(
-                    &names.external,
-                    rule(vec![], vec![goto(external_policy_chain)]),
+                    rule(vec![Match::FibSaddrLocal], vec![goto(&names.cluster)])
+                        .with_comment("short-circuit local traffic"),
                 );
             }
         }
+        if p.has_external() {
+            let (policy_chain, _) = p.external();
+            f.push(&names.external, rule(vec![], vec![goto(policy_chain)]));
+        }
+    }
 
-        if uses_cluster_chain {
-            self.endpoint_rules(f, svc, &names.cluster, &cluster);
+    /// The cluster and local policy chains pick an endpoint; every endpoint
+    /// is in the hairpin set.
+    fn endpoint_chains(&self, p: &PortInFamily<'_>, f: &mut Fragment) {
+        if !p.cluster.is_empty() {
+            self.endpoint_rules(f, p.svc, &p.names.cluster, &p.cluster);
         }
-        if uses_local_chain {
-            self.endpoint_rules(f, svc, &names.local, &local);
+        if !p.local.is_empty() {
+            self.endpoint_rules(f, p.svc, &p.names.local, &p.local);
         }
-        for ep in cluster.iter().chain(&local) {
+        for ep in p.cluster.iter().chain(&p.local) {
             f.element(HAIRPIN, Key::AddrPair(ep.ip, ep.ip), None);
         }
-        Ok(())
     }
 
     /// Session affinity, then a uniform choice: rule k is taken with
@@ -796,6 +766,152 @@ impl<'a> FamilyRenderer<'a> {
             matches.push(Match::L4Proto(proto));
             let stmts = dnat(f, ep);
             f.push(chain, rule(matches, stmts));
+        }
+    }
+}
+
+/// The base chains, and their jumps to the dispatch chains.
+fn base_chains(t: &mut Table) {
+    for (name, kind, hook, priority) in BASE_CHAINS {
+        t.chains.insert(
+            name.to_string(),
+            Chain {
+                base: Some(BaseChain {
+                    kind,
+                    hook,
+                    priority,
+                }),
+                rules: Vec::new(),
+            },
+        );
+    }
+    for (dst, src, new_only) in JUMP_CHAINS {
+        t.chain(dst);
+        let matches = if new_only {
+            vec![Match::CtStateNew]
+        } else {
+            Vec::new()
+        };
+        t.push(src, rule(matches, vec![jump(dst)]));
+    }
+}
+
+/// `loadBalancerSourceRanges`: the `firewall-ips` map and its check.
+fn firewall_check(t: &mut Table) {
+    t.set(
+        FIREWALL_IPS,
+        SetKind::AddrProtoPortVerdict,
+        "destinations that are subject to LoadBalancerSourceRanges",
+    );
+    t.push(
+        FIREWALL_CHECK,
+        rule(
+            vec![],
+            vec![Stmt::VmapAddrProtoPort(
+                Dir::Daddr,
+                FIREWALL_IPS.to_string(),
+            )],
+        ),
+    );
+}
+
+/// `ip daddr @set`.
+fn daddr_in(set: &str) -> Match {
+    Match::AddrInSet {
+        dir: Dir::Daddr,
+        set: set.to_string(),
+        negate: false,
+    }
+}
+
+/// External IPs and load-balancer IPs: dispatch to the external chain, or
+/// the no-endpoint verdict when the external policy has no endpoint.
+fn external_and_load_balancer_ips(p: &PortInFamily<'_>, f: &mut Fragment) {
+    for ip in p.external_ips.iter().chain(&p.lb_ips) {
+        if p.has_endpoints() {
+            f.element(SERVICE_IPS, p.key(*ip), Some(p.to_external()));
+        }
+        if !p.has_external() {
+            f.element(NO_ENDPOINT_SERVICES, p.key(*ip), Some(p.no_endpoint()));
+        }
+    }
+}
+
+/// The NodePort: dispatch to the external chain, or the no-endpoint verdict.
+fn node_port(p: &PortInFamily<'_>, f: &mut Fragment) {
+    let Some(node_port) = p.svc.rule.node_port else {
+        return;
+    };
+    let key = Key::ProtoPort(p.svc.rule.protocol, node_port);
+    if p.has_endpoints() {
+        f.element(SERVICE_NODEPORTS, key.clone(), Some(p.to_external()));
+    }
+    if !p.has_external() {
+        f.element(NO_ENDPOINT_NODEPORTS, key, Some(p.no_endpoint()));
+    }
+}
+
+/// One service port in one family: its frontends, its endpoints, and what
+/// the traffic policies make of them (kube-proxy's per-service-port locals).
+struct PortInFamily<'a> {
+    svc: &'a LinkedServicePort,
+    names: Names,
+    cluster_ips: Vec<IpAddr>,
+    external_ips: Vec<IpAddr>,
+    lb_ips: Vec<IpAddr>,
+    /// This family's endpoints for Cluster and for Local policy.
+    cluster: Vec<&'a Endpoint>,
+    local: Vec<&'a Endpoint>,
+}
+
+impl<'a> PortInFamily<'a> {
+    /// `addr . proto . port` of a frontend address.
+    fn key(&self, ip: IpAddr) -> Key {
+        Key::AddrProtoPort(ip, self.svc.rule.protocol, self.svc.rule.port)
+    }
+
+    /// Whether the port has an endpoint anywhere (`has_any_endpoints`).
+    fn has_endpoints(&self) -> bool {
+        self.svc.has_any_endpoints
+    }
+
+    /// The chain internal traffic goes to, and its endpoints.
+    fn internal(&self) -> (&str, &[&'a Endpoint]) {
+        if self.svc.internal_policy_local() {
+            (&self.names.local, &self.local)
+        } else {
+            (&self.names.cluster, &self.cluster)
+        }
+    }
+
+    /// The policy chain external traffic ends in, and its endpoints.
+    fn external(&self) -> (&str, &[&'a Endpoint]) {
+        if self.svc.external_policy_local() {
+            (&self.names.local, &self.local)
+        } else {
+            (&self.names.cluster, &self.cluster)
+        }
+    }
+
+    fn has_internal(&self) -> bool {
+        self.has_endpoints() && !self.internal().1.is_empty()
+    }
+
+    fn has_external(&self) -> bool {
+        self.has_endpoints() && !self.external().1.is_empty()
+    }
+
+    fn to_external(&self) -> Verdict {
+        Verdict::Goto(self.names.external.clone())
+    }
+
+    /// Traffic without an applicable endpoint is dropped, or rejected when
+    /// the port has no endpoint anywhere.
+    fn no_endpoint(&self) -> Verdict {
+        if self.has_endpoints() {
+            Verdict::Drop
+        } else {
+            Verdict::Goto(REJECT_CHAIN.to_string())
         }
     }
 }

@@ -127,14 +127,14 @@ fn plan_of(rs: &Ruleset) -> Plan {
     super::render::render(&linked(rs), &settings())
 }
 
-fn testdata(name: &str) -> PathBuf {
+pub(super) fn testdata(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("src/nftables/testdata")
         .join(name)
 }
 
 /// Compare with a golden file; `UPDATE_GOLDEN=1` rewrites it.
-fn golden(name: &str, actual: &str) {
+pub(super) fn golden(name: &str, actual: &str) {
     let path = testdata(name);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, actual).unwrap();
@@ -525,7 +525,7 @@ mod model {
     use switchyard_api::ruleset::IpFamily;
 
     use super::super::ir::{Chain, Match, Stmt, Table, Verdict};
-    use super::super::text::{Command, Transaction};
+    use super::super::transaction::{Command, Transaction};
 
     fn references_chain(table: &Table, name: &str) -> bool {
         let is = |v: &Verdict| matches!(v, Verdict::Jump(c) | Verdict::Goto(c) if c == name);
@@ -804,7 +804,7 @@ proptest::proptest! {
                 transaction(Some(&applied), &plan)
             };
             model::apply(&mut tables, &step.tx);
-            let mut cleanup = super::text::Transaction::default();
+            let mut cleanup = super::transaction::Transaction::default();
             for (family, chain) in &step.flushed {
                 cleanup.delete_chain(*family, chain);
             }

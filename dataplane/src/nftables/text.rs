@@ -1,21 +1,16 @@
-//! The edge: the typed plan as `nft` text, both the `nft list` form (what
-//! `Display` shows and a full sync loads) and the single commands an
-//! incremental transaction is made of.
+//! The text encoder: the typed plan as `nft` text (the `nft list` form
+//! `Display` shows) and a [`Transaction`] as an `nft -f` script; the sibling
+//! of [`super::netlink`], which sends the same transaction as one batch.
 
 use std::fmt::{self, Write};
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use switchyard_api::ruleset::IpFamily;
 
 use super::ir::{
-    BaseChain, Chain, ChainType, Dir, Hook, Key, Match, Plan, Priority, Rule, Set, SetKind, Stmt,
-    TABLE, Table, Verdict,
+    BaseChain, Dir, Hook, Key, Match, Plan, Rule, Set, SetKind, Stmt, TABLE, Table, Verdict,
 };
-
-/// NF_IP_PRI_NAT_DST and NF_IP_PRI_NAT_SRC.
-const DSTNAT: i32 = -100;
-const SRCNAT: i32 = 100;
+use super::transaction::{Command, Transaction};
 
 /// `ip` / `ip6`: the table family and the address payload keyword.
 pub fn family_word(family: IpFamily) -> &'static str {
@@ -140,10 +135,6 @@ fn dir_word(dir: Dir) -> &'static str {
 }
 
 fn base_chain_text(b: &BaseChain) -> String {
-    let kind = match b.kind {
-        ChainType::Filter => "filter",
-        ChainType::Nat => "nat",
-    };
     let hook = match b.hook {
         Hook::Prerouting => "prerouting",
         Hook::Input => "input",
@@ -152,11 +143,11 @@ fn base_chain_text(b: &BaseChain) -> String {
         Hook::Postrouting => "postrouting",
     };
     // Numeric: nft 1.0.6 accepts the names only in some hooks.
-    let prio = match b.priority {
-        Priority::Dstnat(o) => DSTNAT + o,
-        Priority::Srcnat(o) => SRCNAT + o,
-    };
-    format!("type {kind} hook {hook} priority {prio}; policy accept;")
+    format!(
+        "type {} hook {hook} priority {}; policy accept;",
+        b.kind.name(),
+        b.priority.value()
+    )
 }
 
 /// The set's declaration body (`type ...; flags ...; timeout ...; comment ...;`).
@@ -175,15 +166,16 @@ fn set_decl(set: &Set, family: IpFamily) -> Vec<String> {
     lines
 }
 
-fn keyword(set: &Set) -> &'static str {
-    if set.kind.is_map() { "map" } else { "set" }
+/// `map` or `set`.
+fn keyword(map: bool) -> &'static str {
+    if map { "map" } else { "set" }
 }
 
 impl fmt::Display for Table {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "table {} {TABLE} {{", family_word(self.family))?;
         for (name, set) in &self.sets {
-            writeln!(f, "\t{} {name} {{", keyword(set))?;
+            writeln!(f, "\t{} {name} {{", keyword(set.kind.is_map()))?;
             for line in set_decl(set, self.family) {
                 writeln!(f, "\t\t{line}")?;
             }
@@ -221,151 +213,64 @@ impl fmt::Display for Plan {
     }
 }
 
-/// One command of a transaction, typed: [`Transaction::text`] writes it for
-/// `nft -f`, and the incremental path sends it over netlink as it is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Command {
-    /// Create the table if missing, delete it, and write it anew (full sync).
-    ReplaceTable(Arc<Table>),
-    /// Remove the table if it exists.
-    DropTable(IpFamily),
-    /// A set or map's definition; its elements are left out.
-    AddSet {
-        family: IpFamily,
-        name: String,
-        set: Set,
-    },
-    DeleteSet {
-        family: IpFamily,
-        name: String,
-        map: bool,
-    },
-    /// Remove every element of a set or map.
-    FlushSet {
-        family: IpFamily,
-        name: String,
-        map: bool,
-    },
-    AddElements {
-        family: IpFamily,
-        set: String,
-        elements: Vec<(Key, Option<Verdict>)>,
-    },
-    DeleteElements {
-        family: IpFamily,
-        set: String,
-        keys: Vec<Key>,
-    },
-    AddChain {
-        family: IpFamily,
-        name: String,
-        base: Option<BaseChain>,
-    },
-    FlushChain {
-        family: IpFamily,
-        name: String,
-    },
-    DeleteChain {
-        family: IpFamily,
-        name: String,
-    },
-    AddRule {
-        family: IpFamily,
-        chain: String,
-        rule: Rule,
-    },
-}
-
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let fam = family_word(self.family());
         match self {
             Command::ReplaceTable(table) => {
-                let fam = family_word(table.family);
-                writeln!(f, "add table {fam} {TABLE}")?;
-                writeln!(f, "delete table {fam} {TABLE}")?;
-                write!(f, "{table}")
+                write!(
+                    f,
+                    "add table {fam} {TABLE}\ndelete table {fam} {TABLE}\n{table}"
+                )
             }
-            Command::DropTable(family) => {
-                let fam = family_word(*family);
-                writeln!(f, "add table {fam} {TABLE}")?;
-                writeln!(f, "delete table {fam} {TABLE}")
+            Command::DropTable(_) => {
+                writeln!(f, "add table {fam} {TABLE}\ndelete table {fam} {TABLE}")
             }
-            Command::AddSet { family, name, set } => writeln!(
+            Command::AddSet { name, set, .. } => writeln!(
                 f,
-                "add {} {} {TABLE} {name} {{ {}; }}",
-                keyword(set),
-                family_word(*family),
-                set_decl(set, *family).join("; ")
+                "add {} {fam} {TABLE} {name} {{ {}; }}",
+                keyword(set.kind.is_map()),
+                set_decl(set, self.family()).join("; ")
             ),
-            Command::DeleteSet { family, name, map } => writeln!(
-                f,
-                "delete {} {} {TABLE} {name}",
-                if *map { "map" } else { "set" },
-                family_word(*family)
-            ),
-            Command::FlushSet { family, name, map } => writeln!(
-                f,
-                "flush {} {} {TABLE} {name}",
-                if *map { "map" } else { "set" },
-                family_word(*family)
-            ),
-            Command::AddElements {
-                family,
-                set,
-                elements,
-            } => {
+            Command::DeleteSet { name, map, .. } => {
+                writeln!(f, "delete {} {fam} {TABLE} {name}", keyword(*map))
+            }
+            Command::FlushSet { name, map, .. } => {
+                writeln!(f, "flush {} {fam} {TABLE} {name}", keyword(*map))
+            }
+            Command::AddElements { set, elements, .. } => {
                 let elems: Vec<String> = elements.iter().map(|(k, v)| element(k, v)).collect();
                 writeln!(
                     f,
-                    "add element {} {TABLE} {set} {{ {} }}",
-                    family_word(*family),
+                    "add element {fam} {TABLE} {set} {{ {} }}",
                     elems.join(", ")
                 )
             }
-            Command::DeleteElements { family, set, keys } => {
+            Command::DeleteElements { set, keys, .. } => {
                 let keys: Vec<String> = keys.iter().map(Key::to_string).collect();
                 writeln!(
                     f,
-                    "delete element {} {TABLE} {set} {{ {} }}",
-                    family_word(*family),
+                    "delete element {fam} {TABLE} {set} {{ {} }}",
                     keys.join(", ")
                 )
             }
-            Command::AddChain { family, name, base } => match base {
+            Command::AddChain { name, base, .. } => match base {
                 Some(b) => writeln!(
                     f,
-                    "add chain {} {TABLE} {name} {{ {} }}",
-                    family_word(*family),
+                    "add chain {fam} {TABLE} {name} {{ {} }}",
                     base_chain_text(b)
                 ),
-                None => writeln!(f, "add chain {} {TABLE} {name}", family_word(*family)),
+                None => writeln!(f, "add chain {fam} {TABLE} {name}"),
             },
-            Command::FlushChain { family, name } => {
-                writeln!(f, "flush chain {} {TABLE} {name}", family_word(*family))
-            }
-            Command::DeleteChain { family, name } => {
-                writeln!(f, "delete chain {} {TABLE} {name}", family_word(*family))
-            }
-            Command::AddRule {
-                family,
-                chain,
-                rule,
-            } => writeln!(
+            Command::FlushChain { name, .. } => writeln!(f, "flush chain {fam} {TABLE} {name}"),
+            Command::DeleteChain { name, .. } => writeln!(f, "delete chain {fam} {TABLE} {name}"),
+            Command::AddRule { chain, rule, .. } => writeln!(
                 f,
-                "add rule {} {TABLE} {chain} {}",
-                family_word(*family),
-                rule_text(rule, *family)
+                "add rule {fam} {TABLE} {chain} {}",
+                rule_text(rule, self.family())
             ),
         }
     }
-}
-
-/// One `nft` transaction, as typed commands.
-#[derive(Debug, Default)]
-pub struct Transaction {
-    pub commands: Vec<Command>,
-    /// Objects written (rules, elements, chain and set operations).
-    pub objects: u32,
 }
 
 impl Transaction {
@@ -377,161 +282,5 @@ impl Transaction {
             let _ = write!(out, "{c}");
         }
         out
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.commands.is_empty()
-    }
-
-    /// Whether some command rewrites a whole table (only `nft -f` does that).
-    pub fn replaces_tables(&self) -> bool {
-        self.commands
-            .iter()
-            .any(|c| matches!(c, Command::ReplaceTable(_) | Command::DropTable(_)))
-    }
-
-    fn push(&mut self, command: Command, objects: usize) {
-        self.commands.push(command);
-        self.objects = self
-            .objects
-            .saturating_add(u32::try_from(objects).unwrap_or(u32::MAX));
-    }
-
-    /// Replace a table atomically: create it if missing, delete it, write it anew.
-    pub fn replace_table(&mut self, table: &Arc<Table>) {
-        let objects = table.chains.values().map(|c| c.rules.len()).sum::<usize>()
-            + table.sets.values().map(|s| s.elements.len()).sum::<usize>();
-        self.push(Command::ReplaceTable(Arc::clone(table)), objects + 2);
-    }
-
-    /// Remove a table if it exists.
-    pub fn drop_table(&mut self, family: IpFamily) {
-        self.push(Command::DropTable(family), 2);
-    }
-
-    pub fn add_set(&mut self, family: IpFamily, name: &str, set: &Set) {
-        let set = Set {
-            elements: Default::default(),
-            ..set.clone()
-        };
-        self.push(
-            Command::AddSet {
-                family,
-                name: name.to_string(),
-                set,
-            },
-            1,
-        );
-    }
-
-    pub fn delete_set(&mut self, family: IpFamily, name: &str, set: &Set) {
-        self.push(
-            Command::DeleteSet {
-                family,
-                name: name.to_string(),
-                map: set.kind.is_map(),
-            },
-            1,
-        );
-    }
-
-    pub fn flush_set(&mut self, family: IpFamily, name: &str, set: &Set) {
-        self.push(
-            Command::FlushSet {
-                family,
-                name: name.to_string(),
-                map: set.kind.is_map(),
-            },
-            1,
-        );
-    }
-
-    pub fn add_elements<'a>(
-        &mut self,
-        family: IpFamily,
-        set: &str,
-        elems: impl IntoIterator<Item = (&'a Key, &'a Option<Verdict>)>,
-    ) {
-        let elements: Vec<(Key, Option<Verdict>)> = elems
-            .into_iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        if elements.is_empty() {
-            return;
-        }
-        let n = elements.len();
-        self.push(
-            Command::AddElements {
-                family,
-                set: set.to_string(),
-                elements,
-            },
-            n,
-        );
-    }
-
-    pub fn delete_elements<'a>(
-        &mut self,
-        family: IpFamily,
-        set: &str,
-        keys: impl IntoIterator<Item = &'a Key>,
-    ) {
-        let keys: Vec<Key> = keys.into_iter().cloned().collect();
-        if keys.is_empty() {
-            return;
-        }
-        let n = keys.len();
-        self.push(
-            Command::DeleteElements {
-                family,
-                set: set.to_string(),
-                keys,
-            },
-            n,
-        );
-    }
-
-    pub fn add_chain(&mut self, family: IpFamily, name: &str, chain: &Chain) {
-        self.push(
-            Command::AddChain {
-                family,
-                name: name.to_string(),
-                base: chain.base,
-            },
-            1,
-        );
-    }
-
-    pub fn flush_chain(&mut self, family: IpFamily, name: &str) {
-        self.push(
-            Command::FlushChain {
-                family,
-                name: name.to_string(),
-            },
-            1,
-        );
-    }
-
-    pub fn delete_chain(&mut self, family: IpFamily, name: &str) {
-        self.push(
-            Command::DeleteChain {
-                family,
-                name: name.to_string(),
-            },
-            1,
-        );
-    }
-
-    pub fn add_rules(&mut self, family: IpFamily, name: &str, chain: &Chain) {
-        for rule in &chain.rules {
-            self.push(
-                Command::AddRule {
-                    family,
-                    chain: name.to_string(),
-                    rule: rule.clone(),
-                },
-                1,
-            );
-        }
     }
 }

@@ -333,6 +333,15 @@ fn report(totals: &mut Totals, status: Status, line: String) {
     totals.add(status);
 }
 
+/// A flow whose client process was started.
+struct Running<'f> {
+    flow: &'f Flow,
+    expected: Expected,
+    /// One endpoint per client is expected (session affinity, fixed port).
+    affinity: bool,
+    child: Result<Child, HarnessError>,
+}
+
 /// Run the flows of one stage in parallel, one client process per flow.
 fn run_flows(
     ctx: &Ctx<'_>,
@@ -341,126 +350,153 @@ fn run_flows(
     linked: &policy::LinkedRuleset,
     totals: &mut Totals,
 ) {
-    struct Running<'f> {
-        flow: &'f Flow,
-        expected: Expected,
-        affinity: bool,
-        child: Result<Child, HarnessError>,
-    }
-    let mut running = Vec::new();
-    let mut children = Children(Vec::new());
     let flows: Vec<Flow> = stage
         .flows
         .iter()
         .map(|f| f.for_mode(ctx.hooks.mode()))
         .collect();
-    for flow in &flows {
-        let name = format!("{}: {}{}", ctx.file, stage.label, flow.name);
-        let Ok(expected) = Expected::parse(&flow.output) else {
-            report(
-                totals,
-                Status::Fail,
-                format!("{name}: bad output {:?}", flow.output),
-            );
-            continue;
-        };
-        let skip = if flow.protocol == Protocol::Sctp && !ctx.sctp {
-            Some("SCTP sockets are not supported by this kernel".to_string())
-        } else {
-            ctx.hooks.unsupported_in(flow, linked)
-        };
-        if let Some(reason) = skip {
-            report(totals, Status::Skip, format!("{name}: {reason}"));
-            continue;
-        }
-        // Affinity and a fixed client port both pin a client to one endpoint.
-        let session_affinity = has_affinity(ruleset, flow, ctx.topo.is_node_address(&flow.dest_ip));
-        let affinity = session_affinity || flow.source_port.is_some();
-        // Pinning is only observable, and only needs one-by-one attempts, when
-        // connections are expected to get through.
-        let sequential = flow.source_port.is_some()
-            || (session_affinity && matches!(expected, Expected::Endpoints(_)));
-        let count = match &expected {
-            // Enough that random choice would spread them (3 endpoints: 1 in 243).
-            _ if sequential && session_affinity => 6,
-            _ if sequential => 3,
-            Expected::Endpoints(e) => (10 * e.len()).max(6),
-            _ => 4,
-        };
-        let mut args = vec![
-            "__connect".to_string(),
-            format!("--proto={}", flow.protocol.as_lower()),
-            format!("--src={}", flow.source_ip),
-            format!("--dst={}", flow.destination()),
-            format!("--count={count}"),
-            format!("--timeout-ms={}", ctx.options.timeout.as_millis()),
-        ];
-        if sequential {
-            args.push("--sequential".into());
-        }
-        match flow.source_port {
-            Some(port) => args.extend([format!("--src-port={port}"), "--fixed-port".into()]),
-            None => args.push(format!("--src-port={}", ctx.ports.next(count))),
-        }
-        if let Some(cg) = ctx.hooks.client_cgroup(flow) {
-            args.push(format!("--cgroup={}", cg.display()));
-        }
-        let ns = ctx.topo.netns(ctx.topo.place_of(&flow.source_ip));
-        running.push(Running {
-            flow,
-            expected,
-            affinity,
-            child: spawn_in(ns, &args),
-        });
-    }
+    let running: Vec<Running> = flows
+        .iter()
+        .filter_map(|flow| start_flow(ctx, stage, flow, ruleset, linked, totals))
+        .collect();
+    let mut children = Children(Vec::new());
     let mut outputs = Vec::new();
     for r in running {
         let out = r.child.map(|mut c| {
-            let mut text = String::new();
-            if let Some(stdout) = c.stdout.take() {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    text.push_str(&line);
-                    text.push('\n');
-                }
-            }
+            let text = client_output(&mut c);
             children.0.push(c);
             text
         });
         outputs.push((r.flow, r.expected, r.affinity, out));
     }
     drop(children);
-    for (scenario_flow, expected, affinity, out) in outputs {
-        let name = format!("{}: {}{}", ctx.file, stage.label, scenario_flow.name);
-        let flow = &Flow {
-            masq: ctx.hooks.masquerade(scenario_flow),
-            ..scenario_flow.clone()
-        };
-        let mut want = match flow.masq {
-            Some(m) => format!("{expected} masq={m}"),
-            None => expected.to_string(),
-        };
-        if flow.masq != scenario_flow.masq {
-            want.push_str(" (this mode's masquerade; the scenario expects ");
-            want.push_str(&format!("masq={:?})", scenario_flow.masq));
-        }
-        match out {
-            Err(e) => report(totals, Status::Fail, format!("{name}: client: {e}")),
-            Ok(text) => {
-                let attempts: Vec<Attempt> = text.lines().map(Attempt::parse).collect();
-                let (ok, seen) = judge(flow, &expected, &attempts, affinity);
-                let status = if ok && !attempts.is_empty() {
-                    Status::Pass
-                } else {
-                    Status::Fail
-                };
-                report(
-                    totals,
-                    status,
-                    format!("{name}: expected {want}; saw {seen}"),
-                );
-            }
+    for (flow, expected, affinity, out) in outputs {
+        judge_flow(ctx, stage, flow, &expected, affinity, out, totals);
+    }
+}
+
+/// Start the client of one flow; None (reported) when its expectation does
+/// not parse or the flow is skipped here.
+fn start_flow<'f>(
+    ctx: &Ctx<'_>,
+    stage: &Stage<'_>,
+    flow: &'f Flow,
+    ruleset: &Ruleset,
+    linked: &policy::LinkedRuleset,
+    totals: &mut Totals,
+) -> Option<Running<'f>> {
+    let name = format!("{}: {}{}", ctx.file, stage.label, flow.name);
+    let Ok(expected) = Expected::parse(&flow.output) else {
+        let line = format!("{name}: bad output {:?}", flow.output);
+        report(totals, Status::Fail, line);
+        return None;
+    };
+    let skip = if flow.protocol == Protocol::Sctp && !ctx.sctp {
+        Some("SCTP sockets are not supported by this kernel".to_string())
+    } else {
+        ctx.hooks.unsupported_in(flow, linked)
+    };
+    if let Some(reason) = skip {
+        report(totals, Status::Skip, format!("{name}: {reason}"));
+        return None;
+    }
+    // Affinity and a fixed client port both pin a client to one endpoint.
+    let session_affinity = has_affinity(ruleset, flow, ctx.topo.is_node_address(&flow.dest_ip));
+    // Pinning is only observable, and only needs one-by-one attempts, when
+    // connections are expected to get through.
+    let sequential = flow.source_port.is_some()
+        || (session_affinity && matches!(expected, Expected::Endpoints(_)));
+    let count = match &expected {
+        // Enough that random choice would spread them (3 endpoints: 1 in 243).
+        _ if sequential && session_affinity => 6,
+        _ if sequential => 3,
+        Expected::Endpoints(e) => (10 * e.len()).max(6),
+        _ => 4,
+    };
+    let ns = ctx.topo.netns(ctx.topo.place_of(&flow.source_ip));
+    Some(Running {
+        flow,
+        expected,
+        affinity: session_affinity || flow.source_port.is_some(),
+        child: spawn_in(ns, &client_args(ctx, flow, count, sequential)),
+    })
+}
+
+/// The arguments of a flow's client process.
+fn client_args(ctx: &Ctx<'_>, flow: &Flow, count: usize, sequential: bool) -> Vec<String> {
+    let mut args = vec![
+        "__connect".to_string(),
+        format!("--proto={}", flow.protocol.as_lower()),
+        format!("--src={}", flow.source_ip),
+        format!("--dst={}", flow.destination()),
+        format!("--count={count}"),
+        format!("--timeout-ms={}", ctx.options.timeout.as_millis()),
+    ];
+    if sequential {
+        args.push("--sequential".into());
+    }
+    match flow.source_port {
+        Some(port) => args.extend([format!("--src-port={port}"), "--fixed-port".into()]),
+        None => args.push(format!("--src-port={}", ctx.ports.next(count))),
+    }
+    if let Some(cg) = ctx.hooks.client_cgroup(flow) {
+        args.push(format!("--cgroup={}", cg.display()));
+    }
+    args
+}
+
+/// Everything a client prints, one attempt a line (until it exits).
+fn client_output(child: &mut Child) -> String {
+    let mut text = String::new();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            text.push_str(&line);
+            text.push('\n');
         }
     }
+    text
+}
+
+/// Judge one flow's attempts against what the scenario (and this mode's
+/// masquerade) expects, and report it.
+fn judge_flow(
+    ctx: &Ctx<'_>,
+    stage: &Stage<'_>,
+    scenario_flow: &Flow,
+    expected: &Expected,
+    affinity: bool,
+    out: Result<String, HarnessError>,
+    totals: &mut Totals,
+) {
+    let name = format!("{}: {}{}", ctx.file, stage.label, scenario_flow.name);
+    let flow = &Flow {
+        masq: ctx.hooks.masquerade(scenario_flow),
+        ..scenario_flow.clone()
+    };
+    let mut want = match flow.masq {
+        Some(m) => format!("{expected} masq={m}"),
+        None => expected.to_string(),
+    };
+    if flow.masq != scenario_flow.masq {
+        want.push_str(" (this mode's masquerade; the scenario expects ");
+        want.push_str(&format!("masq={:?})", scenario_flow.masq));
+    }
+    let text = match out {
+        Err(e) => return report(totals, Status::Fail, format!("{name}: client: {e}")),
+        Ok(text) => text,
+    };
+    let attempts: Vec<Attempt> = text.lines().map(Attempt::parse).collect();
+    let (ok, seen) = judge(flow, expected, &attempts, affinity);
+    let status = if ok && !attempts.is_empty() {
+        Status::Pass
+    } else {
+        Status::Fail
+    };
+    report(
+        totals,
+        status,
+        format!("{name}: expected {want}; saw {seen}"),
+    );
 }
 
 fn node_object(spec: &NodeSpec) -> Node {

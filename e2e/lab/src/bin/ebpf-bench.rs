@@ -215,8 +215,10 @@ fn bench(services: u32, per: u32, connects: u32) -> Result<(), String> {
     let bpffs = ScratchBpffs::mount(&format!("{tag}-bpffs")).map_err(|e| e.to_string())?;
     let cgroup = ScratchCgroup::create(&tag).map_err(|e| e.to_string())?;
     let ns_file = ns.file()?;
-    let pin_root = bpffs.dir().join("switchyard");
-    let cgroup_dir = cgroup.dir().to_path_buf();
+    let config = KernelConfig {
+        pin_root: bpffs.dir().join("switchyard"),
+        cgroup: Some(cgroup.dir().to_path_buf()),
+    };
 
     // The "agent": a thread in the namespace that owns the backend.
     let report = std::thread::scope(|scope| {
@@ -226,106 +228,11 @@ fn bench(services: u32, per: u32, connects: u32) -> Result<(), String> {
                 enter(&ns)?;
                 let listener = TcpListener::bind(BACKEND).map_err(|e| e.to_string())?;
                 std::thread::spawn(move || for _ in listener.incoming() {});
-                let node = NodeInfo {
-                    name: "bench-node".into(),
-                    zone: None,
-                    addresses: vec![IpAddr::V4(Ipv4Addr::new(10, 200, 0, 1))],
-                };
-                // No devices: the namespace has only lo, so no tc program is attached.
-                let settings = Settings::defaults(Mode::Ebpf);
-                let mut backend = EbpfBackend::new(AyaKernel::new(KernelConfig {
-                    pin_root,
-                    cgroup: Some(cgroup_dir),
-                }));
-                let rss_before = retained_rss_kib();
-                // Load and attach the programs first, so the next apply is map writes only.
-                let start = Instant::now();
-                let empty = backend.render(&link(&Ruleset::default(), &node), &settings);
-                backend.apply(&empty).map_err(|e| e.to_string())?;
-                let load_time = start.elapsed();
-                let rs = ruleset(services, per, 0);
-                let start = Instant::now();
-                let linked = link(&rs, &node);
-                let plan = backend.render(&linked, &settings);
-                let render_time = start.elapsed();
-                let stats = backend.apply(&plan).map_err(|e| e.to_string())?;
-                let full_time = start.elapsed();
-                drop((plan, linked));
-                let rss_after = retained_rss_kib();
-                let rss_peak = status_kib("VmHWM:");
-
-                let mut updates = Vec::new();
-                for generation in 1..=11 {
-                    let rs = ruleset(services, per, generation);
-                    let linked = link(&rs, &node);
-                    let plan = backend.render(&linked, &settings);
-                    let start = Instant::now();
-                    let s = backend.apply(&plan).map_err(|e| e.to_string())?;
-                    updates.push((start.elapsed(), s.written));
-                }
-                updates.sort();
-                let (update, written) = updates[updates.len() / 2];
-
-                // Interleaved rounds, so machine noise hits all three alike.
-                let vip = "10.96.0.0:80";
-                let (mut lb, mut plain, mut hooked) = (Vec::new(), Vec::new(), Vec::new());
-                for _ in 0..ROUNDS {
-                    lb.push(measure(&ns, Some(&cgroup), vip, connects / ROUNDS)?);
-                    plain.push(measure(&ns, None, BACKEND, connects / ROUNDS)?);
-                    hooked.push(measure(&ns, Some(&cgroup), BACKEND, connects / ROUNDS)?);
-                }
-                let via_lb = median(lb).unwrap_or(0);
-                let direct = median(plain).unwrap_or(1);
-                let direct_in_cgroup = median(hooked).unwrap_or(0);
+                let mut backend = EbpfBackend::new(AyaKernel::new(config));
+                let syncs = measure_syncs(&mut backend, services, per)?;
+                let connects = measure_connects(&ns, &cgroup, connects)?;
                 backend.cleanup().map_err(|e| e.to_string())?;
-                let ratio = via_lb as f64 / direct as f64;
-                Ok(vec![
-                    (
-                        "services / endpoints".into(),
-                        format!("{services} / {}", services * per),
-                    ),
-                    (
-                        "load + attach programs".into(),
-                        format!("{:.1} ms", load_time.as_secs_f64() * 1e3),
-                    ),
-                    (
-                        "full sync: link + render + map writes".into(),
-                        format!(
-                            "{} entries in {:.1} ms (link + render {:.1} ms)",
-                            stats.written,
-                            full_time.as_secs_f64() * 1e3,
-                            render_time.as_secs_f64() * 1e3
-                        ),
-                    ),
-                    (
-                        "one endpoint change (median of 11)".into(),
-                        format!("{:.3} ms, {written} map writes", update.as_secs_f64() * 1e3),
-                    ),
-                    (
-                        "connect() via ClusterIP (socket LB), median".into(),
-                        format!("{via_lb} ns"),
-                    ),
-                    (
-                        "connect() direct, no hook, median".into(),
-                        format!("{direct} ns"),
-                    ),
-                    (
-                        "connect() direct, hook attached, median".into(),
-                        format!("{direct_in_cgroup} ns"),
-                    ),
-                    (
-                        "ratio ClusterIP / direct (target <= 1.1)".into(),
-                        format!("{ratio:.2}"),
-                    ),
-                    (
-                        "agent RSS before / after load, ruleset held (target <= 64 MiB)".into(),
-                        format!("{} / {} MiB", rss_before / 1024, rss_after / 1024),
-                    ),
-                    (
-                        "agent peak RSS during the full sync".into(),
-                        format!("{} MiB", rss_peak / 1024),
-                    ),
-                ])
+                Ok(report_rows(services, per, &syncs, &connects))
             })
             .join()
             .map_err(|_| "agent thread panicked".to_string())?
@@ -336,6 +243,153 @@ fn bench(services: u32, per: u32, connects: u32) -> Result<(), String> {
         println!("| {k} | {v} |");
     }
     Ok(())
+}
+
+/// What loading, a full sync and endpoint changes cost.
+struct Syncs {
+    load: Duration,
+    render: Duration,
+    full: Duration,
+    full_written: u32,
+    /// Median of 11 endpoint changes, and the map writes it took.
+    update: Duration,
+    update_written: u32,
+    rss_before_kib: u64,
+    rss_after_kib: u64,
+    rss_peak_kib: u64,
+}
+
+fn measure_syncs(
+    backend: &mut EbpfBackend<AyaKernel>,
+    services: u32,
+    per: u32,
+) -> Result<Syncs, String> {
+    let node = NodeInfo {
+        name: "bench-node".into(),
+        zone: None,
+        addresses: vec![IpAddr::V4(Ipv4Addr::new(10, 200, 0, 1))],
+    };
+    // No devices: the namespace has only lo, so no tc program is attached.
+    let settings = Settings::defaults(Mode::Ebpf);
+    let rss_before_kib = retained_rss_kib();
+    // Load and attach the programs first, so the next apply is map writes only.
+    let start = Instant::now();
+    let empty = backend.render(&link(&Ruleset::default(), &node), &settings);
+    backend.apply(&empty).map_err(|e| e.to_string())?;
+    let load = start.elapsed();
+    let rs = ruleset(services, per, 0);
+    let start = Instant::now();
+    let linked = link(&rs, &node);
+    let plan = backend.render(&linked, &settings);
+    let render = start.elapsed();
+    let stats = backend.apply(&plan).map_err(|e| e.to_string())?;
+    let full = start.elapsed();
+    drop((plan, linked));
+    let rss_after_kib = retained_rss_kib();
+    let rss_peak_kib = status_kib("VmHWM:");
+
+    let mut updates = Vec::new();
+    for generation in 1..=11 {
+        let rs = ruleset(services, per, generation);
+        let linked = link(&rs, &node);
+        let plan = backend.render(&linked, &settings);
+        let start = Instant::now();
+        let s = backend.apply(&plan).map_err(|e| e.to_string())?;
+        updates.push((start.elapsed(), s.written));
+    }
+    updates.sort();
+    let (update, update_written) = updates[updates.len() / 2];
+    Ok(Syncs {
+        load,
+        render,
+        full,
+        full_written: stats.written,
+        update,
+        update_written,
+        rss_before_kib,
+        rss_after_kib,
+        rss_peak_kib,
+    })
+}
+
+/// Median connect times in ns: via the ClusterIP, direct, and direct from
+/// inside the hooked cgroup.
+struct Connects {
+    via_lb: u64,
+    direct: u64,
+    direct_in_cgroup: u64,
+}
+
+fn measure_connects(ns: &Netns, cgroup: &ScratchCgroup, connects: u32) -> Result<Connects, String> {
+    // Interleaved rounds, so machine noise hits all three alike.
+    let vip = "10.96.0.0:80";
+    let (mut lb, mut plain, mut hooked) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        lb.push(measure(ns, Some(cgroup), vip, connects / ROUNDS)?);
+        plain.push(measure(ns, None, BACKEND, connects / ROUNDS)?);
+        hooked.push(measure(ns, Some(cgroup), BACKEND, connects / ROUNDS)?);
+    }
+    Ok(Connects {
+        via_lb: median(lb).unwrap_or(0),
+        direct: median(plain).unwrap_or(1),
+        direct_in_cgroup: median(hooked).unwrap_or(0),
+    })
+}
+
+fn report_rows(services: u32, per: u32, s: &Syncs, c: &Connects) -> Vec<(String, String)> {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let ratio = c.via_lb as f64 / c.direct as f64;
+    [
+        (
+            "services / endpoints",
+            format!("{services} / {}", services * per),
+        ),
+        ("load + attach programs", format!("{:.1} ms", ms(s.load))),
+        (
+            "full sync: link + render + map writes",
+            format!(
+                "{} entries in {:.1} ms (link + render {:.1} ms)",
+                s.full_written,
+                ms(s.full),
+                ms(s.render)
+            ),
+        ),
+        (
+            "one endpoint change (median of 11)",
+            format!("{:.3} ms, {} map writes", ms(s.update), s.update_written),
+        ),
+        (
+            "connect() via ClusterIP (socket LB), median",
+            format!("{} ns", c.via_lb),
+        ),
+        (
+            "connect() direct, no hook, median",
+            format!("{} ns", c.direct),
+        ),
+        (
+            "connect() direct, hook attached, median",
+            format!("{} ns", c.direct_in_cgroup),
+        ),
+        (
+            "ratio ClusterIP / direct (target <= 1.1)",
+            format!("{ratio:.2}"),
+        ),
+        (
+            "agent RSS before / after load, ruleset held (target <= 64 MiB)",
+            format!(
+                "{} / {} MiB",
+                s.rss_before_kib / 1024,
+                s.rss_after_kib / 1024
+            ),
+        ),
+        (
+            "agent peak RSS during the full sync",
+            format!("{} MiB", s.rss_peak_kib / 1024),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
 fn main() -> ExitCode {

@@ -10,12 +10,9 @@ use switchyard_api::ruleset::{IpFamily, Protocol, Ruleset, SessionAffinity, Traf
 
 use super::{NetlinkError, NftNetlink};
 use crate::nftables::diff::Applied;
-use crate::nftables::ir::{
-    BaseChain, Chain, ChainType, Dir, Hook, Key, Match, Plan, Priority, Rule, Set, SetKind, Stmt,
-    Table, Verdict,
-};
+use crate::nftables::ir::{Chain, Dir, Key, Match, Plan, Rule, Set, SetKind, Stmt, Table, Verdict};
 use crate::nftables::tests::{cidr, endpoint, ip, linked, sample_ruleset, service, settings};
-use crate::nftables::text::{Command, Transaction};
+use crate::nftables::transaction::{Command, Transaction};
 use crate::nftables::{render, transaction};
 use crate::testns::{Netns, node_and_pod, vip_reply};
 
@@ -302,6 +299,23 @@ fn every_expression_step(old: Option<&[Table]>, new: Option<&[Table]>) -> Transa
     tx
 }
 
+/// Every expression added to the sample table, edited, and removed: the
+/// table before each step as nft text, and the step's commands.
+pub(super) fn every_expression_steps() -> [(&'static str, String, Vec<Command>); 3] {
+    let base_text = transaction(None, &plan(&sample_ruleset())).tx.text();
+    let (every, edited) = (every_expression(false), every_expression(true));
+    let added = every_expression_step(None, Some(&every));
+    let changed = every_expression_step(Some(&every), Some(&edited));
+    let removed = every_expression_step(Some(&edited), None);
+    let after_added = format!("{base_text}{}", added.text());
+    let after_edited = format!("{after_added}{}", changed.text());
+    [
+        ("every expression added", base_text, added.commands),
+        ("every expression edited", after_added, changed.commands),
+        ("every expression removed", after_edited, removed.commands),
+    ]
+}
+
 /// The sample ruleset and variants of it: changed endpoints, no endpoints,
 /// session affinity, IPv6 services, source ranges.
 fn rulesets() -> [Ruleset; 6] {
@@ -396,17 +410,7 @@ fn scenarios() -> Vec<(&'static str, String, Vec<Command>)> {
         transaction(None, &plan(&sticky)).tx.text(),
         resync.tx.commands,
     ));
-    // Every expression added to the sample table, edited, and removed.
-    let base_text = transaction(None, &plan(&base)).tx.text();
-    let (every, edited) = (every_expression(false), every_expression(true));
-    let added = every_expression_step(None, Some(&every));
-    let changed = every_expression_step(Some(&every), Some(&edited));
-    let removed = every_expression_step(Some(&edited), None);
-    let after_added = format!("{base_text}{}", added.text());
-    let after_edited = format!("{after_added}{}", changed.text());
-    steps.push(("every expression added", base_text, added.commands));
-    steps.push(("every expression edited", after_added, changed.commands));
-    steps.push(("every expression removed", after_edited, removed.commands));
+    steps.extend(every_expression_steps());
     steps
 }
 
@@ -479,17 +483,7 @@ fn incremental_transactions_over_netlink_leave_what_nft_leaves() {
         by_netlink
             .netlink(move |nl| nl.apply(&commands))
             .unwrap_or_else(|e| panic!("{what}: {e}"));
-        let (got, want) = (listing(&by_netlink), listing(&by_nft));
-        if got != want {
-            let diff: Vec<String> = got
-                .lines()
-                .zip(want.lines())
-                .filter(|(g, w)| g != w)
-                .take(10)
-                .map(|(g, w)| format!("netlink: {g}\n    nft: {w}"))
-                .collect();
-            panic!("{what}: listings differ:\n{}\n{script}", diff.join("\n"));
-        }
+        assert_same(&format!("{what} ({script})"), &by_netlink, &by_nft);
     }
 
     let expected = [
@@ -638,179 +632,6 @@ fn what_netlink_cannot_send_is_refused_before_sending() {
     for c in [wrong_rule, wrong_prefix, wrong_table] {
         assert!(!NftNetlink::supports(std::slice::from_ref(&c)), "{c}");
     }
-}
-
-/// The messages of a batch of `commands` (nfgenmsg and attributes, hex),
-/// batch begin and end left out.
-fn message_hex(commands: &[Command]) -> Vec<String> {
-    let mut batch = super::Batch::new(0);
-    for (i, command) in commands.iter().enumerate() {
-        super::encode(&mut batch, i, command);
-    }
-    let mut messages = Vec::new();
-    for chunk in &batch.chunks {
-        let mut rest = chunk.as_slice();
-        while !rest.is_empty() {
-            let len = u32::from_ne_bytes(rest[..4].try_into().unwrap()) as usize;
-            let hex: String = rest[16..len].iter().map(|b| format!("{b:02x}")).collect();
-            messages.push(hex);
-            rest = &rest[len..];
-        }
-    }
-    messages
-}
-
-/// Set userdata is partly invisible in `nft list`, so sets are compared byte
-/// for byte with what nft 1.0.6 sends for the same text (`nft --debug=mnl -f`
-/// of these commands: nfgenmsg and attributes; nft numbers the sets 1, 2, …
-/// in the batch, as we do).
-#[test]
-fn sets_are_encoded_byte_for_byte_as_nft_does() {
-    let set = |family, name: &str, kind, timeout, comment: Option<&str>| {
-        let mut set = Set::new(kind, comment);
-        set.timeout_seconds = timeout;
-        Command::AddSet {
-            family,
-            name: name.to_string(),
-            set,
-        }
-    };
-    let (v4, v6) = (IpFamily::V4, IpFamily::V6);
-    let cases = [
-        (
-            set(v4, "aff", SetKind::Addr, Some(600), None),
-            "020000000f000100737769746368796172640000080002006166660008000300000000300800040000000007080005000000000408000a00000000010c000b0000000000000927c00a000d000004020000000000",
-        ),
-        (
-            set(v4, "m", SetKind::AddrProtoPortVerdict, None, Some("a map")),
-            "020000000f000100737769746368796172640000060002006d0000000800030000000008080004000000730d080005000000000c08000600ffffff00080007000000000008000a000000000228000d00000400000000010400000000030800040d0000000100060400000000070661206d617000",
-        ),
-        (
-            set(v4, "hp", SetKind::AddrPair, None, Some("pairs")),
-            "020000000f0001007377697463687961726400000700020068700000080003000000000008000400000001c7080005000000000808000a00000000031c000d00000400000000030800040d00000001000706706169727300",
-        ),
-        (
-            set(v4, "pp", SetKind::ProtoPortVerdict, None, None),
-            "020000000f00010073776974636879617264000007000200707000000800030000000008080004000000030d080005000000000808000600ffffff00080007000000000008000a000000000420000d00000400000000010400000000030800040d0000000100060400000000",
-        ),
-        (
-            set(v4, "s", SetKind::Addr, None, Some("Active")),
-            "020000000f000100737769746368796172640000060002007300000008000300000000000800040000000007080005000000000408000a000000000513000d0000040200000007074163746976650000",
-        ),
-        (
-            set(v6, "aff6", SetKind::Addr, Some(30), Some("c")),
-            "0a0000000f00010073776974636879617264000009000200616666360000000008000300000000300800040000000008080005000000001008000a00000000060c000b0000000000000075300e000d00000402000000070263000000",
-        ),
-        (
-            set(v6, "m6", SetKind::AddrProtoPortVerdict, None, None),
-            "0a0000000f000100737769746368796172640000070002006d3600000800030000000008080004000000830d080005000000001808000600ffffff00080007000000000008000a000000000720000d00000400000000010400000000030800040d0000000100060400000000",
-        ),
-        (
-            set(v6, "hp6", SetKind::AddrPair, None, None),
-            "0a0000000f000100737769746368796172640000080002006870360008000300000000000800040000000208080005000000002008000a000000000814000d00000400000000030800040d0000000100",
-        ),
-    ];
-    let commands: Vec<Command> = cases.iter().map(|(c, _)| c.clone()).collect();
-    let messages = message_hex(&commands);
-    let expected: Vec<&str> = cases.iter().map(|(_, hex)| *hex).collect();
-    assert_eq!(messages, expected);
-}
-
-/// Table replacement and removal, base chains, and interval sets and their
-/// elements (the zero-address end element nft adds, adjacent prefixes, one
-/// reaching the last address) as `nft --debug=mnl -f` 1.0.6 sends them for
-/// [`Command`]'s text (elements numbered in their message, as libnftnl does;
-/// rules in a replacement are left out: nft also names their sets by batch id).
-#[test]
-fn base_chains_and_interval_sets_are_encoded_byte_for_byte_as_nft_does() {
-    let mut v4 = Table::new(IpFamily::V4);
-    v4.set("local", SetKind::Prefix, "local ranges");
-    for c in ["10.128.0.0/9", "10.0.0.0/9", "192.0.2.1/32", "240.0.0.0/4"] {
-        v4.element("local", Key::Prefix(cidr(c)), None);
-    }
-    let base = |kind, hook, priority| Chain {
-        base: Some(BaseChain {
-            kind,
-            hook,
-            priority,
-        }),
-        rules: Vec::new(),
-    };
-    let chains = [
-        (
-            "filter-input",
-            ChainType::Filter,
-            Hook::Input,
-            Priority::Dstnat(-10),
-        ),
-        (
-            "filter-output",
-            ChainType::Filter,
-            Hook::Output,
-            Priority::Dstnat(10),
-        ),
-        (
-            "filter-forward",
-            ChainType::Filter,
-            Hook::Forward,
-            Priority::Dstnat(-10),
-        ),
-        (
-            "nat-prerouting",
-            ChainType::Nat,
-            Hook::Prerouting,
-            Priority::Dstnat(0),
-        ),
-        (
-            "nat-postrouting",
-            ChainType::Nat,
-            Hook::Postrouting,
-            Priority::Srcnat(0),
-        ),
-    ];
-    for (name, kind, hook, priority) in chains {
-        v4.chains
-            .insert(name.to_string(), base(kind, hook, priority));
-    }
-    let mut v6 = Table::new(IpFamily::V6);
-    v6.set("any", SetKind::Prefix, "everything");
-    v6.element("any", Key::Prefix(cidr("::/0")), None);
-    let commands = vec![
-        Command::ReplaceTable(std::sync::Arc::new(v4)),
-        Command::ReplaceTable(std::sync::Arc::new(v6)),
-        Command::DeleteElements {
-            family: IpFamily::V4,
-            set: "local".to_string(),
-            keys: vec![
-                Key::Prefix(cidr("240.0.0.0/4")),
-                Key::Prefix(cidr("10.0.0.0/9")),
-            ],
-        },
-        Command::DropTable(IpFamily::V6),
-    ];
-    let expected = [
-        "020000000f0001007377697463687961726400000800020000000000",
-        "020000000f000100737769746368796172640000",
-        "020000000f0001007377697463687961726400000800020000000000",
-        "020000000f0001007377697463687961726400001300030066696c7465722d666f727761726400000b00070066696c7465720000080005000000000114000480080001000000000208000200ffffff92",
-        "020000000f0001007377697463687961726400001100030066696c7465722d696e707574000000000b00070066696c7465720000080005000000000114000480080001000000000108000200ffffff92",
-        "020000000f0001007377697463687961726400001200030066696c7465722d6f75747075740000000b00070066696c7465720000080005000000000114000480080001000000000308000200ffffffa6",
-        "020000000f000100737769746368796172640000140003006e61742d706f7374726f7574696e6700080007006e61740008000500000000011400048008000100000000040800020000000064",
-        "020000000f000100737769746368796172640000130003006e61742d707265726f7574696e670000080007006e617400080005000000000114000480080001000000000008000200ffffff9c",
-        "020000000f0001007377697463687961726400000a0002006c6f63616c00000008000300000000040800040000000007080005000000000408000a000000000119000d00000402000000070d6c6f63616c2072616e67657300000000",
-        "020000000f0001007377697463687961726400000a0002006c6f63616c0000000800040000000001b00003801800018008000300000000010c0001800800010000000000100002800c000180080001000a0000001800038008000300000000010c000180080001000a800000100004800c000180080001000a8000001800058008000300000000010c000180080001000b000000100006800c00018008000100c00002011800078008000300000000010c00018008000100c00002021c0008800c00018008000100f00000000a0006000104010000000000",
-        "0a0000000f0001007377697463687961726400000800020000000000",
-        "0a0000000f000100737769746368796172640000",
-        "0a0000000f0001007377697463687961726400000800020000000000",
-        "0a0000000f00010073776974636879617264000008000200616e790008000300000000040800040000000008080005000000001008000a000000000217000d00000402000000070b65766572797468696e670000",
-        "0a0000000f00010073776974636879617264000008000200616e790008000400000000022c000380280001801800018014000100000000000000000000000000000000000a0006000104010000000000",
-        // From a later `nft -f` (in the same one, nft 1.0.6 sends the set's
-        // elements again instead of deleting any).
-        "020000000f0001007377697463687961726400000a0002006c6f63616c000000480003801c0001800c00018008000100f00000000a0006000104010000000000100002800c000180080001000a0000001800038008000300000000010c000180080001000a800000",
-        "0a0000000f0001007377697463687961726400000800020000000000",
-        "0a0000000f000100737769746368796172640000",
-    ];
-    assert_eq!(message_hex(&commands), expected);
 }
 
 /// `nft list ruleset` of both namespaces, and their listings while tables exist.

@@ -1,0 +1,5 @@
+//! Sets `SWITCHYARD_VERSION` (crate version and git commit) for `--version`.
+
+fn main() {
+    switchyard_buildinfo::emit_version();
+}

@@ -2,10 +2,18 @@
 //! standalone mode that applies a directory of YAML without a cluster
 //! ([`switchyard_agent::app`]).
 
+use std::process::ExitCode;
+
 use clap::Parser;
-use switchyard_agent::app::{AppError, Cli, run};
+use switchyard_agent::app::{Cli, run};
 
 #[tokio::main]
-async fn main() -> Result<(), AppError> {
-    run(Cli::parse().command).await
+async fn main() -> ExitCode {
+    match run(Cli::parse().command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,10 +1,18 @@
 //! `switchyard-operator`: the ProxyConfig controller and the ruleset publisher,
 //! run by whichever replica holds the Lease ([`switchyard_operator::app`]).
 
+use std::process::ExitCode;
+
 use clap::Parser;
-use switchyard_operator::app::{Args, StartError, run};
+use switchyard_operator::app::{Args, run};
 
 #[tokio::main]
-async fn main() -> Result<(), StartError> {
-    run(Args::parse()).await
+async fn main() -> ExitCode {
+    match run(Args::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -4,17 +4,22 @@
 //! traffic through every switch. Needs root (CI runs as root); skipped loudly
 //! otherwise.
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use switchyard_api::Mode;
 use switchyard_api::proxyconfig::RolloutPhase;
 use switchyard_cli::demo::{DemoOptions, Progress, run_demo};
 use switchyard_lab::controlplane::workdir;
+use switchyard_lab::netns;
+
+use common::{Running, Tmp, switchyard};
+
+/// Deadlock guard for a demo to start and to reach its rollout.
+const STARTED: Duration = Duration::from_secs(180);
 
 /// One demo at a time: they share the machine's two cores.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -64,14 +69,7 @@ fn migrate(from: Mode, to: Mode) {
     assert_eq!(report.misrouted, 0, "{:#?}", report.failures);
     assert!(report.clean(), "{:#?}", report.cleanup_errors);
     let ours = format!("sydemo-{}-", std::process::id());
-    let list = std::process::Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .unwrap();
-    assert!(
-        !String::from_utf8_lossy(&list.stdout).contains(&ours),
-        "namespaces left behind"
-    );
+    assert_eq!(netns::named(&ours), Vec::<String>::new());
 }
 
 #[test]
@@ -82,49 +80,6 @@ fn iptables_to_nftables_drops_nothing() {
 #[test]
 fn nftables_to_iptables_drops_nothing() {
     migrate(Mode::Nftables, Mode::Iptables);
-}
-
-/// `switchyard demo` as a process, in a private TMPDIR; stdout lines are
-/// forwarded to the returned channel (and echoed).
-fn demo_process(tmp: &Path, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
-    command
-        .arg("demo")
-        .args(args)
-        .env("TMPDIR", tmp)
-        .stdout(Stdio::piped());
-    // SAFETY: prctl is async-signal-safe. A killed test run asks its demo to
-    // clean up after itself.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
-            Ok(())
-        });
-    }
-    let mut child = command.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (lines, printed) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            eprintln!("demo: {line}");
-            let _ = lines.send(line);
-        }
-    });
-    (child, printed)
-}
-
-/// The first line containing `text`.
-fn line_with(printed: &mpsc::Receiver<String>, text: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = printed
-            .recv_timeout(left)
-            .unwrap_or_else(|e| panic!("the demo never printed {text:?}: {e}"));
-        if line.contains(text) {
-            return line;
-        }
-    }
 }
 
 /// Ctrl-C in the middle of the rollout stops the operator and the agents,
@@ -139,28 +94,18 @@ fn ctrl_c_mid_rollout_leaves_nothing_behind() {
         eprintln!("SKIP demo Ctrl-C: needs root");
         return;
     }
-    let tmp = std::env::temp_dir().join(format!("sydemo-test-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).unwrap();
-    let (mut child, printed) = demo_process(&tmp, &["--nodes", "2", "--services", "2"]);
-    let ready = line_with(&printed, "kubeconfig: ");
+    let tmp = Tmp::new("demo-ctrl-c");
+    let mut demo = Running::start(&tmp, &["demo", "--nodes", "2", "--services", "2"], "demo");
+    let ready = demo.line_with("kubeconfig: ", STARTED);
     let kubeconfig = PathBuf::from(ready.split("kubeconfig: ").nth(1).unwrap().trim());
     let dir = kubeconfig.parent().unwrap().to_path_buf();
-    line_with(&printed, "switching iptables -> nftables");
-    let pid = libc::pid_t::try_from(child.id()).unwrap();
-    // SAFETY: signalling our own child.
-    unsafe {
-        libc::kill(pid, libc::SIGINT);
-    }
-    let status = child.wait().unwrap();
+    demo.line_with("switching iptables -> nftables", STARTED);
+    demo.signal(libc::SIGINT);
+    let status = demo.wait();
     assert_eq!(status.code(), Some(130), "{status}");
     assert_eq!(workdir::left_behind(&dir), Vec::<String>::new());
-    let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    let ours = format!("sydemo-{pid}-");
-    assert!(
-        !String::from_utf8_lossy(&list.stdout).contains(&ours),
-        "namespaces left behind"
-    );
-    std::fs::remove_dir_all(&tmp).unwrap();
+    let ours = format!("sydemo-{}-", demo.pid());
+    assert_eq!(netns::named(&ours), Vec::<String>::new());
 }
 
 /// Without Kubernetes' programs the demo names the one command that builds them.
@@ -171,14 +116,11 @@ fn without_kubernetes_programs_the_demo_says_how_to_build_them() {
         eprintln!("SKIP: the demo checks for root first");
         return;
     }
-    let empty = std::env::temp_dir().join(format!("sydemo-nok8s-{}", std::process::id()));
-    std::fs::create_dir_all(&empty).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .arg("demo")
-        .env("SWITCHYARD_K8S_BIN", &empty)
+    let empty = Tmp::new("no-k8s");
+    let out = switchyard(&empty, &["demo"])
+        .env("SWITCHYARD_K8S_BIN", &empty.0)
         .output()
         .unwrap();
-    std::fs::remove_dir_all(&empty).unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(

@@ -19,7 +19,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::cluster::{all_on, finish, nodes_until, patch_pool, pool_until, rows, start};
+use common::cluster::{
+    all_on, finish, nodes_until, nothing_lost, patch_pool, pool_until, rows, start,
+};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::PostParams;
 use kube::{Api, ResourceExt};
@@ -361,26 +363,7 @@ async fn an_api_server_restart_keeps_the_rules_and_the_agents_resync(cluster: &m
     );
     assert!(after.len() > before.len(), "the late service added nothing");
 
-    let (counters, errors) = clients.stop();
-    assert_eq!(errors, Vec::<String>::new());
-    let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-    println!(
-        "traffic across the restart: {} connections, {} long-lived requests, {} UDP",
-        get(&counters.attempted),
-        get(&counters.exchanges),
-        get(&counters.udp_sent)
-    );
-    assert_eq!(
-        (
-            get(&counters.failed),
-            get(&counters.dropped),
-            get(&counters.misrouted),
-            get(&counters.udp_lost)
-        ),
-        (0, 0, 0, 0),
-        "{:#?}",
-        counters.failures()
-    );
+    nothing_lost(clients, "across the restart");
 }
 
 async fn deleting_a_node_and_the_proxyconfig_releases_them(cluster: &Cluster) {

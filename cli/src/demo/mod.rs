@@ -174,17 +174,7 @@ async fn demo(options: DemoOptions) -> Result<DemoReport, DemoError> {
     progress.line(&format!(
         "kubectl patch proxyconfig {PROXY_CONFIG} --type merge -p '{patch}'"
     ));
-    cluster
-        .kubectl()
-        .run(&[
-            "patch",
-            "proxyconfig",
-            PROXY_CONFIG,
-            "--type=merge",
-            "-p",
-            &patch,
-        ])
-        .map_err(ClusterError::from)?;
+    cluster.patch_proxy_config(&patch)?;
     let generation = Api::<ProxyConfig>::all(cluster.client())
         .get(PROXY_CONFIG)
         .await

@@ -4,12 +4,14 @@
 //! test ends with (no refused request, nothing left behind).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use kube::{Api, ResourceExt};
 use switchyard_api::proxyconfig::ProxyConfigStatus;
 use switchyard_api::{Mode, ProxyConfig, ProxyNode};
 use switchyard_lab::cluster::layout::{Layout, PROXY_CONFIG};
+use switchyard_lab::cluster::traffic::Clients;
 use switchyard_lab::cluster::wait::until;
 use switchyard_lab::cluster::{Cluster, ClusterOptions};
 use switchyard_lab::controlplane::workdir::Purpose;
@@ -115,17 +117,36 @@ pub fn summary(nodes: &[Arc<ProxyNode>]) -> String {
 /// `kubectl patch proxyconfig <pool> --type=merge -p <patch>`.
 pub fn patch_pool(cluster: &Cluster, patch: &str) {
     let out = cluster
-        .kubectl()
-        .run(&[
-            "patch",
-            "proxyconfig",
-            PROXY_CONFIG,
-            "--type=merge",
-            "-p",
-            patch,
-        ])
+        .patch_proxy_config(patch)
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(out.contains("patched"), "{out}");
+}
+
+/// The clients saw every request answered, by an endpoint of its service,
+/// and no thread of theirs failed.
+pub fn nothing_lost(clients: Clients, during: &str) {
+    let (counters, errors) = clients.stop();
+    assert_eq!(errors, Vec::<String>::new());
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    println!(
+        "traffic {during}: {} long-lived connections, {} requests on them, {} new connections, {} UDP",
+        get(&counters.established),
+        get(&counters.exchanges),
+        get(&counters.attempted),
+        get(&counters.udp_sent)
+    );
+    assert!(get(&counters.exchanges) > 0 && get(&counters.udp_sent) > 0);
+    let lost = [
+        ("failed", get(&counters.failed)),
+        ("dropped", get(&counters.dropped)),
+        ("misrouted", get(&counters.misrouted)),
+        ("UDP lost", get(&counters.udp_lost)),
+    ];
+    assert!(
+        lost.iter().all(|(_, n)| *n == 0),
+        "{lost:?} {during}: {:#?}",
+        counters.failures()
+    );
 }
 
 /// A kubectl table as rows of cells (the header first).

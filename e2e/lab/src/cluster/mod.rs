@@ -37,7 +37,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use switchyard_api::Mode;
 
-use self::layout::Layout;
+use self::layout::{Layout, PROXY_CONFIG};
 use self::processes::{Agent, LeaseTiming, Operator, Programs};
 use self::topology::Topology;
 use self::traffic::{Clients, Group};
@@ -270,6 +270,20 @@ impl Cluster {
         Ok(self.kubectl().run(&["apply", "-f", &path])?)
     }
 
+    /// `kubectl patch proxyconfig <pool> --type=merge -p <patch>`, as a user
+    /// changes the pool; kubectl's answer.
+    pub fn patch_proxy_config(&self, patch: &str) -> Result<String, ClusterError> {
+        let args = [
+            "patch",
+            "proxyconfig",
+            PROXY_CONFIG,
+            "--type=merge",
+            "-p",
+            patch,
+        ];
+        Ok(self.kubectl().run(&args)?)
+    }
+
     /// The replica holding the operators' Lease, if any.
     pub async fn leader(&self) -> Result<Option<String>, ClusterError> {
         let lease = Api::<Lease>::namespaced(self.client(), NAMESPACE)
@@ -357,7 +371,7 @@ impl Cluster {
         drop(self);
         let mut left = workdir::left_behind(&dir);
         left.extend(
-            namespaces_named(&prefix)
+            netns::named(&prefix)
                 .into_iter()
                 .map(|n| format!("network namespace {n}")),
         );
@@ -377,16 +391,4 @@ impl Drop for Cluster {
             }
         }
     }
-}
-
-/// Network namespaces whose name starts with `prefix`.
-fn namespaces_named(prefix: &str) -> Vec<String> {
-    std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(prefix))
-                .collect()
-        })
-        .unwrap_or_default()
 }

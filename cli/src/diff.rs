@@ -5,8 +5,9 @@
 //! decides every endpoint set, once), so the frontends and backend sets per
 //! service port are the same by construction; they are listed from the linked
 //! ruleset. What can differ is what a mode does *around* those frontends, as
-//! kube-proxy's modes do. Those differences are listed in [`mode_semantics`]
-//! and flagged for every service port of the state they affect.
+//! kube-proxy's modes do. Each backend states those
+//! ([`switchyard_dataplane::semantics`]); the differences are flagged for
+//! every service port of the state they affect.
 
 use std::sync::Arc;
 
@@ -14,7 +15,8 @@ use serde::Serialize;
 use switchyard_agent::switch::DataplaneFactory;
 use switchyard_api::Mode;
 use switchyard_api::policy::LinkedServicePort;
-use switchyard_dataplane::settings::{NodePortAddresses, Settings};
+use switchyard_dataplane::semantics;
+use switchyard_dataplane::settings::Settings;
 
 use crate::plan::{
     Cluster, DiagnosticView, NodeStatus, Placement, PlanError, exit, invalid_lines, pretty_json,
@@ -141,7 +143,7 @@ pub fn diff(
         from: request.from,
         to: request.to,
         diagnostics: cluster.diagnostics.iter().map(Into::into).collect(),
-        problems: cluster.config_problems(),
+        problems: cluster.problems(),
         nodes,
     })
 }
@@ -184,85 +186,12 @@ fn behaviour(port: &LinkedServicePort) -> ServiceBehaviour {
     }
 }
 
-/// What a packet to a cluster IP on a port no service uses meets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UnknownPort {
-    NotTranslated,
-    Rejected,
-    /// IPVS: cluster IPs are local addresses on kube-ipvs0.
-    DeliveredLocally,
-}
-
-impl UnknownPort {
-    pub fn describe(self) -> &'static str {
-        match self {
-            UnknownPort::NotTranslated => "not translated (routed on as addressed)",
-            UnknownPort::Rejected => "rejected (ICMP port unreachable)",
-            UnknownPort::DeliveredLocally => {
-                "delivered to the node itself (cluster IPs are local addresses on kube-ipvs0)"
-            }
-        }
-    }
-
-    /// The outcome a packet tracer reports for it.
-    pub fn traced(self) -> &'static str {
-        match self {
-            UnknownPort::NotTranslated | UnknownPort::DeliveredLocally => "not translated",
-            UnknownPort::Rejected => "REJECT",
-        }
-    }
-}
-
-/// The facts about a mode that differ between kube-proxy's modes (and ours,
-/// which keep kube-proxy's behaviour per mode).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ModeSemantics {
-    /// What a packet to a cluster IP on a port no service uses meets.
-    pub unknown_cluster_ip_port: UnknownPort,
-    /// Which node addresses serve node ports.
-    pub node_port_addresses: String,
-    /// Whether node ports answer on 127.0.0.1.
-    pub localhost_node_ports: bool,
-}
-
-/// The semantics of `settings.mode` with these settings.
-pub fn mode_semantics(settings: &Settings) -> ModeSemantics {
-    let mode = settings.mode;
-    let unknown_cluster_ip_port = match mode {
-        Mode::Nftables => UnknownPort::Rejected,
-        Mode::Ipvs => UnknownPort::DeliveredLocally,
-        Mode::Iptables | Mode::Ebpf => UnknownPort::NotTranslated,
-    };
-    let node_port_addresses = match &settings.node_port_addresses {
-        NodePortAddresses::ModeDefault => match mode {
-            Mode::Iptables | Mode::Ipvs => "every local address".to_string(),
-            Mode::Nftables | Mode::Ebpf => "the node's primary addresses".to_string(),
-        },
-        NodePortAddresses::Primary => "the node's primary addresses".to_string(),
-        NodePortAddresses::Cidrs(cidrs) => format!(
-            "local addresses in {}",
-            cidrs
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    };
-    ModeSemantics {
-        unknown_cluster_ip_port,
-        node_port_addresses,
-        // iptables through route_localnet, ebpf by translating at connect time.
-        localhost_node_ports: matches!(mode, Mode::Iptables | Mode::Ebpf)
-            && settings.localhost_node_ports,
-    }
-}
-
 fn differences(
     from: &Settings,
     to: &Settings,
     services: &[Arc<LinkedServicePort>],
 ) -> Vec<SemanticDifference> {
-    let (a, b) = (mode_semantics(from), mode_semantics(to));
+    let (a, b) = (semantics::of(from), semantics::of(to));
     let names = |keep: &dyn Fn(&LinkedServicePort) -> bool| -> Vec<String> {
         services
             .iter()
@@ -283,8 +212,8 @@ fn differences(
     };
     flag(
         "to a cluster IP on a port no service uses",
-        a.unknown_cluster_ip_port.describe().to_string(),
-        b.unknown_cluster_ip_port.describe().to_string(),
+        a.unknown_cluster_ip_port.to_string(),
+        b.unknown_cluster_ip_port.to_string(),
         names(&|s| !s.rule.cluster_ips.is_empty()),
     );
     flag(
@@ -344,70 +273,76 @@ impl DiffReport {
                 "\n## service behaviour (the same in {} and {}: both translate one linked ruleset)\n",
                 self.from, self.to
             ));
-            for s in &node.services {
-                out.push_str(&format!(
-                    "{} {}: frontends {}; from pods -> [{}]",
-                    s.service_port,
-                    s.protocol,
-                    s.frontends.join(", "),
-                    s.from_pods.join(", "),
-                ));
-                if !s.from_outside.is_empty() {
-                    out.push_str(&format!(
-                        "; from outside -> [{}]",
-                        s.from_outside.join(", ")
-                    ));
-                }
-                if let Some(what) = s.no_endpoint {
-                    out.push_str(&format!("; {what}"));
-                }
-                out.push('\n');
-            }
+            out.extend(node.services.iter().map(behaviour_line));
             out.push_str("\n## traced through each mode's plan\n");
-            for t in &node.traces {
-                if !t.traced {
-                    out.push_str(&format!(
-                        "{}: not traced (the backend exposes no packet tracer); {} probes skipped\n",
-                        t.mode, t.probes
-                    ));
-                    continue;
-                }
-                out.push_str(&format!(
-                    "{}: {} probes, {} not as expected\n",
-                    t.mode,
-                    t.probes,
-                    t.mismatches.len()
-                ));
-                for m in &t.mismatches {
-                    out.push_str(&format!(
-                        "MISMATCH {}: expected {:?}, traced {:?}\n",
-                        m.probe, m.expected, m.traced
-                    ));
-                }
-            }
-            if node.differences.is_empty() {
-                out.push_str(&format!(
-                    "\n## no semantic difference between {} and {} for this state\n",
-                    self.from, self.to
-                ));
-            } else {
-                out.push_str(&format!(
-                    "\n## semantic differences ({} -> {})\n",
-                    self.from, self.to
-                ));
-                for d in &node.differences {
-                    out.push_str(&format!(
-                        "DIFFERENT traffic {}: {} -> {} (affects {})\n",
-                        d.traffic,
-                        d.from,
-                        d.to,
-                        d.affects.join(", ")
-                    ));
-                }
-            }
+            out.extend(node.traces.iter().map(trace_lines));
+            out.push_str(&self.differences_text(node));
         }
         out
     }
+
+    fn differences_text(&self, node: &NodeDiff) -> String {
+        if node.differences.is_empty() {
+            return format!(
+                "\n## no semantic difference between {} and {} for this state\n",
+                self.from, self.to
+            );
+        }
+        let mut out = format!("\n## semantic differences ({} -> {})\n", self.from, self.to);
+        for d in &node.differences {
+            out.push_str(&format!(
+                "DIFFERENT traffic {}: {} -> {} (affects {})\n",
+                d.traffic,
+                d.from,
+                d.to,
+                d.affects.join(", ")
+            ));
+        }
+        out
+    }
+}
+
+fn behaviour_line(s: &ServiceBehaviour) -> String {
+    let mut out = format!(
+        "{} {}: frontends {}; from pods -> [{}]",
+        s.service_port,
+        s.protocol,
+        s.frontends.join(", "),
+        s.from_pods.join(", "),
+    );
+    if !s.from_outside.is_empty() {
+        out.push_str(&format!(
+            "; from outside -> [{}]",
+            s.from_outside.join(", ")
+        ));
+    }
+    if let Some(what) = s.no_endpoint {
+        out.push_str(&format!("; {what}"));
+    }
+    out.push('\n');
+    out
+}
+
+fn trace_lines(t: &TraceCheck) -> String {
+    if !t.traced {
+        return format!(
+            "{}: not traced (the backend exposes no packet tracer); {} probes skipped\n",
+            t.mode, t.probes
+        );
+    }
+    let mut out = format!(
+        "{}: {} probes, {} not as expected\n",
+        t.mode,
+        t.probes,
+        t.mismatches.len()
+    );
+    for m in &t.mismatches {
+        out.push_str(&format!(
+            "MISMATCH {}: expected {:?}, traced {:?}\n",
+            m.probe, m.expected, m.traced
+        ));
+    }
+    out
 }
 
 /// Two columns with headers; the left one as wide as its longest line, up to 90.

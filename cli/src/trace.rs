@@ -5,7 +5,7 @@
 //! external IP and load-balancer IP frontend from outside, plus every cluster
 //! IP on a port no service uses. The expected outcome is the endpoint set
 //! `link` chose (or reject/drop when it is empty), and for the unused port
-//! what [`mode_semantics`] says of the mode;
+//! what the mode's backend says it does ([`semantics::of`]);
 //! the traced outcome is every verdict the plan allows for the packet.
 //! Modes whose backend exposes no tracer are reported as not traced.
 
@@ -18,9 +18,8 @@ use switchyard_api::policy::{LinkedRuleset, LinkedServicePort};
 use switchyard_api::ruleset::IpFamily;
 use switchyard_dataplane::iptables::render::render;
 use switchyard_dataplane::iptables::trace::{Origin, Packet, Verdict, trace};
+use switchyard_dataplane::semantics::{self, UnknownPort};
 use switchyard_dataplane::settings::{LocalDetector, Settings};
-
-use crate::diff::mode_semantics;
 
 /// A client outside the cluster (TEST-NET-3 / the IPv6 documentation prefix).
 const OUTSIDE_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
@@ -94,7 +93,7 @@ fn unused_port(linked: &LinkedRuleset, ip: &IpAddr) -> u16 {
 fn probes(linked: &LinkedRuleset, settings: &Settings) -> Vec<Probe> {
     let mut out = Vec::new();
     // Every cluster IP on a port no service uses, as the mode's semantics say.
-    let unknown = mode_semantics(settings).unknown_cluster_ip_port;
+    let unknown = semantics::of(settings).unknown_cluster_ip_port;
     let cluster_ips: BTreeSet<IpAddr> = linked
         .services
         .iter()
@@ -115,7 +114,7 @@ fn probes(linked: &LinkedRuleset, settings: &Settings) -> Vec<Probe> {
                     destination: ip,
                     port,
                 },
-                expected: BTreeSet::from([unknown.traced().to_string()]),
+                expected: BTreeSet::from([traced(unknown).to_string()]),
             });
         }
     }
@@ -164,6 +163,14 @@ fn probes(linked: &LinkedRuleset, settings: &Settings) -> Vec<Probe> {
         }
     }
     out
+}
+
+/// The outcome a packet tracer reports for a port no service uses.
+fn traced(unknown: UnknownPort) -> &'static str {
+    match unknown {
+        UnknownPort::NotTranslated => "not translated",
+        UnknownPort::Rejected => "REJECT",
+    }
 }
 
 fn shown(verdict: &Verdict) -> String {

@@ -4,6 +4,8 @@
 //! traffic through every switch. Needs root (CI runs as root); skipped loudly
 //! otherwise.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -14,7 +16,7 @@ use switchyard_api::Mode;
 use switchyard_api::proxyconfig::RolloutPhase;
 use switchyard_cli::demo::{DemoOptions, Progress, run_demo};
 use switchyard_lab::controlplane::workdir;
-use switchyard_lab::netns;
+use switchyard_lab::netns::{self, is_root};
 
 use common::{Running, Tmp, switchyard};
 
@@ -28,8 +30,7 @@ fn migrate(from: Mode, to: Mode) {
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         eprintln!("SKIP demo {from} -> {to}: needs root");
         return;
     }
@@ -89,8 +90,7 @@ fn ctrl_c_mid_rollout_leaves_nothing_behind() {
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         eprintln!("SKIP demo Ctrl-C: needs root");
         return;
     }
@@ -111,8 +111,7 @@ fn ctrl_c_mid_rollout_leaves_nothing_behind() {
 /// Without Kubernetes' programs the demo names the one command that builds them.
 #[test]
 fn without_kubernetes_programs_the_demo_says_how_to_build_them() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         eprintln!("SKIP: the demo checks for root first");
         return;
     }

@@ -3,7 +3,7 @@
 //! `apply` / `cleanup` (the only code that touches the kernel), plus what the
 //! modes share: the [`exec`] chokepoint for kernel tools, the render
 //! [`settings`], [`conntrack`] cleanup and kube-proxy's leftovers
-//! ([`kubeproxy`]). The node agent's runtime drives it; the CLI's `plan` and
+//! ([`kubeproxy`]), and what each mode does differently ([`semantics`]). The node agent's runtime drives it; the CLI's `plan` and
 //! `diff` and the benches render with it.
 //!
 //! [`Dataplane`] is the object-safe face the agent's control loop drives, so a
@@ -12,7 +12,9 @@
 pub mod conntrack;
 pub mod exec;
 pub mod kubeproxy;
+pub mod semantics;
 pub mod settings;
+pub mod sysctl;
 
 pub mod ebpf;
 pub mod iptables;
@@ -155,7 +157,7 @@ pub fn for_mode(mode: Mode, runner: Arc<dyn Runner>) -> Result<Box<dyn Dataplane
     match mode {
         Mode::Iptables => Ok(Box::new(iptables::IptablesBackend::new(
             runner,
-            Arc::new(iptables::sysctl::ProcSysctl),
+            Arc::new(sysctl::ProcSysctl),
         ))),
         Mode::Nftables => Ok(Box::new(nftables::NftablesBackend::new(runner))),
         // A node's defaults: /sys/fs/bpf/switchyard and the cgroup v2 ROOT.

@@ -12,6 +12,8 @@
 //! operator and agent runs with exactly `config/rbac`'s rights: a refused
 //! request, in their logs or the audit log, fails the test. Needs root.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::collections::BTreeMap;

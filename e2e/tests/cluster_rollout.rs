@@ -15,6 +15,8 @@
 //! Nothing is refused to the operators or agents (`config/rbac` exactly).
 //! Needs root.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

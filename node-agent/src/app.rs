@@ -11,11 +11,13 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use switchyard_api::Mode;
 use switchyard_api::duration::parse_duration;
+use switchyard_daemon::signal::shutdown_requested;
 use switchyard_dataplane::BackendError;
 use switchyard_dataplane::exec::RealRunner;
 use switchyard_dataplane::kubeproxy::KubeProxyNftables;
 
 use crate::agent::{Agent, AgentParts};
+use crate::events::ApiEvents;
 use crate::health::{HealthCheckServers, ProxyHealth, proxy_health_handler};
 use crate::http::{HttpServers, Rebindable};
 use crate::metrics::{Metrics, metrics_handler};
@@ -115,21 +117,7 @@ pub struct ApplyArgs {
 }
 
 async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
+    shutdown_requested().await;
     tracing::info!("shutting down; the applied rules stay in place");
 }
 
@@ -169,6 +157,7 @@ async fn run_agent(args: RunArgs) -> Result<(), AppError> {
             Box::new(ApiStatusWriter::new(client.clone(), &args.node_name)),
             args.status_min_interval,
         ),
+        events: Box::new(ApiEvents::new(client.clone(), &args.node_name)),
         metrics,
         health: health.clone(),
         health_checks: Some(HealthCheckServers::new(

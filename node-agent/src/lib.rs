@@ -5,9 +5,12 @@
 
 pub mod agent;
 pub mod app;
+pub mod events;
 pub mod health;
 pub mod http;
+pub mod inputs;
 pub mod metrics;
+pub mod node;
 pub mod ratelimit;
 pub mod standalone;
 pub mod status;

@@ -1,5 +1,7 @@
 //! How the operator's Events reach the API server (mock API server).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use common::verifier::mock_client;

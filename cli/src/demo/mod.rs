@@ -27,6 +27,7 @@ use switchyard_lab::cluster::processes::{Program, Programs};
 use switchyard_lab::cluster::wait::until;
 use switchyard_lab::cluster::{Cluster, ClusterError, ClusterOptions};
 use switchyard_lab::controlplane::workdir::Purpose;
+use switchyard_lab::netns::is_root;
 
 pub use progress::Progress;
 pub use report::{DemoReport, SwitchReport};
@@ -106,8 +107,7 @@ pub fn run_demo(options: DemoOptions) -> Result<DemoReport, DemoError> {
     if options.from == options.to {
         return Err(DemoError::SameMode(options.from));
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         return Err(DemoError::NotRoot);
     }
     tokio::runtime::Builder::new_multi_thread()

@@ -2,6 +2,7 @@
 //! private TMPDIR, its standard output read line by line, interrupted by a
 //! signal.
 #![allow(dead_code)] // each test binary uses its own part
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure fails the calling test
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;

@@ -18,6 +18,7 @@ use switchyard_api::policy::LinkedRuleset;
 use self::kernel::EbpfKernel;
 use self::plan::{EbpfPlan, MapState};
 use self::sync::{Snapshot, sync_ops};
+use crate::semantics::{ModeSemantics, NodePortScope, UnknownPort};
 use crate::settings::Settings;
 use crate::{ApplyStats, Backend, BackendError};
 
@@ -101,4 +102,17 @@ impl<K: EbpfKernel> Backend for EbpfBackend<K> {
         self.applied = None;
         self.kernel.cleanup()
     }
+}
+
+/// What this mode does differently: a port no service uses is not
+/// translated; NodePorts are served on the node's primary addresses by
+/// default and, with `localhostNodePorts`, on 127.0.0.1 (translated at
+/// connect time).
+pub fn semantics(settings: &Settings) -> ModeSemantics {
+    ModeSemantics::new(
+        settings,
+        UnknownPort::NotTranslated,
+        NodePortScope::PrimaryAddresses,
+        settings.localhost_node_ports,
+    )
 }

@@ -6,8 +6,8 @@
 pub mod names;
 pub mod plan;
 pub mod render;
+pub mod restore;
 pub mod rule;
-pub mod sysctl;
 pub mod trace;
 
 #[cfg(test)]
@@ -19,13 +19,14 @@ use switchyard_api::Mode;
 use switchyard_api::policy::LinkedRuleset;
 use switchyard_api::ruleset::IpFamily;
 
-use self::plan::{AppliedFamily, FamilyPlan, JumpRule};
-use self::rule::Table;
-use self::sysctl::Sysctl;
+use self::plan::{AppliedFamily, FamilyPlan};
+use self::restore::{Restore, tools};
 use super::{ApplyStats, Backend, BackendError};
 use crate::conntrack::{self, UdpSnapshot};
-use crate::exec::{ExecError, Runner};
+use crate::exec::Runner;
+use crate::semantics::{ModeSemantics, NodePortScope, UnknownPort};
 use crate::settings::Settings;
+use crate::sysctl::Sysctl;
 
 pub use self::plan::Plan;
 
@@ -49,35 +50,6 @@ fn slot(family: IpFamily) -> usize {
     }
 }
 
-fn tools(family: IpFamily) -> (&'static str, &'static str, &'static str) {
-    match family {
-        IpFamily::V4 => ("iptables", "iptables-restore", "iptables-save"),
-        IpFamily::V6 => ("ip6tables", "ip6tables-restore", "ip6tables-save"),
-    }
-}
-
-/// Split a rendered rule into arguments (comments are the only quoted words).
-fn argv(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut word = String::new();
-    let mut quoted = false;
-    for ch in text.chars() {
-        match ch {
-            '"' => quoted = !quoted,
-            ' ' if !quoted => {
-                if !word.is_empty() {
-                    out.push(std::mem::take(&mut word));
-                }
-            }
-            _ => word.push(ch),
-        }
-    }
-    if !word.is_empty() {
-        out.push(word);
-    }
-    out
-}
-
 impl IptablesBackend {
     pub fn new(runner: Arc<dyn Runner>, sysctl: Arc<dyn Sysctl>) -> IptablesBackend {
         IptablesBackend {
@@ -89,52 +61,12 @@ impl IptablesBackend {
         }
     }
 
-    fn exec_err(operation: &'static str) -> impl FnOnce(ExecError) -> BackendError {
-        move |source| BackendError::Exec {
+    fn restore(&self, family: IpFamily) -> Restore<'_> {
+        Restore {
+            runner: self.runner.as_ref(),
             mode: Mode::Iptables,
-            operation,
-            source,
+            family,
         }
-    }
-
-    fn run(
-        &self,
-        program: &str,
-        args: &[&str],
-        operation: &'static str,
-    ) -> Result<String, BackendError> {
-        self.runner
-            .run(program, args, None)
-            .map_err(Self::exec_err(operation))
-    }
-
-    /// `-w -t <table> <op> <builtin> <rule…>`; `-I` inserts at the top.
-    fn jump_args<'a>(j: &'a JumpRule, op: &'a str, rule: &'a [String]) -> Vec<&'a str> {
-        let mut args = vec!["-w", "-t", j.table.as_str(), op, j.builtin];
-        if op == "-I" {
-            args.push("1");
-        }
-        args.extend(rule.iter().map(String::as_str));
-        args
-    }
-
-    fn jump_exists(&self, family: IpFamily, j: &JumpRule, rule: &[String]) -> bool {
-        let (bin, _, _) = tools(family);
-        self.runner
-            .run(bin, &Self::jump_args(j, "-C", rule), None)
-            .is_ok()
-    }
-
-    /// Insert missing jump rules so that each builtin chain holds them in plan order, first.
-    fn ensure_jumps(&self, fp: &FamilyPlan) -> Result<(), BackendError> {
-        let (bin, _, _) = tools(fp.family);
-        for j in fp.jumps.iter().rev() {
-            let rule = argv(&j.rule.to_string());
-            if !self.jump_exists(fp.family, j, &rule) {
-                self.run(bin, &Self::jump_args(j, "-I", &rule), "insert jump rule")?;
-            }
-        }
-        Ok(())
     }
 
     fn set_route_localnet(&mut self) -> Result<(), BackendError> {
@@ -159,83 +91,26 @@ impl IptablesBackend {
     }
 
     fn apply_family(&mut self, fp: &FamilyPlan) -> Result<(usize, bool), BackendError> {
-        let (_, restore, _) = tools(fp.family);
-        let previous = self.applied[slot(fp.family)].as_ref();
-        let full = previous.is_none();
-        let leftovers = if full {
-            self.existing_chains(fp.family)?
-        } else {
-            Vec::new()
-        };
-        let (input, written) = fp.restore_input(previous, &leftovers);
         if fp.route_localnet {
             self.set_route_localnet()?;
         }
-        if !input.is_empty() {
-            self.runner
-                .run(restore, &["-w", "--noflush"], Some(input.as_bytes()))
-                .map_err(Self::exec_err("restore rules"))?;
-        }
-        if full {
-            self.ensure_jumps(fp)?;
-        }
+        let previous = self.applied[slot(fp.family)].as_ref();
+        let restore = self.restore(fp.family);
+        let leftovers = match previous {
+            None => restore.chains(names::is_ours)?,
+            Some(_) => Vec::new(),
+        };
+        let written = restore.write(fp, previous, &leftovers)?;
+        let full = previous.is_none();
         self.applied[slot(fp.family)] = Some(fp.applied());
-        Ok((written + if full { fp.jumps.len() } else { 0 }, full))
-    }
-
-    /// Our chains present in the kernel (restart recovery, cleanup).
-    fn existing_chains(&self, family: IpFamily) -> Result<Vec<(Table, String)>, BackendError> {
-        let (_, _, save) = tools(family);
-        let mut out = Vec::new();
-        for table in Table::ALL {
-            let saved = self.run(save, &["-t", table.as_str()], "list chains")?;
-            out.extend(
-                saved
-                    .lines()
-                    .filter_map(|l| l.strip_prefix(':'))
-                    .filter_map(|l| l.split_whitespace().next())
-                    .filter(|c| names::is_ours(c))
-                    .map(|c| (table, c.to_string())),
-            );
-        }
-        Ok(out)
+        Ok((written, full))
     }
 
     /// Remove our jump rules and chains from one family's tables.
     fn cleanup_family(&self, fp: &FamilyPlan) -> Result<(), BackendError> {
-        let (bin, restore, _) = tools(fp.family);
-        for j in &fp.jumps {
-            let rule = argv(&j.rule.to_string());
-            while self.jump_exists(fp.family, j, &rule) {
-                self.run(bin, &Self::jump_args(j, "-D", &rule), "delete jump rule")?;
-            }
-        }
-        let existing = self.existing_chains(fp.family)?;
-        let mut input = String::new();
-        for table in Table::ALL {
-            let ours: Vec<&String> = existing
-                .iter()
-                .filter(|(t, _)| *t == table)
-                .map(|(_, c)| c)
-                .collect();
-            if ours.is_empty() {
-                continue;
-            }
-            input.push_str(&format!("*{}\n", table.as_str()));
-            for c in &ours {
-                input.push_str(&format!(":{c} - [0:0]\n"));
-            }
-            for c in &ours {
-                input.push_str(&format!("-X {c}\n"));
-            }
-            input.push_str("COMMIT\n");
-        }
-        if !input.is_empty() {
-            self.runner
-                .run(restore, &["-w", "--noflush"], Some(input.as_bytes()))
-                .map_err(Self::exec_err("delete chains"))?;
-        }
-        Ok(())
+        let restore = self.restore(fp.family);
+        restore.remove_jumps(&fp.jumps)?;
+        restore.delete_chains(&restore.chains(names::is_ours)?)
     }
 }
 
@@ -310,4 +185,16 @@ impl Backend for IptablesBackend {
         self.udp = UdpSnapshot::default();
         Ok(())
     }
+}
+
+/// What this mode does differently: a port no service uses is not
+/// translated; NodePorts are served on every local address by default and,
+/// with `localhostNodePorts`, on 127.0.0.1 (through route_localnet).
+pub fn semantics(settings: &Settings) -> ModeSemantics {
+    ModeSemantics::new(
+        settings,
+        UnknownPort::NotTranslated,
+        NodePortScope::EveryLocalAddress,
+        settings.localhost_node_ports,
+    )
 }

@@ -1,23 +1,61 @@
 //! The typed plan and its two text forms: the iptables-save–like listing
-//! (`Display`) and the `iptables-restore --noflush` input for a sync.
+//! (`Display`) and the `iptables-restore --noflush` input for a sync. The
+//! IPVS mode's iptables part is a [`FamilyPlan`] too.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use switchyard_api::ruleset::IpFamily;
 
+use super::restore::tools;
 use super::rule::{Rule, Table};
 use crate::conntrack::UdpSnapshot;
 
 /// A chain this backend owns, with its complete rule list.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Chain {
     pub name: String,
     pub rules: Vec<Rule>,
 }
 
+/// The chains of one table in creation order, while a render fills them.
+#[derive(Default)]
+pub struct ChainList {
+    pub chains: Vec<Chain>,
+}
+
+impl ChainList {
+    /// These chains, empty, in this order.
+    pub fn of(names: &[&str]) -> ChainList {
+        let mut list = ChainList::default();
+        for name in names {
+            list.chain(name);
+        }
+        list
+    }
+
+    /// The rules of chain `name`, created empty at the end when new.
+    pub fn chain(&mut self, name: &str) -> &mut Vec<Rule> {
+        let at = match self.chains.iter().position(|c| c.name == name) {
+            Some(at) => at,
+            None => {
+                self.chains.push(Chain {
+                    name: name.to_string(),
+                    rules: Vec::new(),
+                });
+                self.chains.len() - 1
+            }
+        };
+        &mut self.chains[at].rules
+    }
+
+    pub fn push(&mut self, chain: &str, rule: Rule) {
+        self.chain(chain).push(rule);
+    }
+}
+
 /// A rule in a builtin chain (`INPUT`, `PREROUTING`, …) that jumps to one of ours.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JumpRule {
     pub table: Table,
     pub builtin: &'static str,
@@ -25,7 +63,7 @@ pub struct JumpRule {
 }
 
 /// Everything for one IP family.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FamilyPlan {
     pub family: IpFamily,
     /// Set `net.ipv4.conf.all.route_localnet` so NodePorts answer on 127.0.0.1.
@@ -37,7 +75,7 @@ pub struct FamilyPlan {
 }
 
 /// The iptables plan: both families, plus the UDP facts stale-conntrack cleanup diffs.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
     pub families: Vec<FamilyPlan>,
     pub udp: UdpSnapshot,
@@ -173,10 +211,7 @@ impl fmt::Display for FamilyPlan {
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for family in &self.families {
-            let name = match family.family {
-                IpFamily::V4 => "iptables",
-                IpFamily::V6 => "ip6tables",
-            };
+            let (name, _, _) = tools(family.family);
             writeln!(f, "# {name}")?;
             write!(f, "{family}")?;
         }

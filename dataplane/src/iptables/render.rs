@@ -3,14 +3,14 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use switchyard_api::policy::{LinkedRuleset, LinkedServicePort};
-use switchyard_api::ruleset::{Cidr, Endpoint, IpFamily, Protocol};
+use switchyard_api::policy::{FamilyEndpoints, LinkedRuleset, LinkedServicePort};
+use switchyard_api::ruleset::{Cidr, Endpoint, IpFamily, Protocol, ServicePortRule};
 
 use super::names::{
     self, KUBE_EXTERNAL_SERVICES, KUBE_FIREWALL, KUBE_FORWARD, KUBE_MARK_MASQ, KUBE_NODEPORTS,
     KUBE_POSTROUTING, KUBE_PROXY_FIREWALL, KUBE_SERVICES, ServiceChains,
 };
-use super::plan::{Chain, FamilyPlan, JumpRule, Plan};
+use super::plan::{ChainList, FamilyPlan, JumpRule, Plan};
 use super::rule::{Match, Rule, Side, Table, Target};
 use crate::conntrack::UdpSnapshot;
 use crate::settings::{LocalDetector, NodePortAddresses, Settings};
@@ -28,42 +28,33 @@ pub fn render(ruleset: &LinkedRuleset, settings: &Settings) -> Plan {
 
 /// The tables being built for one family.
 struct Builder {
-    filter: Tables,
-    nat: Tables,
+    filter: ChainList,
+    nat: ChainList,
 }
 
-/// Chains in creation order.
-#[derive(Default)]
-struct Tables {
-    chains: Vec<Chain>,
-}
-
-impl Tables {
-    fn chain(&mut self, name: &str) -> &mut Vec<Rule> {
-        let at = match self.chains.iter().position(|c| c.name == name) {
-            Some(at) => at,
-            None => {
-                self.chains.push(Chain {
-                    name: name.to_string(),
-                    rules: Vec::new(),
-                });
-                self.chains.len() - 1
-            }
-        };
-        &mut self.chains[at].rules
+impl Builder {
+    /// The fixed chains, in kube-proxy's order.
+    fn new(localhost_node_ports: bool) -> Builder {
+        let mut filter = vec![
+            KUBE_NODEPORTS,
+            KUBE_SERVICES,
+            KUBE_EXTERNAL_SERVICES,
+            KUBE_FORWARD,
+            KUBE_PROXY_FIREWALL,
+        ];
+        if localhost_node_ports {
+            filter.push(KUBE_FIREWALL);
+        }
+        Builder {
+            filter: ChainList::of(&filter),
+            nat: ChainList::of(&[
+                KUBE_NODEPORTS,
+                KUBE_SERVICES,
+                KUBE_MARK_MASQ,
+                KUBE_POSTROUTING,
+            ]),
+        }
     }
-
-    fn push(&mut self, chain: &str, rule: Rule) {
-        self.chain(chain).push(rule);
-    }
-}
-
-fn fixed_chains(names: &[&str]) -> Tables {
-    let mut t = Tables::default();
-    for n in names {
-        t.chain(n);
-    }
-    t
 }
 
 fn loopback(family: IpFamily) -> IpAddr {
@@ -75,26 +66,7 @@ fn loopback(family: IpFamily) -> IpAddr {
 
 fn render_family(ruleset: &LinkedRuleset, settings: &Settings, family: IpFamily) -> FamilyPlan {
     let localhost_node_ports = family == IpFamily::V4 && settings.localhost_node_ports;
-    let mut filter_names = vec![
-        KUBE_NODEPORTS,
-        KUBE_SERVICES,
-        KUBE_EXTERNAL_SERVICES,
-        KUBE_FORWARD,
-        KUBE_PROXY_FIREWALL,
-    ];
-    if localhost_node_ports {
-        filter_names.push(KUBE_FIREWALL);
-    }
-    let mut b = Builder {
-        filter: fixed_chains(&filter_names),
-        nat: fixed_chains(&[
-            KUBE_NODEPORTS,
-            KUBE_SERVICES,
-            KUBE_MARK_MASQ,
-            KUBE_POSTROUTING,
-        ]),
-    };
-    let mark = settings.masquerade_mark();
+    let mut b = Builder::new(localhost_node_ports);
     let local_cidr = match &settings.local_detector {
         LocalDetector::None => None,
         LocalDetector::Cidrs(cidrs) => cidrs.iter().find(|c| c.family() == family).copied(),
@@ -103,27 +75,29 @@ fn render_family(ruleset: &LinkedRuleset, settings: &Settings, family: IpFamily)
         family,
         settings,
         local_cidr,
-        node_ips: ruleset
-            .node
-            .addresses
-            .iter()
-            .filter(|ip| IpFamily::of(ip) == family)
-            .copied()
-            .collect(),
+        node_ips: of_family(&ruleset.node.addresses, family),
     };
+    fixed_rules(&mut b, settings.masquerade_mark(), localhost_node_ports);
+    for sp in &ruleset.services {
+        render_service_port(&mut b, &ctx, sp);
+    }
+    render_node_ports_jump(&mut b, &ctx, localhost_node_ports);
 
+    FamilyPlan {
+        family,
+        route_localnet: localhost_node_ports,
+        filter: b.filter.chains,
+        nat: b.nat.chains,
+        jumps: jump_rules(localhost_node_ports),
+    }
+}
+
+/// The rules of the fixed chains: marking, masquerading, the localnet guard, forwarding.
+fn fixed_rules(b: &mut Builder, mark: u32, localhost_node_ports: bool) {
     b.nat.push(KUBE_MARK_MASQ, Rule::new(Target::OrMark(mark)));
-    b.nat.push(
-        KUBE_POSTROUTING,
-        Rule::new(Target::Return).with(Match::Mark { mark, negate: true }),
-    );
-    b.nat
-        .push(KUBE_POSTROUTING, Rule::new(Target::XorMark(mark)));
-    b.nat.push(
-        KUBE_POSTROUTING,
-        Rule::new(Target::Masquerade { random_fully: true })
-            .comment("kubernetes service traffic requiring SNAT"),
-    );
+    for rule in masquerade_marked(mark) {
+        b.nat.push(KUBE_POSTROUTING, rule);
+    }
     if localhost_node_ports {
         b.filter.push(
             KUBE_FIREWALL,
@@ -168,19 +142,18 @@ fn render_family(ruleset: &LinkedRuleset, settings: &Settings, family: IpFamily)
                 negate: false,
             }),
     );
+}
 
-    for sp in &ruleset.services {
-        render_service_port(&mut b, &ctx, sp);
-    }
-    render_node_ports_jump(&mut b, &ctx, localhost_node_ports);
-
-    FamilyPlan {
-        family,
-        route_localnet: localhost_node_ports,
-        filter: b.filter.chains,
-        nat: b.nat.chains,
-        jumps: jump_rules(localhost_node_ports),
-    }
+/// KUBE-POSTROUTING's rules in both layouts (this mode's and the IPVS
+/// mode's): masquerade the packets marked for it, clearing the mark so a
+/// packet that passes the stack again is not masqueraded twice.
+pub fn masquerade_marked(mark: u32) -> [Rule; 3] {
+    [
+        Rule::new(Target::Return).with(Match::Mark { mark, negate: true }),
+        Rule::new(Target::XorMark(mark)),
+        Rule::new(Target::Masquerade { random_fully: true })
+            .comment("kubernetes service traffic requiring SNAT"),
+    ]
 }
 
 fn cidr(text: &str) -> Cidr {
@@ -196,21 +169,6 @@ struct Ctx<'a> {
     node_ips: Vec<IpAddr>,
 }
 
-/// The family's view of one service port.
-struct FamilyPort<'a> {
-    name: String,
-    protocol: Protocol,
-    port: u16,
-    cluster_ip: IpAddr,
-    external_ips: Vec<IpAddr>,
-    lb_ips: Vec<IpAddr>,
-    source_ranges: Vec<Cidr>,
-    cluster: Vec<&'a Endpoint>,
-    local: Vec<&'a Endpoint>,
-    reachable: Vec<&'a Endpoint>,
-    has_endpoints: bool,
-}
-
 fn of_family(ips: &[IpAddr], family: IpFamily) -> Vec<IpAddr> {
     ips.iter()
         .filter(|ip| IpFamily::of(ip) == family)
@@ -218,287 +176,327 @@ fn of_family(ips: &[IpAddr], family: IpFamily) -> Vec<IpAddr> {
         .collect()
 }
 
-fn family_port(sp: &LinkedServicePort, family: IpFamily) -> Option<FamilyPort<'_>> {
-    let rule = &sp.rule;
-    let cluster_ip = *of_family(&rule.cluster_ips, family).first()?;
-    let in_family = |b: &&Endpoint| IpFamily::of(&b.ip) == family;
-    let usable = rule
-        .endpoints
-        .iter()
-        .filter(in_family)
-        .any(|b| b.ready || (b.serving && b.terminating));
-    Some(FamilyPort {
-        name: rule.service_port_name(),
-        protocol: rule.protocol,
-        port: rule.port,
-        cluster_ip,
-        external_ips: of_family(&rule.external_ips, family),
-        lb_ips: of_family(&rule.load_balancer_ips, family),
-        source_ranges: rule
+/// One service port in one family, with what kube-proxy's per-service loop
+/// derives from the linked endpoints before it writes a rule.
+struct Port<'a> {
+    rule: &'a ServicePortRule,
+    name: String,
+    chains: ServiceChains,
+    cluster_ip: IpAddr,
+    external_ips: Vec<IpAddr>,
+    lb_ips: Vec<IpAddr>,
+    source_ranges: Vec<Cidr>,
+    endpoints: FamilyEndpoints<'a>,
+    external_policy_local: bool,
+    /// The chains the internal and external policies send to.
+    internal_chain: String,
+    external_policy_chain: String,
+    /// The internal / external policy chain exists (has endpoints in this family).
+    has_internal: bool,
+    has_external: bool,
+    uses_ext_chain: bool,
+    uses_fw_chain: bool,
+    /// What the filter table does with traffic that finds no endpoint.
+    no_endpoint: (Target, String),
+}
+
+impl<'a> Port<'a> {
+    fn of(sp: &'a LinkedServicePort, family: IpFamily) -> Option<Port<'a>> {
+        let rule = &sp.rule;
+        let cluster_ip = *of_family(&rule.cluster_ips, family).first()?;
+        let name = rule.service_port_name();
+        let chains = ServiceChains::of(rule);
+        let endpoints = sp.family(family);
+        let has_endpoints = endpoints.has_any_endpoints;
+        // A policy chain is only jumped to when it exists (has endpoints in this family).
+        let policy_chain = |local: bool| {
+            if local {
+                (
+                    chains.local.clone(),
+                    has_endpoints && !endpoints.local.is_empty(),
+                )
+            } else {
+                (
+                    chains.cluster.clone(),
+                    has_endpoints && !endpoints.cluster.is_empty(),
+                )
+            }
+        };
+        let (internal_chain, has_internal) = policy_chain(sp.internal_policy_local());
+        let (external_policy_chain, has_external) = policy_chain(sp.external_policy_local());
+        let lb_ips = of_family(&rule.load_balancer_ips, family);
+        let source_ranges: Vec<Cidr> = rule
             .load_balancer_source_ranges
             .iter()
             .filter(|c| c.family() == family)
             .copied()
-            .collect(),
-        cluster: sp.cluster_endpoints().filter(in_family).collect(),
-        local: sp.local_endpoints().filter(in_family).collect(),
-        reachable: sp.all_reachable_endpoints().filter(in_family).collect(),
-        has_endpoints: sp.has_any_endpoints && usable,
-    })
+            .collect();
+        let no_endpoint = if has_endpoints {
+            (Target::Drop, format!("{name} has no local endpoints"))
+        } else {
+            (Target::Reject, format!("{name} has no endpoints"))
+        };
+        Some(Port {
+            uses_ext_chain: has_endpoints && rule.has_external(),
+            uses_fw_chain: has_endpoints && !lb_ips.is_empty() && !source_ranges.is_empty(),
+            rule,
+            name,
+            chains,
+            cluster_ip,
+            external_ips: of_family(&rule.external_ips, family),
+            lb_ips,
+            source_ranges,
+            endpoints,
+            external_policy_local: sp.external_policy_local(),
+            internal_chain,
+            external_policy_chain,
+            has_internal,
+            has_external,
+            no_endpoint,
+        })
+    }
+
+    fn has_endpoints(&self) -> bool {
+        self.endpoints.has_any_endpoints
+    }
+
+    /// `-m <proto> -p <proto> [-d <ip>] --dport <port>` of this port.
+    fn to(&self, rule: Rule, ip: Option<IpAddr>, port: u16) -> Rule {
+        rule.to_port(self.rule.protocol, ip.map(Cidr::host), port)
+    }
+
+    /// The filter rule for traffic that finds no endpoint.
+    fn no_endpoint_rule(&self) -> Rule {
+        let (target, comment) = &self.no_endpoint;
+        Rule::new(target.clone()).comment(comment.clone())
+    }
 }
 
 fn render_service_port(b: &mut Builder, ctx: &Ctx<'_>, sp: &LinkedServicePort) {
-    let Some(fp) = family_port(sp, ctx.family) else {
+    let Some(port) = Port::of(sp, ctx.family) else {
         return;
     };
-    let rule = &sp.rule;
-    let chains = ServiceChains::of(rule);
-    let name = fp.name.as_str();
-    let proto = fp.protocol;
-    let has_endpoints = fp.has_endpoints;
-    let uses_cluster =
-        !fp.cluster.is_empty() && (!sp.internal_policy_local() || rule.has_external());
-    let uses_local =
-        !fp.local.is_empty() && (sp.internal_policy_local() || sp.external_policy_local());
+    cluster_ip_rules(b, &port);
+    external_ip_rules(b, &port);
+    load_balancer_rules(b, &port);
+    node_port_rules(b, &port);
+    internal_traffic_rules(b, ctx, &port);
+    external_traffic_rules(b, ctx, &port);
+    source_range_rules(b, ctx, &port);
+    endpoint_rules(b, &port);
+}
 
-    // A policy chain is only jumped to when it exists (has endpoints in this family).
-    let (internal_chain, has_internal) = if sp.internal_policy_local() {
-        (&chains.local, has_endpoints && uses_local)
+/// Cluster IP: to the internal policy chain, or rejected / dropped in filter.
+fn cluster_ip_rules(b: &mut Builder, p: &Port<'_>) {
+    let (ip, port) = (Some(p.cluster_ip), p.rule.port);
+    if p.has_internal {
+        let jump = Rule::new(Target::Jump(p.internal_chain.clone()))
+            .comment(format!("{} cluster IP", p.name));
+        b.nat.push(KUBE_SERVICES, p.to(jump, ip, port));
     } else {
-        (&chains.cluster, has_endpoints && uses_cluster)
+        b.filter
+            .push(KUBE_SERVICES, p.to(p.no_endpoint_rule(), ip, port));
+    }
+}
+
+/// External IPs: to the external chain; rejected / dropped without an external policy chain.
+fn external_ip_rules(b: &mut Builder, p: &Port<'_>) {
+    for ip in &p.external_ips {
+        let (ip, port) = (Some(*ip), p.rule.port);
+        if p.has_endpoints() {
+            let jump = Rule::new(Target::Jump(p.chains.external.clone()))
+                .comment(format!("{} external IP", p.name));
+            b.nat.push(KUBE_SERVICES, p.to(jump, ip, port));
+        }
+        if !p.has_external {
+            b.filter
+                .push(KUBE_EXTERNAL_SERVICES, p.to(p.no_endpoint_rule(), ip, port));
+        }
+    }
+}
+
+/// Load-balancer IPs: to the firewall chain when source ranges apply, else the external chain.
+fn load_balancer_rules(b: &mut Builder, p: &Port<'_>) {
+    let lb_chain = if p.uses_fw_chain {
+        &p.chains.firewall
+    } else {
+        &p.chains.external
     };
-    let (external_policy_chain, has_external) = if sp.external_policy_local() {
-        (&chains.local, has_endpoints && uses_local)
-    } else {
-        (&chains.cluster, has_endpoints && uses_cluster)
-    };
-    let uses_ext_chain = has_endpoints && rule.has_external();
-    let uses_fw_chain = has_endpoints && !fp.lb_ips.is_empty() && !fp.source_ranges.is_empty();
-    let lb_chain = if uses_fw_chain {
-        &chains.firewall
-    } else {
-        &chains.external
-    };
-
-    let no_endpoints = format!("{name} has no endpoints");
-    let no_local = format!("{name} has no local endpoints");
-    let (internal_filter, external_filter) = if !has_endpoints {
-        (
-            (Target::Reject, no_endpoints.clone()),
-            (Target::Reject, no_endpoints),
-        )
-    } else {
-        ((Target::Drop, no_local.clone()), (Target::Drop, no_local))
-    };
-    let host = Cidr::host;
-
-    // Cluster IP.
-    if has_internal {
-        b.nat.push(
-            KUBE_SERVICES,
-            Rule::new(Target::Jump(internal_chain.clone()))
-                .comment(format!("{name} cluster IP"))
-                .to_port(proto, Some(host(fp.cluster_ip)), fp.port),
-        );
-    } else {
-        b.filter.push(
-            KUBE_SERVICES,
-            Rule::new(internal_filter.0.clone())
-                .comment(internal_filter.1.clone())
-                .to_port(proto, Some(host(fp.cluster_ip)), fp.port),
-        );
-    }
-
-    // External IPs.
-    for ip in &fp.external_ips {
-        if has_endpoints {
-            b.nat.push(
-                KUBE_SERVICES,
-                Rule::new(Target::Jump(chains.external.clone()))
-                    .comment(format!("{name} external IP"))
-                    .to_port(proto, Some(host(*ip)), fp.port),
-            );
+    for ip in &p.lb_ips {
+        let (ip, port) = (Some(*ip), p.rule.port);
+        if p.has_endpoints() {
+            let jump = Rule::new(Target::Jump(lb_chain.clone()))
+                .comment(format!("{} loadbalancer IP", p.name));
+            b.nat.push(KUBE_SERVICES, p.to(jump, ip, port));
         }
-        if !has_external {
-            b.filter.push(
-                KUBE_EXTERNAL_SERVICES,
-                Rule::new(external_filter.0.clone())
-                    .comment(external_filter.1.clone())
-                    .to_port(proto, Some(host(*ip)), fp.port),
-            );
+        if p.uses_fw_chain {
+            let drop = Rule::new(Target::Drop).comment(format!(
+                "{} traffic not accepted by {}",
+                p.name, p.chains.firewall
+            ));
+            b.filter.push(KUBE_PROXY_FIREWALL, p.to(drop, ip, port));
         }
     }
+    if !p.has_external {
+        for ip in &p.lb_ips {
+            let rule = p.to(p.no_endpoint_rule(), Some(*ip), p.rule.port);
+            b.filter.push(KUBE_EXTERNAL_SERVICES, rule);
+        }
+    }
+}
 
-    // Load-balancer IPs.
-    for ip in &fp.lb_ips {
-        if has_endpoints {
-            b.nat.push(
-                KUBE_SERVICES,
-                Rule::new(Target::Jump(lb_chain.clone()))
-                    .comment(format!("{name} loadbalancer IP"))
-                    .to_port(proto, Some(host(*ip)), fp.port),
-            );
+/// Node port and health check node port.
+fn node_port_rules(b: &mut Builder, p: &Port<'_>) {
+    if let Some(node_port) = p.rule.node_port {
+        if p.has_endpoints() {
+            let jump = Rule::new(Target::Jump(p.chains.external.clone())).comment(&p.name);
+            b.nat.push(KUBE_NODEPORTS, p.to(jump, None, node_port));
         }
-        if uses_fw_chain {
-            b.filter.push(
-                KUBE_PROXY_FIREWALL,
-                Rule::new(Target::Drop)
-                    .comment(format!(
-                        "{name} traffic not accepted by {}",
-                        chains.firewall
-                    ))
-                    .to_port(proto, Some(host(*ip)), fp.port),
-            );
+        if !p.has_external {
+            let rule = p
+                .no_endpoint_rule()
+                .with(Match::LocalAddress(Side::Destination));
+            b.filter
+                .push(KUBE_EXTERNAL_SERVICES, p.to(rule, None, node_port));
         }
     }
-    if !has_external {
-        for ip in &fp.lb_ips {
-            b.filter.push(
-                KUBE_EXTERNAL_SERVICES,
-                Rule::new(external_filter.0.clone())
-                    .comment(external_filter.1.clone())
-                    .to_port(proto, Some(host(*ip)), fp.port),
-            );
-        }
-    }
-
-    // Node port.
-    if let Some(node_port) = rule.node_port {
-        if has_endpoints {
-            b.nat.push(
-                KUBE_NODEPORTS,
-                Rule::new(Target::Jump(chains.external.clone()))
-                    .comment(name)
-                    .to_port(proto, None, node_port),
-            );
-        }
-        if !has_external {
-            b.filter.push(
-                KUBE_EXTERNAL_SERVICES,
-                Rule::new(external_filter.0.clone())
-                    .comment(external_filter.1.clone())
-                    .with(Match::LocalAddress(Side::Destination))
-                    .to_port(proto, None, node_port),
-            );
-        }
-    }
-    if let Some(hc) = rule.health_check_node_port {
+    if let Some(hc) = p.rule.health_check_node_port {
         b.filter.push(
             KUBE_NODEPORTS,
             Rule::new(Target::Accept)
-                .comment(format!("{name} health check node port"))
+                .comment(format!("{} health check node port", p.name))
                 .to_port(Protocol::Tcp, None, hc),
         );
     }
+}
 
-    // Internal traffic: masquerade off-cluster sources.
-    if has_internal {
-        let base = Rule::new(Target::Jump(KUBE_MARK_MASQ.into()))
-            .comment(format!("{name} cluster IP"))
-            .to_port(proto, Some(host(fp.cluster_ip)), fp.port);
-        if ctx.settings.masquerade_all {
-            b.nat.push(internal_chain, base);
-        } else if let Some(cidr) = ctx.local_cidr {
-            b.nat.push(
-                internal_chain,
-                base.with(Match::Source { cidr, negate: true }),
-            );
-        }
+/// Internal traffic: masquerade off-cluster sources.
+fn internal_traffic_rules(b: &mut Builder, ctx: &Ctx<'_>, p: &Port<'_>) {
+    if !p.has_internal {
+        return;
     }
-
-    // External traffic.
-    if uses_ext_chain {
-        let ext = &chains.external;
-        b.nat.chain(ext);
-        if !sp.external_policy_local() {
-            b.nat.push(
-                ext,
-                Rule::new(Target::Jump(KUBE_MARK_MASQ.into())).comment(format!(
-                    "masquerade traffic for {name} external destinations"
-                )),
-            );
-        } else if uses_cluster {
-            // Pods and the node itself are short-circuited to the Cluster chain.
-            if let Some(cidr) = ctx.local_cidr {
-                b.nat.push(
-                    ext,
-                    Rule::new(Target::Jump(chains.cluster.clone()))
-                        .comment(format!("pod traffic for {name} external destinations"))
-                        .with(Match::Source {
-                            cidr,
-                            negate: false,
-                        }),
-                );
-            }
-            b.nat.push(
-                ext,
-                Rule::new(Target::Jump(KUBE_MARK_MASQ.into()))
-                    .comment(format!(
-                        "masquerade LOCAL traffic for {name} external destinations"
-                    ))
-                    .with(Match::LocalAddress(Side::Source)),
-            );
-            b.nat.push(
-                ext,
-                Rule::new(Target::Jump(chains.cluster.clone()))
-                    .comment(format!(
-                        "route LOCAL traffic for {name} external destinations"
-                    ))
-                    .with(Match::LocalAddress(Side::Source)),
-            );
-        }
-        if has_external {
-            b.nat
-                .push(ext, Rule::new(Target::Jump(external_policy_chain.clone())));
-        }
-    }
-
-    // Load-balancer source ranges.
-    if uses_fw_chain {
-        let fw = &chains.firewall;
-        let allow = |source: Cidr| {
-            Rule::new(Target::Jump(chains.external.clone()))
-                .comment(format!("{name} loadbalancer IP"))
-                .with(Match::Source {
-                    cidr: source,
-                    negate: false,
-                })
-        };
-        for range in &fp.source_ranges {
-            b.nat.push(fw, allow(*range));
-        }
-        let allow_from_node = fp
-            .source_ranges
-            .iter()
-            .any(|r| ctx.node_ips.iter().any(|ip| r.contains(ip)));
-        if allow_from_node {
-            for ip in &fp.lb_ips {
-                b.nat.push(fw, allow(host(*ip)));
-            }
-        }
+    let masq =
+        Rule::new(Target::Jump(KUBE_MARK_MASQ.into())).comment(format!("{} cluster IP", p.name));
+    let base = p.to(masq, Some(p.cluster_ip), p.rule.port);
+    if ctx.settings.masquerade_all {
+        b.nat.push(&p.internal_chain, base);
+    } else if let Some(cidr) = ctx.local_cidr {
         b.nat.push(
-            fw,
-            Rule::new(Target::Nothing).comment(format!(
-                "other traffic to {name} will be dropped by KUBE-PROXY-FIREWALL"
-            )),
+            &p.internal_chain,
+            base.with(Match::Source { cidr, negate: true }),
         );
     }
+}
 
+/// External traffic: masquerade, or short-circuit pods and the node to the
+/// Cluster chain under eTP Local, then the external policy chain.
+fn external_traffic_rules(b: &mut Builder, ctx: &Ctx<'_>, p: &Port<'_>) {
+    if !p.uses_ext_chain {
+        return;
+    }
+    let (name, ext) = (&p.name, &p.chains.external);
+    b.nat.chain(ext);
+    if !p.external_policy_local {
+        b.nat.push(
+            ext,
+            Rule::new(Target::Jump(KUBE_MARK_MASQ.into())).comment(format!(
+                "masquerade traffic for {name} external destinations"
+            )),
+        );
+    } else if !p.endpoints.cluster.is_empty() {
+        // Pods and the node itself are short-circuited to the Cluster chain.
+        if let Some(cidr) = ctx.local_cidr {
+            b.nat.push(
+                ext,
+                Rule::new(Target::Jump(p.chains.cluster.clone()))
+                    .comment(format!("pod traffic for {name} external destinations"))
+                    .with(Match::Source {
+                        cidr,
+                        negate: false,
+                    }),
+            );
+        }
+        b.nat.push(
+            ext,
+            Rule::new(Target::Jump(KUBE_MARK_MASQ.into()))
+                .comment(format!(
+                    "masquerade LOCAL traffic for {name} external destinations"
+                ))
+                .with(Match::LocalAddress(Side::Source)),
+        );
+        b.nat.push(
+            ext,
+            Rule::new(Target::Jump(p.chains.cluster.clone()))
+                .comment(format!(
+                    "route LOCAL traffic for {name} external destinations"
+                ))
+                .with(Match::LocalAddress(Side::Source)),
+        );
+    }
+    if p.has_external {
+        b.nat.push(
+            ext,
+            Rule::new(Target::Jump(p.external_policy_chain.clone())),
+        );
+    }
+}
+
+/// Load-balancer source ranges: the firewall chain lets the ranges (and the
+/// node itself when a range holds it) on to the external chain.
+fn source_range_rules(b: &mut Builder, ctx: &Ctx<'_>, p: &Port<'_>) {
+    if !p.uses_fw_chain {
+        return;
+    }
+    let fw = &p.chains.firewall;
+    let allow = |source: Cidr| {
+        Rule::new(Target::Jump(p.chains.external.clone()))
+            .comment(format!("{} loadbalancer IP", p.name))
+            .with(Match::Source {
+                cidr: source,
+                negate: false,
+            })
+    };
+    for range in &p.source_ranges {
+        b.nat.push(fw, allow(*range));
+    }
+    let allow_from_node = p
+        .source_ranges
+        .iter()
+        .any(|r| ctx.node_ips.iter().any(|ip| r.contains(ip)));
+    if allow_from_node {
+        for ip in &p.lb_ips {
+            b.nat.push(fw, allow(Cidr::host(*ip)));
+        }
+    }
+    b.nat.push(
+        fw,
+        Rule::new(Target::Nothing).comment(format!(
+            "other traffic to {} will be dropped by KUBE-PROXY-FIREWALL",
+            p.name
+        )),
+    );
+}
+
+/// The policy chains' choice among endpoints, and one chain per endpoint.
+fn endpoint_rules(b: &mut Builder, p: &Port<'_>) {
+    let (rule, name) = (p.rule, &p.name);
     let affinity = rule.session_affinity.map(|a| a.timeout_seconds);
-    if uses_cluster {
-        service_to_endpoints(b, rule, &chains.cluster, &fp.cluster, affinity);
+    let cluster = &p.endpoints.cluster;
+    let local = &p.endpoints.local;
+    if !cluster.is_empty() {
+        service_to_endpoints(b, rule, &p.chains.cluster, cluster, affinity);
     }
-    if uses_local {
-        service_to_endpoints(b, rule, &chains.local, &fp.local, affinity);
+    if !local.is_empty() {
+        service_to_endpoints(b, rule, &p.chains.local, local, affinity);
     }
-    for ep in &fp.reachable {
+    for ep in &p.endpoints.all_reachable {
         let chain = names::endpoint_chain(rule, ep);
         b.nat.push(
             &chain,
             Rule::new(Target::Jump(KUBE_MARK_MASQ.into()))
                 .comment(name)
                 .with(Match::Source {
-                    cidr: host(ep.ip),
+                    cidr: Cidr::host(ep.ip),
                     negate: false,
                 }),
         );
@@ -508,14 +506,15 @@ fn render_service_port(b: &mut Builder, ctx: &Ctx<'_>, sp: &LinkedServicePort) {
                 name: chain.clone(),
             });
         }
-        b.nat.push(&chain, dnat.with(Match::Protocol(proto)));
+        b.nat
+            .push(&chain, dnat.with(Match::Protocol(rule.protocol)));
     }
 }
 
 /// kube-proxy's `writeServiceToEndpointRules`: affinity checks, then random choice.
 fn service_to_endpoints(
     b: &mut Builder,
-    rule: &switchyard_api::ruleset::ServicePortRule,
+    rule: &ServicePortRule,
     chain: &str,
     endpoints: &[&Endpoint],
     affinity: Option<u32>,

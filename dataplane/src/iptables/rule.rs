@@ -1,4 +1,5 @@
-//! The typed rule IR. Rules are values; [`fmt::Display`] renders one as the
+//! The typed rule IR of both iptables layouts (the iptables mode's and the
+//! IPVS mode's). Rules are values; [`fmt::Display`] renders one as the
 //! argument text of an `iptables-restore` `-A` line, the only place text is made.
 
 use std::fmt;
@@ -24,7 +25,8 @@ impl Table {
     }
 }
 
-/// Source or destination side of an `addrtype` match.
+/// Which address (or port) of a packet a match looks at: the side of an
+/// `addrtype` match, one dimension of an ipset match.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
     Source,
@@ -32,10 +34,12 @@ pub enum Side {
 }
 
 /// One match of a rule.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Match {
     /// `-m <proto> -p <proto>`.
     Protocol(Protocol),
+    /// `-p <proto>` alone, where no port match follows (the IPVS mode's node-port rules).
+    ProtocolOnly(Protocol),
     /// `[!] -s <cidr>`.
     Source { cidr: Cidr, negate: bool },
     /// `[!] -d <cidr>`.
@@ -54,10 +58,16 @@ pub enum Match {
     RecentCheck { name: String, seconds: u32 },
     /// `-m recent --name <chain> --set`.
     RecentSet { name: String },
+    /// `-m set --match-set <set> dst,dst,src`: the packet's fields, one per
+    /// dimension of the ipset, are a member.
+    Set {
+        name: String,
+        dimensions: &'static [Side],
+    },
 }
 
 /// What a matching rule does.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
     Jump(String),
     Accept,
@@ -76,7 +86,7 @@ pub enum Target {
 }
 
 /// One rule: an optional comment, matches in order, a target.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     pub comment: Option<String>,
     pub matches: Vec<Match>,
@@ -145,6 +155,7 @@ impl fmt::Display for Match {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Match::Protocol(p) => write!(f, "-m {0} -p {0}", p.as_lower()),
+            Match::ProtocolOnly(p) => write!(f, "-p {}", p.as_lower()),
             Match::Source { cidr, negate } => {
                 write!(f, "{}-s {}", not(*negate), host_or_cidr(cidr))
             }
@@ -170,6 +181,16 @@ impl fmt::Display for Match {
                 "-m recent --name {name} --rcheck --seconds {seconds} --reap"
             ),
             Match::RecentSet { name } => write!(f, "-m recent --name {name} --set"),
+            Match::Set { name, dimensions } => {
+                let sides: Vec<&str> = dimensions
+                    .iter()
+                    .map(|side| match side {
+                        Side::Source => "src",
+                        Side::Destination => "dst",
+                    })
+                    .collect();
+                write!(f, "-m set --match-set {name} {}", sides.join(","))
+            }
         }
     }
 }

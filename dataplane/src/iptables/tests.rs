@@ -1,16 +1,18 @@
 //! Render golden tests and apply/cleanup tests against fake kernel tools.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use switchyard_api::Mode;
 use switchyard_api::policy::{LinkedRuleset, NodeInfo, link};
 use switchyard_compiler::{CompileSettings, Snapshot, compile, parse_objects};
+use switchyard_testkit::golden::assert_golden;
 
-use super::sysctl::FakeSysctl;
 use super::*;
 use crate::exec::{Call, ExecError, FakeRunner, Runner};
 use crate::settings::{LocalDetector, Settings};
+use crate::sysctl::FakeSysctl;
 
 const OVERALL: &str = include_str!("testdata/overall.yaml");
 
@@ -44,24 +46,29 @@ fn settings() -> Settings {
 
 /// Compare with a golden file; `UPDATE_GOLDEN=1` rewrites it.
 fn golden(name: &str, actual: &str) {
-    let path = format!(
-        "{}/src/iptables/testdata/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, actual).unwrap();
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        expected == actual,
-        "{name} differs from the golden file (UPDATE_GOLDEN=1 to accept):\n{actual}"
-    );
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/iptables/testdata");
+    assert_golden(&dir.join(name), actual);
 }
 
 #[test]
 fn overall_render_matches_golden() {
     let plan = render::render(&linked(OVERALL), &settings());
     golden("overall.golden", &plan.to_string());
+}
+
+#[test]
+fn dual_stack_render_matches_golden() {
+    let mut node = node();
+    node.addresses.push("2001:db8::1".parse().unwrap());
+    let objects = parse_objects(include_str!("testdata/dual-stack.yaml")).unwrap();
+    let compiled = compile(&Snapshot::from(objects), &CompileSettings::default());
+    let mut s = settings();
+    s.local_detector = LocalDetector::Cidrs(vec![
+        "10.0.0.0/8".parse().unwrap(),
+        "fd00:10::/64".parse().unwrap(),
+    ]);
+    let plan = render::render(&link(&compiled.ruleset, &node), &s);
+    golden("dual-stack.golden", &plan.to_string());
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! A packet tracer over the typed plan (kube-proxy's `iptablestracer`): walks
 //! a new connection's first packet through the nat and filter hooks and
 //! reports every outcome the rules allow, following both sides of each
-//! random-probability rule.
+//! random-probability rule. It traces the IPVS mode's iptables part too, with
+//! the IPVS plan's ipsets answering its `--match-set` matches ([`IpSets`]).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -60,7 +61,52 @@ impl fmt::Display for Verdict {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Outcome {
     pub verdict: Verdict,
+    /// The packet leaves masqueraded (nat POSTROUTING's MASQUERADE).
     pub masquerade: bool,
+}
+
+/// The packet fields an ipset match looks up: one address or port per
+/// dimension of the set, picked by the match's `src` / `dst` flags.
+#[derive(Clone, Copy, Debug)]
+pub struct SetLookup<'a> {
+    pub dimensions: &'a [Side],
+    pub protocol: Protocol,
+    pub source: IpAddr,
+    pub destination: IpAddr,
+    pub port: u16,
+}
+
+impl SetLookup<'_> {
+    /// The address dimension `at` looks up.
+    pub fn address(&self, at: usize) -> Option<IpAddr> {
+        self.dimensions.get(at).map(|side| match side {
+            Side::Source => self.source,
+            Side::Destination => self.destination,
+        })
+    }
+
+    /// The port dimension `at` looks up; the tracer knows no source port.
+    pub fn port(&self, at: usize) -> Option<u16> {
+        match self.dimensions.get(at)? {
+            Side::Source => None,
+            Side::Destination => Some(self.port),
+        }
+    }
+}
+
+/// The members of the ipsets a plan's `--match-set` matches name.
+pub trait IpSets {
+    /// Whether set `name` holds the fields `lookup` picks from the packet.
+    fn contains(&self, name: &str, lookup: &SetLookup<'_>) -> bool;
+}
+
+/// No ipsets: the iptables mode's plans name none.
+pub struct NoSets;
+
+impl IpSets for NoSets {
+    fn contains(&self, _: &str, _: &SetLookup<'_>) -> bool {
+        false
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -84,6 +130,7 @@ enum Stop {
 struct Tracer<'a> {
     plan: &'a FamilyPlan,
     local: &'a [IpAddr],
+    sets: &'a dyn IpSets,
     packet: &'a Packet,
 }
 
@@ -96,7 +143,7 @@ impl Tracer<'_> {
     fn matches(&self, m: &Match, s: &State) -> Option<bool> {
         let p = self.packet;
         Some(match m {
-            Match::Protocol(proto) => *proto == p.protocol,
+            Match::Protocol(proto) | Match::ProtocolOnly(proto) => *proto == p.protocol,
             Match::Source { cidr, negate } => cidr.contains(&p.source) != *negate,
             Match::Destination { cidr, negate } => cidr.contains(&s.destination) != *negate,
             Match::DestinationPort(port) => *port == s.port,
@@ -112,6 +159,16 @@ impl Tracer<'_> {
             Match::RandomOneOf(_) => return None,
             Match::RecentCheck { .. } => false,
             Match::RecentSet { .. } => true,
+            Match::Set { name, dimensions } => self.sets.contains(
+                name,
+                &SetLookup {
+                    dimensions,
+                    protocol: p.protocol,
+                    source: p.source,
+                    destination: s.destination,
+                    port: s.port,
+                },
+            ),
         })
     }
 
@@ -241,9 +298,20 @@ fn stop(mut state: State, how: Stop) -> Vec<After> {
 
 /// Every outcome the plan allows for `packet`; `local` are the node's addresses.
 pub fn trace(plan: &FamilyPlan, local: &[IpAddr], packet: &Packet) -> BTreeSet<Outcome> {
+    trace_with_sets(plan, local, &NoSets, packet)
+}
+
+/// [`trace`] for a plan whose rules match ipsets, with their members in `sets`.
+pub fn trace_with_sets(
+    plan: &FamilyPlan,
+    local: &[IpAddr],
+    sets: &dyn IpSets,
+    packet: &Packet,
+) -> BTreeSet<Outcome> {
     let t = Tracer {
         plan,
         local,
+        sets,
         packet,
     };
     let start = State {
@@ -290,7 +358,11 @@ pub fn trace(plan: &FamilyPlan, local: &[IpAddr], packet: &Packet) -> BTreeSet<O
                 Some(Stop::Accept) => Verdict::Accept,
                 _ => Verdict::Untranslated,
             };
-            let masquerade = s.dnat && {
+            // A dropped or rejected packet is never masqueraded. One that IPVS
+            // translates (after the nat hooks: untranslated here) meets
+            // POSTROUTING on its way to the real server.
+            let leaves = !matches!(verdict, Verdict::Drop | Verdict::Reject);
+            let masquerade = leaves && {
                 let post = State { stop: None, ..s };
                 t.hook(Table::Nat, "POSTROUTING", post)
                     .iter()

@@ -1,6 +1,8 @@
 //! The non-IPVS kernel objects of the mode, through the command-line tools
 //! (`ip`, `ipset`, `iptables-restore`) of [`Runner`] and the [`Sysctl`] writer:
-//! the dummy interface and its addresses, the ipsets, our chains, sysctls.
+//! the dummy interface and its addresses, the ipsets, the removal of our
+//! chains, sysctls. (Our rules are written by the iptables mode's writer,
+//! [`crate::iptables::restore`].)
 //! Every command acts in the caller's network namespace.
 
 use std::collections::BTreeSet;
@@ -8,40 +10,10 @@ use std::net::IpAddr;
 
 use switchyard_api::ruleset::IpFamily;
 
-use super::plan::{DUMMY_INTERFACE, FamilyRules, IpSet};
-use super::render::our_chains;
+use super::plan::{DUMMY_INTERFACE, IpSet};
+use super::rules::our_chains;
 use crate::exec::{ExecError, Runner};
-
-/// Writes sysctls of the caller's network namespace.
-pub trait Sysctl: Send + Sync {
-    fn set(&self, key: &str, value: &str) -> std::io::Result<()>;
-}
-
-/// Writes `/proc/sys/...`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ProcSysctl;
-
-impl Sysctl for ProcSysctl {
-    fn set(&self, key: &str, value: &str) -> std::io::Result<()> {
-        std::fs::write(format!("/proc/sys/{}", key.replace('.', "/")), value)
-    }
-}
-
-/// Records sysctl writes (unit tests).
-#[derive(Debug, Default)]
-pub struct FakeSysctl {
-    pub written: std::sync::Mutex<Vec<(String, String)>>,
-}
-
-impl Sysctl for FakeSysctl {
-    fn set(&self, key: &str, value: &str) -> std::io::Result<()> {
-        self.written
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push((key.to_string(), value.to_string()));
-        Ok(())
-    }
-}
+use crate::iptables::restore::tools;
 
 /// The sysctls IPVS mode needs (kube-proxy's), plus strictARP's when set.
 pub fn sysctls(strict_arp: bool) -> Vec<(&'static str, &'static str)> {
@@ -167,47 +139,12 @@ impl Host<'_> {
             .map(|_| ())
     }
 
-    fn tools(family: IpFamily) -> (&'static str, &'static str) {
-        match family {
-            IpFamily::V4 => ("iptables-save", "iptables-restore"),
-            IpFamily::V6 => ("ip6tables-save", "ip6tables-restore"),
-        }
-    }
-
-    /// Rewrite our chains and add the missing jumps from built-in chains.
-    pub fn sync_rules(&self, rules: &FamilyRules) -> Result<(), ExecError> {
-        let (save, restore) = Host::tools(rules.family);
-        let mut text = String::new();
-        for (table, our) in [("nat", &rules.nat), ("filter", &rules.filter)] {
-            let current = self.runner.run(save, &["-t", table], None)?;
-            text.push_str(&format!("*{table}\n"));
-            for chain in &our.chains {
-                text.push_str(&format!(":{chain} - [0:0]\n"));
-            }
-            let mut jumps = Vec::new();
-            for (chain, spec) in &our.rules {
-                if our.chains.contains(chain) {
-                    text.push_str(&format!("-A {chain} {spec}\n"));
-                } else if !current.lines().any(|l| l == format!("-A {chain} {spec}")) {
-                    jumps.push(format!("-I {chain} 1 {spec}\n"));
-                }
-            }
-            // Inserted at the top in reverse so they end up in plan order.
-            for j in jumps.iter().rev() {
-                text.push_str(j);
-            }
-            text.push_str("COMMIT\n");
-        }
-        self.runner
-            .run(restore, &["--noflush"], Some(text.as_bytes()))
-            .map(|_| ())
-    }
-
     /// Remove our jumps and chains of one family, leaving every other rule alone.
     pub fn remove_rules(&self, family: IpFamily) -> Result<(), ExecError> {
-        let (save, restore) = Host::tools(family);
+        let (_, restore, save) = tools(family);
         let mut text = String::new();
         for (table, chains) in our_chains() {
+            let table = table.as_str();
             let current = match self.runner.run(save, &["-t", table], None) {
                 Ok(c) => c,
                 // No such table in this family: nothing of ours there.
@@ -251,10 +188,10 @@ impl Host<'_> {
 
     /// Whether any of our chains exists in this family.
     pub fn has_rules(&self, family: IpFamily) -> bool {
-        let (save, _) = Host::tools(family);
+        let (_, _, save) = tools(family);
         our_chains().iter().any(|(table, chains)| {
             self.runner
-                .run(save, &["-t", table], None)
+                .run(save, &["-t", table.as_str()], None)
                 .is_ok_and(|out| {
                     chains
                         .iter()

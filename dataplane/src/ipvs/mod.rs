@@ -4,16 +4,19 @@
 //! pure ([`render`]); [`IpvsBackend::apply`] and [`IpvsBackend::cleanup`] are
 //! the only code touching the kernel, through three narrow doors: the IPVS
 //! table over generic netlink ([`kernel::IpvsKernel`]), the command-line tools
-//! ([`crate::exec::Runner`]) and sysctls ([`host::Sysctl`]). All of them act in
+//! ([`crate::exec::Runner`]) and sysctls ([`crate::sysctl::Sysctl`]). All of them act in
 //! the network namespace of the calling thread.
 
 pub mod capture;
+#[cfg(test)]
+mod fake;
 pub mod genl;
 pub mod host;
 pub mod kernel;
 pub mod objects;
 pub mod plan;
 pub mod render;
+pub mod rules;
 
 #[cfg(test)]
 mod tests;
@@ -28,12 +31,16 @@ use switchyard_api::ruleset::{IpFamily, Protocol};
 
 use crate::conntrack::{self, UdpSnapshot};
 use crate::exec::{ExecError, Runner};
+use crate::iptables::plan::FamilyPlan;
+use crate::iptables::restore::Restore;
+use crate::semantics::{ModeSemantics, NodePortScope, UnknownPort};
 use crate::settings::Settings;
+use crate::sysctl::{ProcSysctl, Sysctl};
 use crate::{ApplyStats, Backend, BackendError};
-use host::{Host, Sysctl};
+use host::Host;
 use kernel::{Ipvs, IpvsKernel, KernelError};
 use objects::{RealServer, ServiceKey, VirtualServer};
-use plan::IpvsPlan;
+use plan::{IpvsPlan, PlannedService};
 
 pub use plan::DUMMY_INTERFACE;
 
@@ -91,7 +98,7 @@ impl IpvsBackend {
         Ok(IpvsBackend::new(
             Box::new(kernel),
             runner,
-            Box::new(host::ProcSysctl),
+            Box::new(ProcSysctl),
         ))
     }
 
@@ -104,6 +111,26 @@ impl IpvsBackend {
         Host {
             runner: self.runner.as_ref(),
         }
+    }
+
+    /// Write one family's iptables rules with the iptables mode's writer:
+    /// the chains that changed since the last apply, all of them (and the
+    /// missing jumps) when this family's rules were not applied before.
+    fn sync_rules(&self, rules: &FamilyPlan) -> Result<usize, BackendError> {
+        let previous = self
+            .applied
+            .iter()
+            .flat_map(|a| &a.rules)
+            .find(|r| r.family == rules.family);
+        if previous == Some(rules) {
+            return Ok(0);
+        }
+        let restore = Restore {
+            runner: self.runner.as_ref(),
+            mode: Mode::Ipvs,
+            family: rules.family,
+        };
+        restore.write(rules, previous.map(FamilyPlan::applied).as_ref(), &[])
     }
 
     /// Virtual servers that are ours: on an address of `kube-ipvs0`, or a
@@ -167,53 +194,8 @@ impl IpvsBackend {
                 }
                 Some(_) => {}
             }
-            let dests = ipvs.dests(key).map_err(kernel_err("list real servers"))?;
-            let have: BTreeMap<(IpAddr, u16), _> = dests
-                .iter()
-                .map(|d| ((d.server.addr, d.server.port), d))
-                .collect();
-            for rs in &planned.real_servers {
-                match have.get(&(rs.addr, rs.port)) {
-                    None => {
-                        ipvs.add_dest(key, rs)
-                            .map_err(kernel_err("add real server"))?;
-                        *written += 1;
-                    }
-                    Some(d) if d.server.weight != rs.weight => {
-                        ipvs.update_dest(key, rs)
-                            .map_err(kernel_err("update real server"))?;
-                        *written += 1;
-                    }
-                    Some(_) => {}
-                }
-            }
-            for d in &dests {
-                if planned
-                    .real_servers
-                    .iter()
-                    .any(|rs| rs.addr == d.server.addr && rs.port == d.server.port)
-                {
-                    continue;
-                }
-                // Graceful removal: no new connections (weight 0) until the
-                // established ones end; UDP has no end, so it goes at once.
-                if d.active == 0 || key.protocol == Protocol::Udp {
-                    ipvs.delete_dest(key, &d.server)
-                        .map_err(kernel_err("delete real server"))?;
-                } else {
-                    if d.server.weight != 0 {
-                        ipvs.update_dest(
-                            key,
-                            &RealServer {
-                                weight: 0,
-                                ..d.server
-                            },
-                        )
-                        .map_err(kernel_err("quiesce real server"))?;
-                    }
-                    draining.insert(*key);
-                }
-                *written += 1;
+            if sync_real_servers(&mut ipvs, key, planned, written)? {
+                draining.insert(*key);
             }
         }
         self.draining = draining;
@@ -231,6 +213,67 @@ impl IpvsBackend {
         }
         Ok(())
     }
+}
+
+/// Make `key`'s real servers the planned ones. A leaving real server with
+/// open connections is quiesced (weight 0) rather than deleted: returns
+/// whether one is left draining.
+fn sync_real_servers(
+    ipvs: &mut Ipvs<'_>,
+    key: &ServiceKey,
+    planned: &PlannedService,
+    written: &mut u32,
+) -> Result<bool, BackendError> {
+    let dests = ipvs.dests(key).map_err(kernel_err("list real servers"))?;
+    let have: BTreeMap<(IpAddr, u16), _> = dests
+        .iter()
+        .map(|d| ((d.server.addr, d.server.port), d))
+        .collect();
+    for rs in &planned.real_servers {
+        match have.get(&(rs.addr, rs.port)) {
+            None => {
+                ipvs.add_dest(key, rs)
+                    .map_err(kernel_err("add real server"))?;
+                *written += 1;
+            }
+            Some(d) if d.server.weight != rs.weight => {
+                ipvs.update_dest(key, rs)
+                    .map_err(kernel_err("update real server"))?;
+                *written += 1;
+            }
+            Some(_) => {}
+        }
+    }
+    let mut draining = false;
+    for d in &dests {
+        if planned
+            .real_servers
+            .iter()
+            .any(|rs| rs.addr == d.server.addr && rs.port == d.server.port)
+        {
+            continue;
+        }
+        // Graceful removal: no new connections (weight 0) until the
+        // established ones end; UDP has no end, so it goes at once.
+        if d.active == 0 || key.protocol == Protocol::Udp {
+            ipvs.delete_dest(key, &d.server)
+                .map_err(kernel_err("delete real server"))?;
+        } else {
+            if d.server.weight != 0 {
+                ipvs.update_dest(
+                    key,
+                    &RealServer {
+                        weight: 0,
+                        ..d.server
+                    },
+                )
+                .map_err(kernel_err("quiesce real server"))?;
+            }
+            draining = true;
+        }
+        *written += 1;
+    }
+    Ok(draining)
 }
 
 /// A NodePort as our ipsets record it: `bitmap:port` sets have no address.
@@ -314,7 +357,7 @@ impl Backend for IpvsBackend {
         let mut written = 0;
         for (key, value) in host::sysctls(plan.strict_arp) {
             self.sysctl
-                .set(key, value)
+                .write(key, value)
                 .map_err(|source| BackendError::Io {
                     mode: Mode::Ipvs,
                     operation: "set sysctl",
@@ -348,13 +391,8 @@ impl Backend for IpvsBackend {
                 .map(|s| s.entries.len() as u32)
                 .sum::<u32>();
         }
-        let rules_changed = self.applied.as_ref().is_none_or(|a| a.rules != plan.rules);
-        if rules_changed {
-            for rules in &plan.rules {
-                host.sync_rules(rules)
-                    .map_err(exec_err("sync iptables rules"))?;
-                written += (rules.nat.rules.len() + rules.filter.rules.len()) as u32;
-            }
+        for rules in &plan.rules {
+            written += self.sync_rules(rules)? as u32;
         }
         self.sync_virtual_servers(plan, &mut written)?;
         // UDP has no teardown: entries made while a VIP had no virtual server
@@ -416,4 +454,17 @@ impl Backend for IpvsBackend {
         self.udp = UdpSnapshot::default();
         Ok(())
     }
+}
+
+/// What this mode does differently: service addresses are the node's own on
+/// `kube-ipvs0`, so a new connection to a port no service uses is rejected
+/// (KUBE-IPVS-FILTER); NodePorts are served on every local address by
+/// default, never on 127.0.0.1.
+pub fn semantics(settings: &Settings) -> ModeSemantics {
+    ModeSemantics::new(
+        settings,
+        UnknownPort::Rejected,
+        NodePortScope::EveryLocalAddress,
+        false,
+    )
 }

@@ -1,6 +1,6 @@
 //! The typed IPVS plan: virtual servers with their real servers, the addresses
-//! on `kube-ipvs0`, kube-proxy's ipsets, the iptables rules around them, the
-//! connection timeouts and strictARP. `Display` prints it as `ipvsadm -Ln`,
+//! on `kube-ipvs0`, kube-proxy's ipsets, the iptables rules around them (the
+//! iptables mode's [`FamilyPlan`]), the connection timeouts and strictARP. `Display` prints it as `ipvsadm -Ln`,
 //! `ip addr`, `ipset save` and `iptables-save` would.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,6 +11,9 @@ use switchyard_api::ruleset::{Cidr, IpFamily, Protocol};
 
 use super::objects::{RealServer, ServiceKey, Timeouts, VirtualServer};
 use crate::conntrack::UdpSnapshot;
+use crate::iptables::plan::FamilyPlan;
+use crate::iptables::restore::tools;
+use crate::iptables::trace::{IpSets, SetLookup};
 
 /// The dummy interface holding every service address.
 pub const DUMMY_INTERFACE: &str = "kube-ipvs0";
@@ -56,6 +59,30 @@ pub enum SetEntry {
     Port(u16),
 }
 
+impl SetEntry {
+    /// Whether the packet fields `lookup` picks are this member, as the
+    /// kernel matches the set's type (ports with their protocol, except
+    /// `bitmap:port`'s).
+    fn matches(&self, lookup: &SetLookup<'_>) -> bool {
+        let ip_port = |ip: IpAddr, protocol: Protocol, port: u16| {
+            lookup.address(0) == Some(ip)
+                && lookup.protocol == protocol
+                && lookup.port(1) == Some(port)
+        };
+        match self {
+            SetEntry::Ip(ip) => lookup.address(0) == Some(*ip),
+            SetEntry::IpPort(ip, p, port) => ip_port(*ip, *p, *port),
+            SetEntry::IpPortIp(ip, p, port, ip2) => {
+                ip_port(*ip, *p, *port) && lookup.address(2) == Some(*ip2)
+            }
+            SetEntry::IpPortNet(ip, p, port, net) => {
+                ip_port(*ip, *p, *port) && lookup.address(2).is_some_and(|a| net.contains(&a))
+            }
+            SetEntry::Port(port) => lookup.port(0) == Some(*port),
+        }
+    }
+}
+
 impl fmt::Display for SetEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -96,58 +123,6 @@ impl IpSet {
     }
 }
 
-/// A table of iptables rules for one family: chains, then `-A` rules.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Table {
-    /// Our chains in this table (flushed and rewritten as a whole).
-    pub chains: Vec<&'static str>,
-    /// Rules, each `(chain, spec)`; the jumps from the built-in chains included.
-    pub rules: Vec<(&'static str, String)>,
-}
-
-/// The iptables rules of one family.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FamilyRules {
-    pub family: IpFamily,
-    pub nat: Table,
-    pub filter: Table,
-}
-
-impl FamilyRules {
-    /// The text for `iptables-restore --noflush`: our chains are declared
-    /// (which flushes them), built-in chains only get the jump rules added
-    /// when they are missing, by the caller.
-    pub fn restore_text(&self) -> String {
-        let mut out = String::new();
-        for (name, table) in [("nat", &self.nat), ("filter", &self.filter)] {
-            out.push_str(&format!("*{name}\n"));
-            for chain in &table.chains {
-                out.push_str(&format!(":{chain} - [0:0]\n"));
-            }
-            for (chain, spec) in &table.rules {
-                if table.chains.contains(chain) {
-                    out.push_str(&format!("-A {chain} {spec}\n"));
-                }
-            }
-            out.push_str("COMMIT\n");
-        }
-        out
-    }
-
-    /// Jump rules from built-in chains: `(table, chain, spec)`.
-    pub fn jumps(&self) -> Vec<(&'static str, &'static str, &str)> {
-        let mut out = Vec::new();
-        for (name, table) in [("nat", &self.nat), ("filter", &self.filter)] {
-            for (chain, spec) in &table.rules {
-                if !table.chains.contains(chain) {
-                    out.push((name, *chain, spec.as_str()));
-                }
-            }
-        }
-        out
-    }
-}
-
 /// A service port, or one of its frontends, that IPVS cannot express exactly.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limitation {
@@ -161,7 +136,8 @@ pub struct IpvsPlan {
     pub services: BTreeMap<ServiceKey, PlannedService>,
     pub addresses: BTreeSet<IpAddr>,
     pub ipsets: Vec<IpSet>,
-    pub rules: Vec<FamilyRules>,
+    /// The iptables rules per family, in the iptables mode's model.
+    pub rules: Vec<FamilyPlan>,
     pub timeouts: Timeouts,
     pub strict_arp: bool,
     pub limitations: Vec<Limitation>,
@@ -178,12 +154,18 @@ impl IpvsPlan {
             .map(|s| 1 + s.real_servers.len())
             .sum();
         let sets: usize = self.ipsets.iter().map(|s| s.entries.len()).sum();
-        let rules: usize = self
-            .rules
-            .iter()
-            .map(|r| r.nat.rules.len() + r.filter.rules.len())
-            .sum();
+        let rules: usize = self.rules.iter().map(FamilyPlan::rule_count).sum();
         (vs + self.addresses.len() + sets + rules) as u32
+    }
+}
+
+/// The plan's ipsets answer the iptables tracer's `--match-set` matches.
+impl IpSets for IpvsPlan {
+    fn contains(&self, name: &str, lookup: &SetLookup<'_>) -> bool {
+        self.ipsets
+            .iter()
+            .filter(|s| s.name == name)
+            .any(|s| s.entries.iter().any(|e| e.matches(lookup)))
     }
 }
 
@@ -225,15 +207,9 @@ impl fmt::Display for IpvsPlan {
             }
         }
         for r in &self.rules {
-            let tool = match r.family {
-                IpFamily::V4 => "iptables",
-                IpFamily::V6 => "ip6tables",
-            };
-            writeln!(f, "# {tool}-save")?;
-            f.write_str(&r.restore_text())?;
-            for (table, chain, spec) in r.jumps() {
-                writeln!(f, "# {table}: -A {chain} {spec}")?;
-            }
+            let (_, _, save) = tools(r.family);
+            writeln!(f, "# {save}")?;
+            write!(f, "{r}")?;
         }
         if !self.timeouts.is_unset() {
             writeln!(

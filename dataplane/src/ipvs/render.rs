@@ -12,11 +12,10 @@ use switchyard_api::ruleset::{Endpoint, IpFamily, Protocol};
 
 use super::genl::{SVC_F_PERSISTENT, SVC_F_SCHED1, SVC_F_SCHED2};
 use super::objects::{RealServer, ServiceKey, Timeouts, VirtualServer};
-use super::plan::{
-    FamilyRules, IpSet, IpvsPlan, Limitation, PlannedService, SetEntry, SetType, Table,
-};
+use super::plan::{IpSet, IpvsPlan, Limitation, PlannedService, SetEntry, SetType};
+use super::rules;
 use crate::conntrack::UdpSnapshot;
-use crate::settings::{LocalDetector, NodePortAddresses, Settings};
+use crate::settings::{NodePortAddresses, Settings};
 
 /// kube-proxy's ipsets: (name, type, comment). IPv6 sets are named `KUBE-6-…`.
 const SETS: &[(&str, SetType, &str)] = &[
@@ -162,7 +161,7 @@ pub fn render(ruleset: &LinkedRuleset, settings: &Settings) -> IpvsPlan {
         .chain(plan.services.keys().map(|k| IpFamily::of(&k.addr)))
         .collect();
     for family in families {
-        plan.rules.push(rules(family, settings));
+        plan.rules.push(rules::family_rules(family, settings));
         let filled = sets.remove(&family).map(|s| s.0).unwrap_or_default();
         for (base, kind, comment) in SETS {
             plan.ipsets.push(IpSet {
@@ -252,6 +251,46 @@ fn real_servers<'a>(
         .collect()
 }
 
+/// One service port being rendered: what its frontends share.
+struct Port<'a> {
+    sp: &'a LinkedServicePort,
+    settings: &'a Settings,
+    name: String,
+    /// External traffic policy Local (the port is reachable from outside).
+    local: bool,
+}
+
+impl Port<'_> {
+    /// A virtual server for `addr:port` with the internal (cluster IP) or
+    /// external endpoints of the address's family.
+    fn add_virtual_server(&self, plan: &mut IpvsPlan, addr: IpAddr, port: u16, internal: bool) {
+        let family = IpFamily::of(&addr);
+        let key = ServiceKey {
+            protocol: self.sp.rule.protocol,
+            addr,
+            port,
+        };
+        let real = if internal {
+            real_servers(self.sp.internal_endpoints(), family)
+        } else {
+            real_servers(self.sp.external_endpoints(), family)
+        };
+        plan.services.insert(
+            key,
+            PlannedService {
+                server: virtual_server(key, self.sp, self.settings),
+                real_servers: real,
+                service_port: self.name.clone(),
+            },
+        );
+    }
+
+    /// `ip,proto:port` of this service port.
+    fn member(&self, ip: IpAddr) -> SetEntry {
+        SetEntry::IpPort(ip, self.sp.rule.protocol, self.sp.rule.port)
+    }
+}
+
 fn render_service_port(
     sp: &LinkedServicePort,
     settings: &Settings,
@@ -259,130 +298,27 @@ fn render_service_port(
     plan: &mut IpvsPlan,
     sets: &mut BTreeMap<IpFamily, Sets>,
 ) {
-    let rule = &sp.rule;
-    let proto = rule.protocol;
-    let name = rule.service_port_name();
-    let add = |plan: &mut IpvsPlan, addr: IpAddr, port: u16, internal: bool| {
-        let family = IpFamily::of(&addr);
-        let key = ServiceKey {
-            protocol: proto,
-            addr,
-            port,
-        };
-        let real = if internal {
-            real_servers(sp.internal_endpoints(), family)
-        } else {
-            real_servers(sp.external_endpoints(), family)
-        };
-        plan.services.insert(
-            key,
-            PlannedService {
-                server: virtual_server(key, sp, settings),
-                real_servers: real,
-                service_port: name.clone(),
-            },
-        );
+    let port = Port {
+        sp,
+        settings,
+        name: sp.rule.service_port_name(),
+        local: sp.external_policy_local(),
     };
-    let local = sp.external_policy_local();
-    for ip in &rule.cluster_ips {
-        add(plan, *ip, rule.port, true);
-        plan.addresses.insert(*ip);
-        set(sets, ip).add("KUBE-CLUSTER-IP", SetEntry::IpPort(*ip, proto, rule.port));
-    }
-    for ip in &rule.external_ips {
-        add(plan, *ip, rule.port, false);
-        plan.addresses.insert(*ip);
-        let base = if local {
-            "KUBE-EXTERNAL-IP-LOCAL"
-        } else {
-            "KUBE-EXTERNAL-IP"
-        };
-        set(sets, ip).add(base, SetEntry::IpPort(*ip, proto, rule.port));
-    }
-    for ip in &rule.load_balancer_ips {
-        add(plan, *ip, rule.port, false);
-        plan.addresses.insert(*ip);
-        let s = set(sets, ip);
-        s.add(
-            "KUBE-LOAD-BALANCER",
-            SetEntry::IpPort(*ip, proto, rule.port),
-        );
-        if local {
-            s.add(
-                "KUBE-LOAD-BALANCER-LOCAL",
-                SetEntry::IpPort(*ip, proto, rule.port),
-            );
-        }
-        if !rule.load_balancer_source_ranges.is_empty() {
-            s.add(
-                "KUBE-LOAD-BALANCER-FW",
-                SetEntry::IpPort(*ip, proto, rule.port),
-            );
-            for cidr in &rule.load_balancer_source_ranges {
-                if cidr.family() == IpFamily::of(ip) {
-                    s.add(
-                        "KUBE-LOAD-BALANCER-SOURCE-CIDR",
-                        SetEntry::IpPortNet(*ip, proto, rule.port, *cidr),
-                    );
-                }
-            }
-        }
-    }
-    if let Some(node_port) = rule.node_port {
-        let families: BTreeSet<IpFamily> = rule
-            .cluster_ips
-            .iter()
-            .map(IpFamily::of)
-            .chain(rule.endpoints.iter().map(|b| IpFamily::of(&b.ip)))
-            .collect();
-        for ip in node_ips
-            .iter()
-            .filter(|ip| families.contains(&IpFamily::of(ip)))
-        {
-            add(plan, *ip, node_port, false);
-            let s = set(sets, ip);
-            match proto {
-                Protocol::Tcp | Protocol::Udp => {
-                    let (all, loc) = if proto == Protocol::Tcp {
-                        ("KUBE-NODE-PORT-TCP", "KUBE-NODE-PORT-LOCAL-TCP")
-                    } else {
-                        ("KUBE-NODE-PORT-UDP", "KUBE-NODE-PORT-LOCAL-UDP")
-                    };
-                    s.add(all, SetEntry::Port(node_port));
-                    if local {
-                        s.add(loc, SetEntry::Port(node_port));
-                    }
-                }
-                Protocol::Sctp => {
-                    let e = SetEntry::IpPort(*ip, proto, node_port);
-                    s.add("KUBE-NODE-PORT-SCTP-HASH", e.clone());
-                    if local {
-                        s.add("KUBE-NODE-PORT-LOCAL-SCTP-HASH", e);
-                    }
-                }
-            }
-        }
-    }
-    if let Some(hc) = rule.health_check_node_port {
+    cluster_ips(&port, plan, sets);
+    external_ips(&port, plan, sets);
+    load_balancer_ips(&port, plan, sets);
+    node_ports(&port, node_ips, plan, sets);
+    if let Some(hc) = sp.rule.health_check_node_port {
         for family in [IpFamily::V4, IpFamily::V6] {
             if let Some(s) = sets.get_mut(&family) {
                 s.add("KUBE-HEALTH-CHECK-NODE-PORT", SetEntry::Port(hc));
             }
         }
     }
-    // Hairpin: an endpoint reaching itself through a service is masqueraded.
-    // Every reachable endpoint is listed (kube-proxy lists only local ones),
-    // so endpoints without a node name hairpin too; a member only matches
-    // packets from an endpoint to itself.
-    for b in sp.all_reachable_endpoints() {
-        set(sets, &b.ip).add(
-            "KUBE-LOOP-BACK",
-            SetEntry::IpPortIp(b.ip, proto, b.port, b.ip),
-        );
-    }
-    if local && rule.has_external() {
+    hairpin(&port, sets);
+    if port.local {
         plan.limitations.push(Limitation {
-            service_port: name.clone(),
+            service_port: port.name.clone(),
             reason: "externalTrafficPolicy=Local: IPVS has one virtual server per address, so \
                      traffic from pods and the node to external addresses also uses only local \
                      endpoints (no short circuit to cluster endpoints as in iptables mode)",
@@ -390,254 +326,118 @@ fn render_service_port(
     }
 }
 
+/// Cluster IPs: internal endpoints, on `kube-ipvs0`, in `KUBE-CLUSTER-IP`.
+fn cluster_ips(p: &Port<'_>, plan: &mut IpvsPlan, sets: &mut BTreeMap<IpFamily, Sets>) {
+    for ip in &p.sp.rule.cluster_ips {
+        p.add_virtual_server(plan, *ip, p.sp.rule.port, true);
+        plan.addresses.insert(*ip);
+        set(sets, ip).add("KUBE-CLUSTER-IP", p.member(*ip));
+    }
+}
+
+/// External IPs: external endpoints, on `kube-ipvs0`, in `KUBE-EXTERNAL-IP(-LOCAL)`.
+fn external_ips(p: &Port<'_>, plan: &mut IpvsPlan, sets: &mut BTreeMap<IpFamily, Sets>) {
+    for ip in &p.sp.rule.external_ips {
+        p.add_virtual_server(plan, *ip, p.sp.rule.port, false);
+        plan.addresses.insert(*ip);
+        let base = if p.local {
+            "KUBE-EXTERNAL-IP-LOCAL"
+        } else {
+            "KUBE-EXTERNAL-IP"
+        };
+        set(sets, ip).add(base, p.member(*ip));
+    }
+}
+
+/// Load-balancer IPs: external endpoints, on `kube-ipvs0`, in
+/// `KUBE-LOAD-BALANCER(-LOCAL)`; with source ranges also in the firewall sets.
+fn load_balancer_ips(p: &Port<'_>, plan: &mut IpvsPlan, sets: &mut BTreeMap<IpFamily, Sets>) {
+    let rule = &p.sp.rule;
+    for ip in &rule.load_balancer_ips {
+        p.add_virtual_server(plan, *ip, rule.port, false);
+        plan.addresses.insert(*ip);
+        let s = set(sets, ip);
+        s.add("KUBE-LOAD-BALANCER", p.member(*ip));
+        if p.local {
+            s.add("KUBE-LOAD-BALANCER-LOCAL", p.member(*ip));
+        }
+        if rule.load_balancer_source_ranges.is_empty() {
+            continue;
+        }
+        s.add("KUBE-LOAD-BALANCER-FW", p.member(*ip));
+        for cidr in &rule.load_balancer_source_ranges {
+            if cidr.family() == IpFamily::of(ip) {
+                s.add(
+                    "KUBE-LOAD-BALANCER-SOURCE-CIDR",
+                    SetEntry::IpPortNet(*ip, rule.protocol, rule.port, *cidr),
+                );
+            }
+        }
+    }
+}
+
+/// NodePorts: a virtual server per node address of the port's families, in
+/// the node-port sets of its protocol.
+fn node_ports(
+    p: &Port<'_>,
+    node_ips: &[IpAddr],
+    plan: &mut IpvsPlan,
+    sets: &mut BTreeMap<IpFamily, Sets>,
+) {
+    let rule = &p.sp.rule;
+    let Some(node_port) = rule.node_port else {
+        return;
+    };
+    let families: BTreeSet<IpFamily> = rule
+        .cluster_ips
+        .iter()
+        .map(IpFamily::of)
+        .chain(rule.endpoints.iter().map(|b| IpFamily::of(&b.ip)))
+        .collect();
+    for ip in node_ips
+        .iter()
+        .filter(|ip| families.contains(&IpFamily::of(ip)))
+    {
+        p.add_virtual_server(plan, *ip, node_port, false);
+        let s = set(sets, ip);
+        let (all, local, member) = match rule.protocol {
+            Protocol::Tcp => (
+                "KUBE-NODE-PORT-TCP",
+                "KUBE-NODE-PORT-LOCAL-TCP",
+                SetEntry::Port(node_port),
+            ),
+            Protocol::Udp => (
+                "KUBE-NODE-PORT-UDP",
+                "KUBE-NODE-PORT-LOCAL-UDP",
+                SetEntry::Port(node_port),
+            ),
+            Protocol::Sctp => (
+                "KUBE-NODE-PORT-SCTP-HASH",
+                "KUBE-NODE-PORT-LOCAL-SCTP-HASH",
+                SetEntry::IpPort(*ip, Protocol::Sctp, node_port),
+            ),
+        };
+        s.add(all, member.clone());
+        if p.local {
+            s.add(local, member);
+        }
+    }
+}
+
+/// Hairpin: an endpoint reaching itself through a service is masqueraded.
+/// Every reachable endpoint is listed (kube-proxy lists only local ones),
+/// so endpoints without a node name hairpin too; a member only matches
+/// packets from an endpoint to itself.
+fn hairpin(p: &Port<'_>, sets: &mut BTreeMap<IpFamily, Sets>) {
+    for b in p.sp.all_reachable_endpoints() {
+        set(sets, &b.ip).add(
+            "KUBE-LOOP-BACK",
+            SetEntry::IpPortIp(b.ip, p.sp.rule.protocol, b.port, b.ip),
+        );
+    }
+}
+
 fn set<'a>(sets: &'a mut BTreeMap<IpFamily, Sets>, ip: &IpAddr) -> &'a mut Sets {
     sets.entry(IpFamily::of(ip))
         .or_insert_with(|| Sets(BTreeMap::new()))
-}
-
-const NAT_CHAINS: &[&str] = &[
-    "KUBE-SERVICES",
-    "KUBE-POSTROUTING",
-    "KUBE-NODE-PORT",
-    "KUBE-LOAD-BALANCER",
-    "KUBE-MARK-MASQ",
-];
-const FILTER_CHAINS: &[&str] = &[
-    "KUBE-FORWARD",
-    "KUBE-NODE-PORT",
-    "KUBE-PROXY-FIREWALL",
-    "KUBE-SOURCE-RANGES-FIREWALL",
-    "KUBE-IPVS-FILTER",
-];
-
-/// Our chains per table, for cleanup.
-pub fn our_chains() -> [(&'static str, &'static [&'static str]); 2] {
-    [("nat", NAT_CHAINS), ("filter", FILTER_CHAINS)]
-}
-
-/// kube-proxy's IPVS-mode rules for one family.
-fn rules(family: IpFamily, settings: &Settings) -> FamilyRules {
-    let n = |base: &str| set_name(base, family);
-    let mark = format!("{:#x}", settings.masquerade_mark());
-    let mut nat = Table {
-        chains: NAT_CHAINS.to_vec(),
-        rules: Vec::new(),
-    };
-    let mut r = |chain: &'static str, spec: String| nat.rules.push((chain, spec));
-    r(
-        "PREROUTING",
-        "-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES".into(),
-    );
-    r(
-        "OUTPUT",
-        "-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES".into(),
-    );
-    r(
-        "POSTROUTING",
-        "-m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING".into(),
-    );
-    r(
-        "KUBE-POSTROUTING",
-        format!(
-            "-m comment --comment \"Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose\" -m set --match-set {} dst,dst,src -j MASQUERADE --random-fully",
-            n("KUBE-LOOP-BACK")
-        ),
-    );
-    r(
-        "KUBE-POSTROUTING",
-        format!("-m mark ! --mark {mark}/{mark} -j RETURN"),
-    );
-    r("KUBE-POSTROUTING", format!("-j MARK --xor-mark {mark}"));
-    r(
-        "KUBE-POSTROUTING",
-        "-m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully".into(),
-    );
-    r("KUBE-MARK-MASQ", format!("-j MARK --or-mark {mark}"));
-    let cluster = n("KUBE-CLUSTER-IP");
-    if settings.masquerade_all {
-        r(
-            "KUBE-SERVICES",
-            format!(
-                "-m comment --comment \"Kubernetes service cluster ip + port for masquerade purpose\" -m set --match-set {cluster} dst,dst -j KUBE-MARK-MASQ"
-            ),
-        );
-    } else if let LocalDetector::Cidrs(cidrs) = &settings.local_detector {
-        // Traffic to a cluster IP from outside the pod network is masqueraded.
-        for cidr in cidrs.iter().filter(|c| c.family() == family) {
-            r(
-                "KUBE-SERVICES",
-                format!(
-                    "! -s {cidr} -m comment --comment \"Kubernetes service cluster ip + port for masquerade purpose\" -m set --match-set {cluster} dst,dst -j KUBE-MARK-MASQ"
-                ),
-            );
-        }
-    }
-    r(
-        "KUBE-SERVICES",
-        format!(
-            "-m comment --comment \"Kubernetes service external ip + port for masquerade and filter purpose\" -m set --match-set {} dst,dst -j KUBE-MARK-MASQ",
-            n("KUBE-EXTERNAL-IP")
-        ),
-    );
-    r(
-        "KUBE-SERVICES",
-        format!(
-            "-m comment --comment \"Kubernetes service lb portal\" -m set --match-set {} dst,dst -j KUBE-LOAD-BALANCER",
-            n("KUBE-LOAD-BALANCER")
-        ),
-    );
-    r(
-        "KUBE-LOAD-BALANCER",
-        format!(
-            "-m set --match-set {} dst,dst -j RETURN",
-            n("KUBE-LOAD-BALANCER-LOCAL")
-        ),
-    );
-    r("KUBE-LOAD-BALANCER", "-j KUBE-MARK-MASQ".into());
-    r(
-        "KUBE-SERVICES",
-        format!("-m set --match-set {} dst,dst -j ACCEPT", cluster),
-    );
-    r(
-        "KUBE-SERVICES",
-        format!(
-            "-m set --match-set {} dst,dst -j ACCEPT",
-            n("KUBE-LOAD-BALANCER")
-        ),
-    );
-    r(
-        "KUBE-SERVICES",
-        "-m addrtype --dst-type LOCAL -j KUBE-NODE-PORT".into(),
-    );
-    for (set, local, proto) in [
-        ("KUBE-NODE-PORT-TCP", "KUBE-NODE-PORT-LOCAL-TCP", "tcp"),
-        ("KUBE-NODE-PORT-UDP", "KUBE-NODE-PORT-LOCAL-UDP", "udp"),
-    ] {
-        r(
-            "KUBE-NODE-PORT",
-            format!("-p {proto} -m set --match-set {} dst -j RETURN", n(local)),
-        );
-        r(
-            "KUBE-NODE-PORT",
-            format!(
-                "-p {proto} -m set --match-set {} dst -j KUBE-MARK-MASQ",
-                n(set)
-            ),
-        );
-    }
-    r(
-        "KUBE-NODE-PORT",
-        format!(
-            "-p sctp -m set --match-set {} dst,dst -j RETURN",
-            n("KUBE-NODE-PORT-LOCAL-SCTP-HASH")
-        ),
-    );
-    r(
-        "KUBE-NODE-PORT",
-        format!(
-            "-p sctp -m set --match-set {} dst,dst -j KUBE-MARK-MASQ",
-            n("KUBE-NODE-PORT-SCTP-HASH")
-        ),
-    );
-
-    let mut filter = Table {
-        chains: FILTER_CHAINS.to_vec(),
-        rules: Vec::new(),
-    };
-    let mut r = |chain: &'static str, spec: String| filter.rules.push((chain, spec));
-    r(
-        "INPUT",
-        "-m comment --comment \"kubernetes ipvs access filter\" -j KUBE-IPVS-FILTER".into(),
-    );
-    r(
-        "INPUT",
-        "-m comment --comment \"kube-proxy firewall rules\" -j KUBE-PROXY-FIREWALL".into(),
-    );
-    r(
-        "INPUT",
-        "-m comment --comment \"kubernetes health check rules\" -j KUBE-NODE-PORT".into(),
-    );
-    r(
-        "FORWARD",
-        "-m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD".into(),
-    );
-    r(
-        "FORWARD",
-        "-m comment --comment \"kube-proxy firewall rules\" -j KUBE-PROXY-FIREWALL".into(),
-    );
-    r(
-        "KUBE-PROXY-FIREWALL",
-        format!(
-            "-m set --match-set {} dst,dst -j KUBE-SOURCE-RANGES-FIREWALL",
-            n("KUBE-LOAD-BALANCER-FW")
-        ),
-    );
-    r(
-        "KUBE-SOURCE-RANGES-FIREWALL",
-        format!(
-            "-m set --match-set {} dst,dst,src -j RETURN",
-            n("KUBE-LOAD-BALANCER-SOURCE-CIDR")
-        ),
-    );
-    r(
-        "KUBE-SOURCE-RANGES-FIREWALL",
-        format!(
-            "-m set --match-set {} dst,dst,src -j RETURN",
-            n("KUBE-LOAD-BALANCER-SOURCE-IP")
-        ),
-    );
-    r("KUBE-SOURCE-RANGES-FIREWALL", "-j DROP".into());
-    r(
-        "KUBE-FORWARD",
-        "-m conntrack --ctstate INVALID -j DROP".into(),
-    );
-    r(
-        "KUBE-FORWARD",
-        format!("-m mark --mark {mark}/{mark} -j ACCEPT"),
-    );
-    r(
-        "KUBE-FORWARD",
-        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".into(),
-    );
-    r(
-        "KUBE-NODE-PORT",
-        format!(
-            "-m set --match-set {} dst -j ACCEPT",
-            n("KUBE-HEALTH-CHECK-NODE-PORT")
-        ),
-    );
-    for base in [
-        "KUBE-LOAD-BALANCER",
-        "KUBE-CLUSTER-IP",
-        "KUBE-EXTERNAL-IP",
-        "KUBE-EXTERNAL-IP-LOCAL",
-    ] {
-        r(
-            "KUBE-IPVS-FILTER",
-            format!("-m set --match-set {} dst,dst -j RETURN", n(base)),
-        );
-    }
-    r(
-        "KUBE-IPVS-FILTER",
-        format!(
-            "-m set --match-set {} dst -j RETURN",
-            n("KUBE-HEALTH-CHECK-NODE-PORT")
-        ),
-    );
-    let reject = match family {
-        IpFamily::V4 => "icmp-port-unreachable",
-        IpFamily::V6 => "icmp6-port-unreachable",
-    };
-    r(
-        "KUBE-IPVS-FILTER",
-        format!(
-            "-m conntrack --ctstate NEW -m set --match-set {} dst -j REJECT --reject-with {reject}",
-            n("KUBE-IPVS-IPS")
-        ),
-    );
-    FamilyRules {
-        family,
-        nat,
-        filter,
-    }
 }

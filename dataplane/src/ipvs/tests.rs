@@ -10,19 +10,21 @@ use switchyard_api::Mode;
 use switchyard_api::policy::{NodeInfo, link};
 use switchyard_api::proxyconfig::{IpvsScheduler, IpvsSchedulerFlag};
 use switchyard_api::ruleset::{
-    Endpoint, Protocol, Ruleset, ServicePortRule, SessionAffinity, TrafficPolicy,
+    Endpoint, IpFamily, Protocol, Ruleset, ServicePortRule, SessionAffinity, TrafficPolicy,
 };
 
 use super::capture::parse_hex;
+use super::fake::FakeIpvs;
 use super::genl::{DestAttr, IpvsAttr, IpvsCmd, IpvsMessage, ServiceAttr, StatsAttr};
-use super::host::FakeSysctl;
-use super::kernel::{FakeIpvs, Ipvs, IpvsKernel};
+use super::kernel::{Ipvs, IpvsKernel};
 use super::objects::{DestState, ServiceKey, Timeouts, VirtualServer};
 use super::plan::SetEntry;
 use super::*;
 use crate::Backend;
 use crate::exec::FakeRunner;
-use crate::settings::Settings;
+use crate::iptables::trace::{Origin, Packet, Verdict, trace_with_sets};
+use crate::settings::{LocalDetector, Settings};
+use crate::sysctl::FakeSysctl;
 
 fn decode(fixture: &str) -> (Vec<u8>, NetlinkMessage<GenlMessage<IpvsMessage>>) {
     let bytes = parse_hex(fixture);
@@ -341,6 +343,68 @@ fn ipv6_services_get_kube_6_sets_and_ip6tables_rules() {
     assert_eq!(vs.real_servers.len(), 1);
 }
 
+// ---- the iptables part, traced with the iptables mode's tracer ----
+
+#[test]
+fn traced_ipvs_rules_reject_unknown_ports_enforce_source_ranges_and_masquerade_as_kube_proxy() {
+    let shop = ServicePortRule {
+        cluster_ips: vec!["10.96.0.20".parse().unwrap()],
+        load_balancer_ips: vec!["203.0.113.7".parse().unwrap()],
+        load_balancer_source_ranges: vec!["198.51.100.0/24".parse().unwrap()],
+        node_port: Some(30443),
+        external_traffic_policy: TrafficPolicy::Local,
+        endpoints: vec![endpoint(3, "10.1.1.3", "node-a")],
+        ..ServicePortRule::new(2, "default", "shop", Protocol::Tcp, 443)
+    };
+    let mut settings = Settings::defaults(Mode::Ipvs);
+    settings.local_detector = LocalDetector::Cidrs(vec!["10.1.0.0/16".parse().unwrap()]);
+    let plan = plan_for(vec![rule(), shop], &settings);
+    let rules = plan
+        .rules
+        .iter()
+        .find(|r| r.family == IpFamily::V4)
+        .unwrap();
+    // Service addresses are the node's own, on kube-ipvs0.
+    let local: Vec<IpAddr> = node()
+        .addresses
+        .into_iter()
+        .chain(plan.addresses.iter().copied())
+        .collect();
+    let traced = |source: &str, destination: &str, port: u16| -> Vec<(Verdict, bool)> {
+        let packet = Packet {
+            origin: Origin::Remote,
+            protocol: Protocol::Tcp,
+            source: source.parse().unwrap(),
+            destination: destination.parse().unwrap(),
+            port,
+        };
+        trace_with_sets(rules, &local, &plan, &packet)
+            .into_iter()
+            .map(|o| (o.verdict, o.masquerade))
+            .collect()
+    };
+    let (pod, outside, allowed) = ("10.1.2.2", "172.16.0.9", "198.51.100.5");
+    let to_ipvs = |masquerade| vec![(Verdict::Untranslated, masquerade)];
+    // Cluster IP: IPVS serves it; off-cluster sources are masqueraded.
+    assert_eq!(traced(pod, "10.96.0.10", 80), to_ipvs(false));
+    assert_eq!(traced(outside, "10.96.0.10", 80), to_ipvs(true));
+    // Another port of a service address is the node's own: rejected.
+    assert_eq!(traced(pod, "10.96.0.10", 81), [(Verdict::Reject, false)]);
+    // Another port of the node's address is no business of ours.
+    assert_eq!(traced(outside, "192.168.0.1", 22), to_ipvs(false));
+    // NodePorts: masqueraded unless eTP Local keeps the client address.
+    assert_eq!(traced(outside, "192.168.0.1", 30080), to_ipvs(true));
+    assert_eq!(traced(outside, "192.168.0.1", 30443), to_ipvs(false));
+    // Load balancer with source ranges (eTP Local: not masqueraded).
+    assert_eq!(traced(allowed, "203.0.113.7", 443), to_ipvs(false));
+    assert_eq!(
+        traced(outside, "203.0.113.7", 443),
+        [(Verdict::Drop, false)]
+    );
+    // Hairpin: a pod's connection IPVS sent back to that pod leaves masqueraded.
+    assert_eq!(traced("10.1.1.2", "10.1.1.2", 8080), to_ipvs(true));
+}
+
 // ---- apply / cleanup against the fake kernel ----
 
 fn backend(fake: &FakeIpvs) -> (IpvsBackend, Arc<FakeRunner>) {
@@ -461,16 +525,24 @@ fn apply_programs_sets_before_the_rules_that_use_them() {
         .iter()
         .find(|c| c.program == "iptables-restore")
         .unwrap();
-    assert_eq!(rules.args, ["--noflush"]);
+    assert_eq!(rules.args, ["-w", "--noflush"]);
     let text = rules.stdin.as_deref().unwrap();
-    assert!(
-        text.contains(
-            "-I PREROUTING 1 -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"
-        ),
-        "{text}"
-    );
     assert!(
         text.contains("-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT"),
         "{text}"
+    );
+    // The jumps from the built-in chains follow the chains they jump to.
+    assert!(pos("iptables-restore") < pos("iptables"));
+    let jumps: Vec<String> = calls
+        .iter()
+        .filter(|c| c.program == "iptables")
+        .map(|c| c.args.join(" "))
+        .collect();
+    assert!(
+        jumps.contains(
+            &"-w -t nat -C PREROUTING -m comment --comment kubernetes service portals -j KUBE-SERVICES"
+                .to_string()
+        ),
+        "{jumps:?}"
     );
 }

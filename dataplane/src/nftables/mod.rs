@@ -28,6 +28,7 @@ use switchyard_api::ruleset::IpFamily;
 
 use crate::conntrack::{self, UdpSnapshot};
 use crate::exec::Runner;
+use crate::semantics::{ModeSemantics, NodePortScope, UnknownPort};
 use crate::settings::Settings;
 use crate::{ApplyStats, Backend, BackendError};
 
@@ -326,4 +327,16 @@ impl Backend for NftablesBackend {
         self.stale_chains.clear();
         Ok(())
     }
+}
+
+/// What this mode does differently: a port no service uses on a service
+/// address is rejected; NodePorts are served on the node's primary addresses
+/// by default, never on 127.0.0.1.
+pub fn semantics(settings: &Settings) -> ModeSemantics {
+    ModeSemantics::new(
+        settings,
+        UnknownPort::Rejected,
+        NodePortScope::PrimaryAddresses,
+        false,
+    )
 }

@@ -2,6 +2,7 @@
 //! every scenario in `e2e/scenarios/` run with the scenario binary requiring
 //! no failure, and the helpers of the tests on a lab cluster ([`cluster`]).
 #![allow(dead_code)] // each test binary uses a different part
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure fails the calling test
 
 pub mod cluster;
 

@@ -27,7 +27,7 @@ fn socat(ns: &Netns, cgroup: Option<&ScratchCgroup>, stdin: &str, args: &[&str])
     }
     script.push_str(&format!(
         "exec ip netns exec {} socat -T 5 {}",
-        ns.name,
+        ns.name(),
         args.join(" ")
     ));
     let mut child = Command::new("sh")
@@ -69,9 +69,10 @@ fn serve_udp(socket: UdpSocket) {
 #[test]
 fn client_in_the_cgroup_reaches_cluster_ip_backends() {
     let bpffs = bpffs();
-    let ns = Netns::named(unique("-sk"));
+    let ns = named(&unique("-sk"));
     let cgroup = cgroup();
-    ns.ip(&["addr", "add", "10.244.1.5/32", "dev", "lo"]);
+    ns.ip(&["addr", "add", "10.244.1.5/32", "dev", "lo"])
+        .unwrap();
     let (tcp, udp) = ns.enter(|| {
         (
             TcpListener::bind("10.244.1.5:8080").unwrap(),

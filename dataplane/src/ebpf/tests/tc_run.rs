@@ -137,7 +137,7 @@ impl Harness {
         let mut config = plan.config.clone();
         config.devices = Vec::new();
         // Load the programs (no interfaces: nothing is attached) and write the maps.
-        let ns = Netns::named(unique("-tc"));
+        let ns = named(&unique("-tc"));
         let kernel = AyaKernel::new(KernelConfig {
             pin_root: pin_root.clone(),
             cgroup: None,

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use switchyard_api::Mode;
 
+use switchyard_testkit::netns::veth;
+
 use super::fixtures::*;
 use crate::Backend as _;
 use crate::ebpf::EbpfBackend;
@@ -15,15 +17,9 @@ use crate::ebpf::kernel::{AyaKernel, KernelConfig};
 use crate::ebpf::plan::render;
 use crate::settings::Settings;
 
-/// `ip` in the node namespace: a veth pair with `peer`'s end named eth0.
+/// A veth pair from the node to `peer`, whose end is named eth0.
 fn wire(node: &Netns, peer: &Netns, dev: &str, node_addr: &str, peer_addr: &str) {
-    node.ip(&[
-        "link", "add", dev, "type", "veth", "peer", "name", "eth0", "netns", &peer.name,
-    ]);
-    node.ip(&["addr", "add", node_addr, "dev", dev]);
-    node.ip(&["link", "set", dev, "up"]);
-    peer.ip(&["addr", "add", peer_addr, "dev", "eth0"]);
-    peer.ip(&["link", "set", "eth0", "up"]);
+    veth(node, dev, node_addr, peer, "eth0", peer_addr).unwrap();
 }
 
 fn ask(addr: &str) -> std::io::Result<String> {
@@ -39,12 +35,13 @@ fn ask(addr: &str) -> std::io::Result<String> {
 #[test]
 fn node_port_through_real_interfaces_is_dnated_masqueraded_and_rejected_without_endpoints() {
     let bpffs = bpffs();
-    let node = Netns::named(unique("-n"));
-    let client = Netns::named(unique("-c"));
-    let pod = Netns::named(unique("-p"));
+    let node = named(&unique("-n"));
+    let client = named(&unique("-c"));
+    let pod = named(&unique("-p"));
     wire(&node, &client, "up0", "192.0.2.1/24", "192.0.2.7/24");
     wire(&node, &pod, "pod0", "169.254.1.1/32", "10.244.1.5/32");
-    pod.ip(&["route", "add", "169.254.1.1", "dev", "eth0"]);
+    pod.ip(&["route", "add", "169.254.1.1", "dev", "eth0"])
+        .unwrap();
     pod.ip(&[
         "route",
         "add",
@@ -53,8 +50,10 @@ fn node_port_through_real_interfaces_is_dnated_masqueraded_and_rejected_without_
         "169.254.1.1",
         "dev",
         "eth0",
-    ]);
-    node.ip(&["route", "add", "10.244.1.5", "dev", "pod0"]);
+    ])
+    .unwrap();
+    node.ip(&["route", "add", "10.244.1.5", "dev", "pod0"])
+        .unwrap();
     node.enter(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))
         .unwrap();
 

@@ -48,7 +48,6 @@ use crate::controlplane::kubectl::Kubectl;
 use crate::controlplane::workdir::{self, Purpose};
 use crate::controlplane::{ControlPlane, ControlPlaneError, config_base};
 use crate::netns::{self, Netns};
-use crate::nsthread::{runtime, spawn_in};
 
 /// The Lease the operator replicas compete for (the operator's default).
 pub const LEASE: &str = "switchyard-operator";
@@ -161,7 +160,7 @@ impl Cluster {
             let node = Layout::node_name(n.index);
             agents.push(Agent::start(&cp, &n.node, &node, &options.programs.agent).await?);
         }
-        let operator_ns = Netns::create(&format!("{prefix}cp"))?;
+        let operator_ns = Netns::create(&format!("{prefix}cp")).map_err(HarnessError::from)?;
         let operator_forwarder = cp.forward_into(&operator_ns)?;
         let mut operators = Vec::new();
         for i in 0..options.operators {
@@ -318,14 +317,14 @@ impl Cluster {
             .find(|n| n.index == i)
             .map(|n| &n.client)
             .ok_or_else(|| err("no such node".into()))?;
-        spawn_in(client, "ask", move || {
-            runtime()?
-                .block_on(workload::ask(addr))
-                .map_err(|e| e.to_string())
-        })?
-        .join()
-        .map_err(|_| err("the request thread panicked".into()))?
-        .map_err(err)
+        client
+            .run(|| {
+                workload::runtime()?
+                    .block_on(workload::ask(addr))
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(|e| err(e.to_string()))?
+            .map_err(err)
     }
 
     /// Every operator and agent log.

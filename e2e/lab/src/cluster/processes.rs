@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::ClusterError;
+use crate::HarnessError;
 use crate::controlplane::ControlPlane;
 use crate::controlplane::forward::Forwarder;
 use crate::controlplane::identity::{Identity, NAMESPACE};
@@ -100,7 +101,10 @@ fn launch(
         args: all,
         cwd: cp.dir().to_path_buf(),
         log: cp.dir().join(format!("{log}.log")),
-        netns: netns.map(Netns::open).transpose()?,
+        netns: netns
+            .map(Netns::open)
+            .transpose()
+            .map_err(HarnessError::from)?,
         env,
     })?)
 }

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use super::layout::Layout;
 use super::topology::Topology;
+use super::workload::runtime;
 use super::workload::{self, ClientPlan, Counters};
 use crate::HarnessError;
-use crate::nsthread::{runtime, spawn_in};
+use crate::netns::NetnsError;
 
 /// Deadlock guard for servers to bind and clients to open their long-lived connections.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -23,10 +24,13 @@ fn thread_err(what: &str, message: impl Into<String>) -> HarnessError {
     }
 }
 
+/// A thread in a namespace: its work's result, unless it never entered the namespace.
+type NsThread = std::thread::JoinHandle<Result<Result<(), String>, NetnsError>>;
+
 /// Threads that run until told to stop.
 pub struct Group {
     stop: tokio::sync::watch::Sender<bool>,
-    threads: Vec<std::thread::JoinHandle<Result<(), String>>>,
+    threads: Vec<NsThread>,
 }
 
 impl Group {
@@ -43,8 +47,9 @@ impl Group {
         self.threads
             .drain(..)
             .filter_map(|t| match t.join() {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e),
+                Ok(Ok(Ok(()))) => None,
+                Ok(Ok(Err(e))) => Some(e),
+                Ok(Err(e)) => Some(e.to_string()),
                 Err(_) => Some("a traffic thread panicked".to_string()),
             })
             .collect()
@@ -67,12 +72,10 @@ pub fn start_servers(topology: &Topology) -> Result<Group, HarnessError> {
             let pod = format!("web-{}-{j}", n.index);
             let stop = servers.stop.subscribe();
             let ready = ready_tx.clone();
-            servers
-                .threads
-                .push(spawn_in(pod_ns, &pod.clone(), move || {
-                    runtime()?.block_on(workload::serve(pod, stop, ready));
-                    Ok(())
-                })?);
+            servers.threads.push(pod_ns.spawn(&pod.clone(), move || {
+                runtime()?.block_on(workload::serve(pod, stop, ready));
+                Ok(())
+            })?);
             expected += 1;
         }
     }
@@ -124,7 +127,7 @@ impl Clients {
             let stop = group.stop.subscribe();
             let counters = counters.clone();
             let opened = open_tx.clone();
-            group.threads.push(spawn_in(ns, "client", move || {
+            group.threads.push(ns.spawn("client", move || {
                 runtime()?.block_on(async move {
                     let mut long_lived = workload::open_long_lived(&plan, &counters, &stop).await;
                     let _ = opened.send(());

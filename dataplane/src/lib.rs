@@ -18,6 +18,8 @@ pub mod semantics;
 pub mod settings;
 
 pub mod ebpf;
+#[cfg(test)]
+mod hostile;
 pub mod iptables;
 pub mod ipvs;
 pub mod nftables;

@@ -19,7 +19,7 @@ pub mod transaction;
 #[cfg(test)]
 mod netns_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::sync::Arc;
 

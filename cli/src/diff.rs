@@ -143,7 +143,7 @@ pub fn diff(
         from: request.from,
         to: request.to,
         diagnostics: cluster.diagnostics.iter().map(Into::into).collect(),
-        problems: cluster.config_problems(),
+        problems: cluster.problems(),
         nodes,
     })
 }

@@ -94,7 +94,8 @@ enum Command {
     /// Print what a node would program: its pool, mode and rules in the mode's native form.
     #[command(after_help = PLAN_EXAMPLES)]
     Plan {
-        /// Kubernetes YAML: files, directories, or - for standard input (repeatable).
+        /// Kubernetes YAML: files, directories, or - for standard input
+        /// (repeatable; at most 512 MiB in all).
         #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
         /// Plan only this node (default: every Node in the input).
@@ -116,7 +117,8 @@ enum Command {
         /// The mode to compare it with.
         #[arg(long)]
         to: Mode,
-        /// Kubernetes YAML: files, directories, or - for standard input (repeatable).
+        /// Kubernetes YAML: files, directories, or - for standard input
+        /// (repeatable; at most 512 MiB in all).
         #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
         /// Compare on this node only (default: every Node in the input).

@@ -9,10 +9,11 @@
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use serde::Serialize;
-use switchyard_agent::agent::{node_info, pod_cidrs};
+use switchyard_agent::node::{node_info, pod_cidrs};
 use switchyard_agent::switch::DataplaneFactory;
 use switchyard_api::policy::{LinkedRuleset, link};
 use switchyard_api::ruleset::Ruleset;
+use switchyard_api::validation::check_node;
 use switchyard_api::{Mode, ProxyConfig};
 use switchyard_compiler::{CompileSettings, Diagnostic, Objects, Snapshot, compile};
 use switchyard_dataplane::settings::Settings;
@@ -60,13 +61,25 @@ pub struct Cluster {
     pub ruleset: Ruleset,
     pub diagnostics: Vec<Diagnostic>,
     pub assignment: Assignment,
+    /// Nodes left out: their name or zone is not what the API server accepts.
+    pub skipped_nodes: Vec<String>,
 }
 
 impl Cluster {
-    /// Compile the services and assign the nodes to pools.
+    /// Compile the services and assign the nodes to pools. A Node whose name
+    /// or zone the API server would refuse is left out (and reported).
     pub fn new(objects: Objects) -> Cluster {
         let configs = objects.proxy_configs.clone();
-        let nodes = objects.nodes.clone();
+        let (nodes, skipped): (Vec<Node>, Vec<Node>) = objects
+            .nodes
+            .iter()
+            .cloned()
+            .partition(|n| check_node(&node_info(n)).is_ok());
+        let skipped_nodes = skipped
+            .iter()
+            .filter_map(|n| check_node(&node_info(n)).err())
+            .map(|e| format!("Node: {e}; node skipped"))
+            .collect();
         let compiled = compile(&Snapshot::from(objects), &CompileSettings::default());
         let assignment = assign_pools(&nodes, &configs);
         Cluster {
@@ -75,6 +88,7 @@ impl Cluster {
             ruleset: compiled.ruleset,
             diagnostics: compiled.diagnostics,
             assignment,
+            skipped_nodes,
         }
     }
 
@@ -100,12 +114,14 @@ impl Cluster {
         }
     }
 
-    /// Problems with the ProxyConfigs themselves (unusable selectors).
-    pub fn config_problems(&self) -> Vec<String> {
+    /// Problems with the ProxyConfigs themselves (unusable selectors) and
+    /// the Nodes left out.
+    pub fn problems(&self) -> Vec<String> {
         self.assignment
             .invalid_selectors
             .iter()
             .map(|(pool, why)| format!("ProxyConfig {pool}: field `spec.nodeSelector`: {why}"))
+            .chain(self.skipped_nodes.iter().cloned())
             .collect()
     }
 
@@ -236,6 +252,10 @@ pub struct DiagnosticView {
     pub name: String,
     pub reason: &'static str,
     pub message: String,
+    /// As the text report prints it: the object's name escaped (an invalid
+    /// one may hold a line break).
+    #[serde(skip)]
+    pub line: String,
 }
 
 impl From<&Diagnostic> for DiagnosticView {
@@ -246,6 +266,7 @@ impl From<&Diagnostic> for DiagnosticView {
             name: d.name.clone(),
             reason: d.reason.as_str(),
             message: d.message.clone(),
+            line: d.to_string(),
         }
     }
 }
@@ -255,7 +276,7 @@ impl From<&Diagnostic> for DiagnosticView {
 #[serde(rename_all = "camelCase")]
 pub struct PlanReport {
     pub diagnostics: Vec<DiagnosticView>,
-    /// Problems with ProxyConfigs (selectors that cannot be used).
+    /// Problems with ProxyConfigs (selectors that cannot be used) and Nodes left out.
     pub problems: Vec<String>,
     pub nodes: Vec<NodePlan>,
     pub exit_code: u8,
@@ -272,7 +293,7 @@ pub fn plan(
         nodes.push(node_plan(cluster.place(node, request.mode), factory)?);
     }
     let diagnostics: Vec<DiagnosticView> = cluster.diagnostics.iter().map(Into::into).collect();
-    let problems = cluster.config_problems();
+    let problems = cluster.problems();
     let invalid = !diagnostics.is_empty()
         || !problems.is_empty()
         || nodes.iter().any(|n| !n.settings_problems.is_empty());
@@ -352,10 +373,7 @@ fn node_plan(placement: Placement, factory: &dyn DataplaneFactory) -> Result<Nod
 pub(crate) fn invalid_lines(diagnostics: &[DiagnosticView], problems: &[String]) -> String {
     let mut out = String::new();
     for d in diagnostics {
-        out.push_str(&format!(
-            "invalid: {} {}/{}: {}: {}\n",
-            d.kind, d.namespace, d.name, d.reason, d.message
-        ));
+        out.push_str(&format!("invalid: {}\n", d.line));
     }
     for p in problems {
         out.push_str(&format!("invalid: {p}\n"));

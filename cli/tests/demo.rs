@@ -3,12 +3,15 @@
 //! traffic through every switch. Needs root (CI runs as root); skipped loudly
 //! otherwise.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 use std::sync::Mutex;
 use std::time::Duration;
 
 use switchyard_api::Mode;
 use switchyard_api::proxyconfig::RolloutPhase;
 use switchyard_cli::demo::{DemoOptions, Progress, run_demo};
+use switchyard_lab::netns::is_root;
 
 /// One demo at a time: they share the machine's two cores.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -17,8 +20,7 @@ fn migrate(from: Mode, to: Mode) {
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         eprintln!("SKIP demo {from} -> {to}: needs root");
         return;
     }

@@ -1,5 +1,7 @@
 //! `switchyard diff` through the binary on the sample state.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 use std::path::Path;
 use std::process::{Command, Output};
 

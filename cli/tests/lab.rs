@@ -4,6 +4,8 @@
 //! left (its programs already died with it). Each test has its own TMPDIR, so
 //! `down` sees only that test's labs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

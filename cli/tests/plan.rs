@@ -1,10 +1,14 @@
 //! `switchyard plan` end to end through the binary: golden outputs per mode on
 //! a sample state, the pool decision, JSON, and invalid input with its messages
-//! and exit codes. `SWITCHYARD_UPDATE_GOLDEN=1 cargo test -p switchyard-cli`
+//! and exit codes. `UPDATE_GOLDEN=1 cargo test -p switchyard-cli`
 //! rewrites the golden files (review the diff).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+
+use switchyard_testkit::golden::assert_golden;
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests")
@@ -43,23 +47,7 @@ fn stderr(o: &Output) -> String {
 
 /// Compare with (or, when asked, rewrite) a golden file.
 fn golden(name: &str, actual: &str) {
-    let path = dir().join("golden").join(name);
-    if std::env::var_os("SWITCHYARD_UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (SWITCHYARD_UPDATE_GOLDEN=1 writes it)",
-            path.display()
-        )
-    });
-    assert_eq!(
-        actual,
-        expected,
-        "{} differs from the output",
-        path.display()
-    );
+    assert_golden(&dir().join("golden").join(name), actual);
 }
 
 fn plan_mode_golden(mode: &str) {
@@ -193,6 +181,55 @@ fn compiler_diagnostics_name_the_service_and_field_and_fail() {
     assert!(
         text.contains("default/good:http has no endpoints"),
         "{text}"
+    );
+}
+
+#[test]
+fn hostile_names_are_skipped_with_their_field_and_never_reach_the_rules() {
+    for mode in ["iptables", "ipvs", "nftables", "ebpf"] {
+        let (code, text) = plan_invalid("hostile-names.yaml", &["--mode", mode]);
+        assert_eq!(code, Some(1), "{mode}: {text}");
+        for skipped in [
+            r#"invalid: Service default/web\"\n-A INPUT -j ACCEPT: InvalidName: metadata.name: "web\"\n-A INPUT -j ACCEPT": a DNS-1035 label"#,
+            r#"invalid: Service default/good: InvalidPortName: spec.ports[0].name: "http\n-A INPUT -j ACCEPT": a lowercase RFC 1123 label"#,
+            r#"invalid: EndpointSlice default/good-1: InvalidNodeName: endpoints[0].nodeName: "worker-1\n-A INPUT -j ACCEPT""#,
+            r#"invalid: Node: metadata.name: "worker-2\n-A INPUT -j ACCEPT": a lowercase RFC 1123 subdomain"#,
+        ] {
+            assert!(text.contains(skipped), "{mode}: no {skipped:?} in\n{text}");
+        }
+        // The line the data would have started is still inside its message.
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.trim_start().starts_with("-A INPUT -j ACCEPT")),
+            "{mode}: a rule line came from the input:\n{text}"
+        );
+        // The valid rest is planned: worker-1, its endpoint, the good port.
+        assert!(text.contains("# node worker-1:"), "{mode}: {text}");
+        assert!(!text.contains("# node worker-2"), "{mode}: {text}");
+        assert!(text.contains("10.0.0.6"), "{mode}: {text}");
+        assert!(!text.contains("10.96.0.31"), "{mode}: {text}");
+    }
+}
+
+#[test]
+fn input_over_the_size_cap_is_refused_before_it_is_read() {
+    let dir = std::env::temp_dir().join(format!("sy-plan-cap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let huge = dir.join("huge.yaml");
+    // Sparse: as large as it says, without the disk space or the time.
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(512 * 1024 * 1024 + 1)
+        .unwrap();
+    let out = switchyard(&["plan", "-f", huge.to_str().unwrap()], None);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out)
+            .contains("huge.yaml: the state is larger than 536870912 bytes, the most that is read"),
+        "{}",
+        stderr(&out)
     );
 }
 

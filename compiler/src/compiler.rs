@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use switchyard_api::ruleset::{Ruleset, ServicePortRule};
+use switchyard_api::validation::{NameFormat, check_rule};
 
 use crate::diagnostic::{ObjectKind, Reason};
 use crate::frontends::{Claimant, Claims, Frontend, frontends};
@@ -61,6 +62,8 @@ pub struct Compiler {
     recompiled: usize,
     /// Ports skipped for a frontend conflict, per service.
     conflicts: HashMap<ServiceKey, Vec<Diagnostic>>,
+    /// Ports skipped because the agents' validation would refuse them, per service.
+    refused: HashMap<ServiceKey, Vec<Diagnostic>>,
     ids: Allocators,
 }
 
@@ -128,15 +131,12 @@ impl Compiler {
                 dirty.insert(service);
             }
         }
-        // Deleted services first, so the ids they release are reused at once.
-        let (deleted, present): (Vec<ServiceKey>, Vec<ServiceKey>) = dirty
-            .into_iter()
-            .partition(|key| self.services.get(key).is_none());
-        self.recompiled = deleted.len() + present.len();
+        self.recompiled = dirty.len();
         let mut affected = BTreeSet::new();
-        for key in deleted.into_iter().chain(present) {
-            self.recompile(&key, &mut affected);
+        for key in &dirty {
+            self.recompile(key, &mut affected);
         }
+        self.ids.recycle();
         affected.into_iter().filter(|key| self.emit(key)).collect()
     }
 
@@ -154,10 +154,11 @@ impl Compiler {
                     .filter_map(|slice| self.slices.get(slice))
                     .collect();
                 let rules = join_service(&info.ports, &slices, &mut old.ids, &mut self.ids);
-                (info.created.clone(), rules)
+                (info.created.clone(), self.checked(key, rules))
             }
             None => {
                 std::mem::take(&mut old.ids).release_all(&mut self.ids);
+                self.refused.remove(key);
                 (None, Vec::new())
             }
         };
@@ -201,6 +202,35 @@ impl Compiler {
                 },
             );
         }
+    }
+
+    /// The rules the agents accept ([`check_rule`]); the others are reported.
+    /// What the compiler writes passes this by construction except for
+    /// limits that only the joined rule shows (endpoints from many slices).
+    fn checked(&mut self, key: &ServiceKey, rules: Vec<ServicePortRule>) -> Vec<ServicePortRule> {
+        let mut refused = Vec::new();
+        let rules = rules
+            .into_iter()
+            .filter(|rule| match check_rule(rule) {
+                Ok(()) => true,
+                Err(e) => {
+                    refused.push(Diagnostic {
+                        kind: ObjectKind::Service,
+                        namespace: key.namespace.clone(),
+                        name: key.name.clone(),
+                        reason: Reason::InvalidRule,
+                        message: format!("{} skipped: {e}", port_label(rule)),
+                    });
+                    false
+                }
+            })
+            .collect();
+        if refused.is_empty() {
+            self.refused.remove(key);
+        } else {
+            self.refused.insert(key.clone(), refused);
+        }
+        rules
     }
 
     /// Put the service's conflict-free ports into the output; true when they changed.
@@ -293,6 +323,7 @@ impl Compiler {
             .flat_map(|s| s.diagnostics.iter())
             .chain(self.slices.values().flat_map(|s| s.diagnostics.iter()))
             .chain(self.conflicts.values().flatten())
+            .chain(self.refused.values().flatten())
             .cloned()
             .collect();
         all.sort();
@@ -317,33 +348,60 @@ fn conflict_diagnostic(
         .iter()
         .map(|(f, w)| format!("{f} is used by {w}"))
         .collect();
-    let port = if rule.port_name.is_empty() {
+    Diagnostic {
+        kind: ObjectKind::Service,
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+        reason: Reason::DuplicateFrontend,
+        message: format!("{} skipped: {}", port_label(rule), lost.join(", ")),
+    }
+}
+
+/// `port 80/TCP`, or `port "http" (80/TCP)` for a named port.
+fn port_label(rule: &ServicePortRule) -> String {
+    if rule.port_name.is_empty() {
         format!("port {}/{}", rule.port, rule.protocol)
     } else {
         format!(
             "port {:?} ({}/{})",
             rule.port_name, rule.port, rule.protocol
         )
-    };
-    Diagnostic {
-        kind: ObjectKind::Service,
-        namespace: key.namespace.clone(),
-        name: key.name.clone(),
-        reason: Reason::DuplicateFrontend,
-        message: format!("{port} skipped: {}", lost.join(", ")),
     }
 }
 
+/// The object's key, its namespace and name valid as the API server holds
+/// them: namespaces are DNS-1123 labels, Service names DNS-1035 labels,
+/// EndpointSlice names DNS-1123 subdomains.
 fn object_key(meta: &ObjectMeta, kind: ObjectKind) -> Result<ServiceKey, Diagnostic> {
     let namespace = meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
-    match meta.name.as_deref() {
-        Some(name) if !name.is_empty() => Ok(ServiceKey::new(namespace, name)),
-        _ => Err(Diagnostic {
-            kind,
-            namespace: namespace.to_string(),
-            name: String::new(),
-            reason: Reason::MissingName,
-            message: "metadata.name: unset; object skipped".to_string(),
-        }),
+    let name = meta.name.as_deref().unwrap_or_default();
+    let skipped = |reason, message| Diagnostic {
+        kind,
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        reason,
+        message,
+    };
+    if name.is_empty() {
+        return Err(skipped(
+            Reason::MissingName,
+            "metadata.name: unset; object skipped".to_string(),
+        ));
     }
+    let name_format = match kind {
+        ObjectKind::Service => NameFormat::Dns1035Label,
+        ObjectKind::EndpointSlice => NameFormat::Dns1123Subdomain,
+    };
+    for (field, format, value) in [
+        ("metadata.namespace", NameFormat::Dns1123Label, namespace),
+        ("metadata.name", name_format, name),
+    ] {
+        if let Err(e) = format.check(value) {
+            return Err(skipped(
+                Reason::InvalidName,
+                format!("{field}: {e}; object skipped"),
+            ));
+        }
+    }
+    Ok(ServiceKey::new(namespace, name))
 }

@@ -9,6 +9,16 @@ use std::fmt;
 pub enum Reason {
     /// The object has no `metadata.name`; skipped.
     MissingName,
+    /// `metadata.name` or `metadata.namespace` is not a valid Kubernetes name
+    /// for its kind; the object is skipped.
+    InvalidName,
+    /// A port name that is not a DNS-1123 label; that port is skipped.
+    InvalidPortName,
+    /// More `spec.externalIPs`, load-balancer IPs or source ranges than a
+    /// shard carries; the service is skipped.
+    TooManyItems,
+    /// `spec.trafficDistribution` is not a value the API server accepts; it is dropped.
+    InvalidTrafficDistribution,
     /// A `spec.clusterIPs` entry is not an IP address; the service is skipped.
     InvalidClusterIp,
     /// A `spec.externalIPs` entry is not an IP address; that address is dropped.
@@ -35,21 +45,40 @@ pub enum Reason {
     DuplicateFrontend,
     /// An EndpointSlice without the `kubernetes.io/service-name` label; skipped.
     MissingServiceName,
+    /// A `kubernetes.io/service-name` label that cannot name a Service; the slice is skipped.
+    InvalidServiceName,
     /// An EndpointSlice `addressType` other than IPv4, IPv6 or FQDN; skipped.
     UnsupportedAddressType,
     /// An EndpointSlice port without a name (kube-proxy ignores it); skipped.
     UnnamedEndpointPort,
     /// An EndpointSlice port that is missing or outside 1..=65535; skipped.
     InvalidEndpointPort,
-    /// An endpoint without addresses, with an address that is not an IP, or of
-    /// the wrong family for the slice; that endpoint is skipped.
+    /// An endpoint without addresses, with an address that is not an IP, of
+    /// the wrong family for the slice, or one the API server refuses
+    /// (unspecified, loopback, link-local); that endpoint is skipped.
     InvalidEndpointAddress,
+    /// An endpoint's `nodeName` is not a valid node name; that endpoint is skipped.
+    InvalidNodeName,
+    /// An endpoint's `zone` is not a valid label value; the zone is dropped.
+    InvalidZone,
+    /// An endpoint's hints are too many or not valid names; its hints are
+    /// dropped (its service then routes without topology, as with no hints).
+    InvalidHints,
+    /// A compiled service port that the agents' validation would refuse
+    /// (e.g. more endpoints than a shard carries); that port is skipped.
+    InvalidRule,
+    /// A service whose rules no `ProxyRuleset` object can hold; not published.
+    TooLarge,
 }
 
 impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::MissingName => "MissingName",
+            Reason::InvalidName => "InvalidName",
+            Reason::InvalidPortName => "InvalidPortName",
+            Reason::TooManyItems => "TooManyItems",
+            Reason::InvalidTrafficDistribution => "InvalidTrafficDistribution",
             Reason::InvalidClusterIp => "InvalidClusterIP",
             Reason::InvalidExternalIp => "InvalidExternalIP",
             Reason::InvalidLoadBalancerIp => "InvalidLoadBalancerIP",
@@ -62,10 +91,16 @@ impl Reason {
             Reason::DuplicatePort => "DuplicatePort",
             Reason::DuplicateFrontend => "DuplicateFrontend",
             Reason::MissingServiceName => "MissingServiceName",
+            Reason::InvalidServiceName => "InvalidServiceName",
             Reason::UnsupportedAddressType => "UnsupportedAddressType",
             Reason::UnnamedEndpointPort => "UnnamedEndpointPort",
             Reason::InvalidEndpointPort => "InvalidEndpointPort",
             Reason::InvalidEndpointAddress => "InvalidEndpointAddress",
+            Reason::InvalidNodeName => "InvalidNodeName",
+            Reason::InvalidZone => "InvalidZone",
+            Reason::InvalidHints => "InvalidHints",
+            Reason::InvalidRule => "InvalidRule",
+            Reason::TooLarge => "TooLarge",
         }
     }
 }
@@ -110,13 +145,35 @@ pub struct Diagnostic {
 }
 
 impl fmt::Display for Diagnostic {
+    // The object's name is escaped: an invalid one may hold a line break.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
             "{} {}/{}: {}: {}",
-            self.kind, self.namespace, self.name, self.reason, self.message
+            self.kind,
+            shown(&self.namespace),
+            shown(&self.name),
+            self.reason,
+            self.message
         )
     }
+}
+
+/// The longest name a diagnostic shows (a DNS subdomain's limit).
+const SHOWN_NAME_CHARS: usize = 253;
+
+/// `name` with control characters escaped, shortened past the longest valid name.
+fn shown(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .take(SHOWN_NAME_CHARS)
+        .collect::<String>()
+        .escape_debug()
+        .to_string();
+    if name.chars().nth(SHOWN_NAME_CHARS).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// Collects the diagnostics of one object.

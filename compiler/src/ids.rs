@@ -1,5 +1,11 @@
 //! Stable numeric ids: compact `u32`s from 1, a freed id is reused (lowest first)
-//! only after the object that had it is gone.
+//! only after the object that had it is gone, and not before the next sync.
+//!
+//! Why not at once: an id one service gives up and another takes in the same
+//! sync lands in two shards of one publication. Agents see the shards one
+//! write at a time, and one that saw the taker's shard before the giver's
+//! would find the id twice (and refuse the generation). Reused a sync later,
+//! the giver's shard is always written first.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -8,6 +14,8 @@ use std::collections::BinaryHeap;
 pub(crate) struct IdAllocator {
     next: u32,
     free: BinaryHeap<Reverse<u32>>,
+    /// Released in this sync: free from the next one.
+    released: Vec<u32>,
 }
 
 impl Default for IdAllocator {
@@ -15,6 +23,7 @@ impl Default for IdAllocator {
         IdAllocator {
             next: 1,
             free: BinaryHeap::new(),
+            released: Vec::new(),
         }
     }
 }
@@ -30,8 +39,14 @@ impl IdAllocator {
         id
     }
 
+    /// Give `id` back; it is reused after the next [`IdAllocator::recycle`].
     pub(crate) fn release(&mut self, id: u32) {
-        self.free.push(Reverse(id));
+        self.released.push(id);
+    }
+
+    /// The end of a sync: the ids released during it become free.
+    pub(crate) fn recycle(&mut self) {
+        self.free.extend(self.released.drain(..).map(Reverse));
     }
 }
 
@@ -40,13 +55,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_are_compact_and_reused_only_after_release() {
+    fn ids_are_compact_and_reused_only_after_release_and_recycle() {
         let mut ids = IdAllocator::default();
         assert_eq!([ids.allocate(), ids.allocate(), ids.allocate()], [1, 2, 3]);
         ids.release(2);
         ids.release(1);
+        assert_eq!(ids.allocate(), 4, "not in the sync that released them");
+        ids.recycle();
         assert_eq!(ids.allocate(), 1);
         assert_eq!(ids.allocate(), 2);
-        assert_eq!(ids.allocate(), 4);
+        assert_eq!(ids.allocate(), 5);
     }
 }

@@ -17,6 +17,14 @@ pub(crate) struct Allocators {
     pub endpoints: IdAllocator,
 }
 
+impl Allocators {
+    /// The end of a sync: ids released during it may be reused.
+    pub(crate) fn recycle(&mut self) {
+        self.service_ports.recycle();
+        self.endpoints.recycle();
+    }
+}
+
 /// The ids held by one service: per port its id and its endpoints' ids. A
 /// service has few ports, so these are small Vecs, not maps.
 #[derive(Debug, Default)]
@@ -49,8 +57,8 @@ impl ServiceIds {
 
 /// The complete rules of one service. `slices` in slice-name order: an endpoint
 /// listed by several slices is taken from the first (kube-proxy deduplicates by
-/// `ip:port` the same way). Ids of vanished ports and endpoints are released
-/// before new ones are allocated, so ids stay compact.
+/// `ip:port` the same way). Ids of vanished ports and endpoints are released,
+/// for reuse from the next sync on ([`crate::ids`]).
 pub(crate) fn join_service(
     templates: &[ServicePortRule],
     slices: &[&SliceInfo],

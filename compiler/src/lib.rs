@@ -21,6 +21,7 @@ mod join;
 mod keys;
 pub mod labels;
 mod load;
+mod read;
 mod service;
 mod shard;
 mod slice;
@@ -34,8 +35,11 @@ pub use compiler::Compiler;
 pub use diagnostic::{Diagnostic, ObjectKind, Reason};
 pub use keys::{PortKey, ServiceKey, SliceKey};
 pub use load::{LoadError, Location, Objects, parse_objects};
+pub use read::{MAX_STATE_BYTES, ReadError, StateReader, parse_into};
 pub use service::DEFAULT_AFFINITY_TIMEOUT_SECONDS;
-pub use shard::{DEFAULT_SHARD_BUDGET_BYTES, MAX_SHARDS, ShardSettings, ShardUpdate, Sharder};
+pub use shard::{
+    DEFAULT_SHARD_BUDGET_BYTES, MAX_SHARD_BYTES, MAX_SHARDS, ShardSettings, ShardUpdate, Sharder,
+};
 
 /// Everything the compiler reads.
 #[derive(Clone, Debug, Default)]

@@ -63,6 +63,14 @@ pub enum LoadError {
 }
 
 impl Objects {
+    /// Add `more`'s objects after these.
+    pub fn append(&mut self, more: Objects) {
+        self.services.extend(more.services);
+        self.endpoint_slices.extend(more.endpoint_slices);
+        self.nodes.extend(more.nodes);
+        self.proxy_configs.extend(more.proxy_configs);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.services.is_empty()
             && self.endpoint_slices.is_empty()

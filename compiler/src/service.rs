@@ -10,6 +10,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use switchyard_api::ruleset::{
     Cidr, IpFamily, Protocol, ServicePortRule, SessionAffinity, TrafficPolicy,
 };
+use switchyard_api::validation::limits::{
+    MAX_AFFINITY_TIMEOUT_SECONDS, MAX_CLUSTER_IPS, MAX_EXTERNAL_IPS, MAX_LOAD_BALANCER_IPS,
+    MAX_SOURCE_RANGES,
+};
+use switchyard_api::validation::rule::check_traffic_distribution;
+use switchyard_api::validation::{
+    AddressError, NameError, NameFormat, check_endpoint_ip, check_specified, quoted,
+};
 
 use crate::CompileSettings;
 use crate::diagnostic::{ObjectKind, Reason, Reporter};
@@ -19,8 +27,6 @@ use crate::{Diagnostic, labels};
 
 /// kube-proxy's default ClientIP affinity timeout (3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT_SECONDS: u32 = 10800;
-/// The API server's upper bound for the affinity timeout (1 day).
-const MAX_AFFINITY_TIMEOUT_SECONDS: i32 = 86400;
 
 /// What the compiler keeps of a Service.
 #[derive(Clone, Debug, PartialEq)]
@@ -81,10 +87,14 @@ fn service_ports(
     let external_ips = parse_ips(
         spec.external_ips.iter().flatten().map(String::as_str),
         &families,
-        "spec.externalIPs",
-        Reason::InvalidExternalIp,
+        Addresses {
+            field: "spec.externalIPs",
+            reason: Reason::InvalidExternalIp,
+            check: check_endpoint_ip,
+            max: MAX_EXTERNAL_IPS,
+        },
         reporter,
-    );
+    )?;
     let load_balancer_ips = parse_ips(
         service
             .status
@@ -95,12 +105,17 @@ fn service_ports(
             .filter_map(|ing| ing.ip.as_deref())
             .filter(|ip| !ip.is_empty()),
         &families,
-        "status.loadBalancer.ingress[].ip",
-        Reason::InvalidLoadBalancerIp,
+        Addresses {
+            field: "status.loadBalancer.ingress[].ip",
+            reason: Reason::InvalidLoadBalancerIp,
+            check: check_specified,
+            max: MAX_LOAD_BALANCER_IPS,
+        },
         reporter,
-    );
+    )?;
     let load_balancer_source_ranges = source_ranges(spec, reporter)?;
     let session_affinity = session_affinity(spec, reporter)?;
+    let traffic_distribution = traffic_distribution(spec, reporter);
 
     let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
     // apiservice.ExternallyAccessible / ExternalPolicyLocal / NeedsHealthCheck.
@@ -159,7 +174,7 @@ fn service_ports(
             internal_traffic_policy,
             external_traffic_policy,
             session_affinity,
-            traffic_distribution: spec.traffic_distribution.clone(),
+            traffic_distribution: traffic_distribution.clone(),
             endpoints: Vec::new(),
         });
     }
@@ -177,51 +192,106 @@ fn cluster_ips(spec: &ServiceSpec, reporter: &mut Reporter<'_>) -> Option<Vec<Ip
             "spec.clusterIP",
         ),
     };
+    if texts.len() > MAX_CLUSTER_IPS {
+        reporter.report(
+            Reason::InvalidClusterIp,
+            format!(
+                "{field}: {} addresses, at most {MAX_CLUSTER_IPS} (one per family); service skipped",
+                texts.len()
+            ),
+        );
+        return None;
+    }
     let mut ips = Vec::new();
     for (i, text) in texts.iter().enumerate() {
-        match parse_ip(text) {
-            Some(ip) if !ips.contains(&ip) => ips.push(ip),
-            Some(_) => {}
-            None => {
-                let field = if field == "spec.clusterIPs" {
-                    format!("{field}[{i}]")
-                } else {
-                    field.to_string()
-                };
-                reporter.report(
-                    Reason::InvalidClusterIp,
-                    format!("{field}: {text:?} is not an IP address; service skipped"),
-                );
-                return None;
-            }
-        }
+        let field = if field == "spec.clusterIPs" {
+            format!("{field}[{i}]")
+        } else {
+            field.to_string()
+        };
+        let problem = match parse_ip(text) {
+            Some(ip) => match check_specified(&ip) {
+                Ok(()) if !ips.contains(&ip) => {
+                    ips.push(ip);
+                    continue;
+                }
+                Ok(()) => continue,
+                Err(e) => format!("{ip}: {e}"),
+            },
+            None => format!("{} is not an IP address", quoted(text)),
+        };
+        reporter.report(
+            Reason::InvalidClusterIp,
+            format!("{field}: {problem}; service skipped"),
+        );
+        return None;
     }
     Some(ips)
 }
 
-/// The addresses of `families`, each once; unparsable ones reported.
+/// A list of frontend addresses of a Service, and what holds for each.
+struct Addresses {
+    field: &'static str,
+    reason: Reason,
+    check: fn(&IpAddr) -> Result<(), AddressError>,
+    max: usize,
+}
+
+/// The addresses of `families`, each once; unparsable or refused ones
+/// reported and dropped. `None` (reported) when more than `max` remain.
 fn parse_ips<'t>(
     texts: impl Iterator<Item = &'t str>,
     families: &[IpFamily],
-    field: &str,
-    reason: Reason,
+    list: Addresses,
     reporter: &mut Reporter<'_>,
-) -> Vec<IpAddr> {
+) -> Option<Vec<IpAddr>> {
+    let field = list.field;
     let mut ips = Vec::new();
     for text in texts {
-        match parse_ip(text.trim()) {
-            Some(ip) if !ips.contains(&ip) && families.contains(&IpFamily::of(&ip)) => ips.push(ip),
-            Some(_) => {}
+        match parse_ip(text.trim()).map(|ip| ((list.check)(&ip), ip)) {
+            Some((Ok(()), ip)) if !ips.contains(&ip) && families.contains(&IpFamily::of(&ip)) => {
+                ips.push(ip)
+            }
+            Some((Ok(()), _)) => {}
+            Some((Err(e), ip)) => {
+                reporter.report(list.reason, format!("{field}: {ip}: {e}; address dropped"))
+            }
             None => reporter.report(
-                reason,
-                format!("{field}: {text:?} is not an IP address; address dropped"),
+                list.reason,
+                format!(
+                    "{field}: {} is not an IP address; address dropped",
+                    quoted(text)
+                ),
             ),
         }
     }
-    ips
+    too_many(field, ips.len(), list.max, reporter)?;
+    Some(ips)
+}
+
+/// `None` (reported) when a list holds more than a shard carries.
+fn too_many(field: &str, count: usize, max: usize, reporter: &mut Reporter<'_>) -> Option<()> {
+    if count <= max {
+        return Some(());
+    }
+    reporter.report(
+        Reason::TooManyItems,
+        format!("{field}: {count} entries, at most {max}; service skipped"),
+    );
+    None
 }
 
 fn source_ranges(spec: &ServiceSpec, reporter: &mut Reporter<'_>) -> Option<Vec<Cidr>> {
+    let texts = spec
+        .load_balancer_source_ranges
+        .as_deref()
+        .unwrap_or_default();
+    too_many(
+        "spec.loadBalancerSourceRanges",
+        texts.len(),
+        MAX_SOURCE_RANGES,
+        reporter,
+    )?;
     let mut ranges = Vec::new();
     for (i, text) in spec
         .load_balancer_source_ranges
@@ -262,15 +332,33 @@ fn session_affinity(
         None => Some(Some(SessionAffinity {
             timeout_seconds: DEFAULT_AFFINITY_TIMEOUT_SECONDS,
         })),
-        Some(t) if (1..=MAX_AFFINITY_TIMEOUT_SECONDS).contains(&t) => Some(Some(SessionAffinity {
-            timeout_seconds: t.unsigned_abs(),
-        })),
+        Some(t) if t > 0 && t.unsigned_abs() <= MAX_AFFINITY_TIMEOUT_SECONDS => {
+            Some(Some(SessionAffinity {
+                timeout_seconds: t.unsigned_abs(),
+            }))
+        }
         Some(t) => {
             reporter.report(
                 Reason::InvalidSessionAffinityTimeout,
                 format!(
                     "spec.sessionAffinityConfig.clientIP.timeoutSeconds: {t} is outside 1..={MAX_AFFINITY_TIMEOUT_SECONDS}; service skipped"
                 ),
+            );
+            None
+        }
+    }
+}
+
+/// `spec.trafficDistribution` when the API server accepts it; otherwise
+/// dropped (reported): it is for display only.
+fn traffic_distribution(spec: &ServiceSpec, reporter: &mut Reporter<'_>) -> Option<String> {
+    let value = spec.traffic_distribution.as_deref()?;
+    match check_traffic_distribution(value) {
+        Ok(()) => Some(value.to_string()),
+        Err(e) => {
+            reporter.report(
+                Reason::InvalidTrafficDistribution,
+                format!("spec.trafficDistribution: {e}; dropped"),
             );
             None
         }
@@ -332,11 +420,28 @@ fn port_fields(
             }
         },
     };
+    let port_name = port.name.clone().unwrap_or_default();
+    if let Err(e) = check_port_name(&port_name) {
+        reporter.report(
+            Reason::InvalidPortName,
+            format!("spec.ports[{index}].name: {e}; port skipped"),
+        );
+        return None;
+    }
     let key = PortKey {
-        port_name: port.name.clone().unwrap_or_default(),
+        port_name,
         protocol,
     };
     Some((key, number, node_port))
+}
+
+/// A port name is a DNS-1123 label, or empty for an unnamed port (Service
+/// and EndpointSlice ports alike).
+pub(crate) fn check_port_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Ok(());
+    }
+    NameFormat::Dns1123Label.check(name)
 }
 
 /// `TCP`, `UDP`, `SCTP`; unset means TCP (the API server's default).

@@ -6,6 +6,11 @@
 //! it, N doubles (a new layout epoch); when every pair of shards would fit in
 //! half the budget, N halves. Within a layout, a change to one service rewrites
 //! only its shard, whose generation is bumped.
+//!
+//! The budget is at most [`MAX_SHARD_BYTES`], what one object may hold. A
+//! service larger than the budget gets a shard of its own; one whose rules
+//! alone would not fit in an object is not published at all, and reported
+//! (a [`Diagnostic`] with [`Reason::TooLarge`]) until it shrinks.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -13,19 +18,19 @@ use std::io;
 use switchyard_api::ruleset::{
     ProxyRulesetSpec, Ruleset, ServicePortRule, ShardLayout, shard_name,
 };
+pub use switchyard_api::validation::limits::{MAX_SHARD_BYTES, MAX_SHARDS};
 
 use crate::compiler::Compiler;
+use crate::diagnostic::{Diagnostic, ObjectKind, Reason};
 use crate::keys::ServiceKey;
 
 /// The default size budget of one shard's serialized JSON spec.
 pub const DEFAULT_SHARD_BUDGET_BYTES: usize = 256 * 1024;
-/// The most shards a layout has; a single service larger than the budget stays
-/// in an oversized shard rather than splitting forever.
-pub const MAX_SHARDS: u32 = 1 << 16;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShardSettings {
-    /// Upper bound for the serialized JSON of one shard's spec.
+    /// Upper bound for the serialized JSON of one shard's spec (at most
+    /// [`MAX_SHARD_BYTES`]: a larger value is taken as that).
     pub budget_bytes: usize,
     /// The epoch of the first layout. An operator restarting must start above
     /// every epoch it finds published, because agents take the newest complete one.
@@ -81,6 +86,8 @@ pub struct Sharder {
     /// Bytes of the largest possible spec without services.
     envelope_bytes: usize,
     started: bool,
+    /// Services too large for any object, not published.
+    too_large: BTreeMap<ServiceKey, Diagnostic>,
 }
 
 impl Sharder {
@@ -90,11 +97,20 @@ impl Sharder {
                 epoch: settings.first_epoch,
                 shard_count: 1,
             },
-            settings,
+            settings: ShardSettings {
+                budget_bytes: settings.budget_bytes.min(MAX_SHARD_BYTES),
+                ..settings
+            },
             shards: vec![Shard::default()],
             envelope_bytes: envelope_bytes(),
             started: false,
+            too_large: BTreeMap::new(),
         }
+    }
+
+    /// The services not published because no object could hold them.
+    pub fn diagnostics(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.too_large.values()
     }
 
     pub fn layout(&self) -> ShardLayout {
@@ -122,10 +138,16 @@ impl Sharder {
             if let Some(old) = shard.services.remove(key) {
                 shard.content_bytes -= old;
             }
+            self.too_large.remove(key);
             if !rules.is_empty() {
                 let bytes = rules_bytes(rules);
-                shard.services.insert(key.clone(), bytes);
-                shard.content_bytes += bytes;
+                if self.envelope_bytes + bytes > MAX_SHARD_BYTES {
+                    self.too_large
+                        .insert(key.clone(), too_large(key, rules.len(), bytes));
+                } else {
+                    shard.services.insert(key.clone(), bytes);
+                    shard.content_bytes += bytes;
+                }
             }
             touched.insert(index as u32);
         }
@@ -281,6 +303,18 @@ impl io::Write for ByteCounter {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+fn too_large(key: &ServiceKey, ports: usize, bytes: usize) -> Diagnostic {
+    Diagnostic {
+        kind: ObjectKind::Service,
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+        reason: Reason::TooLarge,
+        message: format!(
+            "its {ports} service ports take {bytes} bytes, more than one ProxyRuleset object holds ({MAX_SHARD_BYTES}); not published"
+        ),
     }
 }
 

@@ -5,11 +5,12 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
 use switchyard_api::ruleset::{IpFamily, Protocol};
+use switchyard_api::validation::{NameFormat, check_endpoint_ip, check_hints, quoted};
 
 use crate::diagnostic::{ObjectKind, Reason, Reporter};
 use crate::ip::parse_ip;
 use crate::keys::SliceKey;
-use crate::service::{parse_protocol, port_number};
+use crate::service::{check_port_name, parse_protocol, port_number};
 use crate::{CompileSettings, Diagnostic, labels};
 
 /// What the compiler keeps of an EndpointSlice.
@@ -90,6 +91,19 @@ pub(crate) fn slice_info(
             ..ignored
         };
     };
+    if let Err(e) = NameFormat::Dns1035Label.check(service) {
+        reporter.report(
+            Reason::InvalidServiceName,
+            format!(
+                "metadata.labels[{}]: {e} (not a Service name); slice skipped",
+                labels::SERVICE_NAME
+            ),
+        );
+        return SliceInfo {
+            diagnostics: reporter.out,
+            ..ignored
+        };
+    }
     let ports = slice
         .ports
         .iter()
@@ -121,6 +135,13 @@ fn slice_port(index: usize, port: &EndpointPort, reporter: &mut Reporter<'_>) ->
         );
         return None;
     };
+    if let Err(e) = check_port_name(&name) {
+        reporter.report(
+            Reason::InvalidPortName,
+            format!("ports[{index}].name: {e}; port skipped"),
+        );
+        return None;
+    }
     let Some(protocol) = parse_protocol(port.protocol.as_deref()) else {
         reporter.report(
             Reason::UnsupportedProtocol,
@@ -163,42 +184,90 @@ fn endpoint_facts(
         );
         return None;
     };
-    let ip = match parse_ip(text) {
-        Some(ip) if IpFamily::of(&ip) == family => ip,
-        Some(_) => {
+    let problem = match parse_ip(text) {
+        Some(ip) if IpFamily::of(&ip) != family => {
+            format!("{ip} is not of the slice's address type")
+        }
+        Some(ip) => match check_endpoint_ip(&ip) {
+            Ok(()) => return endpoint_details(index, ip, endpoint, reporter),
+            Err(e) => format!("{ip}: {e}"),
+        },
+        None => format!("{} is not an IP address", quoted(text)),
+    };
+    reporter.report(
+        Reason::InvalidEndpointAddress,
+        format!("endpoints[{index}].addresses[0]: {problem}; endpoint skipped"),
+    );
+    None
+}
+
+/// The endpoint at `ip`: its node (an invalid node name skips it, since it
+/// decides which node's traffic is local), zone and hints (invalid ones are
+/// dropped: neither decides routing on its own).
+fn endpoint_details(
+    index: usize,
+    ip: IpAddr,
+    endpoint: &Endpoint,
+    reporter: &mut Reporter<'_>,
+) -> Option<EndpointFacts> {
+    if let Some(Err(e)) = endpoint
+        .node_name
+        .as_deref()
+        .map(|n| NameFormat::Dns1123Subdomain.check(n))
+    {
+        reporter.report(
+            Reason::InvalidNodeName,
+            format!("endpoints[{index}].nodeName: {e}; endpoint skipped"),
+        );
+        return None;
+    }
+    let zone = endpoint.zone.clone().filter(|zone| {
+        let valid = NameFormat::LabelValue.check(zone);
+        if let Err(e) = &valid {
             reporter.report(
-                Reason::InvalidEndpointAddress,
+                Reason::InvalidZone,
+                format!("endpoints[{index}].zone: {e}; zone dropped"),
+            );
+        }
+        valid.is_ok()
+    });
+    let hints = endpoint.hints.as_ref();
+    let zone_hints: Vec<String> = hints
+        .and_then(|h| h.for_zones.as_ref())
+        .map(|z| z.iter().map(|z| z.name.clone()).collect())
+        .unwrap_or_default();
+    let node_hints: Vec<String> = hints
+        .and_then(|h| h.for_nodes.as_ref())
+        .map(|n| n.iter().map(|n| n.name.clone()).collect())
+        .unwrap_or_default();
+    let checked = check_hints(&zone_hints, NameFormat::LabelValue)
+        .map_err(|e| ("forZones", e))
+        .and_then(|()| {
+            check_hints(&node_hints, NameFormat::Dns1123Subdomain).map_err(|e| ("forNodes", e))
+        });
+    let (zone_hints, node_hints) = match checked {
+        Ok(()) => (zone_hints, node_hints),
+        Err((list, e)) => {
+            reporter.report(
+                Reason::InvalidHints,
                 format!(
-                    "endpoints[{index}].addresses[0]: {text} is not of the slice's address type; endpoint skipped"
+                    "endpoints[{index}].hints.{list}{}: {}; hints dropped",
+                    e.field, e.problem
                 ),
             );
-            return None;
-        }
-        None => {
-            reporter.report(
-                Reason::InvalidEndpointAddress,
-                format!("endpoints[{index}].addresses[0]: {text:?} is not an IP address; endpoint skipped"),
-            );
-            return None;
+            (Vec::new(), Vec::new())
         }
     };
     let conditions = endpoint.conditions.as_ref();
     let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
-    let hints = endpoint.hints.as_ref();
     Some(EndpointFacts {
         ip,
         node_name: endpoint.node_name.clone(),
-        zone: endpoint.zone.clone(),
+        zone,
         ready,
         serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
         terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
-        zone_hints: hints
-            .and_then(|h| h.for_zones.as_ref())
-            .map(|z| z.iter().map(|z| z.name.clone()).collect())
-            .unwrap_or_default(),
-        node_hints: hints
-            .and_then(|h| h.for_nodes.as_ref())
-            .map(|n| n.iter().map(|n| n.name.clone()).collect())
-            .unwrap_or_default(),
+        zone_hints,
+        node_hints,
     })
 }

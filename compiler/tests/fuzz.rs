@@ -1,5 +1,7 @@
-//! Random, mostly invalid objects: the compiler never panics, and what it
-//! emits is still well formed (valid ports, unique ids, no frontend claimed twice).
+//! Random, mostly invalid objects, with hostile names (quotes, newlines, `#`,
+//! NUL, non-ASCII, very long): the compiler never panics, and what it emits
+//! is still well formed (valid ports, unique ids, no frontend claimed twice)
+//! and passes the agents' validation.
 
 mod common;
 
@@ -7,7 +9,8 @@ use std::collections::HashSet;
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use switchyard_api::ruleset::Protocol;
+use switchyard_api::ruleset::{Protocol, ProxyRulesetSpec, Ruleset, ShardLayout};
+use switchyard_api::validation::{check_rule, check_shard};
 use switchyard_compiler::{CompileSettings, Snapshot, compile, parse_objects};
 
 fn ip_text() -> impl Strategy<Value = String> {
@@ -19,6 +22,16 @@ fn ip_text() -> impl Strategy<Value = String> {
         1 => Just("010.1.1.1".to_string()),
         1 => Just("10.0.0.0/8".to_string()),
         1 => "[a-z0-9.:/ ]{0,12}",
+    ]
+}
+
+/// A name: mostly valid, sometimes what would break a line of rules text.
+fn name(valid: &'static str) -> impl Strategy<Value = String> {
+    prop_oneof![
+        6 => valid,
+        1 => "[ -~\n\t\"#\0é]{0,12}",
+        1 => Just("a\"\n-A INPUT -j ACCEPT".to_string()),
+        1 => Just("a".repeat(300)),
     ]
 }
 
@@ -41,11 +54,11 @@ fn protocol() -> impl Strategy<Value = Option<String>> {
 
 fn service() -> impl Strategy<Value = Value> {
     (
-        (0u8..6, prop::collection::vec(ip_text(), 1..3), prop::collection::vec(ip_text(), 0..2)),
+        (name("s[0-5]"), prop::collection::vec(ip_text(), 1..3), prop::collection::vec(ip_text(), 0..2)),
         prop::collection::vec(
             prop_oneof![
                 3 => ("[ab]{0,1}", 1i64..5).prop_map(|(n, p)| (Some(n), p, None, None)),
-                1 => (prop::option::of("[ab]{0,1}"), port_number(), protocol(), prop::option::weighted(0.3, port_number())),
+                1 => (prop::option::of(name("[ab]{0,1}")), port_number(), protocol(), prop::option::weighted(0.3, port_number())),
             ],
             0..4,
         ),
@@ -62,7 +75,7 @@ fn service() -> impl Strategy<Value = Value> {
             json!({
                 "apiVersion": "v1",
                 "kind": "Service",
-                "metadata": {"namespace": "ns", "name": format!("s{name}")},
+                "metadata": {"namespace": "ns", "name": name},
                 "spec": {
                     "type": type_,
                     "clusterIPs": cluster_ips,
@@ -82,7 +95,7 @@ fn service() -> impl Strategy<Value = Value> {
 
 fn slice() -> impl Strategy<Value = Value> {
     (
-        (0u8..4, prop::option::weighted(0.9, prop::sample::select(vec!["s0", "s1", "s2", "s3", "s4", "s5", ""]))),
+        (0u8..4, prop::option::weighted(0.9, name("s[0-5]|"))),
         prop::sample::select(vec!["IPv4", "IPv4", "IPv4", "IPv4", "IPv4", "IPv6", "FQDN", "Other"]),
         prop::collection::vec(
             prop_oneof![
@@ -91,7 +104,7 @@ fn slice() -> impl Strategy<Value = Value> {
             ],
             0..3,
         ),
-        prop::collection::vec((prop::collection::vec(prop_oneof![4 => (1u8..9).prop_map(|i| format!("10.0.0.{i}")), 1 => ip_text()], 0..3), prop::option::of(any::<bool>()), prop::option::of(any::<bool>()), prop::option::of(any::<bool>()), prop::option::of("[a-c]")), 0..4),
+        prop::collection::vec((prop::collection::vec(prop_oneof![4 => (1u8..9).prop_map(|i| format!("10.0.0.{i}")), 1 => ip_text(), 1 => Just("127.0.0.1".to_string())], 0..3), prop::option::of(any::<bool>()), prop::option::of(any::<bool>()), prop::option::of(any::<bool>()), (prop::option::of(name("[a-c]")), prop::option::of(name("node-[a-c]")))), 0..4),
     )
         .prop_map(|((name, service), address_type, ports, endpoints)| {
             let ports: Vec<Value> = ports
@@ -100,12 +113,16 @@ fn slice() -> impl Strategy<Value = Value> {
                 .collect();
             let endpoints: Vec<Value> = endpoints
                 .into_iter()
-                .map(|(addresses, ready, serving, terminating, zone)| {
+                .map(|(addresses, ready, serving, terminating, (zone, node))| {
                     json!({
                         "addresses": addresses,
                         "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
                         "zone": zone,
-                        "hints": {"forZones": zone.iter().map(|z| json!({"name": z})).collect::<Vec<_>>()},
+                        "nodeName": node,
+                        "hints": {
+                            "forZones": zone.iter().map(|z| json!({"name": z})).collect::<Vec<_>>(),
+                            "forNodes": node.iter().map(|n| json!({"name": n})).collect::<Vec<_>>(),
+                        },
                     })
                 })
                 .collect();
@@ -164,7 +181,18 @@ proptest! {
                 prop_assert!(backend_ids.insert(b.id));
                 prop_assert!(endpoints.insert(b.endpoint()));
             }
+            prop_assert_eq!(check_rule(rule), Ok(()));
         }
+        // The whole output as one shard is what an agent accepts.
+        let services = compiled.ruleset.services;
+        let shard = ProxyRulesetSpec {
+            shard: 0,
+            layout: ShardLayout { epoch: 1, shard_count: 1 },
+            generation: 1,
+            service_count: services.len() as u32,
+            ruleset: Ruleset { services },
+        };
+        prop_assert_eq!(check_shard(&shard), Ok(()));
     }
 
     #[test]

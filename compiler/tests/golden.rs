@@ -8,6 +8,8 @@
 //! - `# proxy-name: <name>` (optional: `CompileSettings::proxy_name`)
 //! - `# link: <node> [zone]` (optional, repeated: link the ruleset for this node)
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -16,6 +18,7 @@ use serde::Serialize;
 use switchyard_api::policy::{LinkedServicePort, NodeInfo, link};
 use switchyard_api::ruleset::ServicePortRule;
 use switchyard_compiler::{CompileSettings, Snapshot, compile, parse_objects};
+use switchyard_testkit::golden;
 
 /// Every case; a missing or extra file fails the test, so a rule cannot
 /// silently lose its case.
@@ -47,6 +50,7 @@ const CASES: &[&str] = &[
     "invalid-ports",
     "invalid-source-range",
     "invalid-session-affinity-timeout",
+    "invalid-names",
     "duplicate-frontend",
     "ip-leading-zeros",
     "link-terminating-fallback",
@@ -145,7 +149,6 @@ fn render(input: &str) -> String {
 
 #[test]
 fn golden_cases() {
-    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     let mut inputs: Vec<String> = fs::read_dir(dir())
         .unwrap()
         .filter_map(|e| {
@@ -163,14 +166,8 @@ fn golden_cases() {
     for case in CASES {
         let input = fs::read_to_string(dir().join(format!("{case}.yaml"))).unwrap();
         let actual = render(&input);
-        let expected_path = dir().join(format!("{case}.out.yaml"));
-        if update {
-            fs::write(&expected_path, &actual).unwrap();
-            continue;
-        }
-        let expected = fs::read_to_string(&expected_path).unwrap_or_default();
-        if expected != actual {
-            eprintln!("--- {case}: expected\n{expected}\n--- {case}: actual\n{actual}");
+        if let Err(difference) = golden::compare(&dir().join(format!("{case}.out.yaml")), &actual) {
+            eprintln!("{case}: {difference}");
             failed.push(*case);
         }
     }

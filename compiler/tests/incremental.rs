@@ -3,6 +3,8 @@
 //! while objects exist, and the published shards always assemble to the
 //! compiler's ruleset.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::collections::{BTreeMap, HashMap};

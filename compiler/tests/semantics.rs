@@ -1,5 +1,7 @@
 //! Table tests of the compiler's kube-proxy semantics, on YAML input.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 use std::net::IpAddr;
 
 use switchyard_api::ruleset::{Protocol, ServicePortRule, SessionAffinity, TrafficPolicy};

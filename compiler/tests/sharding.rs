@@ -1,13 +1,18 @@
 //! Sharding at size: shards stay under the budget, a change to one service
-//! rewrites only its shard, the layout grows and shrinks with the ruleset.
+//! rewrites only its shard, the layout grows and shrinks with the ruleset,
+//! and no shard is larger than an object may be.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 mod common;
 
 use std::collections::BTreeSet;
 
 use switchyard_api::ruleset::assemble_shards;
+use switchyard_api::validation::check_shard;
 use switchyard_compiler::{
-    CompileSettings, Compiler, DEFAULT_SHARD_BUDGET_BYTES, ServiceKey, ShardSettings, Sharder,
+    CompileSettings, Compiler, DEFAULT_SHARD_BUDGET_BYTES, MAX_SHARD_BYTES, ServiceKey,
+    ShardSettings, ShardUpdate, Sharder,
 };
 
 fn cluster(services: u32, endpoints: u32) -> Compiler {
@@ -101,4 +106,103 @@ fn shards_stay_under_budget_and_one_change_rewrites_one_shard() {
     assert_eq!(shrunk.layout.epoch, first.layout.epoch + 1);
     assert_eq!(shrunk.retired.len(), first.layout.shard_count as usize);
     assert_eq!(shrunk.changed[0].ruleset, compiler.ruleset());
+}
+
+/// A service with `ports` TCP ports and one EndpointSlice of `endpoints`
+/// endpoints serving all of them.
+fn wide_service(compiler: &mut Compiler, name: &str, cluster_ip: &str, ports: u32, endpoints: u32) {
+    let service_ports: Vec<serde_json::Value> = (0..ports)
+        .map(|p| serde_json::json!({"name": format!("p{p}"), "port": 1000 + p}))
+        .collect();
+    compiler
+        .update_service(&common::service(
+            "ns",
+            name,
+            serde_json::json!({"clusterIP": cluster_ip, "ports": service_ports}),
+        ))
+        .unwrap();
+    let slice_ports: Vec<serde_json::Value> = (0..ports)
+        .map(|p| serde_json::json!({"name": format!("p{p}"), "port": 8000 + p, "protocol": "TCP"}))
+        .collect();
+    let addresses: Vec<serde_json::Value> = (0..endpoints)
+        .map(|i| {
+            serde_json::json!({
+                "addresses": [std::net::Ipv4Addr::from(0x0b00_0000 + i).to_string()],
+                "nodeName": format!("node-{}", i % 100),
+            })
+        })
+        .collect();
+    compiler
+        .update_endpoint_slice(&common::slice(
+            "ns",
+            &format!("{name}-abcde"),
+            name,
+            serde_json::json!(slice_ports),
+            serde_json::json!(addresses),
+        ))
+        .unwrap();
+}
+
+fn assert_within_object_limit(specs: &[switchyard_api::ruleset::ProxyRulesetSpec]) {
+    for spec in specs {
+        let bytes = serde_json::to_vec(spec).unwrap().len();
+        assert!(
+            bytes <= MAX_SHARD_BYTES,
+            "shard {} has {bytes} bytes",
+            spec.shard
+        );
+        assert_eq!(check_shard(spec), Ok(()), "shard {}", spec.shard);
+    }
+}
+
+#[test]
+fn a_service_no_object_can_hold_is_refused_with_a_diagnostic_and_no_shard_is_oversized() {
+    let mut compiler = cluster(300, 5);
+    // An EndpointSlice at the API's maximum of 1,000 endpoints behind 100
+    // ports: about 10 MB of rules, more than any object holds.
+    wide_service(&mut compiler, "huge", "10.97.0.1", 100, 1000);
+    // Hundreds of ports: more than the budget, less than an object.
+    wide_service(&mut compiler, "many-ports", "10.97.0.2", 300, 8);
+    let mut sharder = Sharder::new(ShardSettings::default());
+    let changed = compiler.sync();
+    let update = sharder.sync(&compiler, &changed);
+    assert_within_object_limit(&update.changed);
+    let published = |update: &ShardUpdate, name: &str| {
+        update
+            .changed
+            .iter()
+            .flat_map(|s| &s.ruleset.services)
+            .filter(|r| r.name == name)
+            .count()
+    };
+    assert_eq!(published(&update, "huge"), 0);
+    assert_eq!(published(&update, "many-ports"), 300);
+    let too_large: Vec<String> = sharder.diagnostics().map(ToString::to_string).collect();
+    assert_eq!(too_large.len(), 1, "{too_large:?}");
+    assert!(
+        too_large[0].starts_with("Service ns/huge: TooLarge: its 100 service ports take "),
+        "{}",
+        too_large[0]
+    );
+
+    // It shrinks to 5 ports: published, and no longer reported.
+    wide_service(&mut compiler, "huge", "10.97.0.1", 5, 1000);
+    let changed = compiler.sync();
+    let update = sharder.sync(&compiler, &changed);
+    assert_within_object_limit(&update.changed);
+    assert_eq!(published(&update, "huge"), 5);
+    assert_eq!(sharder.diagnostics().count(), 0);
+}
+
+#[test]
+fn a_budget_above_the_object_limit_is_taken_as_the_limit() {
+    let mut compiler = cluster(3000, 5);
+    let mut sharder = Sharder::new(ShardSettings {
+        budget_bytes: usize::MAX,
+        first_epoch: 1,
+    });
+    let changed = compiler.sync();
+    let update = sharder.sync(&compiler, &changed);
+    assert!(update.layout.shard_count > 1, "{:?}", update.layout);
+    assert_within_object_limit(&update.changed);
 }

@@ -1,4 +1,5 @@
-//! Ids stay the same while the object exists and are reused only after it is gone.
+//! Ids stay the same while the object exists and are reused only after it
+//! is gone, from the sync after the one that freed them.
 
 mod common;
 
@@ -19,7 +20,7 @@ fn ids(ruleset: &Ruleset) -> BTreeMap<String, (u32, BTreeMap<String, u32>)> {
 }
 
 #[test]
-fn ids_survive_unrelated_changes_and_are_reused_after_deletion() {
+fn ids_survive_unrelated_changes_and_are_reused_a_sync_after_deletion() {
     let mut c = Compiler::new(CompileSettings::default());
     for (i, name) in ["a", "b", "c"].iter().enumerate() {
         c.update_service(&common::simple_service(
@@ -51,18 +52,35 @@ fn ids_survive_unrelated_changes_and_are_reused_after_deletion() {
         b_backends["10.0.0.11:8080"],
         before["ns/b:http"].1["10.0.0.11:8080"]
     );
-    // d takes c's freed service-port id; b's new endpoint a freed backend id.
-    assert_eq!(after["ns/d:http"].0, before["ns/c:http"].0);
+    // Ids freed in a sync are not reused in it: c's shard may be written
+    // after d's, and an agent between the two writes would see an id twice.
+    let freed_port = before["ns/c:http"].0;
     let freed: Vec<u32> = before["ns/c:http"]
         .1
         .values()
         .copied()
         .chain([before["ns/b:http"].1["10.0.0.10:8080"]])
         .collect();
+    assert_ne!(after["ns/d:http"].0, freed_port);
     assert!(
-        freed.contains(&b_backends["10.0.0.12:8080"]),
+        !freed.contains(&b_backends["10.0.0.12:8080"]),
         "{freed:?} {b_backends:?}"
     );
-    let max_backend = after.values().flat_map(|(_, b)| b.values()).max().copied();
-    assert_eq!(max_backend, Some(4), "four live backends hold ids 1..=4");
+
+    // The next sync reuses them, lowest first.
+    c.update_service(&common::simple_service("ns", "e", "10.96.0.5"))
+        .unwrap();
+    c.update_endpoint_slice(&common::simple_slice("ns", "e", 40, 3))
+        .unwrap();
+    c.sync();
+    let (e_id, e_backends) = &ids(&c.ruleset())["ns/e:http"];
+    assert_eq!(*e_id, freed_port, "e takes c's service-port id");
+    let mut e_ids: Vec<u32> = e_backends.values().copied().collect();
+    e_ids.sort_unstable();
+    let mut expected = freed.clone();
+    expected.sort_unstable();
+    assert_eq!(
+        e_ids, expected,
+        "e's endpoints take the three freed backend ids"
+    );
 }

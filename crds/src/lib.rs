@@ -9,6 +9,7 @@ pub mod policy;
 pub mod proxyconfig;
 pub mod proxynode;
 pub mod ruleset;
+pub mod validation;
 
 pub use mode::Mode;
 pub use proxyconfig::{ProxyConfig, ProxyConfigSpec, ProxyConfigStatus};

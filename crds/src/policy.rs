@@ -23,8 +23,9 @@ use std::sync::Arc;
 
 use crate::ruleset::{
     Endpoint, IpFamily, ProxyRulesetSpec, Ruleset, ServicePortRule, ShardLayout, TrafficPolicy,
-    complete_shards,
+    complete_shards, shard_name,
 };
+use crate::validation::{GenerationIndex, ShardError, check_shard};
 
 /// The facts about the node that link needs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -163,38 +164,61 @@ pub struct LinkedShards {
     pub linked: LinkedRuleset,
 }
 
+/// A shard refused by validation, with the generation it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("ProxyRuleset {name} (generation {generation}) refused: {error}")]
+pub struct RefusedShard {
+    pub name: String,
+    pub generation: u64,
+    pub error: ShardError,
+}
+
+/// What [`ShardLinker::link`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Linked {
+    /// The newest complete generation, linked; while that one is refused or
+    /// incomplete, the last one linked (`None` before any).
+    pub shards: Option<LinkedShards>,
+    /// Why the newest complete generation was refused.
+    pub refused: Option<RefusedShard>,
+}
+
 /// Links shards for one node, sync after sync, reusing the linked form of
 /// every shard whose generation is unchanged and, inside a changed shard, of
 /// every service port whose rule is unchanged. A single endpoint change
 /// therefore links one service port and copies pointers for the rest.
+///
+/// Every shard is validated before it is linked ([`check_shard`], and
+/// [`GenerationIndex`] across shards): one invalid shard refuses its whole
+/// generation, and the generation linked before stays.
 #[derive(Debug, Default)]
 pub struct ShardLinker {
     node: NodeInfo,
     layout: Option<ShardLayout>,
     /// Per shard index of `layout`: its generation and linked service ports.
     shards: Vec<(u64, Vec<Arc<LinkedServicePort>>)>,
+    /// The ids and service ports of `shards`.
+    index: GenerationIndex,
 }
 
 impl ShardLinker {
     /// Link the newest complete shard generation among `shards` for `node`.
-    /// While no generation is complete, the last complete one stays (linked
-    /// anew when the node changed); `None` until one was complete.
+    /// While no generation is complete, or the newest is refused, the last
+    /// one linked stays (linked anew when the node changed).
     pub fn link<'a>(
         &mut self,
         shards: impl IntoIterator<Item = &'a ProxyRulesetSpec>,
         node: &NodeInfo,
-    ) -> Option<LinkedShards> {
+    ) -> Linked {
         if self.node != *node {
             self.node = node.clone();
             for s in self.shards.iter_mut().flat_map(|(_, s)| s) {
                 *s = Arc::new(link_service_port(&s.rule, node));
             }
         }
-        if let Some(selected) = complete_shards(shards) {
-            self.update(&selected, node);
-        }
-        let layout = self.layout?;
-        Some(LinkedShards {
+        let refused =
+            complete_shards(shards).and_then(|selected| self.update(&selected, node).err());
+        let shards = self.layout.map(|layout| LinkedShards {
             layout,
             generations: self.shards.iter().map(|(g, _)| *g).collect(),
             linked: LinkedRuleset {
@@ -205,12 +229,64 @@ impl ShardLinker {
                     .flat_map(|(_, s)| s.iter().cloned())
                     .collect(),
             },
-        })
+        });
+        Linked { shards, refused }
     }
 
-    fn update(&mut self, selected: &[&ProxyRulesetSpec], node: &NodeInfo) {
+    /// Validate the shards that changed; the whole generation is refused
+    /// (and nothing changes) when one is invalid.
+    fn validate(
+        &mut self,
+        selected: &[&ProxyRulesetSpec],
+        same_layout: bool,
+    ) -> Result<(), RefusedShard> {
+        let changed: Vec<&ProxyRulesetSpec> = selected
+            .iter()
+            .enumerate()
+            .filter(|(i, shard)| {
+                !(same_layout
+                    && self
+                        .shards
+                        .get(*i)
+                        .is_some_and(|(g, _)| *g == shard.generation))
+            })
+            .map(|(_, shard)| *shard)
+            .collect();
+        let refuse = |shard: &ProxyRulesetSpec, error| RefusedShard {
+            name: shard_name(&shard.layout, shard.shard),
+            generation: shard.generation,
+            error,
+        };
+        for shard in &changed {
+            check_shard(shard).map_err(|e| refuse(shard, e))?;
+        }
+        // Outside the current layout there is nothing to replace.
+        let old = changed
+            .iter()
+            .filter_map(|s| self.shards.get(s.shard as usize).filter(|_| same_layout))
+            .flat_map(|(_, services)| services.iter().map(|s| &s.rule));
+        let result = if same_layout {
+            self.index.replace(&changed, old)
+        } else {
+            // A new layout: its index replaces the old one only when valid.
+            let mut fresh = GenerationIndex::default();
+            let result = fresh.replace(&changed, old);
+            if result.is_ok() {
+                self.index = fresh;
+            }
+            result
+        };
+        result.map_err(|(index, e)| refuse(selected[index as usize], e))
+    }
+
+    fn update(
+        &mut self,
+        selected: &[&ProxyRulesetSpec],
+        node: &NodeInfo,
+    ) -> Result<(), RefusedShard> {
         let layout = selected[0].layout;
         let same_layout = self.layout == Some(layout);
+        self.validate(selected, same_layout)?;
         // Outside one layout, service ports move between shards: find them by id.
         let mut by_id: HashMap<u32, Arc<LinkedServicePort>> = HashMap::new();
         if !same_layout {
@@ -251,6 +327,7 @@ impl ShardLinker {
         }
         self.layout = Some(layout);
         self.shards = linked;
+        Ok(())
     }
 }
 
@@ -521,21 +598,22 @@ mod tests {
             shard_count: count,
         };
         (0..count)
-            .map(|shard| ProxyRulesetSpec {
-                shard,
-                layout,
-                generation: 1,
-                service_count: 0,
-                ruleset: Ruleset {
-                    services: (0..services)
-                        .filter(|i| i % count == shard)
-                        .map(|i| ServicePortRule {
-                            id: i,
-                            name: format!("svc{i}"),
-                            ..rule(vec![endpoint(i, "me", true, true, false)])
-                        })
-                        .collect(),
-                },
+            .map(|shard| {
+                let services: Vec<ServicePortRule> = (0..services)
+                    .filter(|i| i % count == shard)
+                    .map(|i| ServicePortRule {
+                        id: i,
+                        name: format!("svc{i}"),
+                        ..rule(vec![endpoint(i, "me", true, true, false)])
+                    })
+                    .collect();
+                ProxyRulesetSpec {
+                    shard,
+                    layout,
+                    generation: 1,
+                    service_count: services.len() as u32,
+                    ruleset: Ruleset { services },
+                }
             })
             .collect()
     }
@@ -553,7 +631,7 @@ mod tests {
     fn shard_linker_shares_every_unchanged_service_port() {
         let mut linker = ShardLinker::default();
         let mut specs = shards(1, 4, 20);
-        let first = linker.link(&specs, &node(None)).unwrap();
+        let first = linker.link(&specs, &node(None)).shards.unwrap();
         assert_eq!(first.linked.services.len(), 20);
         assert_eq!(first.generations, [1, 1, 1, 1]);
         let before = by_id(&first);
@@ -561,7 +639,7 @@ mod tests {
         // One endpoint of service 5 (shard 1) changes.
         specs[1].generation = 2;
         specs[1].ruleset.services[1].endpoints[0].ready = false;
-        let second = linker.link(&specs, &node(None)).unwrap();
+        let second = linker.link(&specs, &node(None)).shards.unwrap();
         assert_eq!(second.generations, [1, 2, 1, 1]);
         for (id, s) in by_id(&second) {
             assert_eq!(Arc::ptr_eq(&s, &before[&id]), id != 5, "service {id}");
@@ -581,19 +659,24 @@ mod tests {
     #[test]
     fn shard_linker_keeps_the_last_complete_generation_and_relinks_for_a_new_node() {
         let mut linker = ShardLinker::default();
-        assert!(linker.link(&shards(1, 2, 4)[..1], &node(None)).is_none());
+        assert!(
+            linker
+                .link(&shards(1, 2, 4)[..1], &node(None))
+                .shards
+                .is_none()
+        );
         let specs = shards(1, 2, 4);
-        let complete = linker.link(&specs, &node(None)).unwrap();
+        let complete = linker.link(&specs, &node(None)).shards.unwrap();
         // A new layout that is not complete yet: the old one stays.
         let partial = shards(2, 4, 4);
-        let kept = linker.link(&partial[..3], &node(None)).unwrap();
+        let kept = linker.link(&partial[..3], &node(None)).shards.unwrap();
         assert_eq!(kept, complete);
         // The node changed: the same rules, linked for it.
         let elsewhere = NodeInfo {
             name: "other".into(),
             ..node(None)
         };
-        let relinked = linker.link(&partial[..3], &elsewhere).unwrap();
+        let relinked = linker.link(&partial[..3], &elsewhere).shards.unwrap();
         let assembled = crate::ruleset::assemble_shards(&specs).unwrap();
         assert_eq!(relinked.linked, link(&assembled.ruleset, &elsewhere));
         assert!(relinked.linked.services.iter().all(|s| s.local.is_empty()));
@@ -602,8 +685,8 @@ mod tests {
     #[test]
     fn shard_linker_finds_moved_service_ports_by_id_after_a_relayout() {
         let mut linker = ShardLinker::default();
-        let before = by_id(&linker.link(&shards(1, 2, 10), &node(None)).unwrap());
-        let after = linker.link(&shards(2, 4, 10), &node(None)).unwrap();
+        let before = by_id(&linker.link(&shards(1, 2, 10), &node(None)).shards.unwrap());
+        let after = linker.link(&shards(2, 4, 10), &node(None)).shards.unwrap();
         assert_eq!(after.layout.shard_count, 4);
         for (id, s) in by_id(&after) {
             assert!(
@@ -611,5 +694,77 @@ mod tests {
                 "service {id} was linked again"
             );
         }
+    }
+
+    #[test]
+    fn an_invalid_shard_refuses_its_generation_and_the_last_one_stays() {
+        let mut linker = ShardLinker::default();
+        let mut specs = shards(1, 2, 6);
+        let good = linker.link(&specs, &node(None)).shards.unwrap();
+
+        // Shard 1 turns hostile: a name that would break a rule line.
+        specs[1].generation = 2;
+        specs[1].ruleset.services[0].name = "svc\"\n-A INPUT -j ACCEPT".into();
+        let refused = linker.link(&specs, &node(None));
+        assert_eq!(
+            refused.shards.as_ref(),
+            Some(&good),
+            "the last generation stays"
+        );
+        let why = refused.refused.unwrap();
+        assert_eq!(why.name, "switchyard-e1-0001");
+        assert_eq!(why.generation, 2);
+        assert!(
+            why.to_string().starts_with(
+                "ProxyRuleset switchyard-e1-0001 (generation 2) refused: services[0].name: \"svc\\\"\\n-A INPUT"
+            ),
+            "{why}"
+        );
+
+        // Fixed in generation 3: accepted.
+        specs[1].generation = 3;
+        specs[1].ruleset.services[0].name = "svc1".into();
+        let fixed = linker.link(&specs, &node(None));
+        assert_eq!(fixed.refused, None);
+        assert_eq!(fixed.shards.unwrap().generations, [1, 3]);
+    }
+
+    #[test]
+    fn an_id_held_by_another_shard_refuses_the_generation() {
+        let mut linker = ShardLinker::default();
+        let mut specs = shards(1, 2, 4);
+        linker.link(&specs, &node(None)).shards.unwrap();
+        // Shard 0 holds endpoint id 0; shard 1 claims it too.
+        specs[1].generation = 2;
+        specs[1].ruleset.services[0].endpoints[0].id = 0;
+        let linked = linker.link(&specs, &node(None));
+        assert_eq!(linked.shards.unwrap().generations, [1, 1]);
+        assert_eq!(
+            linked.refused.unwrap().to_string(),
+            "ProxyRuleset switchyard-e1-0001 (generation 2) refused: services[0]: endpoint id 0 is also in shard 0"
+        );
+        // Shard 0 gives it up: both accepted.
+        specs[0].generation = 2;
+        specs[0].ruleset.services[0].endpoints[0].id = 100;
+        let linked = linker.link(&specs, &node(None));
+        assert_eq!(linked.refused, None);
+        assert_eq!(linked.shards.unwrap().generations, [2, 2]);
+    }
+
+    #[test]
+    fn a_refused_new_layout_keeps_the_old_one() {
+        let mut linker = ShardLinker::default();
+        let old = linker.link(&shards(1, 1, 4), &node(None)).shards.unwrap();
+        let mut next = shards(2, 2, 4);
+        next[1].ruleset.services[0].port = 0;
+        let linked = linker.link(&next, &node(None));
+        assert_eq!(linked.shards, Some(old));
+        assert!(
+            linked
+                .refused
+                .unwrap()
+                .to_string()
+                .contains("services[0].port: 0 is outside 1..=65535")
+        );
     }
 }

@@ -8,6 +8,9 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use crate::mode::Mode;
+use crate::validation::limits::{MAX_MESSAGE_LENGTH, MAX_SHARDS};
+use crate::validation::names::{DNS1123_SUBDOMAIN_PATTERN, SUBDOMAIN_MAX_LENGTH};
+use crate::validation::schema::conditions;
 
 /// One node's assignment, named after the node and owned by it.
 #[derive(CustomResource, KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -28,6 +31,7 @@ use crate::mode::Mode;
 pub struct ProxyNodeSpec {
     /// The ProxyConfig whose pool this node is in; unset when no pool selects it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS1123_SUBDOMAIN_PATTERN), length(max = SUBDOMAIN_MAX_LENGTH))]
     pub pool: Option<String>,
     /// The dataplane this node must run; unset leaves the node as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -84,6 +88,7 @@ pub struct ProxyNodeStatus {
     pub applied_epoch: Option<u64>,
     /// Shard name → generation last applied.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = MAX_SHARDS))]
     pub applied_shards: BTreeMap<String, u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,
@@ -94,7 +99,9 @@ pub struct ProxyNodeStatus {
     pub counts: Option<AppliedCounts>,
     /// `Ready` (the target mode is applied and verified), `Degraded`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(transform = conditions)]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_MESSAGE_LENGTH))]
     pub last_error: Option<String>,
 }

@@ -12,9 +12,17 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::validation::addresses::{CIDR_MAX_LENGTH, IP_MAX_LENGTH, cidr_pattern, ip_pattern};
+use crate::validation::limits::*;
+use crate::validation::names::{
+    DNS1035_LABEL_PATTERN, DNS1123_LABEL_PATTERN, DNS1123_SUBDOMAIN_PATTERN, LABEL_MAX_LENGTH,
+    LABEL_VALUE_PATTERN, OPTIONAL_DNS1123_LABEL_PATTERN, SUBDOMAIN_MAX_LENGTH,
+};
+use crate::validation::schema::traffic_distribution_pattern;
 
 /// Transport protocol of a service port.
 #[derive(
@@ -216,6 +224,8 @@ impl JsonSchema for Cidr {
         schemars::json_schema!({
             "type": "string",
             "description": "An IP prefix in CIDR notation, e.g. 10.0.0.0/8 or 2001:db8::/64.",
+            "pattern": cidr_pattern(),
+            "maxLength": CIDR_MAX_LENGTH,
         })
     }
 }
@@ -225,6 +235,7 @@ impl JsonSchema for Cidr {
 #[serde(rename_all = "camelCase")]
 pub struct SessionAffinity {
     /// `sessionAffinityConfig.clientIP.timeoutSeconds` (default 10800).
+    #[schemars(range(min = 1, max = MAX_AFFINITY_TIMEOUT_SECONDS))]
     pub timeout_seconds: u32,
 }
 
@@ -234,12 +245,17 @@ pub struct SessionAffinity {
 #[serde(rename_all = "camelCase")]
 pub struct Endpoint {
     /// Stable id, unique across the ruleset while this endpoint exists.
+    #[schemars(range(max = u32::MAX))]
     pub id: u32,
+    #[schemars(regex(pattern = ip_pattern()), length(max = IP_MAX_LENGTH))]
     pub ip: IpAddr,
+    #[schemars(range(min = 1))]
     pub port: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS1123_SUBDOMAIN_PATTERN), length(max = SUBDOMAIN_MAX_LENGTH))]
     pub node_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = LABEL_VALUE_PATTERN), length(max = LABEL_MAX_LENGTH))]
     pub zone: Option<String>,
     /// `conditions.ready` (nil means true).
     pub ready: bool,
@@ -250,9 +266,17 @@ pub struct Endpoint {
     pub terminating: bool,
     /// `hints.forZones`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = MAX_HINTS),
+        inner(regex(pattern = LABEL_VALUE_PATTERN), length(max = LABEL_MAX_LENGTH))
+    )]
     pub zone_hints: Vec<String>,
     /// `hints.forNodes`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = MAX_HINTS),
+        inner(regex(pattern = DNS1123_SUBDOMAIN_PATTERN), length(max = SUBDOMAIN_MAX_LENGTH))
+    )]
     pub node_hints: Vec<String>,
 }
 
@@ -288,28 +312,51 @@ impl Endpoint {
 #[serde(rename_all = "camelCase")]
 pub struct ServicePortRule {
     /// Stable id, unique across the ruleset while this service port exists.
+    #[schemars(range(max = u32::MAX))]
     pub id: u32,
+    #[schemars(regex(pattern = DNS1123_LABEL_PATTERN), length(max = LABEL_MAX_LENGTH))]
     pub namespace: String,
+    #[schemars(regex(pattern = DNS1035_LABEL_PATTERN), length(max = LABEL_MAX_LENGTH))]
     pub name: String,
     /// The port's name; empty for a single unnamed port.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(
+        regex(pattern = OPTIONAL_DNS1123_LABEL_PATTERN),
+        length(max = LABEL_MAX_LENGTH)
+    )]
     pub port_name: String,
     pub protocol: Protocol,
     /// The service port (the VIP side).
+    #[schemars(range(min = 1))]
     pub port: u16,
     /// `spec.clusterIPs`, both families.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = MAX_CLUSTER_IPS),
+        inner(regex(pattern = ip_pattern()), length(max = IP_MAX_LENGTH))
+    )]
     pub cluster_ips: Vec<IpAddr>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = MAX_EXTERNAL_IPS),
+        inner(regex(pattern = ip_pattern()), length(max = IP_MAX_LENGTH))
+    )]
     pub external_ips: Vec<IpAddr>,
     /// `status.loadBalancer.ingress[].ip`, except those with `ipMode: Proxy`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = MAX_LOAD_BALANCER_IPS),
+        inner(regex(pattern = ip_pattern()), length(max = IP_MAX_LENGTH))
+    )]
     pub load_balancer_ips: Vec<IpAddr>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_SOURCE_RANGES))]
     pub load_balancer_source_ranges: Vec<Cidr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub node_port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub health_check_node_port: Option<u16>,
     #[serde(default)]
     pub internal_traffic_policy: TrafficPolicy,
@@ -320,9 +367,11 @@ pub struct ServicePortRule {
     /// `spec.trafficDistribution`, for display; routing follows the endpoints'
     /// hints as kube-proxy does ([`crate::policy`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = traffic_distribution_pattern()))]
     pub traffic_distribution: Option<String>,
     // `backends` on the wire: the name predates the rename, and the wire format stays.
     #[serde(rename = "backends", default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_ENDPOINTS_PER_PORT))]
     pub endpoints: Vec<Endpoint>,
 }
 
@@ -383,6 +432,7 @@ impl ServicePortRule {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Ruleset {
+    #[schemars(length(max = MAX_SERVICE_PORTS_PER_SHARD))]
     pub services: Vec<ServicePortRule>,
 }
 
@@ -392,11 +442,13 @@ pub struct Ruleset {
 pub struct ShardLayout {
     /// Changes whenever the shard count changes; agents apply only a complete set of one epoch.
     pub epoch: u64,
+    /// A power of two.
+    #[schemars(range(min = 1, max = MAX_SHARDS))]
     pub shard_count: u32,
 }
 
 /// One shard of the compiled ruleset, written by the operator and read by every agent.
-#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "switchyard.dev",
     version = "v1alpha1",
@@ -409,14 +461,18 @@ pub struct ShardLayout {
     printcolumn = r#"{"name":"SERVICES","type":"integer","jsonPath":".spec.serviceCount"}"#,
     printcolumn = r#"{"name":"AGE","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
+#[x_kube(validation = Rule::new("self.shard < self.layout.shardCount").message("shard must be below layout.shardCount"))]
+#[x_kube(validation = Rule::new("self.serviceCount == size(self.services)").message("serviceCount must be the number of services"))]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyRulesetSpec {
     /// This shard's index, `0..layout.shardCount`.
+    #[schemars(range(max = MAX_SHARDS - 1))]
     pub shard: u32,
     pub layout: ShardLayout,
     /// Bumped by the operator whenever this shard's content changes.
     pub generation: u64,
     /// Number of service ports in this shard (for `kubectl get`).
+    #[schemars(range(max = MAX_SERVICE_PORTS_PER_SHARD))]
     pub service_count: u32,
     #[serde(flatten)]
     pub ruleset: Ruleset,

@@ -1,6 +1,8 @@
 //! `kubectl kustomize config/` builds, and what it builds is the whole deployment
 //! with the committed CRDs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 use std::path::Path;
 use std::process::Command;
 

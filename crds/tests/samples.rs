@@ -1,8 +1,10 @@
 //! Every sample in `config/samples/` validates against the committed CRD schema,
-//! and every manifest in `tests/invalid/` is rejected with the message its
-//! `# expect:` line names. Structural rules are checked with a JSON-Schema
+//! and every manifest in `tests/invalid/` (ProxyConfigs, ProxyRulesets,
+//! ProxyNodes) is rejected with the message its `# expect:` line names. Structural rules are checked with a JSON-Schema
 //! validator (`jsonschema`), CEL rules with kube's client-side CEL evaluator —
 //! the same two layers the API server applies at `kubectl apply`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 use std::path::{Path, PathBuf};
 
@@ -56,7 +58,9 @@ fn documents(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap();
     serde_yaml::Deserializer::from_str(&text)
         .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
-        .filter(|v: &Value| v["kind"] == "ProxyConfig")
+        .filter(|v: &Value| {
+            ["ProxyConfig", "ProxyRuleset", "ProxyNode"].contains(&v["kind"].as_str().unwrap_or(""))
+        })
         .collect()
 }
 

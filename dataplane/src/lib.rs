@@ -14,8 +14,10 @@ pub mod conntrack;
 pub mod escape;
 pub mod exec;
 pub mod kubeproxy;
+pub mod netlink;
 pub mod semantics;
 pub mod settings;
+pub mod sysctl;
 
 pub mod ebpf;
 #[cfg(test)]
@@ -168,7 +170,7 @@ pub fn for_mode(mode: Mode, runner: Arc<dyn Runner>) -> Result<Box<dyn Dataplane
     match mode {
         Mode::Iptables => Ok(Box::new(iptables::IptablesBackend::new(
             runner,
-            Arc::new(iptables::sysctl::ProcSysctl),
+            Arc::new(sysctl::ProcSysctl),
         ))),
         Mode::Nftables => Ok(Box::new(nftables::NftablesBackend::new(runner))),
         // A node's defaults: /sys/fs/bpf/switchyard and the cgroup v2 ROOT.

@@ -7,6 +7,8 @@
 //! policy) is proven every run against the lab's own control plane:
 //! `controlplane_config.rs`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -3,6 +3,8 @@
 //! its forwarder, and a stop leaves nothing behind (needs root for the
 //! namespace).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -229,30 +231,24 @@ fn forwarder_relays_from_a_namespace_to_host_loopback() {
         conn.write_all(&got).unwrap();
         peer
     });
-    let file = node.open().unwrap();
     let listen = forwarder.listen_addr();
-    let answer = std::thread::spawn(move || {
-        netns::enter(&file).unwrap();
-        let mut conn = TcpStream::connect(listen).unwrap();
-        conn.write_all(b"through the forwarder").unwrap();
-        conn.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut answer = String::new();
-        conn.read_to_string(&mut answer).unwrap();
-        answer
-    })
-    .join()
-    .unwrap();
+    let answer = node
+        .run(move || {
+            let mut conn = TcpStream::connect(listen).unwrap();
+            conn.write_all(b"through the forwarder").unwrap();
+            conn.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut answer = String::new();
+            conn.read_to_string(&mut answer).unwrap();
+            answer
+        })
+        .unwrap();
     assert_eq!(answer, "through the forwarder");
     assert!(echo.join().unwrap().ip().is_loopback());
     drop(forwarder);
     // Stopped: nothing listens in the node any more.
-    let file = node.open().unwrap();
-    let refused = std::thread::spawn(move || {
-        netns::enter(&file).unwrap();
-        TcpStream::connect(listen).is_err()
-    })
-    .join()
-    .unwrap();
+    let refused = node
+        .run(move || TcpStream::connect(listen).is_err())
+        .unwrap();
     assert!(refused, "the forwarder still listens after drop");
 }
 

@@ -4,18 +4,23 @@
 //! refuses every manifest in `crds/tests/invalid/` with the message its
 //! `# expect:` line names — the same line `crds/tests/samples.rs` holds the
 //! client-side check (JSON schema + kube's CEL) to, so the two agree on every
-//! file. And the admission policy binds an agent to its own ProxyNode, for
-//! real: a token bound to a Pod on node A writes A's status and is refused
-//! B's, with exactly `config/rbac`'s rights.
+//! file. The server judges ProxyRuleset shards as the agent's validation
+//! does, at the bounds and past them. And the admission policy binds an
+//! agent to its own ProxyNode, for real: a token bound to a Pod on node A
+//! writes A's status and is refused B's, with exactly `config/rbac`'s rights.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{ApiResource, DynamicObject, PostParams};
+use serde_json::{Value, json};
 use switchyard_agent::status::{ApiStatusWriter, StatusWriter};
-use switchyard_api::{Mode, ProxyNode, ProxyNodeSpec, ProxyNodeStatus};
+use switchyard_api::validation::check_shard;
+use switchyard_api::{Mode, ProxyNode, ProxyNodeSpec, ProxyNodeStatus, ProxyRuleset};
 use switchyard_lab::controlplane::ControlPlane;
 use switchyard_lab::controlplane::identity::{AGENT_SA, Identity, NAMESPACE};
 use switchyard_lab::controlplane::kubeconfig;
@@ -193,4 +198,124 @@ async fn agent_may_write_only_its_own_proxynode_status() {
         spec_write.contains("cannot patch resource \"proxynodes\""),
         "{spec_write}"
     );
+}
+
+/// A shard with every field of a service port set, as the operator writes it.
+fn shard() -> Value {
+    json!({
+        "apiVersion": "switchyard.dev/v1alpha1",
+        "kind": "ProxyRuleset",
+        "metadata": {"name": "switchyard-e1-0000"},
+        "spec": {
+            "shard": 0,
+            "layout": {"epoch": 1, "shardCount": 1},
+            "generation": 1,
+            "serviceCount": 1,
+            "services": [{
+                "id": 1, "namespace": "default", "name": "web", "portName": "http",
+                "protocol": "TCP", "port": 80,
+                "clusterIps": ["10.96.0.10", "fd00::10"],
+                "externalIps": ["192.0.2.10"],
+                "loadBalancerIps": ["198.51.100.1", "2001:db8::1"],
+                "loadBalancerSourceRanges": ["10.0.0.0/8", "2001:db8::/32"],
+                "nodePort": 30080, "healthCheckNodePort": 30081,
+                "externalTrafficPolicy": "Local",
+                "sessionAffinity": {"timeoutSeconds": 10800},
+                "trafficDistribution": "PreferClose",
+                "backends": [{
+                    "id": 1, "ip": "10.0.1.5", "port": 8080, "ready": true, "serving": true,
+                    "terminating": false, "nodeName": "node-a", "zone": "zone-a",
+                    "zoneHints": ["zone-a"], "nodeHints": ["node-a"],
+                }],
+            }],
+        },
+    })
+}
+
+/// The agent's verdict on a shard: it parses, and passes `check_shard`.
+fn agent_accepts(object: &Value) -> bool {
+    serde_json::from_value::<ProxyRuleset>(object.clone())
+        .is_ok_and(|r| check_shard(&r.spec).is_ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_judges_proxyrulesets_as_the_agent_does() {
+    let cp = installed().await;
+    let resource = ApiResource::erase::<ProxyRuleset>(&());
+    let api: Api<DynamicObject> = Api::all_with(cp.client(), &resource);
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let svc = "/spec/services/0";
+    let long = |n: usize| "a".repeat(n);
+    let subdomain = format!("{}.{}.{}.{}", long(63), long(63), long(63), long(61));
+    let cases: Vec<(String, Value)> = vec![
+        (format!("{svc}/name"), json!(long(63))),
+        (format!("{svc}/name"), json!(long(64))),
+        (format!("{svc}/name"), json!("web\"\n-A INPUT -j ACCEPT")),
+        (format!("{svc}/name"), json!("0web")),
+        (format!("{svc}/namespace"), json!("Default")),
+        (format!("{svc}/portName"), json!("")),
+        (format!("{svc}/portName"), json!("http#")),
+        (format!("{svc}/port"), json!(0)),
+        (format!("{svc}/id"), json!(4_294_967_296u64)),
+        (format!("{svc}/clusterIps/0"), json!("::ffff:10.96.0.10")),
+        (format!("{svc}/clusterIps/0"), json!("10.96.0.010")),
+        (format!("{svc}/clusterIps/0"), json!("10.96.0.10 -j ACCEPT")),
+        (format!("{svc}/loadBalancerSourceRanges/1"), json!("::/0")),
+        (
+            format!("{svc}/loadBalancerSourceRanges/1"),
+            json!("2001:db8::/129"),
+        ),
+        (
+            format!("{svc}/sessionAffinity/timeoutSeconds"),
+            json!(86_401),
+        ),
+        (
+            format!("{svc}/trafficDistribution"),
+            json!("PreferSameNode"),
+        ),
+        (format!("{svc}/trafficDistribution"), json!("PreferClose\n")),
+        (format!("{svc}/backends/0/nodeName"), json!(subdomain)),
+        (
+            format!("{svc}/backends/0/nodeName"),
+            json!(format!("{subdomain}a")),
+        ),
+        (format!("{svc}/backends/0/zone"), json!("")),
+        (format!("{svc}/backends/0/zone"), json!("zone a")),
+        (
+            format!("{svc}/backends/0/zoneHints"),
+            json!(["a", "b", "c", "d", "e", "f", "g", "h"]),
+        ),
+        (
+            format!("{svc}/backends/0/zoneHints"),
+            json!(["a", "b", "c", "d", "e", "f", "g", "h", "i"]),
+        ),
+        (format!("{svc}/backends/0/nodeHints/0"), json!("node_a")),
+        ("/spec/shard".to_string(), json!(1)),
+        ("/spec/serviceCount".to_string(), json!(0)),
+    ];
+    let base = shard();
+    assert!(agent_accepts(&base));
+    api.create(&dry_run, &serde_json::from_value(base.clone()).unwrap())
+        .await
+        .unwrap_or_else(|e| panic!("the operator's shard refused: {e}"));
+    let mut refused = 0;
+    for (field, value) in cases {
+        let mut object = base.clone();
+        *object.pointer_mut(&field).unwrap() = value.clone();
+        let server = api
+            .create(&dry_run, &serde_json::from_value(object.clone()).unwrap())
+            .await;
+        let agent = agent_accepts(&object);
+        assert_eq!(
+            server.is_ok(),
+            agent,
+            "{field} = {value}: the server says {server:?}, the agent {agent}"
+        );
+        refused += usize::from(!agent);
+    }
+    println!("{refused} shards refused by both the server and the agent");
+    assert!(refused >= 15);
 }

@@ -10,6 +10,8 @@
 //! that `nft list ruleset` in that namespace shows. The namespace, the
 //! bundles and the container state are removed whatever the outcome.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{OnceLock, mpsc};

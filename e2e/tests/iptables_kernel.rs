@@ -10,7 +10,7 @@ use switchyard_api::policy::{LinkedRuleset, link};
 use switchyard_dataplane::Dataplane;
 use switchyard_dataplane::exec::RealRunner;
 use switchyard_dataplane::iptables::IptablesBackend;
-use switchyard_dataplane::iptables::sysctl::ProcSysctl;
+use switchyard_dataplane::sysctl::ProcSysctl;
 use switchyard_lab::agent::NodeAgent;
 use switchyard_lab::netns::Netns;
 use switchyard_lab::runner::{compile_stage, node_info, settings_for};

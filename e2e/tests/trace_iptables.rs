@@ -22,6 +22,9 @@ fn tracer_agrees_with_every_scenario_flow() {
         let addresses = scenario.node.parsed_addresses().unwrap_or_default();
         let node = node_info(&scenario.node, &addresses);
         let settings = settings_for(&scenario.node, Mode::Iptables);
+        // As in the lab: the sources of fromNode flows sit on the node's loopback.
+        let mut local: Vec<IpAddr> = node.addresses.clone();
+        local.extend(scenario.node_extra_addresses());
         for stage in scenario.stages() {
             let compiled = compile_stage(&scenario.node, &stage);
             let plan = render::render(&link(&compiled.ruleset, &node), &settings);
@@ -49,8 +52,10 @@ fn tracer_agrees_with_every_scenario_flow() {
                     .iter()
                     .find(|f| f.family == switchyard_api::ruleset::IpFamily::of(&flow.dest_ip))
                     .unwrap_or_else(|| panic!("no plan for {}", flow.dest_ip));
-                let local: Vec<IpAddr> = node.addresses.clone();
-                let origin = if flow.source_ip.is_loopback() || local.contains(&flow.source_ip) {
+                let origin = if flow.from_node
+                    || flow.source_ip.is_loopback()
+                    || local.contains(&flow.source_ip)
+                {
                     Origin::Node
                 } else {
                     Origin::Remote

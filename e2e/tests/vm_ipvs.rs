@@ -6,6 +6,8 @@
 //! the VM every test builds its own namespaces: a node running the backend, a
 //! client and two pods, connected by veths, and sends real TCP connections.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
@@ -25,8 +27,9 @@ use switchyard_dataplane::ipvs::kernel::{Ipvs, NetlinkIpvs};
 use switchyard_dataplane::ipvs::objects::{DestState, ServiceKey, VirtualServer};
 use switchyard_dataplane::ipvs::{DUMMY_INTERFACE, IpvsBackend};
 use switchyard_dataplane::settings::Settings;
-use switchyard_lab::vm::guest::{Netns, ask_name, link as veth};
 use switchyard_lab::vm::{IN_VM_ENV, VmRunner};
+use switchyard_testkit::echo::{self, ask_greeting};
+use switchyard_testkit::netns::{Netns, veth};
 
 /// The two VM runs of this file take turns: two software-emulated VMs at once
 /// would only make both slower.
@@ -109,6 +112,11 @@ fn ipvs_backend_passes_its_kernel_tests_inside_the_vm() {
     }
 }
 
+/// A namespace of this test process, `syipvs-<pid>-<suffix>`.
+fn netns(suffix: &str) -> Netns {
+    Netns::create(&format!("syipvs-{}-{suffix}", std::process::id())).unwrap()
+}
+
 /// The namespaces of one test: a node with the backend, a client, two pods.
 struct Lab {
     node: Netns,
@@ -121,8 +129,8 @@ const VIP: &str = "10.96.0.10";
 
 impl Lab {
     fn new(test: &str) -> Lab {
-        let node = Netns::new(&format!("{test}-node")).unwrap();
-        let client = Netns::new(&format!("{test}-cl")).unwrap();
+        let node = netns(&format!("{test}-node"));
+        let client = netns(&format!("{test}-cl"));
         veth(
             &node,
             "c0",
@@ -137,7 +145,7 @@ impl Lab {
             .unwrap();
         let mut pods = Vec::new();
         for i in 1..=2 {
-            let pod = Netns::new(&format!("{test}-p{i}")).unwrap();
+            let pod = netns(&format!("{test}-p{i}"));
             veth(
                 &node,
                 &format!("p{i}"),
@@ -149,9 +157,10 @@ impl Lab {
             .unwrap();
             pod.ip(&["route", "add", "default", "via", &format!("10.1.{i}.1")])
                 .unwrap();
-            pod.serve_name(
+            echo::serve(
+                &pod,
                 format!("10.1.{i}.2:8080").parse().unwrap(),
-                &format!("pod{i}"),
+                Some(&format!("pod{i}")),
             )
             .unwrap();
             pods.push(pod);
@@ -179,7 +188,13 @@ impl Lab {
     /// The pod that answers a new connection from the client.
     fn ask(&self, addr: &str) -> Result<String, String> {
         let addr: SocketAddr = addr.parse().unwrap();
-        self.client.run(|| ask_name(addr).map(|(n, _)| n)).unwrap()
+        self.client
+            .run(|| {
+                ask_greeting(addr)
+                    .map(|(n, _)| n)
+                    .map_err(|e| e.to_string())
+            })
+            .unwrap()
     }
 
     fn in_node<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
@@ -319,7 +334,7 @@ fn in_vm_removed_pod_drains_at_weight_zero_then_goes() {
     let mut backend = lab.backend();
     lab.apply(&mut backend, &web(&[1], None), &settings());
     let addr: SocketAddr = "10.96.0.10:80".parse().unwrap();
-    let (name, mut conn) = lab.client.run(|| ask_name(addr)).unwrap().unwrap();
+    let (name, mut conn) = lab.client.run(|| ask_greeting(addr)).unwrap().unwrap();
     assert_eq!(name, "pod1");
 
     // pod1 leaves the service while a connection to it is open.
@@ -512,7 +527,7 @@ fn in_vm_kernel_answers_match_the_committed_captures() {
             include_str!("../../dataplane/src/ipvs/fixtures/get_info_reply.hex"),
         ),
     ];
-    let node = Netns::new("capture-node").unwrap();
+    let node = netns("capture-node");
     let captured = node
         .run(|| {
             let mut k = NetlinkIpvs::open().unwrap();
@@ -579,7 +594,7 @@ fn in_vm_switch_to_nftables_keeps_an_established_connection() {
     let mut ipvs = lab.backend();
     lab.apply(&mut ipvs, &web(&[1], None), &settings());
     let addr: SocketAddr = "10.96.0.10:80".parse().unwrap();
-    let (name, mut conn) = lab.client.run(|| ask_name(addr)).unwrap().unwrap();
+    let (name, mut conn) = lab.client.run(|| ask_greeting(addr)).unwrap().unwrap();
     assert_eq!(name, "pod1");
 
     let mut nft = NftablesBackend::new(Arc::new(RealRunner));
@@ -634,7 +649,7 @@ fn in_vm_switch_from_nftables_keeps_an_established_connection() {
     let synced = lab.in_node(|| active.as_mut().unwrap().sync(&ruleset, &nft_settings));
     synced.unwrap();
     let addr: SocketAddr = "10.96.0.10:80".parse().unwrap();
-    let (first, mut conn) = lab.client.run(|| ask_name(addr)).unwrap().unwrap();
+    let (first, mut conn) = lab.client.run(|| ask_greeting(addr)).unwrap().unwrap();
     assert!(first.starts_with("pod"), "{first}");
 
     let ipvs_settings = settings();

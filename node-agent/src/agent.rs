@@ -2,7 +2,9 @@
 //! ProxyConfig, the ruleset shards) to the kernel and back to status.
 //!
 //! A sync: assemble a complete shard generation (an incomplete one keeps the
-//! last complete one), link it for this node, resolve the pool's settings for
+//! last complete one), validate and link it for this node (an invalid shard
+//! refuses its generation: the last valid one stays, and the refusal is
+//! reported in the status and as an Event), resolve the pool's settings for
 //! the target mode, then either sync the active dataplane or switch to the
 //! target mode ([`crate::switch`]). Fail-static throughout: an apply error keeps
 //! the previous rules (the backend contract) and is reported; a restart finds
@@ -10,150 +12,119 @@
 //! of flushing it; nothing is removed for lack of input.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use switchyard_api::policy::{LinkedRuleset, LinkedShards, NodeInfo, ShardLinker};
+use kube::Resource;
+use switchyard_api::policy::{LinkedRuleset, LinkedShards, RefusedShard, ShardLinker};
 use switchyard_api::proxynode::AppliedCounts;
-use switchyard_api::ruleset::{Cidr, ServicePortRule, shard_name};
-use switchyard_api::{Mode, ProxyConfig, ProxyNode, ProxyNodeStatus, ProxyRuleset};
-use switchyard_dataplane::Dataplane;
+use switchyard_api::ruleset::{Cidr, shard_name};
+use switchyard_api::validation::limits::{clip, clip_message};
+use switchyard_api::{Mode, ProxyConfigSpec, ProxyNode, ProxyNodeStatus, ProxyRuleset};
 use switchyard_dataplane::kubeproxy::Leftovers;
 use switchyard_dataplane::settings::Settings;
+use switchyard_dataplane::{ApplyStats, BackendError, Dataplane};
 use tokio::time::Instant;
 
+use crate::events::{EventSink, refused_event};
 use crate::health::{HealthCheckServers, ProxyHealth, health_check_services};
 use crate::http::HttpServers;
+use crate::inputs::{InputKey, Inputs};
 use crate::metrics::Metrics;
+use crate::node::{being_deleted, node_info, pod_cidrs};
 use crate::status::{StatusReporter, set_condition};
 use crate::switch::{
-    Checkpoint, Checkpoints, DataplaneFactory, Probe, ProbeTarget, SwitchError, SwitchInput,
-    present_modes, recover, sweep, switch_to,
+    Checkpoint, Checkpoints, DataplaneFactory, Probe, SwitchError, SwitchInput, Switched,
+    present_modes, recover, sweep, switch_to, verification_probe,
 };
 use crate::watch::Source;
 
 /// The condition types the agent reports.
 pub const READY: &str = "Ready";
 pub const DEGRADED: &str = "Degraded";
+/// False while the newest ruleset generation is refused.
+pub const RULESET_ACCEPTED: &str = "RulesetAccepted";
 
-/// kube-proxy's default probe timeout for the rollout verification.
-const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What the watches currently hold.
-#[derive(Clone, Debug, Default)]
-pub struct Inputs {
-    /// Every watch has completed its initial list (until then nothing syncs).
-    pub listed: bool,
-    pub node: Option<Arc<Node>>,
-    pub proxy_node: Option<Arc<ProxyNode>>,
-    /// The ProxyConfig named by the ProxyNode's `spec.pool`.
-    pub config: Option<Arc<ProxyConfig>>,
-    pub shards: Vec<Arc<ProxyRuleset>>,
-}
-
-/// The parts of the inputs a sync depends on; an event that changes none of
-/// them (a status write coming back, a Node heartbeat) does not sync.
-#[derive(Clone, Debug, PartialEq)]
-struct InputKey {
-    target: Option<Mode>,
-    node: Option<(NodeInfo, Vec<Cidr>, bool)>,
-    config: Option<switchyard_api::ProxyConfigSpec>,
-    shards: Vec<(String, Option<String>)>,
-}
-
-impl InputKey {
-    fn of(inputs: &Inputs) -> InputKey {
-        let mut shards: Vec<(String, Option<String>)> = inputs
-            .shards
-            .iter()
-            .map(|s| {
-                (
-                    s.metadata.name.clone().unwrap_or_default(),
-                    s.metadata.resource_version.clone(),
-                )
-            })
-            .collect();
-        shards.sort();
-        InputKey {
-            target: inputs.proxy_node.as_ref().and_then(|p| p.spec.target_mode),
-            node: inputs
-                .node
-                .as_deref()
-                .map(|n| (node_info(n), pod_cidrs(n), being_deleted(n))),
-            config: inputs.config.as_ref().map(|c| c.spec.clone()),
-            shards,
-        }
-    }
-}
-
-/// The facts link needs from the Node: name, zone label, addresses (InternalIP first).
-pub fn node_info(node: &Node) -> NodeInfo {
-    let zone = node
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get("topology.kubernetes.io/zone"))
-        .cloned();
-    let mut addresses: Vec<IpAddr> = Vec::new();
-    let all = node
-        .status
-        .as_ref()
-        .and_then(|s| s.addresses.as_ref())
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    for kind in ["InternalIP", "ExternalIP"] {
-        for a in all.iter().filter(|a| a.type_ == kind) {
-            match a.address.parse() {
-                Ok(ip) if !addresses.contains(&ip) => addresses.push(ip),
-                Ok(_) => {}
-                Err(_) => tracing::warn!(address = %a.address, "skipping unparsable node address"),
-            }
-        }
-    }
-    NodeInfo {
-        name: node.metadata.name.clone().unwrap_or_default(),
-        zone,
-        addresses,
-    }
-}
-
-/// The node's `spec.podCIDRs` (or `spec.podCIDR`), unparsable entries skipped.
-pub fn pod_cidrs(node: &Node) -> Vec<Cidr> {
-    let spec = node.spec.as_ref();
-    spec.and_then(|s| s.pod_cidrs.clone())
-        .or_else(|| spec.and_then(|s| s.pod_cidr.clone()).map(|c| vec![c]))
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|c| c.parse().ok())
-        .collect()
-}
-
-/// The node is going away: being deleted or tainted for removal by the autoscaler.
-fn being_deleted(node: &Node) -> bool {
-    node.metadata.deletion_timestamp.is_some()
-        || node
-            .spec
-            .as_ref()
-            .and_then(|s| s.taints.as_ref())
-            .is_some_and(|t| t.iter().any(|t| t.key == "ToBeDeletedByClusterAutoscaler"))
-}
+/// An Event's note may hold 1 kB.
+const MAX_EVENT_NOTE_BYTES: usize = 1024;
 
 /// What a sync pass did.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum SyncOutcome {
     /// Rules are in place for the current inputs.
     Synced,
     /// The inputs did not change since the last successful sync.
     Unchanged,
-    /// Nothing can be applied yet (named reason); the kernel is left as it is.
-    Waiting(String),
+    /// Nothing can be applied yet; the kernel is left as it is.
+    Waiting(Waiting),
     /// The apply failed; the previous rules stay. Retry later.
-    Failed(String),
+    Failed(SyncError),
+}
+
+/// Why nothing can be applied yet (not an error: the inputs are incomplete).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Waiting {
+    ProxyNodeMissing {
+        node: String,
+    },
+    InitialLists,
+    NoTargetMode,
+    NodeMissing {
+        node: String,
+    },
+    NoCompleteGeneration,
+    /// The newest generation failed validation (the message says where).
+    Refused(String),
+}
+
+impl fmt::Display for Waiting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Waiting::ProxyNodeMissing { node } => write!(f, "ProxyNode {node} not found"),
+            Waiting::InitialLists => f.write_str("initial lists not complete"),
+            Waiting::NoTargetMode => f.write_str("no target mode assigned"),
+            Waiting::NodeMissing { node } => write!(f, "Node {node} not found"),
+            Waiting::NoCompleteGeneration => f.write_str("no complete ruleset shard generation"),
+            Waiting::Refused(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Why a sync pass could not apply its inputs (the previous rules stay).
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("no dataplane is active")]
+    NoActiveDataplane,
+    /// Syncing the active dataplane failed (the error names mode and operation).
+    #[error(transparent)]
+    SyncActive(#[from] BackendError),
+    /// The switch failed, and so did syncing the dataplane that was kept.
+    #[error("{switch}; {kept}")]
+    SwitchThenKept {
+        switch: Box<SwitchError>,
+        #[source]
+        kept: Box<SyncError>,
+    },
+}
+
+/// A pass's inputs before its shard generation is validated and linked.
+struct Unlinked<'a> {
+    target: Mode,
+    node: &'a Node,
+    proxy_node: &'a ProxyNode,
+    shards: &'a [Arc<ProxyRuleset>],
+}
+
+/// What a sync pass applies: the target mode, the Node and the linked generation.
+struct Ready<'a> {
+    target: Mode,
+    node: &'a Node,
+    assembled: LinkedShards,
 }
 
 /// What the agent needs besides its inputs.
@@ -164,6 +135,8 @@ pub struct AgentParts {
     /// Foreign objects to remove once our mode is active (kube-proxy's nftables tables).
     pub leftovers: Vec<Box<dyn Leftovers>>,
     pub reporter: StatusReporter,
+    /// Events about this node's ProxyNode.
+    pub events: Box<dyn EventSink>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<ProxyHealth>,
     pub health_checks: Option<HealthCheckServers>,
@@ -179,8 +152,10 @@ pub struct Agent {
     active: Option<Box<dyn Dataplane>>,
     recovered: bool,
     swept: bool,
-    /// Links shard generations, reusing what did not change.
+    /// Validates and links shard generations, reusing what did not change.
     linker: ShardLinker,
+    /// Why the newest shard generation is refused.
+    refused: Option<RefusedShard>,
     synced_key: Option<InputKey>,
     status: ProxyNodeStatus,
     settings: Settings,
@@ -214,6 +189,7 @@ impl Agent {
             recovered: false,
             swept: false,
             linker: ShardLinker::default(),
+            refused: None,
             synced_key: None,
             status: ProxyNodeStatus::default(),
             settings: Settings::defaults(Mode::default()),
@@ -310,31 +286,17 @@ impl Agent {
         started: Instant,
         queued_at: Option<Instant>,
     ) -> SyncOutcome {
-        // The ProxyNode store fills only once its list is complete, so its
-        // recorded status can be read back (and status written) even while
-        // another watch is still failing.
-        let Some(proxy_node) = inputs.proxy_node.as_deref() else {
-            return SyncOutcome::Waiting(format!("ProxyNode {} not found", self.parts.node_name));
+        let ready = match self.ready(inputs, key) {
+            Ok(ready) => ready,
+            Err(why) => return SyncOutcome::Waiting(why),
         };
-        self.generation = proxy_node.metadata.generation;
-        if !self.recovered {
-            self.recover(proxy_node);
-        }
-        if !inputs.listed {
-            return SyncOutcome::Waiting("initial lists not complete".to_string());
-        }
-        let Some(target) = key.target.or(self.active_mode()) else {
-            return SyncOutcome::Waiting("no target mode assigned".to_string());
+        let ready = match self.link(ready).await {
+            Ok(ready) => ready,
+            Err(why) => return SyncOutcome::Waiting(why),
         };
-        let Some(node) = inputs.node.as_deref() else {
-            return SyncOutcome::Waiting(format!("Node {} not found", self.parts.node_name));
-        };
-        // An incomplete generation keeps the last complete one.
-        let shards = inputs.shards.iter().map(|s| &s.spec);
-        let Some(assembled) = self.linker.link(shards, &node_info(node)) else {
-            return SyncOutcome::Waiting("no complete ruleset shard generation".to_string());
-        };
-        self.parts.health.set_node_deleting(being_deleted(node));
+        self.parts
+            .health
+            .set_node_deleting(being_deleted(ready.node));
         let config = inputs.config.as_ref().map(|c| &c.spec);
         if let Some(http) = self.parts.http.as_mut() {
             for e in http.reconcile(config) {
@@ -343,61 +305,135 @@ impl Agent {
         }
         let spec = config.cloned().unwrap_or_default();
         // A failure is about one target: a new target starts afresh.
-        if self.status.failed_mode.is_some_and(|f| f != target) {
+        if self.status.failed_mode.is_some_and(|f| f != ready.target) {
             self.status.failed_mode = None;
         }
-        let mode = if self.status.failed_mode == Some(target) {
-            self.active_mode().unwrap_or(target)
+        let mode = if self.status.failed_mode == Some(ready.target) {
+            self.active_mode().unwrap_or(ready.target)
         } else {
-            target
+            ready.target
         };
-        let pods = pod_cidrs(node);
-        let settings_for = |mode| {
-            let (settings, warnings) = Settings::from_spec(&spec, mode, &pods);
-            for w in &warnings {
-                tracing::warn!(warning = %w, "ProxyConfig setting skipped");
-            }
-            settings
-        };
-        self.settings = settings_for(mode);
-        let linked = &assembled.linked;
-
-        let mut note = None;
-        let result = if self.active_mode() == Some(mode) {
-            self.sync_active(linked)
-        } else {
-            match self.switch(mode, linked, &spec).await {
-                Ok((stats, switch_note)) => {
-                    note = switch_note;
-                    Ok(stats)
-                }
-                Err(e) => {
-                    // The old mode carries on with the current ruleset.
-                    if let Some(kept) = self.active_mode() {
-                        self.settings = settings_for(kept);
-                    }
-                    note = Some(e.clone());
-                    self.sync_active(linked)
-                        .map_err(|sync_err| format!("{e}; {sync_err}"))
-                }
-            }
-        };
-        let stats = match result {
-            Ok(stats) => stats,
+        let pods = pod_cidrs(ready.node);
+        self.settings = settings_for(&spec, mode, &pods);
+        let linked = &ready.assembled.linked;
+        let (stats, note) = match self.apply(mode, linked, &spec, &pods).await {
+            Ok(applied) => applied,
             Err(e) => {
                 self.parts
                     .metrics
                     .sync_failed(self.active_mode().unwrap_or(mode));
-                self.status.last_error = Some(e.clone());
+                self.status.last_error = Some(clip_message(e.to_string()));
                 return SyncOutcome::Failed(e);
             }
         };
-
         if !self.swept {
             self.sweep(linked);
         }
-        self.report_synced(&assembled, stats, started, queued_at, note);
+        self.report_synced(&ready.assembled, stats, started, queued_at, note);
         SyncOutcome::Synced
+    }
+
+    /// What this pass applies, or why it must wait. Recovers the kernel's
+    /// state first, once the ProxyNode's recorded status can be read back.
+    fn ready<'a>(&mut self, inputs: &'a Inputs, key: &InputKey) -> Result<Unlinked<'a>, Waiting> {
+        // The ProxyNode store fills only once its list is complete, so its
+        // recorded status can be read back (and status written) even while
+        // another watch is still failing.
+        let proxy_node = inputs
+            .proxy_node
+            .as_deref()
+            .ok_or_else(|| Waiting::ProxyNodeMissing {
+                node: self.parts.node_name.clone(),
+            })?;
+        self.generation = proxy_node.metadata.generation;
+        if !self.recovered {
+            self.recover(proxy_node);
+        }
+        if !inputs.listed {
+            return Err(Waiting::InitialLists);
+        }
+        let target = key
+            .target
+            .or(self.active_mode())
+            .ok_or(Waiting::NoTargetMode)?;
+        let node = inputs.node.as_deref().ok_or_else(|| Waiting::NodeMissing {
+            node: self.parts.node_name.clone(),
+        })?;
+        Ok(Unlinked {
+            target,
+            node,
+            proxy_node,
+            shards: &inputs.shards,
+        })
+    }
+
+    /// Validate and link the shard generation. An incomplete or refused
+    /// generation keeps the last one linked; a refusal is reported.
+    async fn link<'a>(&mut self, unlinked: Unlinked<'a>) -> Result<Ready<'a>, Waiting> {
+        let shards = unlinked.shards.iter().map(|s| &s.spec);
+        let linked = self.linker.link(shards, &node_info(unlinked.node));
+        self.note_refused(linked.refused, unlinked.proxy_node).await;
+        let assembled = linked.shards.ok_or_else(|| match &self.refused {
+            Some(refused) => Waiting::Refused(refused.to_string()),
+            None => Waiting::NoCompleteGeneration,
+        })?;
+        Ok(Ready {
+            target: unlinked.target,
+            node: unlinked.node,
+            assembled,
+        })
+    }
+
+    /// Keep the refusal of the newest generation; a new one is logged and
+    /// published as an Event on the ProxyNode.
+    async fn note_refused(&mut self, refused: Option<RefusedShard>, proxy_node: &ProxyNode) {
+        if refused == self.refused {
+            return;
+        }
+        if let Some(r) = &refused {
+            tracing::error!(refused = %r, "ruleset shard refused; the last valid rules stay");
+            let event = refused_event(clip(r.to_string(), MAX_EVENT_NOTE_BYTES));
+            let regarding = proxy_node.object_ref(&());
+            if let Err(e) = self.parts.events.publish(&event, &regarding).await {
+                tracing::warn!(error = %e, "publishing the refusal as an Event failed");
+            }
+        }
+        self.refused = refused;
+    }
+
+    /// Sync the active dataplane when it runs `mode`, else switch to `mode`;
+    /// when the switch fails the kept dataplane syncs the ruleset. Ok carries
+    /// a note to report (a failed switch, or a completed one's caveats).
+    async fn apply(
+        &mut self,
+        mode: Mode,
+        linked: &LinkedRuleset,
+        spec: &ProxyConfigSpec,
+        pods: &[Cidr],
+    ) -> Result<(ApplyStats, Option<String>), SyncError> {
+        if self.active_mode() == Some(mode) {
+            return Ok((self.sync_active(linked)?, None));
+        }
+        match self.switch(mode, linked, spec).await {
+            Ok(switched) => {
+                let note = switch_note(&switched);
+                Ok((switched.stats, note))
+            }
+            Err(switch) => {
+                // The old mode carries on with the current ruleset.
+                if let Some(kept) = self.active_mode() {
+                    self.settings = settings_for(spec, kept, pods);
+                }
+                let note = switch.to_string();
+                match self.sync_active(linked) {
+                    Ok(stats) => Ok((stats, Some(note))),
+                    Err(kept) => Err(SyncError::SwitchThenKept {
+                        switch: Box::new(switch),
+                        kept: Box::new(kept),
+                    }),
+                }
+            }
+        }
     }
 
     fn recover(&mut self, proxy_node: &ProxyNode) {
@@ -422,49 +458,23 @@ impl Agent {
         self.recovered = true;
     }
 
-    fn sync_active(
-        &mut self,
-        linked: &LinkedRuleset,
-    ) -> Result<switchyard_dataplane::ApplyStats, String> {
-        let Some(active) = self.active.as_mut() else {
-            return Err("no dataplane is active".to_string());
-        };
-        active
-            .sync(linked, &self.settings)
-            .map_err(|e| e.to_string())
+    fn sync_active(&mut self, linked: &LinkedRuleset) -> Result<ApplyStats, SyncError> {
+        let active = self.active.as_mut().ok_or(SyncError::NoActiveDataplane)?;
+        Ok(active.sync(linked, &self.settings)?)
     }
 
-    /// Switch to `to`. Ok carries a note to report (verification skipped for
-    /// lack of an old mode, the old mode's removal failed).
+    /// Switch to `to` with the switch procedure, recording its checkpoints.
     async fn switch(
         &mut self,
         to: Mode,
         linked: &LinkedRuleset,
-        spec: &switchyard_api::ProxyConfigSpec,
-    ) -> Result<(switchyard_dataplane::ApplyStats, Option<String>), String> {
-        let probe = spec.rollout.verification.as_ref().map(|v| {
-            let timeout = v
-                .timeout
-                .as_deref()
-                .and_then(|t| switchyard_api::duration::parse_duration(t).ok())
-                .unwrap_or(DEFAULT_PROBE_TIMEOUT);
-            probe_target(
-                linked.services.iter().map(|s| &s.rule),
-                &v.service,
-                v.port,
-                timeout,
-            )
-            .ok_or_else(|| SwitchError::NoProbeTarget {
-                to,
-                service: v.service.clone(),
-                port: v.port,
-            })
-        });
+        spec: &ProxyConfigSpec,
+    ) -> Result<Switched, SwitchError> {
         let input = SwitchInput {
             to,
             ruleset: linked,
             settings: &self.settings,
-            probe,
+            probe: verification_probe(spec.rollout.verification.as_ref(), linked, to),
         };
         let mut recorder = Recorder {
             status: &mut self.status,
@@ -479,21 +489,9 @@ impl Agent {
         )
         .await;
         self.parts.metrics.switched(to, result.is_ok());
-        let switched = result.map_err(|e| e.to_string())?;
+        let switched = result?;
         self.swept = false;
-        let notes: Vec<String> = [
-            switched
-                .old_cleanup
-                .map(|e| format!("removing the old dataplane: {e}")),
-            switched.unverified.map(|e| e.to_string()),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        Ok((
-            switched.stats,
-            (!notes.is_empty()).then(|| notes.join("; ")),
-        ))
+        Ok(switched)
     }
 
     fn sweep(&mut self, linked: &LinkedRuleset) {
@@ -518,7 +516,7 @@ impl Agent {
     fn report_synced(
         &mut self,
         assembled: &LinkedShards,
-        stats: switchyard_dataplane::ApplyStats,
+        stats: ApplyStats,
         started: Instant,
         queued_at: Option<Instant>,
         note: Option<String>,
@@ -561,7 +559,7 @@ impl Agent {
         });
         // A failed switch's error stays until a switch succeeds.
         if note.is_some() || s.failed_mode.is_none() {
-            s.last_error = note;
+            s.last_error = note.map(clip_message);
         }
     }
 
@@ -578,8 +576,8 @@ impl Agent {
                     (None, None) => (false, "NoDataplane", "no dataplane active".to_string()),
                 }
             }
-            SyncOutcome::Waiting(why) => (false, "Waiting", why.clone()),
-            SyncOutcome::Failed(e) => (false, "ApplyFailed", e.clone()),
+            SyncOutcome::Waiting(why) => (false, "Waiting", why.to_string()),
+            SyncOutcome::Failed(e) => (false, "ApplyFailed", e.to_string()),
         };
         let now = self.now_time();
         set_condition(
@@ -623,10 +621,11 @@ impl Agent {
                 self.status.last_error.clone().unwrap_or_default(),
             ),
             (None, None, Some(e)) => (true, "ApplyFailed", e),
-            // A switch that completed with a caveat (unverified, old not removed).
-            (None, None, None) => match &self.status.last_error {
-                Some(e) => (true, "SwitchIncomplete", e.clone()),
-                None => (false, "AsExpected", String::new()),
+            (None, None, None) => match (&self.refused, &self.status.last_error) {
+                (Some(r), _) => (true, "InvalidRuleset", r.to_string()),
+                // A switch that completed with a caveat (unverified, old not removed).
+                (None, Some(e)) => (true, "SwitchIncomplete", e.clone()),
+                (None, None) => (false, "AsExpected", String::new()),
             },
         };
         let now = self.now_time();
@@ -639,11 +638,53 @@ impl Agent {
             &now,
             self.generation,
         );
+        let (accepted, reason, message) = match &self.refused {
+            Some(r) => (false, "InvalidShard", r.to_string()),
+            None => (
+                true,
+                "Valid",
+                "every shard applied passed validation".to_string(),
+            ),
+        };
+        set_condition(
+            &mut self.status.conditions,
+            RULESET_ACCEPTED,
+            accepted,
+            reason,
+            message,
+            &now,
+            self.generation,
+        );
     }
 
     fn now_time(&self) -> Time {
         Time(Timestamp::try_from((self.parts.wall_clock)()).unwrap_or(Timestamp::UNIX_EPOCH))
     }
+}
+
+/// The pool's settings for `mode` on this node; unusable settings are logged and skipped.
+fn settings_for(spec: &ProxyConfigSpec, mode: Mode, pods: &[Cidr]) -> Settings {
+    let (settings, warnings) = Settings::from_spec(spec, mode, pods);
+    for w in &warnings {
+        tracing::warn!(warning = %w, "ProxyConfig setting skipped");
+    }
+    settings
+}
+
+/// What a completed switch leaves to report: the old dataplane's removal
+/// failed, or the new one is unverified (there was no old one to go back to).
+fn switch_note(switched: &Switched) -> Option<String> {
+    let notes: Vec<String> = [
+        switched
+            .old_cleanup
+            .as_ref()
+            .map(|e| format!("removing the old dataplane: {e}")),
+        switched.unverified.as_ref().map(|e| e.to_string()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    (!notes.is_empty()).then(|| notes.join("; "))
 }
 
 fn display(mode: Option<Mode>) -> String {
@@ -652,22 +693,4 @@ fn display(mode: Option<Mode>) -> String {
 
 fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
-}
-
-/// The address the rollout probe connects to: the named service port's first cluster IP.
-pub fn probe_target<'a>(
-    rules: impl IntoIterator<Item = &'a ServicePortRule>,
-    service: &str,
-    port: u16,
-    timeout: Duration,
-) -> Option<ProbeTarget> {
-    let (namespace, name) = service.split_once('/')?;
-    rules
-        .into_iter()
-        .find(|r| r.namespace == namespace && r.name == name && r.port == port)
-        .and_then(|r| r.cluster_ips.first())
-        .map(|ip| ProbeTarget {
-            addr: SocketAddr::new(*ip, port),
-            timeout,
-        })
 }

@@ -16,9 +16,10 @@ use std::time::{Duration, SystemTime};
 use hyper::{Response, StatusCode, header};
 use k8s_openapi::jiff::Timestamp;
 use switchyard_api::policy::LinkedRuleset;
+use switchyard_daemon::http::{Body, Handler};
 use tokio::task::JoinHandle;
 
-use crate::http::{Body, Handler, HttpError, json_response, not_found, spawn_server};
+use crate::http::{HttpError, json_response, not_found, spawn_server};
 
 #[derive(Debug, Default)]
 struct ProxyHealthState {

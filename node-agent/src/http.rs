@@ -1,17 +1,15 @@
-//! The agent's small HTTP servers (hyper 1, HTTP/1): one accept loop per
-//! listener, a handler per server, and servers whose address follows the
-//! pool's ProxyConfig (`healthzBindAddress`, `metricsBindAddress`).
+//! The agent's small HTTP servers: each serves a handler with the daemons'
+//! accept loop (`switchyard_daemon::http`) on a listener bound here, and the
+//! proxy servers' addresses follow the pool's ProxyConfig
+//! (`healthzBindAddress`, `metricsBindAddress`).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode, header};
-use hyper_util::rt::TokioIo;
+use hyper::body::Bytes;
+use hyper::{Response, StatusCode, header};
 use switchyard_api::ProxyConfigSpec;
+use switchyard_daemon::http::{Body, Handler, Reply, serve};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -29,18 +27,15 @@ pub enum HttpError {
     Address { what: &'static str, text: String },
 }
 
-/// Response bodies of the agent's HTTP servers.
-pub type Body = Full<Bytes>;
-
+/// A JSON answer, as kube-proxy's health servers send it.
 pub fn json_response(status: StatusCode, body: String) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    h.insert(
+    let mut resp = Reply {
+        status,
+        content_type: "application/json",
+        body,
+    }
+    .into_response();
+    resp.headers_mut().insert(
         header::X_CONTENT_TYPE_OPTIONS,
         header::HeaderValue::from_static("nosniff"),
     );
@@ -52,35 +47,6 @@ pub fn not_found() -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from_static(b"404 page not found\n")));
     *resp.status_mut() = StatusCode::NOT_FOUND;
     resp
-}
-
-/// Answers one HTTP request.
-pub type Handler = Arc<dyn Fn(&Request<Incoming>) -> Response<Body> + Send + Sync>;
-
-/// Serve HTTP/1 on `listener` until the task is aborted.
-pub async fn serve(listener: TcpListener, handler: Handler) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                continue;
-            }
-        };
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
-                let resp = handler(&req);
-                async move { Ok::<_, std::convert::Infallible>(resp) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "health connection ended");
-            }
-        });
-    }
 }
 
 /// Bind `addr` now and serve `handler` on it in a task (stopped by aborting it).

@@ -4,9 +4,12 @@
 //! modes; reports status, health and metrics.
 
 pub mod agent;
+pub mod events;
 pub mod health;
 pub mod http;
+pub mod inputs;
 pub mod metrics;
+pub mod node;
 pub mod ratelimit;
 pub mod standalone;
 pub mod status;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use switchyard_agent::agent::{Agent, AgentParts};
+use switchyard_agent::events::ApiEvents;
 use switchyard_agent::health::{HealthCheckServers, ProxyHealth, proxy_health_handler};
 use switchyard_agent::http::{HttpServers, Rebindable};
 use switchyard_agent::metrics::{Metrics, metrics_handler};
@@ -18,6 +19,7 @@ use switchyard_agent::switch::{BackendFactory, DataplaneFactory, TcpProbe};
 use switchyard_agent::{sync, watch};
 use switchyard_api::Mode;
 use switchyard_api::duration::parse_duration;
+use switchyard_daemon::signal::shutdown_requested;
 use switchyard_dataplane::exec::RealRunner;
 use switchyard_dataplane::kubeproxy::KubeProxyNftables;
 
@@ -109,21 +111,7 @@ struct ApplyArgs {
 }
 
 async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
+    shutdown_requested().await;
     tracing::info!("shutting down; the applied rules stay in place");
 }
 
@@ -161,6 +149,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn Error>> {
             Box::new(ApiStatusWriter::new(client.clone(), &args.node_name)),
             args.status_min_interval,
         ),
+        events: Box::new(ApiEvents::new(client.clone(), &args.node_name)),
         metrics,
         health: health.clone(),
         health_checks: Some(HealthCheckServers::new(

@@ -18,12 +18,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets, linear_buckets};
 use prometheus_client::registry::Registry;
 use switchyard_api::Mode;
+use switchyard_daemon::http::{Handler, Reply};
 
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::{Response, header};
-
-use crate::http::{Handler, not_found};
+use crate::http::not_found;
 
 /// The `mode` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -175,14 +172,7 @@ pub fn metrics_handler(metrics: Arc<Metrics>) -> Handler {
         if req.uri().path() != "/metrics" {
             return not_found();
         }
-        let mut resp = Response::new(Full::new(Bytes::from(metrics.encode())));
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static(
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            ),
-        );
-        resp
+        Reply::openmetrics(metrics.encode()).into_response()
     })
 }
 

@@ -1,8 +1,11 @@
 //! `node-agent apply`: drive one dataplane without a cluster, for debugging and
 //! demos. Services, EndpointSlices, Nodes and (optionally) a ProxyConfig are
-//! read from the YAML files of a directory, compiled, linked for this node and
-//! applied once, or again whenever the files change (`--watch-dir`, polled).
-//! A failed load or apply keeps the rules applied last.
+//! read from the YAML files of a directory (at most
+//! [`switchyard_compiler::MAX_STATE_BYTES`] in all), compiled, linked for this
+//! node and applied once, or again whenever the files change (`--watch-dir`,
+//! polled). Objects the API server would refuse are skipped and reported, as
+//! the compiler does; a node name it would refuse stops the apply. A failed
+//! load or apply keeps the rules applied last.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -12,32 +15,25 @@ use sha2::{Digest, Sha256};
 use switchyard_api::Mode;
 use switchyard_api::policy::{LinkedRuleset, NodeInfo, link};
 use switchyard_api::ruleset::Cidr;
-use switchyard_compiler::{CompileSettings, Diagnostic, LoadError, Objects, Snapshot, compile};
+use switchyard_api::validation::{FieldError, check_node};
+use switchyard_compiler::{
+    CompileSettings, Diagnostic, Objects, ReadError, Snapshot, StateReader, compile, parse_into,
+};
 use switchyard_dataplane::settings::Settings;
 use switchyard_dataplane::{ApplyStats, BackendError, Dataplane};
 
-use crate::agent::node_info;
+use crate::node::{node_info, pod_cidrs};
 
 /// Standalone mode failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StandaloneError {
-    #[error("reading state directory {dir}: {source}")]
-    ReadDir {
-        dir: PathBuf,
+    #[error("state directory: {0}")]
+    Read(#[from] ReadError),
+    #[error("node {node:?}: {source}")]
+    InvalidNode {
+        node: String,
         #[source]
-        source: std::io::Error,
-    },
-    #[error("reading {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    Load {
-        path: PathBuf,
-        #[source]
-        source: Box<LoadError>,
+        source: FieldError,
     },
     #[error("applying {mode}: {source}")]
     Apply {
@@ -67,43 +63,24 @@ pub struct Prepared {
     pub diagnostics: Vec<Diagnostic>,
 }
 
-/// The YAML files of `dir`, sorted by name.
-fn state_files(dir: &Path) -> Result<Vec<PathBuf>, StandaloneError> {
-    let read_dir_err = |source| StandaloneError::ReadDir {
-        dir: dir.to_path_buf(),
-        source,
-    };
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(read_dir_err)? {
-        let path = entry.map_err(read_dir_err)?.path();
-        let yaml = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| e == "yaml" || e == "yml");
-        if yaml && path.is_file() {
-            files.push(path);
+/// The names and contents of the directory's YAML files, sorted by name.
+fn read_state(dir: &Path) -> Result<Vec<(String, String)>, StandaloneError> {
+    if !dir.is_dir() {
+        let source = std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory");
+        return Err(ReadError::Read {
+            path: dir.display().to_string(),
+            source,
         }
+        .into());
     }
-    files.sort();
-    Ok(files)
-}
-
-/// The files' names and contents.
-fn read_state(dir: &Path) -> Result<Vec<(PathBuf, String)>, StandaloneError> {
-    state_files(dir)?
-        .into_iter()
-        .map(|path| match std::fs::read_to_string(&path) {
-            Ok(text) => Ok((path, text)),
-            Err(source) => Err(StandaloneError::Read { path, source }),
-        })
-        .collect()
+    Ok(StateReader::default().read_path(dir, &["yaml", "yml"])?)
 }
 
 /// A digest of the directory's YAML files (names and contents).
 pub fn fingerprint(dir: &Path) -> Result<Vec<u8>, StandaloneError> {
     let mut hash = Sha256::new();
     for (path, text) in read_state(dir)? {
-        hash.update(path.to_string_lossy().as_bytes());
+        hash.update(path.as_bytes());
         hash.update([0]);
         hash.update(text.as_bytes());
         hash.update([0]);
@@ -115,15 +92,7 @@ pub fn fingerprint(dir: &Path) -> Result<Vec<u8>, StandaloneError> {
 pub fn prepare(opts: &StandaloneOptions) -> Result<Prepared, StandaloneError> {
     let mut objects = Objects::default();
     for (path, text) in read_state(&opts.state)? {
-        let more =
-            switchyard_compiler::parse_objects(&text).map_err(|source| StandaloneError::Load {
-                path,
-                source: Box::new(source),
-            })?;
-        objects.services.extend(more.services);
-        objects.endpoint_slices.extend(more.endpoint_slices);
-        objects.nodes.extend(more.nodes);
-        objects.proxy_configs.extend(more.proxy_configs);
+        parse_into(&mut objects, &path, &text)?;
     }
     let node = objects
         .nodes
@@ -136,11 +105,11 @@ pub fn prepare(opts: &StandaloneOptions) -> Result<Prepared, StandaloneError> {
     if !opts.node_ips.is_empty() {
         info.addresses = opts.node_ips.clone();
     }
-    let pod_cidrs: Vec<Cidr> = node
-        .and_then(|n| n.spec.as_ref())
-        .and_then(|s| s.pod_cidrs.as_ref())
-        .map(|c| c.iter().filter_map(|c| c.parse().ok()).collect())
-        .unwrap_or_default();
+    check_node(&info).map_err(|source| StandaloneError::InvalidNode {
+        node: info.name.clone(),
+        source,
+    })?;
+    let pod_cidrs: Vec<Cidr> = node.map(pod_cidrs).unwrap_or_default();
     let spec = objects
         .proxy_configs
         .first()

@@ -6,6 +6,7 @@ use futures::future::BoxFuture;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
+use switchyard_api::validation::limits::clip_message;
 use switchyard_api::{ProxyNode, ProxyNodeStatus};
 use tokio::time::Instant;
 
@@ -146,7 +147,8 @@ impl StatusReporter {
     }
 }
 
-/// Set condition `type_`, keeping its transition time when its status is unchanged.
+/// Set condition `type_`, keeping its transition time when its status is
+/// unchanged; a message longer than the schema allows is clipped.
 pub fn set_condition(
     conditions: &mut Vec<Condition>,
     type_: &str,
@@ -165,7 +167,7 @@ pub fn set_condition(
         type_: type_.to_string(),
         status,
         reason: reason.to_string(),
-        message,
+        message: clip_message(message),
         last_transition_time,
         observed_generation,
     };

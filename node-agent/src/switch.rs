@@ -22,7 +22,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use switchyard_api::Mode;
 use switchyard_api::policy::LinkedRuleset;
+use switchyard_api::proxyconfig::Verification;
 use switchyard_api::proxynode::{ProxyNodeStatus, SwitchStatus, SwitchStep};
+use switchyard_api::ruleset::ServicePortRule;
 
 use switchyard_dataplane::exec::Runner;
 use switchyard_dataplane::kubeproxy::Leftovers;
@@ -101,6 +103,55 @@ impl Probe for TcpProbe {
 pub struct ProbeTarget {
     pub addr: SocketAddr,
     pub timeout: Duration,
+}
+
+/// kube-proxy's default probe timeout for the rollout verification.
+const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The address the rollout probe connects to: the named service port's first cluster IP.
+pub fn probe_target<'a>(
+    rules: impl IntoIterator<Item = &'a ServicePortRule>,
+    service: &str,
+    port: u16,
+    timeout: Duration,
+) -> Option<ProbeTarget> {
+    let (namespace, name) = service.split_once('/')?;
+    rules
+        .into_iter()
+        .find(|r| r.namespace == namespace && r.name == name && r.port == port)
+        .and_then(|r| r.cluster_ips.first())
+        .map(|ip| ProbeTarget {
+            addr: SocketAddr::new(*ip, port),
+            timeout,
+        })
+}
+
+/// The pool's verification for a switch to `to` (`spec.rollout.verification`):
+/// `None` when it configures none, an error when its service port is not in
+/// `ruleset` (which fails the switch).
+pub fn verification_probe(
+    verification: Option<&Verification>,
+    ruleset: &LinkedRuleset,
+    to: Mode,
+) -> Option<Result<ProbeTarget, SwitchError>> {
+    verification.map(|v| {
+        let timeout = v
+            .timeout
+            .as_deref()
+            .and_then(|t| switchyard_api::duration::parse_duration(t).ok())
+            .unwrap_or(DEFAULT_PROBE_TIMEOUT);
+        probe_target(
+            ruleset.services.iter().map(|s| &s.rule),
+            &v.service,
+            v.port,
+            timeout,
+        )
+        .ok_or_else(|| SwitchError::NoProbeTarget {
+            to,
+            service: v.service.clone(),
+            port: v.port,
+        })
+    })
 }
 
 /// A point of the procedure that is recorded before the agent goes on.

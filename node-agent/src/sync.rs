@@ -11,7 +11,8 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use tokio::time::{Instant, sleep_until};
 
-use crate::agent::{Agent, Inputs, SyncOutcome};
+use crate::agent::{Agent, SyncOutcome};
+use crate::inputs::Inputs;
 use crate::ratelimit::SyncLimiter;
 use crate::watch::WatchEvent;
 

@@ -19,7 +19,7 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use switchyard_api::{ProxyConfig, ProxyNode, ProxyRuleset};
 
-use crate::agent::Inputs;
+use crate::inputs::Inputs;
 
 /// Which watch an event came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

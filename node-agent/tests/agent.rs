@@ -2,6 +2,8 @@
 //! apply, complete shard generations only, restart recovery, the switch with
 //! verification and rollback, and a kill at every recorded step.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use common::fake::{FakeKernel, SyncRecord, rule_lines};
@@ -30,7 +32,7 @@ async fn first_sync_applies_the_target_mode_and_reports_it() {
     let writer = RecordingWriter::default();
     let mut agent = agent(&kernel, &writer, &FakeLeftover::default());
     let out = agent.sync(&inputs(Some(Mode::Nftables), None), None).await;
-    assert_eq!(out, SyncOutcome::Synced);
+    assert!(matches!(out, SyncOutcome::Synced), "{out:?}");
     assert_eq!(kernel.installed(), vec![Mode::Nftables]);
     assert_eq!(kernel.rules(Mode::Nftables), Some(web_lines()));
     let s = agent.status();
@@ -49,7 +51,7 @@ async fn first_sync_applies_the_target_mode_and_reports_it() {
     );
     // The same inputs again do nothing.
     let again = agent.sync(&inputs(Some(Mode::Nftables), None), None).await;
-    assert_eq!(again, SyncOutcome::Unchanged);
+    assert!(matches!(again, SyncOutcome::Unchanged), "{again:?}");
     assert_eq!(kernel.syncs().len(), 1);
 }
 
@@ -64,7 +66,7 @@ async fn apply_error_keeps_previous_rules_and_reports_degraded() {
     changed.shards = vec![shard(1, 0, 1, 2, vec![])];
     let out = agent.sync(&changed, None).await;
     assert!(
-        matches!(out, SyncOutcome::Failed(ref e) if e.contains("injected failure")),
+        matches!(out, SyncOutcome::Failed(ref e) if e.to_string().contains("injected failure")),
         "{out:?}"
     );
     assert_eq!(
@@ -96,7 +98,8 @@ async fn apply_error_keeps_previous_rules_and_reports_degraded() {
     );
     // The same inputs are retried (not skipped as unchanged) and succeed.
     kernel.fail_sync(Mode::Iptables, false);
-    assert_eq!(agent.sync(&changed, None).await, SyncOutcome::Synced);
+    let out = agent.sync(&changed, None).await;
+    assert!(matches!(out, SyncOutcome::Synced), "{out:?}");
     assert_eq!(kernel.rules(Mode::Iptables), Some(vec![]));
     assert_eq!(agent.status().last_error, None);
     assert_eq!(condition(agent.status(), "Degraded").0, "False");
@@ -150,7 +153,7 @@ async fn restart_converges_on_existing_kernel_state_without_flushing() {
     let out = agent
         .sync(&inputs(Some(Mode::Nftables), Some(recorded)), None)
         .await;
-    assert_eq!(out, SyncOutcome::Synced);
+    assert!(matches!(out, SyncOutcome::Synced), "{out:?}");
     assert!(
         kernel.cleanups().is_empty(),
         "nothing flushed: {:?}",
@@ -192,7 +195,7 @@ async fn switch_verifies_then_removes_the_old_mode_and_records_each_step() {
     agent.sync(&inputs(Some(Mode::Iptables), None), None).await;
     let first_writes = writer.count();
     let out = agent.sync(&inputs(Some(Mode::Nftables), None), None).await;
-    assert_eq!(out, SyncOutcome::Synced);
+    assert!(matches!(out, SyncOutcome::Synced), "{out:?}");
     assert_eq!(kernel.installed(), vec![Mode::Nftables]);
     let vip: std::net::SocketAddr = format!("{WEB_VIP}:80").parse().unwrap();
     assert_eq!(
@@ -262,7 +265,8 @@ async fn failed_verification_rolls_back_and_is_not_retried_for_the_same_target()
         2,
         vec![web(), rule(2, "api", "10.96.0.20", vec![])],
     )];
-    assert_eq!(agent.sync(&changed, None).await, SyncOutcome::Synced);
+    let out = agent.sync(&changed, None).await;
+    assert!(matches!(out, SyncOutcome::Synced), "{out:?}");
     assert_eq!(kernel.probes().len(), probes);
     assert_eq!(kernel.rules(Mode::Iptables).unwrap().len(), 2);
     // Moving the target back to the kept mode clears the failure.
@@ -293,10 +297,8 @@ async fn adopting_from_kube_proxy_verifies_ours_then_removes_its_leftovers() {
     *leftover.present.lock().unwrap() = true;
     let writer = RecordingWriter::default();
     let mut agent = agent(&kernel, &writer, &leftover);
-    assert_eq!(
-        agent.sync(&inputs(Some(Mode::Nftables), None), None).await,
-        SyncOutcome::Synced
-    );
+    let out = agent.sync(&inputs(Some(Mode::Nftables), None), None).await;
+    assert!(matches!(out, SyncOutcome::Synced), "{out:?}");
     assert_eq!(kernel.installed(), vec![Mode::Nftables]);
     assert_eq!(
         kernel.probes().len(),
@@ -358,7 +360,10 @@ async fn kill_during_write_and_restart(kill_at: usize) {
     let out = second
         .sync(&inputs(Some(Mode::Nftables), recorded.clone()), None)
         .await;
-    assert_eq!(out, SyncOutcome::Synced, "kill at {kill_at}");
+    assert!(
+        matches!(out, SyncOutcome::Synced),
+        "kill at {kill_at}: {out:?}"
+    );
     assert_eq!(
         kernel.installed(),
         vec![Mode::Nftables],
@@ -398,7 +403,7 @@ fn rule_lines_name_vip_and_endpoints() {
         &switchyard_api::ruleset::Ruleset {
             services: vec![web()],
         },
-        &switchyard_agent::agent::node_info(&node()),
+        &switchyard_agent::node::node_info(&node()),
     );
     assert_eq!(rule_lines(&linked), web_lines());
 }

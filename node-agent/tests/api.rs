@@ -3,9 +3,11 @@
 //! verifier answers the four initial lists, holds the watches open, and asserts
 //! the exact status requests: method, path with field manager and force, body.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 mod common;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::fake::FakeKernel;
@@ -15,12 +17,14 @@ use kube::client::Body;
 use kube::{Client, Resource};
 use serde_json::{Value, json};
 use switchyard_agent::agent::Agent;
+use switchyard_agent::events::ApiEvents;
 use switchyard_agent::status::ApiStatusWriter;
 use switchyard_agent::{sync, watch};
-use switchyard_api::Mode;
+use switchyard_api::{Mode, ProxyRuleset};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
+const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
 const STATUS_PATH: &str = "/apis/switchyard.dev/v1alpha1/proxynodes/node-a/status?&force=true&fieldManager=switchyard-agent";
 
 fn list<K: Resource<DynamicType = ()> + serde::Serialize>(items: Vec<K>) -> Vec<u8> {
@@ -38,6 +42,10 @@ struct Verifier {
     handle: Handle,
     /// Answer the ProxyRuleset list with an internal error (an API server in trouble).
     rulesets_fail: bool,
+    /// The ProxyRulesets listed.
+    shards: Vec<ProxyRuleset>,
+    /// Events created, as their bodies.
+    events: Arc<Mutex<Vec<Value>>>,
     /// Watch requests are held open (never answered), as a quiet API server does.
     held: Vec<tower_test::mock::SendResponse<Response<Body>>>,
     lists: Vec<String>,
@@ -77,9 +85,7 @@ impl Verifier {
                         "/apis/switchyard.dev/v1alpha1/proxyconfigs" => {
                             list(vec![(*config(Mode::Nftables)).clone()])
                         }
-                        "/apis/switchyard.dev/v1alpha1/proxyrulesets" => {
-                            list(vec![(*shard(1, 0, 1, 1, vec![web()])).clone()])
-                        }
+                        "/apis/switchyard.dev/v1alpha1/proxyrulesets" => list(self.shards.clone()),
                         other => panic!("unexpected list {other}"),
                     };
                     self.lists.push(uri);
@@ -100,6 +106,12 @@ impl Verifier {
                     send.send_response(Response::new(Body::from(
                         serde_json::to_vec(&obj).unwrap(),
                     )));
+                }
+                Method::POST if uri.starts_with(EVENTS_PATH) => {
+                    let bytes = req.into_body().collect_bytes().await.unwrap();
+                    let event: Value = serde_json::from_slice(&bytes).unwrap();
+                    self.events.lock().unwrap().push(event);
+                    send.send_response(Response::new(Body::from(bytes)));
                 }
                 ref m => panic!("unexpected {m} {uri}"),
             }
@@ -122,24 +134,31 @@ impl Verifier {
 }
 
 fn agent_for(kernel: &FakeKernel, client: Client) -> Agent {
-    agent_with(
+    agent_with_events(
         Arc::new(kernel.factory()),
         Arc::new(kernel.probe()),
-        Box::new(ApiStatusWriter::new(client, NODE)),
+        Box::new(ApiStatusWriter::new(client.clone(), NODE)),
+        Box::new(ApiEvents::new(client, NODE)),
         vec![],
     )
+}
+
+fn verifier(handle: Handle, shards: Vec<ProxyRuleset>) -> Verifier {
+    Verifier {
+        handle,
+        rulesets_fail: false,
+        shards,
+        events: Arc::default(),
+        held: Vec::new(),
+        lists: Vec::new(),
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn agent_lists_watches_switches_and_writes_status_by_server_side_apply() {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
-    let verifier = Verifier {
-        handle,
-        rulesets_fail: false,
-        held: Vec::new(),
-        lists: Vec::new(),
-    };
+    let verifier = verifier(handle, vec![(*shard(1, 0, 1, 1, vec![web()])).clone()]);
     // Four switch checkpoints (from nothing to nftables), then the sync's status.
     let server = tokio::spawn(verifier.serve(|b| b.len() == 5, true));
     let kernel = FakeKernel::default();
@@ -207,6 +226,9 @@ async fn agent_lists_watches_switches_and_writes_status_by_server_side_apply() {
                      "observedGeneration": 1},
                     {"type": "Degraded", "status": "False", "reason": "AsExpected",
                      "message": "", "lastTransitionTime": t, "observedGeneration": 1},
+                    {"type": "RulesetAccepted", "status": "True", "reason": "Valid",
+                     "message": "every shard applied passed validation",
+                     "lastTransitionTime": t, "observedGeneration": 1},
                 ],
             },
         })
@@ -225,10 +247,8 @@ async fn failing_api_server_keeps_the_kernel_untouched_and_reports_degraded() {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let verifier = Verifier {
-        handle,
         rulesets_fail: true,
-        held: Vec::new(),
-        lists: Vec::new(),
+        ..verifier(handle, vec![])
     };
     let server = tokio::spawn(verifier.serve(|b| b.iter().any(|b| degraded(b).is_some()), false));
     let kernel = FakeKernel::default();
@@ -272,4 +292,60 @@ async fn failing_api_server_keeps_the_kernel_untouched_and_reports_degraded() {
         kernel.rules(Mode::Iptables),
         Some(vec!["rules of the last run".to_string()])
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn refused_shard_is_reported_as_an_event_on_the_proxynode_and_in_its_status() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let mut hostile = web();
+    hostile.endpoints[0].zone = Some("zone-a\"; drop".into());
+    let verifier = verifier(handle, vec![(*shard(1, 0, 1, 1, vec![hostile])).clone()]);
+    let events = verifier.events.clone();
+    let refused = |b: &[Value]| {
+        b.iter().any(|b| {
+            b["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "RulesetAccepted" && c["status"] == "False")
+            })
+        })
+    };
+    let server = tokio::spawn(verifier.serve(refused, false));
+    let kernel = FakeKernel::default();
+    let mut agent = agent_for(&kernel, client.clone());
+    let (watches, watch_events) = watch::start(client, NODE);
+    let (bodies, _) = tokio::select! {
+        r = server => r.unwrap(),
+        () = sync::run(&mut agent, watch_events, || watches.inputs(), std::future::pending()) => {
+            panic!("loop ended")
+        }
+    };
+    assert!(
+        kernel.installed().is_empty(),
+        "nothing applied from a refused generation"
+    );
+    let why = r#"ProxyRuleset switchyard-e1-0000 (generation 1) refused: services[0].backends[0].zone: "zone-a\"; drop""#;
+    let status = &bodies.last().unwrap()["status"];
+    let accepted = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "RulesetAccepted")
+        .unwrap();
+    assert_eq!(accepted["reason"], "InvalidShard");
+    assert!(
+        accepted["message"].as_str().unwrap().starts_with(why),
+        "{accepted}"
+    );
+
+    let events = events.lock().unwrap().clone();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let event = &events[0];
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "InvalidRuleset");
+    assert_eq!(event["reportingController"], "switchyard-agent");
+    assert_eq!(event["reportingInstance"], NODE);
+    assert_eq!(event["regarding"]["kind"], "ProxyNode");
+    assert_eq!(event["regarding"]["name"], NODE);
+    assert!(event["note"].as_str().unwrap().starts_with(why), "{event}");
 }

@@ -1,6 +1,8 @@
 //! The health servers on loopback: `/healthz` and the health check node port
 //! servers of `externalTrafficPolicy: Local` services, answered as kube-proxy does.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -12,9 +14,10 @@ use serde_json::{Value, json};
 use switchyard_agent::health::{
     HealthCheckServers, ProxyHealth, health_check_services, proxy_health_handler,
 };
-use switchyard_agent::http::{Rebindable, serve};
+use switchyard_agent::http::Rebindable;
 use switchyard_api::policy::link;
 use switchyard_api::ruleset::{Ruleset, ServicePortRule, TrafficPolicy};
+use switchyard_daemon::http::serve;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -86,7 +89,7 @@ async fn health_check_node_ports_answer_with_local_endpoint_counts() {
             },
         ],
     };
-    let linked = link(&ruleset, &switchyard_agent::agent::node_info(&node()));
+    let linked = link(&ruleset, &switchyard_agent::node::node_info(&node()));
     let errors = servers.sync(health_check_services(&linked));
     assert!(errors.is_empty(), "{errors:?}");
     let mut ports = vec![with_local, without_local];
@@ -123,7 +126,7 @@ async fn health_check_node_ports_answer_with_local_endpoint_counts() {
     let only_remote = Ruleset {
         services: vec![ruleset.services[1].clone()],
     };
-    let linked = link(&only_remote, &switchyard_agent::agent::node_info(&node()));
+    let linked = link(&only_remote, &switchyard_agent::node::node_info(&node()));
     servers.sync(health_check_services(&linked));
     assert_eq!(servers.ports(), vec![without_local]);
     let refused = tokio::time::timeout(Duration::from_secs(5), async {
@@ -216,6 +219,7 @@ async fn agent_serves_health_check_node_ports_of_what_it_applied() {
         probe: Arc::new(kernel.probe()),
         leftovers: vec![],
         reporter: StatusReporter::new(Box::new(RecordingWriter::default()), Duration::from_secs(5)),
+        events: Box::new(RecordingEvents::default()),
         metrics: Arc::new(Metrics::new()),
         health: proxy.clone(),
         health_checks: Some(HealthCheckServers::new(LOOPBACK, proxy)),
@@ -234,7 +238,8 @@ async fn agent_serves_health_check_node_ports_of_what_it_applied() {
             local_lb("lb", port, vec![endpoint(9, "10.0.1.9", NODE)]),
         ],
     )];
-    assert_eq!(agent.sync(&inputs, None).await, SyncOutcome::Synced);
+    let out = agent.sync(&inputs, None).await;
+    assert!(matches!(out, SyncOutcome::Synced), "{out:?}");
     let (status, _, body) = get(port, "/").await.unwrap();
     assert_eq!((status, body["localEndpoints"].clone()), (200, json!(1)));
 }

@@ -10,18 +10,22 @@
 //! write, which is what SIGKILL does to the process at that point — the
 //! kernel keeps what was programmed, the API keeps what was recorded.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 
-use common::netns::{Netns, POD_IP, Topology, connect_from, echo_roundtrip, is_root, topology};
+use common::netns::{Netns, POD_IP, Topology, connect_from, echo_roundtrip, netns, ok, topology};
 use common::*;
-use switchyard_agent::agent::{Inputs, SyncOutcome};
+use switchyard_agent::agent::SyncOutcome;
+use switchyard_agent::inputs::Inputs;
 use switchyard_agent::switch::{BackendFactory, TcpProbe};
 use switchyard_api::{Mode, ProxyNodeStatus};
 use switchyard_dataplane::exec::RealRunner;
 use switchyard_dataplane::kubeproxy::{KubeProxyNftables, Leftovers};
+use switchyard_testkit::netns::is_root;
 
 fn skip() -> bool {
     if !is_root() {
@@ -57,7 +61,7 @@ fn run_agent(
     leftovers: Vec<Box<dyn Leftovers>>,
 ) -> (Vec<SyncOutcome>, ProxyNodeStatus) {
     let writer = writer.clone();
-    node.thread(move || {
+    node.run(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -79,12 +83,11 @@ fn run_agent(
             (outcomes, agent.status().clone())
         })
     })
-    .join()
     .unwrap()
 }
 
 fn nat_rules(node: &Netns) -> String {
-    node.ok(&["iptables-save", "-t", "nat"])
+    ok(node, &["iptables-save", "-t", "nat"])
 }
 
 /// Sync iptables in a fresh agent and open a connection through the VIP.
@@ -95,7 +98,7 @@ fn start_with_iptables(t: &Topology, writer: &RecordingWriter) -> (ProxyNodeStat
         vec![pod_inputs(Mode::Iptables, None)],
         vec![],
     );
-    assert_eq!(out, vec![SyncOutcome::Synced]);
+    assert!(matches!(out.as_slice(), [SyncOutcome::Synced]), "{out:?}");
     assert!(nat_rules(&t.node).contains("KUBE-SERVICES"));
     let mut established =
         connect_from(&t.node, vip()).unwrap_or_else(|e| panic!("connect through the VIP: {e}"));
@@ -124,7 +127,7 @@ fn restart_converges_on_real_iptables_rules_and_keeps_connections() {
         vec![pod_inputs(Mode::Iptables, recorded)],
         vec![],
     );
-    assert_eq!(out, vec![SyncOutcome::Synced]);
+    assert!(matches!(out.as_slice(), [SyncOutcome::Synced]), "{out:?}");
     assert_eq!(status.applied_mode, Some(Mode::Iptables));
     assert!(
         restarted
@@ -160,26 +163,25 @@ fn kube_proxy_nftables_tables_are_removed_and_no_other_table() {
     if skip() {
         return;
     }
-    let ns = Netns::create("kpnft");
+    let ns = netns("kpnft");
     for (family, name) in [
         ("ip", "kube-proxy"),
         ("ip6", "kube-proxy"),
         ("ip", "keep-me"),
         ("inet", "kube-proxy"),
     ] {
-        ns.ok(&["nft", "add", "table", family, name]);
+        ok(&ns, &["nft", "add", "table", family, name]);
     }
     let remove = || {
-        ns.thread(|| {
+        ns.run(|| {
             KubeProxyNftables::new(Arc::new(RealRunner))
                 .remove()
                 .unwrap()
         })
-        .join()
         .unwrap()
     };
     assert!(remove());
-    let tables = ns.ok(&["nft", "list", "tables"]);
+    let tables = ok(&ns, &["nft", "list", "tables"]);
     let mut tables: Vec<&str> = tables.lines().collect();
     tables.sort();
     assert_eq!(tables, vec!["table inet kube-proxy", "table ip keep-me"]);
@@ -187,7 +189,7 @@ fn kube_proxy_nftables_tables_are_removed_and_no_other_table() {
 }
 
 fn has_nft_table(node: &Netns) -> bool {
-    node.ok(&["nft", "list", "tables"])
+    ok(node, &["nft", "list", "tables"])
         .lines()
         .any(|l| l.trim() == "table ip switchyard")
 }
@@ -229,7 +231,10 @@ fn kill_switch_and_restart(tag: &str, kill_at: usize) {
         vec![pod_inputs(Mode::Nftables, killed.last())],
         vec![],
     );
-    assert_eq!(out, vec![SyncOutcome::Synced], "kill at {kill_at}");
+    assert!(
+        matches!(out.as_slice(), [SyncOutcome::Synced]),
+        "kill at {kill_at}: {out:?}"
+    );
     assert_eq!(
         (status.applied_mode, status.switch, status.failed_mode),
         (Some(Mode::Nftables), None, None)
@@ -298,7 +303,10 @@ fn failed_verification_on_real_kernel_keeps_iptables() {
     }
     inputs.config = Some(Arc::new(config));
     let (out, status) = run_agent(&t.node, &RecordingWriter::default(), vec![inputs], vec![]);
-    assert_eq!(out, vec![SyncOutcome::Synced], "the kept mode synced");
+    assert!(
+        matches!(out.as_slice(), [SyncOutcome::Synced]),
+        "the kept mode synced: {out:?}"
+    );
     assert_eq!(
         (status.applied_mode, status.failed_mode),
         (Some(Mode::Iptables), Some(Mode::Nftables))
@@ -336,24 +344,14 @@ fn adopting_a_node_from_kube_proxy_removes_its_rules_once_ours_are_verified() {
         return;
     }
     let t = topology("adopt");
-    let restore = t.node.thread(|| {
-        use std::io::Write;
-        let mut child = std::process::Command::new("iptables-restore")
-            .arg("--noflush")
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(KUBE_PROXY_NAT.as_bytes())
-            .unwrap();
-        child.wait().unwrap()
-    });
-    assert!(restore.join().unwrap().success());
-    t.node.ok(&["nft", "add", "table", "ip", "kube-proxy"]);
-    t.node.ok(&["nft", "add", "table", "ip", "foreign"]);
+    let restore = t.node.exec(
+        "iptables-restore",
+        &["--noflush"],
+        Some(KUBE_PROXY_NAT.as_bytes()),
+    );
+    assert!(restore.is_ok(), "{restore:?}");
+    ok(&t.node, &["nft", "add", "table", "ip", "kube-proxy"]);
+    ok(&t.node, &["nft", "add", "table", "ip", "foreign"]);
     let mut established = connect_from(&t.node, vip())
         .unwrap_or_else(|e| panic!("connect through kube-proxy's rules: {e}"));
     assert_eq!(
@@ -369,7 +367,7 @@ fn adopting_a_node_from_kube_proxy_removes_its_rules_once_ours_are_verified() {
         vec![pod_inputs(Mode::Nftables, None)],
         leftovers,
     );
-    assert_eq!(out, vec![SyncOutcome::Synced]);
+    assert!(matches!(out.as_slice(), [SyncOutcome::Synced]), "{out:?}");
     assert_eq!(
         (status.applied_mode, status.failed_mode),
         (Some(Mode::Nftables), None)
@@ -380,7 +378,7 @@ fn adopting_a_node_from_kube_proxy_removes_its_rules_once_ours_are_verified() {
         "kube-proxy's chains removed:\n{nat}"
     );
     assert!(nat.contains(":FOREIGN-KEEP"), "foreign chain kept:\n{nat}");
-    let tables = t.node.ok(&["nft", "list", "tables"]);
+    let tables = ok(&t.node, &["nft", "list", "tables"]);
     assert!(!tables.contains("table ip kube-proxy"), "{tables}");
     assert!(
         tables.contains("table ip foreign") && tables.contains("table ip switchyard"),
@@ -434,16 +432,12 @@ endpoints: [{addresses: [10.200.0.2], nodeName: node-b, conditions: {ready: true
     ];
     let dry = t
         .node
-        .run(&[&[bin][..], &args[..], &["--dry-run"][..]].concat());
-    assert!(
-        dry.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dry.stderr)
-    );
-    assert!(String::from_utf8_lossy(&dry.stdout).contains("10.96.0.10"));
+        .exec(bin, &[&args[..], &["--dry-run"][..]].concat(), None);
+    assert!(dry.is_ok(), "{dry:?}");
+    assert!(dry.unwrap_or_default().contains("10.96.0.10"));
     assert!(!has_nft_table(&t.node), "--dry-run applies nothing");
 
-    let out = t.node.ok(&[&[bin][..], &args[..]].concat());
+    let out = ok(&t.node, &[&[bin][..], &args[..]].concat());
     assert!(out.starts_with("applied nftables:"), "{out}");
     assert!(has_nft_table(&t.node));
     let mut c = connect_from(&t.node, vip()).unwrap_or_else(|e| panic!("connect after apply: {e}"));

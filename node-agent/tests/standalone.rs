@@ -1,5 +1,9 @@
 //! Standalone mode: a directory of YAML compiled, linked for the node and
-//! applied once, and re-applied when a file changes.
+//! applied once, and re-applied when a file changes; hostile objects are
+//! skipped with their diagnostics, a hostile node name or an oversized
+//! directory is refused.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 use std::time::Duration;
 
@@ -10,6 +14,7 @@ use common::fake::FakeKernel;
 use switchyard_agent::standalone::{StandaloneOptions, apply_once, prepare, watch};
 use switchyard_agent::switch::DataplaneFactory;
 use switchyard_api::Mode;
+use switchyard_dataplane::settings::LocalDetector;
 
 const SERVICE: &str = r#"
 apiVersion: v1
@@ -80,6 +85,30 @@ fn directory_is_compiled_linked_and_applied() {
     );
 }
 
+/// `node-agent apply` read only `spec.podCIDRs`; a single-stack Node with
+/// only `spec.podCIDR` got no NodeCIDR local detector (the agent's sync read both).
+#[test]
+fn node_with_only_pod_cidr_gets_the_node_cidr_local_detector() {
+    let dir = TempDir::new("podcidr");
+    std::fs::write(dir.0.join("service.yaml"), SERVICE).unwrap();
+    std::fs::write(
+        dir.0.join("node.yaml"),
+        "apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\nspec: {podCIDR: 10.244.1.0/24}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.0.join("config.yaml"),
+        "apiVersion: switchyard.dev/v1alpha1\nkind: ProxyConfig\nmetadata: {name: pool}\n\
+         spec: {mode: nftables, detectLocalMode: NodeCIDR}\n",
+    )
+    .unwrap();
+    let prepared = prepare(&options(&dir)).unwrap();
+    assert_eq!(
+        prepared.settings.local_detector,
+        LocalDetector::Cidrs(vec!["10.244.1.0/24".parse().unwrap()])
+    );
+}
+
 #[test]
 fn bad_yaml_names_the_file_and_applies_nothing() {
     let dir = TempDir::new("bad");
@@ -140,4 +169,74 @@ async fn watch_dir_reapplies_on_change_and_keeps_rules_on_bad_input() {
     );
     stop.send(()).unwrap();
     task.await.unwrap();
+}
+
+#[test]
+fn hostile_objects_are_skipped_with_their_field_and_the_rest_is_applied() {
+    let dir = TempDir::new("hostile");
+    std::fs::write(dir.0.join("service.yaml"), SERVICE).unwrap();
+    std::fs::write(dir.0.join("slice.yaml"), slice(&["10.0.1.5"])).unwrap();
+    let hostile = SERVICE
+        .replace("name: web,", "name: \"web\\\"\\n-A INPUT -j ACCEPT\",")
+        .replace("10.96.0.10", "10.96.0.11");
+    std::fs::write(dir.0.join("hostile.yaml"), hostile).unwrap();
+    let kernel = FakeKernel::default();
+    let mut dp = kernel.factory().build(Mode::Nftables).unwrap();
+    apply_once(dp.as_mut(), &options(&dir)).unwrap();
+    assert_eq!(
+        kernel.rules(Mode::Nftables),
+        Some(vec!["10.96.0.10:80 -> 10.0.1.5:8080".to_string()])
+    );
+    let diagnostics: Vec<String> = prepare(&options(&dir))
+        .unwrap()
+        .diagnostics
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(diagnostics.len(), 1, "{diagnostics:?}");
+    assert!(
+        diagnostics[0].starts_with(
+            r#"Service default/web\"\n-A INPUT -j ACCEPT: InvalidName: metadata.name: "web\"\n-A INPUT -j ACCEPT": a DNS-1035 label"#
+        ),
+        "{}",
+        diagnostics[0]
+    );
+}
+
+#[test]
+fn a_node_name_the_api_server_would_refuse_applies_nothing() {
+    let dir = TempDir::new("node");
+    std::fs::write(dir.0.join("service.yaml"), SERVICE).unwrap();
+    let kernel = FakeKernel::default();
+    let mut dp = kernel.factory().build(Mode::Nftables).unwrap();
+    let opts = StandaloneOptions {
+        node_name: "node-a\n-A INPUT -j ACCEPT".into(),
+        ..options(&dir)
+    };
+    let err = apply_once(dp.as_mut(), &opts).unwrap_err().to_string();
+    assert!(
+        err.starts_with(r#"node "node-a\n-A INPUT -j ACCEPT": metadata.name: "node-a\n-A INPUT -j ACCEPT": a lowercase RFC 1123 subdomain"#),
+        "{err}"
+    );
+    assert!(kernel.installed().is_empty());
+}
+
+#[test]
+fn a_state_directory_over_the_size_cap_is_refused_unread() {
+    let dir = TempDir::new("huge");
+    std::fs::write(dir.0.join("service.yaml"), SERVICE).unwrap();
+    // Sparse: as large as it says, without the disk space or the time.
+    let huge = std::fs::File::create(dir.0.join("huge.yaml")).unwrap();
+    huge.set_len(switchyard_compiler::MAX_STATE_BYTES + 1)
+        .unwrap();
+    let kernel = FakeKernel::default();
+    let mut dp = kernel.factory().build(Mode::Nftables).unwrap();
+    let err = apply_once(dp.as_mut(), &options(&dir))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("huge.yaml: the state is larger than 536870912 bytes"),
+        "{err}"
+    );
+    assert!(kernel.installed().is_empty());
 }

@@ -2,6 +2,8 @@
 //! sync per minSyncPeriod, the periodic resync rewrites everything, a failed
 //! sync is retried, a lost API server keeps the rules and reports Degraded.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::sync::{Arc, Mutex};
@@ -10,7 +12,8 @@ use std::time::Duration;
 use common::fake::FakeKernel;
 use common::*;
 use futures::channel::mpsc;
-use switchyard_agent::agent::{Agent, Inputs};
+use switchyard_agent::agent::Agent;
+use switchyard_agent::inputs::Inputs;
 use switchyard_agent::sync::run;
 use switchyard_agent::watch::{Source, WatchEvent};
 use switchyard_api::Mode;

@@ -4,19 +4,12 @@
 //! encoder, ending in `# EOF`) under its own Content-Type, as the node agent
 //! serves it: Prometheus refuses a scrape whose Content-Type it cannot read.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::header::{CONTENT_TYPE, HeaderValue};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::StatusCode;
+use switchyard_daemon::http::{Handler, Reply, serve_until};
 use tokio::net::TcpListener;
-use tracing::warn;
 
 use crate::metrics::Metrics;
 
@@ -27,29 +20,6 @@ pub struct Health {
     pub leader: AtomicBool,
     /// The last talk to the API server (the lease loop) succeeded.
     pub api_reachable: AtomicBool,
-}
-
-/// The Content-Type of the OpenMetrics text format.
-pub const OPENMETRICS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-/// The Content-Type of the probes' answers and of errors.
-pub const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
-
-/// The answer to a probe or scrape.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub content_type: &'static str,
-    pub body: String,
-}
-
-impl Reply {
-    fn text(status: StatusCode, body: impl Into<String>) -> Reply {
-        Reply {
-            status,
-            content_type: PLAIN_TEXT,
-            body: body.into(),
-        }
-    }
 }
 
 /// Answer a probe or scrape of `path`.
@@ -72,11 +42,7 @@ pub fn respond(path: &str, health: &Health, metrics: &Metrics) -> Reply {
             }
         }
         "/metrics" => match metrics.encode() {
-            Ok(body) => Reply {
-                status: StatusCode::OK,
-                content_type: OPENMETRICS_TEXT,
-                body,
-            },
+            Ok(body) => Reply::openmetrics(body),
             Err(_) => Reply::text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "encoding metrics failed\n",
@@ -93,36 +59,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            () = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    warn!(%error, "accepting a connection");
-                    continue;
-                }
-            },
-        };
-        let health = health.clone();
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request: Request<Incoming>| {
-                let reply = respond(request.uri().path(), &health, &metrics);
-                let mut response = Response::new(Full::new(Bytes::from(reply.body)));
-                *response.status_mut() = reply.status;
-                response
-                    .headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
-                async move { Ok::<_, Infallible>(response) }
-            });
-            if let Err(error) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                warn!(%error, "serving a connection");
-            }
-        });
-    }
+    let handler: Handler =
+        Arc::new(move |request| respond(request.uri().path(), &health, &metrics).into_response());
+    serve_until(listener, handler, shutdown).await;
 }

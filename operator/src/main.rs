@@ -12,6 +12,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::events::Recorder;
 use kube::{Api, Client};
 use switchyard_compiler::{CompileSettings, DEFAULT_SHARD_BUDGET_BYTES};
+use switchyard_daemon::signal::{Shutdown, shutdown_requested};
 use switchyard_operator::clock::SystemClock;
 use switchyard_operator::controller::{self, reporter};
 use switchyard_operator::http::{Health, serve};
@@ -19,7 +20,7 @@ use switchyard_operator::leader::{LeaderElector, LeaseSettings, run_while_leader
 use switchyard_operator::metrics::Metrics;
 use switchyard_operator::shards::run_publisher;
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::info;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -71,7 +72,8 @@ struct Args {
     /// The `service.kubernetes.io/service-proxy-name` this proxy answers to.
     #[arg(long, env = "SWITCHYARD_PROXY_NAME")]
     proxy_name: Option<String>,
-    /// Size budget of one ProxyRuleset shard.
+    /// Size budget of one ProxyRuleset shard, in bytes (at most 1 MiB, what
+    /// one object may hold).
     #[arg(long, default_value_t = DEFAULT_SHARD_BUDGET_BYTES)]
     shard_budget_bytes: usize,
 }
@@ -121,16 +123,9 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 }
 
 async fn signalled() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            error!(error = %e, "cannot listen for SIGTERM");
-            return std::future::pending().await;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => info!("interrupted: shutting down"),
+    match shutdown_requested().await {
+        Shutdown::Terminated => info!("SIGTERM: shutting down"),
+        Shutdown::Interrupted => info!("interrupted: shutting down"),
     }
 }
 

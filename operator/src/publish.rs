@@ -208,6 +208,7 @@ impl Publisher {
                 .filter(|name| !current.contains(name)),
         );
         let mut diagnostics: Vec<Diagnostic> = self.compiler.diagnostics();
+        diagnostics.extend(self.sharder.diagnostics().cloned());
         diagnostics.append(&mut self.rejected);
         let current_diagnostics: BTreeSet<Diagnostic> = diagnostics.into_iter().collect();
         let new: Vec<Diagnostic> = current_diagnostics

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use http::StatusCode;
-use switchyard_operator::http::{Health, OPENMETRICS_TEXT, PLAIN_TEXT, Reply, respond, serve};
+use switchyard_daemon::http::{OPENMETRICS_TEXT, PLAIN_TEXT, Reply};
+use switchyard_operator::http::{Health, respond, serve};
 use switchyard_operator::metrics::Metrics;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

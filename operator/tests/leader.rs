@@ -1,20 +1,21 @@
 //! Leader election: the observed record on its own, then candidates against
 //! a fake Lease API with optimistic concurrency, on paused tokio time.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::clock::now;
+use common::clock::{TokioClock, now};
 use common::lease::{LeaseApi, NAME, NAMESPACE};
 use http::{Method, StatusCode};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Api;
-use switchyard_operator::clock::TokioClock;
 use switchyard_operator::http::Health;
 use switchyard_operator::leader::{
     LeaderElector, LeaseSettings, Observed, next_record, run_while_leader,

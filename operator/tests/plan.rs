@@ -1,6 +1,8 @@
 //! One pool's plan: which ProxyNodes are written, released or left alone, and
 //! the conditions a person reads.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::sync::Arc;

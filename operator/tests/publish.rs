@@ -2,7 +2,7 @@
 //! layouts are deleted, diagnostics become Events once; and the writes as the
 //! API server sees them.
 
-#![allow(clippy::expect_used)] // tests may expect
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 mod common;
 

@@ -1,7 +1,7 @@
 //! The ProxyConfig reconciler against a mock API server: every request it
 //! makes is asserted (method, path, body) and answered, in order.
 
-#![allow(clippy::expect_used)] // tests may expect
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 mod common;
 

@@ -2,6 +2,8 @@
 //! rollback, halt, pause, retarget, operator restart, and a property test over
 //! random agent behaviours.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::time::Duration;

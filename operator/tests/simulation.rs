@@ -7,7 +7,7 @@
 //! unavailable. At the end: the rollout finished or rolled back as the failure
 //! budget says, every node runs what it should, and the status says so.
 
-#![allow(clippy::expect_used)] // tests may expect
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 mod common;
 
@@ -18,13 +18,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::agent::{AgentState, Behaviour};
+use common::clock::TokioClock;
 use common::objects::{config, node, proxy_node, ready_condition, selector};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use switchyard_api::proxyconfig::{ProxyConfigStatus, RolloutPhase};
 use switchyard_api::{Mode, ProxyConfig, ProxyNode};
-use switchyard_operator::clock::{Clock, TokioClock};
+use switchyard_operator::clock::Clock;
 use switchyard_operator::controller::DEBOUNCE;
 use switchyard_operator::plan::{PoolEvent, PoolInput, plan_pool};
 use switchyard_operator::pools::assign_pools;

@@ -9,7 +9,6 @@
 
 mod agent;
 mod layout;
-mod nsthread;
 mod rollout;
 mod topology;
 mod workload;
@@ -21,12 +20,12 @@ use std::time::{Duration, Instant};
 use switchyard_api::Mode;
 use switchyard_api::proxyconfig::RolloutPhase;
 use switchyard_lab::HarnessError;
+use switchyard_lab::netns::{NetnsError, is_root};
 
 pub use agent::SwitchReport;
 pub use layout::Layout;
 
-use self::agent::DemoAgent;
-use self::nsthread::{runtime, spawn_in};
+use self::agent::DemoNode;
 use self::topology::Topology;
 use self::workload::{ClientPlan, Counters};
 
@@ -55,6 +54,8 @@ pub enum DemoError {
     SameMode(Mode),
     #[error("building the demo cluster: {0}")]
     Setup(#[from] HarnessError),
+    #[error("building the demo cluster: {0}")]
+    Netns(#[from] NetnsError),
     #[error("demo state: {0}")]
     State(String),
     #[error("{0}")]
@@ -292,10 +293,21 @@ fn check_mode(mode: Mode) -> Result<(), DemoError> {
     }
 }
 
+/// A single-threaded tokio runtime for a thread in a namespace.
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))
+}
+
+/// A thread in a namespace: its work's result, unless it never entered the namespace.
+type NsThread = std::thread::JoinHandle<Result<Result<(), String>, NetnsError>>;
+
 /// Threads that run until told to stop.
 struct Group {
     stop: tokio::sync::watch::Sender<bool>,
-    threads: Vec<std::thread::JoinHandle<Result<(), String>>>,
+    threads: Vec<NsThread>,
 }
 
 impl Group {
@@ -311,8 +323,9 @@ impl Group {
         self.threads
             .drain(..)
             .filter_map(|t| match t.join() {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e),
+                Ok(Ok(Ok(()))) => None,
+                Ok(Ok(Err(e))) => Some(e),
+                Ok(Err(e)) => Some(e.to_string()),
                 Err(_) => Some("a traffic thread panicked".to_string()),
             })
             .collect()
@@ -356,7 +369,7 @@ fn start_servers(topology: &Topology, traffic: &mut Traffic) -> Result<(), DemoE
             traffic
                 .servers
                 .threads
-                .push(spawn_in(pod_ns, &pod.clone(), move || {
+                .push(pod_ns.spawn(&pod.clone(), move || {
                     let rt = runtime()?;
                     rt.block_on(workload::serve(pod, stop, ready));
                     Ok(())
@@ -407,19 +420,16 @@ fn start_clients(
         let stop = traffic.clients.stop.subscribe();
         let counters = counters.clone();
         let opened = open_tx.clone();
-        traffic
-            .clients
-            .threads
-            .push(spawn_in(ns, "client", move || {
-                let rt = runtime()?;
-                rt.block_on(async move {
-                    let mut long_lived = workload::open_long_lived(&plan, &counters, &stop).await;
-                    let _ = opened.send(());
-                    workload::run_streams(plan, counters, stop).await;
-                    while long_lived.join_next().await.is_some() {}
-                });
-                Ok(())
-            })?);
+        traffic.clients.threads.push(ns.spawn("client", move || {
+            let rt = runtime()?;
+            rt.block_on(async move {
+                let mut long_lived = workload::open_long_lived(&plan, &counters, &stop).await;
+                let _ = opened.send(());
+                workload::run_streams(plan, counters, stop).await;
+                while long_lived.join_next().await.is_some() {}
+            });
+            Ok(())
+        })?);
     }
     for _ in 0..expected {
         open_rx
@@ -460,8 +470,7 @@ pub fn run_demo(options: DemoOptions) -> Result<DemoReport, DemoError> {
     if options.from == options.to {
         return Err(DemoError::SameMode(options.from));
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         return Err(DemoError::NotRoot);
     }
     let progress = options.progress.clone();
@@ -480,7 +489,7 @@ pub fn run_demo(options: DemoOptions) -> Result<DemoReport, DemoError> {
     let topology = Topology::build(&prefix, &layout)?;
     let mut agents = Vec::new();
     for n in &topology.nodes {
-        agents.push(DemoAgent::start(&n.node, &Layout::node_name(n.index))?);
+        agents.push(DemoNode::start(&n.node, &Layout::node_name(n.index))?);
     }
     let counters = Arc::new(Counters::default());
     let mut traffic = Traffic {
@@ -511,7 +520,7 @@ pub fn run_demo(options: DemoOptions) -> Result<DemoReport, DemoError> {
     report.switches = switches;
     report.rollout = phase;
     for agent in agents {
-        if let Err(e) = agent.stop() {
+        if let Err(e) = agent.remove() {
             thread_errors.push(e);
         }
     }

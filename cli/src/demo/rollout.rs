@@ -7,16 +7,16 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use switchyard_agent::agent::probe_target;
-use switchyard_agent::switch::ProbeTarget;
+use switchyard_agent::switch::{ProbeTarget, probe_target};
 use switchyard_api::Mode;
 use switchyard_api::duration::parse_duration;
 use switchyard_api::proxyconfig::{RolloutPhase, RolloutStatus};
 use switchyard_compiler::parse_objects;
+use switchyard_lab::agent::Answer;
 use switchyard_operator::policy::RolloutPolicy;
 use switchyard_operator::rollout::{self, NodeState, RolloutEvent, RolloutInput};
 
-use super::agent::{DemoAgent, SwitchReport};
+use super::agent::{DemoNode, SwitchReport};
 use super::layout::Layout;
 use super::{DemoError, Progress};
 use crate::plan::{Cluster, Placement};
@@ -73,7 +73,7 @@ impl DemoCluster {
     }
 
     /// Ask `agent` to switch to `mode` with the node's linked ruleset and its pool's settings.
-    fn begin(&self, agent: &DemoAgent, mode: Mode) -> Result<(), DemoError> {
+    fn begin(&self, agent: &DemoNode, mode: Mode) -> Result<Answer<SwitchReport>, DemoError> {
         let node = self
             .cluster
             .nodes
@@ -88,32 +88,33 @@ impl DemoCluster {
         };
         agent
             .begin_switch(mode, &placed.linked, &placed.settings, self.probe)
-            .map_err(DemoError::Thread)
+            .map_err(|e| DemoError::Thread(e.to_string()))
     }
 
     /// Switch `agents` at once; their reports in order.
     fn switch_batch(
         &self,
-        agents: &[&DemoAgent],
+        agents: &[&DemoNode],
         mode: Mode,
     ) -> Result<Vec<SwitchReport>, DemoError> {
-        for agent in agents {
-            self.begin(agent, mode)?;
-        }
-        agents
+        let answers = agents
             .iter()
-            .map(|a| a.wait().map_err(DemoError::Thread))
+            .map(|a| self.begin(a, mode))
+            .collect::<Result<Vec<_>, _>>()?;
+        answers
+            .into_iter()
+            .map(|a| a.wait().map_err(|e| DemoError::Thread(e.to_string())))
             .collect()
     }
 
     /// Bring every node up in `mode` (all at once: there is no old mode to protect).
     pub fn apply_everywhere(
         &self,
-        agents: &[DemoAgent],
+        agents: &[DemoNode],
         mode: Mode,
         progress: &Progress,
     ) -> Result<(), DemoError> {
-        let all: Vec<&DemoAgent> = agents.iter().collect();
+        let all: Vec<&DemoNode> = agents.iter().collect();
         let reports = self.switch_batch(&all, mode)?;
         for r in &reports {
             if let Some(e) = &r.error {
@@ -138,7 +139,7 @@ impl DemoCluster {
     /// phase the rollout ended in.
     pub fn migrate(
         &self,
-        agents: &[DemoAgent],
+        agents: &[DemoNode],
         from: Mode,
         to: Mode,
         settle: Duration,
@@ -191,12 +192,12 @@ impl DemoCluster {
                     nodes[*i].applied.map_or("nothing", Mode::as_str)
                 ));
             }
-            let batch_agents: Vec<&DemoAgent> = batch.iter().map(|(i, _)| &agents[*i]).collect();
+            let batch_agents: Vec<&DemoNode> = batch.iter().map(|(i, _)| &agents[*i]).collect();
             let modes: Vec<Mode> = batch.iter().map(|(_, m)| *m).collect();
             let mut reports = Vec::new();
             // One mode per batch: a rollback batch moves nodes back to `from` together.
             for mode in dedup(&modes) {
-                let group: Vec<&DemoAgent> = batch_agents
+                let group: Vec<&DemoNode> = batch_agents
                     .iter()
                     .zip(&modes)
                     .filter(|(_, m)| **m == mode)

@@ -46,12 +46,12 @@ fn veth_to(dev: &str, peer: &Netns, ip: &str, gateway: &str) -> Vec<String> {
 }
 
 fn pod_side(pod: &Netns, ip: &str, gateway: &str) -> Result<(), HarnessError> {
-    pod.batch(&[
+    Ok(pod.batch(&[
         format!("addr add {ip}/32 dev eth0"),
         "link set eth0 up".to_string(),
         format!("route add {gateway} dev eth0"),
         format!("route add default via {gateway} dev eth0"),
-    ])
+    ])?)
 }
 
 impl Topology {
@@ -102,10 +102,10 @@ impl Topology {
             format!("link set {port} master br0"),
             format!("link set {port} up"),
         ])?;
-        ns.batch(&[
+        Ok(ns.batch(&[
             format!("addr add {cidr} dev lan0"),
             "link set lan0 up".to_string(),
-        ])
+        ])?)
     }
 
     fn wire_node(&self, n: &NodeNamespaces, layout: &Layout) -> Result<(), HarnessError> {
@@ -138,6 +138,6 @@ impl Topology {
             pod_side(pod, &Pod { node: i, index }.ip().to_string(), &gateway)?;
         }
         pod_side(&n.client, &client_ip, &gateway)?;
-        n.node.sysctls(&[("net.ipv4.ip_forward", "1")])
+        Ok(n.node.sysctls(&[("net.ipv4.ip_forward", "1")])?)
     }
 }

@@ -365,10 +365,10 @@ async fn udp_request(target: Target, client: String, counters: Arc<Counters>) {
 mod tests {
     use std::net::{Ipv4Addr, SocketAddrV4};
 
-    use switchyard_lab::netns::Netns;
+    use switchyard_lab::netns::{Netns, is_root};
 
     use super::*;
-    use crate::demo::nsthread::{runtime, spawn_in};
+    use crate::demo::runtime;
 
     fn target(pods: &[&str], port: u16) -> Target {
         Target {
@@ -383,19 +383,19 @@ mod tests {
     /// connections and lost UDP requests, and answers from another pod as misrouted.
     #[test]
     fn a_server_going_away_is_counted_as_drops_and_failures() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !is_root() {
             eprintln!("SKIP: needs root for its network namespace");
             return;
         }
         let ns = Netns::create(&format!("sycli{}-wl-", std::process::id())).unwrap();
         let (server_stop, server_rx) = watch::channel(false);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let server = spawn_in(&ns, "server", move || {
-            runtime()?.block_on(serve("web-0-0".to_string(), server_rx, ready_tx));
-            Ok(())
-        })
-        .unwrap();
+        let server = ns
+            .spawn("server", move || {
+                runtime()?.block_on(serve("web-0-0".to_string(), server_rx, ready_tx));
+                Ok::<(), String>(())
+            })
+            .unwrap();
         ready_rx.recv().unwrap().unwrap();
 
         let counters = Arc::new(Counters::default());
@@ -411,20 +411,21 @@ mod tests {
             udp: vec![target(&["web-0-0"], ECHO_PORT)],
         };
         let shared = counters.clone();
-        let client = spawn_in(&ns, "client", move || {
-            runtime()?.block_on(async move {
-                let mut long_lived = open_long_lived(&plan, &shared, &client_rx).await;
-                let _ = opened_tx.send(());
-                // Run the streams until the server has gone, then a little
-                // longer so that requests after it fail.
-                let streams = tokio::spawn(run_streams(plan, shared.clone(), client_rx));
-                let _ = server_gone_rx.await;
-                while long_lived.join_next().await.is_some() {}
-                let _ = streams.await;
-            });
-            Ok(())
-        })
-        .unwrap();
+        let client = ns
+            .spawn("client", move || {
+                runtime()?.block_on(async move {
+                    let mut long_lived = open_long_lived(&plan, &shared, &client_rx).await;
+                    let _ = opened_tx.send(());
+                    // Run the streams until the server has gone, then a little
+                    // longer so that requests after it fail.
+                    let streams = tokio::spawn(run_streams(plan, shared.clone(), client_rx));
+                    let _ = server_gone_rx.await;
+                    while long_lived.join_next().await.is_some() {}
+                    let _ = streams.await;
+                });
+                Ok::<(), String>(())
+            })
+            .unwrap();
         opened_rx.recv().unwrap();
         assert_eq!(Counters::get(&counters.established), 2);
         assert!(
@@ -433,7 +434,7 @@ mod tests {
         );
 
         server_stop.send(true).unwrap();
-        server.join().unwrap().unwrap();
+        server.join().unwrap().unwrap().unwrap();
         // Both long-lived connections notice within one request period plus the timeout.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while Counters::get(&counters.dropped) < 2 && std::time::Instant::now() < deadline {
@@ -447,7 +448,7 @@ mod tests {
         }
         client_stop.send(true).unwrap();
         let _ = server_gone_tx.send(());
-        client.join().unwrap().unwrap();
+        client.join().unwrap().unwrap().unwrap();
 
         assert_eq!(Counters::get(&counters.dropped), 2);
         assert!(Counters::get(&counters.failed) > 0);

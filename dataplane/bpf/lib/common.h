@@ -39,6 +39,10 @@ volatile const __u32 CFG_NODE_IP6[4] = {0, 0, 0, 0};
 /* Whether sy_source_ranges holds the cluster's pod ranges under
  * SY_LOCAL_DETECTOR (traffic from elsewhere to a cluster IP is masqueraded). */
 volatile const __u8 CFG_LOCAL_DETECTOR = 0;
+/* A kernel capability, probed by the agent: whether cgroup programs may call
+ * bpf_set_retval (5.18). A run-time constant rather than an #ifdef because one
+ * object serves every kernel; the verifier never visits the call when it is 0. */
+volatile const __u8 CFG_HAVE_SET_RETVAL = 0;
 
 SY_INLINE int sy_addr_eq(const __u32 *a, const __u32 *b)
 {

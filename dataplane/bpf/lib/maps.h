@@ -195,6 +195,19 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sy_maglev SEC(".maps");
 
+/* The agent's record of the interfaces its tc programs are attached to with
+ * classic tc (kernels without TCX): ifindex -> SY_TC_* flags. No program
+ * reads it; it lives here so it is pinned and removed with the other maps. */
+#define SY_TC_CREATED_CLSACT 1 /* the agent added the clsact qdisc */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sy_tc_clsact SEC(".maps");
+
 /* A digest of the load settings the attached programs run with (slot 0),
  * written by the agent: a restarted agent with the same settings keeps them. */
 struct {

@@ -87,10 +87,18 @@ SY_INLINE __u32 sy_sock_flow_hash(struct bpf_sock_addr *ctx, const __u32 *addr, 
 	return h ? h : 1;
 }
 
+/* Fail the socket call with `err`; a kernel without bpf_set_retval fails it
+ * with EPERM, the hook's own error. Returns the hook's verdict. */
+SY_INLINE int sy_sock_fail(int err)
+{
+	if (CFG_HAVE_SET_RETVAL)
+		bpf_set_retval(err);
+	return 0;
+}
+
 /*
  * Rewrite addr and port (the socket's destination) to a backend. Returns the
- * hook's verdict: 1 to let the call go on, 0 to fail it with bpf_set_retval's
- * error.
+ * hook's verdict: 1 to let the call go on, 0 to fail it (sy_sock_fail).
  */
 SY_INLINE int sy_sock_rewrite(struct bpf_sock_addr *ctx, __u32 *addr, __u16 *port, __u8 family)
 {
@@ -104,8 +112,7 @@ SY_INLINE int sy_sock_rewrite(struct bpf_sock_addr *ctx, __u32 *addr, __u16 *por
 		return 1;
 	switch (sy_sock_source_allowed(ctx, fe, family)) {
 	case SY_SRC_DENIED:
-		bpf_set_retval(-ETIMEDOUT);
-		return 0;
+		return sy_sock_fail(-ETIMEDOUT);
 	case SY_SRC_UNKNOWN:
 		return 1;
 	case SY_SRC_ALLOWED:
@@ -117,11 +124,9 @@ SY_INLINE int sy_sock_rewrite(struct bpf_sock_addr *ctx, __u32 *addr, __u16 *por
 	case SY_NOT_SERVICE:
 		return 1;
 	case SY_REJECT:
-		bpf_set_retval(-ECONNREFUSED);
-		return 0;
+		return sy_sock_fail(-ECONNREFUSED);
 	case SY_DROP:
-		bpf_set_retval(-ETIMEDOUT);
-		return 0;
+		return sy_sock_fail(-ETIMEDOUT);
 	case SY_FORWARD:
 		break;
 	}

@@ -9,14 +9,18 @@ use std::path::{Path, PathBuf};
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData};
 use aya::programs::links::{CgroupAttachMode, FdLink};
-use aya::programs::{CgroupSockAddr, SchedClassifier, TcAttachType};
+use aya::programs::tc::TcAttachOptions;
+use aya::programs::{CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use switchyard_api::Mode;
 
 use super::layout::*;
 use super::objects;
 use super::plan::LoadConfig;
+use super::probe::Capabilities;
 use super::sync::{MapOp, RawMaps, Snapshot};
+use super::tc::rtnl::Hook;
+use super::tc::{self, Classic, TcApi, TcAttachMode};
 use crate::BackendError;
 
 /// Loads, attaches and writes the maps of the eBPF dataplane.
@@ -61,7 +65,7 @@ pub const SOCK_PROGRAMS: [&str; 8] = [
 ];
 
 /// The pinned maps, by name.
-pub const MAPS: [&str; 9] = [
+pub const MAPS: [&str; 10] = [
     "sy_frontends",
     "sy_services",
     "sy_backends",
@@ -71,6 +75,7 @@ pub const MAPS: [&str; 9] = [
     "sy_source_ranges",
     "sy_maglev",
     "sy_load_config",
+    tc::RECORD_MAP,
 ];
 
 /// Where the programs go.
@@ -80,6 +85,8 @@ pub struct KernelConfig {
     pub pin_root: PathBuf,
     /// cgroup v2 directory the socket programs attach to; None: socket LB off.
     pub cgroup: Option<PathBuf>,
+    /// TCX or classic tc for the tc programs (a node: whichever the kernel has).
+    pub tc_attach: TcAttachMode,
 }
 
 impl Default for KernelConfig {
@@ -87,6 +94,7 @@ impl Default for KernelConfig {
         KernelConfig {
             pin_root: PathBuf::from(DEFAULT_PIN_ROOT),
             cgroup: None,
+            tc_attach: TcAttachMode::Auto,
         }
     }
 }
@@ -106,6 +114,7 @@ impl KernelConfig {
         KernelConfig {
             pin_root: PathBuf::from(DEFAULT_PIN_ROOT),
             cgroup,
+            tc_attach: TcAttachMode::Auto,
         }
     }
 }
@@ -123,6 +132,8 @@ pub struct AyaKernel {
     config: KernelConfig,
     loaded: Option<LoadConfig>,
     maps: Option<OpenMaps>,
+    /// The kernel's capabilities, once probed.
+    caps: Option<Capabilities>,
 }
 
 impl AyaKernel {
@@ -131,7 +142,33 @@ impl AyaKernel {
             config,
             loaded: None,
             maps: None,
+            caps: None,
         }
+    }
+
+    /// As [`AyaKernel::new`] on a kernel assumed to have `caps` (tests of the
+    /// fallbacks on a kernel that has more).
+    pub fn with_capabilities(config: KernelConfig, caps: Capabilities) -> AyaKernel {
+        AyaKernel {
+            caps: Some(caps),
+            ..AyaKernel::new(config)
+        }
+    }
+
+    /// The kernel's capabilities (probed at the first load).
+    pub fn capabilities(&mut self) -> Capabilities {
+        *self.caps.get_or_insert_with(|| {
+            let caps = Capabilities::probe();
+            tracing::info!(?caps, "eBPF kernel capabilities");
+            caps
+        })
+    }
+
+    /// The tc attach API in use.
+    pub fn tc_api(&mut self) -> TcApi {
+        let api = self.config.tc_attach.resolve(self.capabilities().tcx);
+        tracing::debug!(%api, "eBPF tc programs attach with {api}");
+        api
     }
 
     fn maps_dir(&self) -> PathBuf {
@@ -149,8 +186,12 @@ impl AyaKernel {
             .ok()?;
         let array: Array<MapData, u64> = Array::try_from(map).ok()?;
         let digest = array.get(&0, 0).ok()?;
-        let links = fs::read_dir(self.links_dir()).ok()?.count();
-        (digest != 0 && links > 0).then_some(digest)
+        let links = fs::read_dir(self.links_dir()).map_or(0, Iterator::count);
+        let classic = Classic::open(&self.maps_dir())
+            .ok()
+            .flatten()
+            .is_some_and(|c| c.any());
+        (digest != 0 && (links > 0 || classic)).then_some(digest)
     }
 
     fn set_attached_digest(&self, digest: u64) -> Result<(), BackendError> {
@@ -166,6 +207,7 @@ impl AyaKernel {
 
     pub(crate) fn load_object(
         config: &LoadConfig,
+        caps: Capabilities,
         maps_dir: &Path,
         object: &[u8],
     ) -> Result<Ebpf, BackendError> {
@@ -181,20 +223,37 @@ impl AyaKernel {
             .override_global("CFG_NODE_IP4", &ip4, true)
             .override_global("CFG_NODE_IP6", &ip6.0, true)
             .override_global("CFG_LOCAL_DETECTOR", &u8::from(config.local_detector), true)
+            .override_global("CFG_HAVE_SET_RETVAL", &u8::from(caps.set_retval), true)
             .load(object)
             .map_err(|e| kernel_err("load object", e))
     }
 
-    fn attach_tc(&self, config: &LoadConfig) -> Result<(), BackendError> {
-        let mut obj = Self::load_object(config, &self.maps_dir(), objects::TC)?;
+    fn attach_tc(
+        &self,
+        config: &LoadConfig,
+        caps: Capabilities,
+        api: TcApi,
+    ) -> Result<(), BackendError> {
+        let mut obj = Self::load_object(config, caps, &self.maps_dir(), objects::TC)?;
         let devices = if config.devices.is_empty() {
             interfaces()
         } else {
             config.devices.clone()
         };
-        for (prog_name, attach, dir) in [
-            ("sy_tc_ingress", TcAttachType::Ingress, "ingress"),
-            ("sy_tc_egress", TcAttachType::Egress, "egress"),
+        let mut classic = match api {
+            TcApi::Tcx => None,
+            TcApi::Classic => {
+                let mut c = Classic::open(&self.maps_dir())?
+                    .ok_or_else(|| kernel_err("open pinned map", tc::RECORD_MAP))?;
+                for dev in &devices {
+                    c.prepare(ifindex(dev)?)?;
+                }
+                Some(c)
+            }
+        };
+        for (prog_name, hook) in [
+            ("sy_tc_ingress", Hook::Ingress),
+            ("sy_tc_egress", Hook::Egress),
         ] {
             let prog: &mut SchedClassifier = obj
                 .program_mut(prog_name)
@@ -203,22 +262,44 @@ impl AyaKernel {
                 .map_err(|e| kernel_err("tc program type", e))?;
             prog.load().map_err(|e| kernel_err("load tc program", e))?;
             for dev in &devices {
-                let id = prog
-                    .attach(dev, attach)
-                    .map_err(|e| kernel_err("attach tc program", format!("{dev} {dir}: {e}")))?;
-                let link: FdLink = prog
-                    .take_link(id)
-                    .map_err(|e| kernel_err("take tc link", e))?
-                    .try_into()
-                    .map_err(|e| kernel_err("tc link is not a bpf link", e))?;
-                self.pin_link(link, &format!("tc-{dev}-{dir}"))?;
+                match classic.as_mut() {
+                    Some(c) => c.attach(ifindex(dev)?, hook, prog, prog_name)?,
+                    None => self.attach_tcx(prog, dev, hook)?,
+                }
             }
         }
         Ok(())
     }
 
-    fn attach_sock(&self, config: &LoadConfig, cgroup: &Path) -> Result<(), BackendError> {
-        let mut obj = Self::load_object(config, &self.maps_dir(), objects::SOCK)?;
+    /// A TCX link, pinned as `tc-<dev>-<hook>`.
+    fn attach_tcx(
+        &self,
+        prog: &mut SchedClassifier,
+        dev: &str,
+        hook: Hook,
+    ) -> Result<(), BackendError> {
+        let (attach, dir) = match hook {
+            Hook::Ingress => (TcAttachType::Ingress, "ingress"),
+            Hook::Egress => (TcAttachType::Egress, "egress"),
+        };
+        let id = prog
+            .attach_with_options(dev, attach, TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .map_err(|e| kernel_err("attach tc program", format!("{dev} {dir}: {e}")))?;
+        let link: FdLink = prog
+            .take_link(id)
+            .map_err(|e| kernel_err("take tc link", e))?
+            .try_into()
+            .map_err(|e| kernel_err("tc link is not a bpf link", e))?;
+        self.pin_link(link, &format!("tc-{dev}-{dir}"))
+    }
+
+    fn attach_sock(
+        &self,
+        config: &LoadConfig,
+        caps: Capabilities,
+        cgroup: &Path,
+    ) -> Result<(), BackendError> {
+        let mut obj = Self::load_object(config, caps, &self.maps_dir(), objects::SOCK)?;
         let cgroup_fd = fs::File::open(cgroup).map_err(io_err("open cgroup"))?;
         for name in SOCK_PROGRAMS {
             let prog: &mut CgroupSockAddr = obj
@@ -250,8 +331,11 @@ impl AyaKernel {
     }
 
     /// Detach every pinned link now (unpinning alone frees a link only after
-    /// an RCU grace period) and unpin it.
+    /// an RCU grace period) and unpin it; remove our classic tc filters.
     fn detach_all(&self) -> Result<(), BackendError> {
+        if let Some(mut classic) = Classic::open(&self.maps_dir())? {
+            classic.detach_all()?;
+        }
         let entries = match fs::read_dir(self.links_dir()) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -285,6 +369,16 @@ impl AyaKernel {
         self.maps
             .as_mut()
             .ok_or_else(|| kernel_err("open pinned maps", "not loaded"))
+    }
+}
+
+/// The index of interface `dev` in the current network namespace.
+fn ifindex(dev: &str) -> Result<u32, BackendError> {
+    let name = std::ffi::CString::new(dev).map_err(|e| kernel_err("interface name", e))?;
+    // SAFETY: a NUL-terminated name that outlives the call.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(io_err("find interface")(std::io::Error::last_os_error())),
+        i => Ok(i),
     }
 }
 
@@ -394,7 +488,12 @@ impl EbpfKernel for AyaKernel {
         if self.loaded.as_ref() == Some(config) {
             return Ok(());
         }
-        let wanted = digest(&format!("{config:?}\ncgroup={:?}\n", self.config.cgroup));
+        let caps = self.capabilities();
+        let api = self.tc_api();
+        let wanted = digest(&format!(
+            "{config:?}\ncgroup={:?}\ntc={api:?}\n{caps:?}\n",
+            self.config.cgroup
+        ));
         if self.attached_digest() == Some(wanted) {
             // An earlier run left these programs attached: keep them.
             self.loaded = Some(config.clone());
@@ -414,9 +513,9 @@ impl EbpfKernel for AyaKernel {
         }
         self.detach_all()?;
         self.maps = None;
-        self.attach_tc(config)?;
+        self.attach_tc(config, caps, api)?;
         if let (true, Some(cgroup)) = (config.socket_lb, self.config.cgroup.clone()) {
-            self.attach_sock(config, &cgroup)?;
+            self.attach_sock(config, caps, &cgroup)?;
         }
         for name in MAPS {
             let path = self.maps_dir().join(name);

@@ -7,8 +7,10 @@ pub mod layout;
 pub mod maglev;
 pub mod objects;
 pub mod plan;
+pub mod probe;
 pub mod scratch;
 pub mod sync;
+pub mod tc;
 #[cfg(test)]
 mod tests;
 

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use switchyard_api::policy::{LinkedRuleset, LinkedServicePort};
-use switchyard_api::ruleset::{Cidr, Endpoint, IpFamily, Protocol};
+use switchyard_api::ruleset::{Cidr, Endpoint, IpFamily, Protocol, ServicePortRule};
 
 use super::layout::*;
 use super::maglev;
@@ -33,6 +33,11 @@ pub struct MapState {
     /// (service port id, list) → Maglev table (backend ids).
     pub maglev: BTreeMap<(u32, u8), Vec<u32>>,
 }
+
+/// Why SCTP service ports are not load-balanced in this mode.
+pub const SCTP_UNSUPPORTED: &str = "SCTP is not load-balanced by the eBPF mode: the kernel runs \
+     no cgroup connect/sendmsg hook for SCTP sockets (seen on 6.1), and the tc programs carry \
+     TCP and UDP only";
 
 /// The load-time settings of the programs (the `volatile const` globals) and
 /// where they are attached.
@@ -102,8 +107,33 @@ pub fn render(ruleset: &LinkedRuleset, settings: &Settings) -> EbpfPlan {
             .copied()
             .collect();
         render_service_port(&mut plan, sp, settings, &ips);
+        source_ranges(&mut plan, &sp.rule, &ruleset.node.addresses);
     }
     plan
+}
+
+/// loadBalancerSourceRanges of a service port, and its LB IPs as sources when
+/// a range holds a node address: something on the node (a VIP routed back
+/// locally) may SNAT the node's own connections to the LB IP, and kube-proxy
+/// lets those in.
+fn source_ranges(plan: &mut EbpfPlan, rule: &ServicePortRule, node_ips: &[IpAddr]) {
+    let ranges = &rule.load_balancer_source_ranges;
+    if ranges.is_empty() {
+        return;
+    }
+    let allow_from_node = ranges
+        .iter()
+        .any(|r| node_ips.iter().any(|ip| r.contains(ip)));
+    let lb_ips = rule
+        .load_balancer_ips
+        .iter()
+        .filter(|_| allow_from_node)
+        .map(|ip| Cidr::host(*ip));
+    let maps = maps_mut(plan);
+    for cidr in ranges.iter().copied().chain(lb_ips) {
+        maps.source_ranges
+            .insert((source_range(rule.id, &cidr), cidr.prefix()));
+    }
 }
 
 /// The node addresses NodePorts answer on (ebpf's default: the primary IP of
@@ -145,6 +175,51 @@ fn list_id(base: u8, family: IpFamily) -> u8 {
     }
 }
 
+/// The flags of a service port's endpoint lists.
+struct ListFlags {
+    internal: u8,
+    cluster: u8,
+    external: u8,
+    affinity_timeout: u32,
+    /// Maglev table size for the external list.
+    maglev: Option<u32>,
+}
+
+impl ListFlags {
+    fn of(sp: &LinkedServicePort, settings: &Settings) -> ListFlags {
+        let affinity = sp.rule.session_affinity.map(|a| a.timeout_seconds);
+        let mut base = if sp.has_any_endpoints { 0 } else { SVC_REJECT };
+        if affinity.is_some() {
+            base |= SVC_AFFINITY;
+        }
+        // Through tc, a cluster IP is masqueraded for sources outside the cluster
+        // (the local detector, in the program) or always with masqueradeAll.
+        let internal = if settings.masquerade_all {
+            base | SVC_MASQUERADE
+        } else {
+            base
+        };
+        // External frontends: masqueraded unless externalTrafficPolicy is Local,
+        // whatever masqueradeAll says (kube-proxy's masqueradeAll rule matches
+        // cluster-IP destinations only, so eTP Local keeps the client's address).
+        let mut external = base;
+        if !sp.external_policy_local() {
+            external |= SVC_MASQUERADE;
+        }
+        let maglev = settings.ebpf.maglev_table_size.filter(|m| *m > 1);
+        if maglev.is_some() {
+            external |= SVC_MAGLEV;
+        }
+        ListFlags {
+            internal,
+            cluster: base,
+            external,
+            affinity_timeout: affinity.unwrap_or(0),
+            maglev,
+        }
+    }
+}
+
 fn render_service_port(
     plan: &mut EbpfPlan,
     sp: &LinkedServicePort,
@@ -152,55 +227,12 @@ fn render_service_port(
     node_port_ips: &[IpAddr],
 ) {
     let rule = &sp.rule;
-    let name = rule.service_port_name();
-    let id = rule.id;
-    if rule.protocol == Protocol::Sctp && rule.has_external() {
-        plan.problems.push(format!(
-            "{name}: SCTP from outside is not load-balanced by the tc programs (TCP and UDP only)"
-        ));
+    if rule.protocol == Protocol::Sctp {
+        plan.problems
+            .push(format!("{}: {SCTP_UNSUPPORTED}", rule.service_port_name()));
     }
-    let affinity = rule.session_affinity.map(|a| a.timeout_seconds);
-    let mut base_flags = if sp.has_any_endpoints { 0 } else { SVC_REJECT };
-    if affinity.is_some() {
-        base_flags |= SVC_AFFINITY;
-    }
-    let mut external_flags = base_flags;
-    // Through tc, a cluster IP is masqueraded for sources outside the cluster
-    // (the local detector, in the program) or always with masqueradeAll.
-    let internal_flags = if settings.masquerade_all {
-        base_flags | SVC_MASQUERADE
-    } else {
-        base_flags
-    };
-    if !sp.external_policy_local() || settings.masquerade_all {
-        external_flags |= SVC_MASQUERADE;
-    }
-    let maglev_size = settings.ebpf.maglev_table_size.filter(|m| *m > 1);
-    if maglev_size.is_some() {
-        external_flags |= SVC_MAGLEV;
-    }
-
+    let flags = ListFlags::of(sp, settings);
     for family in [IpFamily::V4, IpFamily::V6] {
-        let in_family = |b: &&Endpoint| IpFamily::of(&b.ip) == family;
-        let mut lists = vec![(
-            LIST_INTERNAL,
-            internal_flags,
-            sp.internal_endpoints()
-                .filter(in_family)
-                .collect::<Vec<_>>(),
-        )];
-        if rule.has_external() {
-            lists.push((
-                LIST_CLUSTER,
-                base_flags,
-                sp.cluster_endpoints().filter(in_family).collect(),
-            ));
-            lists.push((
-                LIST_EXTERNAL,
-                external_flags,
-                sp.external_endpoints().filter(in_family).collect(),
-            ));
-        }
         let has_frontend = rule
             .cluster_ips
             .iter()
@@ -211,39 +243,87 @@ fn render_service_port(
         if !has_frontend {
             continue;
         }
-        for (base, flags, backends) in lists {
-            let mut chosen: Vec<(u32, BackendEntry)> = backends
-                .into_iter()
-                .filter_map(|b| add_backend(plan, &name, b).map(|e| (b.id, e)))
-                .collect();
-            if chosen.len() > usize::from(u16::MAX) {
-                plan.problems.push(format!(
-                    "{name}: {} endpoints, only the first 65535 are used",
-                    chosen.len()
-                ));
-                chosen.truncate(usize::from(u16::MAX));
-            }
-            if base == LIST_EXTERNAL
-                && let Some(m) = maglev_size
-                && !chosen.is_empty()
-            {
-                maps_mut(plan)
-                    .maglev
-                    .insert((id, list_id(base, family)), maglev::table(&chosen, m));
-            }
-            let ids = chosen.into_iter().map(|(id, _)| id).collect();
-            maps_mut(plan).lists.insert(
-                (id, list_id(base, family)),
-                ServiceList {
-                    flags,
-                    affinity_timeout: affinity.unwrap_or(0),
-                    backends: ids,
-                },
+        let in_family = |b: &&Endpoint| IpFamily::of(&b.ip) == family;
+        put_list(
+            plan,
+            sp,
+            (LIST_INTERNAL, family),
+            flags.internal,
+            &flags,
+            sp.internal_endpoints().filter(in_family).collect(),
+        );
+        if rule.has_external() {
+            let cluster = sp.cluster_endpoints().filter(in_family).collect();
+            put_list(
+                plan,
+                sp,
+                (LIST_CLUSTER, family),
+                flags.cluster,
+                &flags,
+                cluster,
+            );
+            let external = sp.external_endpoints().filter(in_family).collect();
+            put_list(
+                plan,
+                sp,
+                (LIST_EXTERNAL, family),
+                flags.external,
+                &flags,
+                external,
             );
         }
     }
+    render_frontends(plan, rule, node_port_ips);
+}
 
-    let has_ranges = !rule.load_balancer_source_ranges.is_empty();
+/// One endpoint list (slot 0 flags, backend ids, Maglev table) of a service port.
+fn put_list(
+    plan: &mut EbpfPlan,
+    sp: &LinkedServicePort,
+    (base, family): (u8, IpFamily),
+    list_flags: u8,
+    flags: &ListFlags,
+    backends: Vec<&Endpoint>,
+) {
+    let name = sp.rule.service_port_name();
+    let id = sp.rule.id;
+    let mut chosen: Vec<(u32, BackendEntry)> = backends
+        .into_iter()
+        .filter_map(|b| add_backend(plan, &name, b).map(|e| (b.id, e)))
+        .collect();
+    if chosen.len() > usize::from(u16::MAX) {
+        plan.problems.push(format!(
+            "{name}: {} endpoints, only the first 65535 are used",
+            chosen.len()
+        ));
+        chosen.truncate(usize::from(u16::MAX));
+    }
+    if base == LIST_EXTERNAL
+        && let Some(m) = flags.maglev
+        && !chosen.is_empty()
+    {
+        maps_mut(plan)
+            .maglev
+            .insert((id, list_id(base, family)), maglev::table(&chosen, m));
+    }
+    let ids = chosen.into_iter().map(|(id, _)| id).collect();
+    maps_mut(plan).lists.insert(
+        (id, list_id(base, family)),
+        ServiceList {
+            flags: list_flags,
+            affinity_timeout: flags.affinity_timeout,
+            backends: ids,
+        },
+    );
+}
+
+/// Every address and port of a service port in `sy_frontends`.
+fn render_frontends(plan: &mut EbpfPlan, rule: &ServicePortRule, node_port_ips: &[IpAddr]) {
+    let range_flag = if rule.load_balancer_source_ranges.is_empty() {
+        0
+    } else {
+        FE_SOURCE_RANGES
+    };
     let mut frontends: Vec<(IpAddr, u16, u8, u8)> = Vec::new();
     frontends.extend(
         rule.cluster_ips
@@ -255,7 +335,6 @@ fn render_service_port(
             .iter()
             .map(|ip| (*ip, rule.port, KIND_EXTERNAL, 0)),
     );
-    let range_flag = if has_ranges { FE_SOURCE_RANGES } else { 0 };
     frontends.extend(
         rule.load_balancer_ips
             .iter()
@@ -267,26 +346,20 @@ fn render_service_port(
     for (ip, port, kind, flags) in frontends {
         let key = FrontendKey::new(ip, port, rule.protocol);
         let value = Frontend {
-            svc_id: id,
+            svc_id: rule.id,
             kind,
             flags,
             pad: 0,
         };
         match plan.maps.frontends.get(&key) {
-            Some(existing) if existing.svc_id != id => plan.problems.push(format!(
-                "{name}: frontend {key} is already used by service port id {}; skipped",
+            Some(existing) if existing.svc_id != rule.id => plan.problems.push(format!(
+                "{}: frontend {key} is already used by service port id {}; skipped",
+                rule.service_port_name(),
                 existing.svc_id
             )),
             _ => {
                 maps_mut(plan).frontends.insert(key, value);
             }
-        }
-    }
-    if has_ranges {
-        for cidr in &rule.load_balancer_source_ranges {
-            maps_mut(plan)
-                .source_ranges
-                .insert((source_range(id, cidr), cidr.prefix()));
         }
     }
 }

@@ -16,7 +16,7 @@ use super::{differences, for_cases, linked, settings};
 use crate::exec::Runner;
 use crate::ipvs::plan::IpSet;
 use crate::ipvs::{ipset, render};
-use crate::testns::Netns;
+use crate::testns::{self, TestNetns};
 
 /// Members per set name.
 type Sets = BTreeMap<String, BTreeSet<String>>;
@@ -57,7 +57,7 @@ fn planned_sets(sets: &[IpSet]) -> Sets {
 
 #[test]
 fn hostile_names_never_add_or_change_ipsets() {
-    let ns = Netns::create("hostile-ipset");
+    let ns = testns::create("hostile-ipset");
     for_cases(16, |input| {
         let plan = render::render(&linked(&input), &settings(Mode::Ipvs));
         let text = ipset::restore_text(&plan.ipsets).unwrap();

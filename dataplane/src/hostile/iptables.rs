@@ -18,7 +18,7 @@ use crate::iptables::escape::{COMMENT_MAX, argv};
 use crate::iptables::plan::FamilyPlan;
 use crate::iptables::render::render;
 use crate::iptables::restore::tools;
-use crate::testns::Netns;
+use crate::testns::{self, Netns, TestNetns};
 
 /// Per table and chain, the comment of each rule in order.
 pub type Chains = BTreeMap<(String, String), Vec<Option<String>>>;
@@ -108,7 +108,7 @@ pub fn check_text(
 
 #[test]
 fn hostile_names_never_add_or_change_iptables_rules() {
-    let ns = Netns::create("hostile-ipt");
+    let ns = testns::create("hostile-ipt");
     for_cases(16, |input| {
         let plan = render(&linked(&input), &settings(Mode::Iptables));
         for fp in &plan.families {

@@ -20,7 +20,7 @@ use crate::nftables::ir::Plan;
 use crate::nftables::render::render;
 use crate::nftables::text::family_word;
 use crate::nftables::transaction;
-use crate::testns::Netns;
+use crate::testns::{self, Netns, TestNetns};
 
 /// Per family and chain, the comment of each rule; per family and set,
 /// its comment and element count.
@@ -137,7 +137,7 @@ fn same(how: &str, got: &Tables, want: &Tables) -> TestCaseResult {
 
 #[test]
 fn hostile_names_never_add_or_change_nftables_objects() {
-    let ns = Netns::create("hostile-nft");
+    let ns = testns::create("hostile-nft");
     for_cases(16, |input| {
         let plan = render(&linked(&input), &settings(Mode::Nftables));
         let expected = planned(&plan);

@@ -9,7 +9,6 @@ pub mod plan;
 pub mod render;
 pub mod restore;
 pub mod rule;
-pub mod sysctl;
 pub mod trace;
 
 #[cfg(test)]
@@ -23,12 +22,12 @@ use switchyard_api::ruleset::IpFamily;
 
 use self::plan::{AppliedFamily, FamilyPlan};
 use self::restore::{Restore, tools};
-use self::sysctl::Sysctl;
 use super::{ApplyStats, Backend, BackendError};
 use crate::conntrack::{self, UdpSnapshot};
 use crate::exec::Runner;
 use crate::semantics::{ModeSemantics, NodePortScope, UnknownPort};
 use crate::settings::Settings;
+use crate::sysctl::Sysctl;
 
 pub use self::plan::Plan;
 

@@ -4,7 +4,7 @@
 //! made (its comment through [`escape::comment`]).
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use switchyard_api::ruleset::{Cidr, Protocol};
 
@@ -66,6 +66,13 @@ pub enum Match {
     Set {
         name: String,
         dimensions: &'static [Side],
+    },
+    /// `-m ipvs --vaddr <ip> --vproto <proto> --vport <port>`: the packet
+    /// belongs to an IPVS connection of that virtual server.
+    IpvsVirtual {
+        addr: IpAddr,
+        protocol: Protocol,
+        port: u16,
     },
 }
 
@@ -186,6 +193,16 @@ impl fmt::Display for Match {
                     .collect();
                 write!(f, "-m set --match-set {name} {}", sides.join(","))
             }
+            Match::IpvsVirtual {
+                addr,
+                protocol,
+                port,
+            } => write!(
+                f,
+                "-m ipvs --vaddr {} --vproto {} --vport {port}",
+                host_or_cidr(&Cidr::host(*addr)),
+                protocol.as_lower()
+            ),
         }
     }
 }

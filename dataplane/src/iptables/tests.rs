@@ -1,16 +1,18 @@
 //! Render golden tests and apply/cleanup tests against fake kernel tools.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use switchyard_api::Mode;
 use switchyard_api::policy::{LinkedRuleset, NodeInfo, link};
 use switchyard_compiler::{CompileSettings, Snapshot, compile, parse_objects};
+use switchyard_testkit::golden::assert_golden;
 
-use super::sysctl::FakeSysctl;
 use super::*;
 use crate::exec::{Call, ExecError, FakeRunner, Runner};
 use crate::settings::{LocalDetector, Settings};
+use crate::sysctl::FakeSysctl;
 
 const OVERALL: &str = include_str!("testdata/overall.yaml");
 
@@ -44,18 +46,8 @@ fn settings() -> Settings {
 
 /// Compare with a golden file; `UPDATE_GOLDEN=1` rewrites it.
 fn golden(name: &str, actual: &str) {
-    let path = format!(
-        "{}/src/iptables/testdata/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, actual).unwrap();
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        expected == actual,
-        "{name} differs from the golden file (UPDATE_GOLDEN=1 to accept):\n{actual}"
-    );
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/iptables/testdata");
+    assert_golden(&dir.join(name), actual);
 }
 
 #[test]

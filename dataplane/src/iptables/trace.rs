@@ -169,6 +169,12 @@ impl Tracer<'_> {
                     port: s.port,
                 },
             ),
+            // The virtual server the packet was sent to, before IPVS rewrote it.
+            Match::IpvsVirtual {
+                addr,
+                protocol,
+                port,
+            } => *addr == p.destination && *protocol == p.protocol && *port == p.port,
         })
     }
 

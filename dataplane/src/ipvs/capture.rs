@@ -4,26 +4,7 @@
 //! them byte for byte. Only the annotation is generated from the names below;
 //! the bytes are the kernel's.
 
-/// `nlmsghdr` fields that vary between runs (type = the family id the kernel
-/// assigned, sequence number, port id) are zeroed before a capture is stored.
-pub fn mask_header(msg: &[u8]) -> Vec<u8> {
-    let mut out = msg.to_vec();
-    for range in [4..6, 8..12, 12..16] {
-        if out.len() >= range.end {
-            out[range].fill(0);
-        }
-    }
-    out
-}
-
-/// The bytes of an annotated hex capture (everything after `#` is a comment).
-pub fn parse_hex(text: &str) -> Vec<u8> {
-    text.lines()
-        .map(|l| l.split('#').next().unwrap_or(""))
-        .flat_map(|l| l.split_whitespace())
-        .filter_map(|b| u8::from_str_radix(b, 16).ok())
-        .collect()
-}
+pub use crate::netlink::{mask_header, parse_hex};
 
 /// Annotated hex of one netlink message of the IPVS family.
 pub fn annotate(msg: &[u8]) -> String {

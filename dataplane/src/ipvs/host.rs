@@ -15,37 +15,6 @@ use super::rules::our_chains;
 use crate::exec::{ExecError, Runner};
 use crate::iptables::restore::tools;
 
-/// Writes sysctls of the caller's network namespace.
-pub trait Sysctl: Send + Sync {
-    fn set(&self, key: &str, value: &str) -> std::io::Result<()>;
-}
-
-/// Writes `/proc/sys/...`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ProcSysctl;
-
-impl Sysctl for ProcSysctl {
-    fn set(&self, key: &str, value: &str) -> std::io::Result<()> {
-        std::fs::write(format!("/proc/sys/{}", key.replace('.', "/")), value)
-    }
-}
-
-/// Records sysctl writes (unit tests).
-#[derive(Debug, Default)]
-pub struct FakeSysctl {
-    pub written: std::sync::Mutex<Vec<(String, String)>>,
-}
-
-impl Sysctl for FakeSysctl {
-    fn set(&self, key: &str, value: &str) -> std::io::Result<()> {
-        self.written
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push((key.to_string(), value.to_string()));
-        Ok(())
-    }
-}
-
 /// The sysctls IPVS mode needs (kube-proxy's), plus strictARP's when set.
 pub fn sysctls(strict_arp: bool) -> Vec<(&'static str, &'static str)> {
     let mut out = vec![

@@ -1,22 +1,17 @@
 //! The one chokepoint to the kernel's IPVS table: [`IpvsKernel`] sends one
 //! request and returns the replies. [`NetlinkIpvs`] speaks generic netlink in
-//! the calling thread's network namespace; [`FakeIpvs`] is an in-memory table
-//! for unit tests. [`Ipvs`] puts typed operations on top of either.
+//! the calling thread's network namespace; `fake::FakeIpvs` (unit tests only)
+//! is an in-memory table. [`Ipvs`] puts typed operations on top of either.
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_generic::GenlMessage;
 use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
 use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_GENERIC};
+use netlink_sys::protocols::NETLINK_GENERIC;
 
 use super::genl::{FAMILY_NAME, IpvsAttr, IpvsCmd, IpvsMessage, family_of};
 use super::objects::{DestState, RealServer, ServiceKey, Timeouts, VirtualServer};
+use crate::netlink::Connection;
 
 /// A request to the IPVS family failed.
 #[derive(Debug, thiserror::Error)]
@@ -42,39 +37,27 @@ pub trait IpvsKernel: Send {
 
 /// The kernel over generic netlink.
 pub struct NetlinkIpvs {
-    socket: Socket,
+    conn: Connection,
     family: u16,
-    seq: u32,
-    /// Raw reply messages, when recording (for capturing fixtures).
-    recorded: Option<Vec<Vec<u8>>>,
 }
 
 impl NetlinkIpvs {
     /// Open a socket in the calling thread's network namespace and resolve the family.
     pub fn open() -> Result<NetlinkIpvs, KernelError> {
-        let mut socket = Socket::new(NETLINK_GENERIC).map_err(KernelError::Socket)?;
-        socket.bind_auto().map_err(KernelError::Socket)?;
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(KernelError::Socket)?;
-        let mut nl = NetlinkIpvs {
-            socket,
-            family: 0,
-            seq: 0,
-            recorded: None,
-        };
+        let conn = Connection::open(NETLINK_GENERIC).map_err(KernelError::Socket)?;
+        let mut nl = NetlinkIpvs { conn, family: 0 };
         nl.family = nl.resolve_family()?;
         Ok(nl)
     }
 
     /// Keep the raw bytes of every reply from now on.
     pub fn record(&mut self) {
-        self.recorded = Some(Vec::new());
+        self.conn.record();
     }
 
     /// The raw replies recorded since [`NetlinkIpvs::record`].
     pub fn take_recorded(&mut self) -> Vec<Vec<u8>> {
-        self.recorded.replace(Vec::new()).unwrap_or_default()
+        self.conn.take_recorded()
     }
 
     /// The family id the kernel assigned to `IPVS`.
@@ -88,7 +71,8 @@ impl NetlinkIpvs {
             nlas: vec![GenlCtrlAttrs::FamilyName(FAMILY_NAME.to_string())],
         });
         let replies = self
-            .exchange(msg, NLM_F_REQUEST | NLM_F_ACK)
+            .conn
+            .request(msg, NLM_F_REQUEST | NLM_F_ACK)
             .map_err(|e| KernelError::NoFamily(e.to_string()))?;
         replies
             .iter()
@@ -98,75 +82,6 @@ impl NetlinkIpvs {
                 _ => None,
             })
             .ok_or_else(|| KernelError::NoFamily("no family id in the reply".into()))
-    }
-
-    /// Send one message and collect the replies until the ack or the end of the dump.
-    fn exchange<T>(
-        &mut self,
-        mut msg: GenlMessage<T>,
-        flags: u16,
-    ) -> std::io::Result<Vec<GenlMessage<T>>>
-    where
-        T: netlink_packet_generic::GenlFamily
-            + netlink_packet_core::Emitable
-            + netlink_packet_core::ParseableParametrized<[u8], netlink_packet_generic::GenlHeader>
-            + std::fmt::Debug,
-    {
-        self.seq = self.seq.wrapping_add(1);
-        msg.set_resolved_family_id(self.family);
-        let mut header = NetlinkHeader::default();
-        header.flags = flags;
-        header.sequence_number = self.seq;
-        let mut nl = NetlinkMessage::new(header, NetlinkPayload::from(msg));
-        nl.finalize();
-        let mut buf = vec![0u8; nl.buffer_len()];
-        nl.serialize(&mut buf);
-        self.socket.send(&buf, 0)?;
-
-        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
-        let mut out = Vec::new();
-        let mut rx = Vec::with_capacity(1 << 16);
-        loop {
-            rx.clear();
-            let n = self.socket.recv(&mut rx, 0)?;
-            let mut offset = 0;
-            while offset < n {
-                let bytes = &rx[offset..n];
-                let reply = NetlinkMessage::<GenlMessage<T>>::deserialize(bytes).map_err(|e| {
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
-                })?;
-                let len = reply.header.length as usize;
-                if len == 0 {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        "netlink message of length 0",
-                    ));
-                }
-                if let Some(rec) = self.recorded.as_mut() {
-                    rec.push(bytes[..len.min(bytes.len())].to_vec());
-                }
-                offset += (len + 3) & !3;
-                if reply.header.sequence_number != self.seq {
-                    continue;
-                }
-                match reply.payload {
-                    NetlinkPayload::InnerMessage(m) => {
-                        out.push(m);
-                        if !dump && flags & NLM_F_ACK == 0 {
-                            return Ok(out);
-                        }
-                    }
-                    NetlinkPayload::Error(e) => {
-                        return match e.code {
-                            None => Ok(out),
-                            Some(_) => Err(e.to_io()),
-                        };
-                    }
-                    NetlinkPayload::Done(_) => return Ok(out),
-                    _ => {}
-                }
-            }
-        }
     }
 }
 
@@ -178,8 +93,11 @@ impl IpvsKernel for NetlinkIpvs {
         } else {
             NLM_F_REQUEST | NLM_F_ACK
         };
+        let mut msg = GenlMessage::from_payload(msg);
+        msg.set_resolved_family_id(self.family);
         let replies = self
-            .exchange(GenlMessage::from_payload(msg), flags)
+            .conn
+            .request(msg, flags)
             .map_err(|source| match source.kind() {
                 std::io::ErrorKind::InvalidData => KernelError::Decode {
                     cmd,
@@ -269,157 +187,4 @@ impl Ipvs<'_> {
 
 pub fn message(cmd: IpvsCmd, attrs: Vec<IpvsAttr>) -> IpvsMessage {
     IpvsMessage { cmd, attrs }
-}
-
-/// A fake virtual server with its real servers by address and port.
-pub type FakeService = (VirtualServer, BTreeMap<(IpAddr, u16), DestState>);
-
-/// The state of a [`FakeIpvs`].
-#[derive(Debug, Default)]
-pub struct FakeTable {
-    pub services: BTreeMap<ServiceKey, FakeService>,
-    pub timeouts: Timeouts,
-    /// Every command received, in order.
-    pub log: Vec<IpvsCmd>,
-}
-
-impl FakeTable {
-    /// Pretend real server `rs` of `key` has `active` connections.
-    pub fn set_active(&mut self, key: &ServiceKey, rs: (IpAddr, u16), active: u32) {
-        if let Some(d) = self.services.get_mut(key).and_then(|(_, d)| d.get_mut(&rs)) {
-            d.active = active;
-        }
-    }
-}
-
-/// An in-memory IPVS table answering like the kernel (for unit tests); clones
-/// share the table, so a test keeps one to look inside.
-#[derive(Clone, Debug, Default)]
-pub struct FakeIpvs(Arc<Mutex<FakeTable>>);
-
-impl FakeIpvs {
-    pub fn table(&self) -> MutexGuard<'_, FakeTable> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-fn errno(cmd: IpvsCmd, code: i32) -> KernelError {
-    KernelError::Request {
-        cmd,
-        source: std::io::Error::from_raw_os_error(code),
-    }
-}
-
-impl IpvsKernel for FakeIpvs {
-    fn request(&mut self, msg: IpvsMessage, dump: bool) -> Result<Vec<IpvsMessage>, KernelError> {
-        self.table().request(msg, dump)
-    }
-}
-
-impl FakeTable {
-    fn request(&mut self, msg: IpvsMessage, _dump: bool) -> Result<Vec<IpvsMessage>, KernelError> {
-        let cmd = msg.cmd;
-        self.log.push(cmd);
-        let service = msg.attrs.iter().find_map(|a| match a {
-            IpvsAttr::Service(s) => VirtualServer::from_attrs(s),
-            _ => None,
-        });
-        let dest = DestState::from_message(
-            &msg.attrs,
-            service
-                .as_ref()
-                .map(|s| family_of(&s.key.addr))
-                .unwrap_or(2),
-        );
-        let need_service = || service.clone().ok_or_else(|| errno(cmd, libc::EINVAL));
-        match cmd {
-            IpvsCmd::GetService => Ok(self
-                .services
-                .values()
-                .map(|(vs, _)| message(IpvsCmd::NewService, vec![IpvsAttr::Service(vs.attrs())]))
-                .collect()),
-            IpvsCmd::NewService => {
-                let vs = need_service()?;
-                if self.services.contains_key(&vs.key) {
-                    return Err(errno(cmd, libc::EEXIST));
-                }
-                self.services.insert(vs.key, (vs, BTreeMap::new()));
-                Ok(vec![])
-            }
-            IpvsCmd::SetService => {
-                let vs = need_service()?;
-                let entry = self
-                    .services
-                    .get_mut(&vs.key)
-                    .ok_or_else(|| errno(cmd, libc::ESRCH))?;
-                entry.0 = vs;
-                Ok(vec![])
-            }
-            IpvsCmd::DelService => {
-                let vs = need_service()?;
-                self.services
-                    .remove(&vs.key)
-                    .map(|_| vec![])
-                    .ok_or_else(|| errno(cmd, libc::ESRCH))
-            }
-            IpvsCmd::GetDest => {
-                let vs = need_service()?;
-                let (_, dests) = self
-                    .services
-                    .get(&vs.key)
-                    .ok_or_else(|| errno(cmd, libc::ESRCH))?;
-                Ok(dests
-                    .values()
-                    .map(|d| {
-                        let mut attrs = d.server.attrs();
-                        attrs.push(super::genl::DestAttr::ActiveConns(d.active));
-                        attrs.push(super::genl::DestAttr::InactiveConns(d.inactive));
-                        message(IpvsCmd::NewDest, vec![IpvsAttr::Dest(attrs)])
-                    })
-                    .collect())
-            }
-            IpvsCmd::NewDest | IpvsCmd::SetDest | IpvsCmd::DelDest => {
-                let vs = need_service()?;
-                let d = dest.ok_or_else(|| errno(cmd, libc::EINVAL))?;
-                let (_, dests) = self
-                    .services
-                    .get_mut(&vs.key)
-                    .ok_or_else(|| errno(cmd, libc::ESRCH))?;
-                let k = (d.server.addr, d.server.port);
-                match (cmd, dests.contains_key(&k)) {
-                    (IpvsCmd::NewDest, true) => return Err(errno(cmd, libc::EEXIST)),
-                    (IpvsCmd::SetDest | IpvsCmd::DelDest, false) => {
-                        return Err(errno(cmd, libc::ENOENT));
-                    }
-                    (IpvsCmd::DelDest, true) => {
-                        dests.remove(&k);
-                    }
-                    (IpvsCmd::NewDest, false) => {
-                        dests.insert(k, d);
-                    }
-                    _ => {
-                        if let Some(existing) = dests.get_mut(&k) {
-                            existing.server.weight = d.server.weight;
-                        }
-                    }
-                }
-                Ok(vec![])
-            }
-            IpvsCmd::GetConfig => Ok(vec![message(IpvsCmd::SetConfig, self.timeouts.attrs())]),
-            IpvsCmd::SetConfig => {
-                let t = Timeouts::from_attrs(&msg.attrs);
-                for (new, old) in [
-                    (t.tcp, &mut self.timeouts.tcp),
-                    (t.tcp_fin, &mut self.timeouts.tcp_fin),
-                    (t.udp, &mut self.timeouts.udp),
-                ] {
-                    if new != 0 {
-                        *old = new;
-                    }
-                }
-                Ok(vec![])
-            }
-            _ => Err(errno(cmd, libc::EOPNOTSUPP)),
-        }
-    }
 }

@@ -4,10 +4,12 @@
 //! pure ([`render`]); [`IpvsBackend::apply`] and [`IpvsBackend::cleanup`] are
 //! the only code touching the kernel, through three narrow doors: the IPVS
 //! table over generic netlink ([`kernel::IpvsKernel`]), the command-line tools
-//! ([`crate::exec::Runner`]) and sysctls ([`host::Sysctl`]). All of them act in
+//! ([`crate::exec::Runner`]) and sysctls ([`crate::sysctl::Sysctl`]). All of them act in
 //! the network namespace of the calling thread.
 
 pub mod capture;
+#[cfg(test)]
+mod fake;
 pub mod genl;
 pub mod host;
 pub mod ipset;
@@ -35,8 +37,9 @@ use crate::iptables::plan::FamilyPlan;
 use crate::iptables::restore::Restore;
 use crate::semantics::{ModeSemantics, NodePortScope, UnknownPort};
 use crate::settings::Settings;
+use crate::sysctl::{ProcSysctl, Sysctl};
 use crate::{ApplyStats, Backend, BackendError};
-use host::{Host, Sysctl};
+use host::Host;
 use kernel::{Ipvs, IpvsKernel, KernelError};
 use objects::{RealServer, ServiceKey, VirtualServer};
 use plan::{IpvsPlan, PlannedService};
@@ -105,7 +108,7 @@ impl IpvsBackend {
         Ok(IpvsBackend::new(
             Box::new(kernel),
             runner,
-            Box::new(host::ProcSysctl),
+            Box::new(ProcSysctl),
         ))
     }
 
@@ -364,7 +367,7 @@ impl Backend for IpvsBackend {
         let mut written = 0;
         for (key, value) in host::sysctls(plan.strict_arp) {
             self.sysctl
-                .set(key, value)
+                .write(key, value)
                 .map_err(|source| BackendError::Io {
                     mode: Mode::Ipvs,
                     operation: "set sysctl",

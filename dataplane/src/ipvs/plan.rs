@@ -139,6 +139,9 @@ pub struct IpvsPlan {
     pub ipsets: Vec<IpSet>,
     /// The iptables rules per family, in the iptables mode's model.
     pub rules: Vec<FamilyPlan>,
+    /// Load-balancer virtual servers whose source ranges leave the node out
+    /// (`KUBE-IPVS-OUT-FILTER`).
+    pub lb_no_node_access: BTreeSet<ServiceKey>,
     pub timeouts: Timeouts,
     pub strict_arp: bool,
     pub limitations: Vec<Limitation>,

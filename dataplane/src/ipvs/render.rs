@@ -161,7 +161,11 @@ pub fn render(ruleset: &LinkedRuleset, settings: &Settings) -> IpvsPlan {
         .chain(plan.services.keys().map(|k| IpFamily::of(&k.addr)))
         .collect();
     for family in families {
-        plan.rules.push(rules::family_rules(family, settings));
+        plan.rules.push(rules::family_rules(
+            family,
+            settings,
+            &plan.lb_no_node_access,
+        ));
         let filled = sets.remove(&family).map(|s| s.0).unwrap_or_default();
         for (base, kind, comment) in SETS {
             plan.ipsets.push(IpSet {
@@ -258,6 +262,8 @@ struct Port<'a> {
     name: String,
     /// External traffic policy Local (the port is reachable from outside).
     local: bool,
+    /// A load-balancer source range holds a node address.
+    allow_from_node: bool,
 }
 
 impl Port<'_> {
@@ -303,6 +309,11 @@ fn render_service_port(
         settings,
         name: sp.rule.service_port_name(),
         local: sp.external_policy_local(),
+        allow_from_node: sp
+            .rule
+            .load_balancer_source_ranges
+            .iter()
+            .any(|c| node_ips.iter().any(|n| c.contains(n))),
     };
     cluster_ips(&port, plan, sets);
     external_ips(&port, plan, sets);
@@ -372,6 +383,21 @@ fn load_balancer_ips(p: &Port<'_>, plan: &mut IpvsPlan, sets: &mut BTreeMap<IpFa
                     SetEntry::IpPortNet(*ip, rule.protocol, rule.port, *cidr),
                 );
             }
+        }
+        // kube-proxy's allowFromNode: a range holding the node lets the
+        // node's connections SNATed to the LB IP itself in; otherwise they
+        // are dropped on the way out (KUBE-IPVS-OUT-FILTER).
+        if p.allow_from_node {
+            s.add(
+                "KUBE-LOAD-BALANCER-SOURCE-IP",
+                SetEntry::IpPortIp(*ip, rule.protocol, rule.port, *ip),
+            );
+        } else {
+            plan.lb_no_node_access.insert(ServiceKey {
+                protocol: rule.protocol,
+                addr: *ip,
+                port: rule.port,
+            });
         }
     }
 }

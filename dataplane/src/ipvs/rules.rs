@@ -5,8 +5,11 @@
 //! and rejecting other ports of service addresses. Every match on service
 //! frontends is an ipset match ([`render::set_name`]).
 
-use switchyard_api::ruleset::{IpFamily, Protocol};
+use std::collections::BTreeSet;
 
+use switchyard_api::ruleset::{Cidr, IpFamily, Protocol};
+
+use super::objects::ServiceKey;
 use super::render::set_name;
 use crate::iptables::names::{
     KUBE_FORWARD, KUBE_MARK_MASQ, KUBE_POSTROUTING, KUBE_PROXY_FIREWALL, KUBE_SERVICES,
@@ -20,6 +23,7 @@ const KUBE_NODE_PORT: &str = "KUBE-NODE-PORT";
 const KUBE_LOAD_BALANCER: &str = "KUBE-LOAD-BALANCER";
 const KUBE_SOURCE_RANGES_FIREWALL: &str = "KUBE-SOURCE-RANGES-FIREWALL";
 const KUBE_IPVS_FILTER: &str = "KUBE-IPVS-FILTER";
+const KUBE_IPVS_OUT_FILTER: &str = "KUBE-IPVS-OUT-FILTER";
 
 const NAT_CHAINS: &[&str] = &[
     KUBE_SERVICES,
@@ -34,6 +38,7 @@ const FILTER_CHAINS: &[&str] = &[
     KUBE_PROXY_FIREWALL,
     KUBE_SOURCE_RANGES_FIREWALL,
     KUBE_IPVS_FILTER,
+    KUBE_IPVS_OUT_FILTER,
 ];
 
 /// Our chains per table, for cleanup.
@@ -62,8 +67,13 @@ impl Builder {
     }
 }
 
-/// kube-proxy's IPVS-mode rules for one family.
-pub fn family_rules(family: IpFamily, settings: &Settings) -> FamilyPlan {
+/// kube-proxy's IPVS-mode rules for one family; `no_node_access`: the
+/// load-balancer virtual servers whose source ranges leave the node out.
+pub fn family_rules(
+    family: IpFamily,
+    settings: &Settings,
+    no_node_access: &BTreeSet<ServiceKey>,
+) -> FamilyPlan {
     let mut b = Builder {
         family,
         nat: ChainList::of(NAT_CHAINS),
@@ -76,6 +86,7 @@ pub fn family_rules(family: IpFamily, settings: &Settings) -> FamilyPlan {
     firewall_rules(&mut b);
     forward_rules(&mut b, mark);
     ipvs_filter_rules(&mut b);
+    out_filter_rules(&mut b, no_node_access);
     FamilyPlan {
         family,
         route_localnet: false,
@@ -107,6 +118,12 @@ fn jump_rules() -> Vec<JumpRule> {
             Table::Filter,
             "INPUT",
             KUBE_IPVS_FILTER,
+            "kubernetes ipvs access filter",
+        ),
+        jump(
+            Table::Filter,
+            "OUTPUT",
+            KUBE_IPVS_OUT_FILTER,
             "kubernetes ipvs access filter",
         ),
         jump(Table::Filter, "INPUT", KUBE_PROXY_FIREWALL, firewall),
@@ -281,4 +298,26 @@ fn ipvs_filter_rules(b: &mut Builder) {
         })
         .with(b.set("KUBE-IPVS-IPS", DST));
     b.filter.push(KUBE_IPVS_FILTER, reject);
+}
+
+/// The node's own connections to a load-balancer IP whose source ranges leave
+/// the node out are dropped after IPVS picked them up (something on the node
+/// SNATing them to the LB IP would otherwise let them through).
+fn out_filter_rules(b: &mut Builder, no_node_access: &BTreeSet<ServiceKey>) {
+    for k in no_node_access
+        .iter()
+        .filter(|k| IpFamily::of(&k.addr) == b.family)
+    {
+        let drop = Rule::new(Target::Drop)
+            .with(Match::Source {
+                cidr: Cidr::host(k.addr),
+                negate: false,
+            })
+            .with(Match::IpvsVirtual {
+                addr: k.addr,
+                protocol: k.protocol,
+                port: k.port,
+            });
+        b.filter.push(KUBE_IPVS_OUT_FILTER, drop);
+    }
 }

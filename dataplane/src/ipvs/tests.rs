@@ -14,9 +14,9 @@ use switchyard_api::ruleset::{
 };
 
 use super::capture::parse_hex;
+use super::fake::FakeIpvs;
 use super::genl::{DestAttr, IpvsAttr, IpvsCmd, IpvsMessage, ServiceAttr, StatsAttr};
-use super::host::FakeSysctl;
-use super::kernel::{FakeIpvs, Ipvs, IpvsKernel};
+use super::kernel::{Ipvs, IpvsKernel};
 use super::objects::{DestState, ServiceKey, Timeouts, VirtualServer};
 use super::plan::SetEntry;
 use super::*;
@@ -24,6 +24,7 @@ use crate::Backend;
 use crate::exec::FakeRunner;
 use crate::iptables::trace::{Origin, Packet, Verdict, trace_with_sets};
 use crate::settings::{LocalDetector, Settings};
+use crate::sysctl::FakeSysctl;
 
 fn decode(fixture: &str) -> (Vec<u8>, NetlinkMessage<GenlMessage<IpvsMessage>>) {
     let bytes = parse_hex(fixture);
@@ -312,6 +313,22 @@ fn external_traffic_local_uses_local_endpoints_local_sets_and_reports_the_limit(
         ["203.0.113.7,tcp:80,198.51.100.0/24"]
     );
     assert_eq!(plan.limitations.len(), 1);
+    assert!(
+        set(&plan, "KUBE-LOAD-BALANCER-SOURCE-IP").is_empty(),
+        "the node is in no range"
+    );
+}
+
+#[test]
+fn a_source_range_holding_the_node_lets_the_load_balancer_ip_in_as_source() {
+    let mut r = rule();
+    r.load_balancer_ips = vec!["203.0.113.7".parse().unwrap()];
+    r.load_balancer_source_ranges = vec!["192.168.0.0/24".parse().unwrap()];
+    let plan = plan_for(vec![r], &Settings::defaults(Mode::Ipvs));
+    assert_eq!(
+        set(&plan, "KUBE-LOAD-BALANCER-SOURCE-IP"),
+        ["203.0.113.7,tcp:80,203.0.113.7"]
+    );
 }
 
 #[test]
@@ -369,9 +386,9 @@ fn traced_ipvs_rules_reject_unknown_ports_enforce_source_ranges_and_masquerade_a
         .into_iter()
         .chain(plan.addresses.iter().copied())
         .collect();
-    let traced = |source: &str, destination: &str, port: u16| -> Vec<(Verdict, bool)> {
+    let traced_from = |origin, source: &str, destination: &str, port: u16| {
         let packet = Packet {
-            origin: Origin::Remote,
+            origin,
             protocol: Protocol::Tcp,
             source: source.parse().unwrap(),
             destination: destination.parse().unwrap(),
@@ -380,7 +397,10 @@ fn traced_ipvs_rules_reject_unknown_ports_enforce_source_ranges_and_masquerade_a
         trace_with_sets(rules, &local, &plan, &packet)
             .into_iter()
             .map(|o| (o.verdict, o.masquerade))
-            .collect()
+            .collect::<Vec<(Verdict, bool)>>()
+    };
+    let traced = |source: &str, destination: &str, port: u16| {
+        traced_from(Origin::Remote, source, destination, port)
     };
     let (pod, outside, allowed) = ("10.1.2.2", "172.16.0.9", "198.51.100.5");
     let to_ipvs = |masquerade| vec![(Verdict::Untranslated, masquerade)];
@@ -398,6 +418,12 @@ fn traced_ipvs_rules_reject_unknown_ports_enforce_source_ranges_and_masquerade_a
     assert_eq!(traced(allowed, "203.0.113.7", 443), to_ipvs(false));
     assert_eq!(
         traced(outside, "203.0.113.7", 443),
+        [(Verdict::Drop, false)]
+    );
+    // The node's own connection SNATed to the LB IP: no range holds the node,
+    // so KUBE-IPVS-OUT-FILTER drops it.
+    assert_eq!(
+        traced_from(Origin::Node, "203.0.113.7", "203.0.113.7", 443),
         [(Verdict::Drop, false)]
     );
     // Hairpin: a pod's connection IPVS sent back to that pod leaves masqueraded.

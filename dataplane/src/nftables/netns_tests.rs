@@ -11,7 +11,7 @@ use super::NftablesBackend;
 use super::tests::{endpoint, linked, sample_ruleset, service, settings};
 use crate::Backend;
 use crate::exec::RealRunner;
-use crate::testns::{Netns, node_and_pod, vip_reply};
+use crate::testns::{self, TestNetns, node_and_pod, vip_reply};
 
 fn apply(backend: &mut NftablesBackend, rs: &Ruleset) -> crate::ApplyStats {
     let plan = backend.render(&linked(rs), &settings());
@@ -20,7 +20,7 @@ fn apply(backend: &mut NftablesBackend, rs: &Ruleset) -> crate::ApplyStats {
 
 #[test]
 fn full_and_incremental_syncs_land_in_the_kernel_and_a_broken_apply_keeps_them() {
-    let Some(ns) = Netns::create("apply") else {
+    let Some(ns) = testns::create("apply") else {
         return;
     };
     let mut backend = NftablesBackend::new(ns.runner());
@@ -146,7 +146,7 @@ fn planned_names(plan: &super::Plan, family: switchyard_api::ruleset::IpFamily) 
 
 #[test]
 fn every_incremental_transition_is_accepted_and_leaves_exactly_the_planned_objects() {
-    let Some(ns) = Netns::create("steps") else {
+    let Some(ns) = testns::create("steps") else {
         return;
     };
     let mut backend = NftablesBackend::new(ns.runner());
@@ -203,7 +203,7 @@ fn every_incremental_transition_is_accepted_and_leaves_exactly_the_planned_objec
 
 #[test]
 fn periodic_resync_repairs_drift_and_keeps_session_affinity_entries() {
-    let Some(ns) = Netns::create("resync") else {
+    let Some(ns) = testns::create("resync") else {
         return;
     };
     let mut backend = NftablesBackend::new(ns.runner());
@@ -277,7 +277,7 @@ fn periodic_resync_repairs_drift_and_keeps_session_affinity_entries() {
 
 #[test]
 fn netlink_transactions_reach_the_namespace_of_the_thread_that_applies() {
-    let (Some(built_in), Some(applied_in)) = (Netns::create("built"), Netns::create("applied"))
+    let (Some(built_in), Some(applied_in)) = (testns::create("built"), testns::create("applied"))
     else {
         return;
     };

@@ -11,6 +11,7 @@ use switchyard_api::policy::{LinkedRuleset, NodeInfo, link};
 use switchyard_api::ruleset::{
     Cidr, Endpoint, Protocol, Ruleset, ServicePortRule, SessionAffinity, TrafficPolicy,
 };
+use switchyard_testkit::golden::assert_golden;
 
 use super::diff::Applied;
 use super::trace::{Outcome, Packet, Trace, trace};
@@ -135,12 +136,7 @@ pub(super) fn testdata(name: &str) -> PathBuf {
 
 /// Compare with a golden file; `UPDATE_GOLDEN=1` rewrites it.
 pub(super) fn golden(name: &str, actual: &str) {
-    let path = testdata(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, actual).unwrap();
-    }
-    let expected = std::fs::read_to_string(&path).unwrap();
-    assert_eq!(actual, expected, "golden file {} differs", path.display());
+    assert_golden(&testdata(name), actual);
 }
 
 #[test]

@@ -1,6 +1,13 @@
 //! The node agent's stand-in: one thread that entered the node namespace and
-//! owns the dataplane, so every apply of every step goes through the same
-//! backend instance, incrementally, inside the node namespace.
+//! owns the node's dataplane, so every job — an apply, a render, a whole mode
+//! switch — runs inside the namespace, in order, against the same instance
+//! (incrementally, as a real agent's syncs do). The scenario runner and the
+//! dataplane bench start it with a dataplane; the CLI's demo starts it with
+//! none and runs the agent's switch procedure on it.
+//!
+//! Dropping the handle stops the thread and leaves the dataplane's rules in
+//! place, as an agent that exits does (a restart finds them);
+//! [`NodeAgent::remove`] removes them first.
 
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -11,15 +18,33 @@ use switchyard_dataplane::{ApplyStats, Dataplane};
 
 use crate::HarnessError;
 use crate::hooks::DataplaneFactory;
-use crate::netns::{self, Netns};
+use crate::netns::{Netns, NetnsError};
 
-/// Work for the agent thread: runs against the dataplane, answers on its own channel.
-type Job = Box<dyn FnOnce(&mut dyn Dataplane) + Send>;
+/// The dataplane the agent thread owns; `None` until one is built.
+pub type Active = Option<Box<dyn Dataplane>>;
+
+/// Work for the agent thread: runs against its dataplane, answers on its own channel.
+type Job = Box<dyn FnOnce(&mut Active) + Send>;
 
 /// Handle to the agent thread.
 pub struct NodeAgent {
     jobs: Option<mpsc::Sender<Job>>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<Result<(), NetnsError>>>,
+}
+
+/// The answer of a job [`NodeAgent::submit`] queued.
+pub struct Answer<T> {
+    what: String,
+    answer: mpsc::Receiver<T>,
+}
+
+impl<T> Answer<T> {
+    /// Wait for the job to run.
+    pub fn wait(self) -> Result<T, HarnessError> {
+        self.answer
+            .recv()
+            .map_err(|_| agent_err(&self.what, "agent thread ended"))
+    }
 }
 
 fn agent_err(what: &str, message: impl Into<String>) -> HarnessError {
@@ -30,55 +55,70 @@ fn agent_err(what: &str, message: impl Into<String>) -> HarnessError {
 }
 
 impl NodeAgent {
+    /// Start the agent thread in `node` owning the dataplane `factory` builds
+    /// there; returns once it is built.
     pub fn start(node: &Netns, factory: DataplaneFactory) -> Result<NodeAgent, HarnessError> {
-        let file = node.open()?;
-        let (jobs, queue) = mpsc::channel::<Job>();
-        let (started, start_result) = mpsc::channel::<Result<(), String>>();
-        let thread = std::thread::spawn(move || {
-            let made = netns::enter(&file)
-                .map_err(|e| e.to_string())
-                .and_then(|()| factory().map_err(|e| e.to_string()));
-            match made {
-                Ok(mut dataplane) => {
-                    let _ = started.send(Ok(()));
-                    for job in queue {
-                        job(dataplane.as_mut());
-                    }
-                }
-                Err(e) => {
-                    let _ = started.send(Err(e));
-                }
-            }
-        });
-        let agent = NodeAgent {
-            jobs: Some(jobs),
-            thread: Some(thread),
-        };
-        start_result
-            .recv()
-            .map_err(|_| agent_err("start dataplane", "agent thread ended"))?
-            .map_err(|e| agent_err("start dataplane", e))?;
-        Ok(agent)
+        let mut agent = NodeAgent::without_dataplane(node)?;
+        let built = agent
+            .submit("start dataplane", move |active| {
+                factory().map(|made| *active = Some(made))
+            })?
+            .wait();
+        match built {
+            Ok(Ok(())) => Ok(agent),
+            Ok(Err(e)) => Err(agent_err("start dataplane", e.to_string())),
+            // The thread ended: why (it could not enter the namespace) is in its result.
+            Err(ended) => Err(agent.stop().err().unwrap_or(ended)),
+        }
     }
 
-    /// Run `f` on the agent thread and wait for its answer.
-    fn call<T: Send + 'static>(
+    /// Start the agent thread in `node` with no dataplane yet.
+    pub fn without_dataplane(node: &Netns) -> Result<NodeAgent, HarnessError> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let thread = node.spawn(&format!("agent-{}", node.name()), move || {
+            let mut active: Active = None;
+            for job in queue {
+                job(&mut active);
+            }
+        })?;
+        Ok(NodeAgent {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queue `job` on the agent thread; its result comes with [`Answer::wait`].
+    pub fn submit<T: Send + 'static>(
         &self,
         what: &str,
-        f: impl FnOnce(&mut dyn Dataplane) -> Result<T, String> + Send + 'static,
-    ) -> Result<T, HarnessError> {
+        job: impl FnOnce(&mut Active) -> T + Send + 'static,
+    ) -> Result<Answer<T>, HarnessError> {
         let (reply, answer) = mpsc::channel();
-        let job: Job = Box::new(move |d| {
-            let _ = reply.send(f(d));
+        let job: Job = Box::new(move |active| {
+            let _ = reply.send(job(active));
         });
         self.jobs
             .as_ref()
             .and_then(|j| j.send(job).ok())
             .ok_or_else(|| agent_err(what, "agent thread ended"))?;
-        answer
-            .recv()
-            .map_err(|_| agent_err(what, "agent thread ended"))?
-            .map_err(|e| agent_err(what, e))
+        Ok(Answer {
+            what: what.to_string(),
+            answer,
+        })
+    }
+
+    /// Run `f` on the agent thread's dataplane and wait for its answer.
+    fn call<T: Send + 'static>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&mut dyn Dataplane) -> Result<T, String> + Send + 'static,
+    ) -> Result<T, HarnessError> {
+        self.submit(what, |active| match active {
+            Some(d) => f(d.as_mut()),
+            None => Err("no dataplane".to_string()),
+        })?
+        .wait()?
+        .map_err(|e| agent_err(what, e))
     }
 
     pub fn sync(
@@ -110,13 +150,31 @@ impl NodeAgent {
                 .map_err(|e| e.to_string())
         })
     }
+
+    /// Remove the dataplane (if any) and stop the thread.
+    pub fn remove(mut self) -> Result<(), HarnessError> {
+        let removed = self
+            .submit("remove the dataplane", |active| {
+                active.take().map_or(Ok(()), |mut d| d.cleanup())
+            })?
+            .wait()?;
+        self.stop()?;
+        removed.map_err(|e| agent_err("remove the dataplane", e.to_string()))
+    }
+
+    fn stop(&mut self) -> Result<(), HarnessError> {
+        self.jobs = None;
+        match self.thread.take().map(JoinHandle::join) {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(e.into()),
+            Some(Err(_)) => Err(agent_err("run", "agent thread panicked")),
+        }
+    }
 }
 
 impl Drop for NodeAgent {
     fn drop(&mut self) {
-        self.jobs = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        // Best effort: a thread that never entered the namespace ran no job.
+        let _ = self.stop();
     }
 }

@@ -13,11 +13,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use switchyard_api::Mode;
-use switchyard_api::ruleset::Cidr;
+use switchyard_api::ruleset::{Cidr, Protocol};
 use switchyard_dataplane::Dataplane;
 use switchyard_dataplane::ebpf::EbpfBackend;
 use switchyard_dataplane::ebpf::kernel::{AyaKernel, KernelConfig};
+use switchyard_dataplane::ebpf::plan::SCTP_UNSUPPORTED;
 use switchyard_dataplane::ebpf::scratch::{self, ScratchBpffs, ScratchCgroup};
+use switchyard_dataplane::ebpf::tc::TcAttachMode;
 use switchyard_dataplane::settings::Settings;
 
 use crate::HarnessError;
@@ -37,29 +39,17 @@ struct NodeSockets {
     cluster_cidrs: Vec<Cidr>,
     /// Endpoints named on other nodes: pods, but not this node's.
     remote: BTreeSet<IpAddr>,
-    /// Node addresses other than the first of their family, when NodePorts
-    /// are served on the default (primary) addresses.
-    secondary: BTreeSet<IpAddr>,
 }
 
 impl NodeSockets {
     fn of(scenario: &Scenario) -> NodeSockets {
-        let node_ips: Vec<IpAddr> = scenario
+        let mut addresses: BTreeSet<IpAddr> = scenario
             .node
             .parsed_addresses()
             .unwrap_or_default()
             .iter()
             .map(|a| a.ip)
             .collect();
-        let mut secondary = BTreeSet::new();
-        if scenario.node.node_port_addresses.is_none() {
-            for (i, ip) in node_ips.iter().enumerate() {
-                if node_ips[..i].iter().any(|p| p.is_ipv4() == ip.is_ipv4()) {
-                    secondary.insert(*ip);
-                }
-            }
-        }
-        let mut addresses: BTreeSet<IpAddr> = node_ips.iter().copied().collect();
         let mut remote = BTreeSet::new();
         for slice in scenario.all_slices() {
             for ep in &slice.endpoints {
@@ -76,16 +66,26 @@ impl NodeSockets {
             addresses,
             cluster_cidrs: scenario.node.cluster_cidrs.clone(),
             remote,
-            secondary,
         }
     }
 
-    fn contains(&self, ip: &IpAddr) -> bool {
-        ip.is_loopback()
+    /// Whether `flow`'s client socket is one of the node's (or its pods').
+    fn owns(&self, flow: &Flow) -> bool {
+        let ip = &flow.source_ip;
+        flow.from_node
+            || ip.is_loopback()
             || self.addresses.contains(ip)
             || (!self.remote.contains(ip) && self.cluster_cidrs.iter().any(|c| c.contains(ip)))
     }
 }
+
+/// Why a flow from a loopback source that expects translation is skipped.
+pub const LOOPBACK_SOURCE: &str = "a socket bound to a loopback address cannot be connected to \
+     an endpoint (EINVAL); eBPF serves localhost NodePorts to unbound sockets, tested in \
+     switchyard_dataplane::ebpf::tests::sock_cgroup";
+
+/// Every reason this mode gives for a SKIP.
+pub const SKIP_REASONS: [&str; 2] = [SCTP_UNSUPPORTED, LOOPBACK_SOURCE];
 
 /// The eBPF hooks of one scenario.
 #[derive(Debug, Default)]
@@ -93,6 +93,17 @@ pub struct EbpfHooks {
     bpffs: Option<ScratchBpffs>,
     cgroup: Option<ScratchCgroup>,
     sockets: NodeSockets,
+    tc_attach: TcAttachMode,
+}
+
+impl EbpfHooks {
+    /// Hooks whose tc programs attach with `tc_attach`.
+    pub fn new(tc_attach: TcAttachMode) -> EbpfHooks {
+        EbpfHooks {
+            tc_attach,
+            ..EbpfHooks::default()
+        }
+    }
 }
 
 fn setup(what: &str) -> impl FnOnce(switchyard_dataplane::BackendError) -> HarnessError {
@@ -132,7 +143,7 @@ impl ModeHooks for EbpfHooks {
     }
 
     fn client_cgroup(&self, flow: &Flow) -> Option<PathBuf> {
-        if !self.sockets.contains(&flow.source_ip) {
+        if !self.sockets.owns(flow) {
             return None;
         }
         self.cgroup.as_ref().map(|c| c.dir().to_path_buf())
@@ -145,6 +156,7 @@ impl ModeHooks for EbpfHooks {
                 |b| b.dir().join("switchyard"),
             ),
             cgroup: self.cgroup.as_ref().map(|c| c.dir().to_path_buf()),
+            tc_attach: self.tc_attach,
         };
         Box::new(move || {
             let backend: Box<dyn Dataplane> = Box::new(EbpfBackend::new(AyaKernel::new(config)));
@@ -157,20 +169,11 @@ impl ModeHooks for EbpfHooks {
             Expected::parse(&flow.output),
             Ok(Expected::Untranslated | Expected::Accept)
         );
-        if flow.source_ip.is_loopback() && translated {
-            return Some(
-                "a socket bound to a loopback address cannot be connected to an endpoint \
-                 (EINVAL); eBPF serves localhost NodePorts to unbound sockets, tested in \
-                 switchyard_dataplane::ebpf::tests::sock_cgroup"
-                    .to_string(),
-            );
+        if flow.protocol == Protocol::Sctp && translated {
+            return Some(SCTP_UNSUPPORTED.to_string());
         }
-        if self.sockets.secondary.contains(&flow.dest_ip) {
-            return Some(
-                "eBPF serves NodePorts on the node's primary address of each family unless \
-                 nodePortAddresses says otherwise (kube-proxy's nftables default)"
-                    .to_string(),
-            );
+        if flow.source_ip.is_loopback() && translated {
+            return Some(LOOPBACK_SOURCE.to_string());
         }
         None
     }
@@ -179,7 +182,7 @@ impl ModeHooks for EbpfHooks {
     /// straight to the endpoint from their own address: never masqueraded
     /// (kube-proxy masquerades node, hairpin and masqueradeAll traffic).
     fn masquerade(&self, flow: &Flow) -> Option<bool> {
-        if self.sockets.contains(&flow.source_ip) {
+        if self.sockets.owns(flow) {
             flow.masq.map(|_| false)
         } else {
             flow.masq

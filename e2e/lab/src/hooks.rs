@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use switchyard_api::Mode;
 use switchyard_api::policy::LinkedRuleset;
+use switchyard_dataplane::ebpf::tc::TcAttachMode;
 use switchyard_dataplane::exec::RealRunner;
 use switchyard_dataplane::settings::Settings;
 use switchyard_dataplane::{BackendError, Dataplane, for_mode};
@@ -85,12 +86,12 @@ impl ModeHooks for KernelHooks {
     }
 }
 
-/// The hooks for `mode`.
-pub fn hooks_for(mode: Mode) -> Box<dyn ModeHooks> {
+/// The hooks for `mode`; eBPF's tc programs attach with `tc_attach`.
+pub fn hooks_for(mode: Mode, tc_attach: TcAttachMode) -> Box<dyn ModeHooks> {
     match mode {
         Mode::Ipvs => Box::new(crate::vm::scenario::IpvsHooks),
         // Never the node defaults (the root cgroup): a scratch bpffs and a child cgroup.
-        Mode::Ebpf => Box::new(crate::ebpf::EbpfHooks::default()),
+        Mode::Ebpf => Box::new(crate::ebpf::EbpfHooks::new(tc_attach)),
         Mode::Iptables | Mode::Nftables => Box::new(KernelHooks { mode }),
     }
 }

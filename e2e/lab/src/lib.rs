@@ -10,19 +10,21 @@
 //! - [`runner`]: compile, link, apply, send connections, judge, report.
 //! - [`vm`]: Debian's stock kernel in qemu, for IPVS when the host lacks it.
 //! - [`controlplane`]: etcd, kube-apiserver and kube-controller-manager on loopback.
-//! - [`cleanup`]: what is undone on drop and on SIGINT/SIGTERM.
+//! - [`netns`], [`cleanup`]: the test kit's network namespaces and its cleanup
+//!   registry (what is undone on drop and on SIGINT/SIGTERM), which the lab's
+//!   users reach through it (`switchyard-testkit`).
 
 pub mod agent;
-pub mod cleanup;
 pub mod controlplane;
 pub mod ebpf;
 pub mod hooks;
-pub mod netns;
 pub mod probe;
 pub mod runner;
 pub mod scenario;
 pub mod topology;
 pub mod vm;
+
+pub use switchyard_testkit::{cleanup, netns};
 
 /// The harness could not set a scenario up or run it.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +39,8 @@ pub enum HarnessError {
     Setup { what: String, message: String },
     #[error("agent could not {what}: {message}")]
     Agent { what: String, message: String },
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
     #[error(transparent)]
     Scenario(#[from] scenario::ScenarioError),
 }

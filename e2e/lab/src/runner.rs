@@ -637,6 +637,7 @@ mod tests {
             output: output.into(),
             masq,
             source_port: None,
+            from_node: false,
             by_mode: Default::default(),
         }
     }

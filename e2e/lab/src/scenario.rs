@@ -141,6 +141,12 @@ pub struct Flow {
     /// 5-tuple, so stale conntrack entries show. Attempts then run one by one.
     #[serde(default)]
     pub source_port: Option<u16>,
+    /// The connection starts on the node (its namespace and, in eBPF mode,
+    /// its cgroup) with `sourceIP` as source even when that is not a node
+    /// address: traffic something else on the node has SNATed, e.g. to a
+    /// load-balancer IP. Such an address is added to the node's loopback.
+    #[serde(default)]
+    pub from_node: bool,
     /// Where a mode differs by design (as kube-proxy's own mode does, e.g.
     /// nftables REJECTs unserved ClusterIP ports): that mode's expectation.
     #[serde(default)]
@@ -235,11 +241,16 @@ impl Scenario {
             path: path.to_string(),
             source,
         })?;
+        Scenario::parse(path, &text)
+    }
+
+    /// A scenario from its text; `path` names it in errors.
+    pub fn parse(path: &str, text: &str) -> Result<Scenario, ScenarioError> {
         let parse_err = |source| ScenarioError::Parse {
             path: path.to_string(),
             source,
         };
-        let value: serde_yaml::Value = serde_yaml::from_str(&text).map_err(parse_err)?;
+        let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(parse_err)?;
         // `flatten` cannot deny unknown fields itself.
         if let Some(map) = value.as_mapping() {
             let known = ["node", "services", "endpointSlices", "flows", "steps"];
@@ -259,6 +270,7 @@ impl Scenario {
             what,
         };
         scenario.node.parsed_addresses().map_err(invalid)?;
+        scenario.check_node_sources().map_err(invalid)?;
         for flow in scenario.all_flows() {
             for output in
                 std::iter::once(&flow.output).chain(flow.by_mode.values().map(|e| &e.output))
@@ -289,10 +301,85 @@ impl Scenario {
             .chain(self.steps.iter().flat_map(|s| &s.flows))
     }
 
+    /// The sources of `fromNode` flows that are not node addresses: the lab
+    /// puts them on the node's loopback.
+    pub fn node_extra_addresses(&self) -> BTreeSet<IpAddr> {
+        let node: BTreeSet<IpAddr> = self
+            .node
+            .parsed_addresses()
+            .unwrap_or_default()
+            .iter()
+            .map(|a| a.ip)
+            .collect();
+        self.all_flows()
+            .filter(|f| f.from_node && !f.source_ip.is_loopback())
+            .map(|f| f.source_ip)
+            .filter(|ip| !node.contains(ip))
+            .collect()
+    }
+
+    /// An address on the node's loopback cannot also be a pod's or an outside
+    /// client's: every address lives in one place.
+    fn check_node_sources(&self) -> Result<(), String> {
+        let extra = self.node_extra_addresses();
+        let endpoints = self
+            .all_slices()
+            .flat_map(|s| &s.endpoints)
+            .flat_map(|ep| &ep.addresses)
+            .filter_map(|a| a.parse::<IpAddr>().ok());
+        let elsewhere = self
+            .all_flows()
+            .filter(|f| !f.from_node)
+            .map(|f| f.source_ip)
+            .chain(endpoints);
+        for ip in elsewhere {
+            if extra.contains(&ip) {
+                return Err(format!(
+                    "{ip} is the source of a fromNode flow and also a pod's or an outside \
+                     client's address"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn all_slices(&self) -> impl Iterator<Item = &EndpointSlice> {
         self.initial
             .endpoint_slices
             .iter()
             .chain(self.steps.iter().flat_map(|s| &s.endpoint_slices))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NODE: &str = "node: {name: n, addresses: [192.168.0.2/24]}\n";
+
+    #[test]
+    fn a_from_node_source_that_is_not_a_node_address_goes_on_the_node() {
+        let text = format!(
+            "{NODE}flows:\n\
+             - {{name: a, fromNode: true, sourceIP: 5.6.7.8, destIP: 5.6.7.8, destPort: 80, output: DROP}}\n\
+             - {{name: b, fromNode: true, sourceIP: 192.168.0.2, destIP: 5.6.7.8, destPort: 80, output: DROP}}\n"
+        );
+        let s = Scenario::parse("t", &text).unwrap();
+        let extra: Vec<IpAddr> = s.node_extra_addresses().into_iter().collect();
+        assert_eq!(extra, ["5.6.7.8".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn a_from_node_source_cannot_also_be_an_outside_client() {
+        let text = format!(
+            "{NODE}flows:\n\
+             - {{name: a, fromNode: true, sourceIP: 5.6.7.8, destIP: 1.2.3.4, destPort: 80, output: DROP}}\n\
+             - {{name: b, sourceIP: 5.6.7.8, destIP: 1.2.3.4, destPort: 80, output: DROP}}\n"
+        );
+        let err = Scenario::parse("t", &text).unwrap_err().to_string();
+        assert!(
+            err.contains("5.6.7.8 is the source of a fromNode flow"),
+            "{err}"
+        );
     }
 }

@@ -12,9 +12,11 @@
 //! destinations that are nobody's address on the sink's loopback, so a
 //! connection no rule translated still finds a server that reports the
 //! untouched destination. The node has a host route to each host; hosts route
-//! everything to the node. Nothing is connected to the host namespace.
+//! everything to the node. The source of a node-originated flow that is not a
+//! node address (`fromNode`) sits on the node's loopback. Nothing is
+//! connected to the host namespace.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use crate::HarnessError;
@@ -36,6 +38,9 @@ pub struct Topology {
     pub hosts: Vec<(Netns, IpAddr)>,
     pub sink: Netns,
     pub node_addresses: Vec<NodeAddress>,
+    /// Sources of node-originated flows that are not node addresses, on the
+    /// node's loopback (never node addresses for NodePorts).
+    pub node_extra: BTreeSet<IpAddr>,
     places: BTreeMap<IpAddr, Place>,
 }
 
@@ -74,7 +79,12 @@ fn scenario_addresses(scenario: &Scenario) -> (Vec<IpAddr>, Vec<IpAddr>) {
             hosts.extend(ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()));
         }
     }
-    hosts.extend(scenario.all_flows().map(|f| f.source_ip));
+    hosts.extend(
+        scenario
+            .all_flows()
+            .filter(|f| !f.from_node)
+            .map(|f| f.source_ip),
+    );
     let sink = scenario.all_flows().map(|f| f.dest_ip).collect();
     (hosts, sink)
 }
@@ -90,8 +100,9 @@ impl Topology {
                     message,
                 })?;
         let mut places = BTreeMap::new();
-        for a in &node_addresses {
-            places.insert(a.ip, Place::Node);
+        let node_extra = scenario.node_extra_addresses();
+        for ip in node_addresses.iter().map(|a| &a.ip).chain(&node_extra) {
+            places.insert(*ip, Place::Node);
         }
         let node = Netns::create(&format!("{prefix}node"))?;
         let sink = Netns::create(&format!("{prefix}sink"))?;
@@ -114,6 +125,7 @@ impl Topology {
             hosts,
             sink,
             node_addresses,
+            node_extra,
             places,
         };
         topo.wire()?;
@@ -136,10 +148,12 @@ impl Topology {
             // REJECT answers with ICMP; the default rate limit would turn
             // later rejections into apparent drops.
             ("net.ipv4.icmp_ratelimit", "0"),
-            ("net.ipv4.icmp_msgs_per_sec", "100000"),
             ("net.ipv6.icmp.ratelimit", "0"),
         ]);
         self.node.sysctls(&node_sysctls)?;
+        // The global ICMP budget, per namespace only since Linux 6.0.
+        self.node
+            .sysctls_where_present(&[("net.ipv4.icmp_msgs_per_sec", "100000")])?;
 
         let mut node_cmds = vec![
             format!("link add {UPLINK} type veth peer name {UPLINK}p"),
@@ -150,6 +164,9 @@ impl Topology {
             node_cmds.push(addr_cmd(&a.ip, &format!("{}/{}", a.ip, a.prefix), UPLINK));
         }
         node_cmds.push(format!("addr add {GATEWAY4}/32 dev {UPLINK}"));
+        for ip in &self.node_extra {
+            node_cmds.push(addr_cmd(ip, &host_prefix(ip), "lo"));
+        }
 
         let peers = self
             .hosts

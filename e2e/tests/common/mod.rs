@@ -1,6 +1,7 @@
 //! Shared by the end-to-end tests: the lab's binaries, and every scenario in
 //! `e2e/scenarios/` run with the scenario binary, requiring no failure.
 #![allow(dead_code)] // each test binary uses a different part
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure fails the calling test
 
 use std::path::PathBuf;
 use std::process::Command;

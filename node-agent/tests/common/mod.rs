@@ -1,5 +1,6 @@
 //! Fixtures shared by the agent's integration tests.
 #![allow(dead_code)] // each test binary uses a different part
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure fails the calling test
 
 pub mod fake;
 pub mod netns;
@@ -11,10 +12,14 @@ use std::time::{Duration, SystemTime};
 
 use self::fake::FakeKernel;
 use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec, NodeStatus};
 use kube::api::ObjectMeta;
-use switchyard_agent::agent::{Agent, AgentParts, Inputs};
+use kube::runtime::events::Event;
+use switchyard_agent::agent::{Agent, AgentParts};
+use switchyard_agent::events::EventSink;
 use switchyard_agent::health::ProxyHealth;
+use switchyard_agent::inputs::Inputs;
 use switchyard_agent::metrics::Metrics;
 use switchyard_agent::status::{StatusError, StatusReporter, StatusWriter};
 use switchyard_agent::switch::{DataplaneFactory, Probe};
@@ -186,6 +191,37 @@ impl StatusWriter for RecordingWriter {
     }
 }
 
+/// A published Event: regarding object's name, type, reason, note.
+pub type Published = (String, String, String, String);
+
+/// Records published Events.
+#[derive(Clone, Default)]
+pub struct RecordingEvents {
+    pub events: Arc<Mutex<Vec<Published>>>,
+}
+
+impl RecordingEvents {
+    pub fn all(&self) -> Vec<Published> {
+        self.events.lock().unwrap().clone()
+    }
+}
+
+impl EventSink for RecordingEvents {
+    fn publish<'a>(
+        &'a self,
+        event: &'a Event,
+        regarding: &'a ObjectReference,
+    ) -> BoxFuture<'a, Result<(), kube::Error>> {
+        self.events.lock().unwrap().push((
+            regarding.name.clone().unwrap_or_default(),
+            format!("{:?}", event.type_),
+            event.reason.clone(),
+            event.note.clone().unwrap_or_default(),
+        ));
+        Box::pin(async { Ok(()) })
+    }
+}
+
 /// A foreign leftover that is present until removed.
 #[derive(Clone, Default)]
 pub struct FakeLeftover {
@@ -205,11 +241,24 @@ impl Leftovers for FakeLeftover {
     }
 }
 
-/// An agent with test parts: fixed wall clock, 5s status interval, no HTTP servers.
+/// An agent with test parts: fixed wall clock, 5s status interval, no HTTP
+/// servers, Events recorded and dropped.
 pub fn agent_with(
     factory: Arc<dyn DataplaneFactory>,
     probe: Arc<dyn Probe>,
     writer: Box<dyn StatusWriter>,
+    leftovers: Vec<Box<dyn Leftovers>>,
+) -> Agent {
+    let events = Box::new(RecordingEvents::default());
+    agent_with_events(factory, probe, writer, events, leftovers)
+}
+
+/// [`agent_with`], publishing Events to `events`.
+pub fn agent_with_events(
+    factory: Arc<dyn DataplaneFactory>,
+    probe: Arc<dyn Probe>,
+    writer: Box<dyn StatusWriter>,
+    events: Box<dyn EventSink>,
     leftovers: Vec<Box<dyn Leftovers>>,
 ) -> Agent {
     Agent::new(AgentParts {
@@ -218,6 +267,7 @@ pub fn agent_with(
         probe,
         leftovers,
         reporter: StatusReporter::new(writer, Duration::from_secs(5)),
+        events,
         metrics: Arc::new(Metrics::new()),
         health: Arc::new(ProxyHealth::new(Duration::from_secs(60))),
         health_checks: None,

@@ -1,85 +1,25 @@
-//! Network namespaces owned by one test process (`syagt<pid>-<name>`), deleted
-//! on drop, and threads that run inside them. Nothing here touches the host
-//! namespace beyond `ip netns add/del`.
+//! The agent's real-kernel tests' topology over the test kit's network
+//! namespaces (`switchyard_testkit::netns`: deleted on drop, also when a
+//! test panics): namespaces named `syagt<pid>-<name>`, a node and a pod
+//! joined by a veth with an echo server in the pod, connections from inside
+//! a namespace.
 
-use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
-use std::process::{Command, Output};
-use std::thread::JoinHandle;
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+pub use switchyard_testkit::netns::Netns;
+use switchyard_testkit::{echo, netns::veth};
+
+/// The namespace `syagt<pid>-<suffix>`.
+pub fn netns(suffix: &str) -> Netns {
+    Netns::create(&format!("syagt{}-{suffix}", std::process::id())).unwrap()
 }
 
-/// A network namespace, deleted on drop.
-pub struct Netns {
-    pub name: String,
-}
-
-fn check(what: &str, out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-impl Netns {
-    pub fn create(suffix: &str) -> Netns {
-        let name = format!("syagt{}-{suffix}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        check(
-            "ip netns add",
-            Command::new("ip")
-                .args(["netns", "add", &name])
-                .output()
-                .unwrap(),
-        );
-        let ns = Netns { name };
-        ns.ok(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// Run a command inside the namespace.
-    pub fn run(&self, cmd: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(cmd)
-            .output()
-            .unwrap()
-    }
-
-    /// Run a command inside the namespace; it must succeed. Returns stdout.
-    pub fn ok(&self, cmd: &[&str]) -> String {
-        check(&cmd.join(" "), self.run(cmd))
-    }
-
-    /// Run `f` on a new thread that has entered this namespace.
-    pub fn thread<R: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> R + Send + 'static,
-    ) -> JoinHandle<R> {
-        let file = File::open(format!("/run/netns/{}", self.name)).unwrap();
-        std::thread::spawn(move || {
-            // SAFETY: setns with a valid netns fd changes only this thread's namespace.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
+/// Run `cmd` inside `ns`; it must succeed. Its standard output.
+pub fn ok(ns: &Netns, cmd: &[&str]) -> String {
+    ns.exec(cmd[0], &cmd[1..], None)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A node and a pod namespace joined by a veth: node 10.200.0.1, pod 10.200.0.2,
@@ -91,45 +31,28 @@ pub struct Topology {
 
 pub const POD_IP: &str = "10.200.0.2";
 
-fn echo(listener: TcpListener) {
-    for stream in listener.incoming() {
-        let Ok(mut stream) = stream else { return };
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 1024];
-            while let Ok(n) = stream.read(&mut buf) {
-                if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-        });
-    }
-}
-
 /// `tag` keeps the namespaces of tests running in parallel apart.
 pub fn topology(tag: &str) -> Topology {
-    let node = Netns::create(&format!("{tag}-node"));
-    let pod = Netns::create(&format!("{tag}-pod"));
-    node.ok(&[
-        "ip", "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns", &pod.name,
-    ]);
-    node.ok(&["ip", "addr", "add", "10.200.0.1/24", "dev", "veth0"]);
-    node.ok(&["ip", "link", "set", "veth0", "up"]);
-    node.ok(&["ip", "route", "add", "default", "via", POD_IP]);
-    pod.ok(&["ip", "addr", "add", "10.200.0.2/24", "dev", "veth1"]);
-    pod.ok(&["ip", "link", "set", "veth1", "up"]);
-    // The socket belongs to the pod namespace; the accept loop may run anywhere.
-    let listener = pod
-        .thread(|| TcpListener::bind((POD_IP, 8080)).unwrap())
-        .join()
+    let node = netns(&format!("{tag}-node"));
+    let pod = netns(&format!("{tag}-pod"));
+    veth(
+        &node,
+        "veth0",
+        "10.200.0.1/24",
+        &pod,
+        "veth1",
+        "10.200.0.2/24",
+    )
+    .unwrap();
+    node.ip(&["route", "add", "default", "via", POD_IP])
         .unwrap();
-    std::thread::spawn(move || echo(listener));
+    echo::serve(&pod, SocketAddr::from(([10, 200, 0, 2], 8080)), None).unwrap();
     Topology { pod, node }
 }
 
 /// Connect from inside `ns` (the socket stays in that namespace).
 pub fn connect_from(ns: &Netns, addr: SocketAddr) -> std::io::Result<TcpStream> {
-    ns.thread(move || TcpStream::connect_timeout(&addr, Duration::from_secs(3)))
-        .join()
+    ns.run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(3)))
         .unwrap()
 }
 

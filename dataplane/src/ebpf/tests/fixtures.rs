@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use crate::ebpf::scratch::{ScratchBpffs, ScratchCgroup};
-pub use crate::testns::Netns;
+pub use crate::testns::{Netns, TestNetns, named};
 use switchyard_api::policy::{LinkedRuleset, NodeInfo, link};
 use switchyard_api::ruleset::{Endpoint, Protocol, Ruleset, ServicePortRule};
 

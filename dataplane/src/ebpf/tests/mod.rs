@@ -7,5 +7,7 @@ mod fixtures;
 mod render;
 mod sock_cgroup;
 mod sync_order;
+mod tc_classic;
+mod tc_netlink;
 mod tc_run;
 mod tc_veth;

@@ -1,5 +1,7 @@
 //! Render: ruleset → map contents (pure).
 
+use std::net::IpAddr;
+
 use super::fixtures::*;
 use crate::Backend as _;
 use crate::ebpf::EbpfBackend;
@@ -81,6 +83,33 @@ fn node_port_with_local_external_policy_uses_local_endpoints_without_masquerade(
 }
 
 #[test]
+fn masquerade_all_does_not_masquerade_external_traffic_with_local_policy() {
+    let mut svc = service(
+        3,
+        "10.96.0.3",
+        80,
+        vec![endpoint(30, "10.244.1.5", 8080, "node-a")],
+    );
+    svc.node_port = Some(30080);
+    svc.external_traffic_policy = TrafficPolicy::Local;
+    let mut masquerade_all = settings();
+    masquerade_all.masquerade_all = true;
+    let plan = render(&linked(vec![svc]), &masquerade_all);
+    let external = &plan.maps.lists[&(3, LIST_EXTERNAL)];
+    assert_eq!(
+        external.flags & SVC_MASQUERADE,
+        0,
+        "eTP Local keeps the client"
+    );
+    let internal = &plan.maps.lists[&(3, LIST_INTERNAL)];
+    assert_ne!(
+        internal.flags & SVC_MASQUERADE,
+        0,
+        "cluster IP: masqueradeAll"
+    );
+}
+
+#[test]
 fn service_without_endpoints_rejects() {
     let plan = render(
         &linked(vec![service(4, "10.96.0.4", 53, vec![])]),
@@ -120,6 +149,34 @@ fn load_balancer_source_ranges_apply_to_load_balancer_ips_only() {
         (range.svc_id, *prefix, range.addr),
         (5, 24, Addr::from_ip(ip("198.51.100.0")))
     );
+}
+
+#[test]
+fn a_source_range_holding_the_node_lets_the_load_balancer_ips_in_as_sources() {
+    let mut svc = service(
+        5,
+        "10.96.0.5",
+        443,
+        vec![endpoint(50, "10.244.1.5", 8443, "node-a")],
+    );
+    svc.load_balancer_ips = vec![ip("203.0.113.5")];
+    svc.load_balancer_source_ranges = vec!["198.51.100.0/24".parse().unwrap()];
+    let ranges = |plan: &crate::ebpf::plan::EbpfPlan| -> Vec<(IpAddr, u8)> {
+        plan.maps
+            .source_ranges
+            .iter()
+            .map(|(r, p)| (r.addr.to_ip(r.family as u8), *p))
+            .collect()
+    };
+    let plan = render(&linked(vec![svc.clone()]), &settings());
+    assert_eq!(ranges(&plan), [(ip("198.51.100.0"), 24)], "node outside");
+
+    svc.load_balancer_source_ranges
+        .push(format!("{NODE_IP}/32").parse().unwrap());
+    let plan = render(&linked(vec![svc]), &settings());
+    let got = ranges(&plan);
+    assert!(got.contains(&(ip("203.0.113.5"), 32)), "{got:?}");
+    assert_eq!(got.len(), 3, "{got:?}");
 }
 
 #[test]

@@ -14,6 +14,7 @@ use crate::Backend as _;
 use crate::ebpf::EbpfBackend;
 use crate::ebpf::kernel::{AyaKernel, KernelConfig};
 use crate::ebpf::plan::render;
+use crate::ebpf::probe::Capabilities;
 use crate::settings::Settings;
 
 /// Run socat in `ns`, inside `cgroup` when given.
@@ -27,7 +28,7 @@ fn socat(ns: &Netns, cgroup: Option<&ScratchCgroup>, stdin: &str, args: &[&str])
     }
     script.push_str(&format!(
         "exec ip netns exec {} socat -T 5 {}",
-        ns.name,
+        ns.name(),
         args.join(" ")
     ));
     let mut child = Command::new("sh")
@@ -69,9 +70,10 @@ fn serve_udp(socket: UdpSocket) {
 #[test]
 fn client_in_the_cgroup_reaches_cluster_ip_backends() {
     let bpffs = bpffs();
-    let ns = Netns::named(unique("-sk"));
+    let ns = named(&unique("-sk"));
     let cgroup = cgroup();
-    ns.ip(&["addr", "add", "10.244.1.5/32", "dev", "lo"]);
+    ns.ip(&["addr", "add", "10.244.1.5/32", "dev", "lo"])
+        .unwrap();
     let (tcp, udp) = ns.enter(|| {
         (
             TcpListener::bind("10.244.1.5:8080").unwrap(),
@@ -100,6 +102,7 @@ fn client_in_the_cgroup_reaches_cluster_ip_backends() {
     let kernel = AyaKernel::new(KernelConfig {
         pin_root: bpffs.dir().join("switchyard"),
         cgroup: Some(cgroup.dir().to_path_buf()),
+        ..KernelConfig::default()
     });
     let mut backend = EbpfBackend::new(kernel);
     ns.enter(|| backend.apply(&plan)).unwrap();
@@ -176,6 +179,7 @@ fn client_in_the_cgroup_reaches_cluster_ip_backends() {
     let mut restarted = EbpfBackend::new(AyaKernel::new(KernelConfig {
         pin_root: bpffs.dir().join("switchyard"),
         cgroup: Some(cgroup.dir().to_path_buf()),
+        ..KernelConfig::default()
     }));
     assert!(restarted.present().unwrap());
     let stats = ns.enter(|| restarted.apply(&plan)).unwrap();
@@ -204,4 +208,42 @@ fn client_in_the_cgroup_reaches_cluster_ip_backends() {
         &["-u", "TCP:10.96.0.10:80", "STDOUT"],
     );
     assert!(!out.status.success(), "detached after cleanup: {out:?}");
+}
+
+/// Kernels before 5.18 have no bpf_set_retval: the sock object must still load
+/// there (the verifier never visits the guarded call) and a refused or dropped
+/// connect fails at once with the hook's own EPERM.
+#[test]
+fn without_bpf_set_retval_refused_and_dropped_connects_fail_with_eperm() {
+    let bpffs = bpffs();
+    let ns = named(&unique("-sk"));
+    let cgroup = cgroup();
+    let mut local_only = service(
+        2,
+        "10.96.0.21",
+        80,
+        vec![endpoint(20, "10.244.2.5", 8080, "node-b")],
+    );
+    local_only.internal_traffic_policy = switchyard_api::ruleset::TrafficPolicy::Local;
+    let rs = linked(vec![service(1, "10.96.0.20", 80, vec![]), local_only]);
+    let plan = render(&rs, &Settings::defaults(Mode::Ebpf));
+    let caps = Capabilities {
+        set_retval: false,
+        ..Capabilities::probe()
+    };
+    let mut backend = EbpfBackend::new(AyaKernel::with_capabilities(
+        KernelConfig {
+            pin_root: bpffs.dir().join("switchyard"),
+            cgroup: Some(cgroup.dir().to_path_buf()),
+            ..KernelConfig::default()
+        },
+        caps,
+    ));
+    ns.enter(|| backend.apply(&plan)).unwrap();
+    for vip in ["TCP:10.96.0.20:80", "TCP:10.96.0.21:80"] {
+        let out = socat(&ns, Some(&cgroup), "", &["-u", vip, "STDOUT"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("Operation not permitted"), "{vip}: {err}");
+    }
+    backend.cleanup().unwrap();
 }

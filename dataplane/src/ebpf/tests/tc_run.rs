@@ -13,6 +13,7 @@ use crate::ebpf::EbpfBackend;
 use crate::ebpf::kernel::{AyaKernel, KernelConfig};
 use crate::ebpf::objects;
 use crate::ebpf::plan::{EbpfPlan, render};
+use crate::ebpf::probe::Capabilities;
 use crate::settings::{LocalDetector, Settings};
 
 const TC_ACT_OK: u32 = 0;
@@ -137,17 +138,22 @@ impl Harness {
         let mut config = plan.config.clone();
         config.devices = Vec::new();
         // Load the programs (no interfaces: nothing is attached) and write the maps.
-        let ns = Netns::named(unique("-tc"));
+        let ns = named(&unique("-tc"));
         let kernel = AyaKernel::new(KernelConfig {
             pin_root: pin_root.clone(),
-            cgroup: None,
+            ..KernelConfig::default()
         });
         let mut backend = EbpfBackend::new(kernel);
         let mut attached = plan.clone();
         attached.config = config.clone();
         ns.enter(|| backend.apply(&attached).unwrap());
-        let mut programs =
-            AyaKernel::load_object(&config, &pin_root.join("maps"), objects::TC).unwrap();
+        let mut programs = AyaKernel::load_object(
+            &config,
+            Capabilities::probe(),
+            &pin_root.join("maps"),
+            objects::TC,
+        )
+        .unwrap();
         for name in PROGRAMS {
             let prog: &mut SchedClassifier =
                 programs.program_mut(name).unwrap().try_into().unwrap();

@@ -1,6 +1,7 @@
 //! The tc programs on real interfaces: a client namespace and a pod namespace
 //! wired to a node namespace by veth pairs; NodePort traffic from the client
-//! is DNATed and masqueraded to the pod, and rejected without endpoints.
+//! is DNATed and masqueraded to the pod, and rejected without endpoints —
+//! attached with TCX and with classic tc (this kernel has both).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -8,22 +9,19 @@ use std::time::Duration;
 
 use switchyard_api::Mode;
 
+use switchyard_testkit::netns::veth;
+
 use super::fixtures::*;
 use crate::Backend as _;
 use crate::ebpf::EbpfBackend;
 use crate::ebpf::kernel::{AyaKernel, KernelConfig};
 use crate::ebpf::plan::render;
+use crate::ebpf::tc::TcAttachMode;
 use crate::settings::Settings;
 
-/// `ip` in the node namespace: a veth pair with `peer`'s end named eth0.
+/// A veth pair from the node to `peer`, whose end is named eth0.
 fn wire(node: &Netns, peer: &Netns, dev: &str, node_addr: &str, peer_addr: &str) {
-    node.ip(&[
-        "link", "add", dev, "type", "veth", "peer", "name", "eth0", "netns", &peer.name,
-    ]);
-    node.ip(&["addr", "add", node_addr, "dev", dev]);
-    node.ip(&["link", "set", dev, "up"]);
-    peer.ip(&["addr", "add", peer_addr, "dev", "eth0"]);
-    peer.ip(&["link", "set", "eth0", "up"]);
+    veth(node, dev, node_addr, peer, "eth0", peer_addr).unwrap();
 }
 
 fn ask(addr: &str) -> std::io::Result<String> {
@@ -37,14 +35,34 @@ fn ask(addr: &str) -> std::io::Result<String> {
 }
 
 #[test]
-fn node_port_through_real_interfaces_is_dnated_masqueraded_and_rejected_without_endpoints() {
+fn node_port_through_real_interfaces_is_dnated_masqueraded_and_rejected_with_tcx() {
+    node_port_through_real_interfaces(TcAttachMode::Tcx, |_| {});
+}
+
+#[test]
+fn node_port_through_real_interfaces_is_dnated_masqueraded_and_rejected_with_classic_tc() {
+    node_port_through_real_interfaces(TcAttachMode::Classic, |node| {
+        for dev in ["up0", "pod0"] {
+            let qdiscs = node.sh(&format!("tc qdisc show dev {dev}"));
+            assert!(
+                !qdiscs.contains("clsact"),
+                "the clsact qdisc the agent added is gone: {qdiscs}"
+            );
+        }
+    });
+}
+
+/// The flows through a node whose tc programs attach with `api`;
+/// `after_cleanup` checks the node namespace once the backend cleaned up.
+fn node_port_through_real_interfaces(api: TcAttachMode, after_cleanup: impl FnOnce(&Netns)) {
     let bpffs = bpffs();
-    let node = Netns::named(unique("-n"));
-    let client = Netns::named(unique("-c"));
-    let pod = Netns::named(unique("-p"));
+    let node = named(&unique("-n"));
+    let client = named(&unique("-c"));
+    let pod = named(&unique("-p"));
     wire(&node, &client, "up0", "192.0.2.1/24", "192.0.2.7/24");
     wire(&node, &pod, "pod0", "169.254.1.1/32", "10.244.1.5/32");
-    pod.ip(&["route", "add", "169.254.1.1", "dev", "eth0"]);
+    pod.ip(&["route", "add", "169.254.1.1", "dev", "eth0"])
+        .unwrap();
     pod.ip(&[
         "route",
         "add",
@@ -53,8 +71,10 @@ fn node_port_through_real_interfaces_is_dnated_masqueraded_and_rejected_without_
         "169.254.1.1",
         "dev",
         "eth0",
-    ]);
-    node.ip(&["route", "add", "10.244.1.5", "dev", "pod0"]);
+    ])
+    .unwrap();
+    node.ip(&["route", "add", "10.244.1.5", "dev", "pod0"])
+        .unwrap();
     node.enter(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))
         .unwrap();
 
@@ -84,8 +104,15 @@ fn node_port_through_real_interfaces_is_dnated_masqueraded_and_rejected_without_
     let mut backend = EbpfBackend::new(AyaKernel::new(KernelConfig {
         pin_root: bpffs.dir().join("switchyard"),
         cgroup: None,
+        tc_attach: api,
     }));
     node.enter(|| backend.apply(&plan)).unwrap();
+    let filters = node.sh("tc filter show dev up0 ingress");
+    assert_eq!(
+        filters.contains("sy_tc_ingress"),
+        api == TcAttachMode::Classic,
+        "a cls_bpf filter only with classic tc: {filters}"
+    );
 
     let answer = client.enter(|| ask("192.0.2.1:30080")).unwrap();
     assert_eq!(
@@ -106,4 +133,5 @@ fn node_port_through_real_interfaces_is_dnated_masqueraded_and_rejected_without_
         after.is_err(),
         "nothing translates after cleanup: {after:?}"
     );
+    after_cleanup(&node);
 }

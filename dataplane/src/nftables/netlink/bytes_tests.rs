@@ -21,7 +21,7 @@ use super::uapi::{
 use crate::nftables::ir::{BaseChain, Chain, ChainType, Hook, Key, Priority, Set, SetKind, Table};
 use crate::nftables::tests::{cidr, golden, testdata};
 use crate::nftables::transaction::Command;
-use crate::testns::Netns;
+use crate::testns::{self, Netns, TestNetns};
 
 /// Commands sent as one batch (one `nft -f`) onto the tables `before` leaves.
 struct Case {
@@ -289,7 +289,7 @@ fn the_encoder_sends_the_bytes_nft_sends() {
 /// calls (the batch; its cache queries are `sendto`), from strace's dump.
 fn capture(ns: &Netns, script: &str) -> Vec<u8> {
     let mut child = Process::new("ip")
-        .args(["netns", "exec", &ns.name, "strace", "-e", "trace=sendmsg"])
+        .args(["netns", "exec", ns.name(), "strace", "-e", "trace=sendmsg"])
         .args(["-e", "write=all", "-xx", "-s", "0", "nft", "-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -318,7 +318,7 @@ fn the_fixtures_are_what_nft_sends() {
         return;
     }
     for (i, case) in cases().iter().enumerate() {
-        let Some(ns) = Netns::create(&format!("nl-bytes-{i}")) else {
+        let Some(ns) = testns::create(&format!("nl-bytes-{i}")) else {
             return;
         };
         if !case.before.is_empty() {

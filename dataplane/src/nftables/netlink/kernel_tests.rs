@@ -14,7 +14,7 @@ use crate::nftables::ir::{Chain, Dir, Key, Match, Plan, Rule, Set, SetKind, Stmt
 use crate::nftables::tests::{cidr, endpoint, ip, linked, sample_ruleset, service, settings};
 use crate::nftables::transaction::{Command, Transaction};
 use crate::nftables::{render, transaction};
-use crate::testns::{Netns, node_and_pod, vip_reply};
+use crate::testns::{self, Netns, TestNetns, node_and_pod, vip_reply};
 
 /// Both tables as `nft list` prints them, and their bytecode
 /// (`--debug=netlink`; elements sorted, as they come in hash order, and
@@ -457,10 +457,10 @@ fn kinds(commands: &[Command], seen: &mut BTreeSet<String>) {
 
 #[test]
 fn incremental_transactions_over_netlink_leave_what_nft_leaves() {
-    let Some(by_netlink) = Netns::create("nl-netlink") else {
+    let Some(by_netlink) = testns::create("nl-netlink") else {
         return;
     };
-    let Some(by_nft) = Netns::create("nl-nft") else {
+    let Some(by_nft) = testns::create("nl-nft") else {
         return;
     };
     let mut seen = BTreeSet::new();
@@ -570,7 +570,7 @@ fn a_cluster_ip_reaches_the_endpoint_that_netlink_put_in() {
 
 #[test]
 fn a_failing_command_aborts_the_batch_and_is_named() {
-    let Some(ns) = Netns::create("nl-fail") else {
+    let Some(ns) = testns::create("nl-fail") else {
         return;
     };
     let base = plan(&sample_ruleset());
@@ -654,10 +654,10 @@ fn assert_same(what: &str, by_netlink: &Netns, by_nft: &Netns) {
 
 #[test]
 fn full_syncs_over_netlink_leave_what_nft_leaves() {
-    let Some(by_netlink) = Netns::create("nl-full-netlink") else {
+    let Some(by_netlink) = testns::create("nl-full-netlink") else {
         return;
     };
-    let Some(by_nft) = Netns::create("nl-full-nft") else {
+    let Some(by_nft) = testns::create("nl-full-nft") else {
         return;
     };
     let mut rulesets = rulesets().to_vec();
@@ -706,10 +706,10 @@ fn full_syncs_over_netlink_leave_what_nft_leaves() {
 /// printed, not asserted.
 #[test]
 fn a_large_full_sync_goes_over_netlink() {
-    let Some(by_netlink) = Netns::create("nl-large-netlink") else {
+    let Some(by_netlink) = testns::create("nl-large-netlink") else {
         return;
     };
-    let Some(by_nft) = Netns::create("nl-large-nft") else {
+    let Some(by_nft) = testns::create("nl-large-nft") else {
         return;
     };
     let mut next = 0;
@@ -752,7 +752,7 @@ fn a_large_full_sync_goes_over_netlink() {
 
 #[test]
 fn a_failing_table_replacement_changes_nothing_and_names_the_object() {
-    let Some(ns) = Netns::create("nl-fail-full") else {
+    let Some(ns) = testns::create("nl-fail-full") else {
         return;
     };
     let base = plan(&sample_ruleset());

@@ -13,20 +13,22 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use switchyard_api::Mode;
-use switchyard_api::policy::{LinkedRuleset, NodeInfo, ShardLinker, link};
+use switchyard_api::policy::{
+    Linked, LinkedRuleset, LinkedShards, NodeInfo, RefusedShard, ShardLinker, link,
+};
 use switchyard_api::ruleset::{
     Cidr, Endpoint, Protocol, ProxyRulesetSpec, Ruleset, ServicePortRule, ShardLayout,
 };
 use switchyard_dataplane::exec::RealRunner;
 use switchyard_dataplane::settings::{LocalDetector, Settings};
 use switchyard_dataplane::{ApplyStats, for_mode};
+use switchyard_lab::agent::NodeAgent;
 use switchyard_lab::cleanup;
-use switchyard_lab::netns::{self, Netns};
+use switchyard_lab::netns::{Netns, NetnsError};
 
 #[derive(Parser)]
 #[command(about)]
@@ -57,6 +59,8 @@ struct Cli {
 enum BenchError {
     #[error(transparent)]
     Harness(#[from] switchyard_lab::HarnessError),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
     #[error("{mode} sync: {message}")]
     Sync { mode: Mode, message: String },
     #[error("bad size {0:?} (want SERVICESxENDPOINTS)")]
@@ -71,8 +75,18 @@ enum BenchError {
         #[source]
         source: std::io::Error,
     },
-    #[error("bench worker thread ended")]
-    Worker,
+    #[error("the bench's shards do not make a complete generation")]
+    Incomplete,
+    #[error(transparent)]
+    Refused(#[from] RefusedShard),
+}
+
+/// What the agent would apply: the generation linked now, refused or not.
+fn applied(linked: Linked) -> Result<LinkedShards, BenchError> {
+    if let Some(refused) = linked.refused {
+        return Err(refused.into());
+    }
+    linked.shards.ok_or(BenchError::Incomplete)
 }
 
 const NODE: &str = "bench-node";
@@ -105,17 +119,26 @@ fn pod_ip(k: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(a, b, c, d + u8::try_from(k).unwrap_or(0)))
 }
 
+/// The pod's addresses that service 0's endpoints use.
+const POD_ADDRESSES: usize = 5;
+
 /// `services` ClusterIP services with `endpoints` endpoints each; service 0's
-/// endpoints are the pod's addresses, the rest are never contacted.
+/// endpoints are the pod's addresses (at most [`POD_ADDRESSES`], each once),
+/// the rest are never contacted.
 fn synthetic(services: usize, endpoints: usize) -> Ruleset {
     let mut next = 0u32;
     let services = (0..services)
         .map(|s| {
-            let rule_endpoints = (0..endpoints)
+            let count = if s == 0 {
+                endpoints.min(POD_ADDRESSES)
+            } else {
+                endpoints
+            };
+            let rule_endpoints = (0..count)
                 .map(|k| {
                     next += 1;
                     let ip = if s == 0 {
-                        pod_ip(k.min(4))
+                        pod_ip(k)
                     } else {
                         IpAddr::V4(Ipv4Addr::from(
                             u32::from(Ipv4Addr::new(10, 64, 0, 0)) + next,
@@ -157,9 +180,6 @@ fn settings(mode: Mode) -> Settings {
     s
 }
 
-type Job = (LinkedRuleset, Settings);
-type Done = Result<(Timing, ApplyStats), String>;
-
 /// Wall time, and CPU time (this thread plus the tools it ran): on a shared
 /// machine the CPU time is the steadier figure.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -189,77 +209,40 @@ fn cpu_now() -> Duration {
     }
 }
 
-/// A thread inside the node namespace owning one dataplane.
-struct Worker {
-    jobs: Option<mpsc::Sender<Job>>,
-    done: mpsc::Receiver<Done>,
-    thread: Option<std::thread::JoinHandle<()>>,
+/// The node's agent thread with `mode`'s dataplane.
+fn start_agent(ns: &Netns, mode: Mode) -> Result<NodeAgent, BenchError> {
+    let factory = move || for_mode(mode, Arc::new(RealRunner));
+    Ok(NodeAgent::start(ns, Box::new(factory))?)
+}
+
+/// Sync `ruleset` on the agent thread, timed there.
+fn sync_timed(
+    agent: &NodeAgent,
     mode: Mode,
-}
-
-impl Worker {
-    fn start(ns: &Netns, mode: Mode) -> Result<Worker, BenchError> {
-        let file = ns.open()?;
-        let (jtx, jrx) = mpsc::channel::<Job>();
-        let (dtx, drx) = mpsc::channel::<Done>();
-        let thread = std::thread::spawn(move || {
-            let made = netns::enter(&file)
+    ruleset: LinkedRuleset,
+) -> Result<(Timing, ApplyStats), BenchError> {
+    let settings = settings(mode);
+    agent
+        .submit("apply rules", move |active| {
+            let dataplane = active.as_mut().ok_or("no dataplane")?;
+            let (result, timing) = timed(|| dataplane.sync(&ruleset, &settings));
+            result
+                .map(|stats| (timing, stats))
                 .map_err(|e| e.to_string())
-                .and_then(|()| for_mode(mode, Arc::new(RealRunner)).map_err(|e| e.to_string()));
-            let mut dp = match made {
-                Ok(dp) => dp,
-                Err(e) => {
-                    let _ = dtx.send(Err(e));
-                    return;
-                }
-            };
-            for (ruleset, settings) in jrx {
-                let (r, timing) = timed(|| dp.sync(&ruleset, &settings));
-                let _ = dtx.send(r.map(|stats| (timing, stats)).map_err(|e| e.to_string()));
-            }
-            let _ = dp.cleanup();
-        });
-        Ok(Worker {
-            jobs: Some(jtx),
-            done: drx,
-            thread: Some(thread),
-            mode,
-        })
-    }
-
-    fn sync(&self, ruleset: LinkedRuleset) -> Result<(Timing, ApplyStats), BenchError> {
-        let job = (ruleset, settings(self.mode));
-        self.jobs
-            .as_ref()
-            .ok_or(BenchError::Worker)?
-            .send(job)
-            .map_err(|_| BenchError::Worker)?;
-        self.done
-            .recv()
-            .map_err(|_| BenchError::Worker)?
-            .map_err(|message| BenchError::Sync {
-                mode: self.mode,
-                message,
-            })
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.jobs = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+        })?
+        .wait()?
+        .map_err(|message| BenchError::Sync { mode, message })
 }
 
 /// Service ports per shard: what the operator's 256 KiB shard budget holds
 /// at 5 endpoints each.
 const SHARD_SERVICES: usize = 400;
 
-/// The ruleset cut into shards of one layout, as the operator publishes it.
+/// The ruleset cut into shards of one layout, as the operator publishes it
+/// (a power of two of them, the last ones possibly empty).
 fn shard(ruleset: Ruleset) -> Vec<ProxyRulesetSpec> {
-    let chunks: Vec<&[ServicePortRule]> = ruleset.services.chunks(SHARD_SERVICES).collect();
+    let mut chunks: Vec<&[ServicePortRule]> = ruleset.services.chunks(SHARD_SERVICES).collect();
+    chunks.resize(chunks.len().next_power_of_two(), &[]);
     let layout = ShardLayout {
         epoch: 1,
         shard_count: u32::try_from(chunks.len()).unwrap_or(u32::MAX),
@@ -310,13 +293,13 @@ fn bench_sync(
         "{}-{services}x{endpoints}",
         mode.as_str()
     )))?;
-    let worker = Worker::start(&ns, mode)?;
+    let agent = start_agent(&ns, mode)?;
     // As the agent gets them: shards, linked by a ShardLinker that reuses
     // what did not change (its time is part of each sync's figure).
     let mut shards = shard(synthetic(services, endpoints));
     let mut linker = ShardLinker::default();
     let (linked, _) = timed(|| linker.link(&shards, &node()));
-    let (full, stats) = worker.sync(linked.ok_or(BenchError::Worker)?.linked)?;
+    let (full, stats) = sync_timed(&agent, mode, applied(linked)?.linked)?;
     let mut times = Vec::new();
     for c in 0..changes {
         // One endpoint of one service moves to a new address.
@@ -328,7 +311,7 @@ fn bench_sync(
         b.ip = IpAddr::V4(Ipv4Addr::new(10, 200, (c / 256) as u8, (c % 256) as u8));
         b.id += 1_000_000;
         let (linked, link_time) = timed(|| linker.link(&shards, &node()));
-        let (mut t, st) = worker.sync(linked.ok_or(BenchError::Worker)?.linked)?;
+        let (mut t, st) = sync_timed(&agent, mode, applied(linked)?.linked)?;
         t.wall += link_time.wall;
         t.cpu += link_time.cpu;
         if st.full {
@@ -336,7 +319,7 @@ fn bench_sync(
         }
         times.push(t);
     }
-    drop(worker);
+    agent.remove()?;
     times.sort();
     Ok(SyncResult {
         full,
@@ -383,25 +366,6 @@ fn connects(targets: &[SocketAddr], count: usize) -> Result<Vec<Latency>, BenchE
     Ok(samples.into_iter().map(latency).collect())
 }
 
-fn sh(ns: &Netns, cmd: &str) -> Result<(), BenchError> {
-    let ok = std::process::Command::new("ip")
-        .args(["netns", "exec", ns.name(), "sh", "-c", cmd])
-        .status()
-        .map_err(|source| BenchError::Io {
-            what: "ip netns exec",
-            source,
-        })?
-        .success();
-    if ok {
-        Ok(())
-    } else {
-        Err(BenchError::Io {
-            what: "namespace setup",
-            source: std::io::Error::other(cmd.to_string()),
-        })
-    }
-}
-
 /// Latency per mode: (direct, vip) at `services` services.
 fn bench_latency(
     modes: &[Mode],
@@ -411,6 +375,7 @@ fn bench_latency(
     let node_ns = Netns::create(&ns_name("lat-node"))?;
     let pod_ns = Netns::create(&ns_name("lat-pod"))?;
     let veth = format!("synft{}", std::process::id());
+    let sh = |ns: &Netns, script: &str| ns.exec("sh", &["-c", script], None);
     sh(
         &node_ns,
         &format!(
@@ -421,55 +386,33 @@ fn bench_latency(
         ),
     )?;
     let mut pod_setup = format!("ip link set {veth}b up");
-    for k in 0..5 {
+    for k in 0..POD_ADDRESSES {
         let _ = write!(pod_setup, " && ip addr add {}/16 dev {veth}b", pod_ip(k));
     }
     sh(&pod_ns, &pod_setup)?;
 
-    // The server: accept and close, in the pod namespace.
-    let pod_file = pod_ns.open()?;
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    // The server: accept and close; the socket is the pod namespace's.
+    let listener = pod_ns
+        .run(|| TcpListener::bind(("0.0.0.0", ENDPOINT_PORT)))?
+        .map_err(|source| BenchError::Io {
+            what: "listen in pod",
+            source,
+        })?;
     std::thread::spawn(move || {
-        let listener = netns::enter(&pod_file)
-            .map_err(|e| e.to_string())
-            .and_then(|()| {
-                TcpListener::bind(("0.0.0.0", ENDPOINT_PORT)).map_err(|e| e.to_string())
-            });
-        match listener {
-            Ok(l) => {
-                let _ = ready_tx.send(Ok(()));
-                for conn in l.incoming() {
-                    drop(conn);
-                }
-            }
-            Err(e) => {
-                let _ = ready_tx.send(Err(e));
-            }
+        for conn in listener.incoming() {
+            drop(conn);
         }
     });
-    ready_rx
-        .recv()
-        .map_err(|_| BenchError::Worker)?
-        .map_err(|e| BenchError::Io {
-            what: "listen in pod",
-            source: std::io::Error::other(e),
-        })?;
 
     let ruleset = synthetic(services, 5);
     let direct = SocketAddr::new(pod_ip(0), ENDPOINT_PORT);
     let service = SocketAddr::new(vip(0), 80);
     let mut out = Vec::new();
     for &mode in modes {
-        let worker = Worker::start(&node_ns, mode)?;
-        worker.sync(link(&ruleset, &node()))?;
-        let node_file = node_ns.open()?;
-        let measured = std::thread::spawn(move || {
-            netns::enter(&node_file)?;
-            connects(&[direct, service], count)
-        })
-        .join()
-        .map_err(|_| BenchError::Worker)??;
-        drop(worker);
+        let agent = start_agent(&node_ns, mode)?;
+        sync_timed(&agent, mode, link(&ruleset, &node()))?;
+        let measured = node_ns.run(|| connects(&[direct, service], count))??;
+        agent.remove()?;
         let mut it = measured.into_iter();
         if let (Some(d), Some(v)) = (it.next(), it.next()) {
             out.push((mode, d, v));

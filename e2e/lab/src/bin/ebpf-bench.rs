@@ -8,7 +8,6 @@
 //! `cargo run -p switchyard-lab --bin ebpf-bench -- [--services N] [--endpoints M] [--connects K]`
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -21,56 +20,17 @@ use switchyard_dataplane::ebpf::EbpfBackend;
 use switchyard_dataplane::ebpf::kernel::{AyaKernel, KernelConfig};
 use switchyard_dataplane::ebpf::scratch::{ScratchBpffs, ScratchCgroup};
 use switchyard_dataplane::settings::Settings;
+use switchyard_lab::netns::{Netns, NetnsError, enter_on_exec};
 
 const BACKEND: &str = "10.200.0.1:8080";
 /// Interleaved measurement rounds per connect kind.
 const ROUNDS: u32 = 21;
 
-struct Netns(String);
-
-impl Netns {
-    fn create(name: String) -> Result<Netns, String> {
-        run(&["netns", "add", &name])?;
-        let ns = Netns(name);
-        run(&["-n", &ns.0, "link", "set", "lo", "up"])?;
-        run(&["-n", &ns.0, "addr", "add", "10.200.0.1/32", "dev", "lo"])?;
-        Ok(ns)
-    }
-
-    fn file(&self) -> Result<std::fs::File, String> {
-        std::fs::File::open(format!("/var/run/netns/{}", self.0)).map_err(|e| e.to_string())
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
-fn run(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-fn enter(ns: &Netns) -> Result<(), String> {
-    let file = ns.file()?;
-    // SAFETY: a valid namespace fd; only the calling thread switches.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error().to_string());
-    }
-    Ok(())
+/// The bench's namespace: only `lo`, with the backend's address on it.
+fn namespace(name: &str) -> Result<Netns, NetnsError> {
+    let ns = Netns::create(name)?;
+    ns.ip(&["addr", "add", "10.200.0.1/32", "dev", "lo"])?;
+    Ok(ns)
 }
 
 /// A `/proc/self/status` figure in KiB (`VmRSS`, `VmHWM`).
@@ -164,8 +124,6 @@ fn measure(
     count: u32,
 ) -> Result<u64, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let file = ns.file()?;
-    let fd = file.as_raw_fd();
     let procs = cgroup
         .map(|c| {
             std::ffi::CString::new(c.dir().join("cgroup.procs").as_os_str().as_encoded_bytes())
@@ -175,13 +133,11 @@ fn measure(
     let mut cmd = Command::new(exe);
     cmd.args(["__client", dst, &count.to_string()])
         .stdout(Stdio::piped());
-    // SAFETY: only async-signal-safe calls between fork and exec (setns, open,
+    enter_on_exec(&mut cmd, ns.open().map_err(|e| e.to_string())?);
+    // SAFETY: only async-signal-safe calls between fork and exec (open,
     // write, close) on a path prepared before the fork.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
             if let Some(p) = &procs {
                 let f = libc::open(p.as_ptr(), libc::O_WRONLY);
                 if f < 0 || libc::write(f, b"0".as_ptr().cast(), 1) != 1 {
@@ -211,32 +167,27 @@ fn arg(args: &[String], name: &str, default: u32) -> u32 {
 
 fn bench(services: u32, per: u32, connects: u32) -> Result<(), String> {
     let tag = format!("sybpf-{}-bench", std::process::id());
-    let ns = Netns::create(tag.clone())?;
+    let ns = namespace(&tag).map_err(|e| e.to_string())?;
     let bpffs = ScratchBpffs::mount(&format!("{tag}-bpffs")).map_err(|e| e.to_string())?;
     let cgroup = ScratchCgroup::create(&tag).map_err(|e| e.to_string())?;
-    let ns_file = ns.file()?;
     let config = KernelConfig {
         pin_root: bpffs.dir().join("switchyard"),
         cgroup: Some(cgroup.dir().to_path_buf()),
+        ..KernelConfig::default()
     };
 
     // The "agent": a thread in the namespace that owns the backend.
-    let report = std::thread::scope(|scope| {
-        scope
-            .spawn(|| -> Result<Vec<(String, String)>, String> {
-                drop(ns_file);
-                enter(&ns)?;
-                let listener = TcpListener::bind(BACKEND).map_err(|e| e.to_string())?;
-                std::thread::spawn(move || for _ in listener.incoming() {});
-                let mut backend = EbpfBackend::new(AyaKernel::new(config));
-                let syncs = measure_syncs(&mut backend, services, per)?;
-                let connects = measure_connects(&ns, &cgroup, connects)?;
-                backend.cleanup().map_err(|e| e.to_string())?;
-                Ok(report_rows(services, per, &syncs, &connects))
-            })
-            .join()
-            .map_err(|_| "agent thread panicked".to_string())?
-    })?;
+    let report = ns
+        .run(|| -> Result<Vec<(String, String)>, String> {
+            let listener = TcpListener::bind(BACKEND).map_err(|e| e.to_string())?;
+            std::thread::spawn(move || for _ in listener.incoming() {});
+            let mut backend = EbpfBackend::new(AyaKernel::new(config));
+            let syncs = measure_syncs(&mut backend, services, per)?;
+            let connects = measure_connects(&ns, &cgroup, connects)?;
+            backend.cleanup().map_err(|e| e.to_string())?;
+            Ok(report_rows(services, per, &syncs, &connects))
+        })
+        .map_err(|e| e.to_string())??;
     println!("| eBPF dataplane | value |");
     println!("| --- | --- |");
     for (k, v) in report {

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use switchyard_api::Mode;
+use switchyard_dataplane::ebpf::probe::Capabilities;
+use switchyard_dataplane::ebpf::tc::TcAttachMode;
 use switchyard_lab::probe::{self, Listen};
 use switchyard_lab::runner::{self, Options, Totals};
 use switchyard_lab::{cleanup, hooks, netns, vm};
@@ -26,6 +28,14 @@ struct Cli {
     /// Per-attempt timeout after which a connection counts as dropped.
     #[arg(long, default_value_t = 500)]
     timeout_ms: u64,
+    /// Run inside Debian's stock kernel in qemu (IPVS does so by itself when
+    /// this kernel lacks it).
+    #[arg(long)]
+    vm: bool,
+    /// How the eBPF mode's tc programs attach: auto (TCX when the kernel has
+    /// it), tcx, or classic (clsact + cls_bpf).
+    #[arg(long, default_value = "auto")]
+    tc_attach: TcAttachMode,
     /// Scenario files or directories of them.
     files: Vec<String>,
 }
@@ -123,13 +133,15 @@ fn main() -> ExitCode {
         eprintln!("--mode is required");
         return ExitCode::from(2);
     };
-    if mode == Mode::Ipvs && vm::scenario::needs_vm() {
+    let in_vm = std::env::var_os(vm::IN_VM_ENV).is_some();
+    if (cli.vm && !in_vm) || (mode == Mode::Ipvs && vm::scenario::needs_vm()) {
         let files = runner::expand_paths(&cli.files);
-        return match vm::scenario::run_scenarios_in_vm(&files, cli.timeout_ms) {
+        let args = [format!("--tc-attach={}", cli.tc_attach)];
+        return match vm::scenario::run_scenarios_in_vm(mode, &args, &files, cli.timeout_ms) {
             Ok(0) => ExitCode::SUCCESS,
             Ok(_) => ExitCode::FAILURE,
             Err(e) => {
-                println!("FAIL ipvs VM: {e}");
+                println!("FAIL {mode} VM: {e}");
                 println!("0 passed, 1 failed");
                 ExitCode::FAILURE
             }
@@ -142,7 +154,13 @@ fn main() -> ExitCode {
     for name in netns::sweep_orphans(&tags) {
         eprintln!("removed namespace {name} left by a killed run");
     }
-    let mut hooks = hooks::hooks_for(mode);
+    if mode == Mode::Ebpf {
+        eprintln!(
+            "scenario: eBPF tc programs attach with {}",
+            cli.tc_attach.resolve(Capabilities::probe().tcx)
+        );
+    }
+    let mut hooks = hooks::hooks_for(mode, cli.tc_attach);
     let mut totals = Totals::default();
     for (i, path) in runner::expand_paths(&cli.files).iter().enumerate() {
         match runner::run_file(path, i, hooks.as_mut(), &options) {

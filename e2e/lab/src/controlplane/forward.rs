@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::ControlPlaneError;
-use crate::netns::{self, Netns};
+use crate::netns::Netns;
 
 /// Open relayed connections by number, both ends, so a stop can cut them.
 type Open = Arc<Mutex<Vec<(u64, TcpStream, TcpStream)>>>;
@@ -43,18 +43,12 @@ impl Forwarder {
     /// Listen on 127.0.0.1:`target.port()` inside `ns` and relay every
     /// connection to `target`.
     pub fn start(ns: &Netns, target: SocketAddr) -> Result<Forwarder, ControlPlaneError> {
-        let file = ns
-            .open()
-            .map_err(|e| forward_err(ns, std::io::Error::other(e)))?;
         let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, target.port()));
-        let listener = std::thread::spawn(move || -> std::io::Result<TcpListener> {
-            netns::enter(&file).map_err(std::io::Error::other)?;
-            TcpListener::bind(listen)
-        })
-        .join()
-        .map_err(|_| std::io::Error::other("listener thread panicked"))
-        .and_then(|made| made)
-        .map_err(|e| forward_err(ns, e))?;
+        let listener = ns
+            .run(|| TcpListener::bind(listen))
+            .map_err(std::io::Error::other)
+            .and_then(|made| made)
+            .map_err(|e| forward_err(ns, e))?;
         let accepting = listener.try_clone().map_err(|e| forward_err(ns, e))?;
         let stopping = Arc::new(AtomicBool::new(false));
         let open: Open = Arc::default();

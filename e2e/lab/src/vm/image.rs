@@ -14,7 +14,8 @@ use super::kernel::{Kernel, module_closure};
 
 /// Module trees and modules the VM carries: all of netfilter (IPVS, conntrack,
 /// NAT, x_tables, nf_tables, ipset — the kernel autoloads them through
-/// `/sbin/modprobe`), SCTP, and the dummy and veth drivers.
+/// `/sbin/modprobe`), SCTP, the dummy and veth drivers, and the clsact qdisc
+/// and cls_bpf classifier (the eBPF mode's classic tc attach).
 const MODULES: &[&str] = &[
     "kernel/net/netfilter/",
     "kernel/net/ipv4/netfilter/",
@@ -24,6 +25,8 @@ const MODULES: &[&str] = &[
     "kernel/drivers/net/dummy.",
     "kernel/drivers/net/veth.",
     "kernel/crypto/crc32c_generic.",
+    "kernel/net/sched/sch_ingress.",
+    "kernel/net/sched/cls_bpf.",
 ];
 
 /// Loaded at boot, in order. `crc32c_generic` first: `libcrc32c` only soft-depends on it.
@@ -48,6 +51,8 @@ const PRELOAD: &[&str] = &[
     "iptable_nat",
     "iptable_filter",
     "ip_set",
+    "sch_ingress",
+    "cls_bpf",
 ];
 
 /// Host tools copied into the VM when present (with their libraries).
@@ -87,6 +92,8 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp
 mount -t tmpfs run /run
+mount -t bpf bpf /sys/fs/bpf
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mkdir -p /run/netns /var/run
 ln -s /run/netns /var/run/netns 2>/dev/null
 ip link set lo up

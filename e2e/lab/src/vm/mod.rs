@@ -15,7 +15,6 @@
 //! ```
 
 pub mod cpio;
-pub mod guest;
 pub mod image;
 pub mod kernel;
 pub mod scenario;

@@ -1,5 +1,6 @@
-//! `scenario --mode ipvs` on a host whose kernel lacks IPVS: the same binary
-//! runs again inside the VM with the scenario files, and its lines stream back.
+//! `scenario --mode ipvs` on a host whose kernel lacks IPVS, and `scenario
+//! --vm` for any mode (eBPF on Debian's stock kernel): the same binary runs
+//! again inside the VM with the scenario files, and its lines stream back.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -24,9 +25,15 @@ pub fn needs_vm() -> bool {
     std::env::var_os(IN_VM_ENV).is_none() && !host_has_ipvs()
 }
 
-/// Run this scenario binary in the VM on `files` (already expanded to files),
-/// printing its output as it arrives; returns the VM command's exit code.
-pub fn run_scenarios_in_vm(files: &[String], timeout_ms: u64) -> Result<i32, VmError> {
+/// Run this scenario binary in the VM with `--mode <mode>`, `args` and
+/// `files` (already expanded to files), printing its output as it arrives;
+/// returns the VM command's exit code.
+pub fn run_scenarios_in_vm(
+    mode: Mode,
+    args: &[String],
+    files: &[String],
+    timeout_ms: u64,
+) -> Result<i32, VmError> {
     let exe =
         std::env::current_exe().map_err(|e| VmError::io("find this binary", Path::new("."), e))?;
     let mut extra = Vec::new();
@@ -40,19 +47,21 @@ pub fn run_scenarios_in_vm(files: &[String], timeout_ms: u64) -> Result<i32, VmE
         guest_paths.push(guest.clone());
         extra.push(ExtraFile { host, guest });
     }
+    let mode = format!("--mode={mode}");
     let timeout = format!("--timeout-ms={}", timeout_ms.max(VM_MIN_TIMEOUT_MS));
-    let mut args = vec!["--mode", "ipvs", timeout.as_str()];
-    args.extend(guest_paths.iter().map(String::as_str));
+    let mut all = vec![mode.as_str(), timeout.as_str()];
+    all.extend(args.iter().map(String::as_str));
+    all.extend(guest_paths.iter().map(String::as_str));
     let mut vm = VmRunner::new()?.timeout(Duration::from_secs(900));
     // The harness's debugging switch reaches the guest too.
     if let Ok(v) = std::env::var("SWITCHYARD_E2E_DUMP") {
         vm = vm.env("SWITCHYARD_E2E_DUMP", &v);
     }
     eprintln!(
-        "scenario: this kernel has no IPVS; running in a VM with Debian's {}",
+        "scenario: running in a VM with Debian's {}",
         vm.kernel_version()
     );
-    let out = vm.run_with(&exe, &args, &extra, &mut |line| println!("{line}"))?;
+    let out = vm.run_with(&exe, &all, &extra, &mut |line| println!("{line}"))?;
     Ok(out.exit_code)
 }
 

@@ -1,12 +1,13 @@
-//! What the harness must undo even when it is interrupted: every network
-//! namespace, control-plane process and temporary directory it makes is
+//! What a test or harness must undo even when it is interrupted: every
+//! network namespace ([`crate::netns`]), and whatever else a user of this
+//! registry makes (the lab's control-plane processes and directories), is
 //! registered here with the action that removes it. The owner removes it on
 //! drop and then drops its [`Registration`]; on SIGINT/SIGTERM/SIGHUP the
-//! handler thread ([`install_signal_cleanup`]) runs every registered action,
-//! newest first, and exits. Child processes also die with the harness
-//! (PR_SET_PDEATHSIG), so a SIGKILLed run leaves only files and namespaces,
-//! which the sweepers of `netns` and `controlplane` find by the dead pid in
-//! their names.
+//! handler thread ([`install_signal_cleanup`], installed by the programs that
+//! want it) runs every registered action, newest first, and exits. Child
+//! processes also die with their parent ([`child_setup`]: PR_SET_PDEATHSIG),
+//! so a SIGKILLed run leaves only files and namespaces, which sweepers find by
+//! the dead pid in their names ([`crate::netns::sweep_orphans`]).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

@@ -1,0 +1,9 @@
+//! What Switchyard's two daemons, the operator and the node agent, share at
+//! run time:
+//!
+//! - [`http`]: the accept loop of their HTTP endpoints, the handler shape,
+//!   the plain-text and OpenMetrics replies (`/metrics`).
+//! - [`signal`]: waiting for SIGTERM (what Kubernetes sends a pod) or Ctrl-C.
+
+pub mod http;
+pub mod signal;

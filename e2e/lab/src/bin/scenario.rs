@@ -25,8 +25,11 @@ struct Cli {
     /// The dataplane mode under test.
     #[arg(long)]
     mode: Option<Mode>,
-    /// Per-attempt timeout after which a connection counts as dropped.
-    #[arg(long, default_value_t = 500)]
+    /// Per-attempt timeout after which a connection counts as dropped. On a
+    /// loaded machine the ICMP error answering a rejected SYN can take longer
+    /// than half a second (softirq work deferred to ksoftirqd); a shorter
+    /// timeout turns such a REJECT into an apparent DROP.
+    #[arg(long, default_value_t = 1000)]
     timeout_ms: u64,
     /// Run inside Debian's stock kernel in qemu (IPVS does so by itself when
     /// this kernel lacks it).

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use switchyard_agent::agent::{Agent, AgentParts};
+use switchyard_agent::cleanup;
 use switchyard_agent::events::ApiEvents;
 use switchyard_agent::health::{HealthCheckServers, ProxyHealth, proxy_health_handler};
 use switchyard_agent::http::{HttpServers, Rebindable};
@@ -19,7 +20,9 @@ use switchyard_agent::switch::{BackendFactory, DataplaneFactory, TcpProbe};
 use switchyard_agent::{sync, watch};
 use switchyard_api::Mode;
 use switchyard_api::duration::parse_duration;
+use switchyard_daemon::logs::{self, LogFormat};
 use switchyard_daemon::signal::shutdown_requested;
+use switchyard_dataplane::ebpf::kernel::{DEFAULT_PIN_ROOT, KernelConfig};
 use switchyard_dataplane::exec::RealRunner;
 use switchyard_dataplane::kubeproxy::KubeProxyNftables;
 
@@ -35,12 +38,24 @@ Examples:
   node-agent apply --mode iptables --state ./demo --node-name node-a --dry-run
 
   # Re-apply whenever a file in the directory changes
-  node-agent apply --mode ipvs --state ./demo --node-name node-a --watch-dir";
+  node-agent apply --mode ipvs --state ./demo --node-name node-a --watch-dir
+
+  # Remove every mode's rules, interfaces, sets and BPF objects from this node
+  node-agent cleanup";
 
 /// The Switchyard node agent.
 #[derive(Parser)]
 #[command(name = "node-agent", version = env!("SWITCHYARD_VERSION"), about, after_help = EXAMPLES)]
 struct Cli {
+    /// Log lines as text or as one JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHYARD_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -53,6 +68,43 @@ enum Command {
     /// Compile the Services/EndpointSlices (and optional Node, ProxyConfig) YAML
     /// of a directory and apply them with one mode, without a cluster.
     Apply(ApplyArgs),
+    /// Remove every object of every Switchyard mode from this node (iptables
+    /// chains, nftables tables, IPVS virtual servers, kube-ipvs0 and ipsets,
+    /// eBPF programs, links and pins) and nothing else, then exit.
+    Cleanup(CleanupArgs),
+}
+
+/// Where the eBPF mode keeps its objects.
+#[derive(clap::Args)]
+struct EbpfArgs {
+    /// The bpffs directory eBPF mode pins its maps and links under.
+    #[arg(long, default_value = DEFAULT_PIN_ROOT)]
+    bpf_pin_root: PathBuf,
+    /// The cgroup v2 directory the socket programs attach to. Default: the
+    /// cgroup v2 root (every process and pod of the node).
+    #[arg(long)]
+    bpf_cgroup: Option<PathBuf>,
+}
+
+impl EbpfArgs {
+    fn kernel_config(&self) -> KernelConfig {
+        let node = KernelConfig::for_node();
+        KernelConfig {
+            pin_root: self.bpf_pin_root.clone(),
+            cgroup: self.bpf_cgroup.clone().or(node.cgroup),
+            ..node
+        }
+    }
+
+    fn factory(&self) -> BackendFactory {
+        BackendFactory::with_ebpf(Arc::new(RealRunner), self.kernel_config())
+    }
+}
+
+#[derive(clap::Args)]
+struct CleanupArgs {
+    #[command(flatten)]
+    ebpf: EbpfArgs,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -83,6 +135,11 @@ struct RunArgs {
     /// Minimum time between status writes (mode-switch steps are written at once).
     #[arg(long, default_value = "5s", value_parser = duration)]
     status_min_interval: Duration,
+    /// On SIGTERM or Ctrl-C, remove every mode's objects from this node before
+    /// exiting (as `node-agent cleanup`), instead of leaving the rules in place.
+    /// For uninstalling; an agent update must not set it.
+    #[arg(long, env = "SWITCHYARD_CLEANUP_ON_EXIT")]
+    cleanup_on_exit: bool,
 }
 
 #[derive(clap::Args)]
@@ -108,17 +165,38 @@ struct ApplyArgs {
     /// Print the rendered plan instead of applying it.
     #[arg(long)]
     dry_run: bool,
+    /// With --watch-dir: on SIGTERM or Ctrl-C, remove every mode's objects
+    /// from this node before exiting (as `node-agent cleanup`).
+    #[arg(long, requires = "watch_dir")]
+    cleanup_on_exit: bool,
+    #[command(flatten)]
+    ebpf: EbpfArgs,
 }
 
-async fn shutdown_signal() {
+async fn shutdown_signal(cleanup_on_exit: bool) {
     shutdown_requested().await;
-    tracing::info!("shutting down; the applied rules stay in place");
+    if cleanup_on_exit {
+        tracing::info!("shutting down; removing every mode's objects (--cleanup-on-exit)");
+    } else {
+        tracing::info!("shutting down; the applied rules stay in place");
+    }
+}
+
+/// `node-agent cleanup`, and `--cleanup-on-exit`: an error when a mode's
+/// objects could not all be removed.
+fn clean_node(factory: &BackendFactory) -> Result<(), Box<dyn Error>> {
+    if cleanup::clean_and_log(factory) {
+        Ok(())
+    } else {
+        Err("some objects could not be removed (see the errors above)".into())
+    }
 }
 
 async fn run(args: RunArgs) -> Result<(), Box<dyn Error>> {
     let client = kube::Client::try_default().await?;
     let runner = Arc::new(RealRunner);
-    let factory: Arc<dyn DataplaneFactory> = Arc::new(BackendFactory::new(runner.clone()));
+    let backends = Arc::new(BackendFactory::new(runner.clone()));
+    let factory: Arc<dyn DataplaneFactory> = backends.clone();
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(ProxyHealth::new(args.healthz_timeout));
 
@@ -161,7 +239,11 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn Error>> {
     });
     let (watches, events) = watch::start(client, &args.node_name);
     tracing::info!(node = %args.node_name, "node agent started");
-    sync::run(&mut agent, events, || watches.inputs(), shutdown_signal()).await;
+    let stop = shutdown_signal(args.cleanup_on_exit);
+    sync::run(&mut agent, events, || watches.inputs(), stop).await;
+    if args.cleanup_on_exit {
+        return clean_node(&backends);
+    }
     Ok(())
 }
 
@@ -172,7 +254,8 @@ async fn apply(args: ApplyArgs) -> Result<(), Box<dyn Error>> {
         node_name: args.node_name,
         node_ips: args.node_ips,
     };
-    let mut dataplane = switchyard_dataplane::for_mode(args.mode, Arc::new(RealRunner))?;
+    let factory = args.ebpf.factory();
+    let mut dataplane = factory.build(args.mode)?;
     if args.dry_run {
         let prepared = standalone::prepare(&opts)?;
         println!(
@@ -186,9 +269,13 @@ async fn apply(args: ApplyArgs) -> Result<(), Box<dyn Error>> {
             dataplane.as_mut(),
             &opts,
             args.poll_interval,
-            shutdown_signal(),
+            shutdown_signal(args.cleanup_on_exit),
         )
         .await;
+        if args.cleanup_on_exit {
+            drop(dataplane);
+            return clean_node(&factory);
+        }
         return Ok(());
     }
     let stats = standalone::apply_once(dataplane.as_mut(), &opts)?;
@@ -201,15 +288,11 @@ async fn apply(args: ApplyArgs) -> Result<(), Box<dyn Error>> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    logs::init(cli.log_format);
+    match cli.command {
         Command::Run(args) => run(args).await,
         Command::Apply(args) => apply(args).await,
+        Command::Cleanup(args) => clean_node(&args.ebpf.factory()),
     }
 }

@@ -7,11 +7,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::events::Recorder;
 use kube::{Api, Client};
 use switchyard_compiler::{CompileSettings, DEFAULT_SHARD_BUDGET_BYTES};
+use switchyard_daemon::logs::LogFormat;
 use switchyard_daemon::signal::{Shutdown, shutdown_requested};
 use switchyard_operator::clock::SystemClock;
 use switchyard_operator::controller::{self, reporter};
@@ -21,13 +22,6 @@ use switchyard_operator::metrics::Metrics;
 use switchyard_operator::shards::run_publisher;
 use tokio::sync::watch;
 use tracing::info;
-use tracing_subscriber::EnvFilter;
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
 
 #[derive(Debug, Parser)]
 #[command(version = env!("SWITCHYARD_VERSION"), about)]
@@ -78,15 +72,6 @@ struct Args {
     shard_budget_bytes: usize,
 }
 
-fn init_logs(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
 /// The leader's work: the ProxyConfig controller and the shard publisher,
 /// until `stop` turns true.
 async fn controllers(
@@ -132,7 +117,7 @@ async fn signalled() {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    init_logs(args.log_format);
+    switchyard_daemon::logs::init(args.log_format);
     let client = Client::try_default().await?;
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());

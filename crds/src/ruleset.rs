@@ -12,6 +12,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -373,6 +374,13 @@ pub struct ServicePortRule {
     #[serde(rename = "backends", default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_ENDPOINTS_PER_PORT))]
     pub endpoints: Vec<Endpoint>,
+    /// The newest `endpoints.kubernetes.io/last-change-trigger-time` of the
+    /// service's EndpointSlices: when the change these endpoints reflect was
+    /// made (a pod or the Service changed). Agents measure network programming
+    /// latency from it, as kube-proxy does. Absent from rulesets of older
+    /// operators and for slices without the annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change_trigger_time: Option<MicroTime>,
 }
 
 impl ServicePortRule {
@@ -403,6 +411,7 @@ impl ServicePortRule {
             session_affinity: None,
             traffic_distribution: None,
             endpoints: Vec::new(),
+            last_change_trigger_time: None,
         }
     }
 

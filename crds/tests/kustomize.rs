@@ -22,7 +22,7 @@ fn kustomize(dir: &str) -> String {
 }
 
 fn kinds(yaml: &str) -> Vec<String> {
-    serde_yaml::Deserializer::from_str(yaml)
+    serde_norway::Deserializer::from_str(yaml)
         .map(|d| {
             let v: serde_json::Value = serde::Deserialize::deserialize(d).unwrap();
             format!(

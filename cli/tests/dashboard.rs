@@ -129,8 +129,26 @@ fn dashboard_queries_only_exported_metrics() {
 #[test]
 fn a_misspelled_or_mistyped_name_is_caught() {
     let exported = exported();
-    assert!(family("kubeproxy_sync_proxy_rules_duration_seconds_bucket", &exported).is_some());
-    assert!(family("kubeproxy_sync_proxy_rules_duration_seconds_total", &exported).is_none());
+    assert!(
+        family(
+            "kubeproxy_sync_proxy_rules_duration_seconds_bucket",
+            &exported
+        )
+        .is_some()
+    );
+    assert!(
+        family(
+            "kubeproxy_sync_proxy_rules_duration_seconds_total",
+            &exported
+        )
+        .is_none()
+    );
     assert!(family("switchyard_programmed_objects_total", &exported).is_none());
-    assert!(family("kubeproxy_sync_proxy_rules_duration_second_bucket", &exported).is_none());
+    assert!(
+        family(
+            "kubeproxy_sync_proxy_rules_duration_second_bucket",
+            &exported
+        )
+        .is_none()
+    );
 }

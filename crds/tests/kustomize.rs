@@ -125,7 +125,11 @@ fn monitoring_component_adds_service_monitors_and_the_dashboard() {
         .arg(&overlay)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let built = String::from_utf8(out.stdout).unwrap();
     let kinds = kinds(&built);
     for expected in [
@@ -134,7 +138,10 @@ fn monitoring_component_adds_service_monitors_and_the_dashboard() {
         "ConfigMap/switchyard-dashboard",
         "DaemonSet/switchyard-agent",
     ] {
-        assert!(kinds.iter().any(|k| k == expected), "{expected} missing from {kinds:?}");
+        assert!(
+            kinds.iter().any(|k| k == expected),
+            "{expected} missing from {kinds:?}"
+        );
     }
     assert!(built.contains("grafana_dashboard: \"1\""), "{built}");
     assert!(built.contains("kubeproxy_network_programming_duration_seconds"));

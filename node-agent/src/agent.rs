@@ -573,6 +573,7 @@ impl Agent {
     }
 
     fn update_conditions_with(&mut self, outcome: &SyncOutcome) {
+        self.status.observed_generation = self.generation;
         let (ready, reason, message) = match outcome {
             SyncOutcome::Synced | SyncOutcome::Unchanged => {
                 match (self.active_mode(), self.status.failed_mode) {

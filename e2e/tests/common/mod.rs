@@ -19,6 +19,20 @@ pub fn lab_bin(name: &str) -> PathBuf {
         .to_path_buf()
 }
 
+/// The binary `name` of the workspace package `package` (the operator,
+/// the node agent), built by cargo if it is not up to date.
+pub fn workspace_bin(package: &str, name: &str) -> PathBuf {
+    escargot::CargoBuild::new()
+        .manifest_path(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"))
+        .package(package)
+        .bin(name)
+        .current_release()
+        .run()
+        .unwrap_or_else(|e| panic!("build {package}'s {name}: {e}"))
+        .path()
+        .to_path_buf()
+}
+
 /// Runs `scenario --mode <mode> e2e/scenarios` and asserts `N passed, 0 failed` with N > 0.
 pub fn every_scenario_passes(mode: &str) {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios");

@@ -386,3 +386,40 @@ fn sigterm_without_cleanup_on_exit_keeps_the_rules() {
     assert!(node.present(Mode::Nftables).unwrap());
     assert_served(&node.t.node, b"fail-static");
 }
+
+#[test]
+fn cleanup_logs_one_line_per_mode_as_json_or_text_without_colour() {
+    if skip() {
+        return;
+    }
+    let node = Node::new("logs");
+    let logs = |format: &str| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--log-format", format, "cleanup"])
+            .args(node.ebpf_args());
+        enter_on_exec(&mut cmd, node.t.node.open().unwrap());
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let json = logs("json");
+    let modes: Vec<String> = json
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| {
+            assert_eq!(v["level"], "INFO", "{v}");
+            v["fields"]["mode"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(modes, ["iptables", "ipvs", "nftables", "ebpf"]);
+    let text = logs("text");
+    assert!(
+        !text.contains('\u{1b}'),
+        "no ANSI codes off a terminal: {text:?}"
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.contains(" INFO ")).count(),
+        4,
+        "{text}"
+    );
+}

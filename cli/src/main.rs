@@ -106,10 +106,7 @@ enum Command {
     Operator(switchyard_operator::app::Args),
     /// The node agent (what `node-agent` runs): the demo's agent processes.
     #[command(name = AGENT_ROLE, hide = true)]
-    NodeAgent {
-        #[command(subcommand)]
-        command: switchyard_agent::app::Command,
-    },
+    NodeAgent(switchyard_agent::app::Cli),
 }
 
 /// What a person runs.
@@ -207,7 +204,7 @@ fn main() -> ExitCode {
     // The roles set up their own logs, as their binaries do.
     let command = match Cli::parse().command {
         Command::Operator(args) => return role(switchyard_operator::app::run(args)),
-        Command::NodeAgent { command } => return role(switchyard_agent::app::run(command)),
+        Command::NodeAgent(cli) => return role(switchyard_agent::app::run(cli)),
         Command::User(command) => command,
     };
     tracing_subscriber::fmt()
@@ -221,6 +218,7 @@ fn main() -> ExitCode {
                 }),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if matches!(
         command,

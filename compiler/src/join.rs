@@ -92,6 +92,7 @@ pub(crate) fn join_service(
         .collect();
     ServiceIds { ports: previous }.release_all(ids);
 
+    let trigger_time = slices.iter().filter_map(|s| s.trigger_time.clone()).max();
     let mut rules = Vec::with_capacity(templates.len());
     for ((template, (key, endpoints)), port_ids) in templates.iter().zip(ports).zip(&mut kept) {
         let port_ids = port_ids.take().unwrap_or_else(|| PortIds {
@@ -115,6 +116,7 @@ pub(crate) fn join_service(
         rules.push(ServicePortRule {
             id: port_ids.id,
             endpoints,
+            last_change_trigger_time: trigger_time.clone(),
             ..template.clone()
         });
         held.ports.push((

@@ -1,4 +1,5 @@
-//! The labels that opt an object out of (or into) this proxy.
+//! The labels that opt an object out of (or into) this proxy, and the
+//! annotation of the change an EndpointSlice reflects.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +11,9 @@ pub const SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
 pub const HEADLESS: &str = "service.kubernetes.io/headless";
 /// Names the Service an EndpointSlice belongs to.
 pub const SERVICE_NAME: &str = "kubernetes.io/service-name";
+/// An annotation the EndpointSlice controller sets: when the change the
+/// slice reflects was made (RFC 3339).
+pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
 /// kube-proxy's informer selector (`service-proxy-name` and `headless` absent),
 /// except that a `service-proxy-name` equal to ours is accepted.

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_yaml::Value;
+use serde_norway::Value;
 use switchyard_api::ProxyConfig;
 
 /// The objects of a YAML stream, by kind, in stream order.
@@ -43,7 +43,7 @@ pub enum LoadError {
     #[error("{location}: not valid YAML: {source}")]
     Yaml {
         location: Location,
-        source: serde_yaml::Error,
+        source: serde_norway::Error,
     },
     #[error("{location}: the object has no kind")]
     MissingKind { location: Location },
@@ -58,7 +58,7 @@ pub enum LoadError {
         name: String,
         /// The serde path of the bad field, e.g. `spec.ports[0].port`.
         path: String,
-        source: serde_yaml::Error,
+        source: serde_norway::Error,
     },
 }
 
@@ -84,7 +84,7 @@ impl Objects {
 /// `kubectl get -o yaml` writes them). Empty documents are skipped.
 pub fn parse_objects(yaml: &str) -> Result<Objects, LoadError> {
     let mut objects = Objects::default();
-    for (index, document) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
+    for (index, document) in serde_norway::Deserializer::from_str(yaml).enumerate() {
         let location = Location {
             document: index + 1,
             item: None,

@@ -176,6 +176,7 @@ fn service_ports(
             session_affinity,
             traffic_distribution: traffic_distribution.clone(),
             endpoints: Vec::new(),
+            last_change_trigger_time: None,
         });
     }
     ports.sort_by(|a, b| PortKey::of(a).cmp(&PortKey::of(b)));

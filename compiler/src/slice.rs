@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use switchyard_api::ruleset::{IpFamily, Protocol};
 use switchyard_api::validation::{NameFormat, check_endpoint_ip, check_hints, quoted};
 
@@ -21,6 +22,8 @@ pub(crate) struct SliceInfo {
     pub service: Option<String>,
     pub ports: Vec<SlicePort>,
     pub endpoints: Vec<EndpointFacts>,
+    /// Its `endpoints.kubernetes.io/last-change-trigger-time`.
+    pub trigger_time: Option<MicroTime>,
     pub diagnostics: Vec<Diagnostic>,
 }
 
@@ -70,6 +73,7 @@ pub(crate) fn slice_info(
         service: None,
         ports: Vec::new(),
         endpoints: Vec::new(),
+        trigger_time: None,
         diagnostics: Vec::new(),
     };
     let (Some(family), true) = (family, labels::proxied_by_us(labels_map, settings)) else {
@@ -121,8 +125,20 @@ pub(crate) fn slice_info(
         service: Some(service.clone()),
         ports,
         endpoints,
+        trigger_time: trigger_time(slice),
         diagnostics: reporter.out,
     }
+}
+
+/// The slice's last-change trigger time; one that does not parse is ignored,
+/// as kube-proxy ignores it (it only feeds a latency metric).
+fn trigger_time(slice: &EndpointSlice) -> Option<MicroTime> {
+    let text = slice
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(labels::LAST_CHANGE_TRIGGER_TIME)?;
+    text.parse().ok().map(MicroTime)
 }
 
 fn slice_port(index: usize, port: &EndpointPort, reporter: &mut Reporter<'_>) -> Option<SlicePort> {

@@ -144,7 +144,7 @@ fn render(input: &str) -> String {
         diagnostics: compiled.diagnostics.iter().map(|d| d.to_string()).collect(),
         linked,
     };
-    serde_yaml::to_string(&output).unwrap()
+    serde_norway::to_string(&output).unwrap()
 }
 
 #[test]

@@ -406,3 +406,74 @@ fn loader_reads_lists_and_names_the_bad_field() {
         "document 1: kind \"Pod\" is not supported (Service, EndpointSlice, Node, ProxyConfig or a List)"
     );
 }
+
+const TRIGGER_TIMES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{name: http, port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-a
+  namespace: shop
+  labels: {kubernetes.io/service-name: web}
+  annotations: {endpoints.kubernetes.io/last-change-trigger-time: "2026-03-01T10:00:05Z"}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints: [{addresses: [10.0.1.1], conditions: {ready: true}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-b
+  namespace: shop
+  labels: {kubernetes.io/service-name: web}
+  annotations: {endpoints.kubernetes.io/last-change-trigger-time: "2026-03-01T10:00:09.250Z"}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints: [{addresses: [10.0.1.2], conditions: {ready: true}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: plain, namespace: shop}
+spec:
+  clusterIP: 10.96.0.11
+  ports: [{name: http, port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: plain-a
+  namespace: shop
+  labels: {kubernetes.io/service-name: plain}
+  annotations: {endpoints.kubernetes.io/last-change-trigger-time: "not a time"}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints: [{addresses: [10.0.1.3], conditions: {ready: true}}]
+"#;
+
+#[test]
+fn newest_last_change_trigger_time_of_the_slices_reaches_the_rule() {
+    let compiled = compile_yaml(TRIGGER_TIMES);
+    let web = port(&compiled, "web", "http");
+    let time = web.last_change_trigger_time.as_ref().unwrap();
+    assert_eq!(
+        time.0.to_string(),
+        "2026-03-01T10:00:09.25Z",
+        "the newer slice's"
+    );
+    let plain = port(&compiled, "plain", "http");
+    assert_eq!(plain.last_change_trigger_time, None, "unparsable: ignored");
+    let wire = serde_json::to_value(web).unwrap();
+    assert_eq!(wire["lastChangeTriggerTime"], "2026-03-01T10:00:09.250000Z");
+    assert!(
+        serde_json::to_value(plain)
+            .unwrap()
+            .get("lastChangeTriggerTime")
+            .is_none()
+    );
+}

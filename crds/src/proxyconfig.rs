@@ -9,6 +9,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use crate::mode::Mode;
+use crate::validation::schema::conditions;
 
 /// A duration in Go syntax as kube-proxy's flags take it: `500ms`, `30s`, `1m30s`, `2h`.
 pub type DurationString = String;
@@ -21,6 +22,7 @@ const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
     group = "switchyard.dev",
     version = "v1alpha1",
     kind = "ProxyConfig",
+    doc = "ProxyConfig picks the service dataplane (iptables, ipvs, nftables or ebpf) for one pool of nodes and how a change of mode rolls out: nodes switch in verified batches and failures roll back. Written by you; status by the operator.",
     plural = "proxyconfigs",
     shortname = "pxc",
     status = "ProxyConfigStatus",
@@ -212,6 +214,8 @@ pub struct IpvsSettings {
     /// kube-proxy, so the weighted schedulers behave like their plain forms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduler: Option<IpvsScheduler>,
+    /// IPVS scheduler flags (kube-proxy's `ipvs.schedulerFlags`, e.g. the
+    /// `mh` scheduler's `flag-1` fallback); none by default.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scheduler_flags: Vec<IpvsSchedulerFlag>,
     /// Reply to ARP only for addresses on the receiving interface
@@ -294,10 +298,12 @@ pub struct Verification {
 #[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyConfigStatus {
+    /// The `metadata.generation` of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready`, `Progressing`, `Degraded`, `Conflict`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(transform = conditions)]
     pub conditions: Vec<Condition>,
     /// Nodes in the pool.
     #[serde(default)]
@@ -345,7 +351,9 @@ pub struct RolloutStatus {
     pub phase: RolloutPhase,
     /// Nodes that report `to` applied and verified.
     pub updated: u32,
+    /// Nodes of the pool.
     pub total: u32,
+    /// Nodes whose switch to `to` failed (they count against the failure budget).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_nodes: Vec<String>,
     /// The spec generation this rollout is for.

@@ -18,6 +18,7 @@ use crate::validation::schema::conditions;
     group = "switchyard.dev",
     version = "v1alpha1",
     kind = "ProxyNode",
+    doc = "ProxyNode is one node's proxy state: the mode its pool wants (spec, written by the operator) and what the node agent applied (status, written by that node's agent). One per node, named after it and deleted with it.",
     plural = "proxynodes",
     shortname = "pxn",
     status = "ProxyNodeStatus",
@@ -65,7 +66,9 @@ pub struct SwitchStatus {
 #[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AppliedCounts {
+    /// Service ports in the applied ruleset.
     pub service_ports: u32,
+    /// Endpoints of those service ports, over the whole cluster.
     pub endpoints: u32,
     /// Rules, map entries or virtual servers, in the mode's own unit.
     pub objects: u32,
@@ -75,6 +78,10 @@ pub struct AppliedCounts {
 #[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyNodeStatus {
+    /// The ProxyNode `metadata.generation` (its spec: the target mode) the
+    /// agent last acted on, whether the sync succeeded, waited or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
     /// The dataplane carrying this node's service traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_mode: Option<Mode>,
@@ -101,6 +108,7 @@ pub struct ProxyNodeStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(transform = conditions)]
     pub conditions: Vec<Condition>,
+    /// The last sync or switch error, cleared by the next success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_MESSAGE_LENGTH))]
     pub last_error: Option<String>,

@@ -12,6 +12,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -247,13 +248,17 @@ pub struct Endpoint {
     /// Stable id, unique across the ruleset while this endpoint exists.
     #[schemars(range(max = u32::MAX))]
     pub id: u32,
+    /// The endpoint's first address.
     #[schemars(regex(pattern = ip_pattern()), length(max = IP_MAX_LENGTH))]
     pub ip: IpAddr,
+    /// The target port (the EndpointSlice port matching the service port).
     #[schemars(range(min = 1))]
     pub port: u16,
+    /// The node the endpoint runs on (`nodeName`), for Local traffic policies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DNS1123_SUBDOMAIN_PATTERN), length(max = SUBDOMAIN_MAX_LENGTH))]
     pub node_name: Option<String>,
+    /// The endpoint's zone, for topology hints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = LABEL_VALUE_PATTERN), length(max = LABEL_MAX_LENGTH))]
     pub zone: Option<String>,
@@ -314,8 +319,10 @@ pub struct ServicePortRule {
     /// Stable id, unique across the ruleset while this service port exists.
     #[schemars(range(max = u32::MAX))]
     pub id: u32,
+    /// The Service's namespace.
     #[schemars(regex(pattern = DNS1123_LABEL_PATTERN), length(max = LABEL_MAX_LENGTH))]
     pub namespace: String,
+    /// The Service's name.
     #[schemars(regex(pattern = DNS1035_LABEL_PATTERN), length(max = LABEL_MAX_LENGTH))]
     pub name: String,
     /// The port's name; empty for a single unnamed port.
@@ -336,6 +343,7 @@ pub struct ServicePortRule {
         inner(regex(pattern = ip_pattern()), length(max = IP_MAX_LENGTH))
     )]
     pub cluster_ips: Vec<IpAddr>,
+    /// `spec.externalIPs`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = MAX_EXTERNAL_IPS),
@@ -349,12 +357,15 @@ pub struct ServicePortRule {
         inner(regex(pattern = ip_pattern()), length(max = IP_MAX_LENGTH))
     )]
     pub load_balancer_ips: Vec<IpAddr>,
+    /// `spec.loadBalancerSourceRanges`: who may reach the load-balancer IPs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_SOURCE_RANGES))]
     pub load_balancer_source_ranges: Vec<Cidr>,
+    /// The port's `nodePort`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub node_port: Option<u16>,
+    /// `spec.healthCheckNodePort` (externalTrafficPolicy Local).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub health_check_node_port: Option<u16>,
@@ -365,14 +376,23 @@ pub struct ServicePortRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_affinity: Option<SessionAffinity>,
     /// `spec.trafficDistribution`, for display; routing follows the endpoints'
-    /// hints as kube-proxy does ([`crate::policy`]).
+    /// hints as kube-proxy does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = traffic_distribution_pattern()))]
     pub traffic_distribution: Option<String>,
     // `backends` on the wire: the name predates the rename, and the wire format stays.
+    /// Every endpoint of the port in the cluster, with the facts a node needs
+    /// to pick its own (node, zone, conditions, hints).
     #[serde(rename = "backends", default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_ENDPOINTS_PER_PORT))]
     pub endpoints: Vec<Endpoint>,
+    /// The newest `endpoints.kubernetes.io/last-change-trigger-time` of the
+    /// service's EndpointSlices: when the change these endpoints reflect was
+    /// made (a pod or the Service changed). Agents measure network programming
+    /// latency from it, as kube-proxy does. Absent from rulesets of older
+    /// operators and for slices without the annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change_trigger_time: Option<MicroTime>,
 }
 
 impl ServicePortRule {
@@ -403,6 +423,7 @@ impl ServicePortRule {
             session_affinity: None,
             traffic_distribution: None,
             endpoints: Vec::new(),
+            last_change_trigger_time: None,
         }
     }
 
@@ -432,6 +453,7 @@ impl ServicePortRule {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Ruleset {
+    /// One entry per (Service, port).
     #[schemars(length(max = MAX_SERVICE_PORTS_PER_SHARD))]
     pub services: Vec<ServicePortRule>,
 }
@@ -453,6 +475,7 @@ pub struct ShardLayout {
     group = "switchyard.dev",
     version = "v1alpha1",
     kind = "ProxyRuleset",
+    doc = "ProxyRuleset is one shard of the cluster's compiled, mode-neutral service rules, written by the operator and read by every node agent. Not for editing: the operator rewrites it.",
     plural = "proxyrulesets",
     shortname = "prs",
     printcolumn = r#"{"name":"SHARD","type":"integer","jsonPath":".spec.shard"}"#,

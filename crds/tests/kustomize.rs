@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
 fn kustomize(dir: &str) -> String {
@@ -22,7 +22,7 @@ fn kustomize(dir: &str) -> String {
 }
 
 fn kinds(yaml: &str) -> Vec<String> {
-    serde_yaml::Deserializer::from_str(yaml)
+    serde_norway::Deserializer::from_str(yaml)
         .map(|d| {
             let v: serde_json::Value = serde::Deserialize::deserialize(d).unwrap();
             format!(
@@ -78,6 +78,8 @@ fn base_is_the_deployment_without_its_workloads() {
     assert_eq!(
         workloads,
         [
+            "Service/switchyard-agent-metrics",
+            "Service/switchyard-operator-metrics",
             "Deployment/switchyard-operator",
             "DaemonSet/switchyard-agent"
         ]
@@ -87,4 +89,60 @@ fn base_is_the_deployment_without_its_workloads() {
             &"ValidatingAdmissionPolicyBinding/switchyard-agent-own-node-only".to_string()
         )
     );
+}
+
+/// `path` relative to `from` (kustomize takes no absolute resource paths).
+fn relative(from: &Path, path: &Path) -> PathBuf {
+    let (from, path) = (from.canonicalize().unwrap(), path.canonicalize().unwrap());
+    let common = from
+        .components()
+        .zip(path.components())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let ups = from.components().count() - common;
+    std::iter::repeat_n(Component::ParentDir.as_os_str(), ups)
+        .chain(path.components().skip(common).map(|c| c.as_os_str()))
+        .collect()
+}
+
+#[test]
+fn monitoring_component_adds_service_monitors_and_the_dashboard() {
+    let overlay = Path::new(env!("CARGO_TARGET_TMPDIR")).join("monitoring-overlay");
+    std::fs::create_dir_all(&overlay).unwrap();
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    let config = relative(&overlay, &config);
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        format!(
+            "resources: [{}]\ncomponents: [{}]\n",
+            config.display(),
+            config.join("components/monitoring").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&overlay)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let built = String::from_utf8(out.stdout).unwrap();
+    let kinds = kinds(&built);
+    for expected in [
+        "ServiceMonitor/switchyard-agent",
+        "ServiceMonitor/switchyard-operator",
+        "ConfigMap/switchyard-dashboard",
+        "DaemonSet/switchyard-agent",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == expected),
+            "{expected} missing from {kinds:?}"
+        );
+    }
+    assert!(built.contains("grafana_dashboard: \"1\""), "{built}");
+    assert!(built.contains("kubeproxy_network_programming_duration_seconds"));
 }

@@ -17,7 +17,7 @@ fn root() -> PathBuf {
 /// The openAPIV3Schema of every version of every committed CRD, by kind.
 fn schemas() -> Vec<(String, Value)> {
     let text = std::fs::read_to_string(root().join("yaml/crds.yaml")).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
+    serde_norway::Deserializer::from_str(&text)
         .map(|doc| {
             let crd: Value = serde::Deserialize::deserialize(doc).unwrap();
             let kind = crd["spec"]["names"]["kind"].as_str().unwrap().to_string();
@@ -56,7 +56,7 @@ fn problems(object: &Value) -> Vec<String> {
 
 fn documents(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
+    serde_norway::Deserializer::from_str(&text)
         .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
         .filter(|v: &Value| {
             ["ProxyConfig", "ProxyRuleset", "ProxyNode"].contains(&v["kind"].as_str().unwrap_or(""))

@@ -3,7 +3,9 @@
 //!
 //! - [`http`]: the accept loop of their HTTP endpoints, the handler shape,
 //!   the plain-text and OpenMetrics replies (`/metrics`).
+//! - [`logs`]: text or JSON log lines, colour only on a terminal.
 //! - [`signal`]: waiting for SIGTERM (what Kubernetes sends a pod) or Ctrl-C.
 
 pub mod http;
+pub mod logs;
 pub mod signal;

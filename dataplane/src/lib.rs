@@ -165,19 +165,28 @@ impl<B: Backend> Dataplane for B {
     }
 }
 
-/// The dataplane for `mode`, running kernel tools through `runner`.
+/// The dataplane for `mode`, running kernel tools through `runner`; eBPF
+/// with a node's defaults (/sys/fs/bpf/switchyard and the cgroup v2 root).
+/// Tests must not use it for eBPF: they build the backend on a scratch bpffs
+/// and a child cgroup (ebpf::scratch, the lab's EbpfHooks).
 pub fn for_mode(mode: Mode, runner: Arc<dyn Runner>) -> Result<Box<dyn Dataplane>, BackendError> {
+    for_mode_with(mode, runner, ebpf::kernel::KernelConfig::for_node())
+}
+
+/// As [`for_mode`], with eBPF's programs pinned and attached where `ebpf` says.
+pub fn for_mode_with(
+    mode: Mode,
+    runner: Arc<dyn Runner>,
+    ebpf: ebpf::kernel::KernelConfig,
+) -> Result<Box<dyn Dataplane>, BackendError> {
     match mode {
         Mode::Iptables => Ok(Box::new(iptables::IptablesBackend::new(
             runner,
             Arc::new(sysctl::ProcSysctl),
         ))),
         Mode::Nftables => Ok(Box::new(nftables::NftablesBackend::new(runner))),
-        // A node's defaults: /sys/fs/bpf/switchyard and the cgroup v2 ROOT.
-        // Tests must not use this arm: they build the backend on a scratch
-        // bpffs and a child cgroup (ebpf::scratch, the lab's EbpfHooks).
         Mode::Ebpf => Ok(Box::new(ebpf::EbpfBackend::new(
-            ebpf::kernel::AyaKernel::new(ebpf::kernel::KernelConfig::for_node()),
+            ebpf::kernel::AyaKernel::new(ebpf),
         ))),
         Mode::Ipvs => Ok(Box::new(ipvs::IpvsBackend::open(runner)?)),
     }

@@ -37,7 +37,7 @@ fn read_json(path: &Path) -> Value {
 fn read_yaml(relative: &str) -> Value {
     let path = repo().join(relative);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{relative}: {e}"));
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{relative}: {e}"))
+    serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{relative}: {e}"))
 }
 
 /// Runs a command to completion; panics with its stderr when it fails.

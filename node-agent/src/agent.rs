@@ -31,11 +31,12 @@ use switchyard_dataplane::settings::Settings;
 use switchyard_dataplane::{ApplyStats, BackendError, Dataplane};
 use tokio::time::Instant;
 
+use crate::changes::ChangeTracker;
 use crate::events::{EventSink, refused_event};
 use crate::health::{HealthCheckServers, ProxyHealth, health_check_services};
 use crate::http::HttpServers;
 use crate::inputs::{InputKey, Inputs};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SyncReport};
 use crate::node::{being_deleted, node_info, pod_cidrs};
 use crate::status::{StatusReporter, set_condition};
 use crate::switch::{
@@ -156,6 +157,8 @@ pub struct Agent {
     linker: ShardLinker,
     /// Why the newest shard generation is refused.
     refused: Option<RefusedShard>,
+    /// The service ports last applied, for the change metrics.
+    changes: ChangeTracker,
     synced_key: Option<InputKey>,
     status: ProxyNodeStatus,
     settings: Settings,
@@ -183,7 +186,9 @@ impl Checkpoints for Recorder<'_> {
 
 impl Agent {
     pub fn new(parts: AgentParts) -> Agent {
+        let started = (parts.wall_clock)();
         Agent {
+            changes: ChangeTracker::new(started),
             parts,
             active: None,
             recovered: false,
@@ -525,11 +530,15 @@ impl Agent {
         let now = (self.parts.wall_clock)();
         let took = started.elapsed();
         let mode = self.active_mode();
+        let changes = self.changes.applied(linked, now);
         if let Some(mode) = mode {
-            let waited = queued_at.map(|q| q.elapsed());
-            self.parts
-                .metrics
-                .synced(mode, took, waited, stats.objects, now);
+            let sync = SyncReport {
+                duration: took,
+                full: stats.full,
+                waited: queued_at.map(|q| q.elapsed()),
+                changes,
+            };
+            self.parts.metrics.synced(mode, &sync, stats.objects, now);
         }
         self.parts.health.updated(now);
         if let Some(hc) = self.parts.health_checks.as_mut() {
@@ -564,6 +573,7 @@ impl Agent {
     }
 
     fn update_conditions_with(&mut self, outcome: &SyncOutcome) {
+        self.status.observed_generation = self.generation;
         let (ready, reason, message) = match outcome {
             SyncOutcome::Synced | SyncOutcome::Unchanged => {
                 match (self.active_mode(), self.status.failed_mode) {

@@ -11,12 +11,15 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use switchyard_api::Mode;
 use switchyard_api::duration::parse_duration;
+use switchyard_daemon::logs::{self, LogFormat};
 use switchyard_daemon::signal::shutdown_requested;
 use switchyard_dataplane::BackendError;
+use switchyard_dataplane::ebpf::kernel::{DEFAULT_PIN_ROOT, KernelConfig};
 use switchyard_dataplane::exec::RealRunner;
 use switchyard_dataplane::kubeproxy::KubeProxyNftables;
 
 use crate::agent::{Agent, AgentParts};
+use crate::cleanup;
 use crate::events::ApiEvents;
 use crate::health::{HealthCheckServers, ProxyHealth, proxy_health_handler};
 use crate::http::{HttpServers, Rebindable};
@@ -38,12 +41,24 @@ Examples:
   node-agent apply --mode iptables --state ./demo --node-name node-a --dry-run
 
   # Re-apply whenever a file in the directory changes
-  node-agent apply --mode ipvs --state ./demo --node-name node-a --watch-dir";
+  node-agent apply --mode ipvs --state ./demo --node-name node-a --watch-dir
+
+  # Remove every mode's rules, interfaces, sets and BPF objects from this node
+  node-agent cleanup";
 
 /// The Switchyard node agent.
-#[derive(Parser)]
+#[derive(Debug, Parser)]
 #[command(name = "node-agent", version = env!("SWITCHYARD_VERSION"), about, after_help = EXAMPLES)]
 pub struct Cli {
+    /// Log lines as text or as one JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHYARD_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -57,6 +72,44 @@ pub enum Command {
     /// Compile the Services/EndpointSlices (and optional Node, ProxyConfig) YAML
     /// of a directory and apply them with one mode, without a cluster.
     Apply(ApplyArgs),
+    /// Remove every object of every Switchyard mode from this node (iptables
+    /// chains, nftables tables, IPVS virtual servers, kube-ipvs0 and ipsets,
+    /// eBPF programs, links and pins) and nothing else, then exit.
+    Cleanup(CleanupArgs),
+}
+
+/// Where the eBPF mode keeps its objects.
+#[derive(Debug, clap::Args)]
+pub struct EbpfArgs {
+    /// The bpffs directory eBPF mode pins its maps and links under.
+    #[arg(long, default_value = DEFAULT_PIN_ROOT)]
+    bpf_pin_root: PathBuf,
+    /// The cgroup v2 directory the socket programs attach to. Default: the
+    /// cgroup v2 root (every process and pod of the node).
+    #[arg(long)]
+    bpf_cgroup: Option<PathBuf>,
+}
+
+impl EbpfArgs {
+    fn kernel_config(&self) -> KernelConfig {
+        let node = KernelConfig::for_node();
+        KernelConfig {
+            pin_root: self.bpf_pin_root.clone(),
+            cgroup: self.bpf_cgroup.clone().or(node.cgroup),
+            ..node
+        }
+    }
+
+    fn factory(&self) -> BackendFactory {
+        BackendFactory::with_ebpf(Arc::new(RealRunner), self.kernel_config())
+    }
+}
+
+/// The flags of `cleanup`.
+#[derive(Debug, clap::Args)]
+pub struct CleanupArgs {
+    #[command(flatten)]
+    ebpf: EbpfArgs,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -88,6 +141,11 @@ pub struct RunArgs {
     /// Minimum time between status writes (mode-switch steps are written at once).
     #[arg(long, default_value = "5s", value_parser = duration)]
     status_min_interval: Duration,
+    /// On SIGTERM or Ctrl-C, remove every mode's objects from this node before
+    /// exiting (as `node-agent cleanup`), instead of leaving the rules in place.
+    /// For uninstalling; an agent update must not set it.
+    #[arg(long, env = "SWITCHYARD_CLEANUP_ON_EXIT")]
+    cleanup_on_exit: bool,
 }
 
 /// The flags of `apply`.
@@ -114,11 +172,31 @@ pub struct ApplyArgs {
     /// Print the rendered plan instead of applying it.
     #[arg(long)]
     dry_run: bool,
+    /// With --watch-dir: on SIGTERM or Ctrl-C, remove every mode's objects
+    /// from this node before exiting (as `node-agent cleanup`).
+    #[arg(long, requires = "watch_dir")]
+    cleanup_on_exit: bool,
+    #[command(flatten)]
+    ebpf: EbpfArgs,
 }
 
-async fn shutdown_signal() {
+async fn shutdown_signal(cleanup_on_exit: bool) {
     shutdown_requested().await;
-    tracing::info!("shutting down; the applied rules stay in place");
+    if cleanup_on_exit {
+        tracing::info!("shutting down; removing every mode's objects (--cleanup-on-exit)");
+    } else {
+        tracing::info!("shutting down; the applied rules stay in place");
+    }
+}
+
+/// `node-agent cleanup`, and `--cleanup-on-exit`: an error when a mode's
+/// objects could not all be removed.
+fn clean_node(factory: &BackendFactory) -> Result<(), AppError> {
+    if cleanup::clean_and_log(factory) {
+        Ok(())
+    } else {
+        Err(AppError::CleanupIncomplete)
+    }
 }
 
 async fn run_agent(args: RunArgs) -> Result<(), AppError> {
@@ -126,7 +204,8 @@ async fn run_agent(args: RunArgs) -> Result<(), AppError> {
         .await
         .map_err(AppError::Client)?;
     let runner = Arc::new(RealRunner);
-    let factory: Arc<dyn DataplaneFactory> = Arc::new(BackendFactory::new(runner.clone()));
+    let backends = Arc::new(BackendFactory::new(runner.clone()));
+    let factory: Arc<dyn DataplaneFactory> = backends.clone();
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(ProxyHealth::new(args.healthz_timeout));
 
@@ -169,7 +248,11 @@ async fn run_agent(args: RunArgs) -> Result<(), AppError> {
     });
     let (watches, events) = watch::start(client, &args.node_name);
     tracing::info!(node = %args.node_name, "node agent started");
-    sync::run(&mut agent, events, || watches.inputs(), shutdown_signal()).await;
+    let stop = shutdown_signal(args.cleanup_on_exit);
+    sync::run(&mut agent, events, || watches.inputs(), stop).await;
+    if args.cleanup_on_exit {
+        return clean_node(&backends);
+    }
     Ok(())
 }
 
@@ -180,7 +263,8 @@ async fn apply(args: ApplyArgs) -> Result<(), AppError> {
         node_name: args.node_name,
         node_ips: args.node_ips,
     };
-    let mut dataplane = switchyard_dataplane::for_mode(args.mode, Arc::new(RealRunner))?;
+    let factory = args.ebpf.factory();
+    let mut dataplane = factory.build(args.mode)?;
     if args.dry_run {
         let prepared = standalone::prepare(&opts)?;
         println!(
@@ -194,9 +278,13 @@ async fn apply(args: ApplyArgs) -> Result<(), AppError> {
             dataplane.as_mut(),
             &opts,
             args.poll_interval,
-            shutdown_signal(),
+            shutdown_signal(args.cleanup_on_exit),
         )
         .await;
+        if args.cleanup_on_exit {
+            drop(dataplane);
+            return clean_node(&factory);
+        }
         return Ok(());
     }
     let stats = standalone::apply_once(dataplane.as_mut(), &opts)?;
@@ -215,20 +303,23 @@ pub enum AppError {
     #[error(transparent)]
     Backend(#[from] BackendError),
     #[error(transparent)]
-    Standalone(#[from] StandaloneError),
+    Standalone(Box<StandaloneError>),
+    #[error("some objects could not be removed (see the errors above)")]
+    CleanupIncomplete,
 }
 
-/// Run `command` (with the agent's logs on standard error).
-pub async fn run(command: Command) -> Result<(), AppError> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match command {
+impl From<StandaloneError> for AppError {
+    fn from(e: StandaloneError) -> AppError {
+        AppError::Standalone(Box::new(e))
+    }
+}
+
+/// Run the command line (with the agent's logs on standard error).
+pub async fn run(cli: Cli) -> Result<(), AppError> {
+    logs::init(cli.log_format);
+    match cli.command {
         Command::Run(args) => run_agent(args).await,
         Command::Apply(args) => apply(args).await,
+        Command::Cleanup(args) => clean_node(&args.ebpf.factory()),
     }
 }

@@ -5,6 +5,8 @@
 
 pub mod agent;
 pub mod app;
+pub mod changes;
+pub mod cleanup;
 pub mod events;
 pub mod health;
 pub mod http;

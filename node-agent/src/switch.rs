@@ -26,6 +26,7 @@ use switchyard_api::proxyconfig::Verification;
 use switchyard_api::proxynode::{ProxyNodeStatus, SwitchStatus, SwitchStep};
 use switchyard_api::ruleset::ServicePortRule;
 
+use switchyard_dataplane::ebpf::kernel::KernelConfig;
 use switchyard_dataplane::exec::Runner;
 use switchyard_dataplane::kubeproxy::Leftovers;
 use switchyard_dataplane::settings::Settings;
@@ -39,17 +40,24 @@ pub trait DataplaneFactory: Send + Sync {
 /// Builds the real backends, running kernel tools through `runner`.
 pub struct BackendFactory {
     runner: Arc<dyn Runner>,
+    ebpf: KernelConfig,
 }
 
 impl BackendFactory {
+    /// eBPF where a node keeps it ([`KernelConfig::for_node`]).
     pub fn new(runner: Arc<dyn Runner>) -> BackendFactory {
-        BackendFactory { runner }
+        BackendFactory::with_ebpf(runner, KernelConfig::for_node())
+    }
+
+    /// eBPF's pins and cgroup where `ebpf` says.
+    pub fn with_ebpf(runner: Arc<dyn Runner>, ebpf: KernelConfig) -> BackendFactory {
+        BackendFactory { runner, ebpf }
     }
 }
 
 impl DataplaneFactory for BackendFactory {
     fn build(&self, mode: Mode) -> Result<Box<dyn Dataplane>, BackendError> {
-        switchyard_dataplane::for_mode(mode, self.runner.clone())
+        switchyard_dataplane::for_mode_with(mode, self.runner.clone(), self.ebpf.clone())
     }
 }
 

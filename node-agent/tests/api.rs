@@ -214,6 +214,7 @@ async fn agent_lists_watches_switches_and_writes_status_by_server_side_apply() {
             "apiVersion": "switchyard.dev/v1alpha1",
             "kind": "ProxyNode",
             "status": {
+                "observedGeneration": 1,
                 "appliedMode": "nftables",
                 "appliedEpoch": 1,
                 "appliedShards": {"switchyard-e1-0000": 1},

@@ -17,7 +17,9 @@ mod common;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 
-use common::netns::{Netns, POD_IP, Topology, connect_from, echo_roundtrip, netns, ok, topology};
+use common::netns::{
+    Netns, POD_IP, Topology, connect_from, echo_roundtrip, netns, ok, topology, write_web_state,
+};
 use common::*;
 use switchyard_agent::agent::SyncOutcome;
 use switchyard_agent::inputs::Inputs;
@@ -401,22 +403,7 @@ fn standalone_apply_command_programs_the_node() {
     let t = topology("cli");
     let tmp = TempDir::new("cli-state");
     let dir = &tmp.0;
-    let state = "apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: default}
-spec:
-  clusterIP: 10.96.0.10
-  clusterIPs: [10.96.0.10]
-  ports: [{port: 80, targetPort: 8080, protocol: TCP}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
-addressType: IPv4
-ports: [{name: \"\", port: 8080, protocol: TCP}]
-endpoints: [{addresses: [10.200.0.2], nodeName: node-b, conditions: {ready: true}}]
-";
-    std::fs::write(dir.join("web.yaml"), state).unwrap();
+    write_web_state(dir);
     let bin = env!("CARGO_BIN_EXE_node-agent");
     let dir_arg = dir.to_string_lossy().into_owned();
     let args = [

@@ -9,14 +9,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
 use switchyard_compiler::{CompileSettings, DEFAULT_SHARD_BUDGET_BYTES};
+use switchyard_daemon::logs::LogFormat;
 use switchyard_daemon::signal::{Shutdown, shutdown_requested};
 use tokio::sync::watch;
 use tracing::info;
-use tracing_subscriber::EnvFilter;
 
 use crate::clock::SystemClock;
 use crate::controller::{self, reporter};
@@ -25,12 +25,6 @@ use crate::http::{Health, serve};
 use crate::leader::{LeaderElector, LeaseSettings, run_while_leader};
 use crate::metrics::Metrics;
 use crate::shards::run_publisher;
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
 
 /// The operator's flags.
 #[derive(Debug, Parser)]
@@ -80,15 +74,6 @@ pub struct Args {
     /// one object may hold).
     #[arg(long, default_value_t = DEFAULT_SHARD_BUDGET_BYTES)]
     shard_budget_bytes: usize,
-}
-
-fn init_logs(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
 }
 
 /// The leader's work: the ProxyConfig controller and the shard publisher,
@@ -150,7 +135,7 @@ pub enum StartError {
 
 /// Run the operator until SIGTERM or Ctrl-C.
 pub async fn run(args: Args) -> Result<(), StartError> {
-    init_logs(args.log_format);
+    switchyard_daemon::logs::init(args.log_format);
     let client = Client::try_default().await.map_err(StartError::Client)?;
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());

@@ -16,6 +16,10 @@ pub fn traffic_distribution_pattern() -> String {
 /// (type, reason and message lengths, reason's pattern, the status values).
 pub fn conditions(schema: &mut Schema) {
     schema.insert("maxItems".into(), MAX_CONDITIONS.into());
+    // One condition per type, merged by type under server-side apply
+    // (metav1.Condition's +listType=map, +listMapKey=type).
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert("x-kubernetes-list-map-keys".into(), json!(["type"]));
     let Some(props) = schema
         .get_mut("items")
         .and_then(|items| items.get_mut("properties"))

@@ -87,7 +87,7 @@ pub enum ScenarioError {
     Parse {
         path: String,
         #[source]
-        source: serde_yaml::Error,
+        source: serde_norway::Error,
     },
     #[error("scenario {path}: {what}")]
     Invalid { path: String, what: String },
@@ -250,7 +250,7 @@ impl Scenario {
             path: path.to_string(),
             source,
         };
-        let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(parse_err)?;
+        let value: serde_norway::Value = serde_norway::from_str(text).map_err(parse_err)?;
         // `flatten` cannot deny unknown fields itself.
         if let Some(map) = value.as_mapping() {
             let known = ["node", "services", "endpointSlices", "flows", "steps"];
@@ -264,7 +264,7 @@ impl Scenario {
                 });
             }
         }
-        let scenario: Scenario = serde_yaml::from_value(value).map_err(parse_err)?;
+        let scenario: Scenario = serde_norway::from_value(value).map_err(parse_err)?;
         let invalid = |what: String| ScenarioError::Invalid {
             path: path.to_string(),
             what,

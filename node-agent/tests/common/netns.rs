@@ -64,3 +64,24 @@ pub fn echo_roundtrip(stream: &mut TcpStream, msg: &[u8]) -> std::io::Result<Vec
     stream.read_exact(&mut buf)?;
     Ok(buf)
 }
+
+/// A state directory for `node-agent apply`: the service web (10.96.0.10:80)
+/// with the pod's echo server as its endpoint on another node.
+pub fn write_web_state(dir: &std::path::Path) {
+    let state = "apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10]
+  ports: [{port: 80, targetPort: 8080, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: \"\", port: 8080, protocol: TCP}]
+endpoints: [{addresses: [10.200.0.2], nodeName: node-b, conditions: {ready: true}}]
+";
+    std::fs::write(dir.join("web.yaml"), state).unwrap();
+}

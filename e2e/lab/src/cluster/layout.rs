@@ -317,7 +317,7 @@ impl Layout {
     pub fn state_yaml(&self, mode: Mode, max_unavailable: u32) -> String {
         self.objects(mode, max_unavailable)
             .iter()
-            .map(|o| format!("---\n{}", serde_yaml::to_string(o).unwrap_or_default()))
+            .map(|o| format!("---\n{}", serde_norway::to_string(o).unwrap_or_default()))
             .collect()
     }
 }

@@ -255,7 +255,7 @@ impl Cluster {
     ) -> Result<String, ClusterError> {
         let file = self.cp.dir().join("proxyconfig.yaml");
         let yaml =
-            serde_yaml::to_string(&Layout::proxy_config(mode, max_unavailable)).map_err(|e| {
+            serde_norway::to_string(&Layout::proxy_config(mode, max_unavailable)).map_err(|e| {
                 ClusterError::Layout {
                     object: "ProxyConfig".into(),
                     message: e.to_string(),

@@ -77,7 +77,7 @@ pub fn write(
         current_context: Some(NAME.into()),
         ..Kubeconfig::default()
     };
-    let yaml = serde_yaml::to_string(&config).map_err(|e| ControlPlaneError::Kubeconfig {
+    let yaml = serde_norway::to_string(&config).map_err(|e| ControlPlaneError::Kubeconfig {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;

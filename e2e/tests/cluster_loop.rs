@@ -142,6 +142,8 @@ async fn kubectl_apply_programs_every_node(cluster: &Cluster) {
             ("Progressing", ("False", "NoRollout")),
             ("Degraded", ("False", "AsExpected")),
             ("Conflict", ("False", "NoConflict")),
+            ("Reconciling", ("False", "Reconciled")),
+            ("Stalled", ("False", "NotStalled")),
         ])
     );
     assert_eq!(status.rollout, None);

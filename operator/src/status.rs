@@ -1,6 +1,13 @@
 //! `ProxyConfig.status` from the pool's nodes, its rollout and its conflicts:
-//! counts, and the `Ready`, `Progressing`, `Degraded` and `Conflict` conditions
-//! with messages a person can act on.
+//! counts, and the `Ready`, `Progressing`, `Degraded`, `Conflict`,
+//! `Reconciling` and `Stalled` conditions with messages a person can act on.
+//!
+//! Every condition carries the generation it describes. `Reconciling` and
+//! `Stalled` follow kstatus (what Flux and `kubectl wait` pipelines read): while
+//! the pool is not `Ready`, exactly one of them is True unless the pool selects
+//! no node — `Reconciling` while nodes are still being switched or waited for,
+//! `Stalled` when the pool will not reach `spec.mode` without a change by a
+//! person (a halted or rolled-back rollout, failed nodes, an invalid spec).
 
 use std::collections::BTreeMap;
 
@@ -58,11 +65,17 @@ pub fn aggregate(input: &StatusInput<'_>) -> ProxyConfigStatus {
     let ready_nodes = count(&|n| n.settled_on(input.mode));
     let updated_nodes = count(&|n| n.target == Some(input.mode));
     let nodes = u32::try_from(input.nodes.len()).unwrap_or(u32::MAX);
+    let ready = ready_condition(input, ready_nodes, nodes);
+    let progressing = progressing_condition(input);
+    let stalled = stalled_condition(input, ready.ok);
+    let reconciling = reconciling_condition(input, &ready, &progressing, stalled.ok);
     let conditions = [
-        ready_condition(input, ready_nodes, nodes),
-        progressing_condition(input),
+        ready,
+        progressing,
         degraded_condition(input),
         conflict_condition(input),
+        reconciling,
+        stalled,
     ]
     .into_iter()
     .map(|c| keep_transition_time(c, input))
@@ -126,6 +139,14 @@ fn failed_nodes(r: &RolloutStatus) -> String {
 
 fn ready_condition(input: &StatusInput<'_>, ready: u32, total: u32) -> Cond {
     let mode = input.mode;
+    if !input.problems.is_empty() {
+        return Cond {
+            type_: "Ready",
+            ok: false,
+            reason: "InvalidSpec",
+            message: input.problems.join("; "),
+        };
+    }
     if total == 0 {
         return Cond {
             type_: "Ready",
@@ -251,6 +272,102 @@ fn progressing_condition(input: &StatusInput<'_>) -> Cond {
         reason,
         message,
     }
+}
+
+/// kstatus' `Stalled`: the pool will not reach `spec.mode` on its own.
+fn stalled_condition(input: &StatusInput<'_>, ready: bool) -> Cond {
+    let stalled = |reason, message| Cond {
+        type_: "Stalled",
+        ok: true,
+        reason,
+        message,
+    };
+    if !input.problems.is_empty() {
+        return stalled("InvalidSpec", input.problems.join("; "));
+    }
+    let rollout = input.rollout.filter(|r| r.to == input.mode);
+    match rollout.map(|r| r.phase) {
+        Some(RolloutPhase::Halted) => {
+            return stalled(
+                "RolloutHalted",
+                "the rollout stopped: more nodes failed than spec.rollout.failureBudget allows; raise the budget or change spec.mode".into(),
+            );
+        }
+        Some(RolloutPhase::RollingBack | RolloutPhase::RolledBack) => {
+            return stalled(
+                "RolledBack",
+                format!(
+                    "more nodes failed to switch to {} than spec.rollout.failureBudget allows and the pool goes back; change the spec to try again",
+                    input.mode
+                ),
+            );
+        }
+        Some(RolloutPhase::Progressing | RolloutPhase::Paused) => {}
+        Some(RolloutPhase::Complete) | None if !ready => {
+            let failed: Vec<&str> = input
+                .nodes
+                .iter()
+                .filter(|n| n.target == Some(input.mode) && n.failed == n.target)
+                .map(|n| n.name.as_str())
+                .chain(
+                    rollout
+                        .iter()
+                        .flat_map(|r| r.failed_nodes.iter().map(String::as_str)),
+                )
+                .collect();
+            if !failed.is_empty() {
+                return stalled(
+                    "NodesFailed",
+                    format!(
+                        "{} nodes failed to switch to {} and are not retried: {}",
+                        failed.len(),
+                        input.mode,
+                        name_list(failed)
+                    ),
+                );
+            }
+        }
+        Some(RolloutPhase::Complete) | None => {}
+    }
+    Cond {
+        type_: "Stalled",
+        ok: false,
+        reason: "NotStalled",
+        message: "nothing stops the pool from reaching spec.mode".into(),
+    }
+}
+
+/// kstatus' `Reconciling`: the current generation is still being rolled out.
+fn reconciling_condition(
+    input: &StatusInput<'_>,
+    ready: &Cond,
+    progressing: &Cond,
+    stalled: bool,
+) -> Cond {
+    let waiting = !ready.ok && !stalled && !input.nodes.is_empty();
+    let (ok, reason, message) = match input.rollout.map(|r| r.phase) {
+        _ if !waiting => (
+            false,
+            "Reconciled",
+            format!("nothing left to do for generation {}", generation(input)),
+        ),
+        Some(RolloutPhase::Progressing | RolloutPhase::Paused) => {
+            (true, progressing.reason, progressing.message.clone())
+        }
+        _ => (true, "NodesSwitching", ready.message.clone()),
+    };
+    Cond {
+        type_: "Reconciling",
+        ok,
+        reason,
+        message,
+    }
+}
+
+fn generation(input: &StatusInput<'_>) -> String {
+    input
+        .generation
+        .map_or_else(|| "unknown".into(), |g| g.to_string())
 }
 
 fn degraded_condition(input: &StatusInput<'_>) -> Cond {

@@ -384,6 +384,11 @@ async fn a_thousand_healthy_nodes_switch_in_batches_of_ten_percent() {
         ("False", "RolloutComplete")
     );
     assert_eq!(condition(&out.status, "Degraded"), ("False", "AsExpected"));
+    assert_eq!(
+        condition(&out.status, "Reconciling"),
+        ("False", "Reconciled")
+    );
+    assert_eq!(condition(&out.status, "Stalled"), ("False", "NotStalled"));
     // Ten batches of at most 34 simulated seconds each.
     assert!(
         out.elapsed <= Duration::from_secs(10 * 37),
@@ -429,6 +434,7 @@ async fn failures_within_the_budget_finish_with_those_nodes_on_the_old_mode() {
     );
     assert_eq!(condition(&out.status, "Degraded"), ("True", "NodesFailed"));
     assert_eq!(condition(&out.status, "Ready"), ("False", "NodesNotReady"));
+    assert_eq!(condition(&out.status, "Stalled"), ("True", "NodesFailed"));
     let timed_out = names_where(&behaviours, |b| b == Behaviour::Hang);
     let reported_timeouts = out
         .events
@@ -478,6 +484,7 @@ async fn failures_over_the_budget_roll_the_whole_pool_back() {
         condition(&out.status, "Progressing"),
         ("False", "RolledBack")
     );
+    assert_eq!(condition(&out.status, "Stalled"), ("True", "RolledBack"));
     assert!(out.events.iter().any(|e| matches!(
         e,
         PoolEvent::Rollout(RolloutEvent::RollbackStarted {

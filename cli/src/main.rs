@@ -8,11 +8,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use clap_complete::Shell;
 use switchyard_api::Mode;
 use switchyard_cli::demo::{AGENT_ROLE, DemoOptions, Layout, OPERATOR_ROLE, run_demo};
 use switchyard_cli::diff::{DiffRequest, diff};
 use switchyard_cli::input::load_state;
+use switchyard_cli::manuals::mode_parser;
 use switchyard_cli::plan::{Cluster, PlanRequest, exit, plan};
 
 const PLAN_EXAMPLES: &str = "\
@@ -74,17 +76,39 @@ Examples:
 
 Needs Kubernetes' programs in target/k8s/bin (built by e2e/k8s/build.sh).";
 
+const COMPLETION_EXAMPLES: &str = "\
+Examples:
+  # bash, for this shell and for every new one:
+  source <(switchyard completion bash)
+  switchyard completion bash > /etc/bash_completion.d/switchyard
+
+  # zsh (a directory on $fpath), fish:
+  switchyard completion zsh > \"${fpath[1]}/_switchyard\"
+  switchyard completion fish > ~/.config/fish/completions/switchyard.fish";
+
+const MAN_EXAMPLES: &str = "\
+Examples:
+  # Pages for switchyard and its commands, node-agent and switchyard-operator:
+  sudo switchyard man /usr/local/share/man/man1
+  man switchyard-plan
+
+  # Read one without installing:
+  switchyard man ./man && man -l ./man/switchyard-diff.1";
+
 const CRDGEN_EXAMPLES: &str = "\
 Examples:
   switchyard crdgen > crds.yaml
   switchyard crdgen | kubectl apply -f -";
 
+const ABOUT: &str = "Plan, compare and demonstrate Switchyard's service dataplanes";
+const AFTER_HELP: &str = "Run `switchyard <command> --help` for examples.";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "switchyard",
     version = env!("SWITCHYARD_VERSION"),
-    about = "Plan, compare and demonstrate Switchyard's service dataplanes",
-    after_help = "Run `switchyard <command> --help` for examples."
+    about = ABOUT,
+    after_help = AFTER_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -122,8 +146,8 @@ enum UserCommand {
         /// Plan only this node (default: every Node in the input).
         #[arg(long)]
         node: Option<String>,
-        /// Render this mode instead of the pool's (iptables, ipvs, nftables, ebpf).
-        #[arg(long)]
+        /// Render this mode instead of the pool's.
+        #[arg(long, value_parser = mode_parser())]
         mode: Option<Mode>,
         /// `text` for people, `json` for pipelines.
         #[arg(long, value_enum, default_value = "text")]
@@ -133,10 +157,10 @@ enum UserCommand {
     #[command(after_help = DIFF_EXAMPLES)]
     Diff {
         /// The mode the nodes run now.
-        #[arg(long)]
+        #[arg(long, value_parser = mode_parser())]
         from: Mode,
         /// The mode to compare it with.
-        #[arg(long)]
+        #[arg(long, value_parser = mode_parser())]
         to: Mode,
         /// Kubernetes YAML: files, directories, or - for standard input
         /// (repeatable; at most 512 MiB in all).
@@ -161,14 +185,27 @@ enum UserCommand {
     /// Print the CustomResourceDefinitions as YAML.
     #[command(after_help = CRDGEN_EXAMPLES)]
     Crdgen,
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    #[command(after_help = COMPLETION_EXAMPLES)]
+    Completion {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Write manual pages (switchyard, its commands, node-agent, switchyard-operator) into a directory.
+    #[command(after_help = MAN_EXAMPLES)]
+    Man {
+        /// Where the pages go (created if missing).
+        dir: PathBuf,
+    },
     /// Build a small cluster from network namespaces and migrate it live between two modes.
     #[command(after_help = DEMO_EXAMPLES)]
     Demo {
         /// The mode every node starts in.
-        #[arg(long, default_value = "iptables")]
+        #[arg(long, default_value = "iptables", value_parser = mode_parser())]
         from: Mode,
         /// The mode the pool migrates to.
-        #[arg(long, default_value = "nftables")]
+        #[arg(long, default_value = "nftables", value_parser = mode_parser())]
         to: Mode,
         /// Nodes (network namespaces with their pods).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=8))]
@@ -198,6 +235,18 @@ enum LabAction {
     },
     /// Stop a running `lab up` and remove what a killed one left.
     Down,
+}
+
+/// `switchyard` as a person uses it: [`Cli`] without the hidden roles, for
+/// completions and manual pages (clap_complete would offer hidden commands).
+fn user_cli() -> clap::Command {
+    UserCommand::augment_subcommands(
+        clap::Command::new("switchyard")
+            .version(env!("SWITCHYARD_VERSION"))
+            .about(ABOUT)
+            .after_help(AFTER_HELP)
+            .subcommand_required(true),
+    )
 }
 
 fn main() -> ExitCode {
@@ -306,6 +355,20 @@ fn run(command: UserCommand) -> Result<u8, String> {
             action: LabAction::Down,
         } => {
             switchyard_cli::lab::down(&mut std::io::stdout())?;
+            Ok(exit::OK)
+        }
+        UserCommand::Completion { shell } => {
+            switchyard_cli::manuals::completion(user_cli(), shell, &mut std::io::stdout());
+            Ok(exit::OK)
+        }
+        UserCommand::Man { dir } => {
+            let commands = vec![
+                user_cli(),
+                switchyard_agent::app::Cli::command(),
+                switchyard_operator::app::Args::command(),
+            ];
+            switchyard_cli::manuals::write_man_pages(commands, &dir).map_err(|e| e.to_string())?;
+            println!("manual pages written to {}", dir.display());
             Ok(exit::OK)
         }
         UserCommand::Crdgen => {

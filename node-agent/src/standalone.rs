@@ -153,7 +153,8 @@ pub fn apply_once(
 
 /// Apply, then poll the directory every `poll` and apply again when its files
 /// change, until `shutdown` completes. Errors are logged and the last applied
-/// rules stay; the next change is tried again.
+/// rules stay; a failed apply is tried again on every poll, but the error is
+/// logged once per change of the directory (or of the error), not every poll.
 pub async fn watch(
     dataplane: &mut dyn Dataplane,
     opts: &StandaloneOptions,
@@ -161,6 +162,8 @@ pub async fn watch(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let mut applied: Option<Vec<u8>> = None;
+    // The directory's digest (None: unreadable) and the error last logged.
+    let mut reported: Option<(Option<Vec<u8>>, String)> = None;
     let mut ticks = tokio::time::interval(poll);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -169,22 +172,26 @@ pub async fn watch(
             () = &mut shutdown => return,
             _ = ticks.tick() => {}
         }
-        let digest = match fingerprint(&opts.state) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(error = %e, "reading the state directory failed; keeping the rules");
+        let (digest, error) = match fingerprint(&opts.state) {
+            Err(e) => (None, e),
+            Ok(d) if applied.as_ref() == Some(&d) => {
+                reported = None;
                 continue;
             }
+            Ok(d) => match apply_once(dataplane, opts) {
+                Ok(stats) => {
+                    tracing::info!(objects = stats.objects, written = stats.written, "applied");
+                    applied = Some(d);
+                    reported = None;
+                    continue;
+                }
+                Err(e) => (Some(d), e),
+            },
         };
-        if applied.as_ref() == Some(&digest) {
-            continue;
-        }
-        match apply_once(dataplane, opts) {
-            Ok(stats) => {
-                tracing::info!(objects = stats.objects, written = stats.written, "applied");
-                applied = Some(digest);
-            }
-            Err(e) => tracing::error!(error = %e, "apply failed; keeping the previous rules"),
+        let now = (digest, error.to_string());
+        if reported.as_ref() != Some(&now) {
+            tracing::error!(error = %error, "state directory not applied; keeping the previous rules until it changes");
+            reported = Some(now);
         }
     }
 }

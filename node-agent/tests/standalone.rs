@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod common;
@@ -166,6 +167,97 @@ async fn watch_dir_reapplies_on_change_and_keeps_rules_on_bad_input() {
             .matches(',')
             .count(),
         1
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
+
+/// The log lines of the calling thread, as text.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
+
+impl Logs {
+    fn count(&self, needle: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_state_directory_that_stays_broken_is_reported_once_per_change_not_every_poll() {
+    let logs = Logs::default();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .finish(),
+    );
+    let dir = TempDir::new("broken");
+    std::fs::write(dir.0.join("service.yaml"), SERVICE).unwrap();
+    std::fs::write(dir.0.join("slice.yaml"), slice(&["10.0.1.5"])).unwrap();
+    let kernel = FakeKernel::default();
+    let opts = options(&dir);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let k = kernel.clone();
+    let task = tokio::spawn(async move {
+        let mut dp = k.factory().build(Mode::Nftables).unwrap();
+        watch(dp.as_mut(), &opts, Duration::from_secs(1), async {
+            let _ = stopped.await;
+        })
+        .await;
+    });
+    let polls = |n: u64| async move {
+        for _ in 0..n {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            for _ in 0..50 {
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    const REPORT: &str = "state directory not applied";
+    polls(1).await;
+    assert_eq!(kernel.syncs().len(), 1);
+
+    std::fs::write(dir.0.join("slice.yaml"), "kind: [").unwrap();
+    polls(10).await;
+    assert_eq!(
+        logs.count(REPORT),
+        1,
+        "one report for ten polls of the same broken directory"
+    );
+    std::fs::write(dir.0.join("slice.yaml"), "kind: {").unwrap();
+    polls(5).await;
+    assert_eq!(logs.count(REPORT), 2, "a new report for a new change");
+    assert_eq!(kernel.syncs().len(), 1, "nothing broken was applied");
+
+    std::fs::write(dir.0.join("slice.yaml"), slice(&["10.0.1.6"])).unwrap();
+    polls(3).await;
+    assert_eq!(kernel.syncs().len(), 2);
+    std::fs::write(dir.0.join("slice.yaml"), "kind: {").unwrap();
+    polls(5).await;
+    assert_eq!(
+        logs.count(REPORT),
+        3,
+        "broken again after a good state: reported again"
     );
     stop.send(()).unwrap();
     task.await.unwrap();

@@ -10,7 +10,11 @@
 //!   over within the lease time and finishes the rollout; the API server's
 //!   audit log shows no write by a replica that did not hold the Lease;
 //! - a rollout whose verification cannot pass (its Service has no endpoints)
-//!   rolls back by itself.
+//!   rolls back by itself;
+//! - `kubectl wait --for=condition=Ready` started right after the mode patch
+//!   returns only with the rollout of that generation complete, and one for
+//!   `Stalled` returns as soon as the failing rollout rolls back (the
+//!   README's fail-fast recipe), while Ready stays unmet.
 //!
 //! Nothing is refused to the operators or agents (`config/rbac` exactly).
 //! Needs root.
@@ -23,8 +27,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    CONVERGE, all_on, finish, nodes_until, nothing_lost, patch_pool, pool_until, settled_on, start,
-    summary,
+    CONVERGE, all_on, finish, kubectl_wait, nodes_until, nothing_lost, patch_pool, pool_until,
+    settled_on, start, summary,
 };
 use k8s_openapi::api::core::v1::Service;
 use kube::api::PostParams;
@@ -33,7 +37,7 @@ use serde_json::json;
 use switchyard_api::proxyconfig::RolloutPhase;
 use switchyard_api::proxynode::SwitchStep;
 use switchyard_api::{Mode, ProxyNode};
-use switchyard_lab::cluster::layout::{NAMESPACE, SERVICE_HTTP_PORT};
+use switchyard_lab::cluster::layout::{NAMESPACE, PROXY_CONFIG, SERVICE_HTTP_PORT};
 use switchyard_lab::cluster::wait::until;
 use switchyard_lab::cluster::{Cluster, LEASE};
 use switchyard_lab::controlplane::audit::AuditEvent;
@@ -126,6 +130,7 @@ async fn a_mode_patch_rolls_out_in_batches_across_a_leader_kill() {
     let watched = tokio::spawn(rollout_watched(cluster.client(), Mode::Nftables, 3));
     let rollout = Instant::now();
     patch_pool(&cluster, r#"{"spec":{"mode":"nftables"}}"#);
+    let waited_ready = kubectl_wait(&cluster, "Ready");
 
     // Paused after the first batch: the batch in flight finishes, no other starts.
     let first_batch = targeting(&cluster, Mode::Nftables, 1).await;
@@ -181,6 +186,25 @@ async fn a_mode_patch_rolls_out_in_batches_across_a_leader_kill() {
     })
     .await;
     println!("rollout done in {:.1?}: {seen:?}", rollout.elapsed());
+    // What kubectl saw when its wait returned: no earlier than the end.
+    let waited = waited_ready.await.unwrap();
+    let status = waited.status.clone().unwrap();
+    let r = status.rollout.clone().unwrap();
+    assert_eq!(
+        (
+            r.to,
+            r.phase,
+            status.ready_nodes,
+            status.observed_generation
+        ),
+        (
+            Mode::Nftables,
+            RolloutPhase::Complete,
+            3,
+            waited.metadata.generation
+        ),
+        "kubectl wait returned before the rollout was complete: {status:?}"
+    );
     assert_eq!(seen.most_unavailable, 1, "maxUnavailable is 1");
     assert_eq!(seen.verified.len(), 3, "every switch verified: {seen:?}");
 
@@ -225,6 +249,7 @@ async fn a_rollout_that_cannot_verify_rolls_back(cluster: &Cluster) {
         }}}})
         .to_string(),
     );
+    let stalled = kubectl_wait(cluster, "Stalled");
     let status = pool_until(cluster, "the failed rollout rolled back", |s| {
         let r = s.rollout.as_ref().ok_or("no rollout")?;
         (r.to == Mode::Iptables && r.phase == RolloutPhase::RolledBack)
@@ -244,6 +269,33 @@ async fn a_rollout_that_cannot_verify_rolls_back(cluster: &Cluster) {
         .collect();
     assert_eq!(conditions["Ready"], ("False", "RolledBack"));
     assert_eq!(conditions["Degraded"], ("True", "RolledBack"));
+    assert_eq!(conditions["Stalled"], ("True", "RolledBack"));
+    let seen = stalled.await.unwrap().status.unwrap();
+    let phase = seen.rollout.as_ref().map(|r| (r.to, r.phase));
+    assert!(
+        matches!(
+            phase,
+            Some((
+                Mode::Iptables,
+                RolloutPhase::RollingBack | RolloutPhase::RolledBack
+            ))
+        ),
+        "kubectl wait for Stalled returned at {phase:?}"
+    );
+    let verdict = cluster
+        .kubectl()
+        .output(&[
+            "wait",
+            "--for=condition=Ready",
+            &format!("proxyconfig/{PROXY_CONFIG}"),
+            "--timeout=0",
+        ])
+        .unwrap();
+    assert!(
+        !verdict.status.success(),
+        "Ready holds after a rollback: {}",
+        String::from_utf8_lossy(&verdict.stdout)
+    );
     all_on(cluster, Mode::Nftables).await;
 
     let events = cluster

@@ -42,6 +42,34 @@ pub async fn start(nodes: u8, services: u8, operators: u8) -> Cluster {
     cluster
 }
 
+/// `kubectl wait --for=condition=CONDITION proxyconfig/…` started now and run
+/// beside the test: the pool's ProxyConfig as kubectl saw it when the
+/// condition held for the current generation (`-o json`). The process is
+/// killed when the handle or the test's runtime goes.
+pub fn kubectl_wait(cluster: &Cluster, condition: &str) -> tokio::task::JoinHandle<ProxyConfig> {
+    let mut command = tokio::process::Command::from(cluster.kubectl().command(&[
+        "wait",
+        &format!("--for=condition={condition}"),
+        &format!("proxyconfig/{PROXY_CONFIG}"),
+        "--timeout=600s",
+        "-o",
+        "json",
+    ]));
+    command
+        .kill_on_drop(true)
+        .stdin(std::process::Stdio::null());
+    let condition = condition.to_string();
+    tokio::spawn(async move {
+        let out = command.output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl wait --for=condition={condition}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    })
+}
+
 /// Wait until `check` passes on the pool's ProxyConfig status.
 pub async fn pool_until<T>(
     cluster: &Cluster,

@@ -231,7 +231,7 @@ fn a_ready_status_of_an_older_generation_does_not_satisfy_the_wait() {
     let r = rollout(RolloutPhase::Complete, 4, 0);
     let mut c = pool(&nodes(4, 0, 0), Some(&r), &[]);
     c.metadata.generation = Some(2);
-    assert_eq!(kubectl_wait_ready(&c), false);
+    assert!(!kubectl_wait_ready(&c));
     assert_eq!(kstatus(&c), "InProgress");
     assert_eq!(argo_health(&c).0, "Progressing");
 }

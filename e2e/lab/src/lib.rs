@@ -10,6 +10,7 @@
 //! - [`runner`]: compile, link, apply, send connections, judge, report.
 //! - [`vm`]: Debian's stock kernel in qemu, for IPVS when the host lacks it.
 //! - [`controlplane`]: etcd, kube-apiserver and kube-controller-manager on loopback.
+//! - [`reference`]: the real kube-proxy in a node of its own, the reference.
 //! - [`netns`], [`cleanup`]: the test kit's network namespaces and its cleanup
 //!   registry (what is undone on drop and on SIGINT/SIGTERM), which the lab's
 //!   users reach through it (`switchyard-testkit`).
@@ -19,6 +20,7 @@ pub mod controlplane;
 pub mod ebpf;
 pub mod hooks;
 pub mod probe;
+pub mod reference;
 pub mod runner;
 pub mod scenario;
 pub mod topology;
@@ -43,4 +45,6 @@ pub enum HarnessError {
     Netns(#[from] netns::NetnsError),
     #[error(transparent)]
     Scenario(#[from] scenario::ScenarioError),
+    #[error(transparent)]
+    ControlPlane(#[from] controlplane::ControlPlaneError),
 }

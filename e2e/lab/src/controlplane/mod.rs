@@ -53,6 +53,8 @@ use crate::netns::Netns;
 
 /// Services get cluster IPs from here; the `kubernetes` Service has the first.
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+/// The IPv6 range of the dual-stack cluster (dual-stack Services need one).
+pub const SERVICE_CIDR6: &str = "fd00:10:96::/112";
 const KUBERNETES_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
 /// Deadlock guard for each readiness wait (a start takes seconds; a loaded
 /// two-core machine building in parallel can stretch that a lot).
@@ -115,6 +117,8 @@ pub enum ControlPlaneError {
     NoToken { service_account: String },
     #[error("kubectl {args}: {stderr}")]
     Kubectl { args: String, stderr: String },
+    #[error("no ServiceCIDR can hold cluster IP {ip} without covering a flow's destination")]
+    NoServiceCidr { ip: IpAddr },
     #[error("forwarding into network namespace {netns}: {source}")]
     Forward {
         netns: String,
@@ -185,7 +189,7 @@ impl ControlPlane {
             &dir,
             port,
             &pki,
-            SERVICE_CIDR,
+            &format!("{SERVICE_CIDR},{SERVICE_CIDR6}"),
         ))?);
         let client = kubeconfig::client(&admin).await?;
         wait_until(&mut running.daemons, "the API server (/readyz)", || {

@@ -1,0 +1,18 @@
+//! Every flow of every scenario in `e2e/scenarios/` is sent to a Switchyard
+//! node and to a node run by the real kube-proxy of the pinned release, the
+//! state written through a real API server; a flow passes only when both
+//! meet the scenario, or the difference is on the one list of deliberate
+//! differences (`switchyard_lab::reference::differences`). Needs root and
+//! `target/k8s/bin` (`e2e/k8s/build.sh`).
+
+mod common;
+
+#[test]
+fn switchyard_and_kube_proxy_agree_on_every_scenario_with_iptables() {
+    common::every_scenario_passes_with("iptables", &["--reference", "kube-proxy"]);
+}
+
+#[test]
+fn switchyard_and_kube_proxy_agree_on_every_scenario_with_nftables() {
+    common::every_scenario_passes_with("nftables", &["--reference", "kube-proxy"]);
+}

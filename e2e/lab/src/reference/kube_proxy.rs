@@ -8,7 +8,8 @@
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use switchyard_api::Mode;
 
@@ -26,12 +27,18 @@ const HEALTHZ_PORT: u16 = 10256;
 const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(20);
 
-/// kube-proxy's counters and gauges the harness reads.
+/// kube-proxy's metrics the harness reads: watch events taken in (one
+/// count per family's proxier for a Service, one for an EndpointSlice, which
+/// only its family's proxier takes); per family, syncs completed (the
+/// histogram's count, observed after stale conntrack entries are deleted),
+/// when a sync was last asked for and when one last programmed the rules.
 const SERVICE_CHANGES: &str = "kubeproxy_sync_proxy_rules_service_changes_total";
 const ENDPOINT_CHANGES: &str = "kubeproxy_sync_proxy_rules_endpoint_changes_total";
-const SERVICE_PENDING: &str = "kubeproxy_sync_proxy_rules_service_changes_pending";
-const ENDPOINT_PENDING: &str = "kubeproxy_sync_proxy_rules_endpoint_changes_pending";
-const LAST_SYNC: &str = "kubeproxy_sync_proxy_rules_last_timestamp_seconds";
+const SYNCS: &str = "kubeproxy_sync_proxy_rules_duration_seconds_count";
+const QUEUED: &str = "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds";
+const PROGRAMMED: &str = "kubeproxy_sync_proxy_rules_last_timestamp_seconds";
+/// kube-proxy runs a proxier per family the kernel has: both, here.
+const FAMILIES: usize = 2;
 
 /// A running kube-proxy; killed on drop (and by the cleanup registry).
 pub struct KubeProxy {
@@ -40,11 +47,22 @@ pub struct KubeProxy {
 }
 
 /// One reading of kube-proxy's metrics.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Counters {
-    pub changes: Changes,
-    pending: f64,
-    last_sync: f64,
+    pub service_changes: u64,
+    pub endpoint_changes: u64,
+    /// Completed syncs by family.
+    syncs: BTreeMap<String, u64>,
+    queued: BTreeMap<String, f64>,
+    programmed: BTreeMap<String, f64>,
+}
+
+impl Counters {
+    fn has(&self, changes: Changes, families: u64) -> bool {
+        self.syncs.len() == FAMILIES
+            && self.service_changes >= families * changes.services
+            && self.endpoint_changes >= changes.endpoint_slices
+    }
 }
 
 fn setup(what: &str, message: impl ToString) -> HarnessError {
@@ -65,10 +83,8 @@ fn args(mode: Mode, node: &NodeSpec, node_ip: IpAddr, kubeconfig: &Path) -> Vec<
         "--conntrack-tcp-timeout-close-wait=0".into(),
         format!("--healthz-bind-address={}", SocketAddr::new(node_ip, HEALTHZ_PORT)),
         format!("--metrics-bind-address={}", SocketAddr::new(node_ip, METRICS_PORT)),
-        // Every change synced at once; a periodic sync bounds the wait for a
-        // sync that ends after the harness looked (see `wait_synced`).
+        // Every change synced at once.
         "--iptables-min-sync-period=0".into(),
-        "--iptables-sync-period=1s".into(),
         "--oom-score-adj=0".into(),
         "--v=2".into(),
     ];
@@ -135,54 +151,85 @@ impl KubeProxy {
 
     pub fn counters(&self, ns: &Netns) -> Result<Counters, HarnessError> {
         let text = self.metrics(ns)?;
-        let value = |name: &str| metric(&text, name).unwrap_or(0.0);
         // Counters are whole numbers; truncation is exact.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let whole = |name: &str| value(name) as u64;
+        let whole = |v: f64| v as u64;
+        let total = |name: &str| whole(series(&text, name).values().sum());
         Ok(Counters {
-            changes: Changes {
-                services: whole(SERVICE_CHANGES),
-                endpoint_slices: whole(ENDPOINT_CHANGES),
-            },
-            pending: value(SERVICE_PENDING) + value(ENDPOINT_PENDING),
-            last_sync: value(LAST_SYNC),
+            service_changes: total(SERVICE_CHANGES),
+            endpoint_changes: total(ENDPOINT_CHANGES),
+            syncs: series(&text, SYNCS)
+                .into_iter()
+                .map(|(labels, v)| (labels, whole(v)))
+                .collect(),
+            queued: series(&text, QUEUED),
+            programmed: series(&text, PROGRAMMED),
         })
     }
 
-    /// Wait until kube-proxy has received `changes` more watch events than
-    /// `before` counted and a sync has ended since they were all taken in:
-    /// once nothing is pending, the sync that took the last change has
-    /// started; syncs run one at a time, so any sync that ends later
-    /// includes it (the periodic sync ends one soon if it had ended before).
+    /// Wait until kube-proxy has taken in the watch events of `changes`
+    /// more than `before` counted, in every family's proxier; what it then counts.
+    pub fn wait_taken_in(
+        &mut self,
+        ns: &Netns,
+        before: &Counters,
+        changes: Changes,
+    ) -> Result<Counters, HarnessError> {
+        let families = u64::try_from(FAMILIES).unwrap_or(2);
+        let want = Changes {
+            services: before.service_changes / families + changes.services,
+            endpoint_slices: before.endpoint_changes + changes.endpoint_slices,
+        };
+        self.poll(ns, &format!("{changes:?} taken in after {before:?}"), |seen| {
+            seen.has(want, families)
+        })
+    }
+
+    /// Wait until every family has completed a sync asked for after
+    /// `taken_in` was read (the harness's nudge, see
+    /// `ClusterState::nudge`): one that ended after the nudge was taken in
+    /// and programmed its rules after the last request. A sync that began
+    /// before the stage's changes were all taken in and is still running
+    /// after the nudge was taken in could pass for it; that needs a sync
+    /// longer than two API writes and two metrics reads.
     pub fn wait_synced(
         &mut self,
         ns: &Netns,
-        before: Counters,
-        changes: Changes,
-    ) -> Result<Duration, HarnessError> {
+        taken_in: &Counters,
+        nudge: Changes,
+    ) -> Result<(), HarnessError> {
+        let nudged = self.wait_taken_in(ns, taken_in, nudge)?;
+        self.poll(ns, "a sync after the nudge", |seen| {
+            nudged.syncs.iter().all(|(family, n)| {
+                let synced = seen.syncs.get(family).is_some_and(|m| m > n);
+                let queued = seen.queued.get(family).copied().unwrap_or(f64::MAX);
+                let programmed = seen.programmed.get(family).copied().unwrap_or(0.0);
+                synced && programmed >= queued
+            })
+        })?;
+        Ok(())
+    }
+
+    /// Read the metrics until `done` holds, within [`SYNC_TIMEOUT`].
+    fn poll(
+        &mut self,
+        ns: &Netns,
+        what: &str,
+        done: impl Fn(&Counters) -> bool,
+    ) -> Result<Counters, HarnessError> {
         let began = Instant::now();
-        let mut taken_in: Option<f64> = None;
         loop {
-            self.daemon.check_running("waiting for it to sync")?;
-            let now = unix_now();
+            self.daemon.check_running(&format!("waiting for {what}"))?;
             // Not up yet (a first start): treated as nothing seen.
             let seen = self.counters(ns).unwrap_or_default();
-            let received = seen.changes.services >= before.changes.services + changes.services
-                && seen.changes.endpoint_slices
-                    >= before.changes.endpoint_slices + changes.endpoint_slices;
-            match taken_in {
-                Some(t) if seen.last_sync >= t => return Ok(began.elapsed()),
-                None if received && seen.pending == 0.0 && seen.last_sync > 0.0 => {
-                    taken_in = Some(now);
-                }
-                _ => {}
+            if done(&seen) {
+                return Ok(seen);
             }
             if began.elapsed() > SYNC_TIMEOUT {
                 return Err(setup(
                     "kube-proxy sync",
                     format!(
-                        "not synced after {:?} (wanted {changes:?} more changes than {before:?}, \
-                         saw {seen:?}); see {}",
+                        "no {what} after {:?} (saw {seen:?}); see {}",
                         began.elapsed(),
                         self.log().display()
                     ),
@@ -193,25 +240,22 @@ impl KubeProxy {
     }
 }
 
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// The sum of every series of metric `name` in Prometheus' text format.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    let mut found = None;
+/// Every series of metric `name` in Prometheus' text format, by its labels.
+fn series(text: &str, name: &str) -> BTreeMap<String, f64> {
+    let mut found = BTreeMap::new();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let Some(rest) = line.strip_prefix(name) else {
             continue;
         };
-        if !(rest.starts_with(' ') || rest.starts_with('{')) {
-            continue;
-        }
-        let value = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
-        if let Some(v) = value {
-            found = Some(found.unwrap_or(0.0) + v);
+        let (labels, value) = match rest.strip_prefix('{') {
+            Some(r) => r.split_once("} ").unwrap_or(("", "")),
+            None => match rest.strip_prefix(' ') {
+                Some(v) => ("", v),
+                None => continue,
+            },
+        };
+        if let Ok(v) = value.trim().parse::<f64>() {
+            found.insert(labels.to_string(), v);
         }
     }
     found
@@ -219,12 +263,15 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::metric;
+    use super::series;
 
     #[test]
-    fn a_metric_sums_its_series_and_ignores_longer_names() {
+    fn series_are_keyed_by_labels_and_longer_names_ignored() {
         let text = "# HELP x y\nkubeproxy_a 2\nkubeproxy_a{f=\"1\"} 3\nkubeproxy_ab 7\n";
-        assert_eq!(metric(text, "kubeproxy_a"), Some(5.0));
-        assert_eq!(metric(text, "kubeproxy_b"), None);
+        let a = series(text, "kubeproxy_a");
+        assert_eq!(a.len(), 2);
+        assert_eq!(a.values().sum::<f64>(), 5.0);
+        assert_eq!(a.get("f=\"1\""), Some(&3.0));
+        assert!(series(text, "kubeproxy_b").is_empty());
     }
 }

@@ -114,7 +114,8 @@ impl Reference {
             &self.kubeconfig,
             &topology.node,
         )?;
-        kube_proxy.wait_synced(&topology.node, Counters::default(), Default::default())?;
+        // Both families' first sync (of nothing: the scenario comes later).
+        kube_proxy.wait_taken_in(&topology.node, &Counters::default(), Default::default())?;
         Ok(ReferenceNode {
             reference: self,
             topology,
@@ -140,8 +141,10 @@ impl ReferenceNode<'_> {
         let before = self.kube_proxy.counters(&self.topology.node)?;
         let reference = &mut *self.reference;
         let stored = reference.runtime.block_on(reference.state.apply(stage))?;
-        self.kube_proxy
-            .wait_synced(&self.topology.node, before, stored.changes)?;
+        let ns = &self.topology.node;
+        let taken_in = self.kube_proxy.wait_taken_in(ns, &before, stored.changes)?;
+        let nudge = reference.runtime.block_on(reference.state.nudge())?;
+        self.kube_proxy.wait_synced(ns, &taken_in, nudge)?;
         Ok(StoredState {
             services: stored.services,
             endpoint_slices: stored.endpoint_slices,

@@ -36,6 +36,8 @@ const STATE_LABEL: &str = "switchyard.dev/lab-state";
 /// `kubernetes` Service gets it, so both nodes see the scenario's Services only.
 const SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
 const ZONE: &str = "topology.kubernetes.io/zone";
+/// The Service name and `managed-by` of the nudge's EndpointSlices.
+const NUDGE: &str = "switchyard-lab-nudge";
 
 /// Watch events a stage's writes caused, per informer kube-proxy runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -56,11 +58,14 @@ pub struct Stored {
 pub struct ClusterState {
     client: kube::Client,
     namespaces: BTreeSet<String>,
+    /// The ServiceCIDRs the lab made (CIDR text).
     cidrs: BTreeSet<String>,
     /// Key (namespace/name) → the scenario object last written.
     services: BTreeMap<(String, String), Service>,
     slices: BTreeMap<(String, String), EndpointSlice>,
     node: Option<String>,
+    /// How many nudges were written.
+    nudges: u16,
 }
 
 fn api_err(operation: String) -> impl FnOnce(kube::Error) -> ControlPlaneError {
@@ -91,6 +96,7 @@ impl ClusterState {
             services: BTreeMap::new(),
             slices: BTreeMap::new(),
             node: None,
+            nudges: 0,
         })
     }
 
@@ -117,11 +123,14 @@ impl ClusterState {
             },
             ..Node::default()
         };
+        // Left by a run that failed half-way, or another file's.
+        delete(&nodes, &spec.name).await?;
         let op = || format!("create Node {}", spec.name);
         nodes
             .create(&PostParams::default(), &node)
             .await
             .map_err(api_err(op()))?;
+        self.node = Some(spec.name.clone());
         let status = Node {
             status: Some(NodeStatus {
                 addresses: Some(
@@ -137,18 +146,20 @@ impl ClusterState {
             }),
             ..node
         };
+        // A merge patch: server-side apply keys addresses by type alone,
+        // so it refuses two InternalIPs (a dual-stack node has one per family).
         nodes
-            .patch_status(&spec.name, &apply_params(), &Patch::Apply(&status))
+            .patch_status(&spec.name, &PatchParams::default(), &Patch::Merge(&status))
             .await
             .map_err(api_err(format!("write the addresses of Node {}", spec.name)))?;
-        self.node = Some(spec.name.clone());
         Ok(())
     }
 
     /// Make `stage` the cluster's state and read it back.
     pub async fn apply(&mut self, stage: &Stage<'_>) -> Result<Stored, ControlPlaneError> {
         self.ensure_namespaces(stage).await?;
-        self.ensure_service_cidrs(stage).await?;
+        let cidrs = stage_cidrs(stage)?;
+        self.ensure_service_cidrs(&cidrs).await?;
         let mut changes = Changes::default();
         let want_slices: BTreeMap<_, _> = stage
             .endpoint_slices
@@ -157,16 +168,53 @@ impl ClusterState {
             .collect();
         let want_services: BTreeMap<_, _> =
             stage.services.iter().map(|s| (key(s), s.clone())).collect();
-        changes.endpoint_slices += sync_kind(&self.client, &mut self.slices, want_slices).await?;
+        // Services first, as on a cluster (the EndpointSlice controller
+        // writes slices for Services it has seen): kube-proxy deletes stale
+        // UDP conntrack entries of a new Service when its endpoints arrive,
+        // not when the Service does.
         changes.services += self.sync_services(want_services).await?;
+        changes.endpoint_slices += sync_kind(&self.client, &mut self.slices, want_slices).await?;
+        self.prune_service_cidrs(&cidrs).await?;
         self.read_back(changes).await
+    }
+
+    /// Make every family's proxier of kube-proxy sync once more: change the
+    /// port of an EndpointSlice per family of a Service that does not exist
+    /// (kube-proxy syncs on it, programs nothing for it; Switchyard's node
+    /// never reads it: another `managed-by`). Returns the watch events.
+    pub async fn nudge(&mut self) -> Result<Changes, ControlPlaneError> {
+        self.nudges = self.nudges % 60000 + 1;
+        for (family, address) in [("IPv4", "192.0.2.1"), ("IPv6", "2001:db8::1")] {
+            let name = format!("{NUDGE}-{}", family.to_lowercase());
+            let slice = serde_json::json!({
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": name,
+                    "namespace": "default",
+                    "labels": {"kubernetes.io/service-name": NUDGE, MANAGED_BY: NUDGE},
+                },
+                "addressType": family,
+                "endpoints": [{"addresses": [address]}],
+                "ports": [{"name": "p", "port": self.nudges, "protocol": "TCP"}],
+            });
+            Api::<EndpointSlice>::namespaced(self.client.clone(), "default")
+                .patch(&name, &apply_params(), &Patch::Apply(&slice))
+                .await
+                .map_err(api_err(format!("write EndpointSlice default/{name}")))?;
+        }
+        Ok(Changes {
+            services: 0,
+            endpoint_slices: 2,
+        })
     }
 
     /// Delete everything the scenario wrote (its namespaces and
     /// ServiceCIDRs stay: later files may use them).
     pub async fn clear(&mut self) -> Result<(), ControlPlaneError> {
-        sync_kind(&self.client, &mut self.slices, BTreeMap::new()).await?;
         self.sync_services(BTreeMap::new()).await?;
+        sync_kind(&self.client, &mut self.slices, BTreeMap::new()).await?;
+        self.prune_service_cidrs(&BTreeSet::new()).await?;
         if let Some(old) = self.node.take() {
             delete(&Api::<Node>::all(self.client.clone()), &old).await?;
         }
@@ -235,34 +283,16 @@ impl ClusterState {
         Ok(())
     }
 
-    /// One small ServiceCIDR per cluster IP (see [`service_cidr_for`]): the
-    /// API server only takes cluster IPs inside a ServiceCIDR.
-    async fn ensure_service_cidrs(&mut self, stage: &Stage<'_>) -> Result<(), ControlPlaneError> {
+    /// Create the ServiceCIDRs of `cidrs` the lab has not made yet.
+    async fn ensure_service_cidrs(
+        &mut self,
+        cidrs: &BTreeSet<String>,
+    ) -> Result<(), ControlPlaneError> {
         let api = Api::<ServiceCIDR>::all(self.client.clone());
-        let ips: BTreeSet<IpAddr> = stage
-            .services
-            .iter()
-            .filter_map(|s| s.spec.as_ref())
-            .flat_map(|s| s.cluster_ips.iter().flatten().chain(&s.cluster_ip))
-            .filter_map(|ip| ip.parse().ok())
-            .collect();
-        let avoid: BTreeSet<IpAddr> = stage
-            .flows
-            .iter()
-            .map(|f| f.dest_ip)
-            .filter(|ip| !ips.contains(ip))
-            .collect();
-        for ip in &ips {
-            let Some(cidr) = service_cidr_for(*ip, &avoid) else {
-                return Err(ControlPlaneError::NoServiceCidr { ip: *ip });
-            };
-            if self.cidrs.contains(&cidr) {
-                continue;
-            }
-            let name = format!("lab-{}", cidr.replace(['.', ':', '/'], "-"));
+        for cidr in cidrs.difference(&self.cidrs.clone()) {
             let object = ServiceCIDR {
                 metadata: ObjectMeta {
-                    name: Some(name),
+                    name: Some(cidr_name(cidr)),
                     ..ObjectMeta::default()
                 },
                 spec: Some(ServiceCIDRSpec {
@@ -270,12 +300,44 @@ impl ClusterState {
                 }),
                 ..ServiceCIDR::default()
             };
-            match api.create(&PostParams::default(), &object).await {
-                Ok(_) => {}
-                Err(e) if is_status(&e, 409) => {}
-                Err(e) => return Err(api_err(format!("create ServiceCIDR {cidr}"))(e)),
+            api.create(&PostParams::default(), &object)
+                .await
+                .map_err(api_err(format!("create ServiceCIDR {cidr}")))?;
+            self.cidrs.insert(cidr.clone());
+        }
+        Ok(())
+    }
+
+    /// Delete the lab's ServiceCIDRs outside `keep` (once their Services are
+    /// gone) and wait until they are: a deleted Service's address must not
+    /// stay in a ServiceCIDR, where kube-proxy's nftables mode drops it.
+    async fn prune_service_cidrs(&mut self, keep: &BTreeSet<String>) -> Result<(), ControlPlaneError> {
+        let api = Api::<ServiceCIDR>::all(self.client.clone());
+        let gone: Vec<String> = self.cidrs.difference(keep).cloned().collect();
+        for cidr in &gone {
+            delete(&api, &cidr_name(cidr)).await?;
+        }
+        let began = std::time::Instant::now();
+        for cidr in gone {
+            let name = cidr_name(&cidr);
+            while api
+                .get_opt(&name)
+                .await
+                .map_err(api_err(format!("get ServiceCIDR {name}")))?
+                .is_some()
+            {
+                if began.elapsed() > ALLOCATOR_TIMEOUT {
+                    return Err(ControlPlaneError::NotReady {
+                        what: format!("the deletion of ServiceCIDR {name}"),
+                        waited: began.elapsed(),
+                        last: "still there".into(),
+                        log: Default::default(),
+                        tail: String::new(),
+                    });
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
-            self.cidrs.insert(cidr);
+            self.cidrs.remove(&cidr);
         }
         Ok(())
     }
@@ -341,6 +403,31 @@ fn service_cidr_for(ip: IpAddr, avoid: &BTreeSet<IpAddr>) -> Option<String> {
         }
     }
     None
+}
+
+/// One small ServiceCIDR per cluster IP of `stage` (see [`service_cidr_for`]):
+/// the API server only takes cluster IPs inside a ServiceCIDR.
+fn stage_cidrs(stage: &Stage<'_>) -> Result<BTreeSet<String>, ControlPlaneError> {
+    let ips: BTreeSet<IpAddr> = stage
+        .services
+        .iter()
+        .filter_map(|s| s.spec.as_ref())
+        .flat_map(|s| s.cluster_ips.iter().flatten().chain(&s.cluster_ip))
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    let avoid: BTreeSet<IpAddr> = stage
+        .flows
+        .iter()
+        .map(|f| f.dest_ip)
+        .filter(|ip| !ips.contains(ip))
+        .collect();
+    ips.iter()
+        .map(|ip| service_cidr_for(*ip, &avoid).ok_or(ControlPlaneError::NoServiceCidr { ip: *ip }))
+        .collect()
+}
+
+fn cidr_name(cidr: &str) -> String {
+    format!("lab-{}", cidr.replace(['.', ':', '/'], "-"))
 }
 
 fn apply_params() -> PatchParams {

@@ -2,14 +2,19 @@
 //! node and to a node run by the real kube-proxy of the pinned release, the
 //! state written through a real API server; a flow passes only when both
 //! meet the scenario, or the difference is on the one list of deliberate
-//! differences (`switchyard_lab::reference::differences`). Needs root and
+//! differences (`switchyard_lab::reference::differences`); in iptables mode
+//! the node's `iptables-save` and `ip6tables-save` must also be kube-proxy's
+//! after every stage (`switchyard_lab::reference::rules`). Needs root and
 //! `target/k8s/bin` (`e2e/k8s/build.sh`).
 
 mod common;
 
 #[test]
-fn switchyard_and_kube_proxy_agree_on_every_scenario_with_iptables() {
-    common::every_scenario_passes_with("iptables", &["--reference", "kube-proxy"]);
+fn switchyard_and_kube_proxy_agree_on_every_scenario_and_rule_with_iptables() {
+    common::every_scenario_passes_with(
+        "iptables",
+        &["--reference", "kube-proxy", "--compare-rules"],
+    );
 }
 
 #[test]

@@ -33,20 +33,19 @@ struct Builder {
 }
 
 impl Builder {
-    /// The fixed chains, in kube-proxy's order.
-    fn new(localhost_node_ports: bool) -> Builder {
-        let mut filter = vec![
-            KUBE_NODEPORTS,
-            KUBE_SERVICES,
-            KUBE_EXTERNAL_SERVICES,
-            KUBE_FORWARD,
-            KUBE_PROXY_FIREWALL,
-        ];
-        if localhost_node_ports {
-            filter.push(KUBE_FIREWALL);
-        }
+    /// The fixed chains, in kube-proxy's order. KUBE-FIREWALL is there in
+    /// both families even when empty, as kube-proxy keeps it (kubelet's
+    /// chain, which it duplicates).
+    fn new() -> Builder {
         Builder {
-            filter: ChainList::of(&filter),
+            filter: ChainList::of(&[
+                KUBE_NODEPORTS,
+                KUBE_SERVICES,
+                KUBE_EXTERNAL_SERVICES,
+                KUBE_FORWARD,
+                KUBE_PROXY_FIREWALL,
+                KUBE_FIREWALL,
+            ]),
             nat: ChainList::of(&[
                 KUBE_NODEPORTS,
                 KUBE_SERVICES,
@@ -66,7 +65,7 @@ fn loopback(family: IpFamily) -> IpAddr {
 
 fn render_family(ruleset: &LinkedRuleset, settings: &Settings, family: IpFamily) -> FamilyPlan {
     let localhost_node_ports = family == IpFamily::V4 && settings.localhost_node_ports;
-    let mut b = Builder::new(localhost_node_ports);
+    let mut b = Builder::new();
     let local_cidr = match &settings.local_detector {
         LocalDetector::None => None,
         LocalDetector::Cidrs(cidrs) => cidrs.iter().find(|c| c.family() == family).copied(),
@@ -88,7 +87,7 @@ fn render_family(ruleset: &LinkedRuleset, settings: &Settings, family: IpFamily)
         route_localnet: localhost_node_ports,
         filter: b.filter.chains,
         nat: b.nat.chains,
-        jumps: jump_rules(localhost_node_ports),
+        jumps: jump_rules(),
     }
 }
 
@@ -587,17 +586,22 @@ fn render_node_ports_jump(b: &mut Builder, ctx: &Ctx<'_>, localhost_node_ports: 
     }
 }
 
-/// kube-proxy's `iptablesJumpChains`, in evaluation order per builtin chain.
-fn jump_rules(localhost_node_ports: bool) -> Vec<JumpRule> {
+/// kube-proxy's `iptablesJumpChains` and `iptablesKubeletJumpChains`, in
+/// evaluation order per builtin chain (kube-proxy prepends each in turn:
+/// the kubelet's KUBE-FIREWALL comes first).
+fn jump_rules() -> Vec<JumpRule> {
     let new = || Match::CtState {
         states: "NEW",
         negate: false,
     };
     let jump = |table, builtin, chain: &str, comment: &str, ctnew: bool| {
-        let mut rule = Rule::new(Target::Jump(chain.into())).comment(comment);
-        if ctnew {
-            rule.matches.insert(0, new());
-        }
+        let rule = if ctnew {
+            Rule::new(Target::Jump(chain.into()))
+                .with(new())
+                .with(Match::Comment(comment.into()))
+        } else {
+            Rule::new(Target::Jump(chain.into())).comment(comment)
+        };
         JumpRule {
             table,
             builtin,
@@ -607,7 +611,14 @@ fn jump_rules(localhost_node_ports: bool) -> Vec<JumpRule> {
     let fw = "kubernetes load balancer firewall";
     let portals = "kubernetes service portals";
     let external = "kubernetes externally-visible service portals";
-    let mut jumps = vec![
+    let firewall = |builtin| JumpRule {
+        table: Table::Filter,
+        builtin,
+        rule: Rule::new(Target::Jump(KUBE_FIREWALL.into())),
+    };
+    vec![
+        firewall("INPUT"),
+        firewall("OUTPUT"),
         jump(Table::Filter, "INPUT", KUBE_PROXY_FIREWALL, fw, true),
         jump(
             Table::Filter,
@@ -650,15 +661,5 @@ fn jump_rules(localhost_node_ports: bool) -> Vec<JumpRule> {
             "kubernetes postrouting rules",
             false,
         ),
-    ];
-    if localhost_node_ports {
-        for builtin in ["INPUT", "OUTPUT"] {
-            jumps.push(JumpRule {
-                table: Table::Filter,
-                builtin,
-                rule: Rule::new(Target::Jump(KUBE_FIREWALL.into())),
-            });
-        }
-    }
-    jumps
+    ]
 }

@@ -240,11 +240,19 @@ fn overlapping_service_cidrs_render_one_element_each_and_still_drop() {
     let text = plan.to_string();
     let elements = |c: &str| text.matches(c).count();
     assert_eq!(
-        (elements("172.30.0.0/16"), elements("172.30.0.40/30"), elements("172.31.0.40/29"), elements("172.31.0.40/30")),
+        (
+            elements("172.30.0.0/16"),
+            elements("172.30.0.40/30"),
+            elements("172.31.0.40/29"),
+            elements("172.31.0.40/30")
+        ),
         (1, 0, 1, 0),
         "{text}"
     );
-    assert_eq!(run(&plan, &tcp("172.31.0.45", 80), 0).outcome, Outcome::Drop);
+    assert_eq!(
+        run(&plan, &tcp("172.31.0.45", 80), 0).outcome,
+        Outcome::Drop
+    );
 }
 
 #[test]

@@ -579,7 +579,11 @@ fn node_object(spec: &NodeSpec) -> Node {
 
 /// Compile one stage of a scenario.
 pub fn compile_stage(node: &NodeSpec, stage: &Stage<'_>) -> Compiled {
-    compile_state(node, stage.services.to_vec(), stage.endpoint_slices.to_vec())
+    compile_state(
+        node,
+        stage.services.to_vec(),
+        stage.endpoint_slices.to_vec(),
+    )
 }
 
 /// Compile Services and EndpointSlices for the scenario's node.
@@ -631,7 +635,11 @@ pub fn run_file(
     let mut reference = match reference {
         None => None,
         Some(r) => {
-            let prefix = format!("sy{}-{}-{index}-", reference_tag(hooks.mode()), std::process::id());
+            let prefix = format!(
+                "sy{}-{}-{index}-",
+                reference_tag(hooks.mode()),
+                std::process::id()
+            );
             let reference_topo = Topology::build(&prefix, &scenario)?;
             let reference_servers = start_servers(&reference_topo, &scenario, sctp)?;
             Some((r.node(&scenario, reference_topo)?, reference_servers))
@@ -720,13 +728,20 @@ pub fn run_file(
 fn compare_rules(file: &str, stage: &Stage<'_>, mine: &Netns, theirs: &Netns, totals: &mut Totals) {
     let name = format!("{file}: {}iptables-save", stage.label);
     match (rules::Dump::of(mine), rules::Dump::of(theirs)) {
-        (Ok(mine), Ok(theirs)) => {
+        (Ok(mut mine), Ok(mut theirs)) => {
+            theirs.normalize_kube_proxy();
+            theirs.sort_map_ordered();
+            mine.sort_map_ordered();
             let differences = mine.differences(&theirs);
             if differences.is_empty() {
                 report(totals, Status::Pass, format!("{name} equals kube-proxy's"));
             } else {
                 let list = differences.join("\n    ");
-                report(totals, Status::Fail, format!("{name} differs from kube-proxy's:\n    {list}"));
+                report(
+                    totals,
+                    Status::Fail,
+                    format!("{name} differs from kube-proxy's:\n    {list}"),
+                );
             }
         }
         (Err(e), _) | (_, Err(e)) => report(totals, Status::Fail, format!("{name}: {e}")),

@@ -14,8 +14,8 @@ use switchyard_api::Mode;
 use switchyard_dataplane::ebpf::probe::Capabilities;
 use switchyard_dataplane::ebpf::tc::TcAttachMode;
 use switchyard_lab::probe::{self, Listen};
-use switchyard_lab::runner::{self, Options, Totals};
 use switchyard_lab::reference::Reference;
+use switchyard_lab::runner::{self, Options, Totals};
 use switchyard_lab::{cleanup, hooks, netns, vm};
 
 #[derive(Parser)]

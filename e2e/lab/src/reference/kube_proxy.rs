@@ -5,10 +5,10 @@
 //! node's own address inside the namespace), and the wait until it has
 //! programmed a state, read from its own metrics.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::Path;
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use switchyard_api::Mode;
@@ -81,8 +81,14 @@ fn args(mode: Mode, node: &NodeSpec, node_ip: IpAddr, kubeconfig: &Path) -> Vec<
         "--conntrack-max-per-core=0".into(),
         "--conntrack-tcp-timeout-established=0".into(),
         "--conntrack-tcp-timeout-close-wait=0".into(),
-        format!("--healthz-bind-address={}", SocketAddr::new(node_ip, HEALTHZ_PORT)),
-        format!("--metrics-bind-address={}", SocketAddr::new(node_ip, METRICS_PORT)),
+        format!(
+            "--healthz-bind-address={}",
+            SocketAddr::new(node_ip, HEALTHZ_PORT)
+        ),
+        format!(
+            "--metrics-bind-address={}",
+            SocketAddr::new(node_ip, METRICS_PORT)
+        ),
         // Every change synced at once.
         "--iptables-min-sync-period=0".into(),
         "--oom-score-adj=0".into(),
@@ -180,9 +186,11 @@ impl KubeProxy {
             services: before.service_changes / families + changes.services,
             endpoint_slices: before.endpoint_changes + changes.endpoint_slices,
         };
-        self.poll(ns, &format!("{changes:?} taken in after {before:?}"), |seen| {
-            seen.has(want, families)
-        })
+        self.poll(
+            ns,
+            &format!("{changes:?} taken in after {before:?}"),
+            |seen| seen.has(want, families),
+        )
     }
 
     /// Wait until every family has completed a sync asked for after

@@ -151,7 +151,10 @@ impl ClusterState {
         nodes
             .patch_status(&spec.name, &PatchParams::default(), &Patch::Merge(&status))
             .await
-            .map_err(api_err(format!("write the addresses of Node {}", spec.name)))?;
+            .map_err(api_err(format!(
+                "write the addresses of Node {}",
+                spec.name
+            )))?;
         Ok(())
     }
 
@@ -311,7 +314,10 @@ impl ClusterState {
     /// Delete the lab's ServiceCIDRs outside `keep` (once their Services are
     /// gone) and wait until they are: a deleted Service's address must not
     /// stay in a ServiceCIDR, where kube-proxy's nftables mode drops it.
-    async fn prune_service_cidrs(&mut self, keep: &BTreeSet<String>) -> Result<(), ControlPlaneError> {
+    async fn prune_service_cidrs(
+        &mut self,
+        keep: &BTreeSet<String>,
+    ) -> Result<(), ControlPlaneError> {
         let api = Api::<ServiceCIDR>::all(self.client.clone());
         let gone: Vec<String> = self.cidrs.difference(keep).cloned().collect();
         for cidr in &gone {
@@ -393,10 +399,15 @@ fn service_cidr_for(ip: IpAddr, avoid: &BTreeSet<IpAddr>) -> Option<String> {
         let network = bits & mask;
         let last = network | !mask;
         let usable = bits != network && (max == 128 || bits != last);
-        let clash = avoid.iter().filter_map(as_bits).any(|a| a & mask == network);
+        let clash = avoid
+            .iter()
+            .filter_map(as_bits)
+            .any(|a| a & mask == network);
         if usable && !clash {
             let base = match ip {
-                IpAddr::V4(_) => IpAddr::from(std::net::Ipv4Addr::from(u32::try_from(network).ok()?)),
+                IpAddr::V4(_) => {
+                    IpAddr::from(std::net::Ipv4Addr::from(u32::try_from(network).ok()?))
+                }
                 IpAddr::V6(_) => IpAddr::from(std::net::Ipv6Addr::from(network)),
             };
             return Some(format!("{base}/{prefix}"));
@@ -471,7 +482,10 @@ where
 {
     let began = std::time::Instant::now();
     loop {
-        match api.patch(name, &apply_params(), &Patch::Apply(object)).await {
+        match api
+            .patch(name, &apply_params(), &Patch::Apply(object))
+            .await
+        {
             Err(kube::Error::Api(s))
                 if s.message.contains("does not match the current range")
                     && began.elapsed() < ALLOCATOR_TIMEOUT =>
@@ -500,7 +514,11 @@ where
         + PartialEq,
 {
     let mut events = 0;
-    let gone: Vec<_> = have.keys().filter(|k| !want.contains_key(*k)).cloned().collect();
+    let gone: Vec<_> = have
+        .keys()
+        .filter(|k| !want.contains_key(*k))
+        .cloned()
+        .collect();
     for (ns, name) in gone {
         delete(&Api::<K>::namespaced(client.clone(), &ns), &name).await?;
         have.remove(&(ns, name));
@@ -552,7 +570,10 @@ mod tests {
         assert_eq!(cidr("172.30.0.40", &[]).as_deref(), Some("172.30.0.32/28"));
         assert_eq!(cidr("172.30.0.43", &[]).as_deref(), Some("172.30.0.40/29"));
         assert_eq!(cidr("172.30.0.41", &["172.30.0.42"]), None);
-        assert_eq!(cidr("172.30.0.41", &["172.30.0.45"]).as_deref(), Some("172.30.0.40/30"));
+        assert_eq!(
+            cidr("172.30.0.41", &["172.30.0.45"]).as_deref(),
+            Some("172.30.0.40/30")
+        );
         // IPv6 reserves no broadcast address.
         assert_eq!(cidr("fd00::41", &[]).as_deref(), Some("fd00::40/127"));
     }

@@ -16,7 +16,7 @@ use switchyard_api::Mode;
 use super::state::Changes;
 use crate::HarnessError;
 use crate::controlplane::binaries::Binaries;
-use crate::controlplane::process::{Daemon, Launch};
+use crate::controlplane::process::{Daemon, Launch, log_tail};
 use crate::netns::Netns;
 use crate::scenario::NodeSpec;
 
@@ -194,21 +194,22 @@ impl KubeProxy {
     }
 
     /// Wait until every family has completed a sync asked for after
-    /// `taken_in` was read (the harness's nudge, see
-    /// `ClusterState::nudge`): one that ended after the nudge was taken in
-    /// and programmed its rules after the last request. A sync that began
-    /// before the stage's changes were all taken in and is still running
-    /// after the nudge was taken in could pass for it; that needs a sync
-    /// longer than two API writes and two metrics reads.
+    /// `taken_in` was read (the harness's nudge, see `ClusterState::nudge`):
+    /// once the nudge is taken in, a family is synced when it has completed
+    /// a sync since `taken_in` and its rules were last programmed after its
+    /// last request. A sync that began before the stage's changes were all
+    /// taken in and programmed its rules only after the nudge was queued
+    /// could pass for it; that needs one sync to outlast an API write and
+    /// two metrics reads.
     pub fn wait_synced(
         &mut self,
         ns: &Netns,
         taken_in: &Counters,
         nudge: Changes,
     ) -> Result<(), HarnessError> {
-        let nudged = self.wait_taken_in(ns, taken_in, nudge)?;
-        self.poll(ns, "a sync after the nudge", |seen| {
-            nudged.syncs.iter().all(|(family, n)| {
+        self.wait_taken_in(ns, taken_in, nudge)?;
+        self.poll(ns, "sync after the nudge", |seen| {
+            taken_in.syncs.iter().all(|(family, n)| {
                 let synced = seen.syncs.get(family).is_some_and(|m| m > n);
                 let queued = seen.queued.get(family).copied().unwrap_or(f64::MAX);
                 let programmed = seen.programmed.get(family).copied().unwrap_or(0.0);
@@ -237,9 +238,10 @@ impl KubeProxy {
                 return Err(setup(
                     "kube-proxy sync",
                     format!(
-                        "no {what} after {:?} (saw {seen:?}); see {}",
+                        "no {what} after {:?} (saw {seen:?}); the end of {}:\n{}",
                         began.elapsed(),
-                        self.log().display()
+                        self.log().display(),
+                        log_tail(self.log())
                     ),
                 ));
             }

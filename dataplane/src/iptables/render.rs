@@ -64,7 +64,7 @@ fn loopback(family: IpFamily) -> IpAddr {
 }
 
 fn render_family(ruleset: &LinkedRuleset, settings: &Settings, family: IpFamily) -> FamilyPlan {
-    let localhost_node_ports = family == IpFamily::V4 && settings.localhost_node_ports;
+    let localhost_node_ports = family == IpFamily::V4 && settings.ipv4_localhost_node_ports();
     let mut b = Builder::new();
     let local_cidr = match &settings.local_detector {
         LocalDetector::None => None,
@@ -547,8 +547,15 @@ fn service_to_endpoints(
 /// The last rule of KUBE-SERVICES: hand node-port traffic to KUBE-NODEPORTS.
 fn render_node_ports_jump(b: &mut Builder, ctx: &Ctx<'_>, localhost_node_ports: bool) {
     let comment = "kubernetes service nodeports; NOTE: this must be the last rule in this chain";
+    let match_all = |cidrs: &[Cidr]| {
+        cidrs
+            .iter()
+            .any(|c| c.family() == ctx.family && c.prefix() == 0)
+    };
     let cidrs = match &ctx.settings.node_port_addresses {
-        NodePortAddresses::ModeDefault => {
+        // kube-proxy's `MatchAll`: every local address.
+        NodePortAddresses::Cidrs(cidrs) if !match_all(cidrs) => Some(cidrs.clone()),
+        NodePortAddresses::ModeDefault | NodePortAddresses::Cidrs(_) => {
             let mut rule = Rule::new(Target::Jump(KUBE_NODEPORTS.into()))
                 .comment(comment)
                 .with(Match::LocalAddress(Side::Destination));
@@ -566,7 +573,6 @@ fn render_node_ports_jump(b: &mut Builder, ctx: &Ctx<'_>, localhost_node_ports: 
             return;
         }
         NodePortAddresses::Primary => ctx.node_ips.first().map(|ip| vec![Cidr::host(*ip)]),
-        NodePortAddresses::Cidrs(cidrs) => Some(cidrs.clone()),
     };
     let candidates = ctx.node_ips.iter().copied().chain([loopback(ctx.family)]);
     let cidrs = cidrs.unwrap_or_default();

@@ -98,7 +98,7 @@ pub fn settings_for(node: &NodeSpec, mode: Mode) -> Settings {
     };
     s.node_port_addresses = match &node.node_port_addresses {
         None => NodePortAddresses::ModeDefault,
-        Some(cidrs) => NodePortAddresses::Cidrs(cidrs.clone()),
+        Some(cidrs) => NodePortAddresses::cidrs(cidrs.clone()),
     };
     if let Some(v) = node.localhost_node_ports {
         s.localhost_node_ports = v;

@@ -9,15 +9,19 @@
 
 mod common;
 
+/// Two nodes, a control plane and kube-proxy share two cores with the build:
+/// an ICMP reply can take longer than the runner's default 500 ms.
+const TIMEOUT: &str = "--timeout-ms=1500";
+
 #[test]
 fn switchyard_and_kube_proxy_agree_on_every_scenario_and_rule_with_iptables() {
     common::every_scenario_passes_with(
         "iptables",
-        &["--reference", "kube-proxy", "--compare-rules"],
+        &["--reference", "kube-proxy", "--compare-rules", TIMEOUT],
     );
 }
 
 #[test]
 fn switchyard_and_kube_proxy_agree_on_every_scenario_with_nftables() {
-    common::every_scenario_passes_with("nftables", &["--reference", "kube-proxy"]);
+    common::every_scenario_passes_with("nftables", &["--reference", "kube-proxy", TIMEOUT]);
 }

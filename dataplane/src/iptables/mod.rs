@@ -196,6 +196,6 @@ pub fn semantics(settings: &Settings) -> ModeSemantics {
         settings,
         UnknownPort::NotTranslated,
         NodePortScope::EveryLocalAddress,
-        settings.localhost_node_ports,
+        settings.ipv4_localhost_node_ports(),
     )
 }

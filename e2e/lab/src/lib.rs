@@ -12,6 +12,7 @@
 //! - [`controlplane`]: etcd, kube-apiserver and kube-controller-manager on loopback.
 //! - [`cluster`]: a cluster on it: nodes, pods and servers in namespaces, the
 //!   real operator and node agent processes (the tests' and the demo's).
+//! - [`reference`]: the real kube-proxy in a node of its own, the reference.
 //! - [`netns`], [`cleanup`]: the test kit's network namespaces and its cleanup
 //!   registry (what is undone on drop and on SIGINT/SIGTERM), which the lab's
 //!   users reach through it (`switchyard-testkit`).
@@ -22,6 +23,7 @@ pub mod controlplane;
 pub mod ebpf;
 pub mod hooks;
 pub mod probe;
+pub mod reference;
 pub mod runner;
 pub mod scenario;
 pub mod topology;
@@ -46,4 +48,6 @@ pub enum HarnessError {
     Netns(#[from] netns::NetnsError),
     #[error(transparent)]
     Scenario(#[from] scenario::ScenarioError),
+    #[error(transparent)]
+    ControlPlane(#[from] controlplane::ControlPlaneError),
 }

@@ -7,6 +7,7 @@
 //! - [`probe`]: the endpoint server and client child processes.
 //! - [`agent`]: the thread in the node namespace that owns the backend.
 //! - [`hooks`]: where a mode plugs in (dataplane, client cgroup, skips).
+//! - [`migration`]: the migration matrix: a node switches modes under traffic.
 //! - [`runner`]: compile, link, apply, send connections, judge, report.
 //! - [`vm`]: Debian's stock kernel in qemu, for IPVS when the host lacks it.
 //! - [`controlplane`]: etcd, kube-apiserver and kube-controller-manager on loopback.
@@ -18,6 +19,7 @@ pub mod agent;
 pub mod controlplane;
 pub mod ebpf;
 pub mod hooks;
+pub mod migration;
 pub mod probe;
 pub mod runner;
 pub mod scenario;

@@ -1,7 +1,8 @@
-//! The two child-process roles, run by re-executing the scenario binary inside
-//! a namespace: `__serve` answers every connection with its own `ip:port` and
-//! the peer address it saw (TCP, UDP, SCTP); `__connect` makes fresh
-//! connections and prints one [`Attempt`] per line.
+//! The two child-process roles, run by re-executing the scenario binary (or
+//! the migration matrix) inside a namespace: `__serve` answers every request
+//! (a datagram, or each read of a connection, until the peer closes it) with
+//! its own `ip:port`, the peer address it saw and the request (TCP, UDP,
+//! SCTP); `__connect` makes fresh connections and prints one [`Attempt`] per line.
 
 use std::io::{self, BufRead, Read, Write};
 use std::net::{SocketAddr, UdpSocket};

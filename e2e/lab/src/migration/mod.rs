@@ -104,9 +104,10 @@ impl Timing {
         before: Duration::from_millis(300),
         after: Duration::from_millis(1500),
     };
-    /// In the VM, whose software emulation is slow.
+    /// In the VM, whose software emulation is slow: more traffic than this
+    /// stretches a switch from a second to a minute.
     pub const VM: Timing = Timing {
-        period: Duration::from_millis(20),
+        period: Duration::from_millis(200),
         timeout: Duration::from_millis(3000),
         before: Duration::from_millis(1000),
         after: Duration::from_millis(4000),
@@ -292,7 +293,7 @@ impl Migration {
         std::thread::sleep(timing.before);
         let switched = self.switch(self.to.as_ref());
         std::thread::sleep(timing.after);
-        let counts = streams.stop();
+        let counts = streams.stop(self.pair);
         let removed = self.agent.take().map(NodeAgent::remove).transpose();
         self.from.teardown();
         self.to.teardown();
@@ -322,7 +323,10 @@ impl Migration {
     /// the eBPF client cgroup where its socket is the node's); returns once
     /// every stream's long-lived sockets have had their first answer.
     fn start_traffic(&self, timing: Timing) -> Result<Streams, HarnessError> {
-        let mut streams = Streams(Children(Vec::new()));
+        let mut streams = Streams {
+            names: Vec::new(),
+            children: Children(Vec::new()),
+        };
         for flow in self.scenario.all_flows() {
             let args = self.traffic_args(flow, timing)?;
             let place = if flow.from_node {
@@ -332,7 +336,8 @@ impl Migration {
             };
             let mut child = runner::spawn_in_with_stdin(self.topo.netns(place), &args)?;
             let ready = first_line(&mut child);
-            streams.0.0.push(child);
+            streams.children.0.push(child);
+            streams.names.push(flow.name.clone());
             if ready != "ready" {
                 return Err(setup(&format!(
                     "{}: traffic did not start: {ready}",
@@ -381,19 +386,26 @@ fn first_line(child: &mut Child) -> String {
     line.trim().to_string()
 }
 
-/// The running traffic children.
-struct Streams(Children);
+/// The running traffic children, one per flow.
+struct Streams {
+    names: Vec<String>,
+    children: Children,
+}
 
 impl Streams {
-    /// Close every child's stdin and add up the counts they print.
-    fn stop(&mut self) -> Result<Counts, HarnessError> {
-        for child in &mut self.0.0 {
+    /// Close every child's stdin and add up the counts they print; a flow
+    /// that lost anything is named on stderr with its counts.
+    fn stop(&mut self, pair: Pair) -> Result<Counts, HarnessError> {
+        for child in &mut self.children.0 {
             drop(child.stdin.take());
         }
         let mut total = Counts::default();
-        for child in &mut self.0.0 {
+        for (name, child) in self.names.iter().zip(&mut self.children.0) {
             let line = first_line(child);
             let counts: Counts = line.parse().map_err(|e: String| setup(&e))?;
+            if !counts.clean() {
+                eprintln!("{pair}: {name}: {counts} (new failed exchanges dropped udp lost wrong)");
+            }
             total.add(&counts);
         }
         Ok(total)

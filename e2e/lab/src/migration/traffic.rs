@@ -332,8 +332,10 @@ fn new_until_stopped(stream: &Stream, shared: &Shared) {
         match probe::attempt(stream.protocol, source, stream.dest, stream.timeout) {
             Attempt::Reply { server, .. } if stream.endpoints.contains(&server) => {}
             failed => {
-                eprintln!("__traffic: new connection to {}: {failed}", stream.dest);
-                bump(&shared.new_failed);
+                // The first failure says why; the count says how often.
+                if shared.new_failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                    eprintln!("__traffic: new connection to {}: {failed}", stream.dest);
+                }
             }
         }
         std::thread::sleep(stream.period);

@@ -17,7 +17,7 @@ const DOWN_PATIENCE: Duration = Duration::from_secs(30);
 
 /// `config/base` of the checkout this binary was built from.
 pub fn default_config() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/base")
+    switchyard_lab::controlplane::config_base()
 }
 
 /// Start, install `config`, print where it is, and never return (the signal

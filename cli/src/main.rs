@@ -1,13 +1,16 @@
 //! `switchyard`: plan and diff what nodes would program, print the CRDs, run a
 //! live mode migration of a small cluster built from network namespaces, and
-//! start a real control plane by hand (`lab up`/`lab down`).
+//! start a real control plane by hand (`lab up`/`lab down`). Two hidden roles,
+//! `__operator` and `__node-agent`, run the operator and the node agent
+//! (the code of their own binaries): the demo's processes, so that the
+//! demo needs no other executable than this one.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use switchyard_api::Mode;
-use switchyard_cli::demo::{DemoOptions, Layout, run_demo};
+use switchyard_cli::demo::{AGENT_ROLE, DemoOptions, Layout, OPERATOR_ROLE, run_demo};
 use switchyard_cli::diff::{DiffRequest, diff};
 use switchyard_cli::input::load_state;
 use switchyard_cli::plan::{Cluster, PlanRequest, exit, plan};
@@ -49,8 +52,13 @@ Examples:
   # The demo cluster's objects, and what its first node would program:
   switchyard demo --print-state | switchyard plan -f - --node node-0
 
-Everything lives in network namespaces named sycli<pid>-*, with no route out of
-the machine; they are removed at the end, on error and on Ctrl-C.
+It starts a real control plane (Kubernetes' programs in target/k8s/bin, built by
+e2e/k8s/build.sh), the operator and a node agent per node as processes, and
+changes the mode with `kubectl patch` as a user would; it prints the kubeconfig
+and a `kubectl ... get proxynodes -w` line to follow along from another terminal.
+Everything lives in network namespaces named sydemo-<pid>-*, with no route out
+of the machine, and in $TMPDIR/switchyard-demo-*; all is removed at the end, on
+error and on Ctrl-C.
 Exit code: 0 when no connection failed and no established connection dropped.";
 
 const LAB_EXAMPLES: &str = "\
@@ -91,6 +99,22 @@ enum Format {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    #[command(flatten)]
+    User(UserCommand),
+    /// The operator (what `switchyard-operator` runs): the demo's operator processes.
+    #[command(name = OPERATOR_ROLE, hide = true)]
+    Operator(switchyard_operator::app::Args),
+    /// The node agent (what `node-agent` runs): the demo's agent processes.
+    #[command(name = AGENT_ROLE, hide = true)]
+    NodeAgent {
+        #[command(subcommand)]
+        command: switchyard_agent::app::Command,
+    },
+}
+
+/// What a person runs.
+#[derive(Subcommand, Debug)]
+enum UserCommand {
     /// Print what a node would program: its pool, mode and rules in the mode's native form.
     #[command(after_help = PLAN_EXAMPLES)]
     Plan {
@@ -158,7 +182,7 @@ enum Command {
         /// Nodes switched at once (the rollout's maxUnavailable).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         batch: u32,
-        /// Seconds of traffic before the first and after every batch.
+        /// Seconds of traffic before the mode change and after the rollout.
         #[arg(long, default_value_t = 2.0)]
         settle: f64,
         /// Print the demo cluster's Kubernetes objects (for `plan -f -`) and exit.
@@ -180,6 +204,12 @@ enum LabAction {
 }
 
 fn main() -> ExitCode {
+    // The roles set up their own logs, as their binaries do.
+    let command = match Cli::parse().command {
+        Command::Operator(args) => return role(switchyard_operator::app::run(args)),
+        Command::NodeAgent { command } => return role(switchyard_agent::app::run(command)),
+        Command::User(command) => command,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
@@ -192,11 +222,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     if matches!(
-        cli.command,
-        Command::Demo { .. }
-            | Command::Lab {
+        command,
+        UserCommand::Demo { .. }
+            | UserCommand::Lab {
                 action: LabAction::Up { .. }
             }
     ) {
@@ -204,7 +233,7 @@ fn main() -> ExitCode {
         // namespace, program and directory the command made.
         switchyard_lab::cleanup::install_signal_cleanup();
     }
-    match run(cli.command) {
+    match run(command) {
         Ok(code) => ExitCode::from(code),
         Err(message) => {
             eprintln!("error: {message}");
@@ -213,9 +242,27 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> Result<u8, String> {
+/// Run a role (the operator or the agent) to its end, as its binary's `main` does.
+fn role<E: std::fmt::Display>(work: impl Future<Output = Result<(), E>>) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(work) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: UserCommand) -> Result<u8, String> {
     match command {
-        Command::Plan {
+        UserCommand::Plan {
             files,
             node,
             mode,
@@ -236,7 +283,7 @@ fn run(command: Command) -> Result<u8, String> {
             }
             Ok(report.exit_code)
         }
-        Command::Diff {
+        UserCommand::Diff {
             from,
             to,
             files,
@@ -254,21 +301,21 @@ fn run(command: Command) -> Result<u8, String> {
             }
             Ok(report.exit_code(fail_on_difference))
         }
-        Command::Lab {
+        UserCommand::Lab {
             action: LabAction::Up { config },
         } => match switchyard_cli::lab::up(&config, &mut std::io::stdout())? {},
-        Command::Lab {
+        UserCommand::Lab {
             action: LabAction::Down,
         } => {
             switchyard_cli::lab::down(&mut std::io::stdout())?;
             Ok(exit::OK)
         }
-        Command::Crdgen => {
+        UserCommand::Crdgen => {
             let yaml = switchyard_api::crds_yaml().map_err(|e| format!("CRD YAML: {e}"))?;
             print!("{yaml}");
             Ok(exit::OK)
         }
-        Command::Demo {
+        UserCommand::Demo {
             from,
             to,
             nodes,
@@ -281,6 +328,7 @@ fn run(command: Command) -> Result<u8, String> {
                 print!("{}", Layout { nodes, services }.state_yaml(from, batch));
                 return Ok(exit::OK);
             }
+            let cli = std::env::current_exe().map_err(|e| format!("this program's path: {e}"))?;
             let options = DemoOptions {
                 from,
                 to,
@@ -289,6 +337,7 @@ fn run(command: Command) -> Result<u8, String> {
                 batch,
                 settle: std::time::Duration::from_secs_f64(settle.clamp(0.0, 600.0)),
                 progress: switchyard_cli::demo::Progress::stdout(),
+                programs: DemoOptions::programs_of(&cli),
             };
             let report = run_demo(options).map_err(|e| e.to_string())?;
             print!("{}", report.to_text());

@@ -1,17 +1,27 @@
-//! `switchyard demo` at a small size, for real: namespaces, the real backends
-//! applied through the agent's switch procedure, the operator's batches, and
+//! `switchyard demo` at a small size, for real: a real control plane, the
+//! operator and node agents as processes (this package's `switchyard` in its
+//! operator and agent roles), the mode changed with `kubectl patch`, and
 //! traffic through every switch. Needs root (CI runs as root); skipped loudly
 //! otherwise.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
+mod common;
+
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use switchyard_api::Mode;
 use switchyard_api::proxyconfig::RolloutPhase;
 use switchyard_cli::demo::{DemoOptions, Progress, run_demo};
-use switchyard_lab::netns::is_root;
+use switchyard_lab::controlplane::workdir;
+use switchyard_lab::netns::{self, is_root};
+
+use common::{Running, Tmp, switchyard};
+
+/// Deadlock guard for a demo to start and to reach its rollout.
+const STARTED: Duration = Duration::from_secs(180);
 
 /// One demo at a time: they share the machine's two cores.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -32,6 +42,7 @@ fn migrate(from: Mode, to: Mode) {
         batch: 1,
         settle: Duration::from_millis(1500),
         progress: Progress::to(Box::new(std::io::stderr()), false),
+        programs: DemoOptions::programs_of(Path::new(env!("CARGO_BIN_EXE_switchyard"))),
     })
     .unwrap();
     eprintln!("{}", report.to_text());
@@ -57,16 +68,9 @@ fn migrate(from: Mode, to: Mode) {
     assert_eq!(report.dropped, 0, "{:#?}", report.failures);
     assert_eq!(report.udp_lost, 0, "{:#?}", report.failures);
     assert_eq!(report.misrouted, 0, "{:#?}", report.failures);
-    assert!(report.clean());
-    let ours = format!("sycli{}-", std::process::id());
-    let list = std::process::Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .unwrap();
-    assert!(
-        !String::from_utf8_lossy(&list.stdout).contains(&ours),
-        "namespaces left behind"
-    );
+    assert!(report.clean(), "{:#?}", report.cleanup_errors);
+    let ours = format!("sydemo-{}-", std::process::id());
+    assert_eq!(netns::named(&ours), Vec::<String>::new());
 }
 
 #[test]
@@ -77,4 +81,49 @@ fn iptables_to_nftables_drops_nothing() {
 #[test]
 fn nftables_to_iptables_drops_nothing() {
     migrate(Mode::Nftables, Mode::Iptables);
+}
+
+/// Ctrl-C in the middle of the rollout stops the operator and the agents,
+/// removes every namespace and the control plane's directory.
+#[test]
+fn ctrl_c_mid_rollout_leaves_nothing_behind() {
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !is_root() {
+        eprintln!("SKIP demo Ctrl-C: needs root");
+        return;
+    }
+    let tmp = Tmp::new("demo-ctrl-c");
+    let mut demo = Running::start(&tmp, &["demo", "--nodes", "2", "--services", "2"], "demo");
+    let ready = demo.line_with("kubeconfig: ", STARTED);
+    let kubeconfig = PathBuf::from(ready.split("kubeconfig: ").nth(1).unwrap().trim());
+    let dir = kubeconfig.parent().unwrap().to_path_buf();
+    demo.line_with("switching iptables -> nftables", STARTED);
+    demo.signal(libc::SIGINT);
+    let status = demo.wait();
+    assert_eq!(status.code(), Some(130), "{status}");
+    assert_eq!(workdir::left_behind(&dir), Vec::<String>::new());
+    let ours = format!("sydemo-{}-", demo.pid());
+    assert_eq!(netns::named(&ours), Vec::<String>::new());
+}
+
+/// Without Kubernetes' programs the demo names the one command that builds them.
+#[test]
+fn without_kubernetes_programs_the_demo_says_how_to_build_them() {
+    if !is_root() {
+        eprintln!("SKIP: the demo checks for root first");
+        return;
+    }
+    let empty = Tmp::new("no-k8s");
+    let out = switchyard(&empty, &["demo"])
+        .env("SWITCHYARD_K8S_BIN", &empty.0)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("is missing: build Kubernetes' programs with `e2e/k8s/build.sh`"),
+        "{stderr}"
+    );
 }

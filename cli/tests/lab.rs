@@ -6,13 +6,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
+use common::{Running, Tmp, switchyard};
 use switchyard_lab::controlplane::binaries::Binaries;
 use switchyard_lab::controlplane::kubectl::Kubectl;
 use switchyard_lab::controlplane::workdir;
@@ -20,67 +20,18 @@ use switchyard_lab::controlplane::workdir;
 /// Deadlock guard: a start takes seconds.
 const START: Duration = Duration::from_secs(120);
 
-/// A private temporary directory for one test's labs; removed on drop.
-struct Tmp(PathBuf);
-
-impl Tmp {
-    fn new(tag: &str) -> Tmp {
-        let dir = std::env::temp_dir().join(format!("sylab-{}-{tag}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Tmp(dir)
-    }
-}
-
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn switchyard(tmp: &Tmp, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
-    command.args(args).env("TMPDIR", &tmp.0);
-    command
-}
-
-/// A running `lab up`; asked to stop (SIGTERM) on drop if still running.
+/// A running `lab up` and the admin kubeconfig it printed.
 struct LabUp {
-    child: Child,
+    up: Running,
     kubeconfig: PathBuf,
 }
 
 impl LabUp {
     fn start(tmp: &Tmp) -> LabUp {
-        let mut command = switchyard(tmp, &["lab", "up"]);
-        command.stdout(Stdio::piped());
-        // SAFETY: prctl is async-signal-safe. A killed test run asks its labs
-        // to clean up after themselves.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
-                Ok(())
-            });
-        }
-        let mut child = command.spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (lines, printed) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                println!("lab up: {line}");
-                let _ = lines.send(line);
-            }
-        });
-        let deadline = Instant::now() + START;
-        let kubeconfig = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = printed
-                .recv_timeout(left)
-                .unwrap_or_else(|e| panic!("`lab up` printed no kubeconfig: {e}"));
-            if let Some(path) = line.strip_prefix("kubeconfig: ") {
-                break PathBuf::from(path);
-            }
-        };
-        LabUp { child, kubeconfig }
+        let up = Running::start(tmp, &["lab", "up"], "lab up");
+        let line = up.line_with("kubeconfig: ", START);
+        let kubeconfig = PathBuf::from(line.trim_start_matches("kubeconfig: "));
+        LabUp { up, kubeconfig }
     }
 
     fn dir(&self) -> PathBuf {
@@ -88,24 +39,11 @@ impl LabUp {
     }
 
     fn signal(&self, signal: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
-        // SAFETY: signalling our own child.
-        unsafe {
-            libc::kill(pid, signal);
-        }
+        self.up.signal(signal);
     }
 
     fn wait(&mut self) -> ExitStatus {
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for LabUp {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            self.signal(libc::SIGTERM);
-            let _ = self.child.wait();
-        }
+        self.up.wait()
     }
 }
 

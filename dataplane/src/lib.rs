@@ -1,15 +1,17 @@
 //! Switchyard's dataplane library: one module per mode, each implementing
 //! [`Backend`]: `render` (pure: linked ruleset + settings → typed plan) and
 //! `apply` / `cleanup` (the only code that touches the kernel), plus what the
-//! modes share: the [`exec`] chokepoint for kernel tools, the render
-//! [`settings`], [`conntrack`] cleanup and kube-proxy's leftovers
-//! ([`kubeproxy`]), and what each mode does differently ([`semantics`]). The node agent's runtime drives it; the CLI's `plan` and
-//! `diff` and the benches render with it.
+//! modes share: the [`exec`] chokepoint for kernel tools, what text from data
+//! may hold ([`escape`]), the render [`settings`], [`conntrack`] cleanup and
+//! kube-proxy's leftovers ([`kubeproxy`]), and what each mode does
+//! differently ([`semantics`]). The node agent's runtime drives it; the CLI's
+//! `plan` and `diff` and the benches render with it.
 //!
 //! [`Dataplane`] is the object-safe face the agent's control loop drives, so a
 //! node can hold the old and the new mode side by side during a switch.
 
 pub mod conntrack;
+pub mod escape;
 pub mod exec;
 pub mod kubeproxy;
 pub mod netlink;
@@ -18,6 +20,8 @@ pub mod settings;
 pub mod sysctl;
 
 pub mod ebpf;
+#[cfg(test)]
+mod hostile;
 pub mod iptables;
 pub mod ipvs;
 pub mod nftables;
@@ -55,6 +59,14 @@ pub enum BackendError {
         mode: Mode,
         operation: &'static str,
         message: String,
+    },
+    /// Text the format cannot carry (a name from a ruleset that skipped validation).
+    #[error("{mode}: {operation}: {source}")]
+    Name {
+        mode: Mode,
+        operation: &'static str,
+        #[source]
+        source: escape::NameError,
     },
     #[error("{mode} is not available on this node: {reason}")]
     Unavailable { mode: Mode, reason: String },

@@ -188,6 +188,7 @@ async fn a_node_namespace_reaches_the_api_through_its_forwarder(cp: &ControlPlan
         cwd: cp.dir().to_path_buf(),
         log: log.clone(),
         netns: Some(node.open().unwrap()),
+        env: Vec::new(),
     })
     .unwrap();
     let namespaces = Api::<Namespace>::all(cp.client());
@@ -265,6 +266,7 @@ fn left_behind_reports_programs_and_the_directory_until_removed() {
         cwd: path.clone(),
         log: path.join("sleep.log"),
         netns: None,
+        env: Vec::new(),
     })
     .unwrap();
     let found = workdir::left_behind(&path);

@@ -5,16 +5,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn ours(prefix: &str) -> Vec<String> {
-    std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(prefix))
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use switchyard_lab::netns;
 
 #[test]
 fn sigint_removes_every_namespace() {
@@ -28,11 +19,11 @@ fn sigint_removes_every_namespace() {
     let prefix = format!("syipt-{}-", child.id());
     // Deadlock guard only: wait until the run has built namespaces.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while ours(&prefix).is_empty() && Instant::now() < deadline {
+    while netns::named(&prefix).is_empty() && Instant::now() < deadline {
         std::thread::yield_now();
     }
     assert!(
-        !ours(&prefix).is_empty(),
+        !netns::named(&prefix).is_empty(),
         "the run never created namespaces"
     );
     // SAFETY: sending SIGINT to our own child.
@@ -42,5 +33,5 @@ fn sigint_removes_every_namespace() {
     }
     let status = child.wait().unwrap_or_else(|e| panic!("wait: {e}"));
     assert!(!status.success());
-    assert_eq!(ours(&prefix), Vec::<String>::new());
+    assert_eq!(netns::named(&prefix), Vec::<String>::new());
 }

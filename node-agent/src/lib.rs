@@ -4,6 +4,7 @@
 //! modes; reports status, health and metrics.
 
 pub mod agent;
+pub mod app;
 pub mod events;
 pub mod health;
 pub mod http;

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::ListParams;
 use kube::runtime::controller::{self, Action, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
@@ -19,7 +19,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::clock::Clock;
 use crate::error::Error;
-use crate::events::to_event;
+use crate::events::{EventPublisher, to_event};
 use crate::metrics::{ErrorLabels, Metrics, PoolLabels};
 use crate::plan::{PoolInput, PoolPlan, plan_pool, release_pool};
 use crate::pools::assign_pools;
@@ -41,7 +41,7 @@ pub struct Context {
     pub nodes: Store<Node>,
     /// Every ProxyConfig (selectors, priorities), kept by the controller.
     pub configs: Store<ProxyConfig>,
-    pub recorder: Recorder,
+    pub events: EventPublisher,
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
     /// Added to each pool's verification timeout for a node's switch deadline.
@@ -160,11 +160,7 @@ async fn write_plan(config: &ProxyConfig, plan: &PoolPlan, ctx: &Context) -> Res
     let reference = config.object_ref(&());
     for pool_event in &plan.events {
         info!(pool = %name, event = ?pool_event, "pool event");
-        if let Err(error) = ctx
-            .recorder
-            .publish(&to_event(pool_event), &reference)
-            .await
-        {
+        if let Err(error) = ctx.events.publish(&to_event(pool_event), &reference).await {
             warn!(pool = %name, %error, "publishing an event failed");
         }
     }
@@ -228,7 +224,7 @@ pub async fn run(
     let configs = controller.store();
     let configs_for_nodes = configs.clone();
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter(instance)),
+        events: EventPublisher::new(client.clone(), reporter(instance)),
         client: client.clone(),
         nodes,
         configs,

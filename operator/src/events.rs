@@ -1,8 +1,8 @@
-//! Kubernetes Events for what happens to a pool.
+//! Kubernetes Events for what happens to a pool, and how they are published.
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::Resource;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource};
 use switchyard_api::ProxyNode;
 
 use crate::plan::PoolEvent;
@@ -14,6 +14,34 @@ fn proxy_node_ref(name: &str) -> ObjectReference {
         kind: Some(ProxyNode::kind(&()).into_owned()),
         name: Some(name.to_string()),
         ..ObjectReference::default()
+    }
+}
+
+/// Publishes every Event as a new one.
+///
+/// kube's `Recorder` counts an Event as a repeat of one it published before
+/// (a patched series, shown as "x2") when type, reason, action and objects
+/// match, whatever its note says: a rollout's second `BatchStarted` showed in
+/// `kubectl get events` as a repeat of the first, naming the first batch's
+/// nodes, and a rollback's `RolloutStarted` as a repeat of the forward one.
+/// The operator publishes only on transitions, so there is nothing worth
+/// folding: each Event goes through a fresh `Recorder`, which creates it.
+#[derive(Clone)]
+pub struct EventPublisher {
+    client: Client,
+    reporter: Reporter,
+}
+
+impl EventPublisher {
+    pub fn new(client: Client, reporter: Reporter) -> EventPublisher {
+        EventPublisher { client, reporter }
+    }
+
+    /// Create `event` about `regarding`.
+    pub async fn publish(&self, event: &Event, regarding: &ObjectReference) -> kube::Result<()> {
+        Recorder::new(self.client.clone(), self.reporter.clone())
+            .publish(event, regarding)
+            .await
     }
 }
 

@@ -5,6 +5,7 @@
 //! Pure logic ([`pools`], [`rollout`], [`status`], [`plan`]) is separate from
 //! the code that talks to the API ([`controller`], [`writes`]).
 
+pub mod app;
 pub mod clock;
 pub mod controller;
 pub mod error;

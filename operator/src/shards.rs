@@ -8,7 +8,7 @@ use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde_json::json;
@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use crate::FIELD_MANAGER;
 use crate::controller::DEBOUNCE;
 use crate::error::Error;
+use crate::events::EventPublisher;
 use crate::metrics::{Metrics, ShardLabels};
 use crate::publish::{Change, Publication, Publisher};
 
@@ -27,7 +28,7 @@ use crate::publish::{Change, Publication, Publisher};
 pub async fn write_publication(
     client: &Client,
     publication: &Publication,
-    recorder: &Recorder,
+    events: &EventPublisher,
     metrics: &Metrics,
 ) -> Result<(), Error> {
     let api: Api<ProxyRuleset> = Api::all(client.clone());
@@ -72,7 +73,7 @@ pub async fn write_publication(
     }
     for diagnostic in &publication.diagnostics {
         let event = diagnostic_event(diagnostic);
-        if let Err(error) = recorder.publish(&event, &diagnostic_ref(diagnostic)).await {
+        if let Err(error) = events.publish(&event, &diagnostic_ref(diagnostic)).await {
             warn!(%error, %diagnostic, "publishing an event failed");
         }
     }
@@ -128,7 +129,7 @@ pub async fn run_publisher(
     client: Client,
     settings: CompileSettings,
     budget_bytes: usize,
-    recorder: Recorder,
+    events: EventPublisher,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -189,7 +190,7 @@ pub async fn run_publisher(
                     info!(written = publication.apply.len(), deleted = publication.delete.len(), "publishing shards");
                 }
                 sync_at = None;
-                if let Err(error) = write_publication(&client, &publication, &recorder, &metrics).await {
+                if let Err(error) = write_publication(&client, &publication, &events, &metrics).await {
                     warn!(%error, "publishing shards failed; retrying with every shard");
                     metrics.publish_errors.inc();
                     retry = Some(publication);

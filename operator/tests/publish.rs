@@ -8,13 +8,13 @@ mod common;
 
 use common::verifier::mock_client;
 use http::Method;
-use kube::runtime::events::Recorder;
 use kube::runtime::watcher::Event;
 use serde_json::json;
 use switchyard_api::ProxyRuleset;
 use switchyard_api::ruleset::{ProxyRulesetSpec, Ruleset, ShardLayout};
 use switchyard_compiler::{CompileSettings, parse_objects};
 use switchyard_operator::controller::reporter;
+use switchyard_operator::events::EventPublisher;
 use switchyard_operator::metrics::Metrics;
 use switchyard_operator::publish::{Change, Publication, Publisher};
 use switchyard_operator::shards::write_publication;
@@ -238,7 +238,7 @@ async fn shards_are_applied_with_the_field_manager_then_retired_ones_deleted() {
     let mut p = publisher(256 * 1024, &[old_shard(1, 0)]);
     let publication = p.sync();
     let (client, mut api) = mock_client();
-    let recorder = Recorder::new(client.clone(), reporter(None));
+    let events = EventPublisher::new(client.clone(), reporter(None));
     let metrics = Metrics::default();
     let expected_spec = serde_json::to_value(&publication.apply[0].1).unwrap();
     let server = tokio::spawn(async move {
@@ -285,10 +285,10 @@ async fn shards_are_applied_with_the_field_manager_then_retired_ones_deleted() {
         req.echo();
         api.done().await;
     });
-    write_publication(&client, &publication, &recorder, &metrics)
+    write_publication(&client, &publication, &events, &metrics)
         .await
         .expect("published");
-    drop((client, recorder));
+    drop((client, events));
     server
         .await
         .expect("the API server saw the expected requests");

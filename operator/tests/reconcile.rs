@@ -16,11 +16,11 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Client;
 use kube::runtime::controller::Action;
-use kube::runtime::events::Recorder;
 use kube::runtime::{reflector, watcher};
 use serde_json::{Value, json};
 use switchyard_api::{Mode, ProxyConfig, ProxyNode};
 use switchyard_operator::controller::{Context, FINALIZER, error_policy, reconcile, reporter};
+use switchyard_operator::events::EventPublisher;
 use switchyard_operator::metrics::Metrics;
 
 const CONFIGS: &str = "/apis/switchyard.dev/v1alpha1/proxyconfigs";
@@ -40,7 +40,7 @@ fn context(client: Client, nodes: &[Node], configs: &[ProxyConfig]) -> Arc<Conte
         config_writer.apply_watcher_event(&watcher::Event::Apply(c.clone()));
     }
     Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter(Some("test".into()))),
+        events: EventPublisher::new(client.clone(), reporter(Some("test".into()))),
         client,
         nodes: node_store,
         configs: config_store,

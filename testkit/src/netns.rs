@@ -195,6 +195,18 @@ fn enter(file: &File, name: &str) -> Result<(), NetnsError> {
     Ok(())
 }
 
+/// The network namespaces whose name starts with `prefix`.
+pub fn named(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Make `cmd`'s child enter the namespace `file` refers to between fork and
 /// exec (the command keeps the file open until it is dropped).
 pub fn enter_on_exec(cmd: &mut Command, file: File) {

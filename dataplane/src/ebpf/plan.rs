@@ -10,6 +10,7 @@ use switchyard_api::ruleset::{Cidr, Endpoint, IpFamily, Protocol, ServicePortRul
 
 use super::layout::*;
 use super::maglev;
+use crate::escape;
 use crate::settings::{LocalDetector, NodePortAddresses, Settings};
 
 /// One endpoint list of a service port (slot 0 plus slots 1..n).
@@ -432,7 +433,7 @@ impl fmt::Display for EbpfPlan {
             if c.devices.is_empty() {
                 "all".to_string()
             } else {
-                c.devices.join(",")
+                escape::printable(&c.devices.join(",")).into_owned()
             }
         )?;
         writeln!(f, "map sy_frontends")?;
@@ -520,7 +521,7 @@ impl fmt::Display for EbpfPlan {
             }
         }
         for p in &self.problems {
-            writeln!(f, "# skipped: {p}")?;
+            writeln!(f, "# skipped: {}", escape::printable(p))?;
         }
         Ok(())
     }

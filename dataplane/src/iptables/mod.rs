@@ -3,6 +3,7 @@
 //! `iptables-restore --noflush` / `ip6tables-restore --noflush`, rewriting only
 //! the chains that changed since the last sync. See `README.md`.
 
+pub mod escape;
 pub mod names;
 pub mod plan;
 pub mod render;

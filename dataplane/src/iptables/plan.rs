@@ -7,9 +7,11 @@ use std::fmt;
 
 use switchyard_api::ruleset::IpFamily;
 
+use super::escape;
 use super::restore::tools;
 use super::rule::{Rule, Table};
 use crate::conntrack::UdpSnapshot;
+use crate::escape::NameError;
 
 /// A chain this backend owns, with its complete rule list.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,14 +107,15 @@ impl FamilyPlan {
     /// The `*-restore --noflush` input that turns `applied` (what this backend
     /// last wrote, `None` for a full sync) into this plan: changed and new chains
     /// are declared (which flushes them) and rewritten, vanished chains deleted.
-    /// Returns the text and how many rules it writes.
+    /// Returns the text and how many rules it writes, or the first name
+    /// iptables cannot carry ([`escape`]: nothing is written then).
     /// `leftovers` are chains of ours found in the kernel on a full sync; those
     /// not in the plan are deleted too.
     pub fn restore_input(
         &self,
         applied: Option<&AppliedFamily>,
         leftovers: &[(Table, String)],
-    ) -> (String, usize) {
+    ) -> Result<(String, usize), NameError> {
         let mut out = String::new();
         let mut written = 0;
         for table in Table::ALL {
@@ -140,10 +143,11 @@ impl FamilyPlan {
                 .map(|c| &c.name)
                 .chain(removed.iter().copied())
             {
-                out.push_str(&format!(":{c} - [0:0]\n"));
+                out.push_str(&format!(":{} - [0:0]\n", escape::chain(c)?));
             }
             for c in &changed {
                 for r in &c.rules {
+                    escape::check_rule(r)?;
                     out.push_str(&format!("-A {} {r}\n", c.name));
                     written += 1;
                 }
@@ -153,7 +157,7 @@ impl FamilyPlan {
             }
             out.push_str("COMMIT\n");
         }
-        (out, written)
+        Ok((out, written))
     }
 
     /// What the kernel holds after this plan is applied.

@@ -8,9 +8,11 @@
 use switchyard_api::Mode;
 use switchyard_api::ruleset::IpFamily;
 
+use super::escape;
 use super::plan::{AppliedFamily, FamilyPlan, JumpRule};
 use super::rule::Table;
 use crate::BackendError;
+use crate::escape::NameError;
 use crate::exec::Runner;
 
 /// The command-line tools of one family: `(iptables, iptables-restore, iptables-save)`.
@@ -19,28 +21,6 @@ pub fn tools(family: IpFamily) -> (&'static str, &'static str, &'static str) {
         IpFamily::V4 => ("iptables", "iptables-restore", "iptables-save"),
         IpFamily::V6 => ("ip6tables", "ip6tables-restore", "ip6tables-save"),
     }
-}
-
-/// Split a rendered rule into arguments (comments are the only quoted words).
-fn argv(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut word = String::new();
-    let mut quoted = false;
-    for ch in text.chars() {
-        match ch {
-            '"' => quoted = !quoted,
-            ' ' if !quoted => {
-                if !word.is_empty() {
-                    out.push(std::mem::take(&mut word));
-                }
-            }
-            _ => word.push(ch),
-        }
-    }
-    if !word.is_empty() {
-        out.push(word);
-    }
-    out
 }
 
 /// `-w -t <table> <op> <builtin> <rule…>`; `-I` inserts at the top.
@@ -77,6 +57,15 @@ impl Restore<'_> {
             })
     }
 
+    fn name_err(&self, operation: &'static str) -> impl FnOnce(NameError) -> BackendError {
+        let mode = self.mode;
+        move |source| BackendError::Name {
+            mode,
+            operation,
+            source,
+        }
+    }
+
     /// Write `plan`: the chains that differ from `previous` (every chain when
     /// `None`, a full write, which also inserts the missing jumps), deleting
     /// vanished chains and `leftovers` not in the plan. Returns how many rules
@@ -88,7 +77,9 @@ impl Restore<'_> {
         leftovers: &[(Table, String)],
     ) -> Result<usize, BackendError> {
         let (_, restore, _) = tools(self.family);
-        let (input, mut written) = plan.restore_input(previous, leftovers);
+        let (input, mut written) = plan
+            .restore_input(previous, leftovers)
+            .map_err(self.name_err("restore rules"))?;
         if !input.is_empty() {
             self.run(restore, &["-w", "--noflush"], Some(&input), "restore rules")?;
         }
@@ -110,7 +101,8 @@ impl Restore<'_> {
     fn ensure_jumps(&self, jumps: &[JumpRule]) -> Result<(), BackendError> {
         let (bin, _, _) = tools(self.family);
         for j in jumps.iter().rev() {
-            let rule = argv(&j.rule.to_string());
+            escape::check_rule(&j.rule).map_err(self.name_err("insert jump rule"))?;
+            let rule = escape::argv(&j.rule.to_string());
             if !self.jump_exists(j, &rule) {
                 self.run(bin, &jump_args(j, "-I", &rule), None, "insert jump rule")?;
             }
@@ -122,7 +114,8 @@ impl Restore<'_> {
     pub fn remove_jumps(&self, jumps: &[JumpRule]) -> Result<(), BackendError> {
         let (bin, _, _) = tools(self.family);
         for j in jumps {
-            let rule = argv(&j.rule.to_string());
+            escape::check_rule(&j.rule).map_err(self.name_err("delete jump rule"))?;
+            let rule = escape::argv(&j.rule.to_string());
             while self.jump_exists(j, &rule) {
                 self.run(bin, &jump_args(j, "-D", &rule), None, "delete jump rule")?;
             }
@@ -163,6 +156,7 @@ impl Restore<'_> {
             }
             input.push_str(&format!("*{}\n", table.as_str()));
             for c in &ours {
+                let c = escape::chain(c).map_err(self.name_err("delete chains"))?;
                 input.push_str(&format!(":{c} - [0:0]\n"));
             }
             for c in &ours {

@@ -1,11 +1,14 @@
 //! The typed rule IR of both iptables layouts (the iptables mode's and the
 //! IPVS mode's). Rules are values; [`fmt::Display`] renders one as the
-//! argument text of an `iptables-restore` `-A` line, the only place text is made.
+//! argument text of an `iptables-restore` `-A` line, the only place text is
+//! made (its comment through [`escape::comment`]).
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use switchyard_api::ruleset::{Cidr, Protocol};
+
+use super::escape;
 
 /// The two tables the backend writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -141,14 +144,6 @@ impl Rule {
     }
 }
 
-fn quote(text: &str) -> String {
-    if text.contains(' ') || text.is_empty() {
-        format!("\"{text}\"")
-    } else {
-        text.to_string()
-    }
-}
-
 fn not(negate: bool) -> &'static str {
     if negate { "! " } else { "" }
 }
@@ -248,7 +243,7 @@ impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut parts: Vec<String> = Vec::new();
         if let Some(c) = &self.comment {
-            parts.push(format!("-m comment --comment {}", quote(c)));
+            parts.push(format!("-m comment --comment {}", escape::comment(c)));
         }
         parts.extend(self.matches.iter().map(Match::to_string));
         let target = self.target.to_string();

@@ -283,3 +283,20 @@ fn udp_endpoint_removal_deletes_conntrack_entries() {
         "{deletes:?}"
     );
 }
+
+/// A chain name that skipped validation and the hash (only a plan built by
+/// hand has one) is refused before iptables-restore runs.
+#[test]
+fn chain_name_iptables_cannot_carry_is_refused_before_any_tool_runs() {
+    let runner = Arc::new(ScriptedRunner::default());
+    let sysctl = Arc::new(FakeSysctl::default());
+    let mut b = backend(&runner, &sysctl);
+    let mut plan = b.render(&linked(OVERALL), &settings());
+    plan.families[0].nat[0].name = "KUBE-SVC-X\n-A INPUT -j ACCEPT".into();
+    let err = b.apply(&plan).unwrap_err();
+    assert!(
+        matches!(&err, BackendError::Name { source, .. } if source.kind == "chain"),
+        "{err}"
+    );
+    assert!(restores(&runner).is_empty());
+}

@@ -2,7 +2,7 @@
 //! (`ip`, `ipset`, `iptables-restore`) of [`Runner`] and the [`Sysctl`] writer:
 //! the dummy interface and its addresses, the ipsets, the removal of our
 //! chains, sysctls. (Our rules are written by the iptables mode's writer,
-//! [`crate::iptables::restore`].)
+//! [`crate::iptables::restore`], the `ipset restore` input by [`super::ipset`].)
 //! Every command acts in the caller's network namespace.
 
 use std::collections::BTreeSet;
@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use switchyard_api::ruleset::IpFamily;
 
-use super::plan::{DUMMY_INTERFACE, IpSet};
+use super::plan::DUMMY_INTERFACE;
 use super::rules::our_chains;
 use crate::exec::{ExecError, Runner};
 use crate::iptables::restore::tools;
@@ -114,23 +114,8 @@ impl Host<'_> {
             .collect())
     }
 
-    /// Create missing sets and replace the members of every set, in one `ipset restore`.
-    pub fn sync_ipsets(&self, sets: &[IpSet]) -> Result<(), ExecError> {
-        self.runner
-            .run(
-                "ipset",
-                &["restore"],
-                Some(ipset_restore_text(sets).as_bytes()),
-            )
-            .map(|_| ())
-    }
-
-    pub fn destroy_ipsets(&self, names: &[String]) -> Result<(), ExecError> {
-        let existing = self.ipset_names()?;
-        let mut text = String::new();
-        for n in names.iter().filter(|n| existing.contains(*n)) {
-            text.push_str(&format!("flush {n}\ndestroy {n}\n"));
-        }
+    /// Run `ipset restore` with this input ([`super::ipset`] writes it).
+    pub fn ipset_restore(&self, text: &str) -> Result<(), ExecError> {
         if text.is_empty() {
             return Ok(());
         }
@@ -199,19 +184,6 @@ impl Host<'_> {
                 })
         })
     }
-}
-
-/// `ipset restore` input: create each set if missing, then replace its members.
-pub fn ipset_restore_text(sets: &[IpSet]) -> String {
-    let mut text = String::new();
-    for set in sets {
-        text.push_str(&format!("{} -exist\n", set.create_line()));
-        text.push_str(&format!("flush {}\n", set.name));
-        for e in &set.entries {
-            text.push_str(&format!("add {} {e}\n", set.name));
-        }
-    }
-    text
 }
 
 /// Addresses in `ip -o addr show` output.

@@ -12,6 +12,7 @@ pub mod capture;
 mod fake;
 pub mod genl;
 pub mod host;
+pub mod ipset;
 pub mod kernel;
 pub mod objects;
 pub mod plan;
@@ -30,6 +31,7 @@ use switchyard_api::policy::LinkedRuleset;
 use switchyard_api::ruleset::{IpFamily, Protocol};
 
 use crate::conntrack::{self, UdpSnapshot};
+use crate::escape::NameError;
 use crate::exec::{ExecError, Runner};
 use crate::iptables::plan::FamilyPlan;
 use crate::iptables::restore::Restore;
@@ -67,6 +69,14 @@ fn kernel_err(operation: &'static str) -> impl FnOnce(KernelError) -> BackendErr
 
 fn exec_err(operation: &'static str) -> impl FnOnce(ExecError) -> BackendError {
     move |source| BackendError::Exec {
+        mode: Mode::Ipvs,
+        operation,
+        source,
+    }
+}
+
+fn name_err(operation: &'static str) -> impl FnOnce(NameError) -> BackendError {
+    move |source| BackendError::Name {
         mode: Mode::Ipvs,
         operation,
         source,
@@ -383,8 +393,8 @@ impl Backend for IpvsBackend {
             .as_ref()
             .is_none_or(|a| a.ipsets != plan.ipsets);
         if sets_changed {
-            host.sync_ipsets(&plan.ipsets)
-                .map_err(exec_err("sync ipsets"))?;
+            let text = ipset::restore_text(&plan.ipsets).map_err(name_err("sync ipsets"))?;
+            host.ipset_restore(&text).map_err(exec_err("sync ipsets"))?;
             written += plan
                 .ipsets
                 .iter()
@@ -446,7 +456,15 @@ impl Backend for IpvsBackend {
             host.remove_rules(family)
                 .map_err(exec_err("remove iptables rules"))?;
         }
-        host.destroy_ipsets(&render::all_set_names())
+        let existing = host.ipset_names().map_err(exec_err("list ipsets"))?;
+        let ours = render::all_set_names();
+        let text = ipset::destroy_text(
+            ours.iter()
+                .filter(|n| existing.contains(*n))
+                .map(String::as_str),
+        )
+        .map_err(name_err("destroy ipsets"))?;
+        host.ipset_restore(&text)
             .map_err(exec_err("destroy ipsets"))?;
         host.delete_dummy().map_err(exec_err("delete kube-ipvs0"))?;
         self.applied = None;

@@ -11,6 +11,7 @@ use switchyard_api::ruleset::{Cidr, IpFamily, Protocol};
 
 use super::objects::{RealServer, ServiceKey, Timeouts, VirtualServer};
 use crate::conntrack::UdpSnapshot;
+use crate::escape;
 use crate::iptables::plan::FamilyPlan;
 use crate::iptables::restore::tools;
 use crate::iptables::trace::{IpSets, SetLookup};
@@ -193,7 +194,7 @@ impl fmt::Display for IpvsPlan {
             if vs.flags & super::genl::SVC_F_SCHED2 != 0 {
                 write!(f, " flag-2")?;
             }
-            writeln!(f, "  # {}", s.service_port)?;
+            writeln!(f, "  # {}", escape::printable(&s.service_port))?;
             for rs in &s.real_servers {
                 writeln!(f, "  -> {:<28} Masq    {}", rs.endpoint(), rs.weight)?;
             }
@@ -225,7 +226,12 @@ impl fmt::Display for IpvsPlan {
             writeln!(f, "# strictARP: arp_ignore=1 arp_announce=2")?;
         }
         for l in &self.limitations {
-            writeln!(f, "# not expressible: {}: {}", l.service_port, l.reason)?;
+            writeln!(
+                f,
+                "# not expressible: {}: {}",
+                escape::printable(&l.service_port),
+                l.reason
+            )?;
         }
         Ok(())
     }

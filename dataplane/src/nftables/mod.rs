@@ -7,6 +7,7 @@
 //! See README.md for the layout.
 
 mod diff;
+pub mod escape;
 pub mod ir;
 pub mod netlink;
 pub mod render;
@@ -18,7 +19,7 @@ pub mod transaction;
 #[cfg(test)]
 mod netns_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::sync::Arc;
 
@@ -70,7 +71,12 @@ impl NftablesBackend {
     /// Send one transaction: over netlink when it can carry it, else `nft -f`.
     fn send(&self, operation: &'static str, tx: &Transaction) -> Result<(), BackendError> {
         if !(self.netlink && NftNetlink::supports(&tx.commands)) {
-            return self.nft(operation, &tx.text());
+            let script = tx.text().map_err(|source| BackendError::Name {
+                mode: Mode::Nftables,
+                operation,
+                source,
+            })?;
+            return self.nft(operation, &script);
         }
         self.socket
             .apply(&tx.commands)

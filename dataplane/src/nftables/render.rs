@@ -14,8 +14,10 @@ use switchyard_api::policy::{LinkedRuleset, LinkedServicePort, NodeInfo};
 use switchyard_api::ruleset::{Cidr, Endpoint, IpFamily};
 
 use crate::conntrack::UdpPort;
+use crate::escape::NameError;
 use crate::settings::{LocalDetector, NodePortAddresses, Settings};
 
+use super::escape;
 use super::ir::{
     BaseChain, Chain, ChainType, Dir, Fragment, Hook, Key, Match, Plan, Priority, RenderContext,
     Rule, ServicePlan, Set, SetKind, Stmt, Table, Verdict,
@@ -162,7 +164,9 @@ struct Names {
 }
 
 impl Names {
-    fn of(svc: &LinkedServicePort) -> Names {
+    /// The names, or the first that nftables cannot carry (a service name
+    /// that skipped validation): the service port is skipped then.
+    fn of(svc: &LinkedServicePort) -> Result<Names, NameError> {
         let r = &svc.rule;
         let base = hashed(&format!(
             "{}/{}/{}/{}",
@@ -171,15 +175,22 @@ impl Names {
             r.protocol.as_lower(),
             r.port_name
         ));
-        Names {
-            cluster: format!("service-{base}"),
-            local: format!("local-{base}"),
-            external: format!("external-{base}"),
-            firewall: format!("firewall-{base}"),
-        }
+        let chain = |prefix: &str| {
+            let name = format!("{prefix}-{base}");
+            escape::name("chain", &name)?;
+            Ok(name)
+        };
+        Ok(Names {
+            cluster: chain("service")?,
+            local: chain("local")?,
+            external: chain("external")?,
+            firewall: chain("firewall")?,
+        })
     }
 }
 
+/// The affinity set of an endpoint: its name holds what the chain names hold
+/// (checked by [`Names::of`]), the endpoint's address and port.
 fn affinity_set_name(svc: &LinkedServicePort, ep: &Endpoint) -> String {
     let r = &svc.rule;
     let ip = ep.ip.to_string().replace(':', ".");
@@ -548,18 +559,21 @@ impl<'a> FamilyRenderer<'a> {
     ) -> Result<Option<PortInFamily<'s>>, String> {
         let r = &svc.rule;
         let in_family = |b: &&Endpoint| IpFamily::of(&b.ip) == self.family;
+        let cluster_ips = self.of_family(&r.cluster_ips);
+        let external_ips = self.of_family(&r.external_ips);
+        let lb_ips = self.of_family(&r.load_balancer_ips);
+        if cluster_ips.is_empty() && external_ips.is_empty() && lb_ips.is_empty() {
+            return Ok(None);
+        }
         let p = PortInFamily {
             svc,
-            names: Names::of(svc),
-            cluster_ips: self.of_family(&r.cluster_ips),
-            external_ips: self.of_family(&r.external_ips),
-            lb_ips: self.of_family(&r.load_balancer_ips),
+            names: Names::of(svc).map_err(|e| e.to_string())?,
+            cluster_ips,
+            external_ips,
+            lb_ips,
             cluster: svc.cluster_endpoints().filter(in_family).collect(),
             local: svc.local_endpoints().filter(in_family).collect(),
         };
-        if p.cluster_ips.is_empty() && p.external_ips.is_empty() && p.lb_ips.is_empty() {
-            return Ok(None);
-        }
         if let Some(b) = svc.all_reachable_endpoints().find(|b| b.port == 0) {
             return Err(format!("endpoint {} has port 0", b.endpoint()));
         }

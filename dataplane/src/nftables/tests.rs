@@ -161,7 +161,7 @@ fn endpoint_change_transaction_matches_golden_file() {
         1,
         "the removed service's chain, deleted later"
     );
-    golden("endpoint-change.nft", &step.tx.text());
+    golden("endpoint-change.nft", &step.tx.text().unwrap());
 }
 
 fn tcp(dst: &str, port: u16) -> Packet {
@@ -401,6 +401,7 @@ fn failed_apply_keeps_the_record_of_what_is_applied() {
     assert!(
         step.tx
             .text()
+            .unwrap()
             .contains("flush chain ip switchyard service-")
     );
 }
@@ -817,4 +818,53 @@ proptest::proptest! {
             }
         }
     }
+}
+
+/// A service port whose names nftables cannot carry (a ruleset nothing
+/// validated) is skipped, named in the listing's one `# skipped:` line per
+/// family, and the other service ports are rendered.
+#[test]
+fn service_port_with_a_name_nftables_cannot_carry_is_skipped_and_reported() {
+    let mut rs = sample_ruleset();
+    rs.services[0].name = "web\"\n-A INPUT -j ACCEPT\n#".into();
+    let plan = plan_of(&rs);
+    let skipped: Vec<&String> = plan.skipped().collect();
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert!(
+        skipped[0].contains("refused: character not allowed"),
+        "{}",
+        skipped[0]
+    );
+    assert!(!plan.services[&1].fragments.iter().any(|f| !f.is_empty()));
+    assert_eq!(
+        plan.services
+            .values()
+            .filter(|s| !s.fragments.is_empty())
+            .count(),
+        5
+    );
+    let listing = plan.to_string();
+    let line = listing
+        .lines()
+        .find(|l| l.starts_with("# skipped: default/web"))
+        .unwrap();
+    assert!(line.ends_with("refused: character not allowed"), "{line}");
+    assert!(!listing.contains("\n-A INPUT"));
+}
+
+/// A plan with such a name (built by hand: the render never makes one)
+/// is refused before `nft` runs.
+#[test]
+fn apply_refuses_a_plan_with_a_name_nftables_cannot_carry() {
+    let runner = Arc::new(FakeRunner::default());
+    let mut backend = NftablesBackend::new(runner.clone());
+    let mut plan = plan_of(&sample_ruleset());
+    let setup = Arc::make_mut(&mut plan.setup[0]);
+    let chain = setup.chains.remove("services").unwrap();
+    setup
+        .chains
+        .insert("services\"; flush ruleset".into(), chain);
+    let err = backend.apply(&plan).unwrap_err();
+    assert!(matches!(err, crate::BackendError::Name { .. }), "{err}");
+    assert!(runner.calls().iter().all(|c| c.program != "nft"));
 }

@@ -1,16 +1,19 @@
 //! The text encoder: the typed plan as `nft` text (the `nft list` form
 //! `Display` shows) and a [`Transaction`] as an `nft -f` script; the sibling
 //! of [`super::netlink`], which sends the same transaction as one batch.
+//! Comments and names are held to what nft reads by [`super::escape`].
 
 use std::fmt::{self, Write};
 use std::net::IpAddr;
 
 use switchyard_api::ruleset::IpFamily;
 
+use super::escape;
 use super::ir::{
     BaseChain, Dir, Hook, Key, Match, Plan, Rule, Set, SetKind, Stmt, TABLE, Table, Verdict,
 };
 use super::transaction::{Command, Transaction};
+use crate::escape::NameError;
 
 /// `ip` / `ip6`: the table family and the address payload keyword.
 pub fn family_word(family: IpFamily) -> &'static str {
@@ -68,9 +71,9 @@ fn element(key: &Key, value: &Option<Verdict>) -> String {
     }
 }
 
+/// nft comments are double-quoted strings without escapes.
 fn quote(comment: &str) -> String {
-    // nft comments are double-quoted strings without escapes.
-    format!("\"{}\"", comment.replace('"', "'"))
+    format!("\"{}\"", escape::comment(comment))
 }
 
 /// A rule's body, as it follows `add rule <family> <table> <chain>`.
@@ -207,7 +210,7 @@ impl fmt::Display for Plan {
             }
         }
         for s in self.skipped() {
-            writeln!(f, "# skipped: {s}")?;
+            writeln!(f, "# skipped: {}", crate::escape::printable(s))?;
         }
         Ok(())
     }
@@ -274,13 +277,15 @@ impl fmt::Display for Command {
 }
 
 impl Transaction {
-    /// The transaction as an `nft -f` script.
-    pub fn text(&self) -> String {
+    /// The transaction as an `nft -f` script, or the first name nftables
+    /// cannot carry ([`escape::check`]: nothing is written then).
+    pub fn text(&self) -> Result<String, NameError> {
         let mut out = String::new();
         for c in &self.commands {
+            escape::check(c)?;
             // Writing to a String cannot fail.
             let _ = write!(out, "{c}");
         }
-        out
+        Ok(out)
     }
 }

@@ -1,9 +1,8 @@
 //! The node agent's stand-in: one thread that entered the node namespace and
-//! owns the node's dataplane, so every job — an apply, a render, a whole mode
-//! switch — runs inside the namespace, in order, against the same instance
-//! (incrementally, as a real agent's syncs do). The scenario runner and the
-//! dataplane bench start it with a dataplane; the CLI's demo starts it with
-//! none and runs the agent's switch procedure on it.
+//! owns the node's dataplane, so every job — an apply, a render, a clean-up
+//! — runs inside the namespace, in order, against the same instance
+//! (incrementally, as a real agent's syncs do): the scenario runner's and the
+//! dataplane bench's agent.
 //!
 //! Dropping the handle stops the thread and leaves the dataplane's rules in
 //! place, as an agent that exits does (a restart finds them);
@@ -73,7 +72,7 @@ impl NodeAgent {
     }
 
     /// Start the agent thread in `node` with no dataplane yet.
-    pub fn without_dataplane(node: &Netns) -> Result<NodeAgent, HarnessError> {
+    fn without_dataplane(node: &Netns) -> Result<NodeAgent, HarnessError> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let thread = node.spawn(&format!("agent-{}", node.name()), move || {
             let mut active: Active = None;

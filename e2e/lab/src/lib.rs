@@ -11,11 +11,14 @@
 //! - [`runner`]: compile, link, apply, send connections, judge, report.
 //! - [`vm`]: Debian's stock kernel in qemu, for IPVS when the host lacks it.
 //! - [`controlplane`]: etcd, kube-apiserver and kube-controller-manager on loopback.
+//! - [`cluster`]: a cluster on it: nodes, pods and servers in namespaces, the
+//!   real operator and node agent processes (the tests' and the demo's).
 //! - [`netns`], [`cleanup`]: the test kit's network namespaces and its cleanup
 //!   registry (what is undone on drop and on SIGINT/SIGTERM), which the lab's
 //!   users reach through it (`switchyard-testkit`).
 
 pub mod agent;
+pub mod cluster;
 pub mod controlplane;
 pub mod ebpf;
 pub mod hooks;

@@ -1,22 +1,65 @@
-//! Shared by the end-to-end tests: the lab's binaries, and every scenario in
-//! `e2e/scenarios/` run with the scenario binary, requiring no failure.
+//! Shared by the end-to-end tests: the lab's binaries and Switchyard's own,
+//! every scenario in `e2e/scenarios/` run with the scenario binary requiring
+//! no failure, and the helpers of the tests on a lab cluster ([`cluster`]).
 #![allow(dead_code)] // each test binary uses a different part
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure fails the calling test
+
+pub mod cluster;
 
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The lab's binary `name` (`scenario`, `dataplane-bench`), built by cargo if
-/// it is not up to date: a binary of another package has no `CARGO_BIN_EXE_*`.
-pub fn lab_bin(name: &str) -> PathBuf {
-    escargot::CargoBuild::new()
-        .manifest_path(concat!(env!("CARGO_MANIFEST_DIR"), "/lab/Cargo.toml"))
+/// Binary `name` of the package at `dir` (relative to the workspace), built
+/// by cargo if it is not up to date: a binary of another package has no
+/// `CARGO_BIN_EXE_*`.
+///
+/// The variables cargo set for this test are not passed on: build scripts
+/// that read them (ring's reads `CARGO_MANIFEST_DIR` and `CARGO_PKG_*`) would
+/// see them changed, and each of this build and the next `cargo test` would
+/// rebuild ring, rustls, kube and everything above them for the other.
+fn package_bin(dir: &str, name: &str) -> PathBuf {
+    let manifest = format!("{}/../{dir}/Cargo.toml", env!("CARGO_MANIFEST_DIR"));
+    let set_by_cargo = std::env::vars_os().map(|(key, _)| key).filter(|key| {
+        let key = key.to_string_lossy();
+        ["CARGO_PKG_", "CARGO_BIN_EXE_"]
+            .iter()
+            .any(|p| key.starts_with(p))
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "OUT_DIR",
+            ]
+            .contains(&key.as_ref())
+    });
+    set_by_cargo
+        .fold(escargot::CargoBuild::new(), |build, key| {
+            build.env_remove(key)
+        })
+        .manifest_path(manifest)
         .bin(name)
         .current_release()
         .run()
-        .unwrap_or_else(|e| panic!("build the lab's {name}: {e}"))
+        .unwrap_or_else(|e| panic!("build {dir}'s {name}: {e}"))
         .path()
         .to_path_buf()
+}
+
+/// The lab's binary `name` (`scenario`, `dataplane-bench`).
+pub fn lab_bin(name: &str) -> PathBuf {
+    package_bin("e2e/lab", name)
+}
+
+/// The operator's and the node agent's own binaries, as they ship.
+pub fn switchyard_programs() -> switchyard_lab::cluster::processes::Programs {
+    use switchyard_lab::cluster::processes::{Program, Programs};
+    Programs {
+        operator: Program::new(package_bin("operator", "switchyard-operator")),
+        agent: Program::new(package_bin("node-agent", "node-agent")),
+    }
 }
 
 /// Runs `scenario --mode <mode> e2e/scenarios` and asserts `N passed, 0 failed` with N > 0.

@@ -302,13 +302,16 @@ fn every_expression_step(old: Option<&[Table]>, new: Option<&[Table]>) -> Transa
 /// Every expression added to the sample table, edited, and removed: the
 /// table before each step as nft text, and the step's commands.
 pub(super) fn every_expression_steps() -> [(&'static str, String, Vec<Command>); 3] {
-    let base_text = transaction(None, &plan(&sample_ruleset())).tx.text();
+    let base_text = transaction(None, &plan(&sample_ruleset()))
+        .tx
+        .text()
+        .unwrap();
     let (every, edited) = (every_expression(false), every_expression(true));
     let added = every_expression_step(None, Some(&every));
     let changed = every_expression_step(Some(&every), Some(&edited));
     let removed = every_expression_step(Some(&edited), None);
-    let after_added = format!("{base_text}{}", added.text());
-    let after_edited = format!("{after_added}{}", changed.text());
+    let after_added = format!("{base_text}{}", added.text().unwrap());
+    let after_edited = format!("{after_added}{}", changed.text().unwrap());
     [
         ("every expression added", base_text, added.commands),
         ("every expression edited", after_added, changed.commands),
@@ -396,7 +399,7 @@ fn scenarios() -> Vec<(&'static str, String, Vec<Command>)> {
     let mut steps: Vec<(&str, String, Vec<Command>)> = pairs
         .into_iter()
         .map(|(what, a, b)| {
-            let full = transaction(None, &a).tx.text();
+            let full = transaction(None, &a).tx.text().unwrap();
             let step = transaction(Some(&Applied::of(a)), &b);
             assert!(!step.full, "{what}: incremental");
             (what, full, step.tx.commands)
@@ -407,7 +410,7 @@ fn scenarios() -> Vec<(&'static str, String, Vec<Command>)> {
     assert!(resync.replaced.is_empty(), "in place");
     steps.push((
         "the periodic resync, in place",
-        transaction(None, &plan(&sticky)).tx.text(),
+        transaction(None, &plan(&sticky)).tx.text().unwrap(),
         resync.tx.commands,
     ));
     steps.extend(every_expression_steps());
@@ -559,7 +562,7 @@ fn a_cluster_ip_reaches_the_endpoint_that_netlink_put_in() {
     };
     // Loaded by nft pointing nowhere; netlink moves it to the pod.
     let (before, after) = (plan(&web("10.0.1.99")), plan(&web("10.0.1.5")));
-    node.nft(&transaction(None, &before).tx.text());
+    node.nft(&transaction(None, &before).tx.text().unwrap());
     let commands = transaction(Some(&Applied::of(before)), &after).tx.commands;
     node.netlink(move |nl| nl.apply(&commands)).unwrap();
     assert_eq!(vip_reply(&node, &pod), "pod-10.0.1.5");
@@ -571,7 +574,7 @@ fn a_failing_command_aborts_the_batch_and_is_named() {
         return;
     };
     let base = plan(&sample_ruleset());
-    ns.nft(&transaction(None, &base).tx.text());
+    ns.nft(&transaction(None, &base).tx.text().unwrap());
     let before = listing(&ns);
 
     let element = |set: &str, key: Key| Command::AddElements {
@@ -665,7 +668,7 @@ fn full_syncs_over_netlink_leave_what_nft_leaves() {
         let tx = transaction(None, &plan(rs)).tx;
         assert!(tx.replaces_tables());
         assert!(NftNetlink::supports(&tx.commands), "ruleset {n}");
-        by_nft.nft(&tx.text());
+        by_nft.nft(&tx.text().unwrap());
         let commands = tx.commands;
         by_netlink
             .netlink(move |nl| nl.apply(&commands))
@@ -726,7 +729,7 @@ fn a_large_full_sync_goes_over_netlink() {
     let plan = plan(&Ruleset { services });
     let chains = plan.table(IpFamily::V4).unwrap().chains.len();
     let tx = transaction(None, &plan).tx;
-    let text = tx.text();
+    let text = tx.text().unwrap();
     let commands = tx.commands;
 
     let started = std::time::Instant::now();
@@ -753,7 +756,7 @@ fn a_failing_table_replacement_changes_nothing_and_names_the_object() {
         return;
     };
     let base = plan(&sample_ruleset());
-    ns.nft(&transaction(None, &base).tx.text());
+    ns.nft(&transaction(None, &base).tx.text().unwrap());
     let before = listing(&ns);
     let mut table = base.table(IpFamily::V4).unwrap();
     table.push(

@@ -22,7 +22,7 @@
 //! | `expr.rs` | a rule's matches and statements as `nf_tables` expressions |
 //! | `attrs.rs`, `userdata.rs` | attribute and userdata layout |
 //! | `uapi.rs` | the kernel's and nft's numbers that `libc` does not define |
-//! | `support.rs` | what is refused before sending |
+//! | `support.rs` | what is refused before sending (names: [`super::escape`]) |
 //!
 //! One [`NftNetlink::apply`] is one batch (`NFNL_MSG_BATCH_BEGIN` … `END`)
 //! that the kernel commits or aborts as a whole. Only the last message asks
@@ -57,7 +57,9 @@ use self::batch::describe;
 use self::commands::batch;
 pub use self::socket::{NftNetlink, ThreadSocket};
 use self::support::supported;
+use super::escape;
 use super::transaction::Command;
+use crate::escape::NameError;
 
 /// A batch the kernel refused, or a socket failure.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +70,8 @@ pub enum NetlinkError {
     Namespace(#[source] io::Error),
     #[error("cannot send over nf_tables netlink: {0}")]
     Unsupported(String),
+    #[error(transparent)]
+    Name(#[from] NameError),
     #[error("nf_tables rejected `{command}`: {source}")]
     Command {
         command: String,
@@ -79,15 +83,19 @@ pub enum NetlinkError {
 }
 
 impl NftNetlink {
-    /// Whether every command can be encoded (else send the transaction with `nft -f`).
+    /// Whether every command can be encoded (else send the transaction with
+    /// `nft -f`, which refuses what no encoder can carry).
     pub fn supports(commands: &[Command]) -> bool {
-        commands.iter().all(supported)
+        commands
+            .iter()
+            .all(|c| supported(c) && escape::check(c).is_ok())
     }
 
     /// Send all commands as one batch: Ok only when the kernel committed all
     /// of it; on error nothing changed, and the error names the failing
     /// command (for a table replacement, the object in it) and the errno.
     pub fn apply(&mut self, commands: &[Command]) -> Result<(), NetlinkError> {
+        commands.iter().try_for_each(escape::check)?;
         if let Some(c) = commands.iter().find(|c| !supported(c)) {
             return Err(NetlinkError::Unsupported(describe(c, None)));
         }

@@ -1,12 +1,13 @@
 //! What the encoder refuses before anything is sent: only what the plan
-//! never builds (an address of the other family than its table, a comment
-//! longer than userdata holds).
+//! never builds (an address of the other family than its table). Names
+//! nftables cannot carry are refused by [`crate::nftables::escape`], and
+//! comments are cut there to what userdata holds.
 
 use std::net::IpAddr;
 
 use switchyard_api::ruleset::IpFamily;
 
-use crate::nftables::ir::{Key, Match, Rule, Set, Stmt};
+use crate::nftables::ir::{Key, Match, Rule, Stmt};
 use crate::nftables::transaction::Command;
 
 /// Whether the command can be sent over netlink as it is.
@@ -16,17 +17,17 @@ pub fn supported(c: &Command) -> bool {
         Command::ReplaceTable(t) => {
             t.sets
                 .values()
-                .all(|s| set_fits(s) && s.elements.keys().all(|k| key_fits(k, family)))
+                .all(|s| s.elements.keys().all(|k| key_fits(k, family)))
                 && t.chains
                     .values()
                     .flat_map(|c| &c.rules)
                     .all(|r| rule_fits(r, family))
         }
-        Command::AddSet { set, .. } => set_fits(set),
         Command::AddElements { elements, .. } => elements.iter().all(|(k, _)| key_fits(k, family)),
         Command::DeleteElements { keys, .. } => keys.iter().all(|k| key_fits(k, family)),
         Command::AddRule { rule, .. } => rule_fits(rule, family),
         Command::DropTable(_)
+        | Command::AddSet { .. }
         | Command::AddChain { .. }
         | Command::DeleteSet { .. }
         | Command::FlushSet { .. }
@@ -35,27 +36,16 @@ pub fn supported(c: &Command) -> bool {
     }
 }
 
-/// Userdata values are at most 255 bytes.
-fn comment_fits(comment: Option<&String>) -> bool {
-    comment.is_none_or(|c| c.len() < 255)
-}
-
-fn set_fits(set: &Set) -> bool {
-    comment_fits(set.comment.as_ref())
-}
-
 fn rule_fits(rule: &Rule, family: IpFamily) -> bool {
     let fits = |ip: &IpAddr| IpFamily::of(ip) == family;
-    comment_fits(rule.comment.as_ref())
-        && rule.matches.iter().all(|m| match m {
-            Match::Addr(_, ip) => fits(ip),
-            Match::SaddrInPrefix(c) => fits(&c.addr()),
-            _ => true,
-        })
-        && rule.stmts.iter().all(|s| match s {
-            Stmt::Dnat(ip, _) => fits(ip),
-            _ => true,
-        })
+    rule.matches.iter().all(|m| match m {
+        Match::Addr(_, ip) => fits(ip),
+        Match::SaddrInPrefix(c) => fits(&c.addr()),
+        _ => true,
+    }) && rule.stmts.iter().all(|s| match s {
+        Stmt::Dnat(ip, _) => fits(ip),
+        _ => true,
+    })
 }
 
 fn key_fits(key: &Key, family: IpFamily) -> bool {

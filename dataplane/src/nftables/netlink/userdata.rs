@@ -9,6 +9,7 @@ use super::uapi::{
     NFTNL_UDATA_SET_DATABYTEORDER, NFTNL_UDATA_SET_ELEM_FLAGS, NFTNL_UDATA_SET_KEY_TYPEOF,
     NFTNL_UDATA_SET_KEYBYTEORDER, NFTNL_UDATA_SET_TYPEOF_DATA, NFTNL_UDATA_SET_TYPEOF_EXPR,
 };
+use crate::nftables::escape;
 use crate::nftables::ir::SetKind;
 
 /// Records of one type byte, one length byte and the value (host-endian
@@ -19,7 +20,7 @@ struct Userdata(Vec<u8>);
 impl Userdata {
     fn bytes(&mut self, kind: u8, value: &[u8]) {
         self.0.push(kind);
-        // Values are at most 255 bytes: `support` refuses longer comments.
+        // Values are at most 255 bytes: comments are cut to 128 (`escape`).
         self.0.push(u8::try_from(value.len()).unwrap_or(u8::MAX));
         self.0.extend_from_slice(value);
     }
@@ -28,10 +29,10 @@ impl Userdata {
         self.bytes(kind, &value.to_ne_bytes());
     }
 
-    /// A comment as nft stores it: quoted by [`crate::nftables::text`]
-    /// (`"` becomes `'`), NUL-terminated.
+    /// A comment as nft stores it: what [`escape::comment`] keeps of it
+    /// (as the text encoder writes it), NUL-terminated.
     fn comment(&mut self, kind: u8, comment: &str) {
-        let mut v = comment.replace('"', "'").into_bytes();
+        let mut v = escape::comment(comment).into_owned().into_bytes();
         v.push(0);
         self.bytes(kind, &v);
     }

@@ -1,13 +1,13 @@
 //! kube-apiserver for one control plane: TLS on 127.0.0.1 with the lab's PKI,
 //! client-certificate and service-account-token authentication, Node and RBAC
 //! authorization, ValidatingAdmissionPolicy (and NodeRestriction) admission,
-//! etcd over its unix socket.
+//! etcd over its unix socket, an audit log ([`super::audit`]).
 
 use std::path::Path;
 
 use super::certs::Pki;
-use super::etcd;
 use super::process::Launch;
+use super::{audit, etcd};
 
 /// Who issues service-account tokens (the in-cluster name, as on a real cluster).
 pub const SA_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
@@ -36,6 +36,12 @@ pub fn launch(program: &Path, dir: &Path, port: u16, pki: &Pki, service_cidr: &s
         // their forwarder instead.
         "--endpoint-reconciler-type=none".to_string(),
         "--profiling=false".to_string(),
+        format!(
+            "--audit-policy-file={}",
+            path(&dir.join(audit::POLICY_FILE))
+        ),
+        format!("--audit-log-path={}", path(&dir.join(audit::LOG_FILE))),
+        "--audit-log-format=json".to_string(),
     ];
     Launch {
         name: "kube-apiserver",
@@ -44,6 +50,7 @@ pub fn launch(program: &Path, dir: &Path, port: u16, pki: &Pki, service_cidr: &s
         cwd: dir.to_path_buf(),
         log: dir.join("kube-apiserver.log"),
         netns: None,
+        env: Vec::new(),
     }
 }
 

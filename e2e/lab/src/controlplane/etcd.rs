@@ -33,5 +33,6 @@ pub fn launch(program: &Path, dir: &Path) -> Launch {
         cwd: dir.to_path_buf(),
         log: dir.join("etcd.log"),
         netns: None,
+        env: Vec::new(),
     }
 }

@@ -5,6 +5,12 @@
 //! host and in every node), whose connections are relayed to the API server
 //! by threads of the host namespace.
 //!
+//! A forwarder may be gated: while its gate is closed it accepts and at once
+//! closes every connection, as a load balancer with no ready backend would,
+//! so that programs in the namespaces never reach an API server that is still
+//! starting (one serves before its RBAC caches are filled, and refuses
+//! everyone with 403 until then).
+//!
 //! A socket stays in the namespace it was made in: the listener is made by a
 //! short-lived thread that entered the node namespace; everything else
 //! (accepting, connecting out, relaying) runs on threads that never leave the
@@ -21,6 +27,9 @@ use crate::netns::Netns;
 
 /// Open relayed connections by number, both ends, so a stop can cut them.
 type Open = Arc<Mutex<Vec<(u64, TcpStream, TcpStream)>>>;
+
+/// Whether forwarded connections are let through.
+pub type Gate = Arc<AtomicBool>;
 
 /// A running forwarder; stopped (listener closed, connections cut) on drop.
 #[derive(Debug)]
@@ -43,6 +52,15 @@ impl Forwarder {
     /// Listen on 127.0.0.1:`target.port()` inside `ns` and relay every
     /// connection to `target`.
     pub fn start(ns: &Netns, target: SocketAddr) -> Result<Forwarder, ControlPlaneError> {
+        Forwarder::gated(ns, target, Arc::new(AtomicBool::new(true)))
+    }
+
+    /// As [`Forwarder::start`], relaying only while `gate` is open.
+    pub fn gated(
+        ns: &Netns,
+        target: SocketAddr,
+        gate: Gate,
+    ) -> Result<Forwarder, ControlPlaneError> {
         let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, target.port()));
         let listener = ns
             .run(|| TcpListener::bind(listen))
@@ -54,7 +72,7 @@ impl Forwarder {
         let open: Open = Arc::default();
         let acceptor = {
             let (stopping, open) = (stopping.clone(), open.clone());
-            std::thread::spawn(move || accept_loop(&accepting, target, &stopping, &open))
+            std::thread::spawn(move || accept_loop(&accepting, target, &stopping, &gate, &open))
         };
         Ok(Forwarder {
             listen,
@@ -71,13 +89,20 @@ impl Forwarder {
     }
 }
 
-fn accept_loop(listener: &TcpListener, target: SocketAddr, stopping: &AtomicBool, open: &Open) {
+fn accept_loop(
+    listener: &TcpListener,
+    target: SocketAddr,
+    stopping: &AtomicBool,
+    gate: &AtomicBool,
+    open: &Open,
+) {
     let next = AtomicU64::new(0);
     for accepted in listener.incoming() {
         if stopping.load(Ordering::SeqCst) {
             return;
         }
-        let Ok(inside) = accepted else {
+        // A closed gate drops the connection: the client sees it closed.
+        let Some(inside) = accepted.ok().filter(|_| gate.load(Ordering::SeqCst)) else {
             continue;
         };
         // A failed connect drops `inside`: the client sees the connection closed.

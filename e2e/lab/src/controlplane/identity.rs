@@ -15,9 +15,10 @@ use kube::api::PostParams;
 
 use super::ControlPlaneError;
 
-/// The namespace and the agent's ServiceAccount in `config/rbac`.
+/// The namespace and the ServiceAccounts of the agent and the operator in `config/rbac`.
 pub const NAMESPACE: &str = "switchyard-system";
 pub const AGENT_SA: &str = "switchyard-agent";
+pub const OPERATOR_SA: &str = "switchyard-operator";
 
 /// A Pod scheduled on a Node, for a bound token.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,6 +49,20 @@ impl Identity {
             name: AGENT_SA.into(),
             pod: Some(PodOnNode {
                 pod: format!("{AGENT_SA}-{node}"),
+                node: node.into(),
+            }),
+        }
+    }
+
+    /// Replica `pod` of the operator: its ServiceAccount, with a token bound
+    /// to that Pod (on `node`), so the API server's audit log tells the
+    /// replicas apart.
+    pub fn operator_replica(pod: &str, node: &str) -> Identity {
+        Identity::ServiceAccount {
+            namespace: NAMESPACE.into(),
+            name: OPERATOR_SA.into(),
+            pod: Some(PodOnNode {
+                pod: pod.into(),
                 node: node.into(),
             }),
         }
@@ -156,8 +171,8 @@ async fn bind_target(
             node_name: Some(target.node.clone()),
             service_account_name: Some(service_account.into()),
             containers: vec![Container {
-                name: "agent".into(),
-                image: Some("switchyard/node-agent:lab".into()),
+                name: service_account.into(),
+                image: Some(format!("switchyard/{service_account}:lab")),
                 ..Container::default()
             }],
             ..PodSpec::default()

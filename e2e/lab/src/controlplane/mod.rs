@@ -17,9 +17,14 @@
 //! - [`kubeconfig`], [`identity`]: kubeconfig files and who they speak as.
 //! - [`forward`]: the API server reached from inside a node's namespace.
 //! - [`kubectl`]: the pinned kubectl with a kubeconfig.
+//! - [`audit`]: the API server's record of who did what.
 //! - [`workdir`]: the directory, and the checks that nothing is left behind.
+//!
+//! [`ControlPlane::stop_apiserver`] and [`ControlPlane::start_apiserver`]
+//! restart the API server on the same port and etcd, as an outage would.
 
 pub mod apiserver;
+pub mod audit;
 pub mod binaries;
 pub mod certs;
 pub mod controller_manager;
@@ -35,6 +40,8 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ServiceAccount;
@@ -42,7 +49,7 @@ use kube::Api;
 
 use binaries::Binaries;
 use certs::Pki;
-use forward::Forwarder;
+use forward::{Forwarder, Gate};
 use identity::Identity;
 use kubeconfig::Credential;
 use kubectl::Kubectl;
@@ -50,6 +57,12 @@ use process::Daemon;
 use workdir::{Purpose, WorkDir};
 
 use crate::netns::Netns;
+
+/// `config/base` of the checkout this was built from: the CRDs, RBAC and the
+/// agent's admission policy, what [`ControlPlane::install`] usually installs.
+pub fn config_base() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/base")
+}
 
 /// Services get cluster IPs from here; the `kubernetes` Service has the first.
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
@@ -115,6 +128,8 @@ pub enum ControlPlaneError {
     NoToken { service_account: String },
     #[error("kubectl {args}: {stderr}")]
     Kubectl { args: String, stderr: String },
+    #[error("audit log {path}: {message}", path = path.display())]
+    Audit { path: PathBuf, message: String },
     #[error("forwarding into network namespace {netns}: {source}")]
     Forward {
         netns: String,
@@ -155,6 +170,8 @@ pub struct ControlPlane {
     admin: PathBuf,
     client: kube::Client,
     started_in: Duration,
+    /// Open while the API server is ready: the forwarders' gate.
+    ready: Gate,
     running: Running,
 }
 
@@ -176,6 +193,7 @@ impl ControlPlane {
             admin,
             controller_manager: kcm_config,
         } = credentials(&dir)?;
+        audit::write_policy(&dir)?;
 
         running
             .daemons
@@ -221,6 +239,7 @@ impl ControlPlane {
             admin,
             client,
             started_in: began.elapsed(),
+            ready: Arc::new(AtomicBool::new(true)),
             running,
         })
     }
@@ -312,9 +331,58 @@ impl ControlPlane {
         Ok(path)
     }
 
-    /// Make the API server reachable at [`ControlPlane::api_addr`] from inside `node`.
+    /// The API server's audit log so far ([`audit`]).
+    pub fn audit(&self) -> Result<Vec<audit::AuditEvent>, ControlPlaneError> {
+        audit::read(&self.dir().join(audit::LOG_FILE))
+    }
+
+    /// Kill the API server (etcd and the controller manager keep running).
+    /// The forwarders turn programs in node namespaces away until it is ready
+    /// again, as a load balancer's health check would.
+    pub fn stop_apiserver(&mut self) {
+        self.ready.store(false, Ordering::SeqCst);
+        if let Some(daemon) = self.apiserver() {
+            daemon.stop();
+        }
+    }
+
+    /// Start the API server again on the same port, with the same etcd, and
+    /// return once it serves (a no-op while it runs).
+    pub async fn start_apiserver(&mut self) -> Result<(), ControlPlaneError> {
+        let launch = apiserver::launch(
+            &self.binaries.path("kube-apiserver"),
+            self.running.dir.path(),
+            self.port,
+            &self.pki,
+            SERVICE_CIDR,
+        );
+        if let Some(daemon) = self.apiserver()
+            && daemon.check_running("checking it before a start").is_err()
+        {
+            *daemon = Daemon::start(launch)?;
+        }
+        let client = self.client.clone();
+        wait_until(
+            &mut self.running.daemons,
+            "the restarted API server (/readyz)",
+            || apiserver::readyz(&client),
+        )
+        .await?;
+        self.ready.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn apiserver(&mut self) -> Option<&mut Daemon> {
+        self.running
+            .daemons
+            .iter_mut()
+            .find(|d| d.name() == "kube-apiserver")
+    }
+
+    /// Make the API server reachable at [`ControlPlane::api_addr`] from
+    /// inside `node`, while it is ready.
     pub fn forward_into(&self, node: &Netns) -> Result<Forwarder, ControlPlaneError> {
-        Forwarder::start(node, self.api_addr())
+        Forwarder::gated(node, self.api_addr(), self.ready.clone())
     }
 }
 

@@ -10,7 +10,7 @@
 //! as long as the process, never by a caller's thread (a test thread, or a
 //! tokio blocking thread that ends when idle, would take its children along).
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -38,6 +38,8 @@ pub struct Launch {
     pub log: PathBuf,
     /// Run inside this network namespace (its `/run/netns` file) instead of the host's.
     pub netns: Option<File>,
+    /// Set in its environment, besides what it inherits.
+    pub env: Vec<(String, String)>,
 }
 
 /// A running program; killed and reaped on drop.
@@ -82,11 +84,18 @@ impl Daemon {
             let path = path.to_path_buf();
             move |source| ControlPlaneError::Io { what, path, source }
         };
-        let log = File::create(&launch.log).map_err(io("create log", &launch.log))?;
+        // Appended to: a program started again (the API server after a
+        // restart) continues its log.
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&launch.log)
+            .map_err(io("open log", &launch.log))?;
         let log_err = log.try_clone().map_err(io("open log", &launch.log))?;
         let mut command = Command::new(&launch.program);
         command
             .args(&launch.args)
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&launch.cwd)
             .stdin(Stdio::null())
             .stdout(log)

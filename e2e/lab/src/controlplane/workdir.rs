@@ -24,6 +24,8 @@ pub enum Purpose {
     Test,
     /// `switchyard lab up`.
     Lab,
+    /// `switchyard demo`.
+    Demo,
 }
 
 impl Purpose {
@@ -31,6 +33,7 @@ impl Purpose {
         match self {
             Purpose::Test => "test",
             Purpose::Lab => "lab",
+            Purpose::Demo => "demo",
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The demo cluster on paper: addresses, pods, Services and the Kubernetes
-//! objects describing them (fed through the real loader and compiler).
+//! The lab cluster on paper: addresses, pods, Services and the Kubernetes
+//! objects describing them, as the cluster creates them through the API (and
+//! as `switchyard demo --print-state` prints them for `plan`).
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
@@ -18,6 +19,12 @@ pub const NAMESPACE: &str = "demo";
 pub const POOL: &str = "demo";
 pub const POOL_LABEL: &str = "switchyard.dev/pool";
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The zone every node is in.
+pub const ZONE: &str = "zone-a";
+/// The pool's ProxyConfig name.
+pub const PROXY_CONFIG: &str = "demo";
+/// Labels of the server pods: `app=web`, and `group=g<j>` for pod index `j`.
+const APP: &str = "web";
 
 /// Sizes of the demo cluster; every address is derived from them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +43,11 @@ pub struct Pod {
 impl Pod {
     pub fn name(self) -> String {
         format!("web-{}-{}", self.node, self.index)
+    }
+
+    /// The `group` label Services select on.
+    fn group(index: u8) -> String {
+        format!("g{index}")
     }
 
     pub fn ip(self) -> Ipv4Addr {
@@ -107,10 +119,15 @@ impl Layout {
         (0..self.nodes).flat_map(|node| (0..PODS_PER_NODE).map(move |index| Pod { node, index }))
     }
 
+    /// The pod index whose pods serve service `k`.
+    fn serving_index(k: u8) -> u8 {
+        k % PODS_PER_NODE
+    }
+
     /// Service `k`'s endpoints: one pod per node, alternating between services.
     pub fn endpoints(&self, k: u8) -> Vec<Pod> {
         self.pods()
-            .filter(|p| (p.index + k).is_multiple_of(PODS_PER_NODE))
+            .filter(|p| p.index == Layout::serving_index(k))
             .collect()
     }
 
@@ -154,33 +171,43 @@ impl Layout {
         (http, udp)
     }
 
-    /// The cluster state as Kubernetes objects: Nodes, Services, EndpointSlices
-    /// and the pool's ProxyConfig (in `mode`, verifying through `svc-0`).
+    /// The cluster state as the endpointslice controller would see it made:
+    /// Nodes, Services, their EndpointSlices and the pool's ProxyConfig (in
+    /// `mode`, verifying through `svc-0`). What `plan -f` reads.
     pub fn objects(&self, mode: Mode, max_unavailable: u32) -> Vec<Value> {
-        let mut out = Vec::new();
-        for i in 0..self.nodes {
-            out.push(json!({
-                "apiVersion": "v1",
-                "kind": "Node",
-                "metadata": {
-                    "name": Layout::node_name(i),
-                    "labels": {POOL_LABEL: POOL, "topology.kubernetes.io/zone": "zone-a"},
-                },
-                "spec": {"podCIDR": Layout::pod_cidr(i), "podCIDRs": [Layout::pod_cidr(i)]},
-                "status": {"addresses": [
-                    {"type": "InternalIP", "address": Layout::node_ip(i).to_string()},
-                    {"type": "Hostname", "address": Layout::node_name(i)},
-                ]},
-            }));
-        }
+        let mut out: Vec<Value> = (0..self.nodes).map(Layout::node).collect();
         for k in 0..self.services {
             out.push(self.service(k));
             out.push(self.endpoint_slice(k));
         }
-        out.push(json!({
+        out.push(Layout::proxy_config(mode, max_unavailable));
+        out
+    }
+
+    /// Node `i`: pool and zone labels, its pod CIDR, its LAN address.
+    pub fn node(i: u8) -> Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": Layout::node_name(i),
+                "labels": {POOL_LABEL: POOL, "topology.kubernetes.io/zone": ZONE},
+            },
+            "spec": {"podCIDR": Layout::pod_cidr(i), "podCIDRs": [Layout::pod_cidr(i)]},
+            "status": {"addresses": [
+                {"type": "InternalIP", "address": Layout::node_ip(i).to_string()},
+                {"type": "Hostname", "address": Layout::node_name(i)},
+            ]},
+        })
+    }
+
+    /// The pool's ProxyConfig: every node, `mode`, batches of `max_unavailable`,
+    /// verification through `svc-0`'s HTTP port.
+    pub fn proxy_config(mode: Mode, max_unavailable: u32) -> Value {
+        json!({
             "apiVersion": "switchyard.dev/v1alpha1",
             "kind": "ProxyConfig",
-            "metadata": {"name": POOL, "generation": 1},
+            "metadata": {"name": PROXY_CONFIG},
             "spec": {
                 "nodeSelector": {"matchLabels": {POOL_LABEL: POOL}},
                 "mode": mode.as_str(),
@@ -194,11 +221,38 @@ impl Layout {
                     },
                 },
             },
-        }));
-        out
+        })
     }
 
-    fn service(&self, k: u8) -> Value {
+    /// A server pod on its node, running and Ready (its `status` is what a
+    /// kubelet would report; without one it is written through the API).
+    pub fn pod(pod: Pod) -> Value {
+        let ip = pod.ip().to_string();
+        let condition = |type_: &str| json!({"type": type_, "status": "True"});
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": pod.name(),
+                "namespace": NAMESPACE,
+                "labels": {"app": APP, "group": Pod::group(pod.index)},
+            },
+            "spec": {
+                "nodeName": Layout::node_name(pod.node),
+                "containers": [{"name": "web", "image": "switchyard/lab-web"}],
+            },
+            "status": {
+                "phase": "Running",
+                "podIP": ip,
+                "podIPs": [{"ip": ip}],
+                "conditions": [condition("Ready"), condition("ContainersReady")],
+            },
+        })
+    }
+
+    /// Service `k`: its fixed cluster IP (and node ports when even), selecting
+    /// the pods of [`Layout::endpoints`].
+    pub fn service(&self, k: u8) -> Value {
         let node_port = Layout::is_node_port(k);
         let port = |name: &str, protocol: &str, port: u16, target: u16, node: u16| {
             let mut p =
@@ -214,6 +268,7 @@ impl Layout {
             "metadata": {"name": Layout::service_name(k), "namespace": NAMESPACE},
             "spec": {
                 "type": if node_port { "NodePort" } else { "ClusterIP" },
+                "selector": {"app": APP, "group": Pod::group(Layout::serving_index(k))},
                 "clusterIP": Layout::cluster_ip(k).to_string(),
                 "clusterIPs": [Layout::cluster_ip(k).to_string()],
                 "ports": [
@@ -224,6 +279,9 @@ impl Layout {
         })
     }
 
+    /// Service `k`'s EndpointSlice as the endpointslice controller makes it
+    /// from the Service and its pods (only for `plan`: the cluster leaves it
+    /// to the controller).
     fn endpoint_slice(&self, k: u8) -> Value {
         let endpoints: Vec<Value> = self
             .endpoints(k)
@@ -233,7 +291,7 @@ impl Layout {
                     "addresses": [p.ip().to_string()],
                     "conditions": {"ready": true, "serving": true, "terminating": false},
                     "nodeName": Layout::node_name(p.node),
-                    "zone": "zone-a",
+                    "zone": ZONE,
                     "targetRef": {"kind": "Pod", "namespace": NAMESPACE, "name": p.name()},
                 })
             })

@@ -1,4 +1,4 @@
-//! The demo's traffic: server pods (a tiny keep-alive HTTP responder that
+//! The cluster's traffic: server pods (a tiny keep-alive HTTP responder that
 //! answers with the pod's name, and a UDP echo) and clients that keep
 //! long-lived connections exchanging a request every 100 ms, open a stream of
 //! new connections, and send UDP requests — counting every outcome.
@@ -26,6 +26,15 @@ const NEW_CONNECTION_PERIOD: Duration = Duration::from_millis(25);
 const UDP_PERIOD: Duration = Duration::from_millis(50);
 /// Failures kept in full for the report.
 const KEPT_FAILURES: usize = 20;
+
+/// A single-threaded tokio runtime for a thread in a namespace, where the
+/// workload runs.
+pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))
+}
 
 /// Serve HTTP on :8080 and UDP echo on :5353 as `pod` until `stop` turns true.
 /// `ready` gets the bind result before anything is served.
@@ -220,6 +229,16 @@ async fn within<T>(f: impl std::future::Future<Output = std::io::Result<T>>) -> 
         .unwrap_or_else(|_| Err(timed_out()))
 }
 
+/// One HTTP request on a new connection to `addr`: the name of the pod that
+/// answered (an error after the request timeout).
+pub async fn ask(addr: SocketAddr) -> std::io::Result<String> {
+    within(async {
+        let mut c = Connection::open(addr).await?;
+        c.request().await
+    })
+    .await
+}
+
 /// Open the long-lived connections of `plan`; returns once they are all open
 /// (or failed), with the tasks that keep them exchanging until `stop`.
 pub async fn open_long_lived(
@@ -325,11 +344,7 @@ pub async fn run_streams(
 
 async fn new_connection(target: Target, client: String, counters: Arc<Counters>) {
     Counters::bump(&counters.attempted);
-    let answered = within(async {
-        let mut c = Connection::open(target.addr).await?;
-        c.request().await
-    })
-    .await;
+    let answered = ask(target.addr).await;
     match answered {
         Ok(pod) => counters.check_pod(&target, &pod),
         Err(e) => {
@@ -365,10 +380,8 @@ async fn udp_request(target: Target, client: String, counters: Arc<Counters>) {
 mod tests {
     use std::net::{Ipv4Addr, SocketAddrV4};
 
-    use switchyard_lab::netns::{Netns, is_root};
-
     use super::*;
-    use crate::demo::runtime;
+    use crate::netns::{Netns, is_root};
 
     fn target(pods: &[&str], port: u16) -> Target {
         Target {

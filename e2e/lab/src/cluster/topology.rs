@@ -1,4 +1,4 @@
-//! The demo cluster's network namespaces and links (all removed on drop):
+//! The lab cluster's network namespaces and links (all removed on drop):
 //!
 //! ```text
 //!  <p>ext (192.168.77.2) ─┐
@@ -10,12 +10,14 @@
 //! ```
 //! Each node routes the other nodes' pod CIDRs via their LAN address and the
 //! service CIDR onto the LAN (so locally originated traffic to a cluster IP has
-//! a route for the nat hooks to act on). Nothing is connected to the host namespace.
-
-use switchyard_lab::HarnessError;
-use switchyard_lab::netns::Netns;
+//! a route for the nat hooks to act on). Nothing is connected to the host
+//! namespace: the node's agent reaches the API server through a forwarder
+//! ([`crate::controlplane::forward`]), not a link.
 
 use super::layout::{Layout, PODS_PER_NODE, Pod};
+use crate::HarnessError;
+use crate::controlplane::SERVICE_CIDR;
+use crate::netns::Netns;
 
 /// One node's namespaces.
 pub struct NodeNamespaces {
@@ -26,7 +28,7 @@ pub struct NodeNamespaces {
     pub client: Netns,
 }
 
-/// Every namespace of the demo. Field order is drop order: pods go before their nodes.
+/// Every namespace of the cluster. Field order is drop order: pods go before their nodes.
 pub struct Topology {
     pub nodes: Vec<NodeNamespaces>,
     pub external: Netns,
@@ -55,7 +57,7 @@ fn pod_side(pod: &Netns, ip: &str, gateway: &str) -> Result<(), HarnessError> {
 }
 
 impl Topology {
-    /// Create and wire every namespace; `prefix` is `sycli<pid>-`.
+    /// Create and wire every namespace, named `<prefix>lan`, `<prefix>n0`, ….
     pub fn build(prefix: &str, layout: &Layout) -> Result<Topology, HarnessError> {
         let lan = Netns::create(&format!("{prefix}lan"))?;
         lan.batch(&[
@@ -131,7 +133,7 @@ impl Topology {
                 Layout::node_ip(k)
             ));
         }
-        commands.push("route add 10.96.0.0/16 dev lan0".to_string());
+        commands.push(format!("route add {SERVICE_CIDR} dev lan0"));
         n.node.batch(&commands)?;
         for (j, pod) in n.pods.iter().enumerate() {
             let index = u8::try_from(j).unwrap_or(u8::MAX);

@@ -1,0 +1,122 @@
+//! iptables-restore and ip6tables-restore: both texts the iptables mode
+//! makes (the listing `plan` prints, which is iptables-restore input too, and
+//! the writer's full-sync input) are parsed here, and as root checked with
+//! `--test`, restored into a test namespace and read back with iptables-save:
+//! each time exactly the plan's chains, each with the plan's rules in order
+//! and their comments as escaped.
+
+use std::collections::BTreeMap;
+
+use proptest::prop_assert;
+use proptest::test_runner::TestCaseResult;
+use switchyard_api::Mode;
+
+use super::{differences, for_cases, linked, settings};
+use crate::escape;
+use crate::exec::Runner;
+use crate::iptables::escape::{COMMENT_MAX, argv};
+use crate::iptables::plan::FamilyPlan;
+use crate::iptables::render::render;
+use crate::iptables::restore::tools;
+use crate::testns::{self, Netns, TestNetns};
+
+/// Per table and chain, the comment of each rule in order.
+pub type Chains = BTreeMap<(String, String), Vec<Option<String>>>;
+
+fn comment_of(words: &[String]) -> Option<String> {
+    let at = words.iter().position(|w| w == "--comment")?;
+    words.get(at + 1).cloned()
+}
+
+/// What iptables-save shows, or what an iptables-restore input holds (the
+/// structural parse): every chain of ours, the built-in chains that have
+/// rules, and any line that is none of those under `("?", line)`.
+pub fn saved(save: &str) -> Chains {
+    let mut out = Chains::new();
+    let mut table = String::new();
+    for line in save.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = t.to_string();
+        } else if let Some(decl) = line.strip_prefix(':') {
+            let mut words = decl.split(' ');
+            let (chain, policy) = (words.next().unwrap_or(""), words.next());
+            if policy == Some("-") {
+                out.insert((table.clone(), chain.to_string()), Vec::new());
+            }
+        } else if let Some(rule) = line.strip_prefix("-A ") {
+            let words = argv(rule);
+            out.entry((table.clone(), words[0].clone()))
+                .or_default()
+                .push(comment_of(&words[1..]));
+        } else if !(line.is_empty() || line.starts_with('#') || line == "COMMIT") {
+            out.insert(("?".into(), line.to_string()), Vec::new());
+        }
+    }
+    out
+}
+
+/// What the plan holds, with its jumps from the built-in chains or without.
+pub fn planned(plan: &FamilyPlan, jumps: bool) -> Chains {
+    let comment = |c: &Option<String>| {
+        c.as_deref()
+            .map(|c| escape::comment(c, COMMENT_MAX).into_owned())
+    };
+    let mut out = Chains::new();
+    for table in crate::iptables::rule::Table::ALL {
+        for c in plan.chains(table) {
+            let rules = c.rules.iter().map(|r| comment(&r.comment)).collect();
+            out.insert((table.as_str().to_string(), c.name.clone()), rules);
+        }
+    }
+    for j in plan.jumps.iter().filter(|_| jumps) {
+        out.entry((j.table.as_str().to_string(), j.builtin.to_string()))
+            .or_default()
+            .push(comment(&j.rule.comment));
+    }
+    out
+}
+
+/// Check `text` with `--test`, replace the family's tables with it (no
+/// `--noflush`: what an earlier case left goes) and read them back.
+pub fn restore_and_save(ns: &Netns, plan: &FamilyPlan, text: &str) -> Chains {
+    let (_, restore, save) = tools(plan.family);
+    let runner = ns.runner();
+    for args in [&["-w", "--test"][..], &["-w"]] {
+        if let Err(e) = runner.run(restore, args, Some(text.as_bytes())) {
+            panic!("{restore} {args:?} refused the text: {e}\n{text}");
+        }
+    }
+    saved(&runner.run(save, &[], None).unwrap())
+}
+
+/// `text` holds exactly the plan's chains and rules: as parsed here and, in
+/// a namespace, as the kernel took it.
+pub fn check_text(
+    ns: Option<&Netns>,
+    plan: &FamilyPlan,
+    text: &str,
+    want: &Chains,
+) -> TestCaseResult {
+    let parsed = saved(text);
+    prop_assert!(&parsed == want, "parse:\n{}", differences(&parsed, want));
+    if let Some(ns) = ns {
+        let got = restore_and_save(ns, plan, text);
+        prop_assert!(&got == want, "kernel:\n{}", differences(&got, want));
+    }
+    Ok(())
+}
+
+#[test]
+fn hostile_names_never_add_or_change_iptables_rules() {
+    let ns = testns::create("hostile-ipt");
+    for_cases(16, |input| {
+        let plan = render(&linked(&input), &settings(Mode::Iptables));
+        for fp in &plan.families {
+            let (input, _) = fp.restore_input(None, &[]).unwrap();
+            for (text, jumps) in [(fp.to_string(), true), (input, false)] {
+                check_text(ns.as_ref(), fp, &text, &planned(fp, jumps))?;
+            }
+        }
+        Ok(())
+    });
+}

@@ -118,6 +118,13 @@ pub trait Backend: Send {
 
     /// Remove every trace of this mode, and nothing else.
     fn cleanup(&mut self) -> Result<(), BackendError>;
+
+    /// Remove this mode once `successor` carries the traffic: what the
+    /// successor's full write has taken over (kernel objects of the same
+    /// names) stays.
+    fn retire(&mut self, _successor: Mode) -> Result<(), BackendError> {
+        self.cleanup()
+    }
 }
 
 /// Object-safe form of [`Backend`] for the control loop.
@@ -133,6 +140,10 @@ pub trait Dataplane: Send {
     fn invalidate(&mut self);
     fn present(&self) -> Result<bool, BackendError>;
     fn cleanup(&mut self) -> Result<(), BackendError>;
+    /// [`Backend::retire`].
+    fn retire(&mut self, _successor: Mode) -> Result<(), BackendError> {
+        self.cleanup()
+    }
 }
 
 impl<B: Backend> Dataplane for B {
@@ -162,6 +173,10 @@ impl<B: Backend> Dataplane for B {
 
     fn cleanup(&mut self) -> Result<(), BackendError> {
         Backend::cleanup(self)
+    }
+
+    fn retire(&mut self, successor: Mode) -> Result<(), BackendError> {
+        Backend::retire(self, successor)
     }
 }
 

@@ -3,7 +3,8 @@
 //! The procedure (DESIGN.md, "Mode switch on one node"):
 //! 1. `Building`: build the new dataplane beside the old one and sync it.
 //! 2. `Verifying`: probe through it (a TCP connect to the rollout's service VIP).
-//! 3. `RemovingOld`: the new one is now the applied mode; remove the old one.
+//! 3. `RemovingOld`: the new one is now the applied mode; retire the old one
+//!    (`Dataplane::retire`: what the new one took over stays).
 //!
 //! Before each step a [`Checkpoint`] is recorded (in `ProxyNode.status`), so an
 //! agent killed at any point finds, on restart, the recorded applied mode and
@@ -301,18 +302,10 @@ pub async fn switch_to(
 
     checkpoints.reached(&step(SwitchStep::RemovingOld)).await;
     let old = active.replace(new);
-    let old_cleanup = match old {
-        Some(mut old) => {
-            let result = old.cleanup();
-            if let (Ok(()), Some(active)) = (&result, active.as_mut()) {
-                // The old mode may share kernel objects with the new one
-                // (iptables chains of ipvs): write the new one whole again.
-                resync(active.as_mut(), input.ruleset, input.settings);
-            }
-            result.err()
-        }
-        None => None,
-    };
+    // The new mode's full write took over what the old one shares with it
+    // (iptables and ipvs: chains of the same names), so the old one is
+    // retired beside it, never removed first.
+    let old_cleanup = old.and_then(|mut old| old.retire(to).err());
     checkpoints.reached(&Checkpoint::Done { mode: to }).await;
     Ok(Switched {
         stats,

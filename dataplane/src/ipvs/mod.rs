@@ -140,7 +140,7 @@ impl IpvsBackend {
             mode: Mode::Ipvs,
             family: rules.family,
         };
-        restore.write(rules, previous.map(FamilyPlan::applied).as_ref(), &[])
+        restore.write(rules, previous.map(FamilyPlan::applied).as_ref())
     }
 
     /// Virtual servers that are ours: on an address of `kube-ipvs0`, or a
@@ -168,6 +168,36 @@ impl IpvsBackend {
                     || node_ports.contains(&NodePortKey::any_addr(k))
             })
             .collect())
+    }
+
+    /// Remove our virtual servers, ipsets and `kube-ipvs0` (the rules that
+    /// match the ipsets must be gone first).
+    fn remove_objects(&mut self) -> Result<(), BackendError> {
+        let services = Ipvs(self.kernel.as_mut())
+            .services()
+            .map_err(kernel_err("list virtual servers"))?;
+        let owned = self.owned(&services)?;
+        let mut ipvs = Ipvs(self.kernel.as_mut());
+        for key in owned {
+            ipvs.delete_service(&key)
+                .map_err(kernel_err("delete virtual server"))?;
+        }
+        let host = self.host();
+        let existing = host.ipset_names().map_err(exec_err("list ipsets"))?;
+        let ours = render::all_set_names();
+        let text = ipset::destroy_text(
+            ours.iter()
+                .filter(|n| existing.contains(*n))
+                .map(String::as_str),
+        )
+        .map_err(name_err("destroy ipsets"))?;
+        host.ipset_restore(&text)
+            .map_err(exec_err("destroy ipsets"))?;
+        host.delete_dummy().map_err(exec_err("delete kube-ipvs0"))?;
+        self.applied = None;
+        self.draining.clear();
+        self.udp = UdpSnapshot::default();
+        Ok(())
     }
 
     fn sync_virtual_servers(
@@ -401,10 +431,13 @@ impl Backend for IpvsBackend {
                 .map(|s| s.entries.len() as u32)
                 .sum::<u32>();
         }
+        // Virtual servers before the rules: a full write of the rules takes
+        // over the iptables mode's chains (same names) in one transaction,
+        // and from then on IPVS must serve the service addresses.
+        self.sync_virtual_servers(plan, &mut written)?;
         for rules in &plan.rules {
             written += self.sync_rules(rules)? as u32;
         }
-        self.sync_virtual_servers(plan, &mut written)?;
         // UDP has no teardown: entries made while a VIP had no virtual server
         // or to an endpoint that left would keep a client's flow stuck.
         let stale = conntrack::stale_entries(&self.udp, &plan.udp);
@@ -442,35 +475,24 @@ impl Backend for IpvsBackend {
     }
 
     fn cleanup(&mut self) -> Result<(), BackendError> {
-        let services = Ipvs(self.kernel.as_mut())
-            .services()
-            .map_err(kernel_err("list virtual servers"))?;
-        let owned = self.owned(&services)?;
-        let mut ipvs = Ipvs(self.kernel.as_mut());
-        for key in owned {
-            ipvs.delete_service(&key)
-                .map_err(kernel_err("delete virtual server"))?;
-        }
-        let host = self.host();
         for family in [IpFamily::V4, IpFamily::V6] {
-            host.remove_rules(family)
-                .map_err(exec_err("remove iptables rules"))?;
+            let restore = Restore {
+                runner: self.runner.as_ref(),
+                mode: Mode::Ipvs,
+                family,
+            };
+            restore.remove(&restore.found()?)?;
         }
-        let existing = host.ipset_names().map_err(exec_err("list ipsets"))?;
-        let ours = render::all_set_names();
-        let text = ipset::destroy_text(
-            ours.iter()
-                .filter(|n| existing.contains(*n))
-                .map(String::as_str),
-        )
-        .map_err(name_err("destroy ipsets"))?;
-        host.ipset_restore(&text)
-            .map_err(exec_err("destroy ipsets"))?;
-        host.delete_dummy().map_err(exec_err("delete kube-ipvs0"))?;
-        self.applied = None;
-        self.draining.clear();
-        self.udp = UdpSnapshot::default();
-        Ok(())
+        self.remove_objects()
+    }
+
+    /// The iptables mode's full write has already taken our chains over
+    /// (they share names) and no rule matches our ipsets any more.
+    fn retire(&mut self, successor: Mode) -> Result<(), BackendError> {
+        match successor {
+            Mode::Iptables => self.remove_objects(),
+            _ => self.cleanup(),
+        }
     }
 }
 

@@ -121,10 +121,27 @@ pub trait Backend: Send {
 
     /// Remove this mode once `successor` carries the traffic: what the
     /// successor's full write has taken over (kernel objects of the same
-    /// names) stays.
-    fn retire(&mut self, _successor: Mode) -> Result<(), BackendError> {
-        self.cleanup()
+    /// names) stays, and what still serves connections established through
+    /// this mode may stay a while ([`Retirement::Draining`]).
+    fn retire(&mut self, _successor: Mode) -> Result<Retirement, BackendError> {
+        self.cleanup().map(|()| Retirement::Done)
     }
+
+    /// A retired mode still draining: remove the rest once its connections
+    /// ended or its grace period passed.
+    fn settle(&mut self) -> Result<Retirement, BackendError> {
+        Ok(Retirement::Done)
+    }
+}
+
+/// What is left of a mode after [`Backend::retire`] or [`Backend::settle`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retirement {
+    /// Nothing: it is removed.
+    Done,
+    /// Objects that serve connections established through it; call
+    /// [`Backend::settle`] again later.
+    Draining,
 }
 
 /// Object-safe form of [`Backend`] for the control loop.
@@ -141,8 +158,12 @@ pub trait Dataplane: Send {
     fn present(&self) -> Result<bool, BackendError>;
     fn cleanup(&mut self) -> Result<(), BackendError>;
     /// [`Backend::retire`].
-    fn retire(&mut self, _successor: Mode) -> Result<(), BackendError> {
-        self.cleanup()
+    fn retire(&mut self, _successor: Mode) -> Result<Retirement, BackendError> {
+        self.cleanup().map(|()| Retirement::Done)
+    }
+    /// [`Backend::settle`].
+    fn settle(&mut self) -> Result<Retirement, BackendError> {
+        Ok(Retirement::Done)
     }
 }
 
@@ -175,8 +196,12 @@ impl<B: Backend> Dataplane for B {
         Backend::cleanup(self)
     }
 
-    fn retire(&mut self, successor: Mode) -> Result<(), BackendError> {
+    fn retire(&mut self, successor: Mode) -> Result<Retirement, BackendError> {
         Backend::retire(self, successor)
+    }
+
+    fn settle(&mut self) -> Result<Retirement, BackendError> {
+        Backend::settle(self)
     }
 }
 

@@ -30,7 +30,7 @@ use switchyard_api::ruleset::ServicePortRule;
 use switchyard_dataplane::exec::Runner;
 use switchyard_dataplane::kubeproxy::Leftovers;
 use switchyard_dataplane::settings::Settings;
-use switchyard_dataplane::{ApplyStats, BackendError, Dataplane};
+use switchyard_dataplane::{ApplyStats, BackendError, Dataplane, Retirement};
 
 /// Builds the dataplane of a mode (without touching the kernel).
 pub trait DataplaneFactory: Send + Sync {
@@ -238,13 +238,15 @@ pub struct SwitchInput<'a> {
 }
 
 /// How a completed switch went.
-#[derive(Debug)]
 pub struct Switched {
     pub stats: ApplyStats,
     /// Removing the old dataplane failed (its leftovers are swept later).
     pub old_cleanup: Option<BackendError>,
     /// Verification failed but there was no old dataplane to go back to.
     pub unverified: Option<SwitchError>,
+    /// The old dataplane, still serving connections established through it
+    /// ([`Retirement::Draining`]): [`Dataplane::settle`] it until done.
+    pub retiring: Option<Box<dyn Dataplane>>,
 }
 
 /// Move `active` to `input.to`. On error `active` is unchanged and the new
@@ -305,12 +307,17 @@ pub async fn switch_to(
     // The new mode's full write took over what the old one shares with it
     // (iptables and ipvs: chains of the same names), so the old one is
     // retired beside it, never removed first.
-    let old_cleanup = old.and_then(|mut old| old.retire(to).err());
+    let (old_cleanup, retiring) = match old.map(|mut old| (old.retire(to), old)) {
+        None | Some((Ok(Retirement::Done), _)) => (None, None),
+        Some((Ok(Retirement::Draining), old)) => (None, Some(old)),
+        Some((Err(e), _)) => (Some(e), None),
+    };
     checkpoints.reached(&Checkpoint::Done { mode: to }).await;
     Ok(Switched {
         stats,
         old_cleanup,
         unverified,
+        retiring,
     })
 }
 

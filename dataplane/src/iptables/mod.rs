@@ -22,7 +22,7 @@ use switchyard_api::ruleset::IpFamily;
 
 use self::plan::{AppliedFamily, FamilyPlan};
 use self::restore::{Restore, tools};
-use super::{ApplyStats, Backend, BackendError};
+use super::{ApplyStats, Backend, BackendError, Retirement};
 use crate::conntrack::{self, UdpSnapshot};
 use crate::exec::Runner;
 use crate::semantics::{ModeSemantics, NodePortScope, UnknownPort};
@@ -184,11 +184,12 @@ impl Backend for IptablesBackend {
 
     /// The IPVS mode's full write has already taken our chains over (they
     /// share names, [`names::is_ours`]): nothing of ours is left to remove.
-    fn retire(&mut self, successor: Mode) -> Result<(), BackendError> {
+    fn retire(&mut self, successor: Mode) -> Result<Retirement, BackendError> {
         match successor {
             Mode::Ipvs => self.forget(),
             _ => self.cleanup(),
         }
+        .map(|()| Retirement::Done)
     }
 }
 

@@ -4,8 +4,9 @@
 //! node and external clients through NodePorts with externalTrafficPolicy
 //! Cluster and Local; UDP on connected and unconnected sockets), the node
 //! switches to the second mode by the agent's own procedure
-//! (`switchyard_agent::switch::switch_to`: build beside, remove the old), the
-//! traffic runs on a while, and every loss is counted ([`Row`]).
+//! (`switchyard_agent::switch::switch_to`: build beside, retire the old), the
+//! traffic runs on a while, and every loss is counted ([`Row`]). An old mode
+//! that drains (IPVS) must settle by itself once the traffic stopped.
 
 pub mod traffic;
 
@@ -18,7 +19,7 @@ use switchyard_agent::switch::{DataplaneFactory, SwitchInput, TcpProbe, switch_t
 use switchyard_api::Mode;
 use switchyard_api::policy::{self, LinkedRuleset};
 use switchyard_dataplane::settings::Settings;
-use switchyard_dataplane::{BackendError, Dataplane};
+use switchyard_dataplane::{BackendError, Dataplane, Retirement};
 
 use crate::HarnessError;
 use crate::agent::{Active, NodeAgent};
@@ -273,18 +274,53 @@ impl Migration {
         self.agent.as_ref().ok_or_else(|| setup("agent stopped"))
     }
 
-    /// Switch the node to `hooks`' mode by the agent's procedure; how long it took.
-    fn switch(&self, hooks: &dyn ModeHooks) -> Result<Duration, HarnessError> {
+    /// Switch the node to `hooks`' mode by the agent's procedure; how long it
+    /// took, and the old mode if it is still draining.
+    fn switch(&self, hooks: &dyn ModeHooks) -> Result<(Duration, Retiring), HarnessError> {
         let factory = OneDataplane(Mutex::new(Some(hooks.dataplane())));
         let (linked, settings, to) = (self.linked.clone(), self.settings(hooks), hooks.mode());
         let started = Instant::now();
-        self.agent()?
+        let retiring = self
+            .agent()?
             .submit("switch modes", move |active: &mut Active| {
                 switch_on_agent(active, to, &linked, &settings, &factory)
             })?
             .wait()?
             .map_err(|e| setup(&e))?;
-        Ok(started.elapsed())
+        Ok((started.elapsed(), retiring))
+    }
+
+    /// Once the traffic stopped, the old mode's drain ends by itself
+    /// (`Dataplane::settle`); it is removed in any case.
+    fn finish_retiring(&self, retiring: Retiring) -> Result<(), HarnessError> {
+        let Some(mut old) = retiring else {
+            return Ok(());
+        };
+        let drained = self
+            .agent()?
+            .submit("settle the old mode", move |_: &mut Active| {
+                let deadline = Instant::now() + DRAIN_DEADLINE;
+                loop {
+                    match old.settle().map_err(|e| e.to_string())? {
+                        Retirement::Done => return Ok(true),
+                        Retirement::Draining if Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(50))
+                        }
+                        Retirement::Draining => {
+                            return old.cleanup().map(|()| false).map_err(|e| e.to_string());
+                        }
+                    }
+                }
+            })?
+            .wait()?
+            .map_err(|e| setup(&e))?;
+        if !drained {
+            eprintln!(
+                "{}: the old mode still counted connections {DRAIN_DEADLINE:?} after the traffic stopped",
+                self.pair
+            );
+        }
+        Ok(())
     }
 
     fn run(mut self, timing: Timing) -> Result<Row, HarnessError> {
@@ -294,6 +330,10 @@ impl Migration {
         let switched = self.switch(self.to.as_ref());
         std::thread::sleep(timing.after);
         let counts = streams.stop(self.pair);
+        let (switched, retired) = match switched {
+            Ok((time, retiring)) => (Ok(time), self.finish_retiring(retiring)),
+            Err(e) => (Err(e), Ok(())),
+        };
         let removed = self.agent.take().map(NodeAgent::remove).transpose();
         self.from.teardown();
         self.to.teardown();
@@ -301,7 +341,7 @@ impl Migration {
             Ok(t) => (t, None),
             Err(e) => (Duration::ZERO, Some(e.to_string())),
         };
-        if let Err(e) = removed {
+        if let Err(e) = retired.and(removed) {
             error.get_or_insert(e.to_string());
         }
         let counts = match counts {
@@ -432,6 +472,12 @@ impl DataplaneFactory for OneDataplane {
     }
 }
 
+/// The old mode of a switch while it drains (`Switched::retiring`).
+type Retiring = Option<Box<dyn Dataplane>>;
+
+/// How long the old mode may take to notice that the traffic stopped.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
 /// On the agent thread: the agent's switch procedure, without a probe (the
 /// traffic itself is the verification).
 fn switch_on_agent(
@@ -440,7 +486,7 @@ fn switch_on_agent(
     linked: &LinkedRuleset,
     settings: &Settings,
     factory: &OneDataplane,
-) -> Result<(), String> {
+) -> Result<Retiring, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -462,7 +508,7 @@ fn switch_on_agent(
         .map_err(|e| e.to_string())?;
     match done.old_cleanup {
         Some(e) => Err(format!("removing the old mode: {e}")),
-        None => Ok(()),
+        None => Ok(done.retiring),
     }
 }
 

@@ -30,9 +30,17 @@ fn iptables_and_nftables_switch_both_ways_under_traffic_without_loss() {
     matrix_passes(&["--pairs", "iptables:nftables,nftables:iptables"], 2);
 }
 
+/// One VM boot for the four: iptables <-> ipvs once failed removing a chain
+/// the other mode referenced, and leaving IPVS cut its established connections.
 #[test]
-fn nftables_to_ipvs_switches_under_traffic_in_the_vm_without_loss() {
-    matrix_passes(&["--pairs", "nftables:ipvs"], 1);
+fn iptables_and_nftables_switch_to_and_from_ipvs_under_traffic_in_the_vm_without_loss() {
+    matrix_passes(
+        &[
+            "--pairs",
+            "iptables:ipvs,ipvs:iptables,nftables:ipvs,ipvs:nftables",
+        ],
+        4,
+    );
 }
 
 /// The goal: every pair of the host's modes at zero.
@@ -44,7 +52,7 @@ fn every_host_mode_pair_switches_under_traffic_without_loss() {
 
 /// The goal: every pair with IPVS at zero, in the VM.
 #[test]
-#[ignore = "IPVS pairs still lose connections: README.md, \"Mode migration under traffic\""]
+#[ignore = "IPVS <-> eBPF pairs still lose connections: README.md, \"Mode migration under traffic\""]
 fn every_ipvs_pair_switches_under_traffic_in_the_vm_without_loss() {
     matrix_passes(
         &[

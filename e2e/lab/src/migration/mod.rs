@@ -6,7 +6,8 @@
 //! switches to the second mode by the agent's own procedure
 //! (`switchyard_agent::switch::switch_to`: build beside, retire the old), the
 //! traffic runs on a while, and every loss is counted ([`Row`]). An old mode
-//! that drains (IPVS) must settle by itself once the traffic stopped.
+//! that drains (IPVS) must settle by itself once the traffic stopped, or the
+//! pair fails.
 
 pub mod traffic;
 
@@ -290,8 +291,8 @@ impl Migration {
         Ok((started.elapsed(), retiring))
     }
 
-    /// Once the traffic stopped, the old mode's drain ends by itself
-    /// (`Dataplane::settle`); it is removed in any case.
+    /// Once the traffic stopped, the old mode's drain must end by itself
+    /// (`Dataplane::settle`) within [`DRAIN_DEADLINE`]; it is removed in any case.
     fn finish_retiring(&self, retiring: Retiring) -> Result<(), HarnessError> {
         let Some(mut old) = retiring else {
             return Ok(());

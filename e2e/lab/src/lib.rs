@@ -7,6 +7,7 @@
 //! - [`probe`]: the endpoint server and client child processes.
 //! - [`agent`]: the thread in the node namespace that owns the backend.
 //! - [`hooks`]: where a mode plugs in (dataplane, client cgroup, skips).
+//! - [`migration`]: the migration matrix: a node switches modes under traffic.
 //! - [`runner`]: compile, link, apply, send connections, judge, report.
 //! - [`vm`]: Debian's stock kernel in qemu, for IPVS when the host lacks it.
 //! - [`controlplane`]: etcd, kube-apiserver and kube-controller-manager on loopback.
@@ -22,6 +23,7 @@ pub mod cluster;
 pub mod controlplane;
 pub mod ebpf;
 pub mod hooks;
+pub mod migration;
 pub mod probe;
 pub mod reference;
 pub mod runner;

@@ -108,7 +108,7 @@ pub fn settings_for(node: &NodeSpec, mode: Mode) -> Settings {
 }
 
 /// Child processes killed and reaped on drop.
-struct Children(Vec<Child>);
+pub(crate) struct Children(pub(crate) Vec<Child>);
 
 impl Drop for Children {
     fn drop(&mut self) {
@@ -120,13 +120,22 @@ impl Drop for Children {
 }
 
 /// Start this binary with `args` inside `ns`.
-fn spawn_in(ns: &Netns, args: &[String]) -> Result<Child, HarnessError> {
+pub(crate) fn spawn_in(ns: &Netns, args: &[String]) -> Result<Child, HarnessError> {
+    spawn(ns, args, Stdio::null())
+}
+
+/// As [`spawn_in`], with a pipe to the child's stdin (closing it stops the child).
+pub(crate) fn spawn_in_with_stdin(ns: &Netns, args: &[String]) -> Result<Child, HarnessError> {
+    spawn(ns, args, Stdio::piped())
+}
+
+fn spawn(ns: &Netns, args: &[String], stdin: Stdio) -> Result<Child, HarnessError> {
     let exe = std::env::current_exe().map_err(|source| HarnessError::Spawn {
         what: "current executable".into(),
         source,
     })?;
     let mut cmd = Command::new(exe);
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
+    cmd.args(args).stdin(stdin).stdout(Stdio::piped());
     netns::enter_on_exec(&mut cmd, ns.open()?);
     cmd.spawn().map_err(|source| HarnessError::Spawn {
         what: format!(
@@ -140,7 +149,7 @@ fn spawn_in(ns: &Netns, args: &[String]) -> Result<Child, HarnessError> {
 
 /// One server per namespace with every endpoint and every flow destination
 /// that lives there (a destination answering itself means "untranslated").
-fn start_servers(
+pub(crate) fn start_servers(
     topo: &Topology,
     scenario: &Scenario,
     sctp: bool,

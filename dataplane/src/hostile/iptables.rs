@@ -18,6 +18,7 @@ use crate::iptables::escape::{COMMENT_MAX, argv};
 use crate::iptables::plan::FamilyPlan;
 use crate::iptables::render::render;
 use crate::iptables::restore::{Found, tools};
+use crate::iptables::rule::{Match, Rule};
 use crate::testns::{self, Netns, TestNetns};
 
 /// Per table and chain, the comment of each rule in order.
@@ -63,21 +64,27 @@ pub fn saved(save: &str) -> Chains {
 
 /// What the plan holds, with its jumps from the built-in chains.
 pub fn planned(plan: &FamilyPlan) -> Chains {
-    let comment = |c: &Option<String>| {
-        c.as_deref()
-            .map(|c| escape::comment(c, COMMENT_MAX).into_owned())
+    // A rule's comment, or the one kube-proxy writes among a jump's matches.
+    let comment = |r: &Rule| {
+        let text = r.comment.as_deref().or_else(|| {
+            r.matches.iter().find_map(|m| match m {
+                Match::Comment(c) => Some(c.as_str()),
+                _ => None,
+            })
+        });
+        text.map(|c| escape::comment(c, COMMENT_MAX).into_owned())
     };
     let mut out = Chains::new();
     for table in crate::iptables::rule::Table::ALL {
         for c in plan.chains(table) {
-            let rules = c.rules.iter().map(|r| comment(&r.comment)).collect();
+            let rules = c.rules.iter().map(comment).collect();
             out.insert((table.as_str().to_string(), c.name.clone()), rules);
         }
     }
     for j in &plan.jumps {
         out.entry((j.table.as_str().to_string(), j.builtin.to_string()))
             .or_default()
-            .push(comment(&j.rule.comment));
+            .push(comment(&j.rule));
     }
     out
 }

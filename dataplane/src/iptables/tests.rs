@@ -197,9 +197,8 @@ fn full_sync_takes_over_the_ipvs_modes_chains_and_jumps_in_the_same_restore() {
     assert!(filter.contains(
         "-D INPUT -m comment --comment \"kube-proxy firewall rules\" -j KUBE-PROXY-FIREWALL"
     ));
-    assert!(filter.contains(
-        "-I INPUT 1 -m comment --comment \"kubernetes load balancer firewall\" -m conntrack --ctstate NEW -j KUBE-PROXY-FIREWALL"
-    ));
+    let new_jump = "-I INPUT 1 -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL";
+    assert!(filter.contains(new_jump), "{new_jump}:\n{input}");
     assert!(!filter.contains("-X KUBE-PROXY-FIREWALL"));
     assert!(!input.contains("CNI-INPUT"));
 }

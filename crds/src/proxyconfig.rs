@@ -301,7 +301,7 @@ pub struct ProxyConfigStatus {
     /// The `metadata.generation` of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `Progressing`, `Degraded`, `Conflict`, and kstatus' `Reconciling`
+    /// `Ready`, `Progressing`, `Degraded`, `Conflict`, `ConnectionsCut`, and kstatus' `Reconciling`
     /// (the current generation is still being rolled out) and `Stalled` (it will
     /// not be without a change to the spec), each with the generation it describes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -118,6 +118,30 @@ pub trait Backend: Send {
 
     /// Remove every trace of this mode, and nothing else.
     fn cleanup(&mut self) -> Result<(), BackendError>;
+
+    /// Remove this mode once `successor` carries the traffic: what the
+    /// successor's full write has taken over (kernel objects of the same
+    /// names) stays, and what still serves connections established through
+    /// this mode may stay a while ([`Retirement::Draining`]).
+    fn retire(&mut self, _successor: Mode) -> Result<Retirement, BackendError> {
+        self.cleanup().map(|()| Retirement::Done)
+    }
+
+    /// A retired mode still draining: remove the rest once its connections
+    /// ended or its grace period passed.
+    fn settle(&mut self) -> Result<Retirement, BackendError> {
+        Ok(Retirement::Done)
+    }
+}
+
+/// What is left of a mode after [`Backend::retire`] or [`Backend::settle`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retirement {
+    /// Nothing: it is removed.
+    Done,
+    /// Objects that serve connections established through it; call
+    /// [`Backend::settle`] again later.
+    Draining,
 }
 
 /// Object-safe form of [`Backend`] for the control loop.
@@ -133,6 +157,14 @@ pub trait Dataplane: Send {
     fn invalidate(&mut self);
     fn present(&self) -> Result<bool, BackendError>;
     fn cleanup(&mut self) -> Result<(), BackendError>;
+    /// [`Backend::retire`].
+    fn retire(&mut self, _successor: Mode) -> Result<Retirement, BackendError> {
+        self.cleanup().map(|()| Retirement::Done)
+    }
+    /// [`Backend::settle`].
+    fn settle(&mut self) -> Result<Retirement, BackendError> {
+        Ok(Retirement::Done)
+    }
 }
 
 impl<B: Backend> Dataplane for B {
@@ -162,6 +194,14 @@ impl<B: Backend> Dataplane for B {
 
     fn cleanup(&mut self) -> Result<(), BackendError> {
         Backend::cleanup(self)
+    }
+
+    fn retire(&mut self, successor: Mode) -> Result<Retirement, BackendError> {
+        Backend::retire(self, successor)
+    }
+
+    fn settle(&mut self) -> Result<Retirement, BackendError> {
+        Backend::settle(self)
     }
 }
 

@@ -3,11 +3,13 @@
 
 use std::time::Duration;
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use switchyard_api::Mode;
 use switchyard_api::ProxyConfigSpec;
 use switchyard_api::duration::{DurationError, parse_duration};
 use switchyard_api::proxyconfig::{DetectLocalMode, IpvsScheduler, IpvsSchedulerFlag};
-use switchyard_api::ruleset::{Cidr, CidrError};
+
+use switchyard_api::ruleset::{Cidr, CidrError, IpFamily};
 
 /// How a backend tells traffic from the cluster (pods) from external traffic.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -28,8 +30,27 @@ pub enum NodePortAddresses {
     ModeDefault,
     /// The node's primary IPs.
     Primary,
-    /// Local addresses within these ranges.
+    /// Local addresses within these ranges (build with
+    /// [`NodePortAddresses::cidrs`]).
     Cidrs(Vec<Cidr>),
+}
+
+impl NodePortAddresses {
+    /// Local addresses within `list`; a family without a range in it gets
+    /// every address (`0.0.0.0/0`, `::/0`), as kube-proxy's
+    /// `NewNodePortAddresses` does per family.
+    pub fn cidrs(mut list: Vec<Cidr>) -> NodePortAddresses {
+        for family in [IpFamily::V4, IpFamily::V6] {
+            if !list.iter().any(|c| c.family() == family) {
+                let any = match family {
+                    IpFamily::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    IpFamily::V6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                };
+                list.extend(Cidr::new(any, 0).ok());
+            }
+        }
+        NodePortAddresses::Cidrs(list)
+    }
 }
 
 /// IPVS-specific settings.
@@ -240,6 +261,21 @@ fn local_detector(
     }
 }
 
+impl Settings {
+    /// Whether NodePorts answer on 127.0.0.1: asked for, and 127.0.0.1 is
+    /// among the node-port addresses (kube-proxy's `localhostNodePorts` and
+    /// `ContainsIPv4Loopback`); only then route_localnet and the martian guard.
+    pub fn ipv4_localhost_node_ports(&self) -> bool {
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        self.localhost_node_ports
+            && match &self.node_port_addresses {
+                NodePortAddresses::ModeDefault => true,
+                NodePortAddresses::Primary => false,
+                NodePortAddresses::Cidrs(cidrs) => cidrs.iter().any(|c| c.contains(&loopback)),
+            }
+    }
+}
+
 fn node_port_addresses(entries: &[String], errors: &mut Vec<SettingsError>) -> NodePortAddresses {
     let primary = entries.iter().any(|e| e == "primary");
     let list = cidrs(
@@ -251,10 +287,10 @@ fn node_port_addresses(entries: &[String], errors: &mut Vec<SettingsError>) -> N
         (true, true) => NodePortAddresses::Primary,
         (true, false) => {
             errors.push(SettingsError::PrimaryWithCidrs);
-            NodePortAddresses::Cidrs(list)
+            NodePortAddresses::cidrs(list)
         }
         (false, true) => NodePortAddresses::ModeDefault,
-        (false, false) => NodePortAddresses::Cidrs(list),
+        (false, false) => NodePortAddresses::cidrs(list),
     }
 }
 
@@ -319,7 +355,8 @@ mod tests {
         );
         assert_eq!(
             s.node_port_addresses,
-            NodePortAddresses::Cidrs(vec![cidr("192.168.0.0/16")])
+            NodePortAddresses::Cidrs(vec![cidr("192.168.0.0/16"), cidr("::/0")]),
+            "a family without a range gets every address, as in kube-proxy"
         );
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(errors.contains(&SettingsError::PrimaryWithCidrs));

@@ -142,6 +142,7 @@ async fn kubectl_apply_programs_every_node(cluster: &Cluster) {
             ("Progressing", ("False", "NoRollout")),
             ("Degraded", ("False", "AsExpected")),
             ("Conflict", ("False", "NoConflict")),
+            ("ConnectionsCut", ("False", "NoRollout")),
             ("Reconciling", ("False", "Reconciled")),
             ("Stalled", ("False", "NotStalled")),
         ])

@@ -28,7 +28,7 @@ use switchyard_api::validation::limits::{clip, clip_message};
 use switchyard_api::{Mode, ProxyConfigSpec, ProxyNode, ProxyNodeStatus, ProxyRuleset};
 use switchyard_dataplane::kubeproxy::Leftovers;
 use switchyard_dataplane::settings::Settings;
-use switchyard_dataplane::{ApplyStats, BackendError, Dataplane};
+use switchyard_dataplane::{ApplyStats, BackendError, Dataplane, Retirement};
 use tokio::time::Instant;
 
 use crate::changes::ChangeTracker;
@@ -162,6 +162,9 @@ pub struct Agent {
     synced_key: Option<InputKey>,
     status: ProxyNodeStatus,
     settings: Settings,
+    /// The mode switched away from, still serving connections established
+    /// through it (`Dataplane::settle` at each sync removes it once done).
+    retiring: Option<Box<dyn Dataplane>>,
     /// Failing watches and their last error.
     api_errors: BTreeMap<Source, String>,
     generation: Option<i64>,
@@ -191,6 +194,7 @@ impl Agent {
             changes: ChangeTracker::new(started),
             parts,
             active: None,
+            retiring: None,
             recovered: false,
             swept: false,
             linker: ShardLinker::default(),
@@ -261,6 +265,7 @@ impl Agent {
     /// it applies arrived.
     pub async fn sync(&mut self, inputs: &Inputs, queued_at: Option<Instant>) -> SyncOutcome {
         let started = Instant::now();
+        self.settle_retiring();
         let key = InputKey::of(inputs);
         if self.synced_key.as_ref() == Some(&key) {
             self.parts.health.updated((self.parts.wall_clock)());
@@ -494,16 +499,52 @@ impl Agent {
         )
         .await;
         self.parts.metrics.switched(to, result.is_ok());
-        let switched = result?;
+        let mut switched = result?;
+        // A second switch before the first one's old mode drained: that one
+        // goes now, unless the new mode is it again and took its objects over.
+        if self.retiring.as_ref().is_some_and(|d| d.mode() == to) {
+            self.retiring = None;
+        }
+        self.finish_retiring();
+        self.retiring = switched.retiring.take();
         self.swept = false;
         Ok(switched)
+    }
+
+    /// Remove the retiring dataplane if its connections ended or its grace passed.
+    fn settle_retiring(&mut self) {
+        let Some(retiring) = self.retiring.as_mut() else {
+            return;
+        };
+        match retiring.settle() {
+            Ok(Retirement::Draining) => {}
+            Ok(Retirement::Done) => self.retiring = None,
+            Err(e) => {
+                tracing::warn!(mode = %retiring.mode(), error = %e, "removing the drained mode failed; swept later");
+                self.retiring = None;
+            }
+        }
+    }
+
+    /// Remove the retiring dataplane now, cutting what it still serves.
+    fn finish_retiring(&mut self) {
+        if let Some(mut retiring) = self.retiring.take()
+            && let Err(e) = retiring.cleanup()
+        {
+            tracing::warn!(mode = %retiring.mode(), error = %e, "removing the retired mode failed; swept later");
+        }
     }
 
     fn sweep(&mut self, linked: &LinkedRuleset) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        let present = present_modes(self.parts.factory.as_ref());
+        // A draining mode is not a leftover until it settles.
+        let draining = self.retiring.as_ref().map(|d| d.mode());
+        let present: Vec<Mode> = present_modes(self.parts.factory.as_ref())
+            .into_iter()
+            .filter(|&m| Some(m) != draining)
+            .collect();
         let swept = sweep(
             active.as_mut(),
             &present,

@@ -3,7 +3,8 @@
 //! The procedure (DESIGN.md, "Mode switch on one node"):
 //! 1. `Building`: build the new dataplane beside the old one and sync it.
 //! 2. `Verifying`: probe through it (a TCP connect to the rollout's service VIP).
-//! 3. `RemovingOld`: the new one is now the applied mode; remove the old one.
+//! 3. `RemovingOld`: the new one is now the applied mode; retire the old one
+//!    (`Dataplane::retire`: what the new one took over stays).
 //!
 //! Before each step a [`Checkpoint`] is recorded (in `ProxyNode.status`), so an
 //! agent killed at any point finds, on restart, the recorded applied mode and
@@ -30,7 +31,7 @@ use switchyard_dataplane::ebpf::kernel::KernelConfig;
 use switchyard_dataplane::exec::Runner;
 use switchyard_dataplane::kubeproxy::Leftovers;
 use switchyard_dataplane::settings::Settings;
-use switchyard_dataplane::{ApplyStats, BackendError, Dataplane};
+use switchyard_dataplane::{ApplyStats, BackendError, Dataplane, Retirement};
 
 /// Builds the dataplane of a mode (without touching the kernel).
 pub trait DataplaneFactory: Send + Sync {
@@ -245,13 +246,15 @@ pub struct SwitchInput<'a> {
 }
 
 /// How a completed switch went.
-#[derive(Debug)]
 pub struct Switched {
     pub stats: ApplyStats,
     /// Removing the old dataplane failed (its leftovers are swept later).
     pub old_cleanup: Option<BackendError>,
     /// Verification failed but there was no old dataplane to go back to.
     pub unverified: Option<SwitchError>,
+    /// The old dataplane, still serving connections established through it
+    /// ([`Retirement::Draining`]): [`Dataplane::settle`] it until done.
+    pub retiring: Option<Box<dyn Dataplane>>,
 }
 
 /// Move `active` to `input.to`. On error `active` is unchanged and the new
@@ -309,23 +312,20 @@ pub async fn switch_to(
 
     checkpoints.reached(&step(SwitchStep::RemovingOld)).await;
     let old = active.replace(new);
-    let old_cleanup = match old {
-        Some(mut old) => {
-            let result = old.cleanup();
-            if let (Ok(()), Some(active)) = (&result, active.as_mut()) {
-                // The old mode may share kernel objects with the new one
-                // (iptables chains of ipvs): write the new one whole again.
-                resync(active.as_mut(), input.ruleset, input.settings);
-            }
-            result.err()
-        }
-        None => None,
+    // The new mode's full write took over what the old one shares with it
+    // (iptables and ipvs: chains of the same names), so the old one is
+    // retired beside it, never removed first.
+    let (old_cleanup, retiring) = match old.map(|mut old| (old.retire(to), old)) {
+        None | Some((Ok(Retirement::Done), _)) => (None, None),
+        Some((Ok(Retirement::Draining), old)) => (None, Some(old)),
+        Some((Err(e), _)) => (Some(e), None),
     };
     checkpoints.reached(&Checkpoint::Done { mode: to }).await;
     Ok(Switched {
         stats,
         old_cleanup,
         unverified,
+        retiring,
     })
 }
 

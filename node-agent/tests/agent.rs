@@ -329,6 +329,36 @@ async fn iptables_is_never_swept_from_under_ipvs() {
     assert!(kernel.cleanups().is_empty(), "{:?}", kernel.cleanups());
 }
 
+/// Leaving IPVS cut the connections it carried: its virtual servers went
+/// with the switch. A retired mode with open connections stays (and the
+/// sweep leaves it) until they end.
+#[tokio::test(start_paused = true)]
+async fn leaving_a_mode_with_open_connections_drains_it_before_removing_it() {
+    let kernel = FakeKernel::default();
+    let writer = RecordingWriter::default();
+    let mut agent = agent(&kernel, &writer, &FakeLeftover::default());
+    agent.sync(&inputs(Some(Mode::Ipvs), None), None).await;
+    kernel.connections_open(Mode::Ipvs, true);
+    let to_nftables = inputs(Some(Mode::Nftables), None);
+    let out = agent.sync(&to_nftables, None).await;
+    assert!(matches!(out, SyncOutcome::Synced), "{out:?}");
+    assert_eq!(agent.status().applied_mode, Some(Mode::Nftables));
+    assert_eq!(kernel.rules(Mode::Ipvs), Some(web_lines()), "draining");
+    // A full pass (periodic resync) sweeps leftovers, not the draining mode.
+    agent.invalidate();
+    agent.sync(&to_nftables, None).await;
+    assert_eq!(
+        kernel.rules(Mode::Ipvs),
+        Some(web_lines()),
+        "still draining"
+    );
+    assert!(kernel.cleanups().is_empty(), "{:?}", kernel.cleanups());
+    kernel.connections_open(Mode::Ipvs, false);
+    agent.sync(&to_nftables, None).await;
+    assert_eq!(kernel.installed(), vec![Mode::Nftables]);
+    assert_eq!(kernel.cleanups(), vec![Mode::Ipvs]);
+}
+
 /// Kill the agent during status write `kill_at` (0: Building, 1: Verifying,
 /// 2: RemovingOld, 3: Done), restart it from the last recorded status and the
 /// kernel as it was left, and check it converges on the target with traffic

@@ -124,13 +124,13 @@ async fn burst_of_changes_is_coalesced_into_one_sync_per_min_period() {
     let agent = h.stop().await;
     let text = agent.metrics().encode();
     assert!(
-        text.contains("kubeproxy_network_programming_duration_seconds_count 2"),
+        text.contains("switchyard_sync_delay_seconds_count 2"),
         "{text}"
     );
     // The initial lists applied at once; the burst's oldest change (t=50ms) waited until t=1s.
-    assert!(text.contains("kubeproxy_network_programming_duration_seconds_bucket{le=\"0.25\"} 1"));
-    assert!(text.contains("kubeproxy_network_programming_duration_seconds_bucket{le=\"0.5\"} 1"));
-    assert!(text.contains("kubeproxy_network_programming_duration_seconds_bucket{le=\"1.0\"} 2"));
+    assert!(text.contains("switchyard_sync_delay_seconds_bucket{le=\"0.25\"} 1"));
+    assert!(text.contains("switchyard_sync_delay_seconds_bucket{le=\"0.5\"} 1"));
+    assert!(text.contains("switchyard_sync_delay_seconds_bucket{le=\"1.0\"} 2"));
 }
 
 #[tokio::test(start_paused = true)]

@@ -60,6 +60,13 @@ pub fn to_event(pool_event: &PoolEvent) -> Event {
     use EventType::{Normal, Warning};
     let e = match pool_event {
         PoolEvent::Conflict(message) => return event(Warning, "Conflict", message.clone()),
+        PoolEvent::ConnectionsCut { from, to, what } => {
+            return event(
+                Warning,
+                "RolloutCutsConnections",
+                format!("switching a node from {from} to {to} cuts {what}"),
+            );
+        }
         PoolEvent::Rollout(e) => e,
     };
     match e {

@@ -13,6 +13,7 @@ pub mod events;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod migration;
 pub mod plan;
 pub mod policy;
 pub mod pools;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use switchyard_api::{ProxyConfig, ProxyConfigStatus, ProxyNode, ProxyNodeSpec};
+use switchyard_api::{Mode, ProxyConfig, ProxyConfigStatus, ProxyNode, ProxyNodeSpec};
 
 use crate::policy::RolloutPolicy;
 use crate::pools::{Assignment, NodeConflict};
@@ -42,6 +42,13 @@ pub enum PoolEvent {
     Rollout(RolloutEvent),
     /// The set of conflicting nodes changed and is not empty.
     Conflict(String),
+    /// A rollout (or its rollback) from `from` to `to` is about to start and
+    /// will cut these connections on each node ([`crate::migration`]).
+    ConnectionsCut {
+        from: Mode,
+        to: Mode,
+        what: &'static str,
+    },
 }
 
 /// What a pool's reconcile writes.
@@ -51,6 +58,20 @@ pub struct PoolPlan {
     pub status: ProxyConfigStatus,
     pub events: Vec<PoolEvent>,
     pub requeue_after: Option<Duration>,
+}
+
+/// The warning published before a rollout or rollback that cuts connections.
+fn cut_warning(event: &RolloutEvent) -> Option<PoolEvent> {
+    let (from, to) = match *event {
+        RolloutEvent::Started { from, to, .. } => (from, to),
+        RolloutEvent::RollbackStarted { from, to, .. } => (to, from),
+        _ => return None,
+    };
+    crate::migration::connections_cut(from, to).map(|what| PoolEvent::ConnectionsCut {
+        from,
+        to,
+        what,
+    })
 }
 
 /// The rollout's view of a ProxyNode (or of a node that has none yet).
@@ -144,7 +165,11 @@ pub fn plan_pool(input: &PoolInput<'_>) -> PoolPlan {
         max_unavailable: policy.max_unavailable,
         now: input.now,
     });
-    let mut events: Vec<PoolEvent> = step.events.into_iter().map(PoolEvent::Rollout).collect();
+    let mut events: Vec<PoolEvent> = step
+        .events
+        .into_iter()
+        .flat_map(|e| cut_warning(&e).into_iter().chain([PoolEvent::Rollout(e)]))
+        .collect();
     if status.conflicting_nodes != previous.conflicting_nodes
         && let Some(c) = status
             .conditions

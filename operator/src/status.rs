@@ -1,6 +1,7 @@
 //! `ProxyConfig.status` from the pool's nodes, its rollout and its conflicts:
 //! counts, and the `Ready`, `Progressing`, `Degraded`, `Conflict`,
-//! `Reconciling` and `Stalled` conditions with messages a person can act on.
+//! `ConnectionsCut`, `Reconciling` and `Stalled` conditions with messages a
+//! person can act on.
 //!
 //! Every condition carries the generation it describes. `Reconciling` and
 //! `Stalled` follow kstatus (what Flux and `kubectl wait` pipelines read): while
@@ -74,6 +75,7 @@ pub fn aggregate(input: &StatusInput<'_>) -> ProxyConfigStatus {
         progressing,
         degraded_condition(input),
         conflict_condition(input),
+        connections_cut_condition(input),
         reconciling,
         stalled,
     ]
@@ -268,6 +270,44 @@ fn progressing_condition(input: &StatusInput<'_>) -> Cond {
     };
     Cond {
         type_: "Progressing",
+        ok,
+        reason,
+        message,
+    }
+}
+
+/// Whether the running rollout (or rollback) cuts connections on each node
+/// it switches: set as the rollout is decided, before any node switches.
+fn connections_cut_condition(input: &StatusInput<'_>) -> Cond {
+    let switching = input.rollout.and_then(|r| match r.phase {
+        RolloutPhase::Progressing | RolloutPhase::Paused | RolloutPhase::Halted => {
+            Some((r.from, r.to))
+        }
+        RolloutPhase::RollingBack => Some((r.to, r.from)),
+        RolloutPhase::Complete | RolloutPhase::RolledBack => None,
+    });
+    let cut = switching.and_then(|(from, to)| {
+        crate::migration::connections_cut(from, to).map(|what| (from, to, what))
+    });
+    let (ok, reason, message) = match (switching, cut) {
+        (_, Some((from, to, what))) => (
+            true,
+            "RolloutCutsConnections",
+            format!("switching a node from {from} to {to} cuts {what}"),
+        ),
+        (Some((from, to)), None) => (
+            false,
+            "NoConnectionsCut",
+            format!("switching a node from {from} to {to} keeps every connection"),
+        ),
+        (None, None) => (
+            false,
+            "NoRollout",
+            "no rollout is switching nodes".to_string(),
+        ),
+    };
+    Cond {
+        type_: "ConnectionsCut",
         ok,
         reason,
         message,

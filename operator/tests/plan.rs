@@ -161,3 +161,63 @@ fn a_condition_keeps_its_transition_time_while_its_status_holds() {
         "0 of 1 nodes run nftables, verified; not yet: a"
     );
 }
+
+/// A rollout whose mode pair the migration matrix measured as cutting
+/// connections says so before any node switches; one that keeps them does not warn.
+#[test]
+fn a_rollout_that_cuts_connections_warns_before_it_starts() {
+    use switchyard_operator::plan::PoolEvent;
+    use switchyard_operator::rollout::RolloutEvent;
+    let nodes = vec![node("a", &[]), node("b", &[])];
+    let on = |mode| -> Vec<ProxyNode> {
+        ["a", "b"]
+            .iter()
+            .map(|n| proxy_node(n, Some("edge"), mode))
+            .collect()
+    };
+    let to_ebpf = plan(
+        &config("edge", Mode::Ebpf, 0, selector(&[], &[])),
+        &nodes,
+        &on(Mode::Iptables),
+        now(),
+    );
+    let cut = condition(&to_ebpf, "ConnectionsCut");
+    assert_eq!(
+        (cut.status.as_str(), cut.reason.as_str()),
+        ("True", "RolloutCutsConnections")
+    );
+    assert!(
+        cut.message
+            .starts_with("switching a node from iptables to ebpf cuts established TCP connections")
+    );
+    assert!(matches!(
+        to_ebpf.events.as_slice(),
+        [
+            PoolEvent::ConnectionsCut {
+                from: Mode::Iptables,
+                to: Mode::Ebpf,
+                ..
+            },
+            PoolEvent::Rollout(RolloutEvent::Started { .. }),
+            ..
+        ]
+    ));
+
+    let to_ipvs = plan(
+        &config("edge", Mode::Ipvs, 0, selector(&[], &[])),
+        &nodes,
+        &on(Mode::Iptables),
+        now(),
+    );
+    let kept = condition(&to_ipvs, "ConnectionsCut");
+    assert_eq!(
+        (kept.status.as_str(), kept.reason.as_str()),
+        ("False", "NoConnectionsCut")
+    );
+    assert!(
+        !to_ipvs
+            .events
+            .iter()
+            .any(|e| matches!(e, PoolEvent::ConnectionsCut { .. }))
+    );
+}

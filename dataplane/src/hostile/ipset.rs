@@ -14,6 +14,7 @@ use switchyard_api::Mode;
 use super::iptables::{check_text, planned};
 use super::{differences, for_cases, linked, settings};
 use crate::exec::Runner;
+use crate::iptables::restore::Found;
 use crate::ipvs::plan::IpSet;
 use crate::ipvs::{ipset, render};
 use crate::testns::{self, TestNetns};
@@ -73,8 +74,8 @@ fn hostile_names_never_add_or_change_ipsets() {
             prop_assert!(got == want, "kernel:\n{}", differences(&got, &want));
         }
         for fp in &plan.rules {
-            let (input, _) = fp.restore_input(None, &[]).unwrap();
-            check_text(ns.as_ref(), fp, &input, &planned(fp, false))?;
+            let (input, _) = fp.restore_input(None, &Found::default()).unwrap();
+            check_text(ns.as_ref(), fp, &input, &planned(fp))?;
         }
         Ok(())
     });

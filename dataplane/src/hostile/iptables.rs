@@ -17,7 +17,8 @@ use crate::exec::Runner;
 use crate::iptables::escape::{COMMENT_MAX, argv};
 use crate::iptables::plan::FamilyPlan;
 use crate::iptables::render::render;
-use crate::iptables::restore::tools;
+use crate::iptables::restore::{Found, tools};
+use crate::iptables::rule::{Match, Rule};
 use crate::testns::{self, Netns, TestNetns};
 
 /// Per table and chain, the comment of each rule in order.
@@ -48,6 +49,12 @@ pub fn saved(save: &str) -> Chains {
             out.entry((table.clone(), words[0].clone()))
                 .or_default()
                 .push(comment_of(&words[1..]));
+        } else if let Some(rule) = line.strip_prefix("-I ") {
+            // `-I <builtin> 1 <rule>`: a jump a full write puts first.
+            let words = argv(rule);
+            out.entry((table.clone(), words[0].clone()))
+                .or_default()
+                .insert(0, comment_of(&words[2..]));
         } else if !(line.is_empty() || line.starts_with('#') || line == "COMMIT") {
             out.insert(("?".into(), line.to_string()), Vec::new());
         }
@@ -55,23 +62,29 @@ pub fn saved(save: &str) -> Chains {
     out
 }
 
-/// What the plan holds, with its jumps from the built-in chains or without.
-pub fn planned(plan: &FamilyPlan, jumps: bool) -> Chains {
-    let comment = |c: &Option<String>| {
-        c.as_deref()
-            .map(|c| escape::comment(c, COMMENT_MAX).into_owned())
+/// What the plan holds, with its jumps from the built-in chains.
+pub fn planned(plan: &FamilyPlan) -> Chains {
+    // A rule's comment, or the one kube-proxy writes among a jump's matches.
+    let comment = |r: &Rule| {
+        let text = r.comment.as_deref().or_else(|| {
+            r.matches.iter().find_map(|m| match m {
+                Match::Comment(c) => Some(c.as_str()),
+                _ => None,
+            })
+        });
+        text.map(|c| escape::comment(c, COMMENT_MAX).into_owned())
     };
     let mut out = Chains::new();
     for table in crate::iptables::rule::Table::ALL {
         for c in plan.chains(table) {
-            let rules = c.rules.iter().map(|r| comment(&r.comment)).collect();
+            let rules = c.rules.iter().map(comment).collect();
             out.insert((table.as_str().to_string(), c.name.clone()), rules);
         }
     }
-    for j in plan.jumps.iter().filter(|_| jumps) {
+    for j in &plan.jumps {
         out.entry((j.table.as_str().to_string(), j.builtin.to_string()))
             .or_default()
-            .push(comment(&j.rule.comment));
+            .push(comment(&j.rule));
     }
     out
 }
@@ -112,9 +125,9 @@ fn hostile_names_never_add_or_change_iptables_rules() {
     for_cases(16, |input| {
         let plan = render(&linked(&input), &settings(Mode::Iptables));
         for fp in &plan.families {
-            let (input, _) = fp.restore_input(None, &[]).unwrap();
-            for (text, jumps) in [(fp.to_string(), true), (input, false)] {
-                check_text(ns.as_ref(), fp, &text, &planned(fp, jumps))?;
+            let (input, _) = fp.restore_input(None, &Found::default()).unwrap();
+            for text in [fp.to_string(), input] {
+                check_text(ns.as_ref(), fp, &text, &planned(fp))?;
             }
         }
         Ok(())

@@ -22,7 +22,7 @@ use switchyard_api::ruleset::IpFamily;
 
 use self::plan::{AppliedFamily, FamilyPlan};
 use self::restore::{Restore, tools};
-use super::{ApplyStats, Backend, BackendError};
+use super::{ApplyStats, Backend, BackendError, Retirement};
 use crate::conntrack::{self, UdpSnapshot};
 use crate::exec::Runner;
 use crate::semantics::{ModeSemantics, NodePortScope, UnknownPort};
@@ -96,22 +96,32 @@ impl IptablesBackend {
             self.set_route_localnet()?;
         }
         let previous = self.applied[slot(fp.family)].as_ref();
-        let restore = self.restore(fp.family);
-        let leftovers = match previous {
-            None => restore.chains(names::is_ours)?,
-            Some(_) => Vec::new(),
-        };
-        let written = restore.write(fp, previous, &leftovers)?;
+        let written = self.restore(fp.family).write(fp, previous)?;
         let full = previous.is_none();
         self.applied[slot(fp.family)] = Some(fp.applied());
         Ok((written, full))
     }
 
     /// Remove our jump rules and chains from one family's tables.
-    fn cleanup_family(&self, fp: &FamilyPlan) -> Result<(), BackendError> {
-        let restore = self.restore(fp.family);
-        restore.remove_jumps(&fp.jumps)?;
-        restore.delete_chains(&restore.chains(names::is_ours)?)
+    fn cleanup_family(&self, family: IpFamily) -> Result<(), BackendError> {
+        let restore = self.restore(family);
+        restore.remove(&restore.found()?)
+    }
+
+    /// Put back what this mode changed outside its rules, and forget them.
+    fn forget(&mut self) -> Result<(), BackendError> {
+        if let Some(before) = self.localnet_before.take() {
+            self.sysctl
+                .write(ROUTE_LOCALNET, &before)
+                .map_err(|source| BackendError::Io {
+                    mode: Mode::Iptables,
+                    operation: "restore route_localnet",
+                    source,
+                })?;
+        }
+        self.applied = [None, None];
+        self.udp = UdpSnapshot::default();
+        Ok(())
     }
 }
 
@@ -166,25 +176,20 @@ impl Backend for IptablesBackend {
     }
 
     fn cleanup(&mut self) -> Result<(), BackendError> {
-        let empty = render::render(
-            &LinkedRuleset::default(),
-            &Settings::defaults(Mode::Iptables),
-        );
-        for fp in &empty.families {
-            self.cleanup_family(fp)?;
+        for family in [IpFamily::V4, IpFamily::V6] {
+            self.cleanup_family(family)?;
         }
-        if let Some(before) = self.localnet_before.take() {
-            self.sysctl
-                .write(ROUTE_LOCALNET, &before)
-                .map_err(|source| BackendError::Io {
-                    mode: Mode::Iptables,
-                    operation: "restore route_localnet",
-                    source,
-                })?;
+        self.forget()
+    }
+
+    /// The IPVS mode's full write has already taken our chains over (they
+    /// share names, [`names::is_ours`]): nothing of ours is left to remove.
+    fn retire(&mut self, successor: Mode) -> Result<Retirement, BackendError> {
+        match successor {
+            Mode::Ipvs => self.forget(),
+            _ => self.cleanup(),
         }
-        self.applied = [None, None];
-        self.udp = UdpSnapshot::default();
-        Ok(())
+        .map(|()| Retirement::Done)
     }
 }
 
@@ -196,6 +201,6 @@ pub fn semantics(settings: &Settings) -> ModeSemantics {
         settings,
         UnknownPort::NotTranslated,
         NodePortScope::EveryLocalAddress,
-        settings.localhost_node_ports,
+        settings.ipv4_localhost_node_ports(),
     )
 }

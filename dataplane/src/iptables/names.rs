@@ -15,6 +15,12 @@ pub const KUBE_FORWARD: &str = "KUBE-FORWARD";
 pub const KUBE_PROXY_FIREWALL: &str = "KUBE-PROXY-FIREWALL";
 /// kubelet's localnet guard, which kube-proxy also writes when it enables route_localnet.
 pub const KUBE_FIREWALL: &str = "KUBE-FIREWALL";
+/// The IPVS mode's own chains (it shares the others above with the iptables mode).
+pub const KUBE_NODE_PORT: &str = "KUBE-NODE-PORT";
+pub const KUBE_LOAD_BALANCER: &str = "KUBE-LOAD-BALANCER";
+pub const KUBE_SOURCE_RANGES_FIREWALL: &str = "KUBE-SOURCE-RANGES-FIREWALL";
+pub const KUBE_IPVS_FILTER: &str = "KUBE-IPVS-FILTER";
+pub const KUBE_IPVS_OUT_FILTER: &str = "KUBE-IPVS-OUT-FILTER";
 
 /// Prefixes of the per service port and per endpoint chains.
 pub const PER_SERVICE_PREFIXES: [&str; 5] = [
@@ -25,9 +31,18 @@ pub const PER_SERVICE_PREFIXES: [&str; 5] = [
     "KUBE-SEP-",
 ];
 
-/// Whether `chain` is one this backend creates (fixed or per service).
+/// Whether `chain` is one of kube-proxy's layouts, the iptables mode's
+/// (fixed or per service) or the IPVS mode's. The two modes share names
+/// (`KUBE-SERVICES`, `KUBE-PROXY-FIREWALL`, …), so they claim each other's
+/// chains: either mode's full write takes over what the other left in the
+/// same `iptables-restore`, which is how a node switches between them.
 pub fn is_ours(chain: &str) -> bool {
     [
+        KUBE_NODE_PORT,
+        KUBE_LOAD_BALANCER,
+        KUBE_SOURCE_RANGES_FIREWALL,
+        KUBE_IPVS_FILTER,
+        KUBE_IPVS_OUT_FILTER,
         KUBE_SERVICES,
         KUBE_EXTERNAL_SERVICES,
         KUBE_NODEPORTS,
@@ -124,6 +139,7 @@ mod tests {
     fn ownership_is_by_name() {
         assert!(is_ours("KUBE-SVC-XPGD46QRK7WJZT7O"));
         assert!(is_ours("KUBE-MARK-MASQ"));
+        assert!(is_ours("KUBE-IPVS-FILTER"));
         assert!(!is_ours("KUBE-KUBELET-CANARY"));
         assert!(!is_ours("DOCKER"));
     }

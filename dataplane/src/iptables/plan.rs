@@ -8,7 +8,7 @@ use std::fmt;
 use switchyard_api::ruleset::IpFamily;
 
 use super::escape;
-use super::restore::tools;
+use super::restore::{Found, tools};
 use super::rule::{Rule, Table};
 use crate::conntrack::UdpSnapshot;
 use crate::escape::NameError;
@@ -105,16 +105,17 @@ impl FamilyPlan {
     }
 
     /// The `*-restore --noflush` input that turns `applied` (what this backend
-    /// last wrote, `None` for a full sync) into this plan: changed and new chains
-    /// are declared (which flushes them) and rewritten, vanished chains deleted.
+    /// last wrote, `None` for a full write) into this plan: changed and new
+    /// chains are declared (which flushes them) and rewritten, vanished chains
+    /// deleted. On a full write `found` is what the kernel holds of ours
+    /// (either mode's): its chains not in the plan are deleted, and its
+    /// built-in jumps give way to the plan's, inserted first in plan order.
     /// Returns the text and how many rules it writes, or the first name
     /// iptables cannot carry ([`escape`]: nothing is written then).
-    /// `leftovers` are chains of ours found in the kernel on a full sync; those
-    /// not in the plan are deleted too.
     pub fn restore_input(
         &self,
         applied: Option<&AppliedFamily>,
-        leftovers: &[(Table, String)],
+        found: &Found,
     ) -> Result<(String, usize), NameError> {
         let mut out = String::new();
         let mut written = 0;
@@ -129,12 +130,24 @@ impl FamilyPlan {
             let mut removed: Vec<&String> = old
                 .map(|o| o.keys().filter(|n| !in_plan(n)).collect())
                 .unwrap_or_default();
-            for (t, n) in leftovers {
+            for (t, n) in &found.chains {
                 if *t == table && !in_plan(n) && !removed.contains(&n) {
                     removed.push(n);
                 }
             }
-            if changed.is_empty() && removed.is_empty() {
+            let full = applied.is_none();
+            let old_jumps: Vec<&String> = found
+                .jumps
+                .iter()
+                .filter(|(t, _)| full && *t == table)
+                .map(|(_, j)| j)
+                .collect();
+            let jumps: Vec<&JumpRule> = self
+                .jumps
+                .iter()
+                .filter(|j| full && j.table == table)
+                .collect();
+            if changed.is_empty() && removed.is_empty() && jumps.is_empty() {
                 continue;
             }
             out.push_str(&format!("*{}\n", table.as_str()));
@@ -145,12 +158,20 @@ impl FamilyPlan {
             {
                 out.push_str(&format!(":{} - [0:0]\n", escape::chain(c)?));
             }
+            for j in old_jumps {
+                out.push_str(&format!("-D {j}\n"));
+            }
             for c in &changed {
                 for r in &c.rules {
                     escape::check_rule(r)?;
                     out.push_str(&format!("-A {} {r}\n", c.name));
                     written += 1;
                 }
+            }
+            for j in jumps.iter().rev() {
+                escape::check_rule(&j.rule)?;
+                out.push_str(&format!("-I {} 1 {}\n", j.builtin, j.rule));
+                written += 1;
             }
             for c in &removed {
                 out.push_str(&format!("-X {c}\n"));

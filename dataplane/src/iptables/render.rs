@@ -33,20 +33,19 @@ struct Builder {
 }
 
 impl Builder {
-    /// The fixed chains, in kube-proxy's order.
-    fn new(localhost_node_ports: bool) -> Builder {
-        let mut filter = vec![
-            KUBE_NODEPORTS,
-            KUBE_SERVICES,
-            KUBE_EXTERNAL_SERVICES,
-            KUBE_FORWARD,
-            KUBE_PROXY_FIREWALL,
-        ];
-        if localhost_node_ports {
-            filter.push(KUBE_FIREWALL);
-        }
+    /// The fixed chains, in kube-proxy's order. KUBE-FIREWALL is there in
+    /// both families even when empty, as kube-proxy keeps it (kubelet's
+    /// chain, which it duplicates).
+    fn new() -> Builder {
         Builder {
-            filter: ChainList::of(&filter),
+            filter: ChainList::of(&[
+                KUBE_NODEPORTS,
+                KUBE_SERVICES,
+                KUBE_EXTERNAL_SERVICES,
+                KUBE_FORWARD,
+                KUBE_PROXY_FIREWALL,
+                KUBE_FIREWALL,
+            ]),
             nat: ChainList::of(&[
                 KUBE_NODEPORTS,
                 KUBE_SERVICES,
@@ -65,8 +64,8 @@ fn loopback(family: IpFamily) -> IpAddr {
 }
 
 fn render_family(ruleset: &LinkedRuleset, settings: &Settings, family: IpFamily) -> FamilyPlan {
-    let localhost_node_ports = family == IpFamily::V4 && settings.localhost_node_ports;
-    let mut b = Builder::new(localhost_node_ports);
+    let localhost_node_ports = family == IpFamily::V4 && settings.ipv4_localhost_node_ports();
+    let mut b = Builder::new();
     let local_cidr = match &settings.local_detector {
         LocalDetector::None => None,
         LocalDetector::Cidrs(cidrs) => cidrs.iter().find(|c| c.family() == family).copied(),
@@ -88,7 +87,7 @@ fn render_family(ruleset: &LinkedRuleset, settings: &Settings, family: IpFamily)
         route_localnet: localhost_node_ports,
         filter: b.filter.chains,
         nat: b.nat.chains,
-        jumps: jump_rules(localhost_node_ports),
+        jumps: jump_rules(),
     }
 }
 
@@ -548,8 +547,15 @@ fn service_to_endpoints(
 /// The last rule of KUBE-SERVICES: hand node-port traffic to KUBE-NODEPORTS.
 fn render_node_ports_jump(b: &mut Builder, ctx: &Ctx<'_>, localhost_node_ports: bool) {
     let comment = "kubernetes service nodeports; NOTE: this must be the last rule in this chain";
+    let match_all = |cidrs: &[Cidr]| {
+        cidrs
+            .iter()
+            .any(|c| c.family() == ctx.family && c.prefix() == 0)
+    };
     let cidrs = match &ctx.settings.node_port_addresses {
-        NodePortAddresses::ModeDefault => {
+        // kube-proxy's `MatchAll`: every local address.
+        NodePortAddresses::Cidrs(cidrs) if !match_all(cidrs) => Some(cidrs.clone()),
+        NodePortAddresses::ModeDefault | NodePortAddresses::Cidrs(_) => {
             let mut rule = Rule::new(Target::Jump(KUBE_NODEPORTS.into()))
                 .comment(comment)
                 .with(Match::LocalAddress(Side::Destination));
@@ -567,7 +573,6 @@ fn render_node_ports_jump(b: &mut Builder, ctx: &Ctx<'_>, localhost_node_ports: 
             return;
         }
         NodePortAddresses::Primary => ctx.node_ips.first().map(|ip| vec![Cidr::host(*ip)]),
-        NodePortAddresses::Cidrs(cidrs) => Some(cidrs.clone()),
     };
     let candidates = ctx.node_ips.iter().copied().chain([loopback(ctx.family)]);
     let cidrs = cidrs.unwrap_or_default();
@@ -587,17 +592,22 @@ fn render_node_ports_jump(b: &mut Builder, ctx: &Ctx<'_>, localhost_node_ports: 
     }
 }
 
-/// kube-proxy's `iptablesJumpChains`, in evaluation order per builtin chain.
-fn jump_rules(localhost_node_ports: bool) -> Vec<JumpRule> {
+/// kube-proxy's `iptablesJumpChains` and `iptablesKubeletJumpChains`, in
+/// evaluation order per builtin chain (kube-proxy prepends each in turn:
+/// the kubelet's KUBE-FIREWALL comes first).
+fn jump_rules() -> Vec<JumpRule> {
     let new = || Match::CtState {
         states: "NEW",
         negate: false,
     };
     let jump = |table, builtin, chain: &str, comment: &str, ctnew: bool| {
-        let mut rule = Rule::new(Target::Jump(chain.into())).comment(comment);
-        if ctnew {
-            rule.matches.insert(0, new());
-        }
+        let rule = if ctnew {
+            Rule::new(Target::Jump(chain.into()))
+                .with(new())
+                .with(Match::Comment(comment.into()))
+        } else {
+            Rule::new(Target::Jump(chain.into())).comment(comment)
+        };
         JumpRule {
             table,
             builtin,
@@ -607,7 +617,14 @@ fn jump_rules(localhost_node_ports: bool) -> Vec<JumpRule> {
     let fw = "kubernetes load balancer firewall";
     let portals = "kubernetes service portals";
     let external = "kubernetes externally-visible service portals";
-    let mut jumps = vec![
+    let firewall = |builtin| JumpRule {
+        table: Table::Filter,
+        builtin,
+        rule: Rule::new(Target::Jump(KUBE_FIREWALL.into())),
+    };
+    vec![
+        firewall("INPUT"),
+        firewall("OUTPUT"),
         jump(Table::Filter, "INPUT", KUBE_PROXY_FIREWALL, fw, true),
         jump(
             Table::Filter,
@@ -650,15 +667,5 @@ fn jump_rules(localhost_node_ports: bool) -> Vec<JumpRule> {
             "kubernetes postrouting rules",
             false,
         ),
-    ];
-    if localhost_node_ports {
-        for builtin in ["INPUT", "OUTPUT"] {
-            jumps.push(JumpRule {
-                table: Table::Filter,
-                builtin,
-                rule: Rule::new(Target::Jump(KUBE_FIREWALL.into())),
-            });
-        }
-    }
-    jumps
+    ]
 }

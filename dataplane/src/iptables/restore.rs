@@ -1,16 +1,17 @@
 //! The one writer of iptables rules to the kernel, for the iptables mode and
 //! the IPVS mode's iptables part alike: a [`FamilyPlan`]'s chains through
 //! `iptables-restore --noflush` (only those that changed since the last
-//! write), the jumps from built-in chains through `iptables -C` / `-I` / `-D`,
-//! and the removal of chains. Every command acts in the caller's network
+//! write; on a full write also the jumps from built-in chains, replacing
+//! whatever of ours the kernel held, in the same transaction), and the
+//! removal of chains. Every command acts in the caller's network
 //! namespace.
 
 use switchyard_api::Mode;
 use switchyard_api::ruleset::IpFamily;
 
-use super::escape;
-use super::plan::{AppliedFamily, FamilyPlan, JumpRule};
+use super::plan::{AppliedFamily, FamilyPlan};
 use super::rule::Table;
+use super::{escape, names};
 use crate::BackendError;
 use crate::escape::NameError;
 use crate::exec::Runner;
@@ -23,14 +24,38 @@ pub fn tools(family: IpFamily) -> (&'static str, &'static str, &'static str) {
     }
 }
 
-/// `-w -t <table> <op> <builtin> <rule…>`; `-I` inserts at the top.
-fn jump_args<'a>(j: &'a JumpRule, op: &'a str, rule: &'a [String]) -> Vec<&'a str> {
-    let mut args = vec!["-w", "-t", j.table.as_str(), op, j.builtin];
-    if op == "-I" {
-        args.push("1");
+/// The built-in chains our jump rules sit in.
+const BUILTINS: [&str; 5] = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
+
+/// What one family's tables hold of ours ([`names::is_ours`]): the chains,
+/// and the rules of built-in chains that jump to them (as `iptables-save`
+/// prints them after `-A `), whichever mode wrote them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Found {
+    pub chains: Vec<(Table, String)>,
+    pub jumps: Vec<(Table, String)>,
+}
+
+impl Found {
+    /// Parse one table's `iptables-save` output into `self`.
+    pub fn add_saved(&mut self, table: Table, saved: &str) {
+        for line in saved.lines() {
+            if let Some(decl) = line.strip_prefix(':') {
+                let chain = decl.split_whitespace().next().unwrap_or_default();
+                if names::is_ours(chain) {
+                    self.chains.push((table, chain.to_string()));
+                }
+            } else if let Some(rule) = line.strip_prefix("-A ") {
+                let builtin = rule.split(' ').next().unwrap_or_default();
+                let target = rule
+                    .rsplit_once(" -j ")
+                    .and_then(|(_, t)| t.split_whitespace().next());
+                if BUILTINS.contains(&builtin) && target.is_some_and(names::is_ours) {
+                    self.jumps.push((table, rule.to_string()));
+                }
+            }
+        }
     }
-    args.extend(rule.iter().map(String::as_str));
-    args
 }
 
 /// Writes one family's rules for one mode (whose name the errors carry).
@@ -66,100 +91,68 @@ impl Restore<'_> {
         }
     }
 
-    /// Write `plan`: the chains that differ from `previous` (every chain when
-    /// `None`, a full write, which also inserts the missing jumps), deleting
-    /// vanished chains and `leftovers` not in the plan. Returns how many rules
-    /// it wrote.
+    /// Write `plan` in one `iptables-restore`: the chains that differ from
+    /// `previous`, deleting vanished ones. With `previous` `None` (a full
+    /// write) it takes over whatever of ours the kernel holds, also the other
+    /// mode's of the same names: every chain of ours not in the plan is
+    /// deleted, every built-in rule jumping to one is replaced by the plan's
+    /// jumps, all in the same transaction, so traffic meets the old rules or
+    /// the new ones, never neither. Returns how many rules it wrote.
     pub fn write(
         &self,
         plan: &FamilyPlan,
         previous: Option<&AppliedFamily>,
-        leftovers: &[(Table, String)],
     ) -> Result<usize, BackendError> {
         let (_, restore, _) = tools(self.family);
-        let (input, mut written) = plan
-            .restore_input(previous, leftovers)
+        let found = match previous {
+            None => self.found()?,
+            Some(_) => Found::default(),
+        };
+        let (input, written) = plan
+            .restore_input(previous, &found)
             .map_err(self.name_err("restore rules"))?;
         if !input.is_empty() {
             self.run(restore, &["-w", "--noflush"], Some(&input), "restore rules")?;
         }
-        if previous.is_none() {
-            self.ensure_jumps(&plan.jumps)?;
-            written += plan.jumps.len();
-        }
         Ok(written)
     }
 
-    fn jump_exists(&self, j: &JumpRule, rule: &[String]) -> bool {
-        let (bin, _, _) = tools(self.family);
-        self.runner
-            .run(bin, &jump_args(j, "-C", rule), None)
-            .is_ok()
-    }
-
-    /// Insert missing jump rules so that each builtin chain holds them in plan order, first.
-    fn ensure_jumps(&self, jumps: &[JumpRule]) -> Result<(), BackendError> {
-        let (bin, _, _) = tools(self.family);
-        for j in jumps.iter().rev() {
-            escape::check_rule(&j.rule).map_err(self.name_err("insert jump rule"))?;
-            let rule = escape::argv(&j.rule.to_string());
-            if !self.jump_exists(j, &rule) {
-                self.run(bin, &jump_args(j, "-I", &rule), None, "insert jump rule")?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Delete every copy of these jump rules.
-    pub fn remove_jumps(&self, jumps: &[JumpRule]) -> Result<(), BackendError> {
-        let (bin, _, _) = tools(self.family);
-        for j in jumps {
-            escape::check_rule(&j.rule).map_err(self.name_err("delete jump rule"))?;
-            let rule = escape::argv(&j.rule.to_string());
-            while self.jump_exists(j, &rule) {
-                self.run(bin, &jump_args(j, "-D", &rule), None, "delete jump rule")?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The chains in the kernel that `is_ours` claims (restart recovery, cleanup).
-    pub fn chains(&self, is_ours: fn(&str) -> bool) -> Result<Vec<(Table, String)>, BackendError> {
+    /// What the kernel holds of ours (restart recovery, a full write, cleanup).
+    pub fn found(&self) -> Result<Found, BackendError> {
         let (_, _, save) = tools(self.family);
-        let mut out = Vec::new();
+        let mut found = Found::default();
         for table in Table::ALL {
             let saved = self.run(save, &["-t", table.as_str()], None, "list chains")?;
-            out.extend(
-                saved
-                    .lines()
-                    .filter_map(|l| l.strip_prefix(':'))
-                    .filter_map(|l| l.split_whitespace().next())
-                    .filter(|c| is_ours(c))
-                    .map(|c| (table, c.to_string())),
-            );
+            found.add_saved(table, &saved);
         }
-        Ok(out)
+        Ok(found)
     }
 
-    /// Flush and delete these chains (nothing may jump to them any more).
-    pub fn delete_chains(&self, chains: &[(Table, String)]) -> Result<(), BackendError> {
+    /// Remove what [`Restore::found`] found in one `iptables-restore`: the
+    /// built-in rules jumping to our chains, then the chains.
+    pub fn remove(&self, found: &Found) -> Result<(), BackendError> {
         let (_, restore, _) = tools(self.family);
         let mut input = String::new();
         for table in Table::ALL {
-            let ours: Vec<&String> = chains
-                .iter()
-                .filter(|(t, _)| *t == table)
-                .map(|(_, c)| c)
-                .collect();
-            if ours.is_empty() {
+            let of_table = |list: &'_ [(Table, String)]| -> Vec<String> {
+                list.iter()
+                    .filter(|(t, _)| *t == table)
+                    .map(|(_, c)| c.clone())
+                    .collect()
+            };
+            let (chains, jumps) = (of_table(&found.chains), of_table(&found.jumps));
+            if chains.is_empty() && jumps.is_empty() {
                 continue;
             }
             input.push_str(&format!("*{}\n", table.as_str()));
-            for c in &ours {
+            for j in &jumps {
+                input.push_str(&format!("-D {j}\n"));
+            }
+            for c in &chains {
                 let c = escape::chain(c).map_err(self.name_err("delete chains"))?;
                 input.push_str(&format!(":{c} - [0:0]\n"));
             }
-            for c in &ours {
+            for c in &chains {
                 input.push_str(&format!("-X {c}\n"));
             }
             input.push_str("COMMIT\n");

@@ -67,6 +67,11 @@ pub enum Match {
         name: String,
         dimensions: &'static [Side],
     },
+    /// `-m comment --comment <text>` at this place among the matches, for
+    /// rules whose comment kube-proxy writes after a match (its jumps from
+    /// the builtin chains: `-m conntrack --ctstate NEW -m comment …`); other
+    /// rules carry theirs in [`Rule::comment`].
+    Comment(String),
     /// `-m ipvs --vaddr <ip> --vproto <proto> --vport <port>`: the packet
     /// belongs to an IPVS connection of that virtual server.
     IpvsVirtual {
@@ -170,6 +175,7 @@ impl fmt::Display for Match {
             Match::Mark { mark, negate } => {
                 write!(f, "-m mark {}--mark {mark:#x}/{mark:#x}", not(*negate))
             }
+            Match::Comment(text) => write!(f, "-m comment --comment {}", escape::comment(text)),
             Match::CtState { states, negate } => {
                 write!(f, "-m conntrack {}--ctstate {states}", not(*negate))
             }

@@ -146,11 +146,8 @@ fn backend(runner: &Arc<ScriptedRunner>, sysctl: &Arc<FakeSysctl>) -> IptablesBa
 }
 
 #[test]
-fn first_sync_writes_everything_and_inserts_missing_jumps() {
+fn first_sync_writes_everything_with_its_jumps_in_one_restore() {
     let runner = Arc::new(ScriptedRunner::default());
-    // No jump rule exists yet.
-    runner.answer("iptables -w -t filter -C", Err("Bad rule"));
-    runner.answer("iptables -w -t nat -C", Err("Bad rule"));
     let sysctl = Arc::new(FakeSysctl::default());
     let mut b = backend(&runner, &sysctl);
     let plan = b.render(&linked(OVERALL), &settings());
@@ -159,17 +156,51 @@ fn first_sync_writes_everything_and_inserts_missing_jumps() {
     assert_eq!(stats.objects, stats.written);
     let inputs = restores(&runner);
     assert!(inputs[0].contains(":KUBE-SVC-XPGD46QRK7WJZT7O - [0:0]"));
-    let inserts: Vec<String> = runner
-        .calls()
-        .into_iter()
-        .filter(|c| c.program == "iptables" && c.args.contains(&"-I".to_string()))
-        .map(|c| c.args.join(" "))
-        .collect();
+    let inserts: Vec<&str> = inputs[0].lines().filter(|l| l.starts_with("-I ")).collect();
     assert_eq!(inserts.len(), plan.families[0].jumps.len());
     assert!(inserts.contains(
-        &"-w -t nat -I PREROUTING 1 -m comment --comment kubernetes service portals -j KUBE-SERVICES".to_string()
+        &"-I PREROUTING 1 -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"
     ));
+    assert!(
+        runner.calls().iter().all(|c| c.program != "iptables"),
+        "no jump is written outside the restore"
+    );
     assert_eq!(sysctl.get(ROUTE_LOCALNET).as_deref(), Some("1"));
+}
+
+/// iptables -> ipvs failed with "CHAIN_DEL failed (Device or resource busy):
+/// chain KUBE-PROXY-FIREWALL" when the chains of the same names were removed
+/// by one mode while the other's jumps still pointed at them.
+#[test]
+fn full_sync_takes_over_the_ipvs_modes_chains_and_jumps_in_the_same_restore() {
+    let runner = Arc::new(ScriptedRunner::default());
+    runner.answer(
+        "iptables-save -t filter",
+        Ok("*filter\n:INPUT ACCEPT [0:0]\n:KUBE-IPVS-FILTER - [0:0]\n:KUBE-PROXY-FIREWALL - [0:0]\n\
+            -A INPUT -m comment --comment \"kubernetes ipvs access filter\" -j KUBE-IPVS-FILTER\n\
+            -A INPUT -m comment --comment \"kube-proxy firewall rules\" -j KUBE-PROXY-FIREWALL\n\
+            -A INPUT -j CNI-INPUT\nCOMMIT\n"),
+    );
+    let sysctl = Arc::new(FakeSysctl::default());
+    let mut b = backend(&runner, &sysctl);
+    b.apply(&b.render(&linked(OVERALL), &settings())).unwrap();
+    let input = &restores(&runner)[0];
+    let filter = &input[input.find("*filter").unwrap()..];
+    let pos = |line: &str| {
+        filter
+            .find(line)
+            .unwrap_or_else(|| panic!("{line}:\n{input}"))
+    };
+    let old_jump =
+        "-D INPUT -m comment --comment \"kubernetes ipvs access filter\" -j KUBE-IPVS-FILTER";
+    assert!(pos(old_jump) < pos("-X KUBE-IPVS-FILTER"));
+    assert!(filter.contains(
+        "-D INPUT -m comment --comment \"kube-proxy firewall rules\" -j KUBE-PROXY-FIREWALL"
+    ));
+    let new_jump = "-I INPUT 1 -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL";
+    assert!(filter.contains(new_jump), "{new_jump}:\n{input}");
+    assert!(!filter.contains("-X KUBE-PROXY-FIREWALL"));
+    assert!(!input.contains("CNI-INPUT"));
 }
 
 #[test]

@@ -158,6 +158,7 @@ impl Tracer<'_> {
             }
             Match::RandomOneOf(_) => return None,
             Match::RecentCheck { .. } => false,
+            Match::Comment(_) => true,
             Match::RecentSet { .. } => true,
             Match::Set { name, dimensions } => self.sets.contains(
                 name,

@@ -1,7 +1,7 @@
 //! The non-IPVS kernel objects of the mode, through the command-line tools
-//! (`ip`, `ipset`, `iptables-restore`) of [`Runner`] and the [`Sysctl`] writer:
-//! the dummy interface and its addresses, the ipsets, the removal of our
-//! chains, sysctls. (Our rules are written by the iptables mode's writer,
+//! (`ip`, `ipset`, `iptables-save`) of [`Runner`] and the [`Sysctl`] writer:
+//! the dummy interface and its addresses, the ipsets, sysctls. (Our rules
+//! are written and removed by the iptables mode's writer,
 //! [`crate::iptables::restore`], the `ipset restore` input by [`super::ipset`].)
 //! Every command acts in the caller's network namespace.
 
@@ -121,53 +121,6 @@ impl Host<'_> {
         }
         self.runner
             .run("ipset", &["restore"], Some(text.as_bytes()))
-            .map(|_| ())
-    }
-
-    /// Remove our jumps and chains of one family, leaving every other rule alone.
-    pub fn remove_rules(&self, family: IpFamily) -> Result<(), ExecError> {
-        let (_, restore, save) = tools(family);
-        let mut text = String::new();
-        for (table, chains) in our_chains() {
-            let table = table.as_str();
-            let current = match self.runner.run(save, &["-t", table], None) {
-                Ok(c) => c,
-                // No such table in this family: nothing of ours there.
-                Err(ExecError::Failed { .. }) => continue,
-                Err(e) => return Err(e),
-            };
-            let existing: Vec<&str> = chains
-                .iter()
-                .copied()
-                .filter(|c| current.lines().any(|l| l.starts_with(&format!(":{c} "))))
-                .collect();
-            if existing.is_empty() {
-                continue;
-            }
-            text.push_str(&format!("*{table}\n"));
-            for line in current.lines() {
-                let Some(rest) = line.strip_prefix("-A ") else {
-                    continue;
-                };
-                let (chain, _) = rest.split_once(' ').unwrap_or((rest, ""));
-                let jumps_to_ours = existing.iter().any(|c| rest.ends_with(&format!("-j {c}")));
-                if !chains.contains(&chain) && jumps_to_ours {
-                    text.push_str(&format!("-D {rest}\n"));
-                }
-            }
-            for c in &existing {
-                text.push_str(&format!(":{c} - [0:0]\n"));
-            }
-            for c in &existing {
-                text.push_str(&format!("-X {c}\n"));
-            }
-            text.push_str("COMMIT\n");
-        }
-        if text.is_empty() {
-            return Ok(());
-        }
-        self.runner
-            .run(restore, &["--noflush"], Some(text.as_bytes()))
             .map(|_| ())
     }
 

@@ -25,6 +25,7 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use switchyard_api::Mode;
 use switchyard_api::policy::LinkedRuleset;
@@ -38,13 +39,19 @@ use crate::iptables::restore::Restore;
 use crate::semantics::{ModeSemantics, NodePortScope, UnknownPort};
 use crate::settings::Settings;
 use crate::sysctl::{ProcSysctl, Sysctl};
-use crate::{ApplyStats, Backend, BackendError};
+use crate::{ApplyStats, Backend, BackendError, Retirement};
 use host::Host;
 use kernel::{Ipvs, IpvsKernel, KernelError};
 use objects::{RealServer, ServiceKey, VirtualServer};
 use plan::{IpvsPlan, PlannedService};
 
 pub use plan::DUMMY_INTERFACE;
+
+/// How long a retired IPVS mode keeps its virtual servers and `kube-ipvs0`
+/// addresses for the TCP connections established through it (their packets
+/// keep their conntrack entries, so the next mode's DNAT never sees them and
+/// IPVS goes on serving them at LOCAL_IN) when they do not end before.
+pub const RETIRE_GRACE: Duration = Duration::from_secs(120);
 
 /// The IPVS dataplane of one network namespace.
 pub struct IpvsBackend {
@@ -57,6 +64,8 @@ pub struct IpvsBackend {
     draining: BTreeSet<ServiceKey>,
     /// UDP service ports as last applied (stale conntrack entries are diffed against it).
     udp: UdpSnapshot,
+    /// Retired, draining until then ([`RETIRE_GRACE`]).
+    retiring_until: Option<Instant>,
 }
 
 fn kernel_err(operation: &'static str) -> impl FnOnce(KernelError) -> BackendError {
@@ -96,6 +105,7 @@ impl IpvsBackend {
             applied: None,
             draining: BTreeSet::new(),
             udp: UdpSnapshot::default(),
+            retiring_until: None,
         }
     }
 
@@ -140,7 +150,7 @@ impl IpvsBackend {
             mode: Mode::Ipvs,
             family: rules.family,
         };
-        restore.write(rules, previous.map(FamilyPlan::applied).as_ref(), &[])
+        restore.write(rules, previous.map(FamilyPlan::applied).as_ref())
     }
 
     /// Virtual servers that are ours: on an address of `kube-ipvs0`, or a
@@ -168,6 +178,70 @@ impl IpvsBackend {
                     || node_ports.contains(&NodePortKey::any_addr(k))
             })
             .collect())
+    }
+
+    /// Remove our chains and the jumps to them, in both families.
+    fn remove_rules(&self) -> Result<(), BackendError> {
+        for family in [IpFamily::V4, IpFamily::V6] {
+            let restore = Restore {
+                runner: self.runner.as_ref(),
+                mode: Mode::Ipvs,
+                family,
+            };
+            restore.remove(&restore.found()?)?;
+        }
+        Ok(())
+    }
+
+    /// Destroy our ipsets (no rule may match them any more).
+    fn destroy_sets(&self) -> Result<(), BackendError> {
+        let host = self.host();
+        let existing = host.ipset_names().map_err(exec_err("list ipsets"))?;
+        let ours = render::all_set_names();
+        let text = ipset::destroy_text(
+            ours.iter()
+                .filter(|n| existing.contains(*n))
+                .map(String::as_str),
+        )
+        .map_err(name_err("destroy ipsets"))?;
+        host.ipset_restore(&text)
+            .map_err(exec_err("destroy ipsets"))
+    }
+
+    /// Remove our virtual servers and `kube-ipvs0`, and forget them.
+    fn remove_servers(&mut self) -> Result<(), BackendError> {
+        let services = Ipvs(self.kernel.as_mut())
+            .services()
+            .map_err(kernel_err("list virtual servers"))?;
+        let owned = self.owned(&services)?;
+        let mut ipvs = Ipvs(self.kernel.as_mut());
+        for key in owned {
+            ipvs.delete_service(&key)
+                .map_err(kernel_err("delete virtual server"))?;
+        }
+        self.host()
+            .delete_dummy()
+            .map_err(exec_err("delete kube-ipvs0"))?;
+        self.applied = None;
+        self.draining.clear();
+        self.udp = UdpSnapshot::default();
+        self.retiring_until = None;
+        Ok(())
+    }
+
+    /// Established TCP connections through our virtual servers.
+    fn open_connections(&mut self) -> Result<u32, BackendError> {
+        let services = Ipvs(self.kernel.as_mut())
+            .services()
+            .map_err(kernel_err("list virtual servers"))?;
+        let owned = self.owned(&services)?;
+        let mut ipvs = Ipvs(self.kernel.as_mut());
+        let mut open = 0;
+        for key in owned.iter().filter(|k| k.protocol == Protocol::Tcp) {
+            let dests = ipvs.dests(key).map_err(kernel_err("list real servers"))?;
+            open += dests.iter().map(|d| d.active).sum::<u32>();
+        }
+        Ok(open)
     }
 
     fn sync_virtual_servers(
@@ -401,10 +475,13 @@ impl Backend for IpvsBackend {
                 .map(|s| s.entries.len() as u32)
                 .sum::<u32>();
         }
+        // Virtual servers before the rules: a full write of the rules takes
+        // over the iptables mode's chains (same names) in one transaction,
+        // and from then on IPVS must serve the service addresses.
+        self.sync_virtual_servers(plan, &mut written)?;
         for rules in &plan.rules {
             written += self.sync_rules(rules)? as u32;
         }
-        self.sync_virtual_servers(plan, &mut written)?;
         // UDP has no teardown: entries made while a VIP had no virtual server
         // or to an endpoint that left would keep a client's flow stuck.
         let stale = conntrack::stale_entries(&self.udp, &plan.udp);
@@ -442,35 +519,33 @@ impl Backend for IpvsBackend {
     }
 
     fn cleanup(&mut self) -> Result<(), BackendError> {
-        let services = Ipvs(self.kernel.as_mut())
-            .services()
-            .map_err(kernel_err("list virtual servers"))?;
-        let owned = self.owned(&services)?;
-        let mut ipvs = Ipvs(self.kernel.as_mut());
-        for key in owned {
-            ipvs.delete_service(&key)
-                .map_err(kernel_err("delete virtual server"))?;
+        self.remove_rules()?;
+        self.destroy_sets()?;
+        self.remove_servers()
+    }
+
+    /// Our rules and ipsets go at once (the iptables mode's full write has
+    /// already taken the rules over); the virtual servers and `kube-ipvs0`
+    /// stay while TCP connections established through them last, up to
+    /// [`RETIRE_GRACE`].
+    fn retire(&mut self, successor: Mode) -> Result<Retirement, BackendError> {
+        if successor != Mode::Iptables {
+            self.remove_rules()?;
         }
-        let host = self.host();
-        for family in [IpFamily::V4, IpFamily::V6] {
-            host.remove_rules(family)
-                .map_err(exec_err("remove iptables rules"))?;
+        self.destroy_sets()?;
+        self.retiring_until = Some(Instant::now() + RETIRE_GRACE);
+        self.settle()
+    }
+
+    fn settle(&mut self) -> Result<Retirement, BackendError> {
+        let Some(until) = self.retiring_until else {
+            return Ok(Retirement::Done);
+        };
+        if Instant::now() < until && self.open_connections()? > 0 {
+            return Ok(Retirement::Draining);
         }
-        let existing = host.ipset_names().map_err(exec_err("list ipsets"))?;
-        let ours = render::all_set_names();
-        let text = ipset::destroy_text(
-            ours.iter()
-                .filter(|n| existing.contains(*n))
-                .map(String::as_str),
-        )
-        .map_err(name_err("destroy ipsets"))?;
-        host.ipset_restore(&text)
-            .map_err(exec_err("destroy ipsets"))?;
-        host.delete_dummy().map_err(exec_err("delete kube-ipvs0"))?;
-        self.applied = None;
-        self.draining.clear();
-        self.udp = UdpSnapshot::default();
-        Ok(())
+        self.remove_servers()?;
+        Ok(Retirement::Done)
     }
 }
 

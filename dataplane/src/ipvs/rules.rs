@@ -12,18 +12,14 @@ use switchyard_api::ruleset::{Cidr, IpFamily, Protocol};
 use super::objects::ServiceKey;
 use super::render::set_name;
 use crate::iptables::names::{
-    KUBE_FORWARD, KUBE_MARK_MASQ, KUBE_POSTROUTING, KUBE_PROXY_FIREWALL, KUBE_SERVICES,
+    KUBE_FORWARD, KUBE_IPVS_FILTER, KUBE_IPVS_OUT_FILTER, KUBE_LOAD_BALANCER, KUBE_MARK_MASQ,
+    KUBE_NODE_PORT, KUBE_POSTROUTING, KUBE_PROXY_FIREWALL, KUBE_SERVICES,
+    KUBE_SOURCE_RANGES_FIREWALL,
 };
 use crate::iptables::plan::{ChainList, FamilyPlan, JumpRule};
 use crate::iptables::render::masquerade_marked;
 use crate::iptables::rule::{Match, Rule, Side, Table, Target};
 use crate::settings::{LocalDetector, Settings};
-
-const KUBE_NODE_PORT: &str = "KUBE-NODE-PORT";
-const KUBE_LOAD_BALANCER: &str = "KUBE-LOAD-BALANCER";
-const KUBE_SOURCE_RANGES_FIREWALL: &str = "KUBE-SOURCE-RANGES-FIREWALL";
-const KUBE_IPVS_FILTER: &str = "KUBE-IPVS-FILTER";
-const KUBE_IPVS_OUT_FILTER: &str = "KUBE-IPVS-OUT-FILTER";
 
 const NAT_CHAINS: &[&str] = &[
     KUBE_SERVICES,

@@ -425,13 +425,23 @@ impl<'a> FamilyRenderer<'a> {
             rule(vec![daddr_in(CLUSTER_IPS)], vec![Stmt::Reject])
                 .with_comment("Reject traffic to invalid ports of ClusterIPs"),
         );
-        let service_cidrs: Vec<Cidr> = self
+        let family: Vec<Cidr> = self
             .settings
             .service_cidrs
             .iter()
             .filter(|c| c.family() == self.family)
             .copied()
             .collect();
+        // ServiceCIDRs may repeat or nest (one cluster's ranges overlap while
+        // it migrates); an interval set refuses overlapping elements.
+        let covered = |c: &Cidr| {
+            family.iter().any(|o| {
+                o.prefix() < c.prefix() && o.contains(&c.addr())
+                    || o.prefix() == c.prefix() && o.addr() == c.addr() && o < c
+            })
+        };
+        let mut service_cidrs: Vec<Cidr> = family.iter().filter(|c| !covered(c)).copied().collect();
+        service_cidrs.dedup();
         if service_cidrs.is_empty() {
             return;
         }

@@ -227,6 +227,35 @@ fn hairpin_to_own_endpoint_is_masqueraded() {
 }
 
 #[test]
+fn overlapping_service_cidrs_render_one_element_each_and_still_drop() {
+    let mut s = settings();
+    s.service_cidrs = vec![
+        cidr("172.30.0.0/16"),
+        cidr("172.30.0.40/30"),
+        cidr("172.30.0.0/16"),
+        cidr("172.31.0.40/30"),
+        cidr("172.31.0.40/29"),
+    ];
+    let plan = super::render::render(&linked(&sample_ruleset()), &s);
+    let text = plan.to_string();
+    let elements = |c: &str| text.matches(c).count();
+    assert_eq!(
+        (
+            elements("172.30.0.0/16"),
+            elements("172.30.0.40/30"),
+            elements("172.31.0.40/29"),
+            elements("172.31.0.40/30")
+        ),
+        (1, 0, 1, 0),
+        "{text}"
+    );
+    assert_eq!(
+        run(&plan, &tcp("172.31.0.45", 80), 0).outcome,
+        Outcome::Drop
+    );
+}
+
+#[test]
 fn unserved_port_of_a_cluster_ip_is_rejected_and_unallocated_address_dropped() {
     let plan = plan_of(&sample_ruleset());
     assert_eq!(

@@ -2,7 +2,8 @@
 //! owns the node's dataplane, so every job — an apply, a render, a clean-up
 //! — runs inside the namespace, in order, against the same instance
 //! (incrementally, as a real agent's syncs do): the scenario runner's and the
-//! dataplane bench's agent.
+//! dataplane bench's agent, and the migration matrix's, which starts it with
+//! no dataplane and runs the agent's switch procedure on it.
 //!
 //! Dropping the handle stops the thread and leaves the dataplane's rules in
 //! place, as an agent that exits does (a restart finds them);
@@ -72,7 +73,7 @@ impl NodeAgent {
     }
 
     /// Start the agent thread in `node` with no dataplane yet.
-    fn without_dataplane(node: &Netns) -> Result<NodeAgent, HarnessError> {
+    pub fn without_dataplane(node: &Netns) -> Result<NodeAgent, HarnessError> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let thread = node.spawn(&format!("agent-{}", node.name()), move || {
             let mut active: Active = None;

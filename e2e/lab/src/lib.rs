@@ -7,11 +7,13 @@
 //! - [`probe`]: the endpoint server and client child processes.
 //! - [`agent`]: the thread in the node namespace that owns the backend.
 //! - [`hooks`]: where a mode plugs in (dataplane, client cgroup, skips).
+//! - [`migration`]: the migration matrix: a node switches modes under traffic.
 //! - [`runner`]: compile, link, apply, send connections, judge, report.
 //! - [`vm`]: Debian's stock kernel in qemu, for IPVS when the host lacks it.
 //! - [`controlplane`]: etcd, kube-apiserver and kube-controller-manager on loopback.
 //! - [`cluster`]: a cluster on it: nodes, pods and servers in namespaces, the
 //!   real operator and node agent processes (the tests' and the demo's).
+//! - [`reference`]: the real kube-proxy in a node of its own, the reference.
 //! - [`netns`], [`cleanup`]: the test kit's network namespaces and its cleanup
 //!   registry (what is undone on drop and on SIGINT/SIGTERM), which the lab's
 //!   users reach through it (`switchyard-testkit`).
@@ -21,7 +23,9 @@ pub mod cluster;
 pub mod controlplane;
 pub mod ebpf;
 pub mod hooks;
+pub mod migration;
 pub mod probe;
+pub mod reference;
 pub mod runner;
 pub mod scenario;
 pub mod topology;
@@ -46,4 +50,6 @@ pub enum HarnessError {
     Netns(#[from] netns::NetnsError),
     #[error(transparent)]
     Scenario(#[from] scenario::ScenarioError),
+    #[error(transparent)]
+    ControlPlane(#[from] controlplane::ControlPlaneError),
 }

@@ -1,7 +1,8 @@
-//! The two child-process roles, run by re-executing the scenario binary inside
-//! a namespace: `__serve` answers every connection with its own `ip:port` and
-//! the peer address it saw (TCP, UDP, SCTP); `__connect` makes fresh
-//! connections and prints one [`Attempt`] per line.
+//! The two child-process roles, run by re-executing the scenario binary (or
+//! the migration matrix) inside a namespace: `__serve` answers every request
+//! (a datagram, or each read of a connection, until the peer closes it) with
+//! its own `ip:port`, the peer address it saw and the request (TCP, UDP,
+//! SCTP); `__connect` makes fresh connections and prints one [`Attempt`] per line.
 
 use std::io::{self, BufRead, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
@@ -67,23 +68,34 @@ pub fn sctp_supported() -> bool {
     socket(Protocol::Sctp, &any).is_ok()
 }
 
-fn reply_text(local: Option<SocketAddr>, peer: Option<SocketAddr>) -> String {
+fn reply_text(local: Option<SocketAddr>, peer: Option<SocketAddr>, request: &[u8]) -> String {
     let show = |a: Option<SocketAddr>| a.map_or_else(|| "?".to_string(), |a| a.to_string());
-    format!("{} {}\n", show(local), show(peer))
+    let request = String::from_utf8_lossy(request);
+    format!("{} {} {}\n", show(local), show(peer), request.trim())
+}
+
+/// Answer every request of one connection until the peer closes it: a
+/// scenario client asks once, a long-lived migration client every few ms.
+fn answer_stream(conn: Socket) {
+    let local = conn.local_addr().ok().and_then(|a| a.as_socket());
+    let peer = conn.peer_addr().ok().and_then(|a| a.as_socket());
+    let mut stream: std::net::TcpStream = conn.into();
+    let mut buf = [0u8; 64];
+    while let Ok(n @ 1..) = stream.read(&mut buf) {
+        if stream
+            .write_all(reply_text(local, peer, &buf[..n]).as_bytes())
+            .is_err()
+        {
+            return;
+        }
+    }
 }
 
 fn serve_stream(listener: Socket) {
     loop {
-        let Ok((conn, _)) = listener.accept() else {
-            continue;
-        };
-        let local = conn.local_addr().ok().and_then(|a| a.as_socket());
-        let peer = conn.peer_addr().ok().and_then(|a| a.as_socket());
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-        let mut stream: std::net::TcpStream = conn.into();
-        let mut buf = [0u8; 64];
-        let _ = stream.read(&mut buf);
-        let _ = stream.write_all(reply_text(local, peer).as_bytes());
+        if let Ok((conn, _)) = listener.accept() {
+            std::thread::spawn(move || answer_stream(conn));
+        }
     }
 }
 
@@ -91,8 +103,8 @@ fn serve_datagram(sock: UdpSocket) {
     let local = sock.local_addr().ok();
     let mut buf = [0u8; 512];
     loop {
-        if let Ok((_, peer)) = sock.recv_from(&mut buf) {
-            let _ = sock.send_to(reply_text(local, Some(peer)).as_bytes(), peer);
+        if let Ok((n, peer)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(reply_text(local, Some(peer), &buf[..n]).as_bytes(), peer);
         }
     }
 }
@@ -183,8 +195,8 @@ fn classify(e: &io::Error) -> Attempt {
     }
 }
 
-/// `<server> <peer>` from a server, `<server> <peer> <local>` from `__connect`.
-fn parse_reply(text: &str, local: Option<SocketAddr>) -> Attempt {
+/// `<server> <peer> [request]` from a server, `<server> <peer> <local>` from `__connect`.
+pub fn parse_reply(text: &str, local: Option<SocketAddr>) -> Attempt {
     let mut words = text.split_whitespace();
     let mut next = || words.next().and_then(|w| w.parse::<SocketAddr>().ok());
     let (server, peer) = (next(), next());

@@ -9,7 +9,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use switchyard_api::Mode;
 use switchyard_api::manifests::files_in;
@@ -23,6 +24,7 @@ use crate::agent::NodeAgent;
 use crate::hooks::ModeHooks;
 use crate::netns::{self, Netns};
 use crate::probe::{self, Attempt, Listen};
+use crate::reference::{Reference, differences, rules};
 use crate::scenario::{Expected, Flow, NodeAddress, NodeSpec, Scenario, Stage};
 use crate::topology::{Place, Topology};
 
@@ -66,6 +68,8 @@ impl Totals {
 pub struct Options {
     /// How long one connection attempt waits before it counts as dropped.
     pub timeout: Duration,
+    /// With a kube-proxy reference in iptables mode: compare the rules too.
+    pub compare_rules: bool,
 }
 
 /// A short tag per mode for namespace names (`syipt-<pid>-…`).
@@ -76,6 +80,11 @@ pub fn mode_tag(mode: Mode) -> &'static str {
         Mode::Nftables => "nft",
         Mode::Ebpf => "bpf",
     }
+}
+
+/// The tag of a kube-proxy reference node's namespaces (`sykpipt-<pid>-…`).
+pub fn reference_tag(mode: Mode) -> String {
+    format!("kp{}", mode_tag(mode))
 }
 
 /// The render settings a scenario's node asks for.
@@ -89,7 +98,7 @@ pub fn settings_for(node: &NodeSpec, mode: Mode) -> Settings {
     };
     s.node_port_addresses = match &node.node_port_addresses {
         None => NodePortAddresses::ModeDefault,
-        Some(cidrs) => NodePortAddresses::Cidrs(cidrs.clone()),
+        Some(cidrs) => NodePortAddresses::cidrs(cidrs.clone()),
     };
     if let Some(v) = node.localhost_node_ports {
         s.localhost_node_ports = v;
@@ -99,7 +108,7 @@ pub fn settings_for(node: &NodeSpec, mode: Mode) -> Settings {
 }
 
 /// Child processes killed and reaped on drop.
-struct Children(Vec<Child>);
+pub(crate) struct Children(pub(crate) Vec<Child>);
 
 impl Drop for Children {
     fn drop(&mut self) {
@@ -111,13 +120,22 @@ impl Drop for Children {
 }
 
 /// Start this binary with `args` inside `ns`.
-fn spawn_in(ns: &Netns, args: &[String]) -> Result<Child, HarnessError> {
+pub(crate) fn spawn_in(ns: &Netns, args: &[String]) -> Result<Child, HarnessError> {
+    spawn(ns, args, Stdio::null())
+}
+
+/// As [`spawn_in`], with a pipe to the child's stdin (closing it stops the child).
+pub(crate) fn spawn_in_with_stdin(ns: &Netns, args: &[String]) -> Result<Child, HarnessError> {
+    spawn(ns, args, Stdio::piped())
+}
+
+fn spawn(ns: &Netns, args: &[String], stdin: Stdio) -> Result<Child, HarnessError> {
     let exe = std::env::current_exe().map_err(|source| HarnessError::Spawn {
         what: "current executable".into(),
         source,
     })?;
     let mut cmd = Command::new(exe);
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
+    cmd.args(args).stdin(stdin).stdout(Stdio::piped());
     netns::enter_on_exec(&mut cmd, ns.open()?);
     cmd.spawn().map_err(|source| HarnessError::Spawn {
         what: format!(
@@ -131,7 +149,7 @@ fn spawn_in(ns: &Netns, args: &[String]) -> Result<Child, HarnessError> {
 
 /// One server per namespace with every endpoint and every flow destination
 /// that lives there (a destination answering itself means "untranslated").
-fn start_servers(
+pub(crate) fn start_servers(
     topo: &Topology,
     scenario: &Scenario,
     sctp: bool,
@@ -340,11 +358,15 @@ struct Running<'f> {
     /// One endpoint per client is expected (session affinity, fixed port).
     affinity: bool,
     child: Result<Child, HarnessError>,
+    /// The same client on the kube-proxy node, when there is one.
+    reference: Option<Result<Child, HarnessError>>,
 }
 
-/// Run the flows of one stage in parallel, one client process per flow.
+/// Run the flows of one stage in parallel, one client process per flow (and
+/// its twin on the kube-proxy node of `reference`).
 fn run_flows(
     ctx: &Ctx<'_>,
+    reference: Option<&Topology>,
     stage: &Stage<'_>,
     ruleset: &Ruleset,
     linked: &policy::LinkedRuleset,
@@ -357,21 +379,31 @@ fn run_flows(
         .collect();
     let running: Vec<Running> = flows
         .iter()
-        .filter_map(|flow| start_flow(ctx, stage, flow, ruleset, linked, totals))
+        .filter_map(|flow| start_flow(ctx, reference, stage, flow, ruleset, linked, totals))
         .collect();
     let mut children = Children(Vec::new());
-    let mut outputs = Vec::new();
-    for r in running {
-        let out = r.child.map(|mut c| {
+    let mut output = |child: Result<Child, HarnessError>| {
+        child.map(|mut c| {
             let text = client_output(&mut c);
             children.0.push(c);
             text
-        });
-        outputs.push((r.flow, r.expected, r.affinity, out));
+        })
+    };
+    let mut outputs = Vec::new();
+    for r in running {
+        let out = output(r.child);
+        let reference_out = r.reference.map(&mut output);
+        outputs.push((r.flow, r.expected, r.affinity, out, reference_out));
     }
     drop(children);
-    for (flow, expected, affinity, out) in outputs {
-        judge_flow(ctx, stage, flow, &expected, affinity, out, totals);
+    for (flow, expected, affinity, out, reference_out) in outputs {
+        let judged = Judged {
+            expected: &expected,
+            affinity,
+            out,
+            reference_out,
+        };
+        judge_flow(ctx, stage, flow, judged, totals);
     }
 }
 
@@ -379,6 +411,7 @@ fn run_flows(
 /// not parse or the flow is skipped here.
 fn start_flow<'f>(
     ctx: &Ctx<'_>,
+    reference: Option<&Topology>,
     stage: &Stage<'_>,
     flow: &'f Flow,
     ruleset: &Ruleset,
@@ -413,12 +446,14 @@ fn start_flow<'f>(
         Expected::Endpoints(e) => (10 * e.len()).max(6),
         _ => 4,
     };
-    let ns = ctx.topo.netns(ctx.topo.place_of(&flow.source_ip));
+    let args = client_args(ctx, flow, count, sequential);
+    let source = |topo: &Topology| spawn_in(topo.netns(topo.place_of(&flow.source_ip)), &args);
     Some(Running {
         flow,
         expected,
         affinity: session_affinity || flow.source_port.is_some(),
-        child: spawn_in(ns, &client_args(ctx, flow, count, sequential)),
+        child: source(ctx.topo),
+        reference: reference.map(source),
     })
 }
 
@@ -457,18 +492,33 @@ fn client_output(child: &mut Child) -> String {
     text
 }
 
+/// What the clients of one flow printed, and how to judge it.
+struct Judged<'e> {
+    expected: &'e Expected,
+    affinity: bool,
+    out: Result<String, HarnessError>,
+    reference_out: Option<Result<String, HarnessError>>,
+}
+
 /// Judge one flow's attempts against what the scenario (and this mode's
-/// masquerade) expects, and report it.
+/// masquerade) expects, and report it; with a kube-proxy node, kube-proxy's
+/// attempts against the scenario's own expectation too: a flow passes when
+/// both meet it, or kube-proxy misses it by a listed deliberate difference.
 fn judge_flow(
     ctx: &Ctx<'_>,
     stage: &Stage<'_>,
     scenario_flow: &Flow,
-    expected: &Expected,
-    affinity: bool,
-    out: Result<String, HarnessError>,
+    judged: Judged<'_>,
     totals: &mut Totals,
 ) {
-    let name = format!("{}: {}{}", ctx.file, stage.label, scenario_flow.name);
+    let Judged {
+        expected,
+        affinity,
+        out,
+        reference_out,
+    } = judged;
+    let flow_name = format!("{}{}", stage.label, scenario_flow.name);
+    let name = format!("{}: {flow_name}", ctx.file);
     let flow = &Flow {
         masq: ctx.hooks.masquerade(scenario_flow),
         ..scenario_flow.clone()
@@ -481,21 +531,42 @@ fn judge_flow(
         want.push_str(" (this mode's masquerade; the scenario expects ");
         want.push_str(&format!("masq={:?})", scenario_flow.masq));
     }
-    let text = match out {
-        Err(e) => return report(totals, Status::Fail, format!("{name}: client: {e}")),
-        Ok(text) => text,
+    let verdict = |flow: &Flow, out: Result<String, HarnessError>| match out {
+        Err(e) => (false, format!("client: {e}")),
+        Ok(text) => {
+            let attempts: Vec<Attempt> = text.lines().map(Attempt::parse).collect();
+            let (ok, seen) = judge(flow, expected, &attempts, affinity);
+            (ok && !attempts.is_empty(), seen)
+        }
     };
-    let attempts: Vec<Attempt> = text.lines().map(Attempt::parse).collect();
-    let (ok, seen) = judge(flow, expected, &attempts, affinity);
-    let status = if ok && !attempts.is_empty() {
-        Status::Pass
-    } else {
-        Status::Fail
+    let (ok, seen) = verdict(flow, out);
+    let Some(reference_out) = reference_out else {
+        let status = if ok { Status::Pass } else { Status::Fail };
+        return report(
+            totals,
+            status,
+            format!("{name}: expected {want}; saw {seen}"),
+        );
+    };
+    let (reference_ok, reference_seen) = verdict(scenario_flow, reference_out);
+    let mode = ctx.hooks.mode();
+    let (status, note) = match (ok, reference_ok) {
+        (true, true) => (Status::Pass, String::new()),
+        (true, false) => match differences::find(ctx.file, &flow_name, mode) {
+            Some(d) => (
+                Status::Pass,
+                format!(" [documented difference: {}]", d.reason),
+            ),
+            None => (Status::Fail, " [kube-proxy disagrees]".to_string()),
+        },
+        (false, _) => (Status::Fail, String::new()),
     };
     report(
         totals,
         status,
-        format!("{name}: expected {want}; saw {seen}"),
+        format!(
+            "{name}: expected {want}; switchyard saw {seen}; kube-proxy saw {reference_seen}{note}"
+        ),
     );
 }
 
@@ -517,9 +588,22 @@ fn node_object(spec: &NodeSpec) -> Node {
 
 /// Compile one stage of a scenario.
 pub fn compile_stage(node: &NodeSpec, stage: &Stage<'_>) -> Compiled {
+    compile_state(
+        node,
+        stage.services.to_vec(),
+        stage.endpoint_slices.to_vec(),
+    )
+}
+
+/// Compile Services and EndpointSlices for the scenario's node.
+pub fn compile_state(
+    node: &NodeSpec,
+    services: Vec<Service>,
+    endpoint_slices: Vec<EndpointSlice>,
+) -> Compiled {
     let snapshot = Snapshot {
-        services: stage.services.to_vec(),
-        endpoint_slices: stage.endpoint_slices.to_vec(),
+        services,
+        endpoint_slices,
         nodes: vec![node_object(node)],
     };
     switchyard_compiler::compile(&snapshot, &CompileSettings::default())
@@ -534,12 +618,15 @@ pub fn node_info(node: &NodeSpec, addresses: &[NodeAddress]) -> NodeInfo {
     }
 }
 
-/// Run one scenario file; flows are reported as they are judged.
+/// Run one scenario file; flows are reported as they are judged. With a
+/// `reference`, the state goes through its API server to both nodes and
+/// every flow is also sent to its kube-proxy node.
 pub fn run_file(
     path: &str,
     index: usize,
     hooks: &mut dyn ModeHooks,
     options: &Options,
+    reference: Option<&mut Reference>,
 ) -> Result<Totals, HarnessError> {
     let scenario = Scenario::load(path)?;
     let file = Path::new(path)
@@ -554,6 +641,19 @@ pub fn run_file(
     hooks.prepare_node(&topo, &scenario)?;
     let sctp = probe::sctp_supported();
     let servers = start_servers(&topo, &scenario, sctp)?;
+    let mut reference = match reference {
+        None => None,
+        Some(r) => {
+            let prefix = format!(
+                "sy{}-{}-{index}-",
+                reference_tag(hooks.mode()),
+                std::process::id()
+            );
+            let reference_topo = Topology::build(&prefix, &scenario)?;
+            let reference_servers = start_servers(&reference_topo, &scenario, sctp)?;
+            Some((r.node(&scenario, reference_topo)?, reference_servers))
+        }
+    };
     let agent = NodeAgent::start(&topo.node, hooks.dataplane())?;
     let mut settings = settings_for(&scenario.node, hooks.mode());
     hooks.adjust_settings(&mut settings, &topo);
@@ -568,7 +668,14 @@ pub fn run_file(
         sctp,
     };
     for stage in scenario.stages() {
-        let compiled = compile_stage(&scenario.node, &stage);
+        let compiled = match &mut reference {
+            None => compile_stage(&scenario.node, &stage),
+            Some((node, _)) => {
+                let stored = node.apply(&stage)?;
+                settings.service_cidrs = stored.service_cidrs;
+                compile_state(&scenario.node, stored.services, stored.endpoint_slices)
+            }
+        };
         for d in &compiled.diagnostics {
             eprintln!("{file}: {}{d}", stage.label);
         }
@@ -589,7 +696,21 @@ pub fn run_file(
         if std::env::var_os("SWITCHYARD_E2E_DUMP").is_some() {
             eprintln!("{}", agent.render(&linked, &settings)?);
         }
-        run_flows(&ctx, &stage, &compiled.ruleset, &linked, &mut totals);
+        if let Some((node, _)) = &reference
+            && hooks.mode() == Mode::Iptables
+            && options.compare_rules
+        {
+            compare_rules(&file, &stage, &topo.node, &node.topology.node, &mut totals);
+        }
+        let reference_topo = reference.as_ref().map(|(node, _)| &node.topology);
+        run_flows(
+            &ctx,
+            reference_topo,
+            &stage,
+            &compiled.ruleset,
+            &linked,
+            &mut totals,
+        );
     }
     match agent.cleanup() {
         Ok(true) => report(
@@ -605,10 +726,35 @@ pub fn run_file(
         Err(e) => report(&mut totals, Status::Fail, format!("{file}: cleanup: {e}")),
     }
     drop(agent);
+    drop(reference);
     hooks.teardown();
     drop(servers);
     drop(topo);
     Ok(totals)
+}
+
+/// Report whether the Switchyard node's iptables rules are kube-proxy's.
+fn compare_rules(file: &str, stage: &Stage<'_>, mine: &Netns, theirs: &Netns, totals: &mut Totals) {
+    let name = format!("{file}: {}iptables-save", stage.label);
+    match (rules::Dump::of(mine), rules::Dump::of(theirs)) {
+        (Ok(mut mine), Ok(mut theirs)) => {
+            theirs.normalize_kube_proxy();
+            theirs.sort_map_ordered();
+            mine.sort_map_ordered();
+            let differences = mine.differences(&theirs);
+            if differences.is_empty() {
+                report(totals, Status::Pass, format!("{name} equals kube-proxy's"));
+            } else {
+                let list = differences.join("\n    ");
+                report(
+                    totals,
+                    Status::Fail,
+                    format!("{name} differs from kube-proxy's:\n    {list}"),
+                );
+            }
+        }
+        (Err(e), _) | (_, Err(e)) => report(totals, Status::Fail, format!("{name}: {e}")),
+    }
 }
 
 /// Expand directories into their `*.yaml` files, sorted.

@@ -64,9 +64,16 @@ pub fn switchyard_programs() -> switchyard_lab::cluster::processes::Programs {
 
 /// Runs `scenario --mode <mode> e2e/scenarios` and asserts `N passed, 0 failed` with N > 0.
 pub fn every_scenario_passes(mode: &str) {
+    every_scenario_passes_with(mode, &[]);
+}
+
+/// As [`every_scenario_passes`], with more arguments (`--reference kube-proxy`).
+pub fn every_scenario_passes_with(mode: &str, extra: &[&str]) {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios");
     let out = Command::new(lab_bin("scenario"))
-        .args(["--mode", mode, dir])
+        .args(["--mode", mode])
+        .args(extra)
+        .arg(dir)
         .output()
         .unwrap_or_else(|e| panic!("run the scenario binary: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -14,7 +14,7 @@ use switchyard_api::policy::LinkedRuleset;
 
 use switchyard_agent::switch::{DataplaneFactory, Probe, ProbeError};
 use switchyard_dataplane::settings::Settings;
-use switchyard_dataplane::{ApplyStats, BackendError, Dataplane};
+use switchyard_dataplane::{ApplyStats, BackendError, Dataplane, Retirement};
 
 /// One recorded sync.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +34,8 @@ struct KernelState {
     syncs: Vec<SyncRecord>,
     cleanups: Vec<Mode>,
     probes: Vec<SocketAddr>,
+    /// Modes still carrying established connections (a retired one drains).
+    open: BTreeSet<Mode>,
 }
 
 /// The shared fake kernel; clones share state.
@@ -60,6 +62,16 @@ impl FakeKernel {
     /// Make connections through `mode` fail while it is installed.
     pub fn break_datapath(&self, mode: Mode) {
         self.lock().broken_datapath.insert(mode);
+    }
+
+    /// Whether connections established through `mode` are still open.
+    pub fn connections_open(&self, mode: Mode, open: bool) {
+        let mut s = self.lock();
+        if open {
+            s.open.insert(mode);
+        } else {
+            s.open.remove(&mode);
+        }
     }
 
     /// Put objects of `mode` in place, as a previous run or kube-proxy left them.
@@ -182,6 +194,17 @@ impl Dataplane for FakeDataplane {
         drop(k);
         self.applied = None;
         Ok(())
+    }
+
+    fn retire(&mut self, _successor: Mode) -> Result<Retirement, BackendError> {
+        self.settle()
+    }
+
+    fn settle(&mut self) -> Result<Retirement, BackendError> {
+        if self.kernel.lock().open.contains(&self.mode) {
+            return Ok(Retirement::Draining);
+        }
+        self.cleanup().map(|()| Retirement::Done)
     }
 }
 

@@ -14,6 +14,7 @@ use switchyard_api::Mode;
 use switchyard_dataplane::ebpf::probe::Capabilities;
 use switchyard_dataplane::ebpf::tc::TcAttachMode;
 use switchyard_lab::probe::{self, Listen};
+use switchyard_lab::reference::Reference;
 use switchyard_lab::runner::{self, Options, Totals};
 use switchyard_lab::{cleanup, hooks, netns, vm};
 
@@ -39,8 +40,25 @@ struct Cli {
     /// it), tcx, or classic (clsact + cls_bpf).
     #[arg(long, default_value = "auto")]
     tc_attach: TcAttachMode,
+    /// Also send every flow to a node run by the real kube-proxy (iptables
+    /// and nftables modes), the state written through a real API server; a
+    /// flow passes when both meet the scenario, or the difference is listed
+    /// in `reference::differences`.
+    #[arg(long)]
+    reference: Option<ReferenceKind>,
+    /// With `--reference kube-proxy` in iptables mode: after every stage,
+    /// also require the node's iptables-save to be kube-proxy's
+    /// (`reference::rules`).
+    #[arg(long, requires = "reference")]
+    compare_rules: bool,
     /// Scenario files or directories of them.
     files: Vec<String>,
+}
+
+/// What a run is compared with.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ReferenceKind {
+    KubeProxy,
 }
 
 #[derive(Subcommand)]
@@ -152,8 +170,14 @@ fn main() -> ExitCode {
     }
     let options = Options {
         timeout: Duration::from_millis(cli.timeout_ms),
+        compare_rules: cli.compare_rules,
     };
-    let tags: Vec<&str> = Mode::ALL.iter().map(|m| runner::mode_tag(*m)).collect();
+    let mut tags: Vec<String> = Mode::ALL
+        .iter()
+        .map(|m| runner::mode_tag(*m).to_string())
+        .collect();
+    tags.extend(Mode::ALL.iter().map(|m| runner::reference_tag(*m)));
+    let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
     for name in netns::sweep_orphans(&tags) {
         eprintln!("removed namespace {name} left by a killed run");
     }
@@ -163,10 +187,21 @@ fn main() -> ExitCode {
             cli.tc_attach.resolve(Capabilities::probe().tcx)
         );
     }
+    let mut reference = match cli.reference {
+        None => None,
+        Some(ReferenceKind::KubeProxy) => match Reference::start(mode) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                println!("FAIL kube-proxy reference: {e}");
+                println!("0 passed, 1 failed");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let mut hooks = hooks::hooks_for(mode, cli.tc_attach);
     let mut totals = Totals::default();
     for (i, path) in runner::expand_paths(&cli.files).iter().enumerate() {
-        match runner::run_file(path, i, hooks.as_mut(), &options) {
+        match runner::run_file(path, i, hooks.as_mut(), &options, reference.as_mut()) {
             Ok(t) => {
                 totals.passed += t.passed;
                 totals.failed += t.failed;

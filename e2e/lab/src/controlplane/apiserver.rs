@@ -26,6 +26,8 @@ pub fn launch(program: &Path, dir: &Path, port: u16, pki: &Pki, service_cidr: &s
         format!("--service-account-key-file={}", path(&pki.sa_pub())),
         format!("--service-account-signing-key-file={}", path(&pki.sa_key())),
         format!("--service-cluster-ip-range={service_cidr}"),
+        // Scenario files use kube-proxy's test node ports (3001, …).
+        "--service-node-port-range=1-32767".to_string(),
         "--authorization-mode=Node,RBAC".to_string(),
         // On by default since 1.30; named so that a change of defaults cannot
         // silently turn off the policy the agent's rights depend on.

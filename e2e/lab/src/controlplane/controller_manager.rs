@@ -1,7 +1,7 @@
 //! kube-controller-manager for one control plane, with only the controllers
 //! the lab's tests rely on: EndpointSlices from Services and Pods, garbage
 //! collection through owner references, namespace deletion, ServiceAccounts
-//! and their tokens. Each controller acts under its own ServiceAccount, as in
+//! and their tokens, ServiceCIDR deletion. Each controller acts under its own ServiceAccount, as in
 //! a kubeadm cluster, so RBAC is the real bootstrap policy. It serves no port
 //! (nothing probes it), so parallel control planes do not collide.
 
@@ -10,7 +10,7 @@ use std::path::Path;
 use super::certs::Pki;
 use super::process::Launch;
 
-const CONTROLLERS: [&str; 7] = [
+const CONTROLLERS: [&str; 8] = [
     "endpointslice-controller",
     "garbage-collector-controller",
     "namespace-controller",
@@ -18,6 +18,8 @@ const CONTROLLERS: [&str; 7] = [
     "serviceaccount-token-controller",
     "root-ca-certificate-publisher-controller",
     "validatingadmissionpolicy-status-controller",
+    // Lets a deleted ServiceCIDR go once no cluster IP is allocated from it.
+    "service-cidr-controller",
 ];
 
 pub fn launch(program: &Path, dir: &Path, kubeconfig: &Path, pki: &Pki) -> Launch {

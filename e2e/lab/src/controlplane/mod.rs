@@ -66,6 +66,8 @@ pub fn config_base() -> PathBuf {
 
 /// Services get cluster IPs from here; the `kubernetes` Service has the first.
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+/// The IPv6 range of the dual-stack cluster (dual-stack Services need one).
+pub const SERVICE_CIDR6: &str = "fd00:10:96::/112";
 const KUBERNETES_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
 /// Deadlock guard for each readiness wait (a start takes seconds; a loaded
 /// two-core machine building in parallel can stretch that a lot).
@@ -130,6 +132,8 @@ pub enum ControlPlaneError {
     Kubectl { args: String, stderr: String },
     #[error("audit log {path}: {message}", path = path.display())]
     Audit { path: PathBuf, message: String },
+    #[error("no ServiceCIDR can hold cluster IP {ip} without covering a flow's destination")]
+    NoServiceCidr { ip: IpAddr },
     #[error("forwarding into network namespace {netns}: {source}")]
     Forward {
         netns: String,
@@ -203,7 +207,7 @@ impl ControlPlane {
             &dir,
             port,
             &pki,
-            SERVICE_CIDR,
+            &format!("{SERVICE_CIDR},{SERVICE_CIDR6}"),
         ))?);
         let client = kubeconfig::client(&admin).await?;
         wait_until(&mut running.daemons, "the API server (/readyz)", || {

@@ -1,0 +1,163 @@
+//! kube-proxy itself as the reference: the real kube-proxy of the pinned
+//! release runs in a node namespace of its own, built like the Switchyard
+//! node (same addresses, endpoints, clients; see [`crate::topology`]),
+//! against the lab's real control plane, and every flow is sent to both.
+//!
+//! - [`state`]: the scenario's state written through the API server.
+//! - [`kube_proxy`]: kube-proxy's flags, its metrics, the wait for a sync.
+//! - [`differences`]: the one list of deliberate differences.
+//! - [`rules`]: iptables-save of both nodes compared.
+//!
+//! IPVS: kube-proxy's ipvs mode needs the kernel's IPVS, which this host
+//! lacks; the lab's VM has it but does not run the control plane yet.
+
+pub mod differences;
+pub mod kube_proxy;
+pub mod rules;
+pub mod state;
+
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use switchyard_api::Mode;
+use switchyard_api::ruleset::Cidr;
+
+use crate::HarnessError;
+use crate::controlplane::forward::Forwarder;
+use crate::controlplane::identity::Identity;
+use crate::controlplane::workdir::Purpose;
+use crate::controlplane::{ControlPlane, ControlPlaneError};
+use crate::scenario::{Scenario, Stage};
+use crate::topology::Topology;
+use kube_proxy::{Counters, KubeProxy};
+use state::ClusterState;
+
+/// kube-proxy's name on the API server (bound to `system:node-proxier`).
+const KUBE_PROXY_USER: &str = "system:kube-proxy";
+
+/// The control plane the reference nodes of a run share.
+pub struct Reference {
+    mode: Mode,
+    state: ClusterState,
+    kubeconfig: PathBuf,
+    control_plane: ControlPlane,
+    /// Last: the client's connections live on it.
+    runtime: tokio::runtime::Runtime,
+}
+
+/// What a stage became on the API server, for the Switchyard node.
+pub struct StoredState {
+    pub services: Vec<Service>,
+    pub endpoint_slices: Vec<EndpointSlice>,
+    pub service_cidrs: Vec<Cidr>,
+}
+
+impl Reference {
+    /// Start the control plane for kube-proxy in `mode` (iptables or nftables).
+    pub fn start(mode: Mode) -> Result<Reference, HarnessError> {
+        if !matches!(mode, Mode::Iptables | Mode::Nftables) {
+            return Err(HarnessError::Setup {
+                what: format!("a kube-proxy reference in {mode} mode"),
+                message: "only iptables and nftables: kube-proxy's ipvs mode needs IPVS, \
+                          which this kernel lacks"
+                    .into(),
+            });
+        }
+        let runtime = tokio::runtime::Runtime::new().map_err(|source| HarnessError::Spawn {
+            what: "the control plane's runtime".into(),
+            source,
+        })?;
+        let (control_plane, kubeconfig, state) = runtime.block_on(async {
+            let cp = ControlPlane::start(Purpose::Test).await?;
+            let user = Identity::User {
+                name: KUBE_PROXY_USER.into(),
+                group: None,
+            };
+            let kubeconfig = cp.kubeconfig_for(&user).await?;
+            let state = ClusterState::new(cp.client()).await?;
+            Ok::<_, ControlPlaneError>((cp, kubeconfig, state))
+        })?;
+        Ok(Reference {
+            mode,
+            state,
+            kubeconfig,
+            control_plane,
+            runtime,
+        })
+    }
+
+    /// The kube-proxy node of one scenario file, in `topology` (built like
+    /// the Switchyard node's); kube-proxy has synced the empty state.
+    pub fn node(
+        &mut self,
+        scenario: &Scenario,
+        topology: Topology,
+    ) -> Result<ReferenceNode<'_>, HarnessError> {
+        let addresses = &topology.node_addresses;
+        let node_ip = addresses
+            .first()
+            .map(|a| a.ip)
+            .ok_or_else(|| HarnessError::Setup {
+                what: "the kube-proxy node".into(),
+                message: "the scenario's node has no address".into(),
+            })?;
+        self.runtime
+            .block_on(self.state.set_node(&scenario.node, addresses))?;
+        let forwarder = self.control_plane.forward_into(&topology.node)?;
+        let mut kube_proxy = KubeProxy::start(
+            self.control_plane.binaries(),
+            self.control_plane.dir(),
+            self.mode,
+            &scenario.node,
+            node_ip,
+            &self.kubeconfig,
+            &topology.node,
+        )?;
+        // Both families' first sync (of nothing: the scenario comes later).
+        kube_proxy.wait_taken_in(&topology.node, &Counters::default(), Default::default())?;
+        Ok(ReferenceNode {
+            reference: self,
+            topology,
+            kube_proxy,
+            _forwarder: forwarder,
+        })
+    }
+}
+
+/// kube-proxy running in its node for one scenario file; stopped and the
+/// file's objects deleted on drop.
+pub struct ReferenceNode<'r> {
+    reference: &'r mut Reference,
+    pub topology: Topology,
+    kube_proxy: KubeProxy,
+    _forwarder: Forwarder,
+}
+
+impl ReferenceNode<'_> {
+    /// Write `stage` through the API server, wait until kube-proxy has
+    /// programmed it, and return it as stored.
+    pub fn apply(&mut self, stage: &Stage<'_>) -> Result<StoredState, HarnessError> {
+        let before = self.kube_proxy.counters(&self.topology.node)?;
+        let reference = &mut *self.reference;
+        let stored = reference.runtime.block_on(reference.state.apply(stage))?;
+        let ns = &self.topology.node;
+        let taken_in = self.kube_proxy.wait_taken_in(ns, &before, stored.changes)?;
+        let nudge = reference.runtime.block_on(reference.state.nudge())?;
+        self.kube_proxy.wait_synced(ns, &taken_in, nudge)?;
+        Ok(StoredState {
+            services: stored.services,
+            endpoint_slices: stored.endpoint_slices,
+            service_cidrs: stored.service_cidrs,
+        })
+    }
+}
+
+impl Drop for ReferenceNode<'_> {
+    fn drop(&mut self) {
+        let reference = &mut *self.reference;
+        if let Err(e) = reference.runtime.block_on(reference.state.clear()) {
+            eprintln!("kube-proxy reference: removing the scenario's objects: {e}");
+        }
+    }
+}

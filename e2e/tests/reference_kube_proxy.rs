@@ -1,0 +1,27 @@
+//! Every flow of every scenario in `e2e/scenarios/` is sent to a Switchyard
+//! node and to a node run by the real kube-proxy of the pinned release, the
+//! state written through a real API server; a flow passes only when both
+//! meet the scenario, or the difference is on the one list of deliberate
+//! differences (`switchyard_lab::reference::differences`); in iptables mode
+//! the node's `iptables-save` and `ip6tables-save` must also be kube-proxy's
+//! after every stage (`switchyard_lab::reference::rules`). Needs root and
+//! `target/k8s/bin` (`e2e/k8s/build.sh`).
+
+mod common;
+
+/// Two nodes, a control plane and kube-proxy share two cores with the build:
+/// an ICMP reply can take longer than the runner's default 500 ms.
+const TIMEOUT: &str = "--timeout-ms=1500";
+
+#[test]
+fn switchyard_and_kube_proxy_agree_on_every_scenario_and_rule_with_iptables() {
+    common::every_scenario_passes_with(
+        "iptables",
+        &["--reference", "kube-proxy", "--compare-rules", TIMEOUT],
+    );
+}
+
+#[test]
+fn switchyard_and_kube_proxy_agree_on_every_scenario_with_nftables() {
+    common::every_scenario_passes_with("nftables", &["--reference", "kube-proxy", TIMEOUT]);
+}

@@ -305,6 +305,9 @@ impl Observed {
     /// affinity reaches one endpoint on each node, not necessarily the same.
     fn agrees_with(&self, other: &Observed, affinity: bool) -> bool {
         let outcomes = |o: &Observed| -> Option<BTreeSet<String>> {
+            // The kernel rate-limits the ICMP errors a REJECT sends: among
+            // many parallel attempts some rejected ones read as timeouts.
+            let rejected = o.seen.contains_key(&Seen::Reject);
             let endpoints = o.seen.keys().filter(|s| matches!(s, Seen::Endpoint(_)));
             if o.seen.keys().any(|s| matches!(s, Seen::Error(_)))
                 || (affinity && endpoints.count() > 1)
@@ -315,7 +318,8 @@ impl Observed {
                 Seen::Endpoint(_) if affinity => "one endpoint".to_string(),
                 s => s.to_string(),
             };
-            Some(o.seen.keys().map(pinned).collect())
+            let kinds = o.seen.keys().filter(|s| !(rejected && **s == Seen::Drop));
+            Some(kinds.map(pinned).collect())
         };
         let mine = outcomes(self);
         mine.is_some() && mine == outcomes(other) && self.masq == other.masq

@@ -568,21 +568,22 @@ impl<'a> FamilyRenderer<'a> {
         svc: &'s LinkedServicePort,
     ) -> Result<Option<PortInFamily<'s>>, String> {
         let r = &svc.rule;
-        let in_family = |b: &&Endpoint| IpFamily::of(&b.ip) == self.family;
         let cluster_ips = self.of_family(&r.cluster_ips);
         let external_ips = self.of_family(&r.external_ips);
         let lb_ips = self.of_family(&r.load_balancer_ips);
         if cluster_ips.is_empty() && external_ips.is_empty() && lb_ips.is_empty() {
             return Ok(None);
         }
+        let endpoints = svc.family(self.family);
         let p = PortInFamily {
             svc,
             names: Names::of(svc).map_err(|e| e.to_string())?,
             cluster_ips,
             external_ips,
             lb_ips,
-            cluster: svc.cluster_endpoints().filter(in_family).collect(),
-            local: svc.local_endpoints().filter(in_family).collect(),
+            cluster: endpoints.cluster,
+            local: endpoints.local,
+            has_endpoints: endpoints.has_any_endpoints,
         };
         if let Some(b) = svc.all_reachable_endpoints().find(|b| b.port == 0) {
             return Err(format!("endpoint {} has port 0", b.endpoint()));
@@ -886,6 +887,10 @@ struct PortInFamily<'a> {
     /// This family's endpoints for Cluster and for Local policy.
     cluster: Vec<&'a Endpoint>,
     local: Vec<&'a Endpoint>,
+    /// A usable endpoint of this family exists somewhere (kube-proxy's
+    /// per-family `hasAnyEndpoints`: a dual-stack Service without IPv6
+    /// endpoints rejects on IPv6 although it has IPv4 ones).
+    has_endpoints: bool,
 }
 
 impl<'a> PortInFamily<'a> {
@@ -894,9 +899,8 @@ impl<'a> PortInFamily<'a> {
         Key::AddrProtoPort(ip, self.svc.rule.protocol, self.svc.rule.port)
     }
 
-    /// Whether the port has an endpoint anywhere (`has_any_endpoints`).
     fn has_endpoints(&self) -> bool {
-        self.svc.has_any_endpoints
+        self.has_endpoints
     }
 
     /// The chain internal traffic goes to, and its endpoints.

@@ -347,6 +347,29 @@ fn dual_stack_service_renders_each_family_in_its_table() {
 }
 
 #[test]
+fn dual_stack_service_without_ipv6_endpoints_rejects_on_ipv6_not_drops() {
+    // Found by the random states judged by kube-proxy: its IPv6 proxier
+    // sees no endpoint at all, so the port is rejected there.
+    let mut svc = service(
+        7,
+        "v4-only-endpoints",
+        "172.30.0.70",
+        vec![endpoint(71, "10.0.3.1", "node-b")],
+    );
+    svc.cluster_ips.push(ip("fd00:30::70"));
+    let plan = plan_of(&Ruleset {
+        services: vec![svc],
+    });
+    let mut v6 = tcp("fd00:30::70", 80);
+    v6.src = ip("fd00:10::77");
+    assert_eq!(run(&plan, &v6, 0).outcome, Outcome::Reject);
+    assert_eq!(
+        targets(&plan, &tcp("172.30.0.70", 80)),
+        vec![(ip("10.0.3.1"), 8080)]
+    );
+}
+
+#[test]
 fn session_affinity_checks_sets_before_choosing() {
     let plan = plan_of(&sample_ruleset());
     let table = plan.table(switchyard_api::ruleset::IpFamily::V4).unwrap();

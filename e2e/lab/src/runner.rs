@@ -24,7 +24,7 @@ use crate::agent::NodeAgent;
 use crate::hooks::ModeHooks;
 use crate::netns::{self, Netns};
 use crate::probe::{self, Attempt, Listen};
-use crate::reference::{Reference, differences, rules};
+use crate::reference::{Reference, differences, reproducer, rules};
 use crate::scenario::{Expected, Flow, NodeAddress, NodeSpec, Scenario, Stage};
 use crate::topology::{Place, Topology};
 
@@ -254,31 +254,82 @@ impl std::fmt::Display for Seen {
     }
 }
 
+/// What a flow's attempts amounted to: each outcome with its count, and
+/// whether the endpoints saw the client's own address (`false`) or another.
+struct Observed {
+    seen: BTreeMap<Seen, usize>,
+    masq: BTreeSet<bool>,
+}
+
+impl Observed {
+    fn of(flow: &Flow, attempts: &[Attempt]) -> Observed {
+        let mut seen: BTreeMap<Seen, usize> = BTreeMap::new();
+        let mut masq = BTreeSet::new();
+        for a in attempts {
+            let s = match a {
+                Attempt::Reply {
+                    server,
+                    peer,
+                    local,
+                } => {
+                    masq.insert(peer != local);
+                    if *server == flow.destination() {
+                        Seen::Untranslated
+                    } else {
+                        Seen::Endpoint(*server)
+                    }
+                }
+                Attempt::Refused => Seen::Reject,
+                Attempt::Timeout => Seen::Drop,
+                Attempt::Error(e) => Seen::Error(e.clone()),
+            };
+            *seen.entry(s).or_default() += 1;
+        }
+        Observed { seen, masq }
+    }
+
+    fn summary(&self, affinity: bool) -> String {
+        let mut summary: Vec<String> = self.seen.iter().map(|(s, n)| format!("{s} x{n}")).collect();
+        if !self.masq.is_empty() {
+            let m: Vec<String> = self.masq.iter().map(|m| m.to_string()).collect();
+            summary.push(format!("masq={}", m.join("/")));
+        }
+        if affinity {
+            summary.push("(pinned: one endpoint per client)".into());
+        }
+        summary.join(", ")
+    }
+
+    /// Whether `other` node did the same: the same outcomes (the same
+    /// endpoints reached) and the same masquerade. A client pinned by
+    /// affinity reaches one endpoint on each node, not necessarily the same.
+    fn agrees_with(&self, other: &Observed, affinity: bool) -> bool {
+        let outcomes = |o: &Observed| -> Option<BTreeSet<String>> {
+            // The kernel rate-limits the ICMP errors a REJECT sends: among
+            // many parallel attempts some rejected ones read as timeouts.
+            let rejected = o.seen.contains_key(&Seen::Reject);
+            let endpoints = o.seen.keys().filter(|s| matches!(s, Seen::Endpoint(_)));
+            if o.seen.keys().any(|s| matches!(s, Seen::Error(_)))
+                || (affinity && endpoints.count() > 1)
+            {
+                return None;
+            }
+            let pinned = |s: &Seen| match s {
+                Seen::Endpoint(_) if affinity => "one endpoint".to_string(),
+                s => s.to_string(),
+            };
+            let kinds = o.seen.keys().filter(|s| !(rejected && **s == Seen::Drop));
+            Some(kinds.map(pinned).collect())
+        };
+        let mine = outcomes(self);
+        mine.is_some() && mine == outcomes(other) && self.masq == other.masq
+    }
+}
+
 /// Judge a flow's attempts: pass, and what was seen.
 fn judge(flow: &Flow, expected: &Expected, attempts: &[Attempt], affinity: bool) -> (bool, String) {
-    let mut seen: BTreeMap<Seen, usize> = BTreeMap::new();
-    let mut masq = BTreeSet::new();
-    for a in attempts {
-        let s = match a {
-            Attempt::Reply {
-                server,
-                peer,
-                local,
-            } => {
-                masq.insert(peer != local);
-                if *server == flow.destination() {
-                    Seen::Untranslated
-                } else {
-                    Seen::Endpoint(*server)
-                }
-            }
-            Attempt::Refused => Seen::Reject,
-            Attempt::Timeout => Seen::Drop,
-            Attempt::Error(e) => Seen::Error(e.clone()),
-        };
-        *seen.entry(s).or_default() += 1;
-    }
-    let kinds: BTreeSet<&Seen> = seen.keys().collect();
+    let observed = Observed::of(flow, attempts);
+    let kinds: BTreeSet<&Seen> = observed.seen.keys().collect();
     let only = |s: Seen| kinds.len() == 1 && kinds.contains(&s);
     let outcome_ok = match expected {
         Expected::Endpoints(want) => {
@@ -300,20 +351,15 @@ fn judge(flow: &Flow, expected: &Expected, attempts: &[Attempt], affinity: bool)
         Expected::Reject => only(Seen::Reject),
         Expected::Drop => only(Seen::Drop),
         Expected::Accept | Expected::Untranslated => only(Seen::Untranslated),
+        // Judged against kube-proxy's attempts instead (`judge_by_reference`).
+        Expected::Reference => false,
     };
+    let masq = &observed.masq;
     let masq_ok = match flow.masq {
         Some(want) if !masq.is_empty() => masq.len() == 1 && masq.contains(&want),
         _ => true,
     };
-    let mut summary: Vec<String> = seen.iter().map(|(s, n)| format!("{s} x{n}")).collect();
-    if !masq.is_empty() {
-        let m: Vec<String> = masq.iter().map(|m| m.to_string()).collect();
-        summary.push(format!("masq={}", m.join("/")));
-    }
-    if affinity {
-        summary.push("(pinned: one endpoint per client)".into());
-    }
-    (outcome_ok && masq_ok, summary.join(", "))
+    (outcome_ok && masq_ok, observed.summary(affinity))
 }
 
 /// Hands out disjoint client port ranges (20000..60000, wrapping).
@@ -335,6 +381,7 @@ impl PortRanges {
 struct Ctx<'a> {
     ports: PortRanges,
     file: &'a str,
+    node: &'a NodeSpec,
     topo: &'a Topology,
     hooks: &'a dyn ModeHooks,
     options: &'a Options,
@@ -426,6 +473,8 @@ fn start_flow<'f>(
     };
     let skip = if flow.protocol == Protocol::Sctp && !ctx.sctp {
         Some("SCTP sockets are not supported by this kernel".to_string())
+    } else if expected == Expected::Reference && reference.is_none() {
+        Some("`output: reference` needs a kube-proxy node (--reference kube-proxy)".to_string())
     } else {
         ctx.hooks.unsupported_in(flow, linked)
     };
@@ -438,12 +487,15 @@ fn start_flow<'f>(
     // Pinning is only observable, and only needs one-by-one attempts, when
     // connections are expected to get through.
     let sequential = flow.source_port.is_some()
-        || (session_affinity && matches!(expected, Expected::Endpoints(_)));
+        || (session_affinity && matches!(expected, Expected::Endpoints(_) | Expected::Reference));
     let count = match &expected {
         // Enough that random choice would spread them (3 endpoints: 1 in 243).
         _ if sequential && session_affinity => 6,
         _ if sequential => 3,
         Expected::Endpoints(e) => (10 * e.len()).max(6),
+        // Endpoints unknown beforehand: enough that each of up to four is
+        // reached (a miss: 1 in 5,000 per node).
+        Expected::Reference => 40,
         _ => 4,
     };
     let args = client_args(ctx, flow, count, sequential);
@@ -531,13 +583,16 @@ fn judge_flow(
         want.push_str(" (this mode's masquerade; the scenario expects ");
         want.push_str(&format!("masq={:?})", scenario_flow.masq));
     }
-    let verdict = |flow: &Flow, out: Result<String, HarnessError>| match out {
-        Err(e) => (false, format!("client: {e}")),
-        Ok(text) => {
-            let attempts: Vec<Attempt> = text.lines().map(Attempt::parse).collect();
-            let (ok, seen) = judge(flow, expected, &attempts, affinity);
-            (ok && !attempts.is_empty(), seen)
+    let verdict = |flow: &Flow, out: Result<String, HarnessError>| match attempts(out) {
+        Err(e) => (false, e),
+        Ok(attempts) => judge(flow, expected, &attempts, affinity),
+    };
+    let reference_out = match (expected, reference_out) {
+        (Expected::Reference, Some(theirs)) => {
+            let both = (attempts(out), attempts(theirs));
+            return judge_by_reference(ctx, stage, scenario_flow, affinity, both, totals);
         }
+        (_, theirs) => theirs,
     };
     let (ok, seen) = verdict(flow, out);
     let Some(reference_out) = reference_out else {
@@ -567,6 +622,58 @@ fn judge_flow(
         format!(
             "{name}: expected {want}; switchyard saw {seen}; kube-proxy saw {reference_seen}{note}"
         ),
+    );
+}
+
+/// A client's attempts, or why there are none.
+fn attempts(out: Result<String, HarnessError>) -> Result<Vec<Attempt>, String> {
+    match out {
+        Err(e) => Err(format!("client: {e}")),
+        Ok(text) if text.trim().is_empty() => Err("client: no attempt reported".into()),
+        Ok(text) => Ok(text.lines().map(Attempt::parse).collect()),
+    }
+}
+
+/// Judge an `output: reference` flow: it passes when Switchyard did what
+/// kube-proxy did (or the difference is listed). A failure writes the
+/// reduced state and the flow as a scenario file and prints its path.
+fn judge_by_reference(
+    ctx: &Ctx<'_>,
+    stage: &Stage<'_>,
+    flow: &Flow,
+    affinity: bool,
+    (mine, theirs): (Result<Vec<Attempt>, String>, Result<Vec<Attempt>, String>),
+    totals: &mut Totals,
+) {
+    let flow_name = format!("{}{}", stage.label, flow.name);
+    let name = format!("{}: {flow_name}", ctx.file);
+    let observe = |a: Result<Vec<Attempt>, String>| {
+        a.map(|a| Observed::of(flow, &a))
+            .map(|o| (o.summary(affinity), o))
+    };
+    let (mine, theirs) = match (observe(mine), observe(theirs)) {
+        (Ok(m), Ok(t)) => (m, t),
+        (Err(e), _) | (_, Err(e)) => return report(totals, Status::Fail, format!("{name}: {e}")),
+    };
+    let seen = format!("switchyard saw {}; kube-proxy saw {}", mine.0, theirs.0);
+    let (status, note) = if mine.1.agrees_with(&theirs.1, affinity) {
+        (Status::Pass, String::new())
+    } else if let Some(d) = differences::find(ctx.file, &flow_name, ctx.hooks.mode()) {
+        (
+            Status::Pass,
+            format!(" [documented difference: {}]", d.reason),
+        )
+    } else {
+        let note = match reproducer::write(ctx.node, stage, flow, &seen) {
+            Ok(path) => format!(" [reproducer: {}]", path.display()),
+            Err(e) => format!(" [no reproducer: {e}]"),
+        };
+        (Status::Fail, note)
+    };
+    report(
+        totals,
+        status,
+        format!("{name}: as kube-proxy; {seen}{note}"),
     );
 }
 
@@ -662,6 +769,7 @@ pub fn run_file(
     let ctx = Ctx {
         ports: PortRanges::default(),
         file: &file,
+        node: &scenario.node,
         topo: &topo,
         hooks: &*hooks,
         options,

@@ -4,27 +4,29 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use switchyard_api::Mode;
 use switchyard_api::ruleset::{Cidr, Protocol};
 
-/// A whole scenario file.
-#[derive(Clone, Debug, Deserialize)]
+/// A whole scenario file (written back as one by the random states and
+/// their reproducers).
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Scenario {
     pub node: NodeSpec,
     /// The initial state and its flows.
     #[serde(flatten)]
     pub initial: Step,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<Step>,
 }
 
 /// A complete state of the cluster with its own flows.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Step {
     #[serde(default)]
@@ -47,23 +49,31 @@ impl Step {
 }
 
 /// The node under test.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeSpec {
     pub name: String,
     /// `ip/prefix` on the node's uplink.
     pub addresses: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
-    #[serde(default, rename = "clusterCIDRs")]
+    #[serde(
+        default,
+        rename = "clusterCIDRs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub cluster_cidrs: Vec<Cidr>,
-    #[serde(default, rename = "serviceCIDRs")]
+    #[serde(
+        default,
+        rename = "serviceCIDRs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub service_cidrs: Vec<Cidr>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_port_addresses: Option<Vec<Cidr>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub localhost_node_ports: Option<bool>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub masquerade_all: bool,
 }
 
@@ -91,6 +101,18 @@ pub enum ScenarioError {
     },
     #[error("scenario {path}: {what}")]
     Invalid { path: String, what: String },
+    #[error("writing scenario {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serializing scenario {path}: {source}")]
+    Serialize {
+        path: String,
+        #[source]
+        source: serde_norway::Error,
+    },
 }
 
 impl NodeSpec {
@@ -123,7 +145,7 @@ fn default_protocol() -> Protocol {
 }
 
 /// One connection to make and what must happen to it.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Flow {
     pub name: String,
@@ -135,30 +157,30 @@ pub struct Flow {
     #[serde(default = "default_protocol")]
     pub protocol: Protocol,
     pub output: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub masq: Option<bool>,
     /// Reuse this client port for every attempt (and across steps): the same
     /// 5-tuple, so stale conntrack entries show. Attempts then run one by one.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_port: Option<u16>,
     /// The connection starts on the node (its namespace and, in eBPF mode,
     /// its cgroup) with `sourceIP` as source even when that is not a node
     /// address: traffic something else on the node has SNATed, e.g. to a
     /// load-balancer IP. Such an address is added to the node's loopback.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub from_node: bool,
     /// Where a mode differs by design (as kube-proxy's own mode does, e.g.
     /// nftables REJECTs unserved ClusterIP ports): that mode's expectation.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub by_mode: BTreeMap<Mode, ModeExpectation>,
 }
 
 /// A flow's `output` and `masq` for one mode.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModeExpectation {
     pub output: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub masq: Option<bool>,
 }
 
@@ -189,6 +211,10 @@ pub enum Expected {
     Accept,
     /// No rule matched: reaches its destination untranslated.
     Untranslated,
+    /// Whatever kube-proxy does with it (`output: reference`): the flow
+    /// passes when Switchyard's outcome is kube-proxy's; it needs a
+    /// kube-proxy reference node (`--reference kube-proxy`).
+    Reference,
 }
 
 impl Expected {
@@ -198,6 +224,7 @@ impl Expected {
             "REJECT" => Expected::Reject,
             "DROP" => Expected::Drop,
             "ACCEPT" => Expected::Accept,
+            "reference" => Expected::Reference,
             list => Expected::Endpoints(
                 list.split(',')
                     .map(|e| {
@@ -222,6 +249,7 @@ impl fmt::Display for Expected {
             Expected::Drop => f.write_str("DROP"),
             Expected::Accept => f.write_str("ACCEPT"),
             Expected::Untranslated => f.write_str("\"\" (untranslated)"),
+            Expected::Reference => f.write_str("kube-proxy's outcome"),
         }
     }
 }
@@ -280,6 +308,18 @@ impl Scenario {
             }
         }
         Ok(scenario)
+    }
+
+    /// Write this scenario to `path`, after `header` (comment lines).
+    pub fn save(&self, path: &Path, header: &str) -> Result<(), ScenarioError> {
+        let name = path.display().to_string();
+        let yaml = serde_norway::to_string(self).map_err(|source| ScenarioError::Serialize {
+            path: name.clone(),
+            source,
+        })?;
+        let comment: String = header.lines().map(|l| format!("# {l}\n")).collect();
+        std::fs::write(path, comment + &yaml)
+            .map_err(|source| ScenarioError::Write { path: name, source })
     }
 
     /// The initial state, then each step.

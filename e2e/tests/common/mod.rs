@@ -70,10 +70,14 @@ pub fn every_scenario_passes(mode: &str) {
 /// As [`every_scenario_passes`], with more arguments (`--reference kube-proxy`).
 pub fn every_scenario_passes_with(mode: &str, extra: &[&str]) {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios");
+    scenario_run_passes(mode, &[extra, &[dir]].concat());
+}
+
+/// Runs `scenario --mode <mode> ARGS...` and asserts `N passed, 0 failed` with N > 0.
+pub fn scenario_run_passes(mode: &str, args: &[&str]) {
     let out = Command::new(lab_bin("scenario"))
         .args(["--mode", mode])
-        .args(extra)
-        .arg(dir)
+        .args(args)
         .output()
         .unwrap_or_else(|e| panic!("run the scenario binary: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);

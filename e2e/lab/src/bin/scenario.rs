@@ -15,6 +15,7 @@ use switchyard_dataplane::ebpf::probe::Capabilities;
 use switchyard_dataplane::ebpf::tc::TcAttachMode;
 use switchyard_lab::probe::{self, Listen};
 use switchyard_lab::reference::Reference;
+use switchyard_lab::reference::random::{self, RandomStates};
 use switchyard_lab::runner::{self, Options, Totals};
 use switchyard_lab::{cleanup, hooks, netns, vm};
 
@@ -51,6 +52,11 @@ struct Cli {
     /// (`reference::rules`).
     #[arg(long, requires = "reference")]
     compare_rules: bool,
+    /// With `--reference kube-proxy`: also run random states, `SEED[:COUNT]`
+    /// (`reference::random`), written to a scenario file whose path is
+    /// printed; each flow passes when Switchyard does what kube-proxy does.
+    #[arg(long, requires = "reference")]
+    random: Option<RandomStates>,
     /// Scenario files or directories of them.
     files: Vec<String>,
 }
@@ -198,9 +204,23 @@ fn main() -> ExitCode {
             }
         },
     };
+    let mut files = runner::expand_paths(&cli.files);
+    if let Some(states) = cli.random {
+        match random::write(states, &std::env::temp_dir()) {
+            Ok(path) => {
+                eprintln!("scenario: random states {states} in {}", path.display());
+                files.push(path.display().to_string());
+            }
+            Err(e) => {
+                println!("FAIL random states {states}: {e}");
+                println!("0 passed, 1 failed");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let mut hooks = hooks::hooks_for(mode, cli.tc_attach);
     let mut totals = Totals::default();
-    for (i, path) in runner::expand_paths(&cli.files).iter().enumerate() {
+    for (i, path) in files.iter().enumerate() {
         match runner::run_file(path, i, hooks.as_mut(), &options, reference.as_mut()) {
             Ok(t) => {
                 totals.passed += t.passed;

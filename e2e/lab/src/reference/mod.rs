@@ -7,12 +7,16 @@
 //! - [`kube_proxy`]: kube-proxy's flags, its metrics, the wait for a sync.
 //! - [`differences`]: the one list of deliberate differences.
 //! - [`rules`]: iptables-save of both nodes compared.
+//! - [`random`]: random states whose flows kube-proxy judges (`--random`).
+//! - [`reproducer`]: a disagreeing flow and its Services as a scenario file.
 //!
 //! IPVS: kube-proxy's ipvs mode needs the kernel's IPVS, which this host
 //! lacks; the lab's VM has it but does not run the control plane yet.
 
 pub mod differences;
 pub mod kube_proxy;
+pub mod random;
+pub mod reproducer;
 pub mod rules;
 pub mod state;
 

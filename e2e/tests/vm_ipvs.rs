@@ -50,29 +50,16 @@ fn every_scenario_passes_or_is_skipped_with_a_reason_with_ipvs() {
         return; // Inside the VM only the in_vm_ tests run.
     }
     let _turn = one_vm_at_a_time();
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios");
     let started = Instant::now();
-    let out = std::process::Command::new(common::lab_bin("scenario"))
-        .args(["--mode", "ipvs", dir])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    print!("{stdout}");
-    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    let (stdout, passed) = common::every_scenario_passes_with("ipvs", &[]);
     eprintln!("scenarios in the VM took {:?}", started.elapsed());
-    let summary = stdout.lines().last().unwrap_or_default();
-    assert!(
-        out.status.success() && summary.contains(" passed, 0 failed"),
-        "{summary}"
-    );
     for skip in stdout.lines().filter(|l| l.starts_with("SKIP ")) {
         assert!(
             skip.contains("IPVS"),
             "a skip must say why IPVS cannot: {skip}"
         );
     }
-    let passed: u32 = summary.split(' ').next().unwrap().parse().unwrap();
-    assert!(passed >= 50, "{summary}");
+    assert!(passed >= 50, "{passed} passed");
 }
 
 #[test]

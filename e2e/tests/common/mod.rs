@@ -67,14 +67,16 @@ pub fn every_scenario_passes(mode: &str) {
     every_scenario_passes_with(mode, &[]);
 }
 
-/// As [`every_scenario_passes`], with more arguments (`--reference kube-proxy`).
-pub fn every_scenario_passes_with(mode: &str, extra: &[&str]) {
+/// As [`every_scenario_passes`], with more arguments (`--reference kube-proxy`,
+/// `--vm`); the binary's standard output and N.
+pub fn every_scenario_passes_with(mode: &str, extra: &[&str]) -> (String, usize) {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios");
-    scenario_run_passes(mode, &[extra, &[dir]].concat());
+    scenario_run_passes(mode, &[extra, &[dir]].concat())
 }
 
-/// Runs `scenario --mode <mode> ARGS...` and asserts `N passed, 0 failed` with N > 0.
-pub fn scenario_run_passes(mode: &str, args: &[&str]) {
+/// Runs `scenario --mode <mode> ARGS...` and asserts `N passed, 0 failed` with
+/// N > 0; its standard output and N.
+pub fn scenario_run_passes(mode: &str, args: &[&str]) -> (String, usize) {
     let out = Command::new(lab_bin("scenario"))
         .args(["--mode", mode])
         .args(args)
@@ -95,4 +97,5 @@ pub fn scenario_run_passes(mode: &str, args: &[&str]) {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(passed > 0, "no flow ran: {summary}");
+    (stdout.into_owned(), passed)
 }

@@ -87,9 +87,12 @@ pub fn scenario_run_passes(mode: &str, args: &[&str]) -> (String, usize) {
     print!("{stdout}");
     eprint!("{stderr}");
     let summary = stdout.lines().last().unwrap_or_default();
+    // The failures again, last, where a truncated log still shows them.
+    let failures: Vec<&str> = stdout.lines().filter(|l| l.starts_with("FAIL")).collect();
     assert!(
         out.status.success() && summary.contains(" passed, 0 failed"),
-        "scenarios failed with {mode}: {summary}"
+        "scenarios failed with {mode}: {summary}\n{}",
+        failures.join("\n")
     );
     let passed: usize = summary
         .split(' ')

@@ -10,10 +10,10 @@ pub fn connections_cut(from: Mode, to: Mode) -> Option<&'static str> {
     use Mode::{Ebpf, Iptables, Ipvs, Nftables};
     match (from, to) {
         (Iptables | Nftables, Ebpf) => Some(
-            "established TCP connections through a service (their translation lives in the kernel's conntrack, which eBPF does not read) and answers to the node's UDP sockets connected to a service until they reconnect",
+            "a new connection from the node in the instant the programs attach, and answers to UDP sockets connected to a service before the switch once the old rules' drain ends (after their last TCP connection, at most 120 s), until they reconnect",
         ),
         (Ipvs, Ebpf) => Some(
-            "established TCP connections through a service (eBPF balances their next packet afresh)",
+            "the node's established TCP connections to a service and masqueraded NodePort connections (IPVS's rules, and the NAT of their conntrack entries, go at once)",
         ),
         (Ebpf, Iptables | Nftables | Ipvs) => Some(
             "NodePort connections from outside the node (tracked only in eBPF's own conntrack map), and a few new connections and UDP answers while the programs detach",

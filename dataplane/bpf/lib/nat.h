@@ -17,6 +17,10 @@
 #define SY_IP4_SRC_OFF (ETH_HLEN + 12)
 #define SY_IP6_SRC_OFF (ETH_HLEN + 8)
 
+/* The TCP header's flags byte, and its SYN bit. */
+#define SY_TCP_FLAGS_OFF 13
+#define SY_TCP_SYN 0x02
+
 /* sy_tuple.pad of conntrack keys */
 #define SY_CT_INGRESS 1
 #define SY_CT_EGRESS 2
@@ -265,6 +269,24 @@ SY_INLINE int sy_nat_new_flow(struct __sk_buff *skb, const struct sy_pkt *pkt)
 	return sy_rewrite(skb, pkt, &dnat) < 0 ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
+/*
+ * A TCP packet without SYN: the middle of a connection. One we have no entry
+ * for was not balanced here (it started before this mode took over, or under
+ * another mode draining beside it): it passes untouched, so the kernel's
+ * conntrack keeps translating it, instead of being balanced afresh to a
+ * backend that would reset it.
+ */
+SY_INLINE int sy_tcp_mid_stream(struct __sk_buff *skb, const struct sy_pkt *pkt)
+{
+	__u8 flags;
+
+	if (pkt->t.proto != IPPROTO_TCP)
+		return 0;
+	if (bpf_skb_load_bytes(skb, pkt->l4off + SY_TCP_FLAGS_OFF, &flags, 1) < 0)
+		return 0;
+	return !(flags & SY_TCP_SYN);
+}
+
 /* Both directions: an established flow is rewritten by its conntrack entry
  * for this direction; on ingress, a new flow to a frontend is load-balanced. */
 SY_INLINE int sy_nat(struct __sk_buff *skb, int ingress)
@@ -281,7 +303,7 @@ SY_INLINE int sy_nat(struct __sk_buff *skb, int ingress)
 
 		return sy_rewrite(skb, &pkt, &to) < 0 ? TC_ACT_SHOT : TC_ACT_OK;
 	}
-	if (!ingress)
+	if (!ingress || sy_tcp_mid_stream(skb, &pkt))
 		return TC_ACT_OK;
 	pkt.t.pad = 0;
 	return sy_nat_new_flow(skb, &pkt);

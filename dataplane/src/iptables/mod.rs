@@ -25,6 +25,7 @@ use self::restore::{Restore, tools};
 use super::{ApplyStats, Backend, BackendError, Retirement};
 use crate::conntrack::{self, UdpSnapshot};
 use crate::exec::Runner;
+use crate::nat_drain::{DrainState, NatDrain};
 use crate::semantics::{ModeSemantics, NodePortScope, UnknownPort};
 use crate::settings::Settings;
 use crate::sysctl::Sysctl;
@@ -42,6 +43,8 @@ pub struct IptablesBackend {
     udp: UdpSnapshot,
     /// route_localnet before we first set it, restored by cleanup.
     localnet_before: Option<String>,
+    /// Retired for eBPF: the rules stay while their connections last.
+    drain: NatDrain,
 }
 
 fn slot(family: IpFamily) -> usize {
@@ -59,6 +62,7 @@ impl IptablesBackend {
             applied: [None, None],
             udp: UdpSnapshot::default(),
             localnet_before: None,
+            drain: NatDrain::default(),
         }
     }
 
@@ -184,12 +188,24 @@ impl Backend for IptablesBackend {
 
     /// The IPVS mode's full write has already taken our chains over (they
     /// share names, [`names::is_ours`]): nothing of ours is left to remove.
+    /// eBPF leaves our rules' connections to them: they drain ([`NatDrain`]).
     fn retire(&mut self, successor: Mode) -> Result<Retirement, BackendError> {
+        if self.drain.start_for(successor) {
+            return self.settle();
+        }
         match successor {
             Mode::Ipvs => self.forget(),
             _ => self.cleanup(),
         }
         .map(|()| Retirement::Done)
+    }
+
+    fn settle(&mut self) -> Result<Retirement, BackendError> {
+        match self.drain.settle(self.runner.as_ref(), Mode::Iptables)? {
+            DrainState::Draining => Ok(Retirement::Draining),
+            DrainState::Ended => self.cleanup().map(|()| Retirement::Done),
+            DrainState::Idle => Ok(Retirement::Done),
+        }
     }
 }
 

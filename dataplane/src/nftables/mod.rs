@@ -29,9 +29,10 @@ use switchyard_api::ruleset::IpFamily;
 
 use crate::conntrack::{self, UdpSnapshot};
 use crate::exec::Runner;
+use crate::nat_drain::{DrainState, NatDrain};
 use crate::semantics::{ModeSemantics, NodePortScope, UnknownPort};
 use crate::settings::Settings;
-use crate::{ApplyStats, Backend, BackendError};
+use crate::{ApplyStats, Backend, BackendError, Retirement};
 
 use self::diff::{Applied, IndexStep};
 pub use self::ir::Plan;
@@ -54,6 +55,8 @@ pub struct NftablesBackend {
     netlink: bool,
     /// The netlink socket, in the namespace of the thread that syncs.
     socket: ThreadSocket,
+    /// Retired for eBPF: the table stays while its connections last.
+    drain: NatDrain,
 }
 
 impl NftablesBackend {
@@ -65,6 +68,7 @@ impl NftablesBackend {
             full_next: false,
             stale_chains: Vec::new(),
             socket: ThreadSocket::default(),
+            drain: NatDrain::default(),
         }
     }
 
@@ -332,6 +336,22 @@ impl Backend for NftablesBackend {
         self.full_next = false;
         self.stale_chains.clear();
         Ok(())
+    }
+
+    /// eBPF leaves our table's connections to it: it drains ([`NatDrain`]).
+    fn retire(&mut self, successor: Mode) -> Result<Retirement, BackendError> {
+        if self.drain.start_for(successor) {
+            return self.settle();
+        }
+        self.cleanup().map(|()| Retirement::Done)
+    }
+
+    fn settle(&mut self) -> Result<Retirement, BackendError> {
+        match self.drain.settle(self.runner.as_ref(), Mode::Nftables)? {
+            DrainState::Draining => Ok(Retirement::Draining),
+            DrainState::Ended => self.cleanup().map(|()| Retirement::Done),
+            DrainState::Idle => Ok(Retirement::Done),
+        }
     }
 }
 

@@ -37,13 +37,21 @@ fn fold(mut acc: u32) -> u16 {
 
 /// An Ethernet/IP frame with a TCP SYN (proto 6) or a UDP datagram (17), checksums set.
 fn frame(proto: u8, src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
+    tcp_flags_frame(proto, TCP_SYN, src, sport, dst, dport)
+}
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// As [`frame`], a TCP segment with `flags` (ignored for UDP).
+fn tcp_flags_frame(proto: u8, flags: u8, src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
     let (src, dst): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());
     let payload = b"hello";
     let mut l4 = Vec::new();
     l4.extend_from_slice(&sport.to_be_bytes());
     l4.extend_from_slice(&dport.to_be_bytes());
     if proto == 6 {
-        l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+        l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
     } else {
         l4.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
         l4.extend_from_slice(&[0, 0]);
@@ -266,6 +274,23 @@ fn node_port_flow_is_dnated_and_masqueraded_and_replies_are_reversed() {
             40000
         )
     );
+}
+
+/// A connection another mode translated goes on through the kernel's
+/// conntrack after eBPF attached: rebalancing its next segment would send
+/// it to a backend that resets it.
+#[test]
+fn mid_stream_segment_of_a_connection_ebpf_did_not_balance_is_not_reset() {
+    let mut h = Harness::new(&external_service(TrafficPolicy::Cluster));
+    let ack = tcp_flags_frame(6, TCP_ACK, "198.51.100.7", 40001, NODE_IP, 30080);
+    assert_eq!(h.run(&ack), (TC_ACT_OK, ack.clone()), "passes untouched");
+    // A new connection (SYN) from that client is balanced, and from then
+    // on its segments follow its entry.
+    let (_, syn) = h.run(&frame(6, "198.51.100.7", 40001, NODE_IP, 30080));
+    let (_, sport, backend, dport) = parse_checked(&syn);
+    assert_eq!((sport, dport), (40001, 8080));
+    let (_, next) = h.run(&ack);
+    assert_eq!(parse_checked(&next).2, backend);
 }
 
 #[test]

@@ -1,0 +1,127 @@
+//! A netfilter mode (iptables, nftables) retired for eBPF keeps its rules
+//! while TCP connections it translated are open. Their translation lives in
+//! the kernel's conntrack entries, which netfilter applies only while a NAT
+//! chain is hooked in the namespace; eBPF's tc programs pass the mid-stream
+//! packets they did not balance, so the kernel goes on translating them.
+//! eBPF sits in front of netfilter (socket hooks at connect, tc ingress), so
+//! a new connection never meets the old rules. The drain ends when no
+//! translated TCP connection is established any more, or after
+//! [`RETIRE_GRACE`].
+
+use std::time::Instant;
+
+use switchyard_api::Mode;
+
+use crate::BackendError;
+use crate::conntrack::ConntrackError;
+use crate::exec::Runner;
+use crate::ipvs::RETIRE_GRACE;
+
+/// Where a retired netfilter mode stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrainState {
+    /// Not retired: nothing to do.
+    Idle,
+    /// Connections it translated are still open: keep the rules.
+    Draining,
+    /// The drain is over: remove the rules now.
+    Ended,
+}
+
+/// The drain of a netfilter mode retired for eBPF.
+#[derive(Debug, Default)]
+pub struct NatDrain {
+    until: Option<Instant>,
+}
+
+impl NatDrain {
+    /// Whether `successor` leaves the old rules' packets alone (eBPF: it
+    /// translates before netfilter sees a packet); then the drain starts.
+    pub fn start_for(&mut self, successor: Mode) -> bool {
+        if successor != Mode::Ebpf {
+            return false;
+        }
+        self.until = Some(Instant::now() + RETIRE_GRACE);
+        true
+    }
+
+    pub fn settle(&mut self, runner: &dyn Runner, mode: Mode) -> Result<DrainState, BackendError> {
+        let Some(until) = self.until else {
+            return Ok(DrainState::Idle);
+        };
+        let open = open_translated_tcp(runner).map_err(|e| BackendError::Kernel {
+            mode,
+            operation: "count connections the retired rules translated",
+            message: e.to_string(),
+        })?;
+        if Instant::now() < until && open > 0 {
+            return Ok(DrainState::Draining);
+        }
+        self.until = None;
+        Ok(DrainState::Ended)
+    }
+}
+
+/// Established TCP connections whose destination the kernel's conntrack
+/// translated (DNAT), IPv4 and IPv6.
+pub fn open_translated_tcp(runner: &dyn Runner) -> Result<usize, ConntrackError> {
+    let mut open = 0;
+    for family in ["ipv4", "ipv6"] {
+        let args = [
+            "-L",
+            "-f",
+            family,
+            "-p",
+            "tcp",
+            "--state",
+            "ESTABLISHED",
+            "--dst-nat",
+        ];
+        let listed = runner
+            .run("conntrack", &args, None)
+            .map_err(|source| ConntrackError {
+                args: args.join(" "),
+                source,
+            })?;
+        open += listed.lines().filter(|l| !l.trim().is_empty()).count();
+    }
+    Ok(open)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::FakeRunner;
+
+    #[test]
+    fn only_a_switch_to_ebpf_drains_and_it_ends_with_no_open_connection() {
+        let runner = FakeRunner::default();
+        let mut drain = NatDrain::default();
+        assert!(!drain.start_for(Mode::Nftables));
+        assert_eq!(
+            drain.settle(&runner, Mode::Iptables).unwrap(),
+            DrainState::Idle
+        );
+        assert!(drain.start_for(Mode::Ebpf));
+        assert_eq!(
+            drain.settle(&runner, Mode::Iptables).unwrap(),
+            DrainState::Ended
+        );
+        assert_eq!(
+            drain.settle(&runner, Mode::Iptables).unwrap(),
+            DrainState::Idle
+        );
+        let listed: Vec<_> = runner
+            .calls()
+            .into_iter()
+            .map(|c| c.args.join(" "))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                "-L -f ipv4 -p tcp --state ESTABLISHED --dst-nat",
+                "-L -f ipv6 -p tcp --state ESTABLISHED --dst-nat"
+            ]
+        );
+    }
+}

@@ -157,6 +157,23 @@ impl ReferenceNode<'_> {
     }
 }
 
+impl ReferenceNode<'_> {
+    /// Stop kube-proxy (its rules stay, as when its pod is deleted).
+    pub fn stop_kube_proxy(&mut self) {
+        self.kube_proxy.stop();
+    }
+
+    /// The control plane kube-proxy talks to.
+    pub fn control_plane(&self) -> &ControlPlane {
+        &self.reference.control_plane
+    }
+
+    /// Run `work` on the control plane's runtime.
+    pub fn block_on<F: std::future::Future>(&self, work: F) -> F::Output {
+        self.reference.runtime.block_on(work)
+    }
+}
+
 impl Drop for ReferenceNode<'_> {
     fn drop(&mut self) {
         let reference = &mut *self.reference;

@@ -81,6 +81,7 @@ pub(super) fn run(
     let topo = Topology::build(&prefix(index), &scenario)?;
     let mut reference = Reference::start(from)?;
     let mut node = reference.node(&scenario, topo)?;
+    node.last_node();
     let _servers = runner::start_servers(&node.topology, &scenario, false)?;
     node.apply(&stage)?;
     let ns = &node.topology.node;

@@ -6,23 +6,7 @@
 
 mod common;
 
-use std::process::Command;
-
-/// Runs `migration-matrix` with `args`; asserts `N passed, 0 failed` with `pairs` pairs.
-fn matrix_passes(args: &[&str], pairs: usize) {
-    let out = Command::new(common::lab_bin("migration-matrix"))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("run migration-matrix: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    print!("{stdout}");
-    eprint!("{}", String::from_utf8_lossy(&out.stderr));
-    let summary = stdout.lines().last().unwrap_or_default();
-    assert!(
-        out.status.success() && summary == format!("{pairs} passed, 0 failed"),
-        "migration matrix {args:?}: {summary}"
-    );
-}
+use common::matrix_passes;
 
 /// The pairs that lose nothing today stay at zero.
 #[test]

@@ -102,3 +102,21 @@ pub fn scenario_run_passes(mode: &str, args: &[&str]) -> (String, usize) {
     assert!(passed > 0, "no flow ran: {summary}");
     (stdout.into_owned(), passed)
 }
+
+/// Runs `migration-matrix` with `args`; asserts `N passed, 0 failed` with
+/// `pairs` pairs; its standard output.
+pub fn matrix_passes(args: &[&str], pairs: usize) -> String {
+    let out = Command::new(lab_bin("migration-matrix"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run migration-matrix: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    let summary = stdout.lines().last().unwrap_or_default();
+    assert!(
+        out.status.success() && summary == format!("{pairs} passed, 0 failed"),
+        "migration matrix {args:?}: {summary}"
+    );
+    stdout.into_owned()
+}

@@ -21,7 +21,8 @@ use crate::netns::Netns;
 use crate::scenario::NodeSpec;
 
 const METRICS_PORT: u16 = 10249;
-const HEALTHZ_PORT: u16 = 10256;
+/// `/healthz`, which the agent takes over once kube-proxy is gone.
+pub const HEALTHZ_PORT: u16 = 10256;
 /// Deadlock guard for a sync (kube-proxy syncs in milliseconds here, but a
 /// two-core machine busy building stretches that).
 const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
@@ -144,16 +145,12 @@ impl KubeProxy {
 
     /// kube-proxy's `/metrics`, fetched from inside `ns`.
     pub fn metrics(&self, ns: &Netns) -> Result<String, HarnessError> {
-        let addr = self.metrics;
-        let fetched = ns.run(move || -> std::io::Result<String> {
-            let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-            stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: kube-proxy\r\n\r\n")?;
-            let mut text = String::new();
-            stream.read_to_string(&mut text)?;
-            Ok(text)
-        })?;
-        fetched.map_err(|e| setup("kube-proxy /metrics", e))
+        http_get(ns, self.metrics, "/metrics").map_err(|e| setup("kube-proxy /metrics", e))
+    }
+
+    /// Kill it, as deleting its pod does: its rules stay in the kernel.
+    pub fn stop(&mut self) {
+        self.daemon.stop();
     }
 
     pub fn counters(&self, ns: &Netns) -> Result<Counters, HarnessError> {
@@ -249,6 +246,22 @@ impl KubeProxy {
             std::thread::sleep(POLL);
         }
     }
+}
+
+/// The whole answer (status line, headers, body) to `GET path` of `addr`,
+/// asked from inside `ns`.
+pub fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    ns.run(move || -> std::io::Result<String> {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(request.as_bytes())?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        Ok(text)
+    })
+    .map_err(std::io::Error::other)
+    .and_then(|fetched| fetched)
 }
 
 /// Every series of metric `name` in Prometheus' text format, by its labels.

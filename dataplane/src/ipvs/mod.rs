@@ -31,7 +31,7 @@ use switchyard_api::Mode;
 use switchyard_api::policy::LinkedRuleset;
 use switchyard_api::ruleset::{IpFamily, Protocol};
 
-use crate::conntrack::{self, UdpSnapshot};
+use crate::conntrack::{self, ConntrackTable, UdpSnapshot};
 use crate::escape::NameError;
 use crate::exec::{ExecError, Runner};
 use crate::iptables::plan::FamilyPlan;
@@ -58,6 +58,7 @@ pub struct IpvsBackend {
     kernel: Box<dyn IpvsKernel>,
     runner: Arc<dyn Runner>,
     sysctl: Box<dyn Sysctl>,
+    conntrack: Arc<dyn ConntrackTable>,
     /// The plan last applied in full; `None` forces a full sync.
     applied: Option<IpvsPlan>,
     /// Services with real servers left at weight 0 until their connections end.
@@ -100,6 +101,7 @@ impl IpvsBackend {
     ) -> IpvsBackend {
         IpvsBackend {
             kernel,
+            conntrack: runner.conntrack(),
             runner,
             sysctl,
             applied: None,
@@ -485,10 +487,12 @@ impl Backend for IpvsBackend {
         // UDP has no teardown: entries made while a VIP had no virtual server
         // or to an endpoint that left would keep a client's flow stuck.
         let stale = conntrack::stale_entries(&self.udp, &plan.udp);
-        conntrack::delete(self.runner.as_ref(), &stale).map_err(|e| BackendError::Kernel {
-            mode: Mode::Ipvs,
-            operation: "delete stale UDP conntrack entries",
-            message: e.to_string(),
+        conntrack::delete_stale(self.conntrack.as_ref(), &stale).map_err(|e| {
+            BackendError::Kernel {
+                mode: Mode::Ipvs,
+                operation: "delete stale UDP conntrack entries",
+                message: e.to_string(),
+            }
         })?;
         self.udp = plan.udp.clone();
         let host = self.host();

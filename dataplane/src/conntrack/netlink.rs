@@ -230,3 +230,27 @@ impl ConntrackTable for NetlinkConntrack {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::{encode, parse_hex};
+
+    /// The UDP dump of IPv4, as the kernel (6.18) accepts it.
+    const UDP_DUMP_V4: &str = "
+30 00 00 00 01 01 01 03 00 00 00 00 00 00 00 00  # nlmsghdr len=48 CTNETLINK<<8|IPCTNL_MSG_CT_GET REQUEST|DUMP
+02 00 00 00                                      # nfgenmsg AF_INET v0 res_id 0
+10 00 01 80                                      # CTA_TUPLE_ORIG (nested)
+0c 00 02 80 05 00 01 00 11 00 00 00              #   CTA_TUPLE_PROTO { CTA_PROTO_NUM 17 }
+0c 00 19 80                                      # CTA_FILTER (nested: the kernel parses it strictly)
+08 00 01 00 08 00 00 00                          #   CTA_FILTER_ORIG_FLAGS CTA_FILTER_F_CTA_PROTO_NUM
+";
+
+    #[test]
+    fn udp_dump_filter_is_sent_nested_as_the_kernel_requires() {
+        assert_eq!(
+            encode(dump_request(IpFamily::V4), NLM_F_REQUEST | NLM_F_DUMP, 0),
+            parse_hex(UDP_DUMP_V4)
+        );
+    }
+}

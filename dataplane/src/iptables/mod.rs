@@ -23,7 +23,7 @@ use switchyard_api::ruleset::IpFamily;
 use self::plan::{AppliedFamily, FamilyPlan};
 use self::restore::{Restore, tools};
 use super::{ApplyStats, Backend, BackendError, Retirement};
-use crate::conntrack::{self, UdpSnapshot};
+use crate::conntrack::{self, ConntrackTable, UdpSnapshot};
 use crate::exec::Runner;
 use crate::nat_drain::{DrainState, NatDrain};
 use crate::semantics::{ModeSemantics, NodePortScope, UnknownPort};
@@ -38,6 +38,7 @@ const ROUTE_LOCALNET: &str = "net.ipv4.conf.all.route_localnet";
 pub struct IptablesBackend {
     runner: Arc<dyn Runner>,
     sysctl: Arc<dyn Sysctl>,
+    conntrack: Arc<dyn ConntrackTable>,
     /// What was last written per family; `None` forces a full sync.
     applied: [Option<AppliedFamily>; 2],
     udp: UdpSnapshot,
@@ -57,6 +58,7 @@ fn slot(family: IpFamily) -> usize {
 impl IptablesBackend {
     pub fn new(runner: Arc<dyn Runner>, sysctl: Arc<dyn Sysctl>) -> IptablesBackend {
         IptablesBackend {
+            conntrack: runner.conntrack(),
             runner,
             sysctl,
             applied: [None, None],
@@ -152,10 +154,12 @@ impl Backend for IptablesBackend {
             stats.full &= full;
         }
         let stale = conntrack::stale_entries(&self.udp, &plan.udp);
-        conntrack::delete(self.runner.as_ref(), &stale).map_err(|e| BackendError::Kernel {
-            mode: Mode::Iptables,
-            operation: "delete stale UDP conntrack entries",
-            message: e.to_string(),
+        conntrack::delete_stale(self.conntrack.as_ref(), &stale).map_err(|e| {
+            BackendError::Kernel {
+                mode: Mode::Iptables,
+                operation: "delete stale UDP conntrack entries",
+                message: e.to_string(),
+            }
         })?;
         self.udp = plan.udp.clone();
         Ok(stats)

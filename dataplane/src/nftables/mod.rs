@@ -27,7 +27,7 @@ use switchyard_api::Mode;
 use switchyard_api::policy::LinkedRuleset;
 use switchyard_api::ruleset::IpFamily;
 
-use crate::conntrack::{self, UdpSnapshot};
+use crate::conntrack::{self, ConntrackTable, UdpSnapshot};
 use crate::exec::Runner;
 use crate::nat_drain::{DrainState, NatDrain};
 use crate::semantics::{ModeSemantics, NodePortScope, UnknownPort};
@@ -44,6 +44,7 @@ use self::transaction::Transaction;
 /// The nftables dataplane.
 pub struct NftablesBackend {
     runner: Arc<dyn Runner>,
+    conntrack: Arc<dyn ConntrackTable>,
     /// What the kernel holds, as this backend last applied it.
     applied: Option<Applied>,
     /// The next sync renders and writes everything (periodic resync).
@@ -63,6 +64,7 @@ impl NftablesBackend {
     pub fn new(runner: Arc<dyn Runner>) -> NftablesBackend {
         NftablesBackend {
             netlink: runner.acts_here(),
+            conntrack: runner.conntrack(),
             runner,
             applied: None,
             full_next: false,
@@ -155,10 +157,12 @@ impl NftablesBackend {
         let objects = applied.object_count();
         self.applied = Some(applied);
         self.full_next = false;
-        conntrack::delete(self.runner.as_ref(), &stale).map_err(|e| BackendError::Kernel {
-            mode: Mode::Nftables,
-            operation: "delete stale UDP conntrack entries",
-            message: e.to_string(),
+        conntrack::delete_stale(self.conntrack.as_ref(), &stale).map_err(|e| {
+            BackendError::Kernel {
+                mode: Mode::Nftables,
+                operation: "delete stale UDP conntrack entries",
+                message: e.to_string(),
+            }
         })?;
         Ok(ApplyStats {
             objects: u32::try_from(objects).unwrap_or(u32::MAX),

@@ -75,6 +75,11 @@ impl FakeRunner {
     pub fn calls(&self) -> Vec<Call> {
         lock(&self.calls).clone()
     }
+
+    /// The conntrack table its backends see.
+    pub fn conntrack_table(&self) -> &FakeConntrack {
+        &self.conntrack
+    }
 }
 
 #[cfg(test)]

@@ -11,10 +11,19 @@ use super::{ConntrackError, ConntrackTable, UdpFlow};
 pub struct FakeConntrack {
     flows: Mutex<Vec<UdpFlow>>,
     dumps: Mutex<Vec<IpFamily>>,
+    /// Established TCP connections with a translated destination, per family.
+    translated_tcp: Mutex<[usize; 2]>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn family_index(family: IpFamily) -> usize {
+    match family {
+        IpFamily::V4 => 0,
+        IpFamily::V6 => 1,
+    }
 }
 
 impl FakeConntrack {
@@ -28,6 +37,11 @@ impl FakeConntrack {
     /// The flows left.
     pub fn flows(&self) -> Vec<UdpFlow> {
         lock(&self.flows).clone()
+    }
+
+    /// Set how many translated TCP connections of `family` are open.
+    pub fn set_translated_tcp(&self, family: IpFamily, open: usize) {
+        lock(&self.translated_tcp)[family_index(family)] = open;
     }
 
     /// The families dumped, in order.
@@ -44,6 +58,10 @@ impl ConntrackTable for FakeConntrack {
             .into_iter()
             .filter(|f| IpFamily::of(&f.orig_dst.ip()) == family)
             .collect())
+    }
+
+    fn translated_tcp_open(&self, family: IpFamily) -> Result<usize, ConntrackError> {
+        Ok(lock(&self.translated_tcp)[family_index(family)])
     }
 
     fn delete(&self, flows: &[UdpFlow]) -> Result<usize, ConntrackError> {

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_netfilter::conntrack::Protocol;
 use netlink_sys::protocols::NETLINK_NETFILTER;
 use switchyard_api::ruleset::IpFamily;
 
@@ -102,7 +103,10 @@ fn stale_udp_flows_are_deleted_and_live_ones_stay() {
         assert!(tcp.is_err());
         let mut conn = Connection::open(NETLINK_NETFILTER).unwrap();
         let raw = conn
-            .request(dump_request(IpFamily::V4), NLM_F_REQUEST | NLM_F_DUMP)
+            .request(
+                dump_request(IpFamily::V4, Protocol::Udp),
+                NLM_F_REQUEST | NLM_F_DUMP,
+            )
             .unwrap();
         let table = NetlinkConntrack::calling_thread();
         let before = seen(&table);
@@ -131,4 +135,31 @@ fn stale_udp_flows_are_deleted_and_live_ones_stay() {
     let all: Seen = flows(&live).union(&flows(&stale)).cloned().collect();
     assert_eq!(before, all);
     assert_eq!(after, flows(&live));
+}
+
+#[test]
+fn established_tcp_connections_with_a_translated_destination_are_counted() {
+    let Some(ns) = testns::create("cttcp") else {
+        return;
+    };
+    ns.sh(
+        "ip link set lo up && ip addr add 10.0.2.1/32 dev lo && ip route add 172.30.0.0/16 dev lo",
+    );
+    ns.nft(concat!(
+        "table ip t {\n chain out {\n type nat hook output priority -100;\n",
+        " ip daddr 172.30.0.40 tcp dport 80 dnat to 10.0.2.1:8080\n }\n}\n",
+    ));
+    let (v4, v6) = ns.enter(|| {
+        let listener = std::net::TcpListener::bind("10.0.2.1:8080").unwrap();
+        // One connection through the DNAT, one straight to the endpoint.
+        let _translated = std::net::TcpStream::connect("172.30.0.40:80").unwrap();
+        let _direct = std::net::TcpStream::connect("10.0.2.1:8080").unwrap();
+        let _accepted = (listener.accept().unwrap(), listener.accept().unwrap());
+        let table = NetlinkConntrack::calling_thread();
+        (
+            table.translated_tcp_open(IpFamily::V4).unwrap(),
+            table.translated_tcp_open(IpFamily::V6).unwrap(),
+        )
+    });
+    assert_eq!((v4, v6), (1, 0));
 }

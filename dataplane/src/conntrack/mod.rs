@@ -201,9 +201,10 @@ pub fn stale_entries(before: &UdpSnapshot, after: &UdpSnapshot) -> Vec<StaleEntr
 pub enum ConntrackError {
     #[error("conntrack netlink socket: {0}")]
     Socket(#[source] std::io::Error),
-    #[error("dump the {family:?} UDP conntrack entries: {source}")]
+    #[error("dump the {family:?} {protocol} conntrack entries: {source}")]
     Dump {
         family: IpFamily,
+        protocol: &'static str,
         #[source]
         source: std::io::Error,
     },
@@ -219,6 +220,9 @@ pub enum ConntrackError {
 /// flows, and deletes of given flows.
 pub trait ConntrackTable: Send + Sync {
     fn udp_flows(&self, family: IpFamily) -> Result<Vec<UdpFlow>, ConntrackError>;
+    /// How many established TCP connections of `family` had their
+    /// destination translated (DNAT): what a retired mode's NAT still serves.
+    fn translated_tcp_open(&self, family: IpFamily) -> Result<usize, ConntrackError>;
     /// Delete `flows`; one that is gone already is not an error. Returns how
     /// many were deleted.
     fn delete(&self, flows: &[UdpFlow]) -> Result<usize, ConntrackError>;

@@ -12,8 +12,8 @@ use netlink_packet_core::{
     DefaultNla, Emitable, NLA_F_NESTED, NLA_TYPE_MASK, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, Nla,
 };
 use netlink_packet_netfilter::conntrack::{
-    ConntrackAttribute, ConntrackMessage, ConntrackMessageType, IPTuple, ProtoTuple, Protocol,
-    Tuple,
+    ConntrackAttribute, ConntrackMessage, ConntrackMessageType, IPTuple, ProtoInfo, ProtoInfoTCP,
+    ProtoTuple, Protocol, Status, Tuple,
 };
 use netlink_packet_netfilter::{
     NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
@@ -59,6 +59,23 @@ impl NetlinkConntrack {
         })
     }
 
+    /// Every entry of `family` and `protocol`, filtered by the kernel.
+    fn dump(
+        &self,
+        family: IpFamily,
+        protocol: Protocol,
+        name: &'static str,
+    ) -> Result<Vec<NetfilterMessage>, ConntrackError> {
+        self.with(|conn| {
+            conn.request(dump_request(family, protocol), NLM_F_REQUEST | NLM_F_DUMP)
+                .map_err(|source| ConntrackError::Dump {
+                    family,
+                    protocol: name,
+                    source,
+                })
+        })
+    }
+
     fn with<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, ConntrackError>,
@@ -90,19 +107,26 @@ fn nested<T: Emitable>(kind: u16, parts: &[T]) -> DefaultNla {
     DefaultNla::new(kind | NLA_F_NESTED, value)
 }
 
-/// `conntrack -L -f <family> -p udp`, filtered by the kernel. Built from raw
-/// attributes: the crate has no `CTA_FILTER`, and its catch-all attribute
-/// drops `NLA_F_NESTED`, which the kernel's strict parse of `CTA_FILTER` needs.
-pub fn dump_request(family: IpFamily) -> NetfilterMessage {
+/// `TCP_CONNTRACK_ESTABLISHED` (`CTA_PROTOINFO_TCP_STATE`).
+const TCP_ESTABLISHED: u8 = 3;
+
+/// `conntrack -L -f <family> -p <protocol>`, filtered by the kernel. Built
+/// from raw attributes: the crate has no `CTA_FILTER`, and its catch-all
+/// attribute drops `NLA_F_NESTED`, which the kernel's strict parse of
+/// `CTA_FILTER` needs.
+pub fn dump_request(family: IpFamily, protocol: Protocol) -> NetfilterMessage {
     let flags = DefaultNla::new(
         CTA_FILTER_ORIG_FLAGS,
         FILTER_PROTO_NUM.to_ne_bytes().to_vec(),
     );
-    let udp = Tuple::Proto(vec![ProtoTuple::Protocol(Protocol::Udp)]);
+    let proto = Tuple::Proto(vec![ProtoTuple::Protocol(protocol)]);
     let inner = NetfilterMessageInner::Other {
         subsys: NetfilterSubsystem::Conntrack,
         message_type: ConntrackMessageType::Get.into(),
-        attributes: vec![nested(CTA_TUPLE_ORIG, &[udp]), nested(CTA_FILTER, &[flags])],
+        attributes: vec![
+            nested(CTA_TUPLE_ORIG, &[proto]),
+            nested(CTA_FILTER, &[flags]),
+        ],
     };
     NetfilterMessage::new(header(family), inner)
 }
@@ -194,17 +218,41 @@ pub fn parse_flow(msg: &NetfilterMessage) -> Option<UdpFlow> {
     })
 }
 
+/// Whether a dumped entry is an established TCP connection whose
+/// destination was translated.
+pub fn is_translated_open_tcp(msg: &NetfilterMessage) -> bool {
+    let NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)) = &msg.inner else {
+        return false;
+    };
+    let (mut dnat, mut established) = (false, false);
+    for attr in attrs {
+        match attr {
+            ConntrackAttribute::CtaStatus(status) => dnat = status.contains(Status::DstNat),
+            ConntrackAttribute::CtaProtoInfo(info) => {
+                established = info.iter().any(|i| match i {
+                    ProtoInfo::TCP(tcp) => tcp.contains(&ProtoInfoTCP::State(TCP_ESTABLISHED)),
+                    _ => false,
+                });
+            }
+            _ => {}
+        }
+    }
+    dnat && established
+}
+
 fn open() -> Result<Connection, ConntrackError> {
     Connection::open(NETLINK_NETFILTER).map_err(ConntrackError::Socket)
 }
 
 impl ConntrackTable for NetlinkConntrack {
     fn udp_flows(&self, family: IpFamily) -> Result<Vec<UdpFlow>, ConntrackError> {
-        let answers = self.with(|conn| {
-            conn.request(dump_request(family), NLM_F_REQUEST | NLM_F_DUMP)
-                .map_err(|source| ConntrackError::Dump { family, source })
-        })?;
+        let answers = self.dump(family, Protocol::Udp, "UDP")?;
         Ok(answers.iter().filter_map(parse_flow).collect())
+    }
+
+    fn translated_tcp_open(&self, family: IpFamily) -> Result<usize, ConntrackError> {
+        let answers = self.dump(family, Protocol::Tcp, "TCP")?;
+        Ok(answers.iter().filter(|m| is_translated_open_tcp(m)).count())
     }
 
     fn delete(&self, flows: &[UdpFlow]) -> Result<usize, ConntrackError> {
@@ -249,7 +297,11 @@ mod tests {
     #[test]
     fn udp_dump_filter_is_sent_nested_as_the_kernel_requires() {
         assert_eq!(
-            encode(dump_request(IpFamily::V4), NLM_F_REQUEST | NLM_F_DUMP, 0),
+            encode(
+                dump_request(IpFamily::V4, Protocol::Udp),
+                NLM_F_REQUEST | NLM_F_DUMP,
+                0
+            ),
             parse_hex(UDP_DUMP_V4)
         );
     }

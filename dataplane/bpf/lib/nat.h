@@ -28,8 +28,10 @@
 #define SY_CT_EGRESS 2
 
 /* sy_tuple.pad of conntrack values: a FIN or RST of the connection passed
- * (a retired eBPF mode drains until no ingress entry lacks it). */
+ * (a retired eBPF mode drains until no ingress entry lacks it); the entry
+ * un-SNATs answers to the masquerade address. */
 #define SY_CT_CLOSING 1
+#define SY_CT_UNSNAT 2
 
 struct sy_pkt {
 	struct sy_tuple t;
@@ -264,6 +266,7 @@ SY_INLINE int sy_nat_new_flow(struct __sk_buff *skb, const struct sy_pkt *pkt)
 		sy_tuple_reverse(&key, &value);
 		key.pad = SY_CT_INGRESS;
 		sy_tuple_reverse(&value, &dnat);
+		value.pad = SY_CT_UNSNAT;
 		if (bpf_map_update_elem(&sy_conntrack, &key, &value, BPF_ANY) < 0)
 			return TC_ACT_SHOT;
 	}
@@ -321,15 +324,45 @@ SY_INLINE void sy_ct_mark_closing(struct __sk_buff *skb, const struct sy_pkt *pk
 		other->pad |= SY_CT_CLOSING;
 }
 
+/* Whether a UDP socket of this namespace owns the packet's destination. */
+SY_INLINE int sy_local_udp_socket(struct __sk_buff *skb, const struct sy_pkt *pkt)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+	__u32 len;
+
+	if (pkt->t.family == AF_INET) {
+		t.ipv4.saddr = pkt->t.src[0];
+		t.ipv4.daddr = pkt->t.dst[0];
+		t.ipv4.sport = pkt->t.sport;
+		t.ipv4.dport = pkt->t.dport;
+		len = sizeof(t.ipv4);
+	} else {
+		__builtin_memcpy(t.ipv6.saddr, pkt->t.src, 16);
+		__builtin_memcpy(t.ipv6.daddr, pkt->t.dst, 16);
+		t.ipv6.sport = pkt->t.sport;
+		t.ipv6.dport = pkt->t.dport;
+		len = sizeof(t.ipv6);
+	}
+	sk = bpf_sk_lookup_udp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	bpf_sk_release(sk);
+	return 1;
+}
+
 /*
- * A handshake (SYN or SYN-ACK) on the tuple of a connection that closed is a
- * new connection, not ours: the entry is stale (entries leave the LRU map
- * only when evicted). A node's own connection whose port a closed
- * masqueraded flow used would otherwise have its SYN-ACK un-SNATed away.
+ * Entries leave the LRU map only when evicted, and SNAT keeps the client's
+ * port, so the node's own sockets can meet a stale entry: a handshake (SYN
+ * or SYN-ACK) on the tuple of a connection that closed is a new connection,
+ * and a UDP answer that a socket of the node owns is not for the client a
+ * masqueraded flow once had on that port. Either would be un-SNATed away.
  */
 SY_INLINE int sy_ct_stale(struct __sk_buff *skb, const struct sy_pkt *pkt,
 			  const struct sy_tuple *ct)
 {
+	if (pkt->t.proto == IPPROTO_UDP)
+		return (ct->pad & SY_CT_UNSNAT) && sy_local_udp_socket(skb, pkt);
 	return (ct->pad & SY_CT_CLOSING) && (sy_tcp_flags(skb, pkt) & SY_TCP_SYN);
 }
 

@@ -133,6 +133,22 @@ fn parse_checked(f: &[u8]) -> (String, u16, String, u16) {
     (src.to_string(), port(0), dst.to_string(), port(2))
 }
 
+/// Run program `name` of `programs` on a frame, in the calling thread's
+/// network namespace: the verdict and the frame after it.
+fn run_program(programs: &mut aya::Ebpf, name: &str, input: &[u8]) -> (u32, Vec<u8>) {
+    let prog: &mut SchedClassifier = programs.program_mut(name).unwrap().try_into().unwrap();
+    let mut out = vec![0u8; input.len() + 64];
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            ..TestRunOptions::new()
+        })
+        .unwrap();
+    out.truncate(r.data_size_out as usize);
+    (r.return_value, out)
+}
+
 /// The loaded tc programs over maps pinned in a bpffs of the test.
 struct Harness {
     _bpffs: ScratchBpffs,
@@ -200,18 +216,7 @@ impl Harness {
 
     /// Run one program on a frame: the verdict and the frame after it.
     fn run_one(&mut self, name: &str, input: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &mut SchedClassifier =
-            self.programs.program_mut(name).unwrap().try_into().unwrap();
-        let mut out = vec![0u8; input.len() + 64];
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(input),
-                data_out: Some(&mut out),
-                ..TestRunOptions::new()
-            })
-            .unwrap();
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        run_program(&mut self.programs, name, input)
     }
 
     /// A frame forwarded through the node: ingress on one interface, then
@@ -393,6 +398,33 @@ fn a_closed_connections_entry_does_not_rewrite_a_new_handshake_on_its_tuple() {
         h.run_one(PROGRAMS[0], &syn_ack),
         (TC_ACT_OK, syn_ack.clone()),
         "the node's handshake passes untouched"
+    );
+}
+
+/// A node's UDP socket whose port a masqueraded NodePort flow had used to
+/// the same backend lost its answers to that flow's client.
+#[test]
+fn a_udp_answer_a_node_socket_owns_is_not_un_snated_to_an_old_flow_on_its_port() {
+    let mut h = Harness::new(&external_service(TrafficPolicy::Cluster));
+    let (_, request) = h.run(&frame(17, "198.51.100.7", 40006, NODE_IP, 30053));
+    let (src, _, backend, _) = parse_checked(&request);
+    assert_eq!(src, NODE_IP, "masqueraded");
+    let answer = frame(17, &backend, 5353, NODE_IP, 40006);
+    let (_, to_client) = h.run_one(PROGRAMS[0], &answer);
+    assert_eq!(parse_checked(&to_client).2, "198.51.100.7");
+
+    h.ns.sh(&format!(
+        "ip link set lo up && ip addr add {NODE_IP}/32 dev lo"
+    ));
+    let Harness { ns, programs, .. } = &mut h;
+    let to_node = ns.enter(|| {
+        let _socket = std::net::UdpSocket::bind((NODE_IP, 40006)).unwrap();
+        run_program(programs, PROGRAMS[0], &answer)
+    });
+    assert_eq!(
+        to_node,
+        (TC_ACT_OK, answer.clone()),
+        "left to the node's socket"
     );
 }
 

@@ -1,4 +1,7 @@
-//! A netfilter mode (iptables, nftables) retired for eBPF keeps its rules
+//! The drain of a retired mode whose translations outlive its switch: the
+//! deadline ([`RETIRE_GRACE`]) and the end when no connection is open
+//! ([`NatDrain`]; the eBPF mode counts its own, `ebpf::drain`). A netfilter
+//! mode (iptables, nftables) retired for eBPF keeps its rules
 //! while TCP connections it translated are open. Their translation lives in
 //! the kernel's conntrack entries, which netfilter applies only while a NAT
 //! chain is hooked in the namespace; eBPF's tc programs pass the mid-stream
@@ -42,20 +45,36 @@ impl NatDrain {
         if successor != Mode::Ebpf {
             return false;
         }
-        self.until = Some(Instant::now() + RETIRE_GRACE);
+        self.start();
         true
     }
 
+    /// Drain from now on, for [`RETIRE_GRACE`] at most.
+    pub fn start(&mut self) {
+        self.until = Some(Instant::now() + RETIRE_GRACE);
+    }
+
+    /// A netfilter mode's drain: its DNATed TCP connections in the kernel's conntrack.
     pub fn settle(&mut self, runner: &dyn Runner, mode: Mode) -> Result<DrainState, BackendError> {
+        self.settle_counting(|| {
+            open_translated_tcp(runner).map_err(|e| BackendError::Kernel {
+                mode,
+                operation: "count connections the retired rules translated",
+                message: e.to_string(),
+            })
+        })
+    }
+
+    /// Where the drain stands with `open()` connections still open (asked
+    /// only while the drain runs and its grace period lasts).
+    pub fn settle_counting(
+        &mut self,
+        open: impl FnOnce() -> Result<usize, BackendError>,
+    ) -> Result<DrainState, BackendError> {
         let Some(until) = self.until else {
             return Ok(DrainState::Idle);
         };
-        let open = open_translated_tcp(runner).map_err(|e| BackendError::Kernel {
-            mode,
-            operation: "count connections the retired rules translated",
-            message: e.to_string(),
-        })?;
-        if Instant::now() < until && open > 0 {
+        if Instant::now() < until && open()? > 0 {
             return Ok(DrainState::Draining);
         }
         self.until = None;

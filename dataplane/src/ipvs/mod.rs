@@ -73,6 +73,8 @@ pub struct IpvsBackend {
     udp: UdpSnapshot,
     /// Retired, draining until then ([`RETIRE_GRACE`]).
     retiring_until: Option<Instant>,
+    /// Retired for eBPF: our rules and ipsets drain with the virtual servers.
+    rules_kept: bool,
 }
 
 fn kernel_err(operation: &'static str) -> impl FnOnce(KernelError) -> BackendError {
@@ -124,6 +126,7 @@ impl IpvsBackend {
             draining: BTreeSet::new(),
             udp: UdpSnapshot::default(),
             retiring_until: None,
+            rules_kept: false,
         }
     }
 
@@ -550,12 +553,17 @@ impl Backend for IpvsBackend {
     /// Our rules and ipsets go at once (the iptables mode's full write has
     /// already taken the rules over); the virtual servers and `kube-ipvs0`
     /// stay while TCP connections established through them last, up to
-    /// [`RETIRE_GRACE`].
+    /// [`RETIRE_GRACE`]. eBPF translates new flows before netfilter sees
+    /// them, so our rules stay for the drain too: the NAT of their
+    /// connections' conntrack entries (masquerade) needs them hooked.
     fn retire(&mut self, successor: Mode) -> Result<Retirement, BackendError> {
-        if successor != Mode::Iptables {
-            self.remove_rules()?;
+        self.rules_kept = successor == Mode::Ebpf;
+        if !self.rules_kept {
+            if successor != Mode::Iptables {
+                self.remove_rules()?;
+            }
+            self.destroy_sets()?;
         }
-        self.destroy_sets()?;
         self.retiring_until = Some(Instant::now() + RETIRE_GRACE);
         self.settle()
     }
@@ -567,7 +575,11 @@ impl Backend for IpvsBackend {
         if Instant::now() < until && self.open_connections()? > 0 {
             return Ok(Retirement::Draining);
         }
-        self.remove_servers()?;
+        if std::mem::take(&mut self.rules_kept) {
+            self.cleanup()?;
+        } else {
+            self.remove_servers()?;
+        }
         Ok(Retirement::Done)
     }
 }

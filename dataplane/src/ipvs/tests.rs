@@ -569,3 +569,39 @@ fn apply_programs_sets_before_the_rules_that_use_them() {
         "{text}"
     );
 }
+
+/// IPVS -> eBPF cut the node's connections to a cluster IP and masqueraded
+/// NodePort ones: the rules went at once, and with them the NAT hooks their
+/// conntrack entries need. Retired for eBPF, rules and sets drain with the
+/// virtual servers.
+#[test]
+fn retired_for_ebpf_keeps_rules_and_sets_until_its_connections_end() {
+    let f = FakeIpvs::default();
+    let (mut b, runner) = backend(&f);
+    b.apply(&plan_for(vec![rule()], &Settings::defaults(Mode::Ipvs)))
+        .unwrap();
+    let vip = key("10.96.0.10", 80);
+    f.table()
+        .set_active(&vip, ("10.1.1.2".parse().unwrap(), 8080), 1);
+    let applied = runner.calls().len();
+    let removals = |from: usize| {
+        runner.calls()[from..]
+            .iter()
+            .filter(|c| {
+                // Listing our rules to remove them, removing them, destroying sets.
+                c.program.contains("tables-") || (c.program == "ipset" && c.args == ["restore"])
+            })
+            .count()
+    };
+
+    assert_eq!(b.retire(Mode::Ebpf).unwrap(), Retirement::Draining);
+    assert_eq!(b.settle().unwrap(), Retirement::Draining);
+    assert_eq!(removals(applied), 0, "{:?}", &runner.calls()[applied..]);
+    assert!(f.table().services.contains_key(&vip));
+
+    f.table()
+        .set_active(&vip, ("10.1.1.2".parse().unwrap(), 8080), 0);
+    assert_eq!(b.settle().unwrap(), Retirement::Done);
+    assert!(removals(applied) > 0, "rules removed at the end");
+    assert!(f.table().services.is_empty());
+}

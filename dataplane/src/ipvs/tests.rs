@@ -577,7 +577,7 @@ fn apply_programs_sets_before_the_rules_that_use_them() {
 #[test]
 fn retired_for_ebpf_keeps_rules_and_sets_until_its_connections_end() {
     let f = FakeIpvs::default();
-    let (mut b, runner) = backend(&f);
+    let (mut b, runner, _) = backend(&f);
     b.apply(&plan_for(vec![rule()], &Settings::defaults(Mode::Ipvs)))
         .unwrap();
     let vip = key("10.96.0.10", 80);

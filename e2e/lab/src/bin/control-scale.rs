@@ -61,7 +61,7 @@ fn table(rows: &[Row], options: &Options) -> String {
         "{} agents, {} services × 5 endpoints, {} single-endpoint changes per row\n\n",
         options.agents, options.services, options.changes
     );
-    out.push_str("| shard budget | shards | list MiB | first sync s | relist s | change p50 / p99 ms (all nodes) | p50 / p99 ms (per node) | KiB/agent/change: shards + own status | kube-proxy KiB (JSON / protobuf) | × kube-proxy protobuf | operator CPU s start / ms per change | operator RSS / peak MiB |\n");
+    out.push_str("| shard budget | shards | list MiB | first sync s | relist s | change p50 / p99 ms (all nodes) | p50 / p99 ms (per node) | KiB/agent/change: shards + own status | kube-proxy KiB (JSON / protobuf) | shards × kube-proxy (protobuf / JSON) | operator CPU s start / ms per change | operator RSS / peak MiB |\n");
     out.push_str(
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
@@ -70,10 +70,9 @@ fn table(rows: &[Row], options: &Options) -> String {
         all.sort();
         let mut each = r.per_node.clone();
         each.sort();
-        let agent = r.shard_bytes + r.other_bytes;
-        let ratio = agent as f64 / r.slice_protobuf_bytes.max(1) as f64;
+        let ratio = |kube_proxy: u64| r.shard_bytes as f64 / kube_proxy.max(1) as f64;
         out.push_str(&format!(
-            "| {} KiB | {} | {:.1} | {:.1} | {:.1} | {} / {} | {} / {} | {} + {} | {} / {} | {:.1} | {:.1} / {} | {:.0} / {:.0} |\n",
+            "| {} KiB | {} | {:.1} | {:.1} | {:.1} | {} / {} | {} / {} | {} + {} | {} / {} | {:.1} / {:.1} | {:.1} / {} | {:.0} / {:.0} |\n",
             r.budget / 1024,
             r.shards,
             r.list_bytes as f64 / (1024.0 * 1024.0),
@@ -87,7 +86,8 @@ fn table(rows: &[Row], options: &Options) -> String {
             kib(r.other_bytes),
             kib(r.slice_json_bytes),
             kib(r.slice_protobuf_bytes),
-            ratio,
+            ratio(r.slice_protobuf_bytes),
+            ratio(r.slice_json_bytes),
             r.operator_cpu_start.as_secs_f64(),
             ms(r.operator_cpu_change),
             r.operator_rss_kib as f64 / 1024.0,

@@ -144,11 +144,7 @@ pub async fn run(
     Ok(rows)
 }
 
-fn start_operator(
-    cp: &ControlPlane,
-    program: &Path,
-    budget: usize,
-) -> Result<Daemon, ScaleError> {
+fn start_operator(cp: &ControlPlane, program: &Path, budget: usize) -> Result<Daemon, ScaleError> {
     Ok(Daemon::start(Launch {
         name: "switchyard-operator",
         program: program.to_path_buf(),

@@ -25,7 +25,15 @@ use crate::diagnostic::{Diagnostic, ObjectKind, Reason};
 use crate::keys::ServiceKey;
 
 /// The default size budget of one shard's serialized JSON spec.
-pub const DEFAULT_SHARD_BUDGET_BYTES: usize = 256 * 1024;
+///
+/// Every agent receives every rewritten shard, so a one-endpoint change costs
+/// each node one shard: at 4 KiB (a few service ports per shard; shards stay
+/// between a quarter of the budget and the budget) that is about what
+/// kube-proxy's EndpointSlice watch receives for the same change, where the
+/// former 256 KiB was over a hundred times as much. The price is more objects
+/// (about one per service at 10k services): a longer first publication and
+/// initial list. README.md, "Control path at scale", has the measurement.
+pub const DEFAULT_SHARD_BUDGET_BYTES: usize = 4 * 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShardSettings {

@@ -1,8 +1,6 @@
 //! `ProxyNode`: per-node state. The operator writes `spec` (pool, target mode);
 //! that node's agent writes `status`. No agent writes a shared object.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -93,10 +91,17 @@ pub struct ProxyNodeStatus {
     /// Epoch of the shard layout last applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_epoch: Option<u64>,
-    /// Shard name → generation last applied.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = MAX_SHARDS))]
-    pub applied_shards: BTreeMap<String, u64>,
+    /// Shards of the layout last applied (every one of them is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = MAX_SHARDS))]
+    pub applied_shard_count: Option<u32>,
+    /// Sum of the generations of the shards last applied. Generations only
+    /// grow within a layout, so the node is current when this equals the sum
+    /// over the layout's ProxyRulesets. A number, not a map per shard: the
+    /// status is written after every change and must not grow with the shard
+    /// count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_generation_sum: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,
     /// Duration of the last sync in seconds.

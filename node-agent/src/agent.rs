@@ -23,7 +23,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Resource;
 use switchyard_api::policy::{LinkedRuleset, LinkedShards, RefusedShard, ShardLinker};
 use switchyard_api::proxynode::AppliedCounts;
-use switchyard_api::ruleset::{Cidr, shard_name};
+use switchyard_api::ruleset::Cidr;
 use switchyard_api::validation::limits::{clip, clip_message};
 use switchyard_api::{Mode, ProxyConfigSpec, ProxyNode, ProxyNodeStatus, ProxyRuleset};
 use switchyard_dataplane::kubeproxy::Leftovers;
@@ -591,15 +591,8 @@ impl Agent {
         let s = &mut self.status;
         s.applied_mode = mode;
         s.applied_epoch = Some(assembled.layout.epoch);
-        s.applied_shards = assembled
-            .generations
-            .iter()
-            .enumerate()
-            .map(|(i, g)| {
-                let index = u32::try_from(i).unwrap_or(u32::MAX);
-                (shard_name(&assembled.layout, index), *g)
-            })
-            .collect();
+        s.applied_shard_count = Some(assembled.layout.shard_count);
+        s.applied_generation_sum = Some(assembled.generations.iter().sum());
         s.last_sync_time = Timestamp::try_from(now).ok().map(Time);
         s.last_sync_seconds = Some(took.as_secs_f64());
         s.counts = Some(AppliedCounts {

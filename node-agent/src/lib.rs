@@ -13,7 +13,6 @@ pub mod http;
 pub mod inputs;
 pub mod metrics;
 pub mod node;
-pub mod ratelimit;
 pub mod standalone;
 pub mod status;
 pub mod switch;

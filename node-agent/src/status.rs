@@ -10,7 +10,7 @@ use switchyard_api::validation::limits::clip_message;
 use switchyard_api::{ProxyNode, ProxyNodeStatus};
 use tokio::time::Instant;
 
-use crate::ratelimit::SyncLimiter;
+use switchyard_daemon::ratelimit::SyncLimiter;
 
 /// The field manager of every status write.
 pub const FIELD_MANAGER: &str = "switchyard-agent";

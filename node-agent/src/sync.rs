@@ -13,8 +13,8 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::agent::{Agent, SyncOutcome};
 use crate::inputs::Inputs;
-use crate::ratelimit::SyncLimiter;
 use crate::watch::WatchEvent;
+use switchyard_daemon::ratelimit::SyncLimiter;
 
 /// The longest wait before a failed sync is tried again (kube-proxy retries
 /// after its sync period, 30s by default).

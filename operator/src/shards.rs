@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::{StreamExt, stream};
+use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
@@ -14,6 +14,7 @@ use kube::{Api, Client, Resource};
 use serde_json::json;
 use switchyard_api::ProxyRuleset;
 use switchyard_compiler::{CompileSettings, Diagnostic, ObjectKind};
+use switchyard_daemon::ratelimit::SyncLimiter;
 use tracing::{info, warn};
 
 use crate::FIELD_MANAGER;
@@ -33,25 +34,37 @@ pub async fn write_publication(
 ) -> Result<(), Error> {
     let api: Api<ProxyRuleset> = Api::all(client.clone());
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    for (name, spec) in &publication.apply {
-        let body = json!({
-            "apiVersion": ProxyRuleset::api_version(&()),
-            "kind": ProxyRuleset::kind(&()),
-            "metadata": {"name": name},
-            "spec": spec,
-        });
-        api.patch(name, &params, &Patch::Apply(body))
-            .await
-            .map_err(|source| Error::Apply {
-                kind: "ProxyRuleset",
-                name: name.clone(),
-                source,
-            })?;
-        metrics
-            .shard_writes
-            .get_or_create(&ShardLabels { operation: "apply" })
-            .inc();
-    }
+    // Shards are independent objects (agents wait for a complete layout), so
+    // they are written side by side: a new layout of thousands of small
+    // shards would take minutes one request at a time.
+    stream::iter(&publication.apply)
+        .map(|(name, spec)| {
+            let body = json!({
+                "apiVersion": ProxyRuleset::api_version(&()),
+                "kind": ProxyRuleset::kind(&()),
+                "metadata": {"name": name},
+                "spec": spec,
+            });
+            let (api, params) = (&api, &params);
+            async move {
+                api.patch(name, params, &Patch::Apply(body))
+                    .await
+                    .map_err(|source| Error::Apply {
+                        kind: "ProxyRuleset",
+                        name: name.clone(),
+                        source,
+                    })
+            }
+        })
+        .buffer_unordered(PARALLEL_WRITES)
+        .try_for_each(|_| {
+            metrics
+                .shard_writes
+                .get_or_create(&ShardLabels { operation: "apply" })
+                .inc();
+            futures::future::ready(Ok(()))
+        })
+        .await?;
     for name in &publication.delete {
         match api.delete(name, &DeleteParams::default()).await {
             Ok(_) => {}
@@ -114,12 +127,16 @@ pub fn diagnostic_event(d: &Diagnostic) -> Event {
     }
 }
 
+/// Shard writes in flight at once.
+const PARALLEL_WRITES: usize = 16;
+
 /// How long to wait before publishing again after a failed write.
 const PUBLISH_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
-    if let Some(at) = at {
-        tokio::time::sleep_until(at).await;
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -163,9 +180,12 @@ pub async fn run_publisher(
     .default_backoff()
     .map(|e| e.map(|e| Change::EndpointSlice(Box::new(e))));
     let mut changes = std::pin::pin!(stream::select(services, slices));
-    // Set by the first change after a sync, so a steady stream of changes
-    // cannot postpone the next sync forever.
-    let mut sync_at: Option<tokio::time::Instant> = None;
+    // A change after a quiet second is published at once (a fixed delay
+    // would put a floor under every change's latency); a burst is folded into
+    // one publication per second, and a steady stream cannot postpone it.
+    let mut limiter = SyncLimiter::new(DEBOUNCE);
+    // After a failed write: when to try again.
+    let mut retry_at: Option<tokio::time::Instant> = None;
     // A publication that failed: the next one rewrites every shard.
     let mut retry: Option<Publication> = None;
     loop {
@@ -174,12 +194,17 @@ pub async fn run_publisher(
             change = changes.next() => match change {
                 Some(Ok(change)) => {
                     publisher.apply(&change);
-                    sync_at.get_or_insert_with(|| tokio::time::Instant::now() + DEBOUNCE);
+                    limiter.request(tokio::time::Instant::now());
                 }
                 Some(Err(error)) => warn!(%error, "watch"),
                 None => return,
             },
-            () = sleep_until(sync_at), if sync_at.is_some() => {
+            () = sleep_until(retry_at) => {
+                retry_at = None;
+                limiter.request(tokio::time::Instant::now());
+            }
+            () = sleep_until(limiter.next_run()) => {
+                limiter.start(tokio::time::Instant::now());
                 let started = Instant::now();
                 let mut publication = publisher.sync();
                 metrics.compile_duration.observe(started.elapsed().as_secs_f64());
@@ -189,12 +214,11 @@ pub async fn run_publisher(
                 if !publication.apply.is_empty() || !publication.delete.is_empty() {
                     info!(written = publication.apply.len(), deleted = publication.delete.len(), "publishing shards");
                 }
-                sync_at = None;
                 if let Err(error) = write_publication(&client, &publication, &events, &metrics).await {
                     warn!(%error, "publishing shards failed; retrying with every shard");
                     metrics.publish_errors.inc();
                     retry = Some(publication);
-                    sync_at = Some(tokio::time::Instant::now() + PUBLISH_RETRY);
+                    retry_at = Some(tokio::time::Instant::now() + PUBLISH_RETRY);
                 }
             }
         }

@@ -14,6 +14,9 @@
 //! - [`cluster`]: a cluster on it: nodes, pods and servers in namespaces, the
 //!   real operator and node agent processes (the tests' and the demo's).
 //! - [`reference`]: the real kube-proxy in a node of its own, the reference.
+//! - [`scale`]: the control path at scale: the operator and hundreds of
+//!   recording agents against the real API server (`control-scale`).
+//! - [`procstat`]: a process's CPU time and resident memory.
 //! - [`netns`], [`cleanup`]: the test kit's network namespaces and its cleanup
 //!   registry (what is undone on drop and on SIGINT/SIGTERM), which the lab's
 //!   users reach through it (`switchyard-testkit`).
@@ -25,8 +28,10 @@ pub mod ebpf;
 pub mod hooks;
 pub mod migration;
 pub mod probe;
+pub mod procstat;
 pub mod reference;
 pub mod runner;
+pub mod scale;
 pub mod scenario;
 pub mod topology;
 pub mod vm;

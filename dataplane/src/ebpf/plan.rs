@@ -186,9 +186,15 @@ struct ListFlags {
 }
 
 impl ListFlags {
-    fn of(sp: &LinkedServicePort, settings: &Settings) -> ListFlags {
+    /// The flags of `family`'s lists: a family without a usable endpoint
+    /// rejects, as kube-proxy's proxier for that family does.
+    fn of(sp: &LinkedServicePort, settings: &Settings, family: IpFamily) -> ListFlags {
         let affinity = sp.rule.session_affinity.map(|a| a.timeout_seconds);
-        let mut base = if sp.has_any_endpoints { 0 } else { SVC_REJECT };
+        let mut base = if sp.family(family).has_any_endpoints {
+            0
+        } else {
+            SVC_REJECT
+        };
         if affinity.is_some() {
             base |= SVC_AFFINITY;
         }
@@ -231,8 +237,8 @@ fn render_service_port(
         plan.problems
             .push(format!("{}: {SCTP_UNSUPPORTED}", rule.service_port_name()));
     }
-    let flags = ListFlags::of(sp, settings);
     for family in [IpFamily::V4, IpFamily::V6] {
+        let flags = ListFlags::of(sp, settings, family);
         let has_frontend = rule
             .cluster_ips
             .iter()

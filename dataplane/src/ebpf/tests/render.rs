@@ -120,6 +120,25 @@ fn service_without_endpoints_rejects() {
     assert_ne!(list.flags & SVC_REJECT, 0);
 }
 
+/// A dual-stack service whose endpoints are all IPv4 once dropped its IPv6
+/// traffic: kube-proxy's IPv6 proxier has no endpoint and rejects.
+#[test]
+fn a_family_without_endpoints_rejects_while_the_other_serves() {
+    let mut svc = service(
+        8,
+        "10.96.0.8",
+        80,
+        vec![endpoint(80, "10.244.1.5", 8080, "node-a")],
+    );
+    svc.cluster_ips.push(ip("fd00:96::8"));
+    let plan = render(&linked(vec![svc]), &settings());
+    let v4 = &plan.maps.lists[&(8, LIST_INTERNAL)];
+    let v6 = &plan.maps.lists[&(8, LIST_INTERNAL | LIST_V6)];
+    assert_eq!((v4.flags & SVC_REJECT, v4.backends.len()), (0, 1));
+    assert_ne!(v6.flags & SVC_REJECT, 0, "no IPv6 endpoint: reject");
+    assert!(v6.backends.is_empty());
+}
+
 #[test]
 fn load_balancer_source_ranges_apply_to_load_balancer_ips_only() {
     let mut svc = service(

@@ -14,15 +14,20 @@
 //! - [`cluster`]: a cluster on it: nodes, pods and servers in namespaces, the
 //!   real operator and node agent processes (the tests' and the demo's).
 //! - [`reference`]: the real kube-proxy in a node of its own, the reference.
+//! - [`metrics`]: kube-proxy's and the agent's `/metrics`, fetched and read.
+//! - [`bench`]: what the benches share: cluster states at scale, memory
+//!   readings, the table they print.
 //! - [`netns`], [`cleanup`]: the test kit's network namespaces and its cleanup
 //!   registry (what is undone on drop and on SIGINT/SIGTERM), which the lab's
 //!   users reach through it (`switchyard-testkit`).
 
 pub mod agent;
+pub mod bench;
 pub mod cluster;
 pub mod controlplane;
 pub mod ebpf;
 pub mod hooks;
+pub mod metrics;
 pub mod migration;
 pub mod probe;
 pub mod reference;

@@ -20,6 +20,7 @@ use switchyard_dataplane::ebpf::EbpfBackend;
 use switchyard_dataplane::ebpf::kernel::{AyaKernel, KernelConfig};
 use switchyard_dataplane::ebpf::scratch::{ScratchBpffs, ScratchCgroup};
 use switchyard_dataplane::settings::Settings;
+use switchyard_lab::bench::memory::Memory;
 use switchyard_lab::netns::{Netns, NetnsError, enter_on_exec};
 
 const BACKEND: &str = "10.200.0.1:8080";
@@ -33,23 +34,16 @@ fn namespace(name: &str) -> Result<Netns, NetnsError> {
     Ok(ns)
 }
 
-/// A `/proc/self/status` figure in KiB (`VmRSS`, `VmHWM`).
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+/// This process's memory now.
+fn memory() -> Memory {
+    Memory::of("self").unwrap_or_default()
 }
 
 /// Resident memory once freed heap is handed back (what the agent keeps).
 fn retained_rss_kib() -> u64 {
     // SAFETY: malloc_trim only releases free heap pages.
     unsafe { libc::malloc_trim(0) };
-    status_kib("VmRSS:")
+    memory().rss_kib
 }
 
 fn endpoint(id: u32, ip: IpAddr) -> Endpoint {
@@ -237,7 +231,7 @@ fn measure_syncs(
     let full = start.elapsed();
     drop((plan, linked));
     let rss_after_kib = retained_rss_kib();
-    let rss_peak_kib = status_kib("VmHWM:");
+    let rss_peak_kib = memory().peak_kib;
 
     let mut updates = Vec::new();
     for generation in 1..=11 {

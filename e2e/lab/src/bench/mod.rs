@@ -1,0 +1,10 @@
+//! What the benches share.
+//!
+//! - [`states`]: N selectorless Services × E endpoints written through the
+//!   API server, grown in place, and the single-endpoint change.
+//! - [`memory`]: a process's resident memory from `/proc`.
+//! - [`table`]: the one table format they print, and its figures.
+
+pub mod memory;
+pub mod states;
+pub mod table;

@@ -116,34 +116,11 @@ fn agent_accepts(object: &Value) -> bool {
         .is_ok_and(|r| check_shard(&r.spec).is_ok())
 }
 
+/// A shard with every field of a service port set, as the operator writes it
+/// (one file, shared with the real API server's test in e2e).
 fn shard() -> Value {
-    json!({
-        "apiVersion": "switchyard.dev/v1alpha1",
-        "kind": "ProxyRuleset",
-        "metadata": {"name": "switchyard-e1-0000"},
-        "spec": {
-            "shard": 0,
-            "layout": {"epoch": 1, "shardCount": 1},
-            "generation": 1,
-            "serviceCount": 1,
-            "services": [{
-                "id": 1, "namespace": "default", "name": "web", "portName": "http",
-                "protocol": "TCP", "port": 80,
-                "clusterIps": ["10.96.0.10", "fd00::10"],
-                "externalIps": ["192.0.2.10"],
-                "loadBalancerIps": ["198.51.100.1"],
-                "loadBalancerSourceRanges": ["10.0.0.0/8", "2001:db8::/32"],
-                "nodePort": 30080,
-                "sessionAffinity": {"timeoutSeconds": 10800},
-                "trafficDistribution": "PreferClose",
-                "backends": [{
-                    "id": 1, "ip": "10.0.1.5", "port": 8080, "ready": true, "serving": true,
-                    "nodeName": "node-a", "zone": "zone-a",
-                    "zoneHints": ["zone-a"], "nodeHints": ["node-a"],
-                }],
-            }],
-        },
-    })
+    serde_json::from_str(include_str!("data/shard.json"))
+        .expect("crds/tests/data/shard.json parses")
 }
 
 fn with(pointer: &str, value: Value) -> Value {

@@ -1,11 +1,17 @@
 //! The one chokepoint through which backends run kernel tools
-//! (`iptables-restore`, `nft`, `ipset`, `conntrack`, `ip`, `sysctl` writes go
-//! elsewhere). A fake records calls for unit tests (compiled only for them).
+//! (`iptables-restore`, `nft`, `ipset`; `sysctl` writes go elsewhere), and
+//! which names the conntrack table of the namespace those tools act in. A
+//! fake records calls for unit tests (compiled only for them).
 
+use std::sync::Arc;
 #[cfg(test)]
 use std::sync::Mutex;
 
 pub use switchyard_exec::ExecError;
+
+#[cfg(test)]
+use crate::conntrack::fake::FakeConntrack;
+use crate::conntrack::{ConntrackTable, netlink::NetlinkConntrack};
 
 /// Runs a program with arguments and optional standard input, returning its standard output.
 pub trait Runner: Send + Sync {
@@ -17,6 +23,10 @@ pub trait Runner: Send + Sync {
     fn acts_here(&self) -> bool {
         false
     }
+
+    /// The conntrack table of the namespace the tools act in (stale UDP
+    /// flows are deleted there, never in another namespace's table).
+    fn conntrack(&self) -> Arc<dyn ConntrackTable>;
 }
 
 /// Runs real programs.
@@ -26,6 +36,10 @@ pub struct RealRunner;
 impl Runner for RealRunner {
     fn acts_here(&self) -> bool {
         true
+    }
+
+    fn conntrack(&self) -> Arc<dyn ConntrackTable> {
+        Arc::new(NetlinkConntrack::calling_thread())
     }
 
     fn run(&self, program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<String, ExecError> {
@@ -48,6 +62,7 @@ pub struct Call {
 pub struct FakeRunner {
     calls: Mutex<Vec<Call>>,
     failures: Mutex<Vec<(String, String)>>,
+    conntrack: Arc<FakeConntrack>,
 }
 
 #[cfg(test)]
@@ -60,6 +75,11 @@ impl FakeRunner {
     pub fn calls(&self) -> Vec<Call> {
         lock(&self.calls).clone()
     }
+
+    /// The conntrack table its backends see.
+    pub fn conntrack_table(&self) -> &FakeConntrack {
+        &self.conntrack
+    }
 }
 
 #[cfg(test)]
@@ -69,6 +89,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[cfg(test)]
 impl Runner for FakeRunner {
+    fn conntrack(&self) -> Arc<dyn ConntrackTable> {
+        self.conntrack.clone()
+    }
+
     fn run(&self, program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<String, ExecError> {
         lock(&self.calls).push(Call {
             program: program.to_string(),

@@ -1,9 +1,11 @@
 //! Leftovers of another proxy that no Switchyard mode owns ([`Leftovers`], which
 //! the agent's sweep removes), and kube-proxy's: the nftables tables
-//! `ip kube-proxy` and `ip6 kube-proxy` of its nftables mode. (Its iptables
+//! `ip kube-proxy` and `ip6 kube-proxy` of its nftables mode, and the empty
+//! `KUBE-PROXY-CANARY` chains its iptables and ipvs modes watch to notice a
+//! flush (in mangle, nat and filter, both families). (Its other iptables
 //! chains and IPVS virtual servers on `kube-ipvs0` have the layout of our
 //! iptables and ipvs modes and are removed by those backends' cleanup.)
-//! Only these two tables are deleted; every other table stays.
+//! Only these tables and chains are deleted; everything else stays.
 
 use std::io::ErrorKind;
 use std::sync::Arc;
@@ -35,12 +37,17 @@ impl KubeProxyNftables {
     }
 }
 
-fn exec_error(operation: &'static str) -> impl Fn(ExecError) -> BackendError {
+fn exec_error(mode: Mode, operation: &'static str) -> impl Fn(ExecError) -> BackendError {
     move |source| BackendError::Exec {
-        mode: Mode::Nftables,
+        mode,
         operation,
         source,
     }
+}
+
+/// Whether `error` says that `program` is not installed.
+fn not_installed(error: &ExecError) -> bool {
+    matches!(error, ExecError::Spawn { source, .. } if source.kind() == ErrorKind::NotFound)
 }
 
 impl Leftovers for KubeProxyNftables {
@@ -52,10 +59,8 @@ impl Leftovers for KubeProxyNftables {
         let tables = match self.runner.run("nft", &["list", "tables"], None) {
             Ok(out) => out,
             // No nft on the node: kube-proxy cannot have left nftables tables.
-            Err(ExecError::Spawn { source, .. }) if source.kind() == ErrorKind::NotFound => {
-                return Ok(false);
-            }
-            Err(e) => return Err(exec_error("listing nftables tables")(e)),
+            Err(e) if not_installed(&e) => return Ok(false),
+            Err(e) => return Err(exec_error(Mode::Nftables, "listing nftables tables")(e)),
         };
         let mut removed = false;
         for family in ["ip", "ip6"] {
@@ -63,8 +68,67 @@ impl Leftovers for KubeProxyNftables {
             if tables.lines().any(|l| l.trim() == line) {
                 self.runner
                     .run("nft", &["delete", "table", family, KUBE_PROXY_TABLE], None)
-                    .map_err(exec_error("deleting kube-proxy's nftables table"))?;
+                    .map_err(exec_error(
+                        Mode::Nftables,
+                        "deleting kube-proxy's nftables table",
+                    ))?;
                 removed = true;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// The chain kube-proxy's iptables and ipvs modes create, empty, in every
+/// table below, and recreate when it is gone (a flush of their tables).
+pub const KUBE_PROXY_CANARY: &str = "KUBE-PROXY-CANARY";
+const CANARY_TABLES: [&str; 3] = ["mangle", "nat", "filter"];
+
+/// Removes kube-proxy's canary chains.
+pub struct KubeProxyCanaries {
+    runner: Arc<dyn Runner>,
+}
+
+impl KubeProxyCanaries {
+    pub fn new(runner: Arc<dyn Runner>) -> KubeProxyCanaries {
+        KubeProxyCanaries { runner }
+    }
+}
+
+impl Leftovers for KubeProxyCanaries {
+    fn name(&self) -> &'static str {
+        "kube-proxy canary chains"
+    }
+
+    fn remove(&self) -> Result<bool, BackendError> {
+        let mut removed = false;
+        for (iptables, save) in [
+            ("iptables", "iptables-save"),
+            ("ip6tables", "ip6tables-save"),
+        ] {
+            for table in CANARY_TABLES {
+                let listed = match self.runner.run(save, &["-t", table], None) {
+                    Ok(out) => out,
+                    // No such tool: no chains of that family.
+                    Err(e) if not_installed(&e) => break,
+                    Err(e) => {
+                        return Err(exec_error(Mode::Iptables, "listing iptables chains")(e));
+                    }
+                };
+                let declared = format!(":{KUBE_PROXY_CANARY} ");
+                if listed.lines().any(|l| l.starts_with(&declared)) {
+                    self.runner
+                        .run(
+                            iptables,
+                            &["-w", "-t", table, "-X", KUBE_PROXY_CANARY],
+                            None,
+                        )
+                        .map_err(exec_error(
+                            Mode::Iptables,
+                            "deleting kube-proxy's canary chain",
+                        ))?;
+                    removed = true;
+                }
             }
         }
         Ok(removed)

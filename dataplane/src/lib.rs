@@ -14,6 +14,7 @@ pub mod conntrack;
 pub mod escape;
 pub mod exec;
 pub mod kubeproxy;
+pub mod nat_drain;
 pub mod netlink;
 pub mod semantics;
 pub mod settings;

@@ -12,14 +12,22 @@ pub use switchyard_testkit::netns::Netns;
 use switchyard_testkit::netns::is_root;
 
 use super::nftables::netlink::NftNetlink;
+use crate::conntrack::ConntrackTable;
+use crate::conntrack::netlink::NetlinkConntrack;
 use crate::exec::{ExecError, RealRunner, Runner};
 
-/// Runs every tool inside one namespace.
+/// Runs every tool inside one namespace, whose conntrack table it has a
+/// socket in.
 pub struct NetnsRunner {
     ns: String,
+    conntrack: Arc<NetlinkConntrack>,
 }
 
 impl Runner for NetnsRunner {
+    fn conntrack(&self) -> Arc<dyn ConntrackTable> {
+        self.conntrack.clone()
+    }
+
     fn run(&self, program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<String, ExecError> {
         let mut full = vec!["netns", "exec", self.ns.as_str(), program];
         full.extend_from_slice(args);
@@ -76,8 +84,11 @@ impl TestNetns for Netns {
     }
 
     fn runner(&self) -> Arc<NetnsRunner> {
+        let conntrack =
+            self.enter(|| NetlinkConntrack::bound_here().unwrap_or_else(|e| panic!("{e}")));
         Arc::new(NetnsRunner {
             ns: self.name().to_string(),
+            conntrack: Arc::new(conntrack),
         })
     }
 }

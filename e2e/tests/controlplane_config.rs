@@ -202,34 +202,8 @@ async fn agent_may_write_only_its_own_proxynode_status() {
 
 /// A shard with every field of a service port set, as the operator writes it.
 fn shard() -> Value {
-    json!({
-        "apiVersion": "switchyard.dev/v1alpha1",
-        "kind": "ProxyRuleset",
-        "metadata": {"name": "switchyard-e1-0000"},
-        "spec": {
-            "shard": 0,
-            "layout": {"epoch": 1, "shardCount": 1},
-            "generation": 1,
-            "serviceCount": 1,
-            "services": [{
-                "id": 1, "namespace": "default", "name": "web", "portName": "http",
-                "protocol": "TCP", "port": 80,
-                "clusterIps": ["10.96.0.10", "fd00::10"],
-                "externalIps": ["192.0.2.10"],
-                "loadBalancerIps": ["198.51.100.1", "2001:db8::1"],
-                "loadBalancerSourceRanges": ["10.0.0.0/8", "2001:db8::/32"],
-                "nodePort": 30080, "healthCheckNodePort": 30081,
-                "externalTrafficPolicy": "Local",
-                "sessionAffinity": {"timeoutSeconds": 10800},
-                "trafficDistribution": "PreferClose",
-                "backends": [{
-                    "id": 1, "ip": "10.0.1.5", "port": 8080, "ready": true, "serving": true,
-                    "terminating": false, "nodeName": "node-a", "zone": "zone-a",
-                    "zoneHints": ["zone-a"], "nodeHints": ["node-a"],
-                }],
-            }],
-        },
-    })
+    serde_json::from_str(include_str!("../../crds/tests/data/shard.json"))
+        .expect("crds/tests/data/shard.json parses")
 }
 
 /// The agent's verdict on a shard: it parses, and passes `check_shard`.

@@ -16,7 +16,7 @@ use switchyard_daemon::signal::shutdown_requested;
 use switchyard_dataplane::BackendError;
 use switchyard_dataplane::ebpf::kernel::{DEFAULT_PIN_ROOT, KernelConfig};
 use switchyard_dataplane::exec::RealRunner;
-use switchyard_dataplane::kubeproxy::KubeProxyNftables;
+use switchyard_dataplane::kubeproxy::{KubeProxyCanaries, KubeProxyNftables};
 
 use crate::agent::{Agent, AgentParts};
 use crate::cleanup;
@@ -231,7 +231,10 @@ async fn run_agent(args: RunArgs) -> Result<(), AppError> {
         node_name: args.node_name.clone(),
         factory,
         probe: Arc::new(TcpProbe),
-        leftovers: vec![Box::new(KubeProxyNftables::new(runner))],
+        leftovers: vec![
+            Box::new(KubeProxyNftables::new(runner.clone())),
+            Box::new(KubeProxyCanaries::new(runner)),
+        ],
         reporter: StatusReporter::new(
             Box::new(ApiStatusWriter::new(client.clone(), &args.node_name)),
             args.status_min_interval,

@@ -26,7 +26,9 @@ use switchyard_agent::inputs::Inputs;
 use switchyard_agent::switch::{BackendFactory, TcpProbe};
 use switchyard_api::{Mode, ProxyNodeStatus};
 use switchyard_dataplane::exec::RealRunner;
-use switchyard_dataplane::kubeproxy::{KubeProxyNftables, Leftovers};
+use switchyard_dataplane::kubeproxy::{
+    KUBE_PROXY_CANARY, KubeProxyCanaries, KubeProxyNftables, Leftovers,
+};
 use switchyard_testkit::netns::is_root;
 
 fn skip() -> bool {
@@ -187,6 +189,35 @@ fn kube_proxy_nftables_tables_are_removed_and_no_other_table() {
     let mut tables: Vec<&str> = tables.lines().collect();
     tables.sort();
     assert_eq!(tables, vec!["table inet kube-proxy", "table ip keep-me"]);
+    assert!(!remove(), "nothing left to remove");
+}
+
+#[test]
+fn kube_proxy_canary_chains_are_removed_and_no_other_chain() {
+    if skip() {
+        return;
+    }
+    let ns = netns("kpcan");
+    for iptables in ["iptables", "ip6tables"] {
+        for table in ["mangle", "nat", "filter"] {
+            ok(&ns, &[iptables, "-t", table, "-N", KUBE_PROXY_CANARY]);
+        }
+        ok(&ns, &[iptables, "-t", "filter", "-N", "KEEP-ME"]);
+    }
+    let remove = || {
+        ns.run(|| {
+            KubeProxyCanaries::new(Arc::new(RealRunner))
+                .remove()
+                .unwrap()
+        })
+        .unwrap()
+    };
+    assert!(remove());
+    for save in ["iptables-save", "ip6tables-save"] {
+        let chains = ok(&ns, &[save]);
+        assert!(!chains.contains(KUBE_PROXY_CANARY), "{save}: {chains}");
+        assert!(chains.contains(":KEEP-ME "), "{save}: {chains}");
+    }
     assert!(!remove(), "nothing left to remove");
 }
 

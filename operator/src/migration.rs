@@ -9,14 +9,11 @@ use switchyard_api::Mode;
 pub fn connections_cut(from: Mode, to: Mode) -> Option<&'static str> {
     use Mode::{Ebpf, Iptables, Ipvs, Nftables};
     match (from, to) {
-        (Iptables | Nftables, Ebpf) => Some(
-            "established TCP connections through a service (their translation lives in the kernel's conntrack, which eBPF does not read) and answers to the node's UDP sockets connected to a service until they reconnect",
-        ),
-        (Ipvs, Ebpf) => Some(
-            "established TCP connections through a service (eBPF balances their next packet afresh)",
+        (Iptables | Nftables | Ipvs, Ebpf) => Some(
+            "answers to UDP sockets connected to a service before the switch once the old mode's drain ends (after its last TCP connection, at most 120 s), until they reconnect",
         ),
         (Ebpf, Iptables | Nftables | Ipvs) => Some(
-            "NodePort connections from outside the node (tracked only in eBPF's own conntrack map), and a few new connections and UDP answers while the programs detach",
+            "once eBPF's drain ends (after the last TCP connection it balanced from outside the node, at most 120 s), UDP sockets it balanced get answers from the endpoint's address, and an external client's UDP answer in flight is lost",
         ),
         _ => None,
     }

@@ -188,7 +188,9 @@ fn a_rollout_that_cuts_connections_warns_before_it_starts() {
     );
     assert!(
         cut.message
-            .starts_with("switching a node from iptables to ebpf cuts established TCP connections")
+            .starts_with("switching a node from iptables to ebpf cuts answers to UDP sockets connected to a service"),
+        "{}",
+        cut.message
     );
     assert!(matches!(
         to_ebpf.events.as_slice(),

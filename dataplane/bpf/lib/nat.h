@@ -17,9 +17,21 @@
 #define SY_IP4_SRC_OFF (ETH_HLEN + 12)
 #define SY_IP6_SRC_OFF (ETH_HLEN + 8)
 
+/* The TCP header's flags byte, and its bits we read. */
+#define SY_TCP_FLAGS_OFF 13
+#define SY_TCP_FIN 0x01
+#define SY_TCP_SYN 0x02
+#define SY_TCP_RST 0x04
+
 /* sy_tuple.pad of conntrack keys */
 #define SY_CT_INGRESS 1
 #define SY_CT_EGRESS 2
+
+/* sy_tuple.pad of conntrack values: a FIN or RST of the connection passed
+ * (a retired eBPF mode drains until no ingress entry lacks it); the entry
+ * un-SNATs answers to the masquerade address. */
+#define SY_CT_CLOSING 1
+#define SY_CT_UNSNAT 2
 
 struct sy_pkt {
 	struct sy_tuple t;
@@ -254,6 +266,7 @@ SY_INLINE int sy_nat_new_flow(struct __sk_buff *skb, const struct sy_pkt *pkt)
 		sy_tuple_reverse(&key, &value);
 		key.pad = SY_CT_INGRESS;
 		sy_tuple_reverse(&value, &dnat);
+		value.pad = SY_CT_UNSNAT;
 		if (bpf_map_update_elem(&sy_conntrack, &key, &value, BPF_ANY) < 0)
 			return TC_ACT_SHOT;
 	}
@@ -263,6 +276,94 @@ SY_INLINE int sy_nat_new_flow(struct __sk_buff *skb, const struct sy_pkt *pkt)
 	if (bpf_map_update_elem(&sy_conntrack, &key, &dnat, BPF_ANY) < 0)
 		return TC_ACT_SHOT;
 	return sy_rewrite(skb, pkt, &dnat) < 0 ? TC_ACT_SHOT : TC_ACT_OK;
+}
+
+/* The TCP flags of the packet (0 for UDP). */
+SY_INLINE __u8 sy_tcp_flags(struct __sk_buff *skb, const struct sy_pkt *pkt)
+{
+	__u8 flags = 0;
+
+	if (pkt->t.proto == IPPROTO_TCP)
+		bpf_skb_load_bytes(skb, pkt->l4off + SY_TCP_FLAGS_OFF, &flags, 1);
+	return flags;
+}
+
+/*
+ * A TCP packet without SYN: the middle of a connection. One we have no entry
+ * for was not balanced here (it started before this mode took over, or under
+ * another mode draining beside it): it passes untouched, so the kernel's
+ * conntrack keeps translating it, instead of being balanced afresh to a
+ * backend that would reset it.
+ */
+SY_INLINE int sy_tcp_mid_stream(struct __sk_buff *skb, const struct sy_pkt *pkt)
+{
+	return pkt->t.proto == IPPROTO_TCP && !(sy_tcp_flags(skb, pkt) & SY_TCP_SYN);
+}
+
+/*
+ * A FIN or RST of a connection with entry `ct` marks it closing, and on
+ * egress also the ingress entry of the other half (the answer to the tuple
+ * `ct` rewrites to: the client's DNAT entry for a reply, the reply's un-SNAT
+ * entry for a masqueraded request), so either side's FIN marks every
+ * ingress entry of the connection.
+ */
+SY_INLINE void sy_ct_mark_closing(struct __sk_buff *skb, const struct sy_pkt *pkt,
+				  struct sy_tuple *ct, int ingress)
+{
+	struct sy_tuple other_key, *other;
+
+	if (!(sy_tcp_flags(skb, pkt) & (SY_TCP_FIN | SY_TCP_RST)))
+		return;
+	ct->pad |= SY_CT_CLOSING;
+	if (ingress)
+		return;
+	sy_tuple_reverse(&other_key, ct);
+	other_key.pad = SY_CT_INGRESS;
+	other = bpf_map_lookup_elem(&sy_conntrack, &other_key);
+	if (other)
+		other->pad |= SY_CT_CLOSING;
+}
+
+/* Whether a UDP socket of this namespace owns the packet's destination. */
+SY_INLINE int sy_local_udp_socket(struct __sk_buff *skb, const struct sy_pkt *pkt)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+	__u32 len;
+
+	if (pkt->t.family == AF_INET) {
+		t.ipv4.saddr = pkt->t.src[0];
+		t.ipv4.daddr = pkt->t.dst[0];
+		t.ipv4.sport = pkt->t.sport;
+		t.ipv4.dport = pkt->t.dport;
+		len = sizeof(t.ipv4);
+	} else {
+		__builtin_memcpy(t.ipv6.saddr, pkt->t.src, 16);
+		__builtin_memcpy(t.ipv6.daddr, pkt->t.dst, 16);
+		t.ipv6.sport = pkt->t.sport;
+		t.ipv6.dport = pkt->t.dport;
+		len = sizeof(t.ipv6);
+	}
+	sk = bpf_sk_lookup_udp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	bpf_sk_release(sk);
+	return 1;
+}
+
+/*
+ * Entries leave the LRU map only when evicted, and SNAT keeps the client's
+ * port, so the node's own sockets can meet a stale entry: a handshake (SYN
+ * or SYN-ACK) on the tuple of a connection that closed is a new connection,
+ * and a UDP answer that a socket of the node owns is not for the client a
+ * masqueraded flow once had on that port. Either would be un-SNATed away.
+ */
+SY_INLINE int sy_ct_stale(struct __sk_buff *skb, const struct sy_pkt *pkt,
+			  const struct sy_tuple *ct)
+{
+	if (pkt->t.proto == IPPROTO_UDP)
+		return (ct->pad & SY_CT_UNSNAT) && sy_local_udp_socket(skb, pkt);
+	return (ct->pad & SY_CT_CLOSING) && (sy_tcp_flags(skb, pkt) & SY_TCP_SYN);
 }
 
 /* Both directions: an established flow is rewritten by its conntrack entry
@@ -276,12 +377,17 @@ SY_INLINE int sy_nat(struct __sk_buff *skb, int ingress)
 		return TC_ACT_OK;
 	pkt.t.pad = ingress ? SY_CT_INGRESS : SY_CT_EGRESS;
 	ct = bpf_map_lookup_elem(&sy_conntrack, &pkt.t);
+	if (ct && sy_ct_stale(skb, &pkt, ct)) {
+		bpf_map_delete_elem(&sy_conntrack, &pkt.t);
+		ct = 0;
+	}
 	if (ct) {
 		struct sy_tuple to = *ct;
 
+		sy_ct_mark_closing(skb, &pkt, ct, ingress);
 		return sy_rewrite(skb, &pkt, &to) < 0 ? TC_ACT_SHOT : TC_ACT_OK;
 	}
-	if (!ingress)
+	if (!ingress || sy_tcp_mid_stream(skb, &pkt))
 		return TC_ACT_OK;
 	pkt.t.pad = 0;
 	return sy_nat_new_flow(skb, &pkt);

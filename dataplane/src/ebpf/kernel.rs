@@ -31,6 +31,10 @@ pub trait EbpfKernel: Send {
     fn write(&mut self, op: &MapOp) -> Result<(), BackendError>;
     /// The maps' current contents.
     fn snapshot(&mut self) -> Result<Snapshot, BackendError>;
+    /// The entries of `sy_conntrack`: (packet tuple + direction, rewrite).
+    fn conntrack(&mut self) -> Result<Vec<(Tuple, Tuple)>, BackendError>;
+    /// Delete the `sy_conntrack` entry of `key` (gone already: fine).
+    fn forget_flow(&mut self, key: &Tuple) -> Result<(), BackendError>;
     fn present(&self) -> Result<bool, BackendError>;
     /// Detach everything and remove every pinned object.
     fn cleanup(&mut self) -> Result<(), BackendError>;
@@ -125,6 +129,7 @@ struct OpenMaps {
     backends: HashMap<MapData, u32, BackendEntry>,
     source_ranges: LpmTrie<MapData, SourceRange, u8>,
     maglev: HashMap<MapData, MaglevKey, u32>,
+    conntrack: HashMap<MapData, Tuple, Tuple>,
 }
 
 /// The real kernel, through aya.
@@ -364,6 +369,7 @@ impl AyaKernel {
                 backends: HashMap::try_from(open("sy_backends")?).map_err(typed)?,
                 source_ranges: LpmTrie::try_from(open("sy_source_ranges")?).map_err(typed)?,
                 maglev: HashMap::try_from(open("sy_maglev")?).map_err(typed)?,
+                conntrack: HashMap::try_from(open("sy_conntrack")?).map_err(typed)?,
             });
         }
         self.maps
@@ -581,6 +587,20 @@ impl EbpfKernel for AyaKernel {
         Ok(raw.snapshot())
     }
 
+    fn conntrack(&mut self) -> Result<Vec<(Tuple, Tuple)>, BackendError> {
+        let maps = self.open_maps()?;
+        maps.conntrack
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| kernel_err("read sy_conntrack", e))
+    }
+
+    fn forget_flow(&mut self, key: &Tuple) -> Result<(), BackendError> {
+        let maps = self.open_maps()?;
+        ignore_missing(maps.conntrack.remove(key))
+            .map_err(|e| kernel_err("delete sy_conntrack entry", format!("{key:?}: {e}")))
+    }
+
     fn present(&self) -> Result<bool, BackendError> {
         Ok(self.maps_dir().exists() || self.links_dir().exists())
     }
@@ -613,6 +633,8 @@ pub struct FakeKernel {
     pub loaded: Option<LoadConfig>,
     pub loads: u32,
     pub ops: Vec<MapOp>,
+    /// `sy_conntrack`, in insertion order.
+    pub conntrack: Vec<(Tuple, Tuple)>,
 }
 
 #[cfg(test)]
@@ -633,6 +655,15 @@ impl EbpfKernel for FakeKernel {
 
     fn snapshot(&mut self) -> Result<Snapshot, BackendError> {
         Ok(self.raw.snapshot())
+    }
+
+    fn conntrack(&mut self) -> Result<Vec<(Tuple, Tuple)>, BackendError> {
+        Ok(self.conntrack.clone())
+    }
+
+    fn forget_flow(&mut self, key: &Tuple) -> Result<(), BackendError> {
+        self.conntrack.retain(|(k, _)| k != key);
+        Ok(())
     }
 
     fn present(&self) -> Result<bool, BackendError> {

@@ -30,6 +30,15 @@ pub const SVC_MASQUERADE: u8 = 2;
 pub const SVC_AFFINITY: u8 = 4;
 pub const SVC_MAGLEV: u8 = 8;
 
+/// `sy_tuple.pad` of conntrack keys: the direction the entry rewrites.
+pub const CT_INGRESS: u16 = 1;
+pub const CT_EGRESS: u16 = 2;
+/// `sy_tuple.pad` of conntrack values: a FIN or RST of the connection passed.
+pub const CT_CLOSING: u16 = 1;
+
+/// `sy_tuple.proto` of TCP.
+pub const PROTO_TCP: u8 = 6;
+
 /// An address as four network-order words, IPv4 in word 0.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -2,6 +2,7 @@
 //! traffic from the node and its pods, tc programs for traffic from outside,
 //! service/backend maps keyed by the compiler's stable ids. See `README.md`.
 
+pub mod drain;
 pub mod kernel;
 pub mod layout;
 pub mod maglev;
@@ -19,16 +20,19 @@ use switchyard_api::policy::LinkedRuleset;
 
 use self::kernel::EbpfKernel;
 use self::plan::{EbpfPlan, MapState};
-use self::sync::{Snapshot, sync_ops};
+use self::sync::{MapOp, Snapshot, sync_ops};
+use crate::nat_drain::{DrainState, NatDrain};
 use crate::semantics::{ModeSemantics, NodePortScope, UnknownPort};
 use crate::settings::Settings;
-use crate::{ApplyStats, Backend, BackendError};
+use crate::{ApplyStats, Backend, BackendError, Retirement};
 
 /// The eBPF dataplane over a kernel face (the real one: [`kernel::AyaKernel`]).
 pub struct EbpfBackend<K: EbpfKernel> {
     kernel: K,
     /// What the maps hold after the last apply; None: read them back first.
     applied: Option<Snapshot>,
+    /// Retired: the flows it balanced drain ([`drain`]).
+    drain: NatDrain,
 }
 
 impl<K: EbpfKernel> EbpfBackend<K> {
@@ -36,11 +40,21 @@ impl<K: EbpfKernel> EbpfBackend<K> {
         EbpfBackend {
             kernel,
             applied: None,
+            drain: NatDrain::default(),
         }
     }
 
     pub fn kernel(&self) -> &K {
         &self.kernel
+    }
+
+    /// Empty `sy_conntrack`, inbound entries first ([`drain::removal_order`]).
+    fn forget_flows(&mut self) -> Result<(), BackendError> {
+        let entries = self.kernel.conntrack()?;
+        for key in drain::removal_order(&entries) {
+            self.kernel.forget_flow(&key)?;
+        }
+        Ok(())
     }
 }
 
@@ -103,6 +117,34 @@ impl<K: EbpfKernel> Backend for EbpfBackend<K> {
     fn cleanup(&mut self) -> Result<(), BackendError> {
         self.applied = None;
         self.kernel.cleanup()
+    }
+
+    /// No new flow is balanced here any more (the frontends go), so new
+    /// flows meet the successor; the programs stay for the flows they
+    /// balanced ([`drain`]).
+    fn retire(&mut self, _successor: Mode) -> Result<Retirement, BackendError> {
+        self.applied = None;
+        let frontends = self.kernel.snapshot()?.state.frontends.clone();
+        for key in frontends.into_keys() {
+            self.kernel.write(&MapOp::DeleteFrontend(key))?;
+        }
+        self.drain.start();
+        self.settle()
+    }
+
+    fn settle(&mut self) -> Result<Retirement, BackendError> {
+        let kernel = &mut self.kernel;
+        let state = self
+            .drain
+            .settle_counting(|| Ok(drain::open_connections(&kernel.conntrack()?)))?;
+        match state {
+            DrainState::Draining => Ok(Retirement::Draining),
+            DrainState::Ended => {
+                self.forget_flows()?;
+                self.cleanup().map(|()| Retirement::Done)
+            }
+            DrainState::Idle => Ok(Retirement::Done),
+        }
     }
 }
 

@@ -23,8 +23,9 @@ use switchyard_api::ruleset::IpFamily;
 use self::plan::{AppliedFamily, FamilyPlan};
 use self::restore::{Restore, tools};
 use super::{ApplyStats, Backend, BackendError, Retirement};
-use crate::conntrack::{self, UdpSnapshot};
+use crate::conntrack::{self, ConntrackTable, UdpSnapshot};
 use crate::exec::Runner;
+use crate::nat_drain::{DrainState, NatDrain};
 use crate::semantics::{ModeSemantics, NodePortScope, UnknownPort};
 use crate::settings::Settings;
 use crate::sysctl::Sysctl;
@@ -37,11 +38,14 @@ const ROUTE_LOCALNET: &str = "net.ipv4.conf.all.route_localnet";
 pub struct IptablesBackend {
     runner: Arc<dyn Runner>,
     sysctl: Arc<dyn Sysctl>,
+    conntrack: Arc<dyn ConntrackTable>,
     /// What was last written per family; `None` forces a full sync.
     applied: [Option<AppliedFamily>; 2],
     udp: UdpSnapshot,
     /// route_localnet before we first set it, restored by cleanup.
     localnet_before: Option<String>,
+    /// Retired for eBPF: the rules stay while their connections last.
+    drain: NatDrain,
 }
 
 fn slot(family: IpFamily) -> usize {
@@ -54,11 +58,13 @@ fn slot(family: IpFamily) -> usize {
 impl IptablesBackend {
     pub fn new(runner: Arc<dyn Runner>, sysctl: Arc<dyn Sysctl>) -> IptablesBackend {
         IptablesBackend {
+            conntrack: runner.conntrack(),
             runner,
             sysctl,
             applied: [None, None],
             udp: UdpSnapshot::default(),
             localnet_before: None,
+            drain: NatDrain::default(),
         }
     }
 
@@ -148,10 +154,12 @@ impl Backend for IptablesBackend {
             stats.full &= full;
         }
         let stale = conntrack::stale_entries(&self.udp, &plan.udp);
-        conntrack::delete(self.runner.as_ref(), &stale).map_err(|e| BackendError::Kernel {
-            mode: Mode::Iptables,
-            operation: "delete stale UDP conntrack entries",
-            message: e.to_string(),
+        conntrack::delete_stale(self.conntrack.as_ref(), &stale).map_err(|e| {
+            BackendError::Kernel {
+                mode: Mode::Iptables,
+                operation: "delete stale UDP conntrack entries",
+                message: e.to_string(),
+            }
         })?;
         self.udp = plan.udp.clone();
         Ok(stats)
@@ -184,12 +192,24 @@ impl Backend for IptablesBackend {
 
     /// The IPVS mode's full write has already taken our chains over (they
     /// share names, [`names::is_ours`]): nothing of ours is left to remove.
+    /// eBPF leaves our rules' connections to them: they drain ([`NatDrain`]).
     fn retire(&mut self, successor: Mode) -> Result<Retirement, BackendError> {
+        if self.drain.start_for(successor) {
+            return self.settle();
+        }
         match successor {
             Mode::Ipvs => self.forget(),
             _ => self.cleanup(),
         }
         .map(|()| Retirement::Done)
+    }
+
+    fn settle(&mut self) -> Result<Retirement, BackendError> {
+        match self.drain.settle(self.runner.as_ref(), Mode::Iptables)? {
+            DrainState::Draining => Ok(Retirement::Draining),
+            DrainState::Ended => self.cleanup().map(|()| Retirement::Done),
+            DrainState::Idle => Ok(Retirement::Done),
+        }
     }
 }
 

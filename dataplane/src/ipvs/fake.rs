@@ -1,10 +1,12 @@
 //! An in-memory IPVS table that answers requests as the kernel does, for
 //! the unit tests (compiled only for them).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use super::dummy::DummyInterface;
 use super::genl::{IpvsAttr, IpvsCmd, IpvsMessage, family_of};
 use super::kernel::{IpvsKernel, KernelError, message};
 use super::objects::{DestState, ServiceKey, Timeouts, VirtualServer};
@@ -159,5 +161,55 @@ impl FakeTable {
             }
             _ => Err(errno(cmd, libc::EOPNOTSUPP)),
         }
+    }
+}
+
+/// An in-memory `kube-ipvs0` (for unit tests): `None` while it does not
+/// exist; clones share it.
+#[derive(Clone, Debug, Default)]
+pub struct FakeDummy(Arc<Mutex<Option<BTreeSet<IpAddr>>>>);
+
+impl FakeDummy {
+    /// Its addresses, `None` while it does not exist.
+    pub fn state(&self) -> Option<BTreeSet<IpAddr>> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<BTreeSet<IpAddr>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl DummyInterface for FakeDummy {
+    fn exists(&self) -> io::Result<bool> {
+        Ok(self.lock().is_some())
+    }
+
+    fn ensure(&self) -> io::Result<()> {
+        self.lock().get_or_insert_with(BTreeSet::new);
+        Ok(())
+    }
+
+    fn delete(&self) -> io::Result<()> {
+        *self.lock() = None;
+        Ok(())
+    }
+
+    fn addresses(&self) -> io::Result<BTreeSet<IpAddr>> {
+        Ok(self.state().unwrap_or_default())
+    }
+
+    fn change_addresses(
+        &self,
+        add: &BTreeSet<IpAddr>,
+        remove: &BTreeSet<IpAddr>,
+    ) -> io::Result<()> {
+        let mut state = self.lock();
+        let Some(have) = state.as_mut() else {
+            return Err(io::Error::from(io::ErrorKind::NotFound));
+        };
+        have.extend(add);
+        have.retain(|a| !remove.contains(a));
+        Ok(())
     }
 }

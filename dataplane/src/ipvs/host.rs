@@ -1,16 +1,13 @@
-//! The non-IPVS kernel objects of the mode, through the command-line tools
-//! (`ip`, `ipset`, `iptables-save`) of [`Runner`] and the [`Sysctl`] writer:
-//! the dummy interface and its addresses, the ipsets, sysctls. (Our rules
-//! are written and removed by the iptables mode's writer,
+//! The ipsets and iptables objects of the mode, through the command-line
+//! tools (`ipset`, `iptables-save`) of [`Runner`], and the sysctls the
+//! [`crate::sysctl::Sysctl`] writer sets. (`kube-ipvs0` is [`super::dummy`]'s;
+//! our rules are written and removed by the iptables mode's writer,
 //! [`crate::iptables::restore`], the `ipset restore` input by [`super::ipset`].)
-//! Every command acts in the caller's network namespace.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 
 use switchyard_api::ruleset::IpFamily;
 
-use super::plan::DUMMY_INTERFACE;
 use super::rules::our_chains;
 use crate::exec::{ExecError, Runner};
 use crate::iptables::restore::tools;
@@ -36,68 +33,6 @@ pub struct Host<'a> {
 }
 
 impl Host<'_> {
-    pub fn dummy_exists(&self) -> bool {
-        self.runner
-            .run("ip", &["-o", "link", "show", "dev", DUMMY_INTERFACE], None)
-            .is_ok()
-    }
-
-    pub fn ensure_dummy(&self) -> Result<(), ExecError> {
-        if !self.dummy_exists() {
-            self.runner.run(
-                "ip",
-                &["link", "add", DUMMY_INTERFACE, "type", "dummy"],
-                None,
-            )?;
-        }
-        Ok(())
-    }
-
-    pub fn delete_dummy(&self) -> Result<(), ExecError> {
-        if self.dummy_exists() {
-            self.runner
-                .run("ip", &["link", "del", DUMMY_INTERFACE], None)?;
-        }
-        Ok(())
-    }
-
-    /// The addresses on `kube-ipvs0` (none when it does not exist).
-    pub fn dummy_addresses(&self) -> Result<BTreeSet<IpAddr>, ExecError> {
-        if !self.dummy_exists() {
-            return Ok(BTreeSet::new());
-        }
-        let out = self
-            .runner
-            .run("ip", &["-o", "addr", "show", "dev", DUMMY_INTERFACE], None)?;
-        Ok(parse_addresses(&out))
-    }
-
-    /// Add and remove addresses on `kube-ipvs0` in one `ip -batch`.
-    pub fn change_addresses(
-        &self,
-        add: &BTreeSet<IpAddr>,
-        remove: &BTreeSet<IpAddr>,
-    ) -> Result<(), ExecError> {
-        let mut batch = String::new();
-        for (verb, ips) in [("add", add), ("del", remove)] {
-            for ip in ips {
-                let prefix = match ip {
-                    IpAddr::V4(_) => 32,
-                    IpAddr::V6(_) => 128,
-                };
-                batch.push_str(&format!(
-                    "addr {verb} {ip}/{prefix} dev {DUMMY_INTERFACE}\n"
-                ));
-            }
-        }
-        if batch.is_empty() {
-            return Ok(());
-        }
-        self.runner
-            .run("ip", &["-batch", "-"], Some(batch.as_bytes()))
-            .map(|_| ())
-    }
-
     /// Names of the ipsets that exist.
     pub fn ipset_names(&self) -> Result<BTreeSet<String>, ExecError> {
         let out = self.runner.run("ipset", &["list", "-n"], None)?;
@@ -136,29 +71,5 @@ impl Host<'_> {
                         .any(|c| out.lines().any(|l| l.starts_with(&format!(":{c} "))))
                 })
         })
-    }
-}
-
-/// Addresses in `ip -o addr show` output.
-pub fn parse_addresses(out: &str) -> BTreeSet<IpAddr> {
-    out.lines()
-        .filter_map(|l| {
-            let mut words = l.split_whitespace();
-            words.find(|w| *w == "inet" || *w == "inet6")?;
-            words.next()?.split('/').next()?.parse().ok()
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addresses_are_read_from_ip_o_addr_output() {
-        let out = "7: kube-ipvs0    inet 10.96.0.1/32 scope global kube-ipvs0\\       valid_lft forever preferred_lft forever\n\
-                   7: kube-ipvs0    inet6 fd00::1/128 scope global \\       valid_lft forever preferred_lft forever\n";
-        let got: Vec<String> = parse_addresses(out).iter().map(|a| a.to_string()).collect();
-        assert_eq!(got, ["10.96.0.1", "fd00::1"]);
     }
 }

@@ -2,12 +2,16 @@
 //!
 //! See `README.md` next to this file for the objects it creates. Rendering is
 //! pure ([`render`]); [`IpvsBackend::apply`] and [`IpvsBackend::cleanup`] are
-//! the only code touching the kernel, through three narrow doors: the IPVS
-//! table over generic netlink ([`kernel::IpvsKernel`]), the command-line tools
-//! ([`crate::exec::Runner`]) and sysctls ([`crate::sysctl::Sysctl`]). All of them act in
-//! the network namespace of the calling thread.
+//! the only code touching the kernel, through narrow doors: the IPVS table
+//! over generic netlink ([`kernel::IpvsKernel`]), `kube-ipvs0` over
+//! rtnetlink ([`dummy::DummyInterface`]), the command-line tools and the
+//! conntrack table ([`crate::exec::Runner`]) and sysctls
+//! ([`crate::sysctl::Sysctl`]). All of them act in one network namespace.
 
 pub mod capture;
+pub mod dummy;
+#[cfg(test)]
+mod dummy_tests;
 #[cfg(test)]
 mod fake;
 pub mod genl;
@@ -31,7 +35,7 @@ use switchyard_api::Mode;
 use switchyard_api::policy::LinkedRuleset;
 use switchyard_api::ruleset::{IpFamily, Protocol};
 
-use crate::conntrack::{self, UdpSnapshot};
+use crate::conntrack::{self, ConntrackTable, UdpSnapshot};
 use crate::escape::NameError;
 use crate::exec::{ExecError, Runner};
 use crate::iptables::plan::FamilyPlan;
@@ -40,6 +44,7 @@ use crate::semantics::{ModeSemantics, NodePortScope, UnknownPort};
 use crate::settings::Settings;
 use crate::sysctl::{ProcSysctl, Sysctl};
 use crate::{ApplyStats, Backend, BackendError, Retirement};
+use dummy::{DummyInterface, RtnlDummy};
 use host::Host;
 use kernel::{Ipvs, IpvsKernel, KernelError};
 use objects::{RealServer, ServiceKey, VirtualServer};
@@ -56,8 +61,10 @@ pub const RETIRE_GRACE: Duration = Duration::from_secs(120);
 /// The IPVS dataplane of one network namespace.
 pub struct IpvsBackend {
     kernel: Box<dyn IpvsKernel>,
+    dummy: Box<dyn DummyInterface>,
     runner: Arc<dyn Runner>,
     sysctl: Box<dyn Sysctl>,
+    conntrack: Arc<dyn ConntrackTable>,
     /// The plan last applied in full; `None` forces a full sync.
     applied: Option<IpvsPlan>,
     /// Services with real servers left at weight 0 until their connections end.
@@ -66,6 +73,8 @@ pub struct IpvsBackend {
     udp: UdpSnapshot,
     /// Retired, draining until then ([`RETIRE_GRACE`]).
     retiring_until: Option<Instant>,
+    /// Retired for eBPF: our rules and ipsets drain with the virtual servers.
+    rules_kept: bool,
 }
 
 fn kernel_err(operation: &'static str) -> impl FnOnce(KernelError) -> BackendError {
@@ -84,6 +93,14 @@ fn exec_err(operation: &'static str) -> impl FnOnce(ExecError) -> BackendError {
     }
 }
 
+fn io_err(operation: &'static str) -> impl FnOnce(std::io::Error) -> BackendError {
+    move |source| BackendError::Io {
+        mode: Mode::Ipvs,
+        operation,
+        source,
+    }
+}
+
 fn name_err(operation: &'static str) -> impl FnOnce(NameError) -> BackendError {
     move |source| BackendError::Name {
         mode: Mode::Ipvs,
@@ -95,17 +112,21 @@ fn name_err(operation: &'static str) -> impl FnOnce(NameError) -> BackendError {
 impl IpvsBackend {
     pub fn new(
         kernel: Box<dyn IpvsKernel>,
+        dummy: Box<dyn DummyInterface>,
         runner: Arc<dyn Runner>,
         sysctl: Box<dyn Sysctl>,
     ) -> IpvsBackend {
         IpvsBackend {
             kernel,
+            dummy,
+            conntrack: runner.conntrack(),
             runner,
             sysctl,
             applied: None,
             draining: BTreeSet::new(),
             udp: UdpSnapshot::default(),
             retiring_until: None,
+            rules_kept: false,
         }
     }
 
@@ -115,8 +136,10 @@ impl IpvsBackend {
             mode: Mode::Ipvs,
             reason: e.to_string(),
         })?;
+        let dummy = RtnlDummy::open().map_err(io_err("open rtnetlink"))?;
         Ok(IpvsBackend::new(
             Box::new(kernel),
+            Box::new(dummy),
             runner,
             Box::new(ProcSysctl),
         ))
@@ -159,9 +182,10 @@ impl IpvsBackend {
         let host = Host {
             runner: self.runner.as_ref(),
         };
-        let addrs = host
-            .dummy_addresses()
-            .map_err(exec_err("list kube-ipvs0 addresses"))?;
+        let addrs = self
+            .dummy
+            .addresses()
+            .map_err(io_err("list kube-ipvs0 addresses"))?;
         let node_ports = owned_node_ports(&host).map_err(exec_err("read node-port ipsets"))?;
         let applied: BTreeSet<ServiceKey> = self
             .applied
@@ -219,9 +243,7 @@ impl IpvsBackend {
             ipvs.delete_service(&key)
                 .map_err(kernel_err("delete virtual server"))?;
         }
-        self.host()
-            .delete_dummy()
-            .map_err(exec_err("delete kube-ipvs0"))?;
+        self.dummy.delete().map_err(io_err("delete kube-ipvs0"))?;
         self.applied = None;
         self.draining.clear();
         self.udp = UdpSnapshot::default();
@@ -453,14 +475,16 @@ impl Backend for IpvsBackend {
                 .set_timeouts(&plan.timeouts)
                 .map_err(kernel_err("set connection timeouts"))?;
         }
-        let host = self.host();
-        host.ensure_dummy().map_err(exec_err("create kube-ipvs0"))?;
-        let have = host
-            .dummy_addresses()
-            .map_err(exec_err("list kube-ipvs0 addresses"))?;
+        self.dummy.ensure().map_err(io_err("create kube-ipvs0"))?;
+        let have = self
+            .dummy
+            .addresses()
+            .map_err(io_err("list kube-ipvs0 addresses"))?;
         let add: BTreeSet<IpAddr> = plan.addresses.difference(&have).copied().collect();
-        host.change_addresses(&add, &BTreeSet::new())
-            .map_err(exec_err("add kube-ipvs0 addresses"))?;
+        self.dummy
+            .change_addresses(&add, &BTreeSet::new())
+            .map_err(io_err("add kube-ipvs0 addresses"))?;
+        let host = self.host();
         written += add.len() as u32;
         let sets_changed = self
             .applied
@@ -485,16 +509,18 @@ impl Backend for IpvsBackend {
         // UDP has no teardown: entries made while a VIP had no virtual server
         // or to an endpoint that left would keep a client's flow stuck.
         let stale = conntrack::stale_entries(&self.udp, &plan.udp);
-        conntrack::delete(self.runner.as_ref(), &stale).map_err(|e| BackendError::Kernel {
-            mode: Mode::Ipvs,
-            operation: "delete stale UDP conntrack entries",
-            message: e.to_string(),
+        conntrack::delete_stale(self.conntrack.as_ref(), &stale).map_err(|e| {
+            BackendError::Kernel {
+                mode: Mode::Ipvs,
+                operation: "delete stale UDP conntrack entries",
+                message: e.to_string(),
+            }
         })?;
         self.udp = plan.udp.clone();
-        let host = self.host();
         let stale: BTreeSet<IpAddr> = have.difference(&plan.addresses).copied().collect();
-        host.change_addresses(&BTreeSet::new(), &stale)
-            .map_err(exec_err("remove kube-ipvs0 addresses"))?;
+        self.dummy
+            .change_addresses(&BTreeSet::new(), &stale)
+            .map_err(io_err("remove kube-ipvs0 addresses"))?;
         written += stale.len() as u32;
         self.applied = Some(plan.clone());
         Ok(ApplyStats {
@@ -509,10 +535,10 @@ impl Backend for IpvsBackend {
     }
 
     fn present(&self) -> Result<bool, BackendError> {
-        let host = self.host();
-        if host.dummy_exists() {
+        if self.dummy.exists().map_err(io_err("look for kube-ipvs0"))? {
             return Ok(true);
         }
+        let host = self.host();
         let sets = host.ipset_names().map_err(exec_err("list ipsets"))?;
         let ours = render::all_set_names();
         Ok(sets.iter().any(|s| ours.contains(s)) || host.has_rules(IpFamily::V4))
@@ -527,12 +553,17 @@ impl Backend for IpvsBackend {
     /// Our rules and ipsets go at once (the iptables mode's full write has
     /// already taken the rules over); the virtual servers and `kube-ipvs0`
     /// stay while TCP connections established through them last, up to
-    /// [`RETIRE_GRACE`].
+    /// [`RETIRE_GRACE`]. eBPF translates new flows before netfilter sees
+    /// them, so our rules stay for the drain too: the NAT of their
+    /// connections' conntrack entries (masquerade) needs them hooked.
     fn retire(&mut self, successor: Mode) -> Result<Retirement, BackendError> {
-        if successor != Mode::Iptables {
-            self.remove_rules()?;
+        self.rules_kept = successor == Mode::Ebpf;
+        if !self.rules_kept {
+            if successor != Mode::Iptables {
+                self.remove_rules()?;
+            }
+            self.destroy_sets()?;
         }
-        self.destroy_sets()?;
         self.retiring_until = Some(Instant::now() + RETIRE_GRACE);
         self.settle()
     }
@@ -544,7 +575,11 @@ impl Backend for IpvsBackend {
         if Instant::now() < until && self.open_connections()? > 0 {
             return Ok(Retirement::Draining);
         }
-        self.remove_servers()?;
+        if std::mem::take(&mut self.rules_kept) {
+            self.cleanup()?;
+        } else {
+            self.remove_servers()?;
+        }
         Ok(Retirement::Done)
     }
 }

@@ -14,7 +14,7 @@ use switchyard_api::ruleset::{
 };
 
 use super::capture::parse_hex;
-use super::fake::FakeIpvs;
+use super::fake::{FakeDummy, FakeIpvs};
 use super::genl::{DestAttr, IpvsAttr, IpvsCmd, IpvsMessage, ServiceAttr, StatsAttr};
 use super::kernel::{Ipvs, IpvsKernel};
 use super::objects::{DestState, ServiceKey, Timeouts, VirtualServer};
@@ -432,15 +432,18 @@ fn traced_ipvs_rules_reject_unknown_ports_enforce_source_ranges_and_masquerade_a
 
 // ---- apply / cleanup against the fake kernel ----
 
-fn backend(fake: &FakeIpvs) -> (IpvsBackend, Arc<FakeRunner>) {
+fn backend(fake: &FakeIpvs) -> (IpvsBackend, Arc<FakeRunner>, FakeDummy) {
     let runner = Arc::new(FakeRunner::default());
+    let dummy = FakeDummy::default();
     (
         IpvsBackend::new(
             Box::new(fake.clone()),
+            Box::new(dummy.clone()),
             runner.clone(),
             Box::new(FakeSysctl::default()),
         ),
         runner,
+        dummy,
     )
 }
 
@@ -451,7 +454,7 @@ fn kernel_dests(fake: &FakeIpvs, k: &ServiceKey) -> Vec<DestState> {
 #[test]
 fn removed_endpoint_with_open_connections_is_quiesced_then_deleted_when_drained() {
     let f = FakeIpvs::default();
-    let (mut b, _) = backend(&f);
+    let (mut b, _, _) = backend(&f);
     let s = Settings::defaults(Mode::Ipvs);
     let plan = plan_for(vec![rule()], &s);
     b.apply(&plan).unwrap();
@@ -503,11 +506,13 @@ fn cleanup_deletes_only_our_virtual_servers() {
         false,
     )
     .unwrap();
-    let (mut b, runner) = backend(&f);
-    b.apply(&plan_for(vec![rule()], &Settings::defaults(Mode::Ipvs)))
-        .unwrap();
+    let (mut b, runner, dummy) = backend(&f);
+    let plan = plan_for(vec![rule()], &Settings::defaults(Mode::Ipvs));
+    b.apply(&plan).unwrap();
     assert_eq!(f.table().services.len(), 3);
+    assert_eq!(dummy.state(), Some(plan.addresses.clone()));
     b.cleanup().unwrap();
+    assert_eq!(dummy.state(), None, "kube-ipvs0 is deleted");
     let left: Vec<ServiceKey> = f.table().services.keys().copied().collect();
     assert_eq!(left, [foreign.key]);
     // Our sets are destroyed by name, never with a bare `ipset destroy`/`flush`.
@@ -525,7 +530,7 @@ fn cleanup_deletes_only_our_virtual_servers() {
 
 #[test]
 fn apply_programs_sets_before_the_rules_that_use_them() {
-    let (mut b, runner) = backend(&FakeIpvs::default());
+    let (mut b, runner, _) = backend(&FakeIpvs::default());
     b.apply(&plan_for(vec![rule()], &Settings::defaults(Mode::Ipvs)))
         .unwrap();
     let calls = runner.calls();
@@ -563,4 +568,40 @@ fn apply_programs_sets_before_the_rules_that_use_them() {
         ),
         "{text}"
     );
+}
+
+/// IPVS -> eBPF cut the node's connections to a cluster IP and masqueraded
+/// NodePort ones: the rules went at once, and with them the NAT hooks their
+/// conntrack entries need. Retired for eBPF, rules and sets drain with the
+/// virtual servers.
+#[test]
+fn retired_for_ebpf_keeps_rules_and_sets_until_its_connections_end() {
+    let f = FakeIpvs::default();
+    let (mut b, runner, _) = backend(&f);
+    b.apply(&plan_for(vec![rule()], &Settings::defaults(Mode::Ipvs)))
+        .unwrap();
+    let vip = key("10.96.0.10", 80);
+    f.table()
+        .set_active(&vip, ("10.1.1.2".parse().unwrap(), 8080), 1);
+    let applied = runner.calls().len();
+    let removals = |from: usize| {
+        runner.calls()[from..]
+            .iter()
+            .filter(|c| {
+                // Listing our rules to remove them, removing them, destroying sets.
+                c.program.contains("tables-") || (c.program == "ipset" && c.args == ["restore"])
+            })
+            .count()
+    };
+
+    assert_eq!(b.retire(Mode::Ebpf).unwrap(), Retirement::Draining);
+    assert_eq!(b.settle().unwrap(), Retirement::Draining);
+    assert_eq!(removals(applied), 0, "{:?}", &runner.calls()[applied..]);
+    assert!(f.table().services.contains_key(&vip));
+
+    f.table()
+        .set_active(&vip, ("10.1.1.2".parse().unwrap(), 8080), 0);
+    assert_eq!(b.settle().unwrap(), Retirement::Done);
+    assert!(removals(applied) > 0, "rules removed at the end");
+    assert!(f.table().services.is_empty());
 }

@@ -27,11 +27,12 @@ use switchyard_api::Mode;
 use switchyard_api::policy::LinkedRuleset;
 use switchyard_api::ruleset::IpFamily;
 
-use crate::conntrack::{self, UdpSnapshot};
+use crate::conntrack::{self, ConntrackTable, UdpSnapshot};
 use crate::exec::Runner;
+use crate::nat_drain::{DrainState, NatDrain};
 use crate::semantics::{ModeSemantics, NodePortScope, UnknownPort};
 use crate::settings::Settings;
-use crate::{ApplyStats, Backend, BackendError};
+use crate::{ApplyStats, Backend, BackendError, Retirement};
 
 use self::diff::{Applied, IndexStep};
 pub use self::ir::Plan;
@@ -43,6 +44,7 @@ use self::transaction::Transaction;
 /// The nftables dataplane.
 pub struct NftablesBackend {
     runner: Arc<dyn Runner>,
+    conntrack: Arc<dyn ConntrackTable>,
     /// What the kernel holds, as this backend last applied it.
     applied: Option<Applied>,
     /// The next sync renders and writes everything (periodic resync).
@@ -54,17 +56,21 @@ pub struct NftablesBackend {
     netlink: bool,
     /// The netlink socket, in the namespace of the thread that syncs.
     socket: ThreadSocket,
+    /// Retired for eBPF: the table stays while its connections last.
+    drain: NatDrain,
 }
 
 impl NftablesBackend {
     pub fn new(runner: Arc<dyn Runner>) -> NftablesBackend {
         NftablesBackend {
             netlink: runner.acts_here(),
+            conntrack: runner.conntrack(),
             runner,
             applied: None,
             full_next: false,
             stale_chains: Vec::new(),
             socket: ThreadSocket::default(),
+            drain: NatDrain::default(),
         }
     }
 
@@ -151,10 +157,12 @@ impl NftablesBackend {
         let objects = applied.object_count();
         self.applied = Some(applied);
         self.full_next = false;
-        conntrack::delete(self.runner.as_ref(), &stale).map_err(|e| BackendError::Kernel {
-            mode: Mode::Nftables,
-            operation: "delete stale UDP conntrack entries",
-            message: e.to_string(),
+        conntrack::delete_stale(self.conntrack.as_ref(), &stale).map_err(|e| {
+            BackendError::Kernel {
+                mode: Mode::Nftables,
+                operation: "delete stale UDP conntrack entries",
+                message: e.to_string(),
+            }
         })?;
         Ok(ApplyStats {
             objects: u32::try_from(objects).unwrap_or(u32::MAX),
@@ -332,6 +340,22 @@ impl Backend for NftablesBackend {
         self.full_next = false;
         self.stale_chains.clear();
         Ok(())
+    }
+
+    /// eBPF leaves our table's connections to it: it drains ([`NatDrain`]).
+    fn retire(&mut self, successor: Mode) -> Result<Retirement, BackendError> {
+        if self.drain.start_for(successor) {
+            return self.settle();
+        }
+        self.cleanup().map(|()| Retirement::Done)
+    }
+
+    fn settle(&mut self) -> Result<Retirement, BackendError> {
+        match self.drain.settle(self.runner.as_ref(), Mode::Nftables)? {
+            DrainState::Draining => Ok(Retirement::Draining),
+            DrainState::Ended => self.cleanup().map(|()| Retirement::Done),
+            DrainState::Idle => Ok(Retirement::Done),
+        }
     }
 }
 

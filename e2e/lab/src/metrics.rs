@@ -1,6 +1,7 @@
 //! Prometheus' text format as kube-proxy and the node agent serve it: fetched
-//! from inside the node's namespace, read series by series. One reader for
-//! the reference's waits and the benches' figures.
+//! from inside the node's namespace (by the harness' one HTTP GET), read
+//! series by series. One reader for the reference's waits and the benches'
+//! figures.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -10,17 +11,25 @@ use std::time::Duration;
 use crate::HarnessError;
 use crate::netns::Netns;
 
-/// `GET /metrics` from `addr`, connecting from inside `ns`.
-pub fn fetch(ns: &Netns, addr: SocketAddr, what: &str) -> Result<String, HarnessError> {
-    let fetched = ns.run(move || -> std::io::Result<String> {
+/// The whole answer (status line, headers, body) to `GET path` of `addr`,
+/// asked from inside `ns`.
+pub fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    ns.run(move || -> std::io::Result<String> {
         let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: metrics\r\n\r\n")?;
+        stream.write_all(request.as_bytes())?;
         let mut text = String::new();
         stream.read_to_string(&mut text)?;
         Ok(text)
-    })?;
-    fetched.map_err(|e| HarnessError::Setup {
+    })
+    .map_err(std::io::Error::other)
+    .and_then(|fetched| fetched)
+}
+
+/// `GET /metrics` from `what` at `addr`, connecting from inside `ns`.
+pub fn fetch(ns: &Netns, addr: SocketAddr, what: &str) -> Result<String, HarnessError> {
+    http_get(ns, addr, "/metrics").map_err(|e| HarnessError::Setup {
         what: format!("{what} /metrics"),
         message: e.to_string(),
     })

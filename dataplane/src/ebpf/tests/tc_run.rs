@@ -8,13 +8,14 @@ use switchyard_api::Mode;
 use switchyard_api::ruleset::TrafficPolicy;
 
 use super::fixtures::*;
-use crate::Backend as _;
 use crate::ebpf::EbpfBackend;
 use crate::ebpf::kernel::{AyaKernel, KernelConfig};
+use crate::ebpf::layout::Tuple;
 use crate::ebpf::objects;
 use crate::ebpf::plan::{EbpfPlan, render};
 use crate::ebpf::probe::Capabilities;
 use crate::settings::{LocalDetector, Settings};
+use crate::{Backend as _, Retirement};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -37,13 +38,22 @@ fn fold(mut acc: u32) -> u16 {
 
 /// An Ethernet/IP frame with a TCP SYN (proto 6) or a UDP datagram (17), checksums set.
 fn frame(proto: u8, src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
+    tcp_flags_frame(proto, TCP_SYN, src, sport, dst, dport)
+}
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// As [`frame`], a TCP segment with `flags` (ignored for UDP).
+fn tcp_flags_frame(proto: u8, flags: u8, src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
     let (src, dst): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());
     let payload = b"hello";
     let mut l4 = Vec::new();
     l4.extend_from_slice(&sport.to_be_bytes());
     l4.extend_from_slice(&dport.to_be_bytes());
     if proto == 6 {
-        l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+        l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
     } else {
         l4.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
         l4.extend_from_slice(&[0, 0]);
@@ -123,10 +133,29 @@ fn parse_checked(f: &[u8]) -> (String, u16, String, u16) {
     (src.to_string(), port(0), dst.to_string(), port(2))
 }
 
+/// Run program `name` of `programs` on a frame, in the calling thread's
+/// network namespace: the verdict and the frame after it.
+fn run_program(programs: &mut aya::Ebpf, name: &str, input: &[u8]) -> (u32, Vec<u8>) {
+    let prog: &mut SchedClassifier = programs.program_mut(name).unwrap().try_into().unwrap();
+    let mut out = vec![0u8; input.len() + 64];
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            ..TestRunOptions::new()
+        })
+        .unwrap();
+    out.truncate(r.data_size_out as usize);
+    (r.return_value, out)
+}
+
 /// The loaded tc programs over maps pinned in a bpffs of the test.
 struct Harness {
     _bpffs: ScratchBpffs,
     programs: aya::Ebpf,
+    /// The backend that wrote the maps, in the namespace it ran in.
+    backend: EbpfBackend<AyaKernel>,
+    ns: Netns,
 }
 
 const PROGRAMS: [&str; 2] = ["sy_tc_ingress", "sy_tc_egress"];
@@ -162,23 +191,32 @@ impl Harness {
         Harness {
             _bpffs: bpffs,
             programs,
+            backend,
+            ns,
         }
+    }
+
+    fn retire(&mut self) -> Retirement {
+        let backend = &mut self.backend;
+        self.ns.enter(|| backend.retire(Mode::Iptables).unwrap())
+    }
+
+    fn settle(&mut self) -> Retirement {
+        let backend = &mut self.backend;
+        self.ns.enter(|| backend.settle().unwrap())
+    }
+
+    /// Entries left in `sy_conntrack` (through the programs' own descriptor:
+    /// the pin may be gone).
+    fn conntrack_entries(&self) -> usize {
+        let map = self.programs.map("sy_conntrack").unwrap();
+        let ct: aya::maps::HashMap<_, Tuple, Tuple> = aya::maps::HashMap::try_from(map).unwrap();
+        ct.keys().count()
     }
 
     /// Run one program on a frame: the verdict and the frame after it.
     fn run_one(&mut self, name: &str, input: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &mut SchedClassifier =
-            self.programs.program_mut(name).unwrap().try_into().unwrap();
-        let mut out = vec![0u8; input.len() + 64];
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(input),
-                data_out: Some(&mut out),
-                ..TestRunOptions::new()
-            })
-            .unwrap();
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        run_program(&mut self.programs, name, input)
     }
 
     /// A frame forwarded through the node: ingress on one interface, then
@@ -265,6 +303,128 @@ fn node_port_flow_is_dnated_and_masqueraded_and_replies_are_reversed() {
             "198.51.100.7".to_string(),
             40000
         )
+    );
+}
+
+/// A connection another mode translated goes on through the kernel's
+/// conntrack after eBPF attached: rebalancing its next segment would send
+/// it to a backend that resets it.
+#[test]
+fn mid_stream_segment_of_a_connection_ebpf_did_not_balance_is_not_reset() {
+    let mut h = Harness::new(&external_service(TrafficPolicy::Cluster));
+    let ack = tcp_flags_frame(6, TCP_ACK, "198.51.100.7", 40001, NODE_IP, 30080);
+    assert_eq!(h.run(&ack), (TC_ACT_OK, ack.clone()), "passes untouched");
+    // A new connection (SYN) from that client is balanced, and from then
+    // on its segments follow its entry.
+    let (_, syn) = h.run(&frame(6, "198.51.100.7", 40001, NODE_IP, 30080));
+    let (_, sport, backend, dport) = parse_checked(&syn);
+    assert_eq!((sport, dport), (40001, 8080));
+    let (_, next) = h.run(&ack);
+    assert_eq!(parse_checked(&next).2, backend);
+}
+
+/// Detaching eBPF at the switch cut the NodePort connections it balanced
+/// (their translation lived only in `sy_conntrack`): retired, it balances
+/// no new flow, goes on translating its own until a FIN passed, then
+/// empties its conntrack and goes.
+#[test]
+fn retired_ebpf_keeps_its_connections_until_they_close_and_balances_no_new_one() {
+    let mut h = Harness::new(&external_service(TrafficPolicy::Cluster));
+    let (_, syn) = h.run(&frame(6, "198.51.100.7", 40002, NODE_IP, 30080));
+    let (_, _, backend, _) = parse_checked(&syn);
+    assert_eq!(h.retire(), Retirement::Draining);
+
+    let other = frame(6, "198.51.100.7", 40003, NODE_IP, 30080);
+    assert_eq!(
+        h.run(&other),
+        (TC_ACT_OK, other.clone()),
+        "a new connection is left to the successor"
+    );
+    let ack = tcp_flags_frame(6, TCP_ACK, "198.51.100.7", 40002, NODE_IP, 30080);
+    let (_, next) = h.run(&ack);
+    assert_eq!(
+        parse_checked(&next).2,
+        backend,
+        "the open one keeps its backend"
+    );
+    assert_eq!(h.settle(), Retirement::Draining);
+
+    let fin = tcp_flags_frame(6, TCP_FIN | TCP_ACK, "198.51.100.7", 40002, NODE_IP, 30080);
+    let (_, fin_out) = h.run(&fin);
+    assert_eq!(
+        parse_checked(&fin_out).2,
+        backend,
+        "the FIN is translated too"
+    );
+    assert_eq!(h.settle(), Retirement::Done);
+    assert_eq!(h.conntrack_entries(), 0);
+    assert!(!h.ns.enter(|| h.backend.present().unwrap()), "removed");
+}
+
+/// Either side's FIN ends the connection for the drain: the backend's,
+/// seen on its way out, marks the client's inbound entry too.
+#[test]
+fn a_fin_from_the_backend_ends_the_drain_of_its_connection() {
+    let mut h = Harness::new(&external_service(TrafficPolicy::Local));
+    let (_, syn) = h.run(&frame(6, "198.51.100.7", 40004, "203.0.113.10", 80));
+    let (_, _, backend, _) = parse_checked(&syn);
+    assert_eq!(h.retire(), Retirement::Draining);
+    let fin = tcp_flags_frame(6, TCP_FIN | TCP_ACK, &backend, 8080, "198.51.100.7", 40004);
+    let (_, out) = h.run(&fin);
+    assert_eq!(
+        parse_checked(&out),
+        (
+            "203.0.113.10".to_string(),
+            80,
+            "198.51.100.7".to_string(),
+            40004
+        )
+    );
+    assert_eq!(h.settle(), Retirement::Done);
+}
+
+/// A node's own connection whose port a closed masqueraded NodePort flow
+/// had used to the same backend timed out: the stale un-SNAT entry sent its
+/// SYN-ACK to the old client.
+#[test]
+fn a_closed_connections_entry_does_not_rewrite_a_new_handshake_on_its_tuple() {
+    let mut h = Harness::new(&external_service(TrafficPolicy::Cluster));
+    let (_, syn) = h.run(&frame(6, "198.51.100.7", 40005, NODE_IP, 30080));
+    let (_, _, backend, _) = parse_checked(&syn);
+    let fin = tcp_flags_frame(6, TCP_FIN | TCP_ACK, "198.51.100.7", 40005, NODE_IP, 30080);
+    h.run(&fin);
+    let syn_ack = tcp_flags_frame(6, TCP_SYN | TCP_ACK, &backend, 8080, NODE_IP, 40005);
+    assert_eq!(
+        h.run_one(PROGRAMS[0], &syn_ack),
+        (TC_ACT_OK, syn_ack.clone()),
+        "the node's handshake passes untouched"
+    );
+}
+
+/// A node's UDP socket whose port a masqueraded NodePort flow had used to
+/// the same backend lost its answers to that flow's client.
+#[test]
+fn a_udp_answer_a_node_socket_owns_is_not_un_snated_to_an_old_flow_on_its_port() {
+    let mut h = Harness::new(&external_service(TrafficPolicy::Cluster));
+    let (_, request) = h.run(&frame(17, "198.51.100.7", 40006, NODE_IP, 30053));
+    let (src, _, backend, _) = parse_checked(&request);
+    assert_eq!(src, NODE_IP, "masqueraded");
+    let answer = frame(17, &backend, 5353, NODE_IP, 40006);
+    let (_, to_client) = h.run_one(PROGRAMS[0], &answer);
+    assert_eq!(parse_checked(&to_client).2, "198.51.100.7");
+
+    h.ns.sh(&format!(
+        "ip link set lo up && ip addr add {NODE_IP}/32 dev lo"
+    ));
+    let Harness { ns, programs, .. } = &mut h;
+    let to_node = ns.enter(|| {
+        let _socket = std::net::UdpSocket::bind((NODE_IP, 40006)).unwrap();
+        run_program(programs, PROGRAMS[0], &answer)
+    });
+    assert_eq!(
+        to_node,
+        (TC_ACT_OK, answer.clone()),
+        "left to the node's socket"
     );
 }
 

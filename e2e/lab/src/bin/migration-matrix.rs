@@ -2,7 +2,10 @@
 //! for every ordered pair of modes, switch a node while traffic runs and count
 //! what was lost; one table, then `N passed, M failed` (pairs). Pairs that
 //! involve IPVS run in the stock-kernel VM when this kernel lacks IPVS
-//! (`--vm`: every pair there). The hidden `__serve` / `__traffic` subcommands
+//! (`--vm`: every pair there). A pair from `kube-proxy-iptables` or
+//! `kube-proxy-nftables` takes the node over from the real kube-proxy by the
+//! README's runbook (`--agent` and `--operator` name the binaries it runs).
+//! The hidden `__serve` / `__traffic` subcommands
 //! are the child processes started inside namespaces.
 
 use std::collections::BTreeSet;
@@ -15,6 +18,7 @@ use clap::{Parser, Subcommand};
 use switchyard_api::Mode;
 use switchyard_api::ruleset::Protocol;
 use switchyard_dataplane::ebpf::tc::TcAttachMode;
+use switchyard_lab::cluster::processes::{Program, Programs};
 use switchyard_lab::migration::traffic::{self, Stream};
 use switchyard_lab::migration::{self, Pair, Row, Timing};
 use switchyard_lab::probe::{self, Listen};
@@ -29,9 +33,16 @@ struct Cli {
     /// Every ordered pair of these modes.
     #[arg(long, value_delimiter = ',', default_values_t = Mode::ALL)]
     modes: Vec<Mode>,
-    /// Only these pairs (FROM:TO), instead of every pair of --modes.
+    /// Only these pairs (FROM:TO), instead of every pair of --modes; FROM
+    /// may be `kube-proxy-MODE` (an adoption from a running kube-proxy).
     #[arg(long, value_delimiter = ',')]
     pairs: Vec<Pair>,
+    /// The node agent's binary, for adoptions.
+    #[arg(long, requires = "operator")]
+    agent: Option<PathBuf>,
+    /// The operator's binary, for adoptions.
+    #[arg(long, requires = "agent")]
+    operator: Option<PathBuf>,
     /// Run every pair inside Debian's stock kernel in qemu.
     #[arg(long)]
     vm: bool,
@@ -155,10 +166,20 @@ fn main() -> ExitCode {
     for name in netns::sweep_orphans(&[migration::TAG]) {
         eprintln!("removed namespace {name} left by a killed run");
     }
+    // Absolute: they run in the control plane's directory.
+    let absolute = |path: &PathBuf| std::path::absolute(path).unwrap_or_else(|_| path.clone());
+    let programs = cli
+        .agent
+        .as_ref()
+        .zip(cli.operator.as_ref())
+        .map(|(agent, operator)| Programs {
+            operator: Program::new(absolute(operator)),
+            agent: Program::new(absolute(agent)),
+        });
     let timing = if in_vm { Timing::VM } else { Timing::HOST };
     let mut rows = Vec::new();
     for (i, pair) in here.iter().enumerate() {
-        let row = migration::run_pair(*pair, i, timing, cli.tc_attach);
+        let row = migration::run_pair(*pair, i, timing, cli.tc_attach, programs.as_ref());
         if in_vm {
             println!("{}", row.line());
         }

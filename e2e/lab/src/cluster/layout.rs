@@ -204,24 +204,8 @@ impl Layout {
     /// The pool's ProxyConfig: every node, `mode`, batches of `max_unavailable`,
     /// verification through `svc-0`'s HTTP port.
     pub fn proxy_config(mode: Mode, max_unavailable: u32) -> Value {
-        json!({
-            "apiVersion": "switchyard.dev/v1alpha1",
-            "kind": "ProxyConfig",
-            "metadata": {"name": PROXY_CONFIG},
-            "spec": {
-                "nodeSelector": {"matchLabels": {POOL_LABEL: POOL}},
-                "mode": mode.as_str(),
-                "clusterCIDRs": [CLUSTER_CIDR],
-                "rollout": {
-                    "maxUnavailable": max_unavailable,
-                    "verification": {
-                        "service": format!("{NAMESPACE}/{}", Layout::service_name(0)),
-                        "port": SERVICE_HTTP_PORT,
-                        "timeout": "2s",
-                    },
-                },
-            },
-        })
+        let service = format!("{NAMESPACE}/{}", Layout::service_name(0));
+        pool_proxy_config(mode, max_unavailable, CLUSTER_CIDR, &service)
     }
 
     /// A server pod on its node, running and Ready (its `status` is what a
@@ -320,4 +304,33 @@ impl Layout {
             .map(|o| format!("---\n{}", serde_norway::to_string(o).unwrap_or_default()))
             .collect()
     }
+}
+
+/// The ProxyConfig of the pool (nodes labelled `POOL_LABEL=POOL`) in `mode`,
+/// batches of `max_unavailable`, each switch verified on port
+/// [`SERVICE_HTTP_PORT`] of `service` (`namespace/name`).
+pub fn pool_proxy_config(
+    mode: Mode,
+    max_unavailable: u32,
+    cluster_cidr: &str,
+    service: &str,
+) -> Value {
+    json!({
+        "apiVersion": "switchyard.dev/v1alpha1",
+        "kind": "ProxyConfig",
+        "metadata": {"name": PROXY_CONFIG},
+        "spec": {
+            "nodeSelector": {"matchLabels": {POOL_LABEL: POOL}},
+            "mode": mode.as_str(),
+            "clusterCIDRs": [cluster_cidr],
+            "rollout": {
+                "maxUnavailable": max_unavailable,
+                "verification": {
+                    "service": service,
+                    "port": SERVICE_HTTP_PORT,
+                    "timeout": "2s",
+                },
+            },
+        },
+    })
 }

@@ -253,20 +253,7 @@ impl Cluster {
         mode: Mode,
         max_unavailable: u32,
     ) -> Result<String, ClusterError> {
-        let file = self.cp.dir().join("proxyconfig.yaml");
-        let yaml =
-            serde_norway::to_string(&Layout::proxy_config(mode, max_unavailable)).map_err(|e| {
-                ClusterError::Layout {
-                    object: "ProxyConfig".into(),
-                    message: e.to_string(),
-                }
-            })?;
-        std::fs::write(&file, yaml).map_err(|source| ClusterError::Io {
-            what: "write the ProxyConfig manifest",
-            source,
-        })?;
-        let path = file.display().to_string();
-        Ok(self.kubectl().run(&["apply", "-f", &path])?)
+        apply_proxy_config(&self.cp, &Layout::proxy_config(mode, max_unavailable))
     }
 
     /// `kubectl patch proxyconfig <pool> --type=merge -p <patch>`, as a user
@@ -376,6 +363,24 @@ impl Cluster {
         );
         left
     }
+}
+
+/// `kubectl apply -f` of `proxy_config`, written to a file as a user would; kubectl's answer.
+pub fn apply_proxy_config(
+    cp: &ControlPlane,
+    proxy_config: &serde_json::Value,
+) -> Result<String, ClusterError> {
+    let file = cp.dir().join("proxyconfig.yaml");
+    let yaml = serde_norway::to_string(proxy_config).map_err(|e| ClusterError::Layout {
+        object: "ProxyConfig".into(),
+        message: e.to_string(),
+    })?;
+    std::fs::write(&file, yaml).map_err(|source| ClusterError::Io {
+        what: "write the ProxyConfig manifest",
+        source,
+    })?;
+    let path = file.display().to_string();
+    Ok(cp.kubectl().run(&["apply", "-f", &path])?)
 }
 
 impl Drop for Cluster {

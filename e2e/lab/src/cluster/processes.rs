@@ -193,7 +193,7 @@ impl Operator {
 pub struct Agent {
     node: String,
     daemon: Daemon,
-    _forwarder: Forwarder,
+    _forwarder: Option<Forwarder>,
 }
 
 impl Agent {
@@ -205,6 +205,27 @@ impl Agent {
         program: &Program,
     ) -> Result<Agent, ClusterError> {
         let forwarder = cp.forward_into(ns)?;
+        Agent::start_with(cp, ns, node, program, Some(forwarder)).await
+    }
+
+    /// As [`Agent::start`] in a namespace that reaches the API server
+    /// already (another program there has its forwarder).
+    pub async fn start_beside(
+        cp: &ControlPlane,
+        ns: &Netns,
+        node: &str,
+        program: &Program,
+    ) -> Result<Agent, ClusterError> {
+        Agent::start_with(cp, ns, node, program, None).await
+    }
+
+    async fn start_with(
+        cp: &ControlPlane,
+        ns: &Netns,
+        node: &str,
+        program: &Program,
+        forwarder: Option<Forwarder>,
+    ) -> Result<Agent, ClusterError> {
         let kubeconfig = cp.kubeconfig_for(&Identity::agent_on(node)).await?;
         let args = [
             "run".to_string(),

@@ -9,6 +9,7 @@
 //! that drains (IPVS) must settle by itself once the traffic stopped, or the
 //! pair fails.
 
+pub mod adoption;
 pub mod traffic;
 
 use std::io::{BufRead, BufReader};
@@ -24,6 +25,7 @@ use switchyard_dataplane::{BackendError, Dataplane, Retirement};
 
 use crate::HarnessError;
 use crate::agent::{Active, NodeAgent};
+use crate::cluster::processes::Programs;
 use crate::hooks::{self, ModeHooks};
 use crate::runner::{self, Children};
 use crate::scenario::{Expected, Flow, Scenario};
@@ -35,10 +37,47 @@ pub use traffic::Counts;
 /// The node, its services and the traffic's flows.
 const MATRIX: &str = include_str!("matrix.yaml");
 
-/// An ordered pair of modes: the node runs `from`, then switches to `to`.
+/// What carries the node's traffic before the switch: one of our modes, or
+/// the real kube-proxy in one of its modes (an adoption, [`adoption`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Mode(Mode),
+    KubeProxy(Mode),
+}
+
+/// How a kube-proxy source is written (`kube-proxy-iptables`).
+const KUBE_PROXY_PREFIX: &str = "kube-proxy-";
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Mode(mode) => write!(f, "{mode}"),
+            Source::KubeProxy(mode) => write!(f, "{KUBE_PROXY_PREFIX}{mode}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Source {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Source, String> {
+        let (kube_proxy, mode) = match text.strip_prefix(KUBE_PROXY_PREFIX) {
+            Some(mode) => (true, mode),
+            None => (false, text),
+        };
+        let mode = mode.parse::<Mode>().map_err(|e| format!("{text:?}: {e}"))?;
+        Ok(if kube_proxy {
+            Source::KubeProxy(mode)
+        } else {
+            Source::Mode(mode)
+        })
+    }
+}
+
+/// An ordered pair: the node runs `from`, then switches to our mode `to`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pair {
-    pub from: Mode,
+    pub from: Source,
     pub to: Mode,
 }
 
@@ -55,12 +94,11 @@ impl std::str::FromStr for Pair {
         let (from, to) = text
             .split_once(':')
             .ok_or_else(|| format!("{text:?}: expected FROM:TO"))?;
-        let mode = |m: &str| m.parse::<Mode>().map_err(|e| format!("{text:?}: {e}"));
         let pair = Pair {
-            from: mode(from)?,
-            to: mode(to)?,
+            from: from.parse()?,
+            to: to.parse::<Mode>().map_err(|e| format!("{text:?}: {e}"))?,
         };
-        if pair.from == pair.to {
+        if pair.from == Source::Mode(pair.to) {
             return Err(format!("{text:?}: a switch needs two modes"));
         }
         Ok(pair)
@@ -76,13 +114,19 @@ impl Pair {
                 modes
                     .iter()
                     .filter(move |&&to| to != from)
-                    .map(move |&to| Pair { from, to })
+                    .map(move |&to| Pair {
+                        from: Source::Mode(from),
+                        to,
+                    })
             })
             .collect()
     }
 
     pub fn involves(&self, mode: Mode) -> bool {
-        self.from == mode || self.to == mode
+        let from = match self.from {
+            Source::Mode(m) | Source::KubeProxy(m) => m,
+        };
+        from == mode || self.to == mode
     }
 }
 
@@ -179,7 +223,7 @@ impl Row {
 /// The table of `rows` and the `N passed, M failed` line.
 pub fn table(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:<20} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>10}  {}\n",
+        "{:<32} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>10}  {}\n",
         "pair", "new", "failed", "dropped", "udp", "lost", "wrong", "switch", "verdict"
     );
     for r in rows {
@@ -190,7 +234,7 @@ pub fn table(rows: &[Row]) -> String {
             (None, false) => "FAIL".to_string(),
         };
         out.push_str(&format!(
-            "{:<20} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8.1}ms  {verdict}\n",
+            "{:<32} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8.1}ms  {verdict}\n",
             r.pair.to_string().replace(':', " -> "),
             c.new,
             c.new_failed,
@@ -206,12 +250,37 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
-/// Run one pair (index `index` of this run, for namespace names).
-pub fn run_pair(pair: Pair, index: usize, timing: Timing, tc_attach: TcAttachMode) -> Row {
-    match Migration::set_up(pair, index, tc_attach).and_then(|m| m.run(timing)) {
-        Ok(row) => row,
-        Err(e) => Row::failed(pair, e.to_string()),
-    }
+/// Run one pair (index `index` of this run, for namespace names); an
+/// adoption from kube-proxy runs `programs` (the operator and the agent).
+pub fn run_pair(
+    pair: Pair,
+    index: usize,
+    timing: Timing,
+    tc_attach: TcAttachMode,
+    programs: Option<&Programs>,
+) -> Row {
+    let ran = match pair.from {
+        Source::Mode(from) => {
+            Migration::set_up(pair, from, index, tc_attach).and_then(|m| m.run(timing))
+        }
+        Source::KubeProxy(from) => match programs {
+            Some(programs) => adoption::run(pair, from, index, timing, programs),
+            None => Err(setup(
+                "an adoption needs the operator's and the agent's binaries",
+            )),
+        },
+    };
+    ran.unwrap_or_else(|e| Row::failed(pair, e.to_string()))
+}
+
+/// The matrix's node and its one stage.
+fn matrix() -> Result<Scenario, HarnessError> {
+    Ok(Scenario::parse("matrix.yaml", MATRIX)?)
+}
+
+/// The namespace prefix of pair `index` of this run.
+fn prefix(index: usize) -> String {
+    format!("{TAG}-{}-{index}-", std::process::id())
 }
 
 /// The modes' hooks, the namespaces, servers and the agent of one pair.
@@ -233,13 +302,13 @@ pub const TAG: &str = "symig";
 impl Migration {
     fn set_up(
         pair: Pair,
+        from: Mode,
         index: usize,
         tc_attach: TcAttachMode,
     ) -> Result<Migration, HarnessError> {
-        let scenario = Scenario::parse("matrix.yaml", MATRIX)?;
-        let prefix = format!("{TAG}-{}-{index}-", std::process::id());
-        let topo = Topology::build(&prefix, &scenario)?;
-        let mut from = hooks::hooks_for(pair.from, tc_attach);
+        let scenario = matrix()?;
+        let topo = Topology::build(&prefix(index), &scenario)?;
+        let mut from = hooks::hooks_for(from, tc_attach);
         let mut to = hooks::hooks_for(pair.to, tc_attach);
         from.prepare_node(&topo, &scenario)?;
         to.prepare_node(&topo, &scenario)?;
@@ -326,7 +395,8 @@ impl Migration {
 
     fn run(mut self, timing: Timing) -> Result<Row, HarnessError> {
         self.switch(self.from.as_ref())?;
-        let mut streams = self.start_traffic(timing)?;
+        let hooks = [self.from.as_ref(), self.to.as_ref()];
+        let mut streams = start_traffic(&self.topo, &self.scenario, &hooks, timing)?;
         std::thread::sleep(timing.before);
         let switched = self.switch(self.to.as_ref());
         std::thread::sleep(timing.after);
@@ -338,77 +408,99 @@ impl Migration {
         let removed = self.agent.take().map(NodeAgent::remove).transpose();
         self.from.teardown();
         self.to.teardown();
+        Ok(Row::of(
+            self.pair,
+            switched,
+            counts,
+            retired.and(removed.map(drop)),
+        ))
+    }
+}
+
+impl Row {
+    /// The row of a pair that ran: its switch (how long it took), the
+    /// traffic's counts, and what else went wrong; the first error is kept.
+    fn of(
+        pair: Pair,
+        switched: Result<Duration, HarnessError>,
+        counts: Result<Counts, HarnessError>,
+        after: Result<(), HarnessError>,
+    ) -> Row {
         let (switch_time, mut error) = match switched {
             Ok(t) => (t, None),
             Err(e) => (Duration::ZERO, Some(e.to_string())),
         };
-        if let Err(e) = retired.and(removed) {
+        if let Err(e) = after {
             error.get_or_insert(e.to_string());
         }
-        let counts = match counts {
-            Ok(c) => c,
-            Err(e) => {
-                error.get_or_insert(e.to_string());
-                Counts::default()
-            }
-        };
-        Ok(Row {
-            pair: self.pair,
+        let counts = counts.unwrap_or_else(|e| {
+            error.get_or_insert(e.to_string());
+            Counts::default()
+        });
+        Row {
+            pair,
             counts,
             switch_time,
             error,
-        })
-    }
-
-    /// One `__traffic` child per flow, in the flow's source namespace (and
-    /// the eBPF client cgroup where its socket is the node's); returns once
-    /// every stream's long-lived sockets have had their first answer.
-    fn start_traffic(&self, timing: Timing) -> Result<Streams, HarnessError> {
-        let mut streams = Streams {
-            names: Vec::new(),
-            children: Children(Vec::new()),
-        };
-        for flow in self.scenario.all_flows() {
-            let args = self.traffic_args(flow, timing)?;
-            let place = if flow.from_node {
-                crate::topology::Place::Node
-            } else {
-                self.topo.place_of(&flow.source_ip)
-            };
-            let mut child = runner::spawn_in_with_stdin(self.topo.netns(place), &args)?;
-            let ready = first_line(&mut child);
-            streams.children.0.push(child);
-            streams.names.push(flow.name.clone());
-            if ready != "ready" {
-                return Err(setup(&format!(
-                    "{}: traffic did not start: {ready}",
-                    flow.name
-                )));
-            }
         }
-        Ok(streams)
     }
+}
 
-    fn traffic_args(&self, flow: &Flow, timing: Timing) -> Result<Vec<String>, HarnessError> {
-        let Ok(Expected::Endpoints(endpoints)) = Expected::parse(&flow.output) else {
-            return Err(setup(&format!("{}: output must name endpoints", flow.name)));
+/// One `__traffic` child per flow of `scenario`, in the flow's source
+/// namespace of `topo` (and the client cgroup one of `hooks` gives where its
+/// socket is the node's); returns once every stream's long-lived sockets
+/// have had their first answer.
+fn start_traffic(
+    topo: &Topology,
+    scenario: &Scenario,
+    hooks: &[&dyn ModeHooks],
+    timing: Timing,
+) -> Result<Streams, HarnessError> {
+    let mut streams = Streams {
+        names: Vec::new(),
+        children: Children(Vec::new()),
+    };
+    for flow in scenario.all_flows() {
+        let args = traffic_args(flow, hooks, timing)?;
+        let place = if flow.from_node {
+            crate::topology::Place::Node
+        } else {
+            topo.place_of(&flow.source_ip)
         };
-        let mut args = vec![
-            "__traffic".to_string(),
-            format!("--proto={}", flow.protocol.as_lower()),
-            format!("--src={}", flow.source_ip),
-            format!("--dst={}", flow.destination()),
-            format!("--period-ms={}", timing.period.as_millis()),
-            format!("--timeout-ms={}", timing.timeout.as_millis()),
-        ];
-        args.extend(endpoints.iter().map(|e| format!("--endpoint={e}")));
-        let cgroup = self
-            .from
-            .client_cgroup(flow)
-            .or_else(|| self.to.client_cgroup(flow));
-        args.extend(cgroup.map(|c| format!("--cgroup={}", c.display())));
-        Ok(args)
+        let mut child = runner::spawn_in_with_stdin(topo.netns(place), &args)?;
+        let ready = first_line(&mut child);
+        streams.children.0.push(child);
+        streams.names.push(flow.name.clone());
+        if ready != "ready" {
+            return Err(setup(&format!(
+                "{}: traffic did not start: {ready}",
+                flow.name
+            )));
+        }
     }
+    Ok(streams)
+}
+
+fn traffic_args(
+    flow: &Flow,
+    hooks: &[&dyn ModeHooks],
+    timing: Timing,
+) -> Result<Vec<String>, HarnessError> {
+    let Ok(Expected::Endpoints(endpoints)) = Expected::parse(&flow.output) else {
+        return Err(setup(&format!("{}: output must name endpoints", flow.name)));
+    };
+    let mut args = vec![
+        "__traffic".to_string(),
+        format!("--proto={}", flow.protocol.as_lower()),
+        format!("--src={}", flow.source_ip),
+        format!("--dst={}", flow.destination()),
+        format!("--period-ms={}", timing.period.as_millis()),
+        format!("--timeout-ms={}", timing.timeout.as_millis()),
+    ];
+    args.extend(endpoints.iter().map(|e| format!("--endpoint={e}")));
+    let cgroup = hooks.iter().find_map(|h| h.client_cgroup(flow));
+    args.extend(cgroup.map(|c| format!("--cgroup={}", c.display())));
+    Ok(args)
 }
 
 fn setup(message: &str) -> HarnessError {
@@ -533,12 +625,19 @@ mod tests {
     fn pairs_are_every_ordered_pair_of_distinct_modes() {
         let pairs = Pair::all_of(&[Mode::Iptables, Mode::Nftables, Mode::Ebpf]);
         assert_eq!(pairs.len(), 6);
-        assert!(pairs.iter().all(|p| p.from != p.to));
+        assert!(pairs.iter().all(|p| p.from != Source::Mode(p.to)));
         assert_eq!(
             "ipvs:nftables".parse::<Pair>().map(|p| p.to),
             Ok(Mode::Nftables)
         );
         assert!("ipvs:ipvs".parse::<Pair>().is_err());
+        assert_eq!(
+            "kube-proxy-iptables:iptables".parse::<Pair>(),
+            Ok(Pair {
+                from: Source::KubeProxy(Mode::Iptables),
+                to: Mode::Iptables
+            })
+        );
     }
 
     #[test]

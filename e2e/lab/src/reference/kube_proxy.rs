@@ -21,7 +21,8 @@ use crate::netns::Netns;
 use crate::scenario::NodeSpec;
 
 const METRICS_PORT: u16 = 10249;
-const HEALTHZ_PORT: u16 = 10256;
+/// `/healthz`, which the agent takes over once kube-proxy is gone.
+pub const HEALTHZ_PORT: u16 = 10256;
 /// Deadlock guard for a sync (kube-proxy syncs in milliseconds here, but a
 /// two-core machine busy building stretches that).
 const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
@@ -171,6 +172,11 @@ impl KubeProxy {
     /// kube-proxy's `/metrics`, fetched from inside `ns`.
     pub fn metrics(&self, ns: &Netns) -> Result<String, HarnessError> {
         fetch(ns, self.metrics, "kube-proxy")
+    }
+
+    /// Kill it, as deleting its pod does: its rules stay in the kernel.
+    pub fn stop(&mut self) {
+        self.daemon.stop();
     }
 
     pub fn counters(&self, ns: &Netns) -> Result<Counters, HarnessError> {

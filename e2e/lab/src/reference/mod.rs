@@ -124,6 +124,7 @@ impl Reference {
             reference: self,
             topology,
             kube_proxy,
+            clear_on_drop: true,
             _forwarder: forwarder,
         })
     }
@@ -135,6 +136,8 @@ pub struct ReferenceNode<'r> {
     reference: &'r mut Reference,
     pub topology: Topology,
     kube_proxy: KubeProxy,
+    /// Delete the file's objects on drop (for the next file).
+    clear_on_drop: bool,
     _forwarder: Forwarder,
 }
 
@@ -157,8 +160,35 @@ impl ReferenceNode<'_> {
     }
 }
 
+impl ReferenceNode<'_> {
+    /// Stop kube-proxy (its rules stay, as when its pod is deleted).
+    pub fn stop_kube_proxy(&mut self) {
+        self.kube_proxy.stop();
+    }
+
+    /// The control plane kube-proxy talks to.
+    pub fn control_plane(&self) -> &ControlPlane {
+        &self.reference.control_plane
+    }
+
+    /// The control plane goes with this node: its objects are not deleted
+    /// on drop (the deletion of a ServiceCIDR waits for its addresses to be
+    /// released, seconds for nothing).
+    pub fn last_node(&mut self) {
+        self.clear_on_drop = false;
+    }
+
+    /// Run `work` on the control plane's runtime.
+    pub fn block_on<F: std::future::Future>(&self, work: F) -> F::Output {
+        self.reference.runtime.block_on(work)
+    }
+}
+
 impl Drop for ReferenceNode<'_> {
     fn drop(&mut self) {
+        if !self.clear_on_drop {
+            return;
+        }
         let reference = &mut *self.reference;
         if let Err(e) = reference.runtime.block_on(reference.state.clear()) {
             eprintln!("kube-proxy reference: removing the scenario's objects: {e}");

@@ -52,6 +52,20 @@ impl Dump {
         Ok(Dump(all))
     }
 
+    /// Every chain, as (table, chain).
+    pub fn chains(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().flat_map(|(table, chains)| {
+            chains
+                .keys()
+                .map(move |chain| (table.as_str(), chain.as_str()))
+        })
+    }
+
+    /// The rules of `chain` in `table` (`ip4:filter`), if it exists.
+    pub fn rules(&self, table: &str, chain: &str) -> Option<&[String]> {
+        self.0.get(table)?.get(chain).map(Vec::as_slice)
+    }
+
     /// Remove from kube-proxy's dump what is its own bookkeeping, and order
     /// what it writes in Go map order:
     /// - the `KUBE-PROXY-CANARY` chains (it watches them to notice a flush of

@@ -66,7 +66,6 @@ const TOOLS: &[&str] = &[
     "ip6tables-restore",
     "ipset",
     "nft",
-    "conntrack",
     "socat",
     "ncat",
 ];

@@ -1,0 +1,296 @@
+//! A node taken over from a running kube-proxy, by the README's runbook
+//! "Moving a pool off kube-proxy, and back", step for step: the matrix's
+//! node (its namespaces, servers and traffic) is run by the real kube-proxy
+//! of the pinned release (a [`Reference`] node, the state written through
+//! the API server), with a foreign iptables chain and nftables table beside
+//! its rules; traffic starts; then
+//!
+//! 1. Switchyard is installed (`config/base`, the operator, the node's
+//!    agent) with no ProxyConfig: the agent waits;
+//! 2. kube-proxy is stopped, as the DaemonSet's node affinity makes its pod
+//!    go: its rules stay and carry the traffic;
+//! 3. the pool's ProxyConfig is applied; the node's switch is verified (the
+//!    ProxyNode watched), kube-proxy's objects are gone, and the agent
+//!    serves `/healthz` on kube-proxy's port.
+//!
+//! The traffic runs on a while and every loss is counted, as for a switch
+//! between our modes; the foreign objects must still be there.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use switchyard_api::proxynode::SwitchStep;
+use switchyard_api::{Mode, ProxyNode};
+
+use super::{Pair, Row, Timing, matrix, prefix, setup, start_traffic};
+use crate::HarnessError;
+use crate::cluster::ClusterError;
+use crate::cluster::layout::{POOL, POOL_LABEL, pool_proxy_config};
+use crate::cluster::processes::{Agent, LeaseTiming, Operator, Programs};
+use crate::cluster::wait::until;
+use crate::controlplane::config_base;
+use crate::metrics::http_get;
+use crate::netns::Netns;
+use crate::reference::kube_proxy::HEALTHZ_PORT;
+use crate::reference::rules::Dump;
+use crate::reference::{Reference, ReferenceNode};
+use crate::runner;
+use crate::scenario::NodeSpec;
+use crate::topology::Topology;
+use switchyard_dataplane::kubeproxy::KUBE_PROXY_TABLE;
+
+/// The ProxyConfig's verification: the matrix's Service `web` (port 80).
+const VERIFY_SERVICE: &str = "mig/web";
+/// Deadlock guard of the rollout (a switch takes about a second; the two
+/// cores are shared with a control plane and kube-proxy).
+const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the agent's `/healthz` is asked for while it binds the port.
+const HEALTHZ_POLL: Duration = Duration::from_millis(50);
+/// The operator's leader election (one replica: it leads at once).
+const LEASE: LeaseTiming = LeaseTiming {
+    lease: 6,
+    renew_deadline: 4,
+    retry_period: 1,
+};
+
+/// Objects of another owner in the node namespace, which nothing may touch.
+const FOREIGN_CHAIN: &str = "FOREIGN-ADOPTION";
+const FOREIGN_TABLE: &str = "foreign_adoption";
+
+/// Run the adoption of `pair` (kube-proxy in mode `from`).
+pub(super) fn run(
+    pair: Pair,
+    from: Mode,
+    index: usize,
+    timing: Timing,
+    programs: &Programs,
+) -> Result<Row, HarnessError> {
+    if !matches!(pair.to, Mode::Iptables | Mode::Nftables) {
+        return Err(setup(
+            "the agent's `run` has no eBPF cgroup or pin-root flag: its eBPF mode would \
+             attach to the host's root cgroup; IPVS needs the VM",
+        ));
+    }
+    let scenario = matrix()?;
+    let stage = scenario
+        .stages()
+        .into_iter()
+        .next()
+        .ok_or_else(|| setup("no stage"))?;
+    let topo = Topology::build(&prefix(index), &scenario)?;
+    let mut reference = Reference::start(from)?;
+    let mut node = reference.node(&scenario, topo)?;
+    node.last_node();
+    let _servers = runner::start_servers(&node.topology, &scenario, false)?;
+    node.apply(&stage)?;
+    let ns = &node.topology.node;
+    add_foreign(ns)?;
+    let mut streams = start_traffic(&node.topology, &scenario, &[], timing)?;
+    std::thread::sleep(timing.before);
+    let taken_over = take_over(&mut node, &scenario.node, pair.to, programs);
+    std::thread::sleep(timing.after);
+    let counts = streams.stop(pair);
+    let ns = &node.topology.node;
+    let (switched, after) = match taken_over {
+        Ok(done) => (Ok(done.switch_time), nothing_left(ns, from, pair.to)),
+        Err(e) => (Err(e), Ok(())),
+    };
+    Ok(Row::of(pair, switched, counts, after))
+}
+
+/// Switchyard's processes on the node once it took over, and how long the
+/// switch took (from the ProxyConfig's apply until the node settled).
+struct TakenOver {
+    switch_time: Duration,
+    _operator: Operator,
+    _agent: Agent,
+}
+
+/// The runbook's three steps (see the module header).
+fn take_over(
+    node: &mut ReferenceNode<'_>,
+    spec: &NodeSpec,
+    to: Mode,
+    programs: &Programs,
+) -> Result<TakenOver, HarnessError> {
+    let name = spec.name.as_str();
+    let cluster_cidr = spec
+        .cluster_cidrs
+        .first()
+        .map(ToString::to_string)
+        .ok_or_else(|| setup("the matrix node has no cluster CIDR"))?;
+    // 1. Switchyard installed, no ProxyConfig for the pool.
+    let cp = node.control_plane();
+    cp.install(&config_base())?;
+    let ns = &node.topology.node;
+    let (operator, agent) = node
+        .block_on(async {
+            label_pool(cp.client(), name).await?;
+            let operator = Operator::start(cp, ns, 0, name, &programs.operator, LEASE).await?;
+            let agent = Agent::start_beside(cp, ns, name, &programs.agent).await?;
+            Ok::<_, ClusterError>((operator, agent))
+        })
+        .map_err(cluster_err)?;
+    // 2. kube-proxy off the node.
+    node.stop_kube_proxy();
+    // 3. The pool's ProxyConfig.
+    let cp = node.control_plane();
+    let began = Instant::now();
+    let config = pool_proxy_config(to, 1, &cluster_cidr, VERIFY_SERVICE);
+    crate::cluster::apply_proxy_config(cp, &config).map_err(cluster_err)?;
+    let verified = node
+        .block_on(settled(cp.client(), name, to))
+        .map_err(cluster_err)?;
+    let switch_time = began.elapsed();
+    // Our iptables mode writes over kube-proxy's chains of the same names
+    // in one restore: no switch, nothing to verify beside them.
+    if !verified && to != Mode::Iptables {
+        return Err(setup(&format!(
+            "{name} settled on {to} without a verified switch"
+        )));
+    }
+    let node_ip = node
+        .topology
+        .node_addresses
+        .first()
+        .map(|a| a.ip)
+        .ok_or_else(|| setup("the node has no address"))?;
+    healthz_served(&node.topology.node, SocketAddr::new(node_ip, HEALTHZ_PORT))?;
+    Ok(TakenOver {
+        switch_time,
+        _operator: operator,
+        _agent: agent,
+    })
+}
+
+fn cluster_err(e: ClusterError) -> HarnessError {
+    setup(&e.to_string())
+}
+
+/// Put Node `name` into the pool, as the runbook's label does.
+async fn label_pool(client: kube::Client, name: &str) -> Result<(), ClusterError> {
+    let label = serde_json::json!({"metadata": {"labels": {POOL_LABEL: POOL}}});
+    Api::<k8s_openapi::api::core::v1::Node>::all(client)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .map(|_| ())
+        .map_err(|source| ClusterError::Api {
+            operation: format!("label Node {name} into pool {POOL}"),
+            source,
+        })
+}
+
+/// Wait until ProxyNode `name` has settled on `to` (targeted, applied, no
+/// switch under way, Ready); whether a switch to `to` was seen verifying.
+async fn settled(client: kube::Client, name: &str, to: Mode) -> Result<bool, ClusterError> {
+    let mut verifying = false;
+    until(
+        Api::<ProxyNode>::all(client),
+        &format!("ProxyNode {name} settled on {to}"),
+        ROLLOUT_TIMEOUT,
+        move |all| {
+            let node = all
+                .iter()
+                .find(|n| n.metadata.name.as_deref() == Some(name))
+                .ok_or("no ProxyNode yet")?;
+            let status = node.status.clone().unwrap_or_default();
+            let switch = status.switch.as_ref();
+            verifying |= switch.is_some_and(|s| s.to == to && s.step == SwitchStep::Verifying);
+            let ready = status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            let done = node.spec.target_mode == Some(to)
+                && status.applied_mode == Some(to)
+                && switch.is_none()
+                && status.observed_generation == node.metadata.generation
+                && ready;
+            done.then_some(verifying)
+                .ok_or_else(|| format!("spec {:?}, status {status:?}", node.spec))
+        },
+    )
+    .await
+}
+
+/// Wait until `/healthz` on `addr` answers (the agent binds kube-proxy's
+/// port on a sync once it is free).
+fn healthz_served(ns: &Netns, addr: SocketAddr) -> Result<(), HarnessError> {
+    let deadline = Instant::now() + ROLLOUT_TIMEOUT;
+    loop {
+        let answer = http_get(ns, addr, "/healthz");
+        match answer {
+            Ok(text) if text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200") => {
+                return Ok(());
+            }
+            _ if Instant::now() < deadline => std::thread::sleep(HEALTHZ_POLL),
+            other => {
+                return Err(setup(&format!(
+                    "the agent does not serve /healthz on {addr} after kube-proxy went: {other:?}"
+                )));
+            }
+        }
+    }
+}
+
+/// A chain in the filter table and an nftables table, each with a rule,
+/// owned by neither proxy.
+fn add_foreign(ns: &Netns) -> Result<(), HarnessError> {
+    ns.exec("iptables", &["-t", "filter", "-N", FOREIGN_CHAIN], None)?;
+    ns.exec(
+        "iptables",
+        &["-t", "filter", "-A", FOREIGN_CHAIN, "-j", "RETURN"],
+        None,
+    )?;
+    let table = format!(
+        "table inet {FOREIGN_TABLE} {{\n  chain c {{\n    type filter hook input priority 10;\n    accept\n  }}\n}}\n"
+    );
+    ns.exec("nft", &["-f", "-"], Some(table.as_bytes()))?;
+    Ok(())
+}
+
+/// After the take-over: kube-proxy's objects are gone (its nftables tables;
+/// its canary chains; in our nftables mode, its iptables service chains),
+/// and the foreign chain and table are intact.
+fn nothing_left(ns: &Netns, from: Mode, to: Mode) -> Result<(), HarnessError> {
+    let tables = ns.exec("nft", &["list", "tables"], None)?;
+    let mut wrong = Vec::new();
+    for family in ["ip", "ip6"] {
+        if tables
+            .lines()
+            .any(|l| l.trim() == format!("table {family} {KUBE_PROXY_TABLE}"))
+        {
+            wrong.push(format!(
+                "kube-proxy's table {family} {KUBE_PROXY_TABLE} is left"
+            ));
+        }
+    }
+    if !tables
+        .lines()
+        .any(|l| l.trim() == format!("table inet {FOREIGN_TABLE}"))
+    {
+        wrong.push(format!(
+            "the foreign table inet {FOREIGN_TABLE} was removed"
+        ));
+    }
+    let dump = Dump::of(ns)?;
+    for (table, chain) in dump.chains() {
+        let left_by_kube_proxy = chain == "KUBE-PROXY-CANARY"
+            || (from == Mode::Iptables && to != Mode::Iptables && chain.starts_with("KUBE-"));
+        if left_by_kube_proxy {
+            wrong.push(format!("kube-proxy's chain {chain} ({table}) is left"));
+        }
+    }
+    let foreign = dump
+        .rules("ip4:filter", FOREIGN_CHAIN)
+        .is_some_and(|rules| rules == ["-j RETURN"]);
+    if !foreign {
+        wrong.push(format!("the foreign chain {FOREIGN_CHAIN} was changed"));
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(setup(&wrong.join("; ")))
+    }
+}

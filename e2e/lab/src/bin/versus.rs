@@ -12,6 +12,10 @@
 //! `kubeproxy_sync_{full,partial}_proxy_rules_duration_seconds` (IPv4's
 //! proxier) and the agent's histograms of the same names, as the mean of
 //! what each observed in the window; memory is `/proc/PID/status`.
+//!
+//! A size that fails (kube-proxy not synced within its size's deadline, say)
+//! ends the run, larger sizes being slower still; the table of what was
+//! measured is printed all the same, with the size that stopped it and why.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -42,7 +46,9 @@ use switchyard_lab::scenario::{NodeAddress, NodeSpec};
 #[derive(Parser)]
 #[command(about)]
 struct Cli {
-    /// A run of a few minutes: 1000x5 and 5000x5, 3 changes each.
+    /// A run of a few minutes: 1000x5 and 2000x5, 3 changes each (at
+    /// 5000x5 kube-proxy's iptables mode did not finish its first sync in
+    /// ten minutes on the two-core machine: see the README).
     #[arg(long)]
     quick: bool,
     /// States as SERVICESxENDPOINTS, measured in increasing order.
@@ -65,6 +71,25 @@ enum VersusError {
     Size(String),
     #[error("{what}: {message}")]
     Measure { what: String, message: String },
+    #[error("{at}: {source}")]
+    At {
+        at: String,
+        source: Box<VersusError>,
+    },
+}
+
+impl VersusError {
+    /// This error, saying which size (and mode) it stopped.
+    fn at(self, size: Size, mode: Option<Mode>) -> VersusError {
+        let at = match mode {
+            Some(mode) => format!("{size} {mode}"),
+            None => size.to_string(),
+        };
+        VersusError::At {
+            at,
+            source: Box::new(self),
+        }
+    }
 }
 
 fn measure(what: impl Into<String>, message: impl Into<String>) -> VersusError {
@@ -80,6 +105,18 @@ const KP_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 78, 10);
 /// Where the agent serves `/metrics` in its node (its default).
 const AGENT_METRICS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 10249);
 const WAIT: Duration = Duration::from_secs(600);
+/// The deadline of one sync at a size, kube-proxy's and the agent's switch
+/// (the ProxyConfig's verification timeout, which the operator's switch
+/// deadline follows): a base, and a share per endpoint (kube-proxy's iptables
+/// mode writes a chain per endpoint): 155 s at 1000x5, 655 s at 5000x5,
+/// 5530 s at 44000x5.
+const SYNC_BASE: Duration = Duration::from_secs(30);
+const SYNC_PER_ENDPOINT: Duration = Duration::from_millis(25);
+
+fn sync_deadline(size: Size) -> Duration {
+    let endpoints = u32::try_from(size.services * size.endpoints).unwrap_or(u32::MAX);
+    SYNC_BASE + SYNC_PER_ENDPOINT * endpoints
+}
 const POLL: Duration = Duration::from_millis(20);
 
 /// The cluster, the bench's state on it and kube-proxy's identity. Field
@@ -169,7 +206,7 @@ struct KubeProxyNode {
 }
 
 impl KubeProxyNode {
-    fn start(rig: &Rig, mode: Mode, run: usize) -> Result<KubeProxyNode, VersusError> {
+    fn start(rig: &Rig, size: Size, mode: Mode, run: usize) -> Result<KubeProxyNode, VersusError> {
         let cp = rig.cluster.control_plane();
         let ns = Netns::create(&format!("{}kp{run}", rig.cluster.netns_prefix()))
             .map_err(switchyard_lab::HarnessError::from)?;
@@ -187,7 +224,7 @@ impl KubeProxyNode {
             &rig.kp_kubeconfig,
             &ns,
         )?;
-        kube_proxy.set_timeout(WAIT);
+        kube_proxy.set_timeout(sync_deadline(size));
         Ok(KubeProxyNode {
             kube_proxy,
             _forwarder: forwarder,
@@ -319,17 +356,26 @@ fn wait_published_and_applied(rig: &Rig, size: Size) -> Result<(), VersusError> 
 }
 
 /// Move the agent's pool to `mode` as a user would (the first time, apply
-/// the ProxyConfig); the mean full sync the switch made.
-fn switch_agent(rig: &mut Rig, mode: Mode) -> Result<Option<Duration>, VersusError> {
+/// the ProxyConfig), with a verification timeout of `deadline` (else the
+/// operator rolls a large state's switch back); the mean full sync the
+/// switch made.
+fn switch_agent(
+    rig: &mut Rig,
+    mode: Mode,
+    deadline: Duration,
+) -> Result<Option<Duration>, VersusError> {
     let (full, _) = wait_agent(rig, "metrics", |_| true)?;
-    match rig.agent_mode {
-        None => drop(rig.cluster.apply_proxy_config(mode, 1)?),
-        Some(m) if m == mode => return Ok(None),
-        Some(_) => {
-            let patch = format!(r#"{{"spec":{{"mode":"{mode}"}}}}"#);
-            drop(rig.cluster.patch_proxy_config(&patch)?);
-        }
+    if rig.agent_mode == Some(mode) {
+        return Ok(None);
     }
+    if rig.agent_mode.is_none() {
+        drop(rig.cluster.apply_proxy_config(mode, 1)?);
+    }
+    let secs = deadline.as_secs();
+    let patch = format!(
+        r#"{{"spec":{{"mode":"{mode}","rollout":{{"verification":{{"timeout":"{secs}s"}}}}}}}}"#
+    );
+    drop(rig.cluster.patch_proxy_config(&patch)?);
     let node = Layout::node_name(0);
     let switched = wait::until(
         Api::<ProxyNode>::all(rig.cluster.client()),
@@ -348,6 +394,16 @@ fn switch_agent(rig: &mut Rig, mode: Mode) -> Result<Option<Duration>, VersusErr
     rig.agent_mode = Some(mode);
     let (after, _) = wait_agent(rig, "full sync", |(f, _)| f.count > full.count)?;
     Ok(after.mean_since(&full))
+}
+
+/// The mode the agent's node reports it runs.
+async fn applied_mode(rig: &Rig) -> Result<Option<Mode>, VersusError> {
+    let api = Api::<ProxyNode>::all(rig.cluster.client());
+    let node = api
+        .get(&Layout::node_name(0))
+        .await
+        .map_err(|e| measure("the agent's ProxyNode", e.to_string()))?;
+    Ok(node.status.and_then(|s| s.applied_mode))
 }
 
 /// `changes` single-endpoint changes, each programmed by both before the
@@ -388,10 +444,19 @@ fn measure_mode(
     run: usize,
     changes: usize,
 ) -> Result<Measured, VersusError> {
-    let mut kp = KubeProxyNode::start(rig, mode, run)?;
+    let mut kp = KubeProxyNode::start(rig, size, mode, run)?;
     let kp_full = kp.full_sync(size.services)?;
-    let agent_full = switch_agent(rig, mode)?;
+    let agent_full = switch_agent(rig, mode, sync_deadline(size))?;
     let partial = partial_syncs(rig, &mut kp, changes)?;
+    let applied = rig.runtime.block_on(applied_mode(rig))?;
+    if applied != Some(mode) {
+        return Err(measure(
+            format!("the agent in {mode}"),
+            format!(
+                "it runs {applied:?} after the changes: the operator rolled the switch back (see its log)"
+            ),
+        ));
+    }
     let agent = rig
         .cluster
         .agents_mut()
@@ -430,8 +495,8 @@ fn time_rows(table: &mut Table, size: Size, mode: Mode, m: &Measured) {
     }
 }
 
-fn memory_rows(table: &mut Table, size: Size, mode: Mode, m: &Measured) {
-    let (kp, sy) = m.memory;
+fn memory_rows(table: &mut Table, size: Size, mode: Mode, memory: (Memory, Memory)) {
+    let (kp, sy) = memory;
     let rows = [
         ("RSS (VmRSS)", kp.rss_kib, sy.rss_kib),
         ("peak RSS (VmHWM)", kp.peak_kib, sy.peak_kib),
@@ -453,7 +518,7 @@ fn memory_rows(table: &mut Table, size: Size, mode: Mode, m: &Measured) {
 
 fn sizes(cli: &Cli) -> Result<Vec<Size>, VersusError> {
     let texts: Vec<String> = if cli.quick {
-        vec!["1000x5".into(), "5000x5".into()]
+        vec!["1000x5".into(), "2000x5".into()]
     } else {
         cli.sizes.clone()
     };
@@ -465,57 +530,92 @@ fn sizes(cli: &Cli) -> Result<Vec<Size>, VersusError> {
     Ok(sizes)
 }
 
-fn run(cli: &Cli) -> Result<Table, VersusError> {
+/// The rows measured so far: timings as each mode finishes, memory of the
+/// largest size measured (added last).
+struct Results {
+    table: Table,
+    memory: Vec<(Size, Mode, (Memory, Memory))>,
+}
+
+impl Results {
+    fn new() -> Results {
+        let table = Table::new(&[
+            "state",
+            "measure",
+            "mode",
+            "kube-proxy",
+            "Switchyard",
+            "kube-proxy / Switchyard",
+        ]);
+        Results {
+            table,
+            memory: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, size: Size, mode: Mode, m: &Measured) {
+        time_rows(&mut self.table, size, mode, m);
+        if self.memory.first().is_some_and(|(s, _, _)| *s != size) {
+            self.memory.clear();
+        }
+        self.memory.push((size, mode, m.memory));
+    }
+
+    fn finish(mut self) -> Table {
+        for (size, mode, memory) in &self.memory {
+            memory_rows(&mut self.table, *size, *mode, *memory);
+        }
+        self.table
+    }
+}
+
+/// Every size and mode in turn, into `results`, until one fails.
+fn run(cli: &Cli, results: &mut Results) -> Result<(), VersusError> {
     let sizes = sizes(cli)?;
     let changes = if cli.quick { 3 } else { cli.changes };
     let began = Instant::now();
     let mut rig = start_rig()?;
     // A mode before the first state, so that each size's first mode is a switch.
-    switch_agent(&mut rig, Mode::Nftables)?;
+    switch_agent(&mut rig, Mode::Nftables, SYNC_BASE)?;
     eprintln!("versus: cluster up in {:?}", began.elapsed());
-    let mut table = Table::new(&[
-        "state",
-        "measure",
-        "mode",
-        "kube-proxy",
-        "Switchyard",
-        "kube-proxy / Switchyard",
-    ]);
-    let mut last = Vec::new();
     let mut run = 0;
     for &size in &sizes {
-        rig.runtime.block_on(rig.state.grow(size))?;
-        wait_published_and_applied(&rig, size)?;
+        rig.runtime
+            .block_on(rig.state.grow(size))
+            .map_err(|e| VersusError::from(e).at(size, None))?;
+        wait_published_and_applied(&rig, size).map_err(|e| e.at(size, None))?;
         eprintln!(
             "versus: {size} written and applied at {:?}",
             began.elapsed()
         );
-        last.clear();
         for mode in MODES {
             run += 1;
-            let m = measure_mode(&mut rig, size, mode, run, changes)?;
-            time_rows(&mut table, size, mode, &m);
-            last.push((size, mode, m));
+            let m = measure_mode(&mut rig, size, mode, run, changes)
+                .map_err(|e| e.at(size, Some(mode)))?;
+            results.add(size, mode, &m);
+            eprintln!("versus: {size} {mode} measured at {:?}", began.elapsed());
         }
     }
-    for (size, mode, m) in &last {
-        memory_rows(&mut table, *size, *mode, m);
-    }
     eprintln!("versus: done in {:?}", began.elapsed());
-    Ok(table)
+    Ok(())
 }
 
 fn main() -> ExitCode {
     cleanup::install_signal_cleanup();
     let cli = Cli::parse();
-    match run(&cli) {
-        Ok(table) => {
-            println!("{table}");
-            println!("ratios are kube-proxy / Switchyard: above 1× Switchyard is faster (smaller)");
-            ExitCode::SUCCESS
-        }
+    let mut results = Results::new();
+    let outcome = run(&cli, &mut results);
+    println!("{}", results.finish());
+    println!("ratios are kube-proxy / Switchyard: above 1× Switchyard is faster (smaller)");
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("versus: {e}");
+            // The first line names the size, the mode and the log to read;
+            // the whole error (with the log's end) goes to stderr.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            println!("stopped, not measured: {first}");
+            eprintln!("versus: {text}");
             ExitCode::FAILURE
         }
     }

@@ -17,15 +17,20 @@
 //! - [`scale`]: the control path at scale: the operator and hundreds of
 //!   recording agents against the real API server (`control-scale`).
 //! - [`procstat`]: a process's CPU time and resident memory.
+//! - [`metrics`]: kube-proxy's and the agent's `/metrics`, fetched and read.
+//! - [`bench`]: what the benches share: cluster states at scale and the
+//!   table they print.
 //! - [`netns`], [`cleanup`]: the test kit's network namespaces and its cleanup
 //!   registry (what is undone on drop and on SIGINT/SIGTERM), which the lab's
 //!   users reach through it (`switchyard-testkit`).
 
 pub mod agent;
+pub mod bench;
 pub mod cluster;
 pub mod controlplane;
 pub mod ebpf;
 pub mod hooks;
+pub mod metrics;
 pub mod migration;
 pub mod probe;
 pub mod procstat;

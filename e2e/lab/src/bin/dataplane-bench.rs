@@ -27,6 +27,7 @@ use switchyard_dataplane::exec::RealRunner;
 use switchyard_dataplane::settings::{LocalDetector, Settings};
 use switchyard_dataplane::{ApplyStats, for_mode};
 use switchyard_lab::agent::NodeAgent;
+use switchyard_lab::bench::table::{micros, ratio, secs};
 use switchyard_lab::cleanup;
 use switchyard_lab::netns::{Netns, NetnsError};
 
@@ -422,28 +423,8 @@ fn bench_latency(
     Ok(out)
 }
 
-fn secs(d: Duration) -> String {
-    if d >= Duration::from_secs(1) {
-        format!("{:.2} s", d.as_secs_f64())
-    } else {
-        format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-    }
-}
-
-fn micros(d: Duration) -> String {
-    format!("{:.0} µs", d.as_secs_f64() * 1e6)
-}
-
 fn timing(t: Timing) -> String {
     format!("{} (cpu {})", secs(t.wall), secs(t.cpu))
-}
-
-fn ratio(a: Duration, b: Duration) -> String {
-    if b.is_zero() {
-        "-".into()
-    } else {
-        format!("{:.2}×", a.as_secs_f64() / b.as_secs_f64())
-    }
 }
 
 fn run(cli: &Cli) -> Result<(), BenchError> {

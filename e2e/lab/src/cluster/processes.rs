@@ -246,6 +246,11 @@ impl Agent {
         &self.node
     }
 
+    /// The process, for its memory.
+    pub fn pid(&self) -> u32 {
+        self.daemon.pid()
+    }
+
     pub fn log(&self) -> &Path {
         self.daemon.log()
     }

@@ -6,8 +6,7 @@
 //! programmed a state, read from its own metrics.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -17,6 +16,7 @@ use super::state::Changes;
 use crate::HarnessError;
 use crate::controlplane::binaries::Binaries;
 use crate::controlplane::process::{Daemon, Launch, log_tail};
+use crate::metrics::{Histogram, fetch, series};
 use crate::netns::Netns;
 use crate::scenario::NodeSpec;
 
@@ -38,6 +38,10 @@ const ENDPOINT_CHANGES: &str = "kubeproxy_sync_proxy_rules_endpoint_changes_tota
 const SYNCS: &str = "kubeproxy_sync_proxy_rules_duration_seconds_count";
 const QUEUED: &str = "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds";
 const PROGRAMMED: &str = "kubeproxy_sync_proxy_rules_last_timestamp_seconds";
+/// How long full and partial syncs took (the benches' figures), of IPv4's proxier.
+const FULL_SYNCS: &str = "kubeproxy_sync_full_proxy_rules_duration_seconds";
+const PARTIAL_SYNCS: &str = "kubeproxy_sync_partial_proxy_rules_duration_seconds";
+const IPV4: &str = "ip_family=\"IPv4\"";
 /// kube-proxy runs a proxier per family the kernel has: both, here.
 const FAMILIES: usize = 2;
 
@@ -45,6 +49,8 @@ const FAMILIES: usize = 2;
 pub struct KubeProxy {
     daemon: Daemon,
     metrics: SocketAddr,
+    /// Deadlock guard of every wait ([`SYNC_TIMEOUT`] unless set).
+    timeout: Duration,
 }
 
 /// One reading of kube-proxy's metrics.
@@ -56,9 +62,18 @@ pub struct Counters {
     syncs: BTreeMap<String, u64>,
     queued: BTreeMap<String, f64>,
     programmed: BTreeMap<String, f64>,
+    /// IPv4's full and partial syncs.
+    pub full: Histogram,
+    pub partial: Histogram,
 }
 
 impl Counters {
+    /// IPv4's rules were programmed by a sync asked for after every earlier request.
+    pub fn ipv4_programmed(&self) -> bool {
+        let queued = self.queued.get(IPV4).copied().unwrap_or(f64::MAX);
+        self.programmed.get(IPV4).copied().unwrap_or(0.0) >= queued
+    }
+
     fn has(&self, changes: Changes, families: u64) -> bool {
         self.syncs.len() == FAMILIES
             && self.service_changes >= families * changes.services
@@ -136,6 +151,7 @@ impl KubeProxy {
         Ok(KubeProxy {
             daemon: Daemon::start(launch)?,
             metrics: SocketAddr::new(node_ip, METRICS_PORT),
+            timeout: SYNC_TIMEOUT,
         })
     }
 
@@ -143,9 +159,19 @@ impl KubeProxy {
         self.daemon.log()
     }
 
+    /// A longer deadlock guard, for states far larger than a scenario's.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// The process, for its memory.
+    pub fn pid(&self) -> u32 {
+        self.daemon.pid()
+    }
+
     /// kube-proxy's `/metrics`, fetched from inside `ns`.
     pub fn metrics(&self, ns: &Netns) -> Result<String, HarnessError> {
-        http_get(ns, self.metrics, "/metrics").map_err(|e| setup("kube-proxy /metrics", e))
+        fetch(ns, self.metrics, "kube-proxy")
     }
 
     /// Kill it, as deleting its pod does: its rules stay in the kernel.
@@ -168,6 +194,8 @@ impl KubeProxy {
                 .collect(),
             queued: series(&text, QUEUED),
             programmed: series(&text, PROGRAMMED),
+            full: Histogram::read(&text, FULL_SYNCS, IPV4),
+            partial: Histogram::read(&text, PARTIAL_SYNCS, IPV4),
         })
     }
 
@@ -184,7 +212,7 @@ impl KubeProxy {
             services: before.service_changes / families + changes.services,
             endpoint_slices: before.endpoint_changes + changes.endpoint_slices,
         };
-        self.poll(
+        self.wait_until(
             ns,
             &format!("{changes:?} taken in after {before:?}"),
             |seen| seen.has(want, families),
@@ -206,7 +234,7 @@ impl KubeProxy {
         nudge: Changes,
     ) -> Result<(), HarnessError> {
         self.wait_taken_in(ns, taken_in, nudge)?;
-        self.poll(ns, "sync after the nudge", |seen| {
+        self.wait_until(ns, "sync after the nudge", |seen| {
             taken_in.syncs.iter().all(|(family, n)| {
                 let synced = seen.syncs.get(family).is_some_and(|m| m > n);
                 let queued = seen.queued.get(family).copied().unwrap_or(f64::MAX);
@@ -217,8 +245,8 @@ impl KubeProxy {
         Ok(())
     }
 
-    /// Read the metrics until `done` holds, within [`SYNC_TIMEOUT`].
-    fn poll(
+    /// Read the metrics until `done` holds, within the timeout.
+    pub fn wait_until(
         &mut self,
         ns: &Netns,
         what: &str,
@@ -232,7 +260,7 @@ impl KubeProxy {
             if done(&seen) {
                 return Ok(seen);
             }
-            if began.elapsed() > SYNC_TIMEOUT {
+            if began.elapsed() > self.timeout {
                 return Err(setup(
                     "kube-proxy sync",
                     format!(
@@ -245,57 +273,5 @@ impl KubeProxy {
             }
             std::thread::sleep(POLL);
         }
-    }
-}
-
-/// The whole answer (status line, headers, body) to `GET path` of `addr`,
-/// asked from inside `ns`.
-pub fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> std::io::Result<String> {
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    ns.run(move || -> std::io::Result<String> {
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        stream.write_all(request.as_bytes())?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text)?;
-        Ok(text)
-    })
-    .map_err(std::io::Error::other)
-    .and_then(|fetched| fetched)
-}
-
-/// Every series of metric `name` in Prometheus' text format, by its labels.
-fn series(text: &str, name: &str) -> BTreeMap<String, f64> {
-    let mut found = BTreeMap::new();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        let (labels, value) = match rest.strip_prefix('{') {
-            Some(r) => r.split_once("} ").unwrap_or(("", "")),
-            None => match rest.strip_prefix(' ') {
-                Some(v) => ("", v),
-                None => continue,
-            },
-        };
-        if let Ok(v) = value.trim().parse::<f64>() {
-            found.insert(labels.to_string(), v);
-        }
-    }
-    found
-}
-
-#[cfg(test)]
-mod tests {
-    use super::series;
-
-    #[test]
-    fn series_are_keyed_by_labels_and_longer_names_ignored() {
-        let text = "# HELP x y\nkubeproxy_a 2\nkubeproxy_a{f=\"1\"} 3\nkubeproxy_ab 7\n";
-        let a = series(text, "kubeproxy_a");
-        assert_eq!(a.len(), 2);
-        assert_eq!(a.values().sum::<f64>(), 5.0);
-        assert_eq!(a.get("f=\"1\""), Some(&3.0));
-        assert!(series(text, "kubeproxy_b").is_empty());
     }
 }

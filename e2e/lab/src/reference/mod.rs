@@ -38,7 +38,7 @@ use kube_proxy::{Counters, KubeProxy};
 use state::ClusterState;
 
 /// kube-proxy's name on the API server (bound to `system:node-proxier`).
-const KUBE_PROXY_USER: &str = "system:kube-proxy";
+pub const KUBE_PROXY_USER: &str = "system:kube-proxy";
 
 /// The control plane the reference nodes of a run share.
 pub struct Reference {

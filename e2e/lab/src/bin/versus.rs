@@ -333,6 +333,13 @@ fn wait_published_and_applied(rig: &Rig, size: Size) -> Result<(), VersusError> 
             }
             let (count, generations) =
                 current.fold((0u32, 0u64), |(n, sum), s| (n + 1, sum + s.spec.generation));
+            // The whole layout, not only the shards that hold the state: the
+            // agent applies a layout once every shard of it is there.
+            let layout = list.iter().find(|s| s.spec.layout.epoch == epoch);
+            let expected = layout.map_or(0, |s| s.spec.layout.shard_count);
+            if count < expected {
+                return Err(format!("{count} of {expected} shards of epoch {epoch}"));
+            }
             Ok((epoch, count, generations))
         },
     );

@@ -51,6 +51,28 @@ endpoints:
     )
 }
 
+/// `watch` of `dir` in nftables mode on `kernel`, polling every second, in a
+/// task; sending on (or dropping) the sender stops it.
+fn spawn_watch(
+    kernel: &FakeKernel,
+    dir: &TempDir,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let opts = options(dir);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let k = kernel.clone();
+    let task = tokio::spawn(async move {
+        let mut dp = k.factory().build(Mode::Nftables).unwrap();
+        watch(dp.as_mut(), &opts, Duration::from_secs(1), async {
+            let _ = stopped.await;
+        })
+        .await;
+    });
+    (stop, task)
+}
+
 fn options(dir: &TempDir) -> StandaloneOptions {
     StandaloneOptions {
         mode: Mode::Nftables,
@@ -127,16 +149,7 @@ async fn watch_dir_reapplies_on_change_and_keeps_rules_on_bad_input() {
     std::fs::write(dir.0.join("service.yaml"), SERVICE).unwrap();
     std::fs::write(dir.0.join("slice.yaml"), slice(&["10.0.1.5"])).unwrap();
     let kernel = FakeKernel::default();
-    let opts = options(&dir);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let k = kernel.clone();
-    let task = tokio::spawn(async move {
-        let mut dp = k.factory().build(Mode::Nftables).unwrap();
-        watch(dp.as_mut(), &opts, Duration::from_secs(1), async {
-            let _ = stopped.await;
-        })
-        .await;
-    });
+    let (stop, task) = spawn_watch(&kernel, &dir);
     let settle = || async {
         for _ in 0..50 {
             tokio::task::yield_now().await;
@@ -215,16 +228,7 @@ async fn a_state_directory_that_stays_broken_is_reported_once_per_change_not_eve
     std::fs::write(dir.0.join("service.yaml"), SERVICE).unwrap();
     std::fs::write(dir.0.join("slice.yaml"), slice(&["10.0.1.5"])).unwrap();
     let kernel = FakeKernel::default();
-    let opts = options(&dir);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let k = kernel.clone();
-    let task = tokio::spawn(async move {
-        let mut dp = k.factory().build(Mode::Nftables).unwrap();
-        watch(dp.as_mut(), &opts, Duration::from_secs(1), async {
-            let _ = stopped.await;
-        })
-        .await;
-    });
+    let (stop, task) = spawn_watch(&kernel, &dir);
     let polls = |n: u64| async move {
         for _ in 0..n {
             tokio::time::advance(Duration::from_secs(1)).await;

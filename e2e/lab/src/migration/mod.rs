@@ -171,41 +171,42 @@ pub struct Row {
     pub error: Option<String>,
 }
 
+/// A [`Row`] as its line carries it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RowLine {
+    pair: String,
+    switch_micros: u64,
+    counts: Counts,
+    error: Option<String>,
+}
+
 impl Row {
     pub fn passed(&self) -> bool {
         self.error.is_none() && self.counts.clean() && self.counts.exchanges > 0
     }
 
-    /// The machine-readable line a run in the VM prints for its host.
+    /// The machine-readable line a run in the VM prints for its host:
+    /// `row ` and the JSON of [`RowLine`].
     pub fn line(&self) -> String {
-        format!(
-            "row {} {} {} {}",
-            self.pair,
-            self.switch_time.as_micros(),
-            self.counts,
-            self.error.as_deref().unwrap_or("")
-        )
+        let wire = RowLine {
+            pair: self.pair.to_string(),
+            switch_micros: u64::try_from(self.switch_time.as_micros()).unwrap_or(u64::MAX),
+            counts: self.counts,
+            error: self.error.clone(),
+        };
+        let json = serde_json::to_string(&wire).unwrap_or_default();
+        format!("row {json}")
     }
 
     /// Parse [`Row::line`].
     pub fn parse_line(line: &str) -> Result<Row, String> {
-        let rest = line.strip_prefix("row ").ok_or("not a row")?;
-        let mut words = rest.splitn(3, ' ');
-        let pair = words.next().unwrap_or_default().parse()?;
-        let micros: u64 = words
-            .next()
-            .unwrap_or_default()
-            .parse()
-            .map_err(|e| format!("{line:?}: {e}"))?;
-        let rest = words.next().unwrap_or_default();
-        // `counts` and its 7 numbers, then the error (if any).
-        let split = rest.split(' ').take(8).map(|w| w.len() + 1).sum::<usize>();
-        let (counts, error) = rest.split_at(split.min(rest.len()));
+        let json = line.strip_prefix("row ").ok_or("not a row")?;
+        let wire: RowLine = serde_json::from_str(json).map_err(|e| format!("{line:?}: {e}"))?;
         Ok(Row {
-            pair,
-            counts: counts.trim().parse()?,
-            switch_time: Duration::from_micros(micros),
-            error: Some(error.trim().to_string()).filter(|e| !e.is_empty()),
+            pair: wire.pair.parse()?,
+            counts: wire.counts,
+            switch_time: Duration::from_micros(wire.switch_micros),
+            error: wire.error,
         })
     }
 
@@ -537,7 +538,7 @@ impl Streams {
             let line = first_line(child);
             let counts: Counts = line.parse().map_err(|e: String| setup(&e))?;
             if !counts.clean() {
-                eprintln!("{pair}: {name}: {counts} (new failed exchanges dropped udp lost wrong)");
+                eprintln!("{pair}: {name}: lost something: {counts}");
             }
             total.add(&counts);
         }

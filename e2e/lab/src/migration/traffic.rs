@@ -21,7 +21,7 @@ use crate::probe::{self, Attempt, parse_reply};
 const LONG_LIVED: usize = 2;
 
 /// What one stream saw.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counts {
     /// New connections (TCP connects, fresh connected UDP sockets) tried.
     pub new: u64,
@@ -56,19 +56,11 @@ impl Counts {
     }
 }
 
+/// The line `__traffic` prints: `counts ` and the JSON of the counts.
 impl std::fmt::Display for Counts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "counts {} {} {} {} {} {} {}",
-            self.new,
-            self.new_failed,
-            self.exchanges,
-            self.dropped,
-            self.udp_sent,
-            self.udp_lost,
-            self.wrong_address
-        )
+        let json = serde_json::to_string(self).map_err(|_| std::fmt::Error)?;
+        write!(f, "counts {json}")
     }
 }
 
@@ -76,34 +68,10 @@ impl std::str::FromStr for Counts {
     type Err = String;
 
     fn from_str(line: &str) -> Result<Counts, String> {
-        let numbers: Vec<u64> = line
+        let json = line
             .strip_prefix("counts ")
-            .ok_or_else(|| format!("{line:?}: not a counts line"))?
-            .split_whitespace()
-            .map(str::parse)
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("{line:?}: {e}"))?;
-        let [
-            new,
-            new_failed,
-            exchanges,
-            dropped,
-            udp_sent,
-            udp_lost,
-            wrong_address,
-        ] = numbers[..]
-        else {
-            return Err(format!("{line:?}: expected 7 numbers"));
-        };
-        Ok(Counts {
-            new,
-            new_failed,
-            exchanges,
-            dropped,
-            udp_sent,
-            udp_lost,
-            wrong_address,
-        })
+            .ok_or_else(|| format!("{line:?}: not a counts line"))?;
+        serde_json::from_str(json).map_err(|e| format!("{line:?}: {e}"))
     }
 }
 

@@ -146,6 +146,8 @@ pub struct RunArgs {
     /// For uninstalling; an agent update must not set it.
     #[arg(long, env = "SWITCHYARD_CLEANUP_ON_EXIT")]
     cleanup_on_exit: bool,
+    #[command(flatten)]
+    ebpf: EbpfArgs,
 }
 
 /// The flags of `apply`.
@@ -204,7 +206,7 @@ async fn run_agent(args: RunArgs) -> Result<(), AppError> {
         .await
         .map_err(AppError::Client)?;
     let runner = Arc::new(RealRunner);
-    let backends = Arc::new(BackendFactory::new(runner.clone()));
+    let backends = Arc::new(args.ebpf.factory());
     let factory: Arc<dyn DataplaneFactory> = backends.clone();
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(ProxyHealth::new(args.healthz_timeout));

@@ -158,7 +158,7 @@ impl Cluster {
         let mut agents = Vec::new();
         for n in &topology.nodes {
             let node = Layout::node_name(n.index);
-            agents.push(Agent::start(&cp, &n.node, &node, &options.programs.agent).await?);
+            agents.push(Agent::start(&cp, &n.node, &node, &options.programs.agent, None).await?);
         }
         let operator_ns = Netns::create(&format!("{prefix}cp")).map_err(HarnessError::from)?;
         let operator_forwarder = cp.forward_into(&operator_ns)?;

@@ -187,6 +187,25 @@ impl Operator {
     }
 }
 
+/// Where an agent's eBPF mode keeps its pins and attaches its socket
+/// programs (`--bpf-pin-root`, `--bpf-cgroup`): a scratch bpffs and cgroup of
+/// the lab's. An agent started without one attaches to the cgroup v2 root,
+/// the host's: the lab never switches such an agent to eBPF.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EbpfPlace {
+    pub pin_root: PathBuf,
+    pub cgroup: PathBuf,
+}
+
+impl EbpfPlace {
+    fn args(&self) -> [String; 2] {
+        [
+            format!("--bpf-pin-root={}", self.pin_root.display()),
+            format!("--bpf-cgroup={}", self.cgroup.display()),
+        ]
+    }
+}
+
 /// One node's agent and its way to the API server. Field order is drop
 /// order: the process goes before its forwarder.
 #[derive(Debug)]
@@ -203,9 +222,10 @@ impl Agent {
         ns: &Netns,
         node: &str,
         program: &Program,
+        ebpf: Option<&EbpfPlace>,
     ) -> Result<Agent, ClusterError> {
         let forwarder = cp.forward_into(ns)?;
-        Agent::start_with(cp, ns, node, program, Some(forwarder)).await
+        Agent::start_with(cp, ns, node, program, ebpf, Some(forwarder)).await
     }
 
     /// As [`Agent::start`] in a namespace that reaches the API server
@@ -215,8 +235,9 @@ impl Agent {
         ns: &Netns,
         node: &str,
         program: &Program,
+        ebpf: Option<&EbpfPlace>,
     ) -> Result<Agent, ClusterError> {
-        Agent::start_with(cp, ns, node, program, None).await
+        Agent::start_with(cp, ns, node, program, ebpf, None).await
     }
 
     async fn start_with(
@@ -224,14 +245,16 @@ impl Agent {
         ns: &Netns,
         node: &str,
         program: &Program,
+        ebpf: Option<&EbpfPlace>,
         forwarder: Option<Forwarder>,
     ) -> Result<Agent, ClusterError> {
         let kubeconfig = cp.kubeconfig_for(&Identity::agent_on(node)).await?;
-        let args = [
+        let mut args = vec![
             "run".to_string(),
             format!("--node-name={node}"),
             format!("--status-min-interval={STATUS_MIN_INTERVAL}"),
         ];
+        args.extend(ebpf.into_iter().flat_map(EbpfPlace::args));
         let env = vec![kubeconfig_env(&kubeconfig)];
         let log = format!("agent-{node}");
         let daemon = launch(cp, "node-agent", program, &args, &log, Some(ns), env)?;

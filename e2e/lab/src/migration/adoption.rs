@@ -129,7 +129,7 @@ fn take_over(
         .block_on(async {
             label_pool(cp.client(), name).await?;
             let operator = Operator::start(cp, ns, 0, name, &programs.operator, LEASE).await?;
-            let agent = Agent::start_beside(cp, ns, name, &programs.agent).await?;
+            let agent = Agent::start_beside(cp, ns, name, &programs.agent, None).await?;
             Ok::<_, ClusterError>((operator, agent))
         })
         .map_err(cluster_err)?;

@@ -556,6 +556,14 @@ impl Agent {
         for e in &swept.errors {
             tracing::warn!(error = %e, "removing leftovers failed; tried again after the next switch or restart");
         }
+        for draining in swept.draining {
+            tracing::info!(mode = %draining.mode(), "a retired mode still serves connections; it drains");
+            if self.retiring.is_some() {
+                // One drains at a time: the older one goes now.
+                self.finish_retiring();
+            }
+            self.retiring = Some(draining);
+        }
         self.swept = true;
     }
 

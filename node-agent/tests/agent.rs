@@ -355,6 +355,43 @@ async fn leaving_a_mode_with_open_connections_drains_it_before_removing_it() {
     assert_eq!(kernel.cleanups(), vec![Mode::Ipvs]);
 }
 
+/// An agent restarted while a retired mode drained swept that mode as a
+/// leftover on its first pass, cutting the connections it still served:
+/// the restarted agent retires it again, and it drains to the end.
+#[tokio::test(start_paused = true)]
+async fn an_agent_restarted_mid_drain_keeps_draining_the_retired_mode() {
+    let kernel = FakeKernel::default();
+    let writer = RecordingWriter::default();
+    let mut first = agent(&kernel, &writer, &FakeLeftover::default());
+    first.sync(&inputs(Some(Mode::Ipvs), None), None).await;
+    kernel.connections_open(Mode::Ipvs, true);
+    let to_nftables = inputs(Some(Mode::Nftables), None);
+    first.sync(&to_nftables, None).await;
+    assert_eq!(kernel.rules(Mode::Ipvs), Some(web_lines()), "draining");
+    drop(first);
+
+    let recorded = writer.last();
+    let mut second = agent(
+        &kernel,
+        &RecordingWriter::default(),
+        &FakeLeftover::default(),
+    );
+    let restarted = inputs(Some(Mode::Nftables), recorded);
+    let out = second.sync(&restarted, None).await;
+    assert!(matches!(out, SyncOutcome::Synced), "{out:?}");
+    assert_eq!(second.status().applied_mode, Some(Mode::Nftables));
+    assert_eq!(
+        kernel.rules(Mode::Ipvs),
+        Some(web_lines()),
+        "still draining after the restart"
+    );
+    assert!(kernel.cleanups().is_empty(), "{:?}", kernel.cleanups());
+    kernel.connections_open(Mode::Ipvs, false);
+    second.sync(&restarted, None).await;
+    assert_eq!(kernel.installed(), vec![Mode::Nftables]);
+    assert_eq!(kernel.cleanups(), vec![Mode::Ipvs]);
+}
+
 /// Kill the agent during status write `kill_at` (0: Building, 1: Verifying,
 /// 2: RemovingOld, 3: Done), restart it from the last recorded status and the
 /// kernel as it was left, and check it converges on the target with traffic

@@ -14,7 +14,11 @@
 //!    serves `/healthz` on kube-proxy's port.
 //!
 //! The traffic runs on a while and every loss is counted, as for a switch
-//! between our modes; the foreign objects must still be there.
+//! between our modes; the foreign objects must still be there. Into eBPF,
+//! kube-proxy's objects go once the connections they translated closed (the
+//! agent's drain; checked after the traffic stopped), and the agent runs with
+//! a scratch bpffs and cgroup ([`EbpfHooks`]) that it and the node's own
+//! clients (the node, its pods) are in, never the host's root cgroup.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -20,7 +20,7 @@
 mod common;
 
 /// Every pair in one run of the binary: one control plane start per pair,
-/// about 35 s each on a loaded 2-core machine.
+/// 25 to 35 s each on a loaded 2-core machine.
 #[test]
 fn a_node_is_taken_over_from_a_running_kube_proxy_without_loss() {
     let programs = common::switchyard_programs();

@@ -412,6 +412,17 @@ pub struct Swept {
     pub draining: Vec<Box<dyn Dataplane>>,
 }
 
+/// Remove `leftovers` (those present), noting what went into `swept`.
+pub fn remove_leftovers(leftovers: &[&dyn Leftovers], swept: &mut Swept) {
+    for l in leftovers {
+        match l.remove() {
+            Ok(true) => swept.removed.push(l.name().to_string()),
+            Ok(false) => {}
+            Err(e) => swept.errors.push(e.to_string()),
+        }
+    }
+}
+
 /// Retire every other present mode in favour of the active one (each
 /// drains as it would after a switch, [`Dataplane::retire`]) and remove
 /// foreign leftovers, once the active mode is in place, then rewrite the
@@ -420,7 +431,7 @@ pub fn sweep(
     active: &mut dyn Dataplane,
     present: &[Mode],
     factory: &dyn DataplaneFactory,
-    leftovers: &[Box<dyn Leftovers>],
+    leftovers: &[&dyn Leftovers],
     ruleset: &LinkedRuleset,
     settings: &Settings,
 ) -> Swept {
@@ -439,13 +450,7 @@ pub fn sweep(
             Err(e) => swept.errors.push(e.to_string()),
         }
     }
-    for l in leftovers {
-        match l.remove() {
-            Ok(true) => swept.removed.push(l.name().to_string()),
-            Ok(false) => {}
-            Err(e) => swept.errors.push(e.to_string()),
-        }
-    }
+    remove_leftovers(leftovers, &mut swept);
     if !swept.removed.is_empty() {
         tracing::info!(removed = ?swept.removed, "removed leftovers");
         resync(active, ruleset, settings);

@@ -223,3 +223,52 @@ fn a_rollout_that_cuts_connections_warns_before_it_starts() {
             .any(|e| matches!(e, PoolEvent::ConnectionsCut { .. }))
     );
 }
+
+/// A switch to iptables at 5000 Services × 5 endpoints outlived the fixed
+/// deadline (verification timeout + margin) while `iptables-restore` still
+/// ran, and the node counted as failed: the deadline grows with the
+/// ruleset the pool's nodes report.
+#[test]
+fn a_node_building_a_large_ruleset_is_not_timed_out_at_the_fixed_deadline() {
+    use switchyard_api::proxynode::AppliedCounts;
+    let nodes = vec![node("a", &[])];
+    let with_counts = |endpoints: u32, target: Mode| {
+        let mut p = proxy_node("a", Some("edge"), Mode::Nftables);
+        p.spec.target_mode = Some(target);
+        p.status.as_mut().unwrap().counts = Some(AppliedCounts {
+            service_ports: 5_000,
+            endpoints,
+            objects: 0,
+        });
+        vec![p]
+    };
+    let failed_after = |endpoints: u32| {
+        let mut pool = config("edge", Mode::Iptables, 0, selector(&[], &[]));
+        let first = plan(
+            &pool,
+            &nodes,
+            &with_counts(endpoints, Mode::Nftables),
+            now(),
+        );
+        pool.status = Some(first.status.clone());
+        // The node took the target and is still building 2 minutes later.
+        let later = now() + SignedDuration::from_secs(120);
+        let second = plan(
+            &pool,
+            &nodes,
+            &with_counts(endpoints, Mode::Iptables),
+            later,
+        );
+        second.status.rollout.unwrap().failed_nodes
+    };
+    assert_eq!(
+        failed_after(25_000),
+        Vec::<String>::new(),
+        "given time to build"
+    );
+    assert_eq!(
+        failed_after(0),
+        vec!["a".to_string()],
+        "a small ruleset is not"
+    );
+}

@@ -1,9 +1,10 @@
 //! `switchyard`: plan and diff what nodes would program, print the CRDs, run a
 //! live mode migration of a small cluster built from network namespaces, and
-//! start a real control plane by hand (`lab up`/`lab down`). Two hidden roles,
-//! `__operator` and `__node-agent`, run the operator and the node agent
-//! (the code of their own binaries): the demo's processes, so that the
-//! demo needs no other executable than this one.
+//! start a real control plane by hand (`lab up`/`lab down`). Hidden roles
+//! run the demo's processes, so that the demo needs no other executable than
+//! this one: `__operator` and `__node-agent` the operator and the node agent
+//! (the code of their own binaries), `__serve` and `__traffic` the servers and
+//! clients of its traffic (the lab's).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -131,6 +132,9 @@ enum Command {
     /// The node agent (what `node-agent` runs): the demo's agent processes.
     #[command(name = AGENT_ROLE, hide = true)]
     NodeAgent(switchyard_agent::app::Cli),
+    /// The demo's servers and clients (`__serve`, `__traffic`).
+    #[command(flatten)]
+    Traffic(switchyard_lab::traffic::role::ChildRole),
 }
 
 /// What a person runs.
@@ -254,6 +258,7 @@ fn main() -> ExitCode {
     let command = match Cli::parse().command {
         Command::Operator(args) => return role(switchyard_operator::app::run(args)),
         Command::NodeAgent(cli) => return role(switchyard_agent::app::run(cli)),
+        Command::Traffic(child) => return switchyard_lab::traffic::role::run(child),
         Command::User(command) => command,
     };
     tracing_subscriber::fmt()

@@ -27,6 +27,7 @@ use crate::probe::{self, Attempt, Listen};
 use crate::reference::{Reference, differences, reproducer, rules};
 use crate::scenario::{Expected, Flow, NodeAddress, NodeSpec, Scenario, Stage};
 use crate::topology::{Place, Topology};
+use crate::traffic::role;
 
 /// Outcome of one flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,15 +183,11 @@ pub(crate) fn start_servers(
     }
     let mut children = Children(Vec::new());
     for (place, listens) in by_place {
-        let mut args = vec!["__serve".to_string()];
-        for l in listens
-            .iter()
+        let listens: Vec<Listen> = listens
+            .into_iter()
             .filter(|l| sctp || l.protocol != Protocol::Sctp)
-        {
-            args.push("--listen".into());
-            args.push(l.to_string());
-        }
-        let mut child = spawn_in(topo.netns(place), &args)?;
+            .collect();
+        let mut child = spawn_in(topo.netns(place), &role::serve_args(&listens))?;
         let stdout = child.stdout.take();
         children.0.push(child);
         let mut line = String::new();
@@ -201,7 +198,7 @@ pub(crate) fn start_servers(
         if line.trim() != "ready" {
             return Err(HarnessError::Setup {
                 what: format!("endpoint servers in {:?}", place),
-                message: "server did not start (see its stderr)".into(),
+                message: format!("server did not start: {}", line.trim()),
             });
         }
     }

@@ -10,7 +10,7 @@ use switchyard_api::Mode;
 
 /// Server pods per node.
 pub const PODS_PER_NODE: u8 = 2;
-/// The HTTP and UDP echo ports every server pod listens on.
+/// The TCP (the Services' `http`) and UDP echo ports every server pod listens on.
 pub const HTTP_PORT: u16 = 8080;
 pub const ECHO_PORT: u16 = 5353;
 /// The service ports in front of them.

@@ -1,6 +1,6 @@
 //! The cluster's traffic, made by the lab's one generator
 //! ([`crate::traffic`]): every server pod runs a `__serve` process answering
-//! on its HTTP and UDP echo ports; each node's client pod runs a `__traffic`
+//! on its TCP port (the Services' `http`) and its UDP echo port; each node's client pod runs a `__traffic`
 //! stream per service to its cluster IP (TCP and UDP), inside its node's
 //! cgroup, where that node's eBPF socket programs act; the external client
 //! runs one per node port of every node. Each stream keeps a long-lived

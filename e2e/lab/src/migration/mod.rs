@@ -1,6 +1,6 @@
 //! The migration matrix: for an ordered pair of modes, a node (the namespaces
 //! of `matrix.yaml`) runs the first mode, traffic starts from every flow's
-//! source ([`traffic`]: long-lived and new TCP connections from a pod, the
+//! source ([`crate::traffic`]: long-lived and new TCP connections from a pod, the
 //! node and external clients through NodePorts with externalTrafficPolicy
 //! Cluster and Local; UDP on connected and unconnected sockets), the node
 //! switches to the second mode by the agent's own procedure

@@ -112,8 +112,10 @@ fn ebpf_to_nftables_drops_nothing() {
     migrate(Mode::Ebpf, Mode::Nftables);
 }
 
-/// Ctrl-C in the middle of the rollout stops the operator and the agents,
-/// removes every namespace and the control plane's directory.
+/// Ctrl-C in the middle of the rollout (onto eBPF: programs attached to the
+/// nodes' cgroups, pinned in their bpffs) stops the operator, the agents and
+/// the traffic, removes every namespace, bpffs and cgroup and the control
+/// plane's directory.
 #[test]
 fn ctrl_c_mid_rollout_leaves_nothing_behind() {
     let _one = SERIAL
@@ -124,17 +126,29 @@ fn ctrl_c_mid_rollout_leaves_nothing_behind() {
         return;
     }
     let tmp = Tmp::new("demo-ctrl-c");
-    let mut demo = Running::start(&tmp, &["demo", "--nodes", "2", "--services", "2"], "demo");
+    let args = [
+        "demo",
+        "--from",
+        "nftables",
+        "--to",
+        "ebpf",
+        "--nodes",
+        "2",
+        "--services",
+        "2",
+    ];
+    let mut demo = Running::start(&tmp, &args, "demo");
     let ready = demo.line_with("kubeconfig: ", STARTED);
     let kubeconfig = PathBuf::from(ready.split("kubeconfig: ").nth(1).unwrap().trim());
     let dir = kubeconfig.parent().unwrap().to_path_buf();
-    demo.line_with("switching iptables -> nftables", STARTED);
+    demo.line_with("switching nftables -> ebpf", STARTED);
     demo.signal(libc::SIGINT);
     let status = demo.wait();
     assert_eq!(status.code(), Some(130), "{status}");
     assert_eq!(workdir::left_behind(&dir), Vec::<String>::new());
     let ours = format!("sydemo-{}-", demo.pid());
     assert_eq!(netns::named(&ours), Vec::<String>::new());
+    assert_eq!(ebpf_places(&ours), Vec::<PathBuf>::new());
 }
 
 /// Without Kubernetes' programs the demo names the one command that builds them.

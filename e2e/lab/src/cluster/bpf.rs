@@ -15,10 +15,11 @@ use super::processes::EbpfPlace;
 use crate::HarnessError;
 use crate::cleanup::{self, Registration};
 
-/// The bpffs and the cgroup, dropped together.
+/// The bpffs and the cgroup, dropped together: first the pins (the links
+/// into the cgroup go with them), then the cgroup.
 struct Scratch {
-    _cgroup: ScratchCgroup,
     _bpffs: ScratchBpffs,
+    _cgroup: ScratchCgroup,
 }
 
 type Shared = Arc<Mutex<Option<Scratch>>>;
@@ -53,8 +54,8 @@ impl NodeBpf {
                     cgroup: cgroup.dir().to_path_buf(),
                 };
                 let scratch = Scratch {
-                    _cgroup: cgroup,
                     _bpffs: bpffs,
+                    _cgroup: cgroup,
                 };
                 Ok::<_, HarnessError>((place, Arc::new(Mutex::new(Some(scratch)))))
             },

@@ -310,11 +310,7 @@ impl Cluster {
     /// Start clients in every client namespace, each client pod in its
     /// node's cgroup (see [`traffic::Clients`]).
     pub fn start_clients(&self) -> Result<Clients, ClusterError> {
-        let cgroups: Vec<Option<PathBuf>> = self
-            .bpf
-            .iter()
-            .map(|b| Some(b.place().cgroup.clone()))
-            .collect();
+        let cgroups: Vec<PathBuf> = self.bpf.iter().map(|b| b.place().cgroup.clone()).collect();
         Ok(Clients::start(
             &self.traffic,
             &self.topology,

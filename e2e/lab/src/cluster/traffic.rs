@@ -83,13 +83,13 @@ pub struct Clients {
 
 impl Clients {
     /// Start every client as `__traffic` children of `program`, node `i`'s
-    /// client pod in `cgroups[i]` when given; returns once their long-lived
-    /// connections are open.
+    /// client pod in `cgroups[i]`; returns once their long-lived connections
+    /// are open.
     pub fn start(
         program: &Program,
         topology: &Topology,
         layout: &Layout,
-        cgroups: &[Option<PathBuf>],
+        cgroups: &[PathBuf],
     ) -> Result<Clients, HarnessError> {
         let (pod_http, pod_udp) = layout.pod_targets();
         let (ext_http, ext_udp) = layout.external_targets();
@@ -105,7 +105,7 @@ impl Clients {
             .collect();
         for n in &topology.nodes {
             let source = IpAddr::V4(Layout::client_pod_ip(n.index));
-            let cgroup = cgroups.get(usize::from(n.index)).cloned().flatten();
+            let cgroup = cgroups.get(usize::from(n.index)).cloned();
             let node = Layout::node_name(n.index);
             clients.extend(streams_to(source, &pod_http, &pod_udp).into_iter().map(
                 |(name, stream)| Client {

@@ -126,7 +126,7 @@ struct Reported {
     failures: Vec<String>,
 }
 
-/// What the streams reported so far; a handle that outlives nothing.
+/// What the streams reported so far: a cheap handle, cloned for a live display.
 #[derive(Clone, Default)]
 pub struct Tally(Arc<Mutex<Reported>>);
 

@@ -1,9 +1,10 @@
 //! `switchyard`: plan and diff what nodes would program, print the CRDs, run a
 //! live mode migration of a small cluster built from network namespaces, and
-//! start a real control plane by hand (`lab up`/`lab down`). Two hidden roles,
-//! `__operator` and `__node-agent`, run the operator and the node agent
-//! (the code of their own binaries): the demo's processes, so that the
-//! demo needs no other executable than this one.
+//! start a real control plane by hand (`lab up`/`lab down`). Hidden roles
+//! run the demo's processes, so that the demo needs no other executable than
+//! this one: `__operator` and `__node-agent` the operator and the node agent
+//! (the code of their own binaries), `__serve` and `__traffic` the servers and
+//! clients of its traffic (the lab's).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,17 +52,30 @@ Examples:
   # Bigger, and back the other way, two nodes at a time:
   sudo switchyard demo --from nftables --to iptables --nodes 4 --services 8 --batch 2
 
+  # Onto eBPF, and off it:
+  sudo switchyard demo --from nftables --to ebpf
+  sudo switchyard demo --from ebpf --to iptables
+
   # The demo cluster's objects, and what its first node would program:
   switchyard demo --print-state | switchyard plan -f - --node node-0
 
+Modes: iptables, nftables and ebpf (ipvs needs the ip_vs kernel module).
 It starts a real control plane (Kubernetes' programs in target/k8s/bin, built by
 e2e/k8s/build.sh), the operator and a node agent per node as processes, and
 changes the mode with `kubectl patch` as a user would; it prints the kubeconfig
 and a `kubectl ... get proxynodes -w` line to follow along from another terminal.
+The traffic is processes too: per service, each node's client pod keeps a TCP
+connection and two UDP sockets to its cluster IP and opens new ones, and an
+external client does the same to every node port of every node. It reports
+connections attempted and failed, established connections dropped, UDP answers
+lost, answers from a wrong address and each node's switch time.
 Everything lives in network namespaces named sydemo-<pid>-*, with no route out
-of the machine, and in $TMPDIR/switchyard-demo-*; all is removed at the end, on
-error and on Ctrl-C.
-Exit code: 0 when no connection failed and no established connection dropped.";
+of the machine, in $TMPDIR/switchyard-demo-*, and for eBPF in a bpffs mount
+$TMPDIR/sydemo-<pid>-*-bpffs and a cgroup sydemo-<pid>-* per node (the node's
+agent and client pod run in it: eBPF's socket programs never attach to the
+host's root cgroup); all is removed at the end, on error and on Ctrl-C.
+Exit code: 0 when no connection failed, no established connection dropped and
+no answer was lost or came from a wrong address.";
 
 const LAB_EXAMPLES: &str = "\
 Examples:
@@ -131,6 +145,9 @@ enum Command {
     /// The node agent (what `node-agent` runs): the demo's agent processes.
     #[command(name = AGENT_ROLE, hide = true)]
     NodeAgent(switchyard_agent::app::Cli),
+    /// The demo's servers and clients (`__serve`, `__traffic`).
+    #[command(flatten)]
+    Traffic(switchyard_lab::traffic::role::ChildRole),
 }
 
 /// What a person runs.
@@ -201,10 +218,10 @@ enum UserCommand {
     /// Build a small cluster from network namespaces and migrate it live between two modes.
     #[command(after_help = DEMO_EXAMPLES)]
     Demo {
-        /// The mode every node starts in.
+        /// The mode every node starts in: iptables, nftables or ebpf.
         #[arg(long, default_value = "iptables", value_parser = mode_parser())]
         from: Mode,
-        /// The mode the pool migrates to.
+        /// The mode the pool migrates to: iptables, nftables or ebpf.
         #[arg(long, default_value = "nftables", value_parser = mode_parser())]
         to: Mode,
         /// Nodes (network namespaces with their pods).
@@ -254,6 +271,7 @@ fn main() -> ExitCode {
     let command = match Cli::parse().command {
         Command::Operator(args) => return role(switchyard_operator::app::run(args)),
         Command::NodeAgent(cli) => return role(switchyard_agent::app::run(cli)),
+        Command::Traffic(child) => return switchyard_lab::traffic::role::run(child),
         Command::User(command) => command,
     };
     tracing_subscriber::fmt()

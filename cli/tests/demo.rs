@@ -15,6 +15,7 @@ use std::time::Duration;
 use switchyard_api::Mode;
 use switchyard_api::proxyconfig::RolloutPhase;
 use switchyard_cli::demo::{DemoOptions, Progress, run_demo};
+use switchyard_dataplane::ebpf::kernel::KernelConfig;
 use switchyard_lab::controlplane::workdir;
 use switchyard_lab::netns::{self, is_root};
 
@@ -67,10 +68,23 @@ fn migrate(from: Mode, to: Mode) {
     assert_eq!(report.failed, 0, "{:#?}", report.failures);
     assert_eq!(report.dropped, 0, "{:#?}", report.failures);
     assert_eq!(report.udp_lost, 0, "{:#?}", report.failures);
-    assert_eq!(report.misrouted, 0, "{:#?}", report.failures);
+    assert_eq!(report.wrong_address, 0, "{:#?}", report.failures);
     assert!(report.clean(), "{:#?}", report.cleanup_errors);
     let ours = format!("sydemo-{}-", std::process::id());
     assert_eq!(netns::named(&ours), Vec::<String>::new());
+    assert_eq!(ebpf_places(&ours), Vec::<PathBuf>::new());
+}
+
+/// The nodes' scratch bpffs mounts and cgroups named `prefix…`.
+fn ebpf_places(prefix: &str) -> Vec<PathBuf> {
+    let cgroups = KernelConfig::for_node().cgroup;
+    [Some(std::env::temp_dir()), cgroups]
+        .into_iter()
+        .flatten()
+        .flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .map(|e| e.path())
+        .collect()
 }
 
 #[test]
@@ -83,8 +97,25 @@ fn nftables_to_iptables_drops_nothing() {
     migrate(Mode::Nftables, Mode::Iptables);
 }
 
-/// Ctrl-C in the middle of the rollout stops the operator and the agents,
-/// removes every namespace and the control plane's directory.
+/// Each node's agent attaches eBPF's socket programs to a cgroup of the
+/// node's own (where its client pod runs) and its tc programs to the node's
+/// links: the client pods' cluster-IP and the external client's NodePort
+/// connections keep working through the switch, and nothing is attached to
+/// the host's cgroup root.
+#[test]
+fn nftables_to_ebpf_drops_nothing() {
+    migrate(Mode::Nftables, Mode::Ebpf);
+}
+
+#[test]
+fn ebpf_to_nftables_drops_nothing() {
+    migrate(Mode::Ebpf, Mode::Nftables);
+}
+
+/// Ctrl-C in the middle of the rollout (onto eBPF: programs attached to the
+/// nodes' cgroups, pinned in their bpffs) stops the operator, the agents and
+/// the traffic, removes every namespace, bpffs and cgroup and the control
+/// plane's directory.
 #[test]
 fn ctrl_c_mid_rollout_leaves_nothing_behind() {
     let _one = SERIAL
@@ -95,17 +126,29 @@ fn ctrl_c_mid_rollout_leaves_nothing_behind() {
         return;
     }
     let tmp = Tmp::new("demo-ctrl-c");
-    let mut demo = Running::start(&tmp, &["demo", "--nodes", "2", "--services", "2"], "demo");
+    let args = [
+        "demo",
+        "--from",
+        "nftables",
+        "--to",
+        "ebpf",
+        "--nodes",
+        "2",
+        "--services",
+        "2",
+    ];
+    let mut demo = Running::start(&tmp, &args, "demo");
     let ready = demo.line_with("kubeconfig: ", STARTED);
     let kubeconfig = PathBuf::from(ready.split("kubeconfig: ").nth(1).unwrap().trim());
     let dir = kubeconfig.parent().unwrap().to_path_buf();
-    demo.line_with("switching iptables -> nftables", STARTED);
+    demo.line_with("switching nftables -> ebpf", STARTED);
     demo.signal(libc::SIGINT);
     let status = demo.wait();
     assert_eq!(status.code(), Some(130), "{status}");
     assert_eq!(workdir::left_behind(&dir), Vec::<String>::new());
     let ours = format!("sydemo-{}-", demo.pid());
     assert_eq!(netns::named(&ours), Vec::<String>::new());
+    assert_eq!(ebpf_places(&ours), Vec::<PathBuf>::new());
 }
 
 /// Without Kubernetes' programs the demo names the one command that builds them.

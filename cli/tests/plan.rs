@@ -306,12 +306,12 @@ fn the_demo_state_plans_for_its_pool() {
 }
 
 #[test]
-fn demo_refuses_modes_it_cannot_run_safely_here() {
-    let out = switchyard(&["demo", "--from", "ebpf", "--to", "nftables"], None);
+fn demo_refuses_modes_it_cannot_run_here() {
+    let out = switchyard(&["demo", "--from", "ipvs", "--to", "nftables"], None);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out)
-            .contains("ebpf is not available in the demo: its socket hooks attach to cgroups"),
+            .contains("ipvs is not available in the demo: IPVS needs the ip_vs kernel module"),
         "{}",
         stderr(&out)
     );

@@ -284,12 +284,7 @@ async fn an_api_server_restart_keeps_the_rules_and_the_agents_resync(cluster: &m
             (l, len)
         })
         .collect();
-    let exchanges = || {
-        clients
-            .counters()
-            .exchanges
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let exchanges = || clients.counts().exchanges;
 
     cluster.control_plane_mut().stop_apiserver();
     let down = Instant::now();

@@ -209,10 +209,7 @@ async fn a_mode_patch_rolls_out_in_batches_across_a_leader_kill() {
     assert_eq!(seen.verified.len(), 3, "every switch verified: {seen:?}");
 
     assert_eq!(
-        clients
-            .counters()
-            .established
-            .load(std::sync::atomic::Ordering::Relaxed),
+        clients.counts().established,
         15,
         "6 node ports from outside, 9 cluster IPs from the client pods"
     );

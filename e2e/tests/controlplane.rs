@@ -188,6 +188,7 @@ async fn a_node_namespace_reaches_the_api_through_its_forwarder(cp: &ControlPlan
         cwd: cp.dir().to_path_buf(),
         log: log.clone(),
         netns: Some(node.open().unwrap()),
+        cgroup: None,
         env: Vec::new(),
     })
     .unwrap();
@@ -266,6 +267,7 @@ fn left_behind_reports_programs_and_the_directory_until_removed() {
         cwd: path.clone(),
         log: path.join("sleep.log"),
         netns: None,
+        cgroup: None,
         env: Vec::new(),
     })
     .unwrap();

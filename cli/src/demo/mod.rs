@@ -9,6 +9,11 @@
 //! `__node-agent` roles, which run the very code of the `switchyard-operator`
 //! and `node-agent` binaries — each agent inside its node's network
 //! namespace under its own node-bound identity ([`switchyard_lab::cluster`]).
+//! The traffic is processes too, the lab's one generator (this program in its
+//! `__serve` and `__traffic` roles, [`switchyard_lab::traffic`]): each node's
+//! client pod runs in the node's own cgroup, where the node's agent attaches
+//! eBPF's socket programs, so every mode, eBPF included, serves the node's
+//! clients as on a real node and nothing on the host.
 //! The demo applies the pool's ProxyConfig with kubectl, starts the traffic,
 //! patches the mode with kubectl, and follows the rollout through the API
 //! ([`observe`]); it only counts.
@@ -65,6 +70,7 @@ impl DemoOptions {
         Programs {
             operator: Program::role(cli, OPERATOR_ROLE),
             agent: Program::role(cli, AGENT_ROLE),
+            traffic: Program::new(cli),
         }
     }
 }
@@ -74,7 +80,7 @@ impl DemoOptions {
 pub enum DemoError {
     #[error("the demo needs root (it creates network namespaces and programs their rules)")]
     NotRoot,
-    #[error("{mode} is not available in the demo: {why}; use iptables or nftables")]
+    #[error("{mode} is not available in the demo: {why}; use iptables, nftables or ebpf")]
     UnsupportedMode { mode: Mode, why: &'static str },
     #[error("--from and --to are both {0}: nothing to migrate")]
     SameMode(Mode),
@@ -88,14 +94,10 @@ pub enum DemoError {
 
 fn check_mode(mode: Mode) -> Result<(), DemoError> {
     match mode {
-        Mode::Iptables | Mode::Nftables => Ok(()),
+        Mode::Iptables | Mode::Nftables | Mode::Ebpf => Ok(()),
         Mode::Ipvs => Err(DemoError::UnsupportedMode {
             mode,
             why: "IPVS needs the ip_vs kernel module (the ipvs tests boot a VM for it)",
-        }),
-        Mode::Ebpf => Err(DemoError::UnsupportedMode {
-            mode,
-            why: "its socket hooks attach to cgroups, which network namespaces do not isolate from the host",
         }),
     }
 }
@@ -161,12 +163,9 @@ async fn demo(options: DemoOptions) -> Result<DemoReport, DemoError> {
         "starting traffic: long-lived connections (a request every 100 ms), new connections, UDP",
     );
     let clients = cluster.start_clients()?;
-    let established = clients
-        .counters()
-        .established
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let established = clients.counts().established;
     progress.line(&format!("{established} long-lived connections established"));
-    let status = StatusLine::start(&progress, clients.counters());
+    let status = StatusLine::start(&progress, clients.tally());
     tokio::time::sleep(options.settle).await;
 
     let follower = Follower::start(cluster.client()).await?;
@@ -192,16 +191,16 @@ async fn demo(options: DemoOptions) -> Result<DemoReport, DemoError> {
     tokio::time::sleep(options.settle).await;
     drop(status);
 
-    let (counters, thread_errors) = clients.stop();
-    let mut report = DemoReport::snapshot(&counters);
+    let traffic = clients.stop();
+    let mut report = DemoReport::snapshot(&traffic.total);
     progress.line(&report.traffic_line());
     report.from = Some(options.from);
     report.to = Some(options.to);
-    report.failures = counters.failures();
+    report.failures = traffic.failures;
     let observed = observed?;
     report.switches = observed.switches;
     report.rollout = observed.phase;
-    report.cleanup_errors = thread_errors;
+    report.cleanup_errors = traffic.errors;
     report.cleanup_errors.extend(cluster.shutdown());
     progress.line("removed every namespace, process and file the demo created");
     Ok(report)

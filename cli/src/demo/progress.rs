@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use switchyard_lab::cluster::workload::Counters;
+use switchyard_lab::traffic::Tally;
 
 use super::report::DemoReport;
 
@@ -99,10 +99,10 @@ pub struct StatusLine {
 }
 
 impl StatusLine {
-    pub fn start(progress: &Progress, counters: &Arc<Counters>) -> StatusLine {
+    pub fn start(progress: &Progress, tally: Tally) -> StatusLine {
         let done = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (progress, counters, done) = (progress.clone(), counters.clone(), done.clone());
+            let (progress, done) = (progress.clone(), done.clone());
             std::thread::spawn(move || {
                 let mut last = 0;
                 while !done.load(Ordering::Relaxed) {
@@ -110,7 +110,7 @@ impl StatusLine {
                     let secs = progress.started.elapsed().as_secs();
                     if secs != last {
                         last = secs;
-                        progress.status(&DemoReport::snapshot(&counters).traffic_line(), 5);
+                        progress.status(&DemoReport::snapshot(&tally.total()).traffic_line(), 5);
                     }
                 }
             })

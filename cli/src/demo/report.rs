@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use switchyard_api::Mode;
 use switchyard_api::proxyconfig::RolloutPhase;
-use switchyard_lab::cluster::workload::Counters;
+use switchyard_lab::traffic::Counts;
 
 /// How one node switch went, as its ProxyNode status told it step by step.
 #[derive(Clone, Debug)]
@@ -41,7 +41,8 @@ pub struct DemoReport {
     pub exchanges: u64,
     pub udp_sent: u64,
     pub udp_lost: u64,
-    pub misrouted: u64,
+    /// Answers from another address than the one asked (the matrix's column).
+    pub wrong_address: u64,
     /// The phase the rollout ended in (`Complete` when it went through).
     pub rollout: Option<RolloutPhase>,
     /// Every node switch of the rollout, in order.
@@ -53,13 +54,14 @@ pub struct DemoReport {
 }
 
 impl DemoReport {
-    /// No connection failed, none dropped, nothing misrouted, every switch succeeded.
+    /// No connection failed, none dropped, no answer lost or from a wrong
+    /// address, every switch succeeded.
     pub fn clean(&self) -> bool {
         self.rollout == Some(RolloutPhase::Complete)
             && self.failed == 0
             && self.dropped == 0
             && self.udp_lost == 0
-            && self.misrouted == 0
+            && self.wrong_address == 0
             && self
                 .switches
                 .iter()
@@ -67,16 +69,19 @@ impl DemoReport {
             && self.cleanup_errors.is_empty()
     }
 
-    pub fn snapshot(counters: &Counters) -> DemoReport {
+    /// The traffic's counts: the long-lived connections are connections
+    /// attempted too, and a new connection that got no answer from an
+    /// endpoint failed.
+    pub fn snapshot(counts: &Counts) -> DemoReport {
         DemoReport {
-            attempted: Counters::get(&counters.attempted),
-            failed: Counters::get(&counters.failed),
-            established: Counters::get(&counters.established),
-            dropped: Counters::get(&counters.dropped),
-            exchanges: Counters::get(&counters.exchanges),
-            udp_sent: Counters::get(&counters.udp_sent),
-            udp_lost: Counters::get(&counters.udp_lost),
-            misrouted: Counters::get(&counters.misrouted),
+            attempted: counts.new + counts.established,
+            failed: counts.new_failed,
+            established: counts.established,
+            dropped: counts.dropped,
+            exchanges: counts.exchanges,
+            udp_sent: counts.udp_sent,
+            udp_lost: counts.udp_lost,
+            wrong_address: counts.wrong_address,
             ..DemoReport::default()
         }
     }
@@ -116,7 +121,10 @@ impl DemoReport {
                 "UDP requests",
                 format!("{} ({} unanswered)", self.udp_sent, self.udp_lost),
             ),
-            ("answers from a wrong backend", self.misrouted.to_string()),
+            (
+                "answers from a wrong address",
+                self.wrong_address.to_string(),
+            ),
         ];
         for (name, value) in rows {
             out.push_str(&format!("{:<33}{value}\n", format!("{name}:")));

@@ -8,6 +8,8 @@
 //! - [`agent`]: the thread in the node namespace that owns the backend.
 //! - [`hooks`]: where a mode plugs in (dataplane, client cgroup, skips).
 //! - [`migration`]: the migration matrix: a node switches modes under traffic.
+//! - [`traffic`]: the one traffic generator (client and server processes)
+//!   of the matrix and the cluster.
 //! - [`runner`]: compile, link, apply, send connections, judge, report.
 //! - [`vm`]: Debian's stock kernel in qemu, for IPVS when the host lacks it.
 //! - [`controlplane`]: etcd, kube-apiserver and kube-controller-manager on loopback.
@@ -39,6 +41,7 @@ pub mod runner;
 pub mod scale;
 pub mod scenario;
 pub mod topology;
+pub mod traffic;
 pub mod vm;
 
 pub use switchyard_testkit::{cleanup, netns};

@@ -27,6 +27,7 @@ use crate::probe::{self, Attempt, Listen};
 use crate::reference::{Reference, differences, reproducer, rules};
 use crate::scenario::{Expected, Flow, NodeAddress, NodeSpec, Scenario, Stage};
 use crate::topology::{Place, Topology};
+use crate::traffic::role;
 
 /// Outcome of one flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,21 +122,12 @@ impl Drop for Children {
 
 /// Start this binary with `args` inside `ns`.
 pub(crate) fn spawn_in(ns: &Netns, args: &[String]) -> Result<Child, HarnessError> {
-    spawn(ns, args, Stdio::null())
-}
-
-/// As [`spawn_in`], with a pipe to the child's stdin (closing it stops the child).
-pub(crate) fn spawn_in_with_stdin(ns: &Netns, args: &[String]) -> Result<Child, HarnessError> {
-    spawn(ns, args, Stdio::piped())
-}
-
-fn spawn(ns: &Netns, args: &[String], stdin: Stdio) -> Result<Child, HarnessError> {
     let exe = std::env::current_exe().map_err(|source| HarnessError::Spawn {
         what: "current executable".into(),
         source,
     })?;
     let mut cmd = Command::new(exe);
-    cmd.args(args).stdin(stdin).stdout(Stdio::piped());
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
     netns::enter_on_exec(&mut cmd, ns.open()?);
     cmd.spawn().map_err(|source| HarnessError::Spawn {
         what: format!(
@@ -191,15 +183,11 @@ pub(crate) fn start_servers(
     }
     let mut children = Children(Vec::new());
     for (place, listens) in by_place {
-        let mut args = vec!["__serve".to_string()];
-        for l in listens
-            .iter()
+        let listens: Vec<Listen> = listens
+            .into_iter()
             .filter(|l| sctp || l.protocol != Protocol::Sctp)
-        {
-            args.push("--listen".into());
-            args.push(l.to_string());
-        }
-        let mut child = spawn_in(topo.netns(place), &args)?;
+            .collect();
+        let mut child = spawn_in(topo.netns(place), &role::serve_args(&listens))?;
         let stdout = child.stdout.take();
         children.0.push(child);
         let mut line = String::new();
@@ -210,7 +198,7 @@ pub(crate) fn start_servers(
         if line.trim() != "ready" {
             return Err(HarnessError::Setup {
                 what: format!("endpoint servers in {:?}", place),
-                message: "server did not start (see its stderr)".into(),
+                message: format!("server did not start: {}", line.trim()),
             });
         }
     }

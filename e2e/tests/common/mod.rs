@@ -53,12 +53,14 @@ pub fn lab_bin(name: &str) -> PathBuf {
     package_bin("e2e/lab", name)
 }
 
-/// The operator's and the node agent's own binaries, as they ship.
+/// The operator's and the node agent's own binaries, as they ship, and the
+/// lab's `migration-matrix` for the traffic's roles.
 pub fn switchyard_programs() -> switchyard_lab::cluster::processes::Programs {
     use switchyard_lab::cluster::processes::{Program, Programs};
     Programs {
         operator: Program::new(package_bin("operator", "switchyard-operator")),
         agent: Program::new(package_bin("node-agent", "node-agent")),
+        traffic: Program::new(lab_bin("migration-matrix")),
     }
 }
 

@@ -6,22 +6,19 @@
 //! `kube-proxy-nftables` takes the node over from the real kube-proxy by the
 //! README's runbook (`--agent` and `--operator` name the binaries it runs).
 //! The hidden `__serve` / `__traffic` subcommands
-//! are the child processes started inside namespaces.
+//! ([`switchyard_lab::traffic::role`]) are the child processes started
+//! inside namespaces.
 
-use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use switchyard_api::Mode;
-use switchyard_api::ruleset::Protocol;
 use switchyard_dataplane::ebpf::tc::TcAttachMode;
 use switchyard_lab::cluster::processes::{Program, Programs};
-use switchyard_lab::migration::traffic::{self, Stream};
 use switchyard_lab::migration::{self, Pair, Row, Timing};
-use switchyard_lab::probe::{self, Listen};
+use switchyard_lab::traffic::role::{self, ChildRole};
 use switchyard_lab::vm::{IN_VM_ENV, VmRunner};
 use switchyard_lab::{cleanup, netns, vm};
 
@@ -49,77 +46,6 @@ struct Cli {
     /// How the eBPF mode's tc programs attach: auto, tcx, or classic.
     #[arg(long, default_value = "auto")]
     tc_attach: TcAttachMode,
-}
-
-#[derive(Subcommand)]
-enum ChildRole {
-    #[command(name = "__serve", hide = true)]
-    Serve {
-        #[arg(long)]
-        listen: Vec<Listen>,
-    },
-    #[command(name = "__traffic", hide = true)]
-    Traffic {
-        #[arg(long)]
-        proto: String,
-        #[arg(long)]
-        src: IpAddr,
-        #[arg(long)]
-        dst: SocketAddr,
-        #[arg(long)]
-        endpoint: Vec<SocketAddr>,
-        #[arg(long)]
-        period_ms: u64,
-        #[arg(long)]
-        timeout_ms: u64,
-        #[arg(long)]
-        cgroup: Option<PathBuf>,
-    },
-}
-
-fn child(role: ChildRole) -> ExitCode {
-    cleanup::child_setup();
-    let result = match role {
-        ChildRole::Serve { listen } => probe::serve(&listen).map_err(|e| e.to_string()),
-        ChildRole::Traffic {
-            proto,
-            src,
-            dst,
-            endpoint,
-            period_ms,
-            timeout_ms,
-            cgroup,
-        } => traffic_child(
-            &proto,
-            Stream {
-                protocol: Protocol::Tcp,
-                source: src,
-                dest: dst,
-                endpoints: endpoint.into_iter().collect::<BTreeSet<_>>(),
-                period: Duration::from_millis(period_ms),
-                timeout: Duration::from_millis(timeout_ms),
-            },
-            cgroup,
-        ),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // The parent reads this instead of `ready` or the counts.
-            println!("error {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn traffic_child(proto: &str, stream: Stream, cgroup: Option<PathBuf>) -> Result<(), String> {
-    let protocol = probe::parse_protocol(proto).ok_or_else(|| format!("protocol {proto}"))?;
-    if let Some(cg) = cgroup {
-        probe::join_cgroup(&cg).map_err(|e| format!("joining cgroup {}: {e}", cg.display()))?;
-    }
-    let counts = traffic::run(&Stream { protocol, ..stream }).map_err(|e| e.to_string())?;
-    println!("{counts}");
-    Ok(())
 }
 
 /// Run `pairs` in the VM; their rows (the guest prints each as a line).
@@ -151,7 +77,7 @@ fn rows_in_vm(pairs: &[Pair], tc_attach: TcAttachMode) -> Result<Vec<Row>, Strin
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(role) = cli.child {
-        return child(role);
+        return role::run(role);
     }
     cleanup::install_signal_cleanup();
     let pairs = if cli.pairs.is_empty() {
@@ -172,9 +98,11 @@ fn main() -> ExitCode {
         .agent
         .as_ref()
         .zip(cli.operator.as_ref())
-        .map(|(agent, operator)| Programs {
+        .zip(std::env::current_exe().ok())
+        .map(|((agent, operator), this)| Programs {
             operator: Program::new(absolute(operator)),
             agent: Program::new(absolute(agent)),
+            traffic: Program::new(this),
         });
     let timing = if in_vm { Timing::VM } else { Timing::HOST };
     let mut rows = Vec::new();

@@ -1,8 +1,8 @@
 //! `scenario --mode <iptables|nftables|ipvs|ebpf> FILE...`: run scenario files
 //! (or directories of them) against the mode's real dataplane in network
 //! namespaces; one PASS/FAIL/SKIP line per flow, then `N passed, M failed`.
-//! The hidden `__serve` / `__connect` subcommands are the child processes the
-//! runner starts inside namespaces.
+//! The hidden `__serve` ([`switchyard_lab::traffic::role`]) and `__connect`
+//! subcommands are the child processes the runner starts inside namespaces.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -13,10 +13,11 @@ use clap::{Parser, Subcommand};
 use switchyard_api::Mode;
 use switchyard_dataplane::ebpf::probe::Capabilities;
 use switchyard_dataplane::ebpf::tc::TcAttachMode;
-use switchyard_lab::probe::{self, Listen};
+use switchyard_lab::probe;
 use switchyard_lab::reference::Reference;
 use switchyard_lab::reference::random::{self, RandomStates};
 use switchyard_lab::runner::{self, Options, Totals};
+use switchyard_lab::traffic::role;
 use switchyard_lab::{cleanup, hooks, netns, vm};
 
 #[derive(Parser)]
@@ -69,11 +70,9 @@ enum ReferenceKind {
 
 #[derive(Subcommand)]
 enum ChildRole {
-    #[command(name = "__serve", hide = true)]
-    Serve {
-        #[arg(long)]
-        listen: Vec<Listen>,
-    },
+    /// `__serve` (and `__traffic`): the lab's traffic roles.
+    #[command(flatten)]
+    Traffic(role::ChildRole),
     #[command(name = "__connect", hide = true)]
     Connect {
         #[arg(long)]
@@ -102,13 +101,7 @@ enum ChildRole {
 fn child(role: ChildRole) -> ExitCode {
     cleanup::child_setup();
     match role {
-        ChildRole::Serve { listen } => match probe::serve(&listen) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("__serve: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        ChildRole::Traffic(role) => role::run(role),
         ChildRole::Connect {
             proto,
             src,

@@ -41,10 +41,14 @@ use switchyard_lab::reference::KUBE_PROXY_USER;
 use switchyard_lab::reference::kube_proxy::{Counters, KubeProxy};
 use switchyard_lab::reference::state::{Changes, ClusterState};
 use switchyard_lab::scenario::{NodeAddress, NodeSpec};
+use switchyard_lab::traffic::role::{self, ChildRole};
 
 #[derive(Parser)]
-#[command(about)]
+#[command(about, args_conflicts_with_subcommands = true)]
 struct Cli {
+    /// The cluster's servers (`__serve`), run by re-executing this binary.
+    #[command(subcommand)]
+    child: Option<ChildRole>,
     /// A run of a few minutes: 1000x5 and 2000x5, 3 changes each (at
     /// 5000x5 kube-proxy's iptables mode did not finish its first sync in
     /// ten minutes on the two-core machine: see the README).
@@ -147,6 +151,7 @@ fn programs() -> Result<Programs, VersusError> {
     Ok(Programs {
         operator: program("switchyard-operator")?,
         agent: program("node-agent")?,
+        traffic: Program::new(exe),
     })
 }
 
@@ -624,8 +629,11 @@ fn run(cli: &Cli, results: &mut Results) -> Result<(), VersusError> {
 }
 
 fn main() -> ExitCode {
+    let mut cli = Cli::parse();
+    if let Some(role) = cli.child.take() {
+        return role::run(role);
+    }
     cleanup::install_signal_cleanup();
-    let cli = Cli::parse();
     let mut results = Results::new();
     let outcome = run(&cli, &mut results);
     println!("{}", results.finish());

@@ -2,6 +2,7 @@
 //! objects describing them, as the cluster creates them through the API (and
 //! as `switchyard demo --print-state` prints them for `plan`).
 
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use serde_json::{Value, json};
@@ -9,7 +10,7 @@ use switchyard_api::Mode;
 
 /// Server pods per node.
 pub const PODS_PER_NODE: u8 = 2;
-/// The HTTP and UDP echo ports every server pod listens on.
+/// The TCP (the Services' `http`) and UDP echo ports every server pod listens on.
 pub const HTTP_PORT: u16 = 8080;
 pub const ECHO_PORT: u16 = 5353;
 /// The service ports in front of them.
@@ -59,9 +60,9 @@ impl Pod {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
     pub addr: SocketAddr,
-    /// Pod names allowed to answer (the service's endpoints).
-    pub pods: Vec<String>,
-    /// `svc-1 via 10.96.0.11:80`, for reports.
+    /// The service's endpoints: its pods' addresses and target port.
+    pub endpoints: BTreeSet<SocketAddr>,
+    /// `svc-1 via cluster IP 10.96.0.11:80`, for reports.
     pub label: String,
 }
 
@@ -131,12 +132,22 @@ impl Layout {
             .collect()
     }
 
-    fn target(&self, k: u8, addr: SocketAddrV4, via: &str) -> Target {
+    /// Service `k` at `addr`, served on its pods' `port`.
+    fn target(&self, k: u8, addr: SocketAddrV4, port: u16, via: &str) -> Target {
         Target {
             addr: SocketAddr::V4(addr),
-            pods: self.endpoints(k).iter().map(|p| p.name()).collect(),
+            endpoints: self
+                .endpoints(k)
+                .iter()
+                .map(|p| SocketAddr::from((p.ip(), port)))
+                .collect(),
             label: format!("{} via {via} {addr}", Layout::service_name(k)),
         }
+    }
+
+    /// The server pod with address `ip`.
+    pub fn pod_at(&self, ip: Ipv4Addr) -> Option<Pod> {
+        self.pods().find(|p| p.ip() == ip)
     }
 
     /// HTTP and UDP targets of a pod client: every service's cluster IP.
@@ -144,13 +155,13 @@ impl Layout {
         let http = (0..self.services)
             .map(|k| {
                 let addr = SocketAddrV4::new(Layout::cluster_ip(k), SERVICE_HTTP_PORT);
-                self.target(k, addr, "cluster IP")
+                self.target(k, addr, HTTP_PORT, "cluster IP")
             })
             .collect();
         let udp = (0..self.services)
             .map(|k| {
                 let addr = SocketAddrV4::new(Layout::cluster_ip(k), SERVICE_ECHO_PORT);
-                self.target(k, addr, "cluster IP")
+                self.target(k, addr, ECHO_PORT, "cluster IP")
             })
             .collect();
         (http, udp)
@@ -164,8 +175,10 @@ impl Layout {
             for i in 0..self.nodes {
                 let ip = Layout::node_ip(i);
                 let via = format!("{} node port", Layout::node_name(i));
-                http.push(self.target(k, SocketAddrV4::new(ip, Layout::http_node_port(k)), &via));
-                udp.push(self.target(k, SocketAddrV4::new(ip, Layout::echo_node_port(k)), &via));
+                let http_addr = SocketAddrV4::new(ip, Layout::http_node_port(k));
+                http.push(self.target(k, http_addr, HTTP_PORT, &via));
+                let echo_addr = SocketAddrV4::new(ip, Layout::echo_node_port(k));
+                udp.push(self.target(k, echo_addr, ECHO_PORT, &via));
             }
         }
         (http, udp)

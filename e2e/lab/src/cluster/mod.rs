@@ -6,8 +6,9 @@
 //! nodes, their pods and an external client as network namespaces
 //! ([`topology`]); creates the Nodes, Services and Pods through the API and
 //! waits for the real endpointslice controller to list the pods ([`objects`]);
-//! runs every pod's servers ([`traffic`]); and starts the node agents (one
-//! process per node, inside it) and the operator replicas ([`processes`]).
+//! runs every pod's servers ([`traffic`]); gives every node a scratch bpffs
+//! and cgroup for eBPF ([`bpf`]); and starts the node agents (one process per
+//! node, inside it and its cgroup) and the operator replicas ([`processes`]).
 //! What happens next — a ProxyConfig applied, a mode patched — is up to the
 //! caller, through the API as a user would.
 //!
@@ -17,16 +18,15 @@
 //! says what, if anything, was left behind.
 //!
 //! - [`layout`]: addresses and objects on paper.
-//! - [`workload`]: servers and clients that count every outcome.
 //! - [`wait`]: watch-driven waits.
 
+pub mod bpf;
 pub mod layout;
 pub mod objects;
 pub mod processes;
 pub mod topology;
 pub mod traffic;
 pub mod wait;
-pub mod workload;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,10 +37,14 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use switchyard_api::Mode;
 
+use switchyard_api::ruleset::Protocol;
+use switchyard_dataplane::ebpf::scratch;
+
+use self::bpf::NodeBpf;
 use self::layout::{Layout, PROXY_CONFIG};
-use self::processes::{Agent, LeaseTiming, Operator, Programs};
+use self::processes::{Agent, LeaseTiming, Operator, Program, Programs};
 use self::topology::Topology;
-use self::traffic::{Clients, Group};
+use self::traffic::Clients;
 use crate::HarnessError;
 use crate::controlplane::forward::Forwarder;
 use crate::controlplane::identity::NAMESPACE;
@@ -48,9 +52,13 @@ use crate::controlplane::kubectl::Kubectl;
 use crate::controlplane::workdir::{self, Purpose};
 use crate::controlplane::{ControlPlane, ControlPlaneError, config_base};
 use crate::netns::{self, Netns};
+use crate::probe::{self, Attempt};
 
 /// The Lease the operator replicas compete for (the operator's default).
 pub const LEASE: &str = "switchyard-operator";
+
+/// How long [`Cluster::ask_from_client_pod`] waits for its answer.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Users whose refusals fail a test: Switchyard's ServiceAccounts.
 const SWITCHYARD_USERS: &str = "system:serviceaccount:switchyard-system:";
@@ -121,14 +129,19 @@ impl ClusterOptions {
     }
 }
 
-/// A running cluster. Field order is drop order.
+/// A running cluster. Field order is drop order: the processes go before
+/// the nodes' cgroups they run in.
 pub struct Cluster {
     agents: Vec<Agent>,
     operators: Vec<Operator>,
     _operator_forwarder: Forwarder,
     /// Where the operator replicas run (a control-plane node with no links).
     operator_ns: Netns,
-    _servers: Group,
+    _servers: Vec<crate::traffic::Child>,
+    /// Node `i`'s eBPF place at index `i`.
+    bpf: Vec<NodeBpf>,
+    /// Runs the clients ([`Cluster::start_clients`]).
+    traffic: Program,
     topology: Topology,
     layout: Layout,
     lease: LeaseTiming,
@@ -142,6 +155,9 @@ impl Cluster {
         let began = Instant::now();
         static NEXT: AtomicU32 = AtomicU32::new(0);
         netns::sweep_orphans(&[options.tag]);
+        for path in scratch::sweep_orphans(&format!("sy{}", options.tag)) {
+            eprintln!("removed {} left by a killed run", path.display());
+        }
         let prefix = format!(
             "sy{}-{}-{}-",
             options.tag,
@@ -154,11 +170,15 @@ impl Cluster {
         let topology = Topology::build(&prefix, &layout)?;
         objects::create(&cp.client(), &layout).await?;
         objects::endpoints_listed(&cp.client(), &layout).await?;
-        let servers = traffic::start_servers(&topology)?;
+        let servers = traffic::start_servers(&options.programs.traffic, &topology)?;
         let mut agents = Vec::new();
+        let mut bpf = Vec::new();
         for n in &topology.nodes {
             let node = Layout::node_name(n.index);
-            agents.push(Agent::start(&cp, &n.node, &node, &options.programs.agent, None).await?);
+            let place = NodeBpf::create(&format!("{prefix}n{}", n.index))?;
+            let program = &options.programs.agent;
+            agents.push(Agent::start(&cp, &n.node, &node, program, Some(place.place())).await?);
+            bpf.push(place);
         }
         let operator_ns = Netns::create(&format!("{prefix}cp")).map_err(HarnessError::from)?;
         let operator_forwarder = cp.forward_into(&operator_ns)?;
@@ -175,6 +195,8 @@ impl Cluster {
             _operator_forwarder: operator_forwarder,
             operator_ns,
             _servers: servers,
+            bpf,
+            traffic: options.programs.traffic,
             topology,
             layout,
             lease: options.lease,
@@ -285,15 +307,25 @@ impl Cluster {
             .filter(|h| !h.is_empty()))
     }
 
-    /// Start clients in every client namespace (see [`traffic::Clients`]).
+    /// Start clients in every client namespace, each client pod in its
+    /// node's cgroup (see [`traffic::Clients`]).
     pub fn start_clients(&self) -> Result<Clients, ClusterError> {
-        Ok(Clients::start(&self.topology, &self.layout)?)
+        let cgroups: Vec<PathBuf> = self.bpf.iter().map(|b| b.place().cgroup.clone()).collect();
+        Ok(Clients::start(
+            &self.traffic,
+            &self.topology,
+            &self.layout,
+            &cgroups,
+        )?)
     }
 
-    /// One HTTP request from node `i`'s client pod to `addr`: the pod that answered.
+    /// One TCP request from node `i`'s client pod to `addr`: the pod that
+    /// answered. The request is made by a thread of this process in the
+    /// client pod's namespace, outside the node's cgroup: eBPF's socket
+    /// programs do not see it.
     pub fn ask_from_client_pod(&self, i: u8, addr: SocketAddr) -> Result<String, ClusterError> {
         let err = |message: String| ClusterError::Request {
-            what: format!("HTTP request to {addr}"),
+            what: format!("a request to {addr}"),
             from: format!("the client pod of {}", Layout::node_name(i)),
             message,
         };
@@ -304,14 +336,21 @@ impl Cluster {
             .find(|n| n.index == i)
             .map(|n| &n.client)
             .ok_or_else(|| err("no such node".into()))?;
-        client
-            .run(|| {
-                workload::runtime()?
-                    .block_on(workload::ask(addr))
-                    .map_err(|e| e.to_string())
-            })
-            .map_err(|e| err(e.to_string()))?
-            .map_err(err)
+        let source = SocketAddr::from((Layout::client_pod_ip(i), 0));
+        let attempt = client
+            .run(|| probe::attempt(Protocol::Tcp, source, addr, ASK_TIMEOUT))
+            .map_err(|e| err(e.to_string()))?;
+        match attempt {
+            Attempt::Reply {
+                server: SocketAddr::V4(server),
+                ..
+            } => self
+                .layout
+                .pod_at(*server.ip())
+                .map(|p| p.name())
+                .ok_or_else(|| err(format!("answered by {server}, not a pod"))),
+            other => Err(err(other.to_string())),
+        }
     }
 
     /// Every operator and agent log.

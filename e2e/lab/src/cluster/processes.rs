@@ -43,6 +43,16 @@ impl Program {
         }
     }
 
+    /// This very executable (it has the lab's traffic roles: [`crate::traffic::role`]).
+    pub fn this_executable() -> Result<Program, HarnessError> {
+        std::env::current_exe()
+            .map(Program::new)
+            .map_err(|source| HarnessError::Spawn {
+                what: "this executable".into(),
+                source,
+            })
+    }
+
     /// `path` run in a role: `path role …`.
     pub fn role(path: impl Into<PathBuf>, role: &str) -> Program {
         Program {
@@ -52,11 +62,14 @@ impl Program {
     }
 }
 
-/// The operator and the node agent.
+/// The operator, the node agent, and the program with the lab's traffic
+/// roles (`__serve`, `__traffic`: [`crate::traffic::role`]) that runs the
+/// cluster's servers and clients.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Programs {
     pub operator: Program,
     pub agent: Program,
+    pub traffic: Program,
 }
 
 /// The operators' leader election, in whole seconds (client-go's three
@@ -81,13 +94,20 @@ impl LeaseTiming {
 /// every rollout batch up that long).
 const STATUS_MIN_INTERVAL: &str = "1s";
 
+/// Where a program runs: a network namespace, and for an agent its node's cgroup.
+#[derive(Clone, Copy)]
+struct Within<'a> {
+    netns: &'a Netns,
+    cgroup: Option<&'a Path>,
+}
+
 fn launch(
     cp: &ControlPlane,
     name: &'static str,
     program: &Program,
     args: &[String],
     log: &str,
-    netns: Option<&Netns>,
+    within: Within<'_>,
     env: Vec<(String, String)>,
 ) -> Result<Daemon, ClusterError> {
     let mut all = program.args.clone();
@@ -101,11 +121,9 @@ fn launch(
         args: all,
         cwd: cp.dir().to_path_buf(),
         log: cp.dir().join(format!("{log}.log")),
-        netns: netns
-            .map(Netns::open)
-            .transpose()
-            .map_err(HarnessError::from)?,
+        netns: Some(within.netns.open().map_err(HarnessError::from)?),
         env,
+        cgroup: within.cgroup.map(Path::to_path_buf),
     })?)
 }
 
@@ -157,7 +175,10 @@ impl Operator {
             program,
             &args,
             &pod,
-            Some(ns),
+            Within {
+                netns: ns,
+                cgroup: None,
+            },
             env,
         )?;
         Ok(Operator {
@@ -189,11 +210,11 @@ impl Operator {
 
 /// Where an agent's eBPF mode keeps its pins and attaches its socket
 /// programs (`--bpf-pin-root`, `--bpf-cgroup`): a scratch bpffs and cgroup of
-/// the lab's. An agent started without one attaches to the cgroup v2 root,
-/// the host's: the lab never switches such an agent to eBPF. The agent
-/// itself runs in the cgroup, as a real node's agent runs below the cgroup
-/// root: its verification probe is balanced by the socket programs it
-/// attached, not by whatever netfilter still holds.
+/// the lab's ([`super::bpf`]). The agent runs in that cgroup itself, as an
+/// agent on a real node runs under the cgroup root it attaches to, so its
+/// verification probe meets the socket programs. An agent started without
+/// one attaches to the cgroup v2 root, the host's: the lab never switches
+/// such an agent to eBPF.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EbpfPlace {
     pub pin_root: PathBuf,
@@ -260,17 +281,11 @@ impl Agent {
         args.extend(ebpf.into_iter().flat_map(EbpfPlace::args));
         let env = vec![kubeconfig_env(&kubeconfig)];
         let log = format!("agent-{node}");
-        let daemon = launch(cp, "node-agent", program, &args, &log, Some(ns), env)?;
-        // Moved at once, long before the ProxyConfig that makes it attach
-        // and probe: every socket it makes from then on is the cgroup's.
-        if let Some(place) = ebpf {
-            crate::probe::move_to_cgroup(&place.cgroup, daemon.pid()).map_err(|e| {
-                HarnessError::Setup {
-                    what: format!("agent of {node}"),
-                    message: format!("joining cgroup {}: {e}", place.cgroup.display()),
-                }
-            })?;
-        }
+        let within = Within {
+            netns: ns,
+            cgroup: ebpf.map(|e| e.cgroup.as_path()),
+        };
+        let daemon = launch(cp, "node-agent", program, &args, &log, within, env)?;
         Ok(Agent {
             node: node.to_string(),
             daemon,

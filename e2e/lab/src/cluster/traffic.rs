@@ -1,158 +1,138 @@
-//! The workload running in the cluster's namespaces: every server pod's
-//! servers (for the cluster's lifetime), and clients — each node's client pod
-//! to every cluster IP, the external client to every node port — that count
-//! every outcome until they are stopped.
+//! The cluster's traffic, made by the lab's one generator
+//! ([`crate::traffic`]): every server pod runs a `__serve` process answering
+//! on its TCP port (the Services' `http`) and its UDP echo port; each node's client pod runs a `__traffic`
+//! stream per service to its cluster IP (TCP and UDP), inside its node's
+//! cgroup, where that node's eBPF socket programs act; the external client
+//! runs one per node port of every node. Each stream keeps a long-lived
+//! connection (or, for UDP, a connected and an unconnected socket) asking
+//! every 100 ms and opens a new connection every 100 ms, counting every
+//! outcome ([`Counts`]).
 
-use std::sync::Arc;
-use std::sync::mpsc;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use super::layout::Layout;
+use switchyard_api::ruleset::Protocol;
+
+use super::layout::{ECHO_PORT, HTTP_PORT, Layout, Pod, Target};
+use super::processes::Program;
 use super::topology::Topology;
-use super::workload::runtime;
-use super::workload::{self, ClientPlan, Counters};
 use crate::HarnessError;
-use crate::netns::NetnsError;
+use crate::probe::Listen;
+use crate::traffic::{self, Child, Client, Counts, Stopped, Stream, Streams, Tally};
 
-/// Deadlock guard for servers to bind and clients to open their long-lived connections.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Between two requests of one socket, and two new connections of a stream.
+const PERIOD: Duration = Duration::from_millis(100);
+/// How long one answer may take before it counts as lost.
+const TIMEOUT: Duration = Duration::from_secs(2);
 
-fn thread_err(what: &str, message: impl Into<String>) -> HarnessError {
-    HarnessError::Setup {
-        what: what.to_string(),
-        message: message.into(),
-    }
-}
-
-/// A thread in a namespace: its work's result, unless it never entered the namespace.
-type NsThread = std::thread::JoinHandle<Result<Result<(), String>, NetnsError>>;
-
-/// Threads that run until told to stop.
-pub struct Group {
-    stop: tokio::sync::watch::Sender<bool>,
-    threads: Vec<NsThread>,
-}
-
-impl Group {
-    fn new() -> Group {
-        Group {
-            stop: tokio::sync::watch::channel(false).0,
-            threads: Vec::new(),
-        }
-    }
-
-    /// Stop every thread and wait for it; what failed.
-    pub fn halt(&mut self) -> Vec<String> {
-        let _ = self.stop.send(true);
-        self.threads
-            .drain(..)
-            .filter_map(|t| match t.join() {
-                Ok(Ok(Ok(()))) => None,
-                Ok(Ok(Err(e))) => Some(e),
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(_) => Some("a traffic thread panicked".to_string()),
-            })
-            .collect()
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        self.halt();
-    }
-}
-
-/// Start every pod's servers; returns once all are listening.
-pub fn start_servers(topology: &Topology) -> Result<Group, HarnessError> {
-    let mut servers = Group::new();
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let mut expected = 0;
+/// Start every pod's servers (`__serve` children of `program`); returns once
+/// all are listening.
+pub fn start_servers(program: &Program, topology: &Topology) -> Result<Vec<Child>, HarnessError> {
+    let mut servers = Vec::new();
     for n in &topology.nodes {
         for (j, pod_ns) in n.pods.iter().enumerate() {
-            let pod = format!("web-{}-{j}", n.index);
-            let stop = servers.stop.subscribe();
-            let ready = ready_tx.clone();
-            servers.threads.push(pod_ns.spawn(&pod.clone(), move || {
-                runtime()?.block_on(workload::serve(pod, stop, ready));
-                Ok(())
-            })?);
-            expected += 1;
-        }
-    }
-    for _ in 0..expected {
-        match ready_rx.recv_timeout(START_TIMEOUT) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(thread_err("a server", e)),
-            Err(_) => return Err(thread_err("a server", "did not start")),
+            let index = u8::try_from(j).unwrap_or(u8::MAX);
+            let ip = IpAddr::V4(
+                Pod {
+                    node: n.index,
+                    index,
+                }
+                .ip(),
+            );
+            let listens = [
+                Listen {
+                    protocol: Protocol::Tcp,
+                    addr: SocketAddr::new(ip, HTTP_PORT),
+                },
+                Listen {
+                    protocol: Protocol::Udp,
+                    addr: SocketAddr::new(ip, ECHO_PORT),
+                },
+            ];
+            servers.push(traffic::serve(program, pod_ns, &listens)?);
         }
     }
     Ok(servers)
 }
 
-/// Running clients and what they counted. Stopping lets the requests in
-/// flight finish, so stopping is never counted as a failure.
+/// The streams of one client: TCP to every `http` target, UDP to every `udp` one.
+fn streams_to(source: IpAddr, http: &[Target], udp: &[Target]) -> Vec<(String, Stream)> {
+    let tcp = http.iter().map(|t| (Protocol::Tcp, t));
+    let udp = udp.iter().map(|t| (Protocol::Udp, t));
+    tcp.chain(udp)
+        .map(|(protocol, t)| {
+            let stream = Stream {
+                protocol,
+                source,
+                dest: t.addr,
+                endpoints: t.endpoints.clone(),
+                period: PERIOD,
+                timeout: TIMEOUT,
+                long_lived: 1,
+            };
+            (format!("{} {}", protocol.as_lower(), t.label), stream)
+        })
+        .collect()
+}
+
+/// Running clients (see the module header).
 pub struct Clients {
-    group: Group,
-    counters: Arc<Counters>,
+    streams: Streams,
 }
 
 impl Clients {
-    /// Start every client; returns once their long-lived connections are open.
-    pub fn start(topology: &Topology, layout: &Layout) -> Result<Clients, HarnessError> {
-        let counters = Arc::new(Counters::default());
-        let mut group = Group::new();
+    /// Start every client as `__traffic` children of `program`, node `i`'s
+    /// client pod in `cgroups[i]`; returns once their long-lived connections
+    /// are open.
+    pub fn start(
+        program: &Program,
+        topology: &Topology,
+        layout: &Layout,
+        cgroups: &[PathBuf],
+    ) -> Result<Clients, HarnessError> {
         let (pod_http, pod_udp) = layout.pod_targets();
         let (ext_http, ext_udp) = layout.external_targets();
-        let mut plans = vec![(
-            &topology.external,
-            ClientPlan {
-                name: "external client".to_string(),
-                http: ext_http,
-                udp: ext_udp,
-            },
-        )];
+        let external = IpAddr::V4(Layout::external_client_ip());
+        let mut clients: Vec<Client<'_>> = streams_to(external, &ext_http, &ext_udp)
+            .into_iter()
+            .map(|(name, stream)| Client {
+                name: format!("external client: {name}"),
+                netns: &topology.external,
+                cgroup: None,
+                stream,
+            })
+            .collect();
         for n in &topology.nodes {
-            plans.push((
-                &n.client,
-                ClientPlan {
-                    name: format!("{} client pod", Layout::node_name(n.index)),
-                    http: pod_http.clone(),
-                    udp: pod_udp.clone(),
+            let source = IpAddr::V4(Layout::client_pod_ip(n.index));
+            let cgroup = cgroups.get(usize::from(n.index)).cloned();
+            let node = Layout::node_name(n.index);
+            clients.extend(streams_to(source, &pod_http, &pod_udp).into_iter().map(
+                |(name, stream)| Client {
+                    name: format!("{node} client pod: {name}"),
+                    netns: &n.client,
+                    cgroup: cgroup.clone(),
+                    stream,
                 },
             ));
         }
-        let (open_tx, open_rx) = mpsc::channel();
-        let expected = plans.len();
-        for (ns, plan) in plans {
-            let stop = group.stop.subscribe();
-            let counters = counters.clone();
-            let opened = open_tx.clone();
-            group.threads.push(ns.spawn("client", move || {
-                runtime()?.block_on(async move {
-                    let mut long_lived = workload::open_long_lived(&plan, &counters, &stop).await;
-                    let _ = opened.send(());
-                    workload::run_streams(plan, counters, stop).await;
-                    while long_lived.join_next().await.is_some() {}
-                });
-                Ok(())
-            })?);
-        }
-        for _ in 0..expected {
-            open_rx
-                .recv_timeout(START_TIMEOUT)
-                .map_err(|_| thread_err("a client", "did not start"))?;
-        }
-        Ok(Clients { group, counters })
+        Ok(Clients {
+            streams: Streams::start(program, clients)?,
+        })
     }
 
     /// What the clients have counted so far.
-    pub fn counters(&self) -> &Arc<Counters> {
-        &self.counters
+    pub fn counts(&self) -> Counts {
+        self.streams.tally().total()
     }
 
-    /// Stop the clients; what they counted and the threads that failed.
-    pub fn stop(mut self) -> (Arc<Counters>, Vec<String>) {
-        let errors = self.group.halt();
-        (self.counters.clone(), errors)
+    /// A handle on their counts, for a live display.
+    pub fn tally(&self) -> Tally {
+        self.streams.tally()
+    }
+
+    /// Stop the clients; what they counted.
+    pub fn stop(self) -> Stopped {
+        self.streams.stop()
     }
 }

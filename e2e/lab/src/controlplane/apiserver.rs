@@ -52,6 +52,7 @@ pub fn launch(program: &Path, dir: &Path, port: u16, pki: &Pki, service_cidr: &s
         cwd: dir.to_path_buf(),
         log: dir.join("kube-apiserver.log"),
         netns: None,
+        cgroup: None,
         env: Vec::new(),
     }
 }

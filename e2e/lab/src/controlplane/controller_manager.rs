@@ -40,6 +40,7 @@ pub fn launch(program: &Path, dir: &Path, kubeconfig: &Path, pki: &Pki) -> Launc
         cwd: dir.to_path_buf(),
         log: dir.join("kube-controller-manager.log"),
         netns: None,
+        cgroup: None,
         env: Vec::new(),
     }
 }

@@ -33,6 +33,7 @@ pub fn launch(program: &Path, dir: &Path) -> Launch {
         cwd: dir.to_path_buf(),
         log: dir.join("etcd.log"),
         netns: None,
+        cgroup: None,
         env: Vec::new(),
     }
 }

@@ -12,6 +12,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -40,6 +41,8 @@ pub struct Launch {
     pub netns: Option<File>,
     /// Set in its environment, besides what it inherits.
     pub env: Vec<(String, String)>,
+    /// Run inside this cgroup (v2 directory) instead of the harness's.
+    pub cgroup: Option<PathBuf>,
 }
 
 /// A running program; killed and reaped on drop.
@@ -113,18 +116,19 @@ impl Daemon {
         if let Some(file) = launch.netns {
             netns::enter_on_exec(&mut command, file);
         }
-        let (child, registered) = cleanup::guarded(
-            || {
-                spawn(command).map_err(|source| ControlPlaneError::Spawn {
-                    program: launch.name,
-                    source,
-                })
-            },
-            |child| {
-                let pid = child.id();
-                move || kill_and_reap(pid)
-            },
-        )?;
+        if let Some(cgroup) = &launch.cgroup {
+            let procs = cgroup.join("cgroup.procs");
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&procs)
+                .map_err(io("open", &procs))?;
+            join_cgroup_on_exec(&mut command, file);
+        }
+        let (child, registered) =
+            spawn_guarded(command).map_err(|source| ControlPlaneError::Spawn {
+                program: launch.name,
+                source,
+            })?;
         Ok(Daemon {
             name: launch.name,
             log: launch.log,
@@ -184,6 +188,34 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Make `command`'s child move itself into the cgroup whose `cgroup.procs`
+/// is open as `procs`, between fork and exec.
+fn join_cgroup_on_exec(command: &mut Command, procs: File) {
+    // SAFETY: only the async-signal-safe write syscall runs between fork and
+    // exec, on a descriptor the closure owns; "0" names the writing process.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::write(procs.as_raw_fd(), c"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Fork `command` from the spawner thread and register it with the cleanup
+/// registry (killed and reaped on SIGINT/SIGTERM); the owner kills and reaps
+/// it itself after dropping the registration.
+pub(crate) fn spawn_guarded(command: Command) -> std::io::Result<(Child, Registration)> {
+    cleanup::guarded(
+        || spawn(command),
+        |child| {
+            let pid = child.id();
+            move || kill_and_reap(pid)
+        },
+    )
 }
 
 fn kill_and_reap(pid: u32) {

@@ -28,7 +28,7 @@ use kube::api::{Patch, PatchParams};
 use switchyard_api::proxynode::SwitchStep;
 use switchyard_api::{Mode, ProxyNode};
 
-use super::{Pair, Row, Timing, matrix, prefix, setup, start_traffic};
+use super::{Pair, Row, Timing, matrix, prefix, setup, start_traffic, stop_traffic};
 use crate::HarnessError;
 use crate::cluster::ClusterError;
 use crate::cluster::layout::{POOL, POOL_LABEL, pool_proxy_config};
@@ -100,11 +100,11 @@ pub(super) fn run(
     let ns = &node.topology.node;
     add_foreign(ns)?;
     let hooks: Vec<&dyn ModeHooks> = ebpf.iter().map(|h| h as &dyn ModeHooks).collect();
-    let mut streams = start_traffic(&node.topology, &scenario, &hooks, timing)?;
+    let streams = start_traffic(&node.topology, &scenario, &hooks, timing)?;
     std::thread::sleep(timing.before);
     let taken_over = take_over(&mut node, &scenario.node, pair.to, programs, ebpf.as_ref());
     std::thread::sleep(timing.after);
-    let counts = streams.stop(pair);
+    let counts = stop_traffic(streams, pair);
     let ns = &node.topology.node;
     let (switched, after) = match taken_over {
         Ok(done) => (Ok(done.switch_time), leftovers_gone(ns, from, pair.to)),

@@ -1,6 +1,6 @@
 //! The migration matrix: for an ordered pair of modes, a node (the namespaces
 //! of `matrix.yaml`) runs the first mode, traffic starts from every flow's
-//! source ([`traffic`]: long-lived and new TCP connections from a pod, the
+//! source ([`crate::traffic`]: long-lived and new TCP connections from a pod, the
 //! node and external clients through NodePorts with externalTrafficPolicy
 //! Cluster and Local; UDP on connected and unconnected sockets), the node
 //! switches to the second mode by the agent's own procedure
@@ -10,10 +10,7 @@
 //! pair fails.
 
 pub mod adoption;
-pub mod traffic;
 
-use std::io::{BufRead, BufReader};
-use std::process::Child;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -25,14 +22,18 @@ use switchyard_dataplane::{BackendError, Dataplane, Retirement};
 
 use crate::HarnessError;
 use crate::agent::{Active, NodeAgent};
-use crate::cluster::processes::Programs;
+use crate::cluster::processes::{Program, Programs};
 use crate::hooks::{self, ModeHooks};
 use crate::runner::{self, Children};
-use crate::scenario::{Expected, Flow, Scenario};
+use crate::scenario::{Expected, Scenario};
 use crate::topology::Topology;
+use crate::traffic::{Client, Streams};
 use switchyard_dataplane::ebpf::tc::TcAttachMode;
 
-pub use traffic::Counts;
+pub use crate::traffic::Counts;
+
+/// Long-lived TCP connections per stream.
+const LONG_LIVED: usize = 2;
 
 /// The node, its services and the traffic's flows.
 const MATRIX: &str = include_str!("matrix.yaml");
@@ -397,11 +398,11 @@ impl Migration {
     fn run(mut self, timing: Timing) -> Result<Row, HarnessError> {
         self.switch(self.from.as_ref())?;
         let hooks = [self.from.as_ref(), self.to.as_ref()];
-        let mut streams = start_traffic(&self.topo, &self.scenario, &hooks, timing)?;
+        let streams = start_traffic(&self.topo, &self.scenario, &hooks, timing)?;
         std::thread::sleep(timing.before);
         let switched = self.switch(self.to.as_ref());
         std::thread::sleep(timing.after);
-        let counts = streams.stop(self.pair);
+        let counts = stop_traffic(streams, self.pair);
         let (switched, retired) = match switched {
             Ok((time, retiring)) => (Ok(time), self.finish_retiring(retiring)),
             Err(e) => (Err(e), Ok(())),
@@ -447,102 +448,66 @@ impl Row {
     }
 }
 
-/// One `__traffic` child per flow of `scenario`, in the flow's source
-/// namespace of `topo` (and the client cgroup one of `hooks` gives where its
-/// socket is the node's); returns once every stream's long-lived sockets
-/// have had their first answer.
+/// One `__traffic` child of this executable per flow of `scenario`, in
+/// the flow's source namespace of `topo` (and the client cgroup one of
+/// `hooks` gives where its socket is the node's); returns once every
+/// stream's long-lived sockets have had their first answer.
 fn start_traffic(
     topo: &Topology,
     scenario: &Scenario,
     hooks: &[&dyn ModeHooks],
     timing: Timing,
 ) -> Result<Streams, HarnessError> {
-    let mut streams = Streams {
-        names: Vec::new(),
-        children: Children(Vec::new()),
-    };
+    let mut clients = Vec::new();
     for flow in scenario.all_flows() {
-        let args = traffic_args(flow, hooks, timing)?;
+        let Ok(Expected::Endpoints(endpoints)) = Expected::parse(&flow.output) else {
+            return Err(setup(&format!("{}: output must name endpoints", flow.name)));
+        };
         let place = if flow.from_node {
             crate::topology::Place::Node
         } else {
             topo.place_of(&flow.source_ip)
         };
-        let mut child = runner::spawn_in_with_stdin(topo.netns(place), &args)?;
-        let ready = first_line(&mut child);
-        streams.children.0.push(child);
-        streams.names.push(flow.name.clone());
-        if ready != "ready" {
-            return Err(setup(&format!(
-                "{}: traffic did not start: {ready}",
-                flow.name
-            )));
-        }
+        clients.push(Client {
+            name: flow.name.clone(),
+            netns: topo.netns(place),
+            cgroup: hooks.iter().find_map(|h| h.client_cgroup(flow)),
+            stream: crate::traffic::Stream {
+                protocol: flow.protocol,
+                source: flow.source_ip,
+                dest: flow.destination(),
+                endpoints: endpoints.into_iter().collect(),
+                period: timing.period,
+                timeout: timing.timeout,
+                long_lived: LONG_LIVED,
+            },
+        });
     }
-    Ok(streams)
+    Streams::start(&Program::this_executable()?, clients)
 }
 
-fn traffic_args(
-    flow: &Flow,
-    hooks: &[&dyn ModeHooks],
-    timing: Timing,
-) -> Result<Vec<String>, HarnessError> {
-    let Ok(Expected::Endpoints(endpoints)) = Expected::parse(&flow.output) else {
-        return Err(setup(&format!("{}: output must name endpoints", flow.name)));
-    };
-    let mut args = vec![
-        "__traffic".to_string(),
-        format!("--proto={}", flow.protocol.as_lower()),
-        format!("--src={}", flow.source_ip),
-        format!("--dst={}", flow.destination()),
-        format!("--period-ms={}", timing.period.as_millis()),
-        format!("--timeout-ms={}", timing.timeout.as_millis()),
-    ];
-    args.extend(endpoints.iter().map(|e| format!("--endpoint={e}")));
-    let cgroup = hooks.iter().find_map(|h| h.client_cgroup(flow));
-    args.extend(cgroup.map(|c| format!("--cgroup={}", c.display())));
-    Ok(args)
+/// Stop the traffic and add up its counts; a flow that lost anything is
+/// named on stderr with its counts and the first failures.
+fn stop_traffic(streams: Streams, pair: Pair) -> Result<Counts, HarnessError> {
+    let stopped = streams.stop();
+    for (name, counts) in &stopped.streams {
+        if !counts.clean() {
+            eprintln!("{pair}: {name}: lost something: {counts}");
+        }
+    }
+    for failure in &stopped.failures {
+        eprintln!("{pair}: {failure}");
+    }
+    match stopped.errors.first() {
+        Some(e) => Err(setup(&format!("a traffic child: {e}"))),
+        None => Ok(stopped.total),
+    }
 }
 
 fn setup(message: &str) -> HarnessError {
     HarnessError::Setup {
         what: "migration".to_string(),
         message: message.to_string(),
-    }
-}
-
-/// The first line a child prints (empty when it exits first).
-fn first_line(child: &mut Child) -> String {
-    let mut line = String::new();
-    if let Some(out) = child.stdout.as_mut() {
-        let _ = BufReader::new(out).read_line(&mut line);
-    }
-    line.trim().to_string()
-}
-
-/// The running traffic children, one per flow.
-struct Streams {
-    names: Vec<String>,
-    children: Children,
-}
-
-impl Streams {
-    /// Close every child's stdin and add up the counts they print; a flow
-    /// that lost anything is named on stderr with its counts.
-    fn stop(&mut self, pair: Pair) -> Result<Counts, HarnessError> {
-        for child in &mut self.children.0 {
-            drop(child.stdin.take());
-        }
-        let mut total = Counts::default();
-        for (name, child) in self.names.iter().zip(&mut self.children.0) {
-            let line = first_line(child);
-            let counts: Counts = line.parse().map_err(|e: String| setup(&e))?;
-            if !counts.clean() {
-                eprintln!("{pair}: {name}: lost something: {counts}");
-            }
-            total.add(&counts);
-        }
-        Ok(total)
     }
 }
 

@@ -146,6 +146,7 @@ impl KubeProxy {
             cwd: dir.to_path_buf(),
             log: dir.join(format!("kube-proxy-{}.log", ns.name())),
             netns: Some(ns.open()?),
+            cgroup: None,
             env: Vec::new(),
         };
         Ok(KubeProxy {

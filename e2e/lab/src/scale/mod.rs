@@ -155,6 +155,7 @@ fn start_operator(cp: &ControlPlane, program: &Path, budget: usize) -> Result<Da
         cwd: cp.dir().to_path_buf(),
         log: cp.dir().join(format!("operator-{budget}.log")),
         netns: None,
+        cgroup: None,
         env: vec![
             (
                 "KUBECONFIG".to_string(),

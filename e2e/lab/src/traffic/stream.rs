@@ -1,10 +1,15 @@
-//! `__traffic`: one stream of a migration's traffic, run inside the source's
-//! namespace until its stdin closes. TCP: long-lived connections exchanging a
-//! request every period, and a new connection every period. UDP: a long-lived
-//! connected socket and a long-lived unconnected one, each asking every
-//! period (an answer must come from the address asked), and a new connected
-//! socket every period. Prints `ready` once the long-lived sockets have had
-//! their first answer, and its [`Counts`] when stopped.
+//! `__traffic`: one stream of traffic, run inside the source's namespace
+//! (and, for eBPF, the node's cgroup) until its stdin closes. TCP: long-lived
+//! connections exchanging a request every period, and a new connection every
+//! period. UDP: a long-lived connected socket and a long-lived unconnected
+//! one, each asking every period (an answer must come from the address
+//! asked), and a new connected socket every period.
+//!
+//! What it prints, one line each: `ready` once the long-lived sockets have
+//! had their first answer, and at once the [`Counts`] (`counts {json}`);
+//! the counts again every [`REPORT_PERIOD`] and, last, when stopped;
+//! `failure <what>` for the first loss of each kind and every dropped
+//! connection.
 
 use std::collections::BTreeSet;
 use std::io::{self, BufRead, Read, Write};
@@ -17,16 +22,18 @@ use switchyard_api::ruleset::Protocol;
 
 use crate::probe::{self, Attempt, parse_reply};
 
-/// Long-lived TCP connections per stream.
-const LONG_LIVED: usize = 2;
+/// How often a running stream prints its counts.
+pub const REPORT_PERIOD: Duration = Duration::from_millis(250);
 
-/// What one stream saw.
+/// What one stream (or a sum of streams) saw.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counts {
     /// New connections (TCP connects, fresh connected UDP sockets) tried.
     pub new: u64,
     /// … that got no answer, or one from a non-endpoint.
     pub new_failed: u64,
+    /// Long-lived TCP connections opened (before `ready`).
+    pub established: u64,
     /// Requests answered on long-lived connections and sockets.
     pub exchanges: u64,
     /// Long-lived TCP connections that failed after being established.
@@ -43,6 +50,7 @@ impl Counts {
     pub fn add(&mut self, other: &Counts) {
         self.new += other.new;
         self.new_failed += other.new_failed;
+        self.established += other.established;
         self.exchanges += other.exchanges;
         self.dropped += other.dropped;
         self.udp_sent += other.udp_sent;
@@ -60,7 +68,7 @@ impl Counts {
 impl std::fmt::Display for Counts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let json = serde_json::to_string(self).map_err(|_| std::fmt::Error)?;
-        write!(f, "counts {json}")
+        write!(f, "{COUNTS}{json}")
     }
 }
 
@@ -69,11 +77,16 @@ impl std::str::FromStr for Counts {
 
     fn from_str(line: &str) -> Result<Counts, String> {
         let json = line
-            .strip_prefix("counts ")
+            .strip_prefix(COUNTS)
             .ok_or_else(|| format!("{line:?}: not a counts line"))?;
         serde_json::from_str(json).map_err(|e| format!("{line:?}: {e}"))
     }
 }
+
+/// How a counts line starts.
+pub const COUNTS: &str = "counts ";
+/// How a failure line starts.
+pub const FAILURE: &str = "failure ";
 
 /// The counters the stream's threads share.
 #[derive(Default)]
@@ -81,6 +94,7 @@ struct Shared {
     stop: AtomicBool,
     new: AtomicU64,
     new_failed: AtomicU64,
+    established: AtomicU64,
     exchanges: AtomicU64,
     dropped: AtomicU64,
     udp_sent: AtomicU64,
@@ -92,12 +106,20 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Count a loss; the first of its kind says why (the count says how often).
+fn lose(counter: &AtomicU64, why: impl FnOnce() -> String) {
+    if counter.fetch_add(1, Ordering::Relaxed) == 0 {
+        println!("{FAILURE}{}", why());
+    }
+}
+
 impl Shared {
     fn counts(&self) -> Counts {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Counts {
             new: get(&self.new),
             new_failed: get(&self.new_failed),
+            established: get(&self.established),
             exchanges: get(&self.exchanges),
             dropped: get(&self.dropped),
             udp_sent: get(&self.udp_sent),
@@ -112,7 +134,7 @@ impl Shared {
 }
 
 /// One stream: where from, where to, which endpoints may answer.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stream {
     pub protocol: Protocol,
     pub source: IpAddr,
@@ -122,16 +144,24 @@ pub struct Stream {
     pub period: Duration,
     /// How long an answer may take.
     pub timeout: Duration,
+    /// Long-lived TCP connections (UDP always has its two sockets).
+    pub long_lived: usize,
 }
 
-/// Run `stream` until stdin closes; `ready`, then the counts, on stdout.
+/// Run `stream` until stdin closes, printing as the module header says; the final counts.
 pub fn run(stream: &Stream) -> io::Result<Counts> {
     let shared = Arc::new(Shared::default());
     let long_lived = match stream.protocol {
         Protocol::Udp => open_udp(stream)?,
         Protocol::Tcp | Protocol::Sctp => open_tcp(stream)?,
     };
+    let tcp = long_lived.iter().filter(|s| matches!(s, LongLived::Tcp(_)));
+    shared
+        .established
+        .store(tcp.count() as u64, Ordering::Relaxed);
     println!("ready");
+    // At once, so that the parent knows the connections it waited for.
+    println!("{}", shared.counts());
     io::stdout().flush()?;
     let mut threads: Vec<_> = long_lived
         .into_iter()
@@ -143,11 +173,23 @@ pub fn run(stream: &Stream) -> io::Result<Counts> {
     let (fresh, s) = (shared.clone(), stream.clone());
     threads.push(std::thread::spawn(move || new_until_stopped(&s, &fresh)));
     // The parent stops the stream by closing stdin.
-    let _ = io::stdin().lock().read_to_end(&mut Vec::new());
-    shared.stop.store(true, Ordering::Relaxed);
+    let (watch, main) = (shared.clone(), std::thread::current());
+    let stdin = std::thread::spawn(move || {
+        let _ = io::stdin().lock().read_to_end(&mut Vec::new());
+        watch.stop.store(true, Ordering::Relaxed);
+        main.unpark();
+    });
+    loop {
+        std::thread::park_timeout(REPORT_PERIOD);
+        if shared.stopped() {
+            break;
+        }
+        println!("{}", shared.counts());
+    }
     for t in threads {
         let _ = t.join();
     }
+    let _ = stdin.join();
     Ok(shared.counts())
 }
 
@@ -173,7 +215,7 @@ fn bound(protocol: Protocol, stream: &Stream) -> io::Result<socket2::Socket> {
 }
 
 fn open_tcp(stream: &Stream) -> io::Result<Vec<LongLived>> {
-    (0..LONG_LIVED)
+    (0..stream.long_lived)
         .map(|_| {
             let sock = bound(Protocol::Tcp, stream)?;
             sock.connect_timeout(&stream.dest.into(), stream.timeout)?;
@@ -237,11 +279,16 @@ impl LongLived {
             match self.ask(stream, seq) {
                 Ok(_) => bump(&shared.exchanges),
                 Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable => {
-                    bump(&shared.wrong_address);
+                    lose(&shared.wrong_address, || format!("{e}"));
                 }
-                Err(_) if udp => bump(&shared.udp_lost),
+                Err(e) if udp => lose(&shared.udp_lost, || {
+                    format!("long-lived UDP socket to {}: {e}", stream.dest)
+                }),
                 Err(e) => {
-                    eprintln!("__traffic: long-lived connection to {}: {e}", stream.dest);
+                    println!(
+                        "{FAILURE}established connection to {} dropped: {e}",
+                        stream.dest
+                    );
                     bump(&shared.dropped);
                     return;
                 }
@@ -299,12 +346,9 @@ fn new_until_stopped(stream: &Stream, shared: &Shared) {
         let source = SocketAddr::new(stream.source, 0);
         match probe::attempt(stream.protocol, source, stream.dest, stream.timeout) {
             Attempt::Reply { server, .. } if stream.endpoints.contains(&server) => {}
-            failed => {
-                // The first failure says why; the count says how often.
-                if shared.new_failed.fetch_add(1, Ordering::Relaxed) == 0 {
-                    eprintln!("__traffic: new connection to {}: {failed}", stream.dest);
-                }
-            }
+            failed => lose(&shared.new_failed, || {
+                format!("new connection to {}: {failed}", stream.dest)
+            }),
         }
         std::thread::sleep(stream.period);
     }
@@ -319,6 +363,7 @@ mod tests {
         let c = Counts {
             new: 7,
             new_failed: 1,
+            established: 2,
             exchanges: 40,
             dropped: 2,
             udp_sent: 30,

@@ -104,7 +104,10 @@ impl IptablesBackend {
         let previous = self.applied[slot(fp.family)].as_ref();
         let written = self.restore(fp.family).write(fp, previous)?;
         let full = previous.is_none();
-        self.applied[slot(fp.family)] = Some(fp.applied());
+        match &mut self.applied[slot(fp.family)] {
+            Some(applied) => applied.update(fp),
+            none => *none = Some(fp.applied()),
+        }
         Ok((written, full))
     }
 

@@ -2,7 +2,7 @@
 //! (`Display`) and the `iptables-restore --noflush` input for a sync. The
 //! IPVS mode's iptables part is a [`FamilyPlan`] too.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
 use switchyard_api::ruleset::IpFamily;
@@ -24,6 +24,9 @@ pub struct Chain {
 #[derive(Default)]
 pub struct ChainList {
     pub chains: Vec<Chain>,
+    /// Where each chain is in `chains`: a render pushes a rule per lookup, and
+    /// a large ruleset has tens of thousands of chains.
+    index: HashMap<String, usize>,
 }
 
 impl ChainList {
@@ -38,13 +41,14 @@ impl ChainList {
 
     /// The rules of chain `name`, created empty at the end when new.
     pub fn chain(&mut self, name: &str) -> &mut Vec<Rule> {
-        let at = match self.chains.iter().position(|c| c.name == name) {
-            Some(at) => at,
+        let at = match self.index.get(name) {
+            Some(&at) => at,
             None => {
                 self.chains.push(Chain {
                     name: name.to_string(),
                     rules: Vec::new(),
                 });
+                self.index.insert(name.to_string(), self.chains.len() - 1);
                 self.chains.len() - 1
             }
         };
@@ -126,12 +130,13 @@ impl FamilyPlan {
                 .iter()
                 .filter(|c| old.is_none_or(|o| o.get(&c.name) != Some(&c.rules)))
                 .collect();
-            let in_plan = |name: &String| chains.iter().any(|c| &c.name == name);
+            let in_plan: HashSet<&str> = chains.iter().map(|c| c.name.as_str()).collect();
             let mut removed: Vec<&String> = old
-                .map(|o| o.keys().filter(|n| !in_plan(n)).collect())
+                .map(|o| o.keys().filter(|n| !in_plan.contains(n.as_str())).collect())
                 .unwrap_or_default();
+            let mut seen: HashSet<&str> = removed.iter().map(|n| n.as_str()).collect();
             for (t, n) in &found.chains {
-                if *t == table && !in_plan(n) && !removed.contains(&n) {
+                if *t == table && !in_plan.contains(n.as_str()) && seen.insert(n) {
                     removed.push(n);
                 }
             }
@@ -208,6 +213,25 @@ impl AppliedFamily {
         match table {
             Table::Filter => &self.filter,
             Table::Nat => &self.nat,
+        }
+    }
+
+    /// Record that `plan` was applied over `self`, copying only the chains
+    /// that changed: a sync that rewrote one service's chains copies those.
+    pub fn update(&mut self, plan: &FamilyPlan) {
+        for table in Table::ALL {
+            let map = match table {
+                Table::Filter => &mut self.filter,
+                Table::Nat => &mut self.nat,
+            };
+            let chains = plan.chains(table);
+            let in_plan: HashSet<&str> = chains.iter().map(|c| c.name.as_str()).collect();
+            map.retain(|name, _| in_plan.contains(name.as_str()));
+            for c in chains {
+                if map.get(&c.name) != Some(&c.rules) {
+                    map.insert(c.name.clone(), c.rules.clone());
+                }
+            }
         }
     }
 }

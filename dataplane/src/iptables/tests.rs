@@ -336,3 +336,24 @@ fn chain_name_iptables_cannot_carry_is_refused_before_any_tool_runs() {
     );
     assert!(restores(&runner).is_empty());
 }
+
+/// The record of what was applied is updated chain by chain: a chain left
+/// out of it (or a vanished one kept) would make later syncs skip or keep
+/// rules the kernel does not have.
+#[test]
+fn incremental_syncs_record_the_same_as_a_full_copy() {
+    let runner = Arc::new(ScriptedRunner::default());
+    let sysctl = Arc::new(FakeSysctl::default());
+    let mut b = backend(&runner, &sysctl);
+    let moved = OVERALL.replace("addresses: [10.180.0.1]", "addresses: [10.180.0.9]");
+    let removed = OVERALL.replace(
+        "{name: svc1, namespace: ns1}",
+        "{name: svc9, namespace: ns1}",
+    );
+    for yaml in [OVERALL, &moved, &removed, OVERALL] {
+        let plan = b.render(&linked(yaml), &settings());
+        b.apply(&plan).unwrap();
+        let expected: Vec<_> = plan.families.iter().map(|f| Some(f.applied())).collect();
+        assert_eq!(b.applied.to_vec(), expected);
+    }
+}

@@ -217,10 +217,23 @@ pub fn attempt(
     dest: SocketAddr,
     timeout: Duration,
 ) -> Attempt {
-    let run = || -> io::Result<Attempt> {
+    attempt_from(protocol, source, dest, timeout).0
+}
+
+/// [`attempt`], and the address the client's socket was bound to (its
+/// source port, also when the attempt failed), if binding got that far.
+pub fn attempt_from(
+    protocol: Protocol,
+    source: SocketAddr,
+    dest: SocketAddr,
+    timeout: Duration,
+) -> (Attempt, Option<SocketAddr>) {
+    let mut bound = None;
+    let mut run = || -> io::Result<Attempt> {
         let sock = socket(protocol, &dest)?;
         sock.set_reuse_address(true)?;
         sock.bind(&SockAddr::from(source))?;
+        bound = sock.local_addr().ok().and_then(|a| a.as_socket());
         sock.set_read_timeout(Some(timeout))?;
         sock.set_write_timeout(Some(timeout))?;
         let dest_addr = SockAddr::from(dest);
@@ -268,7 +281,8 @@ pub fn attempt(
             }
         }
     };
-    run().unwrap_or_else(|e| Attempt::Error(e.to_string()))
+    let attempt = run().unwrap_or_else(|e| Attempt::Error(e.to_string()));
+    (attempt, bound)
 }
 
 /// Where `__connect`'s attempts come from.

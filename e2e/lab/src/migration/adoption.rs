@@ -180,6 +180,11 @@ fn take_over(
         .block_on(settled(cp.client(), name, to))
         .map_err(cluster_err)?;
     let switch_time = began.elapsed();
+    // Set against the traffic children's failure lines (same clock).
+    eprintln!(
+        "{name}: switch to {to} finished at {} ms",
+        crate::traffic::stream::unix_millis()
+    );
     // Our iptables mode writes over kube-proxy's chains of the same names
     // in one restore: no switch, nothing to verify beside them.
     if !verified && to != Mode::Iptables {

@@ -401,6 +401,12 @@ impl Migration {
         let streams = start_traffic(&self.topo, &self.scenario, &hooks, timing)?;
         std::thread::sleep(timing.before);
         let switched = self.switch(self.to.as_ref());
+        // Set against the traffic children's failure lines (same clock).
+        eprintln!(
+            "{}: switch finished at {} ms",
+            self.pair,
+            crate::traffic::stream::unix_millis()
+        );
         std::thread::sleep(timing.after);
         let counts = stop_traffic(streams, self.pair);
         let (switched, retired) = match switched {

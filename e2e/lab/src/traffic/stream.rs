@@ -339,19 +339,46 @@ fn answer(text: &str, token: &str, stream: &Stream) -> io::Result<SocketAddr> {
     }
 }
 
-/// A new connection (a fresh connected UDP socket) every period.
+/// A new connection (a fresh connected UDP socket) every period; each one
+/// that fails is told on stderr ([`failed_new`]).
 fn new_until_stopped(stream: &Stream, shared: &Shared) {
     while !shared.stopped() {
         bump(&shared.new);
         let source = SocketAddr::new(stream.source, 0);
-        match probe::attempt(stream.protocol, source, stream.dest, stream.timeout) {
-            Attempt::Reply { server, .. } if stream.endpoints.contains(&server) => {}
-            failed => lose(&shared.new_failed, || {
-                format!("new connection to {}: {failed}", stream.dest)
-            }),
+        let started = unix_millis();
+        match probe::attempt_from(stream.protocol, source, stream.dest, stream.timeout) {
+            (Attempt::Reply { server, .. }, _) if stream.endpoints.contains(&server) => {}
+            (failed, bound) => {
+                // Every one on stderr (when, from which port); the first as the stream's failure.
+                let line = failed_new(stream, started, bound, &failed);
+                eprintln!("{line}");
+                lose(&shared.new_failed, || line);
+            }
         }
         std::thread::sleep(stream.period);
     }
+}
+
+/// Milliseconds since the Unix epoch: the clock the traffic children and the
+/// matrix share, so a failure's time can be set against the switch's
+/// (`switch finished at`).
+pub fn unix_millis() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+/// The line of one failed new connection: when it started (Unix ms), how
+/// long it took, the client's own address (its source port) and what it got
+/// (timeout, refused, an error, or the reply of a wrong server).
+fn failed_new(stream: &Stream, started: u128, bound: Option<SocketAddr>, got: &Attempt) -> String {
+    let took = unix_millis().saturating_sub(started);
+    let from = bound.map_or_else(|| "?".to_string(), |a| a.to_string());
+    format!(
+        "__traffic: new {} connection {from} -> {} started at {started} ms, failed after {took} ms: {got}",
+        stream.protocol.as_lower(),
+        stream.dest
+    )
 }
 
 #[cfg(test)]
@@ -373,5 +400,27 @@ mod tests {
         assert_eq!(c.to_string().parse::<Counts>(), Ok(c));
         assert!(!c.clean());
         assert!("counts 1 2".parse::<Counts>().is_err());
+    }
+
+    #[test]
+    fn a_failed_new_connection_names_its_source_port_and_what_it_got() {
+        let stream = Stream {
+            protocol: Protocol::Tcp,
+            source: "10.180.0.9".parse().unwrap(),
+            dest: "172.30.0.10:80".parse().unwrap(),
+            endpoints: BTreeSet::new(),
+            period: Duration::from_millis(10),
+            timeout: Duration::from_millis(1000),
+        };
+        let bound = Some("10.180.0.9:40001".parse().unwrap());
+        let line = failed_new(&stream, 1234, bound, &Attempt::Timeout);
+        assert!(
+            line.starts_with(
+                "__traffic: new tcp connection 10.180.0.9:40001 -> 172.30.0.10:80 started at 1234 ms, failed after "
+            ),
+            "{line}"
+        );
+        assert!(line.ends_with(" ms: timeout"), "{line}");
+        assert!(failed_new(&stream, 0, None, &Attempt::Refused).contains(" ? -> "));
     }
 }

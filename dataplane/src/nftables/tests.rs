@@ -931,3 +931,32 @@ fn apply_refuses_a_plan_with_a_name_nftables_cannot_carry() {
     assert!(matches!(err, crate::BackendError::Name { .. }), "{err}");
     assert!(runner.calls().iter().all(|c| c.program != "nft"));
 }
+
+/// Regression: a cluster whose service port count hovers around a
+/// threshold must not rewrite every table on each sync; a count in use is
+/// kept until it is more than twice what the service ports need, and grows
+/// as soon as they need more. Below one table's worth there is one table.
+#[test]
+fn a_cluster_near_a_table_threshold_does_not_rewrite_its_tables_back_and_forth() {
+    use super::render::TableCount;
+    let per = TableCount::PerServicePorts(5000);
+    assert_eq!(per.tables(0, None), 1);
+    assert_eq!(per.tables(5000, None), 1);
+    assert_eq!(per.tables(5001, None), 2);
+    assert_eq!(per.tables(44000, None), 9);
+    assert_eq!(per.tables(10_000_000, None), super::ir::MAX_TABLES);
+    // Hovering around 5000 with two tables in use: kept.
+    assert_eq!(per.tables(4999, Some(2)), 2);
+    assert_eq!(per.tables(1, Some(2)), 2);
+    // 44k shrinking: 9 kept down to 20k+ (5 needed), then fewer.
+    assert_eq!(per.tables(40000, Some(9)), 9);
+    assert_eq!(per.tables(25000, Some(9)), 9);
+    assert_eq!(per.tables(20000, Some(9)), 4);
+    // Growing past the count in use: more at once.
+    assert_eq!(per.tables(46000, Some(9)), 10);
+    assert_eq!(
+        TableCount::Fixed(40).tables(1, Some(3)),
+        super::ir::MAX_TABLES
+    );
+    assert_eq!(TableCount::Fixed(0).tables(1, None), 1);
+}

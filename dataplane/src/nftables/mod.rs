@@ -11,6 +11,7 @@ pub mod escape;
 pub mod ir;
 pub mod netlink;
 pub mod render;
+pub mod table_count;
 pub mod text;
 #[cfg(test)]
 mod trace;
@@ -40,7 +41,7 @@ use self::diff::{Applied, IndexStep};
 pub use self::ir::Plan;
 use self::ir::{TABLE, TableId};
 use self::netlink::{NftNetlink, ThreadSocket};
-use self::render::TableCount;
+use self::table_count::TableCount;
 use self::text::family_word;
 use self::transaction::Transaction;
 
@@ -312,8 +313,7 @@ impl Backend for NftablesBackend {
     }
 
     fn render(&self, ruleset: &LinkedRuleset, settings: &Settings) -> Plan {
-        let tables = self.tables.tables(ruleset.services.len(), None);
-        render::render_reusing(None, ruleset, settings, tables)
+        render::render_counted(ruleset, settings, self.tables)
     }
 
     /// Renders only the service ports that changed since the last apply.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use switchyard_api::ruleset::{IpFamily, Ruleset, ServicePortRule};
 
 use super::NftablesBackend;
-use super::render::TableCount;
+use super::table_count::TableCount;
 use super::tests::{endpoint, linked, sample_ruleset, service, settings};
 use crate::Backend;
 use crate::exec::RealRunner;

@@ -938,7 +938,7 @@ fn apply_refuses_a_plan_with_a_name_nftables_cannot_carry() {
 /// as soon as they need more. Below one table's worth there is one table.
 #[test]
 fn a_cluster_near_a_table_threshold_does_not_rewrite_its_tables_back_and_forth() {
-    use super::render::TableCount;
+    use super::table_count::TableCount;
     let per = TableCount::PerServicePorts(5000);
     assert_eq!(per.tables(0, None), 1);
     assert_eq!(per.tables(5000, None), 1);

@@ -28,7 +28,7 @@ use switchyard_api::ruleset::{
 };
 use switchyard_dataplane::exec::RealRunner;
 use switchyard_dataplane::nftables::NftablesBackend;
-use switchyard_dataplane::nftables::render::TableCount;
+use switchyard_dataplane::nftables::table_count::TableCount;
 use switchyard_dataplane::settings::{LocalDetector, Settings};
 use switchyard_dataplane::{ApplyStats, Dataplane, for_mode};
 use switchyard_lab::agent::NodeAgent;

@@ -11,34 +11,38 @@ use std::sync::Arc;
 
 use switchyard_api::ruleset::IpFamily;
 
-use super::ir::{Chain, Key, Match, Plan, ServicePlan, Set, Stmt, Table, Verdict};
+use super::ir::{Chain, Key, Match, Plan, ServicePlan, Set, Stmt, Table, TableId, Verdict};
 use super::transaction::Transaction;
+
+/// An element's value, and the table it goes to (the main table, or for
+/// the sets of [`super::ir::SHARDED_SETS`] the table of its service port's chains).
+pub type Placed = (u8, Option<Verdict>);
 
 /// Which service ports put a key into a shared set or map, with their values.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Owners {
-    One(u32, Option<Verdict>),
+    One(u32, Placed),
     /// Sorted by rule id, at least two.
-    Many(Vec<(u32, Option<Verdict>)>),
+    Many(Vec<(u32, Placed)>),
 }
 
 impl Owners {
-    /// The value the kernel holds: the lowest rule id's (as [`Plan::table`]).
-    fn value(&self) -> &Option<Verdict> {
+    /// The value the kernel holds: the lowest rule id's (as [`Plan::tables`]).
+    fn value(&self) -> &Placed {
         match self {
             Owners::One(_, v) => v,
             Owners::Many(list) => &list[0].1,
         }
     }
 
-    fn list(&self) -> Vec<(u32, Option<Verdict>)> {
+    fn list(&self) -> Vec<(u32, Placed)> {
         match self {
             Owners::One(id, v) => vec![(*id, v.clone())],
             Owners::Many(list) => list.clone(),
         }
     }
 
-    fn from_list(mut list: Vec<(u32, Option<Verdict>)>) -> Option<Owners> {
+    fn from_list(mut list: Vec<(u32, Placed)>) -> Option<Owners> {
         list.sort_by_key(|(id, _)| *id);
         match list.len() {
             0 => None,
@@ -59,15 +63,10 @@ pub struct ElementIndex {
 impl ElementIndex {
     /// The index of everything `plan` puts into `family`'s shared sets.
     pub fn of(plan: &Plan, family: IpFamily) -> ElementIndex {
-        let mut lists: HashMap<ElementKey, Vec<(u32, Option<Verdict>)>> = HashMap::new();
+        let mut lists: HashMap<ElementKey, Vec<(u32, Placed)>> = HashMap::new();
         for (id, service) in &plan.services {
-            if let Some(f) = service.fragment(family) {
-                for (key, value) in &f.elements {
-                    lists
-                        .entry(key.clone())
-                        .or_default()
-                        .push((*id, value.clone()));
-                }
+            for (key, value) in elements(Some(service), family) {
+                lists.entry(key.clone()).or_default().push((*id, value));
             }
         }
         ElementIndex {
@@ -208,22 +207,42 @@ pub fn changed_services<'a>(
         .collect()
 }
 
+/// A chain or set of one family: its table and its name.
+type Named<'a> = (u8, &'a str);
+
 /// The chains and sets of the changed fragments of one family, on one side.
 #[derive(Default)]
 struct Part<'a> {
-    chains: BTreeMap<&'a str, &'a Chain>,
-    sets: BTreeMap<&'a str, &'a Set>,
+    chains: BTreeMap<Named<'a>, &'a Chain>,
+    sets: BTreeMap<Named<'a>, &'a Set>,
 }
 
 impl<'a> Part<'a> {
     fn add(&mut self, service: Option<&'a ServicePlan>, family: IpFamily) {
         if let Some(f) = service.and_then(|s| s.fragment(family)) {
             self.chains
-                .extend(f.chains.iter().map(|(n, c)| (n.as_str(), c)));
+                .extend(f.chains.iter().map(|(n, c)| ((f.shard, n.as_str()), c)));
             self.sets
-                .extend(f.sets.iter().map(|(n, s)| (n.as_str(), s)));
+                .extend(f.sets.iter().map(|(n, s)| ((f.shard, n.as_str()), s)));
         }
     }
+}
+
+fn table(family: IpFamily, shard: u8) -> TableId {
+    TableId { family, shard }
+}
+
+/// The fixed parts of `family`'s tables are the same in both plans (and
+/// there are as many).
+fn same_setup(old: &Plan, new: &Plan, family: IpFamily) -> bool {
+    let before: Vec<_> = old.setups(family).collect();
+    let after: Vec<_> = new.setups(family).collect();
+    !before.is_empty()
+        && before.len() == after.len()
+        && before
+            .iter()
+            .zip(&after)
+            .all(|(b, a)| Arc::ptr_eq(b, a) || b == a)
 }
 
 /// Append to `tx` the commands turning the applied table of `family` into
@@ -243,9 +262,8 @@ pub fn diff_family(
     family: IpFamily,
     changed: &[(u32, Option<&ServicePlan>, Option<&ServicePlan>)],
     tx: &mut Transaction,
-) -> Option<(Vec<String>, IndexUpdate)> {
-    let (before, after) = (old.plan.setup(family)?, new.setup(family)?);
-    if !(Arc::ptr_eq(before, after) || before == after) {
+) -> Option<(Vec<(TableId, String)>, IndexUpdate)> {
+    if !same_setup(&old.plan, new, family) {
         return None;
     }
     let index = old.index(family)?;
@@ -265,44 +283,46 @@ pub fn diff_family(
 /// whose definition changed (an affinity timeout) made anew: the chains
 /// that use one are flushed first, and written again after.
 fn write_changed_objects(was: &Part<'_>, is: &Part<'_>, family: IpFamily, tx: &mut Transaction) {
-    let redefined: BTreeSet<&str> = side_by_side(&was.sets, &is.sets)
+    let redefined: BTreeSet<Named<'_>> = side_by_side(&was.sets, &is.sets)
         .filter(|(_, o, n)| matches!((o, n), (Some(o), Some(n)) if !o.same_definition(n)))
         .map(|(name, _, _)| *name)
         .collect();
-    let uses_redefined = |c: &Chain| uses_any_set(c, &redefined);
+    let uses_redefined = |shard: u8, c: &Chain| uses_any_set(c, shard, &redefined);
 
-    for (name, o, n) in side_by_side(&was.sets, &is.sets) {
+    for (&(shard, name), o, n) in side_by_side(&was.sets, &is.sets) {
         if let (None, Some(set)) = (o, n) {
-            tx.add_set(family, name, set);
+            tx.add_set(table(family, shard), name, set);
         }
     }
-    for (name, o, n) in side_by_side(&was.chains, &is.chains) {
+    for (&(shard, name), o, n) in side_by_side(&was.chains, &is.chains) {
         if let (None, Some(chain)) = (o, n) {
-            tx.add_chain(family, name, chain);
+            tx.add_chain(table(family, shard), name, chain);
         }
     }
     let mut rewritten = Vec::new();
-    for (name, o, n) in side_by_side(&was.chains, &is.chains) {
+    for (&(shard, name), o, n) in side_by_side(&was.chains, &is.chains) {
         match (o, n) {
-            (Some(o), Some(chain)) if o.rules != chain.rules || uses_redefined(o) => {
-                tx.flush_chain(family, name);
-                rewritten.push((*name, *chain));
+            (Some(o), Some(chain)) if o.rules != chain.rules || uses_redefined(shard, o) => {
+                tx.flush_chain(table(family, shard), name);
+                rewritten.push((shard, name, *chain));
             }
-            (Some(o), None) if uses_redefined(o) => tx.flush_chain(family, name),
+            (Some(o), None) if uses_redefined(shard, o) => {
+                tx.flush_chain(table(family, shard), name)
+            }
             _ => {}
         }
     }
-    for name in &redefined {
-        tx.delete_set(family, name, was.sets[name]);
-        tx.add_set(family, name, is.sets[name]);
+    for key @ &(shard, name) in &redefined {
+        tx.delete_set(table(family, shard), name, was.sets[key]);
+        tx.add_set(table(family, shard), name, is.sets[key]);
     }
-    for (name, o, n) in side_by_side(&was.chains, &is.chains) {
+    for (&(shard, name), o, n) in side_by_side(&was.chains, &is.chains) {
         if let (None, Some(chain)) = (o, n) {
-            tx.add_rules(family, name, chain);
+            tx.add_rules(table(family, shard), name, chain);
         }
     }
-    for (name, chain) in rewritten {
-        tx.add_rules(family, name, chain);
+    for (shard, name, chain) in rewritten {
+        tx.add_rules(table(family, shard), name, chain);
     }
 }
 
@@ -313,26 +333,26 @@ fn write_element_changes(
     family: IpFamily,
     tx: &mut Transaction,
 ) {
-    let mut deletes: BTreeMap<&str, Vec<&Key>> = BTreeMap::new();
-    let mut adds: BTreeMap<&str, Vec<(&Key, &Option<Verdict>)>> = BTreeMap::new();
+    let mut deletes: BTreeMap<Named<'_>, Vec<&Key>> = BTreeMap::new();
+    let mut adds: BTreeMap<Named<'_>, Vec<(&Key, &Option<Verdict>)>> = BTreeMap::new();
     for ((set, key), owners) in changes {
         let was = index.owners.get(&(*set, key.clone())).map(Owners::value);
         let is = owners.as_ref().map(Owners::value);
         if was == is {
             continue;
         }
-        if was.is_some() {
-            deletes.entry(set).or_default().push(key);
+        if let Some((shard, _)) = was {
+            deletes.entry((*shard, set)).or_default().push(key);
         }
-        if let Some(v) = is {
-            adds.entry(set).or_default().push((key, v));
+        if let Some((shard, v)) = is {
+            adds.entry((*shard, set)).or_default().push((key, v));
         }
     }
-    for (set, keys) in deletes {
-        tx.delete_elements(family, set, keys);
+    for ((shard, set), keys) in deletes {
+        tx.delete_elements(table(family, shard), set, keys);
     }
-    for (set, elems) in adds {
-        tx.add_elements(family, set, elems);
+    for ((shard, set), elems) in adds {
+        tx.add_elements(table(family, shard), set, elems);
     }
 }
 
@@ -344,17 +364,17 @@ fn remove_gone_objects(
     is: &Part<'_>,
     family: IpFamily,
     tx: &mut Transaction,
-) -> Vec<String> {
-    let removed: Vec<String> = side_by_side(&was.chains, &is.chains)
+) -> Vec<(TableId, String)> {
+    let removed: Vec<(TableId, String)> = side_by_side(&was.chains, &is.chains)
         .filter(|(_, _, n)| n.is_none())
-        .map(|(name, _, _)| name.to_string())
+        .map(|((shard, name), _, _)| (table(family, *shard), name.to_string()))
         .collect();
-    for name in &removed {
-        tx.flush_chain(family, name);
+    for (t, name) in &removed {
+        tx.flush_chain(*t, name);
     }
-    for (name, o, n) in side_by_side(&was.sets, &is.sets) {
+    for (&(shard, name), o, n) in side_by_side(&was.sets, &is.sets) {
         if let (Some(set), None) = (o, n) {
-            tx.delete_set(family, name, set);
+            tx.delete_set(table(family, shard), name, set);
         }
     }
     removed
@@ -373,7 +393,7 @@ fn element_changes(
         list.retain(|(id, _)| !ids.contains(id));
         list
     };
-    let mut touched: BTreeMap<ElementKey, Vec<(u32, Option<Verdict>)>> = BTreeMap::new();
+    let mut touched: BTreeMap<ElementKey, Vec<(u32, Placed)>> = BTreeMap::new();
     for (_, o, _) in changed {
         for (key, _) in elements(*o, family) {
             touched.entry(key.clone()).or_insert_with(|| others(key));
@@ -384,7 +404,7 @@ fn element_changes(
             touched
                 .entry(key.clone())
                 .or_insert_with(|| others(key))
-                .push((*id, value.clone()));
+                .push((*id, value));
         }
     }
     touched
@@ -393,26 +413,32 @@ fn element_changes(
         .collect()
 }
 
-/// Whether a rule of `chain` looks up or updates one of `sets`.
-fn uses_any_set(chain: &Chain, sets: &BTreeSet<&str>) -> bool {
+/// Whether a rule of `chain` (in table `shard`) looks up or updates one of `sets`.
+fn uses_any_set(chain: &Chain, shard: u8, sets: &BTreeSet<Named<'_>>) -> bool {
+    let named = |set: &String| sets.contains(&(shard, set.as_str()));
     chain.rules.iter().any(|r| {
         r.matches
             .iter()
-            .any(|m| matches!(m, Match::AddrInSet { set, .. } if sets.contains(set.as_str())))
+            .any(|m| matches!(m, Match::AddrInSet { set, .. } if named(set)))
             || r.stmts
                 .iter()
-                .any(|s| matches!(s, Stmt::UpdateSaddr(set) if sets.contains(set.as_str())))
+                .any(|s| matches!(s, Stmt::UpdateSaddr(set) if named(set)))
     })
 }
 
+/// A service port's shared-set elements in `family`, with the table each goes to.
 fn elements(
     service: Option<&ServicePlan>,
     family: IpFamily,
-) -> impl Iterator<Item = (&ElementKey, &Option<Verdict>)> {
+) -> impl Iterator<Item = (&ElementKey, Placed)> {
     service
         .and_then(|s| s.fragment(family))
         .into_iter()
-        .flat_map(|f| &f.elements)
+        .flat_map(|f| {
+            f.elements
+                .iter()
+                .map(move |(key, value)| (key, (f.table_of(key.0), value.clone())))
+        })
 }
 
 /// Append to `tx` a rewrite of every chain and set of `family` in place, for
@@ -421,27 +447,42 @@ fn elements(
 /// Objects of the applied plan that the new one lacks are flushed (chains,
 /// returned for deletion later) or deleted (sets). A set or base chain whose
 /// definition differs in the kernel makes the transaction fail; the caller
-/// then replaces the table. A set the new plan redefines (an affinity
-/// timeout) is made anew; `None` when it redefines a base chain (the table
-/// must be replaced).
+/// then replaces the tables. A set the new plan redefines (an affinity
+/// timeout) is made anew; `None` when it redefines a base chain or the
+/// tables are not the same ones (the tables must be replaced).
 pub fn rewrite_family(
     old: &Applied,
     new: &Plan,
     family: IpFamily,
     tx: &mut Transaction,
-) -> Option<(Vec<String>, IndexUpdate)> {
-    let table = new.table(family)?;
-    old.plan.setup(family)?;
-    // What the applied table holds, by name (not copied: only names and
-    // definitions matter here).
-    let (chains_before, sets_before) = (old.plan.chain_defs(family), old.plan.set_defs(family));
-    if table.chains.iter().any(|(n, c)| {
-        chains_before
-            .get(n.as_str())
-            .is_some_and(|b| b.base != c.base)
-    }) {
+) -> Option<(Vec<(TableId, String)>, IndexUpdate)> {
+    let ids = |p: &Plan| p.setups(family).map(|t| t.id()).collect::<Vec<_>>();
+    if ids(&old.plan).is_empty() || ids(&old.plan) != ids(new) {
         return None;
     }
+    let tables = new.tables(family);
+    let base_changed = tables.iter().any(|t| {
+        let before = old.plan.chain_defs(t.id());
+        t.chains
+            .iter()
+            .any(|(n, c)| before.get(n.as_str()).is_some_and(|b| b.base != c.base))
+    });
+    if base_changed {
+        return None;
+    }
+    let mut removed = Vec::new();
+    for table in &tables {
+        removed.extend(rewrite_table(old, table, tx));
+    }
+    Some((removed, IndexUpdate::Rebuilt(ElementIndex::of(new, family))))
+}
+
+/// [`rewrite_family`] for one table; the chains it flushed for deletion.
+fn rewrite_table(old: &Applied, table: &Table, tx: &mut Transaction) -> Vec<(TableId, String)> {
+    let id = table.id();
+    // What the applied table holds, by name (not copied: only names and
+    // definitions matter here).
+    let (chains_before, sets_before) = (old.plan.chain_defs(id), old.plan.set_defs(id));
     let redefined = |name: &str, set: &Set| {
         sets_before
             .get(name)
@@ -451,50 +492,50 @@ pub fn rewrite_family(
         if redefined(name, set) {
             continue;
         }
-        tx.add_set(family, name, set);
+        tx.add_set(id, name, set);
         if set.timeout_seconds.is_none() {
-            tx.flush_set(family, name, set);
+            tx.flush_set(id, name, set);
         }
     }
     for (name, chain) in &table.chains {
-        tx.add_chain(family, name, chain);
-        tx.flush_chain(family, name);
+        tx.add_chain(id, name, chain);
+        tx.flush_chain(id, name);
     }
-    let removed: Vec<String> = chains_before
+    let removed: Vec<(TableId, String)> = chains_before
         .keys()
         .filter(|name| !table.chains.contains_key(**name))
-        .map(|name| name.to_string())
+        .map(|name| (id, name.to_string()))
         .collect();
-    for name in &removed {
-        tx.flush_chain(family, name);
+    for (_, name) in &removed {
+        tx.flush_chain(id, name);
     }
     // Every rule is flushed by now: sets can be deleted or made anew.
     for (&name, &set) in &sets_before {
         match table.sets.get(name) {
-            None => tx.delete_set(family, name, set),
+            None => tx.delete_set(id, name, set),
             Some(new_set) if redefined(name, new_set) => {
-                tx.delete_set(family, name, set);
-                tx.add_set(family, name, new_set);
+                tx.delete_set(id, name, set);
+                tx.add_set(id, name, new_set);
             }
             Some(_) => {}
         }
     }
     for (name, set) in &table.sets {
-        tx.add_elements(family, name, &set.elements);
+        tx.add_elements(id, name, &set.elements);
     }
     for (name, chain) in &table.chains {
-        tx.add_rules(family, name, chain);
+        tx.add_rules(id, name, chain);
     }
-    Some((removed, IndexUpdate::Rebuilt(ElementIndex::of(new, family))))
+    removed
 }
 
-/// The whole table of `family` for a full sync, and its fresh index.
-pub fn full_table(new: &Plan, family: IpFamily) -> Option<(Arc<Table>, IndexUpdate)> {
-    let table = new.table(family)?;
-    Some((
-        Arc::new(table),
-        IndexUpdate::Rebuilt(ElementIndex::of(new, family)),
-    ))
+/// Every table of `family` for a full sync, and the fresh index.
+pub fn full_tables(new: &Plan, family: IpFamily) -> Option<(Vec<Arc<Table>>, IndexUpdate)> {
+    let tables: Vec<Arc<Table>> = new.tables(family).into_iter().map(Arc::new).collect();
+    if tables.is_empty() {
+        return None;
+    }
+    Some((tables, IndexUpdate::Rebuilt(ElementIndex::of(new, family))))
 }
 
 /// Two sorted maps walked side by side in key order, one merge pass (no

@@ -109,7 +109,7 @@ mod tests {
     use switchyard_api::ruleset::IpFamily;
 
     use super::*;
-    use crate::nftables::ir::{Chain, Key, Set, SetKind, Table};
+    use crate::nftables::ir::{Chain, Key, Set, SetKind, Table, TableId};
     use crate::nftables::netlink::NftNetlink;
     use crate::nftables::transaction::Transaction;
 
@@ -139,7 +139,7 @@ mod tests {
     fn every_name_a_command_carries_is_checked() {
         let bad = "x\"\nflush ruleset".to_string();
         let chain = |name: &str| Command::AddChain {
-            family: V4,
+            table: TableId::main(V4),
             name: name.into(),
             base: None,
         };
@@ -147,7 +147,7 @@ mod tests {
         assert_eq!(refused(chain(&bad)).kind, "chain");
         let jump = Rule::new(vec![], vec![Stmt::Verdict(Verdict::Jump(bad.clone()))]);
         let add_rule = Command::AddRule {
-            family: V4,
+            table: TableId::main(V4),
             chain: "services".into(),
             rule: jump,
         };
@@ -162,7 +162,7 @@ mod tests {
             .insert("services".into(), Chain::regular(vec![in_set]));
         assert_eq!(refused(Command::ReplaceTable(Arc::new(table))).kind, "set");
         let goto = Command::AddElements {
-            family: V4,
+            table: TableId::main(V4),
             set: "service-ips".into(),
             elements: vec![(
                 Key::Addr("10.0.0.1".parse().unwrap()),
@@ -176,7 +176,7 @@ mod tests {
             .insert(bad.clone(), Set::new(SetKind::Addr, None));
         assert_eq!(refused(Command::ReplaceTable(Arc::new(table))).kind, "set");
         let flush = Command::FlushSet {
-            family: V4,
+            table: TableId::main(V4),
             name: "a\0b".into(),
             map: false,
         };
@@ -188,9 +188,9 @@ mod tests {
     #[test]
     fn encoders_refuse_a_transaction_with_a_name_nftables_cannot_carry() {
         let mut tx = Transaction::default();
-        tx.add_chain(V4, "services", &Chain::regular(vec![]));
+        tx.add_chain(TableId::main(V4), "services", &Chain::regular(vec![]));
         assert!(tx.text().is_ok() && NftNetlink::supports(&tx.commands));
-        tx.add_chain(V4, &"x".repeat(300), &Chain::regular(vec![]));
+        tx.add_chain(TableId::main(V4), &"x".repeat(300), &Chain::regular(vec![]));
         assert_eq!(tx.text().unwrap_err().reason, "too long");
         assert!(!NftNetlink::supports(&tx.commands));
     }

@@ -10,8 +10,65 @@ use switchyard_api::ruleset::{Cidr, IpFamily, Protocol};
 
 use crate::conntrack::{UdpPort, UdpSnapshot};
 
-/// The one table name, in both families.
+/// The main table's name, in both families.
 pub const TABLE: &str = "switchyard";
+
+/// The most tables per family: the main table and its service tables.
+pub const MAX_TABLES: u8 = 16;
+
+/// Every table name this backend may use, the main table's first (cleanup
+/// removes them all, whatever a previous run chose).
+const TABLE_NAMES: [&str; MAX_TABLES as usize] = [
+    TABLE,
+    "switchyard-1",
+    "switchyard-2",
+    "switchyard-3",
+    "switchyard-4",
+    "switchyard-5",
+    "switchyard-6",
+    "switchyard-7",
+    "switchyard-8",
+    "switchyard-9",
+    "switchyard-10",
+    "switchyard-11",
+    "switchyard-12",
+    "switchyard-13",
+    "switchyard-14",
+    "switchyard-15",
+];
+
+/// One table: its family and its number (0 is the main table, the others
+/// hold only service chains and their dispatch, see README "Tables").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TableId {
+    pub family: IpFamily,
+    pub shard: u8,
+}
+
+impl TableId {
+    pub fn main(family: IpFamily) -> TableId {
+        TableId { family, shard: 0 }
+    }
+
+    /// The table's name (a shard beyond [`MAX_TABLES`] is never made).
+    pub fn name(self) -> &'static str {
+        TABLE_NAMES
+            .get(usize::from(self.shard))
+            .copied()
+            .unwrap_or(TABLE)
+    }
+
+    /// Every table this backend may own, both families.
+    pub fn all() -> impl Iterator<Item = TableId> {
+        [IpFamily::V4, IpFamily::V6]
+            .into_iter()
+            .flat_map(|family| (0..MAX_TABLES).map(move |shard| TableId { family, shard }))
+    }
+}
+
+/// The sets whose elements go to the table of the service port's chains;
+/// every other set lives only in the main table.
+pub const SHARDED_SETS: [&str; 3] = ["service-ips", "service-nodeports", "firewall-ips"];
 
 /// Everything this backend programs: per family, the fixed part of the table
 /// and one fragment per service port. The table the kernel holds is their
@@ -20,7 +77,8 @@ pub const TABLE: &str = "switchyard";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
     /// The fixed part of each table: base chains, dispatch chains, shared sets
-    /// and maps without service elements (kube-proxy's `setupNFTables`).
+    /// and maps without service elements (kube-proxy's `setupNFTables`), per
+    /// family the main table first, then the service tables in order.
     pub setup: Vec<Arc<Table>>,
     /// Per service port, by its stable rule id.
     pub services: BTreeMap<u32, Arc<ServicePlan>>,
@@ -34,6 +92,8 @@ pub struct Plan {
 pub struct RenderContext {
     pub settings: crate::settings::Settings,
     pub node: switchyard_api::policy::NodeInfo,
+    /// Tables per family the service chains are spread over (1: only the main table).
+    pub tables: u8,
 }
 
 /// One service port's part of the plan.
@@ -67,6 +127,8 @@ impl ServicePlan {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fragment {
     pub family: IpFamily,
+    /// The table of its chains, its sets and its [`SHARDED_SETS`] elements.
+    pub shard: u8,
     /// Elements of the shared sets and maps, by (set, key).
     pub elements: BTreeMap<(&'static str, Key), Option<Verdict>>,
     /// The service port's own chains.
@@ -79,6 +141,7 @@ impl Fragment {
     pub fn new(family: IpFamily) -> Fragment {
         Fragment {
             family,
+            shard: 0,
             elements: BTreeMap::new(),
             chains: BTreeMap::new(),
             sets: BTreeMap::new(),
@@ -100,18 +163,51 @@ impl Fragment {
     pub fn is_empty(&self) -> bool {
         self.elements.is_empty() && self.chains.is_empty() && self.sets.is_empty()
     }
+
+    /// The table its chains and sets are in.
+    pub fn table(&self) -> TableId {
+        TableId {
+            family: self.family,
+            shard: self.shard,
+        }
+    }
+
+    /// The table an element of `set` goes to.
+    pub fn table_of(&self, set: &str) -> u8 {
+        if SHARDED_SETS.contains(&set) {
+            self.shard
+        } else {
+            0
+        }
+    }
 }
 
 impl Plan {
-    pub fn setup(&self, family: IpFamily) -> Option<&Arc<Table>> {
-        self.setup.iter().find(|t| t.family == family)
+    pub fn setup(&self, table: TableId) -> Option<&Arc<Table>> {
+        self.setup.iter().find(|t| t.id() == table)
     }
 
-    /// The whole table of `family`, as the kernel holds it after this plan.
-    /// Where two service ports put the same key in a map, the lower rule id wins.
+    /// The fixed parts of `family`'s tables, the main table first.
+    pub fn setups(&self, family: IpFamily) -> impl Iterator<Item = &Arc<Table>> {
+        self.setup.iter().filter(move |t| t.family == family)
+    }
+
+    /// The main table of `family` as the kernel holds it after this plan
+    /// (the whole of it when the plan has one table per family).
     pub fn table(&self, family: IpFamily) -> Option<Table> {
-        let mut table = Table::clone(self.setup(family)?);
+        self.tables(family).into_iter().next()
+    }
+
+    /// Every table of `family`, as the kernel holds them after this plan,
+    /// the main table first. Where two service ports put the same key in a
+    /// set or map, the lower rule id wins, in the table its element goes to.
+    pub fn tables(&self, family: IpFamily) -> Vec<Table> {
+        let mut tables: Vec<Table> = self.setups(family).map(|t| Table::clone(t)).collect();
+        let mut taken = std::collections::HashSet::new();
         for f in self.fragments(family) {
+            let Some(table) = tables.get_mut(usize::from(f.shard)) else {
+                continue;
+            };
             table
                 .chains
                 .extend(f.chains.iter().map(|(n, c)| (n.clone(), c.clone())));
@@ -119,29 +215,37 @@ impl Plan {
                 .sets
                 .extend(f.sets.iter().map(|(n, s)| (n.clone(), s.clone())));
             for ((set, key), value) in &f.elements {
-                if let Some(s) = table.sets.get_mut(*set) {
-                    s.elements
-                        .entry(key.clone())
-                        .or_insert_with(|| value.clone());
+                if !taken.insert((*set, key)) {
+                    continue;
+                }
+                let to = tables.get_mut(usize::from(f.table_of(set)));
+                if let Some(s) = to.and_then(|t| t.sets.get_mut(*set)) {
+                    s.elements.insert(key.clone(), value.clone());
                 }
             }
         }
-        Some(table)
+        tables
     }
 
-    /// Every chain of `family`'s table by name, without copying it.
-    pub fn chain_defs(&self, family: IpFamily) -> BTreeMap<&str, &Chain> {
-        let setup = self.setup(family).into_iter().flat_map(|t| &t.chains);
-        let own = self.fragments(family).flat_map(|f| &f.chains);
+    /// Every chain of a table by name, without copying it.
+    pub fn chain_defs(&self, table: TableId) -> BTreeMap<&str, &Chain> {
+        let setup = self.setup(table).into_iter().flat_map(|t| &t.chains);
+        let own = self.fragments_in(table).flat_map(|f| &f.chains);
         setup.chain(own).map(|(n, c)| (n.as_str(), c)).collect()
     }
 
-    /// Every set and map of `family`'s table by name, without its service
-    /// elements (the definitions, and the fixed part's own elements).
-    pub fn set_defs(&self, family: IpFamily) -> BTreeMap<&str, &Set> {
-        let setup = self.setup(family).into_iter().flat_map(|t| &t.sets);
-        let own = self.fragments(family).flat_map(|f| &f.sets);
+    /// Every set and map of a table by name, without its service elements
+    /// (the definitions, and the fixed part's own elements).
+    pub fn set_defs(&self, table: TableId) -> BTreeMap<&str, &Set> {
+        let setup = self.setup(table).into_iter().flat_map(|t| &t.sets);
+        let own = self.fragments_in(table).flat_map(|f| &f.sets);
         setup.chain(own).map(|(n, s)| (n.as_str(), s)).collect()
+    }
+
+    /// The fragments whose chains are in `table`.
+    fn fragments_in(&self, table: TableId) -> impl Iterator<Item = &Fragment> {
+        self.fragments(table.family)
+            .filter(move |f| f.shard == table.shard)
     }
 
     /// The fragments of `family`, in rule id order.
@@ -152,7 +256,7 @@ impl Plan {
     }
 
     pub fn families(&self) -> impl Iterator<Item = IpFamily> + '_ {
-        self.setup.iter().map(|t| t.family)
+        self.setup.iter().filter(|t| t.shard == 0).map(|t| t.family)
     }
 
     /// Service ports left out of the plan, with the reason.
@@ -186,20 +290,34 @@ impl Plan {
     }
 }
 
-/// `table ip switchyard` or `table ip6 switchyard`.
+/// `table ip switchyard` or `table ip6 switchyard`, or a service table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Table {
     pub family: IpFamily,
+    pub shard: u8,
     pub sets: BTreeMap<String, Set>,
     pub chains: BTreeMap<String, Chain>,
 }
 
 impl Table {
+    /// An empty main table.
     pub fn new(family: IpFamily) -> Table {
+        Table::empty(TableId::main(family))
+    }
+
+    pub fn empty(id: TableId) -> Table {
         Table {
-            family,
+            family: id.family,
+            shard: id.shard,
             sets: BTreeMap::new(),
             chains: BTreeMap::new(),
+        }
+    }
+
+    pub fn id(&self) -> TableId {
+        TableId {
+            family: self.family,
+            shard: self.shard,
         }
     }
 

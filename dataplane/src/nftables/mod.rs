@@ -11,11 +11,14 @@ pub mod escape;
 pub mod ir;
 pub mod netlink;
 pub mod render;
+pub mod table_count;
 pub mod text;
 #[cfg(test)]
 mod trace;
 pub mod transaction;
 
+#[cfg(test)]
+mod netns_tables_tests;
 #[cfg(test)]
 mod netns_tests;
 #[cfg(test)]
@@ -36,8 +39,9 @@ use crate::{ApplyStats, Backend, BackendError, Retirement};
 
 use self::diff::{Applied, IndexStep};
 pub use self::ir::Plan;
-use self::ir::TABLE;
+use self::ir::{TABLE, TableId};
 use self::netlink::{NftNetlink, ThreadSocket};
+use self::table_count::TableCount;
 use self::text::family_word;
 use self::transaction::Transaction;
 
@@ -50,7 +54,9 @@ pub struct NftablesBackend {
     /// The next sync renders and writes everything (periodic resync).
     full_next: bool,
     /// Empty chains of removed services, deleted at the start of the next apply.
-    stale_chains: Vec<(IpFamily, String)>,
+    stale_chains: Vec<(TableId, String)>,
+    /// How many tables per family the service chains are spread over.
+    tables: TableCount,
     /// Transactions go over netlink when the runner's tools act on the
     /// calling thread's namespace (else through `nft -f`).
     netlink: bool,
@@ -69,9 +75,26 @@ impl NftablesBackend {
             applied: None,
             full_next: false,
             stale_chains: Vec::new(),
+            tables: TableCount::default(),
             socket: ThreadSocket::default(),
             drain: NatDrain::default(),
         }
+    }
+
+    /// The backend with another rule for the number of tables (benchmarks,
+    /// and tests of the multi-table layout at small sizes).
+    pub fn with_tables(runner: Arc<dyn Runner>, tables: TableCount) -> NftablesBackend {
+        NftablesBackend {
+            tables,
+            ..NftablesBackend::new(runner)
+        }
+    }
+
+    /// The number of tables a plan for `ruleset` gets, keeping the one in use
+    /// where [`TableCount`] allows.
+    fn table_count(&self, ruleset: &LinkedRuleset) -> u8 {
+        let in_use = self.applied.as_ref().map(|a| a.plan.context.tables);
+        self.tables.tables(ruleset.services.len(), in_use)
     }
 
     /// Send one transaction: over netlink when it can carry it, else `nft -f`.
@@ -101,8 +124,8 @@ impl NftablesBackend {
             return;
         }
         let mut tx = Transaction::default();
-        for (family, name) in &self.stale_chains {
-            tx.delete_chain(*family, name);
+        for (table, name) in &self.stale_chains {
+            tx.delete_chain(*table, name);
         }
         match self.send("delete stale chains", &tx) {
             Ok(()) => self.stale_chains.clear(),
@@ -145,7 +168,8 @@ impl NftablesBackend {
             index,
             service_rules,
         } = step;
-        self.stale_chains.retain(|(f, _)| !replaced.contains(f));
+        self.stale_chains
+            .retain(|(t, _)| !replaced.contains(&t.family));
         self.stale_chains.extend(flushed);
         let stale = stale_udp(self.applied.as_ref().map(|a| &a.plan), &plan);
         let old = if self.full_next {
@@ -188,10 +212,10 @@ pub struct Step {
     pub tx: Transaction,
     /// Every table is rewritten.
     pub full: bool,
-    /// Tables rewritten (their stale chains are gone with them).
+    /// Families whose tables are rewritten (their stale chains are gone with them).
     pub replaced: Vec<IpFamily>,
     /// Chains the transaction flushes and a later one must delete.
-    pub flushed: Vec<(IpFamily, String)>,
+    pub flushed: Vec<(TableId, String)>,
     /// How the element index changes once the transaction is applied.
     pub index: IndexStep,
     /// Rules of the new plan's service ports.
@@ -211,8 +235,7 @@ pub fn transaction(old: Option<&Applied>, new: &Plan) -> Step {
             .and_then(|(o, c)| diff::diff_family(o, new, family, c, &mut step.tx));
         match incremental {
             Some((removed, update)) => {
-                step.flushed
-                    .extend(removed.into_iter().map(|c| (family, c)));
+                step.flushed.extend(removed);
                 step.index.push((family, update));
                 step.full = false;
             }
@@ -235,10 +258,18 @@ impl Step {
         }
     }
 
-    /// Rewrite `family`'s table by replacing it.
+    /// Rewrite `family`'s tables by replacing them, and remove the service
+    /// tables the plan does not use (an earlier plan, or an earlier run of
+    /// the agent, may have had more).
     fn replace(&mut self, new: &Plan, family: IpFamily) {
-        if let Some((table, update)) = diff::full_table(new, family) {
-            self.tx.replace_table(&table);
+        if let Some((tables, update)) = diff::full_tables(new, family) {
+            for table in &tables {
+                self.tx.replace_table(table);
+            }
+            let used = u8::try_from(tables.len()).unwrap_or(u8::MAX);
+            for shard in used..ir::MAX_TABLES {
+                self.tx.drop_table(TableId { family, shard });
+            }
             self.replaced.push(family);
             self.index.push((family, update));
         }
@@ -252,8 +283,7 @@ pub fn resync(old: &Applied, new: &Plan) -> Step {
     for family in new.families() {
         match diff::rewrite_family(old, new, family, &mut step.tx) {
             Some((removed, update)) => {
-                step.flushed
-                    .extend(removed.into_iter().map(|c| (family, c)));
+                step.flushed.extend(removed);
                 step.index.push((family, update));
             }
             None => step.replace(new, family),
@@ -283,7 +313,7 @@ impl Backend for NftablesBackend {
     }
 
     fn render(&self, ruleset: &LinkedRuleset, settings: &Settings) -> Plan {
-        render::render(ruleset, settings)
+        render::render_counted(ruleset, settings, self.tables)
     }
 
     /// Renders only the service ports that changed since the last apply.
@@ -297,7 +327,8 @@ impl Backend for NftablesBackend {
             .as_ref()
             .filter(|_| !self.full_next)
             .map(|a| &a.plan);
-        let plan = render::render_reusing(previous, ruleset, settings);
+        let tables = self.table_count(ruleset);
+        let plan = render::render_reusing(previous, ruleset, settings, tables);
         self.apply_owned(plan)
     }
 
@@ -332,8 +363,8 @@ impl Backend for NftablesBackend {
 
     fn cleanup(&mut self) -> Result<(), BackendError> {
         let mut tx = Transaction::default();
-        for family in [IpFamily::V4, IpFamily::V6] {
-            tx.drop_table(family);
+        for table in TableId::all() {
+            tx.drop_table(table);
         }
         self.send("delete tables", &tx)?;
         self.applied = None;

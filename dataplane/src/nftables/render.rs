@@ -20,8 +20,9 @@ use crate::settings::{LocalDetector, NodePortAddresses, Settings};
 use super::escape;
 use super::ir::{
     BaseChain, Chain, ChainType, Dir, Fragment, Hook, Key, Match, Plan, Priority, RenderContext,
-    Rule, ServicePlan, Set, SetKind, Stmt, Table, Verdict,
+    Rule, ServicePlan, Set, SetKind, Stmt, Table, TableId, Verdict,
 };
+use super::table_count::TableCount;
 use super::text::family_word;
 
 // Base chains.
@@ -54,7 +55,7 @@ pub const FIREWALL_CHECK: &str = "firewall-check";
 pub const MARK_MASQ: &str = "mark-for-masquerade";
 pub const MASQUERADING: &str = "masquerading";
 
-const BASE_CHAINS: [(&str, ChainType, Hook, Priority); 8] = [
+const BASE_CHAINS: [BaseChainDef; 8] = [
     // Filter chains see pre-DNAT destinations, so they run before DNAT.
     (
         FILTER_PREROUTING,
@@ -139,7 +140,14 @@ fn rule(matches: Vec<Match>, stmts: Vec<Stmt>) -> Rule {
 /// kube-proxy's `hashAndTruncate`: a base32 SHA-256 prefix keeps names unique
 /// and tells apart names that differ only at the end.
 fn hashed(name: &str) -> String {
+    hashed_with_digest(name).1
+}
+
+/// [`hashed`], and the first 8 bytes of the digest (a stable hash of the name).
+fn hashed_with_digest(name: &str) -> (u64, String) {
     let digest = Sha256::digest(name.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
     let encoded = data_encoding::BASE32.encode(&digest);
     let mut out = format!("{}-{name}", &encoded[..8]);
     // nft names are at most 256 bytes; kube-proxy keeps 16 for the prefix.
@@ -152,7 +160,7 @@ fn hashed(name: &str) -> String {
         out.truncate(cut);
         out.push_str("...");
     }
-    out
+    (u64::from_be_bytes(first), out)
 }
 
 /// The per-service-port chain names.
@@ -161,6 +169,8 @@ struct Names {
     local: String,
     external: String,
     firewall: String,
+    /// A stable hash of the service port's name: it picks the table.
+    hash: u64,
 }
 
 impl Names {
@@ -168,7 +178,7 @@ impl Names {
     /// that skipped validation): the service port is skipped then.
     fn of(svc: &LinkedServicePort) -> Result<Names, NameError> {
         let r = &svc.rule;
-        let base = hashed(&format!(
+        let (hash, base) = hashed_with_digest(&format!(
             "{}/{}/{}/{}",
             r.namespace,
             r.name,
@@ -185,7 +195,13 @@ impl Names {
             local: chain("local")?,
             external: chain("external")?,
             firewall: chain("firewall")?,
+            hash,
         })
+    }
+
+    /// The table of the service port's chains, of `tables`.
+    fn shard(&self, tables: u8) -> u8 {
+        u8::try_from(self.hash % u64::from(tables.max(1))).unwrap_or(0)
     }
 }
 
@@ -207,32 +223,44 @@ fn affinity_set_name(svc: &LinkedServicePort, ep: &Endpoint) -> String {
     )
 }
 
-/// Render both tables from scratch.
+/// Render both families' tables from scratch, as many as the default
+/// [`TableCount`] asks for.
 pub fn render(ruleset: &LinkedRuleset, settings: &Settings) -> Plan {
-    render_reusing(None, ruleset, settings)
+    render_counted(ruleset, settings, TableCount::default())
+}
+
+/// Render both families' tables from scratch, as many as `count` asks for.
+pub fn render_counted(ruleset: &LinkedRuleset, settings: &Settings, count: TableCount) -> Plan {
+    let tables = count.tables(ruleset.services.len(), None);
+    render_reusing(None, ruleset, settings, tables)
 }
 
 /// Render, sharing with `previous` the setup and the fragments of every
 /// service port whose linked form is unchanged (the same `Arc` from the
 /// agent's [`switchyard_api::policy::ShardLinker`], or an equal value), so a
-/// sync renders only what changed. `previous` rendered for other settings or
-/// another node shares nothing.
+/// sync renders only what changed. `previous` rendered for other settings,
+/// another node or another number of `tables` shares nothing.
 pub fn render_reusing(
     previous: Option<&Plan>,
     ruleset: &LinkedRuleset,
     settings: &Settings,
+    tables: u8,
 ) -> Plan {
     let context = RenderContext {
         settings: settings.clone(),
         node: ruleset.node.clone(),
+        tables,
     };
     let previous = previous.filter(|p| *p.context == context);
-    let renderers =
-        [IpFamily::V4, IpFamily::V6].map(|f| FamilyRenderer::new(f, &ruleset.node, settings));
+    let renderers = [IpFamily::V4, IpFamily::V6]
+        .map(|f| FamilyRenderer::new(f, &ruleset.node, settings, context.tables));
     let (setup, context) = match previous {
         Some(p) => (p.setup.clone(), Arc::clone(&p.context)),
         None => (
-            renderers.iter().map(|r| Arc::new(r.setup())).collect(),
+            renderers
+                .iter()
+                .flat_map(|r| (0..r.tables).map(|shard| Arc::new(r.setup(shard))))
+                .collect(),
             Arc::new(context),
         ),
     };
@@ -296,10 +324,12 @@ struct FamilyRenderer<'a> {
     /// NodePorts answer on every local address (`fib daddr type local`).
     nodeports_match_all: bool,
     local_ranges: Vec<Cidr>,
+    /// Tables the service chains are spread over.
+    tables: u8,
 }
 
 impl<'a> FamilyRenderer<'a> {
-    fn new(family: IpFamily, node: &NodeInfo, settings: &'a Settings) -> Self {
+    fn new(family: IpFamily, node: &NodeInfo, settings: &'a Settings, tables: u8) -> Self {
         let node_ips: Vec<IpAddr> = node
             .addresses
             .iter()
@@ -322,6 +352,7 @@ impl<'a> FamilyRenderer<'a> {
             node_ips,
             nodeports_match_all,
             local_ranges,
+            tables,
         }
     }
 
@@ -336,8 +367,23 @@ impl<'a> FamilyRenderer<'a> {
         !self.local_ranges.is_empty()
     }
 
+    /// The `nodeport-ips` set, unless NodePorts match all local addresses.
+    fn nodeport_ips(&self, t: &mut Table) {
+        if self.nodeports_match_all {
+            return;
+        }
+        t.set(
+            NODEPORT_IPS,
+            SetKind::Addr,
+            "IPs that accept NodePort traffic",
+        );
+        for ip in self.nodeport_addresses() {
+            t.element(NODEPORT_IPS, Key::Addr(ip), None);
+        }
+    }
+
     /// The addresses NodePorts are served on (unless they match all local addresses).
-    fn nodeport_ips(&self) -> Vec<IpAddr> {
+    fn nodeport_addresses(&self) -> Vec<IpAddr> {
         let ips: Vec<IpAddr> = match &self.settings.node_port_addresses {
             NodePortAddresses::ModeDefault | NodePortAddresses::Primary => {
                 self.node_ips.iter().take(1).copied().collect()
@@ -353,14 +399,46 @@ impl<'a> FamilyRenderer<'a> {
         ips.into_iter().filter(|ip| !ip.is_loopback()).collect()
     }
 
-    /// The fixed part of the table (kube-proxy's `setupNFTables`).
-    fn setup(&self) -> Table {
+    /// The fixed part of table `shard`: the main table's is kube-proxy's
+    /// `setupNFTables`; a service table has what its service chains use.
+    fn setup(&self, shard: u8) -> Table {
+        if shard > 0 {
+            return self.service_table_setup(shard);
+        }
         let mut t = Table::new(self.family);
-        base_chains(&mut t);
+        base_chains(&mut t, &BASE_CHAINS, &JUMP_CHAINS);
         self.masquerading(&mut t);
         self.local_ranges(&mut t);
         self.cluster_ips_check(&mut t);
         self.no_endpoint_checks(&mut t);
+        firewall_check(&mut t);
+        self.dispatch(&mut t);
+        t
+    }
+
+    /// A service table: the dispatch of its service ports (the `services`
+    /// chain from the nat hooks, the firewall check from the filter hooks,
+    /// at the main table's priorities) and what their chains use: the
+    /// masquerade mark, the local ranges, the NodePort addresses. The rest
+    /// (rejects, drops, masquerading, hairpin) stays in the main table.
+    fn service_table_setup(&self, shard: u8) -> Table {
+        let mut t = Table::empty(TableId {
+            family: self.family,
+            shard,
+        });
+        let base: Vec<_> = BASE_CHAINS
+            .into_iter()
+            .filter(|(name, ..)| SERVICE_TABLE_BASE_CHAINS.contains(name))
+            .collect();
+        let jumps: Vec<_> = JUMP_CHAINS
+            .into_iter()
+            .filter(|(_, src, _)| SERVICE_TABLE_BASE_CHAINS.contains(src))
+            .collect();
+        base_chains(&mut t, &base, &jumps);
+        let mark = self.settings.masquerade_mark();
+        t.push(MARK_MASQ, rule(vec![], vec![Stmt::MarkOr(mark)]));
+        self.local_ranges(&mut t);
+        self.nodeport_ips(&mut t);
         firewall_check(&mut t);
         self.dispatch(&mut t);
         t
@@ -462,16 +540,7 @@ impl<'a> FamilyRenderer<'a> {
     /// The addresses NodePorts answer on, and the maps that drop or reject
     /// traffic to service ports without endpoints.
     fn no_endpoint_checks(&self, t: &mut Table) {
-        if !self.nodeports_match_all {
-            t.set(
-                NODEPORT_IPS,
-                SetKind::Addr,
-                "IPs that accept NodePort traffic",
-            );
-            for ip in self.nodeport_ips() {
-                t.element(NODEPORT_IPS, Key::Addr(ip), None);
-            }
-        }
+        self.nodeport_ips(t);
         t.set(
             NO_ENDPOINT_SERVICES,
             SetKind::AddrProtoPortVerdict,
@@ -550,6 +619,7 @@ impl<'a> FamilyRenderer<'a> {
         let Some(p) = self.port_in_family(svc)? else {
             return Ok(());
         };
+        f.shard = p.names.shard(self.tables);
         self.cluster_ips(&p, f);
         external_and_load_balancer_ips(&p, f);
         self.source_ranges(&p, f);
@@ -795,9 +865,15 @@ impl<'a> FamilyRenderer<'a> {
     }
 }
 
+/// The base chains of a service table (see [`FamilyRenderer::service_table_setup`]).
+const SERVICE_TABLE_BASE_CHAINS: [&str; 4] =
+    [FILTER_PREROUTING, FILTER_OUTPUT, NAT_PREROUTING, NAT_OUTPUT];
+
+type BaseChainDef = (&'static str, ChainType, Hook, Priority);
+
 /// The base chains, and their jumps to the dispatch chains.
-fn base_chains(t: &mut Table) {
-    for (name, kind, hook, priority) in BASE_CHAINS {
+fn base_chains(t: &mut Table, chains: &[BaseChainDef], jumps: &[(&str, &str, bool)]) {
+    for &(name, kind, hook, priority) in chains {
         t.chains.insert(
             name.to_string(),
             Chain {
@@ -810,7 +886,7 @@ fn base_chains(t: &mut Table) {
             },
         );
     }
-    for (dst, src, new_only) in JUMP_CHAINS {
+    for &(dst, src, new_only) in jumps {
         t.chain(dst);
         let matches = if new_only {
             vec![Match::CtStateNew]

@@ -130,6 +130,11 @@ fn plan_of(rs: &Ruleset) -> Plan {
     super::render::render(&linked(rs), &settings())
 }
 
+/// The plan with its service chains spread over `tables` tables per family.
+fn plan_in_tables(rs: &Ruleset, tables: u8) -> Plan {
+    super::render::render_reusing(None, &linked(rs), &settings(), tables)
+}
+
 pub(super) fn testdata(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("src/nftables/testdata")
@@ -486,17 +491,24 @@ fn udp_endpoint_removal_clears_its_conntrack_entries() {
     assert_eq!(table.flows(), [other]);
 }
 
+/// Our tables, whatever number of service tables a previous run used, and
+/// nothing else.
 #[test]
-fn cleanup_deletes_only_our_two_tables() {
+fn cleanup_deletes_only_our_tables() {
     let runner = Arc::new(FakeRunner::default());
     let mut backend = NftablesBackend::new(runner.clone());
     backend.cleanup().unwrap();
     let calls = runner.calls();
     assert_eq!(calls.len(), 1);
-    assert_eq!(
-        calls[0].stdin.as_deref().unwrap(),
-        "add table ip switchyard\ndelete table ip switchyard\nadd table ip6 switchyard\ndelete table ip6 switchyard\n"
-    );
+    let mut want = String::new();
+    for family in ["ip", "ip6"] {
+        for name in std::iter::once("switchyard".to_string())
+            .chain((1..16).map(|n| format!("switchyard-{n}")))
+        {
+            want += &format!("add table {family} {name}\ndelete table {family} {name}\n");
+        }
+    }
+    assert_eq!(calls[0].stdin.as_deref().unwrap(), want);
 }
 
 #[test]
@@ -571,9 +583,7 @@ fn chains_of_removed_services_are_deleted_by_the_next_sync_and_made_anew_when_re
 mod model {
     use std::collections::BTreeMap;
 
-    use switchyard_api::ruleset::IpFamily;
-
-    use super::super::ir::{Chain, Match, Stmt, Table, Verdict};
+    use super::super::ir::{Chain, Match, Stmt, Table, TableId, Verdict};
     use super::super::transaction::{Command, Transaction};
 
     fn references_chain(table: &Table, name: &str) -> bool {
@@ -600,76 +610,72 @@ mod model {
         })
     }
 
-    pub fn apply(tables: &mut BTreeMap<IpFamily, Table>, tx: &Transaction) {
+    pub fn apply(tables: &mut BTreeMap<TableId, Table>, tx: &Transaction) {
         for c in &tx.commands {
             let text = c.to_string();
             match c {
                 Command::ReplaceTable(t) => {
-                    tables.insert(t.family, Table::clone(t));
+                    tables.insert(t.id(), Table::clone(t));
                 }
                 Command::DropTable(f) => {
                     tables.remove(f);
                 }
-                Command::AddSet { family, name, set } => {
-                    let t = tables.get_mut(family).expect(&text);
+                Command::AddSet { table, name, set } => {
+                    let t = tables.get_mut(table).expect(&text);
                     let s = t.sets.entry(name.clone()).or_insert_with(|| set.clone());
                     assert!(s.same_definition(set), "redefined: {text}");
                 }
-                Command::FlushSet { family, name, .. } => {
-                    let t = tables.get_mut(family).expect(&text);
+                Command::FlushSet { table, name, .. } => {
+                    let t = tables.get_mut(table).expect(&text);
                     t.sets.get_mut(name).expect(&text).elements.clear();
                 }
-                Command::DeleteSet { family, name, .. } => {
-                    let t = tables.get_mut(family).expect(&text);
+                Command::DeleteSet { table, name, .. } => {
+                    let t = tables.get_mut(table).expect(&text);
                     assert!(!references_set(t, name), "still referenced: {text}");
                     assert!(t.sets.remove(name).is_some(), "{text}");
                 }
                 Command::AddElements {
-                    family,
+                    table,
                     set,
                     elements,
                 } => {
                     let s = tables
-                        .get_mut(family)
+                        .get_mut(table)
                         .and_then(|t| t.sets.get_mut(set))
                         .expect(&text);
                     for (k, v) in elements {
                         assert!(s.elements.insert(k.clone(), v.clone()).is_none(), "{text}");
                     }
                 }
-                Command::DeleteElements { family, set, keys } => {
+                Command::DeleteElements { table, set, keys } => {
                     let s = tables
-                        .get_mut(family)
+                        .get_mut(table)
                         .and_then(|t| t.sets.get_mut(set))
                         .expect(&text);
                     for k in keys {
                         assert!(s.elements.remove(k).is_some(), "{text}");
                     }
                 }
-                Command::AddChain { family, name, base } => {
-                    let t = tables.get_mut(family).expect(&text);
+                Command::AddChain { table, name, base } => {
+                    let t = tables.get_mut(table).expect(&text);
                     let c = t.chains.entry(name.clone()).or_insert(Chain {
                         base: *base,
                         rules: Vec::new(),
                     });
                     assert_eq!(c.base, *base, "redefined: {text}");
                 }
-                Command::FlushChain { family, name } => {
-                    let t = tables.get_mut(family).expect(&text);
+                Command::FlushChain { table, name } => {
+                    let t = tables.get_mut(table).expect(&text);
                     t.chains.get_mut(name).expect(&text).rules.clear();
                 }
-                Command::DeleteChain { family, name } => {
-                    let t = tables.get_mut(family).expect(&text);
+                Command::DeleteChain { table, name } => {
+                    let t = tables.get_mut(table).expect(&text);
                     assert!(!references_chain(t, name), "still referenced: {text}");
                     let chain = t.chains.remove(name).expect(&text);
                     assert!(chain.rules.is_empty(), "{text}");
                 }
-                Command::AddRule {
-                    family,
-                    chain,
-                    rule,
-                } => {
-                    let t = tables.get_mut(family).expect(&text);
+                Command::AddRule { table, chain, rule } => {
+                    let t = tables.get_mut(table).expect(&text);
                     for m in &rule.matches {
                         if let Match::AddrInSet { set, .. } = m {
                             assert!(t.sets.contains_key(set), "{text}");
@@ -824,28 +830,31 @@ proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
 
     /// Any sequence of edits, synced incrementally (and every fifth sync
-    /// as the periodic in-place resync): the reusing render equals a fresh
-    /// one, every transaction applies strictly to the model of what the
-    /// kernel holds, the result is the planned table, and the element index
-    /// equals one built from scratch.
+    /// as the periodic in-place resync), with the service chains in one
+    /// table per family or spread over several: the reusing render equals
+    /// a fresh one, every transaction applies strictly to the model of what
+    /// the kernel holds (a rule or element refers only to its own table's
+    /// chains and sets), the result is the planned tables, and the element
+    /// index equals one built from scratch.
     #[test]
     fn incremental_syncs_equal_full_renders(
-        edits in proptest::collection::vec((0u8..12, proptest::prelude::any::<u8>()), 1..30)
+        edits in proptest::collection::vec((0u8..12, proptest::prelude::any::<u8>()), 1..30),
+        table_count in 1u8..4,
     ) {
         use std::collections::BTreeMap;
         use switchyard_api::ruleset::IpFamily;
 
         let mut rs = sample_ruleset();
         let mut next_id = 100;
-        let mut plan = plan_of(&rs);
+        let mut plan = plan_in_tables(&rs, table_count);
         let first = transaction(None, &plan);
         let mut tables = BTreeMap::new();
         model::apply(&mut tables, &first.tx);
         let mut applied = Applied::commit(None, plan.clone(), first.index, first.service_rules);
         for (i, (op, arg)) in edits.into_iter().enumerate() {
             mutate(&mut rs, &mut next_id, op, arg);
-            let fresh = plan_of(&rs);
-            plan = super::render::render_reusing(Some(&plan), &linked(&rs), &settings());
+            let fresh = plan_in_tables(&rs, table_count);
+            plan = super::render::render_reusing(Some(&plan), &linked(&rs), &settings(), table_count);
             proptest::prop_assert_eq!(&plan, &fresh);
             let step = if i % 5 == 4 {
                 super::resync(&applied, &plan)
@@ -861,8 +870,10 @@ proptest::proptest! {
             applied = Applied::commit(Some(applied), plan.clone(), step.index, step.service_rules);
             proptest::prop_assert_eq!(applied.object_count(), Applied::of(plan.clone()).object_count());
             for family in [IpFamily::V4, IpFamily::V6] {
-                let planned = plan.table(family);
-                proptest::prop_assert_eq!(tables.get(&family), planned.as_ref());
+                let planned = plan.tables(family);
+                let held: Vec<&super::ir::Table> =
+                    tables.values().filter(|t| t.family == family).collect();
+                proptest::prop_assert_eq!(held, planned.iter().collect::<Vec<_>>());
                 proptest::prop_assert_eq!(
                     applied.index(family),
                     Some(&super::diff::ElementIndex::of(&plan, family))
@@ -919,4 +930,33 @@ fn apply_refuses_a_plan_with_a_name_nftables_cannot_carry() {
     let err = backend.apply(&plan).unwrap_err();
     assert!(matches!(err, crate::BackendError::Name { .. }), "{err}");
     assert!(runner.calls().iter().all(|c| c.program != "nft"));
+}
+
+/// Regression: a cluster whose service port count hovers around a
+/// threshold must not rewrite every table on each sync; a count in use is
+/// kept until it is more than twice what the service ports need, and grows
+/// as soon as they need more. Below one table's worth there is one table.
+#[test]
+fn a_cluster_near_a_table_threshold_does_not_rewrite_its_tables_back_and_forth() {
+    use super::table_count::TableCount;
+    let per = TableCount::PerServicePorts(5000);
+    assert_eq!(per.tables(0, None), 1);
+    assert_eq!(per.tables(5000, None), 1);
+    assert_eq!(per.tables(5001, None), 2);
+    assert_eq!(per.tables(44000, None), 9);
+    assert_eq!(per.tables(10_000_000, None), super::ir::MAX_TABLES);
+    // Hovering around 5000 with two tables in use: kept.
+    assert_eq!(per.tables(4999, Some(2)), 2);
+    assert_eq!(per.tables(1, Some(2)), 2);
+    // 44k shrinking: 9 kept down to 20k+ (5 needed), then fewer.
+    assert_eq!(per.tables(40000, Some(9)), 9);
+    assert_eq!(per.tables(25000, Some(9)), 9);
+    assert_eq!(per.tables(20000, Some(9)), 4);
+    // Growing past the count in use: more at once.
+    assert_eq!(per.tables(46000, Some(9)), 10);
+    assert_eq!(
+        TableCount::Fixed(40).tables(1, Some(3)),
+        super::ir::MAX_TABLES
+    );
+    assert_eq!(TableCount::Fixed(0).tables(1, None), 1);
 }

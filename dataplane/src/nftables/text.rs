@@ -9,9 +9,7 @@ use std::net::IpAddr;
 use switchyard_api::ruleset::IpFamily;
 
 use super::escape;
-use super::ir::{
-    BaseChain, Dir, Hook, Key, Match, Plan, Rule, Set, SetKind, Stmt, TABLE, Table, Verdict,
-};
+use super::ir::{BaseChain, Dir, Hook, Key, Match, Plan, Rule, Set, SetKind, Stmt, Table, Verdict};
 use super::transaction::{Command, Transaction};
 use crate::escape::NameError;
 
@@ -176,7 +174,12 @@ fn keyword(map: bool) -> &'static str {
 
 impl fmt::Display for Table {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "table {} {TABLE} {{", family_word(self.family))?;
+        writeln!(
+            f,
+            "table {} {} {{",
+            family_word(self.family),
+            self.id().name()
+        )?;
         for (name, set) in &self.sets {
             writeln!(f, "\t{} {name} {{", keyword(set.kind.is_map()))?;
             for line in set_decl(set, self.family) {
@@ -205,7 +208,7 @@ impl fmt::Display for Table {
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for family in self.families() {
-            if let Some(t) = self.table(family) {
+            for t in self.tables(family) {
                 t.fmt(f)?;
             }
         }
@@ -219,33 +222,34 @@ impl fmt::Display for Plan {
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let fam = family_word(self.family());
+        let table = self.table().name();
         match self {
-            Command::ReplaceTable(table) => {
+            Command::ReplaceTable(t) => {
                 write!(
                     f,
-                    "add table {fam} {TABLE}\ndelete table {fam} {TABLE}\n{table}"
+                    "add table {fam} {table}\ndelete table {fam} {table}\n{t}"
                 )
             }
             Command::DropTable(_) => {
-                writeln!(f, "add table {fam} {TABLE}\ndelete table {fam} {TABLE}")
+                writeln!(f, "add table {fam} {table}\ndelete table {fam} {table}")
             }
             Command::AddSet { name, set, .. } => writeln!(
                 f,
-                "add {} {fam} {TABLE} {name} {{ {}; }}",
+                "add {} {fam} {table} {name} {{ {}; }}",
                 keyword(set.kind.is_map()),
                 set_decl(set, self.family()).join("; ")
             ),
             Command::DeleteSet { name, map, .. } => {
-                writeln!(f, "delete {} {fam} {TABLE} {name}", keyword(*map))
+                writeln!(f, "delete {} {fam} {table} {name}", keyword(*map))
             }
             Command::FlushSet { name, map, .. } => {
-                writeln!(f, "flush {} {fam} {TABLE} {name}", keyword(*map))
+                writeln!(f, "flush {} {fam} {table} {name}", keyword(*map))
             }
             Command::AddElements { set, elements, .. } => {
                 let elems: Vec<String> = elements.iter().map(|(k, v)| element(k, v)).collect();
                 writeln!(
                     f,
-                    "add element {fam} {TABLE} {set} {{ {} }}",
+                    "add element {fam} {table} {set} {{ {} }}",
                     elems.join(", ")
                 )
             }
@@ -253,23 +257,23 @@ impl fmt::Display for Command {
                 let keys: Vec<String> = keys.iter().map(Key::to_string).collect();
                 writeln!(
                     f,
-                    "delete element {fam} {TABLE} {set} {{ {} }}",
+                    "delete element {fam} {table} {set} {{ {} }}",
                     keys.join(", ")
                 )
             }
             Command::AddChain { name, base, .. } => match base {
                 Some(b) => writeln!(
                     f,
-                    "add chain {fam} {TABLE} {name} {{ {} }}",
+                    "add chain {fam} {table} {name} {{ {} }}",
                     base_chain_text(b)
                 ),
-                None => writeln!(f, "add chain {fam} {TABLE} {name}"),
+                None => writeln!(f, "add chain {fam} {table} {name}"),
             },
-            Command::FlushChain { name, .. } => writeln!(f, "flush chain {fam} {TABLE} {name}"),
-            Command::DeleteChain { name, .. } => writeln!(f, "delete chain {fam} {TABLE} {name}"),
+            Command::FlushChain { name, .. } => writeln!(f, "flush chain {fam} {table} {name}"),
+            Command::DeleteChain { name, .. } => writeln!(f, "delete chain {fam} {table} {name}"),
             Command::AddRule { chain, rule, .. } => writeln!(
                 f,
-                "add rule {fam} {TABLE} {chain} {}",
+                "add rule {fam} {table} {chain} {}",
                 rule_text(rule, self.family())
             ),
         }

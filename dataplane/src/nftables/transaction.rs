@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use switchyard_api::ruleset::IpFamily;
 
-use super::ir::{BaseChain, Chain, Key, Rule, Set, Table, Verdict};
+use super::ir::{BaseChain, Chain, Key, Rule, Set, Table, TableId, Verdict};
 
 /// One command of a transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,70 +15,75 @@ pub enum Command {
     /// Create the table if missing, delete it, and write it anew (full sync).
     ReplaceTable(Arc<Table>),
     /// Remove the table if it exists.
-    DropTable(IpFamily),
+    DropTable(TableId),
     /// A set or map's definition; its elements are left out.
     AddSet {
-        family: IpFamily,
+        table: TableId,
         name: String,
         set: Set,
     },
     DeleteSet {
-        family: IpFamily,
+        table: TableId,
         name: String,
         map: bool,
     },
     /// Remove every element of a set or map.
     FlushSet {
-        family: IpFamily,
+        table: TableId,
         name: String,
         map: bool,
     },
     AddElements {
-        family: IpFamily,
+        table: TableId,
         set: String,
         elements: Vec<(Key, Option<Verdict>)>,
     },
     DeleteElements {
-        family: IpFamily,
+        table: TableId,
         set: String,
         keys: Vec<Key>,
     },
     AddChain {
-        family: IpFamily,
+        table: TableId,
         name: String,
         base: Option<BaseChain>,
     },
     FlushChain {
-        family: IpFamily,
+        table: TableId,
         name: String,
     },
     DeleteChain {
-        family: IpFamily,
+        table: TableId,
         name: String,
     },
     AddRule {
-        family: IpFamily,
+        table: TableId,
         chain: String,
         rule: Rule,
     },
 }
 
 impl Command {
+    /// The table the command acts on.
+    pub fn table(&self) -> TableId {
+        match self {
+            Command::ReplaceTable(t) => t.id(),
+            Command::DropTable(table)
+            | Command::AddSet { table, .. }
+            | Command::DeleteSet { table, .. }
+            | Command::FlushSet { table, .. }
+            | Command::AddElements { table, .. }
+            | Command::DeleteElements { table, .. }
+            | Command::AddChain { table, .. }
+            | Command::FlushChain { table, .. }
+            | Command::DeleteChain { table, .. }
+            | Command::AddRule { table, .. } => *table,
+        }
+    }
+
     /// The family of the table the command acts on.
     pub fn family(&self) -> IpFamily {
-        match self {
-            Command::ReplaceTable(table) => table.family,
-            Command::DropTable(family)
-            | Command::AddSet { family, .. }
-            | Command::DeleteSet { family, .. }
-            | Command::FlushSet { family, .. }
-            | Command::AddElements { family, .. }
-            | Command::DeleteElements { family, .. }
-            | Command::AddChain { family, .. }
-            | Command::FlushChain { family, .. }
-            | Command::DeleteChain { family, .. }
-            | Command::AddRule { family, .. } => *family,
-        }
+        self.table().family
     }
 }
 
@@ -117,18 +122,18 @@ impl Transaction {
     }
 
     /// Remove a table if it exists.
-    pub fn drop_table(&mut self, family: IpFamily) {
-        self.push(Command::DropTable(family), 2);
+    pub fn drop_table(&mut self, table: TableId) {
+        self.push(Command::DropTable(table), 2);
     }
 
-    pub fn add_set(&mut self, family: IpFamily, name: &str, set: &Set) {
+    pub fn add_set(&mut self, table: TableId, name: &str, set: &Set) {
         let set = Set {
             elements: Default::default(),
             ..set.clone()
         };
         self.push(
             Command::AddSet {
-                family,
+                table,
                 name: name.to_string(),
                 set,
             },
@@ -136,10 +141,10 @@ impl Transaction {
         );
     }
 
-    pub fn delete_set(&mut self, family: IpFamily, name: &str, set: &Set) {
+    pub fn delete_set(&mut self, table: TableId, name: &str, set: &Set) {
         self.push(
             Command::DeleteSet {
-                family,
+                table,
                 name: name.to_string(),
                 map: set.kind.is_map(),
             },
@@ -147,10 +152,10 @@ impl Transaction {
         );
     }
 
-    pub fn flush_set(&mut self, family: IpFamily, name: &str, set: &Set) {
+    pub fn flush_set(&mut self, table: TableId, name: &str, set: &Set) {
         self.push(
             Command::FlushSet {
-                family,
+                table,
                 name: name.to_string(),
                 map: set.kind.is_map(),
             },
@@ -160,7 +165,7 @@ impl Transaction {
 
     pub fn add_elements<'a>(
         &mut self,
-        family: IpFamily,
+        table: TableId,
         set: &str,
         elems: impl IntoIterator<Item = (&'a Key, &'a Option<Verdict>)>,
     ) {
@@ -174,7 +179,7 @@ impl Transaction {
         let n = elements.len();
         self.push(
             Command::AddElements {
-                family,
+                table,
                 set: set.to_string(),
                 elements,
             },
@@ -184,7 +189,7 @@ impl Transaction {
 
     pub fn delete_elements<'a>(
         &mut self,
-        family: IpFamily,
+        table: TableId,
         set: &str,
         keys: impl IntoIterator<Item = &'a Key>,
     ) {
@@ -195,7 +200,7 @@ impl Transaction {
         let n = keys.len();
         self.push(
             Command::DeleteElements {
-                family,
+                table,
                 set: set.to_string(),
                 keys,
             },
@@ -203,10 +208,10 @@ impl Transaction {
         );
     }
 
-    pub fn add_chain(&mut self, family: IpFamily, name: &str, chain: &Chain) {
+    pub fn add_chain(&mut self, table: TableId, name: &str, chain: &Chain) {
         self.push(
             Command::AddChain {
-                family,
+                table,
                 name: name.to_string(),
                 base: chain.base,
             },
@@ -214,31 +219,31 @@ impl Transaction {
         );
     }
 
-    pub fn flush_chain(&mut self, family: IpFamily, name: &str) {
+    pub fn flush_chain(&mut self, table: TableId, name: &str) {
         self.push(
             Command::FlushChain {
-                family,
+                table,
                 name: name.to_string(),
             },
             1,
         );
     }
 
-    pub fn delete_chain(&mut self, family: IpFamily, name: &str) {
+    pub fn delete_chain(&mut self, table: TableId, name: &str) {
         self.push(
             Command::DeleteChain {
-                family,
+                table,
                 name: name.to_string(),
             },
             1,
         );
     }
 
-    pub fn add_rules(&mut self, family: IpFamily, name: &str, chain: &Chain) {
+    pub fn add_rules(&mut self, table: TableId, name: &str, chain: &Chain) {
         for rule in &chain.rules {
             self.push(
                 Command::AddRule {
-                    family,
+                    table,
                     chain: name.to_string(),
                     rule: rule.clone(),
                 },

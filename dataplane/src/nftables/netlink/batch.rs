@@ -14,7 +14,7 @@ use super::NetlinkError;
 use super::attrs::Attrs;
 use super::commands::{Part, table_parts};
 use super::nfproto;
-use crate::nftables::ir::{Set, TABLE};
+use crate::nftables::ir::Set;
 use crate::nftables::text::{family_word, rule_text};
 use crate::nftables::transaction::Command;
 
@@ -166,13 +166,13 @@ pub fn describe(c: &Command, part: Option<usize>) -> String {
     let Command::ReplaceTable(t) = c else {
         return c.to_string().trim_end().into();
     };
-    let fam = family_word(t.family);
+    let (fam, table) = (family_word(t.family), t.id().name());
     let what = match part.and_then(|p| table_parts(t).nth(p)) {
-        None => return format!("replace table {fam} {TABLE}"),
-        Some(Part::Table(libc::NFT_MSG_NEWTABLE)) => format!("add table {fam} {TABLE}"),
-        Some(Part::Table(_)) => format!("delete table {fam} {TABLE}"),
+        None => return format!("replace table {fam} {table}"),
+        Some(Part::Table(libc::NFT_MSG_NEWTABLE)) => format!("add table {fam} {table}"),
+        Some(Part::Table(_)) => format!("delete table {fam} {table}"),
         Some(Part::Chain(name, base)) => Command::AddChain {
-            family: t.family,
+            table: t.id(),
             name: name.to_string(),
             base: base.copied(),
         }
@@ -181,7 +181,7 @@ pub fn describe(c: &Command, part: Option<usize>) -> String {
             let mut decl = Set::new(set.kind, set.comment.as_deref());
             decl.timeout_seconds = set.timeout_seconds;
             let add = Command::AddSet {
-                family: t.family,
+                table: t.id(),
                 name: name.to_string(),
                 set: decl,
             };
@@ -189,10 +189,10 @@ pub fn describe(c: &Command, part: Option<usize>) -> String {
         }
         Some(Part::Rule(chain, rule)) => {
             format!(
-                "add rule {fam} {TABLE} {chain} {}",
+                "add rule {fam} {table} {chain} {}",
                 rule_text(rule, t.family)
             )
         }
     };
-    format!("replace table {fam} {TABLE}: {}", what.trim_end())
+    format!("replace table {fam} {table}: {}", what.trim_end())
 }

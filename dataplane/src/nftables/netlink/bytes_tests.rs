@@ -18,7 +18,9 @@ use super::uapi::{
     NFTA_DYNSET_SET_ID, NFTA_EXPR_DATA, NFTA_EXPR_NAME, NFTA_LOOKUP_SET_ID,
     NFTA_SET_ELEM_LIST_SET_ID,
 };
-use crate::nftables::ir::{BaseChain, Chain, ChainType, Hook, Key, Priority, Set, SetKind, Table};
+use crate::nftables::ir::{
+    BaseChain, Chain, ChainType, Hook, Key, Priority, Set, SetKind, Table, TableId,
+};
 use crate::nftables::tests::{cidr, golden, testdata};
 use crate::nftables::transaction::Command;
 use crate::testns::{self, Netns, TestNetns};
@@ -56,14 +58,14 @@ fn cases() -> Vec<Case> {
         before,
         commands: vec![
             Command::DeleteElements {
-                family: IpFamily::V4,
+                table: TableId::main(IpFamily::V4),
                 set: "local".to_string(),
                 keys: vec![
                     Key::Prefix(cidr("240.0.0.0/4")),
                     Key::Prefix(cidr("10.0.0.0/9")),
                 ],
             },
-            Command::DropTable(IpFamily::V6),
+            Command::DropTable(TableId::main(IpFamily::V6)),
         ],
     });
     let [mut added, edited, mut removed] = every_expression_steps();
@@ -80,7 +82,7 @@ fn cases() -> Vec<Case> {
     removed.2.insert(0, flush_set("nl-ports"));
     removed.2.extend(
         [IpFamily::V4, IpFamily::V6].map(|family| Command::DeleteChain {
-            family,
+            table: TableId::main(family),
             name: "nl-every-expression".to_string(),
         }),
     );
@@ -100,7 +102,7 @@ fn cases() -> Vec<Case> {
 
 fn flush_set(name: &str) -> Command {
     Command::FlushSet {
-        family: IpFamily::V4,
+        table: TableId::main(IpFamily::V4),
         name: name.to_string(),
         map: true,
     }
@@ -112,7 +114,7 @@ fn sets() -> Vec<Command> {
         let mut set = Set::new(kind, comment);
         set.timeout_seconds = timeout;
         Command::AddSet {
-            family,
+            table: TableId::main(family),
             name: name.to_string(),
             set,
         }

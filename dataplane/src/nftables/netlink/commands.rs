@@ -18,7 +18,7 @@ use super::uapi::{
     NFTA_TABLE_NAME, TYPE_BITS, TYPE_INET_PROTOCOL, TYPE_INET_SERVICE, TYPE_IP6ADDR, TYPE_IPADDR,
 };
 use super::userdata;
-use crate::nftables::ir::{BaseChain, Hook, Rule, Set, SetKind, TABLE, Table};
+use crate::nftables::ir::{BaseChain, Hook, Rule, Set, SetKind, Table, TableId};
 use crate::nftables::transaction::Command;
 
 /// The batch of `commands`, its sequence numbers following `after`.
@@ -33,46 +33,47 @@ pub fn batch(commands: &[Command], after: u32) -> Batch {
 /// The messages of command `i`.
 fn encode(b: &mut Batch, i: usize, c: &Command) {
     b.part = 0;
-    let family = c.family();
+    let id = c.table();
+    let (family, name_of_table) = (id.family, id.name());
     match c {
         Command::ReplaceTable(t) => replace_table(b, i, t),
         Command::DropTable(_) => {
-            table(b, i, libc::NFT_MSG_NEWTABLE, family);
-            table(b, i, libc::NFT_MSG_DELTABLE, family);
+            table(b, i, libc::NFT_MSG_NEWTABLE, id);
+            table(b, i, libc::NFT_MSG_DELTABLE, id);
         }
-        Command::AddChain { name, base, .. } => add_chain(b, i, family, name, base.as_ref()),
+        Command::AddChain { name, base, .. } => add_chain(b, i, id, name, base.as_ref()),
         Command::FlushChain { name, .. } => b.command(i, libc::NFT_MSG_DELRULE, 0, family, |a| {
-            a.str(NFTA_RULE_TABLE, TABLE);
+            a.str(NFTA_RULE_TABLE, name_of_table);
             a.str(NFTA_RULE_CHAIN, name);
         }),
         Command::DeleteChain { name, .. } => b.command(i, libc::NFT_MSG_DELCHAIN, 0, family, |a| {
-            a.str(NFTA_CHAIN_TABLE, TABLE);
+            a.str(NFTA_CHAIN_TABLE, name_of_table);
             a.str(NFTA_CHAIN_NAME, name);
         }),
         Command::DeleteSet { name, .. } => b.command(i, libc::NFT_MSG_DELSET, 0, family, |a| {
-            a.str(NFTA_SET_TABLE, TABLE);
+            a.str(NFTA_SET_TABLE, name_of_table);
             a.str(NFTA_SET_NAME, name);
         }),
         Command::AddSet { name, set, .. } => {
-            add_set(b, i, family, name, set);
+            add_set(b, i, id, name, set);
         }
         Command::AddElements { set, elements, .. } => {
             let elements = elements.iter().map(|(k, v)| (k, v.as_ref()));
             let elements = set_elements(family, elements, true);
             let msg = libc::NFT_MSG_NEWSETELEM;
-            element_messages(b, i, msg, family, set, &elements);
+            element_messages(b, i, msg, id, set, &elements);
         }
         // A DELSETELEM without an element list flushes the set.
         Command::FlushSet { name, .. } => b.command(i, libc::NFT_MSG_DELSETELEM, 0, family, |a| {
             a.str(NFTA_SET_ELEM_LIST_SET, name);
-            a.str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
+            a.str(NFTA_SET_ELEM_LIST_TABLE, name_of_table);
         }),
         Command::DeleteElements { set, keys, .. } => {
             let elements = set_elements(family, keys.iter().map(|k| (k, None)), false);
             let msg = libc::NFT_MSG_DELSETELEM;
-            element_messages(b, i, msg, family, set, &elements);
+            element_messages(b, i, msg, id, set, &elements);
         }
-        Command::AddRule { chain, rule, .. } => add_rule(b, i, family, chain, rule),
+        Command::AddRule { chain, rule, .. } => add_rule(b, i, id, chain, rule),
     }
 }
 
@@ -110,37 +111,38 @@ pub fn table_parts(t: &Table) -> impl Iterator<Item = Part<'_>> {
 }
 
 fn replace_table(b: &mut Batch, i: usize, t: &Table) {
+    let id = t.id();
     for (part, p) in table_parts(t).enumerate() {
         b.part = part;
         match p {
-            Part::Table(msg) => table(b, i, msg, t.family),
-            Part::Chain(name, base) => add_chain(b, i, t.family, name, base),
+            Part::Table(msg) => table(b, i, msg, id),
+            Part::Chain(name, base) => add_chain(b, i, id, name, base),
             Part::Set(name, set) => {
-                add_set(b, i, t.family, name, set);
+                add_set(b, i, id, name, set);
                 let elements = set.elements.iter().map(|(k, v)| (k, v.as_ref()));
                 let elements = set_elements(t.family, elements, true);
                 let msg = libc::NFT_MSG_NEWSETELEM;
-                element_messages(b, i, msg, t.family, name, &elements);
+                element_messages(b, i, msg, id, name, &elements);
             }
-            Part::Rule(chain, rule) => add_rule(b, i, t.family, chain, rule),
+            Part::Rule(chain, rule) => add_rule(b, i, id, chain, rule),
         }
     }
 }
 
 /// `NEWTABLE` (created if missing: no `NLM_F_EXCL`) or `DELTABLE`.
-fn table(b: &mut Batch, i: usize, msg: libc::c_int, family: IpFamily) {
+fn table(b: &mut Batch, i: usize, msg: libc::c_int, id: TableId) {
     let new = msg == libc::NFT_MSG_NEWTABLE;
-    b.command(i, msg, 0, family, |a| {
-        a.str(NFTA_TABLE_NAME, TABLE);
+    b.command(i, msg, 0, id.family, |a| {
+        a.str(NFTA_TABLE_NAME, id.name());
         if new {
             a.u32(NFTA_TABLE_FLAGS, 0u32);
         }
     });
 }
 
-fn add_chain(b: &mut Batch, i: usize, family: IpFamily, name: &str, base: Option<&BaseChain>) {
-    b.command(i, libc::NFT_MSG_NEWCHAIN, NLM_F_CREATE, family, |a| {
-        a.str(NFTA_CHAIN_TABLE, TABLE);
+fn add_chain(b: &mut Batch, i: usize, id: TableId, name: &str, base: Option<&BaseChain>) {
+    b.command(i, libc::NFT_MSG_NEWCHAIN, NLM_F_CREATE, id.family, |a| {
+        a.str(NFTA_CHAIN_TABLE, id.name());
         a.str(NFTA_CHAIN_NAME, name);
         let Some(base) = base else {
             return;
@@ -161,8 +163,8 @@ fn add_chain(b: &mut Batch, i: usize, family: IpFamily, name: &str, base: Option
     });
 }
 
-fn add_set(b: &mut Batch, i: usize, family: IpFamily, name: &str, set: &Set) {
-    let (key_type, key_len) = set_key(set.kind, family);
+fn add_set(b: &mut Batch, i: usize, id: TableId, name: &str, set: &Set) {
+    let (key_type, key_len) = set_key(set.kind, id.family);
     let mut flags = 0;
     if set.kind.is_map() {
         flags |= libc::NFT_SET_MAP;
@@ -173,9 +175,9 @@ fn add_set(b: &mut Batch, i: usize, family: IpFamily, name: &str, set: &Set) {
     if set.timeout_seconds.is_some() {
         flags |= libc::NFT_SET_TIMEOUT | libc::NFT_SET_EVAL;
     }
-    let id = b.next_set_id();
-    b.command(i, libc::NFT_MSG_NEWSET, NLM_F_CREATE, family, |a| {
-        a.str(NFTA_SET_TABLE, TABLE);
+    let set_id = b.next_set_id();
+    b.command(i, libc::NFT_MSG_NEWSET, NLM_F_CREATE, id.family, |a| {
+        a.str(NFTA_SET_TABLE, id.name());
         a.str(NFTA_SET_NAME, name);
         a.u32(NFTA_SET_FLAGS, flags);
         a.u32(NFTA_SET_KEY_TYPE, key_type);
@@ -185,7 +187,7 @@ fn add_set(b: &mut Batch, i: usize, family: IpFamily, name: &str, set: &Set) {
             a.u32(NFTA_SET_DATA_LEN, 0u32);
         }
         // The kernel requires one, unique in the batch.
-        a.u32(NFTA_SET_ID, id);
+        a.u32(NFTA_SET_ID, set_id);
         if let Some(t) = set.timeout_seconds {
             // Milliseconds.
             a.bytes(NFTA_SET_TIMEOUT, &(u64::from(t) * 1000).to_be_bytes());
@@ -213,12 +215,12 @@ fn set_key(kind: SetKind, family: IpFamily) -> (u32, u32) {
     }
 }
 
-fn add_rule(b: &mut Batch, i: usize, family: IpFamily, chain: &str, rule: &Rule) {
+fn add_rule(b: &mut Batch, i: usize, id: TableId, chain: &str, rule: &Rule) {
     let flags = NLM_F_CREATE | NLM_F_APPEND;
-    b.command(i, libc::NFT_MSG_NEWRULE, flags, family, |a| {
-        a.str(NFTA_RULE_TABLE, TABLE);
+    b.command(i, libc::NFT_MSG_NEWRULE, flags, id.family, |a| {
+        a.str(NFTA_RULE_TABLE, id.name());
         a.str(NFTA_RULE_CHAIN, chain);
-        a.nest(NFTA_RULE_EXPRESSIONS, |e| rule_exprs(e, family, rule));
+        a.nest(NFTA_RULE_EXPRESSIONS, |e| rule_exprs(e, id.family, rule));
         if let Some(c) = &rule.comment {
             a.bytes(NFTA_RULE_USERDATA, &userdata::rule(c));
         }

@@ -15,7 +15,7 @@ use super::uapi::{
     NFTA_SET_ELEM_USERDATA,
 };
 use super::{ip_bytes, userdata};
-use crate::nftables::ir::{Key, TABLE, Verdict};
+use crate::nftables::ir::{Key, TableId, Verdict};
 
 /// Elements per `NEWSETELEM` message: at most ≈ 320 bytes each (a 256-byte
 /// chain name), so the element list stays under the 64 KiB attribute limit.
@@ -131,7 +131,7 @@ pub fn element_messages(
     b: &mut Batch,
     i: usize,
     msg: libc::c_int,
-    family: IpFamily,
+    table: TableId,
     set: &str,
     elements: &[Element],
 ) {
@@ -141,8 +141,8 @@ pub fn element_messages(
         0
     };
     for chunk in elements.chunks(ELEMENTS_PER_MESSAGE) {
-        b.command(i, msg, flags, family, |a| {
-            a.str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
+        b.command(i, msg, flags, table.family, |a| {
+            a.str(NFTA_SET_ELEM_LIST_TABLE, table.name());
             a.str(NFTA_SET_ELEM_LIST_SET, set);
             a.nest(NFTA_SET_ELEM_LIST_ELEMENTS, |l| {
                 for (n, e) in chunk.iter().enumerate() {

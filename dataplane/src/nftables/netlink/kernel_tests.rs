@@ -10,7 +10,9 @@ use switchyard_api::ruleset::{IpFamily, Protocol, Ruleset, SessionAffinity, Traf
 
 use super::{NetlinkError, NftNetlink};
 use crate::nftables::diff::Applied;
-use crate::nftables::ir::{Chain, Dir, Key, Match, Plan, Rule, Set, SetKind, Stmt, Table, Verdict};
+use crate::nftables::ir::{
+    Chain, Dir, Key, Match, Plan, Rule, Set, SetKind, Stmt, Table, TableId, Verdict,
+};
 use crate::nftables::tests::{cidr, endpoint, ip, linked, sample_ruleset, service, settings};
 use crate::nftables::transaction::{Command, Transaction};
 use crate::nftables::{render, transaction};
@@ -265,34 +267,34 @@ fn every_expression_step(old: Option<&[Table]>, new: Option<&[Table]>) -> Transa
             for (name, set) in &n.sets {
                 let before = o.and_then(|o| o.sets.get(name));
                 if before.is_none() {
-                    tx.add_set(family, name, set);
+                    tx.add_set(TableId::main(family), name, set);
                 }
                 let was = before.map(|b| &b.elements);
                 let gone = was
                     .into_iter()
                     .flatten()
                     .filter(|(k, v)| set.elements.get(*k) != Some(*v));
-                tx.delete_elements(family, name, gone.map(|(k, _)| k));
+                tx.delete_elements(TableId::main(family), name, gone.map(|(k, _)| k));
                 let added = set
                     .elements
                     .iter()
                     .filter(|(k, v)| was.and_then(|w| w.get(*k)) != Some(*v));
-                tx.add_elements(family, name, added);
+                tx.add_elements(TableId::main(family), name, added);
             }
             for (name, chain) in &n.chains {
                 if o.is_some_and(|o| o.chains.contains_key(name)) {
-                    tx.flush_chain(family, name);
+                    tx.flush_chain(TableId::main(family), name);
                 } else {
-                    tx.add_chain(family, name, chain);
+                    tx.add_chain(TableId::main(family), name, chain);
                 }
-                tx.add_rules(family, name, chain);
+                tx.add_rules(TableId::main(family), name, chain);
             }
         } else if let Some(o) = o {
             for name in o.chains.keys() {
-                tx.flush_chain(family, name);
+                tx.flush_chain(TableId::main(family), name);
             }
             for (name, set) in &o.sets {
-                tx.delete_set(family, name, set);
+                tx.delete_set(TableId::main(family), name, set);
             }
         }
     }
@@ -468,7 +470,7 @@ fn incremental_transactions_over_netlink_leave_what_nft_leaves() {
     // The chain the last step flushed, deleted (as the next sync would).
     let deletes = [IpFamily::V4, IpFamily::V6]
         .map(|family| Command::DeleteChain {
-            family,
+            table: TableId::main(family),
             name: "nl-every-expression".to_string(),
         })
         .to_vec();
@@ -578,19 +580,19 @@ fn a_failing_command_aborts_the_batch_and_is_named() {
     let before = listing(&ns);
 
     let element = |set: &str, key: Key| Command::AddElements {
-        family: IpFamily::V4,
+        table: TableId::main(IpFamily::V4),
         set: set.to_string(),
         elements: vec![(key, None)],
     };
     let bad = vec![
         element("cluster-ips", Key::Addr(ip("172.30.8.8"))),
         Command::AddChain {
-            family: IpFamily::V4,
+            table: TableId::main(IpFamily::V4),
             name: "nl-new".to_string(),
             base: None,
         },
         Command::AddRule {
-            family: IpFamily::V4,
+            table: TableId::main(IpFamily::V4),
             chain: "no-such-chain".to_string(),
             rule: Rule::new(vec![], vec![Stmt::Verdict(Verdict::Accept)]),
         },
@@ -620,12 +622,12 @@ fn what_netlink_cannot_send_is_refused_before_sending() {
     assert!(NftNetlink::supports(&full), "table replacement");
     let dnat = Rule::new(vec![], vec![Stmt::Dnat(ip("fd00::1"), 80)]);
     let wrong_rule = Command::AddRule {
-        family: IpFamily::V4,
+        table: TableId::main(IpFamily::V4),
         chain: "c".to_string(),
         rule: dnat.clone(),
     };
     let wrong_prefix = Command::AddElements {
-        family: IpFamily::V4,
+        table: TableId::main(IpFamily::V4),
         set: "ranges".to_string(),
         elements: vec![(Key::Prefix(cidr("fd00::/64")), None)],
     };
@@ -679,7 +681,7 @@ fn full_syncs_over_netlink_leave_what_nft_leaves() {
     // Elements added to a replaced interval set (which holds the zero end
     // element already: nft leaves it out, netlink sends it again).
     let ranges = vec![Command::AddElements {
-        family: IpFamily::V4,
+        table: TableId::main(IpFamily::V4),
         set: render::LOCAL_RANGES.to_string(),
         elements: vec![
             (Key::Prefix(cidr("192.168.0.0/16")), None),
@@ -691,8 +693,8 @@ fn full_syncs_over_netlink_leave_what_nft_leaves() {
     assert_same("prefixes added", &by_netlink, &by_nft);
 
     let drop = vec![
-        Command::DropTable(IpFamily::V4),
-        Command::DropTable(IpFamily::V6),
+        Command::DropTable(TableId::main(IpFamily::V4)),
+        Command::DropTable(TableId::main(IpFamily::V6)),
     ];
     let twice = [drop.clone(), drop].concat();
     by_netlink

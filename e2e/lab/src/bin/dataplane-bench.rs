@@ -7,6 +7,9 @@
 //! `--latency-services` services programmed, against a direct connect to the
 //! endpoint's IP. Prints one table with ratios.
 //!
+//! `--nft-tables` measures the nftables mode once per number of tables its
+//! service chains are spread over (`auto`: the backend's own choice).
+//!
 //! `--quick` is a smoke run small enough for a test.
 
 use std::fmt::Write as _;
@@ -24,8 +27,10 @@ use switchyard_api::ruleset::{
     Cidr, Endpoint, Protocol, ProxyRulesetSpec, Ruleset, ServicePortRule, ShardLayout,
 };
 use switchyard_dataplane::exec::RealRunner;
+use switchyard_dataplane::nftables::NftablesBackend;
+use switchyard_dataplane::nftables::table_count::TableCount;
 use switchyard_dataplane::settings::{LocalDetector, Settings};
-use switchyard_dataplane::{ApplyStats, for_mode};
+use switchyard_dataplane::{ApplyStats, Dataplane, for_mode};
 use switchyard_lab::agent::NodeAgent;
 use switchyard_lab::bench::table::{micros, ratio, secs};
 use switchyard_lab::cleanup;
@@ -54,6 +59,58 @@ struct Cli {
     /// Smoke run: 300x5 and 100x50, latency at 300 services, 100 connects.
     #[arg(long)]
     quick: bool,
+    /// nftables: tables per family to spread service chains over, each
+    /// measured as a row of its own (`auto`: the backend's default).
+    #[arg(long, value_delimiter = ',', default_values_t = ["auto".to_string()])]
+    nft_tables: Vec<String>,
+}
+
+/// One measured dataplane: a mode, and for nftables its number of tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Variant {
+    mode: Mode,
+    tables: TableCount,
+}
+
+impl Variant {
+    fn label(&self) -> String {
+        match (self.mode, self.tables) {
+            (Mode::Nftables, TableCount::Fixed(n)) => format!("nftables, {n} tables"),
+            (mode, _) => mode.to_string(),
+        }
+    }
+
+    fn dataplane(&self) -> Result<Box<dyn Dataplane>, switchyard_dataplane::BackendError> {
+        match self.mode {
+            Mode::Nftables => Ok(Box::new(NftablesBackend::with_tables(
+                Arc::new(RealRunner),
+                self.tables,
+            ))),
+            mode => for_mode(mode, Arc::new(RealRunner)),
+        }
+    }
+}
+
+/// The variants `cli` asks for, in its order.
+fn variants(cli: &Cli) -> Result<Vec<Variant>, BenchError> {
+    let mut out = Vec::new();
+    for &mode in &cli.modes {
+        if mode != Mode::Nftables {
+            out.push(Variant {
+                mode,
+                tables: TableCount::default(),
+            });
+            continue;
+        }
+        for t in &cli.nft_tables {
+            let tables = match t.as_str() {
+                "auto" => TableCount::default(),
+                n => TableCount::Fixed(n.parse().map_err(|_| BenchError::Tables(t.clone()))?),
+            };
+            out.push(Variant { mode, tables });
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +123,8 @@ enum BenchError {
     Sync { mode: Mode, message: String },
     #[error("bad size {0:?} (want SERVICESxENDPOINTS)")]
     Size(String),
+    #[error("bad table count {0:?} (want auto or a number)")]
+    Tables(String),
     #[error(
         "ebpf is measured by `cargo run --release -p switchyard-lab --bin ebpf-bench` (its cgroup hooks need a scratch cgroup, not the node's root)"
     )]
@@ -210,9 +269,9 @@ fn cpu_now() -> Duration {
     }
 }
 
-/// The node's agent thread with `mode`'s dataplane.
-fn start_agent(ns: &Netns, mode: Mode) -> Result<NodeAgent, BenchError> {
-    let factory = move || for_mode(mode, Arc::new(RealRunner));
+/// The node's agent thread with the variant's dataplane.
+fn start_agent(ns: &Netns, variant: Variant) -> Result<NodeAgent, BenchError> {
+    let factory = move || variant.dataplane();
     Ok(NodeAgent::start(ns, Box::new(factory))?)
 }
 
@@ -286,16 +345,17 @@ fn ns_name(tag: &str) -> String {
 }
 
 fn bench_sync(
-    mode: Mode,
+    variant: Variant,
     services: usize,
     endpoints: usize,
     changes: usize,
 ) -> Result<SyncResult, BenchError> {
+    let mode = variant.mode;
     let ns = Netns::create(&ns_name(&format!(
         "{}-{services}x{endpoints}",
         mode.as_str()
     )))?;
-    let agent = start_agent(&ns, mode)?;
+    let agent = start_agent(&ns, variant)?;
     // As the agent gets them: shards, linked by a ShardLinker that reuses
     // what did not change (its time is part of each sync's figure).
     let mut shards = shard(synthetic(services, endpoints));
@@ -368,12 +428,12 @@ fn connects(targets: &[SocketAddr], count: usize) -> Result<Vec<Latency>, BenchE
     Ok(samples.into_iter().map(latency).collect())
 }
 
-/// Latency per mode: (direct, vip) at `services` services.
+/// Latency per variant: (direct, vip) at `services` services.
 fn bench_latency(
-    modes: &[Mode],
+    variants: &[Variant],
     services: usize,
     count: usize,
-) -> Result<Vec<(Mode, Latency, Latency)>, BenchError> {
+) -> Result<Vec<(Variant, Latency, Latency)>, BenchError> {
     let node_ns = Netns::create(&ns_name("lat-node"))?;
     let pod_ns = Netns::create(&ns_name("lat-pod"))?;
     let veth = format!("synft{}", std::process::id());
@@ -410,14 +470,14 @@ fn bench_latency(
     let direct = SocketAddr::new(pod_ip(0), ENDPOINT_PORT);
     let service = SocketAddr::new(vip(0), 80);
     let mut out = Vec::new();
-    for &mode in modes {
-        let agent = start_agent(&node_ns, mode)?;
-        sync_timed(&agent, mode, link(&ruleset, &node()))?;
+    for &variant in variants {
+        let agent = start_agent(&node_ns, variant)?;
+        sync_timed(&agent, variant.mode, link(&ruleset, &node()))?;
         let measured = node_ns.run(|| connects(&[direct, service], count))??;
         agent.remove()?;
         let mut it = measured.into_iter();
         if let (Some(d), Some(v)) = (it.next(), it.next()) {
-            out.push((mode, d, v));
+            out.push((variant, d, v));
         }
     }
     Ok(out)
@@ -450,22 +510,23 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
         )
     };
     let changes = if cli.quick { 2 } else { cli.changes };
+    let variants = variants(cli)?;
 
     println!(
         "| size | mode | objects | full sync | endpoint change (link + sync) | full vs nftables | change vs nftables |"
     );
     println!("| --- | --- | ---: | ---: | ---: | ---: | ---: |");
     for &(services, endpoints) in &sizes {
-        let mut results: Vec<(Mode, SyncResult)> = Vec::new();
-        for &mode in &cli.modes {
-            let r = bench_sync(mode, services, endpoints, changes)?;
-            results.push((mode, r));
+        let mut results: Vec<(Variant, SyncResult)> = Vec::new();
+        for &variant in &variants {
+            let r = bench_sync(variant, services, endpoints, changes)?;
+            results.push((variant, r));
         }
         let base = results
             .iter()
-            .find(|(m, _)| *m == Mode::Nftables)
+            .find(|(v, _)| v.mode == Mode::Nftables)
             .map(|(_, r)| (r.full, r.incremental));
-        for (mode, r) in &results {
+        for (variant, r) in &results {
             let (rf, ri) = base.map_or(("-".into(), "-".into()), |(f, i)| {
                 (
                     ratio(r.full.wall, f.wall),
@@ -473,7 +534,8 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
                 )
             });
             println!(
-                "| {services}×{endpoints} | {mode} | {} | {} | {} | {rf} | {ri} |",
+                "| {services}×{endpoints} | {} | {} | {} | {} | {rf} | {ri} |",
+                variant.label(),
                 r.objects,
                 timing(r.full),
                 timing(r.incremental)
@@ -489,9 +551,10 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
         "| mode | direct median | direct p99 | VIP median | VIP p99 | median ratio | p99 ratio |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for (mode, d, v) in bench_latency(&cli.modes, latency_services, connects_n)? {
+    for (variant, d, v) in bench_latency(&variants, latency_services, connects_n)? {
         println!(
-            "| {mode} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            variant.label(),
             micros(d.median),
             micros(d.p99),
             micros(v.median),

@@ -77,11 +77,61 @@ pub fn write(
         current_context: Some(NAME.into()),
         ..Kubeconfig::default()
     };
-    let yaml = serde_norway::to_string(&config).map_err(|e| ControlPlaneError::Kubeconfig {
+    save(path, &config)
+}
+
+fn save(path: &Path, config: &Kubeconfig) -> Result<(), ControlPlaneError> {
+    let yaml = serde_norway::to_string(config).map_err(|e| ControlPlaneError::Kubeconfig {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
     certs::write(path, yaml.as_bytes(), true)
+}
+
+/// A file a relocated kubeconfig names: where it is, where it is read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Moved {
+    pub host: PathBuf,
+    pub guest: String,
+}
+
+/// Write at `to` the kubeconfig at `from` for a program that sees every file
+/// it names under `root` (`root` + the file's path: a VM's payload); the
+/// files to place there.
+pub fn relocate(from: &Path, to: &Path, root: &str) -> Result<Vec<Moved>, ControlPlaneError> {
+    let mut config = Kubeconfig::read_from(from).map_err(|e| ControlPlaneError::Kubeconfig {
+        path: from.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let mut moved = Vec::new();
+    let mut relocate = |field: &mut Option<String>| {
+        if let Some(host) = field.take() {
+            let guest = format!("{root}{host}");
+            moved.push(Moved {
+                host: PathBuf::from(host),
+                guest: guest.clone(),
+            });
+            *field = Some(guest);
+        }
+    };
+    for cluster in config
+        .clusters
+        .iter_mut()
+        .filter_map(|c| c.cluster.as_mut())
+    {
+        relocate(&mut cluster.certificate_authority);
+    }
+    for auth in config
+        .auth_infos
+        .iter_mut()
+        .filter_map(|a| a.auth_info.as_mut())
+    {
+        relocate(&mut auth.client_certificate);
+        relocate(&mut auth.client_key);
+        relocate(&mut auth.token_file);
+    }
+    save(to, &config)?;
+    Ok(moved)
 }
 
 /// A kube client for the kubeconfig at `path`.

@@ -1,6 +1,8 @@
 //! `scenario --mode ipvs` on a host whose kernel lacks IPVS, and `scenario
 //! --vm` for any mode (eBPF on Debian's stock kernel): the same binary runs
 //! again inside the VM with the scenario files, and its lines stream back.
+//! With `--reference kube-proxy` the control plane stays on the host and
+//! kube-proxy runs in the guest ([`crate::reference::vm`]).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -13,6 +15,7 @@ use switchyard_api::ruleset::Endpoint;
 
 use super::{ExtraFile, GUEST_PAYLOAD, IN_VM_ENV, VmError, VmRunner, host_has_ipvs};
 use crate::hooks::{DataplaneFactory, KernelHooks, ModeHooks};
+use crate::reference::vm::HostSide;
 use crate::scenario::{Expected, Flow};
 
 /// Per-attempt connection timeout inside the VM at least: software emulation
@@ -27,12 +30,14 @@ pub fn needs_vm() -> bool {
 
 /// Run this scenario binary in the VM with `--mode <mode>`, `args` and
 /// `files` (already expanded to files), printing its output as it arrives;
-/// returns the VM command's exit code.
+/// returns the VM command's exit code. With `host`, the guest reaches its
+/// API server and runs kube-proxy.
 pub fn run_scenarios_in_vm(
     mode: Mode,
     args: &[String],
     files: &[String],
     timeout_ms: u64,
+    host: Option<&HostSide>,
 ) -> Result<i32, VmError> {
     let exe =
         std::env::current_exe().map_err(|e| VmError::io("find this binary", Path::new("."), e))?;
@@ -53,6 +58,10 @@ pub fn run_scenarios_in_vm(
     all.extend(args.iter().map(String::as_str));
     all.extend(guest_paths.iter().map(String::as_str));
     let mut vm = VmRunner::new()?.timeout(Duration::from_secs(900));
+    if let Some(host) = host {
+        vm = host.prepare(vm);
+        extra.extend_from_slice(host.files());
+    }
     // The harness's debugging switch reaches the guest too.
     if let Ok(v) = std::env::var("SWITCHYARD_E2E_DUMP") {
         vm = vm.env("SWITCHYARD_E2E_DUMP", &v);

@@ -62,6 +62,40 @@ fn every_scenario_passes_or_is_skipped_with_a_reason_with_ipvs() {
     assert!(passed >= 50, "{passed} passed");
 }
 
+/// The scenario files of the reference run in the VM (`scenario --mode ipvs
+/// --reference kube-proxy`): under software emulation the whole set takes
+/// about SET_MINUTES; these cover cluster IPs over TCP, UDP and SCTP, node
+/// ports with both traffic policies, load-balancer source ranges and a
+/// scenario of steps.
+const REFERENCE_FILES: &[&str] = &["clusterip.yaml"];
+
+/// kube-proxy's ipvs mode as the reference: the real kube-proxy runs in the
+/// VM beside the Switchyard node (the control plane stays on this host; the
+/// VM reaches its API server through one forwarded port) and every flow of
+/// [`REFERENCE_FILES`] goes to both.
+#[test]
+fn switchyard_and_kube_proxy_agree_on_scenarios_with_ipvs_in_the_vm() {
+    if std::env::var_os(IN_VM_ENV).is_some() {
+        return; // Inside the VM only the in_vm_ tests run.
+    }
+    let _turn = one_vm_at_a_time();
+    let started = Instant::now();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios");
+    let files: Vec<String> = REFERENCE_FILES
+        .iter()
+        .map(|f| format!("{dir}/{f}"))
+        .collect();
+    let mut args = vec!["--reference", "kube-proxy", "--timeout-ms=4000"];
+    args.extend(files.iter().map(String::as_str));
+    let (stdout, passed) = common::scenario_run_passes("ipvs", &args);
+    eprintln!("the ipvs reference in the VM took {:?}", started.elapsed());
+    // Both nodes answered: kube-proxy's outcome is printed on every judged flow.
+    let judged = stdout
+        .lines()
+        .filter(|l| l.starts_with("PASS ") && l.contains("kube-proxy saw"));
+    assert!(judged.count() + 1 >= passed, "{stdout}");
+}
+
 #[test]
 fn ipvs_backend_passes_its_kernel_tests_inside_the_vm() {
     if std::env::var_os(IN_VM_ENV).is_some() {

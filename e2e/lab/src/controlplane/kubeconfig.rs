@@ -146,3 +146,42 @@ pub async fn client(path: &Path) -> Result<kube::Client, ControlPlaneError> {
         .map_err(|e| err(e.to_string()))?;
     kube::Client::try_from(config).map_err(|e| err(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relocated_kubeconfig_names_every_file_under_the_new_root() {
+        let dir = std::env::temp_dir().join(format!("kubeconfig-relocate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (from, to) = (dir.join("from"), dir.join("to"));
+        let files = CertFiles {
+            cert: dir.join("a.crt"),
+            key: dir.join("a.key"),
+        };
+        let ca = dir.join("ca.crt");
+        write(
+            &from,
+            6443,
+            &ca,
+            "a",
+            &Credential::ClientCert(files.clone()),
+        )
+        .unwrap();
+
+        let moved = relocate(&from, &to, "/payload").unwrap();
+
+        let guest = |p: &Path| format!("/payload{}", p.display());
+        let hosts: Vec<&PathBuf> = moved.iter().map(|m| &m.host).collect();
+        assert_eq!(hosts, [&ca, &files.cert, &files.key]);
+        assert!(moved.iter().all(|m| m.guest == guest(&m.host)));
+        let config = Kubeconfig::read_from(&to).unwrap();
+        let cluster = config.clusters[0].cluster.as_ref().unwrap();
+        assert_eq!(cluster.server.as_deref(), Some("https://127.0.0.1:6443"));
+        assert_eq!(cluster.certificate_authority, Some(guest(&ca)));
+        let auth = config.auth_infos[0].auth_info.as_ref().unwrap();
+        assert_eq!(auth.client_key, Some(guest(&files.key)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -44,6 +44,8 @@ pub const KUBE_PROXY_USER: &str = "system:kube-proxy";
 
 /// The API server of a run: a control plane of its own, or, in the VM, the
 /// host's ([`vm`]).
+// One per run: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 enum ApiServer {
     Local(ControlPlane),
     Host(GuestApi),

@@ -22,6 +22,7 @@ pub mod scenario;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -266,7 +267,19 @@ impl VmRunner {
     }
 
     fn boot(&self, initrd: &Path, on_line: &mut dyn FnMut(&str)) -> Result<VmOutput, VmError> {
-        let mut child = Command::new("qemu-system-x86_64")
+        let mut qemu = Command::new("qemu-system-x86_64");
+        // qemu dies with this thread, which waits for it below: a killed
+        // harness leaves no VM (nor, their connections closed, its relays).
+        // SAFETY: prctl is async-signal-safe and only changes the child.
+        unsafe {
+            qemu.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = qemu
             .args(["-accel", "tcg", "-nographic", "-no-reboot"])
             .args(["-smp", &self.cpus.to_string(), "-m", &self.memory])
             .args(self.network()?)

@@ -76,7 +76,7 @@ impl Forwarder {
     pub fn here(target: SocketAddr) -> Result<Forwarder, ControlPlaneError> {
         let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, target.port()));
         let here = |source| ControlPlaneError::Forward {
-            netns: "the caller's".into(),
+            netns: "of the caller".into(),
             source,
         };
         let listener = TcpListener::bind(listen).map_err(here)?;

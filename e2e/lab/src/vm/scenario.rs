@@ -22,6 +22,14 @@ use crate::scenario::{Expected, Flow};
 /// is slow enough that 400 ms would turn slow answers into drops.
 pub const VM_MIN_TIMEOUT_MS: u64 = 3000;
 
+/// The deadlock guard of a VM run of `files` scenario files: generous, as
+/// a file with a kube-proxy reference takes one to three minutes under
+/// emulation on a loaded machine.
+fn deadlock_guard(files: usize) -> Duration {
+    let files = u64::try_from(files).unwrap_or(u64::MAX);
+    Duration::from_secs(600_u64.saturating_add(files.saturating_mul(240)))
+}
+
 /// Whether IPVS scenarios must run in the VM: the kernel has no IPVS and we
 /// are not already inside.
 pub fn needs_vm() -> bool {
@@ -57,7 +65,7 @@ pub fn run_scenarios_in_vm(
     let mut all = vec![mode.as_str(), timeout.as_str()];
     all.extend(args.iter().map(String::as_str));
     all.extend(guest_paths.iter().map(String::as_str));
-    let mut vm = VmRunner::new()?.timeout(Duration::from_secs(900));
+    let mut vm = VmRunner::new()?.timeout(deadlock_guard(files.len()));
     if let Some(host) = host {
         vm = host.prepare(vm);
         extra.extend_from_slice(host.files());

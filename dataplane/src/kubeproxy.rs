@@ -6,6 +6,13 @@
 //! chains and IPVS virtual servers on `kube-ipvs0` have the layout of our
 //! iptables and ipvs modes and are removed by those backends' cleanup.)
 //! Only these tables and chains are deleted; everything else stays.
+//!
+//! kube-proxy's nftables tables translate (NAT) the connections made through
+//! them. Netfilter's conntrack goes on translating those only while some NAT
+//! chain is hooked in the namespace, and eBPF leaves them to it
+//! ([`crate::nat_drain::NatDrain::start_for`]): under eBPF the agent keeps the tables while a
+//! connection they translated is established ([`Leftovers::open_translated`]),
+//! as a retired iptables or nftables mode of ours drains.
 
 use std::io::ErrorKind;
 use std::sync::Arc;
@@ -14,6 +21,7 @@ use switchyard_api::Mode;
 
 use crate::BackendError;
 use crate::exec::{ExecError, Runner};
+use crate::nat_drain::open_translated_tcp;
 
 /// Objects left behind by another proxy (kube-proxy) that our modes do not own.
 pub trait Leftovers: Send + Sync {
@@ -21,6 +29,11 @@ pub trait Leftovers: Send + Sync {
     fn name(&self) -> &'static str;
     /// Remove them if present; returns whether anything was removed.
     fn remove(&self) -> Result<bool, BackendError>;
+    /// Established TCP connections whose translation may be theirs: 0 when
+    /// they are absent or translate nothing.
+    fn open_translated(&self) -> Result<usize, BackendError> {
+        Ok(0)
+    }
 }
 
 /// The table kube-proxy's nftables mode creates, in both families.
@@ -50,32 +63,54 @@ fn not_installed(error: &ExecError) -> bool {
     matches!(error, ExecError::Spawn { source, .. } if source.kind() == ErrorKind::NotFound)
 }
 
+impl KubeProxyNftables {
+    /// The families (`ip`, `ip6`) that have kube-proxy's table.
+    fn present(&self) -> Result<Vec<&'static str>, BackendError> {
+        let tables = match self.runner.run("nft", &["list", "tables"], None) {
+            Ok(out) => out,
+            // No nft on the node: kube-proxy cannot have left nftables tables.
+            Err(e) if not_installed(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(exec_error(Mode::Nftables, "listing nftables tables")(e)),
+        };
+        Ok(["ip", "ip6"]
+            .into_iter()
+            .filter(|family| {
+                let line = format!("table {family} {KUBE_PROXY_TABLE}");
+                tables.lines().any(|l| l.trim() == line)
+            })
+            .collect())
+    }
+}
+
 impl Leftovers for KubeProxyNftables {
     fn name(&self) -> &'static str {
         "kube-proxy nftables tables"
     }
 
     fn remove(&self) -> Result<bool, BackendError> {
-        let tables = match self.runner.run("nft", &["list", "tables"], None) {
-            Ok(out) => out,
-            // No nft on the node: kube-proxy cannot have left nftables tables.
-            Err(e) if not_installed(&e) => return Ok(false),
-            Err(e) => return Err(exec_error(Mode::Nftables, "listing nftables tables")(e)),
-        };
-        let mut removed = false;
-        for family in ["ip", "ip6"] {
-            let line = format!("table {family} {KUBE_PROXY_TABLE}");
-            if tables.lines().any(|l| l.trim() == line) {
-                self.runner
-                    .run("nft", &["delete", "table", family, KUBE_PROXY_TABLE], None)
-                    .map_err(exec_error(
-                        Mode::Nftables,
-                        "deleting kube-proxy's nftables table",
-                    ))?;
-                removed = true;
-            }
+        let present = self.present()?;
+        for family in &present {
+            self.runner
+                .run("nft", &["delete", "table", family, KUBE_PROXY_TABLE], None)
+                .map_err(exec_error(
+                    Mode::Nftables,
+                    "deleting kube-proxy's nftables table",
+                ))?;
         }
-        Ok(removed)
+        Ok(!present.is_empty())
+    }
+
+    /// The kernel's translated established TCP connections, while the
+    /// tables exist (the conntrack entry does not say whose rule translated).
+    fn open_translated(&self) -> Result<usize, BackendError> {
+        if self.present()?.is_empty() {
+            return Ok(0);
+        }
+        open_translated_tcp(self.runner.as_ref()).map_err(|e| BackendError::Kernel {
+            mode: Mode::Nftables,
+            operation: "count connections kube-proxy's nftables tables translated",
+            message: e.to_string(),
+        })
     }
 }
 

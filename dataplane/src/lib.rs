@@ -124,15 +124,11 @@ pub trait Backend: Send {
     /// successor's full write has taken over (kernel objects of the same
     /// names) stays, and what still serves connections established through
     /// this mode may stay a while ([`Retirement::Draining`]).
-    fn retire(&mut self, _successor: Mode) -> Result<Retirement, BackendError> {
-        self.cleanup().map(|()| Retirement::Done)
-    }
+    fn retire(&mut self, successor: Mode) -> Result<Retirement, BackendError>;
 
     /// A retired mode still draining: remove the rest once its connections
     /// ended or its grace period passed.
-    fn settle(&mut self) -> Result<Retirement, BackendError> {
-        Ok(Retirement::Done)
-    }
+    fn settle(&mut self) -> Result<Retirement, BackendError>;
 }
 
 /// What is left of a mode after [`Backend::retire`] or [`Backend::settle`].
@@ -158,7 +154,8 @@ pub trait Dataplane: Send {
     fn invalidate(&mut self);
     fn present(&self) -> Result<bool, BackendError>;
     fn cleanup(&mut self) -> Result<(), BackendError>;
-    /// [`Backend::retire`].
+    /// [`Backend::retire`]; a dataplane that keeps nothing for its
+    /// connections (a test double) is removed at once.
     fn retire(&mut self, _successor: Mode) -> Result<Retirement, BackendError> {
         self.cleanup().map(|()| Retirement::Done)
     }

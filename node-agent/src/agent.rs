@@ -36,11 +36,12 @@ use crate::events::{EventSink, refused_event};
 use crate::health::{HealthCheckServers, ProxyHealth, health_check_services};
 use crate::http::HttpServers;
 use crate::inputs::{InputKey, Inputs};
+use crate::leftover_drain::LeftoverDrain;
 use crate::metrics::{Metrics, SyncReport};
 use crate::node::{being_deleted, node_info, pod_cidrs};
 use crate::status::{StatusReporter, set_condition};
 use crate::switch::{
-    Checkpoint, Checkpoints, DataplaneFactory, Probe, SwitchError, SwitchInput, Switched,
+    Checkpoint, Checkpoints, DataplaneFactory, Probe, Swept, SwitchError, SwitchInput, Switched,
     present_modes, recover, sweep, switch_to, verification_probe,
 };
 use crate::watch::Source;
@@ -165,6 +166,8 @@ pub struct Agent {
     /// The mode switched away from, still serving connections established
     /// through it (`Dataplane::settle` at each sync removes it once done).
     retiring: Option<Box<dyn Dataplane>>,
+    /// Leftovers kept while connections they translated are established.
+    leftover_drain: LeftoverDrain,
     /// Failing watches and their last error.
     api_errors: BTreeMap<Source, String>,
     generation: Option<i64>,
@@ -195,6 +198,7 @@ impl Agent {
             parts,
             active: None,
             retiring: None,
+            leftover_drain: LeftoverDrain::default(),
             recovered: false,
             swept: false,
             linker: ShardLinker::default(),
@@ -265,7 +269,7 @@ impl Agent {
     /// it applies arrived.
     pub async fn sync(&mut self, inputs: &Inputs, queued_at: Option<Instant>) -> SyncOutcome {
         let started = Instant::now();
-        self.settle_retiring();
+        self.settle_drains();
         let key = InputKey::of(inputs);
         if self.synced_key.as_ref() == Some(&key) {
             self.parts.health.updated((self.parts.wall_clock)());
@@ -511,6 +515,22 @@ impl Agent {
         Ok(switched)
     }
 
+    /// Whether something waits for the connections through it to end (a
+    /// retired mode, leftovers): [`Agent::settle_drains`] removes it once they did.
+    pub fn draining(&self) -> bool {
+        self.retiring.is_some() || self.leftover_drain.holding()
+    }
+
+    /// Remove what drains if its connections ended or its grace passed.
+    pub fn settle_drains(&mut self) {
+        self.settle_retiring();
+        // Under eBPF only, which shares nothing with them: no resync after.
+        if let Some(swept) = self.leftover_drain.settle(&self.parts.leftovers) {
+            tracing::info!(removed = ?swept.removed, "removed leftovers after their connections");
+            log_swept(&swept);
+        }
+    }
+
     /// Remove the retiring dataplane if its connections ended or its grace passed.
     fn settle_retiring(&mut self) {
         let Some(retiring) = self.retiring.as_mut() else {
@@ -545,16 +565,25 @@ impl Agent {
             .into_iter()
             .filter(|&m| Some(m) != draining)
             .collect();
+        let leftovers = self
+            .leftover_drain
+            .start(active.mode(), &self.parts.leftovers);
         let swept = sweep(
             active.as_mut(),
             &present,
             self.parts.factory.as_ref(),
-            &self.parts.leftovers,
+            &leftovers,
             linked,
             &self.settings,
         );
-        for e in &swept.errors {
-            tracing::warn!(error = %e, "removing leftovers failed; tried again after the next switch or restart");
+        log_swept(&swept);
+        for draining in swept.draining {
+            tracing::info!(mode = %draining.mode(), "a retired mode still serves connections; it drains");
+            if self.retiring.is_some() {
+                // One drains at a time: the older one goes now.
+                self.finish_retiring();
+            }
+            self.retiring = Some(draining);
         }
         self.swept = true;
     }
@@ -707,6 +736,13 @@ impl Agent {
 }
 
 /// The pool's settings for `mode` on this node; unusable settings are logged and skipped.
+/// Warn about what a sweep could not remove.
+fn log_swept(swept: &Swept) {
+    for e in &swept.errors {
+        tracing::warn!(error = %e, "removing leftovers failed; tried again after the next switch or restart");
+    }
+}
+
 fn settings_for(spec: &ProxyConfigSpec, mode: Mode, pods: &[Cidr]) -> Settings {
     let (settings, warnings) = Settings::from_spec(spec, mode, pods);
     for w in &warnings {

@@ -11,6 +11,7 @@ pub mod events;
 pub mod health;
 pub mod http;
 pub mod inputs;
+pub mod leftover_drain;
 pub mod metrics;
 pub mod node;
 pub mod standalone;

@@ -401,20 +401,37 @@ pub fn shares_kernel_objects(a: Mode, b: Mode) -> bool {
     )
 }
 
-/// What a sweep removed.
-#[derive(Debug, Default)]
+/// What a sweep removed, and the modes it left draining.
+#[derive(Default)]
 pub struct Swept {
     pub removed: Vec<String>,
     pub errors: Vec<String>,
+    /// Present modes retired in favour of the active one that still serve
+    /// connections established through them (an agent restarted while a
+    /// retired mode drained finds it so): settle them later.
+    pub draining: Vec<Box<dyn Dataplane>>,
 }
 
-/// Remove every other present mode's objects and foreign leftovers, once the
-/// active mode is in place, then rewrite the active mode whole.
+/// Remove `leftovers` (those present), noting what went into `swept`.
+pub fn remove_leftovers(leftovers: &[&dyn Leftovers], swept: &mut Swept) {
+    for l in leftovers {
+        match l.remove() {
+            Ok(true) => swept.removed.push(l.name().to_string()),
+            Ok(false) => {}
+            Err(e) => swept.errors.push(e.to_string()),
+        }
+    }
+}
+
+/// Retire every other present mode in favour of the active one (each
+/// drains as it would after a switch, [`Dataplane::retire`]) and remove
+/// foreign leftovers, once the active mode is in place, then rewrite the
+/// active mode whole.
 pub fn sweep(
     active: &mut dyn Dataplane,
     present: &[Mode],
     factory: &dyn DataplaneFactory,
-    leftovers: &[Box<dyn Leftovers>],
+    leftovers: &[&dyn Leftovers],
     ruleset: &LinkedRuleset,
     settings: &Settings,
 ) -> Swept {
@@ -424,18 +441,16 @@ pub fn sweep(
         if other == mode || shares_kernel_objects(other, mode) {
             continue;
         }
-        match factory.build(other).and_then(|mut d| d.cleanup()) {
-            Ok(()) => swept.removed.push(format!("{other} dataplane")),
+        let retired = factory
+            .build(other)
+            .and_then(|mut d| d.retire(mode).map(|r| (d, r)));
+        match retired {
+            Ok((_, Retirement::Done)) => swept.removed.push(format!("{other} dataplane")),
+            Ok((draining, Retirement::Draining)) => swept.draining.push(draining),
             Err(e) => swept.errors.push(e.to_string()),
         }
     }
-    for l in leftovers {
-        match l.remove() {
-            Ok(true) => swept.removed.push(l.name().to_string()),
-            Ok(false) => {}
-            Err(e) => swept.errors.push(e.to_string()),
-        }
-    }
+    remove_leftovers(leftovers, &mut swept);
     if !swept.removed.is_empty() {
         tracing::info!(removed = ?swept.removed, "removed leftovers");
         resync(active, ruleset, settings);

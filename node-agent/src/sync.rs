@@ -1,7 +1,8 @@
 //! The control loop: watch events request a sync, the [`SyncLimiter`] folds
 //! bursts into one sync per `minSyncPeriod`, every `syncPeriod` a full resync
-//! rewrites everything (`invalidate` then sync), a failed sync is retried, and
-//! status writes go out at their own rate.
+//! rewrites everything (`invalidate` then sync), a failed sync is retried,
+//! what drains is looked at every [`DRAIN_CHECK`], and status writes go out
+//! at their own rate.
 //!
 //! All timing is tokio's clock, so tests run the loop under `tokio::time::pause()`.
 
@@ -19,6 +20,11 @@ use switchyard_daemon::ratelimit::SyncLimiter;
 /// The longest wait before a failed sync is tried again (kube-proxy retries
 /// after its sync period, 30s by default).
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+/// How often, while something drains (a retired mode, kube-proxy's tables
+/// under eBPF), the agent looks whether it may go: it goes within this of
+/// its last connection instead of at the next sync.
+pub const DRAIN_CHECK: Duration = Duration::from_secs(1);
 
 async fn sleep_until_some(at: Option<Instant>) {
     match at {
@@ -40,9 +46,11 @@ pub async fn run(
     let mut limiter = SyncLimiter::new(agent.settings().min_sync_period);
     let mut last_resync = Instant::now();
     let mut retry_at: Option<Instant> = None;
+    let mut last_drain_check = Instant::now();
     tokio::pin!(shutdown);
     loop {
         let resync_at = last_resync + agent.settings().sync_period;
+        let drain_at = agent.draining().then_some(last_drain_check + DRAIN_CHECK);
         let sync_at = limiter.next_run();
         let status_at = agent.reporter().next_write();
         tokio::select! {
@@ -75,6 +83,10 @@ pub async fn run(
             () = sleep_until_some(retry_at) => {
                 retry_at = None;
                 limiter.request(Instant::now());
+            }
+            () = sleep_until_some(drain_at) => {
+                last_drain_check = Instant::now();
+                agent.settle_drains();
             }
             () = sleep_until(resync_at) => {
                 last_resync = Instant::now();

@@ -308,6 +308,41 @@ async fn adopting_from_kube_proxy_verifies_ours_then_removes_its_leftovers() {
     assert_eq!(kernel.rules(Mode::Nftables), Some(web_lines()));
 }
 
+/// Adopting from kube-proxy's nftables mode into eBPF dropped every
+/// connection its tables had translated: the sweep removed them at once,
+/// and netfilter stopped translating those connections (eBPF leaves them to
+/// it). Into a netfilter mode, whose own NAT chains keep netfilter
+/// translating, they go at once.
+#[tokio::test(start_paused = true)]
+async fn kube_proxys_tables_stay_under_ebpf_while_connections_they_translated_are_open() {
+    for (to, kept) in [(Mode::Ebpf, true), (Mode::Nftables, false)] {
+        let kernel = FakeKernel::default();
+        let leftover = FakeLeftover::default();
+        *leftover.present.lock().unwrap() = true;
+        *leftover.open.lock().unwrap() = 2;
+        let writer = RecordingWriter::default();
+        let mut agent = agent(&kernel, &writer, &leftover);
+        let target = inputs(Some(to), None);
+        let out = agent.sync(&target, None).await;
+        assert!(matches!(out, SyncOutcome::Synced), "{to}: {out:?}");
+        assert_eq!(kernel.installed(), vec![to]);
+        assert_eq!(*leftover.present.lock().unwrap(), kept, "{to}");
+        assert_eq!(agent.draining(), kept, "{to}");
+        if !kept {
+            continue;
+        }
+        // A full pass (periodic resync) does not sweep them either.
+        agent.invalidate();
+        agent.sync(&target, None).await;
+        agent.settle_drains();
+        assert!(*leftover.present.lock().unwrap(), "still translating");
+        *leftover.open.lock().unwrap() = 0;
+        agent.settle_drains();
+        assert!(!*leftover.present.lock().unwrap(), "removed once drained");
+        assert!(!agent.draining());
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn iptables_is_never_swept_from_under_ipvs() {
     let kernel = FakeKernel::default();
@@ -351,6 +386,43 @@ async fn leaving_a_mode_with_open_connections_drains_it_before_removing_it() {
     assert!(kernel.cleanups().is_empty(), "{:?}", kernel.cleanups());
     kernel.connections_open(Mode::Ipvs, false);
     agent.sync(&to_nftables, None).await;
+    assert_eq!(kernel.installed(), vec![Mode::Nftables]);
+    assert_eq!(kernel.cleanups(), vec![Mode::Ipvs]);
+}
+
+/// An agent restarted while a retired mode drained swept that mode as a
+/// leftover on its first pass, cutting the connections it still served:
+/// the restarted agent retires it again, and it drains to the end.
+#[tokio::test(start_paused = true)]
+async fn an_agent_restarted_mid_drain_keeps_draining_the_retired_mode() {
+    let kernel = FakeKernel::default();
+    let writer = RecordingWriter::default();
+    let mut first = agent(&kernel, &writer, &FakeLeftover::default());
+    first.sync(&inputs(Some(Mode::Ipvs), None), None).await;
+    kernel.connections_open(Mode::Ipvs, true);
+    let to_nftables = inputs(Some(Mode::Nftables), None);
+    first.sync(&to_nftables, None).await;
+    assert_eq!(kernel.rules(Mode::Ipvs), Some(web_lines()), "draining");
+    drop(first);
+
+    let recorded = writer.last();
+    let mut second = agent(
+        &kernel,
+        &RecordingWriter::default(),
+        &FakeLeftover::default(),
+    );
+    let restarted = inputs(Some(Mode::Nftables), recorded);
+    let out = second.sync(&restarted, None).await;
+    assert!(matches!(out, SyncOutcome::Synced), "{out:?}");
+    assert_eq!(second.status().applied_mode, Some(Mode::Nftables));
+    assert_eq!(
+        kernel.rules(Mode::Ipvs),
+        Some(web_lines()),
+        "still draining after the restart"
+    );
+    assert!(kernel.cleanups().is_empty(), "{:?}", kernel.cleanups());
+    kernel.connections_open(Mode::Ipvs, false);
+    second.sync(&restarted, None).await;
     assert_eq!(kernel.installed(), vec![Mode::Nftables]);
     assert_eq!(kernel.cleanups(), vec![Mode::Ipvs]);
 }

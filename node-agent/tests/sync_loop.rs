@@ -1,6 +1,7 @@
 //! The control loop under tokio's paused clock: bursts are coalesced into one
 //! sync per minSyncPeriod, the periodic resync rewrites everything, a failed
-//! sync is retried, a lost API server keeps the rules and reports Degraded.
+//! sync is retried, a lost API server keeps the rules and reports Degraded,
+//! a drained mode goes within a drain check.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
@@ -14,7 +15,7 @@ use common::*;
 use futures::channel::mpsc;
 use switchyard_agent::agent::Agent;
 use switchyard_agent::inputs::Inputs;
-use switchyard_agent::sync::run;
+use switchyard_agent::sync::{DRAIN_CHECK, run};
 use switchyard_agent::watch::{Source, WatchEvent};
 use switchyard_api::Mode;
 use switchyard_api::proxyconfig::{NftablesSettings, SyncSettings};
@@ -144,6 +145,35 @@ async fn periodic_resync_rewrites_everything() {
     let syncs = h.kernel.syncs();
     assert_eq!(syncs.len(), 2, "{syncs:?}");
     assert!(syncs[1].full, "resync is a full sync after invalidate");
+    h.stop().await;
+}
+
+/// A retired mode whose last connection ended stayed until the next sync
+/// (the periodic resync, up to a minute later): the loop looks at what
+/// drains every [`DRAIN_CHECK`].
+#[tokio::test(start_paused = true)]
+async fn a_drained_mode_goes_within_a_drain_check_not_at_the_next_resync() {
+    let h = Harness::start().await;
+    h.kernel.connections_open(Mode::Nftables, true);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    h.inputs.lock().unwrap().proxy_node = Some(proxy_node(Some(Mode::Iptables), None));
+    h.events
+        .unbounded_send(WatchEvent::Changed(Source::ProxyNode))
+        .unwrap();
+    settle().await;
+    let both = vec![Mode::Iptables, Mode::Nftables];
+    let mut installed = h.kernel.installed();
+    installed.sort();
+    assert_eq!(installed, both, "switched, the old mode draining");
+    tokio::time::advance(DRAIN_CHECK * 3).await;
+    settle().await;
+    let mut installed = h.kernel.installed();
+    installed.sort();
+    assert_eq!(installed, both, "its connections are open");
+    h.kernel.connections_open(Mode::Nftables, false);
+    tokio::time::advance(DRAIN_CHECK).await;
+    settle().await;
+    assert_eq!(h.kernel.installed(), vec![Mode::Iptables]);
     h.stop().await;
 }
 

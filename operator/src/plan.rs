@@ -110,6 +110,19 @@ pub fn plan_pool(input: &PoolInput<'_>) -> PoolPlan {
         .collect();
     let pool_size = u32::try_from(members.len()).unwrap_or(u32::MAX);
     let mut policy = RolloutPolicy::resolve(&config.spec.rollout, pool_size, input.switch_margin);
+    let largest = input
+        .assignment
+        .nodes_of(&pool)
+        .filter_map(|n| proxy_nodes.get(n)?.status.as_ref()?.counts.as_ref())
+        .map(|c| c.service_ports.saturating_add(c.endpoints))
+        .max()
+        .unwrap_or(0);
+    let from = previous.rollout.as_ref().map(|r| r.from);
+    let modes: Vec<Mode> = [Some(config.spec.mode), from]
+        .into_iter()
+        .flatten()
+        .collect();
+    policy.allow_build(&modes, largest);
     if let Some(why) = input.assignment.invalid_selectors.get(&pool) {
         policy.problems.push(format!(
             "spec.nodeSelector cannot be used, it selects no node: {why}"

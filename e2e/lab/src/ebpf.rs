@@ -23,6 +23,7 @@ use switchyard_dataplane::ebpf::tc::TcAttachMode;
 use switchyard_dataplane::settings::Settings;
 
 use crate::HarnessError;
+use crate::cluster::processes::EbpfPlace;
 use crate::hooks::{DataplaneFactory, ModeHooks};
 use crate::scenario::{Expected, Flow, Scenario};
 use crate::topology::Topology;
@@ -104,6 +105,20 @@ impl EbpfHooks {
             ..EbpfHooks::default()
         }
     }
+
+    /// Where a node agent process (`node-agent run`) pins and attaches: the
+    /// same bpffs and client cgroup as the in-process dataplane's, once
+    /// [`ModeHooks::prepare_node`] made them.
+    pub fn agent_place(&self) -> Option<EbpfPlace> {
+        Some(EbpfPlace {
+            pin_root: self.pin_root()?,
+            cgroup: self.cgroup.as_ref()?.dir().to_path_buf(),
+        })
+    }
+
+    fn pin_root(&self) -> Option<PathBuf> {
+        self.bpffs.as_ref().map(|b| b.dir().join("switchyard"))
+    }
 }
 
 fn setup(what: &str) -> impl FnOnce(switchyard_dataplane::BackendError) -> HarnessError {
@@ -151,10 +166,9 @@ impl ModeHooks for EbpfHooks {
 
     fn dataplane(&self) -> DataplaneFactory {
         let config = KernelConfig {
-            pin_root: self.bpffs.as_ref().map_or_else(
-                || PathBuf::from("/nonexistent"),
-                |b| b.dir().join("switchyard"),
-            ),
+            pin_root: self
+                .pin_root()
+                .unwrap_or_else(|| PathBuf::from("/nonexistent")),
             cgroup: self.cgroup.as_ref().map(|c| c.dir().to_path_buf()),
             tc_attach: self.tc_attach,
         };

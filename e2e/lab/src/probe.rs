@@ -322,5 +322,10 @@ pub fn connect(
 
 /// Join the cgroup (v2 directory) `path` with this process.
 pub fn join_cgroup(path: &std::path::Path) -> io::Result<()> {
-    std::fs::write(path.join("cgroup.procs"), std::process::id().to_string())
+    move_to_cgroup(path, std::process::id())
+}
+
+/// Move process `pid` (all its threads) into the cgroup (v2 directory) `path`.
+pub fn move_to_cgroup(path: &std::path::Path, pid: u32) -> io::Result<()> {
+    std::fs::write(path.join("cgroup.procs"), pid.to_string())
 }

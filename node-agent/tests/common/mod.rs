@@ -226,6 +226,8 @@ impl EventSink for RecordingEvents {
 #[derive(Clone, Default)]
 pub struct FakeLeftover {
     pub present: Arc<Mutex<bool>>,
+    /// Established connections its rules translated, while present.
+    pub open: Arc<Mutex<usize>>,
 }
 
 impl Leftovers for FakeLeftover {
@@ -238,6 +240,15 @@ impl Leftovers for FakeLeftover {
         let was = *p;
         *p = false;
         Ok(was)
+    }
+
+    fn open_translated(&self) -> Result<usize, switchyard_dataplane::BackendError> {
+        let present = *self.present.lock().unwrap();
+        Ok(if present {
+            *self.open.lock().unwrap()
+        } else {
+            0
+        })
     }
 }
 

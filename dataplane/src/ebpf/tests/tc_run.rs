@@ -155,6 +155,7 @@ struct Harness {
     programs: aya::Ebpf,
     /// The backend that wrote the maps, in the namespace it ran in.
     backend: EbpfBackend<AyaKernel>,
+    pin_root: std::path::PathBuf,
     ns: Netns,
 }
 
@@ -192,8 +193,18 @@ impl Harness {
             _bpffs: bpffs,
             programs,
             backend,
+            pin_root,
             ns,
         }
+    }
+
+    /// The agent restarted: a new backend over the same pins, which has
+    /// applied nothing itself.
+    fn restart(&mut self) {
+        self.backend = EbpfBackend::new(AyaKernel::new(KernelConfig {
+            pin_root: self.pin_root.clone(),
+            ..KernelConfig::default()
+        }));
     }
 
     fn retire(&mut self) -> Retirement {
@@ -356,6 +367,36 @@ fn retired_ebpf_keeps_its_connections_until_they_close_and_balances_no_new_one()
         backend,
         "the FIN is translated too"
     );
+    assert_eq!(h.settle(), Retirement::Done);
+    assert_eq!(h.conntrack_entries(), 0);
+    assert!(!h.ns.enter(|| h.backend.present().unwrap()), "removed");
+}
+
+/// An agent restarted after a switch away from eBPF found the retired
+/// mode's pins and removed them as a leftover, cutting what it balanced:
+/// a backend that applied nothing itself retires it from its pins and
+/// drains it the same way.
+#[test]
+fn a_restarted_agent_retires_the_pinned_ebpf_mode_and_drains_its_connections() {
+    let mut h = Harness::new(&external_service(TrafficPolicy::Cluster));
+    let (_, syn) = h.run(&frame(6, "198.51.100.7", 40007, NODE_IP, 30080));
+    let (_, _, backend, _) = parse_checked(&syn);
+    h.restart();
+    assert_eq!(h.retire(), Retirement::Draining);
+    let other = frame(6, "198.51.100.7", 40008, NODE_IP, 30080);
+    assert_eq!(
+        h.run(&other),
+        (TC_ACT_OK, other.clone()),
+        "no new flow balanced"
+    );
+    let ack = tcp_flags_frame(6, TCP_ACK, "198.51.100.7", 40007, NODE_IP, 30080);
+    assert_eq!(
+        parse_checked(&h.run(&ack).1).2,
+        backend,
+        "the open one kept"
+    );
+    let fin = tcp_flags_frame(6, TCP_FIN | TCP_ACK, "198.51.100.7", 40007, NODE_IP, 30080);
+    h.run(&fin);
     assert_eq!(h.settle(), Retirement::Done);
     assert_eq!(h.conntrack_entries(), 0);
     assert!(!h.ns.enter(|| h.backend.present().unwrap()), "removed");

@@ -190,7 +190,10 @@ impl Operator {
 /// Where an agent's eBPF mode keeps its pins and attaches its socket
 /// programs (`--bpf-pin-root`, `--bpf-cgroup`): a scratch bpffs and cgroup of
 /// the lab's. An agent started without one attaches to the cgroup v2 root,
-/// the host's: the lab never switches such an agent to eBPF.
+/// the host's: the lab never switches such an agent to eBPF. The agent
+/// itself runs in the cgroup, as a real node's agent runs below the cgroup
+/// root: its verification probe is balanced by the socket programs it
+/// attached, not by whatever netfilter still holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EbpfPlace {
     pub pin_root: PathBuf,
@@ -258,6 +261,16 @@ impl Agent {
         let env = vec![kubeconfig_env(&kubeconfig)];
         let log = format!("agent-{node}");
         let daemon = launch(cp, "node-agent", program, &args, &log, Some(ns), env)?;
+        // Moved at once, long before the ProxyConfig that makes it attach
+        // and probe: every socket it makes from then on is the cgroup's.
+        if let Some(place) = ebpf {
+            crate::probe::move_to_cgroup(&place.cgroup, daemon.pid()).map_err(|e| {
+                HarnessError::Setup {
+                    what: format!("agent of {node}"),
+                    message: format!("joining cgroup {}: {e}", place.cgroup.display()),
+                }
+            })?;
+        }
         Ok(Agent {
             node: node.to_string(),
             daemon,

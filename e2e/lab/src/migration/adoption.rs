@@ -14,7 +14,11 @@
 //!    serves `/healthz` on kube-proxy's port.
 //!
 //! The traffic runs on a while and every loss is counted, as for a switch
-//! between our modes; the foreign objects must still be there.
+//! between our modes; the foreign objects must still be there. Into eBPF,
+//! kube-proxy's objects go once the connections they translated closed (the
+//! agent's drain; checked after the traffic stopped), and the agent runs with
+//! a scratch bpffs and cgroup ([`EbpfHooks`]) that it and the node's own
+//! clients (the node, its pods) are in, never the host's root cgroup.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -31,13 +35,15 @@ use crate::cluster::layout::{POOL, POOL_LABEL, pool_proxy_config};
 use crate::cluster::processes::{Agent, LeaseTiming, Operator, Programs};
 use crate::cluster::wait::until;
 use crate::controlplane::config_base;
+use crate::ebpf::EbpfHooks;
+use crate::hooks::ModeHooks;
 use crate::metrics::http_get;
 use crate::netns::Netns;
 use crate::reference::kube_proxy::HEALTHZ_PORT;
 use crate::reference::rules::Dump;
 use crate::reference::{Reference, ReferenceNode};
 use crate::runner;
-use crate::scenario::NodeSpec;
+use crate::scenario::{NodeSpec, Scenario};
 use crate::topology::Topology;
 use switchyard_dataplane::kubeproxy::KUBE_PROXY_TABLE;
 
@@ -46,8 +52,15 @@ const VERIFY_SERVICE: &str = "mig/web";
 /// Deadlock guard of the rollout (a switch takes about a second; the two
 /// cores are shared with a control plane and kube-proxy).
 const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(60);
-/// How often the agent's `/healthz` is asked for while it binds the port.
-const HEALTHZ_POLL: Duration = Duration::from_millis(50);
+/// How often the agent's `/healthz` is asked for while it binds the port,
+/// and the node's tables listed while kube-proxy's objects drain.
+const POLL: Duration = Duration::from_millis(50);
+/// How long kube-proxy's objects may outlive the traffic in an adoption
+/// into eBPF: they stay while a connection they translated is established
+/// (`switchyard_dataplane::nat_drain`), and the agent looks every
+/// `switchyard_agent::sync::DRAIN_CHECK` whether that ended. Into the other
+/// modes they are gone when the switch is done.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(15);
 /// The operator's leader election (one replica: it leads at once).
 const LEASE: LeaseTiming = LeaseTiming {
     lease: 6,
@@ -67,11 +80,8 @@ pub(super) fn run(
     timing: Timing,
     programs: &Programs,
 ) -> Result<Row, HarnessError> {
-    if !matches!(pair.to, Mode::Iptables | Mode::Nftables) {
-        return Err(setup(
-            "the agent's `run` has no eBPF cgroup or pin-root flag: its eBPF mode would \
-             attach to the host's root cgroup; IPVS needs the VM",
-        ));
+    if pair.to == Mode::Ipvs {
+        return Err(setup("IPVS needs the VM, which runs no control plane"));
     }
     let scenario = matrix()?;
     let stage = scenario
@@ -80,6 +90,8 @@ pub(super) fn run(
         .next()
         .ok_or_else(|| setup("no stage"))?;
     let topo = Topology::build(&prefix(index), &scenario)?;
+    // Dropped after the agent and the traffic, which run in its cgroup.
+    let ebpf = ebpf_hooks(pair.to, &topo, &scenario)?;
     let mut reference = Reference::start(from)?;
     let mut node = reference.node(&scenario, topo)?;
     node.last_node();
@@ -87,17 +99,35 @@ pub(super) fn run(
     node.apply(&stage)?;
     let ns = &node.topology.node;
     add_foreign(ns)?;
-    let mut streams = start_traffic(&node.topology, &scenario, &[], timing)?;
+    let hooks: Vec<&dyn ModeHooks> = ebpf.iter().map(|h| h as &dyn ModeHooks).collect();
+    let mut streams = start_traffic(&node.topology, &scenario, &hooks, timing)?;
     std::thread::sleep(timing.before);
-    let taken_over = take_over(&mut node, &scenario.node, pair.to, programs);
+    let taken_over = take_over(&mut node, &scenario.node, pair.to, programs, ebpf.as_ref());
     std::thread::sleep(timing.after);
     let counts = streams.stop(pair);
     let ns = &node.topology.node;
     let (switched, after) = match taken_over {
-        Ok(done) => (Ok(done.switch_time), nothing_left(ns, from, pair.to)),
+        Ok(done) => (Ok(done.switch_time), leftovers_gone(ns, from, pair.to)),
         Err(e) => (Err(e), Ok(())),
     };
     Ok(Row::of(pair, switched, counts, after))
+}
+
+/// For an adoption into eBPF, its scratch bpffs and client cgroup (never the
+/// host's root cgroup): the agent pins and attaches there, and the node's
+/// own clients (the node, its pods) run in the cgroup from the start, as
+/// everything on a real node runs below the cgroup root.
+fn ebpf_hooks(
+    to: Mode,
+    topo: &Topology,
+    scenario: &Scenario,
+) -> Result<Option<EbpfHooks>, HarnessError> {
+    if to != Mode::Ebpf {
+        return Ok(None);
+    }
+    let mut hooks = EbpfHooks::default();
+    hooks.prepare_node(topo, scenario)?;
+    Ok(Some(hooks))
 }
 
 /// Switchyard's processes on the node once it took over, and how long the
@@ -114,8 +144,14 @@ fn take_over(
     spec: &NodeSpec,
     to: Mode,
     programs: &Programs,
+    ebpf: Option<&EbpfHooks>,
 ) -> Result<TakenOver, HarnessError> {
     let name = spec.name.as_str();
+    // Never an agent that could attach to the host's root cgroup.
+    let place = ebpf.and_then(EbpfHooks::agent_place);
+    if to == Mode::Ebpf && place.is_none() {
+        return Err(setup("eBPF needs a scratch bpffs and cgroup for the agent"));
+    }
     let cluster_cidr = spec
         .cluster_cidrs
         .first()
@@ -129,7 +165,7 @@ fn take_over(
         .block_on(async {
             label_pool(cp.client(), name).await?;
             let operator = Operator::start(cp, ns, 0, name, &programs.operator, LEASE).await?;
-            let agent = Agent::start_beside(cp, ns, name, &programs.agent, None).await?;
+            let agent = Agent::start_beside(cp, ns, name, &programs.agent, place.as_ref()).await?;
             Ok::<_, ClusterError>((operator, agent))
         })
         .map_err(cluster_err)?;
@@ -224,7 +260,7 @@ fn healthz_served(ns: &Netns, addr: SocketAddr) -> Result<(), HarnessError> {
             Ok(text) if text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200") => {
                 return Ok(());
             }
-            _ if Instant::now() < deadline => std::thread::sleep(HEALTHZ_POLL),
+            _ if Instant::now() < deadline => std::thread::sleep(POLL),
             other => {
                 return Err(setup(&format!(
                     "the agent does not serve /healthz on {addr} after kube-proxy went: {other:?}"
@@ -248,6 +284,23 @@ fn add_foreign(ns: &Netns) -> Result<(), HarnessError> {
     );
     ns.exec("nft", &["-f", "-"], Some(table.as_bytes()))?;
     Ok(())
+}
+
+/// [`nothing_left`] once the traffic stopped, waiting for the drain of an
+/// adoption into eBPF.
+fn leftovers_gone(ns: &Netns, from: Mode, to: Mode) -> Result<(), HarnessError> {
+    let wait = if to == Mode::Ebpf {
+        DRAIN_DEADLINE
+    } else {
+        Duration::ZERO
+    };
+    let deadline = Instant::now() + wait;
+    loop {
+        match nothing_left(ns, from, to) {
+            Err(_) if Instant::now() < deadline => std::thread::sleep(POLL),
+            done => return done,
+        }
+    }
 }
 
 /// After the take-over: kube-proxy's objects are gone (its nftables tables;

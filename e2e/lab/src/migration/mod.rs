@@ -267,7 +267,7 @@ pub fn run_pair(
         Source::KubeProxy(from) => match programs {
             Some(programs) => adoption::run(pair, from, index, timing, programs),
             None => Err(setup(
-                "an adoption needs the operator's and the agent's binaries",
+                "an adoption needs the operator's and the agent's binaries (--operator, --agent)",
             )),
         },
     };

@@ -16,6 +16,7 @@ use switchyard_dataplane::ebpf::tc::TcAttachMode;
 use switchyard_lab::probe;
 use switchyard_lab::reference::Reference;
 use switchyard_lab::reference::random::{self, RandomStates};
+use switchyard_lab::reference::vm::HostSide;
 use switchyard_lab::runner::{self, Options, Totals};
 use switchyard_lab::traffic::role;
 use switchyard_lab::{cleanup, hooks, netns, vm};
@@ -42,8 +43,9 @@ struct Cli {
     /// it), tcx, or classic (clsact + cls_bpf).
     #[arg(long, default_value = "auto")]
     tc_attach: TcAttachMode,
-    /// Also send every flow to a node run by the real kube-proxy (iptables
-    /// and nftables modes), the state written through a real API server; a
+    /// Also send every flow to a node run by the real kube-proxy (iptables,
+    /// nftables, and ipvs in the VM, where the control plane stays on this
+    /// host), the state written through a real API server; a
     /// flow passes when both meet the scenario, or the difference is listed
     /// in `reference::differences`.
     #[arg(long)]
@@ -143,6 +145,39 @@ fn child(role: ChildRole) -> ExitCode {
     }
 }
 
+/// Run the same command in the VM; with `--reference kube-proxy`, the
+/// control plane on this host for the guest's kube-proxy.
+fn run_in_vm(cli: &Cli, mode: Mode) -> ExitCode {
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        println!("FAIL {what}: {e}");
+        println!("0 passed, 1 failed");
+        ExitCode::FAILURE
+    };
+    let files = runner::expand_paths(&cli.files);
+    let mut args = vec![format!("--tc-attach={}", cli.tc_attach)];
+    let host = match cli.reference {
+        None => None,
+        Some(ReferenceKind::KubeProxy) => match HostSide::start() {
+            Ok(host) => Some(host),
+            Err(e) => return failed("kube-proxy reference", &e),
+        },
+    };
+    if host.is_some() {
+        args.push("--reference=kube-proxy".into());
+    }
+    if cli.compare_rules {
+        args.push("--compare-rules".into());
+    }
+    if let Some(states) = cli.random {
+        args.push(format!("--random={states}"));
+    }
+    match vm::scenario::run_scenarios_in_vm(mode, &args, &files, cli.timeout_ms, host.as_ref()) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => failed(&format!("{mode} VM"), &e),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(role) = cli.child {
@@ -155,17 +190,7 @@ fn main() -> ExitCode {
     };
     let in_vm = std::env::var_os(vm::IN_VM_ENV).is_some();
     if (cli.vm && !in_vm) || (mode == Mode::Ipvs && vm::scenario::needs_vm()) {
-        let files = runner::expand_paths(&cli.files);
-        let args = [format!("--tc-attach={}", cli.tc_attach)];
-        return match vm::scenario::run_scenarios_in_vm(mode, &args, &files, cli.timeout_ms) {
-            Ok(0) => ExitCode::SUCCESS,
-            Ok(_) => ExitCode::FAILURE,
-            Err(e) => {
-                println!("FAIL {mode} VM: {e}");
-                println!("0 passed, 1 failed");
-                ExitCode::FAILURE
-            }
-        };
+        return run_in_vm(&cli, mode);
     }
     let options = Options {
         timeout: Duration::from_millis(cli.timeout_ms),

@@ -220,7 +220,7 @@ impl KubeProxyNode {
         let forwarder = cp.forward_into(&ns)?;
         let ip = IpAddr::V4(KP_IP);
         let mut kube_proxy = KubeProxy::start(
-            cp.binaries(),
+            &cp.binaries().path("kube-proxy"),
             cp.dir(),
             mode,
             &rig.kp_spec,

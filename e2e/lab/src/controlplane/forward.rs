@@ -67,7 +67,29 @@ impl Forwarder {
             .map_err(std::io::Error::other)
             .and_then(|made| made)
             .map_err(|e| forward_err(ns, e))?;
-        let accepting = listener.try_clone().map_err(|e| forward_err(ns, e))?;
+        Forwarder::serve(listener, listen, target, gate).map_err(|e| forward_err(ns, e))
+    }
+
+    /// Listen on 127.0.0.1:`target.port()` in the caller's own namespace
+    /// and relay every connection to `target` (in the VM: the API server
+    /// on the host, at the VM's forwarded address).
+    pub fn here(target: SocketAddr) -> Result<Forwarder, ControlPlaneError> {
+        let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, target.port()));
+        let here = |source| ControlPlaneError::Forward {
+            netns: "of the caller".into(),
+            source,
+        };
+        let listener = TcpListener::bind(listen).map_err(here)?;
+        Forwarder::serve(listener, listen, target, Arc::new(AtomicBool::new(true))).map_err(here)
+    }
+
+    fn serve(
+        listener: TcpListener,
+        listen: SocketAddr,
+        target: SocketAddr,
+        gate: Gate,
+    ) -> std::io::Result<Forwarder> {
+        let accepting = listener.try_clone()?;
         let stopping = Arc::new(AtomicBool::new(false));
         let open: Open = Arc::default();
         let acceptor = {

@@ -158,7 +158,7 @@ fn take_over(
         .map(ToString::to_string)
         .ok_or_else(|| setup("the matrix node has no cluster CIDR"))?;
     // 1. Switchyard installed, no ProxyConfig for the pool.
-    let cp = node.control_plane();
+    let cp = node.control_plane()?;
     cp.install(&config_base())?;
     let ns = &node.topology.node;
     let (operator, agent) = node
@@ -172,7 +172,7 @@ fn take_over(
     // 2. kube-proxy off the node.
     node.stop_kube_proxy();
     // 3. The pool's ProxyConfig.
-    let cp = node.control_plane();
+    let cp = node.control_plane()?;
     let began = Instant::now();
     let config = pool_proxy_config(to, 1, &cluster_cidr, VERIFY_SERVICE);
     crate::cluster::apply_proxy_config(cp, &config).map_err(cluster_err)?;

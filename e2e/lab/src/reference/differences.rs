@@ -31,12 +31,13 @@ pub const DIFFERENCES: &[Difference] = &[
     Difference {
         file: "overall.yaml",
         flow: "hairpin through the cluster IP",
-        modes: &[Mode::Nftables],
-        reason: "kube-proxy's nftables mode masquerades hairpin connections only for endpoints \
-                 whose nodeName is this node; this endpoint names no node but, in the lab, sits \
-                 behind it (a real pod can only hairpin through its own node, where its \
-                 endpoint names it). Switchyard's nftables mode, as both iptables modes, \
-                 masquerades the hairpin of every endpoint",
+        modes: &[Mode::Nftables, Mode::Ipvs],
+        reason: "kube-proxy's nftables and ipvs modes masquerade hairpin connections only for \
+                 endpoints whose nodeName is this node (ipvs: its KUBE-LOOP-BACK set holds local \
+                 endpoints only); this endpoint names no node but, in the lab, sits behind it \
+                 (a real pod can only hairpin through its own node, where its endpoint names \
+                 it). Switchyard's nftables and ipvs modes, as both iptables modes, masquerade \
+                 the hairpin of every endpoint",
     },
 ];
 

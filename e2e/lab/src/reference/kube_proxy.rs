@@ -14,7 +14,6 @@ use switchyard_api::Mode;
 
 use super::state::Changes;
 use crate::HarnessError;
-use crate::controlplane::binaries::Binaries;
 use crate::controlplane::process::{Daemon, Launch, log_tail};
 use crate::metrics::{Histogram, fetch, series};
 use crate::netns::Netns;
@@ -105,11 +104,15 @@ fn args(mode: Mode, node: &NodeSpec, node_ip: IpAddr, kubeconfig: &Path) -> Vec<
             "--metrics-bind-address={}",
             SocketAddr::new(node_ip, METRICS_PORT)
         ),
-        // Every change synced at once.
+        // Every change synced at once (the iptables and nftables modes; the
+        // ipvs mode's own flag below).
         "--iptables-min-sync-period=0".into(),
         "--oom-score-adj=0".into(),
         "--v=2".into(),
     ];
+    if mode == Mode::Ipvs {
+        args.push("--ipvs-min-sync-period=0".into());
+    }
     if !node.cluster_cidrs.is_empty() {
         let cidrs: Vec<String> = node.cluster_cidrs.iter().map(ToString::to_string).collect();
         args.push(format!("--cluster-cidr={}", cidrs.join(",")));
@@ -129,9 +132,9 @@ fn args(mode: Mode, node: &NodeSpec, node_ip: IpAddr, kubeconfig: &Path) -> Vec<
 }
 
 impl KubeProxy {
-    /// Start kube-proxy in `ns` as `node`; `dir` holds its log.
+    /// Start `program` (kube-proxy) in `ns` as `node`; `dir` holds its log.
     pub fn start(
-        binaries: &Binaries,
+        program: &Path,
         dir: &Path,
         mode: Mode,
         node: &NodeSpec,
@@ -141,7 +144,7 @@ impl KubeProxy {
     ) -> Result<KubeProxy, HarnessError> {
         let launch = Launch {
             name: "kube-proxy",
-            program: binaries.path("kube-proxy"),
+            program: program.to_path_buf(),
             args: args(mode, node, node_ip, kubeconfig),
             cwd: dir.to_path_buf(),
             log: dir.join(format!("kube-proxy-{}.log", ns.name())),
@@ -226,14 +229,15 @@ impl KubeProxy {
     /// a sync since `taken_in` and its rules were last programmed after its
     /// last request. A sync that began before the stage's changes were all
     /// taken in and programmed its rules only after the nudge was queued
-    /// could pass for it; that needs one sync to outlast an API write and
-    /// two metrics reads.
+    /// could pass for it (one sync that outlasts an API write and two
+    /// metrics reads, as syncs under emulation do): the caller nudges twice
+    /// (see `ReferenceNode::apply`). Returns what it last read.
     pub fn wait_synced(
         &mut self,
         ns: &Netns,
         taken_in: &Counters,
         nudge: Changes,
-    ) -> Result<(), HarnessError> {
+    ) -> Result<Counters, HarnessError> {
         self.wait_taken_in(ns, taken_in, nudge)?;
         self.wait_until(ns, "sync after the nudge", |seen| {
             taken_in.syncs.iter().all(|(family, n)| {
@@ -242,8 +246,7 @@ impl KubeProxy {
                 let programmed = seen.programmed.get(family).copied().unwrap_or(0.0);
                 synced && programmed >= queued
             })
-        })?;
-        Ok(())
+        })
     }
 
     /// Read the metrics until `done` holds, within the timeout.

@@ -9,9 +9,9 @@
 //! - [`rules`]: iptables-save of both nodes compared.
 //! - [`random`]: random states whose flows kube-proxy judges (`--random`).
 //! - [`reproducer`]: a disagreeing flow and its Services as a scenario file.
-//!
-//! IPVS: kube-proxy's ipvs mode needs the kernel's IPVS, which this host
-//! lacks; the lab's VM has it but does not run the control plane yet.
+//! - [`vm`]: the reference in the stock-kernel VM (kube-proxy's ipvs mode
+//!   needs the kernel's IPVS, which this host lacks), the control plane
+//!   staying on the host.
 
 pub mod differences;
 pub mod kube_proxy;
@@ -19,6 +19,7 @@ pub mod random;
 pub mod reproducer;
 pub mod rules;
 pub mod state;
+pub mod vm;
 
 use std::path::PathBuf;
 
@@ -29,23 +30,63 @@ use switchyard_api::ruleset::Cidr;
 
 use crate::HarnessError;
 use crate::controlplane::forward::Forwarder;
-use crate::controlplane::identity::Identity;
 use crate::controlplane::workdir::Purpose;
 use crate::controlplane::{ControlPlane, ControlPlaneError};
+use crate::netns::Netns;
 use crate::scenario::{Scenario, Stage};
 use crate::topology::Topology;
 use kube_proxy::{Counters, KubeProxy};
 use state::ClusterState;
+use vm::GuestApi;
 
 /// kube-proxy's name on the API server (bound to `system:node-proxier`).
 pub const KUBE_PROXY_USER: &str = "system:kube-proxy";
+
+/// The API server of a run: a control plane of its own, or, in the VM, the
+/// host's ([`vm`]).
+// One per run: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
+enum ApiServer {
+    Local(ControlPlane),
+    Host(GuestApi),
+}
+
+impl ApiServer {
+    fn client(&self) -> kube::Client {
+        match self {
+            ApiServer::Local(cp) => cp.client(),
+            ApiServer::Host(api) => api.client(),
+        }
+    }
+
+    fn dir(&self) -> &std::path::Path {
+        match self {
+            ApiServer::Local(cp) => cp.dir(),
+            ApiServer::Host(api) => api.dir(),
+        }
+    }
+
+    fn kube_proxy(&self) -> PathBuf {
+        match self {
+            ApiServer::Local(cp) => cp.binaries().path("kube-proxy"),
+            ApiServer::Host(api) => api.kube_proxy(),
+        }
+    }
+
+    fn forward_into(&self, node: &Netns) -> Result<Forwarder, ControlPlaneError> {
+        match self {
+            ApiServer::Local(cp) => cp.forward_into(node),
+            ApiServer::Host(api) => api.forward_into(node),
+        }
+    }
+}
 
 /// The control plane the reference nodes of a run share.
 pub struct Reference {
     mode: Mode,
     state: ClusterState,
     kubeconfig: PathBuf,
-    control_plane: ControlPlane,
+    api: ApiServer,
     /// Last: the client's connections live on it.
     runtime: tokio::runtime::Runtime,
 }
@@ -58,13 +99,15 @@ pub struct StoredState {
 }
 
 impl Reference {
-    /// Start the control plane for kube-proxy in `mode` (iptables or nftables).
+    /// Start the control plane for kube-proxy in `mode` (iptables, nftables,
+    /// or ipvs where the kernel has IPVS); in the VM, connect to the host's.
     pub fn start(mode: Mode) -> Result<Reference, HarnessError> {
-        if !matches!(mode, Mode::Iptables | Mode::Nftables) {
+        let ipvs_here = mode == Mode::Ipvs && !crate::vm::scenario::needs_vm();
+        if !matches!(mode, Mode::Iptables | Mode::Nftables) && !ipvs_here {
             return Err(HarnessError::Setup {
                 what: format!("a kube-proxy reference in {mode} mode"),
-                message: "only iptables and nftables: kube-proxy's ipvs mode needs IPVS, \
-                          which this kernel lacks"
+                message: "only iptables, nftables, and ipvs where the kernel has IPVS (the \
+                          scenario runner takes ipvs into the VM by itself)"
                     .into(),
             });
         }
@@ -72,21 +115,27 @@ impl Reference {
             what: "the control plane's runtime".into(),
             source,
         })?;
-        let (control_plane, kubeconfig, state) = runtime.block_on(async {
-            let cp = ControlPlane::start(Purpose::Test).await?;
-            let user = Identity::User {
-                name: KUBE_PROXY_USER.into(),
-                group: None,
+        let (api, kubeconfig, state) = runtime.block_on(async {
+            let (api, kubeconfig) = match GuestApi::connect().await {
+                Some(api) => {
+                    let api = api?;
+                    let kubeconfig = api.kube_proxy_kubeconfig();
+                    (ApiServer::Host(api), kubeconfig)
+                }
+                None => {
+                    let cp = ControlPlane::start(Purpose::Test).await?;
+                    let kubeconfig = vm::kube_proxy_kubeconfig(&cp).await?;
+                    (ApiServer::Local(cp), kubeconfig)
+                }
             };
-            let kubeconfig = cp.kubeconfig_for(&user).await?;
-            let state = ClusterState::new(cp.client()).await?;
-            Ok::<_, ControlPlaneError>((cp, kubeconfig, state))
+            let state = ClusterState::new(api.client()).await?;
+            Ok::<_, ControlPlaneError>((api, kubeconfig, state))
         })?;
         Ok(Reference {
             mode,
             state,
             kubeconfig,
-            control_plane,
+            api,
             runtime,
         })
     }
@@ -108,10 +157,10 @@ impl Reference {
             })?;
         self.runtime
             .block_on(self.state.set_node(&scenario.node, addresses))?;
-        let forwarder = self.control_plane.forward_into(&topology.node)?;
+        let forwarder = self.api.forward_into(&topology.node)?;
         let mut kube_proxy = KubeProxy::start(
-            self.control_plane.binaries(),
-            self.control_plane.dir(),
+            &self.api.kube_proxy(),
+            self.api.dir(),
             self.mode,
             &scenario.node,
             node_ip,
@@ -149,9 +198,14 @@ impl ReferenceNode<'_> {
         let reference = &mut *self.reference;
         let stored = reference.runtime.block_on(reference.state.apply(stage))?;
         let ns = &self.topology.node;
-        let taken_in = self.kube_proxy.wait_taken_in(ns, &before, stored.changes)?;
-        let nudge = reference.runtime.block_on(reference.state.nudge())?;
-        self.kube_proxy.wait_synced(ns, &taken_in, nudge)?;
+        let mut seen = self.kube_proxy.wait_taken_in(ns, &before, stored.changes)?;
+        // Twice: the sync that ends the first round may have begun before
+        // the stage was all taken in; the one that ends the second began
+        // after it (a family's syncs run one at a time).
+        for _ in 0..2 {
+            let nudge = reference.runtime.block_on(reference.state.nudge())?;
+            seen = self.kube_proxy.wait_synced(ns, &seen, nudge)?;
+        }
         Ok(StoredState {
             services: stored.services,
             endpoint_slices: stored.endpoint_slices,
@@ -166,9 +220,16 @@ impl ReferenceNode<'_> {
         self.kube_proxy.stop();
     }
 
-    /// The control plane kube-proxy talks to.
-    pub fn control_plane(&self) -> &ControlPlane {
-        &self.reference.control_plane
+    /// The control plane kube-proxy talks to (not in the VM, where it runs
+    /// on the host).
+    pub fn control_plane(&self) -> Result<&ControlPlane, HarnessError> {
+        match &self.reference.api {
+            ApiServer::Local(cp) => Ok(cp),
+            ApiServer::Host(_) => Err(HarnessError::Setup {
+                what: "the reference's control plane".into(),
+                message: "in the VM it runs on the host, out of reach".into(),
+            }),
+        }
     }
 
     /// The control plane goes with this node: its objects are not deleted

@@ -14,8 +14,9 @@ use super::kernel::{Kernel, module_closure};
 
 /// Module trees and modules the VM carries: all of netfilter (IPVS, conntrack,
 /// NAT, x_tables, nf_tables, ipset — the kernel autoloads them through
-/// `/sbin/modprobe`), SCTP, the dummy and veth drivers, and the clsact qdisc
-/// and cls_bpf classifier (the eBPF mode's classic tc attach).
+/// `/sbin/modprobe`), SCTP, the dummy and veth drivers, the clsact qdisc
+/// and cls_bpf classifier (the eBPF mode's classic tc attach), and the
+/// e1000 network card of a VM given a link to the host.
 const MODULES: &[&str] = &[
     "kernel/net/netfilter/",
     "kernel/net/ipv4/netfilter/",
@@ -24,6 +25,7 @@ const MODULES: &[&str] = &[
     "kernel/net/bridge/br_netfilter",
     "kernel/drivers/net/dummy.",
     "kernel/drivers/net/veth.",
+    "kernel/drivers/net/ethernet/intel/e1000/e1000.",
     "kernel/crypto/crc32c_generic.",
     "kernel/net/sched/sch_ingress.",
     "kernel/net/sched/cls_bpf.",

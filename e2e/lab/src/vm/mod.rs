@@ -22,6 +22,7 @@ pub mod scenario;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -30,6 +31,10 @@ use std::time::Duration;
 use cpio::Archive;
 use image::{BEGIN, EXIT, Libraries};
 use kernel::Kernel;
+
+/// The network card's driver (one module, no dependencies), also qemu's
+/// name for the device.
+const NIC_MODULE: &str = "e1000";
 
 /// Set in the VM's environment for the command.
 pub const IN_VM_ENV: &str = "SWITCHYARD_IN_VM";
@@ -84,6 +89,12 @@ pub struct VmOutput {
 /// mounts afresh).
 pub const GUEST_PAYLOAD: &str = "/payload";
 
+/// The guest's own address on the VM's one network link (qemu's user-mode
+/// network, which never routes anything out: see [`VmRunner::host_port`]).
+const GUEST_ADDR: &str = "10.0.2.15/24";
+/// The address at which the guest reaches the host's forwarded port.
+pub const HOST_ADDR: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 2, 100);
+
 /// A file to place in the VM: host path → absolute guest path.
 #[derive(Clone, Debug)]
 pub struct ExtraFile {
@@ -96,8 +107,10 @@ pub struct VmRunner {
     cache: PathBuf,
     kernel: Kernel,
     memory: String,
+    cpus: u32,
     timeout: Duration,
     env: Vec<(String, String)>,
+    host_port: Option<u16>,
 }
 
 impl VmRunner {
@@ -113,8 +126,10 @@ impl VmRunner {
             cache,
             kernel,
             memory: "1G".to_string(),
+            cpus: 1,
             timeout: DEFAULT_TIMEOUT,
             env: Vec::new(),
+            host_port: None,
         })
     }
 
@@ -126,6 +141,27 @@ impl VmRunner {
     /// Set an environment variable for the command.
     pub fn env(mut self, key: &str, value: &str) -> VmRunner {
         self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// The guest's memory, as qemu's `-m` takes it (default `1G`).
+    pub fn memory(mut self, memory: &str) -> VmRunner {
+        self.memory = memory.to_string();
+        self
+    }
+
+    /// The guest's CPUs (default 1; qemu emulates each on a host thread).
+    pub fn cpus(mut self, cpus: u32) -> VmRunner {
+        self.cpus = cpus;
+        self
+    }
+
+    /// Give the guest one network link on which [`HOST_ADDR`]`:port` is
+    /// the host's `127.0.0.1:port` (each connection relayed by `socat`).
+    /// Nothing else is reachable: qemu's user-mode network runs restricted,
+    /// so the guest reaches neither the host's other ports nor the outside.
+    pub fn host_port(mut self, port: u16) -> VmRunner {
+        self.host_port = Some(port);
         self
     }
 
@@ -194,6 +230,11 @@ impl VmRunner {
 
     fn script(&self, name: &str, args: &[&str]) -> String {
         let mut s = format!("export {IN_VM_ENV}=1\n");
+        if self.host_port.is_some() {
+            s.push_str(&format!(
+                "modprobe {NIC_MODULE} && ip link set eth0 up && ip addr add {GUEST_ADDR} dev eth0\n"
+            ));
+        }
         for (k, v) in &self.env {
             s.push_str(&format!("export {k}={}\n", shell_quote(v)));
         }
@@ -206,10 +247,42 @@ impl VmRunner {
         s
     }
 
+    /// qemu's network options: none, or the restricted user-mode link of
+    /// [`VmRunner::host_port`].
+    fn network(&self) -> Result<Vec<String>, VmError> {
+        let Some(port) = self.host_port else {
+            return Ok(vec!["-nic".into(), "none".into()]);
+        };
+        let socat = image::which("socat").ok_or_else(|| VmError::MissingTool("socat".into()))?;
+        let forward = format!(
+            "user,id=host,restrict=on,guestfwd=tcp:{HOST_ADDR}:{port}-cmd:{} STDIO TCP:127.0.0.1:{port}",
+            socat.display()
+        );
+        Ok(vec![
+            "-netdev".into(),
+            forward,
+            "-device".into(),
+            format!("{NIC_MODULE},netdev=host"),
+        ])
+    }
+
     fn boot(&self, initrd: &Path, on_line: &mut dyn FnMut(&str)) -> Result<VmOutput, VmError> {
-        let mut child = Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg", "-nographic", "-no-reboot", "-smp", "1"])
-            .args(["-m", &self.memory])
+        let mut qemu = Command::new("qemu-system-x86_64");
+        // qemu dies with this thread, which waits for it below: a killed
+        // harness leaves no VM (nor, their connections closed, its relays).
+        // SAFETY: prctl is async-signal-safe and only changes the child.
+        unsafe {
+            qemu.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = qemu
+            .args(["-accel", "tcg", "-nographic", "-no-reboot"])
+            .args(["-smp", &self.cpus.to_string(), "-m", &self.memory])
+            .args(self.network()?)
             .arg("-kernel")
             .arg(&self.kernel.vmlinuz)
             .arg("-initrd")

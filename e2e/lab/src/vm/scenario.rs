@@ -1,6 +1,8 @@
 //! `scenario --mode ipvs` on a host whose kernel lacks IPVS, and `scenario
 //! --vm` for any mode (eBPF on Debian's stock kernel): the same binary runs
 //! again inside the VM with the scenario files, and its lines stream back.
+//! With `--reference kube-proxy` the control plane stays on the host and
+//! kube-proxy runs in the guest ([`crate::reference::vm`]).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -13,11 +15,20 @@ use switchyard_api::ruleset::Endpoint;
 
 use super::{ExtraFile, GUEST_PAYLOAD, IN_VM_ENV, VmError, VmRunner, host_has_ipvs};
 use crate::hooks::{DataplaneFactory, KernelHooks, ModeHooks};
+use crate::reference::vm::HostSide;
 use crate::scenario::{Expected, Flow};
 
 /// Per-attempt connection timeout inside the VM at least: software emulation
 /// is slow enough that 400 ms would turn slow answers into drops.
 pub const VM_MIN_TIMEOUT_MS: u64 = 3000;
+
+/// The deadlock guard of a VM run of `files` scenario files: generous, as
+/// a file with a kube-proxy reference takes one to three minutes under
+/// emulation on a loaded machine.
+fn deadlock_guard(files: usize) -> Duration {
+    let files = u64::try_from(files).unwrap_or(u64::MAX);
+    Duration::from_secs(600_u64.saturating_add(files.saturating_mul(240)))
+}
 
 /// Whether IPVS scenarios must run in the VM: the kernel has no IPVS and we
 /// are not already inside.
@@ -27,12 +38,14 @@ pub fn needs_vm() -> bool {
 
 /// Run this scenario binary in the VM with `--mode <mode>`, `args` and
 /// `files` (already expanded to files), printing its output as it arrives;
-/// returns the VM command's exit code.
+/// returns the VM command's exit code. With `host`, the guest reaches its
+/// API server and runs kube-proxy.
 pub fn run_scenarios_in_vm(
     mode: Mode,
     args: &[String],
     files: &[String],
     timeout_ms: u64,
+    host: Option<&HostSide>,
 ) -> Result<i32, VmError> {
     let exe =
         std::env::current_exe().map_err(|e| VmError::io("find this binary", Path::new("."), e))?;
@@ -52,7 +65,11 @@ pub fn run_scenarios_in_vm(
     let mut all = vec![mode.as_str(), timeout.as_str()];
     all.extend(args.iter().map(String::as_str));
     all.extend(guest_paths.iter().map(String::as_str));
-    let mut vm = VmRunner::new()?.timeout(Duration::from_secs(900));
+    let mut vm = VmRunner::new()?.timeout(deadlock_guard(files.len()));
+    if let Some(host) = host {
+        vm = host.prepare(vm);
+        extra.extend_from_slice(host.files());
+    }
     // The harness's debugging switch reaches the guest too.
     if let Ok(v) = std::env::var("SWITCHYARD_E2E_DUMP") {
         vm = vm.env("SWITCHYARD_E2E_DUMP", &v);

@@ -29,16 +29,17 @@ pub mod wait;
 pub mod workload;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use switchyard_api::Mode;
+use switchyard_dataplane::ebpf::scratch::{self, ScratchBpffs, ScratchCgroup};
 
 use self::layout::{Layout, PROXY_CONFIG};
-use self::processes::{Agent, LeaseTiming, Operator, Programs};
+use self::processes::{Agent, EbpfPlace, LeaseTiming, Operator, Programs};
 use self::topology::Topology;
 use self::traffic::{Clients, Group};
 use crate::HarnessError;
@@ -101,6 +102,9 @@ pub struct ClusterOptions {
     pub purpose: Purpose,
     /// Namespaces are named `sy<tag>-<pid>-<n>-…`.
     pub tag: &'static str,
+    /// Give every agent a scratch bpffs and cgroup ([`EbpfPlace`]), so that
+    /// the pool may be switched to eBPF.
+    pub ebpf: bool,
 }
 
 impl ClusterOptions {
@@ -117,6 +121,7 @@ impl ClusterOptions {
             },
             purpose,
             tag: "cl",
+            ebpf: false,
         }
     }
 }
@@ -124,6 +129,8 @@ impl ClusterOptions {
 /// A running cluster. Field order is drop order.
 pub struct Cluster {
     agents: Vec<Agent>,
+    /// The agents' eBPF places, by node: removed once the agents are gone.
+    scratch: Vec<Scratch>,
     operators: Vec<Operator>,
     _operator_forwarder: Forwarder,
     /// Where the operator replicas run (a control-plane node with no links).
@@ -155,10 +162,17 @@ impl Cluster {
         objects::create(&cp.client(), &layout).await?;
         objects::endpoints_listed(&cp.client(), &layout).await?;
         let servers = traffic::start_servers(&topology)?;
+        let scratch = if options.ebpf {
+            Scratch::for_nodes(options.tag, &prefix, &topology)?
+        } else {
+            Vec::new()
+        };
         let mut agents = Vec::new();
         for n in &topology.nodes {
             let node = Layout::node_name(n.index);
-            agents.push(Agent::start(&cp, &n.node, &node, &options.programs.agent, None).await?);
+            let place = scratch.get(usize::from(n.index)).map(Scratch::place);
+            let program = &options.programs.agent;
+            agents.push(Agent::start(&cp, &n.node, &node, program, place.as_ref()).await?);
         }
         let operator_ns = Netns::create(&format!("{prefix}cp")).map_err(HarnessError::from)?;
         let operator_forwarder = cp.forward_into(&operator_ns)?;
@@ -171,6 +185,7 @@ impl Cluster {
         }
         Ok(Cluster {
             agents,
+            scratch,
             operators,
             _operator_forwarder: operator_forwarder,
             operator_ns,
@@ -222,6 +237,12 @@ impl Cluster {
             .iter()
             .find(|n| n.index == i)
             .map(|n| &n.node)
+    }
+
+    /// The cgroup node `i`'s agent attaches its socket programs to (with
+    /// [`ClusterOptions::ebpf`]): a client in it is one of the node's processes.
+    pub fn ebpf_cgroup(&self, i: u8) -> Option<&Path> {
+        self.scratch.get(usize::from(i)).map(|s| s.cgroup.dir())
     }
 
     /// The prefix of every namespace name of this cluster.
@@ -362,6 +383,51 @@ impl Cluster {
                 .map(|n| format!("network namespace {n}")),
         );
         left
+    }
+}
+
+/// One node's scratch bpffs and cgroup.
+struct Scratch {
+    bpffs: ScratchBpffs,
+    cgroup: ScratchCgroup,
+}
+
+impl Scratch {
+    /// One per node, named after the cluster's namespaces (`sy<tag>-<pid>-…`,
+    /// what [`scratch::sweep_orphans`] removes after a killed run).
+    fn for_nodes(
+        tag: &str,
+        prefix: &str,
+        topology: &Topology,
+    ) -> Result<Vec<Scratch>, ClusterError> {
+        for path in scratch::sweep_orphans(&format!("sy{tag}")) {
+            eprintln!("removed {} left by a killed run", path.display());
+        }
+        let setup = |what: &str| {
+            let what = what.to_string();
+            move |e: switchyard_dataplane::BackendError| HarnessError::Setup {
+                what,
+                message: e.to_string(),
+            }
+        };
+        topology
+            .nodes
+            .iter()
+            .map(|n| {
+                let name = format!("{prefix}n{}", n.index);
+                Ok(Scratch {
+                    bpffs: ScratchBpffs::mount(&format!("{name}-bpffs")).map_err(setup("bpffs"))?,
+                    cgroup: ScratchCgroup::create(&name).map_err(setup("cgroup"))?,
+                })
+            })
+            .collect()
+    }
+
+    fn place(&self) -> EbpfPlace {
+        EbpfPlace {
+            pin_root: self.bpffs.dir().join("switchyard"),
+            cgroup: self.cgroup.dir().to_path_buf(),
+        }
     }
 }
 

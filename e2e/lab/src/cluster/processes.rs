@@ -190,7 +190,10 @@ impl Operator {
 /// Where an agent's eBPF mode keeps its pins and attaches its socket
 /// programs (`--bpf-pin-root`, `--bpf-cgroup`): a scratch bpffs and cgroup of
 /// the lab's. An agent started without one attaches to the cgroup v2 root,
-/// the host's: the lab never switches such an agent to eBPF.
+/// the host's: the lab never switches such an agent to eBPF. An agent
+/// started with one joins the cgroup, as a DaemonSet's pod is in the node's
+/// cgroup tree: its own connects (a switch's verification probe through a
+/// Service address) meet its socket programs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EbpfPlace {
     pub pin_root: PathBuf,
@@ -203,6 +206,15 @@ impl EbpfPlace {
             format!("--bpf-pin-root={}", self.pin_root.display()),
             format!("--bpf-cgroup={}", self.cgroup.display()),
         ]
+    }
+
+    fn join(&self, pid: u32) -> Result<(), ClusterError> {
+        std::fs::write(self.cgroup.join("cgroup.procs"), pid.to_string()).map_err(|source| {
+            ClusterError::Io {
+                what: "move the agent into its eBPF cgroup",
+                source,
+            }
+        })
     }
 }
 
@@ -258,6 +270,9 @@ impl Agent {
         let env = vec![kubeconfig_env(&kubeconfig)];
         let log = format!("agent-{node}");
         let daemon = launch(cp, "node-agent", program, &args, &log, Some(ns), env)?;
+        if let Some(place) = ebpf {
+            place.join(daemon.pid())?;
+        }
         Ok(Agent {
             node: node.to_string(),
             daemon,

@@ -53,6 +53,12 @@ impl ProbedServices {
             .collect()
     }
 
+    /// The Service a switch of the pool verifies through (`namespace/name`):
+    /// every node that measures serves its endpoints.
+    pub fn verification() -> String {
+        format!("{NAMESPACE}/{}", name(0))
+    }
+
     /// Write the Services with their endpoints on side 0 (in [`NAMESPACE`],
     /// which must exist); their addresses as the API server allocated them.
     pub async fn create(client: kube::Client) -> Result<ProbedServices, HarnessError> {

@@ -36,6 +36,7 @@ use switchyard_lab::bench::versus::switchyard::{switch_agent, wait_published_and
 use switchyard_lab::bench::versus::table::Results;
 use switchyard_lab::bench::versus::{SYNC_BASE, VersusError};
 use switchyard_lab::cleanup;
+use switchyard_lab::cluster::layout::{self, Layout};
 
 #[derive(Parser)]
 #[command(about)]
@@ -91,14 +92,17 @@ fn run(cli: &Cli, results: &mut Results) -> Result<(), VersusError> {
     let began = Instant::now();
     let mut rig = Rig::start()?;
     // A mode before the first state, so that each size's first mode is a switch.
-    switch_agent(&mut rig, Mode::Nftables, SYNC_BASE)?;
+    // Verified through the demo Service: the probed ones are not published yet.
+    let demo = format!("{}/{}", layout::NAMESPACE, Layout::service_name(0));
+    switch_agent(&mut rig, Mode::Nftables, SYNC_BASE, &demo)?;
     eprintln!("versus: cluster up in {:?}", began.elapsed());
     let mut run = 0;
     for &size in &sizes {
         rig.runtime
             .block_on(rig.state.grow(size))
             .map_err(|e| VersusError::from(e).at(size, None))?;
-        wait_published_and_applied(&rig, size).map_err(|e| e.at(size, None))?;
+        wait_published_and_applied(&rig, size, &Layout::node_name(0))
+            .map_err(|e| e.at(size, None))?;
         eprintln!(
             "versus: {size} written and applied at {:?}",
             began.elapsed()

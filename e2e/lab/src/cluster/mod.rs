@@ -36,10 +36,10 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use switchyard_api::Mode;
-use switchyard_dataplane::ebpf::scratch::{self, ScratchBpffs, ScratchCgroup};
+use switchyard_dataplane::ebpf::scratch;
 
 use self::layout::{Layout, PROXY_CONFIG};
-use self::processes::{Agent, EbpfPlace, LeaseTiming, Operator, Programs};
+use self::processes::{Agent, LeaseTiming, Operator, Programs, ScratchPlace};
 use self::topology::Topology;
 use self::traffic::{Clients, Group};
 use crate::HarnessError;
@@ -130,7 +130,7 @@ impl ClusterOptions {
 pub struct Cluster {
     agents: Vec<Agent>,
     /// The agents' eBPF places, by node: removed once the agents are gone.
-    scratch: Vec<Scratch>,
+    scratch: Vec<ScratchPlace>,
     operators: Vec<Operator>,
     _operator_forwarder: Forwarder,
     /// Where the operator replicas run (a control-plane node with no links).
@@ -163,14 +163,14 @@ impl Cluster {
         objects::endpoints_listed(&cp.client(), &layout).await?;
         let servers = traffic::start_servers(&topology)?;
         let scratch = if options.ebpf {
-            Scratch::for_nodes(options.tag, &prefix, &topology)?
+            scratch_for_nodes(options.tag, &prefix, &topology)?
         } else {
             Vec::new()
         };
         let mut agents = Vec::new();
         for n in &topology.nodes {
             let node = Layout::node_name(n.index);
-            let place = scratch.get(usize::from(n.index)).map(Scratch::place);
+            let place = scratch.get(usize::from(n.index)).map(ScratchPlace::place);
             let program = &options.programs.agent;
             agents.push(Agent::start(&cp, &n.node, &node, program, place.as_ref()).await?);
         }
@@ -242,7 +242,7 @@ impl Cluster {
     /// The cgroup node `i`'s agent attaches its socket programs to (with
     /// [`ClusterOptions::ebpf`]): a client in it is one of the node's processes.
     pub fn ebpf_cgroup(&self, i: u8) -> Option<&Path> {
-        self.scratch.get(usize::from(i)).map(|s| s.cgroup.dir())
+        self.scratch.get(usize::from(i)).map(ScratchPlace::cgroup)
     }
 
     /// The prefix of every namespace name of this cluster.
@@ -386,49 +386,22 @@ impl Cluster {
     }
 }
 
-/// One node's scratch bpffs and cgroup.
-struct Scratch {
-    bpffs: ScratchBpffs,
-    cgroup: ScratchCgroup,
-}
-
-impl Scratch {
-    /// One per node, named after the cluster's namespaces (`sy<tag>-<pid>-…`,
-    /// what [`scratch::sweep_orphans`] removes after a killed run).
-    fn for_nodes(
-        tag: &str,
-        prefix: &str,
-        topology: &Topology,
-    ) -> Result<Vec<Scratch>, ClusterError> {
-        for path in scratch::sweep_orphans(&format!("sy{tag}")) {
-            eprintln!("removed {} left by a killed run", path.display());
-        }
-        let setup = |what: &str| {
-            let what = what.to_string();
-            move |e: switchyard_dataplane::BackendError| HarnessError::Setup {
-                what,
-                message: e.to_string(),
-            }
-        };
-        topology
-            .nodes
-            .iter()
-            .map(|n| {
-                let name = format!("{prefix}n{}", n.index);
-                Ok(Scratch {
-                    bpffs: ScratchBpffs::mount(&format!("{name}-bpffs")).map_err(setup("bpffs"))?,
-                    cgroup: ScratchCgroup::create(&name).map_err(setup("cgroup"))?,
-                })
-            })
-            .collect()
+/// A scratch bpffs and cgroup per node, named after the cluster's
+/// namespaces (`sy<tag>-<pid>-…`, what [`scratch::sweep_orphans`] removes
+/// after a killed run).
+fn scratch_for_nodes(
+    tag: &str,
+    prefix: &str,
+    topology: &Topology,
+) -> Result<Vec<ScratchPlace>, ClusterError> {
+    for path in scratch::sweep_orphans(&format!("sy{tag}")) {
+        eprintln!("removed {} left by a killed run", path.display());
     }
-
-    fn place(&self) -> EbpfPlace {
-        EbpfPlace {
-            pin_root: self.bpffs.dir().join("switchyard"),
-            cgroup: self.cgroup.dir().to_path_buf(),
-        }
-    }
+    topology
+        .nodes
+        .iter()
+        .map(|n| ScratchPlace::create(&format!("{prefix}n{}", n.index)))
+        .collect()
 }
 
 /// `kubectl apply -f` of `proxy_config`, written to a file as a user would; kubectl's answer.

@@ -25,6 +25,7 @@ use crate::controlplane::forward::Forwarder;
 use crate::controlplane::identity::{Identity, NAMESPACE};
 use crate::controlplane::process::{Daemon, Launch};
 use crate::netns::Netns;
+use switchyard_dataplane::ebpf::scratch::{ScratchBpffs, ScratchCgroup};
 
 /// How to start a program: the executable and the arguments before its own
 /// (`switchyard __operator` runs the operator from the CLI's executable).
@@ -215,6 +216,42 @@ impl EbpfPlace {
                 source,
             }
         })
+    }
+}
+
+/// A scratch bpffs and cgroup of the lab's for one agent (removed on drop,
+/// once the agent is gone).
+#[derive(Debug)]
+pub struct ScratchPlace {
+    bpffs: ScratchBpffs,
+    cgroup: ScratchCgroup,
+}
+
+impl ScratchPlace {
+    /// `<tmp>/<name>-bpffs` and the cgroup `<name>`.
+    pub fn create(name: &str) -> Result<ScratchPlace, ClusterError> {
+        let setup = |what: &str| {
+            let what = what.to_string();
+            move |e: switchyard_dataplane::BackendError| HarnessError::Setup {
+                what: format!("{what} {name}"),
+                message: e.to_string(),
+            }
+        };
+        Ok(ScratchPlace {
+            bpffs: ScratchBpffs::mount(&format!("{name}-bpffs")).map_err(setup("bpffs"))?,
+            cgroup: ScratchCgroup::create(name).map_err(setup("cgroup"))?,
+        })
+    }
+
+    pub fn place(&self) -> EbpfPlace {
+        EbpfPlace {
+            pin_root: self.bpffs.dir().join("switchyard"),
+            cgroup: self.cgroup.dir().to_path_buf(),
+        }
+    }
+
+    pub fn cgroup(&self) -> &Path {
+        self.cgroup.dir()
     }
 }
 

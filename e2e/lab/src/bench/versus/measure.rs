@@ -11,11 +11,13 @@ use std::time::Duration;
 
 use switchyard_api::Mode;
 
+use super::fresh::first_sync;
 use super::kube_proxy::KubeProxyNode;
 use super::rig::Rig;
 use super::switchyard::{applied_mode, switch_agent, wait_agent};
 use super::{Figures, Measured, VersusError, measure_error, sync_deadline};
 use crate::bench::connect::Latency;
+use crate::bench::probed::ProbedServices;
 use crate::bench::prober::{Prober, monotonic};
 use crate::bench::states::Size;
 use crate::procstat::Process;
@@ -35,9 +37,9 @@ struct Changed {
 }
 
 impl Changed {
-    fn into_figures(self, full: Option<Duration>) -> Figures {
+    fn into_figures(self, first: Option<Duration>) -> Figures {
         Figures {
-            full,
+            first,
             partial: self.partial,
             programming: (!self.programming.is_empty()).then(|| Latency::of(self.programming)),
             ..Figures::default()
@@ -54,11 +56,11 @@ fn changes(
     deadline: Duration,
 ) -> Result<(Changed, Changed), VersusError> {
     let kp_start = kp.as_deref().map(KubeProxyNode::counters).transpose()?;
-    let (_, agent_start) = wait_agent(rig, "metrics", |_| true)?;
+    let (_, agent_start) = wait_agent(rig.node()?, "metrics", |_| true)?;
     let (mut kp_changed, mut sy_changed) = (Changed::default(), Changed::default());
     for _ in 0..count {
         let kp_before = kp.as_deref().map(KubeProxyNode::counters).transpose()?;
-        let (_, agent_before) = wait_agent(rig, "metrics", |_| true)?;
+        let (_, agent_before) = wait_agent(rig.node()?, "metrics", |_| true)?;
         let change = rig.probed.next_change();
         if let Some(kp) = kp.as_deref_mut() {
             kp.prober.arm(change.vip, change.to, deadline)?;
@@ -71,12 +73,14 @@ fn changes(
             kp_changed.programming.push(kp.prober.seen_since(t0)?);
             kp.wait_partial(before)?;
         }
-        wait_agent(rig, "partial sync", |(_, p)| p.count > agent_before.count)?;
+        wait_agent(rig.node()?, "partial sync", |(_, p)| {
+            p.count > agent_before.count
+        })?;
     }
     if let (Some(kp), Some(start)) = (kp, kp_start) {
         kp_changed.partial = kp.counters()?.partial.mean_since(&start.partial);
     }
-    let (_, agent_end) = wait_agent(rig, "metrics", |_| true)?;
+    let (_, agent_end) = wait_agent(rig.node()?, "metrics", |_| true)?;
     sy_changed.partial = agent_end.mean_since(&agent_start);
     Ok((kp_changed, sy_changed))
 }
@@ -116,7 +120,8 @@ pub fn measure_mode(
         .as_mut()
         .map(|kp| kp.full_sync(size.services))
         .transpose()?;
-    let agent_full = switch_agent(rig, mode, deadline)?;
+    let agent_switch = switch_agent(rig, mode, deadline, &ProbedServices::verification())?;
+    let agent_first = first_sync(rig, size, mode, run)?;
     let (kp_changed, sy_changed) = changes(rig, kp.as_mut(), counts.changes, deadline)?;
     let applied = rig.runtime.block_on(applied_mode(rig))?;
     if applied != Some(mode) {
@@ -132,7 +137,8 @@ pub fn measure_mode(
         .probed
         .first()
         .ok_or_else(|| measure_error("the probed Services", "none"))?;
-    let mut switchyard = sy_changed.into_figures(agent_full);
+    let mut switchyard = sy_changed.into_figures(Some(agent_first));
+    switchyard.switch = agent_switch;
     switchyard.connect = Some(connects(&mut rig.prober, targets, counts.connects)?);
     let agent = rig
         .cluster

@@ -5,10 +5,12 @@
 //! - [`rig`]: the cluster, the states on it and the node that measures.
 //! - [`kube_proxy`]: kube-proxy in a node of its own.
 //! - [`switchyard`]: the agent's figures and its pool's mode switch.
+//! - [`fresh`]: the agent's first sync on a node new to the pool.
 //! - [`measure`]: one size and mode on both: syncs, programming latency,
 //!   connect latency, memory.
 //! - [`table`]: the one table of ratios.
 
+pub mod fresh;
 pub mod kube_proxy;
 pub mod measure;
 pub mod rig;
@@ -82,8 +84,10 @@ pub fn sync_deadline(size: Size) -> Duration {
 /// What one program measured at one size in one mode.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Figures {
-    /// Mean full sync (the agent's: its mode switch's).
-    pub full: Option<Duration>,
+    /// Mean first full sync: kube-proxy's, a fresh agent's.
+    pub first: Option<Duration>,
+    /// Mean full sync of the agent's mode switch.
+    pub switch: Option<Duration>,
     /// Mean endpoint change sync.
     pub partial: Option<Duration>,
     /// An EndpointSlice write until the new endpoint answers on the node.

@@ -19,6 +19,7 @@ use crate::cluster::processes::{Program, Programs};
 use crate::cluster::{Cluster, ClusterOptions};
 use crate::controlplane::identity::Identity;
 use crate::controlplane::workdir::Purpose;
+use crate::netns::Netns;
 use crate::reference::KUBE_PROXY_USER;
 use crate::reference::state::ClusterState;
 use crate::scenario::{NodeAddress, NodeSpec};
@@ -39,6 +40,8 @@ pub struct Rig {
     pub kp_spec: NodeSpec,
     pub kp_kubeconfig: PathBuf,
     pub agent_mode: Option<Mode>,
+    /// The agent as it ships, for fresh nodes.
+    pub agent_program: Program,
     pub runtime: tokio::runtime::Runtime,
 }
 
@@ -79,6 +82,13 @@ fn kp_spec() -> NodeSpec {
 }
 
 impl Rig {
+    /// The agent's node (the cluster's node 0).
+    pub fn node(&self) -> Result<&Netns, VersusError> {
+        self.cluster
+            .node_netns(0)
+            .ok_or_else(|| measure_error("the agent's node", "no node 0"))
+    }
+
     pub fn start() -> Result<Rig, VersusError> {
         let runtime = tokio::runtime::Runtime::new()
             .map_err(|e| measure_error("the bench's runtime", e.to_string()))?;
@@ -86,7 +96,9 @@ impl Rig {
             nodes: 1,
             services: 1,
         };
-        let mut options = ClusterOptions::new(layout, programs()?, Purpose::Test);
+        let programs = programs()?;
+        let agent_program = programs.agent.clone();
+        let mut options = ClusterOptions::new(layout, programs, Purpose::Test);
         options.tag = "vs";
         options.ebpf = true;
         let kp_spec = kp_spec();
@@ -128,6 +140,7 @@ impl Rig {
             kp_spec,
             kp_kubeconfig,
             agent_mode: None,
+            agent_program,
             runtime,
         })
     }

@@ -15,16 +15,13 @@ use crate::bench::states::{NAMESPACE, Size};
 use crate::cluster::layout::Layout;
 use crate::cluster::wait;
 use crate::metrics::{Histogram, fetch};
+use crate::netns::Netns;
 
 /// Where the agent serves `/metrics` in its node (its default).
 const AGENT_METRICS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 10249);
 
-/// The agent's full and partial sync histograms.
-pub fn agent_syncs(rig: &Rig) -> Result<(Histogram, Histogram), VersusError> {
-    let ns = rig
-        .cluster
-        .node_netns(0)
-        .ok_or_else(|| measure_error("the agent's node", "no node 0"))?;
+/// The full and partial sync histograms of the agent in node `ns`.
+pub fn agent_syncs(ns: &Netns) -> Result<(Histogram, Histogram), VersusError> {
     let text = fetch(ns, AGENT_METRICS, "node agent")?;
     let read = |name: &str| Histogram::read(&text, name, "");
     Ok((
@@ -33,16 +30,16 @@ pub fn agent_syncs(rig: &Rig) -> Result<(Histogram, Histogram), VersusError> {
     ))
 }
 
-/// Read the agent's histograms until `done` holds.
+/// Read the histograms of the agent in `ns` until `done` holds.
 pub fn wait_agent(
-    rig: &Rig,
+    ns: &Netns,
     what: &str,
     done: impl Fn(&(Histogram, Histogram)) -> bool,
 ) -> Result<(Histogram, Histogram), VersusError> {
     let began = Instant::now();
     loop {
         // Not serving yet (the first mode's HTTP server): nothing seen.
-        let seen = agent_syncs(rig).unwrap_or_default();
+        let seen = agent_syncs(ns).unwrap_or_default();
         if done(&seen) {
             return Ok(seen);
         }
@@ -57,10 +54,9 @@ pub fn wait_agent(
 }
 
 /// Wait until the operator has published `size` (every bench Service with
-/// its endpoints) and the agent has applied those shards.
-pub fn wait_published_and_applied(rig: &Rig, size: Size) -> Result<(), VersusError> {
+/// its endpoints) and the agent of `node` has applied those shards.
+pub fn wait_published_and_applied(rig: &Rig, size: Size, node: &str) -> Result<(), VersusError> {
     let client = rig.cluster.client();
-    let node = Layout::node_name(0);
     let shards = wait::until(
         Api::<ProxyRuleset>::all(client.clone()),
         "the operator's shards to hold the state",
@@ -96,7 +92,7 @@ pub fn wait_published_and_applied(rig: &Rig, size: Size) -> Result<(), VersusErr
         |nodes| {
             let status = nodes
                 .iter()
-                .find(|n| n.name_any() == node)
+                .find(|n| n.name_any() == *node)
                 .and_then(|n| n.status.as_ref());
             // Generations only grow within a layout: the node is current when
             // it applied this layout's shards with at least their sum.
@@ -123,29 +119,9 @@ pub fn wait_published_and_applied(rig: &Rig, size: Size) -> Result<(), VersusErr
     Ok(rig.runtime.block_on(applied)?)
 }
 
-/// Move the agent's pool to `mode` as a user would (the first time, apply
-/// the ProxyConfig), with a verification timeout of `deadline` (else the
-/// operator rolls a large state's switch back); the mean full sync the
-/// switch made.
-pub fn switch_agent(
-    rig: &mut Rig,
-    mode: Mode,
-    deadline: Duration,
-) -> Result<Option<Duration>, VersusError> {
-    let (full, _) = wait_agent(rig, "metrics", |_| true)?;
-    if rig.agent_mode == Some(mode) {
-        return Ok(None);
-    }
-    if rig.agent_mode.is_none() {
-        drop(rig.cluster.apply_proxy_config(mode, 1)?);
-    }
-    let secs = deadline.as_secs();
-    let patch = format!(
-        r#"{{"spec":{{"mode":"{mode}","rollout":{{"verification":{{"timeout":"{secs}s"}}}}}}}}"#
-    );
-    drop(rig.cluster.patch_proxy_config(&patch)?);
-    let node = Layout::node_name(0);
-    let switched = wait::until(
+/// Wait until the agent of `node` runs `mode` and no switch is under way.
+pub fn wait_settled(rig: &Rig, node: &str, mode: Mode) -> Result<(), VersusError> {
+    let settled = wait::until(
         Api::<ProxyNode>::all(rig.cluster.client()),
         "the agent to switch",
         WAIT,
@@ -158,9 +134,36 @@ pub fn switch_agent(
             }
         },
     );
-    rig.runtime.block_on(switched)?;
+    Ok(rig.runtime.block_on(settled)?)
+}
+
+/// Move the agent's pool to `mode` as a user would (the first time, apply
+/// the ProxyConfig), verified through port 80 of `verification`
+/// (`namespace/name`) with a timeout of `deadline` (else the operator rolls
+/// a large state's switch back); the mean full sync the switch made.
+pub fn switch_agent(
+    rig: &mut Rig,
+    mode: Mode,
+    deadline: Duration,
+    verification: &str,
+) -> Result<Option<Duration>, VersusError> {
+    let ns = rig.node()?;
+    let (full, _) = wait_agent(ns, "metrics", |_| true)?;
+    if rig.agent_mode == Some(mode) {
+        return Ok(None);
+    }
+    if rig.agent_mode.is_none() {
+        drop(rig.cluster.apply_proxy_config(mode, 1)?);
+    }
+    let secs = deadline.as_secs();
+    let patch = serde_json::json!({"spec": {"mode": mode.as_str(), "rollout": {"verification": {
+        "service": verification,
+        "timeout": format!("{secs}s"),
+    }}}});
+    drop(rig.cluster.patch_proxy_config(&patch.to_string())?);
+    wait_settled(rig, &Layout::node_name(0), mode)?;
     rig.agent_mode = Some(mode);
-    let (after, _) = wait_agent(rig, "full sync", |(f, _)| f.count > full.count)?;
+    let (after, _) = wait_agent(rig.node()?, "full sync", |(f, _)| f.count > full.count)?;
     Ok(after.mean_since(&full))
 }
 

@@ -9,6 +9,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use switchyard_testkit::echo;
 
+use super::probed::ProbedServices;
+use super::states::TARGET_PORT;
 use crate::HarnessError;
 use crate::netns::Netns;
 
@@ -24,15 +26,15 @@ pub struct EchoPods {
 }
 
 impl EchoPods {
-    /// Pods named `name` behind `node`, with `addresses`, each serving TCP
-    /// `port`; `service_cidr` is routed to them too when given.
+    /// Pods named `name` behind `node`, with every address of the probed
+    /// Services' endpoints, each serving their port; `service_cidr` is
+    /// routed to them too when given.
     pub fn attach(
         node: &Netns,
         name: &str,
-        addresses: &[Ipv4Addr],
-        port: u16,
         service_cidr: Option<&str>,
     ) -> Result<EchoPods, HarnessError> {
+        let addresses = ProbedServices::addresses();
         let pods = Netns::create(name)?;
         let mut on_node = vec![
             format!(
@@ -56,7 +58,11 @@ impl EchoPods {
         ]);
         pods.batch(&on_pods)?;
         for a in addresses {
-            echo::serve(&pods, SocketAddr::from((*a, port)), Some(&a.to_string()))?;
+            echo::serve(
+                &pods,
+                SocketAddr::from((a, TARGET_PORT)),
+                Some(&a.to_string()),
+            )?;
         }
         Ok(EchoPods { _pods: pods })
     }

@@ -17,8 +17,7 @@ use super::switchyard::{wait_agent, wait_published_and_applied, wait_settled};
 use super::{VersusError, measure_error};
 use crate::HarnessError;
 use crate::bench::echo_pods::EchoPods;
-use crate::bench::probed::ProbedServices;
-use crate::bench::states::{Size, TARGET_PORT};
+use crate::bench::states::Size;
 use crate::cluster::layout::Layout;
 use crate::cluster::objects::{create_node, delete_node};
 use crate::cluster::processes::{Agent, ScratchPlace};
@@ -49,13 +48,7 @@ pub fn first_sync(rig: &Rig, size: Size, mode: Mode, run: usize) -> Result<Durat
         "link set lan0 up".to_string(),
     ])
     .map_err(HarnessError::from)?;
-    let _pods = EchoPods::attach(
-        &ns,
-        &format!("{ns_name}p"),
-        &ProbedServices::addresses(),
-        TARGET_PORT,
-        Some(SERVICE_CIDR),
-    )?;
+    let _pods = EchoPods::attach(&ns, &format!("{ns_name}p"), Some(SERVICE_CIDR))?;
     let scratch = ScratchPlace::create(&ns_name)?;
     let cp = rig.cluster.control_plane();
     rig.runtime.block_on(create_node(&cp.client(), i))?;

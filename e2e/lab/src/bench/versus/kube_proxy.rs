@@ -13,9 +13,8 @@ use super::rig::{KP_IP, Rig};
 use super::{VersusError, measure_error, sync_deadline};
 use crate::HarnessError;
 use crate::bench::echo_pods::EchoPods;
-use crate::bench::probed::ProbedServices;
 use crate::bench::prober::Prober;
-use crate::bench::states::{Size, TARGET_PORT};
+use crate::bench::states::Size;
 use crate::controlplane::SERVICE_CIDR;
 use crate::controlplane::forward::Forwarder;
 use crate::metrics::Histogram;
@@ -59,13 +58,7 @@ impl KubeProxyNode {
         )?;
         kube_proxy.set_timeout(sync_deadline(size));
         // Its only link: Service addresses need a route for its rules to act on.
-        let pods = EchoPods::attach(
-            &ns,
-            &format!("{name}p"),
-            &ProbedServices::addresses(),
-            TARGET_PORT,
-            Some(SERVICE_CIDR),
-        )?;
+        let pods = EchoPods::attach(&ns, &format!("{name}p"), Some(SERVICE_CIDR))?;
         let prober = Prober::start(&ns, None)?;
         Ok(KubeProxyNode {
             prober,

@@ -13,7 +13,7 @@ use super::{VersusError, measure_error};
 use crate::bench::echo_pods::EchoPods;
 use crate::bench::probed::ProbedServices;
 use crate::bench::prober::Prober;
-use crate::bench::states::{BenchState, TARGET_PORT};
+use crate::bench::states::BenchState;
 use crate::cluster::layout::{CLUSTER_CIDR, Layout};
 use crate::cluster::processes::{Program, Programs};
 use crate::cluster::{Cluster, ClusterOptions};
@@ -123,13 +123,7 @@ impl Rig {
         let node = cluster
             .node_netns(0)
             .ok_or_else(|| measure_error("the agent's node", "no node 0"))?;
-        let pods = EchoPods::attach(
-            node,
-            &format!("{}n0probed", cluster.netns_prefix()),
-            &ProbedServices::addresses(),
-            TARGET_PORT,
-            None,
-        )?;
+        let pods = EchoPods::attach(node, &format!("{}n0probed", cluster.netns_prefix()), None)?;
         let prober = Prober::start(node, cluster.ebpf_cgroup(0))?;
         Ok(Rig {
             prober,

@@ -40,11 +40,13 @@ pub fn first_sync(rig: &Rig, size: Size, mode: Mode, run: usize) -> Result<Durat
     let name = Layout::node_name(i);
     let ns_name = format!("{}f{run}", rig.cluster.netns_prefix());
     let ns = Netns::create(&ns_name).map_err(HarnessError::from)?;
-    // Its address on a link: the eBPF mode's tc programs attach to the
+    // Its address on a link (a veth whose peer stays in the namespace: this
+    // kernel has no dummy links): the eBPF mode's tc programs attach to the
     // links that hold the node's addresses.
     ns.batch(&[
-        "link add lan0 type dummy".to_string(),
+        "link add lan0 type veth peer name lan1".to_string(),
         format!("addr add {}/24 dev lan0", Layout::node_ip(i)),
+        "link set lan1 up".to_string(),
         "link set lan0 up".to_string(),
     ])
     .map_err(HarnessError::from)?;

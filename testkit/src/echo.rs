@@ -45,8 +45,16 @@ fn serve_one(mut conn: TcpStream, greeting: Option<&str>) {
 /// Connect from the calling thread's namespace to a greeting server at
 /// `addr` and read its greeting line; the connection stays open.
 pub fn ask_greeting(addr: SocketAddr) -> std::io::Result<(String, TcpStream)> {
-    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    ask_greeting_within(addr, Duration::from_secs(5))
+}
+
+/// As [`ask_greeting`], the connect and the read each given `timeout`.
+pub fn ask_greeting_within(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<(String, TcpStream)> {
+    let mut conn = TcpStream::connect_timeout(&addr, timeout)?;
+    conn.set_read_timeout(Some(timeout))?;
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     while conn.read(&mut byte)? == 1 && byte[0] != b'\n' {

@@ -122,12 +122,21 @@ impl Drop for Children {
 
 /// Start this binary with `args` inside `ns`.
 pub(crate) fn spawn_in(ns: &Netns, args: &[String]) -> Result<Child, HarnessError> {
+    spawn(ns, args, Stdio::null())
+}
+
+/// As [`spawn_in`], with a pipe to the child's stdin.
+pub(crate) fn spawn_in_with_stdin(ns: &Netns, args: &[String]) -> Result<Child, HarnessError> {
+    spawn(ns, args, Stdio::piped())
+}
+
+fn spawn(ns: &Netns, args: &[String], stdin: Stdio) -> Result<Child, HarnessError> {
     let exe = std::env::current_exe().map_err(|source| HarnessError::Spawn {
         what: "current executable".into(),
         source,
     })?;
     let mut cmd = Command::new(exe);
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
+    cmd.args(args).stdin(stdin).stdout(Stdio::piped());
     netns::enter_on_exec(&mut cmd, ns.open()?);
     cmd.spawn().map_err(|source| HarnessError::Spawn {
         what: format!(

@@ -25,8 +25,9 @@ pub const NAMESPACE: &str = "bench";
 const MANAGER: &str = "switchyard-bench";
 /// Writes in flight at once: enough to keep the API server busy.
 const IN_FLIGHT: usize = 32;
-const PORT: i32 = 80;
-const TARGET_PORT: i32 = 8080;
+/// Every Service's port, and its endpoints' port.
+pub const PORT: u16 = 80;
+pub const TARGET_PORT: u16 = 8080;
 
 /// A state's size: `SERVICESxENDPOINTS` on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -67,16 +68,18 @@ fn meta(name: String, labels: Option<BTreeMap<String, String>>) -> ObjectMeta {
     }
 }
 
-fn service(i: usize) -> Service {
+/// Service `name` in [`NAMESPACE`]: a ClusterIP whose address the API
+/// server allocates, one TCP port.
+pub(super) fn service(name: String) -> Service {
     let port = ServicePort {
         name: Some("http".into()),
-        port: PORT,
+        port: i32::from(PORT),
         protocol: Some("TCP".into()),
-        target_port: Some(IntOrString::Int(TARGET_PORT)),
+        target_port: Some(IntOrString::Int(i32::from(TARGET_PORT))),
         ..ServicePort::default()
     };
     Service {
-        metadata: meta(service_name(i), None),
+        metadata: meta(name, None),
         spec: Some(ServiceSpec {
             ports: Some(vec![port]),
             ..ServiceSpec::default()
@@ -91,14 +94,10 @@ fn endpoint_ip(i: usize, per: usize, k: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 64, 0, 0)).saturating_add(n))
 }
 
-/// The address the `n`th single-endpoint change moves an endpoint to.
-fn changed_ip(n: u32) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)).saturating_add(n))
-}
-
-fn slice(i: usize, ips: impl Iterator<Item = Ipv4Addr>) -> EndpointSlice {
+/// The one EndpointSlice of Service `service`, its ready endpoints at `ips`.
+pub(super) fn slice(service: &str, ips: impl Iterator<Item = Ipv4Addr>) -> EndpointSlice {
     let labels = [
-        ("kubernetes.io/service-name", service_name(i)),
+        ("kubernetes.io/service-name", service.to_string()),
         ("endpointslice.kubernetes.io/managed-by", MANAGER.into()),
     ];
     let endpoint = |ip: Ipv4Addr| Endpoint {
@@ -112,21 +111,26 @@ fn slice(i: usize, ips: impl Iterator<Item = Ipv4Addr>) -> EndpointSlice {
     };
     EndpointSlice {
         metadata: meta(
-            format!("{}-bench", service_name(i)),
+            slice_name(service),
             Some(labels.map(|(k, v)| (k.to_string(), v)).into()),
         ),
         address_type: "IPv4".into(),
         endpoints: ips.map(endpoint).collect(),
         ports: Some(vec![EndpointPort {
             name: Some("http".into()),
-            port: Some(TARGET_PORT),
+            port: Some(i32::from(TARGET_PORT)),
             protocol: Some("TCP".into()),
             ..EndpointPort::default()
         }]),
     }
 }
 
-async fn apply<K>(api: &Api<K>, name: &str, object: &K) -> Result<(), ControlPlaneError>
+pub(super) fn slice_name(service: &str) -> String {
+    format!("{service}-bench")
+}
+
+/// Server-side apply of `object` named `name` in [`NAMESPACE`].
+pub(super) async fn apply<K>(api: &Api<K>, name: &str, object: &K) -> Result<(), ControlPlaneError>
 where
     K: Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
@@ -148,7 +152,6 @@ pub struct BenchState {
     client: kube::Client,
     /// Endpoints per Service written so far, by Service index.
     endpoints: Vec<usize>,
-    changes: u32,
 }
 
 impl BenchState {
@@ -165,7 +168,6 @@ impl BenchState {
         Ok(BenchState {
             client,
             endpoints: Vec::new(),
-            changes: 0,
         })
     }
 
@@ -183,7 +185,7 @@ impl BenchState {
         futures::stream::iter(have..size.services)
             .map(|i| {
                 let services = &services;
-                async move { apply(services, &service_name(i), &service(i)).await }
+                async move { apply(services, &service_name(i), &service(service_name(i))).await }
             })
             .buffer_unordered(IN_FLIGHT)
             .try_collect::<()>()
@@ -195,9 +197,10 @@ impl BenchState {
             .collect();
         futures::stream::iter(stale.iter().copied())
             .map(|i| {
-                let (slices, object) =
-                    (&slices, slice(i, (0..per).map(|k| endpoint_ip(i, per, k))));
-                async move { apply(slices, &format!("{}-bench", service_name(i)), &object).await }
+                let name = service_name(i);
+                let object = slice(&name, (0..per).map(|k| endpoint_ip(i, per, k)));
+                let slices = &slices;
+                async move { apply(slices, &slice_name(&name), &object).await }
             })
             .buffer_unordered(IN_FLIGHT)
             .try_collect::<()>()
@@ -206,27 +209,6 @@ impl BenchState {
             self.endpoints[i] = per;
         }
         Ok(())
-    }
-
-    /// Move one endpoint of one Service to a new address (a Pod replaced):
-    /// each call a different Service, its first endpoint.
-    pub async fn change_one_endpoint(&mut self) -> Result<(), ControlPlaneError> {
-        let n = self.endpoints.len();
-        if n == 0 {
-            return Ok(());
-        }
-        self.changes += 1;
-        let i = usize::try_from(self.changes).unwrap_or(0) % n;
-        let per = self.endpoints[i];
-        let ips = std::iter::once(changed_ip(self.changes))
-            .chain((1..per).map(|k| endpoint_ip(i, per, k)));
-        let slices = Api::<EndpointSlice>::namespaced(self.client.clone(), NAMESPACE);
-        apply(
-            &slices,
-            &format!("{}-bench", service_name(i)),
-            &slice(i, ips),
-        )
-        .await
     }
 }
 
@@ -250,7 +232,7 @@ mod tests {
         assert_eq!(endpoint_ip(0, 5, 0), Ipv4Addr::new(10, 64, 0, 1));
         assert_eq!(endpoint_ip(1, 5, 0), Ipv4Addr::new(10, 64, 0, 6));
         assert_eq!(endpoint_ip(43_999, 5, 4), Ipv4Addr::new(10, 67, 91, 96));
-        let s = slice(7, [Ipv4Addr::new(10, 0, 0, 1)].into_iter());
+        let s = slice("svc-7", [Ipv4Addr::new(10, 0, 0, 1)].into_iter());
         let labels = s.metadata.labels.unwrap();
         assert_eq!(labels["kubernetes.io/service-name"], "svc-7");
         assert_eq!(s.endpoints.len(), 1);

@@ -13,7 +13,7 @@
 //! `--quick` is a smoke run small enough for a test.
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +32,7 @@ use switchyard_dataplane::nftables::table_count::TableCount;
 use switchyard_dataplane::settings::{LocalDetector, Settings};
 use switchyard_dataplane::{ApplyStats, Dataplane, for_mode};
 use switchyard_lab::agent::NodeAgent;
+use switchyard_lab::bench::connect::{Latency, connects};
 use switchyard_lab::bench::table::{micros, ratio, secs};
 use switchyard_lab::cleanup;
 use switchyard_lab::netns::{Netns, NetnsError};
@@ -390,44 +391,6 @@ fn bench_sync(
     })
 }
 
-struct Latency {
-    median: Duration,
-    p99: Duration,
-}
-
-fn latency(mut samples: Vec<Duration>) -> Latency {
-    samples.sort();
-    let at = |q: f64| {
-        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
-        samples.get(i).copied().unwrap_or_default()
-    };
-    Latency {
-        median: at(0.5),
-        p99: at(0.99),
-    }
-}
-
-/// Connect `count` times to each target alternately; per-target latencies.
-fn connects(targets: &[SocketAddr], count: usize) -> Result<Vec<Latency>, BenchError> {
-    let mut samples = vec![Vec::with_capacity(count); targets.len()];
-    for _ in 0..count {
-        for (i, t) in targets.iter().enumerate() {
-            let start = Instant::now();
-            let stream =
-                TcpStream::connect_timeout(t, Duration::from_secs(2)).map_err(|source| {
-                    BenchError::Io {
-                        what: "connect",
-                        source,
-                    }
-                })?;
-            samples[i].push(start.elapsed());
-            // Reset instead of TIME_WAIT, so thousands of connects do not pile up.
-            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-        }
-    }
-    Ok(samples.into_iter().map(latency).collect())
-}
-
 /// Latency per variant: (direct, vip) at `services` services.
 fn bench_latency(
     variants: &[Variant],
@@ -473,7 +436,12 @@ fn bench_latency(
     for &variant in variants {
         let agent = start_agent(&node_ns, variant)?;
         sync_timed(&agent, variant.mode, link(&ruleset, &node()))?;
-        let measured = node_ns.run(|| connects(&[direct, service], count))??;
+        let measured = node_ns
+            .run(|| connects(&[direct, service], count))?
+            .map_err(|source| BenchError::Io {
+                what: "connect",
+                source,
+            })?;
         agent.remove()?;
         let mut it = measured.into_iter();
         if let (Some(d), Some(v)) = (it.next(), it.next()) {
@@ -555,11 +523,11 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
         println!(
             "| {} | {} | {} | {} | {} | {} | {} |",
             variant.label(),
-            micros(d.median),
+            micros(d.p50),
             micros(d.p99),
-            micros(v.median),
+            micros(v.p50),
             micros(v.p99),
-            ratio(v.median, d.median),
+            ratio(v.p50, d.p50),
             ratio(v.p99, d.p99)
         );
     }

@@ -29,14 +29,13 @@ pub mod traffic;
 pub mod wait;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use switchyard_api::Mode;
-
 use switchyard_api::ruleset::Protocol;
 use switchyard_dataplane::ebpf::scratch;
 
@@ -244,6 +243,14 @@ impl Cluster {
             .iter()
             .find(|n| n.index == i)
             .map(|n| &n.node)
+    }
+
+    /// The cgroup node `i`'s agent attaches its socket programs to: a client
+    /// in it is one of the node's processes.
+    pub fn ebpf_cgroup(&self, i: u8) -> Option<&Path> {
+        self.bpf
+            .get(usize::from(i))
+            .map(|b| b.place().cgroup.as_path())
     }
 
     /// The prefix of every namespace name of this cluster.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -57,6 +57,29 @@ where
     .map_err(api_err(format!("write the status of {name}")))
 }
 
+/// Create Node `i` of the layout ([`Layout::node`]), with the addresses a
+/// kubelet would report: a node of the pool.
+pub async fn create_node(client: &Client, i: u8) -> Result<(), ClusterError> {
+    let nodes = Api::<Node>::all(client.clone());
+    let (node, status) = typed::<Node>(Layout::node(i))?;
+    let name = node.name_any();
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .map_err(api_err(format!("create Node {name}")))?;
+    report(&nodes, &name, status).await
+}
+
+/// Delete Node `i` of the layout (its ProxyNode goes with it, by owner).
+pub async fn delete_node(client: &Client, i: u8) -> Result<(), ClusterError> {
+    let name = Layout::node_name(i);
+    Api::<Node>::all(client.clone())
+        .delete(&name, &DeleteParams::default())
+        .await
+        .map(drop)
+        .map_err(api_err(format!("delete Node {name}")))
+}
+
 /// Create every object of `layout`.
 pub async fn create(client: &Client, layout: &Layout) -> Result<(), ClusterError> {
     let post = PostParams::default();
@@ -71,15 +94,8 @@ pub async fn create(client: &Client, layout: &Layout) -> Result<(), ClusterError
         .create(&post, &namespace)
         .await
         .map_err(api_err(format!("create Namespace {NAMESPACE}")))?;
-    let nodes = Api::<Node>::all(client.clone());
     for i in 0..layout.nodes {
-        let (node, status) = typed::<Node>(Layout::node(i))?;
-        let name = node.name_any();
-        nodes
-            .create(&post, &node)
-            .await
-            .map_err(api_err(format!("create Node {name}")))?;
-        report(&nodes, &name, status).await?;
+        create_node(client, i).await?;
     }
     let services = Api::<Service>::namespaced(client.clone(), NAMESPACE);
     for k in 0..layout.services {

@@ -411,6 +411,7 @@ mod tests {
             endpoints: BTreeSet::new(),
             period: Duration::from_millis(10),
             timeout: Duration::from_millis(1000),
+            long_lived: 1,
         };
         let bound = Some("10.180.0.9:40001".parse().unwrap());
         let line = failed_new(&stream, 1234, bound, &Attempt::Timeout);

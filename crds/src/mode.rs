@@ -27,7 +27,7 @@ pub enum Mode {
     Iptables,
     /// IPVS virtual servers over netlink, with ipsets and a few iptables rules.
     Ipvs,
-    /// One nftables table per family with verdict maps.
+    /// nftables tables per family (one up to 5000 service ports) with verdict maps.
     Nftables,
     /// Socket-level load balancing on cgroup hooks plus tc programs.
     Ebpf,

@@ -6,7 +6,9 @@
 //! re-list never shows a partial view; an unreachable API server leaves them
 //! holding the last state, and the agent keeps the last applied rules.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -16,6 +18,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use switchyard_api::{ProxyConfig, ProxyNode, ProxyRuleset};
 
@@ -79,30 +82,116 @@ impl Watches {
     }
 }
 
+/// What of an object the agent acts on, as a hash: an update that leaves it
+/// alone (the agent's own status write coming back, a Node's heartbeat, the
+/// operator's rollout status) is no change. Each one made a sync pass, and
+/// the pass held the next real change back by the minimum sync period.
+type Fingerprint<K> = fn(&K) -> u64;
+
+fn hash_of(value: &impl Serialize) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    serde_json::to_vec(value)
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A Node: its labels (topology zone), spec and addresses.
+fn node_fingerprint(node: &Node) -> u64 {
+    let addresses = node.status.as_ref().map(|s| &s.addresses);
+    hash_of(&(&node.metadata.labels, &node.spec, addresses))
+}
+
+fn spec_fingerprint<K: Resource + HasSpec>(object: &K) -> u64 {
+    hash_of(object.spec_value())
+}
+
+/// Objects whose spec is all the agent acts on.
+trait HasSpec {
+    type Spec: Serialize;
+    fn spec_value(&self) -> &Self::Spec;
+}
+
+impl HasSpec for ProxyNode {
+    type Spec = switchyard_api::ProxyNodeSpec;
+    fn spec_value(&self) -> &Self::Spec {
+        &self.spec
+    }
+}
+
+impl HasSpec for ProxyConfig {
+    type Spec = switchyard_api::ProxyConfigSpec;
+    fn spec_value(&self) -> &Self::Spec {
+        &self.spec
+    }
+}
+
+/// A shard: every new version.
+fn version_fingerprint<K: Resource>(object: &K) -> u64 {
+    hash_of(&object.meta().resource_version)
+}
+
+/// The fingerprint each object of a watch had when last seen.
+struct Seen<K> {
+    fingerprint: Fingerprint<K>,
+    last: HashMap<(Option<String>, Option<String>), u64>,
+}
+
+impl<K: Resource> Seen<K> {
+    fn new(fingerprint: Fingerprint<K>) -> Seen<K> {
+        Seen {
+            fingerprint,
+            last: HashMap::new(),
+        }
+    }
+
+    /// Whether `event` may change what the agent does.
+    fn changed(&mut self, event: &watcher::Event<K>) -> bool {
+        let key = |o: &K| (o.meta().namespace.clone(), o.meta().name.clone());
+        match event {
+            watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                let print = (self.fingerprint)(o);
+                self.last.insert(key(o), print) != Some(print)
+                    || matches!(event, watcher::Event::InitApply(_))
+            }
+            watcher::Event::Delete(o) => {
+                self.last.remove(&key(o));
+                true
+            }
+            watcher::Event::Init | watcher::Event::InitDone => true,
+        }
+    }
+}
+
 fn watch<K>(
     api: Api<K>,
     config: watcher::Config,
     source: Source,
+    fingerprint: Fingerprint<K>,
     listed: Arc<[AtomicBool; 4]>,
 ) -> (Store<K>, BoxStream<'static, WatchEvent>)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + fmt::Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
+    let mut seen = Seen::new(fingerprint);
     let stream = watcher(api, config)
         .default_backoff()
         .reflect(writer)
-        .map(move |event| match event {
-            Ok(event) => {
-                if matches!(event, watcher::Event::InitDone) {
-                    listed[source as usize].store(true, Ordering::Release);
+        .filter_map(move |event| {
+            let out = match event {
+                Ok(event) => {
+                    if matches!(event, watcher::Event::InitDone) {
+                        listed[source as usize].store(true, Ordering::Release);
+                    }
+                    seen.changed(&event).then_some(WatchEvent::Changed(source))
                 }
-                WatchEvent::Changed(source)
-            }
-            Err(e) => WatchEvent::Failed {
-                source,
-                error: e.to_string(),
-            },
+                Err(e) => Some(WatchEvent::Failed {
+                    source,
+                    error: e.to_string(),
+                }),
+            };
+            futures::future::ready(out)
         })
         .boxed();
     (reader, stream)
@@ -122,24 +211,28 @@ pub fn start(
         Api::<Node>::all(client.clone()),
         by_name.clone(),
         Source::Node,
+        node_fingerprint,
         listed.clone(),
     );
     let (proxy_node, s2) = watch(
         Api::<ProxyNode>::all(client.clone()),
         by_name,
         Source::ProxyNode,
+        spec_fingerprint,
         listed.clone(),
     );
     let (configs, s3) = watch(
         Api::<ProxyConfig>::all(client.clone()),
         watcher::Config::default(),
         Source::ProxyConfig,
+        spec_fingerprint,
         listed.clone(),
     );
     let (shards, s4) = watch(
         Api::<ProxyRuleset>::all(client),
         watcher::Config::default(),
         Source::ProxyRuleset,
+        version_fingerprint,
         listed.clone(),
     );
     let events: SelectAll<BoxStream<'static, WatchEvent>> =
@@ -152,4 +245,78 @@ pub fn start(
         shards,
     };
     (watches, events)
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{NodeAddress, NodeCondition, NodeStatus};
+    use switchyard_api::proxynode::ProxyNodeStatus;
+    use switchyard_api::{Mode, ProxyNodeSpec};
+
+    use super::*;
+
+    fn apply<K>(o: &K) -> watcher::Event<K>
+    where
+        K: Clone,
+    {
+        watcher::Event::Apply(o.clone())
+    }
+
+    /// The agent's own status write came back as a ProxyNode event and made a
+    /// sync pass, which held the next shard change back by the minimum sync
+    /// period (about a second of every change's programming latency).
+    #[test]
+    fn the_agents_own_status_write_is_no_change_its_spec_is() {
+        let mut seen = Seen::new(spec_fingerprint::<ProxyNode>);
+        let mut node = ProxyNode::new("a", ProxyNodeSpec::default());
+        assert!(seen.changed(&apply(&node)), "first seen");
+        node.status = Some(ProxyNodeStatus {
+            applied_mode: Some(Mode::Nftables),
+            ..ProxyNodeStatus::default()
+        });
+        node.metadata.resource_version = Some("2".into());
+        assert!(!seen.changed(&apply(&node)), "status only");
+        node.spec.target_mode = Some(Mode::Iptables);
+        assert!(seen.changed(&apply(&node)), "spec");
+        assert!(seen.changed(&watcher::Event::Delete(node.clone())));
+        assert!(seen.changed(&apply(&node)), "seen again after its deletion");
+    }
+
+    #[test]
+    fn a_nodes_heartbeat_is_no_change_its_addresses_and_labels_are() {
+        let mut seen = Seen::new(node_fingerprint);
+        let mut node = Node::default();
+        node.metadata.name = Some("a".into());
+        assert!(seen.changed(&apply(&node)));
+        node.status = Some(NodeStatus {
+            conditions: Some(vec![NodeCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..NodeCondition::default()
+            }]),
+            ..NodeStatus::default()
+        });
+        assert!(!seen.changed(&apply(&node)), "conditions only");
+        node.status.as_mut().unwrap().addresses = Some(vec![NodeAddress {
+            type_: "InternalIP".into(),
+            address: "192.168.0.2".into(),
+        }]);
+        assert!(seen.changed(&apply(&node)), "addresses");
+        node.metadata.labels =
+            Some([("topology.kubernetes.io/zone".to_string(), "z".to_string())].into());
+        assert!(seen.changed(&apply(&node)), "labels");
+    }
+
+    #[test]
+    fn every_new_version_of_a_shard_is_a_change_and_a_relist_is_one() {
+        let mut seen = Seen::new(version_fingerprint::<ProxyNode>);
+        let mut shard = ProxyNode::new("s", ProxyNodeSpec::default());
+        shard.metadata.resource_version = Some("1".into());
+        assert!(seen.changed(&apply(&shard)));
+        assert!(!seen.changed(&apply(&shard)), "the same version again");
+        shard.metadata.resource_version = Some("2".into());
+        assert!(seen.changed(&apply(&shard)));
+        assert!(seen.changed(&watcher::Event::InitApply(shard.clone())));
+        assert!(seen.changed(&watcher::Event::InitDone));
+    }
 }

@@ -47,8 +47,16 @@ impl Changed {
     }
 }
 
+/// Between two changes' writes at least: the operator publishes, and the
+/// agent syncs, at most once per second (kube-proxy's `minSyncPeriod`
+/// default), so a change written sooner after the last one waits out that
+/// second on our side (kube-proxy runs here with a minimum period of 0).
+/// Spaced, each change is measured as a change alone is programmed.
+const CHANGE_GAP: Duration = Duration::from_millis(1100);
+
 /// `count` single-endpoint changes of the probed Services, each programmed
-/// by both (by the agent alone without kube-proxy) before the next.
+/// by both (by the agent alone without kube-proxy) before the next, and
+/// written [`CHANGE_GAP`] after it.
 fn changes(
     rig: &mut Rig,
     mut kp: Option<&mut KubeProxyNode>,
@@ -58,7 +66,11 @@ fn changes(
     let kp_start = kp.as_deref().map(KubeProxyNode::counters).transpose()?;
     let (_, agent_start) = wait_agent(rig.node()?, "metrics", |_| true)?;
     let (mut kp_changed, mut sy_changed) = (Changed::default(), Changed::default());
+    let mut last_write: Option<std::time::Instant> = None;
     for _ in 0..count {
+        if let Some(last) = last_write {
+            std::thread::sleep(CHANGE_GAP.saturating_sub(last.elapsed()));
+        }
         let kp_before = kp.as_deref().map(KubeProxyNode::counters).transpose()?;
         let (_, agent_before) = wait_agent(rig.node()?, "metrics", |_| true)?;
         let change = rig.probed.next_change();
@@ -67,6 +79,7 @@ fn changes(
         }
         rig.prober.arm(change.vip, change.to, deadline)?;
         let t0 = monotonic();
+        last_write = Some(std::time::Instant::now());
         rig.runtime.block_on(rig.probed.write(&change))?;
         sy_changed.programming.push(rig.prober.seen_since(t0)?);
         if let (Some(kp), Some(before)) = (kp.as_deref_mut(), &kp_before) {

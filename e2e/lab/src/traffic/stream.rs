@@ -350,9 +350,10 @@ fn new_until_stopped(stream: &Stream, shared: &Shared) {
             (Attempt::Reply { server, .. }, _) if stream.endpoints.contains(&server) => {}
             (failed, bound) => {
                 // Every one on stderr (when, from which port); the first as the stream's failure.
-                let line = failed_new(stream, started, bound, &failed);
-                eprintln!("{line}");
-                lose(&shared.new_failed, || line);
+                eprintln!("{}", failed_new(stream, started, bound, &failed));
+                lose(&shared.new_failed, || {
+                    format!("new connection to {}: {failed}", stream.dest)
+                });
             }
         }
         std::thread::sleep(stream.period);

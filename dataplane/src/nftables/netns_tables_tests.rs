@@ -61,20 +61,7 @@ fn tables(ns: &Netns) -> Vec<String> {
 /// Chain, set and map names of one kernel table, sorted.
 fn kernel_names(ns: &Netns, family: IpFamily, table: &str) -> Vec<String> {
     let word = super::text::family_word(family);
-    let listing = ns.sh(&format!("nft list table {word} {table}"));
-    let mut names: Vec<String> = listing
-        .lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            ["chain ", "set ", "map "]
-                .iter()
-                .find_map(|p| l.strip_prefix(p))
-                .and_then(|rest| rest.strip_suffix(" {"))
-                .map(str::to_string)
-        })
-        .collect();
-    names.sort();
-    names
+    super::netns_tests::listed_names(&ns.sh(&format!("nft list table {word} {table}")))
 }
 
 /// Every table of the plan holds exactly its planned chains and sets.

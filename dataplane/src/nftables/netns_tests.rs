@@ -121,7 +121,7 @@ fn tcp_connect_to_a_cluster_ip_reaches_the_endpoint() {
 }
 
 /// Chains and set names in `nft list table` output.
-fn listed_names(listing: &str) -> Vec<String> {
+pub(super) fn listed_names(listing: &str) -> Vec<String> {
     let mut names: Vec<String> = listing
         .lines()
         .filter_map(|l| {

@@ -102,28 +102,14 @@ fn node_fingerprint(node: &Node) -> u64 {
     hash_of(&(&node.metadata.labels, &node.spec, addresses))
 }
 
-fn spec_fingerprint<K: Resource + HasSpec>(object: &K) -> u64 {
-    hash_of(object.spec_value())
+/// A ProxyNode: its spec (target mode, pool); its status is the agent's own.
+fn proxy_node_fingerprint(proxy_node: &ProxyNode) -> u64 {
+    hash_of(&proxy_node.spec)
 }
 
-/// Objects whose spec is all the agent acts on.
-trait HasSpec {
-    type Spec: Serialize;
-    fn spec_value(&self) -> &Self::Spec;
-}
-
-impl HasSpec for ProxyNode {
-    type Spec = switchyard_api::ProxyNodeSpec;
-    fn spec_value(&self) -> &Self::Spec {
-        &self.spec
-    }
-}
-
-impl HasSpec for ProxyConfig {
-    type Spec = switchyard_api::ProxyConfigSpec;
-    fn spec_value(&self) -> &Self::Spec {
-        &self.spec
-    }
+/// A ProxyConfig: its spec; its status is the operator's rollout.
+fn proxy_config_fingerprint(config: &ProxyConfig) -> u64 {
+    hash_of(&config.spec)
 }
 
 /// A shard: every new version.
@@ -218,14 +204,14 @@ pub fn start(
         Api::<ProxyNode>::all(client.clone()),
         by_name,
         Source::ProxyNode,
-        spec_fingerprint,
+        proxy_node_fingerprint,
         listed.clone(),
     );
     let (configs, s3) = watch(
         Api::<ProxyConfig>::all(client.clone()),
         watcher::Config::default(),
         Source::ProxyConfig,
-        spec_fingerprint,
+        proxy_config_fingerprint,
         listed.clone(),
     );
     let (shards, s4) = watch(
@@ -267,7 +253,7 @@ mod tests {
     /// period (about a second of every change's programming latency).
     #[test]
     fn the_agents_own_status_write_is_no_change_its_spec_is() {
-        let mut seen = Seen::new(spec_fingerprint::<ProxyNode>);
+        let mut seen = Seen::new(proxy_node_fingerprint);
         let mut node = ProxyNode::new("a", ProxyNodeSpec::default());
         assert!(seen.changed(&apply(&node)), "first seen");
         node.status = Some(ProxyNodeStatus {

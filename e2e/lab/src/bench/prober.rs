@@ -1,5 +1,6 @@
 //! A client inside a node, for what the benches measure with real traffic:
-//! a child process of the bench binary (role [`ROLE`]) in the node's
+//! a child process of the bench binary (subcommand [`ROLE`], parsed by the
+//! binary as [`ProbeArgs`]) in the node's
 //! network namespace and, for the eBPF mode, in the cgroup its socket
 //! programs are attached to (as the node's own processes are). It takes one
 //! command per line on stdin and answers one line:
@@ -16,7 +17,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, ExitCode};
 use std::time::{Duration, Instant};
 
@@ -24,12 +25,23 @@ use switchyard_testkit::echo::ask_greeting_within;
 
 use super::connect::{Latency, connects, reset_on_close};
 use crate::HarnessError;
+use crate::cleanup;
 use crate::netns::Netns;
 use crate::probe::join_cgroup;
 use crate::runner::spawn_in_with_stdin;
 
-/// The bench binary's argument that runs this child.
+/// The bench binary's subcommand that runs this child.
 pub const ROLE: &str = "__probe";
+
+/// The child's arguments: a binary adds them to its hidden subcommands as
+/// `#[command(name = ROLE, hide = true)] Probe(ProbeArgs)`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ProbeArgs {
+    /// Join this cgroup (v2 directory) first: eBPF's socket programs act on
+    /// the sockets of the cgroup they are attached to.
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+}
 /// How long one attempt of `until` may take: an endpoint that answers does
 /// within a millisecond here.
 const ATTEMPT: Duration = Duration::from_millis(200);
@@ -106,13 +118,21 @@ fn answer(line: &str) -> String {
     }
 }
 
-/// The child: join the cgroup in `args` (if any), say `ready`, answer
+/// The command line that runs the child (parsed back as [`ProbeArgs`]).
+fn probe_args(cgroup: Option<&Path>) -> Vec<String> {
+    let mut args = vec![ROLE.to_string()];
+    args.extend(cgroup.map(|c| format!("--cgroup={}", c.display())));
+    args
+}
+
+/// The child: join the cgroup of `args` (if any), say `ready`, answer
 /// commands until stdin closes.
-pub fn child(args: &[String]) -> ExitCode {
-    if let Some(cgroup) = args.first()
-        && let Err(e) = join_cgroup(Path::new(cgroup))
+pub fn child(args: ProbeArgs) -> ExitCode {
+    cleanup::child_setup();
+    if let Some(cgroup) = args.cgroup
+        && let Err(e) = join_cgroup(&cgroup)
     {
-        println!("error joining cgroup {cgroup}: {e}");
+        println!("error joining cgroup {}: {e}", cgroup.display());
         return ExitCode::FAILURE;
     }
     println!("ready");
@@ -139,9 +159,7 @@ pub struct Prober {
 impl Prober {
     /// A prober in `ns` (and in `cgroup`, when given).
     pub fn start(ns: &Netns, cgroup: Option<&Path>) -> Result<Prober, HarnessError> {
-        let mut args = vec![ROLE.to_string()];
-        args.extend(cgroup.map(|c| c.display().to_string()));
-        let mut child = spawn_in_with_stdin(ns, &args)?;
+        let mut child = spawn_in_with_stdin(ns, &probe_args(cgroup))?;
         let place = format!("the prober in {}", ns.name());
         let (Some(input), Some(output)) = (child.stdin.take(), child.stdout.take()) else {
             let _ = child.kill();
@@ -244,7 +262,34 @@ impl Drop for Prober {
 
 #[cfg(test)]
 mod tests {
-    use super::answer;
+    use std::path::Path;
+
+    use clap::{Parser, Subcommand};
+
+    use super::{ProbeArgs, ROLE, answer, probe_args};
+
+    #[derive(Parser)]
+    struct Binary {
+        #[command(subcommand)]
+        child: Child,
+    }
+
+    #[derive(Subcommand)]
+    enum Child {
+        #[command(name = ROLE)]
+        Probe(ProbeArgs),
+    }
+
+    #[test]
+    fn the_child_parses_the_arguments_its_parent_writes() {
+        let cgroup = Path::new("/sys/fs/cgroup/unified/node-0");
+        for given in [None, Some(cgroup)] {
+            let mut line = vec!["bench".to_string()];
+            line.extend(probe_args(given));
+            let Child::Probe(args) = Binary::try_parse_from(line).unwrap().child;
+            assert_eq!(args.cgroup.as_deref(), given);
+        }
+    }
 
     #[test]
     fn a_bad_command_is_answered_with_an_error_line() {

@@ -26,7 +26,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use switchyard_api::Mode;
 use switchyard_lab::bench::prober;
 use switchyard_lab::bench::states::Size;
@@ -42,9 +42,10 @@ use switchyard_lab::traffic::role::{self, ChildRole};
 #[derive(Parser)]
 #[command(about, args_conflicts_with_subcommands = true)]
 struct Cli {
-    /// The cluster's servers (`__serve`), run by re-executing this binary.
+    /// The cluster's servers (`__serve`) and the probers inside nodes
+    /// (`__probe`), run by re-executing this binary.
     #[command(subcommand)]
-    child: Option<ChildRole>,
+    child: Option<Child>,
     /// A run of a few minutes: 1000x5 and 2000x5, 20 changes and 200
     /// connects each (at 5000x5 kube-proxy's iptables mode did not finish
     /// its first sync in ten minutes on the two-core machine: see the README).
@@ -59,6 +60,14 @@ struct Cli {
     /// Connects per target (Service address and endpoint) per size and mode.
     #[arg(long, default_value_t = 1000)]
     connects: usize,
+}
+
+#[derive(Subcommand)]
+enum Child {
+    #[command(flatten)]
+    Traffic(ChildRole),
+    #[command(name = prober::ROLE, hide = true)]
+    Probe(prober::ProbeArgs),
 }
 
 /// Switchyard's modes in the order measured: kube-proxy's first, so that
@@ -124,13 +133,11 @@ fn run(cli: &Cli, results: &mut Results) -> Result<(), VersusError> {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some(prober::ROLE) {
-        return prober::child(&args[2..]);
-    }
     let mut cli = Cli::parse();
-    if let Some(role) = cli.child.take() {
-        return role::run(role);
+    match cli.child.take() {
+        Some(Child::Traffic(role)) => return role::run(role),
+        Some(Child::Probe(args)) => return prober::child(args),
+        None => {}
     }
     cleanup::install_signal_cleanup();
     let mut results = Results::default();

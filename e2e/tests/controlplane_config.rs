@@ -8,17 +8,23 @@
 //! does, at the bounds and past them. And the admission policy binds an
 //! agent to its own ProxyNode, for real: a token bound to a Pod on node A
 //! writes A's status and is refused B's, with exactly `config/rbac`'s rights.
+//! The agent's watches, on that server, wake it for what it acts on and not
+//! for a Node's heartbeat or its own status write coming back.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeStatus};
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
-use kube::api::{ApiResource, DynamicObject, PostParams};
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use switchyard_agent::status::{ApiStatusWriter, StatusWriter};
+use switchyard_agent::watch::{self, Source, WatchEvent, Watches};
 use switchyard_api::validation::check_shard;
 use switchyard_api::{Mode, ProxyNode, ProxyNodeSpec, ProxyNodeStatus, ProxyRuleset};
 use switchyard_lab::controlplane::ControlPlane;
@@ -197,6 +203,110 @@ async fn agent_may_write_only_its_own_proxynode_status() {
     assert!(
         spec_write.contains("cannot patch resource \"proxynodes\""),
         "{spec_write}"
+    );
+}
+
+/// Deadlock guard for one watch event.
+const EVENT: Duration = Duration::from_secs(30);
+
+/// The next event of the agent's watches.
+async fn next_event(events: &mut (impl Stream<Item = WatchEvent> + Unpin)) -> WatchEvent {
+    tokio::time::timeout(EVENT, events.next())
+        .await
+        .expect("a watch event in time")
+        .expect("the watches run")
+}
+
+/// The node's heartbeat, as the kubelet writes it.
+fn heartbeat(at: &str) -> Node {
+    Node {
+        status: Some(NodeStatus {
+            conditions: Some(vec![NodeCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                last_heartbeat_time: Some(serde_json::from_value(json!(at)).unwrap()),
+                ..NodeCondition::default()
+            }]),
+            ..NodeStatus::default()
+        }),
+        ..Node::default()
+    }
+}
+
+/// Every watch listed, and the node's Node and ProxyNode in their stores.
+async fn listed(watches: &Watches, events: &mut (impl Stream<Item = WatchEvent> + Unpin)) {
+    loop {
+        let inputs = watches.inputs();
+        if inputs.listed && inputs.node.is_some() && inputs.proxy_node.is_some() {
+            return;
+        }
+        next_event(events).await;
+    }
+}
+
+/// Each event the agent is woken by makes a sync pass, and a pass holds the
+/// next real change back by the minimum sync period: a heartbeat or the
+/// agent's own status write waking it cost every change about a second. The
+/// stores are updated as the stream is polled, so the store an event comes
+/// with shows the update that raised it: the first wake-up after a
+/// heartbeat and a label change must be the label's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_is_woken_by_a_label_or_a_spec_not_by_a_heartbeat_or_its_own_status() {
+    let cp = installed().await;
+    let nodes = Api::<Node>::all(cp.client());
+    let proxynodes = Api::<ProxyNode>::all(cp.client());
+    let name = "node-a";
+    let mut node = Node::default();
+    node.metadata.name = Some(name.into());
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+    let object = ProxyNode::new(name, ProxyNodeSpec::default());
+    proxynodes
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap();
+    let (watches, mut events) = watch::start(cp.client(), name);
+    listed(&watches, &mut events).await;
+
+    let merge = PatchParams::default();
+    for at in ["2026-01-01T00:00:00Z", "2026-01-01T00:00:10Z"] {
+        nodes
+            .patch_status(name, &merge, &Patch::Merge(&heartbeat(at)))
+            .await
+            .unwrap();
+    }
+    let zone = json!({"metadata": {"labels": {"topology.kubernetes.io/zone": "z1"}}});
+    nodes
+        .patch(name, &merge, &Patch::Merge(&zone))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_event(&mut events).await,
+        WatchEvent::Changed(Source::Node)
+    );
+    let labels = watches.inputs().node.and_then(|n| n.metadata.labels.clone());
+    assert!(
+        labels.is_some_and(|l| l.contains_key("topology.kubernetes.io/zone")),
+        "woken by the heartbeat"
+    );
+
+    let client = cp.client();
+    let own = ApiStatusWriter::new(client, name);
+    own.write(&applied(Mode::Nftables)).await.unwrap();
+    own.write(&applied(Mode::Iptables)).await.unwrap();
+    let target = json!({"spec": {"targetMode": "nftables"}});
+    proxynodes
+        .patch(name, &merge, &Patch::Merge(&target))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_event(&mut events).await,
+        WatchEvent::Changed(Source::ProxyNode)
+    );
+    let spec = watches.inputs().proxy_node.map(|p| p.spec.clone());
+    assert_eq!(
+        spec.and_then(|s| s.target_mode),
+        Some(Mode::Nftables),
+        "woken by the agent's own status write"
     );
 }
 

@@ -283,7 +283,10 @@ async fn the_agent_is_woken_by_a_label_or_a_spec_not_by_a_heartbeat_or_its_own_s
         next_event(&mut events).await,
         WatchEvent::Changed(Source::Node)
     );
-    let labels = watches.inputs().node.and_then(|n| n.metadata.labels.clone());
+    let labels = watches
+        .inputs()
+        .node
+        .and_then(|n| n.metadata.labels.clone());
     assert!(
         labels.is_some_and(|l| l.contains_key("topology.kubernetes.io/zone")),
         "woken by the heartbeat"

@@ -60,6 +60,13 @@ struct Cli {
     /// Connects per target (Service address and endpoint) per size and mode.
     #[arg(long, default_value_t = 1000)]
     connects: usize,
+    /// Switchyard's modes to measure, each against kube-proxy's of the same
+    /// name (eBPF against whichever of them ran). Measured in the order
+    /// iptables, nftables, ebpf whatever the order given. At 5,000 Services
+    /// kube-proxy's iptables mode did not finish its first sync in ten
+    /// minutes on the two-core machine: larger sizes take `--modes nftables,ebpf`.
+    #[arg(long, value_delimiter = ',', default_values_t = MODES)]
+    modes: Vec<Mode>,
 }
 
 #[derive(Subcommand)]
@@ -73,6 +80,25 @@ enum Child {
 /// Switchyard's modes in the order measured: kube-proxy's first, so that
 /// eBPF is compared with both of them at the same size (no IPVS in this kernel).
 const MODES: [Mode; 3] = [Mode::Iptables, Mode::Nftables, Mode::Ebpf];
+
+/// The modes of `cli` in the order measured.
+fn modes(cli: &Cli) -> Vec<Mode> {
+    MODES
+        .into_iter()
+        .filter(|m| cli.modes.contains(m))
+        .collect()
+}
+
+/// The agent's mode before the first state: not the first measured, so that
+/// each size's first mode is a switch; never iptables, whose first sync of
+/// a large state is the slowest.
+fn starting_mode(measured: &[Mode]) -> Mode {
+    if measured.first() == Some(&Mode::Nftables) {
+        Mode::Ebpf
+    } else {
+        Mode::Nftables
+    }
+}
 
 fn sizes(cli: &Cli) -> Result<Vec<Size>, VersusError> {
     let texts: Vec<String> = if cli.quick {
@@ -91,6 +117,7 @@ fn sizes(cli: &Cli) -> Result<Vec<Size>, VersusError> {
 /// Every size and mode in turn, into `results`, until one fails.
 fn run(cli: &Cli, results: &mut Results) -> Result<(), VersusError> {
     let sizes = sizes(cli)?;
+    let modes = modes(cli);
     let counts = if cli.quick {
         Counts {
             changes: 20,
@@ -104,10 +131,9 @@ fn run(cli: &Cli, results: &mut Results) -> Result<(), VersusError> {
     };
     let began = Instant::now();
     let mut rig = Rig::start()?;
-    // A mode before the first state, so that each size's first mode is a switch.
     // Verified through the demo Service: the probed ones are not published yet.
     let demo = format!("{}/{}", layout::NAMESPACE, Layout::service_name(0));
-    switch_agent(&mut rig, Mode::Nftables, SYNC_BASE, &demo)?;
+    switch_agent(&mut rig, starting_mode(&modes), SYNC_BASE, &demo)?;
     eprintln!("versus: cluster up in {:?}", began.elapsed());
     let mut run = 0;
     for &size in &sizes {
@@ -120,7 +146,7 @@ fn run(cli: &Cli, results: &mut Results) -> Result<(), VersusError> {
             "versus: {size} written and applied at {:?}",
             began.elapsed()
         );
-        for mode in MODES {
+        for &mode in &modes {
             run += 1;
             let m = measure_mode(&mut rig, size, mode, run, counts)
                 .map_err(|e| e.at(size, Some(mode)))?;

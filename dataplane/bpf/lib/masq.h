@@ -96,9 +96,9 @@ SY_INLINE void sy_masq_forget_client(const struct sy_tuple *reply, const struct 
 }
 
 /* Whether the port reply->dport may carry a new flow to the backend
- * reply->src: no entry answers on it (or only one of a flow that is over),
- * and no socket of the node (one bound to it explicitly) would receive the
- * backend's packets on it. */
+ * reply->src: no entry answers on it (or only one of a flow that is over,
+ * removed here), and no socket of the node (one bound to it explicitly)
+ * would receive the backend's packets on it. */
 SY_INLINE int sy_masq_port_free(struct __sk_buff *skb, const struct sy_tuple *reply, __u16 now)
 {
 	struct sy_tuple *old = bpf_map_lookup_elem(&sy_conntrack, reply);
@@ -107,8 +107,10 @@ SY_INLINE int sy_masq_port_free(struct __sk_buff *skb, const struct sy_tuple *re
 		return 0;
 	if (sy_local_socket(skb, reply))
 		return 0;
-	if (old)
+	if (old) {
 		sy_masq_forget_client(reply, old);
+		bpf_map_delete_elem(&sy_conntrack, reply);
+	}
 	return 1;
 }
 
@@ -136,25 +138,27 @@ SY_INLINE __u16 sy_masq_port(struct __sk_buff *skb, const struct sy_tuple *dnat,
 	return 0;
 }
 
-/* The entries of a masqueraded flow `dnat` (client -> backend): SNAT to
- * masq:port where it leaves the node, and its answers back to the client
- * where they arrive. */
+/* The entries of a masqueraded flow `dnat` (client -> backend): its answers
+ * back to the client where they arrive, claimed first (a flow on another
+ * CPU that picked the same port in the meantime keeps it, this one is
+ * dropped), then the SNAT to masq:port where it leaves the node. */
 SY_INLINE int sy_masq_record(const struct sy_tuple *dnat, const __u32 *masq, __u16 port,
 			     __u16 now)
 {
-	struct sy_tuple key = *dnat, value = *dnat;
+	struct sy_tuple snat = *dnat, key, value;
 
-	key.pad = SY_CT_EGRESS;
-	sy_addr_copy(value.src, masq);
-	value.sport = port;
-	value.pad = sy_ct_pad(0, now);
-	if (bpf_map_update_elem(&sy_conntrack, &key, &value, BPF_ANY) < 0)
-		return -1;
-	sy_tuple_reverse(&key, &value);
+	sy_addr_copy(snat.src, masq);
+	snat.sport = port;
+	snat.pad = sy_ct_pad(0, now);
+	sy_tuple_reverse(&key, &snat);
 	key.pad = SY_CT_INGRESS;
 	sy_tuple_reverse(&value, dnat);
 	value.pad = sy_ct_pad(SY_CT_UNSNAT, now);
-	return bpf_map_update_elem(&sy_conntrack, &key, &value, BPF_ANY);
+	if (bpf_map_update_elem(&sy_conntrack, &key, &value, BPF_NOEXIST) < 0)
+		return -1;
+	key = *dnat;
+	key.pad = SY_CT_EGRESS;
+	return bpf_map_update_elem(&sy_conntrack, &key, &snat, BPF_ANY);
 }
 
 #endif

@@ -175,7 +175,7 @@ SY_INLINE int sy_nat_new_flow(struct __sk_buff *skb, const struct sy_pkt *pkt)
 	struct sy_backend *backend = 0;
 	struct sy_tuple dnat, key, value;
 	struct sy_frontend *fe;
-	__u16 now = sy_ct_now(), port = 0;
+	__u16 now = sy_ct_now();
 	__u32 masq[4];
 	__u8 list;
 
@@ -210,11 +210,12 @@ SY_INLINE int sy_nat_new_flow(struct __sk_buff *skb, const struct sy_pkt *pkt)
 	/* snat (after routing, where the flow leaves: a node address as the
 	 * source of an arriving packet would be a martian): node -> backend,
 	 * and its reply back to the client where it arrives. No port free:
-	 * the flow is dropped before any entry is made. */
+	 * the flow is dropped before any other entry is made. */
 	if (sy_nat_masquerade(fe, sy_slot0(fe->svc_id, list), &pkt->t) &&
 	    sy_masquerade_addr(pkt->t.family, masq)) {
-		port = sy_masq_port(skb, &dnat, masq, client.hash, now);
-		if (!port)
+		__u16 port = sy_masq_port(skb, &dnat, masq, client.hash, now);
+
+		if (!port || sy_masq_record(&dnat, masq, port, now) < 0)
 			return TC_ACT_SHOT;
 	}
 
@@ -225,8 +226,6 @@ SY_INLINE int sy_nat_new_flow(struct __sk_buff *skb, const struct sy_pkt *pkt)
 	sy_tuple_reverse(&value, &pkt->t);
 	value.pad = sy_ct_pad(0, now);
 	if (bpf_map_update_elem(&sy_conntrack, &key, &value, BPF_ANY) < 0)
-		return TC_ACT_SHOT;
-	if (port && sy_masq_record(&dnat, masq, port, now) < 0)
 		return TC_ACT_SHOT;
 	key = pkt->t;
 	key.pad = SY_CT_INGRESS;

@@ -36,6 +36,11 @@ volatile const __u32 CFG_MAGLEV_SIZE = 0;
 /* The node address external traffic is masqueraded to (network byte order; 0: none). */
 volatile const __u32 CFG_NODE_IP4 = 0;
 volatile const __u32 CFG_NODE_IP6[4] = {0, 0, 0, 0};
+/* The source ports masquerade picks from (inclusive, host order): a block
+ * outside the node's ip_local_port_range (the agent's MasqueradePorts; these
+ * defaults are its choice for the kernel's default range). */
+volatile const __u16 CFG_MASQ_PORT_MIN = 1024;
+volatile const __u16 CFG_MASQ_PORT_MAX = 32767;
 /* Whether sy_source_ranges holds the cluster's pod ranges under
  * SY_LOCAL_DETECTOR (traffic from elsewhere to a cluster IP is masqueraded). */
 volatile const __u8 CFG_LOCAL_DETECTOR = 0;

@@ -2,15 +2,15 @@
 /*
  * Per-packet NAT for traffic from outside (tc): DNAT of new flows to a
  * backend of the external list, SNAT to the node address where the service
- * masquerades, and the reverse rewrite on replies, all through sy_conntrack
- * (an LRU map of ours). Keys are the tuple as seen on the wire plus the
- * direction (in `pad`); the value is the tuple to rewrite the packet to.
- * DNAT and un-SNAT happen on ingress, SNAT and un-DNAT on egress.
+ * masquerades (masq.h), and the reverse rewrite on replies, all through
+ * sy_conntrack (ct.h). DNAT and un-SNAT happen on ingress, SNAT and un-DNAT
+ * on egress.
  */
 #ifndef SY_NAT_H
 #define SY_NAT_H
 
 #include "lb.h"
+#include "masq.h"
 #include "reject.h"
 
 #define SY_IP4_CSUM_OFF (ETH_HLEN + 10)
@@ -22,16 +22,6 @@
 #define SY_TCP_FIN 0x01
 #define SY_TCP_SYN 0x02
 #define SY_TCP_RST 0x04
-
-/* sy_tuple.pad of conntrack keys */
-#define SY_CT_INGRESS 1
-#define SY_CT_EGRESS 2
-
-/* sy_tuple.pad of conntrack values: a FIN or RST of the connection passed
- * (a retired eBPF mode drains until no ingress entry lacks it); the entry
- * un-SNATs answers to the masquerade address. */
-#define SY_CT_CLOSING 1
-#define SY_CT_UNSNAT 2
 
 struct sy_pkt {
 	struct sy_tuple t;
@@ -138,18 +128,6 @@ SY_INLINE int sy_rewrite(struct __sk_buff *skb, const struct sy_pkt *pkt, const 
 	return 0;
 }
 
-/* The packet tuple that answers `t`. */
-SY_INLINE void sy_tuple_reverse(struct sy_tuple *out, const struct sy_tuple *t)
-{
-	sy_addr_copy(out->src, t->dst);
-	sy_addr_copy(out->dst, t->src);
-	out->sport = t->dport;
-	out->dport = t->sport;
-	out->proto = t->proto;
-	out->family = t->family;
-	out->pad = 0;
-}
-
 SY_INLINE __u32 sy_tuple_hash(const struct sy_tuple *t)
 {
 	__u32 h = 0x5977;
@@ -188,21 +166,6 @@ SY_INLINE int sy_nat_masquerade(const struct sy_frontend *fe, const struct sy_sv
 	       !sy_source_in(SY_LOCAL_DETECTOR, t->family, t->src);
 }
 
-/* The node address to masquerade to, or 0 when none is configured. */
-SY_INLINE int sy_masquerade_addr(__u8 family, __u32 *out)
-{
-	if (family == AF_INET) {
-		out[0] = CFG_NODE_IP4;
-		out[1] = out[2] = out[3] = 0;
-		return CFG_NODE_IP4 != 0;
-	}
-	out[0] = CFG_NODE_IP6[0];
-	out[1] = CFG_NODE_IP6[1];
-	out[2] = CFG_NODE_IP6[2];
-	out[3] = CFG_NODE_IP6[3];
-	return (out[0] | out[1] | out[2] | out[3]) != 0;
-}
-
 /* A packet with no conntrack entry: a new flow to an external frontend? */
 SY_INLINE int sy_nat_new_flow(struct __sk_buff *skb, const struct sy_pkt *pkt)
 {
@@ -211,8 +174,8 @@ SY_INLINE int sy_nat_new_flow(struct __sk_buff *skb, const struct sy_pkt *pkt)
 	struct sy_client client = {};
 	struct sy_backend *backend = 0;
 	struct sy_tuple dnat, key, value;
-	struct sy_svc_slot *s0;
 	struct sy_frontend *fe;
+	__u16 now = sy_ct_now();
 	__u32 masq[4];
 	__u8 list;
 
@@ -240,37 +203,30 @@ SY_INLINE int sy_nat_new_flow(struct __sk_buff *skb, const struct sy_pkt *pkt)
 	if (!backend || backend->family != pkt->t.family)
 		return TC_ACT_SHOT;
 
-	/* dnat: client -> backend, rewritten here; the reply is rewritten back
-	 * where it leaves the node. */
 	dnat = pkt->t;
 	sy_addr_copy(dnat.dst, backend->addr);
 	dnat.dport = backend->port;
-	dnat.pad = 0;
-	sy_tuple_reverse(&key, &dnat);
-	key.pad = SY_CT_EGRESS;
-	sy_tuple_reverse(&value, &pkt->t);
-	if (bpf_map_update_elem(&sy_conntrack, &key, &value, BPF_ANY) < 0)
-		return TC_ACT_SHOT;
-
+	dnat.pad = sy_ct_pad(0, now);
 	/* snat (after routing, where the flow leaves: a node address as the
 	 * source of an arriving packet would be a martian): node -> backend,
-	 * and its reply back to the client where it arrives. */
-	s0 = sy_slot0(fe->svc_id, list);
-	if (sy_nat_masquerade(fe, s0, &pkt->t) && sy_masquerade_addr(pkt->t.family, masq)) {
-		key = dnat;
-		key.pad = SY_CT_EGRESS;
-		value = dnat;
-		sy_addr_copy(value.src, masq);
-		if (bpf_map_update_elem(&sy_conntrack, &key, &value, BPF_ANY) < 0)
-			return TC_ACT_SHOT;
-		sy_tuple_reverse(&key, &value);
-		key.pad = SY_CT_INGRESS;
-		sy_tuple_reverse(&value, &dnat);
-		value.pad = SY_CT_UNSNAT;
-		if (bpf_map_update_elem(&sy_conntrack, &key, &value, BPF_ANY) < 0)
+	 * and its reply back to the client where it arrives. No port free:
+	 * the flow is dropped before any other entry is made. */
+	if (sy_nat_masquerade(fe, sy_slot0(fe->svc_id, list), &pkt->t) &&
+	    sy_masquerade_addr(pkt->t.family, masq)) {
+		__u16 port = sy_masq_port(skb, &dnat, masq, client.hash, now);
+
+		if (!port || sy_masq_record(&dnat, masq, port, now) < 0)
 			return TC_ACT_SHOT;
 	}
 
+	/* dnat: client -> backend, rewritten here; the reply is rewritten back
+	 * where it leaves the node. */
+	sy_tuple_reverse(&key, &dnat);
+	key.pad = SY_CT_EGRESS;
+	sy_tuple_reverse(&value, &pkt->t);
+	value.pad = sy_ct_pad(0, now);
+	if (bpf_map_update_elem(&sy_conntrack, &key, &value, BPF_ANY) < 0)
+		return TC_ACT_SHOT;
 	key = pkt->t;
 	key.pad = SY_CT_INGRESS;
 	if (bpf_map_update_elem(&sy_conntrack, &key, &dnat, BPF_ANY) < 0)
@@ -324,45 +280,24 @@ SY_INLINE void sy_ct_mark_closing(struct __sk_buff *skb, const struct sy_pkt *pk
 		other->pad |= SY_CT_CLOSING;
 }
 
-/* Whether a UDP socket of this namespace owns the packet's destination. */
-SY_INLINE int sy_local_udp_socket(struct __sk_buff *skb, const struct sy_pkt *pkt)
-{
-	struct bpf_sock_tuple t = {};
-	struct bpf_sock *sk;
-	__u32 len;
-
-	if (pkt->t.family == AF_INET) {
-		t.ipv4.saddr = pkt->t.src[0];
-		t.ipv4.daddr = pkt->t.dst[0];
-		t.ipv4.sport = pkt->t.sport;
-		t.ipv4.dport = pkt->t.dport;
-		len = sizeof(t.ipv4);
-	} else {
-		__builtin_memcpy(t.ipv6.saddr, pkt->t.src, 16);
-		__builtin_memcpy(t.ipv6.daddr, pkt->t.dst, 16);
-		t.ipv6.sport = pkt->t.sport;
-		t.ipv6.dport = pkt->t.dport;
-		len = sizeof(t.ipv6);
-	}
-	sk = bpf_sk_lookup_udp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
-	if (!sk)
-		return 0;
-	bpf_sk_release(sk);
-	return 1;
-}
-
 /*
- * Entries leave the LRU map only when evicted, and SNAT keeps the client's
- * port, so the node's own sockets can meet a stale entry: a handshake (SYN
- * or SYN-ACK) on the tuple of a connection that closed is a new connection,
- * and a UDP answer that a socket of the node owns is not for the client a
- * masqueraded flow once had on that port. Either would be un-SNATed away.
+ * Entries leave the LRU map only when evicted, so a new flow can meet an old
+ * flow's entry on its tuple: a handshake (SYN or SYN-ACK) on the tuple of a
+ * connection that closed is a new connection (a client that reuses its
+ * port is balanced afresh). A UDP answer that a socket of the node owns is
+ * not for an un-SNAT entry on a port outside the masquerade range: such
+ * entries kept the client's port (made before the masquerade picked its
+ * own ports, or under another ip_local_port_range) and the node's sockets
+ * take those ports too. An entry on a port of the range is never a node
+ * socket's: the kernel gives none of them out, and the pick skipped the
+ * ports sockets held explicitly.
  */
 SY_INLINE int sy_ct_stale(struct __sk_buff *skb, const struct sy_pkt *pkt,
 			  const struct sy_tuple *ct)
 {
 	if (pkt->t.proto == IPPROTO_UDP)
-		return (ct->pad & SY_CT_UNSNAT) && sy_local_udp_socket(skb, pkt);
+		return (ct->pad & SY_CT_UNSNAT) && !sy_masq_port_ours(pkt->t.dport) &&
+		       sy_local_socket(skb, &pkt->t);
 	return (ct->pad & SY_CT_CLOSING) && (sy_tcp_flags(skb, pkt) & SY_TCP_SYN);
 }
 
@@ -384,6 +319,7 @@ SY_INLINE int sy_nat(struct __sk_buff *skb, int ingress)
 	if (ct) {
 		struct sy_tuple to = *ct;
 
+		sy_ct_touch(ct, sy_ct_now());
 		sy_ct_mark_closing(skb, &pkt, ct, ingress);
 		return sy_rewrite(skb, &pkt, &to) < 0 ? TC_ACT_SHOT : TC_ACT_OK;
 	}

@@ -15,6 +15,7 @@ use aya::{Ebpf, EbpfLoader};
 use switchyard_api::Mode;
 
 use super::layout::*;
+use super::masq_ports::MasqueradePorts;
 use super::objects;
 use super::plan::LoadConfig;
 use super::probe::Capabilities;
@@ -22,6 +23,7 @@ use super::sync::{MapOp, RawMaps, Snapshot};
 use super::tc::rtnl::Hook;
 use super::tc::{self, Classic, TcApi, TcAttachMode};
 use crate::BackendError;
+use crate::sysctl::ProcSysctl;
 
 /// Loads, attaches and writes the maps of the eBPF dataplane.
 pub trait EbpfKernel: Send {
@@ -213,6 +215,7 @@ impl AyaKernel {
     pub(crate) fn load_object(
         config: &LoadConfig,
         caps: Capabilities,
+        ports: MasqueradePorts,
         maps_dir: &Path,
         object: &[u8],
     ) -> Result<Ebpf, BackendError> {
@@ -227,6 +230,8 @@ impl AyaKernel {
             .override_global("CFG_MAGLEV_SIZE", &config.maglev_table_size, true)
             .override_global("CFG_NODE_IP4", &ip4, true)
             .override_global("CFG_NODE_IP6", &ip6.0, true)
+            .override_global("CFG_MASQ_PORT_MIN", &ports.min, true)
+            .override_global("CFG_MASQ_PORT_MAX", &ports.max, true)
             .override_global("CFG_LOCAL_DETECTOR", &u8::from(config.local_detector), true)
             .override_global("CFG_HAVE_SET_RETVAL", &u8::from(caps.set_retval), true)
             .load(object)
@@ -237,9 +242,10 @@ impl AyaKernel {
         &self,
         config: &LoadConfig,
         caps: Capabilities,
+        ports: MasqueradePorts,
         api: TcApi,
     ) -> Result<(), BackendError> {
-        let mut obj = Self::load_object(config, caps, &self.maps_dir(), objects::TC)?;
+        let mut obj = Self::load_object(config, caps, ports, &self.maps_dir(), objects::TC)?;
         let devices = if config.devices.is_empty() {
             interfaces()
         } else {
@@ -302,9 +308,10 @@ impl AyaKernel {
         &self,
         config: &LoadConfig,
         caps: Capabilities,
+        ports: MasqueradePorts,
         cgroup: &Path,
     ) -> Result<(), BackendError> {
-        let mut obj = Self::load_object(config, caps, &self.maps_dir(), objects::SOCK)?;
+        let mut obj = Self::load_object(config, caps, ports, &self.maps_dir(), objects::SOCK)?;
         let cgroup_fd = fs::File::open(cgroup).map_err(io_err("open cgroup"))?;
         for name in SOCK_PROGRAMS {
             let prog: &mut CgroupSockAddr = obj
@@ -496,8 +503,11 @@ impl EbpfKernel for AyaKernel {
         }
         let caps = self.capabilities();
         let api = self.tc_api();
+        // The node's ephemeral ports as they are now (a change is picked up
+        // when the programs load again: a restart or new load settings).
+        let ports = MasqueradePorts::read(&ProcSysctl)?;
         let wanted = digest(&format!(
-            "{config:?}\ncgroup={:?}\ntc={api:?}\n{caps:?}\n",
+            "{config:?}\ncgroup={:?}\ntc={api:?}\n{caps:?}\n{ports:?}\n",
             self.config.cgroup
         ));
         if self.attached_digest() == Some(wanted) {
@@ -519,9 +529,9 @@ impl EbpfKernel for AyaKernel {
         }
         self.detach_all()?;
         self.maps = None;
-        self.attach_tc(config, caps, api)?;
+        self.attach_tc(config, caps, ports, api)?;
         if let (true, Some(cgroup)) = (config.socket_lb, self.config.cgroup.clone()) {
-            self.attach_sock(config, caps, &cgroup)?;
+            self.attach_sock(config, caps, ports, &cgroup)?;
         }
         for name in MAPS {
             let path = self.maps_dir().join(name);

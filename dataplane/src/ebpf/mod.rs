@@ -6,6 +6,7 @@ pub mod drain;
 pub mod kernel;
 pub mod layout;
 pub mod maglev;
+pub mod masq_ports;
 pub mod objects;
 pub mod plan;
 pub mod probe;

@@ -8,6 +8,7 @@ use switchyard_api::Mode;
 use super::fixtures::*;
 use crate::Backend as _;
 use crate::ebpf::kernel::{AyaKernel, KernelConfig};
+use crate::ebpf::masq_ports::MasqueradePorts;
 use crate::ebpf::plan::render;
 use crate::ebpf::probe::Capabilities;
 use crate::ebpf::tc::TcAttachMode;
@@ -26,8 +27,14 @@ fn add_foreign_filter(node: &Netns, bpffs: &ScratchBpffs, dev: &str, hook: Hook)
     let config = render(&linked(vec![]), &Settings::defaults(Mode::Ebpf)).config;
     let maps = bpffs.dir().join("foreign");
     std::fs::create_dir_all(&maps).unwrap();
-    let mut obj =
-        AyaKernel::load_object(&config, Capabilities::probe(), &maps, objects::TC).unwrap();
+    let mut obj = AyaKernel::load_object(
+        &config,
+        Capabilities::probe(),
+        MasqueradePorts::outside(32768..=60999),
+        &maps,
+        objects::TC,
+    )
+    .unwrap();
     let prog: &mut aya::programs::SchedClassifier = obj
         .program_mut("sy_tc_ingress")
         .unwrap()

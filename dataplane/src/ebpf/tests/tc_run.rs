@@ -2,6 +2,7 @@
 //! crafted frames in, rewritten frames out, checksums verified.
 
 use std::net::IpAddr;
+use std::path::Path;
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use switchyard_api::Mode;
@@ -11,10 +12,12 @@ use super::fixtures::*;
 use crate::ebpf::EbpfBackend;
 use crate::ebpf::kernel::{AyaKernel, KernelConfig};
 use crate::ebpf::layout::Tuple;
+use crate::ebpf::masq_ports::MasqueradePorts;
 use crate::ebpf::objects;
-use crate::ebpf::plan::{EbpfPlan, render};
+use crate::ebpf::plan::{EbpfPlan, LoadConfig, render};
 use crate::ebpf::probe::Capabilities;
 use crate::settings::{LocalDetector, Settings};
+use crate::sysctl::ProcSysctl;
 use crate::{Backend as _, Retirement};
 
 const TC_ACT_OK: u32 = 0;
@@ -157,12 +160,44 @@ struct Harness {
     backend: EbpfBackend<AyaKernel>,
     pin_root: std::path::PathBuf,
     ns: Netns,
+    /// The masquerade ports the programs pick from.
+    ports: MasqueradePorts,
 }
 
 const PROGRAMS: [&str; 2] = ["sy_tc_ingress", "sy_tc_egress"];
 
+/// `sy_tuple.pad` of conntrack values (`ct.h`): flags, then a stamp in seconds.
+const CT_FLAGS: u16 = 3;
+const CT_STAMP_SHIFT: u16 = 2;
+const CT_STAMP_MASK: u16 = 0x3fff;
+
+/// The tc programs of `config` over the maps pinned under `pin_root`, loaded
+/// (not attached).
+fn load_tc(config: &LoadConfig, ports: MasqueradePorts, pin_root: &Path) -> aya::Ebpf {
+    let mut programs = AyaKernel::load_object(
+        config,
+        Capabilities::probe(),
+        ports,
+        &pin_root.join("maps"),
+        objects::TC,
+    )
+    .unwrap();
+    for name in PROGRAMS {
+        let prog: &mut SchedClassifier = programs.program_mut(name).unwrap().try_into().unwrap();
+        prog.load().unwrap();
+    }
+    programs
+}
+
 impl Harness {
+    /// The programs with the masquerade ports the agent would choose in the
+    /// test's namespace.
     fn new(plan: &EbpfPlan) -> Harness {
+        Harness::with_ports(plan, None)
+    }
+
+    /// The programs picking masquerade ports from `ports` (None: the agent's choice).
+    fn with_ports(plan: &EbpfPlan, ports: Option<MasqueradePorts>) -> Harness {
         let bpffs = bpffs();
         let pin_root = bpffs.dir().join("switchyard");
         let mut config = plan.config.clone();
@@ -177,24 +212,36 @@ impl Harness {
         let mut attached = plan.clone();
         attached.config = config.clone();
         ns.enter(|| backend.apply(&attached).unwrap());
-        let mut programs = AyaKernel::load_object(
-            &config,
-            Capabilities::probe(),
-            &pin_root.join("maps"),
-            objects::TC,
-        )
-        .unwrap();
-        for name in PROGRAMS {
-            let prog: &mut SchedClassifier =
-                programs.program_mut(name).unwrap().try_into().unwrap();
-            prog.load().unwrap();
-        }
+        let ports =
+            ports.unwrap_or_else(|| ns.enter(|| MasqueradePorts::read(&ProcSysctl)).unwrap());
+        let programs = load_tc(&config, ports, &pin_root);
         Harness {
             _bpffs: bpffs,
             programs,
             backend,
             pin_root,
             ns,
+            ports,
+        }
+    }
+
+    /// The programs loaded again over the same maps, picking from `ports`
+    /// (the agent restarted under another `ip_local_port_range`).
+    fn reload(&mut self, plan: &EbpfPlan, ports: MasqueradePorts) {
+        self.programs = load_tc(&plan.config, ports, &self.pin_root);
+        self.ports = ports;
+    }
+
+    /// Age every `sy_conntrack` entry by `seconds` (its last use moves back).
+    fn age_conntrack(&mut self, seconds: u16) {
+        let map = self.programs.map_mut("sy_conntrack").unwrap();
+        let mut ct: aya::maps::HashMap<_, Tuple, Tuple> =
+            aya::maps::HashMap::try_from(map).unwrap();
+        let entries: Vec<(Tuple, Tuple)> = ct.iter().map(Result::unwrap).collect();
+        for (key, mut value) in entries {
+            let stamp = (value.pad >> CT_STAMP_SHIFT).wrapping_sub(seconds) & CT_STAMP_MASK;
+            value.pad = (value.pad & CT_FLAGS) | (stamp << CT_STAMP_SHIFT);
+            ct.insert(key, value, 0).unwrap();
         }
     }
 
@@ -278,10 +325,10 @@ fn node_port_flow_is_dnated_and_masqueraded_and_replies_are_reversed() {
     let (verdict, out) = h.run(&frame(6, "198.51.100.7", 40000, NODE_IP, 30080));
     assert_eq!(verdict, TC_ACT_OK);
     let (src, sport, dst, dport) = parse_checked(&out);
-    assert_eq!(
-        (src.as_str(), sport),
-        (NODE_IP, 40000),
-        "masqueraded to the node address"
+    assert_eq!(src, NODE_IP, "masqueraded to the node address");
+    assert!(
+        h.ports.contains(sport),
+        "from a masquerade port, got {sport}"
     );
     assert!(
         ["10.244.1.5", "10.244.2.5"].contains(&dst.as_str()),
@@ -301,10 +348,13 @@ fn node_port_flow_is_dnated_and_masqueraded_and_replies_are_reversed() {
     // The same flow again keeps its backend (conntrack).
     for _ in 0..8 {
         let (_, again) = h.run(&frame(6, "198.51.100.7", 40000, NODE_IP, 30080));
-        assert_eq!(parse_checked(&again).2, dst);
+        assert_eq!(
+            parse_checked(&again),
+            (src.clone(), sport, dst.clone(), 8080)
+        );
     }
     // The backend's reply goes back as the NodePort.
-    let (verdict, reply) = h.run(&frame(6, &dst, 8080, NODE_IP, 40000));
+    let (verdict, reply) = h.run(&frame(6, &dst, 8080, NODE_IP, sport));
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(
         parse_checked(&reply),
@@ -328,10 +378,11 @@ fn mid_stream_segment_of_a_connection_ebpf_did_not_balance_is_not_reset() {
     // A new connection (SYN) from that client is balanced, and from then
     // on its segments follow its entry.
     let (_, syn) = h.run(&frame(6, "198.51.100.7", 40001, NODE_IP, 30080));
-    let (_, sport, backend, dport) = parse_checked(&syn);
-    assert_eq!((sport, dport), (40001, 8080));
+    let (src, sport, backend, dport) = parse_checked(&syn);
+    assert_eq!((src.as_str(), dport), (NODE_IP, 8080));
+    assert!(h.ports.contains(sport), "masqueraded: {sport}");
     let (_, next) = h.run(&ack);
-    assert_eq!(parse_checked(&next).2, backend);
+    assert_eq!(parse_checked(&next), (src, sport, backend, dport));
 }
 
 /// Detaching eBPF at the switch cut the NodePort connections it balanced
@@ -424,48 +475,152 @@ fn a_fin_from_the_backend_ends_the_drain_of_its_connection() {
     assert_eq!(h.settle(), Retirement::Done);
 }
 
-/// A node's own connection whose port a closed masqueraded NodePort flow
-/// had used to the same backend timed out: the stale un-SNAT entry sent its
-/// SYN-ACK to the old client.
+/// A client that opened a new connection from the port of one it had
+/// closed met the old masquerade port at the backend, which may still hold
+/// the old connection in TIME_WAIT: the handshake is a new flow, balanced
+/// afresh onto another port.
 #[test]
-fn a_closed_connections_entry_does_not_rewrite_a_new_handshake_on_its_tuple() {
+fn a_new_handshake_on_a_closed_connections_tuple_gets_another_masquerade_port() {
     let mut h = Harness::new(&external_service(TrafficPolicy::Cluster));
-    let (_, syn) = h.run(&frame(6, "198.51.100.7", 40005, NODE_IP, 30080));
-    let (_, _, backend, _) = parse_checked(&syn);
+    let syn = frame(6, "198.51.100.7", 40005, NODE_IP, 30080);
+    let (_, first, backend, _) = parse_checked(&h.run(&syn).1);
     let fin = tcp_flags_frame(6, TCP_FIN | TCP_ACK, "198.51.100.7", 40005, NODE_IP, 30080);
     h.run(&fin);
-    let syn_ack = tcp_flags_frame(6, TCP_SYN | TCP_ACK, &backend, 8080, NODE_IP, 40005);
-    assert_eq!(
-        h.run_one(PROGRAMS[0], &syn_ack),
-        (TC_ACT_OK, syn_ack.clone()),
-        "the node's handshake passes untouched"
-    );
+    let (verdict, again) = h.run(&syn);
+    assert_eq!(verdict, TC_ACT_OK);
+    let (_, second, to, _) = parse_checked(&again);
+    assert_eq!(to, backend, "the flow hash picks the same backend");
+    assert_ne!(second, first, "not the closed connection's port");
+    assert!(h.ports.contains(second));
+    let (_, answer) = h.run(&frame(6, &backend, 8080, NODE_IP, second));
+    assert_eq!(parse_checked(&answer).3, 40005, "answered to the client");
 }
 
-/// A node's UDP socket whose port a masqueraded NodePort flow had used to
-/// the same backend lost its answers to that flow's client.
+/// A node's UDP socket lost its answers to an un-SNAT entry that kept an
+/// external client's port (programs before the masquerade picked its own
+/// ports, or another `ip_local_port_range`): such an entry yields to the
+/// socket. An entry on a port of the range does not: it is a live flow's.
 #[test]
-fn a_udp_answer_a_node_socket_owns_is_not_un_snated_to_an_old_flow_on_its_port() {
-    let mut h = Harness::new(&external_service(TrafficPolicy::Cluster));
+fn a_udp_answer_a_node_socket_owns_is_not_un_snated_by_an_entry_that_kept_a_clients_port() {
+    let plan = external_service(TrafficPolicy::Cluster);
+    let old_port = MasqueradePorts {
+        min: 40006,
+        max: 40006,
+    };
+    let mut h = Harness::with_ports(&plan, Some(old_port));
     let (_, request) = h.run(&frame(17, "198.51.100.7", 40006, NODE_IP, 30053));
-    let (src, _, backend, _) = parse_checked(&request);
-    assert_eq!(src, NODE_IP, "masqueraded");
-    let answer = frame(17, &backend, 5353, NODE_IP, 40006);
-    let (_, to_client) = h.run_one(PROGRAMS[0], &answer);
-    assert_eq!(parse_checked(&to_client).2, "198.51.100.7");
+    let (src, sport, backend, _) = parse_checked(&request);
+    assert_eq!((src.as_str(), sport), (NODE_IP, 40006));
+    let ports = h.ns.enter(|| MasqueradePorts::read(&ProcSysctl)).unwrap();
+    assert!(!ports.contains(40006));
+    h.reload(&plan, ports);
+    let (_, request) = h.run(&frame(17, "198.51.100.8", 40006, NODE_IP, 30053));
+    let new_port = parse_checked(&request).1;
+    assert!(ports.contains(new_port));
 
     h.ns.sh(&format!(
         "ip link set lo up && ip addr add {NODE_IP}/32 dev lo"
     ));
     let Harness { ns, programs, .. } = &mut h;
-    let to_node = ns.enter(|| {
-        let _socket = std::net::UdpSocket::bind((NODE_IP, 40006)).unwrap();
-        run_program(programs, PROGRAMS[0], &answer)
+    let (to_node, to_client) = ns.enter(|| {
+        let _old = std::net::UdpSocket::bind((NODE_IP, 40006)).unwrap();
+        let _new = std::net::UdpSocket::bind((NODE_IP, new_port)).unwrap();
+        let old = run_program(
+            programs,
+            PROGRAMS[0],
+            &frame(17, &backend, 5353, NODE_IP, 40006),
+        );
+        let new = run_program(
+            programs,
+            PROGRAMS[0],
+            &frame(17, &backend, 5353, NODE_IP, new_port),
+        );
+        (old, new)
     });
     assert_eq!(
         to_node,
-        (TC_ACT_OK, answer.clone()),
+        (TC_ACT_OK, frame(17, &backend, 5353, NODE_IP, 40006)),
         "left to the node's socket"
+    );
+    assert_eq!(
+        parse_checked(&to_client.1).2,
+        "198.51.100.8",
+        "the live flow's answer goes to its client"
+    );
+}
+
+/// With the client's port kept, two clients that used one source port
+/// towards one backend through a node got one masqueraded tuple: the second
+/// took the first one's answers.
+#[test]
+fn two_clients_with_one_source_port_get_their_own_masquerade_ports_and_answers() {
+    let mut h = Harness::new(&external_service(TrafficPolicy::Cluster));
+    let mut seen = Vec::new();
+    for client in ["198.51.100.7", "198.51.100.8"] {
+        let (_, out) = h.run(&frame(17, client, 5300, NODE_IP, 30053));
+        seen.push(parse_checked(&out).1);
+    }
+    assert_ne!(seen[0], seen[1]);
+    for (client, port) in ["198.51.100.7", "198.51.100.8"].into_iter().zip(seen) {
+        let (_, answer) = h.run(&frame(17, "10.244.1.8", 5353, NODE_IP, port));
+        assert_eq!(
+            parse_checked(&answer),
+            (NODE_IP.to_string(), 30053, client.to_string(), 5300)
+        );
+    }
+}
+
+/// Masquerade ports are probed, never shared: with every port in use a new
+/// flow is dropped (and leaves no entry); a port goes to a new flow once
+/// its flow is over (UDP, or TCP after a FIN, idle for 120 s both ways),
+/// and that flow's client then starts afresh instead of sending from it.
+#[test]
+fn a_masquerade_port_in_use_is_never_taken_and_an_idle_flows_port_is_reused() {
+    let one = MasqueradePorts {
+        min: 61000,
+        max: 61000,
+    };
+    let mut h = Harness::with_ports(&external_service(TrafficPolicy::Cluster), Some(one));
+    let a = frame(17, "198.51.100.7", 5000, NODE_IP, 30053);
+    let b = frame(17, "198.51.100.8", 5000, NODE_IP, 30053);
+    assert_eq!(parse_checked(&h.run(&a).1).1, 61000);
+    let entries = h.conntrack_entries();
+    assert_eq!(h.run(&b).0, TC_ACT_SHOT, "no port free");
+    assert_eq!(h.conntrack_entries(), entries, "nothing recorded");
+    h.age_conntrack(100);
+    assert_eq!(h.run(&b).0, TC_ACT_SHOT, "idle for less than 120 s");
+
+    h.age_conntrack(30);
+    let (verdict, out) = h.run(&b);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(parse_checked(&out).1, 61000, "the idle flow's port");
+    let (_, answer) = h.run(&frame(17, "10.244.1.8", 5353, NODE_IP, 61000));
+    assert_eq!(parse_checked(&answer).2, "198.51.100.8");
+    assert_eq!(h.run(&a).0, TC_ACT_SHOT, "the old client is a new flow");
+
+    let mut h = Harness::with_ports(&balanced(false, None, 1), Some(one));
+    let a = frame(6, "198.51.100.7", 5001, NODE_IP, 30090);
+    let b = frame(6, "198.51.100.8", 5001, NODE_IP, 30090);
+    assert_eq!(parse_checked(&h.run(&a).1).1, 61000);
+    h.age_conntrack(1000);
+    assert_eq!(
+        h.run(&b).0,
+        TC_ACT_SHOT,
+        "an open connection keeps its port however idle"
+    );
+    h.run(&tcp_flags_frame(
+        6,
+        TCP_FIN | TCP_ACK,
+        "10.244.9.1",
+        8080,
+        NODE_IP,
+        61000,
+    ));
+    h.age_conntrack(130);
+    assert_eq!(
+        parse_checked(&h.run(&b).1).1,
+        61000,
+        "a closed one's port is reused"
     );
 }
 
@@ -504,10 +659,12 @@ fn udp_node_port_is_rewritten_with_a_valid_checksum_and_other_traffic_passes_unt
     let mut h = Harness::new(&external_service(TrafficPolicy::Cluster));
     let (verdict, out) = h.run(&frame(17, "198.51.100.9", 5000, NODE_IP, 30053));
     assert_eq!(verdict, TC_ACT_OK);
+    let (src, sport, dst, dport) = parse_checked(&out);
     assert_eq!(
-        parse_checked(&out),
-        (NODE_IP.to_string(), 5000, "10.244.1.8".to_string(), 5353)
+        (src.as_str(), dst.as_str(), dport),
+        (NODE_IP, "10.244.1.8", 5353)
     );
+    assert!(h.ports.contains(sport), "{sport}");
 
     let other = frame(6, "198.51.100.9", 5000, NODE_IP, 22);
     let (verdict, out) = h.run(&other);
@@ -525,16 +682,13 @@ fn ipv6_external_ip_is_dnated_to_an_ipv6_backend_and_masqueraded() {
     let mut h = Harness::new(&plan);
     let (verdict, out) = h.run(&frame(6, "2001:db8:9::7", 43000, "2001:db8:1::10", 80));
     assert_eq!(verdict, TC_ACT_OK);
+    let (src, sport, dst, dport) = parse_checked(&out);
     assert_eq!(
-        parse_checked(&out),
-        (
-            "2001:db8::1".to_string(),
-            43000,
-            "fd00:10::5".to_string(),
-            8080
-        )
+        (src.as_str(), dst.as_str(), dport),
+        ("2001:db8::1", "fd00:10::5", 8080)
     );
-    let (_, reply) = h.run(&frame(6, "fd00:10::5", 8080, "2001:db8::1", 43000));
+    assert!(h.ports.contains(sport), "{sport}");
+    let (_, reply) = h.run(&frame(6, "fd00:10::5", 8080, "2001:db8::1", sport));
     assert_eq!(
         parse_checked(&reply),
         (

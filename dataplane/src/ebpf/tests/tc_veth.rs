@@ -1,10 +1,11 @@
 //! The tc programs on real interfaces: a client namespace and a pod namespace
 //! wired to a node namespace by veth pairs; NodePort traffic from the client
 //! is DNATed and masqueraded to the pod, and rejected without endpoints —
-//! attached with TCX and with classic tc (this kernel has both).
+//! attached with TCX and with classic tc (this kernel has both); a
+//! masqueraded flow and the node's own sockets towards the pod stay apart.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use switchyard_api::Mode;
@@ -15,9 +16,44 @@ use super::fixtures::*;
 use crate::Backend as _;
 use crate::ebpf::EbpfBackend;
 use crate::ebpf::kernel::{AyaKernel, KernelConfig};
+use crate::ebpf::masq_ports::ephemeral_ports;
 use crate::ebpf::plan::render;
 use crate::ebpf::tc::TcAttachMode;
 use crate::settings::Settings;
+use crate::sysctl::ProcSysctl;
+
+/// A node (`NODE_IP` on up0) forwarding between a client (192.0.2.7) and
+/// a pod (10.244.1.5 on pod0).
+struct Wired {
+    node: Netns,
+    client: Netns,
+    pod: Netns,
+}
+
+fn wired() -> Wired {
+    let node = named(&unique("-n"));
+    let client = named(&unique("-c"));
+    let pod = named(&unique("-p"));
+    wire(&node, &client, "up0", "192.0.2.1/24", "192.0.2.7/24");
+    wire(&node, &pod, "pod0", "169.254.1.1/32", "10.244.1.5/32");
+    pod.ip(&["route", "add", "169.254.1.1", "dev", "eth0"])
+        .unwrap();
+    pod.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+    ])
+    .unwrap();
+    node.ip(&["route", "add", "10.244.1.5", "dev", "pod0"])
+        .unwrap();
+    node.enter(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))
+        .unwrap();
+    Wired { node, client, pod }
+}
 
 /// A veth pair from the node to `peer`, whose end is named eth0.
 fn wire(node: &Netns, peer: &Netns, dev: &str, node_addr: &str, peer_addr: &str) {
@@ -56,27 +92,7 @@ fn node_port_through_real_interfaces_is_dnated_masqueraded_and_rejected_with_cla
 /// `after_cleanup` checks the node namespace once the backend cleaned up.
 fn node_port_through_real_interfaces(api: TcAttachMode, after_cleanup: impl FnOnce(&Netns)) {
     let bpffs = bpffs();
-    let node = named(&unique("-n"));
-    let client = named(&unique("-c"));
-    let pod = named(&unique("-p"));
-    wire(&node, &client, "up0", "192.0.2.1/24", "192.0.2.7/24");
-    wire(&node, &pod, "pod0", "169.254.1.1/32", "10.244.1.5/32");
-    pod.ip(&["route", "add", "169.254.1.1", "dev", "eth0"])
-        .unwrap();
-    pod.ip(&[
-        "route",
-        "add",
-        "default",
-        "via",
-        "169.254.1.1",
-        "dev",
-        "eth0",
-    ])
-    .unwrap();
-    node.ip(&["route", "add", "10.244.1.5", "dev", "pod0"])
-        .unwrap();
-    node.enter(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))
-        .unwrap();
+    let Wired { node, client, pod } = wired();
 
     let listener = pod.enter(|| TcpListener::bind("10.244.1.5:8080").unwrap());
     std::thread::spawn(move || {
@@ -134,4 +150,78 @@ fn node_port_through_real_interfaces(api: TcAttachMode, after_cleanup: impl FnOn
         "nothing translates after cleanup: {after:?}"
     );
     after_cleanup(&node);
+}
+
+/// What the pod's UDP server answers `socket`'s datagram with: the address
+/// and port the datagram came from.
+fn udp_ask(socket: &UdpSocket, to: &str) -> std::io::Result<String> {
+    socket.set_read_timeout(Some(Duration::from_secs(3)))?;
+    socket.send_to(b"hi", to)?;
+    let mut buf = [0u8; 128];
+    let (n, _) = socket.recv_from(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// A masqueraded external flow kept its client's source port, and the
+/// node's own sockets take theirs from the same ephemeral range: a node
+/// socket and the flow shared the node's address and port towards one
+/// backend, and the backend's answers went to the wrong one of the two.
+#[test]
+fn a_masqueraded_flow_never_takes_a_port_a_socket_of_the_node_uses() {
+    let bpffs = bpffs();
+    let Wired { node, client, pod } = wired();
+    let server = pod.enter(|| UdpSocket::bind("10.244.1.5:5353")).unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 128];
+        while let Ok((_, peer)) = server.recv_from(&mut buf) {
+            let _ = server.send_to(format!("pod saw {peer}").as_bytes(), peer);
+        }
+    });
+    let mut dns = service(
+        1,
+        "10.96.0.10",
+        53,
+        vec![endpoint(10, "10.244.1.5", 5353, "node-a")],
+    );
+    dns.protocol = switchyard_api::ruleset::Protocol::Udp;
+    dns.node_port = Some(30053);
+    let plan = render(&linked(vec![dns]), &Settings::defaults(Mode::Ebpf));
+    let mut backend = EbpfBackend::new(AyaKernel::new(KernelConfig {
+        pin_root: bpffs.dir().join("switchyard"),
+        ..KernelConfig::default()
+    }));
+    node.enter(|| backend.apply(&plan)).unwrap();
+
+    // The node's own socket to the pod, on an ephemeral port.
+    let ephemeral = node.enter(|| ephemeral_ports(&ProcSysctl)).unwrap();
+    let own = node.enter(|| UdpSocket::bind((NODE_IP, 0))).unwrap();
+    let port = own.local_addr().unwrap().port();
+    assert!(ephemeral.contains(&port));
+    let own_answer = format!("pod saw {NODE_IP}:{port}");
+    assert_eq!(udp_ask(&own, "10.244.1.5:5353").unwrap(), own_answer);
+
+    // An external client sending to the NodePort from that same port.
+    let external = client
+        .enter(|| UdpSocket::bind(("192.0.2.7", port)))
+        .unwrap();
+    let answer = udp_ask(&external, "192.0.2.1:30053")
+        .unwrap_or_else(|e| panic!("the external client gets its answer: {e}"));
+    let masq: u16 = answer
+        .strip_prefix(&format!("pod saw {NODE_IP}:"))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("masqueraded to the node address: {answer}"));
+    assert!(
+        !ephemeral.contains(&masq),
+        "masqueraded to port {masq}, inside ip_local_port_range {ephemeral:?}"
+    );
+
+    for _ in 0..3 {
+        assert_eq!(
+            udp_ask(&own, "10.244.1.5:5353").unwrap(),
+            own_answer,
+            "the node's socket gets its own answers"
+        );
+        assert_eq!(udp_ask(&external, "192.0.2.1:30053").unwrap(), answer);
+    }
+    node.enter(|| backend.cleanup()).unwrap();
 }

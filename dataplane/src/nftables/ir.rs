@@ -68,7 +68,12 @@ impl TableId {
 
 /// The sets whose elements go to the table of the service port's chains;
 /// every other set lives only in the main table.
-pub const SHARDED_SETS: [&str; 3] = ["service-ips", "service-nodeports", "firewall-ips"];
+pub const SHARDED_SETS: [&str; 4] = [
+    "service-ips",
+    "service-nodeports",
+    "firewall-ips",
+    "masquerade-cluster-ips",
+];
 
 /// Everything this backend programs: per family, the fixed part of the table
 /// and one fragment per service port. The table the kernel holds is their
@@ -423,6 +428,8 @@ pub enum SetKind {
     Prefix,
     /// `addr . addr` (source and destination).
     AddrPair,
+    /// `addr . inet_proto . inet_service`.
+    AddrProtoPort,
     /// `addr . inet_proto . inet_service : verdict`.
     AddrProtoPortVerdict,
     /// `inet_proto . inet_service : verdict`.
@@ -505,6 +512,8 @@ pub enum Match {
     SaddrInPrefix(Cidr),
     /// `ip saddr . ip daddr @set`.
     AddrPairInSet(String),
+    /// `ip daddr . meta l4proto . th dport @set`.
+    DaddrProtoPortInSet(String),
     /// `ip daddr != 127.0.0.0/8` / `ip6 daddr != ::1`.
     DaddrNotLoopback,
     /// `<proto> dport <port>`.

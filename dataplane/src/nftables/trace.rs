@@ -149,6 +149,13 @@ impl State<'_> {
                 s.elements
                     .contains_key(&Key::AddrPair(self.pkt.src, self.daddr()))
             }),
+            Match::DaddrProtoPortInSet(set) => self.table.sets.get(set).is_some_and(|s| {
+                s.elements.contains_key(&Key::AddrProtoPort(
+                    self.daddr(),
+                    self.pkt.proto,
+                    self.dport(),
+                ))
+            }),
             Match::DaddrNotLoopback => !self.daddr().is_loopback(),
             Match::Dport(p, port) => self.pkt.proto == *p && self.dport() == *port,
             Match::L4Proto(p) => self.pkt.proto == *p,

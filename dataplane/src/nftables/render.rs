@@ -467,7 +467,7 @@ impl<'a> FamilyRenderer<'a> {
             "endpoint . endpoint, for hairpin traffic",
         );
         t.chains.entry(NAT_POSTROUTING.to_string()).and_modify(|c| {
-            c.rules.insert(
+            Arc::make_mut(&mut c.rules).insert(
                 0,
                 rule(
                     vec![
@@ -897,7 +897,7 @@ fn base_chains(t: &mut Table, chains: &[BaseChainDef], jumps: &[(&str, &str, boo
                     hook,
                     priority,
                 }),
-                rules: Vec::new(),
+                rules: Arc::default(),
             },
         );
     }

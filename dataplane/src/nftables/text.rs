@@ -200,7 +200,7 @@ impl fmt::Display for Table {
             if let Some(b) = &chain.base {
                 writeln!(f, "\t\t{}", base_chain_text(b))?;
             }
-            for rule in &chain.rules {
+            for rule in chain.rules.iter() {
                 writeln!(f, "\t\t{}", rule_text(rule, self.family))?;
             }
             writeln!(f, "\t}}")?;

@@ -206,7 +206,7 @@ impl State<'_> {
             // nft refuses deeper jump stacks; a loop in a plan is a bug.
             return Flow::Stop(Outcome::Drop);
         }
-        for rule in &chain.rules {
+        for rule in chain.rules.iter() {
             if !rule.matches.iter().all(|m| self.matches(m)) {
                 continue;
             }

@@ -155,7 +155,7 @@ fn tables() -> Vec<Command> {
                 hook,
                 priority,
             }),
-            rules: Vec::new(),
+            rules: Default::default(),
         };
         v4.chains.insert(name.to_string(), chain);
     }
@@ -168,7 +168,7 @@ fn tables() -> Vec<Command> {
         "nat-postrouting".to_string(),
         Chain {
             base: Some(postrouting),
-            rules: Vec::new(),
+            rules: Default::default(),
         },
     );
     let mut v6 = Table::new(IpFamily::V6);

@@ -1,9 +1,10 @@
 //! Pure: a linked ruleset and the settings → the typed plan (one table per
 //! family). kube-proxy's nftables layout and semantics (pkg/proxy/nftables),
-//! with two changes for control-plane speed, described in the README:
+//! with three changes for control-plane speed, described in the README:
 //! endpoint selection is a `numgen` cascade inside the policy chain (no
-//! anonymous set per service, no chain per endpoint) and hairpin traffic is
-//! found by one `@hairpin` set in postrouting.
+//! anonymous set per service, no chain per endpoint), hairpin traffic is
+//! found by one `@hairpin` set in postrouting, and off-cluster traffic to a
+//! ClusterIP is marked by one rule in `services` against a set.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

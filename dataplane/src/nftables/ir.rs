@@ -2,7 +2,7 @@
 //! values. Text exists only in [`super::text`], netlink bytes only in
 //! [`super::netlink`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -68,7 +68,12 @@ impl TableId {
 
 /// The sets whose elements go to the table of the service port's chains;
 /// every other set lives only in the main table.
-pub const SHARDED_SETS: [&str; 3] = ["service-ips", "service-nodeports", "firewall-ips"];
+pub const SHARDED_SETS: [&str; 4] = [
+    "service-ips",
+    "service-nodeports",
+    "firewall-ips",
+    "masquerade-cluster-ips",
+];
 
 /// Everything this backend programs: per family, the fixed part of the table
 /// and one fragment per service port. The table the kernel holds is their
@@ -153,7 +158,7 @@ impl Fragment {
     }
 
     pub fn push(&mut self, chain: &str, rule: Rule) {
-        self.chain(chain).rules.push(rule);
+        self.chain(chain).push(rule);
     }
 
     pub fn element(&mut self, set: &'static str, key: Key, value: Option<Verdict>) {
@@ -203,7 +208,7 @@ impl Plan {
     /// set or map, the lower rule id wins, in the table its element goes to.
     pub fn tables(&self, family: IpFamily) -> Vec<Table> {
         let mut tables: Vec<Table> = self.setups(family).map(|t| Table::clone(t)).collect();
-        let mut taken = std::collections::HashSet::new();
+        let mut taken: HashSet<_, foldhash::fast::RandomState> = HashSet::default();
         for f in self.fragments(family) {
             let Some(table) = tables.get_mut(usize::from(f.shard)) else {
                 continue;
@@ -326,7 +331,7 @@ impl Table {
     }
 
     pub fn push(&mut self, chain: &str, rule: Rule) {
-        self.chain(chain).rules.push(rule);
+        self.chain(chain).push(rule);
     }
 
     pub fn set(&mut self, name: &str, kind: SetKind, comment: &str) {
@@ -405,12 +410,23 @@ pub struct BaseChain {
 pub struct Chain {
     /// Set for chains attached to a netfilter hook.
     pub base: Option<BaseChain>,
-    pub rules: Vec<Rule>,
+    /// Shared, not copied, when a full sync puts the chain into its table
+    /// ([`Plan::tables`]): a copy of every rule was a tenth of the agent's
+    /// part of a 44k full sync.
+    pub rules: Arc<Vec<Rule>>,
 }
 
 impl Chain {
     pub fn regular(rules: Vec<Rule>) -> Chain {
-        Chain { base: None, rules }
+        Chain {
+            base: None,
+            rules: Arc::new(rules),
+        }
+    }
+
+    /// Append a rule (copying the rules first if another chain shares them).
+    pub fn push(&mut self, rule: Rule) {
+        Arc::make_mut(&mut self.rules).push(rule);
     }
 }
 
@@ -423,6 +439,8 @@ pub enum SetKind {
     Prefix,
     /// `addr . addr` (source and destination).
     AddrPair,
+    /// `addr . inet_proto . inet_service`.
+    AddrProtoPort,
     /// `addr . inet_proto . inet_service : verdict`.
     AddrProtoPortVerdict,
     /// `inet_proto . inet_service : verdict`.
@@ -505,6 +523,8 @@ pub enum Match {
     SaddrInPrefix(Cidr),
     /// `ip saddr . ip daddr @set`.
     AddrPairInSet(String),
+    /// `ip daddr . meta l4proto . th dport @set`.
+    DaddrProtoPortInSet(String),
     /// `ip daddr != 127.0.0.0/8` / `ip6 daddr != ::1`.
     DaddrNotLoopback,
     /// `<proto> dport <port>`.

@@ -40,7 +40,7 @@ use crate::{ApplyStats, Backend, BackendError, Retirement};
 use self::diff::{Applied, IndexStep};
 pub use self::ir::Plan;
 use self::ir::{TABLE, TableId};
-use self::netlink::{NftNetlink, ThreadSocket};
+use self::netlink::{NetlinkError, ThreadSocket};
 use self::table_count::TableCount;
 use self::text::family_word;
 use self::transaction::Transaction;
@@ -97,23 +97,28 @@ impl NftablesBackend {
         self.tables.tables(ruleset.services.len(), in_use)
     }
 
-    /// Send one transaction: over netlink when it can carry it, else `nft -f`.
+    /// Send one transaction: over netlink when it can carry it, else `nft -f`
+    /// (the netlink encoder checks what it can carry before it sends
+    /// anything; checking first here too cost a full sync every name twice).
     fn send(&self, operation: &'static str, tx: &Transaction) -> Result<(), BackendError> {
-        if !(self.netlink && NftNetlink::supports(&tx.commands)) {
-            let script = tx.text().map_err(|source| BackendError::Name {
-                mode: Mode::Nftables,
-                operation,
-                source,
-            })?;
-            return self.nft(operation, &script);
+        if self.netlink {
+            match self.socket.apply(&tx.commands) {
+                Err(NetlinkError::Unsupported(_) | NetlinkError::Name(_)) => {}
+                sent => {
+                    return sent.map_err(|e| BackendError::Kernel {
+                        mode: Mode::Nftables,
+                        operation,
+                        message: e.to_string(),
+                    });
+                }
+            }
         }
-        self.socket
-            .apply(&tx.commands)
-            .map_err(|e| BackendError::Kernel {
-                mode: Mode::Nftables,
-                operation,
-                message: e.to_string(),
-            })
+        let script = tx.text().map_err(|source| BackendError::Name {
+            mode: Mode::Nftables,
+            operation,
+            source,
+        })?;
+        self.nft(operation, &script)
     }
 
     /// Delete the chains earlier syncs emptied (a plan using one again

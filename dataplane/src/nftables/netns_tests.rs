@@ -80,7 +80,7 @@ fn full_and_incremental_syncs_land_in_the_kernel_and_a_broken_apply_keeps_them()
         .find(|(n, _)| n.contains("default/broken"))
         .unwrap()
         .1;
-    chain.rules[0]
+    std::sync::Arc::make_mut(&mut chain.rules)[0]
         .stmts
         .push(super::ir::Stmt::Verdict(super::ir::Verdict::Goto(
             "no-such-chain".to_string(),

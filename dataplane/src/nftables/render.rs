@@ -1,9 +1,10 @@
 //! Pure: a linked ruleset and the settings → the typed plan (one table per
 //! family). kube-proxy's nftables layout and semantics (pkg/proxy/nftables),
-//! with two changes for control-plane speed, described in the README:
+//! with three changes for control-plane speed, described in the README:
 //! endpoint selection is a `numgen` cascade inside the policy chain (no
-//! anonymous set per service, no chain per endpoint) and hairpin traffic is
-//! found by one `@hairpin` set in postrouting.
+//! anonymous set per service, no chain per endpoint), hairpin traffic is
+//! found by one `@hairpin` set in postrouting, and off-cluster traffic to a
+//! ClusterIP is marked by one rule in `services` against a set.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -44,6 +45,7 @@ pub const CLUSTER_IPS: &str = "cluster-ips";
 pub const SERVICE_CIDRS: &str = "service-cidrs";
 pub const LOCAL_RANGES: &str = "local-ranges";
 pub const HAIRPIN: &str = "hairpin";
+pub const MASQUERADE_CLUSTER_IPS: &str = "masquerade-cluster-ips";
 pub const SERVICE_ENDPOINTS_CHECK: &str = "service-endpoints-check";
 pub const NODEPORT_ENDPOINTS_CHECK: &str = "nodeport-endpoints-check";
 pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
@@ -466,7 +468,7 @@ impl<'a> FamilyRenderer<'a> {
             "endpoint . endpoint, for hairpin traffic",
         );
         t.chains.entry(NAT_POSTROUTING.to_string()).and_modify(|c| {
-            c.rules.insert(
+            Arc::make_mut(&mut c.rules).insert(
                 0,
                 rule(
                     vec![
@@ -574,6 +576,17 @@ impl<'a> FamilyRenderer<'a> {
     /// The `services` chain: O(1) dispatch through the `service-ips` and
     /// `service-nodeports` maps.
     fn dispatch(&self, t: &mut Table) {
+        if let Some(mut matches) = self.off_cluster() {
+            t.set(
+                MASQUERADE_CLUSTER_IPS,
+                SetKind::AddrProtoPort,
+                "ClusterIP ports whose traffic from outside the cluster is masqueraded",
+            );
+            matches.push(Match::DaddrProtoPortInSet(
+                MASQUERADE_CLUSTER_IPS.to_string(),
+            ));
+            t.push(SERVICES, rule(matches, vec![jump(MARK_MASQ)]));
+        }
         t.set(
             SERVICE_IPS,
             SetKind::AddrProtoPortVerdict,
@@ -720,29 +733,32 @@ impl<'a> FamilyRenderer<'a> {
     }
 
     /// Traffic to a ClusterIP from outside the cluster may bounce off-node:
-    /// the internal chain masquerades it (all of it with `masqueradeAll`).
+    /// it is masqueraded (all of it with `masqueradeAll`). kube-proxy has a
+    /// rule for it in each internal chain; here one rule in `services`
+    /// looks the ClusterIP port up in a set (see [`Self::off_cluster`]).
     fn masquerade_off_cluster(&self, p: &PortInFamily<'_>, f: &mut Fragment) {
-        if !p.has_internal() {
+        if !p.has_internal() || self.off_cluster().is_none() {
             return;
         }
-        let (internal_chain, _) = p.internal();
-        let r = &p.svc.rule;
         for ip in &p.cluster_ips {
-            let mut matches = vec![
-                Match::Addr(Dir::Daddr, *ip),
-                Match::Dport(r.protocol, r.port),
-            ];
-            if self.settings.masquerade_all {
-            } else if self.has_local_detector() {
-                matches.push(Match::AddrInSet {
-                    dir: Dir::Saddr,
-                    set: LOCAL_RANGES.to_string(),
-                    negate: true,
-                });
-            } else {
-                continue;
-            }
-            f.push(internal_chain, rule(matches, vec![jump(MARK_MASQ)]));
+            f.element(MASQUERADE_CLUSTER_IPS, p.key(*ip), None);
+        }
+    }
+
+    /// The matches of traffic from outside the cluster (none with
+    /// `masqueradeAll`: all traffic), or None without a local-traffic
+    /// detector (nothing is masqueraded for a ClusterIP then).
+    fn off_cluster(&self) -> Option<Vec<Match>> {
+        if self.settings.masquerade_all {
+            Some(Vec::new())
+        } else if self.has_local_detector() {
+            Some(vec![Match::AddrInSet {
+                dir: Dir::Saddr,
+                set: LOCAL_RANGES.to_string(),
+                negate: true,
+            }])
+        } else {
+            None
         }
     }
 
@@ -882,7 +898,7 @@ fn base_chains(t: &mut Table, chains: &[BaseChainDef], jumps: &[(&str, &str, boo
                     hook,
                     priority,
                 }),
-                rules: Vec::new(),
+                rules: Arc::default(),
             },
         );
     }

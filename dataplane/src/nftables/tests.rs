@@ -592,7 +592,7 @@ mod model {
             .sets
             .values()
             .any(|s| s.elements.values().flatten().any(is))
-            || table.chains.values().flat_map(|c| &c.rules).any(|r| {
+            || table.chains.values().flat_map(|c| c.rules.iter()).any(|r| {
                 r.stmts
                     .iter()
                     .any(|s| matches!(s, Stmt::Verdict(v) if is(v)))
@@ -600,7 +600,7 @@ mod model {
     }
 
     fn references_set(table: &Table, name: &str) -> bool {
-        table.chains.values().flat_map(|c| &c.rules).any(|r| {
+        table.chains.values().flat_map(|c| c.rules.iter()).any(|r| {
             r.matches
                 .iter()
                 .any(|m| matches!(m, Match::AddrInSet { set, .. } if set == name))
@@ -660,13 +660,13 @@ mod model {
                     let t = tables.get_mut(table).expect(&text);
                     let c = t.chains.entry(name.clone()).or_insert(Chain {
                         base: *base,
-                        rules: Vec::new(),
+                        rules: Default::default(),
                     });
                     assert_eq!(c.base, *base, "redefined: {text}");
                 }
                 Command::FlushChain { table, name } => {
                     let t = tables.get_mut(table).expect(&text);
-                    t.chains.get_mut(name).expect(&text).rules.clear();
+                    t.chains.get_mut(name).expect(&text).rules = Default::default();
                 }
                 Command::DeleteChain { table, name } => {
                     let t = tables.get_mut(table).expect(&text);
@@ -690,11 +690,7 @@ mod model {
                             _ => {}
                         }
                     }
-                    t.chains
-                        .get_mut(chain)
-                        .expect(&text)
-                        .rules
-                        .push(rule.clone());
+                    t.chains.get_mut(chain).expect(&text).push(rule.clone());
                 }
             }
         }

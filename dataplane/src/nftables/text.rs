@@ -33,6 +33,7 @@ fn set_type(kind: SetKind, family: IpFamily) -> String {
     match kind {
         SetKind::Addr | SetKind::Prefix => a.to_string(),
         SetKind::AddrPair => format!("{a} . {a}"),
+        SetKind::AddrProtoPort => format!("{a} . inet_proto . inet_service"),
         SetKind::AddrProtoPortVerdict => format!("{a} . inet_proto . inet_service : verdict"),
         SetKind::ProtoPortVerdict => "inet_proto . inet_service : verdict".to_string(),
     }
@@ -87,6 +88,9 @@ pub fn rule_text(rule: &Rule, family: IpFamily) -> String {
             }
             Match::SaddrInPrefix(c) => format!("{ipx} saddr {c}"),
             Match::AddrPairInSet(set) => format!("{ipx} saddr . {ipx} daddr @{set}"),
+            Match::DaddrProtoPortInSet(set) => {
+                format!("{ipx} daddr . meta l4proto . th dport @{set}")
+            }
             Match::DaddrNotLoopback => match family {
                 IpFamily::V4 => "ip daddr != 127.0.0.0/8".to_string(),
                 IpFamily::V6 => "ip6 daddr != ::1".to_string(),
@@ -196,7 +200,7 @@ impl fmt::Display for Table {
             if let Some(b) = &chain.base {
                 writeln!(f, "\t\t{}", base_chain_text(b))?;
             }
-            for rule in &chain.rules {
+            for rule in chain.rules.iter() {
                 writeln!(f, "\t\t{}", rule_text(rule, self.family))?;
             }
             writeln!(f, "\t}}")?;

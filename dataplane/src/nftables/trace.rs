@@ -149,6 +149,13 @@ impl State<'_> {
                 s.elements
                     .contains_key(&Key::AddrPair(self.pkt.src, self.daddr()))
             }),
+            Match::DaddrProtoPortInSet(set) => self.table.sets.get(set).is_some_and(|s| {
+                s.elements.contains_key(&Key::AddrProtoPort(
+                    self.daddr(),
+                    self.pkt.proto,
+                    self.dport(),
+                ))
+            }),
             Match::DaddrNotLoopback => !self.daddr().is_loopback(),
             Match::Dport(p, port) => self.pkt.proto == *p && self.dport() == *port,
             Match::L4Proto(p) => self.pkt.proto == *p,
@@ -199,7 +206,7 @@ impl State<'_> {
             // nft refuses deeper jump stacks; a loop in a plan is a bug.
             return Flow::Stop(Outcome::Drop);
         }
-        for rule in &chain.rules {
+        for rule in chain.rules.iter() {
             if !rule.matches.iter().all(|m| self.matches(m)) {
                 continue;
             }

@@ -240,7 +240,7 @@ impl Transaction {
     }
 
     pub fn add_rules(&mut self, table: TableId, name: &str, chain: &Chain) {
-        for rule in &chain.rules {
+        for rule in chain.rules.iter() {
             self.push(
                 Command::AddRule {
                     table,

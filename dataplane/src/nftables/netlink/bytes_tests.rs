@@ -124,11 +124,13 @@ fn sets() -> Vec<Command> {
         set(v4, "aff", SetKind::Addr, Some(600), None),
         set(v4, "m", SetKind::AddrProtoPortVerdict, None, Some("a map")),
         set(v4, "hp", SetKind::AddrPair, None, Some("pairs")),
+        set(v4, "d", SetKind::AddrProtoPort, None, Some("ports")),
         set(v4, "pp", SetKind::ProtoPortVerdict, None, None),
         set(v4, "s", SetKind::Addr, None, Some("Active")),
         set(v6, "aff6", SetKind::Addr, Some(30), Some("c")),
         set(v6, "m6", SetKind::AddrProtoPortVerdict, None, None),
         set(v6, "hp6", SetKind::AddrPair, None, None),
+        set(v6, "d6", SetKind::AddrProtoPort, None, None),
     ]
 }
 
@@ -153,7 +155,7 @@ fn tables() -> Vec<Command> {
                 hook,
                 priority,
             }),
-            rules: Vec::new(),
+            rules: Default::default(),
         };
         v4.chains.insert(name.to_string(), chain);
     }
@@ -166,7 +168,7 @@ fn tables() -> Vec<Command> {
         "nat-postrouting".to_string(),
         Chain {
             base: Some(postrouting),
-            rules: Vec::new(),
+            rules: Default::default(),
         },
     );
     let mut v6 = Table::new(IpFamily::V6);

@@ -210,7 +210,9 @@ fn set_key(kind: SetKind, family: IpFamily) -> (u32, u32) {
     match kind {
         SetKind::Addr | SetKind::Prefix => (addr, len),
         SetKind::AddrPair => (addr << TYPE_BITS | addr, 2 * len),
-        SetKind::AddrProtoPortVerdict => (addr << (2 * TYPE_BITS) | proto_port, len + 8),
+        SetKind::AddrProtoPort | SetKind::AddrProtoPortVerdict => {
+            (addr << (2 * TYPE_BITS) | proto_port, len + 8)
+        }
         SetKind::ProtoPortVerdict => (proto_port, 8),
     }
 }

@@ -86,6 +86,10 @@ impl Exprs<'_, '_> {
                 self.load_addr(Dir::Daddr, reg32(len / 4));
                 self.lookup(set, None, false);
             }
+            Match::DaddrProtoPortInSet(set) => {
+                self.load_addr_proto_port(Dir::Daddr);
+                self.lookup(set, None, false);
+            }
             Match::DaddrNotLoopback => match self.family {
                 IpFamily::V4 => {
                     let (daddr, _) = addr_at(IpFamily::V4, Dir::Daddr);
@@ -134,9 +138,7 @@ impl Exprs<'_, '_> {
     fn statement(&mut self, s: &Stmt) {
         match s {
             Stmt::VmapAddrProtoPort(dir, map) => {
-                let words = self.load_addr(*dir, libc::NFT_REG_1) / 4;
-                self.meta(libc::NFT_META_L4PROTO, reg32(words));
-                self.payload(libc::NFT_PAYLOAD_TRANSPORT_HEADER, DPORT, reg32(words + 1));
+                self.load_addr_proto_port(*dir);
                 self.lookup(map, Some(libc::NFT_REG_VERDICT), false);
             }
             Stmt::VmapProtoPort(map) => {
@@ -175,6 +177,13 @@ impl Exprs<'_, '_> {
         let at = addr_at(self.family, dir);
         self.payload(libc::NFT_PAYLOAD_NETWORK_HEADER, at, reg);
         at.1
+    }
+
+    /// `<addr> . meta l4proto . th dport` from register 1 on.
+    fn load_addr_proto_port(&mut self, dir: Dir) {
+        let words = self.load_addr(dir, libc::NFT_REG_1) / 4;
+        self.meta(libc::NFT_META_L4PROTO, reg32(words));
+        self.payload(libc::NFT_PAYLOAD_TRANSPORT_HEADER, DPORT, reg32(words + 1));
     }
 
     /// `saddr <addr>/<bits>`: whole bytes are loaded and compared as they

@@ -121,6 +121,16 @@ fn every_expression(edited: bool) -> Vec<Table> {
             vec![(Key::AddrPair(a, a), None), (Key::AddrPair(a, b), None)],
         );
         add_set(
+            "nl-dests",
+            SetKind::AddrProtoPort,
+            None,
+            Some("destinations"),
+            vec![
+                (Key::AddrProtoPort(a, Protocol::Tcp, 80), None),
+                (Key::AddrProtoPort(b, Protocol::Udp, 53), None),
+            ],
+        );
+        add_set(
             "nl-ports",
             SetKind::ProtoPortVerdict,
             None,
@@ -186,6 +196,10 @@ fn every_expression(edited: bool) -> Vec<Table> {
                     Match::CtStatusDnat,
                     Match::AddrPairInSet("nl-pairs".to_string()),
                 ],
+                vec![Stmt::Verdict(jump.clone())],
+            ),
+            Rule::new(
+                vec![Match::DaddrProtoPortInSet("nl-dests".to_string())],
                 vec![Stmt::Verdict(jump.clone())],
             ),
             Rule::new(
@@ -508,6 +522,7 @@ fn incremental_transactions_over_netlink_leave_what_nft_leaves() {
         "AddrInSet",
         "SaddrInPrefix",
         "AddrPairInSet",
+        "DaddrProtoPortInSet",
         "DaddrNotLoopback",
         "Dport",
         "L4Proto",

@@ -83,8 +83,9 @@ pub enum NetlinkError {
 }
 
 impl NftNetlink {
-    /// Whether every command can be encoded (else send the transaction with
-    /// `nft -f`, which refuses what no encoder can carry).
+    /// Whether every command can be encoded ([`NftNetlink::apply`] refuses
+    /// the others before sending anything).
+    #[cfg(test)]
     pub fn supports(commands: &[Command]) -> bool {
         commands
             .iter()

@@ -20,7 +20,7 @@ pub fn supported(c: &Command) -> bool {
                 .all(|s| s.elements.keys().all(|k| key_fits(k, family)))
                 && t.chains
                     .values()
-                    .flat_map(|c| &c.rules)
+                    .flat_map(|c| c.rules.iter())
                     .all(|r| rule_fits(r, family))
         }
         Command::AddElements { elements, .. } => elements.iter().all(|(k, _)| key_fits(k, family)),

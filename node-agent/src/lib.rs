@@ -9,6 +9,7 @@ pub mod changes;
 pub mod cleanup;
 pub mod events;
 pub mod health;
+pub mod heap;
 pub mod http;
 pub mod inputs;
 pub mod leftover_drain;

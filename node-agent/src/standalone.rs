@@ -22,6 +22,7 @@ use switchyard_compiler::{
 use switchyard_dataplane::settings::Settings;
 use switchyard_dataplane::{ApplyStats, BackendError, Dataplane};
 
+use crate::heap;
 use crate::node::{node_info, pod_cidrs};
 
 /// Standalone mode failed.
@@ -148,7 +149,9 @@ pub fn apply_once(
     dataplane: &mut dyn Dataplane,
     opts: &StandaloneOptions,
 ) -> Result<ApplyStats, StandaloneError> {
-    apply(dataplane, &prepare(opts)?)
+    let stats = apply(dataplane, &prepare(opts)?);
+    heap::release_freed();
+    stats
 }
 
 /// Apply, then poll the directory every `poll` and apply again when its files

@@ -13,6 +13,7 @@ use futures::{Stream, StreamExt};
 use tokio::time::{Instant, sleep_until};
 
 use crate::agent::{Agent, SyncOutcome};
+use crate::heap;
 use crate::inputs::Inputs;
 use crate::watch::WatchEvent;
 use switchyard_daemon::ratelimit::SyncLimiter;
@@ -73,6 +74,9 @@ pub async fn run(
                 let now = Instant::now();
                 let queued = limiter.start(now);
                 let outcome = agent.sync(&inputs(), queued).await;
+                if matches!(outcome, SyncOutcome::Synced | SyncOutcome::Failed(_)) {
+                    heap::release_freed();
+                }
                 let settings = agent.settings();
                 limiter.set_min_period(settings.min_sync_period);
                 retry_at = match outcome {

@@ -1,0 +1,22 @@
+//! Handing the heap a sync freed back to the kernel. A full sync builds the
+//! whole plan and its netlink batch or restore text (at 10,000 Services × 5
+//! endpoints about 60 MB more than the agent keeps), then frees them; glibc's
+//! allocator keeps freed pages mapped in its arenas, so the agent's RSS stayed
+//! at its peak: 145 MB after a 10,000 × 5 nftables apply, 96 MB once trimmed
+//! (README, "Performance"). The trim walks the free lists only: about a
+//! millisecond here after such a sync, and it runs after the rules are in
+//! place, so no change waits for it.
+
+use std::time::Instant;
+
+/// Return the free heap to the kernel (logged at debug with its duration).
+pub fn release_freed() {
+    let began = Instant::now();
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers; it only walks glibc's own free
+    // lists under their locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    tracing::debug!(took = ?began.elapsed(), "freed heap released");
+}

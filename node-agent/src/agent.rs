@@ -42,7 +42,7 @@ use crate::node::{being_deleted, node_info, pod_cidrs};
 use crate::status::{StatusReporter, set_condition};
 use crate::switch::{
     Checkpoint, Checkpoints, DataplaneFactory, Probe, Swept, SwitchError, SwitchInput, Switched,
-    present_modes, recover, sweep, switch_to, verification_probe,
+    present_modes, recover, shares_kernel_objects, sweep, switch_to, verification_probe,
 };
 use crate::watch::Source;
 
@@ -559,11 +559,12 @@ impl Agent {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        // A draining mode is not a leftover until it settles.
+        // A draining mode is not a leftover until it settles, nor are the
+        // objects it shares with another mode (IPVS's iptables chains).
         let draining = self.retiring.as_ref().map(|d| d.mode());
         let present: Vec<Mode> = present_modes(self.parts.factory.as_ref())
             .into_iter()
-            .filter(|&m| Some(m) != draining)
+            .filter(|&m| !draining.is_some_and(|d| d == m || shares_kernel_objects(d, m)))
             .collect();
         let leftovers = self
             .leftover_drain

@@ -380,15 +380,24 @@ pub fn present_modes(factory: &dyn DataplaneFactory) -> Vec<Mode> {
 /// verification) is taken when its objects exist. Otherwise a present mode
 /// other than `target` is preferred, so that `target` is verified before the
 /// other is removed; that is also how a node is adopted from kube-proxy, whose
-/// iptables or IPVS layout shows as the matching mode being present.
+/// iptables or IPVS layout shows as the matching mode being present. IPVS's
+/// chains have the iptables mode's names, so where IPVS is present the
+/// iptables mode shows present too: unrecorded, it is IPVS that carries the
+/// traffic (kube-proxy's ipvs layout), and it is retired as IPVS.
 pub fn recover(present: &[Mode], recorded: &ProxyNodeStatus, target: Option<Mode>) -> Option<Mode> {
     let verified = match &recorded.switch {
         Some(s) if s.step == SwitchStep::RemovingOld => Some(s.to),
         _ => recorded.applied_mode,
     };
+    let ipvs = present.contains(&Mode::Ipvs);
+    let carrying: Vec<Mode> = present
+        .iter()
+        .copied()
+        .filter(|&m| !(ipvs && m == Mode::Iptables))
+        .collect();
     verified
         .filter(|m| present.contains(m))
-        .or_else(|| present.iter().copied().find(|&m| Some(m) != target))
+        .or_else(|| carrying.iter().copied().find(|&m| Some(m) != target))
         .or_else(|| target.filter(|t| present.contains(t)))
 }
 

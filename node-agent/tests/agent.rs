@@ -360,6 +360,37 @@ async fn iptables_is_never_swept_from_under_ipvs() {
     assert!(kernel.cleanups().is_empty(), "{:?}", kernel.cleanups());
 }
 
+/// Adopting from kube-proxy's ipvs mode into eBPF cut the node's and the
+/// masqueraded connections IPVS carried: its chains (which have the iptables
+/// mode's names) made the iptables mode look active, so the agent retired
+/// "iptables", then IPVS, and as one drains at a time, removed the first at
+/// once, and with it the rules IPVS's connections still needed. Unrecorded,
+/// the layout is retired as IPVS, and its chains stay while it drains.
+#[tokio::test(start_paused = true)]
+async fn kube_proxys_ipvs_layout_drains_as_ipvs_with_its_chains() {
+    let kernel = FakeKernel::default();
+    kernel.install(Mode::Iptables, vec!["kube-proxy's ipvs chains".into()]);
+    kernel.install(Mode::Ipvs, vec!["kube-proxy's virtual servers".into()]);
+    kernel.connections_open(Mode::Iptables, true);
+    kernel.connections_open(Mode::Ipvs, true);
+    let writer = RecordingWriter::default();
+    let mut agent = agent(&kernel, &writer, &FakeLeftover::default());
+    let to_ebpf = inputs(Some(Mode::Ebpf), None);
+    let out = agent.sync(&to_ebpf, None).await;
+    assert!(matches!(out, SyncOutcome::Synced), "{out:?}");
+    assert_eq!(agent.status().applied_mode, Some(Mode::Ebpf));
+    assert!(agent.draining());
+    // A full pass (periodic resync) sweeps neither.
+    agent.invalidate();
+    agent.sync(&to_ebpf, None).await;
+    agent.settle_drains();
+    assert!(kernel.cleanups().is_empty(), "{:?}", kernel.cleanups());
+
+    kernel.connections_open(Mode::Ipvs, false);
+    agent.settle_drains();
+    assert_eq!(kernel.cleanups(), [Mode::Ipvs]);
+}
+
 /// Leaving IPVS cut the connections it carried: its virtual servers went
 /// with the switch. A retired mode with open connections stays (and the
 /// sweep leaves it) until they end.

@@ -10,6 +10,8 @@ use super::dummy::DummyInterface;
 use super::genl::{IpvsAttr, IpvsCmd, IpvsMessage, family_of};
 use super::kernel::{IpvsKernel, KernelError, message};
 use super::objects::{DestState, ServiceKey, Timeouts, VirtualServer};
+use crate::conntrack::ConntrackTable;
+use crate::exec::{ExecError, FakeRunner, Runner};
 
 /// A fake virtual server with its real servers by address and port.
 pub type FakeService = (VirtualServer, BTreeMap<(IpAddr, u16), DestState>);
@@ -211,5 +213,74 @@ impl DummyInterface for FakeDummy {
         have.extend(add);
         have.retain(|a| !remove.contains(a));
         Ok(())
+    }
+}
+
+/// A runner that keeps ipsets as `ipset` does (`restore`'s create, add and
+/// destroy lines; `list -n`; `save NAME`), so a test sees what a backend
+/// finds in the sets it or kube-proxy left; every call is recorded by
+/// [`IpsetRunner::calls`].
+#[derive(Debug, Default)]
+pub struct IpsetRunner {
+    pub calls: FakeRunner,
+    /// Members by set name.
+    sets: Mutex<BTreeMap<String, Vec<String>>>,
+}
+
+impl IpsetRunner {
+    pub fn set_names(&self) -> Vec<String> {
+        self.sets().keys().cloned().collect()
+    }
+
+    fn sets(&self) -> MutexGuard<'_, BTreeMap<String, Vec<String>>> {
+        self.sets.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn restore(&self, text: &str) {
+        let mut sets = self.sets();
+        for line in text.lines() {
+            match line.split_whitespace().collect::<Vec<_>>()[..] {
+                ["create", name, ..] => {
+                    sets.entry(name.to_string()).or_default();
+                }
+                ["add", name, member, ..] => {
+                    sets.entry(name.to_string())
+                        .or_default()
+                        .push(member.to_string());
+                }
+                ["destroy", name] => {
+                    sets.remove(name);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Runner for IpsetRunner {
+    fn conntrack(&self) -> Arc<dyn ConntrackTable> {
+        self.calls.conntrack()
+    }
+
+    fn run(&self, program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<String, ExecError> {
+        let recorded = self.calls.run(program, args, stdin)?;
+        if program != "ipset" {
+            return Ok(recorded);
+        }
+        Ok(match args {
+            ["list", "-n"] => self.sets().keys().map(|n| format!("{n}\n")).collect(),
+            ["save", name] => self
+                .sets()
+                .get(*name)
+                .into_iter()
+                .flatten()
+                .map(|m| format!("add {name} {m}\n"))
+                .collect(),
+            ["restore"] => {
+                self.restore(&String::from_utf8_lossy(stdin.unwrap_or_default()));
+                String::new()
+            }
+            _ => recorded,
+        })
     }
 }

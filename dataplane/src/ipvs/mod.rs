@@ -544,25 +544,26 @@ impl Backend for IpvsBackend {
         Ok(sets.iter().any(|s| ours.contains(s)) || host.has_rules(IpFamily::V4))
     }
 
+    /// Rules first (they match the sets), then the virtual servers, then
+    /// the sets: the node-port ipsets are what tells a NodePort server on a
+    /// node address ours (kube-proxy's, when a fresh agent adopts its layout).
     fn cleanup(&mut self) -> Result<(), BackendError> {
         self.remove_rules()?;
-        self.destroy_sets()?;
-        self.remove_servers()
+        self.remove_servers()?;
+        self.destroy_sets()
     }
 
-    /// Our rules and ipsets go at once (the iptables mode's full write has
-    /// already taken the rules over); the virtual servers and `kube-ipvs0`
-    /// stay while TCP connections established through them last, up to
-    /// [`RETIRE_GRACE`]. eBPF translates new flows before netfilter sees
-    /// them, so our rules stay for the drain too: the NAT of their
+    /// Our rules go at once (the iptables mode's full write has already
+    /// taken them over); the virtual servers, `kube-ipvs0` and the ipsets
+    /// (unmatched from now on, but the node-port ones name our NodePort
+    /// servers) stay while TCP connections established through them last,
+    /// up to [`RETIRE_GRACE`]. eBPF translates new flows before netfilter
+    /// sees them, so our rules stay for the drain too: the NAT of their
     /// connections' conntrack entries (masquerade) needs them hooked.
     fn retire(&mut self, successor: Mode) -> Result<Retirement, BackendError> {
         self.rules_kept = successor == Mode::Ebpf;
-        if !self.rules_kept {
-            if successor != Mode::Iptables {
-                self.remove_rules()?;
-            }
-            self.destroy_sets()?;
+        if !self.rules_kept && successor != Mode::Iptables {
+            self.remove_rules()?;
         }
         self.retiring_until = Some(Instant::now() + RETIRE_GRACE);
         self.settle()
@@ -579,6 +580,7 @@ impl Backend for IpvsBackend {
             self.cleanup()?;
         } else {
             self.remove_servers()?;
+            self.destroy_sets()?;
         }
         Ok(Retirement::Done)
     }

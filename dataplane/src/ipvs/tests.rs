@@ -14,10 +14,10 @@ use switchyard_api::ruleset::{
 };
 
 use super::capture::parse_hex;
-use super::fake::{FakeDummy, FakeIpvs};
+use super::fake::{FakeDummy, FakeIpvs, IpsetRunner};
 use super::genl::{DestAttr, IpvsAttr, IpvsCmd, IpvsMessage, ServiceAttr, StatsAttr};
 use super::kernel::{Ipvs, IpvsKernel};
-use super::objects::{DestState, ServiceKey, Timeouts, VirtualServer};
+use super::objects::{DestState, RealServer, ServiceKey, Timeouts, VirtualServer};
 use super::plan::SetEntry;
 use super::*;
 use crate::Backend;
@@ -604,4 +604,79 @@ fn retired_for_ebpf_keeps_rules_and_sets_until_its_connections_end() {
     assert_eq!(b.settle().unwrap(), Retirement::Done);
     assert!(removals(applied) > 0, "rules removed at the end");
     assert!(f.table().services.is_empty());
+}
+
+/// kube-proxy's ipvs layout as a fresh agent finds it when it adopts the
+/// node: a NodePort virtual server on the node's address (not on
+/// `kube-ipvs0`), with one established connection, named ours only by the
+/// node-port ipset; the backend that sees it, over that ipset.
+fn kube_proxy_node_port(f: &FakeIpvs) -> (IpvsBackend, Arc<IpsetRunner>, ServiceKey) {
+    let runner = Arc::new(IpsetRunner::default());
+    runner
+        .run(
+            "ipset",
+            &["restore"],
+            Some(b"create KUBE-NODE-PORT-TCP bitmap:port range 0-65535\nadd KUBE-NODE-PORT-TCP 30080\n"),
+        )
+        .unwrap();
+    let node_port = key("192.168.0.2", 30080);
+    let pod = RealServer {
+        addr: "10.1.1.2".parse().unwrap(),
+        port: 8080,
+        weight: 1,
+    };
+    let server = VirtualServer {
+        key: node_port,
+        scheduler: "rr".into(),
+        flags: 0,
+        timeout: 0,
+        netmask: u32::MAX,
+    };
+    let dest = DestState {
+        server: pod,
+        active: 1,
+        inactive: 0,
+    };
+    let dests = [((pod.addr, pod.port), dest)].into_iter().collect();
+    f.table().services.insert(node_port, (server, dests));
+    let backend = IpvsBackend::new(
+        Box::new(f.clone()),
+        Box::new(FakeDummy::default()),
+        runner.clone(),
+        Box::new(FakeSysctl::default()),
+    );
+    (backend, runner, node_port)
+}
+
+/// An adoption from kube-proxy's ipvs mode left its NodePort virtual
+/// servers behind for good: retiring destroyed the node-port ipsets at once,
+/// and with them what named those servers ours, so they were neither
+/// drained nor removed.
+#[test]
+fn kube_proxys_node_port_servers_drain_then_go_with_the_ipsets_that_name_them() {
+    let f = FakeIpvs::default();
+    let (mut b, runner, node_port) = kube_proxy_node_port(&f);
+
+    assert_eq!(b.retire(Mode::Nftables).unwrap(), Retirement::Draining);
+    assert!(f.table().services.contains_key(&node_port));
+    assert_eq!(runner.set_names(), ["KUBE-NODE-PORT-TCP"]);
+
+    f.table()
+        .set_active(&node_port, ("10.1.1.2".parse().unwrap(), 8080), 0);
+    assert_eq!(b.settle().unwrap(), Retirement::Done);
+    assert!(f.table().services.is_empty());
+    assert!(runner.set_names().is_empty());
+}
+
+/// `cleanup` of a fresh backend (`node-agent cleanup` on a node kube-proxy
+/// ran in ipvs mode) destroyed the node-port ipsets before it looked for
+/// the NodePort servers they name, and left those servers.
+#[test]
+fn cleanup_removes_node_port_servers_before_the_ipsets_that_name_them() {
+    let f = FakeIpvs::default();
+    let (mut b, runner, _) = kube_proxy_node_port(&f);
+
+    b.cleanup().unwrap();
+    assert!(f.table().services.is_empty());
+    assert!(runner.set_names().is_empty());
 }

@@ -2,9 +2,12 @@
 //! for every ordered pair of modes, switch a node while traffic runs and count
 //! what was lost; one table, then `N passed, M failed` (pairs). Pairs that
 //! involve IPVS run in the stock-kernel VM when this kernel lacks IPVS
-//! (`--vm`: every pair there). A pair from `kube-proxy-iptables` or
-//! `kube-proxy-nftables` takes the node over from the real kube-proxy by the
-//! README's runbook (`--agent` and `--operator` name the binaries it runs).
+//! (`--vm`: every pair there), in one boot. A pair from `kube-proxy-MODE`
+//! takes the node over from the real kube-proxy by the README's runbook
+//! (`--agent` and `--operator` name the binaries it runs); in the VM (from
+//! kube-proxy's ipvs mode) each such pair has a boot of its own, with its
+//! own control plane on this host ([`HostSide`]) and everything else in the
+//! guest.
 //! The hidden `__serve` / `__traffic` subcommands
 //! ([`switchyard_lab::traffic::role`]) are the child processes started
 //! inside namespaces.
@@ -17,7 +20,8 @@ use clap::Parser;
 use switchyard_api::Mode;
 use switchyard_dataplane::ebpf::tc::TcAttachMode;
 use switchyard_lab::cluster::processes::{Program, Programs};
-use switchyard_lab::migration::{self, Pair, Row, Timing};
+use switchyard_lab::migration::{self, Pair, Row, Source, Timing};
+use switchyard_lab::reference::vm::HostSide;
 use switchyard_lab::traffic::role::{self, ChildRole};
 use switchyard_lab::vm::{IN_VM_ENV, VmRunner};
 use switchyard_lab::{cleanup, netns, vm};
@@ -48,30 +52,67 @@ struct Cli {
     tc_attach: TcAttachMode,
 }
 
-/// Run `pairs` in the VM; their rows (the guest prints each as a line).
-fn rows_in_vm(pairs: &[Pair], tc_attach: TcAttachMode) -> Result<Vec<Row>, String> {
+/// Run `pairs` in one VM boot; their rows (the guest prints each as a
+/// line). An adoption (`programs`: the operator's and the agent's binaries)
+/// gets a control plane on this host, which the guest reaches.
+fn rows_in_vm(
+    pairs: &[Pair],
+    tc_attach: TcAttachMode,
+    programs: Option<&Programs>,
+) -> Result<Vec<Row>, String> {
     let exe = std::env::current_exe().map_err(|e| format!("finding this binary: {e}"))?;
-    let pairs: Vec<String> = pairs.iter().map(Pair::to_string).collect();
-    let args = [
-        format!("--pairs={}", pairs.join(",")),
+    let names: Vec<String> = pairs.iter().map(Pair::to_string).collect();
+    let mut args = vec![
+        format!("--pairs={}", names.join(",")),
         format!("--tc-attach={tc_attach}"),
     ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let vm = VmRunner::new()
+    let mut vm = VmRunner::new()
         .map_err(|e| e.to_string())?
         .timeout(Duration::from_secs(900));
+    let host = match programs {
+        Some(programs) => {
+            let mut host = HostSide::start().map_err(|e| format!("the control plane: {e}"))?;
+            let guest = host
+                .add_switchyard(&programs.operator.path, &programs.agent.path)
+                .map_err(|e| e.to_string())?;
+            args.push(format!("--operator={}", guest.operator.display()));
+            args.push(format!("--agent={}", guest.agent.display()));
+            vm = host.prepare(vm);
+            Some(host)
+        }
+        None => None,
+    };
+    let files = host.as_ref().map_or(&[][..], HostSide::files);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     eprintln!(
-        "migration-matrix: {} pairs in a VM with Debian's {}",
-        pairs.len(),
+        "migration-matrix: {} in a VM with Debian's {}",
+        names.join(", "),
         vm.kernel_version()
     );
     let mut rows = Vec::new();
-    vm.run_with(&exe, &args, &[], &mut |line| match Row::parse_line(line) {
-        Ok(row) => rows.push(row),
-        Err(_) => eprintln!("vm: {line}"),
-    })
+    vm.run_with(
+        &exe,
+        &args,
+        files,
+        &mut |line| match Row::parse_line(line) {
+            Ok(row) => rows.push(row),
+            Err(_) => eprintln!("vm: {line}"),
+        },
+    )
     .map_err(|e| e.to_string())?;
     Ok(rows)
+}
+
+/// The VM runs of `pairs`: one boot for our modes' pairs, one per adoption.
+fn vm_runs(pairs: &[Pair]) -> Vec<Vec<Pair>> {
+    let (adoptions, ours): (Vec<Pair>, Vec<Pair>) = pairs
+        .iter()
+        .partition(|p| matches!(p.from, Source::KubeProxy(_)));
+    let shared = (!ours.is_empty()).then_some(ours);
+    shared
+        .into_iter()
+        .chain(adoptions.into_iter().map(|p| vec![p]))
+        .collect()
 }
 
 fn main() -> ExitCode {
@@ -113,13 +154,15 @@ fn main() -> ExitCode {
         }
         rows.push(row);
     }
-    if !vm_pairs.is_empty() {
-        match rows_in_vm(&vm_pairs, cli.tc_attach) {
+    for run in vm_runs(&vm_pairs) {
+        let adoption = matches!(run.first().map(|p| p.from), Some(Source::KubeProxy(_)));
+        let programs = programs.as_ref().filter(|_| adoption);
+        match rows_in_vm(&run, cli.tc_attach, programs) {
             Ok(got) => rows.extend(got),
             Err(e) => eprintln!("migration-matrix: the VM: {e}"),
         }
         // A pair the VM did not report failed.
-        for pair in vm_pairs {
+        for pair in run {
             if !rows.iter().any(|r| r.pair == pair) {
                 rows.push(migration::Row::failed(pair, "no result from the VM".into()));
             }

@@ -45,6 +45,7 @@ use self::processes::{Agent, LeaseTiming, Operator, Program, Programs};
 use self::topology::Topology;
 use self::traffic::Clients;
 use crate::HarnessError;
+use crate::controlplane::access::ApiAccess;
 use crate::controlplane::forward::Forwarder;
 use crate::controlplane::identity::NAMESPACE;
 use crate::controlplane::kubectl::Kubectl;
@@ -413,7 +414,7 @@ impl Cluster {
 
 /// `kubectl apply -f` of `proxy_config`, written to a file as a user would; kubectl's answer.
 pub fn apply_proxy_config(
-    cp: &ControlPlane,
+    cp: &dyn ApiAccess,
     proxy_config: &serde_json::Value,
 ) -> Result<String, ClusterError> {
     let file = cp.dir().join("proxyconfig.yaml");

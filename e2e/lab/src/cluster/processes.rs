@@ -21,6 +21,7 @@ use std::time::Duration;
 use super::ClusterError;
 use crate::HarnessError;
 use crate::controlplane::ControlPlane;
+use crate::controlplane::access::ApiAccess;
 use crate::controlplane::forward::Forwarder;
 use crate::controlplane::identity::{Identity, NAMESPACE};
 use crate::controlplane::process::{Daemon, Launch};
@@ -102,7 +103,7 @@ struct Within<'a> {
 }
 
 fn launch(
-    cp: &ControlPlane,
+    cp: &dyn ApiAccess,
     name: &'static str,
     program: &Program,
     args: &[String],
@@ -145,7 +146,7 @@ pub struct Operator {
 impl Operator {
     /// Start replica `index` in `ns` (which has a forwarder), its Pod bound to `node`.
     pub async fn start(
-        cp: &ControlPlane,
+        cp: &dyn ApiAccess,
         ns: &Netns,
         index: u8,
         node: &str,
@@ -255,7 +256,7 @@ impl Agent {
     /// As [`Agent::start`] in a namespace that reaches the API server
     /// already (another program there has its forwarder).
     pub async fn start_beside(
-        cp: &ControlPlane,
+        cp: &dyn ApiAccess,
         ns: &Netns,
         node: &str,
         program: &Program,
@@ -265,7 +266,7 @@ impl Agent {
     }
 
     async fn start_with(
-        cp: &ControlPlane,
+        cp: &dyn ApiAccess,
         ns: &Netns,
         node: &str,
         program: &Program,

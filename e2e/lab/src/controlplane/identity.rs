@@ -7,13 +7,16 @@
 //! missing (the Pod never runs: there is no kubelet; binding needs only the
 //! object).
 
+use std::path::{Path, PathBuf};
+
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Container, Node, Pod, PodSpec, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use kube::api::PostParams;
 
-use super::ControlPlaneError;
+use super::kubeconfig::{self, Credential};
+use super::{ControlPlaneError, certs};
 
 /// The namespace and the ServiceAccounts of the agent and the operator in `config/rbac`.
 pub const NAMESPACE: &str = "switchyard-system";
@@ -95,6 +98,51 @@ impl Identity {
             .trim_end_matches('-')
             .to_string()
     }
+}
+
+/// A token for ServiceAccount identity `who`, written into `dir`, as a
+/// kubeconfig's credential (a user's client certificate is the PKI's to issue).
+pub async fn token_credential(
+    admin: &kube::Client,
+    dir: &Path,
+    who: &Identity,
+) -> Result<Credential, ControlPlaneError> {
+    let Identity::ServiceAccount {
+        namespace,
+        name,
+        pod,
+    } = who
+    else {
+        return Err(ControlPlaneError::NotServiceAccount {
+            identity: who.slug(),
+        });
+    };
+    let token = token(admin, namespace, name, pod.as_ref()).await?;
+    let file = dir.join(format!("{}.token", who.slug()));
+    certs::write(&file, token.as_bytes(), true)?;
+    Ok(Credential::TokenFile(file))
+}
+
+/// Write `who`'s kubeconfig into `dir` (the API server at 127.0.0.1:`port`,
+/// its CA certificate `ca`); returns its path.
+pub fn write_kubeconfig(
+    who: &Identity,
+    dir: &Path,
+    port: u16,
+    ca: &Path,
+    credential: &Credential,
+) -> Result<PathBuf, ControlPlaneError> {
+    let user = match who {
+        Identity::User { name, .. } => name.clone(),
+        Identity::ServiceAccount {
+            namespace, name, ..
+        } => {
+            format!("system:serviceaccount:{namespace}:{name}")
+        }
+    };
+    let path = dir.join(format!("{}.kubeconfig", who.slug()));
+    kubeconfig::write(&path, port, ca, &user, credential)?;
+    Ok(path)
 }
 
 fn api_err(operation: String) -> impl FnOnce(kube::Error) -> ControlPlaneError {

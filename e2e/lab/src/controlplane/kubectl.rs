@@ -43,6 +43,22 @@ impl Kubectl {
     pub fn run(&self, args: &[&str]) -> Result<String, ControlPlaneError> {
         checked(args, self.output(args)?)
     }
+
+    /// `kubectl apply -k dir`, then wait until every CRD is established (so
+    /// its kinds can be used at once).
+    pub fn install(&self, kustomization: &Path) -> Result<(), ControlPlaneError> {
+        let dir = kustomization.display().to_string();
+        self.run(&["apply", "-k", &dir])?;
+        let timeout = format!("--timeout={}s", super::READY_TIMEOUT.as_secs());
+        self.run(&[
+            "wait",
+            "--for=condition=Established",
+            "crd",
+            "--all",
+            &timeout,
+        ])?;
+        Ok(())
+    }
 }
 
 fn checked(args: &[&str], out: Output) -> Result<String, ControlPlaneError> {

@@ -11,6 +11,8 @@
 //! and SIGINT/SIGTERM (the cleanup registry), and a SIGKILLed owner's
 //! programs die with it (PR_SET_PDEATHSIG).
 //!
+//! - [`access`]: what the lab's programs need of an API server, here or
+//!   the host's seen from the VM.
 //! - [`certs`]: CA, serving and client certificates, service-account keys.
 //! - [`process`]: one running program, its log, its teardown.
 //! - [`etcd`], [`apiserver`], [`controller_manager`]: each program's flags.
@@ -23,6 +25,7 @@
 //! [`ControlPlane::stop_apiserver`] and [`ControlPlane::start_apiserver`]
 //! restart the API server on the same port and etcd, as an outage would.
 
+pub mod access;
 pub mod apiserver;
 pub mod audit;
 pub mod binaries;
@@ -126,6 +129,10 @@ pub enum ControlPlaneError {
         #[source]
         source: kube::Error,
     },
+    #[error(
+        "{identity}: only a ServiceAccount's kubeconfig can be made here (a client certificate needs the CA's key, which stays with the control plane)"
+    )]
+    NotServiceAccount { identity: String },
     #[error("the TokenRequest for ServiceAccount {service_account} came back without a token")]
     NoToken { service_account: String },
     #[error("kubectl {args}: {stderr}")]
@@ -291,48 +298,27 @@ impl ControlPlane {
             .collect()
     }
 
-    /// `kubectl apply -k dir` as the admin, then wait until every CRD is
-    /// established (so its kinds can be used at once).
+    /// `kubectl apply -k dir` as the admin ([`Kubectl::install`]).
     pub fn install(&self, kustomization: &Path) -> Result<(), ControlPlaneError> {
-        let kubectl = self.kubectl();
-        let dir = kustomization.display().to_string();
-        kubectl.run(&["apply", "-k", &dir])?;
-        let timeout = format!("--timeout={}s", READY_TIMEOUT.as_secs());
-        kubectl.run(&[
-            "wait",
-            "--for=condition=Established",
-            "crd",
-            "--all",
-            &timeout,
-        ])?;
-        Ok(())
+        self.kubectl().install(kustomization)
     }
 
     /// Write a kubeconfig speaking as `who` (see [`identity`]); returns its path.
     pub async fn kubeconfig_for(&self, who: &Identity) -> Result<PathBuf, ControlPlaneError> {
-        let slug = who.slug();
-        let path = self.dir().join(format!("{slug}.kubeconfig"));
-        let (user, credential) = match who {
-            Identity::User { name, group } => (
-                name.clone(),
-                Credential::ClientCert(self.pki.client(&slug, name, group.as_deref())?),
-            ),
-            Identity::ServiceAccount {
-                namespace,
-                name,
-                pod,
-            } => {
-                let token = identity::token(&self.client, namespace, name, pod.as_ref()).await?;
-                let file = self.dir().join(format!("{slug}.token"));
-                certs::write(&file, token.as_bytes(), true)?;
-                (
-                    format!("system:serviceaccount:{namespace}:{name}"),
-                    Credential::TokenFile(file),
-                )
+        let credential = match who {
+            Identity::User { name, group } => {
+                Credential::ClientCert(self.pki.client(&who.slug(), name, group.as_deref())?)
+            }
+            Identity::ServiceAccount { .. } => {
+                identity::token_credential(&self.client, self.dir(), who).await?
             }
         };
-        kubeconfig::write(&path, self.port, &self.pki.ca_cert(), &user, &credential)?;
-        Ok(path)
+        identity::write_kubeconfig(who, self.dir(), self.port, &self.pki.ca_cert(), &credential)
+    }
+
+    /// The CA certificate the API server's serving certificate is signed with.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.pki.ca_cert()
     }
 
     /// The API server's audit log so far ([`audit`]).

@@ -18,7 +18,15 @@
 //! kube-proxy's objects go once the connections they translated closed (the
 //! agent's drain; checked after the traffic stopped), and the agent runs with
 //! a scratch bpffs and cgroup ([`EbpfHooks`]) that it and the node's own
-//! clients (the node, its pods) are in, never the host's root cgroup.
+//! clients (the node, its pods) are in, never the host's root cgroup. From
+//! kube-proxy's ipvs mode its virtual servers and `kube-ipvs0` go the same
+//! way (the agent retires them as its own ipvs mode's).
+//!
+//! kube-proxy's ipvs mode runs in the stock-kernel VM: the control plane
+//! stays on the host and everything else (kube-proxy, the operator, the
+//! agent, the traffic) runs in the guest, which reaches the host's API
+//! server ([`crate::reference::vm`]); these steps are the same there, on
+//! the API server as [`crate::controlplane::access::ApiAccess`] gives it.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -28,13 +36,13 @@ use kube::api::{Patch, PatchParams};
 use switchyard_api::proxynode::SwitchStep;
 use switchyard_api::{Mode, ProxyNode};
 
-use super::{Pair, Row, Timing, matrix, prefix, setup, start_traffic, stop_traffic};
+use super::{Pair, Row, Source, Timing, matrix, prefix, setup, start_traffic, stop_traffic};
 use crate::HarnessError;
 use crate::cluster::ClusterError;
 use crate::cluster::layout::{POOL, POOL_LABEL, pool_proxy_config};
 use crate::cluster::processes::{Agent, LeaseTiming, Operator, Programs};
 use crate::cluster::wait::until;
-use crate::controlplane::config_base;
+use crate::controlplane::process::log_tail;
 use crate::ebpf::EbpfHooks;
 use crate::hooks::ModeHooks;
 use crate::metrics::http_get;
@@ -45,13 +53,11 @@ use crate::reference::{Reference, ReferenceNode};
 use crate::runner;
 use crate::scenario::{NodeSpec, Scenario};
 use crate::topology::Topology;
+use switchyard_dataplane::ipvs::DUMMY_INTERFACE;
 use switchyard_dataplane::kubeproxy::KUBE_PROXY_TABLE;
 
 /// The ProxyConfig's verification: the matrix's Service `web` (port 80).
 const VERIFY_SERVICE: &str = "mig/web";
-/// Deadlock guard of the rollout (a switch takes about a second; the two
-/// cores are shared with a control plane and kube-proxy).
-const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the agent's `/healthz` is asked for while it binds the port,
 /// and the node's tables listed while kube-proxy's objects drain.
 const POLL: Duration = Duration::from_millis(50);
@@ -80,9 +86,6 @@ pub(super) fn run(
     timing: Timing,
     programs: &Programs,
 ) -> Result<Row, HarnessError> {
-    if pair.to == Mode::Ipvs {
-        return Err(setup("IPVS needs the VM, which runs no control plane"));
-    }
     let scenario = matrix()?;
     let stage = scenario
         .stages()
@@ -102,15 +105,31 @@ pub(super) fn run(
     let hooks: Vec<&dyn ModeHooks> = ebpf.iter().map(|h| h as &dyn ModeHooks).collect();
     let streams = start_traffic(&node.topology, &scenario, &hooks, timing)?;
     std::thread::sleep(timing.before);
-    let taken_over = take_over(&mut node, &scenario.node, pair.to, programs, ebpf.as_ref());
+    let taken_over = take_over(
+        &mut node,
+        &scenario.node,
+        pair,
+        programs,
+        ebpf.as_ref(),
+        timing.rollout,
+    );
     std::thread::sleep(timing.after);
     let counts = stop_traffic(streams, pair);
     let ns = &node.topology.node;
+    let agent_log = taken_over
+        .as_ref()
+        .ok()
+        .map(|done| done.agent.log().to_path_buf());
     let (switched, after) = match taken_over {
         Ok(done) => (Ok(done.switch_time), leftovers_gone(ns, from, pair.to)),
         Err(e) => (Err(e), Ok(())),
     };
-    Ok(Row::of(pair, switched, counts, after))
+    let row = Row::of(pair, switched, counts, after);
+    if let Some(log) = agent_log.filter(|_| !row.passed()) {
+        // Its directory goes with the control plane (or the VM).
+        eprintln!("{pair}: the end of {}:\n{}", log.display(), log_tail(&log));
+    }
+    Ok(row)
 }
 
 /// For an adoption into eBPF, its scratch bpffs and client cgroup (never the
@@ -135,18 +154,19 @@ fn ebpf_hooks(
 struct TakenOver {
     switch_time: Duration,
     _operator: Operator,
-    _agent: Agent,
+    agent: Agent,
 }
 
 /// The runbook's three steps (see the module header).
 fn take_over(
     node: &mut ReferenceNode<'_>,
     spec: &NodeSpec,
-    to: Mode,
+    pair: Pair,
     programs: &Programs,
     ebpf: Option<&EbpfHooks>,
+    rollout: Duration,
 ) -> Result<TakenOver, HarnessError> {
-    let name = spec.name.as_str();
+    let (name, to) = (spec.name.as_str(), pair.to);
     // Never an agent that could attach to the host's root cgroup.
     let place = ebpf.and_then(EbpfHooks::agent_place);
     if to == Mode::Ebpf && place.is_none() {
@@ -158,8 +178,8 @@ fn take_over(
         .map(ToString::to_string)
         .ok_or_else(|| setup("the matrix node has no cluster CIDR"))?;
     // 1. Switchyard installed, no ProxyConfig for the pool.
-    let cp = node.control_plane()?;
-    cp.install(&config_base())?;
+    let cp = node.api();
+    cp.kubectl().install(&cp.config_base())?;
     let ns = &node.topology.node;
     let (operator, agent) = node
         .block_on(async {
@@ -172,12 +192,12 @@ fn take_over(
     // 2. kube-proxy off the node.
     node.stop_kube_proxy();
     // 3. The pool's ProxyConfig.
-    let cp = node.control_plane()?;
+    let cp = node.api();
     let began = Instant::now();
     let config = pool_proxy_config(to, 1, &cluster_cidr, VERIFY_SERVICE);
     crate::cluster::apply_proxy_config(cp, &config).map_err(cluster_err)?;
     let verified = node
-        .block_on(settled(cp.client(), name, to))
+        .block_on(settled(cp.client(), name, to, rollout))
         .map_err(cluster_err)?;
     let switch_time = began.elapsed();
     // Set against the traffic children's failure lines (same clock).
@@ -185,9 +205,12 @@ fn take_over(
         "{name}: switch to {to} finished at {} ms",
         crate::traffic::stream::unix_millis()
     );
-    // Our iptables mode writes over kube-proxy's chains of the same names
-    // in one restore: no switch, nothing to verify beside them.
-    if !verified && to != Mode::Iptables {
+    // kube-proxy's iptables and ipvs layouts are our modes' (the chains'
+    // names, the IPVS objects): into the same mode ours writes over them,
+    // no switch, nothing to verify beside them.
+    let same_layout =
+        pair.from == Source::KubeProxy(to) && matches!(to, Mode::Iptables | Mode::Ipvs);
+    if !verified && !same_layout {
         return Err(setup(&format!(
             "{name} settled on {to} without a verified switch"
         )));
@@ -198,11 +221,12 @@ fn take_over(
         .first()
         .map(|a| a.ip)
         .ok_or_else(|| setup("the node has no address"))?;
-    healthz_served(&node.topology.node, SocketAddr::new(node_ip, HEALTHZ_PORT))?;
+    let healthz = SocketAddr::new(node_ip, HEALTHZ_PORT);
+    healthz_served(&node.topology.node, healthz, rollout)?;
     Ok(TakenOver {
         switch_time,
         _operator: operator,
-        _agent: agent,
+        agent,
     })
 }
 
@@ -225,12 +249,17 @@ async fn label_pool(client: kube::Client, name: &str) -> Result<(), ClusterError
 
 /// Wait until ProxyNode `name` has settled on `to` (targeted, applied, no
 /// switch under way, Ready); whether a switch to `to` was seen verifying.
-async fn settled(client: kube::Client, name: &str, to: Mode) -> Result<bool, ClusterError> {
+async fn settled(
+    client: kube::Client,
+    name: &str,
+    to: Mode,
+    timeout: Duration,
+) -> Result<bool, ClusterError> {
     let mut verifying = false;
     until(
         Api::<ProxyNode>::all(client),
         &format!("ProxyNode {name} settled on {to}"),
-        ROLLOUT_TIMEOUT,
+        timeout,
         move |all| {
             let node = all
                 .iter()
@@ -257,8 +286,8 @@ async fn settled(client: kube::Client, name: &str, to: Mode) -> Result<bool, Clu
 
 /// Wait until `/healthz` on `addr` answers (the agent binds kube-proxy's
 /// port on a sync once it is free).
-fn healthz_served(ns: &Netns, addr: SocketAddr) -> Result<(), HarnessError> {
-    let deadline = Instant::now() + ROLLOUT_TIMEOUT;
+fn healthz_served(ns: &Netns, addr: SocketAddr, timeout: Duration) -> Result<(), HarnessError> {
+    let deadline = Instant::now() + timeout;
     loop {
         let answer = http_get(ns, addr, "/healthz");
         match answer {
@@ -292,9 +321,9 @@ fn add_foreign(ns: &Netns) -> Result<(), HarnessError> {
 }
 
 /// [`nothing_left`] once the traffic stopped, waiting for the drain of an
-/// adoption into eBPF.
+/// adoption into eBPF or from IPVS.
 fn leftovers_gone(ns: &Netns, from: Mode, to: Mode) -> Result<(), HarnessError> {
-    let wait = if to == Mode::Ebpf {
+    let wait = if to == Mode::Ebpf || (from == Mode::Ipvs && to != Mode::Ipvs) {
         DRAIN_DEADLINE
     } else {
         Duration::ZERO
@@ -309,8 +338,9 @@ fn leftovers_gone(ns: &Netns, from: Mode, to: Mode) -> Result<(), HarnessError> 
 }
 
 /// After the take-over: kube-proxy's objects are gone (its nftables tables;
-/// its canary chains; in our nftables mode, its iptables service chains),
-/// and the foreign chain and table are intact.
+/// its canary chains; in our nftables and eBPF modes, its iptables service
+/// chains; outside our ipvs mode, its IPVS objects), and the foreign chain
+/// and table are intact.
 fn nothing_left(ns: &Netns, from: Mode, to: Mode) -> Result<(), HarnessError> {
     let tables = ns.exec("nft", &["list", "tables"], None)?;
     let mut wrong = Vec::new();
@@ -335,7 +365,9 @@ fn nothing_left(ns: &Netns, from: Mode, to: Mode) -> Result<(), HarnessError> {
     let dump = Dump::of(ns)?;
     for (table, chain) in dump.chains() {
         let left_by_kube_proxy = chain == "KUBE-PROXY-CANARY"
-            || (from == Mode::Iptables && to != Mode::Iptables && chain.starts_with("KUBE-"));
+            || (matches!(from, Mode::Iptables | Mode::Ipvs)
+                && !matches!(to, Mode::Iptables | Mode::Ipvs)
+                && chain.starts_with("KUBE-"));
         if left_by_kube_proxy {
             wrong.push(format!("kube-proxy's chain {chain} ({table}) is left"));
         }
@@ -346,9 +378,41 @@ fn nothing_left(ns: &Netns, from: Mode, to: Mode) -> Result<(), HarnessError> {
     if !foreign {
         wrong.push(format!("the foreign chain {FOREIGN_CHAIN} was changed"));
     }
+    if from == Mode::Ipvs && to != Mode::Ipvs {
+        wrong.extend(ipvs_left(ns)?);
+    }
     if wrong.is_empty() {
         Ok(())
     } else {
         Err(setup(&wrong.join("; ")))
     }
+}
+
+/// kube-proxy's IPVS objects in `ns`: `kube-ipvs0`, its ipsets, its
+/// virtual servers.
+fn ipvs_left(ns: &Netns) -> Result<Vec<String>, HarnessError> {
+    let mut left = Vec::new();
+    let links = ns.ip(&["-o", "link", "show"])?;
+    if links.contains(&format!(" {DUMMY_INTERFACE}:")) {
+        left.push(format!("kube-proxy's interface {DUMMY_INTERFACE} is left"));
+    }
+    let sets = ns.exec("ipset", &["list", "-n"], None)?;
+    left.extend(
+        sets.lines()
+            .filter(|set| set.starts_with("KUBE-"))
+            .map(|set| format!("kube-proxy's ipset {set} is left")),
+    );
+    // The table of the namespace this thread is in.
+    let table = ns.run(|| std::fs::read_to_string("/proc/thread-self/net/ip_vs"))?;
+    let servers = table
+        .map_err(|e| setup(&format!("reading the IPVS table: {e}")))?
+        .lines()
+        .filter(|l| ["TCP ", "UDP ", "SCTP "].iter().any(|p| l.starts_with(p)))
+        .count();
+    if servers > 0 {
+        left.push(format!(
+            "{servers} of kube-proxy's IPVS virtual servers are left"
+        ));
+    }
+    Ok(left)
 }

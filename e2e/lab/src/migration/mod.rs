@@ -141,6 +141,9 @@ pub struct Timing {
     /// Traffic before the switch and after it.
     pub before: Duration,
     pub after: Duration,
+    /// Deadlock guard of an adoption's rollout (a switch takes seconds; the
+    /// cores are shared with a control plane and kube-proxy).
+    pub rollout: Duration,
 }
 
 impl Timing {
@@ -150,6 +153,7 @@ impl Timing {
         timeout: Duration::from_millis(1000),
         before: Duration::from_millis(300),
         after: Duration::from_millis(1500),
+        rollout: Duration::from_secs(60),
     };
     /// In the VM, whose software emulation is slow: more traffic than this
     /// stretches a switch from a second to a minute.
@@ -158,6 +162,7 @@ impl Timing {
         timeout: Duration::from_millis(3000),
         before: Duration::from_millis(1000),
         after: Duration::from_millis(4000),
+        rollout: Duration::from_secs(300),
     };
 }
 

@@ -29,6 +29,7 @@ use switchyard_api::Mode;
 use switchyard_api::ruleset::Cidr;
 
 use crate::HarnessError;
+use crate::controlplane::access::ApiAccess;
 use crate::controlplane::forward::Forwarder;
 use crate::controlplane::workdir::Purpose;
 use crate::controlplane::{ControlPlane, ControlPlaneError};
@@ -52,17 +53,10 @@ enum ApiServer {
 }
 
 impl ApiServer {
-    fn client(&self) -> kube::Client {
+    fn access(&self) -> &dyn ApiAccess {
         match self {
-            ApiServer::Local(cp) => cp.client(),
-            ApiServer::Host(api) => api.client(),
-        }
-    }
-
-    fn dir(&self) -> &std::path::Path {
-        match self {
-            ApiServer::Local(cp) => cp.dir(),
-            ApiServer::Host(api) => api.dir(),
+            ApiServer::Local(cp) => cp,
+            ApiServer::Host(api) => api,
         }
     }
 
@@ -128,7 +122,7 @@ impl Reference {
                     (ApiServer::Local(cp), kubeconfig)
                 }
             };
-            let state = ClusterState::new(api.client()).await?;
+            let state = ClusterState::new(api.access().client()).await?;
             Ok::<_, ControlPlaneError>((api, kubeconfig, state))
         })?;
         Ok(Reference {
@@ -160,7 +154,7 @@ impl Reference {
         let forwarder = self.api.forward_into(&topology.node)?;
         let mut kube_proxy = KubeProxy::start(
             &self.api.kube_proxy(),
-            self.api.dir(),
+            self.api.access().dir(),
             self.mode,
             &scenario.node,
             node_ip,
@@ -220,16 +214,9 @@ impl ReferenceNode<'_> {
         self.kube_proxy.stop();
     }
 
-    /// The control plane kube-proxy talks to (not in the VM, where it runs
-    /// on the host).
-    pub fn control_plane(&self) -> Result<&ControlPlane, HarnessError> {
-        match &self.reference.api {
-            ApiServer::Local(cp) => Ok(cp),
-            ApiServer::Host(_) => Err(HarnessError::Setup {
-                what: "the reference's control plane".into(),
-                message: "in the VM it runs on the host, out of reach".into(),
-            }),
-        }
+    /// The API server kube-proxy talks to (in the VM, the host's).
+    pub fn api(&self) -> &dyn ApiAccess {
+        self.reference.api.access()
     }
 
     /// The control plane goes with this node: its objects are not deleted

@@ -8,18 +8,25 @@
 //!
 //! - [`HostSide`]: the control plane, and what the guest needs of it:
 //!   kube-proxy, the harness's and kube-proxy's kubeconfigs and their
-//!   credentials, all under [`GUEST_DIR`].
+//!   credentials, all under [`GUEST_DIR`]; for an adoption also kubectl,
+//!   `config/`, the CA certificate and Switchyard's operator and agent
+//!   ([`HostSide::add_switchyard`]).
 //! - [`GuestApi`]: in the guest, that API server (a relay on the guest's
-//!   loopback to the forwarded port).
+//!   loopback to the forwarded port), with what the lab's programs need of
+//!   it ([`ApiAccess`]): the operator and the agent run in the guest too.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use futures::future::BoxFuture;
+
 use super::KUBE_PROXY_USER;
 use crate::HarnessError;
+use crate::controlplane::access::ApiAccess;
 use crate::controlplane::forward::Forwarder;
-use crate::controlplane::identity::Identity;
+use crate::controlplane::identity::{self, Identity};
 use crate::controlplane::kubeconfig;
+use crate::controlplane::kubectl::Kubectl;
 use crate::controlplane::workdir::{Purpose, WorkDir};
 use crate::controlplane::{ControlPlane, ControlPlaneError};
 use crate::netns::Netns;
@@ -30,11 +37,17 @@ const PORT_ENV: &str = "SWITCHYARD_VM_API_PORT";
 /// Where the guest finds kube-proxy and the kubeconfigs.
 pub const GUEST_DIR: &str = "/payload/k8s";
 const KUBE_PROXY: &str = "kube-proxy";
+const KUBECTL: &str = "kubectl";
 const ADMIN_CONFIG: &str = "admin.kubeconfig";
 const KUBE_PROXY_CONFIG: &str = "kube-proxy.kubeconfig";
+const CA_CERT: &str = "ca.crt";
+/// The checkout's `config/`, in which `base` is installed.
+const CONFIG: &str = "config";
 /// kube-proxy, the runner, both nodes' servers and the initramfs (kept in
 /// memory) need more than the VM's default.
 const MEMORY: &str = "2G";
+/// With Switchyard's operator and agent and kubectl in the initramfs too.
+const MEMORY_WITH_SWITCHYARD: &str = "3G";
 /// kube-proxy syncs while the runner sends flows: one emulated CPU each.
 const CPUS: u32 = 2;
 
@@ -55,7 +68,8 @@ pub async fn kube_proxy_kubeconfig(cp: &ControlPlane) -> Result<PathBuf, Control
 pub struct HostSide {
     files: Vec<ExtraFile>,
     port: u16,
-    _control_plane: ControlPlane,
+    memory: &'static str,
+    control_plane: ControlPlane,
     /// Last: the control plane's client lives on it.
     _runtime: tokio::runtime::Runtime,
 }
@@ -95,9 +109,50 @@ impl HostSide {
         Ok(HostSide {
             files,
             port: control_plane.api_addr().port(),
-            _control_plane: control_plane,
+            memory: MEMORY,
+            control_plane,
             _runtime: runtime,
         })
+    }
+
+    /// Also place what an adoption runs in the guest: kubectl, the
+    /// checkout's `config/` (for [`ApiAccess::config_base`]), the CA
+    /// certificate (for the kubeconfigs the guest mints), and `operator`
+    /// and `agent`; where the guest finds those two.
+    pub fn add_switchyard(
+        &mut self,
+        operator: &Path,
+        agent: &Path,
+    ) -> Result<GuestSwitchyard, HarnessError> {
+        let cp = &self.control_plane;
+        let base = cp.config_base();
+        let mut files = files_under(base.parent().unwrap_or(&base), &guest_file(CONFIG))?;
+        files.push(ExtraFile {
+            host: cp.binaries().path(KUBECTL),
+            guest: guest_file(KUBECTL).display().to_string(),
+        });
+        files.push(ExtraFile {
+            host: cp.ca_cert(),
+            guest: guest_file(CA_CERT).display().to_string(),
+        });
+        let mut place = |program: &Path| {
+            let name = program
+                .file_name()
+                .map_or_else(|| "program".into(), |n| n.to_string_lossy().into_owned());
+            let guest = guest_file(&name);
+            files.push(ExtraFile {
+                host: program.to_path_buf(),
+                guest: guest.display().to_string(),
+            });
+            guest
+        };
+        let placed = GuestSwitchyard {
+            operator: place(operator),
+            agent: place(agent),
+        };
+        self.files.extend(files);
+        self.memory = MEMORY_WITH_SWITCHYARD;
+        Ok(placed)
     }
 
     /// The files the guest needs, for [`VmRunner::run`].
@@ -109,9 +164,38 @@ impl HostSide {
     pub fn prepare(&self, vm: VmRunner) -> VmRunner {
         vm.host_port(self.port)
             .env(PORT_ENV, &self.port.to_string())
-            .memory(MEMORY)
+            .memory(self.memory)
             .cpus(CPUS)
     }
+}
+
+/// Where the guest finds Switchyard's programs ([`HostSide::add_switchyard`]).
+pub struct GuestSwitchyard {
+    pub operator: PathBuf,
+    pub agent: PathBuf,
+}
+
+/// Every file under `dir`, placed under `guest` at the same relative path.
+fn files_under(dir: &Path, guest: &Path) -> Result<Vec<ExtraFile>, ControlPlaneError> {
+    let listing = |source| ControlPlaneError::Io {
+        what: "list the directory",
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(listing)? {
+        let entry = entry.map_err(listing)?;
+        let (host, guest) = (entry.path(), guest.join(entry.file_name()));
+        if host.is_dir() {
+            files.extend(files_under(&host, &guest)?);
+        } else {
+            files.push(ExtraFile {
+                host,
+                guest: guest.display().to_string(),
+            });
+        }
+    }
+    Ok(files)
 }
 
 /// In the guest: the host's API server, reached at 127.0.0.1:port.
@@ -141,14 +225,6 @@ impl GuestApi {
         })
     }
 
-    pub fn client(&self) -> kube::Client {
-        self.client.clone()
-    }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     /// The kube-proxy program in the guest.
     pub fn kube_proxy(&self) -> PathBuf {
         guest_file(KUBE_PROXY)
@@ -162,5 +238,36 @@ impl GuestApi {
     /// The API server at 127.0.0.1:port inside `node` too.
     pub fn forward_into(&self, node: &Netns) -> Result<Forwarder, ControlPlaneError> {
         Forwarder::start(node, SocketAddr::from((Ipv4Addr::LOCALHOST, self.port)))
+    }
+}
+
+impl ApiAccess for GuestApi {
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    fn kubectl(&self) -> Kubectl {
+        Kubectl::new(&guest_file(KUBECTL), &guest_file(ADMIN_CONFIG))
+    }
+
+    fn config_base(&self) -> PathBuf {
+        guest_file(CONFIG).join("base")
+    }
+
+    /// A ServiceAccount's (a client certificate needs the CA's key, which
+    /// stays on the host).
+    fn kubeconfig_for<'a>(
+        &'a self,
+        who: &'a Identity,
+    ) -> BoxFuture<'a, Result<PathBuf, ControlPlaneError>> {
+        Box::pin(async move {
+            let credential = identity::token_credential(&self.client, self.dir(), who).await?;
+            let ca = guest_file(CA_CERT);
+            identity::write_kubeconfig(who, self.dir(), self.port, &ca, &credential)
+        })
     }
 }

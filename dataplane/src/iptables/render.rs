@@ -207,6 +207,20 @@ fn endpoint_count(ruleset: &LinkedRuleset, family: IpFamily) -> usize {
         .sum()
 }
 
+/// kube-proxy's order of a port's endpoints (its `byEndpoint`): by their
+/// `ip:port` text, so `10.0.0.10:80` comes before `10.0.0.9:80`. The order
+/// decides which rule of a policy chain jumps to which endpoint.
+fn in_kube_proxy_order(mut endpoints: FamilyEndpoints<'_>) -> FamilyEndpoints<'_> {
+    for list in [
+        &mut endpoints.cluster,
+        &mut endpoints.local,
+        &mut endpoints.all_reachable,
+    ] {
+        list.sort_by_cached_key(|ep| ep.endpoint());
+    }
+    endpoints
+}
+
 fn of_family(ips: &[IpAddr], family: IpFamily) -> Vec<IpAddr> {
     ips.iter()
         .filter(|ip| IpFamily::of(ip) == family)
@@ -244,7 +258,7 @@ impl<'a> Port<'a> {
         let cluster_ip = *of_family(&rule.cluster_ips, family).first()?;
         let name = rule.service_port_name();
         let chains = ServiceChains::of(rule);
-        let endpoints = sp.family(family);
+        let endpoints = in_kube_proxy_order(sp.family(family));
         let has_endpoints = endpoints.has_any_endpoints;
         // A policy chain is only jumped to when it exists (has endpoints in this family).
         let policy_chain = |local: bool| {

@@ -158,6 +158,27 @@ fn endpoint_rules_lose_their_comments_past_a_thousand_endpoints_as_kube_proxys_d
     assert!(large.contains(r#"--comment "ns1/big:p80 cluster IP""#));
 }
 
+/// kube-proxy orders a port's endpoints by their `ip:port` text (its
+/// `byEndpoint`): the policy chain's first rule goes to 10.1.0.10:8080
+/// (`0` sorts before `:`), then 10.1.0.1:8080, then 10.1.0.2:8080; in
+/// numeric order the chain's rules differ from kube-proxy's.
+#[test]
+fn policy_chain_takes_endpoints_in_kube_proxys_text_order_not_numeric_order() {
+    let text = render::render(&linked(&service_with_endpoints(10)), &settings()).to_string();
+    let order: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("-A KUBE-SVC-") && l.contains("-j KUBE-SEP-"))
+        .filter_map(|l| l.split(" -> ").nth(1)?.split('"').next())
+        .collect();
+    let mut expected: Vec<String> = (1..=10).map(|i| format!("10.1.0.{i}:8080")).collect();
+    expected.sort();
+    assert_eq!(order, expected);
+    assert_eq!(
+        order[..3],
+        ["10.1.0.10:8080", "10.1.0.1:8080", "10.1.0.2:8080"]
+    );
+}
+
 /// Kernel tools answering from a script: canned stdout per (program, first args).
 #[derive(Default)]
 struct ScriptedRunner {

@@ -34,7 +34,7 @@ use switchyard_lab::bench::versus::measure::{Counts, measure_mode};
 use switchyard_lab::bench::versus::rig::Rig;
 use switchyard_lab::bench::versus::switchyard::{switch_agent, wait_published_and_applied};
 use switchyard_lab::bench::versus::table::Results;
-use switchyard_lab::bench::versus::{SYNC_BASE, VersusError};
+use switchyard_lab::bench::versus::{SYNC_BASE, VersusError, measure_error};
 use switchyard_lab::cleanup;
 use switchyard_lab::cluster::layout::{self, Layout};
 use switchyard_lab::traffic::role::{self, ChildRole};
@@ -59,6 +59,10 @@ struct Cli {
     /// Connects per target (Service address and endpoint) per size and mode.
     #[arg(long, default_value_t = 1000)]
     connects: usize,
+    /// Switchyard's modes to measure, a subset of iptables, nftables and
+    /// ebpf (measured in that order whatever the order given here).
+    #[arg(long, value_delimiter = ',', default_values_t = MODES)]
+    modes: Vec<Mode>,
 }
 
 /// Switchyard's modes in the order measured: kube-proxy's first, so that
@@ -79,9 +83,24 @@ fn sizes(cli: &Cli) -> Result<Vec<Size>, VersusError> {
     Ok(sizes)
 }
 
+/// The modes of `MODES` that `cli` asks for, in its order.
+fn modes(cli: &Cli) -> Result<Vec<Mode>, VersusError> {
+    if let Some(other) = cli.modes.iter().find(|m| !MODES.contains(m)) {
+        return Err(measure_error(
+            format!("--modes {other}"),
+            "not measured here (no IPVS in this kernel)",
+        ));
+    }
+    Ok(MODES
+        .into_iter()
+        .filter(|m| cli.modes.contains(m))
+        .collect())
+}
+
 /// Every size and mode in turn, into `results`, until one fails.
 fn run(cli: &Cli, results: &mut Results) -> Result<(), VersusError> {
     let sizes = sizes(cli)?;
+    let modes = modes(cli)?;
     let counts = if cli.quick {
         Counts {
             changes: 20,
@@ -111,7 +130,7 @@ fn run(cli: &Cli, results: &mut Results) -> Result<(), VersusError> {
             "versus: {size} written and applied at {:?}",
             began.elapsed()
         );
-        for mode in MODES {
+        for &mode in &modes {
             run += 1;
             let m = measure_mode(&mut rig, size, mode, run, counts)
                 .map_err(|e| e.at(size, Some(mode)))?;

@@ -185,8 +185,8 @@ impl Ctx<'_> {
 
 /// kube-proxy's `largeClusterEndpointsThreshold`: with more endpoints than
 /// this in a family, its proxier leaves the comments off the rules of and to
-/// endpoint chains (its `largeClusterMode`), which makes the restore input a
-/// third smaller and a full sync's restore a fifth cheaper.
+/// endpoint chains (its `largeClusterMode`), which makes the restore input
+/// 30% smaller and a full sync's restore about 15% cheaper.
 const LARGE_CLUSTER_ENDPOINTS: usize = 1000;
 
 /// kube-proxy's `totalEndpoints`: the endpoints of `family` of every service

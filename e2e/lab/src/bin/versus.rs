@@ -60,7 +60,9 @@ struct Cli {
     #[arg(long, default_value_t = 1000)]
     connects: usize,
     /// Switchyard's modes to measure, a subset of iptables, nftables and
-    /// ebpf (measured in that order whatever the order given here).
+    /// ebpf (measured in that order whatever the order given here). With
+    /// one mode, only the first size has a mode switch to measure: the
+    /// agent already runs the mode at the next.
     #[arg(long, value_delimiter = ',', default_values_t = MODES)]
     modes: Vec<Mode>,
 }

@@ -63,22 +63,42 @@ fn not_installed(error: &ExecError) -> bool {
     matches!(error, ExecError::Spawn { source, .. } if source.kind() == ErrorKind::NotFound)
 }
 
+/// Whether `program args` (a listing of one named object) succeeds, `None`
+/// when `program` is not installed. A listing that fails finds nothing, as
+/// kube-proxy's `ChainExists` reads it: the tools' messages for a missing
+/// object differ between versions (iptables 1.8.9 calls a missing chain
+/// "incompatible").
+fn lists(
+    runner: &dyn Runner,
+    mode: Mode,
+    program: &str,
+    args: &[&str],
+) -> Result<Option<bool>, BackendError> {
+    match runner.run(program, args, None) {
+        Ok(_) => Ok(Some(true)),
+        Err(e) if not_installed(&e) => Ok(None),
+        Err(ExecError::Failed { .. }) => Ok(Some(false)),
+        Err(e) => Err(exec_error(mode, "listing another proxy's objects")(e)),
+    }
+}
+
 impl KubeProxyNftables {
-    /// The families (`ip`, `ip6`) that have kube-proxy's table.
+    /// The families (`ip`, `ip6`) that have kube-proxy's table, each asked
+    /// for by name: `nft list tables` fetches every chain and rule of every
+    /// table, iptables' too (a third of a second beside the iptables mode's
+    /// rules for 1000 Services, in every sweep).
     fn present(&self) -> Result<Vec<&'static str>, BackendError> {
-        let tables = match self.runner.run("nft", &["list", "tables"], None) {
-            Ok(out) => out,
-            // No nft on the node: kube-proxy cannot have left nftables tables.
-            Err(e) if not_installed(&e) => return Ok(Vec::new()),
-            Err(e) => return Err(exec_error(Mode::Nftables, "listing nftables tables")(e)),
-        };
-        Ok(["ip", "ip6"]
-            .into_iter()
-            .filter(|family| {
-                let line = format!("table {family} {KUBE_PROXY_TABLE}");
-                tables.lines().any(|l| l.trim() == line)
-            })
-            .collect())
+        let mut present = Vec::new();
+        for family in ["ip", "ip6"] {
+            let args = ["-t", "list", "table", family, KUBE_PROXY_TABLE];
+            match lists(self.runner.as_ref(), Mode::Nftables, "nft", &args)? {
+                Some(true) => present.push(family),
+                Some(false) => {}
+                // No nft on the node: kube-proxy cannot have left nftables tables.
+                None => break,
+            }
+        }
+        Ok(present)
     }
 }
 
@@ -135,35 +155,31 @@ impl Leftovers for KubeProxyCanaries {
         "kube-proxy canary chains"
     }
 
+    /// Each chain is asked for by name: `iptables-save` of a table prints
+    /// every rule (a quarter of a second per table beside the iptables
+    /// mode's rules for 1000 Services, in every sweep).
     fn remove(&self) -> Result<bool, BackendError> {
         let mut removed = false;
-        for (iptables, save) in [
-            ("iptables", "iptables-save"),
-            ("ip6tables", "ip6tables-save"),
-        ] {
+        for iptables in ["iptables", "ip6tables"] {
             for table in CANARY_TABLES {
-                let listed = match self.runner.run(save, &["-t", table], None) {
-                    Ok(out) => out,
+                let args = ["-w", "-t", table, "-S", KUBE_PROXY_CANARY];
+                match lists(self.runner.as_ref(), Mode::Iptables, iptables, &args)? {
+                    Some(true) => {}
+                    Some(false) => continue,
                     // No such tool: no chains of that family.
-                    Err(e) if not_installed(&e) => break,
-                    Err(e) => {
-                        return Err(exec_error(Mode::Iptables, "listing iptables chains")(e));
-                    }
-                };
-                let declared = format!(":{KUBE_PROXY_CANARY} ");
-                if listed.lines().any(|l| l.starts_with(&declared)) {
-                    self.runner
-                        .run(
-                            iptables,
-                            &["-w", "-t", table, "-X", KUBE_PROXY_CANARY],
-                            None,
-                        )
-                        .map_err(exec_error(
-                            Mode::Iptables,
-                            "deleting kube-proxy's canary chain",
-                        ))?;
-                    removed = true;
+                    None => break,
                 }
+                self.runner
+                    .run(
+                        iptables,
+                        &["-w", "-t", table, "-X", KUBE_PROXY_CANARY],
+                        None,
+                    )
+                    .map_err(exec_error(
+                        Mode::Iptables,
+                        "deleting kube-proxy's canary chain",
+                    ))?;
+                removed = true;
             }
         }
         Ok(removed)

@@ -89,6 +89,96 @@ fn masquerade_all_and_no_detector_render() {
     assert!(!none.contains("pod traffic for"));
 }
 
+/// One Service with `endpoints` endpoints (two slices: at most 1000 each).
+fn service_with_endpoints(endpoints: usize) -> String {
+    let mut yaml = String::from(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: big, namespace: ns1}\n\
+         spec:\n  clusterIP: 172.30.0.50\n  clusterIPs: [172.30.0.50]\n  \
+         ports: [{name: p80, port: 80, protocol: TCP}]\n",
+    );
+    for slice in 0..endpoints.div_ceil(1000) {
+        yaml.push_str(&format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: big-{slice}, namespace: ns1, labels: {{kubernetes.io/service-name: big}}}}\n\
+             addressType: IPv4\nports: [{{name: p80, port: 8080, protocol: TCP}}]\nendpoints:\n"
+        ));
+        for i in (slice * 1000)..endpoints.min((slice + 1) * 1000) {
+            yaml.push_str(&format!(
+                "- {{addresses: [10.1.{}.{}]}}\n",
+                i / 250,
+                i % 250 + 1
+            ));
+        }
+    }
+    yaml
+}
+
+/// kube-proxy's large cluster mode: past 1000 endpoints its rules of and to
+/// endpoint chains carry no comment, so neither do ours, or the rules differ
+/// from kube-proxy's and every restore carries a third more text.
+#[test]
+fn endpoint_rules_lose_their_comments_past_a_thousand_endpoints_as_kube_proxys_do() {
+    let sep = "-A KUBE-SEP-";
+    let to_sep = |text: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("-A KUBE-SVC-") && l.contains("-j KUBE-SEP-"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let at = |n| render::render(&linked(&service_with_endpoints(n)), &settings()).to_string();
+
+    let small = at(1000);
+    let sep_rules: Vec<&str> = small.lines().filter(|l| l.starts_with(sep)).collect();
+    assert_eq!(sep_rules.len(), 2000);
+    assert!(
+        sep_rules
+            .iter()
+            .all(|l| l.contains("--comment ns1/big:p80 "))
+    );
+    assert!(
+        to_sep(&small)
+            .iter()
+            .all(|l| l.contains("--comment \"ns1/big:p80 -> 10.1."))
+    );
+
+    let large = at(1001);
+    let sep_rules: Vec<&str> = large.lines().filter(|l| l.starts_with(sep)).collect();
+    assert_eq!(sep_rules.len(), 2002);
+    assert!(
+        sep_rules.iter().all(|l| !l.contains("--comment")),
+        "{sep_rules:?}"
+    );
+    let to_sep = to_sep(&large);
+    assert_eq!(to_sep.len(), 1001);
+    assert!(
+        to_sep.iter().all(|l| !l.contains("--comment")),
+        "{to_sep:?}"
+    );
+    // The Service's own rules keep theirs, as kube-proxy's do.
+    assert!(large.contains(r#"--comment "ns1/big:p80 cluster IP""#));
+}
+
+/// kube-proxy orders a port's endpoints by their `ip:port` text (its
+/// `byEndpoint`): the policy chain's first rule goes to 10.1.0.10:8080
+/// (`0` sorts before `:`), then 10.1.0.1:8080, then 10.1.0.2:8080; in
+/// numeric order the chain's rules differ from kube-proxy's.
+#[test]
+fn policy_chain_takes_endpoints_in_kube_proxys_text_order_not_numeric_order() {
+    let text = render::render(&linked(&service_with_endpoints(10)), &settings()).to_string();
+    let order: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("-A KUBE-SVC-") && l.contains("-j KUBE-SEP-"))
+        .filter_map(|l| l.split(" -> ").nth(1)?.split('"').next())
+        .collect();
+    let mut expected: Vec<String> = (1..=10).map(|i| format!("10.1.0.{i}:8080")).collect();
+    expected.sort();
+    assert_eq!(order, expected);
+    assert_eq!(
+        order[..3],
+        ["10.1.0.10:8080", "10.1.0.1:8080", "10.1.0.2:8080"]
+    );
+}
+
 /// Kernel tools answering from a script: canned stdout per (program, first args).
 #[derive(Default)]
 struct ScriptedRunner {

@@ -34,7 +34,7 @@ use switchyard_lab::bench::versus::measure::{Counts, measure_mode};
 use switchyard_lab::bench::versus::rig::Rig;
 use switchyard_lab::bench::versus::switchyard::{switch_agent, wait_published_and_applied};
 use switchyard_lab::bench::versus::table::Results;
-use switchyard_lab::bench::versus::{SYNC_BASE, VersusError};
+use switchyard_lab::bench::versus::{SYNC_BASE, VersusError, measure_error};
 use switchyard_lab::cleanup;
 use switchyard_lab::cluster::layout::{self, Layout};
 use switchyard_lab::traffic::role::{self, ChildRole};
@@ -60,9 +60,10 @@ struct Cli {
     /// Connects per target (Service address and endpoint) per size and mode.
     #[arg(long, default_value_t = 1000)]
     connects: usize,
-    /// Switchyard's modes to measure, each against kube-proxy's of the same
-    /// name (eBPF against whichever of them ran). Measured in the order
-    /// iptables, nftables, ebpf whatever the order given. At 5,000 Services
+    /// Switchyard's modes to measure, a subset of iptables, nftables and
+    /// ebpf (measured in that order whatever the order given here). With
+    /// one mode, only the first size has a mode switch to measure: the
+    /// agent already runs the mode at the next. At 5,000 Services
     /// kube-proxy's iptables mode did not finish its first sync in ten
     /// minutes on the two-core machine: larger sizes take `--modes nftables,ebpf`.
     #[arg(long, value_delimiter = ',', default_values_t = MODES)]
@@ -80,14 +81,6 @@ enum Child {
 /// Switchyard's modes in the order measured: kube-proxy's first, so that
 /// eBPF is compared with both of them at the same size (no IPVS in this kernel).
 const MODES: [Mode; 3] = [Mode::Iptables, Mode::Nftables, Mode::Ebpf];
-
-/// The modes of `cli` in the order measured.
-fn modes(cli: &Cli) -> Vec<Mode> {
-    MODES
-        .into_iter()
-        .filter(|m| cli.modes.contains(m))
-        .collect()
-}
 
 /// The agent's mode before the first state: not the first measured, so that
 /// each size's first mode is a switch; never iptables, whose first sync of
@@ -114,10 +107,24 @@ fn sizes(cli: &Cli) -> Result<Vec<Size>, VersusError> {
     Ok(sizes)
 }
 
+/// The modes of `MODES` that `cli` asks for, in its order.
+fn modes(cli: &Cli) -> Result<Vec<Mode>, VersusError> {
+    if let Some(other) = cli.modes.iter().find(|m| !MODES.contains(m)) {
+        return Err(measure_error(
+            format!("--modes {other}"),
+            "not measured here (no IPVS in this kernel)",
+        ));
+    }
+    Ok(MODES
+        .into_iter()
+        .filter(|m| cli.modes.contains(m))
+        .collect())
+}
+
 /// Every size and mode in turn, into `results`, until one fails.
 fn run(cli: &Cli, results: &mut Results) -> Result<(), VersusError> {
     let sizes = sizes(cli)?;
-    let modes = modes(cli);
+    let modes = modes(cli)?;
     let counts = if cli.quick {
         Counts {
             changes: 20,

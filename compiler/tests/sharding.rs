@@ -264,4 +264,18 @@ fn services_of_fifty_endpoints_do_not_drive_the_layout_to_the_most_shards() {
     let mut all = assembled.ruleset.services;
     all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     assert_eq!(all, compiler.ruleset().services);
+
+    // Most of them gone: the layout shrinks with them, though every pair of
+    // the services left is still over the budget.
+    for i in 100..SERVICES {
+        compiler.delete_service("ns", &format!("svc-{i}"));
+    }
+    let changed = compiler.sync();
+    let shrunk = sharder.sync(&compiler, &changed);
+    assert!(
+        shrunk.layout.shard_count <= 2 * (2 * 100u32).next_power_of_two(),
+        "{:?} for 100 services",
+        shrunk.layout
+    );
+    assert_within_object_limit(&shrunk.changed);
 }

@@ -4,8 +4,11 @@
 //! so doubling N splits every shard in two and a service never moves otherwise.
 //! Every shard's serialized size stays under the budget: when one grows past
 //! it, N doubles (a new layout epoch); when every pair of shards would fit in
-//! half the budget, N halves. Within a layout, a change to one service rewrites
-//! only its shard, whose generation is bumped.
+//! half the budget, N halves. The budget doubles N only up to about two
+//! shards per service: services each near the budget would otherwise drive N
+//! to [`MAX_SHARDS`], since hashing never keeps all of them apart. Within a
+//! layout, a change to one service rewrites only its shard, whose generation
+//! is bumped.
 //!
 //! The budget is at most [`MAX_SHARD_BYTES`], what one object may hold. A
 //! service larger than the budget gets a shard of its own; one whose rules
@@ -208,16 +211,22 @@ impl Sharder {
         self.envelope_bytes + shard.content_bytes
     }
 
-    /// Double while a shard that can be split is over budget; halve while
-    /// every pair of shards would fit in half the budget.
+    /// Double while a shard that holds more than one service is over the
+    /// object limit, or over the budget while there are fewer than
+    /// [`Sharder::most_shards`]; halve while every pair of shards would fit
+    /// in half the budget, or in one object while there are more than twice
+    /// that many shards (most services went: the margin keeps a count near a
+    /// power of two from flapping).
     fn wanted_shard_count(&self) -> u32 {
         let budget = self.settings.budget_bytes;
-        let over = self
-            .shards
-            .iter()
-            .any(|s| self.shard_bytes(s) > budget && s.services.len() > 1);
-        if over {
-            let mut count = self.layout.shard_count;
+        let most = self.most_shards();
+        let over = |limit: usize| {
+            self.shards
+                .iter()
+                .any(|s| s.services.len() > 1 && self.shard_bytes(s) > limit)
+        };
+        let mut count = self.layout.shard_count;
+        if over(MAX_SHARD_BYTES) || (count < most && over(budget)) {
             let all: Vec<(&ServiceKey, usize)> = self
                 .shards
                 .iter()
@@ -225,18 +234,24 @@ impl Sharder {
                 .collect();
             while count < MAX_SHARDS {
                 count *= 2;
-                if self.fits(&all, count) {
+                if self.fits(&all, count, MAX_SHARD_BYTES)
+                    && (count >= most || self.fits(&all, count, budget))
+                {
                     break;
                 }
             }
             return count;
         }
-        let mut count = self.layout.shard_count;
         let mut bytes: Vec<usize> = self.shards.iter().map(|s| s.content_bytes).collect();
         while count > 1 {
+            let limit = if count > 2 * most {
+                MAX_SHARD_BYTES
+            } else {
+                budget / 2
+            };
             let half = count as usize / 2;
             let merged: Vec<usize> = (0..half).map(|i| bytes[i] + bytes[i + half]).collect();
-            if merged.iter().any(|b| self.envelope_bytes + b > budget / 2) {
+            if merged.iter().any(|b| self.envelope_bytes + b > limit) {
                 break;
             }
             bytes = merged;
@@ -245,8 +260,24 @@ impl Sharder {
         count
     }
 
-    /// Every shard of a `count`-shard layout that holds more than one service fits the budget.
-    fn fits(&self, services: &[(&ServiceKey, usize)], count: u32) -> bool {
+    /// The most shards the budget may ask for: about two per service. Hash
+    /// sharding keeps no two services apart for certain, so when one service
+    /// takes more than half the budget (50 endpoints take most of 4 KiB) some
+    /// pair shares a shard at any count; beyond two shards per service a
+    /// doubling would split few of them and add mostly empty objects, each a
+    /// write per new layout and an object every agent lists.
+    fn most_shards(&self) -> u32 {
+        let services: usize = self.shards.iter().map(|s| s.services.len()).sum();
+        u32::try_from(services.saturating_mul(2))
+            .unwrap_or(u32::MAX)
+            .checked_next_power_of_two()
+            .unwrap_or(MAX_SHARDS)
+            .min(MAX_SHARDS)
+    }
+
+    /// Every shard of a `count`-shard layout that holds more than one service
+    /// is within `limit` bytes.
+    fn fits(&self, services: &[(&ServiceKey, usize)], count: u32, limit: usize) -> bool {
         let mut bytes = vec![0usize; count as usize];
         let mut members = vec![0usize; count as usize];
         for (key, b) in services {
@@ -257,7 +288,7 @@ impl Sharder {
         bytes
             .iter()
             .zip(&members)
-            .all(|(b, m)| *m <= 1 || self.envelope_bytes + b <= self.settings.budget_bytes)
+            .all(|(b, m)| *m <= 1 || self.envelope_bytes + b <= limit)
     }
 
     fn relayout(&mut self, compiler: &Compiler, count: u32) -> ShardUpdate {

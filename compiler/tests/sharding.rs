@@ -206,3 +206,76 @@ fn a_budget_above_the_object_limit_is_taken_as_the_limit() {
     assert!(update.layout.shard_count > 1, "{:?}", update.layout);
     assert_within_object_limit(&update.changed);
 }
+
+/// `versus --sizes 5000x50` never saw its state published: a service of 50
+/// endpoints takes most of the 4 KiB budget, so any two of them sharing a
+/// shard are over it, and hash sharding cannot keep thousands of services
+/// apart. The layout doubled up to `MAX_SHARDS` (65,536 objects, mostly
+/// empty), each doubling a new layout written in full, and the operator was
+/// still writing them when the bench gave up. Written as the bench writes
+/// it: the Services first, then their slices in bursts (one sync each).
+#[test]
+fn services_of_fifty_endpoints_do_not_drive_the_layout_to_the_most_shards() {
+    const SERVICES: u32 = 2000;
+    const ENDPOINTS: u32 = 50;
+    const BURST: u32 = 100;
+    let mut compiler = Compiler::new(CompileSettings::default());
+    for i in 0..SERVICES {
+        let ip = std::net::Ipv4Addr::from(0x0a60_0000 + i).to_string();
+        compiler
+            .update_service(&common::simple_service("ns", &format!("svc-{i}"), &ip))
+            .unwrap();
+    }
+    let mut sharder = Sharder::new(ShardSettings::default());
+    let changed = compiler.sync();
+    let mut update = sharder.sync(&compiler, &changed);
+    let mut written = update.changed.len();
+    let mut shards = update.changed.clone();
+    for burst in 0..SERVICES / BURST {
+        for i in burst * BURST..(burst + 1) * BURST {
+            let slice = common::simple_slice("ns", &format!("svc-{i}"), i * ENDPOINTS, ENDPOINTS);
+            compiler.update_endpoint_slice(&slice).unwrap();
+        }
+        let changed = compiler.sync();
+        update = sharder.sync(&compiler, &changed);
+        written += update.changed.len();
+        if !update.retired.is_empty() {
+            shards.clear();
+        }
+        for spec in &update.changed {
+            shards.retain(|s| s.shard != spec.shard);
+            shards.push(spec.clone());
+        }
+    }
+    let layout = sharder.layout();
+    // About two shards per service at most: beyond that a doubling splits
+    // almost nothing and adds only empty objects for every agent to list.
+    let most = (2 * SERVICES).next_power_of_two();
+    assert!(
+        layout.shard_count <= most,
+        "{layout:?}: more than {most} shards for {SERVICES} services"
+    );
+    assert!(
+        written <= 4 * most as usize,
+        "{written} shard writes to publish {SERVICES} services ({layout:?})"
+    );
+    assert_within_object_limit(&shards);
+    let assembled = assemble_shards(&shards).unwrap();
+    let mut all = assembled.ruleset.services;
+    all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    assert_eq!(all, compiler.ruleset().services);
+
+    // Most of them gone: the layout shrinks with them, though every pair of
+    // the services left is still over the budget.
+    for i in 100..SERVICES {
+        compiler.delete_service("ns", &format!("svc-{i}"));
+    }
+    let changed = compiler.sync();
+    let shrunk = sharder.sync(&compiler, &changed);
+    assert!(
+        shrunk.layout.shard_count <= 2 * (2 * 100u32).next_power_of_two(),
+        "{:?} for 100 services",
+        shrunk.layout
+    );
+    assert_within_object_limit(&shrunk.changed);
+}

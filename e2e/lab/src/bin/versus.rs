@@ -147,6 +147,7 @@ fn run(cli: &Cli, results: &mut Results) -> Result<(), VersusError> {
         rig.runtime
             .block_on(rig.state.grow(size))
             .map_err(|e| VersusError::from(e).at(size, None))?;
+        eprintln!("versus: {size} written at {:?}", began.elapsed());
         wait_published_and_applied(&rig, size, &Layout::node_name(0))
             .map_err(|e| e.at(size, None))?;
         eprintln!(

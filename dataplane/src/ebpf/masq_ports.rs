@@ -61,19 +61,7 @@ impl MasqueradePorts {
 
     /// The block for the ephemeral range `sysctl` reads.
     pub fn read(sysctl: &dyn Sysctl) -> Result<MasqueradePorts, BackendError> {
-        let text = sysctl.read(EPHEMERAL_SYSCTL).map_err(|e| {
-            kernel_err(
-                "read ip_local_port_range",
-                format!("{EPHEMERAL_SYSCTL}: {e}"),
-            )
-        })?;
-        let range = parse_range(&text).ok_or_else(|| {
-            kernel_err(
-                "read ip_local_port_range",
-                format!("{EPHEMERAL_SYSCTL}: {text:?}"),
-            )
-        })?;
-        Ok(MasqueradePorts::outside(range))
+        ephemeral_ports(sysctl).map(MasqueradePorts::outside)
     }
 
     /// How many ports the block has.

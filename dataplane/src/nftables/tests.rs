@@ -583,15 +583,16 @@ fn chains_of_removed_services_are_deleted_by_the_next_sync_and_made_anew_when_re
 mod model {
     use std::collections::BTreeMap;
 
-    use super::super::ir::{Chain, Match, Stmt, Table, TableId, Verdict};
+    use super::super::ir::{Chain, Match, Stmt, Table, TableId, Value, Verdict};
     use super::super::transaction::{Command, Transaction};
 
     fn references_chain(table: &Table, name: &str) -> bool {
         let is = |v: &Verdict| matches!(v, Verdict::Jump(c) | Verdict::Goto(c) if c == name);
+        let value_is = |v: &Value| matches!(v, Value::Verdict(v) if is(v));
         table
             .sets
             .values()
-            .any(|s| s.elements.values().flatten().any(is))
+            .any(|s| s.elements.values().flatten().any(value_is))
             || table.chains.values().flat_map(|c| c.rules.iter()).any(|r| {
                 r.stmts
                     .iter()

@@ -68,7 +68,7 @@ impl Owners {
 type ElementKey = (SetName, Key);
 
 /// A pick chain and its map, in a table of one family.
-type PlacedPick = (u8, Pick);
+pub type PlacedPick = (u8, Pick);
 
 type HashMap<K, V> = std::collections::HashMap<K, V, RandomState>;
 
@@ -107,6 +107,22 @@ impl ElementIndex {
 
     pub fn len(&self) -> usize {
         self.owners.len()
+    }
+
+    /// The pick chains and maps the kernel holds, by table.
+    #[cfg(test)]
+    pub fn picks(&self) -> &BTreeSet<PlacedPick> {
+        &self.picks
+    }
+
+    /// The index with only the picks `other` has too (an incremental sync
+    /// keeps picks no service port uses any more).
+    #[cfg(test)]
+    pub fn without_picks_beyond(&self, other: &ElementIndex) -> ElementIndex {
+        ElementIndex {
+            owners: self.owners.clone(),
+            picks: self.picks.intersection(&other.picks).copied().collect(),
+        }
     }
 
     fn apply(&mut self, changes: Vec<(ElementKey, Option<Owners>)>, picks: Vec<PlacedPick>) {

@@ -504,10 +504,11 @@ fn kinds(commands: &[Command], seen: &mut BTreeSet<String>) {
             Command::AddElements { elements, .. } => {
                 for (k, v) in elements {
                     seen.insert(name(format!("{k:?}")));
-                    seen.extend(
-                        v.iter()
-                            .map(|v| format!("element {}", name(format!("{v:?}")))),
-                    );
+                    let value = v.as_ref().map(|v| match v {
+                        Value::Verdict(v) => name(format!("{v:?}")),
+                        Value::Endpoint(..) => "Endpoint".to_string(),
+                    });
+                    seen.extend(value.map(|v| format!("element {v}")));
                 }
             }
             Command::AddSet { set, .. } if set.timeout_seconds.is_some() => {
@@ -587,6 +588,7 @@ fn incremental_transactions_over_netlink_leave_what_nft_leaves() {
         "MarkXor",
         "Masquerade",
         "Dnat",
+        "DnatPick",
         "Reject",
         "rule Accept",
         "rule Drop",
@@ -598,6 +600,9 @@ fn incremental_transactions_over_netlink_leave_what_nft_leaves() {
         "AddrProtoPort",
         "Prefix",
         "ProtoPort",
+        "AddrPortIndex",
+        "PortIndex",
+        "element Endpoint",
         "element Accept",
         "element Drop",
         "element Return",

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use switchyard_api::ruleset::Ruleset;
 
 use super::NftablesBackend;
-use super::tests::{endpoint, linked, sample_ruleset, service, settings};
+use super::tests::{NODE_IP, endpoint, ip, linked, sample_ruleset, service, settings};
 use crate::Backend;
 use crate::exec::RealRunner;
-use crate::testns::{self, TestNetns, node_and_pod, vip_reply};
+use crate::testns::{self, TestNetns, node_and_pod, reply, vip_reply};
 
 fn apply(backend: &mut NftablesBackend, rs: &Ruleset) -> crate::ApplyStats {
     let plan = backend.render(&linked(rs), &settings());
@@ -96,6 +96,71 @@ fn full_and_incremental_syncs_land_in_the_kernel_and_a_broken_apply_keeps_them()
     backend.cleanup().unwrap();
     assert!(!backend.present().unwrap());
     assert_eq!(ns.sh("nft list tables"), "");
+}
+
+/// The pick chains take their key from the map that matched, not from
+/// the destination: NodePort traffic to the node's address by the
+/// NodePort's key, traffic to an external IP that is the node's address
+/// by the address's key. An endpoint count change moves the endpoints to
+/// another pick map within an incremental sync, and traffic still reaches
+/// them through every frontend.
+#[test]
+fn node_port_and_an_external_ip_on_the_node_address_reach_endpoints_across_an_endpoint_count_change()
+ {
+    let Some((node, pod)) = node_and_pod("np") else {
+        return;
+    };
+    node.sh(&format!("ip addr add {NODE_IP}/32 dev lo"));
+    // A second endpoint address on the pod, answering as the first.
+    pod.sh("ip addr add 10.0.1.6/24 dev $(ip -o link show type veth | cut -d: -f2 | cut -d@ -f1)");
+    let mut backend = NftablesBackend::new(node.runner());
+    let mut web = service(
+        1,
+        "web",
+        "172.30.0.10",
+        vec![endpoint(11, "10.0.1.5", "node-a")],
+    );
+    web.node_port = Some(30080);
+    web.external_ips = vec![ip(NODE_IP)];
+    let frontends = [
+        "172.30.0.10:80".to_string(),
+        format!("{NODE_IP}:30080"),
+        format!("{NODE_IP}:80"),
+    ];
+    let one = Ruleset {
+        services: vec![web.clone()],
+    };
+    assert!(apply(&mut backend, &one).full);
+    let listed = node.sh("nft list table ip switchyard");
+    assert!(listed.contains("30080 . 0 : 10.0.1.5 . 8080"), "{listed}");
+    assert!(listed.contains(&format!("{NODE_IP} . 80 . 0 : 10.0.1.5 . 8080")));
+    for to in &frontends {
+        assert_eq!(reply(&node, &pod, to), "pod-10.0.1.5", "{to}");
+    }
+    let mut two = one.clone();
+    two.services[0]
+        .endpoints
+        .push(endpoint(12, "10.0.1.6", "node-a"));
+    // 1 → 2 endpoints, then 2 → 1 (the other one): incremental each time.
+    let mut other = one.clone();
+    other.services[0].endpoints = vec![endpoint(12, "10.0.1.6", "node-a")];
+    for (rs, n) in [(&two, 2), (&other, 1)] {
+        assert!(!apply(&mut backend, rs).full);
+        let listed = node.sh("nft list table ip switchyard");
+        let map = format!("map endpoints-nodeport-cluster-tcp-{n} {{");
+        let elements = listed.split(&map).nth(1).unwrap_or_default();
+        assert!(
+            elements.contains(&format!("30080 . {} :", n - 1)),
+            "{listed}"
+        );
+        for to in &frontends {
+            assert_eq!(
+                reply(&node, &pod, to),
+                "pod-10.0.1.5",
+                "{n} endpoints: {to}"
+            );
+        }
+    }
 }
 
 #[test]

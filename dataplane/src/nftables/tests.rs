@@ -212,6 +212,50 @@ fn cluster_ip_spreads_over_all_endpoints_without_masquerade_from_pods() {
     assert!(!t.masquerade, "pod traffic keeps its source");
 }
 
+/// The kernel's cost of a full sync is per rule expression: endpoints
+/// of service ports without session affinity are elements of a pick map,
+/// not rules. 1000 ClusterIP services of 5 endpoints add one pick chain
+/// of one rule to the table, and each endpoint is reached (in kube-proxy's
+/// order: endpoint k under index k).
+#[test]
+fn endpoints_without_session_affinity_cost_map_elements_not_rules() {
+    let services: Vec<ServicePortRule> = (0..1000u32)
+        .map(|i| {
+            let vip = format!("172.30.{}.{}", i / 200, i % 200 + 1);
+            let endpoints = (0..5u32)
+                .map(|k| {
+                    let n = i * 5 + k;
+                    endpoint(
+                        n + 1,
+                        &format!("10.1.{}.{}", n / 250, n % 250 + 1),
+                        "node-b",
+                    )
+                })
+                .collect();
+            service(i + 1, &format!("svc{i}"), &vip, endpoints)
+        })
+        .collect();
+    let rs = Ruleset { services };
+    let plan = plan_of(&rs);
+    assert_eq!(plan.service_rule_count(), 0, "no rule of a service port");
+    let v4 = switchyard_api::ruleset::IpFamily::V4;
+    let table = plan.table(v4).unwrap();
+    let setup = plan.setup(super::ir::TableId::main(v4)).unwrap();
+    let rules = |t: &super::ir::Table| -> usize { t.chains.values().map(|c| c.rules.len()).sum() };
+    assert_eq!(rules(&table), rules(setup) + 1, "one pick rule");
+    let map = &table.sets["endpoints-vip-cluster-tcp-5"];
+    assert_eq!(map.elements.len(), 5000);
+    let svc = &rs.services[999];
+    let pkt = tcp(&svc.cluster_ips[0].to_string(), 80);
+    for (k, ep) in svc.endpoints.iter().enumerate() {
+        assert_eq!(
+            run(&plan, &pkt, k).dnat,
+            Some((ep.ip, ep.port)),
+            "index {k}"
+        );
+    }
+}
+
 #[test]
 fn cluster_ip_from_outside_the_cluster_is_masqueraded() {
     let plan = plan_of(&sample_ruleset());

@@ -1,8 +1,11 @@
 //! Pure: a linked ruleset and the settings → the typed plan (one table per
 //! family). kube-proxy's nftables layout and semantics (pkg/proxy/nftables),
 //! with three changes for control-plane speed, described in the README:
-//! endpoint selection is a `numgen` cascade inside the policy chain (no
-//! anonymous set per service, no chain per endpoint), hairpin traffic is
+//! an endpoint is picked by a lookup in a pick map shared by the table
+//! (keyed by the frontend and `numgen random mod N`, one pick chain per
+//! map; no anonymous set per service, no chain per endpoint, no rule per
+//! endpoint), except with session affinity, where the policy chain keeps a
+//! `numgen` cascade that updates the affinity sets; hairpin traffic is
 //! found by one `@hairpin` set in postrouting, and off-cluster traffic to a
 //! ClusterIP is marked by one rule in `services` against a set.
 

@@ -404,8 +404,9 @@ fn write_element_changes(
     family: IpFamily,
     tx: &mut Transaction,
 ) {
+    type Elements<'a> = Vec<(&'a Key, &'a Option<Value>)>;
     let mut deletes: BTreeMap<(u8, SetName), Vec<&Key>> = BTreeMap::new();
-    let mut adds: BTreeMap<(u8, SetName), Vec<(&Key, &Option<Value>)>> = BTreeMap::new();
+    let mut adds: BTreeMap<(u8, SetName), Elements<'_>> = BTreeMap::new();
     for ((set, key), owners) in changes {
         let was = index.owners.get(&(*set, key.clone())).map(Owners::value);
         let is = owners.as_ref().map(Owners::value);

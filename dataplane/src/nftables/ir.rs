@@ -3,7 +3,7 @@
 //! [`super::netlink`].
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -213,6 +213,9 @@ impl Plan {
     pub fn tables(&self, family: IpFamily) -> Vec<Table> {
         let mut tables: Vec<Table> = self.setups(family).map(|t| Table::clone(t)).collect();
         let mut taken: HashSet<_, foldhash::fast::RandomState> = HashSet::default();
+        // A pick map's name, made once (not per element).
+        let mut names: HashMap<SetName, Cow<'static, str>, foldhash::fast::RandomState> =
+            HashMap::default();
         for f in self.fragments(family) {
             let Some(table) = tables.get_mut(usize::from(f.shard)) else {
                 continue;
@@ -230,8 +233,9 @@ impl Plan {
                 if !taken.insert((*set, key)) {
                     continue;
                 }
+                let name = names.entry(*set).or_insert_with(|| set.name());
                 let to = tables.get_mut(usize::from(f.table_of(*set)));
-                if let Some(s) = to.and_then(|t| t.sets.get_mut(set.name().as_ref())) {
+                if let Some(s) = to.and_then(|t| t.sets.get_mut(name.as_ref())) {
                     s.elements.insert(key.clone(), value.clone());
                 }
             }
@@ -533,9 +537,8 @@ impl Pick {
 
     /// Put the map and the chain into `table` (once).
     fn add_to(&self, table: &mut Table) {
-        let map = self.map();
-        if !table.sets.contains_key(&map) {
-            table.sets.insert(map, self.set());
+        if let std::collections::btree_map::Entry::Vacant(e) = table.sets.entry(self.map()) {
+            e.insert(self.set());
             table.chains.insert(self.chain(), self.rules());
         }
     }

@@ -125,6 +125,12 @@ pub fn node_and_pod(tag: &str) -> Option<(Netns, Netns)> {
 /// What a TCP connect from `node` to `172.30.0.10:80` gets back from a
 /// server in `pod` on port 8080 that answers `pod-10.0.1.5` (retried for 5 s).
 pub fn vip_reply(node: &Netns, pod: &Netns) -> String {
+    reply(node, pod, "172.30.0.10:80")
+}
+
+/// What a TCP connect from `node` to `to` (`addr:port`) gets back from a
+/// server in `pod` on port 8080 that answers `pod-10.0.1.5` (retried for 5 s).
+pub fn reply(node: &Netns, pod: &Netns, to: &str) -> String {
     let _server = Child(
         Command::new("ip")
             .args([
@@ -140,10 +146,10 @@ pub fn vip_reply(node: &Netns, pod: &Netns) -> String {
             .spawn()
             .unwrap_or_else(|e| panic!("socat: {e}")),
     );
-    node.sh(
-        "for i in $(seq 1 50); do out=$(socat -T 1 - TCP:172.30.0.10:80,connect-timeout=1 </dev/null 2>/dev/null) && \
+    node.sh(&format!(
+        "for i in $(seq 1 50); do out=$(socat -T 1 - TCP:{to},connect-timeout=1 </dev/null 2>/dev/null) && \
          [ -n \"$out\" ] && echo \"$out\" && exit 0; sleep 0.1; done; exit 1",
-    )
+    ))
     .trim()
     .to_string()
 }

@@ -93,7 +93,7 @@ fn parsed(listing: &str) -> Tables {
                 out.sets.get_mut(set.as_ref().unwrap()).unwrap().1 +=
                     elements - 1 + usize::from(line.ends_with('}'));
             }
-            (2, ["type" | "flags" | "timeout", ..]) if set.is_some() => {}
+            (2, ["type" | "typeof" | "flags" | "timeout", ..]) if set.is_some() => {}
             _ => {
                 out.chains
                     .insert(("?".into(), line.to_string()), Vec::new());

@@ -14,12 +14,14 @@ use std::sync::Arc;
 
 use switchyard_api::ruleset::IpFamily;
 
-use super::ir::{Chain, Key, Match, Plan, ServicePlan, Set, Stmt, Table, TableId, Verdict};
+use super::ir::{
+    Chain, Key, Match, Pick, Plan, ServicePlan, Set, SetName, Stmt, Table, TableId, Value,
+};
 use super::transaction::Transaction;
 
 /// An element's value, and the table it goes to (the main table, or for
 /// the sets of [`super::ir::SHARDED_SETS`] the table of its service port's chains).
-pub type Placed = (u8, Option<Verdict>);
+pub type Placed = (u8, Option<Value>);
 
 /// Which service ports put a key into a shared set or map, with their values.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,21 +65,32 @@ impl Owners {
     }
 }
 
-type ElementKey = (&'static str, Key);
+type ElementKey = (SetName, Key);
+
+/// A pick chain and its map, in a table of one family.
+pub type PlacedPick = (u8, Pick);
 
 type HashMap<K, V> = std::collections::HashMap<K, V, RandomState>;
 
-/// The shared-set elements of one family's table, with their owners.
+/// The shared-set elements of one family's table, with their owners, and
+/// the pick chains and maps the kernel holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ElementIndex {
     /// Hashed with foldhash: SipHash was a tenth of a 44k full sync's agent time.
     owners: HashMap<ElementKey, Owners>,
+    /// Made when a service port first used them; an incremental sync
+    /// keeps them (maybe empty), a full sync or resync keeps the plan's.
+    picks: BTreeSet<PlacedPick>,
 }
 
 impl ElementIndex {
     /// The index of everything `plan` puts into `family`'s shared sets.
     pub fn of(plan: &Plan, family: IpFamily) -> ElementIndex {
         let mut owners: HashMap<ElementKey, Owners> = HashMap::default();
+        let picks = plan
+            .fragments(family)
+            .flat_map(|f| f.picks.iter().map(|p| (f.shard, *p)))
+            .collect();
         // In rule id order: each key's owners come sorted.
         for (id, service) in &plan.services {
             for (key, value) in elements(Some(service), family) {
@@ -89,14 +102,31 @@ impl ElementIndex {
                 }
             }
         }
-        ElementIndex { owners }
+        ElementIndex { owners, picks }
     }
 
     pub fn len(&self) -> usize {
         self.owners.len()
     }
 
-    fn apply(&mut self, changes: Vec<(ElementKey, Option<Owners>)>) {
+    /// The pick chains and maps the kernel holds, by table.
+    #[cfg(test)]
+    pub fn picks(&self) -> &BTreeSet<PlacedPick> {
+        &self.picks
+    }
+
+    /// The index with only the picks `other` has too (an incremental sync
+    /// keeps picks no service port uses any more).
+    #[cfg(test)]
+    pub fn without_picks_beyond(&self, other: &ElementIndex) -> ElementIndex {
+        ElementIndex {
+            owners: self.owners.clone(),
+            picks: self.picks.intersection(&other.picks).copied().collect(),
+        }
+    }
+
+    fn apply(&mut self, changes: Vec<(ElementKey, Option<Owners>)>, picks: Vec<PlacedPick>) {
+        self.picks.extend(picks);
         for (key, owners) in changes {
             match owners {
                 Some(o) => self.owners.insert(key, o),
@@ -178,9 +208,9 @@ impl Applied {
                 .map(|i| index.swap_remove(i).1);
             let fresh = match update {
                 IndexUpdate::Rebuilt(i) => i,
-                IndexUpdate::Changes(changes) => {
+                IndexUpdate::Changes(changes, picks) => {
                     let mut i = kept.unwrap_or_default();
-                    i.apply(changes);
+                    i.apply(changes, picks);
                     i
                 }
             };
@@ -198,7 +228,8 @@ impl Applied {
 #[derive(Debug)]
 pub enum IndexUpdate {
     Rebuilt(ElementIndex),
-    Changes(Vec<(ElementKey, Option<Owners>)>),
+    /// Element owners, and the pick chains and maps made.
+    Changes(Vec<(ElementKey, Option<Owners>)>, Vec<PlacedPick>),
 }
 
 pub type IndexStep = Vec<(IpFamily, IndexUpdate)>;
@@ -287,11 +318,36 @@ pub fn diff_family(
         was.add(*o, family);
         is.add(*n, family);
     }
+    let picks = write_new_picks(index, family, changed, tx);
     write_changed_objects(&was, &is, family, tx);
     let changes = element_changes(index, family, changed);
     write_element_changes(index, &changes, family, tx);
     let removed = remove_gone_objects(&was, &is, family, tx);
-    Some((removed, IndexUpdate::Changes(changes)))
+    Some((removed, IndexUpdate::Changes(changes, picks)))
+}
+
+/// The pick chains and maps the changed service ports use that the
+/// kernel does not hold yet, made first (rules and elements go to them).
+fn write_new_picks(
+    index: &ElementIndex,
+    family: IpFamily,
+    changed: &[(u32, Option<&ServicePlan>, Option<&ServicePlan>)],
+    tx: &mut Transaction,
+) -> Vec<PlacedPick> {
+    let new: BTreeSet<PlacedPick> = changed
+        .iter()
+        .filter_map(|(_, _, n)| n.and_then(|s| s.fragment(family)))
+        .flat_map(|f| f.picks.iter().map(|p| (f.shard, *p)))
+        .filter(|p| !index.picks.contains(p))
+        .collect();
+    for (shard, pick) in &new {
+        let t = table(family, *shard);
+        tx.add_set(t, &pick.map(), &pick.set());
+        let chain = pick.rules();
+        tx.add_chain(t, &pick.chain(), &chain);
+        tx.add_rules(t, &pick.chain(), &chain);
+    }
+    new.into_iter().collect()
 }
 
 /// New sets and chains, changed chains flushed and written again, and sets
@@ -348,8 +404,9 @@ fn write_element_changes(
     family: IpFamily,
     tx: &mut Transaction,
 ) {
-    let mut deletes: BTreeMap<Named<'_>, Vec<&Key>> = BTreeMap::new();
-    let mut adds: BTreeMap<Named<'_>, Vec<(&Key, &Option<Verdict>)>> = BTreeMap::new();
+    type Elements<'a> = Vec<(&'a Key, &'a Option<Value>)>;
+    let mut deletes: BTreeMap<(u8, SetName), Vec<&Key>> = BTreeMap::new();
+    let mut adds: BTreeMap<(u8, SetName), Elements<'_>> = BTreeMap::new();
     for ((set, key), owners) in changes {
         let was = index.owners.get(&(*set, key.clone())).map(Owners::value);
         let is = owners.as_ref().map(Owners::value);
@@ -357,17 +414,17 @@ fn write_element_changes(
             continue;
         }
         if let Some((shard, _)) = was {
-            deletes.entry((*shard, set)).or_default().push(key);
+            deletes.entry((*shard, *set)).or_default().push(key);
         }
         if let Some((shard, v)) = is {
-            adds.entry((*shard, set)).or_default().push((key, v));
+            adds.entry((*shard, *set)).or_default().push((key, v));
         }
     }
     for ((shard, set), keys) in deletes {
-        tx.delete_elements(table(family, shard), set, keys);
+        tx.delete_elements(table(family, shard), &set.name(), keys);
     }
     for ((shard, set), elems) in adds {
-        tx.add_elements(table(family, shard), set, elems);
+        tx.add_elements(table(family, shard), &set.name(), elems);
     }
 }
 
@@ -485,15 +542,24 @@ pub fn rewrite_family(
     if base_changed {
         return None;
     }
+    let old_picks = old.index(family).map(|i| &i.picks);
     let mut removed = Vec::new();
     for table in &tables {
-        removed.extend(rewrite_table(old, table, tx));
+        let picks = old_picks.into_iter().flatten();
+        let picks = picks.filter(|(shard, _)| *shard == table.shard);
+        removed.extend(rewrite_table(old, table, picks.map(|(_, p)| p), tx));
     }
     Some((removed, IndexUpdate::Rebuilt(ElementIndex::of(new, family))))
 }
 
-/// [`rewrite_family`] for one table; the chains it flushed for deletion.
-fn rewrite_table(old: &Applied, table: &Table, tx: &mut Transaction) -> Vec<(TableId, String)> {
+/// [`rewrite_family`] for one table, which holds `old_picks`; the chains
+/// it flushed for deletion.
+fn rewrite_table<'a>(
+    old: &Applied,
+    table: &Table,
+    old_picks: impl Iterator<Item = &'a Pick>,
+    tx: &mut Transaction,
+) -> Vec<(TableId, String)> {
     let id = table.id();
     // What the applied table holds, by name (not copied: only names and
     // definitions matter here).
@@ -516,13 +582,21 @@ fn rewrite_table(old: &Applied, table: &Table, tx: &mut Transaction) -> Vec<(Tab
         tx.add_chain(id, name, chain);
         tx.flush_chain(id, name);
     }
+    let gone_picks: Vec<&Pick> = old_picks
+        .filter(|p| !table.sets.contains_key(&p.map()))
+        .collect();
     let removed: Vec<(TableId, String)> = chains_before
         .keys()
-        .filter(|name| !table.chains.contains_key(**name))
-        .map(|name| (id, name.to_string()))
+        .map(|name| name.to_string())
+        .chain(gone_picks.iter().map(|p| p.chain()))
+        .filter(|name| !table.chains.contains_key(name))
+        .map(|name| (id, name))
         .collect();
     for (_, name) in &removed {
         tx.flush_chain(id, name);
+    }
+    for pick in gone_picks {
+        tx.delete_set(id, &pick.map(), &pick.set());
     }
     // Every rule is flushed by now: sets can be deleted or made anew.
     for (&name, &set) in &sets_before {

@@ -11,7 +11,7 @@
 
 use std::borrow::Cow;
 
-use super::ir::{Match, Rule, Stmt, Verdict};
+use super::ir::{Match, Rule, Stmt, Value, Verdict};
 use super::transaction::Command;
 use crate::escape::{self, NameError, NameRule};
 
@@ -44,7 +44,7 @@ pub fn check(command: &Command) -> Result<(), NameError> {
         Command::ReplaceTable(table) => {
             for (set, s) in &table.sets {
                 names.push(("set", set));
-                names.extend(s.elements.values().flatten().filter_map(verdict_chain));
+                names.extend(s.elements.values().flatten().filter_map(value_chain));
             }
             for (chain, c) in &table.chains {
                 names.push(("chain", chain));
@@ -61,7 +61,7 @@ pub fn check(command: &Command) -> Result<(), NameError> {
             names.extend(
                 elements
                     .iter()
-                    .filter_map(|(_, v)| verdict_chain(v.as_ref()?)),
+                    .filter_map(|(_, v)| value_chain(v.as_ref()?)),
             );
         }
         Command::AddChain { name, .. }
@@ -75,6 +75,13 @@ pub fn check(command: &Command) -> Result<(), NameError> {
     names
         .into_iter()
         .try_for_each(|(kind, n)| name(kind, n).map(|_| ()))
+}
+
+fn value_chain(v: &Value) -> Option<(&'static str, &str)> {
+    match v {
+        Value::Verdict(v) => verdict_chain(v),
+        Value::Endpoint(..) => None,
+    }
 }
 
 fn verdict_chain(v: &Verdict) -> Option<(&'static str, &str)> {
@@ -166,7 +173,7 @@ mod tests {
             set: "service-ips".into(),
             elements: vec![(
                 Key::Addr("10.0.0.1".parse().unwrap()),
-                Some(Verdict::Goto(bad.clone())),
+                Some(Verdict::Goto(bad.clone()).into()),
             )],
         };
         assert_eq!(refused(goto).kind, "chain");

@@ -2,7 +2,8 @@
 //! values. Text exists only in [`super::text`], netlink bytes only in
 //! [`super::netlink`].
 
-use std::collections::{BTreeMap, HashSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -135,7 +136,10 @@ pub struct Fragment {
     /// The table of its chains, its sets and its [`SHARDED_SETS`] elements.
     pub shard: u8,
     /// Elements of the shared sets and maps, by (set, key).
-    pub elements: BTreeMap<(&'static str, Key), Option<Verdict>>,
+    pub elements: BTreeMap<(SetName, Key), Option<Value>>,
+    /// The shared pick chains (and their maps) its chains and elements
+    /// go to, in its table.
+    pub picks: BTreeSet<Pick>,
     /// The service port's own chains.
     pub chains: BTreeMap<String, Chain>,
     /// The service port's own sets (session affinity).
@@ -148,6 +152,7 @@ impl Fragment {
             family,
             shard: 0,
             elements: BTreeMap::new(),
+            picks: BTreeSet::new(),
             chains: BTreeMap::new(),
             sets: BTreeMap::new(),
         }
@@ -161,8 +166,8 @@ impl Fragment {
         self.chain(chain).push(rule);
     }
 
-    pub fn element(&mut self, set: &'static str, key: Key, value: Option<Verdict>) {
-        self.elements.insert((set, key), value);
+    pub fn element(&mut self, set: impl Into<SetName>, key: Key, value: Option<Value>) {
+        self.elements.insert((set.into(), key), value);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -178,11 +183,10 @@ impl Fragment {
     }
 
     /// The table an element of `set` goes to.
-    pub fn table_of(&self, set: &str) -> u8 {
-        if SHARDED_SETS.contains(&set) {
-            self.shard
-        } else {
-            0
+    pub fn table_of(&self, set: SetName) -> u8 {
+        match set {
+            SetName::Named(name) if !SHARDED_SETS.contains(&name) => 0,
+            _ => self.shard,
         }
     }
 }
@@ -209,6 +213,9 @@ impl Plan {
     pub fn tables(&self, family: IpFamily) -> Vec<Table> {
         let mut tables: Vec<Table> = self.setups(family).map(|t| Table::clone(t)).collect();
         let mut taken: HashSet<_, foldhash::fast::RandomState> = HashSet::default();
+        // A pick map's name, made once (not per element).
+        let mut names: HashMap<SetName, Cow<'static, str>, foldhash::fast::RandomState> =
+            HashMap::default();
         for f in self.fragments(family) {
             let Some(table) = tables.get_mut(usize::from(f.shard)) else {
                 continue;
@@ -219,12 +226,16 @@ impl Plan {
             table
                 .sets
                 .extend(f.sets.iter().map(|(n, s)| (n.clone(), s.clone())));
+            for pick in &f.picks {
+                pick.add_to(table);
+            }
             for ((set, key), value) in &f.elements {
                 if !taken.insert((*set, key)) {
                     continue;
                 }
-                let to = tables.get_mut(usize::from(f.table_of(set)));
-                if let Some(s) = to.and_then(|t| t.sets.get_mut(*set)) {
+                let name = names.entry(*set).or_insert_with(|| set.name());
+                let to = tables.get_mut(usize::from(f.table_of(*set)));
+                if let Some(s) = to.and_then(|t| t.sets.get_mut(name.as_ref())) {
                     s.elements.insert(key.clone(), value.clone());
                 }
             }
@@ -340,7 +351,7 @@ impl Table {
     }
 
     /// Add an element to a set of the table (none if the set is not there).
-    pub fn element(&mut self, set: &str, key: Key, value: Option<Verdict>) {
+    pub fn element(&mut self, set: &str, key: Key, value: Option<Value>) {
         if let Some(s) = self.sets.get_mut(set) {
             s.elements.insert(key, value);
         }
@@ -445,14 +456,127 @@ pub enum SetKind {
     AddrProtoPortVerdict,
     /// `inet_proto . inet_service : verdict`.
     ProtoPortVerdict,
+    /// A pick map (`typeof <key> . numgen random mod n : ip daddr . tcp
+    /// dport`): endpoint k of a pool by its frontend and k.
+    Pick(Pick),
 }
 
 impl SetKind {
     pub fn is_map(self) -> bool {
         matches!(
             self,
-            SetKind::AddrProtoPortVerdict | SetKind::ProtoPortVerdict
+            SetKind::AddrProtoPortVerdict | SetKind::ProtoPortVerdict | SetKind::Pick(..)
         )
+    }
+}
+
+/// What a pick map's key is made of, besides the endpoint's index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PickKey {
+    /// `ip daddr . tcp dport`: traffic to a ClusterIP, external IP or
+    /// load-balancer IP.
+    Vip,
+    /// `tcp dport`: NodePort traffic (its destination is any node address).
+    NodePort,
+}
+
+/// The endpoints a pick chain chooses from: the service port's policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Pool {
+    Cluster,
+    Local,
+}
+
+/// A shared pick chain and its map: one per (key, pool, protocol, endpoint
+/// count) in each table that needs it. The chain is the only binding of
+/// the map (a data map bound by many chains costs the kernel quadratic
+/// time, README "No shared endpoint map").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pick {
+    pub key: PickKey,
+    pub pool: Pool,
+    pub protocol: Protocol,
+    /// Endpoints of each pool the map holds (the `numgen` modulus).
+    pub n: u32,
+}
+
+impl Pick {
+    fn suffix(&self) -> String {
+        let key = match self.key {
+            PickKey::Vip => "vip",
+            PickKey::NodePort => "nodeport",
+        };
+        let pool = match self.pool {
+            Pool::Cluster => "cluster",
+            Pool::Local => "local",
+        };
+        format!("{key}-{pool}-{}-{}", self.protocol.as_lower(), self.n)
+    }
+
+    /// The map's name: `endpoints-vip-cluster-tcp-5`.
+    pub fn map(&self) -> String {
+        format!("endpoints-{}", self.suffix())
+    }
+
+    /// The chain's name: `pick-vip-cluster-tcp-5`.
+    pub fn chain(&self) -> String {
+        format!("pick-{}", self.suffix())
+    }
+
+    pub fn set(&self) -> Set {
+        Set::new(SetKind::Pick(*self), None)
+    }
+
+    /// The chain: one rule DNATing to the map's endpoint for the packet.
+    pub fn rules(&self) -> Chain {
+        Chain::regular(vec![Rule::new(
+            vec![Match::L4Proto(self.protocol)],
+            vec![Stmt::DnatPick(*self)],
+        )])
+    }
+
+    /// Put the map and the chain into `table` (once).
+    fn add_to(&self, table: &mut Table) {
+        if let std::collections::btree_map::Entry::Vacant(e) = table.sets.entry(self.map()) {
+            e.insert(self.set());
+            table.chains.insert(self.chain(), self.rules());
+        }
+    }
+}
+
+/// The set an element goes to: a named one of the layout, or a pick map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SetName {
+    Named(&'static str),
+    Pick(Pick),
+}
+
+impl SetName {
+    pub fn name(&self) -> Cow<'static, str> {
+        match self {
+            SetName::Named(n) => Cow::Borrowed(n),
+            SetName::Pick(p) => Cow::Owned(p.map()),
+        }
+    }
+}
+
+impl From<&'static str> for SetName {
+    fn from(name: &'static str) -> SetName {
+        SetName::Named(name)
+    }
+}
+
+/// An element's value in a map.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Value {
+    Verdict(Verdict),
+    /// `addr . port` of an endpoint (a pick map's data).
+    Endpoint(IpAddr, u16),
+}
+
+impl From<Verdict> for Value {
+    fn from(v: Verdict) -> Value {
+        Value::Verdict(v)
     }
 }
 
@@ -463,7 +587,7 @@ pub struct Set {
     /// `flags dynamic,timeout; timeout Ns` (session affinity).
     pub timeout_seconds: Option<u32>,
     pub comment: Option<String>,
-    pub elements: BTreeMap<Key, Option<Verdict>>,
+    pub elements: BTreeMap<Key, Option<Value>>,
 }
 
 impl Set {
@@ -492,6 +616,10 @@ pub enum Key {
     AddrPair(IpAddr, IpAddr),
     AddrProtoPort(IpAddr, Protocol, u16),
     ProtoPort(Protocol, u16),
+    /// `addr . port . k`: endpoint k of the pool behind a frontend (a pick map's key).
+    AddrPortIndex(IpAddr, u16, u32),
+    /// `port . k`: endpoint k of the pool behind a NodePort.
+    PortIndex(u16, u32),
 }
 
 /// A verdict, in a rule or as a map value.
@@ -561,6 +689,9 @@ pub enum Stmt {
     Masquerade,
     /// `dnat to <ip>:<port>`.
     Dnat(IpAddr, u16),
+    /// `dnat ip to <key> . numgen random mod <n> map @<map>`: the endpoint
+    /// the pick's map holds for the packet's key and a uniform index.
+    DnatPick(Pick),
     Reject,
     Verdict(Verdict),
 }

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use switchyard_api::ruleset::Ruleset;
 
 use super::NftablesBackend;
-use super::tests::{endpoint, linked, sample_ruleset, service, settings};
+use super::tests::{NODE_IP, endpoint, ip, linked, sample_ruleset, service, settings};
 use crate::Backend;
 use crate::exec::RealRunner;
-use crate::testns::{self, TestNetns, node_and_pod, vip_reply};
+use crate::testns::{self, TestNetns, node_and_pod, reply, vip_reply};
 
 fn apply(backend: &mut NftablesBackend, rs: &Ruleset) -> crate::ApplyStats {
     let plan = backend.render(&linked(rs), &settings());
@@ -30,10 +30,10 @@ fn full_and_incremental_syncs_land_in_the_kernel_and_a_broken_apply_keeps_them()
     assert!(apply(&mut backend, &rs).full);
     assert!(backend.present().unwrap());
     let listed = ns.sh("nft list table ip switchyard");
-    assert!(listed.contains("dnat to 10.0.2.5:8080"), "{listed}");
+    assert!(listed.contains(": 10.0.2.5 . 8080"), "{listed}");
     assert!(
         ns.sh("nft list table ip6 switchyard")
-            .contains("dnat to [fd00:10::9]:8080")
+            .contains(": fd00:10::9 . 8080")
     );
 
     // Incremental: one endpoint replaced, one service removed.
@@ -43,8 +43,8 @@ fn full_and_incremental_syncs_land_in_the_kernel_and_a_broken_apply_keeps_them()
     let stats = apply(&mut backend, &changed);
     assert!(!stats.full);
     let listed = ns.sh("nft list table ip switchyard");
-    assert!(listed.contains("dnat to 10.0.9.5:8080"), "{listed}");
-    assert!(!listed.contains("dnat to 10.0.2.5:8080"));
+    assert!(listed.contains(": 10.0.9.5 . 8080"), "{listed}");
+    assert!(!listed.contains(": 10.0.2.5 . 8080"));
     assert!(
         !listed.contains("affinity-"),
         "removed service's sets are gone"
@@ -64,7 +64,8 @@ fn full_and_incremental_syncs_land_in_the_kernel_and_a_broken_apply_keeps_them()
     let kernel_chains = listed.matches("\tchain ").count();
     assert_eq!(kernel_chains, expected_chains);
 
-    // Broken apply: a rule nft rejects; the previous rules stay.
+    // Broken apply: an element nft rejects (a new service's dispatch to
+    // a chain that is not there); the previous rules stay.
     let mut broken = changed.clone();
     broken.services.push(service(
         99,
@@ -74,17 +75,13 @@ fn full_and_incremental_syncs_land_in_the_kernel_and_a_broken_apply_keeps_them()
     ));
     let mut plan = backend.render(&linked(&broken), &settings());
     let service = Arc::make_mut(plan.services.get_mut(&99).unwrap());
-    let chain = service.fragments[0]
-        .chains
+    let dispatch = service.fragments[0]
+        .elements
         .iter_mut()
-        .find(|(n, _)| n.contains("default/broken"))
+        .find(|((set, _), _)| *set == super::ir::SetName::Named("service-ips"))
         .unwrap()
         .1;
-    std::sync::Arc::make_mut(&mut chain.rules)[0]
-        .stmts
-        .push(super::ir::Stmt::Verdict(super::ir::Verdict::Goto(
-            "no-such-chain".to_string(),
-        )));
+    *dispatch = Some(super::ir::Verdict::Goto("no-such-chain".to_string()).into());
     assert!(backend.apply(&plan).is_err());
     let after = ns.sh("nft list table ip switchyard");
     assert_eq!(after, listed, "failed transaction changed nothing");
@@ -93,12 +90,77 @@ fn full_and_incremental_syncs_land_in_the_kernel_and_a_broken_apply_keeps_them()
     assert!(!stats.full);
     assert!(
         ns.sh("nft list table ip switchyard")
-            .contains("dnat to 10.0.1.99:8080")
+            .contains(": 10.0.1.99 . 8080")
     );
 
     backend.cleanup().unwrap();
     assert!(!backend.present().unwrap());
     assert_eq!(ns.sh("nft list tables"), "");
+}
+
+/// The pick chains take their key from the map that matched, not from
+/// the destination: NodePort traffic to the node's address by the
+/// NodePort's key, traffic to an external IP that is the node's address
+/// by the address's key. An endpoint count change moves the endpoints to
+/// another pick map within an incremental sync, and traffic still reaches
+/// them through every frontend.
+#[test]
+fn node_port_and_an_external_ip_on_the_node_address_reach_endpoints_across_an_endpoint_count_change()
+ {
+    let Some((node, pod)) = node_and_pod("np") else {
+        return;
+    };
+    node.sh(&format!("ip addr add {NODE_IP}/32 dev lo"));
+    // A second endpoint address on the pod, answering as the first.
+    pod.sh("ip addr add 10.0.1.6/24 dev $(ip -o link show type veth | cut -d: -f2 | cut -d@ -f1)");
+    let mut backend = NftablesBackend::new(node.runner());
+    let mut web = service(
+        1,
+        "web",
+        "172.30.0.10",
+        vec![endpoint(11, "10.0.1.5", "node-a")],
+    );
+    web.node_port = Some(30080);
+    web.external_ips = vec![ip(NODE_IP)];
+    let frontends = [
+        "172.30.0.10:80".to_string(),
+        format!("{NODE_IP}:30080"),
+        format!("{NODE_IP}:80"),
+    ];
+    let one = Ruleset {
+        services: vec![web.clone()],
+    };
+    assert!(apply(&mut backend, &one).full);
+    let listed = node.sh("nft list table ip switchyard");
+    assert!(listed.contains("30080 . 0 : 10.0.1.5 . 8080"), "{listed}");
+    assert!(listed.contains(&format!("{NODE_IP} . 80 . 0 : 10.0.1.5 . 8080")));
+    for to in &frontends {
+        assert_eq!(reply(&node, &pod, to), "pod-10.0.1.5", "{to}");
+    }
+    let mut two = one.clone();
+    two.services[0]
+        .endpoints
+        .push(endpoint(12, "10.0.1.6", "node-a"));
+    // 1 → 2 endpoints, then 2 → 1 (the other one): incremental each time.
+    let mut other = one.clone();
+    other.services[0].endpoints = vec![endpoint(12, "10.0.1.6", "node-a")];
+    for (rs, n) in [(&two, 2), (&other, 1)] {
+        assert!(!apply(&mut backend, rs).full);
+        let listed = node.sh("nft list table ip switchyard");
+        let map = format!("map endpoints-nodeport-cluster-tcp-{n} {{");
+        let elements = listed.split(&map).nth(1).unwrap_or_default();
+        assert!(
+            elements.contains(&format!("30080 . {} :", n - 1)),
+            "{listed}"
+        );
+        for to in &frontends {
+            assert_eq!(
+                reply(&node, &pod, to),
+                "pod-10.0.1.5",
+                "{n} endpoints: {to}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -137,9 +199,23 @@ pub(super) fn listed_names(listing: &str) -> Vec<String> {
     names
 }
 
-fn planned_names(plan: &super::Plan, family: switchyard_api::ruleset::IpFamily) -> Vec<String> {
-    let t = plan.table(family).unwrap();
-    let mut names: Vec<String> = t.chains.keys().chain(t.sets.keys()).cloned().collect();
+/// The chains and sets the kernel holds in `table` once `backend` applied
+/// its plan: the table's, and the pick chains and maps an incremental sync
+/// made and emptied (kept until the next full sync or resync).
+pub(super) fn planned_names(backend: &NftablesBackend, table: &super::ir::Table) -> Vec<String> {
+    let mut names: Vec<String> = table
+        .chains
+        .keys()
+        .chain(table.sets.keys())
+        .cloned()
+        .collect();
+    let index = backend.applied.as_ref().and_then(|a| a.index(table.family));
+    let picks = index.into_iter().flat_map(|i| i.picks());
+    for (_, pick) in picks.filter(|(shard, _)| *shard == table.shard) {
+        if !table.sets.contains_key(&pick.map()) {
+            names.extend([pick.map(), pick.chain()]);
+        }
+    }
     names.sort();
     names
 }
@@ -194,7 +270,7 @@ fn every_incremental_transition_is_accepted_and_leaves_exactly_the_planned_objec
             let listed = ns.sh(&format!("nft list table {word} switchyard"));
             assert_eq!(
                 listed_names(&listed),
-                planned_names(&plan, family),
+                planned_names(&backend, &plan.table(family).unwrap()),
                 "step {i} ({word})"
             );
         }
@@ -221,16 +297,18 @@ fn periodic_resync_repairs_drift_and_keeps_session_affinity_entries() {
     let web = table
         .chains
         .keys()
-        .find(|n| n.starts_with("service-") && n.contains("default/web"))
+        .find(|n| *n == "pick-vip-cluster-tcp-3")
         .unwrap()
         .clone();
-    // A client's session, as `update @set` records it; then drift: a
-    // service's rules and a ClusterIP element deleted behind our back.
+    // A client's session, as `update @set` records it; then drift: the
+    // rule of web's pick chain, its endpoint and a ClusterIP element
+    // deleted behind our back.
     ns.sh(&format!(
         "nft add element ip switchyard {affinity} {{ 10.0.5.5 }}"
     ));
     ns.sh(&format!("nft flush chain ip switchyard {web}"));
     ns.sh("nft delete element ip switchyard cluster-ips { 172.30.0.10 }");
+    ns.sh("nft delete element ip switchyard endpoints-vip-cluster-tcp-3 { 172.30.0.10 . 80 . 1 }");
     assert_ne!(ns.sh("nft list table ip switchyard"), planned);
 
     backend.invalidate();
@@ -290,7 +368,7 @@ fn netlink_transactions_reach_the_namespace_of_the_thread_that_applies() {
     changed.services[0].endpoints[1] = endpoint(19, "10.0.9.5", "node-z");
     applied_in.enter(|| assert!(!apply(&mut backend, &changed).full));
     let listed = applied_in.sh("nft list table ip switchyard");
-    assert!(listed.contains("dnat to 10.0.9.5:8080"), "{listed}");
+    assert!(listed.contains(": 10.0.9.5 . 8080"), "{listed}");
     assert_eq!(built_in.sh("nft list tables"), "");
     applied_in.enter(|| backend.cleanup()).unwrap();
     assert_eq!(applied_in.sh("nft list tables"), "");

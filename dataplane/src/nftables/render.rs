@@ -1,8 +1,11 @@
 //! Pure: a linked ruleset and the settings → the typed plan (one table per
 //! family). kube-proxy's nftables layout and semantics (pkg/proxy/nftables),
 //! with three changes for control-plane speed, described in the README:
-//! endpoint selection is a `numgen` cascade inside the policy chain (no
-//! anonymous set per service, no chain per endpoint), hairpin traffic is
+//! an endpoint is picked by a lookup in a pick map shared by the table
+//! (keyed by the frontend and `numgen random mod N`, one pick chain per
+//! map; no anonymous set per service, no chain per endpoint, no rule per
+//! endpoint), except with session affinity, where the policy chain keeps a
+//! `numgen` cascade that updates the affinity sets; hairpin traffic is
 //! found by one `@hairpin` set in postrouting, and off-cluster traffic to a
 //! ClusterIP is marked by one rule in `services` against a set.
 
@@ -12,7 +15,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use switchyard_api::policy::{LinkedRuleset, LinkedServicePort, NodeInfo};
-use switchyard_api::ruleset::{Cidr, Endpoint, IpFamily};
+use switchyard_api::ruleset::{Cidr, Endpoint, IpFamily, SessionAffinity};
 
 use crate::conntrack::UdpPort;
 use crate::escape::NameError;
@@ -20,8 +23,9 @@ use crate::settings::{LocalDetector, NodePortAddresses, Settings};
 
 use super::escape;
 use super::ir::{
-    BaseChain, Chain, ChainType, Dir, Fragment, Hook, Key, Match, Plan, Priority, RenderContext,
-    Rule, ServicePlan, Set, SetKind, Stmt, Table, TableId, Verdict,
+    BaseChain, Chain, ChainType, Dir, Fragment, Hook, Key, Match, Pick, PickKey, Plan, Pool,
+    Priority, RenderContext, Rule, ServicePlan, Set, SetKind, SetName, Stmt, Table, TableId, Value,
+    Verdict,
 };
 use super::table_count::TableCount;
 use super::text::family_word;
@@ -131,10 +135,6 @@ fn jump(chain: &str) -> Stmt {
     Stmt::Verdict(Verdict::Jump(chain.to_string()))
 }
 
-fn goto(chain: &str) -> Stmt {
-    Stmt::Verdict(Verdict::Goto(chain.to_string()))
-}
-
 fn rule(matches: Vec<Match>, stmts: Vec<Stmt>) -> Rule {
     Rule::new(matches, stmts)
 }
@@ -170,6 +170,9 @@ struct Names {
     cluster: String,
     local: String,
     external: String,
+    /// NodePort traffic's external chain (`external` is for external and
+    /// load-balancer IPs: the two end in pick chains of different keys).
+    nodeport: String,
     firewall: String,
     /// A stable hash of the service port's name: it picks the table.
     hash: u64,
@@ -196,6 +199,7 @@ impl Names {
             cluster: chain("service")?,
             local: chain("local")?,
             external: chain("external")?,
+            nodeport: chain("nodeport")?,
             firewall: chain("firewall")?,
             hash,
         })
@@ -638,7 +642,7 @@ impl<'a> FamilyRenderer<'a> {
         self.source_ranges(&p, f);
         node_port(&p, f);
         self.masquerade_off_cluster(&p, f);
-        self.external_chain(&p, f);
+        self.external_chains(&p, f);
         self.endpoint_chains(&p, f);
         Ok(())
     }
@@ -677,14 +681,14 @@ impl<'a> FamilyRenderer<'a> {
     /// ClusterIPs: dispatch to the internal policy chain, or the
     /// no-endpoint verdict.
     fn cluster_ips(&self, p: &PortInFamily<'_>, f: &mut Fragment) {
-        let (internal_chain, _) = p.internal();
+        let to = p
+            .has_internal()
+            .then(|| p.to_pool(f, p.internal(), Frontends::Vips(&p.cluster_ips)));
         for ip in &p.cluster_ips {
             f.element(CLUSTER_IPS, Key::Addr(*ip), None);
-            if p.has_internal() {
-                let to = Verdict::Goto(internal_chain.to_string());
-                f.element(SERVICE_IPS, p.key(*ip), Some(to));
-            } else {
-                f.element(NO_ENDPOINT_SERVICES, p.key(*ip), Some(p.no_endpoint()));
+            match &to {
+                Some(to) => f.element(SERVICE_IPS, p.key(*ip), Some(to.clone().into())),
+                None => f.element(NO_ENDPOINT_SERVICES, p.key(*ip), Some(p.no_endpoint())),
             }
         }
     }
@@ -706,7 +710,7 @@ impl<'a> FamilyRenderer<'a> {
         let firewall = &p.names.firewall;
         for ip in &p.lb_ips {
             let to = Verdict::Goto(firewall.clone());
-            f.element(FIREWALL_IPS, p.key(*ip), Some(to));
+            f.element(FIREWALL_IPS, p.key(*ip), Some(to.into()));
         }
         let mut allowed = sources.clone();
         // A node reaching a VIP-like load balancer loops back with the VIP
@@ -762,122 +766,136 @@ impl<'a> FamilyRenderer<'a> {
         }
     }
 
-    /// The external chain (external IPs, load balancers, NodePorts): the
-    /// external traffic policy. Cluster masquerades (endpoints may be on
-    /// other nodes); Local keeps the client address, short-circuiting pod
-    /// and node traffic to the cluster chain.
-    fn external_chain(&self, p: &PortInFamily<'_>, f: &mut Fragment) {
-        if !(p.has_endpoints() && p.svc.rule.has_external()) {
+    /// The external chains: `external-…` for external and load-balancer
+    /// IPs, `nodeport-…` for the NodePort (their pick chains differ in key).
+    fn external_chains(&self, p: &PortInFamily<'_>, f: &mut Fragment) {
+        if !p.has_endpoints() {
             return;
         }
-        let (names, uses_cluster_chain) = (&p.names, !p.cluster.is_empty());
-        f.chain(&names.external);
+        let vips = p.vips();
+        if !vips.is_empty() {
+            self.external_chain(p, f, &p.names.external, Frontends::Vips(&vips));
+        }
+        if let Some(port) = p.svc.rule.node_port {
+            self.external_chain(p, f, &p.names.nodeport, Frontends::NodePort(port));
+        }
+    }
+
+    /// An external chain: the external traffic policy. Cluster
+    /// masquerades (endpoints may be on other nodes); Local keeps the
+    /// client address, short-circuiting pod and node traffic to the
+    /// cluster endpoints.
+    fn external_chain(
+        &self,
+        p: &PortInFamily<'_>,
+        f: &mut Fragment,
+        chain: &str,
+        frontends: Frontends<'_>,
+    ) {
+        f.chain(chain);
         if !p.svc.external_policy_local() {
-            f.push(&names.external, rule(vec![], vec![jump(MARK_MASQ)]));
+            f.push(chain, rule(vec![], vec![jump(MARK_MASQ)]));
         } else {
-            if self.has_local_detector() && uses_cluster_chain {
+            let to_cluster = (!p.cluster.is_empty())
+                .then(|| Stmt::Verdict(p.to_pool(f, Pool::Cluster, frontends)));
+            if let Some(to_cluster) = to_cluster.clone().filter(|_| self.has_local_detector()) {
                 f.push(
-                    &names.external,
+                    chain,
                     rule(
                         vec![Match::AddrInSet {
                             dir: Dir::Saddr,
                             set: LOCAL_RANGES.to_string(),
                             negate: false,
                         }],
-                        vec![goto(&names.cluster)],
+                        vec![to_cluster],
                     )
                     .with_comment("short-circuit pod traffic"),
                 );
             }
             f.push(
-                &names.external,
+                chain,
                 rule(vec![Match::FibSaddrLocal], vec![jump(MARK_MASQ)])
                     .with_comment("masquerade local traffic"),
             );
-            if uses_cluster_chain {
+            if let Some(to_cluster) = to_cluster {
                 f.push(
-                    &names.external,
-                    rule(vec![Match::FibSaddrLocal], vec![goto(&names.cluster)])
+                    chain,
+                    rule(vec![Match::FibSaddrLocal], vec![to_cluster])
                         .with_comment("short-circuit local traffic"),
                 );
             }
         }
         if p.has_external() {
-            let (policy_chain, _) = p.external();
-            f.push(&names.external, rule(vec![], vec![goto(policy_chain)]));
+            let to = p.to_pool(f, p.external(), frontends);
+            f.push(chain, rule(vec![], vec![Stmt::Verdict(to)]));
         }
     }
 
-    /// The cluster and local policy chains pick an endpoint; every endpoint
-    /// is in the hairpin set.
+    /// With session affinity, the cluster and local policy chains pick an
+    /// endpoint (without, the pick chains do); every endpoint is in the
+    /// hairpin set.
     fn endpoint_chains(&self, p: &PortInFamily<'_>, f: &mut Fragment) {
-        if !p.cluster.is_empty() {
-            self.endpoint_rules(f, p.svc, &p.names.cluster, &p.cluster);
-        }
-        if !p.local.is_empty() {
-            self.endpoint_rules(f, p.svc, &p.names.local, &p.local);
+        if let Some(a) = p.svc.rule.session_affinity {
+            for pool in [Pool::Cluster, Pool::Local] {
+                if !p.endpoints(pool).is_empty() {
+                    endpoint_rules(f, p.svc, a, p.policy_chain(pool), p.endpoints(pool));
+                }
+            }
         }
         for ep in p.cluster.iter().chain(&p.local) {
             f.element(HAIRPIN, Key::AddrPair(ep.ip, ep.ip), None);
         }
     }
+}
 
-    /// Session affinity, then a uniform choice: rule k is taken with
-    /// probability 1/(n-k) when the earlier ones were not.
-    fn endpoint_rules(
-        &self,
-        f: &mut Fragment,
-        svc: &LinkedServicePort,
-        chain: &str,
-        endpoints: &[&Endpoint],
-    ) {
-        let proto = svc.rule.protocol;
-        let affinity = svc.rule.session_affinity;
-        let dnat = |f: &mut Fragment, ep: &Endpoint| -> Vec<Stmt> {
-            let mut stmts = Vec::new();
-            if let Some(a) = affinity {
-                let set = affinity_set_name(svc, ep);
-                let mut s = Set::new(SetKind::Addr, None);
-                s.timeout_seconds = Some(a.timeout_seconds);
-                f.sets.insert(set.clone(), s);
-                stmts.push(Stmt::UpdateSaddr(set));
-            }
-            stmts.push(Stmt::Dnat(ep.ip, ep.port));
-            stmts
-        };
-        if affinity.is_some() {
-            for ep in endpoints {
-                let set = affinity_set_name(svc, ep);
-                let stmts = dnat(f, ep);
-                f.push(
-                    chain,
-                    rule(
-                        vec![
-                            Match::AddrInSet {
-                                dir: Dir::Saddr,
-                                set,
-                                negate: false,
-                            },
-                            Match::L4Proto(proto),
-                        ],
-                        stmts,
-                    ),
-                );
-            }
+/// Session affinity (kube-proxy's per-endpoint `update @affinity-…`), then
+/// a uniform choice: rule k is taken with probability 1/(n-k) when the
+/// earlier ones were not.
+fn endpoint_rules(
+    f: &mut Fragment,
+    svc: &LinkedServicePort,
+    affinity: SessionAffinity,
+    chain: &str,
+    endpoints: &[&Endpoint],
+) {
+    let proto = svc.rule.protocol;
+    let dnat = |f: &mut Fragment, ep: &Endpoint| -> Vec<Stmt> {
+        let set = affinity_set_name(svc, ep);
+        let mut s = Set::new(SetKind::Addr, None);
+        s.timeout_seconds = Some(affinity.timeout_seconds);
+        f.sets.insert(set.clone(), s);
+        vec![Stmt::UpdateSaddr(set), Stmt::Dnat(ep.ip, ep.port)]
+    };
+    for ep in endpoints {
+        let set = affinity_set_name(svc, ep);
+        let stmts = dnat(f, ep);
+        f.push(
+            chain,
+            rule(
+                vec![
+                    Match::AddrInSet {
+                        dir: Dir::Saddr,
+                        set,
+                        negate: false,
+                    },
+                    Match::L4Proto(proto),
+                ],
+                stmts,
+            ),
+        );
+    }
+    let n = endpoints.len();
+    for (k, ep) in endpoints.iter().enumerate() {
+        let mut matches = Vec::new();
+        let remaining = n - k;
+        if remaining > 1 {
+            matches.push(Match::NumgenZero(
+                u32::try_from(remaining).unwrap_or(u32::MAX),
+            ));
         }
-        let n = endpoints.len();
-        for (k, ep) in endpoints.iter().enumerate() {
-            let mut matches = Vec::new();
-            let remaining = n - k;
-            if remaining > 1 {
-                matches.push(Match::NumgenZero(
-                    u32::try_from(remaining).unwrap_or(u32::MAX),
-                ));
-            }
-            matches.push(Match::L4Proto(proto));
-            let stmts = dnat(f, ep);
-            f.push(chain, rule(matches, stmts));
-        }
+        matches.push(Match::L4Proto(proto));
+        let stmts = dnat(f, ep);
+        f.push(chain, rule(matches, stmts));
     }
 }
 
@@ -944,28 +962,39 @@ fn daddr_in(set: &str) -> Match {
 /// External IPs and load-balancer IPs: dispatch to the external chain, or
 /// the no-endpoint verdict when the external policy has no endpoint.
 fn external_and_load_balancer_ips(p: &PortInFamily<'_>, f: &mut Fragment) {
-    for ip in p.external_ips.iter().chain(&p.lb_ips) {
+    for ip in p.vips() {
         if p.has_endpoints() {
-            f.element(SERVICE_IPS, p.key(*ip), Some(p.to_external()));
+            let to = Verdict::Goto(p.names.external.clone());
+            f.element(SERVICE_IPS, p.key(ip), Some(to.into()));
         }
         if !p.has_external() {
-            f.element(NO_ENDPOINT_SERVICES, p.key(*ip), Some(p.no_endpoint()));
+            f.element(NO_ENDPOINT_SERVICES, p.key(ip), Some(p.no_endpoint()));
         }
     }
 }
 
-/// The NodePort: dispatch to the external chain, or the no-endpoint verdict.
+/// The NodePort: dispatch to the NodePort chain, or the no-endpoint verdict.
 fn node_port(p: &PortInFamily<'_>, f: &mut Fragment) {
     let Some(node_port) = p.svc.rule.node_port else {
         return;
     };
     let key = Key::ProtoPort(p.svc.rule.protocol, node_port);
     if p.has_endpoints() {
-        f.element(SERVICE_NODEPORTS, key.clone(), Some(p.to_external()));
+        let to = Verdict::Goto(p.names.nodeport.clone());
+        f.element(SERVICE_NODEPORTS, key.clone(), Some(to.into()));
     }
     if !p.has_external() {
         f.element(NO_ENDPOINT_NODEPORTS, key, Some(p.no_endpoint()));
     }
+}
+
+/// The frontends traffic reaches a pool through, which make the key of
+/// the pool's pick map.
+#[derive(Clone, Copy)]
+enum Frontends<'a> {
+    /// ClusterIPs, or external and load-balancer IPs.
+    Vips(&'a [IpAddr]),
+    NodePort(u16),
 }
 
 /// One service port in one family: its frontends, its endpoints, and what
@@ -991,47 +1020,105 @@ impl<'a> PortInFamily<'a> {
         Key::AddrProtoPort(ip, self.svc.rule.protocol, self.svc.rule.port)
     }
 
+    /// The external and load-balancer IPs.
+    fn vips(&self) -> Vec<IpAddr> {
+        self.external_ips
+            .iter()
+            .chain(&self.lb_ips)
+            .copied()
+            .collect()
+    }
+
     fn has_endpoints(&self) -> bool {
         self.has_endpoints
     }
 
-    /// The chain internal traffic goes to, and its endpoints.
-    fn internal(&self) -> (&str, &[&'a Endpoint]) {
-        if self.svc.internal_policy_local() {
-            (&self.names.local, &self.local)
-        } else {
-            (&self.names.cluster, &self.cluster)
+    fn endpoints(&self, pool: Pool) -> &[&'a Endpoint] {
+        match pool {
+            Pool::Cluster => &self.cluster,
+            Pool::Local => &self.local,
         }
     }
 
-    /// The policy chain external traffic ends in, and its endpoints.
-    fn external(&self) -> (&str, &[&'a Endpoint]) {
-        if self.svc.external_policy_local() {
-            (&self.names.local, &self.local)
+    /// The policy chain of a pool (session affinity only).
+    fn policy_chain(&self, pool: Pool) -> &str {
+        match pool {
+            Pool::Cluster => &self.names.cluster,
+            Pool::Local => &self.names.local,
+        }
+    }
+
+    /// The pool internal traffic goes to.
+    fn internal(&self) -> Pool {
+        if self.svc.internal_policy_local() {
+            Pool::Local
         } else {
-            (&self.names.cluster, &self.cluster)
+            Pool::Cluster
+        }
+    }
+
+    /// The pool external traffic ends in.
+    fn external(&self) -> Pool {
+        if self.svc.external_policy_local() {
+            Pool::Local
+        } else {
+            Pool::Cluster
         }
     }
 
     fn has_internal(&self) -> bool {
-        self.has_endpoints() && !self.internal().1.is_empty()
+        self.has_endpoints() && !self.endpoints(self.internal()).is_empty()
     }
 
     fn has_external(&self) -> bool {
-        self.has_endpoints() && !self.external().1.is_empty()
+        self.has_endpoints() && !self.endpoints(self.external()).is_empty()
     }
 
-    fn to_external(&self) -> Verdict {
-        Verdict::Goto(self.names.external.clone())
+    /// Where traffic of `frontends` for a (non-empty) pool goes: with
+    /// session affinity the pool's policy chain; else the shared pick
+    /// chain of the frontends' key, whose map gets endpoint k of the pool
+    /// (kube-proxy's order) under each frontend and k.
+    fn to_pool(&self, f: &mut Fragment, pool: Pool, frontends: Frontends<'_>) -> Verdict {
+        if self.svc.rule.session_affinity.is_some() {
+            return Verdict::Goto(self.policy_chain(pool).to_string());
+        }
+        let endpoints = self.endpoints(pool);
+        let pick = Pick {
+            key: match frontends {
+                Frontends::Vips(_) => PickKey::Vip,
+                Frontends::NodePort(_) => PickKey::NodePort,
+            },
+            pool,
+            protocol: self.svc.rule.protocol,
+            n: u32::try_from(endpoints.len()).unwrap_or(u32::MAX),
+        };
+        f.picks.insert(pick);
+        for (k, ep) in (0u32..).zip(endpoints) {
+            let to = Some(Value::Endpoint(ep.ip, ep.port));
+            let port = self.svc.rule.port;
+            match frontends {
+                Frontends::Vips(ips) => {
+                    for ip in ips {
+                        let key = Key::AddrPortIndex(*ip, port, k);
+                        f.element(SetName::Pick(pick), key, to.clone());
+                    }
+                }
+                Frontends::NodePort(port) => {
+                    f.element(SetName::Pick(pick), Key::PortIndex(port, k), to.clone());
+                }
+            }
+        }
+        Verdict::Goto(pick.chain())
     }
 
     /// Traffic without an applicable endpoint is dropped, or rejected when
     /// the port has no endpoint anywhere.
-    fn no_endpoint(&self) -> Verdict {
-        if self.has_endpoints() {
+    fn no_endpoint(&self) -> Value {
+        let v = if self.has_endpoints() {
             Verdict::Drop
         } else {
             Verdict::Goto(REJECT_CHAIN.to_string())
-        }
+        };
+        v.into()
     }
 }

@@ -212,6 +212,50 @@ fn cluster_ip_spreads_over_all_endpoints_without_masquerade_from_pods() {
     assert!(!t.masquerade, "pod traffic keeps its source");
 }
 
+/// The kernel's cost of a full sync is per rule expression: endpoints
+/// of service ports without session affinity are elements of a pick map,
+/// not rules. 1000 ClusterIP services of 5 endpoints add one pick chain
+/// of one rule to the table, and each endpoint is reached (in kube-proxy's
+/// order: endpoint k under index k).
+#[test]
+fn endpoints_without_session_affinity_cost_map_elements_not_rules() {
+    let services: Vec<ServicePortRule> = (0..1000u32)
+        .map(|i| {
+            let vip = format!("172.30.{}.{}", i / 200, i % 200 + 1);
+            let endpoints = (0..5u32)
+                .map(|k| {
+                    let n = i * 5 + k;
+                    endpoint(
+                        n + 1,
+                        &format!("10.1.{}.{}", n / 250, n % 250 + 1),
+                        "node-b",
+                    )
+                })
+                .collect();
+            service(i + 1, &format!("svc{i}"), &vip, endpoints)
+        })
+        .collect();
+    let rs = Ruleset { services };
+    let plan = plan_of(&rs);
+    assert_eq!(plan.service_rule_count(), 0, "no rule of a service port");
+    let v4 = switchyard_api::ruleset::IpFamily::V4;
+    let table = plan.table(v4).unwrap();
+    let setup = plan.setup(super::ir::TableId::main(v4)).unwrap();
+    let rules = |t: &super::ir::Table| -> usize { t.chains.values().map(|c| c.rules.len()).sum() };
+    assert_eq!(rules(&table), rules(setup) + 1, "one pick rule");
+    let map = &table.sets["endpoints-vip-cluster-tcp-5"];
+    assert_eq!(map.elements.len(), 5000);
+    let svc = &rs.services[999];
+    let pkt = tcp(&svc.cluster_ips[0].to_string(), 80);
+    for (k, ep) in svc.endpoints.iter().enumerate() {
+        assert_eq!(
+            run(&plan, &pkt, k).dnat,
+            Some((ep.ip, ep.port)),
+            "index {k}"
+        );
+    }
+}
+
 #[test]
 fn cluster_ip_from_outside_the_cluster_is_masqueraded() {
     let plan = plan_of(&sample_ruleset());
@@ -439,7 +483,12 @@ fn first_apply_replaces_tables_then_syncs_only_changes() {
     let calls = nft_calls();
     let text = calls[1].stdin.as_deref().unwrap();
     assert!(!text.contains("list"), "never lists the kernel table");
-    assert!(text.contains("flush chain ip switchyard service-"));
+    // 3 endpoints → 2: its elements move to the pick map of 2, and its
+    // ClusterIP goes to that map's pick chain; no rule is written.
+    assert!(text.contains("delete element ip switchyard endpoints-vip-cluster-tcp-3 "));
+    assert!(text.contains("add element ip switchyard endpoints-vip-cluster-tcp-2 "));
+    assert!(text.contains(": goto pick-vip-cluster-tcp-2"), "{text}");
+    assert!(!text.contains("rule"), "{text}");
     assert!(inc.written < 10, "{text}");
 }
 
@@ -461,7 +510,7 @@ fn failed_apply_keeps_the_record_of_what_is_applied() {
         step.tx
             .text()
             .unwrap()
-            .contains("flush chain ip switchyard service-")
+            .contains("delete element ip switchyard endpoints-vip-cluster-tcp-3 ")
     );
 }
 
@@ -538,7 +587,7 @@ fn chains_of_removed_services_are_deleted_by_the_next_sync_and_made_anew_when_re
     let rs = sample_ruleset();
     backend.apply(&plan_of(&rs)).unwrap();
     let mut without = rs.clone();
-    without.services.retain(|s| s.name != "web");
+    without.services.retain(|s| s.name != "sticky");
     backend.apply(&plan_of(&without)).unwrap();
     let nft = |runner: &FakeRunner| -> Vec<String> {
         runner
@@ -549,14 +598,14 @@ fn chains_of_removed_services_are_deleted_by_the_next_sync_and_made_anew_when_re
             .collect()
     };
     let removal = nft(&runner).pop().unwrap();
-    assert!(removal.contains("flush chain ip switchyard service-SUSTUHLJ-default/web/tcp/http"));
+    assert!(removal.contains("flush chain ip switchyard service-H6U4RGLG-default/sticky/tcp/http"));
     assert!(!removal.contains("delete chain"), "{removal}");
 
     backend.apply(&plan_of(&without)).unwrap();
     let calls = nft(&runner);
     assert_eq!(
         calls.last().unwrap(),
-        "delete chain ip switchyard service-SUSTUHLJ-default/web/tcp/http\n",
+        "delete chain ip switchyard service-H6U4RGLG-default/sticky/tcp/http\n",
         "a transaction of its own, before the (empty) sync"
     );
 
@@ -571,10 +620,10 @@ fn chains_of_removed_services_are_deleted_by_the_next_sync_and_made_anew_when_re
     };
     assert_eq!(
         delete,
-        "delete chain ip switchyard service-SUSTUHLJ-default/web/tcp/http\n"
+        "delete chain ip switchyard service-H6U4RGLG-default/sticky/tcp/http\n"
     );
-    assert!(add.contains("add chain ip switchyard service-SUSTUHLJ-default/web/tcp/http\n"));
-    assert!(add.contains("add rule ip switchyard service-SUSTUHLJ-default/web/tcp/http "));
+    assert!(add.contains("add chain ip switchyard service-H6U4RGLG-default/sticky/tcp/http\n"));
+    assert!(add.contains("add rule ip switchyard service-H6U4RGLG-default/sticky/tcp/http "));
 }
 
 /// A model of the kernel table that applies transactions strictly: deleting
@@ -583,15 +632,16 @@ fn chains_of_removed_services_are_deleted_by_the_next_sync_and_made_anew_when_re
 mod model {
     use std::collections::BTreeMap;
 
-    use super::super::ir::{Chain, Match, Stmt, Table, TableId, Verdict};
+    use super::super::ir::{Chain, Match, Pick, SetKind, Stmt, Table, TableId, Value, Verdict};
     use super::super::transaction::{Command, Transaction};
 
     fn references_chain(table: &Table, name: &str) -> bool {
         let is = |v: &Verdict| matches!(v, Verdict::Jump(c) | Verdict::Goto(c) if c == name);
+        let value_is = |v: &Value| matches!(v, Value::Verdict(v) if is(v));
         table
             .sets
             .values()
-            .any(|s| s.elements.values().flatten().any(is))
+            .any(|s| s.elements.values().flatten().any(value_is))
             || table.chains.values().flat_map(|c| c.rules.iter()).any(|r| {
                 r.stmts
                     .iter()
@@ -604,10 +654,33 @@ mod model {
             r.matches
                 .iter()
                 .any(|m| matches!(m, Match::AddrInSet { set, .. } if set == name))
-                || r.stmts
-                    .iter()
-                    .any(|s| matches!(s, Stmt::UpdateSaddr(set) if set == name))
+                || r.stmts.iter().any(|s| match s {
+                    Stmt::UpdateSaddr(set) => set == name,
+                    Stmt::DnatPick(pick) => pick.map() == name,
+                    _ => false,
+                })
         })
+    }
+
+    /// The tables without the pick maps (and their chains) an incremental
+    /// sync made and emptied and `planned` lacks: they stay until the next
+    /// full sync or resync.
+    pub fn without_stale_picks(held: &Table, planned: &Table) -> Table {
+        let mut t = held.clone();
+        let stale: Vec<Pick> = t
+            .sets
+            .iter()
+            .filter(|(name, s)| s.elements.is_empty() && !planned.sets.contains_key(*name))
+            .filter_map(|(_, s)| match s.kind {
+                SetKind::Pick(p) => Some(p),
+                _ => None,
+            })
+            .collect();
+        for p in stale {
+            t.sets.remove(&p.map());
+            t.chains.remove(&p.chain());
+        }
+        t
     }
 
     pub fn apply(tables: &mut BTreeMap<TableId, Table>, tx: &Transaction) {
@@ -684,6 +757,7 @@ mod model {
                     for s in &rule.stmts {
                         match s {
                             Stmt::UpdateSaddr(set) => assert!(t.sets.contains_key(set), "{text}"),
+                            Stmt::DnatPick(p) => assert!(t.sets.contains_key(&p.map()), "{text}"),
                             Stmt::Verdict(Verdict::Jump(c) | Verdict::Goto(c)) => {
                                 assert!(t.chains.contains_key(c), "{text}")
                             }
@@ -869,11 +943,24 @@ proptest::proptest! {
                 let planned = plan.tables(family);
                 let held: Vec<&super::ir::Table> =
                     tables.values().filter(|t| t.family == family).collect();
-                proptest::prop_assert_eq!(held, planned.iter().collect::<Vec<_>>());
-                proptest::prop_assert_eq!(
-                    applied.index(family),
-                    Some(&super::diff::ElementIndex::of(&plan, family))
-                );
+                let index = applied.index(family).unwrap();
+                // The pick maps the kernel holds are the ones the index records.
+                let held_picks: std::collections::BTreeSet<(u8, super::ir::Pick)> = held
+                    .iter()
+                    .flat_map(|t| t.sets.values().filter_map(move |s| match s.kind {
+                        super::ir::SetKind::Pick(p) => Some((t.shard, p)),
+                        _ => None,
+                    }))
+                    .collect();
+                proptest::prop_assert_eq!(held_picks, index.picks().clone());
+                let held: Vec<super::ir::Table> = held
+                    .iter()
+                    .zip(&planned)
+                    .map(|(h, p)| model::without_stale_picks(h, p))
+                    .collect();
+                proptest::prop_assert_eq!(&held, &planned);
+                let fresh = super::diff::ElementIndex::of(&plan, family);
+                proptest::prop_assert_eq!(index.without_picks_beyond(&fresh), fresh);
             }
         }
     }

@@ -9,7 +9,10 @@ use std::net::IpAddr;
 use switchyard_api::ruleset::IpFamily;
 
 use super::escape;
-use super::ir::{BaseChain, Dir, Hook, Key, Match, Plan, Rule, Set, SetKind, Stmt, Table, Verdict};
+use super::ir::{
+    BaseChain, Dir, Hook, Key, Match, Pick, PickKey, Plan, Rule, Set, SetKind, Stmt, Table, Value,
+    Verdict,
+};
 use super::transaction::{Command, Transaction};
 use crate::escape::NameError;
 
@@ -28,14 +31,35 @@ fn addr_type(family: IpFamily) -> &'static str {
     }
 }
 
+/// What a set or map holds: `type …`, or for a pick map `typeof …` (nft
+/// has no type name for the `numgen` field).
 fn set_type(kind: SetKind, family: IpFamily) -> String {
     let a = addr_type(family);
-    match kind {
+    let t = match kind {
         SetKind::Addr | SetKind::Prefix => a.to_string(),
         SetKind::AddrPair => format!("{a} . {a}"),
         SetKind::AddrProtoPort => format!("{a} . inet_proto . inet_service"),
         SetKind::AddrProtoPortVerdict => format!("{a} . inet_proto . inet_service : verdict"),
         SetKind::ProtoPortVerdict => "inet_proto . inet_service : verdict".to_string(),
+        SetKind::Pick(pick) => {
+            let ipx = family_word(family);
+            let dport = format!("{} dport", pick.protocol.as_lower());
+            return format!("typeof {} : {ipx} daddr . {dport}", pick_key(&pick, family));
+        }
+    };
+    format!("type {t}")
+}
+
+/// A pick map's key: `ip daddr . tcp dport . numgen random mod <n>` (the
+/// protocol's `dport`, not `th dport`: nft 1.0.6 refuses a rule that
+/// matches `meta l4proto tcp` and looks up a map of `th dport` it read
+/// from the kernel, "conflicting protocols specified: tcp vs. th").
+fn pick_key(pick: &Pick, family: IpFamily) -> String {
+    let (proto, n) = (pick.protocol.as_lower(), pick.n);
+    let numgen = format!("{proto} dport . numgen random mod {n}");
+    match pick.key {
+        PickKey::Vip => format!("{} daddr . {numgen}", family_word(family)),
+        PickKey::NodePort => numgen,
     }
 }
 
@@ -59,11 +83,22 @@ impl fmt::Display for Key {
             Key::AddrPair(a, b) => write!(f, "{a} . {b}"),
             Key::AddrProtoPort(a, p, port) => write!(f, "{a} . {} . {port}", p.as_lower()),
             Key::ProtoPort(p, port) => write!(f, "{} . {port}", p.as_lower()),
+            Key::AddrPortIndex(a, port, k) => write!(f, "{a} . {port} . {k}"),
+            Key::PortIndex(port, k) => write!(f, "{port} . {k}"),
         }
     }
 }
 
-fn element(key: &Key, value: &Option<Verdict>) -> String {
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Verdict(v) => v.fmt(f),
+            Value::Endpoint(a, port) => write!(f, "{a} . {port}"),
+        }
+    }
+}
+
+fn element(key: &Key, value: &Option<Value>) -> String {
     match value {
         Some(v) => format!("{key} : {v}"),
         None => key.to_string(),
@@ -122,6 +157,10 @@ pub fn rule_text(rule: &Rule, family: IpFamily) -> String {
                 IpAddr::V4(ip) => format!("dnat to {ip}:{port}"),
                 IpAddr::V6(ip) => format!("dnat to [{ip}]:{port}"),
             },
+            Stmt::DnatPick(pick) => {
+                let map = pick.map();
+                format!("dnat {ipx} to {} map @{map}", pick_key(pick, family))
+            }
             Stmt::Reject => "reject".to_string(),
             Stmt::Verdict(v) => v.to_string(),
         });
@@ -157,7 +196,7 @@ fn base_chain_text(b: &BaseChain) -> String {
 
 /// The set's declaration body (`type ...; flags ...; timeout ...; comment ...;`).
 fn set_decl(set: &Set, family: IpFamily) -> Vec<String> {
-    let mut lines = vec![format!("type {}", set_type(set.kind, family))];
+    let mut lines = vec![set_type(set.kind, family)];
     if set.kind == SetKind::Prefix {
         lines.push("flags interval".to_string());
     }

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use switchyard_api::ruleset::{IpFamily, Protocol};
 
-use super::ir::{Dir, Key, Match, Plan, SetKind, Stmt, Table, Verdict};
+use super::ir::{Dir, Key, Match, Pick, PickKey, Plan, SetKind, Stmt, Table, Value, Verdict};
 use super::render::{
     FILTER_FORWARD, FILTER_INPUT, FILTER_OUTPUT, FILTER_OUTPUT_POST_DNAT, FILTER_PREROUTING,
     NAT_OUTPUT, NAT_POSTROUTING, NAT_PREROUTING,
@@ -54,14 +54,16 @@ struct State<'a> {
     mark: u32,
     dnat: Option<(IpAddr, u16)>,
     masquerade: bool,
-    /// Which `numgen random mod n == 0` match (counting from 0) comes out true.
+    /// Which `numgen random mod n == 0` match (counting from 0) comes out
+    /// true, and the index a `numgen random mod n` of a pick map yields
+    /// (at most n - 1).
     choice: usize,
     rolls: usize,
     depth: usize,
 }
 
-/// Trace `pkt`; `choice` selects the endpoint a `numgen` cascade picks
-/// (0 = the first, anything too large = the last).
+/// Trace `pkt`; `choice` selects the endpoint a `numgen` cascade or pick
+/// map picks (0 = the first, anything too large = the last).
 pub fn trace(plan: &Plan, pkt: &Packet, choice: usize) -> Trace {
     let family = IpFamily::of(&pkt.dst);
     let Some(table) = plan.table(family) else {
@@ -173,7 +175,7 @@ impl State<'_> {
         }
     }
 
-    fn lookup(&self, map: &str, key: Key) -> Option<Verdict> {
+    fn lookup(&self, map: &str, key: Key) -> Option<Value> {
         self.table
             .sets
             .get(map)?
@@ -181,6 +183,28 @@ impl State<'_> {
             .get(&key)
             .cloned()
             .flatten()
+    }
+
+    fn vmap(&mut self, map: &str, key: Key) -> Option<Flow> {
+        match self.lookup(map, key) {
+            Some(Value::Verdict(v)) => self.verdict(&v),
+            _ => None,
+        }
+    }
+
+    /// The pick map's endpoint for the packet (none: the rule does not match).
+    fn pick(&self, pick: &Pick) -> Option<(IpAddr, u16)> {
+        let k = u32::try_from(self.choice)
+            .unwrap_or(u32::MAX)
+            .min(pick.n.saturating_sub(1));
+        let key = match pick.key {
+            PickKey::Vip => Key::AddrPortIndex(self.daddr(), self.dport(), k),
+            PickKey::NodePort => Key::PortIndex(self.dport(), k),
+        };
+        match self.lookup(&pick.map(), key)? {
+            Value::Endpoint(ip, port) => Some((ip, port)),
+            Value::Verdict(_) => None,
+        }
     }
 
     fn verdict(&mut self, v: &Verdict) -> Option<Flow> {
@@ -214,16 +238,10 @@ impl State<'_> {
                 let flow = match stmt {
                     Stmt::VmapAddrProtoPort(dir, map) => {
                         let key = Key::AddrProtoPort(self.addr(*dir), self.pkt.proto, self.dport());
-                        match self.lookup(map, key) {
-                            Some(v) => self.verdict(&v),
-                            None => None,
-                        }
+                        self.vmap(map, key)
                     }
                     Stmt::VmapProtoPort(map) => {
-                        match self.lookup(map, Key::ProtoPort(self.pkt.proto, self.dport())) {
-                            Some(v) => self.verdict(&v),
-                            None => None,
-                        }
+                        self.vmap(map, Key::ProtoPort(self.pkt.proto, self.dport()))
                     }
                     Stmt::UpdateSaddr(_) => None,
                     Stmt::MarkOr(bits) => {
@@ -242,6 +260,14 @@ impl State<'_> {
                         self.dnat = Some((*ip, *port));
                         Some(Flow::Stop(Outcome::Accept))
                     }
+                    Stmt::DnatPick(pick) => match self.pick(pick) {
+                        Some(to) => {
+                            self.dnat = Some(to);
+                            Some(Flow::Stop(Outcome::Accept))
+                        }
+                        // A lookup that misses ends the rule.
+                        None => break,
+                    },
                     Stmt::Reject => Some(Flow::Stop(Outcome::Reject)),
                     Stmt::Verdict(v) => self.verdict(v),
                 };

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use switchyard_api::ruleset::IpFamily;
 
-use super::ir::{BaseChain, Chain, Key, Rule, Set, Table, TableId, Verdict};
+use super::ir::{BaseChain, Chain, Key, Rule, Set, Table, TableId, Value};
 
 /// One command of a transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,7 +36,7 @@ pub enum Command {
     AddElements {
         table: TableId,
         set: String,
-        elements: Vec<(Key, Option<Verdict>)>,
+        elements: Vec<(Key, Option<Value>)>,
     },
     DeleteElements {
         table: TableId,
@@ -167,9 +167,9 @@ impl Transaction {
         &mut self,
         table: TableId,
         set: &str,
-        elems: impl IntoIterator<Item = (&'a Key, &'a Option<Verdict>)>,
+        elems: impl IntoIterator<Item = (&'a Key, &'a Option<Value>)>,
     ) {
-        let elements: Vec<(Key, Option<Verdict>)> = elems
+        let elements: Vec<(Key, Option<Value>)> = elems
             .into_iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();

@@ -9,7 +9,7 @@ use std::process::{Command as Process, Stdio};
 use std::sync::Arc;
 
 use netlink_packet_core::NLM_F_ACK;
-use switchyard_api::ruleset::IpFamily;
+use switchyard_api::ruleset::{IpFamily, Protocol};
 
 use super::commands::batch;
 use super::dump::{self, Attr, Message, Value};
@@ -19,7 +19,8 @@ use super::uapi::{
     NFTA_SET_ELEM_LIST_SET_ID,
 };
 use crate::nftables::ir::{
-    BaseChain, Chain, ChainType, Hook, Key, Priority, Set, SetKind, Table, TableId,
+    BaseChain, Chain, ChainType, Hook, Key, Pick, PickKey, Pool, Priority, Set, SetKind, Table,
+    TableId,
 };
 use crate::nftables::tests::{cidr, golden, testdata};
 use crate::nftables::transaction::Command;
@@ -108,7 +109,7 @@ fn flush_set(name: &str) -> Command {
     }
 }
 
-/// A set of every kind, with and without timeout and comment.
+/// A set of every kind, with and without timeout and comment, and pick maps.
 fn sets() -> Vec<Command> {
     let set = |family, name: &str, kind, timeout, comment: Option<&str>| {
         let mut set = Set::new(kind, comment);
@@ -131,7 +132,26 @@ fn sets() -> Vec<Command> {
         set(v6, "m6", SetKind::AddrProtoPortVerdict, None, None),
         set(v6, "hp6", SetKind::AddrPair, None, None),
         set(v6, "d6", SetKind::AddrProtoPort, None, None),
+        pick(v4, PickKey::Vip, Protocol::Tcp, 5),
+        pick(v4, PickKey::NodePort, Protocol::Udp, 2),
+        pick(v6, PickKey::Vip, Protocol::Sctp, 1),
+        pick(v6, PickKey::NodePort, Protocol::Tcp, 12),
     ]
+}
+
+/// A pick map (`typeof`, of each protocol's `dport`).
+fn pick(family: IpFamily, key: PickKey, protocol: Protocol, n: u32) -> Command {
+    let pick = Pick {
+        key,
+        pool: Pool::Cluster,
+        protocol,
+        n,
+    };
+    Command::AddSet {
+        table: TableId::main(family),
+        name: pick.map(),
+        set: pick.set(),
+    }
 }
 
 /// Both tables replaced: base chains of every hook, and interval sets.

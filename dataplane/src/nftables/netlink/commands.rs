@@ -15,10 +15,11 @@ use super::uapi::{
     NFTA_RULE_USERDATA, NFTA_SET_DATA_LEN, NFTA_SET_DATA_TYPE, NFTA_SET_ELEM_LIST_SET,
     NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_FLAGS, NFTA_SET_ID, NFTA_SET_KEY_LEN, NFTA_SET_KEY_TYPE,
     NFTA_SET_NAME, NFTA_SET_TABLE, NFTA_SET_TIMEOUT, NFTA_SET_USERDATA, NFTA_TABLE_FLAGS,
-    NFTA_TABLE_NAME, TYPE_BITS, TYPE_INET_PROTOCOL, TYPE_INET_SERVICE, TYPE_IP6ADDR, TYPE_IPADDR,
+    NFTA_TABLE_NAME, TYPE_BITS, TYPE_INET_PROTOCOL, TYPE_INET_SERVICE, TYPE_INTEGER, TYPE_IP6ADDR,
+    TYPE_IPADDR,
 };
 use super::userdata;
-use crate::nftables::ir::{BaseChain, Hook, Rule, Set, SetKind, Table, TableId};
+use crate::nftables::ir::{BaseChain, Hook, Pick, PickKey, Rule, Set, SetKind, Table, TableId};
 use crate::nftables::transaction::Command;
 
 /// The batch of `commands`, its sequence numbers following `after`.
@@ -182,7 +183,11 @@ fn add_set(b: &mut Batch, i: usize, id: TableId, name: &str, set: &Set) {
         a.u32(NFTA_SET_FLAGS, flags);
         a.u32(NFTA_SET_KEY_TYPE, key_type);
         a.u32(NFTA_SET_KEY_LEN, key_len);
-        if set.kind.is_map() {
+        if let SetKind::Pick(..) = set.kind {
+            let (addr, len) = addr_type(id.family);
+            a.u32(NFTA_SET_DATA_TYPE, addr << TYPE_BITS | TYPE_INET_SERVICE);
+            a.u32(NFTA_SET_DATA_LEN, len + 4);
+        } else if set.kind.is_map() {
             a.u32(NFTA_SET_DATA_TYPE, libc::NFT_DATA_VERDICT);
             a.u32(NFTA_SET_DATA_LEN, 0u32);
         }
@@ -194,7 +199,7 @@ fn add_set(b: &mut Batch, i: usize, id: TableId, name: &str, set: &Set) {
         }
         a.bytes(
             NFTA_SET_USERDATA,
-            &userdata::set(set.kind, set.comment.as_deref()),
+            &userdata::set(set.kind, id.family, set.comment.as_deref()),
         );
     });
 }
@@ -202,10 +207,7 @@ fn add_set(b: &mut Batch, i: usize, id: TableId, name: &str, set: &Set) {
 /// nft's key datatype (a concatenation: its fields', [`TYPE_BITS`] each)
 /// and key length (each field padded to 4 bytes).
 fn set_key(kind: SetKind, family: IpFamily) -> (u32, u32) {
-    let (addr, len) = match family {
-        IpFamily::V4 => (TYPE_IPADDR, 4),
-        IpFamily::V6 => (TYPE_IP6ADDR, 16),
-    };
+    let (addr, len) = addr_type(family);
     let proto_port = TYPE_INET_PROTOCOL << TYPE_BITS | TYPE_INET_SERVICE;
     match kind {
         SetKind::Addr | SetKind::Prefix => (addr, len),
@@ -214,6 +216,25 @@ fn set_key(kind: SetKind, family: IpFamily) -> (u32, u32) {
             (addr << (2 * TYPE_BITS) | proto_port, len + 8)
         }
         SetKind::ProtoPortVerdict => (proto_port, 8),
+        // The index is an `integer` of the `numgen` register's 4 bytes.
+        SetKind::Pick(Pick {
+            key: PickKey::Vip, ..
+        }) => (
+            addr << (2 * TYPE_BITS) | TYPE_INET_SERVICE << TYPE_BITS | TYPE_INTEGER,
+            len + 8,
+        ),
+        SetKind::Pick(Pick {
+            key: PickKey::NodePort,
+            ..
+        }) => (TYPE_INET_SERVICE << TYPE_BITS | TYPE_INTEGER, 8),
+    }
+}
+
+/// nft's address datatype of a family, and its length.
+fn addr_type(family: IpFamily) -> (u32, u32) {
+    match family {
+        IpFamily::V4 => (TYPE_IPADDR, 4),
+        IpFamily::V6 => (TYPE_IP6ADDR, 16),
     }
 }
 

@@ -15,7 +15,7 @@ use super::uapi::{
     NFTA_SET_ELEM_USERDATA,
 };
 use super::{ip_bytes, userdata};
-use crate::nftables::ir::{Key, TableId, Verdict};
+use crate::nftables::ir::{Key, TableId, Value};
 
 /// Elements per `NEWSETELEM` message: at most ≈ 320 bytes each (a 256-byte
 /// chain name), so the element list stays under the 64 KiB attribute limit.
@@ -28,7 +28,7 @@ pub struct Element<'a> {
     end: bool,
     /// The interval reaches the last address (no end element follows).
     open: bool,
-    value: Option<&'a Verdict>,
+    value: Option<&'a Value>,
 }
 
 impl Element<'_> {
@@ -51,7 +51,7 @@ impl Element<'_> {
 /// yet; the kernel takes the same element again as a no-op).
 pub fn set_elements<'a>(
     family: IpFamily,
-    keys: impl Iterator<Item = (&'a Key, Option<&'a Verdict>)>,
+    keys: impl Iterator<Item = (&'a Key, Option<&'a Value>)>,
     add: bool,
 ) -> Vec<Element<'a>> {
     let bits: u32 = match family {
@@ -120,6 +120,14 @@ fn key_bytes(key: &Key) -> Vec<u8> {
         Key::AddrPair(a, b) => [ip_bytes(a), ip_bytes(b)].concat(),
         Key::AddrProtoPort(a, p, port) => [ip_bytes(a), proto_port(p, port)].concat(),
         Key::ProtoPort(p, port) => proto_port(p, port),
+        // The index as `numgen` writes its register: host-endian.
+        Key::AddrPortIndex(a, port, k) => [
+            ip_bytes(a),
+            padded(&port.to_be_bytes()).to_vec(),
+            k.to_ne_bytes().to_vec(),
+        ]
+        .concat(),
+        Key::PortIndex(port, k) => [padded(&port.to_be_bytes()), k.to_ne_bytes()].concat(),
         // Intervals: see `set_elements`.
         Key::Prefix(c) => ip_bytes(&c.addr()),
     }
@@ -159,8 +167,13 @@ fn element(x: &mut Attrs, e: &Element) {
         x.u32(NFTA_SET_ELEM_FLAGS, libc::NFT_SET_ELEM_INTERVAL_END);
     }
     x.value(NFTA_SET_ELEM_KEY, &e.key);
-    if let Some(v) = e.value {
-        x.verdict(NFTA_SET_ELEM_DATA, v);
+    match e.value {
+        Some(Value::Verdict(v)) => x.verdict(NFTA_SET_ELEM_DATA, v),
+        Some(Value::Endpoint(a, port)) => {
+            let data = [ip_bytes(a), padded(&port.to_be_bytes()).to_vec()].concat();
+            x.value(NFTA_SET_ELEM_DATA, &data);
+        }
+        None => {}
     }
     if e.open {
         x.bytes(NFTA_SET_ELEM_USERDATA, &userdata::interval_open());

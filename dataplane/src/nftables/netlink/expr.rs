@@ -25,7 +25,7 @@ use super::uapi::{
     NFTA_PAYLOAD_LEN, NFTA_PAYLOAD_OFFSET, NFTA_REJECT_ICMP_CODE, NFTA_REJECT_TYPE,
 };
 use super::{ip_bytes, nfproto};
-use crate::nftables::ir::{Dir, Match, Rule, Stmt};
+use crate::nftables::ir::{Dir, Match, Pick, PickKey, Rule, Stmt};
 
 /// A register by the index of its first 4-byte word: nft puts values that
 /// start on a 16-byte boundary in `NFT_REG_1`…`NFT_REG_4`, others in
@@ -164,6 +164,7 @@ impl Exprs<'_, '_> {
                 );
             }
             Stmt::Dnat(ip, port) => self.dnat(ip, *port),
+            Stmt::DnatPick(pick) => self.dnat_pick(pick),
             Stmt::Reject => self.reject(),
             Stmt::Verdict(v) => self.expr("immediate", |i| {
                 i.u32(NFTA_IMMEDIATE_DREG, libc::NFT_REG_VERDICT);
@@ -267,6 +268,37 @@ impl Exprs<'_, '_> {
                 (NFTA_NAT_REG_ADDR_MIN, libc::NFT_REG_1.word()),
                 (NFTA_NAT_REG_PROTO_MIN, libc::NFT_REG_2.word()),
                 (NFTA_NAT_FLAGS, NF_NAT_RANGE_PROTO_SPECIFIED),
+            ],
+        );
+    }
+
+    /// `dnat to <key> . numgen random mod <n> map @<map>`: the key in
+    /// register 1 on, the map's `addr . port` into register 1 on, the port
+    /// in the word after the address.
+    fn dnat_pick(&mut self, pick: &Pick) {
+        let mut words = 0;
+        if pick.key == PickKey::Vip {
+            words = self.load_addr(Dir::Daddr, libc::NFT_REG_1) / 4;
+        }
+        self.payload(libc::NFT_PAYLOAD_TRANSPORT_HEADER, DPORT, reg32(words));
+        self.u32_expr(
+            "numgen",
+            &[
+                (NFTA_NG_DREG, reg32(words + 1).word()),
+                (NFTA_NG_MODULUS, pick.n),
+                (NFTA_NG_TYPE, libc::NFT_NG_RANDOM.word()),
+                (NFTA_NG_OFFSET, 0),
+            ],
+        );
+        self.lookup(&pick.map(), Some(libc::NFT_REG_1), false);
+        let addr_words = addr_at(self.family, Dir::Daddr).1 / 4;
+        self.u32_expr(
+            "nat",
+            &[
+                (NFTA_NAT_TYPE, libc::NFT_NAT_DNAT.word()),
+                (NFTA_NAT_FAMILY, c_int::from(nfproto(self.family)).word()),
+                (NFTA_NAT_REG_ADDR_MIN, libc::NFT_REG_1.word()),
+                (NFTA_NAT_REG_PROTO_MIN, reg32(addr_words).word()),
             ],
         );
     }

@@ -11,7 +11,8 @@ use switchyard_api::ruleset::{IpFamily, Protocol, Ruleset, SessionAffinity, Traf
 use super::{NetlinkError, NftNetlink};
 use crate::nftables::diff::Applied;
 use crate::nftables::ir::{
-    Chain, Dir, Key, Match, Plan, Rule, Set, SetKind, Stmt, Table, TableId, Verdict,
+    Chain, Dir, Key, Match, Pick, PickKey, Plan, Pool, Rule, Set, SetKind, Stmt, Table, TableId,
+    Value, Verdict,
 };
 use crate::nftables::tests::{cidr, endpoint, ip, linked, sample_ruleset, service, settings};
 use crate::nftables::transaction::{Command, Transaction};
@@ -90,7 +91,8 @@ fn every_expression(edited: bool) -> Vec<Table> {
             let mut set = Set::new(kind, comment);
             set.timeout_seconds = timeout;
             let keep = elements.len().saturating_sub(usize::from(edited));
-            set.elements = elements.into_iter().take(keep).collect();
+            let elements = elements.into_iter().map(|(k, v)| (k, v.map(Value::from)));
+            set.elements = elements.take(keep).collect();
             t.sets.insert(name.to_string(), set);
         };
         let jump = Verdict::Jump("mark-for-masquerade".to_string());
@@ -166,7 +168,52 @@ fn every_expression(edited: bool) -> Vec<Table> {
                 ),
             ],
         );
+        // Pick maps of both keys, of no pick the sample uses (`edited`:
+        // one endpoint moved, one gone).
+        let (port, moved) = (8080, if edited { 9090 } else { 8080 });
+        let (vip_pick, nodeport_pick) = (
+            Pick {
+                key: PickKey::Vip,
+                pool: Pool::Cluster,
+                protocol: Protocol::Tcp,
+                n: 7,
+            },
+            Pick {
+                key: PickKey::NodePort,
+                pool: Pool::Local,
+                protocol: Protocol::Sctp,
+                n: 2,
+            },
+        );
+        let mut vip = vip_pick.set();
+        vip.elements = [(a, 80, 0), (a, 80, 1), (b, 443, 0)]
+            .into_iter()
+            .map(|(ip, p, k)| (Key::AddrPortIndex(ip, p, k), Some(Value::Endpoint(b, port))))
+            .collect();
+        vip.elements.insert(
+            Key::AddrPortIndex(a, 80, 2),
+            Some(Value::Endpoint(a, moved)),
+        );
+        let mut nodeport = nodeport_pick.set();
+        nodeport
+            .elements
+            .insert(Key::PortIndex(30080, 0), Some(Value::Endpoint(a, moved)));
+        if !edited {
+            nodeport
+                .elements
+                .insert(Key::PortIndex(30080, 1), Some(Value::Endpoint(b, port)));
+        }
+        t.sets.insert(vip_pick.map(), vip);
+        t.sets.insert(nodeport_pick.map(), nodeport);
         let mut rules = vec![
+            Rule::new(
+                vec![Match::L4Proto(Protocol::Tcp)],
+                vec![Stmt::DnatPick(vip_pick)],
+            ),
+            Rule::new(
+                vec![Match::L4Proto(Protocol::Sctp)],
+                vec![Stmt::DnatPick(nodeport_pick)],
+            ),
             Rule::new(
                 vec![
                     Match::Addr(Dir::Saddr, a),
@@ -457,10 +504,11 @@ fn kinds(commands: &[Command], seen: &mut BTreeSet<String>) {
             Command::AddElements { elements, .. } => {
                 for (k, v) in elements {
                     seen.insert(name(format!("{k:?}")));
-                    seen.extend(
-                        v.iter()
-                            .map(|v| format!("element {}", name(format!("{v:?}")))),
-                    );
+                    let value = v.as_ref().map(|v| match v {
+                        Value::Verdict(v) => name(format!("{v:?}")),
+                        Value::Endpoint(..) => "Endpoint".to_string(),
+                    });
+                    seen.extend(value.map(|v| format!("element {v}")));
                 }
             }
             Command::AddSet { set, .. } if set.timeout_seconds.is_some() => {
@@ -540,6 +588,7 @@ fn incremental_transactions_over_netlink_leave_what_nft_leaves() {
         "MarkXor",
         "Masquerade",
         "Dnat",
+        "DnatPick",
         "Reject",
         "rule Accept",
         "rule Drop",
@@ -551,6 +600,9 @@ fn incremental_transactions_over_netlink_leave_what_nft_leaves() {
         "AddrProtoPort",
         "Prefix",
         "ProtoPort",
+        "AddrPortIndex",
+        "PortIndex",
+        "element Endpoint",
         "element Accept",
         "element Drop",
         "element Return",

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use switchyard_api::ruleset::IpFamily;
 
-use crate::nftables::ir::{Key, Match, Rule, Stmt};
+use crate::nftables::ir::{Key, Match, Rule, Stmt, Value};
 use crate::nftables::transaction::Command;
 
 /// Whether the command can be sent over netlink as it is.
@@ -17,13 +17,15 @@ pub fn supported(c: &Command) -> bool {
         Command::ReplaceTable(t) => {
             t.sets
                 .values()
-                .all(|s| s.elements.keys().all(|k| key_fits(k, family)))
+                .all(|s| s.elements.iter().all(|e| element_fits(e, family)))
                 && t.chains
                     .values()
                     .flat_map(|c| c.rules.iter())
                     .all(|r| rule_fits(r, family))
         }
-        Command::AddElements { elements, .. } => elements.iter().all(|(k, _)| key_fits(k, family)),
+        Command::AddElements { elements, .. } => {
+            elements.iter().all(|(k, v)| element_fits((k, v), family))
+        }
         Command::DeleteElements { keys, .. } => keys.iter().all(|k| key_fits(k, family)),
         Command::AddRule { rule, .. } => rule_fits(rule, family),
         Command::DropTable(_)
@@ -48,12 +50,21 @@ fn rule_fits(rule: &Rule, family: IpFamily) -> bool {
     })
 }
 
+fn element_fits((key, value): (&Key, &Option<Value>), family: IpFamily) -> bool {
+    let fits = |ip: &IpAddr| IpFamily::of(ip) == family;
+    let value_fits = match value {
+        Some(Value::Endpoint(a, _)) => fits(a),
+        Some(Value::Verdict(_)) | None => true,
+    };
+    value_fits && key_fits(key, family)
+}
+
 fn key_fits(key: &Key, family: IpFamily) -> bool {
     let fits = |ip: &IpAddr| IpFamily::of(ip) == family;
     match key {
         Key::Prefix(c) => fits(&c.addr()),
-        Key::Addr(a) | Key::AddrProtoPort(a, _, _) => fits(a),
+        Key::Addr(a) | Key::AddrProtoPort(a, _, _) | Key::AddrPortIndex(a, _, _) => fits(a),
         Key::AddrPair(a, b) => fits(a) && fits(b),
-        Key::ProtoPort(_, _) => true,
+        Key::ProtoPort(_, _) | Key::PortIndex(_, _) => true,
     }
 }

@@ -136,6 +136,7 @@ pub const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
 pub const NFTNL_UDATA_SET_KEYBYTEORDER: u8 = 0;
 pub const NFTNL_UDATA_SET_DATABYTEORDER: u8 = 1;
 pub const NFTNL_UDATA_SET_KEY_TYPEOF: u8 = 3;
+pub const NFTNL_UDATA_SET_DATA_TYPEOF: u8 = 4;
 pub const NFTNL_UDATA_SET_DATA_INTERVAL: u8 = 6;
 pub const NFTNL_UDATA_SET_COMMENT: u8 = 7;
 pub const NFTNL_UDATA_SET_TYPEOF_EXPR: u8 = 0;
@@ -154,3 +155,20 @@ pub const TYPE_BITS: u32 = 6;
 pub const BYTEORDER_INVALID: u32 = 0;
 pub const BYTEORDER_BIG_ENDIAN: u32 = 2;
 pub const EXPR_CONCAT: u32 = 13;
+pub const TYPE_INTEGER: u32 = 4;
+
+/// nft's numbers in a `typeof` key's userdata: expression types, and the
+/// records of a payload (protocol description, field) and of a `numgen`
+/// (type, modulus, offset), as `payload_expr_build_udata` and
+/// `numgen_expr_build_udata` write them.
+pub const EXPR_PAYLOAD: u32 = 7;
+pub const EXPR_NUMGEN: u32 = 23;
+pub const PROTO_DESC_UDP: u32 = 6;
+pub const PROTO_DESC_TCP: u32 = 8;
+pub const PROTO_DESC_SCTP: u32 = 10;
+pub const PROTO_DESC_IP: u32 = 12;
+pub const PROTO_DESC_IP6: u32 = 13;
+pub const IPHDR_DADDR: u32 = 12;
+pub const IP6HDR_DADDR: u32 = 9;
+/// `dport` of TCP, UDP and SCTP alike.
+pub const DPORT: u32 = 2;

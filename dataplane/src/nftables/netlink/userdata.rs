@@ -3,14 +3,19 @@
 //! and `nft list` reads it back to print comments, key byte order and
 //! intervals, so objects we write list exactly as nft's own.
 
+use switchyard_api::ruleset::{IpFamily, Protocol};
+
+use super::attrs::Word;
 use super::uapi::{
-    BYTEORDER_BIG_ENDIAN, BYTEORDER_INVALID, EXPR_CONCAT, NFTNL_SET_ELEM_F_INTERVAL_OPEN,
-    NFTNL_UDATA_RULE_COMMENT, NFTNL_UDATA_SET_COMMENT, NFTNL_UDATA_SET_DATA_INTERVAL,
+    BYTEORDER_BIG_ENDIAN, BYTEORDER_INVALID, DPORT, EXPR_CONCAT, EXPR_NUMGEN, EXPR_PAYLOAD,
+    IP6HDR_DADDR, IPHDR_DADDR, NFTNL_SET_ELEM_F_INTERVAL_OPEN, NFTNL_UDATA_RULE_COMMENT,
+    NFTNL_UDATA_SET_COMMENT, NFTNL_UDATA_SET_DATA_INTERVAL, NFTNL_UDATA_SET_DATA_TYPEOF,
     NFTNL_UDATA_SET_DATABYTEORDER, NFTNL_UDATA_SET_ELEM_FLAGS, NFTNL_UDATA_SET_KEY_TYPEOF,
     NFTNL_UDATA_SET_KEYBYTEORDER, NFTNL_UDATA_SET_TYPEOF_DATA, NFTNL_UDATA_SET_TYPEOF_EXPR,
+    PROTO_DESC_IP, PROTO_DESC_IP6, PROTO_DESC_SCTP, PROTO_DESC_TCP, PROTO_DESC_UDP,
 };
 use crate::nftables::escape;
-use crate::nftables::ir::SetKind;
+use crate::nftables::ir::{PickKey, SetKind};
 
 /// Records of one type byte, one length byte and the value (host-endian
 /// numbers, as libnftnl writes them).
@@ -46,11 +51,12 @@ pub fn rule(comment: &str) -> Vec<u8> {
 }
 
 /// A set's: key byte order (big-endian for an address, none for a
-/// concatenation), for a map the data byte order, for a concatenation an
-/// empty `typeof` concat, for a map "data is no interval", and the comment.
-pub fn set(kind: SetKind, comment: Option<&str>) -> Vec<u8> {
-    let concat = !matches!(kind, SetKind::Addr | SetKind::Prefix);
-    let byteorder = if concat {
+/// concatenation), for a map the data byte order, for a concatenation its
+/// `typeof` concat (empty for a `type` set; a pick map's fields, and its
+/// data's), for a map "data is no interval", and the comment.
+pub fn set(kind: SetKind, family: IpFamily, comment: Option<&str>) -> Vec<u8> {
+    let is_concat = !matches!(kind, SetKind::Addr | SetKind::Prefix);
+    let byteorder = if is_concat {
         BYTEORDER_INVALID
     } else {
         BYTEORDER_BIG_ENDIAN
@@ -60,11 +66,29 @@ pub fn set(kind: SetKind, comment: Option<&str>) -> Vec<u8> {
     if kind.is_map() {
         u.u32(NFTNL_UDATA_SET_DATABYTEORDER, BYTEORDER_INVALID);
     }
-    if concat {
-        let mut typeof_concat = Userdata::default();
-        typeof_concat.u32(NFTNL_UDATA_SET_TYPEOF_EXPR, EXPR_CONCAT);
-        typeof_concat.bytes(NFTNL_UDATA_SET_TYPEOF_DATA, &[]);
-        u.bytes(NFTNL_UDATA_SET_KEY_TYPEOF, &typeof_concat.0);
+    let daddr = || match family {
+        IpFamily::V4 => payload(PROTO_DESC_IP, IPHDR_DADDR),
+        IpFamily::V6 => payload(PROTO_DESC_IP6, IP6HDR_DADDR),
+    };
+    if let SetKind::Pick(pick) = kind {
+        let dport = || {
+            let desc = match pick.protocol {
+                Protocol::Tcp => PROTO_DESC_TCP,
+                Protocol::Udp => PROTO_DESC_UDP,
+                Protocol::Sctp => PROTO_DESC_SCTP,
+            };
+            payload(desc, DPORT)
+        };
+        let mut fields = match pick.key {
+            PickKey::Vip => vec![daddr(), dport()],
+            PickKey::NodePort => vec![dport()],
+        };
+        fields.push(numgen(pick.n));
+        u.bytes(NFTNL_UDATA_SET_KEY_TYPEOF, &concat(&fields));
+        let data = concat(&[daddr(), dport()]);
+        u.bytes(NFTNL_UDATA_SET_DATA_TYPEOF, &data);
+    } else if is_concat {
+        u.bytes(NFTNL_UDATA_SET_KEY_TYPEOF, &concat(&[]));
     }
     if kind.is_map() {
         u.u32(NFTNL_UDATA_SET_DATA_INTERVAL, 0);
@@ -73,6 +97,40 @@ pub fn set(kind: SetKind, comment: Option<&str>) -> Vec<u8> {
         u.comment(NFTNL_UDATA_SET_COMMENT, c);
     }
     u.0
+}
+
+/// A `typeof` expression: its type and its own records.
+fn expr(kind: u32, data: &[u8]) -> Vec<u8> {
+    let mut u = Userdata::default();
+    u.u32(NFTNL_UDATA_SET_TYPEOF_EXPR, kind);
+    u.bytes(NFTNL_UDATA_SET_TYPEOF_DATA, data);
+    u.0
+}
+
+/// A concatenation of `typeof` expressions, each a record numbered from 0.
+fn concat(fields: &[Vec<u8>]) -> Vec<u8> {
+    let mut members = Userdata::default();
+    for (i, f) in (0u8..).zip(fields) {
+        members.bytes(i, f);
+    }
+    expr(EXPR_CONCAT, &members.0)
+}
+
+/// A payload field: its protocol description and field number.
+fn payload(desc: u32, field: u32) -> Vec<u8> {
+    let mut u = Userdata::default();
+    u.u32(0, desc);
+    u.u32(1, field);
+    expr(EXPR_PAYLOAD, &u.0)
+}
+
+/// `numgen random mod <n>`: type random, the modulus, offset 0.
+fn numgen(n: u32) -> Vec<u8> {
+    let mut u = Userdata::default();
+    u.u32(0, libc::NFT_NG_RANDOM.word());
+    u.u32(1, n);
+    u.u32(2, 0);
+    expr(EXPR_NUMGEN, &u.0)
 }
 
 /// An interval start element's: the interval reaches the last address.

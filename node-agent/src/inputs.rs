@@ -1,6 +1,7 @@
 //! What a sync pass reads: the objects the watches currently hold, and the
 //! key of the parts a sync depends on.
 
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Node;
@@ -29,22 +30,36 @@ pub(crate) struct InputKey {
     pub target: Option<Mode>,
     node: Option<(NodeInfo, Vec<Cidr>, bool)>,
     config: Option<ProxyConfigSpec>,
-    shards: Vec<(String, Option<String>)>,
+    shards: ShardsDigest,
+}
+
+/// Which shard objects, at which versions: their count and the sum of a hash
+/// of each one's name and resourceVersion (the sum does not depend on the
+/// order the store lists them in). A pass computes it over every shard, so it
+/// neither copies nor sorts them: with tens of thousands of shards, copying
+/// and sorting their names was most of an agent's CPU between changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ShardsDigest {
+    count: usize,
+    sum: u64,
+}
+
+impl ShardsDigest {
+    fn of(shards: &[Arc<ProxyRuleset>]) -> ShardsDigest {
+        let sum = shards.iter().fold(0u64, |sum, s| {
+            let mut hasher = DefaultHasher::new();
+            (&s.metadata.name, &s.metadata.resource_version).hash(&mut hasher);
+            sum.wrapping_add(hasher.finish())
+        });
+        ShardsDigest {
+            count: shards.len(),
+            sum,
+        }
+    }
 }
 
 impl InputKey {
     pub fn of(inputs: &Inputs) -> InputKey {
-        let mut shards: Vec<(String, Option<String>)> = inputs
-            .shards
-            .iter()
-            .map(|s| {
-                (
-                    s.metadata.name.clone().unwrap_or_default(),
-                    s.metadata.resource_version.clone(),
-                )
-            })
-            .collect();
-        shards.sort();
         InputKey {
             target: inputs.proxy_node.as_ref().and_then(|p| p.spec.target_mode),
             node: inputs
@@ -52,7 +67,47 @@ impl InputKey {
                 .as_deref()
                 .map(|n| (node_info(n), pod_cidrs(n), being_deleted(n))),
             config: inputs.config.as_ref().map(|c| c.spec.clone()),
-            shards,
+            shards: ShardsDigest::of(&inputs.shards),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switchyard_api::ProxyRulesetSpec;
+    use switchyard_api::ruleset::{Ruleset, ShardLayout};
+
+    use super::*;
+
+    fn shard(name: &str, version: &str) -> Arc<ProxyRuleset> {
+        let spec = ProxyRulesetSpec {
+            shard: 0,
+            layout: ShardLayout {
+                epoch: 1,
+                shard_count: 1,
+            },
+            generation: 1,
+            service_count: 0,
+            ruleset: Ruleset::default(),
+        };
+        let mut shard = ProxyRuleset::new(name, spec);
+        shard.metadata.resource_version = Some(version.to_string());
+        Arc::new(shard)
+    }
+
+    fn key(shards: Vec<Arc<ProxyRuleset>>) -> InputKey {
+        InputKey::of(&Inputs {
+            shards,
+            ..Inputs::default()
+        })
+    }
+
+    #[test]
+    fn the_key_of_the_shards_ignores_their_order_and_sees_every_new_version() {
+        let (a, b) = (shard("s-0", "1"), shard("s-1", "2"));
+        assert_eq!(key(vec![a.clone(), b.clone()]), key(vec![b.clone(), a.clone()]));
+        assert_ne!(key(vec![a.clone(), b.clone()]), key(vec![a.clone(), shard("s-1", "3")]));
+        assert_ne!(key(vec![a.clone(), b.clone()]), key(vec![a.clone()]));
+        assert_ne!(key(vec![a.clone()]), key(vec![shard("s-2", "1")]));
     }
 }

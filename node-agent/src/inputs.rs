@@ -29,22 +29,46 @@ pub(crate) struct InputKey {
     pub target: Option<Mode>,
     node: Option<(NodeInfo, Vec<Cidr>, bool)>,
     config: Option<ProxyConfigSpec>,
-    shards: Vec<(String, Option<String>)>,
+    shards: ShardsDigest,
+}
+
+/// Which shards, at which generations: their count and the sum of a mix of
+/// each one's epoch, index and generation (the sum does not depend on the
+/// order the store lists them in; the generation is what the linker keys
+/// its cache on, so a write that leaves it alone changes nothing here
+/// either). A pass computes it over every shard, with tens of thousands of
+/// them: copying and sorting their names and versions, then hashing those
+/// strings, was most of an agent's CPU between changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ShardsDigest {
+    count: usize,
+    sum: u64,
+}
+
+impl ShardsDigest {
+    fn of(shards: &[Arc<ProxyRuleset>]) -> ShardsDigest {
+        let sum = shards.iter().fold(0u64, |sum, s| {
+            let spec = &s.spec;
+            let mixed = mix(mix(mix(spec.layout.epoch) ^ u64::from(spec.shard)) ^ spec.generation);
+            sum.wrapping_add(mixed)
+        });
+        ShardsDigest {
+            count: shards.len(),
+            sum,
+        }
+    }
+}
+
+/// splitmix64's finalizer: every input bit changes about half the output bits.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 impl InputKey {
     pub fn of(inputs: &Inputs) -> InputKey {
-        let mut shards: Vec<(String, Option<String>)> = inputs
-            .shards
-            .iter()
-            .map(|s| {
-                (
-                    s.metadata.name.clone().unwrap_or_default(),
-                    s.metadata.resource_version.clone(),
-                )
-            })
-            .collect();
-        shards.sort();
         InputKey {
             target: inputs.proxy_node.as_ref().and_then(|p| p.spec.target_mode),
             node: inputs
@@ -52,7 +76,56 @@ impl InputKey {
                 .as_deref()
                 .map(|n| (node_info(n), pod_cidrs(n), being_deleted(n))),
             config: inputs.config.as_ref().map(|c| c.spec.clone()),
-            shards,
+            shards: ShardsDigest::of(&inputs.shards),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switchyard_api::ProxyRulesetSpec;
+    use switchyard_api::ruleset::{Ruleset, ShardLayout};
+
+    use super::*;
+
+    fn shard(index: u32, generation: u64) -> Arc<ProxyRuleset> {
+        let spec = ProxyRulesetSpec {
+            shard: index,
+            layout: ShardLayout {
+                epoch: 1,
+                shard_count: 4,
+            },
+            generation,
+            service_count: 0,
+            ruleset: Ruleset::default(),
+        };
+        Arc::new(ProxyRuleset::new(&format!("s-{index}"), spec))
+    }
+
+    fn key(shards: Vec<Arc<ProxyRuleset>>) -> InputKey {
+        InputKey::of(&Inputs {
+            shards,
+            ..Inputs::default()
+        })
+    }
+
+    #[test]
+    fn the_key_of_the_shards_ignores_their_order_and_sees_every_new_generation() {
+        let (a, b) = (shard(0, 1), shard(1, 2));
+        assert_eq!(
+            key(vec![a.clone(), b.clone()]),
+            key(vec![b.clone(), a.clone()])
+        );
+        assert_ne!(
+            key(vec![a.clone(), b.clone()]),
+            key(vec![a.clone(), shard(1, 3)])
+        );
+        assert_ne!(key(vec![a.clone(), b.clone()]), key(vec![a.clone()]));
+        assert_ne!(key(vec![a.clone()]), key(vec![shard(2, 1)]));
+        // Two shards swapping generations is a change.
+        assert_ne!(
+            key(vec![shard(0, 1), shard(1, 2)]),
+            key(vec![shard(0, 2), shard(1, 1)])
+        );
     }
 }

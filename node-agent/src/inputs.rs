@@ -1,8 +1,10 @@
 //! What a sync pass reads: the objects the watches currently hold, and the
 //! key of the parts a sync depends on.
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
+use foldhash::fast::FixedState;
 use k8s_openapi::api::core::v1::Node;
 use switchyard_api::policy::NodeInfo;
 use switchyard_api::ruleset::Cidr;
@@ -32,7 +34,7 @@ pub(crate) struct InputKey {
     shards: ShardsDigest,
 }
 
-/// Which shards, at which generations: their count and the sum of a mix of
+/// Which shards, at which generations: their count and the sum of a hash of
 /// each one's epoch, index and generation (the sum does not depend on the
 /// order the store lists them in; the generation is what the linker keys
 /// its cache on, so a write that leaves it alone changes nothing here
@@ -47,24 +49,17 @@ struct ShardsDigest {
 
 impl ShardsDigest {
     fn of(shards: &[Arc<ProxyRuleset>]) -> ShardsDigest {
+        let hasher = FixedState::with_seed(0);
         let sum = shards.iter().fold(0u64, |sum, s| {
             let spec = &s.spec;
-            let mixed = mix(mix(mix(spec.layout.epoch) ^ u64::from(spec.shard)) ^ spec.generation);
-            sum.wrapping_add(mixed)
+            let hash = hasher.hash_one((spec.layout.epoch, spec.shard, spec.generation));
+            sum.wrapping_add(hash)
         });
         ShardsDigest {
             count: shards.len(),
             sum,
         }
     }
-}
-
-/// splitmix64's finalizer: every input bit changes about half the output bits.
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }
 
 impl InputKey {

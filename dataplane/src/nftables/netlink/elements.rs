@@ -106,6 +106,11 @@ pub fn set_elements<'a>(
 }
 
 /// A concatenation field padded to 4 bytes.
+/// `addr . port`: a pick map key's first fields, and its data.
+fn addr_port(addr: &IpAddr, port: u16) -> Vec<u8> {
+    [ip_bytes(addr), padded(&port.to_be_bytes()).to_vec()].concat()
+}
+
 fn padded(field: &[u8]) -> [u8; 4] {
     let mut out = [0; 4];
     out[..field.len()].copy_from_slice(field);
@@ -121,12 +126,7 @@ fn key_bytes(key: &Key) -> Vec<u8> {
         Key::AddrProtoPort(a, p, port) => [ip_bytes(a), proto_port(p, port)].concat(),
         Key::ProtoPort(p, port) => proto_port(p, port),
         // The index as `numgen` writes its register: host-endian.
-        Key::AddrPortIndex(a, port, k) => [
-            ip_bytes(a),
-            padded(&port.to_be_bytes()).to_vec(),
-            k.to_ne_bytes().to_vec(),
-        ]
-        .concat(),
+        Key::AddrPortIndex(a, port, k) => [addr_port(a, *port), k.to_ne_bytes().to_vec()].concat(),
         Key::PortIndex(port, k) => [padded(&port.to_be_bytes()), k.to_ne_bytes()].concat(),
         // Intervals: see `set_elements`.
         Key::Prefix(c) => ip_bytes(&c.addr()),
@@ -170,8 +170,7 @@ fn element(x: &mut Attrs, e: &Element) {
     match e.value {
         Some(Value::Verdict(v)) => x.verdict(NFTA_SET_ELEM_DATA, v),
         Some(Value::Endpoint(a, port)) => {
-            let data = [ip_bytes(a), padded(&port.to_be_bytes()).to_vec()].concat();
-            x.value(NFTA_SET_ELEM_DATA, &data);
+            x.value(NFTA_SET_ELEM_DATA, &addr_port(a, *port));
         }
         None => {}
     }

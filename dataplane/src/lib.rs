@@ -35,6 +35,7 @@ use std::sync::Arc;
 use switchyard_api::Mode;
 use switchyard_api::policy::LinkedRuleset;
 
+use crate::ebpf::masq_ports::MasqueradePorts;
 use crate::exec::{ExecError, Runner};
 use crate::settings::Settings;
 
@@ -129,6 +130,12 @@ pub trait Backend: Send {
     /// A retired mode still draining: remove the rest once its connections
     /// ended or its grace period passed.
     fn settle(&mut self) -> Result<Retirement, BackendError>;
+
+    /// The source ports this mode's own masquerade picks, outside the
+    /// kernel's conntrack (eBPF); `None`: conntrack's NAT picks them.
+    fn masquerade_ports(&self) -> Option<MasqueradePorts> {
+        None
+    }
 }
 
 /// What is left of a mode after [`Backend::retire`] or [`Backend::settle`].
@@ -162,6 +169,10 @@ pub trait Dataplane: Send {
     /// [`Backend::settle`].
     fn settle(&mut self) -> Result<Retirement, BackendError> {
         Ok(Retirement::Done)
+    }
+    /// [`Backend::masquerade_ports`].
+    fn masquerade_ports(&self) -> Option<MasqueradePorts> {
+        None
     }
 }
 
@@ -200,6 +211,10 @@ impl<B: Backend> Dataplane for B {
 
     fn settle(&mut self) -> Result<Retirement, BackendError> {
         Backend::settle(self)
+    }
+
+    fn masquerade_ports(&self) -> Option<MasqueradePorts> {
+        Backend::masquerade_ports(self)
     }
 }
 

@@ -11,6 +11,8 @@ use switchyard_api::proxyconfig::{DetectLocalMode, IpvsScheduler, IpvsSchedulerF
 
 use switchyard_api::ruleset::{Cidr, CidrError, IpFamily};
 
+use crate::ebpf::masq_ports::MasqueradePorts;
+
 /// How a backend tells traffic from the cluster (pods) from external traffic.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum LocalDetector {
@@ -99,6 +101,10 @@ pub struct Settings {
     pub sync_period: Duration,
     pub ipvs: IpvsRenderSettings,
     pub ebpf: EbpfRenderSettings,
+    /// The source ports the masquerade of TCP and UDP picks from; `None`:
+    /// the kernel's (1024-65535). Set by the agent while a retired eBPF mode
+    /// drains beside this one ([`MasqueradePorts::beside`]).
+    pub masquerade_ports: Option<MasqueradePorts>,
 }
 
 impl Settings {
@@ -116,6 +122,7 @@ impl Settings {
             sync_period: Duration::from_secs(3600),
             ipvs: IpvsRenderSettings::default(),
             ebpf: EbpfRenderSettings::default(),
+            masquerade_ports: None,
         }
     }
 

@@ -42,7 +42,8 @@ use crate::node::{being_deleted, node_info, pod_cidrs};
 use crate::status::{StatusReporter, set_condition};
 use crate::switch::{
     Checkpoint, Checkpoints, DataplaneFactory, Probe, Swept, SwitchError, SwitchInput, Switched,
-    present_modes, recover, shares_kernel_objects, sweep, switch_to, verification_probe,
+    masquerade_beside, present_modes, recover, shares_kernel_objects, sweep, switch_to,
+    verification_probe,
 };
 use crate::watch::Source;
 
@@ -269,6 +270,7 @@ impl Agent {
     /// it applies arrived.
     pub async fn sync(&mut self, inputs: &Inputs, queued_at: Option<Instant>) -> SyncOutcome {
         let started = Instant::now();
+        // A rewrite it asks for is this pass (it forgot the synced inputs).
         self.settle_drains();
         let key = InputKey::of(inputs);
         if self.synced_key.as_ref() == Some(&key) {
@@ -328,7 +330,7 @@ impl Agent {
             ready.target
         };
         let pods = pod_cidrs(ready.node);
-        self.settings = settings_for(&spec, mode, &pods);
+        self.settings = self.settings_for(&spec, mode, &pods);
         let linked = &ready.assembled.linked;
         let (stats, note) = match self.apply(mode, linked, &spec, &pods).await {
             Ok(applied) => applied,
@@ -436,7 +438,7 @@ impl Agent {
             Err(switch) => {
                 // The old mode carries on with the current ruleset.
                 if let Some(kept) = self.active_mode() {
-                    self.settings = settings_for(spec, kept, pods);
+                    self.settings = self.settings_for(spec, kept, pods);
                 }
                 let note = switch.to_string();
                 match self.sync_active(linked) {
@@ -522,28 +524,50 @@ impl Agent {
     }
 
     /// Remove what drains if its connections ended or its grace passed.
-    pub fn settle_drains(&mut self) {
-        self.settle_retiring();
+    /// True when the active mode is to be rewritten now (its settings
+    /// changed with the retired mode gone).
+    pub fn settle_drains(&mut self) -> bool {
+        let rewrite = self.settle_retiring();
         // Under eBPF only, which shares nothing with them: no resync after.
         if let Some(swept) = self.leftover_drain.settle(&self.parts.leftovers) {
             tracing::info!(removed = ?swept.removed, "removed leftovers after their connections");
             log_swept(&swept);
         }
+        rewrite
     }
 
-    /// Remove the retiring dataplane if its connections ended or its grace passed.
-    fn settle_retiring(&mut self) {
+    /// Remove the retiring dataplane if its connections ended or its grace
+    /// passed. Once an eBPF mode is gone, the active one masquerades on all
+    /// of the kernel's ports again: the next sync rewrites it in full.
+    fn settle_retiring(&mut self) -> bool {
         let Some(retiring) = self.retiring.as_mut() else {
-            return;
+            return false;
         };
         match retiring.settle() {
-            Ok(Retirement::Draining) => {}
-            Ok(Retirement::Done) => self.retiring = None,
+            Ok(Retirement::Draining) => return false,
+            Ok(Retirement::Done) => {}
             Err(e) => {
                 tracing::warn!(mode = %retiring.mode(), error = %e, "removing the drained mode failed; swept later");
-                self.retiring = None;
             }
         }
+        self.retiring = None;
+        let rewrite = self.settings.masquerade_ports.is_some();
+        if rewrite {
+            self.synced_key = None;
+            if let Some(active) = self.active.as_mut() {
+                active.invalidate();
+            }
+        }
+        rewrite
+    }
+
+    /// The pool's settings for `mode`, with the masquerade ports it takes
+    /// beside the modes in the kernel ([`masquerade_beside`]).
+    fn settings_for(&self, spec: &ProxyConfigSpec, mode: Mode, pods: &[Cidr]) -> Settings {
+        let mut settings = settings_for(spec, mode, pods);
+        let beside = [self.active.as_deref(), self.retiring.as_deref()];
+        settings.masquerade_ports = masquerade_beside(mode, beside.into_iter().flatten());
+        settings
     }
 
     /// Remove the retiring dataplane now, cutting what it still serves.

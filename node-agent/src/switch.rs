@@ -28,6 +28,7 @@ use switchyard_api::proxynode::{ProxyNodeStatus, SwitchStatus, SwitchStep};
 use switchyard_api::ruleset::ServicePortRule;
 
 use switchyard_dataplane::ebpf::kernel::KernelConfig;
+use switchyard_dataplane::ebpf::masq_ports::MasqueradePorts;
 use switchyard_dataplane::exec::Runner;
 use switchyard_dataplane::kubeproxy::Leftovers;
 use switchyard_dataplane::settings::Settings;
@@ -342,6 +343,22 @@ fn remove(dataplane: &mut dyn Dataplane) {
     if let Err(e) = dataplane.cleanup() {
         tracing::error!(mode = %dataplane.mode(), error = %e, "removing the dataplane failed");
     }
+}
+
+/// The source ports `mode`'s masquerade takes beside `others` (the mode it
+/// replaces, one that drains): beside eBPF (draining, or about to when the
+/// switch is away from it), the block eBPF's leaves
+/// ([`MasqueradePorts::beside`]), so that eBPF's un-SNAT entries never take
+/// `mode`'s answers; else the kernel's.
+pub fn masquerade_beside<'a>(
+    mode: Mode,
+    others: impl IntoIterator<Item = &'a dyn Dataplane>,
+) -> Option<MasqueradePorts> {
+    others
+        .into_iter()
+        .filter(|d| d.mode() != mode)
+        .find_map(|d| d.masquerade_ports())
+        .and_then(MasqueradePorts::beside)
 }
 
 /// Invalidate and sync: a full rewrite after something else touched the kernel.

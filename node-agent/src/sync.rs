@@ -90,7 +90,9 @@ pub async fn run(
             }
             () = sleep_until_some(drain_at) => {
                 last_drain_check = Instant::now();
-                agent.settle_drains();
+                if agent.settle_drains() {
+                    limiter.request(last_drain_check);
+                }
             }
             () = sleep_until(resync_at) => {
                 last_resync = Instant::now();

@@ -6,12 +6,13 @@
 
 mod common;
 
-use common::fake::{FakeKernel, SyncRecord, rule_lines};
+use common::fake::{EBPF_MASQUERADE_PORTS, FakeKernel, SyncRecord, rule_lines};
 use common::*;
 use switchyard_agent::agent::SyncOutcome;
 use switchyard_agent::watch::Source;
 use switchyard_api::Mode;
 use switchyard_api::proxynode::SwitchStep;
+use switchyard_dataplane::ebpf::masq_ports::MasqueradePorts;
 
 fn condition(status: &switchyard_api::ProxyNodeStatus, type_: &str) -> (String, String) {
     let c = status
@@ -160,7 +161,8 @@ async fn restart_converges_on_existing_kernel_state_without_flushing() {
         vec![SyncRecord {
             mode: Mode::Nftables,
             full: true,
-            ok: true
+            ok: true,
+            masquerade_ports: None,
         }]
     );
     assert_eq!(kernel.probes(), vec![], "no switch, no probe");
@@ -341,6 +343,56 @@ async fn kube_proxys_tables_stay_under_ebpf_while_connections_they_translated_ar
         assert!(!*leftover.present.lock().unwrap(), "removed once drained");
         assert!(!agent.draining());
     }
+}
+
+/// A switch from eBPF to a netfilter mode: the new mode's fully-random
+/// masquerade picked ports eBPF's draining un-SNAT entries held, and the
+/// draining tc program sent those answers to the old flows' clients. While
+/// eBPF drains, the new mode masquerades on the ports beside eBPF's; once it
+/// is gone, the next pass rewrites the new mode with the kernel's ports.
+#[tokio::test(start_paused = true)]
+async fn a_mode_beside_a_draining_ebpf_masquerades_outside_ebpfs_ports_until_it_is_gone() {
+    let kernel = FakeKernel::default();
+    let writer = RecordingWriter::default();
+    let mut agent = agent(&kernel, &writer, &FakeLeftover::default());
+    agent.sync(&inputs(Some(Mode::Ebpf), None), None).await;
+    kernel.connections_open(Mode::Ebpf, true);
+    let to_nftables = inputs(Some(Mode::Nftables), None);
+    let out = agent.sync(&to_nftables, None).await;
+    assert!(matches!(out, SyncOutcome::Synced), "{out:?}");
+    assert!(agent.draining());
+    let beside = EBPF_MASQUERADE_PORTS.beside();
+    assert_eq!(
+        beside,
+        Some(MasqueradePorts {
+            min: 32768,
+            max: 65535
+        })
+    );
+    let last = |kernel: &FakeKernel| kernel.syncs().last().cloned().unwrap();
+    assert_eq!(last(&kernel).mode, Mode::Nftables);
+    assert_eq!(last(&kernel).masquerade_ports, beside, "built beside eBPF");
+    assert!(!agent.settle_drains(), "eBPF still drains");
+    agent.invalidate();
+    agent.sync(&to_nftables, None).await;
+    assert_eq!(
+        last(&kernel).masquerade_ports,
+        beside,
+        "a resync while it drains"
+    );
+
+    kernel.connections_open(Mode::Ebpf, false);
+    assert!(agent.settle_drains(), "eBPF gone: nftables is rewritten");
+    agent.sync(&to_nftables, None).await;
+    assert_eq!(
+        last(&kernel),
+        SyncRecord {
+            mode: Mode::Nftables,
+            full: true,
+            ok: true,
+            masquerade_ports: None,
+        }
+    );
 }
 
 #[tokio::test(start_paused = true)]

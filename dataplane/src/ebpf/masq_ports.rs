@@ -64,6 +64,27 @@ impl MasqueradePorts {
         ephemeral_ports(sysctl).map(MasqueradePorts::outside)
     }
 
+    /// The larger block of 1024-65535 outside this one: where another mode's
+    /// masquerade picks while this one's drains beside it. Their NATs share
+    /// the node's address and port towards a backend and neither sees the
+    /// other's flows, so a port of this block is an answer this block's
+    /// un-SNAT would take. `None` when this block leaves no other.
+    pub fn beside(self) -> Option<MasqueradePorts> {
+        let below = (self.min > LOWEST).then(|| MasqueradePorts {
+            min: LOWEST,
+            max: self.min - 1,
+        });
+        let above = (self.max < u16::MAX).then(|| MasqueradePorts {
+            min: self.max + 1,
+            max: u16::MAX,
+        });
+        // The last of equals: the block above, as for `outside`.
+        [below, above]
+            .into_iter()
+            .flatten()
+            .max_by_key(|b| b.count())
+    }
+
     /// How many ports the block has.
     pub fn count(self) -> u32 {
         u32::from(self.max) - u32::from(self.min) + 1
@@ -104,6 +125,13 @@ mod tests {
 
     fn ports(min: u16, max: u16) -> MasqueradePorts {
         MasqueradePorts { min, max }
+    }
+
+    #[test]
+    fn another_modes_masquerade_takes_the_larger_block_beside_ebpfs() {
+        assert_eq!(ports(1024, 32767).beside(), Some(ports(32768, 65535)));
+        assert_eq!(ports(61000, 65535).beside(), Some(ports(1024, 60999)));
+        assert_eq!(ports(1024, 65535).beside(), None);
     }
 
     #[test]

@@ -20,11 +20,13 @@ use switchyard_api::Mode;
 use switchyard_api::policy::LinkedRuleset;
 
 use self::kernel::EbpfKernel;
+use self::masq_ports::MasqueradePorts;
 use self::plan::{EbpfPlan, MapState};
 use self::sync::{MapOp, Snapshot, sync_ops};
 use crate::nat_drain::{DrainState, NatDrain};
 use crate::semantics::{ModeSemantics, NodePortScope, UnknownPort};
 use crate::settings::Settings;
+use crate::sysctl::ProcSysctl;
 use crate::{ApplyStats, Backend, BackendError, Retirement};
 
 /// The eBPF dataplane over a kernel face (the real one: [`kernel::AyaKernel`]).
@@ -146,6 +148,13 @@ impl<K: EbpfKernel> Backend for EbpfBackend<K> {
             }
             DrainState::Idle => Ok(Retirement::Done),
         }
+    }
+
+    /// The block the tc masquerade picks from on this node (`masq_ports`).
+    fn masquerade_ports(&self) -> Option<MasqueradePorts> {
+        MasqueradePorts::read(&ProcSysctl)
+            .map_err(|e| tracing::warn!(error = %e, "the eBPF masquerade's ports are unknown"))
+            .ok()
     }
 }
 

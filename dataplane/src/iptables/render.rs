@@ -77,7 +77,7 @@ fn render_family(ruleset: &LinkedRuleset, settings: &Settings, family: IpFamily)
         node_ips: of_family(&ruleset.node.addresses, family),
         large_cluster: endpoint_count(ruleset, family) > LARGE_CLUSTER_ENDPOINTS,
     };
-    fixed_rules(&mut b, settings.masquerade_mark(), localhost_node_ports);
+    fixed_rules(&mut b, settings, localhost_node_ports);
     for sp in &ruleset.services {
         render_service_port(&mut b, &ctx, sp);
     }
@@ -93,9 +93,10 @@ fn render_family(ruleset: &LinkedRuleset, settings: &Settings, family: IpFamily)
 }
 
 /// The rules of the fixed chains: marking, masquerading, the localnet guard, forwarding.
-fn fixed_rules(b: &mut Builder, mark: u32, localhost_node_ports: bool) {
+fn fixed_rules(b: &mut Builder, settings: &Settings, localhost_node_ports: bool) {
+    let mark = settings.masquerade_mark();
     b.nat.push(KUBE_MARK_MASQ, Rule::new(Target::OrMark(mark)));
-    for rule in masquerade_marked(mark) {
+    for rule in masquerade_marked(settings) {
         b.nat.push(KUBE_POSTROUTING, rule);
     }
     if localhost_node_ports {
@@ -146,14 +147,28 @@ fn fixed_rules(b: &mut Builder, mark: u32, localhost_node_ports: bool) {
 
 /// KUBE-POSTROUTING's rules in both layouts (this mode's and the IPVS
 /// mode's): masquerade the packets marked for it, clearing the mark so a
-/// packet that passes the stack again is not masqueraded twice.
-pub fn masquerade_marked(mark: u32) -> [Rule; 3] {
-    [
+/// packet that passes the stack again is not masqueraded twice. With
+/// [`Settings::masquerade_ports`], TCP and UDP take their ports from there.
+pub fn masquerade_marked(settings: &Settings) -> Vec<Rule> {
+    let mark = settings.masquerade_mark();
+    let masquerade = |ports| {
+        Rule::new(Target::Masquerade {
+            random_fully: true,
+            ports,
+        })
+        .comment("kubernetes service traffic requiring SNAT")
+    };
+    let mut rules = vec![
         Rule::new(Target::Return).with(Match::Mark { mark, negate: true }),
         Rule::new(Target::XorMark(mark)),
-        Rule::new(Target::Masquerade { random_fully: true })
-            .comment("kubernetes service traffic requiring SNAT"),
-    ]
+    ];
+    if let Some(ports) = settings.masquerade_ports {
+        for protocol in [Protocol::Tcp, Protocol::Udp] {
+            rules.push(masquerade(Some(ports)).with(Match::ProtocolOnly(protocol)));
+        }
+    }
+    rules.push(masquerade(None));
+    rules
 }
 
 fn cidr(text: &str) -> Cidr {

@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use switchyard_api::ruleset::{Cidr, Protocol};
 
 use super::escape;
+use crate::ebpf::masq_ports::MasqueradePorts;
 
 /// The two tables the backend writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -93,8 +94,11 @@ pub enum Target {
     Dnat(SocketAddr),
     OrMark(u32),
     XorMark(u32),
+    /// `-j MASQUERADE [--to-ports <min>-<max>] [--random-fully]`; the ports
+    /// only after a TCP or UDP match.
     Masquerade {
         random_fully: bool,
+        ports: Option<MasqueradePorts>,
     },
     /// No target: a rule that only counts and documents (kube-proxy's end of a KUBE-FW chain).
     Nothing,
@@ -233,8 +237,14 @@ impl fmt::Display for Target {
             Target::Dnat(to) => write!(f, "-j DNAT --to-destination {to}"),
             Target::OrMark(mark) => write!(f, "-j MARK --or-mark {mark:#x}"),
             Target::XorMark(mark) => write!(f, "-j MARK --xor-mark {mark:#x}"),
-            Target::Masquerade { random_fully } => {
+            Target::Masquerade {
+                random_fully,
+                ports,
+            } => {
                 f.write_str("-j MASQUERADE")?;
+                if let Some(p) = ports {
+                    write!(f, " --to-ports {}-{}", p.min, p.max)?;
+                }
                 if *random_fully {
                     f.write_str(" --random-fully")?;
                 }

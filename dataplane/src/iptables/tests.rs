@@ -12,6 +12,7 @@ use switchyard_testkit::golden::assert_golden;
 use super::*;
 use crate::conntrack::fake::FakeConntrack;
 use crate::conntrack::{ConntrackTable, UdpFlow};
+use crate::ebpf::masq_ports::MasqueradePorts;
 use crate::exec::{Call, ExecError, FakeRunner, Runner};
 use crate::settings::{LocalDetector, Settings};
 use crate::sysctl::FakeSysctl;
@@ -87,6 +88,32 @@ fn masquerade_all_and_no_detector_render() {
         !none.contains("ns1/svc1:p80 cluster IP\" -m tcp -p tcp -d 172.30.0.41 --dport 80 ! -s")
     );
     assert!(!none.contains("pod traffic for"));
+}
+
+/// Beside a draining eBPF mode, TCP and UDP are masqueraded on the ports
+/// eBPF's masquerade leaves (the agent sets them); the rest as before.
+#[test]
+fn masquerade_beside_ebpf_takes_tcp_and_udp_ports_outside_ebpfs() {
+    let mut beside = settings();
+    beside.masquerade_ports = Some(MasqueradePorts {
+        min: 32768,
+        max: 65535,
+    });
+    let text = render::render(&linked(OVERALL), &beside).to_string();
+    let postrouting: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("-A KUBE-POSTROUTING") && l.contains("MASQUERADE"))
+        .collect();
+    let comment =
+        r#"-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT""#;
+    assert_eq!(
+        postrouting,
+        [
+            format!("{comment} -p tcp -j MASQUERADE --to-ports 32768-65535 --random-fully"),
+            format!("{comment} -p udp -j MASQUERADE --to-ports 32768-65535 --random-fully"),
+            format!("{comment} -j MASQUERADE --random-fully"),
+        ]
+    );
 }
 
 /// One Service with `endpoints` endpoints (two slices: at most 1000 each).

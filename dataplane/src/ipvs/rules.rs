@@ -76,7 +76,7 @@ pub fn family_rules(
         filter: ChainList::of(FILTER_CHAINS),
     };
     let mark = settings.masquerade_mark();
-    masquerade_rules(&mut b, mark);
+    masquerade_rules(&mut b, settings);
     service_rules(&mut b, settings);
     node_port_rules(&mut b);
     firewall_rules(&mut b);
@@ -140,18 +140,24 @@ fn jump_rules() -> Vec<JumpRule> {
 }
 
 /// Hairpin and marked traffic is masqueraded on the way out.
-fn masquerade_rules(b: &mut Builder, mark: u32) {
+fn masquerade_rules(b: &mut Builder, settings: &Settings) {
     let hairpin = b.set("KUBE-LOOP-BACK", DST_DST_SRC);
     b.nat.push(
         KUBE_POSTROUTING,
-        Rule::new(Target::Masquerade { random_fully: true })
-            .comment("Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose")
-            .with(hairpin),
+        Rule::new(Target::Masquerade {
+            random_fully: true,
+            ports: None,
+        })
+        .comment("Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose")
+        .with(hairpin),
     );
-    for rule in masquerade_marked(mark) {
+    for rule in masquerade_marked(settings) {
         b.nat.push(KUBE_POSTROUTING, rule);
     }
-    b.nat.push(KUBE_MARK_MASQ, Rule::new(Target::OrMark(mark)));
+    b.nat.push(
+        KUBE_MARK_MASQ,
+        Rule::new(Target::OrMark(settings.masquerade_mark())),
+    );
 }
 
 /// Service frontends: mark what needs masquerading, accept what IPVS serves.

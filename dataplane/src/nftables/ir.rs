@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use switchyard_api::ruleset::{Cidr, IpFamily, Protocol};
 
+use crate::ebpf::masq_ports::MasqueradePorts;
+
 use crate::conntrack::{UdpPort, UdpSnapshot};
 
 /// The main table's name, in both families.
@@ -686,7 +688,9 @@ pub enum Stmt {
     MarkOr(u32),
     /// `meta mark set mark xor <bits>`.
     MarkXor(u32),
-    Masquerade,
+    /// `masquerade [to :<min>-<max>] fully-random`; the port range only
+    /// after a TCP or UDP match.
+    Masquerade(Option<MasqueradePorts>),
     /// `dnat to <ip>:<port>`.
     Dnat(IpAddr, u16),
     /// `dnat ip to <key> . numgen random mod <n> map @<map>`: the endpoint

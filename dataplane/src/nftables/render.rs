@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use switchyard_api::policy::{LinkedRuleset, LinkedServicePort, NodeInfo};
-use switchyard_api::ruleset::{Cidr, Endpoint, IpFamily, SessionAffinity};
+use switchyard_api::ruleset::{Cidr, Endpoint, IpFamily, Protocol, SessionAffinity};
 
 use crate::conntrack::UdpPort;
 use crate::escape::NameError;
@@ -463,7 +463,18 @@ impl<'a> FamilyRenderer<'a> {
             ),
         );
         t.push(MASQUERADING, rule(vec![], vec![Stmt::MarkXor(mark)]));
-        t.push(MASQUERADING, rule(vec![], vec![Stmt::Masquerade]));
+        if let Some(ports) = self.settings.masquerade_ports {
+            for protocol in [Protocol::Tcp, Protocol::Udp] {
+                t.push(
+                    MASQUERADING,
+                    rule(
+                        vec![Match::L4Proto(protocol)],
+                        vec![Stmt::Masquerade(Some(ports))],
+                    ),
+                );
+            }
+        }
+        t.push(MASQUERADING, rule(vec![], vec![Stmt::Masquerade(None)]));
         // A pod reaching itself through a service must be masqueraded, or
         // the reply would bypass conntrack (kube-proxy's per-endpoint rule).
         t.set(

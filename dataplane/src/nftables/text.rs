@@ -152,7 +152,10 @@ pub fn rule_text(rule: &Rule, family: IpFamily) -> String {
             Stmt::UpdateSaddr(set) => format!("update @{set} {{ {ipx} saddr }}"),
             Stmt::MarkOr(bits) => format!("meta mark set mark or 0x{bits:08x}"),
             Stmt::MarkXor(bits) => format!("meta mark set mark xor 0x{bits:08x}"),
-            Stmt::Masquerade => "masquerade fully-random".to_string(),
+            Stmt::Masquerade(None) => "masquerade fully-random".to_string(),
+            Stmt::Masquerade(Some(p)) => {
+                format!("masquerade to :{}-{} fully-random", p.min, p.max)
+            }
             Stmt::Dnat(ip, port) => match ip {
                 IpAddr::V4(ip) => format!("dnat to {ip}:{port}"),
                 IpAddr::V6(ip) => format!("dnat to [{ip}]:{port}"),

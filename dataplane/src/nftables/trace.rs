@@ -252,7 +252,7 @@ impl State<'_> {
                         self.mark ^= bits;
                         None
                     }
-                    Stmt::Masquerade => {
+                    Stmt::Masquerade(_) => {
                         self.masquerade = true;
                         Some(Flow::Stop(Outcome::Accept))
                     }

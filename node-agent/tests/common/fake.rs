@@ -13,6 +13,7 @@ use switchyard_api::Mode;
 use switchyard_api::policy::LinkedRuleset;
 
 use switchyard_agent::switch::{DataplaneFactory, Probe, ProbeError};
+use switchyard_dataplane::ebpf::masq_ports::MasqueradePorts;
 use switchyard_dataplane::settings::Settings;
 use switchyard_dataplane::{ApplyStats, BackendError, Dataplane, Retirement};
 
@@ -23,6 +24,8 @@ pub struct SyncRecord {
     /// The dataplane had no memory of a previous apply (first sync or after invalidate).
     pub full: bool,
     pub ok: bool,
+    /// The masquerade ports it was given (`Settings::masquerade_ports`).
+    pub masquerade_ports: Option<MasqueradePorts>,
 }
 
 #[derive(Debug, Default)]
@@ -142,7 +145,7 @@ impl Dataplane for FakeDataplane {
     fn sync(
         &mut self,
         ruleset: &LinkedRuleset,
-        _settings: &Settings,
+        settings: &Settings,
     ) -> Result<ApplyStats, BackendError> {
         let lines = rule_lines(ruleset);
         let mut k = self.kernel.lock();
@@ -152,6 +155,7 @@ impl Dataplane for FakeDataplane {
             mode: self.mode,
             full,
             ok,
+            masquerade_ports: settings.masquerade_ports,
         });
         if !ok {
             return Err(BackendError::Kernel {
@@ -206,7 +210,18 @@ impl Dataplane for FakeDataplane {
         }
         self.cleanup().map(|()| Retirement::Done)
     }
+
+    /// eBPF's block on a node with the kernel's default ephemeral range.
+    fn masquerade_ports(&self) -> Option<MasqueradePorts> {
+        (self.mode == Mode::Ebpf).then_some(EBPF_MASQUERADE_PORTS)
+    }
 }
+
+/// The fake eBPF mode's masquerade ports.
+pub const EBPF_MASQUERADE_PORTS: MasqueradePorts = MasqueradePorts {
+    min: 1024,
+    max: 32767,
+};
 
 /// Builds [`FakeDataplane`]s over one kernel.
 #[derive(Clone, Debug)]

@@ -9,16 +9,18 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use switchyard_api::Mode;
+use switchyard_api::policy::LinkedRuleset;
 
 use switchyard_testkit::netns::veth;
 
 use super::fixtures::*;
-use crate::Backend as _;
+use crate::Backend;
 use crate::ebpf::EbpfBackend;
 use crate::ebpf::kernel::{AyaKernel, KernelConfig};
-use crate::ebpf::masq_ports::ephemeral_ports;
+use crate::ebpf::masq_ports::{MasqueradePorts, ephemeral_ports};
 use crate::ebpf::plan::render;
 use crate::ebpf::tc::TcAttachMode;
+use crate::nftables::NftablesBackend;
 use crate::settings::Settings;
 use crate::sysctl::ProcSysctl;
 
@@ -152,6 +154,31 @@ fn node_port_through_real_interfaces(api: TcAttachMode, after_cleanup: impl FnOn
     after_cleanup(&node);
 }
 
+/// A UDP server on the pod (10.244.1.5:5353) answering each datagram with
+/// where it came from.
+fn udp_echo(pod: &Netns) {
+    let server = pod.enter(|| UdpSocket::bind("10.244.1.5:5353")).unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 128];
+        while let Ok((_, peer)) = server.recv_from(&mut buf) {
+            let _ = server.send_to(format!("pod saw {peer}").as_bytes(), peer);
+        }
+    });
+}
+
+/// A UDP service on the pod's echo server, NodePort 30053.
+fn udp_node_port() -> LinkedRuleset {
+    let mut dns = service(
+        1,
+        "10.96.0.10",
+        53,
+        vec![endpoint(10, "10.244.1.5", 5353, "node-a")],
+    );
+    dns.protocol = switchyard_api::ruleset::Protocol::Udp;
+    dns.node_port = Some(30053);
+    linked(vec![dns])
+}
+
 /// What the pod's UDP server answers `socket`'s datagram with: the address
 /// and port the datagram came from.
 fn udp_ask(socket: &UdpSocket, to: &str) -> std::io::Result<String> {
@@ -170,22 +197,8 @@ fn udp_ask(socket: &UdpSocket, to: &str) -> std::io::Result<String> {
 fn a_masqueraded_flow_never_takes_a_port_a_socket_of_the_node_uses() {
     let bpffs = bpffs();
     let Wired { node, client, pod } = wired();
-    let server = pod.enter(|| UdpSocket::bind("10.244.1.5:5353")).unwrap();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 128];
-        while let Ok((_, peer)) = server.recv_from(&mut buf) {
-            let _ = server.send_to(format!("pod saw {peer}").as_bytes(), peer);
-        }
-    });
-    let mut dns = service(
-        1,
-        "10.96.0.10",
-        53,
-        vec![endpoint(10, "10.244.1.5", 5353, "node-a")],
-    );
-    dns.protocol = switchyard_api::ruleset::Protocol::Udp;
-    dns.node_port = Some(30053);
-    let plan = render(&linked(vec![dns]), &Settings::defaults(Mode::Ebpf));
+    udp_echo(&pod);
+    let plan = render(&udp_node_port(), &Settings::defaults(Mode::Ebpf));
     let mut backend = EbpfBackend::new(AyaKernel::new(KernelConfig {
         pin_root: bpffs.dir().join("switchyard"),
         ..KernelConfig::default()
@@ -224,4 +237,108 @@ fn a_masqueraded_flow_never_takes_a_port_a_socket_of_the_node_uses() {
         assert_eq!(udp_ask(&external, "192.0.2.1:30053").unwrap(), answer);
     }
     node.enter(|| backend.cleanup()).unwrap();
+}
+
+/// eBPF masquerades to ports of its own range, and a retired eBPF mode keeps
+/// its `sy_conntrack` entries while its TCP connections drain. The next
+/// mode's fully-random masquerade picks from 1024-65535: a port an un-SNAT
+/// entry of a finished eBPF flow held towards the same endpoint made the
+/// draining tc program take the answer for that old flow, and send it to the
+/// old client's port; the new flow's client waited in vain.
+#[test]
+fn the_next_modes_masqueraded_answers_are_not_taken_by_the_draining_ebpf_flows() {
+    let bpffs = bpffs();
+    let node = named(&unique("-n"));
+    let client = named(&unique("-c"));
+    let pod = named(&unique("-p"));
+    wire(&node, &client, "up0", "192.0.2.1/24", "192.0.2.7/24");
+    // The pod's side has the node's address too, so both modes masquerade
+    // to NODE_IP (as towards a pod on another node).
+    wire(&node, &pod, "pod0", "192.0.2.1/32", "10.244.1.5/32");
+    pod.ip(&["route", "add", "192.0.2.1", "dev", "eth0"])
+        .unwrap();
+    pod.ip(&["route", "add", "default", "via", "192.0.2.1", "dev", "eth0"])
+        .unwrap();
+    node.ip(&["route", "add", "10.244.1.5", "dev", "pod0"])
+        .unwrap();
+    node.enter(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))
+        .unwrap();
+    udp_echo(&pod);
+    let listener = pod.enter(|| TcpListener::bind("10.244.1.5:8080").unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let _ = std::io::copy(&mut &conn, &mut &conn);
+        }
+    });
+    let mut ruleset = udp_node_port();
+    let mut web = service(
+        2,
+        "10.96.0.1",
+        80,
+        vec![endpoint(20, "10.244.1.5", 8080, "node-a")],
+    );
+    web.node_port = Some(30080);
+    ruleset = linked(
+        ruleset
+            .services
+            .iter()
+            .map(|s| s.rule.clone())
+            .chain([web])
+            .collect(),
+    );
+    let mut ebpf = EbpfBackend::new(AyaKernel::new(KernelConfig {
+        pin_root: bpffs.dir().join("switchyard"),
+        ..KernelConfig::default()
+    }));
+    node.enter(|| ebpf.apply(&render(&ruleset, &Settings::defaults(Mode::Ebpf))))
+        .unwrap();
+    // Open through eBPF, it keeps the retired mode draining.
+    let held = client
+        .enter(|| {
+            TcpStream::connect_timeout(&"192.0.2.1:30080".parse().unwrap(), Duration::from_secs(3))
+        })
+        .unwrap();
+    let node_port = "192.0.2.1:30053";
+    let flows = |ports: std::ops::Range<u16>| {
+        client.enter(|| {
+            ports
+                .filter(|&p| {
+                    let s = UdpSocket::bind(("192.0.2.7", p)).unwrap();
+                    s.set_read_timeout(Some(Duration::from_millis(300)))
+                        .unwrap();
+                    udp_ask(&s, node_port).is_err()
+                })
+                .collect::<Vec<u16>>()
+        })
+    };
+    // Finished flows through eBPF, holding a quarter of its masquerade ports.
+    flows(1025..9025);
+
+    // The switch, as the agent makes it: nftables masquerades beside eBPF.
+    let mut settings = Settings::defaults(Mode::Nftables);
+    settings.masquerade_ports = node
+        .enter(|| ebpf.masquerade_ports())
+        .and_then(MasqueradePorts::beside);
+    assert_eq!(
+        settings.masquerade_ports,
+        Some(MasqueradePorts {
+            min: 32768,
+            max: 65535
+        })
+    );
+    let mut nftables = NftablesBackend::new(node.runner());
+    node.enter(|| nftables.sync(&ruleset, &settings)).unwrap();
+    assert_eq!(
+        node.enter(|| ebpf.retire(Mode::Nftables)).unwrap(),
+        crate::Retirement::Draining
+    );
+    let lost = flows(40000..40200);
+    assert_eq!(
+        lost,
+        Vec::<u16>::new(),
+        "flows through nftables without an answer"
+    );
+    drop(held);
+    node.enter(|| ebpf.cleanup()).unwrap();
+    node.enter(|| nftables.cleanup()).unwrap();
 }

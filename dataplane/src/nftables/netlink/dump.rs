@@ -281,7 +281,12 @@ fn expr_field(expr: &str, kind: u16) -> &'static str {
             NFTA_DYNSET_OP,
             NFTA_DYNSET_SREG_KEY
         ),
-        "masq" => names!(kind, NFTA_MASQ_FLAGS),
+        "masq" => names!(
+            kind,
+            NFTA_MASQ_FLAGS,
+            NFTA_MASQ_REG_PROTO_MIN,
+            NFTA_MASQ_REG_PROTO_MAX
+        ),
         "nat" => names!(
             kind,
             NFTA_NAT_TYPE,

@@ -19,10 +19,11 @@ use super::uapi::{
     NFTA_DYNSET_SREG_KEY, NFTA_EXPR_DATA, NFTA_EXPR_NAME, NFTA_FIB_DREG, NFTA_FIB_F_DADDR,
     NFTA_FIB_F_SADDR, NFTA_FIB_FLAGS, NFTA_FIB_RESULT, NFTA_IMMEDIATE_DATA, NFTA_IMMEDIATE_DREG,
     NFTA_LIST_ELEM, NFTA_LOOKUP_DREG, NFTA_LOOKUP_FLAGS, NFTA_LOOKUP_SET, NFTA_LOOKUP_SREG,
-    NFTA_MASQ_FLAGS, NFTA_META_DREG, NFTA_META_KEY, NFTA_META_SREG, NFTA_NAT_FAMILY,
-    NFTA_NAT_FLAGS, NFTA_NAT_REG_ADDR_MIN, NFTA_NAT_REG_PROTO_MIN, NFTA_NAT_TYPE, NFTA_NG_DREG,
-    NFTA_NG_MODULUS, NFTA_NG_OFFSET, NFTA_NG_TYPE, NFTA_PAYLOAD_BASE, NFTA_PAYLOAD_DREG,
-    NFTA_PAYLOAD_LEN, NFTA_PAYLOAD_OFFSET, NFTA_REJECT_ICMP_CODE, NFTA_REJECT_TYPE,
+    NFTA_MASQ_FLAGS, NFTA_MASQ_REG_PROTO_MAX, NFTA_MASQ_REG_PROTO_MIN, NFTA_META_DREG,
+    NFTA_META_KEY, NFTA_META_SREG, NFTA_NAT_FAMILY, NFTA_NAT_FLAGS, NFTA_NAT_REG_ADDR_MIN,
+    NFTA_NAT_REG_PROTO_MIN, NFTA_NAT_TYPE, NFTA_NG_DREG, NFTA_NG_MODULUS, NFTA_NG_OFFSET,
+    NFTA_NG_TYPE, NFTA_PAYLOAD_BASE, NFTA_PAYLOAD_DREG, NFTA_PAYLOAD_LEN, NFTA_PAYLOAD_OFFSET,
+    NFTA_REJECT_ICMP_CODE, NFTA_REJECT_TYPE,
 };
 use super::{ip_bytes, nfproto};
 use crate::nftables::ir::{Dir, Match, Pick, PickKey, Rule, Stmt};
@@ -157,10 +158,25 @@ impl Exprs<'_, '_> {
             // mark = (mark & keep) ^ bits: keep = !bits for or, all ones for xor.
             Stmt::MarkOr(bits) => self.set_mark(!bits, *bits),
             Stmt::MarkXor(bits) => self.set_mark(u32::MAX, *bits),
-            Stmt::Masquerade => {
+            Stmt::Masquerade(None) => {
                 self.u32_expr(
                     "masq",
                     &[(NFTA_MASQ_FLAGS, NF_NAT_RANGE_PROTO_RANDOM_FULLY)],
+                );
+            }
+            Stmt::Masquerade(Some(ports)) => {
+                self.immediate(libc::NFT_REG_1, &ports.min.to_be_bytes());
+                self.immediate(libc::NFT_REG_2, &ports.max.to_be_bytes());
+                self.u32_expr(
+                    "masq",
+                    &[
+                        (
+                            NFTA_MASQ_FLAGS,
+                            NF_NAT_RANGE_PROTO_RANDOM_FULLY | NF_NAT_RANGE_PROTO_SPECIFIED,
+                        ),
+                        (NFTA_MASQ_REG_PROTO_MIN, libc::NFT_REG_1.word()),
+                        (NFTA_MASQ_REG_PROTO_MAX, libc::NFT_REG_2.word()),
+                    ],
                 );
             }
             Stmt::Dnat(ip, port) => self.dnat(ip, *port),

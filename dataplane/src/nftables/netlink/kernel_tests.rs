@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use switchyard_api::ruleset::{IpFamily, Protocol, Ruleset, SessionAffinity, TrafficPolicy};
 
 use super::{NetlinkError, NftNetlink};
+use crate::ebpf::masq_ports::MasqueradePorts;
 use crate::nftables::diff::Applied;
 use crate::nftables::ir::{
     Chain, Dir, Key, Match, Pick, PickKey, Plan, Pool, Rule, Set, SetKind, Stmt, Table, TableId,
@@ -293,7 +294,14 @@ fn every_expression(edited: bool) -> Vec<Table> {
             ),
             Rule::new(
                 vec![Match::Dport(Protocol::Udp, 53)],
-                vec![Stmt::Masquerade],
+                vec![Stmt::Masquerade(None)],
+            ),
+            Rule::new(
+                vec![Match::L4Proto(Protocol::Tcp)],
+                vec![Stmt::Masquerade(Some(MasqueradePorts {
+                    min: 32768,
+                    max: 65535,
+                }))],
             ),
             Rule::new(vec![], vec![Stmt::Reject]),
             Rule::new(vec![], vec![Stmt::Verdict(Verdict::Return)]),

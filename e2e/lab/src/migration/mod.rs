@@ -14,7 +14,9 @@ pub mod adoption;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use switchyard_agent::switch::{DataplaneFactory, SwitchInput, TcpProbe, switch_to};
+use switchyard_agent::switch::{
+    DataplaneFactory, SwitchInput, TcpProbe, masquerade_beside, switch_to,
+};
 use switchyard_api::Mode;
 use switchyard_api::policy::{self, LinkedRuleset};
 use switchyard_dataplane::settings::Settings;
@@ -561,10 +563,13 @@ fn switch_on_agent(
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
+    // As the agent does: beside a draining eBPF, outside its masquerade ports.
+    let mut settings = settings.clone();
+    settings.masquerade_ports = masquerade_beside(to, active.as_deref());
     let input = SwitchInput {
         to,
         ruleset: linked,
-        settings,
+        settings: &settings,
         probe: None,
     };
     let done = rt

@@ -106,13 +106,15 @@ fn masquerade_beside_ebpf_takes_tcp_and_udp_ports_outside_ebpfs() {
         .collect();
     let comment =
         r#"-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT""#;
+    let family = [
+        format!("{comment} -p tcp -j MASQUERADE --to-ports 32768-65535 --random-fully"),
+        format!("{comment} -p udp -j MASQUERADE --to-ports 32768-65535 --random-fully"),
+        format!("{comment} -j MASQUERADE --random-fully"),
+    ];
     assert_eq!(
         postrouting,
-        [
-            format!("{comment} -p tcp -j MASQUERADE --to-ports 32768-65535 --random-fully"),
-            format!("{comment} -p udp -j MASQUERADE --to-ports 32768-65535 --random-fully"),
-            format!("{comment} -j MASQUERADE --random-fully"),
-        ]
+        [family.clone(), family].concat(),
+        "IPv4 and IPv6"
     );
 }
 

@@ -27,8 +27,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    CONVERGE, all_on, finish, kubectl_wait, nodes_until, nothing_lost, patch_pool, pool_until,
-    settled_on, start, summary,
+    CONVERGE, all_on, finish, kubectl_wait, leader_other_than, nodes_until, nothing_lost,
+    patch_pool, pool_until, settled_on, start, summary,
 };
 use k8s_openapi::api::core::v1::Service;
 use kube::api::PostParams;
@@ -98,20 +98,6 @@ async fn targeting(cluster: &Cluster, mode: Mode, count: usize) -> Vec<String> {
             .ok_or(summary(all))
     })
     .await
-}
-
-/// The replica holding the Lease, once one other than `not` does.
-async fn leader_other_than(cluster: &Cluster, not: Option<&str>) -> String {
-    let deadline = Instant::now() + CONVERGE;
-    loop {
-        if let Some(holder) = cluster.leader().await.unwrap()
-            && Some(holder.as_str()) != not
-        {
-            return holder;
-        }
-        assert!(Instant::now() < deadline, "no new leader");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

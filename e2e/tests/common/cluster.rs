@@ -129,6 +129,20 @@ pub async fn all_on(cluster: &Cluster, mode: Mode) {
     .await;
 }
 
+/// The replica holding the Lease, once one other than `not` does.
+pub async fn leader_other_than(cluster: &Cluster, not: Option<&str>) -> String {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        if let Some(holder) = cluster.leader().await.unwrap()
+            && Some(holder.as_str()) != not
+        {
+            return holder;
+        }
+        assert!(Instant::now() < deadline, "no new leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// `node target/applied` of each ProxyNode, for messages.
 pub fn summary(nodes: &[Arc<ProxyNode>]) -> String {
     nodes

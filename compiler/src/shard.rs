@@ -43,8 +43,9 @@ pub struct ShardSettings {
     /// Upper bound for the serialized JSON of one shard's spec (at most
     /// [`MAX_SHARD_BYTES`]: a larger value is taken as that).
     pub budget_bytes: usize,
-    /// The epoch of the first layout. An operator restarting must start above
-    /// every epoch it finds published, because agents take the newest complete one.
+    /// The epoch of the first layout. An operator restarting that does not
+    /// adopt the published layout ([`crate::adopt`]) must start above every
+    /// epoch it finds published, because agents take the newest complete one.
     pub first_epoch: u64,
 }
 

@@ -2,7 +2,9 @@
 //! incremental [`Compiler`]; each sync hands the changed services to the
 //! [`Sharder`], and only the shards it reports changed are written (server-side
 //! apply); shards of a retired layout, and shards left by an earlier run, are
-//! deleted once the new layout is written.
+//! deleted once the new layout is written. At start, one complete published
+//! layout is adopted instead ([`adopt`]), so that a new term writes only the
+//! shards whose content differs.
 
 use std::collections::BTreeSet;
 

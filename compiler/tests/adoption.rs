@@ -56,14 +56,7 @@ fn sync(compiler: &mut Compiler, sharder: &mut Sharder) -> ShardUpdate {
 }
 
 fn add(compiler: &mut Compiler, i: u32, endpoints: u32) {
-    let name = format!("svc-{i}");
-    let ip = std::net::Ipv4Addr::from(0x0a60_0000 + i).to_string();
-    compiler
-        .update_service(&common::simple_service("ns", &name, &ip))
-        .unwrap();
-    compiler
-        .update_endpoint_slice(&common::simple_slice("ns", &name, i * 10, endpoints))
-        .unwrap();
+    common::add_simple_service(compiler, i, i * 10, endpoints);
 }
 
 const SERVICES: u32 = 300;

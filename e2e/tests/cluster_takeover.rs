@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::cluster::{CONVERGE, all_on, finish, leader_other_than, start};
+use common::cluster::{CONVERGE, all_on, finish, kill_the_leader, leader_other_than, start};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
@@ -82,13 +82,7 @@ async fn a_new_leader_does_not_republish_every_shard() {
     let before = versions(&cluster).await;
     assert!(!before.is_empty());
 
-    cluster
-        .operators_mut()
-        .iter_mut()
-        .find(|o| o.pod() == first)
-        .expect("the leader is a replica")
-        .kill();
-    let second = leader_other_than(&cluster, Some(&first)).await;
+    let (second, _) = kill_the_leader(&mut cluster, &first).await;
     let log = cluster
         .operators()
         .iter()

@@ -143,6 +143,20 @@ pub async fn leader_other_than(cluster: &Cluster, not: Option<&str>) -> String {
     }
 }
 
+/// SIGKILL the replica `leader` (no chance to release the Lease); the replica
+/// that takes the Lease over, and how long that took.
+pub async fn kill_the_leader(cluster: &mut Cluster, leader: &str) -> (String, Duration) {
+    let killed = Instant::now();
+    cluster
+        .operators_mut()
+        .iter_mut()
+        .find(|o| o.pod() == leader)
+        .expect("the leader is a replica")
+        .kill();
+    let next = leader_other_than(cluster, Some(leader)).await;
+    (next, killed.elapsed())
+}
+
 /// `node target/applied` of each ProxyNode, for messages.
 pub fn summary(nodes: &[Arc<ProxyNode>]) -> String {
     nodes

@@ -235,13 +235,16 @@ impl Publisher {
         let apply: Vec<(String, ProxyRulesetSpec)> =
             names.into_iter().zip(update.changed).collect();
         let mut delete = update.retired;
-        let current: BTreeSet<String> = (0..update.layout.shard_count)
+        // A previous run's shards, unless current or retired already (an
+        // adopted layout that had to grow).
+        let mut named: BTreeSet<String> = (0..update.layout.shard_count)
             .map(|i| shard_name(&update.layout, i))
             .collect();
+        named.extend(delete.iter().cloned());
         delete.extend(
             std::mem::take(&mut self.leftovers)
                 .into_iter()
-                .filter(|name| !current.contains(name)),
+                .filter(|name| !named.contains(name)),
         );
         if let Some(start) = self.start.take() {
             log_start(start, update.layout, apply.len(), delete.len());

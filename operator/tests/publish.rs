@@ -311,6 +311,19 @@ fn a_new_leader_finding_two_layouts_starts_a_new_one() {
     );
 }
 
+#[test]
+fn a_new_leader_whose_state_outgrew_the_layout_deletes_each_old_shard_once() {
+    let objects = published(&[], &publisher(256 * 1024, &[]).sync());
+    let first = publisher(500, &objects).sync();
+    assert!(
+        names(&first)
+            .iter()
+            .all(|n| n.starts_with("switchyard-e2-"))
+    );
+    assert!(first.apply.len() >= 2);
+    assert_eq!(first.delete, vec!["switchyard-e1-0000"]);
+}
+
 #[tokio::test]
 async fn shards_are_applied_with_the_field_manager_then_retired_ones_deleted() {
     let mut p = publisher(256 * 1024, &[stale_shard(1, 0)]);

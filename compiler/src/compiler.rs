@@ -22,7 +22,7 @@ use crate::keys::{PortKey, ServiceKey, SliceKey};
 use crate::service::{ServiceInfo, service_info};
 use crate::slice::{SliceInfo, slice_info};
 use crate::tracker::ChangeTracker;
-use crate::{CompileSettings, Diagnostic};
+use crate::{CompileSettings, Diagnostic, NotAdopted};
 
 /// The namespace of an object that names none (as `kubectl apply` assumes).
 const DEFAULT_NAMESPACE: &str = "default";
@@ -65,6 +65,9 @@ pub struct Compiler {
     /// Ports skipped because the agents' validation would refuse them, per service.
     refused: HashMap<ServiceKey, Vec<Diagnostic>>,
     ids: Allocators,
+    /// Services whose published ids were adopted, recompiled by the first
+    /// sync whether or not they still exist (a gone one gives its ids back).
+    adopted: Vec<ServiceKey>,
 }
 
 impl Compiler {
@@ -73,6 +76,55 @@ impl Compiler {
             settings,
             ..Compiler::default()
         }
+    }
+
+    /// A compiler that keeps the ids of a published ruleset: a service port
+    /// or endpoint that still exists gets the id it was published with, and
+    /// no other one gets an id the ruleset holds, so the shards it leaves
+    /// alone and the ones it rewrites never claim one id twice.
+    pub fn adopting<'a>(
+        settings: CompileSettings,
+        published: impl IntoIterator<Item = &'a ServicePortRule>,
+    ) -> Result<Compiler, NotAdopted> {
+        let mut by_service: HashMap<ServiceKey, Vec<&ServicePortRule>> = HashMap::new();
+        let (mut port_ids, mut endpoint_ids) = (BTreeSet::new(), BTreeSet::new());
+        for rule in published {
+            if !port_ids.insert(rule.id) {
+                return Err(NotAdopted::DuplicateId {
+                    what: "service port",
+                    id: rule.id,
+                });
+            }
+            for endpoint in &rule.endpoints {
+                if !endpoint_ids.insert(endpoint.id) {
+                    return Err(NotAdopted::DuplicateId {
+                        what: "endpoint",
+                        id: endpoint.id,
+                    });
+                }
+            }
+            by_service
+                .entry(ServiceKey::of(rule))
+                .or_default()
+                .push(rule);
+        }
+        let ids = Allocators::holding(&port_ids, &endpoint_ids).ok_or(NotAdopted::SparseIds)?;
+        let mut compiler = Compiler {
+            ids,
+            ..Compiler::new(settings)
+        };
+        for (key, rules) in by_service {
+            let ids = ServiceIds::published(rules).ok_or_else(|| NotAdopted::DuplicatePort {
+                service: key.to_string(),
+            })?;
+            let candidates = Candidates {
+                ids,
+                ..Candidates::default()
+            };
+            compiler.candidates.insert(key.clone(), candidates);
+            compiler.adopted.push(key);
+        }
+        Ok(compiler)
     }
 
     /// Add or replace a Service. An object without a name is not tracked.
@@ -108,6 +160,7 @@ impl Compiler {
             .into_iter()
             .map(|change| change.key)
             .collect();
+        dirty.extend(self.adopted.drain(..));
         for change in self.slices.take_changes() {
             let slice = change.key;
             if let Some(service) = change.previous.and_then(|s| s.service) {

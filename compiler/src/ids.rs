@@ -8,7 +8,12 @@
 //! the giver's shard is always written first.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeSet, BinaryHeap};
+
+/// The most free ids below the largest held one that an adopted ruleset may
+/// leave ([`IdAllocator::holding`]): far more than deletions leave in a
+/// cluster at the object limits, few enough to keep in memory.
+pub(crate) const MAX_ADOPTED_GAPS: usize = 1 << 20;
 
 #[derive(Clone, Debug)]
 pub(crate) struct IdAllocator {
@@ -29,6 +34,27 @@ impl Default for IdAllocator {
 }
 
 impl IdAllocator {
+    /// An allocator whose `held` ids are taken (the ids of a published
+    /// ruleset being adopted): new ids come from the gaps between them, then
+    /// above the largest. `None` when the gaps would be more than
+    /// [`MAX_ADOPTED_GAPS`] (ids are compact, so only a ruleset not written by
+    /// an allocator has that many).
+    pub(crate) fn holding(held: &BTreeSet<u32>) -> Option<IdAllocator> {
+        let last = held.last().copied().unwrap_or(0);
+        let gaps = (last as usize).saturating_sub(held.len());
+        if gaps > MAX_ADOPTED_GAPS || held.contains(&0) {
+            return None;
+        }
+        Some(IdAllocator {
+            next: last.checked_add(1)?,
+            free: (1..last)
+                .filter(|id| !held.contains(id))
+                .map(Reverse)
+                .collect(),
+            released: Vec::new(),
+        })
+    }
+
     pub(crate) fn allocate(&mut self) -> u32 {
         if let Some(Reverse(id)) = self.free.pop() {
             return id;
@@ -65,5 +91,15 @@ mod tests {
         assert_eq!(ids.allocate(), 1);
         assert_eq!(ids.allocate(), 2);
         assert_eq!(ids.allocate(), 5);
+    }
+
+    #[test]
+    fn an_adopted_id_is_never_handed_out_again_while_held() {
+        let held: BTreeSet<u32> = [2, 3, 5].into_iter().collect();
+        let mut ids = IdAllocator::holding(&held).unwrap();
+        assert_eq!([ids.allocate(), ids.allocate(), ids.allocate()], [1, 4, 6]);
+        assert!(IdAllocator::holding(&[0].into_iter().collect()).is_none());
+        assert!(IdAllocator::holding(&[u32::MAX].into_iter().collect()).is_none());
+        assert!(IdAllocator::holding(&BTreeSet::new()).is_some());
     }
 }

@@ -1,7 +1,7 @@
 //! A service's port templates joined with its EndpointSlices: the endpoints of
 //! every port, deduplicated across slices, with stable ids.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use switchyard_api::ruleset::{Endpoint, IpFamily, ServicePortRule};
@@ -18,6 +18,18 @@ pub(crate) struct Allocators {
 }
 
 impl Allocators {
+    /// Allocators with the given service port and endpoint ids taken
+    /// ([`IdAllocator::holding`]).
+    pub(crate) fn holding(
+        service_ports: &BTreeSet<u32>,
+        endpoints: &BTreeSet<u32>,
+    ) -> Option<Allocators> {
+        Some(Allocators {
+            service_ports: IdAllocator::holding(service_ports)?,
+            endpoints: IdAllocator::holding(endpoints)?,
+        })
+    }
+
     /// The end of a sync: ids released during it may be reused.
     pub(crate) fn recycle(&mut self) {
         self.service_ports.recycle();
@@ -42,6 +54,35 @@ struct PortIds {
 impl ServiceIds {
     pub(crate) fn is_empty(&self) -> bool {
         self.ports.is_empty()
+    }
+
+    /// The ids a published service's rules carry, to be kept while its
+    /// ports and endpoints exist. `None` when two of its rules are the same
+    /// port (no ruleset this compiler wrote has that).
+    pub(crate) fn published<'a>(
+        rules: impl IntoIterator<Item = &'a ServicePortRule>,
+    ) -> Option<ServiceIds> {
+        let mut ports: Vec<(PortKey, PortIds)> = Vec::new();
+        for rule in rules {
+            let key = PortKey::of(rule);
+            if ports.iter().any(|(k, _)| *k == key) {
+                return None;
+            }
+            let mut endpoints: Vec<((IpAddr, u16), u32)> = rule
+                .endpoints
+                .iter()
+                .map(|e| ((e.ip, e.port), e.id))
+                .collect();
+            endpoints.sort_unstable();
+            ports.push((
+                key,
+                PortIds {
+                    id: rule.id,
+                    endpoints,
+                },
+            ));
+        }
+        Some(ServiceIds { ports })
     }
 
     /// Give back every id (the service is gone).

@@ -12,6 +12,7 @@
 //! Bad input never panics and never poisons other services: the bad part is
 //! skipped and reported as a [`Diagnostic`].
 
+mod adopt;
 mod compiler;
 mod diagnostic;
 mod frontends;
@@ -31,6 +32,7 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use switchyard_api::ruleset::Ruleset;
 
+pub use adopt::{Adopted, NotAdopted, adopt};
 pub use compiler::Compiler;
 pub use diagnostic::{Diagnostic, ObjectKind, Reason};
 pub use keys::{PortKey, ServiceKey, SliceKey};

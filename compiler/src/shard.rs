@@ -43,8 +43,9 @@ pub struct ShardSettings {
     /// Upper bound for the serialized JSON of one shard's spec (at most
     /// [`MAX_SHARD_BYTES`]: a larger value is taken as that).
     pub budget_bytes: usize,
-    /// The epoch of the first layout. An operator restarting must start above
-    /// every epoch it finds published, because agents take the newest complete one.
+    /// The epoch of the first layout. An operator restarting that does not
+    /// adopt the published layout ([`crate::adopt`]) must start above every
+    /// epoch it finds published, because agents take the newest complete one.
     pub first_epoch: u64,
 }
 
@@ -97,6 +98,9 @@ pub struct Sharder {
     /// Bytes of the largest possible spec without services.
     envelope_bytes: usize,
     started: bool,
+    /// The published shards of an adopted layout, in shard order, until the
+    /// first sync compares them with what it would write.
+    published: Vec<ProxyRulesetSpec>,
     /// Services too large for any object, not published.
     too_large: BTreeMap<ServiceKey, Diagnostic>,
 }
@@ -115,8 +119,30 @@ impl Sharder {
             shards: vec![Shard::default()],
             envelope_bytes: envelope_bytes(),
             started: false,
+            published: Vec::new(),
             too_large: BTreeMap::new(),
         }
+    }
+
+    /// A sharder that keeps a published layout: `published` holds every shard
+    /// of it in shard order (checked by the caller). Its first sync writes
+    /// only the shards whose content differs from the published one, each at
+    /// the next generation; when the services no longer fit the layout's shard
+    /// count, it starts a new layout (the epoch after) as [`Sharder::new`] would.
+    pub(crate) fn adopting(settings: ShardSettings, published: Vec<ProxyRulesetSpec>) -> Sharder {
+        let mut sharder = Sharder::new(settings);
+        if let Some(first) = published.first() {
+            sharder.layout = first.layout;
+        }
+        sharder.shards = published
+            .iter()
+            .map(|spec| Shard {
+                generation: spec.generation,
+                ..Shard::default()
+            })
+            .collect();
+        sharder.published = published;
+        sharder
     }
 
     /// The services not published because no object could hold them.
@@ -162,13 +188,16 @@ impl Sharder {
             }
             touched.insert(index as u32);
         }
-        if !self.started {
-            self.started = true;
-            touched.extend(0..self.layout.shard_count);
-        }
+        let first = !std::mem::replace(&mut self.started, true);
+        let published = std::mem::take(&mut self.published);
         let wanted = self.wanted_shard_count();
         if wanted != self.layout.shard_count {
             return self.relayout(compiler, wanted);
+        }
+        if first && published.is_empty() {
+            touched.extend(0..self.layout.shard_count);
+        } else if first {
+            touched = self.differing(compiler, &published);
         }
         let changed = touched
             .into_iter()
@@ -188,6 +217,20 @@ impl Sharder {
     pub fn shards(&self, compiler: &Compiler) -> Vec<ProxyRulesetSpec> {
         (0..self.layout.shard_count)
             .map(|index| self.spec(compiler, index))
+            .collect()
+    }
+
+    /// The shards whose content, at their published generation, is not what
+    /// `published` holds. Compared as JSON, as the API server holds them: a
+    /// field the wire format rounds (a trigger time's nanoseconds) is no
+    /// difference.
+    fn differing(&self, compiler: &Compiler, published: &[ProxyRulesetSpec]) -> BTreeSet<u32> {
+        (0..self.layout.shard_count)
+            .filter(|index| {
+                let ours = serde_json::to_value(self.spec(compiler, *index));
+                let theirs = published.get(*index as usize).map(serde_json::to_value);
+                !matches!((ours, theirs), (Ok(a), Some(Ok(b))) if a == b)
+            })
             .collect()
     }
 

@@ -18,14 +18,7 @@ use switchyard_compiler::{
 fn cluster(services: u32, endpoints: u32) -> Compiler {
     let mut compiler = Compiler::new(CompileSettings::default());
     for i in 0..services {
-        let name = format!("svc-{i}");
-        let ip = std::net::Ipv4Addr::from(0x0a60_0000 + i).to_string();
-        compiler
-            .update_service(&common::simple_service("ns", &name, &ip))
-            .unwrap();
-        compiler
-            .update_endpoint_slice(&common::simple_slice("ns", &name, i * endpoints, endpoints))
-            .unwrap();
+        common::add_simple_service(&mut compiler, i, i * endpoints, endpoints);
     }
     compiler
 }

@@ -27,8 +27,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    CONVERGE, all_on, finish, kubectl_wait, nodes_until, nothing_lost, patch_pool, pool_until,
-    settled_on, start, summary,
+    CONVERGE, all_on, finish, kill_the_leader, kubectl_wait, leader_other_than, nodes_until,
+    nothing_lost, patch_pool, pool_until, settled_on, start, summary,
 };
 use k8s_openapi::api::core::v1::Service;
 use kube::api::PostParams;
@@ -100,20 +100,6 @@ async fn targeting(cluster: &Cluster, mode: Mode, count: usize) -> Vec<String> {
     .await
 }
 
-/// The replica holding the Lease, once one other than `not` does.
-async fn leader_other_than(cluster: &Cluster, not: Option<&str>) -> String {
-    let deadline = Instant::now() + CONVERGE;
-    loop {
-        if let Some(holder) = cluster.leader().await.unwrap()
-            && Some(holder.as_str()) != not
-        {
-            return holder;
-        }
-        assert!(Instant::now() < deadline, "no new leader");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mode_patch_rolls_out_in_batches_across_a_leader_kill() {
     let mut cluster = start(3, 3, 2).await;
@@ -160,15 +146,7 @@ async fn a_mode_patch_rolls_out_in_batches_across_a_leader_kill() {
     // Resumed; the leader is killed once the second batch is under way.
     patch_pool(&cluster, r#"{"spec":{"rollout":{"paused":false}}}"#);
     targeting(&cluster, Mode::Nftables, 2).await;
-    let killed = Instant::now();
-    cluster
-        .operators_mut()
-        .iter_mut()
-        .find(|o| o.pod() == first)
-        .expect("the leader is a replica")
-        .kill();
-    let second = leader_other_than(&cluster, Some(&first)).await;
-    let takeover = killed.elapsed();
+    let (second, takeover) = kill_the_leader(&mut cluster, &first).await;
     let bound = cluster.lease_timing().takeover_bound();
     println!("{first} killed; {second} leads {takeover:.1?} later (bound {bound:?})");
     // Slack for a loaded machine on top of the Lease's own bound.

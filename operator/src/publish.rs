@@ -2,7 +2,9 @@
 //! incremental [`Compiler`]; each sync hands the changed services to the
 //! [`Sharder`], and only the shards it reports changed are written (server-side
 //! apply); shards of a retired layout, and shards left by an earlier run, are
-//! deleted once the new layout is written.
+//! deleted once the new layout is written. At start, one complete published
+//! layout is adopted instead ([`adopt`]), so that a new term writes only the
+//! shards whose content differs.
 
 use std::collections::BTreeSet;
 
@@ -11,10 +13,11 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use kube::runtime::watcher;
 use switchyard_api::ProxyRuleset;
-use switchyard_api::ruleset::{ProxyRulesetSpec, shard_name};
+use switchyard_api::ruleset::{ProxyRulesetSpec, ShardLayout, shard_name};
 use switchyard_compiler::{
-    CompileSettings, Compiler, Diagnostic, ServiceKey, ShardSettings, Sharder,
+    CompileSettings, Compiler, Diagnostic, ServiceKey, ShardSettings, Sharder, adopt,
 };
+use tracing::info;
 
 /// A change from one of the watches.
 #[derive(Clone, Debug)]
@@ -86,6 +89,15 @@ impl Known {
     }
 }
 
+/// What a publisher found at startup.
+#[derive(Clone, Copy, Debug)]
+enum Start {
+    /// The published layout, kept.
+    Adopted(ShardLayout),
+    /// None to keep: the first publication writes a new layout.
+    NewLayout,
+}
+
 /// The compiler, the sharder and what has been published.
 pub struct Publisher {
     compiler: Compiler,
@@ -98,11 +110,15 @@ pub struct Publisher {
     rejected: Vec<Diagnostic>,
     /// Shards found at startup, deleted once the first layout is written.
     leftovers: BTreeSet<String>,
+    /// How the first publication starts (taken by it, for its log line).
+    start: Option<Start>,
 }
 
 impl Publisher {
-    /// A publisher starting above every epoch in `existing`, since agents take
-    /// the newest complete layout.
+    /// A publisher that adopts the layout in `existing` when that is one
+    /// complete layout ([`adopt`]): its first publication writes only the
+    /// shards whose content differs. Otherwise it starts above every epoch
+    /// in `existing`, since agents take the newest complete layout.
     pub fn new(
         settings: CompileSettings,
         budget_bytes: usize,
@@ -113,17 +129,37 @@ impl Publisher {
             .map(|s| s.spec.layout.epoch)
             .max()
             .unwrap_or(0);
+        let shard_settings = ShardSettings {
+            budget_bytes,
+            first_epoch: newest + 1,
+        };
+        let names: Vec<String> = existing.iter().map(|s| s.name_any()).collect();
+        let published: Vec<(&str, &ProxyRulesetSpec)> = names
+            .iter()
+            .zip(existing)
+            .map(|(name, s)| (name.as_str(), &s.spec))
+            .collect();
+        let (compiler, sharder, start) =
+            match adopt(settings.clone(), shard_settings.clone(), &published) {
+                Ok(adopted) => {
+                    let start = Start::Adopted(adopted.layout);
+                    (adopted.compiler, adopted.sharder, start)
+                }
+                Err(reason) => {
+                    info!(%reason, "not adopting the published shards");
+                    let sharder = Sharder::new(shard_settings);
+                    (Compiler::new(settings), sharder, Start::NewLayout)
+                }
+            };
         Publisher {
-            compiler: Compiler::new(settings),
-            sharder: Sharder::new(ShardSettings {
-                budget_bytes,
-                first_epoch: newest + 1,
-            }),
+            compiler,
+            sharder,
             services: Known::default(),
             slices: Known::default(),
             reported: BTreeSet::new(),
             rejected: Vec::new(),
-            leftovers: existing.iter().map(|s| s.name_any()).collect(),
+            leftovers: names.into_iter().collect(),
+            start: Some(start),
         }
     }
 
@@ -199,14 +235,20 @@ impl Publisher {
         let apply: Vec<(String, ProxyRulesetSpec)> =
             names.into_iter().zip(update.changed).collect();
         let mut delete = update.retired;
-        let current: BTreeSet<String> = (0..update.layout.shard_count)
+        // A previous run's shards, unless current or retired already (an
+        // adopted layout that had to grow).
+        let mut named: BTreeSet<String> = (0..update.layout.shard_count)
             .map(|i| shard_name(&update.layout, i))
             .collect();
+        named.extend(delete.iter().cloned());
         delete.extend(
             std::mem::take(&mut self.leftovers)
                 .into_iter()
-                .filter(|name| !current.contains(name)),
+                .filter(|name| !named.contains(name)),
         );
+        if let Some(start) = self.start.take() {
+            log_start(start, update.layout, apply.len(), delete.len());
+        }
         let mut diagnostics: Vec<Diagnostic> = self.compiler.diagnostics();
         diagnostics.extend(self.sharder.diagnostics().cloned());
         diagnostics.append(&mut self.rejected);
@@ -222,5 +264,27 @@ impl Publisher {
             delete,
             diagnostics: new,
         }
+    }
+}
+
+/// What the first publication did with the layout it found.
+fn log_start(start: Start, layout: ShardLayout, written: usize, deleted: usize) {
+    let epoch = layout.epoch;
+    if matches!(start, Start::Adopted(adopted) if adopted == layout) {
+        let kept = (layout.shard_count as usize).saturating_sub(written);
+        info!(
+            epoch,
+            kept,
+            rewritten = written,
+            deleted,
+            "adopted layout epoch {epoch}: {kept} shards kept, {written} rewritten, {deleted} deleted"
+        );
+    } else {
+        info!(
+            epoch,
+            written,
+            deleted,
+            "new layout epoch {epoch}: {written} shards written, {deleted} deleted"
+        );
     }
 }

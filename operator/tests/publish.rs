@@ -71,7 +71,7 @@ fn publisher(budget: usize, existing: &[ProxyRuleset]) -> Publisher {
 
 #[test]
 fn nothing_is_published_before_both_initial_lists_are_in() {
-    let mut p = Publisher::new(CompileSettings::default(), 256 * 1024, &[old_shard(1, 0)]);
+    let mut p = Publisher::new(CompileSettings::default(), 256 * 1024, &[stale_shard(1, 0)]);
     let objects = parse_objects(OBJECTS).expect("test YAML");
     p.apply(&Change::Service(Box::new(Event::Init)));
     for s in objects.services {
@@ -101,10 +101,12 @@ fn names(p: &Publication) -> Vec<&str> {
     p.apply.iter().map(|(n, _)| n.as_str()).collect()
 }
 
-fn old_shard(epoch: u64, shard: u32) -> ProxyRuleset {
+/// Shard `shard` of a two-shard layout whose other shard is missing: a
+/// layout a previous run did not complete, which is never adopted.
+fn stale_shard(epoch: u64, shard: u32) -> ProxyRuleset {
     let layout = ShardLayout {
         epoch,
-        shard_count: 1,
+        shard_count: 2,
     };
     ProxyRuleset::new(
         &switchyard_api::ruleset::shard_name(&layout, shard),
@@ -120,7 +122,7 @@ fn old_shard(epoch: u64, shard: u32) -> ProxyRuleset {
 
 #[test]
 fn the_first_sync_writes_every_shard_and_deletes_a_previous_runs_shards() {
-    let mut p = publisher(256 * 1024, &[old_shard(3, 0)]);
+    let mut p = publisher(256 * 1024, &[stale_shard(3, 0)]);
     let first = p.sync();
     assert_eq!(names(&first), vec!["switchyard-e4-0000"]);
     let spec = &first.apply[0].1;
@@ -201,7 +203,7 @@ fn a_service_gone_from_a_relist_is_removed() {
 
 #[test]
 fn a_failed_publication_is_retried_with_every_shard_and_its_deletions() {
-    let mut p = publisher(500, &[old_shard(1, 0)]);
+    let mut p = publisher(500, &[stale_shard(1, 0)]);
     let failed = p.sync();
     let shard_count = failed.apply.len();
     assert!(shard_count >= 2);
@@ -233,9 +235,98 @@ fn a_failed_publication_is_retried_with_every_shard_and_its_deletions() {
     );
 }
 
+/// The objects a publication leaves on the API server after `before`.
+fn published(before: &[ProxyRuleset], publication: &Publication) -> Vec<ProxyRuleset> {
+    let mut objects: Vec<ProxyRuleset> = before
+        .iter()
+        .filter(|o| {
+            let name = o.metadata.name.as_ref();
+            !publication.delete.iter().any(|d| Some(d) == name)
+                && !publication.apply.iter().any(|(n, _)| Some(n) == name)
+        })
+        .cloned()
+        .collect();
+    objects.extend(
+        publication
+            .apply
+            .iter()
+            .map(|(name, spec)| ProxyRuleset::new(name, spec.clone())),
+    );
+    objects
+}
+
+#[test]
+fn a_new_leader_with_the_same_state_rewrites_and_deletes_no_shard() {
+    let mut leader = publisher(500, &[]);
+    let objects = published(&[], &leader.sync());
+    assert!(objects.len() >= 2);
+    let mut next = publisher(500, &objects);
+    let first = next.sync();
+    assert_eq!(names(&first), Vec::<&str>::new());
+    assert_eq!(first.delete, Vec::<String>::new());
+    // And it carries on from the adopted layout.
+    let mut objects_after = parse_objects(OBJECTS).expect("test YAML");
+    let mut slice = objects_after.endpoint_slices.remove(0);
+    slice.endpoints[0].addresses = vec!["10.0.0.2".into()];
+    leader.apply(&Change::EndpointSlice(Box::new(Event::Apply(
+        slice.clone(),
+    ))));
+    next.apply(&Change::EndpointSlice(Box::new(Event::Apply(slice))));
+    assert_eq!(next.sync(), leader.sync());
+}
+
+#[test]
+fn a_new_leader_rewrites_only_the_shard_of_a_service_changed_meanwhile() {
+    let objects = published(&[], &publisher(500, &[]).sync());
+    let web = objects
+        .iter()
+        .find(|o| o.spec.ruleset.services.iter().any(|r| r.name == "web"))
+        .unwrap();
+    let mut next = publisher(500, &objects);
+    let mut changed = parse_objects(OBJECTS).expect("test YAML");
+    let mut slice = changed.endpoint_slices.remove(0);
+    slice.endpoints[0].addresses = vec!["10.0.0.2".into()];
+    next.apply(&Change::EndpointSlice(Box::new(Event::Apply(slice))));
+    let first = next.sync();
+    assert_eq!(names(&first), vec![web.metadata.name.as_deref().unwrap()]);
+    let spec = &first.apply[0].1;
+    assert_eq!(spec.layout, web.spec.layout);
+    assert_eq!(spec.generation, web.spec.generation + 1);
+    assert!(first.delete.is_empty());
+}
+
+#[test]
+fn a_new_leader_finding_two_layouts_starts_a_new_one() {
+    let objects = published(&[], &publisher(256 * 1024, &[]).sync());
+    let mut mixed = objects.clone();
+    let mut newer = objects[0].clone();
+    newer.spec.layout.epoch += 1;
+    newer.metadata.name = Some(switchyard_api::ruleset::shard_name(&newer.spec.layout, 0));
+    mixed.push(newer);
+    let first = publisher(256 * 1024, &mixed).sync();
+    assert_eq!(names(&first), vec!["switchyard-e3-0000"]);
+    assert_eq!(
+        first.delete,
+        vec!["switchyard-e1-0000", "switchyard-e2-0000"]
+    );
+}
+
+#[test]
+fn a_new_leader_whose_state_outgrew_the_layout_deletes_each_old_shard_once() {
+    let objects = published(&[], &publisher(256 * 1024, &[]).sync());
+    let first = publisher(500, &objects).sync();
+    assert!(
+        names(&first)
+            .iter()
+            .all(|n| n.starts_with("switchyard-e2-"))
+    );
+    assert!(first.apply.len() >= 2);
+    assert_eq!(first.delete, vec!["switchyard-e1-0000"]);
+}
+
 #[tokio::test]
 async fn shards_are_applied_with_the_field_manager_then_retired_ones_deleted() {
-    let mut p = publisher(256 * 1024, &[old_shard(1, 0)]);
+    let mut p = publisher(256 * 1024, &[stale_shard(1, 0)]);
     let publication = p.sync();
     let (client, mut api) = mock_client();
     let events = EventPublisher::new(client.clone(), reporter(None));

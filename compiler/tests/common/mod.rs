@@ -5,6 +5,7 @@
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{Value, json};
+use switchyard_compiler::Compiler;
 
 pub fn service(namespace: &str, name: &str, spec: Value) -> Service {
     serde_json::from_value(json!({
@@ -65,4 +66,17 @@ pub fn simple_slice(namespace: &str, service: &str, first: u32, count: u32) -> E
         json!([{"name": "http", "port": 8080, "protocol": "TCP"}]),
         json!(endpoints),
     )
+}
+
+/// Give `compiler` service `ns/svc-i` (`simple_service`, cluster IP
+/// 10.96.x.y from `i`) with `count` endpoints from `first` on (`simple_slice`).
+pub fn add_simple_service(compiler: &mut Compiler, i: u32, first: u32, count: u32) {
+    let name = format!("svc-{i}");
+    let ip = std::net::Ipv4Addr::from(0x0a60_0000 + i).to_string();
+    compiler
+        .update_service(&simple_service("ns", &name, &ip))
+        .unwrap_or_else(|e| panic!("{e}"));
+    compiler
+        .update_endpoint_slice(&simple_slice("ns", &name, first, count))
+        .unwrap_or_else(|e| panic!("{e}"));
 }

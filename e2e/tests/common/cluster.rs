@@ -129,6 +129,34 @@ pub async fn all_on(cluster: &Cluster, mode: Mode) {
     .await;
 }
 
+/// The replica holding the Lease, once one other than `not` does.
+pub async fn leader_other_than(cluster: &Cluster, not: Option<&str>) -> String {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        if let Some(holder) = cluster.leader().await.unwrap()
+            && Some(holder.as_str()) != not
+        {
+            return holder;
+        }
+        assert!(Instant::now() < deadline, "no new leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// SIGKILL the replica `leader` (no chance to release the Lease); the replica
+/// that takes the Lease over, and how long that took.
+pub async fn kill_the_leader(cluster: &mut Cluster, leader: &str) -> (String, Duration) {
+    let killed = Instant::now();
+    cluster
+        .operators_mut()
+        .iter_mut()
+        .find(|o| o.pod() == leader)
+        .expect("the leader is a replica")
+        .kill();
+    let next = leader_other_than(cluster, Some(leader)).await;
+    (next, killed.elapsed())
+}
+
 /// `node target/applied` of each ProxyNode, for messages.
 pub fn summary(nodes: &[Arc<ProxyNode>]) -> String {
     nodes

@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use switchyard_api::Mode;
-use switchyard_api::policy::LinkedRuleset;
+use switchyard_api::ruleset::ServicePortRule;
 
 use switchyard_testkit::netns::veth;
 
@@ -33,23 +33,25 @@ struct Wired {
 }
 
 fn wired() -> Wired {
+    wired_via("169.254.1.1")
+}
+
+/// As [`wired`], the node's side of the pod's link addressed `gateway`.
+fn wired_via(gateway: &str) -> Wired {
     let node = named(&unique("-n"));
     let client = named(&unique("-c"));
     let pod = named(&unique("-p"));
     wire(&node, &client, "up0", "192.0.2.1/24", "192.0.2.7/24");
-    wire(&node, &pod, "pod0", "169.254.1.1/32", "10.244.1.5/32");
-    pod.ip(&["route", "add", "169.254.1.1", "dev", "eth0"])
+    wire(
+        &node,
+        &pod,
+        "pod0",
+        &format!("{gateway}/32"),
+        "10.244.1.5/32",
+    );
+    pod.ip(&["route", "add", gateway, "dev", "eth0"]).unwrap();
+    pod.ip(&["route", "add", "default", "via", gateway, "dev", "eth0"])
         .unwrap();
-    pod.ip(&[
-        "route",
-        "add",
-        "default",
-        "via",
-        "169.254.1.1",
-        "dev",
-        "eth0",
-    ])
-    .unwrap();
     node.ip(&["route", "add", "10.244.1.5", "dev", "pod0"])
         .unwrap();
     node.enter(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))
@@ -167,7 +169,7 @@ fn udp_echo(pod: &Netns) {
 }
 
 /// A UDP service on the pod's echo server, NodePort 30053.
-fn udp_node_port() -> LinkedRuleset {
+fn udp_node_port() -> ServicePortRule {
     let mut dns = service(
         1,
         "10.96.0.10",
@@ -176,7 +178,7 @@ fn udp_node_port() -> LinkedRuleset {
     );
     dns.protocol = switchyard_api::ruleset::Protocol::Udp;
     dns.node_port = Some(30053);
-    linked(vec![dns])
+    dns
 }
 
 /// What the pod's UDP server answers `socket`'s datagram with: the address
@@ -198,7 +200,10 @@ fn a_masqueraded_flow_never_takes_a_port_a_socket_of_the_node_uses() {
     let bpffs = bpffs();
     let Wired { node, client, pod } = wired();
     udp_echo(&pod);
-    let plan = render(&udp_node_port(), &Settings::defaults(Mode::Ebpf));
+    let plan = render(
+        &linked(vec![udp_node_port()]),
+        &Settings::defaults(Mode::Ebpf),
+    );
     let mut backend = EbpfBackend::new(AyaKernel::new(KernelConfig {
         pin_root: bpffs.dir().join("switchyard"),
         ..KernelConfig::default()
@@ -248,21 +253,9 @@ fn a_masqueraded_flow_never_takes_a_port_a_socket_of_the_node_uses() {
 #[test]
 fn the_next_modes_masqueraded_answers_are_not_taken_by_the_draining_ebpf_flows() {
     let bpffs = bpffs();
-    let node = named(&unique("-n"));
-    let client = named(&unique("-c"));
-    let pod = named(&unique("-p"));
-    wire(&node, &client, "up0", "192.0.2.1/24", "192.0.2.7/24");
     // The pod's side has the node's address too, so both modes masquerade
     // to NODE_IP (as towards a pod on another node).
-    wire(&node, &pod, "pod0", "192.0.2.1/32", "10.244.1.5/32");
-    pod.ip(&["route", "add", "192.0.2.1", "dev", "eth0"])
-        .unwrap();
-    pod.ip(&["route", "add", "default", "via", "192.0.2.1", "dev", "eth0"])
-        .unwrap();
-    node.ip(&["route", "add", "10.244.1.5", "dev", "pod0"])
-        .unwrap();
-    node.enter(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))
-        .unwrap();
+    let Wired { node, client, pod } = wired_via(NODE_IP);
     udp_echo(&pod);
     let listener = pod.enter(|| TcpListener::bind("10.244.1.5:8080").unwrap());
     std::thread::spawn(move || {
@@ -270,7 +263,6 @@ fn the_next_modes_masqueraded_answers_are_not_taken_by_the_draining_ebpf_flows()
             let _ = std::io::copy(&mut &conn, &mut &conn);
         }
     });
-    let mut ruleset = udp_node_port();
     let mut web = service(
         2,
         "10.96.0.1",
@@ -278,14 +270,7 @@ fn the_next_modes_masqueraded_answers_are_not_taken_by_the_draining_ebpf_flows()
         vec![endpoint(20, "10.244.1.5", 8080, "node-a")],
     );
     web.node_port = Some(30080);
-    ruleset = linked(
-        ruleset
-            .services
-            .iter()
-            .map(|s| s.rule.clone())
-            .chain([web])
-            .collect(),
-    );
+    let ruleset = linked(vec![udp_node_port(), web]);
     let mut ebpf = EbpfBackend::new(AyaKernel::new(KernelConfig {
         pin_root: bpffs.dir().join("switchyard"),
         ..KernelConfig::default()

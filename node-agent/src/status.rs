@@ -6,8 +6,10 @@ use futures::future::BoxFuture;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
+use std::sync::Arc;
 use switchyard_api::validation::limits::clip_message;
 use switchyard_api::{ProxyNode, ProxyNodeStatus};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use switchyard_daemon::ratelimit::SyncLimiter;
@@ -24,6 +26,10 @@ pub enum StatusError {
         #[source]
         source: kube::Error,
     },
+    #[error("the ProxyNode status write ended without an answer: {0}")]
+    Task(String),
+    #[error("the ProxyNode status write had no answer after {0:?}")]
+    TimedOut(std::time::Duration),
 }
 
 /// Writes a ProxyNode status.
@@ -74,20 +80,58 @@ impl StatusWriter for ApiStatusWriter {
 
 /// Deduplicates and rate-limits status writes.
 pub struct StatusReporter {
-    writer: Box<dyn StatusWriter>,
+    writer: Arc<dyn StatusWriter>,
     written: Option<ProxyNodeStatus>,
     pending: Option<ProxyNodeStatus>,
     limiter: SyncLimiter,
+    /// Writes started so far; a started write that is not the last one was
+    /// overtaken (a checkpoint written while it ran).
+    started: u64,
+}
+
+/// How long a started write may wait for its answer before it is retried.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A status write running as its own task ([`StatusReporter::start`]).
+pub struct StatusWrite {
+    task: JoinHandle<(ProxyNodeStatus, Result<(), StatusError>)>,
+    seq: u64,
+}
+
+/// How a [`StatusWrite`] went: for [`StatusReporter::finished`].
+pub struct WriteDone {
+    status: ProxyNodeStatus,
+    seq: u64,
+    result: Result<(), StatusError>,
+}
+
+impl StatusWrite {
+    /// Wait until the write is answered.
+    pub async fn done(&mut self) -> WriteDone {
+        let (status, result) = match (&mut self.task).await {
+            Ok(done) => done,
+            Err(e) => (
+                ProxyNodeStatus::default(),
+                Err(StatusError::Task(e.to_string())),
+            ),
+        };
+        WriteDone {
+            status,
+            seq: self.seq,
+            result,
+        }
+    }
 }
 
 impl StatusReporter {
     /// At most one write per `min_interval` (checkpoints of a mode switch excepted).
     pub fn new(writer: Box<dyn StatusWriter>, min_interval: std::time::Duration) -> StatusReporter {
         StatusReporter {
-            writer,
+            writer: Arc::from(writer),
             written: None,
             pending: None,
             limiter: SyncLimiter::new(min_interval),
+            started: 0,
         }
     }
 
@@ -106,16 +150,57 @@ impl StatusReporter {
         self.pending.as_ref().and(self.limiter.next_run())
     }
 
-    /// Write the queued status if it is due. A failed write stays queued.
-    pub async fn flush(&mut self, now: Instant) -> Result<bool, StatusError> {
+    /// Start writing the queued status if it is due, as a task of its own:
+    /// an API server that answers slowly holds up no sync. Its outcome goes
+    /// to [`StatusReporter::finished`].
+    pub fn start(&mut self, now: Instant) -> Option<StatusWrite> {
         if !self.limiter.is_due(now) {
-            return Ok(false);
+            return None;
         }
         self.limiter.start(now);
-        let Some(status) = self.pending.take() else {
-            return Ok(false);
-        };
-        self.write(status, now).await
+        let status = self.pending.take()?;
+        self.started += 1;
+        let writer = Arc::clone(&self.writer);
+        let task = tokio::spawn(async move {
+            let result = tokio::time::timeout(WRITE_TIMEOUT, writer.write(&status))
+                .await
+                .unwrap_or(Err(StatusError::TimedOut(WRITE_TIMEOUT)));
+            (status, result)
+        });
+        Some(StatusWrite {
+            task,
+            seq: self.started,
+        })
+    }
+
+    /// Take in how a started write went. A failed one is queued again unless
+    /// a newer status is. One overtaken by a checkpoint written meanwhile may
+    /// have landed after it: the newest status is written again.
+    pub fn finished(&mut self, done: WriteDone, now: Instant) -> Result<bool, StatusError> {
+        match done.result {
+            Ok(()) if done.seq == self.started => {
+                if self.pending.as_ref() == Some(&done.status) {
+                    self.pending = None;
+                }
+                self.written = Some(done.status);
+                Ok(true)
+            }
+            Ok(()) => {
+                let newest = self.written.take();
+                if self.pending.is_none() {
+                    self.pending = newest;
+                }
+                self.limiter.request(now);
+                Ok(true)
+            }
+            Err(e) => {
+                if self.pending.is_none() && done.seq == self.started {
+                    self.pending = Some(done.status);
+                }
+                self.limiter.request(now);
+                Err(e)
+            }
+        }
     }
 
     /// Write `status` now, bypassing the rate limit (a switch checkpoint).
@@ -129,10 +214,8 @@ impl StatusReporter {
             return Ok(false);
         }
         self.limiter.start(now);
-        self.write(status.clone(), now).await
-    }
-
-    async fn write(&mut self, status: ProxyNodeStatus, now: Instant) -> Result<bool, StatusError> {
+        self.started += 1;
+        let status = status.clone();
         match self.writer.write(&status).await {
             Ok(()) => {
                 self.written = Some(status);
@@ -180,7 +263,7 @@ pub fn set_condition(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
     use std::time::Duration;
 
     #[derive(Clone, Default)]
@@ -209,6 +292,17 @@ mod tests {
         }
     }
 
+    /// Start the due write and take in its outcome.
+    async fn flush(r: &mut StatusReporter, now: Instant) -> Result<bool, StatusError> {
+        match r.start(now) {
+            Some(mut write) => {
+                let done = write.done().await;
+                r.finished(done, now)
+            }
+            None => Ok(false),
+        }
+    }
+
     fn status(error: &str) -> ProxyNodeStatus {
         ProxyNodeStatus {
             last_error: Some(error.to_string()),
@@ -222,15 +316,15 @@ mod tests {
         let mut r = StatusReporter::new(Box::new(rec.clone()), Duration::from_secs(5));
         let now = Instant::now();
         r.offer(&status("a"), now);
-        assert!(r.flush(now).await.unwrap());
+        assert!(flush(&mut r, now).await.unwrap());
         r.offer(&status("a"), now);
         assert_eq!(r.next_write(), None, "same status queues nothing");
         r.offer(&status("b"), now);
         r.offer(&status("c"), now);
         assert_eq!(r.next_write(), Some(now + Duration::from_secs(5)));
-        assert!(!r.flush(now).await.unwrap());
+        assert!(!flush(&mut r, now).await.unwrap());
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert!(r.flush(Instant::now()).await.unwrap());
+        assert!(flush(&mut r, Instant::now()).await.unwrap());
         let writes = rec.writes.lock().unwrap().clone();
         assert_eq!(
             writes,
@@ -246,11 +340,34 @@ mod tests {
         let mut r = StatusReporter::new(Box::new(rec.clone()), Duration::from_secs(5));
         let now = Instant::now();
         r.offer(&status("a"), now);
-        assert!(r.flush(now).await.is_err());
+        assert!(flush(&mut r, now).await.is_err());
         assert_eq!(r.next_write(), Some(now + Duration::from_secs(5)));
         *rec.fail.lock().unwrap() = false;
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert!(r.flush(Instant::now()).await.unwrap());
+        assert!(flush(&mut r, Instant::now()).await.unwrap());
+        assert_eq!(r.next_write(), None);
+    }
+
+    /// A checkpoint written while a rate-limited write ran: that write may
+    /// land after it, so the checkpoint's status is written again.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_overtaken_by_a_checkpoint_writes_the_checkpoint_again() {
+        let rec = Recording::default();
+        let mut r = StatusReporter::new(Box::new(rec.clone()), Duration::from_secs(5));
+        let now = Instant::now();
+        r.offer(&status("a"), now);
+        let mut running = r.start(now).unwrap();
+        assert!(r.write_now(&status("checkpoint"), now).await.unwrap());
+        let done = running.done().await;
+        assert!(r.finished(done, now).unwrap());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(flush(&mut r, Instant::now()).await.unwrap());
+        // "a" may reach the API server before or after the checkpoint; the
+        // checkpoint is written last either way.
+        let mut writes = rec.writes.lock().unwrap().clone();
+        assert_eq!(writes.pop(), Some(status("checkpoint")));
+        writes.sort_by(|x, y| x.last_error.cmp(&y.last_error));
+        assert_eq!(writes, vec![status("a"), status("checkpoint")]);
         assert_eq!(r.next_write(), None);
     }
 

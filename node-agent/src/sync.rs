@@ -2,7 +2,8 @@
 //! bursts into one sync per `minSyncPeriod`, every `syncPeriod` a full resync
 //! rewrites everything (`invalidate` then sync), a failed sync is retried,
 //! what drains is looked at every [`DRAIN_CHECK`], and status writes go out
-//! at their own rate.
+//! at their own rate, each as a task of its own: a slow API server holds up
+//! no sync.
 //!
 //! All timing is tokio's clock, so tests run the loop under `tokio::time::pause()`.
 
@@ -15,6 +16,7 @@ use tokio::time::{Instant, sleep_until};
 use crate::agent::{Agent, SyncOutcome};
 use crate::heap;
 use crate::inputs::Inputs;
+use crate::status::{StatusWrite, WriteDone};
 use crate::watch::WatchEvent;
 use switchyard_daemon::ratelimit::SyncLimiter;
 
@@ -34,6 +36,14 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
+/// The answer to the status write in flight; never without one.
+async fn write_done(writing: &mut Option<StatusWrite>) -> WriteDone {
+    match writing {
+        Some(write) => write.done().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Run until `events` ends or `shutdown` completes. `inputs` reads the
 /// current state of the watches. Nothing syncs before the first event (the
 /// watches' initial lists), so an agent that cannot reach the API server
@@ -48,12 +58,17 @@ pub async fn run(
     let mut last_resync = Instant::now();
     let mut retry_at: Option<Instant> = None;
     let mut last_drain_check = Instant::now();
+    let mut writing: Option<StatusWrite> = None;
     tokio::pin!(shutdown);
     loop {
         let resync_at = last_resync + agent.settings().sync_period;
         let drain_at = agent.draining().then_some(last_drain_check + DRAIN_CHECK);
         let sync_at = limiter.next_run();
-        let status_at = agent.reporter().next_write();
+        // One status write at a time, beside the syncs.
+        let status_at = match writing {
+            Some(_) => None,
+            None => agent.reporter().next_write(),
+        };
         tokio::select! {
             biased;
             () = &mut shutdown => break,
@@ -99,10 +114,14 @@ pub async fn run(
                 agent.invalidate();
                 limiter.request(last_resync);
             }
-            () = sleep_until_some(status_at) => {
-                if let Err(e) = agent.reporter().flush(Instant::now()).await {
+            done = write_done(&mut writing) => {
+                writing = None;
+                if let Err(e) = agent.reporter().finished(done, Instant::now()) {
                     tracing::warn!(error = %e, "status write failed; will retry");
                 }
+            }
+            () = sleep_until_some(status_at) => {
+                writing = agent.reporter().start(Instant::now());
             }
         }
     }

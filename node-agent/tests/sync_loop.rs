@@ -1,7 +1,8 @@
 //! The control loop under tokio's paused clock: bursts are coalesced into one
 //! sync per minSyncPeriod, the periodic resync rewrites everything, a failed
 //! sync is retried, a lost API server keeps the rules and reports Degraded,
-//! a drained mode goes within a drain check.
+//! a drained mode goes within a drain check, a status write left unanswered
+//! holds up no sync.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
@@ -132,6 +133,36 @@ async fn burst_of_changes_is_coalesced_into_one_sync_per_min_period() {
     assert!(text.contains("switchyard_sync_delay_seconds_bucket{le=\"0.25\"} 1"));
     assert!(text.contains("switchyard_sync_delay_seconds_bucket{le=\"0.5\"} 1"));
     assert!(text.contains("switchyard_sync_delay_seconds_bucket{le=\"1.0\"} 2"));
+}
+
+/// A status write the API server never answered held the loop: the
+/// changes after it waited for it. Status writes run beside the syncs.
+#[tokio::test(start_paused = true)]
+async fn a_status_write_left_unanswered_holds_up_no_sync() {
+    let mut h = Harness::start().await;
+    let next = *h.writer.attempts.lock().unwrap();
+    *h.writer.hang_at.lock().unwrap() = Some(next);
+    h.change(1);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    settle().await;
+    tokio::time::advance(Duration::from_secs(5)).await;
+    settle().await;
+    assert_eq!(
+        *h.writer.attempts.lock().unwrap(),
+        next + 1,
+        "the change's status write started and hangs"
+    );
+    for extra in 2..=4 {
+        h.change(extra);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        settle().await;
+    }
+    assert_eq!(
+        h.kernel.rules(Mode::Nftables).unwrap().len(),
+        5,
+        "every change synced while the write hangs"
+    );
+    h.stop().await;
 }
 
 #[tokio::test(start_paused = true)]

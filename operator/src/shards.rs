@@ -34,56 +34,38 @@ pub async fn write_publication(
 ) -> Result<(), Error> {
     let api: Api<ProxyRuleset> = Api::all(client.clone());
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    // Shards are independent objects (agents wait for a complete layout), so
-    // they are written side by side: a new layout of thousands of small
-    // shards would take minutes one request at a time.
-    stream::iter(&publication.apply)
-        .map(|(name, spec)| {
-            let body = json!({
-                "apiVersion": ProxyRuleset::api_version(&()),
-                "kind": ProxyRuleset::kind(&()),
-                "metadata": {"name": name},
-                "spec": spec,
-            });
-            let (api, params) = (&api, &params);
-            async move {
-                api.patch(name, params, &Patch::Apply(body))
-                    .await
-                    .map_err(|source| Error::Apply {
-                        kind: "ProxyRuleset",
-                        name: name.clone(),
-                        source,
-                    })
-            }
-        })
-        .buffer_unordered(PARALLEL_WRITES)
-        .try_for_each(|_| {
-            metrics
-                .shard_writes
-                .get_or_create(&ShardLabels { operation: "apply" })
-                .inc();
-            futures::future::ready(Ok(()))
-        })
-        .await?;
-    for name in &publication.delete {
-        match api.delete(name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(source) => {
-                return Err(Error::Delete {
+    let (api, params) = (&api, &params);
+    side_by_side(&publication.apply, "apply", metrics, |(name, spec)| {
+        let body = json!({
+            "apiVersion": ProxyRuleset::api_version(&()),
+            "kind": ProxyRuleset::kind(&()),
+            "metadata": {"name": name},
+            "spec": spec,
+        });
+        async move {
+            api.patch(name, params, &Patch::Apply(body))
+                .await
+                .map(|_| ())
+                .map_err(|source| Error::Apply {
                     kind: "ProxyRuleset",
                     name: name.clone(),
                     source,
-                });
-            }
+                })
         }
-        metrics
-            .shard_writes
-            .get_or_create(&ShardLabels {
-                operation: "delete",
-            })
-            .inc();
-    }
+    })
+    .await?;
+    side_by_side(&publication.delete, "delete", metrics, |name| async move {
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(source) => Err(Error::Delete {
+                kind: "ProxyRuleset",
+                name: name.clone(),
+                source,
+            }),
+        }
+    })
+    .await?;
     for diagnostic in &publication.diagnostics {
         let event = diagnostic_event(diagnostic);
         if let Err(error) = events.publish(&event, &diagnostic_ref(diagnostic)).await {
@@ -129,6 +111,34 @@ pub fn diagnostic_event(d: &Diagnostic) -> Event {
 
 /// Shard writes in flight at once.
 const PARALLEL_WRITES: usize = 16;
+
+/// `write` every item, [`PARALLEL_WRITES`] at a time, counting each one done
+/// under `operation`; the first error ends it. Shards are independent
+/// objects (agents wait for a complete layout), so they are written and
+/// deleted side by side: a new layout of thousands of small shards, or the
+/// deletion of the old one, would take minutes one request at a time.
+async fn side_by_side<'a, T: 'a, Fut>(
+    items: &'a [T],
+    operation: &'static str,
+    metrics: &Metrics,
+    write: impl Fn(&'a T) -> Fut,
+) -> Result<(), Error>
+where
+    Fut: Future<Output = Result<(), Error>>,
+{
+    let done = metrics
+        .shard_writes
+        .get_or_create(&ShardLabels { operation })
+        .clone();
+    stream::iter(items)
+        .map(write)
+        .buffer_unordered(PARALLEL_WRITES)
+        .try_for_each(|()| {
+            done.inc();
+            futures::future::ready(Ok(()))
+        })
+        .await
+}
 
 /// How long to wait before publishing again after a failed write.
 const PUBLISH_RETRY: std::time::Duration = std::time::Duration::from_secs(5);

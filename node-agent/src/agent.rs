@@ -538,7 +538,7 @@ impl Agent {
 
     /// Remove the retiring dataplane if its connections ended or its grace
     /// passed. Once an eBPF mode is gone, the active one masquerades on all
-    /// of the kernel's ports again: the next sync rewrites it in full.
+    /// of the kernel's ports again: the next sync rewrites its masquerade.
     fn settle_retiring(&mut self) -> bool {
         let Some(retiring) = self.retiring.as_mut() else {
             return false;
@@ -554,9 +554,6 @@ impl Agent {
         let rewrite = self.settings.masquerade_ports.is_some();
         if rewrite {
             self.synced_key = None;
-            if let Some(active) = self.active.as_mut() {
-                active.invalidate();
-            }
         }
         rewrite
     }

@@ -278,23 +278,46 @@ fn table(family: IpFamily, shard: u8) -> TableId {
     TableId { family, shard }
 }
 
-/// The fixed parts of `family`'s tables are the same in both plans (and
-/// there are as many).
-fn same_setup(old: &Plan, new: &Plan, family: IpFamily) -> bool {
+/// The chains of `family`'s fixed parts whose rules differ between the
+/// plans (a setting such as the masquerade ports changed), each to be
+/// flushed and written again; `None` when more than rules differs (the
+/// table count, a set or its elements, a chain or its hook), and the tables
+/// are rewritten.
+fn changed_setup_chains<'a>(
+    old: &Plan,
+    new: &'a Plan,
+    family: IpFamily,
+) -> Option<Vec<(TableId, &'a str, &'a Chain)>> {
     let before: Vec<_> = old.setups(family).collect();
     let after: Vec<_> = new.setups(family).collect();
-    !before.is_empty()
-        && before.len() == after.len()
-        && before
-            .iter()
-            .zip(&after)
-            .all(|(b, a)| Arc::ptr_eq(b, a) || b == a)
+    if before.is_empty() || before.len() != after.len() {
+        return None;
+    }
+    let mut changed = Vec::new();
+    for (b, a) in before.iter().zip(&after) {
+        if Arc::ptr_eq(b, a) || b == a {
+            continue;
+        }
+        if b.shard != a.shard || b.sets != a.sets || !b.chains.keys().eq(a.chains.keys()) {
+            return None;
+        }
+        for ((name, is), was) in a.chains.iter().zip(b.chains.values()) {
+            if was.base != is.base {
+                return None;
+            }
+            if was.rules != is.rules {
+                changed.push((table(family, a.shard), name.as_str(), is));
+            }
+        }
+    }
+    Some(changed)
 }
 
 /// Append to `tx` the commands turning the applied table of `family` into
 /// the new one, given the service ports that changed. `None` when that
-/// needs the table rewritten: the fixed part changed (settings, node
-/// addresses).
+/// needs the table rewritten: the fixed part changed beyond the rules of
+/// its chains (node addresses, the table count); fixed chains whose rules
+/// changed are written again.
 ///
 /// Order matters inside one transaction: new sets and chains first (so rules
 /// and elements can reference them), then rewritten chains, element deletes,
@@ -309,10 +332,12 @@ pub fn diff_family(
     changed: &[(u32, Option<&ServicePlan>, Option<&ServicePlan>)],
     tx: &mut Transaction,
 ) -> Option<(Vec<(TableId, String)>, IndexUpdate)> {
-    if !same_setup(&old.plan, new, family) {
-        return None;
-    }
+    let setup = changed_setup_chains(&old.plan, new, family)?;
     let index = old.index(family)?;
+    for (t, name, chain) in setup {
+        tx.flush_chain(t, name);
+        tx.add_rules(t, name, chain);
+    }
     let (mut was, mut is) = (Part::default(), Part::default());
     for (_, o, n) in changed {
         was.add(*o, family);

@@ -10,12 +10,43 @@ use switchyard_api::ruleset::Ruleset;
 use super::NftablesBackend;
 use super::tests::{NODE_IP, endpoint, ip, linked, sample_ruleset, service, settings};
 use crate::Backend;
+use crate::ebpf::masq_ports::MasqueradePorts;
 use crate::exec::RealRunner;
 use crate::testns::{self, TestNetns, node_and_pod, reply, vip_reply};
 
 fn apply(backend: &mut NftablesBackend, rs: &Ruleset) -> crate::ApplyStats {
     let plan = backend.render(&linked(rs), &settings());
     backend.apply(&plan).unwrap()
+}
+
+/// Beside a draining eBPF the masquerade takes other ports, and after it the
+/// kernel's again: each change rewrote the whole tables (a full sync for
+/// a changed setting); only the masquerade chain is written again.
+#[test]
+fn a_masquerade_ports_change_rewrites_only_the_masquerade_chain() {
+    let Some(ns) = testns::create("masq-ports") else {
+        return;
+    };
+    let mut backend = NftablesBackend::new(ns.runner());
+    let rs = sample_ruleset();
+    assert!(apply(&mut backend, &rs).full);
+    let mut beside = settings();
+    beside.masquerade_ports = Some(MasqueradePorts {
+        min: 32768,
+        max: 65535,
+    });
+    for (s, ports) in [(beside, true), (settings(), false)] {
+        let plan = backend.render(&linked(&rs), &s);
+        let stats = backend.apply(&plan).unwrap();
+        assert!(!stats.full, "{stats:?}");
+        let chain = ns.sh("nft list chain ip switchyard masquerading");
+        assert_eq!(
+            chain.contains("meta l4proto udp masquerade to :32768-65535 fully-random"),
+            ports,
+            "{chain}"
+        );
+        assert!(chain.contains("\t\tmasquerade fully-random"), "{chain}");
+    }
 }
 
 #[test]

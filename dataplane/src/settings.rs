@@ -9,7 +9,7 @@ use switchyard_api::ProxyConfigSpec;
 use switchyard_api::duration::{DurationError, parse_duration};
 use switchyard_api::proxyconfig::{DetectLocalMode, IpvsScheduler, IpvsSchedulerFlag};
 
-use switchyard_api::ruleset::{Cidr, CidrError, IpFamily};
+use switchyard_api::ruleset::{Cidr, CidrError, IpFamily, Protocol};
 
 use crate::ebpf::masq_ports::MasqueradePorts;
 
@@ -84,6 +84,10 @@ impl Default for EbpfRenderSettings {
     }
 }
 
+/// The protocols whose masquerade ports [`Settings::masquerade_ports`]
+/// restricts: those eBPF's tc masquerade translates.
+pub const MASQUERADED_PROTOCOLS: [Protocol; 2] = [Protocol::Tcp, Protocol::Udp];
+
 /// Everything a backend's render needs besides the linked ruleset.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -101,7 +105,7 @@ pub struct Settings {
     pub sync_period: Duration,
     pub ipvs: IpvsRenderSettings,
     pub ebpf: EbpfRenderSettings,
-    /// The source ports the masquerade of TCP and UDP picks from; `None`:
+    /// The source ports the masquerade of [`MASQUERADED_PROTOCOLS`] picks from; `None`:
     /// the kernel's (1024-65535). Set by the agent while a retired eBPF mode
     /// drains beside this one ([`MasqueradePorts::beside`]).
     pub masquerade_ports: Option<MasqueradePorts>,

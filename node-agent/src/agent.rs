@@ -524,7 +524,7 @@ impl Agent {
     }
 
     /// Remove what drains if its connections ended or its grace passed.
-    /// True when the active mode is to be rewritten now (its settings
+    /// True when the active mode is to be synced again now (its settings
     /// changed with the retired mode gone).
     pub fn settle_drains(&mut self) -> bool {
         let rewrite = self.settle_retiring();

@@ -94,7 +94,8 @@ const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A status write running as its own task ([`StatusReporter::start`]).
 pub struct StatusWrite {
-    task: JoinHandle<(ProxyNodeStatus, Result<(), StatusError>)>,
+    task: JoinHandle<Result<(), StatusError>>,
+    status: ProxyNodeStatus,
     seq: u64,
 }
 
@@ -108,15 +109,11 @@ pub struct WriteDone {
 impl StatusWrite {
     /// Wait until the write is answered.
     pub async fn done(&mut self) -> WriteDone {
-        let (status, result) = match (&mut self.task).await {
-            Ok(done) => done,
-            Err(e) => (
-                ProxyNodeStatus::default(),
-                Err(StatusError::Task(e.to_string())),
-            ),
-        };
+        let result = (&mut self.task)
+            .await
+            .unwrap_or_else(|e| Err(StatusError::Task(e.to_string())));
         WriteDone {
-            status,
+            status: std::mem::take(&mut self.status),
             seq: self.seq,
             result,
         }
@@ -160,15 +157,15 @@ impl StatusReporter {
         self.limiter.start(now);
         let status = self.pending.take()?;
         self.started += 1;
-        let writer = Arc::clone(&self.writer);
+        let (writer, written) = (Arc::clone(&self.writer), status.clone());
         let task = tokio::spawn(async move {
-            let result = tokio::time::timeout(WRITE_TIMEOUT, writer.write(&status))
+            tokio::time::timeout(WRITE_TIMEOUT, writer.write(&written))
                 .await
-                .unwrap_or(Err(StatusError::TimedOut(WRITE_TIMEOUT)));
-            (status, result)
+                .unwrap_or(Err(StatusError::TimedOut(WRITE_TIMEOUT)))
         });
         Some(StatusWrite {
             task,
+            status,
             seq: self.started,
         })
     }
@@ -215,18 +212,13 @@ impl StatusReporter {
         }
         self.limiter.start(now);
         self.started += 1;
-        let status = status.clone();
-        match self.writer.write(&status).await {
-            Ok(()) => {
-                self.written = Some(status);
-                Ok(true)
-            }
-            Err(e) => {
-                self.pending = Some(status);
-                self.limiter.request(now);
-                Err(e)
-            }
-        }
+        let result = self.writer.write(status).await;
+        let done = WriteDone {
+            status: status.clone(),
+            seq: self.started,
+            result,
+        };
+        self.finished(done, now)
     }
 }
 

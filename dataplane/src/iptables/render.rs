@@ -13,7 +13,7 @@ use super::names::{
 use super::plan::{ChainList, FamilyPlan, JumpRule, Plan};
 use super::rule::{Match, Rule, Side, Table, Target};
 use crate::conntrack::UdpSnapshot;
-use crate::settings::{LocalDetector, NodePortAddresses, Settings};
+use crate::settings::{LocalDetector, MASQUERADED_PROTOCOLS, NodePortAddresses, Settings};
 
 /// Render the plan for both IP families.
 pub fn render(ruleset: &LinkedRuleset, settings: &Settings) -> Plan {
@@ -163,7 +163,7 @@ pub fn masquerade_marked(settings: &Settings) -> Vec<Rule> {
         Rule::new(Target::XorMark(mark)),
     ];
     if let Some(ports) = settings.masquerade_ports {
-        for protocol in [Protocol::Tcp, Protocol::Udp] {
+        for protocol in MASQUERADED_PROTOCOLS {
             rules.push(masquerade(Some(ports)).with(Match::ProtocolOnly(protocol)));
         }
     }

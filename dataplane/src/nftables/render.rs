@@ -15,11 +15,11 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use switchyard_api::policy::{LinkedRuleset, LinkedServicePort, NodeInfo};
-use switchyard_api::ruleset::{Cidr, Endpoint, IpFamily, Protocol, SessionAffinity};
+use switchyard_api::ruleset::{Cidr, Endpoint, IpFamily, SessionAffinity};
 
 use crate::conntrack::UdpPort;
 use crate::escape::NameError;
-use crate::settings::{LocalDetector, NodePortAddresses, Settings};
+use crate::settings::{LocalDetector, MASQUERADED_PROTOCOLS, NodePortAddresses, Settings};
 
 use super::escape;
 use super::ir::{
@@ -464,7 +464,7 @@ impl<'a> FamilyRenderer<'a> {
         );
         t.push(MASQUERADING, rule(vec![], vec![Stmt::MarkXor(mark)]));
         if let Some(ports) = self.settings.masquerade_ports {
-            for protocol in [Protocol::Tcp, Protocol::Udp] {
+            for protocol in MASQUERADED_PROTOCOLS {
                 t.push(
                     MASQUERADING,
                     rule(

@@ -105,12 +105,12 @@ pub fn set_elements<'a>(
     plain
 }
 
-/// A concatenation field padded to 4 bytes.
 /// `addr . port`: a pick map key's first fields, and its data.
 fn addr_port(addr: &IpAddr, port: u16) -> Vec<u8> {
     [ip_bytes(addr), padded(&port.to_be_bytes()).to_vec()].concat()
 }
 
+/// A concatenation field padded to 4 bytes.
 fn padded(field: &[u8]) -> [u8; 4] {
     let mut out = [0; 4];
     out[..field.len()].copy_from_slice(field);

@@ -1,7 +1,8 @@
 //! Adopting the published shard layout: an operator that starts (or becomes
-//! leader again) and finds one complete layout keeps its epoch, so that its
-//! first publication rewrites only the shards whose content changed instead
-//! of a whole new layout every agent would fetch and wait for.
+//! leader again) keeps the epoch of the newest published layout, so that its
+//! first publication writes only the shards whose content changed, and the
+//! ones missing, instead of a whole new layout every agent would fetch and
+//! wait for.
 //!
 //! Adoption keeps what makes the published shards agree with a fresh
 //! compile: the layout (epoch and shard count; a service's shard is a pure
@@ -10,10 +11,20 @@
 //! take as new), and the ids the published rules carry (a fresh compiler
 //! numbers ids in list order, so most shards would differ, and a kept shard
 //! could claim an id a rewritten one hands to another service).
+//!
+//! The newest layout is adopted also when it is incomplete: a leader that
+//! lost its Lease while writing a new layout of thousands of shards (the
+//! API server too loaded to answer its renewals) left part of it written,
+//! and its next term started yet another layout from nothing, which took
+//! as long again and could be cut short the same way. Agents apply only a
+//! complete layout, so the shards of an incomplete one are read by none:
+//! the next term writes the missing ones and keeps the rest. Shards of
+//! older epochs are not adopted; the publisher deletes them once the newest
+//! is written, as after any new layout.
 
 use std::collections::BTreeSet;
 
-use switchyard_api::ruleset::{ProxyRulesetSpec, ShardLayout, complete_shards, shard_name};
+use switchyard_api::ruleset::{ProxyRulesetSpec, ShardLayout, shard_name};
 
 use crate::ids::MAX_ADOPTED_GAPS;
 use crate::{CompileSettings, Compiler, ShardSettings, Sharder};
@@ -23,18 +34,20 @@ use crate::{CompileSettings, Compiler, ShardSettings, Sharder};
 pub enum NotAdopted {
     #[error("no ProxyRuleset is published")]
     NothingPublished,
-    #[error("ProxyRulesets of several layouts are published (epochs {epochs:?})")]
-    MixedLayouts { epochs: Vec<u64> },
-    #[error("layout epoch {epoch} is incomplete: {present} ProxyRulesets for {count} shards")]
-    Incomplete {
-        epoch: u64,
-        present: usize,
-        count: u32,
-    },
+    #[error("layout epoch {epoch} is published with several shard counts ({counts:?})")]
+    MixedCounts { epoch: u64, counts: Vec<u32> },
     #[error("layout epoch {epoch} has {count} shards, not a power of two")]
     ShardCount { epoch: u64, count: u32 },
     #[error("ProxyRuleset {name} holds shard {expected}'s spec under another name")]
     Misnamed { name: String, expected: String },
+    #[error("ProxyRuleset {name} is shard {shard} of a layout of {count} shards")]
+    OutOfLayout {
+        name: String,
+        shard: u32,
+        count: u32,
+    },
+    #[error("shard {shard} of layout epoch {epoch} is published twice")]
+    DuplicateShard { epoch: u64, shard: u32 },
     #[error("{what} id {id} is published twice")]
     DuplicateId { what: &'static str, id: u32 },
     #[error("service {service} is published with one port twice")]
@@ -49,70 +62,91 @@ pub struct Adopted {
     pub compiler: Compiler,
     pub sharder: Sharder,
     pub layout: ShardLayout,
+    /// Shards of the layout not published (its first publication writes them).
+    pub missing: usize,
 }
 
-/// Adopt `published` (object name and spec of every `ProxyRuleset`) when it
-/// is exactly one complete layout, every shard under its own name.
+/// Adopt the newest layout among `published` (object name and spec of every
+/// `ProxyRuleset`), complete or not, every shard of it under its own name.
 pub fn adopt(
     compile: CompileSettings,
     shards: ShardSettings,
     published: &[(&str, &ProxyRulesetSpec)],
 ) -> Result<Adopted, NotAdopted> {
-    let layout = published_layout(published)?;
-    let specs: Vec<ProxyRulesetSpec> = complete_shards(published.iter().map(|(_, s)| *s))
-        .ok_or(NotAdopted::Incomplete {
-            epoch: layout.epoch,
-            present: published.len(),
-            count: layout.shard_count,
-        })?
-        .into_iter()
-        .cloned()
-        .collect();
+    let (layout, specs) = newest_layout(published)?;
+    let missing = specs.iter().filter(|s| s.is_none()).count();
     let compiler = Compiler::adopting(
         compile,
-        specs.iter().flat_map(|s| s.ruleset.services.iter()),
+        specs
+            .iter()
+            .flatten()
+            .flat_map(|s| s.ruleset.services.iter()),
     )?;
     Ok(Adopted {
         compiler,
-        sharder: Sharder::adopting(shards, specs),
+        sharder: Sharder::adopting(shards, layout, specs),
         layout,
+        missing,
     })
 }
 
-/// The one layout `published` holds, every object named after its shard.
-fn published_layout(published: &[(&str, &ProxyRulesetSpec)]) -> Result<ShardLayout, NotAdopted> {
-    let layout = published
-        .first()
-        .map(|(_, s)| s.layout)
+/// The newest layout in `published` and its shards by index (`None` where
+/// one is missing), every object of it named after its shard.
+fn newest_layout(
+    published: &[(&str, &ProxyRulesetSpec)],
+) -> Result<(ShardLayout, Vec<Option<ProxyRulesetSpec>>), NotAdopted> {
+    let epoch = published
+        .iter()
+        .map(|(_, s)| s.layout.epoch)
+        .max()
         .ok_or(NotAdopted::NothingPublished)?;
-    if published.iter().any(|(_, s)| s.layout != layout) {
-        let epochs: BTreeSet<u64> = published.iter().map(|(_, s)| s.layout.epoch).collect();
-        return Err(NotAdopted::MixedLayouts {
-            epochs: epochs.into_iter().collect(),
-        });
-    }
+    let newest: Vec<(&str, &ProxyRulesetSpec)> = published
+        .iter()
+        .filter(|(_, s)| s.layout.epoch == epoch)
+        .copied()
+        .collect();
+    let counts: BTreeSet<u32> = newest.iter().map(|(_, s)| s.layout.shard_count).collect();
+    let layout = match counts.iter().collect::<Vec<_>>().as_slice() {
+        [count] => ShardLayout {
+            epoch,
+            shard_count: **count,
+        },
+        _ => {
+            return Err(NotAdopted::MixedCounts {
+                epoch,
+                counts: counts.into_iter().collect(),
+            });
+        }
+    };
     // The sharder assigns by a mask: only a power of two keeps assignments.
     if !layout.shard_count.is_power_of_two() {
         return Err(NotAdopted::ShardCount {
-            epoch: layout.epoch,
+            epoch,
             count: layout.shard_count,
         });
     }
-    if published.len() != layout.shard_count as usize {
-        return Err(NotAdopted::Incomplete {
-            epoch: layout.epoch,
-            present: published.len(),
-            count: layout.shard_count,
-        });
-    }
-    for (name, spec) in published {
+    let mut specs: Vec<Option<ProxyRulesetSpec>> = vec![None; layout.shard_count as usize];
+    for (name, spec) in newest {
         let expected = shard_name(&spec.layout, spec.shard);
-        if *name != expected {
+        if name != expected {
             return Err(NotAdopted::Misnamed {
                 name: name.to_string(),
                 expected,
             });
         }
+        let slot = specs
+            .get_mut(spec.shard as usize)
+            .ok_or_else(|| NotAdopted::OutOfLayout {
+                name: name.to_string(),
+                shard: spec.shard,
+                count: layout.shard_count,
+            })?;
+        if slot.replace(spec.clone()).is_some() {
+            return Err(NotAdopted::DuplicateShard {
+                epoch,
+                shard: spec.shard,
+            });
+        }
     }
-    Ok(layout)
+    Ok((layout, specs))
 }

@@ -98,9 +98,10 @@ pub struct Sharder {
     /// Bytes of the largest possible spec without services.
     envelope_bytes: usize,
     started: bool,
-    /// The published shards of an adopted layout, in shard order, until the
-    /// first sync compares them with what it would write.
-    published: Vec<ProxyRulesetSpec>,
+    /// The published shards of an adopted layout, in shard order (`None`
+    /// where one is missing), until the first sync compares them with what
+    /// it would write.
+    published: Option<Vec<Option<ProxyRulesetSpec>>>,
     /// Services too large for any object, not published.
     too_large: BTreeMap<ServiceKey, Diagnostic>,
 }
@@ -119,29 +120,32 @@ impl Sharder {
             shards: vec![Shard::default()],
             envelope_bytes: envelope_bytes(),
             started: false,
-            published: Vec::new(),
+            published: None,
             too_large: BTreeMap::new(),
         }
     }
 
-    /// A sharder that keeps a published layout: `published` holds every shard
-    /// of it in shard order (checked by the caller). Its first sync writes
-    /// only the shards whose content differs from the published one, each at
-    /// the next generation; when the services no longer fit the layout's shard
-    /// count, it starts a new layout (the epoch after) as [`Sharder::new`] would.
-    pub(crate) fn adopting(settings: ShardSettings, published: Vec<ProxyRulesetSpec>) -> Sharder {
+    /// A sharder that keeps the published `layout`: `published` holds its
+    /// shards in shard order, `None` where one is missing. Its first sync
+    /// writes only the shards whose content differs from the published one,
+    /// each at the next generation, and the missing ones; when the services
+    /// no longer fit the layout's shard count, it starts a new layout (the
+    /// epoch after) as [`Sharder::new`] would.
+    pub(crate) fn adopting(
+        settings: ShardSettings,
+        layout: ShardLayout,
+        published: Vec<Option<ProxyRulesetSpec>>,
+    ) -> Sharder {
         let mut sharder = Sharder::new(settings);
-        if let Some(first) = published.first() {
-            sharder.layout = first.layout;
-        }
+        sharder.layout = layout;
         sharder.shards = published
             .iter()
             .map(|spec| Shard {
-                generation: spec.generation,
+                generation: spec.as_ref().map_or(0, |s| s.generation),
                 ..Shard::default()
             })
             .collect();
-        sharder.published = published;
+        sharder.published = Some(published);
         sharder
     }
 
@@ -194,10 +198,10 @@ impl Sharder {
         if wanted != self.layout.shard_count {
             return self.relayout(compiler, wanted);
         }
-        if first && published.is_empty() {
-            touched.extend(0..self.layout.shard_count);
-        } else if first {
-            touched = self.differing(compiler, &published);
+        match published {
+            Some(published) => touched = self.differing(compiler, &published),
+            None if first => touched.extend(0..self.layout.shard_count),
+            None => {}
         }
         let changed = touched
             .into_iter()
@@ -221,14 +225,21 @@ impl Sharder {
     }
 
     /// The shards whose content, at their published generation, is not what
-    /// `published` holds. Compared as JSON, as the API server holds them: a
-    /// field the wire format rounds (a trigger time's nanoseconds) is no
-    /// difference.
-    fn differing(&self, compiler: &Compiler, published: &[ProxyRulesetSpec]) -> BTreeSet<u32> {
+    /// `published` holds, and the ones it lacks. Compared as JSON, as the
+    /// API server holds them: a field the wire format rounds (a trigger
+    /// time's nanoseconds) is no difference.
+    fn differing(
+        &self,
+        compiler: &Compiler,
+        published: &[Option<ProxyRulesetSpec>],
+    ) -> BTreeSet<u32> {
         (0..self.layout.shard_count)
             .filter(|index| {
                 let ours = serde_json::to_value(self.spec(compiler, *index));
-                let theirs = published.get(*index as usize).map(serde_json::to_value);
+                let theirs = published
+                    .get(*index as usize)
+                    .and_then(Option::as_ref)
+                    .map(serde_json::to_value);
                 !matches!((ours, theirs), (Ok(a), Some(Ok(b))) if a == b)
             })
             .collect()

@@ -3,7 +3,9 @@
 //! takes the Lease over adopts the published shard layout. It writes no
 //! ProxyRuleset (every resourceVersion stays), where a republication would
 //! have made every agent fetch a whole new layout and wait for all of it;
-//! and a Service made after the take-over reaches the agent.
+//! and a Service made after the take-over reaches the agent. A layout left
+//! incomplete (a leader that lost its Lease while writing it) is finished:
+//! the next leader writes the missing shard and keeps the others.
 //!
 //! Nothing is refused to the operators or agents (`config/rbac` exactly).
 //! Needs root.
@@ -14,12 +16,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::cluster::{CONVERGE, all_on, finish, kill_the_leader, leader_other_than, start};
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use switchyard_api::{Mode, ProxyRuleset};
 use switchyard_lab::cluster::Cluster;
@@ -66,10 +68,12 @@ fn served(cluster: &Cluster, addr: SocketAddr) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_leader_does_not_republish_every_shard() {
-    let services = 3;
-    let mut cluster = start(1, services, 2).await;
+/// A cluster of one node and `services` Services served in iptables mode by
+/// two operator replicas: the leader, and the shards it published.
+async fn served_by_two_replicas(
+    services: u8,
+) -> (Cluster, String, BTreeMap<String, (u64, String)>) {
+    let cluster = start(1, services, 2).await;
     cluster.apply_proxy_config(Mode::Iptables, 1).unwrap();
     all_on(&cluster, Mode::Iptables).await;
     for k in 0..services {
@@ -78,20 +82,31 @@ async fn a_new_leader_does_not_republish_every_shard() {
             SocketAddr::from((Layout::cluster_ip(k), SERVICE_HTTP_PORT)),
         );
     }
-    let first = leader_other_than(&cluster, None).await;
-    let before = versions(&cluster).await;
-    assert!(!before.is_empty());
+    let leader = leader_other_than(&cluster, None).await;
+    let published = versions(&cluster).await;
+    assert!(!published.is_empty());
+    (cluster, leader, published)
+}
 
-    let (second, _) = kill_the_leader(&mut cluster, &first).await;
-    let log = cluster
+/// Kill `leader`; the next leader's log.
+async fn take_over(cluster: &mut Cluster, leader: &str) -> PathBuf {
+    let (second, _) = kill_the_leader(cluster, leader).await;
+    println!("{second} leads");
+    cluster
         .operators()
         .iter()
         .find(|o| o.pod() == second)
         .expect("the new leader is a replica")
         .log()
-        .to_path_buf();
+        .to_path_buf()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_does_not_republish_every_shard() {
+    let services = 3;
+    let (mut cluster, first, before) = served_by_two_replicas(services).await;
+    let log = take_over(&mut cluster, &first).await;
     let line = logged(&log, "layout epoch").await;
-    println!("{second} leads: {line}");
     let (epoch, _) = before.values().next().unwrap();
     let kept = before.len();
     assert!(
@@ -119,5 +134,61 @@ async fn a_new_leader_does_not_republish_every_shard() {
     );
     let after = versions(&cluster).await;
     assert_eq!(after.len(), before.len(), "a new layout: {after:?}");
+    finish(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_finishes_an_incomplete_layout() {
+    let (mut cluster, first, before) = served_by_two_replicas(8).await;
+    // Eight Services take more than one shard of the default budget.
+    assert!(before.len() > 1, "one shard: {before:?}");
+    // One shard of the layout gone, as when its leader stopped before
+    // writing it (the leader does not watch its shards).
+    let (gone, (epoch, _)) = before
+        .iter()
+        .next()
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .unwrap();
+    Api::<ProxyRuleset>::all(cluster.client())
+        .delete(&gone, &DeleteParams::default())
+        .await
+        .unwrap();
+    let log = take_over(&mut cluster, &first).await;
+    let count = before.len();
+    logged(
+        &log,
+        &format!("layout epoch {epoch} is incomplete (1 of {count} shards missing)"),
+    )
+    .await;
+    let adopted = logged(&log, "adopted layout epoch").await;
+    assert!(
+        adopted.contains(&format!(
+            "adopted layout epoch {epoch}: {} shards kept, 1 rewritten, 0 deleted",
+            count - 1
+        )),
+        "{adopted}"
+    );
+    // Every shard of the layout again: the missing one written, the others kept.
+    let deadline = Instant::now() + CONVERGE;
+    let after = loop {
+        let now = versions(&cluster).await;
+        if now.len() == count {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the missing shard is never written: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for (name, version) in &before {
+        if *name != gone {
+            assert_eq!(after.get(name), Some(version), "{name} was rewritten");
+        }
+    }
+    assert!(
+        after.values().all(|(e, _)| e == &epoch),
+        "a new layout: {after:?}"
+    );
     finish(cluster);
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use common::fake::FakeKernel;
 use common::*;
 use http::{Method, Request, Response};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
 use kube::client::Body;
 use kube::{Client, Resource};
 use serde_json::{Value, json};
@@ -158,7 +159,16 @@ fn verifier(handle: Handle, shards: Vec<ProxyRuleset>) -> Verifier {
 async fn agent_lists_watches_switches_and_writes_status_by_server_side_apply() {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
-    let verifier = verifier(handle, vec![(*shard(1, 0, 1, 1, vec![web()])).clone()]);
+    // Served as the operator's server-side apply leaves it: with its field set.
+    let mut served = (*shard(1, 0, 1, 1, vec![web()])).clone();
+    served.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+        manager: Some("switchyard-operator".into()),
+        operation: Some("Apply".into()),
+        fields_type: Some("FieldsV1".into()),
+        fields_v1: Some(FieldsV1(json!({"f:spec": {"f:services": {}}}))),
+        ..ManagedFieldsEntry::default()
+    }]);
+    let verifier = verifier(handle, vec![served]);
     // Four switch checkpoints (from nothing to nftables), then the sync's status.
     let server = tokio::spawn(verifier.serve(|b| b.len() == 5, true));
     let kernel = FakeKernel::default();
@@ -171,6 +181,12 @@ async fn agent_lists_watches_switches_and_writes_status_by_server_side_apply() {
         }
     };
 
+    let kept = watches.inputs().shards;
+    assert_eq!(kept.len(), 1);
+    assert_eq!(
+        kept[0].metadata.managed_fields, None,
+        "the store keeps no field sets (the agent never reads them)"
+    );
     let mut lists = lists;
     lists.sort();
     assert_eq!(

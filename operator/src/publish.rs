@@ -2,9 +2,9 @@
 //! incremental [`Compiler`]; each sync hands the changed services to the
 //! [`Sharder`], and only the shards it reports changed are written (server-side
 //! apply); shards of a retired layout, and shards left by an earlier run, are
-//! deleted once the new layout is written. At start, one complete published
-//! layout is adopted instead ([`adopt`]), so that a new term writes only the
-//! shards whose content differs.
+//! deleted once the new layout is written. At start, the newest published
+//! layout is adopted instead ([`adopt`]), complete or not, so that a new term
+//! writes only the shards whose content differs and the missing ones.
 
 use std::collections::BTreeSet;
 
@@ -115,10 +115,11 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// A publisher that adopts the layout in `existing` when that is one
-    /// complete layout ([`adopt`]): its first publication writes only the
-    /// shards whose content differs. Otherwise it starts above every epoch
-    /// in `existing`, since agents take the newest complete layout.
+    /// A publisher that adopts the newest layout in `existing`, complete or
+    /// not ([`adopt`]): its first publication writes only the shards whose
+    /// content differs and the missing ones, and deletes the older layouts'.
+    /// When that layout cannot be adopted it starts above every epoch in
+    /// `existing`, since agents take the newest complete layout.
     pub fn new(
         settings: CompileSettings,
         budget_bytes: usize,
@@ -139,18 +140,30 @@ impl Publisher {
             .zip(existing)
             .map(|(name, s)| (name.as_str(), &s.spec))
             .collect();
-        let (compiler, sharder, start) =
-            match adopt(settings.clone(), shard_settings.clone(), &published) {
-                Ok(adopted) => {
-                    let start = Start::Adopted(adopted.layout);
-                    (adopted.compiler, adopted.sharder, start)
+        let (compiler, sharder, start) = match adopt(
+            settings.clone(),
+            shard_settings.clone(),
+            &published,
+        ) {
+            Ok(adopted) => {
+                if adopted.missing > 0 {
+                    let (epoch, count) = (adopted.layout.epoch, adopted.layout.shard_count);
+                    info!(
+                        epoch,
+                        missing = adopted.missing,
+                        "layout epoch {epoch} is incomplete ({} of {count} shards missing): writing the rest",
+                        adopted.missing
+                    );
                 }
-                Err(reason) => {
-                    info!(%reason, "not adopting the published shards");
-                    let sharder = Sharder::new(shard_settings);
-                    (Compiler::new(settings), sharder, Start::NewLayout)
-                }
-            };
+                let start = Start::Adopted(adopted.layout);
+                (adopted.compiler, adopted.sharder, start)
+            }
+            Err(reason) => {
+                info!(%reason, "not adopting the published shards");
+                let sharder = Sharder::new(shard_settings);
+                (Compiler::new(settings), sharder, Start::NewLayout)
+            }
+        };
         Publisher {
             compiler,
             sharder,
@@ -235,6 +248,11 @@ impl Publisher {
         let apply: Vec<(String, ProxyRulesetSpec)> =
             names.into_iter().zip(update.changed).collect();
         let mut delete = update.retired;
+        if self.start.is_some() {
+            // The first publication retires the layout it found: only what
+            // was published of it (an incomplete one lacks shards).
+            delete.retain(|name| self.leftovers.contains(name));
+        }
         // A previous run's shards, unless current or retired already (an
         // adopted layout that had to grow).
         let mut named: BTreeSet<String> = (0..update.layout.shard_count)

@@ -136,10 +136,12 @@ pub async fn run(
     let nodes: Vec<String> = (0..options.agents).map(state::node_name).collect();
     let mut rows = Vec::new();
     for (round, budget) in options.budgets.iter().enumerate() {
+        if round > 0 {
+            delete_shards(&client).await?;
+        }
         let row = measure(&cp, options, &nodes, *budget, round).await?;
         progress(&format!("budget {budget}: {row:?}"));
         rows.push(row);
-        delete_shards(&client).await?;
     }
     Ok(rows)
 }
@@ -352,11 +354,27 @@ async fn shard_list(client: &kube::Client) -> Result<(usize, u64), ScaleError> {
     Ok((shards, text.len() as u64))
 }
 
+/// Shards deleted per request: one DELETE of tens of thousands of objects
+/// outlasted the client's timeout on the loaded API server.
+const DELETE_BATCH: u32 = 1000;
+
 /// Remove every shard, so the next operator starts from nothing.
 async fn delete_shards(client: &kube::Client) -> Result<(), ScaleError> {
-    Api::<ProxyRuleset>::all(client.clone())
-        .delete_collection(&DeleteParams::default(), &ListParams::default())
+    let api = Api::<ProxyRuleset>::all(client.clone());
+    let error = |source| ScaleError::api("delete the shards".to_string(), source);
+    loop {
+        api.delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().limit(DELETE_BATCH),
+        )
         .await
-        .map(drop)
-        .map_err(|source| ScaleError::api("delete the shards".to_string(), source))
+        .map_err(error)?;
+        let left = api
+            .list_metadata(&ListParams::default().limit(1))
+            .await
+            .map_err(error)?;
+        if left.items.is_empty() {
+            return Ok(());
+        }
+    }
 }

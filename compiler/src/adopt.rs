@@ -106,18 +106,11 @@ fn newest_layout(
         .copied()
         .collect();
     let counts: BTreeSet<u32> = newest.iter().map(|(_, s)| s.layout.shard_count).collect();
-    let layout = match counts.iter().collect::<Vec<_>>().as_slice() {
-        [count] => ShardLayout {
-            epoch,
-            shard_count: **count,
-        },
-        _ => {
-            return Err(NotAdopted::MixedCounts {
-                epoch,
-                counts: counts.into_iter().collect(),
-            });
-        }
+    let counts: Vec<u32> = counts.into_iter().collect();
+    let [shard_count] = counts[..] else {
+        return Err(NotAdopted::MixedCounts { epoch, counts });
     };
+    let layout = ShardLayout { epoch, shard_count };
     // The sharder assigns by a mask: only a power of two keeps assignments.
     if !layout.shard_count.is_power_of_two() {
         return Err(NotAdopted::ShardCount {

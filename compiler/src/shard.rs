@@ -196,7 +196,7 @@ impl Sharder {
         let published = std::mem::take(&mut self.published);
         let wanted = self.wanted_shard_count();
         if wanted != self.layout.shard_count {
-            return self.relayout(compiler, wanted);
+            return self.relayout(compiler, wanted, published.as_deref());
         }
         match published {
             Some(published) => touched = self.differing(compiler, &published),
@@ -345,8 +345,16 @@ impl Sharder {
             .all(|(b, m)| *m <= 1 || self.envelope_bytes + b <= limit)
     }
 
-    fn relayout(&mut self, compiler: &Compiler, count: u32) -> ShardUpdate {
+    /// A new layout of `count` shards; the old one's shards are retired,
+    /// of an adopted layout (`published`) only those it holds.
+    fn relayout(
+        &mut self,
+        compiler: &Compiler,
+        count: u32,
+        published: Option<&[Option<ProxyRulesetSpec>]>,
+    ) -> ShardUpdate {
         let retired = (0..self.layout.shard_count)
+            .filter(|i| published.is_none_or(|p| p.get(*i as usize).is_some_and(Option::is_some)))
             .map(|i| shard_name(&self.layout, i))
             .collect();
         let mut shards: Vec<Shard> = (0..count).map(|_| Shard::default()).collect();

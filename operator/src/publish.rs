@@ -248,11 +248,6 @@ impl Publisher {
         let apply: Vec<(String, ProxyRulesetSpec)> =
             names.into_iter().zip(update.changed).collect();
         let mut delete = update.retired;
-        if self.start.is_some() {
-            // The first publication retires the layout it found: only what
-            // was published of it (an incomplete one lacks shards).
-            delete.retain(|name| self.leftovers.contains(name));
-        }
         // A previous run's shards, unless current or retired already (an
         // adopted layout that had to grow).
         let mut named: BTreeSet<String> = (0..update.layout.shard_count)

@@ -46,6 +46,7 @@ fn config_builds_into_the_full_deployment() {
         "ClusterRole/switchyard-operator",
         "ClusterRole/switchyard-agent",
         "ValidatingAdmissionPolicy/switchyard-agent-own-node-only",
+        "FlowSchema/switchyard-operator-leader-election",
         "Deployment/switchyard-operator",
         "DaemonSet/switchyard-agent",
     ] {

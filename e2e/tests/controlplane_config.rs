@@ -9,7 +9,9 @@
 //! agent to its own ProxyNode, for real: a token bound to a Pod on node A
 //! writes A's status and is refused B's, with exactly `config/rbac`'s rights.
 //! The agent's watches, on that server, wake it for what it acts on and not
-//! for a Node's heartbeat or its own status write coming back.
+//! for a Node's heartbeat or its own status write coming back. The
+//! operator's Lease requests, and only those, are served at the
+//! `leader-election` priority level (`config/rbac/operator-flowschema.yaml`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
@@ -28,7 +30,7 @@ use switchyard_agent::watch::{self, Source, WatchEvent, Watches};
 use switchyard_api::validation::check_shard;
 use switchyard_api::{Mode, ProxyNode, ProxyNodeSpec, ProxyNodeStatus, ProxyRuleset};
 use switchyard_lab::controlplane::ControlPlane;
-use switchyard_lab::controlplane::identity::{AGENT_SA, Identity, NAMESPACE};
+use switchyard_lab::controlplane::identity::{AGENT_SA, Identity, NAMESPACE, OPERATOR_SA};
 use switchyard_lab::controlplane::kubeconfig;
 use switchyard_lab::controlplane::kubectl::Kubectl;
 use switchyard_lab::controlplane::workdir::Purpose;
@@ -204,6 +206,80 @@ async fn agent_may_write_only_its_own_proxynode_status() {
         spec_write.contains("cannot patch resource \"proxynodes\""),
         "{spec_write}"
     );
+}
+
+/// The API Priority and Fairness classification of a GET of `path` by
+/// `client`: the UIDs of the FlowSchema and the priority level the server
+/// says it served the request under (its `X-Kubernetes-PF-*` headers).
+async fn classified(client: &kube::Client, path: &str) -> (String, String) {
+    let request = http::Request::get(path)
+        .body(kube::client::Body::empty())
+        .unwrap();
+    let response = client.send(request).await.unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    (
+        header("X-Kubernetes-PF-FlowSchema-UID"),
+        header("X-Kubernetes-PF-PriorityLevel-UID"),
+    )
+}
+
+/// A client of ServiceAccount `name` of Switchyard's namespace (a token
+/// bound to no Pod).
+async fn service_account_client(cp: &ControlPlane, name: &str) -> kube::Client {
+    let kubeconfig = cp
+        .kubeconfig_for(&Identity::ServiceAccount {
+            namespace: NAMESPACE.into(),
+            name: name.into(),
+            pod: None,
+        })
+        .await
+        .unwrap();
+    kubeconfig::client(&kubeconfig).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_lease_requests_are_served_at_the_leader_election_priority_level() {
+    let cp = installed().await;
+    let kubectl = cp.kubectl();
+    let uid = |kind: &str, name: &str| {
+        kubectl
+            .run(&["get", kind, name, "-o", "jsonpath={.metadata.uid}"])
+            .unwrap_or_else(|e| panic!("{kind} {name}: {e}"))
+    };
+    let ours = uid("flowschema", "switchyard-operator-leader-election");
+    let leader_election = uid("prioritylevelconfiguration", "leader-election");
+    let service_accounts = uid("flowschema", "service-accounts");
+    let client = service_account_client(&cp, OPERATOR_SA).await;
+    let lease =
+        format!("/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/switchyard-operator");
+    // The server's flow-control configuration follows a new FlowSchema within seconds.
+    let deadline = Instant::now() + POLICY_LOADS;
+    loop {
+        let (schema, level) = classified(&client, &lease).await;
+        if schema == ours {
+            assert_eq!(level, leader_election, "the operator's Lease GET");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the operator's Lease GET is still under FlowSchema {schema}, not {ours}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Only its Leases: its other requests stay where every ServiceAccount's are.
+    let (schema, _) = classified(&client, "/apis/switchyard.dev/v1alpha1/proxyrulesets").await;
+    assert_eq!(schema, service_accounts, "the operator's list of shards");
+    // And only its own: the agent's Lease requests are not lifted.
+    let agent = service_account_client(&cp, AGENT_SA).await;
+    let (schema, _) = classified(&agent, &lease).await;
+    assert_eq!(schema, service_accounts, "the agent's Lease GET");
 }
 
 /// Deadlock guard for one watch event.

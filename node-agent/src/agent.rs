@@ -454,7 +454,7 @@ impl Agent {
 
     fn recover(&mut self, proxy_node: &ProxyNode) {
         let recorded = proxy_node.status.clone().unwrap_or_default();
-        let present = present_modes(self.parts.factory.as_ref());
+        let present = present_modes(self.parts.factory.as_ref(), &Mode::ALL);
         let active = recover(&present, &recorded, proxy_node.spec.target_mode);
         tracing::info!(?present, ?active, recorded_mode = ?recorded.applied_mode, "recovered kernel state");
         self.active = active.and_then(|m| {
@@ -581,12 +581,19 @@ impl Agent {
             return;
         };
         // A draining mode is not a leftover until it settles, nor are the
-        // objects it shares with another mode (IPVS's iptables chains).
+        // objects it shares with another mode (IPVS's iptables chains), nor
+        // the active mode's: only the others are looked for (at 1000
+        // Services the active iptables mode's own check alone listed 1000
+        // rules, inside the first sync).
         let draining = self.retiring.as_ref().map(|d| d.mode());
-        let present: Vec<Mode> = present_modes(self.parts.factory.as_ref())
+        let mode = active.mode();
+        let shared =
+            |a: Option<Mode>, m: Mode| a.is_some_and(|a| a == m || shares_kernel_objects(a, m));
+        let others: Vec<Mode> = Mode::ALL
             .into_iter()
-            .filter(|&m| !draining.is_some_and(|d| d == m || shares_kernel_objects(d, m)))
+            .filter(|&m| !shared(Some(mode), m) && !shared(draining, m))
             .collect();
+        let present = present_modes(self.parts.factory.as_ref(), &others);
         let leftovers = self
             .leftover_drain
             .start(active.mode(), &self.parts.leftovers);

@@ -374,10 +374,13 @@ pub fn resync(
         .ok()
 }
 
-/// The modes whose kernel objects exist now.
-pub fn present_modes(factory: &dyn DataplaneFactory) -> Vec<Mode> {
-    Mode::ALL
-        .into_iter()
+/// Which of `modes` have kernel objects now. Each check lists a table or
+/// a chain of the kernel's (an iptables-nft listing fetches the whole
+/// table), so a caller asks only about the modes it acts on.
+pub fn present_modes(factory: &dyn DataplaneFactory, modes: &[Mode]) -> Vec<Mode> {
+    modes
+        .iter()
+        .copied()
         .filter(
             |&mode| match factory.build(mode).and_then(|d| d.present()) {
                 Ok(present) => present,

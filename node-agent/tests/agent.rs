@@ -57,6 +57,22 @@ async fn first_sync_applies_the_target_mode_and_reports_it() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_sweep_after_a_first_sync_looks_only_for_the_other_modes() {
+    let kernel = FakeKernel::default();
+    let writer = RecordingWriter::default();
+    let mut agent = agent(&kernel, &writer, &FakeLeftover::default());
+    let out = agent.sync(&inputs(Some(Mode::Iptables), None), None).await;
+    assert!(matches!(out, SyncOutcome::Synced), "{out:?}");
+    // Recovery asks about every mode; the sweep neither about the active
+    // one nor about IPVS, which shares its chains (each check of an
+    // iptables mode lists the nat table the sync just wrote).
+    let checks = kernel.take_presence_checks();
+    let (recovery, sweep) = checks.split_at(Mode::ALL.len());
+    assert_eq!(recovery, Mode::ALL);
+    assert_eq!(sweep, [Mode::Nftables, Mode::Ebpf]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn apply_error_keeps_previous_rules_and_reports_degraded() {
     let kernel = FakeKernel::default();
     let writer = RecordingWriter::default();

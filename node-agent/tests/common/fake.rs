@@ -36,6 +36,8 @@ struct KernelState {
     broken_datapath: BTreeSet<Mode>,
     syncs: Vec<SyncRecord>,
     cleanups: Vec<Mode>,
+    /// The modes whose presence was asked, in order.
+    presence_checks: Vec<Mode>,
     probes: Vec<SocketAddr>,
     /// Modes still carrying established connections (a retired one drains).
     open: BTreeSet<Mode>,
@@ -92,6 +94,11 @@ impl FakeKernel {
 
     pub fn syncs(&self) -> Vec<SyncRecord> {
         self.lock().syncs.clone()
+    }
+
+    /// The modes whose presence was asked, in order, since the last call.
+    pub fn take_presence_checks(&self) -> Vec<Mode> {
+        std::mem::take(&mut self.lock().presence_checks)
     }
 
     /// The modes whose cleanup ran, in order.
@@ -188,7 +195,9 @@ impl Dataplane for FakeDataplane {
     }
 
     fn present(&self) -> Result<bool, BackendError> {
-        Ok(self.kernel.lock().tables.contains_key(&self.mode))
+        let mut k = self.kernel.lock();
+        k.presence_checks.push(self.mode);
+        Ok(k.tables.contains_key(&self.mode))
     }
 
     fn cleanup(&mut self) -> Result<(), BackendError> {

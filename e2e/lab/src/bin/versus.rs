@@ -121,6 +121,14 @@ fn modes(cli: &Cli) -> Result<Vec<Mode>, VersusError> {
         .collect())
 }
 
+/// SIGSTOP (`true`) or SIGCONT every operator replica of the rig's cluster.
+fn hold_operators(rig: &mut Rig, stop: bool) -> Result<(), VersusError> {
+    for operator in rig.cluster.operators_mut() {
+        operator.hold(stop)?;
+    }
+    Ok(())
+}
+
 /// Every size and mode in turn, into `results`, until one fails.
 fn run(cli: &Cli, results: &mut Results) -> Result<(), VersusError> {
     let sizes = sizes(cli)?;
@@ -144,9 +152,15 @@ fn run(cli: &Cli, results: &mut Results) -> Result<(), VersusError> {
     eprintln!("versus: cluster up in {:?}", began.elapsed());
     let mut run = 0;
     for &size in &sizes {
-        rig.runtime
-            .block_on(rig.state.grow(size))
-            .map_err(|e| VersusError::from(e).at(size, None))?;
+        // The operator is held while the state is written (not measured):
+        // running, it publishes every second what is written so far, a new
+        // layout of up to 65,536 shards each time the shard count doubles,
+        // and the two cores write the state several times slower. Let go,
+        // it publishes the whole state once.
+        hold_operators(&mut rig, true).map_err(|e| e.at(size, None))?;
+        let grown = rig.runtime.block_on(rig.state.grow(size));
+        hold_operators(&mut rig, false).map_err(|e| e.at(size, None))?;
+        grown.map_err(|e| VersusError::from(e).at(size, None))?;
         eprintln!("versus: {size} written at {:?}", began.elapsed());
         wait_published_and_applied(&rig, size, &Layout::node_name(0))
             .map_err(|e| e.at(size, None))?;

@@ -207,6 +207,12 @@ impl Operator {
     pub fn kill(&mut self) {
         self.daemon.stop();
     }
+
+    /// SIGSTOP (`true`) or SIGCONT (`false`): a held replica does nothing,
+    /// renews no Lease and reads none of its watches, as if its node froze.
+    pub fn hold(&mut self, stop: bool) -> Result<(), ClusterError> {
+        Ok(self.daemon.hold(stop)?)
+    }
 }
 
 /// Where an agent's eBPF mode keeps its pins and attaches its socket

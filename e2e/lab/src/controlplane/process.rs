@@ -173,6 +173,28 @@ impl Daemon {
         }
     }
 
+    /// SIGSTOP (`stop: true`) or SIGCONT: hold the program where it is, or
+    /// let it go on. A held program is still killed on drop.
+    pub fn hold(&mut self, stop: bool) -> Result<(), ControlPlaneError> {
+        let signal = if stop { libc::SIGSTOP } else { libc::SIGCONT };
+        let failed = |source| ControlPlaneError::Io {
+            what: if stop {
+                "SIGSTOP the program logging to"
+            } else {
+                "SIGCONT the program logging to"
+            },
+            path: self.log.clone(),
+            source,
+        };
+        let pid = libc::pid_t::try_from(self.child.id())
+            .map_err(|_| failed(std::io::Error::from(std::io::ErrorKind::InvalidInput)))?;
+        // SAFETY: signalling our own child, not yet reaped (we hold `child`).
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            return Err(failed(std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
     /// Kill and reap (idempotent). The registration goes first: once the pid
     /// is reaped it may be reused, and the signal thread must not kill a
     /// stranger; a signal in between ends the harness, and PR_SET_PDEATHSIG

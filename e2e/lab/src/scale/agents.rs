@@ -4,6 +4,7 @@
 //! would be closer to a real node, but hundreds of them do not fit on the
 //! bench's machine; the API server sees the same clients either way.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -18,7 +19,6 @@ use tokio::task::JoinSet;
 
 use super::ScaleError;
 use super::recorder::{ApplyLog, RecordingFactory};
-use crate::controlplane::ControlPlane;
 use crate::controlplane::kubeconfig;
 
 /// The node agent's defaults (`node-agent run`).
@@ -31,16 +31,17 @@ pub struct Agents {
 }
 
 impl Agents {
-    /// One agent per name in `nodes`, agent `i` recording into `log` as node `i`.
+    /// One agent per name in `nodes`, agent `i` recording into `log` as
+    /// node `i` and authenticating with `kubeconfigs[i]`.
     pub async fn start(
-        cp: &ControlPlane,
+        kubeconfigs: &[PathBuf],
         nodes: &[String],
         log: &Arc<ApplyLog>,
     ) -> Result<Agents, ScaleError> {
         let mut tasks = JoinSet::new();
-        for (i, node) in nodes.iter().enumerate() {
+        for (i, (node, kubeconfig)) in nodes.iter().zip(kubeconfigs).enumerate() {
             // Its own client: its own connections, as a separate process has.
-            let client = kubeconfig::client(cp.admin_kubeconfig()).await?;
+            let client = kubeconfig::client(kubeconfig).await?;
             let mut agent = Agent::new(AgentParts {
                 node_name: node.clone(),
                 factory: Arc::new(RecordingFactory {

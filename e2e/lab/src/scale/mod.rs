@@ -32,6 +32,7 @@ use self::agents::Agents;
 use self::recorder::{ApplyLog, Goal};
 use self::wire::{ByteWatch, JSON, PROTOBUF};
 use crate::controlplane::identity::NAMESPACE as SYSTEM_NAMESPACE;
+use crate::controlplane::identity::{Identity, OPERATOR_SA};
 use crate::controlplane::process::{Daemon, Launch};
 use crate::controlplane::{ControlPlane, ControlPlaneError};
 use crate::procstat::Process;
@@ -134,19 +135,53 @@ pub async fn run(
         began.elapsed()
     ));
     let nodes: Vec<String> = (0..options.agents).map(state::node_name).collect();
+    let identities = Identities::make(&cp, &nodes).await?;
     let mut rows = Vec::new();
     for (round, budget) in options.budgets.iter().enumerate() {
         if round > 0 {
             delete_shards(&client).await?;
         }
-        let row = measure(&cp, options, &nodes, *budget, round).await?;
+        let row = measure(&cp, options, &identities, &nodes, *budget, round).await?;
         progress(&format!("budget {budget}: {row:?}"));
         rows.push(row);
     }
     Ok(rows)
 }
 
-fn start_operator(cp: &ControlPlane, program: &Path, budget: usize) -> Result<Daemon, ScaleError> {
+/// Whom the operator and the agents authenticate as: their ServiceAccounts,
+/// each agent's token bound to a Pod on its Node, as `config/` deploys them,
+/// so that the API server's priority and fairness treats their requests as
+/// on a cluster (the admin's would be exempt from it: the agents' lists of
+/// the shards unqueued, the operator's Lease renewals not in their own
+/// priority level). Made before anything is timed.
+struct Identities {
+    operator: PathBuf,
+    agents: Vec<PathBuf>,
+}
+
+impl Identities {
+    async fn make(cp: &ControlPlane, nodes: &[String]) -> Result<Identities, ScaleError> {
+        let operator = cp
+            .kubeconfig_for(&Identity::ServiceAccount {
+                namespace: SYSTEM_NAMESPACE.into(),
+                name: OPERATOR_SA.into(),
+                pod: None,
+            })
+            .await?;
+        let mut agents = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            agents.push(cp.kubeconfig_for(&Identity::agent_on(node)).await?);
+        }
+        Ok(Identities { operator, agents })
+    }
+}
+
+fn start_operator(
+    cp: &ControlPlane,
+    kubeconfig: &Path,
+    program: &Path,
+    budget: usize,
+) -> Result<Daemon, ScaleError> {
     Ok(Daemon::start(Launch {
         name: "switchyard-operator",
         program: program.to_path_buf(),
@@ -159,10 +194,7 @@ fn start_operator(cp: &ControlPlane, program: &Path, budget: usize) -> Result<Da
         netns: None,
         cgroup: None,
         env: vec![
-            (
-                "KUBECONFIG".to_string(),
-                cp.admin_kubeconfig().display().to_string(),
-            ),
+            ("KUBECONFIG".to_string(), kubeconfig.display().to_string()),
             ("POD_NAME".to_string(), "switchyard-operator-0".to_string()),
             ("POD_NAMESPACE".to_string(), SYSTEM_NAMESPACE.to_string()),
             ("NO_COLOR".to_string(), "1".to_string()),
@@ -253,6 +285,7 @@ impl Wire {
 async fn measure(
     cp: &ControlPlane,
     options: &Options,
+    identities: &Identities,
     nodes: &[String],
     budget: usize,
     round: usize,
@@ -261,9 +294,9 @@ async fn measure(
     let log = ApplyLog::new(nodes.len());
     log.expect(Goal::ServicePorts(options.services));
     let started = Instant::now();
-    let mut operator = start_operator(cp, &options.operator, budget)?;
+    let mut operator = start_operator(cp, &identities.operator, &options.operator, budget)?;
     let pid = Process::Pid(operator.pid());
-    let agents = Agents::start(cp, nodes, &log).await?;
+    let agents = Agents::start(&identities.agents, nodes, &log).await?;
     let times = all_applied(
         &log,
         "the first ruleset at every agent",
@@ -281,7 +314,7 @@ async fn measure(
 
     log.expect(Goal::ServicePorts(options.services));
     let started = Instant::now();
-    let agents = Agents::start(cp, nodes, &log).await?;
+    let agents = Agents::start(&identities.agents, nodes, &log).await?;
     let times = all_applied(
         &log,
         "the ruleset at every restarted agent",

@@ -10,7 +10,7 @@ use kube::{Api, ResourceExt};
 use switchyard_api::{Mode, ProxyNode, ProxyRuleset};
 
 use super::rig::Rig;
-use super::{POLL, VersusError, WAIT, measure_error};
+use super::{POLL, VersusError, WAIT, measure_error, sync_deadline};
 use crate::bench::states::{NAMESPACE, Size};
 use crate::cluster::layout::Layout;
 use crate::cluster::wait;
@@ -57,10 +57,14 @@ pub fn wait_agent(
 /// its endpoints) and the agent of `node` has applied those shards.
 pub fn wait_published_and_applied(rig: &Rig, size: Size, node: &str) -> Result<(), VersusError> {
     let client = rig.cluster.client();
-    let shards = wait::until(
+    // Up to 65,536 shards written one by one: the whole list checked at
+    // most twice a second, not after each of them. A layout of that many
+    // shards is written in minutes: the size's sync deadline, not `WAIT`.
+    let shards = wait::until_every(
         Api::<ProxyRuleset>::all(client.clone()),
         "the operator's shards to hold the state",
-        WAIT,
+        WAIT.max(sync_deadline(size)),
+        Duration::from_millis(500),
         |list| {
             let epoch = list.iter().map(|s| s.spec.layout.epoch).max().unwrap_or(0);
             let current = list.iter().filter(|s| s.spec.layout.epoch == epoch);
@@ -88,7 +92,7 @@ pub fn wait_published_and_applied(rig: &Rig, size: Size, node: &str) -> Result<(
     let applied = wait::until(
         Api::<ProxyNode>::all(client),
         "the agent to apply the shards",
-        WAIT,
+        WAIT.max(sync_deadline(size)),
         |nodes| {
             let status = nodes
                 .iter()

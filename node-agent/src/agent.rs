@@ -594,9 +594,7 @@ impl Agent {
             .filter(|&m| !shared(Some(mode), m) && !shared(draining, m))
             .collect();
         let present = present_modes(self.parts.factory.as_ref(), &others);
-        let leftovers = self
-            .leftover_drain
-            .start(active.mode(), &self.parts.leftovers);
+        let leftovers = self.leftover_drain.start(mode, &self.parts.leftovers);
         let swept = sweep(
             active.as_mut(),
             &present,

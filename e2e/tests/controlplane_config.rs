@@ -180,11 +180,7 @@ async fn agent_may_write_only_its_own_proxynode_status() {
 
     // The same ServiceAccount without a node-bound token writes nothing.
     let unbound = cp
-        .kubeconfig_for(&Identity::ServiceAccount {
-            namespace: NAMESPACE.into(),
-            name: AGENT_SA.into(),
-            pod: None,
-        })
+        .kubeconfig_for(&Identity::unbound(AGENT_SA))
         .await
         .unwrap();
     let refused = write_status(&unbound, "node-a").await.unwrap_err();
@@ -233,14 +229,7 @@ async fn classified(client: &kube::Client, path: &str) -> (String, String) {
 /// A client of ServiceAccount `name` of Switchyard's namespace (a token
 /// bound to no Pod).
 async fn service_account_client(cp: &ControlPlane, name: &str) -> kube::Client {
-    let kubeconfig = cp
-        .kubeconfig_for(&Identity::ServiceAccount {
-            namespace: NAMESPACE.into(),
-            name: name.into(),
-            pod: None,
-        })
-        .await
-        .unwrap();
+    let kubeconfig = cp.kubeconfig_for(&Identity::unbound(name)).await.unwrap();
     kubeconfig::client(&kubeconfig).await.unwrap()
 }
 

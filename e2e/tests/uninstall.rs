@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use switchyard_lab::controlplane::ControlPlane;
-use switchyard_lab::controlplane::identity::{Identity, NAMESPACE};
+use switchyard_lab::controlplane::identity::{Identity, NAMESPACE, OPERATOR_SA};
 use switchyard_lab::controlplane::kubectl::Kubectl;
 use switchyard_lab::controlplane::workdir::Purpose;
 use switchyard_testkit::cleanup::child_setup;
@@ -90,12 +90,10 @@ async fn uninstall_in_the_readme_order_leaves_nothing_stuck() {
     kubectl
         .run(&["apply", "-f", node.to_str().unwrap()])
         .unwrap();
-    let operator_sa = Identity::ServiceAccount {
-        namespace: NAMESPACE.into(),
-        name: "switchyard-operator".into(),
-        pod: None,
-    };
-    let kubeconfig = cp.kubeconfig_for(&operator_sa).await.unwrap();
+    let kubeconfig = cp
+        .kubeconfig_for(&Identity::unbound(OPERATOR_SA))
+        .await
+        .unwrap();
     let operator = start_operator(&kubeconfig);
 
     let sample = repo().join("config/samples/nftables.yaml");

@@ -42,8 +42,7 @@ use crate::node::{being_deleted, node_info, pod_cidrs};
 use crate::status::{StatusReporter, set_condition};
 use crate::switch::{
     Checkpoint, Checkpoints, DataplaneFactory, Probe, Swept, SwitchError, SwitchInput, Switched,
-    masquerade_beside, present_modes, recover, shares_kernel_objects, sweep, switch_to,
-    verification_probe,
+    masquerade_beside, present_modes, recover, sweep, switch_to, verification_probe,
 };
 use crate::watch::Source;
 
@@ -580,24 +579,12 @@ impl Agent {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        // A draining mode is not a leftover until it settles, nor are the
-        // objects it shares with another mode (IPVS's iptables chains), nor
-        // the active mode's: only the others are looked for (at 1000
-        // Services the active iptables mode's own check alone listed 1000
-        // rules, inside the first sync).
         let draining = self.retiring.as_ref().map(|d| d.mode());
         let mode = active.mode();
-        let shared =
-            |a: Option<Mode>, m: Mode| a.is_some_and(|a| a == m || shares_kernel_objects(a, m));
-        let others: Vec<Mode> = Mode::ALL
-            .into_iter()
-            .filter(|&m| !shared(Some(mode), m) && !shared(draining, m))
-            .collect();
-        let present = present_modes(self.parts.factory.as_ref(), &others);
         let leftovers = self.leftover_drain.start(mode, &self.parts.leftovers);
         let swept = sweep(
             active.as_mut(),
-            &present,
+            draining,
             self.parts.factory.as_ref(),
             &leftovers,
             linked,

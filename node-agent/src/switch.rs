@@ -455,21 +455,27 @@ pub fn remove_leftovers(leftovers: &[&dyn Leftovers], swept: &mut Swept) {
 /// Retire every other present mode in favour of the active one (each
 /// drains as it would after a switch, [`Dataplane::retire`]) and remove
 /// foreign leftovers, once the active mode is in place, then rewrite the
-/// active mode whole.
+/// active mode whole. A `draining` mode is not a leftover until it settles,
+/// nor are the objects a mode shares with the active or the draining one
+/// (IPVS's iptables chains); only the other modes are looked for (at 1000
+/// Services the active iptables mode's own presence check listed 1000
+/// rules, inside the first sync).
 pub fn sweep(
     active: &mut dyn Dataplane,
-    present: &[Mode],
+    draining: Option<Mode>,
     factory: &dyn DataplaneFactory,
     leftovers: &[&dyn Leftovers],
     ruleset: &LinkedRuleset,
     settings: &Settings,
 ) -> Swept {
     let mode = active.mode();
+    let apart = |a: Mode, m: Mode| a != m && !shares_kernel_objects(a, m);
+    let others: Vec<Mode> = Mode::ALL
+        .into_iter()
+        .filter(|&m| apart(mode, m) && draining.is_none_or(|d| apart(d, m)))
+        .collect();
     let mut swept = Swept::default();
-    for &other in present {
-        if other == mode || shares_kernel_objects(other, mode) {
-            continue;
-        }
+    for other in present_modes(factory, &others) {
         let retired = factory
             .build(other)
             .and_then(|mut d| d.retire(mode).map(|r| (d, r)));

@@ -117,17 +117,6 @@ fn version_fingerprint<K: Resource>(object: &K) -> u64 {
     hash_of(&object.meta().resource_version)
 }
 
-/// Drop an object's `metadata.managedFields` before the store keeps it: the
-/// agent never reads them (its only writes are server-side applies of its own
-/// status, built from nothing), and the operator's field sets, parsed into
-/// JSON maps, were half of an agent's memory in a store of tens of thousands
-/// of small shards (`control-scale`, 10 agents, 10,000 Services in 32,768
-/// shards: the bench process at 1,490 MiB resident without this, 710 MiB
-/// with it).
-fn forget_managed_fields<K: Resource>(object: &mut K) {
-    object.meta_mut().managed_fields = None;
-}
-
 /// The fingerprint each object of a watch had when last seen.
 struct Seen<K> {
     fingerprint: Fingerprint<K>,
@@ -174,7 +163,7 @@ where
     let mut seen = Seen::new(fingerprint);
     let stream = watcher(api, config)
         .default_backoff()
-        .modify(forget_managed_fields)
+        .modify(switchyard_api::forget_managed_fields)
         .reflect(writer)
         .filter_map(move |event| {
             let out = match event {

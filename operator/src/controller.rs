@@ -213,10 +213,7 @@ pub async fn run(
     let (nodes, node_writer) = reflector::store();
     let node_labels_changed = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .default_backoff()
-        // The pools read labels and addresses; a Node's managedFields (the
-        // kubelet's status heartbeats among them) are most of what a store
-        // of thousands of Nodes would keep.
-        .modify(|node| node.managed_fields_mut().clear())
+        .modify(switchyard_api::forget_managed_fields)
         .reflect(node_writer)
         .applied_objects()
         .predicate_filter(predicates::labels, Default::default())

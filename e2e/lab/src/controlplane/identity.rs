@@ -71,6 +71,17 @@ impl Identity {
         }
     }
 
+    /// ServiceAccount `name` of Switchyard's namespace with a token bound to
+    /// no Pod (the operator as a Deployment's pod has one; the agent's
+    /// writes are refused without one).
+    pub fn unbound(name: &str) -> Identity {
+        Identity::ServiceAccount {
+            namespace: NAMESPACE.into(),
+            name: name.into(),
+            pod: None,
+        }
+    }
+
     /// A file-name-safe name for this identity's files.
     pub fn slug(&self) -> String {
         let raw = match self {

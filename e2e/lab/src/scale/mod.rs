@@ -161,13 +161,7 @@ struct Identities {
 
 impl Identities {
     async fn make(cp: &ControlPlane, nodes: &[String]) -> Result<Identities, ScaleError> {
-        let operator = cp
-            .kubeconfig_for(&Identity::ServiceAccount {
-                namespace: SYSTEM_NAMESPACE.into(),
-                name: OPERATOR_SA.into(),
-                pod: None,
-            })
-            .await?;
+        let operator = cp.kubeconfig_for(&Identity::unbound(OPERATOR_SA)).await?;
         let mut agents = Vec::with_capacity(nodes.len());
         for node in nodes {
             agents.push(cp.kubeconfig_for(&Identity::agent_on(node)).await?);
